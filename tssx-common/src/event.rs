@@ -1,0 +1,165 @@
+//! Events from the eBPF programs to the agent, and the map keys and values around them.
+//!
+//! Every type here is `#[repr(C)]`, has no padding that could leak kernel stack bytes (fields are
+//! ordered by size and the sizes are checked below), and is plain old data, so both sides can
+//! read it with a byte copy.
+
+use crate::{COMM_LEN, SUN_PATH_LEN};
+
+/// A watched `sun_path`, zero-padded to 108 bytes: the key of the `WATCHED_PATHS` map.
+///
+/// A filesystem path is its bytes without the terminating NUL; an abstract name (written
+/// `@name` on the command line) is a NUL byte followed by the name. The kernel side builds the
+/// same key from the address a process passes to `bind`/`connect`, keeping only the first
+/// `addrlen - 2` bytes, so the whole `sun_path` is compared.
+pub type PathKey = [u8; SUN_PATH_LEN];
+
+/// What happened. Stored as a `u32` in [`Event::kind`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// `bind()` succeeded on a watched path. `fd` is the socket.
+    Bind = 1,
+    /// `listen()` succeeded on a socket bound to a watched path. `fd` is the socket.
+    Listen = 2,
+    /// `connect()` to a watched path succeeded. `fd` is the client's socket.
+    Connect = 3,
+    /// `accept()`/`accept4()` on a watched listener returned a connection. `fd` is the listener,
+    /// `new_fd` the accepted socket.
+    Accept = 4,
+    /// A process holding (or inheriting) watched listeners forked. `tgid` is the parent,
+    /// `other_pid` the child's pid. The child inherits the parent's listeners.
+    Fork = 5,
+    /// The last thread of a process that held (or inherited) watched listeners exited.
+    Exit = 6,
+}
+
+impl EventKind {
+    /// Decodes the raw `kind` field; `None` for values this version does not know.
+    pub const fn from_u32(raw: u32) -> Option<Self> {
+        Some(match raw {
+            1 => Self::Bind,
+            2 => Self::Listen,
+            3 => Self::Connect,
+            4 => Self::Accept,
+            5 => Self::Fork,
+            6 => Self::Exit,
+            _ => return None,
+        })
+    }
+
+    /// Lower-case name used in trace lines (`connect`, `accept`, ...).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Bind => "bind",
+            Self::Listen => "listen",
+            Self::Connect => "connect",
+            Self::Accept => "accept",
+            Self::Fork => "fork",
+            Self::Exit => "exit",
+        }
+    }
+}
+
+/// One record in the `EVENTS` ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// `bpf_ktime_get_ns()` when the event was recorded (CLOCK_MONOTONIC, nanoseconds).
+    pub ts_ns: u64,
+    /// An [`EventKind`] as `u32`.
+    pub kind: u32,
+    /// Id of the watched path (the value in `WATCHED_PATHS`); 0 for fork/exit.
+    pub path_id: u32,
+    /// Thread id of the calling task (what user space calls the tid).
+    pub pid: u32,
+    /// Thread-group id of the calling task (what user space calls the pid).
+    pub tgid: u32,
+    /// Effective uid of the calling task.
+    pub uid: u32,
+    /// The socket fd the call was made on (see [`EventKind`]); -1 when there is none.
+    pub fd: i32,
+    /// For [`EventKind::Accept`]: the accepted fd; -1 otherwise.
+    pub new_fd: i32,
+    /// For [`EventKind::Fork`]: the child's pid; 0 otherwise.
+    pub other_pid: u32,
+    /// The calling task's `comm`, NUL-padded.
+    pub comm: [u8; COMM_LEN],
+}
+
+/// Size in bytes of one [`Event`] record.
+pub const EVENT_SIZE: usize = core::mem::size_of::<Event>();
+const _: () = assert!(EVENT_SIZE == 56, "Event layout changed: update both sides");
+
+impl Event {
+    /// The decoded kind, or `None` if the kernel side sent a kind this build does not know.
+    pub const fn event_kind(&self) -> Option<EventKind> {
+        EventKind::from_u32(self.kind)
+    }
+
+    /// The `comm` bytes up to the first NUL.
+    pub fn comm_bytes(&self) -> &[u8] {
+        let end = self.comm.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
+        &self.comm[..end]
+    }
+
+    /// Decodes a record read from the ring buffer.
+    ///
+    /// Returns `None` if `bytes` is shorter than an [`Event`]; extra trailing bytes (a newer
+    /// kernel side with a longer record) are ignored.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() < EVENT_SIZE {
+            return None;
+        }
+        // SAFETY: `bytes` holds at least EVENT_SIZE readable bytes; `Event` is `repr(C)` plain
+        // old data for which every bit pattern is valid; `read_unaligned` has no alignment need.
+        Some(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) })
+    }
+}
+
+/// Key of the `LISTENERS` map: a process and one of its fds.
+pub const fn listener_key(tgid: u32, fd: u32) -> u64 {
+    ((tgid as u64) << 32) | fd as u64
+}
+
+/// Offsets of the tracepoint fields whose layout changed across kernel versions, read by the
+/// agent from `/sys/kernel/tracing/events/sched/*/format` and stored in the `CONFIG` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TraceConfig {
+    /// `sched_process_fork`: offset of `pid_t child_pid`.
+    pub fork_child_pid_off: u32,
+    /// `sched_process_exit`: offset of `pid_t pid`.
+    pub exit_pid_off: u32,
+    /// `sched_process_exit`: offset of `bool group_dead`, or [`TraceConfig::ABSENT`].
+    pub exit_group_dead_off: u32,
+    /// Non-zero once the agent filled this entry; programs do nothing before that.
+    pub ready: u32,
+}
+
+impl TraceConfig {
+    /// Marks a field the running kernel does not have.
+    pub const ABSENT: u32 = u32::MAX;
+}
+
+/// What an `enter` program remembers for its `exit` program, keyed by `pid_tgid`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PendingCall {
+    /// An [`EventKind`] as `u32` (bind, listen, connect or accept).
+    pub kind: u32,
+    /// The watched path's id.
+    pub path_id: u32,
+    /// The fd the call was made on.
+    pub fd: i32,
+    /// Unused; keeps the size a multiple of 8.
+    pub _reserved: u32,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: these are `repr(C)` plain old data with no padding and no invalid bit patterns.
+    unsafe impl aya::Pod for super::TraceConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PendingCall {}
+}

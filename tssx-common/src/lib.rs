@@ -1,0 +1,39 @@
+//! Types shared by every boundary of tssx.
+//!
+//! * [`event`]: what the eBPF programs send to the agent through the `EVENTS` ring buffer, and
+//!   the keys and values of the eBPF maps the agent fills or reads.
+//!
+//! The crate is `no_std` so that the eBPF programs (built for `bpfel-unknown-none`) and user space
+//! use the very same `#[repr(C)]` definitions. The `user` feature adds the `aya::Pod` impls that
+//! user space needs to put these types into maps.
+#![no_std]
+#![deny(missing_docs)]
+
+pub mod event;
+
+/// Length of `sun_path` in `struct sockaddr_un` on Linux, and so of every watched-path map key.
+pub const SUN_PATH_LEN: usize = 108;
+
+/// Length of a task's `comm` (command name) in the kernel, including the terminating NUL.
+pub const COMM_LEN: usize = 16;
+
+/// Unix-domain socket address family (`AF_UNIX`), as the kernel stores it in `sa_family`.
+pub const AF_UNIX: u16 = 1;
+
+/// Names of the eBPF maps, shared so that the loader and the programs cannot disagree.
+pub mod maps {
+    /// `HashMap<PathKey, u32>`: watched `sun_path` values to their path id (filled by the agent).
+    pub const WATCHED_PATHS: &str = "WATCHED_PATHS";
+    /// `Array<TraceConfig>` with one entry: tracepoint field offsets read from tracefs.
+    pub const CONFIG: &str = "CONFIG";
+    /// `RingBuf` of [`crate::event::Event`].
+    pub const EVENTS: &str = "EVENTS";
+    /// `HashMap<u64, u32>`: `(tgid << 32) | fd` of watched listening sockets to their path id.
+    pub const LISTENERS: &str = "LISTENERS";
+    /// `HashMap<u32, u32>`: tgid of a process that holds watched listeners, to the number of them.
+    pub const OWNERS: &str = "OWNERS";
+    /// `HashMap<u32, u32>`: child pid to parent tgid, for children of listener owners.
+    pub const PARENTS: &str = "PARENTS";
+    /// `PerCpuArray<u64>` with one entry: events dropped because `EVENTS` was full.
+    pub const DROPPED: &str = "DROPPED";
+}

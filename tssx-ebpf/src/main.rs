@@ -1,0 +1,37 @@
+//! tssx eBPF programs: tracepoints that tell the agent who binds, listens, connects and accepts
+//! on the watched Unix socket paths, and which processes inherit watched listeners through fork.
+//!
+//! Only `syscalls:*` and `sched:*` tracepoints are used: fentry/fexit/LSM programs are refused on
+//! our kernels (lockdown) and kprobes are not built in.
+//!
+//! How a connection is recognised:
+//! * `bind` on a watched path: `sys_enter_bind` looks the `sun_path` up in `WATCHED_PATHS` and
+//!   parks the call in `PENDING`; `sys_exit_bind` with ret 0 records `(tgid, fd)` in `LISTENERS`.
+//! * `accept`/`accept4` on a fd that is a watched listener of the process, or of an ancestor it
+//!   inherited the fd from (`PARENTS`, filled at fork), emits `Accept` when it returns a fd.
+//! * `connect` to a watched path emits `Connect` when it returns 0.
+//! * `close` of a listener fd forgets it; the last thread's exit emits `Exit` so the agent can
+//!   drop the process's `LISTENERS` entries (maps cannot be iterated here).
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod programs;
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {
+    eprintln!("tssx-ebpf is built for bpfel-unknown-none by tssx-user's build script");
+}
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // SAFETY: the verifier rejects programs that can reach this; it is never executed.
+    unsafe { core::hint::unreachable_unchecked() }
+}
+
+/// License of the programs, read by the kernel (GPL-compatible, needed for some helpers).
+#[cfg(target_arch = "bpf")]
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,2 @@
+//! tssx user space: the pieces of `tssx-agent`.
+#![deny(missing_docs)]
