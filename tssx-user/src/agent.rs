@@ -1,0 +1,140 @@
+//! The agent's main loop: read kernel events, keep the listener maps in step, trace.
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::Context as _;
+use tokio::{io::unix::AsyncFd, signal::unix::{signal, SignalKind}};
+use tssx_common::event::{Event, EventKind};
+
+use crate::{kernel, loader::Watcher, paths::WatchedPath, state::StateDir, trace::trace_event};
+
+/// What `tssx-agent` was asked to do.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// Watched socket addresses; a path's id is its index here.
+    pub paths: Vec<WatchedPath>,
+    /// The state directory (lock, published paths).
+    pub state_dir: PathBuf,
+}
+
+/// Runs the agent until SIGINT or SIGTERM. Everything is detached when it returns.
+pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
+    let made = kernel::ensure_mounts().context("preparing bpffs and tracefs")?;
+    for target in made {
+        tracing::info!(target, "mounted");
+    }
+    let state = StateDir::take(&config.state_dir)?;
+    let (mut watcher, channels) = Watcher::load(&config.paths)?;
+    state.publish_paths(&config.paths)?;
+
+    // SAFETY: the ring buffer owns its fd, and it is neither closed nor replaced while the
+    // AsyncFd holds it (it is dropped with the AsyncFd).
+    let mut events = unsafe { AsyncFd::register(channels.events) }
+        .context("polling the events ring buffer")?;
+    let mut logs = match watcher.log_fd().map(RawFdHolder) {
+        // SAFETY: the fd belongs to the logger inside `watcher`, which is dropped only after
+        // this AsyncFd (see the end of this function).
+        Some(fd) => Some(unsafe { AsyncFd::register(fd) }.context("polling the eBPF log ring buffer")?),
+        None => None,
+    };
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut drop_check = tokio::time::interval(Duration::from_secs(1));
+    let mut dropped_seen = 0u64;
+
+    let paths: Vec<String> = config.paths.iter().map(ToString::to_string).collect();
+    tracing::info!(
+        paths = paths.join(","),
+        state_dir = %state.dir().display(),
+        pid = std::process::id(),
+        "ready: watching {} path(s)",
+        paths.len()
+    );
+
+    loop {
+        tokio::select! {
+            guard = events.readable_mut() => {
+                let mut guard = guard.context("waiting for events")?;
+                let ring = guard.get_inner_mut();
+                let mut batch = Vec::new();
+                while let Some(item) = ring.next() {
+                    match Event::from_bytes(&item) {
+                        Some(event) => batch.push(event),
+                        None => tracing::warn!(len = item.len(), "short event record ignored"),
+                    }
+                }
+                guard.clear_ready();
+                for event in &batch {
+                    handle_event(&mut watcher, event, &config.paths);
+                }
+            }
+            guard = async { logs.as_mut().expect("guarded by the if").readable_mut().await }, if logs.is_some() => {
+                let mut guard = guard.context("waiting for eBPF logs")?;
+                watcher.flush_logs();
+                guard.clear_ready();
+            }
+            _ = drop_check.tick() => {
+                let dropped = watcher.dropped_events().unwrap_or(dropped_seen);
+                if dropped > dropped_seen {
+                    tracing::warn!(dropped = dropped - dropped_seen, total = dropped, "events lost: the events ring buffer was full");
+                    dropped_seen = dropped;
+                }
+            }
+            _ = sigint.recv() => { tracing::info!("SIGINT: detaching and exiting"); break; }
+            _ = sigterm.recv() => { tracing::info!("SIGTERM: detaching and exiting"); break; }
+        }
+    }
+    // The AsyncFds borrow fds owned by the watcher: deregister them first.
+    drop(events);
+    drop(logs);
+    drop(watcher);
+    drop(state);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn handle_event(watcher: &mut Watcher, event: &Event, paths: &[WatchedPath]) {
+    match event.event_kind() {
+        Some(EventKind::Fork) => {
+            let child = event.other_pid;
+            if !is_process(child) {
+                // A new thread of the same process: it already shares the listeners.
+                return;
+            }
+            trace_event(event, paths);
+            if let Err(e) = watcher.inherit_listeners(event.tgid, child) {
+                tracing::warn!(child, "could not record inherited listeners: {e:#}");
+            }
+        }
+        Some(EventKind::Exit) => {
+            trace_event(event, paths);
+            if let Err(e) = watcher.forget_process(event.tgid) {
+                tracing::warn!(pid = event.tgid, "could not forget listeners: {e:#}");
+            }
+        }
+        _ => trace_event(event, paths),
+    }
+}
+
+/// True if `pid` is a thread-group leader (a process), false for another thread or if gone.
+fn is_process(pid: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        // Already gone: a short-lived child; treat it as a process so it is traced.
+        return true;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .is_none_or(|tgid| tgid == pid)
+}
+
+/// A borrowed raw fd for `AsyncFd` (the fd is owned by the logger inside the watcher, which
+/// outlives the `AsyncFd`).
+struct RawFdHolder(std::os::fd::RawFd);
+
+impl std::os::fd::AsRawFd for RawFdHolder {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0
+    }
+}

@@ -1,0 +1,172 @@
+//! The agent's state directory (default `/run/tssx`): the lock that keeps one agent per
+//! directory, and the published list of watched paths that hooks read.
+
+use std::{
+    fs::{self, File, OpenOptions},
+    io::{self, Write as _},
+    os::{fd::AsRawFd as _, unix::fs::{DirBuilderExt as _, OpenOptionsExt as _}},
+    path::{Path, PathBuf},
+};
+
+use crate::paths::WatchedPath;
+
+/// Default state directory; the hook looks here too.
+pub const DEFAULT_STATE_DIR: &str = "/run/tssx";
+/// File in the state directory listing the watched paths, one per line (`@name` for abstract).
+pub const PATHS_FILE: &str = "paths";
+/// Lock file held (flock) for as long as an agent uses the state directory.
+pub const LOCK_FILE: &str = "agent.lock";
+
+/// An agent's claim on its state directory. Dropping it withdraws the published paths.
+pub struct StateDir {
+    dir: PathBuf,
+    _lock: File,
+}
+
+/// Why the state directory could not be taken.
+#[derive(Debug)]
+pub enum StateError {
+    /// Another agent holds the lock.
+    Busy {
+        /// The directory.
+        dir: PathBuf,
+        /// Pid written in the lock file by the holder, if readable.
+        holder: Option<u32>,
+    },
+    /// A filesystem operation failed.
+    Io {
+        /// What was being done.
+        what: String,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+impl std::fmt::Display for StateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Busy { dir, holder: Some(pid) } => write!(
+                f,
+                "another tssx-agent (pid {pid}) is already running with state directory {}; stop it or pass a different --state-dir",
+                dir.display()
+            ),
+            Self::Busy { dir, holder: None } => write!(
+                f,
+                "another tssx-agent is already running with state directory {}; stop it or pass a different --state-dir",
+                dir.display()
+            ),
+            Self::Io { what, source } => write!(f, "{what}: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for StateError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Io { source, .. } => Some(source),
+            Self::Busy { .. } => None,
+        }
+    }
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> StateError {
+    let what = what.into();
+    move |source| StateError::Io { what, source }
+}
+
+impl StateDir {
+    /// Creates `dir` (mode 0755) if needed and takes its lock.
+    pub fn take(dir: &Path) -> Result<Self, StateError> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)
+            .map_err(io_err(format!("creating state directory {}", dir.display())))?;
+        let lock_path = dir.join(LOCK_FILE);
+        let mut lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o644)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&lock_path)
+            .map_err(io_err(format!("opening {}", lock_path.display())))?;
+        // SAFETY: flock on an fd we own; no memory is passed.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                let holder = fs::read_to_string(&lock_path).ok().and_then(|s| s.trim().parse().ok());
+                return Err(StateError::Busy { dir: dir.to_owned(), holder });
+            }
+            return Err(io_err(format!("locking {}", lock_path.display()))(err));
+        }
+        lock.set_len(0).map_err(io_err("truncating the lock file"))?;
+        writeln!(lock, "{}", std::process::id()).map_err(io_err("writing the lock file"))?;
+        Ok(Self { dir: dir.to_owned(), _lock: lock })
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Publishes the watched paths (mode 0644, replaced atomically).
+    pub fn publish_paths(&self, paths: &[WatchedPath]) -> Result<(), StateError> {
+        let text: String = paths.iter().map(|p| format!("{p}\n")).collect();
+        let tmp = self.dir.join(format!(".{PATHS_FILE}.tmp"));
+        let target = self.dir.join(PATHS_FILE);
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .open(&tmp)
+            .map_err(io_err(format!("creating {}", tmp.display())))?;
+        file.write_all(text.as_bytes()).map_err(io_err(format!("writing {}", tmp.display())))?;
+        fs::rename(&tmp, &target).map_err(io_err(format!("publishing {}", target.display())))?;
+        Ok(())
+    }
+}
+
+impl Drop for StateDir {
+    fn drop(&mut self) {
+        // Hooks treat a missing paths file as "no agent": withdraw it before the lock goes.
+        let _ = fs::remove_file(self.dir.join(PATHS_FILE));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("tssx-state-test-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn publishes_and_withdraws_paths() {
+        let dir = temp_dir("publish");
+        let paths: Vec<WatchedPath> = vec!["/run/a.sock".parse().unwrap(), "@b".parse().unwrap()];
+        {
+            let state = StateDir::take(&dir).unwrap();
+            state.publish_paths(&paths).unwrap();
+            assert_eq!(fs::read_to_string(dir.join(PATHS_FILE)).unwrap(), "/run/a.sock\n@b\n");
+        }
+        assert!(!dir.join(PATHS_FILE).exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn second_taker_is_refused_with_the_holder_pid() {
+        let dir = temp_dir("lock");
+        let _first = StateDir::take(&dir).unwrap();
+        match StateDir::take(&dir) {
+            Err(StateError::Busy { holder, .. }) => assert_eq!(holder, Some(std::process::id())),
+            other => panic!("expected Busy, got {:?}", other.map(|_| ())),
+        }
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
