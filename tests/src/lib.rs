@@ -1,1 +1,215 @@
+//! Harness for the end-to-end tests: runs the real `tssx-agent` (real eBPF programs in the
+//! running kernel) and real processes, and collects the agent's JSON trace lines.
+//!
+//! The tests need root. `cargo xtask test` builds the agent first and runs them.
 
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    sync::{Arc, Mutex},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// How long the agent may take to load its programs.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Panics with a clear message unless running as root.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "the end-to-end tests load eBPF programs: run them as root (cargo xtask test)");
+}
+
+/// `target/<profile>/` of the running test binary.
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test binary>
+    exe.parent().and_then(Path::parent).expect("target dir").to_owned()
+}
+
+/// Path of the `tssx-agent` binary built next to the tests.
+pub fn agent_bin() -> PathBuf {
+    let bin = target_dir().join("tssx-agent");
+    assert!(bin.exists(), "{} is missing: build it first (`cargo build -p tssx-user`; `cargo xtask test` does)", bin.display());
+    bin
+}
+
+/// A fresh, empty directory for one test.
+pub fn temp_dir(name: &str) -> PathBuf {
+    static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("tssx-e2e-{name}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    dir
+}
+
+/// A running agent whose JSON trace lines are collected.
+pub struct Agent {
+    child: Child,
+    lines: Arc<Mutex<Vec<Value>>>,
+    /// Its state directory.
+    pub state_dir: PathBuf,
+}
+
+impl Agent {
+    /// Starts `tssx-agent --paths <paths> --log-format json` and waits for its ready line.
+    pub fn start(paths: &[&str], state_dir: &Path) -> Self {
+        let mut child = Command::new(agent_bin())
+            .arg("--paths")
+            .arg(paths.join(","))
+            .args(["--log-format", "json", "--state-dir"])
+            .arg(state_dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn tssx-agent");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stdout = child.stdout.take().expect("stdout");
+        let sink = Arc::clone(&lines);
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("agent printed a non-JSON line ({e}): {line}"));
+                sink.lock().unwrap().push(value);
+            }
+        });
+        let mut agent = Self { child, lines, state_dir: state_dir.to_owned() };
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while agent.events("ready").is_empty() {
+            assert!(Instant::now() < deadline, "agent not ready after {READY_TIMEOUT:?}");
+            if let Some(status) = agent.child.try_wait().expect("try_wait") {
+                panic!("agent exited before it was ready: {status}");
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        agent
+    }
+
+    /// Trace lines whose message starts with `kind` (`connect`, `accept`, `ready`, ...).
+    pub fn events(&self, kind: &str) -> Vec<Value> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|v| v["message"].as_str().is_some_and(|m| m.split(':').next() == Some(kind)))
+            .cloned()
+            .collect()
+    }
+
+    /// Trace lines of `kind` on `path`.
+    pub fn events_on(&self, kind: &str, path: &str) -> Vec<Value> {
+        self.events(kind).into_iter().filter(|v| v["path"] == path).collect()
+    }
+
+    /// Waits until at least `count` lines of `kind` on `path` arrived (or `timeout`), then a
+    /// little longer so that extra, unexpected lines are seen too; returns them all.
+    pub fn wait_for(&self, kind: &str, path: &str, count: usize, timeout: Duration) -> Vec<Value> {
+        let deadline = Instant::now() + timeout;
+        while self.events_on(kind, path).len() < count && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(20));
+        }
+        thread::sleep(Duration::from_millis(300));
+        self.events_on(kind, path)
+    }
+
+    /// Sends SIGTERM and returns the exit status.
+    pub fn stop(mut self) -> ExitStatus {
+        self.terminate()
+    }
+
+    fn terminate(&mut self) -> ExitStatus {
+        // SAFETY: signals our own child process.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("agent did not exit within 20 s of SIGTERM");
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Parses `key=value` words of a test program's output line (`accept pid=12 fd=5`).
+pub fn field(line: &str, key: &str) -> Option<i64> {
+    line.split_whitespace().find_map(|w| w.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+}
+
+/// Output lines of a test program starting with `word`.
+pub fn lines_of<'a>(output: &'a str, word: &str) -> Vec<&'a str> {
+    output.lines().filter(|l| l.split_whitespace().next() == Some(word)).collect()
+}
+
+/// Runs a test program from this package to completion and checks it succeeded.
+pub fn run_ok(mut cmd: Command) -> Output {
+    let out = cmd.output().expect("spawn test program");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A started test server whose `ready` line has been read.
+pub struct Server {
+    /// The process.
+    pub child: Child,
+    /// Its pid.
+    pub pid: u32,
+    /// Lines printed after `ready`, filled by a reader thread.
+    pub lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    /// Starts `bin PATH ACCEPTS [PREFORK]` and waits for its `ready` line.
+    pub fn start(bin: &str, path: &str, accepts: usize, prefork: usize) -> Self {
+        let mut child = Command::new(bin)
+            .args([path.to_owned(), accepts.to_string(), prefork.to_string()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn server");
+        let mut reader = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut ready = String::new();
+        reader.read_line(&mut ready).expect("read ready line");
+        assert!(ready.starts_with("ready "), "server said {ready:?}");
+        let pid = field(&ready, "pid").expect("pid") as u32;
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&lines);
+        thread::spawn(move || {
+            for line in reader.lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Self { child, pid, lines }
+    }
+
+    /// Waits for the server to exit successfully and returns its `accept` lines.
+    pub fn finish(mut self) -> Vec<String> {
+        let status = self.child.wait().expect("wait server");
+        assert!(status.success(), "server failed: {status}");
+        thread::sleep(Duration::from_millis(50));
+        let lines = self.lines.lock().unwrap();
+        lines.iter().filter(|l| l.starts_with("accept ")).cloned().collect()
+    }
+}

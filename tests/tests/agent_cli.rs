@@ -1,0 +1,105 @@
+//! End-to-end: bad command lines and hostile environments give one clear line and a non-zero
+//! exit, never a panic or a half-started agent.
+
+use std::process::{Command, Output};
+
+use tssx_tests::{agent_bin, require_root, temp_dir};
+
+fn agent(args: &[&str]) -> Output {
+    Command::new(agent_bin()).args(args).output().expect("spawn tssx-agent")
+}
+
+/// Asserts failure with exactly one non-empty stderr line containing every `needle`.
+fn assert_one_line_error(out: &Output, needles: &[&str]) {
+    assert!(!out.status.success(), "must fail: {out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    for needle in needles {
+        assert!(stderr.contains(needle), "stderr lacks {needle:?}: {stderr}");
+    }
+    // clap adds a usage hint and a --help pointer after its one-line error.
+    let first = lines.first().expect("an error line");
+    assert!(first.starts_with("error:") || first.starts_with("tssx-agent: error:"), "{stderr}");
+    assert!(lines.len() <= 4, "error should be short: {stderr}");
+}
+
+#[test]
+fn no_paths_is_refused() {
+    let out = agent(&[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_one_line_error(&out, &["--paths"]);
+}
+
+#[test]
+fn relative_path_is_refused() {
+    let out = agent(&["--paths", "/ok.sock,relative.sock"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_one_line_error(&out, &["relative.sock", "absolute"]);
+}
+
+#[test]
+fn path_over_107_bytes_is_refused() {
+    let long = format!("/{}", "x".repeat(107));
+    let out = agent(&["--paths", &long]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_one_line_error(&out, &["108 bytes", "at most 107"]);
+}
+
+#[test]
+fn not_root_is_refused() {
+    require_root();
+    let dir = temp_dir("notroot");
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(agent_bin())
+        .args(["--paths", "/tmp/x.sock", "--state-dir"])
+        .arg(dir.join("state"))
+        .output()
+        .expect("setpriv (util-linux)");
+    assert_eq!(out.status.code(), Some(1));
+    assert_one_line_error(&out, &["must run as root"]);
+}
+
+#[test]
+fn kernel_refusing_the_programs_is_reported() {
+    require_root();
+    // Root inside a new user namespace passes the uid check, but has no CAP_BPF in the initial
+    // namespace: the kernel refuses to create the maps and programs.
+    let dir = temp_dir("refused");
+    let out = Command::new("unshare")
+        .args(["--user", "--map-root-user", "--"])
+        .arg(agent_bin())
+        .args(["--paths", "/tmp/x.sock", "--state-dir"])
+        .arg(dir.join("state"))
+        .output()
+        .expect("unshare (util-linux)");
+    assert_eq!(out.status.code(), Some(1));
+    assert_one_line_error(&out, &["kernel refused"]);
+}
+
+#[test]
+fn help_explains_the_options() {
+    let out = agent(&["--help"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in ["--paths", "@name", "--log-format", "--state-dir", "SIGTERM", "root"] {
+        assert!(text.contains(needle), "--help lacks {needle}: {text}");
+    }
+}
+
+#[test]
+fn second_agent_on_the_same_state_dir_is_refused() {
+    require_root();
+    let dir = temp_dir("twice");
+    let state = dir.join("state");
+    let first = tssx_tests::Agent::start(&["/tmp/tssx-twice.sock"], &state);
+    let out = Command::new(agent_bin())
+        .args(["--paths", "/tmp/tssx-twice.sock", "--state-dir"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_one_line_error(&out, &["already running"]);
+    assert!(first.stop().success());
+}

@@ -1,0 +1,152 @@
+//! End-to-end: the real agent traces real processes on real sockets (root, real kernel).
+
+use std::{
+    collections::{BTreeSet, HashSet},
+    os::unix::net::UnixStream,
+    process::Command,
+    time::Duration,
+};
+
+use serde_json::Value;
+use tssx_tests::{field, lines_of, require_root, run_ok, temp_dir, Agent, Server};
+
+const SERVER: &str = env!("CARGO_BIN_EXE_tssx-test-server");
+const CLIENT: &str = env!("CARGO_BIN_EXE_tssx-test-client");
+const WAIT: Duration = Duration::from_secs(15);
+
+fn client(path: &str, connections: usize) -> String {
+    let mut cmd = Command::new(CLIENT);
+    cmd.args([path, &connections.to_string()]);
+    String::from_utf8(run_ok(cmd).stdout).expect("utf-8")
+}
+
+/// `(pid, fd)` pairs of the test programs' `connect`/`accept` lines.
+fn pid_fds<S: AsRef<str>>(lines: &[S]) -> BTreeSet<(i64, i64)> {
+    lines
+        .iter()
+        .map(|l| (field(l.as_ref(), "pid").unwrap(), field(l.as_ref(), "fd").unwrap()))
+        .collect()
+}
+
+/// `(pid, fd)` pairs of the agent's trace lines.
+fn traced(events: &[Value]) -> BTreeSet<(i64, i64)> {
+    events.iter().map(|e| (e["pid"].as_i64().unwrap(), e["fd"].as_i64().unwrap())).collect()
+}
+
+#[test]
+fn traces_connect_and_accept_on_the_watched_path_only() {
+    require_root();
+    let dir = temp_dir("watched");
+    let watched = dir.join("watched.sock").to_str().unwrap().to_owned();
+    let unwatched = dir.join("unwatched.sock").to_str().unwrap().to_owned();
+    let missing = dir.join("nobody-listens.sock").to_str().unwrap().to_owned();
+    let agent = Agent::start(&[&watched, &missing], &dir.join("state"));
+
+    // Watched path: one connection.
+    let server = Server::start(SERVER, &watched, 1, 0);
+    let server_pid = server.pid as i64;
+    let client_out = client(&watched, 1);
+    let accepts = server.finish();
+    // Unwatched path, TCP, and a failed connect to a watched path: no events.
+    let server = Server::start(SERVER, &unwatched, 1, 0);
+    client(&unwatched, 1);
+    server.finish();
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let _tcp_client = std::net::TcpStream::connect(tcp.local_addr().unwrap()).unwrap();
+    let _tcp_server = tcp.accept().unwrap();
+    assert!(UnixStream::connect(&missing).is_err());
+
+    let connects = agent.wait_for("connect", &watched, 1, WAIT);
+    let accepted = agent.wait_for("accept", &watched, 1, WAIT);
+    assert_eq!(traced(&connects), pid_fds(&lines_of(&client_out, "connect")), "{connects:?}");
+    assert_eq!(traced(&accepted), pid_fds(&accepts), "{accepted:?}");
+    assert_eq!(accepted[0]["pid"].as_i64(), Some(server_pid));
+    assert_eq!(accepted[0]["comm"], "tssx-test-serve");
+    // The listener the server reported is the one accepted on.
+    assert!(accepted[0]["listen_fd"].as_i64().unwrap() >= 3);
+    let binds = agent.events_on("bind", &watched);
+    assert_eq!(binds.len(), 1, "{binds:?}");
+    assert_eq!(binds[0]["pid"].as_i64(), Some(server_pid));
+    assert_eq!(agent.events_on("listen", &watched).len(), 1);
+
+    // Nothing at all on the unwatched path, from TCP, or from the failed connect.
+    for kind in ["connect", "accept", "bind", "listen"] {
+        assert_eq!(agent.events(kind).len(), agent.events_on(kind, &watched).len(), "stray {kind}");
+    }
+    assert!(agent.events_on("connect", &missing).is_empty());
+    assert!(agent.stop().success(), "agent must exit 0 on SIGTERM");
+}
+
+#[test]
+fn traces_abstract_names() {
+    require_root();
+    let dir = temp_dir("abstract");
+    let name = format!("@tssx-e2e-abstract-{}", std::process::id());
+    let other = format!("{name}-not-watched");
+    let agent = Agent::start(&[&name], &dir.join("state"));
+    let server = Server::start(SERVER, &name, 1, 0);
+    let client_out = client(&name, 1);
+    let accepts = server.finish();
+    // Same prefix, longer name: a different address, not watched.
+    let server = Server::start(SERVER, &other, 1, 0);
+    client(&other, 1);
+    server.finish();
+
+    let connects = agent.wait_for("connect", &name, 1, WAIT);
+    let accepted = agent.wait_for("accept", &name, 1, WAIT);
+    assert_eq!(traced(&connects), pid_fds(&lines_of(&client_out, "connect")));
+    assert_eq!(traced(&accepted), pid_fds(&accepts));
+    assert_eq!(agent.events("connect").len(), 1, "only the watched name: {:?}", agent.events("connect"));
+}
+
+#[test]
+fn traces_a_prefork_server() {
+    require_root();
+    let dir = temp_dir("prefork");
+    let path = dir.join("prefork.sock").to_str().unwrap().to_owned();
+    let agent = Agent::start(&[&path], &dir.join("state"));
+    const CHILDREN: usize = 3;
+    const CONNECTIONS: usize = 6;
+    let server = Server::start(SERVER, &path, CONNECTIONS, CHILDREN);
+    let parent = server.pid as i64;
+    let client_out = client(&path, CONNECTIONS);
+    let accepts = server.finish();
+
+    let accepted = agent.wait_for("accept", &path, CONNECTIONS, WAIT);
+    assert_eq!(accepted.len(), CONNECTIONS, "{accepted:?}");
+    assert_eq!(traced(&accepted), pid_fds(&accepts));
+    let acceptors: HashSet<i64> = accepted.iter().map(|e| e["pid"].as_i64().unwrap()).collect();
+    assert!(!acceptors.contains(&parent), "the parent never accepts");
+    assert_eq!(acceptors.len(), CHILDREN, "every child accepted");
+    // Every acceptor is a child the agent saw being forked from the listener's owner.
+    let forks = agent.events("fork");
+    for pid in &acceptors {
+        assert!(
+            forks.iter().any(|f| f["pid"].as_i64() == Some(parent) && f["child"].as_i64() == Some(*pid)),
+            "fork of {pid} not traced: {forks:?}"
+        );
+    }
+    let connects = agent.wait_for("connect", &path, CONNECTIONS, WAIT);
+    assert_eq!(traced(&connects), pid_fds(&lines_of(&client_out, "connect")));
+}
+
+#[test]
+fn two_hundred_concurrent_connections_lose_no_event() {
+    require_root();
+    let dir = temp_dir("concurrent");
+    let path = dir.join("busy.sock").to_str().unwrap().to_owned();
+    let agent = Agent::start(&[&path], &dir.join("state"));
+    const N: usize = 200;
+    let server = Server::start(SERVER, &path, N, 0);
+    let client_out = client(&path, N);
+    let accepts = server.finish();
+    assert_eq!(accepts.len(), N);
+
+    let connects = agent.wait_for("connect", &path, N, WAIT);
+    let accepted = agent.wait_for("accept", &path, N, WAIT);
+    assert_eq!(connects.len(), N);
+    assert_eq!(accepted.len(), N);
+    assert_eq!(traced(&connects), pid_fds(&lines_of(&client_out, "connect")));
+    assert_eq!(traced(&accepted), pid_fds(&accepts));
+    assert!(agent.events("events lost").is_empty());
+}
