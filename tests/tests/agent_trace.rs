@@ -74,6 +74,8 @@ fn traces_connect_and_accept_on_the_watched_path_only() {
         assert_eq!(agent.events(kind).len(), agent.events_on(kind, &watched).len(), "stray {kind}");
     }
     assert!(agent.events_on("connect", &missing).is_empty());
+    // The server started an echo thread per connection: threads are not forks.
+    assert!(agent.events("fork").is_empty(), "{:?}", agent.events("fork"));
     assert!(agent.stop().success(), "agent must exit 0 on SIGTERM");
 }
 

@@ -163,3 +163,79 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::PendingCall {}
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Event {
+        let mut comm = [0u8; COMM_LEN];
+        comm[..6].copy_from_slice(b"server");
+        Event {
+            ts_ns: 123_456_789,
+            kind: EventKind::Accept as u32,
+            path_id: 2,
+            pid: 41,
+            tgid: 40,
+            uid: 1000,
+            fd: 3,
+            new_fd: 7,
+            other_pid: 0,
+            comm,
+        }
+    }
+
+    fn bytes_of(event: &Event) -> [u8; EVENT_SIZE] {
+        // SAFETY: Event is repr(C) plain old data without padding (EVENT_SIZE is asserted).
+        unsafe { core::mem::transmute_copy(event) }
+    }
+
+    #[test]
+    fn decodes_what_the_kernel_side_writes() {
+        let event = sample();
+        let decoded = Event::from_bytes(&bytes_of(&event)).unwrap();
+        assert_eq!(decoded, event);
+        assert_eq!(decoded.event_kind(), Some(EventKind::Accept));
+        assert_eq!(decoded.comm_bytes(), b"server");
+    }
+
+    #[test]
+    fn field_offsets_are_fixed() {
+        let bytes = bytes_of(&sample());
+        assert_eq!(u64::from_ne_bytes(bytes[0..8].try_into().unwrap()), 123_456_789);
+        assert_eq!(u32::from_ne_bytes(bytes[8..12].try_into().unwrap()), 4); // kind
+        assert_eq!(u32::from_ne_bytes(bytes[20..24].try_into().unwrap()), 40); // tgid
+        assert_eq!(i32::from_ne_bytes(bytes[32..36].try_into().unwrap()), 7); // new_fd
+        assert_eq!(&bytes[40..46], b"server");
+    }
+
+    #[test]
+    fn short_records_are_refused_and_longer_ones_accepted() {
+        let bytes = bytes_of(&sample());
+        assert_eq!(Event::from_bytes(&bytes[..EVENT_SIZE - 1]), None);
+        assert_eq!(Event::from_bytes(&[]), None);
+        let mut longer = [0u8; EVENT_SIZE + 8];
+        longer[..EVENT_SIZE].copy_from_slice(&bytes);
+        assert_eq!(Event::from_bytes(&longer), Some(sample()));
+    }
+
+    #[test]
+    fn unknown_kinds_and_full_comm() {
+        let mut event = sample();
+        event.kind = 99;
+        assert_eq!(event.event_kind(), None);
+        event.comm = *b"sixteen-bytes-xx";
+        assert_eq!(event.comm_bytes(), b"sixteen-bytes-xx");
+        for kind in [EventKind::Bind, EventKind::Listen, EventKind::Connect, EventKind::Accept, EventKind::Fork, EventKind::Exit] {
+            assert_eq!(EventKind::from_u32(kind as u32), Some(kind));
+        }
+        assert_eq!(EventKind::Connect.name(), "connect");
+    }
+
+    #[test]
+    fn listener_keys_pack_tgid_and_fd() {
+        assert_eq!(listener_key(1, 2), (1 << 32) | 2);
+        assert_eq!(listener_key(u32::MAX, u32::MAX), u64::MAX);
+        assert_ne!(listener_key(1, 2), listener_key(2, 1));
+    }
+}

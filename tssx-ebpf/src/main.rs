@@ -10,6 +10,8 @@
 //! * `accept`/`accept4` on a fd that is a watched listener of the process, or of an ancestor it
 //!   inherited the fd from (`PARENTS`, filled at fork), emits `Accept` when it returns a fd.
 //! * `connect` to a watched path emits `Connect` when it returns 0.
+//! * `fork` (clone without `CLONE_THREAD`, told apart at `sys_enter_clone`/`clone3`) of a
+//!   listener owner records the child in `PARENTS` and emits `Fork`.
 //! * `close` of a listener fd forgets it; the last thread's exit emits `Exit` so the agent can
 //!   drop the process's `LISTENERS` entries (maps cannot be iterated here).
 #![cfg_attr(target_arch = "bpf", no_std)]

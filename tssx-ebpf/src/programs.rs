@@ -22,6 +22,8 @@ const ARG1: usize = 24;
 const ARG2: usize = 32;
 /// Offset of `long ret` in every `syscalls:sys_exit_*` tracepoint.
 const RET: usize = 16;
+/// `CLONE_THREAD` from linux/sched.h.
+const CLONE_THREAD: u64 = 0x0001_0000;
 /// How many fork generations an inherited listener is looked up through.
 const MAX_INHERIT_DEPTH: u32 = 4;
 
@@ -45,6 +47,11 @@ static PARENTS: HashMap<u32, u32> = HashMap::with_max_entries(32768, 0);
 
 #[map]
 static PENDING: HashMap<u64, PendingCall> = HashMap::with_max_entries(16384, 0);
+
+/// Clone flags of an in-flight `clone`/`clone3` by a listener owner, keyed by `pid_tgid`, so
+/// that `sched_process_fork` can tell a new thread (`CLONE_THREAD`) from a new process.
+#[map]
+static CLONING: HashMap<u64, u64> = HashMap::with_max_entries(4096, 0);
 
 #[map]
 static DROPPED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
@@ -185,6 +192,33 @@ pub fn tssx_enter_close(ctx: TracePointContext) -> u32 {
     0
 }
 
+#[tracepoint(category = "syscalls", name = "sys_enter_clone")]
+pub fn tssx_enter_clone(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if holds_listeners((pid_tgid >> 32) as u32) {
+        // SAFETY: offset ARG0 is `clone_flags` of sys_enter_clone (see its format file).
+        if let Ok(flags) = unsafe { ctx.read_at::<u64>(ARG0) } {
+            let _ = CLONING.insert(&pid_tgid, &flags, 0);
+        }
+    }
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_clone3")]
+pub fn tssx_enter_clone3(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if holds_listeners((pid_tgid >> 32) as u32) {
+        // SAFETY: offset ARG0 is `struct clone_args *uargs` of sys_enter_clone3; `flags` is its
+        // first u64 field. The user read is fault-checked.
+        let flags = unsafe { ctx.read_at::<u64>(ARG0) }
+            .and_then(|uargs| unsafe { bpf_probe_read_user(uargs as *const u64) });
+        if let Ok(flags) = flags {
+            let _ = CLONING.insert(&pid_tgid, &flags, 0);
+        }
+    }
+    0
+}
+
 #[tracepoint(category = "sched", name = "sched_process_fork")]
 pub fn tssx_process_fork(ctx: TracePointContext) -> u32 {
     let Some(cfg) = config() else { return 0 };
@@ -192,6 +226,12 @@ pub fn tssx_process_fork(ctx: TracePointContext) -> u32 {
     let parent = (pid_tgid >> 32) as u32;
     if !holds_listeners(parent) {
         return 0;
+    }
+    // SAFETY: plain lookup; the value is copied out at once.
+    let flags = unsafe { CLONING.get(&pid_tgid) }.copied().unwrap_or(0);
+    let _ = CLONING.remove(&pid_tgid);
+    if flags & CLONE_THREAD != 0 {
+        return 0; // a new thread shares the process's fds: nothing to inherit
     }
     // SAFETY: the offset was read from this kernel's sched_process_fork format file.
     let Ok(child) = (unsafe { ctx.read_at::<i32>(cfg.fork_child_pid_off as usize) }) else {

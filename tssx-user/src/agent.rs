@@ -97,10 +97,6 @@ fn handle_event(watcher: &mut Watcher, event: &Event, paths: &[WatchedPath]) {
     match event.event_kind() {
         Some(EventKind::Fork) => {
             let child = event.other_pid;
-            if !is_process(child) {
-                // A new thread of the same process: it already shares the listeners.
-                return;
-            }
             trace_event(event, paths);
             if let Err(e) = watcher.inherit_listeners(event.tgid, child) {
                 tracing::warn!(child, "could not record inherited listeners: {e:#}");
@@ -114,19 +110,6 @@ fn handle_event(watcher: &mut Watcher, event: &Event, paths: &[WatchedPath]) {
         }
         _ => trace_event(event, paths),
     }
-}
-
-/// True if `pid` is a thread-group leader (a process), false for another thread or if gone.
-fn is_process(pid: u32) -> bool {
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-        // Already gone: a short-lived child; treat it as a process so it is traced.
-        return true;
-    };
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Tgid:"))
-        .and_then(|v| v.trim().parse::<u32>().ok())
-        .is_none_or(|tgid| tgid == pid)
 }
 
 /// A borrowed raw fd for `AsyncFd` (the fd is owned by the logger inside the watcher, which

@@ -28,6 +28,8 @@ pub const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("tssx_enter_accept4", "syscalls", "sys_enter_accept4"),
     ("tssx_exit_accept4", "syscalls", "sys_exit_accept4"),
     ("tssx_enter_close", "syscalls", "sys_enter_close"),
+    ("tssx_enter_clone", "syscalls", "sys_enter_clone"),
+    ("tssx_enter_clone3", "syscalls", "sys_enter_clone3"),
     ("tssx_process_fork", "sched", "sched_process_fork"),
     ("tssx_process_exit", "sched", "sched_process_exit"),
 ];

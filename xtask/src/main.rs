@@ -1,1 +1,252 @@
-fn main(){}
+//! `cargo xtask`: set-up, build, demo and test helpers for tssx.
+//!
+//! Every command runs `setup` first, which is idempotent: it installs what a fresh machine
+//! lacks (Debian packages, the nightly `rust-src` component, `bpf-linker`) and mounts bpffs and
+//! tracefs. Run as root: the agent loads eBPF programs.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Command, ExitCode, Stdio},
+    sync::mpsc,
+    thread,
+    time::Duration,
+};
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+
+/// bpf-linker release that works with the nightly's LLVM 22 on our machines.
+const BPF_LINKER_VERSION: &str = "0.10.2";
+/// Commands the tests use, and the Debian package that has each.
+const DEBIAN_TOOLS: &[(&str, &str)] = &[("setpriv", "util-linux"), ("unshare", "util-linux")];
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "tssx set-up, build, demo and test helpers (run as root)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what building and testing need (idempotent) and mount bpffs/tracefs.
+    Setup,
+    /// Set up, then build the agent, the eBPF programs and the test programs.
+    Build,
+    /// Set up, build, start the agent on a demo socket, run a demo server and client on it,
+    /// and show the agent's trace.
+    Demo {
+        /// Keep the agent running after the demo (until Ctrl-C).
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Set up, build, and run the agent with the given arguments (e.g. `-- --paths /run/a.sock`).
+    Run {
+        /// Arguments for tssx-agent.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, build, and run every test (unit and end-to-end; needs root).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse().command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cmd: Cmd) -> anyhow::Result<()> {
+    setup()?;
+    match cmd {
+        Cmd::Setup => Ok(()),
+        Cmd::Build => build(),
+        Cmd::Demo { keep } => {
+            build()?;
+            demo(keep)
+        }
+        Cmd::Run { args } => {
+            build()?;
+            let status = Command::new(target_dir().join("tssx-agent")).args(args).status()?;
+            if !status.success() {
+                bail!("tssx-agent exited with {status}");
+            }
+            Ok(())
+        }
+        Cmd::Test { args } => {
+            build()?;
+            cargo(&["test", "--workspace", "--exclude", "tssx-ebpf"], &args)
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask is in the workspace").to_owned()
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+        .join("debug")
+}
+
+fn step(what: &str) {
+    eprintln!("xtask: {what}");
+}
+
+/// Runs a command, failing with its name if it fails.
+fn sh(cmd: &mut Command) -> anyhow::Result<()> {
+    let status = cmd.status().with_context(|| format!("cannot run {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+/// True if `cmd` runs and exits 0 (output discarded).
+fn succeeds(cmd: &mut Command) -> bool {
+    cmd.stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
+fn output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.stderr(Stdio::null()).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn cargo(args: &[&str], extra: &[String]) -> anyhow::Result<()> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    sh(Command::new(cargo).current_dir(workspace_root()).args(args).args(extra))
+}
+
+fn setup() -> anyhow::Result<()> {
+    // Debian packages for the commands the tests use.
+    let missing: Vec<&str> = DEBIAN_TOOLS
+        .iter()
+        .filter(|(tool, _)| !succeeds(Command::new("sh").args(["-c", &format!("command -v {tool}")])))
+        .map(|&(_, pkg)| pkg)
+        .collect();
+    if !missing.is_empty() {
+        step(&format!("installing Debian packages: {}", missing.join(" ")));
+        sh(Command::new("apt-get").arg("update").arg("-q"))?;
+        sh(Command::new("apt-get").args(["install", "-y", "-q"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    // Nightly rust-src, for -Z build-std=core when building the eBPF programs.
+    let installed = output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", "nightly"]))
+        .context("the nightly toolchain is missing: `rustup toolchain install nightly` (it is preinstalled on our machines)")?;
+    if !installed.lines().any(|l| l.starts_with("rust-src")) {
+        step("installing the nightly rust-src component");
+        sh(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+    }
+    // bpf-linker, built with the nightly so that it uses the nightly's own LLVM.
+    let version = output(Command::new("bpf-linker").arg("--version")).unwrap_or_default();
+    if !version.contains(&format!(" {BPF_LINKER_VERSION}")) {
+        step(&format!("installing bpf-linker {BPF_LINKER_VERSION} (about 80 s)"));
+        sh(Command::new("cargo").args(["+nightly", "install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked", "--force"]))?;
+    }
+    // bpffs and tracefs (the agent mounts them too; the unit tests read tracefs).
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        for (fstype, target) in [("bpf", "/sys/fs/bpf"), ("tracefs", "/sys/kernel/tracing")] {
+            let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+            let mounted = mounts.lines().any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.get(1) == Some(&target) && f.get(2) == Some(&fstype)
+            });
+            if !mounted {
+                step(&format!("mounting {fstype} on {target}"));
+                sh(Command::new("mount").args(["-t", fstype, fstype, target]))?;
+            }
+        }
+    } else {
+        step("not root: skipping bpffs/tracefs mounts (the agent and the tests need root)");
+    }
+    Ok(())
+}
+
+fn build() -> anyhow::Result<()> {
+    step("building (eBPF programs, agent, test programs)");
+    cargo(&["build", "--quiet", "-p", "tssx-user", "-p", "tssx-tests", "--bins"], &[])
+}
+
+/// Starts the agent on a demo socket, runs the demo server and client, shows the trace.
+fn demo(keep: bool) -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join("tssx-demo");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("demo.sock");
+    let path = path.to_str().context("non-UTF-8 temp dir")?.to_owned();
+    let bin = target_dir();
+    step(&format!("starting tssx-agent --paths {path},@tssx-demo"));
+    let mut agent = Command::new(bin.join("tssx-agent"))
+        .args(["--paths", &format!("{path},@tssx-demo"), "--state-dir"])
+        .arg(dir.join("state"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting tssx-agent")?;
+    // Echo the agent's lines; tell the main thread when it is ready.
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let stdout = agent.stdout.take().expect("piped");
+    let echo = thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            println!("  agent | {line}");
+            if line.contains("ready:") {
+                let _ = ready_tx.send(());
+            }
+        }
+    });
+    if ready_rx.recv_timeout(Duration::from_secs(60)).is_err() {
+        let _ = agent.kill();
+        bail!("the agent did not become ready (see its output above)");
+    }
+    for (label, address) in [("watched path", path.as_str()), ("watched abstract name", "@tssx-demo")] {
+        step(&format!("demo: echo server + 3 client connections on the {label} {address}"));
+        let mut server = Command::new(bin.join("tssx-test-server"))
+            .args([address, "3"])
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting the demo server")?;
+        thread::sleep(Duration::from_millis(200));
+        sh(Command::new(bin.join("tssx-test-client")).args([address, "3"]).stdout(Stdio::null()))?;
+        sh_wait(&mut server)?;
+    }
+    step("demo: a client on an unwatched path (no trace expected)");
+    let other = dir.join("unwatched.sock");
+    let other = other.to_str().context("non-UTF-8")?;
+    let mut server = Command::new(bin.join("tssx-test-server")).args([other, "1"]).stdout(Stdio::null()).spawn()?;
+    thread::sleep(Duration::from_millis(200));
+    sh(Command::new(bin.join("tssx-test-client")).args([other, "1"]).stdout(Stdio::null()))?;
+    sh_wait(&mut server)?;
+    thread::sleep(Duration::from_millis(500));
+    if keep {
+        step("agent keeps running: press Ctrl-C to stop it");
+        let status = agent.wait()?;
+        let _ = echo.join();
+        return if status.success() { Ok(()) } else { bail!("agent exited with {status}") };
+    }
+    step("stopping the agent (SIGTERM)");
+    sh(Command::new("kill").args(["-TERM", &agent.id().to_string()]))?;
+    let status = agent.wait()?;
+    let _ = echo.join();
+    if !status.success() {
+        bail!("agent exited with {status}");
+    }
+    step("demo done: the trace above shows bind, listen, connect and accept on the watched addresses only");
+    Ok(())
+}
+
+fn sh_wait(child: &mut std::process::Child) -> anyhow::Result<()> {
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("demo program failed: {status}");
+    }
+    Ok(())
+}

@@ -52,7 +52,12 @@ fn init_tracing(format: LogFormat, verbose: bool) {
     use tracing_subscriber::{fmt, EnvFilter};
     let default = if verbose { "debug" } else { "info" };
     let filter = EnvFilter::try_from_env("TSSX_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = fmt().with_env_filter(filter).with_target(false).with_writer(std::io::stdout);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let builder = fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(ansi)
+        .with_writer(std::io::stdout);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
