@@ -47,6 +47,15 @@ pub fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// The socket address a test program uses for `path` (`@name` = abstract name).
+pub fn socket_address(path: &str) -> std::os::unix::net::SocketAddr {
+    use std::os::{linux::net::SocketAddrExt as _, unix::net::SocketAddr};
+    match path.strip_prefix('@') {
+        Some(name) => SocketAddr::from_abstract_name(name.as_bytes()).expect("abstract name"),
+        None => SocketAddr::from_pathname(path).expect("socket path"),
+    }
+}
+
 /// A running agent whose JSON trace lines are collected.
 pub struct Agent {
     child: Child,

@@ -46,17 +46,23 @@ fn path_over_107_bytes_is_refused() {
     assert_one_line_error(&out, &["108 bytes", "at most 107"]);
 }
 
+/// Runs a valid agent command line under `wrapper` (e.g. `setpriv ... --`), with its own
+/// state directory.
+fn wrapped_agent(test: &str, wrapper: &[&str]) -> Output {
+    let state = temp_dir(test).join("state");
+    Command::new(wrapper[0])
+        .args(&wrapper[1..])
+        .arg(agent_bin())
+        .args(["--paths", "/tmp/x.sock", "--state-dir"])
+        .arg(state)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {} (util-linux): {e}", wrapper[0]))
+}
+
 #[test]
 fn not_root_is_refused() {
     require_root();
-    let dir = temp_dir("notroot");
-    let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(agent_bin())
-        .args(["--paths", "/tmp/x.sock", "--state-dir"])
-        .arg(dir.join("state"))
-        .output()
-        .expect("setpriv (util-linux)");
+    let out = wrapped_agent("notroot", &["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]);
     assert_eq!(out.status.code(), Some(1));
     assert_one_line_error(&out, &["must run as root"]);
 }
@@ -66,14 +72,7 @@ fn kernel_refusing_the_programs_is_reported() {
     require_root();
     // Root inside a new user namespace passes the uid check, but has no CAP_BPF in the initial
     // namespace: the kernel refuses to create the maps and programs.
-    let dir = temp_dir("refused");
-    let out = Command::new("unshare")
-        .args(["--user", "--map-root-user", "--"])
-        .arg(agent_bin())
-        .args(["--paths", "/tmp/x.sock", "--state-dir"])
-        .arg(dir.join("state"))
-        .output()
-        .expect("unshare (util-linux)");
+    let out = wrapped_agent("refused", &["unshare", "--user", "--map-root-user", "--"]);
     assert_eq!(out.status.code(), Some(1));
     assert_one_line_error(&out, &["kernel refused"]);
 }

@@ -5,18 +5,10 @@
 //! open, each sends a line and checks the echo. Exits non-zero on any failure.
 use std::{
     io::{BufRead, BufReader, Write},
-    os::{fd::AsRawFd, unix::net::{SocketAddr, UnixStream}},
+    os::{fd::AsRawFd, unix::net::UnixStream},
     sync::{Arc, Barrier},
     thread,
 };
-
-fn address(path: &str) -> SocketAddr {
-    use std::os::linux::net::SocketAddrExt;
-    match path.strip_prefix('@') {
-        Some(name) => SocketAddr::from_abstract_name(name.as_bytes()).expect("abstract name"),
-        None => SocketAddr::from_pathname(path).expect("socket path"),
-    }
-}
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -29,7 +21,7 @@ fn main() {
         .map(|i| {
             let (path, barrier) = (path.clone(), Arc::clone(&barrier));
             thread::spawn(move || {
-                let mut stream = UnixStream::connect_addr(&address(&path)).expect("connect");
+                let mut stream = UnixStream::connect_addr(&tssx_tests::socket_address(&path)).expect("connect");
                 {
                     let mut out = std::io::stdout().lock();
                     writeln!(out, "connect pid={} fd={}", std::process::id(), stream.as_raw_fd()).unwrap();

@@ -12,14 +12,10 @@ use std::{
 };
 
 fn address(path: &str) -> SocketAddr {
-    use std::os::linux::net::SocketAddrExt;
-    match path.strip_prefix('@') {
-        Some(name) => SocketAddr::from_abstract_name(name.as_bytes()).expect("abstract name"),
-        None => {
-            let _ = std::fs::remove_file(path);
-            SocketAddr::from_pathname(path).expect("socket path")
-        }
+    if !path.starts_with('@') {
+        let _ = std::fs::remove_file(path); // a stale socket file from an earlier run
     }
+    tssx_tests::socket_address(path)
 }
 
 fn say(line: String) {
