@@ -1,5 +1,6 @@
 //! Types shared by every boundary of tssx.
 //!
+//! * [`control`]: the control protocol between the preload hook and the agent.
 //! * [`event`]: what the eBPF programs send to the agent through the `EVENTS` ring buffer, and
 //!   the keys and values of the eBPF maps the agent fills or reads.
 //!
@@ -9,7 +10,11 @@
 #![no_std]
 #![deny(missing_docs)]
 
+pub mod control;
 pub mod event;
+// The segment ABI uses 32-bit atomics, which the BPF target lacks; only user space needs it.
+#[cfg(not(target_arch = "bpf"))]
+pub mod segment;
 
 /// Length of `sun_path` in `struct sockaddr_un` on Linux, and so of every watched-path map key.
 pub const SUN_PATH_LEN: usize = 108;

@@ -1,0 +1,394 @@
+//! The shared-memory ABI of one connection's segment.
+//!
+//! One sealed memfd per swapped connection holds a [`SegmentHeader`] followed by two
+//! single-producer single-consumer byte rings, one per direction. Both ends of the connection
+//! (and the agent, which creates it) map the same memfd, so everything here is `#[repr(C)]`
+//! with fixed sizes and alignments checked at compile time, and every field that changes after
+//! creation is an atomic. `core::sync::atomic::AtomicU32`/`AtomicU64` have the size and
+//! alignment of `u32`/`u64`, so they are ABI-compatible with the plain integers a C reader
+//! would declare.
+//!
+//! # Layout
+//!
+//! ```text
+//! offset 0                    SegmentHeader (512 bytes, 64-byte aligned)
+//!   0    immutable:           magic, version, header_size, total_size, ring_capacity,
+//!                             ring_offsets[2]
+//!   48   mutable, rarely:     tssx[2], state, refcount[2], reserved  (padded to 128)
+//!   128  asleep[2]            (written only around a sleep; read after every transfer)
+//!   192  bytes_moved[2]       (tracing)
+//!   256  rings[0] (A->B)      producer line: head, producer lock
+//!                             consumer line: tail, consumer lock
+//!   384  rings[1] (B->A)      same
+//! RING_DATA_OFFSET (4096)     ring data A->B, `ring_capacity` bytes
+//! align_up(.., 4096)          ring data B->A, `ring_capacity` bytes
+//! align_up(.., 4096)          end = total_size
+//! ```
+//!
+//! [`SegmentLayout::new`] computes these offsets; readers must check the header against it
+//! (see [`SegmentHeader::check`]) before trusting any offset.
+//!
+//! # Rules for every field
+//!
+//! * Immutable fields are written once by the creator before the memfd is passed to anyone
+//!   (the `SCM_RIGHTS` transfer orders them before the receiver's reads) and never change.
+//! * A reader copies the immutable values it needs (capacity, sizes) into private memory once,
+//!   after validation, and never re-reads them: the peer is another process and may be buggy.
+//! * Ring positions are free-running `u64` byte counters (they never wrap in practice; code
+//!   still uses wrapping arithmetic). The index of position `p` is `p & (ring_capacity - 1)`.
+//!   A ring is empty when `head == tail` and full when `head - tail == ring_capacity`.
+//! * Each atomic documents who writes it and with which ordering.
+//!
+//! The naming follows the connection: [`End::Client`] is end *A* (the side that connected),
+//! [`End::Server`] is end *B* (the side that accepted). `rings[e]` is written by end `e` and read
+//! by its peer, so `rings[0]` is A->B and `rings[1]` is B->A.
+
+use core::sync::atomic::{AtomicU32, AtomicU64};
+
+/// Value of [`SegmentHeader::magic`]: `"TSSXSEG\0"` read as a little-endian `u64`.
+pub const SEGMENT_MAGIC: u64 = u64::from_le_bytes(*b"TSSXSEG\0");
+
+/// Value of [`SegmentHeader::version`]. Bumped on any change to this file's layout or rules.
+pub const SEGMENT_VERSION: u32 = 1;
+
+/// Size of a cache line as far as this ABI is concerned: fields written by different parties
+/// are kept this far apart (x86-64 and most arm64 cores use 64-byte lines).
+pub const CACHE_LINE: usize = 64;
+
+/// Alignment unit of the data regions and of the total size. Equal to the usual page size;
+/// `mmap` works for any length, this only keeps ring data page-aligned where pages are 4 KiB.
+pub const SEGMENT_ALIGN: usize = 4096;
+
+/// Offset of the first ring's data: the header is padded to one [`SEGMENT_ALIGN`] unit.
+pub const RING_DATA_OFFSET: usize = SEGMENT_ALIGN;
+
+/// Smallest ring capacity a segment may have, in bytes.
+pub const MIN_RING_CAPACITY: usize = 64;
+
+/// Largest ring capacity a segment may have, in bytes (1 GiB).
+pub const MAX_RING_CAPACITY: usize = 1 << 30;
+
+/// One end of a connection. The discriminant indexes every per-end array in the header.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum End {
+    /// End *A*: the process that called `connect`.
+    Client = 0,
+    /// End *B*: the process that called `accept`.
+    Server = 1,
+}
+
+impl End {
+    /// End *A*, another name for [`End::Client`].
+    pub const A: End = End::Client;
+    /// End *B*, another name for [`End::Server`].
+    pub const B: End = End::Server;
+
+    /// The other end.
+    pub const fn peer(self) -> End {
+        match self {
+            End::Client => End::Server,
+            End::Server => End::Client,
+        }
+    }
+
+    /// Index into per-end arrays (`0` for A, `1` for B); also the index of the ring this end
+    /// writes.
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Decodes an index (`0` or `1`).
+    pub const fn from_index(index: usize) -> Option<End> {
+        match index {
+            0 => Some(End::Client),
+            1 => Some(End::Server),
+            _ => None,
+        }
+    }
+}
+
+/// State of the connection, stored in [`SegmentHeader::state`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SegmentState {
+    /// Created; only one end is known to use the rings. Bytes written are tentative.
+    Pending = 0,
+    /// Both ends use the rings.
+    Active = 1,
+    /// The connection went back to the real socket (after the writer replayed what the peer had
+    /// not read). Final for the rings.
+    Plain = 2,
+    /// The connection is closed. Final.
+    Closed = 3,
+}
+
+impl SegmentState {
+    /// Decodes a raw state value; `None` for a value no version of this ABI defines.
+    pub const fn from_u32(raw: u32) -> Option<SegmentState> {
+        match raw {
+            0 => Some(SegmentState::Pending),
+            1 => Some(SegmentState::Active),
+            2 => Some(SegmentState::Plain),
+            3 => Some(SegmentState::Closed),
+            _ => None,
+        }
+    }
+
+    /// The raw value stored in the header.
+    pub const fn as_u32(self) -> u32 {
+        self as u32
+    }
+}
+
+/// Wrapper that gives its content a cache line of its own (alignment and size a multiple of
+/// [`CACHE_LINE`]), so that fields written by different parties never share a line.
+#[repr(C, align(64))]
+#[derive(Debug, Default)]
+pub struct CacheLine<T>(pub T);
+
+/// The producer's cache line of a ring: written only by the end that writes the ring.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct ProducerLine {
+    /// Producer position: total bytes ever written to the ring (free-running).
+    ///
+    /// Written by the producer with `Release` after the bytes are copied in (publishes them);
+    /// read by the consumer with `Acquire` before it copies them out. The producer itself reads
+    /// it `Relaxed` (it is the only writer; concurrent producers are serialized by
+    /// [`ProducerLine::lock`], whose `Acquire`/`Release` orders their accesses).
+    pub head: AtomicU64,
+    /// Producer lock: `0` when free, otherwise the pid of the holder. Serializes concurrent
+    /// writers of one socket (threads, or parent and child after `fork`). Taken with
+    /// `compare_exchange(0, pid, Acquire, Relaxed)`, released with `store(0, Release)`.
+    pub lock: AtomicU32,
+    /// Reserved, zero.
+    pub reserved: u32,
+}
+
+/// The consumer's cache line of a ring: written only by the end that reads the ring.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct ConsumerLine {
+    /// Consumer position: total bytes ever read from the ring (free-running).
+    ///
+    /// Written by the consumer with `Release` after the bytes are copied out (frees their
+    /// space); read by the producer with `Acquire` before it overwrites that space. The
+    /// consumer itself reads it `Relaxed` (serialized by [`ConsumerLine::lock`]).
+    pub tail: AtomicU64,
+    /// Consumer lock: `0` when free, otherwise the pid of the holder. Serializes concurrent
+    /// readers of one socket. Same protocol as [`ProducerLine::lock`].
+    pub lock: AtomicU32,
+    /// Reserved, zero.
+    pub reserved: u32,
+}
+
+/// Control block of one ring: producer and consumer positions on separate cache lines.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct RingControl {
+    /// Written by the producer only.
+    pub producer: CacheLine<ProducerLine>,
+    /// Written by the consumer only.
+    pub consumer: CacheLine<ConsumerLine>,
+}
+
+/// The header at offset 0 of every segment.
+#[repr(C, align(64))]
+#[derive(Debug)]
+pub struct SegmentHeader {
+    /// [`SEGMENT_MAGIC`]. Immutable.
+    pub magic: u64,
+    /// [`SEGMENT_VERSION`]. Immutable.
+    pub version: u32,
+    /// `size_of::<SegmentHeader>()` as the creator saw it. Immutable.
+    pub header_size: u32,
+    /// Total size of the segment in bytes (= the memfd's size). Immutable.
+    pub total_size: u64,
+    /// Capacity of each ring in bytes, a power of two. Immutable.
+    pub ring_capacity: u64,
+    /// Offsets of the data of `rings[0]` (A->B) and `rings[1]` (B->A). Immutable.
+    pub ring_offsets: [u64; 2],
+    /// The TSSX bit of each end: `1` once the agent has handed this segment to that end and
+    /// the end may use the rings. Written by the agent (`Release`), read with `Acquire`.
+    pub tssx: [AtomicU32; 2],
+    /// [`SegmentState`] as a `u32`. Transitions with `compare_exchange(AcqRel, Acquire)`:
+    /// `Pending -> Active | Plain | Closed`, `Active -> Plain | Closed`, `Plain -> Closed`.
+    pub state: AtomicU32,
+    /// Open descriptions of the socket per end (dup and fork bookkeeping): `fetch_add(1,
+    /// Relaxed)` when one more appears, `fetch_sub(1, AcqRel)` when one closes; the one that
+    /// brings it to zero closes the end.
+    pub refcount: [AtomicU32; 2],
+    /// Reserved, zero.
+    pub reserved: u32,
+    /// Per end: number of that end's threads that announced they are about to block on the
+    /// real socket waiting for a doorbell byte (non-zero = asleep). A waiter increments it
+    /// (`Relaxed`), issues a `SeqCst` fence and re-checks the ring before blocking; it
+    /// decrements it (`Relaxed`) when it stops waiting. The peer, after publishing a position,
+    /// issues a `SeqCst` fence and reads it (`Relaxed`): non-zero means "send a doorbell".
+    /// The two fences guarantee that at least one side sees the other's write, so no wake-up is
+    /// lost.
+    pub asleep: CacheLine<[AtomicU32; 2]>,
+    /// Per direction (indexed like `rings`): tracing counter of bytes moved through shared
+    /// memory, updated off the hot path (`Relaxed` `fetch_add`), e.g. when an end closes or the
+    /// connection turns plain. The live count of a ring is its `tail` (bytes read so far).
+    pub bytes_moved: CacheLine<[AtomicU64; 2]>,
+    /// The two ring control blocks: `rings[0]` is A->B, `rings[1]` is B->A.
+    pub rings: [RingControl; 2],
+}
+
+/// Where everything lies in a segment with a given ring capacity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentLayout {
+    /// Capacity of each ring in bytes (power of two).
+    pub ring_capacity: usize,
+    /// Offset of the [`SegmentHeader`] (always `0`).
+    pub header_offset: usize,
+    /// Offset of the data of ring A->B (`rings[0]`).
+    pub ring_a_to_b: usize,
+    /// Offset of the data of ring B->A (`rings[1]`).
+    pub ring_b_to_a: usize,
+    /// Total size, a multiple of [`SEGMENT_ALIGN`].
+    pub total_size: usize,
+}
+
+const fn align_up(value: usize, align: usize) -> Option<usize> {
+    match value.checked_add(align - 1) {
+        Some(v) => Some(v & !(align - 1)),
+        None => None,
+    }
+}
+
+impl SegmentLayout {
+    /// The layout for rings of `ring_capacity` bytes, or `None` if the capacity is not a power
+    /// of two within [`MIN_RING_CAPACITY`]..=[`MAX_RING_CAPACITY`].
+    pub const fn new(ring_capacity: usize) -> Option<SegmentLayout> {
+        if !ring_capacity.is_power_of_two()
+            || ring_capacity < MIN_RING_CAPACITY
+            || ring_capacity > MAX_RING_CAPACITY
+        {
+            return None;
+        }
+        let ring_a_to_b = RING_DATA_OFFSET;
+        // Cannot overflow: both terms are bounded by MAX_RING_CAPACITY (1 GiB) plus a page.
+        let ring_b_to_a = match align_up(ring_a_to_b + ring_capacity, SEGMENT_ALIGN) {
+            Some(v) => v,
+            None => return None,
+        };
+        let total_size = match align_up(ring_b_to_a + ring_capacity, SEGMENT_ALIGN) {
+            Some(v) => v,
+            None => return None,
+        };
+        Some(SegmentLayout { ring_capacity, header_offset: 0, ring_a_to_b, ring_b_to_a, total_size })
+    }
+
+    /// Offset of the data of the ring written by `writer`.
+    pub const fn ring_offset(&self, writer: End) -> usize {
+        match writer {
+            End::Client => self.ring_a_to_b,
+            End::Server => self.ring_b_to_a,
+        }
+    }
+}
+
+/// Why a header does not describe the segment it sits in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeaderError {
+    /// `magic` is not [`SEGMENT_MAGIC`].
+    BadMagic(u64),
+    /// `version` is not [`SEGMENT_VERSION`].
+    BadVersion(u32),
+    /// `header_size` is not `size_of::<SegmentHeader>()`.
+    BadHeaderSize(u32),
+    /// `ring_capacity` is not a valid capacity.
+    BadCapacity(u64),
+    /// `total_size` or a ring offset disagrees with [`SegmentLayout::new`] for the capacity.
+    LayoutMismatch,
+    /// The object's actual size (e.g. the memfd's) differs from the layout's total size.
+    SizeMismatch {
+        /// Size the layout requires.
+        expected: u64,
+        /// Size found.
+        actual: u64,
+    },
+}
+
+impl SegmentHeader {
+    /// Checks the immutable fields against this ABI and against `actual_size`, the size of the
+    /// object the header sits in, and returns the layout they describe.
+    pub fn check(&self, actual_size: u64) -> Result<SegmentLayout, HeaderError> {
+        if self.magic != SEGMENT_MAGIC {
+            return Err(HeaderError::BadMagic(self.magic));
+        }
+        if self.version != SEGMENT_VERSION {
+            return Err(HeaderError::BadVersion(self.version));
+        }
+        if self.header_size as usize != core::mem::size_of::<SegmentHeader>() {
+            return Err(HeaderError::BadHeaderSize(self.header_size));
+        }
+        let layout = match usize::try_from(self.ring_capacity).ok().and_then(SegmentLayout::new) {
+            Some(layout) => layout,
+            None => return Err(HeaderError::BadCapacity(self.ring_capacity)),
+        };
+        if self.total_size != layout.total_size as u64
+            || self.ring_offsets != [layout.ring_a_to_b as u64, layout.ring_b_to_a as u64]
+        {
+            return Err(HeaderError::LayoutMismatch);
+        }
+        if actual_size != layout.total_size as u64 {
+            return Err(HeaderError::SizeMismatch { expected: layout.total_size as u64, actual: actual_size });
+        }
+        Ok(layout)
+    }
+}
+
+// The ABI, checked at compile time.
+const _: () = {
+    use core::mem::{align_of, offset_of, size_of};
+    assert!(size_of::<AtomicU32>() == 4 && align_of::<AtomicU32>() == 4);
+    assert!(size_of::<AtomicU64>() == 8 && align_of::<AtomicU64>() == 8);
+    assert!(size_of::<ProducerLine>() == 16);
+    assert!(size_of::<ConsumerLine>() == 16);
+    assert!(size_of::<CacheLine<ProducerLine>>() == CACHE_LINE);
+    assert!(align_of::<CacheLine<ProducerLine>>() == CACHE_LINE);
+    assert!(size_of::<RingControl>() == 2 * CACHE_LINE);
+    assert!(offset_of!(RingControl, consumer) == CACHE_LINE);
+    assert!(offset_of!(SegmentHeader, magic) == 0);
+    assert!(offset_of!(SegmentHeader, version) == 8);
+    assert!(offset_of!(SegmentHeader, header_size) == 12);
+    assert!(offset_of!(SegmentHeader, total_size) == 16);
+    assert!(offset_of!(SegmentHeader, ring_capacity) == 24);
+    assert!(offset_of!(SegmentHeader, ring_offsets) == 32);
+    assert!(offset_of!(SegmentHeader, tssx) == 48);
+    assert!(offset_of!(SegmentHeader, state) == 56);
+    assert!(offset_of!(SegmentHeader, refcount) == 60);
+    assert!(offset_of!(SegmentHeader, asleep) == 2 * CACHE_LINE);
+    assert!(offset_of!(SegmentHeader, bytes_moved) == 3 * CACHE_LINE);
+    assert!(offset_of!(SegmentHeader, rings) == 4 * CACHE_LINE);
+    assert!(size_of::<SegmentHeader>() == 8 * CACHE_LINE);
+    assert!(align_of::<SegmentHeader>() == CACHE_LINE);
+    assert!(size_of::<SegmentHeader>() <= RING_DATA_OFFSET);
+    assert!(RING_DATA_OFFSET % SEGMENT_ALIGN == 0);
+    // Smallest and largest layouts.
+    match SegmentLayout::new(MIN_RING_CAPACITY) {
+        Some(l) => assert!(
+            l.ring_a_to_b == 4096 && l.ring_b_to_a == 8192 && l.total_size == 12288
+        ),
+        None => panic!(),
+    }
+    match SegmentLayout::new(1 << 20) {
+        Some(l) => assert!(
+            l.ring_a_to_b == 4096
+                && l.ring_b_to_a == 4096 + (1 << 20)
+                && l.total_size == 4096 + (2 << 20)
+                && l.ring_b_to_a % SEGMENT_ALIGN == 0
+        ),
+        None => panic!(),
+    }
+    assert!(SegmentLayout::new(MAX_RING_CAPACITY).is_some());
+    assert!(SegmentLayout::new(MAX_RING_CAPACITY * 2).is_none());
+    assert!(SegmentLayout::new(MIN_RING_CAPACITY / 2).is_none());
+    assert!(SegmentLayout::new(3 << 10).is_none());
+    assert!(matches!(SegmentState::from_u32(2), Some(SegmentState::Plain)));
+    assert!(SegmentState::from_u32(4).is_none());
+};

@@ -1,0 +1,1034 @@
+//! The single-producer single-consumer byte ring over raw shared memory.
+//!
+//! A ring is a power-of-two array of bytes plus two free-running `u64` positions: `head`, the
+//! total bytes the producer has written, and `tail`, the total bytes the consumer has read
+//! (both live in the segment header, see [`tssx_common::segment`]). Position `p` lives at index
+//! `p & (capacity - 1)`; the ring holds `head - tail` bytes, is empty when they are equal and
+//! full when the difference is the capacity. A transfer copies one contiguous run of positions,
+//! which is at most two `memcpy` calls (the second when the run wraps around the end).
+//!
+//! A [`Producer`] and a [`Consumer`] each keep a private copy of the *peer's* position and only
+//! re-read the shared one when the copy says there is not enough room or data. The copy is
+//! always behind the truth (positions only grow), so it can only under-report, never let a
+//! handle overrun the peer. The handle's *own* position is re-read (`Relaxed`, from its own
+//! cache line) on every call instead of being cached, so that several handles of one ring (two
+//! threads, or parent and child after `fork`) stay correct as long as their calls are
+//! serialized, e.g. by the ring's [`RingLock`].
+//!
+//! # Memory orderings
+//!
+//! * The producer copies bytes in, then stores `head` with `Release`. The consumer loads `head`
+//!   with `Acquire` before copying out: it sees every byte written before that `head`.
+//! * The consumer copies bytes out, then stores `tail` with `Release`. The producer loads
+//!   `tail` with `Acquire` before overwriting: the consumer's reads of that space happened
+//!   before the producer's writes.
+//!
+//! # Sleeping and waking
+//!
+//! Each end has an *asleep* counter in the header. The ring never blocks and never makes a
+//! system call; the caller sleeps on the real socket and the peer wakes it with a *doorbell*
+//! byte written to that socket. The protocol, for a consumer waiting for data (a producer
+//! waiting for space is symmetric):
+//!
+//! 1. The waiter increments its end's asleep counter, issues a `SeqCst` fence and re-checks the
+//!    ring ([`Consumer::announce_sleep`] does all three). If data arrived meanwhile it takes the
+//!    announcement back and does not sleep.
+//! 2. Otherwise it blocks on the real socket (`poll`/`read`), and when woken (or whenever it
+//!    stops waiting) decrements the counter ([`Consumer::withdraw_sleep`], or drop the
+//!    [`SleepGuard`]).
+//! 3. The peer, after every transfer that published a new position, issues a `SeqCst` fence and
+//!    reads the waiter's counter; [`Transfer::wake_peer`] reports whether it was non-zero, and
+//!    the caller then writes a doorbell byte.
+//!
+//! The two `SeqCst` fences order "announce, then re-check" against "publish, then look": at
+//! least one side sees the other's write, so either the waiter sees the new data and does not
+//! sleep, or the peer sees the announcement and rings. No wake-up is lost. Doorbells may be
+//! spurious (the counter is read without being cleared, and several transfers may each ring
+//! once); the caller drains doorbell bytes and re-checks the ring after every wake-up.
+//!
+//! # Why the `sync` shim, and what loom checks
+//!
+//! The ring's code uses the atomics, fence and data cells of [`sync`], which are those of
+//! `core` normally and those of `loom` under `--cfg tssx_loom`. The handles are built from raw
+//! pointers ([`RingRaw`]) rather than from the segment header type, so the very same
+//! `Producer`/`Consumer` code runs both over a mapped segment (whose header, from
+//! `tssx-common`, uses `core` atomics of the same types) and, in the loom model test, over an
+//! in-memory control block made of loom atomics. The ring data is addressed as cells
+//! (`UnsafeCell<u8>`, which for `core` has the layout of `u8`), so under loom every byte
+//! access is tracked and an ordering too weak to publish the bytes shows up as a causality
+//! violation. Only the byte-copy primitive differs (a `memcpy` normally, a loop of tracked
+//! cell accesses under loom); positions, orderings and the wake protocol are the real code.
+//! Under `--cfg tssx_loom` the mapping of a real segment is compiled out.
+//! (The cfg is `tssx_loom`, not the customary `loom`: `RUSTFLAGS` reach every crate, and under
+//! `--cfg loom` tokio drops `tokio::signal`, which the agent in this crate needs.)
+//!
+//! # Untrusted peer
+//!
+//! The other end is another process. Every index is masked and every length clamped to the
+//! capacity, so a peer that writes garbage positions can make the ring look empty or full or
+//! yield garbage bytes, but can never make a handle access memory outside the ring.
+
+use core::cell::Cell;
+use core::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
+use std::io::{IoSlice, IoSliceMut};
+
+use self::sync::{AtomicU32, AtomicU64, DataCell};
+
+/// The atomics, fence and data cell the ring is written against: `core`'s normally, `loom`'s
+/// under `--cfg tssx_loom` (see the module documentation).
+pub mod sync {
+    #[cfg(not(tssx_loom))]
+    pub use core::sync::atomic::{fence, AtomicU32, AtomicU64};
+    #[cfg(tssx_loom)]
+    pub use loom::sync::atomic::{fence, AtomicU32, AtomicU64};
+
+    /// One byte of ring data.
+    #[cfg(not(tssx_loom))]
+    pub type DataCell = core::cell::UnsafeCell<u8>;
+    /// One byte of ring data (tracked by loom).
+    #[cfg(tssx_loom)]
+    pub type DataCell = loom::cell::UnsafeCell<u8>;
+
+    /// Copies `src` into the cells starting at `dst`.
+    ///
+    /// # Safety
+    /// `dst..dst + src.len()` must be valid cells that nobody else accesses meanwhile.
+    #[cfg(not(tssx_loom))]
+    #[inline]
+    pub(crate) unsafe fn copy_in(dst: *const DataCell, src: &[u8]) {
+        // SAFETY: the caller guarantees the destination range is valid and exclusively ours;
+        // `UnsafeCell<u8>` has the layout of `u8` and permits writes through a shared pointer.
+        unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), DataCell::raw_get(dst), src.len()) }
+    }
+
+    /// Copies the cells starting at `src` into `dst`.
+    ///
+    /// # Safety
+    /// `src..src + dst.len()` must be valid cells that nobody writes meanwhile.
+    #[cfg(not(tssx_loom))]
+    #[inline]
+    pub(crate) unsafe fn copy_out(src: *const DataCell, dst: &mut [u8]) {
+        // SAFETY: the caller guarantees the source range is valid and not written meanwhile.
+        unsafe { core::ptr::copy_nonoverlapping(DataCell::raw_get(src), dst.as_mut_ptr(), dst.len()) }
+    }
+
+    /// Copies `src` into the cells starting at `dst`, one tracked access per byte.
+    ///
+    /// # Safety
+    /// As the non-loom version.
+    #[cfg(tssx_loom)]
+    pub(crate) unsafe fn copy_in(dst: *const DataCell, src: &[u8]) {
+        for (i, &byte) in src.iter().enumerate() {
+            // SAFETY: in bounds by the caller's contract; loom checks exclusivity.
+            unsafe { (*dst.add(i)).with_mut(|p| *p = byte) }
+        }
+    }
+
+    /// Copies the cells starting at `src` into `dst`, one tracked access per byte.
+    ///
+    /// # Safety
+    /// As the non-loom version.
+    #[cfg(tssx_loom)]
+    pub(crate) unsafe fn copy_out(src: *const DataCell, dst: &mut [u8]) {
+        for (i, out) in dst.iter_mut().enumerate() {
+            // SAFETY: in bounds by the caller's contract; loom checks there is no racing write.
+            *out = unsafe { (*src.add(i)).with(|p| *p) };
+        }
+    }
+}
+
+/// Raw pointers to everything one ring uses; the input of [`Producer::new`] and
+/// [`Consumer::new`].
+#[derive(Clone, Copy, Debug)]
+pub struct RingRaw {
+    /// The producer position (`head`).
+    pub head: *const AtomicU64,
+    /// The consumer position (`tail`).
+    pub tail: *const AtomicU64,
+    /// The asleep counter of the end that writes this ring.
+    pub producer_asleep: *const AtomicU32,
+    /// The asleep counter of the end that reads this ring.
+    pub consumer_asleep: *const AtomicU32,
+    /// The first of `capacity` data cells.
+    pub data: *const DataCell,
+    /// Number of data cells; a power of two.
+    pub capacity: usize,
+}
+
+/// Result of a transfer that may have published a new position.
+#[must_use = "if `wake_peer` is set the caller must ring the doorbell"]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Transfer {
+    /// Bytes copied (`0` when the ring was full, resp. empty, or the buffer was empty).
+    pub bytes: usize,
+    /// The peer announced it sleeps waiting for this end: write a doorbell byte to the real
+    /// socket. Only ever set when `bytes > 0`.
+    pub wake_peer: bool,
+}
+
+impl Transfer {
+    const NOTHING: Transfer = Transfer { bytes: 0, wake_peer: false };
+}
+
+/// Bytes in the ring given a producer and a consumer position, clamped to `0..=capacity`.
+/// A difference above the capacity means one position is stale (a cached copy behind another
+/// handle's progress) or corrupt; it counts as nothing.
+#[inline]
+fn used(head: u64, tail: u64, capacity: usize) -> usize {
+    let used = head.wrapping_sub(tail);
+    if used > capacity as u64 {
+        0
+    } else {
+        used as usize
+    }
+}
+
+/// Free space given a producer and a consumer position, clamped likewise (stale or corrupt
+/// positions count as a full ring).
+#[inline]
+fn free(head: u64, tail: u64, capacity: usize) -> usize {
+    let used = head.wrapping_sub(tail);
+    if used > capacity as u64 {
+        0
+    } else {
+        capacity - used as usize
+    }
+}
+
+/// Total length of some buffers, saturating.
+fn total_len<I: Iterator<Item = usize>>(lens: I) -> usize {
+    lens.fold(0usize, |acc, len| acc.saturating_add(len))
+}
+
+/// Copies `src` into the ring at position `pos`: one `memcpy`, two if the run wraps.
+///
+/// # Safety
+/// `raw` satisfies the constructor contract, `src.len() <= capacity`, and the positions
+/// `pos..pos + src.len()` are free space owned by the caller (the producer).
+#[inline]
+unsafe fn copy_to_ring(raw: &RingRaw, pos: u64, src: &[u8]) {
+    let start = (pos & (raw.capacity as u64 - 1)) as usize;
+    let first = src.len().min(raw.capacity - start);
+    // SAFETY: `start + first <= capacity` and the remaining `src.len() - first <= start`
+    // cells from index 0 are in bounds; the caller owns these positions.
+    unsafe {
+        sync::copy_in(raw.data.add(start), &src[..first]);
+        if first < src.len() {
+            sync::copy_in(raw.data, &src[first..]);
+        }
+    }
+}
+
+/// Copies from the ring at position `pos` into `dst`: one `memcpy`, two if the run wraps.
+///
+/// # Safety
+/// `raw` satisfies the constructor contract, `dst.len() <= capacity`, and the positions
+/// `pos..pos + dst.len()` hold published bytes the producer will not overwrite meanwhile.
+#[inline]
+unsafe fn copy_from_ring(raw: &RingRaw, pos: u64, dst: &mut [u8]) {
+    let start = (pos & (raw.capacity as u64 - 1)) as usize;
+    let first = dst.len().min(raw.capacity - start);
+    let (a, b) = dst.split_at_mut(first);
+    // SAFETY: as in `copy_to_ring`, both runs are in bounds; the bytes are published and not
+    // overwritten before we publish a tail past them.
+    unsafe {
+        sync::copy_out(raw.data.add(start), a);
+        if !b.is_empty() {
+            sync::copy_out(raw.data, b);
+        }
+    }
+}
+
+/// After publishing a position: has the peer announced it sleeps?
+#[inline]
+fn peer_asleep_after_publish(peer_asleep: &AtomicU32) -> bool {
+    // SeqCst fence: pairs with the waiter's fence between its announcement and its re-check
+    // (see the module documentation). Either this load sees the announcement, or the waiter's
+    // re-check sees the position we just published.
+    sync::fence(SeqCst);
+    // Relaxed: the fence above provides the ordering.
+    peer_asleep.load(Relaxed) != 0
+}
+
+/// Announces a sleep on `own_asleep`, then re-checks readiness with `ready`. Returns `true` if
+/// the caller must sleep (announcement stands) and `false` if it is ready (withdrawn).
+#[inline]
+fn announce(own_asleep: &AtomicU32, ready: impl FnOnce() -> bool) -> bool {
+    // Relaxed: the fence below orders it before the re-check.
+    own_asleep.fetch_add(1, Relaxed);
+    // SeqCst fence: pairs with the peer's fence between publishing and reading the counter.
+    sync::fence(SeqCst);
+    if ready() {
+        // Relaxed: at worst the peer sends one spurious doorbell.
+        own_asleep.fetch_sub(1, Relaxed);
+        false
+    } else {
+        true
+    }
+}
+
+/// The writing handle of a ring.
+///
+/// `Send` but neither `Sync` nor `Clone`: one handle is used by one thread at a time.
+pub struct Producer {
+    raw: RingRaw,
+    /// Last `tail` read from the shared memory; never ahead of the real one.
+    cached_tail: Cell<u64>,
+}
+
+// SAFETY: the handle only holds pointers into memory that the constructor's contract keeps
+// valid for its lifetime, independent of the thread using it; all shared state is atomic.
+unsafe impl Send for Producer {}
+
+impl core::fmt::Debug for Producer {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Producer")
+            .field("capacity", &self.raw.capacity)
+            .field("cached_tail", &self.cached_tail.get())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Producer {
+    /// Builds the writing handle of a ring.
+    ///
+    /// # Safety
+    /// For the whole life of the handle:
+    /// * every pointer of `raw` points to a valid, initialized, suitably aligned object
+    ///   (`data` to `capacity` cells), in memory that stays mapped;
+    /// * `raw.capacity` is a non-zero power of two;
+    /// * no other producer of this ring runs concurrently: other handles of the same ring
+    ///   (other threads, a forked child) are only used while this one is not, with a
+    ///   happens-before between them (e.g. the ring's producer [`RingLock`]);
+    /// * nothing else writes the ring's data cells or `head`.
+    ///
+    /// # Panics
+    /// If `raw.capacity` is not a power of two.
+    pub unsafe fn new(raw: RingRaw) -> Producer {
+        assert!(raw.capacity.is_power_of_two(), "ring capacity must be a power of two");
+        let producer = Producer { raw, cached_tail: Cell::new(0) };
+        // Acquire: as every load of the consumer's position.
+        producer.cached_tail.set(producer.tail().load(Acquire));
+        producer
+    }
+
+    fn head(&self) -> &AtomicU64 {
+        // SAFETY: valid for the handle's life by the constructor's contract.
+        unsafe { &*self.raw.head }
+    }
+
+    fn tail(&self) -> &AtomicU64 {
+        // SAFETY: valid for the handle's life by the constructor's contract.
+        unsafe { &*self.raw.tail }
+    }
+
+    fn own_asleep(&self) -> &AtomicU32 {
+        // SAFETY: valid for the handle's life by the constructor's contract.
+        unsafe { &*self.raw.producer_asleep }
+    }
+
+    fn peer_asleep(&self) -> &AtomicU32 {
+        // SAFETY: valid for the handle's life by the constructor's contract.
+        unsafe { &*self.raw.consumer_asleep }
+    }
+
+    /// Capacity of the ring in bytes.
+    pub fn capacity(&self) -> usize {
+        self.raw.capacity
+    }
+
+    /// Total bytes ever written to the ring (the producer position).
+    pub fn position(&self) -> u64 {
+        // Relaxed: our own position, written only by producers serialized with us.
+        self.head().load(Relaxed)
+    }
+
+    /// Free space in bytes, reading the consumer's position afresh.
+    pub fn free(&self) -> usize {
+        self.refresh(self.position())
+    }
+
+    /// Whether nothing is waiting for the consumer (everything written has been read).
+    pub fn is_drained(&self) -> bool {
+        self.free() == self.raw.capacity
+    }
+
+    /// Reloads the consumer position and returns the free space for producer position `head`.
+    fn refresh(&self, head: u64) -> usize {
+        // Acquire: pairs with the consumer's Release store of `tail` after copying out, so
+        // its reads of the space we are about to reuse happened before our writes.
+        let tail = self.tail().load(Acquire);
+        self.cached_tail.set(tail);
+        free(head, tail, self.raw.capacity)
+    }
+
+    /// Free space for producer position `head`, at least `want` if the ring has it: the cached
+    /// consumer position is only refreshed when it shows less than `want`.
+    #[inline]
+    fn free_for(&self, head: u64, want: usize) -> usize {
+        let cached = free(head, self.cached_tail.get(), self.raw.capacity);
+        if cached >= want {
+            cached
+        } else {
+            self.refresh(head)
+        }
+    }
+
+    /// Publishes `head + bytes` after the bytes were copied in.
+    #[inline]
+    fn publish(&mut self, head: u64, bytes: usize) -> Transfer {
+        // Release: orders our copies into the ring before the new head, which the consumer
+        // loads with Acquire.
+        self.head().store(head.wrapping_add(bytes as u64), Release);
+        Transfer { bytes, wake_peer: peer_asleep_after_publish(self.peer_asleep()) }
+    }
+
+    /// Copies as much of `src` as fits into the ring and publishes it.
+    pub fn write(&mut self, src: &[u8]) -> Transfer {
+        if src.is_empty() {
+            return Transfer::NOTHING;
+        }
+        let head = self.position();
+        let n = self.free_for(head, src.len()).min(src.len());
+        if n == 0 {
+            return Transfer::NOTHING;
+        }
+        // SAFETY: contract of `new`; `n` bytes from `head` are free space (within the
+        // capacity), and only we write them until we publish.
+        unsafe { copy_to_ring(&self.raw, head, &src[..n]) };
+        self.publish(head, n)
+    }
+
+    /// Copies as much of `bufs`, in order, as fits into the ring and publishes it once.
+    pub fn writev(&mut self, bufs: &[IoSlice<'_>]) -> Transfer {
+        let want = total_len(bufs.iter().map(|b| b.len()));
+        if want == 0 {
+            return Transfer::NOTHING;
+        }
+        let head = self.position();
+        let n = self.free_for(head, want).min(want);
+        if n == 0 {
+            return Transfer::NOTHING;
+        }
+        let mut pos = head;
+        let mut left = n;
+        for buf in bufs {
+            let k = buf.len().min(left);
+            // SAFETY: as in `write`; the runs `pos..pos + k` are consecutive parts of the `n`
+            // free bytes from `head`.
+            unsafe { copy_to_ring(&self.raw, pos, &buf[..k]) };
+            pos = pos.wrapping_add(k as u64);
+            left -= k;
+            if left == 0 {
+                break;
+            }
+        }
+        self.publish(head, n)
+    }
+
+    /// Announces that this end is about to sleep waiting for free space, then re-checks.
+    ///
+    /// Returns `true` if the ring is still full: the announcement stands, the caller may block
+    /// on the real socket for a doorbell and must call [`Producer::withdraw_sleep`] once it
+    /// stops waiting. Returns `false` (announcement already withdrawn) if there is space.
+    pub fn announce_sleep(&self) -> bool {
+        announce(self.own_asleep(), || self.free() > 0)
+    }
+
+    /// Takes back an announcement that [`Producer::announce_sleep`] left standing.
+    pub fn withdraw_sleep(&self) {
+        // Relaxed: see `announce`.
+        self.own_asleep().fetch_sub(1, Relaxed);
+    }
+
+    /// [`Producer::announce_sleep`] as a guard that withdraws on drop; `None` if there is
+    /// space already.
+    pub fn prepare_sleep(&self) -> Option<SleepGuard<'_>> {
+        self.announce_sleep().then(|| SleepGuard { asleep: self.own_asleep() })
+    }
+}
+
+/// The reading handle of a ring.
+///
+/// `Send` but neither `Sync` nor `Clone`: one handle is used by one thread at a time.
+pub struct Consumer {
+    raw: RingRaw,
+    /// Last `head` read from the shared memory; never ahead of the real one.
+    cached_head: Cell<u64>,
+}
+
+// SAFETY: as for `Producer`.
+unsafe impl Send for Consumer {}
+
+impl core::fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Consumer")
+            .field("capacity", &self.raw.capacity)
+            .field("cached_head", &self.cached_head.get())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Consumer {
+    /// Builds the reading handle of a ring.
+    ///
+    /// # Safety
+    /// As [`Producer::new`], with "producer", `head` and "writes the data cells" replaced by
+    /// "consumer", `tail` and "reads the data cells": no other consumer of this ring runs
+    /// concurrently (serialize them, e.g. with the ring's consumer [`RingLock`]), and nothing
+    /// else writes `tail`.
+    ///
+    /// # Panics
+    /// If `raw.capacity` is not a power of two.
+    pub unsafe fn new(raw: RingRaw) -> Consumer {
+        assert!(raw.capacity.is_power_of_two(), "ring capacity must be a power of two");
+        let consumer = Consumer { raw, cached_head: Cell::new(0) };
+        // Acquire: as every load of the producer's position.
+        consumer.cached_head.set(consumer.head().load(Acquire));
+        consumer
+    }
+
+    fn head(&self) -> &AtomicU64 {
+        // SAFETY: valid for the handle's life by the constructor's contract.
+        unsafe { &*self.raw.head }
+    }
+
+    fn tail(&self) -> &AtomicU64 {
+        // SAFETY: valid for the handle's life by the constructor's contract.
+        unsafe { &*self.raw.tail }
+    }
+
+    fn own_asleep(&self) -> &AtomicU32 {
+        // SAFETY: valid for the handle's life by the constructor's contract.
+        unsafe { &*self.raw.consumer_asleep }
+    }
+
+    fn peer_asleep(&self) -> &AtomicU32 {
+        // SAFETY: valid for the handle's life by the constructor's contract.
+        unsafe { &*self.raw.producer_asleep }
+    }
+
+    /// Capacity of the ring in bytes.
+    pub fn capacity(&self) -> usize {
+        self.raw.capacity
+    }
+
+    /// Total bytes ever read from the ring (the consumer position).
+    pub fn position(&self) -> u64 {
+        // Relaxed: our own position, written only by consumers serialized with us.
+        self.tail().load(Relaxed)
+    }
+
+    /// Bytes ready to read, reading the producer's position afresh (e.g. for `FIONREAD` or
+    /// `poll`).
+    pub fn available(&self) -> usize {
+        self.refresh(self.position())
+    }
+
+    /// Reloads the producer position and returns the bytes available at consumer position
+    /// `tail`.
+    fn refresh(&self, tail: u64) -> usize {
+        // Acquire: pairs with the producer's Release store of `head` after copying in, so the
+        // bytes below that head are visible to our copies.
+        let head = self.head().load(Acquire);
+        self.cached_head.set(head);
+        used(head, tail, self.raw.capacity)
+    }
+
+    /// Bytes available at `tail`, at least `want` if the ring has them: the cached producer
+    /// position is only refreshed when it shows less than `want`.
+    #[inline]
+    fn available_for(&self, tail: u64, want: usize) -> usize {
+        let cached = used(self.cached_head.get(), tail, self.raw.capacity);
+        if cached >= want {
+            cached
+        } else {
+            self.refresh(tail)
+        }
+    }
+
+    /// Copies up to `dst.len()` bytes out of the ring without consuming them (`MSG_PEEK`).
+    pub fn peek(&self, dst: &mut [u8]) -> usize {
+        self.peek_at(self.position(), dst)
+    }
+
+    /// `peek` at consumer position `tail`.
+    #[inline]
+    fn peek_at(&self, tail: u64, dst: &mut [u8]) -> usize {
+        if dst.is_empty() {
+            return 0;
+        }
+        let n = self.available_for(tail, dst.len()).min(dst.len());
+        // SAFETY: contract of `new`; `n` published bytes from `tail` (within the capacity),
+        // which the producer does not overwrite before we publish a tail past them.
+        unsafe { copy_from_ring(&self.raw, tail, &mut dst[..n]) };
+        n
+    }
+
+    /// Publishes `tail + bytes` after the bytes were copied out (or skipped).
+    #[inline]
+    fn publish(&mut self, tail: u64, bytes: usize) -> Transfer {
+        // Release: orders our copies out of the ring before the new tail, which the producer
+        // loads with Acquire before reusing the space.
+        self.tail().store(tail.wrapping_add(bytes as u64), Release);
+        Transfer { bytes, wake_peer: peer_asleep_after_publish(self.peer_asleep()) }
+    }
+
+    /// Copies up to `dst.len()` bytes out of the ring and consumes them.
+    pub fn read(&mut self, dst: &mut [u8]) -> Transfer {
+        let tail = self.position();
+        let n = self.peek_at(tail, dst);
+        if n == 0 {
+            return Transfer::NOTHING;
+        }
+        self.publish(tail, n)
+    }
+
+    /// Fills `bufs` in order with as many bytes as the ring has, consuming them.
+    pub fn readv(&mut self, bufs: &mut [IoSliceMut<'_>]) -> Transfer {
+        let want = total_len(bufs.iter().map(|b| b.len()));
+        if want == 0 {
+            return Transfer::NOTHING;
+        }
+        let tail = self.position();
+        let n = self.available_for(tail, want).min(want);
+        if n == 0 {
+            return Transfer::NOTHING;
+        }
+        let mut pos = tail;
+        let mut left = n;
+        for buf in bufs.iter_mut() {
+            let k = buf.len().min(left);
+            // SAFETY: as in `peek`; the runs `pos..pos + k` are consecutive parts of the `n`
+            // published bytes from `tail`.
+            unsafe { copy_from_ring(&self.raw, pos, &mut buf[..k]) };
+            pos = pos.wrapping_add(k as u64);
+            left -= k;
+            if left == 0 {
+                break;
+            }
+        }
+        self.publish(tail, n)
+    }
+
+    /// Consumes up to `n` bytes without copying them (e.g. after a [`Consumer::peek`]).
+    pub fn skip(&mut self, n: usize) -> Transfer {
+        if n == 0 {
+            return Transfer::NOTHING;
+        }
+        let tail = self.position();
+        let n = self.available_for(tail, n).min(n);
+        if n == 0 {
+            return Transfer::NOTHING;
+        }
+        self.publish(tail, n)
+    }
+
+    /// Announces that this end is about to sleep waiting for data, then re-checks.
+    ///
+    /// Returns `true` if the ring is still empty: the announcement stands, the caller may block
+    /// on the real socket for a doorbell and must call [`Consumer::withdraw_sleep`] once it
+    /// stops waiting. Returns `false` (announcement already withdrawn) if data is there.
+    pub fn announce_sleep(&self) -> bool {
+        announce(self.own_asleep(), || self.available() > 0)
+    }
+
+    /// Takes back an announcement that [`Consumer::announce_sleep`] left standing.
+    pub fn withdraw_sleep(&self) {
+        // Relaxed: see `announce`.
+        self.own_asleep().fetch_sub(1, Relaxed);
+    }
+
+    /// [`Consumer::announce_sleep`] as a guard that withdraws on drop; `None` if data is there
+    /// already.
+    pub fn prepare_sleep(&self) -> Option<SleepGuard<'_>> {
+        self.announce_sleep().then(|| SleepGuard { asleep: self.own_asleep() })
+    }
+}
+
+/// A standing sleep announcement; dropping it withdraws the announcement.
+#[must_use = "dropping the guard withdraws the announcement at once"]
+#[derive(Debug)]
+pub struct SleepGuard<'a> {
+    asleep: &'a AtomicU32,
+}
+
+impl Drop for SleepGuard<'_> {
+    fn drop(&mut self) {
+        // Relaxed: see `announce`.
+        self.asleep.fetch_sub(1, Relaxed);
+    }
+}
+
+/// A ring's producer or consumer lock word: `0` when free, else the holder's id.
+///
+/// The ring handles themselves take no lock; callers that may use several handles of one ring
+/// side concurrently (threads, processes after `fork`) take this lock around each use. It is a
+/// try-lock only: spinning or sleeping on it is the caller's policy (a signal handler must not
+/// spin on a lock its own thread may hold).
+#[derive(Clone, Copy, Debug)]
+pub struct RingLock {
+    word: *const AtomicU32,
+}
+
+// SAFETY: the word is an atomic in memory the constructor's contract keeps valid.
+unsafe impl Send for RingLock {}
+// SAFETY: as above; every access is atomic.
+unsafe impl Sync for RingLock {}
+
+impl RingLock {
+    /// Wraps a lock word.
+    ///
+    /// # Safety
+    /// `word` points to a valid, initialized `AtomicU32` for the life of the value and of its
+    /// copies.
+    pub unsafe fn new(word: *const AtomicU32) -> RingLock {
+        RingLock { word }
+    }
+
+    fn word(&self) -> &AtomicU32 {
+        // SAFETY: valid by the constructor's contract.
+        unsafe { &*self.word }
+    }
+
+    /// Takes the lock for `owner` (non-zero; the thread id is a good choice, so that a dead
+    /// holder can be recognised) if it is free.
+    ///
+    /// # Panics
+    /// If `owner` is zero.
+    pub fn try_lock(&self, owner: u32) -> Option<RingLockGuard<'_>> {
+        assert!(owner != 0, "lock owner id must be non-zero");
+        // Acquire on success: everything the previous holder did before releasing (Release)
+        // happens before our critical section.
+        self.word()
+            .compare_exchange(0, owner, Acquire, Relaxed)
+            .is_ok()
+            // Lazily: a guard built and dropped on failure would unlock the current holder.
+            .then(|| RingLockGuard { lock: self })
+    }
+
+    /// The current holder's id, `0` if free. Only a hint: it may change at once.
+    pub fn holder(&self) -> u32 {
+        self.word().load(Relaxed)
+    }
+
+    /// Frees the lock if `owner` still holds it (e.g. the holder is known to be dead). Returns
+    /// whether it did.
+    pub fn break_lock(&self, owner: u32) -> bool {
+        // Release: as an unlock; Relaxed on failure (nothing read).
+        self.word().compare_exchange(owner, 0, Release, Relaxed).is_ok()
+    }
+}
+
+/// A held [`RingLock`]; dropping it releases the lock.
+#[must_use = "dropping the guard releases the lock at once"]
+#[derive(Debug)]
+pub struct RingLockGuard<'a> {
+    lock: &'a RingLock,
+}
+
+impl Drop for RingLockGuard<'_> {
+    fn drop(&mut self) {
+        // Release: our critical section happens before the next holder's (Acquire).
+        self.lock.word().store(0, Release);
+    }
+}
+
+#[cfg(all(test, not(tssx_loom)))]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+    use tssx_common::segment::RingControl;
+
+    /// A ring in ordinary memory, laid out with the segment's real control block.
+    struct TestRing {
+        ctl: Box<RingControl>,
+        asleep: Box<[AtomicU32; 2]>,
+        data: Box<[DataCell]>,
+    }
+
+    impl TestRing {
+        fn new(capacity: usize) -> TestRing {
+            TestRing {
+                ctl: Box::default(),
+                asleep: Box::new([AtomicU32::new(0), AtomicU32::new(0)]),
+                data: (0..capacity).map(|_| DataCell::new(0)).collect(),
+            }
+        }
+
+        fn raw(&self) -> RingRaw {
+            RingRaw {
+                head: &self.ctl.producer.0.head,
+                tail: &self.ctl.consumer.0.tail,
+                producer_asleep: &self.asleep[0],
+                consumer_asleep: &self.asleep[1],
+                data: self.data.as_ptr(),
+                capacity: self.data.len(),
+            }
+        }
+
+        fn handles(&self) -> (Producer, Consumer) {
+            // SAFETY: the test ring outlives the handles (they are dropped before it in every
+            // test), and each test uses one producer and one consumer.
+            unsafe { (Producer::new(self.raw()), Consumer::new(self.raw())) }
+        }
+    }
+
+    #[test]
+    fn empty_ring() {
+        let ring = TestRing::new(16);
+        let (p, mut c) = ring.handles();
+        let mut buf = [0u8; 8];
+        assert_eq!(c.available(), 0);
+        assert_eq!(p.free(), 16);
+        assert!(p.is_drained());
+        assert_eq!(c.read(&mut buf), Transfer::NOTHING);
+        assert_eq!(c.peek(&mut buf), 0);
+        assert_eq!(c.skip(3), Transfer::NOTHING);
+        assert_eq!(c.readv(&mut [IoSliceMut::new(&mut buf)]), Transfer::NOTHING);
+        assert_eq!(c.position(), 0);
+    }
+
+    #[test]
+    fn full_and_exact_fill() {
+        let ring = TestRing::new(16);
+        let (mut p, mut c) = ring.handles();
+        let data: Vec<u8> = (0..16).collect();
+        // Exact fill.
+        assert_eq!(p.write(&data).bytes, 16);
+        assert_eq!(p.free(), 0);
+        assert_eq!(c.available(), 16);
+        // Full: nothing more fits.
+        assert_eq!(p.write(&[99]), Transfer::NOTHING);
+        assert_eq!(p.writev(&[IoSlice::new(&[1, 2])]), Transfer::NOTHING);
+        let mut out = [0u8; 32];
+        assert_eq!(c.read(&mut out).bytes, 16);
+        assert_eq!(&out[..16], &data[..]);
+        assert_eq!(c.available(), 0);
+        assert!(p.is_drained());
+        // Overfill: only what fits is taken.
+        assert_eq!(p.write(&[7u8; 40]).bytes, 16);
+        assert_eq!(p.position(), 32);
+        assert_eq!(c.read(&mut out[..10]).bytes, 10);
+        assert_eq!(p.write(&[8u8; 40]).bytes, 10);
+        assert_eq!(c.read(&mut out).bytes, 16);
+        assert_eq!(&out[..6], &[7u8; 6]);
+        assert_eq!(&out[6..16], &[8u8; 10]);
+    }
+
+    #[test]
+    fn wrap_around_odd_sizes() {
+        let ring = TestRing::new(8);
+        let (mut p, mut c) = ring.handles();
+        let mut next_in = 0u8;
+        let mut next_out = 0u8;
+        let mut out = [0u8; 8];
+        for round in 0..200usize {
+            let w = 1 + round % 7; // 1..=7, never aligned with the capacity for long
+            let src: Vec<u8> = (0..w).map(|i| next_in.wrapping_add(i as u8)).collect();
+            let n = p.write(&src).bytes;
+            next_in = next_in.wrapping_add(n as u8);
+            let r = 1 + (round * 3) % 5;
+            let got = c.read(&mut out[..r]).bytes;
+            for &b in &out[..got] {
+                assert_eq!(b, next_out, "round {round}");
+                next_out = next_out.wrapping_add(1);
+            }
+        }
+        assert!(p.position() > 200, "the ring must have wrapped many times");
+    }
+
+    #[test]
+    fn peek_does_not_consume() {
+        let ring = TestRing::new(8);
+        let (mut p, mut c) = ring.handles();
+        assert_eq!(p.write(b"abcdef").bytes, 6);
+        let mut out = [0u8; 4];
+        assert_eq!(c.read(&mut out).bytes, 4); // tail now 4: the next run wraps
+        assert_eq!(p.write(b"ghijk").bytes, 5);
+        let mut peeked = [0u8; 16];
+        assert_eq!(c.peek(&mut peeked), 7);
+        assert_eq!(&peeked[..7], b"efghijk");
+        assert_eq!(c.peek(&mut peeked[..3]), 3);
+        assert_eq!(&peeked[..3], b"efg");
+        assert_eq!(c.available(), 7);
+        assert_eq!(c.skip(2).bytes, 2);
+        let mut rest = [0u8; 16];
+        assert_eq!(c.read(&mut rest).bytes, 5);
+        assert_eq!(&rest[..5], b"ghijk");
+    }
+
+    #[test]
+    fn vectored() {
+        let ring = TestRing::new(16);
+        let (mut p, mut c) = ring.handles();
+        assert_eq!(p.write(&[0u8; 10]).bytes, 10);
+        assert_eq!(c.skip(10).bytes, 10);
+        // Head at 10: the vectored write wraps inside the second slice.
+        let t = p.writev(&[IoSlice::new(b"hello"), IoSlice::new(b""), IoSlice::new(b" world, and more")]);
+        assert_eq!(t.bytes, 16);
+        let (mut a, mut b, mut d) = ([0u8; 3], [0u8; 0], [0u8; 20]);
+        let t = c.readv(&mut [IoSliceMut::new(&mut a), IoSliceMut::new(&mut b), IoSliceMut::new(&mut d)]);
+        assert_eq!(t.bytes, 16);
+        assert_eq!(&a, b"hel");
+        assert_eq!(&d[..13], b"lo world, and");
+    }
+
+    /// xorshift64*: deterministic sizes and contents.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    #[test]
+    fn random_transfers_match_reference() {
+        for &capacity in &[64usize, 256, 4096] {
+            let ring = TestRing::new(capacity);
+            let (mut p, mut c) = ring.handles();
+            let mut reference = VecDeque::new();
+            let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ capacity as u64);
+            let mut src = vec![0u8; 3 * capacity];
+            let mut dst = vec![0u8; 3 * capacity];
+            let mut moved = 0usize;
+            for _ in 0..5000 {
+                match rng.below(5) {
+                    0 | 1 => {
+                        let len = rng.below(2 * capacity) + 1;
+                        for b in &mut src[..len] {
+                            *b = rng.next() as u8;
+                        }
+                        let expect = len.min(capacity - reference.len());
+                        let t = if rng.below(2) == 0 {
+                            p.write(&src[..len])
+                        } else {
+                            let cut = rng.below(len + 1);
+                            let (x, y) = src[..len].split_at(cut);
+                            p.writev(&[IoSlice::new(x), IoSlice::new(y)])
+                        };
+                        assert_eq!(t.bytes, expect);
+                        reference.extend(&src[..expect]);
+                    }
+                    2 => {
+                        let len = rng.below(2 * capacity) + 1;
+                        let n = c.peek(&mut dst[..len]);
+                        assert_eq!(n, len.min(reference.len()));
+                        assert!(dst[..n].iter().eq(reference.iter().take(n)));
+                    }
+                    _ => {
+                        let len = rng.below(2 * capacity) + 1;
+                        let t = if rng.below(2) == 0 {
+                            c.read(&mut dst[..len])
+                        } else {
+                            let cut = rng.below(len + 1);
+                            let (x, y) = dst[..len].split_at_mut(cut);
+                            c.readv(&mut [IoSliceMut::new(x), IoSliceMut::new(y)])
+                        };
+                        assert_eq!(t.bytes, len.min(reference.len()));
+                        for &b in &dst[..t.bytes] {
+                            assert_eq!(Some(b), reference.pop_front());
+                        }
+                        moved += t.bytes;
+                    }
+                }
+                assert_eq!(c.available(), reference.len());
+                assert_eq!(p.free(), capacity - reference.len());
+            }
+            assert!(moved > 10 * capacity, "capacity {capacity}: only {moved} bytes moved");
+        }
+    }
+
+    #[test]
+    fn stale_handles_stay_consistent() {
+        // Two producer and two consumer handles on one ring, used alternately (as after fork,
+        // serialized by the locks): the cached peer positions may be stale but never wrong.
+        let ring = TestRing::new(16);
+        let (mut p1, mut c1) = ring.handles();
+        let (mut p2, mut c2) = ring.handles();
+        let mut out = [0u8; 16];
+        assert_eq!(p1.write(&[1; 16]).bytes, 16);
+        assert_eq!(c2.read(&mut out).bytes, 16); // c1 has a stale (zero) head cached, fine
+        assert_eq!(p2.write(&[2; 10]).bytes, 10); // p2 cached tail 0 is stale: must refresh
+        assert_eq!(c1.read(&mut out).bytes, 10); // c1 cached head 0 < tail 16: must refresh
+        assert_eq!(&out[..10], &[2; 10]);
+        assert_eq!(p1.write(&[3; 20]).bytes, 16); // p1 cached tail 0 vs head 26: refresh
+        assert_eq!(c2.read(&mut out).bytes, 16);
+        assert_eq!(out, [3; 16]);
+    }
+
+    #[test]
+    fn corrupt_positions_stay_in_bounds() {
+        let ring = TestRing::new(16);
+        let (mut p, mut c) = ring.handles();
+        // A hostile peer claims 1000 bytes are available: treated as nothing.
+        ring.ctl.producer.0.head.store(1000, Release);
+        let mut out = [0u8; 64];
+        assert_eq!(c.available(), 0);
+        assert_eq!(c.read(&mut out).bytes, 0);
+        // A tail ahead of the head: treated as a full ring.
+        ring.ctl.producer.0.head.store(0, Release);
+        ring.ctl.consumer.0.tail.store(5, Release);
+        assert_eq!(p.free(), 0);
+        assert_eq!(p.write(&[1; 4]).bytes, 0);
+    }
+
+    #[test]
+    fn wake_flag_protocol() {
+        let ring = TestRing::new(8);
+        let (mut p, mut c) = ring.handles();
+        let mut out = [0u8; 8];
+        // Nobody asleep: no doorbell.
+        assert_eq!(p.write(b"ab"), Transfer { bytes: 2, wake_peer: false });
+        // Data is there: the consumer must not sleep, and its announcement is withdrawn.
+        assert!(!c.announce_sleep());
+        assert_eq!(ring.asleep[1].load(Relaxed), 0);
+        assert!(c.prepare_sleep().is_none());
+        assert_eq!(c.read(&mut out), Transfer { bytes: 2, wake_peer: false });
+        // Empty: the announcement stands and the next write asks for a doorbell.
+        let guard = c.prepare_sleep().expect("ring is empty");
+        assert_eq!(ring.asleep[1].load(Relaxed), 1);
+        assert_eq!(p.write(b"c"), Transfer { bytes: 1, wake_peer: true });
+        assert_eq!(p.write(b"d"), Transfer { bytes: 1, wake_peer: true }); // may repeat
+        assert_eq!(p.write(b""), Transfer::NOTHING); // nothing published, no doorbell
+        drop(guard);
+        assert_eq!(ring.asleep[1].load(Relaxed), 0);
+        assert_eq!(p.write(b"e"), Transfer { bytes: 1, wake_peer: false });
+        // Producer side: fill, announce, the consumer's read asks for a doorbell.
+        assert_eq!(p.write(&[0; 8]).bytes, 5);
+        assert!(p.announce_sleep());
+        assert_eq!(ring.asleep[0].load(Relaxed), 1);
+        assert_eq!(c.read(&mut out[..1]), Transfer { bytes: 1, wake_peer: true });
+        p.withdraw_sleep();
+        assert_eq!(c.read(&mut out[..1]), Transfer { bytes: 1, wake_peer: false });
+        // With space, the producer does not sleep.
+        assert!(!p.announce_sleep());
+        assert_eq!(ring.asleep[0].load(Relaxed), 0);
+    }
+
+    #[test]
+    fn lock_protocol() {
+        let word = AtomicU32::new(0);
+        // SAFETY: `word` outlives `lock`.
+        let lock = unsafe { RingLock::new(&word) };
+        let guard = lock.try_lock(7).expect("free");
+        assert_eq!(lock.holder(), 7);
+        assert!(lock.try_lock(8).is_none());
+        // A failed attempt leaves the holder alone.
+        assert_eq!(lock.holder(), 7);
+        assert!(lock.try_lock(9).is_none());
+        drop(guard);
+        assert_eq!(lock.holder(), 0);
+        let guard = lock.try_lock(8).expect("free again");
+        core::mem::forget(guard); // holder 8 "dies"
+        assert!(!lock.break_lock(9));
+        assert!(lock.break_lock(8));
+        assert!(lock.try_lock(9).is_some());
+    }
+}

@@ -1,0 +1,485 @@
+//! Creating and mapping a connection's shared-memory segment.
+//!
+//! The agent [`Segment::create`]s one sealed memfd per connection and passes its descriptor to
+//! the two ends, which [`Segment::open`] it. The layout and every field's rules are those of
+//! [`tssx_common::segment`]. A [`Segment`] owns its mapping (unmapped on drop) and hands out the
+//! ring handles of [`crate::ring`].
+//!
+//! Everything here uses `libc` directly and allocates nothing, so the preload hook can map a
+//! segment it receives.
+
+use core::fmt;
+use core::mem::size_of;
+use core::ptr::NonNull;
+use core::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
+use core::sync::atomic::{AtomicU32, AtomicU64};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+use tssx_common::segment::{
+    CacheLine, End, HeaderError, RingControl, SegmentHeader, SegmentLayout, SegmentState, MAX_RING_CAPACITY,
+    SEGMENT_MAGIC, SEGMENT_VERSION,
+};
+
+/// The seals a segment must carry: its size can never change, and neither can its seals.
+pub const REQUIRED_SEALS: libc::c_int = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+
+/// Why a segment could not be created or mapped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SegmentError {
+    /// A system call failed.
+    Os {
+        /// The call (`"memfd_create"`, `"mmap"`, ...).
+        call: &'static str,
+        /// Its `errno`.
+        errno: i32,
+    },
+    /// The requested ring capacity is not a power of two within the allowed range.
+    InvalidCapacity(usize),
+    /// The descriptor is not a regular file (memfd).
+    NotAFile,
+    /// The file is too small to hold a header, or larger than any valid segment.
+    BadSize(u64),
+    /// The file lacks some of [`REQUIRED_SEALS`] (its size could still change under us).
+    NotSealed {
+        /// The seals it has.
+        seals: i32,
+    },
+    /// The header does not describe a valid segment of this version and size.
+    Header(HeaderError),
+}
+
+impl SegmentError {
+    fn last_os(call: &'static str) -> SegmentError {
+        SegmentError::Os { call, errno: std::io::Error::last_os_error().raw_os_error().unwrap_or(0) }
+    }
+}
+
+impl fmt::Display for SegmentError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            SegmentError::Os { call, errno } => {
+                write!(f, "{call} failed: {}", std::io::Error::from_raw_os_error(errno))
+            }
+            SegmentError::InvalidCapacity(c) => write!(f, "invalid ring capacity {c}"),
+            SegmentError::NotAFile => f.write_str("segment descriptor is not a regular file"),
+            SegmentError::BadSize(s) => write!(f, "segment size {s} is not a valid segment size"),
+            SegmentError::NotSealed { seals } => {
+                write!(f, "segment is not sealed against resizing (seals {seals:#x})")
+            }
+            SegmentError::Header(HeaderError::BadMagic(m)) => write!(f, "bad segment magic {m:#018x}"),
+            SegmentError::Header(HeaderError::BadVersion(v)) => {
+                write!(f, "segment version {v}, expected {SEGMENT_VERSION}")
+            }
+            SegmentError::Header(HeaderError::BadHeaderSize(s)) => {
+                write!(f, "segment header size {s}, expected {}", size_of::<SegmentHeader>())
+            }
+            SegmentError::Header(HeaderError::BadCapacity(c)) => write!(f, "segment ring capacity {c} is invalid"),
+            SegmentError::Header(HeaderError::LayoutMismatch) => {
+                f.write_str("segment header offsets/size disagree with its capacity")
+            }
+            SegmentError::Header(HeaderError::SizeMismatch { expected, actual }) => {
+                write!(f, "segment file is {actual} bytes, its header requires {expected}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for SegmentError {}
+
+/// A mapped segment.
+///
+/// `Send` and `Sync`: the header's mutable fields are atomics and the rest is immutable; the
+/// ring data is only reached through the (unsafe to build) ring handles.
+pub struct Segment {
+    base: NonNull<SegmentHeader>,
+    layout: SegmentLayout,
+    /// The memfd, for a segment this process created (to be passed to the ends).
+    fd: Option<OwnedFd>,
+}
+
+// SAFETY: see the type's documentation; the mapping is process-wide, not thread-bound.
+unsafe impl Send for Segment {}
+// SAFETY: as above; `&Segment` only gives atomic or immutable access.
+unsafe impl Sync for Segment {}
+
+impl fmt::Debug for Segment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Segment")
+            .field("base", &self.base)
+            .field("layout", &self.layout)
+            .field("state", &self.state())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Maps `len` bytes of `fd` shared, read-write.
+fn map(fd: libc::c_int, len: usize) -> Result<NonNull<SegmentHeader>, SegmentError> {
+    // SAFETY: a fresh mapping chosen by the kernel; it aliases nothing in this process.
+    let ptr = unsafe {
+        libc::mmap(core::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0)
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(SegmentError::last_os("mmap"));
+    }
+    // mmap returns page-aligned memory, enough for the header's 64-byte alignment.
+    NonNull::new(ptr.cast::<SegmentHeader>()).ok_or(SegmentError::Os { call: "mmap", errno: libc::EINVAL })
+}
+
+/// Unmaps a mapping made by `map`.
+///
+/// # Safety
+/// `base..base + len` is a mapping made by `map` that nothing references any more.
+unsafe fn unmap(base: NonNull<SegmentHeader>, len: usize) {
+    // SAFETY: by the caller's contract. A failure (EINVAL only for bad arguments) leaks.
+    unsafe { libc::munmap(base.as_ptr().cast(), len) };
+}
+
+impl Segment {
+    /// Creates a segment with rings of `ring_capacity` bytes: an anonymous memfd sized to the
+    /// layout, sealed against resizing, mapped, with its header initialised (state `Pending`,
+    /// TSSX bits and refcounts zero). [`Segment::fd`] gives the memfd to pass to the two ends.
+    pub fn create(ring_capacity: usize) -> Result<Segment, SegmentError> {
+        let layout = SegmentLayout::new(ring_capacity).ok_or(SegmentError::InvalidCapacity(ring_capacity))?;
+        // SAFETY: the name is a NUL-terminated literal.
+        let raw = unsafe { libc::memfd_create(c"tssx-segment".as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+        if raw < 0 {
+            return Err(SegmentError::last_os("memfd_create"));
+        }
+        // SAFETY: `raw` is a new descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let size = libc::off_t::try_from(layout.total_size).map_err(|_| SegmentError::InvalidCapacity(ring_capacity))?;
+        // SAFETY: plain system calls on our own descriptor.
+        if unsafe { libc::ftruncate(fd.as_raw_fd(), size) } < 0 {
+            return Err(SegmentError::last_os("ftruncate"));
+        }
+        // SAFETY: as above.
+        if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, REQUIRED_SEALS) } < 0 {
+            return Err(SegmentError::last_os("fcntl(F_ADD_SEALS)"));
+        }
+        let base = map(fd.as_raw_fd(), layout.total_size)?;
+        let header = SegmentHeader {
+            magic: SEGMENT_MAGIC,
+            version: SEGMENT_VERSION,
+            header_size: size_of::<SegmentHeader>() as u32,
+            total_size: layout.total_size as u64,
+            ring_capacity: layout.ring_capacity as u64,
+            ring_offsets: [layout.ring_a_to_b as u64, layout.ring_b_to_a as u64],
+            tssx: [AtomicU32::new(0), AtomicU32::new(0)],
+            state: AtomicU32::new(SegmentState::Pending.as_u32()),
+            refcount: [AtomicU32::new(0), AtomicU32::new(0)],
+            reserved: 0,
+            asleep: CacheLine([AtomicU32::new(0), AtomicU32::new(0)]),
+            bytes_moved: CacheLine([AtomicU64::new(0), AtomicU64::new(0)]),
+            rings: [RingControl::default(), RingControl::default()],
+        };
+        // SAFETY: the mapping is fresh, ours alone (the fd has not left this process), large
+        // enough and aligned; writing the whole header initialises it.
+        unsafe { base.as_ptr().write(header) };
+        Ok(Segment { base, layout, fd: Some(fd) })
+    }
+
+    /// Maps a segment received from elsewhere (the descriptor stays the caller's; the mapping
+    /// outlives it). Checks that it is a sealed regular file whose size and header match this
+    /// ABI before returning.
+    pub fn open(fd: BorrowedFd<'_>) -> Result<Segment, SegmentError> {
+        let fd = fd.as_raw_fd();
+        // SAFETY: `stat` is plain old data; fstat fills it.
+        let mut st: libc::stat = unsafe { core::mem::zeroed() };
+        // SAFETY: valid descriptor (borrowed) and a valid out-pointer.
+        if unsafe { libc::fstat(fd, &mut st) } < 0 {
+            return Err(SegmentError::last_os("fstat"));
+        }
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Err(SegmentError::NotAFile);
+        }
+        let size = st.st_size as u64;
+        let max = SegmentLayout::new(MAX_RING_CAPACITY).map_or(0, |l| l.total_size as u64);
+        if st.st_size < 0 || size < size_of::<SegmentHeader>() as u64 || size > max {
+            return Err(SegmentError::BadSize(size));
+        }
+        // SAFETY: plain system call on a valid descriptor.
+        let seals = unsafe { libc::fcntl(fd, libc::F_GET_SEALS) };
+        if seals < 0 {
+            return Err(SegmentError::last_os("fcntl(F_GET_SEALS)"));
+        }
+        if seals & REQUIRED_SEALS != REQUIRED_SEALS {
+            return Err(SegmentError::NotSealed { seals });
+        }
+        // `size <= max` fits in usize.
+        let len = size as usize;
+        let base = map(fd, len)?;
+        // SAFETY: the mapping is at least a header long and aligned; the header's fields are
+        // integers and atomics, valid for any bit pattern.
+        let checked = unsafe { base.as_ref() }.check(size);
+        match checked {
+            Ok(layout) => Ok(Segment { base, layout, fd: None }),
+            Err(e) => {
+                // SAFETY: our mapping of `len` bytes; the header reference above is gone.
+                unsafe { unmap(base, len) };
+                Err(SegmentError::Header(e))
+            }
+        }
+    }
+
+    /// The memfd, if this process created the segment.
+    pub fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self.fd.as_ref().map(|fd| {
+            use std::os::fd::AsFd;
+            fd.as_fd()
+        })
+    }
+
+    /// The header.
+    pub fn header(&self) -> &SegmentHeader {
+        // SAFETY: mapped and validated (or initialised) for the life of `self`.
+        unsafe { self.base.as_ref() }
+    }
+
+    /// The layout, as validated when the segment was created or opened (never re-read from the
+    /// shared header).
+    pub fn layout(&self) -> SegmentLayout {
+        self.layout
+    }
+
+    /// Capacity of each ring in bytes.
+    pub fn ring_capacity(&self) -> usize {
+        self.layout.ring_capacity
+    }
+
+    /// The connection state; `None` if the header holds an undefined value.
+    pub fn state(&self) -> Option<SegmentState> {
+        // Acquire: pairs with the AcqRel transition, so what the transitioning end did before
+        // (e.g. a replay before `Plain`) is visible.
+        SegmentState::from_u32(self.header().state.load(Acquire))
+    }
+
+    /// Moves the state from `from` to `to` if it is still `from`; otherwise returns the raw
+    /// value found. Whether a transition is allowed is the caller's policy (see
+    /// [`SegmentHeader::state`]).
+    pub fn transition(&self, from: SegmentState, to: SegmentState) -> Result<(), u32> {
+        // AcqRel: publishes what we did before, and sees what the previous transition published.
+        self.header().state.compare_exchange(from.as_u32(), to.as_u32(), AcqRel, Acquire).map(|_| ())
+    }
+
+    /// Whether `end`'s TSSX bit is set.
+    pub fn tssx_bit(&self, end: End) -> bool {
+        // Acquire: pairs with the Release in `set_tssx_bit`.
+        self.header().tssx[end.index()].load(Acquire) != 0
+    }
+
+    /// Sets or clears `end`'s TSSX bit.
+    pub fn set_tssx_bit(&self, end: End, on: bool) {
+        // Release: everything done before (e.g. handing out the segment) is visible to an
+        // Acquire reader of the bit.
+        self.header().tssx[end.index()].store(u32::from(on), Release);
+    }
+
+    /// The free-running positions `(head, tail)` of the ring written by `writer`; `head` counts
+    /// the bytes written into shared memory, `tail` those read out. A snapshot for tracing.
+    pub fn ring_positions(&self, writer: End) -> (u64, u64) {
+        let ring = &self.header().rings[writer.index()];
+        // Relaxed: a tracing snapshot, nothing is read through it.
+        (ring.producer.0.head.load(Relaxed), ring.consumer.0.tail.load(Relaxed))
+    }
+
+    /// Raw description of the ring written by `writer`.
+    #[cfg(not(tssx_loom))]
+    fn ring_raw(&self, writer: End) -> crate::ring::RingRaw {
+        let header = self.header();
+        let ring = &header.rings[writer.index()];
+        let offset = self.layout.ring_offset(writer);
+        crate::ring::RingRaw {
+            head: &ring.producer.0.head,
+            tail: &ring.consumer.0.tail,
+            producer_asleep: &header.asleep.0[writer.index()],
+            consumer_asleep: &header.asleep.0[writer.peer().index()],
+            // SAFETY: the validated layout puts `capacity` bytes at `offset` inside the
+            // mapping; `UnsafeCell<u8>` has the layout of `u8`.
+            data: unsafe { self.base.as_ptr().cast::<u8>().add(offset) }.cast(),
+            capacity: self.layout.ring_capacity,
+        }
+    }
+
+    /// The handle with which `end` writes to its peer (the ring `end` -> peer).
+    ///
+    /// # Safety
+    /// The handle must be dropped before this `Segment`, and the contract of
+    /// [`crate::ring::Producer::new`] holds: across all processes mapping the segment, producers
+    /// of this ring are never used concurrently (hold [`Segment::producer_lock`] otherwise).
+    #[cfg(not(tssx_loom))]
+    pub unsafe fn producer(&self, end: End) -> crate::ring::Producer {
+        // SAFETY: valid pointers for the segment's life, which the caller outlives; the
+        // exclusivity is the caller's contract.
+        unsafe { crate::ring::Producer::new(self.ring_raw(end)) }
+    }
+
+    /// The handle with which `end` reads from its peer (the ring peer -> `end`).
+    ///
+    /// # Safety
+    /// As [`Segment::producer`], for consumers ([`Segment::consumer_lock`]).
+    #[cfg(not(tssx_loom))]
+    pub unsafe fn consumer(&self, end: End) -> crate::ring::Consumer {
+        // SAFETY: as in `producer`.
+        unsafe { crate::ring::Consumer::new(self.ring_raw(end.peer())) }
+    }
+
+    /// A consumer of the ring that `writer` writes: for `writer` itself to take back the bytes
+    /// its peer never read (replay into the real socket when the connection turns plain).
+    ///
+    /// # Safety
+    /// As [`Segment::consumer`]: in particular the peer must no longer consume that ring.
+    #[cfg(not(tssx_loom))]
+    pub unsafe fn consumer_of(&self, writer: End) -> crate::ring::Consumer {
+        // SAFETY: as in `producer`.
+        unsafe { crate::ring::Consumer::new(self.ring_raw(writer)) }
+    }
+
+    /// The lock that serializes the producers of the ring `end` writes.
+    #[cfg(not(tssx_loom))]
+    pub fn producer_lock(&self, end: End) -> crate::ring::RingLock {
+        // SAFETY: the lock word lives in the header; the caller keeps the `RingLock` no longer
+        // than the segment (it is `Copy` and unsafe to build precisely so that we vouch here:
+        // the word stays valid as long as the mapping).
+        unsafe { crate::ring::RingLock::new(&self.header().rings[end.index()].producer.0.lock) }
+    }
+
+    /// The lock that serializes the consumers of the ring `end` reads.
+    #[cfg(not(tssx_loom))]
+    pub fn consumer_lock(&self, end: End) -> crate::ring::RingLock {
+        // SAFETY: as in `producer_lock`.
+        unsafe { crate::ring::RingLock::new(&self.header().rings[end.peer().index()].consumer.0.lock) }
+    }
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        // SAFETY: our mapping; ring handles must have been dropped first (their constructors'
+        // contract) and `&self` references end here.
+        unsafe { unmap(self.base, self.layout.total_size) };
+    }
+}
+
+#[cfg(all(test, not(tssx_loom)))]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn create_then_open() {
+        let seg = Segment::create(1 << 16).unwrap();
+        assert_eq!(seg.state(), Some(SegmentState::Pending));
+        assert_eq!(seg.layout(), SegmentLayout::new(1 << 16).unwrap());
+        let fd = seg.fd().unwrap();
+        // SAFETY: plain fcntl on a valid fd.
+        let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
+        assert_eq!(seals & REQUIRED_SEALS, REQUIRED_SEALS);
+        let other = Segment::open(fd).unwrap();
+        assert_eq!(other.ring_capacity(), 1 << 16);
+        // Both mappings see the same memory.
+        seg.set_tssx_bit(End::Server, true);
+        assert!(other.tssx_bit(End::Server));
+        assert!(!other.tssx_bit(End::Client));
+        assert_eq!(other.transition(SegmentState::Pending, SegmentState::Active), Ok(()));
+        assert_eq!(seg.state(), Some(SegmentState::Active));
+        assert_eq!(seg.transition(SegmentState::Pending, SegmentState::Plain), Err(1));
+        // Ring A->B written through one mapping, read through the other.
+        // SAFETY: one producer and one consumer, dropped before the segments.
+        let (mut p, mut c) = unsafe { (seg.producer(End::Client), other.consumer(End::Server)) };
+        assert_eq!(p.write(b"hello").bytes, 5);
+        let mut buf = [0u8; 8];
+        assert_eq!(c.read(&mut buf).bytes, 5);
+        assert_eq!(&buf[..5], b"hello");
+        assert_eq!(seg.ring_positions(End::Client), (5, 5));
+        assert_eq!(seg.ring_positions(End::Server), (0, 0));
+        // The locks are shared too.
+        let lock = seg.producer_lock(End::Client);
+        let _g = lock.try_lock(1).unwrap();
+        assert!(other.producer_lock(End::Client).try_lock(2).is_none());
+        assert!(other.producer_lock(End::Server).try_lock(2).is_some());
+    }
+
+    #[test]
+    fn invalid_capacity() {
+        assert_eq!(Segment::create(1000).unwrap_err(), SegmentError::InvalidCapacity(1000));
+        assert_eq!(Segment::create(0).unwrap_err(), SegmentError::InvalidCapacity(0));
+    }
+
+    fn memfd(size: i64, seals: libc::c_int) -> OwnedFd {
+        // SAFETY: plain system calls; the fd is new and owned by the result.
+        unsafe {
+            let fd = libc::memfd_create(c"test".as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING);
+            assert!(fd >= 0);
+            assert_eq!(libc::ftruncate(fd, size), 0);
+            if seals != 0 {
+                assert_eq!(libc::fcntl(fd, libc::F_ADD_SEALS, seals), 0);
+            }
+            OwnedFd::from_raw_fd(fd)
+        }
+    }
+
+    /// Copies a valid segment's bytes into a new memfd, after `edit`.
+    fn tampered(edit: impl FnOnce(&mut [u8]), extra: i64, seals: libc::c_int) -> OwnedFd {
+        let seg = Segment::create(4096).unwrap();
+        let len = seg.layout().total_size;
+        let mut bytes = vec![0u8; len];
+        // SAFETY: the mapping is `len` bytes long and nobody writes it meanwhile.
+        unsafe { core::ptr::copy_nonoverlapping(seg.base.as_ptr().cast::<u8>(), bytes.as_mut_ptr(), len) };
+        edit(&mut bytes);
+        let fd = memfd(0, 0);
+        // SAFETY: writing our buffer to our fd.
+        let n = unsafe { libc::pwrite(fd.as_raw_fd(), bytes.as_ptr().cast(), len, 0) };
+        assert_eq!(n as usize, len);
+        if extra != 0 {
+            // SAFETY: plain system call.
+            assert_eq!(unsafe { libc::ftruncate(fd.as_raw_fd(), len as i64 + extra) }, 0);
+        }
+        // SAFETY: plain system call.
+        assert_eq!(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) }, 0);
+        fd
+    }
+
+    #[test]
+    fn open_rejects_bad_segments() {
+        let ok = tampered(|_| {}, 0, REQUIRED_SEALS);
+        assert!(Segment::open(ok.as_fd()).is_ok());
+
+        let unsealed = tampered(|_| {}, 0, libc::F_SEAL_GROW);
+        assert!(matches!(Segment::open(unsealed.as_fd()), Err(SegmentError::NotSealed { .. })));
+
+        let magic = tampered(|b| b[0] ^= 1, 0, REQUIRED_SEALS);
+        assert!(matches!(Segment::open(magic.as_fd()), Err(SegmentError::Header(HeaderError::BadMagic(_)))));
+
+        let version = tampered(|b| b[8] = 99, 0, REQUIRED_SEALS);
+        assert_eq!(Segment::open(version.as_fd()).unwrap_err(), SegmentError::Header(HeaderError::BadVersion(99)));
+
+        let capacity = tampered(|b| b[24..32].copy_from_slice(&3000u64.to_le_bytes()), 0, REQUIRED_SEALS);
+        assert_eq!(
+            Segment::open(capacity.as_fd()).unwrap_err(),
+            SegmentError::Header(HeaderError::BadCapacity(3000))
+        );
+
+        // A valid but larger capacity than the file holds.
+        let bigger = tampered(|b| b[24..32].copy_from_slice(&8192u64.to_le_bytes()), 0, REQUIRED_SEALS);
+        assert_eq!(Segment::open(bigger.as_fd()).unwrap_err(), SegmentError::Header(HeaderError::LayoutMismatch));
+
+        let longer = tampered(|_| {}, 4096, REQUIRED_SEALS);
+        assert!(matches!(
+            Segment::open(longer.as_fd()),
+            Err(SegmentError::Header(HeaderError::SizeMismatch { .. }))
+        ));
+
+        let tiny = memfd(100, REQUIRED_SEALS);
+        assert_eq!(Segment::open(tiny.as_fd()).unwrap_err(), SegmentError::BadSize(100));
+
+        let pipe = {
+            let mut fds = [0; 2];
+            // SAFETY: valid out-array.
+            assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+            // SAFETY: the fds are new and owned by these values.
+            unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+        };
+        assert_eq!(Segment::open(pipe.0.as_fd()).unwrap_err(), SegmentError::NotAFile);
+        let msg = SegmentError::Header(HeaderError::BadVersion(99)).to_string();
+        assert!(msg.contains("99"), "{msg}");
+    }
+}

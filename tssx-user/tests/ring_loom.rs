@@ -1,0 +1,235 @@
+//! Loom model of the ring: every interleaving (up to a preemption bound) of one producer and
+//! one consumer on a 4-byte ring, with the real `Producer`/`Consumer` code compiled against
+//! loom's atomics, fences and tracked data cells (see the `tssx_user::ring` documentation).
+//!
+//! Run with:
+//! `RUSTFLAGS="--cfg tssx_loom" cargo test --release -p tssx-user --test ring_loom`
+//!
+//! * `order_and_no_loss`: bytes arrive complete and in order, and no data byte is read while
+//!   written (loom reports a causality violation if an ordering is too weak to publish them).
+//! * `no_lost_wakeup`: both sides sleep on a doorbell (a counting semaphore standing in for the
+//!   byte on the real socket) following the announce/re-check protocol; a lost wake-up leaves
+//!   both threads blocked, which loom reports as a deadlock.
+//! * `locked_consumers_share_a_ring`: two consumer handles of one ring (two threads of one end,
+//!   or parent and child after `fork`) serialized by the ring's [`RingLock`] read every byte
+//!   exactly once, at its position, although each caches a stale producer position.
+#![cfg(tssx_loom)]
+
+use loom::sync::atomic::{AtomicU32, AtomicU64};
+use loom::sync::{Arc, Condvar, Mutex};
+use loom::thread;
+
+use tssx_user::ring::sync::DataCell;
+use tssx_user::ring::{Consumer, Producer, RingLock, RingRaw};
+
+const CAPACITY: usize = 4;
+/// More than the capacity, so that the ring fills, wraps and the producer has to wait.
+const MESSAGE: [u8; 6] = [1, 2, 3, 4, 5, 6];
+
+/// In-memory control block and data of one ring, made of loom's types.
+struct Ring {
+    head: AtomicU64,
+    tail: AtomicU64,
+    /// `[producer end, consumer end]`.
+    asleep: [AtomicU32; 2],
+    data: Vec<DataCell>,
+}
+
+impl Ring {
+    fn new() -> Arc<Ring> {
+        Arc::new(Ring {
+            head: AtomicU64::new(0),
+            tail: AtomicU64::new(0),
+            asleep: [AtomicU32::new(0), AtomicU32::new(0)],
+            data: (0..CAPACITY).map(|_| DataCell::new(0)).collect(),
+        })
+    }
+
+    fn raw(&self) -> RingRaw {
+        RingRaw {
+            head: &self.head,
+            tail: &self.tail,
+            producer_asleep: &self.asleep[0],
+            consumer_asleep: &self.asleep[1],
+            data: self.data.as_ptr(),
+            capacity: CAPACITY,
+        }
+    }
+
+    /// One producer and one consumer. Each is used by one thread, which also holds an `Arc`
+    /// of the ring for as long as it uses the handle.
+    fn handles(&self) -> (Producer, Consumer) {
+        // SAFETY: the pointers are valid while the ring lives (each thread keeps an `Arc`
+        // alongside its handle); exactly one producer and one consumer.
+        unsafe { (Producer::new(self.raw()), Consumer::new(self.raw())) }
+    }
+}
+
+/// The doorbell: a count of bytes written to the real socket and not yet drained.
+#[derive(Default)]
+struct Bell {
+    count: Mutex<u32>,
+    rung: Condvar,
+}
+
+impl Bell {
+    fn ring(&self) {
+        *self.count.lock().unwrap() += 1;
+        self.rung.notify_all();
+    }
+
+    /// Blocks until at least one doorbell is there, then drains all of them.
+    fn wait(&self) {
+        let mut count = self.count.lock().unwrap();
+        while *count == 0 {
+            count = self.rung.wait(count).unwrap();
+        }
+        *count = 0;
+    }
+}
+
+/// Explores every interleaving (no preemption bound: the models are small enough, ~10 s in a
+/// release build); set `LOOM_MAX_PREEMPTIONS` to bound it.
+fn model(f: impl Fn() + Sync + Send + 'static) {
+    loom::model::Builder::new().check(f);
+}
+
+#[test]
+fn order_and_no_loss() {
+    model(|| {
+        let ring = Ring::new();
+        let (mut producer, mut consumer) = ring.handles();
+        let ring2 = ring.clone();
+        let writer = thread::spawn(move || {
+            let _ring = ring2;
+            let mut sent = 0;
+            while sent < MESSAGE.len() {
+                // Odd sizes so that runs wrap around the end of the ring.
+                let end = (sent + 3).min(MESSAGE.len());
+                let t = producer.write(&MESSAGE[sent..end]);
+                sent += t.bytes;
+                if t.bytes == 0 {
+                    thread::yield_now();
+                }
+            }
+        });
+        let mut got = Vec::new();
+        let mut buf = [0u8; 3];
+        while got.len() < MESSAGE.len() {
+            let t = consumer.read(&mut buf);
+            got.extend_from_slice(&buf[..t.bytes]);
+            if t.bytes == 0 {
+                thread::yield_now();
+            }
+        }
+        writer.join().unwrap();
+        assert_eq!(got, MESSAGE);
+        assert_eq!(consumer.available(), 0);
+    });
+}
+
+#[test]
+fn no_lost_wakeup() {
+    model(|| {
+        let ring = Ring::new();
+        let (mut producer, mut consumer) = ring.handles();
+        // bells[0] wakes the producer's end, bells[1] the consumer's end.
+        let bells = Arc::new([Bell::default(), Bell::default()]);
+        let (ring2, bells2) = (ring.clone(), bells.clone());
+        let writer = thread::spawn(move || {
+            let _ring = ring2;
+            let mut sent = 0;
+            while sent < MESSAGE.len() {
+                let t = producer.write(&MESSAGE[sent..]);
+                sent += t.bytes;
+                if t.wake_peer {
+                    bells2[1].ring();
+                }
+                if t.bytes == 0 {
+                    // Full: sleep until the consumer frees space.
+                    if let Some(_asleep) = producer.prepare_sleep() {
+                        bells2[0].wait();
+                    }
+                }
+            }
+        });
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4];
+        while got.len() < MESSAGE.len() {
+            let t = consumer.read(&mut buf);
+            got.extend_from_slice(&buf[..t.bytes]);
+            if t.wake_peer {
+                bells[0].ring();
+            }
+            if t.bytes == 0 {
+                // Empty: sleep until the producer writes.
+                if let Some(_asleep) = consumer.prepare_sleep() {
+                    bells[1].wait();
+                }
+            }
+        }
+        writer.join().unwrap();
+        assert_eq!(got, MESSAGE);
+    });
+}
+
+#[test]
+fn locked_consumers_share_a_ring() {
+    const N: u64 = 3;
+    model(|| {
+        let ring = Ring::new();
+        let lock_word = Arc::new(AtomicU32::new(0));
+        let (mut producer, first) = ring.handles();
+        // SAFETY: as `handles`; the two consumers are serialized by the lock below.
+        let second = unsafe { Consumer::new(ring.raw()) };
+        let writer = {
+            let ring = ring.clone();
+            thread::spawn(move || {
+                let _ring = ring;
+                let mut sent = 0;
+                while sent < N as usize {
+                    let t = producer.write(&MESSAGE[sent..N as usize]);
+                    sent += t.bytes;
+                    if t.bytes == 0 {
+                        thread::yield_now();
+                    }
+                }
+            })
+        };
+        let readers: Vec<_> = [(1u32, first), (2u32, second)]
+            .into_iter()
+            .map(|(id, mut consumer)| {
+                let (ring, lock_word) = (ring.clone(), lock_word.clone());
+                thread::spawn(move || {
+                    let _ring = &ring;
+                    // SAFETY: the word outlives the lock (this thread holds an Arc).
+                    let lock = unsafe { RingLock::new(&*lock_word) };
+                    let mut seen = Vec::new();
+                    loop {
+                        let Some(_held) = lock.try_lock(id) else {
+                            thread::yield_now();
+                            continue;
+                        };
+                        let pos = consumer.position();
+                        if pos == N {
+                            return seen;
+                        }
+                        let mut byte = [0u8; 1];
+                        let t = consumer.read(&mut byte);
+                        if t.bytes == 1 {
+                            seen.push((pos, byte[0]));
+                        } else {
+                            drop(_held);
+                            thread::yield_now();
+                        }
+                    }
+                })
+            })
+            .collect();
+        let mut all: Vec<(u64, u8)> = readers.into_iter().flat_map(|r| r.join().unwrap()).collect();
+        writer.join().unwrap();
+        all.sort();
+        let expect: Vec<(u64, u8)> = (0..N).map(|p| (p, MESSAGE[p as usize])).collect();
+        assert_eq!(all, expect);
+    });
+}
