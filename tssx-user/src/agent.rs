@@ -6,15 +6,17 @@ use anyhow::Context as _;
 use tokio::{io::unix::AsyncFd, signal::unix::{signal, SignalKind}};
 use tssx_common::event::{Event, EventKind};
 
-use crate::{kernel, loader::Watcher, paths::WatchedPath, state::StateDir, trace::trace_event};
+use crate::{control, kernel, loader::Watcher, paths::WatchedPath, state::StateDir, trace::trace_event};
 
 /// What `tssx-agent` was asked to do.
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
     /// Watched socket addresses; a path's id is its index here.
     pub paths: Vec<WatchedPath>,
-    /// The state directory (lock, published paths).
+    /// The state directory (lock, published paths, control socket).
     pub state_dir: PathBuf,
+    /// Capacity in bytes of each of a segment's two rings.
+    pub ring_size: usize,
 }
 
 /// Runs the agent until SIGINT or SIGTERM. Everything is detached when it returns.
@@ -25,6 +27,8 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     }
     let state = StateDir::take(&config.state_dir)?;
     let (mut watcher, channels) = Watcher::load(&config.paths)?;
+    let registry = control::Registry::new(config.paths.clone(), config.ring_size);
+    control::serve(std::sync::Arc::clone(&registry), state.dir())?;
     state.publish_paths(&config.paths)?;
 
     // SAFETY: the ring buffer owns its fd, and it is neither closed nor replaced while the
@@ -65,6 +69,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                 }
                 guard.clear_ready();
                 for event in &batch {
+                    registry.record(event);
                     handle_event(&mut watcher, event, &config.paths);
                 }
             }
@@ -74,6 +79,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                 guard.clear_ready();
             }
             _ = drop_check.tick() => {
+                registry.sweep();
                 let dropped = watcher.dropped_events().unwrap_or(dropped_seen);
                 if dropped > dropped_seen {
                     tracing::warn!(dropped = dropped - dropped_seen, total = dropped, "events lost: the events ring buffer was full");

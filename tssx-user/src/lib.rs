@@ -5,12 +5,20 @@
 //! * [`loader`]: loading, configuring and attaching the eBPF programs.
 //! * [`trace`]: one trace line per kernel event.
 //! * [`state`]: the agent's state directory (lock, published paths).
+//! * [`control`]: the control socket: claims, pairing, segments, status.
+//! * [`sockdiag`], [`fdpass`]: socket inodes and peers; passing fds.
+//! * [`segment`], [`ring`]: the shared-memory segment and its SPSC byte rings.
 //! * [`agent`]: the event loop tying them together.
 #![deny(missing_docs)]
 
 pub mod agent;
+pub mod control;
+pub mod fdpass;
 pub mod kernel;
 pub mod loader;
 pub mod paths;
+pub mod ring;
+pub mod segment;
+pub mod sockdiag;
 pub mod state;
 pub mod trace;

@@ -18,6 +18,7 @@ use tssx_user::{
 /// Must run as root.
 #[derive(Parser, Debug)]
 #[command(name = "tssx-agent", version, about, long_about)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 #[command(after_help = "Example:\n  sudo tssx-agent --paths /var/run/nscd/socket,/run/redis.sock\n  sudo tssx-agent --paths @my-abstract-socket --log-format json")]
 struct Cli {
     /// Unix socket paths to watch: absolute paths (at most 107 bytes), or @name for an
@@ -34,9 +35,72 @@ struct Cli {
     #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
 
+    /// Capacity of each of a connection's two shared-memory rings, in bytes (a power of two).
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20, value_parser = parse_ring_size)]
+    ring_size: usize,
+
     /// Also print debug details (e.g. full verifier logs).
     #[arg(short, long)]
     verbose: bool,
+
+    #[command(subcommand)]
+    command: Option<Sub>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Sub {
+    /// List the live connections of the running agent: both ends and the bytes moved each way
+    /// through shared memory.
+    Status {
+        /// State directory of the agent to ask.
+        #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+        /// Print one JSON object per connection instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_ring_size(s: &str) -> Result<usize, String> {
+    let n: usize = s.parse().map_err(|e| format!("{e}"))?;
+    let (min, max) = (tssx_common::segment::MIN_RING_CAPACITY.max(4096), tssx_common::segment::MAX_RING_CAPACITY);
+    if !n.is_power_of_two() || n < min || n > max {
+        return Err(format!("ring size must be a power of two between {min} and {max} bytes"));
+    }
+    Ok(n)
+}
+
+/// `tssx-agent status`: asks the agent on its control socket and prints the answer.
+fn status(state_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    use std::io::{BufRead as _, Write as _};
+    use anyhow::Context as _;
+    let path = state_dir.join(tssx_common::control::CONTROL_SOCKET);
+    let mut stream = std::os::unix::net::UnixStream::connect(&path)
+        .with_context(|| format!("no tssx-agent is answering on {} (is it running?)", path.display()))?;
+    stream.write_all(&tssx_common::control::Request::status().encode())?;
+    let mut count = 0;
+    if !json {
+        println!("{:>4}  {:<8} {:<28} {:<28} {:>14} {:>14}  path", "id", "state", "client", "server", "bytes c->s", "bytes s->c");
+    }
+    for line in std::io::BufReader::new(stream).lines() {
+        let line = line.context("reading the agent's answer")?;
+        count += 1;
+        if json {
+            println!("{line}");
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_str(&line).context("the agent sent malformed status")?;
+        let end = |e: &serde_json::Value| if e.is_null() { "-".to_owned() } else { format!("{}/{} fd {}", e["pid"], e["comm"].as_str().unwrap_or("?"), e["fd"]) };
+        println!(
+            "{:>4}  {:<8} {:<28} {:<28} {:>14} {:>14}  {}",
+            v["id"], v["state"].as_str().unwrap_or("?"), end(&v["client"]), end(&v["server"]),
+            v["bytes_client_to_server"], v["bytes_server_to_client"], v["path"].as_str().unwrap_or("")
+        );
+    }
+    if !json {
+        println!("{count} live connection(s)");
+    }
+    Ok(())
 }
 
 /// Output format of the trace.
@@ -65,6 +129,9 @@ fn init_tracing(format: LogFormat, verbose: bool) {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(Sub::Status { state_dir, json }) = &cli.command {
+        return status(state_dir, *json);
+    }
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         bail!("tssx-agent must run as root (it loads eBPF programs); try: sudo tssx-agent --paths ...");
@@ -74,7 +141,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .map_err(|e| anyhow::anyhow!("starting the async runtime: {e}"))?;
-    runtime.block_on(agent::run(AgentConfig { paths, state_dir: cli.state_dir }))
+    runtime.block_on(agent::run(AgentConfig { paths, state_dir: cli.state_dir, ring_size: cli.ring_size }))
 }
 
 fn main() -> ExitCode {

@@ -1,0 +1,171 @@
+//! Finding the other end of a Unix stream connection: the socket inode of a process's fd
+//! (`/proc/PID/fd/FD`) and the peer's inode (`NETLINK_SOCK_DIAG`, `UNIX_DIAG_PEER`).
+//!
+//! The agent pairs a client's claim with a server's by these inodes: the client socket's peer is
+//! the server's accepted socket from the moment `connect()` returns, before `accept()`.
+
+use std::{io, mem::size_of};
+
+/// `SOCK_DIAG_BY_FAMILY` netlink message type (linux/sock_diag.h).
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+/// `UDIAG_SHOW_PEER` (linux/unix_diag.h).
+const UDIAG_SHOW_PEER: u32 = 0x4;
+/// `UNIX_DIAG_PEER` attribute type.
+const UNIX_DIAG_PEER: u16 = 2;
+
+/// `struct unix_diag_req`.
+#[repr(C)]
+struct UnixDiagReq {
+    family: u8,
+    protocol: u8,
+    pad: u16,
+    states: u32,
+    ino: u32,
+    show: u32,
+    cookie: [u32; 2],
+}
+
+/// `struct unix_diag_msg`.
+#[repr(C)]
+struct UnixDiagMsg {
+    family: u8,
+    kind: u8,
+    state: u8,
+    pad: u8,
+    ino: u32,
+    cookie: [u32; 2],
+}
+
+#[repr(C)]
+struct Request {
+    header: libc::nlmsghdr,
+    body: UnixDiagReq,
+}
+
+/// The socket inode behind `fd` of process `pid`, or `None` if that fd is not a socket.
+pub fn socket_inode(pid: u32, fd: i32) -> io::Result<Option<u32>> {
+    let link = std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))?;
+    Ok(parse_socket_link(&link.to_string_lossy()))
+}
+
+/// Parses `socket:[12345]`.
+pub fn parse_socket_link(link: &str) -> Option<u32> {
+    link.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+}
+
+/// The inode of the peer of Unix socket `ino`; `Ok(None)` if it has no peer (or is gone).
+pub fn unix_peer(ino: u32) -> io::Result<Option<u32>> {
+    // SAFETY: plain socket(2) call; the fd is owned below.
+    let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, libc::NETLINK_SOCK_DIAG) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor we own.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+    let request = Request {
+        header: libc::nlmsghdr {
+            nlmsg_len: size_of::<Request>() as u32,
+            nlmsg_type: SOCK_DIAG_BY_FAMILY,
+            nlmsg_flags: libc::NLM_F_REQUEST as u16,
+            nlmsg_seq: 1,
+            nlmsg_pid: 0,
+        },
+        body: UnixDiagReq {
+            family: libc::AF_UNIX as u8,
+            protocol: 0,
+            pad: 0,
+            states: u32::MAX,
+            ino,
+            show: UDIAG_SHOW_PEER,
+            cookie: [u32::MAX; 2], // INET_DIAG_NOCOOKIE: look up by inode alone
+        },
+    };
+    // SAFETY: sends `size_of::<Request>()` bytes from a live, initialised struct.
+    let sent = unsafe { libc::send(raw, (&request as *const Request).cast(), size_of::<Request>(), 0) };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut buf = [0u8; 1024];
+    // SAFETY: receives into our stack buffer of the given length.
+    let n = unsafe { libc::recv(raw, buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    parse_reply(&buf[..n as usize], ino)
+}
+
+fn read_u16(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
+}
+
+fn read_u32(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+/// Extracts the `UNIX_DIAG_PEER` attribute from a netlink reply about socket `ino`.
+fn parse_reply(msg: &[u8], ino: u32) -> io::Result<Option<u32>> {
+    let bad = || io::Error::new(io::ErrorKind::InvalidData, "malformed sock_diag reply");
+    let len = read_u32(msg, 0).ok_or_else(bad)? as usize;
+    let kind = read_u16(msg, 4).ok_or_else(bad)?;
+    if kind == libc::NLMSG_ERROR as u16 {
+        let errno = read_u32(msg, size_of::<libc::nlmsghdr>()).ok_or_else(bad)? as i32;
+        return match -errno {
+            libc::ENOENT => Ok(None),
+            e => Err(io::Error::from_raw_os_error(e)),
+        };
+    }
+    if kind != SOCK_DIAG_BY_FAMILY || len > msg.len() {
+        return Err(bad());
+    }
+    let body = size_of::<libc::nlmsghdr>();
+    if read_u32(msg, body + 4) != Some(ino) {
+        return Err(bad());
+    }
+    // Attributes (struct rtattr: u16 len, u16 type, payload), 4-byte aligned.
+    let mut at = body + size_of::<UnixDiagMsg>();
+    while at + 4 <= len {
+        let alen = read_u16(msg, at).ok_or_else(bad)? as usize;
+        let atype = read_u16(msg, at + 2).ok_or_else(bad)?;
+        if alen < 4 {
+            return Err(bad());
+        }
+        if atype == UNIX_DIAG_PEER {
+            return Ok(Some(read_u32(msg, at + 4).ok_or_else(bad)?));
+        }
+        at += (alen + 3) & !3;
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::{fd::AsRawFd, unix::net::UnixStream};
+
+    use super::*;
+
+    #[test]
+    fn parses_socket_links() {
+        assert_eq!(parse_socket_link("socket:[35947]"), Some(35947));
+        assert_eq!(parse_socket_link("pipe:[1]"), None);
+        assert_eq!(parse_socket_link("/dev/null"), None);
+    }
+
+    #[test]
+    fn finds_the_peer_of_a_real_connection() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let pid = std::process::id();
+        let ia = socket_inode(pid, a.as_raw_fd()).unwrap().unwrap();
+        let ib = socket_inode(pid, b.as_raw_fd()).unwrap().unwrap();
+        assert_ne!(ia, ib);
+        assert_eq!(unix_peer(ia).unwrap(), Some(ib));
+        assert_eq!(unix_peer(ib).unwrap(), Some(ia));
+    }
+
+    #[test]
+    fn unknown_inode_and_non_socket() {
+        assert_eq!(unix_peer(u32::MAX - 7).unwrap(), None);
+        let file = std::fs::File::open("/proc/self/status").unwrap();
+        assert_eq!(socket_inode(std::process::id(), file.as_raw_fd()).unwrap(), None);
+    }
+}
