@@ -99,13 +99,13 @@ impl Agent {
         agent
     }
 
-    /// Trace lines whose message starts with `kind` (`connect`, `accept`, `ready`, ...).
+    /// Trace lines whose message's first word is `kind` (`connect`, `accept`, `ready`, ...).
     pub fn events(&self, kind: &str) -> Vec<Value> {
         self.lines
             .lock()
             .unwrap()
             .iter()
-            .filter(|v| v["message"].as_str().is_some_and(|m| m.split(':').next() == Some(kind)))
+            .filter(|v| v["message"].as_str().is_some_and(|m| m.split([':', ' ']).next() == Some(kind)))
             .cloned()
             .collect()
     }

@@ -1,0 +1,141 @@
+//! End-to-end: the agent's half of the swap. The test process connects and accepts on a watched
+//! path for real (so the kernel reports both), then claims both ends on the real control socket
+//! exactly as the preload hook does, and checks what the agent hands out.
+
+use std::{
+    io::{Read as _, Write as _},
+    os::{
+        fd::{AsFd as _, AsRawFd as _, OwnedFd},
+        unix::net::{UnixListener, UnixStream},
+    },
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use tssx_common::{
+    control::{PlainReason, Reply, ReplyKind, Request, Role, CONTROL_SOCKET, REPLY_SIZE},
+    segment::{End, SegmentState},
+};
+use tssx_tests::{agent_bin, require_root, temp_dir, Agent};
+use tssx_user::{fdpass, segment::Segment};
+
+/// Sends `request` on a fresh control connection; returns the reply and the fd sent with it.
+fn ask(state_dir: &Path, request: &[u8]) -> (Reply, Option<OwnedFd>) {
+    let stream = UnixStream::connect(state_dir.join(CONTROL_SOCKET)).expect("control socket");
+    (&stream).write_all(request).unwrap();
+    let mut buf = [0u8; REPLY_SIZE];
+    let (n, fd) = fdpass::recv_with_fd(stream.as_raw_fd(), &mut buf).unwrap();
+    (Reply::decode(&buf[..n]).expect("a valid reply"), fd)
+}
+
+fn claim(state_dir: &Path, role: Role, fd: i32) -> (Reply, Option<OwnedFd>) {
+    ask(state_dir, &Request::claim(role, fd).encode())
+}
+
+/// A connected pair on `path`: (client, accepted server end).
+fn connection(listener: &UnixListener, path: &str) -> (UnixStream, UnixStream) {
+    let client = UnixStream::connect(path).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    (client, server)
+}
+
+#[test]
+fn both_ends_get_one_segment_and_bytes_cross_it() {
+    require_root();
+    let dir = temp_dir("negotiate");
+    let path = dir.join("app.sock").to_str().unwrap().to_owned();
+    let state = dir.join("state");
+    let agent = Agent::start(&[&path], &state);
+    let listener = UnixListener::bind(&path).unwrap();
+
+    let (client, server) = connection(&listener, &path);
+    let (reply, client_fd) = claim(&state, Role::Client, client.as_raw_fd());
+    assert_eq!(reply.reply_kind(), Some(ReplyKind::Swap), "{reply:?}");
+    let (server_reply, server_fd) = claim(&state, Role::Server, server.as_raw_fd());
+    assert_eq!(server_reply.reply_kind(), Some(ReplyKind::Swap), "{server_reply:?}");
+    assert_eq!(reply.connection, server_reply.connection);
+
+    // Both fds map the same segment: what the client writes, the server reads.
+    let a = Segment::open(client_fd.expect("client got the memfd").as_fd()).unwrap();
+    let b = Segment::open(server_fd.expect("server got the memfd").as_fd()).unwrap();
+    assert_eq!(b.state(), Some(SegmentState::Active));
+    assert!(a.tssx_bit(End::Client) && a.tssx_bit(End::Server));
+    // SAFETY: one producer and one consumer per ring, dropped before the segments.
+    let (mut tx, mut rx) = unsafe { (a.producer(End::Client), b.consumer(End::Server)) };
+    let payload: Vec<u8> = (0..100_000u32).map(|i| (i * 7 + 3) as u8).collect();
+    let mut got = Vec::new();
+    let mut sent = 0;
+    let mut buf = vec![0u8; 4096];
+    while got.len() < payload.len() {
+        sent += tx.write(&payload[sent..]).bytes;
+        let n = rx.read(&mut buf).bytes;
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(got, payload);
+    // SAFETY: as above.
+    let (mut back_tx, mut back_rx) = unsafe { (b.producer(End::Server), a.consumer(End::Client)) };
+    assert_eq!(back_tx.write(b"pong").bytes, 4);
+    let mut pong = [0u8; 8];
+    assert_eq!(back_rx.read(&mut pong).bytes, 4);
+    assert_eq!(&pong[..4], b"pong");
+    // Nothing went through the real socket.
+    client.set_nonblocking(true).unwrap();
+    assert!((&client).read(&mut pong).is_err(), "the real socket must stay empty");
+
+    // The agent traced the swap and its status shows the bytes moved through shared memory.
+    let swapped = agent.wait_for("swapped", &path, 1, Duration::from_secs(5));
+    assert_eq!(swapped.len(), 1, "{swapped:?}");
+    let out = Command::new(agent_bin()).args(["status", "--json", "--state-dir"]).arg(&state).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let rows: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 1, "{text}");
+    assert_eq!(rows[0]["state"], "active");
+    assert_eq!(rows[0]["bytes_client_to_server"], payload.len() as u64);
+    assert_eq!(rows[0]["bytes_server_to_client"], 4);
+    assert_eq!(rows[0]["client"]["fd"], client.as_raw_fd());
+    assert_eq!(rows[0]["server"]["fd"], server.as_raw_fd());
+    let table = Command::new(agent_bin()).args(["status", "--state-dir"]).arg(&state).output().unwrap();
+    assert!(String::from_utf8_lossy(&table.stdout).contains("1 live connection(s)"));
+    drop((tx, rx, back_tx, back_rx));
+}
+
+#[test]
+fn claims_the_kernel_did_not_see_are_refused() {
+    require_root();
+    let dir = temp_dir("refuse");
+    let path = dir.join("app.sock").to_str().unwrap().to_owned();
+    let state = dir.join("state");
+    let agent = Agent::start(&[&path], &state);
+    let listener = UnixListener::bind(&path).unwrap();
+    let (client, server) = connection(&listener, &path);
+
+    // Wrong role for the fd, an fd that is no connection, a socket on an unwatched path.
+    let started = Instant::now();
+    assert_eq!(claim(&state, Role::Server, client.as_raw_fd()).0, Reply::plain(PlainReason::NotSeen));
+    assert_eq!(claim(&state, Role::Client, listener.as_raw_fd()).0, Reply::plain(PlainReason::NotSeen));
+    let (x, _y) = UnixStream::pair().unwrap();
+    assert_eq!(claim(&state, Role::Client, x.as_raw_fd()).0, Reply::plain(PlainReason::NotSeen));
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    // A server whose client never claimed: plain, peer has no hook.
+    assert_eq!(claim(&state, Role::Server, server.as_raw_fd()).0, Reply::plain(PlainReason::PeerHasNoHook));
+    // The same fd cannot be claimed twice (the kernel event is used up).
+    assert_eq!(claim(&state, Role::Client, client.as_raw_fd()).0.reply_kind(), Some(ReplyKind::Swap));
+    assert_eq!(claim(&state, Role::Client, client.as_raw_fd()).0, Reply::plain(PlainReason::NotSeen));
+
+    // Malformed and truncated requests are refused and the agent keeps serving.
+    assert_eq!(ask(&state, &[0u8; 24]).0, Reply::plain(PlainReason::BadRequest));
+    let mut truncated = UnixStream::connect(state.join(CONTROL_SOCKET)).unwrap();
+    truncated.write_all(&Request::status().encode()[..10]).unwrap();
+    drop(truncated);
+    let (c2, s2) = connection(&listener, &path);
+    assert_eq!(claim(&state, Role::Client, c2.as_raw_fd()).0.reply_kind(), Some(ReplyKind::Swap));
+    assert_eq!(claim(&state, Role::Server, s2.as_raw_fd()).0.reply_kind(), Some(ReplyKind::Swap));
+    // Every refusal was traced with its reason ("not swapped").
+    let refused = agent.events("not");
+    assert!(refused.iter().any(|e| e["reason"].as_str().is_some_and(|r| r.contains("peer has no hook"))), "{refused:?}");
+    assert!(refused.iter().filter(|e| e["message"] == "not swapped").count() >= 5, "{refused:?}");
+    assert!(agent.stop().success());
+}

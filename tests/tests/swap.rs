@@ -1,0 +1,124 @@
+//! End-to-end: unmodified programs under LD_PRELOAD=libtssx_preload.so with the real agent.
+//!
+//! The hook finds the agent in the default state directory (`/run/tssx`), so these tests run
+//! one at a time (a process-wide lock) and need no other agent on this machine.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use tssx_tests::{require_root, target_dir, temp_dir, Agent};
+
+const STREAM: &str = env!("CARGO_BIN_EXE_tssx-test-stream");
+const DEFAULT_STATE_DIR: &str = "/run/tssx";
+const GIB: u64 = 1 << 30;
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn hook() -> PathBuf {
+    let so = target_dir().join("libtssx_preload.so");
+    assert!(so.exists(), "{} is missing: `cargo build -p tssx-preload` (cargo xtask test does)", so.display());
+    so
+}
+
+fn stream(role: &str, path: &str, bytes: u64, preload: bool) -> Command {
+    let mut cmd = Command::new(STREAM);
+    cmd.args([role, path, &bytes.to_string(), "42"]).stdout(Stdio::piped()).stderr(Stdio::piped());
+    if preload {
+        cmd.env("LD_PRELOAD", hook());
+    }
+    cmd
+}
+
+/// Runs the stream server and client (each with or without the hook); both must succeed.
+fn run_pair(path: &str, bytes: u64, server_hook: bool, client_hook: bool) {
+    let server: Child = stream("server", path, bytes, server_hook).spawn().unwrap();
+    // Wait for the socket file rather than sleeping a fixed time.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !Path::new(path).exists() {
+        assert!(Instant::now() < deadline, "server never bound {path}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let client = stream("client", path, bytes, client_hook).output().unwrap();
+    let server = server.wait_with_output().unwrap();
+    for (who, out) in [("client", &client), ("server", &server)] {
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{who} failed: {}\n{stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+        assert!(stdout.contains(&format!("ok sent={bytes} received={bytes}")), "{who}: {stdout}");
+    }
+}
+
+fn start_agent(path: &str) -> Agent {
+    Agent::start(&[path], Path::new(DEFAULT_STATE_DIR))
+}
+
+/// The `closed` trace line of the only connection on `path`: its shared-memory byte counts.
+fn shm_bytes(agent: &Agent, path: &str) -> (u64, u64) {
+    let closed = agent.wait_for("closed", path, 1, Duration::from_secs(10));
+    assert_eq!(closed.len(), 1, "{closed:?}");
+    (closed[0]["bytes_client_to_server"].as_u64().unwrap(), closed[0]["bytes_server_to_client"].as_u64().unwrap())
+}
+
+#[test]
+fn one_gib_each_way_goes_through_shared_memory() {
+    require_root();
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let path = temp_dir("swap-gib").join("app.sock").to_str().unwrap().to_owned();
+    let agent = start_agent(&path);
+    run_pair(&path, GIB, true, true);
+    assert_eq!(agent.events_on("swapped", &path).len(), 1, "{:?}", agent.events("swapped"));
+    // Every payload byte each way crossed the rings (the peers read nothing else), and the
+    // programs checked each one and saw EOF at the end.
+    assert_eq!(shm_bytes(&agent, &path), (GIB, GIB));
+    assert!(agent.stop().success());
+}
+
+#[test]
+fn without_the_agent_the_hook_passes_through() {
+    require_root();
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    assert!(!Path::new(DEFAULT_STATE_DIR).join("paths").exists(), "another tssx-agent is running");
+    let path = temp_dir("swap-noagent").join("app.sock").to_str().unwrap().to_owned();
+    let started = Instant::now();
+    run_pair(&path, 64 << 20, true, true);
+    // No agent: plain at once, no waiting for a claim.
+    assert!(started.elapsed() < Duration::from_secs(30));
+}
+
+#[test]
+fn unwatched_paths_stay_plain() {
+    require_root();
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = temp_dir("swap-unwatched");
+    let watched = dir.join("watched.sock").to_str().unwrap().to_owned();
+    let other = dir.join("other.sock").to_str().unwrap().to_owned();
+    let agent = start_agent(&watched);
+    run_pair(&other, 64 << 20, true, true);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(agent.events("swapped").is_empty());
+    assert!(agent.events("client").is_empty(), "no claim on an unwatched path");
+    assert!(agent.stop().success());
+}
+
+#[test]
+fn a_peer_without_the_hook_gets_every_byte_over_the_plain_socket() {
+    require_root();
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = temp_dir("swap-mixed");
+    // Hooked client, plain server: the client's tentative bytes are replayed into the socket.
+    let path = dir.join("plain-server.sock").to_str().unwrap().to_owned();
+    let agent = start_agent(&path);
+    run_pair(&path, 16 << 20, false, true);
+    let refused = agent.wait_for("not", &path, 1, Duration::from_secs(5));
+    assert!(refused.iter().any(|e| e["reason"].as_str().unwrap_or("").contains("no hook")), "{refused:?}");
+    assert!(agent.events("swapped").is_empty());
+    assert!(agent.stop().success());
+    // Plain client, hooked server: the server's claim finds no client claim and stays plain.
+    let path = dir.join("plain-client.sock").to_str().unwrap().to_owned();
+    let agent = start_agent(&path);
+    run_pair(&path, 16 << 20, true, false);
+    assert!(agent.events("swapped").is_empty());
+    assert!(agent.stop().success());
+}

@@ -1,0 +1,111 @@
+//! Deciding whether a socket is on a watched path, and claiming it from the agent.
+//!
+//! The agent publishes its watched paths in `/run/tssx/paths` and listens on
+//! `/run/tssx/agent.sock`. No agent (no file, or nobody listening): the hook does nothing, at
+//! once, without waiting.
+
+use std::os::fd::{FromRawFd as _, OwnedFd};
+
+use tssx_common::control::{Reply, ReplyKind, Request, Role, REPLY_SIZE};
+
+use crate::real;
+
+/// The agent's default state directory (see `tssx-agent --state-dir`).
+const STATE_DIR: &str = "/run/tssx";
+/// How long a claim may wait for the agent's answer.
+const CLAIM_TIMEOUT_SECS: libc::time_t = 3;
+
+/// The watched-path name of a Unix socket address: `/path` or `@abstract`; `None` otherwise.
+///
+/// # Safety
+/// `addr` must point at `len` readable bytes.
+pub unsafe fn unix_name(addr: *const libc::sockaddr, len: libc::socklen_t) -> Option<String> {
+    let len = len as usize;
+    let family_len = std::mem::size_of::<libc::sa_family_t>();
+    if addr.is_null() || len <= family_len || len > std::mem::size_of::<libc::sockaddr_un>() {
+        return None;
+    }
+    // SAFETY: the caller guarantees `len` readable bytes; sockaddr_un is at least that long.
+    let un = unsafe { &*addr.cast::<libc::sockaddr_un>() };
+    if un.sun_family != libc::AF_UNIX as libc::sa_family_t {
+        return None;
+    }
+    let path: Vec<u8> = un.sun_path[..len - family_len].iter().map(|&c| c as u8).collect();
+    if path.first() == Some(&0) {
+        return Some(format!("@{}", String::from_utf8_lossy(&path[1..])));
+    }
+    let end = path.iter().position(|&b| b == 0).unwrap_or(path.len());
+    Some(String::from_utf8_lossy(&path[..end]).into_owned())
+}
+
+/// True if the agent currently watches `name`.
+pub fn watched(name: &str) -> bool {
+    let Ok(list) = std::fs::read_to_string(format!("{STATE_DIR}/paths")) else { return false };
+    list.lines().any(|line| line == name)
+}
+
+/// The local name of socket `fd` (for an accepted socket: the listener's path).
+pub fn local_name(fd: libc::c_int) -> Option<String> {
+    // SAFETY: sockaddr_un is plain data.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    // SAFETY: getsockname writes at most `len` bytes into `addr`.
+    if unsafe { libc::getsockname(fd, (&mut addr as *mut libc::sockaddr_un).cast(), &mut len) } != 0 {
+        return None;
+    }
+    // SAFETY: the kernel filled `len` bytes of `addr`.
+    unsafe { unix_name((&addr as *const libc::sockaddr_un).cast(), len) }
+}
+
+/// True if `fd` is a blocking stream socket (the only kind swapped for now).
+pub fn blocking_stream(fd: libc::c_int) -> bool {
+    let mut kind: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `kind`.
+    let ok = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_TYPE, (&mut kind as *mut libc::c_int).cast(), &mut len) } == 0;
+    // SAFETY: F_GETFL takes no argument.
+    let flags = unsafe { real::fcntl(fd, libc::F_GETFL, 0) };
+    ok && kind == libc::SOCK_STREAM && flags >= 0 && flags & libc::O_NONBLOCK == 0
+}
+
+/// Sends `request` to the agent; returns the reply and the segment fd sent with a swap.
+pub fn ask(request: Request) -> Option<(Reply, Option<OwnedFd>)> {
+    // SAFETY: plain socket(2) call; the fd is owned right below.
+    let raw = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return None;
+    }
+    // SAFETY: `raw` is a fresh descriptor we own; dropping closes it.
+    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: sockaddr_un is plain data.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let path = format!("{STATE_DIR}/{}", tssx_common::control::CONTROL_SOCKET);
+    for (dst, &src) in addr.sun_path.iter_mut().zip(path.as_bytes()) {
+        *dst = src as libc::c_char;
+    }
+    let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    // SAFETY: `addr` is a valid sockaddr_un of `len` bytes; the real connect is not hooked.
+    if unsafe { real::connect(raw, (&addr as *const libc::sockaddr_un).cast(), len) } != 0 {
+        return None; // no agent: plain, at once
+    }
+    let timeout = libc::timeval { tv_sec: CLAIM_TIMEOUT_SECS, tv_usec: 0 };
+    for opt in [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO] {
+        // SAFETY: passes a live timeval of the stated size.
+        unsafe {
+            libc::setsockopt(raw, libc::SOL_SOCKET, opt, (&timeout as *const libc::timeval).cast(), std::mem::size_of::<libc::timeval>() as libc::socklen_t)
+        };
+    }
+    tssx_user::fdpass::send_with_fd(raw, &request.encode(), None).ok()?;
+    let mut buf = [0u8; REPLY_SIZE];
+    let (n, fd) = tssx_user::fdpass::recv_with_fd(raw, &mut buf).ok()?;
+    drop(sock);
+    let reply = Reply::decode(&buf[..n]).ok()?;
+    Some((reply, fd))
+}
+
+/// Claims `fd` as the `role` end; the segment fd if the agent says swap.
+pub fn claim(role: Role, fd: libc::c_int) -> Option<OwnedFd> {
+    let (reply, segment) = ask(Request::claim(role, fd))?;
+    (reply.reply_kind() == Some(ReplyKind::Swap)).then_some(segment).flatten()
+}

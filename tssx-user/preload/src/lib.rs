@@ -1,0 +1,302 @@
+//! `libtssx_preload.so`: interposes the libc socket calls (via `LD_PRELOAD` or
+//! `/etc/ld.so.preload`) and, for a blocking Unix stream socket on a path the running
+//! `tssx-agent` watches, moves its bytes onto the shared-memory rings the agent hands out.
+//!
+//! Everything else passes straight through to the real libc function: an fd that is not in the
+//! table costs one bounds check and one atomic load. With no agent running, or an unwatched
+//! path, nothing is ever swapped.
+//!
+//! Covered on swapped fds: read, write, readv, writev, recv, send, recvfrom, sendto, recvmsg,
+//! sendmsg (MSG_PEEK, MSG_DONTWAIT, MSG_WAITALL, MSG_NOSIGNAL), close. Not yet (so such sockets
+//! must not be swapped, or must stay single-fd): non-blocking sockets and poll/epoll (a
+//! non-blocking socket declines the swap and stays plain), dup/fork/exec, shutdown, fd passing
+//! (sendmsg with ancillary data on a swapped fd fails with EOPNOTSUPP).
+
+mod claim;
+mod conn;
+mod real;
+
+use std::{
+    io::{IoSlice, IoSliceMut},
+    os::fd::AsFd as _,
+};
+
+use libc::{c_int, c_void, iovec, msghdr, size_t, sockaddr, socklen_t, ssize_t};
+use tssx_common::{control::Role, segment::End};
+
+/// Resolves the real functions when the library is loaded, before `main`.
+#[used]
+#[unsafe(link_section = ".init_array")]
+static INIT: extern "C" fn() = init;
+
+extern "C" fn init() {
+    real::resolve_all();
+}
+
+fn with_errno_kept<R>(f: impl FnOnce() -> R) -> R {
+    // SAFETY: __errno_location returns this thread's errno.
+    let saved = unsafe { *libc::__errno_location() };
+    let r = f();
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() = saved };
+    r
+}
+
+/// After a successful connect/accept: claim `fd` if it is a watched blocking stream socket.
+fn maybe_swap(fd: c_int, role: Role, name: Option<String>) {
+    with_errno_kept(|| {
+        let Some(name) = name else { return };
+        if !claim::watched(&name) {
+            return;
+        }
+        if !claim::blocking_stream(fd) {
+            if role == Role::Server {
+                // Tell the agent at once so the client replays into the real socket.
+                let _ = claim::ask(tssx_common::control::Request::decline(fd));
+            }
+            return;
+        }
+        if let Some(memfd) = claim::claim(role, fd) {
+            let end = if role == Role::Client { End::Client } else { End::Server };
+            conn::install(fd, end, memfd.as_fd());
+        }
+    })
+}
+
+/// # Safety
+/// libc's `connect`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+    // SAFETY: forwarded as received.
+    let rc = unsafe { real::connect(fd, addr, len) };
+    if rc == 0 {
+        // SAFETY: the kernel just accepted `addr`/`len` as readable.
+        maybe_swap(fd, Role::Client, unsafe { claim::unix_name(addr, len) });
+    }
+    rc
+}
+
+/// # Safety
+/// libc's `accept`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    // SAFETY: forwarded as received.
+    let new = unsafe { real::accept(fd, addr, len) };
+    if new >= 0 {
+        maybe_swap(new, Role::Server, claim::local_name(new));
+    }
+    new
+}
+
+/// # Safety
+/// libc's `accept4`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int {
+    // SAFETY: forwarded as received.
+    let new = unsafe { real::accept4(fd, addr, len, flags) };
+    if new >= 0 {
+        maybe_swap(new, Role::Server, claim::local_name(new));
+    }
+    new
+}
+
+/// Builds slices over a C iovec array (null or empty entries allowed).
+///
+/// # Safety
+/// `iov` must point at `cnt` valid iovecs whose buffers are valid for the call.
+unsafe fn slices_mut<'a>(iov: *const iovec, cnt: c_int) -> Vec<IoSliceMut<'a>> {
+    (0..cnt.max(0) as usize)
+        .map(|i| {
+            // SAFETY: per the function's contract.
+            let v = unsafe { &*iov.add(i) };
+            if v.iov_base.is_null() || v.iov_len == 0 {
+                IoSliceMut::new(&mut [])
+            } else {
+                // SAFETY: per the function's contract.
+                IoSliceMut::new(unsafe { std::slice::from_raw_parts_mut(v.iov_base.cast(), v.iov_len) })
+            }
+        })
+        .collect()
+}
+
+/// # Safety
+/// As [`slices_mut`], for reading.
+unsafe fn slices<'a>(iov: *const iovec, cnt: c_int) -> Vec<IoSlice<'a>> {
+    (0..cnt.max(0) as usize)
+        .map(|i| {
+            // SAFETY: per the function's contract.
+            let v = unsafe { &*iov.add(i) };
+            if v.iov_base.is_null() || v.iov_len == 0 {
+                IoSlice::new(&[])
+            } else {
+                // SAFETY: per the function's contract.
+                IoSlice::new(unsafe { std::slice::from_raw_parts(v.iov_base.cast(), v.iov_len) })
+            }
+        })
+        .collect()
+}
+
+fn one_mut<'a>(buf: *mut c_void, n: size_t) -> Vec<IoSliceMut<'a>> {
+    if buf.is_null() || n == 0 {
+        return vec![IoSliceMut::new(&mut [])];
+    }
+    // SAFETY: the caller of read/recv promises `n` writable bytes at `buf`.
+    vec![IoSliceMut::new(unsafe { std::slice::from_raw_parts_mut(buf.cast(), n) })]
+}
+
+fn one<'a>(buf: *const c_void, n: size_t) -> Vec<IoSlice<'a>> {
+    if buf.is_null() || n == 0 {
+        return vec![IoSlice::new(&[])];
+    }
+    // SAFETY: the caller of write/send promises `n` readable bytes at `buf`.
+    vec![IoSlice::new(unsafe { std::slice::from_raw_parts(buf.cast(), n) })]
+}
+
+/// Defines a receiving call: swapped -> ring, otherwise (or once plain) -> the real call.
+macro_rules! recv_like {
+    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) => |$fd:ident| ($bufs:expr, $flags:expr), after = |$n:ident| $after:expr) => {
+        $(#[$doc])*
+        /// # Safety
+        /// As the libc function of the same name.
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn $name($($arg: $ty),*) -> ssize_t {
+            if let Some(c) = conn::lookup($fd) {
+                #[allow(unused_unsafe)]
+                let mut bufs = unsafe { $bufs };
+                if let Ok($n) = c.recv($fd, &mut bufs, $flags) {
+                    $after;
+                    return $n;
+                }
+            }
+            // SAFETY: forwarded as received.
+            unsafe { real::$name($($arg),*) }
+        }
+    };
+}
+
+macro_rules! send_like {
+    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) => |$fd:ident| ($bufs:expr, $flags:expr) $(, guard = $guard:expr)?) => {
+        $(#[$doc])*
+        /// # Safety
+        /// As the libc function of the same name.
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn $name($($arg: $ty),*) -> ssize_t {
+            if let Some(c) = conn::lookup($fd) {
+                $(
+                    #[allow(unused_unsafe)]
+                    if unsafe { $guard } {
+                        // SAFETY: __errno_location returns this thread's errno.
+                        unsafe { *libc::__errno_location() = libc::EOPNOTSUPP };
+                        return -1;
+                    }
+                )?
+                #[allow(unused_unsafe)]
+                let bufs = unsafe { $bufs };
+                if let Ok(n) = c.send($fd, &bufs, $flags) {
+                    return n;
+                }
+            }
+            // SAFETY: forwarded as received.
+            unsafe { real::$name($($arg),*) }
+        }
+    };
+}
+
+recv_like!(fn read(fd: c_int, buf: *mut c_void, n: size_t) => |fd| (one_mut(buf, n), 0), after = |_n| ());
+recv_like!(fn recv(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int) => |fd| (one_mut(buf, n), flags), after = |_n| ());
+recv_like!(fn readv(fd: c_int, iov: *const iovec, cnt: c_int) => |fd| (slices_mut(iov, cnt), 0), after = |_n| ());
+recv_like!(
+    fn recvfrom(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int, addr: *mut sockaddr, len: *mut socklen_t)
+        => |fd| (one_mut(buf, n), flags),
+        after = |_n| if !addr.is_null() && !len.is_null() {
+            // A connected stream socket reports no source address.
+            // SAFETY: the caller passed a valid length pointer with a non-null address.
+            unsafe { *len = 0 };
+        }
+);
+recv_like!(
+    fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int)
+        => |fd| (slices_mut((*msg).msg_iov, (*msg).msg_iovlen as c_int), flags),
+        after = |_n| {
+            // SAFETY: the caller passed a valid msghdr.
+            let m = unsafe { &mut *msg };
+            m.msg_flags = 0;
+            m.msg_controllen = 0;
+            m.msg_namelen = 0;
+        }
+);
+
+send_like!(fn write(fd: c_int, buf: *const c_void, n: size_t) => |fd| (one(buf, n), 0));
+send_like!(fn send(fd: c_int, buf: *const c_void, n: size_t, flags: c_int) => |fd| (one(buf, n), flags));
+send_like!(fn writev(fd: c_int, iov: *const iovec, cnt: c_int) => |fd| (slices(iov, cnt), 0));
+send_like!(
+    fn sendto(fd: c_int, buf: *const c_void, n: size_t, flags: c_int, addr: *const sockaddr, len: socklen_t)
+        => |fd| (one(buf, n), flags)
+);
+send_like!(
+    fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int)
+        => |fd| (slices((*msg).msg_iov, (*msg).msg_iovlen as c_int), flags),
+        guard = (*msg).msg_controllen > 0
+);
+
+/// # Safety
+/// libc's `close`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn close(fd: c_int) -> c_int {
+    if conn::lookup(fd).is_some() {
+        with_errno_kept(|| conn::close(fd));
+    }
+    // SAFETY: forwarded as received.
+    unsafe { real::close(fd) }
+}
+
+/// # Safety
+/// libc's `dup`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn dup(fd: c_int) -> c_int {
+    // SAFETY: forwarded as received.
+    let new = unsafe { real::dup(fd) };
+    if new >= 0 && conn::lookup(fd).is_some() {
+        conn::duplicated(fd, new);
+    }
+    new
+}
+
+/// # Safety
+/// libc's `dup2`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
+    // SAFETY: forwarded as received.
+    let rc = unsafe { real::dup2(old, new) };
+    if rc >= 0 && old != new && (conn::lookup(old).is_some() || conn::lookup(new).is_some()) {
+        conn::duplicated(old, new);
+    }
+    rc
+}
+
+/// # Safety
+/// libc's `dup3`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
+    // SAFETY: forwarded as received.
+    let rc = unsafe { real::dup3(old, new, flags) };
+    if rc >= 0 && (conn::lookup(old).is_some() || conn::lookup(new).is_some()) {
+        conn::duplicated(old, new);
+    }
+    rc
+}
+
+/// `fcntl` is variadic in C; on x86-64 the one optional integer or pointer argument travels in
+/// the third argument register, so a three-argument definition receives it unchanged.
+///
+/// # Safety
+/// libc's `fcntl`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: libc::c_ulong) -> c_int {
+    // SAFETY: forwarded as received.
+    let rc = unsafe { real::fcntl(fd, cmd, arg) };
+    if rc >= 0 && (cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC) && conn::lookup(fd).is_some() {
+        conn::duplicated(fd, rc);
+    }
+    rc
+}

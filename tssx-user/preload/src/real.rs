@@ -1,0 +1,79 @@
+//! The real libc functions, resolved once with `dlsym(RTLD_NEXT)` when the library is loaded.
+//!
+//! The hook calls only these for its own I/O, never the interposed symbols, so nothing recurses.
+//! Each pointer is an `AtomicUsize` read with `Relaxed`: it is written once by the constructor
+//! (or lazily by the first caller, with the same value), and a function pointer carries no data
+//! that needs ordering.
+
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+macro_rules! real_fns {
+    ($($name:ident: fn($($arg:ident: $ty:ty),*) -> $ret:ty;)*) => {
+        /// One resolved address per function (0 until resolved).
+        mod slots {
+            use super::AtomicUsize;
+            $(
+                #[allow(non_upper_case_globals)]
+                pub static $name: AtomicUsize = AtomicUsize::new(0);
+            )*
+        }
+
+        /// Resolves every function (called from the library constructor).
+        pub fn resolve_all() {
+            $( let _ = resolve(&slots::$name, concat!(stringify!($name), "\0")); )*
+        }
+
+        $(
+            /// The real libc function of this name.
+            #[allow(clippy::missing_safety_doc)]
+            pub unsafe fn $name($($arg: $ty),*) -> $ret {
+                let f = resolve(&slots::$name, concat!(stringify!($name), "\0"));
+                // SAFETY: `f` is the address dlsym returned for this libc symbol, whose C
+                // signature is the one declared here.
+                let f: unsafe extern "C" fn($($ty),*) -> $ret = unsafe { std::mem::transmute(f) };
+                // SAFETY: the caller passes what the libc function expects.
+                unsafe { f($($arg),*) }
+            }
+        )*
+    };
+}
+
+fn resolve(slot: &AtomicUsize, name: &str) -> usize {
+    let f = slot.load(Relaxed);
+    if f != 0 {
+        return f;
+    }
+    // SAFETY: `name` is NUL-terminated; RTLD_NEXT finds libc's definition after ours.
+    let f = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr().cast()) } as usize;
+    if f == 0 {
+        // No next definition: nothing sane to do inside someone else's process.
+        // SAFETY: abort has no preconditions.
+        unsafe { libc::abort() };
+    }
+    slot.store(f, Relaxed);
+    f
+}
+
+use libc::{c_int, c_void, iovec, msghdr, nfds_t, pollfd, size_t, sockaddr, socklen_t, ssize_t};
+
+real_fns! {
+    read: fn(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t;
+    write: fn(fd: c_int, buf: *const c_void, n: size_t) -> ssize_t;
+    readv: fn(fd: c_int, iov: *const iovec, cnt: c_int) -> ssize_t;
+    writev: fn(fd: c_int, iov: *const iovec, cnt: c_int) -> ssize_t;
+    recv: fn(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int) -> ssize_t;
+    send: fn(fd: c_int, buf: *const c_void, n: size_t, flags: c_int) -> ssize_t;
+    recvfrom: fn(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> ssize_t;
+    sendto: fn(fd: c_int, buf: *const c_void, n: size_t, flags: c_int, addr: *const sockaddr, len: socklen_t) -> ssize_t;
+    recvmsg: fn(fd: c_int, msg: *mut msghdr, flags: c_int) -> ssize_t;
+    sendmsg: fn(fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t;
+    close: fn(fd: c_int) -> c_int;
+    connect: fn(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int;
+    accept: fn(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int;
+    accept4: fn(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int;
+    poll: fn(fds: *mut pollfd, n: nfds_t, timeout: c_int) -> c_int;
+    dup: fn(fd: c_int) -> c_int;
+    dup2: fn(old: c_int, new: c_int) -> c_int;
+    dup3: fn(old: c_int, new: c_int, flags: c_int) -> c_int;
+    fcntl: fn(fd: c_int, cmd: c_int, arg: libc::c_ulong) -> c_int;
+}
