@@ -47,6 +47,9 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Set up, build, and run the benchmark (plain Unix socket vs tssx vs bare ring; a few
+    /// minutes): prints a Markdown table with ratios measured in this one run.
+    Bench,
     /// Set up, build, and run every test (unit and end-to-end; needs root).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -81,6 +84,10 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
                 bail!("tssx-agent exited with {status}");
             }
             Ok(())
+        }
+        Cmd::Bench => {
+            build()?;
+            bench()
         }
         Cmd::Test { args } => {
             build()?;
@@ -174,8 +181,8 @@ fn setup() -> anyhow::Result<()> {
 }
 
 fn build() -> anyhow::Result<()> {
-    step("building (eBPF programs, agent, test programs)");
-    cargo(&["build", "--quiet", "-p", "tssx-user", "-p", "tssx-tests", "--bins"], &[])
+    step("building (eBPF programs, agent, preload hook, test programs)");
+    cargo(&["build", "--quiet", "-p", "tssx-user", "-p", "tssx-preload", "-p", "tssx-tests"], &[])
 }
 
 /// Starts the agent on a demo socket, runs the demo server and client, shows the trace.
@@ -241,6 +248,35 @@ fn demo(keep: bool) -> anyhow::Result<()> {
     }
     step("demo done: the trace above shows bind, listen, connect and accept on the watched addresses only");
     Ok(())
+}
+
+/// Runs tssx-bench with an agent watching the bench socket (default state dir, for the hook).
+fn bench() -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join("tssx-bench");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("bench.sock");
+    let path = path.to_str().context("non-UTF-8 temp dir")?.to_owned();
+    let bin = target_dir();
+    let mut agent = Command::new(bin.join("tssx-agent"))
+        .args(["--paths", &path])
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting tssx-agent")?;
+    let mut lines = BufReader::new(agent.stdout.take().expect("piped")).lines();
+    if !lines.any(|l| l.is_ok_and(|l| l.contains("ready:"))) {
+        bail!("the agent did not start");
+    }
+    // Keep draining the agent's trace so it never blocks on a full pipe.
+    let drain = thread::spawn(move || lines.for_each(drop));
+    step("benchmark: plain Unix socket vs tssx (hook) vs bare ring, one run");
+    let result = sh(Command::new(bin.join("tssx-bench"))
+        .args(["--preload"])
+        .arg(bin.join("libtssx_preload.so"))
+        .args(["--path", &path]));
+    sh(Command::new("kill").args(["-TERM", &agent.id().to_string()]))?;
+    agent.wait()?;
+    let _ = drain.join();
+    result
 }
 
 fn sh_wait(child: &mut std::process::Child) -> anyhow::Result<()> {

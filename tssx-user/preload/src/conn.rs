@@ -22,9 +22,17 @@ use crate::real;
 
 /// Fds at or above this are never swapped.
 const MAX_FDS: usize = 1 << 16;
-/// Ring checks before sleeping on the real socket (a wake-up costs tens of microseconds here,
-/// a check tens of nanoseconds).
-const SPIN_CHECKS: u32 = 20_000;
+/// How long to keep checking the rings before sleeping on the real socket, in nanoseconds (a
+/// wake-up costs tens of microseconds on our machines, a ring check tens of nanoseconds).
+const SPIN_NS: u64 = 50_000;
+
+/// CLOCK_MONOTONIC in nanoseconds (vDSO: no system call).
+fn now_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: writes into a live local timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
 
 /// fd -> connection. `Acquire` loads pair with the `Release` store that publishes a fully
 /// built connection.
@@ -39,6 +47,9 @@ pub struct Conn {
     /// How many fds of this process refer to this connection (dup, dup2, dup3, F_DUPFD).
     /// AcqRel on the decrement that may reach zero, so the last closer sees all prior uses.
     fds: AtomicU32,
+    /// The socket's O_NONBLOCK, read at install and kept up to date by the `fcntl(F_SETFL)`
+    /// hook, so that an empty ring costs no `F_GETFL` system call. Relaxed: a flag of this fd.
+    nonblock: AtomicBool,
     /// The real socket reported EOF or an error: the peer closed it or died.
     /// Relaxed: a hint re-checked against the rings, which carry their own ordering.
     peer_eof: AtomicBool,
@@ -67,7 +78,7 @@ pub fn install(fd: c_int, end: End, memfd: BorrowedFd<'_>) -> bool {
     // they are dropped with the `Conn`, before the segment (field order).
     let (tx, rx) = unsafe { (segment.producer(end), segment.consumer(end)) };
     segment.header().refcount[end.index()].store(1, Release);
-    let conn = Box::new(Conn { tx: UnsafeCell::new(tx), rx: UnsafeCell::new(rx), segment, end, peer_eof: AtomicBool::new(false), fds: AtomicU32::new(1) });
+    let conn = Box::new(Conn { tx: UnsafeCell::new(tx), rx: UnsafeCell::new(rx), segment, end, peer_eof: AtomicBool::new(false), fds: AtomicU32::new(1), nonblock: AtomicBool::new(nonblocking(fd, 0)) });
     let old = slot.swap(Box::into_raw(conn), Release);
     release(old);
     true
@@ -123,12 +134,33 @@ fn nonblocking(fd: c_int, flags: c_int) -> bool {
     flags & libc::MSG_DONTWAIT != 0 || unsafe { real::fcntl(fd, libc::F_GETFL, 0) } & libc::O_NONBLOCK != 0
 }
 
+/// This thread's id as ring-lock owner. `gettid` is a system call in glibc, so it is cached per
+/// thread (const-initialised TLS: no allocation, usable from signal handlers). A child after
+/// fork keeps its parent thread's cached id; the locks only need the id to be non-zero for
+/// mutual exclusion, which the compare-and-swap gives regardless.
 fn owner_id() -> u32 {
-    // SAFETY: gettid has no preconditions; thread ids are positive.
-    (unsafe { libc::gettid() }) as u32
+    thread_local! {
+        static TID: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    }
+    TID.with(|tid| {
+        if tid.get() == 0 {
+            // SAFETY: gettid has no preconditions; thread ids are positive.
+            tid.set(unsafe { libc::gettid() } as u32);
+        }
+        tid.get()
+    })
 }
 
 impl Conn {
+    /// Records the fd's new O_NONBLOCK after `fcntl(F_SETFL)`.
+    pub fn set_nonblocking(&self, on: bool) {
+        self.nonblock.store(on, Relaxed);
+    }
+
+    fn would_block_is_error(&self, flags: c_int) -> bool {
+        flags & libc::MSG_DONTWAIT != 0 || self.nonblock.load(Relaxed)
+    }
+
     fn state(&self) -> Option<SegmentState> {
         self.segment.state()
     }
@@ -255,8 +287,7 @@ impl Conn {
         }
         let mut total = 0usize;
         let mut spins = 0u32;
-        // Asked once, when the ring first comes up empty (resp. full): an fcntl is a syscall.
-        let mut nonblock: Option<bool> = None;
+        let mut spin_until = 0u64;
         loop {
             if let Some(replayed) = self.went_plain(fd) {
                 if total > 0 {
@@ -299,15 +330,18 @@ impl Conn {
                 }
                 return Ok(total as isize); // EOF (0) or what MSG_WAITALL collected
             }
-            if *nonblock.get_or_insert_with(|| nonblocking(fd, flags)) {
+            if self.would_block_is_error(flags) {
                 if total > 0 {
                     return Ok(total as isize);
                 }
                 set_errno(libc::EAGAIN);
                 return Ok(-1);
             }
-            if spins < SPIN_CHECKS {
-                spins += 1;
+            if spins == 0 {
+                spin_until = now_ns() + SPIN_NS;
+            }
+            spins += 1;
+            if spins % 64 != 0 || now_ns() < spin_until {
                 std::hint::spin_loop();
                 continue;
             }
@@ -325,8 +359,7 @@ impl Conn {
         let want: usize = bufs.iter().map(|b| b.len()).sum();
         let mut total = 0usize;
         let mut spins = 0u32;
-        // Asked once, when the ring first comes up empty (resp. full): an fcntl is a syscall.
-        let mut nonblock: Option<bool> = None;
+        let mut spin_until = 0u64;
         loop {
             if let Some(replayed) = self.went_plain(fd) {
                 if total > 0 {
@@ -369,15 +402,18 @@ impl Conn {
                 spins = 0;
                 continue;
             }
-            if *nonblock.get_or_insert_with(|| nonblocking(fd, flags)) {
+            if self.would_block_is_error(flags) {
                 if total > 0 {
                     return Ok(total as isize);
                 }
                 set_errno(libc::EAGAIN);
                 return Ok(-1);
             }
-            if spins < SPIN_CHECKS {
-                spins += 1;
+            if spins == 0 {
+                spin_until = now_ns() + SPIN_NS;
+            }
+            spins += 1;
+            if spins % 64 != 0 || now_ns() < spin_until {
                 std::hint::spin_loop();
                 continue;
             }

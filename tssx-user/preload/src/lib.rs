@@ -295,8 +295,14 @@ pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
 pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: libc::c_ulong) -> c_int {
     // SAFETY: forwarded as received.
     let rc = unsafe { real::fcntl(fd, cmd, arg) };
-    if rc >= 0 && (cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC) && conn::lookup(fd).is_some() {
-        conn::duplicated(fd, rc);
+    if rc >= 0 {
+        if let Some(c) = conn::lookup(fd) {
+            match cmd {
+                libc::F_DUPFD | libc::F_DUPFD_CLOEXEC => conn::duplicated(fd, rc),
+                libc::F_SETFL => c.set_nonblocking(arg as c_int & libc::O_NONBLOCK != 0),
+                _ => {}
+            }
+        }
     }
     rc
 }
