@@ -192,10 +192,9 @@ fn demo(keep: bool) -> anyhow::Result<()> {
     let path = dir.join("demo.sock");
     let path = path.to_str().context("non-UTF-8 temp dir")?.to_owned();
     let bin = target_dir();
-    step(&format!("starting tssx-agent --paths {path},@tssx-demo"));
+    step(&format!("starting tssx-agent --paths {path},@tssx-demo (state dir /run/tssx, where the hook looks)"));
     let mut agent = Command::new(bin.join("tssx-agent"))
-        .args(["--paths", &format!("{path},@tssx-demo"), "--state-dir"])
-        .arg(dir.join("state"))
+        .args(["--paths", &format!("{path},@tssx-demo")])
         .stdout(Stdio::piped())
         .spawn()
         .context("starting tssx-agent")?;
@@ -212,10 +211,11 @@ fn demo(keep: bool) -> anyhow::Result<()> {
     });
     if ready_rx.recv_timeout(Duration::from_secs(60)).is_err() {
         let _ = agent.kill();
-        bail!("the agent did not become ready (see its output above)");
+        bail!("the agent did not become ready (see its output above; is another tssx-agent running?)");
     }
+    let hook = bin.join("libtssx_preload.so");
     for (label, address) in [("watched path", path.as_str()), ("watched abstract name", "@tssx-demo")] {
-        step(&format!("demo: echo server + 3 client connections on the {label} {address}"));
+        step(&format!("demo: echo server + 3 client connections on the {label} {address} (no hook: traced only)"));
         let mut server = Command::new(bin.join("tssx-test-server"))
             .args([address, "3"])
             .stdout(Stdio::null())
@@ -225,6 +225,19 @@ fn demo(keep: bool) -> anyhow::Result<()> {
         sh(Command::new(bin.join("tssx-test-client")).args([address, "3"]).stdout(Stdio::null()))?;
         sh_wait(&mut server)?;
     }
+    step(&format!("demo: 256 MiB each way between two unmodified programs under LD_PRELOAD={}", hook.display()));
+    let mut server = Command::new(bin.join("tssx-test-stream"))
+        .args(["server", &path, "268435456", "1"])
+        .env("LD_PRELOAD", &hook)
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting the stream server")?;
+    thread::sleep(Duration::from_millis(300));
+    sh(Command::new(bin.join("tssx-test-stream"))
+        .args(["client", &path, "268435456", "1"])
+        .env("LD_PRELOAD", &hook))?;
+    sh_wait(&mut server)?;
+    thread::sleep(Duration::from_millis(1500)); // the agent frees the segment on its next sweep
     step("demo: a client on an unwatched path (no trace expected)");
     let other = dir.join("unwatched.sock");
     let other = other.to_str().context("non-UTF-8")?;
@@ -246,7 +259,7 @@ fn demo(keep: bool) -> anyhow::Result<()> {
     if !status.success() {
         bail!("agent exited with {status}");
     }
-    step("demo done: the trace above shows bind, listen, connect and accept on the watched addresses only");
+    step("demo done: the trace shows connect/accept on the watched addresses only, the swap, and the bytes moved through shared memory");
     Ok(())
 }
 

@@ -50,6 +50,11 @@ pub struct Conn {
     /// The socket's O_NONBLOCK, read at install and kept up to date by the `fcntl(F_SETFL)`
     /// hook, so that an empty ring costs no `F_GETFL` system call. Relaxed: a flag of this fd.
     nonblock: AtomicBool,
+    /// The first thread that used this connection, and whether another one has since: several
+    /// threads of one end sleep on the same socket, and one may drain the doorbell meant for
+    /// another, so such connections poll with a short timeout. Relaxed: hints for a timeout.
+    first_user: AtomicU32,
+    shared: AtomicBool,
     /// The real socket reported EOF or an error: the peer closed it or died.
     /// Relaxed: a hint re-checked against the rings, which carry their own ordering.
     peer_eof: AtomicBool,
@@ -78,7 +83,7 @@ pub fn install(fd: c_int, end: End, memfd: BorrowedFd<'_>) -> bool {
     // they are dropped with the `Conn`, before the segment (field order).
     let (tx, rx) = unsafe { (segment.producer(end), segment.consumer(end)) };
     segment.header().refcount[end.index()].store(1, Release);
-    let conn = Box::new(Conn { tx: UnsafeCell::new(tx), rx: UnsafeCell::new(rx), segment, end, peer_eof: AtomicBool::new(false), fds: AtomicU32::new(1), nonblock: AtomicBool::new(nonblocking(fd, 0)) });
+    let conn = Box::new(Conn { tx: UnsafeCell::new(tx), rx: UnsafeCell::new(rx), segment, end, peer_eof: AtomicBool::new(false), fds: AtomicU32::new(1), nonblock: AtomicBool::new(nonblocking(fd, 0)), first_user: AtomicU32::new(0), shared: AtomicBool::new(false) });
     let old = slot.swap(Box::into_raw(conn), Release);
     release(old);
     true
@@ -165,9 +170,21 @@ impl Conn {
         self.segment.state()
     }
 
+    /// Notes which thread uses the connection (see `shared`); returns its id.
+    fn user(&self) -> u32 {
+        let me = owner_id();
+        let first = self.first_user.load(Relaxed);
+        if first == 0 {
+            let _ = self.first_user.compare_exchange(0, me, Relaxed, Relaxed);
+        } else if first != me && !self.shared.load(Relaxed) {
+            self.shared.store(true, Relaxed);
+        }
+        me
+    }
+
     fn with_tx<R>(&self, f: impl FnOnce(&mut Producer) -> R) -> R {
         let lock = self.segment.producer_lock(self.end);
-        let me = owner_id();
+        let me = self.user();
         loop {
             if let Some(_guard) = lock.try_lock(me) {
                 // SAFETY: the producer lock of this end is held: no other handle of this ring
@@ -181,7 +198,7 @@ impl Conn {
 
     fn with_rx<R>(&self, f: impl FnOnce(&mut Consumer) -> R) -> R {
         let lock = self.segment.consumer_lock(self.end);
-        let me = owner_id();
+        let me = self.user();
         loop {
             if let Some(_guard) = lock.try_lock(me) {
                 // SAFETY: as in `with_tx`, for the consumer side.
@@ -211,7 +228,10 @@ impl Conn {
         let active = self.state() == Some(SegmentState::Active);
         let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
         // SAFETY: one live pollfd.
-        let ready = unsafe { real::poll(&mut pfd, 1, if active { 1000 } else { 10 }) };
+        // Pending: re-check the agent's decision often. Shared by threads: a sibling may drain
+        // our doorbell, so never sleep long. Otherwise the doorbell or EOF always comes.
+        let timeout = if !active { 10 } else if self.shared.load(Relaxed) { 1 } else { 1000 };
+        let ready = unsafe { real::poll(&mut pfd, 1, timeout) };
         if ready <= 0 {
             return;
         }
