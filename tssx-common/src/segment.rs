@@ -368,7 +368,7 @@ const _: () = {
     assert!(size_of::<SegmentHeader>() == 8 * CACHE_LINE);
     assert!(align_of::<SegmentHeader>() == CACHE_LINE);
     assert!(size_of::<SegmentHeader>() <= RING_DATA_OFFSET);
-    assert!(RING_DATA_OFFSET % SEGMENT_ALIGN == 0);
+    assert!(RING_DATA_OFFSET.is_multiple_of(SEGMENT_ALIGN));
     // Smallest and largest layouts.
     match SegmentLayout::new(MIN_RING_CAPACITY) {
         Some(l) => assert!(

@@ -56,7 +56,7 @@ fn word(seed: u64, k: u64) -> u64 {
 fn fill(seed: u64, pos: u64, buf: &mut [u8]) {
     let mut i = 0;
     let mut p = pos;
-    while i < buf.len() && p % 8 != 0 {
+    while i < buf.len() && !p.is_multiple_of(8) {
         buf[i] = word(seed, p / 8).to_le_bytes()[(p % 8) as usize];
         i += 1;
         p += 1;
@@ -166,7 +166,7 @@ impl Side {
             }
             idle += 1;
             if idle < SPINS_BEFORE_SLEEP {
-                if idle % 16 == 0 {
+                if idle.is_multiple_of(16) {
                     std::thread::yield_now();
                 } else {
                     std::hint::spin_loop();
@@ -247,7 +247,7 @@ fn side(seg: &Segment, end: End, bell: OwnedFd, total: u64) -> Side {
         out: vec![0; MAX_IO],
         inbuf: vec![0; MAX_IO],
         expect: vec![0; MAX_IO],
-        rng: Rng(0xdead_beef ^ (end.index() as u64 + 1) * 0x1234_5678_9abc),
+        rng: Rng(0xdead_beef ^ ((end.index() as u64 + 1) * 0x1234_5678_9abc)),
     }
 }
 

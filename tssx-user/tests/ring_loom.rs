@@ -175,61 +175,59 @@ fn no_lost_wakeup() {
 
 #[test]
 fn locked_consumers_share_a_ring() {
-    const N: u64 = 3;
+    const N: usize = 3;
     model(|| {
         let ring = Ring::new();
         let lock_word = Arc::new(AtomicU32::new(0));
-        let (mut producer, first) = ring.handles();
-        // SAFETY: as `handles`; the two consumers are serialized by the lock below.
+        let (mut producer, mut first) = ring.handles();
+        // SAFETY: as `handles`; the consumers are serialized by the lock below.
         let second = unsafe { Consumer::new(ring.raw()) };
-        let writer = {
-            let ring = ring.clone();
+        // The bytes are there before the readers start: the model is about the readers.
+        assert_eq!(producer.write(&MESSAGE[..N]).bytes, N);
+        let reader = {
+            let (ring, lock_word) = (ring.clone(), lock_word.clone());
             thread::spawn(move || {
-                let _ring = ring;
-                let mut sent = 0;
-                while sent < N as usize {
-                    let t = producer.write(&MESSAGE[sent..N as usize]);
-                    sent += t.bytes;
-                    if t.bytes == 0 {
-                        thread::yield_now();
-                    }
-                }
+                let _ring = &ring;
+                let mut consumer = second;
+                // SAFETY: the word outlives the lock (this thread holds an Arc).
+                let lock = unsafe { RingLock::new(&*lock_word) };
+                read_under_lock(&lock, 2, &mut consumer)
             })
         };
-        let readers: Vec<_> = [(1u32, first), (2u32, second)]
-            .into_iter()
-            .map(|(id, mut consumer)| {
-                let (ring, lock_word) = (ring.clone(), lock_word.clone());
-                thread::spawn(move || {
-                    let _ring = &ring;
-                    // SAFETY: the word outlives the lock (this thread holds an Arc).
-                    let lock = unsafe { RingLock::new(&*lock_word) };
-                    let mut seen = Vec::new();
-                    loop {
-                        let Some(_held) = lock.try_lock(id) else {
-                            thread::yield_now();
-                            continue;
-                        };
-                        let pos = consumer.position();
-                        if pos == N {
-                            return seen;
-                        }
-                        let mut byte = [0u8; 1];
-                        let t = consumer.read(&mut byte);
-                        if t.bytes == 1 {
-                            seen.push((pos, byte[0]));
-                        } else {
-                            drop(_held);
-                            thread::yield_now();
-                        }
-                    }
-                })
-            })
-            .collect();
-        let mut all: Vec<(u64, u8)> = readers.into_iter().flat_map(|r| r.join().unwrap()).collect();
-        writer.join().unwrap();
+        // SAFETY: as above.
+        let lock = unsafe { RingLock::new(&*lock_word) };
+        let mut all = read_under_lock(&lock, 1, &mut first);
+        all.extend(reader.join().unwrap());
+        // Whatever the two left, read by either handle afterwards.
+        let held = lock.try_lock(1).expect("nobody else holds the lock any more");
+        loop {
+            let pos = first.position();
+            let mut byte = [0u8; 1];
+            if first.read(&mut byte).bytes == 0 {
+                break;
+            }
+            all.push((pos, byte[0]));
+        }
+        drop(held);
         all.sort();
-        let expect: Vec<(u64, u8)> = (0..N).map(|p| (p, MESSAGE[p as usize])).collect();
-        assert_eq!(all, expect);
+        let expect: Vec<(u64, u8)> = (0..N).map(|p| (p as u64, MESSAGE[p])).collect();
+        assert_eq!(all, expect, "every byte read exactly once, at its position");
     });
+}
+
+/// Up to two attempts to take the lock; under it, reads one byte and notes its position.
+/// (Bounded, not a spin loop, so that loom can explore every interleaving.)
+fn read_under_lock(lock: &RingLock, id: u32, consumer: &mut Consumer) -> Vec<(u64, u8)> {
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        if let Some(_held) = lock.try_lock(id) {
+            let pos = consumer.position();
+            let mut byte = [0u8; 1];
+            if consumer.read(&mut byte).bytes == 1 {
+                seen.push((pos, byte[0]));
+            }
+        }
+        thread::yield_now();
+    }
+    seen
 }

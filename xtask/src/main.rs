@@ -91,7 +91,11 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
         }
         Cmd::Test { args } => {
             build()?;
-            cargo(&["test", "--workspace", "--exclude", "tssx-ebpf"], &args)
+            cargo(&["test", "--workspace", "--exclude", "tssx-ebpf"], &args)?;
+            if args.is_empty() {
+                loom()?;
+            }
+            Ok(())
         }
     }
 }
@@ -178,6 +182,19 @@ fn setup() -> anyhow::Result<()> {
         step("not root: skipping bpffs/tracefs mounts (the agent and the tests need root)");
     }
     Ok(())
+}
+
+/// The loom model of the ring protocol: the real ring code compiled against loom's atomics
+/// (its own target dir, since `--cfg tssx_loom` rebuilds every crate; no eBPF needed).
+fn loom() -> anyhow::Result<()> {
+    step("loom model check of the ring protocol");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    sh(Command::new(cargo)
+        .current_dir(workspace_root())
+        .args(["test", "--release", "-p", "tssx-user", "--test", "ring_loom"])
+        .env("RUSTFLAGS", "--cfg tssx_loom")
+        .env("TSSX_SKIP_EBPF", "1")
+        .env("CARGO_TARGET_DIR", workspace_root().join("target").join("loom")))
 }
 
 fn build() -> anyhow::Result<()> {
