@@ -156,6 +156,50 @@ fn owner_id() -> u32 {
     })
 }
 
+/// What a waiting end does while its ring is empty (reader) or full (writer): check again for
+/// [`SPIN_NS`], then announce its sleep and sleep on the real socket.
+#[derive(Default)]
+struct Backoff {
+    spins: u32,
+    spin_until: u64,
+}
+
+impl Backoff {
+    /// Progress was made: the next wait starts with a fresh spin budget.
+    fn reset(&mut self) {
+        self.spins = 0;
+    }
+
+    /// One idle step. `announce` announces the sleep and re-checks the ring (true: still
+    /// nothing to do, so sleep); `withdraw` takes the announcement back after waking.
+    fn idle(&mut self, conn: &Conn, fd: c_int, announce: impl FnOnce() -> bool, withdraw: impl FnOnce()) {
+        if self.spins == 0 {
+            self.spin_until = now_ns() + SPIN_NS;
+        }
+        self.spins += 1;
+        // The clock is read every 64 checks only.
+        if self.spins % 64 != 0 || now_ns() < self.spin_until {
+            std::hint::spin_loop();
+            return;
+        }
+        if announce() {
+            conn.sleep_on_socket(fd);
+            withdraw();
+        }
+        self.reset();
+    }
+}
+
+/// The result of a call that moved `total` bytes before it had to stop with `errno`: the
+/// partial count if any, else -1 with `errno` set (as the kernel reports partial transfers).
+fn partial_or_errno(total: usize, errno: c_int) -> isize {
+    if total > 0 {
+        return total as isize;
+    }
+    set_errno(errno);
+    -1
+}
+
 impl Conn {
     /// Records the fd's new O_NONBLOCK after `fcntl(F_SETFL)`.
     pub fn set_nonblocking(&self, on: bool) {
@@ -292,9 +336,18 @@ impl Conn {
         ok
     }
 
-    /// Returns true once the connection is plain (replayed); the caller then uses the real call.
-    fn went_plain(&self, fd: c_int) -> Option<bool> {
-        (self.state() == Some(SegmentState::Plain)).then(|| self.replay_and_unswap(fd))
+    /// Once the connection is plain: replay, then the call's outcome — what it moved so far,
+    /// `Err(())` for "use the real call" if nothing yet, or EPIPE if the replay failed.
+    fn went_plain(&self, fd: c_int, total: usize) -> Option<Result<isize, ()>> {
+        if self.state() != Some(SegmentState::Plain) {
+            return None;
+        }
+        let replayed = self.replay_and_unswap(fd);
+        Some(match (total, replayed) {
+            (0, true) => Err(()),
+            (_, true) => Ok(total as isize),
+            (_, false) => Ok(partial_or_errno(total, libc::EPIPE)),
+        })
     }
 
     /// `recv` semantics over the ring. `Err(())` means "went plain: call the real function".
@@ -306,14 +359,10 @@ impl Conn {
             return Ok(0);
         }
         let mut total = 0usize;
-        let mut spins = 0u32;
-        let mut spin_until = 0u64;
+        let mut backoff = Backoff::default();
         loop {
-            if let Some(replayed) = self.went_plain(fd) {
-                if total > 0 {
-                    return Ok(total as isize);
-                }
-                return if replayed { Err(()) } else { set_errno(libc::EPIPE); Ok(-1) };
+            if let Some(outcome) = self.went_plain(fd, total) {
+                return outcome;
             }
             let got = self.with_rx(|rx| {
                 if peek {
@@ -337,7 +386,7 @@ impl Conn {
             }
             total += got.bytes;
             if got.bytes > 0 {
-                spins = 0;
+                backoff.reset();
                 if !wait_all || total == want {
                     return Ok(total as isize);
                 }
@@ -351,26 +400,9 @@ impl Conn {
                 return Ok(total as isize); // EOF (0) or what MSG_WAITALL collected
             }
             if self.would_block_is_error(flags) {
-                if total > 0 {
-                    return Ok(total as isize);
-                }
-                set_errno(libc::EAGAIN);
-                return Ok(-1);
+                return Ok(partial_or_errno(total, libc::EAGAIN));
             }
-            if spins == 0 {
-                spin_until = now_ns() + SPIN_NS;
-            }
-            spins += 1;
-            if spins % 64 != 0 || now_ns() < spin_until {
-                std::hint::spin_loop();
-                continue;
-            }
-            let asleep = self.with_rx(|rx| rx.announce_sleep());
-            if asleep {
-                self.sleep_on_socket(fd);
-                self.with_rx(|rx| rx.withdraw_sleep());
-            }
-            spins = 0;
+            backoff.idle(self, fd, || self.with_rx(|rx| rx.announce_sleep()), || self.with_rx(|rx| rx.withdraw_sleep()));
         }
     }
 
@@ -378,25 +410,17 @@ impl Conn {
     pub fn send(&self, fd: c_int, bufs: &[IoSlice<'_>], flags: c_int) -> Result<isize, ()> {
         let want: usize = bufs.iter().map(|b| b.len()).sum();
         let mut total = 0usize;
-        let mut spins = 0u32;
-        let mut spin_until = 0u64;
+        let mut backoff = Backoff::default();
         loop {
-            if let Some(replayed) = self.went_plain(fd) {
-                if total > 0 {
-                    return Ok(total as isize);
-                }
-                return if replayed { Err(()) } else { set_errno(libc::EPIPE); Ok(-1) };
+            if let Some(outcome) = self.went_plain(fd, total) {
+                return outcome;
             }
             if self.peer_gone() {
-                if total > 0 {
-                    return Ok(total as isize);
-                }
-                if flags & libc::MSG_NOSIGNAL == 0 {
+                if total == 0 && flags & libc::MSG_NOSIGNAL == 0 {
                     // SAFETY: raising SIGPIPE in this thread, as the kernel would.
                     unsafe { libc::raise(libc::SIGPIPE) };
                 }
-                set_errno(libc::EPIPE);
-                return Ok(-1);
+                return Ok(partial_or_errno(total, libc::EPIPE));
             }
             if total == want {
                 return Ok(total as isize);
@@ -419,30 +443,13 @@ impl Conn {
             }
             total += put.bytes;
             if put.bytes > 0 {
-                spins = 0;
+                backoff.reset();
                 continue;
             }
             if self.would_block_is_error(flags) {
-                if total > 0 {
-                    return Ok(total as isize);
-                }
-                set_errno(libc::EAGAIN);
-                return Ok(-1);
+                return Ok(partial_or_errno(total, libc::EAGAIN));
             }
-            if spins == 0 {
-                spin_until = now_ns() + SPIN_NS;
-            }
-            spins += 1;
-            if spins % 64 != 0 || now_ns() < spin_until {
-                std::hint::spin_loop();
-                continue;
-            }
-            let asleep = self.with_tx(|tx| tx.announce_sleep());
-            if asleep {
-                self.sleep_on_socket(fd);
-                self.with_tx(|tx| tx.withdraw_sleep());
-            }
-            spins = 0;
+            backoff.idle(self, fd, || self.with_tx(|tx| tx.announce_sleep()), || self.with_tx(|tx| tx.withdraw_sleep()));
         }
     }
 }
