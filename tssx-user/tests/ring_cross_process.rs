@@ -11,8 +11,9 @@
 //! Size per direction: `TSSX_RING_STRESS_MIB` (default 256 MiB; about 1 s in a debug build).
 #![cfg(not(tssx_loom))]
 
+use std::fmt;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tssx_common::segment::End;
 use tssx_user::ring::{Consumer, Producer, Transfer};
@@ -21,9 +22,11 @@ use tssx_user::segment::Segment;
 const RING_CAPACITY: usize = 1 << 18;
 const MAX_IO: usize = 1 << 20;
 /// Iterations without progress before a side goes to sleep.
-const SPINS_BEFORE_SLEEP: u32 = 200;
+const SPINS_BEFORE_SLEEP: u32 = 32;
 /// A sleep longer than this is a lost wake-up.
 const POLL_TIMEOUT_MS: i32 = 10_000;
+/// How long the parent waits for the child once it is done itself.
+const CHILD_EXIT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// xorshift64*.
 struct Rng(u64);
@@ -76,6 +79,55 @@ fn seed_of(writer: End) -> u64 {
     0x5eed_0000 + writer.index() as u64
 }
 
+/// What went wrong on one side; built and formatted without allocating (the child reports it).
+#[derive(Debug)]
+enum Failure {
+    Mismatch { end: End, pos: u64, got: u8, expect: u8 },
+    LostWakeup { end: End, sent: u64, received: u64, free: usize, available: usize },
+    PeerHungUp { end: End, sent: u64, received: u64 },
+    Poll { errno: i32 },
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Failure::Mismatch { end, pos, got, expect } => {
+                write!(f, "{end:?}: byte {pos} of the stream is {got:#04x}, expected {expect:#04x}")
+            }
+            Failure::LostWakeup { end, sent, received, free, available } => write!(
+                f,
+                "{end:?}: lost wake-up: slept {POLL_TIMEOUT_MS} ms with sent {sent}, received {received}, \
+                 ring free {free}, ring available {available}"
+            ),
+            Failure::PeerHungUp { end, sent, received } => {
+                write!(f, "{end:?}: peer hung up with sent {sent}, received {received}")
+            }
+            Failure::Poll { errno } => write!(f, "poll: errno {errno}"),
+        }
+    }
+}
+
+/// Writes `prefix` and `failure` to stderr through a stack buffer (no allocation, no locks:
+/// for the forked child).
+fn report_raw(prefix: &str, failure: &Failure) {
+    struct Buf {
+        bytes: [u8; 512],
+        len: usize,
+    }
+    impl fmt::Write for Buf {
+        fn write_str(&mut self, s: &str) -> fmt::Result {
+            let n = s.len().min(self.bytes.len() - self.len);
+            self.bytes[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+            self.len += n;
+            Ok(())
+        }
+    }
+    let mut buf = Buf { bytes: [0; 512], len: 0 };
+    let _ = fmt::Write::write_fmt(&mut buf, format_args!("{prefix}{failure}\n"));
+    // SAFETY: writing our buffer to stderr.
+    unsafe { libc::write(2, buf.bytes.as_ptr().cast(), buf.len) };
+}
+
 #[derive(Debug, Default)]
 struct Stats {
     writes: u64,
@@ -111,7 +163,7 @@ impl Side {
 
     /// Runs both directions to completion. Errors are returned, not panicked, so that the child
     /// can report them through its exit status.
-    fn run(&mut self) -> Result<Stats, String> {
+    fn run(&mut self) -> Result<Stats, Failure> {
         let send_seed = seed_of(self.end);
         let recv_seed = seed_of(self.end.peer());
         let mut stats = Stats::default();
@@ -148,13 +200,12 @@ impl Side {
                     fill(recv_seed, received, expect);
                     if got != &expect[..] {
                         let at = got.iter().zip(expect.iter()).position(|(a, b)| a != b).unwrap_or(0);
-                        return Err(format!(
-                            "{:?}: byte {} of the stream is {:#04x}, expected {:#04x}",
-                            self.end,
-                            received + at as u64,
-                            got[at],
-                            expect[at]
-                        ));
+                        return Err(Failure::Mismatch {
+                            end: self.end,
+                            pos: received + at as u64,
+                            got: got[at],
+                            expect: expect[at],
+                        });
                     }
                     received += t.bytes as u64;
                 }
@@ -166,7 +217,7 @@ impl Side {
             }
             idle += 1;
             if idle < SPINS_BEFORE_SLEEP {
-                if idle.is_multiple_of(16) {
+                if idle.is_multiple_of(8) {
                     std::thread::yield_now();
                 } else {
                     std::hint::spin_loop();
@@ -202,24 +253,39 @@ impl Side {
                 self.producer.withdraw_sleep();
             }
             if r == 0 {
-                return Err(format!(
-                    "{:?}: lost wake-up: slept {POLL_TIMEOUT_MS} ms with sent {sent}, received {received}, \
-                     ring free {}, ring available {}",
-                    self.end,
-                    self.producer.free(),
-                    self.consumer.available()
-                ));
+                return Err(Failure::LostWakeup {
+                    end: self.end,
+                    sent,
+                    received,
+                    free: self.producer.free(),
+                    available: self.consumer.available(),
+                });
             }
-            if r < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-                return Err(format!("poll: {}", std::io::Error::last_os_error()));
+            if r < 0 {
+                let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+                if errno == libc::EINTR {
+                    continue;
+                }
+                return Err(Failure::Poll { errno });
+            }
+            // The peer's death shows on the real socket, never as a hang.
+            if pfd.revents & (libc::POLLHUP | libc::POLLERR) != 0 {
+                return Err(Failure::PeerHungUp { end: self.end, sent, received });
             }
             // Drain the doorbells; more may come, which only causes a spurious wake-up.
             let mut drain = [0u8; 256];
-            // SAFETY: valid buffer of that length.
-            while unsafe {
-                libc::recv(self.bell.as_raw_fd(), drain.as_mut_ptr().cast(), drain.len(), libc::MSG_DONTWAIT)
-            } > 0
-            {}
+            loop {
+                // SAFETY: valid buffer of that length.
+                let n = unsafe {
+                    libc::recv(self.bell.as_raw_fd(), drain.as_mut_ptr().cast(), drain.len(), libc::MSG_DONTWAIT)
+                };
+                if n == 0 {
+                    return Err(Failure::PeerHungUp { end: self.end, sent, received });
+                }
+                if n < 0 {
+                    break;
+                }
+            }
         }
         Ok(stats)
     }
@@ -264,16 +330,16 @@ fn stream_both_ways_between_processes() {
     let mut b = side(&seg, End::Server, bell_b, total);
 
     let start = Instant::now();
-    // SAFETY: the child only runs `b.run()` (no allocation on the success path, nothing that
-    // needs other threads) and leaves with `_exit`.
+    // SAFETY: the child only runs `b.run()` (which allocates nothing and takes no lock, so the
+    // parent's other threads cannot have left it a held lock) and leaves with `_exit`.
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
     if pid == 0 {
         drop(a.bell); // (not needed in the child; closing is async-signal-safe)
         let code = match b.run() {
             Ok(_) => 0,
-            Err(msg) => {
-                eprintln!("child: {msg}");
+            Err(failure) => {
+                report_raw("child: ", &failure);
                 1
             }
         };
@@ -282,12 +348,31 @@ fn stream_both_ways_between_processes() {
     }
     drop(b);
     let result = a.run();
+    if result.is_err() {
+        // Do not wait for a child that may be waiting for us.
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
     let mut status = 0;
-    // SAFETY: waiting for our own child.
-    let waited = unsafe { libc::waitpid(pid, &mut status, 0) };
+    let deadline = Instant::now() + CHILD_EXIT_TIMEOUT;
+    let waited = loop {
+        // SAFETY: waiting for our own child.
+        let waited = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if waited != 0 || Instant::now() > deadline {
+            break waited;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
     let elapsed = start.elapsed();
-    assert_eq!(waited, pid);
-    let stats = result.unwrap_or_else(|msg| panic!("parent: {msg}"));
+    if waited == 0 {
+        // SAFETY: signalling and reaping our own child.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, &mut status, 0);
+        }
+    }
+    let stats = result.unwrap_or_else(|failure| panic!("parent: {failure}"));
+    assert_eq!(waited, pid, "child still running {CHILD_EXIT_TIMEOUT:?} after the parent finished");
     assert!(libc::WIFEXITED(status), "child did not exit normally: status {status:#x}");
     assert_eq!(libc::WEXITSTATUS(status), 0, "child reported failure (see its stderr)");
     // Everything each side wrote went through the rings and was read.
