@@ -122,6 +122,11 @@ pub const fn listener_key(tgid: u32, fd: u32) -> u64 {
     ((tgid as u64) << 32) | fd as u64
 }
 
+/// The process (tgid) of a [`listener_key`].
+pub const fn listener_owner(key: u64) -> u32 {
+    (key >> 32) as u32
+}
+
 /// Offsets of the tracepoint fields whose layout changed across kernel versions, read by the
 /// agent from `/sys/kernel/tracing/events/sched/*/format` and stored in the `CONFIG` map.
 #[repr(C)]
@@ -237,5 +242,7 @@ mod tests {
         assert_eq!(listener_key(1, 2), (1 << 32) | 2);
         assert_eq!(listener_key(u32::MAX, u32::MAX), u64::MAX);
         assert_ne!(listener_key(1, 2), listener_key(2, 1));
+        assert_eq!(listener_owner(listener_key(77, 3)), 77);
+        assert_eq!(listener_key(77, 3) as u32, 3);
     }
 }

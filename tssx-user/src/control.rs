@@ -75,6 +75,14 @@ struct Connection {
     segment: Segment,
 }
 
+impl Connection {
+    /// Bytes each end has written through shared memory, `(client->server, server->client)`:
+    /// the producers' free-running positions.
+    fn bytes_each_way(&self) -> (u64, u64) {
+        (self.segment.ring_positions(End::Client).0, self.segment.ring_positions(End::Server).0)
+    }
+}
+
 /// A live connection as `tssx-agent status` lists it (one JSON object per line).
 #[derive(Debug, Serialize)]
 pub struct ConnectionStatus {
@@ -172,7 +180,7 @@ impl Registry {
         for id in dead {
             if let Some(conn) = inner.live.remove(&id) {
                 inner.pending.retain(|_, v| *v != id);
-                let (c2s, s2c) = (conn.segment.ring_positions(End::Client).0, conn.segment.ring_positions(End::Server).0);
+                let (c2s, s2c) = conn.bytes_each_way();
                 tracing::info!(connection = id, path = conn.path, bytes_client_to_server = c2s, bytes_server_to_client = s2c, "closed: segment freed");
             }
         }
@@ -183,7 +191,8 @@ impl Registry {
         self.lock()
             .live
             .values()
-            .map(|c| ConnectionStatus {
+            .map(|c| (c, c.bytes_each_way()))
+            .map(|(c, (bytes_client_to_server, bytes_server_to_client))| ConnectionStatus {
                 id: c.id,
                 path: c.path.clone(),
                 client: c.client.clone(),
@@ -196,8 +205,8 @@ impl Registry {
                     None => "corrupt",
                 }
                 .to_owned(),
-                bytes_client_to_server: c.segment.ring_positions(End::Client).0,
-                bytes_server_to_client: c.segment.ring_positions(End::Server).0,
+                bytes_client_to_server,
+                bytes_server_to_client,
             })
             .collect()
     }

@@ -9,7 +9,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use tssx_common::{
-    event::{listener_key, PathKey, TraceConfig},
+    event::{listener_key, listener_owner, PathKey, TraceConfig},
     maps,
 };
 
@@ -155,7 +155,7 @@ impl Watcher {
         let inherited: Vec<(u64, u32)> = listeners
             .iter()
             .filter_map(Result::ok)
-            .filter(|(key, _)| (key >> 32) as u32 == parent)
+            .filter(|(key, _)| listener_owner(*key) == parent)
             .collect();
         for (key, path_id) in &inherited {
             listeners.insert(listener_key(child, *key as u32), *path_id, 0)?;
@@ -174,7 +174,7 @@ impl Watcher {
         let keys: Vec<u64> = listeners
             .keys()
             .filter_map(Result::ok)
-            .filter(|key| (key >> 32) as u32 == tgid)
+            .filter(|key| listener_owner(*key) == tgid)
             .collect();
         for key in &keys {
             // Already gone is fine: the process may have closed it meanwhile.
