@@ -222,3 +222,70 @@ impl Server {
         lines.iter().filter(|l| l.starts_with("accept ")).cloned().collect()
     }
 }
+
+/// State directory of the agent that the hook finds (compiled into `libtssx_preload.so`).
+pub const DEFAULT_STATE_DIR: &str = "/run/tssx";
+
+/// Path of `libtssx_preload.so` built next to the tests.
+pub fn hook() -> PathBuf {
+    let so = target_dir().join("libtssx_preload.so");
+    assert!(so.exists(), "{} is missing: `cargo build -p tssx-preload` (cargo xtask test does)", so.display());
+    so
+}
+
+/// Exclusive use of the default state directory, held for one test: the hook only finds the
+/// agent in [`DEFAULT_STATE_DIR`], so every test that runs hooked programs takes this lock
+/// (an `flock` shared by all test binaries and processes on the machine) for its whole run.
+pub struct DefaultAgentLock {
+    _file: std::fs::File,
+}
+
+impl DefaultAgentLock {
+    /// Blocks until no other test holds the default state directory.
+    pub fn acquire() -> Self {
+        use std::os::fd::AsRawFd as _;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open("/run/tssx-tests.lock")
+            .expect("open /run/tssx-tests.lock");
+        loop {
+            // SAFETY: flock on an fd we own.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
+                break;
+            }
+            assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::EINTR), "flock");
+        }
+        Self { _file: file }
+    }
+}
+
+/// An agent in the default state directory (where the hook finds it), watching `paths`, with
+/// the default-state-directory lock held until it is dropped.
+pub struct HookedAgent {
+    /// The agent (dropped, and so stopped, before the lock is released).
+    pub agent: Agent,
+    _lock: DefaultAgentLock,
+}
+
+impl std::ops::Deref for HookedAgent {
+    type Target = Agent;
+    fn deref(&self) -> &Agent {
+        &self.agent
+    }
+}
+
+impl HookedAgent {
+    /// Takes the lock, then starts the agent on `paths` in [`DEFAULT_STATE_DIR`].
+    pub fn start(paths: &[&str]) -> Self {
+        let lock = DefaultAgentLock::acquire();
+        // A foreign agent in the default directory makes Agent::start fail with its reason.
+        Self { agent: Agent::start(paths, Path::new(DEFAULT_STATE_DIR)), _lock: lock }
+    }
+
+    /// Sends SIGTERM and returns the exit status (the lock is released afterwards).
+    pub fn stop(self) -> ExitStatus {
+        self.agent.stop()
+    }
+}

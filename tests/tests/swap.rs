@@ -1,27 +1,18 @@
 //! End-to-end: unmodified programs under LD_PRELOAD=libtssx_preload.so with the real agent.
 //!
 //! The hook finds the agent in the default state directory (`/run/tssx`), so these tests run
-//! one at a time (a process-wide lock) and need no other agent on this machine.
+//! one at a time ([`HookedAgent`] and [`DefaultAgentLock`] hold a machine-wide lock).
 
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
-    sync::Mutex,
     time::{Duration, Instant},
 };
 
-use tssx_tests::{require_root, target_dir, temp_dir, Agent};
+use tssx_tests::{hook, require_root, temp_dir, DefaultAgentLock, HookedAgent, DEFAULT_STATE_DIR};
 
 const STREAM: &str = env!("CARGO_BIN_EXE_tssx-test-stream");
-const DEFAULT_STATE_DIR: &str = "/run/tssx";
 const GIB: u64 = 1 << 30;
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn hook() -> PathBuf {
-    let so = target_dir().join("libtssx_preload.so");
-    assert!(so.exists(), "{} is missing: `cargo build -p tssx-preload` (cargo xtask test does)", so.display());
-    so
-}
 
 fn stream(role: &str, path: &str, bytes: u64, preload: bool) -> Command {
     let mut cmd = Command::new(STREAM);
@@ -50,12 +41,12 @@ fn run_pair(path: &str, bytes: u64, server_hook: bool, client_hook: bool) {
     }
 }
 
-fn start_agent(path: &str) -> Agent {
-    Agent::start(&[path], Path::new(DEFAULT_STATE_DIR))
+fn start_agent(path: &str) -> HookedAgent {
+    HookedAgent::start(&[path])
 }
 
 /// The `closed` trace line of the only connection on `path`: its shared-memory byte counts.
-fn shm_bytes(agent: &Agent, path: &str) -> (u64, u64) {
+fn shm_bytes(agent: &HookedAgent, path: &str) -> (u64, u64) {
     let closed = agent.wait_for("closed", path, 1, Duration::from_secs(10));
     assert_eq!(closed.len(), 1, "{closed:?}");
     (closed[0]["bytes_client_to_server"].as_u64().unwrap(), closed[0]["bytes_server_to_client"].as_u64().unwrap())
@@ -64,7 +55,6 @@ fn shm_bytes(agent: &Agent, path: &str) -> (u64, u64) {
 #[test]
 fn one_gib_each_way_goes_through_shared_memory() {
     require_root();
-    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let path = temp_dir("swap-gib").join("app.sock").to_str().unwrap().to_owned();
     let agent = start_agent(&path);
     run_pair(&path, GIB, true, true);
@@ -78,7 +68,7 @@ fn one_gib_each_way_goes_through_shared_memory() {
 #[test]
 fn without_the_agent_the_hook_passes_through() {
     require_root();
-    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = DefaultAgentLock::acquire();
     assert!(!Path::new(DEFAULT_STATE_DIR).join("paths").exists(), "another tssx-agent is running");
     let path = temp_dir("swap-noagent").join("app.sock").to_str().unwrap().to_owned();
     let started = Instant::now();
@@ -90,7 +80,6 @@ fn without_the_agent_the_hook_passes_through() {
 #[test]
 fn unwatched_paths_stay_plain() {
     require_root();
-    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let dir = temp_dir("swap-unwatched");
     let watched = dir.join("watched.sock").to_str().unwrap().to_owned();
     let other = dir.join("other.sock").to_str().unwrap().to_owned();
@@ -105,7 +94,6 @@ fn unwatched_paths_stay_plain() {
 #[test]
 fn a_peer_without_the_hook_gets_every_byte_over_the_plain_socket() {
     require_root();
-    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let dir = temp_dir("swap-mixed");
     // Hooked client, plain server: the client's tentative bytes are replayed into the socket.
     let path = dir.join("plain-server.sock").to_str().unwrap().to_owned();
