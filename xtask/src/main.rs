@@ -16,6 +16,8 @@ use std::{
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 
+mod report;
+
 /// bpf-linker release that works with the nightly's LLVM 22 on our machines.
 const BPF_LINKER_VERSION: &str = "0.10.2";
 /// Commands the tests use, and the Debian package that has each. The real-application tests
@@ -64,6 +66,10 @@ enum Cmd {
     /// Set up, build, and run the benchmark (plain Unix socket vs tssx vs bare ring; a few
     /// minutes): prints a Markdown table with ratios measured in this one run.
     Bench,
+    /// Set up, build, and write a performance report (real applications with and without tssx,
+    /// the hook's pass-through cost, connection set-up, latency by size, the microbenchmarks) to
+    /// target/report/REPORT.md and latency.svg. A few minutes; not part of `test`.
+    Report,
     /// Set up, build, and run every test (unit and end-to-end; needs root).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -102,6 +108,10 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
         Cmd::Bench => {
             build()?;
             bench()
+        }
+        Cmd::Report => {
+            build()?;
+            report::report()
         }
         Cmd::Test { args } => {
             build()?;
