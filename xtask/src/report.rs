@@ -492,7 +492,7 @@ impl Postgres {
 
 /// A log-log plot of round-trip latency (us) by message size, plain vs tssx, as SVG.
 fn latency_svg(points: &[(usize, f64, f64)]) -> String {
-    let (w, h, left, right, top, bottom) = (720.0, 440.0, 70.0, 20.0, 40.0, 60.0);
+    let (w, h, left, right, top, bottom) = (740.0, 440.0, 90.0, 40.0, 40.0, 60.0);
     let (pw, ph) = (w - left - right, h - top - bottom);
     let xs: Vec<f64> = points.iter().map(|p| (p.0 as f64).log2()).collect();
     let (x0, x1) = (xs.iter().copied().fold(f64::MAX, f64::min), xs.iter().copied().fold(f64::MIN, f64::max).max(1.0));
@@ -523,6 +523,10 @@ fn latency_svg(points: &[(usize, f64, f64)]) -> String {
     }
     svg += &format!("<rect x=\"{left}\" y=\"{top}\" width=\"{pw}\" height=\"{ph}\" fill=\"none\" stroke=\"#444\"/>\n");
     svg += &format!("<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">message size (log scale)</text>\n", left + pw / 2.0, h - 15.0);
+    svg += &format!(
+        "<text transform=\"translate(18 {:.1}) rotate(-90)\" text-anchor=\"middle\">round trip (log scale)</text>\n",
+        top + ph / 2.0
+    );
     for (series, color, name) in [(1, "#c0392b", "plain Unix socket"), (2, "#2471a3", "tssx (shared memory)")] {
         let coords: Vec<(f64, f64)> = points.iter().zip(&xs).map(|(p, x)| (px(*x), py(if series == 1 { p.1 } else { p.2 }))).collect();
         let line: Vec<String> = coords.iter().map(|(x, y)| format!("{x:.1},{y:.1}")).collect();
