@@ -180,6 +180,10 @@ impl Registry {
         for id in dead {
             if let Some(conn) = inner.live.remove(&id) {
                 inner.pending.retain(|_, v| *v != id);
+                if conn.server.is_none() && conn.segment.state() == Some(SegmentState::Plain) && conn.created.elapsed() <= PENDING_TTL {
+                    // The client's hook saw the peer write to the real socket and went plain.
+                    tracing::info!(connection = id, path = conn.path, client = conn.client.pid, reason = PlainReason::PeerHasNoHook.describe(), "not swapped");
+                }
                 let (c2s, s2c) = conn.bytes_each_way();
                 tracing::info!(connection = id, path = conn.path, bytes_client_to_server = c2s, bytes_server_to_client = s2c, "closed: segment freed");
             }
