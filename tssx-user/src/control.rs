@@ -144,7 +144,7 @@ pub struct Stats {
     pub pending_claims: usize,
     /// Kernel connect/accept events recorded and not yet claimed or expired.
     pub unclaimed_events: usize,
-    /// Control connections being served now.
+    /// Control connections being served now (other than the one asking for these stats).
     pub control_connections: usize,
     /// Control connections closed unserved because [`MAX_CONTROL_CONNECTIONS`] were busy.
     pub control_connections_refused: u64,
@@ -378,7 +378,7 @@ impl Registry {
                     }
                     if inner.live.len() >= self.max_connections {
                         drop(inner);
-                        tracing::info!(pid, fd, role = ?role, max_connections = self.max_connections, reason = PlainReason::TooManyConnections.describe(), "not swapped");
+                        tracing::info!(pid, fd, role = ?role, path = self.path_name(seen.path_id), max_connections = self.max_connections, reason = PlainReason::TooManyConnections.describe(), "not swapped");
                         return (Reply::plain(PlainReason::TooManyConnections), None);
                     }
                 }
@@ -508,7 +508,9 @@ fn handle(registry: &Registry, mut stream: UnixStream) {
             }
         }
         Some(RequestKind::Stats) => {
-            if let Ok(line) = serde_json::to_string(&registry.stats()) {
+            let mut stats = registry.stats();
+            stats.control_connections = stats.control_connections.saturating_sub(1); // not this one
+            if let Ok(line) = serde_json::to_string(&stats) {
                 let _ = writeln!(stream, "{line}");
             }
         }
