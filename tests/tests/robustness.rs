@@ -369,6 +369,7 @@ fn ten_thousand_connections_leave_nothing_behind() {
     let client_done = client.expect_line("done", Duration::from_secs(150));
     let server_done = server.expect_line("done", Duration::from_secs(20));
     let elapsed = started.elapsed();
+    eprintln!("{N} connections in {elapsed:?}");
     client.finish(Duration::from_secs(10));
     server.finish(Duration::from_secs(10));
 
@@ -376,7 +377,8 @@ fn ten_thousand_connections_leave_nothing_behind() {
     assert_eq!(ok as u64, N - N / KILL_EVERY, "{client_done}");
     assert_eq!((fds_after, memfd_maps), (fds_before, 0), "client leaked: {client_done}");
     let (ok, fds_before, fds_after, memfd_maps) = done_counts(&server_done);
-    assert_eq!(ok as u64, N, "{server_done}");
+    // A victim may die before its echo is written: the server's write then fails (EPIPE).
+    assert!(ok as u64 >= N - N / KILL_EVERY, "{server_done}");
     assert_eq!((fds_after, memfd_maps), (fds_before, 0), "server leaked: {server_done}");
     let swapped = agent.events_on("swapped", &path).len() as u64;
     assert!(swapped >= N - N / KILL_EVERY, "only {swapped} of {N} connections were swapped");
