@@ -161,7 +161,7 @@ fn finish_stream_pair(server: Proc, client: Proc, bytes: u64, timeout: Duration)
     for (who, proc) in [("client", client), ("server", server)] {
         let lines = proc.finish(timeout);
         let expected = format!("ok sent={bytes} received={bytes}");
-        assert!(lines.iter().any(|l| *l == expected), "{who}: {lines:?}");
+        assert!(lines.contains(&expected), "{who}: {lines:?}");
     }
 }
 
@@ -258,7 +258,6 @@ fn agent_sigterm_with_live_connections() {
 
 /// What the waiting end saw and how long after the kill it woke.
 fn peer_death(path: &str, preload: bool, waiter_role: &str, action: &str) -> (String, Duration, u64) {
-    let victim_role = if waiter_role == "server" { "client" } else { "server" };
     let peer = |role: &str, what: &str| {
         let mut cmd = Command::new(PEER);
         cmd.args([role, path, what]);
@@ -288,7 +287,6 @@ fn peer_death(path: &str, preload: bool, waiter_role: &str, action: &str) -> (St
     let bytes = tssx_tests::field(&woke, "bytes").expect("bytes") as u64;
     let result = woke.split_whitespace().find_map(|w| w.strip_prefix("result=")).expect("result").to_owned();
     waiter.finish(Duration::from_secs(5));
-    let _ = victim_role;
     (result, Duration::from_nanos(at.saturating_sub(killed_at)), bytes)
 }
 
