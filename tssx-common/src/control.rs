@@ -117,7 +117,7 @@ impl PlainReason {
             Self::PeerHasNoHook => "peer has no hook (it did not claim its end)",
             Self::NoSegment => "could not create the shared-memory segment",
             Self::BadRequest => "malformed request",
-            Self::Declined => "server socket is non-blocking (not swapped yet)",
+            Self::Declined => "the server's hook declined the connection",
             Self::TooManyConnections => "connection limit reached (--max-connections live segments)",
         }
     }

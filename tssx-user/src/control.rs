@@ -93,6 +93,8 @@ struct Connection {
     waiting_since: Instant,
     /// The client socket's inode.
     client_inode: u32,
+    /// A `not swapped` line was traced for it already (by the sweep or a decline).
+    plain_traced: bool,
     path: String,
     client: EndInfo,
     server: Option<EndInfo>,
@@ -259,8 +261,9 @@ impl Registry {
         let expired: Vec<u64> = inner.live.values().filter(|c| overdue(c)).map(|c| c.id).collect();
         for id in expired {
             inner.pending.retain(|_, v| *v != id);
-            if let Some(conn) = inner.live.get(&id) {
+            if let Some(conn) = inner.live.get_mut(&id) {
                 if conn.segment.transition(SegmentState::Pending, SegmentState::Plain).is_ok() {
+                    conn.plain_traced = true;
                     tracing::info!(connection = id, path = conn.path, client = conn.client.pid, reason = PlainReason::PeerHasNoHook.describe(), "not swapped");
                 }
             }
@@ -284,6 +287,10 @@ impl Registry {
         for id in dead {
             if let Some(conn) = inner.live.remove(&id) {
                 inner.pending.retain(|_, v| *v != id);
+                if conn.server.is_none() && conn.segment.state() == Some(SegmentState::Plain) && !conn.plain_traced {
+                    // The client's hook saw the peer write to the real socket and went plain.
+                    tracing::info!(connection = id, path = conn.path, client = conn.client.pid, reason = PlainReason::PeerHasNoHook.describe(), "not swapped");
+                }
                 let (c2s, s2c) = conn.bytes_each_way();
                 tracing::info!(connection = id, path = conn.path, bytes_client_to_server = c2s, bytes_server_to_client = s2c, "closed: segment freed");
             }
@@ -339,9 +346,10 @@ impl Registry {
         let peer = inode.and_then(|inode| sockdiag::unix_peer(inode).ok().flatten());
         let Some(peer) = peer else { return Reply::plain(PlainReason::NotSeen) };
         if let Some(id) = self.wait_for(PEER_WAIT, |inner| inner.pending.remove(&peer)) {
-            let inner = self.lock();
-            if let Some(conn) = inner.live.get(&id) {
+            let mut inner = self.lock();
+            if let Some(conn) = inner.live.get_mut(&id) {
                 let _ = conn.segment.transition(SegmentState::Pending, SegmentState::Plain);
+                conn.plain_traced = true;
                 tracing::info!(connection = id, path = conn.path, pid, fd, reason = PlainReason::Declined.describe(), "not swapped");
             }
         }
@@ -399,7 +407,7 @@ impl Registry {
                 inner.pending.insert(inode, id);
                 inner.live.insert(
                     id,
-                    Connection { id, waiting_since: Instant::now(), client_inode: inode, path: path.clone(), client: seen.end.clone(), server: None, segment },
+                    Connection { id, waiting_since: Instant::now(), client_inode: inode, plain_traced: false, path: path.clone(), client: seen.end.clone(), server: None, segment },
                 );
                 drop(inner);
                 self.changed.notify_all();
