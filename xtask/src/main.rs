@@ -17,6 +17,7 @@ use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 
 mod report;
+mod soak;
 
 /// bpf-linker release that works with the nightly's LLVM 22 on our machines.
 const BPF_LINKER_VERSION: &str = "0.10.2";
@@ -70,6 +71,17 @@ enum Cmd {
     /// the hook's pass-through cost, connection set-up, latency by size, the microbenchmarks) to
     /// target/report/REPORT.md and latency.svg. A few minutes; not part of `test`.
     Report,
+    /// Set up, build, and run a randomized soak against a real agent: connections opened, used
+    /// and closed in a loop with random sizes and kills; checks bytes, hangs and agent leaks.
+    /// Not part of `test`.
+    Soak {
+        /// How long to keep opening connections.
+        #[arg(long, default_value_t = 180)]
+        seconds: u64,
+        /// Seed of the random choices (printed by every run, to reproduce one).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// Set up, build, and run every test (unit and end-to-end; needs root).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -112,6 +124,10 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
         Cmd::Report => {
             build()?;
             report::report()
+        }
+        Cmd::Soak { seconds, seed } => {
+            build()?;
+            soak::run(&target_dir(), seconds, seed)
         }
         Cmd::Test { args } => {
             build()?;
