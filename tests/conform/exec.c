@@ -1,0 +1,71 @@
+/*
+ * exec of a child that inherits the socket: the new image keeps reading and writing, and no
+ * byte already sent is lost.
+ *
+ *   exec server PATH / exec client PATH      (the server runs itself as: exec image FD)
+ *
+ * The client writes 2000 bytes at once. The server reads the first 1000, forks, and the child
+ * execs this program with the socket's fd number; the parent closes its copy and waits. The
+ * new image reads the other 1000 (sent before the exec), writes "from-exec", then reads the
+ * client's next 50 000 bytes and EOF.
+ */
+#include "conform.h"
+
+static void image(int fd) {
+    static char buf[50000];
+    say("image: fd is a socket: %s", ({
+            int type = 0;
+            socklen_t len = sizeof type;
+            getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0 && type == SOCK_STREAM ? "yes" : "no";
+        }));
+    size_t got = read_full(fd, buf, 1000);
+    say("image: read %zu bytes sent before the exec, content ok: %s", got, pat_check(buf, 1000, got) ? "yes" : "no");
+    SHOW("image: write", write(fd, "from-exec", 9));
+    got = read_full(fd, buf, sizeof buf);
+    say("image: read %zu more bytes, content ok: %s", got, pat_check(buf, 2000, got) ? "yes" : "no");
+    SHOW_DATA("image: read", buf, read(fd, buf, sizeof buf));
+    SHOW("image: close", close(fd));
+}
+
+static void server(const char *path, const char *self) {
+    (void)self;
+    int lfd = listen_on(path);
+    int c = accept_one(lfd);
+    char buf[1000];
+    size_t got = read_full(c, buf, sizeof buf);
+    say("read %zu bytes, content ok: %s", got, pat_check(buf, 0, got) ? "yes" : "no");
+    pid_t child = fork();
+    CHECK(child >= 0);
+    if (child == 0) {
+        char fdstr[16];
+        snprintf(fdstr, sizeof fdstr, "%d", c);
+        close(lfd);
+        execl("/proc/self/exe", "exec", "image", fdstr, (char *)NULL);
+        die("execl: %s", errname(errno));
+    }
+    SHOW("close the parent's copy", close(c));
+    say("child %s", statusstr(wait_child(child)));
+}
+
+static void client(const char *path) {
+    int fd = connect_to(path);
+    static char buf[52000];
+    pat_fill(buf, 0, sizeof buf);
+    SHOW("write 2000", write(fd, buf, 2000));
+    expect_str(fd, "from-exec");
+    say("read from-exec");
+    write_full(fd, buf + 2000, 50000);
+    say("wrote 50000");
+    SHOW("close", close(fd));
+}
+
+int main(int argc, char **argv) {
+    if (argc == 3 && !strcmp(argv[1], "image")) {
+        image(atoi(argv[2]));
+        return 0;
+    }
+    const char *path;
+    if (parse_role(argc, argv, &path)) server(path, argv[0]);
+    else client(path);
+    return 0;
+}
