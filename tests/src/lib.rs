@@ -67,11 +67,17 @@ pub struct Agent {
 impl Agent {
     /// Starts `tssx-agent --paths <paths> --log-format json` and waits for its ready line.
     pub fn start(paths: &[&str], state_dir: &Path) -> Self {
+        Self::start_with(paths, state_dir, &[])
+    }
+
+    /// As [`Agent::start`], with extra agent arguments (e.g. `--max-connections 2`).
+    pub fn start_with(paths: &[&str], state_dir: &Path, args: &[&str]) -> Self {
         let mut child = Command::new(agent_bin())
             .arg("--paths")
             .arg(paths.join(","))
             .args(["--log-format", "json", "--state-dir"])
             .arg(state_dir)
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -131,6 +137,36 @@ impl Agent {
         self.terminate()
     }
 
+    /// The agent's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills the agent with SIGKILL (nothing is cleaned up) and reaps it.
+    pub fn kill9(mut self) {
+        self.child.kill().expect("SIGKILL the agent");
+        self.child.wait().expect("reap the agent");
+    }
+
+    /// The agent's resource counts (`tssx-agent status --stats`, one JSON object).
+    pub fn stats(&self) -> Value {
+        self.try_stats().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// As [`Agent::stats`], or why not (e.g. the agent is busy and dropped the request).
+    pub fn try_stats(&self) -> Result<Value, String> {
+        let out = Command::new(agent_bin()).args(["status", "--stats", "--state-dir"]).arg(&self.state_dir).output().expect("run tssx-agent status");
+        if !out.status.success() {
+            return Err(format!("status --stats failed: {out:?}"));
+        }
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("status --stats printed non-JSON ({e}): {out:?}"))
+    }
+
+    /// What the agent process holds, counted from outside through `/proc`.
+    pub fn resources(&self) -> Resources {
+        Resources::of(self.pid())
+    }
+
     fn terminate(&mut self) -> ExitStatus {
         // SAFETY: signals our own child process.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
@@ -155,6 +191,50 @@ impl Drop for Agent {
             let _ = self.child.wait();
         }
     }
+}
+
+/// A process's descriptors and shared-memory mappings, counted through `/proc/PID`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Resources {
+    /// Open file descriptors.
+    pub fds: usize,
+    /// Descriptors that are memfds (`/memfd:` links): segments.
+    pub memfd_fds: usize,
+    /// Mappings of memfds in `/proc/PID/maps`.
+    pub memfd_maps: usize,
+    /// Resident set size in KiB (`VmRSS`).
+    pub rss_kib: u64,
+}
+
+impl Resources {
+    /// Counts them for `pid` now.
+    pub fn of(pid: u32) -> Self {
+        let mut fds = 0;
+        let mut memfd_fds = 0;
+        for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).expect("read /proc/PID/fd").flatten() {
+            fds += 1;
+            if std::fs::read_link(entry.path()).is_ok_and(|l| l.to_string_lossy().starts_with("/memfd:")) {
+                memfd_fds += 1;
+            }
+        }
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("read /proc/PID/maps");
+        let memfd_maps = maps.lines().filter(|l| l.contains("/memfd:")).count();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/PID/status");
+        let rss_kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0);
+        Self { fds, memfd_fds, memfd_maps, rss_kib }
+    }
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds (the clock the test programs print their times in).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: writes into a live local timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Parses `key=value` words of a test program's output line (`accept pid=12 fd=5`).
@@ -279,9 +359,14 @@ impl std::ops::Deref for HookedAgent {
 impl HookedAgent {
     /// Takes the lock, then starts the agent on `paths` in [`DEFAULT_STATE_DIR`].
     pub fn start(paths: &[&str]) -> Self {
+        Self::start_with(paths, &[])
+    }
+
+    /// As [`HookedAgent::start`], with extra agent arguments.
+    pub fn start_with(paths: &[&str], args: &[&str]) -> Self {
         let lock = DefaultAgentLock::acquire();
         // A foreign agent in the default directory makes Agent::start fail with its reason.
-        Self { agent: Agent::start(paths, Path::new(DEFAULT_STATE_DIR)), _lock: lock }
+        Self { agent: Agent::start_with(paths, Path::new(DEFAULT_STATE_DIR), args), _lock: lock }
     }
 
     /// Sends SIGTERM and returns the exit status (the lock is released afterwards).

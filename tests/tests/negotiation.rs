@@ -133,9 +133,13 @@ fn claims_the_kernel_did_not_see_are_refused() {
     let (c2, s2) = connection(&listener, &path);
     assert_eq!(claim(&state, Role::Client, c2.as_raw_fd()).0.reply_kind(), Some(ReplyKind::Swap));
     assert_eq!(claim(&state, Role::Server, s2.as_raw_fd()).0.reply_kind(), Some(ReplyKind::Swap));
-    // Every refusal was traced with its reason ("not swapped").
-    let refused = agent.events("not");
-    assert!(refused.iter().any(|e| e["reason"].as_str().is_some_and(|r| r.contains("peer has no hook"))), "{refused:?}");
-    assert!(refused.iter().filter(|e| e["message"] == "not swapped").count() >= 5, "{refused:?}");
+    // Every decision was traced with its reason: claims without kernel evidence (4) and the
+    // malformed request as "claim refused", the server without a client claim as "not swapped".
+    let plain = agent.events("not");
+    assert!(plain.iter().any(|e| e["reason"].as_str().is_some_and(|r| r.contains("peer has no hook"))), "{plain:?}");
+    let refused: Vec<_> = agent.events("claim").into_iter().filter(|e| e["message"] == "claim refused").collect();
+    assert_eq!(refused.len(), 5, "{refused:?}");
+    assert_eq!(refused.iter().filter(|e| e["reason"].as_str().is_some_and(|r| r.contains("no matching kernel event"))).count(), 4, "{refused:?}");
+    assert!(refused.iter().all(|e| e["uid"] == 0 && e["pid"] == std::process::id()), "{refused:?}");
     assert!(agent.stop().success());
 }

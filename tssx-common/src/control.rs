@@ -38,6 +38,9 @@ pub enum RequestKind {
     /// "I accepted fd `fd` on a watched path but cannot use shared memory for it (e.g. it is
     /// non-blocking)": the agent turns the connection plain so the client replays its bytes.
     Decline = 3,
+    /// "Describe yourself": one JSON object (live segments, limits, eBPF map sizes, control
+    /// threads), then EOF; for `tssx-agent status --stats` and leak checks.
+    Stats = 4,
 }
 
 /// A request to the agent.
@@ -88,6 +91,8 @@ pub enum PlainReason {
     BadRequest = 4,
     /// The server declined (its socket is non-blocking, which the hook does not swap yet).
     Declined = 5,
+    /// The agent already has `--max-connections` live segments (the bound on its memory).
+    TooManyConnections = 6,
 }
 
 impl PlainReason {
@@ -99,6 +104,7 @@ impl PlainReason {
             3 => Self::NoSegment,
             4 => Self::BadRequest,
             5 => Self::Declined,
+            6 => Self::TooManyConnections,
             _ => Self::None,
         }
     }
@@ -111,7 +117,8 @@ impl PlainReason {
             Self::PeerHasNoHook => "peer has no hook (it did not claim its end)",
             Self::NoSegment => "could not create the shared-memory segment",
             Self::BadRequest => "malformed request",
-            Self::Declined => "server socket is non-blocking (not swapped yet)",
+            Self::Declined => "the server's hook declined the connection",
+            Self::TooManyConnections => "connection limit reached (--max-connections live segments)",
         }
     }
 }
@@ -198,6 +205,11 @@ impl Request {
         Self { magic: CONTROL_MAGIC, version: CONTROL_VERSION, kind: RequestKind::Status as u32, role: 0, fd: -1, reserved: 0 }
     }
 
+    /// A stats request.
+    pub const fn stats() -> Self {
+        Self { magic: CONTROL_MAGIC, version: CONTROL_VERSION, kind: RequestKind::Stats as u32, role: 0, fd: -1, reserved: 0 }
+    }
+
     /// The wire bytes.
     pub fn encode(&self) -> [u8; REQUEST_SIZE] {
         let mut out = [0u8; REQUEST_SIZE];
@@ -223,7 +235,7 @@ impl Request {
             && match kind {
                 RequestKind::Claim => request.request_role().is_some() && request.fd >= 0,
                 RequestKind::Decline => request.role == Role::Server as u32 && request.fd >= 0,
-                RequestKind::Status => request.role == 0 && request.fd == -1,
+                RequestKind::Status | RequestKind::Stats => request.role == 0 && request.fd == -1,
             };
         if !fields_ok {
             return Err(DecodeError::Field);
@@ -237,6 +249,7 @@ impl Request {
             1 => Some(RequestKind::Claim),
             2 => Some(RequestKind::Status),
             3 => Some(RequestKind::Decline),
+            4 => Some(RequestKind::Stats),
             _ => None,
         }
     }
@@ -302,14 +315,19 @@ mod tests {
 
     #[test]
     fn requests_round_trip() {
-        for request in [Request::claim(Role::Client, 3), Request::claim(Role::Server, 1023), Request::status(), Request::decline(4)] {
+        for request in [Request::claim(Role::Client, 3), Request::claim(Role::Server, 1023), Request::status(), Request::stats(), Request::decline(4)] {
             assert_eq!(Request::decode(&request.encode()), Ok(request));
         }
     }
 
     #[test]
     fn replies_round_trip() {
-        for reply in [Reply::swap(7), Reply::plain(PlainReason::PeerHasNoHook), Reply::plain(PlainReason::NotSeen)] {
+        for reply in [
+            Reply::swap(7),
+            Reply::plain(PlainReason::PeerHasNoHook),
+            Reply::plain(PlainReason::NotSeen),
+            Reply::plain(PlainReason::TooManyConnections),
+        ] {
             assert_eq!(Reply::decode(&reply.encode()), Ok(reply));
         }
     }
@@ -347,6 +365,9 @@ mod tests {
         let mut bad = Reply::plain(PlainReason::NotSeen).encode();
         bad[12] = 200; // unknown reason
         assert_eq!(Reply::decode(&bad), Err(DecodeError::Field));
+        let mut bad = Reply::plain(PlainReason::NotSeen).encode();
+        bad[12] = 7; // the first reason after the last known one
+        assert_eq!(Reply::decode(&bad), Err(DecodeError::Field));
     }
 
     /// Every byte string of every length up to two records decodes or is refused, never panics;
@@ -370,7 +391,7 @@ mod tests {
                 // Often give it a valid header so the deeper checks are reached too.
                 buf[..4].copy_from_slice(&CONTROL_MAGIC.to_ne_bytes());
                 buf[4..8].copy_from_slice(&CONTROL_VERSION.to_ne_bytes());
-                buf[8] %= 4;
+                buf[8] %= 5;
                 buf[9..12].fill(0);
             }
             if let Ok(request) = Request::decode(&buf[..len]) {

@@ -16,7 +16,7 @@
 //!                             ring_offsets[2]
 //!   48   mutable, rarely:     tssx[2], state, refcount[2], reserved  (padded to 128)
 //!   128  asleep[2]            (written only around a sleep; read after every transfer)
-//!   192  bytes_moved[2]       (tracing)
+//!   192  shut[2]              (shutdown(2) bits of each end)
 //!   256  rings[0] (A->B)      producer line: head, producer lock
 //!                             consumer line: tail, consumer lock
 //!   384  rings[1] (B->A)      same
@@ -49,7 +49,15 @@ use core::sync::atomic::{AtomicU32, AtomicU64};
 pub const SEGMENT_MAGIC: u64 = u64::from_le_bytes(*b"TSSXSEG\0");
 
 /// Value of [`SegmentHeader::version`]. Bumped on any change to this file's layout or rules.
-pub const SEGMENT_VERSION: u32 = 1;
+pub const SEGMENT_VERSION: u32 = 2;
+
+/// Bit of [`SegmentHeader::shut`]: the end shut down reading (`SHUT_RD`): its peer's writes
+/// fail with EPIPE, its own reads return what is left, then EOF.
+pub const SHUT_READ: u32 = 1;
+
+/// Bit of [`SegmentHeader::shut`]: the end shut down writing (`SHUT_WR`): its own writes fail
+/// with EPIPE, its peer reads what is left, then EOF.
+pub const SHUT_WRITE: u32 = 2;
 
 /// Size of a cache line as far as this ABI is concerned: fields written by different parties
 /// are kept this far apart (x86-64 and most arm64 cores use 64-byte lines).
@@ -229,10 +237,12 @@ pub struct SegmentHeader {
     /// The two fences guarantee that at least one side sees the other's write, so no wake-up is
     /// lost.
     pub asleep: CacheLine<[AtomicU32; 2]>,
-    /// Per direction (indexed like `rings`): tracing counter of bytes moved through shared
-    /// memory, updated off the hot path (`Relaxed` `fetch_add`), e.g. when an end closes or the
-    /// connection turns plain. The live count of a ring is its `tail` (bytes read so far).
-    pub bytes_moved: CacheLine<[AtomicU64; 2]>,
+    /// Per end: what that end shut down with `shutdown(2)`, a set of [`SHUT_READ`] and
+    /// [`SHUT_WRITE`] bits (never cleared). Set with `fetch_or(SeqCst)` by any process holding
+    /// the end, then the peer's asleep counter is checked (a doorbell wakes it); read with
+    /// `Acquire` before deciding EOF (the reader saw every byte written before the shutdown)
+    /// or EPIPE. The bytes moved each way are the rings' `tail` positions.
+    pub shut: CacheLine<[AtomicU32; 2]>,
     /// The two ring control blocks: `rings[0]` is A->B, `rings[1]` is B->A.
     pub rings: [RingControl; 2],
 }
@@ -363,7 +373,7 @@ const _: () = {
     assert!(offset_of!(SegmentHeader, state) == 56);
     assert!(offset_of!(SegmentHeader, refcount) == 60);
     assert!(offset_of!(SegmentHeader, asleep) == 2 * CACHE_LINE);
-    assert!(offset_of!(SegmentHeader, bytes_moved) == 3 * CACHE_LINE);
+    assert!(offset_of!(SegmentHeader, shut) == 3 * CACHE_LINE);
     assert!(offset_of!(SegmentHeader, rings) == 4 * CACHE_LINE);
     assert!(size_of::<SegmentHeader>() == 8 * CACHE_LINE);
     assert!(align_of::<SegmentHeader>() == CACHE_LINE);

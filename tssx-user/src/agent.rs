@@ -17,6 +17,9 @@ pub struct AgentConfig {
     pub state_dir: PathBuf,
     /// Capacity in bytes of each of a segment's two rings.
     pub ring_size: usize,
+    /// Most segments live at once (beyond: plain, traced); with `ring_size` this bounds the
+    /// shared memory the agent hands out.
+    pub max_connections: usize,
 }
 
 /// Runs the agent until SIGINT or SIGTERM. Everything is detached when it returns.
@@ -26,8 +29,9 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         tracing::info!(target, "mounted");
     }
     let state = StateDir::take(&config.state_dir)?;
+    raise_fd_limit(config.max_connections);
     let (mut watcher, channels) = Watcher::load(&config.paths)?;
-    let registry = control::Registry::new(config.paths.clone(), config.ring_size);
+    let registry = control::Registry::new(config.paths.clone(), config.ring_size, config.max_connections);
     control::serve(std::sync::Arc::clone(&registry), state.dir())?;
     state.publish_paths(&config.paths)?;
 
@@ -80,6 +84,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             }
             _ = drop_check.tick() => {
                 registry.sweep();
+                registry.set_map_entries(watcher.map_entries());
                 let dropped = watcher.dropped_events().unwrap_or(dropped_seen);
                 if dropped > dropped_seen {
                     tracing::warn!(dropped = dropped - dropped_seen, total = dropped, "events lost: the events ring buffer was full");
@@ -97,6 +102,24 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     drop(state);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Each live segment holds an fd in the agent, and each control connection one more: raise the
+/// soft `RLIMIT_NOFILE` towards the hard limit so that `max_connections` segments fit.
+fn raise_fd_limit(max_connections: usize) {
+    let want = (max_connections + control::MAX_CONTROL_CONNECTIONS + 256) as libc::rlim_t;
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit read and write a live rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 || limit.rlim_cur >= want {
+            return;
+        }
+        limit.rlim_cur = want.min(limit.rlim_max);
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+    }
+    if limit.rlim_cur < want {
+        tracing::warn!(limit = limit.rlim_cur, max_connections, "the fd limit is lower than --max-connections needs: claims beyond it stay plain");
+    }
 }
 
 fn handle_event(watcher: &mut Watcher, event: &Event, paths: &[WatchedPath]) {

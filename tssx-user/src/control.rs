@@ -9,7 +9,20 @@
 //! connection, so no third process can obtain it.
 //!
 //! Each control connection is served on a thread of its own with blocking I/O and timeouts:
-//! claims are rare (one per connection) and short.
+//! claims are rare (one per connection) and short. At most [`MAX_CONTROL_CONNECTIONS`] are
+//! served at once (more are closed at once, so the hook stays plain), and one that does not send
+//! a complete request within [`REQUEST_TIMEOUT`] is dropped: garbage, half messages and idle
+//! connections cost a bounded number of threads for a bounded time.
+//!
+//! Limits: at most `max_connections` segments are live at once, so the agent's shared memory is
+//! bounded by `max_connections * (2 * ring_size + header)`; a client claim beyond that stays
+//! plain with [`PlainReason::TooManyConnections`].
+//!
+//! A client's claim stays pending while its connection waits in the listener's accept queue
+//! (the kernel's `sock_diag` lists it there), however long the server takes to accept: bytes the
+//! client writes meanwhile wait in its ring, and a client that fills the ring blocks, as with a
+//! full socket. Once accepted, a server that does not claim within [`PENDING_TTL`] has no hook:
+//! the connection turns plain and the client replays what it wrote.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -19,7 +32,10 @@ use std::{
         unix::{fs::PermissionsExt as _, net::{UnixListener, UnixStream}},
     },
     path::Path,
-    sync::{Arc, Condvar, Mutex, MutexGuard},
+    sync::{
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        Arc, Condvar, Mutex, MutexGuard,
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -41,11 +57,15 @@ const EVENT_WAIT: Duration = Duration::from_millis(1000);
 const PEER_WAIT: Duration = Duration::from_millis(500);
 /// Kernel events older than this that nobody claimed are forgotten.
 const EVENT_TTL: Duration = Duration::from_secs(30);
-/// A client-claimed connection whose server has not claimed after this long turns plain (the
-/// server has no hook, or has not accepted yet): the client replays its bytes into the socket.
-const PENDING_TTL: Duration = Duration::from_secs(2);
-/// A control connection that sends nothing for this long is dropped.
-const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// A client-claimed connection whose server has not claimed this long after the connection
+/// left the accept queue turns plain (the server has no hook): the client replays its bytes.
+pub const PENDING_TTL: Duration = Duration::from_secs(2);
+/// A control connection that has not sent a complete request after this long is dropped.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// Writing a reply may take at most this long (a caller that does not read is dropped).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Control connections served at once; more are closed at once (their hooks stay plain).
+pub const MAX_CONTROL_CONNECTIONS: usize = 256;
 
 /// One end of a connection as the kernel reported it.
 #[derive(Clone, Debug, Serialize)]
@@ -68,7 +88,13 @@ struct Seen {
 /// A connection that got a segment.
 struct Connection {
     id: u64,
-    created: Instant,
+    /// When the connection was last known to wait for the server: created, or last seen in a
+    /// listener's accept queue (see [`Registry::sweep`]).
+    waiting_since: Instant,
+    /// The client socket's inode.
+    client_inode: u32,
+    /// A `not swapped` line was traced for it already (by the sweep or a decline).
+    plain_traced: bool,
     path: String,
     client: EndInfo,
     server: Option<EndInfo>,
@@ -102,6 +128,32 @@ pub struct ConnectionStatus {
     pub bytes_server_to_client: u64,
 }
 
+/// Counts of the agent's resources (`tssx-agent status --stats`): what must stay flat however
+/// many connections come and go.
+#[derive(Debug, Serialize)]
+pub struct Stats {
+    /// The agent's pid.
+    pub pid: u32,
+    /// Segments the agent holds (pending, active, or plain/closed not yet swept).
+    pub live_segments: usize,
+    /// `--max-connections`.
+    pub max_connections: usize,
+    /// `--ring-size`.
+    pub ring_size: usize,
+    /// Bytes of shared memory the live segments span.
+    pub segment_bytes: u64,
+    /// Client claims waiting for their server.
+    pub pending_claims: usize,
+    /// Kernel connect/accept events recorded and not yet claimed or expired.
+    pub unclaimed_events: usize,
+    /// Control connections being served now (other than the one asking for these stats).
+    pub control_connections: usize,
+    /// Control connections closed unserved because [`MAX_CONTROL_CONNECTIONS`] were busy.
+    pub control_connections_refused: u64,
+    /// Entries in each eBPF hash map (updated every second by the event loop).
+    pub bpf_map_entries: BTreeMap<String, usize>,
+}
+
 #[derive(Default)]
 struct Inner {
     connects: HashMap<(u32, i32), Seen>,
@@ -111,6 +163,40 @@ struct Inner {
     pending: HashMap<u32, u64>,
     live: BTreeMap<u64, Connection>,
     next_id: u64,
+    /// Whether a process carries the hook (its TSSX bit, read from its memory map), and when
+    /// that was checked: answers are reused for [`HOOK_CHECK_TTL`].
+    hooked: HashMap<u32, (bool, Instant)>,
+}
+
+/// How long a process's "carries the hook" answer is reused (a process may exec another image).
+const HOOK_CHECK_TTL: Duration = Duration::from_secs(2);
+
+/// Whether process `pid` has `libtssx_preload.so` mapped (false if it cannot be read).
+fn carries_hook(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/maps")).is_ok_and(|maps| maps.contains("libtssx_preload"))
+}
+
+impl Inner {
+    /// The client end of the connection whose client socket is `peer`, if its connect event is
+    /// here and its process does not carry the hook: it will never claim, so the server need
+    /// not wait for it.
+    fn client_without_hook(&mut self, peer: u32, path_id: u32) -> Option<EndInfo> {
+        let client = self
+            .connects
+            .iter()
+            .find(|(&(pid, fd), seen)| seen.path_id == path_id && sockdiag::socket_inode(pid, fd).ok().flatten() == Some(peer))
+            .map(|(_, seen)| seen.end.clone())?;
+        let now = Instant::now();
+        let hooked = match self.hooked.get(&client.pid) {
+            Some(&(hooked, at)) if now.duration_since(at) < HOOK_CHECK_TTL => hooked,
+            _ => {
+                let hooked = carries_hook(client.pid);
+                self.hooked.insert(client.pid, (hooked, now));
+                hooked
+            }
+        };
+        (!hooked).then_some(client)
+    }
 }
 
 /// State shared by the event loop (which records kernel events) and the control threads.
@@ -119,12 +205,50 @@ pub struct Registry {
     changed: Condvar,
     paths: Vec<WatchedPath>,
     ring_size: usize,
+    max_connections: usize,
+    /// Control connections being served (Relaxed: a counter, no data hangs on it).
+    serving: AtomicUsize,
+    /// Control connections refused because too many were being served (Relaxed: a counter).
+    refused: AtomicU64,
+    map_entries: Mutex<BTreeMap<String, usize>>,
 }
 
 impl Registry {
-    /// A registry for `paths` (ids are positions) making segments with `ring_size`-byte rings.
-    pub fn new(paths: Vec<WatchedPath>, ring_size: usize) -> Arc<Self> {
-        Arc::new(Self { inner: Mutex::new(Inner { next_id: 1, ..Inner::default() }), changed: Condvar::new(), paths, ring_size })
+    /// A registry for `paths` (ids are positions) making segments with `ring_size`-byte rings,
+    /// at most `max_connections` of them live at once.
+    pub fn new(paths: Vec<WatchedPath>, ring_size: usize, max_connections: usize) -> Arc<Self> {
+        Arc::new(Self {
+            inner: Mutex::new(Inner { next_id: 1, ..Inner::default() }),
+            changed: Condvar::new(),
+            paths,
+            ring_size,
+            max_connections,
+            serving: AtomicUsize::new(0),
+            refused: AtomicU64::new(0),
+            map_entries: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// Records the current entry counts of the eBPF maps (for [`Registry::stats`]).
+    pub fn set_map_entries(&self, entries: BTreeMap<String, usize>) {
+        *self.map_entries.lock().unwrap_or_else(|p| p.into_inner()) = entries;
+    }
+
+    /// The agent's resource counts.
+    pub fn stats(&self) -> Stats {
+        let inner = self.lock();
+        Stats {
+            pid: std::process::id(),
+            live_segments: inner.live.len(),
+            max_connections: self.max_connections,
+            ring_size: self.ring_size,
+            segment_bytes: inner.live.values().map(|c| c.segment.layout().total_size as u64).sum(),
+            pending_claims: inner.pending.len(),
+            unclaimed_events: inner.connects.len() + inner.accepts.len(),
+            control_connections: self.serving.load(Ordering::Relaxed),
+            control_connections_refused: self.refused.load(Ordering::Relaxed),
+            bpf_map_entries: self.map_entries.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -148,31 +272,49 @@ impl Registry {
         self.changed.notify_all();
     }
 
-    /// Drops stale events and connections whose processes are both gone. Call periodically.
+    /// Drops stale events, turns plain the pending connections whose server (accepted, no
+    /// hook) never claimed, and frees the segments of finished connections. Call periodically.
     pub fn sweep(&self) {
         let mut inner = self.lock();
         inner.connects.retain(|_, s| s.at.elapsed() < EVENT_TTL);
         inner.accepts.retain(|_, s| s.at.elapsed() < EVENT_TTL);
-        let expired: Vec<u64> = inner
-            .live
-            .values()
-            .filter(|c| c.server.is_none() && c.created.elapsed() > PENDING_TTL)
-            .map(|c| c.id)
-            .collect();
+        inner.hooked.retain(|_, (_, at)| at.elapsed() < HOOK_CHECK_TTL);
+        let overdue = |c: &Connection| c.server.is_none() && c.waiting_since.elapsed() > PENDING_TTL;
+        if inner.live.values().any(overdue) {
+            // Still in an accept queue: the server has not accepted yet, keep waiting for it.
+            // If the kernel cannot tell, assume accepted (plain is always safe).
+            let queued = sockdiag::unaccepted_clients().unwrap_or_else(|e| {
+                tracing::warn!("listing accept queues: {e}");
+                Default::default()
+            });
+            for conn in inner.live.values_mut() {
+                if overdue(conn) && queued.contains(&conn.client_inode) {
+                    conn.waiting_since = Instant::now();
+                }
+            }
+        }
+        let expired: Vec<u64> = inner.live.values().filter(|c| overdue(c)).map(|c| c.id).collect();
         for id in expired {
             inner.pending.retain(|_, v| *v != id);
-            if let Some(conn) = inner.live.get(&id) {
+            if let Some(conn) = inner.live.get_mut(&id) {
                 if conn.segment.transition(SegmentState::Pending, SegmentState::Plain).is_ok() {
+                    conn.plain_traced = true;
                     tracing::info!(connection = id, path = conn.path, client = conn.client.pid, reason = PlainReason::PeerHasNoHook.describe(), "not swapped");
                 }
             }
         }
+        Self::reap(&mut inner);
+    }
+
+    /// Frees the segments of connections that are over: plain, both ends closed, or both
+    /// processes gone.
+    fn reap(inner: &mut Inner) {
         let dead: Vec<u64> = inner
             .live
             .values()
             .filter(|c| {
                 c.segment.state() == Some(SegmentState::Plain)
-                    || (c.server.is_some() && c.segment.header().refcount.iter().all(|r| r.load(std::sync::atomic::Ordering::Acquire) == 0))
+                    || (c.server.is_some() && c.segment.header().refcount.iter().all(|r| r.load(Ordering::Acquire) == 0))
                     || (!alive(c.client.pid) && c.server.as_ref().is_none_or(|s| !alive(s.pid)))
             })
             .map(|c| c.id)
@@ -180,6 +322,10 @@ impl Registry {
         for id in dead {
             if let Some(conn) = inner.live.remove(&id) {
                 inner.pending.retain(|_, v| *v != id);
+                if conn.server.is_none() && conn.segment.state() == Some(SegmentState::Plain) && !conn.plain_traced {
+                    // The client's hook saw the peer write to the real socket and went plain.
+                    tracing::info!(connection = id, path = conn.path, client = conn.client.pid, reason = PlainReason::PeerHasNoHook.describe(), "not swapped");
+                }
                 let (c2s, s2c) = conn.bytes_each_way();
                 tracing::info!(connection = id, path = conn.path, bytes_client_to_server = c2s, bytes_server_to_client = s2c, "closed: segment freed");
             }
@@ -235,9 +381,10 @@ impl Registry {
         let peer = inode.and_then(|inode| sockdiag::unix_peer(inode).ok().flatten());
         let Some(peer) = peer else { return Reply::plain(PlainReason::NotSeen) };
         if let Some(id) = self.wait_for(PEER_WAIT, |inner| inner.pending.remove(&peer)) {
-            let inner = self.lock();
-            if let Some(conn) = inner.live.get(&id) {
+            let mut inner = self.lock();
+            if let Some(conn) = inner.live.get_mut(&id) {
                 let _ = conn.segment.transition(SegmentState::Pending, SegmentState::Plain);
+                conn.plain_traced = true;
                 tracing::info!(connection = id, path = conn.path, pid, fd, reason = PlainReason::Declined.describe(), "not swapped");
             }
         }
@@ -246,9 +393,15 @@ impl Registry {
 
     /// Handles a claim; returns the reply and, for a swap, the id of the connection whose
     /// segment fd must go with it.
-    fn claim(&self, pid: u32, role: Role, fd: i32) -> (Reply, Option<u64>) {
+    fn claim(&self, pid: u32, uid: u32, role: Role, fd: i32) -> (Reply, Option<u64>) {
         let not_swapped = |reason: PlainReason| {
             tracing::info!(pid, fd, role = ?role, reason = reason.describe(), "not swapped");
+            (Reply::plain(reason), None)
+        };
+        // A claim the kernel does not back is refused: a process asking for a socket that is not
+        // its own end of a connection on a watched path (or a stale fd).
+        let refused = |reason: PlainReason| {
+            tracing::warn!(pid, uid, fd, role = ?role, reason = reason.describe(), "claim refused");
             (Reply::plain(reason), None)
         };
         // 1. The kernel must have seen this process connect/accept this fd on a watched path.
@@ -256,11 +409,22 @@ impl Registry {
             Role::Client => inner.connects.remove(&(pid, fd)),
             Role::Server => inner.accepts.remove(&(pid, fd)),
         });
-        let Some(seen) = seen else { return not_swapped(PlainReason::NotSeen) };
+        let Some(seen) = seen else { return refused(PlainReason::NotSeen) };
         // 2. The fd must still be that socket, and (for a client) connected to a peer.
-        let Ok(Some(inode)) = sockdiag::socket_inode(pid, fd) else { return not_swapped(PlainReason::NotSeen) };
+        let Ok(Some(inode)) = sockdiag::socket_inode(pid, fd) else { return refused(PlainReason::NotSeen) };
         match role {
             Role::Client => {
+                {
+                    let mut inner = self.lock();
+                    if inner.live.len() >= self.max_connections {
+                        Self::reap(&mut inner); // finished ones may not have been swept yet
+                    }
+                    if inner.live.len() >= self.max_connections {
+                        drop(inner);
+                        tracing::info!(pid, fd, role = ?role, path = self.path_name(seen.path_id), max_connections = self.max_connections, reason = PlainReason::TooManyConnections.describe(), "not swapped");
+                        return (Reply::plain(PlainReason::TooManyConnections), None);
+                    }
+                }
                 let segment = match Segment::create(self.ring_size) {
                     Ok(segment) => segment,
                     Err(e) => {
@@ -276,15 +440,24 @@ impl Registry {
                 let id = inner.next_id;
                 inner.next_id += 1;
                 inner.pending.insert(inode, id);
-                inner.live.insert(id, Connection { id, created: Instant::now(), path: path.clone(), client: seen.end.clone(), server: None, segment });
+                inner.live.insert(
+                    id,
+                    Connection { id, waiting_since: Instant::now(), client_inode: inode, plain_traced: false, path: path.clone(), client: seen.end.clone(), server: None, segment },
+                );
                 drop(inner);
                 self.changed.notify_all();
                 tracing::info!(connection = id, pid, comm = seen.end.comm, fd, path, "client claimed: segment sent, waiting for the server");
                 (Reply::swap(id), Some(id))
             }
             Role::Server => {
-                let Ok(Some(peer)) = sockdiag::unix_peer(inode) else { return not_swapped(PlainReason::NotSeen) };
-                let Some(id) = self.wait_for(PEER_WAIT, |inner| inner.pending.remove(&peer)) else {
+                let Ok(Some(peer)) = sockdiag::unix_peer(inode) else { return refused(PlainReason::NotSeen) };
+                // Wait for the client's claim, unless the kernel's connect event shows a client
+                // process without the hook (a plain client must not cost the server a wait).
+                let found = self.wait_for(PEER_WAIT, |inner| match inner.pending.remove(&peer) {
+                    Some(id) => Some(Some(id)),
+                    None => inner.client_without_hook(peer, seen.path_id).map(|_| None),
+                });
+                let Some(Some(id)) = found else {
                     return not_swapped(PlainReason::PeerHasNoHook);
                 };
                 let mut inner = self.lock();
@@ -318,36 +491,58 @@ fn alive(pid: u32) -> bool {
 }
 
 /// Creates the control socket in `state_dir` and serves it on a background thread.
+///
+/// The socket is mode 0666: `connect()` on a Unix socket needs write permission on its file,
+/// and hooks in processes of every uid must reach the agent (a server running as `nobody`
+/// swaps with a root client). That is safe because the socket grants nothing by itself: every
+/// claim is checked against the kernel's events for the caller's own pid (`SO_PEERCRED`), and a
+/// segment goes only to the two ends of one connection. The directory stays 0755 (root-owned),
+/// so nobody else can replace the socket or the published paths.
 pub fn serve(registry: Arc<Registry>, state_dir: &Path) -> anyhow::Result<()> {
     let path = state_dir.join(tssx_common::control::CONTROL_SOCKET);
     let _ = std::fs::remove_file(&path); // stale, from an agent that died (we hold the lock)
     let listener = UnixListener::bind(&path).with_context(|| format!("creating the control socket {}", path.display()))?;
-    // Hooks in processes of any uid must reach the agent; what they can get is checked above.
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))
         .with_context(|| format!("setting permissions of {}", path.display()))?;
     thread::Builder::new().name("tssx-control".into()).spawn(move || {
         for stream in listener.incoming() {
             let Ok(stream) = stream else { continue };
+            // Relaxed: a counter; the thread that decrements it is spawned below.
+            if registry.serving.fetch_add(1, Ordering::Relaxed) >= MAX_CONTROL_CONNECTIONS {
+                registry.serving.fetch_sub(1, Ordering::Relaxed);
+                registry.refused.fetch_add(1, Ordering::Relaxed);
+                continue; // dropped: the caller sees EOF and stays plain
+            }
             let registry = Arc::clone(&registry);
-            let _ = thread::Builder::new().name("tssx-claim".into()).spawn(move || handle(&registry, stream));
+            let spawned = thread::Builder::new().name("tssx-claim".into()).spawn({
+                let registry = Arc::clone(&registry);
+                move || {
+                    handle(&registry, stream);
+                    registry.serving.fetch_sub(1, Ordering::Relaxed);
+                }
+            });
+            if spawned.is_err() {
+                registry.serving.fetch_sub(1, Ordering::Relaxed);
+                registry.refused.fetch_add(1, Ordering::Relaxed);
+            }
         }
     })?;
     Ok(())
 }
 
 fn handle(registry: &Registry, mut stream: UnixStream) {
-    let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
-    let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
-    let Some(pid) = peer_pid(&stream) else { return };
+    let _ = stream.set_read_timeout(Some(REQUEST_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
+    let Some((pid, uid)) = peer_cred(&stream) else { return };
     let mut buf = [0u8; REQUEST_SIZE];
     if stream.read_exact(&mut buf).is_err() {
-        tracing::debug!(pid, "control connection closed without a complete request");
+        tracing::debug!(pid, uid, "control connection closed without a complete request");
         return;
     }
     let request = match Request::decode(&buf) {
         Ok(request) => request,
         Err(e) => {
-            tracing::warn!(pid, "malformed control request refused: {e}");
+            tracing::warn!(pid, uid, reason = PlainReason::BadRequest.describe(), error = %e, "claim refused");
             let _ = stream.write_all(&Reply::plain(PlainReason::BadRequest).encode());
             return;
         }
@@ -361,9 +556,16 @@ fn handle(registry: &Registry, mut stream: UnixStream) {
                 }
             }
         }
+        Some(RequestKind::Stats) => {
+            let mut stats = registry.stats();
+            stats.control_connections = stats.control_connections.saturating_sub(1); // not this one
+            if let Ok(line) = serde_json::to_string(&stats) {
+                let _ = writeln!(stream, "{line}");
+            }
+        }
         Some(RequestKind::Claim) => {
             let role = request.request_role().expect("validated by decode");
-            let (reply, connection) = registry.claim(pid, role, request.fd);
+            let (reply, connection) = registry.claim(pid, uid, role, request.fd);
             let inner = registry.lock();
             let fd = connection.and_then(|id| inner.live.get(&id)).and_then(|c| c.segment.fd());
             if let Err(e) = fdpass::send_with_fd(stream.as_raw_fd(), &reply.encode(), fd) {
@@ -377,13 +579,13 @@ fn handle(registry: &Registry, mut stream: UnixStream) {
     }
 }
 
-/// The pid of the process at the other end of a control connection (`SO_PEERCRED`).
-fn peer_pid(stream: &UnixStream) -> Option<u32> {
+/// The pid and uid of the process at the other end of a control connection (`SO_PEERCRED`).
+fn peer_cred(stream: &UnixStream) -> Option<(u32, u32)> {
     let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
     let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
     // SAFETY: getsockopt writes at most `len` bytes into `cred`, a live ucred.
     let rc = unsafe {
         libc::getsockopt(stream.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PEERCRED, (&mut cred as *mut libc::ucred).cast(), &mut len)
     };
-    (rc == 0 && cred.pid > 0).then_some(cred.pid as u32)
+    (rc == 0 && cred.pid > 0).then_some((cred.pid as u32, cred.uid))
 }

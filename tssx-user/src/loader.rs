@@ -147,6 +147,28 @@ impl Watcher {
         Ok(array.get(&0, 0)?.iter().sum())
     }
 
+    /// Entries in each of the eBPF hash maps that grow with processes and calls (watched
+    /// listeners, their owners, forked children, parked syscalls, clones in flight), by name.
+    /// A map that cannot be read is left out.
+    pub fn map_entries(&self) -> std::collections::BTreeMap<String, usize> {
+        fn count<K: aya::Pod, V: aya::Pod>(ebpf: &Ebpf, name: &str) -> Option<usize> {
+            let map: HashMap<_, K, V> = HashMap::try_from(ebpf.map(name)?).ok()?;
+            Some(map.keys().filter(Result::is_ok).count())
+        }
+        let ebpf = &self.ebpf;
+        [
+            (maps::WATCHED_PATHS, count::<PathKey, u32>(ebpf, maps::WATCHED_PATHS)),
+            (maps::LISTENERS, count::<u64, u32>(ebpf, maps::LISTENERS)),
+            (maps::OWNERS, count::<u32, u32>(ebpf, maps::OWNERS)),
+            (maps::PARENTS, count::<u32, u32>(ebpf, maps::PARENTS)),
+            ("PENDING", count::<u64, tssx_common::event::PendingCall>(ebpf, "PENDING")),
+            ("CLONING", count::<u64, u64>(ebpf, "CLONING")),
+        ]
+        .into_iter()
+        .filter_map(|(name, n)| Some((name.to_owned(), n?)))
+        .collect()
+    }
+
     /// Gives `child` its own copy of `parent`'s watched listeners (after a fork), so it keeps
     /// them when the parent exits. Returns how many were copied.
     pub fn inherit_listeners(&mut self, parent: u32, child: u32) -> anyhow::Result<usize> {

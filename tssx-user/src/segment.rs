@@ -12,7 +12,7 @@ use core::fmt;
 use core::mem::size_of;
 use core::ptr::NonNull;
 use core::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
-use core::sync::atomic::{AtomicU32, AtomicU64};
+use core::sync::atomic::AtomicU32;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use tssx_common::segment::{
@@ -169,7 +169,7 @@ impl Segment {
             refcount: [AtomicU32::new(0), AtomicU32::new(0)],
             reserved: 0,
             asleep: CacheLine([AtomicU32::new(0), AtomicU32::new(0)]),
-            bytes_moved: CacheLine([AtomicU64::new(0), AtomicU64::new(0)]),
+            shut: CacheLine([AtomicU32::new(0), AtomicU32::new(0)]),
             rings: [RingControl::default(), RingControl::default()],
         };
         // SAFETY: the mapping is fresh, ours alone (the fd has not left this process), large

@@ -131,8 +131,10 @@ impl StateDir {
 
 impl Drop for StateDir {
     fn drop(&mut self) {
-        // Hooks treat a missing paths file as "no agent": withdraw it before the lock goes.
+        // Hooks treat a missing paths file as "no agent": withdraw it before the lock goes, and
+        // the control socket with it (live connections never need the agent again).
         let _ = fs::remove_file(self.dir.join(PATHS_FILE));
+        let _ = fs::remove_file(self.dir.join(tssx_common::control::CONTROL_SOCKET));
     }
 }
 

@@ -16,6 +16,8 @@ use std::{
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 
+mod soak;
+
 /// bpf-linker release that works with the nightly's LLVM 22 on our machines.
 const BPF_LINKER_VERSION: &str = "0.10.2";
 /// Commands the tests use, and the Debian package that has each.
@@ -50,6 +52,17 @@ enum Cmd {
     /// Set up, build, and run the benchmark (plain Unix socket vs tssx vs bare ring; a few
     /// minutes): prints a Markdown table with ratios measured in this one run.
     Bench,
+    /// Set up, build, and run a randomized soak against a real agent: connections opened, used
+    /// and closed in a loop with random sizes and kills; checks bytes, hangs and agent leaks.
+    /// Not part of `test`.
+    Soak {
+        /// How long to keep opening connections.
+        #[arg(long, default_value_t = 180)]
+        seconds: u64,
+        /// Seed of the random choices (printed by every run, to reproduce one).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// Set up, build, and run every test (unit and end-to-end; needs root).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -88,6 +101,10 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
         Cmd::Bench => {
             build()?;
             bench()
+        }
+        Cmd::Soak { seconds, seed } => {
+            build()?;
+            soak::run(&target_dir(), seconds, seed)
         }
         Cmd::Test { args } => {
             build()?;

@@ -5,6 +5,8 @@
 //! its role) in random write sizes from 1 B to 1 MiB, while reading the peer's BYTES in random
 //! read sizes and checking every byte against the same generator. Then the client closes and
 //! the server must read EOF. Prints `ok sent=N received=N` and exits 0, or exits non-zero.
+//! An optional fifth argument ACCEPT_DELAY_MS makes the server wait that long between `listen`
+//! and `accept` (the client connects, and writes, meanwhile).
 use std::{
     io::{Read, Write},
     os::unix::net::{UnixListener, UnixStream},
@@ -69,6 +71,9 @@ fn main() {
         let listener = UnixListener::bind(&path).expect("bind");
         println!("ready");
         std::io::stdout().flush().unwrap();
+        if let Some(ms) = args.get(5).and_then(|a| a.parse::<u64>().ok()) {
+            thread::sleep(std::time::Duration::from_millis(ms));
+        }
         listener.accept().expect("accept").0
     } else {
         UnixStream::connect(&path).expect("connect")

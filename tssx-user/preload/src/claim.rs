@@ -57,15 +57,13 @@ pub fn local_name(fd: libc::c_int) -> Option<String> {
     unsafe { unix_name((&addr as *const libc::sockaddr_un).cast(), len) }
 }
 
-/// True if `fd` is a blocking stream socket (the only kind swapped for now).
-pub fn blocking_stream(fd: libc::c_int) -> bool {
+/// True if `fd` is a stream socket (datagram and seqpacket sockets stay plain).
+pub fn stream(fd: libc::c_int) -> bool {
     let mut kind: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: getsockopt writes at most `len` bytes into `kind`.
     let ok = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_TYPE, (&mut kind as *mut libc::c_int).cast(), &mut len) } == 0;
-    // SAFETY: F_GETFL takes no argument.
-    let flags = unsafe { real::fcntl(fd, libc::F_GETFL, 0) };
-    ok && kind == libc::SOCK_STREAM && flags >= 0 && flags & libc::O_NONBLOCK == 0
+    ok && kind == libc::SOCK_STREAM
 }
 
 /// Sends `request` to the agent; returns the reply and the segment fd sent with a swap.

@@ -5,29 +5,52 @@
 //! locks in the segment header (so threads, or processes after fork, never corrupt a ring), and
 //! waits on the real socket: the peer writes a doorbell byte there when this end announced it
 //! sleeps, and the kernel reports the peer's death there as EOF.
+//!
+//! # What a swapped socket looks like from outside
+//!
+//! The rules of `af_unix` stream sockets, with the rings as the queues:
+//! * *receive shut down* (reads return what is left, then 0; `POLLIN|POLLRDHUP`): this end
+//!   called `shutdown(SHUT_RD)`, or the peer `shutdown(SHUT_WR)`, or the peer closed its last
+//!   descriptor (header refcount 0) or died (EOF on the real socket);
+//! * *send shut down* (writes fail with EPIPE and SIGPIPE): this end `shutdown(SHUT_WR)`, the
+//!   peer `shutdown(SHUT_RD)`, or the peer is gone;
+//! * `POLLHUP` when both are shut down, `POLLOUT` while the outgoing ring has room (or the peer
+//!   is gone, when a write fails at once).
+//!
+//! `shutdown` is recorded in the segment header only, never on the real socket: the real
+//! socket must keep carrying doorbells both ways until both ends close it.
 
 use std::{
-    cell::UnsafeCell,
+    cell::{Cell, UnsafeCell},
     io::{IoSlice, IoSliceMut},
-    os::fd::BorrowedFd,
+    os::fd::{AsRawFd as _, OwnedFd},
     ptr::null_mut,
-    sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, Ordering::{AcqRel, Acquire, Relaxed, Release}},
+    sync::atomic::{
+        fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize,
+        Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst},
+    },
 };
 
 use libc::c_int;
-use tssx_common::segment::{End, SegmentState};
-use tssx_user::{ring::{Consumer, Producer}, segment::Segment};
+use tssx_common::segment::{End, SegmentState, SHUT_READ, SHUT_WRITE};
+use tssx_user::{
+    ring::{Consumer, Producer, Transfer},
+    segment::Segment,
+};
 
 use crate::real;
 
 /// Fds at or above this are never swapped.
-const MAX_FDS: usize = 1 << 16;
-/// How long to keep checking the rings before sleeping on the real socket, in nanoseconds (a
-/// wake-up costs tens of microseconds on our machines, a ring check tens of nanoseconds).
-const SPIN_NS: u64 = 50_000;
+pub const MAX_FDS: usize = 1 << 16;
+/// Bounds of the adaptive spin before a wait sleeps, in nanoseconds: a wake-up costs tens of
+/// microseconds on our machines, a ring check tens of nanoseconds.
+const SPIN_MIN_NS: u64 = 4_000;
+const SPIN_MAX_NS: u64 = 100_000;
+/// How many iovecs past a partial transfer a call handles at once (more are done in rounds).
+const IOV_BATCH: usize = 64;
 
 /// CLOCK_MONOTONIC in nanoseconds (vDSO: no system call).
-fn now_ns() -> u64 {
+pub fn now_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: writes into a live local timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
@@ -37,6 +60,11 @@ fn now_ns() -> u64 {
 /// fd -> connection. `Acquire` loads pair with the `Release` store that publishes a fully
 /// built connection.
 static TABLE: [AtomicPtr<Conn>; MAX_FDS] = [const { AtomicPtr::new(null_mut()) }; MAX_FDS];
+/// Connections alive in this process (fork and exec only scan the table when non-zero).
+/// Relaxed: a hint; the table entries carry their own ordering.
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+/// Source of [`Conn::id`]. Relaxed: only uniqueness matters.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// One swapped socket.
 pub struct Conn {
@@ -44,20 +72,28 @@ pub struct Conn {
     end: End,
     tx: UnsafeCell<Producer>,
     rx: UnsafeCell<Consumer>,
+    /// The segment's memfd (close-on-exec), kept to hand the segment across `execve`.
+    memfd: OwnedFd,
+    /// Unique in this process: tells a connection from a later one that reuses fd and address.
+    id: u64,
     /// How many fds of this process refer to this connection (dup, dup2, dup3, F_DUPFD).
     /// AcqRel on the decrement that may reach zero, so the last closer sees all prior uses.
     fds: AtomicU32,
     /// The socket's O_NONBLOCK, read at install and kept up to date by the `fcntl(F_SETFL)`
-    /// hook, so that an empty ring costs no `F_GETFL` system call. Relaxed: a flag of this fd.
+    /// and `ioctl(FIONBIO)` hooks, so that an empty ring costs no `F_GETFL` system call.
+    /// Relaxed: a flag of this fd.
     nonblock: AtomicBool,
     /// The first thread that used this connection, and whether another one has since: several
     /// threads of one end sleep on the same socket, and one may drain the doorbell meant for
-    /// another, so such connections poll with a short timeout. Relaxed: hints for a timeout.
+    /// another, so such connections wait with a short timeout. Relaxed: hints for a timeout.
     first_user: AtomicU32,
     shared: AtomicBool,
-    /// The real socket reported EOF or an error: the peer closed it or died.
-    /// Relaxed: a hint re-checked against the rings, which carry their own ordering.
-    peer_eof: AtomicBool,
+    /// The real socket reported EOF or an error: the peer's last descriptor is closed (it
+    /// closed or died). Relaxed: a hint re-checked against the rings, which carry their own
+    /// ordering.
+    peer_closed: AtomicBool,
+    /// Fork generation in which this connection's refcount was last raised (see [`before_fork`]).
+    fork_mark: AtomicU64,
 }
 
 // SAFETY: `tx` and `rx` are only touched under the segment's producer/consumer lock of this
@@ -75,17 +111,50 @@ pub fn lookup(fd: c_int) -> Option<&'static Conn> {
     (!ptr.is_null()).then(|| unsafe { &*ptr })
 }
 
-/// Maps the segment from the agent and makes `fd` a swapped socket (as `end`).
-pub fn install(fd: c_int, end: End, memfd: BorrowedFd<'_>) -> bool {
+/// Whether any connection is swapped in this process.
+#[inline]
+pub fn any_live() -> bool {
+    LIVE.load(Relaxed) != 0
+}
+
+/// How an end joins the segment: `Fresh` for a new connection (this process is the end's only
+/// holder), `Inherited` after `execve` (the end's refcount already counts this process).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Join {
+    /// A new connection from the agent.
+    Fresh,
+    /// Re-attached after exec.
+    Inherited,
+}
+
+/// Maps the segment and makes `fd` a swapped socket (as `end`). Takes the memfd.
+pub fn install(fd: c_int, end: End, memfd: OwnedFd, join: Join) -> bool {
     let Some(slot) = usize::try_from(fd).ok().and_then(|i| TABLE.get(i)) else { return false };
-    let Ok(segment) = Segment::open(memfd) else { return false };
+    let Ok(segment) = Segment::open(std::os::fd::AsFd::as_fd(&memfd)) else { return false };
     // SAFETY: this end's handles are only used under the ring locks (`with_tx`/`with_rx`), and
     // they are dropped with the `Conn`, before the segment (field order).
     let (tx, rx) = unsafe { (segment.producer(end), segment.consumer(end)) };
-    segment.header().refcount[end.index()].store(1, Release);
-    let conn = Box::new(Conn { tx: UnsafeCell::new(tx), rx: UnsafeCell::new(rx), segment, end, peer_eof: AtomicBool::new(false), fds: AtomicU32::new(1), nonblock: AtomicBool::new(nonblocking(fd, 0)), first_user: AtomicU32::new(0), shared: AtomicBool::new(false) });
+    if join == Join::Fresh {
+        // Release: pairs with the peer's Acquire load in `peer_gone`.
+        segment.header().refcount[end.index()].store(1, Release);
+    }
+    let conn = Box::new(Conn {
+        tx: UnsafeCell::new(tx),
+        rx: UnsafeCell::new(rx),
+        segment,
+        end,
+        memfd,
+        id: NEXT_ID.fetch_add(1, Relaxed),
+        peer_closed: AtomicBool::new(false),
+        fds: AtomicU32::new(1),
+        nonblock: AtomicBool::new(fd_nonblocking(fd)),
+        first_user: AtomicU32::new(0),
+        shared: AtomicBool::new(false),
+        fork_mark: AtomicU64::new(0),
+    });
+    LIVE.fetch_add(1, Relaxed);
     let old = slot.swap(Box::into_raw(conn), Release);
-    release(old);
+    release(old, -1);
     true
 }
 
@@ -94,16 +163,17 @@ pub fn duplicated(old_fd: c_int, new_fd: c_int) {
     let Some(slot) = usize::try_from(new_fd).ok().and_then(|i| TABLE.get(i)) else { return };
     let Some(conn) = lookup(old_fd) else {
         // dup2 onto a swapped fd from a plain one: the swapped one was closed by it.
-        release(slot.swap(null_mut(), Acquire));
+        release(slot.swap(null_mut(), Acquire), -1);
         return;
     };
     conn.fds.fetch_add(1, Relaxed);
     let ptr = (conn as *const Conn).cast_mut();
-    release(slot.swap(ptr, Release));
+    release(slot.swap(ptr, Release), -1);
 }
 
-/// Drops one fd's reference; the last one tells the peer this end is gone and unmaps.
-fn release(ptr: *mut Conn) {
+/// Drops one fd's reference; the last one tells the peer this end is gone (ringing through
+/// `fd` if it is still this socket, else -1) and unmaps.
+fn release(ptr: *mut Conn, fd: c_int) {
     if ptr.is_null() {
         return;
     }
@@ -111,43 +181,133 @@ fn release(ptr: *mut Conn) {
     // one count of `fds`.
     let conn = unsafe { &*ptr };
     if conn.fds.fetch_sub(1, AcqRel) == 1 {
-        conn.segment.header().refcount[conn.end.index()].store(0, Release);
+        conn.leave(fd);
+        LIVE.fetch_sub(1, Relaxed);
         // SAFETY: that was the last reference.
         drop(unsafe { Box::from_raw(ptr) });
     }
 }
 
-/// Forgets `fd` (it is being closed, or went plain) and drops its reference.
+/// Forgets `fd` (it went plain) and drops its reference.
 fn remove(fd: c_int) {
     if let Some(slot) = usize::try_from(fd).ok().and_then(|i| TABLE.get(i)) {
-        release(slot.swap(null_mut(), Acquire));
+        release(slot.swap(null_mut(), Acquire), -1);
     }
 }
 
-fn set_errno(e: c_int) {
+/// Calls `f` once for every connection of this process (however many fds refer to it).
+fn for_each_conn(mut f: impl FnMut(c_int, &Conn)) {
+    if !any_live() {
+        return;
+    }
+    let generation = NEXT_ID.fetch_add(1, Relaxed);
+    for (fd, slot) in TABLE.iter().enumerate() {
+        let ptr = slot.load(Acquire);
+        if ptr.is_null() {
+            continue;
+        }
+        // SAFETY: non-null entries point at live `Conn`s.
+        let conn = unsafe { &*ptr };
+        if conn.fork_mark.swap(generation, Relaxed) != generation {
+            f(fd as c_int, conn);
+        }
+    }
+}
+
+/// Before `fork`: the child will hold every connection too, so each end's refcount goes up
+/// (before the child exists, so a parent closing early never makes the peer see zero).
+pub fn before_fork() {
+    for_each_conn(|_, conn| {
+        conn.segment.header().refcount[conn.end.index()].fetch_add(1, Relaxed);
+        conn.shared.store(true, Relaxed);
+    });
+}
+
+/// `fork` failed: undo [`before_fork`].
+pub fn fork_failed() {
+    for_each_conn(|_, conn| {
+        conn.segment.header().refcount[conn.end.index()].fetch_sub(1, AcqRel);
+    });
+}
+
+/// In the child after `fork`: the calling thread has a new id.
+pub fn in_child() {
+    OWNER.with(|tid| tid.set(0));
+}
+
+/// One swapped fd that survives `execve`, as handed to the new image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Inherit {
+    /// The socket.
+    pub fd: c_int,
+    /// The segment's memfd (close-on-exec cleared for the exec).
+    pub memfd: c_int,
+    /// Which end the socket is.
+    pub end: End,
+}
+
+/// Before `execve`: every swapped fd that survives the exec (no FD_CLOEXEC) and its memfd,
+/// whose close-on-exec flag is cleared so the new image's hook can map it again.
+pub fn prepare_exec(mut out: impl FnMut(Inherit)) {
+    if !any_live() {
+        return;
+    }
+    for (fd, slot) in TABLE.iter().enumerate() {
+        let ptr = slot.load(Acquire);
+        if ptr.is_null() {
+            continue;
+        }
+        // SAFETY: non-null entries point at live `Conn`s.
+        let conn = unsafe { &*ptr };
+        let fd = fd as c_int;
+        // SAFETY: F_GETFD takes no argument.
+        let flags = unsafe { real::fcntl(fd, libc::F_GETFD, 0) };
+        if flags >= 0 && flags & libc::FD_CLOEXEC == 0 {
+            let memfd = conn.memfd.as_raw_fd();
+            // SAFETY: clears FD_CLOEXEC on our own memfd.
+            unsafe { real::fcntl(memfd, libc::F_SETFD, 0) };
+            out(Inherit { fd, memfd, end: conn.end });
+        }
+    }
+}
+
+/// `execve` failed: the memfds are close-on-exec again.
+pub fn exec_failed() {
+    for_each_conn(|_, conn| {
+        // SAFETY: sets FD_CLOEXEC on our own memfd.
+        unsafe { real::fcntl(conn.memfd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC as libc::c_ulong) };
+    });
+}
+
+pub fn set_errno(e: c_int) {
     // SAFETY: __errno_location returns this thread's errno.
     unsafe { *libc::__errno_location() = e };
 }
 
-fn errno() -> c_int {
+pub fn errno() -> c_int {
     // SAFETY: as above.
     unsafe { *libc::__errno_location() }
 }
 
-fn nonblocking(fd: c_int, flags: c_int) -> bool {
+/// The file's O_NONBLOCK (one `F_GETFL`).
+fn fd_nonblocking(fd: c_int) -> bool {
     // SAFETY: F_GETFL takes no argument.
-    flags & libc::MSG_DONTWAIT != 0 || unsafe { real::fcntl(fd, libc::F_GETFL, 0) } & libc::O_NONBLOCK != 0
+    let flags = unsafe { real::fcntl(fd, libc::F_GETFL, 0) };
+    flags >= 0 && flags & libc::O_NONBLOCK != 0
 }
 
-/// This thread's id as ring-lock owner. `gettid` is a system call in glibc, so it is cached per
-/// thread (const-initialised TLS: no allocation, usable from signal handlers). A child after
-/// fork keeps its parent thread's cached id; the locks only need the id to be non-zero for
-/// mutual exclusion, which the compare-and-swap gives regardless.
+thread_local! {
+    /// This thread's id as ring-lock owner (0 = not read yet). `gettid` is a system call in
+    /// glibc, so it is cached (const-initialised TLS: no allocation, usable from signal
+    /// handlers); reset in a forked child.
+    static OWNER: Cell<u32> = const { Cell::new(0) };
+    /// This thread's current spin budget in nanoseconds (0 = not set yet): grows when spinning
+    /// found work, shrinks when the wait ended in a sleep anyway.
+    static SPIN_NS: Cell<u64> = const { Cell::new(0) };
+}
+
 fn owner_id() -> u32 {
-    thread_local! {
-        static TID: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
-    }
-    TID.with(|tid| {
+    OWNER.with(|tid| {
         if tid.get() == 0 {
             // SAFETY: gettid has no preconditions; thread ids are positive.
             tid.set(unsafe { libc::gettid() } as u32);
@@ -156,8 +316,39 @@ fn owner_id() -> u32 {
     })
 }
 
+/// The adaptive spin budget of this thread.
+pub fn spin_budget() -> u64 {
+    SPIN_NS.with(|b| if b.get() == 0 { SPIN_MAX_NS / 2 } else { b.get() })
+}
+
+/// Adapts the spin budget: spinning paid off (`true`) or the wait slept anyway (`false`).
+pub fn spin_outcome(found: bool) {
+    SPIN_NS.with(|b| {
+        let cur = if b.get() == 0 { SPIN_MAX_NS / 2 } else { b.get() };
+        b.set(if found { (cur * 2).min(SPIN_MAX_NS) } else { (cur / 2).max(SPIN_MIN_NS) });
+    });
+}
+
+/// Why a blocking wait ended without progress.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaitError {
+    /// A signal handler ran and the call must fail with EINTR.
+    Interrupted,
+    /// The socket's receive timeout (SO_RCVTIMEO) expired, or it turned non-blocking.
+    TimedOut,
+}
+
+impl WaitError {
+    fn errno(self) -> c_int {
+        match self {
+            WaitError::Interrupted => libc::EINTR,
+            WaitError::TimedOut => libc::EAGAIN,
+        }
+    }
+}
+
 /// What a waiting end does while its ring is empty (reader) or full (writer): check again for
-/// [`SPIN_NS`], then announce its sleep and sleep on the real socket.
+/// the thread's spin budget, then announce its sleep and sleep on the real socket.
 #[derive(Default)]
 struct Backoff {
     spins: u32,
@@ -166,27 +357,38 @@ struct Backoff {
 
 impl Backoff {
     /// Progress was made: the next wait starts with a fresh spin budget.
-    fn reset(&mut self) {
+    fn progress(&mut self) {
+        if self.spins != 0 {
+            spin_outcome(true);
+        }
         self.spins = 0;
     }
 
     /// One idle step. `announce` announces the sleep and re-checks the ring (true: still
     /// nothing to do, so sleep); `withdraw` takes the announcement back after waking.
-    fn idle(&mut self, conn: &Conn, fd: c_int, announce: impl FnOnce() -> bool, withdraw: impl FnOnce()) {
+    fn idle(&mut self, conn: &Conn, fd: c_int, announce: impl FnOnce() -> bool, withdraw: impl FnOnce()) -> Result<(), WaitError> {
         if self.spins == 0 {
-            self.spin_until = now_ns() + SPIN_NS;
+            self.spin_until = now_ns() + spin_budget();
         }
         self.spins += 1;
         // The clock is read every 64 checks only.
         if self.spins % 64 != 0 || now_ns() < self.spin_until {
             std::hint::spin_loop();
-            return;
+            return Ok(());
         }
-        if announce() {
-            conn.sleep_on_socket(fd);
-            withdraw();
+        spin_outcome(false);
+        self.spins = 0;
+        if !announce() {
+            return Ok(());
         }
-        self.reset();
+        // The announcement's fence orders these flag reads after it (see `Conn::announce`).
+        let result = if conn.rcv_shut() || conn.send_shut() || conn.state() != Some(SegmentState::Active) && conn.state() != Some(SegmentState::Pending) {
+            Ok(())
+        } else {
+            conn.sleep_on_socket(fd)
+        };
+        withdraw();
+        result
     }
 }
 
@@ -200,8 +402,67 @@ fn partial_or_errno(total: usize, errno: c_int) -> isize {
     -1
 }
 
+/// Calls `f` with the part of `bufs` after the first `skip` bytes (at most [`IOV_BATCH`]
+/// slices, on the stack: no allocation on the data path).
+fn after_mut<R>(bufs: &mut [IoSliceMut<'_>], mut skip: usize, f: impl FnOnce(&mut [IoSliceMut<'_>]) -> R) -> R {
+    let mut rest: [IoSliceMut<'_>; IOV_BATCH] = std::array::from_fn(|_| IoSliceMut::new(&mut []));
+    let mut n = 0;
+    for b in bufs.iter_mut() {
+        if skip >= b.len() {
+            skip -= b.len();
+            continue;
+        }
+        if n == IOV_BATCH {
+            break;
+        }
+        // SAFETY: a sub-slice of a caller buffer, used only within this call while `bufs` is
+        // mutably borrowed; no other reference to it exists meanwhile.
+        let tail = unsafe { std::slice::from_raw_parts_mut(b.as_mut_ptr().add(skip), b.len() - skip) };
+        rest[n] = IoSliceMut::new(tail);
+        n += 1;
+        skip = 0;
+    }
+    f(&mut rest[..n])
+}
+
+/// As [`after_mut`], for sending.
+fn after<R>(bufs: &[IoSlice<'_>], mut skip: usize, f: impl FnOnce(&[IoSlice<'_>]) -> R) -> R {
+    let mut rest: [IoSlice<'_>; IOV_BATCH] = [IoSlice::new(&[]); IOV_BATCH];
+    let mut n = 0;
+    for b in bufs {
+        if skip >= b.len() {
+            skip -= b.len();
+            continue;
+        }
+        if n == IOV_BATCH {
+            break;
+        }
+        rest[n] = IoSlice::new(&b[skip..]);
+        n += 1;
+        skip = 0;
+    }
+    f(&rest[..n])
+}
+
+/// Readiness bits, as `poll` reports them.
+pub mod bits {
+    /// Data or EOF to read.
+    pub const IN: u32 = (libc::POLLIN | libc::POLLRDNORM) as u32;
+    /// Room to write (or a write would fail at once).
+    pub const OUT: u32 = (libc::POLLOUT | libc::POLLWRNORM) as u32;
+    /// Receive side shut down.
+    pub const RDHUP: u32 = libc::POLLRDHUP as u32;
+    /// Both sides shut down.
+    pub const HUP: u32 = libc::POLLHUP as u32;
+}
+
 impl Conn {
-    /// Records the fd's new O_NONBLOCK after `fcntl(F_SETFL)`.
+    /// Unique id of this connection in this process.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Records the fd's new O_NONBLOCK after `fcntl(F_SETFL)` or `ioctl(FIONBIO)`.
     pub fn set_nonblocking(&self, on: bool) {
         self.nonblock.store(on, Relaxed);
     }
@@ -210,7 +471,8 @@ impl Conn {
         flags & libc::MSG_DONTWAIT != 0 || self.nonblock.load(Relaxed)
     }
 
-    fn state(&self) -> Option<SegmentState> {
+    /// The segment state.
+    pub fn state(&self) -> Option<SegmentState> {
         self.segment.state()
     }
 
@@ -224,6 +486,11 @@ impl Conn {
             self.shared.store(true, Relaxed);
         }
         me
+    }
+
+    /// Whether other threads or processes may wait on this socket too (and steal doorbells).
+    pub fn is_shared(&self) -> bool {
+        self.shared.load(Relaxed) || self.segment.header().refcount[self.end.index()].load(Relaxed) > 1
     }
 
     fn with_tx<R>(&self, f: impl FnOnce(&mut Producer) -> R) -> R {
@@ -253,10 +520,97 @@ impl Conn {
         }
     }
 
+    /// Shutdown bits of `end` (Acquire: pairs with the SeqCst `fetch_or` in `shutdown`).
+    fn shut_bits(&self, end: End) -> u32 {
+        self.segment.header().shut.0[end.index()].load(Acquire)
+    }
+
+    /// The peer's last descriptor is closed (or the peer died).
     fn peer_gone(&self) -> bool {
-        self.peer_eof.load(Relaxed)
+        self.peer_closed.load(Relaxed)
             || self.state() == Some(SegmentState::Closed)
             || (self.state() == Some(SegmentState::Active) && self.segment.header().refcount[self.end.peer().index()].load(Acquire) == 0)
+    }
+
+    /// Nothing more will arrive: reads return what is left, then 0.
+    pub fn rcv_shut(&self) -> bool {
+        self.shut_bits(self.end) & SHUT_READ != 0 || self.shut_bits(self.end.peer()) & SHUT_WRITE != 0 || self.peer_gone()
+    }
+
+    /// Writes fail with EPIPE.
+    pub fn send_shut(&self) -> bool {
+        self.shut_bits(self.end) & SHUT_WRITE != 0 || self.shut_bits(self.end.peer()) & SHUT_READ != 0 || self.peer_gone()
+    }
+
+    /// Bytes waiting in the incoming ring (`FIONREAD`).
+    pub fn unread(&self) -> usize {
+        let ring = &self.segment.header().rings[self.end.peer().index()];
+        // Acquire on both: positions published by their writers with Release.
+        let head = ring.producer.0.head.load(Acquire);
+        let tail = ring.consumer.0.tail.load(Acquire);
+        head.wrapping_sub(tail) as usize
+    }
+
+    /// Bytes this end wrote that the peer has not read yet (`SIOCOUTQ`).
+    pub fn unsent(&self) -> usize {
+        let ring = &self.segment.header().rings[self.end.index()];
+        // Acquire on both, as in `unread`.
+        let head = ring.producer.0.head.load(Acquire);
+        let tail = ring.consumer.0.tail.load(Acquire);
+        head.wrapping_sub(tail) as usize
+    }
+
+    /// Positions that change when new data arrives (incoming head) and when room is made
+    /// (outgoing tail): edge-triggered epoll reports an edge when one of them moved.
+    pub fn edges(&self) -> (u64, u64) {
+        let header = self.segment.header();
+        // Acquire: as in `unread`.
+        (header.rings[self.end.peer().index()].producer.0.head.load(Acquire), header.rings[self.end.index()].consumer.0.tail.load(Acquire))
+    }
+
+    /// Readiness from the rings and the shutdown state ([`bits`]), without a system call.
+    pub fn readiness(&self) -> u32 {
+        let mut ready = 0;
+        let rcv_shut = self.rcv_shut();
+        let send_shut = self.send_shut();
+        if self.unread() > 0 || rcv_shut {
+            ready |= bits::IN;
+        }
+        if rcv_shut {
+            ready |= bits::RDHUP;
+            if send_shut {
+                ready |= bits::HUP;
+            }
+        }
+        if self.unsent() < self.segment.ring_capacity() || self.peer_gone() {
+            ready |= bits::OUT;
+        }
+        ready
+    }
+
+    /// Announces that a thread of this end is about to sleep in a poll-like call (the peer
+    /// then rings the doorbell after its next transfer or shutdown). The caller issues one
+    /// `SeqCst` fence after all its announcements and re-checks readiness before sleeping.
+    pub fn announce(&self) {
+        // Relaxed: ordered by the caller's SeqCst fence (see `SegmentHeader::asleep`).
+        self.segment.header().asleep.0[self.end.index()].fetch_add(1, Relaxed);
+    }
+
+    /// Takes an announcement back.
+    pub fn withdraw(&self) {
+        // Relaxed: at worst the peer sends one spurious doorbell.
+        self.segment.header().asleep.0[self.end.index()].fetch_sub(1, Relaxed);
+    }
+
+    /// After changing something the peer may wait for (shutdown, last close): wake it if it
+    /// announced a sleep.
+    fn wake_peer(&self, fd: c_int) {
+        // SeqCst fence: pairs with the fence after the peer's announcement.
+        fence(SeqCst);
+        // Relaxed: ordered by the fence.
+        if self.segment.header().asleep.0[self.end.peer().index()].load(Relaxed) != 0 {
+            Self::ring_doorbell(fd);
+        }
     }
 
     /// Wakes the peer: one byte on the real socket (it drains and ignores them).
@@ -266,30 +620,69 @@ impl Conn {
         unsafe { real::send(fd, (&bell as *const u8).cast(), 1, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
     }
 
-    /// Sleeps on the real socket until a doorbell, the peer's EOF, or a timeout (to re-check a
-    /// pending connection's state). The caller has announced its sleep.
-    fn sleep_on_socket(&self, fd: c_int) {
+    /// Sleeps on the real socket until a doorbell, the peer's EOF, or (pending or shared
+    /// connections) a short timeout. The caller has announced its sleep.
+    ///
+    /// An active connection used by one thread sleeps in a blocking `recv(MSG_PEEK)` of one
+    /// byte: the kernel then applies the caller's signal dispositions (SA_RESTART restarts it,
+    /// otherwise EINTR) and the socket's SO_RCVTIMEO, exactly as for a plain read.
+    fn sleep_on_socket(&self, fd: c_int) -> Result<(), WaitError> {
         let active = self.state() == Some(SegmentState::Active);
+        if active && !self.is_shared() {
+            let mut byte = 0u8;
+            // SAFETY: peeks one byte into a live local.
+            let n = unsafe { real::recv(fd, (&mut byte as *mut u8).cast(), 1, libc::MSG_PEEK) };
+            return match n {
+                1 => {
+                    self.drain_doorbells(fd);
+                    Ok(())
+                }
+                0 => {
+                    self.peer_closed.store(true, Relaxed);
+                    Ok(())
+                }
+                _ => match errno() {
+                    libc::EINTR => Err(WaitError::Interrupted),
+                    libc::EAGAIN => {
+                        if fd_nonblocking(fd) {
+                            self.set_nonblocking(true);
+                        }
+                        Err(WaitError::TimedOut)
+                    }
+                    _ => {
+                        self.peer_closed.store(true, Relaxed);
+                        Ok(())
+                    }
+                },
+            };
+        }
         let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        // Pending: re-check the agent's decision often. Shared: a sibling may drain our
+        // doorbell, so never sleep long.
+        let timeout = if active { 1 } else { 10 };
         // SAFETY: one live pollfd.
-        // Pending: re-check the agent's decision often. Shared by threads: a sibling may drain
-        // our doorbell, so never sleep long. Otherwise the doorbell or EOF always comes.
-        let timeout = if !active { 10 } else if self.shared.load(Relaxed) { 1 } else { 1000 };
         let ready = unsafe { real::poll(&mut pfd, 1, timeout) };
         if ready <= 0 {
-            return;
+            return Ok(());
         }
-        if !active {
-            // Pending: anything on the real socket is the peer's data, not doorbells; leave it
-            // for after the agent's decision.
-            // SAFETY: plain nanosleep on a live timespec.
-            unsafe { libc::nanosleep(&libc::timespec { tv_sec: 0, tv_nsec: 1_000_000 }, null_mut()) };
-            return;
+        if active {
+            self.drain_doorbells(fd);
+        } else {
+            self.on_plain_data();
         }
-        self.drain_doorbells(fd);
+        Ok(())
     }
 
-    fn drain_doorbells(&self, fd: c_int) {
+    /// The real socket is readable while the connection is pending: the peer writes to the
+    /// socket, so it does not use the rings. Decide plain now instead of waiting for the agent.
+    pub fn on_plain_data(&self) {
+        if self.end == End::Client {
+            let _ = self.segment.transition(SegmentState::Pending, SegmentState::Plain);
+        }
+    }
+
+    /// Reads and discards doorbell bytes; notes the peer's EOF.
+    pub fn drain_doorbells(&self, fd: c_int) {
         let mut buf = [0u8; 64];
         loop {
             // SAFETY: receives into a live local buffer; never blocks.
@@ -298,15 +691,15 @@ impl Conn {
                 continue;
             }
             if n == 0 || (errno() != libc::EAGAIN && errno() != libc::EINTR) {
-                self.peer_eof.store(true, Relaxed);
+                self.peer_closed.store(true, Relaxed);
             }
             return;
         }
     }
 
     /// The connection went plain before the peer read anything: put what this end wrote into
-    /// the ring back onto the real socket, in order, and forget the swap. Returns false if the
-    /// replay failed (the caller reports the error).
+    /// the ring back onto the real socket, in order, apply this end's shutdowns to it, and
+    /// forget the swap. Returns false if the replay failed (the caller reports the error).
     fn replay_and_unswap(&self, fd: c_int) -> bool {
         let ok = self.with_tx(|_| {
             // SAFETY: the peer never consumed this ring (it is plain for the peer), and the
@@ -325,6 +718,12 @@ impl Conn {
                     if w < 0 && errno() == libc::EINTR {
                         continue;
                     }
+                    if w < 0 && errno() == libc::EAGAIN {
+                        let mut pfd = libc::pollfd { fd, events: libc::POLLOUT, revents: 0 };
+                        // SAFETY: one live pollfd.
+                        unsafe { real::poll(&mut pfd, 1, 100) };
+                        continue;
+                    }
                     if w <= 0 {
                         return false;
                     }
@@ -332,22 +731,50 @@ impl Conn {
                 }
             }
         });
+        let how = match self.shut_bits(self.end) & (SHUT_READ | SHUT_WRITE) {
+            0 => None,
+            SHUT_READ => Some(libc::SHUT_RD),
+            SHUT_WRITE => Some(libc::SHUT_WR),
+            _ => Some(libc::SHUT_RDWR),
+        };
+        if let Some(how) = how {
+            // SAFETY: plain system call on the caller's socket.
+            unsafe { libc::shutdown(fd, how) };
+        }
+        // Every fd of this connection goes plain, not just this one.
+        for other in 0..MAX_FDS as c_int {
+            if lookup(other).is_some_and(|c| std::ptr::eq(c, self)) && other != fd {
+                remove(other);
+            }
+        }
         remove(fd);
         ok
     }
 
     /// Once the connection is plain: replay, then the call's outcome — what it moved so far,
     /// `Err(())` for "use the real call" if nothing yet, or EPIPE if the replay failed.
-    fn went_plain(&self, fd: c_int, total: usize) -> Option<Result<isize, ()>> {
+    /// A receiving call always hands over to the real socket (which reports EOF or the error
+    /// itself), whatever happened to the replay.
+    fn went_plain(&self, fd: c_int, total: usize, receiving: bool) -> Option<Result<isize, ()>> {
         if self.state() != Some(SegmentState::Plain) {
             return None;
         }
-        let replayed = self.replay_and_unswap(fd);
+        let replayed = self.replay_and_unswap(fd) || receiving;
         Some(match (total, replayed) {
             (0, true) => Err(()),
             (_, true) => Ok(total as isize),
             (_, false) => Ok(partial_or_errno(total, libc::EPIPE)),
         })
+    }
+
+    /// For poll and epoll: if the connection went plain, replay and forget it; true if so
+    /// (the fd is a plain socket from now on).
+    pub fn unswap_if_plain(&self, fd: c_int) -> bool {
+        if self.state() != Some(SegmentState::Plain) {
+            return false;
+        }
+        self.replay_and_unswap(fd);
+        true
     }
 
     /// `recv` semantics over the ring. `Err(())` means "went plain: call the real function".
@@ -361,40 +788,31 @@ impl Conn {
         let mut total = 0usize;
         let mut backoff = Backoff::default();
         loop {
-            if let Some(outcome) = self.went_plain(fd, total) {
+            if let Some(outcome) = self.went_plain(fd, total, true) {
                 return outcome;
             }
             let got = self.with_rx(|rx| {
                 if peek {
+                    // MSG_PEEK fills the first non-empty buffer only.
                     let first = bufs.iter_mut().find(|b| !b.is_empty()).expect("want > 0");
-                    return tssx_user::ring::Transfer { bytes: rx.peek(first), wake_peer: false };
+                    return Transfer { bytes: rx.peek(first), wake_peer: false };
                 }
-                let mut skip = total;
-                let mut rest: Vec<IoSliceMut<'_>> = Vec::new();
-                for b in bufs.iter_mut() {
-                    if skip >= b.len() {
-                        skip -= b.len();
-                        continue;
-                    }
-                    rest.push(IoSliceMut::new(&mut b[skip..]));
-                    skip = 0;
-                }
-                rx.readv(&mut rest)
+                after_mut(bufs, total, |rest| rx.readv(rest))
             });
             if got.wake_peer {
                 Self::ring_doorbell(fd);
             }
             total += got.bytes;
             if got.bytes > 0 {
-                backoff.reset();
+                backoff.progress();
                 if !wait_all || total == want {
                     return Ok(total as isize);
                 }
                 continue;
             }
-            if self.peer_gone() {
-                // Re-check once: the peer may have written just before leaving.
-                if self.with_rx(|rx| rx.available()) > 0 {
+            if self.rcv_shut() {
+                // Re-check once: the peer may have written just before shutting down.
+                if self.unread() > 0 {
                     continue;
                 }
                 return Ok(total as isize); // EOF (0) or what MSG_WAITALL collected
@@ -402,7 +820,10 @@ impl Conn {
             if self.would_block_is_error(flags) {
                 return Ok(partial_or_errno(total, libc::EAGAIN));
             }
-            backoff.idle(self, fd, || self.with_rx(|rx| rx.announce_sleep()), || self.with_rx(|rx| rx.withdraw_sleep()));
+            let waited = backoff.idle(self, fd, || self.with_rx(|rx| rx.announce_sleep()), || self.with_rx(|rx| rx.withdraw_sleep()));
+            if let Err(e) = waited {
+                return Ok(partial_or_errno(total, e.errno()));
+            }
         }
     }
 
@@ -412,10 +833,10 @@ impl Conn {
         let mut total = 0usize;
         let mut backoff = Backoff::default();
         loop {
-            if let Some(outcome) = self.went_plain(fd, total) {
+            if let Some(outcome) = self.went_plain(fd, total, false) {
                 return outcome;
             }
-            if self.peer_gone() {
+            if self.send_shut() {
                 if total == 0 && flags & libc::MSG_NOSIGNAL == 0 {
                     // SAFETY: raising SIGPIPE in this thread, as the kernel would.
                     unsafe { libc::raise(libc::SIGPIPE) };
@@ -425,31 +846,52 @@ impl Conn {
             if total == want {
                 return Ok(total as isize);
             }
-            let put = self.with_tx(|tx| {
-                let mut skip = total;
-                let mut rest: Vec<IoSlice<'_>> = Vec::new();
-                for b in bufs {
-                    if skip >= b.len() {
-                        skip -= b.len();
-                        continue;
-                    }
-                    rest.push(IoSlice::new(&b[skip..]));
-                    skip = 0;
-                }
-                tx.writev(&rest)
-            });
+            let put = self.with_tx(|tx| after(bufs, total, |rest| tx.writev(rest)));
             if put.wake_peer {
                 Self::ring_doorbell(fd);
             }
             total += put.bytes;
             if put.bytes > 0 {
-                backoff.reset();
+                backoff.progress();
                 continue;
             }
             if self.would_block_is_error(flags) {
                 return Ok(partial_or_errno(total, libc::EAGAIN));
             }
-            backoff.idle(self, fd, || self.with_tx(|tx| tx.announce_sleep()), || self.with_tx(|tx| tx.withdraw_sleep()));
+            let waited = backoff.idle(self, fd, || self.with_tx(|tx| tx.announce_sleep()), || self.with_tx(|tx| tx.withdraw_sleep()));
+            if let Err(e) = waited {
+                return Ok(partial_or_errno(total, e.errno()));
+            }
+        }
+    }
+
+    /// `shutdown(fd, how)`: recorded in the header (see the module documentation); wakes the
+    /// peer if it sleeps. Returns the call's result.
+    pub fn shutdown(&self, fd: c_int, how: c_int) -> c_int {
+        let bits = match how {
+            libc::SHUT_RD => SHUT_READ,
+            libc::SHUT_WR => SHUT_WRITE,
+            libc::SHUT_RDWR => SHUT_READ | SHUT_WRITE,
+            _ => {
+                set_errno(libc::EINVAL);
+                return -1;
+            }
+        };
+        // SeqCst: ordered with the fence in `wake_peer` (and the peer's announcement).
+        self.segment.header().shut.0[self.end.index()].fetch_or(bits, SeqCst);
+        self.wake_peer(fd);
+        0
+    }
+
+    /// The last fd of this process closes: this process no longer holds the end. If it was the
+    /// end's last holder, the peer is woken through `fd` (still open; -1: not available).
+    fn leave(&self, fd: c_int) {
+        // AcqRel: the peer's Acquire load of a zero count sees everything this end wrote.
+        let before = self.segment.header().refcount[self.end.index()].fetch_sub(1, AcqRel);
+        if before == 1 && fd >= 0 {
+            // Another process (e.g. a posix_spawn child) may keep the real socket open, so its
+            // EOF may never come: wake the peer through the header.
+            self.wake_peer(fd);
         }
     }
 }
@@ -463,5 +905,7 @@ pub fn close(fd: c_int) {
             conn.drain_doorbells(fd);
         }
     }
-    remove(fd);
+    if let Some(slot) = usize::try_from(fd).ok().and_then(|i| TABLE.get(i)) {
+        release(slot.swap(null_mut(), Acquire), fd);
+    }
 }

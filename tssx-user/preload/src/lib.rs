@@ -1,25 +1,28 @@
 //! `libtssx_preload.so`: interposes the libc socket calls (via `LD_PRELOAD` or
-//! `/etc/ld.so.preload`) and, for a blocking Unix stream socket on a path the running
-//! `tssx-agent` watches, moves its bytes onto the shared-memory rings the agent hands out.
+//! `/etc/ld.so.preload`) and, for a Unix stream socket on a path the running `tssx-agent`
+//! watches, moves its bytes onto the shared-memory rings the agent hands out.
 //!
 //! Everything else passes straight through to the real libc function: an fd that is not in the
-//! table costs one bounds check and one atomic load. With no agent running, or an unwatched
+//! table costs one bounds check and one atomic load (poll/select scan their fds that way; an
+//! epoll instance without swapped fds costs one load). With no agent running, or an unwatched
 //! path, nothing is ever swapped.
 //!
 //! Covered on swapped fds: read, write, readv, writev, recv, send, recvfrom, sendto, recvmsg,
-//! sendmsg (MSG_PEEK, MSG_DONTWAIT, MSG_WAITALL, MSG_NOSIGNAL), close. Not yet (so such sockets
-//! must not be swapped, or must stay single-fd): non-blocking sockets and poll/epoll (a
-//! non-blocking socket declines the swap and stays plain), dup/fork/exec, shutdown, fd passing
-//! (sendmsg with ancillary data on a swapped fd fails with EOPNOTSUPP).
+//! sendmsg (MSG_PEEK, MSG_DONTWAIT, MSG_WAITALL, MSG_NOSIGNAL), blocking and non-blocking
+//! (accept4 SOCK_NONBLOCK, fcntl F_SETFL, ioctl FIONBIO), shutdown, ioctl FIONREAD/SIOCOUTQ,
+//! close, dup/dup2/dup3/F_DUPFD*, poll, ppoll, select, pselect, epoll_ctl, epoll_wait,
+//! epoll_pwait, epoll_pwait2, fork (both processes keep the connection) and the execve family
+//! without varargs (execve, execv, execvp, execvpe, fexecve: the new image re-attaches the
+//! segment). Fd passing (sendmsg with ancillary data on a swapped fd) fails with EOPNOTSUPP.
 
 mod claim;
 mod conn;
+mod epoll;
+mod exec;
+mod poll;
 mod real;
 
-use std::{
-    io::{IoSlice, IoSliceMut},
-    os::fd::AsFd as _,
-};
+use std::io::{IoSlice, IoSliceMut};
 
 use libc::{c_int, c_void, iovec, msghdr, size_t, sockaddr, socklen_t, ssize_t};
 use tssx_common::{control::Role, segment::End};
@@ -31,6 +34,7 @@ static INIT: extern "C" fn() = init;
 
 extern "C" fn init() {
     real::resolve_all();
+    exec::reattach();
 }
 
 fn with_errno_kept<R>(f: impl FnOnce() -> R) -> R {
@@ -42,23 +46,19 @@ fn with_errno_kept<R>(f: impl FnOnce() -> R) -> R {
     r
 }
 
-/// After a successful connect/accept: claim `fd` if it is a watched blocking stream socket.
+/// After a successful connect/accept: claim `fd` if it is a watched stream socket.
 fn maybe_swap(fd: c_int, role: Role, name: Option<String>) {
     with_errno_kept(|| {
         let Some(name) = name else { return };
         if !claim::watched(&name) {
             return;
         }
-        if !claim::blocking_stream(fd) {
-            if role == Role::Server {
-                // Tell the agent at once so the client replays into the real socket.
-                let _ = claim::ask(tssx_common::control::Request::decline(fd));
-            }
+        if !claim::stream(fd) {
             return;
         }
         if let Some(memfd) = claim::claim(role, fd) {
             let end = if role == Role::Client { End::Client } else { End::Server };
-            conn::install(fd, end, memfd.as_fd());
+            conn::install(fd, end, memfd, conn::Join::Fresh);
         }
     })
 }
@@ -246,6 +246,9 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
     if conn::lookup(fd).is_some() {
         with_errno_kept(|| conn::close(fd));
     }
+    if epoll::has_set(fd) {
+        epoll::closed(fd);
+    }
     // SAFETY: forwarded as received.
     unsafe { real::close(fd) }
 }
@@ -300,9 +303,206 @@ pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: libc::c_ulong) -> c_i
             match cmd {
                 libc::F_DUPFD | libc::F_DUPFD_CLOEXEC => conn::duplicated(fd, rc),
                 libc::F_SETFL => c.set_nonblocking(arg as c_int & libc::O_NONBLOCK != 0),
+                libc::F_SETFD | libc::F_GETFD | libc::F_GETFL => {}
                 _ => {}
             }
         }
     }
     rc
+}
+
+/// # Safety
+/// libc's `shutdown`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shutdown(fd: c_int, how: c_int) -> c_int {
+    if let Some(c) = conn::lookup(fd) {
+        if !c.unswap_if_plain(fd) {
+            return c.shutdown(fd, how);
+        }
+    }
+    // SAFETY: forwarded as received.
+    unsafe { real::shutdown(fd, how) }
+}
+
+/// `ioctl` is variadic in C; its one optional argument travels in the third argument register
+/// on x86-64, so a three-argument definition receives it unchanged.
+///
+/// # Safety
+/// libc's `ioctl`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ioctl(fd: c_int, request: libc::c_ulong, arg: *mut c_void) -> c_int {
+    if let Some(c) = conn::lookup(fd) {
+        let value = match request {
+            libc::FIONREAD => Some(c.unread()),
+            libc::TIOCOUTQ => Some(c.unsent()),
+            _ => None,
+        };
+        if let Some(value) = value {
+            if arg.is_null() {
+                conn::set_errno(libc::EFAULT);
+                return -1;
+            }
+            // SAFETY: FIONREAD/SIOCOUTQ take a pointer to an int.
+            unsafe { *arg.cast::<c_int>() = value.min(c_int::MAX as usize) as c_int };
+            return 0;
+        }
+    }
+    // SAFETY: forwarded as received.
+    let rc = unsafe { real::ioctl(fd, request, arg) };
+    if rc == 0 && request == libc::FIONBIO && !arg.is_null() {
+        if let Some(c) = conn::lookup(fd) {
+            // SAFETY: FIONBIO takes a pointer to an int, just read by the kernel.
+            c.set_nonblocking(unsafe { *arg.cast::<c_int>() } != 0);
+        }
+    }
+    rc
+}
+
+fn ms_to_ns(ms: c_int) -> Option<u64> {
+    (ms >= 0).then(|| ms as u64 * 1_000_000)
+}
+
+/// # Safety
+/// `ts` is null or valid.
+unsafe fn ts_to_ns(ts: *const libc::timespec) -> Option<u64> {
+    // SAFETY: per the contract.
+    let ts = unsafe { ts.as_ref() }?;
+    Some((ts.tv_sec.max(0) as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec.max(0) as u64))
+}
+
+/// # Safety
+/// libc's `poll`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn poll(fds: *mut libc::pollfd, n: libc::nfds_t, timeout: c_int) -> c_int {
+    if conn::any_live() && !fds.is_null() {
+        // SAFETY: the caller passes `n` pollfds.
+        let slice = unsafe { std::slice::from_raw_parts_mut(fds, n as usize) };
+        if poll::any_swapped(slice) {
+            // SAFETY: no signal mask.
+            return unsafe { poll::poll(slice, ms_to_ns(timeout), std::ptr::null()) };
+        }
+    }
+    // SAFETY: forwarded as received.
+    unsafe { real::poll(fds, n, timeout) }
+}
+
+/// # Safety
+/// libc's `ppoll`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ppoll(fds: *mut libc::pollfd, n: libc::nfds_t, ts: *const libc::timespec, mask: *const libc::sigset_t) -> c_int {
+    if conn::any_live() && !fds.is_null() {
+        // SAFETY: the caller passes `n` pollfds.
+        let slice = unsafe { std::slice::from_raw_parts_mut(fds, n as usize) };
+        if poll::any_swapped(slice) {
+            // SAFETY: `ts` and `mask` are null or valid, per ppoll's contract.
+            return unsafe { poll::poll(slice, ts_to_ns(ts), mask) };
+        }
+    }
+    // SAFETY: forwarded as received.
+    unsafe { real::ppoll(fds, n, ts, mask) }
+}
+
+/// # Safety
+/// libc's `select`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn select(n: c_int, r: *mut libc::fd_set, w: *mut libc::fd_set, e: *mut libc::fd_set, tv: *mut libc::timeval) -> c_int {
+    // SAFETY: the sets are valid for `n` fds, per select's contract.
+    if unsafe { poll::select_has_swapped(n, [r, w, e]) } {
+        // SAFETY: `tv` is null or valid.
+        let timeout = unsafe { tv.as_ref() }.map(|t| (t.tv_sec.max(0) as u64) * 1_000_000_000 + (t.tv_usec.max(0) as u64) * 1_000);
+        let start = conn::now_ns();
+        // SAFETY: as above.
+        let rc = unsafe { poll::select(n, r, w, e, timeout, std::ptr::null()) };
+        if let (Some(t), Some(tv)) = (timeout, unsafe { tv.as_mut() }) {
+            // Linux reports the time left.
+            let left = t.saturating_sub(conn::now_ns() - start);
+            tv.tv_sec = (left / 1_000_000_000) as libc::time_t;
+            tv.tv_usec = ((left % 1_000_000_000) / 1_000) as libc::suseconds_t;
+        }
+        return rc;
+    }
+    // SAFETY: forwarded as received.
+    unsafe { real::select(n, r, w, e, tv) }
+}
+
+/// # Safety
+/// libc's `pselect`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pselect(n: c_int, r: *mut libc::fd_set, w: *mut libc::fd_set, e: *mut libc::fd_set, ts: *const libc::timespec, mask: *const libc::sigset_t) -> c_int {
+    // SAFETY: the sets are valid for `n` fds, per pselect's contract.
+    if unsafe { poll::select_has_swapped(n, [r, w, e]) } {
+        // SAFETY: `ts` and `mask` are null or valid.
+        return unsafe { poll::select(n, r, w, e, ts_to_ns(ts), mask) };
+    }
+    // SAFETY: forwarded as received.
+    unsafe { real::pselect(n, r, w, e, ts, mask) }
+}
+
+/// # Safety
+/// libc's `epoll_ctl`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, event: *mut libc::epoll_event) -> c_int {
+    if conn::any_live() || epoll::has_set(epfd) {
+        // SAFETY: `event` is null or valid, per epoll_ctl's contract.
+        if let Some(rc) = unsafe { epoll::ctl(epfd, op, fd, event) } {
+            return rc;
+        }
+    }
+    // SAFETY: forwarded as received.
+    unsafe { real::epoll_ctl(epfd, op, fd, event) }
+}
+
+/// # Safety
+/// libc's `epoll_wait`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn epoll_wait(epfd: c_int, events: *mut libc::epoll_event, max: c_int, timeout: c_int) -> c_int {
+    if epoll::has_set(epfd) {
+        // SAFETY: forwarded.
+        return unsafe { epoll::wait(epfd, events, max, ms_to_ns(timeout), std::ptr::null()) };
+    }
+    // SAFETY: forwarded as received.
+    unsafe { real::epoll_wait(epfd, events, max, timeout) }
+}
+
+/// # Safety
+/// libc's `epoll_pwait`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn epoll_pwait(epfd: c_int, events: *mut libc::epoll_event, max: c_int, timeout: c_int, mask: *const libc::sigset_t) -> c_int {
+    if epoll::has_set(epfd) {
+        // SAFETY: forwarded.
+        return unsafe { epoll::wait(epfd, events, max, ms_to_ns(timeout), mask) };
+    }
+    // SAFETY: forwarded as received.
+    unsafe { real::epoll_pwait(epfd, events, max, timeout, mask) }
+}
+
+/// `epoll_pwait2` (glibc 2.35+), implemented with the system call so that the hook also loads
+/// with an older libc.
+///
+/// # Safety
+/// libc's `epoll_pwait2`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn epoll_pwait2(epfd: c_int, events: *mut libc::epoll_event, max: c_int, ts: *const libc::timespec, mask: *const libc::sigset_t) -> c_int {
+    if epoll::has_set(epfd) {
+        // SAFETY: forwarded; `ts` is null or valid.
+        return unsafe { epoll::wait(epfd, events, max, ts_to_ns(ts), mask) };
+    }
+    // SAFETY: the epoll_pwait2 system call with the caller's arguments; the kernel's sigset is
+    // 8 bytes on x86-64.
+    unsafe { libc::syscall(libc::SYS_epoll_pwait2, epfd, events, max, ts, mask, 8usize) as c_int }
+}
+
+/// # Safety
+/// libc's `fork`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fork() -> libc::pid_t {
+    conn::before_fork();
+    // SAFETY: forwarded.
+    let pid = unsafe { real::fork() };
+    if pid < 0 {
+        with_errno_kept(conn::fork_failed);
+    } else if pid == 0 {
+        conn::in_child();
+    }
+    pid
 }

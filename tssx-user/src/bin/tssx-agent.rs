@@ -39,6 +39,11 @@ struct Cli {
     #[arg(long, value_name = "BYTES", default_value_t = 1 << 20, value_parser = parse_ring_size)]
     ring_size: usize,
 
+    /// Most connections swapped at once (live shared-memory segments); beyond it a connection
+    /// stays plain, traced as `not swapped`. Shared memory is at most N * (2 * ring size + 4 KiB).
+    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    max_connections: u32,
+
     /// Also print debug details (e.g. full verifier logs).
     #[arg(short, long)]
     verbose: bool,
@@ -58,6 +63,10 @@ enum Sub {
         /// Print one JSON object per connection instead of a table.
         #[arg(long)]
         json: bool,
+        /// Print the agent's resource counts instead (one JSON object: live segments, limits,
+        /// control connections, eBPF map entries).
+        #[arg(long)]
+        stats: bool,
     },
 }
 
@@ -71,12 +80,19 @@ fn parse_ring_size(s: &str) -> Result<usize, String> {
 }
 
 /// `tssx-agent status`: asks the agent on its control socket and prints the answer.
-fn status(state_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
+fn status(state_dir: &std::path::Path, json: bool, stats: bool) -> anyhow::Result<()> {
     use std::io::{BufRead as _, Write as _};
     use anyhow::Context as _;
     let path = state_dir.join(tssx_common::control::CONTROL_SOCKET);
     let mut stream = std::os::unix::net::UnixStream::connect(&path)
         .with_context(|| format!("no tssx-agent is answering on {} (is it running?)", path.display()))?;
+    if stats {
+        stream.write_all(&tssx_common::control::Request::stats().encode())?;
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut stream, &mut text).context("reading the agent's answer")?;
+        print!("{text}");
+        return Ok(());
+    }
     stream.write_all(&tssx_common::control::Request::status().encode())?;
     let mut count = 0;
     if !json {
@@ -129,8 +145,8 @@ fn init_tracing(format: LogFormat, verbose: bool) {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    if let Some(Sub::Status { state_dir, json }) = &cli.command {
-        return status(state_dir, *json);
+    if let Some(Sub::Status { state_dir, json, stats }) = &cli.command {
+        return status(state_dir, *json, *stats);
     }
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
@@ -141,7 +157,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .map_err(|e| anyhow::anyhow!("starting the async runtime: {e}"))?;
-    runtime.block_on(agent::run(AgentConfig { paths, state_dir: cli.state_dir, ring_size: cli.ring_size }))
+    runtime.block_on(agent::run(AgentConfig { paths, state_dir: cli.state_dir, ring_size: cli.ring_size, max_connections: cli.max_connections as usize }))
 }
 
 fn main() -> ExitCode {

@@ -1,0 +1,83 @@
+//! One end of a connection that either waits in a blocking call or just holds the socket, for
+//! the peer-death tests (plain std, no tssx code).
+//!
+//! `tssx-test-peer server|client PATH read|write|hold`: the server binds PATH and accepts one
+//! connection, the client connects to it; each prints `connected pid=P` when it has its socket.
+//! - `read`: blocks reading (the peer sends nothing) until EOF or an error;
+//! - `write`: writes 64 KiB chunks (the peer reads nothing) until an error;
+//! - `hold`: sleeps forever (the test kills it).
+//!
+//! `read` and `write` then print `woke result=eof|EPIPE|ECONNRESET|errno-N at_ns=T bytes=N`
+//! (`T` = CLOCK_MONOTONIC when the call returned) and exit 0. SIGPIPE is ignored (Rust's default),
+//! so a write to a dead peer returns EPIPE.
+use std::{
+    io::{Read, Write},
+    os::unix::net::{UnixListener, UnixStream},
+};
+
+fn now_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: writes into a live local timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}").and_then(|()| out.flush()).expect("stdout");
+}
+
+fn outcome(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::EPIPE) => "EPIPE".into(),
+        Some(libc::ECONNRESET) => "ECONNRESET".into(),
+        Some(n) => format!("errno-{n}"),
+        None => format!("error-{e}"),
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let (Some(role), Some(path), Some(action)) = (args.get(1), args.get(2), args.get(3)) else {
+        eprintln!("usage: tssx-test-peer server|client PATH read|write|hold");
+        std::process::exit(2);
+    };
+    let mut stream = if role == "server" {
+        let _ = std::fs::remove_file(path);
+        let listener = UnixListener::bind(path).expect("bind");
+        say("ready");
+        listener.accept().expect("accept").0
+    } else {
+        UnixStream::connect(path).expect("connect")
+    };
+    say(&format!("connected pid={}", std::process::id()));
+    let mut bytes = 0u64;
+    let result = match action.as_str() {
+        "read" => {
+            let mut buf = vec![0u8; 65536];
+            loop {
+                match stream.read(&mut buf) {
+                    Ok(0) => break "eof".to_owned(),
+                    Ok(n) => bytes += n as u64,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => break outcome(&e),
+                }
+            }
+        }
+        "write" => {
+            let buf = vec![0x5Au8; 65536];
+            loop {
+                match stream.write(&buf) {
+                    Ok(n) => bytes += n as u64,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => break outcome(&e),
+                }
+            }
+        }
+        "hold" => loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        },
+        other => panic!("unknown action {other}"),
+    };
+    say(&format!("woke result={result} at_ns={} bytes={bytes}", now_ns()));
+}

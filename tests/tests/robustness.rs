@@ -1,0 +1,682 @@
+//! End-to-end robustness (issue 5): never lose a byte, never hang, never leak a segment.
+//!
+//! Real agent, real kernel, real processes, SIGKILL included. Tests that run hooked programs
+//! hold the machine-wide default-state-directory lock ([`HookedAgent`], [`DefaultAgentLock`]);
+//! agent-only tests use a temporary state directory.
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    os::{
+        fd::{AsFd as _, AsRawFd as _, OwnedFd},
+        unix::{
+            fs::{MetadataExt as _, PermissionsExt as _},
+            net::{UnixListener, UnixStream},
+        },
+    },
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use tssx_common::control::{PlainReason, Reply, ReplyKind, Request, Role, CONTROL_SOCKET, REPLY_SIZE};
+use tssx_tests::{
+    hook, monotonic_ns, require_root, temp_dir, Agent, DefaultAgentLock, HookedAgent, Resources, DEFAULT_STATE_DIR,
+};
+use tssx_user::{fdpass, segment::Segment};
+
+const STREAM: &str = env!("CARGO_BIN_EXE_tssx-test-stream");
+const PEER: &str = env!("CARGO_BIN_EXE_tssx-test-peer");
+const CHURN: &str = env!("CARGO_BIN_EXE_tssx-test-churn");
+const CLAIM: &str = env!("CARGO_BIN_EXE_tssx-test-claim");
+const SERVER: &str = env!("CARGO_BIN_EXE_tssx-test-server");
+const CLIENT: &str = env!("CARGO_BIN_EXE_tssx-test-client");
+const MIB: u64 = 1 << 20;
+/// uid/gid of `nobody`.
+const NOBODY: u32 = 65534;
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+/// A running test program whose stdout lines arrive on a channel.
+struct Proc {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Proc {
+    fn spawn(mut cmd: Command) -> Self {
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+        let (tx, lines) = mpsc::channel();
+        let out = child.stdout.take().expect("stdout");
+        thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = std::sync::Arc::clone(&stderr);
+        let mut err = child.stderr.take().expect("stderr");
+        thread::spawn(move || {
+            let mut text = String::new();
+            let _ = err.read_to_string(&mut text);
+            sink.lock().unwrap().push_str(&text);
+        });
+        Self { child, lines, stderr }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The next line starting with `word`, within `timeout` (panics otherwise: a hang).
+    fn expect_line(&self, word: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.split_whitespace().next() == Some(word) => return line,
+                Ok(_) => {}
+                Err(e) => panic!("no `{word}` line within {timeout:?} ({e}); stderr: {}", self.stderr.lock().unwrap()),
+            }
+        }
+    }
+
+    fn running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+
+    fn kill9(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reap");
+    }
+
+    /// Waits (at most `timeout`) for a successful exit; returns the remaining stdout lines.
+    fn finish(mut self, timeout: Duration) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("{:?} hung: still running after {timeout:?}", self.child.id());
+            }
+            thread::sleep(Duration::from_millis(10));
+        };
+        thread::sleep(Duration::from_millis(50));
+        assert!(status.success(), "test program failed: {status}; stderr: {}", self.stderr.lock().unwrap());
+        self.lines.try_iter().collect()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn hooked(mut cmd: Command, on: bool) -> Command {
+    if on {
+        cmd.env("LD_PRELOAD", hook());
+    }
+    cmd
+}
+
+fn stream_cmd(role: &str, path: &str, bytes: u64, preload: bool) -> Command {
+    let mut cmd = Command::new(STREAM);
+    cmd.args([role, path, &bytes.to_string(), "7"]);
+    hooked(cmd, preload)
+}
+
+fn wait_for_file(path: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !Path::new(path).exists() {
+        assert!(Instant::now() < deadline, "{path} never appeared");
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Starts a stream server and client (`accept_delay_ms` between the server's listen and accept).
+fn start_stream_pair(path: &str, bytes: u64, server_hook: bool, client_hook: bool, accept_delay_ms: u64) -> (Proc, Proc) {
+    let mut server = stream_cmd("server", path, bytes, server_hook);
+    server.arg(accept_delay_ms.to_string());
+    let server = Proc::spawn(server);
+    server.expect_line("ready", Duration::from_secs(10));
+    wait_for_file(path);
+    let client = Proc::spawn(stream_cmd("client", path, bytes, client_hook));
+    (server, client)
+}
+
+/// Both ends of a stream pair finished with every byte checked, each way.
+fn finish_stream_pair(server: Proc, client: Proc, bytes: u64, timeout: Duration) {
+    for (who, proc) in [("client", client), ("server", server)] {
+        let lines = proc.finish(timeout);
+        let expected = format!("ok sent={bytes} received={bytes}");
+        assert!(lines.contains(&expected), "{who}: {lines:?}");
+    }
+}
+
+/// Waits until `agent` traced at least `count` lines of `kind` on `path`.
+fn await_trace(agent: &Agent, kind: &str, path: &str, count: usize, timeout: Duration) -> Vec<Value> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let found = agent.events_on(kind, path);
+        if found.len() >= count {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "no {count} `{kind}` line(s) on {path} within {timeout:?}: {found:?}");
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn until(timeout: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn sock_path(dir: &Path, name: &str) -> String {
+    dir.join(name).to_str().unwrap().to_owned()
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1 and 7: the agent dies or stops while connections are live
+
+/// SIGKILL of the agent mid-stream: the live connection finishes with every byte intact; the
+/// stale control socket and paths file left behind make new connections plain at once; a new
+/// agent on the same state directory replaces them and swaps again.
+#[test]
+fn agent_sigkilled_mid_stream_then_restarted() {
+    require_root();
+    let _lock = DefaultAgentLock::acquire();
+    let state = Path::new(DEFAULT_STATE_DIR);
+    let dir = temp_dir("robust-agentkill");
+    let path = sock_path(&dir, "app.sock");
+    let agent = Agent::start(&[&path], state);
+
+    const BYTES: u64 = 1 << 30;
+    let (server, mut client) = start_stream_pair(&path, BYTES, true, true, 0);
+    await_trace(&agent, "swapped", &path, 1, Duration::from_secs(10));
+    agent.kill9();
+    assert!(client.running(), "the stream ended before the agent was killed: the test proves nothing");
+    finish_stream_pair(server, client, BYTES, Duration::from_secs(120));
+
+    // Stale files of the dead agent: the hook finds a paths file, but nobody on the socket.
+    assert!(state.join("paths").exists() && state.join(CONTROL_SOCKET).exists(), "a SIGKILLed agent leaves its files");
+    let started = Instant::now();
+    let (server, client) = start_stream_pair(&path, MIB, true, true, 0);
+    finish_stream_pair(server, client, MIB, Duration::from_secs(20));
+    assert!(started.elapsed() < Duration::from_secs(2), "plain fallback took {:?}", started.elapsed());
+
+    // A restarted agent takes the directory over and swaps new connections.
+    let agent = Agent::start(&[&path], state);
+    assert_eq!(std::fs::read_to_string(state.join("paths")).unwrap(), format!("{path}\n"));
+    let (server, client) = start_stream_pair(&path, 64 * MIB, true, true, 0);
+    finish_stream_pair(server, client, 64 * MIB, Duration::from_secs(60));
+    let closed = await_trace(&agent, "closed", &path, 1, Duration::from_secs(10));
+    assert_eq!(closed[0]["bytes_client_to_server"], 64 * MIB, "{closed:?}");
+    assert_eq!(closed[0]["bytes_server_to_client"], 64 * MIB, "{closed:?}");
+    assert!(agent.stop().success());
+}
+
+/// SIGTERM with a live swapped connection: exit status 0, the connection keeps working to the
+/// end, the agent's files are withdrawn, and new connections are plain at once.
+#[test]
+fn agent_sigterm_with_live_connections() {
+    require_root();
+    let dir = temp_dir("robust-sigterm");
+    let path = sock_path(&dir, "app.sock");
+    let agent = HookedAgent::start(&[&path]);
+    const BYTES: u64 = 1 << 30;
+    let (server, mut client) = start_stream_pair(&path, BYTES, true, true, 0);
+    await_trace(&agent, "swapped", &path, 1, Duration::from_secs(10));
+    let status = agent.agent.stop();
+    assert!(client.running(), "the stream ended before SIGTERM: the test proves nothing");
+    assert!(status.success(), "agent exit status after SIGTERM: {status}");
+    finish_stream_pair(server, client, BYTES, Duration::from_secs(120));
+    let state = Path::new(DEFAULT_STATE_DIR);
+    assert!(!state.join("paths").exists() && !state.join(CONTROL_SOCKET).exists(), "SIGTERM withdraws the agent's files");
+    let started = Instant::now();
+    let (server, client) = start_stream_pair(&path, MIB, true, true, 0);
+    finish_stream_pair(server, client, MIB, Duration::from_secs(20));
+    assert!(started.elapsed() < Duration::from_secs(2), "plain fallback took {:?}", started.elapsed());
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2: a process killed mid-call
+
+/// What the waiting end saw and how long after the kill it woke.
+fn peer_death(path: &str, preload: bool, waiter_role: &str, action: &str) -> (String, Duration, u64) {
+    let peer = |role: &str, what: &str| {
+        let mut cmd = Command::new(PEER);
+        cmd.args([role, path, what]);
+        Proc::spawn(hooked(cmd, preload))
+    };
+    let (waiter, mut victim) = if waiter_role == "server" {
+        let w = peer("server", action);
+        w.expect_line("ready", Duration::from_secs(10));
+        (w, peer("client", "hold"))
+    } else {
+        let v = peer("server", "hold");
+        v.expect_line("ready", Duration::from_secs(10));
+        (peer("client", action), v)
+    };
+    waiter.expect_line("connected", Duration::from_secs(10));
+    victim.expect_line("connected", Duration::from_secs(10));
+    // Let the waiter block: a reader on an empty socket, a writer on a full one.
+    thread::sleep(Duration::from_millis(400));
+    let waiter_mem = Resources::of(waiter.pid()).rss_kib;
+    thread::sleep(Duration::from_millis(400));
+    let waiter_mem_later = Resources::of(waiter.pid()).rss_kib;
+    assert!(waiter_mem_later <= waiter_mem + 1024, "a blocked {action}er grew from {waiter_mem} to {waiter_mem_later} KiB");
+    let killed_at = monotonic_ns();
+    victim.kill9();
+    let woke = waiter.expect_line("woke", Duration::from_secs(5));
+    let at = tssx_tests::field(&woke, "at_ns").expect("at_ns") as u64;
+    let bytes = tssx_tests::field(&woke, "bytes").expect("bytes") as u64;
+    let result = woke.split_whitespace().find_map(|w| w.strip_prefix("result=")).expect("result").to_owned();
+    waiter.finish(Duration::from_secs(5));
+    (result, Duration::from_nanos(at.saturating_sub(killed_at)), bytes)
+}
+
+/// A peer SIGKILLed while the other end is blocked in read or write: the blocked end wakes within
+/// 100 ms with what a plain socket gives (EOF for a reader, EPIPE/ECONNRESET for a writer), both
+/// plain and swapped, on either side; the agent frees the segment once both ends are gone.
+#[test]
+fn peer_sigkilled_mid_call_wakes_the_other_end() {
+    require_root();
+    let dir = temp_dir("robust-peerkill");
+    let paths: Vec<String> = (0..4).map(|i| sock_path(&dir, &format!("p{i}.sock"))).collect();
+    let path_refs: Vec<&str> = paths.iter().map(String::as_str).collect();
+    let agent = HookedAgent::start(&path_refs);
+    let mut failures = Vec::new();
+    for (i, (waiter, action)) in [("server", "read"), ("server", "write"), ("client", "read"), ("client", "write")].into_iter().enumerate() {
+        let path = &paths[i];
+        let (plain, plain_latency, _) = peer_death(&format!("{path}.plain"), false, waiter, action);
+        let (swapped, latency, bytes) = peer_death(path, true, waiter, action);
+        let swaps = await_trace(&agent, "swapped", path, 1, Duration::from_secs(5));
+        assert_eq!(swaps.len(), 1, "{waiter} {action}: {swaps:?}");
+        let closed = await_trace(&agent, "closed", path, 1, Duration::from_secs(5));
+        assert_eq!(closed.len(), 1, "{waiter} {action}: segment not freed");
+        eprintln!("{waiter} blocked in {action}: plain {plain} after {plain_latency:?}, swapped {swapped} after {latency:?} ({bytes} bytes written)");
+        if plain_latency > Duration::from_millis(100) {
+            failures.push(format!("{waiter} {action} plain: woke after {plain_latency:?}"));
+        }
+        if swapped != plain {
+            failures.push(format!("{waiter} {action}: swapped end saw {swapped}, a plain socket gives {plain}"));
+        }
+        if latency > Duration::from_millis(100) {
+            failures.push(format!("{waiter} {action} swapped: woke after {latency:?} (> 100 ms)"));
+        }
+        if action == "write" {
+            assert!(bytes <= 4 * MIB, "a writer with a stopped reader wrote {bytes} bytes: the ring must bound it");
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+    assert!(agent.stop().success());
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3: many connections leave nothing behind
+
+/// eBPF map entries from the agent's stats, as a sorted list of (name, count).
+fn map_entries(stats: &Value) -> Vec<(String, u64)> {
+    stats["bpf_map_entries"].as_object().expect("bpf_map_entries").iter().map(|(k, v)| (k.clone(), v.as_u64().unwrap())).collect()
+}
+
+fn done_counts(line: &str) -> (i64, i64, i64, i64) {
+    let f = |k| tssx_tests::field(line, k).unwrap_or_else(|| panic!("{k} in {line}"));
+    (f("ok"), f("fds_before"), f("fds_after"), f("memfd_maps"))
+}
+
+/// 10,000 connections opened, used and closed one after another, every 100th with its client
+/// SIGKILLed: afterwards the agent holds no segment, memfd, mapping or extra fd, its eBPF maps
+/// are back to their size, and the surviving processes hold no memfd or extra fd either.
+#[test]
+fn ten_thousand_connections_leave_nothing_behind() {
+    require_root();
+    const N: u64 = 10_000;
+    const KILL_EVERY: u64 = 100;
+    let dir = temp_dir("robust-churn");
+    let path = sock_path(&dir, "churn.sock");
+    let agent = HookedAgent::start(&[&path]);
+    thread::sleep(Duration::from_millis(1500)); // one sweep: map counts published
+    let before = agent.resources();
+    let maps_before = map_entries(&agent.stats());
+    assert!(!maps_before.is_empty(), "the agent publishes its eBPF map sizes");
+    let started = Instant::now();
+
+    let mut server = Command::new(CHURN);
+    server.args(["server", &path, &N.to_string()]);
+    let server = Proc::spawn(hooked(server, true));
+    server.expect_line("ready", Duration::from_secs(10));
+    let mut client = Command::new(CHURN);
+    client.args(["client", &path, &N.to_string(), &KILL_EVERY.to_string()]);
+    let client = Proc::spawn(hooked(client, true));
+    let client_done = client.expect_line("done", Duration::from_secs(150));
+    let server_done = server.expect_line("done", Duration::from_secs(20));
+    let elapsed = started.elapsed();
+    eprintln!("{N} connections in {elapsed:?}");
+    client.finish(Duration::from_secs(10));
+    server.finish(Duration::from_secs(10));
+
+    let (ok, fds_before, fds_after, memfd_maps) = done_counts(&client_done);
+    assert_eq!(ok as u64, N - N / KILL_EVERY, "{client_done}");
+    assert_eq!((fds_after, memfd_maps), (fds_before, 0), "client leaked: {client_done}");
+    let (ok, fds_before, fds_after, memfd_maps) = done_counts(&server_done);
+    // A victim may die before its echo is written: the server's write then fails (EPIPE).
+    assert!(ok as u64 >= N - N / KILL_EVERY, "{server_done}");
+    assert_eq!((fds_after, memfd_maps), (fds_before, 0), "server leaked: {server_done}");
+    let swapped = agent.events_on("swapped", &path).len() as u64;
+    assert!(swapped >= N - N / KILL_EVERY, "only {swapped} of {N} connections were swapped");
+
+    until(Duration::from_secs(10), "every segment freed", || agent.stats()["live_segments"] == 0);
+    until(Duration::from_secs(10), "the eBPF maps back to their size", || map_entries(&agent.stats()) == maps_before);
+    let after = agent.resources();
+    let stats = agent.stats();
+    eprintln!("{N} connections in {elapsed:?}; agent before {before:?}, after {after:?}; stats {stats}");
+    assert_eq!((after.fds, after.memfd_fds, after.memfd_maps), (before.fds, 0, 0), "agent leaked: before {before:?}, after {after:?}");
+    assert!(after.rss_kib < before.rss_kib + 16 * 1024, "agent RSS grew from {} to {} KiB", before.rss_kib, after.rss_kib);
+    assert_eq!(stats["control_connections"], 0, "{stats}");
+    assert_eq!(stats["pending_claims"], 0, "{stats}");
+    assert!(elapsed < Duration::from_secs(90), "{N} connections took {elapsed:?}");
+    assert!(agent.stop().success());
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4: late accept, slow reader
+
+/// A server that accepts 4 s after the client connected and wrote: the claim stays pending
+/// while the connection waits in the accept queue, the client blocks once its ring is full
+/// (bounded memory), and then the swap completes with every byte intact. A server without the
+/// hook that accepts late gets every byte over the plain socket.
+#[test]
+fn late_accept_keeps_the_claim_pending_and_every_byte() {
+    require_root();
+    let dir = temp_dir("robust-late");
+    let hooked_path = sock_path(&dir, "late.sock");
+    let plain_path = sock_path(&dir, "late-plain.sock");
+    let agent = HookedAgent::start(&[&hooked_path, &plain_path]);
+
+    const BYTES: u64 = 64 * MIB;
+    let (server, client) = start_stream_pair(&hooked_path, BYTES, true, true, 4000);
+    await_trace(&agent, "client", &hooked_path, 1, Duration::from_secs(5));
+    thread::sleep(Duration::from_millis(1000));
+    let rss = Resources::of(client.pid()).rss_kib;
+    thread::sleep(Duration::from_millis(1500)); // past the 2 s the server had before
+    let rss_later = Resources::of(client.pid()).rss_kib;
+    assert!(rss_later <= rss + 1024, "a client blocked on a full ring grew from {rss} to {rss_later} KiB");
+    let status = agent.stats(); // the agent still answers while it waits
+    assert_eq!(status["pending_claims"], 1, "{status}");
+    assert!(agent.events_on("not", &hooked_path).is_empty(), "turned plain while unaccepted: {:?}", agent.events("not"));
+    finish_stream_pair(server, client, BYTES, Duration::from_secs(60));
+    assert_eq!(agent.events_on("swapped", &hooked_path).len(), 1, "{:?}", agent.events("not"));
+    let closed = await_trace(&agent, "closed", &hooked_path, 1, Duration::from_secs(10));
+    assert_eq!(closed[0]["bytes_client_to_server"], BYTES, "{closed:?}");
+
+    // No hook on the server: plain once it accepted and did not claim; the client replays.
+    let (server, client) = start_stream_pair(&plain_path, BYTES, false, true, 3000);
+    finish_stream_pair(server, client, BYTES, Duration::from_secs(60));
+    let plain = await_trace(&agent, "not", &plain_path, 1, Duration::from_secs(5));
+    assert!(plain.iter().any(|e| e["reason"].as_str().is_some_and(|r| r.contains("no hook"))), "{plain:?}");
+    assert!(agent.events_on("swapped", &plain_path).is_empty());
+    assert!(agent.stop().success());
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5: limits
+
+/// `--max-connections 2` and three connections at once: two swapped, the third plain with a
+/// `not swapped` trace that names the limit; all three work.
+#[test]
+fn max_connections_caps_live_segments() {
+    require_root();
+    let dir = temp_dir("robust-limit");
+    let path = sock_path(&dir, "limit.sock");
+    let agent = HookedAgent::start_with(&[&path], &["--max-connections", "2"]);
+    assert_eq!(agent.stats()["max_connections"], 2);
+    let mut server = Command::new(SERVER);
+    server.args([path.as_str(), "3"]);
+    let server = Proc::spawn(hooked(server, true));
+    server.expect_line("ready", Duration::from_secs(10));
+    let mut client = Command::new(CLIENT);
+    client.args([path.as_str(), "3"]);
+    Proc::spawn(hooked(client, true)).finish(Duration::from_secs(20));
+    server.finish(Duration::from_secs(10));
+    let limited: Vec<Value> = agent
+        .wait_for("not", &path, 1, Duration::from_secs(5))
+        .into_iter()
+        .filter(|e| e["reason"].as_str() == Some(PlainReason::TooManyConnections.describe()))
+        .collect();
+    assert_eq!(limited.len(), 1, "{:?}", agent.events("not"));
+    assert_eq!(limited[0]["max_connections"], 2, "{limited:?}");
+    assert_eq!(agent.events_on("swapped", &path).len(), 2, "{:?}", agent.events("swapped"));
+    assert!(agent.stop().success());
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6: security
+
+fn ask(state: &Path, request: &[u8]) -> (Reply, Option<OwnedFd>) {
+    let stream = UnixStream::connect(state.join(CONTROL_SOCKET)).expect("control socket");
+    (&stream).write_all(request).unwrap();
+    let mut buf = [0u8; REPLY_SIZE];
+    let (n, fd) = fdpass::recv_with_fd(stream.as_raw_fd(), &mut buf).unwrap();
+    (Reply::decode(&buf[..n]).expect("a valid reply"), fd)
+}
+
+fn third_party_claim(state: &Path, role: &str, fd: i32, as_nobody: bool) -> String {
+    let mut cmd = if as_nobody {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid", &NOBODY.to_string(), "--regid", &NOBODY.to_string(), "--clear-groups", CLAIM]);
+        c
+    } else {
+        Command::new(CLAIM)
+    };
+    cmd.arg(state).args([role, &fd.to_string()]);
+    let out = cmd.output().expect("run tssx-test-claim");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// Only the two processes the kernel shows as the ends get a segment: a third process, as root
+/// or as `nobody`, that claims their fds is refused and traced; the real ends still get it.
+#[test]
+fn third_processes_cannot_claim_someone_elses_socket() {
+    require_root();
+    let dir = temp_dir("robust-thief");
+    let path = sock_path(&dir, "app.sock");
+    let state = dir.join("state");
+    let agent = Agent::start(&[&path], &state);
+    let listener = UnixListener::bind(&path).unwrap();
+    let client = UnixStream::connect(&path).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    let plain_not_seen = format!("reply kind={} reason={} fd=no", ReplyKind::Plain as u32, PlainReason::NotSeen as u32);
+    for as_nobody in [false, true] {
+        for (role, fd) in [("client", client.as_raw_fd()), ("server", server.as_raw_fd()), ("client", server.as_raw_fd())] {
+            assert_eq!(third_party_claim(&state, role, fd, as_nobody), plain_not_seen, "{role} fd {fd}, nobody={as_nobody}");
+        }
+    }
+    let refused: Vec<Value> = agent.events("claim").into_iter().filter(|e| e["message"] == "claim refused").collect();
+    assert_eq!(refused.len(), 6, "{refused:?}");
+    assert_eq!(refused.iter().filter(|e| e["uid"] == NOBODY).count(), 3, "{refused:?}");
+    assert!(refused.iter().all(|e| e["pid"] != std::process::id() && e["reason"].as_str().is_some_and(|r| r.contains("kernel event"))), "{refused:?}");
+    // The real ends are unaffected.
+    let (reply, fd) = ask(&state, &Request::claim(Role::Client, client.as_raw_fd()).encode());
+    assert_eq!((reply.reply_kind(), fd.is_some()), (Some(ReplyKind::Swap), true), "{reply:?}");
+    let (reply, fd) = ask(&state, &Request::claim(Role::Server, server.as_raw_fd()).encode());
+    assert_eq!((reply.reply_kind(), fd.is_some()), (Some(ReplyKind::Swap), true), "{reply:?}");
+    assert!(agent.stop().success());
+}
+
+/// A server running as `nobody` swaps with a root client (the control socket and the paths
+/// file are reachable for it), and nothing in the state directory is world-writable but the
+/// control socket.
+#[test]
+fn processes_of_different_uids_swap() {
+    require_root();
+    let dir = temp_dir("robust-uids");
+    std::os::unix::fs::chown(&dir, Some(NOBODY), Some(NOBODY)).unwrap();
+    let path = sock_path(&dir, "app.sock");
+    let agent = HookedAgent::start(&[&path]);
+    let state = Path::new(DEFAULT_STATE_DIR);
+    for entry in std::fs::read_dir(state).unwrap().flatten() {
+        let meta = entry.metadata().unwrap();
+        let name = entry.file_name().into_string().unwrap();
+        let world_writable = meta.mode() & 0o002 != 0;
+        assert_eq!(world_writable, name == CONTROL_SOCKET, "{name}: mode {:o}", meta.mode());
+        assert_eq!(meta.uid(), 0, "{name}");
+    }
+    let dir_meta = std::fs::metadata(state).unwrap();
+    assert_eq!(dir_meta.permissions().mode() & 0o777, 0o755);
+
+    const BYTES: u64 = 64 * MIB;
+    let mut server = Command::new("setpriv");
+    server.args(["--reuid", &NOBODY.to_string(), "--regid", &NOBODY.to_string(), "--clear-groups", STREAM, "server", &path, &BYTES.to_string(), "7"]);
+    let server = Proc::spawn(hooked(server, true));
+    server.expect_line("ready", Duration::from_secs(10));
+    wait_for_file(&path);
+    let client = Proc::spawn(stream_cmd("client", &path, BYTES, true));
+    finish_stream_pair(server, client, BYTES, Duration::from_secs(60));
+    let swapped = await_trace(&agent, "swapped", &path, 1, Duration::from_secs(5));
+    assert_eq!(swapped.len(), 1, "{:?}", agent.events("not"));
+    let closed = await_trace(&agent, "closed", &path, 1, Duration::from_secs(10));
+    assert_eq!((closed[0]["bytes_client_to_server"].as_u64(), closed[0]["bytes_server_to_client"].as_u64()), (Some(BYTES), Some(BYTES)));
+    assert!(agent.stop().success());
+}
+
+/// xorshift64: deterministic garbage.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}
+
+fn reset_on_close(stream: &UnixStream) {
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: passes a live linger struct of the stated size to our own socket.
+    unsafe {
+        libc::setsockopt(stream.as_raw_fd(), libc::SOL_SOCKET, libc::SO_LINGER, (&linger as *const libc::linger).cast(), std::mem::size_of::<libc::linger>() as u32)
+    };
+}
+
+/// Random, malformed, truncated, oversized and idle messages, more connections than the agent
+/// serves at once, and abrupt disconnects: the agent keeps running, still serves a real claim,
+/// and its descriptors come back to where they were.
+#[test]
+fn control_socket_survives_garbage() {
+    require_root();
+    let dir = temp_dir("robust-garbage");
+    let path = sock_path(&dir, "app.sock");
+    let state = dir.join("state");
+    let agent = Agent::start(&[&path], &state);
+    thread::sleep(Duration::from_millis(300));
+    let baseline = agent.resources();
+    let control = state.join(CONTROL_SOCKET);
+    let connect = || UnixStream::connect(&control).expect("the agent still accepts control connections");
+    let mut rng = Rng(0x5EED_1234_ABCD_9876);
+    let valid = Request::claim(Role::Client, 3).encode();
+
+    // Idle connections beyond what the agent serves at once, held while the rest goes on.
+    let idle: Vec<UnixStream> = (0..300).map(|_| connect()).collect();
+    // Random bytes of every length, some closed with a reset.
+    for i in 0..400 {
+        let s = connect();
+        let len = (rng.next() % 64) as usize;
+        let _ = (&s).write_all(&rng.bytes(len));
+        if i % 3 == 0 {
+            reset_on_close(&s);
+        }
+    }
+    // Well-formed header, garbage fields; valid claims of random fds (refused: not seen).
+    for _ in 0..100 {
+        let s = connect();
+        let mut m = valid;
+        m[8..].copy_from_slice(&rng.bytes(16));
+        let _ = (&s).write_all(&m);
+        let _ = s.shutdown(std::net::Shutdown::Write);
+    }
+    let claimers: Vec<_> = (0..20)
+        .map(|i| {
+            let control = control.clone();
+            thread::spawn(move || {
+                let s = UnixStream::connect(&control).unwrap();
+                let _ = (&s).write_all(&Request::claim(Role::Server, 100 + i).encode());
+                let mut buf = [0u8; 64];
+                let _ = (&s).read(&mut buf);
+            })
+        })
+        .collect();
+    // Oversized: megabytes after a valid request, and after garbage.
+    for i in 0..10 {
+        let s = connect();
+        s.set_write_timeout(Some(Duration::from_secs(3))).unwrap();
+        let mut big = if i % 2 == 0 { valid.to_vec() } else { Vec::new() };
+        big.extend(rng.bytes(4 << 20));
+        let _ = (&s).write_all(&big);
+    }
+    // Half messages, kept open past the agent's request timeout, and status readers that leave.
+    let halves: Vec<UnixStream> = (1..24)
+        .map(|cut| {
+            let s = connect();
+            let _ = (&s).write_all(&valid[..cut]);
+            s
+        })
+        .collect();
+    for _ in 0..20 {
+        let s = connect();
+        let _ = (&s).write_all(&Request::status().encode());
+        reset_on_close(&s);
+    }
+    thread::sleep(Duration::from_millis(2500)); // past the request timeout
+    drop(halves);
+    drop(idle);
+    for c in claimers {
+        c.join().unwrap();
+    }
+    until(Duration::from_secs(10), "control connections served to the end", || {
+        agent.try_stats().is_ok_and(|s| s["control_connections"] == 0)
+    });
+    let stats = agent.stats();
+    assert!(stats["control_connections_refused"].as_u64().unwrap() > 0, "more than the cap of control connections were served: {stats}");
+    let after = agent.resources();
+    assert_eq!(after.fds, baseline.fds, "agent fds before {baseline:?}, after {after:?}");
+
+    // A real claim is still served, and its segment freed once both ends let go.
+    let listener = UnixListener::bind(&path).unwrap();
+    let client = UnixStream::connect(&path).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    let (reply, client_fd) = ask(&state, &Request::claim(Role::Client, client.as_raw_fd()).encode());
+    assert_eq!(reply.reply_kind(), Some(ReplyKind::Swap), "{reply:?}");
+    let (reply, server_fd) = ask(&state, &Request::claim(Role::Server, server.as_raw_fd()).encode());
+    assert_eq!(reply.reply_kind(), Some(ReplyKind::Swap), "{reply:?}");
+    let segment = Segment::open(client_fd.expect("memfd").as_fd()).unwrap();
+    drop(server_fd);
+    for r in &segment.header().refcount {
+        r.store(0, std::sync::atomic::Ordering::Release); // both ends closed, as the hook does
+    }
+    await_trace(&agent, "closed", &path, 1, Duration::from_secs(5));
+    let end = agent.resources();
+    assert_eq!((end.fds, end.memfd_fds), (baseline.fds, 0), "agent fds before {baseline:?}, at the end {end:?}");
+    assert!(agent.stop().success());
+}

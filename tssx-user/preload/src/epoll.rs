@@ -1,0 +1,379 @@
+//! `epoll_ctl` and `epoll_wait`/`epoll_pwait`/`epoll_pwait2` for swapped fds.
+//!
+//! The kernel cannot see a swapped socket's readiness (the bytes are in shared memory), so the
+//! hook keeps the application's interest in each swapped fd itself, per epoll instance, and
+//! registers the *real* socket with the kernel for what only the kernel can report: doorbells
+//! and the peer's death (`EPOLLIN | EPOLLRDHUP | EPOLLET`, data = [`TAG`] | fd). `epoll_wait`
+//! then reports swapped fds from their rings (level- or edge-triggered, `EPOLLONESHOT` until
+//! re-armed with `EPOLL_CTL_MOD`), merges what the kernel reports for plain fds, and sleeps in
+//! the real call only after spinning briefly and announcing the sleep to every peer.
+//!
+//! An epoll instance with no swapped fd costs one atomic load per call. A swapped fd that turns
+//! plain gets the application's own registration back (`EPOLL_CTL_MOD`).
+//!
+//! Limits: an fd registered *before* it was swapped (epoll_ctl before connect) keeps the
+//! kernel's view of the real socket; a user `data` value equal to [`TAG`] | fd for an fd of the
+//! same instance would be mistaken for a doorbell.
+
+use std::{
+    cell::UnsafeCell,
+    ptr::null_mut,
+    sync::atomic::{fence, AtomicBool, AtomicPtr, Ordering::{Acquire, Relaxed, Release, SeqCst}},
+};
+
+use libc::{c_int, epoll_event, sigset_t};
+
+use crate::{
+    conn::{self, bits, lookup, now_ns, spin_budget, spin_outcome, Conn, MAX_FDS},
+    real,
+};
+use tssx_common::segment::SegmentState;
+
+/// High half of the kernel registration data of a swapped fd's real socket ("tSSX").
+pub const TAG: u64 = 0x7453_5358_0000_0000;
+const TAG_MASK: u64 = 0xffff_ffff_0000_0000;
+
+/// What the application asked for one swapped fd in one epoll instance.
+#[derive(Clone, Copy)]
+struct Interest {
+    fd: c_int,
+    /// [`Conn::id`] of the connection registered, to tell it from a later one on the same fd.
+    conn: u64,
+    events: u32,
+    data: u64,
+    /// EPOLLONESHOT: disarmed after one report until EPOLL_CTL_MOD.
+    armed: bool,
+    /// Edge-triggered: the edge positions and bits at the last report.
+    seen: (u64, u64, u32),
+}
+
+/// The swapped interests of one epoll instance, behind a spin lock (epoll calls are not
+/// async-signal-safe, so a lock is allowed; it is held for list updates and scans only).
+struct Set {
+    /// Acquire on lock, Release on unlock.
+    locked: AtomicBool,
+    entries: UnsafeCell<Vec<Interest>>,
+    /// Round-robin start of the next scan, so a small `maxevents` starves nobody.
+    next: UnsafeCell<usize>,
+}
+
+// SAFETY: `entries` and `next` are only touched with `locked` held (see `Set::with`).
+unsafe impl Sync for Set {}
+
+impl Set {
+    fn with<R>(&self, f: impl FnOnce(&mut Vec<Interest>, &mut usize) -> R) -> R {
+        while self.locked.compare_exchange_weak(false, true, Acquire, Relaxed).is_err() {
+            std::hint::spin_loop();
+        }
+        // SAFETY: the lock is held.
+        let r = f(unsafe { &mut *self.entries.get() }, unsafe { &mut *self.next.get() });
+        self.locked.store(false, Release);
+        r
+    }
+}
+
+/// epoll fd -> its swapped interests (null: none ever). Acquire/Release publish a new set.
+static SETS: [AtomicPtr<Set>; MAX_FDS] = [const { AtomicPtr::new(null_mut()) }; MAX_FDS];
+
+fn set_of(epfd: c_int) -> Option<&'static Set> {
+    let ptr = SETS.get(usize::try_from(epfd).ok()?)?.load(Acquire);
+    // SAFETY: non-null entries are leaked `Set`s, freed only when the epoll fd closes.
+    (!ptr.is_null()).then(|| unsafe { &*ptr })
+}
+
+fn set_or_new(epfd: c_int) -> Option<&'static Set> {
+    if let Some(s) = set_of(epfd) {
+        return Some(s);
+    }
+    let slot = SETS.get(usize::try_from(epfd).ok()?)?;
+    let new = Box::into_raw(Box::new(Set { locked: AtomicBool::new(false), entries: UnsafeCell::new(Vec::new()), next: UnsafeCell::new(0) }));
+    if let Err(_) = slot.compare_exchange(null_mut(), new, Release, Acquire) {
+        // SAFETY: ours, never shared.
+        drop(unsafe { Box::from_raw(new) });
+    }
+    set_of(epfd)
+}
+
+/// `close(epfd)`: forget its interests.
+pub fn closed(fd: c_int) {
+    if let Some(slot) = usize::try_from(fd).ok().and_then(|i| SETS.get(i)) {
+        let old = slot.swap(null_mut(), Acquire);
+        if !old.is_null() {
+            // SAFETY: the set was leaked by `set_or_new`; a concurrent epoll_wait on a closing
+            // epoll fd is an application bug (EBADF), as with the kernel.
+            drop(unsafe { Box::from_raw(old) });
+        }
+    }
+}
+
+/// Whether `fd` is an epoll instance with swapped interests.
+#[inline]
+pub fn has_set(epfd: c_int) -> bool {
+    set_of(epfd).is_some()
+}
+
+/// The live connection an interest was registered for, if it is still that one and swapped.
+fn live(i: &Interest) -> Option<&'static Conn> {
+    lookup(i.fd).filter(|c| c.id() == i.conn)
+}
+
+/// The kernel registration of a swapped fd's real socket.
+fn tagged(fd: c_int) -> epoll_event {
+    epoll_event { events: (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLET) as u32, u64: TAG | fd as u64 }
+}
+
+/// Gives a no-longer-swapped fd the application's own registration back.
+fn restore(epfd: c_int, i: &Interest) {
+    let mut ev = epoll_event { events: i.events, u64: i.data };
+    // SAFETY: a live event; ENOENT (the fd was closed) is fine.
+    unsafe { real::epoll_ctl(epfd, libc::EPOLL_CTL_MOD, i.fd, &mut ev) };
+}
+
+/// `epoll_ctl` on a swapped fd. `None`: not swapped, use the real call.
+///
+/// # Safety
+/// `event` is null or valid, as for epoll_ctl.
+pub unsafe fn ctl(epfd: c_int, op: c_int, fd: c_int, event: *mut epoll_event) -> Option<c_int> {
+    let Some(c) = lookup(fd) else {
+        if op == libc::EPOLL_CTL_ADD {
+            // A swapped fd that closed left an interest behind; this fd reuses its number.
+            if let Some(set) = set_of(epfd) {
+                set.with(|v, _| v.retain(|i| i.fd != fd || live(i).is_some()));
+            }
+        }
+        return None;
+    };
+    let user = (!event.is_null()).then(|| {
+        // SAFETY: non-null and valid per the contract.
+        let e = unsafe { &*event };
+        (e.events, e.u64)
+    });
+    let mut kernel = tagged(fd);
+    // SAFETY: a live event; the kernel checks epfd, fd, op and reports errors itself.
+    let rc = unsafe { real::epoll_ctl(epfd, op, fd, &mut kernel) };
+    if rc != 0 {
+        return Some(rc);
+    }
+    let Some(set) = set_or_new(epfd) else { return Some(rc) };
+    set.with(|v, _| {
+        v.retain(|i| i.fd != fd);
+        if op != libc::EPOLL_CTL_DEL {
+            if let Some((events, data)) = user {
+                v.push(Interest { fd, conn: c.id(), events, data, armed: true, seen: (u64::MAX, u64::MAX, 0) });
+            }
+        }
+    });
+    Some(0)
+}
+
+/// Moves ready swapped interests into `out`; returns how many.
+fn collect(epfd: c_int, set: &Set, out: &mut [epoll_event]) -> usize {
+    set.with(|v, next| {
+        let mut n = 0;
+        let len = v.len();
+        let mut dead = false;
+        for k in 0..len {
+            if n == out.len() {
+                break;
+            }
+            let idx = (*next + k) % len;
+            let i = &mut v[idx];
+            let Some(c) = live(i) else {
+                dead = true;
+                continue;
+            };
+            if c.unswap_if_plain(i.fd) {
+                restore(epfd, i);
+                dead = true;
+                continue;
+            }
+            if !i.armed {
+                continue;
+            }
+            let ready = c.readiness();
+            let mut mask = ready & (i.events | bits::HUP | libc::EPOLLERR as u32);
+            if i.events & libc::EPOLLET as u32 != 0 {
+                let (head, tail) = c.edges();
+                let (seen_head, seen_tail, seen_bits) = i.seen;
+                let mut edge = 0;
+                if head != seen_head || (ready & bits::RDHUP != 0 && seen_bits & bits::RDHUP == 0) {
+                    edge |= bits::IN | bits::RDHUP;
+                }
+                if tail != seen_tail {
+                    edge |= bits::OUT;
+                }
+                edge |= (ready & !seen_bits) & (bits::HUP | bits::RDHUP);
+                mask &= edge;
+                if mask != 0 {
+                    i.seen = (head, tail, ready);
+                }
+            }
+            if mask == 0 {
+                continue;
+            }
+            if i.events & libc::EPOLLONESHOT as u32 != 0 {
+                i.armed = false;
+            }
+            out[n] = epoll_event { events: mask, u64: i.data };
+            n += 1;
+        }
+        if dead {
+            v.retain(|i| live(i).is_some_and(|c| c.state() != Some(SegmentState::Plain)));
+        }
+        *next = if len == 0 { 0 } else { (*next + 1) % len };
+        n
+    })
+}
+
+/// Drops the kernel's events for tagged real sockets from `out[..m]` (draining doorbells or
+/// noting a plain peer), keeping plain fds' events in order; returns how many remain.
+fn filter(out: &mut [epoll_event], m: usize) -> usize {
+    let mut kept = 0;
+    for k in 0..m {
+        let ev = out[k];
+        if ev.u64 & TAG_MASK == TAG {
+            let fd = (ev.u64 & 0xffff_ffff) as c_int;
+            if let Some(c) = lookup(fd) {
+                if c.state() == Some(SegmentState::Pending) {
+                    c.on_plain_data();
+                } else {
+                    c.drain_doorbells(fd);
+                }
+            }
+            continue;
+        }
+        out[kept] = ev;
+        kept += 1;
+    }
+    kept
+}
+
+/// Whether any interest of `set` would be reported now (for the spin and the re-check).
+fn any_ready(set: &Set) -> bool {
+    set.with(|v, _| {
+        v.iter().any(|i| {
+            i.armed
+                && live(i).is_some_and(|c| {
+                    let ready = c.readiness() & (i.events | bits::HUP);
+                    if ready == 0 {
+                        return false;
+                    }
+                    if i.events & libc::EPOLLET as u32 == 0 {
+                        return true;
+                    }
+                    let (head, tail) = c.edges();
+                    head != i.seen.0 || tail != i.seen.1 || (ready & !i.seen.2) != 0
+                })
+        })
+    })
+}
+
+/// Announces (or withdraws) a sleep on every connection of `set`; returns (any shared, any
+/// pending) for the announcing call.
+fn announce_all(set: &Set, on: bool) -> (bool, bool) {
+    set.with(|v, _| {
+        let (mut shared, mut pending) = (false, false);
+        for i in v.iter() {
+            if let Some(c) = live(i) {
+                if on {
+                    c.announce();
+                    shared |= c.is_shared();
+                    pending |= c.state() == Some(SegmentState::Pending);
+                } else {
+                    c.withdraw();
+                }
+            }
+        }
+        (shared, pending)
+    })
+}
+
+/// `epoll_wait`/`epoll_pwait`/`epoll_pwait2` on an instance with swapped interests.
+/// `timeout_ns`: `None` waits forever.
+///
+/// # Safety
+/// `events` is valid for `maxevents` entries; `sigmask` is null or valid.
+pub unsafe fn wait(epfd: c_int, events: *mut epoll_event, maxevents: c_int, timeout_ns: Option<u64>, sigmask: *const sigset_t) -> c_int {
+    let Some(set) = set_of(epfd) else {
+        // SAFETY: forwarded.
+        return unsafe { real_wait(epfd, events, maxevents, timeout_ns, sigmask) };
+    };
+    if maxevents <= 0 || events.is_null() {
+        conn::set_errno(libc::EINVAL);
+        return -1;
+    }
+    // SAFETY: valid for `maxevents` entries per the contract.
+    let out = unsafe { std::slice::from_raw_parts_mut(events, maxevents as usize) };
+    let deadline = timeout_ns.map(|t| now_ns().saturating_add(t));
+    let mut spun = false;
+    loop {
+        let n = collect(epfd, set, out);
+        let expired = deadline.is_some_and(|d| now_ns() >= d);
+        if n > 0 || expired {
+            // Plain fds' events too, without waiting.
+            // SAFETY: the rest of the caller's array.
+            let m = unsafe { real_wait(epfd, out[n..].as_mut_ptr(), (out.len() - n) as c_int, Some(0), sigmask) };
+            let m = if m > 0 { filter(&mut out[n..], m as usize) } else { 0 };
+            let more = if n + m < out.len() && m > 0 { collect(epfd, set, &mut out[n + m..]) } else { 0 };
+            return (n + m + more) as c_int;
+        }
+        if !spun {
+            spun = true;
+            let until = now_ns() + spin_budget().min(timeout_ns.unwrap_or(u64::MAX));
+            let mut found = false;
+            while now_ns() < until {
+                for _ in 0..32 {
+                    std::hint::spin_loop();
+                }
+                if any_ready(set) {
+                    found = true;
+                    break;
+                }
+            }
+            spin_outcome(found);
+            if found {
+                continue;
+            }
+        }
+        let (shared, pending) = announce_all(set, true);
+        fence(SeqCst);
+        let m = if any_ready(set) {
+            0
+        } else {
+            let mut wait = deadline.map(|d| d.saturating_sub(now_ns()));
+            if shared {
+                wait = Some(wait.unwrap_or(u64::MAX).min(1_000_000));
+            }
+            if pending {
+                wait = Some(wait.unwrap_or(u64::MAX).min(10_000_000));
+            }
+            // SAFETY: the caller's array.
+            unsafe { real_wait(epfd, out.as_mut_ptr(), out.len() as c_int, wait, sigmask) }
+        };
+        let saved_errno = conn::errno();
+        announce_all(set, false);
+        if m < 0 {
+            conn::set_errno(saved_errno);
+            return -1;
+        }
+        let kept = filter(out, m as usize);
+        let n = kept + collect(epfd, set, &mut out[kept..]);
+        if n > 0 {
+            return n as c_int;
+        }
+    }
+}
+
+/// The real wait with a nanosecond timeout: `epoll_pwait` when it fits in milliseconds
+/// (rounded up, so a short wait is never a busy loop), else `epoll_pwait2`.
+///
+/// # Safety
+/// As [`wait`].
+pub unsafe fn real_wait(epfd: c_int, events: *mut epoll_event, maxevents: c_int, timeout_ns: Option<u64>, sigmask: *const sigset_t) -> c_int {
+    let ms = match timeout_ns {
+        None => -1,
+        Some(ns) => ns.div_ceil(1_000_000).min(c_int::MAX as u64) as c_int,
+    };
+    // SAFETY: forwarded.
+    unsafe { real::epoll_pwait(epfd, events, maxevents, ms, sigmask) }
+}
