@@ -2,7 +2,10 @@
  * exec of a child that inherits the socket: the new image keeps reading and writing, and no
  * byte already sent is lost.
  *
- *   exec server PATH / exec client PATH      (the server runs itself as: exec image FD)
+ *   exec server PATH HOW / exec client PATH      (the child runs this program as: exec image FD)
+ *
+ * HOW is the exec call: execv, execve, execvp, or execl (variadic; libc forwards it to execve
+ * inside itself).
  *
  * The client writes 2000 bytes at once. The server reads the first 1000, forks, and the child
  * execs this program with the socket's fd number; the parent closes its copy and waits. The
@@ -27,8 +30,7 @@ static void image(int fd) {
     SHOW("image: close", close(fd));
 }
 
-static void server(const char *path, const char *self) {
-    (void)self;
+static void server(const char *path, const char *how) {
     int lfd = listen_on(path);
     int c = accept_one(lfd);
     char buf[1000];
@@ -40,8 +42,14 @@ static void server(const char *path, const char *self) {
         char fdstr[16];
         snprintf(fdstr, sizeof fdstr, "%d", c);
         close(lfd);
-        execl("/proc/self/exe", "exec", "image", fdstr, (char *)NULL);
-        die("execl: %s", errname(errno));
+        char *args[] = {"exec", "image", fdstr, NULL};
+        extern char **environ;
+        if (!strcmp(how, "execv")) execv("/proc/self/exe", args);
+        else if (!strcmp(how, "execve")) execve("/proc/self/exe", args, environ);
+        else if (!strcmp(how, "execvp")) execvp("/proc/self/exe", args);
+        else if (!strcmp(how, "execl")) execl("/proc/self/exe", "exec", "image", fdstr, (char *)NULL);
+        else die("unknown exec call %s", how);
+        die("%s: %s", how, errname(errno));
     }
     SHOW("close the parent's copy", close(c));
     say("child %s", statusstr(wait_child(child)));
@@ -65,7 +73,11 @@ int main(int argc, char **argv) {
         return 0;
     }
     const char *path;
-    if (parse_role(argc, argv, &path)) server(path, argv[0]);
-    else client(path);
+    if (parse_role(argc, argv, &path)) {
+        if (argc != 4) die("usage: exec server PATH execv|execve|execvp|execl");
+        server(path, argv[3]);
+    } else {
+        client(path);
+    }
     return 0;
 }

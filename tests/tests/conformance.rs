@@ -360,7 +360,10 @@ scenarios! {
     dup_copies_are_one_connection: "dup", server [], client [], connections 3, shm 100;
     prefork_server: "prefork", server ["3", "12"], client ["12"], connections 12, shm 12 * 16;
     fork_after_accept_and_connect: "fork", server [], client [], connections 1, shm 46;
-    exec_child_inherits_the_socket: "exec", server [], client [], connections 1, shm 52_009;
+    exec_child_inherits_the_socket_execv: "exec", server ["execv"], client [], connections 1, shm 52_009;
+    exec_child_inherits_the_socket_execve: "exec", server ["execve"], client [], connections 1, shm 52_009;
+    exec_child_inherits_the_socket_execvp: "exec", server ["execvp"], client [], connections 1, shm 52_009;
+    exec_child_inherits_the_socket_execl: "exec", server ["execl"], client [], connections 1, shm 52_009;
     threads_duplex_two_readers_two_writers: "threads", server [], client [], connections 3, shm 3 * (8 << 20) + 2 * 20_000 * 64;
     signals_eintr_and_sa_restart: "signals", server [], client [], connections 1, shm 10;
     random_interleaving_stress: "stress", server ["8388608", "42"], client ["8388608", "42"], connections 1, shm 2 * 8_388_608;
