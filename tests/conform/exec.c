@@ -4,8 +4,8 @@
  *
  *   exec server PATH HOW / exec client PATH      (the child runs this program as: exec image FD)
  *
- * HOW is the exec call: execv, execve, execvp, or execl (variadic; libc forwards it to execve
- * inside itself).
+ * HOW is the exec call: execv, execve, execvp, execl (variadic; libc forwards it to execve
+ * inside itself), or posix_spawn (no fork in the program at all).
  *
  * The client writes 2000 bytes at once. The server reads the first 1000, forks, and the child
  * execs this program with the socket's fd number; the parent closes its copy and waits. The
@@ -13,6 +13,8 @@
  * client's next 50 000 bytes and EOF.
  */
 #include "conform.h"
+
+#include <spawn.h>
 
 static void image(int fd) {
     static char buf[50000];
@@ -36,11 +38,19 @@ static void server(const char *path, const char *how) {
     char buf[1000];
     size_t got = read_full(c, buf, sizeof buf);
     say("read %zu bytes, content ok: %s", got, pat_check(buf, 0, got) ? "yes" : "no");
-    pid_t child = fork();
-    CHECK(child >= 0);
-    if (child == 0) {
-        char fdstr[16];
-        snprintf(fdstr, sizeof fdstr, "%d", c);
+    char fdstr[16];
+    snprintf(fdstr, sizeof fdstr, "%d", c);
+    pid_t child;
+    if (!strcmp(how, "posix_spawn")) {
+        char *args[] = {"exec", "image", fdstr, NULL};
+        extern char **environ;
+        posix_spawn_file_actions_t fa;
+        CHECK(posix_spawn_file_actions_init(&fa) == 0);
+        CHECK(posix_spawn_file_actions_addclose(&fa, lfd) == 0);
+        int rc = posix_spawn(&child, "/proc/self/exe", &fa, NULL, args, environ);
+        if (rc != 0) die("posix_spawn: %s", errname(rc));
+        posix_spawn_file_actions_destroy(&fa);
+    } else if ((child = fork()) == 0) {
         close(lfd);
         char *args[] = {"exec", "image", fdstr, NULL};
         extern char **environ;
@@ -51,8 +61,13 @@ static void server(const char *path, const char *how) {
         else die("unknown exec call %s", how);
         die("%s: %s", how, errname(errno));
     }
-    SHOW("close the parent's copy", close(c));
-    say("child %s", statusstr(wait_child(child)));
+    CHECK(child > 0);
+    /* The new image prints meanwhile: report the close only after it exited. */
+    errno = 0;
+    int rc = close(c), err = errno;
+    int st = wait_child(child);
+    say("close the parent's copy -> %s", rcstr(rc, err));
+    say("child %s", statusstr(st));
 }
 
 static void client(const char *path) {

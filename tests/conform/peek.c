@@ -39,6 +39,8 @@ static void server(const char *path) {
     fionread(c);
     SHOW("recv MSG_PEEK|MSG_DONTWAIT empty", recv(c, buf, 100, MSG_PEEK | MSG_DONTWAIT));
     SHOW("recv MSG_DONTWAIT empty", recv(c, buf, 100, MSG_DONTWAIT));
+    SHOW("read 0 bytes, nothing queued", read(c, buf, 0));
+    SHOW("write 0 bytes", write(c, buf, 0));
 
     say("-- writev / readv");
     send_byte(c, 'g');

@@ -128,7 +128,12 @@ int main(int argc, char **argv) {
         int c = accept_one(lfd);
         run(c, total, seed * 2, S, C, 1);
     } else {
-        int fd = connect_to(path);
+        /* Non-blocking from socket() on: connect must still succeed at once. */
+        socklen_t len;
+        struct sockaddr_un a = address(path, &len);
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0);
+        CHECK(fd >= 0);
+        SHOW("connect SOCK_NONBLOCK", connect(fd, (struct sockaddr *)&a, len));
         run(fd, total, seed * 2 + 1, C, S, 0);
         SHOW("close", close(fd));
     }
