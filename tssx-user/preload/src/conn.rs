@@ -486,7 +486,28 @@ pub mod bits {
     pub const ERR: u32 = libc::POLLERR as u32;
 }
 
+/// The received socket of `fds` that the segment in `memfd` belongs to (see `pass`).
+pub fn segment_target(memfd: &OwnedFd, fds: &[c_int]) -> Option<(c_int, End)> {
+    let segment = Segment::open(std::os::fd::AsFd::as_fd(memfd)).ok()?;
+    crate::pass::target_of(segment.header(), fds)
+}
+
 impl Conn {
+    /// The segment header.
+    pub fn header(&self) -> &tssx_common::segment::SegmentHeader {
+        self.segment.header()
+    }
+
+    /// Which end this process holds.
+    pub fn end(&self) -> End {
+        self.end
+    }
+
+    /// The segment's memfd (owned by this connection).
+    pub fn memfd_raw(&self) -> c_int {
+        self.memfd.as_raw_fd()
+    }
+
     /// Unique id of this connection in this process.
     pub fn id(&self) -> u64 {
         self.id
