@@ -349,6 +349,12 @@ pub fn spin_budget() -> u64 {
     SPIN_NS.with(|b| if b.get() == 0 { SPIN_MAX_NS / 2 } else { b.get() })
 }
 
+/// Gives the core away during a long spin (a cheap system call when nobody else wants it).
+pub fn spin_yield() {
+    // SAFETY: sched_yield has no preconditions.
+    unsafe { libc::sched_yield() };
+}
+
 /// Adapts the spin budget: spinning paid off (`true`) or the wait slept anyway (`false`).
 pub fn spin_outcome(found: bool) {
     SPIN_NS.with(|b| {
@@ -399,8 +405,12 @@ impl Backoff {
             self.spin_until = now_ns() + spin_budget();
         }
         self.spins += 1;
-        // The clock is read every 64 checks only.
+        // The clock is read every 64 checks only; a long spin yields now and then, so that on
+        // a busy machine the peer (or anyone) that needs this core gets it.
         if self.spins % 64 != 0 || now_ns() < self.spin_until {
+            if self.spins % 1024 == 0 {
+                spin_yield();
+            }
             std::hint::spin_loop();
             return Ok(());
         }

@@ -321,9 +321,14 @@ pub unsafe fn wait(epfd: c_int, events: *mut epoll_event, maxevents: c_int, time
             spun = true;
             let until = now_ns() + spin_budget().min(timeout_ns.unwrap_or(u64::MAX));
             let mut found = false;
+            let mut rounds = 0u32;
             while now_ns() < until {
                 for _ in 0..32 {
                     std::hint::spin_loop();
+                }
+                rounds += 1;
+                if rounds % 32 == 0 {
+                    conn::spin_yield();
                 }
                 if any_ready(set) {
                     found = true;

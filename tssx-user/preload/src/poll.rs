@@ -138,9 +138,14 @@ pub unsafe fn poll(fds: &mut [pollfd], timeout_ns: Option<u64>, sigmask: *const 
             spun = true;
             let until = now_ns() + spin_budget().min(timeout_ns.unwrap_or(u64::MAX));
             let mut found = false;
+            let mut rounds = 0u32;
             while now_ns() < until {
                 for _ in 0..32 {
                     std::hint::spin_loop();
+                }
+                rounds += 1;
+                if rounds % 32 == 0 {
+                    conn::spin_yield();
                 }
                 if fds.iter().any(|p| p.fd >= 0 && lookup(p.fd).is_some_and(|c| ring_revents(c, p.events) != 0)) {
                     found = true;
