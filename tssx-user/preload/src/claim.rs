@@ -77,15 +77,16 @@ pub fn talking_to_agent() -> bool {
     TALKING_TO_AGENT.with(std::cell::Cell::get)
 }
 
-/// Sends `request` to the agent; returns the reply and the segment fd sent with a swap.
-pub fn ask(request: Request) -> Option<(Reply, Option<OwnedFd>)> {
+/// Sends `request` to the agent; returns the reply, the segment fd sent with a swap, and the
+/// control connection (the agent keeps a pending client's open until it decides).
+pub fn ask(request: Request) -> Option<(Reply, Option<OwnedFd>, OwnedFd)> {
     TALKING_TO_AGENT.with(|t| t.set(true));
     let answer = ask_agent(request);
     TALKING_TO_AGENT.with(|t| t.set(false));
     answer
 }
 
-fn ask_agent(request: Request) -> Option<(Reply, Option<OwnedFd>)> {
+fn ask_agent(request: Request) -> Option<(Reply, Option<OwnedFd>, OwnedFd)> {
     // SAFETY: plain socket(2) call; the fd is owned right below.
     let raw = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
     if raw < 0 {
@@ -115,13 +116,16 @@ fn ask_agent(request: Request) -> Option<(Reply, Option<OwnedFd>)> {
     tssx_user::fdpass::send_with_fd(raw, &request.encode(), None).ok()?;
     let mut buf = [0u8; REPLY_SIZE];
     let (n, fd) = tssx_user::fdpass::recv_with_fd(raw, &mut buf).ok()?;
-    drop(sock);
     let reply = Reply::decode(&buf[..n]).ok()?;
-    Some((reply, fd))
+    Some((reply, fd, sock))
 }
 
-/// Claims `fd` as the `role` end; the segment fd if the agent says swap.
-pub fn claim(role: Role, fd: libc::c_int) -> Option<OwnedFd> {
-    let (reply, segment) = ask(Request::claim(role, fd))?;
-    (reply.reply_kind() == Some(ReplyKind::Swap)).then_some(segment).flatten()
+/// Claims `fd` as the `role` end; if the agent says swap: the segment fd, and for a client the
+/// control connection, whose EOF while the segment is pending means the agent died.
+pub fn claim(role: Role, fd: libc::c_int) -> Option<(OwnedFd, Option<OwnedFd>)> {
+    let (reply, segment, sock) = ask(Request::claim(role, fd))?;
+    if reply.reply_kind() != Some(ReplyKind::Swap) {
+        return None;
+    }
+    Some((segment?, (role == Role::Client).then_some(sock)))
 }

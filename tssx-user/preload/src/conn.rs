@@ -92,6 +92,15 @@ pub struct Conn {
     /// closed or died). Relaxed: a hint re-checked against the rings, which carry their own
     /// ordering.
     peer_closed: AtomicBool,
+    /// The connection went plain and this end replayed its ring: every fd of it is a plain
+    /// socket from now on. The `Conn` itself stays in the table until its fds close, so that
+    /// threads still inside a call on it never see it freed. Set under the producer lock
+    /// (`Release`), read with `Acquire`.
+    unswapped: AtomicBool,
+    /// While the segment is pending (client end): the control connection of the claim, which
+    /// the agent closes when it decides. EOF on it while still pending means the agent died:
+    /// the connection turns plain. -1 once closed. `swap` to take it (AcqRel).
+    agent: std::sync::atomic::AtomicI32,
     /// The peer's ECONNRESET was reported by a read (it is reported once, like `sk_err`).
     /// Relaxed: a flag of this process's view.
     reset_reported: AtomicBool,
@@ -105,12 +114,18 @@ unsafe impl Sync for Conn {}
 // SAFETY: as above; the segment mapping may be used from any thread.
 unsafe impl Send for Conn {}
 
-/// The connection of `fd`, if it is swapped.
+/// The connection of `fd`, if it is swapped (and has not gone plain).
 #[inline]
 pub fn lookup(fd: c_int) -> Option<&'static Conn> {
+    lookup_any(fd).filter(|c| !c.unswapped.load(Acquire))
+}
+
+/// The connection of `fd`, swapped or gone plain (close and dup bookkeeping).
+#[inline]
+pub fn lookup_any(fd: c_int) -> Option<&'static Conn> {
     let slot = TABLE.get(usize::try_from(fd).ok()?)?;
     let ptr = slot.load(Acquire);
-    // SAFETY: non-null entries point at leaked-until-close `Conn`s (see `install`/`remove`).
+    // SAFETY: non-null entries point at leaked-until-close `Conn`s (see `install`/`release`).
     (!ptr.is_null()).then(|| unsafe { &*ptr })
 }
 
@@ -130,8 +145,9 @@ pub enum Join {
     Inherited,
 }
 
-/// Maps the segment and makes `fd` a swapped socket (as `end`). Takes the memfd.
-pub fn install(fd: c_int, end: End, memfd: OwnedFd, join: Join) -> bool {
+/// Maps the segment and makes `fd` a swapped socket (as `end`). Takes the memfd, and for a
+/// pending client the agent connection to watch (see [`Conn::agent_alive`]).
+pub fn install(fd: c_int, end: End, memfd: OwnedFd, join: Join, agent: Option<OwnedFd>) -> bool {
     let Some(slot) = usize::try_from(fd).ok().and_then(|i| TABLE.get(i)) else { return false };
     let Ok(segment) = Segment::open(std::os::fd::AsFd::as_fd(&memfd)) else { return false };
     // SAFETY: this end's handles are only used under the ring locks (`with_tx`/`with_rx`), and
@@ -155,6 +171,8 @@ pub fn install(fd: c_int, end: End, memfd: OwnedFd, join: Join) -> bool {
         shared: AtomicBool::new(false),
         fork_mark: AtomicU64::new(0),
         reset_reported: AtomicBool::new(false),
+        unswapped: AtomicBool::new(false),
+        agent: std::sync::atomic::AtomicI32::new(agent.map_or(-1, std::os::fd::IntoRawFd::into_raw_fd)),
     });
     LIVE.fetch_add(1, Relaxed);
     let old = slot.swap(Box::into_raw(conn), Release);
@@ -165,7 +183,7 @@ pub fn install(fd: c_int, end: End, memfd: OwnedFd, join: Join) -> bool {
 /// `new_fd` (just made by dup/dup2/dup3/F_DUPFD from `old_fd`) is the same connection.
 pub fn duplicated(old_fd: c_int, new_fd: c_int) {
     let Some(slot) = usize::try_from(new_fd).ok().and_then(|i| TABLE.get(i)) else { return };
-    let Some(conn) = lookup(old_fd) else {
+    let Some(conn) = lookup_any(old_fd) else {
         // dup2 onto a swapped fd from a plain one: the swapped one was closed by it.
         release(slot.swap(null_mut(), Acquire), -1);
         return;
@@ -186,16 +204,10 @@ fn release(ptr: *mut Conn, fd: c_int) {
     let conn = unsafe { &*ptr };
     if conn.fds.fetch_sub(1, AcqRel) == 1 {
         conn.leave(fd);
+        conn.close_agent();
         LIVE.fetch_sub(1, Relaxed);
         // SAFETY: that was the last reference.
         drop(unsafe { Box::from_raw(ptr) });
-    }
-}
-
-/// Forgets `fd` (it went plain) and drops its reference.
-fn remove(fd: c_int) {
-    if let Some(slot) = usize::try_from(fd).ok().and_then(|i| TABLE.get(i)) {
-        release(slot.swap(null_mut(), Acquire), -1);
     }
 }
 
@@ -265,6 +277,9 @@ pub fn prepare_exec(mut out: impl FnMut(Inherit)) {
         }
         // SAFETY: non-null entries point at live `Conn`s.
         let conn = unsafe { &*ptr };
+        if conn.unswapped.load(Acquire) {
+            continue;
+        }
         let fd = fd as c_int;
         // SAFETY: F_GETFD takes no argument.
         let flags = unsafe { real::fcntl(fd, libc::F_GETFD, 0) };
@@ -725,6 +740,9 @@ impl Conn {
                 },
             };
         }
+        if !active {
+            self.check_agent();
+        }
         let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
         // Pending: re-check the agent's decision often. Shared: a sibling may drain our
         // doorbell, so never sleep long.
@@ -735,11 +753,59 @@ impl Conn {
             return Ok(());
         }
         if active {
-            self.drain_doorbells(fd);
+            self.drain_doorbells_if_alone(fd, 1);
         } else {
             self.on_plain_data();
         }
         Ok(())
+    }
+
+    /// Drains doorbells unless other threads of this end (beyond the caller's own `mine`
+    /// announcements) sleep too: one of them may block in `recv(MSG_PEEK)`, which only a byte
+    /// on the socket wakes, and it drains them itself. Waiters that leave the bytes there poll
+    /// again with a short timeout, so nobody sleeps through a doorbell.
+    pub fn drain_doorbells_if_alone(&self, fd: c_int, mine: u32) {
+        // Relaxed: a hint; the doorbell bytes themselves stay until someone drains them.
+        if self.segment.header().asleep.0[self.end.index()].load(Relaxed) <= mine {
+            self.drain_doorbells(fd);
+        } else {
+            let mut probe = 0u8;
+            // SAFETY: peeks one byte into a live local without blocking: EOF still counts.
+            if unsafe { real::recv(fd, (&mut probe as *mut u8).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) } == 0 {
+                self.peer_closed.store(true, Relaxed);
+            }
+            // Let the sibling run before this thread polls again.
+            spin_yield();
+        }
+    }
+
+    /// While pending: checks the claim's control connection (no system call otherwise). EOF
+    /// there while the segment is still pending means the agent died before deciding: the
+    /// connection turns plain. Once decided, the control connection is closed.
+    pub fn check_agent(&self) {
+        if self.agent.load(Relaxed) < 0 {
+            return;
+        }
+        if self.state() != Some(SegmentState::Pending) {
+            self.close_agent();
+            return;
+        }
+        let fd = self.agent.load(Relaxed);
+        let mut byte = 0u8;
+        // SAFETY: peeks one byte into a live local without blocking.
+        let n = unsafe { real::recv(fd, (&mut byte as *mut u8).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+        if n == 0 || (n < 0 && errno() != libc::EAGAIN && errno() != libc::EINTR) {
+            let _ = self.segment.transition(SegmentState::Pending, SegmentState::Plain);
+            self.close_agent();
+        }
+    }
+
+    fn close_agent(&self) {
+        let fd = self.agent.swap(-1, AcqRel);
+        if fd >= 0 {
+            // SAFETY: the hook's own control connection, owned by this field.
+            unsafe { real::close(fd) };
+        }
     }
 
     /// The real socket is readable while the connection is pending: the peer writes to the
@@ -770,15 +836,18 @@ impl Conn {
     /// the ring back onto the real socket, in order, apply this end's shutdowns to it, and
     /// forget the swap. Returns false if the replay failed (the caller reports the error).
     fn replay_and_unswap(&self, fd: c_int) -> bool {
-        let ok = self.with_tx(|_| {
+        self.with_tx(|_| {
+            if self.unswapped.load(Acquire) {
+                return true; // another thread did it
+            }
             // SAFETY: the peer never consumed this ring (it is plain for the peer), and the
             // producer lock is held, so this is the only handle touching it.
             let mut back = unsafe { self.segment.consumer_of(self.end) };
             let mut buf = [0u8; 16384];
-            loop {
+            let ok = 'replay: loop {
                 let n = back.read(&mut buf).bytes;
                 if n == 0 {
-                    return true;
+                    break true;
                 }
                 let mut done = 0;
                 while done < n {
@@ -794,30 +863,26 @@ impl Conn {
                         continue;
                     }
                     if w <= 0 {
-                        return false;
+                        break 'replay false;
                     }
                     done += w as usize;
                 }
+            };
+            let how = match self.shut_bits(self.end) & (SHUT_READ | SHUT_WRITE) {
+                0 => None,
+                SHUT_READ => Some(libc::SHUT_RD),
+                SHUT_WRITE => Some(libc::SHUT_WR),
+                _ => Some(libc::SHUT_RDWR),
+            };
+            if let Some(how) = how {
+                // SAFETY: plain system call on the caller's socket.
+                unsafe { libc::shutdown(fd, how) };
             }
-        });
-        let how = match self.shut_bits(self.end) & (SHUT_READ | SHUT_WRITE) {
-            0 => None,
-            SHUT_READ => Some(libc::SHUT_RD),
-            SHUT_WRITE => Some(libc::SHUT_WR),
-            _ => Some(libc::SHUT_RDWR),
-        };
-        if let Some(how) = how {
-            // SAFETY: plain system call on the caller's socket.
-            unsafe { libc::shutdown(fd, how) };
-        }
-        // Every fd of this connection goes plain, not just this one.
-        for other in 0..MAX_FDS as c_int {
-            if lookup(other).is_some_and(|c| std::ptr::eq(c, self)) && other != fd {
-                remove(other);
-            }
-        }
-        remove(fd);
-        ok
+            // Every fd of this connection is plain from now on (writers check this under the
+            // producer lock, so nothing lands in the ring after the replay).
+            self.unswapped.store(true, Release);
+            ok
+        })
     }
 
     /// Once the connection is plain: replay, then the call's outcome — what it moved so far,
@@ -825,7 +890,7 @@ impl Conn {
     /// A receiving call always hands over to the real socket (which reports EOF or the error
     /// itself), whatever happened to the replay.
     fn went_plain(&self, fd: c_int, total: usize, receiving: bool) -> Option<Result<isize, ()>> {
-        if self.state() != Some(SegmentState::Plain) {
+        if self.state() != Some(SegmentState::Plain) && !self.unswapped.load(Acquire) {
             return None;
         }
         let replayed = self.replay_and_unswap(fd) || receiving;
@@ -839,6 +904,9 @@ impl Conn {
     /// For poll and epoll: if the connection went plain, replay and forget it; true if so
     /// (the fd is a plain socket from now on).
     pub fn unswap_if_plain(&self, fd: c_int) -> bool {
+        if self.unswapped.load(Acquire) {
+            return true;
+        }
         if self.state() != Some(SegmentState::Plain) {
             return false;
         }
@@ -917,7 +985,15 @@ impl Conn {
             if total == want {
                 return Ok(total as isize);
             }
-            let put = self.with_tx(|tx| after(bufs, total, |rest| tx.writev(rest)));
+            let put = self.with_tx(|tx| {
+                if self.unswapped.load(Acquire) {
+                    return Transfer { bytes: 0, wake_peer: false };
+                }
+                after(bufs, total, |rest| tx.writev(rest))
+            });
+            if put.bytes == 0 && self.unswapped.load(Acquire) {
+                return if total == 0 { Err(()) } else { Ok(total as isize) };
+            }
             if put.wake_peer {
                 Self::ring_doorbell(fd);
             }
@@ -957,6 +1033,9 @@ impl Conn {
     /// The last fd of this process closes: this process no longer holds the end. If it was the
     /// end's last holder, the peer is woken through `fd` (still open; -1: not available).
     fn leave(&self, fd: c_int) {
+        if self.unswapped.load(Acquire) {
+            return;
+        }
         let holders = self.segment.header().refcount[self.end.index()].load(Relaxed);
         if holders <= 1 && fd >= 0 && self.unread() > 0 {
             // Closing with bytes unread: the peer gets ECONNRESET, as from the kernel.
@@ -977,6 +1056,7 @@ impl Conn {
 /// socket (whose EOF wakes a sleeping peer).
 pub fn close(fd: c_int) {
     if let Some(conn) = lookup(fd) {
+        // (A connection gone plain has no doorbells, only the application's bytes.)
         if conn.fds.load(Acquire) == 1 {
             // Last fd: unread doorbells would turn the peer's EOF into ECONNRESET.
             conn.drain_doorbells(fd);

@@ -237,7 +237,8 @@ fn filter(out: &mut [epoll_event], m: usize) -> usize {
                 if c.state() == Some(SegmentState::Pending) {
                     c.on_plain_data();
                 } else {
-                    c.drain_doorbells(fd);
+                    // Called after this thread withdrew its announcements.
+                    c.drain_doorbells_if_alone(fd, 0);
                 }
             }
             continue;
@@ -278,7 +279,10 @@ fn announce_all(set: &Set, on: bool) -> (bool, bool) {
                 if on {
                     c.announce();
                     shared |= c.is_shared();
-                    pending |= c.state() == Some(SegmentState::Pending);
+                    if c.state() == Some(SegmentState::Pending) {
+                        c.check_agent();
+                        pending = true;
+                    }
                 } else {
                     c.withdraw();
                 }

@@ -74,7 +74,7 @@ pub fn reattach() {
         // SAFETY: sets FD_CLOEXEC on the memfd we now own.
         unsafe { real::fcntl(item.memfd, libc::F_SETFD, libc::FD_CLOEXEC as libc::c_ulong) };
         // On failure install drops (closes) the memfd and the socket stays as it is.
-        if conn::install(item.fd, item.end, memfd, Join::Inherited) {
+        if conn::install(item.fd, item.end, memfd, Join::Inherited, None) {
             mapped.push((item.memfd, item.fd));
         }
     }

@@ -57,9 +57,9 @@ fn maybe_swap(fd: c_int, role: Role, name: Option<String>) {
         if !claim::stream(fd) {
             return;
         }
-        if let Some(memfd) = claim::claim(role, fd) {
+        if let Some((memfd, agent)) = claim::claim(role, fd) {
             let end = if role == Role::Client { End::Client } else { End::Server };
-            conn::install(fd, end, memfd, conn::Join::Fresh);
+            conn::install(fd, end, memfd, conn::Join::Fresh, agent);
         }
     })
 }
@@ -261,7 +261,7 @@ send_like!(
 /// libc's `close`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn close(fd: c_int) -> c_int {
-    if conn::lookup(fd).is_some() {
+    if conn::lookup_any(fd).is_some() {
         with_errno_kept(|| conn::close(fd));
     }
     if epoll::has_set(fd) {
@@ -277,7 +277,7 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
 pub unsafe extern "C" fn dup(fd: c_int) -> c_int {
     // SAFETY: forwarded as received.
     let new = unsafe { real::dup(fd) };
-    if new >= 0 && conn::lookup(fd).is_some() {
+    if new >= 0 && conn::lookup_any(fd).is_some() {
         conn::duplicated(fd, new);
     }
     new
@@ -289,7 +289,7 @@ pub unsafe extern "C" fn dup(fd: c_int) -> c_int {
 pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
     // SAFETY: forwarded as received.
     let rc = unsafe { real::dup2(old, new) };
-    if rc >= 0 && old != new && (conn::lookup(old).is_some() || conn::lookup(new).is_some()) {
+    if rc >= 0 && old != new && (conn::lookup_any(old).is_some() || conn::lookup_any(new).is_some()) {
         conn::duplicated(old, new);
     }
     rc
@@ -301,7 +301,7 @@ pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
 pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
     // SAFETY: forwarded as received.
     let rc = unsafe { real::dup3(old, new, flags) };
-    if rc >= 0 && (conn::lookup(old).is_some() || conn::lookup(new).is_some()) {
+    if rc >= 0 && (conn::lookup_any(old).is_some() || conn::lookup_any(new).is_some()) {
         conn::duplicated(old, new);
     }
     rc
@@ -317,7 +317,7 @@ pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: libc::c_ulong) -> c_i
     // SAFETY: forwarded as received.
     let rc = unsafe { real::fcntl(fd, cmd, arg) };
     if rc >= 0 {
-        if let Some(c) = conn::lookup(fd) {
+        if let Some(c) = conn::lookup_any(fd) {
             match cmd {
                 libc::F_DUPFD | libc::F_DUPFD_CLOEXEC => conn::duplicated(fd, rc),
                 libc::F_SETFL => c.set_nonblocking(arg as c_int & libc::O_NONBLOCK != 0),

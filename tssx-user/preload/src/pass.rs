@@ -144,7 +144,7 @@ pub unsafe fn received(msg: *mut msghdr) {
         // SAFETY: the kernel just installed this fd for us; nobody else knows it.
         let memfd = unsafe { OwnedFd::from_raw_fd(memfd) };
         let Some((sock, end)) = conn::segment_target(&memfd, app) else { continue };
-        conn::install(sock, end, memfd, Join::Inherited);
+        conn::install(sock, end, memfd, Join::Inherited, None);
     }
     // SAFETY: shrinks the last header (and the control length) so the application sees only
     // its own fds; both stay within what the kernel wrote.

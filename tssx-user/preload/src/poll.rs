@@ -95,7 +95,8 @@ unsafe fn real_pass(fds: &mut [pollfd], timeout_ns: Option<u64>, sigmask: *const
             if pending {
                 c.on_plain_data();
             } else {
-                c.drain_doorbells(p.fd);
+                // This call announced once on the connection (still counted here).
+                c.drain_doorbells_if_alone(p.fd, 1);
             }
         }
         if c.unswap_if_plain(p.fd) {
@@ -165,7 +166,10 @@ pub unsafe fn poll(fds: &mut [pollfd], timeout_ns: Option<u64>, sigmask: *const 
             if let Some(c) = lookup(p.fd) {
                 c.announce();
                 shared |= c.is_shared();
-                pending |= c.state() == Some(SegmentState::Pending);
+                if c.state() == Some(SegmentState::Pending) {
+                        c.check_agent();
+                        pending = true;
+                    }
             }
         }
         fence(SeqCst);
