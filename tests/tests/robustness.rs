@@ -705,3 +705,66 @@ fn agent_sigkilled_while_a_claim_is_pending() {
     client.finish(Duration::from_secs(10));
     server.finish(Duration::from_secs(5));
 }
+
+/// Sends a claim and keeps the control connection: the reply, the segment, and the connection.
+fn claim_and_keep(state: &Path, role: Role, fd: i32) -> (Reply, Option<OwnedFd>, UnixStream) {
+    let stream = UnixStream::connect(state.join(CONTROL_SOCKET)).expect("control socket");
+    (&stream).write_all(&Request::claim(role, fd).encode()).unwrap();
+    let mut buf = [0u8; REPLY_SIZE];
+    let (n, segment) = fdpass::recv_with_fd(stream.as_raw_fd(), &mut buf).unwrap();
+    (Reply::decode(&buf[..n]).expect("a valid reply"), segment, stream)
+}
+
+/// How long until `stream` reads EOF (panics if data arrives, or nothing within `limit`).
+fn eof_after(stream: &UnixStream, limit: Duration) -> Duration {
+    let started = Instant::now();
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 8];
+    match (&*stream).read(&mut buf) {
+        Ok(0) => started.elapsed(),
+        other => panic!("expected EOF within {limit:?}, got {other:?}"),
+    }
+}
+
+/// The agent holds a pending client's claim connection open until it decides, then closes it
+/// after the state change (swap: Active; server without a claim: Plain), and a dying agent
+/// closes it too: the signal a hook needs to never wait for a decision nobody will make.
+#[test]
+fn pending_claim_connection_closes_on_decision_or_agent_death() {
+    require_root();
+    let dir = temp_dir("robust-watch");
+    let path = sock_path(&dir, "app.sock");
+    let state = dir.join("state");
+    let agent = Agent::start(&[&path], &state);
+    let listener = UnixListener::bind(&path).unwrap();
+    let state_of = |segment: &Option<OwnedFd>| Segment::open(segment.as_ref().expect("memfd").as_fd()).unwrap().state();
+
+    // Swapped: open while pending, EOF right after the server's claim, and the state is Active.
+    let client = UnixStream::connect(&path).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    let (reply, segment, watch) = claim_and_keep(&state, Role::Client, client.as_raw_fd());
+    assert_eq!(reply.reply_kind(), Some(ReplyKind::Swap));
+    watch.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let mut buf = [0u8; 8];
+    let err = (&watch).read(&mut buf).expect_err("open and silent while pending");
+    assert_eq!(err.kind(), std::io::ErrorKind::WouldBlock, "{err}");
+    assert_eq!(ask(&state, &Request::claim(Role::Server, server.as_raw_fd()).encode()).0.reply_kind(), Some(ReplyKind::Swap));
+    assert!(eof_after(&watch, Duration::from_secs(2)) < Duration::from_millis(500));
+    assert_eq!(state_of(&segment), Some(tssx_common::segment::SegmentState::Active));
+
+    // Accepted, the server never claims: EOF once the agent turned it plain (about 2-3 s).
+    let client = UnixStream::connect(&path).unwrap();
+    let (_server, _) = listener.accept().unwrap();
+    let (_, segment, watch) = claim_and_keep(&state, Role::Client, client.as_raw_fd());
+    let waited = eof_after(&watch, Duration::from_secs(6));
+    assert!(waited > Duration::from_secs(1), "decided after {waited:?}");
+    assert_eq!(state_of(&segment), Some(tssx_common::segment::SegmentState::Plain));
+
+    // The agent dies while the claim is pending: EOF at once, the segment still pending.
+    let client = UnixStream::connect(&path).unwrap();
+    let (_server, _) = listener.accept().unwrap();
+    let (_, segment, watch) = claim_and_keep(&state, Role::Client, client.as_raw_fd());
+    agent.kill9();
+    assert!(eof_after(&watch, Duration::from_secs(2)) < Duration::from_millis(500));
+    assert_eq!(state_of(&segment), Some(tssx_common::segment::SegmentState::Pending));
+}

@@ -99,6 +99,10 @@ struct Connection {
     client: EndInfo,
     server: Option<EndInfo>,
     segment: Segment,
+    /// The client's claim connection, held open while the connection is pending and closed once
+    /// the agent decided (after the state change): a hook that sees it close while the segment
+    /// is still pending knows the agent died and can turn the connection plain itself.
+    decision_watch: Option<UnixStream>,
 }
 
 impl Connection {
@@ -264,6 +268,7 @@ impl Registry {
             if let Some(conn) = inner.live.get_mut(&id) {
                 if conn.segment.transition(SegmentState::Pending, SegmentState::Plain).is_ok() {
                     conn.plain_traced = true;
+                    conn.decision_watch = None;
                     tracing::info!(connection = id, path = conn.path, client = conn.client.pid, reason = PlainReason::PeerHasNoHook.describe(), "not swapped");
                 }
             }
@@ -350,6 +355,7 @@ impl Registry {
             if let Some(conn) = inner.live.get_mut(&id) {
                 let _ = conn.segment.transition(SegmentState::Pending, SegmentState::Plain);
                 conn.plain_traced = true;
+                conn.decision_watch = None;
                 tracing::info!(connection = id, path = conn.path, pid, fd, reason = PlainReason::Declined.describe(), "not swapped");
             }
         }
@@ -407,7 +413,7 @@ impl Registry {
                 inner.pending.insert(inode, id);
                 inner.live.insert(
                     id,
-                    Connection { id, waiting_since: Instant::now(), client_inode: inode, plain_traced: false, path: path.clone(), client: seen.end.clone(), server: None, segment },
+                    Connection { id, waiting_since: Instant::now(), client_inode: inode, plain_traced: false, path: path.clone(), client: seen.end.clone(), server: None, segment, decision_watch: None },
                 );
                 drop(inner);
                 self.changed.notify_all();
@@ -430,6 +436,7 @@ impl Registry {
                     return not_swapped(PlainReason::PeerHasNoHook);
                 }
                 conn.server = Some(seen.end.clone());
+                conn.decision_watch = None; // after the transition: the client sees Active
                 tracing::info!(
                     connection = id,
                     path = conn.path,
@@ -525,10 +532,18 @@ fn handle(registry: &Registry, mut stream: UnixStream) {
         Some(RequestKind::Claim) => {
             let role = request.request_role().expect("validated by decode");
             let (reply, connection) = registry.claim(pid, uid, role, request.fd);
-            let inner = registry.lock();
+            let mut inner = registry.lock();
             let fd = connection.and_then(|id| inner.live.get(&id)).and_then(|c| c.segment.fd());
             if let Err(e) = fdpass::send_with_fd(stream.as_raw_fd(), &reply.encode(), fd) {
                 tracing::warn!(pid, "sending the claim reply: {e}");
+                return;
+            }
+            // A pending client keeps its claim connection until the decision (see
+            // `Connection::decision_watch`); one already decided is closed now.
+            if let Some(conn) = connection.and_then(|id| inner.live.get_mut(&id)) {
+                if role == Role::Client && conn.segment.state() == Some(SegmentState::Pending) {
+                    conn.decision_watch = Some(stream);
+                }
             }
         }
         Some(RequestKind::Decline) => {
