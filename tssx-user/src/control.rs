@@ -167,6 +167,40 @@ struct Inner {
     pending: HashMap<u32, u64>,
     live: BTreeMap<u64, Connection>,
     next_id: u64,
+    /// Whether a process carries the hook (its TSSX bit, read from its memory map), and when
+    /// that was checked: answers are reused for [`HOOK_CHECK_TTL`].
+    hooked: HashMap<u32, (bool, Instant)>,
+}
+
+/// How long a process's "carries the hook" answer is reused (a process may exec another image).
+const HOOK_CHECK_TTL: Duration = Duration::from_secs(2);
+
+/// Whether process `pid` has `libtssx_preload.so` mapped (false if it cannot be read).
+fn carries_hook(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/maps")).is_ok_and(|maps| maps.contains("libtssx_preload"))
+}
+
+impl Inner {
+    /// The client end of the connection whose client socket is `peer`, if its connect event is
+    /// here and its process does not carry the hook: it will never claim, so the server need
+    /// not wait for it.
+    fn client_without_hook(&mut self, peer: u32, path_id: u32) -> Option<EndInfo> {
+        let client = self
+            .connects
+            .iter()
+            .find(|(&(pid, fd), seen)| seen.path_id == path_id && sockdiag::socket_inode(pid, fd).ok().flatten() == Some(peer))
+            .map(|(_, seen)| seen.end.clone())?;
+        let now = Instant::now();
+        let hooked = match self.hooked.get(&client.pid) {
+            Some(&(hooked, at)) if now.duration_since(at) < HOOK_CHECK_TTL => hooked,
+            _ => {
+                let hooked = carries_hook(client.pid);
+                self.hooked.insert(client.pid, (hooked, now));
+                hooked
+            }
+        };
+        (!hooked).then_some(client)
+    }
 }
 
 /// State shared by the event loop (which records kernel events) and the control threads.
@@ -248,6 +282,7 @@ impl Registry {
         let mut inner = self.lock();
         inner.connects.retain(|_, s| s.at.elapsed() < EVENT_TTL);
         inner.accepts.retain(|_, s| s.at.elapsed() < EVENT_TTL);
+        inner.hooked.retain(|_, (_, at)| at.elapsed() < HOOK_CHECK_TTL);
         let overdue = |c: &Connection| c.server.is_none() && c.waiting_since.elapsed() > PENDING_TTL;
         if inner.live.values().any(overdue) {
             // Still in an accept queue: the server has not accepted yet, keep waiting for it.
@@ -422,7 +457,13 @@ impl Registry {
             }
             Role::Server => {
                 let Ok(Some(peer)) = sockdiag::unix_peer(inode) else { return refused(PlainReason::NotSeen) };
-                let Some(id) = self.wait_for(PEER_WAIT, |inner| inner.pending.remove(&peer)) else {
+                // Wait for the client's claim, unless the kernel's connect event shows a client
+                // process without the hook (a plain client must not cost the server a wait).
+                let found = self.wait_for(PEER_WAIT, |inner| match inner.pending.remove(&peer) {
+                    Some(id) => Some(Some(id)),
+                    None => inner.client_without_hook(peer, seen.path_id).map(|_| None),
+                });
+                let Some(Some(id)) = found else {
                     return not_swapped(PlainReason::PeerHasNoHook);
                 };
                 let mut inner = self.lock();

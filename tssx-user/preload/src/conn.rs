@@ -249,24 +249,26 @@ pub struct Inherit {
 /// Before `execve`: every swapped fd that survives the exec (no FD_CLOEXEC) and its memfd,
 /// whose close-on-exec flag is cleared so the new image's hook can map it again.
 pub fn prepare_exec(mut out: impl FnMut(Inherit)) {
-    for_each_conn(|fd, conn| {
-        // The connection may have several fds; each surviving one is handed over.
-        for other in 0..MAX_FDS as c_int {
-            if lookup(other).is_some_and(|c| std::ptr::eq(c, conn)) {
-                // SAFETY: F_GETFD takes no argument.
-                let flags = unsafe { real::fcntl(other, libc::F_GETFD, 0) };
-                if flags >= 0 && flags & libc::FD_CLOEXEC == 0 {
-                    let memfd = conn.memfd.as_raw_fd();
-                    // SAFETY: clears FD_CLOEXEC on our own memfd.
-                    unsafe { real::fcntl(memfd, libc::F_SETFD, 0) };
-                    out(Inherit { fd: other, memfd, end: conn.end });
-                }
-            }
-            if other as usize >= MAX_FDS - 1 || (other > fd && conn.fds.load(Relaxed) == 1) {
-                break;
-            }
+    if !any_live() {
+        return;
+    }
+    for (fd, slot) in TABLE.iter().enumerate() {
+        let ptr = slot.load(Acquire);
+        if ptr.is_null() {
+            continue;
         }
-    });
+        // SAFETY: non-null entries point at live `Conn`s.
+        let conn = unsafe { &*ptr };
+        let fd = fd as c_int;
+        // SAFETY: F_GETFD takes no argument.
+        let flags = unsafe { real::fcntl(fd, libc::F_GETFD, 0) };
+        if flags >= 0 && flags & libc::FD_CLOEXEC == 0 {
+            let memfd = conn.memfd.as_raw_fd();
+            // SAFETY: clears FD_CLOEXEC on our own memfd.
+            unsafe { real::fcntl(memfd, libc::F_SETFD, 0) };
+            out(Inherit { fd, memfd, end: conn.end });
+        }
+    }
 }
 
 /// `execve` failed: the memfds are close-on-exec again.

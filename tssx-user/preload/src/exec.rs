@@ -52,17 +52,26 @@ pub fn reattach() {
     let Some(text) = std::env::var_os(INHERIT_VAR) else { return };
     // SAFETY: the constructor runs before main, before the application starts threads.
     unsafe { std::env::remove_var(INHERIT_VAR) };
+    // Several fds of one connection share one memfd: the first maps it, the others are dups.
+    let mut mapped: Vec<(c_int, c_int)> = Vec::new();
     for item in decode(&text.to_string_lossy()) {
-        if !is_socket(item.fd) || !is_memfd(item.memfd) {
+        if !is_socket(item.fd) {
+            continue;
+        }
+        if let Some(&(_, first)) = mapped.iter().find(|(memfd, _)| *memfd == item.memfd) {
+            conn::duplicated(first, item.fd);
+            continue;
+        }
+        if !is_memfd(item.memfd) {
             continue;
         }
         // SAFETY: the previous image handed this memfd to us alone; nothing else owns it.
         let memfd = unsafe { OwnedFd::from_raw_fd(item.memfd) };
         // SAFETY: sets FD_CLOEXEC on the memfd we now own.
         unsafe { real::fcntl(item.memfd, libc::F_SETFD, libc::FD_CLOEXEC as libc::c_ulong) };
-        if !conn::install(item.fd, item.end, memfd, Join::Inherited) {
-            // The memfd was dropped (closed) by install's failure path.
-            continue;
+        // On failure install drops (closes) the memfd and the socket stays as it is.
+        if conn::install(item.fd, item.end, memfd, Join::Inherited) {
+            mapped.push((item.memfd, item.fd));
         }
     }
 }
