@@ -42,6 +42,8 @@ const NOBODY: u32 = 65534;
 
 /// A running test program whose stdout lines arrive on a channel.
 struct Proc {
+    /// The command line, for messages.
+    name: String,
     child: Child,
     lines: mpsc::Receiver<String>,
     stderr: std::sync::Arc<std::sync::Mutex<String>>,
@@ -49,6 +51,7 @@ struct Proc {
 
 impl Proc {
     fn spawn(mut cmd: Command) -> Self {
+        let name = format!("{} {}", cmd.get_program().to_string_lossy(), cmd.get_args().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" "));
         let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
         let (tx, lines) = mpsc::channel();
         let out = child.stdout.take().expect("stdout");
@@ -67,7 +70,7 @@ impl Proc {
             let _ = err.read_to_string(&mut text);
             sink.lock().unwrap().push_str(&text);
         });
-        Self { child, lines, stderr }
+        Self { name, child, lines, stderr }
     }
 
     fn pid(&self) -> u32 {
@@ -82,7 +85,7 @@ impl Proc {
             match self.lines.recv_timeout(left) {
                 Ok(line) if line.split_whitespace().next() == Some(word) => return line,
                 Ok(_) => {}
-                Err(e) => panic!("no `{word}` line within {timeout:?} ({e}); stderr: {}", self.stderr.lock().unwrap()),
+                Err(e) => panic!("{}: no `{word}` line within {timeout:?} ({e}); stderr: {}", self.name, self.stderr.lock().unwrap()),
             }
         }
     }
@@ -105,12 +108,12 @@ impl Proc {
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
-                panic!("{:?} hung: still running after {timeout:?}", self.child.id());
+                panic!("{} (pid {}) hung: still running after {timeout:?}", self.name, self.child.id());
             }
             thread::sleep(Duration::from_millis(10));
         };
         thread::sleep(Duration::from_millis(50));
-        assert!(status.success(), "test program failed: {status}; stderr: {}", self.stderr.lock().unwrap());
+        assert!(status.success(), "{} failed: {status}; stderr: {}", self.name, self.stderr.lock().unwrap());
         self.lines.try_iter().collect()
     }
 }
@@ -290,18 +293,20 @@ fn peer_death(path: &str, preload: bool, waiter_role: &str, action: &str) -> (St
     (result, Duration::from_nanos(at.saturating_sub(killed_at)), bytes)
 }
 
-/// A peer SIGKILLed while the other end is blocked in read or write: the blocked end wakes within
-/// 100 ms with what a plain socket gives (EOF for a reader, EPIPE/ECONNRESET for a writer), both
-/// plain and swapped, on either side; the agent frees the segment once both ends are gone.
+/// A peer SIGKILLed while the other end is blocked in read, write, poll or epoll_wait: the
+/// blocked end wakes within 100 ms with what a plain socket gives (EOF for a reader, EPIPE for a
+/// writer), both plain and swapped, on either side; the agent frees the segment once both ends
+/// are gone.
 #[test]
 fn peer_sigkilled_mid_call_wakes_the_other_end() {
     require_root();
     let dir = temp_dir("robust-peerkill");
-    let paths: Vec<String> = (0..4).map(|i| sock_path(&dir, &format!("p{i}.sock"))).collect();
+    let cases = [("server", "read"), ("server", "write"), ("client", "read"), ("client", "write"), ("server", "poll"), ("client", "epoll")];
+    let paths: Vec<String> = (0..cases.len()).map(|i| sock_path(&dir, &format!("p{i}.sock"))).collect();
     let path_refs: Vec<&str> = paths.iter().map(String::as_str).collect();
     let agent = HookedAgent::start(&path_refs);
     let mut failures = Vec::new();
-    for (i, (waiter, action)) in [("server", "read"), ("server", "write"), ("client", "read"), ("client", "write")].into_iter().enumerate() {
+    for (i, (waiter, action)) in cases.into_iter().enumerate() {
         let path = &paths[i];
         let (plain, plain_latency, _) = peer_death(&format!("{path}.plain"), false, waiter, action);
         let (swapped, latency, bytes) = peer_death(path, true, waiter, action);
@@ -459,7 +464,7 @@ fn max_connections_caps_live_segments() {
         .into_iter()
         .filter(|e| e["reason"].as_str() == Some(PlainReason::TooManyConnections.describe()))
         .collect();
-    assert_eq!(limited.len(), 1, "{:?}", agent.events("not"));
+    assert_eq!(limited.len(), 1, "not: {:?}\nswapped: {:?}\nclaimed: {:?}", agent.events("not"), agent.events("swapped"), agent.events("client"));
     assert_eq!(limited[0]["max_connections"], 2, "{limited:?}");
     assert_eq!(agent.events_on("swapped", &path).len(), 2, "{:?}", agent.events("swapped"));
     assert!(agent.stop().success());
