@@ -420,17 +420,6 @@ impl Registry {
         let Ok(Some(inode)) = sockdiag::socket_inode(pid, fd) else { return refused(PlainReason::NotSeen) };
         match role {
             Role::Client => {
-                {
-                    let mut inner = self.lock();
-                    if inner.live.len() >= self.max_connections {
-                        Self::reap(&mut inner); // finished ones may not have been swept yet
-                    }
-                    if inner.live.len() >= self.max_connections {
-                        drop(inner);
-                        tracing::info!(pid, fd, role = ?role, path = self.path_name(seen.path_id), max_connections = self.max_connections, reason = PlainReason::TooManyConnections.describe(), "not swapped");
-                        return (Reply::plain(PlainReason::TooManyConnections), None);
-                    }
-                }
                 let segment = match Segment::create(self.ring_size) {
                     Ok(segment) => segment,
                     Err(e) => {
@@ -442,7 +431,17 @@ impl Registry {
                 // Release: the end counts as present before the segment reaches anyone.
                 segment.header().refcount[End::Client.index()].store(1, std::sync::atomic::Ordering::Release);
                 let path = self.path_name(seen.path_id);
+                // The limit is checked and the segment counted in one critical section, so that
+                // concurrent claims cannot overshoot it (a refused segment is simply dropped).
                 let mut inner = self.lock();
+                if inner.live.len() >= self.max_connections {
+                    Self::reap(&mut inner); // finished ones may not have been swept yet
+                }
+                if inner.live.len() >= self.max_connections {
+                    drop(inner);
+                    tracing::info!(pid, fd, role = ?role, path, max_connections = self.max_connections, reason = PlainReason::TooManyConnections.describe(), "not swapped");
+                    return (Reply::plain(PlainReason::TooManyConnections), None);
+                }
                 let id = inner.next_id;
                 inner.next_id += 1;
                 inner.pending.insert(inode, id);
