@@ -55,6 +55,11 @@ pub const SEGMENT_VERSION: u32 = 2;
 /// fail with EPIPE, its own reads return what is left, then EOF.
 pub const SHUT_READ: u32 = 1;
 
+/// Bit of [`SegmentHeader::shut`]: the end closed its last descriptor while bytes it had not
+/// read were still in its incoming ring: its peer's next read that finds no data fails once
+/// with ECONNRESET (and poll reports POLLERR until then), as `af_unix` does.
+pub const SHUT_RESET: u32 = 4;
+
 /// Bit of [`SegmentHeader::shut`]: the end shut down writing (`SHUT_WR`): its own writes fail
 /// with EPIPE, its peer reads what is left, then EOF.
 pub const SHUT_WRITE: u32 = 2;

@@ -9,11 +9,13 @@
 //! * [`sockdiag`], [`fdpass`]: socket inodes and peers; passing fds.
 //! * [`segment`], [`ring`]: the shared-memory segment and its SPSC byte rings.
 //! * [`agent`]: the event loop tying them together.
+//! * [`install`]: the system-wide mode (`/etc/ld.so.preload`).
 #![deny(missing_docs)]
 
 pub mod agent;
 pub mod control;
 pub mod fdpass;
+pub mod install;
 pub mod kernel;
 pub mod loader;
 pub mod paths;

@@ -552,6 +552,22 @@ impl Consumer {
         self.peek_at(self.position(), dst)
     }
 
+    /// Copies up to the buffers' total length out of the ring into `bufs`, in order, without
+    /// consuming anything (`recvmsg` with `MSG_PEEK` and several buffers).
+    pub fn peekv(&self, bufs: &mut [IoSliceMut<'_>]) -> usize {
+        let mut pos = self.position();
+        let mut total = 0;
+        for buf in bufs.iter_mut() {
+            let n = self.peek_at(pos, buf);
+            total += n;
+            pos = pos.wrapping_add(n as u64);
+            if n < buf.len() {
+                break;
+            }
+        }
+        total
+    }
+
     /// `peek` at consumer position `tail`.
     #[inline]
     fn peek_at(&self, tail: u64, dst: &mut [u8]) -> usize {
@@ -856,6 +872,21 @@ mod tests {
         let mut rest = [0u8; 16];
         assert_eq!(c.read(&mut rest).bytes, 5);
         assert_eq!(&rest[..5], b"ghijk");
+    }
+
+    #[test]
+    fn peekv_fills_buffers_in_order_across_the_wrap() {
+        let ring = TestRing::new(8);
+        let (mut p, mut c) = ring.handles();
+        assert_eq!(p.write(b"abcdef").bytes, 6);
+        let mut out = [0u8; 5];
+        assert_eq!(c.read(&mut out).bytes, 5); // tail 5: "f" then a wrapped run
+        assert_eq!(p.write(b"ghij").bytes, 4);
+        let (mut a, mut b, mut d) = ([0u8; 2], [0u8; 2], [0u8; 4]);
+        let mut bufs = [IoSliceMut::new(&mut a), IoSliceMut::new(&mut b), IoSliceMut::new(&mut d)];
+        assert_eq!(c.peekv(&mut bufs), 5);
+        assert_eq!((&a, &b, &d[..1]), (b"fg", b"hi", &b"j"[..]));
+        assert_eq!(c.available(), 5, "peekv consumes nothing");
     }
 
     #[test]

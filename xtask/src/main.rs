@@ -16,12 +16,27 @@ use std::{
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 
+mod report;
 mod soak;
 
 /// bpf-linker release that works with the nightly's LLVM 22 on our machines.
 const BPF_LINKER_VERSION: &str = "0.10.2";
-/// Commands the tests use, and the Debian package that has each.
-const DEBIAN_TOOLS: &[(&str, &str)] = &[("setpriv", "util-linux"), ("unshare", "util-linux")];
+/// Commands the tests use, and the Debian package that has each. The real-application tests
+/// (tests/tests/apps.rs) and `cargo xtask report` need the servers and their clients; the
+/// PostgreSQL server binaries live in bookworm's versioned directory, off PATH.
+const DEBIAN_TOOLS: &[(&str, &str)] = &[
+    ("setpriv", "util-linux"),
+    ("unshare", "util-linux"),
+    ("redis-server", "redis-server"),
+    ("redis-cli", "redis-tools"),
+    ("redis-benchmark", "redis-tools"),
+    ("memcached", "memcached"),
+    ("/usr/lib/postgresql/15/bin/postgres", "postgresql"),
+    ("/usr/lib/postgresql/15/bin/pgbench", "postgresql"),
+    ("psql", "postgresql-client"),
+];
+/// Debian's hook for `invoke-rc.d`: while it exits 101, package scripts start no services.
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "tssx set-up, build, demo and test helpers (run as root)")]
@@ -52,6 +67,10 @@ enum Cmd {
     /// Set up, build, and run the benchmark (plain Unix socket vs tssx vs bare ring; a few
     /// minutes): prints a Markdown table with ratios measured in this one run.
     Bench,
+    /// Set up, build, and write a performance report (real applications with and without tssx,
+    /// the hook's pass-through cost, connection set-up, latency by size, the microbenchmarks) to
+    /// target/report/REPORT.md and latency.svg. A few minutes; not part of `test`.
+    Report,
     /// Set up, build, and run a randomized soak against a real agent: connections opened, used
     /// and closed in a loop with random sizes and kills; checks bytes, hangs and agent leaks.
     /// Not part of `test`.
@@ -101,6 +120,10 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
         Cmd::Bench => {
             build()?;
             bench()
+        }
+        Cmd::Report => {
+            build()?;
+            report::report()
         }
         Cmd::Soak { seconds, seed } => {
             build()?;
@@ -158,15 +181,33 @@ fn cargo(args: &[&str], extra: &[String]) -> anyhow::Result<()> {
 
 fn setup() -> anyhow::Result<()> {
     // Debian packages for the commands the tests use.
-    let missing: Vec<&str> = DEBIAN_TOOLS
+    let mut missing: Vec<&str> = DEBIAN_TOOLS
         .iter()
         .filter(|(tool, _)| !succeeds(Command::new("sh").args(["-c", &format!("command -v {tool}")])))
         .map(|&(_, pkg)| pkg)
         .collect();
+    missing.dedup();
     if !missing.is_empty() {
         step(&format!("installing Debian packages: {}", missing.join(" ")));
         sh(Command::new("apt-get").arg("update").arg("-q"))?;
-        sh(Command::new("apt-get").args(["install", "-y", "-q"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"))?;
+        // The servers must not start on their default sockets and ports: the tests start their
+        // own instances on private sockets. A policy-rc.d that says "no" (101) does that, for
+        // the length of the install, unless the machine already has a policy of its own.
+        let own_policy = !Path::new(POLICY_RC_D).exists();
+        if own_policy {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::write(POLICY_RC_D, "#!/bin/sh\n# cargo xtask setup: no service starts while it installs packages\nexit 101\n")
+                .with_context(|| format!("writing {POLICY_RC_D}"))?;
+            std::fs::set_permissions(POLICY_RC_D, std::fs::Permissions::from_mode(0o755))?;
+        }
+        let installed = sh(Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"));
+        if own_policy {
+            std::fs::remove_file(POLICY_RC_D).with_context(|| format!("removing {POLICY_RC_D}"))?;
+        }
+        installed?;
     }
     // Nightly rust-src, for -Z build-std=core when building the eBPF programs.
     let installed = output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", "nightly"]))

@@ -32,7 +32,7 @@ use std::{
 };
 
 use libc::c_int;
-use tssx_common::segment::{End, SegmentState, SHUT_READ, SHUT_WRITE};
+use tssx_common::segment::{End, SegmentState, SHUT_READ, SHUT_RESET, SHUT_WRITE};
 use tssx_user::{
     ring::{Consumer, Producer, Transfer},
     segment::Segment,
@@ -92,6 +92,9 @@ pub struct Conn {
     /// closed or died). Relaxed: a hint re-checked against the rings, which carry their own
     /// ordering.
     peer_closed: AtomicBool,
+    /// The peer's ECONNRESET was reported by a read (it is reported once, like `sk_err`).
+    /// Relaxed: a flag of this process's view.
+    reset_reported: AtomicBool,
     /// Fork generation in which this connection's refcount was last raised (see [`before_fork`]).
     fork_mark: AtomicU64,
 }
@@ -151,6 +154,7 @@ pub fn install(fd: c_int, end: End, memfd: OwnedFd, join: Join) -> bool {
         first_user: AtomicU32::new(0),
         shared: AtomicBool::new(false),
         fork_mark: AtomicU64::new(0),
+        reset_reported: AtomicBool::new(false),
     });
     LIVE.fetch_add(1, Relaxed);
     let old = slot.swap(Box::into_raw(conn), Release);
@@ -454,6 +458,8 @@ pub mod bits {
     pub const RDHUP: u32 = libc::POLLRDHUP as u32;
     /// Both sides shut down.
     pub const HUP: u32 = libc::POLLHUP as u32;
+    /// A pending error (the peer closed with bytes unread: ECONNRESET).
+    pub const ERR: u32 = libc::POLLERR as u32;
 }
 
 impl Conn {
@@ -568,9 +574,17 @@ impl Conn {
         (header.rings[self.end.peer().index()].producer.0.head.load(Acquire), header.rings[self.end.index()].consumer.0.tail.load(Acquire))
     }
 
+    /// The peer closed with bytes unread and no read has reported ECONNRESET yet.
+    fn reset_pending(&self) -> bool {
+        self.shut_bits(self.end.peer()) & SHUT_RESET != 0 && !self.reset_reported.load(Relaxed)
+    }
+
     /// Readiness from the rings and the shutdown state ([`bits`]), without a system call.
     pub fn readiness(&self) -> u32 {
         let mut ready = 0;
+        if self.reset_pending() {
+            ready |= bits::ERR;
+        }
         let rcv_shut = self.rcv_shut();
         let send_shut = self.send_shut();
         if self.unread() > 0 || rcv_shut {
@@ -793,9 +807,7 @@ impl Conn {
             }
             let got = self.with_rx(|rx| {
                 if peek {
-                    // MSG_PEEK fills the first non-empty buffer only.
-                    let first = bufs.iter_mut().find(|b| !b.is_empty()).expect("want > 0");
-                    return Transfer { bytes: rx.peek(first), wake_peer: false };
+                    return Transfer { bytes: rx.peekv(bufs), wake_peer: false };
                 }
                 after_mut(bufs, total, |rest| rx.readv(rest))
             });
@@ -814,6 +826,10 @@ impl Conn {
                 // Re-check once: the peer may have written just before shutting down.
                 if self.unread() > 0 {
                     continue;
+                }
+                if total == 0 && !peek && self.reset_pending() {
+                    self.reset_reported.store(true, Relaxed);
+                    return Ok(partial_or_errno(0, libc::ECONNRESET));
                 }
                 return Ok(total as isize); // EOF (0) or what MSG_WAITALL collected
             }
@@ -886,6 +902,12 @@ impl Conn {
     /// The last fd of this process closes: this process no longer holds the end. If it was the
     /// end's last holder, the peer is woken through `fd` (still open; -1: not available).
     fn leave(&self, fd: c_int) {
+        let holders = self.segment.header().refcount[self.end.index()].load(Relaxed);
+        if holders <= 1 && fd >= 0 && self.unread() > 0 {
+            // Closing with bytes unread: the peer gets ECONNRESET, as from the kernel.
+            // SeqCst: as in `shutdown`.
+            self.segment.header().shut.0[self.end.index()].fetch_or(SHUT_RESET, SeqCst);
+        }
         // AcqRel: the peer's Acquire load of a zero count sees everything this end wrote.
         let before = self.segment.header().refcount[self.end.index()].fetch_sub(1, AcqRel);
         if before == 1 && fd >= 0 {

@@ -191,7 +191,7 @@ fn collect(epfd: c_int, set: &Set, out: &mut [epoll_event]) -> usize {
                 continue;
             }
             let ready = c.readiness();
-            let mut mask = ready & (i.events | bits::HUP | libc::EPOLLERR as u32);
+            let mut mask = ready & (i.events | bits::HUP | bits::ERR);
             if i.events & libc::EPOLLET as u32 != 0 {
                 let (head, tail) = c.edges();
                 let (seen_head, seen_tail, seen_bits) = i.seen;
@@ -202,7 +202,7 @@ fn collect(epfd: c_int, set: &Set, out: &mut [epoll_event]) -> usize {
                 if tail != seen_tail {
                     edge |= bits::OUT;
                 }
-                edge |= (ready & !seen_bits) & (bits::HUP | bits::RDHUP);
+                edge |= (ready & !seen_bits) & (bits::HUP | bits::RDHUP | bits::ERR);
                 mask &= edge;
                 if mask != 0 {
                     i.seen = (head, tail, ready);
@@ -254,7 +254,7 @@ fn any_ready(set: &Set) -> bool {
         v.iter().any(|i| {
             i.armed
                 && live(i).is_some_and(|c| {
-                    let ready = c.readiness() & (i.events | bits::HUP);
+                    let ready = c.readiness() & (i.events | bits::HUP | bits::ERR);
                     if ready == 0 {
                         return false;
                     }

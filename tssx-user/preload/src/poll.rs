@@ -30,7 +30,7 @@ fn swapped(p: &pollfd) -> Option<&'static Conn> {
 
 /// `revents` of a swapped entry from the rings.
 fn ring_revents(c: &Conn, events: i16) -> i16 {
-    let wanted = events as u32 | bits::HUP;
+    let wanted = events as u32 | bits::HUP | bits::ERR;
     (c.readiness() & wanted) as i16
 }
 

@@ -7,6 +7,7 @@ use clap::{Parser, ValueEnum};
 use tssx_user::{
     agent::{self, AgentConfig},
     paths::{self, WatchedPath},
+    install,
     state::DEFAULT_STATE_DIR,
 };
 
@@ -68,7 +69,48 @@ enum Sub {
         #[arg(long)]
         stats: bool,
     },
+    /// Install the hook system-wide: copy it to a stable path and add that path to
+    /// /etc/ld.so.preload (opt-in; idempotent).
+    #[command(long_about = INSTALL_HELP)]
+    Install {
+        /// The hook to install (default: libtssx_preload.so next to this tssx-agent).
+        #[arg(long, value_name = "FILE")]
+        from: Option<PathBuf>,
+        #[command(flatten)]
+        target: InstallTarget,
+    },
+    /// Remove the system-wide hook: delete exactly its line from /etc/ld.so.preload, then
+    /// the installed copy.
+    Uninstall {
+        #[command(flatten)]
+        target: InstallTarget,
+    },
 }
+
+/// Where `install`/`uninstall` put the hook and which preload file they edit.
+#[derive(clap::Args, Debug)]
+struct InstallTarget {
+    /// Directory for the installed copy of the hook.
+    #[arg(long, value_name = "DIR", default_value = install::DEFAULT_LIB_DIR)]
+    lib_dir: PathBuf,
+    /// The loader's preload file (change it only for a chroot or image being prepared).
+    #[arg(long, value_name = "FILE", default_value = install::DEFAULT_PRELOAD_FILE)]
+    preload_file: PathBuf,
+}
+
+const INSTALL_HELP: &str = "\
+Install the hook system-wide: copy libtssx_preload.so to <lib-dir>/libtssx_preload.so (mode 0644,
+replaced by rename so running processes keep their copy), check that it loads, and add that path
+as a line of its own to /etc/ld.so.preload (rewritten atomically; other lines are kept). Running
+it twice changes nothing. Undo with `tssx-agent uninstall` (same --lib-dir).
+
+RISK: every dynamically linked program started afterwards, root's and setuid ones included,
+loads the hook. A hook that crashes or misbehaves breaks every new process, possibly including
+the shell and sudo you would use to undo it. The hook passes everything through unless a
+tssx-agent is running and the socket path is watched, but try it with LD_PRELOAD first.
+Recovery: from a shell that still works (keep one open), `rm /etc/ld.so.preload` or run
+`tssx-agent uninstall`; programs started with an empty preload (e.g. a statically linked
+busybox, or booting with init=/bin/sh and removing the line) are not affected.";
 
 fn parse_ring_size(s: &str) -> Result<usize, String> {
     let n: usize = s.parse().map_err(|e| format!("{e}"))?;
@@ -145,8 +187,25 @@ fn init_tracing(format: LogFormat, verbose: bool) {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    if let Some(Sub::Status { state_dir, json, stats }) = &cli.command {
-        return status(state_dir, *json, *stats);
+    match &cli.command {
+        Some(Sub::Status { state_dir, json, stats }) => return status(state_dir, *json, *stats),
+        Some(Sub::Install { from, target }) => {
+            let source = match from {
+                Some(f) => f.clone(),
+                None => install::default_source()?,
+            };
+            let done = install::install(&source, &target.lib_dir, &target.preload_file)?;
+            let what = if done.preload_changed { "added to" } else { "already in" };
+            println!("installed {} ({what} {})", done.library.display(), target.preload_file.display());
+            return Ok(());
+        }
+        Some(Sub::Uninstall { target }) => {
+            let done = install::uninstall(&target.lib_dir, &target.preload_file)?;
+            let what = if done.preload_changed { "removed from" } else { "was not in" };
+            println!("uninstalled {} ({what} {})", done.library.display(), target.preload_file.display());
+            return Ok(());
+        }
+        None => {}
     }
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {

@@ -1,0 +1,147 @@
+/*
+ * epoll beyond the echo loop: EPOLLONESHOT re-armed with EPOLL_CTL_MOD, and one socket in two
+ * epoll sets at once (level-triggered in one, edge-triggered in the other), then closed.
+ *
+ *   epoll_sets server PATH / epoll_sets client PATH
+ *
+ * The client sends the next word of its list each time the server sends it a 'g'. The server
+ * closes with the last word unread, so the client's read gets ECONNRESET, then EOF. The server checks readiness with timeout 0 only after poll(-1) has shown that
+ * the word arrived, so every answer is fixed.
+ */
+#include "conform.h"
+
+#include <sys/epoll.h>
+
+static const char *events_str(unsigned ev) {
+    static char buf[128];
+    buf[0] = 0;
+    if (ev & EPOLLIN) strcat(buf, "|EPOLLIN");
+    if (ev & EPOLLOUT) strcat(buf, "|EPOLLOUT");
+    if (ev & EPOLLRDHUP) strcat(buf, "|EPOLLRDHUP");
+    if (ev & EPOLLHUP) strcat(buf, "|EPOLLHUP");
+    if (ev & EPOLLERR) strcat(buf, "|EPOLLERR");
+    return buf[0] ? buf + 1 : "0";
+}
+
+/* epoll_wait with `timeout`; prints "what -> n EVENTS". */
+static int ewait(const char *what, int ep, int timeout) {
+    struct epoll_event ev[4];
+    int n;
+    do n = epoll_wait(ep, ev, 4, timeout);
+    while (n < 0 && errno == EINTR);
+    if (n < 0) say("%s -> %s", what, rcstr(n, errno));
+    else if (n == 0) say("%s -> 0", what);
+    else say("%s -> %d %s", what, n, events_str(ev[0].events));
+    return n;
+}
+
+static void add(int ep, int fd, unsigned events, int op) {
+    struct epoll_event ev = {.events = events, .data.fd = fd};
+    CHECK(epoll_ctl(ep, op, fd, &ev) == 0);
+}
+
+/* Asks the client for its next word and waits (poll -1) until it arrived. */
+static void next_word(int c) {
+    send_byte(c, 'g');
+    wait_ready(c, POLLIN);
+}
+
+static void server(const char *path) {
+    int lfd = listen_on(path);
+    int c = accept_one(lfd);
+    char buf[64];
+
+    say("-- EPOLLONESHOT");
+    int ep = epoll_create1(0);
+    CHECK(ep >= 0);
+    add(ep, c, EPOLLIN | EPOLLONESHOT, EPOLL_CTL_ADD);
+    ewait("epoll_wait(0) empty", ep, 0);
+    send_byte(c, 'g');
+    ewait("epoll_wait(-1) after word", ep, -1);
+    SHOW_DATA("read", buf, read(c, buf, sizeof buf));
+    next_word(c);
+    ewait("epoll_wait(0) disarmed, data waiting", ep, 0);
+    SHOW("epoll_ctl MOD re-arm", ({
+             struct epoll_event ev = {.events = EPOLLIN | EPOLLONESHOT, .data.fd = c};
+             epoll_ctl(ep, EPOLL_CTL_MOD, c, &ev);
+         }));
+    ewait("epoll_wait(0) re-armed", ep, 0);
+    ewait("epoll_wait(0) fired once", ep, 0);
+    SHOW_DATA("read", buf, read(c, buf, sizeof buf));
+    SHOW("epoll_ctl ADD again", ({
+             struct epoll_event ev = {.events = EPOLLIN, .data.fd = c};
+             epoll_ctl(ep, EPOLL_CTL_ADD, c, &ev);
+         }));
+    SHOW("epoll_ctl DEL", epoll_ctl(ep, EPOLL_CTL_DEL, c, NULL));
+    SHOW("epoll_ctl DEL again", epoll_ctl(ep, EPOLL_CTL_DEL, c, NULL));
+
+    say("-- two epoll sets: level-triggered and edge-triggered");
+    int lt = epoll_create1(0), et = epoll_create1(0);
+    CHECK(lt >= 0 && et >= 0);
+    add(lt, c, EPOLLIN, EPOLL_CTL_ADD);
+    add(et, c, EPOLLIN | EPOLLET, EPOLL_CTL_ADD);
+    ewait("lt(0) empty", lt, 0);
+    ewait("et(0) empty", et, 0);
+    next_word(c);
+    ewait("lt(0)", lt, 0);
+    ewait("et(0)", et, 0);
+    ewait("lt(0) again", lt, 0);
+    ewait("et(0) again", et, 0);
+    SHOW_DATA("read 2", buf, read(c, buf, 2));
+    ewait("lt(0) after partial read", lt, 0);
+    ewait("et(0) after partial read", et, 0);
+    SHOW_DATA("read rest", buf, read(c, buf, sizeof buf));
+    ewait("lt(0) drained", lt, 0);
+    ewait("et(0) drained", et, 0);
+    next_word(c);
+    ewait("et(-1) new data", et, -1);
+    ewait("lt(-1) new data", lt, -1);
+    SHOW_DATA("read", buf, read(c, buf, sizeof buf));
+
+    say("-- EPOLLOUT edge-triggered");
+    int out = epoll_create1(0);
+    CHECK(out >= 0);
+    add(out, c, EPOLLOUT | EPOLLET, EPOLL_CTL_ADD);
+    ewait("et EPOLLOUT(0)", out, 0);
+    ewait("et EPOLLOUT(0) again", out, 0);
+
+    say("-- close removes the socket from every set");
+    next_word(c);
+    SHOW("close", close(c));
+    ewait("lt(0) after close", lt, 0);
+    ewait("et(0) after close", et, 0);
+    ewait("oneshot set(0) after close", ep, 0);
+    ewait("out(0) after close", out, 0);
+    SHOW("epoll_ctl ADD closed fd", ({
+             struct epoll_event ev = {.events = EPOLLIN, .data.fd = c};
+             epoll_ctl(lt, EPOLL_CTL_ADD, c, &ev);
+         }));
+}
+
+static void client(const char *path) {
+    static const char *words[] = {"one", "two", "three", "four", "five"};
+    int fd = connect_to(path);
+    size_t next = 0;
+    for (;;) {
+        char cmd;
+        ssize_t r = read(fd, &cmd, 1);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) {
+            say("read -> %s%s", rcstr(r, errno), r == 0 ? " EOF" : "");
+            break;
+        }
+        CHECK(cmd == 'g');
+        CHECK(next < sizeof words / sizeof words[0]);
+        write_str(fd, words[next]);
+        say("sent %s", words[next++]);
+    }
+    char last;
+    SHOW_DATA("read again", &last, read(fd, &last, 1));
+}
+
+int main(int argc, char **argv) {
+    const char *path;
+    if (parse_role(argc, argv, &path)) server(path);
+    else client(path);
+    return 0;
+}

@@ -1,0 +1,53 @@
+//! `tssx-bench-setup`: connection set-up cost over a Unix stream socket (plain std, no tssx
+//! code; run it under `LD_PRELOAD=libtssx_preload.so` to measure tssx's).
+//!
+//! `tssx-bench-setup serve PATH COUNT` binds PATH, prints `ready`, then COUNT times: accepts,
+//! reads 64 bytes, echoes them, waits for the client's close. `tssx-bench-setup drive PATH
+//! COUNT` COUNT times: connects, writes 64 bytes, reads the echo, closes; prints the mean
+//! seconds per connection (connect + accept + first 64-byte round trip + close).
+use std::{
+    io::{Read, Write},
+    os::unix::net::{UnixListener, UnixStream},
+    time::Instant,
+};
+
+const MESSAGE: usize = 64;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let (Some(mode), Some(path), Some(count)) = (args.get(1), args.get(2), args.get(3).and_then(|c| c.parse::<u32>().ok())) else {
+        eprintln!("usage: tssx-bench-setup serve|drive PATH COUNT");
+        std::process::exit(2);
+    };
+    let mut buf = [0u8; MESSAGE];
+    match mode.as_str() {
+        "serve" => {
+            let _ = std::fs::remove_file(path);
+            let listener = UnixListener::bind(path).expect("bind");
+            println!("ready");
+            std::io::stdout().flush().expect("stdout");
+            for _ in 0..count {
+                let (mut stream, _) = listener.accept().expect("accept");
+                stream.read_exact(&mut buf).expect("read");
+                stream.write_all(&buf).expect("write");
+                let mut rest = [0u8; 1];
+                assert_eq!(stream.read(&mut rest).expect("read EOF"), 0, "client sent extra bytes");
+            }
+        }
+        "drive" => {
+            let start = Instant::now();
+            for i in 0..count {
+                let mut stream = UnixStream::connect(path).expect("connect");
+                buf.fill(i as u8);
+                stream.write_all(&buf).expect("write");
+                stream.read_exact(&mut buf).expect("read");
+                assert!(buf.iter().all(|&b| b == i as u8), "corrupt echo");
+            }
+            println!("{}", start.elapsed().as_secs_f64() / f64::from(count.max(1)));
+        }
+        _ => {
+            eprintln!("usage: tssx-bench-setup serve|drive PATH COUNT");
+            std::process::exit(2);
+        }
+    }
+}

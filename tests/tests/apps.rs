@@ -1,0 +1,350 @@
+//! End-to-end with real applications: Redis, PostgreSQL and memcached, unmodified, on Unix
+//! sockets. Each test runs the same client session twice, once plain (no hook, an unwatched
+//! socket) and once with server and clients under `LD_PRELOAD=libtssx_preload.so` on a path the
+//! real agent watches, and requires
+//! 1. identical results (command outputs; benchmarks complete without errors), and
+//! 2. every connection the kernel saw accepted on the watched path traced as `swapped`.
+//!
+//! These servers use epoll and non-blocking sockets, and PostgreSQL forks a backend per
+//! connection: (2) needs the hook to cover those.
+//!
+//! The Debian packages come from `cargo xtask setup`. The servers run on private sockets in a
+//! temporary directory (Redis with `--port 0`, PostgreSQL with `listen_addresses=''`, memcached
+//! with `-s`), so they never touch the default ports or sockets.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use tssx_tests::{hook, require_root, temp_dir, HookedAgent};
+
+const MEMCACHE: &str = env!("CARGO_BIN_EXE_tssx-test-memcache");
+/// Debian 12's PostgreSQL server binaries (off PATH).
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+/// A server process, stopped (SIGTERM) and reaped when dropped if the test did not stop it.
+struct Daemon {
+    child: Child,
+    name: &'static str,
+}
+
+impl Daemon {
+    fn spawn(name: &'static str, mut cmd: Command) -> Self {
+        let child = cmd.stdout(Stdio::null()).spawn().unwrap_or_else(|e| panic!("cannot start {name} ({cmd:?}): {e} (cargo xtask setup installs it)"));
+        Self { child, name }
+    }
+
+    /// Sends `signal`, waits up to 20 s, and asserts that the server exited cleanly (a crash
+    /// under the hook shows here).
+    fn stop(mut self, signal: i32) {
+        // SAFETY: signals our own child.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "{} did not exit within 20 s", self.name);
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(status.success(), "{} exited with {status}", self.name);
+    }
+
+    /// Fails at once if the server already died.
+    fn assert_running(&mut self) {
+        if let Some(status) = self.child.try_wait().expect("try_wait") {
+            panic!("{} exited early: {status}", self.name);
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// `cmd`, under the hook if `hooked`.
+fn command(program: &str, hooked: bool) -> Command {
+    let mut cmd = Command::new(program);
+    if hooked {
+        cmd.env("LD_PRELOAD", hook());
+    } else {
+        cmd.env_remove("LD_PRELOAD");
+    }
+    cmd
+}
+
+/// Runs `cmd` (with `stdin` fed in), asserting success; returns stdout.
+fn run(mut cmd: Command, stdin: Option<&[u8]>) -> String {
+    use std::io::Write as _;
+    let started = Instant::now();
+    let mut child = cmd
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    if let Some(input) = stdin {
+        child.stdin.take().unwrap().write_all(input).expect("write stdin");
+    }
+    let out: Output = child.wait_with_output().expect("wait");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed after {:?}: {}\nstdout: {}\nstderr: {}",
+        started.elapsed(),
+        out.status,
+        &stdout[..stdout.len().min(4000)],
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Polls `ready` every 50 ms for up to 30 s.
+fn wait_until(what: &str, daemon: &mut Daemon, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ready() {
+        daemon.assert_running();
+        assert!(Instant::now() < deadline, "{what} not ready after 30 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Asserts that every connection accepted on `path` was swapped; the message lists the
+/// `not swapped` reasons the agent gave.
+fn assert_all_swapped(agent: &HookedAgent, path: &str) {
+    let accepts = agent.events_on("accept", path).len();
+    assert!(accepts > 0, "the agent saw no accept on {path}");
+    let swapped = agent.wait_for("swapped", path, accepts, Duration::from_secs(5)).len();
+    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+    for e in agent.events_on("not", path) {
+        *reasons.entry(e["reason"].as_str().unwrap_or("?").to_owned()).or_default() += 1;
+    }
+    assert_eq!(swapped, accepts, "{swapped} of {accepts} connections on {path} swapped; not swapped: {reasons:?}");
+}
+
+/// Asserts two sessions' outputs are identical, showing the first differing line.
+fn assert_same(what: &str, plain: &str, tssx: &str) {
+    if plain != tssx {
+        let line = plain.lines().zip(tssx.lines()).position(|(a, b)| a != b);
+        let show = |s: &str| line.and_then(|i| s.lines().nth(i)).unwrap_or("").chars().take(200).collect::<String>();
+        panic!(
+            "{what}: output differs with tssx ({} vs {} bytes; first difference at line {line:?}: plain {:?}, tssx {:?})",
+            plain.len(),
+            tssx.len(),
+            show(plain),
+            show(tssx)
+        );
+    }
+}
+
+fn path_str(p: &Path) -> String {
+    p.to_str().expect("UTF-8 temp dir").to_owned()
+}
+
+// ---------------------------------------------------------------------------------------- Redis
+
+/// The functional part of a Redis session: outputs of several redis-cli runs (one connection
+/// each), including a 256 KiB value sent from stdin and read back.
+fn redis_session(sock: &str, hooked: bool, big: &[u8]) -> String {
+    let cli = |args: &[&str], stdin: Option<&[u8]>| {
+        let mut cmd = command("redis-cli", hooked);
+        cmd.args(["-s", sock]).args(args);
+        run(cmd, stdin)
+    };
+    let script = "FLUSHALL\nSET greeting hello\nGET greeting\nAPPEND greeting \" world\"\nSTRLEN greeting\n\
+                  INCR n\nINCRBY n 41\nDECR n\nRPUSH l a b c d\nLPUSH l z\nLRANGE l 0 -1\nLLEN l\n\
+                  HSET h f1 v1 f2 v2\nHGETALL h\nMSET a 1 b 2 c 3\nMGET a b c missing\nDEL a b\nEXISTS a b c\n\
+                  ZADD z 3 three 1 one 2 two\nZRANGE z 0 -1 WITHSCORES\nGET missing\nTYPE l\n";
+    let mut out = cli(&[], Some(script.as_bytes()));
+    for _ in 0..3 {
+        out += &cli(&["INCR", "n"], None);
+    }
+    out += &cli(&["-x", "SET", "big"], Some(big));
+    out += &cli(&["STRLEN", "big"], None);
+    let got = cli(&["--raw", "GET", "big"], None);
+    // --raw prints the value and a newline.
+    assert!(got.as_bytes() == [big, b"\n"].concat(), "GET big returned {} bytes, not the {} sent", got.len(), big.len() + 1);
+    out += &cli(&["DBSIZE"], None);
+    out
+}
+
+/// redis-benchmark on `sock` (50 clients, each test opening its own); asserts every test
+/// completed and returns its output.
+fn redis_benchmark(sock: &str, hooked: bool) -> String {
+    let mut cmd = command("redis-benchmark", hooked);
+    cmd.args(["-s", sock, "-n", "2000", "-t", "ping,set,get", "-q"]);
+    let out = run(cmd, None);
+    for test in ["PING_INLINE", "PING_MBULK", "SET", "GET"] {
+        let line = out.lines().find(|l| l.trim_start().starts_with(&format!("{test}:")) && l.contains("requests per second"));
+        assert!(line.is_some(), "redis-benchmark did not finish {test}: {out:?}");
+    }
+    out
+}
+
+/// Starts redis-server on `sock` (no TCP, no persistence), waits for PONG, runs the session
+/// and the benchmark, stops it; returns the session's output.
+fn redis_run(dir: &Path, sock: &str, hooked: bool, big: &[u8]) -> String {
+    let mut server = command("redis-server", hooked);
+    server.args(["--port", "0", "--unixsocket", sock, "--unixsocketperm", "700", "--save", "", "--appendonly", "no"]);
+    server.args(["--daemonize", "no", "--dir"]).arg(dir).arg("--logfile").arg(dir.join(format!("redis-{hooked}.log")));
+    let mut server = Daemon::spawn("redis-server", server);
+    wait_until("redis-server", &mut server, || {
+        Path::new(sock).exists()
+            && command("redis-cli", hooked).args(["-s", sock, "PING"]).output().is_ok_and(|o| o.stdout == b"PONG\n")
+    });
+    let session = redis_session(sock, hooked, big);
+    redis_benchmark(sock, hooked);
+    // The data survived the benchmark's own keys.
+    let check = run({ let mut c = command("redis-cli", hooked); c.args(["-s", sock, "GET", "greeting"]); c }, None);
+    assert_eq!(check, "hello world\n");
+    server.stop(libc::SIGTERM);
+    session
+}
+
+#[test]
+fn redis_gives_the_same_results_with_tssx() {
+    require_root();
+    let dir = temp_dir("app-redis");
+    let (plain_sock, tssx_sock) = (path_str(&dir.join("plain.sock")), path_str(&dir.join("redis.sock")));
+    let big: Vec<u8> = (0..256 * 1024).map(|i| b'a' + (i * 7 % 26) as u8).collect();
+    let agent = HookedAgent::start(&[&tssx_sock]);
+    let plain = redis_run(&dir, &plain_sock, false, &big);
+    assert!(plain.starts_with("OK\nOK\nhello\n11\n") && plain.contains("\n262144\n"), "unexpected plain session: {plain}");
+    let tssx = redis_run(&dir, &tssx_sock, true, &big);
+    assert_same("redis-cli session", &plain, &tssx);
+    assert!(agent.events_on("accept", &plain_sock).is_empty(), "the plain run's socket is not watched");
+    assert_all_swapped(&agent, &tssx_sock);
+    assert!(agent.stop().success());
+}
+
+// ----------------------------------------------------------------------------------- PostgreSQL
+
+const PG_PORT: &str = "54329";
+
+/// Queries whose complete output is compared: DDL/DML tags, aggregates, a 20 000-row result
+/// (about 900 KB through the socket), a 100 KB value and COPY.
+const PG_SCRIPT: &str = "
+DROP TABLE IF EXISTS t;
+CREATE TABLE t (id int PRIMARY KEY, name text, v numeric);
+INSERT INTO t SELECT g, 'name' || g, g * 1.5 FROM generate_series(1, 10000) g;
+SELECT count(*), sum(v), min(name), max(name) FROM t;
+SELECT id, name, v FROM t WHERE id % 1000 = 0 ORDER BY id;
+UPDATE t SET v = v * 2 WHERE id <= 100;
+SELECT md5(string_agg(name || v, ',' ORDER BY id)) FROM t;
+SELECT g, md5(g::text) FROM generate_series(1, 20000) g;
+SELECT length(repeat('ab', 50000)), md5(repeat('ab', 50000));
+BEGIN; DELETE FROM t WHERE id > 5000; SELECT count(*) FROM t; ROLLBACK;
+SELECT count(*) FROM t;
+COPY (SELECT * FROM t WHERE id <= 5 ORDER BY id) TO STDOUT;
+";
+
+/// As the unprivileged `postgres` user (PostgreSQL refuses root), keeping the environment.
+fn as_postgres(program: &str, hooked: bool) -> Command {
+    let mut cmd = command("setpriv", hooked);
+    cmd.args(["--reuid", "postgres", "--regid", "postgres", "--init-groups", "--"]).arg(program);
+    cmd
+}
+
+fn chown_postgres(path: &Path) {
+    run({ let mut c = Command::new("chown"); c.arg("postgres:postgres").arg(path); c }, None);
+}
+
+fn pg_client(program: &str, sock_dir: &str, hooked: bool) -> Command {
+    let mut cmd = command(program, hooked);
+    cmd.args(["-h", sock_dir, "-p", PG_PORT, "-U", "postgres"]);
+    cmd
+}
+
+/// Starts postgres on `data` with its socket in `sock_dir` only, runs the psql script and
+/// pgbench, stops it; returns psql's output.
+fn postgres_run(data: &Path, sock_dir: &Path, hooked: bool) -> String {
+    std::fs::create_dir_all(sock_dir).unwrap();
+    chown_postgres(sock_dir);
+    let sock_dir = path_str(sock_dir);
+    let mut server = as_postgres(&format!("{PG_BIN}/postgres"), hooked);
+    server.arg("-D").arg(data).args(["-k", &sock_dir, "-p", PG_PORT, "-c", "listen_addresses=", "-c", "fsync=off"]);
+    server.args(["-c", "shared_buffers=16MB", "-c", "max_connections=20"]);
+    let log = sock_dir.clone() + ".log";
+    server.stderr(std::fs::File::create(&log).unwrap_or_else(|e| panic!("create {log}: {e}")));
+    let mut server = Daemon::spawn("postgres", server);
+    wait_until("postgres", &mut server, || {
+        pg_client(&format!("{PG_BIN}/pg_isready"), &sock_dir, hooked).arg("-q").status().is_ok_and(|s| s.success())
+    });
+    let mut psql = pg_client("psql", &sock_dir, hooked);
+    psql.args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-d", "postgres"]);
+    let out = run(psql, Some(PG_SCRIPT.as_bytes()));
+    let mut init = pg_client(&format!("{PG_BIN}/pgbench"), &sock_dir, hooked);
+    init.args(["-i", "-s", "1", "-q", "postgres"]);
+    run(init, None);
+    let mut bench = pg_client(&format!("{PG_BIN}/pgbench"), &sock_dir, hooked);
+    bench.args(["-S", "-T", "2", "-c", "1", "postgres"]);
+    let report = run(bench, None);
+    let processed = report.lines().find_map(|l| l.strip_prefix("number of transactions actually processed: "));
+    assert!(processed.and_then(|n| n.trim().parse::<u64>().ok()).is_some_and(|n| n > 0), "pgbench -S: {report}");
+    assert!(report.contains("number of failed transactions: 0"), "pgbench -S: {report}");
+    // Fast shutdown (SIGINT): postgres exits 0 once every backend is gone.
+    server.stop(libc::SIGINT);
+    out
+}
+
+#[test]
+fn postgres_gives_the_same_results_with_tssx() {
+    require_root();
+    let dir = temp_dir("app-pg");
+    chown_postgres(&dir);
+    let data = dir.join("data");
+    let mut initdb = as_postgres(&format!("{PG_BIN}/initdb"), false);
+    initdb.arg("-D").arg(&data).args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8", "--locale=C"]);
+    run(initdb, None);
+    let tssx_dir: PathBuf = dir.join("tssx");
+    let tssx_sock = path_str(&tssx_dir.join(format!(".s.PGSQL.{PG_PORT}")));
+    let agent = HookedAgent::start(&[&tssx_sock]);
+    let plain = postgres_run(&data, &dir.join("plain"), false);
+    assert!(plain.contains("10000|75007500.0|name1|name9999"), "unexpected plain output: {}", &plain[..plain.len().min(500)]);
+    assert!(plain.lines().count() > 20_000, "the 20 000-row result is missing");
+    let tssx = postgres_run(&data, &tssx_dir, true);
+    assert_same("psql session", &plain, &tssx);
+    assert_all_swapped(&agent, &tssx_sock);
+    assert!(agent.stop().success());
+}
+
+// ------------------------------------------------------------------------------------ memcached
+
+/// Starts memcached on `sock` (no TCP), runs the client twice (two connections), stops it.
+fn memcached_run(sock: &str, hooked: bool) -> String {
+    let mut server = command("memcached", hooked);
+    server.args(["-s", sock, "-a", "0700", "-u", "root", "-t", "2", "-m", "64"]);
+    let mut server = Daemon::spawn("memcached", server);
+    wait_until("memcached", &mut server, || Path::new(sock).exists());
+    let mut out = String::new();
+    for rounds in ["200", "50"] {
+        let mut client = command(MEMCACHE, hooked);
+        client.args([sock, rounds]);
+        out += &run(client, None);
+    }
+    server.stop(libc::SIGTERM);
+    out
+}
+
+#[test]
+fn memcached_gives_the_same_results_with_tssx() {
+    require_root();
+    let dir = temp_dir("app-memcached");
+    let (plain_sock, tssx_sock) = (path_str(&dir.join("plain.sock")), path_str(&dir.join("mc.sock")));
+    let agent = HookedAgent::start(&[&tssx_sock]);
+    let plain = memcached_run(&plain_sock, false);
+    assert_eq!(plain.matches("\nok\n").count(), 2, "{plain}");
+    assert!(plain.contains("< 42\n"), "incr result missing: {plain}");
+    let tssx = memcached_run(&tssx_sock, true);
+    assert_same("memcached session", &plain, &tssx);
+    assert_all_swapped(&agent, &tssx_sock);
+    assert!(agent.stop().success());
+}

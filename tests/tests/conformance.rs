@@ -1,0 +1,375 @@
+//! Issue 4, "run twice": any program correct on a Unix stream socket must be correct, unchanged,
+//! on a swapped one.
+//!
+//! Each scenario is a small C program in `tests/conform/` (no tssx code in it) run as a server
+//! and a client process on one socket path. Each end prints a deterministic transcript of what
+//! it observed (return values, errno names, data, readiness, EOF, signals). A scenario runs:
+//!
+//! 1. plain, twice (no agent, no hook): both ends must succeed and the two transcripts must be
+//!    identical, so that the reference itself is deterministic;
+//! 2. swapped: the real agent watching the path, `LD_PRELOAD=libtssx_preload.so` on both ends.
+//!    The transcript must equal the plain one, the agent must have traced `swapped` for every
+//!    connection of the scenario, and the `closed` lines must account for the scenario's
+//!    payload as bytes that crossed shared memory.
+//!
+//! A mismatch is reported as a line diff (`-` plain, `+` swapped) together with the other
+//! findings, the ends' stderr and the agent's `not swapped` reasons.
+
+use std::{
+    io::{BufRead as _, BufReader, Read},
+    os::unix::process::{CommandExt as _, ExitStatusExt as _},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{mpsc, OnceLock},
+    thread,
+    time::{Duration, Instant},
+};
+
+use tssx_tests::{hook, require_root, temp_dir, HookedAgent};
+
+/// How long one run (server and client together) may take before both are killed.
+const RUN_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long to wait for the agent's `swapped` / `closed` lines after a run.
+const TRACE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One conformance scenario: a program, its two ends' arguments and what the swap must show.
+struct Scenario {
+    /// Test name, also the temp-dir name.
+    name: &'static str,
+    /// Program built from `tests/conform/<program>.c`.
+    program: &'static str,
+    /// Arguments after `server PATH`.
+    server: &'static [&'static str],
+    /// Arguments after `client PATH`.
+    client: &'static [&'static str],
+    /// Connections the client opens: each must be traced `swapped` once.
+    connections: usize,
+    /// Bytes (both directions, all connections) that must have crossed shared memory.
+    shm_bytes: u64,
+}
+
+/// Builds every `tests/conform/*.c` once per test process; returns the directory of binaries.
+fn programs() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("conform");
+        let out = temp_dir("conform-bin");
+        let mut builds = Vec::new();
+        for entry in std::fs::read_dir(&src).expect("read tests/conform") {
+            let path = entry.expect("dir entry").path();
+            if path.extension().and_then(|e| e.to_str()) != Some("c") {
+                continue;
+            }
+            let bin = out.join(path.file_stem().expect("stem"));
+            let child = Command::new("cc")
+                .args(["-O2", "-Wall", "-Werror", "-pthread", "-o"])
+                .arg(&bin)
+                .arg(&path)
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn cc");
+            builds.push((path, child));
+        }
+        assert!(!builds.is_empty(), "no C sources in {}", src.display());
+        for (path, child) in builds {
+            let out = child.wait_with_output().expect("wait cc");
+            assert!(out.status.success(), "cc {} failed:\n{}", path.display(), String::from_utf8_lossy(&out.stderr));
+        }
+        out
+    })
+}
+
+/// What one run of a scenario showed.
+struct Run {
+    /// `server: ...` lines, `server: exit ...`, then `client: ...` lines and `client: exit ...`.
+    transcript: String,
+    /// Both ends exited 0 within the time limit.
+    ok: bool,
+    /// The ends' stderr, for failure messages.
+    stderr: String,
+}
+
+/// Collects a pipe's lines on a thread.
+fn collect(pipe: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn spawn_end(bin: &Path, role: &str, path: &str, args: &[&str], preload: Option<&Path>) -> Child {
+    let mut cmd = Command::new(bin);
+    cmd.arg(role).arg(path).args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    // Its own process group, so that a timeout also ends the children it forked.
+    cmd.process_group(0);
+    match preload {
+        Some(so) => cmd.env("LD_PRELOAD", so),
+        None => cmd.env_remove("LD_PRELOAD"),
+    };
+    cmd.spawn().unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()))
+}
+
+fn kill_group(child: &Child) {
+    // SAFETY: signals the process group of a child we spawned as its group leader.
+    unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+}
+
+fn describe(status: Option<ExitStatus>) -> String {
+    match status {
+        None => "timeout (killed)".into(),
+        Some(s) => match (s.code(), s.signal()) {
+            (Some(code), _) => format!("exit {code}"),
+            (_, Some(sig)) => format!("killed by signal {sig}"),
+            _ => format!("{s}"),
+        },
+    }
+}
+
+/// Runs the scenario's server, waits for its `listening` line, runs its client; both must end
+/// before `RUN_TIMEOUT` or are killed with their process groups.
+fn run(sc: &Scenario, path: &str, preload: Option<&Path>) -> Run {
+    let bin = programs().join(sc.program);
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    let mut server = spawn_end(&bin, "server", path, sc.server, preload);
+    let server_out = collect(server.stdout.take().expect("stdout"));
+    let server_err = collect(server.stderr.take().expect("stderr"));
+    let mut server_lines = Vec::new();
+    let mut client = None;
+    match server_out.recv_timeout(Duration::from_secs(10)) {
+        Ok(first) => {
+            let listening = first == "listening";
+            server_lines.push(first);
+            if listening {
+                client = Some(spawn_end(&bin, "client", path, sc.client, preload));
+            }
+        }
+        Err(_) => server_lines.push("(no listening line)".into()),
+    }
+    let (client_out, client_err) = match client.as_mut() {
+        Some(c) => (Some(collect(c.stdout.take().expect("stdout"))), Some(collect(c.stderr.take().expect("stderr")))),
+        None => (None, None),
+    };
+    let mut server_status = None;
+    let mut client_status = None;
+    loop {
+        if server_status.is_none() {
+            server_status = server.try_wait().expect("try_wait");
+        }
+        if let (None, Some(c)) = (client_status, client.as_mut()) {
+            client_status = c.try_wait().expect("try_wait");
+        }
+        let client_done = client.is_none() || client_status.is_some();
+        if server_status.is_some() && client_done {
+            break;
+        }
+        if Instant::now() > deadline || (client.is_none() && server_status.is_none()) {
+            kill_group(&server);
+            if let Some(c) = &client {
+                kill_group(c);
+            }
+            let _ = server.wait();
+            if let Some(c) = client.as_mut() {
+                let _ = c.wait();
+            }
+            break;
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+    // Forked children may hold the pipes a little longer; take what arrives until they close.
+    let drain = |rx: &mpsc::Receiver<String>, into: &mut Vec<String>| {
+        let until = Instant::now() + Duration::from_secs(5);
+        while let Ok(line) = rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+            into.push(line);
+        }
+    };
+    drain(&server_out, &mut server_lines);
+    let mut client_lines = Vec::new();
+    if let Some(rx) = &client_out {
+        drain(rx, &mut client_lines);
+    }
+    let mut stderr = Vec::new();
+    drain(&server_err, &mut stderr);
+    if let Some(rx) = &client_err {
+        let mut lines = Vec::new();
+        drain(rx, &mut lines);
+        stderr.extend(lines.into_iter().map(|l| format!("client: {l}")));
+    }
+    let ok = server_status.is_some_and(|s| s.success()) && client_status.is_some_and(|s| s.success());
+    let mut transcript = String::new();
+    for l in &server_lines {
+        transcript += &format!("server: {l}\n");
+    }
+    transcript += &format!("server: {}\n", describe(server_status));
+    for l in &client_lines {
+        transcript += &format!("client: {l}\n");
+    }
+    transcript += &format!("client: {}\n", if client.is_some() { describe(client_status) } else { "not started".into() });
+    Run { transcript, ok, stderr: stderr.join("\n") }
+}
+
+/// Line diff of two transcripts (longest common subsequence): ` ` same, `-` a only, `+` b only.
+fn diff(a: &str, b: &str) -> String {
+    let a: Vec<&str> = a.lines().collect();
+    let b: Vec<&str> = b.lines().collect();
+    let mut lcs = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for i in (0..a.len()).rev() {
+        for j in (0..b.len()).rev() {
+            lcs[i][j] = if a[i] == b[j] { lcs[i + 1][j + 1] + 1 } else { lcs[i + 1][j].max(lcs[i][j + 1]) };
+        }
+    }
+    let (mut i, mut j, mut out) = (0, 0, String::new());
+    while i < a.len() || j < b.len() {
+        if i < a.len() && j < b.len() && a[i] == b[j] {
+            out += &format!("  {}\n", a[i]);
+            i += 1;
+            j += 1;
+        } else if j < b.len() && (i == a.len() || lcs[i][j + 1] >= lcs[i + 1][j]) {
+            out += &format!("+ {}\n", b[j]);
+            j += 1;
+        } else {
+            out += &format!("- {}\n", a[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+fn socket_path(sc: &Scenario) -> String {
+    temp_dir(&format!("conform-{}", sc.name)).join("s.sock").to_str().expect("utf-8 path").to_owned()
+}
+
+/// Runs one scenario plain twice, then swapped, and fails with every finding at once.
+fn conform(sc: &Scenario) {
+    require_root();
+    let started = Instant::now();
+    let plain = run(sc, &socket_path(sc), None);
+    assert!(plain.ok, "{}: the plain run failed\n{}\nstderr:\n{}", sc.name, plain.transcript, plain.stderr);
+    let again = run(sc, &socket_path(sc), None);
+    assert!(
+        plain.transcript == again.transcript,
+        "{}: the plain transcript is not deterministic (- first run, + second run):\n{}",
+        sc.name,
+        diff(&plain.transcript, &again.transcript)
+    );
+    let plain_time = started.elapsed() / 2;
+
+    let path = socket_path(sc);
+    let started = Instant::now();
+    let agent = HookedAgent::start(&[&path]);
+    let agent_time = started.elapsed();
+    let started = Instant::now();
+    let swapped = run(sc, &path, Some(&hook()));
+    let swapped_time = started.elapsed();
+    let mut problems = Vec::new();
+    if !swapped.ok || swapped.transcript != plain.transcript {
+        problems.push(format!(
+            "transcripts differ (- plain, + swapped):\n{}stderr of the swapped run:\n{}",
+            diff(&plain.transcript, &swapped.transcript),
+            swapped.stderr
+        ));
+    }
+    let swaps = agent.wait_for("swapped", &path, sc.connections, TRACE_TIMEOUT);
+    if swaps.len() != sc.connections {
+        problems.push(format!("agent traced `swapped` {} times, expected {}", swaps.len(), sc.connections));
+    }
+    // Every swapped connection's segment must be freed, and the payload must have crossed it.
+    let ids: Vec<&serde_json::Value> = swaps.iter().map(|s| &s["connection"]).collect();
+    let deadline = Instant::now() + TRACE_TIMEOUT;
+    let closed = loop {
+        let closed: Vec<_> = agent.events_on("closed", &path).into_iter().filter(|c| ids.contains(&&c["connection"])).collect();
+        if closed.len() >= ids.len() || Instant::now() > deadline {
+            break closed;
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    if closed.len() != ids.len() {
+        problems.push(format!("{} swapped connections but {} of them traced `closed`", ids.len(), closed.len()));
+    }
+    let bytes: u64 = closed
+        .iter()
+        .map(|c| c["bytes_client_to_server"].as_u64().unwrap_or(0) + c["bytes_server_to_client"].as_u64().unwrap_or(0))
+        .sum();
+    if bytes < sc.shm_bytes {
+        problems.push(format!("{bytes} bytes crossed shared memory, expected at least {}", sc.shm_bytes));
+    }
+    // Why the others stayed plain, with counts.
+    let mut refused: Vec<(String, usize)> = Vec::new();
+    for e in agent.events("not") {
+        let reason = e["reason"].as_str().unwrap_or("?").to_owned();
+        match refused.iter_mut().find(|(r, _)| *r == reason) {
+            Some((_, n)) => *n += 1,
+            None => refused.push((reason, 1)),
+        }
+    }
+    eprintln!(
+        "{}: plain {:?}, agent lock+start {:?}, swapped {:?}, {} swapped, {} bytes through shared memory",
+        sc.name,
+        plain_time,
+        agent_time,
+        swapped_time,
+        swaps.len(),
+        bytes
+    );
+    assert!(agent.stop().success(), "agent failed to stop");
+    assert!(
+        problems.is_empty(),
+        "{}: the swapped run does not conform:\n\n{}\n\nnot swapped (reason, count): {:?}",
+        sc.name,
+        problems.join("\n\n"),
+        refused
+    );
+}
+
+macro_rules! scenarios {
+    ($($name:ident: $program:literal, server $server:expr, client $client:expr, connections $conns:expr, shm $shm:expr;)*) => {
+        $(
+            #[test]
+            fn $name() {
+                conform(&Scenario {
+                    name: stringify!($name),
+                    program: $program,
+                    server: &$server,
+                    client: &$client,
+                    connections: $conns,
+                    shm_bytes: $shm,
+                });
+            }
+        )*
+    };
+}
+
+scenarios! {
+    epoll_level_triggered_echo_100_clients: "echo", server ["epoll-lt", "100"], client ["100", "20"], connections 100, shm 2 * 2_980_964;
+    epoll_edge_triggered_echo_100_clients: "echo", server ["epoll-et", "100"], client ["100", "20"], connections 100, shm 2 * 2_980_964;
+    epoll_pwait_echo: "echo", server ["epoll-pwait", "20"], client ["20", "10"], connections 20, shm 2 * ECHO_20_10;
+    poll_echo: "echo", server ["poll", "20"], client ["20", "10"], connections 20, shm 2 * ECHO_20_10;
+    ppoll_echo: "echo", server ["ppoll", "20"], client ["20", "10"], connections 20, shm 2 * ECHO_20_10;
+    select_echo: "echo", server ["select", "20"], client ["20", "10"], connections 20, shm 2 * ECHO_20_10;
+    pselect_echo: "echo", server ["pselect", "20"], client ["20", "10"], connections 20, shm 2 * ECHO_20_10;
+    epoll_oneshot_and_two_sets: "epoll_sets", server [], client [], connections 1, shm 24;
+    readiness_mixed_with_pipe_and_timerfd: "mixed", server [], client [], connections 1, shm 12;
+    nonblocking_eagain_fill_partial_pollout: "nonblock", server [], client [], connections 2, shm 1 << 20;
+    peek_waitall_fionread_readv: "peek", server [], client [], connections 1, shm 50;
+    shutdown_wr_rd_rdwr: "shutdown", server [], client [], connections 4, shm 100_000;
+    sigpipe_epipe_nosignal_reset: "sigpipe", server [], client [], connections 2, shm 7;
+    dup_copies_are_one_connection: "dup", server [], client [], connections 3, shm 100;
+    prefork_server: "prefork", server ["3", "12"], client ["12"], connections 12, shm 12 * 16;
+    fork_after_accept_and_connect: "fork", server [], client [], connections 1, shm 46;
+    exec_child_inherits_the_socket_execv: "exec", server ["execv"], client [], connections 1, shm 52_009;
+    exec_child_inherits_the_socket_execve: "exec", server ["execve"], client [], connections 1, shm 52_009;
+    exec_child_inherits_the_socket_execvp: "exec", server ["execvp"], client [], connections 1, shm 52_009;
+    exec_child_inherits_the_socket_execl: "exec", server ["execl"], client [], connections 1, shm 52_009;
+    exec_child_inherits_the_socket_posix_spawn: "exec", server ["posix_spawn"], client [], connections 1, shm 52_009;
+    fd_passed_to_a_worker_with_scm_rights: "fdpass", server [], client [], connections 1, shm 1000;
+    threads_duplex_two_readers_two_writers: "threads", server [], client [], connections 3, shm 3 * (8 << 20) + 2 * 20_000 * 64;
+    signals_eintr_and_sa_restart: "signals", server [], client [], connections 1, shm 10;
+    random_interleaving_stress: "stress", server ["8388608", "42"], client ["8388608", "42"], connections 1, shm 2 * 8_388_608;
+}
+
+/// Bytes echoed by the `echo` client with 20 connections and 10 rounds (fixed by its seeds).
+const ECHO_20_10: u64 = 304_735;

@@ -1,0 +1,578 @@
+//! `cargo xtask report`: one run of every benchmark, with and without tssx, written to
+//! `target/report/REPORT.md` (Markdown tables with tssx/plain ratios) and
+//! `target/report/latency.svg` (round-trip latency by message size).
+//!
+//! Measured in the same run, on the same machine, so that ratios compare like with like:
+//! - real applications: `redis-benchmark` with 1 and 50 clients (PING, SET, GET: requests/s
+//!   and p50 latency) and `pgbench -S` with one client (tps), each against a plain server and
+//!   against the same server with server and client under the hook on a watched socket;
+//! - the hook's pass-through cost: the hook loaded on an unwatched path versus no hook at all
+//!   (64-byte round trips, 64 KiB streaming, redis-benchmark PING), against a 2% budget;
+//! - connection set-up: connect + accept + first 64-byte round trip + close (`tssx-bench-setup`);
+//! - round-trip latency by message size, 64 B to 256 KiB (`tssx-bench` workers; the plot);
+//! - the existing microbenchmark table (`tssx-bench`: plain vs tssx vs bare ring).
+//!
+//! Every tssx row says how many of its connections the agent traced as `swapped`: a row whose
+//! connections stayed plain measures the hook's pass-through, not the rings.
+//!
+//! It takes the tests' machine-wide lock (`/run/tssx-tests.lock`) and runs its own agent in
+//! `/run/tssx` (where the hook looks). The machine is shared and noisy: compare ratios within
+//! one report, not absolute numbers across reports.
+
+use std::{
+    fmt::Write as _,
+    io::{BufRead, BufReader, Read},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context as _};
+
+use super::{sh, step, target_dir, workspace_root};
+
+/// Debian 12's PostgreSQL server binaries.
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+const PG_PORT: &str = "54330";
+/// Message sizes of the latency plot.
+const PLOT_SIZES: &[usize] = &[64, 256, 1024, 4096, 16384, 65536, 262_144];
+/// Repetitions of each pass-through measurement (alternating hook / no hook; medians compared).
+const OVERHEAD_REPS: usize = 11;
+/// The pass-through budget.
+const OVERHEAD_BUDGET: f64 = 0.02;
+
+/// Runs everything and writes the report.
+pub fn report() -> anyhow::Result<()> {
+    let bin = target_dir();
+    let hook = bin.join("libtssx_preload.so");
+    let out_dir = workspace_root().join("target").join("report");
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let _lock = MachineLock::acquire()?;
+    let dir = PathBuf::from("/tmp/tssx-report");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let s = |name: &str| dir.join(name).to_str().expect("ASCII temp dir").to_owned();
+    let (bench_sock, unwatched) = (s("bench.sock"), s("unwatched.sock"));
+    let (redis_tssx, redis_plain, redis_unwatched) = (s("redis.sock"), s("redis-plain.sock"), s("redis-unwatched.sock"));
+    let (pg_tssx, pg_plain) = (dir.join("pg-tssx"), dir.join("pg-plain"));
+    let pg_sock = format!("{}/.s.PGSQL.{PG_PORT}", pg_tssx.display());
+    let load_before = load_average();
+    let agent = Agent::start(&bin, &[&bench_sock, &redis_tssx, &pg_sock])?;
+    let mut md = String::new();
+    writeln!(md, "# tssx performance report\n")?;
+    writeln!(md, "{}\n", machine_line(&load_before))?;
+
+    // Real applications.
+    step("report: redis-benchmark, plain vs tssx (1 and 50 clients)");
+    let mut apps = Table::new(&["benchmark", "metric", "plain", "tssx", "tssx/plain", "tssx connections swapped"]);
+    for (clients, requests) in [(1, 20_000), (50, 50_000)] {
+        let plain = redis_bench(&dir, &redis_plain, None, clients, requests)?;
+        let before = agent.counts(&redis_tssx);
+        let tssx = redis_bench(&dir, &redis_tssx, Some(&hook), clients, requests)?;
+        let swapped = agent.delta(&redis_tssx, before);
+        for (p, t) in plain.iter().zip(&tssx) {
+            let name = format!("redis-benchmark -c {clients} -n {requests} {}", p.test);
+            apps.row([name.clone(), "requests/s".into(), format!("{:.0}", p.rps), format!("{:.0}", t.rps), ratio(t.rps, p.rps), swapped.clone()]);
+            apps.row([name, "p50 latency".into(), format!("{:.3} ms", p.p50_ms), format!("{:.3} ms", t.p50_ms), ratio(t.p50_ms, p.p50_ms), swapped.clone()]);
+        }
+    }
+    step("report: pgbench -S, one client, plain vs tssx");
+    let pg = Postgres::init(&dir)?;
+    let plain_tps = pg.bench(&pg_plain, None, true)?;
+    let before = agent.counts(&pg_sock);
+    let tssx_tps = pg.bench(&pg_tssx, Some(&hook), false)?;
+    let swapped = agent.delta(&pg_sock, before);
+    apps.row(["pgbench -S -c 1 -T 5".into(), "tps".into(), format!("{plain_tps:.0}"), format!("{tssx_tps:.0}"), ratio(tssx_tps, plain_tps), swapped]);
+    writeln!(md, "## Real applications\n\nServer and client both under the hook, on a socket the agent watches, against the same programs without the hook. Higher is better for requests/s and tps, lower for latency.\n")?;
+    writeln!(md, "{}", apps.render())?;
+
+    // The hook's cost when it has nothing to do.
+    step("report: the hook on an unwatched path vs no hook");
+    let mut overhead = Table::new(&["test", "no hook", "hook, unwatched path", "overhead", "within 2%", "noise (no-hook runs, quartile spread)"]);
+    let rtt = |preload: Option<&Path>| worker_seconds(&bin, &unwatched, preload, "rtt", 64, 20_000).map(|s| s / 20_000.0 * 1e6);
+    let measured = alternate(OVERHEAD_REPS, || rtt(None), || rtt(Some(&hook)))?;
+    overhead.row(overhead_row("round trip 64 B (median of 11)", measured, "us"));
+    let stream = |preload: Option<&Path>| worker_seconds(&bin, &unwatched, preload, "stream", 65536, 1 << 30).map(|s| s * 1e3);
+    let measured = alternate(OVERHEAD_REPS, || stream(None), || stream(Some(&hook)))?;
+    overhead.row(overhead_row("stream 1 GiB, 64 KiB writes (median of 11)", measured, "ms"));
+    let ping = |preload: Option<&Path>| -> anyhow::Result<f64> {
+        let r = redis_bench(&dir, &redis_unwatched, preload, 1, 20_000)?;
+        Ok(1e6 / r.iter().find(|r| r.test == "PING_MBULK").context("no PING_MBULK result")?.rps)
+    };
+    let measured = alternate(5, || ping(None), || ping(Some(&hook)))?;
+    overhead.row(overhead_row("redis-benchmark -c 1 PING_MBULK, time per request (median of 5)", measured, "us"));
+    writeln!(md, "## Hook pass-through cost\n\nThe hook loaded on both ends of a socket the agent does not watch, against no hook at all; runs alternate, medians compared. Budget: {:.0}%.\n", OVERHEAD_BUDGET * 100.0)?;
+    writeln!(md, "{}", overhead.render())?;
+
+    // Connection set-up.
+    step("report: connection set-up cost");
+    let mut setup = Table::new(&["connection set-up (connect, accept, 64 B round trip, close)", "plain", "tssx", "hook, unwatched path", "tssx/plain"]);
+    let setup_bin = bin.join("tssx-bench-setup");
+    let plain = setup_seconds(&setup_bin, &unwatched, None, 2000)?;
+    let before = agent.counts(&bench_sock);
+    let tssx = setup_seconds(&setup_bin, &bench_sock, Some(&hook), 200)?;
+    let swapped = agent.delta(&bench_sock, before);
+    let unwatched_hook = setup_seconds(&setup_bin, &unwatched, Some(&hook), 2000)?;
+    setup.row([
+        format!("mean per connection (tssx: {swapped} swapped)"),
+        format!("{:.1} us", plain * 1e6),
+        format!("{:.1} us", tssx * 1e6),
+        format!("{:.1} us", unwatched_hook * 1e6),
+        ratio(tssx, plain),
+    ]);
+    writeln!(md, "## Connection set-up\n\n{}", setup.render())?;
+
+    // Latency by message size.
+    step("report: round-trip latency by message size");
+    let mut latency = Table::new(&["message size", "plain", "tssx", "tssx/plain"]);
+    let mut points = Vec::new();
+    let before = agent.counts(&bench_sock);
+    for &size in PLOT_SIZES {
+        let n = match size { 0..=4096 => 20_000, 4097..=65536 => 5_000, _ => 2_000 };
+        let plain = worker_seconds(&bin, &unwatched, None, "rtt", size, n)? / n as f64 * 1e6;
+        let tssx = worker_seconds(&bin, &bench_sock, Some(&hook), "rtt", size, n)? / n as f64 * 1e6;
+        latency.row([format!("{size} B"), format!("{plain:.2} us"), format!("{tssx:.2} us"), ratio(tssx, plain)]);
+        points.push((size, plain, tssx));
+    }
+    let swapped = agent.delta(&bench_sock, before);
+    std::fs::write(out_dir.join("latency.svg"), latency_svg(&points)).context("writing latency.svg")?;
+    writeln!(md, "## Round-trip latency by message size\n\nOne client, one server process, ping-pong of N bytes each way (tssx connections swapped: {swapped}).\n\n![round-trip latency by message size](latency.svg)\n")?;
+    writeln!(md, "{}", latency.render())?;
+
+    // The existing microbenchmarks.
+    step("report: tssx-bench microbenchmarks (plain vs tssx vs bare ring)");
+    let micro = Command::new(bin.join("tssx-bench"))
+        .arg("--preload")
+        .arg(&hook)
+        .args(["--path", &bench_sock])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running tssx-bench")?;
+    ensure!(micro.status.success(), "tssx-bench failed: {}", micro.status);
+    writeln!(md, "## Microbenchmarks (`tssx-bench`)\n\n{}", String::from_utf8_lossy(&micro.stdout))?;
+
+    let load_after = load_average();
+    writeln!(md, "Load average at the start: {load_before}; at the end: {load_after}. Other work on the machine makes these numbers noisy.")?;
+    agent.stop()?;
+    let path = out_dir.join("REPORT.md");
+    std::fs::write(&path, &md).with_context(|| format!("writing {}", path.display()))?;
+    println!("{md}");
+    step(&format!("report written to {} and {}", path.display(), out_dir.join("latency.svg").display()));
+    Ok(())
+}
+
+/// `measured/baseline` as `1.23x`.
+fn ratio(measured: f64, baseline: f64) -> String {
+    format!("{:.2}x", measured / baseline)
+}
+
+/// A pass-through row: medians, overhead, verdict against the budget, and the no-hook runs'
+/// own spread (interquartile range over the median): an overhead below it is not measurable.
+fn overhead_row(name: &str, (plain, hooked, noise): (f64, f64, f64), unit: &str) -> [String; 6] {
+    let over = hooked / plain - 1.0;
+    let verdict = if over <= OVERHEAD_BUDGET { "yes" } else if over <= noise { "no (within noise)" } else { "**no**" };
+    [
+        name.into(),
+        format!("{plain:.2} {unit}"),
+        format!("{hooked:.2} {unit}"),
+        format!("{:+.1}%", over * 100.0),
+        verdict.into(),
+        format!("{:.1}%", noise * 100.0),
+    ]
+}
+
+/// Runs `a` and `b` alternately `reps` times each; returns their medians and the relative
+/// interquartile spread of `a`'s runs.
+fn alternate(reps: usize, mut a: impl FnMut() -> anyhow::Result<f64>, mut b: impl FnMut() -> anyhow::Result<f64>) -> anyhow::Result<(f64, f64, f64)> {
+    let (mut xs, mut ys) = (Vec::new(), Vec::new());
+    for _ in 0..reps {
+        xs.push(a()?);
+        ys.push(b()?);
+    }
+    xs.sort_by(f64::total_cmp);
+    let spread = (xs[xs.len() * 3 / 4] - xs[xs.len() / 4]) / xs[xs.len() / 2];
+    Ok((median(xs), median(ys), spread))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg").map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" ")).unwrap_or_default()
+}
+
+fn machine_line(load: &str) -> String {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cpus = thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let commit = Command::new("git").args(["rev-parse", "--short", "HEAD"]).current_dir(workspace_root()).output();
+    let commit = commit.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_default();
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    format!(
+        "Commit `{commit}`, kernel {}, {cpus} CPUs, load average {load}, generated at {secs} (Unix time) by `cargo xtask report`.",
+        kernel.trim()
+    )
+}
+
+/// A Markdown table.
+struct Table {
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    fn new(header: &[&str]) -> Self {
+        Self { rows: vec![header.iter().map(|h| (*h).to_owned()).collect()] }
+    }
+
+    fn row<const N: usize>(&mut self, cells: [String; N]) {
+        self.rows.push(cells.into());
+    }
+
+    fn render(&self) -> String {
+        let mut out = String::new();
+        for (i, row) in self.rows.iter().enumerate() {
+            out += &format!("| {} |\n", row.join(" | "));
+            if i == 0 {
+                out += &format!("|{}\n", "---|".repeat(row.len()));
+            }
+        }
+        out
+    }
+}
+
+/// The tests' machine-wide lock on the default state directory (see tests/src/lib.rs).
+struct MachineLock(#[allow(dead_code)] std::fs::File);
+
+impl MachineLock {
+    fn acquire() -> anyhow::Result<Self> {
+        use std::os::fd::AsRawFd as _;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open("/run/tssx-tests.lock")
+            .context("opening /run/tssx-tests.lock")?;
+        step("report: waiting for the machine-wide tssx test lock");
+        loop {
+            // SAFETY: flock on an fd we own.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
+                return Ok(Self(file));
+            }
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EINTR) {
+                return Err(err).context("flock /run/tssx-tests.lock");
+            }
+        }
+    }
+}
+
+/// The agent in the default state directory, its JSON trace kept for counting.
+struct Agent {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Agent {
+    fn start(bin: &Path, paths: &[&str]) -> anyhow::Result<Self> {
+        let mut child = Command::new(bin.join("tssx-agent"))
+            .args(["--log-format", "json", "--paths", &paths.join(",")])
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting tssx-agent")?;
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().expect("piped");
+        let sink = Arc::clone(&lines);
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.contains("\"message\":\"ready") {
+                    let _ = ready_tx.send(());
+                }
+                sink.lock().expect("trace lock").push(line);
+            }
+        });
+        if ready_rx.recv_timeout(Duration::from_secs(60)).is_err() {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("tssx-agent did not become ready (is another agent running in /run/tssx?)");
+        }
+        Ok(Self { child, lines })
+    }
+
+    /// (accepted, swapped) connections on `path` so far, after the trace settles.
+    fn counts(&self, path: &str) -> (usize, usize) {
+        thread::sleep(Duration::from_millis(300));
+        let lines = self.lines.lock().expect("trace lock");
+        let on = format!("\"path\":\"{path}\"");
+        let count = |message: &str| lines.iter().filter(|l| l.contains(message) && l.contains(&on)).count();
+        (count("\"message\":\"accept\""), count("\"message\":\"swapped "))
+    }
+
+    /// `swapped/accepted` since `before`.
+    fn delta(&self, path: &str, before: (usize, usize)) -> String {
+        let now = self.counts(path);
+        format!("{}/{}", now.1 - before.1, now.0 - before.0)
+    }
+
+    fn stop(mut self) -> anyhow::Result<()> {
+        // SAFETY: signals our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait()?;
+        ensure!(status.success(), "tssx-agent exited with {status}");
+        Ok(())
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            // SAFETY: signals our own child.
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn preloaded(program: impl AsRef<std::ffi::OsStr>, preload: Option<&Path>) -> Command {
+    let mut cmd = Command::new(program);
+    match preload {
+        Some(so) => cmd.env("LD_PRELOAD", so),
+        None => cmd.env_remove("LD_PRELOAD"),
+    };
+    cmd
+}
+
+/// A server child, killed if still running when dropped.
+struct Server(Child);
+
+impl Server {
+    fn stop(mut self, signal: i32) -> anyhow::Result<()> {
+        // SAFETY: signals our own child.
+        unsafe { libc::kill(self.0.id() as i32, signal) };
+        let status = self.0.wait()?;
+        ensure!(status.success(), "server exited with {status}");
+        Ok(())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn wait_until(what: &str, mut ready: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ready() {
+        ensure!(Instant::now() < deadline, "{what} not ready after 30 s");
+        thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// One tssx-bench worker pair (`serve`/`drive`) on `path`: the client's seconds.
+fn worker_seconds(bin: &Path, path: &str, preload: Option<&Path>, test: &str, size: usize, count: u64) -> anyhow::Result<f64> {
+    let args = [path.to_owned(), test.to_owned(), size.to_string(), count.to_string()];
+    worker_pair(&bin.join("tssx-bench"), preload, &args)
+}
+
+/// tssx-bench-setup: mean seconds per connection.
+fn setup_seconds(setup_bin: &Path, path: &str, preload: Option<&Path>, count: u32) -> anyhow::Result<f64> {
+    worker_pair(setup_bin, preload, &[path.to_owned(), count.to_string()])
+}
+
+/// Starts `program serve ARGS`, waits for its `ready` line, runs `program drive ARGS`, and
+/// parses the number the client prints.
+fn worker_pair(program: &Path, preload: Option<&Path>, args: &[String]) -> anyhow::Result<f64> {
+    let _ = std::fs::remove_file(&args[0]);
+    let mut server = preloaded(program, preload).arg("serve").args(args).stdout(Stdio::piped()).spawn().with_context(|| format!("starting {}", program.display()))?;
+    let mut ready = [0u8; 6];
+    server.stdout.as_mut().expect("piped").read_exact(&mut ready).context("waiting for the bench server")?;
+    let out = preloaded(program, preload).arg("drive").args(args).stderr(Stdio::inherit()).output()?;
+    let server_status = server.wait()?;
+    ensure!(out.status.success() && server_status.success(), "{} drive {args:?}: client {}, server {server_status}", program.display(), out.status);
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim().parse().with_context(|| format!("{} printed {text:?}", program.display()))
+}
+
+/// One redis-benchmark result line.
+struct RedisResult {
+    test: String,
+    rps: f64,
+    p50_ms: f64,
+}
+
+/// Starts redis-server on `sock` (with the hook if `preload`), runs redis-benchmark (same hook
+/// choice) with `clients` clients, stops the server.
+fn redis_bench(dir: &Path, sock: &str, preload: Option<&Path>, clients: u32, requests: u32) -> anyhow::Result<Vec<RedisResult>> {
+    let _ = std::fs::remove_file(sock);
+    let server = preloaded("redis-server", preload)
+        .args(["--port", "0", "--unixsocket", sock, "--unixsocketperm", "700", "--save", "", "--appendonly", "no", "--daemonize", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .arg("--logfile")
+        .arg(dir.join("redis.log"))
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting redis-server (cargo xtask setup installs it)")?;
+    let server = Server(server);
+    wait_until("redis-server", || Path::new(sock).exists())?;
+    let out = preloaded("redis-benchmark", preload)
+        .args(["-s", sock, "-c", &clients.to_string(), "-n", &requests.to_string(), "-t", "ping,set,get", "--csv"])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running redis-benchmark")?;
+    ensure!(out.status.success(), "redis-benchmark failed: {}", out.status);
+    server.stop(libc::SIGTERM)?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut results = Vec::new();
+    for line in text.lines().skip(1) {
+        let cells: Vec<&str> = line.split(',').map(|c| c.trim_matches('"')).collect();
+        // "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms",...
+        if let (Some(test), Some(rps), Some(p50)) = (cells.first(), cells.get(1), cells.get(4)) {
+            results.push(RedisResult { test: (*test).to_owned(), rps: rps.parse()?, p50_ms: p50.parse()? });
+        }
+    }
+    ensure!(results.len() == 4, "redis-benchmark gave {} results: {text}", results.len());
+    Ok(results)
+}
+
+/// A throw-away PostgreSQL cluster owned by the `postgres` user.
+struct Postgres {
+    data: PathBuf,
+}
+
+impl Postgres {
+    fn as_postgres(program: &str, preload: Option<&Path>) -> Command {
+        let mut cmd = preloaded("setpriv", preload);
+        cmd.args(["--reuid", "postgres", "--regid", "postgres", "--init-groups", "--", program]);
+        cmd
+    }
+
+    fn init(dir: &Path) -> anyhow::Result<Self> {
+        sh(Command::new("chown").arg("postgres:postgres").arg(dir))?;
+        let data = dir.join("pgdata");
+        let out = Self::as_postgres(&format!("{PG_BIN}/initdb"), None)
+            .arg("-D")
+            .arg(&data)
+            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8", "--locale=C"])
+            .output()
+            .context("running initdb (cargo xtask setup installs postgresql)")?;
+        ensure!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(Self { data })
+    }
+
+    /// Starts the server with its socket in `sock_dir`, optionally loads the pgbench tables,
+    /// runs `pgbench -S -c 1 -T 5`, stops the server; returns tps.
+    fn bench(&self, sock_dir: &Path, preload: Option<&Path>, initialize: bool) -> anyhow::Result<f64> {
+        std::fs::create_dir_all(sock_dir)?;
+        sh(Command::new("chown").arg("postgres:postgres").arg(sock_dir))?;
+        let sock_dir = sock_dir.to_str().context("non-UTF-8 dir")?;
+        let server = Self::as_postgres(&format!("{PG_BIN}/postgres"), preload)
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-k", sock_dir, "-p", PG_PORT, "-c", "listen_addresses=", "-c", "fsync=off", "-c", "shared_buffers=32MB"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting postgres")?;
+        let server = Server(server);
+        let client = |program: &str| {
+            let mut cmd = preloaded(format!("{PG_BIN}/{program}"), preload);
+            cmd.args(["-h", sock_dir, "-p", PG_PORT, "-U", "postgres"]);
+            cmd
+        };
+        wait_until("postgres", || client("pg_isready").arg("-q").status().is_ok_and(|s| s.success()))?;
+        if initialize {
+            let out = client("pgbench").args(["-i", "-s", "1", "-q", "postgres"]).output()?;
+            ensure!(out.status.success(), "pgbench -i failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let out = client("pgbench").args(["-S", "-c", "1", "-T", "5", "postgres"]).output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        ensure!(out.status.success(), "pgbench -S failed: {}{}", text, String::from_utf8_lossy(&out.stderr));
+        server.stop(libc::SIGINT)?;
+        let tps = text.lines().find_map(|l| l.strip_prefix("tps = ")).and_then(|l| l.split_whitespace().next());
+        tps.with_context(|| format!("no tps in pgbench's output: {text}"))?.parse().context("parsing tps")
+    }
+}
+
+/// A log-log plot of round-trip latency (us) by message size, plain vs tssx, as SVG.
+fn latency_svg(points: &[(usize, f64, f64)]) -> String {
+    let (w, h, left, right, top, bottom) = (740.0, 440.0, 90.0, 40.0, 40.0, 60.0);
+    let (pw, ph) = (w - left - right, h - top - bottom);
+    let xs: Vec<f64> = points.iter().map(|p| (p.0 as f64).log2()).collect();
+    let (x0, x1) = (xs.iter().copied().fold(f64::MAX, f64::min), xs.iter().copied().fold(f64::MIN, f64::max).max(1.0));
+    let all = points.iter().flat_map(|p| [p.1, p.2]).filter(|v| *v > 0.0);
+    let (lo, hi) = all.fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    let (y0, y1) = (lo.log10().floor(), hi.log10().ceil().max(lo.log10().floor() + 1.0));
+    let px = |x: f64| left + (x - x0) / (x1 - x0).max(1e-9) * pw;
+    let py = |us: f64| top + ph - (us.log10() - y0) / (y1 - y0) * ph;
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{}\" y=\"22\" text-anchor=\"middle\" font-size=\"15\">Round-trip latency by message size (lower is better)</text>\n",
+        w / 2.0
+    );
+    // Grid and axis labels: decades on y, the measured sizes on x.
+    let mut decade = y0;
+    while decade <= y1 {
+        let y = py(10f64.powf(decade));
+        let label = 10f64.powf(decade);
+        svg += &format!("<line x1=\"{left}\" y1=\"{y:.1}\" x2=\"{:.1}\" y2=\"{y:.1}\" stroke=\"#ddd\"/>\n", left + pw);
+        svg += &format!("<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{label} us</text>\n", left - 6.0, y + 4.0);
+        decade += 1.0;
+    }
+    for (p, x) in points.iter().zip(&xs) {
+        let label = if p.0 >= 1024 { format!("{} KiB", p.0 / 1024) } else { format!("{} B", p.0) };
+        svg += &format!("<line x1=\"{0:.1}\" y1=\"{top}\" x2=\"{0:.1}\" y2=\"{1:.1}\" stroke=\"#eee\"/>\n", px(*x), top + ph);
+        svg += &format!("<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{label}</text>\n", px(*x), top + ph + 18.0);
+    }
+    svg += &format!("<rect x=\"{left}\" y=\"{top}\" width=\"{pw}\" height=\"{ph}\" fill=\"none\" stroke=\"#444\"/>\n");
+    svg += &format!("<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">message size (log scale)</text>\n", left + pw / 2.0, h - 15.0);
+    svg += &format!(
+        "<text transform=\"translate(18 {:.1}) rotate(-90)\" text-anchor=\"middle\">round trip (log scale)</text>\n",
+        top + ph / 2.0
+    );
+    for (series, color, name) in [(1, "#c0392b", "plain Unix socket"), (2, "#2471a3", "tssx (shared memory)")] {
+        let coords: Vec<(f64, f64)> = points.iter().zip(&xs).map(|(p, x)| (px(*x), py(if series == 1 { p.1 } else { p.2 }))).collect();
+        let line: Vec<String> = coords.iter().map(|(x, y)| format!("{x:.1},{y:.1}")).collect();
+        svg += &format!("<polyline points=\"{}\" fill=\"none\" stroke=\"{color}\" stroke-width=\"2\"/>\n", line.join(" "));
+        for (x, y) in &coords {
+            svg += &format!("<circle cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"3.5\" fill=\"{color}\"/>\n");
+        }
+        let ly = top + 16.0 + 18.0 * (series as f64 - 1.0);
+        svg += &format!("<line x1=\"{0:.1}\" y1=\"{ly:.1}\" x2=\"{1:.1}\" y2=\"{ly:.1}\" stroke=\"{color}\" stroke-width=\"2\"/>\n", left + 12.0, left + 36.0);
+        svg += &format!("<text x=\"{:.1}\" y=\"{:.1}\">{name}</text>\n", left + 42.0, ly + 4.0);
+    }
+    svg += "</svg>\n";
+    svg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn svg_has_both_series_and_every_point() {
+        let svg = latency_svg(&[(64, 30.0, 0.5), (1024, 35.0, 0.8), (65536, 40.0, 12.0)]);
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert_eq!(svg.matches("<polyline").count(), 2);
+        assert_eq!(svg.matches("<circle").count(), 6);
+        assert!(svg.contains("64 KiB") && svg.contains("64 B"));
+        assert!(!svg.contains("NaN") && !svg.contains("inf"));
+    }
+
+    #[test]
+    fn median_and_table() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        let mut t = Table::new(&["a", "b"]);
+        t.row(["1".to_owned(), "2".to_owned()]);
+        assert_eq!(t.render(), "| a | b |\n|---|---|\n| 1 | 2 |\n");
+    }
+}
