@@ -14,7 +14,8 @@
 //! offset 0                    SegmentHeader (512 bytes, 64-byte aligned)
 //!   0    immutable:           magic, version, header_size, total_size, ring_capacity,
 //!                             ring_offsets[2]
-//!   48   mutable, rarely:     tssx[2], state, refcount[2], reserved  (padded to 128)
+//!   48   mutable, rarely:     tssx[2], state, refcount[2], reserved, socket_inode[2]
+//!                             (padded to 128)
 //!   128  asleep[2]            (written only around a sleep; read after every transfer)
 //!   192  shut[2]              (shutdown(2) bits of each end)
 //!   256  rings[0] (A->B)      producer line: head, producer lock
@@ -234,6 +235,11 @@ pub struct SegmentHeader {
     pub refcount: [AtomicU32; 2],
     /// Reserved, zero.
     pub reserved: u32,
+    /// Per end: the inode of that end's socket, written (`Release`) by a process of that end
+    /// before it passes the socket to another process with `SCM_RIGHTS`, read (`Acquire`) by
+    /// the receiving process's hook to tell which received socket the segment belongs to.
+    /// Zero until then.
+    pub socket_inode: [AtomicU64; 2],
     /// Per end: number of that end's threads that announced they are about to block on the
     /// real socket waiting for a doorbell byte (non-zero = asleep). A waiter increments it
     /// (`Relaxed`), issues a `SeqCst` fence and re-checks the ring before blocking; it
@@ -377,6 +383,7 @@ const _: () = {
     assert!(offset_of!(SegmentHeader, tssx) == 48);
     assert!(offset_of!(SegmentHeader, state) == 56);
     assert!(offset_of!(SegmentHeader, refcount) == 60);
+    assert!(offset_of!(SegmentHeader, socket_inode) == 72);
     assert!(offset_of!(SegmentHeader, asleep) == 2 * CACHE_LINE);
     assert!(offset_of!(SegmentHeader, shut) == 3 * CACHE_LINE);
     assert!(offset_of!(SegmentHeader, rings) == 4 * CACHE_LINE);

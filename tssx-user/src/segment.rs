@@ -12,7 +12,7 @@ use core::fmt;
 use core::mem::size_of;
 use core::ptr::NonNull;
 use core::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
-use core::sync::atomic::AtomicU32;
+use core::sync::atomic::{AtomicU32, AtomicU64};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use tssx_common::segment::{
@@ -168,6 +168,7 @@ impl Segment {
             state: AtomicU32::new(SegmentState::Pending.as_u32()),
             refcount: [AtomicU32::new(0), AtomicU32::new(0)],
             reserved: 0,
+            socket_inode: [AtomicU64::new(0), AtomicU64::new(0)],
             asleep: CacheLine([AtomicU32::new(0), AtomicU32::new(0)]),
             shut: CacheLine([AtomicU32::new(0), AtomicU32::new(0)]),
             rings: [RingControl::default(), RingControl::default()],

@@ -66,8 +66,26 @@ pub fn stream(fd: libc::c_int) -> bool {
     ok && kind == libc::SOCK_STREAM
 }
 
+thread_local! {
+    /// Set while this thread talks to the agent: the segment fd in the agent's reply is the
+    /// hook's own, not a socket passed by another process (see `pass::received`).
+    static TALKING_TO_AGENT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether this thread is inside [`ask`].
+pub fn talking_to_agent() -> bool {
+    TALKING_TO_AGENT.with(std::cell::Cell::get)
+}
+
 /// Sends `request` to the agent; returns the reply and the segment fd sent with a swap.
 pub fn ask(request: Request) -> Option<(Reply, Option<OwnedFd>)> {
+    TALKING_TO_AGENT.with(|t| t.set(true));
+    let answer = ask_agent(request);
+    TALKING_TO_AGENT.with(|t| t.set(false));
+    answer
+}
+
+fn ask_agent(request: Request) -> Option<(Reply, Option<OwnedFd>)> {
     // SAFETY: plain socket(2) call; the fd is owned right below.
     let raw = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
     if raw < 0 {

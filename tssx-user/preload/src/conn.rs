@@ -248,6 +248,8 @@ pub struct Inherit {
     pub memfd: c_int,
     /// Which end the socket is.
     pub end: End,
+    /// The socket's inode, to find it again if a spawn's file actions renumbered it.
+    pub inode: u64,
 }
 
 /// Before `execve`: every swapped fd that survives the exec (no FD_CLOEXEC) and its memfd,
@@ -270,7 +272,29 @@ pub fn prepare_exec(mut out: impl FnMut(Inherit)) {
             let memfd = conn.memfd.as_raw_fd();
             // SAFETY: clears FD_CLOEXEC on our own memfd.
             unsafe { real::fcntl(memfd, libc::F_SETFD, 0) };
-            out(Inherit { fd, memfd, end: conn.end });
+            // SAFETY: `stat` is plain data; fstat fills it.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            // SAFETY: a valid out-pointer.
+            let inode = if unsafe { libc::fstat(fd, &mut st) } == 0 { st.st_ino } else { 0 };
+            out(Inherit { fd, memfd, end: conn.end, inode });
+        }
+    }
+}
+
+/// A spawned process will hold the connections of `list` too (`+1`), or the spawn failed
+/// (`-1`): adjusts each connection's end refcount once.
+pub fn spawn_holds(list: &[Inherit], delta: i32) {
+    for (i, item) in list.iter().enumerate() {
+        if list[..i].iter().any(|other| other.memfd == item.memfd) {
+            continue;
+        }
+        if let Some(conn) = lookup(item.fd) {
+            let count = &conn.segment.header().refcount[conn.end.index()];
+            if delta > 0 {
+                count.fetch_add(1, Relaxed);
+            } else {
+                count.fetch_sub(1, AcqRel);
+            }
         }
     }
 }
@@ -462,7 +486,28 @@ pub mod bits {
     pub const ERR: u32 = libc::POLLERR as u32;
 }
 
+/// The received socket of `fds` that the segment in `memfd` belongs to (see `pass`).
+pub fn segment_target(memfd: &OwnedFd, fds: &[c_int]) -> Option<(c_int, End)> {
+    let segment = Segment::open(std::os::fd::AsFd::as_fd(memfd)).ok()?;
+    crate::pass::target_of(segment.header(), fds)
+}
+
 impl Conn {
+    /// The segment header.
+    pub fn header(&self) -> &tssx_common::segment::SegmentHeader {
+        self.segment.header()
+    }
+
+    /// Which end this process holds.
+    pub fn end(&self) -> End {
+        self.end
+    }
+
+    /// The segment's memfd (owned by this connection).
+    pub fn memfd_raw(&self) -> c_int {
+        self.memfd.as_raw_fd()
+    }
+
     /// Unique id of this connection in this process.
     pub fn id(&self) -> u64 {
         self.id

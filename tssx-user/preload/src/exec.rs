@@ -9,9 +9,11 @@
 //! flag, which it sets again. Unread bytes stay in the rings: nothing is lost, nothing is
 //! replayed.
 //!
-//! Covered: execve, execv, execvp, execvpe, fexecve. Not covered: execl/execlp/execle (C
-//! varargs, which stable Rust cannot define) and posix_spawn, whose children get the real
-//! socket without the rings (close-on-exec avoids this, and is what servers use).
+//! Covered: execve, execv, execvp, execvpe, fexecve, execl, execlp, execle (C varargs: a C
+//! shim, `execl.c`, collects the arguments and calls the hooked `execv`/`execvp`/`execve`),
+//! and posix_spawn/posix_spawnp, whose child holds the connection too (its end's refcount is
+//! raised, as after fork); the child finds a socket that the spawn's file actions moved onto
+//! fd 0, 1 or 2 by its inode.
 
 use std::{
     ffi::{CStr, CString},
@@ -29,9 +31,9 @@ use crate::{
 /// The environment variable that hands swapped fds to the new image (internal to the hook).
 pub const INHERIT_VAR: &str = "TSSX_INHERIT";
 
-/// Encodes the list as `fd:memfd:end,...` (end 0 = client, 1 = server).
+/// Encodes the list as `fd:memfd:end:inode,...` (end 0 = client, 1 = server).
 fn encode(list: &[Inherit]) -> String {
-    let items: Vec<String> = list.iter().map(|i| format!("{}:{}:{}", i.fd, i.memfd, i.end.index())).collect();
+    let items: Vec<String> = list.iter().map(|i| format!("{}:{}:{}:{}", i.fd, i.memfd, i.end.index(), i.inode)).collect();
     items.join(",")
 }
 
@@ -39,10 +41,12 @@ fn encode(list: &[Inherit]) -> String {
 fn decode(text: &str) -> Vec<Inherit> {
     text.split(',')
         .filter_map(|item| {
-            let mut parts = item.split(':').map(|p| p.parse::<c_int>().ok());
-            let (fd, memfd, end) = (parts.next()??, parts.next()??, parts.next()??);
+            let mut parts = item.split(':');
+            let mut int = || parts.next()?.parse::<c_int>().ok();
+            let (fd, memfd, end) = (int()?, int()?, int()?);
+            let inode = parts.next()?.parse::<u64>().ok()?;
             let end = End::from_index(usize::try_from(end).ok()?)?;
-            (fd >= 0 && memfd >= 0 && parts.next().is_none()).then_some(Inherit { fd, memfd, end })
+            (fd >= 0 && memfd >= 0 && parts.next().is_none()).then_some(Inherit { fd, memfd, end, inode })
         })
         .collect()
 }
@@ -54,10 +58,10 @@ pub fn reattach() {
     unsafe { std::env::remove_var(INHERIT_VAR) };
     // Several fds of one connection share one memfd: the first maps it, the others are dups.
     let mut mapped: Vec<(c_int, c_int)> = Vec::new();
-    for item in decode(&text.to_string_lossy()) {
-        if !is_socket(item.fd) {
-            continue;
-        }
+    for mut item in decode(&text.to_string_lossy()) {
+        // A spawn's file actions may have moved the socket (typically onto 0, 1 or 2).
+        let Some(fd) = [item.fd, 0, 1, 2].into_iter().find(|&fd| socket_inode(fd) == Some(item.inode)) else { continue };
+        item.fd = fd;
         if let Some(&(_, first)) = mapped.iter().find(|(memfd, _)| *memfd == item.memfd) {
             conn::duplicated(first, item.fd);
             continue;
@@ -83,8 +87,12 @@ fn fstat_mode(fd: c_int) -> Option<libc::mode_t> {
     (unsafe { libc::fstat(fd, &mut st) } == 0).then_some(st.st_mode & libc::S_IFMT)
 }
 
-fn is_socket(fd: c_int) -> bool {
-    fstat_mode(fd) == Some(libc::S_IFSOCK)
+/// The inode of socket `fd`, if it is one.
+fn socket_inode(fd: c_int) -> Option<u64> {
+    // SAFETY: `stat` is plain data; fstat fills it.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid out-pointer; a bad fd just fails.
+    (unsafe { libc::fstat(fd, &mut st) } == 0 && st.st_mode & libc::S_IFMT == libc::S_IFSOCK).then_some(st.st_ino)
 }
 
 fn is_memfd(fd: c_int) -> bool {
@@ -128,7 +136,7 @@ unsafe fn env_entries<'a>(envp: *const *const c_char) -> Vec<&'a CStr> {
 ///
 /// # Safety
 /// `envp` is null or a valid NULL-terminated array.
-unsafe fn with_inherit(envp: *const *const c_char, exec: impl FnOnce(*const *const c_char) -> c_int) -> c_int {
+unsafe fn with_inherit(envp: *const *const c_char, spawn: bool, exec: impl FnOnce(*const *const c_char) -> c_int) -> c_int {
     // SAFETY: per the contract.
     if !conn::any_live() || !unsafe { hook_in(envp) } {
         return exec(envp);
@@ -147,8 +155,16 @@ unsafe fn with_inherit(envp: *const *const c_char, exec: impl FnOnce(*const *con
         .collect();
     env.push(var.as_ptr());
     env.push(std::ptr::null());
+    if spawn {
+        // The spawned process holds these connections too (as after fork).
+        conn::spawn_holds(&list, 1);
+    }
     let rc = exec(env.as_ptr());
     let saved = conn::errno();
+    if spawn && rc != 0 {
+        conn::spawn_holds(&list, -1);
+    }
+    // The exec failed, or the spawn is done: our memfds are close-on-exec again.
     conn::exec_failed();
     conn::set_errno(saved);
     rc
@@ -163,7 +179,7 @@ unsafe extern "C" {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn execve(path: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> c_int {
     // SAFETY: forwarded; `envp` is valid per execve's contract.
-    unsafe { with_inherit(envp, |env| real::execve(path, argv, env)) }
+    unsafe { with_inherit(envp, false, |env| real::execve(path, argv, env)) }
 }
 
 /// # Safety
@@ -171,7 +187,7 @@ pub unsafe extern "C" fn execve(path: *const c_char, argv: *const *const c_char,
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn execv(path: *const c_char, argv: *const *const c_char) -> c_int {
     // SAFETY: `environ` is the process environment; forwarded.
-    unsafe { with_inherit(environ, |env| real::execve(path, argv, env)) }
+    unsafe { with_inherit(environ, false, |env| real::execve(path, argv, env)) }
 }
 
 /// # Safety
@@ -179,7 +195,7 @@ pub unsafe extern "C" fn execv(path: *const c_char, argv: *const *const c_char) 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn execvp(file: *const c_char, argv: *const *const c_char) -> c_int {
     // SAFETY: as in `execv`.
-    unsafe { with_inherit(environ, |env| real::execvpe(file, argv, env)) }
+    unsafe { with_inherit(environ, false, |env| real::execvpe(file, argv, env)) }
 }
 
 /// # Safety
@@ -187,7 +203,7 @@ pub unsafe extern "C" fn execvp(file: *const c_char, argv: *const *const c_char)
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn execvpe(file: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> c_int {
     // SAFETY: forwarded.
-    unsafe { with_inherit(envp, |env| real::execvpe(file, argv, env)) }
+    unsafe { with_inherit(envp, false, |env| real::execvpe(file, argv, env)) }
 }
 
 /// # Safety
@@ -195,5 +211,75 @@ pub unsafe extern "C" fn execvpe(file: *const c_char, argv: *const *const c_char
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn fexecve(fd: c_int, argv: *const *const c_char, envp: *const *const c_char) -> c_int {
     // SAFETY: forwarded.
-    unsafe { with_inherit(envp, |env| real::fexecve(fd, argv, env)) }
+    unsafe { with_inherit(envp, false, |env| real::fexecve(fd, argv, env)) }
+}
+
+/// # Safety
+/// libc's `posix_spawn`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn posix_spawn(
+    pid: *mut libc::pid_t,
+    path: *const c_char,
+    actions: *const libc::posix_spawn_file_actions_t,
+    attr: *const libc::posix_spawnattr_t,
+    argv: *const *mut c_char,
+    envp: *const *mut c_char,
+) -> c_int {
+    // SAFETY: forwarded; `envp` is valid per posix_spawn's contract.
+    unsafe { with_inherit(envp.cast(), true, |env| real::posix_spawn(pid, path, actions, attr, argv, env.cast())) }
+}
+
+/// # Safety
+/// libc's `posix_spawnp`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn posix_spawnp(
+    pid: *mut libc::pid_t,
+    file: *const c_char,
+    actions: *const libc::posix_spawn_file_actions_t,
+    attr: *const libc::posix_spawnattr_t,
+    argv: *const *mut c_char,
+    envp: *const *mut c_char,
+) -> c_int {
+    // SAFETY: as in `posix_spawn`.
+    unsafe { with_inherit(envp.cast(), true, |env| real::posix_spawnp(pid, file, actions, attr, argv, env.cast())) }
+}
+
+unsafe extern "C" {
+    /// The C shim's execl (src/execl.c).
+    fn tssx_execl();
+    /// The C shim's execlp.
+    fn tssx_execlp();
+    /// The C shim's execle.
+    fn tssx_execle();
+}
+
+/// libc's `execl` (variadic): a tail jump into the C shim, which sees the caller's arguments
+/// (registers, `%al` and stack) exactly as passed.
+///
+/// # Safety
+/// libc's `execl`.
+#[unsafe(naked)]
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn execl() {
+    core::arch::naked_asm!("jmp {f}", f = sym tssx_execl)
+}
+
+/// libc's `execlp` (variadic), as [`execl`].
+///
+/// # Safety
+/// libc's `execlp`.
+#[unsafe(naked)]
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn execlp() {
+    core::arch::naked_asm!("jmp {f}", f = sym tssx_execlp)
+}
+
+/// libc's `execle` (variadic), as [`execl`].
+///
+/// # Safety
+/// libc's `execle`.
+#[unsafe(naked)]
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn execle() {
+    core::arch::naked_asm!("jmp {f}", f = sym tssx_execle)
 }

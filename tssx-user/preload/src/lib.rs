@@ -19,6 +19,7 @@ mod claim;
 mod conn;
 mod epoll;
 mod exec;
+mod pass;
 mod poll;
 mod real;
 
@@ -154,7 +155,7 @@ fn one<'a>(buf: *const c_void, n: size_t) -> Vec<IoSlice<'a>> {
 
 /// Defines a receiving call: swapped -> ring, otherwise (or once plain) -> the real call.
 macro_rules! recv_like {
-    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) => |$fd:ident| ($bufs:expr, $flags:expr), after = |$n:ident| $after:expr) => {
+    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) => |$fd:ident| ($bufs:expr, $flags:expr), after = |$n:ident| $after:expr $(, plain_after = |$rc:ident| $plain_after:expr)?) => {
         $(#[$doc])*
         /// # Safety
         /// As the libc function of the same name.
@@ -169,18 +170,29 @@ macro_rules! recv_like {
                 }
             }
             // SAFETY: forwarded as received.
-            unsafe { real::$name($($arg),*) }
+            let rc = unsafe { real::$name($($arg),*) };
+            $(
+                let $rc = rc;
+                $plain_after;
+            )?
+            rc
         }
     };
 }
 
 macro_rules! send_like {
-    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) => |$fd:ident| ($bufs:expr, $flags:expr) $(, guard = $guard:expr)?) => {
+    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) => |$fd:ident| ($bufs:expr, $flags:expr) $(, guard = $guard:expr)? $(, pre = $pre:expr)?) => {
         $(#[$doc])*
         /// # Safety
         /// As the libc function of the same name.
         #[unsafe(no_mangle)]
         pub unsafe extern "C" fn $name($($arg: $ty),*) -> ssize_t {
+            $(
+                #[allow(unused_unsafe)]
+                if let Some(rc) = unsafe { $pre } {
+                    return rc;
+                }
+            )?
             if let Some(c) = conn::lookup($fd) {
                 $(
                     #[allow(unused_unsafe)]
@@ -223,6 +235,11 @@ recv_like!(
             m.msg_flags = 0;
             m.msg_controllen = 0;
             m.msg_namelen = 0;
+        },
+        plain_after = |rc| if rc >= 0 && !msg.is_null() && unsafe { (*msg).msg_controllen } > 0 {
+            // Swapped sockets may have arrived with their segments.
+            // SAFETY: the msghdr the kernel just filled.
+            with_errno_kept(|| unsafe { pass::received(msg) });
         }
 );
 
@@ -236,7 +253,8 @@ send_like!(
 send_like!(
     fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int)
         => |fd| (slices((*msg).msg_iov, (*msg).msg_iovlen as c_int), flags),
-        guard = (*msg).msg_controllen > 0
+        guard = (*msg).msg_controllen > 0,
+        pre = if conn::lookup(fd).is_none() { pass::send(fd, msg, flags) } else { None }
 );
 
 /// # Safety

@@ -1,0 +1,211 @@
+//! Swapped sockets passed to another process with `SCM_RIGHTS` (over any plain socket).
+//!
+//! The receiving process would get the real socket without the rings. So the sender's hook
+//! appends each passed swapped socket's segment memfd to the message's `SCM_RIGHTS` fds, notes
+//! the socket's inode in the segment header, and counts the receiver as one more holder of that
+//! end (as after fork). The receiver's hook takes those trailing memfds out of the message
+//! before the application sees it, and attaches each segment to the received socket whose inode
+//! the header names. A receiver without the hook gets the extra fds and a socket it cannot
+//! use: passing swapped sockets needs the hook on both sides.
+
+use std::os::fd::{FromRawFd as _, OwnedFd};
+use std::sync::atomic::Ordering::{Acquire, Release};
+
+use libc::{c_int, cmsghdr, msghdr};
+
+use crate::conn::{self, Join};
+
+/// Most fds one message may carry (SCM_MAX_FD in the kernel).
+const MAX_FDS: usize = 253;
+
+/// The fds of the message's `SCM_RIGHTS` control message, if it is the last one (the only
+/// layout the hook rewrites).
+///
+/// # Safety
+/// `msg` is a valid msghdr whose control buffer is valid.
+unsafe fn last_rights(msg: &msghdr) -> Option<*mut cmsghdr> {
+    if msg.msg_control.is_null() || msg.msg_controllen == 0 {
+        return None;
+    }
+    // SAFETY: a valid msghdr per the contract; the CMSG macros stay inside msg_controllen.
+    let mut c = unsafe { libc::CMSG_FIRSTHDR(msg) };
+    let mut last = None;
+    while !c.is_null() {
+        last = Some(c);
+        // SAFETY: as above.
+        c = unsafe { libc::CMSG_NXTHDR(msg, c) };
+    }
+    let last = last?;
+    // SAFETY: `last` points at a complete header inside the buffer.
+    let h = unsafe { &*last };
+    (h.cmsg_level == libc::SOL_SOCKET && h.cmsg_type == libc::SCM_RIGHTS).then_some(last)
+}
+
+/// The fds of a `SCM_RIGHTS` header.
+///
+/// # Safety
+/// `c` is a valid SCM_RIGHTS header.
+unsafe fn fds_of<'a>(c: *mut cmsghdr) -> &'a mut [c_int] {
+    // SAFETY: per the contract, the data holds (cmsg_len - CMSG_LEN(0)) / 4 fds.
+    unsafe {
+        let n = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / size_of::<c_int>();
+        std::slice::from_raw_parts_mut(libc::CMSG_DATA(c).cast::<c_int>(), n)
+    }
+}
+
+/// `sendmsg` on a plain socket whose `SCM_RIGHTS` carry swapped sockets: sends the message with
+/// their memfds appended. `None`: nothing swapped is passed, use the real call.
+///
+/// # Safety
+/// `msg` is valid, as for sendmsg.
+pub unsafe fn send(fd: c_int, msg: *const msghdr, flags: c_int) -> Option<isize> {
+    if !conn::any_live() || msg.is_null() {
+        return None;
+    }
+    // SAFETY: per the contract.
+    let m = unsafe { &*msg };
+    // SAFETY: as above.
+    let rights = unsafe { last_rights(m) }?;
+    // SAFETY: a SCM_RIGHTS header of the caller's message.
+    let fds = unsafe { fds_of(rights) };
+    let mut extra = [0 as c_int; MAX_FDS];
+    let mut n_extra = 0;
+    for &passed in fds.iter() {
+        if let Some(c) = conn::lookup(passed) {
+            if n_extra + fds.len() >= MAX_FDS {
+                return None;
+            }
+            extra[n_extra] = c.hand_over(passed);
+            n_extra += 1;
+        }
+    }
+    if n_extra == 0 {
+        return None;
+    }
+    // A copy of the control buffer with the memfds appended to the last (SCM_RIGHTS) message.
+    let head = rights as usize - m.msg_control as usize;
+    let all = fds.len() + n_extra;
+    // SAFETY: pure size computations.
+    let new_len = head + unsafe { libc::CMSG_SPACE((all * size_of::<c_int>()) as u32) } as usize;
+    let mut buf = vec![0u8; new_len];
+    // SAFETY: copies the headers before the last one, then writes a new last header inside
+    // `buf`, which is large enough by construction.
+    unsafe {
+        std::ptr::copy_nonoverlapping(m.msg_control.cast::<u8>(), buf.as_mut_ptr(), head);
+        let c = buf.as_mut_ptr().add(head).cast::<cmsghdr>();
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN((all * size_of::<c_int>()) as u32) as _;
+        let data = libc::CMSG_DATA(c).cast::<c_int>();
+        std::ptr::copy_nonoverlapping(fds.as_ptr(), data, fds.len());
+        std::ptr::copy_nonoverlapping(extra.as_ptr(), data.add(fds.len()), n_extra);
+    }
+    let mut copy = *m;
+    copy.msg_control = buf.as_mut_ptr().cast();
+    copy.msg_controllen = new_len as _;
+    // SAFETY: a valid msghdr whose buffers are the caller's and ours.
+    let rc = unsafe { crate::real::sendmsg(fd, &copy, flags) };
+    if rc < 0 {
+        let e = conn::errno();
+        for &passed in fds.iter() {
+            if let Some(c) = conn::lookup(passed) {
+                c.hand_back();
+            }
+        }
+        conn::set_errno(e);
+    }
+    Some(rc)
+}
+
+/// After a successful real `recvmsg` on a plain socket: attaches segments that arrived with
+/// swapped sockets, and removes their memfds from the message.
+///
+/// # Safety
+/// `msg` is the valid msghdr just filled by recvmsg.
+pub unsafe fn received(msg: *mut msghdr) {
+    if msg.is_null() || crate::claim::talking_to_agent() {
+        return;
+    }
+    // SAFETY: per the contract.
+    let m = unsafe { &mut *msg };
+    // SAFETY: as above.
+    let Some(rights) = (unsafe { last_rights(m) }) else { return };
+    // SAFETY: the SCM_RIGHTS header the kernel just wrote.
+    let fds = unsafe { fds_of(rights) };
+    let mut segments = 0;
+    while segments < fds.len() && is_segment(fds[fds.len() - 1 - segments]) {
+        segments += 1;
+    }
+    if segments == 0 {
+        return;
+    }
+    let (app, memfds) = fds.split_at(fds.len() - segments);
+    for &memfd in memfds {
+        // SAFETY: the kernel just installed this fd for us; nobody else knows it.
+        let memfd = unsafe { OwnedFd::from_raw_fd(memfd) };
+        let Some((sock, end)) = conn::segment_target(&memfd, app) else { continue };
+        conn::install(sock, end, memfd, Join::Inherited);
+    }
+    // SAFETY: shrinks the last header (and the control length) so the application sees only
+    // its own fds; both stay within what the kernel wrote.
+    unsafe {
+        (*rights).cmsg_len = libc::CMSG_LEN((app.len() * size_of::<c_int>()) as u32) as _;
+        let end = rights as usize - m.msg_control as usize + libc::CMSG_SPACE((app.len() * size_of::<c_int>()) as u32) as usize;
+        m.msg_controllen = end.min(m.msg_controllen as usize) as _;
+    }
+}
+
+/// Whether `fd` is a tssx segment memfd (by its name in /proc).
+fn is_segment(fd: c_int) -> bool {
+    let mut path = *b"/proc/self/fd/\0\0\0\0\0\0\0\0\0\0\0\0";
+    let digits = fd.to_string();
+    if fd < 0 || digits.len() > 11 {
+        return false;
+    }
+    path[14..14 + digits.len()].copy_from_slice(digits.as_bytes());
+    let mut target = [0u8; 64];
+    // SAFETY: a NUL-terminated path and a live buffer of the stated size.
+    let n = unsafe { libc::readlink(path.as_ptr().cast(), target.as_mut_ptr().cast(), target.len()) };
+    n > 0 && target[..n as usize].starts_with(b"/memfd:tssx-segment")
+}
+
+impl conn::Conn {
+    /// Before this end's socket `fd` is passed to another process: record its inode in the
+    /// header and count the receiver as a holder. Returns the memfd to pass along.
+    pub fn hand_over(&self, fd: c_int) -> c_int {
+        // SAFETY: `stat` is plain data; fstat fills it.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid out-pointer.
+        if unsafe { libc::fstat(fd, &mut st) } == 0 {
+            // Release: pairs with the receiver's Acquire load.
+            self.header().socket_inode[self.end().index()].store(st.st_ino, Release);
+        }
+        self.header().refcount[self.end().index()].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.memfd_raw()
+    }
+
+    /// The pass failed: undo [`Conn::hand_over`]'s count.
+    pub fn hand_back(&self) {
+        self.header().refcount[self.end().index()].fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// Which received socket (of `fds`) a passed segment belongs to, and as which end.
+pub fn target_of(header: &tssx_common::segment::SegmentHeader, fds: &[c_int]) -> Option<(c_int, tssx_common::segment::End)> {
+    use tssx_common::segment::End;
+    for &fd in fds {
+        // SAFETY: `stat` is plain data; fstat fills it.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid out-pointer; a bad fd just fails.
+        if unsafe { libc::fstat(fd, &mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+            continue;
+        }
+        for end in [End::Client, End::Server] {
+            // Acquire: pairs with the sender's Release store.
+            if header.socket_inode[end.index()].load(Acquire) == st.st_ino {
+                return Some((fd, end));
+            }
+        }
+    }
+    None
+}
