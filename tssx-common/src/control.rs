@@ -7,6 +7,13 @@
 //! agent learns the caller's pid from `SO_PEERCRED`, never from the message, and checks every
 //! claim against the kernel's own connect/accept events.
 //!
+//! After a [`ReplyKind::Swap`] reply to a client's claim, the agent keeps that connection open
+//! for as long as the connection is pending, and closes it once it has decided (after the
+//! segment's state changed to active or plain). So a hook that sees EOF on it while the segment
+//! is still pending knows the agent is gone (killed, or stopped) and nobody will decide: it turns
+//! the connection plain itself (`Pending -> Plain`, replaying what it wrote). Nothing is ever
+//! sent on it after the reply.
+//!
 //! Decoding is strict: a record of the wrong size, magic, version, kind or role is refused with
 //! a [`DecodeError`], so a malformed or hostile message can never be mistaken for a claim.
 

@@ -99,6 +99,10 @@ struct Connection {
     client: EndInfo,
     server: Option<EndInfo>,
     segment: Segment,
+    /// The client's claim connection, held open while the connection is pending and closed once
+    /// the agent decided (after the state change): a hook that sees it close while the segment
+    /// is still pending knows the agent died and can turn the connection plain itself.
+    decision_watch: Option<UnixStream>,
 }
 
 impl Connection {
@@ -299,6 +303,7 @@ impl Registry {
             if let Some(conn) = inner.live.get_mut(&id) {
                 if conn.segment.transition(SegmentState::Pending, SegmentState::Plain).is_ok() {
                     conn.plain_traced = true;
+                    conn.decision_watch = None;
                     tracing::info!(connection = id, path = conn.path, client = conn.client.pid, reason = PlainReason::PeerHasNoHook.describe(), "not swapped");
                 }
             }
@@ -385,6 +390,7 @@ impl Registry {
             if let Some(conn) = inner.live.get_mut(&id) {
                 let _ = conn.segment.transition(SegmentState::Pending, SegmentState::Plain);
                 conn.plain_traced = true;
+                conn.decision_watch = None;
                 tracing::info!(connection = id, path = conn.path, pid, fd, reason = PlainReason::Declined.describe(), "not swapped");
             }
         }
@@ -414,17 +420,6 @@ impl Registry {
         let Ok(Some(inode)) = sockdiag::socket_inode(pid, fd) else { return refused(PlainReason::NotSeen) };
         match role {
             Role::Client => {
-                {
-                    let mut inner = self.lock();
-                    if inner.live.len() >= self.max_connections {
-                        Self::reap(&mut inner); // finished ones may not have been swept yet
-                    }
-                    if inner.live.len() >= self.max_connections {
-                        drop(inner);
-                        tracing::info!(pid, fd, role = ?role, path = self.path_name(seen.path_id), max_connections = self.max_connections, reason = PlainReason::TooManyConnections.describe(), "not swapped");
-                        return (Reply::plain(PlainReason::TooManyConnections), None);
-                    }
-                }
                 let segment = match Segment::create(self.ring_size) {
                     Ok(segment) => segment,
                     Err(e) => {
@@ -436,13 +431,23 @@ impl Registry {
                 // Release: the end counts as present before the segment reaches anyone.
                 segment.header().refcount[End::Client.index()].store(1, std::sync::atomic::Ordering::Release);
                 let path = self.path_name(seen.path_id);
+                // The limit is checked and the segment counted in one critical section, so that
+                // concurrent claims cannot overshoot it (a refused segment is simply dropped).
                 let mut inner = self.lock();
+                if inner.live.len() >= self.max_connections {
+                    Self::reap(&mut inner); // finished ones may not have been swept yet
+                }
+                if inner.live.len() >= self.max_connections {
+                    drop(inner);
+                    tracing::info!(pid, fd, role = ?role, path, max_connections = self.max_connections, reason = PlainReason::TooManyConnections.describe(), "not swapped");
+                    return (Reply::plain(PlainReason::TooManyConnections), None);
+                }
                 let id = inner.next_id;
                 inner.next_id += 1;
                 inner.pending.insert(inode, id);
                 inner.live.insert(
                     id,
-                    Connection { id, waiting_since: Instant::now(), client_inode: inode, plain_traced: false, path: path.clone(), client: seen.end.clone(), server: None, segment },
+                    Connection { id, waiting_since: Instant::now(), client_inode: inode, plain_traced: false, path: path.clone(), client: seen.end.clone(), server: None, segment, decision_watch: None },
                 );
                 drop(inner);
                 self.changed.notify_all();
@@ -471,6 +476,7 @@ impl Registry {
                     return not_swapped(PlainReason::PeerHasNoHook);
                 }
                 conn.server = Some(seen.end.clone());
+                conn.decision_watch = None; // after the transition: the client sees Active
                 tracing::info!(
                     connection = id,
                     path = conn.path,
@@ -566,10 +572,18 @@ fn handle(registry: &Registry, mut stream: UnixStream) {
         Some(RequestKind::Claim) => {
             let role = request.request_role().expect("validated by decode");
             let (reply, connection) = registry.claim(pid, uid, role, request.fd);
-            let inner = registry.lock();
+            let mut inner = registry.lock();
             let fd = connection.and_then(|id| inner.live.get(&id)).and_then(|c| c.segment.fd());
             if let Err(e) = fdpass::send_with_fd(stream.as_raw_fd(), &reply.encode(), fd) {
                 tracing::warn!(pid, "sending the claim reply: {e}");
+                return;
+            }
+            // A pending client keeps its claim connection until the decision (see
+            // `Connection::decision_watch`); one already decided is closed now.
+            if let Some(conn) = connection.and_then(|id| inner.live.get_mut(&id)) {
+                if role == Role::Client && conn.segment.state() == Some(SegmentState::Pending) {
+                    conn.decision_watch = Some(stream);
+                }
             }
         }
         Some(RequestKind::Decline) => {

@@ -222,26 +222,27 @@ pub fn run(bin: &Path, seconds: u64, seed: Option<u64>) -> anyhow::Result<()> {
         .enumerate()
         .map(|(i, path)| {
             let (bin, hook, path): (PathBuf, PathBuf, String) = (bin.to_owned(), hook.clone(), path.clone());
-            thread::spawn(move || -> anyhow::Result<Tally> {
+            thread::spawn(move || -> (Tally, Option<anyhow::Error>) {
                 let mut rng = Rng(seed ^ (0x9E37_79B9_7F4A_7C15u64.wrapping_mul(i as u64 + 1)) | 1);
                 let mut tally = Tally::default();
                 while Instant::now() < deadline {
-                    one_pair(&bin, &hook, &path, &mut rng, &mut tally)?;
+                    if let Err(e) = one_pair(&bin, &hook, &path, &mut rng, &mut tally) {
+                        return (tally, Some(e)); // this lane stops at its first failure
+                    }
                 }
-                Ok(tally)
+                (tally, None)
             })
         })
         .collect();
     let mut total = Tally::default();
     let mut failures = Vec::new();
     for lane in lanes {
-        match lane.join().map_err(|_| anyhow::anyhow!("a soak thread panicked"))? {
-            Ok(t) => {
-                total.pairs += t.pairs;
-                total.killed += t.killed;
-                total.bytes += t.bytes;
-            }
-            Err(e) => failures.push(format!("{e:#}")),
+        let (t, error) = lane.join().map_err(|_| anyhow::anyhow!("a soak thread panicked"))?;
+        total.pairs += t.pairs;
+        total.killed += t.killed;
+        total.bytes += t.bytes;
+        if let Some(e) = error {
+            failures.push(format!("after {} pair(s) on this lane: {e:#}", t.pairs));
         }
     }
     // The agent frees segments on its once-a-second sweep.

@@ -1,19 +1,43 @@
 //! One end of a connection that either waits in a blocking call or just holds the socket, for
 //! the peer-death tests (plain std, no tssx code).
 //!
-//! `tssx-test-peer server|client PATH read|write|hold`: the server binds PATH and accepts one
-//! connection, the client connects to it; each prints `connected pid=P` when it has its socket.
+//! `tssx-test-peer server|client PATH read|poll|epoll|write|hold`: the server binds PATH and
+//! accepts one connection, the client connects to it; each prints `connected pid=P` when it has
+//! its socket.
 //! - `read`: blocks reading (the peer sends nothing) until EOF or an error;
+//! - `poll` / `epoll`: blocks in `poll` / `epoll_wait` (no timeout) for readability, then reads
+//!   as `read` does;
 //! - `write`: writes 64 KiB chunks (the peer reads nothing) until an error;
 //! - `hold`: sleeps forever (the test kills it).
 //!
-//! `read` and `write` then print `woke result=eof|EPIPE|ECONNRESET|errno-N at_ns=T bytes=N`
+//! `read`, `poll`, `epoll` and `write` then print `woke result=eof|EPIPE|ECONNRESET|errno-N at_ns=T bytes=N`
 //! (`T` = CLOCK_MONOTONIC when the call returned) and exit 0. SIGPIPE is ignored (Rust's default),
 //! so a write to a dead peer returns EPIPE.
 use std::{
     io::{Read, Write},
-    os::unix::net::{UnixListener, UnixStream},
+    os::{fd::AsRawFd as _, unix::net::{UnixListener, UnixStream}},
 };
+
+/// Blocks until `fd` is readable (or hung up), with `poll` or `epoll_wait` and no timeout.
+fn wait_readable(fd: i32, epoll: bool) {
+    if !epoll {
+        let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        // SAFETY: one live pollfd.
+        while unsafe { libc::poll(&mut pfd, 1, -1) } < 0 {}
+        return;
+    }
+    // SAFETY: epoll_create1 has no memory arguments; the fd is ours and closed below.
+    let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    assert!(ep >= 0, "epoll_create1");
+    let mut event = libc::epoll_event { events: libc::EPOLLIN as u32, u64: fd as u64 };
+    // SAFETY: registers our socket with a live event struct.
+    assert_eq!(unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut event) }, 0, "epoll_ctl");
+    let mut out = [libc::epoll_event { events: 0, u64: 0 }; 4];
+    // SAFETY: waits into our array of the given length.
+    while unsafe { libc::epoll_wait(ep, out.as_mut_ptr(), out.len() as i32, -1) } <= 0 {}
+    // SAFETY: closes the epoll fd we created.
+    unsafe { libc::close(ep) };
+}
 
 fn now_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
@@ -39,7 +63,7 @@ fn outcome(e: &std::io::Error) -> String {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (Some(role), Some(path), Some(action)) = (args.get(1), args.get(2), args.get(3)) else {
-        eprintln!("usage: tssx-test-peer server|client PATH read|write|hold");
+        eprintln!("usage: tssx-test-peer server|client PATH read|poll|epoll|write|hold");
         std::process::exit(2);
     };
     let mut stream = if role == "server" {
@@ -53,7 +77,10 @@ fn main() {
     say(&format!("connected pid={}", std::process::id()));
     let mut bytes = 0u64;
     let result = match action.as_str() {
-        "read" => {
+        "read" | "poll" | "epoll" => {
+            if action != "read" {
+                wait_readable(stream.as_raw_fd(), action == "epoll");
+            }
             let mut buf = vec![0u8; 65536];
             loop {
                 match stream.read(&mut buf) {
