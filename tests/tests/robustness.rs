@@ -690,7 +690,6 @@ fn control_socket_survives_garbage() {
 /// but never claims, and waits for the client's request on the real socket): the client must
 /// still get its request through and its reply back, not wait for a decision nobody will make.
 #[test]
-#[ignore = "hook change needed: a pending client must go plain when the agent dies (see the report)"]
 fn agent_sigkilled_while_a_claim_is_pending() {
     require_root();
     let _lock = DefaultAgentLock::acquire();
@@ -779,7 +778,6 @@ fn pending_claim_connection_closes_on_decision_or_agent_death() {
 /// without the hook that accepts late): both threads go plain, every byte arrives, nothing
 /// crashes. Several rounds, since the two threads race.
 #[test]
-#[ignore = "hook bug (reported): replay_and_unswap frees the shared Conn while the other thread uses it (SIGSEGV in RingLock::try_lock)"]
 fn late_plain_turn_with_a_reader_and_a_writer_thread() {
     require_root();
     let dir = temp_dir("robust-lateplain");
