@@ -8,10 +8,11 @@
 //! segment goes only to the two processes that pass these checks for the two ends of one
 //! connection, so no third process can obtain it.
 //!
-//! Each control connection is served on a thread of its own with blocking I/O and timeouts:
-//! claims are rare (one per connection) and short. At most [`MAX_CONTROL_CONNECTIONS`] are
-//! served at once (more are closed at once, so the hook stays plain), and one that does not send
-//! a complete request within [`REQUEST_TIMEOUT`] is dropped: garbage, half messages and idle
+//! Control connections are served by a pool of persistent worker threads blocked in `accept`
+//! (no thread is created per claim; the pool grows when all are busy, see [`serve`]), with
+//! blocking I/O and timeouts: claims are short. At most [`MAX_CONTROL_CONNECTIONS`] are served
+//! at once (more are closed at once, so the hook stays plain), and one that does not send a
+//! complete request within [`REQUEST_TIMEOUT`] is dropped: garbage, half messages and idle
 //! connections cost a bounded number of threads for a bounded time.
 //!
 //! Limits: at most `max_connections` segments are live at once, so the agent's shared memory is
@@ -490,7 +491,8 @@ fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
-/// Creates the control socket in `state_dir` and serves it on a background thread.
+/// Creates the control socket in `state_dir` and serves it on a pool of worker threads (see
+/// `WorkerPool`).
 ///
 /// The socket is mode 0666: `connect()` on a Unix socket needs write permission on its file,
 /// and hooks in processes of every uid must reach the agent (a server running as `nobody`
@@ -504,35 +506,106 @@ pub fn serve(registry: Arc<Registry>, state_dir: &Path) -> anyhow::Result<()> {
     let listener = UnixListener::bind(&path).with_context(|| format!("creating the control socket {}", path.display()))?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))
         .with_context(|| format!("setting permissions of {}", path.display()))?;
-    thread::Builder::new().name("tssx-control".into()).spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { continue };
-            // Relaxed: a counter; the thread that decrements it is spawned below.
-            if registry.serving.fetch_add(1, Ordering::Relaxed) >= MAX_CONTROL_CONNECTIONS {
-                registry.serving.fetch_sub(1, Ordering::Relaxed);
-                registry.refused.fetch_add(1, Ordering::Relaxed);
-                continue; // dropped: the caller sees EOF and stays plain
-            }
-            let registry = Arc::clone(&registry);
-            let spawned = thread::Builder::new().name("tssx-claim".into()).spawn({
-                let registry = Arc::clone(&registry);
-                move || {
-                    handle(&registry, stream);
-                    registry.serving.fetch_sub(1, Ordering::Relaxed);
-                }
-            });
-            if spawned.is_err() {
-                registry.serving.fetch_sub(1, Ordering::Relaxed);
-                registry.refused.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    })?;
+    // Accepted sockets inherit the listener's timeouts, so a connection costs no setsockopt:
+    // reads time out after REQUEST_TIMEOUT, writes after WRITE_TIMEOUT. On the listener, the
+    // receive timeout also ends a blocking accept (EAGAIN), which lets spare workers retire.
+    set_timeout(listener.as_raw_fd(), libc::SO_RCVTIMEO, REQUEST_TIMEOUT).context("setting the control socket's request timeout")?;
+    set_timeout(listener.as_raw_fd(), libc::SO_SNDTIMEO, WRITE_TIMEOUT).context("setting the control socket's write timeout")?;
+    let pool = Arc::new(WorkerPool { listener, registry, workers: AtomicUsize::new(0), idle: AtomicUsize::new(0) });
+    for _ in 0..CORE_WORKERS {
+        pool.spawn_worker().context("starting the control workers")?;
+    }
     Ok(())
 }
 
+/// Workers kept blocked in `accept` on the control socket even when idle.
+const CORE_WORKERS: usize = 2;
+/// The control socket's workers: threads that each block in `accept` on the listener (the
+/// kernel wakes one of them per connection) and serve the connection they got, so a claim costs
+/// no thread creation. When a worker takes a connection and none is left waiting in `accept`, it
+/// starts one more first, up to [`MAX_CONTROL_CONNECTIONS`] serving plus one accepting: the
+/// pool grows with the load and a connection beyond the cap is still accepted at once, and
+/// closed unserved.
+struct WorkerPool {
+    listener: UnixListener,
+    registry: Arc<Registry>,
+    /// Live workers (Relaxed: counters; they guard no data).
+    workers: AtomicUsize,
+    /// Workers waiting in `accept`.
+    idle: AtomicUsize,
+}
+
+impl WorkerPool {
+    /// Starts one more worker (counted as idle from now).
+    fn spawn_worker(self: &Arc<Self>) -> std::io::Result<()> {
+        self.workers.fetch_add(1, Ordering::Relaxed);
+        self.idle.fetch_add(1, Ordering::Relaxed);
+        let pool = Arc::clone(self);
+        thread::Builder::new().name("tssx-control".into()).spawn(move || pool.work()).map(drop).inspect_err(|_| {
+            self.workers.fetch_sub(1, Ordering::Relaxed);
+            self.idle.fetch_sub(1, Ordering::Relaxed);
+        })
+    }
+
+    fn work(self: Arc<Self>) {
+        loop {
+            let stream = match self.listener.accept() {
+                Ok((stream, _)) => stream,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {
+                    // Idle for REQUEST_TIMEOUT: a spare worker leaves, a core one waits on.
+                    if self.retire_if_spare() {
+                        return;
+                    }
+                    continue;
+                }
+                Err(_) => continue, // e.g. ECONNABORTED, EMFILE: nothing to serve
+            };
+            let was_idle = self.idle.fetch_sub(1, Ordering::Relaxed);
+            if self.registry.serving.fetch_add(1, Ordering::Relaxed) >= MAX_CONTROL_CONNECTIONS {
+                self.registry.serving.fetch_sub(1, Ordering::Relaxed);
+                self.registry.refused.fetch_add(1, Ordering::Relaxed);
+                self.idle.fetch_add(1, Ordering::Relaxed);
+                continue; // dropped: the caller sees EOF and stays plain
+            }
+            // Keep someone in accept: the next claim must not wait for this one to finish.
+            if was_idle == 1 && self.workers.load(Ordering::Relaxed) <= MAX_CONTROL_CONNECTIONS {
+                let _ = self.spawn_worker(); // on failure: later connections wait in the backlog
+            }
+            handle(&self.registry, stream);
+            self.registry.serving.fetch_sub(1, Ordering::Relaxed);
+            self.idle.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Ends this worker's service if there are more than [`CORE_WORKERS`]; true if it must exit.
+    fn retire_if_spare(&self) -> bool {
+        let mut workers = self.workers.load(Ordering::Relaxed);
+        while workers > CORE_WORKERS {
+            match self.workers.compare_exchange_weak(workers, workers - 1, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => {
+                    self.idle.fetch_sub(1, Ordering::Relaxed);
+                    return true;
+                }
+                Err(now) => workers = now,
+            }
+        }
+        false
+    }
+}
+
+/// Sets the `SO_RCVTIMEO` or `SO_SNDTIMEO` of socket `fd` to `timeout`.
+fn set_timeout(fd: libc::c_int, option: libc::c_int, timeout: Duration) -> std::io::Result<()> {
+    let tv = libc::timeval { tv_sec: timeout.as_secs() as libc::time_t, tv_usec: timeout.subsec_micros() as libc::suseconds_t };
+    // SAFETY: passes a live timeval of the stated size.
+    let rc = unsafe { libc::setsockopt(fd, libc::SOL_SOCKET, option, (&tv as *const libc::timeval).cast(), size_of_val(&tv) as libc::socklen_t) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Serves one control connection (its read and write timeouts come from the listener).
 fn handle(registry: &Registry, mut stream: UnixStream) {
-    let _ = stream.set_read_timeout(Some(REQUEST_TIMEOUT));
-    let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
     let Some((pid, uid)) = peer_cred(&stream) else { return };
     let mut buf = [0u8; REQUEST_SIZE];
     if stream.read_exact(&mut buf).is_err() {
