@@ -3,10 +3,17 @@
 //! shared-memory segment. Also answers `tssx-agent status`.
 //!
 //! Trust: the caller's pid comes from `SO_PEERCRED`; a claim of fd F as a client is honoured
-//! only if the kernel reported a `connect` on a watched path by that pid returning F (an
-//! `accept` returning F, for a server), and only if `/proc/PID/fd/F` is still that socket. The
-//! segment goes only to the two processes that pass these checks for the two ends of one
-//! connection, so no third process can obtain it.
+//! only if the kernel reported a `connect` on a watched path by that pid returning F, and only
+//! if `/proc/PID/fd/F` is still that socket. A claim of fd F as a server is honoured only if
+//! `/proc/PID/fd/F` is a socket whose peer (`sock_diag`) is the socket of such a verified client
+//! claim: only a process that accepted (or inherited) that connection holds it. Without a
+//! verified client claim, the server's claim also needs the kernel's `accept` event. The segment
+//! goes only to the two processes that pass these checks for the two ends of one connection, so
+//! no third process can obtain it.
+//!
+//! Latency: a claim whose kernel event has not been recorded yet reads the events ring buffer
+//! itself ([`crate::feed`]), and a server claim whose client claimed already does not wait for
+//! its accept event at all.
 //!
 //! Control connections are served by a pool of persistent worker threads blocked in `accept`
 //! (no thread is created per claim; the pool grows when all are busy, see [`serve`]), with
@@ -49,7 +56,7 @@ use tssx_common::{
     segment::{End, SegmentState},
 };
 
-use crate::{fdpass, paths::WatchedPath, segment::Segment, sockdiag};
+use crate::{fdpass, feed::EventFeed, paths::WatchedPath, segment::Segment, sockdiag};
 
 /// How long a claim waits for the kernel event that proves it (events reach the agent through
 /// the ring buffer a little after the syscall returned).
@@ -167,6 +174,9 @@ struct Inner {
     /// Whether a process carries the hook (its TSSX bit, read from its memory map), and when
     /// that was checked: answers are reused for [`HOOK_CHECK_TTL`].
     hooked: HashMap<u32, (bool, Instant)>,
+    /// Server ends granted before their accept event arrived, by `(pid, fd)`, with how many such
+    /// events are still due: [`Registry::record`] drops them instead of keeping them unclaimed.
+    accepts_due: HashMap<(u32, i32), (u32, Instant)>,
 }
 
 /// How long a process's "carries the hook" answer is reused (a process may exec another image).
@@ -203,6 +213,9 @@ impl Inner {
 /// State shared by the event loop (which records kernel events) and the control threads.
 pub struct Registry {
     inner: Mutex<Inner>,
+    /// The kernel events ring buffer, which a claim drains itself when its event has not been
+    /// recorded yet (`None`: events come only through [`Registry::record`]).
+    feed: Option<Arc<EventFeed>>,
     changed: Condvar,
     paths: Vec<WatchedPath>,
     ring_size: usize,
@@ -216,10 +229,12 @@ pub struct Registry {
 
 impl Registry {
     /// A registry for `paths` (ids are positions) making segments with `ring_size`-byte rings,
-    /// at most `max_connections` of them live at once.
-    pub fn new(paths: Vec<WatchedPath>, ring_size: usize, max_connections: usize) -> Arc<Self> {
+    /// at most `max_connections` of them live at once; claims read kernel events from `feed`
+    /// when they do not find them recorded.
+    pub fn new(paths: Vec<WatchedPath>, ring_size: usize, max_connections: usize, feed: Option<Arc<EventFeed>>) -> Arc<Self> {
         Arc::new(Self {
             inner: Mutex::new(Inner { next_id: 1, ..Inner::default() }),
+            feed,
             changed: Condvar::new(),
             paths,
             ring_size,
@@ -265,6 +280,15 @@ impl Registry {
                 inner.connects.insert((event.tgid, event.fd), Seen { end: key_end(event.fd), path_id: event.path_id, at: Instant::now() });
             }
             Some(EventKind::Accept) => {
+                let key = (event.tgid, event.new_fd);
+                if let Some((due, _)) = inner.accepts_due.get_mut(&key) {
+                    // Its claim was granted already (see `Registry::claim_server`).
+                    *due -= 1;
+                    if *due == 0 {
+                        inner.accepts_due.remove(&key);
+                    }
+                    return;
+                }
                 inner.accepts.insert((event.tgid, event.new_fd), Seen { end: key_end(event.new_fd), path_id: event.path_id, at: Instant::now() });
             }
             _ => return,
@@ -280,6 +304,9 @@ impl Registry {
         inner.connects.retain(|_, s| s.at.elapsed() < EVENT_TTL);
         inner.accepts.retain(|_, s| s.at.elapsed() < EVENT_TTL);
         inner.hooked.retain(|_, (_, at)| at.elapsed() < HOOK_CHECK_TTL);
+        // An accept event arrives within milliseconds of its claim; one that never came (lost
+        // in a full ring buffer) must not swallow a later accept of the same fd.
+        inner.accepts_due.retain(|_, (_, at)| at.elapsed() < EVENT_WAIT);
         let overdue = |c: &Connection| c.server.is_none() && c.waiting_since.elapsed() > PENDING_TTL;
         if inner.live.values().any(overdue) {
             // Still in an accept queue: the server has not accepted yet, keep waiting for it.
@@ -377,7 +404,7 @@ impl Registry {
 
     /// A server declines the swap of its accepted `fd`: the connection turns plain.
     fn decline(&self, pid: u32, fd: i32) -> Reply {
-        let seen = self.wait_for(EVENT_WAIT, |inner| inner.accepts.remove(&(pid, fd)));
+        let seen = self.await_event(Role::Server, pid, fd);
         let inode = seen.and_then(|_| sockdiag::socket_inode(pid, fd).ok().flatten());
         let peer = inode.and_then(|inode| sockdiag::unix_peer(inode).ok().flatten());
         let Some(peer) = peer else { return Reply::plain(PlainReason::NotSeen) };
@@ -405,86 +432,150 @@ impl Registry {
             tracing::warn!(pid, uid, fd, role = ?role, reason = reason.describe(), "claim refused");
             (Reply::plain(reason), None)
         };
-        // 1. The kernel must have seen this process connect/accept this fd on a watched path.
-        let seen = self.wait_for(EVENT_WAIT, |inner| match role {
+        if role == Role::Server {
+            return self.claim_server(pid, uid, fd);
+        }
+        // 1. The kernel must have seen this process connect this fd on a watched path.
+        let Some(seen) = self.await_event(role, pid, fd) else { return refused(PlainReason::NotSeen) };
+        // 2. The fd must still be that socket.
+        let Ok(Some(inode)) = sockdiag::socket_inode(pid, fd) else { return refused(PlainReason::NotSeen) };
+        {
+            let mut inner = self.lock();
+            if inner.live.len() >= self.max_connections {
+                Self::reap(&mut inner); // finished ones may not have been swept yet
+            }
+            if inner.live.len() >= self.max_connections {
+                drop(inner);
+                tracing::info!(pid, fd, role = ?role, path = self.path_name(seen.path_id), max_connections = self.max_connections, reason = PlainReason::TooManyConnections.describe(), "not swapped");
+                return (Reply::plain(PlainReason::TooManyConnections), None);
+            }
+        }
+        let segment = match Segment::create(self.ring_size) {
+            Ok(segment) => segment,
+            Err(e) => {
+                tracing::warn!("creating a segment: {e}");
+                return not_swapped(PlainReason::NoSegment);
+            }
+        };
+        segment.set_tssx_bit(End::Client, true);
+        // Release: the end counts as present before the segment reaches anyone.
+        segment.header().refcount[End::Client.index()].store(1, std::sync::atomic::Ordering::Release);
+        let path = self.path_name(seen.path_id);
+        let mut inner = self.lock();
+        let id = inner.next_id;
+        inner.next_id += 1;
+        inner.pending.insert(inode, id);
+        inner.live.insert(
+            id,
+            Connection { id, waiting_since: Instant::now(), client_inode: inode, plain_traced: false, path: path.clone(), client: seen.end.clone(), server: None, segment },
+        );
+        drop(inner);
+        self.changed.notify_all();
+        tracing::info!(connection = id, pid, comm = seen.end.comm, fd, path, "client claimed: segment sent, waiting for the server");
+        (Reply::swap(id), Some(id))
+    }
+
+    /// The kernel's connect (client) or accept (server) event for `fd` of `pid`, taken out of
+    /// the registry: recorded already, or drained from the ring buffer now (it was submitted
+    /// before the syscall returned to the claiming process), or else waited for up to
+    /// [`EVENT_WAIT`].
+    fn await_event(&self, role: Role, pid: u32, fd: i32) -> Option<Seen> {
+        let take = |inner: &mut Inner| match role {
             Role::Client => inner.connects.remove(&(pid, fd)),
             Role::Server => inner.accepts.remove(&(pid, fd)),
-        });
-        let Some(seen) = seen else { return refused(PlainReason::NotSeen) };
-        // 2. The fd must still be that socket, and (for a client) connected to a peer.
+        };
+        if let Some(seen) = take(&mut self.lock()) {
+            return Some(seen);
+        }
+        if let Some(feed) = &self.feed {
+            feed.drain(self);
+        }
+        self.wait_for(EVENT_WAIT, take)
+    }
+
+    /// Handles a server's claim of its accepted `fd`.
+    ///
+    /// The proof is the socket itself: `/proc/PID/fd/FD` must be a socket whose peer
+    /// (`sock_diag`) is the client socket of a connection whose client claim the kernel backed
+    /// (its connect event on a watched path). Before `accept()` that server socket is in no
+    /// process's fd table, so a process that holds it is an end of that connection, by the
+    /// kernel's word, with or without its accept event: the claim needs not wait for that event.
+    /// When the client has not claimed (yet), the accept event is required as before, and the
+    /// claim waits up to [`PEER_WAIT`] for the client's claim (not at all if the connect event
+    /// shows a client without the hook). A fd that is no such socket is refused.
+    fn claim_server(&self, pid: u32, uid: u32, fd: i32) -> (Reply, Option<u64>) {
+        let role = Role::Server;
+        let not_swapped = |reason: PlainReason| {
+            tracing::info!(pid, fd, role = ?role, reason = reason.describe(), "not swapped");
+            (Reply::plain(reason), None)
+        };
+        let refused = |reason: PlainReason| {
+            tracing::warn!(pid, uid, fd, role = ?role, reason = reason.describe(), "claim refused");
+            (Reply::plain(reason), None)
+        };
         let Ok(Some(inode)) = sockdiag::socket_inode(pid, fd) else { return refused(PlainReason::NotSeen) };
-        match role {
-            Role::Client => {
-                {
-                    let mut inner = self.lock();
-                    if inner.live.len() >= self.max_connections {
-                        Self::reap(&mut inner); // finished ones may not have been swept yet
-                    }
-                    if inner.live.len() >= self.max_connections {
-                        drop(inner);
-                        tracing::info!(pid, fd, role = ?role, path = self.path_name(seen.path_id), max_connections = self.max_connections, reason = PlainReason::TooManyConnections.describe(), "not swapped");
-                        return (Reply::plain(PlainReason::TooManyConnections), None);
-                    }
-                }
-                let segment = match Segment::create(self.ring_size) {
-                    Ok(segment) => segment,
-                    Err(e) => {
-                        tracing::warn!("creating a segment: {e}");
-                        return not_swapped(PlainReason::NoSegment);
-                    }
-                };
-                segment.set_tssx_bit(End::Client, true);
-                // Release: the end counts as present before the segment reaches anyone.
-                segment.header().refcount[End::Client.index()].store(1, std::sync::atomic::Ordering::Release);
-                let path = self.path_name(seen.path_id);
-                let mut inner = self.lock();
-                let id = inner.next_id;
-                inner.next_id += 1;
-                inner.pending.insert(inode, id);
-                inner.live.insert(
-                    id,
-                    Connection { id, waiting_since: Instant::now(), client_inode: inode, plain_traced: false, path: path.clone(), client: seen.end.clone(), server: None, segment },
-                );
-                drop(inner);
-                self.changed.notify_all();
-                tracing::info!(connection = id, pid, comm = seen.end.comm, fd, path, "client claimed: segment sent, waiting for the server");
-                (Reply::swap(id), Some(id))
+        let Ok(Some(peer)) = sockdiag::unix_peer(inode) else { return refused(PlainReason::NotSeen) };
+        enum Found {
+            /// The connection the client claimed.
+            Client(u64),
+            /// The server's accept event (the client has not claimed yet).
+            Event(Seen),
+        }
+        let take_pending = |inner: &mut Inner| inner.pending.remove(&peer).map(Found::Client);
+        let mut found = take_pending(&mut self.lock());
+        if found.is_none() {
+            if let Some(feed) = &self.feed {
+                feed.drain(self);
             }
-            Role::Server => {
-                let Ok(Some(peer)) = sockdiag::unix_peer(inode) else { return refused(PlainReason::NotSeen) };
+            found = self.wait_for(EVENT_WAIT, |inner| take_pending(inner).or_else(|| inner.accepts.remove(&(pid, fd)).map(Found::Event)));
+        }
+        let (id, event) = match found {
+            Some(Found::Client(id)) => (id, None),
+            Some(Found::Event(seen)) => {
                 // Wait for the client's claim, unless the kernel's connect event shows a client
                 // process without the hook (a plain client must not cost the server a wait).
-                let found = self.wait_for(PEER_WAIT, |inner| match inner.pending.remove(&peer) {
+                let client = self.wait_for(PEER_WAIT, |inner| match inner.pending.remove(&peer) {
                     Some(id) => Some(Some(id)),
                     None => inner.client_without_hook(peer, seen.path_id).map(|_| None),
                 });
-                let Some(Some(id)) = found else {
-                    return not_swapped(PlainReason::PeerHasNoHook);
-                };
-                let mut inner = self.lock();
-                let Some(conn) = inner.live.get_mut(&id) else { return not_swapped(PlainReason::PeerHasNoHook) };
-                conn.segment.set_tssx_bit(End::Server, true);
-                // Release, before the Active transition: a client that sees Active must also see
-                // the server end present, not "gone" (refcount 0) while its hook maps the segment.
-                conn.segment.header().refcount[End::Server.index()].store(1, std::sync::atomic::Ordering::Release);
-                if conn.segment.transition(SegmentState::Pending, SegmentState::Active).is_err() {
-                    drop(inner);
-                    return not_swapped(PlainReason::PeerHasNoHook);
-                }
-                conn.server = Some(seen.end.clone());
-                tracing::info!(
-                    connection = id,
-                    path = conn.path,
-                    "swapped {}/{} <-> {}/{}",
-                    conn.client.pid,
-                    conn.client.comm,
-                    pid,
-                    seen.end.comm
-                );
-                (Reply::swap(id), Some(id))
+                let Some(Some(id)) = client else { return not_swapped(PlainReason::PeerHasNoHook) };
+                (id, Some(seen))
             }
+            None => return refused(PlainReason::NotSeen),
+        };
+        let mut inner = self.lock();
+        let event = event.or_else(|| {
+            // Granted on the socket's evidence: use the accept event if it came, else let it be
+            // dropped when it does.
+            let seen = inner.accepts.remove(&(pid, fd));
+            if seen.is_none() {
+                let due = inner.accepts_due.entry((pid, fd)).or_insert((0, Instant::now()));
+                *due = (due.0 + 1, Instant::now());
+            }
+            seen
+        });
+        let end = match event {
+            Some(seen) => seen.end,
+            None => EndInfo { pid, comm: process_comm(pid), fd },
+        };
+        let Some(conn) = inner.live.get_mut(&id) else { return not_swapped(PlainReason::PeerHasNoHook) };
+        conn.segment.set_tssx_bit(End::Server, true);
+        // Release, before the Active transition: a client that sees Active must also see the
+        // server end present, not "gone" (refcount 0) while its hook maps the segment.
+        conn.segment.header().refcount[End::Server.index()].store(1, std::sync::atomic::Ordering::Release);
+        if conn.segment.transition(SegmentState::Pending, SegmentState::Active).is_err() {
+            drop(inner);
+            return not_swapped(PlainReason::PeerHasNoHook);
         }
+        tracing::info!(connection = id, path = conn.path, "swapped {}/{} <-> {}/{}", conn.client.pid, conn.client.comm, pid, end.comm);
+        conn.server = Some(end);
+        (Reply::swap(id), Some(id))
     }
+}
+
+/// The command name of process `pid` (`/proc/PID/comm`; empty if it cannot be read).
+fn process_comm(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).map(|c| c.trim_end_matches('\n').to_owned()).unwrap_or_default()
 }
 
 fn alive(pid: u32) -> bool {
