@@ -95,10 +95,10 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Each live segment holds an fd in the agent, and each control connection one more: raise the
+/// Each live or spare segment holds an fd in the agent, and each control connection one more: raise the
 /// soft `RLIMIT_NOFILE` towards the hard limit so that `max_connections` segments fit.
 fn raise_fd_limit(max_connections: usize) {
-    let want = (max_connections + control::MAX_CONTROL_CONNECTIONS + 256) as libc::rlim_t;
+    let want = (max_connections + control::SPARE_SEGMENTS + control::MAX_CONTROL_CONNECTIONS + 256) as libc::rlim_t;
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit/setrlimit read and write a live rlimit.
     unsafe {

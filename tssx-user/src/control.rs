@@ -23,8 +23,16 @@
 //! connections cost a bounded number of threads for a bounded time.
 //!
 //! Limits: at most `max_connections` segments are live at once, so the agent's shared memory is
-//! bounded by `max_connections * (2 * ring_size + header)`; a client claim beyond that stays
-//! plain with [`PlainReason::TooManyConnections`].
+//! bounded by `(max_connections + SPARE_SEGMENTS) * (2 * ring_size + header)`; a client claim
+//! beyond that stays plain with [`PlainReason::TooManyConnections`].
+//!
+//! Spare segments: creating a segment (memfd, size, seals, mapping, header) costs tens of
+//! microseconds, so a thread of its own keeps up to [`SPARE_SEGMENTS`] ready for the next claims,
+//! off the claims' path. It runs at `SCHED_IDLE` priority, so it only uses a core that nothing
+//! else wants: on a busy machine the claims' processes go first (and a claim that finds no spare
+//! creates its segment itself). Spares exist only while connections are live: when the last one
+//! is freed, they are dropped with it, so an idle agent holds no memfd. A spare is never handed
+//! out twice and never reused after a connection.
 //!
 //! A client's claim stays pending while its connection waits in the listener's accept queue
 //! (the kernel's `sock_diag` lists it there), however long the server takes to accept: bytes the
@@ -150,6 +158,8 @@ pub struct Stats {
     pub ring_size: usize,
     /// Bytes of shared memory the live segments span.
     pub segment_bytes: u64,
+    /// Fresh segments created ahead of claims (not counted in `live_segments`).
+    pub spare_segments: usize,
     /// Client claims waiting for their server.
     pub pending_claims: usize,
     /// Kernel connect/accept events recorded and not yet claimed or expired.
@@ -177,7 +187,14 @@ struct Inner {
     /// Server ends granted before their accept event arrived, by `(pid, fd)`, with how many such
     /// events are still due: [`Registry::record`] drops them instead of keeping them unclaimed.
     accepts_due: HashMap<(u32, i32), (u32, Instant)>,
+    /// Fresh segments created ahead of the claims that will use them (see the module doc).
+    spares: Vec<Segment>,
+    /// Bumped whenever the spares are dropped, so that a segment created meanwhile is not kept.
+    spares_generation: u64,
 }
+
+/// Most spare segments kept ready (each is one memfd and one mapped header page until used).
+pub const SPARE_SEGMENTS: usize = 4;
 
 /// How long a process's "carries the hook" answer is reused (a process may exec another image).
 const HOOK_CHECK_TTL: Duration = Duration::from_secs(2);
@@ -217,6 +234,8 @@ pub struct Registry {
     /// recorded yet (`None`: events come only through [`Registry::record`]).
     feed: Option<Arc<EventFeed>>,
     changed: Condvar,
+    /// Wakes the spare-segment maker (see [`Registry::make_spares`]).
+    spares_wanted: Condvar,
     paths: Vec<WatchedPath>,
     ring_size: usize,
     max_connections: usize,
@@ -236,6 +255,7 @@ impl Registry {
             inner: Mutex::new(Inner { next_id: 1, ..Inner::default() }),
             feed,
             changed: Condvar::new(),
+            spares_wanted: Condvar::new(),
             paths,
             ring_size,
             max_connections,
@@ -259,6 +279,7 @@ impl Registry {
             max_connections: self.max_connections,
             ring_size: self.ring_size,
             segment_bytes: inner.live.values().map(|c| c.segment.layout().total_size as u64).sum(),
+            spare_segments: inner.spares.len(),
             pending_claims: inner.pending.len(),
             unclaimed_events: inner.connects.len() + inner.accepts.len(),
             control_connections: self.serving.load(Ordering::Relaxed),
@@ -347,16 +368,21 @@ impl Registry {
             })
             .map(|c| c.id)
             .collect();
-        for id in dead {
-            if let Some(conn) = inner.live.remove(&id) {
-                inner.pending.retain(|_, v| *v != id);
-                if conn.server.is_none() && conn.segment.state() == Some(SegmentState::Plain) && !conn.plain_traced {
-                    // The client's hook saw the peer write to the real socket and went plain.
-                    tracing::info!(connection = id, path = conn.path, client = conn.client.pid, reason = PlainReason::PeerHasNoHook.describe(), "not swapped");
-                }
-                let (c2s, s2c) = conn.bytes_each_way();
-                tracing::info!(connection = id, path = conn.path, bytes_client_to_server = c2s, bytes_server_to_client = s2c, "closed: segment freed");
+        let freed: Vec<Connection> = dead.iter().filter_map(|id| inner.live.remove(id)).collect();
+        if !freed.is_empty() && inner.live.is_empty() {
+            // Idle: no spares either (dropped before the `closed` lines are traced).
+            inner.spares.clear();
+            inner.spares_generation += 1;
+        }
+        for conn in freed {
+            let id = conn.id;
+            inner.pending.retain(|_, v| *v != id);
+            if conn.server.is_none() && conn.segment.state() == Some(SegmentState::Plain) && !conn.plain_traced {
+                // The client's hook saw the peer write to the real socket and went plain.
+                tracing::info!(connection = id, path = conn.path, client = conn.client.pid, reason = PlainReason::PeerHasNoHook.describe(), "not swapped");
             }
+            let (c2s, s2c) = conn.bytes_each_way();
+            tracing::info!(connection = id, path = conn.path, bytes_client_to_server = c2s, bytes_server_to_client = s2c, "closed: segment freed");
         }
     }
 
@@ -450,7 +476,8 @@ impl Registry {
                 return (Reply::plain(PlainReason::TooManyConnections), None);
             }
         }
-        let segment = match Segment::create(self.ring_size) {
+        let spare = self.lock().spares.pop();
+        let segment = match spare.map_or_else(|| Segment::create(self.ring_size), Ok) {
             Ok(segment) => segment,
             Err(e) => {
                 tracing::warn!("creating a segment: {e}");
@@ -473,6 +500,52 @@ impl Registry {
         self.changed.notify_all();
         tracing::info!(connection = id, pid, comm = seen.end.comm, fd, path, "client claimed: segment sent, waiting for the server");
         (Reply::swap(id), Some(id))
+    }
+
+    /// The spare-segment maker's loop (never returns): sleeps until spares are wanted (fewer
+    /// than [`SPARE_SEGMENTS`] while connections are live), then makes them.
+    fn make_spares(&self) {
+        // SAFETY: sets the calling thread's policy from a live sched_param; a failure (e.g. not
+        // permitted) leaves it at normal priority, which is only less polite.
+        let idle = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &libc::sched_param { sched_priority: 0 }) };
+        if idle != 0 {
+            tracing::debug!("spare segments: SCHED_IDLE refused: {}", std::io::Error::last_os_error());
+        }
+        loop {
+            let mut inner = self.lock();
+            while inner.spares.len() >= SPARE_SEGMENTS || inner.live.is_empty() {
+                inner = self.spares_wanted.wait(inner).unwrap_or_else(|p| p.into_inner());
+            }
+            drop(inner);
+            self.refill_spares();
+        }
+    }
+
+    /// Creates spare segments until there are [`SPARE_SEGMENTS`], while connections are live.
+    fn refill_spares(&self) {
+        loop {
+            let generation = {
+                let inner = self.lock();
+                if inner.spares.len() >= SPARE_SEGMENTS || inner.live.is_empty() {
+                    return;
+                }
+                inner.spares_generation
+            };
+            let segment = match Segment::create(self.ring_size) {
+                Ok(segment) => segment,
+                Err(e) => {
+                    tracing::warn!("creating a spare segment: {e}");
+                    return;
+                }
+            };
+            let mut inner = self.lock();
+            if inner.spares_generation != generation || inner.live.is_empty() {
+                drop(inner);
+                drop(segment); // the spares were dropped meanwhile: so is this one
+                return;
+            }
+            inner.spares.push(segment);
+        }
     }
 
     /// The kernel's connect (client) or accept (server) event for `fd` of `pid`, taken out of
@@ -602,6 +675,10 @@ pub fn serve(registry: Arc<Registry>, state_dir: &Path) -> anyhow::Result<()> {
     // receive timeout also ends a blocking accept (EAGAIN), which lets spare workers retire.
     set_timeout(listener.as_raw_fd(), libc::SO_RCVTIMEO, REQUEST_TIMEOUT).context("setting the control socket's request timeout")?;
     set_timeout(listener.as_raw_fd(), libc::SO_SNDTIMEO, WRITE_TIMEOUT).context("setting the control socket's write timeout")?;
+    thread::Builder::new().name("tssx-spares".into()).spawn({
+        let registry = Arc::clone(&registry);
+        move || registry.make_spares()
+    }).context("starting the spare-segment maker")?;
     let pool = Arc::new(WorkerPool { listener, registry, workers: AtomicUsize::new(0), idle: AtomicUsize::new(0) });
     for _ in 0..CORE_WORKERS {
         pool.spawn_worker().context("starting the control workers")?;
@@ -734,6 +811,9 @@ fn handle(registry: &Registry, mut stream: UnixStream) {
             let fd = connection.and_then(|id| inner.live.get(&id)).and_then(|c| c.segment.fd());
             if let Err(e) = fdpass::send_with_fd(stream.as_raw_fd(), &reply.encode(), fd) {
                 tracing::warn!(pid, "sending the claim reply: {e}");
+            }
+            if role == Role::Client && connection.is_some() {
+                registry.spares_wanted.notify_one(); // after the reply: off the claim's path
             }
         }
         Some(RequestKind::Decline) => {
