@@ -447,7 +447,7 @@ impl Registry {
 
     /// Handles a claim; returns the reply and, for a swap, the id of the connection whose
     /// segment fd must go with it.
-    fn claim(&self, pid: u32, uid: u32, role: Role, fd: i32) -> (Reply, Option<u64>) {
+    fn claim(&self, pid: u32, uid: u32, role: Role, fd: i32) -> (Reply, Option<Granted>) {
         let not_swapped = |reason: PlainReason| {
             tracing::info!(pid, fd, role = ?role, reason = reason.describe(), "not swapped");
             (Reply::plain(reason), None)
@@ -498,8 +498,7 @@ impl Registry {
         );
         drop(inner);
         self.changed.notify_all();
-        tracing::info!(connection = id, pid, comm = seen.end.comm, fd, path, "client claimed: segment sent, waiting for the server");
-        (Reply::swap(id), Some(id))
+        (Reply::swap(id), Some(Granted::Client { id, pid, comm: seen.end.comm, fd, path }))
     }
 
     /// The spare-segment maker's loop (never returns): sleeps until spares are wanted (fewer
@@ -576,7 +575,7 @@ impl Registry {
     /// When the client has not claimed (yet), the accept event is required as before, and the
     /// claim waits up to [`PEER_WAIT`] for the client's claim (not at all if the connect event
     /// shows a client without the hook). A fd that is no such socket is refused.
-    fn claim_server(&self, pid: u32, uid: u32, fd: i32) -> (Reply, Option<u64>) {
+    fn claim_server(&self, pid: u32, uid: u32, fd: i32) -> (Reply, Option<Granted>) {
         let role = Role::Server;
         let not_swapped = |reason: PlainReason| {
             tracing::info!(pid, fd, role = ?role, reason = reason.describe(), "not swapped");
@@ -640,15 +639,41 @@ impl Registry {
             drop(inner);
             return not_swapped(PlainReason::PeerHasNoHook);
         }
-        tracing::info!(connection = id, path = conn.path, "swapped {}/{} <-> {}/{}", conn.client.pid, conn.client.comm, pid, end.comm);
+        let granted = Granted::Server { id, path: conn.path.clone(), client: format!("{}/{}", conn.client.pid, conn.client.comm), server: format!("{pid}/{}", end.comm) };
         conn.server = Some(end);
-        (Reply::swap(id), Some(id))
+        (Reply::swap(id), Some(granted))
     }
 }
 
 /// The command name of process `pid` (`/proc/PID/comm`; empty if it cannot be read).
 fn process_comm(pid: u32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/comm")).map(|c| c.trim_end_matches('\n').to_owned()).unwrap_or_default()
+}
+
+/// A granted claim: the connection whose segment goes with the reply, and what its trace line
+/// says (traced right after the reply is sent, off the claim's path).
+enum Granted {
+    /// A client's claim: the segment is the client's, waiting for the server.
+    Client { id: u64, pid: u32, comm: String, fd: i32, path: String },
+    /// A server's claim: both ends swapped (`client` and `server` as `pid/comm`).
+    Server { id: u64, path: String, client: String, server: String },
+}
+
+impl Granted {
+    fn id(&self) -> u64 {
+        match *self {
+            Granted::Client { id, .. } | Granted::Server { id, .. } => id,
+        }
+    }
+
+    fn trace(&self) {
+        match self {
+            Granted::Client { id, pid, comm, fd, path } => {
+                tracing::info!(connection = id, pid, comm, fd, path, "client claimed: segment sent, waiting for the server")
+            }
+            Granted::Server { id, path, client, server } => tracing::info!(connection = id, path, "swapped {client} <-> {server}"),
+        }
+    }
 }
 
 fn alive(pid: u32) -> bool {
@@ -806,14 +831,20 @@ fn handle(registry: &Registry, mut stream: UnixStream) {
         }
         Some(RequestKind::Claim) => {
             let role = request.request_role().expect("validated by decode");
-            let (reply, connection) = registry.claim(pid, uid, role, request.fd);
+            let (reply, granted) = registry.claim(pid, uid, role, request.fd);
             let inner = registry.lock();
-            let fd = connection.and_then(|id| inner.live.get(&id)).and_then(|c| c.segment.fd());
-            if let Err(e) = fdpass::send_with_fd(stream.as_raw_fd(), &reply.encode(), fd) {
+            let fd = granted.as_ref().and_then(|g| inner.live.get(&g.id())).and_then(|c| c.segment.fd());
+            let sent = fdpass::send_with_fd(stream.as_raw_fd(), &reply.encode(), fd);
+            drop(inner);
+            // After the reply: tracing and spare segments are off the claim's path.
+            if let Some(granted) = &granted {
+                granted.trace();
+            }
+            if let Err(e) = sent {
                 tracing::warn!(pid, "sending the claim reply: {e}");
             }
-            if role == Role::Client && connection.is_some() {
-                registry.spares_wanted.notify_one(); // after the reply: off the claim's path
+            if matches!(granted, Some(Granted::Client { .. })) {
+                registry.spares_wanted.notify_one();
             }
         }
         Some(RequestKind::Decline) => {
