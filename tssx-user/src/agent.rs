@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use tokio::{io::unix::AsyncFd, signal::unix::{signal, SignalKind}};
 use tssx_common::event::{Event, EventKind};
 
-use crate::{control, kernel, loader::Watcher, paths::WatchedPath, state::StateDir, trace::trace_event};
+use crate::{control, feed::EventFeed, kernel, loader::Watcher, paths::WatchedPath, state::StateDir, trace::trace_event};
 
 /// What `tssx-agent` was asked to do.
 #[derive(Clone, Debug)]
@@ -31,13 +31,14 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let state = StateDir::take(&config.state_dir)?;
     raise_fd_limit(config.max_connections);
     let (mut watcher, channels) = Watcher::load(&config.paths)?;
-    let registry = control::Registry::new(config.paths.clone(), config.ring_size, config.max_connections);
+    let feed = std::sync::Arc::new(EventFeed::new(channels.events));
+    let registry = control::Registry::new(config.paths.clone(), config.ring_size, config.max_connections, Some(std::sync::Arc::clone(&feed)));
     control::serve(std::sync::Arc::clone(&registry), state.dir())?;
     state.publish_paths(&config.paths)?;
 
-    // SAFETY: the ring buffer owns its fd, and it is neither closed nor replaced while the
-    // AsyncFd holds it (it is dropped with the AsyncFd).
-    let mut events = unsafe { AsyncFd::register(channels.events) }
+    // SAFETY: the fd belongs to the ring buffer inside `feed`, which is kept alive (by the
+    // registry and this function) until after this AsyncFd is dropped (see the end).
+    let mut events = unsafe { AsyncFd::register(RawFdHolder(feed.raw_fd())) }
         .context("polling the events ring buffer")?;
     let mut logs = match watcher.log_fd().map(RawFdHolder) {
         // SAFETY: the fd belongs to the logger inside `watcher`, which is dropped only after
@@ -62,20 +63,9 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             guard = events.readable_mut() => {
-                let mut guard = guard.context("waiting for events")?;
-                let ring = guard.get_inner_mut();
-                let mut batch = Vec::new();
-                while let Some(item) = ring.next() {
-                    match Event::from_bytes(&item) {
-                        Some(event) => batch.push(event),
-                        None => tracing::warn!(len = item.len(), "short event record ignored"),
-                    }
-                }
-                guard.clear_ready();
-                for event in &batch {
-                    registry.record(event);
-                    handle_event(&mut watcher, event, &config.paths);
-                }
+                // Cleared before reading: an event submitted meanwhile makes it ready again.
+                guard.context("waiting for events")?.clear_ready();
+                handle_events(&registry, &mut watcher, &config.paths, &feed.take());
             }
             guard = async { logs.as_mut().expect("guarded by the if").readable_mut().await }, if logs.is_some() => {
                 let mut guard = guard.context("waiting for eBPF logs")?;
@@ -83,6 +73,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                 guard.clear_ready();
             }
             _ = drop_check.tick() => {
+                handle_events(&registry, &mut watcher, &config.paths, &feed.take());
                 registry.sweep();
                 registry.set_map_entries(watcher.map_entries());
                 let dropped = watcher.dropped_events().unwrap_or(dropped_seen);
@@ -95,7 +86,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             _ = sigterm.recv() => { tracing::info!("SIGTERM: detaching and exiting"); break; }
         }
     }
-    // The AsyncFds borrow fds owned by the watcher: deregister them first.
+    // The AsyncFds borrow fds owned by the feed and the watcher: deregister them first.
     drop(events);
     drop(logs);
     drop(watcher);
@@ -104,10 +95,10 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Each live segment holds an fd in the agent, and each control connection one more: raise the
+/// Each live or spare segment holds an fd in the agent, and each control connection one more: raise the
 /// soft `RLIMIT_NOFILE` towards the hard limit so that `max_connections` segments fit.
 fn raise_fd_limit(max_connections: usize) {
-    let want = (max_connections + control::MAX_CONTROL_CONNECTIONS + 256) as libc::rlim_t;
+    let want = (max_connections + control::SPARE_SEGMENTS + control::MAX_CONTROL_CONNECTIONS + 256) as libc::rlim_t;
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit/setrlimit read and write a live rlimit.
     unsafe {
@@ -119,6 +110,18 @@ fn raise_fd_limit(max_connections: usize) {
     }
     if limit.rlim_cur < want {
         tracing::warn!(limit = limit.rlim_cur, max_connections, "the fd limit is lower than --max-connections needs: claims beyond it stay plain");
+    }
+}
+
+/// Records, traces and acts on events in the kernel's order: `taken.recorded` were recorded in
+/// the registry by claim workers already, `taken.fresh` were not.
+fn handle_events(registry: &control::Registry, watcher: &mut Watcher, paths: &[WatchedPath], taken: &crate::feed::Taken) {
+    for event in &taken.recorded {
+        handle_event(watcher, event, paths);
+    }
+    for event in &taken.fresh {
+        registry.record(event);
+        handle_event(watcher, event, paths);
     }
 }
 

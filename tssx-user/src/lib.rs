@@ -7,6 +7,7 @@
 //! * [`state`]: the agent's state directory (lock, published paths).
 //! * [`control`]: the control socket: claims, pairing, segments, status.
 //! * [`sockdiag`], [`fdpass`]: socket inodes and peers; passing fds.
+//! * [`feed`]: the kernel events ring buffer, shared by the event loop and the claim workers.
 //! * [`segment`], [`ring`]: the shared-memory segment and its SPSC byte rings.
 //! * [`agent`]: the event loop tying them together.
 //! * [`install`]: the system-wide mode (`/etc/ld.so.preload`).
@@ -15,6 +16,7 @@
 pub mod agent;
 pub mod control;
 pub mod fdpass;
+pub mod feed;
 pub mod install;
 pub mod kernel;
 pub mod loader;

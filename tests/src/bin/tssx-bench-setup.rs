@@ -36,12 +36,25 @@ fn main() {
         }
         "drive" => {
             let start = Instant::now();
+            let mut phases = [0f64; 3];
             for i in 0..count {
+                let t0 = Instant::now();
                 let mut stream = UnixStream::connect(path).expect("connect");
+                let t1 = Instant::now();
                 buf.fill(i as u8);
                 stream.write_all(&buf).expect("write");
                 stream.read_exact(&mut buf).expect("read");
                 assert!(buf.iter().all(|&b| b == i as u8), "corrupt echo");
+                let t2 = Instant::now();
+                drop(stream);
+                let t3 = Instant::now();
+                phases[0] += (t1 - t0).as_secs_f64();
+                phases[1] += (t2 - t1).as_secs_f64();
+                phases[2] += (t3 - t2).as_secs_f64();
+            }
+            if std::env::var_os("TSSX_BENCH_PHASES").is_some() {
+                let n = f64::from(count.max(1)) / 1e6;
+                eprintln!("connect {:.1} us, round trip {:.1} us, close {:.1} us", phases[0] / n, phases[1] / n, phases[2] / n);
             }
             println!("{}", start.elapsed().as_secs_f64() / f64::from(count.max(1)));
         }

@@ -4,7 +4,7 @@
 //! `/run/tssx/agent.sock`. No agent (no file, or nobody listening): the hook does nothing, at
 //! once, without waiting.
 
-use std::os::fd::{FromRawFd as _, OwnedFd};
+use std::os::{fd::{FromRawFd as _, OwnedFd}, unix::ffi::OsStrExt as _};
 
 use tssx_common::control::{Reply, ReplyKind, Request, Role, REPLY_SIZE};
 
@@ -12,6 +12,8 @@ use crate::real;
 
 /// The agent's default state directory (see `tssx-agent --state-dir`).
 const STATE_DIR: &str = "/run/tssx";
+/// The watched paths the agent publishes: `STATE_DIR/paths`.
+const PATHS_FILE: &std::ffi::CStr = c"/run/tssx/paths";
 /// How long a claim may wait for the agent's answer.
 const CLAIM_TIMEOUT_SECS: libc::time_t = 3;
 
@@ -38,10 +40,42 @@ pub unsafe fn unix_name(addr: *const libc::sockaddr, len: libc::socklen_t) -> Op
     Some(String::from_utf8_lossy(&path[..end]).into_owned())
 }
 
+/// What identifies one version of the published paths file: the agent replaces it by rename
+/// (a new inode) and never rewrites it in place, so an unchanged `(dev, inode, mtime, size)` means
+/// unchanged contents.
+type FileVersion = (u64, u64, i64, i64, i64);
+
+/// The paths file last read, and the version it was read at.
+static PATHS: std::sync::Mutex<Option<(FileVersion, Vec<String>)>> = std::sync::Mutex::new(None);
+
 /// True if the agent currently watches `name`.
+///
+/// One `stat` per call: the list is read again only when the file changed. The cache's lock is
+/// only tried, never waited for (a process that forked while another thread held it must not
+/// hang); when busy, the file is read directly.
 pub fn watched(name: &str) -> bool {
-    let Ok(list) = std::fs::read_to_string(format!("{STATE_DIR}/paths")) else { return false };
-    list.lines().any(|line| line == name)
+    let path = PATHS_FILE;
+    // SAFETY: `stat` is plain data; the kernel fills it.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a live out-pointer.
+    if unsafe { libc::stat(path.as_ptr(), &mut st) } != 0 {
+        return false; // no agent
+    }
+    let version: FileVersion = (st.st_dev, st.st_ino, st.st_mtime, st.st_mtime_nsec, st.st_size);
+    let read = || std::fs::read_to_string(std::ffi::OsStr::from_bytes(path.to_bytes())).ok();
+    let Ok(mut cache) = PATHS.try_lock() else {
+        return read().is_some_and(|list| list.lines().any(|line| line == name));
+    };
+    match &*cache {
+        Some((seen, list)) if *seen == version => list.iter().any(|line| line == name),
+        _ => {
+            let Some(list) = read() else { return false };
+            let list: Vec<String> = list.lines().map(str::to_owned).collect();
+            let found = list.iter().any(|line| line == name);
+            *cache = Some((version, list));
+            found
+        }
+    }
 }
 
 /// The local name of socket `fd` (for an accepted socket: the listener's path).
@@ -106,13 +140,13 @@ fn ask_agent(request: Request) -> Option<(Reply, Option<OwnedFd>, OwnedFd)> {
     if unsafe { real::connect(raw, (&addr as *const libc::sockaddr_un).cast(), len) } != 0 {
         return None; // no agent: plain, at once
     }
+    // Only the reply is waited for: the request is the first and only message on a fresh
+    // connection, far below its send buffer, so sending it never blocks.
     let timeout = libc::timeval { tv_sec: CLAIM_TIMEOUT_SECS, tv_usec: 0 };
-    for opt in [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO] {
-        // SAFETY: passes a live timeval of the stated size.
-        unsafe {
-            libc::setsockopt(raw, libc::SOL_SOCKET, opt, (&timeout as *const libc::timeval).cast(), std::mem::size_of::<libc::timeval>() as libc::socklen_t)
-        };
-    }
+    // SAFETY: passes a live timeval of the stated size.
+    unsafe {
+        libc::setsockopt(raw, libc::SOL_SOCKET, libc::SO_RCVTIMEO, (&timeout as *const libc::timeval).cast(), std::mem::size_of::<libc::timeval>() as libc::socklen_t)
+    };
     tssx_user::fdpass::send_with_fd(raw, &request.encode(), None).ok()?;
     let mut buf = [0u8; REPLY_SIZE];
     let (n, fd) = tssx_user::fdpass::recv_with_fd(raw, &mut buf).ok()?;

@@ -1,0 +1,94 @@
+//! The kernel events ring buffer, read by both the event loop and the claim workers.
+//!
+//! A hook claims its socket right after `connect()`/`accept()` returned, and the eBPF program
+//! submitted the event in that syscall's exit tracepoint: by the time the claim reaches the
+//! agent, its event is already in the ring buffer. Rather than wait for the event loop to be
+//! scheduled, read the ring and record the event (two wake-ups), a claim worker that does not
+//! find its event drains the ring itself ([`EventFeed::drain`]): connect and accept events are
+//! recorded in the [`Registry`] at once, and every drained event is forwarded to the event loop,
+//! which traces it and acts on it (fork/exit) as if it had read it itself.
+//!
+//! Order: the ring is drained under one lock, and the forwarded events are queued before that
+//! lock is released; the event loop takes the queued events before the ring's under the same
+//! lock ([`EventFeed::take`]), so it sees every event exactly once and in the kernel's order.
+//!
+//! Wake-ups: queuing wakes nobody. The event loop is woken by the ring buffer itself: the kernel
+//! notifies it of every record submitted while its reader had caught up, so every record a
+//! worker drains was followed by a notification whose `take` comes after that drain, or was
+//! read by the event loop itself. (The loop also takes the queue on its periodic tick.)
+
+use std::sync::{Mutex, MutexGuard};
+
+use aya::maps::{MapData, RingBuf};
+use tssx_common::event::Event;
+
+use crate::control::Registry;
+
+/// The shared events ring buffer and the queue of events drained by claim workers.
+pub struct EventFeed {
+    ring: Mutex<Ring>,
+}
+
+/// What the feed's lock guards.
+struct Ring {
+    ring: RingBuf<MapData>,
+    /// Drained by claim workers (recorded already), for the event loop.
+    forwarded: Vec<Event>,
+}
+
+/// Events the event loop takes: those a claim worker drained (already recorded in the
+/// registry), then those read from the ring now (not yet recorded).
+#[derive(Debug, Default)]
+pub struct Taken {
+    /// Drained and recorded by claim workers; still to be traced and acted on.
+    pub recorded: Vec<Event>,
+    /// Read from the ring now: to be recorded, traced and acted on.
+    pub fresh: Vec<Event>,
+}
+
+impl EventFeed {
+    /// Wraps the events ring buffer.
+    pub fn new(ring: RingBuf<MapData>) -> Self {
+        Self { ring: Mutex::new(Ring { ring, forwarded: Vec::new() }) }
+    }
+
+    /// The ring buffer's fd, to poll for readiness (it stays open as long as `self`).
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.lock().ring)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Ring> {
+        self.ring.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// For a claim worker: reads every event in the ring, records the connect/accept ones in
+    /// `registry` and forwards all of them to the event loop.
+    pub fn drain(&self, registry: &Registry) {
+        let mut ring = self.lock();
+        let batch = read_all(&mut ring.ring);
+        for event in &batch {
+            registry.record(event);
+        }
+        // Queued under the ring lock (see the module doc).
+        ring.forwarded.extend(batch);
+    }
+
+    /// For the event loop: the events claim workers forwarded, then the ring's.
+    pub fn take(&self) -> Taken {
+        let mut ring = self.lock();
+        let recorded = std::mem::take(&mut ring.forwarded);
+        Taken { recorded, fresh: read_all(&mut ring.ring) }
+    }
+}
+
+/// Every complete event now in `ring` (short records are traced and skipped).
+fn read_all(ring: &mut RingBuf<MapData>) -> Vec<Event> {
+    let mut batch = Vec::new();
+    while let Some(item) = ring.next() {
+        match Event::from_bytes(&item) {
+            Some(event) => batch.push(event),
+            None => tracing::warn!(len = item.len(), "short event record ignored"),
+        }
+    }
+    batch
+}
