@@ -188,6 +188,10 @@ struct Inner {
     /// Whether a process carries the hook (its TSSX bit, read from its memory map), and when
     /// that was checked: answers are reused for [`HOOK_CHECK_TTL`].
     hooked: HashMap<u32, (bool, Instant)>,
+    /// Client sockets (by inode) whose server already stayed plain, and when: a client claim
+    /// that arrives after that is answered plain at once, instead of leaving the client pending
+    /// with bytes its server never reads from the ring.
+    plain_servers: HashMap<u32, Instant>,
     /// Server ends granted before their accept event arrived, by `(pid, fd)`, with how many such
     /// events are still due: [`Registry::record`] drops them instead of keeping them unclaimed.
     accepts_due: HashMap<(u32, i32), (u32, Instant)>,
@@ -329,6 +333,7 @@ impl Registry {
         inner.connects.retain(|_, s| s.at.elapsed() < EVENT_TTL);
         inner.accepts.retain(|_, s| s.at.elapsed() < EVENT_TTL);
         inner.hooked.retain(|_, (_, at)| at.elapsed() < HOOK_CHECK_TTL);
+        inner.plain_servers.retain(|_, at| at.elapsed() < EVENT_TTL);
         // An accept event arrives within milliseconds of its claim; one that never came (lost
         // in a full ring buffer) must not swallow a later accept of the same fd.
         inner.accepts_due.retain(|_, (_, at)| at.elapsed() < EVENT_WAIT);
@@ -471,6 +476,10 @@ impl Registry {
         let Some(seen) = self.await_event(role, pid, fd) else { return refused(PlainReason::NotSeen) };
         // 2. The fd must still be that socket.
         let Ok(Some(inode)) = sockdiag::socket_inode(pid, fd) else { return refused(PlainReason::NotSeen) };
+        if self.lock().plain_servers.remove(&inode).is_some() {
+            // Its server claimed first, found no client claim, and reads the real socket.
+            return not_swapped(PlainReason::PeerHasNoHook);
+        }
         let spare = self.lock().spares.pop();
         let segment = match spare.map_or_else(|| Segment::create(self.ring_size), Ok) {
             Ok(segment) => segment,
@@ -615,7 +624,10 @@ impl Registry {
                     Some(id) => Some(Some(id)),
                     None => inner.client_without_hook(peer, seen.path_id).map(|_| None),
                 });
-                let Some(Some(id)) = client else { return not_swapped(PlainReason::PeerHasNoHook) };
+                let Some(Some(id)) = client else {
+                    self.lock().plain_servers.insert(peer, Instant::now());
+                    return not_swapped(PlainReason::PeerHasNoHook);
+                };
                 (id, Some(seen))
             }
             None => return refused(PlainReason::NotSeen),

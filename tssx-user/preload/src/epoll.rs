@@ -18,7 +18,7 @@
 use std::{
     cell::UnsafeCell,
     ptr::null_mut,
-    sync::atomic::{fence, AtomicBool, AtomicPtr, Ordering::{Acquire, Relaxed, Release, SeqCst}},
+    sync::atomic::{fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering::{Acquire, Relaxed, Release, SeqCst}},
 };
 
 use libc::{c_int, epoll_event, sigset_t};
@@ -55,7 +55,17 @@ struct Set {
     entries: UnsafeCell<Vec<Interest>>,
     /// Round-robin start of the next scan, so a small `maxevents` starves nobody.
     next: UnsafeCell<usize>,
+    /// When the kernel was last asked for plain fds' events while swapped fds were ready, and
+    /// how many calls skipped asking since (see [`PLAIN_CHECK_EVERY`]). Relaxed: heuristics.
+    plain_checked_ns: AtomicU64,
+    plain_skips: AtomicU32,
 }
+
+/// While swapped fds keep being ready, the kernel is asked for the plain fds' events (a system
+/// call) on every this-many-th call, or when this much time passed: busy event loops with many
+/// swapped connections save a system call per wait, and plain fds wait at most that long.
+const PLAIN_CHECK_EVERY: u32 = 8;
+const PLAIN_CHECK_NS: u64 = 200_000;
 
 // SAFETY: `entries` and `next` are only touched with `locked` held (see `Set::with`).
 unsafe impl Sync for Set {}
@@ -86,7 +96,7 @@ fn set_or_new(epfd: c_int) -> Option<&'static Set> {
         return Some(s);
     }
     let slot = SETS.get(usize::try_from(epfd).ok()?)?;
-    let new = Box::into_raw(Box::new(Set { locked: AtomicBool::new(false), entries: UnsafeCell::new(Vec::new()), next: UnsafeCell::new(0) }));
+    let new = Box::into_raw(Box::new(Set { locked: AtomicBool::new(false), entries: UnsafeCell::new(Vec::new()), next: UnsafeCell::new(0), plain_checked_ns: AtomicU64::new(0), plain_skips: AtomicU32::new(0) }));
     if let Err(_) = slot.compare_exchange(null_mut(), new, Release, Acquire) {
         // SAFETY: ours, never shared.
         drop(unsafe { Box::from_raw(new) });
@@ -313,6 +323,16 @@ pub unsafe fn wait(epfd: c_int, events: *mut epoll_event, maxevents: c_int, time
     loop {
         let n = collect(epfd, set, out);
         let expired = deadline.is_some_and(|d| now_ns() >= d);
+        if n > 0 && !expired {
+            let now = now_ns();
+            let skips = set.plain_skips.load(Relaxed);
+            if skips + 1 < PLAIN_CHECK_EVERY && now.saturating_sub(set.plain_checked_ns.load(Relaxed)) < PLAIN_CHECK_NS {
+                set.plain_skips.store(skips + 1, Relaxed);
+                return n as c_int;
+            }
+            set.plain_skips.store(0, Relaxed);
+            set.plain_checked_ns.store(now, Relaxed);
+        }
         if n > 0 || expired {
             // Plain fds' events too, without waiting.
             // SAFETY: the rest of the caller's array.
