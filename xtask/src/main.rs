@@ -364,7 +364,9 @@ fn bench() -> anyhow::Result<()> {
     sh(Command::new("kill").args(["-TERM", &agent.id().to_string()]))?;
     agent.wait()?;
     let _ = drain.join();
-    result
+    result?;
+    step("benchmark: the sleeping half of a wait, doorbell (socket byte) vs futex, one run");
+    sh(&mut Command::new(bin.join("tssx-bench-wake")))
 }
 
 fn sh_wait(child: &mut std::process::Child) -> anyhow::Result<()> {
