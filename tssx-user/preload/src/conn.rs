@@ -370,6 +370,44 @@ pub fn spin_yield() {
     unsafe { libc::sched_yield() };
 }
 
+/// The spin phase of a poll-like wait: checks `ready` for the thread's spin budget (at most
+/// `timeout_ns`), yielding the core now and then; adapts the budget to the outcome and returns
+/// whether something became ready.
+pub fn spin_until(timeout_ns: Option<u64>, mut ready: impl FnMut() -> bool) -> bool {
+    let until = now_ns() + spin_budget().min(timeout_ns.unwrap_or(u64::MAX));
+    let mut found = false;
+    let mut rounds = 0u32;
+    while now_ns() < until {
+        for _ in 0..32 {
+            std::hint::spin_loop();
+        }
+        rounds += 1;
+        if rounds % 32 == 0 {
+            spin_yield();
+        }
+        if ready() {
+            found = true;
+            break;
+        }
+    }
+    spin_outcome(found);
+    found
+}
+
+/// How long a poll-like call may sleep in the real call: until `deadline` (`None`: forever),
+/// but at most 1 ms if a connection is shared by several waiters (one may drain a doorbell
+/// meant for another) and 10 ms if one is pending (to see the agent's decision).
+pub fn sleep_budget(deadline: Option<u64>, shared: bool, pending: bool) -> Option<u64> {
+    let mut wait = deadline.map(|d| d.saturating_sub(now_ns()));
+    if shared {
+        wait = Some(wait.unwrap_or(u64::MAX).min(1_000_000));
+    }
+    if pending {
+        wait = Some(wait.unwrap_or(u64::MAX).min(10_000_000));
+    }
+    wait
+}
+
 /// Adapts the spin budget: spinning paid off (`true`) or the wait slept anyway (`false`).
 pub fn spin_outcome(found: bool) {
     SPIN_NS.with(|b| {

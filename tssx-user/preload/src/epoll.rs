@@ -24,7 +24,7 @@ use std::{
 use libc::{c_int, epoll_event, sigset_t};
 
 use crate::{
-    conn::{self, bits, lookup, now_ns, spin_budget, spin_outcome, Conn, MAX_FDS},
+    conn::{self, bits, lookup, now_ns, Conn, MAX_FDS},
     real,
 };
 use tssx_common::segment::SegmentState;
@@ -343,24 +343,7 @@ pub unsafe fn wait(epfd: c_int, events: *mut epoll_event, maxevents: c_int, time
         }
         if !spun {
             spun = true;
-            let until = now_ns() + spin_budget().min(timeout_ns.unwrap_or(u64::MAX));
-            let mut found = false;
-            let mut rounds = 0u32;
-            while now_ns() < until {
-                for _ in 0..32 {
-                    std::hint::spin_loop();
-                }
-                rounds += 1;
-                if rounds % 32 == 0 {
-                    conn::spin_yield();
-                }
-                if any_ready(set) {
-                    found = true;
-                    break;
-                }
-            }
-            spin_outcome(found);
-            if found {
+            if conn::spin_until(timeout_ns, || any_ready(set)) {
                 continue;
             }
         }
@@ -369,13 +352,7 @@ pub unsafe fn wait(epfd: c_int, events: *mut epoll_event, maxevents: c_int, time
         let m = if any_ready(set) {
             0
         } else {
-            let mut wait = deadline.map(|d| d.saturating_sub(now_ns()));
-            if shared {
-                wait = Some(wait.unwrap_or(u64::MAX).min(1_000_000));
-            }
-            if pending {
-                wait = Some(wait.unwrap_or(u64::MAX).min(10_000_000));
-            }
+            let wait = conn::sleep_budget(deadline, shared, pending);
             // SAFETY: the caller's array.
             unsafe { real_wait(epfd, out.as_mut_ptr(), out.len() as c_int, wait, sigmask) }
         };

@@ -11,7 +11,7 @@ use libc::{c_int, nfds_t, pollfd, sigset_t, timespec};
 use std::sync::atomic::{fence, Ordering::SeqCst};
 
 use crate::{
-    conn::{self, bits, lookup, now_ns, spin_budget, spin_outcome, Conn},
+    conn::{self, bits, lookup, now_ns, Conn},
     real,
 };
 use tssx_common::segment::SegmentState;
@@ -32,6 +32,11 @@ fn swapped(p: &pollfd) -> Option<&'static Conn> {
 fn ring_revents(c: &Conn, events: i16) -> i16 {
     let wanted = events as u32 | bits::HUP | bits::ERR;
     (c.readiness() & wanted) as i16
+}
+
+/// Whether any swapped entry is ready by its rings (no system call, `revents` untouched).
+fn any_ready(fds: &[pollfd]) -> bool {
+    fds.iter().any(|p| p.fd >= 0 && lookup(p.fd).is_some_and(|c| ring_revents(c, p.events) != 0))
 }
 
 /// Fills `revents` of swapped entries from the rings; returns (ready swapped entries, whether
@@ -137,24 +142,7 @@ pub unsafe fn poll(fds: &mut [pollfd], timeout_ns: Option<u64>, sigmask: *const 
         }
         if !spun {
             spun = true;
-            let until = now_ns() + spin_budget().min(timeout_ns.unwrap_or(u64::MAX));
-            let mut found = false;
-            let mut rounds = 0u32;
-            while now_ns() < until {
-                for _ in 0..32 {
-                    std::hint::spin_loop();
-                }
-                rounds += 1;
-                if rounds % 32 == 0 {
-                    conn::spin_yield();
-                }
-                if fds.iter().any(|p| p.fd >= 0 && lookup(p.fd).is_some_and(|c| ring_revents(c, p.events) != 0)) {
-                    found = true;
-                    break;
-                }
-            }
-            spin_outcome(found);
-            if found {
+            if conn::spin_until(timeout_ns, || any_ready(fds)) {
                 continue;
             }
         }
@@ -173,15 +161,9 @@ pub unsafe fn poll(fds: &mut [pollfd], timeout_ns: Option<u64>, sigmask: *const 
             }
         }
         fence(SeqCst);
-        let still_idle = !fds.iter().any(|p| p.fd >= 0 && lookup(p.fd).is_some_and(|c| ring_revents(c, p.events) != 0));
+        let still_idle = !any_ready(fds);
         let rc = if still_idle {
-            let mut wait = deadline.map(|d| d.saturating_sub(now_ns()));
-            if shared {
-                wait = Some(wait.unwrap_or(u64::MAX).min(1_000_000));
-            }
-            if pending {
-                wait = Some(wait.unwrap_or(u64::MAX).min(10_000_000));
-            }
+            let wait = conn::sleep_budget(deadline, shared, pending);
             // SAFETY: forwarded.
             unsafe { real_pass(fds, wait, sigmask) }
         } else {
