@@ -99,6 +99,7 @@ impl End {
     pub const B: End = End::Server;
 
     /// The other end.
+    #[inline]
     pub const fn peer(self) -> End {
         match self {
             End::Client => End::Server,
@@ -108,11 +109,13 @@ impl End {
 
     /// Index into per-end arrays (`0` for A, `1` for B); also the index of the ring this end
     /// writes.
+    #[inline]
     pub const fn index(self) -> usize {
         self as usize
     }
 
     /// Decodes an index (`0` or `1`).
+    #[inline]
     pub const fn from_index(index: usize) -> Option<End> {
         match index {
             0 => Some(End::Client),
@@ -139,6 +142,7 @@ pub enum SegmentState {
 
 impl SegmentState {
     /// Decodes a raw state value; `None` for a value no version of this ABI defines.
+    #[inline]
     pub const fn from_u32(raw: u32) -> Option<SegmentState> {
         match raw {
             0 => Some(SegmentState::Pending),
@@ -150,6 +154,7 @@ impl SegmentState {
     }
 
     /// The raw value stored in the header.
+    #[inline]
     pub const fn as_u32(self) -> u32 {
         self as u32
     }
@@ -304,6 +309,7 @@ impl SegmentLayout {
     }
 
     /// Offset of the data of the ring written by `writer`.
+    #[inline]
     pub const fn ring_offset(&self, writer: End) -> usize {
         match writer {
             End::Client => self.ring_a_to_b,

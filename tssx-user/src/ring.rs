@@ -312,48 +312,57 @@ impl Producer {
         producer
     }
 
+    #[inline]
     fn head(&self) -> &AtomicU64 {
         // SAFETY: valid for the handle's life by the constructor's contract.
         unsafe { &*self.raw.head }
     }
 
+    #[inline]
     fn tail(&self) -> &AtomicU64 {
         // SAFETY: valid for the handle's life by the constructor's contract.
         unsafe { &*self.raw.tail }
     }
 
+    #[inline]
     fn own_asleep(&self) -> &AtomicU32 {
         // SAFETY: valid for the handle's life by the constructor's contract.
         unsafe { &*self.raw.producer_asleep }
     }
 
+    #[inline]
     fn peer_asleep(&self) -> &AtomicU32 {
         // SAFETY: valid for the handle's life by the constructor's contract.
         unsafe { &*self.raw.consumer_asleep }
     }
 
     /// Capacity of the ring in bytes.
+    #[inline]
     pub fn capacity(&self) -> usize {
         self.raw.capacity
     }
 
     /// Total bytes ever written to the ring (the producer position).
+    #[inline]
     pub fn position(&self) -> u64 {
         // Relaxed: our own position, written only by producers serialized with us.
         self.head().load(Relaxed)
     }
 
     /// Free space in bytes, reading the consumer's position afresh.
+    #[inline]
     pub fn free(&self) -> usize {
         self.refresh(self.position())
     }
 
     /// Whether nothing is waiting for the consumer (everything written has been read).
+    #[inline]
     pub fn is_drained(&self) -> bool {
         self.free() == self.raw.capacity
     }
 
     /// Reloads the consumer position and returns the free space for producer position `head`.
+    #[inline]
     fn refresh(&self, head: u64) -> usize {
         // Acquire: pairs with the consumer's Release store of `tail` after copying out, so
         // its reads of the space we are about to reuse happened before our writes.
@@ -488,32 +497,38 @@ impl Consumer {
         consumer
     }
 
+    #[inline]
     fn head(&self) -> &AtomicU64 {
         // SAFETY: valid for the handle's life by the constructor's contract.
         unsafe { &*self.raw.head }
     }
 
+    #[inline]
     fn tail(&self) -> &AtomicU64 {
         // SAFETY: valid for the handle's life by the constructor's contract.
         unsafe { &*self.raw.tail }
     }
 
+    #[inline]
     fn own_asleep(&self) -> &AtomicU32 {
         // SAFETY: valid for the handle's life by the constructor's contract.
         unsafe { &*self.raw.consumer_asleep }
     }
 
+    #[inline]
     fn peer_asleep(&self) -> &AtomicU32 {
         // SAFETY: valid for the handle's life by the constructor's contract.
         unsafe { &*self.raw.producer_asleep }
     }
 
     /// Capacity of the ring in bytes.
+    #[inline]
     pub fn capacity(&self) -> usize {
         self.raw.capacity
     }
 
     /// Total bytes ever read from the ring (the consumer position).
+    #[inline]
     pub fn position(&self) -> u64 {
         // Relaxed: our own position, written only by consumers serialized with us.
         self.tail().load(Relaxed)
@@ -521,12 +536,14 @@ impl Consumer {
 
     /// Bytes ready to read, reading the producer's position afresh (e.g. for `FIONREAD` or
     /// `poll`).
+    #[inline]
     pub fn available(&self) -> usize {
         self.refresh(self.position())
     }
 
     /// Reloads the producer position and returns the bytes available at consumer position
     /// `tail`.
+    #[inline]
     fn refresh(&self, tail: u64) -> usize {
         // Acquire: pairs with the producer's Release store of `head` after copying in, so the
         // bytes below that head are visible to our copies.
@@ -702,6 +719,7 @@ impl RingLock {
         RingLock { word }
     }
 
+    #[inline]
     fn word(&self) -> &AtomicU32 {
         // SAFETY: valid by the constructor's contract.
         unsafe { &*self.word }
@@ -712,6 +730,7 @@ impl RingLock {
     ///
     /// # Panics
     /// If `owner` is zero.
+    #[inline]
     pub fn try_lock(&self, owner: u32) -> Option<RingLockGuard<'_>> {
         assert!(owner != 0, "lock owner id must be non-zero");
         // Acquire on success: everything the previous holder did before releasing (Release)
@@ -724,6 +743,7 @@ impl RingLock {
     }
 
     /// The current holder's id, `0` if free. Only a hint: it may change at once.
+    #[inline]
     pub fn holder(&self) -> u32 {
         self.word().load(Relaxed)
     }

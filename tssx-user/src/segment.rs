@@ -231,6 +231,7 @@ impl Segment {
     }
 
     /// The header.
+    #[inline]
     pub fn header(&self) -> &SegmentHeader {
         // SAFETY: mapped and validated (or initialised) for the life of `self`.
         unsafe { self.base.as_ref() }
@@ -238,16 +239,19 @@ impl Segment {
 
     /// The layout, as validated when the segment was created or opened (never re-read from the
     /// shared header).
+    #[inline]
     pub fn layout(&self) -> SegmentLayout {
         self.layout
     }
 
     /// Capacity of each ring in bytes.
+    #[inline]
     pub fn ring_capacity(&self) -> usize {
         self.layout.ring_capacity
     }
 
     /// The connection state; `None` if the header holds an undefined value.
+    #[inline]
     pub fn state(&self) -> Option<SegmentState> {
         // Acquire: pairs with the AcqRel transition, so what the transitioning end did before
         // (e.g. a replay before `Plain`) is visible.
@@ -263,6 +267,7 @@ impl Segment {
     }
 
     /// Whether `end`'s TSSX bit is set.
+    #[inline]
     pub fn tssx_bit(&self, end: End) -> bool {
         // Acquire: pairs with the Release in `set_tssx_bit`.
         self.header().tssx[end.index()].load(Acquire) != 0
@@ -277,6 +282,7 @@ impl Segment {
 
     /// The free-running positions `(head, tail)` of the ring written by `writer`; `head` counts
     /// the bytes written into shared memory, `tail` those read out. A snapshot for tracing.
+    #[inline]
     pub fn ring_positions(&self, writer: End) -> (u64, u64) {
         let ring = &self.header().rings[writer.index()];
         // Relaxed: a tracing snapshot, nothing is read through it.
