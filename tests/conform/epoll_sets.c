@@ -1,6 +1,6 @@
 /*
- * epoll beyond the echo loop: EPOLLONESHOT re-armed with EPOLL_CTL_MOD, and one socket in two
- * epoll sets at once (level-triggered in one, edge-triggered in the other), then closed.
+ * epoll beyond the echo loop: EPOLLONESHOT re-armed with EPOLL_CTL_MOD, DEL and ADD again (the
+ * errors and readiness in between), and one socket in two epoll sets at once (level-triggered in one, edge-triggered in the other), then closed.
  *
  *   epoll_sets server PATH / epoll_sets client PATH
  *
@@ -75,6 +75,35 @@ static void server(const char *path) {
     SHOW("epoll_ctl DEL", epoll_ctl(ep, EPOLL_CTL_DEL, c, NULL));
     SHOW("epoll_ctl DEL again", epoll_ctl(ep, EPOLL_CTL_DEL, c, NULL));
 
+    say("-- DEL and ADD again, as event loops churn write interest");
+    next_word(c);
+    ewait("epoll_wait(0) deleted, data waiting", ep, 0);
+    SHOW("epoll_ctl MOD deleted", ({
+             struct epoll_event ev = {.events = EPOLLIN, .data.fd = c};
+             epoll_ctl(ep, EPOLL_CTL_MOD, c, &ev);
+         }));
+    for (int k = 0; k < 100; k++) {
+        add(ep, c, EPOLLIN | EPOLLOUT, EPOLL_CTL_ADD);
+        struct epoll_event ev[2];
+        CHECK(epoll_wait(ep, ev, 2, 0) == 1 && ev[0].events == (EPOLLIN | EPOLLOUT));
+        CHECK(epoll_ctl(ep, EPOLL_CTL_DEL, c, NULL) == 0);
+        CHECK(epoll_wait(ep, ev, 2, 0) == 0);
+    }
+    say("100 rounds of ADD, wait, DEL, wait");
+    add(ep, c, EPOLLOUT, EPOLL_CTL_ADD);
+    ewait("epoll_wait(0) EPOLLOUT only", ep, 0);
+    add(ep, c, EPOLLIN | EPOLLET, EPOLL_CTL_MOD);
+    ewait("epoll_wait(0) MOD to EPOLLIN|EPOLLET", ep, 0);
+    ewait("epoll_wait(0) edge seen", ep, 0);
+    SHOW_DATA("read", buf, read(c, buf, sizeof buf));
+    SHOW("epoll_ctl DEL", epoll_ctl(ep, EPOLL_CTL_DEL, c, NULL));
+    next_word(c);
+    ewait("epoll_wait(0) deleted, new data", ep, 0);
+    add(ep, c, EPOLLIN, EPOLL_CTL_ADD);
+    ewait("epoll_wait(-1) added back", ep, -1);
+    SHOW_DATA("read", buf, read(c, buf, sizeof buf));
+    SHOW("epoll_ctl DEL", epoll_ctl(ep, EPOLL_CTL_DEL, c, NULL));
+
     say("-- two epoll sets: level-triggered and edge-triggered");
     int lt = epoll_create1(0), et = epoll_create1(0);
     CHECK(lt >= 0 && et >= 0);
@@ -119,7 +148,7 @@ static void server(const char *path) {
 }
 
 static void client(const char *path) {
-    static const char *words[] = {"one", "two", "three", "four", "five"};
+    static const char *words[] = {"one", "two", "three", "four", "five", "six", "seven"};
     int fd = connect_to(path);
     size_t next = 0;
     for (;;) {

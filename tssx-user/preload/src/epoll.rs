@@ -24,7 +24,7 @@ use std::{
 use libc::{c_int, epoll_event, sigset_t};
 
 use crate::{
-    conn::{self, bits, lookup, now_ns, Conn, MAX_FDS},
+    conn::{self, bits, lookup, lookup_any, now_ns, Conn, MAX_FDS},
     real,
 };
 use tssx_common::segment::SegmentState;
@@ -45,6 +45,17 @@ struct Interest {
     armed: bool,
     /// Edge-triggered: the edge positions and bits at the last report.
     seen: (u64, u64, u32),
+    /// Deleted by the application (`EPOLL_CTL_DEL`) while the kernel registration of the real
+    /// socket stays: reported never, announced never, and a later `EPOLL_CTL_ADD` costs no
+    /// system call (event loops such as redis-benchmark's delete and re-add write interest on
+    /// every request).
+    parked: bool,
+}
+
+impl Interest {
+    fn new(fd: c_int, conn: u64, events: u32, data: u64) -> Interest {
+        Interest { fd, conn, events, data, armed: true, seen: (u64::MAX, u64::MAX, 0), parked: false }
+    }
 }
 
 /// The swapped interests of one epoll instance, behind a spin lock (epoll calls are not
@@ -132,24 +143,49 @@ fn tagged(fd: c_int) -> epoll_event {
     epoll_event { events: (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLET) as u32, u64: TAG | fd as u64 }
 }
 
-/// Gives a no-longer-swapped fd the application's own registration back.
+/// Gives a no-longer-swapped fd the application's own registration back (none if it deleted
+/// it: the parked kernel registration goes).
 fn restore(epfd: c_int, i: &Interest) {
     let mut ev = epoll_event { events: i.events, u64: i.data };
+    let op = if i.parked { libc::EPOLL_CTL_DEL } else { libc::EPOLL_CTL_MOD };
     // SAFETY: a live event; ENOENT (the fd was closed) is fine.
-    unsafe { real::epoll_ctl(epfd, libc::EPOLL_CTL_MOD, i.fd, &mut ev) };
+    unsafe { real::epoll_ctl(epfd, op, i.fd, &mut ev) };
+}
+
+/// Fails an epoll_ctl the way the kernel would: -1 with `errno`.
+fn fail(errno: c_int) -> Option<c_int> {
+    conn::set_errno(errno);
+    Some(-1)
 }
 
 /// `epoll_ctl` on a swapped fd. `None`: not swapped, use the real call.
+///
+/// The kernel registration of the real socket is the same for every interest ([`tagged`]), so
+/// only the first `EPOLL_CTL_ADD` of a connection in an instance makes a system call: `MOD`
+/// changes the hook's table, `DEL` parks the interest (see [`Interest::parked`]) and a later
+/// `ADD` un-parks it. The errors the kernel would give for those (`EEXIST`, `ENOENT`) come from
+/// the table.
 ///
 /// # Safety
 /// `event` is null or valid, as for epoll_ctl.
 pub unsafe fn ctl(epfd: c_int, op: c_int, fd: c_int, event: *mut epoll_event) -> Option<c_int> {
     let Some(c) = lookup(fd) else {
-        if op == libc::EPOLL_CTL_ADD {
-            // A swapped fd that closed left an interest behind; this fd reuses its number.
-            if let Some(set) = set_of(epfd) {
-                set.with(|v, _| v.retain(|i| i.fd != fd || live(i).is_some()));
-            }
+        if let Some(set) = set_of(epfd) {
+            // A swapped fd that closed or went plain left an interest behind. If it went plain
+            // while parked, its kernel registration is the hook's, not the application's: drop
+            // it, so that the application's own calls get the kernel's answers.
+            let same_socket = lookup_any(fd).map(Conn::id);
+            set.with(|v, _| {
+                v.retain(|i| {
+                    if i.fd != fd || live(i).is_some() {
+                        return true;
+                    }
+                    if i.parked && same_socket == Some(i.conn) {
+                        restore(epfd, i);
+                    }
+                    false
+                })
+            });
         }
         return None;
     };
@@ -158,6 +194,32 @@ pub unsafe fn ctl(epfd: c_int, op: c_int, fd: c_int, event: *mut epoll_event) ->
         let e = unsafe { &*event };
         (e.events, e.u64)
     });
+    if let Some(set) = set_of(epfd) {
+        // Ok(Some(rc)): answered from the table; Ok(None): not registered here, ask the kernel.
+        let answered = set.with(|v, _| {
+            let i = v.iter_mut().find(|i| i.fd == fd && i.conn == c.id())?;
+            Some(match (op, i.parked, user) {
+                (libc::EPOLL_CTL_ADD, false, _) => Err(libc::EEXIST),
+                (libc::EPOLL_CTL_MOD | libc::EPOLL_CTL_DEL, true, _) => Err(libc::ENOENT),
+                (libc::EPOLL_CTL_DEL, false, _) => {
+                    i.parked = true;
+                    Ok(())
+                }
+                (libc::EPOLL_CTL_MOD, false, Some((events, _))) if events & libc::EPOLLEXCLUSIVE as u32 != 0 => Err(libc::EINVAL),
+                (libc::EPOLL_CTL_ADD | libc::EPOLL_CTL_MOD, _, Some((events, data))) => {
+                    *i = Interest::new(fd, c.id(), events, data);
+                    Ok(())
+                }
+                (libc::EPOLL_CTL_ADD | libc::EPOLL_CTL_MOD, _, None) => Err(libc::EFAULT),
+                _ => Err(libc::EINVAL),
+            })
+        });
+        match answered {
+            Some(Ok(())) => return Some(0),
+            Some(Err(errno)) => return fail(errno),
+            None => {}
+        }
+    }
     let mut kernel = tagged(fd);
     // SAFETY: a live event; the kernel checks epfd, fd, op and reports errors itself.
     let rc = unsafe { real::epoll_ctl(epfd, op, fd, &mut kernel) };
@@ -169,7 +231,7 @@ pub unsafe fn ctl(epfd: c_int, op: c_int, fd: c_int, event: *mut epoll_event) ->
         v.retain(|i| i.fd != fd);
         if op != libc::EPOLL_CTL_DEL {
             if let Some((events, data)) = user {
-                v.push(Interest { fd, conn: c.id(), events, data, armed: true, seen: (u64::MAX, u64::MAX, 0) });
+                v.push(Interest::new(fd, c.id(), events, data));
             }
         }
     });
@@ -197,7 +259,7 @@ fn collect(epfd: c_int, set: &Set, out: &mut [epoll_event]) -> usize {
                 dead = true;
                 continue;
             }
-            if !i.armed {
+            if !i.armed || i.parked {
                 continue;
             }
             let ready = c.readiness();
@@ -264,6 +326,7 @@ fn any_ready(set: &Set) -> bool {
     set.with(|v, _| {
         v.iter().any(|i| {
             i.armed
+                && !i.parked
                 && live(i).is_some_and(|c| {
                     let ready = c.readiness() & (i.events | bits::HUP | bits::ERR);
                     if ready == 0 {
@@ -284,7 +347,7 @@ fn any_ready(set: &Set) -> bool {
 fn announce_all(set: &Set, on: bool) -> (bool, bool) {
     set.with(|v, _| {
         let (mut shared, mut pending) = (false, false);
-        for i in v.iter() {
+        for i in v.iter().filter(|i| !i.parked) {
             if let Some(c) = live(i) {
                 if on {
                     c.announce();
