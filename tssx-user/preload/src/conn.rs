@@ -347,6 +347,8 @@ thread_local! {
     /// This thread's current spin budget in nanoseconds (0 = not set yet): grows when spinning
     /// found work, shrinks when the wait ended in a sleep anyway.
     static SPIN_NS: Cell<u64> = const { Cell::new(0) };
+    /// When the wait that spun in vain and went to sleep started (0: none); see [`woke`].
+    static WAIT_SINCE: Cell<u64> = const { Cell::new(0) };
 }
 
 fn owner_id() -> u32 {
@@ -377,6 +379,7 @@ pub fn spin_until(timeout_ns: Option<u64>, mut ready: impl FnMut() -> bool) -> b
     let until = now_ns() + spin_budget().min(timeout_ns.unwrap_or(u64::MAX));
     let mut found = false;
     let mut rounds = 0u32;
+    let started = now_ns();
     while now_ns() < until {
         for _ in 0..32 {
             std::hint::spin_loop();
@@ -390,7 +393,11 @@ pub fn spin_until(timeout_ns: Option<u64>, mut ready: impl FnMut() -> bool) -> b
             break;
         }
     }
-    spin_outcome(found);
+    if found {
+        spin_paid_off();
+    } else {
+        spin_missed(started);
+    }
     found
 }
 
@@ -408,11 +415,33 @@ pub fn sleep_budget(deadline: Option<u64>, shared: bool, pending: bool) -> Optio
     wait
 }
 
-/// Adapts the spin budget: spinning paid off (`true`) or the wait slept anyway (`false`).
-pub fn spin_outcome(found: bool) {
+/// Spinning found work: the spin budget doubles (up to [`SPIN_MAX_NS`]).
+fn spin_paid_off() {
     SPIN_NS.with(|b| {
         let cur = if b.get() == 0 { SPIN_MAX_NS / 2 } else { b.get() };
-        b.set(if found { (cur * 2).min(SPIN_MAX_NS) } else { (cur / 2).max(SPIN_MIN_NS) });
+        b.set((cur * 2).min(SPIN_MAX_NS));
+    });
+}
+
+/// A wait that started at `started` spun for the whole budget in vain and is going to sleep;
+/// the caller reports the end of the sleep with [`woke`].
+pub fn spin_missed(started: u64) {
+    WAIT_SINCE.with(|w| w.set(started));
+}
+
+/// The sleep after [`spin_missed`] ended. If the whole wait was shorter than the longest spin,
+/// a longer spin would have caught it: the budget grows to 1.5 times that wait. Otherwise it
+/// halves. (Halving on every sleep alone is a trap: once the budget is below the usual wait,
+/// spinning never finds work again, and every wait pays a sleep and a wake-up for good.)
+pub fn woke() {
+    let since = WAIT_SINCE.with(|w| w.replace(0));
+    if since == 0 {
+        return;
+    }
+    let waited = now_ns().saturating_sub(since);
+    SPIN_NS.with(|b| {
+        let cur = if b.get() == 0 { SPIN_MAX_NS / 2 } else { b.get() };
+        b.set(if waited <= SPIN_MAX_NS { cur.max(waited + waited / 2).min(SPIN_MAX_NS) } else { (cur / 2).max(SPIN_MIN_NS) });
     });
 }
 
@@ -439,6 +468,7 @@ impl WaitError {
 #[derive(Default)]
 struct Backoff {
     spins: u32,
+    spin_from: u64,
     spin_until: u64,
 }
 
@@ -446,7 +476,7 @@ impl Backoff {
     /// Progress was made: the next wait starts with a fresh spin budget.
     fn progress(&mut self) {
         if self.spins != 0 {
-            spin_outcome(true);
+            spin_paid_off();
         }
         self.spins = 0;
     }
@@ -455,7 +485,8 @@ impl Backoff {
     /// nothing to do, so sleep); `withdraw` takes the announcement back after waking.
     fn idle(&mut self, conn: &Conn, fd: c_int, announce: impl FnOnce() -> bool, withdraw: impl FnOnce()) -> Result<(), WaitError> {
         if self.spins == 0 {
-            self.spin_until = now_ns() + spin_budget();
+            self.spin_from = now_ns();
+            self.spin_until = self.spin_from + spin_budget();
         }
         self.spins += 1;
         // The clock is read every 64 checks only; a long spin yields now and then, so that on
@@ -467,9 +498,10 @@ impl Backoff {
             std::hint::spin_loop();
             return Ok(());
         }
-        spin_outcome(false);
+        spin_missed(self.spin_from);
         self.spins = 0;
         if !announce() {
+            woke();
             return Ok(());
         }
         // The announcement's fence orders these flag reads after it (see `Conn::announce`).
@@ -478,6 +510,7 @@ impl Backoff {
         } else {
             conn.sleep_on_socket(fd)
         };
+        woke();
         withdraw();
         result
     }

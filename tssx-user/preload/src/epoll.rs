@@ -420,6 +420,7 @@ pub unsafe fn wait(epfd: c_int, events: *mut epoll_event, maxevents: c_int, time
             unsafe { real_wait(epfd, out.as_mut_ptr(), out.len() as c_int, wait, sigmask) }
         };
         let saved_errno = conn::errno();
+        conn::woke();
         announce_all(set, false);
         if m < 0 {
             conn::set_errno(saved_errno);

@@ -170,6 +170,7 @@ pub unsafe fn poll(fds: &mut [pollfd], timeout_ns: Option<u64>, sigmask: *const 
             0
         };
         let saved_errno = conn::errno();
+        conn::woke();
         for p in fds.iter().filter(|p| p.fd >= 0) {
             if let Some(c) = lookup(p.fd) {
                 c.withdraw();
