@@ -485,6 +485,12 @@ impl Backoff {
     /// nothing to do, so sleep); `withdraw` takes the announcement back after waking.
     fn idle(&mut self, conn: &Conn, fd: c_int, announce: impl FnOnce() -> bool, withdraw: impl FnOnce()) -> Result<(), WaitError> {
         if self.spins == 0 {
+            if conn.state() == Some(SegmentState::Pending) {
+                // The peer has not joined yet: it cannot answer before the agent's reply reached
+                // it, a wake-up away at least. Spinning would only take the core that the peer
+                // and the agent need; and this wait says nothing about the usual one.
+                return Self::sleep(conn, fd, announce, withdraw);
+            }
             self.spin_from = now_ns();
             self.spin_until = self.spin_from + spin_budget();
         }
@@ -500,8 +506,14 @@ impl Backoff {
         }
         spin_missed(self.spin_from);
         self.spins = 0;
+        let result = Self::sleep(conn, fd, announce, withdraw);
+        woke();
+        result
+    }
+
+    /// Announces the sleep, re-checks, and sleeps on the real socket unless that found work.
+    fn sleep(conn: &Conn, fd: c_int, announce: impl FnOnce() -> bool, withdraw: impl FnOnce()) -> Result<(), WaitError> {
         if !announce() {
-            woke();
             return Ok(());
         }
         // The announcement's fence orders these flag reads after it (see `Conn::announce`).
@@ -510,7 +522,6 @@ impl Backoff {
         } else {
             conn.sleep_on_socket(fd)
         };
-        woke();
         withdraw();
         result
     }
