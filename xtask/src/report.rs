@@ -92,6 +92,13 @@ pub fn report() -> anyhow::Result<()> {
     step("report: the hook on an unwatched path vs no hook");
     let mut overhead = Table::new(&["test", "no hook", "hook, unwatched path", "overhead", "within 2%", "noise (no-hook runs, quartile spread)"]);
     let rtt = |preload: Option<&Path>| worker_seconds(&bin, &unwatched, preload, "rtt", 64, 20_000).map(|s| s / 20_000.0 * 1e6);
+    let calls = |preload: Option<&Path>| -> anyhow::Result<f64> {
+        let out = preloaded(bin.join("tssx-bench"), preload).args(["calls", &unwatched, "200000"]).stderr(Stdio::inherit()).output()?;
+        ensure!(out.status.success(), "tssx-bench calls: {}", out.status);
+        String::from_utf8_lossy(&out.stdout).trim().parse().context("tssx-bench calls printed no number")
+    };
+    let measured = alternate(OVERHEAD_REPS, || calls(None), || calls(Some(&hook)))?;
+    overhead.row(overhead_row("socket calls, one process, no wake-up: write, poll, read 64 B (median of 11)", measured, "ns per call"));
     let measured = alternate(OVERHEAD_REPS, || rtt(None), || rtt(Some(&hook)))?;
     overhead.row(overhead_row("round trip 64 B (median of 11)", measured, "us"));
     let stream = |preload: Option<&Path>| worker_seconds(&bin, &unwatched, preload, "stream", 65536, 1 << 30).map(|s| s * 1e3);
@@ -101,8 +108,8 @@ pub fn report() -> anyhow::Result<()> {
         let r = redis_bench(&dir, &redis_unwatched, preload, 1, 20_000)?;
         Ok(1e6 / r.iter().find(|r| r.test == "PING_MBULK").context("no PING_MBULK result")?.rps)
     };
-    let measured = alternate(5, || ping(None), || ping(Some(&hook)))?;
-    overhead.row(overhead_row("redis-benchmark -c 1 PING_MBULK, time per request (median of 5)", measured, "us"));
+    let measured = alternate(9, || ping(None), || ping(Some(&hook)))?;
+    overhead.row(overhead_row("redis-benchmark -c 1 PING_MBULK, time per request (median of 9)", measured, "us"));
     writeln!(md, "## Hook pass-through cost\n\nThe hook loaded on both ends of a socket the agent does not watch, against no hook at all; runs alternate, medians compared. Budget: {:.0}%.\n", OVERHEAD_BUDGET * 100.0)?;
     writeln!(md, "{}", overhead.render())?;
 

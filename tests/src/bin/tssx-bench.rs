@@ -8,6 +8,12 @@
 //! with `tssx-agent --paths /tmp/tssx-bench/bench.sock` running.
 //!
 //! Worker mode (used by the orchestrator): `tssx-bench serve PATH` / `tssx-bench drive PATH TEST SIZE COUNT`.
+//!
+//! `tssx-bench calls PATH COUNT`: the cost of the socket calls themselves, with no wake-up in
+//! the measure: one process binds PATH, connects to it, accepts, then COUNT times writes 64
+//! bytes on each end, polls both (timeout 0) and reads them back; prints nanoseconds per call.
+//! Run under the hook on a path the agent does not watch, against no hook, it measures the
+//! hook's pass-through cost without the scheduler's noise.
 use std::{
     io::{Read, Write},
     os::unix::net::{UnixListener, UnixStream},
@@ -182,10 +188,42 @@ fn worker(args: &[String]) {
     }
 }
 
+/// `calls PATH COUNT`: nanoseconds per socket call (see the module doc).
+fn calls(path: &str, count: u64) -> f64 {
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path).expect("bind");
+    let mut client = UnixStream::connect(path).expect("connect");
+    let (mut server, _) = listener.accept().expect("accept");
+    let mut buf = [0u8; 64];
+    let start = Instant::now();
+    for i in 0..count {
+        buf[0] = i as u8;
+        client.write_all(&buf).expect("write");
+        server.write_all(&buf).expect("write");
+        let mut fds = [
+            libc::pollfd { fd: std::os::fd::AsRawFd::as_raw_fd(&client), events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: std::os::fd::AsRawFd::as_raw_fd(&server), events: libc::POLLIN, revents: 0 },
+        ];
+        // SAFETY: two live pollfds.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), 2, 0) };
+        assert_eq!(ready, 2, "both ends readable");
+        server.read_exact(&mut buf).expect("read");
+        assert_eq!(buf[0], i as u8, "bytes out of order");
+        client.read_exact(&mut buf).expect("read");
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(path);
+    secs * 1e9 / (count * 5) as f64
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() >= 6 && (args[1] == "serve" || args[1] == "drive") {
         return worker(&args);
+    }
+    if args.len() >= 4 && args[1] == "calls" {
+        println!("{}", calls(&args[2], args[3].parse().expect("COUNT")));
+        return;
     }
     let arg = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
     let (Some(preload), Some(path)) = (arg("--preload"), arg("--path")) else {
