@@ -4,6 +4,7 @@
 //! one at a time ([`HookedAgent`] and [`DefaultAgentLock`] hold a machine-wide lock).
 
 use std::{
+    io::{Read, Write},
     path::Path,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -108,5 +109,39 @@ fn a_peer_without_the_hook_gets_every_byte_over_the_plain_socket() {
     let agent = start_agent(&path);
     run_pair(&path, 16 << 20, true, false);
     assert!(agent.events("swapped").is_empty());
+    assert!(agent.stop().success());
+}
+
+/// An fd deleted from epoll while swapped keeps a kernel registration the hook made (see the
+/// hook's epoll module): when the connection then goes plain, adding the fd again must work as
+/// on a plain socket, and report the application's own data.
+#[test]
+fn epoll_add_after_delete_and_plain_turn() {
+    require_root();
+    let path = temp_dir("swap-epoll-turn").join("plain-server.sock").to_str().unwrap().to_owned();
+    let agent = start_agent(&path);
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let client = Command::new(env!("CARGO_BIN_EXE_tssx-test-epoll-turn"))
+        .arg(&path)
+        .env("LD_PRELOAD", hook())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A server without the hook: the client's claim ends plain, its first bytes replayed.
+    let (mut server, _) = listener.accept().unwrap();
+    server.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut buf = [0u8; 2];
+    let mut exchange = |expect: &[u8], answer: &[u8]| {
+        server.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, expect);
+        server.write_all(answer).unwrap();
+    };
+    exchange(b"hi", b"yo");
+    exchange(b"go", b"zz");
+    let out = client.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && stdout.trim() == "ok", "client: {stdout}");
+    let refused = agent.wait_for("not", &path, 1, Duration::from_secs(5));
+    assert!(refused.iter().any(|e| e["reason"].as_str().unwrap_or("").contains("no hook")), "{refused:?}");
     assert!(agent.stop().success());
 }
