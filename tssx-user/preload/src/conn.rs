@@ -345,7 +345,8 @@ thread_local! {
     /// handlers); reset in a forked child.
     static OWNER: Cell<u32> = const { Cell::new(0) };
     /// This thread's current spin budget in nanoseconds (0 = not set yet): grows when spinning
-    /// found work, shrinks when the wait ended in a sleep anyway.
+    /// found work or when a wait that slept was short enough to catch spinning, shrinks when a
+    /// wait that slept was longer than the longest spin (see [`woke`]).
     static SPIN_NS: Cell<u64> = const { Cell::new(0) };
     /// When the wait that spun in vain and went to sleep started (0: none); see [`woke`].
     static WAIT_SINCE: Cell<u64> = const { Cell::new(0) };

@@ -195,7 +195,7 @@ pub unsafe fn ctl(epfd: c_int, op: c_int, fd: c_int, event: *mut epoll_event) ->
         (e.events, e.u64)
     });
     if let Some(set) = set_of(epfd) {
-        // Ok(Some(rc)): answered from the table; Ok(None): not registered here, ask the kernel.
+        // Some(result): answered from the table; None: not registered here, ask the kernel.
         let answered = set.with(|v, _| {
             let i = v.iter_mut().find(|i| i.fd == fd && i.conn == c.id())?;
             Some(match (op, i.parked, user) {
