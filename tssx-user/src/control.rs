@@ -459,33 +459,24 @@ impl Registry {
     /// Handles a claim; returns the reply and, for a swap, the id of the connection whose
     /// segment fd must go with it.
     fn claim(&self, pid: u32, uid: u32, role: Role, fd: i32) -> (Reply, Option<Granted>) {
-        let not_swapped = |reason: PlainReason| {
-            tracing::info!(pid, fd, role = ?role, reason = reason.describe(), "not swapped");
-            (Reply::plain(reason), None)
-        };
-        // A claim the kernel does not back is refused: a process asking for a socket that is not
-        // its own end of a connection on a watched path (or a stale fd).
-        let refused = |reason: PlainReason| {
-            tracing::warn!(pid, uid, fd, role = ?role, reason = reason.describe(), "claim refused");
-            (Reply::plain(reason), None)
-        };
         if role == Role::Server {
             return self.claim_server(pid, uid, fd);
         }
+        let who = Claimant { pid, uid, fd, role };
         // 1. The kernel must have seen this process connect this fd on a watched path.
-        let Some(seen) = self.await_event(role, pid, fd) else { return refused(PlainReason::NotSeen) };
+        let Some(seen) = self.await_event(role, pid, fd) else { return who.refused(PlainReason::NotSeen) };
         // 2. The fd must still be that socket.
-        let Ok(Some(inode)) = sockdiag::socket_inode(pid, fd) else { return refused(PlainReason::NotSeen) };
+        let Ok(Some(inode)) = sockdiag::socket_inode(pid, fd) else { return who.refused(PlainReason::NotSeen) };
         if self.lock().plain_servers.remove(&inode).is_some() {
             // Its server claimed first, found no client claim, and reads the real socket.
-            return not_swapped(PlainReason::PeerHasNoHook);
+            return who.not_swapped(PlainReason::PeerHasNoHook);
         }
         let spare = self.lock().spares.pop();
         let segment = match spare.map_or_else(|| Segment::create(self.ring_size), Ok) {
             Ok(segment) => segment,
             Err(e) => {
                 tracing::warn!("creating a segment: {e}");
-                return not_swapped(PlainReason::NoSegment);
+                return who.not_swapped(PlainReason::NoSegment);
             }
         };
         segment.set_tssx_bit(End::Client, true);
@@ -590,17 +581,9 @@ impl Registry {
     /// claim waits up to [`PEER_WAIT`] for the client's claim (not at all if the connect event
     /// shows a client without the hook). A fd that is no such socket is refused.
     fn claim_server(&self, pid: u32, uid: u32, fd: i32) -> (Reply, Option<Granted>) {
-        let role = Role::Server;
-        let not_swapped = |reason: PlainReason| {
-            tracing::info!(pid, fd, role = ?role, reason = reason.describe(), "not swapped");
-            (Reply::plain(reason), None)
-        };
-        let refused = |reason: PlainReason| {
-            tracing::warn!(pid, uid, fd, role = ?role, reason = reason.describe(), "claim refused");
-            (Reply::plain(reason), None)
-        };
-        let Ok(Some(inode)) = sockdiag::socket_inode(pid, fd) else { return refused(PlainReason::NotSeen) };
-        let Ok(Some(peer)) = sockdiag::unix_peer(inode) else { return refused(PlainReason::NotSeen) };
+        let who = Claimant { pid, uid, fd, role: Role::Server };
+        let Ok(Some(inode)) = sockdiag::socket_inode(pid, fd) else { return who.refused(PlainReason::NotSeen) };
+        let Ok(Some(peer)) = sockdiag::unix_peer(inode) else { return who.refused(PlainReason::NotSeen) };
         enum Found {
             /// The connection the client claimed.
             Client(u64),
@@ -626,11 +609,11 @@ impl Registry {
                 });
                 let Some(Some(id)) = client else {
                     self.lock().plain_servers.insert(peer, Instant::now());
-                    return not_swapped(PlainReason::PeerHasNoHook);
+                    return who.not_swapped(PlainReason::PeerHasNoHook);
                 };
                 (id, Some(seen))
             }
-            None => return refused(PlainReason::NotSeen),
+            None => return who.refused(PlainReason::NotSeen),
         };
         let mut inner = self.lock();
         let event = event.or_else(|| {
@@ -647,19 +630,43 @@ impl Registry {
             Some(seen) => seen.end,
             None => EndInfo { pid, comm: process_comm(pid), fd },
         };
-        let Some(conn) = inner.live.get_mut(&id) else { return not_swapped(PlainReason::PeerHasNoHook) };
+        let Some(conn) = inner.live.get_mut(&id) else { return who.not_swapped(PlainReason::PeerHasNoHook) };
         conn.segment.set_tssx_bit(End::Server, true);
         // Release, before the Active transition: a client that sees Active must also see the
         // server end present, not "gone" (refcount 0) while its hook maps the segment.
         conn.segment.header().refcount[End::Server.index()].store(1, std::sync::atomic::Ordering::Release);
         if conn.segment.transition(SegmentState::Pending, SegmentState::Active).is_err() {
             drop(inner);
-            return not_swapped(PlainReason::PeerHasNoHook);
+            return who.not_swapped(PlainReason::PeerHasNoHook);
         }
         let granted = Granted::Server { id, path: conn.path.clone(), client: format!("{}/{}", conn.client.pid, conn.client.comm), server: format!("{pid}/{}", end.comm) };
         conn.server = Some(end);
         conn.decision_watch = None; // after the transition: the client sees Active
         (Reply::swap(id), Some(granted))
+    }
+}
+
+/// The process that claims a fd, for the trace line of a claim answered plain.
+#[derive(Clone, Copy)]
+struct Claimant {
+    pid: u32,
+    uid: u32,
+    fd: i32,
+    role: Role,
+}
+
+impl Claimant {
+    /// The connection stays plain for `reason`: traced `not swapped`.
+    fn not_swapped(self, reason: PlainReason) -> (Reply, Option<Granted>) {
+        tracing::info!(pid = self.pid, fd = self.fd, role = ?self.role, reason = reason.describe(), "not swapped");
+        (Reply::plain(reason), None)
+    }
+
+    /// A claim the kernel does not back is refused: a process asking for a socket that is not
+    /// its own end of a connection on a watched path (or a stale fd). Traced `claim refused`.
+    fn refused(self, reason: PlainReason) -> (Reply, Option<Granted>) {
+        tracing::warn!(pid = self.pid, uid = self.uid, fd = self.fd, role = ?self.role, reason = reason.describe(), "claim refused");
+        (Reply::plain(reason), None)
     }
 }
 
