@@ -196,6 +196,11 @@ fn sock_path(dir: &Path, name: &str) -> String {
 // ---------------------------------------------------------------------------------------------
 // 1 and 7: the agent dies or stops while connections are live
 
+/// Bytes each way of the stream that must still be running when the agent dies or stops: enough
+/// to outlast the wait for its `swapped` line at the rings' speed (1 GiB finished first in some
+/// runs once spinning stopped collapsing).
+const LIVE_STREAM_BYTES: u64 = 4 << 30;
+
 /// SIGKILL of the agent mid-stream: the live connection finishes with every byte intact; the
 /// stale control socket and paths file left behind make new connections plain at once; a new
 /// agent on the same state directory replaces them and swaps again.
@@ -208,7 +213,7 @@ fn agent_sigkilled_mid_stream_then_restarted() {
     let path = sock_path(&dir, "app.sock");
     let agent = Agent::start(&[&path], state);
 
-    const BYTES: u64 = 1 << 30;
+    const BYTES: u64 = LIVE_STREAM_BYTES;
     let (server, mut client) = start_stream_pair(&path, BYTES, true, true, 0);
     await_trace(&agent, "swapped", &path, 1, Duration::from_secs(10));
     agent.kill9();
@@ -241,7 +246,7 @@ fn agent_sigterm_with_live_connections() {
     let dir = temp_dir("robust-sigterm");
     let path = sock_path(&dir, "app.sock");
     let agent = HookedAgent::start(&[&path]);
-    const BYTES: u64 = 1 << 30;
+    const BYTES: u64 = LIVE_STREAM_BYTES;
     let (server, mut client) = start_stream_pair(&path, BYTES, true, true, 0);
     await_trace(&agent, "swapped", &path, 1, Duration::from_secs(10));
     let status = agent.agent.stop();
