@@ -170,11 +170,13 @@ fn fail(errno: c_int) -> Option<c_int> {
 /// `event` is null or valid, as for epoll_ctl.
 pub unsafe fn ctl(epfd: c_int, op: c_int, fd: c_int, event: *mut epoll_event) -> Option<c_int> {
     let Some(c) = lookup(fd) else {
-        if let Some(set) = set_of(epfd) {
-            // A swapped fd that closed or went plain left an interest behind. If it went plain
-            // while parked, its kernel registration is the hook's, not the application's: drop
-            // it, so that the application's own calls get the kernel's answers.
-            let same_socket = lookup_any(fd).map(Conn::id);
+        // A swapped fd that closed (its number reused now) or went plain left an interest
+        // behind. If it went plain while parked, its kernel registration is the hook's, not the
+        // application's: drop it, so that the application's own calls get the kernel's answers.
+        // A fd that was never swapped costs no scan unless it is added.
+        let same_socket = lookup_any(fd).map(Conn::id);
+        let set = set_of(epfd).filter(|_| op == libc::EPOLL_CTL_ADD || same_socket.is_some());
+        if let Some(set) = set {
             set.with(|v, _| {
                 v.retain(|i| {
                     if i.fd != fd || live(i).is_some() {
