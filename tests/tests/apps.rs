@@ -119,10 +119,20 @@ fn wait_until(what: &str, daemon: &mut Daemon, mut ready: impl FnMut() -> bool) 
 
 /// Asserts that every connection accepted on `path` was swapped; the message lists the
 /// `not swapped` reasons the agent gave.
+///
+/// Both counts are read until they agree (for up to 5 s): a claim traces `swapped` as soon as it
+/// is answered, while the event loop may trace that connection's `accept` a little later.
 fn assert_all_swapped(agent: &HookedAgent, path: &str) {
-    let accepts = agent.events_on("accept", path).len();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (accepts, swapped) = loop {
+        let accepts = agent.events_on("accept", path).len();
+        let swapped = agent.events_on("swapped", path).len();
+        if (accepts > 0 && swapped == accepts) || Instant::now() >= deadline {
+            break (accepts, swapped);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert!(accepts > 0, "the agent saw no accept on {path}");
-    let swapped = agent.wait_for("swapped", path, accepts, Duration::from_secs(5)).len();
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
     for e in agent.events_on("not", path) {
         *reasons.entry(e["reason"].as_str().unwrap_or("?").to_owned()).or_default() += 1;
