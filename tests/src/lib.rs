@@ -88,8 +88,7 @@ impl Agent {
         thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                let value = serde_json::from_str(&line)
-                    .unwrap_or_else(|e| panic!("agent printed a non-JSON line ({e}): {line}"));
+                let value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("agent printed a non-JSON line ({e}): {line}"));
                 sink.lock().unwrap().push(value);
             }
         });
@@ -155,7 +154,11 @@ impl Agent {
 
     /// As [`Agent::stats`], or why not (e.g. the agent is busy and dropped the request).
     pub fn try_stats(&self) -> Result<Value, String> {
-        let out = Command::new(agent_bin()).args(["status", "--stats", "--state-dir"]).arg(&self.state_dir).output().expect("run tssx-agent status");
+        let out = Command::new(agent_bin())
+            .args(["status", "--stats", "--state-dir"])
+            .arg(&self.state_dir)
+            .output()
+            .expect("run tssx-agent status");
         if !out.status.success() {
             return Err(format!("status --stats failed: {out:?}"));
         }
@@ -220,11 +223,8 @@ impl Resources {
         let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("read /proc/PID/maps");
         let memfd_maps = maps.lines().filter(|l| l.contains("/memfd:")).count();
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/PID/status");
-        let rss_kib = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0);
+        let rss_kib =
+            status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0);
         Self { fds, memfd_fds, memfd_maps, rss_kib }
     }
 }

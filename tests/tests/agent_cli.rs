@@ -93,11 +93,7 @@ fn second_agent_on_the_same_state_dir_is_refused() {
     let dir = temp_dir("twice");
     let state = dir.join("state");
     let first = tssx_tests::Agent::start(&["/tmp/tssx-twice.sock"], &state);
-    let out = Command::new(agent_bin())
-        .args(["--paths", "/tmp/tssx-twice.sock", "--state-dir"])
-        .arg(&state)
-        .output()
-        .unwrap();
+    let out = Command::new(agent_bin()).args(["--paths", "/tmp/tssx-twice.sock", "--state-dir"]).arg(&state).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert_one_line_error(&out, &["already running"]);
     assert!(first.stop().success());

@@ -22,10 +22,7 @@ fn client(path: &str, connections: usize) -> String {
 
 /// `(pid, fd)` pairs of the test programs' `connect`/`accept` lines.
 fn pid_fds<S: AsRef<str>>(lines: &[S]) -> BTreeSet<(i64, i64)> {
-    lines
-        .iter()
-        .map(|l| (field(l.as_ref(), "pid").unwrap(), field(l.as_ref(), "fd").unwrap()))
-        .collect()
+    lines.iter().map(|l| (field(l.as_ref(), "pid").unwrap(), field(l.as_ref(), "fd").unwrap())).collect()
 }
 
 /// `(pid, fd)` pairs of the agent's trace lines.

@@ -33,7 +33,10 @@ struct Daemon {
 
 impl Daemon {
     fn spawn(name: &'static str, mut cmd: Command) -> Self {
-        let child = cmd.stdout(Stdio::null()).spawn().unwrap_or_else(|e| panic!("cannot start {name} ({cmd:?}): {e} (cargo xtask setup installs it)"));
+        let child = cmd
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name} ({cmd:?}): {e} (cargo xtask setup installs it)"));
         Self { child, name }
     }
 
@@ -207,13 +210,19 @@ fn redis_run(dir: &Path, sock: &str, hooked: bool, big: &[u8]) -> String {
     server.args(["--daemonize", "no", "--dir"]).arg(dir).arg("--logfile").arg(dir.join(format!("redis-{hooked}.log")));
     let mut server = Daemon::spawn("redis-server", server);
     wait_until("redis-server", &mut server, || {
-        Path::new(sock).exists()
-            && command("redis-cli", hooked).args(["-s", sock, "PING"]).output().is_ok_and(|o| o.stdout == b"PONG\n")
+        Path::new(sock).exists() && command("redis-cli", hooked).args(["-s", sock, "PING"]).output().is_ok_and(|o| o.stdout == b"PONG\n")
     });
     let session = redis_session(sock, hooked, big);
     redis_benchmark(sock, hooked);
     // The data survived the benchmark's own keys.
-    let check = run({ let mut c = command("redis-cli", hooked); c.args(["-s", sock, "GET", "greeting"]); c }, None);
+    let check = run(
+        {
+            let mut c = command("redis-cli", hooked);
+            c.args(["-s", sock, "GET", "greeting"]);
+            c
+        },
+        None,
+    );
     assert_eq!(check, "hello world\n");
     server.stop(libc::SIGTERM);
     session
@@ -264,7 +273,14 @@ fn as_postgres(program: &str, hooked: bool) -> Command {
 }
 
 fn chown_postgres(path: &Path) {
-    run({ let mut c = Command::new("chown"); c.arg("postgres:postgres").arg(path); c }, None);
+    run(
+        {
+            let mut c = Command::new("chown");
+            c.arg("postgres:postgres").arg(path);
+            c
+        },
+        None,
+    );
 }
 
 fn pg_client(program: &str, sock_dir: &str, hooked: bool) -> Command {

@@ -290,10 +290,8 @@ fn conform(sc: &Scenario) {
     if closed.len() != ids.len() {
         problems.push(format!("{} swapped connections but {} of them traced `closed`", ids.len(), closed.len()));
     }
-    let bytes: u64 = closed
-        .iter()
-        .map(|c| c["bytes_client_to_server"].as_u64().unwrap_or(0) + c["bytes_server_to_client"].as_u64().unwrap_or(0))
-        .sum();
+    let bytes: u64 =
+        closed.iter().map(|c| c["bytes_client_to_server"].as_u64().unwrap_or(0) + c["bytes_server_to_client"].as_u64().unwrap_or(0)).sum();
     if bytes < sc.shm_bytes {
         problems.push(format!("{bytes} bytes crossed shared memory, expected at least {}", sc.shm_bytes));
     }

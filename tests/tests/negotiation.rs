@@ -140,7 +140,11 @@ fn claims_the_kernel_did_not_see_are_refused() {
     assert!(plain.iter().any(|e| e["reason"].as_str().is_some_and(|r| r.contains("peer has no hook"))), "{plain:?}");
     let refused: Vec<_> = agent.events("claim").into_iter().filter(|e| e["message"] == "claim refused").collect();
     assert_eq!(refused.len(), 5, "{refused:?}");
-    assert_eq!(refused.iter().filter(|e| e["reason"].as_str().is_some_and(|r| r.contains("no matching kernel event"))).count(), 4, "{refused:?}");
+    assert_eq!(
+        refused.iter().filter(|e| e["reason"].as_str().is_some_and(|r| r.contains("no matching kernel event"))).count(),
+        4,
+        "{refused:?}"
+    );
     assert!(refused.iter().all(|e| e["uid"] == 0 && e["pid"] == std::process::id()), "{refused:?}");
     assert!(agent.stop().success());
 }

@@ -22,9 +22,7 @@ use std::{
 
 use serde_json::Value;
 use tssx_common::control::{PlainReason, Reply, ReplyKind, Request, Role, CONTROL_SOCKET, REPLY_SIZE};
-use tssx_tests::{
-    hook, monotonic_ns, require_root, temp_dir, Agent, DefaultAgentLock, HookedAgent, Resources, DEFAULT_STATE_DIR,
-};
+use tssx_tests::{hook, monotonic_ns, require_root, temp_dir, Agent, DefaultAgentLock, HookedAgent, Resources, DEFAULT_STATE_DIR};
 use tssx_user::{fdpass, segment::Segment};
 
 const STREAM: &str = env!("CARGO_BIN_EXE_tssx-test-stream");
@@ -51,7 +49,11 @@ struct Proc {
 
 impl Proc {
     fn spawn(mut cmd: Command) -> Self {
-        let name = format!("{} {}", cmd.get_program().to_string_lossy(), cmd.get_args().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" "));
+        let name = format!(
+            "{} {}",
+            cmd.get_program().to_string_lossy(),
+            cmd.get_args().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ")
+        );
         let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
         let (tx, lines) = mpsc::channel();
         let out = child.stdout.take().expect("stdout");
@@ -469,7 +471,14 @@ fn max_connections_caps_live_segments() {
         .into_iter()
         .filter(|e| e["reason"].as_str() == Some(PlainReason::TooManyConnections.describe()))
         .collect();
-    assert_eq!(limited.len(), 1, "not: {:?}\nswapped: {:?}\nclaimed: {:?}", agent.events("not"), agent.events("swapped"), agent.events("client"));
+    assert_eq!(
+        limited.len(),
+        1,
+        "not: {:?}\nswapped: {:?}\nclaimed: {:?}",
+        agent.events("not"),
+        agent.events("swapped"),
+        agent.events("client")
+    );
     assert_eq!(limited[0]["max_connections"], 2, "{limited:?}");
     assert_eq!(agent.events_on("swapped", &path).len(), 2, "{:?}", agent.events("swapped"));
     assert!(agent.stop().success());
@@ -521,7 +530,10 @@ fn third_processes_cannot_claim_someone_elses_socket() {
     let refused: Vec<Value> = agent.events("claim").into_iter().filter(|e| e["message"] == "claim refused").collect();
     assert_eq!(refused.len(), 6, "{refused:?}");
     assert_eq!(refused.iter().filter(|e| e["uid"] == NOBODY).count(), 3, "{refused:?}");
-    assert!(refused.iter().all(|e| e["pid"] != std::process::id() && e["reason"].as_str().is_some_and(|r| r.contains("kernel event"))), "{refused:?}");
+    assert!(
+        refused.iter().all(|e| e["pid"] != std::process::id() && e["reason"].as_str().is_some_and(|r| r.contains("kernel event"))),
+        "{refused:?}"
+    );
     // The real ends are unaffected.
     let (reply, fd) = ask(&state, &Request::claim(Role::Client, client.as_raw_fd()).encode());
     assert_eq!((reply.reply_kind(), fd.is_some()), (Some(ReplyKind::Swap), true), "{reply:?}");
@@ -553,7 +565,18 @@ fn processes_of_different_uids_swap() {
 
     const BYTES: u64 = 64 * MIB;
     let mut server = Command::new("setpriv");
-    server.args(["--reuid", &NOBODY.to_string(), "--regid", &NOBODY.to_string(), "--clear-groups", STREAM, "server", &path, &BYTES.to_string(), "7"]);
+    server.args([
+        "--reuid",
+        &NOBODY.to_string(),
+        "--regid",
+        &NOBODY.to_string(),
+        "--clear-groups",
+        STREAM,
+        "server",
+        &path,
+        &BYTES.to_string(),
+        "7",
+    ]);
     let server = Proc::spawn(hooked(server, true));
     server.expect_line("ready", Duration::from_secs(10));
     wait_for_file(&path);
@@ -586,7 +609,13 @@ fn reset_on_close(stream: &UnixStream) {
     let linger = libc::linger { l_onoff: 1, l_linger: 0 };
     // SAFETY: passes a live linger struct of the stated size to our own socket.
     unsafe {
-        libc::setsockopt(stream.as_raw_fd(), libc::SOL_SOCKET, libc::SO_LINGER, (&linger as *const libc::linger).cast(), std::mem::size_of::<libc::linger>() as u32)
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as u32,
+        )
     };
 }
 

@@ -204,7 +204,14 @@ impl Request {
 
     /// A server declining the swap of its accepted `fd`.
     pub const fn decline(fd: i32) -> Self {
-        Self { magic: CONTROL_MAGIC, version: CONTROL_VERSION, kind: RequestKind::Decline as u32, role: Role::Server as u32, fd, reserved: 0 }
+        Self {
+            magic: CONTROL_MAGIC,
+            version: CONTROL_VERSION,
+            kind: RequestKind::Decline as u32,
+            role: Role::Server as u32,
+            fd,
+            reserved: 0,
+        }
     }
 
     /// A status request.
@@ -297,7 +304,13 @@ impl Reply {
         check_header(bytes, REPLY_SIZE)?;
         let mut conn = [0u8; 8];
         conn.copy_from_slice(&bytes[16..24]);
-        let reply = Self { magic: word(bytes, 0), version: word(bytes, 1), kind: word(bytes, 2), reason: word(bytes, 3), connection: u64::from_ne_bytes(conn) };
+        let reply = Self {
+            magic: word(bytes, 0),
+            version: word(bytes, 1),
+            kind: word(bytes, 2),
+            reason: word(bytes, 3),
+            connection: u64::from_ne_bytes(conn),
+        };
         match reply.reply_kind() {
             Some(ReplyKind::Swap) if reply.reason == 0 => Ok(reply),
             Some(ReplyKind::Plain) if PlainReason::from_u32(reply.reason) as u32 == reply.reason && reply.reason != 0 => Ok(reply),
@@ -322,7 +335,9 @@ mod tests {
 
     #[test]
     fn requests_round_trip() {
-        for request in [Request::claim(Role::Client, 3), Request::claim(Role::Server, 1023), Request::status(), Request::stats(), Request::decline(4)] {
+        for request in
+            [Request::claim(Role::Client, 3), Request::claim(Role::Server, 1023), Request::status(), Request::stats(), Request::decline(4)]
+        {
             assert_eq!(Request::decode(&request.encode()), Ok(request));
         }
     }

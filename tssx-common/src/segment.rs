@@ -289,10 +289,7 @@ impl SegmentLayout {
     /// The layout for rings of `ring_capacity` bytes, or `None` if the capacity is not a power
     /// of two within [`MIN_RING_CAPACITY`]..=[`MAX_RING_CAPACITY`].
     pub const fn new(ring_capacity: usize) -> Option<SegmentLayout> {
-        if !ring_capacity.is_power_of_two()
-            || ring_capacity < MIN_RING_CAPACITY
-            || ring_capacity > MAX_RING_CAPACITY
-        {
+        if !ring_capacity.is_power_of_two() || ring_capacity < MIN_RING_CAPACITY || ring_capacity > MAX_RING_CAPACITY {
             return None;
         }
         let ring_a_to_b = RING_DATA_OFFSET;
@@ -357,9 +354,7 @@ impl SegmentHeader {
             Some(layout) => layout,
             None => return Err(HeaderError::BadCapacity(self.ring_capacity)),
         };
-        if self.total_size != layout.total_size as u64
-            || self.ring_offsets != [layout.ring_a_to_b as u64, layout.ring_b_to_a as u64]
-        {
+        if self.total_size != layout.total_size as u64 || self.ring_offsets != [layout.ring_a_to_b as u64, layout.ring_b_to_a as u64] {
             return Err(HeaderError::LayoutMismatch);
         }
         if actual_size != layout.total_size as u64 {
@@ -399,9 +394,7 @@ const _: () = {
     assert!(RING_DATA_OFFSET.is_multiple_of(SEGMENT_ALIGN));
     // Smallest and largest layouts.
     match SegmentLayout::new(MIN_RING_CAPACITY) {
-        Some(l) => assert!(
-            l.ring_a_to_b == 4096 && l.ring_b_to_a == 8192 && l.total_size == 12288
-        ),
+        Some(l) => assert!(l.ring_a_to_b == 4096 && l.ring_b_to_a == 8192 && l.total_size == 12288),
         None => panic!(),
     }
     match SegmentLayout::new(1 << 20) {

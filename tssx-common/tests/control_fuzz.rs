@@ -4,8 +4,7 @@
 
 use proptest::prelude::*;
 use tssx_common::control::{
-    DecodeError, PlainReason, Reply, ReplyKind, Request, RequestKind, Role, CONTROL_MAGIC, CONTROL_VERSION, REPLY_SIZE,
-    REQUEST_SIZE,
+    DecodeError, PlainReason, Reply, ReplyKind, Request, RequestKind, Role, CONTROL_MAGIC, CONTROL_VERSION, REPLY_SIZE, REQUEST_SIZE,
 };
 
 fn record(ws: &[u32]) -> Vec<u8> {
@@ -106,4 +105,3 @@ proptest! {
         }
     }
 }
-

@@ -2,9 +2,8 @@
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        bpf_ktime_get_ns, bpf_probe_read_user, bpf_probe_read_user_buf,
-        bpf_probe_read_user_str_bytes,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns, bpf_probe_read_user,
+        bpf_probe_read_user_buf, bpf_probe_read_user_str_bytes,
     },
     macros::{map, tracepoint},
     maps::{Array, HashMap, PerCpuArray, RingBuf},
@@ -210,8 +209,7 @@ pub fn tssx_enter_clone3(ctx: TracePointContext) -> u32 {
     if holds_listeners((pid_tgid >> 32) as u32) {
         // SAFETY: offset ARG0 is `struct clone_args *uargs` of sys_enter_clone3; `flags` is its
         // first u64 field. The user read is fault-checked.
-        let flags = unsafe { ctx.read_at::<u64>(ARG0) }
-            .and_then(|uargs| unsafe { bpf_probe_read_user(uargs as *const u64) });
+        let flags = unsafe { ctx.read_at::<u64>(ARG0) }.and_then(|uargs| unsafe { bpf_probe_read_user(uargs as *const u64) });
         if let Ok(flags) = flags {
             let _ = CLONING.insert(&pid_tgid, &flags, 0);
         }
@@ -307,9 +305,8 @@ fn watched_listener(tgid: u32, fd: u32) -> Option<u32> {
 fn enter_with_address(ctx: &TracePointContext, kind: EventKind) {
     // SAFETY: ARG0..ARG2 are `fd`, the sockaddr pointer and `addrlen` of sys_enter_bind and
     // sys_enter_connect (see their format files).
-    let (Ok(fd), Ok(addr), Ok(addrlen)) = (unsafe {
-        (ctx.read_at::<u64>(ARG0), ctx.read_at::<u64>(ARG1), ctx.read_at::<u64>(ARG2))
-    }) else {
+    let (Ok(fd), Ok(addr), Ok(addrlen)) = (unsafe { (ctx.read_at::<u64>(ARG0), ctx.read_at::<u64>(ARG1), ctx.read_at::<u64>(ARG2)) })
+    else {
         return;
     };
     let Some(path_id) = watched_path_id(addr as *const u8, addrlen as usize) else { return };
@@ -373,15 +370,7 @@ fn take_pending(ctx: &TracePointContext, kind: EventKind) -> Option<(PendingCall
 
 /// Sends one event to the agent; counts it in `DROPPED` and logs if the ring buffer is full.
 #[inline(always)]
-fn emit(
-    ctx: &TracePointContext,
-    pid_tgid: u64,
-    kind: EventKind,
-    path_id: u32,
-    fd: i32,
-    new_fd: i32,
-    other_pid: u32,
-) {
+fn emit(ctx: &TracePointContext, pid_tgid: u64, kind: EventKind, path_id: u32, fd: i32, new_fd: i32, other_pid: u32) {
     let comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
     let event = Event {
         // SAFETY: bpf_ktime_get_ns has no preconditions.
@@ -404,4 +393,3 @@ fn emit(
         warn!(ctx, "tssx: event ring buffer full, event dropped");
     }
 }
-

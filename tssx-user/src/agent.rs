@@ -3,7 +3,10 @@
 use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
-use tokio::{io::unix::AsyncFd, signal::unix::{signal, SignalKind}};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{signal, SignalKind},
+};
 use tssx_common::event::{Event, EventKind};
 
 use crate::{control, feed::EventFeed, kernel, loader::Watcher, paths::WatchedPath, state::StateDir, trace::trace_event};
@@ -32,14 +35,14 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     raise_fd_limit(config.max_connections);
     let (mut watcher, channels) = Watcher::load(&config.paths)?;
     let feed = std::sync::Arc::new(EventFeed::new(channels.events));
-    let registry = control::Registry::new(config.paths.clone(), config.ring_size, config.max_connections, Some(std::sync::Arc::clone(&feed)));
+    let registry =
+        control::Registry::new(config.paths.clone(), config.ring_size, config.max_connections, Some(std::sync::Arc::clone(&feed)));
     control::serve(std::sync::Arc::clone(&registry), state.dir())?;
     state.publish_paths(&config.paths)?;
 
     // SAFETY: the fd belongs to the ring buffer inside `feed`, which is kept alive (by the
     // registry and this function) until after this AsyncFd is dropped (see the end).
-    let mut events = unsafe { AsyncFd::register(RawFdHolder(feed.raw_fd())) }
-        .context("polling the events ring buffer")?;
+    let mut events = unsafe { AsyncFd::register(RawFdHolder(feed.raw_fd())) }.context("polling the events ring buffer")?;
     let mut logs = match watcher.log_fd().map(RawFdHolder) {
         // SAFETY: the fd belongs to the logger inside `watcher`, which is dropped only after
         // this AsyncFd (see the end of this function).
@@ -109,7 +112,11 @@ fn raise_fd_limit(max_connections: usize) {
         libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
     }
     if limit.rlim_cur < want {
-        tracing::warn!(limit = limit.rlim_cur, max_connections, "the fd limit is lower than --max-connections needs: claims beyond it stay plain");
+        tracing::warn!(
+            limit = limit.rlim_cur,
+            max_connections,
+            "the fd limit is lower than --max-connections needs: claims beyond it stay plain"
+        );
     }
 }
 

@@ -45,7 +45,10 @@ use std::{
     io::{Read as _, Write as _},
     os::{
         fd::AsRawFd as _,
-        unix::{fs::PermissionsExt as _, net::{UnixListener, UnixStream}},
+        unix::{
+            fs::PermissionsExt as _,
+            net::{UnixListener, UnixStream},
+        },
     },
     path::Path,
     sync::{
@@ -318,7 +321,9 @@ impl Registry {
                     }
                     return;
                 }
-                inner.accepts.insert((event.tgid, event.new_fd), Seen { end: key_end(event.new_fd), path_id: event.path_id, at: Instant::now() });
+                inner
+                    .accepts
+                    .insert((event.tgid, event.new_fd), Seen { end: key_end(event.new_fd), path_id: event.path_id, at: Instant::now() });
             }
             _ => return,
         }
@@ -358,7 +363,13 @@ impl Registry {
                 if conn.segment.transition(SegmentState::Pending, SegmentState::Plain).is_ok() {
                     conn.plain_traced = true;
                     conn.decision_watch = None;
-                    tracing::info!(connection = id, path = conn.path, client = conn.client.pid, reason = PlainReason::PeerHasNoHook.describe(), "not swapped");
+                    tracing::info!(
+                        connection = id,
+                        path = conn.path,
+                        client = conn.client.pid,
+                        reason = PlainReason::PeerHasNoHook.describe(),
+                        "not swapped"
+                    );
                 }
             }
         }
@@ -389,10 +400,22 @@ impl Registry {
             inner.pending.retain(|_, v| *v != id);
             if conn.server.is_none() && conn.segment.state() == Some(SegmentState::Plain) && !conn.plain_traced {
                 // The client's hook saw the peer write to the real socket and went plain.
-                tracing::info!(connection = id, path = conn.path, client = conn.client.pid, reason = PlainReason::PeerHasNoHook.describe(), "not swapped");
+                tracing::info!(
+                    connection = id,
+                    path = conn.path,
+                    client = conn.client.pid,
+                    reason = PlainReason::PeerHasNoHook.describe(),
+                    "not swapped"
+                );
             }
             let (c2s, s2c) = conn.bytes_each_way();
-            tracing::info!(connection = id, path = conn.path, bytes_client_to_server = c2s, bytes_server_to_client = s2c, "closed: segment freed");
+            tracing::info!(
+                connection = id,
+                path = conn.path,
+                bytes_client_to_server = c2s,
+                bytes_server_to_client = s2c,
+                "closed: segment freed"
+            );
         }
     }
 
@@ -499,7 +522,17 @@ impl Registry {
         inner.pending.insert(inode, id);
         inner.live.insert(
             id,
-            Connection { id, waiting_since: Instant::now(), client_inode: inode, plain_traced: false, path: path.clone(), client: seen.end.clone(), server: None, segment, decision_watch: None },
+            Connection {
+                id,
+                waiting_since: Instant::now(),
+                client_inode: inode,
+                plain_traced: false,
+                path: path.clone(),
+                client: seen.end.clone(),
+                server: None,
+                segment,
+                decision_watch: None,
+            },
         );
         drop(inner);
         self.changed.notify_all();
@@ -639,7 +672,12 @@ impl Registry {
             drop(inner);
             return who.not_swapped(PlainReason::PeerHasNoHook);
         }
-        let granted = Granted::Server { id, path: conn.path.clone(), client: format!("{}/{}", conn.client.pid, conn.client.comm), server: format!("{pid}/{}", end.comm) };
+        let granted = Granted::Server {
+            id,
+            path: conn.path.clone(),
+            client: format!("{}/{}", conn.client.pid, conn.client.comm),
+            server: format!("{pid}/{}", end.comm),
+        };
         conn.server = Some(end);
         conn.decision_watch = None; // after the transition: the client sees Active
         (Reply::swap(id), Some(granted))
@@ -725,10 +763,13 @@ pub fn serve(registry: Arc<Registry>, state_dir: &Path) -> anyhow::Result<()> {
     // receive timeout also ends a blocking accept (EAGAIN), which lets spare workers retire.
     set_timeout(listener.as_raw_fd(), libc::SO_RCVTIMEO, REQUEST_TIMEOUT).context("setting the control socket's request timeout")?;
     set_timeout(listener.as_raw_fd(), libc::SO_SNDTIMEO, WRITE_TIMEOUT).context("setting the control socket's write timeout")?;
-    thread::Builder::new().name("tssx-spares".into()).spawn({
-        let registry = Arc::clone(&registry);
-        move || registry.make_spares()
-    }).context("starting the spare-segment maker")?;
+    thread::Builder::new()
+        .name("tssx-spares".into())
+        .spawn({
+            let registry = Arc::clone(&registry);
+            move || registry.make_spares()
+        })
+        .context("starting the spare-segment maker")?;
     let pool = Arc::new(WorkerPool { listener, registry, workers: AtomicUsize::new(0), idle: AtomicUsize::new(0) });
     for _ in 0..CORE_WORKERS {
         pool.spawn_worker().context("starting the control workers")?;
@@ -815,7 +856,9 @@ impl WorkerPool {
 fn set_timeout(fd: libc::c_int, option: libc::c_int, timeout: Duration) -> std::io::Result<()> {
     let tv = libc::timeval { tv_sec: timeout.as_secs() as libc::time_t, tv_usec: timeout.subsec_micros() as libc::suseconds_t };
     // SAFETY: passes a live timeval of the stated size.
-    let rc = unsafe { libc::setsockopt(fd, libc::SOL_SOCKET, option, (&tv as *const libc::timeval).cast(), size_of_val(&tv) as libc::socklen_t) };
+    let rc = unsafe {
+        libc::setsockopt(fd, libc::SOL_SOCKET, option, (&tv as *const libc::timeval).cast(), size_of_val(&tv) as libc::socklen_t)
+    };
     if rc != 0 {
         return Err(std::io::Error::last_os_error());
     }

@@ -91,7 +91,10 @@ pub fn recv_with_fd(sock: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<Ow
 
 #[cfg(test)]
 mod tests {
-    use std::{io::{Read, Seek, Write}, os::{fd::AsRawFd, unix::net::UnixStream}};
+    use std::{
+        io::{Read, Seek, Write},
+        os::{fd::AsRawFd, unix::net::UnixStream},
+    };
 
     use super::*;
 

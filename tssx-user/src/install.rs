@@ -166,9 +166,8 @@ fn atomic_write(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 
 /// Refuses anything that is not a readable 64-bit ELF shared object.
 fn check_shared_object(source: &Path) -> anyhow::Result<()> {
-    let bytes = fs::read(source).with_context(|| {
-        format!("reading the hook {} (build it with `cargo xtask build`, or pass --from)", source.display())
-    })?;
+    let bytes = fs::read(source)
+        .with_context(|| format!("reading the hook {} (build it with `cargo xtask build`, or pass --from)", source.display()))?;
     // e_ident: magic, class 2 (64-bit); e_type at offset 16: 3 (ET_DYN).
     let is_so = bytes.len() > 18 && bytes[..4] == *b"\x7fELF" && bytes[4] == 2 && u16::from_le_bytes([bytes[16], bytes[17]]) == 3;
     if !is_so {

@@ -65,9 +65,7 @@ impl std::error::Error for KernelError {
 
 /// True if some filesystem of type `fstype` is mounted on `target` (per /proc/self/mounts).
 pub fn is_mounted(fstype: &str, target: &str) -> bool {
-    fs::read_to_string("/proc/self/mounts")
-        .map(|mounts| mounts_contain(&mounts, fstype, target))
-        .unwrap_or(false)
+    fs::read_to_string("/proc/self/mounts").map(|mounts| mounts_contain(&mounts, fstype, target)).unwrap_or(false)
 }
 
 fn mounts_contain(mounts: &str, fstype: &str, target: &str) -> bool {
@@ -97,9 +95,7 @@ fn mount(fstype: &'static str, target: &'static str) -> Result<(), KernelError> 
     let c_type = std::ffi::CString::new(fstype).expect("no NUL in literal");
     let c_target = std::ffi::CString::new(target).expect("no NUL in literal");
     // SAFETY: all pointers are valid NUL-terminated strings that outlive the call; data is null.
-    let rc = unsafe {
-        libc::mount(c_type.as_ptr(), c_target.as_ptr(), c_type.as_ptr(), 0, std::ptr::null())
-    };
+    let rc = unsafe { libc::mount(c_type.as_ptr(), c_target.as_ptr(), c_type.as_ptr(), 0, std::ptr::null()) };
     if rc != 0 {
         return Err(err(io::Error::last_os_error()));
     }
@@ -124,15 +120,13 @@ pub fn field_offset(format: &str, field: &str) -> Option<u32> {
 
 fn read_format(tracefs: &Path, tracepoint: &str) -> Result<String, KernelError> {
     let path = tracefs.join("events").join(tracepoint).join("format");
-    fs::read_to_string(&path)
-        .map_err(|source| KernelError::Format { tracepoint: tracepoint.to_owned(), source })
+    fs::read_to_string(&path).map_err(|source| KernelError::Format { tracepoint: tracepoint.to_owned(), source })
 }
 
 /// Reads the offsets of the `sched` tracepoint fields the programs use from `tracefs`.
 pub fn trace_config(tracefs: &Path) -> Result<TraceConfig, KernelError> {
     let need = |tracepoint: &str, format: &str, field: &'static str| {
-        field_offset(format, field)
-            .ok_or_else(|| KernelError::MissingField { tracepoint: tracepoint.to_owned(), field })
+        field_offset(format, field).ok_or_else(|| KernelError::MissingField { tracepoint: tracepoint.to_owned(), field })
     };
     let fork = read_format(tracefs, "sched/sched_process_fork")?;
     let exit = read_format(tracefs, "sched/sched_process_exit")?;

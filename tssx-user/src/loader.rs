@@ -38,8 +38,7 @@ pub const TRACEPOINTS: &[(&str, &str, &str)] = &[
 #[repr(C, align(32))]
 struct Aligned<B: ?Sized>(B);
 
-static EBPF_OBJECT: &Aligned<[u8]> =
-    &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/tssx")));
+static EBPF_OBJECT: &Aligned<[u8]> = &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/tssx")));
 
 /// The loaded and attached programs. Dropping it detaches everything.
 pub struct Watcher {
@@ -61,9 +60,9 @@ impl Watcher {
         if EBPF_OBJECT.0.is_empty() {
             bail!("this tssx-agent was built without its eBPF programs (TSSX_SKIP_EBPF=1); rebuild without it");
         }
-        let mut ebpf = EbpfLoader::new()
-            .load(&EBPF_OBJECT.0)
-            .context("the kernel refused the tssx eBPF maps (is this a BPF-enabled kernel, and are we root in the initial user namespace?)")?;
+        let mut ebpf = EbpfLoader::new().load(&EBPF_OBJECT.0).context(
+            "the kernel refused the tssx eBPF maps (is this a BPF-enabled kernel, and are we root in the initial user namespace?)",
+        )?;
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(logger) => Some(logger),
             Err(e) => {
@@ -71,16 +70,12 @@ impl Watcher {
                 None
             }
         };
-        let config = kernel::trace_config(Path::new(kernel::TRACEFS))
-            .context("reading tracepoint formats")?;
+        let config = kernel::trace_config(Path::new(kernel::TRACEFS)).context("reading tracepoint formats")?;
         let mut watcher = Self { ebpf, logger };
         watcher.set_config(config)?;
         watcher.set_paths(paths)?;
         watcher.attach_all()?;
-        let events = watcher
-            .ebpf
-            .take_map(maps::EVENTS)
-            .ok_or_else(|| anyhow!("eBPF object has no {} map", maps::EVENTS))?;
+        let events = watcher.ebpf.take_map(maps::EVENTS).ok_or_else(|| anyhow!("eBPF object has no {} map", maps::EVENTS))?;
         let events = RingBuf::try_from(events).context("EVENTS is not a ring buffer")?;
         Ok((watcher, Channels { events }))
     }
@@ -92,11 +87,9 @@ impl Watcher {
     }
 
     fn set_paths(&mut self, paths: &[WatchedPath]) -> anyhow::Result<()> {
-        let mut map: HashMap<_, PathKey, u32> =
-            HashMap::try_from(self.map_mut(maps::WATCHED_PATHS)?)?;
+        let mut map: HashMap<_, PathKey, u32> = HashMap::try_from(self.map_mut(maps::WATCHED_PATHS)?)?;
         for (id, path) in paths.iter().enumerate() {
-            map.insert(path.map_key(), id as u32, 0)
-                .with_context(|| format!("adding {path} to the watched paths"))?;
+            map.insert(path.map_key(), id as u32, 0).with_context(|| format!("adding {path} to the watched paths"))?;
         }
         Ok(())
     }
@@ -109,9 +102,10 @@ impl Watcher {
                 .ok_or_else(|| anyhow!("eBPF object has no program {name}"))?
                 .try_into()
                 .with_context(|| format!("{name} is not a tracepoint program"))?;
-            program.load().map_err(|e| one_line(anyhow::Error::new(e))).with_context(|| {
-                format!("the kernel refused eBPF program {name} (for {category}/{tracepoint})")
-            })?;
+            program
+                .load()
+                .map_err(|e| one_line(anyhow::Error::new(e)))
+                .with_context(|| format!("the kernel refused eBPF program {name} (for {category}/{tracepoint})"))?;
             program
                 .attach(category, tracepoint)
                 .map_err(|e| one_line(anyhow::Error::new(e)))
@@ -139,10 +133,7 @@ impl Watcher {
 
     /// Events dropped so far because the events ring buffer was full (all CPUs).
     pub fn dropped_events(&self) -> anyhow::Result<u64> {
-        let map = self
-            .ebpf
-            .map(maps::DROPPED)
-            .ok_or_else(|| anyhow!("eBPF object has no {} map", maps::DROPPED))?;
+        let map = self.ebpf.map(maps::DROPPED).ok_or_else(|| anyhow!("eBPF object has no {} map", maps::DROPPED))?;
         let array: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
         Ok(array.get(&0, 0)?.iter().sum())
     }
@@ -172,13 +163,9 @@ impl Watcher {
     /// Gives `child` its own copy of `parent`'s watched listeners (after a fork), so it keeps
     /// them when the parent exits. Returns how many were copied.
     pub fn inherit_listeners(&mut self, parent: u32, child: u32) -> anyhow::Result<usize> {
-        let mut listeners: HashMap<_, u64, u32> =
-            HashMap::try_from(self.map_mut(maps::LISTENERS)?)?;
-        let inherited: Vec<(u64, u32)> = listeners
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(key, _)| listener_owner(*key) == parent)
-            .collect();
+        let mut listeners: HashMap<_, u64, u32> = HashMap::try_from(self.map_mut(maps::LISTENERS)?)?;
+        let inherited: Vec<(u64, u32)> =
+            listeners.iter().filter_map(Result::ok).filter(|(key, _)| listener_owner(*key) == parent).collect();
         for (key, path_id) in &inherited {
             listeners.insert(listener_key(child, *key as u32), *path_id, 0)?;
         }
@@ -191,13 +178,8 @@ impl Watcher {
 
     /// Forgets every watched listener of a process that exited. Returns how many.
     pub fn forget_process(&mut self, tgid: u32) -> anyhow::Result<usize> {
-        let mut listeners: HashMap<_, u64, u32> =
-            HashMap::try_from(self.map_mut(maps::LISTENERS)?)?;
-        let keys: Vec<u64> = listeners
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|key| listener_owner(*key) == tgid)
-            .collect();
+        let mut listeners: HashMap<_, u64, u32> = HashMap::try_from(self.map_mut(maps::LISTENERS)?)?;
+        let keys: Vec<u64> = listeners.keys().filter_map(Result::ok).filter(|key| listener_owner(*key) == tgid).collect();
         for key in &keys {
             // Already gone is fine: the process may have closed it meanwhile.
             let _ = listeners.remove(key);

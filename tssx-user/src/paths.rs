@@ -42,14 +42,12 @@ impl fmt::Display for PathError {
         match self {
             Self::Empty => write!(f, "empty socket path"),
             Self::EmptyAbstract => write!(f, "abstract socket name `@` has no name after the @"),
-            Self::Relative(p) => write!(
-                f,
-                "socket path `{p}` is relative: give an absolute path (starting with /) or @name for an abstract socket"
-            ),
-            Self::TooLong { path, len } => write!(
-                f,
-                "socket path `{path}` is {len} bytes long; a Unix socket path holds at most {MAX_NAME_LEN} bytes"
-            ),
+            Self::Relative(p) => {
+                write!(f, "socket path `{p}` is relative: give an absolute path (starting with /) or @name for an abstract socket")
+            }
+            Self::TooLong { path, len } => {
+                write!(f, "socket path `{path}` is {len} bytes long; a Unix socket path holds at most {MAX_NAME_LEN} bytes")
+            }
             Self::Nul(p) => write!(f, "socket path `{}` contains a NUL byte", p.escape_debug()),
         }
     }
@@ -168,10 +166,7 @@ mod tests {
         assert_eq!(ok.len(), 107);
         assert!(ok.parse::<WatchedPath>().is_ok());
         let long = format!("/{}", "a".repeat(107));
-        assert_eq!(
-            long.parse::<WatchedPath>(),
-            Err(PathError::TooLong { path: long.clone(), len: 108 })
-        );
+        assert_eq!(long.parse::<WatchedPath>(), Err(PathError::TooLong { path: long.clone(), len: 108 }));
         assert!(format!("@{}", "b".repeat(107)).parse::<WatchedPath>().is_ok());
         assert!(format!("@{}", "b".repeat(108)).parse::<WatchedPath>().is_err());
         // The longest path still fills the key with its bytes and leaves the last one 0.

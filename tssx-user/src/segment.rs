@@ -16,8 +16,7 @@ use core::sync::atomic::{AtomicU32, AtomicU64};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use tssx_common::segment::{
-    CacheLine, End, HeaderError, RingControl, SegmentHeader, SegmentLayout, SegmentState, MAX_RING_CAPACITY,
-    SEGMENT_MAGIC, SEGMENT_VERSION,
+    CacheLine, End, HeaderError, RingControl, SegmentHeader, SegmentLayout, SegmentState, MAX_RING_CAPACITY, SEGMENT_MAGIC, SEGMENT_VERSION,
 };
 
 /// The seals a segment must carry: its size can never change, and neither can its seals.
@@ -74,9 +73,7 @@ impl fmt::Display for SegmentError {
                 write!(f, "segment header size {s}, expected {}", size_of::<SegmentHeader>())
             }
             SegmentError::Header(HeaderError::BadCapacity(c)) => write!(f, "segment ring capacity {c} is invalid"),
-            SegmentError::Header(HeaderError::LayoutMismatch) => {
-                f.write_str("segment header offsets/size disagree with its capacity")
-            }
+            SegmentError::Header(HeaderError::LayoutMismatch) => f.write_str("segment header offsets/size disagree with its capacity"),
             SegmentError::Header(HeaderError::SizeMismatch { expected, actual }) => {
                 write!(f, "segment file is {actual} bytes, its header requires {expected}")
             }
@@ -115,9 +112,7 @@ impl fmt::Debug for Segment {
 /// Maps `len` bytes of `fd` shared, read-write.
 fn map(fd: libc::c_int, len: usize) -> Result<NonNull<SegmentHeader>, SegmentError> {
     // SAFETY: a fresh mapping chosen by the kernel; it aliases nothing in this process.
-    let ptr = unsafe {
-        libc::mmap(core::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0)
-    };
+    let ptr = unsafe { libc::mmap(core::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0) };
     if ptr == libc::MAP_FAILED {
         return Err(SegmentError::last_os("mmap"));
     }
@@ -460,20 +455,14 @@ mod tests {
         assert_eq!(Segment::open(version.as_fd()).unwrap_err(), SegmentError::Header(HeaderError::BadVersion(99)));
 
         let capacity = tampered(|b| b[24..32].copy_from_slice(&3000u64.to_le_bytes()), 0, REQUIRED_SEALS);
-        assert_eq!(
-            Segment::open(capacity.as_fd()).unwrap_err(),
-            SegmentError::Header(HeaderError::BadCapacity(3000))
-        );
+        assert_eq!(Segment::open(capacity.as_fd()).unwrap_err(), SegmentError::Header(HeaderError::BadCapacity(3000)));
 
         // A valid but larger capacity than the file holds.
         let bigger = tampered(|b| b[24..32].copy_from_slice(&8192u64.to_le_bytes()), 0, REQUIRED_SEALS);
         assert_eq!(Segment::open(bigger.as_fd()).unwrap_err(), SegmentError::Header(HeaderError::LayoutMismatch));
 
         let longer = tampered(|_| {}, 4096, REQUIRED_SEALS);
-        assert!(matches!(
-            Segment::open(longer.as_fd()),
-            Err(SegmentError::Header(HeaderError::SizeMismatch { .. }))
-        ));
+        assert!(matches!(Segment::open(longer.as_fd()), Err(SegmentError::Header(HeaderError::SizeMismatch { .. }))));
 
         let tiny = memfd(100, REQUIRED_SEALS);
         assert_eq!(Segment::open(tiny.as_fd()).unwrap_err(), SegmentError::BadSize(100));

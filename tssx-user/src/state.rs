@@ -4,7 +4,10 @@
 use std::{
     fs::{self, File, OpenOptions},
     io::{self, Write as _},
-    os::{fd::AsRawFd as _, unix::fs::{DirBuilderExt as _, OpenOptionsExt as _}},
+    os::{
+        fd::AsRawFd as _,
+        unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
+    },
     path::{Path, PathBuf},
 };
 

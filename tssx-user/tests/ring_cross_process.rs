@@ -200,12 +200,7 @@ impl Side {
                     fill(recv_seed, received, expect);
                     if got != &expect[..] {
                         let at = got.iter().zip(expect.iter()).position(|(a, b)| a != b).unwrap_or(0);
-                        return Err(Failure::Mismatch {
-                            end: self.end,
-                            pos: received + at as u64,
-                            got: got[at],
-                            expect: expect[at],
-                        });
+                        return Err(Failure::Mismatch { end: self.end, pos: received + at as u64, got: got[at], expect: expect[at] });
                     }
                     received += t.bytes as u64;
                 }
@@ -276,9 +271,7 @@ impl Side {
             let mut drain = [0u8; 256];
             loop {
                 // SAFETY: valid buffer of that length.
-                let n = unsafe {
-                    libc::recv(self.bell.as_raw_fd(), drain.as_mut_ptr().cast(), drain.len(), libc::MSG_DONTWAIT)
-                };
+                let n = unsafe { libc::recv(self.bell.as_raw_fd(), drain.as_mut_ptr().cast(), drain.len(), libc::MSG_DONTWAIT) };
                 if n == 0 {
                     return Err(Failure::PeerHungUp { end: self.end, sent, received });
                 }
@@ -292,10 +285,7 @@ impl Side {
 }
 
 fn stress_mib() -> u64 {
-    std::env::var("TSSX_RING_STRESS_MIB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(256)
+    std::env::var("TSSX_RING_STRESS_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(256)
 }
 
 fn side(seg: &Segment, end: End, bell: OwnedFd, total: u64) -> Side {
@@ -379,8 +369,5 @@ fn stream_both_ways_between_processes() {
     assert_eq!(seg.ring_positions(End::Client), (total, total));
     assert_eq!(seg.ring_positions(End::Server), (total, total));
     let mib = (2 * total) as f64 / (1 << 20) as f64;
-    eprintln!(
-        "moved {mib:.0} MiB in {elapsed:.2?} ({:.0} MiB/s both ways); parent: {stats:?}",
-        mib / elapsed.as_secs_f64()
-    );
+    eprintln!("moved {mib:.0} MiB in {elapsed:.2?} ({:.0} MiB/s both ways); parent: {stats:?}", mib / elapsed.as_secs_f64());
 }

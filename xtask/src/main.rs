@@ -145,10 +145,7 @@ fn workspace_root() -> PathBuf {
 }
 
 fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"))
-        .join("debug")
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target")).join("debug")
 }
 
 fn step(what: &str) {
@@ -308,9 +305,7 @@ fn demo(keep: bool) -> anyhow::Result<()> {
         .spawn()
         .context("starting the stream server")?;
     thread::sleep(Duration::from_millis(300));
-    sh(Command::new(bin.join("tssx-test-stream"))
-        .args(["client", &path, "268435456", "1"])
-        .env("LD_PRELOAD", &hook))?;
+    sh(Command::new(bin.join("tssx-test-stream")).args(["client", &path, "268435456", "1"]).env("LD_PRELOAD", &hook))?;
     sh_wait(&mut server)?;
     thread::sleep(Duration::from_millis(1500)); // the agent frees the segment on its next sweep
     step("demo: a client on an unwatched path (no trace expected)");
@@ -345,11 +340,8 @@ fn bench() -> anyhow::Result<()> {
     let path = dir.join("bench.sock");
     let path = path.to_str().context("non-UTF-8 temp dir")?.to_owned();
     let bin = target_dir();
-    let mut agent = Command::new(bin.join("tssx-agent"))
-        .args(["--paths", &path])
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("starting tssx-agent")?;
+    let mut agent =
+        Command::new(bin.join("tssx-agent")).args(["--paths", &path]).stdout(Stdio::piped()).spawn().context("starting tssx-agent")?;
     let mut lines = BufReader::new(agent.stdout.take().expect("piped")).lines();
     if !lines.any(|l| l.is_ok_and(|l| l.contains("ready:"))) {
         bail!("the agent did not start");
@@ -357,10 +349,7 @@ fn bench() -> anyhow::Result<()> {
     // Keep draining the agent's trace so it never blocks on a full pipe.
     let drain = thread::spawn(move || lines.for_each(drop));
     step("benchmark: plain Unix socket vs tssx (hook) vs bare ring, one run");
-    let result = sh(Command::new(bin.join("tssx-bench"))
-        .args(["--preload"])
-        .arg(bin.join("libtssx_preload.so"))
-        .args(["--path", &path]));
+    let result = sh(Command::new(bin.join("tssx-bench")).args(["--preload"]).arg(bin.join("libtssx_preload.so")).args(["--path", &path]));
     sh(Command::new("kill").args(["-TERM", &agent.id().to_string()]))?;
     agent.wait()?;
     let _ = drain.join();

@@ -76,8 +76,22 @@ pub fn report() -> anyhow::Result<()> {
         let swapped = agent.delta(&redis_tssx, before);
         for (p, t) in plain.iter().zip(&tssx) {
             let name = format!("redis-benchmark -c {clients} -n {requests} {}", p.test);
-            apps.row([name.clone(), "requests/s".into(), format!("{:.0}", p.rps), format!("{:.0}", t.rps), ratio(t.rps, p.rps), swapped.clone()]);
-            apps.row([name, "p50 latency".into(), format!("{:.3} ms", p.p50_ms), format!("{:.3} ms", t.p50_ms), ratio(t.p50_ms, p.p50_ms), swapped.clone()]);
+            apps.row([
+                name.clone(),
+                "requests/s".into(),
+                format!("{:.0}", p.rps),
+                format!("{:.0}", t.rps),
+                ratio(t.rps, p.rps),
+                swapped.clone(),
+            ]);
+            apps.row([
+                name,
+                "p50 latency".into(),
+                format!("{:.3} ms", p.p50_ms),
+                format!("{:.3} ms", t.p50_ms),
+                ratio(t.p50_ms, p.p50_ms),
+                swapped.clone(),
+            ]);
         }
     }
     step("report: pgbench -S, one client, plain vs tssx");
@@ -86,13 +100,21 @@ pub fn report() -> anyhow::Result<()> {
     let before = agent.counts(&pg_sock);
     let tssx_tps = pg.bench(&pg_tssx, Some(&hook), false)?;
     let swapped = agent.delta(&pg_sock, before);
-    apps.row(["pgbench -S -c 1 -T 5".into(), "tps".into(), format!("{plain_tps:.0}"), format!("{tssx_tps:.0}"), ratio(tssx_tps, plain_tps), swapped]);
+    apps.row([
+        "pgbench -S -c 1 -T 5".into(),
+        "tps".into(),
+        format!("{plain_tps:.0}"),
+        format!("{tssx_tps:.0}"),
+        ratio(tssx_tps, plain_tps),
+        swapped,
+    ]);
     writeln!(md, "## Real applications\n\nServer and client both under the hook, on a socket the agent watches, against the same programs without the hook. Higher is better for requests/s and tps, lower for latency.\n")?;
     writeln!(md, "{}", apps.render())?;
 
     // The hook's cost when it has nothing to do.
     step("report: the hook on an unwatched path vs no hook");
-    let mut overhead = Table::new(&["test", "no hook", "hook, unwatched path", "overhead", "within 2%", "noise (no-hook runs, quartile spread)"]);
+    let mut overhead =
+        Table::new(&["test", "no hook", "hook, unwatched path", "overhead", "within 2%", "noise (no-hook runs, quartile spread)"]);
     let rtt = |preload: Option<&Path>| worker_seconds(&bin, &unwatched, preload, "rtt", 64, 20_000).map(|s| s / 20_000.0 * 1e6);
     let calls = |preload: Option<&Path>| -> anyhow::Result<f64> {
         let out = preloaded(bin.join("tssx-bench"), preload).args(["calls", &unwatched, "20000"]).stderr(Stdio::inherit()).output()?;
@@ -101,7 +123,11 @@ pub fn report() -> anyhow::Result<()> {
     };
     // Many short runs, alternating: the VM's bursts of noise hit both sides alike.
     let measured = alternate(CALLS_REPS, || calls(None), || calls(Some(&hook)))?;
-    overhead.row(overhead_row(&format!("socket calls, one process, no wake-up: write, poll, read 64 B (median of {CALLS_REPS})"), measured, "ns per call"));
+    overhead.row(overhead_row(
+        &format!("socket calls, one process, no wake-up: write, poll, read 64 B (median of {CALLS_REPS})"),
+        measured,
+        "ns per call",
+    ));
     let measured = alternate(OVERHEAD_REPS, || rtt(None), || rtt(Some(&hook)))?;
     overhead.row(overhead_row("round trip 64 B (median of 11)", measured, "us"));
     let stream = |preload: Option<&Path>| worker_seconds(&bin, &unwatched, preload, "stream", 65536, 1 << 30).map(|s| s * 1e3);
@@ -118,7 +144,8 @@ pub fn report() -> anyhow::Result<()> {
 
     // Connection set-up.
     step("report: connection set-up cost");
-    let mut setup = Table::new(&["connection set-up (connect, accept, 64 B round trip, close)", "plain", "tssx", "hook, unwatched path", "tssx/plain"]);
+    let mut setup =
+        Table::new(&["connection set-up (connect, accept, 64 B round trip, close)", "plain", "tssx", "hook, unwatched path", "tssx/plain"]);
     let setup_bin = bin.join("tssx-bench-setup");
     let plain = setup_seconds(&setup_bin, &unwatched, None, 2000)?;
     let before = agent.counts(&bench_sock);
@@ -140,7 +167,11 @@ pub fn report() -> anyhow::Result<()> {
     let mut points = Vec::new();
     let before = agent.counts(&bench_sock);
     for &size in PLOT_SIZES {
-        let n = match size { 0..=4096 => 20_000, 4097..=65536 => 5_000, _ => 2_000 };
+        let n = match size {
+            0..=4096 => 20_000,
+            4097..=65536 => 5_000,
+            _ => 2_000,
+        };
         let plain = worker_seconds(&bin, &unwatched, None, "rtt", size, n)? / n as f64 * 1e6;
         let tssx = worker_seconds(&bin, &bench_sock, Some(&hook), "rtt", size, n)? / n as f64 * 1e6;
         latency.row([format!("{size} B"), format!("{plain:.2} us"), format!("{tssx:.2} us"), ratio(tssx, plain)]);
@@ -164,7 +195,10 @@ pub fn report() -> anyhow::Result<()> {
     writeln!(md, "## Microbenchmarks (`tssx-bench`)\n\n{}", String::from_utf8_lossy(&micro.stdout))?;
 
     let load_after = load_average();
-    writeln!(md, "Load average at the start: {load_before}; at the end: {load_after}. Other work on the machine makes these numbers noisy.")?;
+    writeln!(
+        md,
+        "Load average at the start: {load_before}; at the end: {load_after}. Other work on the machine makes these numbers noisy."
+    )?;
     agent.stop()?;
     let path = out_dir.join("REPORT.md");
     std::fs::write(&path, &md).with_context(|| format!("writing {}", path.display()))?;
@@ -182,7 +216,13 @@ fn ratio(measured: f64, baseline: f64) -> String {
 /// own spread (interquartile range over the median): an overhead below it is not measurable.
 fn overhead_row(name: &str, (plain, hooked, noise): (f64, f64, f64), unit: &str) -> [String; 6] {
     let over = hooked / plain - 1.0;
-    let verdict = if over <= OVERHEAD_BUDGET { "yes" } else if over <= noise { "no (within noise)" } else { "**no**" };
+    let verdict = if over <= OVERHEAD_BUDGET {
+        "yes"
+    } else if over <= noise {
+        "no (within noise)"
+    } else {
+        "**no**"
+    };
     [
         name.into(),
         format!("{plain:.2} {unit}"),
@@ -195,7 +235,11 @@ fn overhead_row(name: &str, (plain, hooked, noise): (f64, f64, f64), unit: &str)
 
 /// Runs `a` and `b` alternately `reps` times each; returns their medians and the relative
 /// interquartile spread of `a`'s runs.
-fn alternate(reps: usize, mut a: impl FnMut() -> anyhow::Result<f64>, mut b: impl FnMut() -> anyhow::Result<f64>) -> anyhow::Result<(f64, f64, f64)> {
+fn alternate(
+    reps: usize,
+    mut a: impl FnMut() -> anyhow::Result<f64>,
+    mut b: impl FnMut() -> anyhow::Result<f64>,
+) -> anyhow::Result<(f64, f64, f64)> {
     let (mut xs, mut ys) = (Vec::new(), Vec::new());
     for _ in 0..reps {
         xs.push(a()?);
@@ -401,12 +445,22 @@ fn setup_seconds(setup_bin: &Path, path: &str, preload: Option<&Path>, count: u3
 /// parses the number the client prints.
 fn worker_pair(program: &Path, preload: Option<&Path>, args: &[String]) -> anyhow::Result<f64> {
     let _ = std::fs::remove_file(&args[0]);
-    let mut server = preloaded(program, preload).arg("serve").args(args).stdout(Stdio::piped()).spawn().with_context(|| format!("starting {}", program.display()))?;
+    let mut server = preloaded(program, preload)
+        .arg("serve")
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", program.display()))?;
     let mut ready = [0u8; 6];
     server.stdout.as_mut().expect("piped").read_exact(&mut ready).context("waiting for the bench server")?;
     let out = preloaded(program, preload).arg("drive").args(args).stderr(Stdio::inherit()).output()?;
     let server_status = server.wait()?;
-    ensure!(out.status.success() && server_status.success(), "{} drive {args:?}: client {}, server {server_status}", program.display(), out.status);
+    ensure!(
+        out.status.success() && server_status.success(),
+        "{} drive {args:?}: client {}, server {server_status}",
+        program.display(),
+        out.status
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     text.trim().parse().with_context(|| format!("{} printed {text:?}", program.display()))
 }
@@ -557,7 +611,11 @@ fn latency_svg(points: &[(usize, f64, f64)]) -> String {
             svg += &format!("<circle cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"3.5\" fill=\"{color}\"/>\n");
         }
         let ly = top + 16.0 + 18.0 * (series as f64 - 1.0);
-        svg += &format!("<line x1=\"{0:.1}\" y1=\"{ly:.1}\" x2=\"{1:.1}\" y2=\"{ly:.1}\" stroke=\"{color}\" stroke-width=\"2\"/>\n", left + 12.0, left + 36.0);
+        svg += &format!(
+            "<line x1=\"{0:.1}\" y1=\"{ly:.1}\" x2=\"{1:.1}\" y2=\"{ly:.1}\" stroke=\"{color}\" stroke-width=\"2\"/>\n",
+            left + 12.0,
+            left + 36.0
+        );
         svg += &format!("<text x=\"{:.1}\" y=\"{:.1}\">{name}</text>\n", left + 42.0, ly + 4.0);
     }
     svg += "</svg>\n";

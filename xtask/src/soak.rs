@@ -73,7 +73,8 @@ fn agent_use(pid: u32) -> anyhow::Result<AgentUse> {
         }
     }
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let rss_kib = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0);
+    let rss_kib =
+        status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0);
     Ok(AgentUse { fds, memfds, rss_kib })
 }
 
@@ -184,7 +185,8 @@ fn one_pair(bin: &Path, hook: &Path, path: &str, rng: &mut Rng, tally: &mut Tall
 /// Runs the soak for `seconds` (pairs already running are finished).
 pub fn run(bin: &Path, seconds: u64, seed: Option<u64>) -> anyhow::Result<()> {
     let _lock = lock()?;
-    let seed = seed.unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64) | 1);
+    let seed =
+        seed.unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64) | 1);
     eprintln!("xtask: soak for {seconds} s with {LANES} pairs at a time, seed {seed} (rerun: --seed {seed})");
     let dir = std::env::temp_dir().join("tssx-soak");
     std::fs::create_dir_all(&dir)?;

@@ -13,7 +13,10 @@
 use std::{
     io::{Read, Write},
     os::unix::net::UnixStream,
-    sync::atomic::{AtomicU32, Ordering::{Acquire, Release}},
+    sync::atomic::{
+        AtomicU32,
+        Ordering::{Acquire, Release},
+    },
     time::Instant,
 };
 
@@ -59,7 +62,9 @@ fn doorbell(rounds: u32) -> f64 {
 /// word counts hand-overs; even = parent's turn, odd = child's.
 fn futex(rounds: u32) -> f64 {
     // SAFETY: a fresh shared anonymous mapping of one page, zeroed by the kernel.
-    let page = unsafe { libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED | libc::MAP_ANONYMOUS, -1, 0) };
+    let page = unsafe {
+        libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED | libc::MAP_ANONYMOUS, -1, 0)
+    };
     assert!(page != libc::MAP_FAILED, "mmap");
     // SAFETY: the page is mapped for the life of both processes and holds a zeroed u32.
     let turn = unsafe { &*page.cast::<AtomicU32>() };

@@ -30,7 +30,11 @@ const STREAM_BYTES: u64 = 1 << 30;
 
 /// Round trips to time for a message size (fewer for big messages).
 fn round_trips(size: usize) -> u64 {
-    if size <= 1024 { 20_000 } else { 5_000 }
+    if size <= 1024 {
+        20_000
+    } else {
+        5_000
+    }
 }
 
 /// One test: `("rtt", size)` or `("stream", size)`. The server side of each.

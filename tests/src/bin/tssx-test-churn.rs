@@ -77,7 +77,8 @@ fn main() {
             let mut ok = 0;
             for i in 0..n {
                 if kill_every > 0 && i % kill_every == kill_every - 1 {
-                    let mut child = Command::new(&me).args(["victim", &path, &i.to_string()]).stdout(Stdio::piped()).spawn().expect("spawn victim");
+                    let mut child =
+                        Command::new(&me).args(["victim", &path, &i.to_string()]).stdout(Stdio::piped()).spawn().expect("spawn victim");
                     let mut line = String::new();
                     BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("victim line");
                     assert_eq!(line.trim(), "sent", "victim {i}");

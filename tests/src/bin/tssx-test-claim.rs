@@ -3,7 +3,10 @@
 //!
 //! `tssx-test-claim STATE_DIR client|server FD`: prints `reply kind=K reason=R fd=yes|no`, or
 //! `no reply` if the agent closed the connection, and exits 0.
-use std::{io::Write as _, os::{fd::AsRawFd as _, unix::net::UnixStream}};
+use std::{
+    io::Write as _,
+    os::{fd::AsRawFd as _, unix::net::UnixStream},
+};
 
 use tssx_common::control::{Reply, Request, Role, CONTROL_SOCKET, REPLY_SIZE};
 

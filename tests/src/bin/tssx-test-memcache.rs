@@ -28,8 +28,7 @@ fn reply(reader: &mut BufReader<UnixStream>) -> String {
             all.push_str(&String::from_utf8_lossy(&data));
             continue;
         }
-        let terminal = ["END", "STORED", "NOT_STORED", "EXISTS", "NOT_FOUND", "DELETED", "TOUCHED", "OK", "ERROR"]
-            .contains(&word)
+        let terminal = ["END", "STORED", "NOT_STORED", "EXISTS", "NOT_FOUND", "DELETED", "TOUCHED", "OK", "ERROR"].contains(&word)
             || word.starts_with("CLIENT_ERROR")
             || word.starts_with("SERVER_ERROR")
             || word.starts_with("VERSION")

@@ -15,7 +15,10 @@
 //! so a write to a dead peer returns EPIPE.
 use std::{
     io::{Read, Write},
-    os::{fd::AsRawFd as _, unix::net::{UnixListener, UnixStream}},
+    os::{
+        fd::AsRawFd as _,
+        unix::net::{UnixListener, UnixStream},
+    },
 };
 
 /// Blocks until `fd` is readable (or hung up), with `poll` or `epoll_wait` and no timeout.

@@ -7,7 +7,10 @@
 //! parent itself never accepts.
 use std::{
     io::{BufRead, BufReader, Write},
-    os::{fd::AsRawFd, unix::net::{SocketAddr, UnixListener, UnixStream}},
+    os::{
+        fd::AsRawFd,
+        unix::net::{SocketAddr, UnixListener, UnixStream},
+    },
     thread,
 };
 

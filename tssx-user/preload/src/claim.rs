@@ -4,7 +4,10 @@
 //! `/run/tssx/agent.sock`. No agent (no file, or nobody listening): the hook does nothing, at
 //! once, without waiting.
 
-use std::os::{fd::{FromRawFd as _, OwnedFd}, unix::ffi::OsStrExt as _};
+use std::os::{
+    fd::{FromRawFd as _, OwnedFd},
+    unix::ffi::OsStrExt as _,
+};
 
 use tssx_common::control::{Reply, ReplyKind, Request, Role, REPLY_SIZE};
 
@@ -145,7 +148,13 @@ fn ask_agent(request: Request) -> Option<(Reply, Option<OwnedFd>, OwnedFd)> {
     let timeout = libc::timeval { tv_sec: CLAIM_TIMEOUT_SECS, tv_usec: 0 };
     // SAFETY: passes a live timeval of the stated size.
     unsafe {
-        libc::setsockopt(raw, libc::SOL_SOCKET, libc::SO_RCVTIMEO, (&timeout as *const libc::timeval).cast(), std::mem::size_of::<libc::timeval>() as libc::socklen_t)
+        libc::setsockopt(
+            raw,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&timeout as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
     };
     tssx_user::fdpass::send_with_fd(raw, &request.encode(), None).ok()?;
     let mut buf = [0u8; REPLY_SIZE];

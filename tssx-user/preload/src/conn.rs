@@ -518,7 +518,10 @@ impl Backoff {
             return Ok(());
         }
         // The announcement's fence orders these flag reads after it (see `Conn::announce`).
-        let result = if conn.rcv_shut() || conn.send_shut() || conn.state() != Some(SegmentState::Active) && conn.state() != Some(SegmentState::Pending) {
+        let result = if conn.rcv_shut()
+            || conn.send_shut()
+            || conn.state() != Some(SegmentState::Active) && conn.state() != Some(SegmentState::Pending)
+        {
             Ok(())
         } else {
             conn.sleep_on_socket(fd)

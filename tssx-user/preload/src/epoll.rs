@@ -18,7 +18,10 @@
 use std::{
     cell::UnsafeCell,
     ptr::null_mut,
-    sync::atomic::{fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering::{Acquire, Relaxed, Release, SeqCst}},
+    sync::atomic::{
+        fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64,
+        Ordering::{Acquire, Relaxed, Release, SeqCst},
+    },
 };
 
 use libc::{c_int, epoll_event, sigset_t};
@@ -107,7 +110,13 @@ fn set_or_new(epfd: c_int) -> Option<&'static Set> {
         return Some(s);
     }
     let slot = SETS.get(usize::try_from(epfd).ok()?)?;
-    let new = Box::into_raw(Box::new(Set { locked: AtomicBool::new(false), entries: UnsafeCell::new(Vec::new()), next: UnsafeCell::new(0), plain_checked_ns: AtomicU64::new(0), plain_skips: AtomicU32::new(0) }));
+    let new = Box::into_raw(Box::new(Set {
+        locked: AtomicBool::new(false),
+        entries: UnsafeCell::new(Vec::new()),
+        next: UnsafeCell::new(0),
+        plain_checked_ns: AtomicU64::new(0),
+        plain_skips: AtomicU32::new(0),
+    }));
     if let Err(_) = slot.compare_exchange(null_mut(), new, Release, Acquire) {
         // SAFETY: ours, never shared.
         drop(unsafe { Box::from_raw(new) });
@@ -441,7 +450,13 @@ pub unsafe fn wait(epfd: c_int, events: *mut epoll_event, maxevents: c_int, time
 ///
 /// # Safety
 /// As [`wait`].
-pub unsafe fn real_wait(epfd: c_int, events: *mut epoll_event, maxevents: c_int, timeout_ns: Option<u64>, sigmask: *const sigset_t) -> c_int {
+pub unsafe fn real_wait(
+    epfd: c_int,
+    events: *mut epoll_event,
+    maxevents: c_int,
+    timeout_ns: Option<u64>,
+    sigmask: *const sigset_t,
+) -> c_int {
     let ms = match timeout_ns {
         None => -1,
         Some(ns) => ns.div_ceil(1_000_000).min(c_int::MAX as u64) as c_int,

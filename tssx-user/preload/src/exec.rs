@@ -148,11 +148,8 @@ unsafe fn with_inherit(envp: *const *const c_char, spawn: bool, exec: impl FnOnc
     }
     let var = CString::new(format!("{INHERIT_VAR}={}", encode(&list))).expect("digits only");
     // SAFETY: per the contract.
-    let mut env: Vec<*const c_char> = unsafe { env_entries(envp) }
-        .into_iter()
-        .filter(|e| !e.to_bytes().starts_with(INHERIT_VAR.as_bytes()))
-        .map(CStr::as_ptr)
-        .collect();
+    let mut env: Vec<*const c_char> =
+        unsafe { env_entries(envp) }.into_iter().filter(|e| !e.to_bytes().starts_with(INHERIT_VAR.as_bytes())).map(CStr::as_ptr).collect();
     env.push(var.as_ptr());
     env.push(std::ptr::null());
     if spawn {

@@ -423,7 +423,13 @@ pub unsafe extern "C" fn ppoll(fds: *mut libc::pollfd, n: libc::nfds_t, ts: *con
 /// # Safety
 /// libc's `select`.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn select(n: c_int, r: *mut libc::fd_set, w: *mut libc::fd_set, e: *mut libc::fd_set, tv: *mut libc::timeval) -> c_int {
+pub unsafe extern "C" fn select(
+    n: c_int,
+    r: *mut libc::fd_set,
+    w: *mut libc::fd_set,
+    e: *mut libc::fd_set,
+    tv: *mut libc::timeval,
+) -> c_int {
     // SAFETY: the sets are valid for `n` fds, per select's contract.
     if unsafe { poll::select_has_swapped(n, [r, w, e]) } {
         // SAFETY: `tv` is null or valid.
@@ -446,7 +452,14 @@ pub unsafe extern "C" fn select(n: c_int, r: *mut libc::fd_set, w: *mut libc::fd
 /// # Safety
 /// libc's `pselect`.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn pselect(n: c_int, r: *mut libc::fd_set, w: *mut libc::fd_set, e: *mut libc::fd_set, ts: *const libc::timespec, mask: *const libc::sigset_t) -> c_int {
+pub unsafe extern "C" fn pselect(
+    n: c_int,
+    r: *mut libc::fd_set,
+    w: *mut libc::fd_set,
+    e: *mut libc::fd_set,
+    ts: *const libc::timespec,
+    mask: *const libc::sigset_t,
+) -> c_int {
     // SAFETY: the sets are valid for `n` fds, per pselect's contract.
     if unsafe { poll::select_has_swapped(n, [r, w, e]) } {
         // SAFETY: `ts` and `mask` are null or valid.
@@ -485,7 +498,13 @@ pub unsafe extern "C" fn epoll_wait(epfd: c_int, events: *mut libc::epoll_event,
 /// # Safety
 /// libc's `epoll_pwait`.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn epoll_pwait(epfd: c_int, events: *mut libc::epoll_event, max: c_int, timeout: c_int, mask: *const libc::sigset_t) -> c_int {
+pub unsafe extern "C" fn epoll_pwait(
+    epfd: c_int,
+    events: *mut libc::epoll_event,
+    max: c_int,
+    timeout: c_int,
+    mask: *const libc::sigset_t,
+) -> c_int {
     if epoll::has_set(epfd) {
         // SAFETY: forwarded.
         return unsafe { epoll::wait(epfd, events, max, ms_to_ns(timeout), mask) };
@@ -500,7 +519,13 @@ pub unsafe extern "C" fn epoll_pwait(epfd: c_int, events: *mut libc::epoll_event
 /// # Safety
 /// libc's `epoll_pwait2`.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn epoll_pwait2(epfd: c_int, events: *mut libc::epoll_event, max: c_int, ts: *const libc::timespec, mask: *const libc::sigset_t) -> c_int {
+pub unsafe extern "C" fn epoll_pwait2(
+    epfd: c_int,
+    events: *mut libc::epoll_event,
+    max: c_int,
+    ts: *const libc::timespec,
+    mask: *const libc::sigset_t,
+) -> c_int {
     if epoll::has_set(epfd) {
         // SAFETY: forwarded; `ts` is null or valid.
         return unsafe { epoll::wait(epfd, events, max, ts_to_ns(ts), mask) };

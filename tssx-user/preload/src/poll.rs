@@ -155,9 +155,9 @@ pub unsafe fn poll(fds: &mut [pollfd], timeout_ns: Option<u64>, sigmask: *const 
                 c.announce();
                 shared |= c.is_shared();
                 if c.state() == Some(SegmentState::Pending) {
-                        c.check_agent();
-                        pending = true;
-                    }
+                    c.check_agent();
+                    pending = true;
+                }
             }
         }
         fence(SeqCst);
@@ -188,7 +188,14 @@ pub unsafe fn poll(fds: &mut [pollfd], timeout_ns: Option<u64>, sigmask: *const 
 ///
 /// # Safety
 /// The sets are null or valid for `nfds` fds; `sigmask` is null or valid.
-pub unsafe fn select(nfds: c_int, rd: *mut libc::fd_set, wr: *mut libc::fd_set, ex: *mut libc::fd_set, timeout_ns: Option<u64>, sigmask: *const sigset_t) -> c_int {
+pub unsafe fn select(
+    nfds: c_int,
+    rd: *mut libc::fd_set,
+    wr: *mut libc::fd_set,
+    ex: *mut libc::fd_set,
+    timeout_ns: Option<u64>,
+    sigmask: *const sigset_t,
+) -> c_int {
     let mut fds = [pollfd { fd: -1, events: 0, revents: 0 }; libc::FD_SETSIZE];
     let mut n = 0;
     let is_set = |set: *mut libc::fd_set, fd: c_int| -> bool {

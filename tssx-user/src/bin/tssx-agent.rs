@@ -6,8 +6,8 @@ use anyhow::bail;
 use clap::{Parser, ValueEnum};
 use tssx_user::{
     agent::{self, AgentConfig},
-    paths::{self, WatchedPath},
     install,
+    paths::{self, WatchedPath},
     state::DEFAULT_STATE_DIR,
 };
 
@@ -20,7 +20,9 @@ use tssx_user::{
 #[derive(Parser, Debug)]
 #[command(name = "tssx-agent", version, about, long_about)]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
-#[command(after_help = "Example:\n  sudo tssx-agent --paths /var/run/nscd/socket,/run/redis.sock\n  sudo tssx-agent --paths @my-abstract-socket --log-format json")]
+#[command(
+    after_help = "Example:\n  sudo tssx-agent --paths /var/run/nscd/socket,/run/redis.sock\n  sudo tssx-agent --paths @my-abstract-socket --log-format json"
+)]
 struct Cli {
     /// Unix socket paths to watch: absolute paths (at most 107 bytes), or @name for an
     /// abstract socket. Comma-separated, and the option may be repeated.
@@ -123,8 +125,8 @@ fn parse_ring_size(s: &str) -> Result<usize, String> {
 
 /// `tssx-agent status`: asks the agent on its control socket and prints the answer.
 fn status(state_dir: &std::path::Path, json: bool, stats: bool) -> anyhow::Result<()> {
-    use std::io::{BufRead as _, Write as _};
     use anyhow::Context as _;
+    use std::io::{BufRead as _, Write as _};
     let path = state_dir.join(tssx_common::control::CONTROL_SOCKET);
     let mut stream = std::os::unix::net::UnixStream::connect(&path)
         .with_context(|| format!("no tssx-agent is answering on {} (is it running?)", path.display()))?;
@@ -148,11 +150,22 @@ fn status(state_dir: &std::path::Path, json: bool, stats: bool) -> anyhow::Resul
             continue;
         }
         let v: serde_json::Value = serde_json::from_str(&line).context("the agent sent malformed status")?;
-        let end = |e: &serde_json::Value| if e.is_null() { "-".to_owned() } else { format!("{}/{} fd {}", e["pid"], e["comm"].as_str().unwrap_or("?"), e["fd"]) };
+        let end = |e: &serde_json::Value| {
+            if e.is_null() {
+                "-".to_owned()
+            } else {
+                format!("{}/{} fd {}", e["pid"], e["comm"].as_str().unwrap_or("?"), e["fd"])
+            }
+        };
         println!(
             "{:>4}  {:<8} {:<28} {:<28} {:>14} {:>14}  {}",
-            v["id"], v["state"].as_str().unwrap_or("?"), end(&v["client"]), end(&v["server"]),
-            v["bytes_client_to_server"], v["bytes_server_to_client"], v["path"].as_str().unwrap_or("")
+            v["id"],
+            v["state"].as_str().unwrap_or("?"),
+            end(&v["client"]),
+            end(&v["server"]),
+            v["bytes_client_to_server"],
+            v["bytes_server_to_client"],
+            v["path"].as_str().unwrap_or("")
         );
     }
     if !json {
@@ -175,11 +188,7 @@ fn init_tracing(format: LogFormat, verbose: bool) {
     let default = if verbose { "debug" } else { "info" };
     let filter = EnvFilter::try_from_env("TSSX_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let builder = fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_ansi(ansi)
-        .with_writer(std::io::stdout);
+    let builder = fmt().with_env_filter(filter).with_target(false).with_ansi(ansi).with_writer(std::io::stdout);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
@@ -216,7 +225,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .map_err(|e| anyhow::anyhow!("starting the async runtime: {e}"))?;
-    runtime.block_on(agent::run(AgentConfig { paths, state_dir: cli.state_dir, ring_size: cli.ring_size, max_connections: cli.max_connections as usize }))
+    runtime.block_on(agent::run(AgentConfig {
+        paths,
+        state_dir: cli.state_dir,
+        ring_size: cli.ring_size,
+        max_connections: cli.max_connections as usize,
+    }))
 }
 
 fn main() -> ExitCode {
