@@ -33,7 +33,7 @@ pub fn target_dir() -> PathBuf {
 /// Path of the `tssx-agent` binary built next to the tests.
 pub fn agent_bin() -> PathBuf {
     let bin = target_dir().join("tssx-agent");
-    assert!(bin.exists(), "{} is missing: build it first (`cargo build -p tssx-user`; `cargo xtask test` does)", bin.display());
+    assert!(bin.exists(), "{} is missing: build it first (`cargo build -p tssx-agent`; `cargo xtask test` does)", bin.display());
     bin
 }
 

@@ -18,7 +18,7 @@ use tssx_common::{
     segment::{End, SegmentState},
 };
 use tssx_tests::{agent_bin, require_root, temp_dir, Agent};
-use tssx_user::{fdpass, segment::Segment};
+use tssx_shm::{fdpass, segment::Segment};
 
 /// Sends `request` on a fresh control connection; returns the reply and the fd sent with it.
 fn ask(state_dir: &Path, request: &[u8]) -> (Reply, Option<OwnedFd>) {
@@ -26,7 +26,7 @@ fn ask(state_dir: &Path, request: &[u8]) -> (Reply, Option<OwnedFd>) {
     (&stream).write_all(request).unwrap();
     let mut buf = [0u8; REPLY_SIZE];
     let (n, fd) = fdpass::recv_with_fd(stream.as_raw_fd(), &mut buf).unwrap();
-    (Reply::decode(&buf[..n]).expect("a valid reply"), fd)
+    (Reply::decode(&buf[..n]).expect("a valid reply"), fd.map(OwnedFd::from))
 }
 
 fn claim(state_dir: &Path, role: Role, fd: i32) -> (Reply, Option<OwnedFd>) {

@@ -23,7 +23,7 @@ use std::{
 use serde_json::Value;
 use tssx_common::control::{PlainReason, Reply, ReplyKind, Request, Role, CONTROL_SOCKET, REPLY_SIZE};
 use tssx_tests::{hook, monotonic_ns, require_root, temp_dir, Agent, DefaultAgentLock, HookedAgent, Resources, DEFAULT_STATE_DIR};
-use tssx_user::{fdpass, segment::Segment};
+use tssx_shm::{fdpass, segment::Segment};
 
 const STREAM: &str = env!("CARGO_BIN_EXE_tssx-test-stream");
 const PEER: &str = env!("CARGO_BIN_EXE_tssx-test-peer");
@@ -492,7 +492,7 @@ fn ask(state: &Path, request: &[u8]) -> (Reply, Option<OwnedFd>) {
     (&stream).write_all(request).unwrap();
     let mut buf = [0u8; REPLY_SIZE];
     let (n, fd) = fdpass::recv_with_fd(stream.as_raw_fd(), &mut buf).unwrap();
-    (Reply::decode(&buf[..n]).expect("a valid reply"), fd)
+    (Reply::decode(&buf[..n]).expect("a valid reply"), fd.map(OwnedFd::from))
 }
 
 fn third_party_claim(state: &Path, role: &str, fd: i32, as_nobody: bool) -> String {
@@ -750,7 +750,7 @@ fn claim_and_keep(state: &Path, role: Role, fd: i32) -> (Reply, Option<OwnedFd>,
     (&stream).write_all(&Request::claim(role, fd).encode()).unwrap();
     let mut buf = [0u8; REPLY_SIZE];
     let (n, segment) = fdpass::recv_with_fd(stream.as_raw_fd(), &mut buf).unwrap();
-    (Reply::decode(&buf[..n]).expect("a valid reply"), segment, stream)
+    (Reply::decode(&buf[..n]).expect("a valid reply"), segment.map(OwnedFd::from), stream)
 }
 
 /// How long until `stream` reads EOF (panics if data arrives, or nothing within `limit`).

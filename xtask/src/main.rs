@@ -246,7 +246,7 @@ fn loom() -> anyhow::Result<()> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     sh(Command::new(cargo)
         .current_dir(workspace_root())
-        .args(["test", "--release", "-p", "tssx-user", "--test", "ring_loom"])
+        .args(["test", "--release", "-p", "tssx-shm", "--test", "ring_loom"])
         .env("RUSTFLAGS", "--cfg tssx_loom")
         .env("TSSX_SKIP_EBPF", "1")
         .env("CARGO_TARGET_DIR", workspace_root().join("target").join("loom")))
@@ -254,7 +254,7 @@ fn loom() -> anyhow::Result<()> {
 
 fn build() -> anyhow::Result<()> {
     step("building (eBPF programs, agent, preload hook, test programs)");
-    cargo(&["build", "--quiet", "-p", "tssx-user", "-p", "tssx-preload", "-p", "tssx-tests"], &[])
+    cargo(&["build", "--quiet", "-p", "tssx-agent", "-p", "tssx-preload", "-p", "tssx-tests"], &[])
 }
 
 /// Starts the agent on a demo socket, runs the demo server and client, shows the trace.

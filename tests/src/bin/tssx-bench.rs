@@ -22,7 +22,7 @@ use std::{
 };
 
 use tssx_common::segment::End;
-use tssx_user::segment::Segment;
+use tssx_shm::segment::Segment;
 
 const LATENCY_SIZES: &[usize] = &[64, 1024, 16 * 1024, 64 * 1024];
 const STREAM_SIZES: &[usize] = &[4 * 1024, 64 * 1024, 1 << 20];
@@ -115,13 +115,13 @@ fn ring_test(test: &str, size: usize, count: u64) -> f64 {
     // SAFETY: one producer and one consumer per ring per process; dropped before the segment.
     let (mut tx, mut rx) = unsafe { (segment.producer(end), segment.consumer(end)) };
     let mut buf = vec![7u8; size.max(1)];
-    let write_all = |tx: &mut tssx_user::ring::Producer, data: &[u8]| {
+    let write_all = |tx: &mut tssx_shm::ring::Producer, data: &[u8]| {
         let mut done = 0;
         while done < data.len() {
             done += tx.write(&data[done..]).bytes;
         }
     };
-    let read_exact = |rx: &mut tssx_user::ring::Consumer, data: &mut [u8]| {
+    let read_exact = |rx: &mut tssx_shm::ring::Consumer, data: &mut [u8]| {
         let mut done = 0;
         while done < data.len() {
             done += rx.read(&mut data[done..]).bytes;

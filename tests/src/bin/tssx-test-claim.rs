@@ -20,7 +20,7 @@ fn main() {
     let stream = UnixStream::connect(std::path::Path::new(dir).join(CONTROL_SOCKET)).expect("connect to the control socket");
     (&stream).write_all(&Request::claim(role, fd).encode()).expect("send claim");
     let mut buf = [0u8; REPLY_SIZE];
-    let (n, segment) = tssx_user::fdpass::recv_with_fd(stream.as_raw_fd(), &mut buf).expect("recvmsg");
+    let (n, segment) = tssx_shm::fdpass::recv_with_fd(stream.as_raw_fd(), &mut buf).expect("recvmsg");
     match Reply::decode(&buf[..n]) {
         Ok(reply) => println!("reply kind={} reason={} fd={}", reply.kind, reply.reason, if segment.is_some() { "yes" } else { "no" }),
         Err(_) => println!("no reply"),

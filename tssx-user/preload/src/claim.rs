@@ -156,11 +156,11 @@ fn ask_agent(request: Request) -> Option<(Reply, Option<OwnedFd>, OwnedFd)> {
             std::mem::size_of::<libc::timeval>() as libc::socklen_t,
         )
     };
-    tssx_user::fdpass::send_with_fd(raw, &request.encode(), None).ok()?;
+    tssx_shm::fdpass::send_with_fd(raw, &request.encode(), None).ok()?;
     let mut buf = [0u8; REPLY_SIZE];
-    let (n, fd) = tssx_user::fdpass::recv_with_fd(raw, &mut buf).ok()?;
+    let (n, fd) = tssx_shm::fdpass::recv_with_fd(raw, &mut buf).ok()?;
     let reply = Reply::decode(&buf[..n]).ok()?;
-    Some((reply, fd, sock))
+    Some((reply, fd.map(OwnedFd::from), sock))
 }
 
 /// Claims `fd` as the `role` end; if the agent says swap: the segment fd, and for a client the

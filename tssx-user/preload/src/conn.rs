@@ -33,7 +33,7 @@ use std::{
 
 use libc::c_int;
 use tssx_common::segment::{End, SegmentState, SHUT_READ, SHUT_RESET, SHUT_WRITE};
-use tssx_user::{
+use tssx_shm::{
     ring::{Consumer, Producer, Transfer},
     segment::Segment,
 };

@@ -16,8 +16,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use tssx_common::segment::End;
-use tssx_user::ring::{Consumer, Producer, Transfer};
-use tssx_user::segment::Segment;
+use tssx_shm::ring::{Consumer, Producer, Transfer};
+use tssx_shm::segment::Segment;
 
 const RING_CAPACITY: usize = 1 << 18;
 const MAX_IO: usize = 1 << 20;

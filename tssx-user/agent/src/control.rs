@@ -67,7 +67,9 @@ use tssx_common::{
     segment::{End, SegmentState},
 };
 
-use crate::{fdpass, feed::EventFeed, paths::WatchedPath, segment::Segment, sockdiag};
+use tssx_shm::{fdpass, segment::Segment};
+
+use crate::{feed::EventFeed, paths::WatchedPath, sockdiag};
 
 /// How long a claim waits for the kernel event that proves it (events reach the agent through
 /// the ring buffer a little after the syscall returned).

@@ -5,15 +5,17 @@
 //! [`tssx_common::segment`]. A [`Segment`] owns its mapping (unmapped on drop) and hands out the
 //! ring handles of [`crate::ring`].
 //!
-//! Everything here uses `libc` directly and allocates nothing, so the preload hook can map a
-//! segment it receives.
+//! Every system call goes through [`crate::sys`] (raw system calls) and nothing here allocates,
+//! so the preload hook can map a segment it receives.
 
 use core::fmt;
 use core::mem::size_of;
 use core::ptr::NonNull;
 use core::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 use core::sync::atomic::{AtomicU32, AtomicU64};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use crate::sys::{self, Errno, Fd};
 
 use tssx_common::segment::{
     CacheLine, End, HeaderError, RingControl, SegmentHeader, SegmentLayout, SegmentState, MAX_RING_CAPACITY, SEGMENT_MAGIC, SEGMENT_VERSION,
@@ -48,8 +50,8 @@ pub enum SegmentError {
 }
 
 impl SegmentError {
-    fn last_os(call: &'static str) -> SegmentError {
-        SegmentError::Os { call, errno: std::io::Error::last_os_error().raw_os_error().unwrap_or(0) }
+    fn os(call: &'static str) -> impl FnOnce(Errno) -> SegmentError {
+        move |e| SegmentError::Os { call, errno: e.0 }
     }
 }
 
@@ -91,7 +93,7 @@ pub struct Segment {
     base: NonNull<SegmentHeader>,
     layout: SegmentLayout,
     /// The memfd, for a segment this process created (to be passed to the ends).
-    fd: Option<OwnedFd>,
+    fd: Option<Fd>,
 }
 
 // SAFETY: see the type's documentation; the mapping is process-wide, not thread-bound.
@@ -111,11 +113,7 @@ impl fmt::Debug for Segment {
 
 /// Maps `len` bytes of `fd` shared, read-write.
 fn map(fd: libc::c_int, len: usize) -> Result<NonNull<SegmentHeader>, SegmentError> {
-    // SAFETY: a fresh mapping chosen by the kernel; it aliases nothing in this process.
-    let ptr = unsafe { libc::mmap(core::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0) };
-    if ptr == libc::MAP_FAILED {
-        return Err(SegmentError::last_os("mmap"));
-    }
+    let ptr = sys::mmap_shared(fd, len).map_err(SegmentError::os("mmap"))?;
     // mmap returns page-aligned memory, enough for the header's 64-byte alignment.
     NonNull::new(ptr.cast::<SegmentHeader>()).ok_or(SegmentError::Os { call: "mmap", errno: libc::EINVAL })
 }
@@ -126,7 +124,7 @@ fn map(fd: libc::c_int, len: usize) -> Result<NonNull<SegmentHeader>, SegmentErr
 /// `base..base + len` is a mapping made by `map` that nothing references any more.
 unsafe fn unmap(base: NonNull<SegmentHeader>, len: usize) {
     // SAFETY: by the caller's contract. A failure (EINVAL only for bad arguments) leaks.
-    unsafe { libc::munmap(base.as_ptr().cast(), len) };
+    let _ = unsafe { sys::munmap(base.as_ptr().cast(), len) };
 }
 
 impl Segment {
@@ -135,23 +133,11 @@ impl Segment {
     /// TSSX bits and refcounts zero). [`Segment::fd`] gives the memfd to pass to the two ends.
     pub fn create(ring_capacity: usize) -> Result<Segment, SegmentError> {
         let layout = SegmentLayout::new(ring_capacity).ok_or(SegmentError::InvalidCapacity(ring_capacity))?;
-        // SAFETY: the name is a NUL-terminated literal.
-        let raw = unsafe { libc::memfd_create(c"tssx-segment".as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
-        if raw < 0 {
-            return Err(SegmentError::last_os("memfd_create"));
-        }
-        // SAFETY: `raw` is a new descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let size = libc::off_t::try_from(layout.total_size).map_err(|_| SegmentError::InvalidCapacity(ring_capacity))?;
-        // SAFETY: plain system calls on our own descriptor.
-        if unsafe { libc::ftruncate(fd.as_raw_fd(), size) } < 0 {
-            return Err(SegmentError::last_os("ftruncate"));
-        }
-        // SAFETY: as above.
-        if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, REQUIRED_SEALS) } < 0 {
-            return Err(SegmentError::last_os("fcntl(F_ADD_SEALS)"));
-        }
-        let base = map(fd.as_raw_fd(), layout.total_size)?;
+        let fd = sys::memfd_create(c"tssx-segment", libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
+            .map_err(SegmentError::os("memfd_create"))?;
+        sys::ftruncate(fd.raw(), layout.total_size as u64).map_err(SegmentError::os("ftruncate"))?;
+        sys::fcntl(fd.raw(), libc::F_ADD_SEALS, REQUIRED_SEALS as usize).map_err(SegmentError::os("fcntl(F_ADD_SEALS)"))?;
+        let base = map(fd.raw(), layout.total_size)?;
         let header = SegmentHeader {
             magic: SEGMENT_MAGIC,
             version: SEGMENT_VERSION,
@@ -179,12 +165,7 @@ impl Segment {
     /// ABI before returning.
     pub fn open(fd: BorrowedFd<'_>) -> Result<Segment, SegmentError> {
         let fd = fd.as_raw_fd();
-        // SAFETY: `stat` is plain old data; fstat fills it.
-        let mut st: libc::stat = unsafe { core::mem::zeroed() };
-        // SAFETY: valid descriptor (borrowed) and a valid out-pointer.
-        if unsafe { libc::fstat(fd, &mut st) } < 0 {
-            return Err(SegmentError::last_os("fstat"));
-        }
+        let st = sys::fstat(fd).map_err(SegmentError::os("fstat"))?;
         if st.st_mode & libc::S_IFMT != libc::S_IFREG {
             return Err(SegmentError::NotAFile);
         }
@@ -193,11 +174,7 @@ impl Segment {
         if st.st_size < 0 || size < size_of::<SegmentHeader>() as u64 || size > max {
             return Err(SegmentError::BadSize(size));
         }
-        // SAFETY: plain system call on a valid descriptor.
-        let seals = unsafe { libc::fcntl(fd, libc::F_GET_SEALS) };
-        if seals < 0 {
-            return Err(SegmentError::last_os("fcntl(F_GET_SEALS)"));
-        }
+        let seals = sys::fcntl(fd, libc::F_GET_SEALS, 0).map_err(SegmentError::os("fcntl(F_GET_SEALS)"))? as libc::c_int;
         if seals & REQUIRED_SEALS != REQUIRED_SEALS {
             return Err(SegmentError::NotSealed { seals });
         }
@@ -219,10 +196,7 @@ impl Segment {
 
     /// The memfd, if this process created the segment.
     pub fn fd(&self) -> Option<BorrowedFd<'_>> {
-        self.fd.as_ref().map(|fd| {
-            use std::os::fd::AsFd;
-            fd.as_fd()
-        })
+        self.fd.as_ref().map(Fd::borrow)
     }
 
     /// The header.
@@ -364,7 +338,7 @@ impl Drop for Segment {
 #[cfg(all(test, not(tssx_loom)))]
 mod tests {
     use super::*;
-    use std::os::fd::AsFd;
+    use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 
     #[test]
     fn create_then_open() {

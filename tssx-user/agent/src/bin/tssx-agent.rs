@@ -4,7 +4,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::bail;
 use clap::{Parser, ValueEnum};
-use tssx_user::{
+use tssx_agent::{
     agent::{self, AgentConfig},
     install,
     paths::{self, WatchedPath},

@@ -1,11 +1,14 @@
 //! Sending and receiving one file descriptor with a small message over a Unix stream socket
-//! (`SCM_RIGHTS`). Plain `libc`, no allocation, so the preload hook can use it too.
+//! (`SCM_RIGHTS`). Raw system calls ([`crate::sys`]) and no allocation, so the preload hook can
+//! use it too.
 
 use std::{
     io,
     mem::{size_of, zeroed},
-    os::fd::{BorrowedFd, FromRawFd as _, OwnedFd, RawFd},
+    os::fd::{BorrowedFd, RawFd},
 };
+
+use crate::sys::{self, Fd};
 
 /// Control-message buffer big enough for one fd, aligned for `cmsghdr`.
 #[repr(C)]
@@ -39,11 +42,8 @@ pub fn send_with_fd(sock: RawFd, bytes: &[u8], fd: Option<BorrowedFd<'_>>) -> io
         }
     }
     // SAFETY: `msg` points at live buffers for the duration of the call.
-    let n = unsafe { libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if n as usize != bytes.len() {
+    let n = unsafe { sys::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) }.map_err(sys::Errno::io)?;
+    if n != bytes.len() {
         return Err(io::Error::new(io::ErrorKind::WriteZero, "short sendmsg"));
     }
     Ok(())
@@ -51,7 +51,12 @@ pub fn send_with_fd(sock: RawFd, bytes: &[u8], fd: Option<BorrowedFd<'_>>) -> io
 
 /// Receives up to `buf.len()` bytes (one `recvmsg`) and the fd attached to them, if any.
 /// Received fds are close-on-exec. Returns the byte count and the fd.
-pub fn recv_with_fd(sock: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<OwnedFd>)> {
+pub fn recv_with_fd(sock: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<Fd>)> {
+    recv_with_fd_flags(sock, buf, 0)
+}
+
+/// As [`recv_with_fd`], with extra `recvmsg` flags (e.g. `MSG_DONTWAIT`).
+pub fn recv_with_fd_flags(sock: RawFd, buf: &mut [u8], flags: libc::c_int) -> io::Result<(usize, Option<Fd>)> {
     let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
     let mut cbuf = CmsgBuf { bytes: [0; 64] };
     // SAFETY: msghdr is plain data; all-zero is a valid empty header.
@@ -62,10 +67,7 @@ pub fn recv_with_fd(sock: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<Ow
     msg.msg_control = unsafe { cbuf.bytes.as_mut_ptr() }.cast();
     msg.msg_controllen = 64;
     // SAFETY: `msg` points at live buffers for the duration of the call.
-    let n = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let n = unsafe { sys::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC | flags) }.map_err(sys::Errno::io)?;
     let mut fd = None;
     // SAFETY: the kernel filled msg_control/msg_controllen; CMSG_* walk within them.
     unsafe {
@@ -76,7 +78,7 @@ pub fn recv_with_fd(sock: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<Ow
                 let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
                 for i in 0..count {
                     let raw = std::ptr::read_unaligned(data.add(i));
-                    let owned = OwnedFd::from_raw_fd(raw);
+                    let owned = Fd::from_raw(raw);
                     // Keep the first; extra fds (never sent by tssx) are closed on drop.
                     if fd.is_none() {
                         fd = Some(owned);
@@ -86,7 +88,7 @@ pub fn recv_with_fd(sock: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<Ow
             cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
         }
     }
-    Ok((n as usize, fd))
+    Ok((n, fd))
 }
 
 #[cfg(test)]
@@ -107,7 +109,7 @@ mod tests {
         let mut buf = [0u8; 16];
         let (n, fd) = recv_with_fd(b.as_raw_fd(), &mut buf).unwrap();
         assert_eq!(&buf[..n], b"hello");
-        let mut got = std::fs::File::from(fd.expect("an fd"));
+        let mut got = std::fs::File::from(std::os::fd::OwnedFd::from(fd.expect("an fd")));
         got.rewind().unwrap();
         let mut text = String::new();
         got.read_to_string(&mut text).unwrap();

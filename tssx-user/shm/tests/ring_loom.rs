@@ -1,6 +1,6 @@
 //! Loom model of the ring: every interleaving (up to a preemption bound) of one producer and
 //! one consumer on a 4-byte ring, with the real `Producer`/`Consumer` code compiled against
-//! loom's atomics, fences and tracked data cells (see the `tssx_user::ring` documentation).
+//! loom's atomics, fences and tracked data cells (see the `tssx_shm::ring` documentation).
 //!
 //! Run with:
 //! `RUSTFLAGS="--cfg tssx_loom" cargo test --release -p tssx-user --test ring_loom`
@@ -19,8 +19,8 @@ use loom::sync::atomic::{AtomicU32, AtomicU64};
 use loom::sync::{Arc, Condvar, Mutex};
 use loom::thread;
 
-use tssx_user::ring::sync::DataCell;
-use tssx_user::ring::{Consumer, Producer, RingLock, RingRaw};
+use tssx_shm::ring::sync::DataCell;
+use tssx_shm::ring::{Consumer, Producer, RingLock, RingRaw};
 
 const CAPACITY: usize = 4;
 /// More than the capacity, so that the ring fills, wraps and the producer has to wait.

@@ -1,4 +1,4 @@
-//! tssx user space: the pieces of `tssx-agent`.
+//! The tssx control plane: the pieces of `tssx-agent`.
 //!
 //! * [`paths`]: the watched socket addresses given on the command line.
 //! * [`kernel`]: bpffs/tracefs mounts and tracepoint field offsets.
@@ -6,23 +6,21 @@
 //! * [`trace`]: one trace line per kernel event.
 //! * [`state`]: the agent's state directory (lock, published paths).
 //! * [`control`]: the control socket: claims, pairing, segments, status.
-//! * [`sockdiag`], [`fdpass`]: socket inodes and peers; passing fds.
+//! * [`sockdiag`]: socket inodes and peers.
 //! * [`feed`]: the kernel events ring buffer, shared by the event loop and the claim workers.
-//! * [`segment`], [`ring`]: the shared-memory segment and its SPSC byte rings.
 //! * [`agent`]: the event loop tying them together.
 //! * [`install`]: the system-wide mode (`/etc/ld.so.preload`).
+//!
+//! The segment, ring and fd passing it shares with the hook live in `tssx-shm`.
 #![deny(missing_docs)]
 
 pub mod agent;
 pub mod control;
-pub mod fdpass;
 pub mod feed;
 pub mod install;
 pub mod kernel;
 pub mod loader;
 pub mod paths;
-pub mod ring;
-pub mod segment;
 pub mod sockdiag;
 pub mod state;
 pub mod trace;

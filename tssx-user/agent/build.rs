@@ -15,7 +15,7 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR not set")?;
-    let root_dir = std::path::Path::new(&manifest_dir).join("../tssx-ebpf");
+    let root_dir = std::path::Path::new(&manifest_dir).join("../../tssx-ebpf");
     let root_dir = root_dir.canonicalize().with_context(|| format!("tssx-ebpf not found at {}", root_dir.display()))?;
     let root_dir = root_dir.to_str().ok_or_else(|| anyhow!("non-UTF-8 path to tssx-ebpf"))?;
     aya_build::build_ebpf([aya_build::Package { name: "tssx-ebpf", root_dir, ..Default::default() }], aya_build::Toolchain::default())

@@ -1,0 +1,20 @@
+//! The shared-memory core of tssx: what the agent and the hook both need to share a connection.
+//!
+//! * [`segment`]: creating (agent) and mapping (hook) a connection's sealed memfd segment, whose
+//!   layout is the ABI in [`tssx_common::segment`];
+//! * [`ring`]: the single-producer single-consumer byte ring over that memory, and its sleep and
+//!   wake protocol;
+//! * [`fdpass`]: one fd with a small message over a Unix socket (`SCM_RIGHTS`);
+//! * [`sys`]: the raw system calls everything here makes (never libc's wrappers: inside the
+//!   hook those names are the hook's own exports).
+//!
+//! It depends on `libc` (types and constants) and `tssx-common` only, so the hook can link it
+//! without the agent's crates.
+#![deny(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+pub mod fdpass;
+pub mod ring;
+pub mod segment;
+pub mod sys;
