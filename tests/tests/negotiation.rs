@@ -17,8 +17,8 @@ use tssx_common::{
     control::{PlainReason, Reply, ReplyKind, Request, Role, CONTROL_SOCKET, REPLY_SIZE},
     segment::{End, SegmentState},
 };
-use tssx_tests::{agent_bin, require_root, temp_dir, Agent};
 use tssx_shm::{fdpass, segment::Segment};
+use tssx_tests::{agent_bin, require_root, temp_dir, Agent};
 
 /// Sends `request` on a fresh control connection; returns the reply and the fd sent with it.
 fn ask(state_dir: &Path, request: &[u8]) -> (Reply, Option<OwnedFd>) {

@@ -22,8 +22,8 @@ use std::{
 
 use serde_json::Value;
 use tssx_common::control::{PlainReason, Reply, ReplyKind, Request, Role, CONTROL_SOCKET, REPLY_SIZE};
-use tssx_tests::{hook, monotonic_ns, require_root, temp_dir, Agent, DefaultAgentLock, HookedAgent, Resources, DEFAULT_STATE_DIR};
 use tssx_shm::{fdpass, segment::Segment};
+use tssx_tests::{hook, monotonic_ns, require_root, temp_dir, Agent, DefaultAgentLock, HookedAgent, Resources, DEFAULT_STATE_DIR};
 
 const STREAM: &str = env!("CARGO_BIN_EXE_tssx-test-stream");
 const PEER: &str = env!("CARGO_BIN_EXE_tssx-test-peer");

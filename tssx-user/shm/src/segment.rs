@@ -133,8 +133,8 @@ impl Segment {
     /// TSSX bits and refcounts zero). [`Segment::fd`] gives the memfd to pass to the two ends.
     pub fn create(ring_capacity: usize) -> Result<Segment, SegmentError> {
         let layout = SegmentLayout::new(ring_capacity).ok_or(SegmentError::InvalidCapacity(ring_capacity))?;
-        let fd = sys::memfd_create(c"tssx-segment", libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
-            .map_err(SegmentError::os("memfd_create"))?;
+        let fd =
+            sys::memfd_create(c"tssx-segment", libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING).map_err(SegmentError::os("memfd_create"))?;
         sys::ftruncate(fd.raw(), layout.total_size as u64).map_err(SegmentError::os("ftruncate"))?;
         sys::fcntl(fd.raw(), libc::F_ADD_SEALS, REQUIRED_SEALS as usize).map_err(SegmentError::os("fcntl(F_ADD_SEALS)"))?;
         let base = map(fd.raw(), layout.total_size)?;

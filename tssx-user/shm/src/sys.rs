@@ -138,10 +138,7 @@ pub fn ftruncate(fd: c_int, len: u64) -> SysResult {
 pub fn mmap_shared(fd: c_int, len: usize) -> Result<*mut c_void, Errno> {
     // SAFETY: a fresh mapping chosen by the kernel aliases nothing in this process.
     let addr = unsafe {
-        syscall(
-            libc::SYS_mmap,
-            [0, len, (libc::PROT_READ | libc::PROT_WRITE) as usize, libc::MAP_SHARED as usize, fd as usize, 0],
-        )
+        syscall(libc::SYS_mmap, [0, len, (libc::PROT_READ | libc::PROT_WRITE) as usize, libc::MAP_SHARED as usize, fd as usize, 0])
     }?;
     Ok(addr as *mut c_void)
 }
@@ -172,6 +169,140 @@ pub unsafe fn sendmsg(fd: c_int, msg: *const libc::msghdr, flags: c_int) -> SysR
 pub unsafe fn recvmsg(fd: c_int, msg: *mut libc::msghdr, flags: c_int) -> SysResult {
     // SAFETY: per the contract.
     unsafe { syscall(libc::SYS_recvmsg, [fd as usize, msg as usize, flags as usize, 0, 0, 0]) }
+}
+
+/// `socket(domain, kind, protocol)`: a new fd owned by the result.
+pub fn socket(domain: c_int, kind: c_int, protocol: c_int) -> Result<Fd, Errno> {
+    // SAFETY: no memory is passed; the new fd is owned by the result alone.
+    let fd = unsafe { syscall(libc::SYS_socket, [domain as usize, kind as usize, protocol as usize, 0, 0, 0]) }?;
+    // SAFETY: as above.
+    Ok(unsafe { Fd::from_raw(fd as c_int) })
+}
+
+/// `connect(fd, addr, len)`.
+///
+/// # Safety
+/// `addr` must point at `len` readable bytes.
+pub unsafe fn connect(fd: c_int, addr: *const libc::sockaddr, len: libc::socklen_t) -> SysResult {
+    // SAFETY: per the contract.
+    unsafe { syscall(libc::SYS_connect, [fd as usize, addr as usize, len as usize, 0, 0, 0]) }
+}
+
+/// `getsockopt(fd, level, name, value, len)` into a plain value of type `T`.
+pub fn getsockopt<T: Copy>(fd: c_int, level: c_int, name: c_int, value: &mut T) -> Result<libc::socklen_t, Errno> {
+    let mut len = core::mem::size_of::<T>() as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes into `value`, a live `T`.
+    unsafe {
+        syscall(
+            libc::SYS_getsockopt,
+            [fd as usize, level as usize, name as usize, value as *mut T as usize, &mut len as *mut libc::socklen_t as usize, 0],
+        )
+    }?;
+    Ok(len)
+}
+
+/// `setsockopt(fd, level, name, value, size_of::<T>())`.
+pub fn setsockopt<T: Copy>(fd: c_int, level: c_int, name: c_int, value: &T) -> SysResult {
+    // SAFETY: the kernel reads `size_of::<T>()` bytes from `value`, a live `T`.
+    unsafe {
+        syscall(
+            libc::SYS_setsockopt,
+            [fd as usize, level as usize, name as usize, value as *const T as usize, core::mem::size_of::<T>(), 0],
+        )
+    }
+}
+
+/// `getsockname(fd)` into a `sockaddr_un`; returns the address and its length.
+pub fn getsockname_un(fd: c_int) -> Result<(libc::sockaddr_un, libc::socklen_t), Errno> {
+    // SAFETY: sockaddr_un is plain data; all-zero is valid.
+    let mut addr: libc::sockaddr_un = unsafe { core::mem::zeroed() };
+    let mut len = core::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes into `addr`.
+    unsafe {
+        syscall(
+            libc::SYS_getsockname,
+            [fd as usize, &mut addr as *mut libc::sockaddr_un as usize, &mut len as *mut libc::socklen_t as usize, 0, 0, 0],
+        )
+    }?;
+    Ok((addr, len))
+}
+
+/// `sendto(fd, buf, len, flags, NULL, 0)`.
+pub fn send(fd: c_int, buf: &[u8], flags: c_int) -> SysResult {
+    // SAFETY: the kernel reads `buf.len()` bytes from a live slice.
+    unsafe { syscall(libc::SYS_sendto, [fd as usize, buf.as_ptr() as usize, buf.len(), flags as usize, 0, 0]) }
+}
+
+/// `recvfrom(fd, buf, len, flags, NULL, NULL)`.
+pub fn recv(fd: c_int, buf: &mut [u8], flags: c_int) -> SysResult {
+    // SAFETY: the kernel writes at most `buf.len()` bytes into a live slice.
+    unsafe { syscall(libc::SYS_recvfrom, [fd as usize, buf.as_mut_ptr() as usize, buf.len(), flags as usize, 0, 0]) }
+}
+
+/// `sched_yield()`.
+pub fn sched_yield() {
+    // SAFETY: no arguments, no effect on memory.
+    let _ = unsafe { syscall(libc::SYS_sched_yield, [0; 6]) };
+}
+
+/// `gettid()`.
+pub fn gettid() -> u32 {
+    // SAFETY: no arguments, no effect on memory; never fails.
+    unsafe { syscall(libc::SYS_gettid, [0; 6]) }.unwrap_or(0) as u32
+}
+
+/// `getpid()`.
+pub fn getpid() -> u32 {
+    // SAFETY: no arguments, no effect on memory; never fails.
+    unsafe { syscall(libc::SYS_getpid, [0; 6]) }.unwrap_or(0) as u32
+}
+
+/// Sends `signal` to the calling thread (`tgkill(getpid(), gettid(), signal)`), as the kernel
+/// does for SIGPIPE on a failed socket write.
+pub fn raise_in_thread(signal: c_int) {
+    // SAFETY: signals our own thread; no memory is passed.
+    let _ = unsafe { syscall(libc::SYS_tgkill, [getpid() as usize, gettid() as usize, signal as usize, 0, 0, 0]) };
+}
+
+/// `newfstatat(AT_FDCWD, path, 0)`: `stat(path)`.
+pub fn stat(path: &core::ffi::CStr) -> Result<libc::stat, Errno> {
+    // SAFETY: `stat` is plain data; all-zero is a valid value.
+    let mut st: libc::stat = unsafe { core::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a valid out-pointer (glibc's `struct stat` is the
+    // kernel's on x86-64 and aarch64).
+    unsafe {
+        syscall(libc::SYS_newfstatat, [libc::AT_FDCWD as usize, path.as_ptr() as usize, &mut st as *mut libc::stat as usize, 0, 0, 0])
+    }?;
+    Ok(st)
+}
+
+/// `readlinkat(AT_FDCWD, path, buf)`: the link's target length (not NUL-terminated).
+pub fn readlink(path: &core::ffi::CStr, buf: &mut [u8]) -> SysResult {
+    // SAFETY: a NUL-terminated path; the kernel writes at most `buf.len()` bytes.
+    unsafe { syscall(libc::SYS_readlinkat, [libc::AT_FDCWD as usize, path.as_ptr() as usize, buf.as_mut_ptr() as usize, buf.len(), 0, 0]) }
+}
+
+/// Reads a whole (small) file into `buf`; returns how many bytes it holds (at most
+/// `buf.len()`; a longer file is cut).
+pub fn read_file(path: &core::ffi::CStr, buf: &mut [u8]) -> SysResult {
+    // SAFETY: a NUL-terminated path; the new fd is owned below.
+    let fd = unsafe {
+        syscall(libc::SYS_openat, [libc::AT_FDCWD as usize, path.as_ptr() as usize, (libc::O_RDONLY | libc::O_CLOEXEC) as usize, 0, 0, 0])
+    }?;
+    // SAFETY: the fd is new and ours.
+    let fd = unsafe { Fd::from_raw(fd as c_int) };
+    let mut n = 0;
+    while n < buf.len() {
+        // SAFETY: the kernel writes at most the rest of `buf`.
+        let got = unsafe { syscall(libc::SYS_read, [fd.raw() as usize, buf[n..].as_mut_ptr() as usize, buf.len() - n, 0, 0, 0]) };
+        match got {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(Errno(libc::EINTR)) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }
 
 /// An owned file descriptor, closed (with a raw system call) on drop.

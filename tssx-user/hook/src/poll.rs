@@ -11,14 +11,16 @@ use libc::{c_int, nfds_t, pollfd, sigset_t, timespec};
 use std::sync::atomic::{fence, Ordering::SeqCst};
 
 use crate::{
-    conn::{self, bits, lookup, now_ns, Conn},
-    real,
+    conn::{bits, Conn},
+    spin::{self, now_ns},
+    sys,
+    table::{self, lookup},
 };
 use tssx_common::segment::SegmentState;
 
 /// Whether any fd of `fds` is swapped (the only cost `poll` adds for plain fds).
 pub fn any_swapped(fds: &[pollfd]) -> bool {
-    conn::any_live() && fds.iter().any(|p| lookup(p.fd).is_some())
+    table::any_live() && fds.iter().any(|p| lookup(p.fd).is_some())
 }
 
 /// The connection of a poll entry, if swapped and still using the rings (a connection found
@@ -84,8 +86,8 @@ unsafe fn real_pass(fds: &mut [pollfd], timeout_ns: Option<u64>, sigmask: *const
     let ts = timeout_ns.map(|ns| timespec { tv_sec: (ns / 1_000_000_000) as libc::time_t, tv_nsec: (ns % 1_000_000_000) as libc::c_long });
     let ts_ptr = ts.as_ref().map_or(std::ptr::null(), |t| t as *const timespec);
     // SAFETY: a live array of `fds.len()` entries; `ts_ptr` and `sigmask` are null or valid.
-    let rc = unsafe { real::ppoll(fds.as_mut_ptr(), fds.len() as nfds_t, ts_ptr, sigmask) };
-    let saved_errno = conn::errno();
+    let rc = unsafe { sys::ppoll(fds.as_mut_ptr(), fds.len() as nfds_t, ts_ptr, sigmask) };
+    let saved_errno = sys::errno();
     let mut count = 0;
     for (i, p) in fds.iter_mut().enumerate() {
         let Some(c) = (p.fd >= 0).then(|| lookup(p.fd)).flatten() else {
@@ -113,7 +115,7 @@ unsafe fn real_pass(fds: &mut [pollfd], timeout_ns: Option<u64>, sigmask: *const
         count += c_int::from(p.revents != 0);
     }
     if rc < 0 {
-        conn::set_errno(saved_errno);
+        sys::set_errno(saved_errno);
         return -1;
     }
     count
@@ -142,7 +144,7 @@ pub unsafe fn poll(fds: &mut [pollfd], timeout_ns: Option<u64>, sigmask: *const 
         }
         if !spun {
             spun = true;
-            if conn::spin_until(timeout_ns, || any_ready(fds)) {
+            if spin::spin_until(timeout_ns, || any_ready(fds)) {
                 continue;
             }
         }
@@ -163,21 +165,21 @@ pub unsafe fn poll(fds: &mut [pollfd], timeout_ns: Option<u64>, sigmask: *const 
         fence(SeqCst);
         let still_idle = !any_ready(fds);
         let rc = if still_idle {
-            let wait = conn::sleep_budget(deadline, shared, pending);
+            let wait = spin::sleep_budget(deadline, shared, pending);
             // SAFETY: forwarded.
             unsafe { real_pass(fds, wait, sigmask) }
         } else {
             0
         };
-        let saved_errno = conn::errno();
-        conn::woke();
+        let saved_errno = sys::errno();
+        spin::woke();
         for p in fds.iter().filter(|p| p.fd >= 0) {
             if let Some(c) = lookup(p.fd) {
                 c.withdraw();
             }
         }
         if rc != 0 {
-            conn::set_errno(saved_errno);
+            sys::set_errno(saved_errno);
             return rc;
         }
     }
@@ -224,7 +226,7 @@ pub unsafe fn select(
         return rc;
     }
     if fds[..n].iter().any(|p| p.revents & libc::POLLNVAL != 0) {
-        conn::set_errno(libc::EBADF);
+        sys::set_errno(libc::EBADF);
         return -1;
     }
     for set in [rd, wr, ex] {
@@ -255,7 +257,7 @@ pub unsafe fn select(
 /// # Safety
 /// The sets are null or valid for `nfds` fds.
 pub unsafe fn select_has_swapped(nfds: c_int, sets: [*mut libc::fd_set; 3]) -> bool {
-    if !conn::any_live() || !(0..=libc::FD_SETSIZE as c_int).contains(&nfds) {
+    if !table::any_live() || !(0..=libc::FD_SETSIZE as c_int).contains(&nfds) {
         return false;
     }
     (0..nfds).any(|fd| {

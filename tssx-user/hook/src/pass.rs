@@ -8,12 +8,17 @@
 //! the header names. A receiver without the hook gets the extra fds and a socket it cannot
 //! use: passing swapped sockets needs the hook on both sides.
 
-use std::os::fd::{FromRawFd as _, OwnedFd};
-use std::sync::atomic::Ordering::{Acquire, Release};
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 
 use libc::{c_int, cmsghdr, msghdr};
+use tssx_common::segment::{End, SegmentHeader};
+use tssx_shm::segment::Segment;
 
-use crate::conn::{self, Join};
+use crate::{
+    conn::Conn,
+    sys::{self, Fd},
+    table::{self, Join},
+};
 
 /// Most fds one message may carry (SCM_MAX_FD in the kernel).
 const MAX_FDS: usize = 253;
@@ -59,7 +64,7 @@ unsafe fn fds_of<'a>(c: *mut cmsghdr) -> &'a mut [c_int] {
 /// # Safety
 /// `msg` is valid, as for sendmsg.
 pub unsafe fn send(fd: c_int, msg: *const msghdr, flags: c_int) -> Option<isize> {
-    if !conn::any_live() || msg.is_null() {
+    if !table::any_live() || msg.is_null() {
         return None;
     }
     // SAFETY: per the contract.
@@ -71,7 +76,7 @@ pub unsafe fn send(fd: c_int, msg: *const msghdr, flags: c_int) -> Option<isize>
     let mut extra = [0 as c_int; MAX_FDS];
     let mut n_extra = 0;
     for &passed in fds.iter() {
-        if let Some(c) = conn::lookup(passed) {
+        if let Some(c) = table::lookup(passed) {
             if n_extra + fds.len() >= MAX_FDS {
                 return None;
             }
@@ -104,15 +109,15 @@ pub unsafe fn send(fd: c_int, msg: *const msghdr, flags: c_int) -> Option<isize>
     copy.msg_control = buf.as_mut_ptr().cast();
     copy.msg_controllen = new_len as _;
     // SAFETY: a valid msghdr whose buffers are the caller's and ours.
-    let rc = unsafe { crate::real::sendmsg(fd, &copy, flags) };
+    let rc = unsafe { sys::sendmsg(fd, &copy, flags) };
     if rc < 0 {
-        let e = conn::errno();
+        let e = sys::errno();
         for &passed in fds.iter() {
-            if let Some(c) = conn::lookup(passed) {
+            if let Some(c) = table::lookup(passed) {
                 c.hand_back();
             }
         }
-        conn::set_errno(e);
+        sys::set_errno(e);
     }
     Some(rc)
 }
@@ -123,7 +128,7 @@ pub unsafe fn send(fd: c_int, msg: *const msghdr, flags: c_int) -> Option<isize>
 /// # Safety
 /// `msg` is the valid msghdr just filled by recvmsg.
 pub unsafe fn received(msg: *mut msghdr) {
-    if msg.is_null() || crate::claim::talking_to_agent() {
+    if msg.is_null() {
         return;
     }
     // SAFETY: per the contract.
@@ -142,9 +147,9 @@ pub unsafe fn received(msg: *mut msghdr) {
     let (app, memfds) = fds.split_at(fds.len() - segments);
     for &memfd in memfds {
         // SAFETY: the kernel just installed this fd for us; nobody else knows it.
-        let memfd = unsafe { OwnedFd::from_raw_fd(memfd) };
-        let Some((sock, end)) = conn::segment_target(&memfd, app) else { continue };
-        conn::install(sock, end, memfd, Join::Inherited, None);
+        let memfd = unsafe { Fd::from_raw(memfd) };
+        let Some((sock, end)) = segment_target(&memfd, app) else { continue };
+        table::install(sock, end, memfd, Join::Inherited, None);
     }
     // SAFETY: shrinks the last header (and the control length) so the application sees only
     // its own fds; both stay within what the kernel wrote.
@@ -164,40 +169,39 @@ fn is_segment(fd: c_int) -> bool {
     }
     path[14..14 + digits.len()].copy_from_slice(digits.as_bytes());
     let mut target = [0u8; 64];
-    // SAFETY: a NUL-terminated path and a live buffer of the stated size.
-    let n = unsafe { libc::readlink(path.as_ptr().cast(), target.as_mut_ptr().cast(), target.len()) };
-    n > 0 && target[..n as usize].starts_with(b"/memfd:tssx-segment")
+    let Ok(path) = std::ffi::CStr::from_bytes_until_nul(&path) else { return false };
+    sys::readlink(path, &mut target).is_ok_and(|n| target[..n].starts_with(b"/memfd:tssx-segment"))
 }
 
-impl conn::Conn {
+impl Conn {
     /// Before this end's socket `fd` is passed to another process: record its inode in the
     /// header and count the receiver as a holder. Returns the memfd to pass along.
     pub fn hand_over(&self, fd: c_int) -> c_int {
-        // SAFETY: `stat` is plain data; fstat fills it.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: a valid out-pointer.
-        if unsafe { libc::fstat(fd, &mut st) } == 0 {
+        if let Ok(st) = sys::fstat(fd) {
             // Release: pairs with the receiver's Acquire load.
             self.header().socket_inode[self.end().index()].store(st.st_ino, Release);
         }
-        self.header().refcount[self.end().index()].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.header().refcount[self.end().index()].fetch_add(1, Relaxed);
         self.memfd_raw()
     }
 
     /// The pass failed: undo [`Conn::hand_over`]'s count.
     pub fn hand_back(&self) {
-        self.header().refcount[self.end().index()].fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        self.header().refcount[self.end().index()].fetch_sub(1, AcqRel);
     }
 }
 
+/// The received socket of `fds` that the segment in `memfd` belongs to.
+fn segment_target(memfd: &Fd, fds: &[c_int]) -> Option<(c_int, End)> {
+    let segment = Segment::open(memfd.borrow()).ok()?;
+    target_of(segment.header(), fds)
+}
+
 /// Which received socket (of `fds`) a passed segment belongs to, and as which end.
-pub fn target_of(header: &tssx_common::segment::SegmentHeader, fds: &[c_int]) -> Option<(c_int, tssx_common::segment::End)> {
-    use tssx_common::segment::End;
+fn target_of(header: &SegmentHeader, fds: &[c_int]) -> Option<(c_int, End)> {
     for &fd in fds {
-        // SAFETY: `stat` is plain data; fstat fills it.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: a valid out-pointer; a bad fd just fails.
-        if unsafe { libc::fstat(fd, &mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        let Ok(st) = sys::fstat(fd) else { continue };
+        if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
             continue;
         }
         for end in [End::Client, End::Server] {

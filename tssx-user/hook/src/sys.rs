@@ -1,14 +1,39 @@
-//! The real libc functions, resolved once with `dlsym(RTLD_NEXT)` when the library is loaded.
+//! Every system call the hook makes goes through this module.
 //!
-//! The hook calls only these for its own I/O, never the interposed symbols, so nothing recurses.
-//! Each pointer is an `AtomicUsize` read with `Relaxed`: it is written once by the constructor
-//! (or lazily by the first caller, with the same value), and a function pointer carries no data
-//! that needs ordering.
+//! * [`real`]-table functions (`sys::read`, `sys::send`, ...): libc's own definitions, resolved
+//!   once with `dlsym(RTLD_NEXT)`, for calls the hook makes on the application's behalf (the
+//!   application's `read` of a plain fd is libc's `read`, with its errno and cancellation
+//!   semantics).
+//! * raw system calls ([`tssx_shm::sys`], re-exported here): for the hook's own business
+//!   (`fstat`, the agent's control socket, doorbells, locks); they leave `errno` alone.
+//!
+//! Never `libc::read` and the like: inside `libtssx_preload.so` those names are the hook's own
+//! exports, so such a call would recurse into the hook. The build of the `.so` and a test that
+//! reads its relocations check that no call binds to one of the hook's own exports.
+//!
+//! Each table pointer is an `AtomicUsize` read with `Relaxed`: it is written once by the
+//! constructor (or lazily by the first caller, with the same value), and a function pointer
+//! carries no data that needs ordering.
 
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::{
+    cell::Cell,
+    sync::atomic::{AtomicUsize, Ordering::Relaxed},
+};
+
+use libc::c_int;
+pub use tssx_shm::sys::{fstat, gettid, raise_in_thread, read_file, readlink, sched_yield, stat, Errno, Fd};
+
+/// The names of every function in the table, for the build's and the tests' checks.
+pub use real::NAMES as REAL_NAMES;
 
 macro_rules! real_fns {
     ($($name:ident: fn($($arg:ident: $ty:ty),*) -> $ret:ty;)*) => {
+        /// The names of the functions of the table.
+        pub mod real {
+            /// Every function of the table, by its libc name.
+            pub const NAMES: &[&str] = &[$(stringify!($name)),*];
+        }
+
         /// One resolved address per function (0 until resolved).
         mod slots {
             use super::AtomicUsize;
@@ -54,7 +79,7 @@ fn resolve(slot: &AtomicUsize, name: &str) -> usize {
     f
 }
 
-use libc::{c_int, c_void, iovec, msghdr, nfds_t, pollfd, size_t, sockaddr, socklen_t, ssize_t};
+use libc::{c_void, iovec, msghdr, nfds_t, pollfd, size_t, sockaddr, socklen_t, ssize_t};
 
 real_fns! {
     read: fn(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t;
@@ -90,4 +115,53 @@ real_fns! {
     fexecve: fn(fd: c_int, argv: *const *const libc::c_char, envp: *const *const libc::c_char) -> c_int;
     posix_spawn: fn(pid: *mut libc::pid_t, path: *const libc::c_char, fa: *const libc::posix_spawn_file_actions_t, attr: *const libc::posix_spawnattr_t, argv: *const *mut libc::c_char, envp: *const *mut libc::c_char) -> c_int;
     posix_spawnp: fn(pid: *mut libc::pid_t, file: *const libc::c_char, fa: *const libc::posix_spawn_file_actions_t, attr: *const libc::posix_spawnattr_t, argv: *const *mut libc::c_char, envp: *const *mut libc::c_char) -> c_int;
+}
+
+/// This thread's `errno`.
+#[inline]
+pub fn errno() -> c_int {
+    // SAFETY: __errno_location returns this thread's errno.
+    unsafe { *libc::__errno_location() }
+}
+
+/// Sets this thread's `errno`.
+#[inline]
+pub fn set_errno(e: c_int) {
+    // SAFETY: __errno_location returns this thread's errno.
+    unsafe { *libc::__errno_location() = e };
+}
+
+/// Runs `f` and restores `errno` afterwards: for the hook's own work inside a call whose
+/// `errno` belongs to the application.
+pub fn with_errno_kept<R>(f: impl FnOnce() -> R) -> R {
+    let saved = errno();
+    let r = f();
+    set_errno(saved);
+    r
+}
+
+/// The file's O_NONBLOCK (one `F_GETFL`).
+pub fn fd_nonblocking(fd: c_int) -> bool {
+    tssx_shm::sys::fcntl(fd, libc::F_GETFL, 0).is_ok_and(|flags| flags as c_int & libc::O_NONBLOCK != 0)
+}
+
+thread_local! {
+    /// This thread's id (0 = not read yet), cached: `gettid` is a system call. Const-initialised
+    /// TLS: no allocation, usable from signal handlers; forgotten in a forked child.
+    static THREAD_ID: Cell<u32> = const { Cell::new(0) };
+}
+
+/// This thread's id (the ring-lock owner id).
+pub fn thread_id() -> u32 {
+    THREAD_ID.with(|tid| {
+        if tid.get() == 0 {
+            tid.set(gettid());
+        }
+        tid.get()
+    })
+}
+
+/// In a forked child: the calling thread has a new id.
+pub fn forget_thread_id() {
+    THREAD_ID.with(|tid| tid.set(0));
 }

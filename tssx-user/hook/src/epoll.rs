@@ -27,8 +27,10 @@ use std::{
 use libc::{c_int, epoll_event, sigset_t};
 
 use crate::{
-    conn::{self, bits, lookup, lookup_any, now_ns, Conn, MAX_FDS},
-    real,
+    conn::{bits, Conn},
+    spin::{self, now_ns},
+    sys,
+    table::{lookup, lookup_any, MAX_FDS},
 };
 use tssx_common::segment::SegmentState;
 
@@ -158,12 +160,12 @@ fn restore(epfd: c_int, i: &Interest) {
     let mut ev = epoll_event { events: i.events, u64: i.data };
     let op = if i.parked { libc::EPOLL_CTL_DEL } else { libc::EPOLL_CTL_MOD };
     // SAFETY: a live event; ENOENT (the fd was closed) is fine.
-    unsafe { real::epoll_ctl(epfd, op, i.fd, &mut ev) };
+    unsafe { sys::epoll_ctl(epfd, op, i.fd, &mut ev) };
 }
 
 /// Fails an epoll_ctl the way the kernel would: -1 with `errno`.
 fn fail(errno: c_int) -> Option<c_int> {
-    conn::set_errno(errno);
+    sys::set_errno(errno);
     Some(-1)
 }
 
@@ -233,7 +235,7 @@ pub unsafe fn ctl(epfd: c_int, op: c_int, fd: c_int, event: *mut epoll_event) ->
     }
     let mut kernel = tagged(fd);
     // SAFETY: a live event; the kernel checks epfd, fd, op and reports errors itself.
-    let rc = unsafe { real::epoll_ctl(epfd, op, fd, &mut kernel) };
+    let rc = unsafe { sys::epoll_ctl(epfd, op, fd, &mut kernel) };
     if rc != 0 {
         return Some(rc);
     }
@@ -387,7 +389,7 @@ pub unsafe fn wait(epfd: c_int, events: *mut epoll_event, maxevents: c_int, time
         return unsafe { real_wait(epfd, events, maxevents, timeout_ns, sigmask) };
     };
     if maxevents <= 0 || events.is_null() {
-        conn::set_errno(libc::EINVAL);
+        sys::set_errno(libc::EINVAL);
         return -1;
     }
     // SAFETY: valid for `maxevents` entries per the contract.
@@ -417,7 +419,7 @@ pub unsafe fn wait(epfd: c_int, events: *mut epoll_event, maxevents: c_int, time
         }
         if !spun {
             spun = true;
-            if conn::spin_until(timeout_ns, || any_ready(set)) {
+            if spin::spin_until(timeout_ns, || any_ready(set)) {
                 continue;
             }
         }
@@ -426,15 +428,15 @@ pub unsafe fn wait(epfd: c_int, events: *mut epoll_event, maxevents: c_int, time
         let m = if any_ready(set) {
             0
         } else {
-            let wait = conn::sleep_budget(deadline, shared, pending);
+            let wait = spin::sleep_budget(deadline, shared, pending);
             // SAFETY: the caller's array.
             unsafe { real_wait(epfd, out.as_mut_ptr(), out.len() as c_int, wait, sigmask) }
         };
-        let saved_errno = conn::errno();
-        conn::woke();
+        let saved_errno = sys::errno();
+        spin::woke();
         announce_all(set, false);
         if m < 0 {
-            conn::set_errno(saved_errno);
+            sys::set_errno(saved_errno);
             return -1;
         }
         let kept = filter(out, m as usize);
@@ -462,5 +464,5 @@ pub unsafe fn real_wait(
         Some(ns) => ns.div_ceil(1_000_000).min(c_int::MAX as u64) as c_int,
     };
     // SAFETY: forwarded.
-    unsafe { real::epoll_pwait(epfd, events, maxevents, ms, sigmask) }
+    unsafe { sys::epoll_pwait(epfd, events, maxevents, ms, sigmask) }
 }

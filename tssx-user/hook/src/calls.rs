@@ -1,0 +1,484 @@
+//! The hook's entry points: one function per interposed libc function, with libc's signature.
+//!
+//! `libtssx_preload.so` exports each of these under the libc name (a one-line `extern "C"`
+//! wrapper); the logic lives here so that it can be unit-tested without interposing anything.
+//! Each one looks the fd up in the table: a swapped fd is served from the rings, anything else
+//! goes straight to the real libc function.
+//!
+//! # Safety
+//! Every function here has the contract of the libc function of the same name.
+#![allow(clippy::missing_safety_doc)]
+
+use libc::{c_int, c_void, iovec, msghdr, size_t, sockaddr, socklen_t, ssize_t};
+use tssx_common::{control::Role, segment::End};
+
+use crate::{
+    claim, epoll, exec, iov, lifecycle, pass, paths, poll,
+    spin::now_ns,
+    sys::{self, with_errno_kept},
+    table::{self, Join},
+};
+
+/// Resolves the real functions and re-attaches connections handed over by the previous image:
+/// the library constructor (before `main`).
+pub fn init() {
+    sys::resolve_all();
+    exec::reattach();
+}
+
+/// After a successful connect/accept: claim `fd` if it is a watched stream socket.
+fn maybe_swap(fd: c_int, role: Role, name: Option<String>) {
+    with_errno_kept(|| {
+        let Some(name) = name else { return };
+        if !paths::watched(&name) || !paths::is_stream(fd) {
+            return;
+        }
+        if let Some((memfd, agent)) = claim::claim(role, fd) {
+            let end = if role == Role::Client { End::Client } else { End::Server };
+            table::install(fd, end, memfd, Join::Fresh, agent);
+        }
+    })
+}
+
+/// libc's `connect`.
+pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+    // SAFETY: forwarded as received.
+    let rc = unsafe { sys::connect(fd, addr, len) };
+    if rc == 0 {
+        // SAFETY: the kernel just accepted `addr`/`len` as readable.
+        maybe_swap(fd, Role::Client, unsafe { paths::unix_name(addr, len) });
+    }
+    rc
+}
+
+/// libc's `accept`.
+pub unsafe fn accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    // SAFETY: forwarded as received.
+    let new = unsafe { sys::accept(fd, addr, len) };
+    if new >= 0 {
+        maybe_swap(new, Role::Server, paths::local_name(new));
+    }
+    new
+}
+
+/// libc's `accept4`.
+pub unsafe fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int {
+    // SAFETY: forwarded as received.
+    let new = unsafe { sys::accept4(fd, addr, len, flags) };
+    if new >= 0 {
+        maybe_swap(new, Role::Server, paths::local_name(new));
+    }
+    new
+}
+
+/// Defines a receiving call: swapped -> ring, otherwise (or once plain) -> the real call.
+macro_rules! recv_like {
+    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) => |$fd:ident| ($bufs:expr, $flags:expr), after = |$n:ident| $after:expr $(, plain_after = |$rc:ident| $plain_after:expr)?) => {
+        $(#[$doc])*
+        #[doc = concat!("libc's `", stringify!($name), "`.")]
+        pub unsafe fn $name($($arg: $ty),*) -> ssize_t {
+            if let Some(c) = table::lookup($fd) {
+                #[allow(unused_unsafe)]
+                let mut bufs = unsafe { $bufs };
+                if let Ok($n) = c.recv($fd, &mut bufs, $flags) {
+                    $after;
+                    return $n;
+                }
+            }
+            // SAFETY: forwarded as received.
+            let rc = unsafe { sys::$name($($arg),*) };
+            $(
+                let $rc = rc;
+                $plain_after;
+            )?
+            rc
+        }
+    };
+}
+
+/// Defines a sending call, as [`recv_like`].
+macro_rules! send_like {
+    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) => |$fd:ident| ($bufs:expr, $flags:expr) $(, guard = $guard:expr)? $(, pre = $pre:expr)?) => {
+        $(#[$doc])*
+        #[doc = concat!("libc's `", stringify!($name), "`.")]
+        pub unsafe fn $name($($arg: $ty),*) -> ssize_t {
+            $(
+                #[allow(unused_unsafe)]
+                if let Some(rc) = unsafe { $pre } {
+                    return rc;
+                }
+            )?
+            if let Some(c) = table::lookup($fd) {
+                $(
+                    #[allow(unused_unsafe)]
+                    if unsafe { $guard } {
+                        sys::set_errno(libc::EOPNOTSUPP);
+                        return -1;
+                    }
+                )?
+                #[allow(unused_unsafe)]
+                let bufs = unsafe { $bufs };
+                if let Ok(n) = c.send($fd, &bufs, $flags) {
+                    return n;
+                }
+            }
+            // SAFETY: forwarded as received.
+            unsafe { sys::$name($($arg),*) }
+        }
+    };
+}
+
+recv_like!(fn read(fd: c_int, buf: *mut c_void, n: size_t) => |fd| (iov::one_mut(buf, n), 0), after = |_n| ());
+recv_like!(fn recv(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int) => |fd| (iov::one_mut(buf, n), flags), after = |_n| ());
+recv_like!(fn readv(fd: c_int, iov: *const iovec, cnt: c_int) => |fd| (iov::slices_mut(iov, cnt), 0), after = |_n| ());
+recv_like!(
+    fn recvfrom(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int, addr: *mut sockaddr, len: *mut socklen_t)
+        => |fd| (iov::one_mut(buf, n), flags),
+        after = |_n| if !addr.is_null() && !len.is_null() {
+            // A connected stream socket reports no source address.
+            // SAFETY: the caller passed a valid length pointer with a non-null address.
+            unsafe { *len = 0 };
+        }
+);
+recv_like!(
+    fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int)
+        => |fd| (iov::slices_mut((*msg).msg_iov, (*msg).msg_iovlen as c_int), flags),
+        after = |_n| {
+            // SAFETY: the caller passed a valid msghdr.
+            let m = unsafe { &mut *msg };
+            m.msg_flags = 0;
+            m.msg_controllen = 0;
+            m.msg_namelen = 0;
+        },
+        plain_after = |rc| if rc >= 0 && !msg.is_null() && unsafe { (*msg).msg_controllen } > 0 {
+            // Swapped sockets may have arrived with their segments.
+            // SAFETY: the msghdr the kernel just filled.
+            with_errno_kept(|| unsafe { pass::received(msg) });
+        }
+);
+
+send_like!(fn write(fd: c_int, buf: *const c_void, n: size_t) => |fd| (iov::one(buf, n), 0));
+send_like!(fn send(fd: c_int, buf: *const c_void, n: size_t, flags: c_int) => |fd| (iov::one(buf, n), flags));
+send_like!(fn writev(fd: c_int, iov: *const iovec, cnt: c_int) => |fd| (iov::slices(iov, cnt), 0));
+send_like!(
+    fn sendto(fd: c_int, buf: *const c_void, n: size_t, flags: c_int, addr: *const sockaddr, len: socklen_t)
+        => |fd| (iov::one(buf, n), flags)
+);
+send_like!(
+    fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int)
+        => |fd| (iov::slices((*msg).msg_iov, (*msg).msg_iovlen as c_int), flags),
+        guard = (*msg).msg_controllen > 0,
+        pre = if table::lookup(fd).is_none() { pass::send(fd, msg, flags) } else { None }
+);
+
+/// libc's `close`.
+pub unsafe fn close(fd: c_int) -> c_int {
+    if table::lookup_any(fd).is_some() {
+        with_errno_kept(|| table::close(fd));
+    }
+    if epoll::has_set(fd) {
+        epoll::closed(fd);
+    }
+    // SAFETY: forwarded as received.
+    unsafe { sys::close(fd) }
+}
+
+/// libc's `dup`.
+pub unsafe fn dup(fd: c_int) -> c_int {
+    // SAFETY: forwarded as received.
+    let new = unsafe { sys::dup(fd) };
+    if new >= 0 && table::lookup_any(fd).is_some() {
+        table::duplicated(fd, new);
+    }
+    new
+}
+
+/// libc's `dup2`.
+pub unsafe fn dup2(old: c_int, new: c_int) -> c_int {
+    // SAFETY: forwarded as received.
+    let rc = unsafe { sys::dup2(old, new) };
+    if rc >= 0 && old != new && (table::lookup_any(old).is_some() || table::lookup_any(new).is_some()) {
+        table::duplicated(old, new);
+    }
+    rc
+}
+
+/// libc's `dup3`.
+pub unsafe fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
+    // SAFETY: forwarded as received.
+    let rc = unsafe { sys::dup3(old, new, flags) };
+    if rc >= 0 && (table::lookup_any(old).is_some() || table::lookup_any(new).is_some()) {
+        table::duplicated(old, new);
+    }
+    rc
+}
+
+/// `fcntl` is variadic in C; on x86-64 the one optional integer or pointer argument travels in
+/// the third argument register, so a three-argument definition receives it unchanged.
+pub unsafe fn fcntl(fd: c_int, cmd: c_int, arg: libc::c_ulong) -> c_int {
+    // SAFETY: forwarded as received.
+    let rc = unsafe { sys::fcntl(fd, cmd, arg) };
+    if rc >= 0 {
+        if let Some(c) = table::lookup_any(fd) {
+            match cmd {
+                libc::F_DUPFD | libc::F_DUPFD_CLOEXEC => table::duplicated(fd, rc),
+                libc::F_SETFL => c.set_nonblocking(arg as c_int & libc::O_NONBLOCK != 0),
+                _ => {}
+            }
+        }
+    }
+    rc
+}
+
+/// libc's `shutdown`.
+pub unsafe fn shutdown(fd: c_int, how: c_int) -> c_int {
+    if let Some(c) = table::lookup(fd) {
+        if !c.unswap_if_plain(fd) {
+            return c.shutdown(fd, how);
+        }
+    }
+    // SAFETY: forwarded as received.
+    unsafe { sys::shutdown(fd, how) }
+}
+
+/// `ioctl` is variadic in C; its one optional argument travels in the third argument register
+/// on x86-64, so a three-argument definition receives it unchanged.
+pub unsafe fn ioctl(fd: c_int, request: libc::c_ulong, arg: *mut c_void) -> c_int {
+    if let Some(c) = table::lookup(fd) {
+        let value = match request {
+            libc::FIONREAD => Some(c.unread()),
+            libc::TIOCOUTQ => Some(c.unsent()),
+            _ => None,
+        };
+        if let Some(value) = value {
+            if arg.is_null() {
+                sys::set_errno(libc::EFAULT);
+                return -1;
+            }
+            // SAFETY: FIONREAD/SIOCOUTQ take a pointer to an int.
+            unsafe { *arg.cast::<c_int>() = value.min(c_int::MAX as usize) as c_int };
+            return 0;
+        }
+    }
+    // SAFETY: forwarded as received.
+    let rc = unsafe { sys::ioctl(fd, request, arg) };
+    if rc == 0 && request == libc::FIONBIO && !arg.is_null() {
+        if let Some(c) = table::lookup(fd) {
+            // SAFETY: FIONBIO takes a pointer to an int, just read by the kernel.
+            c.set_nonblocking(unsafe { *arg.cast::<c_int>() } != 0);
+        }
+    }
+    rc
+}
+
+fn ms_to_ns(ms: c_int) -> Option<u64> {
+    (ms >= 0).then(|| ms as u64 * 1_000_000)
+}
+
+/// # Safety
+/// `ts` is null or valid.
+unsafe fn ts_to_ns(ts: *const libc::timespec) -> Option<u64> {
+    // SAFETY: per the contract.
+    let ts = unsafe { ts.as_ref() }?;
+    Some((ts.tv_sec.max(0) as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec.max(0) as u64))
+}
+
+/// libc's `poll`.
+pub unsafe fn poll(fds: *mut libc::pollfd, n: libc::nfds_t, timeout: c_int) -> c_int {
+    if table::any_live() && !fds.is_null() {
+        // SAFETY: the caller passes `n` pollfds.
+        let slice = unsafe { std::slice::from_raw_parts_mut(fds, n as usize) };
+        if poll::any_swapped(slice) {
+            // SAFETY: no signal mask.
+            return unsafe { poll::poll(slice, ms_to_ns(timeout), std::ptr::null()) };
+        }
+    }
+    // SAFETY: forwarded as received.
+    unsafe { sys::poll(fds, n, timeout) }
+}
+
+/// libc's `ppoll`.
+pub unsafe fn ppoll(fds: *mut libc::pollfd, n: libc::nfds_t, ts: *const libc::timespec, mask: *const libc::sigset_t) -> c_int {
+    if table::any_live() && !fds.is_null() {
+        // SAFETY: the caller passes `n` pollfds.
+        let slice = unsafe { std::slice::from_raw_parts_mut(fds, n as usize) };
+        if poll::any_swapped(slice) {
+            // SAFETY: `ts` and `mask` are null or valid, per ppoll's contract.
+            return unsafe { poll::poll(slice, ts_to_ns(ts), mask) };
+        }
+    }
+    // SAFETY: forwarded as received.
+    unsafe { sys::ppoll(fds, n, ts, mask) }
+}
+
+/// libc's `select`.
+pub unsafe fn select(n: c_int, r: *mut libc::fd_set, w: *mut libc::fd_set, e: *mut libc::fd_set, tv: *mut libc::timeval) -> c_int {
+    // SAFETY: the sets are valid for `n` fds, per select's contract.
+    if unsafe { poll::select_has_swapped(n, [r, w, e]) } {
+        // SAFETY: `tv` is null or valid.
+        let timeout = unsafe { tv.as_ref() }.map(|t| (t.tv_sec.max(0) as u64) * 1_000_000_000 + (t.tv_usec.max(0) as u64) * 1_000);
+        let start = now_ns();
+        // SAFETY: as above.
+        let rc = unsafe { poll::select(n, r, w, e, timeout, std::ptr::null()) };
+        // SAFETY: `tv` is null or valid.
+        if let (Some(t), Some(tv)) = (timeout, unsafe { tv.as_mut() }) {
+            // Linux reports the time left.
+            let left = t.saturating_sub(now_ns() - start);
+            tv.tv_sec = (left / 1_000_000_000) as libc::time_t;
+            tv.tv_usec = ((left % 1_000_000_000) / 1_000) as libc::suseconds_t;
+        }
+        return rc;
+    }
+    // SAFETY: forwarded as received.
+    unsafe { sys::select(n, r, w, e, tv) }
+}
+
+/// libc's `pselect`.
+pub unsafe fn pselect(
+    n: c_int,
+    r: *mut libc::fd_set,
+    w: *mut libc::fd_set,
+    e: *mut libc::fd_set,
+    ts: *const libc::timespec,
+    mask: *const libc::sigset_t,
+) -> c_int {
+    // SAFETY: the sets are valid for `n` fds, per pselect's contract.
+    if unsafe { poll::select_has_swapped(n, [r, w, e]) } {
+        // SAFETY: `ts` and `mask` are null or valid.
+        return unsafe { poll::select(n, r, w, e, ts_to_ns(ts), mask) };
+    }
+    // SAFETY: forwarded as received.
+    unsafe { sys::pselect(n, r, w, e, ts, mask) }
+}
+
+/// libc's `epoll_ctl`.
+pub unsafe fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, event: *mut libc::epoll_event) -> c_int {
+    if table::any_live() || epoll::has_set(epfd) {
+        // SAFETY: `event` is null or valid, per epoll_ctl's contract.
+        if let Some(rc) = unsafe { epoll::ctl(epfd, op, fd, event) } {
+            return rc;
+        }
+    }
+    // SAFETY: forwarded as received.
+    unsafe { sys::epoll_ctl(epfd, op, fd, event) }
+}
+
+/// libc's `epoll_wait`.
+pub unsafe fn epoll_wait(epfd: c_int, events: *mut libc::epoll_event, max: c_int, timeout: c_int) -> c_int {
+    if epoll::has_set(epfd) {
+        // SAFETY: forwarded.
+        return unsafe { epoll::wait(epfd, events, max, ms_to_ns(timeout), std::ptr::null()) };
+    }
+    // SAFETY: forwarded as received.
+    unsafe { sys::epoll_wait(epfd, events, max, timeout) }
+}
+
+/// libc's `epoll_pwait`.
+pub unsafe fn epoll_pwait(epfd: c_int, events: *mut libc::epoll_event, max: c_int, timeout: c_int, mask: *const libc::sigset_t) -> c_int {
+    if epoll::has_set(epfd) {
+        // SAFETY: forwarded.
+        return unsafe { epoll::wait(epfd, events, max, ms_to_ns(timeout), mask) };
+    }
+    // SAFETY: forwarded as received.
+    unsafe { sys::epoll_pwait(epfd, events, max, timeout, mask) }
+}
+
+/// `epoll_pwait2` (glibc 2.35+), implemented with the system call so that the hook also loads
+/// with an older libc.
+pub unsafe fn epoll_pwait2(
+    epfd: c_int,
+    events: *mut libc::epoll_event,
+    max: c_int,
+    ts: *const libc::timespec,
+    mask: *const libc::sigset_t,
+) -> c_int {
+    if epoll::has_set(epfd) {
+        // SAFETY: forwarded; `ts` is null or valid.
+        return unsafe { epoll::wait(epfd, events, max, ts_to_ns(ts), mask) };
+    }
+    // SAFETY: the epoll_pwait2 system call with the caller's arguments; the kernel's sigset is
+    // 8 bytes on x86-64.
+    let rc = unsafe {
+        tssx_shm::sys::syscall(libc::SYS_epoll_pwait2, [epfd as usize, events as usize, max as usize, ts as usize, mask as usize, 8])
+    };
+    match rc {
+        Ok(n) => n as c_int,
+        Err(e) => {
+            sys::set_errno(e.0);
+            -1
+        }
+    }
+}
+
+/// libc's `fork`.
+pub unsafe fn fork() -> libc::pid_t {
+    lifecycle::before_fork();
+    // SAFETY: forwarded.
+    let pid = unsafe { sys::fork() };
+    if pid < 0 {
+        with_errno_kept(lifecycle::fork_failed);
+    } else if pid == 0 {
+        lifecycle::in_child();
+    }
+    pid
+}
+
+unsafe extern "C" {
+    static environ: *const *const libc::c_char;
+}
+
+/// libc's `execve`.
+pub unsafe fn execve(path: *const libc::c_char, argv: *const *const libc::c_char, envp: *const *const libc::c_char) -> c_int {
+    // SAFETY: forwarded; `envp` is valid per execve's contract.
+    unsafe { exec::with_inherit(envp, false, |env| sys::execve(path, argv, env)) }
+}
+
+/// libc's `execv`.
+pub unsafe fn execv(path: *const libc::c_char, argv: *const *const libc::c_char) -> c_int {
+    // SAFETY: `environ` is the process environment; forwarded.
+    unsafe { exec::with_inherit(environ, false, |env| sys::execve(path, argv, env)) }
+}
+
+/// libc's `execvp`.
+pub unsafe fn execvp(file: *const libc::c_char, argv: *const *const libc::c_char) -> c_int {
+    // SAFETY: as in `execv`.
+    unsafe { exec::with_inherit(environ, false, |env| sys::execvpe(file, argv, env)) }
+}
+
+/// libc's `execvpe`.
+pub unsafe fn execvpe(file: *const libc::c_char, argv: *const *const libc::c_char, envp: *const *const libc::c_char) -> c_int {
+    // SAFETY: forwarded.
+    unsafe { exec::with_inherit(envp, false, |env| sys::execvpe(file, argv, env)) }
+}
+
+/// libc's `fexecve`.
+pub unsafe fn fexecve(fd: c_int, argv: *const *const libc::c_char, envp: *const *const libc::c_char) -> c_int {
+    // SAFETY: forwarded.
+    unsafe { exec::with_inherit(envp, false, |env| sys::fexecve(fd, argv, env)) }
+}
+
+/// libc's `posix_spawn`.
+pub unsafe fn posix_spawn(
+    pid: *mut libc::pid_t,
+    path: *const libc::c_char,
+    actions: *const libc::posix_spawn_file_actions_t,
+    attr: *const libc::posix_spawnattr_t,
+    argv: *const *mut libc::c_char,
+    envp: *const *mut libc::c_char,
+) -> c_int {
+    // SAFETY: forwarded; `envp` is valid per posix_spawn's contract.
+    unsafe { exec::with_inherit(envp.cast(), true, |env| sys::posix_spawn(pid, path, actions, attr, argv, env.cast())) }
+}
+
+/// libc's `posix_spawnp`.
+pub unsafe fn posix_spawnp(
+    pid: *mut libc::pid_t,
+    file: *const libc::c_char,
+    actions: *const libc::posix_spawn_file_actions_t,
+    attr: *const libc::posix_spawnattr_t,
+    argv: *const *mut libc::c_char,
+    envp: *const *mut libc::c_char,
+) -> c_int {
+    // SAFETY: as in `posix_spawn`.
+    unsafe { exec::with_inherit(envp.cast(), true, |env| sys::posix_spawnp(pid, file, actions, attr, argv, env.cast())) }
+}

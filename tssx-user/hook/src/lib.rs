@@ -1,0 +1,55 @@
+//! The data plane of tssx: what `libtssx_preload.so` does inside an application.
+//!
+//! For a Unix stream socket on a path the running `tssx-agent` watches, the hook claims the
+//! connection's shared-memory segment from the agent and serves the socket's I/O from the rings;
+//! everything else passes straight through to the real libc function. An fd that is not in the
+//! table costs one bounds check and one atomic load (poll/select scan their fds that way; an
+//! epoll instance without swapped fds costs one load). With no agent running, or an unwatched
+//! path, nothing is ever swapped.
+//!
+//! This crate is the logic, as a library that links libc (and `tssx-shm`, `tssx-common`) only.
+//! The `tssx-preload` crate builds the cdylib: one thin `extern "C"` function per interposed
+//! libc name, each calling its twin in [`calls`]. Keeping the exports out of this crate lets
+//! its unit tests run in an ordinary test binary, whose own `read`/`write` stay libc's.
+//!
+//! | module | holds |
+//! |---|---|
+//! | [`calls`] | the entry points, one per interposed libc function |
+//! | [`table`] | the fd → connection table and its entries' lifetimes |
+//! | [`conn`] | one swapped connection: segment, ring handles, shutdown state, readiness |
+//! | [`stream`] | recv/send/shutdown semantics over the rings |
+//! | [`wait`], [`spin`] | waiting for the peer: spin budget, announced sleep, doorbells |
+//! | [`plain`] | turning plain: replay of the ring into the real socket |
+//! | [`lifecycle`], [`exec`], [`pass`] | fork/spawn refcounts; exec hand-over; `SCM_RIGHTS` hand-over |
+//! | [`poll`], [`epoll`] | readiness calls over a mix of swapped and plain fds |
+//! | [`paths`], [`claim`] | which sockets are watched; claiming a segment from the agent |
+//! | [`iov`], [`sys`] | caller buffers; every system call the hook makes |
+//!
+//! Covered on swapped fds: read, write, readv, writev, recv, send, recvfrom, sendto, recvmsg,
+//! sendmsg (MSG_PEEK, MSG_DONTWAIT, MSG_WAITALL, MSG_NOSIGNAL), blocking and non-blocking
+//! (accept4 SOCK_NONBLOCK, fcntl F_SETFL, ioctl FIONBIO), shutdown, ioctl FIONREAD/SIOCOUTQ,
+//! close, dup/dup2/dup3/F_DUPFD*, poll, ppoll, select, pselect, epoll_ctl, epoll_wait,
+//! epoll_pwait, epoll_pwait2, fork (both processes keep the connection) and the exec family
+//! (execve, execv, execvp, execvpe, fexecve, execl, execlp, execle, posix_spawn, posix_spawnp:
+//! the new image re-attaches the segment). Fd passing (sendmsg with ancillary data on a swapped
+//! fd) fails with EOPNOTSUPP.
+#![deny(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+pub mod calls;
+pub mod claim;
+pub mod conn;
+pub mod epoll;
+pub mod exec;
+pub mod iov;
+pub mod lifecycle;
+pub mod pass;
+pub mod paths;
+pub mod plain;
+pub mod poll;
+pub mod spin;
+pub mod stream;
+pub mod sys;
+pub mod table;
+pub mod wait;

@@ -1,0 +1,143 @@
+//! Which sockets the hook may swap: Unix stream sockets on a path the running agent watches.
+//!
+//! The agent publishes its watched paths in `/run/tssx/paths`, one per line (`/path` or
+//! `@abstract`). No file (no agent): nothing is watched, and the hook passes everything through.
+
+use std::ffi::CStr;
+
+use libc::c_int;
+
+use crate::sys;
+
+/// The watched paths the agent publishes (its default state directory, see
+/// `tssx-agent --state-dir`).
+const PATHS_FILE: &CStr = c"/run/tssx/paths";
+/// Longest paths file read (256 paths of 108 bytes fit).
+const PATHS_FILE_MAX: usize = 64 * 1024;
+
+/// The watched-path name of a Unix socket address: `/path` or `@abstract`; `None` otherwise.
+///
+/// # Safety
+/// `addr` must point at `len` readable bytes.
+pub unsafe fn unix_name(addr: *const libc::sockaddr, len: libc::socklen_t) -> Option<String> {
+    let len = len as usize;
+    let family_len = std::mem::size_of::<libc::sa_family_t>();
+    if addr.is_null() || len <= family_len || len > std::mem::size_of::<libc::sockaddr_un>() {
+        return None;
+    }
+    // SAFETY: the caller guarantees `len` readable bytes; sockaddr_un is at least that long.
+    let un = unsafe { &*addr.cast::<libc::sockaddr_un>() };
+    if un.sun_family != libc::AF_UNIX as libc::sa_family_t {
+        return None;
+    }
+    let path: Vec<u8> = un.sun_path[..len - family_len].iter().map(|&c| c as u8).collect();
+    if path.first() == Some(&0) {
+        return Some(format!("@{}", String::from_utf8_lossy(&path[1..])));
+    }
+    let end = path.iter().position(|&b| b == 0).unwrap_or(path.len());
+    Some(String::from_utf8_lossy(&path[..end]).into_owned())
+}
+
+/// What identifies one version of the published paths file: the agent replaces it by rename
+/// (a new inode) and never rewrites it in place, so an unchanged `(dev, inode, mtime, size)`
+/// means unchanged contents.
+type FileVersion = (u64, u64, i64, i64, i64);
+
+/// The paths file last read, and the version it was read at.
+static PATHS: std::sync::Mutex<Option<(FileVersion, Vec<String>)>> = std::sync::Mutex::new(None);
+
+/// Reads the paths file (raw system calls: never the hook's own `read`).
+fn read_paths() -> Option<Vec<String>> {
+    let mut buf = vec![0u8; PATHS_FILE_MAX];
+    let n = sys::read_file(PATHS_FILE, &mut buf).ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).lines().map(str::to_owned).collect())
+}
+
+/// True if the agent currently watches `name`.
+///
+/// One `stat` per call: the list is read again only when the file changed. The cache's lock is
+/// only tried, never waited for (a process that forked while another thread held it must not
+/// hang); when busy, the file is read directly.
+pub fn watched(name: &str) -> bool {
+    let Ok(st) = sys::stat(PATHS_FILE) else { return false }; // no agent
+    let version: FileVersion = (st.st_dev, st.st_ino, st.st_mtime, st.st_mtime_nsec, st.st_size);
+    let Ok(mut cache) = PATHS.try_lock() else {
+        return read_paths().is_some_and(|list| list.iter().any(|line| line == name));
+    };
+    match &*cache {
+        Some((seen, list)) if *seen == version => list.iter().any(|line| line == name),
+        _ => {
+            let Some(list) = read_paths() else { return false };
+            let found = list.iter().any(|line| line == name);
+            *cache = Some((version, list));
+            found
+        }
+    }
+}
+
+/// The local name of socket `fd` (for an accepted socket: the listener's path).
+pub fn local_name(fd: c_int) -> Option<String> {
+    let (addr, len) = tssx_shm::sys::getsockname_un(fd).ok()?;
+    // SAFETY: the kernel filled `len` bytes of `addr`.
+    unsafe { unix_name((&addr as *const libc::sockaddr_un).cast(), len) }
+}
+
+/// True if `fd` is a stream socket (datagram and seqpacket sockets stay plain).
+pub fn is_stream(fd: c_int) -> bool {
+    let mut kind: c_int = 0;
+    tssx_shm::sys::getsockopt(fd, libc::SOL_SOCKET, libc::SO_TYPE, &mut kind).is_ok() && kind == libc::SOCK_STREAM
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name_of(addr: &libc::sockaddr_un, len: usize) -> Option<String> {
+        // SAFETY: `len` bytes of a live sockaddr_un.
+        unsafe { unix_name((addr as *const libc::sockaddr_un).cast(), len as libc::socklen_t) }
+    }
+
+    fn addr(path: &[u8]) -> libc::sockaddr_un {
+        // SAFETY: plain data.
+        let mut a: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+        a.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        for (d, &s) in a.sun_path.iter_mut().zip(path) {
+            *d = s as libc::c_char;
+        }
+        a
+    }
+
+    #[test]
+    fn names_of_paths_and_abstract_addresses() {
+        let family = std::mem::size_of::<libc::sa_family_t>();
+        assert_eq!(name_of(&addr(b"/run/a.sock"), family + 12).as_deref(), Some("/run/a.sock"));
+        // Garbage after the NUL is ignored (callers such as Python leave some).
+        let mut a = addr(b"/run/a.sock\0xyz");
+        a.sun_path[20] = b'q' as libc::c_char;
+        assert_eq!(name_of(&a, std::mem::size_of::<libc::sockaddr_un>()).as_deref(), Some("/run/a.sock"));
+        // Abstract names are not NUL-terminated: the length decides.
+        assert_eq!(name_of(&addr(b"\0name"), family + 5).as_deref(), Some("@name"));
+        assert_eq!(name_of(&addr(b"/x"), family), None);
+        let mut inet = addr(b"/x");
+        inet.sun_family = libc::AF_INET as libc::sa_family_t;
+        assert_eq!(name_of(&inet, family + 3), None);
+    }
+
+    #[test]
+    fn socket_kinds_and_names() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        assert!(is_stream(std::os::fd::AsRawFd::as_raw_fd(&a)));
+        let d = std::os::unix::net::UnixDatagram::unbound().unwrap();
+        assert!(!is_stream(std::os::fd::AsRawFd::as_raw_fd(&d)));
+        let dir = std::env::temp_dir().join(format!("tssx-hook-paths-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let path = dir.join("l.sock");
+        let _ = std::fs::remove_file(&path);
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let client = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        assert_eq!(local_name(std::os::fd::AsRawFd::as_raw_fd(&server)).as_deref(), path.to_str());
+        assert_eq!(local_name(std::os::fd::AsRawFd::as_raw_fd(&client)), None, "an unbound client has no name");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

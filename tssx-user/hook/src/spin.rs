@@ -1,0 +1,113 @@
+//! The per-thread adaptive spin budget: how long a wait checks the rings before it sleeps.
+//!
+//! A wake-up costs tens of microseconds on our machines, a ring check tens of nanoseconds, so a
+//! waiting thread first spins for a budget between [`SPIN_MIN_NS`] and [`SPIN_MAX_NS`]. The
+//! budget adapts to what this thread's waits turn out to be (see [`woke`]).
+
+use std::cell::Cell;
+
+/// Bounds of the adaptive spin before a wait sleeps, in nanoseconds.
+pub const SPIN_MIN_NS: u64 = 4_000;
+/// See [`SPIN_MIN_NS`].
+pub const SPIN_MAX_NS: u64 = 100_000;
+
+/// CLOCK_MONOTONIC in nanoseconds (vDSO: no system call).
+pub fn now_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: writes into a live local timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+thread_local! {
+    /// This thread's current spin budget in nanoseconds (0 = not set yet): grows when spinning
+    /// found work or when a wait that slept was short enough to catch spinning, shrinks when a
+    /// wait that slept was longer than the longest spin (see [`woke`]).
+    static SPIN_NS: Cell<u64> = const { Cell::new(0) };
+    /// When the wait that spun in vain and went to sleep started (0: none); see [`woke`].
+    static WAIT_SINCE: Cell<u64> = const { Cell::new(0) };
+}
+
+/// The adaptive spin budget of this thread.
+pub fn spin_budget() -> u64 {
+    SPIN_NS.with(|b| if b.get() == 0 { SPIN_MAX_NS / 2 } else { b.get() })
+}
+
+/// Gives the core away during a long spin (a cheap system call when nobody else wants it).
+pub fn spin_yield() {
+    // SAFETY: sched_yield has no preconditions.
+    unsafe { libc::sched_yield() };
+}
+
+/// The spin phase of a poll-like wait: checks `ready` for the thread's spin budget (at most
+/// `timeout_ns`), yielding the core now and then; adapts the budget to the outcome and returns
+/// whether something became ready.
+pub fn spin_until(timeout_ns: Option<u64>, mut ready: impl FnMut() -> bool) -> bool {
+    let until = now_ns() + spin_budget().min(timeout_ns.unwrap_or(u64::MAX));
+    let mut found = false;
+    let mut rounds = 0u32;
+    let started = now_ns();
+    while now_ns() < until {
+        for _ in 0..32 {
+            std::hint::spin_loop();
+        }
+        rounds += 1;
+        if rounds % 32 == 0 {
+            spin_yield();
+        }
+        if ready() {
+            found = true;
+            break;
+        }
+    }
+    if found {
+        spin_paid_off();
+    } else {
+        spin_missed(started);
+    }
+    found
+}
+
+/// How long a poll-like call may sleep in the real call: until `deadline` (`None`: forever),
+/// but at most 1 ms if a connection is shared by several waiters (one may drain a doorbell
+/// meant for another) and 10 ms if one is pending (to see the agent's decision).
+pub fn sleep_budget(deadline: Option<u64>, shared: bool, pending: bool) -> Option<u64> {
+    let mut wait = deadline.map(|d| d.saturating_sub(now_ns()));
+    if shared {
+        wait = Some(wait.unwrap_or(u64::MAX).min(1_000_000));
+    }
+    if pending {
+        wait = Some(wait.unwrap_or(u64::MAX).min(10_000_000));
+    }
+    wait
+}
+
+/// Spinning found work: the spin budget doubles (up to [`SPIN_MAX_NS`]).
+pub fn spin_paid_off() {
+    SPIN_NS.with(|b| {
+        let cur = if b.get() == 0 { SPIN_MAX_NS / 2 } else { b.get() };
+        b.set((cur * 2).min(SPIN_MAX_NS));
+    });
+}
+
+/// A wait that started at `started` spun for the whole budget in vain and is going to sleep;
+/// the caller reports the end of the sleep with [`woke`].
+pub fn spin_missed(started: u64) {
+    WAIT_SINCE.with(|w| w.set(started));
+}
+
+/// The sleep after [`spin_missed`] ended. If the whole wait was shorter than the longest spin,
+/// a longer spin would have caught it: the budget grows to 1.5 times that wait. Otherwise it
+/// halves. (Halving on every sleep alone is a trap: once the budget is below the usual wait,
+/// spinning never finds work again, and every wait pays a sleep and a wake-up for good.)
+pub fn woke() {
+    let since = WAIT_SINCE.with(|w| w.replace(0));
+    if since == 0 {
+        return;
+    }
+    let waited = now_ns().saturating_sub(since);
+    SPIN_NS.with(|b| {
+        let cur = if b.get() == 0 { SPIN_MAX_NS / 2 } else { b.get() };
+        b.set(if waited <= SPIN_MAX_NS { cur.max(waited + waited / 2).min(SPIN_MAX_NS) } else { (cur / 2).max(SPIN_MIN_NS) });
+    });
+}
