@@ -73,16 +73,17 @@ pub unsafe fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags
 
 /// Defines a receiving call: swapped -> ring, otherwise (or once plain) -> the real call.
 macro_rules! recv_like {
-    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) => |$fd:ident| ($bufs:expr, $flags:expr), after = |$n:ident| $after:expr $(, plain_after = |$rc:ident| $plain_after:expr)?) => {
+    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) => |$fd:ident| ($bufs:expr, $flags:expr) $(, after = $after:expr)? $(, plain_after = |$rc:ident| $plain_after:expr)?) => {
         $(#[$doc])*
         #[doc = concat!("libc's `", stringify!($name), "`.")]
         pub unsafe fn $name($($arg: $ty),*) -> ssize_t {
             if let Some(c) = table::lookup($fd) {
                 #[allow(unused_unsafe)]
+                // SAFETY: the caller's buffers, valid for the call per the libc contract.
                 let mut bufs = unsafe { $bufs };
-                if let Ok($n) = c.recv($fd, &mut bufs, $flags) {
-                    $after;
-                    return $n;
+                if let Some(n) = c.recv($fd, &mut bufs, $flags) {
+                    $($after;)?
+                    return n;
                 }
             }
             // SAFETY: forwarded as received.
@@ -104,6 +105,7 @@ macro_rules! send_like {
         pub unsafe fn $name($($arg: $ty),*) -> ssize_t {
             $(
                 #[allow(unused_unsafe)]
+                // SAFETY: the caller's message, valid for the call per the libc contract.
                 if let Some(rc) = unsafe { $pre } {
                     return rc;
                 }
@@ -111,14 +113,16 @@ macro_rules! send_like {
             if let Some(c) = table::lookup($fd) {
                 $(
                     #[allow(unused_unsafe)]
+                    // SAFETY: as above.
                     if unsafe { $guard } {
                         sys::set_errno(libc::EOPNOTSUPP);
                         return -1;
                     }
                 )?
                 #[allow(unused_unsafe)]
+                // SAFETY: the caller's buffers, valid for the call per the libc contract.
                 let bufs = unsafe { $bufs };
-                if let Ok(n) = c.send($fd, &bufs, $flags) {
+                if let Some(n) = c.send($fd, &bufs, $flags) {
                     return n;
                 }
             }
@@ -128,13 +132,13 @@ macro_rules! send_like {
     };
 }
 
-recv_like!(fn read(fd: c_int, buf: *mut c_void, n: size_t) => |fd| (iov::one_mut(buf, n), 0), after = |_n| ());
-recv_like!(fn recv(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int) => |fd| (iov::one_mut(buf, n), flags), after = |_n| ());
-recv_like!(fn readv(fd: c_int, iov: *const iovec, cnt: c_int) => |fd| (iov::slices_mut(iov, cnt), 0), after = |_n| ());
+recv_like!(fn read(fd: c_int, buf: *mut c_void, n: size_t) => |fd| (iov::one_mut(buf, n), 0));
+recv_like!(fn recv(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int) => |fd| (iov::one_mut(buf, n), flags));
+recv_like!(fn readv(fd: c_int, iov: *const iovec, cnt: c_int) => |fd| (iov::slices_mut(iov, cnt), 0));
 recv_like!(
     fn recvfrom(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int, addr: *mut sockaddr, len: *mut socklen_t)
         => |fd| (iov::one_mut(buf, n), flags),
-        after = |_n| if !addr.is_null() && !len.is_null() {
+        after = if !addr.is_null() && !len.is_null() {
             // A connected stream socket reports no source address.
             // SAFETY: the caller passed a valid length pointer with a non-null address.
             unsafe { *len = 0 };
@@ -143,13 +147,14 @@ recv_like!(
 recv_like!(
     fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int)
         => |fd| (iov::slices_mut((*msg).msg_iov, (*msg).msg_iovlen as c_int), flags),
-        after = |_n| {
+        after = {
             // SAFETY: the caller passed a valid msghdr.
             let m = unsafe { &mut *msg };
             m.msg_flags = 0;
             m.msg_controllen = 0;
             m.msg_namelen = 0;
         },
+        // SAFETY: the caller's msghdr, just filled by the kernel.
         plain_after = |rc| if rc >= 0 && !msg.is_null() && unsafe { (*msg).msg_controllen } > 0 {
             // Swapped sockets may have arrived with their segments.
             // SAFETY: the msghdr the kernel just filled.

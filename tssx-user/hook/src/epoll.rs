@@ -19,8 +19,8 @@ use std::{
     cell::UnsafeCell,
     ptr::null_mut,
     sync::atomic::{
-        fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64,
-        Ordering::{Acquire, Relaxed, Release, SeqCst},
+        AtomicBool, AtomicPtr, AtomicU32, AtomicU64,
+        Ordering::{Acquire, Relaxed, Release},
     },
 };
 
@@ -119,7 +119,7 @@ fn set_or_new(epfd: c_int) -> Option<&'static Set> {
         plain_checked_ns: AtomicU64::new(0),
         plain_skips: AtomicU32::new(0),
     }));
-    if let Err(_) = slot.compare_exchange(null_mut(), new, Release, Acquire) {
+    if slot.compare_exchange(null_mut(), new, Release, Acquire).is_err() {
         // SAFETY: ours, never shared.
         drop(unsafe { Box::from_raw(new) });
     }
@@ -424,7 +424,7 @@ pub unsafe fn wait(epfd: c_int, events: *mut epoll_event, maxevents: c_int, time
             }
         }
         let (shared, pending) = announce_all(set, true);
-        fence(SeqCst);
+        tssx_shm::wait::settle();
         let m = if any_ready(set) {
             0
         } else {

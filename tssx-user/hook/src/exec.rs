@@ -164,3 +164,18 @@ pub unsafe fn with_inherit(envp: *const *const c_char, spawn: bool, exec: impl F
     sys::set_errno(saved);
     rc
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inherit_list_round_trips_and_skips_garbage() {
+        let list = [Inherit { fd: 5, memfd: 9, end: End::Client, inode: 123_456 }, Inherit { fd: 0, memfd: 9, end: End::Server, inode: 7 }];
+        let text = encode(&list);
+        assert_eq!(text, "5:9:0:123456,0:9:1:7");
+        assert_eq!(decode(&text), list);
+        // Malformed items (a bad end, a negative fd, missing or extra fields) are skipped.
+        assert_eq!(decode("1:2:3:4,x,-1:2:0:4,1:2:0,1:2:0:4:5,3:4:1:8"), [Inherit { fd: 3, memfd: 4, end: End::Server, inode: 8 }]);
+    }
+}

@@ -53,7 +53,7 @@ unsafe fn last_rights(msg: &msghdr) -> Option<*mut cmsghdr> {
 unsafe fn fds_of<'a>(c: *mut cmsghdr) -> &'a mut [c_int] {
     // SAFETY: per the contract, the data holds (cmsg_len - CMSG_LEN(0)) / 4 fds.
     unsafe {
-        let n = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / size_of::<c_int>();
+        let n = ((*c).cmsg_len - libc::CMSG_LEN(0) as usize) / size_of::<c_int>();
         std::slice::from_raw_parts_mut(libc::CMSG_DATA(c).cast::<c_int>(), n)
     }
 }
@@ -154,9 +154,9 @@ pub unsafe fn received(msg: *mut msghdr) {
     // SAFETY: shrinks the last header (and the control length) so the application sees only
     // its own fds; both stay within what the kernel wrote.
     unsafe {
-        (*rights).cmsg_len = libc::CMSG_LEN((app.len() * size_of::<c_int>()) as u32) as _;
-        let end = rights as usize - m.msg_control as usize + libc::CMSG_SPACE((app.len() * size_of::<c_int>()) as u32) as usize;
-        m.msg_controllen = end.min(m.msg_controllen as usize) as _;
+        (*rights).cmsg_len = libc::CMSG_LEN(size_of_val(app) as u32) as _;
+        let end = rights as usize - m.msg_control as usize + libc::CMSG_SPACE(size_of_val(app) as u32) as usize;
+        m.msg_controllen = end.min(m.msg_controllen);
     }
 }
 

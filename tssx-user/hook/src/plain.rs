@@ -105,18 +105,18 @@ impl Conn {
     }
 
     /// Once the connection is plain: replay, then the call's outcome — what it moved so far,
-    /// `Err(())` for "use the real call" if nothing yet, or EPIPE if the replay failed.
+    /// `None` for "use the real call" if nothing yet, or EPIPE if the replay failed.
     /// A receiving call always hands over to the real socket (which reports EOF or the error
     /// itself), whatever happened to the replay.
-    pub(crate) fn went_plain(&self, fd: c_int, total: usize, receiving: bool) -> Option<Result<isize, ()>> {
+    pub(crate) fn went_plain(&self, fd: c_int, total: usize, receiving: bool) -> Option<Option<isize>> {
         if self.state() != Some(SegmentState::Plain) && !self.unswapped.load(Acquire) {
             return None;
         }
         let replayed = self.replay_and_unswap(fd) || receiving;
         Some(match (total, replayed) {
-            (0, true) => Err(()),
-            (_, true) => Ok(total as isize),
-            (_, false) => Ok(partial_or_errno(total, libc::EPIPE)),
+            (0, true) => None,
+            (_, true) => Some(total as isize),
+            (_, false) => Some(partial_or_errno(total, libc::EPIPE)),
         })
     }
 

@@ -8,7 +8,6 @@
 //! its death) wakes it. Calls with no swapped fd go straight to libc.
 
 use libc::{c_int, nfds_t, pollfd, sigset_t, timespec};
-use std::sync::atomic::{fence, Ordering::SeqCst};
 
 use crate::{
     conn::{bits, Conn},
@@ -162,7 +161,7 @@ pub unsafe fn poll(fds: &mut [pollfd], timeout_ns: Option<u64>, sigmask: *const 
                 }
             }
         }
-        fence(SeqCst);
+        tssx_shm::wait::settle();
         let still_idle = !any_ready(fds);
         let rc = if still_idle {
             let wait = spin::sleep_budget(deadline, shared, pending);

@@ -52,7 +52,7 @@ pub fn spin_until(timeout_ns: Option<u64>, mut ready: impl FnMut() -> bool) -> b
             std::hint::spin_loop();
         }
         rounds += 1;
-        if rounds % 32 == 0 {
+        if rounds.is_multiple_of(32) {
             spin_yield();
         }
         if ready() {
@@ -110,4 +110,45 @@ pub fn woke() {
         let cur = if b.get() == 0 { SPIN_MAX_NS / 2 } else { b.get() };
         b.set(if waited <= SPIN_MAX_NS { cur.max(waited + waited / 2).min(SPIN_MAX_NS) } else { (cur / 2).max(SPIN_MIN_NS) });
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A wait that slept `ns` (as seen by `woke`).
+    fn slept(ns: u64) {
+        spin_missed(now_ns().saturating_sub(ns));
+        woke();
+    }
+
+    #[test]
+    fn the_budget_grows_back_after_a_short_sleep_and_halves_after_a_long_one() {
+        // Threads start in the middle.
+        assert_eq!(spin_budget(), SPIN_MAX_NS / 2);
+        // Long sleeps halve it, down to the floor.
+        for _ in 0..10 {
+            slept(10 * SPIN_MAX_NS);
+        }
+        assert_eq!(spin_budget(), SPIN_MIN_NS);
+        // A sleep a longer spin would have caught: 1.5 times that wait (it is never lost for
+        // good, the trap of halving on every sleep).
+        slept(20_000);
+        let b = spin_budget();
+        assert!((30_000..=32_000).contains(&b), "{b}");
+        // Spinning that found work doubles it, up to the cap.
+        for _ in 0..5 {
+            spin_paid_off();
+        }
+        assert_eq!(spin_budget(), SPIN_MAX_NS);
+    }
+
+    #[test]
+    fn sleep_budget_caps_shared_and_pending_waits() {
+        assert_eq!(sleep_budget(None, false, false), None);
+        assert_eq!(sleep_budget(None, true, false), Some(1_000_000));
+        assert_eq!(sleep_budget(None, false, true), Some(10_000_000));
+        let soon = now_ns() + 500_000;
+        assert!(sleep_budget(Some(soon), true, true).unwrap() <= 500_000);
+    }
 }

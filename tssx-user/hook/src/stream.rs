@@ -28,13 +28,13 @@ pub(crate) fn partial_or_errno(total: usize, errno: c_int) -> isize {
 }
 
 impl Conn {
-    /// `recv` semantics over the ring. `Err(())` means "went plain: call the real function".
-    pub fn recv(&self, fd: c_int, bufs: &mut [IoSliceMut<'_>], flags: c_int) -> Result<isize, ()> {
+    /// `recv` semantics over the ring. `None` means "went plain: call the real function".
+    pub fn recv(&self, fd: c_int, bufs: &mut [IoSliceMut<'_>], flags: c_int) -> Option<isize> {
         let peek = flags & libc::MSG_PEEK != 0;
         let wait_all = flags & libc::MSG_WAITALL != 0 && !peek;
         let want: usize = bufs.iter().map(|b| b.len()).sum();
         if want == 0 {
-            return Ok(0);
+            return Some(0);
         }
         let mut total = 0usize;
         let mut backoff = Backoff::default();
@@ -55,7 +55,7 @@ impl Conn {
             if got.bytes > 0 {
                 backoff.progress();
                 if !wait_all || total == want {
-                    return Ok(total as isize);
+                    return Some(total as isize);
                 }
                 continue;
             }
@@ -66,22 +66,22 @@ impl Conn {
                 }
                 if total == 0 && !peek && self.reset_pending() {
                     self.reset_reported.store(true, Relaxed);
-                    return Ok(partial_or_errno(0, libc::ECONNRESET));
+                    return Some(partial_or_errno(0, libc::ECONNRESET));
                 }
-                return Ok(total as isize); // EOF (0) or what MSG_WAITALL collected
+                return Some(total as isize); // EOF (0) or what MSG_WAITALL collected
             }
             if self.would_block_is_error(flags) {
-                return Ok(partial_or_errno(total, libc::EAGAIN));
+                return Some(partial_or_errno(total, libc::EAGAIN));
             }
             let waited = backoff.idle(self, fd, || self.with_rx(|rx| rx.announce_sleep()), || self.with_rx(|rx| rx.withdraw_sleep()));
             if let Err(e) = waited {
-                return Ok(partial_or_errno(total, e.errno()));
+                return Some(partial_or_errno(total, e.errno()));
             }
         }
     }
 
-    /// `send` semantics over the ring (blocking sends write everything). `Err(())`: went plain.
-    pub fn send(&self, fd: c_int, bufs: &[IoSlice<'_>], flags: c_int) -> Result<isize, ()> {
+    /// `send` semantics over the ring (blocking sends write everything). `None`: went plain.
+    pub fn send(&self, fd: c_int, bufs: &[IoSlice<'_>], flags: c_int) -> Option<isize> {
         let want: usize = bufs.iter().map(|b| b.len()).sum();
         let mut total = 0usize;
         let mut backoff = Backoff::default();
@@ -94,10 +94,10 @@ impl Conn {
                     // SAFETY: raising SIGPIPE in this thread, as the kernel would.
                     unsafe { libc::raise(libc::SIGPIPE) };
                 }
-                return Ok(partial_or_errno(total, libc::EPIPE));
+                return Some(partial_or_errno(total, libc::EPIPE));
             }
             if total == want {
-                return Ok(total as isize);
+                return Some(total as isize);
             }
             let put = self.with_tx(|tx| {
                 if self.unswapped.load(Acquire) {
@@ -106,7 +106,7 @@ impl Conn {
                 after(bufs, total, |rest| tx.writev(rest))
             });
             if put.bytes == 0 && self.unswapped.load(Acquire) {
-                return if total == 0 { Err(()) } else { Ok(total as isize) };
+                return if total == 0 { None } else { Some(total as isize) };
             }
             if put.wake_peer {
                 Self::ring_doorbell(fd);
@@ -117,11 +117,11 @@ impl Conn {
                 continue;
             }
             if self.would_block_is_error(flags) {
-                return Ok(partial_or_errno(total, libc::EAGAIN));
+                return Some(partial_or_errno(total, libc::EAGAIN));
             }
             let waited = backoff.idle(self, fd, || self.with_tx(|tx| tx.announce_sleep()), || self.with_tx(|tx| tx.withdraw_sleep()));
             if let Err(e) = waited {
-                return Ok(partial_or_errno(total, e.errno()));
+                return Some(partial_or_errno(total, e.errno()));
             }
         }
     }

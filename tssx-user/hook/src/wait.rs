@@ -1,10 +1,7 @@
 //! Waiting for the peer: the spin phase, then the announced sleep on the real socket, where
 //! the peer's doorbell byte (or its death) wakes the sleeper.
 
-use std::sync::atomic::{
-    fence,
-    Ordering::{Relaxed, SeqCst},
-};
+use std::sync::atomic::Ordering::Relaxed;
 
 use libc::c_int;
 use tssx_common::segment::SegmentState;
@@ -73,8 +70,8 @@ impl Backoff {
         self.spins += 1;
         // The clock is read every 64 checks only; a long spin yields now and then, so that on
         // a busy machine the peer (or anyone) that needs this core gets it.
-        if self.spins % 64 != 0 || now_ns() < self.spin_until {
-            if self.spins % 1024 == 0 {
+        if !self.spins.is_multiple_of(64) || now_ns() < self.spin_until {
+            if self.spins.is_multiple_of(1024) {
                 spin_yield();
             }
             std::hint::spin_loop();
@@ -111,23 +108,18 @@ impl Conn {
     /// then rings the doorbell after its next transfer or shutdown). The caller issues one
     /// `SeqCst` fence after all its announcements and re-checks readiness before sleeping.
     pub fn announce(&self) {
-        // Relaxed: ordered by the caller's SeqCst fence (see `SegmentHeader::asleep`).
-        self.segment.header().asleep.0[self.end.index()].fetch_add(1, Relaxed);
+        tssx_shm::wait::announce(&self.segment.header().asleep.0[self.end.index()]);
     }
 
     /// Takes an announcement back.
     pub fn withdraw(&self) {
-        // Relaxed: at worst the peer sends one spurious doorbell.
-        self.segment.header().asleep.0[self.end.index()].fetch_sub(1, Relaxed);
+        tssx_shm::wait::withdraw(&self.segment.header().asleep.0[self.end.index()]);
     }
 
     /// After changing something the peer may wait for (shutdown, last close): wake it if it
     /// announced a sleep.
     pub(crate) fn wake_peer(&self, fd: c_int) {
-        // SeqCst fence: pairs with the fence after the peer's announcement.
-        fence(SeqCst);
-        // Relaxed: ordered by the fence.
-        if self.segment.header().asleep.0[self.end.peer().index()].load(Relaxed) != 0 {
+        if tssx_shm::wait::sleeper_announced(&self.segment.header().asleep.0[self.end.peer().index()]) {
             Self::ring_doorbell(fd);
         }
     }

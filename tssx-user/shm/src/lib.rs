@@ -4,6 +4,8 @@
 //!   layout is the ABI in [`tssx_common::segment`];
 //! * [`ring`]: the single-producer single-consumer byte ring over that memory, and its sleep and
 //!   wake protocol;
+//! * [`wait`]: the sleep and wake protocol (announce, fence, re-check; publish, fence, look)
+//!   that every waiter uses;
 //! * [`fdpass`]: one fd with a small message over a Unix socket (`SCM_RIGHTS`);
 //! * [`sys`]: the raw system calls everything here makes (never libc's wrappers: inside the
 //!   hook those names are the hook's own exports).
@@ -18,3 +20,4 @@ pub mod fdpass;
 pub mod ring;
 pub mod segment;
 pub mod sys;
+pub mod wait;

@@ -27,8 +27,9 @@
 //!
 //! Each end has an *asleep* counter in the header. The ring never blocks and never makes a
 //! system call; the caller sleeps on the real socket and the peer wakes it with a *doorbell*
-//! byte written to that socket. The protocol, for a consumer waiting for data (a producer
-//! waiting for space is symmetric):
+//! byte written to that socket. The protocol is [`crate::wait`]'s (the same for `poll` and
+//! `epoll` waits over many rings); for a consumer waiting for data (a producer waiting for
+//! space is symmetric):
 //!
 //! 1. The waiter increments its end's asleep counter, issues a `SeqCst` fence and re-checks the
 //!    ring ([`Consumer::announce_sleep`] does all three). If data arrived meanwhile it takes the
@@ -69,7 +70,7 @@
 //! yield garbage bytes, but can never make a handle access memory outside the ring.
 
 use core::cell::Cell;
-use core::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
+use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::io::{IoSlice, IoSliceMut};
 
 use self::sync::{AtomicU32, AtomicU64, DataCell};
@@ -239,34 +240,6 @@ unsafe fn copy_from_ring(raw: &RingRaw, pos: u64, dst: &mut [u8]) {
     }
 }
 
-/// After publishing a position: has the peer announced it sleeps?
-#[inline]
-fn peer_asleep_after_publish(peer_asleep: &AtomicU32) -> bool {
-    // SeqCst fence: pairs with the waiter's fence between its announcement and its re-check
-    // (see the module documentation). Either this load sees the announcement, or the waiter's
-    // re-check sees the position we just published.
-    sync::fence(SeqCst);
-    // Relaxed: the fence above provides the ordering.
-    peer_asleep.load(Relaxed) != 0
-}
-
-/// Announces a sleep on `own_asleep`, then re-checks readiness with `ready`. Returns `true` if
-/// the caller must sleep (announcement stands) and `false` if it is ready (withdrawn).
-#[inline]
-fn announce(own_asleep: &AtomicU32, ready: impl FnOnce() -> bool) -> bool {
-    // Relaxed: the fence below orders it before the re-check.
-    own_asleep.fetch_add(1, Relaxed);
-    // SeqCst fence: pairs with the peer's fence between publishing and reading the counter.
-    sync::fence(SeqCst);
-    if ready() {
-        // Relaxed: at worst the peer sends one spurious doorbell.
-        own_asleep.fetch_sub(1, Relaxed);
-        false
-    } else {
-        true
-    }
-}
-
 /// The writing handle of a ring.
 ///
 /// `Send` but neither `Sync` nor `Clone`: one handle is used by one thread at a time.
@@ -389,7 +362,7 @@ impl Producer {
         // Release: orders our copies into the ring before the new head, which the consumer
         // loads with Acquire.
         self.head().store(head.wrapping_add(bytes as u64), Release);
-        Transfer { bytes, wake_peer: peer_asleep_after_publish(self.peer_asleep()) }
+        Transfer { bytes, wake_peer: crate::wait::sleeper_announced(self.peer_asleep()) }
     }
 
     /// Copies as much of `src` as fits into the ring and publishes it.
@@ -441,13 +414,12 @@ impl Producer {
     /// on the real socket for a doorbell and must call [`Producer::withdraw_sleep`] once it
     /// stops waiting. Returns `false` (announcement already withdrawn) if there is space.
     pub fn announce_sleep(&self) -> bool {
-        announce(self.own_asleep(), || self.free() > 0)
+        crate::wait::announce_then_recheck(self.own_asleep(), || self.free() > 0)
     }
 
     /// Takes back an announcement that [`Producer::announce_sleep`] left standing.
     pub fn withdraw_sleep(&self) {
-        // Relaxed: see `announce`.
-        self.own_asleep().fetch_sub(1, Relaxed);
+        crate::wait::withdraw(self.own_asleep());
     }
 
     /// [`Producer::announce_sleep`] as a guard that withdraws on drop; `None` if there is
@@ -604,7 +576,7 @@ impl Consumer {
         // Release: orders our copies out of the ring before the new tail, which the producer
         // loads with Acquire before reusing the space.
         self.tail().store(tail.wrapping_add(bytes as u64), Release);
-        Transfer { bytes, wake_peer: peer_asleep_after_publish(self.peer_asleep()) }
+        Transfer { bytes, wake_peer: crate::wait::sleeper_announced(self.peer_asleep()) }
     }
 
     /// Copies up to `dst.len()` bytes out of the ring and consumes them.
@@ -663,13 +635,12 @@ impl Consumer {
     /// on the real socket for a doorbell and must call [`Consumer::withdraw_sleep`] once it
     /// stops waiting. Returns `false` (announcement already withdrawn) if data is there.
     pub fn announce_sleep(&self) -> bool {
-        announce(self.own_asleep(), || self.available() > 0)
+        crate::wait::announce_then_recheck(self.own_asleep(), || self.available() > 0)
     }
 
     /// Takes back an announcement that [`Consumer::announce_sleep`] left standing.
     pub fn withdraw_sleep(&self) {
-        // Relaxed: see `announce`.
-        self.own_asleep().fetch_sub(1, Relaxed);
+        crate::wait::withdraw(self.own_asleep());
     }
 
     /// [`Consumer::announce_sleep`] as a guard that withdraws on drop; `None` if data is there
@@ -688,8 +659,7 @@ pub struct SleepGuard<'a> {
 
 impl Drop for SleepGuard<'_> {
     fn drop(&mut self) {
-        // Relaxed: see `announce`.
-        self.asleep.fetch_sub(1, Relaxed);
+        crate::wait::withdraw(self.asleep);
     }
 }
 

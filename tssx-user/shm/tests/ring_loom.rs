@@ -3,13 +3,17 @@
 //! loom's atomics, fences and tracked data cells (see the `tssx_shm::ring` documentation).
 //!
 //! Run with:
-//! `RUSTFLAGS="--cfg tssx_loom" cargo test --release -p tssx-user --test ring_loom`
+//! `RUSTFLAGS="--cfg tssx_loom" cargo test --release -p tssx-shm --test ring_loom`
 //!
 //! * `order_and_no_loss`: bytes arrive complete and in order, and no data byte is read while
 //!   written (loom reports a causality violation if an ordering is too weak to publish them).
 //! * `no_lost_wakeup`: both sides sleep on a doorbell (a counting semaphore standing in for the
 //!   byte on the real socket) following the announce/re-check protocol; a lost wake-up leaves
 //!   both threads blocked, which loom reports as a deadlock.
+//! * `poll_waiter_on_two_rings`: one waiter on two connections at once, as `poll`/`epoll` wait:
+//!   it announces on both, settles once ([`tssx_shm::wait`]), re-checks both, and sleeps on one
+//!   doorbell for both; two producers each publish a byte and ring if they see the
+//!   announcement. A lost wake-up is a deadlock.
 //! * `locked_consumers_share_a_ring`: two consumer handles of one ring (two threads of one end,
 //!   or parent and child after `fork`) serialized by the ring's [`RingLock`] read every byte
 //!   exactly once, at its position, although each caches a stale producer position.
@@ -170,6 +174,64 @@ fn no_lost_wakeup() {
         }
         writer.join().unwrap();
         assert_eq!(got, MESSAGE);
+    });
+}
+
+#[test]
+fn poll_waiter_on_two_rings() {
+    // Three threads: bounded to two preemptions (every interleaving with at most two forced
+    // switches, the usual loom bound) to stay within seconds; it still finds a missing fence.
+    let mut builder = loom::model::Builder::new();
+    builder.preemption_bound = Some(2);
+    builder.check(|| {
+        let rings = [Ring::new(), Ring::new()];
+        let (producer_a, mut consumer_a) = rings[0].handles();
+        let (producer_b, mut consumer_b) = rings[1].handles();
+        // One doorbell for the waiter: it sleeps on both connections' sockets in one call.
+        let bell = Arc::new(Bell::default());
+        let writers: Vec<_> = [(producer_a, rings[0].clone(), 7u8), (producer_b, rings[1].clone(), 9u8)]
+            .into_iter()
+            .map(|(mut producer, ring, byte)| {
+                let bell = bell.clone();
+                thread::spawn(move || {
+                    let _ring = ring;
+                    let t = producer.write(&[byte]);
+                    assert_eq!(t.bytes, 1);
+                    if t.wake_peer {
+                        bell.ring();
+                    }
+                })
+            })
+            .collect();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1];
+        while got.len() < 2 {
+            for consumer in [&mut consumer_a, &mut consumer_b] {
+                if consumer.read(&mut buf).bytes == 1 {
+                    got.push(buf[0]);
+                }
+            }
+            if got.len() == 2 {
+                break;
+            }
+            // Nothing (more) to read: announce on both, settle once, re-check both.
+            let counters = [&rings[0].asleep[1], &rings[1].asleep[1]];
+            for c in counters {
+                tssx_shm::wait::announce(c);
+            }
+            tssx_shm::wait::settle();
+            if consumer_a.available() == 0 && consumer_b.available() == 0 {
+                bell.wait();
+            }
+            for c in counters {
+                tssx_shm::wait::withdraw(c);
+            }
+        }
+        for w in writers {
+            w.join().unwrap();
+        }
+        got.sort();
+        assert_eq!(got, [7, 9]);
     });
 }
 

@@ -1,0 +1,261 @@
+//! The hook's logic on a connection swapped inside this test process: both ends of a
+//! `socketpair` are installed in the fd table with one real segment (as the agent would hand
+//! out), and the entry points of `tssx_hook::calls` are called directly, without interposing
+//! anything. What the tests expect is what `af_unix` does on a plain socket pair (the
+//! end-to-end conformance suite compares the two for every scenario; these are the quick,
+//! root-free checks of the same rules).
+
+use std::{
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    sync::atomic::Ordering,
+};
+
+use libc::c_int;
+use tssx_common::segment::{End, SegmentState};
+use tssx_hook::{calls, table};
+use tssx_shm::{segment::Segment, sys::Fd};
+
+/// One swapped connection: the socket pair (client, server) with both ends in the table. Drop
+/// closes both through the hook (-1: closed already by the test).
+struct Pair {
+    client: c_int,
+    server: c_int,
+}
+
+fn swapped_pair(ring: usize) -> Pair {
+    let mut fds = [0; 2];
+    // SAFETY: a valid out-array.
+    assert_eq!(unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) }, 0);
+    let segment = Segment::create(ring).expect("segment");
+    segment.transition(SegmentState::Pending, SegmentState::Active).unwrap();
+    for (fd, end) in [(fds[0], End::Client), (fds[1], End::Server)] {
+        let memfd = dup_memfd(&segment);
+        assert!(table::install(fd, end, memfd, table::Join::Fresh, None), "install {end:?}");
+    }
+    Pair { client: fds[0], server: fds[1] }
+}
+
+fn dup_memfd(segment: &Segment) -> Fd {
+    // SAFETY: dup of the segment's own fd; the copy is owned by the result.
+    let fd = unsafe { libc::fcntl(segment.fd().unwrap().as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+    assert!(fd >= 0);
+    // SAFETY: as above.
+    unsafe { Fd::from_raw(fd) }
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        for fd in [self.client, self.server] {
+            if fd >= 0 {
+                // SAFETY: our socket; the hook forgets its table entry and closes it.
+                unsafe { calls::close(fd) };
+            }
+        }
+    }
+}
+
+fn dummy_pair() -> (OwnedFd, OwnedFd) {
+    let mut fds = [0; 2];
+    // SAFETY: a valid out-array.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: new fds.
+    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+}
+
+fn write(fd: c_int, bytes: &[u8]) -> isize {
+    // SAFETY: a live buffer of the stated length.
+    unsafe { calls::write(fd, bytes.as_ptr().cast(), bytes.len()) }
+}
+
+fn read(fd: c_int, buf: &mut [u8]) -> isize {
+    // SAFETY: a live buffer of the stated length.
+    unsafe { calls::read(fd, buf.as_mut_ptr().cast(), buf.len()) }
+}
+
+fn recv(fd: c_int, buf: &mut [u8], flags: c_int) -> isize {
+    // SAFETY: a live buffer of the stated length.
+    unsafe { calls::recv(fd, buf.as_mut_ptr().cast(), buf.len(), flags) }
+}
+
+fn errno() -> c_int {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+/// Bytes that are in the socket's real kernel queue (nothing should be: the rings carry them).
+fn kernel_queued(fd: c_int) -> c_int {
+    let mut n: c_int = 0;
+    // SAFETY: FIONREAD writes an int; the real ioctl, not the hook's.
+    assert_eq!(unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) }, 0);
+    n
+}
+
+#[test]
+fn bytes_go_through_the_rings_both_ways() {
+    let p = swapped_pair(4096);
+    assert_eq!(write(p.client, b"hello"), 5);
+    assert_eq!(kernel_queued(p.server), 0, "the bytes must not be on the real socket");
+    let mut buf = [0u8; 16];
+    assert_eq!(read(p.server, &mut buf), 5);
+    assert_eq!(&buf[..5], b"hello");
+    assert_eq!(write(p.server, b"world!"), 6);
+    assert_eq!(read(p.client, &mut buf), 6);
+    assert_eq!(&buf[..6], b"world!");
+    let header_bytes = {
+        let c = table::lookup(p.client).unwrap();
+        (c.header().rings[0].producer.0.head.load(Ordering::Relaxed), c.header().rings[1].producer.0.head.load(Ordering::Relaxed))
+    };
+    assert_eq!(header_bytes, (5, 6));
+}
+
+#[test]
+fn a_blocking_read_waits_for_a_writer_thread_larger_than_the_ring() {
+    let p = swapped_pair(4096);
+    let (client, server) = (p.client, p.server);
+    let total = 1 << 20;
+    let writer = std::thread::spawn(move || {
+        let data: Vec<u8> = (0..total).map(|i| (i * 7 % 251) as u8).collect();
+        let mut sent = 0;
+        while sent < data.len() {
+            let n = write(client, &data[sent..(sent + 10_000).min(data.len())]);
+            assert!(n > 0, "write: {n} errno {}", errno());
+            sent += n as usize;
+        }
+    });
+    let mut got = Vec::with_capacity(total);
+    let mut buf = [0u8; 3000];
+    while got.len() < total {
+        let n = read(server, &mut buf);
+        assert!(n > 0, "read: {n} errno {}", errno());
+        got.extend_from_slice(&buf[..n as usize]);
+    }
+    writer.join().unwrap();
+    assert!(got.iter().enumerate().all(|(i, &b)| b == (i * 7 % 251) as u8), "bytes in order");
+}
+
+#[test]
+fn nonblocking_reads_and_writes_give_eagain_and_partial_counts() {
+    let p = swapped_pair(4096);
+    let mut buf = [0u8; 8];
+    assert_eq!(recv(p.server, &mut buf, libc::MSG_DONTWAIT), -1);
+    assert_eq!(errno(), libc::EAGAIN);
+    // SAFETY: F_SETFL with an int argument, through the hook (it records O_NONBLOCK).
+    assert_eq!(unsafe { calls::fcntl(p.client, libc::F_SETFL, libc::O_NONBLOCK as libc::c_ulong) }, 0);
+    let big = vec![1u8; 10_000];
+    assert_eq!(write(p.client, &big), 4096, "a full ring takes what fits");
+    assert_eq!(write(p.client, &big), -1);
+    assert_eq!(errno(), libc::EAGAIN);
+}
+
+#[test]
+fn peek_fionread_and_waitall() {
+    let p = swapped_pair(4096);
+    assert_eq!(write(p.client, b"abcdef"), 6);
+    let mut n: c_int = 0;
+    // SAFETY: FIONREAD writes an int.
+    assert_eq!(unsafe { calls::ioctl(p.server, libc::FIONREAD, (&mut n as *mut c_int).cast()) }, 0);
+    assert_eq!(n, 6);
+    let mut buf = [0u8; 4];
+    assert_eq!(recv(p.server, &mut buf, libc::MSG_PEEK), 4);
+    assert_eq!(&buf, b"abcd");
+    assert_eq!(recv(p.server, &mut buf, 0), 4);
+    assert_eq!(&buf, b"abcd");
+    let client = p.client;
+    let late = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert_eq!(write(client, b"gh"), 2);
+    });
+    // MSG_WAITALL collects "ef" and "gh".
+    assert_eq!(recv(p.server, &mut buf, libc::MSG_WAITALL), 4);
+    assert_eq!(&buf, b"efgh");
+    late.join().unwrap();
+}
+
+#[test]
+fn shutdown_gives_eof_after_the_data_and_epipe_to_the_writer() {
+    let p = swapped_pair(4096);
+    assert_eq!(write(p.client, b"last"), 4);
+    // SAFETY: plain arguments.
+    assert_eq!(unsafe { calls::shutdown(p.client, libc::SHUT_WR) }, 0);
+    let mut buf = [0u8; 8];
+    assert_eq!(read(p.server, &mut buf), 4);
+    assert_eq!(read(p.server, &mut buf), 0, "EOF after the data");
+    assert_eq!(recv(p.client, &mut buf, libc::MSG_DONTWAIT), -1, "the other direction is still open");
+    assert_eq!(errno(), libc::EAGAIN);
+    // SAFETY: MSG_NOSIGNAL: no SIGPIPE in the test process.
+    assert_eq!(unsafe { calls::send(p.client, b"x".as_ptr().cast(), 1, libc::MSG_NOSIGNAL) }, -1);
+    assert_eq!(errno(), libc::EPIPE);
+}
+
+#[test]
+fn poll_and_epoll_report_ring_readiness() {
+    let p = swapped_pair(4096);
+    let mut pfd = libc::pollfd { fd: p.server, events: libc::POLLIN | libc::POLLOUT, revents: 0 };
+    // SAFETY: one live pollfd.
+    assert_eq!(unsafe { calls::poll(&mut pfd, 1, 0) }, 1);
+    assert_eq!(pfd.revents, libc::POLLOUT, "writable, nothing to read");
+    assert_eq!(write(p.client, b"x"), 1);
+    // SAFETY: as above.
+    assert_eq!(unsafe { calls::poll(&mut pfd, 1, 0) }, 1);
+    assert_eq!(pfd.revents, libc::POLLIN | libc::POLLOUT);
+
+    // SAFETY: plain system call; the fd is ours.
+    let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    assert!(ep >= 0);
+    let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: 42 };
+    // SAFETY: a live event.
+    assert_eq!(unsafe { calls::epoll_ctl(ep, libc::EPOLL_CTL_ADD, p.server, &mut ev) }, 0);
+    let mut out = [libc::epoll_event { events: 0, u64: 0 }; 4];
+    // SAFETY: a live array of 4 events.
+    assert_eq!(unsafe { calls::epoll_wait(ep, out.as_mut_ptr(), 4, 1000) }, 1);
+    let got = out[0];
+    assert_eq!((got.events, { got.u64 }), (libc::EPOLLIN as u32, 42));
+    let mut buf = [0u8; 1];
+    assert_eq!(read(p.server, &mut buf), 1);
+    // Nothing left: a short wait times out with no event.
+    // SAFETY: as above.
+    assert_eq!(unsafe { calls::epoll_wait(ep, out.as_mut_ptr(), 4, 20) }, 0);
+    // SAFETY: the hook forgets the instance; then the real close.
+    unsafe { calls::close(ep) };
+}
+
+#[test]
+fn dup_is_the_same_connection_until_the_last_close() {
+    let p = swapped_pair(4096);
+    // SAFETY: plain argument.
+    let copy = unsafe { calls::dup(p.server) };
+    assert!(copy >= 0);
+    assert_eq!(write(p.client, b"one"), 3);
+    let mut buf = [0u8; 3];
+    assert_eq!(read(copy, &mut buf), 3, "the dup reads the same ring");
+    // SAFETY: our dup.
+    assert_eq!(unsafe { calls::close(copy) }, 0);
+    assert_eq!(write(p.client, b"two"), 3);
+    assert_eq!(read(p.server, &mut buf), 3, "still swapped after closing the copy");
+    assert_eq!(&buf, b"two");
+}
+
+#[test]
+fn closing_with_unread_bytes_resets_the_peer_once() {
+    let mut p = swapped_pair(4096);
+    assert_eq!(write(p.client, b"unread"), 6);
+    // SAFETY: the server end's only fd; the hook closes the real socket too.
+    assert_eq!(unsafe { calls::close(p.server) }, 0);
+    p.server = -1;
+    let mut buf = [0u8; 4];
+    assert_eq!(read(p.client, &mut buf), -1);
+    assert_eq!(errno(), libc::ECONNRESET);
+    assert_eq!(read(p.client, &mut buf), 0, "then EOF");
+}
+
+#[test]
+fn plain_fds_pass_straight_through() {
+    let (a, b) = dummy_pair();
+    assert!(table::lookup(a.as_raw_fd()).is_none());
+    // SAFETY: errno is this thread's.
+    unsafe { *libc::__errno_location() = 77 };
+    assert_eq!(write(b.as_raw_fd(), b"pipe"), 4);
+    assert_eq!(errno(), 77, "a successful pass-through leaves errno alone");
+    let mut buf = [0u8; 4];
+    assert_eq!(read(a.as_raw_fd(), &mut buf), 4);
+    assert_eq!(&buf, b"pipe");
+}
