@@ -177,9 +177,10 @@ pub struct ProducerLine {
     /// it `Relaxed` (it is the only writer; concurrent producers are serialized by
     /// [`ProducerLine::lock`], whose `Acquire`/`Release` orders their accesses).
     pub head: AtomicU64,
-    /// Producer lock: `0` when free, otherwise the pid of the holder. Serializes concurrent
-    /// writers of one socket (threads, or parent and child after `fork`). Taken with
-    /// `compare_exchange(0, pid, Acquire, Relaxed)`, released with `store(0, Release)`.
+    /// Producer lock: `0` when free, otherwise the thread id (`gettid`) of the holder.
+    /// Serializes concurrent writers of one socket (threads, or parent and child after `fork`).
+    /// Taken with `compare_exchange(0, tid, Acquire, Relaxed)`, released with
+    /// `store(0, Release)`.
     pub lock: AtomicU32,
     /// Reserved, zero.
     pub reserved: u32,
@@ -195,8 +196,8 @@ pub struct ConsumerLine {
     /// space); read by the producer with `Acquire` before it overwrites that space. The
     /// consumer itself reads it `Relaxed` (serialized by [`ConsumerLine::lock`]).
     pub tail: AtomicU64,
-    /// Consumer lock: `0` when free, otherwise the pid of the holder. Serializes concurrent
-    /// readers of one socket. Same protocol as [`ProducerLine::lock`].
+    /// Consumer lock: `0` when free, otherwise the thread id (`gettid`) of the holder.
+    /// Serializes concurrent readers of one socket. Same protocol as [`ProducerLine::lock`].
     pub lock: AtomicU32,
     /// Reserved, zero.
     pub reserved: u32,

@@ -82,7 +82,8 @@ enum Cmd {
         #[arg(long)]
         seed: Option<u64>,
     },
-    /// Set up, build, and run every test (unit and end-to-end; needs root).
+    /// Set up, check formatting and clippy, build, and run every test (unit and end-to-end;
+    /// needs root). With extra arguments (a test filter), only those tests run.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -130,6 +131,9 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             soak::run(&target_dir(), seconds, seed)
         }
         Cmd::Test { args } => {
+            if args.is_empty() {
+                lint()?;
+            }
             build()?;
             cargo(&["test", "--workspace", "--exclude", "tssx-ebpf"], &args)?;
             if args.is_empty() {
@@ -206,6 +210,13 @@ fn setup() -> anyhow::Result<()> {
         }
         installed?;
     }
+    // rustfmt and clippy for the checks `cargo xtask test` runs first.
+    for (component, probe) in [("rustfmt", "fmt"), ("clippy", "clippy")] {
+        if !succeeds(Command::new("cargo").args([probe, "--version"])) {
+            step(&format!("installing the {component} component"));
+            sh(Command::new("rustup").args(["component", "add", component]))?;
+        }
+    }
     // Nightly rust-src, for -Z build-std=core when building the eBPF programs.
     let installed = output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", "nightly"]))
         .context("the nightly toolchain is missing: `rustup toolchain install nightly` (it is preinstalled on our machines)")?;
@@ -237,6 +248,16 @@ fn setup() -> anyhow::Result<()> {
         step("not root: skipping bpffs/tracefs mounts (the agent and the tests need root)");
     }
     Ok(())
+}
+
+/// The conventions CI enforces before any test runs: rustfmt's layout (rustfmt.toml) and a
+/// clippy without warnings on every crate and target (the eBPF crate builds for its own target
+/// only, through the agent's build script).
+fn lint() -> anyhow::Result<()> {
+    step("cargo fmt --check");
+    cargo(&["fmt", "--all", "--", "--check"], &[])?;
+    step("cargo clippy --all-targets -- -D warnings");
+    cargo(&["clippy", "--quiet", "--workspace", "--exclude", "tssx-ebpf", "--all-targets", "--", "-D", "warnings"], &[])
 }
 
 /// The loom model of the ring protocol: the real ring code compiled against loom's atomics

@@ -2,7 +2,7 @@
 //!
 //! The new image has none of this process's memory, but its file descriptors survive. Before
 //! the exec, every swapped fd that survives it (no FD_CLOEXEC) has its segment's memfd made
-//! inheritable, and the list `fd:memfd:end,...` travels in the environment variable
+//! inheritable, and the list `fd:memfd:end:inode,...` travels in the environment variable
 //! [`INHERIT_VAR`] of the new image. The hook's constructor there (before `main`) maps each
 //! segment, takes the ring positions from shared memory (where they always are), and removes
 //! the variable and closes nothing the application can see except those memfds' close-on-exec
