@@ -98,7 +98,6 @@ fn both_ends_get_one_segment_and_bytes_cross_it() {
     assert_eq!(rows[0]["server"]["fd"], server.as_raw_fd());
     let table = Command::new(agent_bin()).args(["status", "--state-dir"]).arg(&state).output().unwrap();
     assert!(String::from_utf8_lossy(&table.stdout).contains("1 live connection(s)"));
-    drop((tx, rx, back_tx, back_rx));
 }
 
 #[test]

@@ -145,7 +145,6 @@ fn ring_test(test: &str, size: usize, count: u64) -> f64 {
                 write_all(&mut tx, &[1]);
             }
         }
-        drop((tx, rx));
         // SAFETY: leave the child without running the parent's destructors or atexit handlers.
         unsafe { libc::_exit(0) };
     }
@@ -171,7 +170,6 @@ fn ring_test(test: &str, size: usize, count: u64) -> f64 {
     let mut status = 0;
     // SAFETY: waits for our own child.
     unsafe { libc::waitpid(child, &mut status, 0) };
-    drop((tx, rx));
     secs
 }
 
@@ -180,7 +178,7 @@ fn worker(args: &[String]) {
     let (test, size, count) = (args[3].as_str(), args[4].parse().unwrap(), args[5].parse().unwrap());
     if args[1] == "serve" {
         let listener = UnixListener::bind(path).unwrap();
-        print!("ready\n");
+        println!("ready");
         std::io::stdout().flush().unwrap();
         let (mut stream, _) = listener.accept().unwrap();
         serve_one(&mut stream, test, size, count);
