@@ -19,8 +19,16 @@
 
 /// `"TSSX"` in the first four bytes of every message.
 pub const CONTROL_MAGIC: u32 = u32::from_le_bytes(*b"TSSX");
-/// Version of this protocol; bumped on any layout change.
-pub const CONTROL_VERSION: u32 = 1;
+/// Version of this protocol; bumped on any layout or meaning change.
+pub const CONTROL_VERSION: u32 = 2;
+
+/// Bit of [`Request::flags`] in a claim: the claiming process forked while the connection was
+/// plain, so another process may hold the same end. The agent then checks that the claiming
+/// process is the only holder among its parent and children; if not, it answers
+/// [`ReplyKind::Retry`].
+pub const CLAIM_FORKED: u32 = 1;
+/// Every flag a claim may carry.
+pub const CLAIM_FLAGS: u32 = CLAIM_FORKED;
 /// Name of the control socket inside the state directory.
 pub const CONTROL_SOCKET: &str = "agent.sock";
 
@@ -64,8 +72,8 @@ pub struct Request {
     pub role: u32,
     /// The claimed fd in the caller's process (claims only; -1 otherwise).
     pub fd: i32,
-    /// Must be zero.
-    pub reserved: u32,
+    /// Claims: a set of `CLAIM_*` bits; zero otherwise.
+    pub flags: u32,
 }
 
 /// Size of an encoded [`Request`].
@@ -80,6 +88,8 @@ pub enum ReplyKind {
     Swap = 1,
     /// Stay on the plain socket; [`Reply::reason`] says why.
     Plain = 2,
+    /// Not now ([`Reply::reason`] says why); the hook may claim again later.
+    Retry = 3,
 }
 
 /// Why a connection stays plain (the [`Reply::reason`] of a [`ReplyKind::Plain`] reply).
@@ -100,6 +110,8 @@ pub enum PlainReason {
     Declined = 5,
     /// The agent already has `--max-connections` live segments (the bound on its memory).
     TooManyConnections = 6,
+    /// Another process holds the same end of the connection (a fork's parent or child).
+    NotSoleHolder = 7,
 }
 
 impl PlainReason {
@@ -112,6 +124,7 @@ impl PlainReason {
             4 => Self::BadRequest,
             5 => Self::Declined,
             6 => Self::TooManyConnections,
+            7 => Self::NotSoleHolder,
             _ => Self::None,
         }
     }
@@ -126,6 +139,7 @@ impl PlainReason {
             Self::BadRequest => "malformed request",
             Self::Declined => "the server's hook declined the connection",
             Self::TooManyConnections => "connection limit reached (--max-connections live segments)",
+            Self::NotSoleHolder => "another process holds the same end (fork): not swapped while it does",
         }
     }
 }
@@ -199,35 +213,33 @@ fn check_header(bytes: &[u8], size: usize) -> Result<(), DecodeError> {
 impl Request {
     /// A claim of `fd` as the `role` end.
     pub const fn claim(role: Role, fd: i32) -> Self {
-        Self { magic: CONTROL_MAGIC, version: CONTROL_VERSION, kind: RequestKind::Claim as u32, role: role as u32, fd, reserved: 0 }
+        Self::claim_with(role, fd, 0)
+    }
+
+    /// A claim of `fd` as the `role` end with `CLAIM_*` flags.
+    pub const fn claim_with(role: Role, fd: i32, flags: u32) -> Self {
+        Self { magic: CONTROL_MAGIC, version: CONTROL_VERSION, kind: RequestKind::Claim as u32, role: role as u32, fd, flags }
     }
 
     /// A server declining the swap of its accepted `fd`.
     pub const fn decline(fd: i32) -> Self {
-        Self {
-            magic: CONTROL_MAGIC,
-            version: CONTROL_VERSION,
-            kind: RequestKind::Decline as u32,
-            role: Role::Server as u32,
-            fd,
-            reserved: 0,
-        }
+        Self { magic: CONTROL_MAGIC, version: CONTROL_VERSION, kind: RequestKind::Decline as u32, role: Role::Server as u32, fd, flags: 0 }
     }
 
     /// A status request.
     pub const fn status() -> Self {
-        Self { magic: CONTROL_MAGIC, version: CONTROL_VERSION, kind: RequestKind::Status as u32, role: 0, fd: -1, reserved: 0 }
+        Self { magic: CONTROL_MAGIC, version: CONTROL_VERSION, kind: RequestKind::Status as u32, role: 0, fd: -1, flags: 0 }
     }
 
     /// A stats request.
     pub const fn stats() -> Self {
-        Self { magic: CONTROL_MAGIC, version: CONTROL_VERSION, kind: RequestKind::Stats as u32, role: 0, fd: -1, reserved: 0 }
+        Self { magic: CONTROL_MAGIC, version: CONTROL_VERSION, kind: RequestKind::Stats as u32, role: 0, fd: -1, flags: 0 }
     }
 
     /// The wire bytes.
     pub fn encode(&self) -> [u8; REQUEST_SIZE] {
         let mut out = [0u8; REQUEST_SIZE];
-        for (i, w) in [self.magic, self.version, self.kind, self.role, self.fd as u32, self.reserved].iter().enumerate() {
+        for (i, w) in [self.magic, self.version, self.kind, self.role, self.fd as u32, self.flags].iter().enumerate() {
             out[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
         }
         out
@@ -242,15 +254,14 @@ impl Request {
             kind: word(bytes, 2),
             role: word(bytes, 3),
             fd: word(bytes, 4) as i32,
-            reserved: word(bytes, 5),
+            flags: word(bytes, 5),
         };
         let kind = request.request_kind().ok_or(DecodeError::Kind(request.kind))?;
-        let fields_ok = request.reserved == 0
-            && match kind {
-                RequestKind::Claim => request.request_role().is_some() && request.fd >= 0,
-                RequestKind::Decline => request.role == Role::Server as u32 && request.fd >= 0,
-                RequestKind::Status | RequestKind::Stats => request.role == 0 && request.fd == -1,
-            };
+        let fields_ok = match kind {
+            RequestKind::Claim => request.request_role().is_some() && request.fd >= 0 && request.flags & !CLAIM_FLAGS == 0,
+            RequestKind::Decline => request.role == Role::Server as u32 && request.fd >= 0 && request.flags == 0,
+            RequestKind::Status | RequestKind::Stats => request.role == 0 && request.fd == -1 && request.flags == 0,
+        };
         if !fields_ok {
             return Err(DecodeError::Field);
         }
@@ -284,6 +295,11 @@ impl Reply {
         Self { magic: CONTROL_MAGIC, version: CONTROL_VERSION, kind: ReplyKind::Swap as u32, reason: 0, connection }
     }
 
+    /// A "claim again later" reply.
+    pub const fn retry(reason: PlainReason) -> Self {
+        Self { magic: CONTROL_MAGIC, version: CONTROL_VERSION, kind: ReplyKind::Retry as u32, reason: reason as u32, connection: 0 }
+    }
+
     /// A plain reply.
     pub const fn plain(reason: PlainReason) -> Self {
         Self { magic: CONTROL_MAGIC, version: CONTROL_VERSION, kind: ReplyKind::Plain as u32, reason: reason as u32, connection: 0 }
@@ -313,7 +329,11 @@ impl Reply {
         };
         match reply.reply_kind() {
             Some(ReplyKind::Swap) if reply.reason == 0 => Ok(reply),
-            Some(ReplyKind::Plain) if PlainReason::from_u32(reply.reason) as u32 == reply.reason && reply.reason != 0 => Ok(reply),
+            Some(ReplyKind::Plain | ReplyKind::Retry)
+                if PlainReason::from_u32(reply.reason) as u32 == reply.reason && reply.reason != 0 =>
+            {
+                Ok(reply)
+            }
             Some(_) => Err(DecodeError::Field),
             None => Err(DecodeError::Kind(reply.kind)),
         }
@@ -324,6 +344,7 @@ impl Reply {
         match self.kind {
             1 => Some(ReplyKind::Swap),
             2 => Some(ReplyKind::Plain),
+            3 => Some(ReplyKind::Retry),
             _ => None,
         }
     }
@@ -349,6 +370,7 @@ mod tests {
             Reply::plain(PlainReason::PeerHasNoHook),
             Reply::plain(PlainReason::NotSeen),
             Reply::plain(PlainReason::TooManyConnections),
+            Reply::retry(PlainReason::NotSoleHolder),
         ] {
             assert_eq!(Reply::decode(&reply.encode()), Ok(reply));
         }
@@ -375,7 +397,13 @@ mod tests {
         bad[16..20].copy_from_slice(&(-1i32).to_ne_bytes()); // negative fd in a claim
         assert_eq!(Request::decode(&bad), Err(DecodeError::Field));
         let mut bad = good;
-        bad[20] = 1; // reserved
+        bad[20] = 2; // an unknown flag
+        assert_eq!(Request::decode(&bad), Err(DecodeError::Field));
+        let mut forked = good;
+        forked[20] = CLAIM_FORKED as u8;
+        assert_eq!(Request::decode(&forked), Ok(Request::claim_with(Role::Client, 5, CLAIM_FORKED)));
+        let mut bad = Request::status().encode();
+        bad[20] = 1; // flags outside a claim
         assert_eq!(Request::decode(&bad), Err(DecodeError::Field));
     }
 
@@ -388,7 +416,7 @@ mod tests {
         bad[12] = 200; // unknown reason
         assert_eq!(Reply::decode(&bad), Err(DecodeError::Field));
         let mut bad = Reply::plain(PlainReason::NotSeen).encode();
-        bad[12] = 7; // the first reason after the last known one
+        bad[12] = 8; // the first reason after the last known one
         assert_eq!(Reply::decode(&bad), Err(DecodeError::Field));
     }
 

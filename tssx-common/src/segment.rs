@@ -11,7 +11,7 @@
 //! # Layout
 //!
 //! ```text
-//! offset 0                    SegmentHeader (512 bytes, 64-byte aligned)
+//! offset 0                    SegmentHeader (768 bytes, 64-byte aligned)
 //!   0    immutable:           magic, version, header_size, total_size, ring_capacity,
 //!                             ring_offsets[2]
 //!   48   mutable, rarely:     tssx[2], state, refcount[2], reserved, socket_inode[2]
@@ -21,6 +21,8 @@
 //!   256  rings[0] (A->B)      producer line: head, producer lock
 //!                             consumer line: tail, consumer lock
 //!   384  rings[1] (B->A)      same
+//!   512  ends[0] (A)          migration lines of end A (see [`EndLine`])
+//!   640  ends[1] (B)          migration lines of end B (the header is 768 bytes)
 //! RING_DATA_OFFSET (4096)     ring data A->B, `ring_capacity` bytes
 //! align_up(.., 4096)          ring data B->A, `ring_capacity` bytes
 //! align_up(.., 4096)          end = total_size
@@ -43,6 +45,36 @@
 //! The naming follows the connection: [`End::Client`] is end *A* (the side that connected),
 //! [`End::Server`] is end *B* (the side that accepted). `rings[e]` is written by end `e` and read
 //! by its peer, so `rings[0]` is A->B and `rings[1]` is B->A.
+//!
+//! # Migration: a connection moves from the socket to the rings in flight
+//!
+//! A connection starts on the real socket at both ends. The agent hands the segment to both ends
+//! once both claimed it; from then on each end moves through the steps recorded in its
+//! [`EndLine`] (`ends[e]`, written only by end `e`'s processes):
+//!
+//! 1. **joined**: the end mapped the segment ([`JOIN_MAPPED`]), or gave it up for good
+//!    ([`JOIN_REFUSED`]: the peer then forgets the segment and stays on the socket). Until both
+//!    ends are ready nothing is on the rings, so giving up costs nothing.
+//! 2. **ready**: the end saw its peer joined, and no call of its own is inside the kernel on the
+//!    socket without the hook knowing (a blocking `read`, a `poll`): from now on every socket
+//!    byte it writes or consumes is counted in its line (`sock_written`, `sock_read`), readers
+//!    peek before they consume, and its waiters announce their sleeps (so a doorbell can wake
+//!    them and never reaches the application as data).
+//! 3. **switch**, per direction: an end that is ready and sees its peer ready stores in
+//!    `switch_at` the bytes it wrote to the socket, then writes to its ring only. The reader
+//!    consumes exactly `switch_at - sock_read` more bytes from the socket, then reads the ring;
+//!    every socket byte after `switch_at` is a doorbell.
+//! 4. **hand-back**, the reverse (ring -> socket), for the whole connection: an end that must
+//!    give the connection back to the kernel rings one last doorbell, stores the number of
+//!    doorbells it sent (`bells_at`) and its ring head (`back_at`), and writes to the socket from
+//!    then on, sending no more doorbells. Its peer, woken, does the same for its direction. A
+//!    reader reads its ring up to `back_at`, drains `bells_at - bells_drained` doorbell bytes,
+//!    then reads the socket. Doorbells are counted (`bells_sent`) before they are sent, and only
+//!    under the end's producer lock, which the hand-back holds: the count is exact.
+//!
+//! A lying peer (see `tssx-user/hook`, "untrusted peer") can make these positions wrong, which
+//! makes its own data arrive wrong or not at all, as garbage on a plain socket would; every use
+//! clamps them (`saturating_sub`, `min` with what the socket holds).
 
 use core::sync::atomic::{AtomicU32, AtomicU64};
 
@@ -50,7 +82,18 @@ use core::sync::atomic::{AtomicU32, AtomicU64};
 pub const SEGMENT_MAGIC: u64 = u64::from_le_bytes(*b"TSSXSEG\0");
 
 /// Value of [`SegmentHeader::version`]. Bumped on any change to this file's layout or rules.
-pub const SEGMENT_VERSION: u32 = 2;
+pub const SEGMENT_VERSION: u32 = 3;
+
+/// Value of [`EndLine::switch_at`] and [`EndLine::back_at`] before the event they record.
+pub const NOT_YET: u64 = u64::MAX;
+
+/// Value of [`EndLine::joined`]: the end has not mapped the segment yet.
+pub const JOIN_NONE: u32 = 0;
+/// Value of [`EndLine::joined`]: the end mapped the segment and takes part in the migration.
+pub const JOIN_MAPPED: u32 = 1;
+/// Value of [`EndLine::joined`]: the end gave the segment up before anything went on the rings
+/// (e.g. it forked or exec'ed half-way); both ends stay on the socket.
+pub const JOIN_REFUSED: u32 = 2;
 
 /// Bit of [`SegmentHeader::shut`]: the end shut down reading (`SHUT_RD`): its peer's writes
 /// fail with EPIPE, its own reads return what is left, then EOF.
@@ -129,12 +172,13 @@ impl End {
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum SegmentState {
-    /// Created; only one end is known to use the rings. Bytes written are tentative.
+    /// Handed to the ends, which are migrating onto the rings (see each [`EndLine`]).
     Pending = 0,
-    /// Both ends use the rings.
+    /// Both directions moved onto the rings (set by the end that completed the migration).
     Active = 1,
-    /// The connection went back to the real socket (after the writer replayed what the peer had
-    /// not read). Final for the rings.
+    /// The connection stays on (or went back to) the real socket: an end refused the segment
+    /// before anything went on the rings, or the connection was handed back and both rings are
+    /// drained. Final for the rings.
     Plain = 2,
     /// The connection is closed. Final.
     Closed = 3,
@@ -213,6 +257,69 @@ pub struct RingControl {
     pub consumer: CacheLine<ConsumerLine>,
 }
 
+/// One end's migration progress (see the module documentation), on a cache line of its own.
+/// Every field is written only by the processes of that end (under the end's producer lock
+/// for the writer-side fields, its consumer lock for the reader-side ones) and read by the
+/// peer; the peer must treat every value as untrusted.
+#[repr(C, align(64))]
+#[derive(Debug)]
+pub struct EndLine {
+    /// [`JOIN_NONE`], [`JOIN_MAPPED`] or [`JOIN_REFUSED`]. Stored with `SeqCst` after the end's
+    /// refcount is set; loaded with `Acquire` (or `SeqCst` where a fence pairs with it).
+    pub joined: AtomicU32,
+    /// `1` once the end is ready (step 2): every later socket transfer of this end is counted
+    /// here. Stored `SeqCst` after the counters; loaded `Acquire`.
+    pub ready: AtomicU32,
+    /// Socket bytes this end wrote before it moved its writes onto its ring ([`NOT_YET`] until
+    /// then). Stored once, `SeqCst`, under the producer lock, before the first ring write;
+    /// loaded `Acquire` by the reader after it peeked the socket.
+    pub switch_at: AtomicU64,
+    /// Ring head at which this end handed its writes back to the socket ([`NOT_YET`] until
+    /// then). Stored once, `SeqCst`, under the producer lock, after `bells_at`.
+    pub back_at: AtomicU64,
+    /// Doorbell bytes this end sent before `back_at` (valid once `back_at` is set).
+    pub bells_at: AtomicU64,
+    /// Doorbell bytes this end has sent: incremented (`SeqCst`) before each one is sent, under
+    /// the producer lock, decremented again if the send failed.
+    pub bells_sent: AtomicU64,
+    /// Data bytes this end wrote to the socket since it became ready, plus what it wrote
+    /// before (copied in when it became ready). `Relaxed` under the producer lock; published by
+    /// `switch_at`.
+    pub sock_written: AtomicU64,
+    /// Data bytes of the peer's this end consumed from the socket (same accounting), `Release`
+    /// under the consumer lock.
+    pub sock_read: AtomicU64,
+    /// Doorbell bytes of the peer's this end drained from the socket. Updated with
+    /// compare-and-swap reservations so that drainers never take more than `bells_sent`.
+    pub bells_drained: AtomicU64,
+    /// Reserved, zero.
+    pub reserved: [u64; 7],
+}
+
+impl EndLine {
+    /// A line with nothing recorded yet.
+    pub const fn new() -> EndLine {
+        EndLine {
+            joined: AtomicU32::new(JOIN_NONE),
+            ready: AtomicU32::new(0),
+            switch_at: AtomicU64::new(NOT_YET),
+            back_at: AtomicU64::new(NOT_YET),
+            bells_at: AtomicU64::new(0),
+            bells_sent: AtomicU64::new(0),
+            sock_written: AtomicU64::new(0),
+            sock_read: AtomicU64::new(0),
+            bells_drained: AtomicU64::new(0),
+            reserved: [0; 7],
+        }
+    }
+}
+
+impl Default for EndLine {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// The header at offset 0 of every segment.
 #[repr(C, align(64))]
 #[derive(Debug)]
@@ -262,6 +369,8 @@ pub struct SegmentHeader {
     pub shut: CacheLine<[AtomicU32; 2]>,
     /// The two ring control blocks: `rings[0]` is A->B, `rings[1]` is B->A.
     pub rings: [RingControl; 2],
+    /// Each end's migration progress: `ends[0]` is A's, `ends[1]` is B's.
+    pub ends: [EndLine; 2],
 }
 
 /// Where everything lies in a segment with a given ring capacity.
@@ -389,7 +498,11 @@ const _: () = {
     assert!(offset_of!(SegmentHeader, asleep) == 2 * CACHE_LINE);
     assert!(offset_of!(SegmentHeader, shut) == 3 * CACHE_LINE);
     assert!(offset_of!(SegmentHeader, rings) == 4 * CACHE_LINE);
-    assert!(size_of::<SegmentHeader>() == 8 * CACHE_LINE);
+    assert!(size_of::<EndLine>() == 2 * CACHE_LINE);
+    assert!(offset_of!(SegmentHeader, ends) == 8 * CACHE_LINE);
+    assert!(offset_of!(EndLine, switch_at) == 8);
+    assert!(offset_of!(EndLine, sock_written) == 40);
+    assert!(size_of::<SegmentHeader>() == 12 * CACHE_LINE);
     assert!(align_of::<SegmentHeader>() == CACHE_LINE);
     assert!(size_of::<SegmentHeader>() <= RING_DATA_OFFSET);
     assert!(RING_DATA_OFFSET.is_multiple_of(SEGMENT_ALIGN));

@@ -13,15 +13,14 @@ fn record(ws: &[u32]) -> Vec<u8> {
 
 /// The protocol's rule for a request record with a valid header, written independently of the
 /// decoder: kind 1..=4; claims have role 0 or 1 and fd >= 0; declines role 1 and fd >= 0;
-/// status and stats role 0 and fd -1; reserved 0.
-fn request_allowed(kind: u32, role: u32, fd: i32, reserved: u32) -> bool {
-    reserved == 0
-        && match kind {
-            1 => role <= 1 && fd >= 0,
-            3 => role == 1 && fd >= 0,
-            2 | 4 => role == 0 && fd == -1,
-            _ => false,
-        }
+/// status and stats role 0 and fd -1; flags only on claims, and only the forked bit (1).
+fn request_allowed(kind: u32, role: u32, fd: i32, flags: u32) -> bool {
+    match kind {
+        1 => role <= 1 && fd >= 0 && flags <= 1,
+        3 => role == 1 && fd >= 0 && flags == 0,
+        2 | 4 => role == 0 && fd == -1 && flags == 0,
+        _ => false,
+    }
 }
 
 /// Mostly small values (the interesting ones) and sometimes any value.
@@ -52,10 +51,10 @@ proptest! {
     /// Requests with a valid header and arbitrary fields: accepted if and only if the protocol
     /// allows them, and then round-trip.
     #[test]
-    fn requests_are_accepted_exactly_when_allowed(kind in field(), role in field(), fd in field(), reserved in prop_oneof![Just(0u32), any::<u32>()]) {
-        let bytes = record(&[CONTROL_MAGIC, CONTROL_VERSION, kind, role, fd, reserved]);
+    fn requests_are_accepted_exactly_when_allowed(kind in field(), role in field(), fd in field(), flags in prop_oneof![Just(0u32), Just(1u32), any::<u32>()]) {
+        let bytes = record(&[CONTROL_MAGIC, CONTROL_VERSION, kind, role, fd, flags]);
         let decoded = Request::decode(&bytes);
-        prop_assert_eq!(decoded.is_ok(), request_allowed(kind, role, fd as i32, reserved), "{:?}", decoded);
+        prop_assert_eq!(decoded.is_ok(), request_allowed(kind, role, fd as i32, flags), "{:?}", decoded);
         if let Ok(request) = decoded {
             prop_assert_eq!(request.encode().to_vec(), bytes);
             prop_assert!(request.request_kind().is_some());
@@ -87,19 +86,20 @@ proptest! {
         prop_assert_eq!(Request::decode(&good), Ok(Request::claim(role, fd)));
     }
 
-    /// Replies with a valid header: swaps carry no reason, plain replies a known non-zero one.
+    /// Replies with a valid header: swaps carry no reason, plain and retry replies a known
+    /// non-zero one.
     #[test]
     fn replies_are_accepted_exactly_when_allowed(kind in field(), reason in field(), connection in any::<u64>()) {
         let mut bytes = record(&[CONTROL_MAGIC, CONTROL_VERSION, kind, reason]);
         bytes.extend(connection.to_ne_bytes());
         prop_assert_eq!(bytes.len(), REPLY_SIZE);
         let allowed = (kind == ReplyKind::Swap as u32 && reason == 0)
-            || (kind == ReplyKind::Plain as u32 && (1..=6).contains(&reason));
+            || ((kind == ReplyKind::Plain as u32 || kind == ReplyKind::Retry as u32) && (1..=7).contains(&reason));
         let decoded = Reply::decode(&bytes);
         prop_assert_eq!(decoded.is_ok(), allowed, "{:?}", decoded);
         if let Ok(reply) = decoded {
             prop_assert_eq!(reply.encode().to_vec(), bytes);
-            if reply.reply_kind() == Some(ReplyKind::Plain) {
+            if reply.reply_kind() != Some(ReplyKind::Swap) {
                 prop_assert_eq!(PlainReason::from_u32(reply.reason) as u32, reply.reason);
             }
         }

@@ -1,5 +1,14 @@
-//! One swapped connection as this process sees it: the mapped segment, this end's ring
-//! handles, and what the socket looks like from outside (shutdown state, readiness).
+//! One tracked connection as this process sees it: where it is in its life (plain at first,
+//! then migrating onto the rings), its segment once it has one, and what the socket looks like
+//! from outside (shutdown state, readiness).
+//!
+//! # A connection's life in the hook
+//!
+//! Every Unix stream socket on a watched path is tracked from `connect`/`accept` on, and starts
+//! plain: the application's calls go straight to the kernel (a *raw* call), counted in
+//! [`Conn::raw`] while they run and in the byte counters when they return. See [`Phase`] for
+//! the steps; [`crate::phase`] drives them, [`crate::migrate`] serves the calls while the
+//! connection is half-way, [`crate::stream`] once it is on the rings.
 //!
 //! # What a swapped socket looks like from outside
 //!
@@ -12,19 +21,24 @@
 //! * `POLLHUP` when both are shut down, `POLLOUT` while the outgoing ring has room (or the peer
 //!   is gone, when a write fails at once).
 //!
-//! `shutdown` is recorded in the segment header only, never on the real socket: the real
-//! socket must keep carrying doorbells both ways until both ends close it.
+//! `shutdown` is recorded in the segment header only once the connection has a segment, never
+//! on the real socket: the real socket must keep carrying doorbells both ways until both ends
+//! close it.
 
 use std::{
     cell::UnsafeCell,
-    sync::atomic::{
-        AtomicBool, AtomicI32, AtomicU32, AtomicU64,
-        Ordering::{Acquire, Relaxed},
+    sync::{
+        atomic::{
+            AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicU8,
+            Ordering::{Acquire, Relaxed, SeqCst},
+        },
+        Mutex, OnceLock,
     },
 };
 
 use libc::c_int;
-use tssx_common::segment::{End, SegmentState, SHUT_READ, SHUT_RESET, SHUT_WRITE};
+use tssx_common::segment::{EndLine, SegmentHeader, JOIN_MAPPED, NOT_YET, SHUT_READ, SHUT_RESET, SHUT_WRITE};
+pub use tssx_common::segment::End;
 use tssx_shm::{
     ring::{Consumer, Producer},
     segment::Segment,
@@ -33,16 +47,120 @@ use tssx_shm::{
 
 use crate::sys;
 
-/// One swapped socket.
-pub struct Conn {
+/// Where a tracked connection is in its life. Phases only move forward (the order of the
+/// values), except that a claim that must be retried goes back to [`Phase::Candidate`].
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    /// A Unix stream socket not connected yet: only its epoll registrations are recorded, so
+    /// that they can move with it if it is swapped later (nginx registers before `connect`).
+    Unconnected = 0,
+    /// Connected or accepted on a watched path; plain, not claimed yet.
+    Candidate = 1,
+    /// The claim was sent to the agent; its answer is picked up by a later call.
+    Claiming = 2,
+    /// The segment is mapped and this end's `joined` published; still plain, waiting to see the
+    /// peer joined.
+    Mapped = 3,
+    /// Both ends joined: waiting for a moment when no raw call of this process is inside the
+    /// kernel on the socket (see [`crate::phase`]).
+    Quiescing = 4,
+    /// This end is ready: every socket transfer is counted in the header; the directions move
+    /// onto the rings (see [`crate::migrate`]).
+    Ready = 5,
+    /// Both directions are on the rings.
+    Active = 6,
+    /// Handing the connection back to the kernel: rings drained first, then the socket.
+    HandingBack = 7,
+    /// Plain for good: every call goes to the kernel, nothing is counted.
+    Plain = 8,
+}
+
+impl Phase {
+    fn from_u8(raw: u8) -> Phase {
+        match raw {
+            0 => Phase::Unconnected,
+            1 => Phase::Candidate,
+            2 => Phase::Claiming,
+            3 => Phase::Mapped,
+            4 => Phase::Quiescing,
+            5 => Phase::Ready,
+            6 => Phase::Active,
+            7 => Phase::HandingBack,
+            _ => Phase::Plain,
+        }
+    }
+
+    /// Whether calls in this phase go to the kernel as they are (counted while not yet ready).
+    #[inline]
+    pub fn is_raw(self) -> bool {
+        self < Phase::Ready || self == Phase::Plain
+    }
+}
+
+/// Bit of [`Conn::raw`]: this end is quiesced; no raw call may start any more.
+pub const QUIESCED: u32 = 1 << 31;
+
+/// The segment of a connection and this end's ring handles (from the moment it is mapped).
+pub struct Swap {
     pub(crate) segment: Segment,
-    pub(crate) end: End,
     pub(crate) tx: UnsafeCell<Producer>,
     pub(crate) rx: UnsafeCell<Consumer>,
     /// The segment's memfd (close-on-exec), kept to hand the segment across `execve`.
     pub(crate) memfd: Fd,
+}
+
+// SAFETY: `tx` and `rx` are only touched under the segment's producer/consumer lock of this
+// end (see `Conn::with_tx`/`with_rx`), which serializes every thread and process using them;
+// the segment mapping may be used from any thread.
+unsafe impl Sync for Swap {}
+// SAFETY: as above.
+unsafe impl Send for Swap {}
+
+/// The claim in flight (see [`crate::claim`]).
+#[derive(Default)]
+pub struct ClaimState {
+    /// The control connection on which the agent's answer will arrive.
+    pub(crate) control: Option<Fd>,
+    /// When to look for the answer next (CLOCK_MONOTONIC ns), and the current back-off.
+    pub(crate) next_check: u64,
+    pub(crate) backoff: u64,
+    /// When the claim was sent.
+    pub(crate) sent_at: u64,
+    /// Earliest time of the next claim after an answer "retry later" (0: none).
+    pub(crate) retry_at: u64,
+}
+
+/// One tracked socket.
+pub struct Conn {
+    pub(crate) end: End,
     /// Unique in this process: tells a connection from a later one that reuses fd and address.
     pub(crate) id: u64,
+    /// [`Phase`] as a `u8`. Moves forward with `SeqCst` stores or compare-and-swaps (the
+    /// quiescence protocol orders it against [`Conn::raw`]); loaded `Acquire`.
+    pub(crate) phase: AtomicU8,
+    /// Raw calls of this process inside the kernel on this socket (low bits), and
+    /// [`QUIESCED`]. A raw call adds one (`SeqCst`) and backs off if it finds `QUIESCED`; the
+    /// quiescer sets `QUIESCED` only by a compare-and-swap from zero: so no raw call is inside
+    /// the kernel from then on.
+    pub(crate) raw: AtomicU32,
+    /// When the connection was tracked (CLOCK_MONOTONIC ns).
+    pub(crate) born_ns: u64,
+    /// Bytes this process wrote to / consumed from the socket by raw calls (`Relaxed`: added
+    /// before the call's `SeqCst` exit from [`Conn::raw`], read after the quiescing CAS).
+    pub(crate) sent: AtomicU64,
+    pub(crate) received: AtomicU64,
+    /// Another process may hold this end too (it was forked while plain): a claim must let the
+    /// agent check that this process is the only holder. Relaxed: a flag of this process.
+    pub(crate) forked: AtomicBool,
+    /// The claim in flight; only ever try-locked (a process that forked while another thread
+    /// held it must not hang).
+    pub(crate) claim: Mutex<ClaimState>,
+    /// Epoll registrations made while the connection was plain (epfd, events, data), moved into
+    /// the hook's epoll tables when the connection becomes ready.
+    pub(crate) regs: Mutex<Vec<(c_int, u32, u64)>>,
+    /// The segment, from the moment it is mapped (`OnceLock`: set once, read lock-free).
+    pub(crate) swap: OnceLock<Swap>,
     /// How many fds of this process refer to this connection (dup, dup2, dup3, F_DUPFD).
     /// AcqRel on the decrement that may reach zero, so the last closer sees all prior uses.
     pub(crate) fds: AtomicU32,
@@ -59,26 +177,19 @@ pub struct Conn {
     /// closed or died). Relaxed: a hint re-checked against the rings, which carry their own
     /// ordering.
     pub(crate) peer_closed: AtomicBool,
-    /// The connection went plain and this end replayed its ring: every fd of it is a plain
-    /// socket from now on. The `Conn` itself stays in the table until its fds close, so that
-    /// threads still inside a call on it never see it freed. Set under the producer lock
-    /// (`Release`), read with `Acquire`.
-    pub(crate) unswapped: AtomicBool,
-    /// While the segment is pending (client end): the control connection of the claim, which
-    /// the agent closes when it decides. EOF on it while still pending means the agent died:
-    /// the connection turns plain. -1 once closed. `swap` to take it (AcqRel).
-    pub(crate) agent: AtomicI32,
     /// The peer's ECONNRESET was reported by a read (it is reported once, like `sk_err`).
     /// Relaxed: a flag of this process's view.
     pub(crate) reset_reported: AtomicBool,
-    /// Fork generation in which this connection's refcount was last raised (see [`before_fork`]).
+    /// Fork generation in which this connection's refcount was last raised.
     pub(crate) fork_mark: AtomicU64,
+    /// fd of the connection for helpers that need one (-1: unknown). Relaxed: a hint.
+    pub(crate) last_fd: AtomicI32,
 }
 
-// SAFETY: `tx` and `rx` are only touched under the segment's producer/consumer lock of this
-// end (see `with_tx`/`with_rx`), which serializes every thread and process using them.
+// SAFETY: every field is atomic, a lock, or the `Swap` (whose ring handles are only used under
+// the segment's locks).
 unsafe impl Sync for Conn {}
-// SAFETY: as above; the segment mapping may be used from any thread.
+// SAFETY: as above.
 unsafe impl Send for Conn {}
 
 /// Readiness bits, as `poll` reports them.
@@ -96,9 +207,84 @@ pub mod bits {
 }
 
 impl Conn {
+    /// A connection tracked in `phase` (for an unconnected socket, `end` is the client's).
+    pub(crate) fn new(end: End, phase: Phase, id: u64, nonblock: bool) -> Conn {
+        Conn {
+            end,
+            id,
+            phase: AtomicU8::new(phase as u8),
+            raw: AtomicU32::new(0),
+            born_ns: crate::spin::now_ns(),
+            sent: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            forked: AtomicBool::new(false),
+            claim: Mutex::new(ClaimState::default()),
+            regs: Mutex::new(Vec::new()),
+            swap: OnceLock::new(),
+            fds: AtomicU32::new(1),
+            nonblock: AtomicBool::new(nonblock),
+            first_user: AtomicU32::new(0),
+            shared: AtomicBool::new(false),
+            peer_closed: AtomicBool::new(false),
+            reset_reported: AtomicBool::new(false),
+            fork_mark: AtomicU64::new(0),
+            last_fd: AtomicI32::new(-1),
+        }
+    }
+
+    /// The current phase.
+    #[inline]
+    pub fn phase(&self) -> Phase {
+        // Acquire: pairs with the SeqCst stores that move it forward (what the mover did
+        // before, e.g. mapping the segment, is visible).
+        Phase::from_u8(self.phase.load(Acquire))
+    }
+
+    /// Moves to `to` (never backwards except to `Plain`, which is final).
+    pub(crate) fn set_phase(&self, to: Phase) {
+        // SeqCst: ordered with the quiescence protocol on `raw`.
+        self.phase.store(to as u8, SeqCst);
+    }
+
+    /// Moves from `from` to `to` if the phase is still `from`.
+    pub(crate) fn advance(&self, from: Phase, to: Phase) -> bool {
+        // SeqCst: as `set_phase`.
+        self.phase.compare_exchange(from as u8, to as u8, SeqCst, Acquire).is_ok()
+    }
+
+    /// The segment, once mapped.
+    #[inline]
+    pub fn swap(&self) -> Option<&Swap> {
+        self.swap.get()
+    }
+
+    /// The segment of a connection in a phase that has one. Callers check the phase first;
+    /// a connection past [`Phase::Claiming`] (other than `Plain`) always has its segment.
+    #[inline]
+    pub(crate) fn seg(&self) -> &Swap {
+        match self.swap.get() {
+            Some(s) => s,
+            // The phase is set after the segment (SeqCst store after `OnceLock::set`).
+            None => unreachable_swap(),
+        }
+    }
+
     /// The segment header.
-    pub fn header(&self) -> &tssx_common::segment::SegmentHeader {
-        self.segment.header()
+    #[inline]
+    pub fn header(&self) -> &SegmentHeader {
+        self.seg().segment.header()
+    }
+
+    /// This end's migration line.
+    #[inline]
+    pub(crate) fn my_line(&self) -> &EndLine {
+        &self.header().ends[self.end.index()]
+    }
+
+    /// The peer's migration line (untrusted values).
+    #[inline]
+    pub(crate) fn peer_line(&self) -> &EndLine {
+        &self.header().ends[self.end.peer().index()]
     }
 
     /// Which end this process holds.
@@ -106,9 +292,9 @@ impl Conn {
         self.end
     }
 
-    /// The segment's memfd (owned by this connection).
-    pub fn memfd_raw(&self) -> c_int {
-        self.memfd.raw()
+    /// The segment's memfd (owned by this connection), if it has one.
+    pub fn memfd_raw(&self) -> Option<c_int> {
+        self.swap().map(|s| s.memfd.raw())
     }
 
     /// Unique id of this connection in this process.
@@ -125,11 +311,6 @@ impl Conn {
         flags & libc::MSG_DONTWAIT != 0 || self.nonblock.load(Relaxed)
     }
 
-    /// The segment state.
-    pub fn state(&self) -> Option<SegmentState> {
-        self.segment.state()
-    }
-
     /// Notes which thread uses the connection (see `shared`); returns its id.
     pub(crate) fn user(&self) -> u32 {
         let me = sys::thread_id();
@@ -144,49 +325,73 @@ impl Conn {
 
     /// Whether other threads or processes may wait on this socket too (and steal doorbells).
     pub fn is_shared(&self) -> bool {
-        self.shared.load(Relaxed) || self.segment.header().refcount[self.end.index()].load(Relaxed) > 1
+        self.shared.load(Relaxed) || self.header().refcount[self.end.index()].load(Relaxed) > 1
     }
 
+    /// Runs `f` with the producer lock of this end held.
     pub(crate) fn with_tx<R>(&self, f: impl FnOnce(&mut Producer) -> R) -> R {
-        let lock = self.segment.producer_lock(self.end);
+        let swap = self.seg();
+        let lock = swap.segment.producer_lock(self.end);
         let me = self.user();
         loop {
             if let Some(_guard) = lock.try_lock(me) {
                 // SAFETY: the producer lock of this end is held: no other handle of this ring
                 // side is in use anywhere.
-                return f(unsafe { &mut *self.tx.get() });
+                return f(unsafe { &mut *swap.tx.get() });
             }
-            // SAFETY: sched_yield has no preconditions.
-            unsafe { libc::sched_yield() };
+            sys::sched_yield();
         }
     }
 
+    /// Runs `f` with the consumer lock of this end held.
     pub(crate) fn with_rx<R>(&self, f: impl FnOnce(&mut Consumer) -> R) -> R {
-        let lock = self.segment.consumer_lock(self.end);
+        let swap = self.seg();
+        let lock = swap.segment.consumer_lock(self.end);
         let me = self.user();
         loop {
             if let Some(_guard) = lock.try_lock(me) {
                 // SAFETY: as in `with_tx`, for the consumer side.
-                return f(unsafe { &mut *self.rx.get() });
+                return f(unsafe { &mut *swap.rx.get() });
             }
-            // SAFETY: sched_yield has no preconditions.
-            unsafe { libc::sched_yield() };
+            sys::sched_yield();
         }
     }
 
     /// Shutdown bits of `end` (Acquire: pairs with the SeqCst `fetch_or` in `shutdown`).
     pub(crate) fn shut_bits(&self, end: End) -> u32 {
-        self.segment.header().shut.0[end.index()].load(Acquire)
+        self.header().shut.0[end.index()].load(Acquire)
     }
 
     /// The peer's last descriptor is closed (or the peer died).
     pub(crate) fn peer_gone(&self) -> bool {
-        self.peer_closed.load(Relaxed)
-            || self.state() == Some(SegmentState::Closed)
-            || (self.state() == Some(SegmentState::Active) && self.segment.header().refcount[self.end.peer().index()].load(Acquire) == 0)
+        if self.peer_closed.load(Relaxed) {
+            return true;
+        }
+        let header = self.header();
+        // Acquire: the peer stores its refcount before `joined` (SeqCst), and a zero count
+        // after its last use.
+        self.peer_line().joined.load(Acquire) == JOIN_MAPPED && header.refcount[self.end.peer().index()].load(Acquire) == 0
     }
 
-    /// Nothing more will arrive: reads return what is left, then 0.
+    /// My writes moved onto my ring.
+    #[inline]
+    pub(crate) fn out_switched(&self) -> bool {
+        // Acquire: pairs with the SeqCst store of our own switch (possibly by another process
+        // of this end).
+        self.my_line().switch_at.load(Acquire) != NOT_YET
+    }
+
+    /// Everything the peer wrote to the socket before its switch has been consumed: incoming
+    /// data is on the ring (and socket bytes are doorbells).
+    #[inline]
+    pub(crate) fn in_switched(&self) -> bool {
+        // Acquire on both: the peer's switch position, and our count stored under the
+        // consumer lock with Release.
+        let at = self.peer_line().switch_at.load(Acquire);
+        at != NOT_YET && self.my_line().sock_read.load(Acquire) >= at
+    }
+
+    /// Nothing more will arrive on the ring: reads return what is left, then 0.
     pub fn rcv_shut(&self) -> bool {
         self.shut_bits(self.end) & SHUT_READ != 0 || self.shut_bits(self.end.peer()) & SHUT_WRITE != 0 || self.peer_gone()
     }
@@ -196,30 +401,33 @@ impl Conn {
         self.shut_bits(self.end) & SHUT_WRITE != 0 || self.shut_bits(self.end.peer()) & SHUT_READ != 0 || self.peer_gone()
     }
 
-    /// Bytes waiting in the incoming ring (`FIONREAD`).
+    /// Bytes waiting in the incoming ring.
     pub fn unread(&self) -> usize {
-        let ring = &self.segment.header().rings[self.end.peer().index()];
+        let ring = &self.header().rings[self.end.peer().index()];
         // Acquire on both: positions published by their writers with Release.
         let head = ring.producer.0.head.load(Acquire);
         let tail = ring.consumer.0.tail.load(Acquire);
-        head.wrapping_sub(tail) as usize
+        clamp_used(head, tail, self.seg().segment.ring_capacity())
     }
 
-    /// Bytes this end wrote that the peer has not read yet (`SIOCOUTQ`).
+    /// Bytes this end wrote that the peer has not read yet.
     pub fn unsent(&self) -> usize {
-        let ring = &self.segment.header().rings[self.end.index()];
+        let ring = &self.header().rings[self.end.index()];
         // Acquire on both, as in `unread`.
         let head = ring.producer.0.head.load(Acquire);
         let tail = ring.consumer.0.tail.load(Acquire);
-        head.wrapping_sub(tail) as usize
+        clamp_used(head, tail, self.seg().segment.ring_capacity())
     }
 
-    /// Positions that change when new data arrives (incoming head) and when room is made
-    /// (outgoing tail): edge-triggered epoll reports an edge when one of them moved.
+    /// Positions that change when new data arrives (incoming head, plus what was consumed from
+    /// the socket) and when room is made (outgoing tail): edge-triggered epoll reports an edge
+    /// when one of them moved.
     pub fn edges(&self) -> (u64, u64) {
-        let header = self.segment.header();
+        let header = self.header();
         // Acquire: as in `unread`.
-        (header.rings[self.end.peer().index()].producer.0.head.load(Acquire), header.rings[self.end.index()].consumer.0.tail.load(Acquire))
+        let head = header.rings[self.end.peer().index()].producer.0.head.load(Acquire);
+        let sock = self.my_line().sock_read.load(Acquire);
+        (head.wrapping_add(sock), header.rings[self.end.index()].consumer.0.tail.load(Acquire))
     }
 
     /// The peer closed with bytes unread and no read has reported ECONNRESET yet.
@@ -227,8 +435,9 @@ impl Conn {
         self.shut_bits(self.end.peer()) & SHUT_RESET != 0 && !self.reset_reported.load(Relaxed)
     }
 
-    /// Readiness from the rings and the shutdown state ([`bits`]), without a system call.
-    pub fn readiness(&self) -> u32 {
+    /// Readiness of an [`Phase::Active`] connection from the rings and the shutdown state
+    /// ([`bits`]), without a system call.
+    pub fn ring_readiness(&self) -> u32 {
         let mut ready = 0;
         if self.reset_pending() {
             ready |= bits::ERR;
@@ -244,9 +453,44 @@ impl Conn {
                 ready |= bits::HUP;
             }
         }
-        if self.unsent() < self.segment.ring_capacity() || self.peer_gone() {
+        if self.unsent() < self.seg().segment.ring_capacity() || self.peer_gone() {
             ready |= bits::OUT;
         }
         ready
     }
+
+    /// Readiness of a connection that has a segment, in any phase from [`Phase::Ready`] on
+    /// (half-way phases ask the socket too, see [`crate::migrate`]).
+    pub fn readiness(&self, fd: c_int) -> u32 {
+        match self.phase() {
+            Phase::Active => self.ring_readiness(),
+            _ => self.migrating_readiness(fd),
+        }
+    }
+
+    /// Records that `fd` is (one of) this connection's descriptors.
+    #[inline]
+    pub(crate) fn note_fd(&self, fd: c_int) {
+        self.last_fd.store(fd, Relaxed);
+    }
+}
+
+/// Bytes between two free-running positions, clamped to the capacity (a lying peer can make
+/// the stream look full or empty, never longer than the ring).
+#[inline]
+pub(crate) fn clamp_used(head: u64, tail: u64, capacity: usize) -> usize {
+    let used = head.wrapping_sub(tail);
+    if used > capacity as u64 {
+        0
+    } else {
+        used as usize
+    }
+}
+
+#[cold]
+fn unreachable_swap() -> ! {
+    // A phase with a segment is only ever published after the segment: reaching this is a bug
+    // in the hook; abort rather than unwind through a C caller.
+    // SAFETY: abort has no preconditions.
+    unsafe { libc::abort() }
 }

@@ -18,7 +18,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use crate::sys::{self, Errno, Fd};
 
 use tssx_common::segment::{
-    CacheLine, End, HeaderError, RingControl, SegmentHeader, SegmentLayout, SegmentState, MAX_RING_CAPACITY, SEGMENT_MAGIC, SEGMENT_VERSION,
+    CacheLine, EndLine, End, HeaderError, RingControl, SegmentHeader, SegmentLayout, SegmentState, MAX_RING_CAPACITY, SEGMENT_MAGIC, SEGMENT_VERSION,
 };
 
 /// The seals a segment must carry: its size can never change, and neither can its seals.
@@ -153,6 +153,7 @@ impl Segment {
             asleep: CacheLine([AtomicU32::new(0), AtomicU32::new(0)]),
             shut: CacheLine([AtomicU32::new(0), AtomicU32::new(0)]),
             rings: [RingControl::default(), RingControl::default()],
+            ends: [EndLine::new(), EndLine::new()],
         };
         // SAFETY: the mapping is fresh, ours alone (the fd has not left this process), large
         // enough and aligned; writing the whole header initialises it.
