@@ -292,8 +292,12 @@ pub struct EndLine {
     /// Doorbell bytes of the peer's this end drained from the socket. Updated with
     /// compare-and-swap reservations so that drainers never take more than `bells_sent`.
     pub bells_drained: AtomicU64,
+    /// When this end completed its migration (both directions on the rings), CLOCK_MONOTONIC
+    /// nanoseconds; zero before. Stored `SeqCst`, then the peer's is loaded `SeqCst`: the end
+    /// that sees both non-zero moves the state to [`SegmentState::Active`]. For traces only.
+    pub active_ns: AtomicU64,
     /// Reserved, zero.
-    pub reserved: [u64; 7],
+    pub reserved: [u64; 6],
 }
 
 impl EndLine {
@@ -309,7 +313,8 @@ impl EndLine {
             sock_written: AtomicU64::new(0),
             sock_read: AtomicU64::new(0),
             bells_drained: AtomicU64::new(0),
-            reserved: [0; 7],
+            active_ns: AtomicU64::new(0),
+            reserved: [0; 6],
         }
     }
 }

@@ -10,13 +10,16 @@
 #![allow(clippy::missing_safety_doc)]
 
 use libc::{c_int, c_void, iovec, msghdr, size_t, sockaddr, socklen_t, ssize_t};
-use tssx_common::{control::Role, segment::End};
+use tssx_common::segment::End;
 
 use crate::{
-    claim, epoll, exec, iov, lifecycle, pass, paths, poll,
+    conn::{Conn, Phase},
+    epoll, exec, iov, lifecycle, pass, paths,
+    phase::RawCall,
+    poll,
     spin::now_ns,
     sys::{self, with_errno_kept},
-    table::{self, Join},
+    table,
 };
 
 /// Resolves the real functions and re-attaches connections handed over by the previous image:
@@ -26,18 +29,35 @@ pub fn init() {
     exec::reattach();
 }
 
-/// After a successful connect/accept: claim `fd` if it is a watched stream socket.
-fn maybe_swap(fd: c_int, role: Role, name: Option<String>) {
+/// After a successful connect/accept of `fd`: track it if it is a stream socket on a watched
+/// path (plain for now: nothing is asked of the agent here), else forget it.
+fn track_connected(fd: c_int, end: End, name: Option<String>) {
     with_errno_kept(|| {
-        let Some(name) = name else { return };
-        if !paths::watched(&name) || !paths::is_stream(fd) {
-            return;
-        }
-        if let Some((memfd, agent)) = claim::claim(role, fd) {
-            let end = if role == Role::Client { End::Client } else { End::Server };
-            table::install(fd, end, memfd, Join::Fresh, agent);
+        let watched = name.is_some_and(|name| paths::watched(&name)) && paths::is_stream(fd);
+        match table::lookup(fd) {
+            Some(c) if watched && c.phase() == Phase::Unconnected => c.connected(end),
+            _ if watched => {
+                table::track(fd, end, Phase::Candidate);
+            }
+            Some(_) => table::untrack(fd),
+            None => {}
         }
     })
+}
+
+/// libc's `socket`: a Unix stream socket is tracked from here on (only its epoll registrations
+/// are recorded until it connects), if an agent is running.
+pub unsafe fn socket(domain: c_int, kind: c_int, protocol: c_int) -> c_int {
+    // SAFETY: no pointers.
+    let fd = unsafe { sys::socket(domain, kind, protocol) };
+    if fd >= 0 && domain == libc::AF_UNIX && kind & 0xf == libc::SOCK_STREAM {
+        with_errno_kept(|| {
+            if paths::agent_running() {
+                table::track(fd, End::Client, Phase::Unconnected);
+            }
+        });
+    }
+    fd
 }
 
 /// libc's `connect`.
@@ -46,7 +66,9 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
     let rc = unsafe { sys::connect(fd, addr, len) };
     if rc == 0 {
         // SAFETY: the kernel just accepted `addr`/`len` as readable.
-        maybe_swap(fd, Role::Client, unsafe { paths::unix_name(addr, len) });
+        track_connected(fd, End::Client, unsafe { paths::unix_name(addr, len) });
+    } else if table::any_live() && table::lookup(fd).is_some() && sys::errno() != libc::EINTR && sys::errno() != libc::EAGAIN {
+        with_errno_kept(|| table::untrack(fd));
     }
     rc
 }
@@ -56,7 +78,7 @@ pub unsafe fn accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_i
     // SAFETY: forwarded as received.
     let new = unsafe { sys::accept(fd, addr, len) };
     if new >= 0 {
-        maybe_swap(new, Role::Server, paths::local_name(new));
+        track_connected(new, End::Server, paths::local_name(new));
     }
     new
 }
@@ -66,28 +88,75 @@ pub unsafe fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags
     // SAFETY: forwarded as received.
     let new = unsafe { sys::accept4(fd, addr, len, flags) };
     if new >= 0 {
-        maybe_swap(new, Role::Server, paths::local_name(new));
+        track_connected(new, End::Server, paths::local_name(new));
     }
     new
 }
 
-/// Defines a receiving call: swapped -> ring, otherwise (or once plain) -> the real call.
+/// How a call on a tracked fd goes: straight to the kernel (counted while the connection is
+/// not ready), or through the hook's own path (`Hook`).
+enum Route<'a> {
+    Kernel(Option<RawCall<'a>>),
+    Hook,
+}
+
+/// Routes a call on `c` (fd `fd`): one step of the connection's migration first.
+#[inline]
+fn route(c: &Conn, fd: c_int) -> Route<'_> {
+    let phase = c.phase();
+    if phase == Phase::Plain || phase == Phase::Unconnected {
+        return Route::Kernel(None);
+    }
+    if phase.is_raw() {
+        c.tick(fd);
+        if let Some(raw) = c.enter_raw() {
+            return Route::Kernel(Some(raw));
+        }
+        if c.await_ready() == Phase::Plain {
+            return Route::Kernel(None);
+        }
+    }
+    Route::Hook
+}
+
+/// After a raw call returned `rc`: count it, leave, and take the next step.
+#[inline]
+fn after_raw(c: &Conn, fd: c_int, raw: Option<RawCall<'_>>, rc: isize, sending: bool) {
+    if let Some(raw) = raw {
+        raw.moved(rc, sending);
+        drop(raw);
+        with_errno_kept(|| c.tick(fd));
+    }
+}
+
+/// Defines a receiving call: on the rings (or half-way) -> the hook, otherwise the real call.
 macro_rules! recv_like {
     ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) => |$fd:ident| ($bufs:expr, $flags:expr) $(, after = $after:expr)? $(, plain_after = |$rc:ident| $plain_after:expr)?) => {
         $(#[$doc])*
         #[doc = concat!("libc's `", stringify!($name), "`.")]
         pub unsafe fn $name($($arg: $ty),*) -> ssize_t {
+            let mut raw = None;
             if let Some(c) = table::lookup($fd) {
-                #[allow(unused_unsafe)]
-                // SAFETY: the caller's buffers, valid for the call per the libc contract.
-                let mut bufs = unsafe { $bufs };
-                if let Some(n) = c.recv($fd, &mut bufs, $flags) {
-                    $($after;)?
-                    return n;
+                match route(c, $fd) {
+                    Route::Kernel(r) => raw = r.map(|r| (c, r)),
+                    Route::Hook => {
+                        #[allow(unused_unsafe)]
+                        // SAFETY: the caller's buffers, valid for the call per the libc contract.
+                        let mut bufs = unsafe { $bufs };
+                        if let Some(n) = c.recv($fd, &mut bufs, $flags) {
+                            $($after;)?
+                            return n;
+                        }
+                    }
                 }
             }
             // SAFETY: forwarded as received.
             let rc = unsafe { sys::$name($($arg),*) };
+            if let Some((c, r)) = raw {
+                #[allow(unused_unsafe)]
+                let consumed = $flags & libc::MSG_PEEK == 0;
+                after_raw(c, $fd, Some(r), if consumed { rc } else { 0 }, false);
+            }
             $(
                 let $rc = rc;
                 $plain_after;
@@ -110,24 +179,34 @@ macro_rules! send_like {
                     return rc;
                 }
             )?
+            let mut raw = None;
             if let Some(c) = table::lookup($fd) {
-                $(
-                    #[allow(unused_unsafe)]
-                    // SAFETY: as above.
-                    if unsafe { $guard } {
-                        sys::set_errno(libc::EOPNOTSUPP);
-                        return -1;
+                match route(c, $fd) {
+                    Route::Kernel(r) => raw = r.map(|r| (c, r)),
+                    Route::Hook => {
+                        $(
+                            #[allow(unused_unsafe)]
+                            // SAFETY: as above.
+                            if unsafe { $guard } {
+                                sys::set_errno(libc::EOPNOTSUPP);
+                                return -1;
+                            }
+                        )?
+                        #[allow(unused_unsafe)]
+                        // SAFETY: the caller's buffers, valid for the call per the libc contract.
+                        let bufs = unsafe { $bufs };
+                        if let Some(n) = c.send($fd, &bufs, $flags) {
+                            return n;
+                        }
                     }
-                )?
-                #[allow(unused_unsafe)]
-                // SAFETY: the caller's buffers, valid for the call per the libc contract.
-                let bufs = unsafe { $bufs };
-                if let Some(n) = c.send($fd, &bufs, $flags) {
-                    return n;
                 }
             }
             // SAFETY: forwarded as received.
-            unsafe { sys::$name($($arg),*) }
+            let rc = unsafe { sys::$name($($arg),*) };
+            if let Some((c, r)) = raw {
+                after_raw(c, $fd, Some(r), rc, true);
+            }
+            rc
         }
     };
 }
@@ -173,12 +252,12 @@ send_like!(
     fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int)
         => |fd| (iov::slices((*msg).msg_iov, (*msg).msg_iovlen as c_int), flags),
         guard = (*msg).msg_controllen > 0,
-        pre = if table::lookup(fd).is_none() { pass::send(fd, msg, flags) } else { None }
+        pre = if table::lookup_swapped(fd).is_none() { pass::send(fd, msg, flags) } else { None }
 );
 
 /// libc's `close`.
 pub unsafe fn close(fd: c_int) -> c_int {
-    if table::lookup_any(fd).is_some() {
+    if table::lookup(fd).is_some() {
         with_errno_kept(|| table::close(fd));
     }
     if epoll::has_set(fd) {
@@ -192,7 +271,7 @@ pub unsafe fn close(fd: c_int) -> c_int {
 pub unsafe fn dup(fd: c_int) -> c_int {
     // SAFETY: forwarded as received.
     let new = unsafe { sys::dup(fd) };
-    if new >= 0 && table::lookup_any(fd).is_some() {
+    if new >= 0 && table::lookup(fd).is_some() {
         table::duplicated(fd, new);
     }
     new
@@ -202,7 +281,7 @@ pub unsafe fn dup(fd: c_int) -> c_int {
 pub unsafe fn dup2(old: c_int, new: c_int) -> c_int {
     // SAFETY: forwarded as received.
     let rc = unsafe { sys::dup2(old, new) };
-    if rc >= 0 && old != new && (table::lookup_any(old).is_some() || table::lookup_any(new).is_some()) {
+    if rc >= 0 && old != new && (table::lookup(old).is_some() || table::lookup(new).is_some()) {
         table::duplicated(old, new);
     }
     rc
@@ -212,7 +291,7 @@ pub unsafe fn dup2(old: c_int, new: c_int) -> c_int {
 pub unsafe fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
     // SAFETY: forwarded as received.
     let rc = unsafe { sys::dup3(old, new, flags) };
-    if rc >= 0 && (table::lookup_any(old).is_some() || table::lookup_any(new).is_some()) {
+    if rc >= 0 && (table::lookup(old).is_some() || table::lookup(new).is_some()) {
         table::duplicated(old, new);
     }
     rc
@@ -224,7 +303,7 @@ pub unsafe fn fcntl(fd: c_int, cmd: c_int, arg: libc::c_ulong) -> c_int {
     // SAFETY: forwarded as received.
     let rc = unsafe { sys::fcntl(fd, cmd, arg) };
     if rc >= 0 {
-        if let Some(c) = table::lookup_any(fd) {
+        if let Some(c) = table::lookup(fd) {
             match cmd {
                 libc::F_DUPFD | libc::F_DUPFD_CLOEXEC => table::duplicated(fd, rc),
                 libc::F_SETFL => c.set_nonblocking(arg as c_int & libc::O_NONBLOCK != 0),
@@ -238,8 +317,14 @@ pub unsafe fn fcntl(fd: c_int, cmd: c_int, arg: libc::c_ulong) -> c_int {
 /// libc's `shutdown`.
 pub unsafe fn shutdown(fd: c_int, how: c_int) -> c_int {
     if let Some(c) = table::lookup(fd) {
-        if !c.unswap_if_plain(fd) {
-            return c.shutdown(fd, how);
+        let phase = c.phase();
+        if phase >= Phase::Ready && phase != Phase::Plain {
+            if let Some(rc) = c.shutdown(fd, how) {
+                return rc;
+            }
+        } else if phase != Phase::Plain && phase != Phase::Unconnected {
+            // A socket shut down for real is never migrated (its peer could not be woken).
+            with_errno_kept(|| c.give_up());
         }
     }
     // SAFETY: forwarded as received.
@@ -249,10 +334,10 @@ pub unsafe fn shutdown(fd: c_int, how: c_int) -> c_int {
 /// `ioctl` is variadic in C; its one optional argument travels in the third argument register
 /// on x86-64, so a three-argument definition receives it unchanged.
 pub unsafe fn ioctl(fd: c_int, request: libc::c_ulong, arg: *mut c_void) -> c_int {
-    if let Some(c) = table::lookup(fd) {
+    if let Some(c) = table::lookup_swapped(fd) {
         let value = match request {
-            libc::FIONREAD => Some(c.unread()),
-            libc::TIOCOUTQ => Some(c.unsent()),
+            libc::FIONREAD => Some(c.unread_total(fd)),
+            libc::TIOCOUTQ => Some(c.unsent_total(fd)),
             _ => None,
         };
         if let Some(value) = value {
@@ -293,9 +378,20 @@ pub unsafe fn poll(fds: *mut libc::pollfd, n: libc::nfds_t, timeout: c_int) -> c
     if table::any_live() && !fds.is_null() {
         // SAFETY: the caller passes `n` pollfds.
         let slice = unsafe { std::slice::from_raw_parts_mut(fds, n as usize) };
-        if poll::any_swapped(slice) {
+        match poll::kind(slice) {
+            poll::Kind::Plain => {}
+            poll::Kind::Raw => {
+                if let Some(raw) = poll::RawCalls::enter(slice) {
+                    // SAFETY: forwarded as received.
+                    let rc = unsafe { sys::poll(fds, n, timeout) };
+                    drop(raw);
+                    return rc;
+                }
+                // SAFETY: no signal mask.
+                return unsafe { poll::poll(slice, ms_to_ns(timeout), std::ptr::null()) };
+            }
             // SAFETY: no signal mask.
-            return unsafe { poll::poll(slice, ms_to_ns(timeout), std::ptr::null()) };
+            poll::Kind::Swapped => return unsafe { poll::poll(slice, ms_to_ns(timeout), std::ptr::null()) },
         }
     }
     // SAFETY: forwarded as received.
@@ -307,9 +403,20 @@ pub unsafe fn ppoll(fds: *mut libc::pollfd, n: libc::nfds_t, ts: *const libc::ti
     if table::any_live() && !fds.is_null() {
         // SAFETY: the caller passes `n` pollfds.
         let slice = unsafe { std::slice::from_raw_parts_mut(fds, n as usize) };
-        if poll::any_swapped(slice) {
+        match poll::kind(slice) {
+            poll::Kind::Plain => {}
+            poll::Kind::Raw => {
+                if let Some(raw) = poll::RawCalls::enter(slice) {
+                    // SAFETY: forwarded as received.
+                    let rc = unsafe { sys::ppoll(fds, n, ts, mask) };
+                    drop(raw);
+                    return rc;
+                }
+                // SAFETY: `ts` and `mask` are null or valid, per ppoll's contract.
+                return unsafe { poll::poll(slice, ts_to_ns(ts), mask) };
+            }
             // SAFETY: `ts` and `mask` are null or valid, per ppoll's contract.
-            return unsafe { poll::poll(slice, ts_to_ns(ts), mask) };
+            poll::Kind::Swapped => return unsafe { poll::poll(slice, ts_to_ns(ts), mask) },
         }
     }
     // SAFETY: forwarded as received.
@@ -319,7 +426,7 @@ pub unsafe fn ppoll(fds: *mut libc::pollfd, n: libc::nfds_t, ts: *const libc::ti
 /// libc's `select`.
 pub unsafe fn select(n: c_int, r: *mut libc::fd_set, w: *mut libc::fd_set, e: *mut libc::fd_set, tv: *mut libc::timeval) -> c_int {
     // SAFETY: the sets are valid for `n` fds, per select's contract.
-    if unsafe { poll::select_has_swapped(n, [r, w, e]) } {
+    if unsafe { poll::select_has_tracked(n, [r, w, e]) } {
         // SAFETY: `tv` is null or valid.
         let timeout = unsafe { tv.as_ref() }.map(|t| (t.tv_sec.max(0) as u64) * 1_000_000_000 + (t.tv_usec.max(0) as u64) * 1_000);
         let start = now_ns();
@@ -348,7 +455,7 @@ pub unsafe fn pselect(
     mask: *const libc::sigset_t,
 ) -> c_int {
     // SAFETY: the sets are valid for `n` fds, per pselect's contract.
-    if unsafe { poll::select_has_swapped(n, [r, w, e]) } {
+    if unsafe { poll::select_has_tracked(n, [r, w, e]) } {
         // SAFETY: `ts` and `mask` are null or valid.
         return unsafe { poll::select(n, r, w, e, ts_to_ns(ts), mask) };
     }
@@ -375,7 +482,7 @@ pub unsafe fn epoll_wait(epfd: c_int, events: *mut libc::epoll_event, max: c_int
         return unsafe { epoll::wait(epfd, events, max, ms_to_ns(timeout), std::ptr::null()) };
     }
     // SAFETY: forwarded as received.
-    unsafe { sys::epoll_wait(epfd, events, max, timeout) }
+    unsafe { epoll::plain_wait(epfd, events, max, timeout, std::ptr::null()) }
 }
 
 /// libc's `epoll_pwait`.
@@ -385,7 +492,7 @@ pub unsafe fn epoll_pwait(epfd: c_int, events: *mut libc::epoll_event, max: c_in
         return unsafe { epoll::wait(epfd, events, max, ms_to_ns(timeout), mask) };
     }
     // SAFETY: forwarded as received.
-    unsafe { sys::epoll_pwait(epfd, events, max, timeout, mask) }
+    unsafe { epoll::plain_wait(epfd, events, max, timeout, mask) }
 }
 
 /// `epoll_pwait2` (glibc 2.35+), implemented with the system call so that the hook also loads
@@ -403,9 +510,9 @@ pub unsafe fn epoll_pwait2(
     }
     // SAFETY: the epoll_pwait2 system call with the caller's arguments; the kernel's sigset is
     // 8 bytes on x86-64.
-    let rc = unsafe {
+    let rc = epoll::counted(epfd, || unsafe {
         tssx_shm::sys::syscall(libc::SYS_epoll_pwait2, [epfd as usize, events as usize, max as usize, ts as usize, mask as usize, 8])
-    };
+    });
     match rc {
         Ok(n) => n as c_int,
         Err(e) => {

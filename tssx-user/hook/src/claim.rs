@@ -1,7 +1,12 @@
-//! Claiming a connection's segment from the agent over its control socket.
+//! Claiming a connection's segment from the agent, without ever waiting for it.
 //!
-//! The agent listens on `/run/tssx/agent.sock`. No agent (nobody listening): the claim fails at
-//! once and the socket stays a socket.
+//! The agent listens on `/run/tssx/agent.sock`. A claim is one request on a fresh non-blocking
+//! control connection: [`send`] connects and sends it (a local `connect` and a 24-byte `send`,
+//! neither of which can block), and [`poll`] looks for the answer on later calls, never
+//! waiting. The agent answers once both ends claimed (the segment comes with the answer), or at
+//! once when it refuses; it closes the control connection when the claim is over (the socket
+//! closed, the agent stopped): EOF means "stay plain". No agent (nobody listening): the claim
+//! fails at once and the socket stays a socket.
 
 use tssx_common::control::{Reply, ReplyKind, Request, Role, CONTROL_SOCKET, REPLY_SIZE};
 use tssx_shm::{fdpass, sys};
@@ -10,40 +15,59 @@ use crate::sys::Fd;
 
 /// The agent's default state directory (see `tssx-agent --state-dir`).
 const STATE_DIR: &str = "/run/tssx";
-/// How long a claim may wait for the agent's answer.
-const CLAIM_TIMEOUT_SECS: libc::time_t = 3;
 
-/// Sends `request` to the agent; returns the reply, the segment fd sent with a swap, and the
-/// control connection (the agent keeps a pending client's open until it decides).
-pub fn ask(request: Request) -> Option<(Reply, Option<Fd>, Fd)> {
-    let sock = sys::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0).ok()?;
+/// Sends `request` on a new non-blocking control connection; `None` if the agent cannot be
+/// reached right now (no agent, or its backlog is full).
+pub fn send(request: Request) -> Option<Fd> {
+    let sock = sys::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, 0).ok()?;
     // SAFETY: sockaddr_un is plain data.
     let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
     addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    let path = format!("{STATE_DIR}/{CONTROL_SOCKET}");
+    let path = concat_path();
     for (dst, &src) in addr.sun_path.iter_mut().zip(path.as_bytes()) {
         *dst = src as libc::c_char;
     }
     let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
-    // SAFETY: `addr` is a valid sockaddr_un of `len` bytes.
-    unsafe { sys::connect(sock.raw(), (&addr as *const libc::sockaddr_un).cast(), len) }.ok()?; // no agent: plain, at once
-                                                                                                // Only the reply is waited for: the request is the first and only message on a fresh
-                                                                                                // connection, far below its send buffer, so sending it never blocks.
-    let timeout = libc::timeval { tv_sec: CLAIM_TIMEOUT_SECS, tv_usec: 0 };
-    sys::setsockopt(sock.raw(), libc::SOL_SOCKET, libc::SO_RCVTIMEO, &timeout).ok()?;
+    // SAFETY: `addr` is a valid sockaddr_un of `len` bytes. A Unix `connect` completes at once
+    // or fails (EAGAIN when the agent's backlog is full): it never leaves a connection half-open.
+    unsafe { sys::connect(sock.raw(), (&addr as *const libc::sockaddr_un).cast(), len) }.ok()?;
+    // The request is the first and only message on a fresh connection, far below its send
+    // buffer: it goes out whole at once.
     fdpass::send_with_fd(sock.raw(), &request.encode(), None).ok()?;
-    let mut buf = [0u8; REPLY_SIZE];
-    let (n, fd) = fdpass::recv_with_fd(sock.raw(), &mut buf).ok()?;
-    let reply = Reply::decode(&buf[..n]).ok()?;
-    Some((reply, fd, sock))
+    Some(sock)
 }
 
-/// Claims `fd` as the `role` end; if the agent says swap: the segment fd, and for a client the
-/// control connection, whose EOF while the segment is pending means the agent died.
-pub fn claim(role: Role, fd: libc::c_int) -> Option<(Fd, Option<Fd>)> {
-    let (reply, segment, sock) = ask(Request::claim(role, fd))?;
-    if reply.reply_kind() != Some(ReplyKind::Swap) {
-        return None;
+fn concat_path() -> String {
+    format!("{STATE_DIR}/{CONTROL_SOCKET}")
+}
+
+/// What [`poll`] found on a claim's control connection.
+pub enum Answer {
+    /// Nothing yet.
+    NotYet,
+    /// Swap: the segment's memfd.
+    Swap(Fd),
+    /// Claim again later (after the agent's reason went away, e.g. a forked parent closed).
+    Retry,
+    /// Stay plain: refused, the claim is over, or the agent is gone.
+    Plain,
+}
+
+/// Looks for the agent's answer on `control` without waiting.
+pub fn poll(control: &Fd) -> Answer {
+    let mut buf = [0u8; REPLY_SIZE];
+    match fdpass::recv_with_fd_flags(control.raw(), &mut buf, libc::MSG_DONTWAIT) {
+        Err(e) if e.raw_os_error() == Some(libc::EAGAIN) || e.raw_os_error() == Some(libc::EINTR) => Answer::NotYet,
+        Err(_) => Answer::Plain,
+        Ok((n, fd)) => match Reply::decode(&buf[..n]).ok().and_then(|r| r.reply_kind()) {
+            Some(ReplyKind::Swap) => fd.map_or(Answer::Plain, Answer::Swap),
+            Some(ReplyKind::Retry) => Answer::Retry,
+            _ => Answer::Plain,
+        },
     }
-    Some((segment?, (role == Role::Client).then_some(sock)))
+}
+
+/// A request to claim `fd` as the `role` end (`forked`: see [`tssx_common::control::CLAIM_FORKED`]).
+pub fn request(role: Role, fd: libc::c_int, forked: bool) -> Request {
+    Request::claim_with(role, fd, if forked { tssx_common::control::CLAIM_FORKED } else { 0 })
 }

@@ -144,8 +144,8 @@ pub struct Conn {
     /// quiescer sets `QUIESCED` only by a compare-and-swap from zero: so no raw call is inside
     /// the kernel from then on.
     pub(crate) raw: AtomicU32,
-    /// When the connection was tracked (CLOCK_MONOTONIC ns).
-    pub(crate) born_ns: u64,
+    /// When the connection was connected or accepted (CLOCK_MONOTONIC ns). Relaxed: a hint.
+    pub(crate) born_ns: AtomicU64,
     /// Bytes this process wrote to / consumed from the socket by raw calls (`Relaxed`: added
     /// before the call's `SeqCst` exit from [`Conn::raw`], read after the quiescing CAS).
     pub(crate) sent: AtomicU64,
@@ -156,9 +156,9 @@ pub struct Conn {
     /// The claim in flight; only ever try-locked (a process that forked while another thread
     /// held it must not hang).
     pub(crate) claim: Mutex<ClaimState>,
-    /// Epoll registrations made while the connection was plain (epfd, events, data), moved into
+    /// Epoll registrations made while the connection was plain (fd, epfd, events, data), moved into
     /// the hook's epoll tables when the connection becomes ready.
-    pub(crate) regs: Mutex<Vec<(c_int, u32, u64)>>,
+    pub(crate) regs: Mutex<Vec<(c_int, c_int, u32, u64)>>,
     /// The segment, from the moment it is mapped (`OnceLock`: set once, read lock-free).
     pub(crate) swap: OnceLock<Swap>,
     /// How many fds of this process refer to this connection (dup, dup2, dup3, F_DUPFD).
@@ -214,7 +214,7 @@ impl Conn {
             id,
             phase: AtomicU8::new(phase as u8),
             raw: AtomicU32::new(0),
-            born_ns: crate::spin::now_ns(),
+            born_ns: AtomicU64::new(crate::spin::now_ns()),
             sent: AtomicU64::new(0),
             received: AtomicU64::new(0),
             forked: AtomicBool::new(false),
@@ -466,6 +466,13 @@ impl Conn {
             Phase::Active => self.ring_readiness(),
             _ => self.migrating_readiness(fd),
         }
+    }
+
+    /// An unconnected socket just connected (as `end`: always the client) on a watched path:
+    /// a candidate from now on, with the epoll registrations recorded so far.
+    pub(crate) fn connected(&self, _end: End) {
+        self.born_ns.store(crate::spin::now_ns(), Relaxed);
+        self.advance(Phase::Unconnected, Phase::Candidate);
     }
 
     /// Records that `fd` is (one of) this connection's descriptors.

@@ -8,31 +8,37 @@
 //! re-armed with `EPOLL_CTL_MOD`), merges what the kernel reports for plain fds, and sleeps in
 //! the real call only after spinning briefly and announcing the sleep to every peer.
 //!
-//! An epoll instance with no swapped fd costs one atomic load per call. A swapped fd that turns
-//! plain gets the application's own registration back (`EPOLL_CTL_MOD`).
+//! A tracked socket that is still plain keeps the application's own kernel registration; the
+//! hook records it ([`Conn::regs`]) and moves it into its table when the connection becomes
+//! ready ([`adopt`]), whether it was registered before or after `connect`. A swapped fd that
+//! turns plain gets the application's own registration back (`EPOLL_CTL_MOD`).
 //!
-//! Limits: an fd registered *before* it was swapped (epoll_ctl before connect) keeps the
-//! kernel's view of the real socket; a user `data` value equal to [`TAG`] | fd for an fd of the
-//! same instance would be mistaken for a doorbell.
+//! Every wait in the kernel on an instance counts itself in the instance's gate ([`GATES`]): a
+//! connection becomes ready only while no thread waits in an instance it is registered in (a
+//! thread that went to sleep before its interest moved into the table would not have
+//! announced it, and would sleep through the rings). An instance without swapped fds costs two
+//! uncontended atomic operations per wait.
+//!
+//! Limit: a user `data` value equal to [`TAG`] | fd for an fd of the same instance would be
+//! mistaken for a doorbell.
 
 use std::{
     cell::UnsafeCell,
     ptr::null_mut,
     sync::atomic::{
         AtomicBool, AtomicPtr, AtomicU32, AtomicU64,
-        Ordering::{Acquire, Relaxed, Release},
+        Ordering::{Acquire, Relaxed, Release, SeqCst},
     },
 };
 
 use libc::{c_int, epoll_event, sigset_t};
 
 use crate::{
-    conn::{bits, Conn},
+    conn::{bits, Conn, Phase},
     spin::{self, now_ns},
     sys,
-    table::{lookup, lookup_any, MAX_FDS},
+    table::{lookup, lookup_swapped, MAX_FDS},
 };
-use tssx_common::segment::SegmentState;
 
 /// High half of the kernel registration data of a swapped fd's real socket ("tSSX").
 pub const TAG: u64 = 0x7453_5358_0000_0000;
@@ -101,6 +107,56 @@ impl Set {
 /// epoll fd -> its swapped interests (null: none ever). Acquire/Release publish a new set.
 static SETS: [AtomicPtr<Set>; MAX_FDS] = [const { AtomicPtr::new(null_mut()) }; MAX_FDS];
 
+/// Per epoll fd: threads inside a kernel wait on it (low bits) and [`GATE_CLOSED`]. A waiter
+/// adds one (`SeqCst`) and backs off while the gate is closed; [`gate_close`] closes it only
+/// by a compare-and-swap from zero. A cache line each: waiters of different instances do not
+/// share one.
+static GATES: [Gate; MAX_FDS] = [const { Gate(AtomicU32::new(0)) }; MAX_FDS];
+
+#[repr(align(64))]
+struct Gate(AtomicU32);
+
+/// Bit of a [`GATES`] word: a connection registered in the instance is becoming ready.
+const GATE_CLOSED: u32 = 1 << 31;
+
+/// Closes `epfd`'s gate if no thread waits in it now (see [`crate::phase`]).
+pub fn gate_close(epfd: c_int) -> bool {
+    usize::try_from(epfd).ok().and_then(|i| GATES.get(i)).is_some_and(|g| g.0.compare_exchange(0, GATE_CLOSED, SeqCst, SeqCst).is_ok())
+}
+
+/// Opens a gate [`gate_close`] closed.
+pub fn gate_open(epfd: c_int) {
+    if let Some(g) = usize::try_from(epfd).ok().and_then(|i| GATES.get(i)) {
+        g.0.fetch_and(!GATE_CLOSED, SeqCst);
+    }
+}
+
+/// A thread inside a kernel wait on an epoll instance (see [`GATES`]).
+struct Waiting(Option<&'static AtomicU32>);
+
+impl Waiting {
+    fn enter(epfd: c_int) -> Waiting {
+        let Some(g) = usize::try_from(epfd).ok().and_then(|i| GATES.get(i)) else { return Waiting(None) };
+        loop {
+            // SeqCst: pairs with the compare-and-swap of `gate_close`.
+            if g.0.fetch_add(1, SeqCst) & GATE_CLOSED == 0 {
+                return Waiting(Some(&g.0));
+            }
+            g.0.fetch_sub(1, SeqCst);
+            // A connection is moving into this instance's table: a few stores and epoll_ctls.
+            sys::sched_yield();
+        }
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if let Some(g) = self.0 {
+            g.fetch_sub(1, SeqCst);
+        }
+    }
+}
+
 fn set_of(epfd: c_int) -> Option<&'static Set> {
     let ptr = SETS.get(usize::try_from(epfd).ok()?)?.load(Acquire);
     // SAFETY: non-null entries are leaked `Set`s, freed only when the epoll fd closes.
@@ -146,12 +202,47 @@ pub fn has_set(epfd: c_int) -> bool {
 
 /// The live connection an interest was registered for, if it is still that one and swapped.
 fn live(i: &Interest) -> Option<&'static Conn> {
-    lookup(i.fd).filter(|c| c.id() == i.conn)
+    lookup_swapped(i.fd).filter(|c| c.id() == i.conn)
 }
 
-/// The kernel registration of a swapped fd's real socket.
+/// The kernel registration of a swapped fd's real socket: doorbells, EOF, and room on the
+/// socket (for a writer whose writes are not on its ring yet).
 fn tagged(fd: c_int) -> epoll_event {
-    epoll_event { events: (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLET) as u32, u64: TAG | fd as u64 }
+    epoll_event { events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32, u64: TAG | fd as u64 }
+}
+
+/// Records the registration of a tracked, still plain socket (after the kernel took it), so
+/// that [`adopt`] can move it when the connection becomes ready; the instance gets a table so
+/// that its waits are counted and filtered.
+fn record(c: &Conn, epfd: c_int, op: c_int, fd: c_int, user: Option<(u32, u64)>) {
+    let mut regs = match c.regs.lock() {
+        Ok(regs) => regs,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    regs.retain(|&(f, e, _, _)| !(f == fd && e == epfd));
+    if op != libc::EPOLL_CTL_DEL {
+        if let Some((events, data)) = user {
+            regs.push((fd, epfd, events, data));
+        }
+    }
+    drop(regs);
+    let _ = set_or_new(epfd);
+}
+
+/// Moves a recorded registration of `fd` in `epfd` into the hook's table, and the kernel's
+/// registration of the real socket to the hook's own ([`tagged`]). Called while `epfd`'s gate
+/// is closed (no thread waits in it).
+pub fn adopt(epfd: c_int, fd: c_int, c: &Conn, events: u32, data: u64) {
+    let Some(set) = set_or_new(epfd) else { return };
+    let mut kernel = tagged(fd);
+    // SAFETY: a live event; a failure (the fd or instance closed meanwhile) leaves nothing.
+    if unsafe { sys::epoll_ctl(epfd, libc::EPOLL_CTL_MOD, fd, &mut kernel) } != 0 {
+        return;
+    }
+    set.with(|v, _| {
+        v.retain(|i| i.fd != fd);
+        v.push(Interest::new(fd, c.id(), events, data));
+    });
 }
 
 /// Gives a no-longer-swapped fd the application's own registration back (none if it deleted
@@ -180,12 +271,25 @@ fn fail(errno: c_int) -> Option<c_int> {
 /// # Safety
 /// `event` is null or valid, as for epoll_ctl.
 pub unsafe fn ctl(epfd: c_int, op: c_int, fd: c_int, event: *mut epoll_event) -> Option<c_int> {
-    let Some(c) = lookup(fd) else {
+    if let Some(c) = lookup(fd) {
+        if c.phase() < Phase::Ready {
+            // Still plain: the kernel's registration is the application's; remember it.
+            // SAFETY: forwarded as received.
+            let rc = unsafe { sys::epoll_ctl(epfd, op, fd, event) };
+            if rc == 0 {
+                // SAFETY: non-null and valid per the contract.
+                let user = (!event.is_null()).then(|| unsafe { ((*event).events, (*event).u64) });
+                sys::with_errno_kept(|| record(c, epfd, op, fd, user));
+            }
+            return Some(rc);
+        }
+    }
+    let Some(c) = lookup_swapped(fd) else {
         // A swapped fd that closed (its number reused now) or went plain left an interest
         // behind. If it went plain while parked, its kernel registration is the hook's, not the
         // application's: drop it, so that the application's own calls get the kernel's answers.
         // A fd that was never swapped costs no scan unless it is added.
-        let same_socket = lookup_any(fd).map(Conn::id);
+        let same_socket = lookup(fd).map(Conn::id);
         let set = set_of(epfd).filter(|_| op == libc::EPOLL_CTL_ADD || same_socket.is_some());
         if let Some(set) = set {
             set.with(|v, _| {
@@ -263,11 +367,11 @@ fn collect(epfd: c_int, set: &Set, out: &mut [epoll_event]) -> usize {
             }
             let idx = (*next + k) % len;
             let i = &mut v[idx];
-            let Some(c) = live(i) else {
+            let Some(c) = lookup(i.fd).filter(|c| c.id() == i.conn) else {
                 dead = true;
                 continue;
             };
-            if c.unswap_if_plain(i.fd) {
+            if c.phase() == Phase::Plain {
                 restore(epfd, i);
                 dead = true;
                 continue;
@@ -275,7 +379,8 @@ fn collect(epfd: c_int, set: &Set, out: &mut [epoll_event]) -> usize {
             if !i.armed || i.parked {
                 continue;
             }
-            let ready = c.readiness();
+            c.tick(i.fd);
+            let ready = c.readiness(i.fd);
             let mut mask = ready & (i.events | bits::HUP | bits::ERR);
             if i.events & libc::EPOLLET as u32 != 0 {
                 let (head, tail) = c.edges();
@@ -303,7 +408,7 @@ fn collect(epfd: c_int, set: &Set, out: &mut [epoll_event]) -> usize {
             n += 1;
         }
         if dead {
-            v.retain(|i| live(i).is_some_and(|c| c.state() != Some(SegmentState::Plain)));
+            v.retain(|i| live(i).is_some());
         }
         *next = if len == 0 { 0 } else { (*next + 1) % len };
         n
@@ -318,13 +423,9 @@ fn filter(out: &mut [epoll_event], m: usize) -> usize {
         let ev = out[k];
         if ev.u64 & TAG_MASK == TAG {
             let fd = (ev.u64 & 0xffff_ffff) as c_int;
-            if let Some(c) = lookup(fd) {
-                if c.state() == Some(SegmentState::Pending) {
-                    c.on_plain_data();
-                } else {
-                    // Called after this thread withdrew its announcements.
-                    c.drain_doorbells_if_alone(fd, 0);
-                }
+            if let Some(c) = lookup_swapped(fd) {
+                // Called after this thread withdrew its announcements.
+                c.drain_doorbells_if_alone(fd, 0);
             }
             continue;
         }
@@ -341,7 +442,7 @@ fn any_ready(set: &Set) -> bool {
             i.armed
                 && !i.parked
                 && live(i).is_some_and(|c| {
-                    let ready = c.readiness() & (i.events | bits::HUP | bits::ERR);
+                    let ready = c.readiness(i.fd) & (i.events | bits::HUP | bits::ERR);
                     if ready == 0 {
                         return false;
                     }
@@ -359,23 +460,26 @@ fn any_ready(set: &Set) -> bool {
 /// pending) for the announcing call.
 fn announce_all(set: &Set, on: bool) -> (bool, bool) {
     set.with(|v, _| {
-        let (mut shared, mut pending) = (false, false);
+        let (mut shared, mut halfway) = (false, false);
         for i in v.iter().filter(|i| !i.parked) {
             if let Some(c) = live(i) {
                 if on {
                     c.announce();
                     shared |= c.is_shared();
-                    if c.state() == Some(SegmentState::Pending) {
-                        c.check_agent();
-                        pending = true;
-                    }
+                    halfway |= c.phase() != Phase::Active;
                 } else {
                     c.withdraw();
                 }
             }
         }
-        (shared, pending)
+        (shared, halfway)
     })
+}
+
+/// Whether the instance has an interest of a swapped connection (otherwise a wait is the
+/// kernel's alone, counted and filtered).
+fn has_swapped(set: &Set) -> bool {
+    set.with(|v, _| v.iter().any(|i| live(i).is_some()))
 }
 
 /// `epoll_wait`/`epoll_pwait`/`epoll_pwait2` on an instance with swapped interests.
@@ -397,6 +501,23 @@ pub unsafe fn wait(epfd: c_int, events: *mut epoll_event, maxevents: c_int, time
     let deadline = timeout_ns.map(|t| now_ns().saturating_add(t));
     let mut spun = false;
     loop {
+        if !has_swapped(set) {
+            // Only the kernel's events (the recorded interests are still plain): one counted
+            // real wait, whose events of tagged sockets (an interest adopted meanwhile) are
+            // the hook's, not the application's.
+            let left = deadline.map(|d| d.saturating_sub(now_ns()));
+            // SAFETY: the caller's array.
+            let m = unsafe { real_wait(epfd, out.as_mut_ptr(), out.len() as c_int, left, sigmask) };
+            if m <= 0 {
+                return m;
+            }
+            let kept = filter(out, m as usize);
+            let n = kept + collect(epfd, set, &mut out[kept..]);
+            if n > 0 || deadline.is_some_and(|d| now_ns() >= d) {
+                return n as c_int;
+            }
+            continue;
+        }
         let n = collect(epfd, set, out);
         let expired = deadline.is_some_and(|d| now_ns() >= d);
         if n > 0 && !expired {
@@ -423,12 +544,12 @@ pub unsafe fn wait(epfd: c_int, events: *mut epoll_event, maxevents: c_int, time
                 continue;
             }
         }
-        let (shared, pending) = announce_all(set, true);
+        let (shared, halfway) = announce_all(set, true);
         tssx_shm::wait::settle();
         let m = if any_ready(set) {
             0
         } else {
-            let wait = spin::sleep_budget(deadline, shared, pending);
+            let wait = spin::sleep_budget(deadline, shared, halfway);
             // SAFETY: the caller's array.
             unsafe { real_wait(epfd, out.as_mut_ptr(), out.len() as c_int, wait, sigmask) }
         };
@@ -463,6 +584,38 @@ pub unsafe fn real_wait(
         None => -1,
         Some(ns) => ns.div_ceil(1_000_000).min(c_int::MAX as u64) as c_int,
     };
+    let _waiting = Waiting::enter(epfd);
     // SAFETY: forwarded.
     unsafe { sys::epoll_pwait(epfd, events, maxevents, ms, sigmask) }
+}
+
+/// Runs `f` (a real wait on `epfd`) counted in the instance's gate.
+pub fn counted<R>(epfd: c_int, f: impl FnOnce() -> R) -> R {
+    let _waiting = Waiting::enter(epfd);
+    f()
+}
+
+/// `epoll_wait`/`epoll_pwait` on an instance without a hook table: the real call, counted in
+/// the instance's gate; if a table appeared meanwhile, its tagged events are filtered out.
+///
+/// # Safety
+/// As [`wait`].
+pub unsafe fn plain_wait(epfd: c_int, events: *mut epoll_event, maxevents: c_int, timeout_ms: c_int, sigmask: *const sigset_t) -> c_int {
+    let rc = {
+        let _waiting = Waiting::enter(epfd);
+        // SAFETY: forwarded.
+        unsafe { sys::epoll_pwait(epfd, events, maxevents, timeout_ms, sigmask) }
+    };
+    if rc > 0 && has_set(epfd) {
+        // SAFETY: the kernel filled `rc` entries of the caller's array.
+        let out = unsafe { std::slice::from_raw_parts_mut(events, rc as usize) };
+        let kept = filter(out, rc as usize);
+        if kept == 0 {
+            // Only the hook's events: wait again, through the table.
+            // SAFETY: forwarded.
+            return unsafe { wait(epfd, events, maxevents, (timeout_ms >= 0).then(|| timeout_ms as u64 * 1_000_000), sigmask) };
+        }
+        return kept as c_int;
+    }
+    rc
 }

@@ -23,7 +23,7 @@ use tssx_common::segment::End;
 use crate::{
     lifecycle::{self, Inherit},
     sys::{self, Fd},
-    table::{self, Join},
+    table,
 };
 
 /// The environment variable that hands swapped fds to the new image (internal to the hook).
@@ -70,8 +70,8 @@ pub fn reattach() {
         // SAFETY: the previous image handed this memfd to us alone; nothing else owns it.
         let memfd = unsafe { Fd::from_raw(item.memfd) };
         let _ = tssx_shm::sys::fcntl(item.memfd, libc::F_SETFD, libc::FD_CLOEXEC as usize);
-        // On failure install drops (closes) the memfd and the socket stays as it is.
-        if table::install(item.fd, item.end, memfd, Join::Inherited, None) {
+        // On failure the memfd is dropped (closed) and the socket stays as it is.
+        if table::adopt_swapped(item.fd, item.end, memfd) {
             mapped.push((item.memfd, item.fd));
         }
     }

@@ -110,3 +110,29 @@ pub unsafe fn one<'a>(buf: *const c_void, n: size_t) -> Vec<IoSlice<'a>> {
     // SAFETY: the caller of write/send promises `n` readable bytes at `buf`.
     vec![IoSlice::new(unsafe { std::slice::from_raw_parts(buf.cast(), n) })]
 }
+
+/// Calls `f` with `msg` narrowed to its first `n` bytes (at most [`IOV_BATCH`] iovecs, on the
+/// stack), then restores it.
+pub fn limit<R>(msg: &mut libc::msghdr, n: usize, f: impl FnOnce(&mut libc::msghdr) -> R) -> R {
+    let mut short = [iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; IOV_BATCH];
+    let mut left = n;
+    let mut count = 0;
+    for i in 0..msg.msg_iovlen.min(IOV_BATCH) {
+        if left == 0 {
+            break;
+        }
+        // SAFETY: `msg_iov` holds `msg_iovlen` iovecs (the caller's msghdr).
+        let v = unsafe { *msg.msg_iov.add(i) };
+        let len = v.iov_len.min(left);
+        short[count] = iovec { iov_base: v.iov_base, iov_len: len };
+        count += 1;
+        left -= len;
+    }
+    let (saved_iov, saved_len) = (msg.msg_iov, msg.msg_iovlen);
+    msg.msg_iov = short.as_mut_ptr();
+    msg.msg_iovlen = count;
+    let r = f(msg);
+    msg.msg_iov = saved_iov;
+    msg.msg_iovlen = saved_len;
+    r
+}

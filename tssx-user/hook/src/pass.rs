@@ -17,7 +17,7 @@ use tssx_shm::segment::Segment;
 use crate::{
     conn::Conn,
     sys::{self, Fd},
-    table::{self, Join},
+    table,
 };
 
 /// Most fds one message may carry (SCM_MAX_FD in the kernel).
@@ -76,13 +76,19 @@ pub unsafe fn send(fd: c_int, msg: *const msghdr, flags: c_int) -> Option<isize>
     let mut extra = [0 as c_int; MAX_FDS];
     let mut n_extra = 0;
     for &passed in fds.iter() {
-        if let Some(c) = table::lookup(passed) {
-            if n_extra + fds.len() >= MAX_FDS {
-                return None;
-            }
-            extra[n_extra] = c.hand_over(passed);
-            n_extra += 1;
+        let Some(c) = table::lookup(passed) else { continue };
+        if table::lookup_swapped(passed).is_none() {
+            // Still plain: the receiver cannot share this process's byte counts, so this
+            // connection is never migrated now (it stays a socket for both).
+            sys::with_errno_kept(|| c.give_up());
+            continue;
         }
+        if n_extra + fds.len() >= MAX_FDS {
+            return None;
+        }
+        let Some(memfd) = c.hand_over(passed) else { continue };
+        extra[n_extra] = memfd;
+        n_extra += 1;
     }
     if n_extra == 0 {
         return None;
@@ -113,7 +119,7 @@ pub unsafe fn send(fd: c_int, msg: *const msghdr, flags: c_int) -> Option<isize>
     if rc < 0 {
         let e = sys::errno();
         for &passed in fds.iter() {
-            if let Some(c) = table::lookup(passed) {
+            if let Some(c) = table::lookup_swapped(passed) {
                 c.hand_back();
             }
         }
@@ -149,7 +155,7 @@ pub unsafe fn received(msg: *mut msghdr) {
         // SAFETY: the kernel just installed this fd for us; nobody else knows it.
         let memfd = unsafe { Fd::from_raw(memfd) };
         let Some((sock, end)) = segment_target(&memfd, app) else { continue };
-        table::install(sock, end, memfd, Join::Inherited, None);
+        table::adopt_swapped(sock, end, memfd);
     }
     // SAFETY: shrinks the last header (and the control length) so the application sees only
     // its own fds; both stay within what the kernel wrote.
@@ -176,13 +182,14 @@ fn is_segment(fd: c_int) -> bool {
 impl Conn {
     /// Before this end's socket `fd` is passed to another process: record its inode in the
     /// header and count the receiver as a holder. Returns the memfd to pass along.
-    pub fn hand_over(&self, fd: c_int) -> c_int {
+    pub fn hand_over(&self, fd: c_int) -> Option<c_int> {
+        let memfd = self.memfd_raw()?;
         if let Ok(st) = sys::fstat(fd) {
             // Release: pairs with the receiver's Acquire load.
             self.header().socket_inode[self.end().index()].store(st.st_ino, Release);
         }
         self.header().refcount[self.end().index()].fetch_add(1, Relaxed);
-        self.memfd_raw()
+        Some(memfd)
     }
 
     /// The pass failed: undo [`Conn::hand_over`]'s count.

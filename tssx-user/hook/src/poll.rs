@@ -1,5 +1,9 @@
 //! `poll`, `ppoll`, `select` and `pselect` over a mix of swapped and plain fds.
 //!
+//! Tracked fds that are still plain (not ready yet) are plain for the kernel's `poll`, but the
+//! call counts as a raw call on each of them while it is inside the kernel (see
+//! [`crate::phase`]), so that none becomes ready under it.
+//!
 //! A swapped fd's readiness comes from its rings ([`Conn::readiness`]). The call answers without
 //! a system call when a swapped fd is ready and nothing else is asked; otherwise it checks the
 //! plain fds with a zero timeout. When nothing is ready it spins on the rings for the thread's
@@ -10,34 +14,92 @@
 use libc::{c_int, nfds_t, pollfd, sigset_t, timespec};
 
 use crate::{
-    conn::{bits, Conn},
+    conn::{bits, Conn, Phase},
+    phase::RawCall,
     spin::{self, now_ns},
     sys,
-    table::{self, lookup},
+    table::{self, lookup, lookup_swapped},
 };
-use tssx_common::segment::SegmentState;
 
-/// Whether any fd of `fds` is swapped (the only cost `poll` adds for plain fds).
-pub fn any_swapped(fds: &[pollfd]) -> bool {
-    table::any_live() && fds.iter().any(|p| lookup(p.fd).is_some())
+/// What a `poll` set holds, as far as the hook is concerned.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// No tracked fd: the real call, nothing else.
+    Plain,
+    /// Tracked fds that are all still plain: the real call, counted as a raw call on each.
+    Raw,
+    /// At least one swapped fd: [`poll`].
+    Swapped,
 }
 
-/// The connection of a poll entry, if swapped and still using the rings (a connection found
-/// plain is replayed and forgotten here, so the entry is treated as a plain socket).
+/// Classifies `fds` (the only cost `poll` adds for plain fds when nothing is tracked: one load).
+pub fn kind(fds: &[pollfd]) -> Kind {
+    if !table::any_live() {
+        return Kind::Plain;
+    }
+    let mut kind = Kind::Plain;
+    for p in fds {
+        let Some(c) = table::lookup(p.fd) else { continue };
+        match c.phase() {
+            Phase::Plain | Phase::Unconnected => {}
+            phase if phase.is_raw() => kind = Kind::Raw,
+            _ => return Kind::Swapped,
+        }
+    }
+    kind
+}
+
+/// Raw calls on every tracked, still plain fd of a poll set, for the duration of a real
+/// poll-like call (see [`crate::phase`]); each connection takes its next step when they end.
+pub struct RawCalls {
+    calls: Vec<(c_int, &'static Conn, RawCall<'static>)>,
+}
+
+impl RawCalls {
+    /// Enters a raw call on each; `None` if one of them became ready meanwhile (the caller
+    /// then serves the set with [`poll`]).
+    pub fn enter(fds: &[pollfd]) -> Option<RawCalls> {
+        let mut calls: Vec<(c_int, &'static Conn, RawCall<'static>)> = Vec::new();
+        for p in fds {
+            let Some(c) = table::lookup(p.fd) else { continue };
+            let phase = c.phase();
+            if phase == Phase::Plain || phase == Phase::Unconnected || calls.iter().any(|(_, other, _)| std::ptr::eq(*other, c)) {
+                continue;
+            }
+            c.tick(p.fd);
+            calls.push((p.fd, c, c.enter_raw()?));
+        }
+        Some(RawCalls { calls })
+    }
+}
+
+impl Drop for RawCalls {
+    fn drop(&mut self) {
+        let saved = sys::errno();
+        for (fd, c, raw) in self.calls.drain(..) {
+            drop(raw);
+            c.tick(fd);
+        }
+        sys::set_errno(saved);
+    }
+}
+
+/// The connection of a poll entry, if it has a segment and is past the plain phases.
 fn swapped(p: &pollfd) -> Option<&'static Conn> {
-    let c = lookup(p.fd)?;
-    (!c.unswap_if_plain(p.fd)).then_some(c)
+    let c = lookup_swapped(p.fd)?;
+    c.tick(p.fd);
+    (c.phase() != Phase::Plain).then_some(c)
 }
 
-/// `revents` of a swapped entry from the rings.
-fn ring_revents(c: &Conn, events: i16) -> i16 {
+/// `revents` of a swapped entry from the rings (and the socket, half-way).
+fn ring_revents(c: &Conn, fd: c_int, events: i16) -> i16 {
     let wanted = events as u32 | bits::HUP | bits::ERR;
-    (c.readiness() & wanted) as i16
+    (c.readiness(fd) & wanted) as i16
 }
 
-/// Whether any swapped entry is ready by its rings (no system call, `revents` untouched).
+/// Whether any swapped entry is ready by its rings (`revents` untouched).
 fn any_ready(fds: &[pollfd]) -> bool {
-    fds.iter().any(|p| p.fd >= 0 && lookup(p.fd).is_some_and(|c| ring_revents(c, p.events) != 0))
+    fds.iter().any(|p| p.fd >= 0 && lookup_swapped(p.fd).is_some_and(|c| ring_revents(c, p.fd, p.events) != 0))
 }
 
 /// Fills `revents` of swapped entries from the rings; returns (ready swapped entries, whether
@@ -52,7 +114,7 @@ fn scan(fds: &mut [pollfd]) -> (usize, bool) {
         }
         match swapped(p) {
             Some(c) => {
-                p.revents = ring_revents(c, p.events);
+                p.revents = ring_revents(c, p.fd, p.events);
                 ready += usize::from(p.revents != 0);
             }
             None => plain = true,
@@ -73,44 +135,48 @@ unsafe fn real_pass(fds: &mut [pollfd], timeout_ns: Option<u64>, sigmask: *const
     let mut user_events = [0i16; 64];
     let mut spill = Vec::new();
     for (i, p) in fds.iter_mut().enumerate() {
-        if p.fd >= 0 && lookup(p.fd).is_some() {
+        if p.fd >= 0 && lookup_swapped(p.fd).is_some() {
             if i < user_events.len() {
                 user_events[i] = p.events;
             } else {
                 spill.push((i, p.events));
             }
-            p.events = libc::POLLIN;
+            // Doorbells and EOF; and, half-way, what the socket part of each direction needs.
+            p.events = libc::POLLIN | (p.events & libc::POLLOUT);
         }
     }
     let ts = timeout_ns.map(|ns| timespec { tv_sec: (ns / 1_000_000_000) as libc::time_t, tv_nsec: (ns % 1_000_000_000) as libc::c_long });
     let ts_ptr = ts.as_ref().map_or(std::ptr::null(), |t| t as *const timespec);
+    // Plain-phase tracked fds in the set are inside the kernel now: count them as raw calls
+    // (one that became ready meanwhile is served as swapped by the caller's next round).
+    let raw = RawCalls::enter(fds);
+    let zero = timespec { tv_sec: 0, tv_nsec: 0 };
+    let ts_ptr = if raw.is_some() { ts_ptr } else { &zero };
     // SAFETY: a live array of `fds.len()` entries; `ts_ptr` and `sigmask` are null or valid.
     let rc = unsafe { sys::ppoll(fds.as_mut_ptr(), fds.len() as nfds_t, ts_ptr, sigmask) };
+    drop(raw);
     let saved_errno = sys::errno();
     let mut count = 0;
     for (i, p) in fds.iter_mut().enumerate() {
-        let Some(c) = (p.fd >= 0).then(|| lookup(p.fd)).flatten() else {
+        let Some(c) = (p.fd >= 0).then(|| lookup_swapped(p.fd)).flatten() else {
             count += c_int::from(rc > 0 && p.revents != 0);
             continue;
         };
         let events = if i < user_events.len() { user_events[i] } else { spill.iter().find(|(j, _)| *j == i).map_or(0, |(_, e)| *e) };
         let real = if rc > 0 { p.revents } else { 0 };
         p.events = events;
-        let pending = c.state() == Some(SegmentState::Pending);
         if real & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
-            if pending {
-                c.on_plain_data();
-            } else {
-                // This call announced once on the connection (still counted here).
-                c.drain_doorbells_if_alone(p.fd, 1);
-            }
+            // This call announced once on the connection (still counted here).
+            c.drain_doorbells_if_alone(p.fd, 1);
         }
-        if c.unswap_if_plain(p.fd) {
+        c.tick(p.fd);
+        if c.phase() == Phase::Plain {
             // Plain from now on: its real readiness is what the next call reports.
-            p.revents = 0;
+            p.revents = real;
+            count += c_int::from(p.revents != 0);
             continue;
         }
-        p.revents = ring_revents(c, events);
+        p.revents = ring_revents(c, p.fd, events);
         count += c_int::from(p.revents != 0);
     }
     if rc < 0 {
@@ -128,12 +194,18 @@ pub unsafe fn poll(fds: &mut [pollfd], timeout_ns: Option<u64>, sigmask: *const 
     let deadline = timeout_ns.map(|t| now_ns().saturating_add(t));
     let mut spun = false;
     loop {
+        if !fds.iter().any(|p| p.fd >= 0 && lookup_swapped(p.fd).is_some()) {
+            // Only plain (or still plain) fds: one real call.
+            let left = deadline.map(|d| d.saturating_sub(now_ns()));
+            // SAFETY: forwarded.
+            return unsafe { real_pass(fds, left, sigmask) };
+        }
         let (ready, plain) = scan(fds);
         let expired = deadline.is_some_and(|d| now_ns() >= d);
         if ready > 0 || expired {
             if !plain && ready > 0 {
                 // Answered from the rings alone: no system call.
-                for p in fds.iter_mut().filter(|p| p.fd >= 0 && lookup(p.fd).is_none()) {
+                for p in fds.iter_mut().filter(|p| p.fd >= 0 && lookup_swapped(p.fd).is_none()) {
                     p.revents = 0;
                 }
                 return ready as c_int;
@@ -150,21 +222,18 @@ pub unsafe fn poll(fds: &mut [pollfd], timeout_ns: Option<u64>, sigmask: *const 
         // Announce on every swapped connection, then re-check: a peer that transfers after our
         // fence sees the announcement and rings.
         let mut shared = false;
-        let mut pending = false;
+        let mut halfway = false;
         for p in fds.iter().filter(|p| p.fd >= 0) {
-            if let Some(c) = lookup(p.fd) {
+            if let Some(c) = lookup_swapped(p.fd) {
                 c.announce();
                 shared |= c.is_shared();
-                if c.state() == Some(SegmentState::Pending) {
-                    c.check_agent();
-                    pending = true;
-                }
+                halfway |= c.phase() != Phase::Active;
             }
         }
         tssx_shm::wait::settle();
         let still_idle = !any_ready(fds);
         let rc = if still_idle {
-            let wait = spin::sleep_budget(deadline, shared, pending);
+            let wait = spin::sleep_budget(deadline, shared, halfway);
             // SAFETY: forwarded.
             unsafe { real_pass(fds, wait, sigmask) }
         } else {
@@ -173,7 +242,7 @@ pub unsafe fn poll(fds: &mut [pollfd], timeout_ns: Option<u64>, sigmask: *const 
         let saved_errno = sys::errno();
         spin::woke();
         for p in fds.iter().filter(|p| p.fd >= 0) {
-            if let Some(c) = lookup(p.fd) {
+            if let Some(c) = lookup_swapped(p.fd) {
                 c.withdraw();
             }
         }
@@ -251,16 +320,18 @@ pub unsafe fn select(
     count
 }
 
-/// Whether any fd below `nfds` in the sets is swapped.
+/// Whether any fd below `nfds` in the sets is tracked and not plain for good (select then goes
+/// through [`poll`], which counts the still-plain ones as raw calls).
 ///
 /// # Safety
 /// The sets are null or valid for `nfds` fds.
-pub unsafe fn select_has_swapped(nfds: c_int, sets: [*mut libc::fd_set; 3]) -> bool {
+pub unsafe fn select_has_tracked(nfds: c_int, sets: [*mut libc::fd_set; 3]) -> bool {
     if !table::any_live() || !(0..=libc::FD_SETSIZE as c_int).contains(&nfds) {
         return false;
     }
     (0..nfds).any(|fd| {
-        // SAFETY: valid sets per the contract.
-        lookup(fd).is_some() && sets.iter().any(|&s| !s.is_null() && unsafe { libc::FD_ISSET(fd, s) })
+        lookup(fd).is_some_and(|c| c.phase() != Phase::Plain && c.phase() != Phase::Unconnected)
+            // SAFETY: valid sets per the contract.
+            && sets.iter().any(|&s| !s.is_null() && unsafe { libc::FD_ISSET(fd, s) })
     })
 }

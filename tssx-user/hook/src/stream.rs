@@ -1,9 +1,10 @@
-//! Stream-socket semantics over the rings: `recv` and `send` with their flags, partial
-//! transfers, EOF, EPIPE/SIGPIPE, ECONNRESET, and `shutdown`.
+//! Stream-socket semantics for a connection with a segment: `recv` and `send` with their flags,
+//! partial transfers, EOF, EPIPE/SIGPIPE, ECONNRESET, and `shutdown`. Each direction is served
+//! from the socket until it switched ([`crate::migrate`]) and from the rings afterwards.
 
 use std::{
     io::{IoSlice, IoSliceMut},
-    sync::atomic::Ordering::{Acquire, Relaxed, SeqCst},
+    sync::atomic::Ordering::{Relaxed, SeqCst},
 };
 
 use libc::c_int;
@@ -11,8 +12,9 @@ use tssx_common::segment::{SHUT_READ, SHUT_WRITE};
 use tssx_shm::ring::Transfer;
 
 use crate::{
-    conn::Conn,
+    conn::{Conn, Phase},
     iov::{after, after_mut},
+    migrate::{SockRead, SockWrite},
     sys::set_errno,
     wait::Backoff,
 };
@@ -27,20 +29,69 @@ pub(crate) fn partial_or_errno(total: usize, errno: c_int) -> isize {
     -1
 }
 
+/// Internal marker of [`Conn::recv`]/[`Conn::send`]: went plain before moving anything.
+const WENT_PLAIN: isize = isize::MIN;
+
+/// Raises SIGPIPE in this thread, as the kernel does for a failed stream write.
+fn raise_sigpipe(flags: c_int) {
+    if flags & libc::MSG_NOSIGNAL == 0 {
+        // SAFETY: raising SIGPIPE in this thread, as the kernel would.
+        unsafe { libc::raise(libc::SIGPIPE) };
+    }
+}
+
 impl Conn {
-    /// `recv` semantics over the ring. `None` means "went plain: call the real function".
+    /// `recv` semantics for a connection with a segment (phase `Ready` or `Active`). `None`:
+    /// the connection went plain before anything was read: the caller makes the real call.
     pub fn recv(&self, fd: c_int, bufs: &mut [IoSliceMut<'_>], flags: c_int) -> Option<isize> {
+        Some(self.recv_inner(fd, bufs, flags)).filter(|&n| n != WENT_PLAIN)
+    }
+
+    fn recv_inner(&self, fd: c_int, bufs: &mut [IoSliceMut<'_>], flags: c_int) -> isize {
         let peek = flags & libc::MSG_PEEK != 0;
         let wait_all = flags & libc::MSG_WAITALL != 0 && !peek;
         let want: usize = bufs.iter().map(|b| b.len()).sum();
         if want == 0 {
-            return Some(0);
+            return 0;
         }
         let mut total = 0usize;
         let mut backoff = Backoff::default();
         loop {
-            if let Some(outcome) = self.went_plain(fd, total, true) {
-                return outcome;
+            if self.phase() == Phase::Plain {
+                return if total == 0 { WENT_PLAIN } else { total as isize };
+            }
+            if !self.reads_ring() {
+                // Loaded before the peek: a shutdown seen here saw every byte written before it.
+                let shut = self.rcv_shut();
+                match after_mut(bufs, total, |rest| self.read_socket(fd, rest, peek)) {
+                    SockRead::Got(n) => {
+                        total += n;
+                        if !wait_all || total == want || peek {
+                            return total as isize;
+                        }
+                    }
+                    SockRead::Eof => {
+                        self.peer_closed.store(true, Relaxed);
+                        return total as isize;
+                    }
+                    SockRead::Err(e) => return partial_or_errno(total, e),
+                    SockRead::Empty => {
+                        if self.reads_ring() {
+                            continue;
+                        }
+                        if shut {
+                            return total as isize;
+                        }
+                        if self.would_block_is_error(flags) {
+                            return partial_or_errno(total, libc::EAGAIN);
+                        }
+                        if let Err(e) = self.sleep_for_socket_data(fd) {
+                            return partial_or_errno(total, e);
+                        }
+                        self.try_switch();
+                    }
+                }
+                continue;
             }
             let got = self.with_rx(|rx| {
                 if peek {
@@ -49,13 +100,13 @@ impl Conn {
                 after_mut(bufs, total, |rest| rx.readv(rest))
             });
             if got.wake_peer {
-                Self::ring_doorbell(fd);
+                self.ring_doorbell(fd);
             }
             total += got.bytes;
             if got.bytes > 0 {
                 backoff.progress();
                 if !wait_all || total == want {
-                    return Some(total as isize);
+                    return total as isize;
                 }
                 continue;
             }
@@ -66,50 +117,73 @@ impl Conn {
                 }
                 if total == 0 && !peek && self.reset_pending() {
                     self.reset_reported.store(true, Relaxed);
-                    return Some(partial_or_errno(0, libc::ECONNRESET));
+                    return partial_or_errno(0, libc::ECONNRESET);
                 }
-                return Some(total as isize); // EOF (0) or what MSG_WAITALL collected
+                return total as isize; // EOF (0) or what MSG_WAITALL collected
             }
             if self.would_block_is_error(flags) {
-                return Some(partial_or_errno(total, libc::EAGAIN));
+                return partial_or_errno(total, libc::EAGAIN);
             }
             let waited = backoff.idle(self, fd, || self.with_rx(|rx| rx.announce_sleep()), || self.with_rx(|rx| rx.withdraw_sleep()));
             if let Err(e) = waited {
-                return Some(partial_or_errno(total, e.errno()));
+                return partial_or_errno(total, e.errno());
+            }
+            if self.phase() == Phase::Ready {
+                self.try_switch();
             }
         }
     }
 
-    /// `send` semantics over the ring (blocking sends write everything). `None`: went plain.
+    /// `send` semantics for a connection with a segment (blocking sends write everything).
+    /// `None`: the connection went plain before anything was sent: the caller makes the real
+    /// call.
     pub fn send(&self, fd: c_int, bufs: &[IoSlice<'_>], flags: c_int) -> Option<isize> {
+        Some(self.send_inner(fd, bufs, flags)).filter(|&n| n != WENT_PLAIN)
+    }
+
+    fn send_inner(&self, fd: c_int, bufs: &[IoSlice<'_>], flags: c_int) -> isize {
         let want: usize = bufs.iter().map(|b| b.len()).sum();
         let mut total = 0usize;
         let mut backoff = Backoff::default();
         loop {
-            if let Some(outcome) = self.went_plain(fd, total, false) {
-                return outcome;
+            if self.phase() == Phase::Plain {
+                return if total == 0 { WENT_PLAIN } else { total as isize };
             }
             if self.send_shut() {
-                if total == 0 && flags & libc::MSG_NOSIGNAL == 0 {
-                    // SAFETY: raising SIGPIPE in this thread, as the kernel would.
-                    unsafe { libc::raise(libc::SIGPIPE) };
+                if total == 0 {
+                    raise_sigpipe(flags);
                 }
-                return Some(partial_or_errno(total, libc::EPIPE));
+                return partial_or_errno(total, libc::EPIPE);
             }
             if total == want {
-                return Some(total as isize);
+                return total as isize;
             }
-            let put = self.with_tx(|tx| {
-                if self.unswapped.load(Acquire) {
-                    return Transfer { bytes: 0, wake_peer: false };
+            if !self.writes_ring() {
+                match after(bufs, total, |rest| self.write_socket(fd, rest, flags)) {
+                    SockWrite::Sent(n) => total += n,
+                    SockWrite::OnRing => {}
+                    SockWrite::Full => {
+                        if self.would_block_is_error(flags) {
+                            return partial_or_errno(total, libc::EAGAIN);
+                        }
+                        if let Err(e) = self.sleep_for_socket_room(fd) {
+                            return partial_or_errno(total, e);
+                        }
+                    }
+                    SockWrite::Err(libc::EPIPE) => {
+                        if total == 0 {
+                            raise_sigpipe(flags);
+                        }
+                        return partial_or_errno(total, libc::EPIPE);
+                    }
+                    SockWrite::Err(e) => return partial_or_errno(total, e),
+                    SockWrite::GaveUp => self.give_up(),
                 }
-                after(bufs, total, |rest| tx.writev(rest))
-            });
-            if put.bytes == 0 && self.unswapped.load(Acquire) {
-                return if total == 0 { None } else { Some(total as isize) };
+                continue;
             }
+            let put = self.with_tx(|tx| after(bufs, total, |rest| tx.writev(rest)));
             if put.wake_peer {
-                Self::ring_doorbell(fd);
+                self.ring_doorbell(fd);
             }
             total += put.bytes;
             if put.bytes > 0 {
@@ -117,18 +191,37 @@ impl Conn {
                 continue;
             }
             if self.would_block_is_error(flags) {
-                return Some(partial_or_errno(total, libc::EAGAIN));
+                return partial_or_errno(total, libc::EAGAIN);
             }
             let waited = backoff.idle(self, fd, || self.with_tx(|tx| tx.announce_sleep()), || self.with_tx(|tx| tx.withdraw_sleep()));
             if let Err(e) = waited {
-                return Some(partial_or_errno(total, e.errno()));
+                return partial_or_errno(total, e.errno());
             }
         }
     }
 
-    /// `shutdown(fd, how)`: recorded in the header (see the module documentation); wakes the
-    /// peer if it sleeps. Returns the call's result.
-    pub fn shutdown(&self, fd: c_int, how: c_int) -> c_int {
+    /// Whether this end writes to its ring now.
+    #[inline]
+    pub(crate) fn writes_ring(&self) -> bool {
+        match self.phase() {
+            Phase::Active => true,
+            _ => self.out_switched(),
+        }
+    }
+
+    /// `shutdown(fd, how)` on a connection with a segment: recorded in the header (see
+    /// [`crate::conn`]); wakes the peer if it sleeps. Returns the call's result, or `None` if
+    /// the migration was not committed yet and is given up instead: the caller makes the real
+    /// call on what is a plain socket again (a peer that is not ready yet reads the socket, not
+    /// the header).
+    pub fn shutdown(&self, fd: c_int, how: c_int) -> Option<c_int> {
+        if self.phase() != Phase::Active && self.abandon() {
+            return None;
+        }
+        Some(self.shutdown_in_header(fd, how))
+    }
+
+    fn shutdown_in_header(&self, fd: c_int, how: c_int) -> c_int {
         let bits = match how {
             libc::SHUT_RD => SHUT_READ,
             libc::SHUT_WR => SHUT_WRITE,
@@ -139,7 +232,7 @@ impl Conn {
             }
         };
         // SeqCst: ordered with the fence in `wake_peer` (and the peer's announcement).
-        self.segment.header().shut.0[self.end.index()].fetch_or(bits, SeqCst);
+        self.header().shut.0[self.end.index()].fetch_or(bits, SeqCst);
         self.wake_peer(fd);
         0
     }

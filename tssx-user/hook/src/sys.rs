@@ -93,6 +93,7 @@ real_fns! {
     recvmsg: fn(fd: c_int, msg: *mut msghdr, flags: c_int) -> ssize_t;
     sendmsg: fn(fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t;
     close: fn(fd: c_int) -> c_int;
+    socket: fn(domain: c_int, kind: c_int, protocol: c_int) -> c_int;
     connect: fn(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int;
     accept: fn(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int;
     accept4: fn(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int;
@@ -164,4 +165,36 @@ pub fn thread_id() -> u32 {
 /// In a forked child: the calling thread has a new id.
 pub fn forget_thread_id() {
     THREAD_ID.with(|tid| tid.set(0));
+}
+
+/// `recvmsg` as a raw system call (errno untouched): bytes received, or the errno.
+///
+/// # Safety
+/// `msg` and every buffer it points at must be valid for the call.
+#[inline]
+pub unsafe fn recvmsg_raw(fd: c_int, msg: *mut libc::msghdr, flags: c_int) -> Result<usize, c_int> {
+    // SAFETY: per the contract.
+    unsafe { tssx_shm::sys::recvmsg(fd, msg, flags) }.map_err(|e| e.0)
+}
+
+/// `sendmsg` as a raw system call (errno untouched): bytes sent, or the errno.
+///
+/// # Safety
+/// `msg` and every buffer it points at must be valid for the call.
+#[inline]
+pub unsafe fn sendmsg_raw(fd: c_int, msg: *const libc::msghdr, flags: c_int) -> Result<usize, c_int> {
+    // SAFETY: per the contract.
+    unsafe { tssx_shm::sys::sendmsg(fd, msg, flags) }.map_err(|e| e.0)
+}
+
+/// `recv` into `buf` as a raw system call (errno untouched).
+#[inline]
+pub fn recv_raw(fd: c_int, buf: &mut [u8], flags: c_int) -> Result<usize, c_int> {
+    tssx_shm::sys::recv(fd, buf, flags).map_err(|e| e.0)
+}
+
+/// `send` from `buf` as a raw system call (errno untouched).
+#[inline]
+pub fn send_raw(fd: c_int, buf: &[u8], flags: c_int) -> Result<usize, c_int> {
+    tssx_shm::sys::send(fd, buf, flags).map_err(|e| e.0)
 }

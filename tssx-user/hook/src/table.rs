@@ -6,109 +6,119 @@
 //! gone and unmaps the segment.
 
 use std::{
-    cell::UnsafeCell,
     ptr::null_mut,
     sync::atomic::{
-        AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize,
+        AtomicPtr, AtomicU64, AtomicUsize,
         Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst},
     },
 };
 
 use libc::c_int;
-use tssx_common::segment::{End, SHUT_RESET};
+use tssx_common::segment::{End, JOIN_MAPPED, SHUT_RESET};
 use tssx_shm::{segment::Segment, sys::Fd};
 
-use crate::{conn::Conn, sys};
+use crate::{
+    conn::{Conn, Phase, Swap, QUIESCED},
+    sys,
+};
 
-/// Fds at or above this are never swapped.
+/// Fds at or above this are never tracked.
 pub const MAX_FDS: usize = 1 << 16;
 
 /// fd -> connection. `Acquire` loads pair with the `Release` store that publishes a fully
 /// built connection.
 pub(crate) static TABLE: [AtomicPtr<Conn>; MAX_FDS] = [const { AtomicPtr::new(null_mut()) }; MAX_FDS];
-/// Connections alive in this process (fork and exec only scan the table when non-zero).
+/// Connections tracked in this process (poll, fork and exec only scan the table when non-zero).
 /// Relaxed: a hint; the table entries carry their own ordering.
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 /// Source of [`Conn::id`]. Relaxed: only uniqueness matters.
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
-/// The connection of `fd`, if it is swapped (and has not gone plain).
+/// The connection of `fd`, if it is tracked (in any phase, `Plain` included).
 #[inline]
 pub fn lookup(fd: c_int) -> Option<&'static Conn> {
-    lookup_any(fd).filter(|c| !c.unswapped.load(Acquire))
-}
-
-/// The connection of `fd`, swapped or gone plain (close and dup bookkeeping).
-#[inline]
-pub fn lookup_any(fd: c_int) -> Option<&'static Conn> {
     let slot = TABLE.get(usize::try_from(fd).ok()?)?;
     let ptr = slot.load(Acquire);
-    // SAFETY: non-null entries point at leaked-until-close `Conn`s (see `install`/`release`).
+    // SAFETY: non-null entries point at leaked-until-close `Conn`s (see `track`/`release`).
     (!ptr.is_null()).then(|| unsafe { &*ptr })
 }
 
-/// Whether any connection is swapped in this process.
+/// The connection of `fd` if it has a segment and is past the plain phases (`Ready` and
+/// later, `Plain` excluded): what poll, epoll and the exec hand-over care about.
+#[inline]
+pub fn lookup_swapped(fd: c_int) -> Option<&'static Conn> {
+    lookup(fd).filter(|c| {
+        let phase = c.phase();
+        phase >= Phase::Ready && phase != Phase::Plain
+    })
+}
+
+/// Whether any connection is tracked in this process.
 #[inline]
 pub fn any_live() -> bool {
     LIVE.load(Relaxed) != 0
 }
 
-/// How an end joins the segment: `Fresh` for a new connection (this process is the end's only
-/// holder), `Inherited` after `execve` (the end's refcount already counts this process).
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Join {
-    /// A new connection from the agent.
-    Fresh,
-    /// Re-attached after exec.
-    Inherited,
-}
-
-/// Maps the segment and makes `fd` a swapped socket (as `end`). Takes the memfd, and for a
-/// pending client the agent connection to watch (see [`Conn::agent_alive`]).
-pub fn install(fd: c_int, end: End, memfd: Fd, join: Join, agent: Option<Fd>) -> bool {
+/// Publishes `conn` as the connection of `fd` (replacing whatever was there).
+fn publish(fd: c_int, conn: Conn) -> bool {
     let Some(slot) = usize::try_from(fd).ok().and_then(|i| TABLE.get(i)) else { return false };
-    let Ok(segment) = Segment::open(memfd.borrow()) else { return false };
-    // SAFETY: this end's handles are only used under the ring locks (`with_tx`/`with_rx`), and
-    // they are dropped with the `Conn`, before the segment (field order).
-    let (tx, rx) = unsafe { (segment.producer(end), segment.consumer(end)) };
-    if join == Join::Fresh {
-        // Release: pairs with the peer's Acquire load in `peer_gone`.
-        segment.header().refcount[end.index()].store(1, Release);
-    }
-    let conn = Box::new(Conn {
-        tx: UnsafeCell::new(tx),
-        rx: UnsafeCell::new(rx),
-        segment,
-        end,
-        memfd,
-        id: NEXT_ID.fetch_add(1, Relaxed),
-        peer_closed: AtomicBool::new(false),
-        fds: AtomicU32::new(1),
-        nonblock: AtomicBool::new(sys::fd_nonblocking(fd)),
-        first_user: AtomicU32::new(0),
-        shared: AtomicBool::new(false),
-        fork_mark: AtomicU64::new(0),
-        reset_reported: AtomicBool::new(false),
-        unswapped: AtomicBool::new(false),
-        agent: AtomicI32::new(agent.map_or(-1, Fd::into_raw)),
-    });
+    conn.note_fd(fd);
     LIVE.fetch_add(1, Relaxed);
-    let old = slot.swap(Box::into_raw(conn), Release);
+    let old = slot.swap(Box::into_raw(Box::new(conn)), Release);
     release(old, -1);
     true
+}
+
+/// Starts tracking `fd` as the `end` of a connection in `phase` (`Candidate` after
+/// connect/accept, `Unconnected` after `socket`).
+pub fn track(fd: c_int, end: End, phase: Phase) -> bool {
+    publish(fd, Conn::new(end, phase, NEXT_ID.fetch_add(1, Relaxed), sys::fd_nonblocking(fd)))
+}
+
+/// Maps a segment handed over by another process of this end (the previous image before
+/// `execve`, or a process that passed the socket with `SCM_RIGHTS`) and makes `fd` a swapped
+/// socket. The end's refcount already counts this process. The phase comes from the header.
+pub fn adopt_swapped(fd: c_int, end: End, memfd: Fd) -> bool {
+    let Ok(segment) = Segment::open(memfd.borrow()) else { return false };
+    let line = &segment.header().ends[end.index()];
+    // Acquire: pairs with the SeqCst store of `ready` (its counters before).
+    if line.ready.load(Acquire) != 1 || line.joined.load(Acquire) != JOIN_MAPPED {
+        return false;
+    }
+    // SAFETY: this end's handles are only used under the ring locks, and they are dropped with
+    // the `Swap`, before the segment (field order).
+    let (tx, rx) = unsafe { (segment.producer(end), segment.consumer(end)) };
+    let conn = Conn::new(end, Phase::Ready, NEXT_ID.fetch_add(1, Relaxed), sys::fd_nonblocking(fd));
+    // The end is past quiescence: raw calls are over for good.
+    conn.raw.store(QUIESCED, Relaxed);
+    let swap = Swap { segment, tx: std::cell::UnsafeCell::new(tx), rx: std::cell::UnsafeCell::new(rx), memfd };
+    if conn.swap.set(swap).is_err() {
+        return false;
+    }
+    if conn.out_switched() && conn.in_switched() {
+        conn.set_phase(Phase::Active);
+    }
+    publish(fd, conn)
 }
 
 /// `new_fd` (just made by dup/dup2/dup3/F_DUPFD from `old_fd`) is the same connection.
 pub fn duplicated(old_fd: c_int, new_fd: c_int) {
     let Some(slot) = usize::try_from(new_fd).ok().and_then(|i| TABLE.get(i)) else { return };
-    let Some(conn) = lookup_any(old_fd) else {
-        // dup2 onto a swapped fd from a plain one: the swapped one was closed by it.
+    let Some(conn) = lookup(old_fd) else {
+        // dup2 onto a tracked fd from an untracked one: the tracked one was closed by it.
         release(slot.swap(null_mut(), Acquire), -1);
         return;
     };
     conn.fds.fetch_add(1, Relaxed);
     let ptr = (conn as *const Conn).cast_mut();
     release(slot.swap(ptr, Release), -1);
+}
+
+/// Forgets `fd` without closing anything (it is not a socket of ours any more).
+pub fn untrack(fd: c_int) {
+    if let Some(slot) = usize::try_from(fd).ok().and_then(|i| TABLE.get(i)) {
+        release(slot.swap(null_mut(), Acquire), -1);
+    }
 }
 
 /// Drops one fd's reference; the last one tells the peer this end is gone (ringing through
@@ -122,7 +132,6 @@ pub(crate) fn release(ptr: *mut Conn, fd: c_int) {
     let conn = unsafe { &*ptr };
     if conn.fds.fetch_sub(1, AcqRel) == 1 {
         conn.leave(fd);
-        conn.close_agent();
         LIVE.fetch_sub(1, Relaxed);
         // SAFETY: that was the last reference.
         drop(unsafe { Box::from_raw(ptr) });
@@ -148,11 +157,10 @@ pub(crate) fn for_each_conn(mut f: impl FnMut(c_int, &Conn)) {
     }
 }
 
-/// `close` of a swapped fd: tell the peer this end is gone, then let the caller close the real
+/// `close` of a tracked fd: tell the peer this end is gone, then let the caller close the real
 /// socket (whose EOF wakes a sleeping peer).
 pub fn close(fd: c_int) {
-    if let Some(conn) = lookup(fd) {
-        // (A connection gone plain has no doorbells, only the application's bytes.)
+    if let Some(conn) = lookup_swapped(fd) {
         if conn.fds.load(Acquire) == 1 {
             // Last fd: unread doorbells would turn the peer's EOF into ECONNRESET.
             conn.drain_doorbells(fd);
@@ -167,17 +175,24 @@ impl Conn {
     /// The last fd of this process closes: this process no longer holds the end. If it was the
     /// end's last holder, the peer is woken through `fd` (still open; -1: not available).
     pub(crate) fn leave(&self, fd: c_int) {
-        if self.unswapped.load(Acquire) {
+        let phase = self.phase();
+        if self.swap().is_none() || phase == Phase::Plain {
+            return; // a claim's control connection closes with the `Conn`
+        }
+        if phase < Phase::Ready {
+            // Nothing is on the rings: the peer stays on the socket, whose EOF it will see.
+            self.give_up();
             return;
         }
-        let holders = self.segment.header().refcount[self.end.index()].load(Relaxed);
-        if holders <= 1 && fd >= 0 && self.unread() > 0 {
+        let header = self.header();
+        let holders = header.refcount[self.end.index()].load(Relaxed);
+        if holders <= 1 && fd >= 0 && self.reads_ring() && self.unread() > 0 {
             // Closing with bytes unread: the peer gets ECONNRESET, as from the kernel.
             // SeqCst: as in `shutdown`.
-            self.segment.header().shut.0[self.end.index()].fetch_or(SHUT_RESET, SeqCst);
+            header.shut.0[self.end.index()].fetch_or(SHUT_RESET, SeqCst);
         }
         // AcqRel: the peer's Acquire load of a zero count sees everything this end wrote.
-        let before = self.segment.header().refcount[self.end.index()].fetch_sub(1, AcqRel);
+        let before = header.refcount[self.end.index()].fetch_sub(1, AcqRel);
         if before == 1 && fd >= 0 {
             // Another process (e.g. a posix_spawn child) may keep the real socket open, so its
             // EOF may never come: wake the peer through the header.

@@ -1,13 +1,13 @@
-//! Waiting for the peer: the spin phase, then the announced sleep on the real socket, where
-//! the peer's doorbell byte (or its death) wakes the sleeper.
+//! Waiting for the peer on the rings: the spin phase, then the announced sleep on the real
+//! socket, where the peer's doorbell byte (or its death) wakes the sleeper. Doorbells are
+//! drained only where every socket byte is one (the incoming direction is on the ring).
 
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
 
 use libc::c_int;
-use tssx_common::segment::SegmentState;
 
 use crate::{
-    conn::Conn,
+    conn::{Conn, Phase},
     spin::{now_ns, spin_budget, spin_missed, spin_paid_off, spin_yield, woke},
     sys::{self, errno, fd_nonblocking},
 };
@@ -58,12 +58,6 @@ impl Backoff {
         withdraw: impl FnOnce(),
     ) -> Result<(), WaitError> {
         if self.spins == 0 {
-            if conn.state() == Some(SegmentState::Pending) {
-                // The peer has not joined yet: it cannot answer before the agent's reply reached
-                // it, a wake-up away at least. Spinning would only take the core that the peer
-                // and the agent need; and this wait says nothing about the usual one.
-                return Self::sleep(conn, fd, announce, withdraw);
-            }
             self.spin_from = now_ns();
             self.spin_until = self.spin_from + spin_budget();
         }
@@ -90,14 +84,7 @@ impl Backoff {
             return Ok(());
         }
         // The announcement's fence orders these flag reads after it (see `Conn::announce`).
-        let result = if conn.rcv_shut()
-            || conn.send_shut()
-            || conn.state() != Some(SegmentState::Active) && conn.state() != Some(SegmentState::Pending)
-        {
-            Ok(())
-        } else {
-            conn.sleep_on_socket(fd)
-        };
+        let result = if conn.rcv_shut() || conn.send_shut() || conn.phase() == Phase::Plain { Ok(()) } else { conn.sleep_on_socket(fd) };
         withdraw();
         result
     }
@@ -108,38 +95,53 @@ impl Conn {
     /// then rings the doorbell after its next transfer or shutdown). The caller issues one
     /// `SeqCst` fence after all its announcements and re-checks readiness before sleeping.
     pub fn announce(&self) {
-        tssx_shm::wait::announce(&self.segment.header().asleep.0[self.end.index()]);
+        tssx_shm::wait::announce(&self.header().asleep.0[self.end.index()]);
     }
 
     /// Takes an announcement back.
     pub fn withdraw(&self) {
-        tssx_shm::wait::withdraw(&self.segment.header().asleep.0[self.end.index()]);
+        tssx_shm::wait::withdraw(&self.header().asleep.0[self.end.index()]);
     }
 
     /// After changing something the peer may wait for (shutdown, last close): wake it if it
     /// announced a sleep.
     pub(crate) fn wake_peer(&self, fd: c_int) {
-        if tssx_shm::wait::sleeper_announced(&self.segment.header().asleep.0[self.end.peer().index()]) {
-            Self::ring_doorbell(fd);
+        if tssx_shm::wait::sleeper_announced(&self.header().asleep.0[self.end.peer().index()]) {
+            self.ring_doorbell(fd);
         }
     }
 
-    /// Wakes the peer: one byte on the real socket (it drains and ignores them).
-    pub(crate) fn ring_doorbell(fd: c_int) {
-        let bell = 0u8;
-        // SAFETY: sends one byte from a live local; never blocks, never raises SIGPIPE.
-        unsafe { sys::send(fd, (&bell as *const u8).cast(), 1, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+    /// Wakes the peer: one byte on the real socket, counted in `bells_sent` first, under the
+    /// producer lock (so that a hand-back, which holds it, sees an exact count; see
+    /// `EndLine::bells_sent`). Only once this end's writes are on its ring, since before that
+    /// the peer reads every socket byte as data: an end whose peer is ready switches here
+    /// first (a reader that freed room in the peer's ring must be able to wake it).
+    pub(crate) fn ring_doorbell(&self, fd: c_int) {
+        self.with_tx(|_| {
+            // Acquire: pairs with the peer's SeqCst store of `ready`.
+            if !self.out_switched() && !(self.peer_line().ready.load(Acquire) == 1 && self.switch_out()) {
+                return;
+            }
+            let bells = &self.my_line().bells_sent;
+            // SeqCst: counted before the byte exists, so a drainer never takes more than sent.
+            bells.fetch_add(1, SeqCst);
+            // One byte; never blocks, never raises SIGPIPE.
+            if sys::send_raw(fd, &[0u8], libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL).is_err() {
+                bells.fetch_sub(1, SeqCst);
+            }
+        })
     }
 
-    /// Sleeps on the real socket until a doorbell, the peer's EOF, or (pending or shared
-    /// connections) a short timeout. The caller has announced its sleep.
+    /// Sleeps on the real socket until a doorbell, the peer's EOF, or (shared connections, or
+    /// while incoming socket bytes may be data) a short timeout. The caller has announced its
+    /// sleep.
     ///
     /// An active connection used by one thread sleeps in a blocking `recv(MSG_PEEK)` of one
     /// byte: the kernel then applies the caller's signal dispositions (SA_RESTART restarts it,
     /// otherwise EINTR) and the socket's SO_RCVTIMEO, exactly as for a plain read.
     pub(crate) fn sleep_on_socket(&self, fd: c_int) -> Result<(), WaitError> {
-        let active = self.state() == Some(SegmentState::Active);
-        if active && !self.is_shared() {
+        let doorbells_only = self.reads_ring();
+        if doorbells_only && !self.is_shared() {
             let mut byte = 0u8;
             // SAFETY: peeks one byte into a live local.
             let n = unsafe { sys::recv(fd, (&mut byte as *mut u8).cast(), 1, libc::MSG_PEEK) };
@@ -167,22 +169,13 @@ impl Conn {
                 },
             };
         }
-        if !active {
-            self.check_agent();
-        }
-        let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
-        // Pending: re-check the agent's decision often. Shared: a sibling may drain our
-        // doorbell, so never sleep long.
-        let timeout = if active { 1 } else { 10 };
+        // Incoming socket bytes may be the peer's data (not consumed here): wait only for the
+        // peer's death, briefly. Shared: a sibling may drain our doorbell, so never sleep long.
+        let mut pfd = libc::pollfd { fd, events: if doorbells_only { libc::POLLIN } else { 0 }, revents: 0 };
         // SAFETY: one live pollfd.
-        let ready = unsafe { sys::poll(&mut pfd, 1, timeout) };
-        if ready <= 0 {
-            return Ok(());
-        }
-        if active {
+        let ready = unsafe { sys::poll(&mut pfd, 1, 1) };
+        if ready > 0 && doorbells_only {
             self.drain_doorbells_if_alone(fd, 1);
-        } else {
-            self.on_plain_data();
         }
         Ok(())
     }
@@ -192,13 +185,16 @@ impl Conn {
     /// on the socket wakes, and it drains them itself. Waiters that leave the bytes there poll
     /// again with a short timeout, so nobody sleeps through a doorbell.
     pub fn drain_doorbells_if_alone(&self, fd: c_int, mine: u32) {
+        if !self.reads_ring() {
+            return;
+        }
         // Relaxed: a hint; the doorbell bytes themselves stay until someone drains them.
-        if self.segment.header().asleep.0[self.end.index()].load(Relaxed) <= mine {
+        if self.header().asleep.0[self.end.index()].load(Relaxed) <= mine {
             self.drain_doorbells(fd);
         } else {
             let mut probe = 0u8;
-            // SAFETY: peeks one byte into a live local without blocking: EOF still counts.
-            if unsafe { sys::recv(fd, (&mut probe as *mut u8).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) } == 0 {
+            // Peeks one byte without blocking: EOF still counts.
+            if sys::recv_raw(fd, std::slice::from_mut(&mut probe), libc::MSG_PEEK | libc::MSG_DONTWAIT) == Ok(0) {
                 self.peer_closed.store(true, Relaxed);
             }
             // Let the sibling run before this thread polls again.
@@ -206,19 +202,51 @@ impl Conn {
         }
     }
 
-    /// Reads and discards doorbell bytes; notes the peer's EOF.
+    /// Reads and discards the peer's doorbell bytes (never more than it counted as sent);
+    /// notes the peer's EOF. Only where the incoming direction is on the ring.
     pub fn drain_doorbells(&self, fd: c_int) {
+        if !self.reads_ring() {
+            return;
+        }
+        let sent = &self.peer_line().bells_sent;
+        let drained = &self.my_line().bells_drained;
         let mut buf = [0u8; 64];
         loop {
-            // SAFETY: receives into a live local buffer; never blocks.
-            let n = unsafe { sys::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
-            if n > 0 {
+            // Reserve up to 64 of the doorbells sent and not yet drained (SeqCst, pairing with
+            // the sender's count before its byte).
+            let before = drained.load(SeqCst);
+            let take = sent.load(SeqCst).saturating_sub(before).min(buf.len() as u64) as usize;
+            if take == 0 {
+                // Nothing counted: only EOF is worth noting.
+                if sys::recv_raw(fd, &mut buf[..1], libc::MSG_PEEK | libc::MSG_DONTWAIT) == Ok(0) {
+                    self.peer_closed.store(true, Relaxed);
+                }
+                return;
+            }
+            if drained.compare_exchange(before, before + take as u64, SeqCst, SeqCst).is_err() {
                 continue;
             }
-            if n == 0 || (errno() != libc::EAGAIN && errno() != libc::EINTR) {
-                self.peer_closed.store(true, Relaxed);
+            match sys::recv_raw(fd, &mut buf[..take], libc::MSG_DONTWAIT) {
+                Ok(n) => {
+                    if n < take {
+                        drained.fetch_sub((take - n) as u64, SeqCst);
+                    }
+                    if n == 0 {
+                        self.peer_closed.store(true, Relaxed);
+                        return;
+                    }
+                    if n < take {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    drained.fetch_sub(take as u64, SeqCst);
+                    if e != libc::EAGAIN && e != libc::EINTR {
+                        self.peer_closed.store(true, Relaxed);
+                    }
+                    return;
+                }
             }
-            return;
         }
     }
 }

@@ -11,7 +11,7 @@ use std::{
 };
 
 use libc::c_int;
-use tssx_common::segment::{End, SegmentState};
+use tssx_common::segment::{End, SegmentState, JOIN_MAPPED};
 use tssx_hook::{calls, table};
 use tssx_shm::{segment::Segment, sys::Fd};
 
@@ -28,9 +28,18 @@ fn swapped_pair(ring: usize) -> Pair {
     assert_eq!(unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) }, 0);
     let segment = Segment::create(ring).expect("segment");
     segment.transition(SegmentState::Pending, SegmentState::Active).unwrap();
+    // Both ends joined, ready and switched at byte 0 (as after a migration before any byte).
+    for end in [End::Client, End::Server] {
+        let line = &segment.header().ends[end.index()];
+        line.joined.store(JOIN_MAPPED, Ordering::SeqCst);
+        line.ready.store(1, Ordering::SeqCst);
+        line.switch_at.store(0, Ordering::SeqCst);
+        segment.header().refcount[end.index()].store(1, Ordering::SeqCst);
+    }
     for (fd, end) in [(fds[0], End::Client), (fds[1], End::Server)] {
         let memfd = dup_memfd(&segment);
-        assert!(table::install(fd, end, memfd, table::Join::Fresh, None), "install {end:?}");
+        assert!(table::adopt_swapped(fd, end, memfd), "adopt {end:?}");
+        assert_eq!(table::lookup(fd).unwrap().phase(), tssx_hook::conn::Phase::Active);
     }
     Pair { client: fds[0], server: fds[1] }
 }

@@ -1,0 +1,375 @@
+//! Driving a connection through its [`Phase`]s, one cheap step per call.
+//!
+//! Every hook call on a tracked socket that is not on the rings yet calls [`Conn::tick`] before
+//! and after its own work. A tick never waits: it sends the claim once the connection has shown
+//! it is worth one ([`CLAIM_AFTER_NS`], [`CLAIM_AFTER_BYTES`]), looks for the agent's answer with
+//! a back-off, maps the segment, and moves the end to ready as soon as nothing of this process
+//! is inside the kernel on the socket. So a connection that never gets a segment (no agent, a
+//! peer without the hook or that talks to the socket from inside libc, a short connection)
+//! costs a few loads and, now and then, one clock read per call.
+//!
+//! # Raw calls and quiescence
+//!
+//! While the connection is plain, the application's calls go to the kernel as they are
+//! ([`RawCall`]), and two things must hold when this end becomes ready: the byte counts are
+//! final, and no thread sleeps in the kernel on the socket without having announced it (a
+//! doorbell would then be read as data, or nobody would ring one). A raw call enters with
+//! `raw += 1` and leaves with `raw -= 1`; the end becomes ready only by a compare-and-swap of
+//! `raw` from 0 to [`QUIESCED`], after which every raw call backs off to the hook's own path.
+//! Threads waiting in `epoll_wait` on an instance the socket is registered in count too (see
+//! [`crate::epoll::gate_close`]). Both are `SeqCst`: a call either is counted before the swap
+//! (which then fails and is retried later) or sees `QUIESCED`.
+
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
+
+use libc::c_int;
+use tssx_common::{
+    control::Role,
+    segment::{End, SegmentState, JOIN_MAPPED, JOIN_REFUSED, NOT_YET},
+};
+use tssx_shm::segment::Segment;
+
+use crate::{
+    claim::{self, Answer},
+    conn::{Conn, Phase, Swap, QUIESCED},
+    epoll,
+    spin::now_ns,
+    sys::{self, Fd},
+};
+
+/// A connection is worth a segment once it has lived this long (ns)...
+pub const CLAIM_AFTER_NS: u64 = 1_000_000;
+/// ... or moved this many bytes in either direction.
+pub const CLAIM_AFTER_BYTES: u64 = 64 * 1024;
+/// First wait before looking for the agent's answer again; doubles up to [`ANSWER_CHECK_MAX_NS`].
+const ANSWER_CHECK_FIRST_NS: u64 = 20_000;
+const ANSWER_CHECK_MAX_NS: u64 = 50_000_000;
+/// A claim the agent has not answered this long after it was sent is given up (the peer never
+/// claimed): the connection stays plain and the control connection is closed.
+const CLAIM_GIVE_UP_NS: u64 = 2_000_000_000;
+/// After a "retry later" answer, the next claim goes out no sooner than this.
+const RETRY_AFTER_NS: u64 = 5_000_000;
+/// A segment whose peer has not joined this long after this end mapped it is given up.
+const JOIN_GIVE_UP_NS: u64 = 2_000_000_000;
+
+/// One raw call in flight on a tracked socket (see the module documentation). Built by
+/// [`Conn::enter_raw`]; dropping it (after the call returned) leaves.
+pub struct RawCall<'a> {
+    conn: &'a Conn,
+}
+
+impl RawCall<'_> {
+    /// The call returned `rc` bytes written (`sending`) or consumed: counted.
+    #[inline]
+    pub fn moved(&self, rc: isize, sending: bool) {
+        if rc > 0 {
+            // Relaxed: read by the quiescer after its SeqCst compare-and-swap on `raw`, which
+            // our SeqCst exit orders after this.
+            if sending {
+                self.conn.sent.fetch_add(rc as u64, Relaxed);
+            } else {
+                self.conn.received.fetch_add(rc as u64, Relaxed);
+            }
+        }
+    }
+}
+
+impl Drop for RawCall<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        // SeqCst: see the module documentation.
+        self.conn.raw.fetch_sub(1, SeqCst);
+    }
+}
+
+impl Conn {
+    /// Enters a raw call, or `None` if this end is quiesced (use the hook's path; the phase is
+    /// then `Ready` or later, or about to be: see [`Conn::await_ready`]).
+    #[inline]
+    pub fn enter_raw(&self) -> Option<RawCall<'_>> {
+        // SeqCst: see the module documentation.
+        let before = self.raw.fetch_add(1, SeqCst);
+        if before & QUIESCED != 0 {
+            self.raw.fetch_sub(1, SeqCst);
+            return None;
+        }
+        Some(RawCall { conn: self })
+    }
+
+    /// After [`Conn::enter_raw`] refused: the quiescing thread is finishing the move to ready
+    /// (a few stores and `epoll_ctl` calls); wait for it.
+    pub(crate) fn await_ready(&self) -> Phase {
+        loop {
+            let phase = self.phase();
+            if phase >= Phase::Ready {
+                return phase;
+            }
+            sys::sched_yield();
+        }
+    }
+
+    /// One step towards the rings, if one is due (see the module documentation). Never waits.
+    #[inline]
+    pub fn tick(&self, fd: c_int) {
+        match self.phase() {
+            Phase::Candidate => self.maybe_claim(fd),
+            Phase::Claiming => self.check_answer(),
+            Phase::Mapped => self.check_peer_joined(fd),
+            Phase::Quiescing => self.try_ready(fd),
+            Phase::Ready => self.try_switch(),
+            _ => {}
+        }
+    }
+
+    /// Sends the claim if the connection has shown it is worth a segment.
+    fn maybe_claim(&self, fd: c_int) {
+        let now = now_ns();
+        let moved = self.sent.load(Relaxed).max(self.received.load(Relaxed));
+        if now.saturating_sub(self.born_ns.load(Relaxed)) < CLAIM_AFTER_NS && moved < CLAIM_AFTER_BYTES {
+            return;
+        }
+        let Ok(mut claim) = self.claim.try_lock() else { return };
+        if self.phase() != Phase::Candidate || now < claim.retry_at {
+            return;
+        }
+        let role = if self.end == End::Client { Role::Client } else { Role::Server };
+        match claim::send(claim::request(role, fd, self.forked.load(Relaxed))) {
+            Some(control) => {
+                claim.control = Some(control);
+                claim.sent_at = now;
+                claim.backoff = ANSWER_CHECK_FIRST_NS;
+                claim.next_check = now + ANSWER_CHECK_FIRST_NS;
+                self.advance(Phase::Candidate, Phase::Claiming);
+            }
+            // No agent (or it cannot take calls now): plain for good.
+            None => self.give_up(),
+        }
+    }
+
+    /// Looks for the agent's answer, at most once per back-off interval.
+    fn check_answer(&self) {
+        let now = now_ns();
+        let Ok(mut claim) = self.claim.try_lock() else { return };
+        if self.phase() != Phase::Claiming || now < claim.next_check {
+            return;
+        }
+        let Some(control) = claim.control.as_ref() else {
+            drop(claim);
+            self.give_up();
+            return;
+        };
+        match claim::poll(control) {
+            Answer::NotYet => {
+                if now.saturating_sub(claim.sent_at) > CLAIM_GIVE_UP_NS {
+                    claim.control = None;
+                    drop(claim);
+                    self.give_up();
+                    return;
+                }
+                claim.backoff = (claim.backoff * 2).min(ANSWER_CHECK_MAX_NS);
+                claim.next_check = now + claim.backoff;
+            }
+            Answer::Retry => {
+                claim.control = None;
+                claim.retry_at = now + RETRY_AFTER_NS;
+                self.advance(Phase::Claiming, Phase::Candidate);
+            }
+            Answer::Plain => {
+                claim.control = None;
+                drop(claim);
+                self.give_up();
+            }
+            Answer::Swap(memfd) => {
+                claim.control = None;
+                claim.sent_at = now; // from now on: when the segment was mapped
+                drop(claim);
+                if !self.join(memfd) {
+                    self.give_up();
+                }
+            }
+        }
+    }
+
+    /// Maps the segment handed over by the agent and publishes this end's `joined`.
+    fn join(&self, memfd: Fd) -> bool {
+        let Ok(segment) = Segment::open(memfd.borrow()) else { return false };
+        // SAFETY: this end's handles are only used under the ring locks (`with_tx`/`with_rx`),
+        // and they are dropped with the `Swap`, before the segment (field order).
+        let (tx, rx) = unsafe { (segment.producer(self.end), segment.consumer(self.end)) };
+        let swap = Swap { segment, tx: std::cell::UnsafeCell::new(tx), rx: std::cell::UnsafeCell::new(rx), memfd };
+        if self.swap.set(swap).is_err() {
+            return false;
+        }
+        let header = self.header();
+        // Release: the peer's Acquire load in `peer_gone` sees this end present.
+        header.refcount[self.end.index()].store(1, Release);
+        // SeqCst: after the refcount (see `EndLine::joined`).
+        self.my_line().joined.store(JOIN_MAPPED, SeqCst);
+        self.advance(Phase::Claiming, Phase::Mapped)
+    }
+
+    /// Plain for good: nothing more is tracked but the fds. A segment this end holds is given
+    /// up (both ends stay on the socket; nothing went on the rings yet).
+    pub(crate) fn give_up(&self) {
+        if let Some(swap) = self.swap() {
+            if self.phase() < Phase::Ready {
+                // SeqCst: as `joined`.
+                self.my_line().joined.store(JOIN_REFUSED, SeqCst);
+                // Nothing can be on the rings: no end switches before this one is ready.
+                let _ = swap.segment.transition(SegmentState::Pending, SegmentState::Plain);
+            }
+        }
+        if let Ok(mut claim) = self.claim.try_lock() {
+            claim.control = None;
+        }
+        if let Ok(mut regs) = self.regs.try_lock() {
+            regs.clear();
+        }
+        self.set_phase(Phase::Plain);
+    }
+
+    /// Drops a claim in flight (the agent sees its control connection close); the connection
+    /// is a candidate again.
+    /// Waits for the claim lock (held only for a non-blocking step by another thread), so that
+    /// a fork never leaves a claim in flight behind in both processes.
+    pub(crate) fn drop_claim(&self) {
+        let mut claim = self.claim.lock().unwrap_or_else(|p| p.into_inner());
+        claim.control = None;
+        claim.retry_at = now_ns() + RETRY_AFTER_NS;
+        self.advance(Phase::Claiming, Phase::Candidate);
+    }
+
+    /// Mapped: waits (across calls) for the peer to join.
+    fn check_peer_joined(&self, fd: c_int) {
+        // Acquire: pairs with the peer's SeqCst store (its refcount before).
+        match self.peer_line().joined.load(Acquire) {
+            JOIN_MAPPED => {
+                if self.advance(Phase::Mapped, Phase::Quiescing) {
+                    self.try_ready(fd);
+                }
+            }
+            JOIN_REFUSED => self.give_up(),
+            _ if self.abandoned() => self.give_up(),
+            _ => {
+                let since = self.claim.try_lock().map(|c| c.sent_at).unwrap_or(0);
+                if since != 0 && now_ns().saturating_sub(since) > JOIN_GIVE_UP_NS {
+                    self.give_up();
+                }
+            }
+        }
+    }
+
+    /// Quiescing: becomes ready if no raw call is in the kernel now (see the module docs).
+    fn try_ready(&self, fd: c_int) {
+        if self.abandoned() {
+            self.give_up();
+            return;
+        }
+        let Ok(mut regs) = self.regs.try_lock() else { return };
+        if self.phase() != Phase::Quiescing {
+            return;
+        }
+        // Close the epoll instances this socket is registered in to new waits, if nobody waits
+        // in them now; otherwise try again on a later call.
+        let mut closed: Vec<c_int> = Vec::new();
+        for &(_, epfd, _, _) in regs.iter() {
+            if closed.contains(&epfd) {
+                continue;
+            }
+            if !epoll::gate_close(epfd) {
+                closed.iter().for_each(|&e| epoll::gate_open(e));
+                return;
+            }
+            closed.push(epfd);
+        }
+        // SeqCst: see the module documentation.
+        if self.raw.compare_exchange(0, QUIESCED, SeqCst, SeqCst).is_err() {
+            closed.iter().for_each(|&e| epoll::gate_open(e));
+            return;
+        }
+        // Quiesced: the counts are final; publish them.
+        let line = self.my_line();
+        // Relaxed loads: ordered after the raw calls' SeqCst exits by the CAS above. Release
+        // stores: published together with `ready` below.
+        line.sock_written.store(self.sent.load(Relaxed), Release);
+        line.sock_read.store(self.received.load(Relaxed), Release);
+        for (reg_fd, epfd, events, data) in regs.drain(..) {
+            epoll::adopt(epfd, reg_fd, self, events, data);
+        }
+        // SeqCst: after the counters (see `EndLine::ready`).
+        line.ready.store(1, SeqCst);
+        self.set_phase(Phase::Ready);
+        closed.iter().for_each(|&e| epoll::gate_open(e));
+        drop(regs);
+        let _ = fd;
+        self.try_switch();
+    }
+
+    /// Ready: moves this end's writes onto its ring once the peer is ready, and the connection
+    /// to [`Phase::Active`] once both directions are on the rings.
+    pub(crate) fn try_switch(&self) {
+        if !self.out_switched() {
+            if self.abandoned() {
+                self.give_up();
+                return;
+            }
+            // Acquire: pairs with the peer's SeqCst store after its counters.
+            if self.peer_line().ready.load(Acquire) != 1 {
+                return;
+            }
+            if !self.with_tx(|_| self.switch_out()) {
+                self.give_up();
+                return;
+            }
+        }
+        if self.out_switched() && self.in_switched() {
+            self.became_active();
+        }
+    }
+
+    /// Moves this end's writes onto its ring (under the producer lock; the peer is ready).
+    /// The first switch of either end commits the migration (segment state `Pending ->
+    /// Active`); once committed, neither end can give the segment up any more. Returns false if
+    /// the migration was given up meanwhile (state `Plain`): the caller goes plain.
+    pub(crate) fn switch_out(&self) -> bool {
+        let line = self.my_line();
+        if line.switch_at.load(Relaxed) != NOT_YET {
+            return true;
+        }
+        let segment = &self.seg().segment;
+        if segment.transition(SegmentState::Pending, SegmentState::Active).is_err() && segment.state() != Some(SegmentState::Active) {
+            return false;
+        }
+        // Relaxed load: our own count, written under the lock we hold. SeqCst store: the
+        // peer's reader loads it with Acquire after it peeked the socket (see `crate::migrate`).
+        line.switch_at.store(line.sock_written.load(Relaxed), SeqCst);
+        true
+    }
+
+    /// Gives the migration up if nothing is on the rings yet (segment state `Pending ->
+    /// Plain`); true if the connection is plain now (for both ends: each sees the state on its
+    /// next call and goes plain).
+    pub(crate) fn abandon(&self) -> bool {
+        let segment = &self.seg().segment;
+        let plain = segment.transition(SegmentState::Pending, SegmentState::Plain).is_ok() || segment.state() == Some(SegmentState::Plain);
+        if plain {
+            self.give_up();
+        }
+        plain
+    }
+
+    /// The peer (or the agent) gave the migration up: go plain too.
+    #[inline]
+    pub(crate) fn abandoned(&self) -> bool {
+        self.swap().is_some_and(|s| s.segment.state() == Some(SegmentState::Plain))
+    }
+
+    /// Both directions are on the rings.
+    fn became_active(&self) {
+        if self.advance(Phase::Ready, Phase::Active) {
+            // For the agent's trace (the migration is complete when both ends stored theirs).
+            // Relaxed: a timestamp nobody synchronizes on.
+            self.my_line().active_ns.store(now_ns().max(1), Relaxed);
+        }
+    }
+}
