@@ -116,6 +116,9 @@ fn route(c: &Conn, fd: c_int) -> Route<'_> {
             return Route::Kernel(None);
         }
     }
+    if c.phase() == Phase::Ready {
+        c.try_switch();
+    }
     Route::Hook
 }
 

@@ -16,10 +16,24 @@ use crate::sys::Fd;
 /// The agent's default state directory (see `tssx-agent --state-dir`).
 const STATE_DIR: &str = "/run/tssx";
 
-/// Sends `request` on a new non-blocking control connection; `None` if the agent cannot be
-/// reached right now (no agent, or its backlog is full).
-pub fn send(request: Request) -> Option<Fd> {
-    let sock = sys::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, 0).ok()?;
+/// Why a claim could not be sent.
+pub enum Unreachable {
+    /// Nobody listens on the control socket (or it cannot be reached at all).
+    NoAgent,
+    /// The agent's backlog is full (or the hook is short of fds): try again later.
+    Busy,
+}
+
+/// Sends `request` on a new non-blocking control connection.
+pub fn send(request: Request) -> Result<Fd, Unreachable> {
+    let busy = |e: sys::Errno| {
+        if e.0 == libc::EAGAIN || e.0 == libc::EMFILE || e.0 == libc::ENFILE || e.0 == libc::ENOBUFS {
+            Unreachable::Busy
+        } else {
+            Unreachable::NoAgent
+        }
+    };
+    let sock = sys::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, 0).map_err(busy)?;
     // SAFETY: sockaddr_un is plain data.
     let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
     addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
@@ -30,11 +44,11 @@ pub fn send(request: Request) -> Option<Fd> {
     let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
     // SAFETY: `addr` is a valid sockaddr_un of `len` bytes. A Unix `connect` completes at once
     // or fails (EAGAIN when the agent's backlog is full): it never leaves a connection half-open.
-    unsafe { sys::connect(sock.raw(), (&addr as *const libc::sockaddr_un).cast(), len) }.ok()?;
+    unsafe { sys::connect(sock.raw(), (&addr as *const libc::sockaddr_un).cast(), len) }.map_err(busy)?;
     // The request is the first and only message on a fresh connection, far below its send
     // buffer: it goes out whole at once.
-    fdpass::send_with_fd(sock.raw(), &request.encode(), None).ok()?;
-    Some(sock)
+    fdpass::send_with_fd(sock.raw(), &request.encode(), None).map_err(|_| Unreachable::NoAgent)?;
+    Ok(sock)
 }
 
 fn concat_path() -> String {

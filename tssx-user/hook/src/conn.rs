@@ -37,8 +37,8 @@ use std::{
 };
 
 use libc::c_int;
-use tssx_common::segment::{EndLine, SegmentHeader, JOIN_MAPPED, NOT_YET, SHUT_READ, SHUT_RESET, SHUT_WRITE};
 pub use tssx_common::segment::End;
+use tssx_common::segment::{EndLine, SegmentHeader, JOIN_MAPPED, NOT_YET, SHUT_READ, SHUT_RESET, SHUT_WRITE};
 use tssx_shm::{
     ring::{Consumer, Producer},
     segment::Segment,
@@ -103,7 +103,8 @@ pub const QUIESCED: u32 = 1 << 31;
 
 /// The segment of a connection and this end's ring handles (from the moment it is mapped).
 pub struct Swap {
-    pub(crate) segment: Segment,
+    /// The mapped segment.
+    pub segment: Segment,
     pub(crate) tx: UnsafeCell<Producer>,
     pub(crate) rx: UnsafeCell<Consumer>,
     /// The segment's memfd (close-on-exec), kept to hand the segment across `execve`.

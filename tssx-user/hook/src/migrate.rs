@@ -203,11 +203,7 @@ impl Conn {
         if !in_ring {
             // Socket data before the peer's switch position counts; doorbells beyond it do not.
             let at = self.peer_line().switch_at.load(Acquire);
-            let data = if at == NOT_YET {
-                sock & (libc::POLLIN as u32) != 0
-            } else {
-                self.my_line().sock_read.load(Acquire) < at
-            };
+            let data = if at == NOT_YET { sock & (libc::POLLIN as u32) != 0 } else { self.my_line().sock_read.load(Acquire) < at };
             ready &= !(bits::IN | bits::RDHUP | bits::HUP);
             if data || self.unread() > 0 || self.rcv_shut() {
                 ready |= bits::IN;

@@ -20,7 +20,10 @@
 //! [`crate::epoll::gate_close`]). Both are `SeqCst`: a call either is counted before the swap
 //! (which then fails and is retried later) or sees `QUIESCED`.
 
-use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
+use std::sync::atomic::{
+    AtomicBool,
+    Ordering::{Acquire, Relaxed, Release, SeqCst},
+};
 
 use libc::c_int;
 use tssx_common::{
@@ -51,6 +54,15 @@ const CLAIM_GIVE_UP_NS: u64 = 2_000_000_000;
 const RETRY_AFTER_NS: u64 = 5_000_000;
 /// A segment whose peer has not joined this long after this end mapped it is given up.
 const JOIN_GIVE_UP_NS: u64 = 2_000_000_000;
+
+/// Whether connections claim segments at all (on by default; tests that hand segments over
+/// themselves with [`Conn::join_with`] turn it off). Relaxed: a switch read on every claim.
+static CLAIMING: AtomicBool = AtomicBool::new(true);
+
+/// Turns claiming on or off for this process (see [`CLAIMING`]).
+pub fn set_claiming(on: bool) {
+    CLAIMING.store(on, Relaxed);
+}
 
 /// One raw call in flight on a tracked socket (see the module documentation). Built by
 /// [`Conn::enter_raw`]; dropping it (after the call returned) leaves.
@@ -125,7 +137,7 @@ impl Conn {
     fn maybe_claim(&self, fd: c_int) {
         let now = now_ns();
         let moved = self.sent.load(Relaxed).max(self.received.load(Relaxed));
-        if now.saturating_sub(self.born_ns.load(Relaxed)) < CLAIM_AFTER_NS && moved < CLAIM_AFTER_BYTES {
+        if now.saturating_sub(self.born_ns.load(Relaxed)) < CLAIM_AFTER_NS && moved < CLAIM_AFTER_BYTES || !CLAIMING.load(Relaxed) {
             return;
         }
         let Ok(mut claim) = self.claim.try_lock() else { return };
@@ -134,15 +146,20 @@ impl Conn {
         }
         let role = if self.end == End::Client { Role::Client } else { Role::Server };
         match claim::send(claim::request(role, fd, self.forked.load(Relaxed))) {
-            Some(control) => {
+            Ok(control) => {
                 claim.control = Some(control);
                 claim.sent_at = now;
                 claim.backoff = ANSWER_CHECK_FIRST_NS;
                 claim.next_check = now + ANSWER_CHECK_FIRST_NS;
                 self.advance(Phase::Candidate, Phase::Claiming);
             }
-            // No agent (or it cannot take calls now): plain for good.
-            None => self.give_up(),
+            // The agent is busy: later.
+            Err(claim::Unreachable::Busy) => claim.retry_at = now + RETRY_AFTER_NS,
+            // No agent: plain for good.
+            Err(claim::Unreachable::NoAgent) => {
+                drop(claim);
+                self.give_up();
+            }
         }
     }
 
@@ -188,6 +205,15 @@ impl Conn {
                 }
             }
         }
+    }
+
+    /// Takes the segment in `memfd` as if the agent had answered this end's claim with it (for
+    /// tests that migrate a connection without an agent). The connection must be a candidate.
+    pub fn join_with(&self, memfd: Fd) -> bool {
+        if !self.advance(Phase::Candidate, Phase::Claiming) {
+            return false;
+        }
+        self.join(memfd)
     }
 
     /// Maps the segment handed over by the agent and publishes this end's `joined`.

@@ -18,7 +18,8 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use crate::sys::{self, Errno, Fd};
 
 use tssx_common::segment::{
-    CacheLine, EndLine, End, HeaderError, RingControl, SegmentHeader, SegmentLayout, SegmentState, MAX_RING_CAPACITY, SEGMENT_MAGIC, SEGMENT_VERSION,
+    CacheLine, End, EndLine, HeaderError, RingControl, SegmentHeader, SegmentLayout, SegmentState, MAX_RING_CAPACITY, SEGMENT_MAGIC,
+    SEGMENT_VERSION,
 };
 
 /// The seals a segment must carry: its size can never change, and neither can its seals.

@@ -1,0 +1,223 @@
+//! Migration in flight, inside one test process: both ends of a `socketpair` are tracked as
+//! plain candidates, bytes flow through the kernel, then both ends are handed one segment (as
+//! the agent would after both claimed) and keep talking while the hook moves each direction
+//! onto the rings. Every byte must arrive once, in order, whatever moment the segment arrives
+//! and whatever the transfer sizes; and the connection must end up on the rings.
+
+use std::os::fd::AsRawFd;
+
+use libc::c_int;
+use tssx_common::segment::End;
+use tssx_hook::{calls, conn::Phase, table};
+use tssx_shm::{segment::Segment, sys::Fd};
+
+fn socketpair(flags: c_int) -> (c_int, c_int) {
+    let mut fds = [0; 2];
+    // SAFETY: a valid out-array.
+    assert_eq!(unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC | flags, 0, fds.as_mut_ptr()) }, 0);
+    (fds[0], fds[1])
+}
+
+fn dup_memfd(segment: &Segment) -> Fd {
+    // SAFETY: dup of the segment's own fd; the copy is owned by the result.
+    let fd = unsafe { libc::fcntl(segment.fd().unwrap().as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+    assert!(fd >= 0);
+    // SAFETY: as above.
+    unsafe { Fd::from_raw(fd) }
+}
+
+fn write(fd: c_int, bytes: &[u8]) -> isize {
+    // SAFETY: a live buffer of the stated length.
+    unsafe { calls::write(fd, bytes.as_ptr().cast(), bytes.len()) }
+}
+
+fn read(fd: c_int, buf: &mut [u8]) -> isize {
+    // SAFETY: a live buffer of the stated length.
+    unsafe { calls::read(fd, buf.as_mut_ptr().cast(), buf.len()) }
+}
+
+/// xorshift64*: reproducible from the seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// The byte at stream position `i` of direction `dir`.
+fn byte(dir: usize, i: u64) -> u8 {
+    (i.wrapping_mul(31).wrapping_add(dir as u64 * 7) % 251) as u8
+}
+
+/// One direction's progress: bytes written and read so far.
+#[derive(Default)]
+struct Dir {
+    written: u64,
+    read: u64,
+}
+
+/// Non-blocking ends; random writes and reads both ways; the segment arrives at step `join_at`
+/// (for the client) and `join_at + skew` (for the server).
+fn run(seed: u64, ring: usize) {
+    tssx_hook::phase::set_claiming(false);
+    let mut rng = Rng(seed | 1);
+    let (a, b) = socketpair(libc::SOCK_NONBLOCK);
+    assert!(table::track(a, End::Client, Phase::Candidate));
+    assert!(table::track(b, End::Server, Phase::Candidate));
+    let segment = Segment::create(ring).expect("segment");
+    let join_at = rng.below(40);
+    let skew = rng.below(10);
+    let ends = [a, b];
+    let mut dirs = [Dir::default(), Dir::default()];
+    let total_steps = 400;
+    for step in 0..total_steps {
+        if step == join_at {
+            assert!(table::lookup(a).unwrap().join_with(dup_memfd(&segment)));
+        }
+        if step == join_at + skew {
+            assert!(table::lookup(b).unwrap().join_with(dup_memfd(&segment)));
+        }
+        let dir = rng.below(2) as usize;
+        let (from, to) = (ends[dir], ends[1 - dir]);
+        if rng.below(2) == 0 {
+            let max = if rng.below(4) == 0 { 40_000 } else { 300 };
+            let n = 1 + rng.below(max);
+            let data: Vec<u8> = (0..n).map(|k| byte(dir, dirs[dir].written + k)).collect();
+            let w = write(from, &data);
+            if w > 0 {
+                dirs[dir].written += w as u64;
+            } else {
+                assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::EAGAIN), "seed {seed} step {step}: write");
+            }
+        } else {
+            let mut buf = vec![0u8; 1 + rng.below(50_000) as usize];
+            let r = read(to, &mut buf);
+            if r > 0 {
+                for (k, &got) in buf[..r as usize].iter().enumerate() {
+                    let pos = dirs[dir].read + k as u64;
+                    assert_eq!(got, byte(dir, pos), "seed {seed} step {step}: direction {dir} byte {pos}");
+                }
+                dirs[dir].read += r as u64;
+                assert!(dirs[dir].read <= dirs[dir].written, "seed {seed}: more read than written");
+            } else {
+                assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::EAGAIN), "seed {seed} step {step}: read");
+            }
+        }
+    }
+    // Drain both directions: everything written arrives.
+    for dir in 0..2 {
+        let to = ends[1 - dir];
+        let mut spins = 0;
+        while dirs[dir].read < dirs[dir].written {
+            let mut buf = vec![0u8; 65536];
+            let r = read(to, &mut buf);
+            if r > 0 {
+                for (k, &got) in buf[..r as usize].iter().enumerate() {
+                    assert_eq!(got, byte(dir, dirs[dir].read + k as u64), "seed {seed}: drain {dir}");
+                }
+                dirs[dir].read += r as u64;
+            } else {
+                spins += 1;
+                assert!(spins < 1_000_000, "seed {seed}: direction {dir} stuck at {} of {}", dirs[dir].read, dirs[dir].written);
+            }
+        }
+    }
+    // A few more exchanges move both ends the rest of the way.
+    for _ in 0..4 {
+        for dir in 0..2 {
+            assert_eq!(write(ends[dir], &[byte(dir, dirs[dir].written)]), 1);
+            dirs[dir].written += 1;
+            let mut one = [0u8; 1];
+            let mut tries = 0;
+            while read(ends[1 - dir], &mut one) != 1 {
+                tries += 1;
+                assert!(tries < 1_000_000, "seed {seed}: final byte of {dir}");
+            }
+            assert_eq!(one[0], byte(dir, dirs[dir].read));
+            dirs[dir].read += 1;
+        }
+    }
+    for fd in ends {
+        let c = table::lookup(fd).unwrap();
+        let h = c.swap().map(|s| {
+            let h = s.segment.header();
+            use std::sync::atomic::Ordering::SeqCst;
+            format!(
+                "state {:?} joined {:?} ready {:?} switch {:?} sock_read {:?} written {:?}",
+                s.segment.state(),
+                [h.ends[0].joined.load(SeqCst), h.ends[1].joined.load(SeqCst)],
+                [h.ends[0].ready.load(SeqCst), h.ends[1].ready.load(SeqCst)],
+                [h.ends[0].switch_at.load(SeqCst), h.ends[1].switch_at.load(SeqCst)],
+                [h.ends[0].sock_read.load(SeqCst), h.ends[1].sock_read.load(SeqCst)],
+                [h.ends[0].sock_written.load(SeqCst), h.ends[1].sock_written.load(SeqCst)],
+            )
+        });
+        assert_eq!(c.phase(), Phase::Active, "seed {seed}: fd {fd} not on the rings: {h:?}");
+    }
+    // Nothing is left on the kernel's queues but doorbells, and the rings carried bytes.
+    let header = table::lookup(a).unwrap().header();
+    assert!(header.ends[0].switch_at.load(std::sync::atomic::Ordering::SeqCst) <= dirs[0].written);
+    for fd in ends {
+        // SAFETY: our own sockets; the hook forgets them and closes them.
+        unsafe { calls::close(fd) };
+    }
+}
+
+#[test]
+fn every_byte_arrives_once_in_order_whenever_the_segment_arrives() {
+    for seed in 1..=60u64 {
+        run(seed, 4096);
+    }
+}
+
+#[test]
+fn small_rings_and_large_transfers() {
+    for seed in 100..=120u64 {
+        run(seed, 64);
+    }
+}
+
+/// A blocking reader thread that is inside the kernel when the segment arrives: the end becomes
+/// ready only after that read returned, and nothing is lost.
+#[test]
+fn a_reader_blocked_in_the_kernel_delays_readiness_and_loses_nothing() {
+    tssx_hook::phase::set_claiming(false);
+    let (a, b) = socketpair(0);
+    assert!(table::track(a, End::Client, Phase::Candidate));
+    assert!(table::track(b, End::Server, Phase::Candidate));
+    let reader = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        while got.len() < 300_000 {
+            let mut buf = vec![0u8; 10_000];
+            let r = read(b, &mut buf);
+            assert!(r > 0, "read failed: {}", std::io::Error::last_os_error());
+            got.extend_from_slice(&buf[..r as usize]);
+        }
+        got
+    });
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let segment = Segment::create(1 << 12).expect("segment");
+    assert!(table::lookup(a).unwrap().join_with(dup_memfd(&segment)));
+    assert!(table::lookup(b).unwrap().join_with(dup_memfd(&segment)));
+    let data: Vec<u8> = (0..300_000u64).map(|i| byte(0, i)).collect();
+    let mut sent = 0;
+    while sent < data.len() {
+        let w = write(a, &data[sent..(sent + 7_000).min(data.len())]);
+        assert!(w > 0);
+        sent += w as usize;
+    }
+    let got = reader.join().unwrap();
+    assert_eq!(got, data);
+    for fd in [a, b] {
+        // SAFETY: our own sockets.
+        unsafe { calls::close(fd) };
+    }
+}
