@@ -100,10 +100,24 @@ enum Route<'a> {
     Hook,
 }
 
-/// Routes a call on `c` (fd `fd`): one step of the connection's migration first.
+/// Routes a call on `c` (fd `fd`; `sending`: a write): one step of the connection's
+/// migration first.
 #[inline]
-fn route(c: &Conn, fd: c_int) -> Route<'_> {
-    let phase = c.phase();
+fn route(c: &Conn, fd: c_int, sending: bool) -> Route<'_> {
+    let mut phase = c.phase();
+    if phase == Phase::Active && c.peer_handed_back() {
+        with_errno_kept(|| c.hand_back(fd));
+        phase = c.phase();
+    }
+    if phase == Phase::HandingBack {
+        c.note_fd(fd);
+        with_errno_kept(|| c.finish_hand_back());
+        phase = c.phase();
+        if sending {
+            // This end's writes are on the socket again.
+            return Route::Kernel(None);
+        }
+    }
     if phase == Phase::Plain || phase == Phase::Unconnected {
         return Route::Kernel(None);
     }
@@ -118,6 +132,12 @@ fn route(c: &Conn, fd: c_int) -> Route<'_> {
     }
     if c.phase() == Phase::Ready {
         c.try_switch();
+        if c.peer_handed_back() {
+            with_errno_kept(|| c.hand_back(fd));
+            if sending || c.phase() == Phase::Plain {
+                return Route::Kernel(None);
+            }
+        }
     }
     Route::Hook
 }
@@ -140,7 +160,7 @@ macro_rules! recv_like {
         pub unsafe fn $name($($arg: $ty),*) -> ssize_t {
             let mut raw = None;
             if let Some(c) = table::lookup($fd) {
-                match route(c, $fd) {
+                match route(c, $fd, false) {
                     Route::Kernel(r) => raw = r.map(|r| (c, r)),
                     Route::Hook => {
                         #[allow(unused_unsafe)]
@@ -184,17 +204,15 @@ macro_rules! send_like {
             )?
             let mut raw = None;
             if let Some(c) = table::lookup($fd) {
-                match route(c, $fd) {
+                match route(c, $fd, true) {
                     Route::Kernel(r) => raw = r.map(|r| (c, r)),
+                    // SAFETY: the caller's message, valid for the call per the libc contract.
+                    Route::Hook if false $(|| unsafe { $guard })? => {
+                        // Ancillary data must travel through the kernel, with the bytes it goes
+                        // with: the connection goes back to the socket first.
+                        with_errno_kept(|| c.hand_back($fd));
+                    }
                     Route::Hook => {
-                        $(
-                            #[allow(unused_unsafe)]
-                            // SAFETY: as above.
-                            if unsafe { $guard } {
-                                sys::set_errno(libc::EOPNOTSUPP);
-                                return -1;
-                            }
-                        )?
                         #[allow(unused_unsafe)]
                         // SAFETY: the caller's buffers, valid for the call per the libc contract.
                         let bufs = unsafe { $bufs };

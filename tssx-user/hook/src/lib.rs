@@ -42,6 +42,7 @@ pub mod claim;
 pub mod conn;
 pub mod epoll;
 pub mod exec;
+pub mod handback;
 pub mod iov;
 pub mod lifecycle;
 pub mod migrate;

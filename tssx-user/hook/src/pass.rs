@@ -120,7 +120,7 @@ pub unsafe fn send(fd: c_int, msg: *const msghdr, flags: c_int) -> Option<isize>
         let e = sys::errno();
         for &passed in fds.iter() {
             if let Some(c) = table::lookup_swapped(passed) {
-                c.hand_back();
+                c.undo_hand_over();
             }
         }
         sys::set_errno(e);
@@ -193,7 +193,7 @@ impl Conn {
     }
 
     /// The pass failed: undo [`Conn::hand_over`]'s count.
-    pub fn hand_back(&self) {
+    pub fn undo_hand_over(&self) {
         self.header().refcount[self.end().index()].fetch_sub(1, AcqRel);
     }
 }

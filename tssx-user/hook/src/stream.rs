@@ -13,6 +13,7 @@ use tssx_shm::ring::Transfer;
 
 use crate::{
     conn::{Conn, Phase},
+    handback::Source,
     iov::{after, after_mut},
     migrate::{SockRead, SockWrite},
     sys::set_errno,
@@ -93,12 +94,24 @@ impl Conn {
                 }
                 continue;
             }
-            let got = self.with_rx(|rx| {
-                if peek {
-                    return Transfer { bytes: rx.peekv(bufs), wake_peer: false };
+            let got = if self.phase() == Phase::HandingBack {
+                match self.read_source() {
+                    Source::Socket => {
+                        if self.finish_hand_back() {
+                            return if total == 0 { WENT_PLAIN } else { total as isize };
+                        }
+                        Transfer::default()
+                    }
+                    _ => Transfer { bytes: after_mut(bufs, total, |rest| self.read_ring_until_back(rest, peek)), wake_peer: false },
                 }
-                after_mut(bufs, total, |rest| rx.readv(rest))
-            });
+            } else {
+                self.with_rx(|rx| {
+                    if peek {
+                        return Transfer { bytes: rx.peekv(bufs), wake_peer: false };
+                    }
+                    after_mut(bufs, total, |rest| rx.readv(rest))
+                })
+            };
             if got.wake_peer {
                 self.ring_doorbell(fd);
             }
@@ -109,6 +122,12 @@ impl Conn {
                     return total as isize;
                 }
                 continue;
+            }
+            if self.phase() == Phase::HandingBack && self.peer_handed_back() {
+                // The rest comes from the socket (after the last doorbells).
+                if !matches!(self.read_source(), Source::Socket) || self.finish_hand_back() {
+                    continue;
+                }
             }
             if self.rcv_shut() {
                 // Re-check once: the peer may have written just before shutting down.

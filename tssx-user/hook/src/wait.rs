@@ -119,7 +119,8 @@ impl Conn {
     pub(crate) fn ring_doorbell(&self, fd: c_int) {
         self.with_tx(|_| {
             // Acquire: pairs with the peer's SeqCst store of `ready`.
-            if !self.out_switched() && !(self.peer_line().ready.load(Acquire) == 1 && self.switch_out()) {
+            let switched = self.out_switched() || (self.peer_line().ready.load(Acquire) == 1 && self.switch_out());
+            if !switched {
                 return;
             }
             let bells = &self.my_line().bells_sent;

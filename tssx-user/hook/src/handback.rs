@@ -1,0 +1,186 @@
+//! Handing a connection back to the kernel: the migration in reverse, for the whole connection.
+//!
+//! An end that must give the connection back (a call the rings cannot serve, such as `sendmsg`
+//! with ancillary data) does, under its producer lock: ring one last doorbell (so a peer asleep
+//! on the rings wakes and sees what follows), store how many doorbells it ever sent
+//! (`bells_at`), then its ring head (`back_at`). From then on it writes to the socket and never
+//! sends a doorbell again. Its peer, on its next call (or woken by that doorbell), does the same
+//! for its own direction.
+//!
+//! A reader then reads, in stream order: the socket up to the peer's `switch_at` (if it had not
+//! consumed it yet), the ring up to the peer's `back_at`, exactly `bells_at - bells_drained`
+//! doorbell bytes (they are all in the socket already: sent before `bells_at` was stored), and
+//! the socket from there on. When both directions are done, the connection is plain for good
+//! ([`Phase::Plain`]): every call goes to the kernel again, and epoll registrations go back to
+//! the application's.
+
+use std::{
+    io::IoSliceMut,
+    sync::atomic::Ordering::{Acquire, Relaxed, SeqCst},
+};
+
+use libc::c_int;
+use tssx_common::segment::{SegmentState, NOT_YET};
+
+use crate::{
+    conn::{Conn, Phase},
+    sys,
+};
+
+/// Where a reader of a connection being handed back takes its next bytes from.
+pub(crate) enum Source {
+    /// The socket, up to the peer's switch position (data written before it switched).
+    SocketBeforeSwitch,
+    /// The ring (the peer has not handed back yet, or its ring is not drained up to `back_at`).
+    Ring,
+    /// The socket, all of it (doorbells skipped): this direction is plain.
+    Socket,
+}
+
+impl Conn {
+    /// Hands this end's direction back to the socket (see the module documentation). Never
+    /// waits. A connection whose migration was not committed yet is simply given up.
+    pub fn hand_back(&self, fd: c_int) {
+        let phase = self.phase();
+        if self.swap().is_none() || phase == Phase::Plain {
+            return;
+        }
+        if phase < Phase::Ready {
+            self.give_up();
+            return;
+        }
+        if self.seg().segment.state() == Some(SegmentState::Pending) && self.abandon() {
+            return;
+        }
+        self.with_tx(|tx| {
+            let line = self.my_line();
+            if line.back_at.load(Relaxed) != NOT_YET {
+                return;
+            }
+            let head = if self.out_switched() {
+                // The last doorbell, counted first (SeqCst, as every doorbell).
+                line.bells_sent.fetch_add(1, SeqCst);
+                if sys::send_raw(fd, &[0u8], libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL).is_err() {
+                    line.bells_sent.fetch_sub(1, SeqCst);
+                }
+                tx.position()
+            } else {
+                0 // never switched: everything this end wrote is on the socket already
+            };
+            // Relaxed: published by the SeqCst store of `back_at` below.
+            line.bells_at.store(line.bells_sent.load(Relaxed), Relaxed);
+            line.back_at.store(head, SeqCst);
+        });
+        if self.phase() != Phase::Plain {
+            self.set_phase(Phase::HandingBack);
+        }
+        self.finish_hand_back();
+    }
+
+    /// Whether the peer handed its direction back (this end then follows).
+    #[inline]
+    pub(crate) fn peer_handed_back(&self) -> bool {
+        // Relaxed: a hint on the hot path; `read_source` loads it again with Acquire.
+        self.peer_line().back_at.load(Relaxed) != NOT_YET
+    }
+
+    /// Where the next incoming bytes come from while handing back.
+    pub(crate) fn read_source(&self) -> Source {
+        let peer = self.peer_line();
+        // Acquire: pairs with the peer's SeqCst store of `switch_at`.
+        let switch_at = peer.switch_at.load(Acquire);
+        if switch_at == NOT_YET {
+            // The peer never wrote to its ring: the socket has its data and no doorbells.
+            return Source::Socket;
+        }
+        if self.my_line().sock_read.load(Acquire) < switch_at {
+            return Source::SocketBeforeSwitch;
+        }
+        // Acquire: pairs with the peer's SeqCst store of `back_at` (its ring writes before).
+        let back_at = peer.back_at.load(Acquire);
+        if back_at == NOT_YET {
+            return Source::Ring;
+        }
+        let tail = self.header().rings[self.end.peer().index()].consumer.0.tail.load(Acquire);
+        if tail < back_at && back_at - tail <= self.seg().segment.ring_capacity() as u64 {
+            return Source::Ring;
+        }
+        Source::Socket
+    }
+
+    /// Skips the doorbells the peer sent before it handed back (all in the socket already).
+    /// True when none is left.
+    pub(crate) fn skip_last_doorbells(&self, fd: c_int) -> bool {
+        let peer = self.peer_line();
+        let drained = &self.my_line().bells_drained;
+        let mut buf = [0u8; 64];
+        loop {
+            // Acquire: published by the peer's `back_at`, loaded before (see `read_source`).
+            let owed = peer.bells_at.load(Acquire).saturating_sub(drained.load(SeqCst));
+            if owed == 0 {
+                return true;
+            }
+            let take = owed.min(buf.len() as u64) as usize;
+            let before = drained.load(SeqCst);
+            if drained.compare_exchange(before, before + take as u64, SeqCst, SeqCst).is_err() {
+                continue;
+            }
+            match sys::recv_raw(fd, &mut buf[..take], libc::MSG_DONTWAIT) {
+                Ok(n) if n > 0 => {
+                    if n < take {
+                        drained.fetch_sub((take - n) as u64, SeqCst);
+                    }
+                }
+                _ => {
+                    drained.fetch_sub(take as u64, SeqCst);
+                    // EOF, or a doorbell count the socket does not hold (a lying peer): the
+                    // direction is over either way.
+                    return sys::recv_raw(fd, &mut buf[..1], libc::MSG_PEEK | libc::MSG_DONTWAIT) != Err(libc::EAGAIN);
+                }
+            }
+        }
+    }
+
+    /// Once both directions are back on the socket and nothing of the peer's is left on the
+    /// ring or in doorbells: plain for good.
+    pub(crate) fn finish_hand_back(&self) -> bool {
+        if self.phase() != Phase::HandingBack || !self.peer_handed_back() {
+            return self.phase() == Phase::Plain;
+        }
+        let fd = self.last_fd.load(Relaxed);
+        if !matches!(self.read_source(), Source::Socket) || fd < 0 || !self.skip_last_doorbells(fd) {
+            return false;
+        }
+        self.set_phase(Phase::Plain);
+        true
+    }
+
+    /// The ring part of a read while handing back: reads at most up to the peer's `back_at`.
+    pub(crate) fn read_ring_until_back(&self, bufs: &mut [IoSliceMut<'_>], peek: bool) -> usize {
+        let back_at = self.peer_line().back_at.load(Acquire);
+        self.with_rx(|rx| {
+            let tail = rx.position();
+            let limit = if back_at == NOT_YET { usize::MAX } else { back_at.saturating_sub(tail).min(usize::MAX as u64) as usize };
+            if limit == 0 {
+                return 0;
+            }
+            let mut left = limit;
+            let mut total = 0;
+            for buf in bufs.iter_mut() {
+                if left == 0 {
+                    break;
+                }
+                let k = buf.len().min(left);
+                // No doorbell for the room made: this end sends none any more (the peer, woken
+                // by the last one, hands back instead of waiting for room).
+                let n = if peek { rx.peek(&mut buf[..k]) } else { rx.read(&mut buf[..k]).bytes };
+                total += n;
+                left -= n;
+                if n < k || peek {
+                    break;
+                }
+            }
+            total
+        })
+    }
+}
