@@ -2,8 +2,13 @@
 //!
 //! The agent publishes its watched paths in `/run/tssx/paths`, one per line (`/path` or
 //! `@abstract`). No file (no agent): nothing is watched, and the hook passes everything through.
+//! Lines that start with `#` carry the agent's settings for hooks: `#claim-after-ns=N` (how long
+//! a connection lives before it claims a segment, see [`crate::phase`]).
 
-use std::ffi::CStr;
+use std::{
+    ffi::CStr,
+    sync::atomic::{AtomicU64, Ordering::Relaxed},
+};
 
 use libc::c_int;
 
@@ -46,11 +51,29 @@ type FileVersion = (u64, u64, i64, i64, i64);
 /// The paths file last read, and the version it was read at.
 static PATHS: std::sync::Mutex<Option<(FileVersion, Vec<String>)>> = std::sync::Mutex::new(None);
 
-/// Reads the paths file (raw system calls: never the hook's own `read`).
+/// The agent's `#claim-after-ns` setting (default: [`crate::phase::CLAIM_AFTER_NS`]), as last
+/// read from the paths file. Relaxed: a setting, read on every claim decision.
+static CLAIM_AFTER: AtomicU64 = AtomicU64::new(crate::phase::CLAIM_AFTER_NS);
+
+/// How long a connection lives before it claims a segment (the agent's setting).
+#[inline]
+pub fn claim_after_ns() -> u64 {
+    CLAIM_AFTER.load(Relaxed)
+}
+
+/// Reads the paths file (raw system calls: never the hook's own `read`); applies its settings.
 fn read_paths() -> Option<Vec<String>> {
     let mut buf = vec![0u8; PATHS_FILE_MAX];
     let n = sys::read_file(PATHS_FILE, &mut buf).ok()?;
-    Some(String::from_utf8_lossy(&buf[..n]).lines().map(str::to_owned).collect())
+    let text = String::from_utf8_lossy(&buf[..n]);
+    let mut claim_after = crate::phase::CLAIM_AFTER_NS;
+    for setting in text.lines().filter_map(|l| l.strip_prefix('#')) {
+        if let Some(ns) = setting.strip_prefix("claim-after-ns=").and_then(|v| v.trim().parse().ok()) {
+            claim_after = ns;
+        }
+    }
+    CLAIM_AFTER.store(claim_after, Relaxed);
+    Some(text.lines().filter(|l| !l.starts_with('#')).map(str::to_owned).collect())
 }
 
 /// True if the agent currently watches `name`.

@@ -40,7 +40,8 @@ use crate::{
     sys::{self, Fd},
 };
 
-/// A connection is worth a segment once it has lived this long (ns)...
+/// A connection is worth a segment once it has lived this long (ns; the agent may publish
+/// another value, see `tssx-agent --claim-after`)...
 pub const CLAIM_AFTER_NS: u64 = 1_000_000;
 /// ... or moved this many bytes in either direction.
 pub const CLAIM_AFTER_BYTES: u64 = 64 * 1024;
@@ -137,7 +138,9 @@ impl Conn {
     fn maybe_claim(&self, fd: c_int) {
         let now = now_ns();
         let moved = self.sent.load(Relaxed).max(self.received.load(Relaxed));
-        if now.saturating_sub(self.born_ns.load(Relaxed)) < CLAIM_AFTER_NS && moved < CLAIM_AFTER_BYTES || !CLAIMING.load(Relaxed) {
+        if now.saturating_sub(self.born_ns.load(Relaxed)) < crate::paths::claim_after_ns() && moved < CLAIM_AFTER_BYTES
+            || !CLAIMING.load(Relaxed)
+        {
             return;
         }
         let Ok(mut claim) = self.claim.try_lock() else { return };
