@@ -5,33 +5,19 @@
 use std::{
     io::{Read as _, Write as _},
     os::{
-        fd::{AsFd as _, AsRawFd as _, OwnedFd},
+        fd::{AsFd as _, AsRawFd as _},
         unix::net::{UnixListener, UnixStream},
     },
-    path::Path,
     process::Command,
     time::{Duration, Instant},
 };
 
 use tssx_common::{
-    control::{PlainReason, Reply, ReplyKind, Request, Role, CONTROL_SOCKET, REPLY_SIZE},
+    control::{PlainReason, Reply, ReplyKind, Request, Role, CONTROL_SOCKET},
     segment::{End, SegmentState},
 };
-use tssx_shm::{fdpass, segment::Segment};
-use tssx_tests::{agent_bin, require_root, temp_dir, Agent};
-
-/// Sends `request` on a fresh control connection; returns the reply and the fd sent with it.
-fn ask(state_dir: &Path, request: &[u8]) -> (Reply, Option<OwnedFd>) {
-    let stream = UnixStream::connect(state_dir.join(CONTROL_SOCKET)).expect("control socket");
-    (&stream).write_all(request).unwrap();
-    let mut buf = [0u8; REPLY_SIZE];
-    let (n, fd) = fdpass::recv_with_fd(stream.as_raw_fd(), &mut buf).unwrap();
-    (Reply::decode(&buf[..n]).expect("a valid reply"), fd.map(OwnedFd::from))
-}
-
-fn claim(state_dir: &Path, role: Role, fd: i32) -> (Reply, Option<OwnedFd>) {
-    ask(state_dir, &Request::claim(role, fd).encode())
-}
+use tssx_shm::segment::Segment;
+use tssx_tests::{agent_bin, ask, claim, require_root, Agent, TempDir};
 
 /// A connected pair on `path`: (client, accepted server end).
 fn connection(listener: &UnixListener, path: &str) -> (UnixStream, UnixStream) {
@@ -43,8 +29,8 @@ fn connection(listener: &UnixListener, path: &str) -> (UnixStream, UnixStream) {
 #[test]
 fn both_ends_get_one_segment_and_bytes_cross_it() {
     require_root();
-    let dir = temp_dir("negotiate");
-    let path = dir.join("app.sock").to_str().unwrap().to_owned();
+    let dir = TempDir::new("negotiate");
+    let path = dir.socket("app.sock");
     let state = dir.join("state");
     let agent = Agent::start(&[&path], &state);
     let listener = UnixListener::bind(&path).unwrap();
@@ -103,8 +89,8 @@ fn both_ends_get_one_segment_and_bytes_cross_it() {
 #[test]
 fn claims_the_kernel_did_not_see_are_refused() {
     require_root();
-    let dir = temp_dir("refuse");
-    let path = dir.join("app.sock").to_str().unwrap().to_owned();
+    let dir = TempDir::new("refuse");
+    let path = dir.socket("app.sock");
     let state = dir.join("state");
     let agent = Agent::start(&[&path], &state);
     let listener = UnixListener::bind(&path).unwrap();

@@ -1,16 +1,16 @@
 //! End-to-end: unmodified programs under LD_PRELOAD=libtssx_preload.so with the real agent.
 //!
 //! The hook finds the agent in the default state directory (`/run/tssx`), so these tests run
-//! one at a time ([`HookedAgent`] and [`DefaultAgentLock`] hold a machine-wide lock).
+//! one at a time ([`HookedAgent`] and [`MachineLock`] hold a machine-wide lock).
 
 use std::{
     io::{Read, Write},
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use tssx_tests::{hook, require_root, temp_dir, DefaultAgentLock, HookedAgent, DEFAULT_STATE_DIR};
+use tssx_tests::{hook, require_root, wait_until, HookedAgent, MachineLock, TempDir, DEFAULT_STATE_DIR};
 
 const STREAM: &str = env!("CARGO_BIN_EXE_tssx-test-stream");
 const GIB: u64 = 1 << 30;
@@ -25,21 +25,21 @@ fn stream(role: &str, path: &str, bytes: u64, preload: bool) -> Command {
 }
 
 /// Runs the stream server and client (each with or without the hook); both must succeed.
-fn run_pair(path: &str, bytes: u64, server_hook: bool, client_hook: bool) {
-    let server: Child = stream("server", path, bytes, server_hook).spawn().unwrap();
+/// Returns the time from the client's start to the end of both.
+fn run_pair(path: &str, bytes: u64, server_hook: bool, client_hook: bool) -> Duration {
+    let server = stream("server", path, bytes, server_hook).spawn().unwrap();
     // Wait for the socket file rather than sleeping a fixed time.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !Path::new(path).exists() {
-        assert!(Instant::now() < deadline, "server never bound {path}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_until(Duration::from_secs(10), &format!("the server to bind {path}"), || Path::new(path).exists());
+    let started = Instant::now();
     let client = stream("client", path, bytes, client_hook).output().unwrap();
     let server = server.wait_with_output().unwrap();
+    let elapsed = started.elapsed();
     for (who, out) in [("client", &client), ("server", &server)] {
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{who} failed: {}\n{stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
         assert!(stdout.contains(&format!("ok sent={bytes} received={bytes}")), "{who}: {stdout}");
     }
+    elapsed
 }
 
 fn start_agent(path: &str) -> HookedAgent {
@@ -56,7 +56,8 @@ fn shm_bytes(agent: &HookedAgent, path: &str) -> (u64, u64) {
 #[test]
 fn one_gib_each_way_goes_through_shared_memory() {
     require_root();
-    let path = temp_dir("swap-gib").join("app.sock").to_str().unwrap().to_owned();
+    let dir = TempDir::new("swap-gib");
+    let path = dir.socket("app.sock");
     let agent = start_agent(&path);
     run_pair(&path, GIB, true, true);
     assert_eq!(agent.events_on("swapped", &path).len(), 1, "{:?}", agent.events("swapped"));
@@ -69,21 +70,22 @@ fn one_gib_each_way_goes_through_shared_memory() {
 #[test]
 fn without_the_agent_the_hook_passes_through() {
     require_root();
-    let _serial = DefaultAgentLock::acquire();
+    let _serial = MachineLock::acquire();
     assert!(!Path::new(DEFAULT_STATE_DIR).join("paths").exists(), "another tssx-agent is running");
-    let path = temp_dir("swap-noagent").join("app.sock").to_str().unwrap().to_owned();
+    let dir = TempDir::new("swap-noagent");
+    let path = dir.socket("app.sock");
     let started = Instant::now();
     run_pair(&path, 64 << 20, true, true);
-    // No agent: plain at once, no waiting for a claim.
     assert!(started.elapsed() < Duration::from_secs(30));
+    // No agent: plain at once, no waiting for a claim.
 }
 
 #[test]
 fn unwatched_paths_stay_plain() {
     require_root();
-    let dir = temp_dir("swap-unwatched");
-    let watched = dir.join("watched.sock").to_str().unwrap().to_owned();
-    let other = dir.join("other.sock").to_str().unwrap().to_owned();
+    let dir = TempDir::new("swap-unwatched");
+    let watched = dir.socket("watched.sock");
+    let other = dir.socket("other.sock");
     let agent = start_agent(&watched);
     run_pair(&other, 64 << 20, true, true);
     std::thread::sleep(Duration::from_millis(300));
@@ -95,9 +97,9 @@ fn unwatched_paths_stay_plain() {
 #[test]
 fn a_peer_without_the_hook_gets_every_byte_over_the_plain_socket() {
     require_root();
-    let dir = temp_dir("swap-mixed");
+    let dir = TempDir::new("swap-mixed");
     // Hooked client, plain server: the client's tentative bytes are replayed into the socket.
-    let path = dir.join("plain-server.sock").to_str().unwrap().to_owned();
+    let path = dir.socket("plain-server.sock");
     let agent = start_agent(&path);
     run_pair(&path, 16 << 20, false, true);
     let refused = agent.wait_for("not", &path, 1, Duration::from_secs(5));
@@ -105,7 +107,7 @@ fn a_peer_without_the_hook_gets_every_byte_over_the_plain_socket() {
     assert!(agent.events("swapped").is_empty());
     assert!(agent.stop().success());
     // Plain client, hooked server: the server's claim finds no client claim and stays plain.
-    let path = dir.join("plain-client.sock").to_str().unwrap().to_owned();
+    let path = dir.socket("plain-client.sock");
     let agent = start_agent(&path);
     run_pair(&path, 16 << 20, true, false);
     assert!(agent.events("swapped").is_empty());
@@ -118,7 +120,8 @@ fn a_peer_without_the_hook_gets_every_byte_over_the_plain_socket() {
 #[test]
 fn epoll_add_after_delete_and_plain_turn() {
     require_root();
-    let path = temp_dir("swap-epoll-turn").join("plain-server.sock").to_str().unwrap().to_owned();
+    let dir = TempDir::new("swap-epoll-turn");
+    let path = dir.socket("plain-server.sock");
     let agent = start_agent(&path);
     let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
     let client = Command::new(env!("CARGO_BIN_EXE_tssx-test-epoll-turn"))

@@ -1,0 +1,45 @@
+//! The test-support layer: everything an end-to-end test, `cargo xtask soak` and
+//! `cargo xtask report` need besides the code under test, written once.
+//!
+//! | module | what it gives |
+//! |---|---|
+//! | [`process`] | [`Process`]: a child whose stdout/stderr lines are captured, `expect_line`, `wait`/`finish` with timeouts; [`run_ok`] |
+//! | [`agent`] | [`Agent`] (a real `tssx-agent` and its JSON trace), [`HookedAgent`] (one in the default state directory, under the machine lock) |
+//! | [`server`] | [`Server`]: the `tssx-test-server` echo server, started and finished |
+//! | [`wait`] | [`wait_until`] / [`poll_until`]: poll a condition with a deadline |
+//! | [`rng`] | [`Rng`]: one seeded xorshift64* generator |
+//! | [`lock`] | [`MachineLock`]: the machine-wide lock on the default state directory |
+//! | [`resources`] | [`Resources`]: descriptors, memfds and RSS of a process, from `/proc` |
+//! | [`tempdir`] | [`TempDir`]: a fresh directory, removed when dropped |
+//! | [`control`] | [`ask`], [`ask_and_keep`], [`claim`]: requests on an agent's control socket |
+//! | [`env`] | where the built binaries are ([`agent_bin`], [`hook`]), [`require_root`] |
+//! | [`text`] | reading the test programs' `key=value` output lines ([`field`], [`lines_of`]) |
+//!
+//! Everything is re-exported at the crate root: `use tssx_tests::{Process, TempDir, ...}`.
+//! Functions named after an expectation (`expect_line`, `finish`, `wait_until`, ...) panic with
+//! a message that says what was expected; the `try_`/`_checked` variants and the ones returning
+//! `Option`/`Result` are for callers that report errors themselves (xtask).
+
+pub mod agent;
+pub mod control;
+pub mod env;
+pub mod lock;
+pub mod process;
+pub mod resources;
+pub mod rng;
+pub mod server;
+pub mod tempdir;
+pub mod text;
+pub mod wait;
+
+pub use agent::{Agent, HookedAgent, DEFAULT_STATE_DIR};
+pub use control::{ask, ask_and_keep, claim};
+pub use env::{agent_bin, hook, require_root, target_dir};
+pub use lock::{DefaultAgentLock, MachineLock};
+pub use process::{run_ok, Process};
+pub use resources::Resources;
+pub use rng::Rng;
+pub use server::Server;
+pub use tempdir::TempDir;
+pub use text::{field, lines_of, socket_address};
+pub use wait::{monotonic_ns, poll_until, wait_until};
