@@ -23,8 +23,8 @@ use serde_json::Value;
 use tssx_common::control::{PlainReason, ReplyKind, Request, Role, CONTROL_SOCKET};
 use tssx_shm::segment::Segment;
 use tssx_tests::{
-    ask_and_keep, claim, hook, monotonic_ns, require_root, wait_until, Agent, HookedAgent, MachineLock, Process, Resources, Rng, TempDir,
-    DEFAULT_STATE_DIR,
+    ask_and_keep, assert_connections_do_not_wait, claim, hook, monotonic_ns, require_root, wait_until, Agent, HookedAgent, MachineLock,
+    Process, Resources, Rng, TempDir, DEFAULT_STATE_DIR,
 };
 
 const STREAM: &str = env!("CARGO_BIN_EXE_tssx-test-stream");
@@ -111,6 +111,8 @@ fn agent_sigkilled_mid_stream_then_restarted() {
     let (server, client) = start_stream_pair(&path, MIB, true, true, 0);
     finish_stream_pair(server, client, MIB, Duration::from_secs(20));
     assert!(started.elapsed() < Duration::from_secs(2), "plain fallback took {:?}", started.elapsed());
+    // At once: not one of many connections waits (the hook's connect to the dead socket fails).
+    assert_connections_do_not_wait(&path, true, true, "an agent killed with SIGKILL, its files left behind");
 
     // A restarted agent takes the directory over and swaps new connections.
     let agent = Agent::start(&[&path], state);
@@ -144,6 +146,7 @@ fn agent_sigterm_with_live_connections() {
     let (server, client) = start_stream_pair(&path, MIB, true, true, 0);
     finish_stream_pair(server, client, MIB, Duration::from_secs(20));
     assert!(started.elapsed() < Duration::from_secs(2), "plain fallback took {:?}", started.elapsed());
+    assert_connections_do_not_wait(&path, true, true, "an agent stopped with SIGTERM");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -582,6 +585,9 @@ fn control_socket_survives_garbage() {
 /// The agent SIGKILLed while a client's claim is pending (its server, without the hook, accepted
 /// but never claims, and waits for the client's request on the real socket): the client must
 /// still get its request through and its reply back, not wait for a decision nobody will make.
+/// Its hook sees the claim connection's EOF and turns plain at once (it re-checks every 10 ms
+/// while pending), so the client is done within 0.5 s of the agent's exit, well under the 2 s
+/// an agent would take to decide.
 #[test]
 fn agent_sigkilled_while_a_claim_is_pending() {
     require_root();
@@ -598,9 +604,18 @@ fn agent_sigkilled_while_a_claim_is_pending() {
     let client = Process::spawn(hooked(client, true));
     agent.await_events("client", &path, 1, Duration::from_secs(5));
     assert!(agent.events_on("not", &path).is_empty(), "decided before the kill: the test proves nothing");
+    let killed = Instant::now();
     agent.kill9();
+    // The kernel closes a SIGKILLed agent's descriptors (the claim connection among them) only
+    // as it exits, after detaching its eBPF programs (about a second here): time the client
+    // from the moment the agent is gone.
+    let gone = Instant::now();
     client.finish(Duration::from_secs(10));
-    server.finish(Duration::from_secs(5));
+    let took = gone.elapsed();
+    eprintln!("agent exited {:?} after SIGKILL; the pending client finished {took:?} later", gone - killed);
+    assert!(took < Duration::from_millis(500), "the pending client needed {took:?} after the agent's exit to get its reply");
+    let accepts = server.finish(Duration::from_secs(5));
+    assert_eq!(accepts.iter().filter(|l| l.starts_with("accept ")).count(), 1, "{accepts:?}");
 }
 
 /// How long until `stream` reads EOF (panics if data arrives, or nothing within `limit`).

@@ -10,7 +10,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tssx_tests::{hook, require_root, wait_until, HookedAgent, MachineLock, TempDir, DEFAULT_STATE_DIR};
+use tssx_tests::{
+    assert_connections_do_not_wait, churn::NO_WAIT_CONNECTIONS, hook, require_root, wait_until, HookedAgent, MachineLock, TempDir,
+    DEFAULT_STATE_DIR,
+};
 
 const STREAM: &str = env!("CARGO_BIN_EXE_tssx-test-stream");
 const GIB: u64 = 1 << 30;
@@ -67,6 +70,8 @@ fn one_gib_each_way_goes_through_shared_memory() {
     assert!(agent.stop().success());
 }
 
+/// No agent: hooked programs work, and plain at once: no connection waits for a claim (the
+/// hook finds no paths file and passes everything through), and none maps a segment.
 #[test]
 fn without_the_agent_the_hook_passes_through() {
     require_root();
@@ -78,6 +83,7 @@ fn without_the_agent_the_hook_passes_through() {
     run_pair(&path, 64 << 20, true, true);
     assert!(started.elapsed() < Duration::from_secs(30));
     // No agent: plain at once, no waiting for a claim.
+    assert_connections_do_not_wait(&dir.socket("churn.sock"), true, true, "no agent");
 }
 
 #[test]
@@ -99,17 +105,33 @@ fn a_peer_without_the_hook_gets_every_byte_over_the_plain_socket() {
     require_root();
     let dir = TempDir::new("swap-mixed");
     // Hooked client, plain server: the client's tentative bytes are replayed into the socket.
+    // The server writes at once, so the pending client sees bytes on the real socket and goes
+    // plain at once: well before the agent would decide (2 s after the accept, at its next
+    // once-a-second sweep).
     let path = dir.socket("plain-server.sock");
     let agent = start_agent(&path);
-    run_pair(&path, 16 << 20, false, true);
+    let took = run_pair(&path, 16 << 20, false, true);
+    eprintln!("hooked client, plain server: 16 MiB each way in {took:?}");
+    assert!(took < Duration::from_millis(1500), "the hooked client waited for the agent's decision: the pair took {took:?}");
     let refused = agent.wait_for("not", &path, 1, Duration::from_secs(5));
     assert!(refused.iter().any(|e| e["reason"].as_str().unwrap_or("").contains("no hook")), "{refused:?}");
     assert!(agent.events("swapped").is_empty());
     assert!(agent.stop().success());
-    // Plain client, hooked server: the server's claim finds no client claim and stays plain.
+    // Plain client, hooked server: the server's claim finds no client claim and stays plain,
+    // without waiting for one (the agent sees that the client does not map the hook).
     let path = dir.socket("plain-client.sock");
-    let agent = start_agent(&path);
+    let churn = dir.socket("plain-client-churn.sock");
+    let agent = HookedAgent::start(&[&path, &churn]);
     run_pair(&path, 16 << 20, true, false);
+    assert!(agent.events("swapped").is_empty());
+    // Server claims answered plain (those lines carry no path: count them from here on).
+    let server_plain = || agent.events("not").into_iter().filter(|e| e["role"] == "Server").count();
+    let before = server_plain();
+    assert_connections_do_not_wait(&churn, true, false, "a hooked server whose client has no hook");
+    wait_until(Duration::from_secs(5), "every churn server claim traced `not swapped`", || {
+        server_plain() >= before + NO_WAIT_CONNECTIONS as usize
+    });
+    assert_eq!(server_plain(), before + NO_WAIT_CONNECTIONS as usize, "{:?}", agent.events("not"));
     assert!(agent.events("swapped").is_empty());
     assert!(agent.stop().success());
 }

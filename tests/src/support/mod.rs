@@ -5,6 +5,7 @@
 //! |---|---|
 //! | [`process`] | [`Process`]: a child whose stdout/stderr lines are captured, `expect_line`, `wait`/`finish` with timeouts; [`run_ok`] |
 //! | [`agent`] | [`Agent`] (a real `tssx-agent` and its JSON trace), [`HookedAgent`] (one in the default state directory, under the machine lock) |
+//! | [`churn`] | [`churn`]: sequential short connections, timed; [`assert_connections_do_not_wait`] ("plain at once") |
 //! | [`server`] | [`Server`]: the `tssx-test-server` echo server, started and finished |
 //! | [`wait`] | [`wait_until`] / [`poll_until`]: poll a condition with a deadline |
 //! | [`rng`] | [`Rng`]: one seeded xorshift64* generator |
@@ -21,6 +22,7 @@
 //! `Option`/`Result` are for callers that report errors themselves (xtask).
 
 pub mod agent;
+pub mod churn;
 pub mod control;
 pub mod env;
 pub mod lock;
@@ -33,6 +35,7 @@ pub mod text;
 pub mod wait;
 
 pub use agent::{Agent, HookedAgent, DEFAULT_STATE_DIR};
+pub use churn::{assert_connections_do_not_wait, churn, Churn};
 pub use control::{ask, ask_and_keep, claim};
 pub use env::{agent_bin, hook, require_root, target_dir};
 pub use lock::{DefaultAgentLock, MachineLock};
