@@ -6,6 +6,8 @@
 //! temporary directories, the control socket, a seeded generator), re-exported here; `cargo
 //! xtask soak` and `cargo xtask report` use it too.
 
+#![warn(missing_docs)]
+
 pub mod support;
 
 pub use support::*;
