@@ -114,7 +114,7 @@ struct Connection {
     waiting_since: Instant,
     /// The client socket's inode.
     client_inode: u32,
-    /// A `not swapped` line was traced for it already (by the sweep or a decline).
+    /// A `not swapped` line was traced for it already (by the sweep).
     plain_traced: bool,
     path: String,
     client: EndInfo,
@@ -461,24 +461,6 @@ impl Registry {
 
     fn path_name(&self, path_id: u32) -> String {
         self.paths.get(path_id as usize).map(ToString::to_string).unwrap_or_default()
-    }
-
-    /// A server declines the swap of its accepted `fd`: the connection turns plain.
-    fn decline(&self, pid: u32, fd: i32) -> Reply {
-        let seen = self.await_event(Role::Server, pid, fd);
-        let inode = seen.and_then(|_| sockdiag::socket_inode(pid, fd).ok().flatten());
-        let peer = inode.and_then(|inode| sockdiag::unix_peer(inode).ok().flatten());
-        let Some(peer) = peer else { return Reply::plain(PlainReason::NotSeen) };
-        if let Some(id) = self.wait_for(PEER_WAIT, |inner| inner.pending.remove(&peer)) {
-            let mut inner = self.lock();
-            if let Some(conn) = inner.live.get_mut(&id) {
-                let _ = conn.segment.transition(SegmentState::Pending, SegmentState::Plain);
-                conn.plain_traced = true;
-                conn.decision_watch = None;
-                tracing::info!(connection = id, path = conn.path, pid, fd, reason = PlainReason::Declined.describe(), "not swapped");
-            }
-        }
-        Reply::plain(PlainReason::Declined)
     }
 
     /// Handles a claim; returns the reply and, for a swap, the id of the connection whose
@@ -926,9 +908,6 @@ fn handle(registry: &Registry, mut stream: UnixStream) {
             if matches!(granted, Some(Granted::Client { .. })) {
                 registry.spares_wanted.notify_one();
             }
-        }
-        Some(RequestKind::Decline) => {
-            let _ = stream.write_all(&registry.decline(pid, request.fd).encode());
         }
         None => {}
     }
