@@ -264,7 +264,7 @@ mod tests {
 
     #[test]
     fn enter_is_attached_before_exit_and_syscalls_first() {
-        let mut list = vec![
+        let mut list = [
             tp("exit_b", "syscalls", "sys_exit_bind"),
             tp("fork", "sched", "sched_process_fork"),
             tp("enter_c", "syscalls", "sys_enter_connect"),
