@@ -293,3 +293,225 @@ impl Control {
         !hooked
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        sync::Arc,
+        time::{Duration, Instant},
+    };
+
+    use tssx_common::{
+        control::{PlainReason, Reply, Role},
+        segment::{End, SegmentState},
+    };
+
+    use super::{super::fake::*, Granted, Outcome};
+    use crate::control::Control;
+
+    const CLIENT: u32 = 100;
+    const SERVER: u32 = 200;
+    const OTHER: u32 = 300;
+
+    /// One connection on the watched path: client fd 5 (socket 1005), server fd 7 (socket 2007),
+    /// the client's connect event recorded and, if `accepted`, the server's accept event.
+    fn setup(max: usize, accepted: bool) -> (Arc<FakeKernel>, Arc<Control>) {
+        let kernel = Arc::new(FakeKernel::default());
+        let control = kernel.control(max);
+        kernel.connection((CLIENT, 5, 1005), (SERVER, Some(7), 2007));
+        control.record(&connect_event(CLIENT, 5));
+        if accepted {
+            control.record(&accept_event(SERVER, 7));
+        }
+        (kernel, control)
+    }
+
+    fn plain(outcome: &Outcome) -> Option<PlainReason> {
+        let (reply, granted) = outcome;
+        (granted.is_none() && reply.connection == 0).then(|| PlainReason::from_u32(reply.reason)).filter(|r| *r != PlainReason::None)
+    }
+
+    fn granted(outcome: &Outcome) -> &Granted {
+        outcome.1.as_ref().unwrap_or_else(|| panic!("not granted: {:?}", outcome.0))
+    }
+
+    #[test]
+    fn a_client_claim_backed_by_its_connect_event_gets_a_pending_segment() {
+        let (_kernel, control) = setup(8, false);
+        let outcome = control.claim(CLIENT, 0, Role::Client, 5);
+        assert_eq!(outcome.0, Reply::swap(1));
+        let Granted::Client { id, pid, ref comm, fd, ref path, ref segment } = *granted(&outcome) else { panic!("a client grant") };
+        assert_eq!((id, pid, comm.as_str(), fd, path.as_str()), (1, CLIENT, "ev100", 5, "/run/app.sock"));
+        assert_eq!(segment.state(), Some(SegmentState::Pending));
+        assert!(segment.tssx_bit(End::Client) && !segment.tssx_bit(End::Server));
+        // Acquire: pairs with the claim's Release store.
+        assert_eq!(segment.header().refcount[End::Client.index()].load(std::sync::atomic::Ordering::Acquire), 1);
+        let stats = control.stats();
+        assert_eq!((stats.live_segments, stats.pending_claims, stats.unclaimed_events), (1, 1, 0));
+        // The connect event is used up: the same fd cannot be claimed twice.
+        assert_eq!(plain(&control.claim(CLIENT, 0, Role::Client, 5)), Some(PlainReason::NotSeen));
+        assert_eq!(control.stats().live_segments, 1);
+    }
+
+    #[test]
+    fn a_client_claim_without_a_connect_event_is_refused_after_the_event_wait() {
+        let kernel = Arc::new(FakeKernel::default());
+        let control = kernel.control(8);
+        kernel.fd(CLIENT, 5, Some(1005));
+        let started = Instant::now();
+        assert_eq!(plain(&control.claim(CLIENT, 0, Role::Client, 5)), Some(PlainReason::NotSeen));
+        assert!(started.elapsed() >= TEST_TIMING.event_wait, "it waits for an event still in flight");
+        assert_eq!(kernel.asked("socket_inode"), 0, "no event, no question");
+        assert_eq!(control.stats().live_segments, 0);
+    }
+
+    #[test]
+    fn a_client_event_that_arrives_during_the_wait_backs_the_claim() {
+        let kernel = Arc::new(FakeKernel::default());
+        let control = kernel.control(8);
+        kernel.concurrent();
+        kernel.fd(CLIENT, 5, Some(1005));
+        let late = Arc::clone(&control);
+        let recorder = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            late.record(&connect_event(CLIENT, 5));
+        });
+        let outcome = control.claim(CLIENT, 0, Role::Client, 5);
+        recorder.join().unwrap();
+        assert_eq!(outcome.0, Reply::swap(1));
+    }
+
+    #[test]
+    fn a_stale_fd_is_refused() {
+        let (kernel, control) = setup(8, false);
+        kernel.close(CLIENT, 5); // closed since its connect
+        assert_eq!(plain(&control.claim(CLIENT, 0, Role::Client, 5)), Some(PlainReason::NotSeen));
+        // Reused for something that is no socket.
+        control.record(&connect_event(CLIENT, 6));
+        kernel.fd(CLIENT, 6, None);
+        assert_eq!(plain(&control.claim(CLIENT, 0, Role::Client, 6)), Some(PlainReason::NotSeen));
+        assert_eq!(control.stats().live_segments, 0);
+    }
+
+    #[test]
+    fn a_server_claim_is_paired_by_its_peer_inode() {
+        let (kernel, control) = setup(8, true);
+        let client = control.claim(CLIENT, 0, Role::Client, 5);
+        let server = control.claim(SERVER, 0, Role::Server, 7);
+        assert_eq!(server.0, Reply::swap(client.0.connection));
+        let Granted::Server { ref client, ref server, ref segment, .. } = *granted(&server) else { panic!("a server grant") };
+        assert_eq!((client.as_str(), server.as_str()), ("100/ev100", "200/ev200"));
+        assert_eq!(segment.state(), Some(SegmentState::Active));
+        assert!(segment.tssx_bit(End::Client) && segment.tssx_bit(End::Server));
+        assert_eq!(kernel.asked("comm"), 0, "the accept event names the server");
+        let status = control.status();
+        assert_eq!(status.len(), 1);
+        assert_eq!((status[0].state.as_str(), status[0].server.as_ref().map(|s| s.fd)), ("active", Some(7)));
+        let stats = control.stats();
+        assert_eq!((stats.pending_claims, stats.unclaimed_events), (0, 0));
+    }
+
+    #[test]
+    fn a_server_claim_needs_no_accept_event_when_its_client_claimed_and_drops_the_late_one() {
+        let (kernel, control) = setup(8, false);
+        control.claim(CLIENT, 0, Role::Client, 5);
+        let started = Instant::now();
+        let server = control.claim(SERVER, 0, Role::Server, 7);
+        assert!(started.elapsed() < TEST_TIMING.event_wait, "no wait for the accept event");
+        let Granted::Server { ref server, .. } = *granted(&server) else { panic!("a server grant") };
+        assert_eq!(server, "200/comm200");
+        assert_eq!(kernel.asked("comm"), 1);
+        control.record(&accept_event(SERVER, 7));
+        assert_eq!(control.stats().unclaimed_events, 0, "the accept event of a granted end is dropped");
+        control.record(&accept_event(SERVER, 7));
+        assert_eq!(control.stats().unclaimed_events, 1, "only once");
+    }
+
+    #[test]
+    fn a_server_claim_before_its_client_waits_for_the_client() {
+        let (kernel, control) = setup(8, true);
+        kernel.hooked(CLIENT);
+        kernel.concurrent();
+        let early = Arc::clone(&control);
+        let server = std::thread::spawn(move || early.claim(SERVER, 0, Role::Server, 7).0);
+        std::thread::sleep(Duration::from_millis(50));
+        let client = control.claim(CLIENT, 0, Role::Client, 5);
+        let server = server.join().unwrap();
+        assert_eq!(client.0, Reply::swap(1));
+        assert_eq!(server, Reply::swap(1));
+        assert_eq!(control.status()[0].state, "active");
+    }
+
+    #[test]
+    fn a_server_whose_client_never_claims_stays_plain_and_so_does_the_late_client() {
+        let (kernel, control) = setup(8, true);
+        kernel.hooked(CLIENT);
+        let started = Instant::now();
+        assert_eq!(plain(&control.claim(SERVER, 0, Role::Server, 7)), Some(PlainReason::PeerHasNoHook));
+        assert!(started.elapsed() >= TEST_TIMING.peer_wait, "a hooked client is waited for");
+        // Its server reads the real socket: the client, claiming late, stays plain at once.
+        let started = Instant::now();
+        assert_eq!(plain(&control.claim(CLIENT, 0, Role::Client, 5)), Some(PlainReason::PeerHasNoHook));
+        assert!(started.elapsed() < TEST_TIMING.event_wait);
+        assert_eq!(control.stats().live_segments, 0);
+        // The memory is used once; the event is used up too.
+        assert_eq!(plain(&control.claim(CLIENT, 0, Role::Client, 5)), Some(PlainReason::NotSeen));
+    }
+
+    #[test]
+    fn a_client_without_the_hook_costs_the_server_no_wait() {
+        let (kernel, control) = setup(8, true);
+        let started = Instant::now();
+        assert_eq!(plain(&control.claim(SERVER, 0, Role::Server, 7)), Some(PlainReason::PeerHasNoHook));
+        assert!(started.elapsed() < TEST_TIMING.peer_wait, "{:?}", started.elapsed());
+        assert_eq!(kernel.asked("carries_hook"), 1);
+        // A second connection of the same client process: the answer is reused.
+        kernel.connection((CLIENT, 6, 1006), (SERVER, Some(8), 2008));
+        control.record(&connect_event(CLIENT, 6));
+        control.record(&accept_event(SERVER, 8));
+        assert_eq!(plain(&control.claim(SERVER, 0, Role::Server, 8)), Some(PlainReason::PeerHasNoHook));
+        assert_eq!(kernel.asked("carries_hook"), 1);
+    }
+
+    #[test]
+    fn third_party_claims_are_refused() {
+        let (kernel, control) = setup(8, true);
+        kernel.hooked(CLIENT);
+        // Another process claims the client's fd number, and a socket of its own as a server.
+        kernel.connection((OTHER, 5, 3005), (OTHER, Some(9), 3009));
+        assert_eq!(plain(&control.claim(OTHER, 1000, Role::Client, 5)), Some(PlainReason::NotSeen));
+        assert_eq!(plain(&control.claim(OTHER, 1000, Role::Server, 9)), Some(PlainReason::NotSeen));
+        // The client's own socket, held by the other process (passed to it), is no server end.
+        kernel.fd(OTHER, 11, Some(1005));
+        control.claim(CLIENT, 0, Role::Client, 5);
+        assert_eq!(plain(&control.claim(OTHER, 1000, Role::Server, 11)), Some(PlainReason::NotSeen));
+        // None of that used up the real ends' evidence or their pending connection.
+        assert_eq!(control.stats().pending_claims, 1);
+        assert_eq!(control.claim(SERVER, 0, Role::Server, 7).0, Reply::swap(1));
+    }
+
+    #[test]
+    fn the_connection_limit_holds_and_finished_connections_make_room() {
+        let (kernel, control) = setup(1, false);
+        assert_eq!(control.claim(CLIENT, 0, Role::Client, 5).0, Reply::swap(1));
+        kernel.connection((CLIENT + 1, 5, 1105), (SERVER, None, 2107));
+        control.record(&connect_event(CLIENT + 1, 5));
+        assert_eq!(plain(&control.claim(CLIENT + 1, 0, Role::Client, 5)), Some(PlainReason::TooManyConnections));
+        assert_eq!(control.stats().live_segments, 1);
+        // The first client dies before its server joined: the next claim at the limit reaps it
+        // (liveness asked outside the lock) and is admitted.
+        kernel.kill(CLIENT);
+        kernel.connection((CLIENT + 2, 5, 1205), (SERVER, None, 2207));
+        control.record(&connect_event(CLIENT + 2, 5));
+        let second = control.claim(CLIENT + 2, 0, Role::Client, 5);
+        assert_eq!(second.0, Reply::swap(2));
+        assert!(kernel.asked("alive") >= 1);
+        assert_eq!(control.status().iter().map(|s| s.id).collect::<Vec<_>>(), [2]);
+        // A connection whose client's hook went plain makes room too.
+        granted(&second).segment().transition(SegmentState::Pending, SegmentState::Plain).unwrap();
+        kernel.connection((CLIENT + 3, 5, 1305), (SERVER, None, 2307));
+        control.record(&connect_event(CLIENT + 3, 5));
+        assert_eq!(control.claim(CLIENT + 3, 0, Role::Client, 5).0, Reply::swap(3));
+        assert_eq!(control.status().iter().map(|s| s.id).collect::<Vec<_>>(), [3]);
+    }
+}

@@ -164,3 +164,127 @@ pub(super) fn finish_reaped(reaped: Reaped) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        io::Read as _,
+        os::{fd::AsRawFd as _, unix::net::UnixStream},
+        sync::{atomic::Ordering, Arc},
+        time::{Duration, Instant},
+    };
+
+    use tssx_common::{
+        control::{Reply, Role},
+        segment::{End, SegmentState},
+    };
+    use tssx_shm::segment::Segment;
+
+    use super::{super::fake::*, SPARE_SEGMENTS};
+    use crate::control::Control;
+
+    const CLIENT: u32 = 100;
+    const SERVER: u32 = 200;
+    const TTL: Duration = TEST_TIMING.pending_ttl;
+
+    /// A client that claimed (its segment) on a connection whose server has not joined.
+    fn pending(kernel: &Arc<FakeKernel>, control: &Control, n: u32) -> Arc<Segment> {
+        kernel.connection((CLIENT + n, 5, 1000 + n), (SERVER, None, 2000 + n));
+        control.record(&connect_event(CLIENT + n, 5));
+        let (reply, granted) = control.claim(CLIENT + n, 0, Role::Client, 5);
+        assert_eq!(reply.reply_kind(), Reply::swap(1).reply_kind());
+        match granted.unwrap() {
+            super::super::claim::Granted::Client { segment, .. } => segment,
+            super::super::claim::Granted::Server { .. } => unreachable!("a client claim"),
+        }
+    }
+
+    fn ids(control: &Control) -> Vec<u64> {
+        control.status().iter().map(|s| s.id).collect()
+    }
+
+    #[test]
+    fn an_accepted_connection_whose_server_never_claims_turns_plain_after_the_ttl() {
+        let kernel = Arc::new(FakeKernel::default());
+        let control = kernel.control(8);
+        let start = Instant::now();
+        let segment = pending(&kernel, &control, 1);
+        let id = ids(&control)[0];
+        let (watch, mut hook) = UnixStream::pair().unwrap();
+        assert!(control.lock().keep_decision_watch(id, watch).is_none());
+        control.sweep_at(start);
+        control.sweep_at(start + TTL - Duration::from_millis(100));
+        assert_eq!(segment.state(), Some(SegmentState::Pending), "not overdue yet");
+        assert_eq!(kernel.asked("unaccepted_clients"), 0, "nothing overdue: no question");
+        control.sweep_at(Instant::now() + TTL + Duration::from_millis(1));
+        assert_eq!(segment.state(), Some(SegmentState::Plain));
+        assert_eq!(kernel.asked("unaccepted_clients"), 1);
+        assert!(ids(&control).is_empty(), "a plain connection is reaped in the same sweep");
+        assert_eq!(control.stats().pending_claims, 0);
+        hook.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        assert_eq!(hook.read(&mut [0u8; 1]).unwrap(), 0, "the decision watch is closed");
+    }
+
+    #[test]
+    fn a_connection_in_an_accept_queue_keeps_waiting() {
+        let kernel = Arc::new(FakeKernel::default());
+        let control = kernel.control(8);
+        let segment = pending(&kernel, &control, 1);
+        kernel.queued(1001, true);
+        let late = Instant::now() + TTL + Duration::from_secs(1);
+        control.sweep_at(late);
+        assert_eq!(segment.state(), Some(SegmentState::Pending), "still queued: the server has not accepted");
+        // Accepted now: it waits a full TTL from the last time it was seen queued.
+        kernel.queued(1001, false);
+        control.sweep_at(late + TTL - Duration::from_millis(100));
+        assert_eq!(segment.state(), Some(SegmentState::Pending));
+        control.sweep_at(late + TTL + Duration::from_millis(1));
+        assert_eq!(segment.state(), Some(SegmentState::Plain));
+        assert!(ids(&control).is_empty());
+    }
+
+    #[test]
+    fn the_sweep_reaps_closed_and_dead_connections_and_then_the_spares() {
+        let kernel = Arc::new(FakeKernel::default());
+        let control = kernel.control(8);
+        kernel.hooked(CLIENT + 1);
+        let first = pending(&kernel, &control, 1);
+        let _second = pending(&kernel, &control, 2);
+        control.record(&accept_event(SERVER, 7));
+        kernel.fd(SERVER, 7, Some(2001));
+        assert_eq!(control.claim(SERVER, 0, Role::Server, 7).0, Reply::swap(1));
+        control.refill_spares();
+        assert_eq!(control.stats().spare_segments, SPARE_SEGMENTS);
+        // Both ends of the first closed (Release, as a hook's last close); the second's client is
+        // alive.
+        first.header().refcount.iter().for_each(|r| r.store(0, Ordering::Release));
+        control.sweep();
+        assert_eq!(ids(&control), [2]);
+        assert_eq!(control.stats().spare_segments, SPARE_SEGMENTS, "spares stay while connections are live");
+        kernel.kill(CLIENT + 2);
+        control.sweep();
+        assert!(ids(&control).is_empty());
+        let stats = control.stats();
+        assert_eq!((stats.live_segments, stats.spare_segments), (0, 0), "an idle agent holds no memfd");
+        control.refill_spares();
+        assert_eq!(control.stats().spare_segments, 0, "no spares while nothing is live");
+    }
+
+    #[test]
+    fn a_claim_takes_a_spare_that_is_never_handed_out_again() {
+        let kernel = Arc::new(FakeKernel::default());
+        let control = kernel.control(8);
+        let first = pending(&kernel, &control, 1);
+        control.refill_spares();
+        let second = pending(&kernel, &control, 2);
+        assert_eq!(control.stats().spare_segments, SPARE_SEGMENTS - 1, "the claim used a spare");
+        let third = pending(&kernel, &control, 3);
+        assert_eq!(control.stats().spare_segments, SPARE_SEGMENTS - 2);
+        // Three connections, three distinct memfds.
+        let fds: Vec<i32> = [&first, &second, &third].iter().map(|s| s.fd().unwrap().as_raw_fd()).collect();
+        assert!(fds[0] != fds[1] && fds[1] != fds[2] && fds[0] != fds[2], "{fds:?}");
+        for segment in [&first, &second, &third] {
+            assert!(segment.tssx_bit(End::Client) && !segment.tssx_bit(End::Server));
+        }
+    }
+}

@@ -65,6 +65,9 @@ pub mod registry;
 pub mod report;
 pub mod server;
 
+#[cfg(test)]
+mod fake;
+
 use std::{
     collections::BTreeMap,
     sync::{Arc, Condvar, Mutex, MutexGuard},
