@@ -277,17 +277,17 @@ impl Control {
         }
     }
 
-    /// Whether the client among `candidates` whose socket is `peer` runs without the hook (it
-    /// will never claim). Asks the kernel; call without the lock.
-    fn client_without_hook(&self, peer: u32, candidates: &[EndInfo]) -> bool {
-        let Some(client) = candidates.iter().find(|end| self.facts.socket_inode(end.pid, end.fd).ok().flatten() == Some(peer)) else {
+    /// Whether the client among `candidates` (`(pid, fd)` of connect events) whose socket is
+    /// `peer` runs without the hook (it will never claim). Asks the kernel; call without the lock.
+    fn client_without_hook(&self, peer: u32, candidates: &[(u32, i32)]) -> bool {
+        let Some(&(pid, _)) = candidates.iter().find(|&&(pid, fd)| self.facts.socket_inode(pid, fd).ok().flatten() == Some(peer)) else {
             return false;
         };
         let now = Instant::now();
-        let known = self.lock().hook_known(client.pid, now, self.timing.hook_check_ttl);
+        let known = self.lock().hook_known(pid, now, self.timing.hook_check_ttl);
         let hooked = known.unwrap_or_else(|| {
-            let hooked = self.facts.carries_hook(client.pid);
-            self.lock().remember_hook(client.pid, hooked, now);
+            let hooked = self.facts.carries_hook(pid);
+            self.lock().remember_hook(pid, hooked, now);
             hooked
         });
         !hooked

@@ -246,10 +246,10 @@ impl Registry {
         self.accepts.remove(&(pid, fd))
     }
 
-    /// The ends of the unclaimed connect events on path `path_id`: a server whose client has not
-    /// claimed looks among them for its client (by socket inode, outside the lock).
-    pub(super) fn unclaimed_connects(&self, path_id: u32) -> Vec<EndInfo> {
-        self.connects.values().filter(|seen| seen.path_id == path_id).map(|seen| seen.end.clone()).collect()
+    /// The `(pid, fd)` of the unclaimed connect events on path `path_id`: a server whose client
+    /// has not claimed looks among them for its client (by socket inode, outside the lock).
+    pub(super) fn unclaimed_connects(&self, path_id: u32) -> Vec<(u32, i32)> {
+        self.connects.iter().filter(|(_, seen)| seen.path_id == path_id).map(|(&key, _)| key).collect()
     }
 
     /// For a server end granted on its socket's evidence: its accept event if it came already,
