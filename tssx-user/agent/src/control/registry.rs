@@ -8,7 +8,7 @@
 //! decision watches to close, lines to trace) as values. [`super::Control`] keeps the registry
 //! behind its mutex, so every method runs inside one critical section.
 //!
-//! Trust: entries come from two sources only: the kernel's own events ([`Registry::record`]), and
+//! Trust: entries come from two sources only: the kernel's own events (`Registry::record`), and
 //! claims that [`super::claim`] checked against the kernel before it admits them here. Reading
 //! and changing a live segment's header (its state, TSSX bits and refcounts) is memory, not I/O,
 //! and happens here under the lock, so that every decision about a connection is taken in one

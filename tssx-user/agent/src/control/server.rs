@@ -9,7 +9,7 @@
 //! complete request within [`REQUEST_TIMEOUT`] is dropped.
 //!
 //! Control connections are served by a pool of persistent worker threads blocked in `accept`
-//! (no thread is created per claim; the pool grows when all are busy, see [`WorkerPool`]), with
+//! (no thread is created per claim; the pool grows when all are busy, see `WorkerPool`), with
 //! blocking I/O and timeouts: claims are short.
 
 use std::{
@@ -55,7 +55,7 @@ pub(super) struct Load {
 }
 
 /// Creates the control socket in `state_dir` and serves it on a pool of worker threads (see
-/// [`WorkerPool`]); also starts the spare-segment maker.
+/// `WorkerPool`); also starts the spare-segment maker.
 ///
 /// The socket is mode 0666: `connect()` on a Unix socket needs write permission on its file,
 /// and hooks in processes of every uid must reach the agent (a server running as `nobody`
