@@ -8,8 +8,8 @@
 //! Written by hand rather than with `netlink-packet-sock-diag`: the two queries are one
 //! fixed-size request each and their replies are walked in a few dozen lines, while that crate
 //! is only the message codec (the socket, the dump loop and the error handling would stay here)
-//! and would add four crates (`netlink-packet-core`, `zerocopy` and its derive macro) with no
-//! declared minimum Rust version to a daemon that runs as root.
+//! and would add four crates (itself, `netlink-packet-core`, `zerocopy`, `zerocopy-derive`),
+//! none with a declared minimum Rust version, to a daemon that runs as root.
 
 use std::{io, mem::size_of};
 

@@ -3,8 +3,9 @@
 //!
 //! The `/proc` questions are one `readlink`, `stat` or small read each, so they are written
 //! here directly rather than through the `procfs` crate: it would parse whole files (every
-//! mapping in `maps`, every field of `stat`) to answer the same one-line questions, and add
-//! three crates to a root daemon for it.
+//! mapping in `maps` into a list) to answer the same one-line questions, and add three crates
+//! (`procfs`, `procfs-core`, `hex`; more with its default `chrono` and `flate2` features) to a
+//! root daemon for it.
 
 use std::{collections::HashSet, io, path::Path};
 
