@@ -3,7 +3,7 @@
 
 use std::process::{Command, Output};
 
-use tssx_tests::{agent_bin, require_root, temp_dir};
+use tssx_tests::{agent_bin, require_root, Agent, TempDir};
 
 fn agent(args: &[&str]) -> Output {
     Command::new(agent_bin()).args(args).output().expect("spawn tssx-agent")
@@ -49,12 +49,12 @@ fn path_over_107_bytes_is_refused() {
 /// Runs a valid agent command line under `wrapper` (e.g. `setpriv ... --`), with its own
 /// state directory.
 fn wrapped_agent(test: &str, wrapper: &[&str]) -> Output {
-    let state = temp_dir(test).join("state");
+    let dir = TempDir::new(test);
     Command::new(wrapper[0])
         .args(&wrapper[1..])
         .arg(agent_bin())
         .args(["--paths", "/tmp/x.sock", "--state-dir"])
-        .arg(state)
+        .arg(dir.join("state"))
         .output()
         .unwrap_or_else(|e| panic!("cannot run {} (util-linux): {e}", wrapper[0]))
 }
@@ -90,9 +90,9 @@ fn help_explains_the_options() {
 #[test]
 fn second_agent_on_the_same_state_dir_is_refused() {
     require_root();
-    let dir = temp_dir("twice");
+    let dir = TempDir::new("twice");
     let state = dir.join("state");
-    let first = tssx_tests::Agent::start(&["/tmp/tssx-twice.sock"], &state);
+    let first = Agent::start(&["/tmp/tssx-twice.sock"], &state);
     let out = Command::new(agent_bin()).args(["--paths", "/tmp/tssx-twice.sock", "--state-dir"]).arg(&state).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert_one_line_error(&out, &["already running"]);

@@ -8,7 +8,7 @@ use std::{
 };
 
 use serde_json::Value;
-use tssx_tests::{field, lines_of, require_root, run_ok, temp_dir, Agent, Server};
+use tssx_tests::{field, lines_of, require_root, run_ok, Agent, Server, TempDir};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_tssx-test-server");
 const CLIENT: &str = env!("CARGO_BIN_EXE_tssx-test-client");
@@ -33,10 +33,10 @@ fn traced(events: &[Value]) -> BTreeSet<(i64, i64)> {
 #[test]
 fn traces_connect_and_accept_on_the_watched_path_only() {
     require_root();
-    let dir = temp_dir("watched");
-    let watched = dir.join("watched.sock").to_str().unwrap().to_owned();
-    let unwatched = dir.join("unwatched.sock").to_str().unwrap().to_owned();
-    let missing = dir.join("nobody-listens.sock").to_str().unwrap().to_owned();
+    let dir = TempDir::new("trace-watched");
+    let watched = dir.socket("watched.sock");
+    let unwatched = dir.socket("unwatched.sock");
+    let missing = dir.socket("nobody-listens.sock");
     let agent = Agent::start(&[&watched, &missing], &dir.join("state"));
 
     // Watched path: one connection.
@@ -79,7 +79,7 @@ fn traces_connect_and_accept_on_the_watched_path_only() {
 #[test]
 fn traces_abstract_names() {
     require_root();
-    let dir = temp_dir("abstract");
+    let dir = TempDir::new("trace-abstract");
     let name = format!("@tssx-e2e-abstract-{}", std::process::id());
     let other = format!("{name}-not-watched");
     let agent = Agent::start(&[&name], &dir.join("state"));
@@ -101,8 +101,8 @@ fn traces_abstract_names() {
 #[test]
 fn traces_a_prefork_server() {
     require_root();
-    let dir = temp_dir("prefork");
-    let path = dir.join("prefork.sock").to_str().unwrap().to_owned();
+    let dir = TempDir::new("trace-prefork");
+    let path = dir.socket("prefork.sock");
     let agent = Agent::start(&[&path], &dir.join("state"));
     const CHILDREN: usize = 3;
     const CONNECTIONS: usize = 6;
@@ -132,8 +132,8 @@ fn traces_a_prefork_server() {
 #[test]
 fn two_hundred_concurrent_connections_lose_no_event() {
     require_root();
-    let dir = temp_dir("concurrent");
-    let path = dir.join("busy.sock").to_str().unwrap().to_owned();
+    let dir = TempDir::new("trace-concurrent");
+    let path = dir.socket("busy.sock");
     let agent = Agent::start(&[&path], &dir.join("state"));
     const N: usize = 200;
     let server = Server::start(SERVER, &path, N, 0);

@@ -15,61 +15,47 @@
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
+    process::{Command, Output, Stdio},
     time::{Duration, Instant},
 };
 
-use tssx_tests::{hook, require_root, temp_dir, HookedAgent};
+use tssx_tests::{hook, poll_until, require_root, wait_until, HookedAgent, Process, TempDir};
 
 const MEMCACHE: &str = env!("CARGO_BIN_EXE_tssx-test-memcache");
 /// Debian 12's PostgreSQL server binaries (off PATH).
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+/// How long a server may take to get ready, and to exit once signalled.
+const DAEMON_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A server process, stopped (SIGTERM) and reaped when dropped if the test did not stop it.
+/// A server process in its own process group (PostgreSQL's backends go with it), killed with
+/// them when dropped if the test did not stop it.
 struct Daemon {
-    child: Child,
+    process: Process,
     name: &'static str,
 }
 
 impl Daemon {
-    fn spawn(name: &'static str, mut cmd: Command) -> Self {
-        let child = cmd
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name} ({cmd:?}): {e} (cargo xtask setup installs it)"));
-        Self { child, name }
+    fn spawn(name: &'static str, cmd: Command) -> Self {
+        let process = Process::try_spawn_group(cmd).unwrap_or_else(|e| panic!("{e} (cargo xtask setup installs {name})"));
+        Self { process, name }
     }
 
-    /// Sends `signal`, waits up to 20 s, and asserts that the server exited cleanly (a crash
+    /// Sends `signal`, waits up to 30 s, and asserts that the server exited cleanly (a crash
     /// under the hook shows here).
     fn stop(mut self, signal: i32) {
-        // SAFETY: signals our own child.
-        unsafe { libc::kill(self.child.id() as i32, signal) };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "{} did not exit within 20 s", self.name);
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        assert!(status.success(), "{} exited with {status}", self.name);
+        let status = self.process.stop(signal, DAEMON_TIMEOUT);
+        let status = status
+            .unwrap_or_else(|| panic!("{} did not exit within {DAEMON_TIMEOUT:?}; stderr: {}", self.name, self.process.stderr_text()));
+        assert!(status.success(), "{} exited with {status}; stderr: {}", self.name, self.process.stderr_text());
     }
 
-    /// Fails at once if the server already died.
-    fn assert_running(&mut self) {
-        if let Some(status) = self.child.try_wait().expect("try_wait") {
-            panic!("{} exited early: {status}", self.name);
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+    /// Waits until `ready` is true (up to 30 s), failing at once if the server died.
+    fn wait_ready(&mut self, mut ready: impl FnMut() -> bool) {
+        let process = &mut self.process;
+        wait_until(DAEMON_TIMEOUT, &format!("{} to get ready", self.name), || {
+            process.assert_running();
+            ready()
+        });
     }
 }
 
@@ -110,31 +96,15 @@ fn run(mut cmd: Command, stdin: Option<&[u8]>) -> String {
     stdout
 }
 
-/// Polls `ready` every 50 ms for up to 30 s.
-fn wait_until(what: &str, daemon: &mut Daemon, mut ready: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ready() {
-        daemon.assert_running();
-        assert!(Instant::now() < deadline, "{what} not ready after 30 s");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Asserts that every connection accepted on `path` was swapped; the message lists the
 /// `not swapped` reasons the agent gave.
 ///
 /// Both counts are read until they agree (for up to 5 s): a claim traces `swapped` as soon as it
 /// is answered, while the event loop may trace that connection's `accept` a little later.
 fn assert_all_swapped(agent: &HookedAgent, path: &str) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let (accepts, swapped) = loop {
-        let accepts = agent.events_on("accept", path).len();
-        let swapped = agent.events_on("swapped", path).len();
-        if (accepts > 0 && swapped == accepts) || Instant::now() >= deadline {
-            break (accepts, swapped);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let counts = || (agent.events_on("accept", path).len(), agent.events_on("swapped", path).len());
+    poll_until(Duration::from_secs(5), || matches!(counts(), (accepts, swapped) if accepts > 0 && swapped == accepts));
+    let (accepts, swapped) = counts();
     assert!(accepts > 0, "the agent saw no accept on {path}");
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
     for e in agent.events_on("not", path) {
@@ -209,7 +179,7 @@ fn redis_run(dir: &Path, sock: &str, hooked: bool, big: &[u8]) -> String {
     server.args(["--port", "0", "--unixsocket", sock, "--unixsocketperm", "700", "--save", "", "--appendonly", "no"]);
     server.args(["--daemonize", "no", "--dir"]).arg(dir).arg("--logfile").arg(dir.join(format!("redis-{hooked}.log")));
     let mut server = Daemon::spawn("redis-server", server);
-    wait_until("redis-server", &mut server, || {
+    server.wait_ready(|| {
         Path::new(sock).exists() && command("redis-cli", hooked).args(["-s", sock, "PING"]).output().is_ok_and(|o| o.stdout == b"PONG\n")
     });
     let session = redis_session(sock, hooked, big);
@@ -231,7 +201,7 @@ fn redis_run(dir: &Path, sock: &str, hooked: bool, big: &[u8]) -> String {
 #[test]
 fn redis_gives_the_same_results_with_tssx() {
     require_root();
-    let dir = temp_dir("app-redis");
+    let dir = TempDir::new("app-redis");
     let (plain_sock, tssx_sock) = (path_str(&dir.join("plain.sock")), path_str(&dir.join("redis.sock")));
     let big: Vec<u8> = (0..256 * 1024).map(|i| b'a' + (i * 7 % 26) as u8).collect();
     let agent = HookedAgent::start(&[&tssx_sock]);
@@ -298,12 +268,8 @@ fn postgres_run(data: &Path, sock_dir: &Path, hooked: bool) -> String {
     let mut server = as_postgres(&format!("{PG_BIN}/postgres"), hooked);
     server.arg("-D").arg(data).args(["-k", &sock_dir, "-p", PG_PORT, "-c", "listen_addresses=", "-c", "fsync=off"]);
     server.args(["-c", "shared_buffers=16MB", "-c", "max_connections=20"]);
-    let log = sock_dir.clone() + ".log";
-    server.stderr(std::fs::File::create(&log).unwrap_or_else(|e| panic!("create {log}: {e}")));
     let mut server = Daemon::spawn("postgres", server);
-    wait_until("postgres", &mut server, || {
-        pg_client(&format!("{PG_BIN}/pg_isready"), &sock_dir, hooked).arg("-q").status().is_ok_and(|s| s.success())
-    });
+    server.wait_ready(|| pg_client(&format!("{PG_BIN}/pg_isready"), &sock_dir, hooked).arg("-q").status().is_ok_and(|s| s.success()));
     let mut psql = pg_client("psql", &sock_dir, hooked);
     psql.args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-d", "postgres"]);
     let out = run(psql, Some(PG_SCRIPT.as_bytes()));
@@ -324,7 +290,7 @@ fn postgres_run(data: &Path, sock_dir: &Path, hooked: bool) -> String {
 #[test]
 fn postgres_gives_the_same_results_with_tssx() {
     require_root();
-    let dir = temp_dir("app-pg");
+    let dir = TempDir::new("app-pg");
     chown_postgres(&dir);
     let data = dir.join("data");
     let mut initdb = as_postgres(&format!("{PG_BIN}/initdb"), false);
@@ -349,7 +315,7 @@ fn memcached_run(sock: &str, hooked: bool) -> String {
     let mut server = command("memcached", hooked);
     server.args(["-s", sock, "-a", "0700", "-u", "root", "-t", "2", "-m", "64"]);
     let mut server = Daemon::spawn("memcached", server);
-    wait_until("memcached", &mut server, || Path::new(sock).exists());
+    server.wait_ready(|| Path::new(sock).exists());
     let mut out = String::new();
     for rounds in ["200", "50"] {
         let mut client = command(MEMCACHE, hooked);
@@ -363,7 +329,7 @@ fn memcached_run(sock: &str, hooked: bool) -> String {
 #[test]
 fn memcached_gives_the_same_results_with_tssx() {
     require_root();
-    let dir = temp_dir("app-memcached");
+    let dir = TempDir::new("app-memcached");
     let (plain_sock, tssx_sock) = (path_str(&dir.join("plain.sock")), path_str(&dir.join("mc.sock")));
     let agent = HookedAgent::start(&[&tssx_sock]);
     let plain = memcached_run(&plain_sock, false);

@@ -16,16 +16,14 @@
 //! findings, the ends' stderr and the agent's `not swapped` reasons.
 
 use std::{
-    io::{BufRead as _, BufReader, Read},
-    os::unix::process::{CommandExt as _, ExitStatusExt as _},
+    os::unix::process::ExitStatusExt as _,
     path::{Path, PathBuf},
-    process::{Child, Command, ExitStatus, Stdio},
-    sync::{mpsc, OnceLock},
-    thread,
+    process::{Command, ExitStatus, Stdio},
+    sync::OnceLock,
     time::{Duration, Instant},
 };
 
-use tssx_tests::{hook, require_root, temp_dir, HookedAgent};
+use tssx_tests::{hook, poll_until, require_root, target_dir, HookedAgent, Process, TempDir};
 
 /// How long one run (server and client together) may take before both are killed.
 const RUN_TIMEOUT: Duration = Duration::from_secs(15);
@@ -48,12 +46,15 @@ struct Scenario {
     shm_bytes: u64,
 }
 
-/// Builds every `tests/conform/*.c` once per test process; returns the directory of binaries.
+/// Builds every `tests/conform/*.c` once per test process into `target/<profile>/conform/`;
+/// returns that directory. Each binary is written under a temporary name and renamed into
+/// place, so that another test process running the previous build is never disturbed.
 fn programs() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("conform");
-        let out = temp_dir("conform-bin");
+        let out = target_dir().join("conform");
+        std::fs::create_dir_all(&out).unwrap_or_else(|e| panic!("create {}: {e}", out.display()));
         let mut builds = Vec::new();
         for entry in std::fs::read_dir(&src).expect("read tests/conform") {
             let path = entry.expect("dir entry").path();
@@ -61,19 +62,21 @@ fn programs() -> &'static Path {
                 continue;
             }
             let bin = out.join(path.file_stem().expect("stem"));
+            let tmp = bin.with_extension(format!("{}.tmp", std::process::id()));
             let child = Command::new("cc")
                 .args(["-O2", "-Wall", "-Werror", "-pthread", "-o"])
-                .arg(&bin)
+                .arg(&tmp)
                 .arg(&path)
                 .stderr(Stdio::piped())
                 .spawn()
                 .expect("spawn cc");
-            builds.push((path, child));
+            builds.push((path, tmp, bin, child));
         }
         assert!(!builds.is_empty(), "no C sources in {}", src.display());
-        for (path, child) in builds {
+        for (path, tmp, bin, child) in builds {
             let out = child.wait_with_output().expect("wait cc");
             assert!(out.status.success(), "cc {} failed:\n{}", path.display(), String::from_utf8_lossy(&out.stderr));
+            std::fs::rename(&tmp, &bin).unwrap_or_else(|e| panic!("rename {} to {}: {e}", tmp.display(), bin.display()));
         }
         out
     })
@@ -89,34 +92,16 @@ struct Run {
     stderr: String,
 }
 
-/// Collects a pipe's lines on a thread.
-fn collect(pipe: impl Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
-fn spawn_end(bin: &Path, role: &str, path: &str, args: &[&str], preload: Option<&Path>) -> Child {
+/// One end of a scenario, in its own process group (scenarios fork): a timeout kills the
+/// children too.
+fn spawn_end(bin: &Path, role: &str, path: &str, args: &[&str], preload: Option<&Path>) -> Process {
     let mut cmd = Command::new(bin);
-    cmd.arg(role).arg(path).args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    // Its own process group, so that a timeout also ends the children it forked.
-    cmd.process_group(0);
+    cmd.arg(role).arg(path).args(args);
     match preload {
         Some(so) => cmd.env("LD_PRELOAD", so),
         None => cmd.env_remove("LD_PRELOAD"),
     };
-    cmd.spawn().unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()))
-}
-
-fn kill_group(child: &Child) {
-    // SAFETY: signals the process group of a child we spawned as its group leader.
-    unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+    Process::spawn_group(cmd)
 }
 
 fn describe(status: Option<ExitStatus>) -> String {
@@ -132,75 +117,31 @@ fn describe(status: Option<ExitStatus>) -> String {
 
 /// Runs the scenario's server, waits for its `listening` line, runs its client; both must end
 /// before `RUN_TIMEOUT` or are killed with their process groups.
-// Every path waits for both children (the loop polls `try_wait` until both exited, or kills and
-// waits); clippy's heuristic only sees the conditional `try_wait`.
-#[allow(clippy::zombie_processes)]
 fn run(sc: &Scenario, path: &str, preload: Option<&Path>) -> Run {
     let bin = programs().join(sc.program);
     let deadline = Instant::now() + RUN_TIMEOUT;
+    let left = || deadline.saturating_duration_since(Instant::now());
     let mut server = spawn_end(&bin, "server", path, sc.server, preload);
-    let server_out = collect(server.stdout.take().expect("stdout"));
-    let server_err = collect(server.stderr.take().expect("stderr"));
-    let mut server_lines = Vec::new();
-    let mut client = None;
-    match server_out.recv_timeout(Duration::from_secs(10)) {
-        Ok(first) => {
-            let listening = first == "listening";
-            server_lines.push(first);
-            if listening {
-                client = Some(spawn_end(&bin, "client", path, sc.client, preload));
-            }
-        }
-        Err(_) => server_lines.push("(no listening line)".into()),
-    }
-    let (client_out, client_err) = match client.as_mut() {
-        Some(c) => (Some(collect(c.stdout.take().expect("stdout"))), Some(collect(c.stderr.take().expect("stderr")))),
-        None => (None, None),
+    let mut client = match server.next_line(Duration::from_secs(10)) {
+        Some(first) if first == "listening" => Some(spawn_end(&bin, "client", path, sc.client, preload)),
+        _ => None,
     };
-    let mut server_status = None;
-    let mut client_status = None;
-    loop {
-        if server_status.is_none() {
-            server_status = server.try_wait().expect("try_wait");
-        }
-        if let (None, Some(c)) = (client_status, client.as_mut()) {
-            client_status = c.try_wait().expect("try_wait");
-        }
-        let client_done = client.is_none() || client_status.is_some();
-        if server_status.is_some() && client_done {
-            break;
-        }
-        if Instant::now() > deadline || (client.is_none() && server_status.is_none()) {
-            kill_group(&server);
-            if let Some(c) = &client {
-                kill_group(c);
-            }
-            let _ = server.wait();
-            if let Some(c) = client.as_mut() {
-                let _ = c.wait();
-            }
-            break;
-        }
-        thread::sleep(Duration::from_millis(5));
-    }
+    // Without a client, a server still running has nothing to wait for: killed at once.
+    let server_status = server.wait(if client.is_some() { left() } else { Duration::ZERO });
+    let client_status = client.as_mut().and_then(|c| c.wait(left()));
     // Forked children may hold the pipes a little longer; take what arrives until they close.
-    let drain = |rx: &mpsc::Receiver<String>, into: &mut Vec<String>| {
-        let until = Instant::now() + Duration::from_secs(5);
-        while let Ok(line) = rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
-            into.push(line);
-        }
-    };
-    drain(&server_out, &mut server_lines);
-    let mut client_lines = Vec::new();
-    if let Some(rx) = &client_out {
-        drain(rx, &mut client_lines);
+    let ends: Vec<&Process> = std::iter::once(&server).chain(&client).collect();
+    for end in &ends {
+        end.wait_closed(Duration::from_secs(5));
     }
-    let mut stderr = Vec::new();
-    drain(&server_err, &mut stderr);
-    if let Some(rx) = &client_err {
-        let mut lines = Vec::new();
-        drain(rx, &mut lines);
-        stderr.extend(lines.into_iter().map(|l| format!("client: {l}")));
+    let server_lines = match server.stdout_lines() {
+        lines if lines.is_empty() => vec!["(no listening line)".to_owned()],
+        lines => lines,
+    };
+    let client_lines = client.as_ref().map(Process::stdout_lines).unwrap_or_default();
+    let mut stderr = server.stderr_lines();
+    if let Some(c) = &client {
+        stderr.extend(c.stderr_lines().into_iter().map(|l| format!("client: {l}")));
     }
     let ok = server_status.is_some_and(|s| s.success()) && client_status.is_some_and(|s| s.success());
     let mut transcript = String::new();
@@ -242,17 +183,14 @@ fn diff(a: &str, b: &str) -> String {
     out
 }
 
-fn socket_path(sc: &Scenario) -> String {
-    temp_dir(&format!("conform-{}", sc.name)).join("s.sock").to_str().expect("utf-8 path").to_owned()
-}
-
 /// Runs one scenario plain twice, then swapped, and fails with every finding at once.
 fn conform(sc: &Scenario) {
     require_root();
+    let dir = TempDir::new(&format!("conform-{}", sc.name));
     let started = Instant::now();
-    let plain = run(sc, &socket_path(sc), None);
+    let plain = run(sc, &dir.socket("plain-1.sock"), None);
     assert!(plain.ok, "{}: the plain run failed\n{}\nstderr:\n{}", sc.name, plain.transcript, plain.stderr);
-    let again = run(sc, &socket_path(sc), None);
+    let again = run(sc, &dir.socket("plain-2.sock"), None);
     assert!(
         plain.transcript == again.transcript,
         "{}: the plain transcript is not deterministic (- first run, + second run):\n{}",
@@ -261,7 +199,7 @@ fn conform(sc: &Scenario) {
     );
     let plain_time = started.elapsed() / 2;
 
-    let path = socket_path(sc);
+    let path = dir.socket("s.sock");
     let started = Instant::now();
     let agent = HookedAgent::start(&[&path]);
     let agent_time = started.elapsed();
@@ -282,14 +220,9 @@ fn conform(sc: &Scenario) {
     }
     // Every swapped connection's segment must be freed, and the payload must have crossed it.
     let ids: Vec<&serde_json::Value> = swaps.iter().map(|s| &s["connection"]).collect();
-    let deadline = Instant::now() + TRACE_TIMEOUT;
-    let closed = loop {
-        let closed: Vec<_> = agent.events_on("closed", &path).into_iter().filter(|c| ids.contains(&&c["connection"])).collect();
-        if closed.len() >= ids.len() || Instant::now() > deadline {
-            break closed;
-        }
-        thread::sleep(Duration::from_millis(20));
-    };
+    let closed = || -> Vec<_> { agent.events_on("closed", &path).into_iter().filter(|c| ids.contains(&&c["connection"])).collect() };
+    poll_until(TRACE_TIMEOUT, || closed().len() >= ids.len());
+    let closed = closed();
     if closed.len() != ids.len() {
         problems.push(format!("{} swapped connections but {} of them traced `closed`", ids.len(), closed.len()));
     }

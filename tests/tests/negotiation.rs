@@ -5,33 +5,24 @@
 use std::{
     io::{Read as _, Write as _},
     os::{
-        fd::{AsFd as _, AsRawFd as _, OwnedFd},
+        fd::{AsFd as _, AsRawFd as _},
         unix::net::{UnixListener, UnixStream},
     },
-    path::Path,
     process::Command,
     time::{Duration, Instant},
 };
 
 use tssx_common::{
-    control::{PlainReason, Reply, ReplyKind, Request, Role, CONTROL_SOCKET, REPLY_SIZE},
+    control::{PlainReason, Reply, ReplyKind, Request, Role, CONTROL_SOCKET},
     segment::{End, SegmentState},
 };
-use tssx_shm::{fdpass, segment::Segment};
-use tssx_tests::{agent_bin, require_root, temp_dir, Agent};
+use tssx_shm::segment::Segment;
+use tssx_tests::{agent_bin, ask, claim, require_root, Agent, TempDir};
 
-/// Sends `request` on a fresh control connection; returns the reply and the fd sent with it.
-fn ask(state_dir: &Path, request: &[u8]) -> (Reply, Option<OwnedFd>) {
-    let stream = UnixStream::connect(state_dir.join(CONTROL_SOCKET)).expect("control socket");
-    (&stream).write_all(request).unwrap();
-    let mut buf = [0u8; REPLY_SIZE];
-    let (n, fd) = fdpass::recv_with_fd(stream.as_raw_fd(), &mut buf).unwrap();
-    (Reply::decode(&buf[..n]).expect("a valid reply"), fd.map(OwnedFd::from))
-}
-
-fn claim(state_dir: &Path, role: Role, fd: i32) -> (Reply, Option<OwnedFd>) {
-    ask(state_dir, &Request::claim(role, fd).encode())
-}
+/// What "at once" means for one claim: an answer that did not wait for anything. The agent's
+/// shortest wait is 0.5 s (a server's claim waiting for its client's); a control round trip
+/// takes about a millisecond, so this bound holds on a loaded 2-core machine.
+const AT_ONCE: Duration = Duration::from_millis(250);
 
 /// A connected pair on `path`: (client, accepted server end).
 fn connection(listener: &UnixListener, path: &str) -> (UnixStream, UnixStream) {
@@ -43,8 +34,8 @@ fn connection(listener: &UnixListener, path: &str) -> (UnixStream, UnixStream) {
 #[test]
 fn both_ends_get_one_segment_and_bytes_cross_it() {
     require_root();
-    let dir = temp_dir("negotiate");
-    let path = dir.join("app.sock").to_str().unwrap().to_owned();
+    let dir = TempDir::new("negotiate");
+    let path = dir.socket("app.sock");
     let state = dir.join("state");
     let agent = Agent::start(&[&path], &state);
     let listener = UnixListener::bind(&path).unwrap();
@@ -79,9 +70,16 @@ fn both_ends_get_one_segment_and_bytes_cross_it() {
     let mut pong = [0u8; 8];
     assert_eq!(back_rx.read(&mut pong).bytes, 4);
     assert_eq!(&pong[..4], b"pong");
-    // Nothing went through the real socket.
-    client.set_nonblocking(true).unwrap();
-    assert!((&client).read(&mut pong).is_err(), "the real socket must stay empty");
+    // Nothing went through the real socket, either way: both ends would block (an error other
+    // than EAGAIN, or EOF, would say something else went wrong).
+    for (end, socket) in [("client", &client), ("server", &server)] {
+        socket.set_nonblocking(true).unwrap();
+        let read = (&*socket).read(&mut pong);
+        assert!(
+            read.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock),
+            "the {end}'s real socket must stay empty: {read:?}"
+        );
+    }
 
     // The agent traced the swap and its status shows the bytes moved through shared memory.
     let swapped = agent.wait_for("swapped", &path, 1, Duration::from_secs(5));
@@ -103,8 +101,8 @@ fn both_ends_get_one_segment_and_bytes_cross_it() {
 #[test]
 fn claims_the_kernel_did_not_see_are_refused() {
     require_root();
-    let dir = temp_dir("refuse");
-    let path = dir.join("app.sock").to_str().unwrap().to_owned();
+    let dir = TempDir::new("refuse");
+    let path = dir.socket("app.sock");
     let state = dir.join("state");
     let agent = Agent::start(&[&path], &state);
     let listener = UnixListener::bind(&path).unwrap();
@@ -118,11 +116,19 @@ fn claims_the_kernel_did_not_see_are_refused() {
     assert_eq!(claim(&state, Role::Client, x.as_raw_fd()).0, Reply::plain(PlainReason::NotSeen));
     assert!(started.elapsed() < Duration::from_secs(10));
 
-    // A server whose client never claimed: plain, peer has no hook.
+    // A server whose client never claimed: plain, peer has no hook; at once, since the client
+    // (this test process) does not map the hook.
+    let started = Instant::now();
     assert_eq!(claim(&state, Role::Server, server.as_raw_fd()).0, Reply::plain(PlainReason::PeerHasNoHook));
+    let server_took = started.elapsed();
+    assert!(server_took < AT_ONCE, "the server's claim waited for a client without the hook: {server_took:?}");
     // Its client claiming afterwards is answered plain at once (its server reads the real
     // socket), and the same fd cannot be claimed twice (the kernel event is used up).
+    let started = Instant::now();
     assert_eq!(claim(&state, Role::Client, client.as_raw_fd()).0, Reply::plain(PlainReason::PeerHasNoHook));
+    let client_took = started.elapsed();
+    eprintln!("plain answers: server claim {server_took:?}, late client claim {client_took:?}");
+    assert!(client_took < AT_ONCE, "the late client's claim was not answered at once: {client_took:?}");
     assert_eq!(claim(&state, Role::Client, client.as_raw_fd()).0, Reply::plain(PlainReason::NotSeen));
 
     // Malformed and truncated requests are refused and the agent keeps serving.

@@ -1,16 +1,19 @@
 //! End-to-end: unmodified programs under LD_PRELOAD=libtssx_preload.so with the real agent.
 //!
 //! The hook finds the agent in the default state directory (`/run/tssx`), so these tests run
-//! one at a time ([`HookedAgent`] and [`DefaultAgentLock`] hold a machine-wide lock).
+//! one at a time ([`HookedAgent`] and [`MachineLock`] hold a machine-wide lock).
 
 use std::{
     io::{Read, Write},
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use tssx_tests::{hook, require_root, temp_dir, DefaultAgentLock, HookedAgent, DEFAULT_STATE_DIR};
+use tssx_tests::{
+    assert_connections_do_not_wait, churn::NO_WAIT_CONNECTIONS, hook, require_root, wait_until, HookedAgent, MachineLock, TempDir,
+    DEFAULT_STATE_DIR,
+};
 
 const STREAM: &str = env!("CARGO_BIN_EXE_tssx-test-stream");
 const GIB: u64 = 1 << 30;
@@ -25,21 +28,21 @@ fn stream(role: &str, path: &str, bytes: u64, preload: bool) -> Command {
 }
 
 /// Runs the stream server and client (each with or without the hook); both must succeed.
-fn run_pair(path: &str, bytes: u64, server_hook: bool, client_hook: bool) {
-    let server: Child = stream("server", path, bytes, server_hook).spawn().unwrap();
+/// Returns the time from the client's start to the end of both.
+fn run_pair(path: &str, bytes: u64, server_hook: bool, client_hook: bool) -> Duration {
+    let server = stream("server", path, bytes, server_hook).spawn().unwrap();
     // Wait for the socket file rather than sleeping a fixed time.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !Path::new(path).exists() {
-        assert!(Instant::now() < deadline, "server never bound {path}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_until(Duration::from_secs(10), &format!("the server to bind {path}"), || Path::new(path).exists());
+    let started = Instant::now();
     let client = stream("client", path, bytes, client_hook).output().unwrap();
     let server = server.wait_with_output().unwrap();
+    let elapsed = started.elapsed();
     for (who, out) in [("client", &client), ("server", &server)] {
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{who} failed: {}\n{stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
         assert!(stdout.contains(&format!("ok sent={bytes} received={bytes}")), "{who}: {stdout}");
     }
+    elapsed
 }
 
 fn start_agent(path: &str) -> HookedAgent {
@@ -56,7 +59,8 @@ fn shm_bytes(agent: &HookedAgent, path: &str) -> (u64, u64) {
 #[test]
 fn one_gib_each_way_goes_through_shared_memory() {
     require_root();
-    let path = temp_dir("swap-gib").join("app.sock").to_str().unwrap().to_owned();
+    let dir = TempDir::new("swap-gib");
+    let path = dir.socket("app.sock");
     let agent = start_agent(&path);
     run_pair(&path, GIB, true, true);
     assert_eq!(agent.events_on("swapped", &path).len(), 1, "{:?}", agent.events("swapped"));
@@ -66,24 +70,28 @@ fn one_gib_each_way_goes_through_shared_memory() {
     assert!(agent.stop().success());
 }
 
+/// No agent: hooked programs work, and plain at once: no connection waits for a claim (the
+/// hook finds no paths file and passes everything through), and none maps a segment.
 #[test]
 fn without_the_agent_the_hook_passes_through() {
     require_root();
-    let _serial = DefaultAgentLock::acquire();
+    let _serial = MachineLock::acquire();
     assert!(!Path::new(DEFAULT_STATE_DIR).join("paths").exists(), "another tssx-agent is running");
-    let path = temp_dir("swap-noagent").join("app.sock").to_str().unwrap().to_owned();
+    let dir = TempDir::new("swap-noagent");
+    let path = dir.socket("app.sock");
     let started = Instant::now();
     run_pair(&path, 64 << 20, true, true);
-    // No agent: plain at once, no waiting for a claim.
     assert!(started.elapsed() < Duration::from_secs(30));
+    // No agent: plain at once, no waiting for a claim.
+    assert_connections_do_not_wait(&dir.socket("churn.sock"), true, true, "no agent");
 }
 
 #[test]
 fn unwatched_paths_stay_plain() {
     require_root();
-    let dir = temp_dir("swap-unwatched");
-    let watched = dir.join("watched.sock").to_str().unwrap().to_owned();
-    let other = dir.join("other.sock").to_str().unwrap().to_owned();
+    let dir = TempDir::new("swap-unwatched");
+    let watched = dir.socket("watched.sock");
+    let other = dir.socket("other.sock");
     let agent = start_agent(&watched);
     run_pair(&other, 64 << 20, true, true);
     std::thread::sleep(Duration::from_millis(300));
@@ -95,19 +103,35 @@ fn unwatched_paths_stay_plain() {
 #[test]
 fn a_peer_without_the_hook_gets_every_byte_over_the_plain_socket() {
     require_root();
-    let dir = temp_dir("swap-mixed");
+    let dir = TempDir::new("swap-mixed");
     // Hooked client, plain server: the client's tentative bytes are replayed into the socket.
-    let path = dir.join("plain-server.sock").to_str().unwrap().to_owned();
+    // The server writes at once, so the pending client sees bytes on the real socket and goes
+    // plain at once: well before the agent would decide (2 s after the accept, at its next
+    // once-a-second sweep).
+    let path = dir.socket("plain-server.sock");
     let agent = start_agent(&path);
-    run_pair(&path, 16 << 20, false, true);
+    let took = run_pair(&path, 16 << 20, false, true);
+    eprintln!("hooked client, plain server: 16 MiB each way in {took:?}");
+    assert!(took < Duration::from_millis(1500), "the hooked client waited for the agent's decision: the pair took {took:?}");
     let refused = agent.wait_for("not", &path, 1, Duration::from_secs(5));
     assert!(refused.iter().any(|e| e["reason"].as_str().unwrap_or("").contains("no hook")), "{refused:?}");
     assert!(agent.events("swapped").is_empty());
     assert!(agent.stop().success());
-    // Plain client, hooked server: the server's claim finds no client claim and stays plain.
-    let path = dir.join("plain-client.sock").to_str().unwrap().to_owned();
-    let agent = start_agent(&path);
+    // Plain client, hooked server: the server's claim finds no client claim and stays plain,
+    // without waiting for one (the agent sees that the client does not map the hook).
+    let path = dir.socket("plain-client.sock");
+    let churn = dir.socket("plain-client-churn.sock");
+    let agent = HookedAgent::start(&[&path, &churn]);
     run_pair(&path, 16 << 20, true, false);
+    assert!(agent.events("swapped").is_empty());
+    // Server claims answered plain (those lines carry no path: count them from here on).
+    let server_plain = || agent.events("not").into_iter().filter(|e| e["role"] == "Server").count();
+    let before = server_plain();
+    assert_connections_do_not_wait(&churn, true, false, "a hooked server whose client has no hook");
+    wait_until(Duration::from_secs(5), "every churn server claim traced `not swapped`", || {
+        server_plain() >= before + NO_WAIT_CONNECTIONS as usize
+    });
+    assert_eq!(server_plain(), before + NO_WAIT_CONNECTIONS as usize, "{:?}", agent.events("not"));
     assert!(agent.events("swapped").is_empty());
     assert!(agent.stop().success());
 }
@@ -118,7 +142,8 @@ fn a_peer_without_the_hook_gets_every_byte_over_the_plain_socket() {
 #[test]
 fn epoll_add_after_delete_and_plain_turn() {
     require_root();
-    let path = temp_dir("swap-epoll-turn").join("plain-server.sock").to_str().unwrap().to_owned();
+    let dir = TempDir::new("swap-epoll-turn");
+    let path = dir.socket("plain-server.sock");
     let agent = start_agent(&path);
     let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
     let client = Command::new(env!("CARGO_BIN_EXE_tssx-test-epoll-turn"))

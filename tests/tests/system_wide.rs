@@ -9,12 +9,12 @@
 //! `LD_PRELOAD`: the loader maps the hook only because `/etc/ld.so.preload` names it.
 
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Output},
     time::Duration,
 };
 
-use tssx_tests::{agent_bin, hook, require_root, temp_dir, DefaultAgentLock, HookedAgent, DEFAULT_STATE_DIR};
+use tssx_tests::{agent_bin, hook, require_root, HookedAgent, MachineLock, TempDir, DEFAULT_STATE_DIR};
 
 const STREAM: &str = env!("CARGO_BIN_EXE_tssx-test-stream");
 const PRELOAD_FILE: &str = "/etc/ld.so.preload";
@@ -67,7 +67,7 @@ fn section<'a>(stdout: &'a str, name: &str) -> &'a str {
 #[test]
 fn install_twice_then_uninstall_edits_exactly_one_line() {
     require_root();
-    let dir = temp_dir("sysw-install");
+    let dir = TempDir::new("sysw-install");
     let lib = dir.join("lib").join("libtssx_preload.so");
     let script = r#"
         printf '%s\n' "$OTHER" > /etc/ld.so.preload
@@ -106,7 +106,7 @@ fn install_twice_then_uninstall_edits_exactly_one_line() {
 #[test]
 fn install_refuses_a_file_that_is_not_a_shared_object() {
     require_root();
-    let dir = temp_dir("sysw-refuse");
+    let dir = TempDir::new("sysw-refuse");
     let script = r#"
         echo "not a library" > "$T/broken.so"
         if "$AGENT" install --from "$T/broken.so" --lib-dir "$T/lib" 2>"$T/err"; then echo "--- accepted"; fi
@@ -149,14 +149,13 @@ fn stream_pair_system_wide(dir: &Path, sock: &str) -> String {
 #[test]
 fn installed_hook_swaps_programs_started_without_ld_preload() {
     require_root();
-    let dir = temp_dir("sysw-swap");
-    let sock: PathBuf = dir.join("app.sock");
-    let sock = sock.to_str().unwrap();
-    let agent = HookedAgent::start(&[sock]);
-    stream_pair_system_wide(&dir, sock);
-    let swapped = agent.wait_for("swapped", sock, 1, Duration::from_secs(5));
+    let dir = TempDir::new("sysw-swap");
+    let sock = dir.socket("app.sock");
+    let agent = HookedAgent::start(&[&sock]);
+    stream_pair_system_wide(&dir, &sock);
+    let swapped = agent.wait_for("swapped", &sock, 1, Duration::from_secs(5));
     assert_eq!(swapped.len(), 1, "swapped: {swapped:?}\nnot swapped: {:?}", agent.events("not"));
-    let closed = agent.wait_for("closed", sock, 1, Duration::from_secs(10));
+    let closed = agent.wait_for("closed", &sock, 1, Duration::from_secs(10));
     assert_eq!(closed.len(), 1, "{closed:?}");
     assert_eq!(closed[0]["bytes_client_to_server"].as_u64(), Some(64 << 20));
     assert_eq!(closed[0]["bytes_server_to_client"].as_u64(), Some(64 << 20));
@@ -166,9 +165,8 @@ fn installed_hook_swaps_programs_started_without_ld_preload() {
 #[test]
 fn installed_hook_without_an_agent_passes_through() {
     require_root();
-    let _serial = DefaultAgentLock::acquire();
+    let _serial = MachineLock::acquire();
     assert!(!Path::new(DEFAULT_STATE_DIR).join("paths").exists(), "another tssx-agent is running");
-    let dir = temp_dir("sysw-noagent");
-    let sock = dir.join("app.sock");
-    stream_pair_system_wide(&dir, sock.to_str().unwrap());
+    let dir = TempDir::new("sysw-noagent");
+    stream_pair_system_wide(&dir, &dir.socket("app.sock"));
 }

@@ -50,9 +50,8 @@ pub enum RequestKind {
     Claim = 1,
     /// "List the live connections" (answered with JSON lines, then EOF; for `tssx-agent status`).
     Status = 2,
-    /// "I accepted fd `fd` on a watched path but cannot use shared memory for it (e.g. it is
-    /// non-blocking)": the agent turns the connection plain so the client replays its bytes.
-    Decline = 3,
+    // 3 was `Decline` (a server turning its connection plain), which no hook sent: it is
+    // refused now, and the value stays unused so an old peer is never misread.
     /// "Describe yourself": one JSON object (live segments, limits, eBPF map sizes, control
     /// threads), then EOF; for `tssx-agent status --stats` and leak checks.
     Stats = 4,
@@ -106,8 +105,7 @@ pub enum PlainReason {
     NoSegment = 3,
     /// The request was malformed.
     BadRequest = 4,
-    /// The server declined (its socket is non-blocking, which the hook does not swap yet).
-    Declined = 5,
+    // 5 was `Declined` (the answer to a `Decline` request): unused, and refused when decoded.
     /// The agent already has `--max-connections` live segments (the bound on its memory).
     TooManyConnections = 6,
     /// Another process holds the same end of the connection (a fork's parent or child).
@@ -122,7 +120,6 @@ impl PlainReason {
             2 => Self::PeerHasNoHook,
             3 => Self::NoSegment,
             4 => Self::BadRequest,
-            5 => Self::Declined,
             6 => Self::TooManyConnections,
             7 => Self::NotSoleHolder,
             _ => Self::None,
@@ -137,7 +134,6 @@ impl PlainReason {
             Self::PeerHasNoHook => "peer has no hook (it did not claim its end)",
             Self::NoSegment => "could not create the shared-memory segment",
             Self::BadRequest => "malformed request",
-            Self::Declined => "the server's hook declined the connection",
             Self::TooManyConnections => "connection limit reached (--max-connections live segments)",
             Self::NotSoleHolder => "another process holds the same end (fork): not swapped while it does",
         }
@@ -221,11 +217,6 @@ impl Request {
         Self { magic: CONTROL_MAGIC, version: CONTROL_VERSION, kind: RequestKind::Claim as u32, role: role as u32, fd, flags }
     }
 
-    /// A server declining the swap of its accepted `fd`.
-    pub const fn decline(fd: i32) -> Self {
-        Self { magic: CONTROL_MAGIC, version: CONTROL_VERSION, kind: RequestKind::Decline as u32, role: Role::Server as u32, fd, flags: 0 }
-    }
-
     /// A status request.
     pub const fn status() -> Self {
         Self { magic: CONTROL_MAGIC, version: CONTROL_VERSION, kind: RequestKind::Status as u32, role: 0, fd: -1, flags: 0 }
@@ -259,7 +250,6 @@ impl Request {
         let kind = request.request_kind().ok_or(DecodeError::Kind(request.kind))?;
         let fields_ok = match kind {
             RequestKind::Claim => request.request_role().is_some() && request.fd >= 0 && request.flags & !CLAIM_FLAGS == 0,
-            RequestKind::Decline => request.role == Role::Server as u32 && request.fd >= 0 && request.flags == 0,
             RequestKind::Status | RequestKind::Stats => request.role == 0 && request.fd == -1 && request.flags == 0,
         };
         if !fields_ok {
@@ -273,7 +263,6 @@ impl Request {
         match self.kind {
             1 => Some(RequestKind::Claim),
             2 => Some(RequestKind::Status),
-            3 => Some(RequestKind::Decline),
             4 => Some(RequestKind::Stats),
             _ => None,
         }
@@ -356,9 +345,7 @@ mod tests {
 
     #[test]
     fn requests_round_trip() {
-        for request in
-            [Request::claim(Role::Client, 3), Request::claim(Role::Server, 1023), Request::status(), Request::stats(), Request::decline(4)]
-        {
+        for request in [Request::claim(Role::Client, 3), Request::claim(Role::Server, 1023), Request::status(), Request::stats()] {
             assert_eq!(Request::decode(&request.encode()), Ok(request));
         }
     }
@@ -390,6 +377,10 @@ mod tests {
         let mut bad = good;
         bad[8] = 77;
         assert_eq!(Request::decode(&bad), Err(DecodeError::Kind(77)));
+        // Kind 3 was the retired `Decline`: refused like any unknown kind, whatever its fields.
+        let mut bad = Request::claim(Role::Server, 4).encode();
+        bad[8] = 3;
+        assert_eq!(Request::decode(&bad), Err(DecodeError::Kind(3)));
         let mut bad = good;
         bad[12] = 2; // role
         assert_eq!(Request::decode(&bad), Err(DecodeError::Field));
@@ -414,6 +405,9 @@ mod tests {
         assert_eq!(Reply::decode(&bad), Err(DecodeError::Field));
         let mut bad = Reply::plain(PlainReason::NotSeen).encode();
         bad[12] = 200; // unknown reason
+        assert_eq!(Reply::decode(&bad), Err(DecodeError::Field));
+        let mut bad = Reply::plain(PlainReason::NotSeen).encode();
+        bad[12] = 5; // the retired `Declined`
         assert_eq!(Reply::decode(&bad), Err(DecodeError::Field));
         let mut bad = Reply::plain(PlainReason::NotSeen).encode();
         bad[12] = 8; // the first reason after the last known one

@@ -12,12 +12,11 @@ fn record(ws: &[u32]) -> Vec<u8> {
 }
 
 /// The protocol's rule for a request record with a valid header, written independently of the
-/// decoder: kind 1..=4; claims have role 0 or 1 and fd >= 0; declines role 1 and fd >= 0;
+/// decoder: kind 1, 2 or 4 (3 was the retired `Decline`); claims have role 0 or 1 and fd >= 0;
 /// status and stats role 0 and fd -1; flags only on claims, and only the forked bit (1).
 fn request_allowed(kind: u32, role: u32, fd: i32, flags: u32) -> bool {
     match kind {
         1 => role <= 1 && fd >= 0 && flags <= 1,
-        3 => role == 1 && fd >= 0 && flags == 0,
         2 | 4 => role == 0 && fd == -1 && flags == 0,
         _ => false,
     }
@@ -87,14 +86,14 @@ proptest! {
     }
 
     /// Replies with a valid header: swaps carry no reason, plain and retry replies a known
-    /// non-zero one.
+    /// non-zero one (5, the retired `Declined`, is not known).
     #[test]
     fn replies_are_accepted_exactly_when_allowed(kind in field(), reason in field(), connection in any::<u64>()) {
         let mut bytes = record(&[CONTROL_MAGIC, CONTROL_VERSION, kind, reason]);
         bytes.extend(connection.to_ne_bytes());
         prop_assert_eq!(bytes.len(), REPLY_SIZE);
         let allowed = (kind == ReplyKind::Swap as u32 && reason == 0)
-            || ((kind == ReplyKind::Plain as u32 || kind == ReplyKind::Retry as u32) && (1..=7).contains(&reason));
+            || ((kind == ReplyKind::Plain as u32 || kind == ReplyKind::Retry as u32) && matches!(reason, 1..=4 | 6 | 7));
         let decoded = Reply::decode(&bytes);
         prop_assert_eq!(decoded.is_ok(), allowed, "{:?}", decoded);
         if let Ok(reply) = decoded {

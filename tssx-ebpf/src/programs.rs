@@ -1,4 +1,9 @@
 //! The tracepoint programs and their maps. See the crate docs for the flow.
+//!
+//! Each program's `#[tracepoint(category = ..., name = ...)]` attribute is the only place that
+//! says which tracepoint it attaches to: the attribute names the program's ELF section
+//! (`tracepoint/<category>/<name>`) and the agent's loader reads that table back from the object
+//! (`tssx_agent::loader::tracepoints`). A new program here is attached without touching the agent.
 
 use aya_ebpf::{
     helpers::{

@@ -15,21 +15,21 @@
 //! Every tssx row says how many of its connections the agent traced as `swapped`: a row whose
 //! connections stayed plain measures the hook's pass-through, not the rings.
 //!
-//! It takes the tests' machine-wide lock (`/run/tssx-tests.lock`) and runs its own agent in
-//! `/run/tssx` (where the hook looks). The machine is shared and noisy: compare ratios within
-//! one report, not absolute numbers across reports.
+//! It takes the tests' machine-wide lock ([`MachineLock`]) and runs its own agent in `/run/tssx`
+//! (where the hook looks), through the tests' support layer (`tssx_tests`), which also parses the
+//! agent's JSON trace. The machine is shared and noisy: compare ratios within one report, not
+//! absolute numbers across reports.
 
 use std::{
     fmt::Write as _,
-    io::{BufRead, BufReader, Read},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::{Arc, Mutex},
+    process::{Command, Stdio},
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use anyhow::{bail, ensure, Context as _};
+use anyhow::{ensure, Context as _};
+use tssx_tests::{poll_until, Agent, MachineLock, Process, TempDir};
 
 use super::{sh, step, target_dir, workspace_root};
 
@@ -51,17 +51,17 @@ pub fn report() -> anyhow::Result<()> {
     let hook = bin.join("libtssx_preload.so");
     let out_dir = workspace_root().join("target").join("report");
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    let _lock = MachineLock::acquire()?;
-    let dir = PathBuf::from("/tmp/tssx-report");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    let s = |name: &str| dir.join(name).to_str().expect("ASCII temp dir").to_owned();
+    let _lock = MachineLock::acquire_reporting(|| step("report: waiting for the machine-wide tssx test lock"))
+        .context("locking the machine-wide tssx test lock")?;
+    let dir = TempDir::create("report")?;
+    let s = |name: &str| dir.socket(name);
     let (bench_sock, unwatched) = (s("bench.sock"), s("unwatched.sock"));
     let (redis_tssx, redis_plain, redis_unwatched) = (s("redis.sock"), s("redis-plain.sock"), s("redis-unwatched.sock"));
     let (pg_tssx, pg_plain) = (dir.join("pg-tssx"), dir.join("pg-plain"));
     let pg_sock = format!("{}/.s.PGSQL.{PG_PORT}", pg_tssx.display());
     let load_before = load_average();
-    let agent = Agent::start(&bin, &[&bench_sock, &redis_tssx, &pg_sock])?;
+    let agent = Agent::spawn(&bin.join("tssx-agent"), &[&bench_sock, &redis_tssx, &pg_sock], None, &[])
+        .context("starting tssx-agent (is another agent running in /run/tssx?)")?;
     let mut md = String::new();
     writeln!(md, "# tssx performance report\n")?;
     writeln!(md, "{}\n", machine_line(&load_before))?;
@@ -71,9 +71,9 @@ pub fn report() -> anyhow::Result<()> {
     let mut apps = Table::new(&["benchmark", "metric", "plain", "tssx", "tssx/plain", "tssx connections swapped"]);
     for (clients, requests) in [(1, 20_000), (50, 50_000)] {
         let plain = redis_bench(&dir, &redis_plain, None, clients, requests)?;
-        let before = agent.counts(&redis_tssx);
+        let before = counts(&agent, &redis_tssx);
         let tssx = redis_bench(&dir, &redis_tssx, Some(&hook), clients, requests)?;
-        let swapped = agent.delta(&redis_tssx, before);
+        let swapped = delta(&agent, &redis_tssx, before);
         for (p, t) in plain.iter().zip(&tssx) {
             let name = format!("redis-benchmark -c {clients} -n {requests} {}", p.test);
             apps.row([
@@ -97,9 +97,9 @@ pub fn report() -> anyhow::Result<()> {
     step("report: pgbench -S, one client, plain vs tssx");
     let pg = Postgres::init(&dir)?;
     let plain_tps = pg.bench(&pg_plain, None, true)?;
-    let before = agent.counts(&pg_sock);
+    let before = counts(&agent, &pg_sock);
     let tssx_tps = pg.bench(&pg_tssx, Some(&hook), false)?;
-    let swapped = agent.delta(&pg_sock, before);
+    let swapped = delta(&agent, &pg_sock, before);
     apps.row([
         "pgbench -S -c 1 -T 5".into(),
         "tps".into(),
@@ -148,9 +148,9 @@ pub fn report() -> anyhow::Result<()> {
         Table::new(&["connection set-up (connect, accept, 64 B round trip, close)", "plain", "tssx", "hook, unwatched path", "tssx/plain"]);
     let setup_bin = bin.join("tssx-bench-setup");
     let plain = setup_seconds(&setup_bin, &unwatched, None, 2000)?;
-    let before = agent.counts(&bench_sock);
+    let before = counts(&agent, &bench_sock);
     let tssx = setup_seconds(&setup_bin, &bench_sock, Some(&hook), 200)?;
-    let swapped = agent.delta(&bench_sock, before);
+    let swapped = delta(&agent, &bench_sock, before);
     let unwatched_hook = setup_seconds(&setup_bin, &unwatched, Some(&hook), 2000)?;
     setup.row([
         format!("mean per connection (tssx: {swapped} swapped)"),
@@ -165,7 +165,7 @@ pub fn report() -> anyhow::Result<()> {
     step("report: round-trip latency by message size");
     let mut latency = Table::new(&["message size", "plain", "tssx", "tssx/plain"]);
     let mut points = Vec::new();
-    let before = agent.counts(&bench_sock);
+    let before = counts(&agent, &bench_sock);
     for &size in PLOT_SIZES {
         let n = match size {
             0..=4096 => 20_000,
@@ -177,7 +177,7 @@ pub fn report() -> anyhow::Result<()> {
         latency.row([format!("{size} B"), format!("{plain:.2} us"), format!("{tssx:.2} us"), ratio(tssx, plain)]);
         points.push((size, plain, tssx));
     }
-    let swapped = agent.delta(&bench_sock, before);
+    let swapped = delta(&agent, &bench_sock, before);
     std::fs::write(out_dir.join("latency.svg"), latency_svg(&points)).context("writing latency.svg")?;
     writeln!(md, "## Round-trip latency by message size\n\nOne client, one server process, ping-pong of N bytes each way (tssx connections swapped: {swapped}).\n\n![round-trip latency by message size](latency.svg)\n")?;
     writeln!(md, "{}", latency.render())?;
@@ -199,7 +199,8 @@ pub fn report() -> anyhow::Result<()> {
         md,
         "Load average at the start: {load_before}; at the end: {load_after}. Other work on the machine makes these numbers noisy."
     )?;
-    agent.stop()?;
+    let status = agent.stop();
+    ensure!(status.success(), "tssx-agent exited with {status}");
     let path = out_dir.join("REPORT.md");
     std::fs::write(&path, &md).with_context(|| format!("writing {}", path.display()))?;
     println!("{md}");
@@ -297,97 +298,16 @@ impl Table {
     }
 }
 
-/// The tests' machine-wide lock on the default state directory (see tests/src/lib.rs).
-struct MachineLock(#[allow(dead_code)] std::fs::File);
-
-impl MachineLock {
-    fn acquire() -> anyhow::Result<Self> {
-        use std::os::fd::AsRawFd as _;
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open("/run/tssx-tests.lock")
-            .context("opening /run/tssx-tests.lock")?;
-        step("report: waiting for the machine-wide tssx test lock");
-        loop {
-            // SAFETY: flock on an fd we own.
-            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
-                return Ok(Self(file));
-            }
-            let err = std::io::Error::last_os_error();
-            if err.raw_os_error() != Some(libc::EINTR) {
-                return Err(err).context("flock /run/tssx-tests.lock");
-            }
-        }
-    }
+/// (accepted, swapped) connections on `path` so far in `agent`'s trace, after the trace settles.
+fn counts(agent: &Agent, path: &str) -> (usize, usize) {
+    thread::sleep(Duration::from_millis(300));
+    (agent.events_on("accept", path).len(), agent.events_on("swapped", path).len())
 }
 
-/// The agent in the default state directory, its JSON trace kept for counting.
-struct Agent {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Agent {
-    fn start(bin: &Path, paths: &[&str]) -> anyhow::Result<Self> {
-        let mut child = Command::new(bin.join("tssx-agent"))
-            .args(["--log-format", "json", "--paths", &paths.join(",")])
-            .stdout(Stdio::piped())
-            .spawn()
-            .context("starting tssx-agent")?;
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let stdout = child.stdout.take().expect("piped");
-        let sink = Arc::clone(&lines);
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.contains("\"message\":\"ready") {
-                    let _ = ready_tx.send(());
-                }
-                sink.lock().expect("trace lock").push(line);
-            }
-        });
-        if ready_rx.recv_timeout(Duration::from_secs(60)).is_err() {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("tssx-agent did not become ready (is another agent running in /run/tssx?)");
-        }
-        Ok(Self { child, lines })
-    }
-
-    /// (accepted, swapped) connections on `path` so far, after the trace settles.
-    fn counts(&self, path: &str) -> (usize, usize) {
-        thread::sleep(Duration::from_millis(300));
-        let lines = self.lines.lock().expect("trace lock");
-        let on = format!("\"path\":\"{path}\"");
-        let count = |message: &str| lines.iter().filter(|l| l.contains(message) && l.contains(&on)).count();
-        (count("\"message\":\"accept\""), count("\"message\":\"swapped "))
-    }
-
-    /// `swapped/accepted` since `before`.
-    fn delta(&self, path: &str, before: (usize, usize)) -> String {
-        let now = self.counts(path);
-        format!("{}/{}", now.1 - before.1, now.0 - before.0)
-    }
-
-    fn stop(mut self) -> anyhow::Result<()> {
-        // SAFETY: signals our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let status = self.child.wait()?;
-        ensure!(status.success(), "tssx-agent exited with {status}");
-        Ok(())
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            // SAFETY: signals our own child.
-            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-            let _ = self.child.wait();
-        }
-    }
+/// `swapped/accepted` on `path` since `before` (from [`counts`]).
+fn delta(agent: &Agent, path: &str, before: (usize, usize)) -> String {
+    let now = counts(agent, path);
+    format!("{}/{}", now.1 - before.1, now.0 - before.0)
 }
 
 fn preloaded(program: impl AsRef<std::ffi::OsStr>, preload: Option<&Path>) -> Command {
@@ -399,35 +319,37 @@ fn preloaded(program: impl AsRef<std::ffi::OsStr>, preload: Option<&Path>) -> Co
     cmd
 }
 
-/// A server child, killed if still running when dropped.
-struct Server(Child);
+/// A server in its own process group (PostgreSQL's backends go with it), killed with them if
+/// still running when dropped.
+struct Server(Process);
 
 impl Server {
+    fn start(cmd: Command) -> anyhow::Result<Self> {
+        Ok(Self(Process::try_spawn_group(cmd)?))
+    }
+
+    /// Sends `signal` and checks the server exits cleanly within 30 s.
     fn stop(mut self, signal: i32) -> anyhow::Result<()> {
-        // SAFETY: signals our own child.
-        unsafe { libc::kill(self.0.id() as i32, signal) };
-        let status = self.0.wait()?;
-        ensure!(status.success(), "server exited with {status}");
+        let status = self.0.stop(signal, Duration::from_secs(30));
+        let status = status.with_context(|| format!("{} did not exit within 30 s; stderr: {}", self.0.name(), self.0.stderr_text()))?;
+        ensure!(status.success(), "{} exited with {status}; stderr: {}", self.0.name(), self.0.stderr_text());
         Ok(())
     }
-}
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        if self.0.try_wait().ok().flatten().is_none() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
+    /// Waits up to 30 s for `ready`; fails at once if the server died.
+    fn wait_ready(&mut self, what: &str, mut ready: impl FnMut() -> bool) -> anyhow::Result<()> {
+        let mut died = None;
+        let became_ready = poll_until(Duration::from_secs(30), || {
+            died = self.0.try_wait();
+            died.is_some() || ready()
+        });
+        if let Some(status) = died {
+            self.0.wait_closed(Duration::from_secs(1));
+            anyhow::bail!("{what} exited early: {status}; stderr: {}", self.0.stderr_text());
         }
+        ensure!(became_ready, "{what} not ready after 30 s");
+        Ok(())
     }
-}
-
-fn wait_until(what: &str, mut ready: impl FnMut() -> bool) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ready() {
-        ensure!(Instant::now() < deadline, "{what} not ready after 30 s");
-        thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
 }
 
 /// One tssx-bench worker pair (`serve`/`drive`) on `path`: the client's seconds.
@@ -445,21 +367,19 @@ fn setup_seconds(setup_bin: &Path, path: &str, preload: Option<&Path>, count: u3
 /// parses the number the client prints.
 fn worker_pair(program: &Path, preload: Option<&Path>, args: &[String]) -> anyhow::Result<f64> {
     let _ = std::fs::remove_file(&args[0]);
-    let mut server = preloaded(program, preload)
-        .arg("serve")
-        .args(args)
-        .stdout(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {}", program.display()))?;
-    let mut ready = [0u8; 6];
-    server.stdout.as_mut().expect("piped").read_exact(&mut ready).context("waiting for the bench server")?;
+    let mut cmd = preloaded(program, preload);
+    cmd.arg("serve").args(args);
+    let mut server = Process::try_spawn(cmd)?;
+    let ready = server.next_line(Duration::from_secs(30));
+    ensure!(ready.as_deref() == Some("ready"), "{} serve said {ready:?}; stderr: {}", program.display(), server.stderr_text());
     let out = preloaded(program, preload).arg("drive").args(args).stderr(Stdio::inherit()).output()?;
-    let server_status = server.wait()?;
+    let server_status = server.wait(Duration::from_secs(600)).context("the bench server did not exit within 600 s")?;
     ensure!(
         out.status.success() && server_status.success(),
-        "{} drive {args:?}: client {}, server {server_status}",
+        "{} drive {args:?}: client {}, server {server_status}; server stderr: {}",
         program.display(),
-        out.status
+        out.status,
+        server.stderr_text()
     );
     let text = String::from_utf8_lossy(&out.stdout);
     text.trim().parse().with_context(|| format!("{} printed {text:?}", program.display()))
@@ -476,17 +396,11 @@ struct RedisResult {
 /// choice) with `clients` clients, stops the server.
 fn redis_bench(dir: &Path, sock: &str, preload: Option<&Path>, clients: u32, requests: u32) -> anyhow::Result<Vec<RedisResult>> {
     let _ = std::fs::remove_file(sock);
-    let server = preloaded("redis-server", preload)
-        .args(["--port", "0", "--unixsocket", sock, "--unixsocketperm", "700", "--save", "", "--appendonly", "no", "--daemonize", "no"])
-        .arg("--dir")
-        .arg(dir)
-        .arg("--logfile")
-        .arg(dir.join("redis.log"))
-        .stdout(Stdio::null())
-        .spawn()
-        .context("starting redis-server (cargo xtask setup installs it)")?;
-    let server = Server(server);
-    wait_until("redis-server", || Path::new(sock).exists())?;
+    let mut cmd = preloaded("redis-server", preload);
+    cmd.args(["--port", "0", "--unixsocket", sock, "--unixsocketperm", "700", "--save", "", "--appendonly", "no", "--daemonize", "no"]);
+    cmd.arg("--dir").arg(dir).arg("--logfile").arg(dir.join("redis.log"));
+    let mut server = Server::start(cmd).context("starting redis-server (cargo xtask setup installs it)")?;
+    server.wait_ready("redis-server", || Path::new(sock).exists())?;
     let out = preloaded("redis-benchmark", preload)
         .args(["-s", sock, "-c", &clients.to_string(), "-n", &requests.to_string(), "-t", "ping,set,get", "--csv"])
         .stderr(Stdio::inherit())
@@ -538,21 +452,16 @@ impl Postgres {
         std::fs::create_dir_all(sock_dir)?;
         sh(Command::new("chown").arg("postgres:postgres").arg(sock_dir))?;
         let sock_dir = sock_dir.to_str().context("non-UTF-8 dir")?;
-        let server = Self::as_postgres(&format!("{PG_BIN}/postgres"), preload)
-            .arg("-D")
-            .arg(&self.data)
-            .args(["-k", sock_dir, "-p", PG_PORT, "-c", "listen_addresses=", "-c", "fsync=off", "-c", "shared_buffers=32MB"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting postgres")?;
-        let server = Server(server);
+        let mut cmd = Self::as_postgres(&format!("{PG_BIN}/postgres"), preload);
+        cmd.arg("-D").arg(&self.data);
+        cmd.args(["-k", sock_dir, "-p", PG_PORT, "-c", "listen_addresses=", "-c", "fsync=off", "-c", "shared_buffers=32MB"]);
+        let mut server = Server::start(cmd).context("starting postgres")?;
         let client = |program: &str| {
             let mut cmd = preloaded(format!("{PG_BIN}/{program}"), preload);
             cmd.args(["-h", sock_dir, "-p", PG_PORT, "-U", "postgres"]);
             cmd
         };
-        wait_until("postgres", || client("pg_isready").arg("-q").status().is_ok_and(|s| s.success()))?;
+        server.wait_ready("postgres", || client("pg_isready").arg("-q").status().is_ok_and(|s| s.success()))?;
         if initialize {
             let out = client("pgbench").args(["-i", "-s", "1", "-q", "postgres"]).output()?;
             ensure!(out.status.success(), "pgbench -i failed: {}", String::from_utf8_lossy(&out.stderr));

@@ -8,11 +8,14 @@
 //! `tssx-test-churn client PATH N KILL_EVERY`: opens N connections one after the other; each
 //! sends 64 bytes, checks the echo and closes. Every KILL_EVERY-th connection (0: none) is made
 //! instead by a child process (`tssx-test-churn victim PATH I`) that connects, sends its message
-//! and is killed with SIGKILL while it waits for the echo. Prints the same `done` line.
+//! and is killed with SIGKILL while it waits for the echo. Prints the same `done` line, followed
+//! by `elapsed_us=T slowest_us=S`: the time from the first connect to the last close, and the
+//! longest single connection (connect, message, echo, close), in microseconds.
 use std::{
     io::{BufRead, BufReader, Read, Write},
     os::unix::net::{UnixListener, UnixStream},
     process::{Command, Stdio},
+    time::{Duration, Instant},
 };
 
 const MSG: usize = 64;
@@ -75,7 +78,10 @@ fn main() {
             let before = fds();
             let me = std::env::current_exe().expect("current_exe");
             let mut ok = 0;
+            let started = Instant::now();
+            let mut slowest = Duration::ZERO;
             for i in 0..n {
+                let one = Instant::now();
                 if kill_every > 0 && i % kill_every == kill_every - 1 {
                     let mut child =
                         Command::new(&me).args(["victim", &path, &i.to_string()]).stdout(Stdio::piped()).spawn().expect("spawn victim");
@@ -88,8 +94,16 @@ fn main() {
                     one_client(&path, i);
                     ok += 1;
                 }
+                slowest = slowest.max(one.elapsed());
             }
-            say(&format!("done ok={ok} fds_before={before} fds_after={} memfd_maps={}", fds(), memfd_maps()));
+            let elapsed = started.elapsed();
+            say(&format!(
+                "done ok={ok} fds_before={before} fds_after={} memfd_maps={} elapsed_us={} slowest_us={}",
+                fds(),
+                memfd_maps(),
+                elapsed.as_micros(),
+                slowest.as_micros()
+            ));
         }
         "victim" => {
             let mut s = UnixStream::connect(&path).expect("connect");

@@ -1,7 +1,8 @@
-//! Full-duplex stream checker used by the end-to-end tests (plain std, no tssx code).
+//! Full-duplex stream checker used by the end-to-end tests (plain std sockets; its generator is
+//! the tests' [`Rng`]).
 //!
 //! `tssx-test-stream server|client PATH BYTES SEED`: the server accepts one connection on PATH,
-//! the client connects to it. Each side sends BYTES pseudo-random bytes (xorshift from SEED and
+//! the client connects to it. Each side sends BYTES pseudo-random bytes (xorshift64* from SEED and
 //! its role) in random write sizes from 1 B to 1 MiB, while reading the peer's BYTES in random
 //! read sizes and checking every byte against the same generator. Then the client closes and
 //! the server must read EOF. Prints `ok sent=N received=N` and exits 0, or exits non-zero.
@@ -13,31 +14,26 @@ use std::{
     thread,
 };
 
-/// Deterministic byte stream (xorshift64*): the same bytes whatever the chunk sizes.
+use tssx_tests::Rng;
+
+/// Deterministic byte stream over the tests' [`Rng`]: the same bytes whatever the chunk sizes
+/// (a word's bytes left over by one call start the next).
 struct Stream {
-    state: u64,
+    rng: Rng,
     word: [u8; 8],
     used: usize,
 }
 
-#[allow(non_snake_case)]
-fn Stream(seed: u64) -> Stream {
-    Stream { state: seed, word: [0; 8], used: 8 }
-}
-
 impl Stream {
-    fn next(&mut self) -> u64 {
-        self.state ^= self.state >> 12;
-        self.state ^= self.state << 25;
-        self.state ^= self.state >> 27;
-        self.state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    fn new(seed: u64) -> Self {
+        Self { rng: Rng::new(seed), word: [0; 8], used: 8 }
     }
 
     fn fill(&mut self, buf: &mut [u8]) {
         let mut at = 0;
         while at < buf.len() {
             if self.used == 8 {
-                self.word = self.next().to_le_bytes();
+                self.word = self.rng.next().to_le_bytes();
                 self.used = 0;
             }
             let n = (8 - self.used).min(buf.len() - at);
@@ -49,8 +45,8 @@ impl Stream {
 
     /// A size from 1 to 1 MiB, log-uniform so that tiny and huge transfers both occur.
     fn size(&mut self) -> usize {
-        let bits = self.next() % 21; // 2^0 .. 2^20
-        1 + (self.next() as usize % (1usize << bits))
+        let bits = self.rng.below(21); // 2^0 .. 2^20
+        1 + self.rng.below(1 << bits) as usize
     }
 }
 
@@ -83,7 +79,7 @@ fn main() {
     let peer_seed = seed.wrapping_mul(2).wrapping_add(u64::from(!server)) | 1;
     let mut writer = stream.try_clone().expect("try_clone");
     let sender = thread::spawn(move || {
-        let (mut data, mut sizes) = (Stream(my_seed), Stream(my_seed ^ 0xABCD));
+        let (mut data, mut sizes) = (Stream::new(my_seed), Stream::new(my_seed ^ 0xABCD));
         let mut buf = vec![0u8; 1 << 20];
         let mut sent = 0u64;
         while sent < bytes {
@@ -95,7 +91,7 @@ fn main() {
         sent
     });
     let mut reader = stream;
-    let (mut expect, mut sizes) = (Stream(peer_seed), Stream(peer_seed ^ 0x1234));
+    let (mut expect, mut sizes) = (Stream::new(peer_seed), Stream::new(peer_seed ^ 0x1234));
     let mut buf = vec![0u8; 1 << 20];
     let mut want = vec![0u8; 1 << 20];
     let mut received = 0u64;

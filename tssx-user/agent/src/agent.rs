@@ -35,13 +35,12 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     raise_fd_limit(config.max_connections);
     let (mut watcher, channels) = Watcher::load(&config.paths)?;
     let feed = std::sync::Arc::new(EventFeed::new(channels.events));
-    let registry =
-        control::Registry::new(config.paths.clone(), config.ring_size, config.max_connections, Some(std::sync::Arc::clone(&feed)));
-    control::serve(std::sync::Arc::clone(&registry), state.dir())?;
+    let control = control::Control::new(config.paths.clone(), config.ring_size, config.max_connections, Some(std::sync::Arc::clone(&feed)));
+    control::serve(std::sync::Arc::clone(&control), state.dir())?;
     state.publish_paths(&config.paths)?;
 
     // SAFETY: the fd belongs to the ring buffer inside `feed`, which is kept alive (by the
-    // registry and this function) until after this AsyncFd is dropped (see the end).
+    // control plane and this function) until after this AsyncFd is dropped (see the end).
     let mut events = unsafe { AsyncFd::register(RawFdHolder(feed.raw_fd())) }.context("polling the events ring buffer")?;
     let mut logs = match watcher.log_fd().map(RawFdHolder) {
         // SAFETY: the fd belongs to the logger inside `watcher`, which is dropped only after
@@ -68,7 +67,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             guard = events.readable_mut() => {
                 // Cleared before reading: an event submitted meanwhile makes it ready again.
                 guard.context("waiting for events")?.clear_ready();
-                handle_events(&registry, &mut watcher, &config.paths, &feed.take());
+                handle_events(&control, &mut watcher, &config.paths, &feed.take());
             }
             guard = async { logs.as_mut().expect("guarded by the if").readable_mut().await }, if logs.is_some() => {
                 let mut guard = guard.context("waiting for eBPF logs")?;
@@ -76,9 +75,9 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                 guard.clear_ready();
             }
             _ = drop_check.tick() => {
-                handle_events(&registry, &mut watcher, &config.paths, &feed.take());
-                registry.sweep();
-                registry.set_map_entries(watcher.map_entries());
+                handle_events(&control, &mut watcher, &config.paths, &feed.take());
+                control.sweep();
+                control.set_map_entries(watcher.map_entries());
                 let dropped = watcher.dropped_events().unwrap_or(dropped_seen);
                 if dropped > dropped_seen {
                     tracing::warn!(dropped = dropped - dropped_seen, total = dropped, "events lost: the events ring buffer was full");
@@ -120,14 +119,14 @@ fn raise_fd_limit(max_connections: usize) {
     }
 }
 
-/// Records, traces and acts on events in the kernel's order: `taken.recorded` were recorded in
-/// the registry by claim workers already, `taken.fresh` were not.
-fn handle_events(registry: &control::Registry, watcher: &mut Watcher, paths: &[WatchedPath], taken: &crate::feed::Taken) {
+/// Records, traces and acts on events in the kernel's order: `taken.recorded` were recorded for
+/// claims by claim workers already, `taken.fresh` were not.
+fn handle_events(control: &control::Control, watcher: &mut Watcher, paths: &[WatchedPath], taken: &crate::feed::Taken) {
     for event in &taken.recorded {
         handle_event(watcher, event, paths);
     }
     for event in &taken.fresh {
-        registry.record(event);
+        control.record(event);
         handle_event(watcher, event, paths);
     }
 }

@@ -5,7 +5,7 @@
 //! agent, its event is already in the ring buffer. Rather than wait for the event loop to be
 //! scheduled, read the ring and record the event (two wake-ups), a claim worker that does not
 //! find its event drains the ring itself ([`EventFeed::drain`]): connect and accept events are
-//! recorded in the [`Registry`] at once, and every drained event is forwarded to the event loop,
+//! recorded in the claims' registry at once, and every drained event is forwarded to the event loop,
 //! which traces it and acts on it (fork/exit) as if it had read it itself.
 //!
 //! Order: the ring is drained under one lock, and the forwarded events are queued before that
@@ -21,8 +21,6 @@ use std::sync::{Mutex, MutexGuard};
 
 use aya::maps::{MapData, RingBuf};
 use tssx_common::event::Event;
-
-use crate::control::Registry;
 
 /// The shared events ring buffer and the queue of events drained by claim workers.
 pub struct EventFeed {
@@ -61,13 +59,13 @@ impl EventFeed {
         self.ring.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// For a claim worker: reads every event in the ring, records the connect/accept ones in
-    /// `registry` and forwards all of them to the event loop.
-    pub fn drain(&self, registry: &Registry) {
+    /// For a claim worker: reads every event in the ring, passes each to `record` (which keeps
+    /// the connect/accept ones for claims) and forwards all of them to the event loop.
+    pub fn drain(&self, mut record: impl FnMut(&Event)) {
         let mut ring = self.lock();
         let batch = read_all(&mut ring.ring);
         for event in &batch {
-            registry.record(event);
+            record(event);
         }
         // Queued under the ring lock (see the module doc).
         ring.forwarded.extend(batch);

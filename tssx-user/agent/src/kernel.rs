@@ -11,9 +11,10 @@ pub const BPFFS: &str = "/sys/fs/bpf";
 pub const TRACEFS: &str = "/sys/kernel/tracing";
 
 /// Error from the kernel-facts helpers.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum KernelError {
     /// `mount` failed.
+    #[error("cannot mount {fstype} on {target}: {source}")]
     Mount {
         /// Filesystem type.
         fstype: &'static str,
@@ -23,6 +24,7 @@ pub enum KernelError {
         source: io::Error,
     },
     /// A tracepoint format file could not be read.
+    #[error("cannot read the format of tracepoint {tracepoint}: {source}")]
     Format {
         /// The tracepoint, `category/name`.
         tracepoint: String,
@@ -30,37 +32,13 @@ pub enum KernelError {
         source: io::Error,
     },
     /// A field the programs need is not in the tracepoint's format.
+    #[error("tracepoint {tracepoint} has no field `{field}` on this kernel")]
     MissingField {
         /// The tracepoint, `category/name`.
         tracepoint: String,
         /// The field name.
         field: &'static str,
     },
-}
-
-impl std::fmt::Display for KernelError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Mount { fstype, target, source } => {
-                write!(f, "cannot mount {fstype} on {target}: {source}")
-            }
-            Self::Format { tracepoint, source } => {
-                write!(f, "cannot read the format of tracepoint {tracepoint}: {source}")
-            }
-            Self::MissingField { tracepoint, field } => {
-                write!(f, "tracepoint {tracepoint} has no field `{field}` on this kernel")
-            }
-        }
-    }
-}
-
-impl std::error::Error for KernelError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Self::Mount { source, .. } | Self::Format { source, .. } => Some(source),
-            Self::MissingField { .. } => None,
-        }
-    }
 }
 
 /// True if some filesystem of type `fstype` is mounted on `target` (per /proc/self/mounts).
@@ -163,6 +141,16 @@ mod tests {
         assert_eq!(field_offset(FORK_OLD, "group_dead"), None);
         // A field name that is a suffix of another must not match it.
         assert_eq!(field_offset(FORK_OLD, "pid"), None);
+    }
+
+    #[test]
+    fn error_messages() {
+        let missing = KernelError::MissingField { tracepoint: "sched/sched_process_fork".into(), field: "child_pid" };
+        assert_eq!(missing.to_string(), "tracepoint sched/sched_process_fork has no field `child_pid` on this kernel");
+        assert!(std::error::Error::source(&missing).is_none());
+        let mount = KernelError::Mount { fstype: "bpf", target: BPFFS, source: io::Error::from_raw_os_error(libc::EPERM) };
+        assert!(mount.to_string().starts_with("cannot mount bpf on /sys/fs/bpf: "), "{mount}");
+        assert!(std::error::Error::source(&mount).is_some());
     }
 
     #[test]

@@ -15,30 +15,78 @@ use tssx_common::{
 
 use crate::{kernel, paths::WatchedPath};
 
-/// The tracepoints the programs attach to: `(program name, category, tracepoint)`.
-pub const TRACEPOINTS: &[(&str, &str, &str)] = &[
-    ("tssx_enter_bind", "syscalls", "sys_enter_bind"),
-    ("tssx_exit_bind", "syscalls", "sys_exit_bind"),
-    ("tssx_enter_listen", "syscalls", "sys_enter_listen"),
-    ("tssx_exit_listen", "syscalls", "sys_exit_listen"),
-    ("tssx_enter_connect", "syscalls", "sys_enter_connect"),
-    ("tssx_exit_connect", "syscalls", "sys_exit_connect"),
-    ("tssx_enter_accept", "syscalls", "sys_enter_accept"),
-    ("tssx_exit_accept", "syscalls", "sys_exit_accept"),
-    ("tssx_enter_accept4", "syscalls", "sys_enter_accept4"),
-    ("tssx_exit_accept4", "syscalls", "sys_exit_accept4"),
-    ("tssx_enter_close", "syscalls", "sys_enter_close"),
-    ("tssx_enter_clone", "syscalls", "sys_enter_clone"),
-    ("tssx_enter_clone3", "syscalls", "sys_enter_clone3"),
-    ("tssx_process_fork", "sched", "sched_process_fork"),
-    ("tssx_process_exit", "sched", "sched_process_exit"),
-];
+/// The eBPF object built by `build.rs` (empty when built with `TSSX_SKIP_EBPF=1`), aligned as
+/// the ELF parser wants.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tssx"));
 
-/// `include_bytes!` with the alignment the ELF parser wants.
-#[repr(C, align(32))]
-struct Aligned<B: ?Sized>(B);
+/// One tracepoint program of the object and the tracepoint it attaches to.
+///
+/// The one place that says which program watches which tracepoint is its
+/// `#[tracepoint(category = ..., name = ...)]` attribute in `tssx-ebpf/src/programs.rs`: the
+/// attribute puts the program in the ELF section `tracepoint/<category>/<name>`, and
+/// [`tracepoints`] reads the table back from the object, so there is no second list to keep
+/// in step.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tracepoint {
+    /// The program's name (its symbol, as aya names it).
+    pub program: String,
+    /// The tracepoint's category (`syscalls`, `sched`).
+    pub category: String,
+    /// The tracepoint's name within the category (`sys_enter_bind`).
+    pub name: String,
+}
 
-static EBPF_OBJECT: &Aligned<[u8]> = &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/tssx")));
+/// Why the tracepoint table could not be read from an eBPF object.
+#[derive(Debug, thiserror::Error)]
+pub enum ObjectError {
+    /// Not an ELF object the parser understands.
+    #[error("cannot parse the eBPF object: {0}")]
+    Parse(#[from] object::Error),
+    /// A program in a `tracepoint` section that does not name its tracepoint.
+    #[error("eBPF program {program} is in section `{section}`, which names no tracepoint (expected tracepoint/<category>/<name>)")]
+    Unnamed {
+        /// The program.
+        program: String,
+        /// Its section.
+        section: String,
+    },
+}
+
+/// The tracepoint programs of the ELF object `elf`, read from their section names, in the order
+/// they are attached: per syscall its `sys_enter_*` program before its `sys_exit_*` one (an exit
+/// never waits for an enter that is not attached yet), syscall tracepoints before the others.
+///
+/// Like aya, a program is a named function symbol in a program section.
+pub fn tracepoints(elf: &[u8]) -> Result<Vec<Tracepoint>, ObjectError> {
+    use object::{Object as _, ObjectSection as _, ObjectSymbol as _, SymbolKind};
+    let file = object::File::parse(elf)?;
+    let mut found = Vec::new();
+    for symbol in file.symbols() {
+        let (Ok(program), SymbolKind::Text, Some(index)) = (symbol.name(), symbol.kind(), symbol.section_index()) else { continue };
+        if program.is_empty() {
+            continue;
+        }
+        let section = file.section_by_index(index)?;
+        let section = section.name()?;
+        let Some(rest) = section.strip_prefix("tracepoint/").or_else(|| section.strip_prefix("tp/")) else { continue };
+        let Some((category, name)) = rest.split_once('/').filter(|(c, n)| !c.is_empty() && !n.is_empty() && !n.contains('/')) else {
+            return Err(ObjectError::Unnamed { program: program.to_owned(), section: section.to_owned() });
+        };
+        found.push(Tracepoint { program: program.to_owned(), category: category.to_owned(), name: name.to_owned() });
+    }
+    found.sort_by(|a, b| attach_order(a).cmp(&attach_order(b)));
+    Ok(found)
+}
+
+/// Sort key for [`tracepoints`]: syscalls first, then by syscall, enter before exit.
+fn attach_order(tp: &Tracepoint) -> (bool, &str, bool, &str) {
+    let (stem, exit) = match (tp.name.strip_prefix("sys_enter_"), tp.name.strip_prefix("sys_exit_")) {
+        (Some(stem), _) => (stem, false),
+        (_, Some(stem)) => (stem, true),
+        _ => (tp.name.as_str(), false),
+    };
+    (tp.category != "syscalls", stem, exit, tp.program.as_str())
+}
 
 /// The loaded and attached programs. Dropping it detaches everything.
 pub struct Watcher {
@@ -57,10 +105,11 @@ pub struct Channels {
 impl Watcher {
     /// Loads the programs, publishes `paths` (ids are their positions) and attaches everything.
     pub fn load(paths: &[WatchedPath]) -> anyhow::Result<(Self, Channels)> {
-        if EBPF_OBJECT.0.is_empty() {
+        if EBPF_OBJECT.is_empty() {
             bail!("this tssx-agent was built without its eBPF programs (TSSX_SKIP_EBPF=1); rebuild without it");
         }
-        let mut ebpf = EbpfLoader::new().load(&EBPF_OBJECT.0).context(
+        let tracepoints = tracepoints(EBPF_OBJECT).context("reading the tracepoint programs of the embedded eBPF object")?;
+        let mut ebpf = EbpfLoader::new().load(EBPF_OBJECT).context(
             "the kernel refused the tssx eBPF maps (is this a BPF-enabled kernel, and are we root in the initial user namespace?)",
         )?;
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
@@ -74,7 +123,7 @@ impl Watcher {
         let mut watcher = Self { ebpf, logger };
         watcher.set_config(config)?;
         watcher.set_paths(paths)?;
-        watcher.attach_all()?;
+        watcher.attach_all(&tracepoints)?;
         let events = watcher.ebpf.take_map(maps::EVENTS).ok_or_else(|| anyhow!("eBPF object has no {} map", maps::EVENTS))?;
         let events = RingBuf::try_from(events).context("EVENTS is not a ring buffer")?;
         Ok((watcher, Channels { events }))
@@ -94,8 +143,11 @@ impl Watcher {
         Ok(())
     }
 
-    fn attach_all(&mut self) -> anyhow::Result<()> {
-        for &(name, category, tracepoint) in TRACEPOINTS {
+    fn attach_all(&mut self, tracepoints: &[Tracepoint]) -> anyhow::Result<()> {
+        if tracepoints.is_empty() {
+            bail!("the embedded eBPF object has no tracepoint programs");
+        }
+        for Tracepoint { program: name, category, name: tracepoint } in tracepoints {
             let program: &mut TracePoint = self
                 .ebpf
                 .program_mut(name)
@@ -200,4 +252,65 @@ fn one_line(err: anyhow::Error) -> anyhow::Error {
         tracing::debug!("full error: {text}");
     }
     anyhow!(first)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tp(program: &str, category: &str, name: &str) -> Tracepoint {
+        Tracepoint { program: program.into(), category: category.into(), name: name.into() }
+    }
+
+    #[test]
+    fn enter_is_attached_before_exit_and_syscalls_first() {
+        let mut list = [
+            tp("exit_b", "syscalls", "sys_exit_bind"),
+            tp("fork", "sched", "sched_process_fork"),
+            tp("enter_c", "syscalls", "sys_enter_connect"),
+            tp("enter_b", "syscalls", "sys_enter_bind"),
+            tp("exit_c", "syscalls", "sys_exit_connect"),
+        ];
+        list.sort_by(|a, b| attach_order(a).cmp(&attach_order(b)));
+        let order: Vec<&str> = list.iter().map(|t| t.program.as_str()).collect();
+        assert_eq!(order, ["enter_b", "exit_b", "enter_c", "exit_c", "fork"]);
+    }
+
+    #[test]
+    fn a_non_elf_object_is_an_error() {
+        assert!(matches!(tracepoints(b"not an ELF object"), Err(ObjectError::Parse(_))));
+    }
+
+    /// The table read from the embedded object (skipped when built with `TSSX_SKIP_EBPF=1`):
+    /// every program once, every `sys_exit_*` after its `sys_enter_*`, and the tracepoints the
+    /// agent relies on (the events it pairs claims with, and the `sched` formats it reads).
+    #[test]
+    fn the_embedded_object_names_its_tracepoints() {
+        if EBPF_OBJECT.is_empty() {
+            return;
+        }
+        let table = tracepoints(EBPF_OBJECT).unwrap();
+        let position = |category: &str, name: &str| table.iter().position(|t| t.category == category && t.name == name);
+        for (category, name) in [
+            ("syscalls", "sys_exit_connect"),
+            ("syscalls", "sys_exit_accept"),
+            ("syscalls", "sys_exit_accept4"),
+            ("syscalls", "sys_exit_bind"),
+            ("sched", "sched_process_fork"),
+            ("sched", "sched_process_exit"),
+        ] {
+            assert!(position(category, name).is_some(), "no program for {category}/{name}: {table:?}");
+        }
+        let mut programs: Vec<&str> = table.iter().map(|t| t.program.as_str()).collect();
+        programs.sort_unstable();
+        programs.dedup();
+        assert_eq!(programs.len(), table.len(), "a program listed twice: {table:?}");
+        for (i, t) in table.iter().enumerate() {
+            assert!(t.program.starts_with("tssx_"), "{t:?}");
+            if let Some(stem) = t.name.strip_prefix("sys_exit_") {
+                let enter = position(&t.category, &format!("sys_enter_{stem}")).unwrap_or_else(|| panic!("{t:?} has no enter program"));
+                assert!(enter < i, "{t:?} is attached before its enter program");
+            }
+        }
+    }
 }

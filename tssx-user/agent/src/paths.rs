@@ -18,15 +18,19 @@ pub enum WatchedPath {
 }
 
 /// Why a `--paths` entry was refused.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
     /// Nothing between two commas, or an empty argument.
+    #[error("empty socket path")]
     Empty,
     /// `@` alone.
+    #[error("abstract socket name `@` has no name after the @")]
     EmptyAbstract,
     /// A filesystem path that does not start with `/`.
+    #[error("socket path `{0}` is relative: give an absolute path (starting with /) or @name for an abstract socket")]
     Relative(String),
     /// Longer than `sun_path` can hold.
+    #[error("socket path `{path}` is {len} bytes long; a Unix socket path holds at most {MAX_NAME_LEN} bytes")]
     TooLong {
         /// The offending path.
         path: String,
@@ -34,26 +38,9 @@ pub enum PathError {
         len: usize,
     },
     /// Contains a NUL byte, which `sun_path` cannot carry in a filesystem path.
+    #[error("socket path `{}` contains a NUL byte", .0.escape_debug())]
     Nul(String),
 }
-
-impl fmt::Display for PathError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Empty => write!(f, "empty socket path"),
-            Self::EmptyAbstract => write!(f, "abstract socket name `@` has no name after the @"),
-            Self::Relative(p) => {
-                write!(f, "socket path `{p}` is relative: give an absolute path (starting with /) or @name for an abstract socket")
-            }
-            Self::TooLong { path, len } => {
-                write!(f, "socket path `{path}` is {len} bytes long; a Unix socket path holds at most {MAX_NAME_LEN} bytes")
-            }
-            Self::Nul(p) => write!(f, "socket path `{}` contains a NUL byte", p.escape_debug()),
-        }
-    }
-}
-
-impl std::error::Error for PathError {}
 
 impl FromStr for WatchedPath {
     type Err = PathError;
@@ -158,6 +145,11 @@ mod tests {
         assert_eq!("".parse::<WatchedPath>(), Err(PathError::Empty));
         assert_eq!("@".parse::<WatchedPath>(), Err(PathError::EmptyAbstract));
         assert!(PathError::Relative("x".into()).to_string().contains("absolute"));
+        assert_eq!(
+            PathError::TooLong { path: "/x".into(), len: 108 }.to_string(),
+            format!("socket path `/x` is 108 bytes long; a Unix socket path holds at most {MAX_NAME_LEN} bytes")
+        );
+        assert_eq!(PathError::Nul("/a\0b".into()).to_string(), "socket path `/a\\0b` contains a NUL byte");
     }
 
     #[test]

@@ -1,8 +1,15 @@
-//! Finding the other end of a Unix stream connection: the socket inode of a process's fd
-//! (`/proc/PID/fd/FD`) and the peer's inode (`NETLINK_SOCK_DIAG`, `UNIX_DIAG_PEER`).
+//! The two `NETLINK_SOCK_DIAG` queries the agent makes about Unix sockets: the peer of one socket
+//! (`UNIX_DIAG_PEER`) and the client sockets waiting in accept queues (`UNIX_DIAG_ICONS`).
 //!
-//! The agent pairs a client's claim with a server's by these inodes: the client socket's peer is
-//! the server's accepted socket from the moment `connect()` returns, before `accept()`.
+//! The agent pairs a client's claim with a server's by socket inodes: the client socket's peer is
+//! the server's accepted socket from the moment `connect()` returns, before `accept()` (the
+//! socket inode of a process's fd comes from `/proc`, see `control::host`).
+//!
+//! Written by hand rather than with `netlink-packet-sock-diag`: the two queries are one
+//! fixed-size request each and their replies are walked in a few dozen lines, while that crate
+//! is only the message codec (the socket, the dump loop and the error handling would stay here)
+//! and would add four crates (itself, `netlink-packet-core`, `zerocopy`, `zerocopy-derive`),
+//! none with a declared minimum Rust version, to a daemon that runs as root.
 
 use std::{io, mem::size_of};
 
@@ -46,17 +53,6 @@ struct UnixDiagMsg {
 struct Request {
     header: libc::nlmsghdr,
     body: UnixDiagReq,
-}
-
-/// The socket inode behind `fd` of process `pid`, or `None` if that fd is not a socket.
-pub fn socket_inode(pid: u32, fd: i32) -> io::Result<Option<u32>> {
-    let link = std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))?;
-    Ok(parse_socket_link(&link.to_string_lossy()))
-}
-
-/// Parses `socket:[12345]`.
-pub fn parse_socket_link(link: &str) -> Option<u32> {
-    link.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
 }
 
 /// A `NETLINK_SOCK_DIAG` socket with `body` sent on it (flags: `NLM_F_REQUEST` plus `extra`).
@@ -235,13 +231,7 @@ mod tests {
     use std::os::{fd::AsRawFd, unix::net::UnixStream};
 
     use super::*;
-
-    #[test]
-    fn parses_socket_links() {
-        assert_eq!(parse_socket_link("socket:[35947]"), Some(35947));
-        assert_eq!(parse_socket_link("pipe:[1]"), None);
-        assert_eq!(parse_socket_link("/dev/null"), None);
-    }
+    use crate::control::host::socket_inode;
 
     #[test]
     fn finds_the_peer_of_a_real_connection() {
@@ -268,9 +258,7 @@ mod tests {
     }
 
     #[test]
-    fn unknown_inode_and_non_socket() {
+    fn unknown_inode_has_no_peer() {
         assert_eq!(unix_peer(u32::MAX - 7).unwrap(), None);
-        let file = std::fs::File::open("/proc/self/status").unwrap();
-        assert_eq!(socket_inode(std::process::id(), file.as_raw_fd()).unwrap(), None);
     }
 }

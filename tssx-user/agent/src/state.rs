@@ -27,9 +27,14 @@ pub struct StateDir {
 }
 
 /// Why the state directory could not be taken.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum StateError {
     /// Another agent holds the lock.
+    #[error(
+        "another tssx-agent{} is already running with state directory {}; stop it or pass a different --state-dir",
+        holder.map(|pid| format!(" (pid {pid})")).unwrap_or_default(),
+        dir.display()
+    )]
     Busy {
         /// The directory.
         dir: PathBuf,
@@ -37,39 +42,13 @@ pub enum StateError {
         holder: Option<u32>,
     },
     /// A filesystem operation failed.
+    #[error("{what}: {source}")]
     Io {
         /// What was being done.
         what: String,
         /// The OS error.
         source: io::Error,
     },
-}
-
-impl std::fmt::Display for StateError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Busy { dir, holder: Some(pid) } => write!(
-                f,
-                "another tssx-agent (pid {pid}) is already running with state directory {}; stop it or pass a different --state-dir",
-                dir.display()
-            ),
-            Self::Busy { dir, holder: None } => write!(
-                f,
-                "another tssx-agent is already running with state directory {}; stop it or pass a different --state-dir",
-                dir.display()
-            ),
-            Self::Io { what, source } => write!(f, "{what}: {source}"),
-        }
-    }
-}
-
-impl std::error::Error for StateError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Self::Io { source, .. } => Some(source),
-            Self::Busy { .. } => None,
-        }
-    }
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> StateError {
@@ -162,6 +141,22 @@ mod tests {
         }
         assert!(!dir.join(PATHS_FILE).exists());
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn busy_messages_name_the_holder_when_known() {
+        let dir = PathBuf::from("/run/tssx");
+        assert_eq!(
+            StateError::Busy { dir: dir.clone(), holder: Some(812) }.to_string(),
+            "another tssx-agent (pid 812) is already running with state directory /run/tssx; stop it or pass a different --state-dir"
+        );
+        assert_eq!(
+            StateError::Busy { dir, holder: None }.to_string(),
+            "another tssx-agent is already running with state directory /run/tssx; stop it or pass a different --state-dir"
+        );
+        let io = StateError::Io { what: "opening x".into(), source: io::Error::from_raw_os_error(libc::EACCES) };
+        assert!(io.to_string().starts_with("opening x: "), "{io}");
+        assert!(std::error::Error::source(&io).is_some());
     }
 
     #[test]
