@@ -11,6 +11,10 @@ use tssx_common::event::{Event, EventKind};
 
 use crate::{control, feed::EventFeed, kernel, loader::Watcher, paths::WatchedPath, state::StateDir, trace::trace_event};
 
+/// How often the event loop looks at the live segments' headers (`swapped` lines, finished
+/// connections).
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
+
 /// What `tssx-agent` was asked to do.
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
@@ -51,6 +55,10 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut drop_check = tokio::time::interval(Duration::from_secs(1));
+    // The `swapped` lines and the freeing of finished connections read the segments' headers
+    // only: often, so that a switch is traced well within a second.
+    let mut progress = tokio::time::interval(PROGRESS_INTERVAL);
+    progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut dropped_seen = 0u64;
 
     let paths: Vec<String> = config.paths.iter().map(ToString::to_string).collect();
@@ -74,6 +82,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                 watcher.flush_logs();
                 guard.clear_ready();
             }
+            _ = progress.tick() => control.progress(),
             _ = drop_check.tick() => {
                 handle_events(&control, &mut watcher, &config.paths, &feed.take());
                 control.sweep();
