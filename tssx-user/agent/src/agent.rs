@@ -27,6 +27,8 @@ pub struct AgentConfig {
     /// Most segments live at once (beyond: plain, traced); with `ring_size` this bounds the
     /// shared memory the agent hands out.
     pub max_connections: usize,
+    /// How long a connection lives before its hooks claim a segment (published for hooks).
+    pub claim_after: Duration,
 }
 
 /// Runs the agent until SIGINT or SIGTERM. Everything is detached when it returns.
@@ -41,7 +43,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let feed = std::sync::Arc::new(EventFeed::new(channels.events));
     let control = control::Control::new(config.paths.clone(), config.ring_size, config.max_connections, Some(std::sync::Arc::clone(&feed)));
     control::serve(std::sync::Arc::clone(&control), state.dir())?;
-    state.publish_paths(&config.paths)?;
+    state.publish_paths(&config.paths, config.claim_after)?;
 
     // SAFETY: the fd belongs to the ring buffer inside `feed`, which is kept alive (by the
     // control plane and this function) until after this AsyncFd is dropped (see the end).
@@ -66,6 +68,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         paths = paths.join(","),
         state_dir = %state.dir().display(),
         pid = std::process::id(),
+        claim_after_us = config.claim_after.as_micros() as u64,
         "ready: watching {} path(s)",
         paths.len()
     );
