@@ -42,9 +42,10 @@ fn start_pair(path: &str, seed: u64, mode: &str, bytes: u64, hooked: bool) -> (P
 /// Runs one exchange to its end; both ends must report every byte.
 fn exchange(path: &str, seed: u64, mode: &str, bytes: u64, hooked: bool) {
     let (mut server, mut client) = start_pair(path, seed, mode, bytes, hooked);
-    for (who, end) in [("client", &mut client), ("server", &mut server)] {
-        let status = end.wait(EXCHANGE_TIMEOUT);
-        assert!(status.is_some_and(|s| s.success()), "{mode} seed {seed}: {who} failed or hung ({status:?}): {}", end.stderr_text());
+    let statuses = [client.wait(EXCHANGE_TIMEOUT), server.wait(EXCHANGE_TIMEOUT)];
+    let both = format!("client: {} / server: {}", client.stderr_text(), server.stderr_text());
+    for ((who, end), status) in [("client", &client), ("server", &server)].into_iter().zip(statuses) {
+        assert!(status.is_some_and(|s| s.success()), "{mode} seed {seed}: {who} failed or hung ({status:?}); {both}");
         let lines = end.stdout_lines();
         let want = format!("ok sent={bytes} received={bytes}");
         assert!(lines.contains(&want), "{mode} seed {seed}: {who} printed {lines:?}");
@@ -111,6 +112,7 @@ fn killing_an_end_mid_migration_never_hangs_the_other() {
     for round in 0..12u64 {
         let mode = MODES[(round % MODES.len() as u64) as usize];
         let (mut server, mut client) = start_pair(&path, round, mode, 64 << 20, true);
+        client.expect_line("connected", Duration::from_secs(10));
         let kill_server = rng.below(2) == 0;
         // Somewhere in the first milliseconds (claims, pairing, switch) or a little later.
         std::thread::sleep(Duration::from_micros(rng.below(6000)));

@@ -11,7 +11,7 @@
 //! calls), `nonblock` (non-blocking calls, retried after a short sleep), `poll`, `select`,
 //! `epoll-lt`, `epoll-et` (non-blocking, one thread, waits in that call).
 //!
-//! Prints `progress received=N` every 256 KiB received (so a test can kill an end in the
+//! Prints `connected` once connected (or accepted), `progress received=N` every 256 KiB received (so a test can kill an end in the
 //! middle), then `ok sent=N received=N`, and exits 0; any lost, extra or reordered byte, an
 //! unexpected error or EOF exits non-zero with a message naming the offset.
 
@@ -158,6 +158,8 @@ fn main() {
     } else {
         UnixStream::connect(&path).unwrap_or_else(|e| fail(&format!("connect: {e}")))
     };
+    println!("connected");
+    let _ = std::io::stdout().flush();
     let (mine, peers) = (seed.wrapping_mul(2).wrapping_add(u64::from(server)), seed.wrapping_mul(2).wrapping_add(u64::from(!server)));
     let sender = Sender { data: Gen::new(mine), sizes: Gen::new(mine ^ 0xABCD), sent: 0, buf: Vec::new(), pending: 0..0 };
     let checker = Checker { data: Gen::new(peers), sizes: Gen::new(peers ^ 0x1234), received: 0, want: Vec::new(), reported: 0 };

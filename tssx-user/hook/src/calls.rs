@@ -139,6 +139,15 @@ fn route(c: &Conn, fd: c_int, sending: bool) -> Route<'_> {
     Route::Hook
 }
 
+/// After a call served by the hook: a connection half-way takes its next step (its last
+/// call may be the one that completed the migration).
+#[inline]
+fn after_hook(c: &Conn) {
+    if c.phase() == Phase::Ready {
+        with_errno_kept(|| c.try_switch());
+    }
+}
+
 /// After a raw call returned `rc`: count it, leave, and take the next step.
 #[inline]
 fn after_raw(c: &Conn, fd: c_int, raw: Option<RawCall<'_>>, rc: isize, sending: bool) {
@@ -165,6 +174,7 @@ macro_rules! recv_like {
                         let mut bufs = unsafe { $bufs };
                         if let Some(n) = c.recv($fd, &mut bufs, $flags) {
                             $($after;)?
+                            after_hook(c);
                             return n;
                         }
                     }
@@ -214,6 +224,7 @@ macro_rules! send_like {
                         // SAFETY: the caller's buffers, valid for the call per the libc contract.
                         let bufs = unsafe { $bufs };
                         if let Some(n) = c.send($fd, &bufs, $flags) {
+                            after_hook(c);
                             return n;
                         }
                     }
@@ -272,6 +283,45 @@ send_like!(
         guard = (*msg).msg_controllen > 0,
         pre = if table::lookup_swapped(fd).is_none() { pass::send(fd, msg, flags) } else { None }
 );
+
+/// libc's `sendfile` (and `sendfile64`, the same function on 64-bit Linux): into a socket on
+/// the rings, served from the file with `pread` and the hook's `send` (the file offset moves as
+/// the kernel's would: by what was sent); into a plain tracked socket, the real call, counted.
+pub unsafe fn sendfile(out_fd: c_int, in_fd: c_int, offset: *mut libc::off_t, count: size_t) -> ssize_t {
+    if let Some(c) = table::lookup(out_fd) {
+        match route(c, out_fd, true) {
+            Route::Kernel(raw) => {
+                // SAFETY: forwarded as received.
+                let rc = unsafe { sys::sendfile(out_fd, in_fd, offset, count) };
+                after_raw(c, out_fd, raw, rc, true);
+                return rc;
+            }
+            Route::Hook => {
+                // SAFETY: `offset` is null or valid, per sendfile's contract.
+                if let Some(rc) = unsafe { c.sendfile(out_fd, in_fd, offset, count) } {
+                    after_hook(c);
+                    return rc;
+                }
+            }
+        }
+    }
+    // SAFETY: forwarded as received.
+    unsafe { sys::sendfile(out_fd, in_fd, offset, count) }
+}
+
+/// libc's `splice`: a tracked socket on either side is handed back to the kernel first (its
+/// bytes must not bypass the rings' order), then the real call.
+pub unsafe fn splice(fd_in: c_int, off_in: *mut libc::loff_t, fd_out: c_int, off_out: *mut libc::loff_t, len: size_t, flags: libc::c_uint) -> ssize_t {
+    for fd in [fd_in, fd_out] {
+        if let Some(c) = table::lookup(fd) {
+            if c.phase() != Phase::Plain && c.phase() != Phase::Unconnected {
+                with_errno_kept(|| c.hand_back(fd));
+            }
+        }
+    }
+    // SAFETY: forwarded as received.
+    unsafe { sys::splice(fd_in, off_in, fd_out, off_out, len, flags) }
+}
 
 /// libc's `close`.
 pub unsafe fn close(fd: c_int) -> c_int {

@@ -181,6 +181,13 @@ pub struct Conn {
     /// The peer's ECONNRESET was reported by a read (it is reported once, like `sk_err`).
     /// Relaxed: a flag of this process's view.
     pub(crate) reset_reported: AtomicBool,
+    /// Edges the kernel reported on the real socket (incoming, outgoing) while a direction was
+    /// still on it: part of [`Conn::edges`], so that edge-triggered epoll reports socket data
+    /// and socket room as the kernel would. Relaxed: counters compared for change only.
+    pub(crate) socket_edges: [AtomicU32; 2],
+    /// When [`Conn::peer_died`] last looked at the socket (CLOCK_MONOTONIC ns). Relaxed: a
+    /// rate limit.
+    pub(crate) death_checked_ns: AtomicU64,
     /// Fork generation in which this connection's refcount was last raised.
     pub(crate) fork_mark: AtomicU64,
     /// fd of the connection for helpers that need one (-1: unknown). Relaxed: a hint.
@@ -229,6 +236,8 @@ impl Conn {
             peer_closed: AtomicBool::new(false),
             reset_reported: AtomicBool::new(false),
             fork_mark: AtomicU64::new(0),
+            death_checked_ns: AtomicU64::new(0),
+            socket_edges: [AtomicU32::new(0), AtomicU32::new(0)],
             last_fd: AtomicI32::new(-1),
         }
     }
@@ -420,15 +429,28 @@ impl Conn {
         clamp_used(head, tail, self.seg().segment.ring_capacity())
     }
 
-    /// Positions that change when new data arrives (incoming head, plus what was consumed from
-    /// the socket) and when room is made (outgoing tail): edge-triggered epoll reports an edge
-    /// when one of them moved.
+    /// Positions that change when new data arrives (incoming head, plus the kernel's edges on
+    /// the socket while data still comes that way) and when room is made (outgoing tail, plus
+    /// the socket's edges likewise): edge-triggered epoll reports an edge when one moved.
     pub fn edges(&self) -> (u64, u64) {
         let header = self.header();
         // Acquire: as in `unread`.
         let head = header.rings[self.end.peer().index()].producer.0.head.load(Acquire);
-        let sock = self.my_line().sock_read.load(Acquire);
-        (head.wrapping_add(sock), header.rings[self.end.index()].consumer.0.tail.load(Acquire))
+        let tail = header.rings[self.end.index()].consumer.0.tail.load(Acquire);
+        // Relaxed: counters (see `socket_edges`).
+        let (sock_in, sock_out) = (self.socket_edges[0].load(Relaxed), self.socket_edges[1].load(Relaxed));
+        (head.wrapping_add(u64::from(sock_in) << 40), tail.wrapping_add(u64::from(sock_out) << 40))
+    }
+
+    /// The kernel reported `events` on the real socket: count them as edges of the directions
+    /// that are not on the rings yet.
+    pub(crate) fn socket_edge(&self, events: u32) {
+        if events & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP) as u32 != 0 && !self.reads_ring() {
+            self.socket_edges[0].fetch_add(1, Relaxed);
+        }
+        if events & libc::EPOLLOUT as u32 != 0 && !self.writes_ring() {
+            self.socket_edges[1].fetch_add(1, Relaxed);
+        }
     }
 
     /// The peer closed with bytes unread and no read has reported ECONNRESET yet.

@@ -384,26 +384,12 @@ fn collect(epfd: c_int, set: &Set, out: &mut [epoll_event]) -> usize {
                 continue;
             }
             c.tick(i.fd);
-            let ready = c.readiness(i.fd);
-            let mut mask = ready & (i.events | bits::HUP | bits::ERR);
-            if i.events & libc::EPOLLET as u32 != 0 {
-                let (head, tail) = c.edges();
-                let (seen_head, seen_tail, seen_bits) = i.seen;
-                let mut edge = 0;
-                if head != seen_head || (ready & bits::RDHUP != 0 && seen_bits & bits::RDHUP == 0) {
-                    edge |= bits::IN | bits::RDHUP;
-                }
-                if tail != seen_tail {
-                    edge |= bits::OUT;
-                }
-                edge |= (ready & !seen_bits) & (bits::HUP | bits::RDHUP | bits::ERR);
-                mask &= edge;
-                if mask != 0 {
-                    i.seen = (head, tail, ready);
-                }
-            }
+            let (mask, seen) = reportable(i, c);
             if mask == 0 {
                 continue;
+            }
+            if i.events & libc::EPOLLET as u32 != 0 {
+                i.seen = seen;
             }
             if i.events & libc::EPOLLONESHOT as u32 != 0 {
                 i.armed = false;
@@ -428,6 +414,8 @@ fn filter(out: &mut [epoll_event], m: usize) -> usize {
         if ev.u64 & TAG_MASK == TAG {
             let fd = (ev.u64 & 0xffff_ffff) as c_int;
             if let Some(c) = lookup_swapped(fd) {
+                // Half-way, the socket carries data too: its edges are the connection's.
+                c.socket_edge(ev.events);
                 // Called after this thread withdrew its announcements.
                 c.drain_doorbells_if_alone(fd, 0);
             }
@@ -439,25 +427,36 @@ fn filter(out: &mut [epoll_event], m: usize) -> usize {
     kept
 }
 
+/// What interest `i` of connection `c` would report now, and (edge-triggered) what it has seen
+/// once reported: the one rule [`collect`] and [`any_ready`] share, so that a wait never
+/// finds something "ready" that the collection then does not report (a busy loop).
+///
+/// Level-triggered: the ready bits the application asked for. Edge-triggered: the same bits,
+/// but only if something moved since the last report (new data or EOF in, room out, see
+/// [`Conn::edges`], or a hang-up or error not reported yet): as the kernel, which on each
+/// wake-up of an edge-triggered item reports all its ready bits, not just the new one.
+fn reportable(i: &Interest, c: &Conn) -> (u32, (u64, u64, u32)) {
+    let ready = c.readiness(i.fd);
+    let mask = ready & (i.events | bits::HUP | bits::ERR);
+    if i.events & libc::EPOLLET as u32 == 0 || mask == 0 {
+        return (mask, i.seen);
+    }
+    let (head, tail) = c.edges();
+    let (seen_head, seen_tail, seen_bits) = i.seen;
+    let mut edge = 0;
+    if head != seen_head || (ready & bits::RDHUP != 0 && seen_bits & bits::RDHUP == 0) {
+        edge |= bits::IN | bits::RDHUP;
+    }
+    if tail != seen_tail {
+        edge |= bits::OUT;
+    }
+    edge |= (ready & !seen_bits) & (bits::HUP | bits::RDHUP | bits::ERR);
+    (if mask & edge != 0 { mask } else { 0 }, (head, tail, ready))
+}
+
 /// Whether any interest of `set` would be reported now (for the spin and the re-check).
 fn any_ready(set: &Set) -> bool {
-    set.with(|v, _| {
-        v.iter().any(|i| {
-            i.armed
-                && !i.parked
-                && live(i).is_some_and(|c| {
-                    let ready = c.readiness(i.fd) & (i.events | bits::HUP | bits::ERR);
-                    if ready == 0 {
-                        return false;
-                    }
-                    if i.events & libc::EPOLLET as u32 == 0 {
-                        return true;
-                    }
-                    let (head, tail) = c.edges();
-                    head != i.seen.0 || tail != i.seen.1 || (ready & !i.seen.2) != 0
-                })
-        })
-    })
+    set.with(|v, _| v.iter().any(|i| i.armed && !i.parked && live(i).is_some_and(|c| reportable(i, c).0 != 0)))
 }
 
 /// Announces (or withdraws) a sleep on every connection of `set`; returns (any shared, any

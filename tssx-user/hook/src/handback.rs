@@ -46,6 +46,7 @@ impl Conn {
             return;
         }
         if phase < Phase::Ready {
+            // Plain until now: stays plain (a raw call's bytes would not be counted).
             self.give_up();
             return;
         }

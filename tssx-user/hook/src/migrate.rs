@@ -108,6 +108,10 @@ impl Conn {
                 Ok(n) => {
                     // Release: pairs with the Acquire in `in_switched`.
                     line.sock_read.store(read + n as u64, Release);
+                    if at != NOT_YET && read + n as u64 >= at {
+                        // From now on the ring's head makes the edges: start a new one.
+                        self.socket_edges[0].fetch_add(1, Relaxed);
+                    }
                     SockRead::Got(n.min(allowed))
                 }
                 Err(e) => SockRead::Err(e),

@@ -173,11 +173,8 @@ impl Conn {
         if self.phase() != Phase::Claiming || now < claim.next_check {
             return;
         }
-        let Some(control) = claim.control.as_ref() else {
-            drop(claim);
-            self.give_up();
-            return;
-        };
+        // No control connection while claiming: another thread took the answer and is joining.
+        let Some(control) = claim.control.as_ref() else { return };
         match claim::poll(control) {
             Answer::NotYet => {
                 if now.saturating_sub(claim.sent_at) > CLAIM_GIVE_UP_NS {
@@ -234,6 +231,8 @@ impl Conn {
         header.refcount[self.end.index()].store(1, Release);
         // SeqCst: after the refcount (see `EndLine::joined`).
         self.my_line().joined.store(JOIN_MAPPED, SeqCst);
+        // Only the thread that took the answer moves the phase on from `Claiming`; a fork or
+        // exec meanwhile made it plain (and `give_up` refuses the segment then).
         self.advance(Phase::Claiming, Phase::Mapped)
     }
 
@@ -241,7 +240,8 @@ impl Conn {
     /// up (both ends stay on the socket; nothing went on the rings yet).
     pub(crate) fn give_up(&self) {
         if let Some(swap) = self.swap() {
-            if self.phase() < Phase::Ready {
+            // Acquire: our own flag, stored SeqCst by whichever thread made this end ready.
+            if self.my_line().ready.load(Acquire) == 0 {
                 // SeqCst: as `joined`.
                 self.my_line().joined.store(JOIN_REFUSED, SeqCst);
                 // Nothing can be on the rings: no end switches before this one is ready.
@@ -372,6 +372,9 @@ impl Conn {
         // Relaxed load: our own count, written under the lock we hold. SeqCst store: the
         // peer's reader loads it with Acquire after it peeked the socket (see `crate::migrate`).
         line.switch_at.store(line.sock_written.load(Relaxed), SeqCst);
+        // An empty ring is room the application has not been told about (a writer that found
+        // the socket full waits for an edge, which the socket will not give any more).
+        self.socket_edges[1].fetch_add(1, Relaxed);
         true
     }
 

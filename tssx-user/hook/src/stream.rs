@@ -141,6 +141,9 @@ impl Conn {
                 return total as isize; // EOF (0) or what MSG_WAITALL collected
             }
             if self.would_block_is_error(flags) {
+                if self.peer_died(fd) {
+                    continue; // EOF, as the kernel reports a dead peer
+                }
                 return partial_or_errno(total, libc::EAGAIN);
             }
             let waited = backoff.idle(self, fd, || self.with_rx(|rx| rx.announce_sleep()), || self.with_rx(|rx| rx.withdraw_sleep()));
@@ -210,6 +213,9 @@ impl Conn {
                 continue;
             }
             if self.would_block_is_error(flags) {
+                if self.peer_died(fd) {
+                    continue; // EPIPE, as the kernel reports a dead peer
+                }
                 return partial_or_errno(total, libc::EAGAIN);
             }
             let waited = backoff.idle(self, fd, || self.with_tx(|tx| tx.announce_sleep()), || self.with_tx(|tx| tx.withdraw_sleep()));
@@ -217,6 +223,75 @@ impl Conn {
                 return partial_or_errno(total, e.errno());
             }
         }
+    }
+
+    /// `sendfile` into this connection: reads the file at its offset (`*offset`, or the file's
+    /// own), sends through [`Conn::send`], and moves the offset by what was sent. `None`: the
+    /// input cannot be read at an offset (a pipe): the connection is handed back to the kernel
+    /// and the caller makes the real call.
+    ///
+    /// # Safety
+    /// `offset` is null or valid for reads and writes.
+    pub unsafe fn sendfile(&self, fd: c_int, in_fd: c_int, offset: *mut libc::off_t, count: usize) -> Option<isize> {
+        // SAFETY: per the contract.
+        let start = match unsafe { offset.as_ref() } {
+            Some(&at) => at,
+            None => match tssx_shm::sys::lseek(in_fd, 0, libc::SEEK_CUR) {
+                Ok(at) => at as libc::off_t,
+                Err(_) => {
+                    self.hand_back(fd);
+                    return None;
+                }
+            },
+        };
+        if start < 0 {
+            set_errno(libc::EINVAL);
+            return Some(-1);
+        }
+        let mut buf = vec![0u8; count.clamp(1, 64 * 1024)];
+        let mut sent = 0usize;
+        let mut result = 0isize;
+        while sent < count {
+            let want = (count - sent).min(buf.len());
+            let n = match tssx_shm::sys::pread(in_fd, &mut buf[..want], start + sent as libc::off_t) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) => {
+                    result = partial_or_errno(sent, e.0);
+                    break;
+                }
+            };
+            let put = match self.send(fd, &[IoSlice::new(&buf[..n])], 0) {
+                Some(put) => put,
+                None => {
+                    // Went plain meanwhile: the rest through the kernel.
+                    // SAFETY: the caller's offset, or null.
+                    let mut at: libc::off_t = start + sent as libc::off_t;
+                    let rest = unsafe { crate::sys::sendfile(fd, in_fd, &mut at, count - sent) };
+                    if rest > 0 {
+                        sent += rest as usize;
+                    }
+                    break;
+                }
+            };
+            if put < 0 {
+                result = if sent > 0 { sent as isize } else { put };
+                break;
+            }
+            sent += put as usize;
+            if (put as usize) < n {
+                break;
+            }
+        }
+        let end = start + sent as libc::off_t;
+        // SAFETY: per the contract.
+        match unsafe { offset.as_mut() } {
+            Some(at) => *at = end,
+            None => {
+                let _ = tssx_shm::sys::lseek(in_fd, end, libc::SEEK_SET);
+            }
+        }
+        Some(if result < 0 || (result > 0 && sent == 0) { result } else { sent as isize })
     }
 
     /// Whether this end writes to its ring now.

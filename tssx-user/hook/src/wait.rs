@@ -12,6 +12,10 @@ use crate::{
     sys::{self, errno, fd_nonblocking},
 };
 
+/// How often a connection whose non-blocking calls keep finding the rings empty (or full)
+/// looks at its socket for the peer's death.
+pub const DEATH_CHECK_NS: u64 = 200_000;
+
 /// Why a blocking wait ended without progress.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WaitError {
@@ -181,6 +185,27 @@ impl Conn {
         Ok(())
     }
 
+    /// Before a non-blocking call on the rings answers EAGAIN: whether the peer is gone (its
+    /// process died, so its hook never said so in the header, but the kernel closed its end of
+    /// the socket). A look at the socket, without waiting, at most every
+    /// [`DEATH_CHECK_NS`] per connection (a busy loop of EAGAINs pays a clock read), which also
+    /// drains doorbells.
+    pub(crate) fn peer_died(&self, fd: c_int) -> bool {
+        let now = crate::spin::now_ns();
+        // Relaxed: a rate limit.
+        if now.saturating_sub(self.death_checked_ns.load(Relaxed)) < DEATH_CHECK_NS {
+            return false;
+        }
+        self.death_checked_ns.store(now, Relaxed);
+        if self.reads_ring() {
+            self.drain_doorbells(fd);
+        } else {
+            let mut probe = 0u8;
+            self.note_peer_end(sys::recv_raw(fd, std::slice::from_mut(&mut probe), libc::MSG_PEEK | libc::MSG_DONTWAIT));
+        }
+        self.peer_closed.load(Relaxed)
+    }
+
     /// Drains doorbells unless other threads of this end (beyond the caller's own `mine`
     /// announcements) sleep too: one of them may block in `recv(MSG_PEEK)`, which only a byte
     /// on the socket wakes, and it drains them itself. Waiters that leave the bytes there poll
@@ -195,11 +220,17 @@ impl Conn {
         } else {
             let mut probe = 0u8;
             // Peeks one byte without blocking: EOF still counts.
-            if sys::recv_raw(fd, std::slice::from_mut(&mut probe), libc::MSG_PEEK | libc::MSG_DONTWAIT) == Ok(0) {
-                self.peer_closed.store(true, Relaxed);
-            }
+            self.note_peer_end(sys::recv_raw(fd, std::slice::from_mut(&mut probe), libc::MSG_PEEK | libc::MSG_DONTWAIT));
             // Let the sibling run before this thread polls again.
             spin_yield();
+        }
+    }
+
+    /// Notes the peer's end from a look at the socket without waiting: EOF, or an error such as
+    /// ECONNRESET (the peer died with bytes it never read: our doorbells), means it is gone.
+    fn note_peer_end(&self, probe: Result<usize, c_int>) {
+        if matches!(probe, Ok(0)) || matches!(probe, Err(e) if e != libc::EAGAIN && e != libc::EINTR) {
+            self.peer_closed.store(true, Relaxed);
         }
     }
 
@@ -218,10 +249,8 @@ impl Conn {
             let before = drained.load(SeqCst);
             let take = sent.load(SeqCst).saturating_sub(before).min(buf.len() as u64) as usize;
             if take == 0 {
-                // Nothing counted: only EOF is worth noting.
-                if sys::recv_raw(fd, &mut buf[..1], libc::MSG_PEEK | libc::MSG_DONTWAIT) == Ok(0) {
-                    self.peer_closed.store(true, Relaxed);
-                }
+                // Nothing counted: only EOF (or a reset) is worth noting.
+                self.note_peer_end(sys::recv_raw(fd, &mut buf[..1], libc::MSG_PEEK | libc::MSG_DONTWAIT));
                 return;
             }
             if drained.compare_exchange(before, before + take as u64, SeqCst, SeqCst).is_err() {

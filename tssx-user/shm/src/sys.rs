@@ -282,6 +282,18 @@ pub fn readlink(path: &core::ffi::CStr, buf: &mut [u8]) -> SysResult {
     unsafe { syscall(libc::SYS_readlinkat, [libc::AT_FDCWD as usize, path.as_ptr() as usize, buf.as_mut_ptr() as usize, buf.len(), 0, 0]) }
 }
 
+/// `pread(fd, buf, offset)`: bytes read into `buf`.
+pub fn pread(fd: c_int, buf: &mut [u8], offset: i64) -> SysResult {
+    // SAFETY: the kernel writes at most `buf.len()` bytes into a live slice.
+    unsafe { syscall(libc::SYS_pread64, [fd as usize, buf.as_mut_ptr() as usize, buf.len(), offset as usize, 0, 0]) }
+}
+
+/// `lseek(fd, offset, whence)`: the new file offset.
+pub fn lseek(fd: c_int, offset: i64, whence: c_int) -> SysResult {
+    // SAFETY: no memory is passed.
+    unsafe { syscall(libc::SYS_lseek, [fd as usize, offset as usize, whence as usize, 0, 0, 0]) }
+}
+
 /// Reads a whole (small) file into `buf`; returns how many bytes it holds (at most
 /// `buf.len()`; a longer file is cut).
 pub fn read_file(path: &core::ffi::CStr, buf: &mut [u8]) -> SysResult {
