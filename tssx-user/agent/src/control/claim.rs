@@ -32,10 +32,13 @@
 //!   `max_connections` live segments. At most `HELD_PER_CONNECTION * max_connections` claims
 //!   are held at once; beyond, a claim is answered plain.
 //! * Anything else is refused and traced `claim refused` with the caller's pid and uid: a
-//!   process asking for a socket that is not its own end of a connection on a watched path.
+//!   process asking for a socket that is not its own end of a connection on a watched path. A
+//!   claim that fails because its socket is gone while its control connection is closed too
+//!   was abandoned by its hook (the connection closed before the agent looked at the claim):
+//!   traced at debug, counted apart.
 
 use std::{
-    os::unix::net::UnixStream,
+    os::{fd::AsRawFd as _, unix::net::UnixStream},
     sync::{atomic::Ordering, Arc},
     time::Instant,
 };
@@ -51,6 +54,14 @@ use super::{
     registry::{Alive, EndInfo, Held, NewConnection, Side, Step, Verified},
     Control,
 };
+
+/// Whether the other end of a claim's control connection is closed (a look, no wait).
+fn hung_up(stream: &UnixStream) -> bool {
+    let mut pfd = libc::pollfd { fd: stream.as_raw_fd(), events: libc::POLLRDHUP, revents: 0 };
+    // SAFETY: one live pollfd, no wait.
+    let ready = unsafe { libc::poll(&mut pfd, 1, 0) };
+    ready > 0 && pfd.revents & (libc::POLLRDHUP | libc::POLLHUP) != 0
+}
 
 /// How often a pair at the limit gathers the liveness of more processes and tries again (more
 /// are needed only when connections appeared while it asked).
@@ -125,6 +136,13 @@ impl Control {
         self.counters.claims.fetch_add(1, Ordering::Relaxed);
         let verified = match self.verify(who) {
             Ok(verified) => verified,
+            Err(why) if hung_up(&stream) => {
+                // The hook closed its socket (and with it the claim) before the agent looked: a
+                // short connection, not a suspicious claim.
+                self.counters.abandoned.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(pid = who.pid, fd = who.fd, role = ?who.role, detail = why, "claim abandoned: its connection closed first");
+                return Decision::Answer { streams: Vec::new(), reply: Reply::plain(PlainReason::NotSeen) };
+            }
             Err(why) => {
                 self.counters.refused.fetch_add(1, Ordering::Relaxed);
                 return who.refused(stream, why);
@@ -491,6 +509,20 @@ mod tests {
         assert_eq!(stats.unclaimed_events, 2, "refusals use no event up");
         // The real server is unaffected.
         assert!(matches!(claim(&control, SERVER, Role::Server, 7).0, Decision::Held));
+    }
+
+    #[test]
+    fn a_claim_whose_socket_and_connection_closed_first_is_abandoned_not_refused() {
+        let (kernel, control) = setup(8, true);
+        kernel.close(CLIENT, 5);
+        let (agent, hook) = control_connection();
+        drop(hook); // the hook closed the socket, and the claim with it
+        assert!(matches!(control.claim(who(CLIENT, Role::Client, 5), agent), Decision::Answer { ref streams, .. } if streams.is_empty()));
+        let stats = control.stats();
+        assert_eq!((stats.abandoned, stats.refused), (1, 0));
+        // With its connection open, the same claim is refused.
+        assert!(refused(&control, CLIENT, Role::Client, 5));
+        assert_eq!(control.stats().refused, 1);
     }
 
     #[test]

@@ -74,6 +74,9 @@ pub struct Stats {
     pub retried: u64,
     /// Claims and requests refused (no kernel evidence, or malformed).
     pub refused: u64,
+    /// Claims abandoned by their hooks: the socket and the claim's connection closed before the
+    /// agent looked (short connections; not counted as refused).
+    pub abandoned: u64,
     /// Kernel connect/accept events kept and not claimed.
     pub unclaimed_events: usize,
     /// Control connections being served now (other than the one asking for these stats).
@@ -113,6 +116,7 @@ impl Control {
             peer_never_claimed: count(&counters.peer_never_claimed),
             retried: count(&counters.retried),
             refused: count(&counters.refused),
+            abandoned: count(&counters.abandoned),
             unclaimed_events,
             control_connections: self.load.serving.load(Ordering::Relaxed),
             control_connections_refused: self.load.refused.load(Ordering::Relaxed),
