@@ -78,7 +78,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             guard = events.readable_mut() => {
                 // Cleared before reading: an event submitted meanwhile makes it ready again.
                 guard.context("waiting for events")?.clear_ready();
-                handle_events(&control, &mut watcher, &config.paths, &feed.take());
+                handle_events(&mut watcher, &config.paths, &feed.take(|event| control.record(event)));
             }
             guard = async { logs.as_mut().expect("guarded by the if").readable_mut().await }, if logs.is_some() => {
                 let mut guard = guard.context("waiting for eBPF logs")?;
@@ -87,7 +87,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             }
             _ = progress.tick() => control.progress(),
             _ = drop_check.tick() => {
-                handle_events(&control, &mut watcher, &config.paths, &feed.take());
+                handle_events(&mut watcher, &config.paths, &feed.take(|event| control.record(event)));
                 control.sweep();
                 control.set_map_entries(watcher.map_entries());
                 let dropped = watcher.dropped_events().unwrap_or(dropped_seen);
@@ -131,14 +131,9 @@ fn raise_fd_limit(max_connections: usize) {
     }
 }
 
-/// Records, traces and acts on events in the kernel's order: `taken.recorded` were recorded for
-/// claims by claim workers already, `taken.fresh` were not.
-fn handle_events(control: &control::Control, watcher: &mut Watcher, paths: &[WatchedPath], taken: &crate::feed::Taken) {
-    for event in &taken.recorded {
-        handle_event(watcher, event, paths);
-    }
-    for event in &taken.fresh {
-        control.record(event);
+/// Traces and acts on events in the kernel's order (all of them recorded for claims already).
+fn handle_events(watcher: &mut Watcher, paths: &[WatchedPath], taken: &crate::feed::Taken) {
+    for event in taken.recorded.iter().chain(&taken.fresh) {
         handle_event(watcher, event, paths);
     }
 }
