@@ -149,3 +149,77 @@ fn two_hundred_concurrent_connections_lose_no_event() {
     assert_eq!(traced(&accepted), pid_fds(&accepts));
     assert!(agent.events("events lost").is_empty());
 }
+
+/// Connections that close before either end claims them (here: programs without the hook) are
+/// counted (`short_lived_plain`, one per connection) and traced per connection at debug only: at
+/// info, a busy server's short connections show as connect/accept lines and counters.
+#[test]
+fn short_lived_connections_are_counted_and_traced_at_debug_only() {
+    require_root();
+    let dir = TempDir::new("trace-short");
+    let path = dir.socket("short.sock");
+    let agent = Agent::start_with(&[&path], &dir.join("state"), &["-v"]);
+    const N: usize = 5;
+    let server = Server::start(SERVER, &path, N, 0);
+    client(&path, N);
+    server.finish();
+    agent.wait_for("accept", &path, N, WAIT);
+    tssx_tests::wait_until(Duration::from_secs(5), "the sweep to count the closed connections", || {
+        agent.stats()["short_lived_plain"] == N as u64
+    });
+    let stats = agent.stats();
+    assert_eq!((stats["unclaimed_events"].as_u64(), stats["claims"].as_u64()), (Some(0), Some(0)), "{stats}");
+    let not = agent.events_on("not", &path);
+    assert_eq!(not.len(), N, "{not:?}");
+    assert!(not.iter().all(|e| e["level"] == "DEBUG" && e["reason"].as_str().is_some_and(|r| r.starts_with("short-lived"))), "{not:?}");
+    assert!(agent.events("paired").is_empty() && agent.events("swapped").is_empty());
+    assert!(agent.stop().success());
+}
+
+/// Two hooked programs stream through a watched path: the agent traces `paired`, then `swapped`
+/// with the byte positions at which each direction moved onto the rings and how long after the
+/// connect, then `closed` with the bytes through shared memory; together they account for every
+/// byte.
+#[test]
+fn traces_a_migration_paired_swapped_closed() {
+    require_root();
+    let dir = TempDir::new("trace-migrate");
+    let path = dir.socket("migrate.sock");
+    let agent = tssx_tests::HookedAgent::start(&[&path]);
+    const BYTES: u64 = 256 << 20;
+    let stream = |role: &str| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tssx-test-stream"));
+        cmd.args([role, &path, &BYTES.to_string(), "3"]).env("LD_PRELOAD", tssx_tests::hook());
+        tssx_tests::Process::spawn(cmd)
+    };
+    let started = tssx_tests::monotonic_ns();
+    let server = stream("server");
+    server.expect_line("ready", WAIT);
+    tssx_tests::wait_until(WAIT, "the server's socket", || std::path::Path::new(&path).exists());
+    let client = stream("client");
+    for end in [client, server] {
+        let lines = end.finish(Duration::from_secs(60));
+        assert!(lines.contains(&format!("ok sent={BYTES} received={BYTES}")), "{lines:?}");
+    }
+    let took_us = (tssx_tests::monotonic_ns() - started) / 1000;
+    let closed = agent.await_events("closed", &path, 1, WAIT);
+    let (paired, swapped) = (agent.events_on("paired", &path), agent.events_on("swapped", &path));
+    assert_eq!((paired.len(), swapped.len(), closed.len()), (1, 1, 1), "{paired:?} {swapped:?} {closed:?}");
+    let at = |e: &Value| e["timestamp"].as_str().unwrap().to_owned();
+    assert!(at(&paired[0]) <= at(&swapped[0]) && at(&swapped[0]) <= at(&closed[0]), "out of order: {paired:?} {swapped:?} {closed:?}");
+    let (p, s, c) = (&paired[0], &swapped[0], &closed[0]);
+    assert_eq!((p["connection"].clone(), s["connection"].clone()), (c["connection"].clone(), c["connection"].clone()));
+    assert_eq!((p["client"].clone(), p["server"].clone()), (s["client"].clone(), s["server"].clone()));
+    assert!(s["message"].as_str().unwrap().starts_with("swapped ") && s["message"].as_str().unwrap().contains(" <-> "), "{s}");
+    assert!(p["client"].as_str().unwrap().ends_with("/tssx-test-strea"), "{p}");
+    for (switch, shm) in [("switched_client_to_server", "bytes_client_to_server"), ("switched_server_to_client", "bytes_server_to_client")]
+    {
+        assert_eq!(s[switch].as_u64().unwrap() + c[shm].as_u64().unwrap(), BYTES, "{s} {c}");
+    }
+    let migrated = s["migrated_after_us"].as_u64().unwrap();
+    assert!(migrated > 0 && migrated < took_us, "migrated after {migrated} us of a {took_us} us run");
+    let stats = agent.stats();
+    assert_eq!((stats["claims"].as_u64(), stats["paired"].as_u64(), stats["swapped"].as_u64()), (Some(2), Some(1), Some(1)), "{stats}");
+    eprintln!("migrated {migrated} us after the connect: {s}");
+    assert!(agent.stop().success());
+}

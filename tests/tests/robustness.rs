@@ -34,8 +34,6 @@ const STREAM: &str = env!("CARGO_BIN_EXE_tssx-test-stream");
 const PEER: &str = env!("CARGO_BIN_EXE_tssx-test-peer");
 const CHURN: &str = env!("CARGO_BIN_EXE_tssx-test-churn");
 const CLAIM: &str = env!("CARGO_BIN_EXE_tssx-test-claim");
-const SERVER: &str = env!("CARGO_BIN_EXE_tssx-test-server");
-const CLIENT: &str = env!("CARGO_BIN_EXE_tssx-test-client");
 const MIB: u64 = 1 << 20;
 /// uid/gid of `nobody`.
 const NOBODY: u32 = 65534;
