@@ -35,7 +35,8 @@
 //!   process asking for a socket that is not its own end of a connection on a watched path. A
 //!   claim that fails because its socket is gone while its control connection is closed too
 //!   was abandoned by its hook (the connection closed before the agent looked at the claim):
-//!   traced at debug, counted apart.
+//!   traced at debug, counted apart. A server end whose client closed already is answered
+//!   plain (`PeerHasNoHook`), not refused.
 
 use std::{
     os::{fd::AsRawFd as _, unix::net::UnixStream},
@@ -54,6 +55,14 @@ use super::{
     registry::{Alive, EndInfo, Held, NewConnection, Side, Step, Verified},
     Control,
 };
+
+/// Why a claim is not honoured.
+enum Unverified {
+    /// The kernel does not back it (see the module doc): refused.
+    Refused(&'static str),
+    /// A server end on a watched path whose client closed already: plain, nothing to pair.
+    PeerGone,
+}
 
 /// Whether the other end of a claim's control connection is closed (a look, no wait).
 fn hung_up(stream: &UnixStream) -> bool {
@@ -134,16 +143,24 @@ impl Control {
     pub(super) fn claim(&self, who: Claimant, stream: UnixStream) -> Decision {
         // Relaxed: counters.
         self.counters.claims.fetch_add(1, Ordering::Relaxed);
-        let verified = match self.verify(who) {
+        // A claim whose hook closed it already (its socket closed) is over: the fd it names may
+        // even be another socket by now.
+        let verified = if hung_up(&stream) { Err(Unverified::Refused("its connection closed first")) } else { self.verify(who) };
+        let verified = match verified {
             Ok(verified) => verified,
-            Err(why) if hung_up(&stream) => {
+            Err(Unverified::PeerGone) => {
+                self.counters.peer_never_claimed.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(pid = who.pid, fd = who.fd, role = ?who.role, reason = "peer never claimed", detail = "its peer closed first", "not swapped");
+                return Decision::Answer { streams: vec![stream], reply: Reply::plain(PlainReason::PeerHasNoHook) };
+            }
+            Err(Unverified::Refused(why)) if hung_up(&stream) => {
                 // The hook closed its socket (and with it the claim) before the agent looked: a
                 // short connection, not a suspicious claim.
                 self.counters.abandoned.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(pid = who.pid, fd = who.fd, role = ?who.role, detail = why, "claim abandoned: its connection closed first");
                 return Decision::Answer { streams: Vec::new(), reply: Reply::plain(PlainReason::NotSeen) };
             }
-            Err(why) => {
+            Err(Unverified::Refused(why)) => {
                 self.counters.refused.fetch_add(1, Ordering::Relaxed);
                 return who.refused(stream, why);
             }
@@ -178,16 +195,17 @@ impl Control {
     }
 
     /// Checks a claim against the kernel (see the module doc); `Err` says why it is refused.
-    fn verify(&self, who: Claimant) -> Result<Verified, &'static str> {
+    fn verify(&self, who: Claimant) -> Result<Verified, Unverified> {
         let Claimant { pid, fd, role, .. } = who;
+        let refused = |why| Err(Unverified::Refused(why));
         let inode = match self.facts.socket_inode(pid, fd) {
             Ok(Some(inode)) => inode,
-            Ok(None) => return Err("the fd is no socket"),
-            Err(_) => return Err("no such fd"),
+            Ok(None) => return refused("the fd is no socket"),
+            Err(_) => return refused("no such fd"),
         };
         let socket = match self.facts.unix_socket(inode) {
             Ok(Some(socket)) if socket.is_stream() && socket.is_connected() => socket,
-            _ => return Err("no connected Unix stream socket"),
+            _ => return refused("no connected Unix stream socket"),
         };
         let side = if role == Role::Client { Side::Connect } else { Side::Accept };
         let recorded = self.lock().event(side, pid, fd);
@@ -201,7 +219,7 @@ impl Control {
                 // The peer (the server's socket) carries the listener's name.
                 let named = self.facts.unix_socket(peer).ok().flatten().and_then(|p| p.name);
                 let Some(path_id) = named.as_deref().and_then(|name| self.path_id_of(name)) else {
-                    return Err("its peer is not named like a watched path");
+                    return refused("its peer is not named like a watched path");
                 };
                 (path_id, peer)
             }
@@ -210,18 +228,22 @@ impl Control {
             // is, completes the pair.
             (Role::Client, None) => match &event {
                 Some((seen, _)) => (seen.path_id, 0),
-                None => return Err("no connect event, and its peer has not been accepted yet"),
+                None => return refused("no connect event, and its peer has not been accepted yet"),
             },
             (Role::Server, Some(peer)) => {
                 let from_event = event.as_ref().map(|(seen, _)| seen.path_id);
                 let from_client = || self.lock().held_client_path(peer);
                 let from_name = || socket.name.as_deref().and_then(|name| self.path_id_of(name));
                 let Some(path_id) = from_event.or_else(from_client).or_else(from_name) else {
-                    return Err("no accept event, no claimed client, and not named like a watched path");
+                    return refused("no accept event, no claimed client, and not named like a watched path");
                 };
                 (path_id, peer)
             }
-            (Role::Server, None) => return Err("the socket has no peer"),
+            // Connected, and its peer has no inode: the client closed its end already.
+            (Role::Server, None) if event.is_some() || socket.name.as_deref().is_some_and(|name| self.path_id_of(name).is_some()) => {
+                return Err(Unverified::PeerGone);
+            }
+            (Role::Server, None) => return refused("the socket has no peer"),
         };
         // An event of another path is another socket's that had the same fd.
         let event = event.filter(|(seen, _)| seen.path_id == path_id);
@@ -517,12 +539,30 @@ mod tests {
         kernel.close(CLIENT, 5);
         let (agent, hook) = control_connection();
         drop(hook); // the hook closed the socket, and the claim with it
+        let asked = kernel.asked("socket_inode");
         assert!(matches!(control.claim(who(CLIENT, Role::Client, 5), agent), Decision::Answer { ref streams, .. } if streams.is_empty()));
+        assert_eq!(kernel.asked("socket_inode"), asked, "not even looked at: its fd may be another socket by now");
         let stats = control.stats();
         assert_eq!((stats.abandoned, stats.refused), (1, 0));
         // With its connection open, the same claim is refused.
         assert!(refused(&control, CLIENT, Role::Client, 5));
         assert_eq!(control.stats().refused, 1);
+    }
+
+    #[test]
+    fn a_server_whose_client_closed_first_is_answered_plain_not_refused() {
+        let (kernel, control) = setup(8, true);
+        // The client closed: the server's socket is still connected, with a peer the kernel can
+        // no longer name.
+        kernel.close(CLIENT, 5);
+        kernel.socket(2007, UnixSocket { kind: libc::SOCK_STREAM as u8, state: ESTABLISHED, peer: None, name: Some(PATH.into()) });
+        assert_eq!(answered(&control, claim(&control, SERVER, Role::Server, 7)), Reply::plain(PlainReason::PeerHasNoHook));
+        let stats = control.stats();
+        assert_eq!((stats.refused, stats.peer_never_claimed, stats.held_claims), (0, 1, 0));
+        // Another process's peerless socket on no watched path is refused as before.
+        kernel.fd(OTHER, 4, Some(3004));
+        kernel.socket(3004, UnixSocket { kind: libc::SOCK_STREAM as u8, state: ESTABLISHED, peer: None, name: Some(b"/other".to_vec()) });
+        assert!(refused(&control, OTHER, Role::Server, 4));
     }
 
     #[test]

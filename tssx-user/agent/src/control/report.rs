@@ -65,8 +65,8 @@ pub struct Stats {
     /// Paired connections freed before anything went on the rings (an end gave up, or both
     /// closed or died first).
     pub given_up: u64,
-    /// Connections whose sockets closed before either end claimed them (their kernel events
-    /// dropped unclaimed).
+    /// Connections that closed before the agent saw a claim for them (their kernel events
+    /// dropped unclaimed; their hooks' claims, if any, came after the close: `abandoned`).
     pub short_lived_plain: u64,
     /// Held claims that ended without the other end's claim (peer without the hook, or gone).
     pub peer_never_claimed: u64,
