@@ -109,10 +109,12 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Each live or spare segment holds an fd in the agent, and each control connection one more: raise the
-/// soft `RLIMIT_NOFILE` towards the hard limit so that `max_connections` segments fit.
+/// Each live or spare segment holds an fd in the agent, and each control connection (served, or
+/// a held claim's) one more: raise the soft `RLIMIT_NOFILE` towards the hard limit so that
+/// `max_connections` segments and their held claims fit.
 fn raise_fd_limit(max_connections: usize) {
-    let want = (max_connections + control::SPARE_SEGMENTS + control::MAX_CONTROL_CONNECTIONS + 256) as libc::rlim_t;
+    let held = max_connections * control::HELD_PER_CONNECTION;
+    let want = (max_connections + held + control::SPARE_SEGMENTS + control::MAX_CONTROL_CONNECTIONS + 256) as libc::rlim_t;
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit/setrlimit read and write a live rlimit.
     unsafe {

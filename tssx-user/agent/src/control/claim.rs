@@ -17,7 +17,9 @@
 //!   its listener's name, so this is the kernel's word that the caller connected to that path.
 //!   The kernel's `connect` event for (pid, F), kept since the connect, names the same path and
 //!   gives the connection's time and the process's command name; without it (lost, or
-//!   forgotten at the cap) the claim stands on `sock_diag` alone. Before the server accepted,
+//!   forgotten at the cap) the claim stands on `sock_diag` alone. A claim names the fd of the
+//!   call its hook was in, which may be a duplicate of the connected one (`dup`, a clone used by
+//!   another thread): the event is then found among the process's own events by socket inode. Before the server accepted,
 //!   its socket has no inode for `sock_diag` to describe: the connect event alone backs the
 //!   claim then, and the server's claim, whose socket's peer is this one, pairs with it.
 //! * A **server** claim of fd F is honoured if F is a stream socket with a peer and: the
@@ -75,6 +77,8 @@ fn hung_up(stream: &UnixStream) -> bool {
 /// How often a pair at the limit gathers the liveness of more processes and tries again (more
 /// are needed only when connections appeared while it asked).
 const LIMIT_ROUNDS: usize = 3;
+/// Most kept events of one process a claim looks through for its socket under another fd.
+const DUPLICATE_SEARCH: usize = 64;
 /// Claims held at once, per allowed connection (`--max-connections`).
 pub const HELD_PER_CONNECTION: usize = 4;
 
@@ -209,11 +213,13 @@ impl Control {
         };
         let side = if role == Role::Client { Side::Connect } else { Side::Accept };
         let recorded = self.lock().event(side, pid, fd);
-        let event = recorded.or_else(|| {
-            // Submitted before the syscall returned: in the ring buffer if not recorded yet.
-            self.drain_feed();
-            self.lock().event(side, pid, fd)
-        });
+        let event = recorded
+            .or_else(|| {
+                // Submitted before the syscall returned: in the ring buffer if not recorded yet.
+                self.drain_feed();
+                self.lock().event(side, pid, fd)
+            })
+            .or_else(|| self.event_of_duplicate(side, pid, inode));
         let (path_id, peer) = match (role, socket.peer) {
             (Role::Client, Some(peer)) => {
                 // The peer (the server's socket) carries the listener's name.
@@ -254,12 +260,26 @@ impl Control {
         Ok(Verified {
             role,
             end,
+            fd,
             inode,
             peer,
             path_id,
             event_ns: event.as_ref().map(|(seen, _)| seen.ts_ns),
             event: event.map(|(_, at)| at),
         })
+    }
+
+    /// The `side` event of process `pid` for socket `inode` under another fd (the hook claims
+    /// with the fd of the call it was in, which may be a duplicate: `dup`, `try_clone`). Looks
+    /// at the process's own kept events only, at most [`DUPLICATE_SEARCH`] of them, reading
+    /// `/proc` for those whose socket the agent has not learnt yet (outside the lock).
+    fn event_of_duplicate(&self, side: Side, pid: u32, inode: u32) -> Option<(super::registry::Seen, super::registry::EventRef)> {
+        let candidates = self.lock().events_of(side, pid, DUPLICATE_SEARCH)?;
+        let fd = candidates.into_iter().find_map(|(fd, known)| match known {
+            Some(known) => (known == inode).then_some(fd),
+            None => (self.facts.socket_inode(pid, fd).ok().flatten() == Some(inode)).then_some(fd),
+        })?;
+        self.lock().event(side, pid, fd)
     }
 
     /// Pairs claim `new` (control connection `stream`) with the held claim `partner`: makes the
@@ -468,7 +488,8 @@ mod tests {
         let (_kernel, control) = setup(8, true);
         let (server, client, _) = held_then_paired(&control, (SERVER, Role::Server, 7), (CLIENT, Role::Client, 5));
         assert_eq!((server, client), (Reply::swap(1), Reply::swap(1)));
-        assert_eq!(control.stats().paired, 1);
+        let stats = control.stats();
+        assert_eq!((stats.paired, stats.unclaimed_events), (1, 0), "the pair used both events up");
     }
 
     #[test]
@@ -488,6 +509,21 @@ mod tests {
         assert_eq!(read_reply(&client_hook).unwrap().0, Reply::swap(1));
         assert_eq!(read_reply(&server_hook).unwrap().0, Reply::swap(1));
         assert_eq!(control.status()[0].socket_inodes, [1005, 2007]);
+    }
+
+    #[test]
+    fn a_claim_through_a_duplicate_fd_finds_the_event_of_the_original() {
+        let (kernel, control) = setup(8, true);
+        // The client's writer thread claims through its clone (fd 9) of fd 5; another socket of
+        // the same process has an event too.
+        kernel.fd(CLIENT, 9, Some(1005));
+        kernel.connection((CLIENT, 6, 1006), (SERVER, Some(8), 2008));
+        control.record(&connect_event(CLIENT, 6));
+        let (_, _, _) = held_then_paired(&control, (CLIENT, Role::Client, 9), (SERVER, Role::Server, 7));
+        let status = control.status();
+        assert_eq!((status[0].client.fd, status[0].client.comm.as_str()), (5, "ev100"), "the original fd, from the event");
+        // Both events of the pair used up, the other socket's kept.
+        assert_eq!(control.stats().unclaimed_events, 1);
     }
 
     #[test]

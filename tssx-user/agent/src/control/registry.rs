@@ -25,7 +25,7 @@ use serde::Serialize;
 use tssx_common::{
     control::Role,
     event::{Event, EventKind},
-    segment::{End, EndLine, SegmentState, JOIN_NONE, NOT_YET},
+    segment::{End, EndLine, SegmentState, JOIN_NONE, JOIN_REFUSED, NOT_YET},
 };
 use tssx_shm::segment::Segment;
 
@@ -117,8 +117,11 @@ pub(super) enum FdNow {
 pub(super) struct Verified {
     /// Which end it claims.
     pub(super) role: Role,
-    /// The claimant and its fd.
+    /// The claimant and its fd (the connected or accepted one, from the kernel event when the
+    /// agent has it).
     pub(super) end: EndInfo,
+    /// The fd the claim named (the same socket; possibly a duplicate of `end.fd`).
+    pub(super) fd: i32,
     /// The claimed socket's inode.
     pub(super) inode: u32,
     /// Its peer's inode; 0 for a client whose connection waits in the accept queue (the
@@ -244,6 +247,26 @@ impl Connection {
     pub(super) fn switched_at(&self, end: End) -> Option<u64> {
         // Acquire: pairs with the hook's SeqCst store (a snapshot for status and traces).
         Some(self.line(end).switch_at.load(Ordering::Acquire)).filter(|&at| at != NOT_YET)
+    }
+
+    /// Where `end` is in its migration (see [`super::ConnectionStatus::ends`]).
+    pub(super) fn end_phase(&self, end: End) -> &'static str {
+        let line = self.line(end);
+        // Acquire/Relaxed: a snapshot for status (the hooks store these with SeqCst).
+        if line.active_ns.load(Ordering::Relaxed) != 0 {
+            return "active";
+        }
+        if self.switched_at(end).is_some() {
+            return "switched";
+        }
+        if line.ready.load(Ordering::Acquire) == 1 {
+            return "ready";
+        }
+        match line.joined.load(Ordering::Acquire) {
+            JOIN_NONE => "not joined",
+            JOIN_REFUSED => "refused",
+            _ => "joined",
+        }
     }
 
     /// Some direction moved onto the rings (the migration is committed).
@@ -432,6 +455,18 @@ impl Registry {
         map.get(&(pid, fd)).map(|seen| (seen.clone(), EventRef { side, pid, fd, seq: seen.seq }))
     }
 
+    /// The fds of `pid`'s kept `side` events, with their sockets' inodes where known; `None` if
+    /// there are more than `most` (the search would cost too much).
+    pub(super) fn events_of(&self, side: Side, pid: u32, most: usize) -> Option<Vec<(i32, Option<u32>)>> {
+        let map = match side {
+            Side::Connect => &self.connects,
+            Side::Accept => &self.accepts,
+        };
+        let found: Vec<(i32, Option<u32>)> =
+            map.iter().filter(|((p, _), _)| *p == pid).map(|(&(_, fd), s)| (fd, s.inode)).take(most + 1).collect();
+        (found.len() <= most).then_some(found)
+    }
+
     /// Takes out the event `at` refers to, if it is still that one.
     fn take_event(&mut self, at: EventRef) -> Option<Seen> {
         let map = self.events(at.side);
@@ -546,7 +581,7 @@ impl Registry {
     /// The held claims, as `(token, pid, fd, inode)`, for the sweep to check that each claimed
     /// socket is still there (outside the lock).
     pub(super) fn held_to_check(&self) -> Vec<(u64, u32, i32, u32)> {
-        self.held.values().map(|h| (h.token, h.claim.end.pid, h.claim.end.fd, h.claim.inode)).collect()
+        self.held.values().map(|h| (h.token, h.claim.end.pid, h.claim.fd, h.claim.inode)).collect()
     }
 
     // ---- connections ------------------------------------------------------------------------
@@ -648,7 +683,7 @@ impl Registry {
 
 #[cfg(test)]
 mod tests {
-    use tssx_common::segment::{JOIN_MAPPED, JOIN_REFUSED};
+    use tssx_common::segment::JOIN_MAPPED;
 
     use super::*;
 
@@ -667,7 +702,7 @@ mod tests {
     }
 
     fn verified(role: Role, pid: u32, inode: u32, peer: u32) -> Verified {
-        Verified { role, end: end(pid, 3), inode, peer, path_id: 0, event_ns: None, event: None }
+        Verified { role, end: end(pid, 3), fd: 3, inode, peer, path_id: 0, event_ns: None, event: None }
     }
 
     fn stream() -> UnixStream {

@@ -25,6 +25,10 @@ pub struct ConnectionStatus {
     /// `migrating` (handed out, not committed yet), `swapped` (some direction moved onto the
     /// rings), `plain` (given up or handed back; freed soon) or `closed`.
     pub state: String,
+    /// Where each end is in its migration, `[client, server]`: `not joined` (has not mapped the
+    /// segment), `joined`, `ready` (counting its socket bytes), `switched` (its writes are on
+    /// its ring), `active` (both directions are), or `refused` (it gave the segment up).
+    pub ends: [&'static str; 2],
     /// Bytes the client wrote to the socket before its writes moved onto its ring (`null`:
     /// not yet).
     pub switched_client_to_server: Option<u64>,
@@ -144,6 +148,7 @@ impl Control {
                         None => "corrupt",
                     }
                     .to_owned(),
+                    ends: [End::Client, End::Server].map(|end| c.end_phase(end)),
                     switched_client_to_server: c.switched_at(End::Client),
                     switched_server_to_client: c.switched_at(End::Server),
                     bytes_client_to_server,
