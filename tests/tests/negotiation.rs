@@ -56,6 +56,7 @@ fn pair(state: &std::path::Path, held: UnixStream, role: Role, fd: i32) -> (u64,
     let (reply, second_fd) = claim(state, role, fd);
     let took = started.elapsed();
     assert_eq!(reply.reply_kind(), Some(ReplyKind::Swap), "{reply:?}");
+    eprintln!("second claim answered (both ends paired) in {took:?}");
     assert!(took < AT_ONCE, "the second claim was not answered at once: {took:?}");
     let (held_reply, held_fd) = await_answer(&held, AT_ONCE).reply();
     assert_eq!(held_reply, reply, "both ends get the same connection");
