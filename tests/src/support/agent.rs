@@ -193,4 +193,10 @@ impl HookedAgent {
     pub fn stop(self) -> ExitStatus {
         self.agent.stop()
     }
+
+    /// SIGKILLs the agent and reaps it (the lock is released afterwards; the state directory
+    /// keeps the dead agent's files, as after a crash).
+    pub fn kill9(self) {
+        self.agent.kill9()
+    }
 }
