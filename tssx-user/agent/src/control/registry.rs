@@ -25,7 +25,7 @@ use serde::Serialize;
 use tssx_common::{
     control::Role,
     event::{Event, EventKind},
-    segment::{End, EndLine, SegmentState, JOIN_NONE, JOIN_REFUSED, NOT_YET},
+    segment::{End, EndLine, SegmentState, JOIN_MAPPED, JOIN_NONE, JOIN_REFUSED, NOT_YET},
 };
 use tssx_shm::segment::Segment;
 
@@ -638,6 +638,36 @@ impl Registry {
         pids
     }
 
+    /// The ends of live connections that may have died without closing: their claimant is gone
+    /// (by `alive`), yet the end still counts holders and has joined. As `(id, end, socket
+    /// inode)`, for the sweep to ask whether the socket still exists (outside the lock).
+    pub(super) fn ends_of_the_dead(&self, alive: &Alive) -> Vec<(u64, End, u32)> {
+        let mut ends = Vec::new();
+        for c in self.live.values() {
+            for (end, pid) in [(End::Client, c.client.pid), (End::Server, c.server.pid)] {
+                let line = c.line(end);
+                // Acquire: as the hooks' peers read them.
+                let holds = c.segment.header().refcount[end.index()].load(Ordering::Acquire) > 0;
+                if alive.knows(pid) && !alive.is_alive(pid) && holds && line.joined.load(Ordering::Acquire) == JOIN_MAPPED {
+                    ends.push((c.id, end, c.inodes[end.index()]));
+                }
+            }
+        }
+        ends
+    }
+
+    /// End `end` of connection `id` is gone: its socket no longer exists, so no process holds
+    /// it (its last holder died without closing, e.g. SIGKILL). Its holder count goes to zero,
+    /// as the hook's last close would have set it: the peer's hook then reads what is left and
+    /// EOF, and its writes fail with EPIPE, at once (a non-blocking writer facing a full ring
+    /// would otherwise never look at the real socket's hang-up). True if it changed.
+    pub(super) fn end_gone(&mut self, id: u64, end: End) -> bool {
+        let Some(c) = self.live.get(&id) else { return false };
+        // Release: pairs with the peer's Acquire load of a zero count (nothing of the dead end
+        // is published after it anyway).
+        c.segment.header().refcount[end.index()].swap(0, Ordering::AcqRel) != 0
+    }
+
     /// Takes out the connections that are over at `now` (see [`Finished`]; a pid `alive` does
     /// not know counts as alive). When that leaves no connection live, the spares go too (an
     /// idle agent holds no memfd).
@@ -683,8 +713,6 @@ impl Registry {
 
 #[cfg(test)]
 mod tests {
-    use tssx_common::segment::JOIN_MAPPED;
-
     use super::*;
 
     fn segment() -> Arc<Segment> {
