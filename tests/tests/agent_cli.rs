@@ -82,8 +82,33 @@ fn help_explains_the_options() {
     let out = agent(&["--help"]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    for needle in ["--paths", "@name", "--log-format", "--state-dir", "SIGTERM", "root"] {
+    for needle in ["--paths", "@name", "--log-format", "--state-dir", "SIGTERM", "root", "--claim-after", "500us", "[default: 1ms]"] {
         assert!(text.contains(needle), "--help lacks {needle}: {text}");
+    }
+}
+
+#[test]
+fn malformed_claim_after_is_refused() {
+    for bad in ["5", "1.5ms", "1h", "ms"] {
+        let out = agent(&["--paths", "/tmp/x.sock", "--claim-after", bad]);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {out:?}");
+        assert_one_line_error(&out, &["--claim-after", bad, "500us, 1ms, 2s"]);
+    }
+}
+
+/// `--claim-after` reaches the hooks: the first line of the published paths file.
+#[test]
+fn claim_after_is_published_for_hooks() {
+    require_root();
+    let dir = TempDir::new("claim-after");
+    let state = dir.join("state");
+    for (arg, ns) in [(None, 1_000_000u64), (Some("250us"), 250_000), (Some("0"), 0), (Some("2s"), 2_000_000_000)] {
+        let extra: Vec<&str> = arg.map(|a| vec!["--claim-after", a]).unwrap_or_default();
+        let agent = Agent::start_with(&["/tmp/tssx-claim-after.sock", "@tssx-claim-after"], &state, &extra);
+        let published = std::fs::read_to_string(state.join("paths")).unwrap();
+        assert_eq!(published, format!("#claim-after-ns={ns}\n/tmp/tssx-claim-after.sock\n@tssx-claim-after\n"), "{arg:?}");
+        assert_eq!(agent.events("ready")[0]["claim_after_us"], ns / 1000);
+        assert!(agent.stop().success());
     }
 }
 

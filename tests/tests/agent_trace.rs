@@ -149,3 +149,98 @@ fn two_hundred_concurrent_connections_lose_no_event() {
     assert_eq!(traced(&accepted), pid_fds(&accepts));
     assert!(agent.events("events lost").is_empty());
 }
+
+/// Connections that close before either end claims them (here: programs without the hook) are
+/// counted (`short_lived_plain`, one per connection) and traced per connection at debug only: at
+/// info, a busy server's short connections show as connect/accept lines and counters.
+#[test]
+fn short_lived_connections_are_counted_and_traced_at_debug_only() {
+    require_root();
+    let dir = TempDir::new("trace-short");
+    let path = dir.socket("short.sock");
+    let agent = Agent::start_with(&[&path], &dir.join("state"), &["-v"]);
+    const N: usize = 5;
+    let server = Server::start(SERVER, &path, N, 0);
+    client(&path, N);
+    server.finish();
+    agent.wait_for("accept", &path, N, WAIT);
+    tssx_tests::wait_until(Duration::from_secs(5), "the sweep to count the closed connections", || {
+        agent.stats()["short_lived_plain"] == N as u64
+    });
+    let stats = agent.stats();
+    assert_eq!((stats["unclaimed_events"].as_u64(), stats["claims"].as_u64()), (Some(0), Some(0)), "{stats}");
+    let not = agent.events_on("not", &path);
+    assert_eq!(not.len(), N, "{not:?}");
+    assert!(not.iter().all(|e| e["level"] == "DEBUG" && e["reason"].as_str().is_some_and(|r| r.starts_with("short-lived"))), "{not:?}");
+    assert!(agent.events("paired").is_empty() && agent.events("swapped").is_empty());
+    assert!(agent.stop().success());
+}
+
+/// Two hooked programs stream through a watched path: the agent traces `paired`, then `swapped`
+/// with the byte positions at which each direction moved onto the rings and how long after the
+/// connect, then `closed` with the bytes through shared memory; together they account for every
+/// byte. (Whether a pair migrates is the hooks' doing: the stream checker's client, whose two
+/// threads are nearly always blocked in the kernel, sometimes never becomes ready; such a pair
+/// is traced `paired` and `closed` only, and another is run, three at most.)
+#[test]
+fn traces_a_migration_paired_swapped_closed() {
+    require_root();
+    let dir = TempDir::new("trace-migrate");
+    let path = dir.socket("migrate.sock");
+    let agent = tssx_tests::HookedAgent::start(&[&path]);
+    const BYTES: u64 = 256 << 20;
+    let stream = |role: &str| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tssx-test-stream"));
+        cmd.args([role, &path, &BYTES.to_string(), "3"]).env("LD_PRELOAD", tssx_tests::hook());
+        tssx_tests::Process::spawn(cmd)
+    };
+    let count = |stats: &Value, key: &str| stats[key].as_u64().unwrap_or_else(|| panic!("{key} in {stats}"));
+    for attempt in 1..=3 {
+        let before = agent.stats();
+        let started = tssx_tests::monotonic_ns();
+        let _ = std::fs::remove_file(&path);
+        let server = stream("server");
+        server.expect_line("ready", WAIT);
+        tssx_tests::wait_until(WAIT, "the server's socket", || std::path::Path::new(&path).exists());
+        let client = stream("client");
+        for end in [client, server] {
+            let lines = end.finish(Duration::from_secs(60));
+            assert!(lines.contains(&format!("ok sent={BYTES} received={BYTES}")), "{lines:?}");
+        }
+        let took_us = (tssx_tests::monotonic_ns() - started) / 1000;
+        let closed = agent.await_events("closed", &path, attempt, WAIT);
+        let c = closed.last().unwrap().clone();
+        let id = c["connection"].clone();
+        let of = |kind: &str| -> Vec<Value> { agent.events_on(kind, &path).into_iter().filter(|e| e["connection"] == id).collect() };
+        let (paired, swapped) = (of("paired"), of("swapped"));
+        let after = agent.stats();
+        assert_eq!(
+            (count(&after, "claims") - count(&before, "claims"), count(&after, "paired") - count(&before, "paired")),
+            (2, 1),
+            "{after}"
+        );
+        assert_eq!(paired.len(), 1, "{paired:?}");
+        let p = &paired[0];
+        assert!(p["client"].as_str().unwrap().ends_with("/tssx-test-strea"), "{p}");
+        let Some(s) = swapped.first() else {
+            eprintln!("attempt {attempt}: paired, not swapped: {:?}", agent.events_on("not", &path));
+            continue;
+        };
+        let at = |e: &Value| e["timestamp"].as_str().unwrap().to_owned();
+        assert!(at(p) <= at(s) && at(s) <= at(&c), "out of order: {p} {s} {c}");
+        assert_eq!((p["client"].clone(), p["server"].clone()), (s["client"].clone(), s["server"].clone()));
+        assert!(s["message"].as_str().unwrap().starts_with("swapped ") && s["message"].as_str().unwrap().contains(" <-> "), "{s}");
+        for (switch, shm) in
+            [("switched_client_to_server", "bytes_client_to_server"), ("switched_server_to_client", "bytes_server_to_client")]
+        {
+            assert_eq!(s[switch].as_u64().unwrap() + c[shm].as_u64().unwrap(), BYTES, "{s} {c}");
+        }
+        let migrated = s["migrated_after_us"].as_u64().unwrap();
+        assert!(migrated > 0 && migrated < took_us, "migrated after {migrated} us of a {took_us} us run");
+        assert_eq!(count(&after, "swapped") - count(&before, "swapped"), 1, "{after}");
+        eprintln!("migrated {migrated} us after the connect: {s}");
+        assert!(agent.stop().success());
+        return;
+    }
+    panic!("three stream pairs in a row were not swapped");
+}

@@ -2,17 +2,19 @@
 //! the agent's control socket (`<state-dir>/agent.sock`, a Unix stream socket).
 //!
 //! Every message is a fixed-size `#[repr(C)]` record in native byte order (both ends are on one
-//! host). The caller sends one [`Request`]; the agent answers with one [`Reply`], carrying the
-//! segment's memfd as `SCM_RIGHTS` ancillary data when the answer is [`ReplyKind::Swap`]. The
-//! agent learns the caller's pid from `SO_PEERCRED`, never from the message, and checks every
-//! claim against the kernel's own connect/accept events.
+//! host). The caller sends one [`Request`]; the agent answers with at most one [`Reply`],
+//! carrying the segment's memfd as `SCM_RIGHTS` ancillary data when the answer is
+//! [`ReplyKind::Swap`]. The agent learns the caller's pid from `SO_PEERCRED`, never from the
+//! message, and checks every claim against the kernel (its connect/accept events, `sock_diag`).
 //!
-//! After a [`ReplyKind::Swap`] reply to a client's claim, the agent keeps that connection open
-//! for as long as the connection is pending, and closes it once it has decided (after the
-//! segment's state changed to active or plain). So a hook that sees EOF on it while the segment
-//! is still pending knows the agent is gone (killed, or stopped) and nobody will decide: it turns
-//! the connection plain itself (`Pending -> Plain`, replaying what it wrote). Nothing is ever
-//! sent on it after the reply.
+//! A claim is answered at once when it is refused ([`ReplyKind::Plain`]) or must be sent again
+//! later ([`ReplyKind::Retry`]). Otherwise the agent holds it, unanswered, until the other end of
+//! the connection claims too: then both claims get [`ReplyKind::Swap`] with the same segment, at
+//! once. The hook never waits for the answer (it looks for it on later calls). Either way the
+//! agent closes the connection after its answer, and closes it without one when the claim ends
+//! unanswered (the agent stopped or died); the hook ends a claim by closing the connection (it
+//! gave up, or its socket closed). So EOF without a reply means "stay plain". Nothing is sent
+//! after the reply.
 //!
 //! Decoding is strict: a record of the wrong size, magic, version, kind or role is refused with
 //! a [`DecodeError`], so a malformed or hostile message can never be mistaken for a claim.

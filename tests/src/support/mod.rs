@@ -12,7 +12,7 @@
 //! | [`lock`] | [`MachineLock`]: the machine-wide lock on the default state directory |
 //! | [`resources`] | [`Resources`]: descriptors, memfds and RSS of a process, from `/proc` |
 //! | [`tempdir`] | [`TempDir`]: a fresh directory, removed when dropped |
-//! | [`control`] | [`ask`], [`ask_and_keep`], [`claim`]: requests on an agent's control socket |
+//! | [`control`] | [`ask`], [`ask_and_keep`], [`claim`], [`send_claim`], [`await_answer`]: requests on an agent's control socket |
 //! | [`mod@env`] | where the built binaries are ([`agent_bin`], [`hook`]), [`require_root`] |
 //! | [`text`] | reading the test programs' `key=value` output lines ([`field`], [`lines_of`]) |
 //!
@@ -63,7 +63,7 @@ pub mod wait;
 
 pub use agent::{Agent, HookedAgent, DEFAULT_STATE_DIR};
 pub use churn::{assert_connections_do_not_wait, churn, Churn};
-pub use control::{ask, ask_and_keep, claim};
+pub use control::{ask, ask_and_keep, await_answer, claim, send_claim, Answer};
 pub use env::{agent_bin, hook, require_root, target_dir};
 pub use lock::{DefaultAgentLock, MachineLock};
 pub use process::{run_ok, Process};

@@ -78,7 +78,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             guard = events.readable_mut() => {
                 // Cleared before reading: an event submitted meanwhile makes it ready again.
                 guard.context("waiting for events")?.clear_ready();
-                handle_events(&control, &mut watcher, &config.paths, &feed.take());
+                handle_events(&mut watcher, &config.paths, &feed.take(|event| control.record(event)));
             }
             guard = async { logs.as_mut().expect("guarded by the if").readable_mut().await }, if logs.is_some() => {
                 let mut guard = guard.context("waiting for eBPF logs")?;
@@ -87,7 +87,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             }
             _ = progress.tick() => control.progress(),
             _ = drop_check.tick() => {
-                handle_events(&control, &mut watcher, &config.paths, &feed.take());
+                handle_events(&mut watcher, &config.paths, &feed.take(|event| control.record(event)));
                 control.sweep();
                 control.set_map_entries(watcher.map_entries());
                 let dropped = watcher.dropped_events().unwrap_or(dropped_seen);
@@ -109,10 +109,12 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Each live or spare segment holds an fd in the agent, and each control connection one more: raise the
-/// soft `RLIMIT_NOFILE` towards the hard limit so that `max_connections` segments fit.
+/// Each live or spare segment holds an fd in the agent, and each control connection (served, or
+/// a held claim's) one more: raise the soft `RLIMIT_NOFILE` towards the hard limit so that
+/// `max_connections` segments and their held claims fit.
 fn raise_fd_limit(max_connections: usize) {
-    let want = (max_connections + control::SPARE_SEGMENTS + control::MAX_CONTROL_CONNECTIONS + 256) as libc::rlim_t;
+    let held = max_connections * control::HELD_PER_CONNECTION;
+    let want = (max_connections + held + control::SPARE_SEGMENTS + control::MAX_CONTROL_CONNECTIONS + 256) as libc::rlim_t;
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit/setrlimit read and write a live rlimit.
     unsafe {
@@ -131,14 +133,9 @@ fn raise_fd_limit(max_connections: usize) {
     }
 }
 
-/// Records, traces and acts on events in the kernel's order: `taken.recorded` were recorded for
-/// claims by claim workers already, `taken.fresh` were not.
-fn handle_events(control: &control::Control, watcher: &mut Watcher, paths: &[WatchedPath], taken: &crate::feed::Taken) {
-    for event in &taken.recorded {
-        handle_event(watcher, event, paths);
-    }
-    for event in &taken.fresh {
-        control.record(event);
+/// Traces and acts on events in the kernel's order (all of them recorded for claims already).
+fn handle_events(watcher: &mut Watcher, paths: &[WatchedPath], taken: &crate::feed::Taken) {
+    for event in taken.recorded.iter().chain(&taken.fresh) {
         handle_event(watcher, event, paths);
     }
 }

@@ -11,6 +11,9 @@
 //! Order: the ring is drained under one lock, and the forwarded events are queued before that
 //! lock is released; the event loop takes the queued events before the ring's under the same
 //! lock ([`EventFeed::take`]), so it sees every event exactly once and in the kernel's order.
+//! Whoever reads an event out of the ring records it before the lock is released (the event
+//! loop too), so a claim that drains the ring and then looks in the registry finds every event
+//! submitted before its claim: none is in between, read and not yet recorded.
 //!
 //! Wake-ups: queuing wakes nobody. The event loop is woken by the ring buffer itself: the kernel
 //! notifies it of every record submitted while its reader had caught up, so every record a
@@ -34,13 +37,13 @@ struct Ring {
     forwarded: Vec<Event>,
 }
 
-/// Events the event loop takes: those a claim worker drained (already recorded in the
-/// registry), then those read from the ring now (not yet recorded).
+/// Events the event loop takes, all recorded already: those a claim worker drained, then those
+/// read from the ring now; in the kernel's order, to be traced and acted on.
 #[derive(Debug, Default)]
 pub struct Taken {
-    /// Drained and recorded by claim workers; still to be traced and acted on.
+    /// Drained and recorded by claim workers.
     pub recorded: Vec<Event>,
-    /// Read from the ring now: to be recorded, traced and acted on.
+    /// Read from the ring now (and recorded by [`EventFeed::take`]).
     pub fresh: Vec<Event>,
 }
 
@@ -71,11 +74,16 @@ impl EventFeed {
         ring.forwarded.extend(batch);
     }
 
-    /// For the event loop: the events claim workers forwarded, then the ring's.
-    pub fn take(&self) -> Taken {
+    /// For the event loop: the events claim workers forwarded, then the ring's, each of the
+    /// latter passed to `record` under the ring lock (see the module doc).
+    pub fn take(&self, mut record: impl FnMut(&Event)) -> Taken {
         let mut ring = self.lock();
         let recorded = std::mem::take(&mut ring.forwarded);
-        Taken { recorded, fresh: read_all(&mut ring.ring) }
+        let fresh = read_all(&mut ring.ring);
+        for event in &fresh {
+            record(event);
+        }
+        Taken { recorded, fresh }
     }
 }
 

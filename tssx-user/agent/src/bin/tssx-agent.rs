@@ -180,17 +180,18 @@ fn status(state_dir: &std::path::Path, json: bool, stats: bool) -> anyhow::Resul
                 format!("{}/{} fd {}", e["pid"], e["comm"].as_str().unwrap_or("?"), e["fd"])
             }
         };
+        // Values as strings: a `serde_json::Value`'s Display ignores the column width.
         let switch = |v: &serde_json::Value| if v.is_null() { "-".to_owned() } else { v.to_string() };
         println!(
             "{:>4}  {:<9} {:<28} {:<28} {:>12} {:>12} {:>14} {:>14}  {}",
-            v["id"],
+            v["id"].to_string(),
             v["state"].as_str().unwrap_or("?"),
             end(&v["client"]),
             end(&v["server"]),
             switch(&v["switched_client_to_server"]),
             switch(&v["switched_server_to_client"]),
-            v["bytes_client_to_server"],
-            v["bytes_server_to_client"],
+            v["bytes_client_to_server"].to_string(),
+            v["bytes_server_to_client"].to_string(),
             v["path"].as_str().unwrap_or("")
         );
     }

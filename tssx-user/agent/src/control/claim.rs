@@ -17,7 +17,9 @@
 //!   its listener's name, so this is the kernel's word that the caller connected to that path.
 //!   The kernel's `connect` event for (pid, F), kept since the connect, names the same path and
 //!   gives the connection's time and the process's command name; without it (lost, or
-//!   forgotten at the cap) the claim stands on `sock_diag` alone. Before the server accepted,
+//!   forgotten at the cap) the claim stands on `sock_diag` alone. A claim names the fd of the
+//!   call its hook was in, which may be a duplicate of the connected one (`dup`, a clone used by
+//!   another thread): the event is then found among the process's own events by socket inode. Before the server accepted,
 //!   its socket has no inode for `sock_diag` to describe: the connect event alone backs the
 //!   claim then, and the server's claim, whose socket's peer is this one, pairs with it.
 //! * A **server** claim of fd F is honoured if F is a stream socket with a peer and: the
@@ -32,10 +34,14 @@
 //!   `max_connections` live segments. At most `HELD_PER_CONNECTION * max_connections` claims
 //!   are held at once; beyond, a claim is answered plain.
 //! * Anything else is refused and traced `claim refused` with the caller's pid and uid: a
-//!   process asking for a socket that is not its own end of a connection on a watched path.
+//!   process asking for a socket that is not its own end of a connection on a watched path. A
+//!   claim that fails because its socket is gone while its control connection is closed too
+//!   was abandoned by its hook (the connection closed before the agent looked at the claim):
+//!   traced at debug, counted apart. A server end whose client closed already is answered
+//!   plain (`PeerHasNoHook`), not refused.
 
 use std::{
-    os::unix::net::UnixStream,
+    os::{fd::AsRawFd as _, unix::net::UnixStream},
     sync::{atomic::Ordering, Arc},
     time::Instant,
 };
@@ -52,9 +58,27 @@ use super::{
     Control,
 };
 
+/// Why a claim is not honoured.
+enum Unverified {
+    /// The kernel does not back it (see the module doc): refused.
+    Refused(&'static str),
+    /// A server end on a watched path whose client closed already: plain, nothing to pair.
+    PeerGone,
+}
+
+/// Whether the other end of a claim's control connection is closed (a look, no wait).
+fn hung_up(stream: &UnixStream) -> bool {
+    let mut pfd = libc::pollfd { fd: stream.as_raw_fd(), events: libc::POLLRDHUP, revents: 0 };
+    // SAFETY: one live pollfd, no wait.
+    let ready = unsafe { libc::poll(&mut pfd, 1, 0) };
+    ready > 0 && pfd.revents & (libc::POLLRDHUP | libc::POLLHUP) != 0
+}
+
 /// How often a pair at the limit gathers the liveness of more processes and tries again (more
 /// are needed only when connections appeared while it asked).
 const LIMIT_ROUNDS: usize = 3;
+/// Most kept events of one process a claim looks through for its socket under another fd.
+const DUPLICATE_SEARCH: usize = 64;
 /// Claims held at once, per allowed connection (`--max-connections`).
 pub const HELD_PER_CONNECTION: usize = 4;
 
@@ -123,9 +147,24 @@ impl Control {
     pub(super) fn claim(&self, who: Claimant, stream: UnixStream) -> Decision {
         // Relaxed: counters.
         self.counters.claims.fetch_add(1, Ordering::Relaxed);
-        let verified = match self.verify(who) {
+        // A claim whose hook closed it already (its socket closed) is over: the fd it names may
+        // even be another socket by now.
+        let verified = if hung_up(&stream) { Err(Unverified::Refused("its connection closed first")) } else { self.verify(who) };
+        let verified = match verified {
             Ok(verified) => verified,
-            Err(why) => {
+            Err(Unverified::PeerGone) => {
+                self.counters.peer_never_claimed.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(pid = who.pid, fd = who.fd, role = ?who.role, reason = "peer never claimed", detail = "its peer closed first", "not swapped");
+                return Decision::Answer { streams: vec![stream], reply: Reply::plain(PlainReason::PeerHasNoHook) };
+            }
+            Err(Unverified::Refused(why)) if hung_up(&stream) => {
+                // The hook closed its socket (and with it the claim) before the agent looked: a
+                // short connection, not a suspicious claim.
+                self.counters.abandoned.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(pid = who.pid, fd = who.fd, role = ?who.role, detail = why, "claim abandoned: its connection closed first");
+                return Decision::Answer { streams: Vec::new(), reply: Reply::plain(PlainReason::NotSeen) };
+            }
+            Err(Unverified::Refused(why)) => {
                 self.counters.refused.fetch_add(1, Ordering::Relaxed);
                 return who.refused(stream, why);
             }
@@ -160,30 +199,33 @@ impl Control {
     }
 
     /// Checks a claim against the kernel (see the module doc); `Err` says why it is refused.
-    fn verify(&self, who: Claimant) -> Result<Verified, &'static str> {
+    fn verify(&self, who: Claimant) -> Result<Verified, Unverified> {
         let Claimant { pid, fd, role, .. } = who;
+        let refused = |why| Err(Unverified::Refused(why));
         let inode = match self.facts.socket_inode(pid, fd) {
             Ok(Some(inode)) => inode,
-            Ok(None) => return Err("the fd is no socket"),
-            Err(_) => return Err("no such fd"),
+            Ok(None) => return refused("the fd is no socket"),
+            Err(_) => return refused("no such fd"),
         };
         let socket = match self.facts.unix_socket(inode) {
             Ok(Some(socket)) if socket.is_stream() && socket.is_connected() => socket,
-            _ => return Err("no connected Unix stream socket"),
+            _ => return refused("no connected Unix stream socket"),
         };
         let side = if role == Role::Client { Side::Connect } else { Side::Accept };
         let recorded = self.lock().event(side, pid, fd);
-        let event = recorded.or_else(|| {
-            // Submitted before the syscall returned: in the ring buffer if not recorded yet.
-            self.drain_feed();
-            self.lock().event(side, pid, fd)
-        });
+        let event = recorded
+            .or_else(|| {
+                // Submitted before the syscall returned: in the ring buffer if not recorded yet.
+                self.drain_feed();
+                self.lock().event(side, pid, fd)
+            })
+            .or_else(|| self.event_of_duplicate(side, pid, inode));
         let (path_id, peer) = match (role, socket.peer) {
             (Role::Client, Some(peer)) => {
                 // The peer (the server's socket) carries the listener's name.
                 let named = self.facts.unix_socket(peer).ok().flatten().and_then(|p| p.name);
                 let Some(path_id) = named.as_deref().and_then(|name| self.path_id_of(name)) else {
-                    return Err("its peer is not named like a watched path");
+                    return refused("its peer is not named like a watched path");
                 };
                 (path_id, peer)
             }
@@ -192,18 +234,22 @@ impl Control {
             // is, completes the pair.
             (Role::Client, None) => match &event {
                 Some((seen, _)) => (seen.path_id, 0),
-                None => return Err("no connect event, and its peer has not been accepted yet"),
+                None => return refused("no connect event, and its peer has not been accepted yet"),
             },
             (Role::Server, Some(peer)) => {
                 let from_event = event.as_ref().map(|(seen, _)| seen.path_id);
                 let from_client = || self.lock().held_client_path(peer);
                 let from_name = || socket.name.as_deref().and_then(|name| self.path_id_of(name));
                 let Some(path_id) = from_event.or_else(from_client).or_else(from_name) else {
-                    return Err("no accept event, no claimed client, and not named like a watched path");
+                    return refused("no accept event, no claimed client, and not named like a watched path");
                 };
                 (path_id, peer)
             }
-            (Role::Server, None) => return Err("the socket has no peer"),
+            // Connected, and its peer has no inode: the client closed its end already.
+            (Role::Server, None) if event.is_some() || socket.name.as_deref().is_some_and(|name| self.path_id_of(name).is_some()) => {
+                return Err(Unverified::PeerGone);
+            }
+            (Role::Server, None) => return refused("the socket has no peer"),
         };
         // An event of another path is another socket's that had the same fd.
         let event = event.filter(|(seen, _)| seen.path_id == path_id);
@@ -214,12 +260,26 @@ impl Control {
         Ok(Verified {
             role,
             end,
+            fd,
             inode,
             peer,
             path_id,
             event_ns: event.as_ref().map(|(seen, _)| seen.ts_ns),
             event: event.map(|(_, at)| at),
         })
+    }
+
+    /// The `side` event of process `pid` for socket `inode` under another fd (the hook claims
+    /// with the fd of the call it was in, which may be a duplicate: `dup`, `try_clone`). Looks
+    /// at the process's own kept events only, at most [`DUPLICATE_SEARCH`] of them, reading
+    /// `/proc` for those whose socket the agent has not learnt yet (outside the lock).
+    fn event_of_duplicate(&self, side: Side, pid: u32, inode: u32) -> Option<(super::registry::Seen, super::registry::EventRef)> {
+        let candidates = self.lock().events_of(side, pid, DUPLICATE_SEARCH)?;
+        let fd = candidates.into_iter().find_map(|(fd, known)| match known {
+            Some(known) => (known == inode).then_some(fd),
+            None => (self.facts.socket_inode(pid, fd).ok().flatten() == Some(inode)).then_some(fd),
+        })?;
+        self.lock().event(side, pid, fd)
     }
 
     /// Pairs claim `new` (control connection `stream`) with the held claim `partner`: makes the
@@ -428,7 +488,8 @@ mod tests {
         let (_kernel, control) = setup(8, true);
         let (server, client, _) = held_then_paired(&control, (SERVER, Role::Server, 7), (CLIENT, Role::Client, 5));
         assert_eq!((server, client), (Reply::swap(1), Reply::swap(1)));
-        assert_eq!(control.stats().paired, 1);
+        let stats = control.stats();
+        assert_eq!((stats.paired, stats.unclaimed_events), (1, 0), "the pair used both events up");
     }
 
     #[test]
@@ -448,6 +509,21 @@ mod tests {
         assert_eq!(read_reply(&client_hook).unwrap().0, Reply::swap(1));
         assert_eq!(read_reply(&server_hook).unwrap().0, Reply::swap(1));
         assert_eq!(control.status()[0].socket_inodes, [1005, 2007]);
+    }
+
+    #[test]
+    fn a_claim_through_a_duplicate_fd_finds_the_event_of_the_original() {
+        let (kernel, control) = setup(8, true);
+        // The client's writer thread claims through its clone (fd 9) of fd 5; another socket of
+        // the same process has an event too.
+        kernel.fd(CLIENT, 9, Some(1005));
+        kernel.connection((CLIENT, 6, 1006), (SERVER, Some(8), 2008));
+        control.record(&connect_event(CLIENT, 6));
+        let (_, _, _) = held_then_paired(&control, (CLIENT, Role::Client, 9), (SERVER, Role::Server, 7));
+        let status = control.status();
+        assert_eq!((status[0].client.fd, status[0].client.comm.as_str()), (5, "ev100"), "the original fd, from the event");
+        // Both events of the pair used up, the other socket's kept.
+        assert_eq!(control.stats().unclaimed_events, 1);
     }
 
     #[test]
@@ -491,6 +567,38 @@ mod tests {
         assert_eq!(stats.unclaimed_events, 2, "refusals use no event up");
         // The real server is unaffected.
         assert!(matches!(claim(&control, SERVER, Role::Server, 7).0, Decision::Held));
+    }
+
+    #[test]
+    fn a_claim_whose_socket_and_connection_closed_first_is_abandoned_not_refused() {
+        let (kernel, control) = setup(8, true);
+        kernel.close(CLIENT, 5);
+        let (agent, hook) = control_connection();
+        drop(hook); // the hook closed the socket, and the claim with it
+        let asked = kernel.asked("socket_inode");
+        assert!(matches!(control.claim(who(CLIENT, Role::Client, 5), agent), Decision::Answer { ref streams, .. } if streams.is_empty()));
+        assert_eq!(kernel.asked("socket_inode"), asked, "not even looked at: its fd may be another socket by now");
+        let stats = control.stats();
+        assert_eq!((stats.abandoned, stats.refused), (1, 0));
+        // With its connection open, the same claim is refused.
+        assert!(refused(&control, CLIENT, Role::Client, 5));
+        assert_eq!(control.stats().refused, 1);
+    }
+
+    #[test]
+    fn a_server_whose_client_closed_first_is_answered_plain_not_refused() {
+        let (kernel, control) = setup(8, true);
+        // The client closed: the server's socket is still connected, with a peer the kernel can
+        // no longer name.
+        kernel.close(CLIENT, 5);
+        kernel.socket(2007, UnixSocket { kind: libc::SOCK_STREAM as u8, state: ESTABLISHED, peer: None, name: Some(PATH.into()) });
+        assert_eq!(answered(&control, claim(&control, SERVER, Role::Server, 7)), Reply::plain(PlainReason::PeerHasNoHook));
+        let stats = control.stats();
+        assert_eq!((stats.refused, stats.peer_never_claimed, stats.held_claims), (0, 1, 0));
+        // Another process's peerless socket on no watched path is refused as before.
+        kernel.fd(OTHER, 4, Some(3004));
+        kernel.socket(3004, UnixSocket { kind: libc::SOCK_STREAM as u8, state: ESTABLISHED, peer: None, name: Some(b"/other".to_vec()) });
+        assert!(refused(&control, OTHER, Role::Server, 4));
     }
 
     #[test]

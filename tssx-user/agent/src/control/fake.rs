@@ -123,6 +123,11 @@ impl FakeKernel {
         t.fds.extend(copies);
     }
 
+    /// Unix socket `inode` no longer exists (its last holder closed it, or died).
+    pub(super) fn forget_socket(&self, inode: u32) {
+        self.tables().sockets.remove(&inode);
+    }
+
     /// Process `pid` is gone (with its fds).
     pub(super) fn kill(&self, pid: u32) {
         let mut t = self.tables();

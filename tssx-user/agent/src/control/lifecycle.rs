@@ -1,7 +1,16 @@
 //! What happens to connections and kernel facts after the claims: the progress pass (every
 //! 100 ms: `swapped` lines, and freeing what the segments' headers show is over), the sweep
-//! (every second: kernel events and held claims whose sockets are gone, processes gone), and the
-//! spare segments kept ready for the next pairs.
+//! (every second: kernel events and held claims whose sockets are gone, processes gone, ends
+//! whose last holder died), and the spare segments kept ready for the next pairs.
+//!
+//! A process killed without closing its end of a swapped connection leaves the end's holder
+//! count (`refcount`) above zero for ever. Its peer's kernel socket reports the hang-up, which
+//! wakes a peer asleep on it, but a peer that never sleeps (a non-blocking writer facing a full
+//! ring, retrying) would not notice. So the sweep looks at the ends whose claimant died: if the
+//! end's socket no longer exists (`sock_diag`), no process holds it, and its count is set to
+//! zero as the last close would have: the peer reads what is left, then EOF, and its writes
+//! fail with EPIPE (the "agent's exit event" of a crashed peer). Nothing else of the header is
+//! written by the agent after the pair.
 //!
 //! Trust: these passes decide from the kernel's word and the segment headers only. A connection
 //! is freed when its segment says so (state `Plain`: given up or handed back; both ends joined
@@ -21,6 +30,7 @@
 use std::{sync::atomic::Ordering, sync::Arc, time::Instant};
 
 use tssx_common::segment::{End, JOIN_NONE, JOIN_REFUSED};
+
 use tssx_shm::segment::Segment;
 
 use super::{
@@ -71,8 +81,17 @@ impl Control {
         for pid in pids {
             alive.insert(pid, self.facts.alive(pid));
         }
+        // Ends whose process died: does their socket still exist (another process may hold it)?
+        let suspects = self.lock().ends_of_the_dead(&alive);
+        let dead_ends: Vec<_> = suspects.into_iter().filter(|&(_, _, inode)| matches!(self.facts.unix_socket(inode), Ok(None))).collect();
         let (short_lived, dropped, swapped, reaped) = {
             let mut registry = self.lock();
+            for &(id, end, _) in &dead_ends {
+                if registry.end_gone(id, end) {
+                    let end = if end == End::Client { "client" } else { "server" };
+                    tracing::debug!(connection = id, end, "end gone: its last holder died without closing; its peer sees it closed");
+                }
+            }
             let short_lived = registry.apply_event_checks(&results);
             let dropped: Vec<_> = gone.into_iter().filter_map(|token| registry.take_held(token, now)).collect();
             (short_lived, dropped, registry.take_swapped(), registry.reap(&alive, now, self.timing.join_timeout))
@@ -417,6 +436,32 @@ mod tests {
         let later = Instant::now() + Duration::from_secs(7 * 24 * 3600);
         control.sweep_at(later);
         assert_eq!(control.stats().unclaimed_events, 2);
+    }
+
+    #[test]
+    fn an_end_whose_last_holder_died_is_closed_for_its_peer() {
+        let kernel = Arc::new(FakeKernel::default());
+        let control = kernel.control(8);
+        let first = paired(&kernel, &control, 1);
+        let second = paired(&kernel, &control, 2);
+        for segment in [&first, &second] {
+            join(segment, End::Client);
+            join(segment, End::Server);
+        }
+        // Acquire: as a peer's hook reads it.
+        let held = |s: &Segment, end: End| s.header().refcount[end.index()].load(Ordering::Acquire);
+        // Client 1 is SIGKILLed: its socket is gone with it.
+        kernel.kill(CLIENT + 1);
+        kernel.forget_socket(1001);
+        // Client 2 died too, but passed its socket to another process first: it still exists.
+        kernel.kill(CLIENT + 2);
+        control.sweep();
+        assert_eq!((held(&first, End::Client), held(&first, End::Server)), (0, 1), "the dead end reads as closed");
+        assert_eq!((held(&second, End::Client), held(&second, End::Server)), (1, 1), "a socket still held elsewhere is kept");
+        // The survivor closes: both ends closed, freed.
+        first.header().refcount[End::Server.index()].store(0, Ordering::Release);
+        control.progress();
+        assert_eq!(ids(&control), [2]);
     }
 
     #[test]

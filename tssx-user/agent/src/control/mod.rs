@@ -129,6 +129,8 @@ pub(crate) struct Counters {
     pub(crate) retried: AtomicU64,
     /// Claims and requests refused.
     pub(crate) refused: AtomicU64,
+    /// Claims whose socket and control connection closed before the agent looked.
+    pub(crate) abandoned: AtomicU64,
 }
 
 /// The control plane's shared state: the registry behind its lock, the kernel facts the rules

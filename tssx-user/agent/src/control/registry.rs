@@ -25,16 +25,15 @@ use serde::Serialize;
 use tssx_common::{
     control::Role,
     event::{Event, EventKind},
-    segment::{End, EndLine, SegmentState, JOIN_NONE, NOT_YET},
+    segment::{End, EndLine, SegmentState, JOIN_MAPPED, JOIN_NONE, JOIN_REFUSED, NOT_YET},
 };
 use tssx_shm::segment::Segment;
 
 /// Most kernel connect/accept events kept at once (both kinds together); beyond it the oldest
 /// are forgotten (their sockets can still be claimed: the claim rules fall back on `sock_diag`).
 pub const EVENT_CAP: usize = 1 << 16;
-/// How long the peer socket of a claim whose peer never claimed is remembered, so that the
-/// peer's own connect event, when its socket goes, is not counted as a short-lived connection
-/// as well.
+/// How long the sockets of a claim whose peer never claimed are remembered, so that their
+/// connect event, when the socket goes, is not counted as a short-lived connection as well.
 const UNPAIRED_MEMORY: Duration = Duration::from_secs(60);
 
 /// One end of a connection as the kernel reported it.
@@ -56,7 +55,7 @@ impl EndInfo {
 }
 
 /// Which kind of kernel event: the map it is kept in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(super) enum Side {
     /// `connect`, keyed by the client's `(pid, fd)`.
     Connect,
@@ -81,7 +80,7 @@ pub(super) struct Seen {
 }
 
 /// Where an event is kept, and which one it is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(super) struct EventRef {
     side: Side,
     pid: u32,
@@ -118,8 +117,11 @@ pub(super) enum FdNow {
 pub(super) struct Verified {
     /// Which end it claims.
     pub(super) role: Role,
-    /// The claimant and its fd.
+    /// The claimant and its fd (the connected or accepted one, from the kernel event when the
+    /// agent has it).
     pub(super) end: EndInfo,
+    /// The fd the claim named (the same socket; possibly a duplicate of `end.fd`).
+    pub(super) fd: i32,
     /// The claimed socket's inode.
     pub(super) inode: u32,
     /// Its peer's inode; 0 for a client whose connection waits in the accept queue (the
@@ -247,6 +249,26 @@ impl Connection {
         Some(self.line(end).switch_at.load(Ordering::Acquire)).filter(|&at| at != NOT_YET)
     }
 
+    /// Where `end` is in its migration (see [`super::ConnectionStatus::ends`]).
+    pub(super) fn end_phase(&self, end: End) -> &'static str {
+        let line = self.line(end);
+        // Acquire/Relaxed: a snapshot for status (the hooks store these with SeqCst).
+        if line.active_ns.load(Ordering::Relaxed) != 0 {
+            return "active";
+        }
+        if self.switched_at(end).is_some() {
+            return "switched";
+        }
+        if line.ready.load(Ordering::Acquire) == 1 {
+            return "ready";
+        }
+        match line.joined.load(Ordering::Acquire) {
+            JOIN_NONE => "not joined",
+            JOIN_REFUSED => "refused",
+            _ => "joined",
+        }
+    }
+
     /// Some direction moved onto the rings (the migration is committed).
     pub(super) fn committed(&self) -> bool {
         self.switched_at(End::Client).is_some() || self.switched_at(End::Server).is_some()
@@ -358,7 +380,8 @@ pub(super) struct Registry {
     held_tokens: HashMap<u64, u32>,
     live: BTreeMap<u64, Connection>,
     next_id: u64,
-    /// Peer sockets of claims that ended unpaired, and when (see [`UNPAIRED_MEMORY`]).
+    /// Sockets of claims that ended unpaired (the claimant's and its peer), and when (see
+    /// [`UNPAIRED_MEMORY`]).
     unpaired_peers: HashMap<u32, Instant>,
     /// Fresh segments created ahead of the claims that will use them.
     spares: Vec<Segment>,
@@ -432,6 +455,18 @@ impl Registry {
         map.get(&(pid, fd)).map(|seen| (seen.clone(), EventRef { side, pid, fd, seq: seen.seq }))
     }
 
+    /// The fds of `pid`'s kept `side` events, with their sockets' inodes where known; `None` if
+    /// there are more than `most` (the search would cost too much).
+    pub(super) fn events_of(&self, side: Side, pid: u32, most: usize) -> Option<Vec<(i32, Option<u32>)>> {
+        let map = match side {
+            Side::Connect => &self.connects,
+            Side::Accept => &self.accepts,
+        };
+        let found: Vec<(i32, Option<u32>)> =
+            map.iter().filter(|((p, _), _)| *p == pid).map(|(&(_, fd), s)| (fd, s.inode)).take(most + 1).collect();
+        (found.len() <= most).then_some(found)
+    }
+
     /// Takes out the event `at` refers to, if it is still that one.
     fn take_event(&mut self, at: EventRef) -> Option<Seen> {
         let map = self.events(at.side);
@@ -459,9 +494,10 @@ impl Registry {
 
     /// Applies what the kernel said about the events' sockets: a socket seen for the first time
     /// is remembered; an event whose fd is gone, or is another socket now, is dropped. Returns
-    /// the dropped connect events that count as short-lived connections (never claimed, and not
-    /// the peer of a claim that ended unpaired).
+    /// the dropped connect events that count as short-lived connections (never claimed: not the
+    /// event of a held claim, nor the peer of a claim that ended unpaired).
     pub(super) fn apply_event_checks(&mut self, results: &[(EventRef, FdNow)]) -> Vec<Seen> {
+        let held: std::collections::HashSet<EventRef> = self.held.values().filter_map(|h| h.claim.event).collect();
         let mut short_lived = Vec::new();
         for &(at, now) in results {
             let Some(seen) = self.events(at.side).get_mut(&(at.pid, at.fd)).filter(|s| s.seq == at.seq) else { continue };
@@ -471,7 +507,7 @@ impl Registry {
                 _ => {
                     let Some(gone) = self.take_event(at) else { continue };
                     let unpaired = gone.inode.is_some_and(|i| self.unpaired_peers.contains_key(&i));
-                    if at.side == Side::Connect && !unpaired {
+                    if at.side == Side::Connect && !unpaired && !held.contains(&at) {
                         short_lived.push(gone);
                     }
                 }
@@ -496,8 +532,9 @@ impl Registry {
     /// Decides a verified claim (its control connection `stream`, watched under `token`): if
     /// the other end's claim is held (its socket is this claim's peer, and this one its peer),
     /// both are paired: the other is taken out, with a spare segment. Otherwise this claim is
-    /// held, unless `cap` claims are held already. A claim held or paired uses its kernel event
-    /// up.
+    /// held, unless `cap` claims are held already. A claim uses its kernel event up when it is
+    /// paired, not while it is held nor when it ends unpaired: a later claim of the same socket
+    /// (say, after a stale claim of a reused fd number was held against it) still finds it.
     pub(super) fn hold_or_pair(&mut self, claim: Verified, stream: UnixStream, token: u64, cap: usize, now: Instant) -> Step {
         // A held client whose server had not accepted yet knew no peer inode (0): the new
         // claim's socket, whose peer it is, is that peer.
@@ -505,7 +542,7 @@ impl Registry {
         if self.held.get(&claim.peer).is_some_and(is_partner) {
             let partner = self.held.remove(&claim.peer).expect("checked above");
             self.held_tokens.remove(&partner.token);
-            if let Some(at) = claim.event {
+            for at in [claim.event, partner.claim.event].into_iter().flatten() {
                 self.take_event(at);
             }
             return Step::Pair { partner, spare: self.spares.pop(), stream };
@@ -514,10 +551,13 @@ impl Registry {
         if !replaces && self.held.len() >= cap {
             return Step::Full { stream };
         }
-        if let Some(at) = claim.event {
-            self.take_event(at);
-        }
         let inode = claim.inode;
+        // Its event's socket is the claimed one (checked together): the sweep needs not learn it.
+        if let Some(at) = claim.event {
+            if let Some(seen) = self.events(at.side).get_mut(&(at.pid, at.fd)).filter(|s| s.seq == at.seq) {
+                seen.inode.get_or_insert(inode);
+            }
+        }
         let replaced = self.held.insert(inode, Held { token, claim, since: now, stream });
         if let Some(old) = &replaced {
             self.held_tokens.remove(&old.token);
@@ -527,10 +567,13 @@ impl Registry {
     }
 
     /// Takes out the held claim watched under `token` (its control connection ended), if it is
-    /// still held; its peer socket is remembered as unpaired.
+    /// still held; its socket and its peer's are remembered as unpaired (their connect event, when
+    /// their socket goes, is no short-lived connection). Its event is kept: a later claim of the
+    /// same socket may need it.
     pub(super) fn take_held(&mut self, token: u64, now: Instant) -> Option<Held> {
         let inode = self.held_tokens.remove(&token)?;
         let held = self.held.remove(&inode)?;
+        self.unpaired_peers.insert(held.claim.inode, now);
         self.unpaired_peers.insert(held.claim.peer, now);
         Some(held)
     }
@@ -538,7 +581,7 @@ impl Registry {
     /// The held claims, as `(token, pid, fd, inode)`, for the sweep to check that each claimed
     /// socket is still there (outside the lock).
     pub(super) fn held_to_check(&self) -> Vec<(u64, u32, i32, u32)> {
-        self.held.values().map(|h| (h.token, h.claim.end.pid, h.claim.end.fd, h.claim.inode)).collect()
+        self.held.values().map(|h| (h.token, h.claim.end.pid, h.claim.fd, h.claim.inode)).collect()
     }
 
     // ---- connections ------------------------------------------------------------------------
@@ -595,6 +638,36 @@ impl Registry {
         pids
     }
 
+    /// The ends of live connections that may have died without closing: their claimant is gone
+    /// (by `alive`), yet the end still counts holders and has joined. As `(id, end, socket
+    /// inode)`, for the sweep to ask whether the socket still exists (outside the lock).
+    pub(super) fn ends_of_the_dead(&self, alive: &Alive) -> Vec<(u64, End, u32)> {
+        let mut ends = Vec::new();
+        for c in self.live.values() {
+            for (end, pid) in [(End::Client, c.client.pid), (End::Server, c.server.pid)] {
+                let line = c.line(end);
+                // Acquire: as the hooks' peers read them.
+                let holds = c.segment.header().refcount[end.index()].load(Ordering::Acquire) > 0;
+                if alive.knows(pid) && !alive.is_alive(pid) && holds && line.joined.load(Ordering::Acquire) == JOIN_MAPPED {
+                    ends.push((c.id, end, c.inodes[end.index()]));
+                }
+            }
+        }
+        ends
+    }
+
+    /// End `end` of connection `id` is gone: its socket no longer exists, so no process holds
+    /// it (its last holder died without closing, e.g. SIGKILL). Its holder count goes to zero,
+    /// as the hook's last close would have set it: the peer's hook then reads what is left and
+    /// EOF, and its writes fail with EPIPE, at once (a non-blocking writer facing a full ring
+    /// would otherwise never look at the real socket's hang-up). True if it changed.
+    pub(super) fn end_gone(&mut self, id: u64, end: End) -> bool {
+        let Some(c) = self.live.get(&id) else { return false };
+        // Release: pairs with the peer's Acquire load of a zero count (nothing of the dead end
+        // is published after it anyway).
+        c.segment.header().refcount[end.index()].swap(0, Ordering::AcqRel) != 0
+    }
+
     /// Takes out the connections that are over at `now` (see [`Finished`]; a pid `alive` does
     /// not know counts as alive). When that leaves no connection live, the spares go too (an
     /// idle agent holds no memfd).
@@ -640,8 +713,6 @@ impl Registry {
 
 #[cfg(test)]
 mod tests {
-    use tssx_common::segment::{JOIN_MAPPED, JOIN_REFUSED};
-
     use super::*;
 
     fn segment() -> Arc<Segment> {
@@ -659,7 +730,7 @@ mod tests {
     }
 
     fn verified(role: Role, pid: u32, inode: u32, peer: u32) -> Verified {
-        Verified { role, end: end(pid, 3), inode, peer, path_id: 0, event_ns: None, event: None }
+        Verified { role, end: end(pid, 3), fd: 3, inode, peer, path_id: 0, event_ns: None, event: None }
     }
 
     fn stream() -> UnixStream {
@@ -699,11 +770,26 @@ mod tests {
         assert_eq!((seen.end, seen.ts_ns), (EndInfo { pid: 10, comm: "proc".into(), fd: 3 }, 5));
         assert!(registry.event(Side::Accept, 20, 4).is_none(), "an accept is keyed by the accepted fd");
         assert!(registry.event(Side::Accept, 20, 5).is_some());
-        // A claim held uses its event up.
+        // A claim held keeps its event, and so does one that ended unpaired; a pair uses both up.
         let mut claim = verified(Role::Client, 10, 100, 200);
         claim.event = Some(at);
-        assert!(matches!(registry.hold_or_pair(claim, stream(), 1, 8, Instant::now()), Step::Held { replaced: None }));
-        assert!(registry.event(Side::Connect, 10, 3).is_none());
+        assert!(matches!(registry.hold_or_pair(claim.clone(), stream(), 1, 8, Instant::now()), Step::Held { replaced: None }));
+        assert!(registry.event(Side::Connect, 10, 3).is_some(), "a second claim of the socket still finds it");
+        assert!(registry.take_held(1, Instant::now()).is_some());
+        assert!(registry.event(Side::Connect, 10, 3).is_some());
+        // Its socket went: not a short-lived connection (it was claimed).
+        assert!(registry.apply_event_checks(&[(at, FdNow::Gone)]).is_empty());
+        registry.record(&event(EventKind::Connect, 10, 3, -1));
+        registry.record(&event(EventKind::Accept, 20, 4, 6));
+        let (_, client_at) = registry.event(Side::Connect, 10, 3).unwrap();
+        let (_, server_at) = registry.event(Side::Accept, 20, 6).unwrap();
+        let mut client = verified(Role::Client, 10, 100, 200);
+        client.event = Some(client_at);
+        let mut server = verified(Role::Server, 20, 200, 100);
+        server.event = Some(server_at);
+        registry.hold_or_pair(client, stream(), 2, 8, Instant::now());
+        assert!(matches!(registry.hold_or_pair(server, stream(), 3, 8, Instant::now()), Step::Pair { .. }));
+        assert!(registry.event(Side::Connect, 10, 3).is_none() && registry.event(Side::Accept, 20, 6).is_none(), "a pair uses both up");
         // A new connect of the same fd replaces an unclaimed one: its socket is gone.
         registry.record(&event(EventKind::Connect, 11, 3, -1));
         assert_eq!(registry.record(&event(EventKind::Connect, 11, 3, -1)).map(|s| s.end.pid), Some(11));

@@ -25,6 +25,10 @@ pub struct ConnectionStatus {
     /// `migrating` (handed out, not committed yet), `swapped` (some direction moved onto the
     /// rings), `plain` (given up or handed back; freed soon) or `closed`.
     pub state: String,
+    /// Where each end is in its migration, `[client, server]`: `not joined` (has not mapped the
+    /// segment), `joined`, `ready` (counting its socket bytes), `switched` (its writes are on
+    /// its ring), `active` (both directions are), or `refused` (it gave the segment up).
+    pub ends: [&'static str; 2],
     /// Bytes the client wrote to the socket before its writes moved onto its ring (`null`:
     /// not yet).
     pub switched_client_to_server: Option<u64>,
@@ -65,8 +69,8 @@ pub struct Stats {
     /// Paired connections freed before anything went on the rings (an end gave up, or both
     /// closed or died first).
     pub given_up: u64,
-    /// Connections whose sockets closed before either end claimed them (their kernel events
-    /// dropped unclaimed).
+    /// Connections that closed before the agent saw a claim for them (their kernel events
+    /// dropped unclaimed; their hooks' claims, if any, came after the close: `abandoned`).
     pub short_lived_plain: u64,
     /// Held claims that ended without the other end's claim (peer without the hook, or gone).
     pub peer_never_claimed: u64,
@@ -74,6 +78,9 @@ pub struct Stats {
     pub retried: u64,
     /// Claims and requests refused (no kernel evidence, or malformed).
     pub refused: u64,
+    /// Claims abandoned by their hooks: the socket and the claim's connection closed before the
+    /// agent looked (short connections; not counted as refused).
+    pub abandoned: u64,
     /// Kernel connect/accept events kept and not claimed.
     pub unclaimed_events: usize,
     /// Control connections being served now (other than the one asking for these stats).
@@ -113,6 +120,7 @@ impl Control {
             peer_never_claimed: count(&counters.peer_never_claimed),
             retried: count(&counters.retried),
             refused: count(&counters.refused),
+            abandoned: count(&counters.abandoned),
             unclaimed_events,
             control_connections: self.load.serving.load(Ordering::Relaxed),
             control_connections_refused: self.load.refused.load(Ordering::Relaxed),
@@ -140,6 +148,7 @@ impl Control {
                         None => "corrupt",
                     }
                     .to_owned(),
+                    ends: [End::Client, End::Server].map(|end| c.end_phase(end)),
                     switched_client_to_server: c.switched_at(End::Client),
                     switched_server_to_client: c.switched_at(End::Server),
                     bytes_client_to_server,
