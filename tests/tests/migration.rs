@@ -121,7 +121,7 @@ fn killing_an_end_mid_migration_never_hangs_the_other() {
         let started = Instant::now();
         let status = survivor.wait(Duration::from_secs(10));
         let stderr = survivor.stderr_text();
-        assert!(status.is_some(), "round {round} ({mode}): the survivor hung after its peer was killed");
+        assert!(status.is_some(), "round {round} ({mode}): the survivor hung after its peer was killed: {stderr}");
         assert!(!stderr.contains("corrupt"), "round {round} ({mode}): {stderr}");
         if !status.is_some_and(|s| s.success()) {
             assert!(

@@ -139,6 +139,32 @@ fn route(c: &Conn, fd: c_int, sending: bool) -> Route<'_> {
     Route::Hook
 }
 
+/// A blocking read of a socket whose segment is here ([`Phase::Mapped`], [`Phase::Quiescing`])
+/// must not sit in the kernel for long, or this end never becomes ready: it waits for data in
+/// slices of a millisecond (counted as a raw call each), taking a migration step between them,
+/// and reads once data is there (or goes through the hook if the end became ready). A signal
+/// during such a slice is not reported as EINTR (the wait goes on, as under `SA_RESTART`); the
+/// window lasts until the next step, a millisecond or two.
+fn wait_before_raw_read<'a>(c: &'a Conn, fd: c_int, flags: c_int, first: Route<'a>) -> Route<'a> {
+    let mut route_now = first;
+    loop {
+        let Route::Kernel(Some(raw)) = route_now else { return route_now };
+        let phase = c.phase();
+        if !(phase == Phase::Mapped || phase == Phase::Quiescing) || c.would_block_is_error(flags) {
+            return Route::Kernel(Some(raw));
+        }
+        let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        // SAFETY: one live pollfd.
+        let n = unsafe { sys::poll(&mut p, 1, 1) };
+        if n != 0 && !(n < 0 && sys::errno() == libc::EINTR) {
+            return Route::Kernel(Some(raw)); // readable, EOF, or an error the read reports
+        }
+        drop(raw);
+        with_errno_kept(|| c.tick(fd));
+        route_now = route(c, fd, false);
+    }
+}
+
 /// After a call served by the hook: a connection half-way takes its next step (its last
 /// call may be the one that completed the migration).
 #[inline]
@@ -166,7 +192,9 @@ macro_rules! recv_like {
         pub unsafe fn $name($($arg: $ty),*) -> ssize_t {
             let mut raw = None;
             if let Some(c) = table::lookup($fd) {
-                match route(c, $fd, false) {
+                #[allow(unused_unsafe)]
+                let flags = $flags;
+                match wait_before_raw_read(c, $fd, flags, route(c, $fd, false)) {
                     Route::Kernel(r) => raw = r.map(|r| (c, r)),
                     Route::Hook => {
                         #[allow(unused_unsafe)]
@@ -311,7 +339,14 @@ pub unsafe fn sendfile(out_fd: c_int, in_fd: c_int, offset: *mut libc::off_t, co
 
 /// libc's `splice`: a tracked socket on either side is handed back to the kernel first (its
 /// bytes must not bypass the rings' order), then the real call.
-pub unsafe fn splice(fd_in: c_int, off_in: *mut libc::loff_t, fd_out: c_int, off_out: *mut libc::loff_t, len: size_t, flags: libc::c_uint) -> ssize_t {
+pub unsafe fn splice(
+    fd_in: c_int,
+    off_in: *mut libc::loff_t,
+    fd_out: c_int,
+    off_out: *mut libc::loff_t,
+    len: size_t,
+    flags: libc::c_uint,
+) -> ssize_t {
     for fd in [fd_in, fd_out] {
         if let Some(c) = table::lookup(fd) {
             if c.phase() != Phase::Plain && c.phase() != Phase::Unconnected {
