@@ -19,7 +19,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tssx_tests::{hook, poll_until, require_root, wait_until, HookedAgent, Process, TempDir};
+use tssx_tests::{
+    agent_bin, hook, poll_until, require_root, wait_until, Agent, HookedAgent, MachineLock, MountNamespace, Process, TempDir,
+};
 
 const MEMCACHE: &str = env!("CARGO_BIN_EXE_tssx-test-memcache");
 /// Debian 12's PostgreSQL server binaries (off PATH).
@@ -338,5 +340,202 @@ fn memcached_gives_the_same_results_with_tssx() {
     let tssx = memcached_run(&tssx_sock, true);
     assert_same("memcached session", &plain, &tssx);
     assert_all_swapped(&agent, &tssx_sock);
+    assert!(agent.stop().success());
+}
+
+// ----------------------------------------------------------------------------------------- nscd
+
+const NSCD: &str = "/usr/sbin/nscd";
+/// The socket glibc's nscd client connects to and nscd binds (both spell it this way).
+const NSCD_SOCKET: &str = "/var/run/nscd/socket";
+const NSS: &str = env!("CARGO_BIN_EXE_tssx-test-nss");
+/// No single lookup may take this long: far above a loaded machine's worst lookup (a few ms),
+/// far below the 0.5 s and 1 s stalls of a server that waits for a claim that never comes.
+const LOOKUP_BOUND: Duration = Duration::from_millis(300);
+/// The same for one `getent` run (a process start, the hook's constructor and one lookup).
+const GETENT_BOUND: Duration = Duration::from_millis(450);
+
+/// The directories that get a private tmpfs: the agent's state directory (so that only the
+/// processes of this namespace find this agent), nscd's socket and pid directory (`/var/run`
+/// may be a separate directory on some machines) and its persistent-cache directory.
+fn nscd_private_dirs() -> Vec<String> {
+    let mut dirs = vec!["/run/tssx".to_owned(), "/run/nscd".to_owned(), "/var/cache/nscd".to_owned()];
+    let var_run = Path::new("/var/run/nscd");
+    if std::fs::canonicalize("/var/run").is_ok_and(|p| p != Path::new("/run")) {
+        dirs.push(path_str(var_run));
+    }
+    dirs
+}
+
+/// An nscd configuration as Debian's, with what a private foreground instance needs:
+/// `paranoia no` (no re-exec), `server-user nobody` (Debian runs nscd as root and lets it keep
+/// root; dropping to nobody is the hardened set-up, and makes the server and its root clients
+/// different users), `persistent no` (no cache files in /var/cache/nscd), the passwd, group
+/// and hosts caches (`shared` as given: with `yes` clients map the cache and ask the socket only
+/// on a miss; with `no` every lookup is a connection), services and netgroup off.
+fn nscd_config(dir: &Path, shared: bool) -> PathBuf {
+    let shared = if shared { "yes" } else { "no" };
+    let mut conf = String::from("debug-level 0\nparanoia no\nserver-user nobody\n");
+    for (db, positive, negative) in [("passwd", 600, 20), ("group", 3600, 60), ("hosts", 3600, 20)] {
+        conf += &format!(
+            "enable-cache {db} yes\npositive-time-to-live {db} {positive}\nnegative-time-to-live {db} {negative}\n\
+             suggested-size {db} 211\ncheck-files {db} yes\npersistent {db} no\nshared {db} {shared}\nmax-db-size {db} 33554432\n"
+        );
+    }
+    conf += "enable-cache services no\nenable-cache netgroup no\n";
+    let path = dir.join(format!("nscd-shared-{shared}.conf"));
+    std::fs::write(&path, conf).expect("write nscd.conf");
+    path
+}
+
+/// What to look up: the machine's first users and groups, one that does not exist of each,
+/// and the host names of /etc/hosts (never a name that would go to DNS).
+struct Lookups {
+    users: Vec<String>,
+    gids: Vec<String>,
+    hosts: Vec<String>,
+}
+
+impl Lookups {
+    fn of_this_machine() -> Self {
+        let first_fields = |file: &str, field: usize| -> Vec<String> {
+            let text = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{file}: {e}"));
+            text.lines().filter_map(|l| l.split(':').nth(field)).take(10).map(str::to_owned).collect()
+        };
+        let mut users = first_fields("/etc/passwd", 0);
+        users.push("tssx-no-such-user".into());
+        let mut gids = first_fields("/etc/group", 2);
+        gids.push("4242424".into());
+        let hosts_file = std::fs::read_to_string("/etc/hosts").expect("/etc/hosts");
+        let mut hosts: Vec<String> = hosts_file
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .flat_map(|l| l.split_whitespace().skip(1).map(str::to_owned).collect::<Vec<_>>())
+            .collect();
+        hosts.dedup();
+        hosts.truncate(4);
+        assert!(!hosts.is_empty() && users.len() > 1 && gids.len() > 1, "nothing to look up: {users:?} {gids:?} {hosts:?}");
+        Self { users, gids, hosts }
+    }
+}
+
+/// Runs `cmd` (at most 30 s: a hang fails), returning its exit code, stdout lines and run time.
+fn run_timed(cmd: Command) -> (i32, Vec<String>, Duration) {
+    let started = Instant::now();
+    let mut process = Process::spawn(cmd);
+    let status = process.wait(Duration::from_secs(30));
+    let took = started.elapsed();
+    let status = status.unwrap_or_else(|| panic!("{} hung (killed after 30 s); stderr: {}", process.name(), process.stderr_text()));
+    process.wait_closed(Duration::from_secs(5));
+    (status.code().unwrap_or(-1), process.stdout_lines(), took)
+}
+
+/// nscd's cache misses (positive + negative) per database, from `nscd -g`: a lookup that
+/// reached nscd counts there, one that fell back to the files does not. `None` while nscd does
+/// not answer.
+fn nscd_misses(ns: &MountNamespace, config: &Path) -> Option<BTreeMap<String, u64>> {
+    let mut cmd = ns.command(NSCD);
+    cmd.arg("-f").arg(config).arg("-g").env_remove("LD_PRELOAD");
+    let out = cmd.output().ok().filter(|o| o.status.success())?;
+    let out = String::from_utf8_lossy(&out.stdout);
+    let mut misses = BTreeMap::new();
+    let mut db = String::new();
+    for line in out.lines() {
+        if let Some(name) = line.strip_suffix(" cache:") {
+            db = name.trim().to_owned();
+        } else if line.contains("cache misses on") {
+            let n: u64 = line.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0);
+            *misses.entry(db.clone()).or_default() += n;
+        }
+    }
+    Some(misses)
+}
+
+/// Starts nscd with `config` in the namespace (under the hook if `hooked`), runs the lookups
+/// (getent and `tssx-test-nss`, under the hook too if `hooked`), checks that each database was
+/// served by nscd and that no lookup stalled, stops nscd; returns the transcript of answers.
+fn nscd_session(ns: &MountNamespace, config: &Path, hooked: bool, lookups: &Lookups) -> String {
+    let in_ns = |program: &str| {
+        let mut cmd = ns.command(program);
+        if hooked {
+            cmd.env("LD_PRELOAD", hook());
+        } else {
+            cmd.env_remove("LD_PRELOAD");
+        }
+        cmd
+    };
+    let mut nscd = in_ns(NSCD);
+    nscd.arg("-F").arg("-f").arg(config);
+    let mut server = Daemon::spawn("nscd", nscd);
+    // `nscd -g` asks the socket for statistics: it succeeds once nscd listens.
+    server.wait_ready(|| nscd_misses(ns, config).is_some());
+    let what = format!("{} nscd ({})", if hooked { "hooked" } else { "plain" }, config.file_name().unwrap_or_default().to_string_lossy());
+
+    let mut transcript = String::new();
+    let user = &lookups.users[0];
+    let queries: Vec<Vec<&str>> = vec![
+        vec!["passwd", user],
+        vec!["passwd", "0"],
+        vec!["passwd", "tssx-no-such-user"],
+        vec!["group", "root"],
+        vec!["group", "0"],
+        vec!["group", "4242424"],
+        vec!["hosts", &lookups.hosts[0]],
+        vec!["ahostsv4", &lookups.hosts[0]],
+        vec!["initgroups", user],
+    ];
+    // Twice: a miss (nscd asks the files), then a hit (from its cache or the shared mapping).
+    for pass in 0..2 {
+        for query in &queries {
+            let mut getent = in_ns("getent");
+            getent.args(query);
+            let (code, lines, took) = run_timed(getent);
+            assert!(took < GETENT_BOUND, "{what}: getent {query:?} (pass {pass}) took {took:?}: a stall");
+            transcript += &format!("getent {} -> exit {code}\n{}\n", query.join(" "), lines.join("\n"));
+        }
+    }
+    let mut check = in_ns(NSS);
+    check.args(["check", "40", &lookups.users.join(","), &lookups.gids.join(","), &lookups.hosts.join(",")]);
+    let (code, lines, _) = run_timed(check);
+    assert_eq!(code, 0, "{what}: tssx-test-nss check failed: {lines:?}");
+    let time = lines.iter().find(|l| l.starts_with("time ")).cloned().unwrap_or_default();
+    let slowest = time.split_whitespace().find_map(|w| w.strip_prefix("slowest_us=")).and_then(|v| v.parse::<u64>().ok());
+    let slowest = Duration::from_micros(slowest.unwrap_or_else(|| panic!("{what}: no timing line: {lines:?}")));
+    assert!(slowest < LOOKUP_BOUND, "{what}: a lookup took {slowest:?} ({time}): a stall");
+    eprintln!("{what}: {time}");
+    transcript += &lines.iter().filter(|l| !l.starts_with("time ")).map(|l| format!("{l}\n")).collect::<String>();
+
+    let misses = nscd_misses(ns, config).unwrap_or_else(|| panic!("{what}: nscd -g failed"));
+    for db in ["passwd", "group", "hosts"] {
+        assert!(misses.get(db).is_some_and(|&n| n > 0), "{what}: nscd served no {db} lookup (misses per cache: {misses:?})");
+    }
+    server.stop(libc::SIGTERM);
+    transcript
+}
+
+/// nscd, the design's own example: glibc's nscd client uses the socket from inside libc, so
+/// the client never claims. With nscd and every client under the hook, for `shared no` (every
+/// lookup a connection) and `shared yes` (clients map the cache, fetched with SCM_RIGHTS over
+/// the socket), every answer must be the plain one, no lookup may stall, and no connection may
+/// be swapped (only one end ever has the hook's view of it).
+#[test]
+fn nscd_answers_the_same_with_tssx_and_never_stalls() {
+    require_root();
+    let _lock = MachineLock::acquire();
+    let dir = TempDir::new("app-nscd");
+    let dirs = nscd_private_dirs();
+    let ns = MountNamespace::new(&dirs.iter().map(String::as_str).collect::<Vec<_>>());
+    let agent = Agent::spawn_wrapped(&ns.wrapper(), &agent_bin(), &[NSCD_SOCKET], None, &[]).unwrap_or_else(|e| panic!("{e:#}"));
+    let lookups = Lookups::of_this_machine();
+    for shared in [false, true] {
+        let config = nscd_config(&dir, shared);
+        let plain = nscd_session(&ns, &config, false, &lookups);
+        assert!(plain.contains("ok rounds=40") && plain.contains("getent passwd 0 -> exit 0\nroot:"), "unexpected plain session: {plain}");
+        let tssx = nscd_session(&ns, &config, true, &lookups);
+        assert_same(&format!("nscd lookups, shared {shared}"), &plain, &tssx);
+    }
+    assert!(!agent.events_on("connect", NSCD_SOCKET).is_empty(), "the agent saw no connection to {NSCD_SOCKET}");
+    let swapped = agent.events_on("swapped", NSCD_SOCKET);
+    assert!(swapped.is_empty(), "glibc's client never claims, yet connections were swapped: {swapped:?}");
     assert!(agent.stop().success());
 }

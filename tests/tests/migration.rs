@@ -123,7 +123,10 @@ fn killing_an_end_mid_migration_never_hangs_the_other() {
         assert!(!stderr.contains("corrupt"), "round {round} ({mode}): {stderr}");
         if !status.is_some_and(|s| s.success()) {
             assert!(
-                stderr.contains("EOF after") || stderr.contains("reset") || stderr.contains("Broken pipe") || stderr.contains("broken pipe"),
+                stderr.contains("EOF after")
+                    || stderr.contains("reset")
+                    || stderr.contains("Broken pipe")
+                    || stderr.contains("broken pipe"),
                 "round {round} ({mode}): the survivor failed for another reason: {stderr}"
             );
         }

@@ -163,7 +163,9 @@ fn main() {
     let checker = Checker { data: Gen::new(peers), sizes: Gen::new(peers ^ 0x1234), received: 0, want: Vec::new(), reported: 0 };
     let (sent, received) = match mode.as_str() {
         "blocking" => blocking(stream, sender, checker, total, Gen::new(seed ^ 0x55)),
-        "nonblock" | "poll" | "select" | "epoll-lt" | "epoll-et" => event_loop(stream, &mode, sender, checker, total, Gen::new(seed ^ 0x55)),
+        "nonblock" | "poll" | "select" | "epoll-lt" | "epoll-et" => {
+            event_loop(stream, &mode, sender, checker, total, Gen::new(seed ^ 0x55))
+        }
         other => fail(&format!("unknown mode {other}")),
     };
     println!("ok sent={sent} received={received}");
