@@ -20,7 +20,8 @@ use std::{
 };
 
 use tssx_tests::{
-    agent_bin, hook, poll_until, require_root, wait_until, Agent, HookedAgent, MachineLock, MountNamespace, Process, TempDir,
+    agent_bin, hook, poll_until, require_root, wait_until, wrk, Agent, HookedAgent, MachineLock, MountNamespace, NginxProxy, Process, Rng,
+    TempDir, Upstream,
 };
 
 const MEMCACHE: &str = env!("CARGO_BIN_EXE_tssx-test-memcache");
@@ -537,5 +538,96 @@ fn nscd_answers_the_same_with_tssx_and_never_stalls() {
     assert!(!agent.events_on("connect", NSCD_SOCKET).is_empty(), "the agent saw no connection to {NSCD_SOCKET}");
     let swapped = agent.events_on("swapped", NSCD_SOCKET);
     assert!(swapped.is_empty(), "glibc's client never claims, yet connections were swapped: {swapped:?}");
+    assert!(agent.stop().success());
+}
+
+// ---------------------------------------------------------------------------------------- nginx
+
+/// The backend's files: name and size (random bytes from a fixed seed).
+const NGINX_FILES: &[(&str, usize)] = &[("small.txt", 100), ("4k.bin", 4096), ("64k.bin", 65536), ("1m.bin", 1 << 20), ("3m.bin", 3 << 20)];
+
+/// Writes the backend's document root.
+fn nginx_www(dir: &Path) -> PathBuf {
+    let www = dir.join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    let mut rng = Rng::new(12);
+    for &(name, size) in NGINX_FILES {
+        std::fs::write(www.join(name), rng.bytes(size)).unwrap();
+    }
+    www
+}
+
+/// FNV-1a, to name a body in a transcript.
+fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// One proxy session: every file (and a missing one) twice through each upstream, bodies
+/// checked against the files; a 3 MiB request body through each; then wrk for a second on
+/// each upstream, which must see no error and no non-2xx answer. Returns the transcript and
+/// how many keepalive upstream connections the backend accepted.
+fn nginx_session(dir: &Path, www: &Path, name: &str, preload: Option<&Path>, master_process: bool) -> (String, usize) {
+    let what = format!("nginx {name}");
+    let proxy = NginxProxy::start(dir, name, www, preload, master_process).unwrap_or_else(|e| panic!("{what}: {e:#}"));
+    let mut transcript = String::new();
+    for round in 0..2 {
+        for upstream in [Upstream::Fresh, Upstream::Keep] {
+            for file in NGINX_FILES.iter().map(|f| f.0).chain(["missing.bin"]) {
+                let (status, body) = proxy.get(upstream, file).unwrap_or_else(|e| panic!("{what}: {e:#}"));
+                let verdict = match std::fs::read(www.join(file)) {
+                    Ok(want) if want == body => "the file".to_owned(),
+                    Ok(_) => format!("NOT the file ({} bytes, fnv {:016x})", body.len(), fnv(&body)),
+                    Err(_) => format!("{} bytes, fnv {:016x}", body.len(), fnv(&body)),
+                };
+                transcript += &format!("round {round}: GET /{}/{file} -> {status}, body: {verdict}\n", upstream.name());
+            }
+            let (status, body) = proxy.post(upstream, "small.txt", &www.join("3m.bin")).unwrap_or_else(|e| panic!("{what}: {e:#}"));
+            transcript += &format!("round {round}: POST 3 MiB /{}/small.txt -> {status}, body fnv {:016x}\n", upstream.name(), fnv(&body));
+        }
+    }
+    for upstream in [Upstream::Fresh, Upstream::Keep] {
+        let load = wrk(&proxy.url(upstream, "4k.bin"), 8, 1).unwrap_or_else(|e| panic!("{what}: {e:#}"));
+        eprintln!("{what}: wrk on /{}/4k.bin: {load:?}", upstream.name());
+        assert!(
+            load.requests > 0 && load.non_2xx == 0 && load.socket_errors.is_none(),
+            "{what}: wrk through the {} upstream: {load:?}",
+            upstream.name()
+        );
+    }
+    let keep = proxy.upstream_connections(Upstream::Keep);
+    proxy.stop().unwrap_or_else(|e| panic!("{what}: {e:#}"));
+    (transcript, keep)
+}
+
+/// nginx as a reverse proxy to a second nginx on watched Unix sockets, both under the hook,
+/// with `master_process off` and `on`: (a) a new upstream connection per request, (b) upstream
+/// keepalive. nginx registers each upstream socket with epoll before it connects, so a
+/// connection migrates under an existing registration: responses must be the plain ones, wrk
+/// must see no error, and in (b) every upstream connection (each carries thousands of
+/// requests) must be traced `swapped`.
+#[test]
+fn nginx_reverse_proxy_gives_the_same_responses_with_tssx() {
+    require_root();
+    let dir = TempDir::new("app-nginx");
+    let www = nginx_www(&dir);
+    let sessions: Vec<(bool, String)> =
+        [false, true].into_iter().map(|m| (m, format!("tssx-master-{}", if m { "on" } else { "off" }))).collect();
+    let watched: Vec<String> =
+        sessions.iter().flat_map(|(_, name)| [Upstream::Fresh, Upstream::Keep].map(|u| NginxProxy::socket(&dir, name, u))).collect();
+    let agent = HookedAgent::start(&watched.iter().map(String::as_str).collect::<Vec<_>>());
+    for (master_process, name) in &sessions {
+        let (plain, plain_keep) = nginx_session(&dir, &www, &name.replace("tssx", "plain"), None, *master_process);
+        assert!(
+            !plain.contains("NOT the file") && plain.contains("GET /keep/3m.bin -> 200, body: the file"),
+            "unexpected plain session: {plain}"
+        );
+        assert!(plain_keep > 0, "no keepalive upstream connection in the plain run");
+        let (tssx, keep) = nginx_session(&dir, &www, name, Some(&hook()), *master_process);
+        assert_same(&format!("nginx {name}"), &plain, &tssx);
+        let keep_sock = NginxProxy::socket(&dir, name, Upstream::Keep);
+        let swapped = agent.wait_for("swapped", &keep_sock, keep, Duration::from_secs(10));
+        let not: Vec<_> = agent.events_on("not", &keep_sock);
+        assert_eq!(swapped.len(), keep, "{name}: {keep} keepalive upstream connections, swapped: {swapped:?}; not swapped: {not:?}");
+    }
     assert!(agent.stop().success());
 }

@@ -10,6 +10,7 @@
 //! | [`wait`] | [`wait_until`] / [`poll_until`]: poll a condition with a deadline |
 //! | [`rng`] | [`Rng`]: one seeded xorshift64* generator |
 //! | [`lock`] | [`MachineLock`]: the machine-wide lock on the default state directory |
+//! | [`nginx`] | [`NginxProxy`]: nginx as a reverse proxy to a second nginx on Unix sockets (upstream per request and keepalive), [`wrk`] |
 //! | [`namespace`] | [`MountNamespace`]: a private mount namespace with fresh tmpfs directories (a service's `/run/...`, the agent's own `/run/tssx`), entered with `nsenter` |
 //! | [`resources`] | [`Resources`]: descriptors, memfds and RSS of a process, from `/proc` |
 //! | [`tempdir`] | [`TempDir`]: a fresh directory, removed when dropped |
@@ -55,6 +56,7 @@ pub mod control;
 pub mod env;
 pub mod lock;
 pub mod namespace;
+pub mod nginx;
 pub mod process;
 pub mod resources;
 pub mod rng;
@@ -69,6 +71,7 @@ pub use control::{ask, ask_and_keep, claim};
 pub use env::{agent_bin, hook, require_root, target_dir};
 pub use lock::{DefaultAgentLock, MachineLock};
 pub use namespace::MountNamespace;
+pub use nginx::{wrk, NginxProxy, Upstream, Wrk};
 pub use process::{run_ok, Process};
 pub use resources::Resources;
 pub use rng::Rng;
