@@ -71,7 +71,7 @@ pub use control::{ask, ask_and_keep, claim};
 pub use env::{agent_bin, hook, require_root, target_dir};
 pub use lock::{DefaultAgentLock, MachineLock};
 pub use namespace::MountNamespace;
-pub use nginx::{wrk, NginxProxy, Upstream, Wrk};
+pub use nginx::{wrk, NginxConfig, NginxProxy, Upstream, Wrk};
 pub use process::{run_ok, Process};
 pub use resources::Resources;
 pub use rng::Rng;

@@ -10,7 +10,7 @@
 //!   and reused.
 //!
 //! The backend serves the files of a directory (with `sendfile on`, as Debian's configuration
-//! has it) and logs, per socket, each request's connection serial number, so that the number
+//! has it, or off: [`NginxConfig`]) and logs, per socket, each request's connection serial number, so that the number
 //! of upstream connections is known exactly ([`NginxProxy::upstream_connections`]).
 
 use std::{
@@ -49,6 +49,17 @@ impl Upstream {
     }
 }
 
+/// How both nginx instances run.
+#[derive(Clone, Copy, Debug)]
+pub struct NginxConfig {
+    /// `master_process on` (a master and one worker process, as `nobody`) or `off` (one
+    /// process, root).
+    pub master_process: bool,
+    /// The backend sends files with `sendfile(2)` (Debian's configuration) or with
+    /// `read`+`write`/`writev`.
+    pub sendfile: bool,
+}
+
 /// A front nginx proxying to a backend nginx over Unix sockets (see the module docs). Dropped
 /// without [`NginxProxy::stop`], both are killed.
 pub struct NginxProxy {
@@ -70,9 +81,8 @@ impl NginxProxy {
 
     /// Writes both configurations into `dir` (files named after `name`), starts the backend
     /// serving `www` and the front on a free loopback port, both with `LD_PRELOAD=preload` if
-    /// given and with `master_process on` (one worker, as `nobody`) or `off`, and waits until a
-    /// request through each upstream is answered.
-    pub fn start(dir: &Path, name: &str, www: &Path, preload: Option<&Path>, master_process: bool) -> anyhow::Result<Self> {
+    /// given and as `config` says, and waits until a request through each upstream is answered.
+    pub fn start(dir: &Path, name: &str, www: &Path, preload: Option<&Path>, config: NginxConfig) -> anyhow::Result<Self> {
         let file = |suffix: &str| dir.join(format!("{name}-{suffix}"));
         let (fresh, keep) = (Self::socket(dir, name, Upstream::Fresh), Self::socket(dir, name, Upstream::Keep));
         for sock in [&fresh, &keep] {
@@ -84,7 +94,7 @@ impl NginxProxy {
             format!(
                 "daemon off;\nmaster_process {};\nworker_processes 1;\nuser nobody nogroup;\npid {};\nerror_log {} warn;\n\
                  events {{ worker_connections 1024; }}\n",
-                if master_process { "on" } else { "off" },
+                if config.master_process { "on" } else { "off" },
                 file(&format!("{role}.pid")).display(),
                 file(&format!("{role}-error.log")).display()
             )
@@ -96,7 +106,8 @@ impl NginxProxy {
                 .collect::<String>()
         };
         let mut backend = main("backend");
-        backend += "http {\n  default_type application/octet-stream;\n  sendfile on;\n  keepalive_requests 1000000;\n";
+        backend += "http {\n  default_type application/octet-stream;\n  keepalive_requests 1000000;\n  client_max_body_size 16m;\n";
+        backend += if config.sendfile { "  sendfile on;\n" } else { "  sendfile off;\n" };
         backend += "  log_format conn '$connection $connection_requests $status $request_uri';\n";
         backend += &temp_paths("backend");
         for (upstream, sock) in [(Upstream::Fresh, &fresh), (Upstream::Keep, &keep)] {
@@ -109,7 +120,7 @@ impl NginxProxy {
         backend += "}\n";
         let port = free_port()?;
         let mut front = main("front");
-        front += "http {\n  access_log off;\n";
+        front += "http {\n  access_log off;\n  client_max_body_size 16m;\n";
         front += &temp_paths("front");
         front += &format!("  upstream keep {{\n    server unix:{keep};\n    keepalive 16;\n    keepalive_requests 1000000;\n  }}\n");
         front += &format!(
