@@ -33,7 +33,7 @@ use std::{
 
 use tssx_tests::{
     agent_bin, hook, poll_until, require_root, wait_until, wrk, Agent, HookedAgent, MachineLock, MountNamespace, NginxConfig, NginxProxy,
-    Process, Rng, TempDir, Upstream,
+    Nscd, Process, Rng, TempDir, Upstream, NSCD_SOCKET,
 };
 
 const MEMCACHE: &str = env!("CARGO_BIN_EXE_tssx-test-memcache");
@@ -444,48 +444,12 @@ fn memcached_gives_the_same_results_with_tssx() {
 
 // ----------------------------------------------------------------------------------------- nscd
 
-const NSCD: &str = "/usr/sbin/nscd";
-/// The socket glibc's nscd client connects to and nscd binds (both spell it this way).
-const NSCD_SOCKET: &str = "/var/run/nscd/socket";
 const NSS: &str = env!("CARGO_BIN_EXE_tssx-test-nss");
 /// No single lookup may take this long: far above a loaded machine's worst lookup (a few ms),
 /// far below the 0.5 s and 1 s stalls of a server that waits for a claim that never comes.
 const LOOKUP_BOUND: Duration = Duration::from_millis(300);
 /// The same for one `getent` run (a process start, the hook's constructor and one lookup).
 const GETENT_BOUND: Duration = Duration::from_millis(450);
-
-/// The directories that get a private tmpfs: the agent's state directory (so that only the
-/// processes of this namespace find this agent), nscd's socket and pid directory (`/var/run`
-/// may be a separate directory on some machines) and its persistent-cache directory.
-fn nscd_private_dirs() -> Vec<String> {
-    let mut dirs = vec!["/run/tssx".to_owned(), "/run/nscd".to_owned(), "/var/cache/nscd".to_owned()];
-    let var_run = Path::new("/var/run/nscd");
-    if std::fs::canonicalize("/var/run").is_ok_and(|p| p != Path::new("/run")) {
-        dirs.push(path_str(var_run));
-    }
-    dirs
-}
-
-/// An nscd configuration as Debian's, with what a private foreground instance needs:
-/// `paranoia no` (no re-exec), `server-user nobody` (Debian runs nscd as root and lets it keep
-/// root; dropping to nobody is the hardened set-up, and makes the server and its root clients
-/// different users), `persistent no` (no cache files in /var/cache/nscd), the passwd, group
-/// and hosts caches (`shared` as given: with `yes` clients map the cache and ask the socket only
-/// on a miss; with `no` every lookup is a connection), services and netgroup off.
-fn nscd_config(dir: &Path, shared: bool) -> PathBuf {
-    let shared = if shared { "yes" } else { "no" };
-    let mut conf = String::from("debug-level 0\nparanoia no\nserver-user nobody\n");
-    for (db, positive, negative) in [("passwd", 600, 20), ("group", 3600, 60), ("hosts", 3600, 20)] {
-        conf += &format!(
-            "enable-cache {db} yes\npositive-time-to-live {db} {positive}\nnegative-time-to-live {db} {negative}\n\
-             suggested-size {db} 211\ncheck-files {db} yes\npersistent {db} no\nshared {db} {shared}\nmax-db-size {db} 33554432\n"
-        );
-    }
-    conf += "enable-cache services no\nenable-cache netgroup no\n";
-    let path = dir.join(format!("nscd-shared-{shared}.conf"));
-    std::fs::write(&path, conf).expect("write nscd.conf");
-    path
-}
 
 /// What to look up: the machine's first users and groups, one that does not exist of each,
 /// and the host names of /etc/hosts (never a name that would go to DNS).
@@ -529,27 +493,6 @@ fn run_timed(cmd: Command) -> (i32, Vec<String>, Duration) {
     (status.code().unwrap_or(-1), process.stdout_lines(), took)
 }
 
-/// nscd's cache misses (positive + negative) per database, from `nscd -g`: a lookup that
-/// reached nscd counts there, one that fell back to the files does not. `None` while nscd does
-/// not answer.
-fn nscd_misses(ns: &MountNamespace, config: &Path) -> Option<BTreeMap<String, u64>> {
-    let mut cmd = ns.command(NSCD);
-    cmd.arg("-f").arg(config).arg("-g").env_remove("LD_PRELOAD");
-    let out = cmd.output().ok().filter(|o| o.status.success())?;
-    let out = String::from_utf8_lossy(&out.stdout);
-    let mut misses = BTreeMap::new();
-    let mut db = String::new();
-    for line in out.lines() {
-        if let Some(name) = line.strip_suffix(" cache:") {
-            db = name.trim().to_owned();
-        } else if line.contains("cache misses on") {
-            let n: u64 = line.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0);
-            *misses.entry(db.clone()).or_default() += n;
-        }
-    }
-    Some(misses)
-}
-
 /// Starts nscd with `config` in the namespace (under the hook if `hooked`), runs the lookups
 /// (getent and `tssx-test-nss`, under the hook too if `hooked`), checks that each database was
 /// served by nscd and that no lookup stalled, stops nscd; returns the transcript of answers.
@@ -563,11 +506,8 @@ fn nscd_session(ns: &MountNamespace, config: &Path, hooked: bool, lookups: &Look
         }
         cmd
     };
-    let mut nscd = in_ns(NSCD);
-    nscd.arg("-F").arg("-f").arg(config);
-    let mut server = Daemon::spawn("nscd", nscd);
-    // `nscd -g` asks the socket for statistics: it succeeds once nscd listens.
-    server.wait_ready(|| nscd_misses(ns, config).is_some());
+    let hook = hook();
+    let nscd = Nscd::start(ns, config, hooked.then_some(hook.as_path())).unwrap_or_else(|e| panic!("{e:#}"));
     let what = format!("{} nscd ({})", if hooked { "hooked" } else { "plain" }, config.file_name().unwrap_or_default().to_string_lossy());
 
     let mut transcript = String::new();
@@ -604,11 +544,11 @@ fn nscd_session(ns: &MountNamespace, config: &Path, hooked: bool, lookups: &Look
     eprintln!("{what}: {time}");
     transcript += &lines.iter().filter(|l| !l.starts_with("time ")).map(|l| format!("{l}\n")).collect::<String>();
 
-    let misses = nscd_misses(ns, config).unwrap_or_else(|| panic!("{what}: nscd -g failed"));
+    let misses = nscd.misses(ns).unwrap_or_else(|| panic!("{what}: nscd -g failed"));
     for db in ["passwd", "group", "hosts"] {
         assert!(misses.get(db).is_some_and(|&n| n > 0), "{what}: nscd served no {db} lookup (misses per cache: {misses:?})");
     }
-    server.stop(libc::SIGTERM);
+    nscd.stop().unwrap_or_else(|e| panic!("{what}: {e:#}"));
     transcript
 }
 
@@ -622,13 +562,13 @@ fn nscd_answers_the_same_with_tssx_and_never_stalls() {
     require_root();
     let _lock = MachineLock::acquire();
     let dir = TempDir::new("app-nscd");
-    let dirs = nscd_private_dirs();
+    let dirs = tssx_tests::nscd::private_dirs();
     let ns = MountNamespace::new(&dirs.iter().map(String::as_str).collect::<Vec<_>>());
     let agent = Agent::spawn_wrapped(&ns.wrapper(), &agent_bin(), &[NSCD_SOCKET], None, &[]).unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(std::fs::metadata(ns.path("/run/tssx")).map(|m| m.permissions().mode() & 0o7777).ok(), Some(0o755), "the private /run/tssx");
     let lookups = Lookups::of_this_machine();
     for shared in [false, true] {
-        let config = nscd_config(&dir, shared);
+        let config = tssx_tests::nscd::config(&dir, shared).unwrap();
         let plain = nscd_session(&ns, &config, false, &lookups);
         assert!(plain.contains("ok rounds=40") && plain.contains("getent passwd 0 -> exit 0\nroot:"), "unexpected plain session: {plain}");
         let tssx = nscd_session(&ns, &config, true, &lookups);

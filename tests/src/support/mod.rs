@@ -11,6 +11,7 @@
 //! | [`rng`] | [`Rng`]: one seeded xorshift64* generator |
 //! | [`lock`] | [`MachineLock`]: the machine-wide lock on the default state directory |
 //! | [`nginx`] | [`NginxProxy`]: nginx as a reverse proxy to a second nginx on Unix sockets (upstream per request and keepalive), [`wrk`] |
+//! | [`nscd`] | [`Nscd`]: Debian's nscd in the foreground in a [`MountNamespace`], its configuration (`shared yes`/`no`) and cache statistics |
 //! | [`namespace`] | [`MountNamespace`]: a private mount namespace with fresh tmpfs directories (a service's `/run/...`, the agent's own `/run/tssx`), entered with `nsenter` |
 //! | [`resources`] | [`Resources`]: descriptors, memfds and RSS of a process, from `/proc` |
 //! | [`tempdir`] | [`TempDir`]: a fresh directory, removed when dropped |
@@ -57,6 +58,7 @@ pub mod env;
 pub mod lock;
 pub mod namespace;
 pub mod nginx;
+pub mod nscd;
 pub mod process;
 pub mod resources;
 pub mod rng;
@@ -72,6 +74,7 @@ pub use env::{agent_bin, hook, require_root, target_dir};
 pub use lock::{DefaultAgentLock, MachineLock};
 pub use namespace::MountNamespace;
 pub use nginx::{wrk, NginxConfig, NginxProxy, Upstream, Wrk};
+pub use nscd::{Nscd, NSCD_SOCKET};
 pub use process::{run_ok, Process};
 pub use resources::Resources;
 pub use rng::Rng;
