@@ -9,6 +9,8 @@ use std::{
     time::Duration,
 };
 
+use anyhow::{bail, Context as _};
+
 use super::process::Process;
 
 /// A private mount namespace (`unshare --mount --propagation private`) in which each of the
@@ -27,12 +29,20 @@ impl MountNamespace {
     /// Creates the namespace with a tmpfs on each of `tmpfs_dirs` (absolute paths). Panics if
     /// `unshare` or a mount fails.
     pub fn new(tmpfs_dirs: &[&str]) -> Self {
+        Self::create(tmpfs_dirs).unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// As [`MountNamespace::new`], or why not.
+    pub fn create(tmpfs_dirs: &[&str]) -> anyhow::Result<Self> {
         let script = "set -e; for d; do mkdir -p \"$d\"; mount -t tmpfs -o mode=0755 tmpfs \"$d\"; done; echo ready; exec sleep 2147483647";
         let mut cmd = Command::new("unshare");
         cmd.args(["--mount", "--propagation", "private", "sh", "-c", script, "sh"]).args(tmpfs_dirs).env_remove("LD_PRELOAD");
-        let holder = Process::try_spawn_group(cmd).unwrap_or_else(|e| panic!("{e} (util-linux has unshare)"));
-        holder.expect_line("ready", Duration::from_secs(10));
-        Self { holder }
+        let mut holder = Process::try_spawn_group(cmd).with_context(|| "starting unshare (util-linux)")?;
+        if holder.next_line(Duration::from_secs(10)).as_deref() != Some("ready") {
+            let status = holder.wait(Duration::from_secs(1));
+            bail!("creating a mount namespace with tmpfs on {tmpfs_dirs:?} failed ({status:?}): {}", holder.stderr_text());
+        }
+        Ok(Self { holder })
     }
 
     /// The pid of the process holding the namespace.
