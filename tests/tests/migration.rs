@@ -47,7 +47,7 @@ fn exchange(path: &str, seed: u64, mode: &str, bytes: u64, hooked: bool) {
         assert!(status.is_some_and(|s| s.success()), "{mode} seed {seed}: {who} failed or hung ({status:?}): {}", end.stderr_text());
         let lines = end.stdout_lines();
         let want = format!("ok sent={bytes} received={bytes}");
-        assert!(lines.iter().any(|l| *l == want), "{mode} seed {seed}: {who} printed {lines:?}");
+        assert!(lines.contains(&want), "{mode} seed {seed}: {who} printed {lines:?}");
     }
 }
 
@@ -153,7 +153,7 @@ fn killing_the_agent_mid_migration_loses_nothing() {
             let status = end.wait(EXCHANGE_TIMEOUT);
             assert!(status.is_some_and(|s| s.success()), "round {round} ({mode}): {who} failed or hung: {}", end.stderr_text());
             let want = format!("ok sent={bytes} received={bytes}");
-            assert!(end.stdout_lines().iter().any(|l| *l == want), "round {round}: {who}");
+            assert!(end.stdout_lines().contains(&want), "round {round}: {who}");
         }
     }
 }

@@ -11,6 +11,10 @@ use tssx_common::event::{Event, EventKind};
 
 use crate::{control, feed::EventFeed, kernel, loader::Watcher, paths::WatchedPath, state::StateDir, trace::trace_event};
 
+/// How often the event loop looks at the live segments' headers (`swapped` lines, finished
+/// connections).
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
+
 /// What `tssx-agent` was asked to do.
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
@@ -23,6 +27,8 @@ pub struct AgentConfig {
     /// Most segments live at once (beyond: plain, traced); with `ring_size` this bounds the
     /// shared memory the agent hands out.
     pub max_connections: usize,
+    /// How long a connection lives before its hooks claim a segment (published for hooks).
+    pub claim_after: Duration,
 }
 
 /// Runs the agent until SIGINT or SIGTERM. Everything is detached when it returns.
@@ -37,7 +43,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let feed = std::sync::Arc::new(EventFeed::new(channels.events));
     let control = control::Control::new(config.paths.clone(), config.ring_size, config.max_connections, Some(std::sync::Arc::clone(&feed)));
     control::serve(std::sync::Arc::clone(&control), state.dir())?;
-    state.publish_paths(&config.paths)?;
+    state.publish_paths(&config.paths, config.claim_after)?;
 
     // SAFETY: the fd belongs to the ring buffer inside `feed`, which is kept alive (by the
     // control plane and this function) until after this AsyncFd is dropped (see the end).
@@ -51,6 +57,10 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut drop_check = tokio::time::interval(Duration::from_secs(1));
+    // The `swapped` lines and the freeing of finished connections read the segments' headers
+    // only: often, so that a switch is traced well within a second.
+    let mut progress = tokio::time::interval(PROGRESS_INTERVAL);
+    progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut dropped_seen = 0u64;
 
     let paths: Vec<String> = config.paths.iter().map(ToString::to_string).collect();
@@ -58,6 +68,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         paths = paths.join(","),
         state_dir = %state.dir().display(),
         pid = std::process::id(),
+        claim_after_us = config.claim_after.as_micros() as u64,
         "ready: watching {} path(s)",
         paths.len()
     );
@@ -74,6 +85,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                 watcher.flush_logs();
                 guard.clear_ready();
             }
+            _ = progress.tick() => control.progress(),
             _ = drop_check.tick() => {
                 handle_events(&control, &mut watcher, &config.paths, &feed.take());
                 control.sweep();

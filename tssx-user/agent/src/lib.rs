@@ -6,7 +6,7 @@
 //! * [`trace`]: one trace line per kernel event.
 //! * [`state`]: the agent's state directory (lock, published paths).
 //! * [`control`]: the control socket: claims, pairing, segments, status (one module per job).
-//! * [`sockdiag`]: socket peers and accept queues (`NETLINK_SOCK_DIAG`).
+//! * [`sockdiag`]: what the kernel says about a Unix socket: type, peer, name (`NETLINK_SOCK_DIAG`).
 //! * [`feed`]: the kernel events ring buffer, shared by the event loop and the claim workers.
 //! * [`agent`]: the event loop tying them together.
 //! * [`install`]: the system-wide mode (`/etc/ld.so.preload`).

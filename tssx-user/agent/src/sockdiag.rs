@@ -1,30 +1,64 @@
-//! The two `NETLINK_SOCK_DIAG` queries the agent makes about Unix sockets: the peer of one socket
-//! (`UNIX_DIAG_PEER`) and the client sockets waiting in accept queues (`UNIX_DIAG_ICONS`).
+//! The one `NETLINK_SOCK_DIAG` query the agent makes about Unix sockets: what the kernel knows of
+//! one socket, by inode ([`unix_socket`]): its type, its peer (`UNIX_DIAG_PEER`) and its own name
+//! (`UNIX_DIAG_NAME`).
 //!
 //! The agent pairs a client's claim with a server's by socket inodes: the client socket's peer is
 //! the server's accepted socket from the moment `connect()` returns, before `accept()` (the
-//! socket inode of a process's fd comes from `/proc`, see `control::host`).
+//! socket inode of a process's fd comes from `/proc`, see `control::host`). An accepted socket
+//! carries its listener's name (the kernel copies the address on `connect`), so "this socket is
+//! named like a watched path and has a peer" proves a server end, and "this socket's peer is
+//! named like a watched path" a client end, when the agent holds no eBPF event for a claim.
 //!
-//! Written by hand rather than with `netlink-packet-sock-diag`: the two queries are one
-//! fixed-size request each and their replies are walked in a few dozen lines, while that crate
-//! is only the message codec (the socket, the dump loop and the error handling would stay here)
-//! and would add four crates (itself, `netlink-packet-core`, `zerocopy`, `zerocopy-derive`),
-//! none with a declared minimum Rust version, to a daemon that runs as root.
+//! Written by hand rather than with `netlink-packet-sock-diag`: the query is one fixed-size
+//! request and its reply is walked in a few dozen lines, while that crate is only the message
+//! codec (the socket and the error handling would stay here) and would add four crates (itself,
+//! `netlink-packet-core`, `zerocopy`, `zerocopy-derive`), none with a declared minimum Rust
+//! version, to a daemon that runs as root.
 
 use std::{io, mem::size_of};
 
 /// `SOCK_DIAG_BY_FAMILY` netlink message type (linux/sock_diag.h).
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
-/// `UDIAG_SHOW_PEER` (linux/unix_diag.h).
+/// `UDIAG_SHOW_NAME` (linux/unix_diag.h).
+const UDIAG_SHOW_NAME: u32 = 0x1;
+/// `UDIAG_SHOW_PEER`.
 const UDIAG_SHOW_PEER: u32 = 0x4;
-/// `UDIAG_SHOW_ICONS`: for a listener, the peers of the connections in its accept queue.
-const UDIAG_SHOW_ICONS: u32 = 0x8;
-/// `UNIX_DIAG_PEER` attribute type.
+/// `UNIX_DIAG_NAME` attribute type (the socket's `sun_path` bytes).
+const UNIX_DIAG_NAME: u16 = 0;
+/// `UNIX_DIAG_PEER` attribute type (the peer's inode, `u32`).
 const UNIX_DIAG_PEER: u16 = 2;
-/// `UNIX_DIAG_ICONS` attribute type (an array of `u32` inodes).
-const UNIX_DIAG_ICONS: u16 = 3;
-/// `TCP_LISTEN`, the state of a listening Unix stream socket in sock_diag.
-const TCP_LISTEN: u32 = 10;
+
+/// `TCP_ESTABLISHED`: the state of a connected Unix socket in sock_diag.
+pub const ESTABLISHED: u8 = 1;
+
+/// What the kernel says about one Unix socket.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UnixSocket {
+    /// `SOCK_STREAM`, `SOCK_DGRAM` or `SOCK_SEQPACKET`.
+    pub kind: u8,
+    /// Its state: [`ESTABLISHED`] once connected (a client from `connect()` on, before its
+    /// server accepted), `TCP_LISTEN` for a listener, `TCP_CLOSE` otherwise.
+    pub state: u8,
+    /// The peer's inode, if it has one the kernel can name: a client whose connection still
+    /// waits in its listener's accept queue has a peer, but one without an inode yet (the
+    /// server's socket gets it from `accept()`), so `None` here.
+    pub peer: Option<u32>,
+    /// Its own address as `sun_path` bytes: a filesystem path without its terminating NUL, or an
+    /// abstract name with its leading NUL; `None` if it has no address (an unbound client).
+    pub name: Option<Vec<u8>>,
+}
+
+impl UnixSocket {
+    /// Whether it is a stream socket.
+    pub fn is_stream(&self) -> bool {
+        i32::from(self.kind) == libc::SOCK_STREAM
+    }
+
+    /// Whether it is connected.
+    pub fn is_connected(&self) -> bool {
+        self.state == ESTABLISHED
+    }
+}
 
 /// `struct unix_diag_req`.
 #[repr(C)]
@@ -83,8 +117,9 @@ fn diag_request(body: UnixDiagReq, extra_flags: u16) -> io::Result<std::os::fd::
     Ok(fd)
 }
 
-/// The inode of the peer of Unix socket `ino`; `Ok(None)` if it has no peer (or is gone).
-pub fn unix_peer(ino: u32) -> io::Result<Option<u32>> {
+/// What the kernel says about Unix socket `ino` (one request with `UDIAG_SHOW_PEER` and
+/// `UDIAG_SHOW_NAME`); `Ok(None)` if there is no such socket (any more).
+pub fn unix_socket(ino: u32) -> io::Result<Option<UnixSocket>> {
     let fd = diag_request(
         UnixDiagReq {
             family: libc::AF_UNIX as u8,
@@ -92,7 +127,7 @@ pub fn unix_peer(ino: u32) -> io::Result<Option<u32>> {
             pad: 0,
             states: u32::MAX,
             ino,
-            show: UDIAG_SHOW_PEER,
+            show: UDIAG_SHOW_PEER | UDIAG_SHOW_NAME,
             cookie: [u32::MAX; 2], // INET_DIAG_NOCOOKIE: look up by inode alone
         },
         0,
@@ -107,82 +142,6 @@ pub fn unix_peer(ino: u32) -> io::Result<Option<u32>> {
     parse_reply(&buf[..n as usize], ino)
 }
 
-/// Inodes of the client sockets whose connections wait, not yet accepted, in the accept queue
-/// of some listening Unix socket (of this network namespace): a dump of all listeners with
-/// `UDIAG_SHOW_ICONS`.
-pub fn unaccepted_clients() -> io::Result<std::collections::HashSet<u32>> {
-    let fd = diag_request(
-        UnixDiagReq {
-            family: libc::AF_UNIX as u8,
-            protocol: 0,
-            pad: 0,
-            states: 1 << TCP_LISTEN,
-            ino: 0,
-            show: UDIAG_SHOW_ICONS,
-            cookie: [u32::MAX; 2],
-        },
-        libc::NLM_F_DUMP as u16,
-    )?;
-    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
-    let mut clients = std::collections::HashSet::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        // SAFETY: receives into our buffer of the given length.
-        let n = unsafe { libc::recv(raw, buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if n == 0 || parse_icons(&buf[..n as usize], &mut clients)? {
-            return Ok(clients);
-        }
-    }
-}
-
-/// Adds the `UNIX_DIAG_ICONS` inodes of every message in one dump datagram to `out`; true once
-/// the dump is done (`NLMSG_DONE`).
-fn parse_icons(mut msgs: &[u8], out: &mut std::collections::HashSet<u32>) -> io::Result<bool> {
-    let bad = || io::Error::new(io::ErrorKind::InvalidData, "malformed sock_diag dump");
-    let header = size_of::<libc::nlmsghdr>();
-    while msgs.len() >= header {
-        let len = read_u32(msgs, 0).ok_or_else(bad)? as usize;
-        let kind = read_u16(msgs, 4).ok_or_else(bad)?;
-        if len < header || len > msgs.len() {
-            return Err(bad());
-        }
-        match kind {
-            k if k == libc::NLMSG_DONE as u16 => return Ok(true),
-            k if k == libc::NLMSG_ERROR as u16 => {
-                let errno = read_u32(msgs, header).ok_or_else(bad)? as i32;
-                return Err(io::Error::from_raw_os_error(-errno));
-            }
-            SOCK_DIAG_BY_FAMILY => {
-                let mut at = header + size_of::<UnixDiagMsg>();
-                while at + 4 <= len {
-                    let alen = read_u16(msgs, at).ok_or_else(bad)? as usize;
-                    let atype = read_u16(msgs, at + 2).ok_or_else(bad)?;
-                    if alen < 4 || at + alen > len {
-                        return Err(bad());
-                    }
-                    if atype == UNIX_DIAG_ICONS {
-                        for i in (at + 4..at + alen).step_by(4) {
-                            match read_u32(msgs, i) {
-                                Some(0) | None => {}
-                                Some(ino) => {
-                                    out.insert(ino);
-                                }
-                            }
-                        }
-                    }
-                    at += (alen + 3) & !3;
-                }
-            }
-            _ => {}
-        }
-        msgs = &msgs[((len + 3) & !3).min(msgs.len())..];
-    }
-    Ok(false)
-}
-
 fn read_u16(b: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
 }
@@ -191,8 +150,9 @@ fn read_u32(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
 }
 
-/// Extracts the `UNIX_DIAG_PEER` attribute from a netlink reply about socket `ino`.
-fn parse_reply(msg: &[u8], ino: u32) -> io::Result<Option<u32>> {
+/// Reads the type and the `UNIX_DIAG_PEER` and `UNIX_DIAG_NAME` attributes from a netlink reply
+/// about socket `ino`.
+fn parse_reply(msg: &[u8], ino: u32) -> io::Result<Option<UnixSocket>> {
     let bad = || io::Error::new(io::ErrorKind::InvalidData, "malformed sock_diag reply");
     let len = read_u32(msg, 0).ok_or_else(bad)? as usize;
     let kind = read_u16(msg, 4).ok_or_else(bad)?;
@@ -203,27 +163,39 @@ fn parse_reply(msg: &[u8], ino: u32) -> io::Result<Option<u32>> {
             e => Err(io::Error::from_raw_os_error(e)),
         };
     }
-    if kind != SOCK_DIAG_BY_FAMILY || len > msg.len() {
+    if kind != SOCK_DIAG_BY_FAMILY || len > msg.len() || len < size_of::<libc::nlmsghdr>() + size_of::<UnixDiagMsg>() {
         return Err(bad());
     }
     let body = size_of::<libc::nlmsghdr>();
     if read_u32(msg, body + 4) != Some(ino) {
         return Err(bad());
     }
+    let mut socket = UnixSocket { kind: msg[body + 1], state: msg[body + 2], ..UnixSocket::default() };
     // Attributes (struct rtattr: u16 len, u16 type, payload), 4-byte aligned.
     let mut at = body + size_of::<UnixDiagMsg>();
     while at + 4 <= len {
         let alen = read_u16(msg, at).ok_or_else(bad)? as usize;
         let atype = read_u16(msg, at + 2).ok_or_else(bad)?;
-        if alen < 4 {
+        if alen < 4 || at + alen > len {
             return Err(bad());
         }
-        if atype == UNIX_DIAG_PEER {
-            return Ok(Some(read_u32(msg, at + 4).ok_or_else(bad)?));
+        match atype {
+            UNIX_DIAG_PEER => socket.peer = Some(read_u32(msg, at + 4).ok_or_else(bad)?).filter(|&p| p != 0),
+            UNIX_DIAG_NAME => socket.name = Some(sun_path_name(&msg[at + 4..at + alen])),
+            _ => {}
         }
         at += (alen + 3) & !3;
     }
-    Ok(None)
+    Ok(Some(socket))
+}
+
+/// A `UNIX_DIAG_NAME` payload as [`UnixSocket::name`]: a filesystem path loses the terminating
+/// NUL the kernel keeps in its address length.
+fn sun_path_name(raw: &[u8]) -> Vec<u8> {
+    match raw.first() {
+        Some(0) => raw.to_vec(),
+        _ => raw[..raw.iter().position(|&b| b == 0).unwrap_or(raw.len())].to_vec(),
+    }
 }
 
 #[cfg(test)]
@@ -240,25 +212,60 @@ mod tests {
         let ia = socket_inode(pid, a.as_raw_fd()).unwrap().unwrap();
         let ib = socket_inode(pid, b.as_raw_fd()).unwrap().unwrap();
         assert_ne!(ia, ib);
-        assert_eq!(unix_peer(ia).unwrap(), Some(ib));
-        assert_eq!(unix_peer(ib).unwrap(), Some(ia));
+        let sa = unix_socket(ia).unwrap().unwrap();
+        assert_eq!((sa.peer, sa.name.as_deref(), sa.is_stream()), (Some(ib), None, true));
+        assert_eq!(unix_socket(ib).unwrap().unwrap().peer, Some(ia));
+        let d = std::os::unix::net::UnixDatagram::unbound().unwrap();
+        let id = socket_inode(pid, d.as_raw_fd()).unwrap().unwrap();
+        assert!(!unix_socket(id).unwrap().unwrap().is_stream());
     }
 
+    /// An accepted socket carries its listener's name; the connecting one has none (unbound),
+    /// and its peer is the accepted one, before and after `accept`.
     #[test]
-    fn unaccepted_connections_are_found_in_the_accept_queue() {
-        let path = std::env::temp_dir().join(format!("tssx-sockdiag-icons-{}", std::process::id()));
+    fn an_accepted_socket_is_named_like_its_listener() {
+        let path = std::env::temp_dir().join(format!("tssx-sockdiag-name-{}", std::process::id()));
         let _ = std::fs::remove_file(&path);
         let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
-        let waiting = UnixStream::connect(&path).unwrap();
-        let ino = socket_inode(std::process::id(), waiting.as_raw_fd()).unwrap().unwrap();
-        assert!(unaccepted_clients().unwrap().contains(&ino), "a queued connection is listed");
-        let (_accepted, _) = listener.accept().unwrap();
-        assert!(!unaccepted_clients().unwrap().contains(&ino), "an accepted one is not");
+        let client = UnixStream::connect(&path).unwrap();
+        let pid = std::process::id();
+        let ic = socket_inode(pid, client.as_raw_fd()).unwrap().unwrap();
+        let queued = unix_socket(ic).unwrap().unwrap();
+        assert!(queued.is_connected() && queued.is_stream(), "{queued:?}");
+        assert_eq!(queued.peer, None, "the server's socket has no inode before accept");
+        let (server, _) = listener.accept().unwrap();
+        let is = socket_inode(pid, server.as_raw_fd()).unwrap().unwrap();
+        assert_eq!(unix_socket(ic).unwrap().unwrap().peer, Some(is));
+        let accepted = unix_socket(is).unwrap().unwrap();
+        assert!(accepted.is_connected());
+        assert_eq!(accepted.name.as_deref(), Some(path.as_os_str().as_encoded_bytes()));
+        assert_eq!(accepted.peer, Some(ic));
+        assert_eq!(unix_socket(ic).unwrap().unwrap().name, None);
+        let il = socket_inode(pid, listener.as_raw_fd()).unwrap().unwrap();
+        let listening = unix_socket(il).unwrap().unwrap();
+        assert_eq!((listening.peer, listening.is_connected()), (None, false), "a listener has no peer");
         std::fs::remove_file(&path).unwrap();
+        // An abstract name keeps its leading NUL.
+        let name = format!("tssx-sockdiag-{}", pid);
+        let addr = <std::os::unix::net::SocketAddr as std::os::linux::net::SocketAddrExt>::from_abstract_name(name.as_bytes()).unwrap();
+        let listener = std::os::unix::net::UnixListener::bind_addr(&addr).unwrap();
+        let _client = UnixStream::connect_addr(&addr).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let is = socket_inode(pid, server.as_raw_fd()).unwrap().unwrap();
+        let mut want = vec![0u8];
+        want.extend_from_slice(name.as_bytes());
+        assert_eq!(unix_socket(is).unwrap().unwrap().name, Some(want));
     }
 
     #[test]
-    fn unknown_inode_has_no_peer() {
-        assert_eq!(unix_peer(u32::MAX - 7).unwrap(), None);
+    fn unknown_inode_is_no_socket() {
+        assert_eq!(unix_socket(u32::MAX - 7).unwrap(), None);
+    }
+
+    #[test]
+    fn names_lose_the_terminating_nul_only_for_paths() {
+        assert_eq!(sun_path_name(b"/run/a.sock\0"), b"/run/a.sock");
+        assert_eq!(sun_path_name(b"/run/a.sock"), b"/run/a.sock");
+        assert_eq!(sun_path_name(b"\0abs\0"), b"\0abs\0");
     }
 }

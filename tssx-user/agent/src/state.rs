@@ -1,5 +1,6 @@
 //! The agent's state directory (default `/run/tssx`): the lock that keeps one agent per
-//! directory, and the published list of watched paths that hooks read.
+//! directory, and the published list of watched paths (with the agent's settings for hooks)
+//! that hooks read.
 
 use std::{
     fs::{self, File, OpenOptions},
@@ -9,14 +10,18 @@ use std::{
         unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
     },
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use crate::paths::WatchedPath;
 
 /// Default state directory; the hook looks here too.
 pub const DEFAULT_STATE_DIR: &str = "/run/tssx";
-/// File in the state directory listing the watched paths, one per line (`@name` for abstract).
+/// File in the state directory listing the watched paths, one per line (`@name` for abstract),
+/// after the settings for hooks (lines starting with `#`, e.g. `#claim-after-ns=1000000`).
 pub const PATHS_FILE: &str = "paths";
+/// Default `--claim-after`: a connection claims its segment once it lived this long.
+pub const DEFAULT_CLAIM_AFTER: Duration = Duration::from_millis(1);
 /// Lock file held (flock) for as long as an agent uses the state directory.
 pub const LOCK_FILE: &str = "agent.lock";
 
@@ -93,9 +98,11 @@ impl StateDir {
         &self.dir
     }
 
-    /// Publishes the watched paths (mode 0644, replaced atomically).
-    pub fn publish_paths(&self, paths: &[WatchedPath]) -> Result<(), StateError> {
-        let text: String = paths.iter().map(|p| format!("{p}\n")).collect();
+    /// Publishes the watched paths (mode 0644, replaced atomically), after the hooks' settings:
+    /// `#claim-after-ns=N`, how long a connection lives before it claims a segment.
+    pub fn publish_paths(&self, paths: &[WatchedPath], claim_after: Duration) -> Result<(), StateError> {
+        let mut text = format!("#claim-after-ns={}\n", claim_after.as_nanos());
+        text.extend(paths.iter().map(|p| format!("{p}\n")));
         let tmp = self.dir.join(format!(".{PATHS_FILE}.tmp"));
         let target = self.dir.join(PATHS_FILE);
         let mut file = OpenOptions::new()
@@ -109,6 +116,36 @@ impl StateDir {
         fs::rename(&tmp, &target).map_err(io_err(format!("publishing {}", target.display())))?;
         Ok(())
     }
+}
+
+/// Why a duration given on the command line was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    /// No number, a number with no unit (other than 0), or an unknown unit.
+    #[error("`{0}` is not a duration: give a number and a unit (ns, us, ms, s), e.g. 500us, 1ms, 2s; or 0")]
+    Malformed(String),
+    /// Beyond what a hook can take (u64 nanoseconds).
+    #[error("`{0}` is too long")]
+    TooLong(String),
+}
+
+/// Parses a duration as `--claim-after` takes it: `0`, or a whole number with a unit `ns`, `us`
+/// (or `µs`), `ms` or `s`, e.g. `500us`, `1ms`, `2s` (spaces between number and unit allowed).
+pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
+    let s = text.trim();
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(digits);
+    let malformed = || DurationError::Malformed(text.to_owned());
+    let n: u64 = number.parse().map_err(|_| malformed())?;
+    let ns_per = match unit.trim() {
+        "" if n == 0 => 0,
+        "ns" => 1,
+        "us" | "µs" => 1_000,
+        "ms" => 1_000_000,
+        "s" => 1_000_000_000,
+        _ => return Err(malformed()),
+    };
+    n.checked_mul(ns_per).map(Duration::from_nanos).ok_or_else(|| DurationError::TooLong(text.to_owned()))
 }
 
 impl Drop for StateDir {
@@ -136,11 +173,28 @@ mod tests {
         let paths: Vec<WatchedPath> = vec!["/run/a.sock".parse().unwrap(), "@b".parse().unwrap()];
         {
             let state = StateDir::take(&dir).unwrap();
-            state.publish_paths(&paths).unwrap();
-            assert_eq!(fs::read_to_string(dir.join(PATHS_FILE)).unwrap(), "/run/a.sock\n@b\n");
+            state.publish_paths(&paths, Duration::from_micros(500)).unwrap();
+            assert_eq!(fs::read_to_string(dir.join(PATHS_FILE)).unwrap(), "#claim-after-ns=500000\n/run/a.sock\n@b\n");
         }
         assert!(!dir.join(PATHS_FILE).exists());
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn durations_as_the_command_line_gives_them() {
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("500us"), Ok(Duration::from_micros(500)));
+        assert_eq!(parse_duration("500µs"), Ok(Duration::from_micros(500)));
+        assert_eq!(parse_duration("1ms"), Ok(Duration::from_millis(1)));
+        assert_eq!(parse_duration(" 2 s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("250ns"), Ok(Duration::from_nanos(250)));
+        assert_eq!(parse_duration("0ms"), Ok(Duration::ZERO));
+        for bad in ["", "5", "ms", "1.5ms", "1 h", "-1ms", "1msx"] {
+            assert_eq!(parse_duration(bad), Err(DurationError::Malformed(bad.to_owned())), "{bad}");
+        }
+        assert_eq!(parse_duration("99999999999999999999"), Err(DurationError::Malformed("99999999999999999999".into())));
+        assert_eq!(parse_duration("18446744073709551615s"), Err(DurationError::TooLong("18446744073709551615s".into())));
+        assert!(DurationError::Malformed("5".into()).to_string().contains("e.g. 500us, 1ms, 2s"));
     }
 
     #[test]

@@ -32,6 +32,7 @@ pub fn init() {
 /// After a successful connect/accept of `fd`: track it if it is a stream socket on a watched
 /// path (plain for now: nothing is asked of the agent here), else forget it.
 fn track_connected(fd: c_int, end: End, name: Option<String>) {
+    table::mark_unconnected(fd, false);
     with_errno_kept(|| {
         let watched = name.is_some_and(|name| paths::watched(&name)) && paths::is_stream(fd);
         match table::lookup(fd) {
@@ -45,17 +46,13 @@ fn track_connected(fd: c_int, end: End, name: Option<String>) {
     })
 }
 
-/// libc's `socket`: a Unix stream socket is tracked from here on (only its epoll registrations
-/// are recorded until it connects), if an agent is running.
+/// libc's `socket`: a new Unix stream socket is marked (one bit), so that an epoll
+/// registration made before it connects can be recorded (see [`table::mark_unconnected`]).
 pub unsafe fn socket(domain: c_int, kind: c_int, protocol: c_int) -> c_int {
     // SAFETY: no pointers.
     let fd = unsafe { sys::socket(domain, kind, protocol) };
     if fd >= 0 && domain == libc::AF_UNIX && kind & 0xf == libc::SOCK_STREAM {
-        with_errno_kept(|| {
-            if paths::agent_running() {
-                table::track(fd, End::Client, Phase::Unconnected);
-            }
-        });
+        table::mark_unconnected(fd, true);
     }
     fd
 }
@@ -278,6 +275,7 @@ send_like!(
 
 /// libc's `close`.
 pub unsafe fn close(fd: c_int) -> c_int {
+    table::mark_unconnected(fd, false);
     if table::lookup(fd).is_some() {
         with_errno_kept(|| table::close(fd));
     }
@@ -486,7 +484,7 @@ pub unsafe fn pselect(
 
 /// libc's `epoll_ctl`.
 pub unsafe fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, event: *mut libc::epoll_event) -> c_int {
-    if table::any_live() || epoll::has_set(epfd) {
+    if table::any_live() || epoll::has_set(epfd) || table::is_unconnected(fd) {
         // SAFETY: `event` is null or valid, per epoll_ctl's contract.
         if let Some(rc) = unsafe { epoll::ctl(epfd, op, fd, event) } {
             return rc;

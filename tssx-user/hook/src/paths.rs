@@ -98,11 +98,6 @@ pub fn watched(name: &str) -> bool {
     }
 }
 
-/// Whether an agent publishes watched paths (one `stat`).
-pub fn agent_running() -> bool {
-    sys::stat(PATHS_FILE).is_ok()
-}
-
 /// The local name of socket `fd` (for an accepted socket: the listener's path).
 pub fn local_name(fd: c_int) -> Option<String> {
     let (addr, len) = tssx_shm::sys::getsockname_un(fd).ok()?;

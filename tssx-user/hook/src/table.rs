@@ -53,6 +53,31 @@ pub fn lookup_swapped(fd: c_int) -> Option<&'static Conn> {
     })
 }
 
+/// One bit per fd: a Unix stream socket made by `socket` and not connected yet. Such a socket
+/// gets a [`Conn`] (phase `Unconnected`) only if it is registered with epoll before it
+/// connects (nginx does that), so that the registration can move with it if it is swapped.
+/// Relaxed: a hint about this process's own fds.
+static UNCONNECTED: [AtomicU64; MAX_FDS / 64] = [const { AtomicU64::new(0) }; MAX_FDS / 64];
+
+/// Marks (or unmarks) `fd` as an unconnected Unix stream socket.
+#[inline]
+pub fn mark_unconnected(fd: c_int, on: bool) {
+    let Ok(fd) = usize::try_from(fd) else { return };
+    let Some(word) = UNCONNECTED.get(fd / 64) else { return };
+    let bit = 1u64 << (fd % 64);
+    if on {
+        word.fetch_or(bit, Relaxed);
+    } else if word.load(Relaxed) & bit != 0 {
+        word.fetch_and(!bit, Relaxed);
+    }
+}
+
+/// Whether `fd` is an unconnected Unix stream socket (see [`mark_unconnected`]).
+#[inline]
+pub fn is_unconnected(fd: c_int) -> bool {
+    usize::try_from(fd).ok().and_then(|fd| UNCONNECTED.get(fd / 64).map(|w| w.load(Relaxed) & (1 << (fd % 64)) != 0)).unwrap_or(false)
+}
+
 /// Whether any connection is tracked in this process.
 #[inline]
 pub fn any_live() -> bool {

@@ -1,4 +1,5 @@
-//! `tssx-agent`: watches Unix socket paths with eBPF and traces every connection on them.
+//! `tssx-agent`: watches Unix socket paths with eBPF, traces every connection on them, and hands
+//! the two ends of each connection whose hooks claim it one shared-memory segment.
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -8,15 +9,18 @@ use tssx_agent::{
     agent::{self, AgentConfig},
     install,
     paths::{self, WatchedPath},
-    state::DEFAULT_STATE_DIR,
+    state::{self, DEFAULT_STATE_DIR},
 };
 
 /// Transparent shared-memory socket swapping: the agent.
 ///
 /// Loads eBPF tracepoint programs that watch bind, listen, connect and accept on the given
 /// Unix socket paths (and fork/exit of the processes that listen on them), and prints one
-/// trace line per event. Runs until SIGINT or SIGTERM, then detaches everything and exits 0.
-/// Must run as root.
+/// trace line per event. Processes running with the preload hook (libtssx_preload.so) claim
+/// their connections on those paths once they lived --claim-after; the agent checks each claim
+/// against the kernel, pairs the two ends and hands both a shared-memory segment, onto which
+/// the hooks move the connection in flight (traced: paired, swapped, closed). Runs until
+/// SIGINT or SIGTERM, then detaches everything and exits 0. Must run as root.
 #[derive(Parser, Debug)]
 #[command(name = "tssx-agent", version, about, long_about)]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
@@ -47,7 +51,17 @@ struct Cli {
     #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     max_connections: u32,
 
-    /// Also print debug details (e.g. full verifier logs).
+    /// How long a connection lives (or how many bytes, 64 KiB, it moves) before its hooks claim
+    /// shared memory for it: `0`, or a number with a unit (ns, us, ms, s), e.g. 500us, 1ms, 2s.
+    /// Connections always start on the plain socket and migrate onto the rings in flight; a
+    /// shorter time migrates more connections (short-lived ones too), each paying a claim (a
+    /// control round trip, a segment, the migration), a longer one leaves short connections
+    /// plain at no cost. Published for the hooks in <state-dir>/paths.
+    #[arg(long, value_name = "DURATION", default_value = "1ms", value_parser = parse_claim_after)]
+    claim_after: std::time::Duration,
+
+    /// Also print debug details (e.g. full verifier logs, and one line per connection that
+    /// stayed plain because it was short-lived or its peer never claimed).
     #[arg(short, long)]
     verbose: bool,
 
@@ -57,8 +71,9 @@ struct Cli {
 
 #[derive(clap::Subcommand, Debug)]
 enum Sub {
-    /// List the live connections of the running agent: both ends and the bytes moved each way
-    /// through shared memory.
+    /// List the live connections of the running agent: both ends, the state (migrating,
+    /// swapped, plain, closed), the byte positions at which each direction moved onto the
+    /// rings, and the bytes moved each way through shared memory.
     Status {
         /// State directory of the agent to ask.
         #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
@@ -66,8 +81,9 @@ enum Sub {
         /// Print one JSON object per connection instead of a table.
         #[arg(long)]
         json: bool,
-        /// Print the agent's resource counts instead (one JSON object: live segments, limits,
-        /// control connections, eBPF map entries).
+        /// Print the agent's counters and resource counts instead (one JSON object: claims,
+        /// held claims, pairs, swaps, connections given up or short-lived, live segments,
+        /// limits, control connections, eBPF map entries).
         #[arg(long)]
         stats: bool,
     },
@@ -114,6 +130,10 @@ Recovery: from a shell that still works (keep one open), `rm /etc/ld.so.preload`
 `tssx-agent uninstall`; programs started with an empty preload (e.g. a statically linked
 busybox, or booting with init=/bin/sh and removing the line) are not affected.";
 
+fn parse_claim_after(s: &str) -> Result<std::time::Duration, String> {
+    state::parse_duration(s).map_err(|e| e.to_string())
+}
+
 fn parse_ring_size(s: &str) -> Result<usize, String> {
     let n: usize = s.parse().map_err(|e| format!("{e}"))?;
     let (min, max) = (tssx_common::segment::MIN_RING_CAPACITY.max(4096), tssx_common::segment::MAX_RING_CAPACITY);
@@ -140,7 +160,10 @@ fn status(state_dir: &std::path::Path, json: bool, stats: bool) -> anyhow::Resul
     stream.write_all(&tssx_common::control::Request::status().encode())?;
     let mut count = 0;
     if !json {
-        println!("{:>4}  {:<8} {:<28} {:<28} {:>14} {:>14}  path", "id", "state", "client", "server", "bytes c->s", "bytes s->c");
+        println!(
+            "{:>4}  {:<9} {:<28} {:<28} {:>12} {:>12} {:>14} {:>14}  path",
+            "id", "state", "client", "server", "switch c->s", "switch s->c", "shm c->s", "shm s->c"
+        );
     }
     for line in std::io::BufReader::new(stream).lines() {
         let line = line.context("reading the agent's answer")?;
@@ -157,12 +180,15 @@ fn status(state_dir: &std::path::Path, json: bool, stats: bool) -> anyhow::Resul
                 format!("{}/{} fd {}", e["pid"], e["comm"].as_str().unwrap_or("?"), e["fd"])
             }
         };
+        let switch = |v: &serde_json::Value| if v.is_null() { "-".to_owned() } else { v.to_string() };
         println!(
-            "{:>4}  {:<8} {:<28} {:<28} {:>14} {:>14}  {}",
+            "{:>4}  {:<9} {:<28} {:<28} {:>12} {:>12} {:>14} {:>14}  {}",
             v["id"],
             v["state"].as_str().unwrap_or("?"),
             end(&v["client"]),
             end(&v["server"]),
+            switch(&v["switched_client_to_server"]),
+            switch(&v["switched_server_to_client"]),
             v["bytes_client_to_server"],
             v["bytes_server_to_client"],
             v["path"].as_str().unwrap_or("")
@@ -230,6 +256,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         state_dir: cli.state_dir,
         ring_size: cli.ring_size,
         max_connections: cli.max_connections as usize,
+        claim_after: cli.claim_after,
     }))
 }
 

@@ -1,177 +1,296 @@
-//! The claim rules: which claim is honoured, how the two ends are paired, the connection limit.
+//! The claim rules: which claim is honoured, how the two ends are paired, the limits. Nothing
+//! here waits: a claim is answered at once (refused, retried, or plain at a limit), held until
+//! the other end's claim arrives, or paired with the other end's held claim.
 //!
 //! A claim goes through three steps, and only the middle one holds the registry lock:
-//! 1. gather what the kernel says (the caller's socket inode and its peer, through
-//!    [`KernelFacts`](super::KernelFacts)), and create the segment;
-//! 2. decide, in the registry (take the kernel event that backs the claim, pair with the pending
-//!    client, check the limit and admit);
-//! 3. answer and trace (the reply is sent by [`super::server`] after this returns).
+//! 1. gather what the kernel says (the caller's socket, its peer and their names, through
+//!    [`KernelFacts`](super::KernelFacts); for a forked claimant, which relatives hold the same
+//!    socket);
+//! 2. decide, in the registry: use the kernel event up, pair with the other end's held claim or
+//!    hold this one, check the limits and admit the connection (the segment, if no spare is
+//!    ready, is created between two critical sections);
+//! 3. answer and trace ([`super::server`] sends the replies after this returns).
 //!
 //! Rules (see also the trust rules in [`super`]):
-//! * A **client** claim of fd F needs the kernel's `connect` event for (pid, F) on a watched path,
-//!   and F must still be a socket; the event is used up by the claim (a second claim of the same
-//!   fd is refused). If its server already stayed plain, the client stays plain too. Otherwise it
-//!   gets a new segment and waits, pending, for its server, unless `max_connections` are live
-//!   (finished ones are reaped first).
-//! * A **server** claim of fd F needs F to be a socket whose peer is the socket of a pending
-//!   client claim: that is the kernel's word that the caller holds the other end. Without a
-//!   client claim yet, the kernel's `accept` event for (pid, F) is required, and the claim waits
-//!   up to [`Timing::peer_wait`](super::Timing) for the client's claim, not at all if the connect
-//!   event shows a client process without the hook. A server that gets no client stays plain,
-//!   and is remembered so that its client, claiming late, stays plain too.
-//! * Anything else is refused and traced `claim refused` with the caller's pid and uid: a process
-//!   asking for a socket that is not its own end of a connection on a watched path.
+//! * A **client** claim of fd F is honoured if F is a connected stream socket whose peer is named
+//!   like a watched path: the peer of a connected client is the server's socket, which carries
+//!   its listener's name, so this is the kernel's word that the caller connected to that path.
+//!   The kernel's `connect` event for (pid, F), kept since the connect, names the same path and
+//!   gives the connection's time and the process's command name; without it (lost, or
+//!   forgotten at the cap) the claim stands on `sock_diag` alone. Before the server accepted,
+//!   its socket has no inode for `sock_diag` to describe: the connect event alone backs the
+//!   claim then, and the server's claim, whose socket's peer is this one, pairs with it.
+//! * A **server** claim of fd F is honoured if F is a stream socket with a peer and: the
+//!   kernel's `accept` event for (pid, F), or a held client claim on that peer (only a process
+//!   that accepted or inherited the connection holds its other end), or the socket's own name,
+//!   which is its listener's path.
+//! * A claim flagged [`CLAIM_FORKED`] (the process forked while the connection was plain) is
+//!   answered "retry" while the claimant's parent or one of its children holds the same socket:
+//!   the other process could write to it behind this one's back.
+//! * The first honoured claim of a connection is **held**, unanswered; when the other end's
+//!   arrives (its socket is the held one's peer), both get the same segment, within the limit of
+//!   `max_connections` live segments. At most `HELD_PER_CONNECTION * max_connections` claims
+//!   are held at once; beyond, a claim is answered plain.
+//! * Anything else is refused and traced `claim refused` with the caller's pid and uid: a
+//!   process asking for a socket that is not its own end of a connection on a watched path.
 
 use std::{
+    os::unix::net::UnixStream,
     sync::{atomic::Ordering, Arc},
     time::Instant,
 };
 
 use tssx_common::{
-    control::{PlainReason, Reply, Role},
+    control::{PlainReason, Reply, Role, CLAIM_FORKED},
     segment::End,
 };
 use tssx_shm::segment::Segment;
 
 use super::{
     lifecycle,
-    registry::{Alive, EndInfo, NewClient, Registry, Seen},
+    registry::{Alive, EndInfo, Held, NewConnection, Side, Step, Verified},
     Control,
 };
 
-/// How often a client claim at the limit gathers the liveness of more processes and tries again
-/// (more are needed only when connections appeared while it asked).
+/// How often a pair at the limit gathers the liveness of more processes and tries again (more
+/// are needed only when connections appeared while it asked).
 const LIMIT_ROUNDS: usize = 3;
+/// Claims held at once, per allowed connection (`--max-connections`).
+pub const HELD_PER_CONNECTION: usize = 4;
 
-/// A granted claim: the segment whose fd goes with the reply, and what its trace line says
-/// (traced right after the reply is sent, off the claim's path).
-pub(super) enum Granted {
-    /// A client's claim: the segment is the client's, waiting for the server.
-    Client { id: u64, pid: u32, comm: String, fd: i32, path: String, segment: Arc<Segment> },
-    /// A server's claim: both ends swapped (`client` and `server` as `pid/comm`).
-    Server { id: u64, path: String, client: String, server: String, segment: Arc<Segment> },
+/// A claim as it arrived: the caller (from `SO_PEERCRED`) and what it asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Claimant {
+    /// The caller's pid.
+    pub pid: u32,
+    /// The caller's uid.
+    pub uid: u32,
+    /// The end it claims.
+    pub role: Role,
+    /// Its fd of that end.
+    pub fd: i32,
+    /// `CLAIM_*` flags.
+    pub flags: u32,
 }
 
-impl Granted {
+/// What to do with a claim's control connection (and a held one's): the I/O that
+/// [`super::server`] does after the decision.
+pub(super) enum Decision {
+    /// Send `reply` on each stream, then close them.
+    Answer {
+        /// The control connections to answer (the claim's; at a limit, also the held partner's).
+        streams: Vec<UnixStream>,
+        /// The answer.
+        reply: Reply,
+    },
+    /// The claim is held: its control connection is in the registry.
+    Held,
+    /// Both ends claimed: each gets the segment.
+    Paired(Paired),
+}
+
+/// Two claims paired: the replies to send and the trace line to write.
+pub(super) struct Paired {
     /// The connection's id.
-    pub(super) fn id(&self) -> u64 {
-        match *self {
-            Granted::Client { id, .. } | Granted::Server { id, .. } => id,
-        }
-    }
-
-    /// The segment to send.
-    pub(super) fn segment(&self) -> &Segment {
-        match self {
-            Granted::Client { segment, .. } | Granted::Server { segment, .. } => segment,
-        }
-    }
-
-    /// Writes the trace line of the grant.
-    pub(super) fn trace(&self) {
-        match self {
-            Granted::Client { id, pid, comm, fd, path, .. } => {
-                tracing::info!(connection = id, pid, comm, fd, path, "client claimed: segment sent, waiting for the server")
-            }
-            Granted::Server { id, path, client, server, .. } => tracing::info!(connection = id, path, "swapped {client} <-> {server}"),
-        }
-    }
-}
-
-/// The answer to a claim: the reply, and the grant when it is a swap.
-pub(super) type Outcome = (Reply, Option<Granted>);
-
-/// The process that claims a fd, for the trace line of a claim answered plain.
-#[derive(Clone, Copy)]
-struct Claimant {
-    pid: u32,
-    uid: u32,
-    fd: i32,
-    role: Role,
+    pub(super) id: u64,
+    /// The watched path.
+    pub(super) path: String,
+    /// `pid/comm` of the client.
+    pub(super) client: String,
+    /// `pid/comm` of the server.
+    pub(super) server: String,
+    /// The segment whose memfd goes with both replies.
+    pub(super) segment: Arc<Segment>,
+    /// The held claim's control connection (answered first: it has waited).
+    pub(super) held: UnixStream,
+    /// The new claim's control connection.
+    pub(super) new: UnixStream,
 }
 
 impl Claimant {
-    /// The connection stays plain for `reason`: traced `not swapped`.
-    fn not_swapped(self, reason: PlainReason) -> Outcome {
-        tracing::info!(pid = self.pid, fd = self.fd, role = ?self.role, reason = reason.describe(), "not swapped");
-        (Reply::plain(reason), None)
-    }
-
     /// A claim the kernel does not back is refused: a process asking for a socket that is not
     /// its own end of a connection on a watched path (or a stale fd). Traced `claim refused`.
-    fn refused(self, reason: PlainReason) -> Outcome {
-        tracing::warn!(pid = self.pid, uid = self.uid, fd = self.fd, role = ?self.role, reason = reason.describe(), "claim refused");
-        (Reply::plain(reason), None)
+    fn refused(self, stream: UnixStream, why: &str) -> Decision {
+        let reason = PlainReason::NotSeen.describe();
+        tracing::warn!(pid = self.pid, uid = self.uid, fd = self.fd, role = ?self.role, reason, detail = why, "claim refused");
+        Decision::Answer { streams: vec![stream], reply: Reply::plain(PlainReason::NotSeen) }
     }
 }
 
 impl Control {
-    /// Handles a claim of `fd` as the `role` end by process `pid` (running as `uid`, both from
-    /// `SO_PEERCRED`); returns the reply and, for a swap, the grant whose segment goes with it.
-    pub(super) fn claim(&self, pid: u32, uid: u32, role: Role, fd: i32) -> Outcome {
-        let who = Claimant { pid, uid, fd, role };
-        match role {
-            Role::Client => self.claim_client(who),
-            Role::Server => self.claim_server(who),
+    /// Handles a claim arriving on control connection `stream` (see the module doc). Never
+    /// waits: the decision comes back at once; a held claim keeps `stream` in the registry.
+    pub(super) fn claim(&self, who: Claimant, stream: UnixStream) -> Decision {
+        // Relaxed: counters.
+        self.counters.claims.fetch_add(1, Ordering::Relaxed);
+        let verified = match self.verify(who) {
+            Ok(verified) => verified,
+            Err(why) => {
+                self.counters.refused.fetch_add(1, Ordering::Relaxed);
+                return who.refused(stream, why);
+            }
+        };
+        if who.flags & CLAIM_FORKED != 0 {
+            if let Some(other) = self.facts.relatives(who.pid).into_iter().find(|&r| self.facts.holds_socket(r, verified.inode)) {
+                self.counters.retried.fetch_add(1, Ordering::Relaxed);
+                let reason = PlainReason::NotSoleHolder.describe();
+                tracing::debug!(pid = who.pid, fd = who.fd, role = ?who.role, other, reason, "claim answered retry");
+                return Decision::Answer { streams: vec![stream], reply: Reply::retry(PlainReason::NotSoleHolder) };
+            }
+        }
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        // Watched before it can be held: once in the registry, it may be closed at any time.
+        self.watch_held(&stream, token);
+        let cap = self.max_held();
+        let step = self.lock().hold_or_pair(verified.clone(), stream, token, cap, Instant::now());
+        match step {
+            Step::Held { replaced } => {
+                drop(replaced); // an earlier claim of the same socket: its hook sees EOF
+                let path = self.path_name(verified.path_id);
+                tracing::debug!(pid = who.pid, fd = who.fd, role = ?who.role, path, "claim held: waiting for the other end's");
+                Decision::Held
+            }
+            Step::Full { stream } => {
+                let reason = PlainReason::TooManyConnections.describe();
+                tracing::info!(pid = who.pid, fd = who.fd, role = ?who.role, held_claims = cap, reason, "not swapped");
+                Decision::Answer { streams: vec![stream], reply: Reply::plain(PlainReason::TooManyConnections) }
+            }
+            Step::Pair { partner, spare, stream } => self.pair(verified, stream, partner, spare),
         }
     }
 
-    /// A client's claim (see the module doc).
-    fn claim_client(&self, who: Claimant) -> Outcome {
+    /// Checks a claim against the kernel (see the module doc); `Err` says why it is refused.
+    fn verify(&self, who: Claimant) -> Result<Verified, &'static str> {
         let Claimant { pid, fd, role, .. } = who;
-        // 1. The kernel must have seen this process connect this fd on a watched path.
-        let Some(seen) = self.await_connect(pid, fd) else { return who.refused(PlainReason::NotSeen) };
-        // 2. The fd must still be that socket.
-        let Ok(Some(inode)) = self.facts.socket_inode(pid, fd) else { return who.refused(PlainReason::NotSeen) };
-        let spare = {
-            let mut registry = self.lock();
-            if registry.take_server_stayed_plain(inode) {
-                None
-            } else {
-                Some(registry.pop_spare())
-            }
+        let inode = match self.facts.socket_inode(pid, fd) {
+            Ok(Some(inode)) => inode,
+            Ok(None) => return Err("the fd is no socket"),
+            Err(_) => return Err("no such fd"),
         };
-        // Its server claimed first, found no client claim, and reads the real socket.
-        let Some(spare) = spare else { return who.not_swapped(PlainReason::PeerHasNoHook) };
+        let socket = match self.facts.unix_socket(inode) {
+            Ok(Some(socket)) if socket.is_stream() && socket.is_connected() => socket,
+            _ => return Err("no connected Unix stream socket"),
+        };
+        let side = if role == Role::Client { Side::Connect } else { Side::Accept };
+        let recorded = self.lock().event(side, pid, fd);
+        let event = recorded.or_else(|| {
+            // Submitted before the syscall returned: in the ring buffer if not recorded yet.
+            self.drain_feed();
+            self.lock().event(side, pid, fd)
+        });
+        let (path_id, peer) = match (role, socket.peer) {
+            (Role::Client, Some(peer)) => {
+                // The peer (the server's socket) carries the listener's name.
+                let named = self.facts.unix_socket(peer).ok().flatten().and_then(|p| p.name);
+                let Some(path_id) = named.as_deref().and_then(|name| self.path_id_of(name)) else {
+                    return Err("its peer is not named like a watched path");
+                };
+                (path_id, peer)
+            }
+            // Connected, not accepted yet: the server's socket has no inode to ask about. The
+            // connect event alone names the path; the server's claim, whose peer this socket
+            // is, completes the pair.
+            (Role::Client, None) => match &event {
+                Some((seen, _)) => (seen.path_id, 0),
+                None => return Err("no connect event, and its peer has not been accepted yet"),
+            },
+            (Role::Server, Some(peer)) => {
+                let from_event = event.as_ref().map(|(seen, _)| seen.path_id);
+                let from_client = || self.lock().held_client_path(peer);
+                let from_name = || socket.name.as_deref().and_then(|name| self.path_id_of(name));
+                let Some(path_id) = from_event.or_else(from_client).or_else(from_name) else {
+                    return Err("no accept event, no claimed client, and not named like a watched path");
+                };
+                (path_id, peer)
+            }
+            (Role::Server, None) => return Err("the socket has no peer"),
+        };
+        // An event of another path is another socket's that had the same fd.
+        let event = event.filter(|(seen, _)| seen.path_id == path_id);
+        let end = match &event {
+            Some((seen, _)) => seen.end.clone(),
+            None => EndInfo { pid, comm: self.facts.comm(pid), fd },
+        };
+        Ok(Verified {
+            role,
+            end,
+            inode,
+            peer,
+            path_id,
+            event_ns: event.as_ref().map(|(seen, _)| seen.ts_ns),
+            event: event.map(|(_, at)| at),
+        })
+    }
+
+    /// Pairs claim `new` (control connection `stream`) with the held claim `partner`: makes the
+    /// segment (a spare if there was one), sets both TSSX bits and admits the connection under
+    /// the limit.
+    fn pair(&self, new: Verified, stream: UnixStream, partner: Held, spare: Option<Segment>) -> Decision {
+        let Held { claim: held, stream: held_stream, since, .. } = partner;
         let segment = match spare.map_or_else(|| Segment::create(self.ring_size), Ok) {
             Ok(segment) => segment,
             Err(e) => {
                 tracing::warn!("creating a segment: {e}");
-                return who.not_swapped(PlainReason::NoSegment);
+                return Decision::Answer { streams: vec![held_stream, stream], reply: Reply::plain(PlainReason::NoSegment) };
             }
         };
         segment.set_tssx_bit(End::Client, true);
-        // Release: the end counts as present before the segment reaches anyone.
-        segment.header().refcount[End::Client.index()].store(1, Ordering::Release);
+        segment.set_tssx_bit(End::Server, true);
         let segment = Arc::new(segment);
-        let path = self.path_name(seen.path_id);
-        let client = NewClient { inode, end: seen.end.clone(), path: path.clone(), segment: Arc::clone(&segment) };
-        match self.admit(client) {
+        let (client, server) = if new.role == Role::Client { (&new, &held) } else { (&held, &new) };
+        // The connection's time: the client's connect event, else the server's accept event,
+        // else the first claim.
+        let first_claim_ns = super::monotonic_ns().saturating_sub(since.elapsed().as_nanos() as u64);
+        let connected_ns = client.event_ns.or(server.event_ns).unwrap_or(first_claim_ns);
+        let path = self.path_name(new.path_id);
+        let pair = NewConnection {
+            path: path.clone(),
+            client: client.end.clone(),
+            server: server.end.clone(),
+            inodes: [client.inode, server.inode],
+            connected_ns,
+            segment: Arc::clone(&segment),
+        };
+        let labels = (client.end.label(), server.end.label());
+        match self.admit(pair) {
             Some(id) => {
-                self.changed.notify_all();
-                (Reply::swap(id), Some(Granted::Client { id, pid, comm: seen.end.comm, fd, path, segment }))
+                self.counters.paired.fetch_add(1, Ordering::Relaxed);
+                self.want_spares();
+                Decision::Paired(Paired { id, path, client: labels.0, server: labels.1, segment, held: held_stream, new: stream })
             }
             None => {
-                tracing::info!(pid, fd, role = ?role, path, max_connections = self.max_connections, reason = PlainReason::TooManyConnections.describe(), "not swapped");
-                (Reply::plain(PlainReason::TooManyConnections), None)
+                tracing::info!(
+                    path,
+                    client = labels.0,
+                    server = labels.1,
+                    max_connections = self.max_connections,
+                    reason = PlainReason::TooManyConnections.describe(),
+                    "not swapped"
+                );
+                Decision::Answer { streams: vec![held_stream, stream], reply: Reply::plain(PlainReason::TooManyConnections) }
             }
         }
     }
 
-    /// Admits a client's claim under the limit: the limit is checked and the connection counted
-    /// in one critical section, so that concurrent claims cannot overshoot it. At the limit,
-    /// finished connections are reaped first (they may not have been swept yet); the liveness of
-    /// their processes is asked outside the lock, and the admission tried again with it. `None`:
-    /// the limit holds (the claim's segment is dropped, after the lock).
-    fn admit(&self, mut client: NewClient) -> Option<u64> {
+    /// Admits a pair under the limit: the limit is checked and the connection counted in one
+    /// critical section, so that concurrent pairs cannot overshoot it. At the limit, finished
+    /// connections are reaped first (they may not have been swept yet); the liveness of their
+    /// processes is asked outside the lock, and the admission tried again with it. `None`: the
+    /// limit holds (the pair's segment is dropped, after the lock).
+    fn admit(&self, mut pair: NewConnection) -> Option<u64> {
         let mut alive = Alive::default();
         for round in 1..=LIMIT_ROUNDS {
+            let now = Instant::now();
             let mut registry = self.lock();
-            let reaped = if registry.live_count() >= self.max_connections { registry.reap(&alive) } else { Default::default() };
-            let admitted = registry.admit_client(self.max_connections, client, Instant::now());
+            let reaped = if registry.live_count() >= self.max_connections {
+                registry.reap(&alive, now, self.timing.join_timeout)
+            } else {
+                Default::default()
+            };
+            let admitted = registry.admit(self.max_connections, pair, now);
             let unknown = if admitted.is_err() && round < LIMIT_ROUNDS { registry.pids_unknown_to(&alive) } else { Vec::new() };
             drop(registry);
-            lifecycle::finish_reaped(reaped);
+            lifecycle::finish_reaped(self, reaped);
             match admitted {
                 Ok(id) => return Some(id),
                 Err(_) if unknown.is_empty() => return None,
@@ -179,135 +298,39 @@ impl Control {
                     for pid in unknown {
                         alive.insert(pid, self.facts.alive(pid));
                     }
-                    client = refused;
+                    pair = refused;
                 }
             }
         }
         None
     }
 
-    /// The kernel's connect event for `fd` of `pid`, taken out of the registry: recorded
-    /// already, or drained from the ring buffer now (it was submitted before the syscall returned
-    /// to the claiming process), or else waited for up to [`Timing::event_wait`](super::Timing).
-    fn await_connect(&self, pid: u32, fd: i32) -> Option<Seen> {
-        let take = |registry: &mut Registry| registry.take_connect(pid, fd);
-        if let Some(seen) = take(&mut self.lock()) {
-            return Some(seen);
-        }
-        self.drain_feed();
-        self.wait_for(self.timing.event_wait, take)
-    }
-
-    /// A server's claim of its accepted fd (see the module doc).
-    ///
-    /// The proof is the socket itself: `/proc/PID/fd/FD` must be a socket whose peer
-    /// (`sock_diag`) is the client socket of a connection whose client claim the kernel backed.
-    /// Before `accept()` that server socket is in no process's fd table, so a process that holds
-    /// it is an end of that connection, by the kernel's word, with or without its accept event.
-    fn claim_server(&self, who: Claimant) -> Outcome {
-        let Claimant { pid, fd, .. } = who;
-        let Ok(Some(inode)) = self.facts.socket_inode(pid, fd) else { return who.refused(PlainReason::NotSeen) };
-        let Ok(Some(peer)) = self.facts.unix_peer(inode) else { return who.refused(PlainReason::NotSeen) };
-        enum Found {
-            /// The connection the client claimed.
-            Client(u64),
-            /// The server's accept event (the client has not claimed yet).
-            Event(Seen),
-        }
-        let take_pending = |registry: &mut Registry| registry.take_pending(peer).map(Found::Client);
-        let mut found = take_pending(&mut self.lock());
-        if found.is_none() {
-            self.drain_feed();
-            found = self.wait_for(self.timing.event_wait, |registry| {
-                take_pending(registry).or_else(|| registry.take_accept(pid, fd).map(Found::Event))
-            });
-        }
-        let (id, event) = match found {
-            Some(Found::Client(id)) => (id, None),
-            Some(Found::Event(seen)) => match self.await_client_claim(peer, seen.path_id) {
-                Some(id) => (id, Some(seen)),
-                None => {
-                    self.lock().server_stayed_plain(peer, Instant::now());
-                    return who.not_swapped(PlainReason::PeerHasNoHook);
-                }
-            },
-            None => return who.refused(PlainReason::NotSeen),
-        };
-        // Granted on the socket's evidence: use the accept event if it came, else let it be
-        // dropped when it does.
-        let event = event.or_else(|| self.lock().accept_event_or_due(pid, fd, Instant::now()));
-        let end = match event {
-            Some(seen) => seen.end,
-            None => EndInfo { pid, comm: self.facts.comm(pid), fd },
-        };
-        let server = format!("{pid}/{}", end.comm);
-        let joined = self.lock().join_server(id, end);
-        let Some(joined) = joined else { return who.not_swapped(PlainReason::PeerHasNoHook) };
-        drop(joined.watch); // closed after the state change: the client sees Active
-        let client = format!("{}/{}", joined.client.pid, joined.client.comm);
-        (Reply::swap(id), Some(Granted::Server { id, path: joined.path, client, server, segment: joined.segment }))
-    }
-
-    /// Waits up to [`Timing::peer_wait`](super::Timing) for the claim of the client whose socket
-    /// is `peer` (on path `path_id`), and takes it; `None` if it does not come, or at once if the
-    /// kernel's connect event shows a client process without the hook (a plain client must not
-    /// cost the server a wait).
-    ///
-    /// The client is looked for among the unclaimed connect events by socket inode, and its hook
-    /// checked, outside the lock; the registry's generation tells whether an event or a claim
-    /// arrived meanwhile, so that no wake-up is missed.
-    fn await_client_claim(&self, peer: u32, path_id: u32) -> Option<u64> {
-        let deadline = Instant::now() + self.timing.peer_wait;
-        let mut registry = self.lock();
-        loop {
-            if let Some(id) = registry.take_pending(peer) {
-                return Some(id);
-            }
-            let candidates = registry.unclaimed_connects(path_id);
-            let generation = registry.generation();
-            drop(registry);
-            if self.client_without_hook(peer, &candidates) {
-                return None;
-            }
-            registry = self.lock();
-            let left = deadline.checked_duration_since(Instant::now())?;
-            if registry.generation() == generation {
-                registry = self.changed.wait_timeout(registry, left).unwrap_or_else(|p| p.into_inner()).0;
-            }
-        }
-    }
-
-    /// Whether the client among `candidates` (`(pid, fd)` of connect events) whose socket is
-    /// `peer` runs without the hook (it will never claim). Asks the kernel; call without the lock.
-    fn client_without_hook(&self, peer: u32, candidates: &[(u32, i32)]) -> bool {
-        let Some(&(pid, _)) = candidates.iter().find(|&&(pid, fd)| self.facts.socket_inode(pid, fd).ok().flatten() == Some(peer)) else {
-            return false;
-        };
-        let now = Instant::now();
-        let known = self.lock().hook_known(pid, now, self.timing.hook_check_ttl);
-        let hooked = known.unwrap_or_else(|| {
-            let hooked = self.facts.carries_hook(pid);
-            self.lock().remember_hook(pid, hooked, now);
-            hooked
-        });
-        !hooked
+    /// Most claims held at once.
+    pub(super) fn max_held(&self) -> usize {
+        self.max_connections.saturating_mul(HELD_PER_CONNECTION)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use std::{
-        sync::Arc,
+        io::Read as _,
+        os::{fd::AsRawFd as _, unix::net::UnixStream},
+        sync::{atomic::Ordering, Arc},
         time::{Duration, Instant},
     };
 
     use tssx_common::{
-        control::{PlainReason, Reply, Role},
+        control::{PlainReason, Reply, ReplyKind, Role, CLAIM_FORKED, REPLY_SIZE},
         segment::{End, SegmentState},
     };
+    use tssx_shm::segment::Segment;
 
-    use super::{super::fake::*, Granted, Outcome};
-    use crate::control::Control;
+    use super::{super::fake::*, Claimant, Decision};
+    use crate::{
+        control::Control,
+        sockdiag::{UnixSocket, ESTABLISHED},
+    };
 
     const CLIENT: u32 = 100;
     const SERVER: u32 = 200;
@@ -326,192 +349,302 @@ mod tests {
         (kernel, control)
     }
 
-    fn plain(outcome: &Outcome) -> Option<PlainReason> {
-        let (reply, granted) = outcome;
-        (granted.is_none() && reply.connection == 0).then(|| PlainReason::from_u32(reply.reason)).filter(|r| *r != PlainReason::None)
+    fn who(pid: u32, role: Role, fd: i32) -> Claimant {
+        Claimant { pid, uid: 0, role, fd, flags: 0 }
     }
 
-    fn granted(outcome: &Outcome) -> &Granted {
-        outcome.1.as_ref().unwrap_or_else(|| panic!("not granted: {:?}", outcome.0))
+    /// A claim as the hook sends it: the decision, and the hook's end of its control connection.
+    fn claim(control: &Control, pid: u32, role: Role, fd: i32) -> (Decision, UnixStream) {
+        claim_as(control, who(pid, role, fd))
     }
 
-    #[test]
-    fn a_client_claim_backed_by_its_connect_event_gets_a_pending_segment() {
-        let (_kernel, control) = setup(8, false);
-        let outcome = control.claim(CLIENT, 0, Role::Client, 5);
-        assert_eq!(outcome.0, Reply::swap(1));
-        let Granted::Client { id, pid, ref comm, fd, ref path, ref segment } = *granted(&outcome) else { panic!("a client grant") };
-        assert_eq!((id, pid, comm.as_str(), fd, path.as_str()), (1, CLIENT, "ev100", 5, "/run/app.sock"));
-        assert_eq!(segment.state(), Some(SegmentState::Pending));
-        assert!(segment.tssx_bit(End::Client) && !segment.tssx_bit(End::Server));
-        // Acquire: pairs with the claim's Release store.
-        assert_eq!(segment.header().refcount[End::Client.index()].load(std::sync::atomic::Ordering::Acquire), 1);
-        let stats = control.stats();
-        assert_eq!((stats.live_segments, stats.pending_claims, stats.unclaimed_events), (1, 1, 0));
-        // The connect event is used up: the same fd cannot be claimed twice.
-        assert_eq!(plain(&control.claim(CLIENT, 0, Role::Client, 5)), Some(PlainReason::NotSeen));
-        assert_eq!(control.stats().live_segments, 1);
+    fn claim_as(control: &Control, who: Claimant) -> (Decision, UnixStream) {
+        let (agent, hook) = control_connection();
+        (control.claim(who, agent), hook)
     }
 
-    #[test]
-    fn a_client_claim_without_a_connect_event_is_refused_after_the_event_wait() {
-        let kernel = Arc::new(FakeKernel::default());
-        let control = kernel.control(8);
-        kernel.fd(CLIENT, 5, Some(1005));
-        let started = Instant::now();
-        assert_eq!(plain(&control.claim(CLIENT, 0, Role::Client, 5)), Some(PlainReason::NotSeen));
-        assert!(started.elapsed() >= TEST_TIMING.event_wait, "it waits for an event still in flight");
-        assert_eq!(kernel.asked("socket_inode"), 0, "no event, no question");
-        assert_eq!(control.stats().live_segments, 0);
+    /// The reply of an answered claim (sent as the server does), read on the hook's end.
+    fn answered(control: &Control, (decision, hook): (Decision, UnixStream)) -> Reply {
+        assert!(matches!(decision, Decision::Answer { .. }), "answered at once");
+        control.deliver(decision);
+        read_reply(&hook).expect("a reply").0
     }
 
-    #[test]
-    fn a_client_event_that_arrives_during_the_wait_backs_the_claim() {
-        let kernel = Arc::new(FakeKernel::default());
-        let control = kernel.control(8);
-        kernel.concurrent();
-        kernel.fd(CLIENT, 5, Some(1005));
-        let late = Arc::clone(&control);
-        let recorder = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(50));
-            late.record(&connect_event(CLIENT, 5));
-        });
-        let outcome = control.claim(CLIENT, 0, Role::Client, 5);
-        recorder.join().unwrap();
-        assert_eq!(outcome.0, Reply::swap(1));
+    /// Reads one reply on a hook's end of a control connection: `None` at EOF.
+    fn read_reply(hook: &UnixStream) -> Option<(Reply, Option<tssx_shm::sys::Fd>)> {
+        hook.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        let mut buf = [0u8; REPLY_SIZE];
+        let (n, fd) = tssx_shm::fdpass::recv_with_fd(hook.as_raw_fd(), &mut buf).expect("no timeout");
+        (n > 0).then(|| (Reply::decode(&buf[..n]).expect("a valid reply"), fd))
     }
 
-    #[test]
-    fn a_stale_fd_is_refused() {
-        let (kernel, control) = setup(8, false);
-        kernel.close(CLIENT, 5); // closed since its connect
-        assert_eq!(plain(&control.claim(CLIENT, 0, Role::Client, 5)), Some(PlainReason::NotSeen));
-        // Reused for something that is no socket.
-        control.record(&connect_event(CLIENT, 6));
-        kernel.fd(CLIENT, 6, None);
-        assert_eq!(plain(&control.claim(CLIENT, 0, Role::Client, 6)), Some(PlainReason::NotSeen));
-        assert_eq!(control.stats().live_segments, 0);
+    fn refused(control: &Control, pid: u32, role: Role, fd: i32) -> bool {
+        answered(control, claim(control, pid, role, fd)) == Reply::plain(PlainReason::NotSeen)
+    }
+
+    /// Held then paired: the second claim delivers the segment to both hooks.
+    fn held_then_paired(control: &Control, first: (u32, Role, i32), second: (u32, Role, i32)) -> (Reply, Reply, Segment) {
+        let (decision, first_hook) = claim(control, first.0, first.1, first.2);
+        assert!(matches!(decision, Decision::Held), "the first claim is held");
+        first_hook.set_nonblocking(true).unwrap();
+        let err = (&first_hook).read(&mut [0u8; 1]).expect_err("no answer while held");
+        assert_eq!(err.kind(), std::io::ErrorKind::WouldBlock);
+        let (decision, second_hook) = claim(control, second.0, second.1, second.2);
+        assert!(matches!(decision, Decision::Paired(_)), "the second claim pairs");
+        control.deliver(decision);
+        first_hook.set_nonblocking(false).unwrap();
+        let (a, a_fd) = read_reply(&first_hook).expect("the held claim is answered");
+        let (b, b_fd) = read_reply(&second_hook).expect("the second claim is answered");
+        assert!(read_reply(&first_hook).is_none() && read_reply(&second_hook).is_none(), "both closed after the answer");
+        let a_seg = Segment::open(a_fd.expect("memfd").borrow()).unwrap();
+        let b_seg = Segment::open(b_fd.expect("memfd").borrow()).unwrap();
+        // The same segment: what one end writes in the header, the other sees.
+        a_seg.header().shut.0[0].store(7, Ordering::SeqCst);
+        assert_eq!(b_seg.header().shut.0[0].load(Ordering::SeqCst), 7);
+        a_seg.header().shut.0[0].store(0, Ordering::SeqCst);
+        (a, b, a_seg)
     }
 
     #[test]
-    fn a_server_claim_is_paired_by_its_peer_inode() {
+    fn a_client_claim_is_held_then_paired_with_its_server() {
         let (kernel, control) = setup(8, true);
-        let client = control.claim(CLIENT, 0, Role::Client, 5);
-        let server = control.claim(SERVER, 0, Role::Server, 7);
-        assert_eq!(server.0, Reply::swap(client.0.connection));
-        let Granted::Server { ref client, ref server, ref segment, .. } = *granted(&server) else { panic!("a server grant") };
-        assert_eq!((client.as_str(), server.as_str()), ("100/ev100", "200/ev200"));
-        assert_eq!(segment.state(), Some(SegmentState::Active));
+        let (client, server, segment) = held_then_paired(&control, (CLIENT, Role::Client, 5), (SERVER, Role::Server, 7));
+        assert_eq!((client, server), (Reply::swap(1), Reply::swap(1)));
+        assert_eq!(segment.state(), Some(SegmentState::Pending), "the hooks migrate it");
         assert!(segment.tssx_bit(End::Client) && segment.tssx_bit(End::Server));
-        assert_eq!(kernel.asked("comm"), 0, "the accept event names the server");
+        // Acquire: the hooks set their own refcounts when they map it.
+        assert!(segment.header().refcount.iter().all(|r| r.load(Ordering::Acquire) == 0));
         let status = control.status();
         assert_eq!(status.len(), 1);
-        assert_eq!((status[0].state.as_str(), status[0].server.as_ref().map(|s| s.fd)), ("active", Some(7)));
+        assert_eq!((status[0].state.as_str(), status[0].client.fd, status[0].server.fd), ("migrating", 5, 7));
+        assert_eq!((status[0].client.comm.as_str(), status[0].server.comm.as_str()), ("ev100", "ev200"));
         let stats = control.stats();
-        assert_eq!((stats.pending_claims, stats.unclaimed_events), (0, 0));
+        assert_eq!((stats.claims, stats.held_claims, stats.paired, stats.refused, stats.unclaimed_events), (2, 0, 1, 0, 0));
+        assert_eq!(kernel.asked("comm"), 0, "the events name both ends");
     }
 
     #[test]
-    fn a_server_claim_needs_no_accept_event_when_its_client_claimed_and_drops_the_late_one() {
-        let (kernel, control) = setup(8, false);
-        control.claim(CLIENT, 0, Role::Client, 5);
+    fn a_server_claim_first_is_held_then_paired_with_its_client() {
+        let (_kernel, control) = setup(8, true);
+        let (server, client, _) = held_then_paired(&control, (SERVER, Role::Server, 7), (CLIENT, Role::Client, 5));
+        assert_eq!((server, client), (Reply::swap(1), Reply::swap(1)));
+        assert_eq!(control.stats().paired, 1);
+    }
+
+    #[test]
+    fn a_client_claim_before_the_accept_is_held_and_paired_once_its_server_claims() {
+        let kernel = Arc::new(FakeKernel::default());
+        let control = kernel.control(8);
+        kernel.connection((CLIENT, 5, 1005), (SERVER, None, 2007));
+        // Without its connect event, nothing proves the path yet.
+        assert!(refused(&control, CLIENT, Role::Client, 5));
+        control.record(&connect_event(CLIENT, 5));
+        let (decision, client_hook) = claim(&control, CLIENT, Role::Client, 5);
+        assert!(matches!(decision, Decision::Held), "held while the connection waits in the accept queue");
+        kernel.accept(SERVER, 7, 2007);
+        let (decision, server_hook) = claim(&control, SERVER, Role::Server, 7);
+        assert!(matches!(decision, Decision::Paired(_)));
+        control.deliver(decision);
+        assert_eq!(read_reply(&client_hook).unwrap().0, Reply::swap(1));
+        assert_eq!(read_reply(&server_hook).unwrap().0, Reply::swap(1));
+        assert_eq!(control.status()[0].socket_inodes, [1005, 2007]);
+    }
+
+    #[test]
+    fn claims_without_events_stand_on_sock_diag() {
+        let kernel = Arc::new(FakeKernel::default());
+        let control = kernel.control(8);
+        kernel.connection((CLIENT, 5, 1005), (SERVER, Some(7), 2007));
         let started = Instant::now();
-        let server = control.claim(SERVER, 0, Role::Server, 7);
-        assert!(started.elapsed() < TEST_TIMING.event_wait, "no wait for the accept event");
-        let Granted::Server { ref server, .. } = *granted(&server) else { panic!("a server grant") };
-        assert_eq!(server, "200/comm200");
-        assert_eq!(kernel.asked("comm"), 1);
-        control.record(&accept_event(SERVER, 7));
-        assert_eq!(control.stats().unclaimed_events, 0, "the accept event of a granted end is dropped");
-        control.record(&accept_event(SERVER, 7));
-        assert_eq!(control.stats().unclaimed_events, 1, "only once");
+        let (client, server, _) = held_then_paired(&control, (SERVER, Role::Server, 7), (CLIENT, Role::Client, 5));
+        assert!(started.elapsed() < Duration::from_millis(100), "nothing waits for an event: {:?}", started.elapsed());
+        assert_eq!((client, server), (Reply::swap(1), Reply::swap(1)));
+        assert_eq!(control.status()[0].client.comm, "comm100", "the command name from /proc");
     }
 
     #[test]
-    fn a_server_claim_before_its_client_waits_for_the_client() {
+    fn third_party_and_stale_claims_are_refused() {
         let (kernel, control) = setup(8, true);
-        kernel.hooked(CLIENT);
-        kernel.concurrent();
-        let early = Arc::clone(&control);
-        let server = std::thread::spawn(move || early.claim(SERVER, 0, Role::Server, 7).0);
-        std::thread::sleep(Duration::from_millis(50));
-        let client = control.claim(CLIENT, 0, Role::Client, 5);
-        let server = server.join().unwrap();
-        assert_eq!(client.0, Reply::swap(1));
-        assert_eq!(server, Reply::swap(1));
-        assert_eq!(control.status()[0].state, "active");
-    }
-
-    #[test]
-    fn a_server_whose_client_never_claims_stays_plain_and_so_does_the_late_client() {
-        let (kernel, control) = setup(8, true);
-        kernel.hooked(CLIENT);
-        let started = Instant::now();
-        assert_eq!(plain(&control.claim(SERVER, 0, Role::Server, 7)), Some(PlainReason::PeerHasNoHook));
-        assert!(started.elapsed() >= TEST_TIMING.peer_wait, "a hooked client is waited for");
-        // Its server reads the real socket: the client, claiming late, stays plain at once.
-        let started = Instant::now();
-        assert_eq!(plain(&control.claim(CLIENT, 0, Role::Client, 5)), Some(PlainReason::PeerHasNoHook));
-        assert!(started.elapsed() < TEST_TIMING.event_wait);
-        assert_eq!(control.stats().live_segments, 0);
-        // The memory is used once; the event is used up too.
-        assert_eq!(plain(&control.claim(CLIENT, 0, Role::Client, 5)), Some(PlainReason::NotSeen));
-    }
-
-    #[test]
-    fn a_client_without_the_hook_costs_the_server_no_wait() {
-        let (kernel, control) = setup(8, true);
-        let started = Instant::now();
-        assert_eq!(plain(&control.claim(SERVER, 0, Role::Server, 7)), Some(PlainReason::PeerHasNoHook));
-        assert!(started.elapsed() < TEST_TIMING.peer_wait, "{:?}", started.elapsed());
-        assert_eq!(kernel.asked("carries_hook"), 1);
-        // A second connection of the same client process: the answer is reused.
-        kernel.connection((CLIENT, 6, 1006), (SERVER, Some(8), 2008));
-        control.record(&connect_event(CLIENT, 6));
-        control.record(&accept_event(SERVER, 8));
-        assert_eq!(plain(&control.claim(SERVER, 0, Role::Server, 8)), Some(PlainReason::PeerHasNoHook));
-        assert_eq!(kernel.asked("carries_hook"), 1);
-    }
-
-    #[test]
-    fn third_party_claims_are_refused() {
-        let (kernel, control) = setup(8, true);
-        kernel.hooked(CLIENT);
-        // Another process claims the client's fd number, and a socket of its own as a server.
-        kernel.connection((OTHER, 5, 3005), (OTHER, Some(9), 3009));
-        assert_eq!(plain(&control.claim(OTHER, 1000, Role::Client, 5)), Some(PlainReason::NotSeen));
-        assert_eq!(plain(&control.claim(OTHER, 1000, Role::Server, 9)), Some(PlainReason::NotSeen));
-        // The client's own socket, held by the other process (passed to it), is no server end.
+        // Another process claims the client's fd number, a socket of its own on an unwatched
+        // path, and holds the client's socket itself (passed to it) as a "server".
+        kernel.connection_on("/run/other.sock", (OTHER, 5, 3005), (OTHER, Some(9), 3009));
+        assert!(refused(&control, OTHER, Role::Client, 5), "its own socket on an unwatched path");
+        assert!(refused(&control, OTHER, Role::Server, 9), "named like an unwatched path, no event");
         kernel.fd(OTHER, 11, Some(1005));
-        control.claim(CLIENT, 0, Role::Client, 5);
-        assert_eq!(plain(&control.claim(OTHER, 1000, Role::Server, 11)), Some(PlainReason::NotSeen));
-        // None of that used up the real ends' evidence or their pending connection.
-        assert_eq!(control.stats().pending_claims, 1);
-        assert_eq!(control.claim(SERVER, 0, Role::Server, 7).0, Reply::swap(1));
+        assert!(refused(&control, OTHER, Role::Server, 11), "a client socket is no server end");
+        assert!(refused(&control, OTHER, Role::Client, 12), "not open");
+        // The wrong role for a real end, a listener, a datagram socket, no socket at all.
+        assert!(refused(&control, CLIENT, Role::Server, 5));
+        kernel.fd(SERVER, 3, Some(2000));
+        kernel.socket(2000, UnixSocket { kind: libc::SOCK_STREAM as u8, state: 10, peer: None, name: Some(PATH.into()) });
+        assert!(refused(&control, SERVER, Role::Server, 3), "a listener has no peer");
+        kernel.fd(SERVER, 4, Some(2004));
+        kernel.socket(2004, UnixSocket { kind: libc::SOCK_DGRAM as u8, state: ESTABLISHED, peer: Some(1005), name: Some(PATH.into()) });
+        assert!(refused(&control, SERVER, Role::Server, 4), "datagram sockets stay plain");
+        kernel.fd(CLIENT, 6, None);
+        assert!(refused(&control, CLIENT, Role::Client, 6), "no socket");
+        // A stale fd: closed since its connect.
+        kernel.close(CLIENT, 5);
+        assert!(refused(&control, CLIENT, Role::Client, 5));
+        let stats = control.stats();
+        assert_eq!((stats.refused, stats.held_claims, stats.live_segments), (9, 0, 0));
+        assert_eq!(stats.unclaimed_events, 2, "refusals use no event up");
+        // The real server is unaffected.
+        assert!(matches!(claim(&control, SERVER, Role::Server, 7).0, Decision::Held));
+    }
+
+    #[test]
+    fn an_event_of_another_path_does_not_name_the_connection() {
+        let kernel = Arc::new(FakeKernel::default());
+        let control = kernel.control(8);
+        // fd 5's connect event is on the watched path, but fd 5 is now another socket, whose
+        // peer has an unwatched name: refused.
+        control.record(&connect_event(CLIENT, 5));
+        kernel.connection_on("/run/other.sock", (CLIENT, 5, 1005), (SERVER, Some(7), 2007));
+        assert!(refused(&control, CLIENT, Role::Client, 5));
+    }
+
+    #[test]
+    fn a_forked_claimant_is_retried_while_its_parent_holds_the_socket() {
+        let (kernel, control) = setup(8, true);
+        // The postmaster (SERVER) accepted fd 7, forked a backend, which claims.
+        const BACKEND: u32 = 201;
+        kernel.fork(SERVER, BACKEND);
+        let forked = Claimant { flags: CLAIM_FORKED, ..who(BACKEND, Role::Server, 7) };
+        assert_eq!(answered(&control, claim_as(&control, forked)), Reply::retry(PlainReason::NotSoleHolder));
+        assert_eq!(control.stats().held_claims, 0);
+        // The client's claim is held meanwhile.
+        let (decision, client_hook) = claim(&control, CLIENT, Role::Client, 5);
+        assert!(matches!(decision, Decision::Held));
+        // A child of the backend holding it too: retried as well.
+        kernel.close(SERVER, 7);
+        kernel.fork(BACKEND, BACKEND + 1);
+        assert_eq!(answered(&control, claim_as(&control, forked)), Reply::retry(PlainReason::NotSoleHolder));
+        // Once the others closed their copies, the backend's claim pairs.
+        kernel.close(BACKEND + 1, 7);
+        let (decision, backend_hook) = claim_as(&control, forked);
+        assert!(matches!(decision, Decision::Paired(_)));
+        control.deliver(decision);
+        assert_eq!(read_reply(&client_hook).unwrap().0, Reply::swap(1));
+        assert_eq!(read_reply(&backend_hook).unwrap().0, Reply::swap(1));
+        let stats = control.stats();
+        assert_eq!((stats.retried, stats.paired), (2, 1));
+        assert_eq!(control.status()[0].server.pid, BACKEND);
+        // An unflagged claim is never checked.
+        assert!(kernel.asked("relatives") == 3);
+    }
+
+    #[test]
+    fn a_held_claim_ends_when_its_control_connection_closes() {
+        let (_kernel, control) = setup(8, true);
+        let (decision, hook) = claim(&control, CLIENT, Role::Client, 5);
+        assert!(matches!(decision, Decision::Held));
+        assert_eq!(control.stats().held_claims, 1);
+        assert_eq!(control.watch_held_once(0), 0, "nothing happened yet");
+        drop(hook); // the hook gave up (2 s) or its socket closed
+        assert_eq!(control.watch_held_once(1000), 1);
+        let stats = control.stats();
+        assert_eq!((stats.held_claims, stats.peer_never_claimed), (0, 1));
+        // The server claiming now is held in turn (its client's claim is over).
+        assert!(matches!(claim(&control, SERVER, Role::Server, 7).0, Decision::Held));
+        assert_eq!(control.stats().paired, 0);
+    }
+
+    #[test]
+    fn a_held_claim_whose_hook_gave_up_unseen_turns_the_pair_plain() {
+        let (_kernel, control) = setup(8, true);
+        let (decision, hook) = claim(&control, CLIENT, Role::Client, 5);
+        assert!(matches!(decision, Decision::Held));
+        drop(hook); // closed, but not noticed yet
+        let (decision, server_hook) = claim(&control, SERVER, Role::Server, 7);
+        let Decision::Paired(paired) = decision else { panic!("paired") };
+        let segment = Arc::clone(&paired.segment);
+        control.deliver(Decision::Paired(paired));
+        assert_eq!(read_reply(&server_hook).unwrap().0, Reply::plain(PlainReason::PeerHasNoHook));
+        assert_eq!(segment.state(), Some(SegmentState::Plain), "given up: the sweep frees it");
+        control.progress();
+        assert_eq!(control.stats().live_segments, 0);
+    }
+
+    #[test]
+    fn a_second_claim_of_a_socket_replaces_the_first() {
+        let (_kernel, control) = setup(8, true);
+        let (first, first_hook) = claim(&control, CLIENT, Role::Client, 5);
+        assert!(matches!(first, Decision::Held));
+        let (second, _second_hook) = claim(&control, CLIENT, Role::Client, 5);
+        assert!(matches!(second, Decision::Held));
+        assert!(read_reply(&first_hook).is_none(), "the first claim's connection is closed");
+        assert_eq!(control.stats().held_claims, 1);
     }
 
     #[test]
     fn the_connection_limit_holds_and_finished_connections_make_room() {
-        let (kernel, control) = setup(1, false);
-        assert_eq!(control.claim(CLIENT, 0, Role::Client, 5).0, Reply::swap(1));
-        kernel.connection((CLIENT + 1, 5, 1105), (SERVER, None, 2107));
-        control.record(&connect_event(CLIENT + 1, 5));
-        assert_eq!(plain(&control.claim(CLIENT + 1, 0, Role::Client, 5)), Some(PlainReason::TooManyConnections));
+        let (kernel, control) = setup(1, true);
+        held_then_paired(&control, (CLIENT, Role::Client, 5), (SERVER, Role::Server, 7));
+        kernel.connection((CLIENT + 1, 5, 1105), (SERVER, Some(8), 2108));
+        let (decision, client_hook) = claim(&control, CLIENT + 1, Role::Client, 5);
+        assert!(matches!(decision, Decision::Held), "a claim is held whatever the limit");
+        let (decision, server_hook) = claim(&control, SERVER, Role::Server, 8);
+        control.deliver(decision);
+        for hook in [&client_hook, &server_hook] {
+            assert_eq!(read_reply(hook).unwrap().0, Reply::plain(PlainReason::TooManyConnections));
+        }
         assert_eq!(control.stats().live_segments, 1);
-        // The first client dies before its server joined: the next claim at the limit reaps it
+        // Both processes of the first connection die: the next pair at the limit reaps it
         // (liveness asked outside the lock) and is admitted.
         kernel.kill(CLIENT);
-        kernel.connection((CLIENT + 2, 5, 1205), (SERVER, None, 2207));
-        control.record(&connect_event(CLIENT + 2, 5));
-        let second = control.claim(CLIENT + 2, 0, Role::Client, 5);
-        assert_eq!(second.0, Reply::swap(2));
+        kernel.kill(SERVER);
+        kernel.connection((CLIENT + 2, 5, 1205), (SERVER + 2, Some(8), 2208));
+        let (_, _, second) = held_then_paired(&control, (CLIENT + 2, Role::Client, 5), (SERVER + 2, Role::Server, 8));
         assert!(kernel.asked("alive") >= 1);
         assert_eq!(control.status().iter().map(|s| s.id).collect::<Vec<_>>(), [2]);
-        // A connection whose client's hook went plain makes room too.
-        granted(&second).segment().transition(SegmentState::Pending, SegmentState::Plain).unwrap();
-        kernel.connection((CLIENT + 3, 5, 1305), (SERVER, None, 2307));
-        control.record(&connect_event(CLIENT + 3, 5));
-        assert_eq!(control.claim(CLIENT + 3, 0, Role::Client, 5).0, Reply::swap(3));
+        // A connection given up by its hooks makes room too.
+        second.transition(SegmentState::Pending, SegmentState::Plain).unwrap();
+        kernel.connection((CLIENT + 3, 5, 1305), (SERVER + 3, Some(8), 2308));
+        let (client, _, _) = held_then_paired(&control, (CLIENT + 3, Role::Client, 5), (SERVER + 3, Role::Server, 8));
+        assert_eq!(client, Reply::swap(3));
         assert_eq!(control.status().iter().map(|s| s.id).collect::<Vec<_>>(), [3]);
+    }
+
+    #[test]
+    fn held_claims_are_bounded() {
+        let kernel = Arc::new(FakeKernel::default());
+        let control = kernel.control(1); // at most 4 held
+        let mut hooks = Vec::new();
+        for i in 0..4 {
+            kernel.connection((CLIENT + i, 5, 1000 + i), (SERVER, Some(10 + i as i32), 2000 + i));
+            let (decision, hook) = claim(&control, CLIENT + i, Role::Client, 5);
+            assert!(matches!(decision, Decision::Held));
+            hooks.push(hook);
+        }
+        kernel.connection((CLIENT + 9, 5, 1009), (SERVER, Some(19), 2009));
+        assert_eq!(answered(&control, claim(&control, CLIENT + 9, Role::Client, 5)), Reply::plain(PlainReason::TooManyConnections));
+        assert_eq!(control.stats().held_claims, 4);
+    }
+
+    #[test]
+    fn claims_on_many_threads_pair_once_each() {
+        let kernel = Arc::new(FakeKernel::default());
+        let control = kernel.control(64);
+        kernel.concurrent();
+        const N: u32 = 32;
+        for i in 0..N {
+            kernel.connection((CLIENT + i, 5, 1000 + i), (SERVER, Some(10 + i as i32), 2000 + i));
+        }
+        let threads: Vec<_> = (0..N)
+            .flat_map(|i| [(CLIENT + i, Role::Client, 5), (SERVER, Role::Server, 10 + i as i32)])
+            .map(|(pid, role, fd)| {
+                let control = Arc::clone(&control);
+                std::thread::spawn(move || {
+                    let (decision, hook) = claim(&control, pid, role, fd);
+                    control.deliver(decision);
+                    read_reply(&hook).map(|(reply, _)| reply.reply_kind())
+                })
+            })
+            .collect();
+        let replies: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        assert!(replies.iter().all(|r| *r == Some(Some(ReplyKind::Swap))), "{replies:?}");
+        let stats = control.stats();
+        assert_eq!((stats.paired, stats.live_segments, stats.held_claims), (N as u64, N as usize, 0));
     }
 }

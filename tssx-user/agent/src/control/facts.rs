@@ -1,16 +1,18 @@
 //! What the claim rules ask the kernel, behind one small interface.
 //!
 //! The rules in [`super::claim`] and [`super::lifecycle`] trust the kernel, never a hook: which
-//! socket a process holds under a fd, which socket is its peer, which connections still wait in
-//! an accept queue, whether a process is alive and carries the hook. [`KernelFacts`] is that list
-//! of questions. The agent answers them from `/proc` and `sock_diag` ([`super::host::Host`]); the
-//! unit tests answer them from a table, so the rules are tested without root and without real
-//! processes.
+//! socket a process holds under a fd, what that socket is (stream or not, its peer, its name),
+//! which processes are related to a claimant and what they hold, whether a process is alive.
+//! [`KernelFacts`] is that list of questions. The agent answers them from `/proc` and
+//! `sock_diag` ([`super::host::Host`]); the unit tests answer them from a table, so the rules are
+//! tested without root and without real processes.
 //!
 //! Every method may do I/O: callers ask before taking the registry lock or after releasing it,
 //! never while holding it.
 
-use std::{collections::HashSet, io};
+use std::io;
+
+pub use crate::sockdiag::UnixSocket;
 
 /// The kernel's answers the claim rules rely on. Implementations must be callable from any
 /// thread at once.
@@ -19,16 +21,17 @@ pub trait KernelFacts: Send + Sync {
     /// is no socket, an error if it is not open (or the process is gone).
     fn socket_inode(&self, pid: u32, fd: i32) -> io::Result<Option<u32>>;
 
-    /// The inode of the peer of Unix socket `inode`; `Ok(None)` if it has none (or is gone).
-    fn unix_peer(&self, inode: u32) -> io::Result<Option<u32>>;
+    /// What the kernel says about Unix socket `inode` (type, peer, own name); `Ok(None)` if
+    /// there is no such Unix socket (any more).
+    fn unix_socket(&self, inode: u32) -> io::Result<Option<UnixSocket>>;
 
-    /// Inodes of the client sockets whose connections wait, not yet accepted, in the accept
-    /// queue of some listening Unix socket.
-    fn unaccepted_clients(&self) -> io::Result<HashSet<u32>>;
+    /// The processes that may share `pid`'s descriptors through `fork`: its parent and its
+    /// children (not `pid` itself). Empty if that cannot be read.
+    fn relatives(&self, pid: u32) -> Vec<u32>;
 
-    /// Whether process `pid` has the hook (`libtssx_preload.so`) mapped; false if that cannot be
-    /// read.
-    fn carries_hook(&self, pid: u32) -> bool;
+    /// Whether process `pid` has socket `inode` open under some fd (false if that cannot be
+    /// read: the process is gone).
+    fn holds_socket(&self, pid: u32, inode: u32) -> bool;
 
     /// Whether process `pid` exists.
     fn alive(&self, pid: u32) -> bool;

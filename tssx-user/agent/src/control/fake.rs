@@ -1,10 +1,11 @@
-//! A kernel made of tables, for the claim rules' unit tests: sockets, peers, accept queues,
-//! processes, set by the test. Every question asserts that the registry lock is free (no I/O
-//! under the lock), unless the test runs claims on several threads at once.
+//! A kernel made of tables, for the claim rules' unit tests: sockets, peers, names, processes,
+//! set by the test. Every question asserts that the registry lock is free (no I/O under the
+//! lock), unless the test runs claims on several threads at once.
 
 use std::{
     collections::{HashMap, HashSet},
     io,
+    os::unix::net::UnixStream,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex, OnceLock, TryLockError, Weak,
@@ -14,27 +15,23 @@ use std::{
 
 use tssx_common::event::{Event, EventKind};
 
-use super::{Control, KernelFacts, Timing};
+use super::{Control, KernelFacts, Timing, UnixSocket};
 use crate::paths::WatchedPath;
 
-/// Waits short enough for tests, long enough for a claim on another thread to arrive.
-pub(super) const TEST_TIMING: Timing = Timing {
-    event_wait: Duration::from_millis(300),
-    peer_wait: Duration::from_millis(300),
-    event_ttl: Duration::from_secs(30),
-    pending_ttl: Duration::from_secs(2),
-    hook_check_ttl: Duration::from_secs(2),
-};
+/// The watched path of the fake's control plane (path id 0).
+pub(super) const PATH: &str = "/run/app.sock";
+
+/// The lifetimes of the rules, as the agent has them.
+pub(super) const TEST_TIMING: Timing = Timing { join_timeout: Duration::from_secs(10) };
 
 #[derive(Default)]
 struct Tables {
     /// `(pid, fd)` -> socket inode; `None`: open, not a socket.
     fds: HashMap<(u32, i32), Option<u32>>,
-    /// Socket inode -> peer inode.
-    peers: HashMap<u32, u32>,
-    /// Client inodes in some accept queue.
-    queued: HashSet<u32>,
-    hooked: HashSet<u32>,
+    /// Unix socket inode -> what the kernel says about it.
+    sockets: HashMap<u32, UnixSocket>,
+    /// Child -> parent.
+    parents: HashMap<u32, u32>,
     dead: HashSet<u32>,
     /// Questions asked, by name.
     asked: HashMap<&'static str, usize>,
@@ -53,10 +50,10 @@ pub(super) struct FakeKernel {
 struct Shared(Arc<FakeKernel>);
 
 impl FakeKernel {
-    /// A control plane for path `/run/app.sock` (id 0) asking this kernel, with `max`
-    /// connections and 4 KiB rings.
+    /// A control plane for path [`PATH`] (id 0) asking this kernel, with `max` connections and
+    /// 4 KiB rings.
     pub(super) fn control(self: &Arc<Self>, max: usize) -> Arc<Control> {
-        let paths: Vec<WatchedPath> = vec!["/run/app.sock".parse().unwrap()];
+        let paths: Vec<WatchedPath> = vec![PATH.parse().unwrap()];
         let control = Control::with_facts(paths, 4096, max, None, Box::new(Shared(Arc::clone(self))), TEST_TIMING);
         assert!(self.control.set(Arc::downgrade(&control)).is_ok(), "one control per fake");
         control
@@ -71,16 +68,40 @@ impl FakeKernel {
         self.concurrent.store(true, Ordering::Relaxed); // Relaxed: read by the test's own threads after spawn
     }
 
-    /// A connection: client `(pid, fd)` with socket `client`, server `(pid, fd)` with socket
-    /// `server` (the server end may not be accepted yet: then pass its fd as `None`).
+    /// A stream connection on [`PATH`]: client `(pid, fd)` with socket `client` (unnamed),
+    /// server `(pid, fd)` with socket `server`, named like the listener. The server end may not
+    /// be accepted yet (pass its fd as `None`): then, as in the kernel, the client's peer has no
+    /// inode yet ([`FakeKernel::accept`] completes it).
     pub(super) fn connection(&self, client: (u32, i32, u32), server: (u32, Option<i32>, u32)) {
+        self.connection_on(PATH, client, server);
+    }
+
+    /// As [`FakeKernel::connection`], on the listener named `path`.
+    pub(super) fn connection_on(&self, path: &str, client: (u32, i32, u32), server: (u32, Option<i32>, u32)) {
         let mut t = self.tables();
         t.fds.insert((client.0, client.1), Some(client.2));
+        let accepted = server.1.is_some();
         if let Some(fd) = server.1 {
             t.fds.insert((server.0, fd), Some(server.2));
         }
-        t.peers.insert(client.2, server.2);
-        t.peers.insert(server.2, client.2);
+        let (stream, connected) = (libc::SOCK_STREAM as u8, crate::sockdiag::ESTABLISHED);
+        let peer = accepted.then_some(server.2);
+        t.sockets.insert(client.2, UnixSocket { kind: stream, state: connected, peer, name: None });
+        t.sockets
+            .insert(server.2, UnixSocket { kind: stream, state: connected, peer: Some(client.2), name: Some(path.as_bytes().to_vec()) });
+    }
+
+    /// Process `pid` accepts the connection whose server socket is `server` as `fd`.
+    pub(super) fn accept(&self, pid: u32, fd: i32, server: u32) {
+        let mut t = self.tables();
+        t.fds.insert((pid, fd), Some(server));
+        let client = t.sockets[&server].peer.expect("a connection");
+        t.sockets.get_mut(&client).expect("its client").peer = Some(server);
+    }
+
+    /// Unix socket `inode` is what `socket` says (e.g. a listener, a datagram socket).
+    pub(super) fn socket(&self, inode: u32, socket: UnixSocket) {
+        self.tables().sockets.insert(inode, socket);
     }
 
     /// Process `pid` holds socket `inode` as `fd` (`None`: a fd that is no socket).
@@ -93,24 +114,20 @@ impl FakeKernel {
         self.tables().fds.remove(&(pid, fd));
     }
 
-    /// Process `pid` carries the hook.
-    pub(super) fn hooked(&self, pid: u32) {
-        self.tables().hooked.insert(pid);
-    }
-
-    /// Process `pid` is gone.
-    pub(super) fn kill(&self, pid: u32) {
-        self.tables().dead.insert(pid);
-    }
-
-    /// The client socket `inode` waits in an accept queue (`true`) or was accepted.
-    pub(super) fn queued(&self, inode: u32, queued: bool) {
+    /// Process `child` was forked by `parent` (and holds copies of all its fds).
+    pub(super) fn fork(&self, parent: u32, child: u32) {
         let mut t = self.tables();
-        if queued {
-            t.queued.insert(inode);
-        } else {
-            t.queued.remove(&inode);
-        }
+        t.parents.insert(child, parent);
+        let copies: Vec<((u32, i32), Option<u32>)> =
+            t.fds.iter().filter(|((p, _), _)| *p == parent).map(|(&(_, fd), &i)| ((child, fd), i)).collect();
+        t.fds.extend(copies);
+    }
+
+    /// Process `pid` is gone (with its fds).
+    pub(super) fn kill(&self, pid: u32) {
+        let mut t = self.tables();
+        t.dead.insert(pid);
+        t.fds.retain(|(p, _), _| *p != pid);
     }
 
     /// How often `question` was asked.
@@ -135,22 +152,23 @@ impl FakeKernel {
 impl KernelFacts for Shared {
     fn socket_inode(&self, pid: u32, fd: i32) -> io::Result<Option<u32>> {
         let t = self.0.ask("socket_inode");
-        if t.dead.contains(&pid) {
-            return Err(io::Error::from_raw_os_error(libc::ENOENT));
-        }
         t.fds.get(&(pid, fd)).copied().ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))
     }
 
-    fn unix_peer(&self, inode: u32) -> io::Result<Option<u32>> {
-        Ok(self.0.ask("unix_peer").peers.get(&inode).copied())
+    fn unix_socket(&self, inode: u32) -> io::Result<Option<UnixSocket>> {
+        Ok(self.0.ask("unix_socket").sockets.get(&inode).cloned())
     }
 
-    fn unaccepted_clients(&self) -> io::Result<HashSet<u32>> {
-        Ok(self.0.ask("unaccepted_clients").queued.clone())
+    fn relatives(&self, pid: u32) -> Vec<u32> {
+        let t = self.0.ask("relatives");
+        let mut relatives: Vec<u32> = t.parents.get(&pid).copied().into_iter().collect();
+        relatives.extend(t.parents.iter().filter(|(_, &p)| p == pid).map(|(&c, _)| c));
+        relatives.retain(|r| !t.dead.contains(r));
+        relatives
     }
 
-    fn carries_hook(&self, pid: u32) -> bool {
-        self.0.ask("carries_hook").hooked.contains(&pid)
+    fn holds_socket(&self, pid: u32, inode: u32) -> bool {
+        self.0.ask("holds_socket").fds.iter().any(|(&(p, _), &i)| p == pid && i == Some(inode))
     }
 
     fn alive(&self, pid: u32) -> bool {
@@ -163,7 +181,7 @@ impl KernelFacts for Shared {
     }
 }
 
-/// The kernel's connect event: `pid` connected `fd` on path 0.
+/// The kernel's connect event: `pid` connected `fd` on path 0 (at [`EVENT_NS`]).
 pub(super) fn connect_event(pid: u32, fd: i32) -> Event {
     event(EventKind::Connect, pid, fd, -1)
 }
@@ -173,9 +191,18 @@ pub(super) fn accept_event(pid: u32, fd: i32) -> Event {
     event(EventKind::Accept, pid, 3, fd)
 }
 
+/// Kernel time of the fake's events (CLOCK_MONOTONIC ns).
+pub(super) const EVENT_NS: u64 = 1_000_000_000;
+
 fn event(kind: EventKind, pid: u32, fd: i32, new_fd: i32) -> Event {
     let mut comm = [0u8; tssx_common::COMM_LEN];
     let name = format!("ev{pid}");
     comm[..name.len()].copy_from_slice(name.as_bytes());
-    Event { ts_ns: 0, kind: kind as u32, path_id: 0, pid, tgid: pid, uid: 0, fd, new_fd, other_pid: 0, comm }
+    Event { ts_ns: EVENT_NS, kind: kind as u32, path_id: 0, pid, tgid: pid, uid: 0, fd, new_fd, other_pid: 0, comm }
+}
+
+/// A control connection: the agent's end (handed to a claim) and the hook's end (where the
+/// reply arrives).
+pub(super) fn control_connection() -> (UnixStream, UnixStream) {
+    UnixStream::pair().expect("socketpair")
 }

@@ -1,15 +1,14 @@
 //! [`KernelFacts`] answered by the running kernel: `/proc` for processes and their fds,
-//! `sock_diag` ([`crate::sockdiag`]) for socket peers and accept queues.
+//! `sock_diag` ([`crate::sockdiag`]) for Unix sockets.
 //!
 //! The `/proc` questions are one `readlink`, `stat` or small read each, so they are written
-//! here directly rather than through the `procfs` crate: it would parse whole files (every
-//! mapping in `maps` into a list) to answer the same one-line questions, and add three crates
-//! (`procfs`, `procfs-core`, `hex`; more with its default `chrono` and `flate2` features) to a
-//! root daemon for it.
+//! here directly rather than through the `procfs` crate: it would parse whole files to answer
+//! the same one-line questions, and add three crates (`procfs`, `procfs-core`, `hex`; more with
+//! its default `chrono` and `flate2` features) to a root daemon for it.
 
-use std::{collections::HashSet, io, path::Path};
+use std::{io, path::Path};
 
-use super::facts::KernelFacts;
+use super::facts::{KernelFacts, UnixSocket};
 use crate::sockdiag;
 
 /// The running kernel, as the agent sees it (needs root for other users' processes).
@@ -21,16 +20,22 @@ impl KernelFacts for Host {
         socket_inode(pid, fd)
     }
 
-    fn unix_peer(&self, inode: u32) -> io::Result<Option<u32>> {
-        sockdiag::unix_peer(inode)
+    fn unix_socket(&self, inode: u32) -> io::Result<Option<UnixSocket>> {
+        sockdiag::unix_socket(inode)
     }
 
-    fn unaccepted_clients(&self) -> io::Result<HashSet<u32>> {
-        sockdiag::unaccepted_clients()
+    fn relatives(&self, pid: u32) -> Vec<u32> {
+        let mut relatives: Vec<u32> = parent_of(pid).filter(|&p| p != 0).into_iter().collect();
+        relatives.extend(children_of(pid));
+        relatives.sort_unstable();
+        relatives.dedup();
+        relatives.retain(|&r| r != pid);
+        relatives
     }
 
-    fn carries_hook(&self, pid: u32) -> bool {
-        std::fs::read_to_string(format!("/proc/{pid}/maps")).is_ok_and(|maps| maps.contains("libtssx_preload"))
+    fn holds_socket(&self, pid: u32, inode: u32) -> bool {
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
+        fds.flatten().any(|fd| std::fs::read_link(fd.path()).is_ok_and(|link| parse_socket_link(&link.to_string_lossy()) == Some(inode)))
     }
 
     fn alive(&self, pid: u32) -> bool {
@@ -54,6 +59,42 @@ pub fn parse_socket_link(link: &str) -> Option<u32> {
     link.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
 }
 
+/// The parent of `pid` (`/proc/PID/stat`, field 4).
+fn parent_of(pid: u32) -> Option<u32> {
+    parse_ppid(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// The ppid in the text of a `/proc/PID/stat` file: the second field after the command name,
+/// which is in parentheses and may itself hold spaces and parentheses.
+pub fn parse_ppid(stat: &str) -> Option<u32> {
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    after_comm.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The children of `pid`: from `/proc/PID/task/*/children` where the kernel has them
+/// (`CONFIG_PROC_CHILDREN`), else by reading every process's parent in `/proc`.
+fn children_of(pid: u32) -> Vec<u32> {
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        let mut children = Vec::new();
+        let mut listed = false;
+        for task in tasks.flatten() {
+            if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
+                listed = true;
+                children.extend(text.split_whitespace().filter_map(|c| c.parse::<u32>().ok()));
+            }
+        }
+        if listed {
+            return children;
+        }
+    }
+    let Ok(procs) = std::fs::read_dir("/proc") else { return Vec::new() };
+    procs
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&other| other != pid && parent_of(other) == Some(pid))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::{fd::AsRawFd as _, unix::net::UnixStream};
@@ -68,7 +109,15 @@ mod tests {
         assert_eq!(parse_socket_link("socket:[]"), None);
     }
 
-    /// The answers for this very process: its own sockets, files, command name and liveness.
+    #[test]
+    fn parses_the_parent_after_an_odd_command_name() {
+        assert_eq!(parse_ppid("812 (postgres) S 811 812 812 0 -1"), Some(811));
+        assert_eq!(parse_ppid("9 (a) b (c) R 1 9 9"), Some(1), "the last ')' ends the name");
+        assert_eq!(parse_ppid("9 (x"), None);
+    }
+
+    /// The answers for this very process: its own sockets, files, command name, liveness, and a
+    /// child that holds one of its sockets.
     #[test]
     fn answers_for_this_process() {
         let host = Host;
@@ -77,15 +126,26 @@ mod tests {
         let ia = host.socket_inode(pid, a.as_raw_fd()).unwrap().unwrap();
         let ib = host.socket_inode(pid, b.as_raw_fd()).unwrap().unwrap();
         assert_ne!(ia, ib);
-        assert_eq!(host.unix_peer(ia).unwrap(), Some(ib));
+        assert_eq!(host.unix_socket(ia).unwrap().and_then(|s| s.peer), Some(ib));
         let file = std::fs::File::open("/proc/self/status").unwrap();
         assert_eq!(host.socket_inode(pid, file.as_raw_fd()).unwrap(), None);
         assert!(host.socket_inode(pid, 1 << 20).is_err(), "a fd that is not open");
         assert!(host.alive(pid));
         assert!(!host.alive(u32::MAX - 1));
-        assert!(!host.carries_hook(pid), "the unit tests run without the hook");
         let comm = host.comm(pid);
         assert!(!comm.is_empty() && !comm.ends_with('\n'), "{comm:?}");
         assert_eq!(host.comm(u32::MAX - 1), "");
+        assert!(host.holds_socket(pid, ia) && host.holds_socket(pid, ib));
+        assert!(!host.holds_socket(pid, u32::MAX - 3));
+        // A child inherits the socket: it is a relative that holds it; this process's parent is
+        // a relative too.
+        let mut child = std::process::Command::new("sleep").arg("10").spawn().unwrap();
+        let relatives = host.relatives(pid);
+        assert!(relatives.contains(&child.id()), "{relatives:?}");
+        assert!(relatives.contains(&parent_of(pid).unwrap()), "{relatives:?}");
+        assert!(!relatives.contains(&pid));
+        assert!(!host.holds_socket(child.id(), ia), "sleep's fds are closed on exec: it holds no socket of ours");
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 }

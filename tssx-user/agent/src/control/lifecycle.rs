@@ -1,30 +1,30 @@
-//! What happens to connections after the claims: the periodic sweep (stale events, pending
-//! connections whose server never claimed), reaping finished connections, and the spare
-//! segments kept ready for the next claims.
+//! What happens to connections and kernel facts after the claims: the progress pass (every
+//! 100 ms: `swapped` lines, and freeing what the segments' headers show is over), the sweep
+//! (every second: kernel events and held claims whose sockets are gone, processes gone), and the
+//! spare segments kept ready for the next pairs.
 //!
-//! Trust: the sweep decides from the kernel's word only: a pending connection keeps waiting while
-//! `sock_diag` lists its client socket in an accept queue, and a connection is freed when its
-//! segment says both ends left (refcounts the hooks keep), when it went plain, or when `/proc`
-//! shows both processes gone. When the kernel cannot tell, the choice is the one that is always
-//! safe: a connection turns plain (the client replays its bytes to the real socket) rather than
-//! wait, and a process counts as alive rather than lose its segment.
+//! Trust: these passes decide from the kernel's word and the segment headers only. A connection
+//! is freed when its segment says so (state `Plain`: given up or handed back; both ends joined
+//! and let go), when `/proc` shows both processes gone, or when neither end picked the segment
+//! up within [`Timing::join_timeout`](super::Timing). When the kernel cannot tell, the choice is
+//! the one that is always safe: a process counts as alive rather than lose its segment.
 //!
 //! Spare segments: creating a segment (memfd, size, seals, mapping, header) costs tens of
-//! microseconds, so a thread of its own keeps up to [`SPARE_SEGMENTS`] ready for the next claims,
+//! microseconds, so a thread of its own keeps up to [`SPARE_SEGMENTS`] ready for the next pairs,
 //! off the claims' path. It runs at `SCHED_IDLE` priority, so it only uses a core that nothing
-//! else wants: on a busy machine the claims' processes go first (and a claim that finds no spare
+//! else wants: on a busy machine the claims' processes go first (and a pair that finds no spare
 //! creates its segment itself). Spares exist only while connections are live: when the last one
 //! is freed, they are dropped with it, so an idle agent holds no memfd. A spare is taken out of
-//! the registry under the lock by the one claim that uses it, so it is never handed out twice,
+//! the registry under the lock by the one pair that uses it, so it is never handed out twice,
 //! and never reused after a connection.
 
-use std::{collections::HashSet, sync::Arc, time::Instant};
+use std::{sync::atomic::Ordering, sync::Arc, time::Instant};
 
-use tssx_common::{control::PlainReason, segment::SegmentState};
+use tssx_common::segment::{End, JOIN_NONE, JOIN_REFUSED};
 use tssx_shm::segment::Segment;
 
 use super::{
-    registry::{Alive, Expired, Reaped},
+    registry::{Alive, Connection, FdNow, Finished, Reaped, SwappedLine},
     Control,
 };
 
@@ -32,51 +32,74 @@ use super::{
 pub const SPARE_SEGMENTS: usize = 4;
 
 impl Control {
-    /// Drops stale events, turns plain the pending connections whose server (accepted, no
-    /// hook) never claimed, and frees the segments of finished connections. Call periodically.
+    /// Traces the connections that completed their migration (`swapped`) and frees those whose
+    /// segment says they are over. Memory only: call often (every 100 ms).
+    pub fn progress(&self) {
+        let now = Instant::now();
+        let (swapped, reaped) = {
+            let mut registry = self.lock();
+            (registry.take_swapped(), registry.reap(&Alive::default(), now, self.timing.join_timeout))
+        };
+        self.trace_swapped(swapped);
+        finish_reaped(self, reaped);
+    }
+
+    /// [`Control::progress`], plus what needs the kernel: drops the kernel events whose sockets
+    /// are gone (counting the connections nobody claimed as short-lived), the held claims whose
+    /// sockets are gone, and frees the connections whose processes are both gone. Call
+    /// periodically (every second).
     pub fn sweep(&self) {
         self.sweep_at(Instant::now());
     }
 
     /// [`Control::sweep`] as if the time were `now` (which must not be earlier than the last
-    /// sweep's).
-    ///
-    /// The kernel is asked between two critical sections: whether overdue connections still wait
-    /// in an accept queue, and which processes of live connections are alive. The second section
-    /// judges overdue by the same `now`, so a connection that became overdue in between (or was
-    /// created) is not expired without its accept queue having been looked at.
+    /// sweep's). The kernel is asked between two critical sections.
     pub(super) fn sweep_at(&self, now: Instant) {
-        let ttl = self.timing.pending_ttl;
-        let (any_overdue, pids) = {
+        let (checks, held, pids) = {
             let mut registry = self.lock();
-            registry.forget_stale(now, &self.timing);
-            (registry.any_overdue(now, ttl), registry.pids_unknown_to(&Alive::default()))
+            registry.forget_stale(now);
+            (registry.events_to_check(), registry.held_to_check(), registry.pids_unknown_to(&Alive::default()))
         };
-        // Still in an accept queue: the server has not accepted yet, keep waiting for it. If the
-        // kernel cannot tell, assume accepted (plain is always safe).
-        let queued = if any_overdue {
-            self.facts.unaccepted_clients().unwrap_or_else(|e| {
-                tracing::warn!("listing accept queues: {e}");
-                HashSet::new()
-            })
-        } else {
-            HashSet::new()
+        let socket_now = |pid: u32, fd: i32| match self.facts.socket_inode(pid, fd) {
+            Ok(Some(inode)) => FdNow::Socket(inode),
+            _ => FdNow::Gone,
         };
+        let results: Vec<_> = checks.iter().map(|c| (c.at, socket_now(c.fd().0, c.fd().1))).collect();
+        let gone: Vec<u64> =
+            held.into_iter().filter(|&(_, pid, fd, inode)| socket_now(pid, fd) != FdNow::Socket(inode)).map(|h| h.0).collect();
         let mut alive = Alive::default();
         for pid in pids {
             alive.insert(pid, self.facts.alive(pid));
         }
-        let (expired, reaped) = {
+        let (short_lived, dropped, swapped, reaped) = {
             let mut registry = self.lock();
-            registry.keep_queued_waiting(&queued, now, ttl);
-            let expired = registry.expire_overdue(now, ttl);
-            (expired, registry.reap(&alive))
+            let short_lived = registry.apply_event_checks(&results);
+            let dropped: Vec<_> = gone.into_iter().filter_map(|token| registry.take_held(token, now)).collect();
+            (short_lived, dropped, registry.take_swapped(), registry.reap(&alive, now, self.timing.join_timeout))
         };
-        for Expired { id, path, client_pid, watch } in expired {
-            drop(watch); // after the state change: the client's hook sees Plain
-            tracing::info!(connection = id, path, client = client_pid, reason = PlainReason::PeerHasNoHook.describe(), "not swapped");
+        for seen in short_lived {
+            self.short_lived(&seen.end, seen.path_id);
         }
-        finish_reaped(reaped);
+        for held in dropped {
+            self.unpaired(held, "its socket closed before the peer claimed");
+        }
+        self.trace_swapped(swapped);
+        finish_reaped(self, reaped);
+    }
+
+    /// A connection that ended before either end claimed it: counted, traced at debug.
+    pub(super) fn short_lived(&self, client: &super::EndInfo, path_id: u32) {
+        // Relaxed: a counter.
+        self.counters.short_lived_plain.fetch_add(1, Ordering::Relaxed);
+        let path = self.path_name(path_id);
+        tracing::debug!(pid = client.pid, fd = client.fd, path, reason = "short-lived: closed before either end claimed", "not swapped");
+    }
+
+    /// Traces `swapped` lines.
+    fn trace_swapped(&self, lines: Vec<SwappedLine>) {
+        for line in lines {
+            trace_swapped(self, &line);
+        }
     }
 
     /// The spare-segment maker's loop (never returns): sleeps until spares are wanted (fewer
@@ -124,7 +147,7 @@ impl Control {
         }
     }
 
-    /// Wakes the spare-segment maker (a claim used a spare, or a connection went live).
+    /// Wakes the spare-segment maker (a pair used a spare, or a connection went live).
     pub(super) fn want_spares(&self) {
         self.spares_wanted.notify_one();
     }
@@ -136,67 +159,124 @@ impl Control {
     }
 }
 
+/// Traces one `swapped` line and counts it.
+fn trace_swapped(control: &Control, line: &SwappedLine) {
+    // Relaxed: a counter.
+    control.counters.swapped.fetch_add(1, Ordering::Relaxed);
+    let SwappedLine { id, path, client, server, switched_client_to_server, switched_server_to_client, migrated_after_us } = line;
+    tracing::info!(
+        connection = id,
+        path,
+        client,
+        server,
+        switched_client_to_server,
+        switched_server_to_client,
+        migrated_after_us,
+        "swapped {client} <-> {server}"
+    );
+}
+
+/// Why a connection that never committed was given up, from its ends' `joined` values.
+fn given_up_reason(joined: [u32; 2]) -> String {
+    let name = |end: End| if end == End::Client { "client" } else { "server" };
+    for end in [End::Client, End::Server] {
+        if joined[end.index()] == JOIN_REFUSED {
+            return format!("the {} gave the segment up before anything went on the rings", name(end));
+        }
+    }
+    for end in [End::Client, End::Server] {
+        if joined[end.index()] == JOIN_NONE {
+            return format!("the segment never reached the {} (its claim ended first)", name(end));
+        }
+    }
+    "given up before anything went on the rings".to_owned()
+}
+
 /// Frees and traces what a reap took out, after the registry lock is released: the spares first
-/// (an idle agent holds no memfd by the time its `closed` lines appear), then each connection,
-/// traced `not swapped` if its client's hook went plain unseen, and `closed` with its bytes.
-pub(super) fn finish_reaped(reaped: Reaped) {
+/// (an idle agent holds no memfd by the time its `closed` lines appear), then each connection:
+/// `swapped` if that was not traced yet, `not swapped` if it never committed (info when an end
+/// gave it up, debug when its ends closed or died before migrating), `handed back`, and
+/// `closed` with its bytes through shared memory.
+pub(super) fn finish_reaped(control: &Control, reaped: Reaped) {
     let Reaped { spares, freed } = reaped;
     drop(spares);
-    for conn in freed {
-        let id = conn.id;
-        if conn.server.is_none() && conn.segment.state() == Some(SegmentState::Plain) && !conn.plain_traced {
-            // The client's hook saw the peer write to the real socket and went plain.
-            tracing::info!(
-                connection = id,
-                path = conn.path,
-                client = conn.client.pid,
-                reason = PlainReason::PeerHasNoHook.describe(),
-                "not swapped"
-            );
+    for (conn, why) in freed {
+        let Connection { id, ref path, .. } = conn;
+        let swapped = conn.swapped_traced || conn.swapped_line().inspect(|line| trace_swapped(control, line)).is_some();
+        let committed = conn.committed();
+        let (client, server) = (conn.client.label(), conn.server.label());
+        match why {
+            Finished::GaveUp => {
+                let reason = given_up_reason(conn.joined());
+                tracing::info!(connection = id, path, client, server, reason, "not swapped");
+            }
+            Finished::HandedBack => tracing::info!(connection = id, path, client, server, "handed back to the socket"),
+            Finished::NeverJoined | Finished::ProcessesGone | Finished::Closed if !committed && !swapped => {
+                let reason = match why {
+                    Finished::NeverJoined => "both ends closed before picking the segment up",
+                    Finished::ProcessesGone => "both processes exited before migrating",
+                    _ => "both ends closed before migrating",
+                };
+                tracing::debug!(connection = id, path, client, server, reason, "not swapped");
+            }
+            _ => {}
+        }
+        if !committed && !swapped {
+            // Relaxed: a counter.
+            control.counters.given_up.fetch_add(1, Ordering::Relaxed);
         }
         let (c2s, s2c) = conn.bytes_each_way();
-        tracing::info!(
-            connection = id,
-            path = conn.path,
-            bytes_client_to_server = c2s,
-            bytes_server_to_client = s2c,
-            "closed: segment freed"
-        );
+        tracing::info!(connection = id, path, bytes_client_to_server = c2s, bytes_server_to_client = s2c, "closed: segment freed");
     }
 }
 
 #[cfg(test)]
 mod tests {
     use std::{
-        io::Read as _,
-        os::{fd::AsRawFd as _, unix::net::UnixStream},
+        os::fd::AsRawFd as _,
         sync::{atomic::Ordering, Arc},
         time::{Duration, Instant},
     };
 
     use tssx_common::{
-        control::{Reply, Role},
-        segment::{End, SegmentState},
+        control::Role,
+        segment::{End, SegmentState, JOIN_MAPPED, JOIN_REFUSED},
     };
     use tssx_shm::segment::Segment;
 
     use super::{super::fake::*, SPARE_SEGMENTS};
-    use crate::control::Control;
+    use crate::control::{claim::Claimant, Control};
 
     const CLIENT: u32 = 100;
     const SERVER: u32 = 200;
-    const TTL: Duration = TEST_TIMING.pending_ttl;
 
-    /// A client that claimed (its segment) on a connection whose server has not joined.
-    fn pending(kernel: &Arc<FakeKernel>, control: &Control, n: u32) -> Arc<Segment> {
-        kernel.connection((CLIENT + n, 5, 1000 + n), (SERVER, None, 2000 + n));
+    /// Connection `n` on the watched path (client `CLIENT + n` fd 5, server `SERVER` fd
+    /// `10 + n`), both ends claimed: its segment.
+    fn paired(kernel: &Arc<FakeKernel>, control: &Control, n: u32) -> Arc<Segment> {
+        let fd = 10 + n as i32;
+        kernel.connection((CLIENT + n, 5, 1000 + n), (SERVER, Some(fd), 2000 + n));
         control.record(&connect_event(CLIENT + n, 5));
-        let (reply, granted) = control.claim(CLIENT + n, 0, Role::Client, 5);
-        assert_eq!(reply.reply_kind(), Reply::swap(1).reply_kind());
-        match granted.unwrap() {
-            super::super::claim::Granted::Client { segment, .. } => segment,
-            super::super::claim::Granted::Server { .. } => unreachable!("a client claim"),
+        let mut segment = None;
+        let mut hooks = Vec::new(); // open until both claims are answered
+        for (pid, role, fd) in [(CLIENT + n, Role::Client, 5), (SERVER, Role::Server, fd)] {
+            let (agent, hook) = control_connection();
+            let decision = control.claim(Claimant { pid, uid: 0, role, fd, flags: 0 }, agent);
+            if let super::super::claim::Decision::Paired(p) = &decision {
+                segment = Some(Arc::clone(&p.segment));
+            }
+            control.deliver(decision);
+            hooks.push(hook);
         }
+        let segment = segment.expect("paired");
+        assert_eq!(segment.state(), Some(SegmentState::Pending), "both answered");
+        segment
+    }
+
+    /// What a hook does when it maps the segment.
+    fn join(segment: &Segment, end: End) {
+        // Release, then SeqCst, as the hook's join.
+        segment.header().refcount[end.index()].store(1, Ordering::Release);
+        segment.header().ends[end.index()].joined.store(JOIN_MAPPED, Ordering::SeqCst);
     }
 
     fn ids(control: &Control) -> Vec<u64> {
@@ -204,64 +284,87 @@ mod tests {
     }
 
     #[test]
-    fn an_accepted_connection_whose_server_never_claims_turns_plain_after_the_ttl() {
+    fn swapped_is_counted_once_and_the_status_shows_the_switch() {
         let kernel = Arc::new(FakeKernel::default());
         let control = kernel.control(8);
-        let start = Instant::now();
-        let segment = pending(&kernel, &control, 1);
-        let id = ids(&control)[0];
-        let (watch, mut hook) = UnixStream::pair().unwrap();
-        assert!(control.lock().keep_decision_watch(id, watch).is_none());
-        control.sweep_at(start);
-        control.sweep_at(start + TTL - Duration::from_millis(100));
-        assert_eq!(segment.state(), Some(SegmentState::Pending), "not overdue yet");
-        assert_eq!(kernel.asked("unaccepted_clients"), 0, "nothing overdue: no question");
-        control.sweep_at(Instant::now() + TTL + Duration::from_millis(1));
-        assert_eq!(segment.state(), Some(SegmentState::Plain));
-        assert_eq!(kernel.asked("unaccepted_clients"), 1);
-        assert!(ids(&control).is_empty(), "a plain connection is reaped in the same sweep");
-        assert_eq!(control.stats().pending_claims, 0);
-        hook.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
-        assert_eq!(hook.read(&mut [0u8; 1]).unwrap(), 0, "the decision watch is closed");
-    }
-
-    #[test]
-    fn a_connection_in_an_accept_queue_keeps_waiting() {
-        let kernel = Arc::new(FakeKernel::default());
-        let control = kernel.control(8);
-        let segment = pending(&kernel, &control, 1);
-        kernel.queued(1001, true);
-        let late = Instant::now() + TTL + Duration::from_secs(1);
-        control.sweep_at(late);
-        assert_eq!(segment.state(), Some(SegmentState::Pending), "still queued: the server has not accepted");
-        // Accepted now: it waits a full TTL from the last time it was seen queued.
-        kernel.queued(1001, false);
-        control.sweep_at(late + TTL - Duration::from_millis(100));
-        assert_eq!(segment.state(), Some(SegmentState::Pending));
-        control.sweep_at(late + TTL + Duration::from_millis(1));
-        assert_eq!(segment.state(), Some(SegmentState::Plain));
+        let segment = paired(&kernel, &control, 1);
+        join(&segment, End::Client);
+        join(&segment, End::Server);
+        let header = segment.header();
+        header.ends[0].switch_at.store(64, Ordering::SeqCst);
+        segment.transition(SegmentState::Pending, SegmentState::Active).unwrap();
+        let status = control.status();
+        assert_eq!(
+            (status[0].state.as_str(), status[0].switched_client_to_server, status[0].switched_server_to_client),
+            ("swapped", Some(64), None)
+        );
+        header.ends[1].switch_at.store(0, Ordering::SeqCst);
+        control.progress();
+        assert_eq!(control.stats().swapped, 0, "not traced before both ends are active");
+        header.ends[0].active_ns.store(EVENT_NS + 3_000_000, Ordering::Relaxed);
+        header.ends[1].active_ns.store(EVENT_NS + 2_000_000, Ordering::Relaxed);
+        control.progress();
+        control.progress();
+        assert_eq!(control.stats().swapped, 1);
+        // Both close: freed by the next pass, not given up.
+        header.refcount.iter().for_each(|r| r.store(0, Ordering::Release));
+        control.progress();
         assert!(ids(&control).is_empty());
+        let stats = control.stats();
+        assert_eq!((stats.swapped, stats.given_up, stats.live_segments), (1, 0, 0));
     }
 
     #[test]
-    fn the_sweep_reaps_closed_and_dead_connections_and_then_the_spares() {
+    fn a_connection_given_up_is_freed_and_counted() {
         let kernel = Arc::new(FakeKernel::default());
         let control = kernel.control(8);
-        kernel.hooked(CLIENT + 1);
-        let first = pending(&kernel, &control, 1);
-        let _second = pending(&kernel, &control, 2);
-        control.record(&accept_event(SERVER, 7));
-        kernel.fd(SERVER, 7, Some(2001));
-        assert_eq!(control.claim(SERVER, 0, Role::Server, 7).0, Reply::swap(1));
+        let segment = paired(&kernel, &control, 1);
+        join(&segment, End::Server);
+        segment.header().ends[0].joined.store(JOIN_REFUSED, Ordering::SeqCst);
+        segment.transition(SegmentState::Pending, SegmentState::Plain).unwrap();
+        assert_eq!(control.status()[0].state, "plain");
+        control.progress();
+        assert!(ids(&control).is_empty());
+        assert_eq!(control.stats().given_up, 1);
+    }
+
+    #[test]
+    fn a_connection_nobody_joined_is_freed_after_the_join_timeout() {
+        let kernel = Arc::new(FakeKernel::default());
+        let control = kernel.control(8);
+        paired(&kernel, &control, 1);
+        let joined_one = paired(&kernel, &control, 2);
+        join(&joined_one, End::Client);
+        let late = Instant::now() + TEST_TIMING.join_timeout + Duration::from_millis(1);
+        control.sweep_at(Instant::now());
+        assert_eq!(ids(&control), [1, 2]);
+        control.sweep_at(late);
+        assert_eq!(ids(&control), [2], "an end that joined gives up itself (and the state says so)");
+        assert_eq!(control.stats().given_up, 1);
+    }
+
+    #[test]
+    fn the_sweep_reaps_dead_connections_and_then_the_spares() {
+        let kernel = Arc::new(FakeKernel::default());
+        let control = kernel.control(8);
+        let first = paired(&kernel, &control, 1);
+        let second = paired(&kernel, &control, 2);
+        for segment in [&first, &second] {
+            join(segment, End::Client);
+            join(segment, End::Server);
+        }
         control.refill_spares();
         assert_eq!(control.stats().spare_segments, SPARE_SEGMENTS);
-        // Both ends of the first closed (Release, as a hook's last close); the second's client is
-        // alive.
+        // Both ends of the first closed (Release, as a hook's last close).
         first.header().refcount.iter().for_each(|r| r.store(0, Ordering::Release));
         control.sweep();
         assert_eq!(ids(&control), [2]);
         assert_eq!(control.stats().spare_segments, SPARE_SEGMENTS, "spares stay while connections are live");
+        // One process gone: kept; both: freed.
         kernel.kill(CLIENT + 2);
+        control.sweep();
+        assert_eq!(ids(&control), [2]);
+        kernel.kill(SERVER);
         control.sweep();
         assert!(ids(&control).is_empty());
         let stats = control.stats();
@@ -271,20 +374,70 @@ mod tests {
     }
 
     #[test]
-    fn a_claim_takes_a_spare_that_is_never_handed_out_again() {
+    fn a_pair_takes_a_spare_that_is_never_handed_out_again() {
         let kernel = Arc::new(FakeKernel::default());
         let control = kernel.control(8);
-        let first = pending(&kernel, &control, 1);
+        let first = paired(&kernel, &control, 1);
         control.refill_spares();
-        let second = pending(&kernel, &control, 2);
-        assert_eq!(control.stats().spare_segments, SPARE_SEGMENTS - 1, "the claim used a spare");
-        let third = pending(&kernel, &control, 3);
+        let second = paired(&kernel, &control, 2);
+        assert_eq!(control.stats().spare_segments, SPARE_SEGMENTS - 1, "the pair used a spare");
+        let third = paired(&kernel, &control, 3);
         assert_eq!(control.stats().spare_segments, SPARE_SEGMENTS - 2);
-        // Three connections, three distinct memfds.
+        // Three connections, three distinct memfds, each with both TSSX bits.
         let fds: Vec<i32> = [&first, &second, &third].iter().map(|s| s.fd().unwrap().as_raw_fd()).collect();
         assert!(fds[0] != fds[1] && fds[1] != fds[2] && fds[0] != fds[2], "{fds:?}");
         for segment in [&first, &second, &third] {
-            assert!(segment.tssx_bit(End::Client) && !segment.tssx_bit(End::Server));
+            assert!(segment.tssx_bit(End::Client) && segment.tssx_bit(End::Server));
         }
+    }
+
+    #[test]
+    fn events_of_closed_sockets_count_as_short_lived_connections() {
+        let kernel = Arc::new(FakeKernel::default());
+        let control = kernel.control(8);
+        // Three connections nobody claims; one stays open.
+        for n in 1..=3 {
+            kernel.connection((CLIENT + n, 5, 1000 + n), (SERVER, Some(10 + n as i32), 2000 + n));
+            control.record(&connect_event(CLIENT + n, 5));
+            control.record(&accept_event(SERVER, 10 + n as i32));
+        }
+        control.sweep();
+        assert_eq!(control.stats().unclaimed_events, 6, "live sockets: kept");
+        for n in 1..=2 {
+            kernel.close(CLIENT + n, 5);
+            kernel.close(SERVER, 10 + n as i32);
+        }
+        control.sweep();
+        let stats = control.stats();
+        assert_eq!((stats.short_lived_plain, stats.unclaimed_events), (2, 2), "one per connection, counted by its connect");
+        // The same fd connected again: the replaced event's socket is gone.
+        control.record(&connect_event(CLIENT + 3, 5));
+        assert_eq!(control.stats().short_lived_plain, 3);
+        // An event a week old still backs a claim of its live socket.
+        let later = Instant::now() + Duration::from_secs(7 * 24 * 3600);
+        control.sweep_at(later);
+        assert_eq!(control.stats().unclaimed_events, 2);
+    }
+
+    #[test]
+    fn a_held_claim_whose_socket_is_gone_is_dropped_by_the_sweep() {
+        let kernel = Arc::new(FakeKernel::default());
+        let control = kernel.control(8);
+        kernel.connection((CLIENT, 5, 1005), (SERVER, Some(7), 2007));
+        let (agent, _hook) = control_connection();
+        let decision = control.claim(Claimant { pid: SERVER, uid: 0, role: Role::Server, fd: 7, flags: 0 }, agent);
+        assert!(matches!(decision, super::super::claim::Decision::Held));
+        control.sweep();
+        assert_eq!(control.stats().held_claims, 1);
+        kernel.close(SERVER, 7);
+        control.sweep();
+        let stats = control.stats();
+        assert_eq!((stats.held_claims, stats.peer_never_claimed), (0, 1));
+        // Its peer's connect event, once gone, is not counted as short-lived as well.
+        control.record(&connect_event(CLIENT, 5));
+        control.sweep();
+        kernel.close(CLIENT, 5);
+        control.sweep();
+        assert_eq!(control.stats().short_lived_plain, 0);
     }
 }

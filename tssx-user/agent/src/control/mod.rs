@@ -1,61 +1,63 @@
 //! The agent's control plane: hooks claim their end of a connection on the control socket, the
-//! agent checks the claim against the kernel's events, pairs the two ends by socket inode and
-//! hands both the same shared-memory segment. Also answers `tssx-agent status`.
+//! agent checks each claim against the kernel, pairs the two ends by socket inode and hands both
+//! the same shared-memory segment. Also answers `tssx-agent status`.
+//!
+//! # Lazy, asynchronous claims
+//!
+//! A connection starts plain at both ends. Each end's hook claims it later (once it lived
+//! `--claim-after` or moved 64 KiB), on a fresh non-blocking control connection, and never
+//! waits for the answer: it looks for it on later calls and gives up after 2 s. So the agent
+//! never makes a claim wait either: a claim is refused or retried at once, or **held** (no
+//! answer yet, its control connection kept) until the other end's claim arrives; then both get
+//! the segment, and both control connections are closed. A held claim ends when its control
+//! connection does (the hook gave up, or its socket closed: see [`watch`]) or when the sweep
+//! finds its socket gone. The hooks then move the connection onto the rings themselves, and the
+//! agent reads their progress in the segment's header ([`lifecycle`]).
 //!
 //! # Trust
 //!
-//! The caller's pid comes from `SO_PEERCRED`, never from the message. A claim of fd F as a client
-//! is honoured only if the kernel reported a `connect` on a watched path by that pid returning F,
-//! and only if `/proc/PID/fd/F` is still a socket. A claim of fd F as a server is honoured only if
-//! `/proc/PID/fd/F` is a socket whose peer (`sock_diag`) is the socket of such a verified client
-//! claim: only a process that accepted (or inherited) that connection holds it. Without a
-//! verified client claim, the server's claim also needs the kernel's `accept` event. The segment
-//! goes only to the two processes that pass these checks for the two ends of one connection, so
-//! no third process can obtain it. Every such fact is the kernel's ([`KernelFacts`]), asked by
-//! the agent itself; nothing a hook says is taken on its word.
+//! The caller's pid comes from `SO_PEERCRED`, never from the message. A claim of fd F is
+//! honoured only if `/proc/PID/fd/F` is a Unix stream socket that is an end of a connection on a
+//! watched path, by the kernel's word: its eBPF connect/accept events, and `sock_diag` (the
+//! peer's inode; an accepted socket's name, which is its listener's path). The two ends are
+//! paired by their sockets' inodes (each is the other's peer), so the segment goes only to two
+//! processes that hold the two ends of one connection, and no third process can obtain it. A
+//! claim from a process that forked while the connection was plain is held off ("retry") while
+//! a relative holds the same end. Nothing a hook says is taken on its word.
 //!
 //! # Modules, one job each
 //!
-//! * [`registry`]: the state (recorded events, live connections, pending claims) with its rules;
-//!   pure data, no I/O.
-//! * [`claim`]: the claim rules: which claim is honoured, pairing, the connection limit; written
-//!   against [`KernelFacts`].
+//! * [`registry`]: the state (kernel events, held claims, live connections, spares) with its
+//!   rules; pure data, no I/O.
+//! * [`claim`]: the claim rules: which claim is honoured, holding and pairing, the limits;
+//!   written against [`KernelFacts`].
 //! * [`facts`]: [`KernelFacts`], what the rules ask the kernel; [`host`]: its real answers
 //!   (`/proc`, `sock_diag`).
-//! * [`lifecycle`]: the periodic sweep (expiry, accept queues), reaping finished connections, the
-//!   spare-segment thread.
-//! * [`server`]: the control socket: worker pool, wire handling, peer credentials, timeouts.
+//! * [`lifecycle`]: the progress pass (`swapped`, freeing finished connections), the sweep
+//!   (events and held claims of gone sockets, dead processes), the spare-segment thread.
+//! * [`watch`]: the thread that watches held claims' control connections for their end.
+//! * [`server`]: the control socket: worker pool, wire handling, peer credentials, timeouts,
+//!   sending the decisions.
 //! * [`report`]: `status` and `status --stats`.
 //!
 //! # Locking
 //!
 //! One mutex guards the [`registry`], and its critical sections only read and change its maps
 //! (and the live segments' headers, which are memory). Kernel facts are gathered before the lock
-//! is taken or after it is released, segments are created and freed outside it, replies are sent
-//! and trace lines written after it. Where a rule needs facts about what the lock guards (the
-//! limit's reap must know which processes are alive), the facts are gathered outside and the
-//! rule runs inside with them; a fact not gathered counts as the safe answer.
-//!
-//! # Latency
-//!
-//! A claim whose kernel event has not been recorded yet reads the events ring buffer itself
-//! ([`crate::feed`]), and a server claim whose client claimed already does not wait for its
-//! accept event at all.
+//! is taken or after it is released, segments are created and freed outside it, replies are sent,
+//! control connections closed and trace lines written after it. Where a rule needs facts about
+//! what the lock guards (the limit's reap must know which processes are alive), the facts are
+//! gathered outside and the rule runs inside with them; a fact not gathered counts as the safe
+//! answer.
 //!
 //! # Limits
 //!
 //! At most `max_connections` segments are live at once, so the agent's shared memory is bounded
-//! by `(max_connections + SPARE_SEGMENTS) * (2 * ring_size + header)`; a client claim beyond that
-//! stays plain with `PlainReason::TooManyConnections`. Control connections are bounded too (see
-//! [`server`]).
-//!
-//! # Pending connections
-//!
-//! A client's claim stays pending while its connection waits in the listener's accept queue (the
-//! kernel's `sock_diag` lists it there), however long the server takes to accept: bytes the
-//! client writes meanwhile wait in its ring, and a client that fills the ring blocks, as with a
-//! full socket. Once accepted, a server that does not claim within [`PENDING_TTL`] has no hook:
-//! the connection turns plain and the client replays what it wrote.
+//! by `(max_connections + SPARE_SEGMENTS) * (2 * ring_size + header)`; a pair beyond that stays
+//! plain with `PlainReason::TooManyConnections`. At most
+//! [`HELD_PER_CONNECTION`]` * max_connections` claims are held at once, and
+//! [`registry::EVENT_CAP`] kernel events kept. Control connections being served are bounded too
+//! (see [`server`]).
 
 pub mod claim;
 pub mod facts;
@@ -64,21 +66,23 @@ pub mod lifecycle;
 pub mod registry;
 pub mod report;
 pub mod server;
+pub mod watch;
 
 #[cfg(test)]
 mod fake;
 
 use std::{
     collections::BTreeMap,
-    sync::{Arc, Condvar, Mutex, MutexGuard},
-    time::{Duration, Instant},
+    sync::{atomic::AtomicU64, Arc, Condvar, Mutex, MutexGuard},
+    time::Duration,
 };
 
 use tssx_common::event::Event;
 
 use self::registry::Registry;
 pub use self::{
-    facts::KernelFacts,
+    claim::{Claimant, HELD_PER_CONNECTION},
+    facts::{KernelFacts, UnixSocket},
     host::Host,
     lifecycle::SPARE_SEGMENTS,
     registry::EndInfo,
@@ -87,55 +91,52 @@ pub use self::{
 };
 use crate::{feed::EventFeed, paths::WatchedPath};
 
-/// How long a claim waits for the kernel event that proves it (events reach the agent through
-/// the ring buffer a little after the syscall returned).
-const EVENT_WAIT: Duration = Duration::from_millis(1000);
-/// How long a server's claim waits for the client's claim of the other end.
-const PEER_WAIT: Duration = Duration::from_millis(500);
-/// Kernel events older than this that nobody claimed are forgotten.
-const EVENT_TTL: Duration = Duration::from_secs(30);
-/// A client-claimed connection whose server has not claimed this long after the connection
-/// left the accept queue turns plain (the server has no hook): the client replays its bytes.
-pub const PENDING_TTL: Duration = Duration::from_secs(2);
-/// How long a process's "carries the hook" answer is reused (a process may exec another image).
-const HOOK_CHECK_TTL: Duration = Duration::from_secs(2);
+/// A paired connection that neither end joined this long after the pair (both closed before
+/// they picked the answer up) is freed.
+pub const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The waits and lifetimes of the claim rules. The agent uses [`Timing::default`]; the unit
-/// tests shorten the waits.
+/// The lifetimes of the claim rules. The agent uses [`Timing::default`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timing {
-    /// How long a claim waits for the kernel event that proves it.
-    pub event_wait: Duration,
-    /// How long a server's claim waits for the client's claim of the other end.
-    pub peer_wait: Duration,
-    /// How long an unclaimed kernel event (and a server that stayed plain) is remembered.
-    pub event_ttl: Duration,
-    /// How long an accepted connection waits for its server's claim ([`PENDING_TTL`]).
-    pub pending_ttl: Duration,
-    /// How long a "carries the hook" answer is reused.
-    pub hook_check_ttl: Duration,
+    /// How long a paired connection waits for either end to join before it is freed
+    /// ([`JOIN_TIMEOUT`]).
+    pub join_timeout: Duration,
 }
 
 impl Default for Timing {
     fn default() -> Self {
-        Self {
-            event_wait: EVENT_WAIT,
-            peer_wait: PEER_WAIT,
-            event_ttl: EVENT_TTL,
-            pending_ttl: PENDING_TTL,
-            hook_check_ttl: HOOK_CHECK_TTL,
-        }
+        Self { join_timeout: JOIN_TIMEOUT }
     }
 }
 
+/// What the control plane counts since it started (`status --stats`). Every counter is
+/// `Relaxed`: nothing is synchronized through them.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    /// Well-formed claims.
+    pub(crate) claims: AtomicU64,
+    /// Connections paired.
+    pub(crate) paired: AtomicU64,
+    /// Connections traced `swapped`.
+    pub(crate) swapped: AtomicU64,
+    /// Paired connections freed before they committed.
+    pub(crate) given_up: AtomicU64,
+    /// Connections that ended before either end claimed them.
+    pub(crate) short_lived_plain: AtomicU64,
+    /// Held claims that ended unpaired.
+    pub(crate) peer_never_claimed: AtomicU64,
+    /// Forked claims answered "retry".
+    pub(crate) retried: AtomicU64,
+    /// Claims and requests refused.
+    pub(crate) refused: AtomicU64,
+}
+
 /// The control plane's shared state: the registry behind its lock, the kernel facts the rules
-/// ask, the limits. Shared by the event loop (which records kernel events and sweeps), the
-/// control socket's workers (claims) and the spare-segment thread.
+/// ask, the limits. Shared by the event loop (which records kernel events, sweeps and traces
+/// progress), the control socket's workers (claims), the held-claims watcher and the
+/// spare-segment thread.
 pub struct Control {
     registry: Mutex<Registry>,
-    /// Signalled (after the lock is released) when a kernel event is recorded or a client claim
-    /// admitted: what waiting claims wait for.
-    changed: Condvar,
     /// Wakes the spare-segment maker (see [`lifecycle`]).
     spares_wanted: Condvar,
     facts: Box<dyn KernelFacts>,
@@ -143,9 +144,17 @@ pub struct Control {
     /// recorded yet (`None`: events come only through [`Control::record`]).
     feed: Option<Arc<EventFeed>>,
     paths: Vec<WatchedPath>,
+    /// The watched paths' `sun_path` bytes, by path id (to match `sock_diag` names).
+    sun_paths: Vec<Vec<u8>>,
     ring_size: usize,
     max_connections: usize,
     timing: Timing,
+    /// Watches held claims' control connections (`None` if no epoll instance could be made:
+    /// held claims then end by the sweep).
+    held_watch: Option<watch::HeldWatch>,
+    /// Names held claims for the watcher (Relaxed: a unique number, nothing hangs on it).
+    next_token: AtomicU64,
+    pub(crate) counters: Counters,
     load: server::Load,
     map_entries: Mutex<BTreeMap<String, usize>>,
 }
@@ -158,7 +167,8 @@ impl Control {
         Self::with_facts(paths, ring_size, max_connections, feed, Box::new(Host), Timing::default())
     }
 
-    /// As [`Control::new`], with the kernel's answers from `facts` and the waits of `timing`.
+    /// As [`Control::new`], with the kernel's answers from `facts` and the lifetimes of
+    /// `timing`.
     pub fn with_facts(
         paths: Vec<WatchedPath>,
         ring_size: usize,
@@ -167,16 +177,21 @@ impl Control {
         facts: Box<dyn KernelFacts>,
         timing: Timing,
     ) -> Arc<Self> {
+        let held_watch =
+            watch::HeldWatch::new().inspect_err(|e| tracing::warn!("no epoll instance for held claims (the sweep ends them): {e}")).ok();
         Arc::new(Self {
             registry: Mutex::new(Registry::default()),
-            changed: Condvar::new(),
             spares_wanted: Condvar::new(),
             facts,
             feed,
+            sun_paths: paths.iter().map(WatchedPath::sun_path).collect(),
             paths,
             ring_size,
             max_connections,
             timing,
+            held_watch,
+            next_token: AtomicU64::new(1),
+            counters: Counters::default(),
             load: server::Load::default(),
             map_entries: Mutex::new(BTreeMap::new()),
         })
@@ -187,30 +202,17 @@ impl Control {
         *self.map_entries.lock().unwrap_or_else(|p| p.into_inner()) = entries;
     }
 
-    /// Records a kernel connect/accept so that claims can be checked against it.
+    /// Records a kernel connect/accept so that claims can be checked against it. A connect that
+    /// replaces an unclaimed one of the same fd ends that connection: counted short-lived.
     pub fn record(&self, event: &Event) {
-        let kept = self.lock().record(event, Instant::now());
-        if kept {
-            self.changed.notify_all();
+        let replaced = self.lock().record(event);
+        if let Some(seen) = replaced {
+            self.short_lived(&seen.end, seen.path_id);
         }
     }
 
     fn lock(&self) -> MutexGuard<'_, Registry> {
         self.registry.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Waits until `find` returns something or `timeout` passes. `find` runs under the lock: it
-    /// must only look at and change the registry.
-    fn wait_for<T>(&self, timeout: Duration, mut find: impl FnMut(&mut Registry) -> Option<T>) -> Option<T> {
-        let deadline = Instant::now() + timeout;
-        let mut registry = self.lock();
-        loop {
-            if let Some(found) = find(&mut registry) {
-                return Some(found);
-            }
-            let left = deadline.checked_duration_since(Instant::now())?;
-            registry = self.changed.wait_timeout(registry, left).unwrap_or_else(|p| p.into_inner()).0;
-        }
     }
 
     /// Reads every event now in the kernel's ring buffer and records it (see [`crate::feed`]).
@@ -223,4 +225,18 @@ impl Control {
     fn path_name(&self, path_id: u32) -> String {
         self.paths.get(path_id as usize).map(ToString::to_string).unwrap_or_default()
     }
+
+    /// The id of the watched path whose `sun_path` is `name` (as `sock_diag` reports it).
+    fn path_id_of(&self, name: &[u8]) -> Option<u32> {
+        self.sun_paths.iter().position(|p| p == name).map(|i| i as u32)
+    }
+}
+
+/// CLOCK_MONOTONIC now, in nanoseconds: the clock of the kernel's event timestamps and of the
+/// hooks' `active_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec into a live local.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

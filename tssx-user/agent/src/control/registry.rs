@@ -1,21 +1,21 @@
-//! The control plane's state: kernel events recorded and not yet claimed, live connections and
-//! their segments, client claims waiting for their server, and the small memories the claim rules
-//! keep (servers that stayed plain, accept events still due, which processes carry the hook).
+//! The control plane's state: kernel events kept while their sockets may still be claimed, claims
+//! held until the other end's arrives, live connections and their segments, and the spare
+//! segments.
 //!
 //! Pure data and rules: nothing here reads `/proc`, asks `sock_diag`, creates or frees a segment,
-//! writes a trace line or closes a socket. Methods take the time (`now`) and the kernel facts
-//! they need as arguments, and hand back what must happen outside the lock (segments to free,
-//! decision watches to close, lines to trace) as values. [`super::Control`] keeps the registry
-//! behind its mutex, so every method runs inside one critical section.
+//! writes a trace line or sends on (or closes) a socket. Methods take the time (`now`) and the
+//! kernel facts they need as arguments, and hand back what must happen outside the lock (claims
+//! to answer or close, segments to free, lines to trace) as values. [`super::Control`] keeps the
+//! registry behind its mutex, so every method runs inside one critical section.
 //!
 //! Trust: entries come from two sources only: the kernel's own events (`Registry::record`), and
-//! claims that [`super::claim`] checked against the kernel before it admits them here. Reading
-//! and changing a live segment's header (its state, TSSX bits and refcounts) is memory, not I/O,
-//! and happens here under the lock, so that every decision about a connection is taken in one
-//! place at a time.
+//! claims that [`super::claim`] checked against the kernel before it hands them here. Reading a
+//! live segment's header (its state, the ends' migration lines and refcounts) is memory, not
+//! I/O, and happens here under the lock, so that every decision about a connection is taken in
+//! one place at a time.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashMap},
     os::unix::net::UnixStream,
     sync::{atomic::Ordering, Arc},
     time::{Duration, Instant},
@@ -23,12 +23,19 @@ use std::{
 
 use serde::Serialize;
 use tssx_common::{
+    control::Role,
     event::{Event, EventKind},
-    segment::{End, SegmentState},
+    segment::{End, EndLine, SegmentState, JOIN_NONE, NOT_YET},
 };
 use tssx_shm::segment::Segment;
 
-use super::Timing;
+/// Most kernel connect/accept events kept at once (both kinds together); beyond it the oldest
+/// are forgotten (their sockets can still be claimed: the claim rules fall back on `sock_diag`).
+pub const EVENT_CAP: usize = 1 << 16;
+/// How long the peer socket of a claim whose peer never claimed is remembered, so that the
+/// peer's own connect event, when its socket goes, is not counted as a short-lived connection
+/// as well.
+const UNPAIRED_MEMORY: Duration = Duration::from_secs(60);
 
 /// One end of a connection as the kernel reported it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -41,41 +48,185 @@ pub struct EndInfo {
     pub fd: i32,
 }
 
-/// A kernel connect or accept event, kept until a claim uses it or it expires.
+impl EndInfo {
+    /// `pid/comm`, as trace lines name an end.
+    pub fn label(&self) -> String {
+        format!("{}/{}", self.pid, self.comm)
+    }
+}
+
+/// Which kind of kernel event: the map it is kept in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Side {
+    /// `connect`, keyed by the client's `(pid, fd)`.
+    Connect,
+    /// `accept`, keyed by the server's `(pid, accepted fd)`.
+    Accept,
+}
+
+/// A kernel connect or accept event, kept while its socket may still be claimed.
 #[derive(Clone, Debug)]
 pub(super) struct Seen {
     /// The end the event names (for an accept, the accepted fd).
     pub(super) end: EndInfo,
     /// The watched path's id.
     pub(super) path_id: u32,
-    /// When it was recorded.
-    pub(super) at: Instant,
+    /// The event's kernel time (`bpf_ktime_get_ns`, CLOCK_MONOTONIC).
+    pub(super) ts_ns: u64,
+    /// Arrival order: tells this event from a later one with the same key; the oldest go first
+    /// at the cap.
+    seq: u64,
+    /// Its socket's inode, once a sweep read it.
+    inode: Option<u32>,
+}
+
+/// Where an event is kept, and which one it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct EventRef {
+    side: Side,
+    pid: u32,
+    fd: i32,
+    seq: u64,
+}
+
+/// An event whose socket the sweep must look at, outside the lock: is its fd still the socket
+/// it was?
+#[derive(Clone, Copy, Debug)]
+pub(super) struct EventCheck {
+    /// The event.
+    pub(super) at: EventRef,
+}
+
+impl EventCheck {
+    /// The process and fd to look at.
+    pub(super) fn fd(&self) -> (u32, i32) {
+        (self.at.pid, self.at.fd)
+    }
+}
+
+/// What the kernel says about an event's fd now (see [`EventCheck`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum FdNow {
+    /// It is a socket with this inode.
+    Socket(u32),
+    /// Closed, not a socket, or the process is gone.
+    Gone,
+}
+
+/// A claim that [`super::claim`] checked against the kernel.
+#[derive(Clone, Debug)]
+pub(super) struct Verified {
+    /// Which end it claims.
+    pub(super) role: Role,
+    /// The claimant and its fd.
+    pub(super) end: EndInfo,
+    /// The claimed socket's inode.
+    pub(super) inode: u32,
+    /// Its peer's inode; 0 for a client whose connection waits in the accept queue (the
+    /// server's socket has no inode yet).
+    pub(super) peer: u32,
+    /// The watched path.
+    pub(super) path_id: u32,
+    /// The kernel time of its connect/accept event, if the agent has it.
+    pub(super) event_ns: Option<u64>,
+    /// That event, used up when the claim is held or paired.
+    pub(super) event: Option<EventRef>,
+}
+
+/// A verified claim waiting for the other end's: its control connection is kept, unanswered.
+pub(super) struct Held {
+    /// Identifies this claim to the watcher of its control connection.
+    pub(super) token: u64,
+    /// The claim.
+    pub(super) claim: Verified,
+    /// When it was held.
+    pub(super) since: Instant,
+    /// The hook's control connection, answered once the other end claims.
+    pub(super) stream: UnixStream,
+}
+
+/// What [`Registry::hold_or_pair`] decided.
+pub(super) enum Step {
+    /// The other end's claim was held: it is taken out of the registry to be paired with this
+    /// one, with a spare segment if there was one.
+    Pair {
+        /// The other end's claim.
+        partner: Held,
+        /// A fresh segment for the pair (else the caller creates one).
+        spare: Option<Segment>,
+        /// This claim's control connection.
+        stream: UnixStream,
+    },
+    /// Held until the other end claims. `replaced`: an earlier claim of the same socket, to be
+    /// closed after the lock.
+    Held {
+        /// The earlier claim this one replaced.
+        replaced: Option<Held>,
+    },
+    /// Too many claims are held: this one is answered plain.
+    Full {
+        /// This claim's control connection.
+        stream: UnixStream,
+    },
+}
+
+/// A pair of claims with their segment, to be admitted as a live connection.
+pub(super) struct NewConnection {
+    /// The watched path.
+    pub(super) path: String,
+    /// The connecting end.
+    pub(super) client: EndInfo,
+    /// The accepting end.
+    pub(super) server: EndInfo,
+    /// The client's and the server's socket inodes.
+    pub(super) inodes: [u32; 2],
+    /// When the connection was made (kernel time, see [`Connection::connected_ns`]).
+    pub(super) connected_ns: u64,
+    /// The segment both ends get.
+    pub(super) segment: Arc<Segment>,
 }
 
 /// A connection that got a segment.
 pub(super) struct Connection {
     /// The agent's id for it.
     pub(super) id: u64,
-    /// When the connection was last known to wait for the server: created, or last seen in a
-    /// listener's accept queue (see [`Registry::keep_queued_waiting`]).
-    pub(super) waiting_since: Instant,
-    /// The client socket's inode.
-    pub(super) client_inode: u32,
-    /// A `not swapped` line was traced for it already (by the sweep).
-    pub(super) plain_traced: bool,
     /// The watched path, for trace lines and status.
     pub(super) path: String,
-    /// The connecting end.
+    /// The connecting end (the claimant).
     pub(super) client: EndInfo,
-    /// The accepting end, once it joined.
-    pub(super) server: Option<EndInfo>,
+    /// The accepting end (the claimant).
+    pub(super) server: EndInfo,
+    /// The client's and the server's socket inodes.
+    pub(super) inodes: [u32; 2],
     /// Shared so that a reply can carry its fd after the lock is released; freed when the last
     /// holder drops it.
     pub(super) segment: Arc<Segment>,
-    /// The client's claim connection, held open while the connection is pending and closed once
-    /// the agent decided (after the state change): a hook that sees it close while the segment
-    /// is still pending knows the agent died and can turn the connection plain itself.
-    pub(super) decision_watch: Option<UnixStream>,
+    /// When it was paired.
+    pub(super) paired_at: Instant,
+    /// When the connection was made, CLOCK_MONOTONIC ns: the kernel's connect event (or its
+    /// accept event, or the first claim, when the agent has no such event).
+    pub(super) connected_ns: u64,
+    /// Its `swapped` line was traced.
+    pub(super) swapped_traced: bool,
+}
+
+/// A `swapped` trace line: both ends completed the migration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct SwappedLine {
+    /// The connection's id.
+    pub(super) id: u64,
+    /// The watched path.
+    pub(super) path: String,
+    /// `pid/comm` of the client.
+    pub(super) client: String,
+    /// `pid/comm` of the server.
+    pub(super) server: String,
+    /// Bytes the client wrote to the socket before its writes moved onto its ring.
+    pub(super) switched_client_to_server: u64,
+    /// Bytes the server wrote to the socket before its writes moved onto its ring.
+    pub(super) switched_server_to_client: u64,
+    /// From the connection's making to the later end's completed migration, microseconds.
+    pub(super) migrated_after_us: u64,
 }
 
 impl Connection {
@@ -85,46 +236,83 @@ impl Connection {
         (self.segment.ring_positions(End::Client).0, self.segment.ring_positions(End::Server).0)
     }
 
-    /// Whether it waits for its server longer than `ttl` at `now`.
-    fn overdue(&self, now: Instant, ttl: Duration) -> bool {
-        self.server.is_none() && now.saturating_duration_since(self.waiting_since) > ttl
+    fn line(&self, end: End) -> &EndLine {
+        &self.segment.header().ends[end.index()]
+    }
+
+    /// The bytes `end` wrote to the socket before it moved its writes onto its ring; `None`
+    /// before that.
+    pub(super) fn switched_at(&self, end: End) -> Option<u64> {
+        // Acquire: pairs with the hook's SeqCst store (a snapshot for status and traces).
+        Some(self.line(end).switch_at.load(Ordering::Acquire)).filter(|&at| at != NOT_YET)
+    }
+
+    /// Some direction moved onto the rings (the migration is committed).
+    pub(super) fn committed(&self) -> bool {
+        self.switched_at(End::Client).is_some() || self.switched_at(End::Server).is_some()
+    }
+
+    /// The ends' `joined` values ([`JOIN_NONE`], `JOIN_MAPPED`, `JOIN_REFUSED`).
+    pub(super) fn joined(&self) -> [u32; 2] {
+        // Acquire: pairs with the hooks' SeqCst stores.
+        [End::Client, End::Server].map(|end| self.line(end).joined.load(Ordering::Acquire))
+    }
+
+    /// The `swapped` line, once both ends completed their migration (both `active_ns` set).
+    pub(super) fn swapped_line(&self) -> Option<SwappedLine> {
+        // Relaxed: timestamps for the trace; the switch positions are loaded with Acquire.
+        let active = [End::Client, End::Server].map(|end| self.line(end).active_ns.load(Ordering::Relaxed));
+        if active.contains(&0) {
+            return None;
+        }
+        let latest = active[0].max(active[1]);
+        Some(SwappedLine {
+            id: self.id,
+            path: self.path.clone(),
+            client: self.client.label(),
+            server: self.server.label(),
+            switched_client_to_server: self.switched_at(End::Client).unwrap_or(0),
+            switched_server_to_client: self.switched_at(End::Server).unwrap_or(0),
+            migrated_after_us: latest.saturating_sub(self.connected_ns) / 1000,
+        })
+    }
+
+    /// Why it is over at `now`, judged by the segment's header and `alive`; `None` if it is not.
+    fn finished(&self, alive: &Alive, now: Instant, join_timeout: Duration) -> Option<Finished> {
+        let joined = self.joined();
+        match self.segment.state() {
+            Some(SegmentState::Plain) => return Some(if self.committed() { Finished::HandedBack } else { Finished::GaveUp }),
+            Some(SegmentState::Closed) | None => return Some(Finished::Closed),
+            _ => {}
+        }
+        // Acquire: the segment is freed only after what its ends did before letting go.
+        let released = self.segment.header().refcount.iter().all(|r| r.load(Ordering::Acquire) == 0);
+        if !joined.contains(&JOIN_NONE) && released {
+            return Some(Finished::Closed);
+        }
+        if !alive.is_alive(self.client.pid) && !alive.is_alive(self.server.pid) {
+            return Some(Finished::ProcessesGone);
+        }
+        if joined == [JOIN_NONE; 2] && now.saturating_duration_since(self.paired_at) > join_timeout {
+            return Some(Finished::NeverJoined);
+        }
+        None
     }
 }
 
-/// A client's claim the rules accepted, to be admitted as a pending connection.
-pub(super) struct NewClient {
-    /// The client socket's inode.
-    pub(super) inode: u32,
-    /// The client end (from its connect event).
-    pub(super) end: EndInfo,
-    /// The watched path.
-    pub(super) path: String,
-    /// Its segment, client end marked present.
-    pub(super) segment: Arc<Segment>,
-}
-
-/// A server end joined to its connection: what the reply and the trace need.
-pub(super) struct Joined {
-    /// The watched path.
-    pub(super) path: String,
-    /// The client end.
-    pub(super) client: EndInfo,
-    /// The connection's segment (its fd goes with the reply).
-    pub(super) segment: Arc<Segment>,
-    /// The client's decision watch, to close after the lock (the decision is made).
-    pub(super) watch: Option<UnixStream>,
-}
-
-/// A pending connection the sweep turned plain (its server never claimed).
-pub(super) struct Expired {
-    /// The connection's id.
-    pub(super) id: u64,
-    /// The watched path.
-    pub(super) path: String,
-    /// The client's pid.
-    pub(super) client_pid: u32,
-    /// The client's decision watch, to close after the lock.
-    pub(super) watch: Option<UnixStream>,
+/// Why a connection was freed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Finished {
+    /// State `Plain` before anything went on the rings: an end gave the migration up.
+    GaveUp,
+    /// State `Plain` after the migration was committed: handed back to the socket.
+    HandedBack,
+    /// Both ends joined and let go (refcounts 0), or the state is `Closed`.
+    Closed,
+    /// Both processes are gone.
+    ProcessesGone,
+    /// Neither end picked the segment up within the join timeout.
+    NeverJoined,
 }
 
 /// What [`Registry::reap`] took out: to free and trace after the lock.
@@ -132,8 +320,8 @@ pub(super) struct Expired {
 pub(super) struct Reaped {
     /// Spare segments dropped because no connection is live any more (freed first).
     pub(super) spares: Vec<Segment>,
-    /// The finished connections, in id order.
-    pub(super) freed: Vec<Connection>,
+    /// The finished connections, in id order, and why.
+    pub(super) freed: Vec<(Connection, Finished)>,
 }
 
 /// Which processes are alive, as far as the caller asked the kernel; a pid it did not ask about
@@ -163,29 +351,19 @@ pub(super) struct Registry {
     connects: HashMap<(u32, i32), Seen>,
     /// Accept events by `(pid, accepted fd)`.
     accepts: HashMap<(u32, i32), Seen>,
-    /// Client-claimed connections waiting for their server, by the client socket's inode (the
-    /// server's socket has no inode until `accept`, so the server side looks its peer up).
-    pending: HashMap<u32, u64>,
+    next_seq: u64,
+    /// Claims waiting for the other end's, by the claimed socket's inode.
+    held: HashMap<u32, Held>,
+    /// The held claims' inodes by token.
+    held_tokens: HashMap<u64, u32>,
     live: BTreeMap<u64, Connection>,
     next_id: u64,
-    /// Whether a process carries the hook, and when that was checked (reused for
-    /// [`Timing::hook_check_ttl`]).
-    hooked: HashMap<u32, (bool, Instant)>,
-    /// Client sockets (by inode) whose server already stayed plain, and when: a client claim
-    /// that arrives after that is answered plain at once, instead of leaving the client pending
-    /// with bytes its server never reads from the ring.
-    plain_servers: HashMap<u32, Instant>,
-    /// Server ends granted before their accept event arrived, by `(pid, fd)`, with how many such
-    /// events are still due: [`Registry::record`] drops them instead of keeping them unclaimed.
-    accepts_due: HashMap<(u32, i32), (u32, Instant)>,
+    /// Peer sockets of claims that ended unpaired, and when (see [`UNPAIRED_MEMORY`]).
+    unpaired_peers: HashMap<u32, Instant>,
     /// Fresh segments created ahead of the claims that will use them.
     spares: Vec<Segment>,
     /// Bumped whenever the spares are dropped, so that a segment created meanwhile is not kept.
     spares_generation: u64,
-    /// Bumped by every change a waiting claim may be waiting for (an event recorded, a client
-    /// admitted), so that a claim that looked at the kernel outside the lock can tell whether it
-    /// missed one.
-    generation: u64,
 }
 
 impl Default for Registry {
@@ -193,15 +371,14 @@ impl Default for Registry {
         Self {
             connects: HashMap::new(),
             accepts: HashMap::new(),
-            pending: HashMap::new(),
+            next_seq: 0,
+            held: HashMap::new(),
+            held_tokens: HashMap::new(),
             live: BTreeMap::new(),
             next_id: 1,
-            hooked: HashMap::new(),
-            plain_servers: HashMap::new(),
-            accepts_due: HashMap::new(),
+            unpaired_peers: HashMap::new(),
             spares: Vec::new(),
             spares_generation: 0,
-            generation: 0,
         }
     }
 }
@@ -209,94 +386,164 @@ impl Default for Registry {
 impl Registry {
     // ---- kernel events ----------------------------------------------------------------------
 
-    /// Records a kernel connect or accept so that claims can be checked against it; true if it
-    /// was kept (claims waiting for events must look again). An accept whose server end was
-    /// granted already (see [`Registry::accept_event_or_due`]) is dropped; other kinds are
-    /// ignored.
-    pub(super) fn record(&mut self, event: &Event, now: Instant) -> bool {
-        let end = |fd| EndInfo { pid: event.tgid, comm: String::from_utf8_lossy(event.comm_bytes()).into_owned(), fd };
-        match event.event_kind() {
-            Some(EventKind::Connect) => {
-                self.connects.insert((event.tgid, event.fd), Seen { end: end(event.fd), path_id: event.path_id, at: now });
-            }
-            Some(EventKind::Accept) => {
-                let key = (event.tgid, event.new_fd);
-                if let Some((due, _)) = self.accepts_due.get_mut(&key) {
-                    *due -= 1;
-                    if *due == 0 {
-                        self.accepts_due.remove(&key);
+    fn events(&mut self, side: Side) -> &mut HashMap<(u32, i32), Seen> {
+        match side {
+            Side::Connect => &mut self.connects,
+            Side::Accept => &mut self.accepts,
+        }
+    }
+
+    /// Records a kernel connect or accept so that claims can be checked against it (other kinds
+    /// are ignored). Returns the unclaimed connect event it replaced, if any: the same fd of
+    /// the same process, so that connection's socket is gone (a short-lived connection).
+    pub(super) fn record(&mut self, event: &Event) -> Option<Seen> {
+        let (side, fd) = match event.event_kind() {
+            Some(EventKind::Connect) => (Side::Connect, event.fd),
+            Some(EventKind::Accept) => (Side::Accept, event.new_fd),
+            _ => return None,
+        };
+        let end = EndInfo { pid: event.tgid, comm: String::from_utf8_lossy(event.comm_bytes()).into_owned(), fd };
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let seen = Seen { end, path_id: event.path_id, ts_ns: event.ts_ns, seq, inode: None };
+        let replaced = self.events(side).insert((event.tgid, fd), seen);
+        if self.connects.len() + self.accepts.len() > EVENT_CAP {
+            self.forget_oldest_events();
+        }
+        replaced.filter(|_| side == Side::Connect)
+    }
+
+    /// At the cap: forgets the oldest eighth of the events.
+    fn forget_oldest_events(&mut self) {
+        let mut seqs: Vec<u64> = self.connects.values().chain(self.accepts.values()).map(|s| s.seq).collect();
+        let cut = seqs.len() / 8;
+        let (_, &mut threshold, _) = seqs.select_nth_unstable(cut);
+        self.connects.retain(|_, s| s.seq > threshold);
+        self.accepts.retain(|_, s| s.seq > threshold);
+    }
+
+    /// The `side` event for `fd` of `pid`, if kept (a copy: it is used up only when the claim
+    /// is held or paired).
+    pub(super) fn event(&self, side: Side, pid: u32, fd: i32) -> Option<(Seen, EventRef)> {
+        let map = match side {
+            Side::Connect => &self.connects,
+            Side::Accept => &self.accepts,
+        };
+        map.get(&(pid, fd)).map(|seen| (seen.clone(), EventRef { side, pid, fd, seq: seen.seq }))
+    }
+
+    /// Takes out the event `at` refers to, if it is still that one.
+    fn take_event(&mut self, at: EventRef) -> Option<Seen> {
+        let map = self.events(at.side);
+        if map.get(&(at.pid, at.fd)).is_some_and(|s| s.seq == at.seq) {
+            map.remove(&(at.pid, at.fd))
+        } else {
+            None
+        }
+    }
+
+    /// Kernel connect/accept events kept and not claimed.
+    pub(super) fn unclaimed_events(&self) -> usize {
+        self.connects.len() + self.accepts.len()
+    }
+
+    /// Every kept event, for the sweep to look at its socket (outside the lock).
+    pub(super) fn events_to_check(&self) -> Vec<EventCheck> {
+        let refs = |side: Side, map: &HashMap<(u32, i32), Seen>| -> Vec<EventCheck> {
+            map.iter().map(|(&(pid, fd), s)| EventCheck { at: EventRef { side, pid, fd, seq: s.seq } }).collect()
+        };
+        let mut checks = refs(Side::Connect, &self.connects);
+        checks.extend(refs(Side::Accept, &self.accepts));
+        checks
+    }
+
+    /// Applies what the kernel said about the events' sockets: a socket seen for the first time
+    /// is remembered; an event whose fd is gone, or is another socket now, is dropped. Returns
+    /// the dropped connect events that count as short-lived connections (never claimed, and not
+    /// the peer of a claim that ended unpaired).
+    pub(super) fn apply_event_checks(&mut self, results: &[(EventRef, FdNow)]) -> Vec<Seen> {
+        let mut short_lived = Vec::new();
+        for &(at, now) in results {
+            let Some(seen) = self.events(at.side).get_mut(&(at.pid, at.fd)).filter(|s| s.seq == at.seq) else { continue };
+            match (now, seen.inode) {
+                (FdNow::Socket(inode), None) => seen.inode = Some(inode),
+                (FdNow::Socket(inode), Some(known)) if inode == known => {}
+                _ => {
+                    let Some(gone) = self.take_event(at) else { continue };
+                    let unpaired = gone.inode.is_some_and(|i| self.unpaired_peers.contains_key(&i));
+                    if at.side == Side::Connect && !unpaired {
+                        short_lived.push(gone);
                     }
-                    return false;
                 }
-                self.accepts.insert(key, Seen { end: end(event.new_fd), path_id: event.path_id, at: now });
             }
-            _ => return false,
         }
-        self.generation += 1;
-        true
+        short_lived
     }
 
-    /// Takes the connect event of `fd` in process `pid` (a claim uses it up).
-    pub(super) fn take_connect(&mut self, pid: u32, fd: i32) -> Option<Seen> {
-        self.connects.remove(&(pid, fd))
+    // ---- held claims ------------------------------------------------------------------------
+
+    /// Claims held now.
+    pub(super) fn held_count(&self) -> usize {
+        self.held.len()
     }
 
-    /// Takes the accept event that returned `fd` in process `pid`.
-    pub(super) fn take_accept(&mut self, pid: u32, fd: i32) -> Option<Seen> {
-        self.accepts.remove(&(pid, fd))
+    /// The path of a held client claim whose socket is `inode` (a server claim whose socket's
+    /// peer it is holds the other end of that verified connection).
+    pub(super) fn held_client_path(&self, inode: u32) -> Option<u32> {
+        self.held.get(&inode).filter(|h| h.claim.role == Role::Client).map(|h| h.claim.path_id)
     }
 
-    /// The `(pid, fd)` of the unclaimed connect events on path `path_id`: a server whose client
-    /// has not claimed looks among them for its client (by socket inode, outside the lock).
-    pub(super) fn unclaimed_connects(&self, path_id: u32) -> Vec<(u32, i32)> {
-        self.connects.iter().filter(|(_, seen)| seen.path_id == path_id).map(|(&key, _)| key).collect()
-    }
-
-    /// For a server end granted on its socket's evidence: its accept event if it came already,
-    /// else `None`, and the event is noted as due so that [`Registry::record`] drops it when it
-    /// comes (it must not wait unclaimed, nor be taken by a later accept of the same fd number).
-    pub(super) fn accept_event_or_due(&mut self, pid: u32, fd: i32, now: Instant) -> Option<Seen> {
-        let seen = self.accepts.remove(&(pid, fd));
-        if seen.is_none() {
-            let due = self.accepts_due.entry((pid, fd)).or_insert((0, now));
-            *due = (due.0 + 1, now);
+    /// Decides a verified claim (its control connection `stream`, watched under `token`): if
+    /// the other end's claim is held (its socket is this claim's peer, and this one its peer),
+    /// both are paired: the other is taken out, with a spare segment. Otherwise this claim is
+    /// held, unless `cap` claims are held already. A claim held or paired uses its kernel event
+    /// up.
+    pub(super) fn hold_or_pair(&mut self, claim: Verified, stream: UnixStream, token: u64, cap: usize, now: Instant) -> Step {
+        // A held client whose server had not accepted yet knew no peer inode (0): the new
+        // claim's socket, whose peer it is, is that peer.
+        let is_partner = |h: &Held| h.claim.role != claim.role && (h.claim.peer == claim.inode || h.claim.peer == 0);
+        if self.held.get(&claim.peer).is_some_and(is_partner) {
+            let partner = self.held.remove(&claim.peer).expect("checked above");
+            self.held_tokens.remove(&partner.token);
+            if let Some(at) = claim.event {
+                self.take_event(at);
+            }
+            return Step::Pair { partner, spare: self.spares.pop(), stream };
         }
-        seen
-    }
-
-    /// See the field `generation`.
-    pub(super) fn generation(&self) -> u64 {
-        self.generation
-    }
-
-    // ---- memories ---------------------------------------------------------------------------
-
-    /// Whether `pid` carries the hook, if that was checked less than `ttl` before `now`.
-    pub(super) fn hook_known(&self, pid: u32, now: Instant, ttl: Duration) -> Option<bool> {
-        match self.hooked.get(&pid) {
-            Some(&(hooked, at)) if now.saturating_duration_since(at) < ttl => Some(hooked),
-            _ => None,
+        let replaces = self.held.contains_key(&claim.inode);
+        if !replaces && self.held.len() >= cap {
+            return Step::Full { stream };
         }
+        if let Some(at) = claim.event {
+            self.take_event(at);
+        }
+        let inode = claim.inode;
+        let replaced = self.held.insert(inode, Held { token, claim, since: now, stream });
+        if let Some(old) = &replaced {
+            self.held_tokens.remove(&old.token);
+        }
+        self.held_tokens.insert(token, inode);
+        Step::Held { replaced }
     }
 
-    /// Remembers whether `pid` carries the hook, as checked at `now`.
-    pub(super) fn remember_hook(&mut self, pid: u32, hooked: bool, now: Instant) {
-        self.hooked.insert(pid, (hooked, now));
+    /// Takes out the held claim watched under `token` (its control connection ended), if it is
+    /// still held; its peer socket is remembered as unpaired.
+    pub(super) fn take_held(&mut self, token: u64, now: Instant) -> Option<Held> {
+        let inode = self.held_tokens.remove(&token)?;
+        let held = self.held.remove(&inode)?;
+        self.unpaired_peers.insert(held.claim.peer, now);
+        Some(held)
     }
 
-    /// Remembers that the server of the client socket `client_inode` stayed plain.
-    pub(super) fn server_stayed_plain(&mut self, client_inode: u32, now: Instant) {
-        self.plain_servers.insert(client_inode, now);
-    }
-
-    /// Whether the server of client socket `client_inode` stayed plain (forgotten once asked).
-    pub(super) fn take_server_stayed_plain(&mut self, client_inode: u32) -> bool {
-        self.plain_servers.remove(&client_inode).is_some()
+    /// The held claims, as `(token, pid, fd, inode)`, for the sweep to check that each claimed
+    /// socket is still there (outside the lock).
+    pub(super) fn held_to_check(&self) -> Vec<(u64, u32, i32, u32)> {
+        self.held.values().map(|h| (h.token, h.claim.end.pid, h.claim.end.fd, h.claim.inode)).collect()
     }
 
     // ---- connections ------------------------------------------------------------------------
 
-    /// Live connections (pending, active, or plain/closed not yet reaped).
+    /// Live connections (migrating, swapped, or plain/closed not yet reaped).
     pub(super) fn live_count(&self) -> usize {
         self.live.len()
     }
@@ -306,173 +553,64 @@ impl Registry {
         self.live.values()
     }
 
-    /// Client claims waiting for their server.
-    pub(super) fn pending_count(&self) -> usize {
-        self.pending.len()
-    }
-
-    /// Kernel connect/accept events recorded and not yet claimed or expired.
-    pub(super) fn unclaimed_events(&self) -> usize {
-        self.connects.len() + self.accepts.len()
-    }
-
-    /// Takes the pending connection whose client socket is `client_inode` (a server claims it).
-    pub(super) fn take_pending(&mut self, client_inode: u32) -> Option<u64> {
-        self.pending.remove(&client_inode)
-    }
-
-    /// Admits a client's claim as a new pending connection, unless `max` connections are live:
-    /// then the claim is handed back (its segment is dropped after the lock). The check and the
-    /// insert are one step, so concurrent claims cannot overshoot the limit.
-    pub(super) fn admit_client(&mut self, max: usize, client: NewClient, now: Instant) -> Result<u64, NewClient> {
+    /// Admits a pair as a live connection, unless `max` connections are live: then it is handed
+    /// back (its segment is dropped after the lock). The check and the insert are one step, so
+    /// concurrent pairs cannot overshoot the limit.
+    pub(super) fn admit(&mut self, max: usize, pair: NewConnection, now: Instant) -> Result<u64, NewConnection> {
         if self.live.len() >= max {
-            return Err(client);
+            return Err(pair);
         }
         let id = self.next_id;
         self.next_id += 1;
-        self.pending.insert(client.inode, id);
-        self.live.insert(
-            id,
-            Connection {
-                id,
-                waiting_since: now,
-                client_inode: client.inode,
-                plain_traced: false,
-                path: client.path,
-                client: client.end,
-                server: None,
-                segment: client.segment,
-                decision_watch: None,
-            },
-        );
-        self.generation += 1;
+        let NewConnection { path, client, server, inodes, connected_ns, segment } = pair;
+        self.live.insert(id, Connection { id, path, client, server, inodes, segment, paired_at: now, connected_ns, swapped_traced: false });
         Ok(id)
     }
 
-    /// Joins server end `end` to connection `id`: marks the server present and turns the segment
-    /// active. `None` if the connection is gone or no longer pending (the sweep turned it plain,
-    /// or the client's hook did): the server stays plain.
-    pub(super) fn join_server(&mut self, id: u64, end: EndInfo) -> Option<Joined> {
-        let conn = self.live.get_mut(&id)?;
-        conn.segment.set_tssx_bit(End::Server, true);
-        // Release, before the Active transition: a client that sees Active must also see the
-        // server end present, not "gone" (refcount 0) while its hook maps the segment.
-        conn.segment.header().refcount[End::Server.index()].store(1, Ordering::Release);
-        conn.segment.transition(SegmentState::Pending, SegmentState::Active).ok()?;
-        conn.server = Some(end);
-        Some(Joined {
-            path: conn.path.clone(),
-            client: conn.client.clone(),
-            segment: Arc::clone(&conn.segment),
-            // After the transition: the client sees Active when this closes.
-            watch: conn.decision_watch.take(),
-        })
-    }
-
-    /// Keeps a client's claim connection open while connection `id` is pending (see
-    /// [`Connection::decision_watch`]); hands it back, to be closed, if the connection is
-    /// already decided or gone.
-    pub(super) fn keep_decision_watch(&mut self, id: u64, stream: UnixStream) -> Option<UnixStream> {
-        match self.live.get_mut(&id) {
-            Some(conn) if conn.segment.state() == Some(SegmentState::Pending) => {
-                conn.decision_watch = Some(stream);
-                None
+    /// The `swapped` lines of the connections that completed their migration since the last
+    /// call (each connection's once).
+    pub(super) fn take_swapped(&mut self) -> Vec<SwappedLine> {
+        let mut lines = Vec::new();
+        for conn in self.live.values_mut().filter(|c| !c.swapped_traced) {
+            if let Some(line) = conn.swapped_line() {
+                conn.swapped_traced = true;
+                lines.push(line);
             }
-            _ => Some(stream),
         }
+        lines
     }
 
     // ---- lifecycle --------------------------------------------------------------------------
 
-    /// Forgets what is too old at `now`: unclaimed events, hook answers, plain-server memories,
-    /// and accept events that were due but never came (lost in a full ring buffer: they must not
-    /// swallow a later accept of the same fd).
-    pub(super) fn forget_stale(&mut self, now: Instant, timing: &Timing) {
-        let fresh = |at: Instant, ttl: Duration| now.saturating_duration_since(at) < ttl;
-        self.connects.retain(|_, s| fresh(s.at, timing.event_ttl));
-        self.accepts.retain(|_, s| fresh(s.at, timing.event_ttl));
-        self.hooked.retain(|_, (_, at)| fresh(*at, timing.hook_check_ttl));
-        self.plain_servers.retain(|_, at| fresh(*at, timing.event_ttl));
-        self.accepts_due.retain(|_, (_, at)| fresh(*at, timing.event_wait));
-    }
-
-    /// Whether some connection has waited for its server longer than `ttl` at `now`.
-    pub(super) fn any_overdue(&self, now: Instant, ttl: Duration) -> bool {
-        self.live.values().any(|c| c.overdue(now, ttl))
-    }
-
-    /// Overdue connections whose client socket is still in a listener's accept queue (`queued`)
-    /// wait on, from `now`: the server has not accepted yet, however long it takes.
-    pub(super) fn keep_queued_waiting(&mut self, queued: &HashSet<u32>, now: Instant, ttl: Duration) {
-        for conn in self.live.values_mut() {
-            if conn.overdue(now, ttl) && queued.contains(&conn.client_inode) {
-                conn.waiting_since = now;
-            }
-        }
-    }
-
-    /// Turns plain every connection still overdue at `now`: accepted, and its server never
-    /// claimed (it has no hook); the client replays what it wrote.
-    pub(super) fn expire_overdue(&mut self, now: Instant, ttl: Duration) -> Vec<Expired> {
-        let overdue: Vec<u64> = self.live.values().filter(|c| c.overdue(now, ttl)).map(|c| c.id).collect();
-        let mut expired = Vec::new();
-        for id in overdue {
-            self.pending.retain(|_, v| *v != id);
-            let Some(conn) = self.live.get_mut(&id) else { continue };
-            if conn.segment.transition(SegmentState::Pending, SegmentState::Plain).is_ok() {
-                conn.plain_traced = true;
-                expired.push(Expired { id, path: conn.path.clone(), client_pid: conn.client.pid, watch: conn.decision_watch.take() });
-            }
-        }
-        expired
+    /// Forgets the unpaired peers older than [`UNPAIRED_MEMORY`] at `now`.
+    pub(super) fn forget_stale(&mut self, now: Instant) {
+        self.unpaired_peers.retain(|_, at| now.saturating_duration_since(*at) < UNPAIRED_MEMORY);
     }
 
     /// The pids of the live connections' ends not yet in `alive` (for [`Registry::reap`]).
     pub(super) fn pids_unknown_to(&self, alive: &Alive) -> Vec<u32> {
-        let mut pids: Vec<u32> = self
-            .live
-            .values()
-            .flat_map(|c| std::iter::once(c.client.pid).chain(c.server.as_ref().map(|s| s.pid)))
-            .filter(|&pid| !alive.knows(pid))
-            .collect();
+        let mut pids: Vec<u32> = self.live.values().flat_map(|c| [c.client.pid, c.server.pid]).filter(|&pid| !alive.knows(pid)).collect();
         pids.sort_unstable();
         pids.dedup();
         pids
     }
 
-    /// Takes out the connections that are over: plain, both ends closed (refcounts 0 once the
-    /// server joined), or both processes gone (by `alive`; an unknown pid counts as alive).
-    /// When that leaves no connection live, the spares go too (an idle agent holds no memfd).
-    pub(super) fn reap(&mut self, alive: &Alive) -> Reaped {
-        let dead: Vec<u64> = self
-            .live
-            .values()
-            .filter(|c| {
-                c.segment.state() == Some(SegmentState::Plain)
-                    // Acquire: the segment is freed only after what its ends did before letting go.
-                    || (c.server.is_some() && c.segment.header().refcount.iter().all(|r| r.load(Ordering::Acquire) == 0))
-                    || (!alive.is_alive(c.client.pid) && c.server.as_ref().is_none_or(|s| !alive.is_alive(s.pid)))
-            })
-            .map(|c| c.id)
-            .collect();
-        let freed: Vec<Connection> = dead.iter().filter_map(|id| self.live.remove(id)).collect();
+    /// Takes out the connections that are over at `now` (see [`Finished`]; a pid `alive` does
+    /// not know counts as alive). When that leaves no connection live, the spares go too (an
+    /// idle agent holds no memfd).
+    pub(super) fn reap(&mut self, alive: &Alive, now: Instant, join_timeout: Duration) -> Reaped {
+        let over: Vec<(u64, Finished)> =
+            self.live.values().filter_map(|c| c.finished(alive, now, join_timeout).map(|why| (c.id, why))).collect();
+        let freed: Vec<(Connection, Finished)> = over.into_iter().filter_map(|(id, why)| Some((self.live.remove(&id)?, why))).collect();
         let mut reaped = Reaped { spares: Vec::new(), freed };
         if !reaped.freed.is_empty() && self.live.is_empty() {
             reaped.spares = std::mem::take(&mut self.spares);
             self.spares_generation += 1;
         }
-        for conn in &reaped.freed {
-            self.pending.retain(|_, v| *v != conn.id);
-        }
         reaped
     }
 
     // ---- spare segments ---------------------------------------------------------------------
-
-    /// Takes a spare segment: it is the caller's alone from here, never handed out again.
-    pub(super) fn pop_spare(&mut self) -> Option<Segment> {
-        self.spares.pop()
-    }
 
     /// Spare segments ready.
     pub(super) fn spare_count(&self) -> usize {
@@ -502,6 +640,8 @@ impl Registry {
 
 #[cfg(test)]
 mod tests {
+    use tssx_common::segment::{JOIN_MAPPED, JOIN_REFUSED};
+
     use super::*;
 
     fn segment() -> Arc<Segment> {
@@ -515,94 +655,257 @@ mod tests {
     fn event(kind: EventKind, pid: u32, fd: i32, new_fd: i32) -> Event {
         let mut comm = [0u8; tssx_common::COMM_LEN];
         comm[..4].copy_from_slice(b"proc");
-        Event { ts_ns: 0, kind: kind as u32, path_id: 0, pid, tgid: pid, uid: 0, fd, new_fd, other_pid: 0, comm }
+        Event { ts_ns: 5, kind: kind as u32, path_id: 0, pid, tgid: pid, uid: 0, fd, new_fd, other_pid: 0, comm }
     }
 
-    fn admit(registry: &mut Registry, inode: u32, pid: u32, now: Instant) -> u64 {
-        let client = NewClient { inode, end: end(pid, 3), path: "/p".into(), segment: segment() };
-        registry.admit_client(usize::MAX, client, now).ok().expect("admitted")
+    fn verified(role: Role, pid: u32, inode: u32, peer: u32) -> Verified {
+        Verified { role, end: end(pid, 3), inode, peer, path_id: 0, event_ns: None, event: None }
+    }
+
+    fn stream() -> UnixStream {
+        UnixStream::pair().unwrap().0
+    }
+
+    fn pair(client_pid: u32, server_pid: u32, n: u32) -> NewConnection {
+        NewConnection {
+            path: "/p".into(),
+            client: end(client_pid, 3),
+            server: end(server_pid, 4),
+            inodes: [n, n + 1000],
+            connected_ns: 0,
+            segment: segment(),
+        }
+    }
+
+    fn admit(registry: &mut Registry, client_pid: u32, server_pid: u32, now: Instant) -> u64 {
+        registry.admit(usize::MAX, pair(client_pid, server_pid, client_pid), now).ok().expect("admitted")
+    }
+
+    fn join(segment: &Segment, end: End) {
+        let header = segment.header();
+        // Release/SeqCst, as a hook's join does.
+        header.refcount[end.index()].store(1, Ordering::Release);
+        header.ends[end.index()].joined.store(JOIN_MAPPED, Ordering::SeqCst);
     }
 
     #[test]
-    fn events_are_recorded_taken_once_and_forgotten() {
+    fn events_are_kept_until_used_up_or_replaced() {
         let mut registry = Registry::default();
-        let now = Instant::now();
-        assert!(registry.record(&event(EventKind::Connect, 10, 3, -1), now));
-        assert!(registry.record(&event(EventKind::Accept, 20, 4, 5), now));
-        assert!(!registry.record(&event(EventKind::Bind, 20, 4, -1), now), "only connect and accept are kept");
-        assert_eq!(registry.generation(), 2);
-        assert_eq!(registry.unclaimed_events(), 2);
-        let seen = registry.take_connect(10, 3).unwrap();
-        assert_eq!(seen.end, EndInfo { pid: 10, comm: "proc".into(), fd: 3 });
-        assert!(registry.take_connect(10, 3).is_none(), "an event is used up by one claim");
-        assert!(registry.take_accept(20, 4).is_none(), "an accept is keyed by the accepted fd");
-        registry.record(&event(EventKind::Connect, 11, 3, -1), now);
-        registry.forget_stale(now + Timing::default().event_ttl, &Timing::default());
-        assert_eq!(registry.unclaimed_events(), 0);
+        assert!(registry.record(&event(EventKind::Connect, 10, 3, -1)).is_none());
+        assert!(registry.record(&event(EventKind::Accept, 20, 4, 5)).is_none());
+        assert!(registry.record(&event(EventKind::Bind, 20, 4, -1)).is_none());
+        assert_eq!(registry.unclaimed_events(), 2, "only connect and accept are kept");
+        let (seen, at) = registry.event(Side::Connect, 10, 3).unwrap();
+        assert_eq!((seen.end, seen.ts_ns), (EndInfo { pid: 10, comm: "proc".into(), fd: 3 }, 5));
+        assert!(registry.event(Side::Accept, 20, 4).is_none(), "an accept is keyed by the accepted fd");
+        assert!(registry.event(Side::Accept, 20, 5).is_some());
+        // A claim held uses its event up.
+        let mut claim = verified(Role::Client, 10, 100, 200);
+        claim.event = Some(at);
+        assert!(matches!(registry.hold_or_pair(claim, stream(), 1, 8, Instant::now()), Step::Held { replaced: None }));
+        assert!(registry.event(Side::Connect, 10, 3).is_none());
+        // A new connect of the same fd replaces an unclaimed one: its socket is gone.
+        registry.record(&event(EventKind::Connect, 11, 3, -1));
+        assert_eq!(registry.record(&event(EventKind::Connect, 11, 3, -1)).map(|s| s.end.pid), Some(11));
+        assert!(registry.record(&event(EventKind::Accept, 20, 4, 5)).is_none(), "a replaced accept is no connection of its own");
     }
 
     #[test]
-    fn an_accept_due_is_dropped_once_then_recorded_again() {
+    fn the_sweep_learns_event_sockets_and_drops_gone_ones() {
+        let mut registry = Registry::default();
+        for pid in 1..=4 {
+            registry.record(&event(EventKind::Connect, pid, 3, -1));
+        }
+        registry.record(&event(EventKind::Accept, 9, 3, 7));
+        let checks = registry.events_to_check();
+        assert_eq!(checks.len(), 5);
+        let at = |pid| checks.iter().find(|c| c.fd().0 == pid).unwrap().at;
+        // 1: a socket (learnt); 2: gone; 3: a socket, later another one; 4: the peer of a claim
+        // that ended unpaired; the accept: gone (not counted: its connect counts the connection).
+        let first = registry.apply_event_checks(&[
+            (at(1), FdNow::Socket(101)),
+            (at(2), FdNow::Gone),
+            (at(3), FdNow::Socket(103)),
+            (at(4), FdNow::Socket(104)),
+            (at(9), FdNow::Gone),
+        ]);
+        assert_eq!(first.iter().map(|s| s.end.pid).collect::<Vec<_>>(), [2]);
+        assert_eq!(registry.unclaimed_events(), 3);
+        let mut claim = verified(Role::Server, 50, 500, 104);
+        claim.end.fd = 8;
+        registry.hold_or_pair(claim, stream(), 7, 8, Instant::now());
+        assert!(registry.take_held(7, Instant::now()).is_some());
+        // 3's socket was learnt in the first sweep: another socket under its fd now means gone.
+        let second = registry.apply_event_checks(&[(at(1), FdNow::Socket(101)), (at(3), FdNow::Socket(999)), (at(4), FdNow::Gone)]);
+        assert_eq!(second.iter().map(|s| s.end.pid).collect::<Vec<_>>(), [3], "4's connection is counted as unpaired, not short-lived");
+        assert_eq!(registry.unclaimed_events(), 1);
+        // A check of an event replaced meanwhile does nothing.
+        registry.record(&event(EventKind::Connect, 1, 3, -1));
+        assert!(registry.apply_event_checks(&[(at(1), FdNow::Gone)]).is_empty());
+        assert_eq!(registry.unclaimed_events(), 1);
+    }
+
+    #[test]
+    fn events_beyond_the_cap_forget_the_oldest() {
+        let mut registry = Registry::default();
+        for i in 0..=EVENT_CAP as u32 {
+            registry.record(&event(EventKind::Connect, 1 + i / 1000, (i % 1000) as i32, -1));
+        }
+        assert!(registry.unclaimed_events() <= EVENT_CAP);
+        assert!(registry.event(Side::Connect, 1, 0).is_none(), "the oldest went");
+        let last = EVENT_CAP as u32;
+        assert!(registry.event(Side::Connect, 1 + last / 1000, (last % 1000) as i32).is_some(), "the newest stayed");
+    }
+
+    #[test]
+    fn claims_are_held_then_paired_with_the_other_end() {
         let mut registry = Registry::default();
         let now = Instant::now();
-        assert!(registry.accept_event_or_due(20, 5, now).is_none());
-        assert!(!registry.record(&event(EventKind::Accept, 20, 4, 5), now), "the due event is dropped");
-        assert_eq!(registry.unclaimed_events(), 0);
-        assert!(registry.record(&event(EventKind::Accept, 20, 4, 5), now), "a later accept of the fd is kept");
-        assert_eq!(registry.accept_event_or_due(20, 5, now).map(|s| s.end.fd), Some(5));
-        // One that never comes is forgotten after the event wait.
-        assert!(registry.accept_event_or_due(20, 6, now).is_none());
-        registry.forget_stale(now + Timing::default().event_wait, &Timing::default());
-        assert!(registry.record(&event(EventKind::Accept, 20, 4, 6), now));
+        assert!(matches!(registry.hold_or_pair(verified(Role::Server, 20, 200, 100), stream(), 1, 8, now), Step::Held { replaced: None }));
+        assert_eq!(registry.held_count(), 1);
+        assert_eq!(registry.held_client_path(200), None, "a held server is no verified client");
+        // Another connection's client: held too.
+        assert!(matches!(registry.hold_or_pair(verified(Role::Client, 11, 101, 201), stream(), 2, 8, now), Step::Held { .. }));
+        assert_eq!(registry.held_client_path(101), Some(0));
+        // The first one's client: paired with the held server.
+        match registry.hold_or_pair(verified(Role::Client, 10, 100, 200), stream(), 3, 8, now) {
+            Step::Pair { partner, spare, .. } => {
+                assert_eq!((partner.token, partner.claim.role, partner.claim.inode), (1, Role::Server, 200));
+                assert!(spare.is_none());
+            }
+            _ => panic!("paired"),
+        }
+        assert_eq!(registry.held_count(), 1);
+        assert!(registry.take_held(1, now).is_none(), "the paired claim's token is gone");
+        assert_eq!(registry.take_held(2, now).map(|h| h.claim.inode), Some(101));
+        assert_eq!(registry.held_count(), 0);
+    }
+
+    #[test]
+    fn pairing_needs_matching_inodes_and_opposite_roles() {
+        let mut registry = Registry::default();
+        let now = Instant::now();
+        registry.hold_or_pair(verified(Role::Client, 10, 100, 200), stream(), 1, 8, now);
+        // Same role on the peer socket: not a pair (held).
+        assert!(matches!(registry.hold_or_pair(verified(Role::Client, 20, 200, 100), stream(), 2, 8, now), Step::Held { .. }));
+        // A server whose peer is the held client, but the client's peer is another socket.
+        assert!(matches!(registry.hold_or_pair(verified(Role::Server, 30, 300, 100), stream(), 3, 8, now), Step::Held { .. }));
+        // A second claim of the same socket replaces the first (its connection is closed after
+        // the lock).
+        match registry.hold_or_pair(verified(Role::Client, 10, 100, 200), stream(), 4, 8, now) {
+            Step::Held { replaced: Some(old) } => assert_eq!(old.token, 1),
+            _ => panic!("replaced"),
+        }
+        assert!(registry.take_held(1, now).is_none());
+        assert_eq!(registry.held_count(), 3);
+    }
+
+    #[test]
+    fn held_claims_are_capped() {
+        let mut registry = Registry::default();
+        let now = Instant::now();
+        for i in 0..4 {
+            assert!(matches!(
+                registry.hold_or_pair(verified(Role::Client, 10, 100 + i, 200 + i), stream(), i.into(), 4, now),
+                Step::Held { .. }
+            ));
+        }
+        assert!(matches!(registry.hold_or_pair(verified(Role::Client, 10, 150, 250), stream(), 9, 4, now), Step::Full { .. }));
+        // At the cap, a pair is still made (it frees a place), and a replacement still held.
+        assert!(matches!(registry.hold_or_pair(verified(Role::Server, 20, 200, 100), stream(), 10, 4, now), Step::Pair { .. }));
+        assert!(matches!(
+            registry.hold_or_pair(verified(Role::Client, 10, 101, 201), stream(), 11, 4, now),
+            Step::Held { replaced: Some(_) }
+        ));
     }
 
     #[test]
     fn the_limit_is_checked_when_admitting() {
         let mut registry = Registry::default();
         let now = Instant::now();
-        let first = NewClient { inode: 1, end: end(10, 3), path: "/p".into(), segment: segment() };
-        assert_eq!(registry.admit_client(1, first, now).ok(), Some(1));
-        let second = NewClient { inode: 2, end: end(10, 4), path: "/p".into(), segment: segment() };
-        assert!(registry.admit_client(1, second, now).is_err());
-        assert_eq!((registry.live_count(), registry.pending_count()), (1, 1));
-        assert_eq!(registry.take_pending(2), None);
-        assert_eq!(registry.take_pending(1), Some(1));
+        assert_eq!(registry.admit(1, pair(10, 20, 1), now).ok(), Some(1));
+        assert!(registry.admit(1, pair(11, 20, 2), now).is_err());
+        assert_eq!(registry.live_count(), 1);
     }
 
     #[test]
     fn reap_rules() {
         let mut registry = Registry::default();
         let now = Instant::now();
-        // 1: plain; 2: joined, both ends closed; 3: joined, one end still open; 4: pending, client
-        // dead; 5: joined, client dead, server alive; 6: joined, both dead; 7: pending, alive.
-        let ids: Vec<u64> = (1..=7).map(|i| admit(&mut registry, i, 100 + i, now)).collect();
-        let conn = |r: &Registry, id: u64| Arc::clone(&r.live[&id].segment);
-        conn(&registry, ids[0]).transition(SegmentState::Pending, SegmentState::Plain).unwrap();
-        for &id in [&ids[1..3], &ids[4..6]].concat().iter() {
-            assert_eq!(registry.take_pending(id as u32), Some(id), "inode i is connection i");
-            assert!(registry.join_server(id, end(200 + id as u32, 4)).is_some());
+        let ids: Vec<u64> = (1..=8).map(|i| admit(&mut registry, 100 + i, 200 + i, now)).collect();
+        let seg: Vec<Arc<Segment>> = ids.iter().map(|id| Arc::clone(&registry.live[id].segment)).collect();
+        // 1: plain, given up (one end refused); 2: both joined, both closed; 3: both joined, one
+        // open; 4: nobody joined, young; 5: client dead, server alive; 6: both dead; 7: swapped,
+        // then handed back (plain); 8: nobody joined, old.
+        seg[0].header().ends[0].joined.store(JOIN_REFUSED, Ordering::SeqCst);
+        seg[0].transition(SegmentState::Pending, SegmentState::Plain).unwrap();
+        for &i in &[1, 2, 4, 5, 6] {
+            join(&seg[i], End::Client);
+            join(&seg[i], End::Server);
         }
         // Release, as a hook's last close does.
-        let closed = conn(&registry, ids[1]);
-        closed.header().refcount.iter().for_each(|r| r.store(0, Ordering::Release));
-        let half = conn(&registry, ids[2]);
-        half.header().refcount[End::Client.index()].store(0, Ordering::Release);
+        seg[1].header().refcount.iter().for_each(|r| r.store(0, Ordering::Release));
+        seg[2].header().refcount[0].store(0, Ordering::Release);
+        seg[6].header().ends[0].switch_at.store(10, Ordering::SeqCst);
+        seg[6].transition(SegmentState::Pending, SegmentState::Active).unwrap();
+        seg[6].transition(SegmentState::Active, SegmentState::Plain).unwrap();
         let mut alive = Alive::default();
         for pid in registry.pids_unknown_to(&alive) {
             alive.insert(pid, true);
         }
-        alive.insert(104, false);
         alive.insert(105, false);
         alive.insert(106, false);
         alive.insert(206, false);
-        let reaped = registry.reap(&alive);
-        let freed: Vec<u64> = reaped.freed.iter().map(|c| c.id).collect();
-        assert_eq!(freed, [1, 2, 4, 6]);
+        registry.live.get_mut(&8).unwrap().paired_at = now - Duration::from_secs(11);
+        let reaped = registry.reap(&alive, now, Duration::from_secs(10));
+        let freed: Vec<(u64, Finished)> = reaped.freed.iter().map(|(c, why)| (c.id, *why)).collect();
+        assert_eq!(
+            freed,
+            [
+                (1, Finished::GaveUp),
+                (2, Finished::Closed),
+                (6, Finished::ProcessesGone),
+                (7, Finished::HandedBack),
+                (8, Finished::NeverJoined)
+            ]
+        );
         assert!(reaped.spares.is_empty(), "connections are still live");
-        assert_eq!(registry.connections().map(|c| c.id).collect::<Vec<_>>(), [3, 5, 7]);
-        assert_eq!(registry.pending_count(), 1, "only 7 still waits for its server (4 left with its reap)");
+        assert_eq!(registry.connections().map(|c| c.id).collect::<Vec<_>>(), [3, 4, 5]);
         // A pid nobody asked about counts as alive: nothing more goes.
-        assert!(registry.reap(&Alive::default()).freed.is_empty());
+        assert!(registry.reap(&Alive::default(), now, Duration::from_secs(10)).freed.is_empty());
+        // 4 is reaped once the join timeout passed.
+        let later = registry.reap(&Alive::default(), now + Duration::from_secs(11), Duration::from_secs(10));
+        assert_eq!(later.freed.iter().map(|(c, _)| c.id).collect::<Vec<_>>(), [4]);
+    }
+
+    #[test]
+    fn swapped_is_reported_once_both_ends_are_active() {
+        let mut registry = Registry::default();
+        let mut new = pair(10, 20, 1);
+        new.connected_ns = 1_000_000;
+        let id = registry.admit(8, new, Instant::now()).ok().expect("admitted");
+        assert!(registry.take_swapped().is_empty());
+        let segment = Arc::clone(&registry.live[&id].segment);
+        let header = segment.header();
+        header.ends[0].switch_at.store(3, Ordering::SeqCst);
+        header.ends[1].switch_at.store(0, Ordering::SeqCst);
+        header.ends[0].active_ns.store(2_000_000, Ordering::Relaxed);
+        assert!(registry.take_swapped().is_empty(), "one end is not active yet");
+        header.ends[1].active_ns.store(3_500_000, Ordering::Relaxed);
+        let lines = registry.take_swapped();
+        assert_eq!(
+            lines,
+            [SwappedLine {
+                id,
+                path: "/p".into(),
+                client: "10/p10".into(),
+                server: "20/p20".into(),
+                switched_client_to_server: 3,
+                switched_server_to_client: 0,
+                migrated_after_us: 2500,
+            }]
+        );
+        assert!(registry.take_swapped().is_empty(), "once");
     }
 
     #[test]
@@ -610,13 +913,13 @@ mod tests {
         let mut registry = Registry::default();
         let now = Instant::now();
         assert!(!registry.wants_spares(4), "no spares while nothing is live");
-        let id = admit(&mut registry, 1, 10, now);
+        let id = admit(&mut registry, 10, 20, now);
         assert!(registry.wants_spares(4));
         let generation = registry.spares_generation();
         assert!(registry.add_spare(Segment::create(4096).unwrap(), generation).is_ok());
         let made_meanwhile = Segment::create(4096).unwrap();
         registry.live[&id].segment.transition(SegmentState::Pending, SegmentState::Plain).unwrap();
-        let reaped = registry.reap(&Alive::default());
+        let reaped = registry.reap(&Alive::default(), now, Duration::from_secs(10));
         assert_eq!((reaped.freed.len(), reaped.spares.len()), (1, 1));
         assert!(registry.add_spare(made_meanwhile, generation).is_err(), "created before the drop: not kept");
         assert_eq!(registry.spare_count(), 0);
@@ -625,24 +928,15 @@ mod tests {
     #[test]
     fn a_spare_is_handed_out_once() {
         let mut registry = Registry::default();
-        admit(&mut registry, 1, 10, Instant::now());
+        let now = Instant::now();
+        admit(&mut registry, 10, 20, now);
         let generation = registry.spares_generation();
         registry.add_spare(Segment::create(4096).unwrap(), generation).unwrap();
-        assert!(registry.pop_spare().is_some());
-        assert!(registry.pop_spare().is_none());
-    }
-
-    #[test]
-    fn decision_watch_is_kept_only_while_pending() {
-        let mut registry = Registry::default();
-        let id = admit(&mut registry, 1, 10, Instant::now());
-        let (a, _b) = UnixStream::pair().unwrap();
-        assert!(registry.keep_decision_watch(id, a).is_none(), "pending: kept");
-        let joined = registry.join_server(id, end(20, 4)).unwrap();
-        assert!(joined.watch.is_some(), "the join hands the watch back to be closed");
-        let (c, _d) = UnixStream::pair().unwrap();
-        assert!(registry.keep_decision_watch(id, c).is_some(), "active: handed back");
-        let (e, _f) = UnixStream::pair().unwrap();
-        assert!(registry.keep_decision_watch(999, e).is_some(), "gone: handed back");
+        registry.hold_or_pair(verified(Role::Client, 11, 100, 200), stream(), 1, 8, now);
+        let Step::Pair { spare, .. } = registry.hold_or_pair(verified(Role::Server, 21, 200, 100), stream(), 2, 8, now) else { panic!() };
+        assert!(spare.is_some());
+        registry.hold_or_pair(verified(Role::Client, 12, 101, 201), stream(), 3, 8, now);
+        let Step::Pair { spare, .. } = registry.hold_or_pair(verified(Role::Server, 22, 201, 101), stream(), 4, 8, now) else { panic!() };
+        assert!(spare.is_none());
     }
 }

@@ -1,11 +1,11 @@
-//! What `tssx-agent status` shows: the live connections, and the agent's resource counts
-//! (`status --stats`). Read under the registry lock (memory only); serialised by the caller
-//! after it.
+//! What `tssx-agent status` shows: the live connections, and the agent's counters and resource
+//! counts (`status --stats`). Read under the registry lock (memory only); serialised by the
+//! caller after it.
 
 use std::{collections::BTreeMap, sync::atomic::Ordering};
 
 use serde::Serialize;
-use tssx_common::segment::SegmentState;
+use tssx_common::segment::{End, SegmentState};
 
 use super::{registry::EndInfo, Control};
 
@@ -18,23 +18,31 @@ pub struct ConnectionStatus {
     pub path: String,
     /// The connecting end.
     pub client: EndInfo,
-    /// The accepting end, once it joined.
-    pub server: Option<EndInfo>,
-    /// `pending`, `active`, `plain` or `closed`.
+    /// The accepting end.
+    pub server: EndInfo,
+    /// The client's and the server's socket inodes (as `ss -x` and `/proc/PID/fd` show them).
+    pub socket_inodes: [u32; 2],
+    /// `migrating` (handed out, not committed yet), `swapped` (some direction moved onto the
+    /// rings), `plain` (given up or handed back; freed soon) or `closed`.
     pub state: String,
+    /// Bytes the client wrote to the socket before its writes moved onto its ring (`null`:
+    /// not yet).
+    pub switched_client_to_server: Option<u64>,
+    /// Bytes the server wrote to the socket before its writes moved onto its ring.
+    pub switched_server_to_client: Option<u64>,
     /// Bytes the client wrote through shared memory.
     pub bytes_client_to_server: u64,
     /// Bytes the server wrote through shared memory.
     pub bytes_server_to_client: u64,
 }
 
-/// Counts of the agent's resources (`tssx-agent status --stats`): what must stay flat however
-/// many connections come and go.
+/// The agent's counters and resource counts (`tssx-agent status --stats`): the resource counts
+/// must stay flat however many connections come and go.
 #[derive(Debug, Serialize)]
 pub struct Stats {
     /// The agent's pid.
     pub pid: u32,
-    /// Segments the agent holds (pending, active, or plain/closed not yet swept).
+    /// Segments the agent holds (migrating, swapped, or plain/closed not yet freed).
     pub live_segments: usize,
     /// `--max-connections`.
     pub max_connections: usize,
@@ -42,11 +50,31 @@ pub struct Stats {
     pub ring_size: usize,
     /// Bytes of shared memory the live segments span.
     pub segment_bytes: u64,
-    /// Fresh segments created ahead of claims (not counted in `live_segments`).
+    /// Fresh segments created ahead of pairs (not counted in `live_segments`).
     pub spare_segments: usize,
-    /// Client claims waiting for their server.
-    pub pending_claims: usize,
-    /// Kernel connect/accept events recorded and not yet claimed or expired.
+    /// Claims received (well-formed claim requests), since the start.
+    pub claims: u64,
+    /// Claims held now, waiting for the other end's.
+    pub held_claims: usize,
+    /// Most claims held at once.
+    pub max_held_claims: usize,
+    /// Connections paired (both ends got a segment), since the start.
+    pub paired: u64,
+    /// Connections whose ends both completed the migration onto the rings.
+    pub swapped: u64,
+    /// Paired connections freed before anything went on the rings (an end gave up, or both
+    /// closed or died first).
+    pub given_up: u64,
+    /// Connections whose sockets closed before either end claimed them (their kernel events
+    /// dropped unclaimed).
+    pub short_lived_plain: u64,
+    /// Held claims that ended without the other end's claim (peer without the hook, or gone).
+    pub peer_never_claimed: u64,
+    /// Forked claims answered "retry" (another process held the same end).
+    pub retried: u64,
+    /// Claims and requests refused (no kernel evidence, or malformed).
+    pub refused: u64,
+    /// Kernel connect/accept events kept and not claimed.
     pub unclaimed_events: usize,
     /// Control connections being served now (other than the one asking for these stats).
     pub control_connections: usize,
@@ -58,47 +86,65 @@ pub struct Stats {
 }
 
 impl Control {
-    /// The agent's resource counts.
+    /// The agent's counters and resource counts.
     pub fn stats(&self) -> Stats {
         let registry = self.lock();
-        let stats = Stats {
+        let (live_segments, segment_bytes) =
+            (registry.live_count(), registry.connections().map(|c| c.segment.layout().total_size as u64).sum());
+        let (spare_segments, held_claims, unclaimed_events) = (registry.spare_count(), registry.held_count(), registry.unclaimed_events());
+        drop(registry);
+        // Relaxed: counters, no data hangs on them.
+        let count = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        let counters = &self.counters;
+        Stats {
             pid: std::process::id(),
-            live_segments: registry.live_count(),
+            live_segments,
             max_connections: self.max_connections,
             ring_size: self.ring_size,
-            segment_bytes: registry.connections().map(|c| c.segment.layout().total_size as u64).sum(),
-            spare_segments: registry.spare_count(),
-            pending_claims: registry.pending_count(),
-            unclaimed_events: registry.unclaimed_events(),
-            // Relaxed: counters, no data hangs on them.
+            segment_bytes,
+            spare_segments,
+            claims: count(&counters.claims),
+            held_claims,
+            max_held_claims: self.max_held(),
+            paired: count(&counters.paired),
+            swapped: count(&counters.swapped),
+            given_up: count(&counters.given_up),
+            short_lived_plain: count(&counters.short_lived_plain),
+            peer_never_claimed: count(&counters.peer_never_claimed),
+            retried: count(&counters.retried),
+            refused: count(&counters.refused),
+            unclaimed_events,
             control_connections: self.load.serving.load(Ordering::Relaxed),
             control_connections_refused: self.load.refused.load(Ordering::Relaxed),
-            bpf_map_entries: BTreeMap::new(),
-        };
-        drop(registry);
-        Stats { bpf_map_entries: self.map_entries.lock().unwrap_or_else(|p| p.into_inner()).clone(), ..stats }
+            bpf_map_entries: self.map_entries.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        }
     }
 
     /// The live connections.
     pub fn status(&self) -> Vec<ConnectionStatus> {
         self.lock()
             .connections()
-            .map(|c| (c, c.bytes_each_way()))
-            .map(|(c, (bytes_client_to_server, bytes_server_to_client))| ConnectionStatus {
-                id: c.id,
-                path: c.path.clone(),
-                client: c.client.clone(),
-                server: c.server.clone(),
-                state: match c.segment.state() {
-                    Some(SegmentState::Pending) => "pending",
-                    Some(SegmentState::Active) => "active",
-                    Some(SegmentState::Plain) => "plain",
-                    Some(SegmentState::Closed) => "closed",
-                    None => "corrupt",
+            .map(|c| {
+                let (bytes_client_to_server, bytes_server_to_client) = c.bytes_each_way();
+                ConnectionStatus {
+                    id: c.id,
+                    path: c.path.clone(),
+                    client: c.client.clone(),
+                    server: c.server.clone(),
+                    socket_inodes: c.inodes,
+                    state: match c.segment.state() {
+                        Some(SegmentState::Pending) => "migrating",
+                        Some(SegmentState::Active) => "swapped",
+                        Some(SegmentState::Plain) => "plain",
+                        Some(SegmentState::Closed) => "closed",
+                        None => "corrupt",
+                    }
+                    .to_owned(),
+                    switched_client_to_server: c.switched_at(End::Client),
+                    switched_server_to_client: c.switched_at(End::Server),
+                    bytes_client_to_server,
+                    bytes_server_to_client,
                 }
-                .to_owned(),
-                bytes_client_to_server,
-                bytes_server_to_client,
             })
             .collect()
     }

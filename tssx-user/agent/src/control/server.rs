@@ -10,7 +10,10 @@
 //!
 //! Control connections are served by a pool of persistent worker threads blocked in `accept`
 //! (no thread is created per claim; the pool grows when all are busy, see `WorkerPool`), with
-//! blocking I/O and timeouts: claims are short.
+//! blocking I/O and timeouts: a claim is decided at once. A claim held for the other end's
+//! leaves its worker at once too: its connection goes to the registry, watched for its end by
+//! one thread ([`super::watch`]), and is answered by the worker that serves the other end's
+//! claim. Held claims are not "being served" (they are counted apart, and bounded).
 
 use std::{
     io::{Read as _, Write as _},
@@ -31,10 +34,16 @@ use std::{
 };
 
 use anyhow::Context as _;
-use tssx_common::control::{PlainReason, Reply, Request, RequestKind, Role, REQUEST_SIZE};
+use tssx_common::{
+    control::{PlainReason, Reply, Request, RequestKind, REQUEST_SIZE},
+    segment::SegmentState,
+};
 use tssx_shm::fdpass;
 
-use super::{claim::Granted, Control};
+use super::{
+    claim::{Claimant, Decision, Paired},
+    Control,
+};
 
 /// A control connection that has not sent a complete request after this long is dropped.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
@@ -75,6 +84,7 @@ pub fn serve(control: Arc<Control>, state_dir: &Path) -> anyhow::Result<()> {
     set_timeout(listener.as_raw_fd(), libc::SO_RCVTIMEO, REQUEST_TIMEOUT).context("setting the control socket's request timeout")?;
     set_timeout(listener.as_raw_fd(), libc::SO_SNDTIMEO, WRITE_TIMEOUT).context("setting the control socket's write timeout")?;
     control.start_spare_maker().context("starting the spare-segment maker")?;
+    control.start_held_watcher().context("starting the held-claims watcher")?;
     let pool = Arc::new(WorkerPool { listener, control, workers: AtomicUsize::new(0), idle: AtomicUsize::new(0) });
     for _ in 0..CORE_WORKERS {
         pool.spawn_worker().context("starting the control workers")?;
@@ -180,6 +190,8 @@ fn handle(control: &Control, mut stream: UnixStream) {
     let request = match Request::decode(&buf) {
         Ok(request) => request,
         Err(e) => {
+            // Relaxed: a counter.
+            control.counters.refused.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(pid, uid, reason = PlainReason::BadRequest.describe(), error = %e, "claim refused");
             let _ = stream.write_all(&Reply::plain(PlainReason::BadRequest).encode());
             return;
@@ -203,36 +215,46 @@ fn handle(control: &Control, mut stream: UnixStream) {
         }
         Some(RequestKind::Claim) => {
             let role = request.request_role().expect("validated by decode");
-            let (reply, granted) = control.claim(pid, uid, role, request.fd);
-            answer_claim(control, stream, pid, role, reply, granted);
+            let who = Claimant { pid, uid, role, fd: request.fd, flags: request.flags };
+            let decision = control.claim(who, stream);
+            control.deliver(decision);
         }
         None => {}
     }
 }
 
-/// Sends a claim's reply, with the segment's fd when it is a swap (the grant holds the segment,
-/// so no lock is needed, even if the connection ends meanwhile); then keeps a pending client's
-/// claim connection as its decision watch, traces the grant, and wakes the spare maker.
-fn answer_claim(control: &Control, stream: UnixStream, pid: u32, role: Role, reply: Reply, granted: Option<Granted>) {
-    let fd = granted.as_ref().and_then(|g| g.segment().fd());
-    if let Err(e) = fdpass::send_with_fd(stream.as_raw_fd(), &reply.encode(), fd) {
-        tracing::warn!(pid, "sending the claim reply: {e}");
-        return;
+impl Control {
+    /// Sends what a claim's decision says (see [`Decision`]), then closes the control
+    /// connections it answered: the reply, with the segment's memfd on both connections of a
+    /// pair (the held claim's first), then the `paired` trace line. A pair whose held claim's
+    /// connection closed meanwhile (the hook gave up) is given up (state `Plain`, freed by the
+    /// next pass) and the new claim answered plain; one whose new claim's connection closed is
+    /// given up too (the held end sees the state and stays on its socket).
+    pub(super) fn deliver(&self, decision: Decision) {
+        match decision {
+            Decision::Held => {}
+            Decision::Answer { streams, reply } => {
+                for stream in streams {
+                    let _ = fdpass::send_with_fd(stream.as_raw_fd(), &reply.encode(), None);
+                }
+            }
+            Decision::Paired(Paired { id, path, client, server, segment, held, new }) => {
+                let swap = Reply::swap(id).encode();
+                let sent = fdpass::send_with_fd(held.as_raw_fd(), &swap, segment.fd()).and_then(|()| {
+                    drop(held);
+                    fdpass::send_with_fd(new.as_raw_fd(), &swap, segment.fd())
+                });
+                if let Err(e) = sent {
+                    tracing::debug!(connection = id, path, "a claim's control connection closed before its answer: {e}");
+                    let _ = segment.transition(SegmentState::Pending, SegmentState::Plain);
+                    let _ = fdpass::send_with_fd(new.as_raw_fd(), &Reply::plain(PlainReason::PeerHasNoHook).encode(), None);
+                    return;
+                }
+                drop(new);
+                tracing::info!(connection = id, path, client, server, "paired {client} <-> {server}");
+            }
+        }
     }
-    // A pending client keeps its claim connection until the decision (see
-    // `Connection::decision_watch`); one already decided is closed below.
-    let unkept = match &granted {
-        Some(granted @ Granted::Client { .. }) if role == Role::Client => control.lock().keep_decision_watch(granted.id(), stream),
-        _ => Some(stream),
-    };
-    // After the reply: tracing and spare segments are off the claim's path.
-    if let Some(granted) = &granted {
-        granted.trace();
-    }
-    if matches!(granted, Some(Granted::Client { .. })) {
-        control.want_spares();
-    }
-    drop(unkept);
 }
 
 /// The pid and uid of the process at the other end of a control connection (`SO_PEERCRED`).
