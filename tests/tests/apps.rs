@@ -506,8 +506,8 @@ fn nscd_session(ns: &MountNamespace, config: &Path, hooked: bool, lookups: &Look
         }
         cmd
     };
-    let hook = hook();
-    let nscd = Nscd::start(ns, config, hooked.then_some(hook.as_path())).unwrap_or_else(|e| panic!("{e:#}"));
+    let so = hook();
+    let nscd = Nscd::start(ns, config, hooked.then_some(so.as_path())).unwrap_or_else(|e| panic!("{e:#}"));
     let what = format!("{} nscd ({})", if hooked { "hooked" } else { "plain" }, config.file_name().unwrap_or_default().to_string_lossy());
 
     let mut transcript = String::new();
