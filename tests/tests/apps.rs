@@ -1,25 +1,40 @@
-//! End-to-end with real applications: Redis, PostgreSQL and memcached, unmodified, on Unix
-//! sockets. Each test runs the same client session twice, once plain (no hook, an unwatched
-//! socket) and once with server and clients under `LD_PRELOAD=libtssx_preload.so` on a path the
-//! real agent watches, and requires
-//! 1. identical results (command outputs; benchmarks complete without errors), and
-//! 2. every connection the kernel saw accepted on the watched path traced as `swapped`.
+//! End-to-end with real applications, unmodified: Redis, PostgreSQL and memcached on Unix
+//! sockets, nscd (glibc's own client inside libc, a peer that never claims) and nginx as a
+//! reverse proxy to a second nginx. Each test runs the same client session twice, once plain
+//! (no hook, an unwatched socket) and once with server and clients under
+//! `LD_PRELOAD=libtssx_preload.so` on a path the real agent watches, and requires
+//! 1. identical results (command outputs, response bodies and status codes; benchmarks complete
+//!    without errors), and
+//! 2. the swaps the plain-first design promises, exactly: connections start plain and migrate
+//!    in flight once they lived `--claim-after` (1 ms by default) or moved 64 KiB, so a one-shot
+//!    `redis-cli` or `pg_isready` may legitimately stay plain, while every connection that
+//!    lived long and moved data must be traced `swapped`: each client connection of
+//!    redis-benchmark, each PostgreSQL session that lasted half a second, both memcached
+//!    clients (with `--claim-after 0`), each keepalive upstream connection of nginx. nscd's
+//!    connections must never be swapped (its client never claims) and never stall.
 //!
-//! These servers use epoll and non-blocking sockets, and PostgreSQL forks a backend per
-//! connection: (2) needs the hook to cover those.
+//! These servers use epoll and non-blocking sockets, PostgreSQL forks a backend per connection,
+//! nginx registers upstream sockets with epoll before it connects: (2) needs the hook to cover
+//! those.
 //!
 //! The Debian packages come from `cargo xtask setup`. The servers run on private sockets in a
 //! temporary directory (Redis with `--port 0`, PostgreSQL with `listen_addresses=''`, memcached
-//! with `-s`), so they never touch the default ports or sockets.
+//! with `-s`, nginx with a private prefix and a free loopback port), nscd and its agent in a
+//! private mount namespace with their own `/run/nscd` and `/run/tssx`, so they never touch the
+//! default ports, sockets or the machine's name lookups.
 
 use std::{
     collections::BTreeMap,
+    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
     time::{Duration, Instant},
 };
 
-use tssx_tests::{hook, poll_until, require_root, wait_until, HookedAgent, Process, TempDir};
+use tssx_tests::{
+    agent_bin, hook, poll_until, require_root, wait_until, wrk, Agent, HookedAgent, MachineLock, MountNamespace, NginxConfig, NginxProxy,
+    Nscd, Process, Rng, TempDir, Upstream, NSCD_SOCKET,
+};
 
 const MEMCACHE: &str = env!("CARGO_BIN_EXE_tssx-test-memcache");
 /// Debian 12's PostgreSQL server binaries (off PATH).
@@ -41,12 +56,14 @@ impl Daemon {
     }
 
     /// Sends `signal`, waits up to 30 s, and asserts that the server exited cleanly (a crash
-    /// under the hook shows here).
-    fn stop(mut self, signal: i32) {
+    /// under the hook shows here); returns its stderr lines.
+    fn stop(mut self, signal: i32) -> Vec<String> {
         let status = self.process.stop(signal, DAEMON_TIMEOUT);
         let status = status
             .unwrap_or_else(|| panic!("{} did not exit within {DAEMON_TIMEOUT:?}; stderr: {}", self.name, self.process.stderr_text()));
+        self.process.wait_closed(Duration::from_secs(5));
         assert!(status.success(), "{} exited with {status}; stderr: {}", self.name, self.process.stderr_text());
+        self.process.stderr_lines()
     }
 
     /// Waits until `ready` is true (up to 30 s), failing at once if the server died.
@@ -71,7 +88,13 @@ fn command(program: &str, hooked: bool) -> Command {
 }
 
 /// Runs `cmd` (with `stdin` fed in), asserting success; returns stdout.
-fn run(mut cmd: Command, stdin: Option<&[u8]>) -> String {
+fn run(cmd: Command, stdin: Option<&[u8]>) -> String {
+    run_pid(cmd, stdin).0
+}
+
+/// As [`run`], also returning the pid the program ran as (to find its connections in the
+/// agent's trace).
+fn run_pid(mut cmd: Command, stdin: Option<&[u8]>) -> (String, u32) {
     use std::io::Write as _;
     let started = Instant::now();
     let mut child = cmd
@@ -80,6 +103,7 @@ fn run(mut cmd: Command, stdin: Option<&[u8]>) -> String {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let pid = child.id();
     if let Some(input) = stdin {
         child.stdin.take().unwrap().write_all(input).expect("write stdin");
     }
@@ -93,24 +117,51 @@ fn run(mut cmd: Command, stdin: Option<&[u8]>) -> String {
         &stdout[..stdout.len().min(4000)],
         String::from_utf8_lossy(&out.stderr)
     );
-    stdout
+    (stdout, pid)
 }
 
-/// Asserts that every connection accepted on `path` was swapped; the message lists the
-/// `not swapped` reasons the agent gave.
-///
-/// Both counts are read until they agree (for up to 5 s): a claim traces `swapped` as soon as it
-/// is answered, while the event loop may trace that connection's `accept` a little later.
-fn assert_all_swapped(agent: &HookedAgent, path: &str) {
-    let counts = || (agent.events_on("accept", path).len(), agent.events_on("swapped", path).len());
-    poll_until(Duration::from_secs(5), || matches!(counts(), (accepts, swapped) if accepts > 0 && swapped == accepts));
-    let (accepts, swapped) = counts();
-    assert!(accepts > 0, "the agent saw no accept on {path}");
+/// The (client pid, server pid) of each `swapped` line on `path` (its message is `swapped
+/// CLIENT_PID/comm <-> SERVER_PID/comm`).
+fn swapped_pairs(agent: &Agent, path: &str) -> Vec<(u32, u32)> {
+    let pid = |label: &str| label.split('/').next().and_then(|p| p.parse().ok());
+    agent
+        .events_on("swapped", path)
+        .iter()
+        .filter_map(|e| {
+            let (client, server) = e["message"].as_str()?.strip_prefix("swapped ")?.split_once(" <-> ")?;
+            Some((pid(client)?, pid(server)?))
+        })
+        .collect()
+}
+
+/// The agent's `not swapped` reasons on `path` (for failure messages).
+fn not_swapped_reasons(agent: &Agent, path: &str) -> BTreeMap<String, usize> {
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
     for e in agent.events_on("not", path) {
         *reasons.entry(e["reason"].as_str().unwrap_or("?").to_owned()).or_default() += 1;
     }
-    assert_eq!(swapped, accepts, "{swapped} of {accepts} connections on {path} swapped; not swapped: {reasons:?}");
+    reasons
+}
+
+/// How long the agent may take to trace the swaps of connections that already ran.
+const TRACE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Asserts that exactly `expected` connections of the client process `client_pid` on `path`
+/// were traced `swapped` (waiting up to 10 s for the lines, then 300 ms more for extra ones).
+fn assert_client_swapped(agent: &Agent, path: &str, client_pid: u32, expected: usize, what: &str) {
+    let of_client = || swapped_pairs(agent, path).iter().filter(|(c, _)| *c == client_pid).count();
+    poll_until(TRACE_TIMEOUT, || of_client() >= expected);
+    std::thread::sleep(Duration::from_millis(300));
+    let connects = agent.events_on("connect", path).iter().filter(|e| e["pid"] == client_pid).count();
+    eprintln!("{what} (pid {client_pid}): {connects} connections, {} swapped", of_client());
+    assert_eq!(
+        of_client(),
+        expected,
+        "{what} (pid {client_pid}): {expected} connections must be swapped; the agent saw {connects} connects from it and swapped {} \
+         (not swapped on {path}: {:?})",
+        of_client(),
+        not_swapped_reasons(agent, path)
+    );
 }
 
 /// Asserts two sessions' outputs are identical, showing the first differing line.
@@ -159,22 +210,29 @@ fn redis_session(sock: &str, hooked: bool, big: &[u8]) -> String {
     out
 }
 
-/// redis-benchmark on `sock` (50 clients, each test opening its own); asserts every test
-/// completed and returns its output.
-fn redis_benchmark(sock: &str, hooked: bool) -> String {
+/// redis-benchmark's tests (`-t ping,set,get`) and its clients per test (`-c`): each test opens
+/// its own clients, which live for the whole test.
+const REDIS_BENCH_TESTS: [&str; 4] = ["PING_INLINE", "PING_MBULK", "SET", "GET"];
+const REDIS_BENCH_CLIENTS: usize = 50;
+
+/// redis-benchmark on `sock` (50 clients, 20 000 requests per test, so that each client
+/// connection carries 400 requests); asserts every test completed and returns its pid.
+/// Besides its clients, redis-benchmark opens one connection first for two `CONFIG GET`s and
+/// closes it at once: it may stay plain.
+fn redis_benchmark(sock: &str, hooked: bool) -> u32 {
     let mut cmd = command("redis-benchmark", hooked);
-    cmd.args(["-s", sock, "-n", "2000", "-t", "ping,set,get", "-q"]);
-    let out = run(cmd, None);
-    for test in ["PING_INLINE", "PING_MBULK", "SET", "GET"] {
+    cmd.args(["-s", sock, "-c", &REDIS_BENCH_CLIENTS.to_string(), "-n", "20000", "-t", "ping,set,get", "-q"]);
+    let (out, pid) = run_pid(cmd, None);
+    for test in REDIS_BENCH_TESTS {
         let line = out.lines().find(|l| l.trim_start().starts_with(&format!("{test}:")) && l.contains("requests per second"));
         assert!(line.is_some(), "redis-benchmark did not finish {test}: {out:?}");
     }
-    out
+    pid
 }
 
 /// Starts redis-server on `sock` (no TCP, no persistence), waits for PONG, runs the session
-/// and the benchmark, stops it; returns the session's output.
-fn redis_run(dir: &Path, sock: &str, hooked: bool, big: &[u8]) -> String {
+/// and the benchmark, stops it; returns the session's output and redis-benchmark's pid.
+fn redis_run(dir: &Path, sock: &str, hooked: bool, big: &[u8]) -> (String, u32) {
     let mut server = command("redis-server", hooked);
     server.args(["--port", "0", "--unixsocket", sock, "--unixsocketperm", "700", "--save", "", "--appendonly", "no"]);
     server.args(["--daemonize", "no", "--dir"]).arg(dir).arg("--logfile").arg(dir.join(format!("redis-{hooked}.log")));
@@ -183,7 +241,7 @@ fn redis_run(dir: &Path, sock: &str, hooked: bool, big: &[u8]) -> String {
         Path::new(sock).exists() && command("redis-cli", hooked).args(["-s", sock, "PING"]).output().is_ok_and(|o| o.stdout == b"PONG\n")
     });
     let session = redis_session(sock, hooked, big);
-    redis_benchmark(sock, hooked);
+    let bench = redis_benchmark(sock, hooked);
     // The data survived the benchmark's own keys.
     let check = run(
         {
@@ -195,7 +253,7 @@ fn redis_run(dir: &Path, sock: &str, hooked: bool, big: &[u8]) -> String {
     );
     assert_eq!(check, "hello world\n");
     server.stop(libc::SIGTERM);
-    session
+    (session, bench)
 }
 
 #[test]
@@ -205,12 +263,14 @@ fn redis_gives_the_same_results_with_tssx() {
     let (plain_sock, tssx_sock) = (path_str(&dir.join("plain.sock")), path_str(&dir.join("redis.sock")));
     let big: Vec<u8> = (0..256 * 1024).map(|i| b'a' + (i * 7 % 26) as u8).collect();
     let agent = HookedAgent::start(&[&tssx_sock]);
-    let plain = redis_run(&dir, &plain_sock, false, &big);
+    let (plain, _) = redis_run(&dir, &plain_sock, false, &big);
     assert!(plain.starts_with("OK\nOK\nhello\n11\n") && plain.contains("\n262144\n"), "unexpected plain session: {plain}");
-    let tssx = redis_run(&dir, &tssx_sock, true, &big);
+    let (tssx, bench) = redis_run(&dir, &tssx_sock, true, &big);
     assert_same("redis-cli session", &plain, &tssx);
     assert!(agent.events_on("accept", &plain_sock).is_empty(), "the plain run's socket is not watched");
-    assert_all_swapped(&agent, &tssx_sock);
+    // Each benchmark client lived for a whole test and carried 400 requests: all migrated. The
+    // one-shot redis-cli connections may have stayed plain (their results are compared above).
+    assert_client_swapped(&agent, &tssx_sock, bench, REDIS_BENCH_TESTS.len() * REDIS_BENCH_CLIENTS, "redis-benchmark");
     assert!(agent.stop().success());
 }
 
@@ -259,15 +319,34 @@ fn pg_client(program: &str, sock_dir: &str, hooked: bool) -> Command {
     cmd
 }
 
+/// A session that lasted this long must have migrated (it lived far longer than
+/// `--claim-after` plus a migration, and every session moves data).
+const LONG_SESSION: Duration = Duration::from_millis(500);
+
+/// The sessions in postgres's log (`log_disconnections`, `log_line_prefix='%p '`): each
+/// backend's pid (one backend per connection) and how long its session lasted.
+fn pg_sessions(log: &[String]) -> Vec<(u32, Duration)> {
+    log.iter()
+        .filter_map(|line| {
+            let (pid, rest) = line.split_once(' ')?;
+            let time = rest.split_once("disconnection: session time: ")?.1.split_whitespace().next()?;
+            let mut hms = time.split(':').map(|f| f.parse::<f64>().ok());
+            let (h, m, s) = (hms.next()??, hms.next()??, hms.next()??);
+            Some((pid.parse().ok()?, Duration::from_secs_f64(h * 3600.0 + m * 60.0 + s)))
+        })
+        .collect()
+}
+
 /// Starts postgres on `data` with its socket in `sock_dir` only, runs the psql script and
-/// pgbench, stops it; returns psql's output.
-fn postgres_run(data: &Path, sock_dir: &Path, hooked: bool) -> String {
+/// pgbench, stops it; returns psql's output and the sessions postgres logged.
+fn postgres_run(data: &Path, sock_dir: &Path, hooked: bool) -> (String, Vec<(u32, Duration)>) {
     std::fs::create_dir_all(sock_dir).unwrap();
     chown_postgres(sock_dir);
     let sock_dir = path_str(sock_dir);
     let mut server = as_postgres(&format!("{PG_BIN}/postgres"), hooked);
     server.arg("-D").arg(data).args(["-k", &sock_dir, "-p", PG_PORT, "-c", "listen_addresses=", "-c", "fsync=off"]);
     server.args(["-c", "shared_buffers=16MB", "-c", "max_connections=20"]);
+    server.args(["-c", "log_connections=on", "-c", "log_disconnections=on", "-c", "log_line_prefix=%p "]);
     let mut server = Daemon::spawn("postgres", server);
     server.wait_ready(|| pg_client(&format!("{PG_BIN}/pg_isready"), &sock_dir, hooked).arg("-q").status().is_ok_and(|s| s.success()));
     let mut psql = pg_client("psql", &sock_dir, hooked);
@@ -283,8 +362,8 @@ fn postgres_run(data: &Path, sock_dir: &Path, hooked: bool) -> String {
     assert!(processed.and_then(|n| n.trim().parse::<u64>().ok()).is_some_and(|n| n > 0), "pgbench -S: {report}");
     assert!(report.contains("number of failed transactions: 0"), "pgbench -S: {report}");
     // Fast shutdown (SIGINT): postgres exits 0 once every backend is gone.
-    server.stop(libc::SIGINT);
-    out
+    let log = server.stop(libc::SIGINT);
+    (out, pg_sessions(&log))
 }
 
 #[test]
@@ -299,31 +378,49 @@ fn postgres_gives_the_same_results_with_tssx() {
     let tssx_dir: PathBuf = dir.join("tssx");
     let tssx_sock = path_str(&tssx_dir.join(format!(".s.PGSQL.{PG_PORT}")));
     let agent = HookedAgent::start(&[&tssx_sock]);
-    let plain = postgres_run(&data, &dir.join("plain"), false);
+    let (plain, _) = postgres_run(&data, &dir.join("plain"), false);
     assert!(plain.contains("10000|75007500.0|name1|name9999"), "unexpected plain output: {}", &plain[..plain.len().min(500)]);
     assert!(plain.lines().count() > 20_000, "the 20 000-row result is missing");
-    let tssx = postgres_run(&data, &tssx_dir, true);
+    let (tssx, sessions) = postgres_run(&data, &tssx_dir, true);
     assert_same("psql session", &plain, &tssx);
-    assert_all_swapped(&agent, &tssx_sock);
+    // Every session that lasted (pgbench -S's 2 s one at least, likely psql's and pgbench -i's)
+    // migrated: its backend is the server end of a `swapped` line. pg_isready and pgbench's
+    // short set-up connections may have stayed plain.
+    let long: Vec<(u32, Duration)> = sessions.iter().copied().filter(|(_, t)| *t >= LONG_SESSION).collect();
+    assert!(!long.is_empty(), "no session of {LONG_SESSION:?} or more in postgres's log: {sessions:?}");
+    let swapped_backends = || swapped_pairs(&agent, &tssx_sock).into_iter().map(|(_, server)| server).collect::<Vec<_>>();
+    poll_until(TRACE_TIMEOUT, || long.iter().all(|(pid, _)| swapped_backends().contains(pid)));
+    let missing: Vec<_> = long.iter().filter(|(pid, _)| !swapped_backends().contains(pid)).collect();
+    eprintln!("postgres sessions (backend pid, duration): {sessions:?}; swapped backends: {:?}", swapped_backends());
+    assert!(
+        missing.is_empty(),
+        "sessions (backend pid, duration) that lasted but were not swapped: {missing:?}; all sessions: {sessions:?}; \
+         swapped (client, server): {:?}; not swapped: {:?}",
+        swapped_pairs(&agent, &tssx_sock),
+        not_swapped_reasons(&agent, &tssx_sock)
+    );
     assert!(agent.stop().success());
 }
 
 // ------------------------------------------------------------------------------------ memcached
 
-/// Starts memcached on `sock` (no TCP), runs the client twice (two connections), stops it.
-fn memcached_run(sock: &str, hooked: bool) -> String {
+/// Starts memcached on `sock` (no TCP), runs the client twice (two connections), stops it;
+/// returns the clients' output and pids.
+fn memcached_run(sock: &str, hooked: bool) -> (String, Vec<u32>) {
     let mut server = command("memcached", hooked);
     server.args(["-s", sock, "-a", "0700", "-u", "root", "-t", "2", "-m", "64"]);
     let mut server = Daemon::spawn("memcached", server);
     server.wait_ready(|| Path::new(sock).exists());
-    let mut out = String::new();
+    let (mut out, mut pids) = (String::new(), Vec::new());
     for rounds in ["200", "50"] {
         let mut client = command(MEMCACHE, hooked);
         client.args([sock, rounds]);
-        out += &run(client, None);
+        let (lines, pid) = run_pid(client, None);
+        out += &lines;
+        pids.push(pid);
     }
     server.stop(libc::SIGTERM);
-    out
+    (out, pids)
 }
 
 #[test]
@@ -331,12 +428,268 @@ fn memcached_gives_the_same_results_with_tssx() {
     require_root();
     let dir = TempDir::new("app-memcached");
     let (plain_sock, tssx_sock) = (path_str(&dir.join("plain.sock")), path_str(&dir.join("mc.sock")));
-    let agent = HookedAgent::start(&[&tssx_sock]);
-    let plain = memcached_run(&plain_sock, false);
+    // Every connection claims on its first call: each client's one connection (hundreds of
+    // round trips) must migrate, early in its script.
+    let agent = HookedAgent::start_with(&[&tssx_sock], &["--claim-after", "0"]);
+    let (plain, _) = memcached_run(&plain_sock, false);
     assert_eq!(plain.matches("\nok\n").count(), 2, "{plain}");
     assert!(plain.contains("< 42\n"), "incr result missing: {plain}");
-    let tssx = memcached_run(&tssx_sock, true);
+    let (tssx, clients) = memcached_run(&tssx_sock, true);
     assert_same("memcached session", &plain, &tssx);
-    assert_all_swapped(&agent, &tssx_sock);
+    for client in clients {
+        assert_client_swapped(&agent, &tssx_sock, client, 1, "tssx-test-memcache");
+    }
     assert!(agent.stop().success());
+}
+
+// ----------------------------------------------------------------------------------------- nscd
+
+const NSS: &str = env!("CARGO_BIN_EXE_tssx-test-nss");
+/// No single lookup may take this long: far above a loaded machine's worst lookup (a few ms),
+/// far below the 0.5 s and 1 s stalls of a server that waits for a claim that never comes.
+const LOOKUP_BOUND: Duration = Duration::from_millis(300);
+/// The same for one `getent` run (a process start, the hook's constructor and one lookup).
+const GETENT_BOUND: Duration = Duration::from_millis(450);
+
+/// What to look up: the machine's first users and groups, one that does not exist of each,
+/// and the host names of /etc/hosts (never a name that would go to DNS).
+struct Lookups {
+    users: Vec<String>,
+    gids: Vec<String>,
+    hosts: Vec<String>,
+}
+
+impl Lookups {
+    fn of_this_machine() -> Self {
+        let first_fields = |file: &str, field: usize| -> Vec<String> {
+            let text = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{file}: {e}"));
+            text.lines().filter_map(|l| l.split(':').nth(field)).take(10).map(str::to_owned).collect()
+        };
+        let mut users = first_fields("/etc/passwd", 0);
+        users.push("tssx-no-such-user".into());
+        let mut gids = first_fields("/etc/group", 2);
+        gids.push("4242424".into());
+        let hosts_file = std::fs::read_to_string("/etc/hosts").expect("/etc/hosts");
+        let mut hosts: Vec<String> = hosts_file
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .flat_map(|l| l.split_whitespace().skip(1).map(str::to_owned).collect::<Vec<_>>())
+            .collect();
+        hosts.dedup();
+        hosts.truncate(4);
+        assert!(!hosts.is_empty() && users.len() > 1 && gids.len() > 1, "nothing to look up: {users:?} {gids:?} {hosts:?}");
+        Self { users, gids, hosts }
+    }
+}
+
+/// Runs `cmd` (at most 30 s: a hang fails), returning its exit code, stdout lines and run time.
+fn run_timed(cmd: Command) -> (i32, Vec<String>, Duration) {
+    let started = Instant::now();
+    let mut process = Process::spawn(cmd);
+    let status = process.wait(Duration::from_secs(30));
+    let took = started.elapsed();
+    let status = status.unwrap_or_else(|| panic!("{} hung (killed after 30 s); stderr: {}", process.name(), process.stderr_text()));
+    process.wait_closed(Duration::from_secs(5));
+    (status.code().unwrap_or(-1), process.stdout_lines(), took)
+}
+
+/// Starts nscd with `config` in the namespace (under the hook if `hooked`), runs the lookups
+/// (getent and `tssx-test-nss`, under the hook too if `hooked`), checks that each database was
+/// served by nscd and that no lookup stalled, stops nscd; returns the transcript of answers.
+fn nscd_session(ns: &MountNamespace, config: &Path, hooked: bool, lookups: &Lookups) -> String {
+    let in_ns = |program: &str| {
+        let mut cmd = ns.command(program);
+        if hooked {
+            cmd.env("LD_PRELOAD", hook());
+        } else {
+            cmd.env_remove("LD_PRELOAD");
+        }
+        cmd
+    };
+    let so = hook();
+    let nscd = Nscd::start(ns, config, hooked.then_some(so.as_path())).unwrap_or_else(|e| panic!("{e:#}"));
+    let what = format!("{} nscd ({})", if hooked { "hooked" } else { "plain" }, config.file_name().unwrap_or_default().to_string_lossy());
+
+    let mut transcript = String::new();
+    let user = &lookups.users[0];
+    let queries: Vec<Vec<&str>> = vec![
+        vec!["passwd", user],
+        vec!["passwd", "0"],
+        vec!["passwd", "tssx-no-such-user"],
+        vec!["group", "root"],
+        vec!["group", "0"],
+        vec!["group", "4242424"],
+        vec!["hosts", &lookups.hosts[0]],
+        vec!["ahostsv4", &lookups.hosts[0]],
+        vec!["initgroups", user],
+    ];
+    // Twice: a miss (nscd asks the files), then a hit (from its cache or the shared mapping).
+    for pass in 0..2 {
+        for query in &queries {
+            let mut getent = in_ns("getent");
+            getent.args(query);
+            let (code, lines, took) = run_timed(getent);
+            assert!(took < GETENT_BOUND, "{what}: getent {query:?} (pass {pass}) took {took:?}: a stall");
+            transcript += &format!("getent {} -> exit {code}\n{}\n", query.join(" "), lines.join("\n"));
+        }
+    }
+    let mut check = in_ns(NSS);
+    check.args(["check", "40", &lookups.users.join(","), &lookups.gids.join(","), &lookups.hosts.join(",")]);
+    let (code, lines, _) = run_timed(check);
+    assert_eq!(code, 0, "{what}: tssx-test-nss check failed: {lines:?}");
+    let time = lines.iter().find(|l| l.starts_with("time ")).cloned().unwrap_or_default();
+    let slowest = time.split_whitespace().find_map(|w| w.strip_prefix("slowest_us=")).and_then(|v| v.parse::<u64>().ok());
+    let slowest = Duration::from_micros(slowest.unwrap_or_else(|| panic!("{what}: no timing line: {lines:?}")));
+    assert!(slowest < LOOKUP_BOUND, "{what}: a lookup took {slowest:?} ({time}): a stall");
+    eprintln!("{what}: {time}");
+    transcript += &lines.iter().filter(|l| !l.starts_with("time ")).map(|l| format!("{l}\n")).collect::<String>();
+
+    let misses = nscd.misses(ns).unwrap_or_else(|| panic!("{what}: nscd -g failed"));
+    for db in ["passwd", "group", "hosts"] {
+        assert!(misses.get(db).is_some_and(|&n| n > 0), "{what}: nscd served no {db} lookup (misses per cache: {misses:?})");
+    }
+    nscd.stop().unwrap_or_else(|e| panic!("{what}: {e:#}"));
+    transcript
+}
+
+/// nscd, the design's own example: glibc's nscd client uses the socket from inside libc, so
+/// the client never claims. With nscd and every client under the hook, for `shared no` (every
+/// lookup a connection) and `shared yes` (clients map the cache, fetched with SCM_RIGHTS over
+/// the socket), every answer must be the plain one, no lookup may stall, and no connection may
+/// be swapped (only one end ever has the hook's view of it).
+#[test]
+fn nscd_answers_the_same_with_tssx_and_never_stalls() {
+    require_root();
+    let _lock = MachineLock::acquire();
+    let dir = TempDir::new("app-nscd");
+    let dirs = tssx_tests::nscd::private_dirs();
+    let ns = MountNamespace::new(&dirs.iter().map(String::as_str).collect::<Vec<_>>());
+    let agent = Agent::spawn_wrapped(&ns.wrapper(), &agent_bin(), &[NSCD_SOCKET], None, &[]).unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(std::fs::metadata(ns.path("/run/tssx")).map(|m| m.permissions().mode() & 0o7777).ok(), Some(0o755), "the private /run/tssx");
+    let lookups = Lookups::of_this_machine();
+    for shared in [false, true] {
+        let config = tssx_tests::nscd::config(&dir, shared).unwrap();
+        let plain = nscd_session(&ns, &config, false, &lookups);
+        assert!(plain.contains("ok rounds=40") && plain.contains("getent passwd 0 -> exit 0\nroot:"), "unexpected plain session: {plain}");
+        let tssx = nscd_session(&ns, &config, true, &lookups);
+        assert_same(&format!("nscd lookups, shared {shared}"), &plain, &tssx);
+    }
+    assert!(!agent.events_on("connect", NSCD_SOCKET).is_empty(), "the agent saw no connection to {NSCD_SOCKET}");
+    let swapped = agent.events_on("swapped", NSCD_SOCKET);
+    assert!(swapped.is_empty(), "glibc's client never claims, yet connections were swapped: {swapped:?}");
+    assert!(agent.stop().success());
+}
+
+// ---------------------------------------------------------------------------------------- nginx
+
+/// The backend's files: name and size (random bytes from a fixed seed).
+const NGINX_FILES: &[(&str, usize)] = &[("small.txt", 100), ("4k.bin", 4096), ("64k.bin", 65536), ("1m.bin", 1 << 20), ("3m.bin", 3 << 20)];
+
+/// Writes the backend's document root.
+fn nginx_www(dir: &Path) -> PathBuf {
+    let www = dir.join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    let mut rng = Rng::new(12);
+    for &(name, size) in NGINX_FILES {
+        std::fs::write(www.join(name), rng.bytes(size)).unwrap();
+    }
+    www
+}
+
+/// FNV-1a, to name a body in a transcript.
+fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// One proxy session: every file (and a missing one) twice through each upstream, bodies
+/// checked against the files; a 3 MiB request body through each; then wrk for a second on
+/// each upstream, which must see no error and no non-2xx answer. Returns the transcript and
+/// how many keepalive upstream connections the backend accepted.
+fn nginx_session(dir: &Path, www: &Path, name: &str, preload: Option<&Path>, config: NginxConfig) -> (String, usize) {
+    let what = format!("nginx {name}");
+    let proxy = NginxProxy::start(dir, name, www, preload, config).unwrap_or_else(|e| panic!("{what}: {e:#}"));
+    let mut transcript = String::new();
+    for round in 0..2 {
+        for upstream in [Upstream::Fresh, Upstream::Keep] {
+            for file in NGINX_FILES.iter().map(|f| f.0).chain(["missing.bin"]) {
+                let (status, body) = proxy.get(upstream, file).unwrap_or_else(|e| panic!("{what}: {e:#}"));
+                let verdict = match std::fs::read(www.join(file)) {
+                    Ok(want) if want == body => "the file".to_owned(),
+                    Ok(_) => format!("NOT the file ({} bytes, fnv {:016x})", body.len(), fnv(&body)),
+                    Err(_) => format!("{} bytes, fnv {:016x}", body.len(), fnv(&body)),
+                };
+                transcript += &format!("round {round}: GET /{}/{file} -> {status}, body: {verdict}\n", upstream.name());
+            }
+            let (status, body) = proxy.post(upstream, "small.txt", &www.join("3m.bin")).unwrap_or_else(|e| panic!("{what}: {e:#}"));
+            transcript += &format!("round {round}: POST 3 MiB /{}/small.txt -> {status}, body fnv {:016x}\n", upstream.name(), fnv(&body));
+        }
+    }
+    for upstream in [Upstream::Fresh, Upstream::Keep] {
+        let load = wrk(&proxy.url(upstream, "4k.bin"), 8, 1).unwrap_or_else(|e| panic!("{what}: {e:#}"));
+        eprintln!("{what}: wrk on /{}/4k.bin: {load:?}", upstream.name());
+        assert!(
+            load.requests > 0 && load.non_2xx == 0 && load.socket_errors.is_none(),
+            "{what}: wrk through the {} upstream: {load:?}",
+            upstream.name()
+        );
+    }
+    let keep = proxy.upstream_connections(Upstream::Keep);
+    proxy.stop().unwrap_or_else(|e| panic!("{what}: {e:#}"));
+    (transcript, keep)
+}
+
+/// Runs each of `configs` plain and then with both nginx under the hook on watched sockets:
+/// the transcripts must be identical, and every keepalive upstream connection of the hooked
+/// run (each carries thousands of wrk requests) must be traced `swapped`.
+fn nginx_plain_vs_tssx(test: &str, configs: &[NginxConfig]) {
+    require_root();
+    let dir = TempDir::new(test);
+    let www = nginx_www(&dir);
+    let name = |c: &NginxConfig| format!("master-{}-sendfile-{}", c.master_process, c.sendfile);
+    let watched: Vec<String> = configs
+        .iter()
+        .flat_map(|c| [Upstream::Fresh, Upstream::Keep].map(|u| NginxProxy::socket(&dir, &format!("tssx-{}", name(c)), u)))
+        .collect();
+    let agent = HookedAgent::start(&watched.iter().map(String::as_str).collect::<Vec<_>>());
+    for config in configs {
+        let (plain, plain_keep) = nginx_session(&dir, &www, &format!("plain-{}", name(config)), None, *config);
+        assert!(
+            !plain.contains("NOT the file") && plain.contains("GET /keep/3m.bin -> 200, body: the file"),
+            "unexpected plain session: {plain}"
+        );
+        assert!(plain_keep > 0, "no keepalive upstream connection in the plain run");
+        let tssx_name = format!("tssx-{}", name(config));
+        let (tssx, keep) = nginx_session(&dir, &www, &tssx_name, Some(&hook()), *config);
+        assert_same(&format!("nginx {tssx_name}"), &plain, &tssx);
+        let keep_sock = NginxProxy::socket(&dir, &tssx_name, Upstream::Keep);
+        let swapped = agent.wait_for("swapped", &keep_sock, keep, TRACE_TIMEOUT);
+        eprintln!("nginx {tssx_name}: {keep} keepalive upstream connections, {} swapped", swapped.len());
+        assert_eq!(
+            swapped.len(),
+            keep,
+            "{tssx_name}: {keep} keepalive upstream connections, swapped: {swapped:?}; not swapped: {:?}",
+            not_swapped_reasons(&agent, &keep_sock)
+        );
+    }
+    assert!(agent.stop().success());
+}
+
+/// nginx as a reverse proxy to a second nginx on watched Unix sockets, both under the hook,
+/// with `master_process off` and `on`: (a) a new upstream connection per request, (b) upstream
+/// keepalive. nginx registers each upstream socket with epoll (edge-triggered) before it
+/// connects, so a keepalive connection migrates under an existing registration: responses must
+/// be the plain ones, wrk must see no error, and in (b) every upstream connection must be traced
+/// `swapped`. The backend writes with `write`/`writev` here (`sendfile off`).
+#[test]
+fn nginx_reverse_proxy_gives_the_same_responses_with_tssx() {
+    let configs = [false, true].map(|master_process| NginxConfig { master_process, sendfile: false });
+    nginx_plain_vs_tssx("app-nginx", &configs);
+}
+
+/// As [`nginx_reverse_proxy_gives_the_same_responses_with_tssx`], with the backend sending its
+/// files with `sendfile(2)`, as Debian's nginx configuration does: a swapped connection must
+/// get sendfile's bytes on its ring (or be handed back first).
+#[test]
+fn nginx_backend_with_sendfile_gives_the_same_responses_with_tssx() {
+    nginx_plain_vs_tssx("app-nginx-sendfile", &[NginxConfig { master_process: true, sendfile: true }]);
 }

@@ -23,7 +23,9 @@ mod soak;
 const BPF_LINKER_VERSION: &str = "0.10.2";
 /// Commands the tests use, and the Debian package that has each. The real-application tests
 /// (tests/tests/apps.rs) and `cargo xtask report` need the servers and their clients; the
-/// PostgreSQL server binaries live in bookworm's versioned directory, off PATH.
+/// PostgreSQL server binaries live in bookworm's versioned directory, off PATH. nscd and nginx
+/// are installed like the others, their services blocked from starting (the tests run private
+/// instances in a private mount namespace or a temporary prefix); curl and wrk drive nginx.
 const DEBIAN_TOOLS: &[(&str, &str)] = &[
     ("setpriv", "util-linux"),
     ("unshare", "util-linux"),
@@ -34,6 +36,12 @@ const DEBIAN_TOOLS: &[(&str, &str)] = &[
     ("/usr/lib/postgresql/15/bin/postgres", "postgresql"),
     ("/usr/lib/postgresql/15/bin/pgbench", "postgresql"),
     ("psql", "postgresql-client"),
+    ("/usr/sbin/nscd", "nscd"),
+    ("getent", "libc-bin"),
+    ("/usr/sbin/nginx", "nginx-light"),
+    ("curl", "curl"),
+    ("wrk", "wrk"),
+    ("cc", "gcc"),
 ];
 /// Debian's hook for `invoke-rc.d`: while it exits 101, package scripts start no services.
 const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";

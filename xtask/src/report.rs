@@ -6,6 +6,12 @@
 //! - real applications: `redis-benchmark` with 1 and 50 clients (PING, SET, GET: requests/s
 //!   and p50 latency) and `pgbench -S` with one client (tps), each against a plain server and
 //!   against the same server with server and client under the hook on a watched socket;
+//! - nscd: a `getpwnam` + `getgrgid` pair in a loop (`tssx-test-nss bench`), with nscd's
+//!   `shared no` (every lookup a connection) and `shared yes` (clients map nscd's cache), nscd
+//!   and client plain vs both under the hook with an agent watching nscd's socket, in private
+//!   mount namespaces (their own `/run/nscd` and `/run/tssx`); goal: within 1.1x of plain;
+//! - nginx as a reverse proxy to a second nginx on Unix sockets, driven by `wrk` over loopback
+//!   TCP: requests/s with (a) a new upstream connection per request and (b) upstream keepalive;
 //! - the hook's pass-through cost: the hook loaded on an unwatched path versus no hook at all
 //!   (64-byte round trips, 64 KiB streaming, redis-benchmark PING), against a 2% budget;
 //! - connection set-up: connect + accept + first 64-byte round trip + close (`tssx-bench-setup`);
@@ -13,7 +19,11 @@
 //! - the existing microbenchmark table (`tssx-bench`: plain vs tssx vs bare ring).
 //!
 //! Every tssx row says how many of its connections the agent traced as `swapped`: a row whose
-//! connections stayed plain measures the hook's pass-through, not the rings.
+//! connections stayed plain measures the hook's pass-through, not the rings (nscd's always do:
+//! glibc's client talks to the socket from inside libc and never claims).
+//!
+//! Everything is measured with the debug profile that `cargo xtask build` builds (hook, agent
+//! and test programs unoptimized); the report says so in its first lines.
 //!
 //! It takes the tests' machine-wide lock ([`MachineLock`]) and runs its own agent in `/run/tssx`
 //! (where the hook looks), through the tests' support layer (`tssx_tests`), which also parses the
@@ -29,7 +39,7 @@ use std::{
 };
 
 use anyhow::{ensure, Context as _};
-use tssx_tests::{poll_until, Agent, MachineLock, Process, TempDir};
+use tssx_tests::{nscd, poll_until, wrk, Agent, MachineLock, MountNamespace, NginxConfig, NginxProxy, Nscd, Process, TempDir, Upstream};
 
 use super::{sh, step, target_dir, workspace_root};
 
@@ -44,6 +54,18 @@ const OVERHEAD_REPS: usize = 11;
 const CALLS_REPS: usize = 101;
 /// The pass-through budget.
 const OVERHEAD_BUDGET: f64 = 0.02;
+/// The nscd goal: a lookup through tssx within this factor of plain.
+const NSCD_GOAL: f64 = 1.1;
+/// Alternating repetitions of each nscd measurement (medians compared).
+const NSCD_REPS: usize = 7;
+/// Alternating repetitions of each nginx wrk run, and each run's length in seconds.
+const NGINX_REPS: usize = 3;
+const NGINX_SECONDS: u32 = 3;
+/// wrk's connections to the front nginx (at most the upstream's `keepalive 16`, so that (b)
+/// keeps every upstream connection).
+const NGINX_CONNECTIONS: u32 = 8;
+/// The build profile measured (`cargo xtask build` builds the debug profile).
+const PROFILE: &str = "debug";
 
 /// Runs everything and writes the report.
 pub fn report() -> anyhow::Result<()> {
@@ -59,12 +81,15 @@ pub fn report() -> anyhow::Result<()> {
     let (redis_tssx, redis_plain, redis_unwatched) = (s("redis.sock"), s("redis-plain.sock"), s("redis-unwatched.sock"));
     let (pg_tssx, pg_plain) = (dir.join("pg-tssx"), dir.join("pg-plain"));
     let pg_sock = format!("{}/.s.PGSQL.{PG_PORT}", pg_tssx.display());
+    let (nginx_fresh, nginx_keep) =
+        (NginxProxy::socket(&dir, NGINX_TSSX, Upstream::Fresh), NginxProxy::socket(&dir, NGINX_TSSX, Upstream::Keep));
     let load_before = load_average();
-    let agent = Agent::spawn(&bin.join("tssx-agent"), &[&bench_sock, &redis_tssx, &pg_sock], None, &[])
+    let agent = Agent::spawn(&bin.join("tssx-agent"), &[&bench_sock, &redis_tssx, &pg_sock, &nginx_fresh, &nginx_keep], None, &[])
         .context("starting tssx-agent (is another agent running in /run/tssx?)")?;
     let mut md = String::new();
     writeln!(md, "# tssx performance report\n")?;
     writeln!(md, "{}\n", machine_line(&load_before))?;
+    writeln!(md, "Build profile: **{PROFILE}** (what `cargo xtask build` builds: hook, agent and test programs unoptimized).\n")?;
 
     // Real applications.
     step("report: redis-benchmark, plain vs tssx (1 and 50 clients)");
@@ -110,6 +135,11 @@ pub fn report() -> anyhow::Result<()> {
     ]);
     writeln!(md, "## Real applications\n\nServer and client both under the hook, on a socket the agent watches, against the same programs without the hook. Higher is better for requests/s and tps, lower for latency.\n")?;
     writeln!(md, "{}", apps.render())?;
+
+    step("report: nscd lookups, plain vs tssx (shared no, shared yes)");
+    writeln!(md, "{}", nscd_section(&bin, &hook, &dir)?)?;
+    step("report: nginx reverse proxy, plain vs tssx (upstream per request, upstream keepalive)");
+    writeln!(md, "{}", nginx_section(&agent, &hook, &dir))?;
 
     // The hook's cost when it has nothing to do.
     step("report: the hook on an unwatched path vs no hook");
@@ -206,6 +236,129 @@ pub fn report() -> anyhow::Result<()> {
     println!("{md}");
     step(&format!("report written to {} and {}", path.display(), out_dir.join("latency.svg").display()));
     Ok(())
+}
+
+/// The nscd section: `tssx-test-nss bench` (a getpwnam + getgrgid pair) in a private mount
+/// namespace (its own `/run/nscd` and `/run/tssx`), alternating plain runs (a plain nscd, no
+/// agent: glibc's socket path is fixed, so an agent watching it would see the plain runs too,
+/// and its per-connection tracing is a real part of tssx's cost) and tssx runs (an agent
+/// watching nscd's socket, nscd and the client under the hook); each run starts its own nscd
+/// (and agent); medians compared.
+fn nscd_section(bin: &Path, hook: &Path, dir: &Path) -> anyhow::Result<String> {
+    let dirs = nscd::private_dirs();
+    let ns = MountNamespace::create(&dirs.iter().map(String::as_str).collect::<Vec<_>>())?;
+    let nss = bin.join("tssx-test-nss");
+    let bench = |preload: Option<&Path>, count: u32| -> anyhow::Result<f64> {
+        let mut cmd = ns.command(&nss);
+        cmd.args(["bench", &count.to_string(), "root", "0"]);
+        match preload {
+            Some(so) => cmd.env("LD_PRELOAD", so),
+            None => cmd.env_remove("LD_PRELOAD"),
+        };
+        let out = cmd.stderr(Stdio::inherit()).output().context("running tssx-test-nss bench")?;
+        ensure!(out.status.success(), "tssx-test-nss bench: {}", out.status);
+        // Microseconds per pair: per lookup is half of it.
+        Ok(String::from_utf8_lossy(&out.stdout).trim().parse::<f64>().context("tssx-test-nss bench printed no number")? / 2.0)
+    };
+    let mut table = Table::new(&["nscd configuration", "plain", "tssx", "tssx/plain", "within 1.1x", "tssx connections swapped"]);
+    for (shared, count) in [(false, 2_000), (true, 2_000_000)] {
+        let config = nscd::config(dir, shared)?;
+        let (mut swapped, mut accepted) = (0, 0);
+        let plain = || -> anyhow::Result<f64> {
+            let nscd = Nscd::start(&ns, &config, None)?;
+            let us = bench(None, count)?;
+            nscd.stop()?;
+            Ok(us)
+        };
+        let tssx = || -> anyhow::Result<f64> {
+            let agent = Agent::spawn_wrapped(&ns.wrapper(), &bin.join("tssx-agent"), &[nscd::NSCD_SOCKET], None, &[])
+                .context("starting tssx-agent for nscd in its namespace")?;
+            let nscd = Nscd::start(&ns, &config, Some(hook))?;
+            let us = bench(Some(hook), count)?;
+            nscd.stop()?;
+            let (a, s) = counts(&agent, nscd::NSCD_SOCKET);
+            (accepted, swapped) = (accepted + a, swapped + s);
+            let status = agent.stop();
+            ensure!(status.success(), "nscd's tssx-agent exited with {status}");
+            Ok(us)
+        };
+        let (p, t, noise) = alternate(NSCD_REPS, plain, tssx)?;
+        let verdict = if t / p <= NSCD_GOAL {
+            "yes"
+        } else if t / p - 1.0 <= noise {
+            "no (within noise)"
+        } else {
+            "**no**"
+        };
+        table.row([
+            format!("shared {}: {count} getpwnam + getgrgid pairs (median of {NSCD_REPS})", if shared { "yes" } else { "no" }),
+            format!("{p:.3} us"),
+            format!("{t:.3} us"),
+            ratio(t, p),
+            verdict.into(),
+            format!("{swapped}/{accepted}"),
+        ]);
+    }
+    Ok(format!(
+        "## nscd lookups\n\nTime per lookup (half a `getpwnam` + `getgrgid` pair) through glibc's nscd client, nscd with `server-user nobody`, `persistent no`, in a private mount namespace. Plain: no agent, neither nscd nor the client under the hook; tssx: an agent watching `{}`, nscd and the client under the hook. Runs alternate, each with a fresh nscd (and agent). Goal: within {NSCD_GOAL}x. glibc's client uses the socket from inside libc, so it never claims and no connection is swapped: the row measures what the agent and the hook cost nscd. With `shared yes` lookups read nscd's mapped cache and rarely touch the socket.\n\n{}",
+        nscd::NSCD_SOCKET,
+        table.render()
+    ))
+}
+
+/// Name of the hooked proxy (its sockets are watched by the report's agent).
+const NGINX_TSSX: &str = "nginx-tssx";
+
+/// The nginx section: a plain and a hooked reverse proxy (front nginx to backend nginx on Unix
+/// sockets, `master_process on`, `sendfile off`), wrk over loopback TCP alternating between
+/// them; requests/s, medians compared. A failure (a hang shows as wrk's timeouts) is reported
+/// in the table rather than ending the report.
+fn nginx_section(agent: &Agent, hook: &Path, dir: &Path) -> String {
+    let mut table =
+        Table::new(&["nginx reverse proxy, wrk -c 8, 4 KiB file", "plain", "tssx", "tssx/plain", "tssx upstream connections swapped"]);
+    let mut measure = || -> anyhow::Result<()> {
+        let www = dir.join("www");
+        std::fs::create_dir_all(&www)?;
+        std::fs::write(www.join("4k.bin"), (0..4096u32).map(|i| (i * 7 % 251) as u8).collect::<Vec<u8>>())?;
+        let config = NginxConfig { master_process: true, sendfile: false };
+        let plain = NginxProxy::start(dir, "nginx-plain", &www, None, config)?;
+        let tssx = NginxProxy::start(dir, NGINX_TSSX, &www, Some(hook), config)?;
+        for (upstream, name) in [(Upstream::Fresh, "(a) upstream connection per request"), (Upstream::Keep, "(b) upstream keepalive 16")] {
+            let sock = NginxProxy::socket(dir, NGINX_TSSX, upstream);
+            let swapped_before = agent.events_on("swapped", &sock).len();
+            let conns_before = tssx.upstream_connections(upstream);
+            let run = |proxy: &NginxProxy| -> anyhow::Result<f64> {
+                let load = wrk(&proxy.url(upstream, "4k.bin"), NGINX_CONNECTIONS, NGINX_SECONDS)?;
+                ensure!(load.non_2xx == 0 && load.socket_errors.is_none() && load.requests > 0, "wrk: {load:?}");
+                Ok(load.rps)
+            };
+            let result = alternate(NGINX_REPS, || run(&plain), || run(&tssx));
+            thread::sleep(Duration::from_millis(300));
+            let swapped = format!(
+                "{}/{}",
+                agent.events_on("swapped", &sock).len() - swapped_before,
+                tssx.upstream_connections(upstream) - conns_before
+            );
+            match result {
+                Ok((p, t, _)) => table.row([
+                    format!("{name}, requests/s (median of {NGINX_REPS} x {NGINX_SECONDS} s)"),
+                    format!("{p:.0}"),
+                    format!("{t:.0}"),
+                    ratio(t, p),
+                    swapped,
+                ]),
+                Err(e) => table.row([format!("{name}: **failed**: {e:#}"), String::new(), String::new(), String::new(), swapped]),
+            }
+        }
+        plain.stop()?;
+        tssx.stop()?;
+        Ok(())
+    };
+    let failed = measure().err().map(|e| format!("\n**The nginx run failed**: {e:#}\n")).unwrap_or_default();
+    format!(
+        "## nginx reverse proxy\n\nA front nginx on loopback TCP proxying to a backend nginx on Unix sockets (`master_process on`, one worker each, `sendfile off` in the backend), driven by `wrk -t1 -c{NGINX_CONNECTIONS}`; plain: neither nginx under the hook; tssx: both, the agent watching the backend's sockets. Higher is better. The last column counts the swapped upstream connections against the backend's accepted ones during the tssx runs.\n\n{}{failed}",
+        table.render()
+    )
 }
 
 /// `measured/baseline` as `1.23x`.

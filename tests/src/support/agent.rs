@@ -1,6 +1,7 @@
 //! A real `tssx-agent` (real eBPF programs in the running kernel) and its JSON trace lines.
 
 use std::{
+    ffi::OsString,
     path::{Path, PathBuf},
     process::{Command, ExitStatus},
     sync::Mutex,
@@ -27,6 +28,8 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 pub struct Agent {
     process: Process,
     bin: PathBuf,
+    /// The command that the agent (and `status`) run under, e.g. `nsenter ...` (empty: none).
+    wrapper: Vec<OsString>,
     /// Its state directory.
     pub state_dir: PathBuf,
     /// The trace lines parsed so far (stdout line `i` is `parsed[i]`).
@@ -49,11 +52,24 @@ impl Agent {
     /// [`DEFAULT_STATE_DIR`]) with extra `args`, and waits for its ready line; the error says
     /// why it did not get ready (its stderr, e.g. another agent holds the directory).
     pub fn spawn(bin: &Path, paths: &[&str], state_dir: Option<&Path>, args: &[&str]) -> anyhow::Result<Self> {
+        Self::spawn_wrapped(&[], bin, paths, state_dir, args)
+    }
+
+    /// As [`Agent::spawn`], run under `wrapper` (a program and its arguments that `exec`s the
+    /// agent, e.g. [`super::MountNamespace::wrapper`]); [`Agent::stats`] runs under it too, so
+    /// the state directory is the one seen through the wrapper.
+    pub fn spawn_wrapped(
+        wrapper: &[OsString],
+        bin: &Path,
+        paths: &[&str],
+        state_dir: Option<&Path>,
+        args: &[&str],
+    ) -> anyhow::Result<Self> {
         let state_dir = state_dir.unwrap_or(Path::new(DEFAULT_STATE_DIR)).to_owned();
-        let mut cmd = Command::new(bin);
+        let mut cmd = wrapped(wrapper, bin);
         cmd.arg("--paths").arg(paths.join(",")).args(["--log-format", "json", "--state-dir"]).arg(&state_dir).args(args);
         let process = Process::try_spawn(cmd)?;
-        let mut agent = Self { process, bin: bin.to_owned(), state_dir, parsed: Mutex::new(Vec::new()) };
+        let mut agent = Self { process, bin: bin.to_owned(), wrapper: wrapper.to_vec(), state_dir, parsed: Mutex::new(Vec::new()) };
         let deadline = Instant::now() + READY_TIMEOUT;
         while agent.events("ready").is_empty() {
             if let Some(status) = agent.process.try_wait() {
@@ -143,7 +159,7 @@ impl Agent {
 
     /// As [`Agent::stats`], or why not (e.g. the agent is busy and dropped the request).
     pub fn try_stats(&self) -> anyhow::Result<Value> {
-        let out = Command::new(&self.bin)
+        let out = wrapped(&self.wrapper, &self.bin)
             .args(["status", "--stats", "--state-dir"])
             .arg(&self.state_dir)
             .output()
@@ -157,6 +173,18 @@ impl Agent {
     /// What the agent process holds, counted from outside through `/proc`.
     pub fn resources(&self) -> Resources {
         Resources::of(self.pid())
+    }
+}
+
+/// `bin` run under `wrapper` (if any).
+fn wrapped(wrapper: &[OsString], bin: &Path) -> Command {
+    match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut cmd = Command::new(program);
+            cmd.args(args).arg(bin);
+            cmd
+        }
+        None => Command::new(bin),
     }
 }
 

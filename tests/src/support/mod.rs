@@ -10,6 +10,9 @@
 //! | [`wait`] | [`wait_until`] / [`poll_until`]: poll a condition with a deadline |
 //! | [`rng`] | [`Rng`]: one seeded xorshift64* generator |
 //! | [`lock`] | [`MachineLock`]: the machine-wide lock on the default state directory |
+//! | [`nginx`] | [`NginxProxy`]: nginx as a reverse proxy to a second nginx on Unix sockets (upstream per request and keepalive), [`wrk`] |
+//! | [`nscd`] | [`Nscd`]: Debian's nscd in the foreground in a [`MountNamespace`], its configuration (`shared yes`/`no`) and cache statistics |
+//! | [`namespace`] | [`MountNamespace`]: a private mount namespace with fresh tmpfs directories (a service's `/run/...`, the agent's own `/run/tssx`), entered with `nsenter` |
 //! | [`resources`] | [`Resources`]: descriptors, memfds and RSS of a process, from `/proc` |
 //! | [`tempdir`] | [`TempDir`]: a fresh directory, removed when dropped |
 //! | [`control`] | [`ask`], [`ask_and_keep`], [`claim`], [`send_claim`], [`await_answer`]: requests on an agent's control socket |
@@ -53,6 +56,9 @@ pub mod churn;
 pub mod control;
 pub mod env;
 pub mod lock;
+pub mod namespace;
+pub mod nginx;
+pub mod nscd;
 pub mod process;
 pub mod resources;
 pub mod rng;
@@ -66,6 +72,9 @@ pub use churn::{assert_connections_do_not_wait, churn, Churn};
 pub use control::{ask, ask_and_keep, await_answer, claim, send_claim, Answer};
 pub use env::{agent_bin, hook, require_root, target_dir};
 pub use lock::{DefaultAgentLock, MachineLock};
+pub use namespace::MountNamespace;
+pub use nginx::{wrk, NginxConfig, NginxProxy, Upstream, Wrk};
+pub use nscd::{Nscd, NSCD_SOCKET};
 pub use process::{run_ok, Process};
 pub use resources::Resources;
 pub use rng::Rng;
