@@ -265,8 +265,8 @@ impl Conn {
                 Some(put) => put,
                 None => {
                     // Went plain meanwhile: the rest through the kernel.
-                    // SAFETY: the caller's offset, or null.
                     let mut at: libc::off_t = start + sent as libc::off_t;
+                    // SAFETY: a live local offset; the caller's fds.
                     let rest = unsafe { crate::sys::sendfile(fd, in_fd, &mut at, count - sent) };
                     if rest > 0 {
                         sent += rest as usize;
