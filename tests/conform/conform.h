@@ -231,21 +231,63 @@ HELPER int listen_on(const char *path) {
     return fd;
 }
 
+/*
+ * Warm-up: with CONFORM_WARMUP=N in the environment, both ends of every new connection first
+ * exchange N one-byte round trips, a millisecond apart, before the scenario uses it (nothing
+ * is printed, so the transcript is the same). The test driver sets it for its run on a
+ * connection that has moved onto tssx's rings before the scenario starts (tssx swaps a
+ * connection in flight, a few milliseconds after it is opened); without it, the scenario runs
+ * on a connection that is still migrating. Works on blocking and non-blocking sockets.
+ */
+HELPER void wait_for(int fd, short events) {
+    struct pollfd p = {.fd = fd, .events = events};
+    while (poll(&p, 1, -1) < 0) CHECK(errno == EINTR);
+}
+
+HELPER void warm_up(int fd, int server) {
+    const char *env = getenv("CONFORM_WARMUP");
+    int rounds = env ? atoi(env) : 0;
+    for (int i = 0; i < rounds; i++) {
+        char b = 'w';
+        for (int step = 0; step < 2; step++) {
+            int reading = (step == 0) == server;
+            wait_for(fd, reading ? POLLIN : POLLOUT);
+            ssize_t n = reading ? read(fd, &b, 1) : write(fd, &b, 1);
+            if (n < 0 && (errno == EINTR || errno == EAGAIN)) {
+                step--;
+                continue;
+            }
+            CHECK(n == 1 && b == 'w');
+        }
+        if (!server) usleep(1000);
+    }
+}
+
+/* Accepts one connection (retrying on EINTR), warmed up (see `warm_up`). */
 HELPER int accept_one(int lfd) {
     for (;;) {
         int fd = accept(lfd, NULL, NULL);
         if (fd < 0 && errno == EINTR) continue;
         CHECK(fd >= 0);
+        warm_up(fd, 1);
         return fd;
     }
 }
 
-HELPER int connect_to(const char *path) {
+/* Connects to PATH, without the warm-up (for servers that do not use `accept_one`). */
+HELPER int connect_plain(const char *path) {
     socklen_t len;
     struct sockaddr_un a = address(path, &len);
     int fd = socket(AF_UNIX, SOCK_STREAM, 0);
     CHECK(fd >= 0);
     CHECK(connect(fd, (struct sockaddr *)&a, len) == 0);
+    return fd;
+}
+
+/* Connects to PATH, warmed up (see `warm_up`). */
+HELPER int connect_to(const char *path) {
+    int fd = connect_plain(path);
+    warm_up(fd, 0);
     return fd;
 }
 

@@ -209,7 +209,7 @@ static void client(const char *path, int nconn, int rounds) {
     size_t *sizes = calloc((size_t)nconn, sizeof *sizes);
     CHECK(fds && out && in && sizes);
     for (int i = 0; i < nconn; i++) {
-        fds[i] = connect_to(path);
+        fds[i] = connect_plain(path);
         out[i] = xs_new((uint64_t)i + 1);
         in[i] = xs_new((uint64_t)i + 1);
     }

@@ -52,6 +52,7 @@ static void server(const char *path) {
     int lfd = listen_on(path);
     int data = accept4(lfd, NULL, NULL, SOCK_NONBLOCK);
     CHECK(data >= 0);
+    warm_up(data, 1);
     int ctl = accept_one(lfd);
     char buf[16];
     say("O_NONBLOCK after accept4(SOCK_NONBLOCK): %s", fcntl(data, F_GETFL) & O_NONBLOCK ? "yes" : "no");

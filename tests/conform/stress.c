@@ -134,6 +134,7 @@ int main(int argc, char **argv) {
         int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0);
         CHECK(fd >= 0);
         SHOW("connect SOCK_NONBLOCK", connect(fd, (struct sockaddr *)&a, len));
+        warm_up(fd, 0);
         run(fd, total, seed * 2 + 1, C, S, 0);
         SHOW("close", close(fd));
     }

@@ -7,10 +7,14 @@
 //!
 //! 1. plain, twice (no agent, no hook): both ends must succeed and the two transcripts must be
 //!    identical, so that the reference itself is deterministic;
-//! 2. swapped: the real agent watching the path, `LD_PRELOAD=libtssx_preload.so` on both ends.
-//!    The transcript must equal the plain one, the agent must have traced `swapped` for every
-//!    connection of the scenario, and the `closed` lines must account for the scenario's
-//!    payload as bytes that crossed shared memory.
+//! 2. hooked as it comes: the real agent watching the path (every connection claims at its
+//!    first call), `LD_PRELOAD=libtssx_preload.so` on both ends; connections start plain and
+//!    migrate while the scenario uses them. The transcript must equal the plain one.
+//! 3. swapped: the same, but every connection first exchanges ten one-byte round trips a
+//!    millisecond apart (`CONFORM_WARMUP`, see `tests/conform/conform.h`), so that the scenario
+//!    runs on the rings. The transcript must equal the plain one, the agent must have traced
+//!    `swapped` for every connection of the scenario, and the `closed` lines must account for
+//!    the scenario's payload as bytes that crossed shared memory.
 //!
 //! A mismatch is reported as a line diff (`-` plain, `+` swapped) together with the other
 //! findings, the ends' stderr and the agent's `not swapped` reasons.
@@ -29,6 +33,9 @@ use tssx_tests::{hook, poll_until, require_root, target_dir, HookedAgent, Proces
 const RUN_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long to wait for the agent's `swapped` / `closed` lines after a run.
 const TRACE_TIMEOUT: Duration = Duration::from_secs(5);
+/// One-byte round trips, a millisecond apart, that each connection of the warmed-up run
+/// exchanges before the scenario uses it: enough for it to have moved onto the rings.
+const WARMUP_ROUNDS: &str = "10";
 
 /// One conformance scenario: a program, its two ends' arguments and what the swap must show.
 struct Scenario {
@@ -42,7 +49,8 @@ struct Scenario {
     client: &'static [&'static str],
     /// Connections the client opens: each must be traced `swapped` once.
     connections: usize,
-    /// Bytes (both directions, all connections) that must have crossed shared memory.
+    /// Bytes (both directions, all connections) that must have crossed the connection: on the
+    /// socket before each direction switched, on the rings after.
     shm_bytes: u64,
 }
 
@@ -94,9 +102,15 @@ struct Run {
 
 /// One end of a scenario, in its own process group (scenarios fork): a timeout kills the
 /// children too.
-fn spawn_end(bin: &Path, role: &str, path: &str, args: &[&str], preload: Option<&Path>) -> Process {
+fn spawn_end(bin: &Path, role: &str, path: &str, args: &[&str], preload: Option<&Path>, warm: bool) -> Process {
     let mut cmd = Command::new(bin);
     cmd.arg(role).arg(path).args(args);
+    // See `warm_up` in tests/conform/conform.h.
+    if warm {
+        cmd.env("CONFORM_WARMUP", WARMUP_ROUNDS);
+    } else {
+        cmd.env_remove("CONFORM_WARMUP");
+    }
     match preload {
         Some(so) => cmd.env("LD_PRELOAD", so),
         None => cmd.env_remove("LD_PRELOAD"),
@@ -117,13 +131,13 @@ fn describe(status: Option<ExitStatus>) -> String {
 
 /// Runs the scenario's server, waits for its `listening` line, runs its client; both must end
 /// before `RUN_TIMEOUT` or are killed with their process groups.
-fn run(sc: &Scenario, path: &str, preload: Option<&Path>) -> Run {
+fn run(sc: &Scenario, path: &str, preload: Option<&Path>, warm: bool) -> Run {
     let bin = programs().join(sc.program);
     let deadline = Instant::now() + RUN_TIMEOUT;
     let left = || deadline.saturating_duration_since(Instant::now());
-    let mut server = spawn_end(&bin, "server", path, sc.server, preload);
+    let mut server = spawn_end(&bin, "server", path, sc.server, preload, warm);
     let mut client = match server.next_line(Duration::from_secs(10)) {
-        Some(first) if first == "listening" => Some(spawn_end(&bin, "client", path, sc.client, preload)),
+        Some(first) if first == "listening" => Some(spawn_end(&bin, "client", path, sc.client, preload, warm)),
         _ => None,
     };
     // Without a client, a server still running has nothing to wait for: killed at once.
@@ -188,9 +202,9 @@ fn conform(sc: &Scenario) {
     require_root();
     let dir = TempDir::new(&format!("conform-{}", sc.name));
     let started = Instant::now();
-    let plain = run(sc, &dir.socket("plain-1.sock"), None);
+    let plain = run(sc, &dir.socket("plain-1.sock"), None, false);
     assert!(plain.ok, "{}: the plain run failed\n{}\nstderr:\n{}", sc.name, plain.transcript, plain.stderr);
-    let again = run(sc, &dir.socket("plain-2.sock"), None);
+    let again = run(sc, &dir.socket("plain-2.sock"), None, false);
     assert!(
         plain.transcript == again.transcript,
         "{}: the plain transcript is not deterministic (- first run, + second run):\n{}",
@@ -200,13 +214,26 @@ fn conform(sc: &Scenario) {
     let plain_time = started.elapsed() / 2;
 
     let path = dir.socket("s.sock");
+    let migrating_path = dir.socket("m.sock");
     let started = Instant::now();
-    let agent = HookedAgent::start(&[&path]);
+    // Every connection claims at its first call (the scenarios are short).
+    let agent = HookedAgent::start_with(&[&path, &migrating_path], &["--claim-after", "0"]);
     let agent_time = started.elapsed();
-    let started = Instant::now();
-    let swapped = run(sc, &path, Some(&hook()));
-    let swapped_time = started.elapsed();
     let mut problems = Vec::new();
+    // Hooked, as it comes: each connection migrates while the scenario uses it (or ends
+    // before it could), whatever the scenario does meanwhile (fork, exec, shutdown, ...).
+    let migrating = run(sc, &migrating_path, Some(&hook()), false);
+    if !migrating.ok || migrating.transcript != plain.transcript {
+        problems.push(format!(
+            "transcripts differ (- plain, + hooked, migrating while in use):\n{}stderr of that run:\n{}",
+            diff(&plain.transcript, &migrating.transcript),
+            migrating.stderr
+        ));
+    }
+    // Hooked, each connection warmed up first: the scenario runs on the rings.
+    let started = Instant::now();
+    let swapped = run(sc, &path, Some(&hook()), true);
+    let swapped_time = started.elapsed();
     if !swapped.ok || swapped.transcript != plain.transcript {
         problems.push(format!(
             "transcripts differ (- plain, + swapped):\n{}stderr of the swapped run:\n{}",
@@ -228,8 +255,17 @@ fn conform(sc: &Scenario) {
     }
     let bytes: u64 =
         closed.iter().map(|c| c["bytes_client_to_server"].as_u64().unwrap_or(0) + c["bytes_server_to_client"].as_u64().unwrap_or(0)).sum();
-    if bytes < sc.shm_bytes {
-        problems.push(format!("{bytes} bytes crossed shared memory, expected at least {}", sc.shm_bytes));
+    // Bytes written before a direction switched went through the socket, the rest through
+    // shared memory: together, at least the scenario's payload.
+    let before_switch: u64 = swaps
+        .iter()
+        .map(|s| s["switched_client_to_server"].as_u64().unwrap_or(0) + s["switched_server_to_client"].as_u64().unwrap_or(0))
+        .sum();
+    if bytes + before_switch < sc.shm_bytes {
+        problems.push(format!(
+            "{bytes} bytes crossed shared memory after {before_switch} on the socket, expected at least {} in all",
+            sc.shm_bytes
+        ));
     }
     // Why the others stayed plain, with counts.
     let mut refused: Vec<(String, usize)> = Vec::new();

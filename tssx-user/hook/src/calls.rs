@@ -145,12 +145,13 @@ fn route(c: &Conn, fd: c_int, sending: bool) -> Route<'_> {
 /// and reads once data is there (or goes through the hook if the end became ready). A signal
 /// during such a slice is not reported as EINTR (the wait goes on, as under `SA_RESTART`); the
 /// window lasts until the next step, a millisecond or two.
-fn wait_before_raw_read<'a>(c: &'a Conn, fd: c_int, flags: c_int, first: Route<'a>) -> Route<'a> {
+fn wait_before_raw_read<'a>(c: &'a Conn, fd: c_int, flags: c_int, wants_bytes: impl Fn() -> bool, first: Route<'a>) -> Route<'a> {
     let mut route_now = first;
     loop {
         let Route::Kernel(Some(raw)) = route_now else { return route_now };
         let phase = c.phase();
-        if !(phase == Phase::Mapped || phase == Phase::Quiescing) || c.would_block_is_error(flags) {
+        if !(phase == Phase::Mapped || phase == Phase::Quiescing) || c.would_block_is_error(flags) || !wants_bytes() {
+            // (A read of no bytes returns at once.)
             return Route::Kernel(Some(raw));
         }
         let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
@@ -194,7 +195,11 @@ macro_rules! recv_like {
             if let Some(c) = table::lookup($fd) {
                 #[allow(unused_unsafe)]
                 let flags = $flags;
-                match wait_before_raw_read(c, $fd, flags, route(c, $fd, false)) {
+                #[allow(unused_unsafe)]
+                // SAFETY: the caller's buffers, valid for the call per the libc contract (only
+                // their lengths are read).
+                let wants_bytes = || unsafe { $bufs }.iter().any(|b| !b.is_empty());
+                match wait_before_raw_read(c, $fd, flags, wants_bytes, route(c, $fd, false)) {
                     Route::Kernel(r) => raw = r.map(|r| (c, r)),
                     Route::Hook => {
                         #[allow(unused_unsafe)]

@@ -81,7 +81,17 @@ struct Set {
     /// how many calls skipped asking since (see [`PLAIN_CHECK_EVERY`]). Relaxed: heuristics.
     plain_checked_ns: AtomicU64,
     plain_skips: AtomicU32,
+    /// `EPOLLONESHOT` registrations of tracked sockets still plain, as (fd, data): when the
+    /// kernel reports one, it disarms it; the hook notes that in the socket's recorded
+    /// registration, so that it stays disarmed when it moves into the table.
+    plain_oneshots: std::sync::Mutex<Vec<(c_int, u64)>>,
+    /// Whether `plain_oneshots` is not empty (Relaxed: a hint to skip the scan).
+    has_plain_oneshots: AtomicBool,
 }
+
+/// Bit of a recorded registration's events (unused by epoll): the kernel reported this
+/// `EPOLLONESHOT` registration, which is disarmed until `EPOLL_CTL_MOD`.
+pub const DISARMED: u32 = 1 << 27;
 
 /// While swapped fds keep being ready, the kernel is asked for the plain fds' events (a system
 /// call) on every this-many-th call, or when this much time passed: busy event loops with many
@@ -174,6 +184,8 @@ fn set_or_new(epfd: c_int) -> Option<&'static Set> {
         next: UnsafeCell::new(0),
         plain_checked_ns: AtomicU64::new(0),
         plain_skips: AtomicU32::new(0),
+        plain_oneshots: std::sync::Mutex::new(Vec::new()),
+        has_plain_oneshots: AtomicBool::new(false),
     }));
     if slot.compare_exchange(null_mut(), new, Release, Acquire).is_err() {
         // SAFETY: ours, never shared.
@@ -220,13 +232,44 @@ fn record(c: &Conn, epfd: c_int, op: c_int, fd: c_int, user: Option<(u32, u64)>)
         Err(poisoned) => poisoned.into_inner(),
     };
     regs.retain(|&(f, e, _, _)| !(f == fd && e == epfd));
-    if op != libc::EPOLL_CTL_DEL {
-        if let Some((events, data)) = user {
+    let oneshot = match (op, user) {
+        (libc::EPOLL_CTL_DEL, _) | (_, None) => None,
+        (_, Some((events, data))) => {
             regs.push((fd, epfd, events, data));
+            (events & libc::EPOLLONESHOT as u32 != 0).then_some(data)
         }
-    }
+    };
     drop(regs);
-    let _ = set_or_new(epfd);
+    let Some(set) = set_or_new(epfd) else { return };
+    let mut oneshots = set.plain_oneshots.lock().unwrap_or_else(|p| p.into_inner());
+    oneshots.retain(|&(f, _)| f != fd);
+    if let Some(data) = oneshot {
+        oneshots.push((fd, data));
+    }
+    set.has_plain_oneshots.store(!oneshots.is_empty(), Relaxed);
+}
+
+/// The kernel reported `events` (plain fds' events, in the application's array): an
+/// `EPOLLONESHOT` registration of a tracked socket among them is disarmed now (see
+/// [`Set::plain_oneshots`]).
+fn note_oneshots_fired(set: &Set, events: &[epoll_event]) {
+    if !set.has_plain_oneshots.load(Relaxed) {
+        return;
+    }
+    let mut oneshots = set.plain_oneshots.lock().unwrap_or_else(|p| p.into_inner());
+    oneshots.retain(|&(fd, data)| {
+        if !events.iter().any(|e| e.u64 == data) {
+            return true;
+        }
+        if let Some(c) = lookup(fd) {
+            let mut regs = c.regs.lock().unwrap_or_else(|p| p.into_inner());
+            for reg in regs.iter_mut().filter(|r| r.0 == fd && r.3 == data) {
+                reg.2 |= DISARMED;
+            }
+        }
+        false
+    });
+    set.has_plain_oneshots.store(!oneshots.is_empty(), Relaxed);
 }
 
 /// Moves a recorded registration of `fd` in `epfd` into the hook's table, and the kernel's
@@ -239,10 +282,15 @@ pub fn adopt(epfd: c_int, fd: c_int, c: &Conn, events: u32, data: u64) {
     if unsafe { sys::epoll_ctl(epfd, libc::EPOLL_CTL_MOD, fd, &mut kernel) } != 0 {
         return;
     }
+    let mut interest = Interest::new(fd, c.id(), events & !DISARMED, data);
+    interest.armed = events & DISARMED == 0;
     set.with(|v, _| {
         v.retain(|i| i.fd != fd);
-        v.push(Interest::new(fd, c.id(), events, data));
+        v.push(interest);
     });
+    let mut oneshots = set.plain_oneshots.lock().unwrap_or_else(|p| p.into_inner());
+    oneshots.retain(|&(f, _)| f != fd);
+    set.has_plain_oneshots.store(!oneshots.is_empty(), Relaxed);
 }
 
 /// Gives a no-longer-swapped fd the application's own registration back (none if it deleted
@@ -515,6 +563,7 @@ pub unsafe fn wait(epfd: c_int, events: *mut epoll_event, maxevents: c_int, time
                 return m;
             }
             let kept = filter(out, m as usize);
+            note_oneshots_fired(set, &out[..kept]);
             let n = kept + collect(epfd, set, &mut out[kept..]);
             if n > 0 || deadline.is_some_and(|d| now_ns() >= d) {
                 return n as c_int;
@@ -538,6 +587,7 @@ pub unsafe fn wait(epfd: c_int, events: *mut epoll_event, maxevents: c_int, time
             // SAFETY: the rest of the caller's array.
             let m = unsafe { real_wait(epfd, out[n..].as_mut_ptr(), (out.len() - n) as c_int, Some(0), sigmask) };
             let m = if m > 0 { filter(&mut out[n..], m as usize) } else { 0 };
+            note_oneshots_fired(set, &out[n..n + m]);
             let more = if n + m < out.len() && m > 0 { collect(epfd, set, &mut out[n + m..]) } else { 0 };
             return (n + m + more) as c_int;
         }
@@ -564,6 +614,7 @@ pub unsafe fn wait(epfd: c_int, events: *mut epoll_event, maxevents: c_int, time
             return -1;
         }
         let kept = filter(out, m as usize);
+        note_oneshots_fired(set, &out[..kept]);
         let n = kept + collect(epfd, set, &mut out[kept..]);
         if n > 0 {
             return n as c_int;
@@ -613,6 +664,9 @@ pub unsafe fn plain_wait(epfd: c_int, events: *mut epoll_event, maxevents: c_int
         // SAFETY: the kernel filled `rc` entries of the caller's array.
         let out = unsafe { std::slice::from_raw_parts_mut(events, rc as usize) };
         let kept = filter(out, rc as usize);
+        if let Some(set) = set_of(epfd) {
+            note_oneshots_fired(set, &out[..kept]);
+        }
         if kept == 0 {
             // Only the hook's events: wait again, through the table.
             // SAFETY: forwarded.

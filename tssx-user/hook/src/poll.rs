@@ -195,10 +195,15 @@ pub unsafe fn poll(fds: &mut [pollfd], timeout_ns: Option<u64>, sigmask: *const 
     let mut spun = false;
     loop {
         if !fds.iter().any(|p| p.fd >= 0 && lookup_swapped(p.fd).is_some()) {
-            // Only plain (or still plain) fds: one real call.
+            // Only plain (or still plain) fds: one real call, unless one of them becomes ready
+            // meanwhile (then `real_pass` does not wait, and the next round serves it).
             let left = deadline.map(|d| d.saturating_sub(now_ns()));
             // SAFETY: forwarded.
-            return unsafe { real_pass(fds, left, sigmask) };
+            let rc = unsafe { real_pass(fds, left, sigmask) };
+            if rc != 0 || deadline.is_some_and(|d| now_ns() >= d) {
+                return rc;
+            }
+            continue;
         }
         let (ready, plain) = scan(fds);
         let expired = deadline.is_some_and(|d| now_ns() >= d);
