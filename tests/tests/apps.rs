@@ -564,7 +564,7 @@ fn nscd_answers_the_same_with_tssx_and_never_stalls() {
     let dir = TempDir::new("app-nscd");
     let dirs = tssx_tests::nscd::private_dirs();
     let ns = MountNamespace::new(&dirs.iter().map(String::as_str).collect::<Vec<_>>());
-    let agent = Agent::spawn_wrapped(&ns.wrapper(), &agent_bin(), &[NSCD_SOCKET], None, &[]).unwrap_or_else(|e| panic!("{e:#}"));
+    let agent = Agent::spawn_wrapped(&ns.wrapper(), &agent_bin(), &[NSCD_SOCKET], None, &["-v"]).unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(std::fs::metadata(ns.path("/run/tssx")).map(|m| m.permissions().mode() & 0o7777).ok(), Some(0o755), "the private /run/tssx");
     let lookups = Lookups::of_this_machine();
     for shared in [false, true] {

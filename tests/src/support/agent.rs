@@ -43,9 +43,11 @@ impl Agent {
         Self::start_with(paths, state_dir, &[])
     }
 
-    /// As [`Agent::start`], with extra agent arguments (e.g. `--max-connections 2`).
+    /// As [`Agent::start`], with extra agent arguments (e.g. `--max-connections 2`). Tests run
+    /// the agent with `-v`: its per-connection `connect`/`accept` lines are at debug level.
     pub fn start_with(paths: &[&str], state_dir: &Path, args: &[&str]) -> Self {
-        Self::spawn(&agent_bin(), paths, Some(state_dir), args).unwrap_or_else(|e| panic!("{e:#}"))
+        let args: Vec<&str> = std::iter::once("-v").chain(args.iter().copied()).collect();
+        Self::spawn(&agent_bin(), paths, Some(state_dir), &args).unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     /// Starts the agent binary `bin` on `paths` in `state_dir` (`None`: the agent's default,

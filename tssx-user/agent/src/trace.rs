@@ -1,9 +1,10 @@
 //! Turning kernel events into trace lines.
 //!
-//! Each line is one `tracing` event at INFO level whose message is the event kind (`bind`,
-//! `listen`, `connect`, `accept`, `fork`, `exit`) with the facts as fields, so the text format
-//! reads `connect pid=812 tid=812 comm="client" uid=0 fd=3 path=/run/a.sock` and the JSON
-//! format carries the same keys.
+//! Each line is one `tracing` event whose message is the event kind (`bind`, `listen`,
+//! `connect`, `accept`, `fork`, `exit`) with the facts as fields, so the text format reads
+//! `connect pid=812 tid=812 comm="client" uid=0 fd=3 path=/run/a.sock` and the JSON format
+//! carries the same keys. Per-connection lines (`connect`, `accept`) are at DEBUG level (`-v`):
+//! a busy server must not flood the log; `status --stats` counts them. The others are at INFO.
 
 use tssx_common::event::{Event, EventKind};
 
@@ -18,9 +19,9 @@ pub fn trace_event(event: &Event, paths: &[WatchedPath]) {
     match event.event_kind() {
         Some(EventKind::Bind) => tracing::info!(pid, tid, comm, uid, fd, path, "bind"),
         Some(EventKind::Listen) => tracing::info!(pid, tid, comm, uid, fd, path, "listen"),
-        Some(EventKind::Connect) => tracing::info!(pid, tid, comm, uid, fd, path, "connect"),
+        Some(EventKind::Connect) => tracing::debug!(pid, tid, comm, uid, fd, path, "connect"),
         Some(EventKind::Accept) => {
-            tracing::info!(pid, tid, comm, uid, listen_fd = fd, fd = event.new_fd, path, "accept")
+            tracing::debug!(pid, tid, comm, uid, listen_fd = fd, fd = event.new_fd, path, "accept")
         }
         Some(EventKind::Fork) => {
             tracing::info!(pid, comm, child = event.other_pid, "fork: child inherits watched listeners")

@@ -32,17 +32,42 @@ pub fn init() {
 /// After a successful connect/accept of `fd`: track it if it is a stream socket on a watched
 /// path (plain for now: nothing is asked of the agent here), else forget it.
 fn track_connected(fd: c_int, end: End, name: Option<String>) {
+    // A socket made by our `socket` as SOCK_STREAM needs no question.
+    let known_stream = table::is_unconnected(fd);
     table::mark_unconnected(fd, false);
     with_errno_kept(|| {
-        let watched = name.is_some_and(|name| paths::watched(&name)) && paths::is_stream(fd);
-        match table::lookup(fd) {
-            Some(c) if watched && c.phase() == Phase::Unconnected => c.connected(end),
-            _ if watched => {
-                table::track(fd, end, Phase::Candidate);
-            }
-            Some(_) => table::untrack(fd),
-            None => {}
+        let watched = name.is_some_and(|name| paths::watched(&name)) && (known_stream || paths::is_stream(fd));
+        track_if(fd, end, watched, None);
+    })
+}
+
+/// Tracks `fd` as a candidate if `watched` (`nonblock`: its O_NONBLOCK if known), else forgets
+/// it.
+fn track_if(fd: c_int, end: End, watched: bool, nonblock: Option<bool>) {
+    match table::lookup(fd) {
+        Some(c) if watched && c.phase() == Phase::Unconnected => c.connected(end),
+        _ if watched => {
+            table::track(fd, end, Phase::Candidate, nonblock);
         }
+        Some(_) => table::untrack(fd),
+        None => {}
+    }
+}
+
+/// After `accept`/`accept4` on `listener` returned `new`: track it if the listener is a stream
+/// socket on a watched path. What the listener is gets remembered per listener fd, so a busy
+/// server pays no system call per connection (see [`table::listener_kind`]).
+fn track_accepted(listener: c_int, new: c_int, nonblock: bool) {
+    with_errno_kept(|| {
+        let watched = match table::listener_kind(listener) {
+            Some(watched) => watched,
+            None => {
+                let watched = paths::local_name(new).is_some_and(|name| paths::watched(&name)) && paths::is_stream(new);
+                table::remember_listener(listener, watched);
+                watched
+            }
+        };
+        track_if(new, End::Server, watched, Some(nonblock));
     })
 }
 
@@ -75,7 +100,8 @@ pub unsafe fn accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_i
     // SAFETY: forwarded as received.
     let new = unsafe { sys::accept(fd, addr, len) };
     if new >= 0 {
-        track_connected(new, End::Server, paths::local_name(new));
+        // (An accepted socket does not inherit O_NONBLOCK.)
+        track_accepted(fd, new, false);
     }
     new
 }
@@ -85,7 +111,7 @@ pub unsafe fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags
     // SAFETY: forwarded as received.
     let new = unsafe { sys::accept4(fd, addr, len, flags) };
     if new >= 0 {
-        track_connected(new, End::Server, paths::local_name(new));
+        track_accepted(fd, new, flags & libc::SOCK_NONBLOCK != 0);
     }
     new
 }
@@ -366,6 +392,7 @@ pub unsafe fn splice(
 /// libc's `close`.
 pub unsafe fn close(fd: c_int) -> c_int {
     table::mark_unconnected(fd, false);
+    table::forget_listener(fd);
     if table::lookup(fd).is_some() {
         with_errno_kept(|| table::close(fd));
     }
@@ -390,6 +417,9 @@ pub unsafe fn dup(fd: c_int) -> c_int {
 pub unsafe fn dup2(old: c_int, new: c_int) -> c_int {
     // SAFETY: forwarded as received.
     let rc = unsafe { sys::dup2(old, new) };
+    if rc >= 0 && old != new {
+        table::forget_listener(new);
+    }
     if rc >= 0 && old != new && (table::lookup(old).is_some() || table::lookup(new).is_some()) {
         table::duplicated(old, new);
     }
@@ -400,6 +430,9 @@ pub unsafe fn dup2(old: c_int, new: c_int) -> c_int {
 pub unsafe fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
     // SAFETY: forwarded as received.
     let rc = unsafe { sys::dup3(old, new, flags) };
+    if rc >= 0 {
+        table::forget_listener(new);
+    }
     if rc >= 0 && (table::lookup(old).is_some() || table::lookup(new).is_some()) {
         table::duplicated(old, new);
     }

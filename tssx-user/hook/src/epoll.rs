@@ -321,7 +321,7 @@ fn fail(errno: c_int) -> Option<c_int> {
 pub unsafe fn ctl(epfd: c_int, op: c_int, fd: c_int, event: *mut epoll_event) -> Option<c_int> {
     if lookup(fd).is_none() && crate::table::is_unconnected(fd) && op == libc::EPOLL_CTL_ADD {
         // Registered before it connects: keep the registration with the socket from now on.
-        crate::table::track(fd, tssx_common::segment::End::Client, Phase::Unconnected);
+        crate::table::track(fd, tssx_common::segment::End::Client, Phase::Unconnected, None);
     }
     if let Some(c) = lookup(fd) {
         if c.phase() < Phase::Ready {

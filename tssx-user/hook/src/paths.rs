@@ -48,8 +48,28 @@ pub unsafe fn unix_name(addr: *const libc::sockaddr, len: libc::socklen_t) -> Op
 /// means unchanged contents.
 type FileVersion = (u64, u64, i64, i64, i64);
 
-/// The paths file last read, and the version it was read at.
-static PATHS: std::sync::Mutex<Option<(FileVersion, Vec<String>)>> = std::sync::Mutex::new(None);
+/// The watched paths as last read, and when the file was last looked at.
+struct Cached {
+    /// `None`: there was no paths file (no agent).
+    version: Option<FileVersion>,
+    list: Vec<String>,
+    checked_ns: u64,
+}
+
+/// The paths file is looked at again (one `stat`) at most this often: a connection made less
+/// than this after an agent started, stopped or changed its paths may be treated as before.
+pub const RECHECK_NS: u64 = 50_000_000;
+
+/// The paths last read (see [`Cached`]).
+static PATHS: std::sync::Mutex<Option<Cached>> = std::sync::Mutex::new(None);
+/// Bumped whenever the cached list changes (see [`generation`]). Relaxed: a version number.
+static GENERATION: AtomicU64 = AtomicU64::new(1);
+
+/// A number that changes whenever the watched paths change (for caches of decisions).
+#[inline]
+pub fn generation() -> u64 {
+    GENERATION.load(Relaxed)
+}
 
 /// The agent's `#claim-after-ns` setting (default: [`crate::phase::CLAIM_AFTER_NS`]), as last
 /// read from the paths file. Relaxed: a setting, read on every claim decision.
@@ -78,22 +98,40 @@ fn read_paths() -> Option<Vec<String>> {
 
 /// True if the agent currently watches `name`.
 ///
-/// One `stat` per call: the list is read again only when the file changed. The cache's lock is
-/// only tried, never waited for (a process that forked while another thread held it must not
+/// Usually no system call: the list read last is used, and the file is looked at again (one
+/// `stat`, and a read when it changed) at most every [`RECHECK_NS`]. The cache's lock is only
+/// tried, never waited for (a process that forked while another thread held it must not
 /// hang); when busy, the file is read directly.
 pub fn watched(name: &str) -> bool {
-    let Ok(st) = sys::stat(PATHS_FILE) else { return false }; // no agent
-    let version: FileVersion = (st.st_dev, st.st_ino, st.st_mtime, st.st_mtime_nsec, st.st_size);
     let Ok(mut cache) = PATHS.try_lock() else {
         return read_paths().is_some_and(|list| list.iter().any(|line| line == name));
     };
-    match &*cache {
-        Some((seen, list)) if *seen == version => list.iter().any(|line| line == name),
+    refresh(&mut cache);
+    cache.as_ref().is_some_and(|c| c.list.iter().any(|line| line == name))
+}
+
+/// Looks at the paths file again if [`RECHECK_NS`] passed (see [`watched`]), so that
+/// [`generation`] moves when the agent's paths changed. Skipped if the cache is busy.
+pub fn refresh_generation() {
+    if let Ok(mut cache) = PATHS.try_lock() {
+        refresh(&mut cache);
+    }
+}
+
+fn refresh(cache: &mut Option<Cached>) {
+    let now = crate::spin::now_ns();
+    if let Some(c) = cache.as_mut() {
+        if now.saturating_sub(c.checked_ns) < RECHECK_NS {
+            return;
+        }
+    }
+    let version = sys::stat(PATHS_FILE).ok().map(|st| (st.st_dev, st.st_ino, st.st_mtime, st.st_mtime_nsec, st.st_size));
+    match cache.as_mut() {
+        Some(c) if c.version == version => c.checked_ns = now,
         _ => {
-            let Some(list) = read_paths() else { return false };
-            let found = list.iter().any(|line| line == name);
-            *cache = Some((version, list));
-            found
+            let list = if version.is_some() { read_paths().unwrap_or_default() } else { Vec::new() };
+            *cache = Some(Cached { version, list, checked_ns: now });
+            GENERATION.fetch_add(1, Relaxed);
         }
     }
 }

@@ -95,9 +95,43 @@ fn publish(fd: c_int, conn: Conn) -> bool {
 }
 
 /// Starts tracking `fd` as the `end` of a connection in `phase` (`Candidate` after
-/// connect/accept, `Unconnected` after `socket`).
-pub fn track(fd: c_int, end: End, phase: Phase) -> bool {
-    publish(fd, Conn::new(end, phase, NEXT_ID.fetch_add(1, Relaxed), sys::fd_nonblocking(fd)))
+/// connect/accept, `Unconnected` before `connect`); `nonblock`: the socket's O_NONBLOCK if
+/// the caller knows it (else one `F_GETFL`).
+pub fn track(fd: c_int, end: End, phase: Phase, nonblock: Option<bool>) -> bool {
+    let nonblock = nonblock.unwrap_or_else(|| sys::fd_nonblocking(fd));
+    publish(fd, Conn::new(end, phase, NEXT_ID.fetch_add(1, Relaxed), nonblock))
+}
+
+/// Per listener fd: whether the connections it accepts are watched stream sockets, as found
+/// at its first `accept` (bit 0: watched; the rest: the [`crate::paths::generation`] it was
+/// found under, +1; 0: not known). Cleared when the fd is closed. Relaxed: a cache of this
+/// process's own answers, re-derived whenever in doubt.
+static LISTENERS: [AtomicU64; MAX_FDS] = [const { AtomicU64::new(0) }; MAX_FDS];
+
+/// What the listener `fd` was found to be under the current watched paths, if known.
+#[inline]
+pub fn listener_kind(fd: c_int) -> Option<bool> {
+    let slot = LISTENERS.get(usize::try_from(fd).ok()?)?;
+    crate::paths::refresh_generation();
+    let word = slot.load(Relaxed);
+    (word != 0 && word >> 1 == crate::paths::generation()).then_some(word & 1 != 0)
+}
+
+/// Remembers what the listener `fd` is (see [`LISTENERS`]).
+pub fn remember_listener(fd: c_int, watched: bool) {
+    if let Some(slot) = usize::try_from(fd).ok().and_then(|i| LISTENERS.get(i)) {
+        slot.store(crate::paths::generation() << 1 | u64::from(watched), Relaxed);
+    }
+}
+
+/// `fd` was closed: whatever listener it was is forgotten.
+#[inline]
+pub fn forget_listener(fd: c_int) {
+    if let Some(slot) = usize::try_from(fd).ok().and_then(|i| LISTENERS.get(i)) {
+        if slot.load(Relaxed) != 0 {
+            slot.store(0, Relaxed);
+        }
+    }
 }
 
 /// Maps a segment handed over by another process of this end (the previous image before

@@ -70,8 +70,8 @@ fn run(seed: u64, ring: usize) {
     tssx_hook::phase::set_claiming(false);
     let mut rng = Rng(seed | 1);
     let (a, b) = socketpair(libc::SOCK_NONBLOCK);
-    assert!(table::track(a, End::Client, Phase::Candidate));
-    assert!(table::track(b, End::Server, Phase::Candidate));
+    assert!(table::track(a, End::Client, Phase::Candidate, None));
+    assert!(table::track(b, End::Server, Phase::Candidate, None));
     let segment = Segment::create(ring).expect("segment");
     let join_at = rng.below(40);
     let skew = rng.below(10);
@@ -205,8 +205,8 @@ fn small_rings_and_large_transfers() {
 fn a_reader_blocked_in_the_kernel_delays_readiness_and_loses_nothing() {
     tssx_hook::phase::set_claiming(false);
     let (a, b) = socketpair(0);
-    assert!(table::track(a, End::Client, Phase::Candidate));
-    assert!(table::track(b, End::Server, Phase::Candidate));
+    assert!(table::track(a, End::Client, Phase::Candidate, None));
+    assert!(table::track(b, End::Server, Phase::Candidate, None));
     let reader = std::thread::spawn(move || {
         let mut got = Vec::new();
         while got.len() < 300_000 {
@@ -240,8 +240,8 @@ fn a_reader_blocked_in_the_kernel_delays_readiness_and_loses_nothing() {
 fn active_pair() -> (c_int, c_int, Segment) {
     tssx_hook::phase::set_claiming(false);
     let (a, b) = socketpair(libc::SOCK_NONBLOCK);
-    assert!(table::track(a, End::Client, Phase::Candidate));
-    assert!(table::track(b, End::Server, Phase::Candidate));
+    assert!(table::track(a, End::Client, Phase::Candidate, None));
+    assert!(table::track(b, End::Server, Phase::Candidate, None));
     let segment = Segment::create(4096).expect("segment");
     assert!(table::lookup(a).unwrap().join_with(dup_memfd(&segment)));
     assert!(table::lookup(b).unwrap().join_with(dup_memfd(&segment)));

@@ -113,6 +113,10 @@ impl Default for Timing {
 /// `Relaxed`: nothing is synchronized through them.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
+    /// Kernel connect events on watched paths.
+    pub(crate) connects: AtomicU64,
+    /// Kernel accept events on watched paths.
+    pub(crate) accepts: AtomicU64,
     /// Well-formed claims.
     pub(crate) claims: AtomicU64,
     /// Connections paired.
@@ -207,6 +211,12 @@ impl Control {
     /// Records a kernel connect/accept so that claims can be checked against it. A connect that
     /// replaces an unclaimed one of the same fd ends that connection: counted short-lived.
     pub fn record(&self, event: &Event) {
+        // Relaxed: counters.
+        match event.event_kind() {
+            Some(tssx_common::event::EventKind::Connect) => self.counters.connects.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            Some(tssx_common::event::EventKind::Accept) => self.counters.accepts.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            _ => 0,
+        };
         let replaced = self.lock().record(event);
         if let Some(seen) = replaced {
             self.short_lived(&seen.end, seen.path_id);

@@ -56,6 +56,11 @@ pub struct Stats {
     pub segment_bytes: u64,
     /// Fresh segments created ahead of pairs (not counted in `live_segments`).
     pub spare_segments: usize,
+    /// Connections the kernel reported on watched paths since the start: `connect`s and
+    /// `accept`s (their trace lines are at debug level).
+    pub connects: u64,
+    /// See `connects`.
+    pub accepts: u64,
     /// Claims received (well-formed claim requests), since the start.
     pub claims: u64,
     /// Claims held now, waiting for the other end's.
@@ -110,6 +115,8 @@ impl Control {
             ring_size: self.ring_size,
             segment_bytes,
             spare_segments,
+            connects: count(&counters.connects),
+            accepts: count(&counters.accepts),
             claims: count(&counters.claims),
             held_claims,
             max_held_claims: self.max_held(),
