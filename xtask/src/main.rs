@@ -143,7 +143,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
                 lint()?;
             }
             build()?;
-            cargo(&["test", "--workspace", "--exclude", "tssx-ebpf"], &args)?;
+            cargo(&["test", "--workspace", "--exclude", "tssx-ebpf", "--no-fail-fast"], &args)?;
             if args.is_empty() {
                 loom()?;
             }
@@ -294,8 +294,9 @@ fn demo(keep: bool) -> anyhow::Result<()> {
     let path = path.to_str().context("non-UTF-8 temp dir")?.to_owned();
     let bin = target_dir();
     step(&format!("starting tssx-agent --paths {path},@tssx-demo (state dir /run/tssx, where the hook looks)"));
+    // `-v`: the per-connection `connect`/`accept` lines are at debug level.
     let mut agent = Command::new(bin.join("tssx-agent"))
-        .args(["--paths", &format!("{path},@tssx-demo")])
+        .args(["-v", "--paths", &format!("{path},@tssx-demo")])
         .stdout(Stdio::piped())
         .spawn()
         .context("starting tssx-agent")?;

@@ -46,7 +46,8 @@ impl Agent {
     /// As [`Agent::start`], with extra agent arguments (e.g. `--max-connections 2`). Tests run
     /// the agent with `-v`: its per-connection `connect`/`accept` lines are at debug level.
     pub fn start_with(paths: &[&str], state_dir: &Path, args: &[&str]) -> Self {
-        let args: Vec<&str> = std::iter::once("-v").chain(args.iter().copied()).collect();
+        let verbose = args.iter().any(|a| *a == "-v" || *a == "--verbose");
+        let args: Vec<&str> = (!verbose).then_some("-v").into_iter().chain(args.iter().copied()).collect();
         Self::spawn(&agent_bin(), paths, Some(state_dir), &args).unwrap_or_else(|e| panic!("{e:#}"))
     }
 
