@@ -46,7 +46,7 @@ pub const CLAIM_AFTER_NS: u64 = 1_000_000;
 /// ... or moved this many bytes in either direction.
 pub const CLAIM_AFTER_BYTES: u64 = 64 * 1024;
 /// First wait before looking for the agent's answer again; doubles up to [`ANSWER_CHECK_MAX_NS`].
-const ANSWER_CHECK_FIRST_NS: u64 = 20_000;
+const ANSWER_CHECK_FIRST_NS: u64 = 50_000;
 const ANSWER_CHECK_MAX_NS: u64 = 50_000_000;
 /// A claim the agent has not answered this long after it was sent is given up (the peer never
 /// claimed): the connection stays plain and the control connection is closed.

@@ -130,14 +130,15 @@ fn scan(fds: &mut [pollfd]) -> (usize, bool) {
 /// # Safety
 /// `sigmask` is null or valid.
 unsafe fn real_pass(fds: &mut [pollfd], timeout_ns: Option<u64>, sigmask: *const sigset_t) -> c_int {
-    // The user's events of swapped entries, restored after the call (on the stack for the
-    // usual handful of fds).
-    let mut user_events = [0i16; 64];
+    // The user's events of the entries swapped now, restored after the call (on the stack for
+    // the usual handful of fds). An entry that becomes swapped during the call (a connection
+    // that got ready in a step of `RawCalls::enter`) was not changed and is not restored.
+    let mut user_events = [None::<i16>; 64];
     let mut spill = Vec::new();
     for (i, p) in fds.iter_mut().enumerate() {
         if p.fd >= 0 && lookup_swapped(p.fd).is_some() {
             if i < user_events.len() {
-                user_events[i] = p.events;
+                user_events[i] = Some(p.events);
             } else {
                 spill.push((i, p.events));
             }
@@ -162,7 +163,8 @@ unsafe fn real_pass(fds: &mut [pollfd], timeout_ns: Option<u64>, sigmask: *const
             count += c_int::from(rc > 0 && p.revents != 0);
             continue;
         };
-        let events = if i < user_events.len() { user_events[i] } else { spill.iter().find(|(j, _)| *j == i).map_or(0, |(_, e)| *e) };
+        let saved = if i < user_events.len() { user_events[i] } else { spill.iter().find(|(j, _)| *j == i).map(|(_, e)| *e) };
+        let events = saved.unwrap_or(p.events);
         let real = if rc > 0 { p.revents } else { 0 };
         p.events = events;
         if real & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
