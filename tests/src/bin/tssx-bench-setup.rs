@@ -1,10 +1,12 @@
 //! `tssx-bench-setup`: connection set-up cost over a Unix stream socket (plain std, no tssx
 //! code; run it under `LD_PRELOAD=libtssx_preload.so` to measure tssx's).
 //!
-//! `tssx-bench-setup serve PATH COUNT` binds PATH, prints `ready`, then COUNT times: accepts,
-//! reads 64 bytes, echoes them, waits for the client's close. `tssx-bench-setup drive PATH
-//! COUNT` COUNT times: connects, writes 64 bytes, reads the echo, closes; prints the mean
-//! seconds per connection (connect + accept + first 64-byte round trip + close).
+//! `tssx-bench-setup serve PATH COUNT [ROUNDS]` binds PATH, prints `ready`, then COUNT times:
+//! accepts, ROUNDS times reads 64 bytes and echoes them, waits for the client's close.
+//! `tssx-bench-setup drive PATH COUNT [ROUNDS]` COUNT times: connects, ROUNDS times writes 64
+//! bytes and reads the echo, closes; prints the mean seconds per connection (connect + accept +
+//! ROUNDS 64-byte round trips + close). ROUNDS defaults to 1 (the connection set-up cost); a few
+//! hundred make connections that live past the claim rule and migrate in the middle.
 use std::{
     io::{Read, Write},
     os::unix::net::{UnixListener, UnixStream},
@@ -16,9 +18,13 @@ const MESSAGE: usize = 64;
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (Some(mode), Some(path), Some(count)) = (args.get(1), args.get(2), args.get(3).and_then(|c| c.parse::<u32>().ok())) else {
-        eprintln!("usage: tssx-bench-setup serve|drive PATH COUNT");
+        eprintln!("usage: tssx-bench-setup serve|drive PATH COUNT [ROUNDS]");
         std::process::exit(2);
     };
+    let rounds = args.get(4).map_or(Some(1), |r| r.parse::<u32>().ok()).unwrap_or_else(|| {
+        eprintln!("tssx-bench-setup: ROUNDS must be a number");
+        std::process::exit(2);
+    });
     let mut buf = [0u8; MESSAGE];
     match mode.as_str() {
         "serve" => {
@@ -28,8 +34,10 @@ fn main() {
             std::io::stdout().flush().expect("stdout");
             for _ in 0..count {
                 let (mut stream, _) = listener.accept().expect("accept");
-                stream.read_exact(&mut buf).expect("read");
-                stream.write_all(&buf).expect("write");
+                for _ in 0..rounds {
+                    stream.read_exact(&mut buf).expect("read");
+                    stream.write_all(&buf).expect("write");
+                }
                 let mut rest = [0u8; 1];
                 assert_eq!(stream.read(&mut rest).expect("read EOF"), 0, "client sent extra bytes");
             }
@@ -41,10 +49,13 @@ fn main() {
                 let t0 = Instant::now();
                 let mut stream = UnixStream::connect(path).expect("connect");
                 let t1 = Instant::now();
-                buf.fill(i as u8);
-                stream.write_all(&buf).expect("write");
-                stream.read_exact(&mut buf).expect("read");
-                assert!(buf.iter().all(|&b| b == i as u8), "corrupt echo");
+                for r in 0..rounds {
+                    let mark = (i ^ r) as u8;
+                    buf.fill(mark);
+                    stream.write_all(&buf).expect("write");
+                    stream.read_exact(&mut buf).expect("read");
+                    assert!(buf.iter().all(|&b| b == mark), "corrupt echo");
+                }
                 let t2 = Instant::now();
                 drop(stream);
                 let t3 = Instant::now();
@@ -59,7 +70,7 @@ fn main() {
             println!("{}", start.elapsed().as_secs_f64() / f64::from(count.max(1)));
         }
         _ => {
-            eprintln!("usage: tssx-bench-setup serve|drive PATH COUNT");
+            eprintln!("usage: tssx-bench-setup serve|drive PATH COUNT [ROUNDS]");
             std::process::exit(2);
         }
     }
