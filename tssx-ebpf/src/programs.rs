@@ -30,6 +30,14 @@ const RET: usize = 16;
 const CLONE_THREAD: u64 = 0x0001_0000;
 /// How many fork generations an inherited listener is looked up through.
 const MAX_INHERIT_DEPTH: u32 = 4;
+/// Ring buffer flags from linux/bpf.h: submit without waking the reader / wake it always /
+/// query the bytes not consumed yet.
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+/// Unread bytes in `EVENTS` from which every event wakes the agent (a quarter of the ring): below
+/// it, per-connection events (connect, accept, fork, exit) wake nobody (see [`emit`]).
+const WAKE_AT_UNREAD_BYTES: u64 = 256 << 10;
 
 #[map]
 static WATCHED_PATHS: HashMap<PathKey, u32> = HashMap::with_max_entries(256, 0);
@@ -390,7 +398,13 @@ fn emit(ctx: &TracePointContext, pid_tgid: u64, kind: EventKind, path_id: u32, f
         other_pid,
         comm,
     };
-    if EVENTS.output::<Event>(&event, 0).is_err() {
+    // Per-connection events wake nobody: a short connection must not cost a wake-up of the
+    // agent (on a busy machine, a context switch as long as the whole connection). The agent
+    // reads them when a claim arrives (a claim worker drains the ring before it checks), on its
+    // 100 ms tick, or when the ring fills up; bind and listen (rare) wake it at once.
+    let wake = matches!(kind, EventKind::Bind | EventKind::Listen) || EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKE_AT_UNREAD_BYTES;
+    let flags = if wake { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP };
+    if EVENTS.output::<Event>(&event, flags).is_err() {
         if let Some(dropped) = DROPPED.get_ptr_mut(0) {
             // SAFETY: per-CPU slot; programs do not migrate CPUs while running.
             unsafe { *dropped += 1 };

@@ -85,7 +85,11 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                 watcher.flush_logs();
                 guard.clear_ready();
             }
-            _ = progress.tick() => control.progress(),
+            _ = progress.tick() => {
+                // Per-connection events do not wake this loop (see the eBPF `emit`): take them here.
+                handle_events(&mut watcher, &config.paths, &feed.take(|event| control.record(event)));
+                control.progress();
+            }
             _ = drop_check.tick() => {
                 handle_events(&mut watcher, &config.paths, &feed.take(|event| control.record(event)));
                 control.sweep();

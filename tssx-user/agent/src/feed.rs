@@ -15,10 +15,12 @@
 //! loop too), so a claim that drains the ring and then looks in the registry finds every event
 //! submitted before its claim: none is in between, read and not yet recorded.
 //!
-//! Wake-ups: queuing wakes nobody. The event loop is woken by the ring buffer itself: the kernel
-//! notifies it of every record submitted while its reader had caught up, so every record a
-//! worker drains was followed by a notification whose `take` comes after that drain, or was
-//! read by the event loop itself. (The loop also takes the queue on its periodic tick.)
+//! Wake-ups: queuing wakes nobody, and neither do per-connection events (connect, accept, fork,
+//! exit): the eBPF program submits them without a notification while the ring is less than a
+//! quarter full, so that a short connection costs the agent no wake-up. The event loop takes
+//! the queue and the ring on its 100 ms tick, and when the ring notifies it (bind and listen
+//! events, or a ring filling up); a claim never waits for the loop, since its worker drains the
+//! ring itself.
 
 use std::sync::{Mutex, MutexGuard};
 
