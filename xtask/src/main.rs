@@ -77,8 +77,13 @@ enum Cmd {
     Bench,
     /// Set up, build, and write a performance report (real applications with and without tssx,
     /// the hook's pass-through cost, connection set-up, latency by size, the microbenchmarks) to
-    /// target/report/REPORT.md and latency.svg. A few minutes; not part of `test`.
-    Report,
+    /// target/report/REPORT.md and latency.svg. A few minutes; not part of `test`. Measures the
+    /// release build (what a user deploys); `--debug` measures the debug build the tests use.
+    Report {
+        /// Measure the debug build (unoptimized hook and agent) instead of the release build.
+        #[arg(long)]
+        debug: bool,
+    },
     /// Set up, build, and run a randomized soak against a real agent: connections opened, used
     /// and closed in a loop with random sizes and kills; checks bytes, hangs and agent leaks.
     /// Not part of `test`.
@@ -130,9 +135,10 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             build()?;
             bench()
         }
-        Cmd::Report => {
-            build()?;
-            report::report()
+        Cmd::Report { debug } => {
+            let profile = if debug { "debug" } else { "release" };
+            build_profile(profile)?;
+            report::report(profile)
         }
         Cmd::Soak { seconds, seed } => {
             build()?;
@@ -157,7 +163,12 @@ fn workspace_root() -> PathBuf {
 }
 
 fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target")).join("debug")
+    profile_dir("debug")
+}
+
+/// `target/<profile>/` (or under `CARGO_TARGET_DIR`).
+fn profile_dir(profile: &str) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target")).join(profile)
 }
 
 fn step(what: &str) {
@@ -282,8 +293,18 @@ fn loom() -> anyhow::Result<()> {
 }
 
 fn build() -> anyhow::Result<()> {
-    step("building (eBPF programs, agent, preload hook, test programs)");
-    cargo(&["build", "--quiet", "-p", "tssx-agent", "-p", "tssx-preload", "-p", "tssx-tests"], &[])
+    build_profile("debug")
+}
+
+/// Builds the agent (with its eBPF programs), the hook and the test programs in `profile`
+/// (`debug` or `release`), into `target/<profile>/`.
+fn build_profile(profile: &str) -> anyhow::Result<()> {
+    step(&format!("building (eBPF programs, agent, preload hook, test programs; {profile} profile)"));
+    let mut args = vec!["build", "--quiet", "-p", "tssx-agent", "-p", "tssx-preload", "-p", "tssx-tests"];
+    if profile == "release" {
+        args.push("--release");
+    }
+    cargo(&args, &[])
 }
 
 /// Starts the agent on a demo socket, runs the demo server and client, shows the trace.

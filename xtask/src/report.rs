@@ -41,7 +41,7 @@ use std::{
 use anyhow::{ensure, Context as _};
 use tssx_tests::{nscd, poll_until, wrk, Agent, MachineLock, MountNamespace, NginxConfig, NginxProxy, Nscd, Process, TempDir, Upstream};
 
-use super::{sh, step, target_dir, workspace_root};
+use super::{profile_dir, sh, step, workspace_root};
 
 /// Debian 12's PostgreSQL server binaries.
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
@@ -69,12 +69,10 @@ const SETUP_REPS: usize = 7;
 const SETUP_GOAL: f64 = 1.1;
 /// The goal for the time from connect to swapped, in microseconds.
 const MIGRATION_GOAL_US: u64 = 2000;
-/// The build profile measured (`cargo xtask build` builds the debug profile).
-const PROFILE: &str = "debug";
 
 /// Runs everything and writes the report.
-pub fn report() -> anyhow::Result<()> {
-    let bin = target_dir();
+pub fn report(profile: &str) -> anyhow::Result<()> {
+    let bin = profile_dir(profile);
     let hook = bin.join("libtssx_preload.so");
     let out_dir = workspace_root().join("target").join("report");
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
@@ -94,7 +92,12 @@ pub fn report() -> anyhow::Result<()> {
     let mut md = String::new();
     writeln!(md, "# tssx performance report\n")?;
     writeln!(md, "{}\n", machine_line(&load_before))?;
-    writeln!(md, "Build profile: **{PROFILE}** (what `cargo xtask build` builds: hook, agent and test programs unoptimized).\n")?;
+    let what = if profile == "release" {
+        "hook, agent and test programs optimized, as deployed; `cargo xtask report --debug` measures the debug build the tests use"
+    } else {
+        "hook, agent and test programs unoptimized, as the tests use them"
+    };
+    writeln!(md, "Build profile: **{profile}** ({what}).\n")?;
 
     // Real applications.
     step("report: redis-benchmark, plain vs tssx (1 and 50 clients)");

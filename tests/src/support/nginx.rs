@@ -193,8 +193,21 @@ impl NginxProxy {
     /// The upstream connections the backend accepted on `upstream`'s socket so far and served
     /// at least one request on (distinct connection numbers in its access log).
     pub fn upstream_connections(&self, upstream: Upstream) -> usize {
+        self.busy_upstream_connections(upstream, 1)
+    }
+
+    /// The upstream connections on `upstream`'s socket that served at least `min_requests`
+    /// requests (the highest `$connection_requests` of each connection in the access log).
+    pub fn busy_upstream_connections(&self, upstream: Upstream, min_requests: u64) -> usize {
         let log = std::fs::read_to_string(self.dir.join(format!("{}-{}-access.log", self.name, upstream.name()))).unwrap_or_default();
-        log.lines().filter_map(|l| l.split_whitespace().next()).collect::<BTreeSet<_>>().len()
+        let mut served = std::collections::BTreeMap::<&str, u64>::new();
+        for line in log.lines() {
+            let mut fields = line.split_whitespace();
+            let (Some(conn), Some(requests)) = (fields.next(), fields.next().and_then(|r| r.parse::<u64>().ok())) else { continue };
+            let most = served.entry(conn).or_default();
+            *most = (*most).max(requests);
+        }
+        served.values().filter(|&&n| n >= min_requests).count()
     }
 
     /// The `[alert]`, `[crit]` and `[emerg]` lines of both error logs (a crashed worker shows

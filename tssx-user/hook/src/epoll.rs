@@ -98,6 +98,11 @@ pub const DISARMED: u32 = 1 << 27;
 /// swapped connections save a system call per wait, and plain fds wait at most that long.
 const PLAIN_CHECK_EVERY: u32 = 8;
 const PLAIN_CHECK_NS: u64 = 200_000;
+/// While a wait spins on the rings, every this many spin rounds it also asks the kernel (one
+/// `poll` of the epoll fd, no wait) whether a plain fd of the instance is ready: an event loop
+/// that serves plain clients and swapped upstreams (a proxy) must not keep its plain fds
+/// waiting for the spin.
+const KERNEL_CHECK_ROUNDS: u32 = 4;
 
 // SAFETY: `entries` and `next` are only touched with `locked` held (see `Set::with`).
 unsafe impl Sync for Set {}
@@ -221,6 +226,13 @@ fn live(i: &Interest) -> Option<&'static Conn> {
 /// socket (for a writer whose writes are not on its ring yet).
 fn tagged(fd: c_int) -> epoll_event {
     epoll_event { events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32, u64: TAG | fd as u64 }
+}
+
+/// The kernel registration of an [`Phase::Active`] connection's real socket: doorbells and
+/// EOF only. Room on the socket no longer matters (both directions are on the rings), and its
+/// edges (each time the peer drains a doorbell) would only wake this end for nothing.
+fn tagged_active(fd: c_int) -> epoll_event {
+    epoll_event { events: (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLET) as u32, u64: TAG | fd as u64 }
 }
 
 /// Records the registration of a tracked, still plain socket (after the kernel took it), so
@@ -455,7 +467,7 @@ fn collect(epfd: c_int, set: &Set, out: &mut [epoll_event]) -> usize {
 
 /// Drops the kernel's events for tagged real sockets from `out[..m]` (draining doorbells or
 /// noting a plain peer), keeping plain fds' events in order; returns how many remain.
-fn filter(out: &mut [epoll_event], m: usize) -> usize {
+fn filter(epfd: c_int, out: &mut [epoll_event], m: usize) -> usize {
     let mut kept = 0;
     for k in 0..m {
         let ev = out[k];
@@ -466,6 +478,13 @@ fn filter(out: &mut [epoll_event], m: usize) -> usize {
                 c.socket_edge(ev.events);
                 // Called after this thread withdrew its announcements.
                 c.drain_doorbells_if_alone(fd, 0);
+                if ev.events & libc::EPOLLOUT as u32 != 0 && c.phase() == Phase::Active {
+                    // Once per registration: stop the socket's room edges (see `tagged_active`).
+                    let mut quiet = tagged_active(fd);
+                    // SAFETY: a live epoll_event; errno is kept (a failure changes nothing the
+                    // application sees: the registration keeps waking it, filtered here).
+                    sys::with_errno_kept(|| unsafe { sys::epoll_ctl(epfd, libc::EPOLL_CTL_MOD, fd, &mut quiet) });
+                }
             }
             continue;
         }
@@ -503,6 +522,14 @@ fn reportable(i: &Interest, c: &Conn) -> (u32, (u64, u64, u32)) {
 }
 
 /// Whether any interest of `set` would be reported now (for the spin and the re-check).
+/// Whether the kernel has events for the instance `epfd` (a plain fd's, or a doorbell), without
+/// waiting.
+fn kernel_ready(epfd: c_int) -> bool {
+    let mut p = libc::pollfd { fd: epfd, events: libc::POLLIN, revents: 0 };
+    // SAFETY: one live pollfd; no wait. errno is kept: the application's is not ours to change.
+    sys::with_errno_kept(|| unsafe { sys::poll(&mut p, 1, 0) }) > 0
+}
+
 fn any_ready(set: &Set) -> bool {
     set.with(|v, _| v.iter().any(|i| i.armed && !i.parked && live(i).is_some_and(|c| reportable(i, c).0 != 0)))
 }
@@ -562,7 +589,7 @@ pub unsafe fn wait(epfd: c_int, events: *mut epoll_event, maxevents: c_int, time
             if m <= 0 {
                 return m;
             }
-            let kept = filter(out, m as usize);
+            let kept = filter(epfd, out, m as usize);
             note_oneshots_fired(set, &out[..kept]);
             let n = kept + collect(epfd, set, &mut out[kept..]);
             if n > 0 || deadline.is_some_and(|d| now_ns() >= d) {
@@ -586,14 +613,21 @@ pub unsafe fn wait(epfd: c_int, events: *mut epoll_event, maxevents: c_int, time
             // Plain fds' events too, without waiting.
             // SAFETY: the rest of the caller's array.
             let m = unsafe { real_wait(epfd, out[n..].as_mut_ptr(), (out.len() - n) as c_int, Some(0), sigmask) };
-            let m = if m > 0 { filter(&mut out[n..], m as usize) } else { 0 };
+            let m = if m > 0 { filter(epfd, &mut out[n..], m as usize) } else { 0 };
             note_oneshots_fired(set, &out[n..n + m]);
             let more = if n + m < out.len() && m > 0 { collect(epfd, set, &mut out[n + m..]) } else { 0 };
             return (n + m + more) as c_int;
         }
         if !spun {
             spun = true;
-            if spin::spin_until(timeout_ns, || any_ready(set)) {
+            let mut rounds = 0u32;
+            let ready = || {
+                rounds = rounds.wrapping_add(1);
+                any_ready(set) || (rounds.is_multiple_of(KERNEL_CHECK_ROUNDS) && kernel_ready(epfd))
+            };
+            if spin::spin_until(timeout_ns, ready) {
+                // Ready on a ring, or in the kernel: the next pass collects it (the real wait
+                // then returns at once).
                 continue;
             }
         }
@@ -613,7 +647,7 @@ pub unsafe fn wait(epfd: c_int, events: *mut epoll_event, maxevents: c_int, time
             sys::set_errno(saved_errno);
             return -1;
         }
-        let kept = filter(out, m as usize);
+        let kept = filter(epfd, out, m as usize);
         note_oneshots_fired(set, &out[..kept]);
         let n = kept + collect(epfd, set, &mut out[kept..]);
         if n > 0 {
@@ -663,7 +697,7 @@ pub unsafe fn plain_wait(epfd: c_int, events: *mut epoll_event, maxevents: c_int
     if rc > 0 && has_set(epfd) {
         // SAFETY: the kernel filled `rc` entries of the caller's array.
         let out = unsafe { std::slice::from_raw_parts_mut(events, rc as usize) };
-        let kept = filter(out, rc as usize);
+        let kept = filter(epfd, out, rc as usize);
         if let Some(set) = set_of(epfd) {
             note_oneshots_fired(set, &out[..kept]);
         }
