@@ -14,7 +14,7 @@
 //! of upstream connections is known exactly ([`NginxProxy::upstream_connections`]).
 
 use std::{
-    collections::BTreeSet,
+    collections::BTreeMap,
     net::TcpListener,
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -200,7 +200,7 @@ impl NginxProxy {
     /// requests (the highest `$connection_requests` of each connection in the access log).
     pub fn busy_upstream_connections(&self, upstream: Upstream, min_requests: u64) -> usize {
         let log = std::fs::read_to_string(self.dir.join(format!("{}-{}-access.log", self.name, upstream.name()))).unwrap_or_default();
-        let mut served = std::collections::BTreeMap::<&str, u64>::new();
+        let mut served = BTreeMap::<&str, u64>::new();
         for line in log.lines() {
             let mut fields = line.split_whitespace();
             let (Some(conn), Some(requests)) = (fields.next(), fields.next().and_then(|r| r.parse::<u64>().ok())) else { continue };
