@@ -315,9 +315,11 @@ fn demo(keep: bool) -> anyhow::Result<()> {
     let path = path.to_str().context("non-UTF-8 temp dir")?.to_owned();
     let bin = target_dir();
     step(&format!("starting tssx-agent --paths {path},@tssx-demo (state dir /run/tssx, where the hook looks)"));
-    // `-v`: the per-connection `connect`/`accept` lines are at debug level.
+    // The per-connection `connect`/`accept` lines are at debug level: the agent's own debug
+    // lines (not aya's loader details, which `-v` shows too).
     let mut agent = Command::new(bin.join("tssx-agent"))
-        .args(["-v", "--paths", &format!("{path},@tssx-demo")])
+        .env("TSSX_LOG", "info,tssx_agent=debug")
+        .args(["--paths", &format!("{path},@tssx-demo")])
         .stdout(Stdio::piped())
         .spawn()
         .context("starting tssx-agent")?;
