@@ -45,8 +45,14 @@ use crate::{
 pub const CLAIM_AFTER_NS: u64 = 1_000_000;
 /// ... or moved this many bytes in either direction.
 pub const CLAIM_AFTER_BYTES: u64 = 64 * 1024;
-/// First wait before looking for the agent's answer again; doubles up to [`ANSWER_CHECK_MAX_NS`].
+/// First wait before looking for the agent's answer (one non-blocking `recv` on the control
+/// connection, made by a call on the connection): every this long during the first
+/// [`ANSWER_CHECK_STEADY_NS`] after the claim (a paired answer usually comes within a few
+/// hundred microseconds, and each check that finds it later delays the migration), then
+/// doubling up to [`ANSWER_CHECK_MAX_NS`] (a claim whose peer never claims costs a few dozen
+/// checks in all).
 const ANSWER_CHECK_FIRST_NS: u64 = 50_000;
+const ANSWER_CHECK_STEADY_NS: u64 = 5_000_000;
 const ANSWER_CHECK_MAX_NS: u64 = 50_000_000;
 /// A claim the agent has not answered this long after it was sent is given up (the peer never
 /// claimed): the connection stays plain and the control connection is closed.
@@ -183,7 +189,9 @@ impl Conn {
                     self.give_up();
                     return;
                 }
-                claim.backoff = (claim.backoff * 2).min(ANSWER_CHECK_MAX_NS);
+                if now.saturating_sub(claim.sent_at) > ANSWER_CHECK_STEADY_NS {
+                    claim.backoff = (claim.backoff * 2).min(ANSWER_CHECK_MAX_NS);
+                }
                 claim.next_check = now + claim.backoff;
             }
             Answer::Retry => {
