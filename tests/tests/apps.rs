@@ -677,8 +677,12 @@ fn nginx_plain_vs_tssx(test: &str, configs: &[NginxConfig]) {
         assert!(busy > 0, "{tssx_name}: no keepalive upstream connection served {BUSY_UPSTREAM_REQUESTS} requests");
         assert!(
             (busy..=keep).contains(&swapped.len()),
-            "{tssx_name}: {keep} keepalive upstream connections, {busy} of them busy, swapped: {swapped:?}; not swapped: {:?}",
-            not_swapped_reasons(&agent, &keep_sock)
+            "{tssx_name}: {keep} keepalive upstream connections, {busy} of them busy, swapped: {swapped:?}; not swapped: {:?}; \
+             paired: {}, claims refused: {}; agent stats: {}",
+            not_swapped_reasons(&agent, &keep_sock),
+            agent.events_on("paired", &keep_sock).len(),
+            agent.events("claim refused").len(),
+            agent.try_stats().map(|s| s.to_string()).unwrap_or_else(|e| format!("{e:#}"))
         );
     }
     assert!(agent.stop().success());
