@@ -217,8 +217,11 @@ macro_rules! recv_like {
         $(#[$doc])*
         #[doc = concat!("libc's `", stringify!($name), "`.")]
         pub unsafe fn $name($($arg: $ty),*) -> ssize_t {
+            // The lease keeps the connection alive for the whole call (a close on another
+            // thread cannot free it under us); declared first, dropped last.
+            let conn = table::lookup($fd);
             let mut raw = None;
-            if let Some(c) = table::lookup($fd) {
+            if let Some(c) = conn.as_deref() {
                 #[allow(unused_unsafe)]
                 let flags = $flags;
                 #[allow(unused_unsafe)]
@@ -268,8 +271,11 @@ macro_rules! send_like {
                     return rc;
                 }
             )?
+            // The lease keeps the connection alive for the whole call; declared first, dropped
+            // last.
+            let conn = table::lookup($fd);
             let mut raw = None;
-            if let Some(c) = table::lookup($fd) {
+            if let Some(c) = conn.as_deref() {
                 match route(c, $fd, true) {
                     Route::Kernel(r) => raw = r.map(|r| (c, r)),
                     // SAFETY: the caller's message, valid for the call per the libc contract.
@@ -347,7 +353,8 @@ send_like!(
 /// the rings, served from the file with `pread` and the hook's `send` (the file offset moves as
 /// the kernel's would: by what was sent); into a plain tracked socket, the real call, counted.
 pub unsafe fn sendfile(out_fd: c_int, in_fd: c_int, offset: *mut libc::off_t, count: size_t) -> ssize_t {
-    if let Some(c) = table::lookup(out_fd) {
+    let conn = table::lookup(out_fd);
+    if let Some(c) = conn.as_deref() {
         match route(c, out_fd, true) {
             Route::Kernel(raw) => {
                 // SAFETY: forwarded as received.
