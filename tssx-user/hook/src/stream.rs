@@ -8,7 +8,7 @@ use std::{
 };
 
 use libc::c_int;
-use tssx_common::segment::{SHUT_READ, SHUT_WRITE};
+use tssx_common::segment::{NOT_YET, SHUT_READ, SHUT_WRITE};
 use tssx_shm::ring::Transfer;
 
 use crate::{
@@ -123,6 +123,12 @@ impl Conn {
                 }
                 continue;
             }
+            if self.phase() == Phase::Active && self.peer_handed_back() {
+                // The peer went back to the socket: follow (everything it put on the ring was
+                // read above; what follows is on the socket).
+                self.hand_back(fd);
+                continue;
+            }
             if self.phase() == Phase::HandingBack && self.peer_handed_back() {
                 // The rest comes from the socket (after the last doorbells).
                 if !matches!(self.read_source(), Source::Socket) || self.finish_hand_back() {
@@ -168,7 +174,8 @@ impl Conn {
         let mut total = 0usize;
         let mut backoff = Backoff::default();
         loop {
-            if self.phase() == Phase::Plain {
+            if self.phase() >= Phase::HandingBack {
+                // This end's writes are on the socket again (handing back, or plain).
                 return if total == 0 { WENT_PLAIN } else { total as isize };
             }
             if self.send_shut() {
@@ -203,7 +210,14 @@ impl Conn {
                 }
                 continue;
             }
-            let put = self.with_tx(|tx| after(bufs, total, |rest| tx.writev(rest)));
+            let put = self.with_tx(|tx| {
+                // Relaxed: stored under this lock by a hand-back of another thread; nothing
+                // may go on the ring past it (the reader stops there).
+                if self.my_line().back_at.load(Relaxed) != NOT_YET {
+                    return Transfer::default();
+                }
+                after(bufs, total, |rest| tx.writev(rest))
+            });
             if put.wake_peer {
                 self.ring_doorbell(fd);
             }
@@ -211,6 +225,15 @@ impl Conn {
             if put.bytes > 0 {
                 backoff.progress();
                 continue;
+            }
+            if self.phase() == Phase::Active && self.peer_handed_back() {
+                // The peer went back to the socket: follow (the loop's top then sends the
+                // rest through the kernel).
+                self.hand_back(fd);
+                continue;
+            }
+            if self.my_line().back_at.load(Relaxed) != NOT_YET {
+                continue; // handed back by another thread: the loop's top sees the phase
             }
             if self.would_block_is_error(flags) {
                 if self.peer_died(fd) {
@@ -312,7 +335,14 @@ impl Conn {
         if self.phase() != Phase::Active && self.abandon() {
             return None;
         }
-        Some(self.shutdown_in_header(fd, how))
+        let rc = self.shutdown_in_header(fd, how);
+        // SeqCst: after the SeqCst `fetch_or` of the bits (see `Conn::shutdown_socket`).
+        if rc == 0 && self.my_line().back_at.load(SeqCst) != NOT_YET {
+            // This end's direction is back on the socket (handing back): the shutdown must
+            // be the socket's too; the caller makes the real call.
+            return None;
+        }
+        Some(rc)
     }
 
     fn shutdown_in_header(&self, fd: c_int, how: c_int) -> c_int {
