@@ -162,6 +162,23 @@ impl Conn {
         }
     }
 
+    /// `recv` into buffers that would fault ([`crate::iov::Range::Faults`]: `NULL`,
+    /// `(void*)1`), as the kernel answers it without ever touching them: EFAULT when there are
+    /// bytes to copy (they stay unread), otherwise what the call gives with nothing to copy (it
+    /// waits, or EAGAIN, EOF, EINTR). `None`: went plain; the caller makes the real call.
+    pub fn recv_faulting(&self, fd: c_int, flags: c_int) -> Option<isize> {
+        let mut probe = [0u8; 1];
+        let n = self.recv(fd, &mut [IoSliceMut::new(&mut probe)], (flags & !libc::MSG_WAITALL) | libc::MSG_PEEK)?;
+        Some(if n > 0 { partial_or_errno(0, libc::EFAULT) } else { n })
+    }
+
+    /// `send` from buffers that would fault, as the kernel answers it: EPIPE (and SIGPIPE) if
+    /// the sending side is shut down, otherwise EFAULT, nothing sent. `None`: went plain.
+    pub fn send_faulting(&self, fd: c_int, flags: c_int) -> Option<isize> {
+        let n = self.send(fd, &[], flags)?;
+        Some(if n < 0 { n } else { partial_or_errno(0, libc::EFAULT) })
+    }
+
     /// `send` semantics for a connection with a segment (blocking sends write everything).
     /// `None`: the connection went plain before anything was sent: the caller makes the real
     /// call.
