@@ -250,7 +250,10 @@ impl Conn {
                 continue;
             }
             if self.my_line().back_at.load(Relaxed) != NOT_YET {
-                continue; // handed back by another thread: the loop's top sees the phase
+                // Handed back already (by another thread, or by the image before an exec):
+                // make sure the phase says so, and the loop's top sends through the kernel.
+                self.hand_back(fd);
+                continue;
             }
             if self.would_block_is_error(flags) {
                 if self.peer_died(fd) {

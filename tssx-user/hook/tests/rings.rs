@@ -324,3 +324,19 @@ fn a_shutdown_survives_the_hand_back() {
     assert_eq!(&buf[..6], b"answer");
     assert_eq!(kernel_queued(client), 0);
 }
+
+/// An end whose `back_at` is already stored while its phase still says `Active` (a hand-back
+/// by the image before an `exec`, or by another thread between its store and its phase change)
+/// must write to the socket, never past `back_at` on the ring (lost) nor spin.
+#[test]
+fn a_writer_handed_back_elsewhere_writes_to_the_socket() {
+    let p = swapped_pair(4096);
+    {
+        let c = table::lookup(p.client).unwrap();
+        c.header().ends[End::Client.index()].back_at.store(0, Ordering::SeqCst);
+    }
+    assert_eq!(write(p.client, b"x"), 1);
+    let mut buf = [0u8; 4];
+    assert_eq!(read(p.server, &mut buf), 1, "errno {}", errno());
+    assert_eq!(buf[0], b'x');
+}
