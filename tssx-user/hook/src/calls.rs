@@ -646,7 +646,10 @@ pub unsafe fn select(n: c_int, r: *mut libc::fd_set, w: *mut libc::fd_set, e: *m
     // SAFETY: the sets are valid for `n` fds, per select's contract.
     if unsafe { poll::select_has_tracked(n, [r, w, e]) } {
         // SAFETY: `tv` is null or valid.
-        let timeout = unsafe { tv.as_ref() }.map(|t| (t.tv_sec.max(0) as u64) * 1_000_000_000 + (t.tv_usec.max(0) as u64) * 1_000);
+        // (Saturating: a huge timeout is "forever", not an overflow.)
+        let timeout = unsafe { tv.as_ref() }.map(|t| {
+            (t.tv_sec.max(0) as u64).saturating_mul(1_000_000_000).saturating_add((t.tv_usec.max(0) as u64).saturating_mul(1_000))
+        });
         let start = now_ns();
         // SAFETY: as above.
         let rc = unsafe { poll::select(n, r, w, e, timeout, std::ptr::null()) };

@@ -340,3 +340,19 @@ fn a_writer_handed_back_elsewhere_writes_to_the_socket() {
     assert_eq!(read(p.server, &mut buf), 1, "errno {}", errno());
     assert_eq!(buf[0], b'x');
 }
+
+/// `select` with the largest timeout on a swapped fd that is ready: answered (the timeout's
+/// conversion to nanoseconds overflowed, a panic in a debug build).
+#[test]
+fn select_with_a_huge_timeout_on_a_ready_swapped_fd() {
+    let p = swapped_pair(4096);
+    assert_eq!(write(p.client, b"x"), 1);
+    // SAFETY: fd_set is plain data; FD_ZERO/FD_SET on a live local set, fd < FD_SETSIZE.
+    let mut set: libc::fd_set = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    unsafe { libc::FD_SET(p.server, &mut set) };
+    let mut tv = libc::timeval { tv_sec: libc::time_t::MAX, tv_usec: 999_999 };
+    // SAFETY: live set and timeval.
+    let n = unsafe { calls::select(p.server + 1, &mut set, std::ptr::null_mut(), std::ptr::null_mut(), &mut tv) };
+    assert_eq!(n, 1, "errno {}", errno());
+}
