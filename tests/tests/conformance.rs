@@ -338,6 +338,7 @@ scenarios! {
     fd_passed_to_a_worker_with_scm_rights: "fdpass", server [], client [], connections 1, shm 1000;
     threads_duplex_two_readers_two_writers: "threads", server [], client [], connections 3, shm 3 * (8 << 20) + 2 * 20_000 * 64;
     signals_eintr_and_sa_restart: "signals", server [], client [], connections 1, shm 10;
+    bad_input_efault_einval_eisconn: "badinput", server [], client [], connections 1, shm 10;
     random_interleaving_stress: "stress", server ["8388608", "42"], client ["8388608", "42"], connections 1, shm 2 * 8_388_608;
 }
 

@@ -279,14 +279,15 @@ fn lint() -> anyhow::Result<()> {
     cargo(&["clippy", "--quiet", "--workspace", "--exclude", "tssx-ebpf", "--all-targets", "--", "-D", "warnings"], &[])
 }
 
-/// The loom model of the ring protocol: the real ring code compiled against loom's atomics
-/// (its own target dir, since `--cfg tssx_loom` rebuilds every crate; no eBPF needed).
+/// The loom models of the ring protocol and of the leases the hook's fd table hands out: the
+/// real code compiled against loom's atomics (its own target dir, since `--cfg tssx_loom`
+/// rebuilds every crate; no eBPF needed).
 fn loom() -> anyhow::Result<()> {
-    step("loom model check of the ring protocol");
+    step("loom model check of the ring protocol and the fd table's leases");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     sh(Command::new(cargo)
         .current_dir(workspace_root())
-        .args(["test", "--release", "-p", "tssx-shm", "--test", "ring_loom"])
+        .args(["test", "--release", "-p", "tssx-shm", "--test", "ring_loom", "--test", "lease_loom"])
         .env("RUSTFLAGS", "--cfg tssx_loom")
         .env("TSSX_SKIP_EBPF", "1")
         .env("CARGO_TARGET_DIR", workspace_root().join("target").join("loom")))

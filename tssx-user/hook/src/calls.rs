@@ -18,6 +18,7 @@ use crate::{
     phase::RawCall,
     poll,
     spin::now_ns,
+    stream::partial_or_errno,
     sys::{self, with_errno_kept},
     table,
 };
@@ -212,27 +213,42 @@ fn after_raw(c: &Conn, fd: c_int, raw: Option<RawCall<'_>>, rc: isize, sending: 
 }
 
 /// Defines a receiving call: on the rings (or half-way) -> the hook, otherwise the real call.
+/// `$bufs` checks and builds the caller's buffers (an errno the kernel would give at once, or
+/// [`iov::Checked`]); `after` adjusts a result the hook produced (`|n| -> n`).
 macro_rules! recv_like {
-    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) => |$fd:ident| ($bufs:expr, $flags:expr) $(, after = $after:expr)? $(, plain_after = |$rc:ident| $plain_after:expr)?) => {
+    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) => |$fd:ident| ($bufs:expr, $flags:expr) $(, after = |$n:ident| $after:expr)? $(, plain_after = |$rc:ident| $plain_after:expr)?) => {
         $(#[$doc])*
         #[doc = concat!("libc's `", stringify!($name), "`.")]
         pub unsafe fn $name($($arg: $ty),*) -> ssize_t {
+            // The lease keeps the connection alive for the whole call (a close on another
+            // thread cannot free it under us); declared first, dropped last.
+            let conn = table::lookup($fd);
             let mut raw = None;
-            if let Some(c) = table::lookup($fd) {
+            if let Some(c) = conn.as_deref() {
                 #[allow(unused_unsafe)]
                 let flags = $flags;
                 #[allow(unused_unsafe)]
-                // SAFETY: the caller's buffers, valid for the call per the libc contract (only
-                // their lengths are read).
-                let wants_bytes = || unsafe { $bufs }.iter().any(|b| !b.is_empty());
+                // SAFETY: the caller's buffers, checked (only their lengths are read).
+                let wants_bytes = || unsafe { $bufs }.is_ok_and(|b| b.faults || b.slices.iter().any(|b| !b.is_empty()));
                 match wait_before_raw_read(c, $fd, flags, wants_bytes, route(c, $fd, false)) {
                     Route::Kernel(r) => raw = r.map(|r| (c, r)),
                     Route::Hook => {
                         #[allow(unused_unsafe)]
-                        // SAFETY: the caller's buffers, valid for the call per the libc contract.
-                        let mut bufs = unsafe { $bufs };
-                        if let Some(n) = c.recv($fd, &mut bufs, $flags) {
-                            $($after;)?
+                        // SAFETY: the caller's buffers, checked as the kernel would.
+                        let checked = unsafe { $bufs };
+                        let got = match checked {
+                            Err(e) => {
+                                sys::set_errno(e);
+                                return -1;
+                            }
+                            Ok(b) if b.faults => c.recv_faulting($fd, flags),
+                            Ok(mut b) => c.recv($fd, &mut b.slices, flags),
+                        };
+                        if let Some(n) = got {
+                            $(
+                                let $n = n;
+                                let n = if $n >= 0 { $after } else { $n };
+                            )?
                             after_hook(c);
                             return n;
                         }
@@ -255,9 +271,10 @@ macro_rules! recv_like {
     };
 }
 
-/// Defines a sending call, as [`recv_like`].
+/// Defines a sending call, as [`recv_like`]; `check` gives the kernel's answer to what the
+/// socket refuses before it looks at the data (an address on a connected socket: EISCONN).
 macro_rules! send_like {
-    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) => |$fd:ident| ($bufs:expr, $flags:expr) $(, guard = $guard:expr)? $(, pre = $pre:expr)?) => {
+    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) => |$fd:ident| ($bufs:expr, $flags:expr) $(, check = $check:expr)? $(, guard = $guard:expr)? $(, pre = $pre:expr)?) => {
         $(#[$doc])*
         #[doc = concat!("libc's `", stringify!($name), "`.")]
         pub unsafe fn $name($($arg: $ty),*) -> ssize_t {
@@ -268,11 +285,14 @@ macro_rules! send_like {
                     return rc;
                 }
             )?
+            // The lease keeps the connection alive for the whole call; declared first, dropped
+            // last.
+            let conn = table::lookup($fd);
             let mut raw = None;
-            if let Some(c) = table::lookup($fd) {
+            if let Some(c) = conn.as_deref() {
                 match route(c, $fd, true) {
                     Route::Kernel(r) => raw = r.map(|r| (c, r)),
-                    // SAFETY: the caller's message, valid for the call per the libc contract.
+                    // SAFETY: the caller's message, checked before (see `guard`).
                     Route::Hook if false $(|| unsafe { $guard })? => {
                         // Ancillary data must travel through the kernel, with the bytes it goes
                         // with: the connection goes back to the socket first.
@@ -280,9 +300,25 @@ macro_rules! send_like {
                     }
                     Route::Hook => {
                         #[allow(unused_unsafe)]
-                        // SAFETY: the caller's buffers, valid for the call per the libc contract.
-                        let bufs = unsafe { $bufs };
-                        if let Some(n) = c.send($fd, &bufs, $flags) {
+                        // SAFETY: the caller's buffers, checked as the kernel would.
+                        let checked = unsafe { $bufs };
+                        let bufs = match checked {
+                            Err(e) => {
+                                sys::set_errno(e);
+                                return -1;
+                            }
+                            Ok(b) => b,
+                        };
+                        $(
+                            #[allow(unused_unsafe)]
+                            // SAFETY: the caller's address arguments, checked inside.
+                            if let Some(e) = unsafe { $check } {
+                                sys::set_errno(e);
+                                return -1;
+                            }
+                        )?
+                        let sent = if bufs.faults { c.send_faulting($fd, $flags) } else { c.send($fd, &bufs.slices, $flags) };
+                        if let Some(n) = sent {
                             after_hook(c);
                             return n;
                         }
@@ -301,28 +337,37 @@ macro_rules! send_like {
 
 recv_like!(fn read(fd: c_int, buf: *mut c_void, n: size_t) => |fd| (iov::one_mut(buf, n), 0));
 recv_like!(fn recv(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int) => |fd| (iov::one_mut(buf, n), flags));
-recv_like!(fn readv(fd: c_int, iov: *const iovec, cnt: c_int) => |fd| (iov::slices_mut(iov, cnt), 0));
+recv_like!(fn readv(fd: c_int, iov: *const iovec, cnt: c_int) => |fd| (iov::slices_mut(iov, cnt as isize, libc::EINVAL), 0));
 recv_like!(
     fn recvfrom(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int, addr: *mut sockaddr, len: *mut socklen_t)
         => |fd| (iov::one_mut(buf, n), flags),
-        after = if !addr.is_null() && !len.is_null() {
+        after = |n| if addr.is_null() {
+            n
+        } else if !iov::value_ok(len) {
+            // The kernel writes the length after the data is consumed: EFAULT then.
+            partial_or_errno(0, libc::EFAULT)
+        } else {
             // A connected stream socket reports no source address.
-            // SAFETY: the caller passed a valid length pointer with a non-null address.
-            unsafe { *len = 0 };
+            // SAFETY: checked above; written unaligned, as the kernel may.
+            unsafe { len.write_unaligned(0) };
+            n
         }
 );
 recv_like!(
     fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int)
-        => |fd| (iov::slices_mut((*msg).msg_iov, (*msg).msg_iovlen as c_int), flags),
-        after = {
-            // SAFETY: the caller passed a valid msghdr.
-            let m = unsafe { &mut *msg };
-            m.msg_flags = 0;
-            m.msg_controllen = 0;
-            m.msg_namelen = 0;
+        => |fd| (iov::msg_iov(msg).and_then(|(v, cnt)| iov::slices_mut(v, cnt, libc::EMSGSIZE)), flags),
+        after = |n| {
+            // SAFETY: the caller's msghdr, readable (checked by `msg_iov`); fields written
+            // unaligned, as the kernel may.
+            unsafe {
+                std::ptr::addr_of_mut!((*msg).msg_flags).write_unaligned(0);
+                std::ptr::addr_of_mut!((*msg).msg_controllen).write_unaligned(0);
+                std::ptr::addr_of_mut!((*msg).msg_namelen).write_unaligned(0);
+            }
+            n
         },
-        // SAFETY: the caller's msghdr, just filled by the kernel.
-        plain_after = |rc| if rc >= 0 && !msg.is_null() && unsafe { (*msg).msg_controllen } > 0 {
+        // SAFETY: the caller's msghdr, just filled by the kernel (so valid), read unaligned.
+        plain_after = |rc| if rc >= 0 && !msg.is_null() && unsafe { std::ptr::addr_of!((*msg).msg_controllen).read_unaligned() } > 0 {
             // Swapped sockets may have arrived with their segments.
             // SAFETY: the msghdr the kernel just filled.
             with_errno_kept(|| unsafe { pass::received(msg) });
@@ -331,23 +376,53 @@ recv_like!(
 
 send_like!(fn write(fd: c_int, buf: *const c_void, n: size_t) => |fd| (iov::one(buf, n), 0));
 send_like!(fn send(fd: c_int, buf: *const c_void, n: size_t, flags: c_int) => |fd| (iov::one(buf, n), flags));
-send_like!(fn writev(fd: c_int, iov: *const iovec, cnt: c_int) => |fd| (iov::slices(iov, cnt), 0));
+send_like!(fn writev(fd: c_int, iov: *const iovec, cnt: c_int) => |fd| (iov::slices(iov, cnt as isize, libc::EINVAL), 0));
 send_like!(
     fn sendto(fd: c_int, buf: *const c_void, n: size_t, flags: c_int, addr: *const sockaddr, len: socklen_t)
-        => |fd| (iov::one(buf, n), flags)
+        => |fd| (iov::one(buf, n), flags),
+        // (The kernel takes the length as an `int`.)
+        check = address_refused(addr, len as i32 as isize)
 );
 send_like!(
     fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int)
-        => |fd| (iov::slices((*msg).msg_iov, (*msg).msg_iovlen as c_int), flags),
-        guard = (*msg).msg_controllen > 0,
+        => |fd| (iov::msg_iov(msg).and_then(|(v, cnt)| iov::slices(v, cnt, libc::EMSGSIZE)), flags),
+        // SAFETY: read unaligned, once the header is known readable.
+        // (sendmsg clamps a name length beyond `sockaddr_storage`; a negative `int` is EINVAL.)
+        check = address_refused(
+            std::ptr::addr_of!((*msg).msg_name).read_unaligned().cast(),
+            (std::ptr::addr_of!((*msg).msg_namelen).read_unaligned() as i32 as isize).min(std::mem::size_of::<libc::sockaddr_storage>() as isize)
+        ),
+        // (A header that cannot be read is left to the checks of the hook's path.)
+        guard = iov::value_ok(msg) && std::ptr::addr_of!((*msg).msg_controllen).read_unaligned() > 0,
         pre = if table::lookup_swapped(fd).is_none() { pass::send(fd, msg, flags) } else { None }
 );
+
+/// What the kernel answers a send with a destination address on a connected stream socket,
+/// before it looks at the data: EINVAL for a length beyond `sockaddr_storage` (or negative),
+/// EFAULT for an address it cannot read, EISCONN otherwise; `None` without an address (a null
+/// pointer or a zero length).
+///
+/// # Safety
+/// An `addr` that passes [`iov::range`] is readable for `len` bytes (the kernel reads it).
+unsafe fn address_refused(addr: *const sockaddr, len: isize) -> Option<c_int> {
+    if addr.is_null() || len == 0 {
+        return None;
+    }
+    if !(0..=std::mem::size_of::<libc::sockaddr_storage>() as isize).contains(&len) {
+        return Some(libc::EINVAL);
+    }
+    if iov::range(addr.cast(), len as usize) != iov::Range::Valid {
+        return Some(libc::EFAULT);
+    }
+    Some(libc::EISCONN)
+}
 
 /// libc's `sendfile` (and `sendfile64`, the same function on 64-bit Linux): into a socket on
 /// the rings, served from the file with `pread` and the hook's `send` (the file offset moves as
 /// the kernel's would: by what was sent); into a plain tracked socket, the real call, counted.
 pub unsafe fn sendfile(out_fd: c_int, in_fd: c_int, offset: *mut libc::off_t, count: size_t) -> ssize_t {
-    if let Some(c) = table::lookup(out_fd) {
+    let conn = table::lookup(out_fd);
+    if let Some(c) = conn.as_deref() {
         match route(c, out_fd, true) {
             Route::Kernel(raw) => {
                 // SAFETY: forwarded as received.
@@ -483,12 +558,13 @@ pub unsafe fn ioctl(fd: c_int, request: libc::c_ulong, arg: *mut c_void) -> c_in
             _ => None,
         };
         if let Some(value) = value {
-            if arg.is_null() {
+            if !iov::value_ok(arg.cast::<c_int>()) {
                 sys::set_errno(libc::EFAULT);
                 return -1;
             }
-            // SAFETY: FIONREAD/SIOCOUTQ take a pointer to an int.
-            unsafe { *arg.cast::<c_int>() = value.min(c_int::MAX as usize) as c_int };
+            // SAFETY: FIONREAD/SIOCOUTQ take a pointer to an int (checked above); written
+            // unaligned, as the kernel's `put_user` accepts any alignment.
+            unsafe { arg.cast::<c_int>().write_unaligned(value.min(c_int::MAX as usize) as c_int) };
             return 0;
         }
     }
@@ -496,8 +572,8 @@ pub unsafe fn ioctl(fd: c_int, request: libc::c_ulong, arg: *mut c_void) -> c_in
     let rc = unsafe { sys::ioctl(fd, request, arg) };
     if rc == 0 && request == libc::FIONBIO && !arg.is_null() {
         if let Some(c) = table::lookup(fd) {
-            // SAFETY: FIONBIO takes a pointer to an int, just read by the kernel.
-            c.set_nonblocking(unsafe { *arg.cast::<c_int>() } != 0);
+            // SAFETY: FIONBIO takes a pointer to an int, just read by the kernel (any alignment).
+            c.set_nonblocking(unsafe { arg.cast::<c_int>().read_unaligned() } != 0);
         }
     }
     rc
@@ -570,7 +646,10 @@ pub unsafe fn select(n: c_int, r: *mut libc::fd_set, w: *mut libc::fd_set, e: *m
     // SAFETY: the sets are valid for `n` fds, per select's contract.
     if unsafe { poll::select_has_tracked(n, [r, w, e]) } {
         // SAFETY: `tv` is null or valid.
-        let timeout = unsafe { tv.as_ref() }.map(|t| (t.tv_sec.max(0) as u64) * 1_000_000_000 + (t.tv_usec.max(0) as u64) * 1_000);
+        // (Saturating: a huge timeout is "forever", not an overflow.)
+        let timeout = unsafe { tv.as_ref() }.map(|t| {
+            (t.tv_sec.max(0) as u64).saturating_mul(1_000_000_000).saturating_add((t.tv_usec.max(0) as u64).saturating_mul(1_000))
+        });
         let start = now_ns();
         // SAFETY: as above.
         let rc = unsafe { poll::select(n, r, w, e, timeout, std::ptr::null()) };

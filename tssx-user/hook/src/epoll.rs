@@ -37,7 +37,7 @@ use crate::{
     conn::{bits, Conn, Phase},
     spin::{self, now_ns},
     sys,
-    table::{lookup, lookup_swapped, MAX_FDS},
+    table::{lookup, lookup_swapped, ConnRef, MAX_FDS},
 };
 
 /// High half of the kernel registration data of a swapped fd's real socket ("tSSX").
@@ -218,7 +218,7 @@ pub fn has_set(epfd: c_int) -> bool {
 }
 
 /// The live connection an interest was registered for, if it is still that one and swapped.
-fn live(i: &Interest) -> Option<&'static Conn> {
+fn live(i: &Interest) -> Option<ConnRef> {
     lookup_swapped(i.fd).filter(|c| c.id() == i.conn)
 }
 
@@ -343,7 +343,7 @@ pub unsafe fn ctl(epfd: c_int, op: c_int, fd: c_int, event: *mut epoll_event) ->
             if rc == 0 {
                 // SAFETY: non-null and valid per the contract.
                 let user = (!event.is_null()).then(|| unsafe { ((*event).events, (*event).u64) });
-                sys::with_errno_kept(|| record(c, epfd, op, fd, user));
+                sys::with_errno_kept(|| record(&c, epfd, op, fd, user));
             }
             return Some(rc);
         }
@@ -353,7 +353,7 @@ pub unsafe fn ctl(epfd: c_int, op: c_int, fd: c_int, event: *mut epoll_event) ->
         // behind. If it went plain while parked, its kernel registration is the hook's, not the
         // application's: drop it, so that the application's own calls get the kernel's answers.
         // A fd that was never swapped costs no scan unless it is added.
-        let same_socket = lookup(fd).map(Conn::id);
+        let same_socket = lookup(fd).map(|c| c.id());
         let set = set_of(epfd).filter(|_| op == libc::EPOLL_CTL_ADD || same_socket.is_some());
         if let Some(set) = set {
             set.with(|v, _| {
@@ -444,7 +444,7 @@ fn collect(epfd: c_int, set: &Set, out: &mut [epoll_event]) -> usize {
                 continue;
             }
             c.tick(i.fd);
-            let (mask, seen) = reportable(i, c);
+            let (mask, seen) = reportable(i, &c);
             if mask == 0 {
                 continue;
             }
@@ -531,7 +531,7 @@ fn kernel_ready(epfd: c_int) -> bool {
 }
 
 fn any_ready(set: &Set) -> bool {
-    set.with(|v, _| v.iter().any(|i| i.armed && !i.parked && live(i).is_some_and(|c| reportable(i, c).0 != 0)))
+    set.with(|v, _| v.iter().any(|i| i.armed && !i.parked && live(i).is_some_and(|c| reportable(i, &c).0 != 0)))
 }
 
 /// Announces (or withdraws) a sleep on every connection of `set`; returns (any shared, any

@@ -20,7 +20,7 @@ use std::{
 };
 
 use libc::c_int;
-use tssx_common::segment::{SegmentState, NOT_YET};
+use tssx_common::segment::{SegmentState, NOT_YET, SHUT_READ, SHUT_WRITE};
 
 use crate::{
     conn::{Conn, Phase},
@@ -53,10 +53,10 @@ impl Conn {
         if self.seg().segment.state() == Some(SegmentState::Pending) && self.abandon() {
             return;
         }
-        self.with_tx(|tx| {
+        let stored = self.with_tx(|tx| {
             let line = self.my_line();
             if line.back_at.load(Relaxed) != NOT_YET {
-                return;
+                return false;
             }
             let head = if self.out_switched() {
                 // The last doorbell, counted first (SeqCst, as every doorbell).
@@ -71,11 +71,40 @@ impl Conn {
             // Relaxed: published by the SeqCst store of `back_at` below.
             line.bells_at.store(line.bells_sent.load(Relaxed), Relaxed);
             line.back_at.store(head, SeqCst);
+            true
         });
+        if stored {
+            // Outside the ring lock: the real call never re-enters the hook.
+            sys::with_errno_kept(|| self.shutdown_socket(fd));
+        }
         if self.phase() != Phase::Plain {
             self.set_phase(Phase::HandingBack);
         }
         self.finish_hand_back();
+    }
+
+    /// Carries this end's `shutdown`s, recorded in the header while on the rings, over to the
+    /// real socket once this end's direction is back on it (its [`EndLine::back_at`] is
+    /// stored), so that a peer reading the socket sees EOF after the bytes, and a write after
+    /// `SHUT_WR` fails there. Called after `back_at` is stored (by [`Conn::hand_back`]) and by a
+    /// `shutdown` after it (see [`Conn::shutdown`]); never under a ring lock, and through the
+    /// real `shutdown` (libc's, not the hook's), so it cannot re-enter the hook.
+    ///
+    /// [`EndLine::back_at`]: tssx_common::segment::EndLine::back_at
+    pub(crate) fn shutdown_socket(&self, fd: c_int) {
+        // SeqCst: ordered against a concurrent `shutdown`'s SeqCst `fetch_or` and its SeqCst
+        // load of `back_at` (after our SeqCst store of it): one of the two applies the bits.
+        let bits = self.header().shut.0[self.end.index()].load(SeqCst);
+        let how = match (bits & SHUT_READ != 0, bits & SHUT_WRITE != 0) {
+            (false, false) => return,
+            (true, false) => libc::SHUT_RD,
+            (false, true) => libc::SHUT_WR,
+            (true, true) => libc::SHUT_RDWR,
+        };
+        if fd >= 0 {
+            // SAFETY: the real `shutdown` on this connection's socket; no pointers.
+            unsafe { sys::shutdown(fd, how) };
+        }
     }
 
     /// Whether the peer handed its direction back (this end then follows).

@@ -1,5 +1,16 @@
-//! Caller buffers: C iovec arrays as slices, and the rest of a buffer list after a partial
-//! transfer (on the stack: no allocation on the data path).
+//! Caller buffers: C iovec arrays as slices, checked as the kernel checks them, and the rest of
+//! a buffer list after a partial transfer (on the stack: no allocation on the data path).
+//!
+//! # Bad pointers
+//!
+//! On a plain socket the kernel answers a bad buffer with EFAULT; the hook copies with
+//! `memcpy`, where a bad pointer is a SIGSEGV. So before a swapped call touches a buffer, the
+//! hook classifies it with two compares ([`range`]): a pointer into page zero (`NULL`,
+//! `(void*)1`) is known to fault, a range that wraps or ends beyond user space fails at once,
+//! anything else is taken as valid. What this does not catch, because it would cost a system
+//! call per call: a buffer elsewhere in user space that is not mapped, or runs into an unmapped
+//! page, or is read-only for a read. Such a call still crashes on a swapped socket (as a
+//! `memcpy` into it would); the README says so.
 
 use std::io::{IoSlice, IoSliceMut};
 
@@ -49,66 +60,217 @@ pub fn after<R>(bufs: &[IoSlice<'_>], mut skip: usize, f: impl FnOnce(&[IoSlice<
     }
     f(&rest[..n])
 }
-/// Builds slices over a C iovec array (null or empty entries allowed).
-///
-/// # Safety
-/// `iov` must point at `cnt` valid iovecs whose buffers are valid for the call.
-pub unsafe fn slices_mut<'a>(iov: *const iovec, cnt: c_int) -> Vec<IoSliceMut<'a>> {
-    (0..cnt.max(0) as usize)
-        .map(|i| {
-            // SAFETY: per the function's contract.
-            let v = unsafe { &*iov.add(i) };
-            if v.iov_base.is_null() || v.iov_len == 0 {
-                IoSliceMut::new(&mut [])
-            } else {
-                // SAFETY: per the function's contract.
-                IoSliceMut::new(unsafe { std::slice::from_raw_parts_mut(v.iov_base.cast(), v.iov_len) })
-            }
-        })
-        .collect()
+/// The lowest address anything can be mapped at: page zero never is (`vm.mmap_min_addr` is
+/// at least 4096 on every distribution kernel), so a pointer below it is bad without asking
+/// the kernel. `NULL` and `(void*)1` are the usual ones.
+const LOWEST_MAPPABLE: usize = 4096;
+
+/// The end of user space on x86-64 with 4-level page tables (`TASK_SIZE_MAX`). A range that
+/// ends above it fails the kernel's `access_ok` at once (EFAULT before anything happens), unless
+/// the machine has 5-level page tables and the range is mapped there (checked with one system
+/// call, see [`beyond_is_mapped`]).
+const TASK_SIZE_4LEVEL: usize = (1 << 47) - 4096;
+
+/// What a caller's buffer is, as far as the hook can tell without a system call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Range {
+    /// Assumed valid (the kernel would copy to or from it).
+    Valid,
+    /// Inside user space but never mapped (below [`LOWEST_MAPPABLE`]): the kernel accepts the
+    /// call and fails with EFAULT when it copies, i.e. only once data would move.
+    Faults,
+    /// Fails the kernel's `access_ok` (wraps around, or ends beyond user space): EFAULT at once.
+    Bad,
 }
 
-/// As [`slices_mut`], for reading.
-///
-/// # Safety
-/// As [`slices_mut`].
-pub unsafe fn slices<'a>(iov: *const iovec, cnt: c_int) -> Vec<IoSlice<'a>> {
-    (0..cnt.max(0) as usize)
-        .map(|i| {
-            // SAFETY: per the function's contract.
-            let v = unsafe { &*iov.add(i) };
-            if v.iov_base.is_null() || v.iov_len == 0 {
-                IoSlice::new(&[])
-            } else {
-                // SAFETY: per the function's contract.
-                IoSlice::new(unsafe { std::slice::from_raw_parts(v.iov_base.cast(), v.iov_len) })
-            }
-        })
-        .collect()
-}
-
-/// One caller buffer of `n` writable bytes as a slice list.
-///
-/// # Safety
-/// `buf` must be valid for `n` writable bytes (or `n` is 0).
-pub unsafe fn one_mut<'a>(buf: *mut c_void, n: size_t) -> Vec<IoSliceMut<'a>> {
-    if buf.is_null() || n == 0 {
-        return vec![IoSliceMut::new(&mut [])];
+/// Classifies `len` bytes at `ptr` (see [`Range`]). Two compares on the fast path; a system
+/// call only for a range that ends beyond 128 TiB.
+#[inline]
+pub fn range(ptr: *const c_void, len: usize) -> Range {
+    let start = ptr as usize;
+    if len == 0 {
+        return Range::Valid;
     }
-    // SAFETY: the caller of read/recv promises `n` writable bytes at `buf`.
-    vec![IoSliceMut::new(unsafe { std::slice::from_raw_parts_mut(buf.cast(), n) })]
+    let Some(end) = start.checked_add(len) else { return Range::Bad };
+    if start >= LOWEST_MAPPABLE && end <= TASK_SIZE_4LEVEL {
+        return Range::Valid;
+    }
+    if end > TASK_SIZE_4LEVEL {
+        return if beyond_is_mapped(start, end) { Range::Valid } else { Range::Bad };
+    }
+    Range::Faults
 }
 
-/// One caller buffer of `n` readable bytes as a slice list.
+/// Whether a range ending beyond the 4-level user space is mapped after all (5-level page
+/// tables): one `process_vm_readv` of its first and last byte from this process.
+#[cold]
+fn beyond_is_mapped(start: usize, end: usize) -> bool {
+    let mut scratch = [0u8; 2];
+    let local = [iovec { iov_base: scratch.as_mut_ptr().cast(), iov_len: 2 }];
+    let remote = [iovec { iov_base: start as *mut c_void, iov_len: 1 }, iovec { iov_base: (end - 1) as *mut c_void, iov_len: 1 }];
+    // SAFETY: the kernel reads the remote ranges (reporting EFAULT if unmapped) and writes two
+    // bytes into a live local buffer.
+    let rc = unsafe {
+        tssx_shm::sys::syscall(
+            libc::SYS_process_vm_readv,
+            [tssx_shm::sys::getpid() as usize, local.as_ptr() as usize, 1, remote.as_ptr() as usize, 2, 0],
+        )
+    };
+    rc == Ok(2)
+}
+
+/// A pointer to one value of type `T` the caller passes (an `int` for `FIONREAD`, a
+/// `socklen_t`, a `msghdr`): whether it may be dereferenced. Alignment is not required (the
+/// kernel does not require it either): read and write such values unaligned.
+#[inline]
+pub fn value_ok<T>(ptr: *const T) -> bool {
+    range(ptr.cast(), std::mem::size_of::<T>()) == Range::Valid
+}
+
+/// The most iovecs a call takes (`UIO_MAXIOV`).
+pub const MAX_IOV: usize = 1024;
+
+/// A caller's buffer list, checked: the slices to use, and whether one of the buffers is in
+/// the [`Range::Faults`] class (its slice is then empty, never built over the bad memory: the
+/// call must fail with EFAULT as soon as data would move).
+pub struct Checked<S> {
+    /// One slice per buffer (empty for a buffer that would fault).
+    pub slices: Vec<S>,
+    /// A buffer with bytes to move would fault.
+    pub faults: bool,
+}
+
+impl<S> Checked<S> {
+    fn new(slices: Vec<S>, faults: bool) -> Self {
+        Checked { slices, faults }
+    }
+}
+
+/// Checks a C iovec array as the kernel's `import_iovec` does, and builds slices over it:
+/// `Err(EINVAL)` for a count below 0 or above [`MAX_IOV`] (`too_many`: the errno for too many,
+/// EMSGSIZE for `recvmsg`/`sendmsg`) or a negative length, `Err(EFAULT)` for an array or a
+/// buffer that fails `access_ok` or an array that is not mapped. The entries are read
+/// unaligned (the kernel accepts any alignment).
 ///
 /// # Safety
-/// `buf` must be valid for `n` readable bytes (or `n` is 0).
-pub unsafe fn one<'a>(buf: *const c_void, n: size_t) -> Vec<IoSlice<'a>> {
-    if buf.is_null() || n == 0 {
-        return vec![IoSlice::new(&[])];
+/// An `iov` that passes [`range`] must point at `cnt` readable iovecs, and their buffers that
+/// pass it must be valid for the call (the hook cannot check what it cannot see without a
+/// system call; see the README).
+unsafe fn checked<S>(
+    iov: *const iovec,
+    cnt: usize,
+    too_many: c_int,
+    empty: impl Fn() -> S,
+    make: impl Fn(*mut u8, usize) -> S,
+) -> Result<Checked<S>, c_int> {
+    if cnt > MAX_IOV {
+        return Err(too_many);
     }
-    // SAFETY: the caller of write/send promises `n` readable bytes at `buf`.
-    vec![IoSlice::new(unsafe { std::slice::from_raw_parts(buf.cast(), n) })]
+    if cnt == 0 {
+        return Ok(Checked::new(vec![empty()], false));
+    }
+    if range(iov.cast(), cnt * std::mem::size_of::<iovec>()) != Range::Valid {
+        return Err(libc::EFAULT);
+    }
+    let entry = |i: usize| {
+        // SAFETY: per the contract (the array passed `range`; `i < cnt`); unaligned reads.
+        unsafe { iov.add(i).read_unaligned() }
+    };
+    // As the kernel: every length is checked (EINVAL) before any buffer (EFAULT).
+    if (0..cnt).any(|i| (entry(i).iov_len as isize) < 0) {
+        return Err(libc::EINVAL);
+    }
+    let mut slices = Vec::with_capacity(cnt);
+    let mut faults = false;
+    for i in 0..cnt {
+        let v = entry(i);
+        match range(v.iov_base, v.iov_len) {
+            Range::Valid if v.iov_len > 0 => slices.push(make(v.iov_base.cast(), v.iov_len)),
+            Range::Valid => slices.push(empty()),
+            Range::Faults => {
+                faults = true;
+                slices.push(empty());
+            }
+            Range::Bad => return Err(libc::EFAULT),
+        }
+    }
+    Ok(Checked::new(slices, faults))
+}
+
+/// Builds slices over a C iovec array for reading into (see [`checked`]; `cnt` as the caller
+/// passed it, negative included).
+///
+/// # Safety
+/// As [`checked`].
+pub unsafe fn slices_mut<'a>(iov: *const iovec, cnt: isize, too_many: c_int) -> Result<Checked<IoSliceMut<'a>>, c_int> {
+    if cnt < 0 {
+        return Err(libc::EINVAL);
+    }
+    // SAFETY: per the contract; each slice is built over a buffer that passed `range`.
+    unsafe {
+        checked(iov, cnt as usize, too_many, || IoSliceMut::new(&mut []), |p, n| IoSliceMut::new(std::slice::from_raw_parts_mut(p, n)))
+    }
+}
+
+/// As [`slices_mut`], for writing from.
+///
+/// # Safety
+/// As [`checked`].
+pub unsafe fn slices<'a>(iov: *const iovec, cnt: isize, too_many: c_int) -> Result<Checked<IoSlice<'a>>, c_int> {
+    if cnt < 0 {
+        return Err(libc::EINVAL);
+    }
+    // SAFETY: as in `slices_mut`.
+    unsafe { checked(iov, cnt as usize, too_many, || IoSlice::new(&[]), |p, n| IoSlice::new(std::slice::from_raw_parts(p, n))) }
+}
+
+/// One caller buffer of `n` writable bytes as a checked slice list (`Err(EFAULT)`: fails
+/// `access_ok`).
+///
+/// # Safety
+/// A buffer that passes [`range`] must be valid for `n` writable bytes.
+pub unsafe fn one_mut<'a>(buf: *mut c_void, n: size_t) -> Result<Checked<IoSliceMut<'a>>, c_int> {
+    match range(buf, n) {
+        Range::Valid if n > 0 => {
+            // SAFETY: per the contract.
+            Ok(Checked::new(vec![IoSliceMut::new(unsafe { std::slice::from_raw_parts_mut(buf.cast(), n) })], false))
+        }
+        Range::Valid => Ok(Checked::new(vec![IoSliceMut::new(&mut [])], false)),
+        Range::Faults => Ok(Checked::new(vec![IoSliceMut::new(&mut [])], true)),
+        Range::Bad => Err(libc::EFAULT),
+    }
+}
+
+/// One caller buffer of `n` readable bytes, as [`one_mut`].
+///
+/// # Safety
+/// A buffer that passes [`range`] must be valid for `n` readable bytes.
+pub unsafe fn one<'a>(buf: *const c_void, n: size_t) -> Result<Checked<IoSlice<'a>>, c_int> {
+    match range(buf, n) {
+        Range::Valid if n > 0 => {
+            // SAFETY: per the contract.
+            Ok(Checked::new(vec![IoSlice::new(unsafe { std::slice::from_raw_parts(buf.cast(), n) })], false))
+        }
+        Range::Valid => Ok(Checked::new(vec![IoSlice::new(&[])], false)),
+        Range::Faults => Ok(Checked::new(vec![IoSlice::new(&[])], true)),
+        Range::Bad => Err(libc::EFAULT),
+    }
+}
+
+/// The iovec array and count of a caller's `msghdr` (read unaligned), or EFAULT if the header
+/// itself cannot be read.
+///
+/// # Safety
+/// A `msg` that passes [`value_ok`] must point at a readable `msghdr`.
+pub unsafe fn msg_iov(msg: *const libc::msghdr) -> Result<(*const iovec, isize), c_int> {
+    if !value_ok(msg) {
+        return Err(libc::EFAULT);
+    }
+    // SAFETY: per the contract; unaligned reads of two fields.
+    let (iov, len) =
+        unsafe { (std::ptr::addr_of!((*msg).msg_iov).read_unaligned(), std::ptr::addr_of!((*msg).msg_iovlen).read_unaligned()) };
+    // A count beyond isize (a huge size_t) is "too many" as well.
+    Ok((iov, isize::try_from(len).unwrap_or(isize::MAX)))
 }
 
 /// Calls `f` with `msg` narrowed to its first `n` bytes (at most [`IOV_BATCH`] iovecs, on the

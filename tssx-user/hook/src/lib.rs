@@ -15,7 +15,7 @@
 //! | module | holds |
 //! |---|---|
 //! | [`calls`] | the entry points, one per interposed libc function |
-//! | [`table`] | the fd → connection table and its entries' lifetimes |
+//! | [`table`] | the fd → connection table and its entries' lifetimes (leases: a call keeps its connection alive) |
 //! | [`conn`] | one swapped connection: segment, ring handles, shutdown state, readiness |
 //! | [`stream`] | recv/send/shutdown semantics over the rings |
 //! | [`wait`], [`spin`] | waiting for the peer: spin budget, announced sleep, doorbells |
@@ -23,7 +23,7 @@
 //! | [`lifecycle`], [`exec`], [`pass`] | fork/spawn refcounts; exec hand-over; `SCM_RIGHTS` hand-over |
 //! | [`poll`], [`epoll`] | readiness calls over a mix of swapped and plain fds |
 //! | [`paths`], [`claim`] | which sockets are watched; claiming a segment from the agent |
-//! | [`iov`], [`sys`] | caller buffers; every system call the hook makes |
+//! | [`iov`], [`sys`] | caller buffers, checked as the kernel checks them (EFAULT/EINVAL, never a crash); every system call the hook makes |
 //!
 //! Covered on swapped fds: read, write, readv, writev, recv, send, recvfrom, sendto, recvmsg,
 //! sendmsg (MSG_PEEK, MSG_DONTWAIT, MSG_WAITALL, MSG_NOSIGNAL), blocking and non-blocking

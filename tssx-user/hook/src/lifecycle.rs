@@ -10,7 +10,7 @@
 //! and a segment mapped but not ready yet is given up (nothing is on the rings then). Once
 //! ready, everything an end needs is in the header, shared by every holder.
 
-use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed};
+use std::sync::atomic::Ordering::{AcqRel, Relaxed};
 
 use libc::c_int;
 use tssx_common::segment::End;
@@ -18,7 +18,7 @@ use tssx_common::segment::End;
 use crate::{
     conn::Phase,
     sys,
-    table::{any_live, for_each_conn, lookup_swapped, TABLE},
+    table::{any_live, for_each_conn, lookup, lookup_swapped, MAX_FDS},
 };
 
 /// Before `fork`: the child will hold every connection too, so each end's refcount goes up
@@ -78,15 +78,9 @@ pub fn prepare_exec(mut out: impl FnMut(Inherit)) {
     if !any_live() {
         return;
     }
-    for (fd, slot) in TABLE.iter().enumerate() {
-        let ptr = slot.load(Acquire);
-        if ptr.is_null() {
-            continue;
-        }
-        // SAFETY: non-null entries point at live `Conn`s.
-        let conn = unsafe { &*ptr };
-        let fd = fd as c_int;
-        if !lookup_swapped_conn(conn) {
+    for fd in 0..MAX_FDS as c_int {
+        let Some(conn) = lookup(fd) else { continue };
+        if !lookup_swapped_conn(&conn) {
             // Plain in the new image (its hook starts afresh): a segment not in use yet is
             // given up, a claim in flight dropped.
             match conn.phase() {

@@ -64,11 +64,16 @@ unsafe fn fds_of<'a>(c: *mut cmsghdr) -> &'a mut [c_int] {
 /// # Safety
 /// `msg` is valid, as for sendmsg.
 pub unsafe fn send(fd: c_int, msg: *const msghdr, flags: c_int) -> Option<isize> {
-    if !table::any_live() || msg.is_null() {
+    // A header the kernel will refuse (EFAULT), or one that is not aligned (rare, and
+    // nothing to rewrite then), goes to the real call as it is.
+    if !table::any_live() || !crate::iov::value_ok(msg) || !msg.is_aligned() {
         return None;
     }
-    // SAFETY: per the contract.
+    // SAFETY: per the contract (readable and aligned: checked above).
     let m = unsafe { &*msg };
+    if crate::iov::range(m.msg_control, m.msg_controllen) != crate::iov::Range::Valid || !m.msg_control.cast::<cmsghdr>().is_aligned() {
+        return None;
+    }
     // SAFETY: as above.
     let rights = unsafe { last_rights(m) }?;
     // SAFETY: a SCM_RIGHTS header of the caller's message.
@@ -134,11 +139,15 @@ pub unsafe fn send(fd: c_int, msg: *const msghdr, flags: c_int) -> Option<isize>
 /// # Safety
 /// `msg` is the valid msghdr just filled by recvmsg.
 pub unsafe fn received(msg: *mut msghdr) {
-    if msg.is_null() {
+    // (A header or control buffer that is not aligned carries nothing of ours to rewrite.)
+    if msg.is_null() || !msg.is_aligned() {
         return;
     }
     // SAFETY: per the contract.
     let m = unsafe { &mut *msg };
+    if !m.msg_control.cast::<cmsghdr>().is_aligned() {
+        return;
+    }
     // SAFETY: as above.
     let Some(rights) = (unsafe { last_rights(m) }) else { return };
     // SAFETY: the SCM_RIGHTS header the kernel just wrote.

@@ -18,7 +18,7 @@ use crate::{
     phase::RawCall,
     spin::{self, now_ns},
     sys,
-    table::{self, lookup, lookup_swapped},
+    table::{self, lookup, lookup_swapped, ConnRef},
 };
 
 /// What a `poll` set holds, as far as the hook is concerned.
@@ -52,22 +52,29 @@ pub fn kind(fds: &[pollfd]) -> Kind {
 /// Raw calls on every tracked, still plain fd of a poll set, for the duration of a real
 /// poll-like call (see [`crate::phase`]); each connection takes its next step when they end.
 pub struct RawCalls {
-    calls: Vec<(c_int, &'static Conn, RawCall<'static>)>,
+    /// Each raw call borrows its connection from the lease next to it (dropped after it).
+    calls: Vec<(c_int, RawCall<'static>, ConnRef)>,
 }
 
 impl RawCalls {
     /// Enters a raw call on each; `None` if one of them became ready meanwhile (the caller
     /// then serves the set with [`poll`]).
     pub fn enter(fds: &[pollfd]) -> Option<RawCalls> {
-        let mut calls: Vec<(c_int, &'static Conn, RawCall<'static>)> = Vec::new();
+        let mut calls: Vec<(c_int, RawCall<'static>, ConnRef)> = Vec::new();
         for p in fds {
             let Some(c) = table::lookup(p.fd) else { continue };
             let phase = c.phase();
-            if phase == Phase::Plain || phase == Phase::Unconnected || calls.iter().any(|(_, other, _)| std::ptr::eq(*other, c)) {
+            if phase == Phase::Plain || phase == Phase::Unconnected || calls.iter().any(|(_, _, other)| other.cell() == c.cell()) {
                 continue;
             }
             c.tick(p.fd);
-            calls.push((p.fd, c, c.enter_raw()?));
+            // SAFETY: the connection lives in a cell that stays put and alive while the lease
+            // `c` is held; the lease is stored next to the raw call and dropped after it (see
+            // `Drop`), so the borrow never outlives it.
+            let conn: *const Conn = &*c;
+            // SAFETY: as above.
+            let conn: &'static Conn = unsafe { &*conn };
+            calls.push((p.fd, conn.enter_raw()?, c));
         }
         Some(RawCalls { calls })
     }
@@ -76,7 +83,7 @@ impl RawCalls {
 impl Drop for RawCalls {
     fn drop(&mut self) {
         let saved = sys::errno();
-        for (fd, c, raw) in self.calls.drain(..) {
+        for (fd, raw, c) in self.calls.drain(..) {
             drop(raw);
             c.tick(fd);
         }
@@ -85,7 +92,7 @@ impl Drop for RawCalls {
 }
 
 /// The connection of a poll entry, if it has a segment and is past the plain phases.
-fn swapped(p: &pollfd) -> Option<&'static Conn> {
+fn swapped(p: &pollfd) -> Option<ConnRef> {
     let c = lookup_swapped(p.fd)?;
     c.tick(p.fd);
     (c.phase() != Phase::Plain).then_some(c)
@@ -99,7 +106,7 @@ fn ring_revents(c: &Conn, fd: c_int, events: i16) -> i16 {
 
 /// Whether any swapped entry is ready by its rings (`revents` untouched).
 fn any_ready(fds: &[pollfd]) -> bool {
-    fds.iter().any(|p| p.fd >= 0 && lookup_swapped(p.fd).is_some_and(|c| ring_revents(c, p.fd, p.events) != 0))
+    fds.iter().any(|p| p.fd >= 0 && lookup_swapped(p.fd).is_some_and(|c| ring_revents(&c, p.fd, p.events) != 0))
 }
 
 /// Fills `revents` of swapped entries from the rings; returns (ready swapped entries, whether
@@ -114,7 +121,7 @@ fn scan(fds: &mut [pollfd]) -> (usize, bool) {
         }
         match swapped(p) {
             Some(c) => {
-                p.revents = ring_revents(c, p.fd, p.events);
+                p.revents = ring_revents(&c, p.fd, p.events);
                 ready += usize::from(p.revents != 0);
             }
             None => plain = true,
@@ -178,7 +185,7 @@ unsafe fn real_pass(fds: &mut [pollfd], timeout_ns: Option<u64>, sigmask: *const
             count += c_int::from(p.revents != 0);
             continue;
         }
-        p.revents = ring_revents(c, p.fd, events);
+        p.revents = ring_revents(&c, p.fd, events);
         count += c_int::from(p.revents != 0);
     }
     if rc < 0 {

@@ -8,7 +8,7 @@ use std::{
 };
 
 use libc::c_int;
-use tssx_common::segment::{SHUT_READ, SHUT_WRITE};
+use tssx_common::segment::{NOT_YET, SHUT_READ, SHUT_WRITE};
 use tssx_shm::ring::Transfer;
 
 use crate::{
@@ -123,6 +123,12 @@ impl Conn {
                 }
                 continue;
             }
+            if self.phase() == Phase::Active && self.peer_handed_back() {
+                // The peer went back to the socket: follow (everything it put on the ring was
+                // read above; what follows is on the socket).
+                self.hand_back(fd);
+                continue;
+            }
             if self.phase() == Phase::HandingBack && self.peer_handed_back() {
                 // The rest comes from the socket (after the last doorbells).
                 if !matches!(self.read_source(), Source::Socket) || self.finish_hand_back() {
@@ -156,6 +162,23 @@ impl Conn {
         }
     }
 
+    /// `recv` into buffers that would fault ([`crate::iov::Range::Faults`]: `NULL`,
+    /// `(void*)1`), as the kernel answers it without ever touching them: EFAULT when there are
+    /// bytes to copy (they stay unread), otherwise what the call gives with nothing to copy (it
+    /// waits, or EAGAIN, EOF, EINTR). `None`: went plain; the caller makes the real call.
+    pub fn recv_faulting(&self, fd: c_int, flags: c_int) -> Option<isize> {
+        let mut probe = [0u8; 1];
+        let n = self.recv(fd, &mut [IoSliceMut::new(&mut probe)], (flags & !libc::MSG_WAITALL) | libc::MSG_PEEK)?;
+        Some(if n > 0 { partial_or_errno(0, libc::EFAULT) } else { n })
+    }
+
+    /// `send` from buffers that would fault, as the kernel answers it: EPIPE (and SIGPIPE) if
+    /// the sending side is shut down, otherwise EFAULT, nothing sent. `None`: went plain.
+    pub fn send_faulting(&self, fd: c_int, flags: c_int) -> Option<isize> {
+        let n = self.send(fd, &[], flags)?;
+        Some(if n < 0 { n } else { partial_or_errno(0, libc::EFAULT) })
+    }
+
     /// `send` semantics for a connection with a segment (blocking sends write everything).
     /// `None`: the connection went plain before anything was sent: the caller makes the real
     /// call.
@@ -168,7 +191,8 @@ impl Conn {
         let mut total = 0usize;
         let mut backoff = Backoff::default();
         loop {
-            if self.phase() == Phase::Plain {
+            if self.phase() >= Phase::HandingBack {
+                // This end's writes are on the socket again (handing back, or plain).
                 return if total == 0 { WENT_PLAIN } else { total as isize };
             }
             if self.send_shut() {
@@ -203,13 +227,32 @@ impl Conn {
                 }
                 continue;
             }
-            let put = self.with_tx(|tx| after(bufs, total, |rest| tx.writev(rest)));
+            let put = self.with_tx(|tx| {
+                // Relaxed: stored under this lock by a hand-back of another thread; nothing
+                // may go on the ring past it (the reader stops there).
+                if self.my_line().back_at.load(Relaxed) != NOT_YET {
+                    return Transfer::default();
+                }
+                after(bufs, total, |rest| tx.writev(rest))
+            });
             if put.wake_peer {
                 self.ring_doorbell(fd);
             }
             total += put.bytes;
             if put.bytes > 0 {
                 backoff.progress();
+                continue;
+            }
+            if self.phase() == Phase::Active && self.peer_handed_back() {
+                // The peer went back to the socket: follow (the loop's top then sends the
+                // rest through the kernel).
+                self.hand_back(fd);
+                continue;
+            }
+            if self.my_line().back_at.load(Relaxed) != NOT_YET {
+                // Handed back already (by another thread, or by the image before an exec):
+                // make sure the phase says so, and the loop's top sends through the kernel.
+                self.hand_back(fd);
                 continue;
             }
             if self.would_block_is_error(flags) {
@@ -312,7 +355,14 @@ impl Conn {
         if self.phase() != Phase::Active && self.abandon() {
             return None;
         }
-        Some(self.shutdown_in_header(fd, how))
+        let rc = self.shutdown_in_header(fd, how);
+        // SeqCst: after the SeqCst `fetch_or` of the bits (see `Conn::shutdown_socket`).
+        if rc == 0 && self.my_line().back_at.load(SeqCst) != NOT_YET {
+            // This end's direction is back on the socket (handing back): the shutdown must
+            // be the socket's too; the caller makes the real call.
+            return None;
+        }
+        Some(rc)
     }
 
     fn shutdown_in_header(&self, fd: c_int, how: c_int) -> c_int {

@@ -3,19 +3,44 @@
 //! The pass-through path (an fd not in the table) costs one bounds check and one atomic load,
 //! takes no lock and allocates nothing. Every fd of a connection (dup, dup2, dup3, F_DUPFD)
 //! points at the same [`Conn`], which counts them; the last close tells the peer this end is
-//! gone and unmaps the segment.
+//! gone.
+//!
+//! # Lifetimes: leases
+//!
+//! A call on a tracked fd may race a `close` of that fd (or of its last duplicate) on another
+//! thread. So [`lookup`] does not hand out a plain reference: it *leases* the connection
+//! ([`ConnRef`], a [`tssx_shm::lease::Lease`]), and the connection's memory (and its segment
+//! mapping) is dropped by whoever gives up the last reference: the last close if no call is
+//! in flight, otherwise the last call to return. The references on a connection are:
+//!
+//! * one held by the table for all of the connection's fds together, from [`track`] (or
+//!   [`adopt_swapped`]) until [`Conn::fds`] drops to zero: given up by the close (or dup2 over
+//!   it, or [`untrack`]) that unlinks its last slot, after [`Conn::leave`] told the peer;
+//! * one per lease: per call in flight, per connection visited by poll, epoll, fork or exec.
+//!
+//! A slot links a connection only while `fds` counts that slot, so a thread that swaps a link
+//! out of a slot holds one of the `fds` counts, and through it the table's reference, until it
+//! decrements `fds`. `fds` is only ever raised from a non-zero value (a dup of a connection
+//! whose last fd was closed meanwhile is not linked), so the table's reference is given up
+//! exactly once. The orderings of the lease counts are documented in
+//! [`tssx_shm::lease`]; the slots are stored with `Release` (after the connection is built) and
+//! loaded with `Acquire` by every lookup.
 
 use std::{
     ptr::null_mut,
     sync::atomic::{
         AtomicPtr, AtomicU64, AtomicUsize,
-        Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst},
+        Ordering::{AcqRel, Acquire, Relaxed, SeqCst},
     },
 };
 
 use libc::c_int;
 use tssx_common::segment::{End, JOIN_MAPPED, SHUT_RESET};
-use tssx_shm::{segment::Segment, sys::Fd};
+use tssx_shm::{
+    lease::{Cell, Lease, Pool},
+    segment::Segment,
+    sys::Fd,
+};
 
 use crate::{
     conn::{Conn, Phase, Swap, QUIESCED},
@@ -25,28 +50,34 @@ use crate::{
 /// Fds at or above this are never tracked.
 pub const MAX_FDS: usize = 1 << 16;
 
-/// fd -> connection. `Acquire` loads pair with the `Release` store that publishes a fully
+/// A leased connection: derefs to the [`Conn`]; the connection cannot be freed while a lease
+/// is alive (see the module documentation).
+pub type ConnRef = Lease<'static, Conn>;
+
+/// The cells connections live in (type-stable: see [`tssx_shm::lease`]).
+static POOL: Pool<Conn> = Pool::new();
+
+/// fd -> connection cell. `Acquire` loads pair with the `Release` stores that link a fully
 /// built connection.
-pub(crate) static TABLE: [AtomicPtr<Conn>; MAX_FDS] = [const { AtomicPtr::new(null_mut()) }; MAX_FDS];
+pub(crate) static TABLE: [AtomicPtr<Cell<Conn>>; MAX_FDS] = [const { AtomicPtr::new(null_mut()) }; MAX_FDS];
 /// Connections tracked in this process (poll, fork and exec only scan the table when non-zero).
 /// Relaxed: a hint; the table entries carry their own ordering.
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 /// Source of [`Conn::id`]. Relaxed: only uniqueness matters.
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
-/// The connection of `fd`, if it is tracked (in any phase, `Plain` included).
+/// The connection of `fd`, leased, if it is tracked (in any phase, `Plain` included). An
+/// untracked fd costs one bounds check and one load.
 #[inline]
-pub fn lookup(fd: c_int) -> Option<&'static Conn> {
+pub fn lookup(fd: c_int) -> Option<ConnRef> {
     let slot = TABLE.get(usize::try_from(fd).ok()?)?;
-    let ptr = slot.load(Acquire);
-    // SAFETY: non-null entries point at leaked-until-close `Conn`s (see `track`/`release`).
-    (!ptr.is_null()).then(|| unsafe { &*ptr })
+    POOL.acquire(slot)
 }
 
 /// The connection of `fd` if it has a segment and is past the plain phases (`Ready` and
 /// later, `Plain` excluded): what poll, epoll and the exec hand-over care about.
 #[inline]
-pub fn lookup_swapped(fd: c_int) -> Option<&'static Conn> {
+pub fn lookup_swapped(fd: c_int) -> Option<ConnRef> {
     lookup(fd).filter(|c| {
         let phase = c.phase();
         phase >= Phase::Ready && phase != Phase::Plain
@@ -84,12 +115,14 @@ pub fn any_live() -> bool {
     LIVE.load(Relaxed) != 0
 }
 
-/// Publishes `conn` as the connection of `fd` (replacing whatever was there).
+/// Publishes `conn` as the connection of `fd` (replacing whatever was there). The cell's
+/// first reference becomes the table's (see the module documentation).
 fn publish(fd: c_int, conn: Conn) -> bool {
     let Some(slot) = usize::try_from(fd).ok().and_then(|i| TABLE.get(i)) else { return false };
     conn.note_fd(fd);
     LIVE.fetch_add(1, Relaxed);
-    let old = slot.swap(Box::into_raw(Box::new(conn)), Release);
+    // Release: pairs with the Acquire loads of `lookup` (the connection is built).
+    let old = slot.swap(POOL.alloc(conn), AcqRel);
     release(old, -1);
     true
 }
@@ -163,38 +196,45 @@ pub fn adopt_swapped(fd: c_int, end: End, memfd: Fd) -> bool {
 /// `new_fd` (just made by dup/dup2/dup3/F_DUPFD from `old_fd`) is the same connection.
 pub fn duplicated(old_fd: c_int, new_fd: c_int) {
     let Some(slot) = usize::try_from(new_fd).ok().and_then(|i| TABLE.get(i)) else { return };
-    let Some(conn) = lookup(old_fd) else {
-        // dup2 onto a tracked fd from an untracked one: the tracked one was closed by it.
-        release(slot.swap(null_mut(), Acquire), -1);
-        return;
-    };
-    conn.fds.fetch_add(1, Relaxed);
-    let ptr = (conn as *const Conn).cast_mut();
-    release(slot.swap(ptr, Release), -1);
+    let conn = lookup(old_fd);
+    // Only from a non-zero count: a connection whose last fd was closed meanwhile (by another
+    // thread, between the real dup and this) is not linked again (see the module docs).
+    // Relaxed: the count is ordered by the lease we hold and by the AcqRel decrements.
+    let linked = conn.as_ref().filter(|c| c.fds.fetch_update(Relaxed, Relaxed, |n| (n != 0).then_some(n + 1)).is_ok());
+    let new = linked.map_or(null_mut(), |c| c.cell());
+    // Release: pairs with the Acquire loads of `lookup`. Acquire: the old occupant, whose
+    // `fds` count we take over from the slot.
+    release(slot.swap(new, AcqRel), -1);
 }
 
 /// Forgets `fd` without closing anything (it is not a socket of ours any more).
 pub fn untrack(fd: c_int) {
     if let Some(slot) = usize::try_from(fd).ok().and_then(|i| TABLE.get(i)) {
+        // Acquire: the unlinked connection is seen whole.
         release(slot.swap(null_mut(), Acquire), -1);
     }
 }
 
-/// Drops one fd's reference; the last one tells the peer this end is gone (ringing through
-/// `fd` if it is still this socket, else -1) and unmaps.
-pub(crate) fn release(ptr: *mut Conn, fd: c_int) {
-    if ptr.is_null() {
+/// Gives up the `fds` count a slot held on `cell` (the caller just unlinked it); the last one
+/// tells the peer this end is gone (ringing through `fd` if it is still this socket, else -1)
+/// and gives up the table's reference: the connection is dropped (and its segment unmapped)
+/// now, or when the last call in flight on it returns.
+pub(crate) fn release(cell: *mut Cell<Conn>, fd: c_int) {
+    if cell.is_null() {
         return;
     }
-    // SAFETY: non-null entries point at live `Conn`s from Box::into_raw; each table entry holds
-    // one count of `fds`.
-    let conn = unsafe { &*ptr };
+    // SAFETY: the slot's link was counted in `fds`, which keeps the table's reference (see the
+    // module documentation); we hold that count until the decrement below.
+    let conn = unsafe { POOL.lease(cell) };
+    // AcqRel: the last decrement sees every fd's use of the connection.
     if conn.fds.fetch_sub(1, AcqRel) == 1 {
         conn.leave(fd);
         LIVE.fetch_sub(1, Relaxed);
-        // SAFETY: that was the last reference.
-        drop(unsafe { Box::from_raw(ptr) });
+        // SAFETY: the table's reference, given up once: `fds` reached zero and is never raised
+        // from zero again.
+        unsafe { POOL.release(cell) };
     }
+    drop(conn);
 }
 
 /// Calls `f` once for every connection of this process (however many fds refer to it).
@@ -204,14 +244,9 @@ pub(crate) fn for_each_conn(mut f: impl FnMut(c_int, &Conn)) {
     }
     let generation = NEXT_ID.fetch_add(1, Relaxed);
     for (fd, slot) in TABLE.iter().enumerate() {
-        let ptr = slot.load(Acquire);
-        if ptr.is_null() {
-            continue;
-        }
-        // SAFETY: non-null entries point at live `Conn`s.
-        let conn = unsafe { &*ptr };
+        let Some(conn) = POOL.acquire(slot) else { continue };
         if conn.fork_mark.swap(generation, Relaxed) != generation {
-            f(fd as c_int, conn);
+            f(fd as c_int, &conn);
         }
     }
 }
@@ -226,6 +261,7 @@ pub fn close(fd: c_int) {
         }
     }
     if let Some(slot) = usize::try_from(fd).ok().and_then(|i| TABLE.get(i)) {
+        // Acquire: the unlinked connection is seen whole.
         release(slot.swap(null_mut(), Acquire), fd);
     }
 }

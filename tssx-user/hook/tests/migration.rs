@@ -177,7 +177,8 @@ fn run(seed: u64, ring: usize) {
         assert_eq!(c.phase(), expected, "seed {seed}: fd {fd}: {h:?}");
     }
     // Nothing is left on the kernel's queues but doorbells, and the rings carried bytes.
-    let header = table::lookup(a).unwrap().header();
+    let conn = table::lookup(a).unwrap();
+    let header = conn.header();
     assert!(header.ends[0].switch_at.load(std::sync::atomic::Ordering::SeqCst) <= dirs[0].written);
     for fd in [a, b, pipe[0], pipe[1]] {
         // SAFETY: our own fds; the hook forgets them and closes them.

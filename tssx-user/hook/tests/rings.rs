@@ -268,3 +268,91 @@ fn plain_fds_pass_straight_through() {
     assert_eq!(read(a.as_raw_fd(), &mut buf), 4);
     assert_eq!(&buf, b"pipe");
 }
+
+/// `sendmsg` of `bytes` with one fd (`SCM_RIGHTS`) through the hook: on a swapped connection,
+/// a hand-back to the kernel first.
+fn send_with_fd(sock: c_int, bytes: &[u8], fd: c_int) -> isize {
+    let mut iov = libc::iovec { iov_base: bytes.as_ptr() as *mut _, iov_len: bytes.len() };
+    let mut cbuf = [0u64; 4];
+    // SAFETY: plain data.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    // SAFETY: pure size computations; the header is written inside `cbuf`.
+    unsafe {
+        msg.msg_controllen = libc::CMSG_SPACE(4) as usize;
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(4) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<c_int>(), fd);
+        calls::sendmsg(sock, &msg, 0)
+    }
+}
+
+/// Issue 13, hook bug (a): a `shutdown` recorded while on the rings must survive the
+/// connection's hand-back to the kernel. The shut-down end's direction goes back onto the real
+/// socket, which must then carry the shutdown too (the old hook replayed it from inside the
+/// producer lock through the hooked `shutdown`, re-entering itself; the restructured one
+/// dropped it: the peer then waited for an EOF that never came, and writes after `SHUT_WR`
+/// succeeded). As on a plain socket: the peer reads the bytes, then EOF; the shut-down end's
+/// writes fail with EPIPE.
+#[test]
+fn a_shutdown_survives_the_hand_back() {
+    let p = swapped_pair(4096);
+    let (client, server) = (p.client, p.server);
+    assert_eq!(write(client, b"bye"), 3);
+    // SAFETY: plain arguments.
+    assert_eq!(unsafe { calls::shutdown(client, libc::SHUT_WR) }, 0);
+    // The server passes an fd: the connection goes back to the kernel.
+    let (r, _w) = dummy_pair();
+    assert_eq!(send_with_fd(server, b"fd", r.as_raw_fd()), 2);
+    // The client reads that message (and follows the hand-back).
+    let mut buf = [0u8; 8];
+    assert_eq!(recv(client, &mut buf, 0), 2, "errno {}", errno());
+    // The server reads the client's bytes, then EOF.
+    assert_eq!(read(server, &mut buf), 3, "errno {}", errno());
+    assert_eq!(&buf[..3], b"bye");
+    assert_eq!(recv(server, &mut buf, libc::MSG_DONTWAIT), 0, "EOF after the hand-back, errno {}", errno());
+    // SAFETY: MSG_NOSIGNAL: no SIGPIPE in the test process.
+    assert_eq!(unsafe { calls::send(client, b"x".as_ptr().cast(), 1, libc::MSG_NOSIGNAL) }, -1);
+    assert_eq!(errno(), libc::EPIPE, "the client shut its sending side down");
+    // The other direction still works, through the kernel now.
+    assert_eq!(write(server, b"answer"), 6);
+    assert_eq!(read(client, &mut buf), 6);
+    assert_eq!(&buf[..6], b"answer");
+    assert_eq!(kernel_queued(client), 0);
+}
+
+/// An end whose `back_at` is already stored while its phase still says `Active` (a hand-back
+/// by the image before an `exec`, or by another thread between its store and its phase change)
+/// must write to the socket, never past `back_at` on the ring (lost) nor spin.
+#[test]
+fn a_writer_handed_back_elsewhere_writes_to_the_socket() {
+    let p = swapped_pair(4096);
+    {
+        let c = table::lookup(p.client).unwrap();
+        c.header().ends[End::Client.index()].back_at.store(0, Ordering::SeqCst);
+    }
+    assert_eq!(write(p.client, b"x"), 1);
+    let mut buf = [0u8; 4];
+    assert_eq!(read(p.server, &mut buf), 1, "errno {}", errno());
+    assert_eq!(buf[0], b'x');
+}
+
+/// `select` with the largest timeout on a swapped fd that is ready: answered (the timeout's
+/// conversion to nanoseconds overflowed, a panic in a debug build).
+#[test]
+fn select_with_a_huge_timeout_on_a_ready_swapped_fd() {
+    let p = swapped_pair(4096);
+    assert_eq!(write(p.client, b"x"), 1);
+    // SAFETY: fd_set is plain data; FD_ZERO/FD_SET on a live local set, fd < FD_SETSIZE.
+    let mut set: libc::fd_set = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    unsafe { libc::FD_SET(p.server, &mut set) };
+    let mut tv = libc::timeval { tv_sec: libc::time_t::MAX, tv_usec: 999_999 };
+    // SAFETY: live set and timeval.
+    let n = unsafe { calls::select(p.server + 1, &mut set, std::ptr::null_mut(), std::ptr::null_mut(), &mut tv) };
+    assert_eq!(n, 1, "errno {}", errno());
+}

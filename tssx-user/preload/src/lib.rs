@@ -16,10 +16,28 @@ use libc::{c_char, c_int, c_void, iovec, msghdr, size_t, sockaddr, socklen_t, ss
 static INIT: extern "C" fn() = init;
 
 extern "C" fn init() {
-    tssx_hook::calls::init();
+    // A panic here would abort the process before `main`: the hook then simply does less.
+    let _ = std::panic::catch_unwind(tssx_hook::calls::init);
 }
 
-/// Exports each function under its libc name, forwarding to [`tssx_hook::calls`].
+/// Runs one hooked call so that no panic ever leaves an exported function: a panic (a bug of
+/// the hook, never expected) is caught here and the call fails with -1 and `errno` EIO, rather
+/// than unwinding into C (which Rust turns into an abort of the application). The hook is
+/// built with `panic = "unwind"` (the default) for this; catching costs nothing on the path
+/// that does not panic.
+#[inline(always)]
+fn guarded<R: From<i8>>(f: impl FnOnce() -> R) -> R {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(_) => {
+            tssx_hook::sys::set_errno(libc::EIO);
+            R::from(-1)
+        }
+    }
+}
+
+/// Exports each function under its libc name, forwarding to [`tssx_hook::calls`] inside
+/// [`guarded`].
 macro_rules! interpose {
     ($(fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty;)*) => {
         $(
@@ -28,7 +46,7 @@ macro_rules! interpose {
             #[unsafe(no_mangle)]
             pub unsafe extern "C" fn $name($($arg: $ty),*) -> $ret {
                 // SAFETY: the caller's arguments, forwarded unchanged; same contract.
-                unsafe { tssx_hook::calls::$name($($arg),*) }
+                guarded(move || unsafe { tssx_hook::calls::$name($($arg),*) })
             }
         )*
     };
@@ -83,7 +101,7 @@ interpose! {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn sendfile64(out_fd: c_int, in_fd: c_int, offset: *mut libc::off_t, count: size_t) -> ssize_t {
     // SAFETY: the caller's arguments, forwarded unchanged; same contract.
-    unsafe { tssx_hook::calls::sendfile(out_fd, in_fd, offset, count) }
+    guarded(move || unsafe { tssx_hook::calls::sendfile(out_fd, in_fd, offset, count) })
 }
 
 /// `__wrap_<name>` for every interposed name: `build.rs` links the `.so` with
@@ -141,7 +159,7 @@ macro_rules! shim_targets {
             #[unsafe(no_mangle)]
             unsafe extern "C" fn $shim($($arg: $ty),*) -> c_int {
                 // SAFETY: forwarded unchanged; same contract.
-                unsafe { tssx_hook::calls::$target($($arg),*) }
+                guarded(move || unsafe { tssx_hook::calls::$target($($arg),*) })
             }
         )*
     };

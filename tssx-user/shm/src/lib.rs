@@ -6,6 +6,8 @@
 //!   wake protocol;
 //! * [`wait`]: the sleep and wake protocol (announce, fence, re-check; publish, fence, look)
 //!   that every waiter uses;
+//! * [`lease`]: type-stable reference-counted cells, so that a lock-free table (the hook's fd
+//!   table) can hand out values that a concurrent removal never frees under a reader;
 //! * [`fdpass`]: one fd with a small message over a Unix socket (`SCM_RIGHTS`);
 //! * [`sys`]: the raw system calls everything here makes (never libc's wrappers: inside the
 //!   hook those names are the hook's own exports).
@@ -17,6 +19,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod fdpass;
+pub mod lease;
 pub mod ring;
 pub mod segment;
 pub mod sys;

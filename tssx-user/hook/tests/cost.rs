@@ -1,0 +1,69 @@
+//! The hook's own cost on the swapped fast path, without wake-ups: one process, a swapped
+//! pair, 64-byte write + read through the hook's entry points, alternately on both ends.
+//! `cargo test --release -p tssx-hook --test cost -- --ignored --nocapture` (a measurement,
+//! not a check: ignored by default; the README's benchmark section quotes it). Also prints the
+//! cost of one `table::lookup` of a tracked fd (a lease).
+use std::{os::fd::AsRawFd, sync::atomic::Ordering, time::Instant};
+
+use libc::c_int;
+use tssx_common::segment::{End, SegmentState, JOIN_MAPPED};
+use tssx_hook::{calls, table};
+use tssx_shm::{segment::Segment, sys::Fd};
+
+fn swapped_pair() -> (c_int, c_int) {
+    let mut fds = [0; 2];
+    // SAFETY: a valid out-array.
+    assert_eq!(unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) }, 0);
+    let segment = Segment::create(1 << 20).expect("segment");
+    segment.transition(SegmentState::Pending, SegmentState::Active).unwrap();
+    for end in [End::Client, End::Server] {
+        let line = &segment.header().ends[end.index()];
+        line.joined.store(JOIN_MAPPED, Ordering::SeqCst);
+        line.ready.store(1, Ordering::SeqCst);
+        line.switch_at.store(0, Ordering::SeqCst);
+        segment.header().refcount[end.index()].store(1, Ordering::SeqCst);
+    }
+    for (fd, end) in [(fds[0], End::Client), (fds[1], End::Server)] {
+        // SAFETY: dup of the segment's own fd.
+        let memfd = unsafe { libc::fcntl(segment.fd().unwrap().as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+        // SAFETY: as above.
+        assert!(table::adopt_swapped(fd, end, unsafe { Fd::from_raw(memfd) }));
+    }
+    (fds[0], fds[1])
+}
+
+#[test]
+#[ignore]
+fn fast_path_cost() {
+    let (a, b) = swapped_pair();
+    let msg = [7u8; 64];
+    let mut buf = [0u8; 64];
+    let n = 2_000_000u64;
+    let mut best = f64::MAX;
+    for _round in 0..7 {
+        let start = Instant::now();
+        for _ in 0..n {
+            // SAFETY: live buffers.
+            unsafe {
+                assert_eq!(calls::write(a, msg.as_ptr().cast(), 64), 64);
+                assert_eq!(calls::read(b, buf.as_mut_ptr().cast(), 64), 64);
+            }
+        }
+        let ns = start.elapsed().as_secs_f64() * 1e9 / (2 * n) as f64;
+        best = best.min(ns);
+    }
+    println!("COST ns per call (best of 7): {best:.2}");
+    let mut best = f64::MAX;
+    for _round in 0..7 {
+        let start = Instant::now();
+        let mut k = 0u64;
+        for _ in 0..n {
+            if let Some(c) = table::lookup(std::hint::black_box(a)) {
+                k += u64::from(c.phase() == tssx_hook::conn::Phase::Active);
+            }
+        }
+        std::hint::black_box(k);
+        best = best.min(start.elapsed().as_secs_f64() * 1e9 / n as f64);
+    }
+    println!("LOOKUP ns (best of 7): {best:.2}");
+}
