@@ -76,6 +76,7 @@ static void server(const char *path) {
     SHOW_DATA("read at EOF", buf, read(fd, buf, RT(8)));
     SHOW_DATA("recv at EOF", buf, recv(fd, buf, RT(8), 0));
     SHOW_DATA("recvfrom at EOF", buf, recvfrom(fd, buf, RT(8), 0, NULL, NULL));
+    write_str(fd, "bye");
     SHOW("close", close(fd));
 
     /* The client's child, on a connection of its own. */
@@ -97,6 +98,13 @@ static void client(const char *path) {
     expect_byte(fd, 'e');
     SHOW("shutdown SHUT_WR", shutdown(fd, SHUT_WR));
     char buf[32];
+    /* Bytes from the accepted socket come from the listener's address. */
+    struct sockaddr_un from;
+    socklen_t fromlen = sizeof from;
+    memset(&from, 0, sizeof from);
+    SHOW_DATA("recvfrom 3 MSG_WAITALL with an address buffer", buf, recvfrom(fd, buf, RT(3), MSG_WAITALL, (struct sockaddr *)&from, &fromlen));
+    say("  address: the server's path: %s, length right: %s", strcmp(from.sun_path, path) == 0 ? "yes" : "no",
+        fromlen == offsetof(struct sockaddr_un, sun_path) + strlen(path) + 1 ? "yes" : "no");
     SHOW_DATA("read until the server closes", buf, read(fd, buf, RT(sizeof buf)));
     SHOW("close", close(fd));
 

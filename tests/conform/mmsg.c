@@ -282,7 +282,17 @@ static void client(const char *path) {
     /* 4. */
     expect_byte(ctl, '4');
     n = layout(&v, "6,6");
-    RECV("recvmmsg 6, 6", &v, n, recvmmsg(data, v.m, (unsigned)n, 0, NULL));
+    struct sockaddr_un names[2];
+    memset(names, 0, sizeof names);
+    v.m[0].msg_hdr.msg_name = &names[0];
+    v.m[0].msg_hdr.msg_namelen = sizeof names[0];
+    v.m[1].msg_hdr.msg_name = &names[1];
+    v.m[1].msg_hdr.msg_namelen = 4; /* too short: cut, its full length reported */
+    RECV("recvmmsg 6, 6 with name buffers", &v, n, recvmmsg(data, v.m, (unsigned)n, 0, NULL));
+    size_t full = offsetof(struct sockaddr_un, sun_path) + strlen(path) + 1;
+    say("  msg 0 name: the server's path: %s, length right: %s", strcmp(names[0].sun_path, path) == 0 ? "yes" : "no",
+        v.m[0].msg_hdr.msg_namelen == full ? "yes" : "no");
+    say("  msg 1 name: family %d, length right: %s", names[1].sun_family, v.m[1].msg_hdr.msg_namelen == full ? "yes" : "no");
     n = layout(&v, "2+6,8");
     RECV("recvmmsg MSG_WAITFORONE 2+6, 8", &v, n, recvmmsg(data, v.m, (unsigned)n, MSG_WAITFORONE, NULL));
     RECV("recvmmsg MSG_DONTWAIT empty", &v, n, recvmmsg(data, v.m, (unsigned)n, MSG_DONTWAIT, NULL));

@@ -213,7 +213,7 @@ fn after_raw(c: &Conn, fd: c_int, raw: Option<RawCall<'_>>, rc: isize, sending: 
 
 /// Defines a receiving call: on the rings (or half-way) -> the hook, otherwise the real call.
 macro_rules! recv_like {
-    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) => |$fd:ident| ($bufs:expr, $flags:expr) $(, after = $after:expr)? $(, plain_after = |$rc:ident| $plain_after:expr)?) => {
+    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) => |$fd:ident| ($bufs:expr, $flags:expr) $(, after = |$n:ident| $after:expr)? $(, plain_after = |$rc:ident| $plain_after:expr)?) => {
         $(#[$doc])*
         #[doc = concat!("libc's `", stringify!($name), "`.")]
         pub unsafe fn $name($($arg: $ty),*) -> ssize_t {
@@ -232,7 +232,10 @@ macro_rules! recv_like {
                         // SAFETY: the caller's buffers, valid for the call per the libc contract.
                         let mut bufs = unsafe { $bufs };
                         if let Some(n) = c.recv($fd, &mut bufs, $flags) {
-                            $($after;)?
+                            $(
+                                let $n = n;
+                                $after;
+                            )?
                             after_hook(c);
                             return n;
                         }
@@ -305,21 +308,25 @@ recv_like!(fn readv(fd: c_int, iov: *const iovec, cnt: c_int) => |fd| (iov::slic
 recv_like!(
     fn recvfrom(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int, addr: *mut sockaddr, len: *mut socklen_t)
         => |fd| (iov::one_mut(buf, n), flags),
-        after = if !addr.is_null() && !len.is_null() {
-            // A connected stream socket reports no source address.
-            // SAFETY: the caller passed a valid length pointer with a non-null address.
-            unsafe { *len = 0 };
+        after = |got| if !addr.is_null() && !len.is_null() && got >= 0 {
+            // SAFETY: the caller passed a valid address buffer of `*len` bytes and its length.
+            unsafe { source_address(fd, got, addr, len) };
         }
 );
 recv_like!(
     fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int)
         => |fd| (iov::slices_mut((*msg).msg_iov, (*msg).msg_iovlen as c_int), flags),
-        after = {
+        after = |got| if got >= 0 {
+            // (As the kernel: nothing is written back after an error, nor a name length
+            // without a name buffer.)
             // SAFETY: the caller passed a valid msghdr.
             let m = unsafe { &mut *msg };
             m.msg_flags = 0;
             m.msg_controllen = 0;
-            m.msg_namelen = 0;
+            if !m.msg_name.is_null() {
+                // SAFETY: the caller's address buffer of `msg_namelen` bytes.
+                unsafe { source_address(fd, got, m.msg_name.cast(), &mut m.msg_namelen) };
+            }
         },
         // SAFETY: the caller's msghdr, just filled by the kernel.
         plain_after = |rc| if rc >= 0 && !msg.is_null() && unsafe { (*msg).msg_controllen } > 0 {
@@ -328,6 +335,33 @@ recv_like!(
             with_errno_kept(|| unsafe { pass::received(msg) });
         }
 );
+
+/// The source address `recvfrom`/`recvmsg` report after receiving `got` bytes on a connected
+/// Unix stream socket, as the kernel does: the sending socket's own address (for bytes from an
+/// accepted socket, the listener's path; `getpeername` names the same socket), nothing (length
+/// 0) for an unbound peer or when no byte was received. At most `*len` bytes are written, and
+/// `*len` is set to the address's full length.
+///
+/// # Safety
+/// `addr` is valid for `*len` bytes; `len` is valid.
+unsafe fn source_address(fd: c_int, got: isize, addr: *mut sockaddr, len: *mut socklen_t) {
+    // SAFETY: an all-zero sockaddr_un is valid.
+    let mut name: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    let mut name_len = size_of::<libc::sockaddr_un>() as socklen_t;
+    let known = got > 0
+        // SAFETY: a live sockaddr_un and its size; getpeername is not interposed.
+        && with_errno_kept(|| unsafe { libc::getpeername(fd, (&raw mut name).cast(), &mut name_len) }) == 0
+        && name_len as usize > size_of::<libc::sa_family_t>();
+    let full = if known { name_len } else { 0 };
+    // SAFETY: per the contract.
+    let room = unsafe { *len };
+    let copy = full.min(room) as usize;
+    // SAFETY: `copy` bytes fit in both buffers.
+    unsafe {
+        std::ptr::copy_nonoverlapping((&raw const name).cast::<u8>(), addr.cast::<u8>(), copy);
+        *len = full;
+    }
+}
 
 send_like!(fn write(fd: c_int, buf: *const c_void, n: size_t) => |fd| (iov::one(buf, n), 0));
 send_like!(fn send(fd: c_int, buf: *const c_void, n: size_t, flags: c_int) => |fd| (iov::one(buf, n), flags));

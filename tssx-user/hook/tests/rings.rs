@@ -26,6 +26,11 @@ fn swapped_pair(ring: usize) -> Pair {
     let mut fds = [0; 2];
     // SAFETY: a valid out-array.
     assert_eq!(unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) }, 0);
+    swap(fds, ring)
+}
+
+/// Installs a connected pair (client, server) in the table as one swapped connection.
+fn swap(fds: [c_int; 2], ring: usize) -> Pair {
     let segment = Segment::create(ring).expect("segment");
     segment.transition(SegmentState::Pending, SegmentState::Active).unwrap();
     // Both ends joined, ready and switched at byte 0 (as after a migration before any byte).
@@ -488,4 +493,57 @@ fn a_fortified_read_longer_than_its_buffer_aborts_as_glibc() {
         assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
         assert!(libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGABRT, "fd {fd}: status {status:#x}");
     }
+}
+
+/// A connection to a listener bound to a path (client, accepted server end), not swapped.
+fn connection_on_a_path(path: &std::path::Path) -> (OwnedFd, OwnedFd) {
+    let listener = std::os::unix::net::UnixListener::bind(path).expect("bind");
+    let client = std::os::unix::net::UnixStream::connect(path).expect("connect");
+    let (server, _) = listener.accept().expect("accept");
+    (client.into(), server.into())
+}
+
+/// recvfrom/recvmsg with an address buffer: what each end learns about the sender.
+fn source_addresses(client: c_int, server: c_int) -> Vec<String> {
+    let mut log = Vec::new();
+    let mut from = |fd: c_int| {
+        let mut buf = [0u8; 8];
+        // SAFETY: an all-zero sockaddr_un is valid.
+        let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+        let mut len = size_of::<libc::sockaddr_un>() as libc::socklen_t;
+        // SAFETY: live buffers and their sizes.
+        let n = unsafe { calls::recvfrom(fd, buf.as_mut_ptr().cast(), buf.len(), 0, (&raw mut addr).cast(), &mut len) };
+        let path: Vec<u8> = addr.sun_path.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+        log.push(format!(
+            "recvfrom -> {n}, address length {len}, path {:?}",
+            String::from_utf8_lossy(&path).rsplit('/').next().unwrap_or("")
+        ));
+    };
+    assert_eq!(write(server, b"to-c"), 4);
+    from(client);
+    assert_eq!(write(client, b"to-s"), 4);
+    from(server);
+    let mut small = [0u8; 4];
+    let mut len: libc::socklen_t = small.len() as libc::socklen_t;
+    let mut buf = [0u8; 8];
+    assert_eq!(write(server, b"again"), 5);
+    // SAFETY: live buffers; an address buffer too short for the path.
+    let n = unsafe { calls::recvfrom(client, buf.as_mut_ptr().cast(), buf.len(), 0, small.as_mut_ptr().cast(), &mut len) };
+    log.push(format!("recvfrom with 4 bytes for the address -> {n}, address length {len}, {small:?}"));
+    log
+}
+
+#[test]
+fn a_source_address_is_the_senders_as_the_kernel_reports_it() {
+    let dir = std::env::temp_dir().join(format!("tssx-hook-addr-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (a, b) = connection_on_a_path(&dir.join("k.sock"));
+    let kernel = source_addresses(a.as_raw_fd(), b.as_raw_fd());
+    let (c, d) = connection_on_a_path(&dir.join("s.sock"));
+    let p = swap([std::os::fd::IntoRawFd::into_raw_fd(c), std::os::fd::IntoRawFd::into_raw_fd(d)], 4096);
+    let rings = source_addresses(p.client, p.server);
+    std::fs::remove_dir_all(&dir).ok();
+    // (The two listeners' paths differ in one letter, k and s.)
+    let strip = |v: Vec<String>| v.into_iter().map(|l| l.replace("s.sock", "k.sock")).collect::<Vec<_>>();
+    assert_eq!(strip(rings), strip(kernel), "(left: swapped, right: the kernel's connection)");
 }
