@@ -54,37 +54,103 @@ struct Scenario {
     shm_bytes: u64,
 }
 
-/// Builds every `tests/conform/*.c` once per test process into `target/<profile>/conform/`;
-/// returns that directory. Each binary is written under a temporary name and renamed into
-/// place, so that another test process running the previous build is never disturbed.
+/// How a conformance program is built. Every program is built both ways and every scenario runs
+/// with both builds, each compared with its own plain runs.
+#[derive(Clone, Copy, Debug)]
+enum Build {
+    /// `-O0`: the program calls the plain libc functions.
+    O0,
+    /// `-O2 -D_FORTIFY_SOURCE=2`, as Debian builds its packages (and `-D_FILE_OFFSET_BITS=64`,
+    /// as nginx and python3 are built): reads and polls into buffers whose size the compiler
+    /// knows become glibc's `__read_chk`, `__recv_chk`, `__recvfrom_chk`, `__poll_chk`,
+    /// `__ppoll_chk`, and `fcntl` becomes `fcntl64`.
+    Fortified,
+}
+
+impl Build {
+    const ALL: [Build; 2] = [Build::O0, Build::Fortified];
+
+    /// The build's directory under `target/<profile>/conform/`.
+    fn dir(self) -> &'static str {
+        match self {
+            Build::O0 => "o0",
+            Build::Fortified => "fortified",
+        }
+    }
+
+    fn flags(self) -> &'static [&'static str] {
+        match self {
+            Build::O0 => &["-O0"],
+            Build::Fortified => &["-O2", "-D_FORTIFY_SOURCE=2", "-D_FILE_OFFSET_BITS=64"],
+        }
+    }
+}
+
+/// The names a fortified build turns socket calls into: `tests/conform/fortify.c` built
+/// [`Build::Fortified`] must import every one of them, and no [`Build::O0`] program may import
+/// any, so that the suite cannot silently stop testing them.
+const FORTIFIED_NAMES: &[&str] = &["__read_chk", "__recv_chk", "__recvfrom_chk", "__poll_chk", "__ppoll_chk", "fcntl64"];
+
+/// The undefined dynamic symbols of `bin` (names without their version), by `nm -D`.
+fn imports(bin: &Path) -> Vec<String> {
+    let out = Command::new("nm").args(["-D", "--undefined-only"]).arg(bin).output().expect("run nm");
+    assert!(out.status.success(), "nm -D {} failed: {}", bin.display(), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().last())
+        .map(|name| name.split('@').next().unwrap_or(name).to_owned())
+        .collect()
+}
+
+/// Builds every `tests/conform/*.c` once per test process, both ways ([`Build`]), into
+/// `target/<profile>/conform/<build>/`; returns `target/<profile>/conform`. Each binary is
+/// written under a temporary name and renamed into place, so that another test process running
+/// the previous build is never disturbed. Checks the builds' imports ([`FORTIFIED_NAMES`]).
 fn programs() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("conform");
         let out = target_dir().join("conform");
-        std::fs::create_dir_all(&out).unwrap_or_else(|e| panic!("create {}: {e}", out.display()));
         let mut builds = Vec::new();
-        for entry in std::fs::read_dir(&src).expect("read tests/conform") {
-            let path = entry.expect("dir entry").path();
-            if path.extension().and_then(|e| e.to_str()) != Some("c") {
-                continue;
+        for build in Build::ALL {
+            let dir = out.join(build.dir());
+            std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+            for entry in std::fs::read_dir(&src).expect("read tests/conform") {
+                let path = entry.expect("dir entry").path();
+                if path.extension().and_then(|e| e.to_str()) != Some("c") {
+                    continue;
+                }
+                let bin = dir.join(path.file_stem().expect("stem"));
+                let tmp = bin.with_extension(format!("{}.tmp", std::process::id()));
+                let child = Command::new("cc")
+                    .args(build.flags())
+                    .args(["-Wall", "-Werror", "-pthread", "-o"])
+                    .arg(&tmp)
+                    .arg(&path)
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .expect("spawn cc");
+                builds.push((build, path, tmp, bin, child));
             }
-            let bin = out.join(path.file_stem().expect("stem"));
-            let tmp = bin.with_extension(format!("{}.tmp", std::process::id()));
-            let child = Command::new("cc")
-                .args(["-O2", "-Wall", "-Werror", "-pthread", "-o"])
-                .arg(&tmp)
-                .arg(&path)
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("spawn cc");
-            builds.push((path, tmp, bin, child));
         }
         assert!(!builds.is_empty(), "no C sources in {}", src.display());
-        for (path, tmp, bin, child) in builds {
+        for (build, path, tmp, bin, child) in builds {
             let out = child.wait_with_output().expect("wait cc");
-            assert!(out.status.success(), "cc {} failed:\n{}", path.display(), String::from_utf8_lossy(&out.stderr));
+            assert!(out.status.success(), "cc ({build:?}) {} failed:\n{}", path.display(), String::from_utf8_lossy(&out.stderr));
             std::fs::rename(&tmp, &bin).unwrap_or_else(|e| panic!("rename {} to {}: {e}", tmp.display(), bin.display()));
+            let fortified: Vec<String> = imports(&bin).into_iter().filter(|name| FORTIFIED_NAMES.contains(&name.as_str())).collect();
+            match build {
+                Build::O0 => assert!(fortified.is_empty(), "{} built -O0 imports {fortified:?}", bin.display()),
+                Build::Fortified if path.file_stem().is_some_and(|s| s == "fortify") => {
+                    let missing: Vec<_> = FORTIFIED_NAMES.iter().filter(|n| !fortified.iter().any(|f| f == *n)).collect();
+                    assert!(
+                        missing.is_empty(),
+                        "{} (fortified) does not import {missing:?}: the fortify tests test nothing",
+                        bin.display()
+                    );
+                }
+                Build::Fortified => {}
+            }
         }
         out
     })
@@ -131,8 +197,8 @@ fn describe(status: Option<ExitStatus>) -> String {
 
 /// Runs the scenario's server, waits for its `listening` line, runs its client; both must end
 /// before `RUN_TIMEOUT` or are killed with their process groups.
-fn run(sc: &Scenario, path: &str, preload: Option<&Path>, warm: bool) -> Run {
-    let bin = programs().join(sc.program);
+fn run(sc: &Scenario, build: Build, path: &str, preload: Option<&Path>, warm: bool) -> Run {
+    let bin = programs().join(build.dir()).join(sc.program);
     let deadline = Instant::now() + RUN_TIMEOUT;
     let left = || deadline.saturating_duration_since(Instant::now());
     let mut server = spawn_end(&bin, "server", path, sc.server, preload, warm);
@@ -197,17 +263,18 @@ fn diff(a: &str, b: &str) -> String {
     out
 }
 
-/// Runs one scenario plain twice, then swapped, and fails with every finding at once.
-fn conform(sc: &Scenario) {
+/// Runs one scenario with one build plain twice, then hooked (migrating, then swapped), and
+/// fails with every finding at once.
+fn conform(sc: &Scenario, build: Build) {
     require_root();
-    let dir = TempDir::new(&format!("conform-{}", sc.name));
+    let dir = TempDir::new(&format!("conform-{}-{}", sc.name, build.dir()));
     let started = Instant::now();
-    let plain = run(sc, &dir.socket("plain-1.sock"), None, false);
-    assert!(plain.ok, "{}: the plain run failed\n{}\nstderr:\n{}", sc.name, plain.transcript, plain.stderr);
-    let again = run(sc, &dir.socket("plain-2.sock"), None, false);
+    let plain = run(sc, build, &dir.socket("plain-1.sock"), None, false);
+    assert!(plain.ok, "{} ({build:?}): the plain run failed\n{}\nstderr:\n{}", sc.name, plain.transcript, plain.stderr);
+    let again = run(sc, build, &dir.socket("plain-2.sock"), None, false);
     assert!(
         plain.transcript == again.transcript,
-        "{}: the plain transcript is not deterministic (- first run, + second run):\n{}",
+        "{} ({build:?}): the plain transcript is not deterministic (- first run, + second run):\n{}",
         sc.name,
         diff(&plain.transcript, &again.transcript)
     );
@@ -222,7 +289,7 @@ fn conform(sc: &Scenario) {
     let mut problems = Vec::new();
     // Hooked, as it comes: each connection migrates while the scenario uses it (or ends
     // before it could), whatever the scenario does meanwhile (fork, exec, shutdown, ...).
-    let migrating = run(sc, &migrating_path, Some(&hook()), false);
+    let migrating = run(sc, build, &migrating_path, Some(&hook()), false);
     if !migrating.ok || migrating.transcript != plain.transcript {
         problems.push(format!(
             "transcripts differ (- plain, + hooked, migrating while in use):\n{}stderr of that run:\n{}",
@@ -232,7 +299,7 @@ fn conform(sc: &Scenario) {
     }
     // Hooked, each connection warmed up first: the scenario runs on the rings.
     let started = Instant::now();
-    let swapped = run(sc, &path, Some(&hook()), true);
+    let swapped = run(sc, build, &path, Some(&hook()), true);
     let swapped_time = started.elapsed();
     if !swapped.ok || swapped.transcript != plain.transcript {
         problems.push(format!(
@@ -277,7 +344,7 @@ fn conform(sc: &Scenario) {
         }
     }
     eprintln!(
-        "{}: plain {:?}, agent lock+start {:?}, swapped {:?}, {} swapped, {} bytes through shared memory",
+        "{} ({build:?}): plain {:?}, agent lock+start {:?}, swapped {:?}, {} swapped, {} bytes through shared memory",
         sc.name,
         plain_time,
         agent_time,
@@ -288,26 +355,41 @@ fn conform(sc: &Scenario) {
     assert!(agent.stop().success(), "agent failed to stop");
     assert!(
         problems.is_empty(),
-        "{}: the swapped run does not conform:\n\n{}\n\nnot swapped (reason, count): {:?}",
+        "{} ({build:?}): the swapped run does not conform:\n\n{}\n\nnot swapped (reason, count): {:?}",
         sc.name,
         problems.join("\n\n"),
         refused
     );
 }
 
+/// One module per scenario, with one test per [`Build`]: `<scenario>::o0` and
+/// `<scenario>::fortified`.
 macro_rules! scenarios {
     ($($name:ident: $program:literal, server $server:expr, client $client:expr, connections $conns:expr, shm $shm:expr;)*) => {
         $(
-            #[test]
-            fn $name() {
-                conform(&Scenario {
-                    name: stringify!($name),
-                    program: $program,
-                    server: &$server,
-                    client: &$client,
-                    connections: $conns,
-                    shm_bytes: $shm,
-                });
+            mod $name {
+                use super::*;
+
+                fn scenario() -> Scenario {
+                    Scenario {
+                        name: stringify!($name),
+                        program: $program,
+                        server: &$server,
+                        client: &$client,
+                        connections: $conns,
+                        shm_bytes: $shm,
+                    }
+                }
+
+                #[test]
+                fn o0() {
+                    conform(&scenario(), Build::O0);
+                }
+
+                #[test]
+                fn fortified() {
+                    conform(&scenario(), Build::Fortified);
+                }
             }
         )*
     };
@@ -340,6 +422,8 @@ scenarios! {
     signals_eintr_and_sa_restart: "signals", server [], client [], connections 1, shm 10;
     bad_input_efault_einval_eisconn: "badinput", server [], client [], connections 1, shm 10;
     random_interleaving_stress: "stress", server ["8388608", "42"], client ["8388608", "42"], connections 1, shm 2 * 8_388_608;
+    fortify_chk_variants_fcntl64_and_overflow: "fortify", server [], client [], connections 2, shm 41;
+    recvmmsg_sendmmsg_waitforone_timeout_partial_scm_rights: "mmsg", server [], client [], connections 3, shm 72;
 }
 
 /// Bytes echoed by the `echo` client with 20 connections and 10 rounds (fixed by its seeds).

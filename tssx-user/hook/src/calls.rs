@@ -347,9 +347,8 @@ recv_like!(
             // The kernel writes the length after the data is consumed: EFAULT then.
             partial_or_errno(0, libc::EFAULT)
         } else {
-            // A connected stream socket reports no source address.
-            // SAFETY: checked above; written unaligned, as the kernel may.
-            unsafe { len.write_unaligned(0) };
+            // SAFETY: `len` checked above; the caller's address buffer of `*len` bytes.
+            unsafe { source_address(fd, n, addr, len) };
             n
         }
 );
@@ -357,12 +356,17 @@ recv_like!(
     fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int)
         => |fd| (iov::msg_iov(msg).and_then(|(v, cnt)| iov::slices_mut(v, cnt, libc::EMSGSIZE)), flags),
         after = |n| {
+            // (As the kernel: nothing is written back after an error, nor a name length
+            // without a name buffer.)
             // SAFETY: the caller's msghdr, readable (checked by `msg_iov`); fields written
             // unaligned, as the kernel may.
             unsafe {
                 std::ptr::addr_of_mut!((*msg).msg_flags).write_unaligned(0);
                 std::ptr::addr_of_mut!((*msg).msg_controllen).write_unaligned(0);
-                std::ptr::addr_of_mut!((*msg).msg_namelen).write_unaligned(0);
+                let name = std::ptr::addr_of!((*msg).msg_name).read_unaligned();
+                if !name.is_null() {
+                    source_address(fd, n, name.cast(), std::ptr::addr_of_mut!((*msg).msg_namelen));
+                }
             }
             n
         },
@@ -373,6 +377,33 @@ recv_like!(
             with_errno_kept(|| unsafe { pass::received(msg) });
         }
 );
+
+/// The source address `recvfrom`/`recvmsg` report after receiving `got` bytes on a connected
+/// Unix stream socket, as the kernel does: the sending socket's own address (for bytes from an
+/// accepted socket, the listener's path; `getpeername` names the same socket), nothing (length
+/// 0) for an unbound peer or when no byte was received. At most `*len` bytes are written, and
+/// `*len` is set to the address's full length.
+///
+/// # Safety
+/// `addr` is valid for `*len` bytes; `len` is valid.
+unsafe fn source_address(fd: c_int, got: isize, addr: *mut sockaddr, len: *mut socklen_t) {
+    // SAFETY: an all-zero sockaddr_un is valid.
+    let mut name: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    let mut name_len = size_of::<libc::sockaddr_un>() as socklen_t;
+    let known = got > 0
+        // SAFETY: a live sockaddr_un and its size; getpeername is not interposed.
+        && with_errno_kept(|| unsafe { libc::getpeername(fd, (&raw mut name).cast(), &mut name_len) }) == 0
+        && name_len as usize > size_of::<libc::sa_family_t>();
+    let full = if known { name_len } else { 0 };
+    // SAFETY: per the contract; read and written unaligned, as the kernel may.
+    let room = unsafe { len.read_unaligned() };
+    let copy = full.min(room) as usize;
+    // SAFETY: `copy` bytes fit in both buffers.
+    unsafe {
+        std::ptr::copy_nonoverlapping((&raw const name).cast::<u8>(), addr.cast::<u8>(), copy);
+        len.write_unaligned(full);
+    }
+}
 
 send_like!(fn write(fd: c_int, buf: *const c_void, n: size_t) => |fd| (iov::one(buf, n), 0));
 send_like!(fn send(fd: c_int, buf: *const c_void, n: size_t, flags: c_int) => |fd| (iov::one(buf, n), flags));
@@ -415,6 +446,205 @@ unsafe fn address_refused(addr: *const sockaddr, len: isize) -> Option<c_int> {
         return Some(libc::EFAULT);
     }
     Some(libc::EISCONN)
+}
+
+/// Most messages one `sendmmsg` sends (`UIO_MAXIOV`: the kernel cuts a longer vector there).
+const SENDMMSG_MAX: libc::c_uint = 1024;
+
+/// Whether any of the first `vlen` messages carries ancillary data (false for a null vector:
+/// the real call reports it).
+///
+/// # Safety
+/// `msgs` is null or points at `vlen` valid `mmsghdr`s.
+unsafe fn any_control(msgs: *const libc::mmsghdr, vlen: libc::c_uint) -> bool {
+    // SAFETY: per the contract.
+    !msgs.is_null() && (0..vlen as usize).any(|i| unsafe { (*msgs.add(i)).msg_hdr.msg_controllen } > 0)
+}
+
+/// The bytes a message's iovecs hold.
+///
+/// # Safety
+/// `msg` is a valid msghdr whose `msg_iov` holds `msg_iovlen` iovecs (or is null).
+unsafe fn msg_bytes(msg: &msghdr) -> usize {
+    if msg.msg_iov.is_null() {
+        return 0;
+    }
+    // SAFETY: per the contract.
+    (0..msg.msg_iovlen).fold(0usize, |n, i| n.saturating_add(unsafe { (*msg.msg_iov.add(i)).iov_len }))
+}
+
+/// The bytes the first `n` messages of a vector moved (their `msg_len`, as the kernel filled
+/// them): what a raw `recvmmsg`/`sendmmsg` transferred.
+///
+/// # Safety
+/// `msgs` points at at least `n` valid `mmsghdr`s (when `n > 0`).
+unsafe fn mmsg_moved(msgs: *const libc::mmsghdr, n: c_int) -> isize {
+    // SAFETY: per the contract.
+    (0..n.max(0) as usize).map(|i| unsafe { (*msgs.add(i)).msg_len } as isize).sum()
+}
+
+/// After a real `recvmmsg` that returned `n` messages: segments of swapped sockets passed in
+/// them are attached (as after a real `recvmsg`, see [`pass::received`]).
+///
+/// # Safety
+/// `msgs` holds at least `n` `mmsghdr`s just filled by the kernel.
+unsafe fn mmsg_received(msgs: *mut libc::mmsghdr, n: c_int) {
+    for i in 0..n.max(0) as usize {
+        // SAFETY: per the contract.
+        let hdr = unsafe { &raw mut (*msgs.add(i)).msg_hdr };
+        // SAFETY: as above.
+        if unsafe { (*hdr).msg_controllen } > 0 {
+            // SAFETY: a msghdr the kernel just filled.
+            with_errno_kept(|| unsafe { pass::received(hdr) });
+        }
+    }
+}
+
+/// libc's `sendmmsg`. The kernel sends each message of the vector as `sendmsg` would (a partial
+/// send ends the call; an error after the first message is not reported) and returns how many
+/// it sent; on a connection that is served by the hook (or when a message passes fds while
+/// this process tracks connections), so does the hook, with [`sendmsg`] for each message: the
+/// rings, or a hand-back to the kernel first for a message with ancillary data. A socket still
+/// plain makes one real call (counted); any other fd goes straight to libc.
+pub unsafe fn sendmmsg(fd: c_int, msgs: *mut libc::mmsghdr, vlen: libc::c_uint, flags: c_int) -> c_int {
+    let conn = table::lookup(fd).filter(|c| !matches!(c.phase(), Phase::Plain | Phase::Unconnected));
+    // SAFETY: `msgs` points at `vlen` messages, per sendmmsg's contract.
+    let control = table::any_live() && unsafe { any_control(msgs, vlen.min(SENDMMSG_MAX)) };
+    if !control {
+        let Some(c) = conn.as_deref() else {
+            // SAFETY: forwarded as received.
+            return unsafe { sys::sendmmsg(fd, msgs, vlen, flags) };
+        };
+        if let Route::Kernel(raw) = route(c, fd, true) {
+            // SAFETY: forwarded as received.
+            let rc = unsafe { sys::sendmmsg(fd, msgs, vlen, flags) };
+            // SAFETY: the kernel filled the first `rc` messages' `msg_len`.
+            after_raw(c, fd, raw, unsafe { mmsg_moved(msgs, rc) }, true);
+            return rc;
+        }
+    }
+    if msgs.is_null() && vlen > 0 {
+        sys::set_errno(libc::EFAULT);
+        return -1;
+    }
+    let saved = sys::errno();
+    let vlen = vlen.min(SENDMMSG_MAX);
+    let mut sent: libc::c_uint = 0;
+    while sent < vlen {
+        // SAFETY: `sent < vlen`: one of the caller's messages.
+        let m = unsafe { &mut *msgs.add(sent as usize) };
+        // SAFETY: the caller's message, as for sendmsg.
+        let rc = unsafe { sendmsg(fd, &m.msg_hdr, flags) };
+        if rc < 0 {
+            break;
+        }
+        m.msg_len = rc as libc::c_uint;
+        sent += 1;
+        // SAFETY: the caller's message, just sent.
+        if (rc as usize) < unsafe { msg_bytes(&m.msg_hdr) } {
+            break; // a partial send ends the vector, as in the kernel
+        }
+    }
+    if sent == 0 && vlen > 0 {
+        return -1; // the first message's errno
+    }
+    sys::set_errno(saved);
+    sent as c_int
+}
+
+/// libc's `recvmmsg`. On a connection served by the hook, as the kernel does for a stream
+/// socket: a pending `ECONNRESET` first (the kernel's `sock_error` check), then each message
+/// received as `recvmsg` would ([`recvmsg`]: the rings), its byte count in `msg_len` (an EOF is
+/// a message of 0 bytes); `MSG_WAITFORONE` makes every message after the first non-blocking;
+/// the timeout is looked at only after each message (so it never cuts a blocking wait short,
+/// as in the kernel) and the time left is written back when messages were received; an error
+/// after the first message ends the call with what was received. A socket still plain makes
+/// one real call (counted, after waiting as a blocking [`read`] does); any other fd goes
+/// straight to libc. Not reproduced: the kernel also keeps an error that ended a call after
+/// some messages (other than `EAGAIN`) in the socket's `SO_ERROR` for the next call.
+pub unsafe fn recvmmsg(fd: c_int, msgs: *mut libc::mmsghdr, vlen: libc::c_uint, flags: c_int, timeout: *mut libc::timespec) -> c_int {
+    // The lease keeps the connection alive for the whole call.
+    let conn = table::lookup(fd).filter(|c| !matches!(c.phase(), Phase::Plain | Phase::Unconnected));
+    let Some(c) = conn.as_deref() else {
+        // SAFETY: forwarded as received.
+        let rc = unsafe { sys::recvmmsg(fd, msgs, vlen, flags, timeout) };
+        // SAFETY: the kernel filled the first `rc` messages.
+        unsafe { mmsg_received(msgs, rc) };
+        return rc;
+    };
+    // The timeout is checked first, as the kernel does. The deadline as the kernel computes it
+    // (a zero timeout: the clock's zero, so the call ends after one message).
+    // SAFETY: `timeout` is null or valid, per recvmmsg's contract.
+    let deadline = match unsafe { timeout.as_ref() } {
+        None => None,
+        Some(t) if t.tv_sec < 0 || !(0..1_000_000_000).contains(&t.tv_nsec) => {
+            sys::set_errno(libc::EINVAL);
+            return -1;
+        }
+        Some(t) if t.tv_sec == 0 && t.tv_nsec == 0 => Some(0i128),
+        Some(t) => Some(now_ns() as i128 + t.tv_sec as i128 * 1_000_000_000 + t.tv_nsec as i128),
+    };
+    // SAFETY: `msgs` points at `vlen` messages (only the first one's lengths are read).
+    let wants_bytes = || vlen > 0 && !msgs.is_null() && unsafe { msg_bytes(&(*msgs).msg_hdr) } > 0;
+    let first = flags & !libc::MSG_WAITFORONE;
+    if let Route::Kernel(raw) = wait_before_raw_read(c, fd, first, wants_bytes, route(c, fd, false)) {
+        // SAFETY: forwarded as received.
+        let rc = unsafe { sys::recvmmsg(fd, msgs, vlen, flags, timeout) };
+        let consumed = flags & libc::MSG_PEEK == 0;
+        // SAFETY: the kernel filled the first `rc` messages' `msg_len`.
+        after_raw(c, fd, raw, if consumed { unsafe { mmsg_moved(msgs, rc) } } else { 0 }, false);
+        // SAFETY: as above.
+        unsafe { mmsg_received(msgs, rc) };
+        return rc;
+    }
+    if c.reset_pending() {
+        // The kernel reports (and clears) the socket's pending error before any message.
+        c.reset_reported.store(true, std::sync::atomic::Ordering::Relaxed);
+        sys::set_errno(libc::ECONNRESET);
+        return -1;
+    }
+    if vlen == 0 {
+        return 0;
+    }
+    if msgs.is_null() {
+        sys::set_errno(libc::EFAULT);
+        return -1;
+    }
+    let saved = sys::errno();
+    let mut each = first;
+    let mut left = None;
+    let mut got: libc::c_uint = 0;
+    while got < vlen {
+        // SAFETY: `got < vlen`: one of the caller's messages.
+        let m = unsafe { &mut *msgs.add(got as usize) };
+        // SAFETY: the caller's message, as for recvmsg.
+        let rc = unsafe { recvmsg(fd, &mut m.msg_hdr, each) };
+        if rc < 0 {
+            break;
+        }
+        m.msg_len = rc as libc::c_uint;
+        got += 1;
+        if flags & libc::MSG_WAITFORONE != 0 {
+            each |= libc::MSG_DONTWAIT;
+        }
+        if let Some(deadline) = deadline {
+            let rest = deadline - now_ns() as i128;
+            left = Some(rest.max(0));
+            if rest <= 0 {
+                break;
+            }
+        }
+    }
+    if got == 0 {
+        return -1; // the first message's errno
+    }
+    // SAFETY: `timeout` is null or valid.
+    if let (Some(rest), Some(t)) = (left, unsafe { timeout.as_mut() }) {
+        t.tv_sec = (rest / 1_000_000_000) as libc::time_t;
+        t.tv_nsec = (rest % 1_000_000_000) as libc::c_long;
+    }
+    sys::set_errno(saved);
+    got as c_int
 }
 
 /// libc's `sendfile` (and `sendfile64`, the same function on 64-bit Linux): into a socket on
@@ -515,7 +745,9 @@ pub unsafe fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
 }
 
 /// `fcntl` is variadic in C; on x86-64 the one optional integer or pointer argument travels in
-/// the third argument register, so a three-argument definition receives it unchanged.
+/// the third argument register, so a three-argument definition receives it unchanged. Also
+/// `fcntl64`: glibc's same function under the name a program built with
+/// `-D_FILE_OFFSET_BITS=64` calls (nginx and python3 on Debian 12 import only that one).
 pub unsafe fn fcntl(fd: c_int, cmd: c_int, arg: libc::c_ulong) -> c_int {
     // SAFETY: forwarded as received.
     let rc = unsafe { sys::fcntl(fd, cmd, arg) };
@@ -639,6 +871,95 @@ pub unsafe fn ppoll(fds: *mut libc::pollfd, n: libc::nfds_t, ts: *const libc::ti
     }
     // SAFETY: forwarded as received.
     unsafe { sys::ppoll(fds, n, ts, mask) }
+}
+
+/// glibc's `__read_chk`: `read` in a program built with `_FORTIFY_SOURCE` when the compiler
+/// knows the buffer's size (`buflen`) but not the count. For a tracked fd, glibc's check
+/// (`n > buflen`: [`sys::chk_fail`], which aborts as glibc does), then [`read`]; any other fd
+/// goes to glibc's own `__read_chk`, so its behaviour and errno are exactly glibc's.
+pub unsafe fn __read_chk(fd: c_int, buf: *mut c_void, n: size_t, buflen: size_t) -> ssize_t {
+    if table::lookup(fd).is_none() {
+        // SAFETY: forwarded as received.
+        return unsafe { sys::__read_chk(fd, buf, n, buflen) };
+    }
+    if n > buflen {
+        sys::chk_fail();
+    }
+    // SAFETY: the caller's buffer holds `buflen >= n` bytes.
+    unsafe { read(fd, buf, n) }
+}
+
+/// glibc's `__recv_chk` (fortified `recv`), as [`__read_chk`].
+pub unsafe fn __recv_chk(fd: c_int, buf: *mut c_void, n: size_t, buflen: size_t, flags: c_int) -> ssize_t {
+    if table::lookup(fd).is_none() {
+        // SAFETY: forwarded as received.
+        return unsafe { sys::__recv_chk(fd, buf, n, buflen, flags) };
+    }
+    if n > buflen {
+        sys::chk_fail();
+    }
+    // SAFETY: the caller's buffer holds `buflen >= n` bytes.
+    unsafe { recv(fd, buf, n, flags) }
+}
+
+/// glibc's `__recvfrom_chk` (fortified `recvfrom`), as [`__read_chk`].
+pub unsafe fn __recvfrom_chk(
+    fd: c_int,
+    buf: *mut c_void,
+    n: size_t,
+    buflen: size_t,
+    flags: c_int,
+    addr: *mut sockaddr,
+    len: *mut socklen_t,
+) -> ssize_t {
+    if table::lookup(fd).is_none() {
+        // SAFETY: forwarded as received.
+        return unsafe { sys::__recvfrom_chk(fd, buf, n, buflen, flags, addr, len) };
+    }
+    if n > buflen {
+        sys::chk_fail();
+    }
+    // SAFETY: the caller's buffer holds `buflen >= n` bytes; `addr`/`len` as for recvfrom.
+    unsafe { recvfrom(fd, buf, n, flags, addr, len) }
+}
+
+/// Whether `n` pollfds fit in `fdslen` bytes (glibc's check in `__poll_chk`/`__ppoll_chk`).
+fn pollfds_fit(n: libc::nfds_t, fdslen: size_t) -> bool {
+    (fdslen / size_of::<libc::pollfd>()) as libc::nfds_t >= n
+}
+
+/// glibc's `__poll_chk` (fortified `poll`, `fdslen`: the array's size in bytes). While this
+/// process tracks connections, glibc's check ([`sys::chk_fail`] if `n` entries do not fit),
+/// then [`poll`]; otherwise glibc's own `__poll_chk`.
+pub unsafe fn __poll_chk(fds: *mut libc::pollfd, n: libc::nfds_t, timeout: c_int, fdslen: size_t) -> c_int {
+    if !table::any_live() {
+        // SAFETY: forwarded as received.
+        return unsafe { sys::__poll_chk(fds, n, timeout, fdslen) };
+    }
+    if !pollfds_fit(n, fdslen) {
+        sys::chk_fail();
+    }
+    // SAFETY: the caller's array holds `n` pollfds.
+    unsafe { poll(fds, n, timeout) }
+}
+
+/// glibc's `__ppoll_chk` (fortified `ppoll`), as [`__poll_chk`].
+pub unsafe fn __ppoll_chk(
+    fds: *mut libc::pollfd,
+    n: libc::nfds_t,
+    ts: *const libc::timespec,
+    mask: *const libc::sigset_t,
+    fdslen: size_t,
+) -> c_int {
+    if !table::any_live() {
+        // SAFETY: forwarded as received.
+        return unsafe { sys::__ppoll_chk(fds, n, ts, mask, fdslen) };
+    }
+    if !pollfds_fit(n, fdslen) {
+        sys::chk_fail();
+    }
+    // SAFETY: the caller's array holds `n` pollfds; `ts`/`mask` as for ppoll.
+    unsafe { ppoll(fds, n, ts, mask) }
 }
 
 /// libc's `select`.

@@ -26,13 +26,17 @@
 //! | [`iov`], [`sys`] | caller buffers, checked as the kernel checks them (EFAULT/EINVAL, never a crash); every system call the hook makes |
 //!
 //! Covered on swapped fds: read, write, readv, writev, recv, send, recvfrom, sendto, recvmsg,
-//! sendmsg (MSG_PEEK, MSG_DONTWAIT, MSG_WAITALL, MSG_NOSIGNAL), blocking and non-blocking
-//! (accept4 SOCK_NONBLOCK, fcntl F_SETFL, ioctl FIONBIO), shutdown, ioctl FIONREAD/SIOCOUTQ,
+//! sendmsg (MSG_PEEK, MSG_DONTWAIT, MSG_WAITALL, MSG_NOSIGNAL), recvmmsg and sendmmsg (each
+//! message as recvmsg/sendmsg, with the kernel's MSG_WAITFORONE, timeout and msg_len rules),
+//! the `_FORTIFY_SOURCE` variants `__read_chk`, `__recv_chk`, `__recvfrom_chk`, `__poll_chk`,
+//! `__ppoll_chk` (glibc's length check, then the plain call; glibc's own function for fds the
+//! hook does not track), blocking and non-blocking (accept4 SOCK_NONBLOCK, fcntl/fcntl64
+//! F_SETFL, ioctl FIONBIO), shutdown, ioctl FIONREAD/SIOCOUTQ,
 //! close, dup/dup2/dup3/F_DUPFD*, poll, ppoll, select, pselect, epoll_ctl, epoll_wait,
 //! epoll_pwait, epoll_pwait2, fork (both processes keep the connection) and the exec family
 //! (execve, execv, execvp, execvpe, fexecve, execl, execlp, execle, posix_spawn, posix_spawnp:
-//! the new image re-attaches the segment). Fd passing (sendmsg with ancillary data on a swapped
-//! fd) fails with EOPNOTSUPP.
+//! the new image re-attaches the segment). Ancillary data (sendmsg, or a sendmmsg message, with
+//! a control message on a swapped fd) hands the connection back to the kernel first.
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]

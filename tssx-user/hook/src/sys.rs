@@ -118,6 +118,27 @@ real_fns! {
     fexecve: fn(fd: c_int, argv: *const *const libc::c_char, envp: *const *const libc::c_char) -> c_int;
     posix_spawn: fn(pid: *mut libc::pid_t, path: *const libc::c_char, fa: *const libc::posix_spawn_file_actions_t, attr: *const libc::posix_spawnattr_t, argv: *const *mut libc::c_char, envp: *const *mut libc::c_char) -> c_int;
     posix_spawnp: fn(pid: *mut libc::pid_t, file: *const libc::c_char, fa: *const libc::posix_spawn_file_actions_t, attr: *const libc::posix_spawnattr_t, argv: *const *mut libc::c_char, envp: *const *mut libc::c_char) -> c_int;
+    recvmmsg: fn(fd: c_int, msgs: *mut libc::mmsghdr, vlen: libc::c_uint, flags: c_int, timeout: *mut libc::timespec) -> c_int;
+    sendmmsg: fn(fd: c_int, msgs: *mut libc::mmsghdr, vlen: libc::c_uint, flags: c_int) -> c_int;
+    __read_chk: fn(fd: c_int, buf: *mut c_void, n: size_t, buflen: size_t) -> ssize_t;
+    __recv_chk: fn(fd: c_int, buf: *mut c_void, n: size_t, buflen: size_t, flags: c_int) -> ssize_t;
+    __recvfrom_chk: fn(fd: c_int, buf: *mut c_void, n: size_t, buflen: size_t, flags: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> ssize_t;
+    __poll_chk: fn(fds: *mut pollfd, n: nfds_t, timeout: c_int, fdslen: size_t) -> c_int;
+    __ppoll_chk: fn(fds: *mut pollfd, n: nfds_t, ts: *const libc::timespec, mask: *const libc::sigset_t, fdslen: size_t) -> c_int;
+}
+
+unsafe extern "C" {
+    /// glibc's report of a failed `_FORTIFY_SOURCE` check: prints "buffer overflow detected"
+    /// and aborts (never returns). Not one of the hook's exports, so the `.so` binds it to libc.
+    #[link_name = "__chk_fail"]
+    fn glibc_chk_fail() -> !;
+}
+
+/// A failed `_FORTIFY_SOURCE` check (a length larger than the caller's buffer): what glibc's
+/// `_chk` functions do, `__chk_fail()`, which aborts the process.
+pub fn chk_fail() -> ! {
+    // SAFETY: no preconditions; glibc's own reaction to the check the caller just failed.
+    unsafe { glibc_chk_fail() }
 }
 
 /// This thread's `errno`.

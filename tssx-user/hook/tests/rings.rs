@@ -26,6 +26,11 @@ fn swapped_pair(ring: usize) -> Pair {
     let mut fds = [0; 2];
     // SAFETY: a valid out-array.
     assert_eq!(unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) }, 0);
+    swap(fds, ring)
+}
+
+/// Installs a connected pair (client, server) in the table as one swapped connection.
+fn swap(fds: [c_int; 2], ring: usize) -> Pair {
     let segment = Segment::create(ring).expect("segment");
     segment.transition(SegmentState::Pending, SegmentState::Active).unwrap();
     // Both ends joined, ready and switched at byte 0 (as after a migration before any byte).
@@ -355,4 +360,278 @@ fn select_with_a_huge_timeout_on_a_ready_swapped_fd() {
     // SAFETY: live set and timeval.
     let n = unsafe { calls::select(p.server + 1, &mut set, std::ptr::null_mut(), std::ptr::null_mut(), &mut tv) };
     assert_eq!(n, 1, "errno {}", errno());
+}
+
+/// A plain socket pair, not in the table: every call on it goes to libc (the reference).
+fn plain_pair() -> (OwnedFd, OwnedFd) {
+    let mut fds = [0; 2];
+    // SAFETY: a valid out-array.
+    assert_eq!(unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) }, 0);
+    // SAFETY: new fds.
+    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+}
+
+/// A `recvmmsg`/`sendmmsg` vector with its buffers (every `msg_len` starts at 77, to show which
+/// ones a call filled).
+struct Vector {
+    _bufs: Vec<Vec<u8>>,
+    _iovs: Vec<Vec<libc::iovec>>,
+    msgs: Vec<libc::mmsghdr>,
+}
+
+impl Vector {
+    /// Messages whose iovecs hold these bytes (for sending), or are zeroed buffers of these
+    /// lengths (for receiving).
+    fn new(messages: &[&[&[u8]]]) -> Vector {
+        let mut bufs = Vec::new();
+        let mut iovs = Vec::new();
+        let mut msgs = Vec::new();
+        for message in messages {
+            let mut iov = Vec::new();
+            for part in *message {
+                let mut buf = part.to_vec();
+                iov.push(libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() });
+                bufs.push(buf);
+            }
+            // SAFETY: an all-zero mmsghdr is a valid (empty) one.
+            let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            m.msg_hdr.msg_iov = iov.as_mut_ptr();
+            m.msg_hdr.msg_iovlen = iov.len();
+            m.msg_len = 77;
+            iovs.push(iov);
+            msgs.push(m);
+        }
+        Vector { _bufs: bufs, _iovs: iovs, msgs }
+    }
+
+    /// Receiving buffers of these lengths.
+    fn zeroed(lengths: &[&[usize]]) -> Vector {
+        let parts: Vec<Vec<Vec<u8>>> = lengths.iter().map(|m| m.iter().map(|&n| vec![0u8; n]).collect()).collect();
+        let parts: Vec<Vec<&[u8]>> = parts.iter().map(|m| m.iter().map(Vec::as_slice).collect()).collect();
+        let parts: Vec<&[&[u8]]> = parts.iter().map(Vec::as_slice).collect();
+        Vector::new(&parts)
+    }
+
+    /// Each message's `msg_len`, and the bytes it received (its iovecs up to `msg_len`).
+    fn received(&self) -> Vec<(u32, String)> {
+        self.msgs
+            .iter()
+            .map(|m| {
+                let mut bytes = Vec::new();
+                let mut left = if m.msg_len == 77 { 0 } else { m.msg_len as usize };
+                for i in 0..m.msg_hdr.msg_iovlen {
+                    // SAFETY: the vector's own iovecs and buffers.
+                    let v = unsafe { *m.msg_hdr.msg_iov.add(i) };
+                    let k = left.min(v.iov_len);
+                    // SAFETY: as above.
+                    bytes.extend_from_slice(unsafe { std::slice::from_raw_parts(v.iov_base.cast::<u8>(), k) });
+                    left -= k;
+                }
+                (m.msg_len, String::from_utf8_lossy(&bytes).into_owned())
+            })
+            .collect()
+    }
+}
+
+fn recvmmsg(fd: c_int, v: &mut Vector, flags: c_int, timeout: Option<&mut libc::timespec>) -> String {
+    let ts = timeout.map_or(std::ptr::null_mut(), |t| t as *mut libc::timespec);
+    // SAFETY: the vector's messages and buffers are live; `ts` is null or a live timespec.
+    let rc = unsafe { calls::recvmmsg(fd, v.msgs.as_mut_ptr(), v.msgs.len() as u32, flags, ts) };
+    let e = if rc < 0 { errno() } else { 0 };
+    format!("recvmmsg -> {rc} (errno {e}) {:?}", v.received())
+}
+
+fn sendmmsg(fd: c_int, v: &mut Vector, flags: c_int) -> String {
+    // SAFETY: the vector's messages and buffers are live.
+    let rc = unsafe { calls::sendmmsg(fd, v.msgs.as_mut_ptr(), v.msgs.len() as u32, flags) };
+    let e = if rc < 0 { errno() } else { 0 };
+    format!("sendmmsg -> {rc} (errno {e}) {:?}", v.msgs.iter().map(|m| m.msg_len).collect::<Vec<_>>())
+}
+
+/// One sequence of recvmmsg/sendmmsg calls on a connected pair; what each call returned.
+fn mmsg_sequence(client: c_int, server: c_int) -> Vec<String> {
+    let mut log = Vec::new();
+    let mut v = Vector::new(&[&[b"alpha"], &[b"bravo-", b"charlie"], &[b""], &[b"delta"]]);
+    log.push(sendmmsg(client, &mut v, 0));
+    log.push(recvmmsg(server, &mut Vector::zeroed(&[&[4], &[2, 2], &[4]]), 0, None));
+    log.push(recvmmsg(server, &mut Vector::zeroed(&[&[5], &[5], &[5], &[5]]), libc::MSG_WAITFORONE, None));
+    log.push(recvmmsg(server, &mut Vector::zeroed(&[&[5], &[5]]), libc::MSG_DONTWAIT, None));
+    log.push(recvmmsg(server, &mut Vector::zeroed(&[]), 0, None));
+    let mut bad = libc::timespec { tv_sec: 0, tv_nsec: 1_000_000_000 };
+    log.push(recvmmsg(server, &mut Vector::zeroed(&[&[5]]), 0, Some(&mut bad)));
+    log.push(sendmmsg(client, &mut Vector::new(&[&[b"zero", b"tm"], &[b"peekaboo"]]), 0));
+    let mut zero = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    log.push(recvmmsg(server, &mut Vector::zeroed(&[&[2], &[2], &[2]]), 0, Some(&mut zero)));
+    log.push(format!("timeout after {}.{:09}", zero.tv_sec, zero.tv_nsec));
+    let mut five = libc::timespec { tv_sec: 5, tv_nsec: 0 };
+    log.push(recvmmsg(server, &mut Vector::zeroed(&[&[2], &[2]]), 0, Some(&mut five)));
+    log.push(format!("time left in (0, 5 s): {}", five.tv_sec < 5 && (five.tv_sec > 0 || five.tv_nsec > 0)));
+    log.push(recvmmsg(server, &mut Vector::zeroed(&[&[4], &[4]]), libc::MSG_PEEK, None));
+    log.push(recvmmsg(server, &mut Vector::zeroed(&[&[4], &[4]]), 0, None));
+    assert_eq!(write(client, b"tail"), 4);
+    // SAFETY: plain arguments.
+    assert_eq!(unsafe { calls::shutdown(client, libc::SHUT_WR) }, 0);
+    log.push(recvmmsg(server, &mut Vector::zeroed(&[&[8], &[8], &[8]]), 0, None));
+    log.push(recvmmsg(server, &mut Vector::zeroed(&[&[8], &[8]]), libc::MSG_DONTWAIT, None));
+    // SAFETY: plain arguments.
+    assert_eq!(unsafe { calls::shutdown(client, libc::SHUT_RD) }, 0);
+    log.push(sendmmsg(server, &mut Vector::new(&[&[b"x"], &[b"y"]]), libc::MSG_NOSIGNAL));
+    log
+}
+
+#[test]
+fn recvmmsg_and_sendmmsg_on_the_rings_do_what_the_kernel_does() {
+    let (a, b) = plain_pair();
+    let kernel = mmsg_sequence(a.as_raw_fd(), b.as_raw_fd());
+    let p = swapped_pair(4096);
+    let rings = mmsg_sequence(p.client, p.server);
+    assert_eq!(kernel_queued(p.server), 0, "the bytes must not be on the real socket");
+    assert_eq!(rings, kernel, "(left: swapped, right: the kernel's socket pair)");
+}
+
+/// A non-blocking `sendmmsg` stops at a partial message (its `msg_len`: what fitted), then EAGAIN.
+fn partial_sendmmsg(client: c_int) -> (c_int, bool, u32, c_int, c_int) {
+    let big = vec![7u8; 8 << 20];
+    let mut v = Vector::new(&[&[b"0123456789abcdef"], &[&big], &[b"0123456789abcdef"]]);
+    // SAFETY: the vector is live.
+    let rc = unsafe { calls::sendmmsg(client, v.msgs.as_mut_ptr(), 3, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+    let partial = v.msgs[1].msg_len > 0 && (v.msgs[1].msg_len as usize) < big.len();
+    // SAFETY: as above.
+    let again = unsafe { calls::sendmmsg(client, v.msgs.as_mut_ptr().add(2), 1, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+    let e = errno();
+    (rc, partial, v.msgs[2].msg_len, again, e)
+}
+
+#[test]
+fn a_nonblocking_sendmmsg_stops_at_a_partial_message_as_the_kernel() {
+    let (a, b) = plain_pair();
+    let kernel = partial_sendmmsg(a.as_raw_fd());
+    drop((a, b));
+    let p = swapped_pair(4096);
+    assert_eq!(partial_sendmmsg(p.client), kernel);
+    assert_eq!(kernel, (2, true, 77, -1, libc::EAGAIN));
+}
+
+#[test]
+fn recvmmsg_reports_a_reset_before_the_data_as_the_kernel() {
+    let sequence = |client: c_int, server: c_int| -> Vec<String> {
+        assert_eq!(write(server, b"data"), 4);
+        assert_eq!(write(client, b"unread"), 6);
+        // SAFETY: the server end's only fd.
+        assert_eq!(unsafe { calls::close(server) }, 0);
+        vec![
+            recvmmsg(client, &mut Vector::zeroed(&[&[8], &[8]]), 0, None),
+            recvmmsg(client, &mut Vector::zeroed(&[&[8], &[8]]), 0, None),
+            recvmmsg(client, &mut Vector::zeroed(&[&[8]]), 0, None),
+        ]
+    };
+    let (a, b) = plain_pair();
+    let b = std::os::fd::IntoRawFd::into_raw_fd(b);
+    let kernel = sequence(a.as_raw_fd(), b);
+    let mut p = swapped_pair(4096);
+    let rings = sequence(p.client, p.server);
+    p.server = -1;
+    assert_eq!(rings, kernel, "(left: swapped, right: the kernel's socket pair)");
+}
+
+#[test]
+fn fortified_reads_and_polls_are_served_on_the_rings() {
+    let p = swapped_pair(4096);
+    assert_eq!(write(p.client, b"hello fortified"), 15);
+    let mut buf = [0u8; 16];
+    let mut pfd = [libc::pollfd { fd: p.server, events: libc::POLLIN, revents: 0 }];
+    // SAFETY: one live pollfd, its size in bytes.
+    assert_eq!(unsafe { calls::__poll_chk(pfd.as_mut_ptr(), 1, 0, size_of_val(&pfd)) }, 1);
+    assert_eq!(pfd[0].revents, libc::POLLIN);
+    // SAFETY: live buffers, their true sizes.
+    unsafe {
+        assert_eq!(calls::__read_chk(p.server, buf.as_mut_ptr().cast(), 5, buf.len()), 5);
+        assert_eq!(&buf[..5], b"hello");
+        assert_eq!(calls::__recv_chk(p.server, buf.as_mut_ptr().cast(), 4, buf.len(), libc::MSG_PEEK), 4);
+        assert_eq!(&buf[..4], b" for");
+        assert_eq!(calls::__recv_chk(p.server, buf.as_mut_ptr().cast(), 4, buf.len(), 0), 4);
+        let mut len: libc::socklen_t = 16;
+        let mut addr = [0u8; 16];
+        assert_eq!(calls::__recvfrom_chk(p.server, buf.as_mut_ptr().cast(), 16, buf.len(), 0, addr.as_mut_ptr().cast(), &mut len), 6);
+        assert_eq!(&buf[..6], b"tified");
+        assert_eq!(len, 0, "a connected stream socket reports no address");
+        assert_eq!(calls::__recv_chk(p.server, buf.as_mut_ptr().cast(), 5, buf.len(), libc::MSG_DONTWAIT), -1);
+    }
+    assert_eq!(errno(), libc::EAGAIN);
+}
+
+#[test]
+fn a_fortified_read_longer_than_its_buffer_aborts_as_glibc() {
+    let p = swapped_pair(4096);
+    let (plain, _other) = plain_pair();
+    for fd in [p.server, plain.as_raw_fd()] {
+        // SAFETY: the child only calls the hook's __read_chk (which aborts before touching
+        // anything) and _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            let mut buf = [0u8; 8];
+            // SAFETY: 16 bytes claimed for an 8-byte buffer: the check must abort before reading.
+            unsafe { calls::__read_chk(fd, buf.as_mut_ptr().cast(), 16, buf.len()) };
+            // SAFETY: leaves the child.
+            unsafe { libc::_exit(0) };
+        }
+        let mut status = 0;
+        // SAFETY: our child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGABRT, "fd {fd}: status {status:#x}");
+    }
+}
+
+/// A connection to a listener bound to a path (client, accepted server end), not swapped.
+fn connection_on_a_path(path: &std::path::Path) -> (OwnedFd, OwnedFd) {
+    let listener = std::os::unix::net::UnixListener::bind(path).expect("bind");
+    let client = std::os::unix::net::UnixStream::connect(path).expect("connect");
+    let (server, _) = listener.accept().expect("accept");
+    (client.into(), server.into())
+}
+
+/// recvfrom/recvmsg with an address buffer: what each end learns about the sender.
+fn source_addresses(client: c_int, server: c_int) -> Vec<String> {
+    let mut log = Vec::new();
+    let mut from = |fd: c_int| {
+        let mut buf = [0u8; 8];
+        // SAFETY: an all-zero sockaddr_un is valid.
+        let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+        let mut len = size_of::<libc::sockaddr_un>() as libc::socklen_t;
+        // SAFETY: live buffers and their sizes.
+        let n = unsafe { calls::recvfrom(fd, buf.as_mut_ptr().cast(), buf.len(), 0, (&raw mut addr).cast(), &mut len) };
+        let path: Vec<u8> = addr.sun_path.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+        log.push(format!(
+            "recvfrom -> {n}, address length {len}, path {:?}",
+            String::from_utf8_lossy(&path).rsplit('/').next().unwrap_or("")
+        ));
+    };
+    assert_eq!(write(server, b"to-c"), 4);
+    from(client);
+    assert_eq!(write(client, b"to-s"), 4);
+    from(server);
+    let mut small = [0u8; 4];
+    let mut len: libc::socklen_t = small.len() as libc::socklen_t;
+    let mut buf = [0u8; 8];
+    assert_eq!(write(server, b"again"), 5);
+    // SAFETY: live buffers; an address buffer too short for the path.
+    let n = unsafe { calls::recvfrom(client, buf.as_mut_ptr().cast(), buf.len(), 0, small.as_mut_ptr().cast(), &mut len) };
+    log.push(format!("recvfrom with 4 bytes for the address -> {n}, address length {len}, {small:?}"));
+    log
+}
+
+#[test]
+fn a_source_address_is_the_senders_as_the_kernel_reports_it() {
+    let dir = std::env::temp_dir().join(format!("tssx-hook-addr-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (a, b) = connection_on_a_path(&dir.join("k.sock"));
+    let kernel = source_addresses(a.as_raw_fd(), b.as_raw_fd());
+    let (c, d) = connection_on_a_path(&dir.join("s.sock"));
+    let p = swap([std::os::fd::IntoRawFd::into_raw_fd(c), std::os::fd::IntoRawFd::into_raw_fd(d)], 4096);
+    let rings = source_addresses(p.client, p.server);
+    std::fs::remove_dir_all(&dir).ok();
+    // (The two listeners' paths differ in one letter, k and s.)
+    let strip = |v: Vec<String>| v.into_iter().map(|l| l.replace("s.sock", "k.sock")).collect::<Vec<_>>();
+    assert_eq!(strip(rings), strip(kernel), "(left: swapped, right: the kernel's connection)");
 }
