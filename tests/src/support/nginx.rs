@@ -138,7 +138,13 @@ impl NginxProxy {
             };
             Process::try_spawn_group(cmd).with_context(|| format!("starting nginx ({role}; cargo xtask setup installs nginx-light)"))
         };
-        let backend = start("backend", &backend)?;
+        let mut backend = start("backend", &backend)?;
+        // The front only once the backend listens: a request proxied before that fails, and
+        // nginx logs it at `crit`, which the tests read as a failure.
+        let listening = poll_until(NGINX_TIMEOUT, || {
+            backend.try_wait().is_some() || [&fresh, &keep].iter().all(|sock| std::os::unix::net::UnixStream::connect(sock).is_ok())
+        });
+        ensure!(listening, "the backend nginx does not listen on {fresh} and {keep} after {NGINX_TIMEOUT:?}");
         let front = start("front", &front)?;
         let mut proxy = Self { backend, front, port, dir: dir.to_owned(), name: name.to_owned() };
         let mut died = None;

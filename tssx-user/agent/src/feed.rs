@@ -1,12 +1,13 @@
 //! The kernel events ring buffer, read by both the event loop and the claim workers.
 //!
-//! A hook claims its socket right after `connect()`/`accept()` returned, and the eBPF program
+//! A hook claims its socket after `connect()`/`accept()` returned, and the eBPF program
 //! submitted the event in that syscall's exit tracepoint: by the time the claim reaches the
-//! agent, its event is already in the ring buffer. Rather than wait for the event loop to be
-//! scheduled, read the ring and record the event (two wake-ups), a claim worker that does not
-//! find its event drains the ring itself ([`EventFeed::drain`]): connect and accept events are
-//! recorded in the claims' registry at once, and every drained event is forwarded to the event loop,
-//! which traces it and acts on it (fork/exit) as if it had read it itself.
+//! agent, its event is in the ring buffer if the event loop has not read it yet. A claim worker
+//! drains the ring itself before it looks for its event ([`EventFeed::drain`]), rather than wait
+//! for the event loop (which per-connection events do not wake): connect and accept events are
+//! recorded in the claims' registry at once, in the kernel's order (so an older event of the
+//! same fd is replaced before the lookup), and every drained event is forwarded to the event
+//! loop, which traces it and acts on it (fork/exit) as if it had read it itself.
 //!
 //! Order: the ring is drained under one lock, and the forwarded events are queued before that
 //! lock is released; the event loop takes the queued events before the ring's under the same

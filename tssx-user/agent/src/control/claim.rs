@@ -212,14 +212,15 @@ impl Control {
             _ => return refused("no connected Unix stream socket"),
         };
         let side = if role == Role::Client { Side::Connect } else { Side::Accept };
+        // Per-connection events reach the agent lazily (the kernel does not wake it for them):
+        // the ring buffer may still hold this socket's event, and the registry an older one of
+        // the same fd (a connection closed since). Every event submitted before the claim's
+        // syscall returned is recorded after this drain, in order, so the lookup finds the
+        // newest.
+        self.drain_feed();
+        // (Two statements: the registry lock is released before `event_of_duplicate` takes it.)
         let recorded = self.lock().event(side, pid, fd);
-        let event = recorded
-            .or_else(|| {
-                // Submitted before the syscall returned: in the ring buffer if not recorded yet.
-                self.drain_feed();
-                self.lock().event(side, pid, fd)
-            })
-            .or_else(|| self.event_of_duplicate(side, pid, inode));
+        let event = recorded.or_else(|| self.event_of_duplicate(side, pid, inode));
         let (path_id, peer) = match (role, socket.peer) {
             (Role::Client, Some(peer)) => {
                 // The peer (the server's socket) carries the listener's name.
