@@ -3,12 +3,10 @@
 //! through the hook, and the two transcripts (return value and errno of each call) must match.
 //! The plain pair is the reference: nothing here says what the kernel answers.
 
-use std::{os::fd::AsRawFd, sync::atomic::Ordering};
-
 use libc::{c_int, c_void, iovec, msghdr, sockaddr, socklen_t, ssize_t};
-use tssx_common::segment::{End, SegmentState, JOIN_MAPPED};
-use tssx_hook::{calls, table};
-use tssx_shm::{segment::Segment, sys::Fd};
+use tssx_hook::calls;
+
+mod support;
 
 /// The calls a scenario makes: libc's (plain) or the hook's (swapped).
 trait Api {
@@ -100,21 +98,7 @@ fn plain_pair() -> (c_int, c_int) {
 
 fn swapped_pair() -> (c_int, c_int) {
     let (a, b) = plain_pair();
-    let segment = Segment::create(4096).expect("segment");
-    segment.transition(SegmentState::Pending, SegmentState::Active).unwrap();
-    for end in [End::Client, End::Server] {
-        let line = &segment.header().ends[end.index()];
-        line.joined.store(JOIN_MAPPED, Ordering::SeqCst);
-        line.ready.store(1, Ordering::SeqCst);
-        line.switch_at.store(0, Ordering::SeqCst);
-        segment.header().refcount[end.index()].store(1, Ordering::SeqCst);
-    }
-    for (fd, end) in [(a, End::Client), (b, End::Server)] {
-        // SAFETY: dup of the segment's own fd; the copy is owned by the result.
-        let memfd = unsafe { libc::fcntl(segment.fd().unwrap().as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
-        // SAFETY: as above.
-        assert!(table::adopt_swapped(fd, end, unsafe { Fd::from_raw(memfd) }));
-    }
+    support::install_swapped([a, b], 4096);
     (a, b)
 }
 

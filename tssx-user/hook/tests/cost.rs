@@ -3,32 +3,16 @@
 //! `cargo test --release -p tssx-hook --test cost -- --ignored --nocapture` (a measurement,
 //! not a check: ignored by default; the README's benchmark section quotes it). Also prints the
 //! cost of one `table::lookup` of a tracked fd (a lease).
-use std::{os::fd::AsRawFd, sync::atomic::Ordering, time::Instant};
+use std::time::Instant;
 
 use libc::c_int;
-use tssx_common::segment::{End, SegmentState, JOIN_MAPPED};
 use tssx_hook::{calls, table};
-use tssx_shm::{segment::Segment, sys::Fd};
+
+mod support;
 
 fn swapped_pair() -> (c_int, c_int) {
-    let mut fds = [0; 2];
-    // SAFETY: a valid out-array.
-    assert_eq!(unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) }, 0);
-    let segment = Segment::create(1 << 20).expect("segment");
-    segment.transition(SegmentState::Pending, SegmentState::Active).unwrap();
-    for end in [End::Client, End::Server] {
-        let line = &segment.header().ends[end.index()];
-        line.joined.store(JOIN_MAPPED, Ordering::SeqCst);
-        line.ready.store(1, Ordering::SeqCst);
-        line.switch_at.store(0, Ordering::SeqCst);
-        segment.header().refcount[end.index()].store(1, Ordering::SeqCst);
-    }
-    for (fd, end) in [(fds[0], End::Client), (fds[1], End::Server)] {
-        // SAFETY: dup of the segment's own fd.
-        let memfd = unsafe { libc::fcntl(segment.fd().unwrap().as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
-        // SAFETY: as above.
-        assert!(table::adopt_swapped(fd, end, unsafe { Fd::from_raw(memfd) }));
-    }
+    let fds = support::socketpair(0);
+    support::install_swapped(fds, 1 << 20);
     (fds[0], fds[1])
 }
 

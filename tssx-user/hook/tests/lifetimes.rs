@@ -3,15 +3,12 @@
 //! its own, its tests one at a time: they close fds under running calls, and a number reused
 //! by a concurrent test would receive those calls' last system calls.
 
-use std::{
-    os::fd::AsRawFd,
-    sync::{atomic::Ordering, Mutex},
-};
+use std::sync::{atomic::Ordering, Mutex};
 
 use libc::c_int;
-use tssx_common::segment::{End, SegmentState, JOIN_MAPPED};
 use tssx_hook::{calls, table};
-use tssx_shm::{segment::Segment, sys::Fd};
+
+mod support;
 
 /// One test at a time (see the module documentation).
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -24,25 +21,8 @@ struct Pair {
 }
 
 fn swapped_pair(ring: usize) -> Pair {
-    let mut fds = [0; 2];
-    // SAFETY: a valid out-array.
-    assert_eq!(unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) }, 0);
-    let segment = Segment::create(ring).expect("segment");
-    segment.transition(SegmentState::Pending, SegmentState::Active).unwrap();
-    for end in [End::Client, End::Server] {
-        let line = &segment.header().ends[end.index()];
-        line.joined.store(JOIN_MAPPED, Ordering::SeqCst);
-        line.ready.store(1, Ordering::SeqCst);
-        line.switch_at.store(0, Ordering::SeqCst);
-        segment.header().refcount[end.index()].store(1, Ordering::SeqCst);
-    }
-    for (fd, end) in [(fds[0], End::Client), (fds[1], End::Server)] {
-        // SAFETY: dup of the segment's own fd; the copy is owned by the result.
-        let memfd = unsafe { libc::fcntl(segment.fd().unwrap().as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
-        assert!(memfd >= 0);
-        // SAFETY: as above.
-        assert!(table::adopt_swapped(fd, end, unsafe { Fd::from_raw(memfd) }), "adopt {end:?}");
-    }
+    let fds = support::socketpair(0);
+    support::install_swapped(fds, ring);
     Pair { client: fds[0], server: fds[1] }
 }
 

@@ -4,26 +4,17 @@
 //! onto the rings. Every byte must arrive once, in order, whatever moment the segment arrives
 //! and whatever the transfer sizes; and the connection must end up on the rings.
 
-use std::os::fd::AsRawFd;
-
 use libc::c_int;
 use tssx_common::segment::End;
 use tssx_hook::{calls, conn::Phase, table};
-use tssx_shm::{segment::Segment, sys::Fd};
+use tssx_shm::segment::Segment;
+
+mod support;
+use support::dup_memfd;
 
 fn socketpair(flags: c_int) -> (c_int, c_int) {
-    let mut fds = [0; 2];
-    // SAFETY: a valid out-array.
-    assert_eq!(unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC | flags, 0, fds.as_mut_ptr()) }, 0);
-    (fds[0], fds[1])
-}
-
-fn dup_memfd(segment: &Segment) -> Fd {
-    // SAFETY: dup of the segment's own fd; the copy is owned by the result.
-    let fd = unsafe { libc::fcntl(segment.fd().unwrap().as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
-    assert!(fd >= 0);
-    // SAFETY: as above.
-    unsafe { Fd::from_raw(fd) }
+    let [a, b] = support::socketpair(flags);
+    (a, b)
 }
 
 fn write(fd: c_int, bytes: &[u8]) -> isize {

@@ -11,9 +11,10 @@ use std::{
 };
 
 use libc::c_int;
-use tssx_common::segment::{End, SegmentState, JOIN_MAPPED};
+use tssx_common::segment::End;
 use tssx_hook::{calls, table};
-use tssx_shm::{segment::Segment, sys::Fd};
+
+mod support;
 
 /// One swapped connection: the socket pair (client, server) with both ends in the table. Drop
 /// closes both through the hook (-1: closed already by the test).
@@ -23,38 +24,16 @@ struct Pair {
 }
 
 fn swapped_pair(ring: usize) -> Pair {
-    let mut fds = [0; 2];
-    // SAFETY: a valid out-array.
-    assert_eq!(unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) }, 0);
-    swap(fds, ring)
+    swap(support::socketpair(0), ring)
 }
 
 /// Installs a connected pair (client, server) in the table as one swapped connection.
 fn swap(fds: [c_int; 2], ring: usize) -> Pair {
-    let segment = Segment::create(ring).expect("segment");
-    segment.transition(SegmentState::Pending, SegmentState::Active).unwrap();
-    // Both ends joined, ready and switched at byte 0 (as after a migration before any byte).
-    for end in [End::Client, End::Server] {
-        let line = &segment.header().ends[end.index()];
-        line.joined.store(JOIN_MAPPED, Ordering::SeqCst);
-        line.ready.store(1, Ordering::SeqCst);
-        line.switch_at.store(0, Ordering::SeqCst);
-        segment.header().refcount[end.index()].store(1, Ordering::SeqCst);
-    }
-    for (fd, end) in [(fds[0], End::Client), (fds[1], End::Server)] {
-        let memfd = dup_memfd(&segment);
-        assert!(table::adopt_swapped(fd, end, memfd), "adopt {end:?}");
+    support::install_swapped(fds, ring);
+    for fd in fds {
         assert_eq!(table::lookup(fd).unwrap().phase(), tssx_hook::conn::Phase::Active);
     }
     Pair { client: fds[0], server: fds[1] }
-}
-
-fn dup_memfd(segment: &Segment) -> Fd {
-    // SAFETY: dup of the segment's own fd; the copy is owned by the result.
-    let fd = unsafe { libc::fcntl(segment.fd().unwrap().as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
-    assert!(fd >= 0);
-    // SAFETY: as above.
-    unsafe { Fd::from_raw(fd) }
 }
 
 impl Drop for Pair {

@@ -1,0 +1,46 @@
+//! What the hook's test binaries share: socket pairs, and installing a pair in the fd table as
+//! one swapped connection (with a real segment, as the agent would hand out).
+// Each test binary uses part of it.
+#![allow(dead_code)]
+
+use std::{os::fd::AsRawFd, sync::atomic::Ordering};
+
+use libc::c_int;
+use tssx_common::segment::{End, SegmentState, JOIN_MAPPED};
+use tssx_hook::table;
+use tssx_shm::{segment::Segment, sys::Fd};
+
+/// A connected Unix stream socket pair (close-on-exec, plus `flags`), not in the table.
+pub fn socketpair(flags: c_int) -> [c_int; 2] {
+    let mut fds = [0; 2];
+    // SAFETY: a valid out-array.
+    assert_eq!(unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC | flags, 0, fds.as_mut_ptr()) }, 0);
+    fds
+}
+
+/// A copy of `segment`'s memfd, owned by the result.
+pub fn dup_memfd(segment: &Segment) -> Fd {
+    // SAFETY: dup of the segment's own fd; the copy is owned by the result.
+    let fd = unsafe { libc::fcntl(segment.fd().unwrap().as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+    assert!(fd >= 0);
+    // SAFETY: as above.
+    unsafe { Fd::from_raw(fd) }
+}
+
+/// Installs the connected pair `fds` (client, server) in the table as one swapped connection
+/// with rings of `ring` bytes: both ends joined, ready and switched at byte 0 (as after a
+/// migration before any byte).
+pub fn install_swapped(fds: [c_int; 2], ring: usize) {
+    let segment = Segment::create(ring).expect("segment");
+    segment.transition(SegmentState::Pending, SegmentState::Active).unwrap();
+    for end in [End::Client, End::Server] {
+        let line = &segment.header().ends[end.index()];
+        line.joined.store(JOIN_MAPPED, Ordering::SeqCst);
+        line.ready.store(1, Ordering::SeqCst);
+        line.switch_at.store(0, Ordering::SeqCst);
+        segment.header().refcount[end.index()].store(1, Ordering::SeqCst);
+    }
+    for (fd, end) in [(fds[0], End::Client), (fds[1], End::Server)] {
+        assert!(table::adopt_swapped(fd, end, dup_memfd(&segment)), "adopt {end:?}");
+    }
+}
