@@ -10,7 +10,7 @@ use tssx_hook::{calls, conn::Phase, table};
 use tssx_shm::segment::Segment;
 
 mod support;
-use support::dup_memfd;
+use support::{dup_memfd, send_with_fd};
 
 fn socketpair(flags: c_int) -> (c_int, c_int) {
     let [a, b] = support::socketpair(flags);
@@ -286,27 +286,6 @@ fn recv_all(fd: c_int, want: usize) -> (Vec<u8>, Vec<(usize, c_int)>) {
         data.extend_from_slice(&buf[..n as usize]);
     }
     (data, fds)
-}
-
-/// Sends `bytes` with `fd` attached through the hook's `sendmsg`.
-fn send_with_fd(sock: c_int, bytes: &[u8], fd: c_int) -> isize {
-    let mut iov = libc::iovec { iov_base: bytes.as_ptr() as *mut _, iov_len: bytes.len() };
-    let mut cbuf = [0u64; 4];
-    // SAFETY: plain data.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.as_mut_ptr().cast();
-    // SAFETY: pure size computations; the header is written inside `cbuf`.
-    unsafe {
-        msg.msg_controllen = libc::CMSG_SPACE(4) as usize;
-        let c = libc::CMSG_FIRSTHDR(&msg);
-        (*c).cmsg_level = libc::SOL_SOCKET;
-        (*c).cmsg_type = libc::SCM_RIGHTS;
-        (*c).cmsg_len = libc::CMSG_LEN(4) as usize;
-        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<c_int>(), fd);
-        calls::sendmsg(sock, &msg, 0)
-    }
 }
 
 /// `sendmsg` with `SCM_RIGHTS` on a swapped connection hands it back to the kernel: the fd

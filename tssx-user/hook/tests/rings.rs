@@ -15,6 +15,7 @@ use tssx_common::segment::End;
 use tssx_hook::{calls, table};
 
 mod support;
+use support::send_with_fd;
 
 /// One swapped connection: the socket pair (client, server) with both ends in the table. Drop
 /// closes both through the hook (-1: closed already by the test).
@@ -251,28 +252,6 @@ fn plain_fds_pass_straight_through() {
     let mut buf = [0u8; 4];
     assert_eq!(read(a.as_raw_fd(), &mut buf), 4);
     assert_eq!(&buf, b"pipe");
-}
-
-/// `sendmsg` of `bytes` with one fd (`SCM_RIGHTS`) through the hook: on a swapped connection,
-/// a hand-back to the kernel first.
-fn send_with_fd(sock: c_int, bytes: &[u8], fd: c_int) -> isize {
-    let mut iov = libc::iovec { iov_base: bytes.as_ptr() as *mut _, iov_len: bytes.len() };
-    let mut cbuf = [0u64; 4];
-    // SAFETY: plain data.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.as_mut_ptr().cast();
-    // SAFETY: pure size computations; the header is written inside `cbuf`.
-    unsafe {
-        msg.msg_controllen = libc::CMSG_SPACE(4) as usize;
-        let c = libc::CMSG_FIRSTHDR(&msg);
-        (*c).cmsg_level = libc::SOL_SOCKET;
-        (*c).cmsg_type = libc::SCM_RIGHTS;
-        (*c).cmsg_len = libc::CMSG_LEN(4) as usize;
-        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<c_int>(), fd);
-        calls::sendmsg(sock, &msg, 0)
-    }
 }
 
 /// Issue 13, hook bug (a): a `shutdown` recorded while on the rings must survive the

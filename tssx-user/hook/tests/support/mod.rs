@@ -7,7 +7,7 @@ use std::{os::fd::AsRawFd, sync::atomic::Ordering};
 
 use libc::c_int;
 use tssx_common::segment::{End, SegmentState, JOIN_MAPPED};
-use tssx_hook::table;
+use tssx_hook::{calls, table};
 use tssx_shm::{segment::Segment, sys::Fd};
 
 /// A connected Unix stream socket pair (close-on-exec, plus `flags`), not in the table.
@@ -42,5 +42,27 @@ pub fn install_swapped(fds: [c_int; 2], ring: usize) {
     }
     for (fd, end) in [(fds[0], End::Client), (fds[1], End::Server)] {
         assert!(table::adopt_swapped(fd, end, dup_memfd(&segment)), "adopt {end:?}");
+    }
+}
+
+/// `sendmsg` of `bytes` with one fd (`SCM_RIGHTS`) through the hook: on a swapped connection,
+/// a hand-back to the kernel first.
+pub fn send_with_fd(sock: c_int, bytes: &[u8], fd: c_int) -> isize {
+    let mut iov = libc::iovec { iov_base: bytes.as_ptr() as *mut _, iov_len: bytes.len() };
+    let mut cbuf = [0u64; 4];
+    // SAFETY: plain data.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    // SAFETY: pure size computations; the header is written inside `cbuf`.
+    unsafe {
+        msg.msg_controllen = libc::CMSG_SPACE(4) as usize;
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(4) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<c_int>(), fd);
+        calls::sendmsg(sock, &msg, 0)
     }
 }
