@@ -292,6 +292,16 @@ mod tests {
     }
 
     /// What a hook does when it maps the segment.
+    /// Connections 1 and 2, paired, both ends of each joined.
+    fn two_joined(kernel: &Arc<FakeKernel>, control: &Control) -> (Arc<Segment>, Arc<Segment>) {
+        let (first, second) = (paired(kernel, control, 1), paired(kernel, control, 2));
+        for segment in [&first, &second] {
+            join(segment, End::Client);
+            join(segment, End::Server);
+        }
+        (first, second)
+    }
+
     fn join(segment: &Segment, end: End) {
         // Release, then SeqCst, as the hook's join.
         segment.header().refcount[end.index()].store(1, Ordering::Release);
@@ -366,12 +376,7 @@ mod tests {
     fn the_sweep_reaps_dead_connections_and_then_the_spares() {
         let kernel = Arc::new(FakeKernel::default());
         let control = kernel.control(8);
-        let first = paired(&kernel, &control, 1);
-        let second = paired(&kernel, &control, 2);
-        for segment in [&first, &second] {
-            join(segment, End::Client);
-            join(segment, End::Server);
-        }
+        let (first, _second) = two_joined(&kernel, &control);
         control.refill_spares();
         assert_eq!(control.stats().spare_segments, SPARE_SEGMENTS);
         // Both ends of the first closed (Release, as a hook's last close).
@@ -442,12 +447,7 @@ mod tests {
     fn an_end_whose_last_holder_died_is_closed_for_its_peer() {
         let kernel = Arc::new(FakeKernel::default());
         let control = kernel.control(8);
-        let first = paired(&kernel, &control, 1);
-        let second = paired(&kernel, &control, 2);
-        for segment in [&first, &second] {
-            join(segment, End::Client);
-            join(segment, End::Server);
-        }
+        let (first, second) = two_joined(&kernel, &control);
         // Acquire: as a peer's hook reads it.
         let held = |s: &Segment, end: End| s.header().refcount[end.index()].load(Ordering::Acquire);
         // Client 1 is SIGKILLed: its socket is gone with it.
