@@ -132,8 +132,5 @@ static void client(const char *path) {
 }
 
 int main(int argc, char **argv) {
-    const char *path;
-    if (parse_role(argc, argv, &path)) server(path);
-    else client(path);
-    return 0;
+    return run_role(argc, argv, server, client);
 }

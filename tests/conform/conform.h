@@ -446,4 +446,13 @@ HELPER int parse_role(int argc, char **argv, const char **path) {
     return strcmp(argv[1], "server") == 0;
 }
 
+/* main() of a scenario whose ends take no arguments after PATH: runs `server(PATH)` or
+ * `client(PATH)` as argv says (see parse_role); returns main's exit status. */
+HELPER int run_role(int argc, char **argv, void (*server)(const char *), void (*client)(const char *)) {
+    const char *path;
+    if (parse_role(argc, argv, &path)) server(path);
+    else client(path);
+    return 0;
+}
+
 #endif

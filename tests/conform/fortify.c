@@ -129,9 +129,6 @@ static void client(const char *path) {
 }
 
 int main(int argc, char **argv) {
-    const char *path;
     signal(SIGPIPE, SIG_IGN);
-    if (parse_role(argc, argv, &path)) server(path);
-    else client(path);
-    return 0;
+    return run_role(argc, argv, server, client);
 }
