@@ -9,32 +9,15 @@ use libc::c_int;
 use tssx_hook::{calls, table};
 
 mod support;
+use support::Pair;
 
 /// One test at a time (see the module documentation).
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-/// One swapped connection (client, server), both ends in the table, as in `rings.rs`. Drop
-/// closes both through the hook (-1: closed already by the test).
-struct Pair {
-    client: c_int,
-    server: c_int,
-}
 
 fn swapped_pair(ring: usize) -> Pair {
     let fds = support::socketpair(0);
     support::install_swapped(fds, ring);
     Pair { client: fds[0], server: fds[1] }
-}
-
-impl Drop for Pair {
-    fn drop(&mut self) {
-        for fd in [self.client, self.server] {
-            if fd >= 0 {
-                // SAFETY: our socket; the hook forgets its table entry and closes it.
-                unsafe { calls::close(fd) };
-            }
-        }
-    }
 }
 
 fn write(fd: c_int, bytes: &[u8]) -> isize {

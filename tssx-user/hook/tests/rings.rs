@@ -15,14 +15,7 @@ use tssx_common::segment::End;
 use tssx_hook::{calls, table};
 
 mod support;
-use support::send_with_fd;
-
-/// One swapped connection: the socket pair (client, server) with both ends in the table. Drop
-/// closes both through the hook (-1: closed already by the test).
-struct Pair {
-    client: c_int,
-    server: c_int,
-}
+use support::{send_with_fd, Pair};
 
 fn swapped_pair(ring: usize) -> Pair {
     swap(support::socketpair(0), ring)
@@ -35,17 +28,6 @@ fn swap(fds: [c_int; 2], ring: usize) -> Pair {
         assert_eq!(table::lookup(fd).unwrap().phase(), tssx_hook::conn::Phase::Active);
     }
     Pair { client: fds[0], server: fds[1] }
-}
-
-impl Drop for Pair {
-    fn drop(&mut self) {
-        for fd in [self.client, self.server] {
-            if fd >= 0 {
-                // SAFETY: our socket; the hook forgets its table entry and closes it.
-                unsafe { calls::close(fd) };
-            }
-        }
-    }
 }
 
 fn dummy_pair() -> (OwnedFd, OwnedFd) {

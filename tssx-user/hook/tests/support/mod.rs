@@ -10,6 +10,24 @@ use tssx_common::segment::{End, SegmentState, JOIN_MAPPED};
 use tssx_hook::{calls, table};
 use tssx_shm::{segment::Segment, sys::Fd};
 
+/// One swapped connection: the socket pair (client, server) with both ends in the table. Drop
+/// closes both through the hook (-1: closed already by the test).
+pub struct Pair {
+    pub client: c_int,
+    pub server: c_int,
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        for fd in [self.client, self.server] {
+            if fd >= 0 {
+                // SAFETY: our socket; the hook forgets its table entry and closes it.
+                unsafe { calls::close(fd) };
+            }
+        }
+    }
+}
+
 /// A connected Unix stream socket pair (close-on-exec, plus `flags`), not in the table.
 pub fn socketpair(flags: c_int) -> [c_int; 2] {
     let mut fds = [0; 2];
