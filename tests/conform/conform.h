@@ -233,33 +233,84 @@ HELPER int listen_on(const char *path) {
 
 /*
  * Warm-up: with CONFORM_WARMUP=N in the environment, both ends of every new connection first
- * exchange N one-byte round trips, a millisecond apart, before the scenario uses it (nothing
- * is printed, so the transcript is the same). The test driver sets it for its run on a
- * connection that has moved onto tssx's rings before the scenario starts (tssx swaps a
- * connection in flight, a few milliseconds after it is opened); without it, the scenario runs
- * on a connection that is still migrating. Works on blocking and non-blocking sockets.
+ * exchange one-byte round trips, a millisecond apart, until the connection has moved onto
+ * tssx's rings, before the scenario uses it (nothing is printed, so the transcript is the
+ * same). The test driver sets it for its run on a swapped connection; without it, the scenario
+ * runs on a connection that is still migrating (tssx swaps a connection in flight, a few
+ * milliseconds after it is opened, later on a loaded machine).
+ *
+ * "Moved" is seen from outside tssx: a new `memfd:tssx-segment` mapping in /proc/self/maps
+ * since the connection was opened (connections warm up one at a time). The client sends 'm'
+ * once it has one ('w' before); the server answers 'g' once it has one too and has seen 'm'
+ * for N rounds in a row (the rounds after the segment arrived carry each direction over), 'w'
+ * otherwise. After 5000 rounds the server says 'g' regardless: the driver then reports the
+ * connection that never swapped. Works on blocking and non-blocking sockets.
  */
 HELPER void wait_for(int fd, short events) {
     struct pollfd p = {.fd = fd, .events = events};
     while (poll(&p, 1, -1) < 0) CHECK(errno == EINTR);
 }
 
+/* Mappings of a tssx segment in this process. */
+HELPER int segments_mapped(void) {
+    int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+    CHECK(fd >= 0);
+    static const char needle[] = "memfd:tssx-segment";
+    const size_t len = sizeof needle - 1;
+    char buf[8192 + sizeof needle];
+    size_t kept = 0;
+    int found = 0;
+    for (;;) {
+        ssize_t n = read(fd, buf + kept, sizeof buf - kept - 1);
+        if (n < 0 && errno == EINTR) continue;
+        CHECK(n >= 0);
+        if (n == 0) break;
+        size_t have = kept + (size_t)n;
+        buf[have] = 0;
+        for (char *at = buf; (at = memmem(at, have - (size_t)(at - buf), needle, len)); at += len)
+            found++;
+        /* Keep a tail shorter than the needle: a match cut in two is found next time. */
+        kept = have < len - 1 ? have : len - 1;
+        memmove(buf, buf + have - kept, kept);
+    }
+    close(fd);
+    return found;
+}
+
+/* One byte through a socket that may be non-blocking. */
+HELPER void warm_byte(int fd, char *b, int reading) {
+    for (;;) {
+        wait_for(fd, reading ? POLLIN : POLLOUT);
+        ssize_t n = reading ? read(fd, b, 1) : write(fd, b, 1);
+        if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+        CHECK(n == 1);
+        return;
+    }
+}
+
 HELPER void warm_up(int fd, int server) {
     const char *env = getenv("CONFORM_WARMUP");
-    int rounds = env ? atoi(env) : 0;
-    for (int i = 0; i < rounds; i++) {
-        char b = 'w';
-        for (int step = 0; step < 2; step++) {
-            int reading = (step == 0) == server;
-            wait_for(fd, reading ? POLLIN : POLLOUT);
-            ssize_t n = reading ? read(fd, &b, 1) : write(fd, &b, 1);
-            if (n < 0 && (errno == EINTR || errno == EAGAIN)) {
-                step--;
-                continue;
-            }
-            CHECK(n == 1 && b == 'w');
+    int settle = env ? atoi(env) : 0;
+    if (settle <= 0) return;
+    int before = segments_mapped();
+    int moved_in_a_row = 0;
+    for (int round = 0;; round++) {
+        char b;
+        if (server) {
+            warm_byte(fd, &b, 1);
+            CHECK(b == 'w' || b == 'm');
+            moved_in_a_row = b == 'm' && segments_mapped() > before ? moved_in_a_row + 1 : 0;
+            b = moved_in_a_row >= settle || round >= 5000 ? 'g' : 'w';
+            warm_byte(fd, &b, 0);
+            if (b == 'g') return;
+        } else {
+            b = segments_mapped() > before ? 'm' : 'w';
+            warm_byte(fd, &b, 0);
+            warm_byte(fd, &b, 1);
+            CHECK(b == 'g' || b == 'w');
+            if (b == 'g') return;
+            usleep(1000);
         }
-        if (!server) usleep(1000);
     }
 }
 

@@ -10,11 +10,12 @@
 //! 2. hooked as it comes: the real agent watching the path (every connection claims at its
 //!    first call), `LD_PRELOAD=libtssx_preload.so` on both ends; connections start plain and
 //!    migrate while the scenario uses them. The transcript must equal the plain one.
-//! 3. swapped: the same, but every connection first exchanges ten one-byte round trips a
-//!    millisecond apart (`CONFORM_WARMUP`, see `tests/conform/conform.h`), so that the scenario
-//!    runs on the rings. The transcript must equal the plain one, the agent must have traced
-//!    `swapped` for every connection of the scenario, and the `closed` lines must account for
-//!    the scenario's payload as bytes that crossed shared memory.
+//! 3. swapped: the same, but every connection first exchanges one-byte round trips a
+//!    millisecond apart until both ends have mapped its segment, and three more
+//!    (`CONFORM_WARMUP`, see `tests/conform/conform.h`), so that the scenario runs on the
+//!    rings. The transcript must equal the plain one, the agent must have traced `swapped`
+//!    for every connection of the scenario, and the `closed` lines must account for the
+//!    scenario's payload as bytes that crossed shared memory.
 //!
 //! A mismatch is reported as a line diff (`-` plain, `+` swapped) together with the other
 //! findings, the ends' stderr and the agent's `not swapped` reasons.
@@ -33,9 +34,9 @@ use tssx_tests::{hook, poll_until, require_root, target_dir, HookedAgent, Proces
 const RUN_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long to wait for the agent's `swapped` / `closed` lines after a run.
 const TRACE_TIMEOUT: Duration = Duration::from_secs(5);
-/// One-byte round trips, a millisecond apart, that each connection of the warmed-up run
-/// exchanges before the scenario uses it: enough for it to have moved onto the rings.
-const WARMUP_ROUNDS: &str = "10";
+/// Round trips each connection of the warmed-up run exchanges after both ends have mapped its
+/// segment, before the scenario uses it: each direction then has moved onto the rings.
+const WARMUP_SETTLE_ROUNDS: &str = "3";
 
 /// One conformance scenario: a program, its two ends' arguments and what the swap must show.
 struct Scenario {
@@ -173,7 +174,7 @@ fn spawn_end(bin: &Path, role: &str, path: &str, args: &[&str], preload: Option<
     cmd.arg(role).arg(path).args(args);
     // See `warm_up` in tests/conform/conform.h.
     if warm {
-        cmd.env("CONFORM_WARMUP", WARMUP_ROUNDS);
+        cmd.env("CONFORM_WARMUP", WARMUP_SETTLE_ROUNDS);
     } else {
         cmd.env_remove("CONFORM_WARMUP");
     }
