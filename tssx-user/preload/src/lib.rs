@@ -36,6 +36,15 @@ fn guarded<R: From<i8>>(f: impl FnOnce() -> R) -> R {
     }
 }
 
+/// Debug builds only (the ones the tests load): panics inside [`guarded`], so returns -1 with
+/// `errno` EIO. `tests/panic_guard.rs` calls it to prove that the unwinder linked into the
+/// `.so` (see `build.rs`) catches a panic before it reaches C.
+#[cfg(debug_assertions)]
+#[unsafe(no_mangle)]
+pub extern "C" fn tssx_debug_selftest_panic_guard() -> c_int {
+    guarded(|| -> c_int { panic!("tssx self-test: a panic the export guard catches") })
+}
+
 /// Exports each function under its libc name, forwarding to [`tssx_hook::calls`] inside
 /// [`guarded`].
 macro_rules! interpose {
