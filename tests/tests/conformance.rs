@@ -426,6 +426,7 @@ scenarios! {
     fortify_chk_variants_fcntl64_and_overflow: "fortify", server [], client [], connections 2, shm 41;
     recvmmsg_sendmmsg_waitforone_timeout_partial_scm_rights: "mmsg", server [], client [], connections 3, shm 72;
     preadv2_pwritev2_rwf_flags_and_offsets: "rwf", server [], client [], connections 1, shm 255;
+    stdio_fdopen_dup2_stdout_and_inetd_image: "stdio", server [], client [], connections 1, shm 290;
 }
 
 /// Bytes echoed by the `echo` client with 20 connections and 10 rounds (fixed by its seeds).

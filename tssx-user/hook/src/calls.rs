@@ -28,6 +28,9 @@ use crate::{
 pub fn init() {
     sys::resolve_all();
     exec::reattach();
+    for fd in 0..=2 {
+        crate::stdio::adopt_standard_stream(fd);
+    }
 }
 
 /// After a successful connect/accept of `fd`: track it if it is a stream socket on a watched
@@ -846,6 +849,7 @@ pub unsafe fn dup2(old: c_int, new: c_int) -> c_int {
     }
     if rc >= 0 && old != new && (table::lookup(old).is_some() || table::lookup(new).is_some()) {
         table::duplicated(old, new);
+        crate::stdio::adopt_standard_stream(new);
     }
     rc
 }
@@ -859,6 +863,7 @@ pub unsafe fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
     }
     if rc >= 0 && (table::lookup(old).is_some() || table::lookup(new).is_some()) {
         table::duplicated(old, new);
+        crate::stdio::adopt_standard_stream(new);
     }
     rc
 }

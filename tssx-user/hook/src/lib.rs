@@ -23,6 +23,7 @@
 //! | [`lifecycle`], [`exec`], [`pass`] | fork/spawn refcounts; exec hand-over; `SCM_RIGHTS` hand-over |
 //! | [`poll`], [`epoll`] | readiness calls over a mix of swapped and plain fds |
 //! | [`paths`], [`claim`] | which sockets are watched; claiming a segment from the agent |
+//! | [`stdio`] | `FILE` streams over tracked sockets (glibc's stdio bypasses any preload) |
 //! | [`iov`], [`sys`] | caller buffers, checked as the kernel checks them (EFAULT/EINVAL, never a crash); every system call the hook makes |
 //!
 //! Covered on swapped fds: read, write, readv, writev, recv, send, recvfrom, sendto, recvmsg,
@@ -55,6 +56,7 @@ pub mod paths;
 pub mod phase;
 pub mod poll;
 pub mod spin;
+pub mod stdio;
 pub mod stream;
 pub mod sys;
 pub mod table;

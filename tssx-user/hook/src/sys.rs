@@ -129,6 +129,7 @@ real_fns! {
     preadv64v2: fn(fd: c_int, iov: *const iovec, cnt: c_int, offset: libc::off64_t, flags: c_int) -> ssize_t;
     pwritev2: fn(fd: c_int, iov: *const iovec, cnt: c_int, offset: libc::off_t, flags: c_int) -> ssize_t;
     pwritev64v2: fn(fd: c_int, iov: *const iovec, cnt: c_int, offset: libc::off64_t, flags: c_int) -> ssize_t;
+    fdopen: fn(fd: c_int, mode: *const libc::c_char) -> *mut libc::FILE;
 }
 
 unsafe extern "C" {

@@ -45,6 +45,20 @@ pub extern "C" fn tssx_debug_selftest_panic_guard() -> c_int {
     guarded(|| -> c_int { panic!("tssx self-test: a panic the export guard catches") })
 }
 
+/// libc's `fdopen` (a pointer result: [`guarded`]'s -1 does not fit, so a caught panic gives
+/// null with `errno` EIO).
+///
+/// # Safety
+/// As the libc function.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fdopen(fd: c_int, mode: *const c_char) -> *mut libc::FILE {
+    // SAFETY: the caller's arguments, forwarded unchanged; same contract.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unsafe { tssx_hook::stdio::fdopen(fd, mode) })).unwrap_or_else(|_| {
+        tssx_hook::sys::set_errno(libc::EIO);
+        std::ptr::null_mut()
+    })
+}
+
 /// Exports each function under its libc name, forwarding to [`tssx_hook::calls`] inside
 /// [`guarded`].
 macro_rules! interpose {
