@@ -417,7 +417,7 @@ mod tests {
         bad[12] = 5; // the retired `Declined`
         assert_eq!(Reply::decode(&bad), Err(DecodeError::Field));
         let mut bad = Reply::plain(PlainReason::NotSeen).encode();
-        bad[12] = 8; // the first reason after the last known one
+        bad[12] = 9; // the first reason after the last known one
         assert_eq!(Reply::decode(&bad), Err(DecodeError::Field));
     }
 
