@@ -43,6 +43,7 @@
 
 pub mod calls;
 pub mod claim;
+pub mod closing;
 pub mod conn;
 pub mod epoll;
 pub mod exec;
@@ -57,5 +58,7 @@ pub mod poll;
 pub mod spin;
 pub mod stream;
 pub mod sys;
+#[cfg(target_arch = "x86_64")]
+pub mod syscall;
 pub mod table;
 pub mod wait;
