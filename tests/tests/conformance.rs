@@ -425,6 +425,9 @@ scenarios! {
     random_interleaving_stress: "stress", server ["8388608", "42"], client ["8388608", "42"], connections 1, shm 2 * 8_388_608;
     fortify_chk_variants_fcntl64_and_overflow: "fortify", server [], client [], connections 2, shm 41;
     recvmmsg_sendmmsg_waitforone_timeout_partial_scm_rights: "mmsg", server [], client [], connections 3, shm 72;
+    close_range_and_closefrom_with_fd_reuse: "closing", server ["range"], client ["range"], connections 6, shm 25;
+    close_range_cloexec_then_exec: "closing", server ["cloexec"], client ["cloexec"], connections 2, shm 40;
+    syscall_mixed_with_libc_calls: "rawsys", server [], client [], connections 1, shm 23;
 }
 
 /// Bytes echoed by the `echo` client with 20 connections and 10 rounds (fixed by its seeds).

@@ -1,0 +1,156 @@
+/*
+ * close_range and closefrom on connected sockets, with the numbers reused afterwards.
+ *
+ *   closing server PATH range   / closing client PATH range
+ *   closing server PATH cloexec / closing client PATH cloexec
+ *                                 (the client's child runs this program as: closing image G H)
+ *
+ * range: close_range on one socket, then on two at once, then closefrom above a connection
+ * that must keep working. After each, a pipe or socketpair that gets one of the closed
+ * numbers must carry its own bytes (none reach the old peer), and each peer reads what was
+ * sent before the close, then EOF.
+ *
+ * cloexec: close_range(CLOSE_RANGE_CLOEXEC) on one of two connections, then fork and exec: the
+ * new image does not have that socket, uses the other one; the first one's peer reads what the
+ * parent sent before and after the exec, then EOF once the parent closes it.
+ */
+#include "conform.h"
+
+/* Opens pipes (or socketpairs) until one end gets fd number `num`, keeping the others open
+ * meanwhile; sends bytes through that number (or into the pipe that number reads) and prints
+ * what arrived at the other end. */
+static void reuse_check(const char *what, int num, int sockets) {
+    int held[256], nheld = 0, found = 0;
+    for (int i = 0; i < 100 && !found; i++) {
+        int p[2];
+        CHECK((sockets ? socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, p) : pipe2(p, O_CLOEXEC)) == 0);
+        if (p[0] != num && p[1] != num) {
+            held[nheld++] = p[0];
+            held[nheld++] = p[1];
+            continue;
+        }
+        found = 1;
+        int other = p[0] == num ? p[1] : p[0];
+        /* A pipe is written at p[1]; a socketpair through the reused number. */
+        int from = sockets ? num : p[1], to = sockets ? other : p[0];
+        char buf[16];
+        write_full(from, "own-bytes", 9);
+        size_t got = read_full(to, buf, 9);
+        say("a %s that got the socket's old number carries its own bytes: %s", what, quoted(buf, (long)got));
+        CHECK(close(p[0]) == 0 && close(p[1]) == 0);
+    }
+    for (int i = 0; i < nheld; i++) CHECK(close(held[i]) == 0);
+    if (!found) die("no %s got fd %d", what, num);
+}
+
+/* Reads exactly strlen(s) bytes, prints them, then prints what the next read returns. */
+static void read_then_eof(const char *who, int fd, size_t n) {
+    char buf[64];
+    CHECK(n < sizeof buf);
+    size_t got = read_full(fd, buf, n);
+    say("%s: read %s", who, quoted(buf, (long)got));
+    SHOW_DATA("  then", buf, read(fd, buf, sizeof buf));
+}
+
+static void range_server(const char *path) {
+    int lfd = listen_on(path);
+    int c1 = accept_one(lfd);
+    read_then_eof("1", c1, 3);
+    int c2 = accept_one(lfd), c3 = accept_one(lfd);
+    read_then_eof("2", c2, 3);
+    read_then_eof("3", c3, 5);
+    int c4 = accept_one(lfd), c5 = accept_one(lfd), c6 = accept_one(lfd);
+    read_then_eof("5", c5, 4);
+    read_then_eof("6", c6, 4);
+    expect_str(c4, "six");
+    write_str(c4, "ack");
+    read_then_eof("4", c4, 0);
+    CHECK(close(c1) == 0 && close(c2) == 0 && close(c3) == 0 && close(c4) == 0 && close(c5) == 0 && close(c6) == 0);
+}
+
+static void range_client(const char *path) {
+    int a = connect_to(path);
+    write_str(a, "one");
+    SHOW("close_range(first socket)", close_range(a, a, 0));
+    SHOW("F_GETFD on its number", fcntl(a, F_GETFD));
+    reuse_check("pipe", a, 0);
+
+    int b = connect_to(path), c = connect_to(path);
+    write_str(b, "two");
+    write_str(c, "three");
+    SHOW("close_range(over two sockets)", close_range(b < c ? b : c, b < c ? c : b, 0));
+    reuse_check("socketpair", c, 1);
+
+    int f = connect_to(path), d = connect_to(path), e = connect_to(path);
+    int d2 = fcntl(d, F_DUPFD, d + 100);
+    CHECK(d2 > d);
+    int low = d < e ? d : e;
+    CHECK(f < low);
+    write_str(d, "four");
+    write_str(e, "five");
+    errno = 0;
+    closefrom(low);
+    say("closefrom(above the fourth connection), errno %s", errname(errno));
+    SHOW("F_GETFD on a closed copy", fcntl(d2, F_GETFD));
+    /* (At once: a library, the hook included, may take a free number for itself later.) */
+    reuse_check("pipe", e, 0);
+    write_str(f, "six");
+    expect_str(f, "ack");
+    say("the connection below closefrom's start still works");
+    SHOW("close it", close(f));
+}
+
+static void image(int g, int h) {
+    SHOW("image: F_GETFD on the close-on-exec socket", fcntl(g, F_GETFD));
+    write_str(h, "from-image");
+    expect_str(h, "ack-image");
+    say("image: the inherited socket works");
+    SHOW("image: close it", close(h));
+}
+
+static void cloexec_server(const char *path) {
+    int lfd = listen_on(path);
+    int c1 = accept_one(lfd), c2 = accept_one(lfd);
+    expect_str(c2, "from-image");
+    write_str(c2, "ack-image");
+    read_then_eof("1", c1, 21);
+    read_then_eof("2", c2, 0);
+    CHECK(close(c1) == 0 && close(c2) == 0);
+}
+
+static void cloexec_client(const char *path) {
+    int g = connect_to(path), h = connect_to(path);
+    SHOW("close_range(first socket, CLOSE_RANGE_CLOEXEC)", close_range(g, g, CLOSE_RANGE_CLOEXEC));
+    SHOW("F_GETFD on it", fcntl(g, F_GETFD));
+    SHOW("F_GETFD on the other", fcntl(h, F_GETFD));
+    write_str(g, "before-exec");
+    pid_t child = fork();
+    CHECK(child >= 0);
+    if (child == 0) {
+        char gs[16], hs[16];
+        snprintf(gs, sizeof gs, "%d", g);
+        snprintf(hs, sizeof hs, "%d", h);
+        execl("/proc/self/exe", "closing", "image", gs, hs, (char *)NULL);
+        die("execl: %s", errname(errno));
+    }
+    int st = wait_child(child);
+    say("child %s", statusstr(st));
+    write_str(g, "after-exec");
+    SHOW("close the close-on-exec socket", close(g));
+    SHOW("close the other", close(h));
+}
+
+int main(int argc, char **argv) {
+    signal(SIGPIPE, SIG_IGN);
+    if (argc == 4 && !strcmp(argv[1], "image")) {
+        image(atoi(argv[2]), atoi(argv[3]));
+        return 0;
+    }
+    const char *path;
+    int server = parse_role(argc, argv, &path);
+    if (argc != 4) die("usage: closing server|client PATH range|cloexec");
+    if (!strcmp(argv[3], "range")) server ? range_server(path) : range_client(path);
+    else if (!strcmp(argv[3], "cloexec")) server ? cloexec_server(path) : cloexec_client(path);
+    else die("unknown part %s", argv[3]);
+    return 0;
+}
