@@ -13,6 +13,11 @@
  * cloexec: close_range(CLOSE_RANGE_CLOEXEC) on one of two connections, then fork and exec: the
  * new image does not have that socket, uses the other one; the first one's peer reads what the
  * parent sent before and after the exec, then EOF once the parent closes it.
+ *
+ * closeloop: a daemon's close loop over every number but its socket's (fds it never opened:
+ * nothing to close), then a pipe, a fork and exec that hands the socket to the new image, and
+ * the pipe still works after the socket is closed.
+ *                                 (the client's child runs this program as: closing image1 F)
  */
 #include "conform.h"
 
@@ -140,17 +145,71 @@ static void cloexec_client(const char *path) {
     SHOW("close the other", close(h));
 }
 
+static void loop_image(int f) {
+    write_str(f, "from-image");
+    expect_str(f, "ack");
+    say("image: the inherited socket works");
+    SHOW("image: close it", close(f));
+}
+
+static void closeloop_server(const char *path) {
+    int lfd = listen_on(path);
+    int c = accept_one(lfd);
+    expect_str(c, "after-loop");
+    say("read after-loop");
+    expect_str(c, "from-image");
+    say("read from-image");
+    write_str(c, "ack");
+    read_then_eof("1", c, 0);
+    CHECK(close(c) == 0);
+}
+
+static void closeloop_client(const char *path) {
+    /* (Fds inherited from whoever started the test are left alone.) */
+    static char inherited[1024];
+    for (int fd = 3; fd < 1024; fd++) inherited[fd] = fcntl(fd, F_GETFD) >= 0;
+    int f = connect_to(path);
+    int closed = 0;
+    for (int fd = 3; fd < 1024; fd++)
+        if (fd != f && !inherited[fd] && close(fd) == 0) closed++;
+    say("a close loop over every number the program never opened closed %d fds", closed);
+    int p[2];
+    CHECK(pipe(p) == 0);
+    write_str(f, "after-loop");
+    pid_t child = fork();
+    CHECK(child >= 0);
+    if (child == 0) {
+        CHECK(close(p[0]) == 0 && close(p[1]) == 0);
+        char fs[16];
+        snprintf(fs, sizeof fs, "%d", f);
+        execl("/proc/self/exe", "closing", "image1", fs, (char *)NULL);
+        die("execl: %s", errname(errno));
+    }
+    int st = wait_child(child);
+    say("child %s", statusstr(st));
+    SHOW("close the socket", close(f));
+    char buf[8];
+    SHOW("write to the pipe", write(p[1], "pipe", 4));
+    SHOW_DATA("read from the pipe", buf, read(p[0], buf, sizeof buf));
+    CHECK(close(p[0]) == 0 && close(p[1]) == 0);
+}
+
 int main(int argc, char **argv) {
     signal(SIGPIPE, SIG_IGN);
     if (argc == 4 && !strcmp(argv[1], "image")) {
         image(atoi(argv[2]), atoi(argv[3]));
         return 0;
     }
+    if (argc == 3 && !strcmp(argv[1], "image1")) {
+        loop_image(atoi(argv[2]));
+        return 0;
+    }
     const char *path;
     int server = parse_role(argc, argv, &path);
-    if (argc != 4) die("usage: closing server|client PATH range|cloexec");
+    if (argc != 4) die("usage: closing server|client PATH range|cloexec|closeloop");
     if (!strcmp(argv[3], "range")) server ? range_server(path) : range_client(path);
     else if (!strcmp(argv[3], "cloexec")) server ? cloexec_server(path) : cloexec_client(path);
+    else if (!strcmp(argv[3], "closeloop")) server ? closeloop_server(path) : closeloop_client(path);
     else die("unknown part %s", argv[3]);
     return 0;
 }

@@ -427,6 +427,7 @@ scenarios! {
     recvmmsg_sendmmsg_waitforone_timeout_partial_scm_rights: "mmsg", server [], client [], connections 3, shm 72;
     close_range_and_closefrom_with_fd_reuse: "closing", server ["range"], client ["range"], connections 6, shm 25;
     close_range_cloexec_then_exec: "closing", server ["cloexec"], client ["cloexec"], connections 2, shm 40;
+    close_loop_over_numbers_never_opened_then_exec: "closing", server ["closeloop"], client ["closeloop"], connections 1, shm 23;
     syscall_mixed_with_libc_calls: "rawsys", server [], client [], connections 1, shm 23;
 }
 

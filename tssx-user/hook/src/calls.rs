@@ -710,8 +710,13 @@ pub(crate) fn forget_fd(fd: c_int) {
     }
 }
 
-/// libc's `close`.
+/// libc's `close`. The hook's own fds (see [`crate::own`]) are not the application's to close:
+/// EBADF, as for a number nothing is open on.
 pub unsafe fn close(fd: c_int) -> c_int {
+    if crate::own::is_own(fd) {
+        sys::set_errno(libc::EBADF);
+        return -1;
+    }
     forget_fd(fd);
     // SAFETY: forwarded as received.
     unsafe { sys::close(fd) }

@@ -1,14 +1,14 @@
 //! `close_range` and `closefrom`: many fds closed in one call.
 //!
 //! Every fd of the range that the hook keeps something for is closed in the hook exactly as
-//! `close` does ([`calls::forget_fd`]: the peer is told when the last copy of a connection
+//! `close` does (`calls::forget_fd`: the peer is told when the last copy of a connection
 //! goes, while the fd is still open; epoll sets, listener kinds and unconnected-socket bits are
 //! forgotten), then the real call closes the range. Without this, the table would keep the
 //! connection under the fd number, and a pipe or socket that later gets the number would send
 //! its bytes to the old peer.
 //!
-//! The hook's own fds (a connection's segment memfd, a claim's control socket) may lie inside
-//! the range: the real call is split around them, so that a connection that survives (its
+//! The hook's own fds (a connection's segment memfd, a claim's control socket: see
+//! [`crate::own`]) may lie inside the range: the real call is split around them, so that a connection that survives (its
 //! socket below the range, e.g. dup'ed onto 0 and 1 before an exec) keeps its memfd for the
 //! exec hand-over, and no fd the hook closes later has been closed (and perhaps reused) behind
 //! its back. The fds of the connections the range closed are closed by the hook itself, with
@@ -33,7 +33,7 @@ use libc::{c_int, c_uint};
 
 use crate::{
     calls::forget_fd,
-    epoll,
+    epoll, own,
     sys::{self, Errno},
     table,
 };
@@ -55,7 +55,7 @@ pub fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int {
         raw_close_range(first, last, flags)
     } else {
         forget_range(first, last);
-        gaps(first, last, &own_fds(first, last)).try_for_each(|(from, to)| raw_close_range(from, to, flags))
+        gaps(first, last, &own::in_range(first, last)).try_for_each(|(from, to)| raw_close_range(from, to, flags))
     };
     match result {
         Ok(()) => 0,
@@ -73,7 +73,7 @@ pub fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int {
 pub fn closefrom(low: c_int) {
     let first = low.max(0) as c_uint;
     forget_range(first, c_uint::MAX);
-    let own = own_fds(first, c_uint::MAX);
+    let own = own::in_range(first, c_uint::MAX);
     for (from, to) in gaps(first, c_uint::MAX, &own) {
         if to != c_uint::MAX {
             if raw_close_range(from, to, 0) == Err(Errno(libc::ENOSYS)) {
@@ -110,26 +110,6 @@ fn forget_range(first: c_uint, last: c_uint) {
             forget_fd(fd);
         }
     }
-}
-
-/// The hook's own fds (segment memfds, claim control sockets) in `first..=last`, sorted.
-fn own_fds(first: c_uint, last: c_uint) -> Vec<c_uint> {
-    let mut own: Vec<c_int> = Vec::new();
-    if !table::any_live() {
-        return Vec::new();
-    }
-    for fd in 0..table::state_limit() {
-        let Some(conn) = table::lookup(fd as c_int) else { continue };
-        own.extend(conn.memfd_raw());
-        // (A poisoned lock still holds the fd.)
-        let claim = conn.claim.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        own.extend(claim.control.as_ref().map(|c| c.raw()));
-    }
-    let mut own: Vec<c_uint> =
-        own.into_iter().filter_map(|fd| c_uint::try_from(fd).ok()).filter(|fd| (first..=last).contains(fd)).collect();
-    own.sort_unstable();
-    own.dedup();
-    own
 }
 
 /// The sub-ranges of `first..=last` (non-empty, in order) that leave out `skip` (sorted, each

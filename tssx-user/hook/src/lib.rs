@@ -24,6 +24,8 @@
 //! | [`poll`], [`epoll`] | readiness calls over a mix of swapped and plain fds |
 //! | [`paths`], [`claim`] | which sockets are watched; claiming a segment from the agent |
 //! | [`iov`], [`sys`] | caller buffers, checked as the kernel checks them (EFAULT/EINVAL, never a crash); every system call the hook makes |
+//! | [`own`] | the hook's own fds (segment memfds, claim sockets): never closed by the application's `close`, left out of `close_range`/`closefrom` |
+//! | [`closing`], `syscall` | `close_range`/`closefrom` (each tracked fd of the range closed as `close` does; the hook's own fds kept); `syscall()` for the socket-related numbers (x86-64) |
 //!
 //! Covered on swapped fds: read, write, readv, writev, recv, send, recvfrom, sendto, recvmsg,
 //! sendmsg (MSG_PEEK, MSG_DONTWAIT, MSG_WAITALL, MSG_NOSIGNAL), recvmmsg and sendmmsg (each
@@ -35,7 +37,13 @@
 //! close, dup/dup2/dup3/F_DUPFD*, poll, ppoll, select, pselect, epoll_ctl, epoll_wait,
 //! epoll_pwait, epoll_pwait2, fork (both processes keep the connection) and the exec family
 //! (execve, execv, execvp, execvpe, fexecve, execl, execlp, execle, posix_spawn, posix_spawnp:
-//! the new image re-attaches the segment). Ancillary data (sendmsg, or a sendmmsg message, with
+//! the new image re-attaches the segment), close_range (CLOSE_RANGE_CLOEXEC and
+//! CLOSE_RANGE_UNSHARE too) and closefrom (every tracked fd of the range closed as `close`
+//! does), and `syscall()` with a socket-related number on a tracked fd (read, write, readv,
+//! writev, recvfrom, sendto, recvmsg, sendmsg, recvmmsg, sendmmsg, shutdown, close,
+//! close_range, dup, dup2, dup3, fcntl, ioctl, poll, ppoll, select, pselect6, epoll_ctl,
+//! epoll_wait, epoll_pwait, epoll_pwait2, splice, sendfile, socket, connect, accept, accept4:
+//! the libc call of the same name, with the system call's argument rules). Ancillary data (sendmsg, or a sendmmsg message, with
 //! a control message on a swapped fd) hands the connection back to the kernel first.
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -51,6 +59,7 @@ pub mod handback;
 pub mod iov;
 pub mod lifecycle;
 pub mod migrate;
+pub mod own;
 pub mod pass;
 pub mod paths;
 pub mod phase;

@@ -204,6 +204,24 @@ fn closefrom_closes_tracked_fds_and_keeps_the_hooks_own() {
     assert!(!is_open(memfd));
 }
 
+/// A close loop over numbers the application never opened (a daemon's `for (fd = 3; fd <
+/// 1024; fd++) close(fd)`) does not close the hook's memfd behind its back: EBADF, as for a
+/// free number, and the memfd stays the connection's until the connection closes it.
+#[test]
+fn close_of_the_hooks_own_fd_is_ebadf_and_closes_nothing() {
+    let _one = one_at_a_time();
+    let [client, server] = swapped_pair_at(4500, 4501, Some(4550));
+    let memfd = memfd_of(client);
+    // SAFETY: a number this "application" never opened.
+    assert_eq!(unsafe { calls::close(memfd) }, -1);
+    assert_eq!(errno(), libc::EBADF);
+    assert!(is_open(memfd));
+    assert!(tssx_hook::own::is_own(memfd));
+    close_all(&[client, server]);
+    assert!(!is_open(memfd), "closed with its connection");
+    assert!(!tssx_hook::own::is_own(memfd));
+}
+
 #[cfg(target_arch = "x86_64")]
 mod raw_syscalls {
     use libc::{c_long, SYS_close, SYS_getpid, SYS_ppoll, SYS_read, SYS_readv, SYS_recvfrom, SYS_sendto, SYS_write};
