@@ -223,6 +223,10 @@ fn copy_in<T: Copy>(src: *const T) -> Option<Result<T, c_int>> {
     Some(match rc {
         // SAFETY: all `len` bytes were written; `T` is plain data (a timespec or two words).
         Ok(n) if n == len => Ok(unsafe { value.assume_init() }),
+        // The call itself refused (a seccomp filter, no such call): the plain range check.
+        // SAFETY: a range that passes it is the caller's readable memory, per the call's
+        // contract; read unaligned, as the kernel may.
+        Err(e) if e.0 != libc::EFAULT && crate::iov::value_ok(src) => Ok(unsafe { src.read_unaligned() }),
         _ => Err(libc::EFAULT),
     })
 }
@@ -234,7 +238,12 @@ fn copy_out<T: Copy>(dst: *mut T, value: &T) {
     let local = libc::iovec { iov_base: (value as *const T).cast_mut().cast(), iov_len: len };
     let remote = libc::iovec { iov_base: dst.cast(), iov_len: len };
     // SAFETY: the kernel writes into the caller's memory (EFAULT if it cannot) from our value.
-    let _ = unsafe { process_vm(libc::SYS_process_vm_writev, &local, &remote) };
+    let rc = unsafe { process_vm(libc::SYS_process_vm_writev, &local, &remote) };
+    if rc.is_err_and(|e| e.0 != libc::EFAULT) && crate::iov::value_ok(dst) {
+        // As in `copy_in`: the call refused, the range check passed.
+        // SAFETY: the caller's timespec, which the call's contract lets the kernel write.
+        unsafe { dst.write_unaligned(*value) };
+    }
 }
 
 /// One `process_vm_readv`/`process_vm_writev` of this process.
