@@ -11,7 +11,9 @@
  */
 #include "conform.h"
 
+#include <sys/epoll.h>
 #include <sys/ioctl.h>
+#include <sys/select.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 
@@ -45,6 +47,33 @@ static void server(const char *path) {
     struct pollfd p = {.fd = c, .events = POLLIN | POLLOUT};
     RAW("syscall poll", SYS_poll, &p, 1, 0);
     say("  revents %s", pollstr(p.revents));
+    struct timespec zero = {0, 0}, five = {5, 0};
+    sigset_t mask;
+    sigemptyset(&mask);
+    p.revents = 0;
+    RAW("syscall ppoll", SYS_ppoll, &p, 1, &zero, NULL, 8);
+    say("  revents %s", pollstr(p.revents));
+    RAW("syscall ppoll with a 4-byte signal set", SYS_ppoll, &p, 1, &zero, &mask, 4);
+    RAW("syscall ppoll 5 s with a mask", SYS_ppoll, &p, 1, &five, &mask, 8);
+    say("  time left written back, between 4 and 5 s: %s", five.tv_sec == 4 && five.tv_nsec > 0 ? "yes" : "no");
+    fd_set r;
+    FD_ZERO(&r);
+    FD_SET(c, &r);
+    RAW("syscall pselect6", SYS_pselect6, c + 1, &r, NULL, NULL, &zero, NULL);
+    say("  readable: %s", FD_ISSET(c, &r) ? "yes" : "no");
+    struct timeval tv = {0, 0};
+    FD_SET(c, &r);
+    RAW("syscall select", SYS_select, c + 1, &r, NULL, NULL, &tv);
+    int ep = epoll_create1(EPOLL_CLOEXEC);
+    CHECK(ep >= 0);
+    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = 7}, evs[4];
+    RAW("syscall epoll_ctl ADD", SYS_epoll_ctl, ep, EPOLL_CTL_ADD, c, &ev);
+    memset(evs, 0, sizeof evs);
+    RAW("syscall epoll_wait", SYS_epoll_wait, ep, evs, 4, 0);
+    say("  events 0x%x data %llu", evs[0].events, (unsigned long long)evs[0].data.u64);
+    RAW("syscall epoll_pwait", SYS_epoll_pwait, ep, evs, 4, 0, &mask, 8);
+    RAW("syscall epoll_pwait with a 4-byte signal set", SYS_epoll_pwait, ep, evs, 4, 0, &mask, 4);
+    CHECK(close(ep) == 0);
     RAW("syscall fcntl F_SETFL O_NONBLOCK", SYS_fcntl, c, F_SETFL, O_NONBLOCK);
     say("  F_GETFL says O_NONBLOCK: %s", fcntl(c, F_GETFL) & O_NONBLOCK ? "yes" : "no");
     long d = RAW("syscall fcntl F_DUPFD 200", SYS_fcntl, c, F_DUPFD, 200);
