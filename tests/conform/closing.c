@@ -5,8 +5,8 @@
  *   closing server PATH cloexec / closing client PATH cloexec
  *                                 (the client's child runs this program as: closing image G H)
  *
- * range: close_range on one socket, then on two at once, then closefrom above a connection
- * that must keep working. After each, a pipe or socketpair that gets one of the closed
+ * range: close_range on one socket, then on two at once (CLOSE_RANGE_UNSHARE), then closefrom(3)
+ * after moving a connection onto fd 0 (the inetd pattern), which must keep working. After each, a pipe or socketpair that gets one of the closed
  * numbers must carry its own bytes (none reach the old peer), and each peer reads what was
  * sent before the close, then EOF.
  *
@@ -83,26 +83,33 @@ static void range_client(const char *path) {
     int b = connect_to(path), c = connect_to(path);
     write_str(b, "two");
     write_str(c, "three");
-    SHOW("close_range(over two sockets)", close_range(b < c ? b : c, b < c ? c : b, 0));
+    SHOW("close_range(over two sockets, CLOSE_RANGE_UNSHARE)", close_range(b < c ? b : c, b < c ? c : b, CLOSE_RANGE_UNSHARE));
     reuse_check("socketpair", c, 1);
 
+    /* The inetd pattern: the fourth connection moves onto fd 0, then closefrom(3). */
     int f = connect_to(path), d = connect_to(path), e = connect_to(path);
     int d2 = fcntl(d, F_DUPFD, d + 100);
     CHECK(d2 > d);
-    int low = d < e ? d : e;
-    CHECK(f < low);
     write_str(d, "four");
     write_str(e, "five");
+    SHOW("dup2 the fourth connection onto fd 0", dup2(f, 0));
+    SHOW("close its first number", close(f));
     errno = 0;
-    closefrom(low);
-    say("closefrom(above the fourth connection), errno %s", errname(errno));
+    closefrom(3);
+    say("closefrom(3), errno %s", errname(errno));
     SHOW("F_GETFD on a closed copy", fcntl(d2, F_GETFD));
     /* (At once: a library, the hook included, may take a free number for itself later.) */
     reuse_check("pipe", e, 0);
-    write_str(f, "six");
-    expect_str(f, "ack");
-    say("the connection below closefrom's start still works");
-    SHOW("close it", close(f));
+    int keep[2];
+    CHECK(pipe(keep) == 0);
+    write_str(0, "six");
+    expect_str(0, "ack");
+    say("the connection on fd 0 still works");
+    SHOW("close it", close(0));
+    char buf[8];
+    SHOW("a pipe opened before that close: write", write(keep[1], "kept", 4));
+    SHOW_DATA("  read", buf, read(keep[0], buf, sizeof buf));
+    CHECK(close(keep[0]) == 0 && close(keep[1]) == 0);
 }
 
 static void image(int g, int h) {
