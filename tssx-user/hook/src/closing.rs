@@ -8,11 +8,11 @@
 //! its bytes to the old peer.
 //!
 //! The hook's own fds (a connection's segment memfd, a claim's control socket: see
-//! [`crate::own`]) may lie inside the range: the real call is split around them, so that a connection that survives (its
-//! socket below the range, e.g. dup'ed onto 0 and 1 before an exec) keeps its memfd for the
-//! exec hand-over, and no fd the hook closes later has been closed (and perhaps reused) behind
-//! its back. The fds of the connections the range closed are closed by the hook itself, with
-//! the connection.
+//! [`crate::own`]) may lie inside the range: the real call is split around them, so that a
+//! connection that survives (its socket below the range, e.g. dup'ed onto 0 and 1 before an
+//! exec: the inetd pattern) keeps its memfd for the exec hand-over, and no fd the hook closes
+//! later has been closed (and perhaps reused) behind its back. The fds of the connections the
+//! range closed are closed by the hook itself, with the connection.
 //!
 //! `CLOSE_RANGE_CLOEXEC` closes nothing: the real call marks the fds close-on-exec, and that is
 //! all `fcntl(F_SETFD, FD_CLOEXEC)` does in the hook too (the exec hand-over reads each fd's
@@ -23,9 +23,12 @@
 //! the process's, so the range is forgotten for every thread (the flag's use is a process
 //! about to exec, whose other threads do not survive the exec).
 //!
-//! Limit: a hook fd created in the range by another thread while the range is being closed (a
-//! claim sent meanwhile) is closed by the kernel; closing fds while other threads open fds is
-//! racy for the application's own fds too.
+//! Limits: a hook fd created in the range by another thread while the range is being closed (a
+//! claim sent meanwhile) is closed by the kernel, and its number stays marked as the hook's
+//! until the claim ends (closing fds while other threads open fds is racy for the
+//! application's own fds too); on a kernel without `close_range` (before 5.9) the call fails
+//! with ENOSYS as glibc's does, after the hook has forgotten the range (the application's
+//! fallback, one `close` per fd, then closes them for real).
 
 use std::sync::atomic::AtomicUsize;
 

@@ -18,6 +18,14 @@
 //! FIONREAD, TIOCOUTQ, FIONBIO). Arguments the kernel takes as `int` are truncated to 32 bits
 //! as the kernel does (a variadic caller may leave the upper half of the register undefined).
 //!
+//! `connect`, `accept`, `accept4` and `socket(AF_UNIX, ...)` always go through the hook (that is
+//! how a connection starts being tracked); `close`, `dup2` and `dup3` whenever the hook keeps
+//! anything for one of the fds; `poll`, `ppoll`, `select` and `pselect6` while this process
+//! tracks any connection; the epoll calls for an instance with swapped interests.
+//!
+//! Not reproduced: a call served by the hook goes through libc's function, so where that is a
+//! thread-cancellation point (`read`, `write`, `close`, ...), `syscall()` is one too.
+//!
 //! The hook's own system calls never come here: they are made with the `syscall` instruction
 //! ([`tssx_shm::sys`]) or through libc's functions ([`crate::sys`]), and the standard library's
 //! references to `syscall` inside the `.so` are routed to [`raw`] (`--wrap=syscall`).
