@@ -240,6 +240,33 @@ mod raw_syscalls {
         wants(nr, [fd as c_long, 0, 0, 0, 0])
     }
 
+    /// Which calls go through the hook: the socket-related numbers on fds it keeps something
+    /// for, and for `fcntl`/`ioctl` only the commands it handles; everything else to libc.
+    #[test]
+    fn the_hook_takes_only_what_it_serves() {
+        let _one = one_at_a_time();
+        let [client, server] = swapped_pair_at(4600, 4601, None);
+        let fd = client as c_long;
+        let memfd = memfd_of(client) as c_long;
+        assert!(wants(libc::SYS_fcntl, [fd, libc::F_SETFL as c_long, 0, 0, 0]));
+        assert!(wants(libc::SYS_fcntl, [fd, libc::F_DUPFD_CLOEXEC as c_long, 0, 0, 0]));
+        assert!(!wants(libc::SYS_fcntl, [fd, libc::F_GETFL as c_long, 0, 0, 0]));
+        assert!(wants(libc::SYS_ioctl, [fd, libc::FIONREAD as c_long, 0, 0, 0]));
+        assert!(!wants(libc::SYS_ioctl, [fd, libc::TCGETS as c_long, 0, 0, 0]));
+        assert!(wants(libc::SYS_socket, [libc::AF_UNIX as c_long, libc::SOCK_STREAM as c_long, 0, 0, 0]));
+        assert!(!wants(libc::SYS_socket, [libc::AF_INET as c_long, libc::SOCK_STREAM as c_long, 0, 0, 0]));
+        assert!(wants(libc::SYS_splice, [4700, 0, fd, 0, 0]), "a tracked fd on either side");
+        assert!(wants(libc::SYS_dup2, [4700, fd, 0, 0, 0]), "dup2 over a tracked fd");
+        assert!(!wants(libc::SYS_dup2, [4700, 4701, 0, 0, 0]));
+        assert!(wants(SYS_close, [memfd, 0, 0, 0, 0]), "the hook refuses to close its own fd");
+        assert!(!wants(libc::SYS_futex, [fd, 0, 0, 0, 0]) && !wants(libc::SYS_fstat, [fd, 0, 0, 0, 0]));
+        // The hook's own fd is EBADF through syscall() too.
+        assert_eq!(sys(SYS_close, &[memfd]), -1);
+        assert_eq!(errno(), libc::EBADF);
+        assert!(is_open(memfd as c_int));
+        close_all(&[client, server]);
+    }
+
     /// Before: a raw `write` put the bytes on the socket behind the ring (read out of order, or
     /// never), and a raw `read` returned doorbell bytes.
     #[test]
