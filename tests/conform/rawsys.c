@@ -26,7 +26,7 @@ static void server(const char *path) {
     int c = accept_one(lfd);
     char buf[64];
 
-    /* The client sends "ABCDEFGH" through eight different calls. */
+    /* The client sends "ABCDEFGHI" through nine different calls. */
     SHOW_DATA("read 1", buf, read(c, buf, 1));
     RAW_DATA("syscall read 1", buf, SYS_read, c, buf, 1);
     RAW_DATA("syscall recvfrom 2 MSG_WAITALL", buf, SYS_recvfrom, c, buf, 2, MSG_WAITALL, NULL, NULL);
@@ -36,6 +36,8 @@ static void server(const char *path) {
     RAW_DATA("syscall recvmsg 2 MSG_WAITALL", buf, SYS_recvmsg, c, &msg, MSG_WAITALL);
     struct iovec one = {buf, 1};
     RAW_DATA("syscall readv 1", buf, SYS_readv, c, &one, 1);
+    RAW_DATA("syscall preadv2 1 at offset -1", buf, SYS_preadv2, c, &one, 1, -1L, 0L, 0);
+    RAW_DATA("syscall preadv2 1 at offset 0", buf, SYS_preadv2, c, &one, 1, 0L, 0L, 0);
     RAW_DATA("syscall recvfrom MSG_DONTWAIT (empty)", buf, SYS_recvfrom, c, buf, sizeof buf, MSG_DONTWAIT, NULL, NULL);
     send_byte(c, 'r'); /* all read */
 
@@ -107,6 +109,8 @@ static void client(const char *path) {
     struct msghdr msg = {.msg_iov = &g, .msg_iovlen = 1};
     RAW("syscall sendmsg G", SYS_sendmsg, fd, &msg, 0);
     SHOW("write H", write(fd, "H", 1));
+    struct iovec i = {"I", 1};
+    RAW("syscall pwritev2 I at offset -1", SYS_pwritev2, fd, &i, 1, -1L, 0L, 0);
     RAW("syscall sendto with an address", SYS_sendto, fd, "x", 1, 0, &(struct sockaddr_un){.sun_family = AF_UNIX}, sizeof(struct sockaddr_un));
     expect_byte(fd, 'r');
 

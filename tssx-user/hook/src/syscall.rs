@@ -13,7 +13,7 @@
 //! behaviour: `ppoll`, `pselect6`, `epoll_pwait` and `epoll_pwait2` take the signal set's size
 //! (EINVAL unless 8), `pselect6` takes its mask as `{ sigset_t *, size_t }`, and `ppoll` and
 //! `pselect6` write the time left back into the caller's timespec (glibc's wrappers hide
-//! that); `readv`/`writev` take the vector's length as an `unsigned long`; `fcntl` and `ioctl`
+//! that); `readv`/`writev`/`preadv2`/`pwritev2` take the vector's length as an `unsigned long`; `fcntl` and `ioctl`
 //! go through the hook only for the commands it handles (F_DUPFD, F_DUPFD_CLOEXEC, F_SETFL;
 //! FIONREAD, TIOCOUTQ, FIONBIO). Arguments the kernel takes as `int` are truncated to 32 bits
 //! as the kernel does (a variadic caller may leave the upper half of the register undefined).
@@ -46,6 +46,8 @@ pub fn wants(nr: c_long, a: [c_long; 5]) -> bool {
         | libc::SYS_write
         | libc::SYS_readv
         | libc::SYS_writev
+        | libc::SYS_preadv2
+        | libc::SYS_pwritev2
         | libc::SYS_recvfrom
         | libc::SYS_sendto
         | libc::SYS_recvmsg
@@ -128,6 +130,18 @@ pub unsafe fn hooked(nr: c_long, a: [c_long; 6]) -> c_long {
                     calls::readv(int(0), ptr(1).cast(), int(2)) as c_long
                 } else {
                     calls::writev(int(0), ptr(1).cast(), int(2)) as c_long
+                }
+            }
+            libc::SYS_preadv2 | libc::SYS_pwritev2 => {
+                // (fd, iov, unsigned long vlen, pos_l, pos_h, rwf_t flags): on 64 bits the
+                // position is `pos_l` alone.
+                if a[2] as c_ulong > crate::iov::MAX_IOV as c_ulong {
+                    return fail(libc::EINVAL);
+                }
+                if nr == libc::SYS_preadv2 {
+                    calls::preadv2(int(0), ptr(1).cast(), int(2), a[3] as libc::off_t, int(5)) as c_long
+                } else {
+                    calls::pwritev2(int(0), ptr(1).cast(), int(2), a[3] as libc::off_t, int(5)) as c_long
                 }
             }
             libc::SYS_recvfrom => calls::recvfrom(int(0), ptr(1), size(2), int(3), ptr(4).cast(), ptr(5).cast()) as c_long,
