@@ -437,6 +437,10 @@ scenarios! {
     preadv2_pwritev2_rwf_flags_and_offsets: "rwf", server [], client [], connections 1, shm 255;
     stdio_fdopen_dup2_stdout_and_inetd_image: "stdio", server [], client [], connections 1, shm 290;
     io_uring_server_stays_plain: "iouring", server [], client [], connections 0, shm 0, plain because "io_uring";
+    close_range_and_closefrom_with_fd_reuse: "closing", server ["range"], client ["range"], connections 6, shm 25;
+    close_range_cloexec_then_exec: "closing", server ["cloexec"], client ["cloexec"], connections 2, shm 40;
+    close_loop_over_numbers_never_opened_then_exec: "closing", server ["closeloop"], client ["closeloop"], connections 1, shm 23;
+    syscall_mixed_with_libc_calls: "rawsys", server [], client [], connections 1, shm 24;
 }
 
 /// Bytes echoed by the `echo` client with 20 connections and 10 rounds (fixed by its seeds).

@@ -13,6 +13,7 @@ use libc::{c_int, c_void, iovec, msghdr, size_t, sockaddr, socklen_t, ssize_t};
 use tssx_common::segment::End;
 
 use crate::{
+    closing,
     conn::{Conn, Phase},
     epoll, exec, iov, lifecycle, pass, paths,
     phase::RawCall,
@@ -27,6 +28,7 @@ use crate::{
 /// the library constructor (before `main`).
 pub fn init() {
     sys::resolve_all();
+    sys::real_syscall_address();
     exec::reattach();
     for fd in 0..=2 {
         crate::stdio::adopt_standard_stream(fd);
@@ -816,8 +818,10 @@ pub unsafe fn splice(
     unsafe { sys::splice(fd_in, off_in, fd_out, off_out, len, flags) }
 }
 
-/// libc's `close`.
-pub unsafe fn close(fd: c_int) -> c_int {
+/// What the hook does when `fd` closes, before the real call: everything it kept for the fd
+/// is forgotten, and a connection whose last fd this is tells its peer (while `fd` is still
+/// open). Shared by `close`, `close_range` and `closefrom`.
+pub(crate) fn forget_fd(fd: c_int) {
     table::mark_unconnected(fd, false);
     table::forget_listener(fd);
     if table::lookup(fd).is_some() {
@@ -826,6 +830,16 @@ pub unsafe fn close(fd: c_int) -> c_int {
     if epoll::has_set(fd) {
         epoll::closed(fd);
     }
+}
+
+/// libc's `close`. The hook's own fds (see [`crate::own`]) are not the application's to close:
+/// EBADF, as for a number nothing is open on.
+pub unsafe fn close(fd: c_int) -> c_int {
+    if crate::own::is_own(fd) {
+        sys::set_errno(libc::EBADF);
+        return -1;
+    }
+    forget_fd(fd);
     // SAFETY: forwarded as received.
     unsafe { sys::close(fd) }
 }
@@ -1259,4 +1273,15 @@ pub unsafe fn posix_spawnp(
 ) -> c_int {
     // SAFETY: as in `posix_spawn`.
     unsafe { exec::with_inherit(envp.cast(), true, |env| sys::posix_spawnp(pid, file, actions, attr, argv, env.cast())) }
+}
+
+/// libc's `close_range` (glibc 2.34+; the system call itself, so that the hook also loads with
+/// an older libc): see [`closing::close_range`].
+pub unsafe fn close_range(first: libc::c_uint, last: libc::c_uint, flags: c_int) -> c_int {
+    closing::close_range(first, last, flags)
+}
+
+/// libc's `closefrom` (glibc 2.34+): see [`closing::closefrom`].
+pub unsafe fn closefrom(low: c_int) {
+    closing::closefrom(low)
 }

@@ -42,10 +42,9 @@ use tssx_common::segment::{EndLine, SegmentHeader, JOIN_MAPPED, NOT_YET, SHUT_RE
 use tssx_shm::{
     ring::{Consumer, Producer},
     segment::Segment,
-    sys::Fd,
 };
 
-use crate::sys;
+use crate::{own::OwnFd, sys};
 
 /// Where a tracked connection is in its life. Phases only move forward (the order of the
 /// values), except that a claim that must be retried goes back to [`Phase::Candidate`].
@@ -108,7 +107,7 @@ pub struct Swap {
     pub(crate) tx: UnsafeCell<Producer>,
     pub(crate) rx: UnsafeCell<Consumer>,
     /// The segment's memfd (close-on-exec), kept to hand the segment across `execve`.
-    pub(crate) memfd: Fd,
+    pub(crate) memfd: OwnFd,
 }
 
 // SAFETY: `tx` and `rx` are only touched under the segment's producer/consumer lock of this
@@ -122,7 +121,7 @@ unsafe impl Send for Swap {}
 #[derive(Default)]
 pub struct ClaimState {
     /// The control connection on which the agent's answer will arrive.
-    pub(crate) control: Option<Fd>,
+    pub(crate) control: Option<OwnFd>,
     /// When to look for the answer next (CLOCK_MONOTONIC ns), and the current back-off.
     pub(crate) next_check: u64,
     pub(crate) backoff: u64,

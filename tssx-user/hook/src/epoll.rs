@@ -183,6 +183,7 @@ fn set_or_new(epfd: c_int) -> Option<&'static Set> {
         return Some(s);
     }
     let slot = SETS.get(usize::try_from(epfd).ok()?)?;
+    crate::table::note_state(epfd as usize);
     let new = Box::into_raw(Box::new(Set {
         locked: AtomicBool::new(false),
         entries: UnsafeCell::new(Vec::new()),

@@ -25,6 +25,8 @@
 //! | [`paths`], [`claim`] | which sockets are watched; claiming a segment from the agent |
 //! | [`stdio`] | `FILE` streams over tracked sockets (glibc's stdio bypasses any preload) |
 //! | [`iov`], [`sys`] | caller buffers, checked as the kernel checks them (EFAULT/EINVAL, never a crash); every system call the hook makes |
+//! | [`own`] | the hook's own fds (segment memfds, claim sockets): never closed by the application's `close`, left out of `close_range`/`closefrom` |
+//! | [`closing`], `syscall` | `close_range`/`closefrom` (each tracked fd of the range closed as `close` does; the hook's own fds kept); `syscall()` for the socket-related numbers (x86-64) |
 //!
 //! What the hook does with each libc function that can touch a socket, and the known gaps:
 //! [`coverage`].
@@ -38,6 +40,7 @@ pub mod coverage {}
 
 pub mod calls;
 pub mod claim;
+pub mod closing;
 pub mod conn;
 pub mod epoll;
 pub mod exec;
@@ -45,6 +48,7 @@ pub mod handback;
 pub mod iov;
 pub mod lifecycle;
 pub mod migrate;
+pub mod own;
 pub mod pass;
 pub mod paths;
 pub mod phase;
@@ -53,5 +57,7 @@ pub mod spin;
 pub mod stdio;
 pub mod stream;
 pub mod sys;
+#[cfg(target_arch = "x86_64")]
+pub mod syscall;
 pub mod table;
 pub mod wait;

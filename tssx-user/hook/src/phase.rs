@@ -36,6 +36,7 @@ use crate::{
     claim::{self, Answer},
     conn::{Conn, Phase, Swap, QUIESCED},
     epoll,
+    own::OwnFd,
     spin::now_ns,
     sys::{self, Fd},
 };
@@ -156,7 +157,7 @@ impl Conn {
         let role = if self.end == End::Client { Role::Client } else { Role::Server };
         match claim::send(claim::request(role, fd, self.forked.load(Relaxed))) {
             Ok(control) => {
-                claim.control = Some(control);
+                claim.control = Some(OwnFd::new(control));
                 claim.sent_at = now;
                 claim.backoff = ANSWER_CHECK_FIRST_NS;
                 claim.next_check = now + ANSWER_CHECK_FIRST_NS;
@@ -230,7 +231,7 @@ impl Conn {
         // SAFETY: this end's handles are only used under the ring locks (`with_tx`/`with_rx`),
         // and they are dropped with the `Swap`, before the segment (field order).
         let (tx, rx) = unsafe { (segment.producer(self.end), segment.consumer(self.end)) };
-        let swap = Swap { segment, tx: std::cell::UnsafeCell::new(tx), rx: std::cell::UnsafeCell::new(rx), memfd };
+        let swap = Swap { segment, tx: std::cell::UnsafeCell::new(tx), rx: std::cell::UnsafeCell::new(rx), memfd: OwnFd::new(memfd) };
         if self.swap.set(swap).is_err() {
             return false;
         }

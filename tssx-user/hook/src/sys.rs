@@ -79,6 +79,26 @@ fn resolve(slot: &AtomicUsize, name: &str) -> usize {
     f
 }
 
+/// The address of libc's `name` if this libc has it (resolved once into `slot`; `None`, and
+/// no abort, when it has not: for functions newer than the oldest glibc the hook loads with).
+pub fn resolve_optional(slot: &AtomicUsize, name: &std::ffi::CStr) -> Option<usize> {
+    let f = slot.load(Relaxed);
+    if f != 0 {
+        return Some(f);
+    }
+    // SAFETY: `name` is NUL-terminated; RTLD_NEXT finds libc's definition after ours.
+    let f = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) } as usize;
+    slot.store(f, Relaxed);
+    (f != 0).then_some(f)
+}
+
+/// The address of libc's `syscall` (variadic: jumped to, never called from Rust; see the
+/// preload crate's `syscall` trampoline).
+pub fn real_syscall_address() -> usize {
+    static SLOT: AtomicUsize = AtomicUsize::new(0);
+    resolve(&SLOT, "syscall\0")
+}
+
 use libc::{c_void, iovec, msghdr, nfds_t, pollfd, size_t, sockaddr, socklen_t, ssize_t};
 
 real_fns! {

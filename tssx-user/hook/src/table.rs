@@ -44,6 +44,7 @@ use tssx_shm::{
 
 use crate::{
     conn::{Conn, Phase, Swap, QUIESCED},
+    own::OwnFd,
     sys,
 };
 
@@ -65,6 +66,41 @@ pub(crate) static TABLE: [AtomicPtr<Cell<Conn>>; MAX_FDS] = [const { AtomicPtr::
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 /// Source of [`Conn::id`]. Relaxed: only uniqueness matters.
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+/// Every fd number the hook has ever kept state for (a table slot, an [`UNCONNECTED`] bit, a
+/// [`LISTENERS`] entry, an epoll set) is below this: `close_range`/`closefrom` scan up to here,
+/// not the whole [`MAX_FDS`] (whose untouched pages would be faulted in). Only grows. Relaxed:
+/// raised by the thread that creates the state before it stores it, and read by a thread that
+/// closes fds of this process, which cannot race the creation of state for the same fd number
+/// without racing its `close` (an application bug the kernel does not order either).
+static HIGH_WATER: AtomicUsize = AtomicUsize::new(0);
+
+/// Raises [`HIGH_WATER`] above `fd` (one load when it is already above).
+#[inline]
+pub(crate) fn note_state(fd: usize) {
+    if HIGH_WATER.load(Relaxed) <= fd {
+        HIGH_WATER.fetch_max(fd + 1, Relaxed);
+    }
+}
+
+/// The fd numbers at or above this have no state in the hook (see [`HIGH_WATER`]).
+#[inline]
+pub fn state_limit() -> usize {
+    HIGH_WATER.load(Relaxed)
+}
+
+/// Whether `fd` is in the table (any phase), without leasing it: one load, for a caller that
+/// only decides where a call goes (the call itself looks the fd up again).
+#[inline]
+pub fn is_tracked(fd: c_int) -> bool {
+    usize::try_from(fd).ok().and_then(|i| TABLE.get(i)).is_some_and(|slot| !slot.load(Relaxed).is_null())
+}
+
+/// Whether the hook keeps anything for `fd` that its `close` must forget: a connection, an
+/// unconnected-socket bit, a listener's kind (an epoll set is asked of [`crate::epoll`]).
+#[inline]
+pub fn has_fd_state(fd: c_int) -> bool {
+    is_tracked(fd) || is_unconnected(fd) || usize::try_from(fd).ok().and_then(|i| LISTENERS.get(i)).is_some_and(|l| l.load(Relaxed) != 0)
+}
 
 /// The connection of `fd`, leased, if it is tracked (in any phase, `Plain` included). An
 /// untracked fd costs one bounds check and one load.
@@ -97,6 +133,7 @@ pub fn mark_unconnected(fd: c_int, on: bool) {
     let Some(word) = UNCONNECTED.get(fd / 64) else { return };
     let bit = 1u64 << (fd % 64);
     if on {
+        note_state(fd);
         word.fetch_or(bit, Relaxed);
     } else if word.load(Relaxed) & bit != 0 {
         word.fetch_and(!bit, Relaxed);
@@ -119,6 +156,7 @@ pub fn any_live() -> bool {
 /// first reference becomes the table's (see the module documentation).
 fn publish(fd: c_int, conn: Conn) -> bool {
     let Some(slot) = usize::try_from(fd).ok().and_then(|i| TABLE.get(i)) else { return false };
+    note_state(fd as usize);
     conn.note_fd(fd);
     LIVE.fetch_add(1, Relaxed);
     // Release: pairs with the Acquire loads of `lookup` (the connection is built).
@@ -153,6 +191,7 @@ pub fn listener_kind(fd: c_int) -> Option<bool> {
 /// Remembers what the listener `fd` is (see [`LISTENERS`]).
 pub fn remember_listener(fd: c_int, watched: bool) {
     if let Some(slot) = usize::try_from(fd).ok().and_then(|i| LISTENERS.get(i)) {
+        note_state(fd as usize);
         slot.store(crate::paths::generation() << 1 | u64::from(watched), Relaxed);
     }
 }
@@ -183,7 +222,7 @@ pub fn adopt_swapped(fd: c_int, end: End, memfd: Fd) -> bool {
     let conn = Conn::new(end, Phase::Ready, NEXT_ID.fetch_add(1, Relaxed), sys::fd_nonblocking(fd));
     // The end is past quiescence: raw calls are over for good.
     conn.raw.store(QUIESCED, Relaxed);
-    let swap = Swap { segment, tx: std::cell::UnsafeCell::new(tx), rx: std::cell::UnsafeCell::new(rx), memfd };
+    let swap = Swap { segment, tx: std::cell::UnsafeCell::new(tx), rx: std::cell::UnsafeCell::new(rx), memfd: OwnFd::new(memfd) };
     if conn.swap.set(swap).is_err() {
         return false;
     }
@@ -196,6 +235,7 @@ pub fn adopt_swapped(fd: c_int, end: End, memfd: Fd) -> bool {
 /// `new_fd` (just made by dup/dup2/dup3/F_DUPFD from `old_fd`) is the same connection.
 pub fn duplicated(old_fd: c_int, new_fd: c_int) {
     let Some(slot) = usize::try_from(new_fd).ok().and_then(|i| TABLE.get(i)) else { return };
+    note_state(new_fd as usize);
     let conn = lookup(old_fd);
     // Only from a non-zero count: a connection whose last fd was closed meanwhile (by another
     // thread, between the real dup and this) is not linked again (see the module docs).

@@ -126,6 +126,7 @@ interpose! {
     fn fexecve(fd: c_int, argv: *const *const c_char, envp: *const *const c_char) -> c_int;
     fn posix_spawn(pid: *mut libc::pid_t, path: *const c_char, actions: *const libc::posix_spawn_file_actions_t, attr: *const libc::posix_spawnattr_t, argv: *const *mut c_char, envp: *const *mut c_char) -> c_int;
     fn posix_spawnp(pid: *mut libc::pid_t, file: *const c_char, actions: *const libc::posix_spawn_file_actions_t, attr: *const libc::posix_spawnattr_t, argv: *const *mut c_char, envp: *const *mut c_char) -> c_int;
+    fn close_range(first: libc::c_uint, last: libc::c_uint, flags: c_int) -> c_int;
 }
 
 /// `sendfile64`: the same function as `sendfile` on 64-bit Linux (glibc exports both names).
@@ -254,4 +255,131 @@ pub unsafe extern "C" fn execlp() {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn execle() {
     core::arch::naked_asm!("jmp {f}", f = sym tssx_execle)
+}
+
+/// glibc's `closefrom` (returns nothing, so not in `interpose!`).
+///
+/// # Safety
+/// As libc's `closefrom`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn closefrom(low: c_int) {
+    // SAFETY: the caller's argument, forwarded unchanged; same contract. (A panic, never
+    // expected, is caught: the call then closes less, with no way to report it.)
+    let _ = std::panic::catch_unwind(move || unsafe { tssx_hook::calls::closefrom(low) });
+}
+
+/// libc's `syscall(long number, ...)` (C varargs), as a trampoline.
+///
+/// ABI (x86-64 System V): a variadic call passes its integer arguments exactly as a
+/// non-variadic one does: the number in `%rdi`, the next five in `%rsi`, `%rdx`, `%rcx`, `%r8`,
+/// `%r9`, the seventh at `8(%rsp)` on entry, plus `%al` (an upper bound on the vector
+/// registers used, which only a callee that runs `va_start` reads). Every argument of
+/// `syscall` is an integer or a pointer (glibc's own `syscall` reads exactly these seven
+/// slots), so a non-variadic C-ABI function of seven `long`s receives them unchanged. An
+/// argument the caller did not pass is whatever its register or stack slot holds (the slot at
+/// `8(%rsp)` is the caller's own, always mapped, stack): any bit pattern is a valid `long`,
+/// and only the arguments of the number are used.
+///
+/// The trampoline saves the argument registers (and `%rax`), asks [`syscall_route`] where the
+/// call goes, restores them and jumps there with `%rsp` as the caller left it: libc's
+/// `syscall` itself for every number the hook does not serve (so a raw `clone`, `vfork` or
+/// anything that cares about its stack sees glibc's `syscall` exactly as without the hook), or
+/// [`syscall_hooked`]. `%r11` (scratch in the ABI, and clobbered by the `syscall` instruction
+/// anyway) carries the target. Seven pushes after the return address leave `%rsp` 16-byte
+/// aligned at the `call`, as the ABI requires.
+///
+/// # Safety
+/// libc's `syscall`.
+#[cfg(target_arch = "x86_64")]
+#[unsafe(naked)]
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn syscall() {
+    core::arch::naked_asm!(
+        "push rdi",
+        "push rsi",
+        "push rdx",
+        "push rcx",
+        "push r8",
+        "push r9",
+        "push rax",
+        "call {route}",
+        "mov r11, rax",
+        "pop rax",
+        "pop r9",
+        "pop r8",
+        "pop rcx",
+        "pop rdx",
+        "pop rsi",
+        "pop rdi",
+        "jmp r11",
+        route = sym syscall_route,
+    )
+}
+
+/// Where a `syscall` goes: [`syscall_hooked`] for a socket-related number on an fd the hook
+/// keeps something for ([`tssx_hook::syscall::wants`]: a match and a table load), libc's
+/// `syscall` otherwise. Never unwinds (a panic, never expected, sends the call to libc).
+#[cfg(target_arch = "x86_64")]
+extern "C" fn syscall_route(
+    nr: libc::c_long,
+    a1: libc::c_long,
+    a2: libc::c_long,
+    a3: libc::c_long,
+    a4: libc::c_long,
+    a5: libc::c_long,
+) -> usize {
+    let hooked = std::panic::catch_unwind(|| tssx_hook::syscall::wants(nr, [a1, a2, a3, a4, a5])).unwrap_or(false);
+    if hooked {
+        syscall_hooked as *const () as usize
+    } else {
+        tssx_hook::sys::real_syscall_address()
+    }
+}
+
+/// `syscall` for a number the hook serves (see [`syscall`] for why a seven-`long` function
+/// receives the variadic call's arguments).
+///
+/// # Safety
+/// libc's `syscall`.
+#[cfg(target_arch = "x86_64")]
+unsafe extern "C" fn syscall_hooked(
+    nr: libc::c_long,
+    a1: libc::c_long,
+    a2: libc::c_long,
+    a3: libc::c_long,
+    a4: libc::c_long,
+    a5: libc::c_long,
+    a6: libc::c_long,
+) -> libc::c_long {
+    // SAFETY: the caller's arguments, forwarded unchanged; same contract.
+    guarded(move || unsafe { tssx_hook::syscall::hooked(nr, [a1, a2, a3, a4, a5, a6]) })
+}
+
+/// `__wrap_syscall`: the standard library's own `syscall` calls (futex, getrandom, ...), routed
+/// here by `--wrap=syscall` (see [`wrap_to_real!`]) so that they never bind to the export
+/// above: the system call itself, with glibc's errno convention.
+#[cfg(target_arch = "x86_64")]
+mod wrapped_syscall {
+    /// The raw system call.
+    unsafe extern "C" fn raw(
+        nr: libc::c_long,
+        a1: libc::c_long,
+        a2: libc::c_long,
+        a3: libc::c_long,
+        a4: libc::c_long,
+        a5: libc::c_long,
+        a6: libc::c_long,
+    ) -> libc::c_long {
+        // SAFETY: the standard library's arguments for `nr`.
+        unsafe { tssx_hook::syscall::raw(nr, [a1, a2, a3, a4, a5, a6]) }
+    }
+
+    core::arch::global_asm!(
+        ".globl __wrap_syscall",
+        ".hidden __wrap_syscall",
+        ".type __wrap_syscall,@function",
+        "__wrap_syscall:",
+        "jmp {raw}",
+        raw = sym raw,
+    );
 }

@@ -1,0 +1,115 @@
+//! The hook's own fds inside the application's fd table: each connection's segment memfd (kept
+//! for the exec hand-over) and a claim's control socket.
+//!
+//! The application did not open them and cannot know them, but it may close them all the same:
+//! a daemon's `for (fd = 3; fd < 1024; fd++) close(fd)`, `closefrom`, `close_range`. Closed
+//! behind the hook's back, such a number may be reused by the application's next `open`, and
+//! the hook would later close (or hand across an exec) the application's file. So every such fd
+//! is an [`OwnFd`], marked in a bitmap while the hook holds it: `close` of a marked number fails
+//! with EBADF, as for a number nothing is open on (which is what the application sees), and
+//! `close_range`/`closefrom` leave the marked numbers out of the real call.
+//!
+//! Limit: `dup2`/`dup3` onto a marked number (the application would have to pick a number it
+//! never opened) still replaces the hook's fd in the kernel.
+
+use std::{
+    ops::Deref,
+    sync::atomic::{AtomicU64, Ordering::Relaxed},
+};
+
+use libc::{c_int, c_uint};
+use tssx_shm::sys::Fd;
+
+use crate::table::MAX_FDS;
+
+/// One bit per fd number held by an [`OwnFd`]. Relaxed: a number is marked by the thread that
+/// just received it from the kernel and unmarked before it is closed; a thread of the
+/// application that closes the same number concurrently races the hook's own use of it anyway.
+static OWN: [AtomicU64; MAX_FDS / 64] = [const { AtomicU64::new(0) }; MAX_FDS / 64];
+
+/// An fd of the hook's own (closed on drop, as [`Fd`]), marked as such while it lives.
+#[derive(Debug)]
+pub struct OwnFd(Fd);
+
+impl OwnFd {
+    /// Takes `fd` as one of the hook's own.
+    pub fn new(fd: Fd) -> OwnFd {
+        mark(fd.raw(), true);
+        OwnFd(fd)
+    }
+}
+
+impl Deref for OwnFd {
+    type Target = Fd;
+
+    fn deref(&self) -> &Fd {
+        &self.0
+    }
+}
+
+impl Drop for OwnFd {
+    fn drop(&mut self) {
+        // Unmarked before the `Fd` closes it: the number is never free while marked.
+        mark(self.0.raw(), false);
+    }
+}
+
+fn mark(fd: c_int, on: bool) {
+    let Ok(fd) = usize::try_from(fd) else { return };
+    let Some(word) = OWN.get(fd / 64) else { return };
+    let bit = 1u64 << (fd % 64);
+    if on {
+        word.fetch_or(bit, Relaxed);
+    } else {
+        word.fetch_and(!bit, Relaxed);
+    }
+}
+
+/// Whether `fd` is one of the hook's own (one load).
+#[inline]
+pub fn is_own(fd: c_int) -> bool {
+    usize::try_from(fd).ok().and_then(|fd| OWN.get(fd / 64).map(|w| w.load(Relaxed) & (1 << (fd % 64)) != 0)).unwrap_or(false)
+}
+
+/// The hook's own fds in `first..=last`, in order.
+pub fn in_range(first: c_uint, last: c_uint) -> Vec<c_uint> {
+    let mut out = Vec::new();
+    let end = (last as usize).min(MAX_FDS - 1);
+    let first = first as usize;
+    if first > end {
+        return out;
+    }
+    for (w, word) in OWN.iter().enumerate().take(end / 64 + 1).skip(first / 64) {
+        let mut bits = word.load(Relaxed);
+        while bits != 0 {
+            let fd = w * 64 + bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            if (first..=end).contains(&fd) {
+                out.push(fd as c_uint);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_range_lists_the_marked_numbers_inside_the_range() {
+        // High numbers no other unit test marks.
+        for fd in [60_000, 60_063, 60_064, 60_200] {
+            mark(fd, true);
+        }
+        assert!(is_own(60_063) && !is_own(60_062));
+        assert_eq!(in_range(60_000, 60_100), [60_000, 60_063, 60_064]);
+        assert_eq!(in_range(60_001, 60_063), [60_063]);
+        assert_eq!(in_range(60_065, u32::MAX), [60_200]);
+        assert_eq!(in_range(u32::MAX, u32::MAX), [] as [c_uint; 0]);
+        for fd in [60_000, 60_063, 60_064, 60_200] {
+            mark(fd, false);
+        }
+        assert_eq!(in_range(60_000, 60_300), [] as [c_uint; 0]);
+    }
+}
