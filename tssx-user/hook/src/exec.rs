@@ -20,8 +20,12 @@ use std::ffi::{CStr, CString};
 use libc::{c_char, c_int};
 use tssx_common::segment::End;
 
+use std::sync::atomic::Ordering::{AcqRel, Relaxed};
+
 use crate::{
+    conn::{Conn, Phase},
     lifecycle::{self, Inherit},
+    spawn::{Obj, Op},
     sys::{self, Fd},
     table,
 };
@@ -56,15 +60,18 @@ pub fn reattach() {
     unsafe { std::env::remove_var(INHERIT_VAR) };
     // Several fds of one connection share one memfd: the first maps it, the others are dups.
     let mut mapped: Vec<(c_int, c_int)> = Vec::new();
-    for mut item in decode(&text.to_string_lossy()) {
-        // A spawn's file actions may have moved the socket (typically onto 0, 1 or 2).
-        let Some(fd) = [item.fd, 0, 1, 2].into_iter().find(|&fd| socket_inode(fd) == Some(item.inode)) else { continue };
-        item.fd = fd;
+    let items = decode(&text.to_string_lossy());
+    for item in &items {
+        // The previous image computed the fd numbers after the spawn's file actions; the inode
+        // makes sure the number is still that socket.
+        if socket_inode(item.fd) != Some(item.inode) {
+            continue;
+        }
         if let Some(&(_, first)) = mapped.iter().find(|(memfd, _)| *memfd == item.memfd) {
             table::duplicated(first, item.fd);
             continue;
         }
-        if !is_memfd(item.memfd) {
+        if !is_memfd(item.memfd) || mapped.iter().any(|&(_, fd)| fd == item.memfd) {
             continue;
         }
         // SAFETY: the previous image handed this memfd to us alone; nothing else owns it.
@@ -73,6 +80,15 @@ pub fn reattach() {
         // On failure the memfd is dropped (closed) and the socket stays as it is.
         if table::adopt_swapped(item.fd, item.end, memfd) {
             mapped.push((item.memfd, item.fd));
+        }
+    }
+    // A memfd of a connection none of whose sockets arrived is closed (never left to the
+    // application).
+    for item in &items {
+        if !mapped.iter().any(|&(memfd, _)| memfd == item.memfd) && is_memfd(item.memfd) && !items.iter().any(|i| i.fd == item.memfd) {
+            // SAFETY: as above: the memfd was handed to the hook alone.
+            drop(unsafe { Fd::from_raw(item.memfd) });
+            mapped.push((item.memfd, -1));
         }
     }
 }
@@ -129,18 +145,204 @@ unsafe fn env_entries<'a>(envp: *const *const c_char) -> Vec<&'a CStr> {
     }
 }
 
-/// Runs `exec` with `envp` extended by the inherit list (if any swapped fd survives the exec
-/// and the new image loads the hook); undoes the preparation if the exec returns.
+/// The image an exec or spawn starts, to tell whether it will load the hook.
+#[derive(Clone, Copy)]
+pub enum Image {
+    /// A path (absolute, or relative to the working directory).
+    Path(*const c_char),
+    /// A file name searched in `PATH` when it has no slash (`execvp`, `posix_spawnp`).
+    Search(*const c_char),
+    /// An open file (`fexecve`).
+    Fd(c_int),
+}
+
+/// Whether the program `image` names is one the dynamic loader preloads into: a dynamically
+/// linked ELF file (it has a `PT_INTERP`), or a script whose interpreter is one, without the
+/// set-user-ID/set-group-ID bits (a secure-execution image ignores `LD_PRELOAD` paths). A file
+/// that cannot be read or is neither is taken as loading the hook (the kernel will refuse it,
+/// or `execvp` runs it with `/bin/sh`).
+fn image_loads_hook(image: Image) -> bool {
+    match image {
+        // SAFETY: exec's and spawn's contract: a valid C string.
+        Image::Path(p) => path_loads_hook(&unsafe { CStr::from_ptr(p) }.to_string_lossy(), 0),
+        Image::Search(p) => {
+            // SAFETY: as above.
+            let name = unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned();
+            if name.contains('/') {
+                return path_loads_hook(&name, 0);
+            }
+            let search = std::env::var("PATH").unwrap_or_else(|_| "/bin:/usr/bin".into());
+            for dir in search.split(':') {
+                let full = format!("{}/{name}", if dir.is_empty() { "." } else { dir });
+                if std::fs::metadata(&full).is_ok_and(|m| m.is_file()) {
+                    return path_loads_hook(&full, 0);
+                }
+            }
+            true
+        }
+        Image::Fd(fd) => path_loads_hook(&format!("/proc/self/fd/{fd}"), 0),
+    }
+}
+
+fn path_loads_hook(path: &str, depth: u32) -> bool {
+    use std::{io::Read, os::unix::fs::PermissionsExt};
+    let Ok(mut file) = std::fs::File::open(path) else { return true };
+    if file.metadata().is_ok_and(|m| m.permissions().mode() & (libc::S_ISUID | libc::S_ISGID) != 0) {
+        return false;
+    }
+    let mut head = vec![0u8; 4096];
+    let mut got = 0;
+    while got < head.len() {
+        match file.read(&mut head[got..]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    head.truncate(got);
+    if let Some(line) = head.strip_prefix(b"#!") {
+        let line = line.split(|&b| b == b'\n').next().unwrap_or_default();
+        let interp = String::from_utf8_lossy(line);
+        let Some(interp) = interp.split_whitespace().next() else { return true };
+        return depth >= 4 || path_loads_hook(interp, depth + 1);
+    }
+    elf_is_dynamic(&head).unwrap_or(true)
+}
+
+/// Whether the ELF file starting with `head` has a `PT_INTERP` program header (`None`: not
+/// ELF, or its program headers are not in `head`).
+fn elf_is_dynamic(head: &[u8]) -> Option<bool> {
+    if head.get(..4)? != b"\x7fELF" {
+        return None;
+    }
+    let wide = *head.get(4)? == 2;
+    let little = *head.get(5)? == 1;
+    let int = |at: usize, len: usize| -> Option<u64> {
+        let bytes = head.get(at..at + len)?;
+        let mut v = 0u64;
+        for (i, &b) in bytes.iter().enumerate() {
+            let shift = if little { 8 * i } else { 8 * (len - 1 - i) };
+            v |= u64::from(b) << shift;
+        }
+        Some(v)
+    };
+    let (phoff, phentsize, phnum) = if wide { (int(32, 8)?, int(54, 2)?, int(56, 2)?) } else { (int(28, 4)?, int(42, 2)?, int(44, 2)?) };
+    for i in 0..phnum {
+        let at = usize::try_from(phoff + i * phentsize).ok()?;
+        if int(at, 4)? == u64::from(libc::PT_INTERP) {
+            return Some(true);
+        }
+    }
+    Some(false)
+}
+
+/// Hands `conn` (fd `fd` of this process) back to the kernel for good, before an image that
+/// does not load the hook runs with the socket: this end's direction goes back at once, then
+/// the peer's (it follows on its next call, or woken by the doorbell the hand-back rings; the
+/// wait is bounded by [`HAND_OVER_WAIT_NS`]); the doorbells the peer sent are drained, so the
+/// new image reads nothing but the peer's data from the socket. True when the connection is
+/// plain. False when the peer did not answer in time, or had put bytes on the ring that this
+/// process has not read yet: those stay readable through the hook (this process, the rings),
+/// not through the socket (see the module documentation).
+fn hand_over(conn: &Conn, fd: c_int) -> bool {
+    conn.note_fd(fd);
+    conn.hand_back(fd);
+    let deadline = crate::spin::now_ns() + HAND_OVER_WAIT_NS;
+    let mut nap_us = 20;
+    loop {
+        if conn.phase() == Phase::Plain || conn.finish_hand_back() {
+            return true;
+        }
+        if conn.peer_handed_back() && !matches!(conn.read_source(), crate::handback::Source::Socket) {
+            return false;
+        }
+        if crate::spin::now_ns() > deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_micros(nap_us));
+        nap_us = (nap_us * 2).min(2000);
+    }
+}
+
+/// How long [`hand_over`] waits for the peer to follow.
+pub const HAND_OVER_WAIT_NS: u64 = 2_000_000_000;
+
+/// Runs `exec` (an exec of `image` when `spawn` is `None`, a spawn with those file actions
+/// otherwise) with `envp` extended by the inherit list: every fd of the new image that is a
+/// swapped socket (see [`crate::spawn::child_fds`]) and its segment's memfd, made inheritable
+/// for the call. If the new image will not load the hook, its connections are handed back to
+/// the kernel first ([`hand_over`]). A spawned process is one more holder of each connection
+/// it inherits. Undoes the preparation if the exec returns.
 ///
 /// # Safety
-/// `envp` is null or a valid NULL-terminated array.
-pub unsafe fn with_inherit(envp: *const *const c_char, spawn: bool, exec: impl FnOnce(*const *const c_char) -> c_int) -> c_int {
-    // SAFETY: per the contract.
-    if !table::any_live() || !unsafe { hook_in(envp) } {
+/// `envp` is null or a valid NULL-terminated array; `image` names a valid C string.
+pub unsafe fn with_inherit(
+    envp: *const *const c_char,
+    image: Image,
+    spawn: Option<&[Op]>,
+    exec: impl FnOnce(*const *const c_char) -> c_int,
+) -> c_int {
+    if !table::any_live() {
         return exec(envp);
     }
+    // The tracked connections, and the model of their fds (see `spawn::child_fds`).
+    let mut conns: Vec<(table::ConnRef, c_int)> = Vec::new();
+    let mut initial = Vec::new();
+    for fd in 0..table::MAX_FDS as c_int {
+        let Some(conn) = table::lookup(fd) else { continue };
+        let k = match conns.iter().position(|(c, _)| c.id() == conn.id()) {
+            Some(k) => k,
+            None => {
+                if let Some(memfd) = conn.memfd_raw().filter(|_| swapped(&conn)) {
+                    initial.push((memfd, Obj::Mem(conns.len()), false));
+                }
+                conns.push((conn, fd));
+                conns.len() - 1
+            }
+        };
+        // SAFETY: F_GETFD takes no argument.
+        let flags = unsafe { sys::fcntl(fd, libc::F_GETFD, 0) };
+        initial.push((fd, Obj::Sock(k), flags < 0 || flags & libc::FD_CLOEXEC != 0));
+    }
+    let child = crate::spawn::child_fds(&initial, spawn.unwrap_or(&[]));
+    // SAFETY: per the contract.
+    let hook = unsafe { hook_in(envp) } && image_loads_hook(image);
     let mut list = Vec::new();
-    lifecycle::prepare_exec(|i| list.push(i));
+    let mut held = Vec::new();
+    for (k, (conn, fd)) in conns.iter().enumerate() {
+        let socks: Vec<c_int> = child.iter().filter(|(_, o)| *o == Obj::Sock(k)).map(|&(fd, _)| fd).collect();
+        if socks.is_empty() {
+            continue; // the new image does not hold this connection
+        }
+        if !swapped(conn) {
+            // Plain in the new image (its hook starts afresh): a segment not in use yet is
+            // given up, a claim in flight dropped; a spawned holder counts as after fork.
+            match conn.phase() {
+                Phase::Candidate if spawn.is_some() => conn.forked.store(true, Relaxed),
+                Phase::Claiming => {
+                    conn.forked.store(spawn.is_some(), Relaxed);
+                    conn.drop_claim();
+                }
+                Phase::Mapped | Phase::Quiescing => conn.give_up(),
+                _ => {}
+            }
+            continue;
+        }
+        let memfd = child.iter().find(|(_, o)| *o == Obj::Mem(k)).map(|&(fd, _)| fd);
+        match (hook, memfd, conn.memfd_raw()) {
+            (true, Some(at), Some(own)) if at == own => {
+                // SAFETY: clears FD_CLOEXEC on our own memfd.
+                unsafe { sys::fcntl(own, libc::F_SETFD, 0) };
+                let inode = socket_inode(*fd).unwrap_or(0);
+                list.extend(socks.iter().map(|&s| Inherit { fd: s, memfd: own, end: conn.end(), inode }));
+                held.push(k);
+            }
+            _ => {
+                // No hook in the new image, or the spawn's file actions close the memfd: the
+                // socket goes back to the kernel first.
+                sys::with_errno_kept(|| hand_over(conn, *fd));
+            }
+        }
+    }
     if list.is_empty() {
         return exec(envp);
     }
@@ -150,19 +352,38 @@ pub unsafe fn with_inherit(envp: *const *const c_char, spawn: bool, exec: impl F
         unsafe { env_entries(envp) }.into_iter().filter(|e| !e.to_bytes().starts_with(INHERIT_VAR.as_bytes())).map(CStr::as_ptr).collect();
     env.push(var.as_ptr());
     env.push(std::ptr::null());
-    if spawn {
+    let holds = |delta: i32| {
+        for &k in &held {
+            let conn = &conns[k].0;
+            let count = &conn.header().refcount[conn.end().index()];
+            if delta > 0 {
+                // Relaxed: as a fork's (the spawned process cannot close before it exists).
+                count.fetch_add(1, Relaxed);
+            } else {
+                // AcqRel: as a close's.
+                count.fetch_sub(1, AcqRel);
+            }
+        }
+    };
+    if spawn.is_some() {
         // The spawned process holds these connections too (as after fork).
-        lifecycle::spawn_holds(&list, 1);
+        holds(1);
     }
     let rc = exec(env.as_ptr());
     let saved = sys::errno();
-    if spawn && rc != 0 {
-        lifecycle::spawn_holds(&list, -1);
+    if spawn.is_some() && rc != 0 {
+        holds(-1);
     }
     // The exec failed, or the spawn is done: our memfds are close-on-exec again.
     lifecycle::exec_failed();
     sys::set_errno(saved);
     rc
+}
+
+/// Whether `conn` has a segment in use (past the plain phases).
+fn swapped(conn: &Conn) -> bool {
+    let phase = conn.phase();
+    phase >= Phase::Ready && phase != Phase::Plain
 }
 
 #[cfg(test)]

@@ -54,6 +54,7 @@ pub mod pass;
 pub mod paths;
 pub mod phase;
 pub mod poll;
+pub mod spawn;
 pub mod spin;
 pub mod stream;
 pub mod sys;
