@@ -15,7 +15,7 @@ use tssx_common::segment::End;
 use crate::{
     conn::{Conn, Phase},
     epoll,
-    exec::{self, Image},
+    exec::{self, Image, Kind},
     iov, lifecycle, pass, paths,
     phase::RawCall,
     poll,
@@ -1087,31 +1087,31 @@ unsafe extern "C" {
 /// libc's `execve`.
 pub unsafe fn execve(path: *const libc::c_char, argv: *const *const libc::c_char, envp: *const *const libc::c_char) -> c_int {
     // SAFETY: forwarded; `envp` is valid per execve's contract.
-    unsafe { exec::with_inherit(envp, Image::Path(path), None, |env| sys::execve(path, argv, env)) }
+    unsafe { exec::with_inherit(envp, Image::Path(path), Kind::Exec, |env, _| sys::execve(path, argv, env)) }
 }
 
 /// libc's `execv`.
 pub unsafe fn execv(path: *const libc::c_char, argv: *const *const libc::c_char) -> c_int {
     // SAFETY: `environ` is the process environment; forwarded.
-    unsafe { exec::with_inherit(environ, Image::Path(path), None, |env| sys::execve(path, argv, env)) }
+    unsafe { exec::with_inherit(environ, Image::Path(path), Kind::Exec, |env, _| sys::execve(path, argv, env)) }
 }
 
 /// libc's `execvp`.
 pub unsafe fn execvp(file: *const libc::c_char, argv: *const *const libc::c_char) -> c_int {
     // SAFETY: as in `execv`.
-    unsafe { exec::with_inherit(environ, Image::Search(file), None, |env| sys::execvpe(file, argv, env)) }
+    unsafe { exec::with_inherit(environ, Image::Search(file), Kind::Exec, |env, _| sys::execvpe(file, argv, env)) }
 }
 
 /// libc's `execvpe`.
 pub unsafe fn execvpe(file: *const libc::c_char, argv: *const *const libc::c_char, envp: *const *const libc::c_char) -> c_int {
     // SAFETY: forwarded.
-    unsafe { exec::with_inherit(envp, Image::Search(file), None, |env| sys::execvpe(file, argv, env)) }
+    unsafe { exec::with_inherit(envp, Image::Search(file), Kind::Exec, |env, _| sys::execvpe(file, argv, env)) }
 }
 
 /// libc's `fexecve`.
 pub unsafe fn fexecve(fd: c_int, argv: *const *const libc::c_char, envp: *const *const libc::c_char) -> c_int {
     // SAFETY: forwarded.
-    unsafe { exec::with_inherit(envp, Image::Fd(fd), None, |env| sys::fexecve(fd, argv, env)) }
+    unsafe { exec::with_inherit(envp, Image::Fd(fd), Kind::Exec, |env, _| sys::fexecve(fd, argv, env)) }
 }
 
 /// libc's `posix_spawn`.
@@ -1126,7 +1126,9 @@ pub unsafe fn posix_spawn(
     let ops = spawn::actions_of(actions as usize);
     // SAFETY: forwarded; `envp` is valid per posix_spawn's contract.
     unsafe {
-        exec::with_inherit(envp.cast(), Image::Path(path), Some(&ops), |env| sys::posix_spawn(pid, path, actions, attr, argv, env.cast()))
+        exec::with_inherit(envp.cast(), Image::Path(path), Kind::Spawn(ops.as_deref()), |env, fa| {
+            sys::posix_spawn(pid, path, fa.unwrap_or(actions), attr, argv, env.cast())
+        })
     }
 }
 
@@ -1142,8 +1144,8 @@ pub unsafe fn posix_spawnp(
     let ops = spawn::actions_of(actions as usize);
     // SAFETY: as in `posix_spawn`.
     unsafe {
-        exec::with_inherit(envp.cast(), Image::Search(file), Some(&ops), |env| {
-            sys::posix_spawnp(pid, file, actions, attr, argv, env.cast())
+        exec::with_inherit(envp.cast(), Image::Search(file), Kind::Spawn(ops.as_deref()), |env, fa| {
+            sys::posix_spawnp(pid, file, fa.unwrap_or(actions), attr, argv, env.cast())
         })
     }
 }
@@ -1196,7 +1198,9 @@ pub unsafe fn posix_spawn_file_actions_addopen(
     mode: libc::mode_t,
 ) -> c_int {
     // SAFETY: forwarded.
-    recorded(fa, unsafe { sys::posix_spawn_file_actions_addopen(fa, fd, path, oflag, mode) }, Some(Op::Open(fd)))
+    let rc = unsafe { sys::posix_spawn_file_actions_addopen(fa, fd, path, oflag, mode) };
+    // SAFETY: libc accepted `path` as a valid C string.
+    recorded(fa, rc, (rc == 0).then(|| Op::Open(fd, unsafe { std::ffi::CStr::from_ptr(path) }.into(), oflag, mode)))
 }
 
 /// libc's `posix_spawn_file_actions_addclosefrom_np` (glibc 2.34+; ENOSYS without it).
@@ -1205,16 +1209,25 @@ pub unsafe fn posix_spawn_file_actions_addclosefrom_np(fa: *mut libc::posix_spaw
     recorded(fa, unsafe { sys::spawn_addclosefrom_np(fa, from) }, Some(Op::CloseFrom(from)))
 }
 
-/// libc's `posix_spawn_file_actions_addchdir_np` (changes no fd; forwarded).
+/// libc's `posix_spawn_file_actions_addchdir_np` (changes no fd; recorded so that the hook can
+/// rebuild the object).
 pub unsafe fn posix_spawn_file_actions_addchdir_np(fa: *mut libc::posix_spawn_file_actions_t, path: *const libc::c_char) -> c_int {
     // SAFETY: forwarded.
-    unsafe { sys::spawn_addchdir_np(fa, path) }
+    let rc = unsafe { sys::spawn_addchdir_np(fa, path) };
+    // SAFETY: libc accepted `path` as a valid C string.
+    recorded(fa, rc, (rc == 0).then(|| Op::Chdir(unsafe { std::ffi::CStr::from_ptr(path) }.into())))
 }
 
-/// libc's `posix_spawn_file_actions_addfchdir_np` (changes no fd; forwarded).
+/// libc's `posix_spawn_file_actions_addfchdir_np` (changes no fd; recorded).
 pub unsafe fn posix_spawn_file_actions_addfchdir_np(fa: *mut libc::posix_spawn_file_actions_t, fd: c_int) -> c_int {
     // SAFETY: forwarded.
-    unsafe { sys::spawn_addfchdir_np(fa, fd) }
+    recorded(fa, unsafe { sys::spawn_addfchdir_np(fa, fd) }, Some(Op::Fchdir(fd)))
+}
+
+/// libc's `posix_spawn_file_actions_addtcsetpgrp_np` (glibc 2.35+; changes no fd; recorded).
+pub unsafe fn posix_spawn_file_actions_addtcsetpgrp_np(fa: *mut libc::posix_spawn_file_actions_t, fd: c_int) -> c_int {
+    // SAFETY: forwarded.
+    recorded(fa, unsafe { sys::spawn_addtcsetpgrp_np(fa, fd) }, Some(Op::Tcsetpgrp(fd)))
 }
 
 /// libc's `vfork`, run as `fork` (see [`spawn::vfork`]).

@@ -266,24 +266,42 @@ fn hand_over(conn: &Conn, fd: c_int) -> bool {
 /// How long [`hand_over`] waits for the peer to follow.
 pub const HAND_OVER_WAIT_NS: u64 = 2_000_000_000;
 
-/// Runs `exec` (an exec of `image` when `spawn` is `None`, a spawn with those file actions
-/// otherwise) with `envp` extended by the inherit list: every fd of the new image that is a
-/// swapped socket (see [`crate::spawn::child_fds`]) and its segment's memfd, made inheritable
-/// for the call. If the new image will not load the hook, its connections are handed back to
-/// the kernel first ([`hand_over`]). A spawned process is one more holder of each connection
-/// it inherits. Undoes the preparation if the exec returns.
+/// What [`with_inherit`] runs.
+#[derive(Clone, Copy)]
+pub enum Kind<'a> {
+    /// An exec: this process becomes the new image.
+    Exec,
+    /// A spawn with these file actions (`None`: an actions object the hook has no record of,
+    /// taken as no actions).
+    Spawn(Option<&'a [Op]>),
+}
+
+/// Runs `exec` (see [`Kind`]) with `envp` extended by the inherit list: every fd of the new
+/// image that is a swapped socket (see [`crate::spawn::child_fds`]) and its segment's memfd,
+/// made inheritable for the call. If a spawn's file actions close a memfd (`closefrom`), the
+/// spawn gets a copy of the actions that opens it again at the end (`/proc/<pid>/fd/<memfd>`,
+/// which the child can open while glibc's spawn holds the parent in `vfork` fashion): `exec`
+/// then gets that object to use instead of the caller's. If the new image will not load the
+/// hook, its connections are handed back to the kernel first ([`hand_over`]). A spawned
+/// process is one more holder of each connection it inherits. Undoes the preparation if the
+/// exec returns.
 ///
 /// # Safety
 /// `envp` is null or a valid NULL-terminated array; `image` names a valid C string.
 pub unsafe fn with_inherit(
     envp: *const *const c_char,
     image: Image,
-    spawn: Option<&[Op]>,
-    exec: impl FnOnce(*const *const c_char) -> c_int,
+    kind: Kind<'_>,
+    exec: impl FnOnce(*const *const c_char, Option<*const libc::posix_spawn_file_actions_t>) -> c_int,
 ) -> c_int {
     if !table::any_live() {
-        return exec(envp);
+        return exec(envp, None);
     }
+    let spawn = matches!(kind, Kind::Spawn(_));
+    let ops = match kind {
+        Kind::Spawn(Some(ops)) => Some(ops),
+        _ => None,
+    };
     // The tracked connections, and the model of their fds (see `spawn::child_fds`).
     let mut conns: Vec<(table::ConnRef, c_int)> = Vec::new();
     let mut initial = Vec::new();
@@ -303,11 +321,14 @@ pub unsafe fn with_inherit(
         let flags = unsafe { sys::fcntl(fd, libc::F_GETFD, 0) };
         initial.push((fd, Obj::Sock(k), flags < 0 || flags & libc::FD_CLOEXEC != 0));
     }
-    let child = crate::spawn::child_fds(&initial, spawn.unwrap_or(&[]));
+    let child = crate::spawn::child_fds(&initial, ops.unwrap_or(&[]));
     // SAFETY: per the contract.
     let hook = unsafe { hook_in(envp) } && image_loads_hook(image);
+    // A memfd the file actions close can be opened again at its number if that is free.
+    let can_reopen = ops.is_some() && dumpable();
     let mut list = Vec::new();
     let mut held = Vec::new();
+    let mut reopen: Vec<(c_int, CString)> = Vec::new();
     for (k, (conn, fd)) in conns.iter().enumerate() {
         let socks: Vec<c_int> = child.iter().filter(|(_, o)| *o == Obj::Sock(k)).map(|&(fd, _)| fd).collect();
         if socks.is_empty() {
@@ -317,9 +338,9 @@ pub unsafe fn with_inherit(
             // Plain in the new image (its hook starts afresh): a segment not in use yet is
             // given up, a claim in flight dropped; a spawned holder counts as after fork.
             match conn.phase() {
-                Phase::Candidate if spawn.is_some() => conn.forked.store(true, Relaxed),
+                Phase::Candidate if spawn => conn.forked.store(true, Relaxed),
                 Phase::Claiming => {
-                    conn.forked.store(spawn.is_some(), Relaxed);
+                    conn.forked.store(spawn, Relaxed);
                     conn.drop_claim();
                 }
                 Phase::Mapped | Phase::Quiescing => conn.give_up(),
@@ -327,26 +348,46 @@ pub unsafe fn with_inherit(
             }
             continue;
         }
-        let memfd = child.iter().find(|(_, o)| *o == Obj::Mem(k)).map(|&(fd, _)| fd);
-        match (hook, memfd, conn.memfd_raw()) {
-            (true, Some(at), Some(own)) if at == own => {
-                // SAFETY: clears FD_CLOEXEC on our own memfd.
-                unsafe { sys::fcntl(own, libc::F_SETFD, 0) };
-                let inode = socket_inode(*fd).unwrap_or(0);
-                list.extend(socks.iter().map(|&s| Inherit { fd: s, memfd: own, end: conn.end(), inode }));
-                held.push(k);
-            }
-            _ => {
-                // No hook in the new image, or the spawn's file actions close the memfd: the
-                // socket goes back to the kernel first.
-                sys::with_errno_kept(|| hand_over(conn, *fd));
-            }
+        let Some(own) = conn.memfd_raw() else { continue };
+        let kept = child.iter().any(|&(fd, o)| fd == own && o == Obj::Mem(k));
+        let free = !child.iter().any(|&(fd, _)| fd == own);
+        if hook && kept {
+            // SAFETY: clears FD_CLOEXEC on our own memfd.
+            unsafe { sys::fcntl(own, libc::F_SETFD, 0) };
+        } else if hook && free && can_reopen {
+            let Ok(path) = CString::new(format!("/proc/{}/fd/{own}", std::process::id())) else { continue };
+            reopen.push((own, path));
+        } else {
+            // No hook in the new image, or the memfd cannot reach it: the socket goes back to
+            // the kernel first.
+            sys::with_errno_kept(|| hand_over(conn, *fd));
+            continue;
         }
+        let inode = socket_inode(*fd).unwrap_or(0);
+        list.extend(socks.iter().map(|&s| Inherit { fd: s, memfd: own, end: conn.end(), inode }));
+        held.push(k);
     }
     if list.is_empty() {
-        return exec(envp);
+        return exec(envp, None);
     }
-    let Ok(var) = CString::new(format!("{INHERIT_VAR}={}", encode(&list))) else { return exec(envp) };
+    let rebuilt = match (reopen.is_empty(), ops) {
+        (false, Some(ops)) => crate::spawn::rebuild(ops, &reopen),
+        _ => None,
+    };
+    if !reopen.is_empty() && rebuilt.is_none() {
+        // (Not reached unless libc refuses what it accepted before.) Those connections go back
+        // to the kernel instead.
+        for &(memfd, _) in &reopen {
+            for (k, (conn, fd)) in conns.iter().enumerate() {
+                if conn.memfd_raw() == Some(memfd) {
+                    held.retain(|&h| h != k);
+                    sys::with_errno_kept(|| hand_over(conn, *fd));
+                }
+            }
+            list.retain(|i| i.memfd != memfd);
+        }
+    }
+    let Ok(var) = CString::new(format!("{INHERIT_VAR}={}", encode(&list))) else { return exec(envp, None) };
     // SAFETY: per the contract.
     let mut env: Vec<*const c_char> =
         unsafe { env_entries(envp) }.into_iter().filter(|e| !e.to_bytes().starts_with(INHERIT_VAR.as_bytes())).map(CStr::as_ptr).collect();
@@ -365,19 +406,34 @@ pub unsafe fn with_inherit(
             }
         }
     };
-    if spawn.is_some() {
+    if spawn {
         // The spawned process holds these connections too (as after fork).
         holds(1);
     }
-    let rc = exec(env.as_ptr());
+    let rc = exec(env.as_ptr(), rebuilt.as_deref().map(|fa| fa as *const _));
     let saved = sys::errno();
-    if spawn.is_some() && rc != 0 {
+    if spawn && rc != 0 {
         holds(-1);
+    }
+    if let Some(fa) = rebuilt {
+        let fa = Box::into_raw(fa);
+        // SAFETY: the object `rebuild` initialised, destroyed once; then its box is freed.
+        unsafe {
+            sys::posix_spawn_file_actions_destroy(fa);
+            drop(Box::from_raw(fa));
+        }
     }
     // The exec failed, or the spawn is done: our memfds are close-on-exec again.
     lifecycle::exec_failed();
     sys::set_errno(saved);
     rc
+}
+
+/// Whether another process of this user may open `/proc/<pid>/fd/*` of this one (the process
+/// is dumpable: not set-user-ID, no `PR_SET_DUMPABLE` 0).
+fn dumpable() -> bool {
+    // SAFETY: PR_GET_DUMPABLE takes no pointers.
+    unsafe { libc::prctl(libc::PR_GET_DUMPABLE) == 1 }
 }
 
 /// Whether `conn` has a segment in use (past the plain phases).
@@ -398,5 +454,42 @@ mod tests {
         assert_eq!(decode(&text), list);
         // Malformed items (a bad end, a negative fd, missing or extra fields) are skipped.
         assert_eq!(decode("1:2:3:4,x,-1:2:0:4,1:2:0,1:2:0:4:5,3:4:1:8"), [Inherit { fd: 3, memfd: 4, end: End::Server, inode: 8 }]);
+    }
+
+    fn elf(kind: u32) -> Vec<u8> {
+        let mut v = vec![0u8; 64 + 56];
+        v[..4].copy_from_slice(b"\x7fELF");
+        v[4] = 2; // 64-bit
+        v[5] = 1; // little-endian
+        v[32] = 64; // e_phoff
+        v[54] = 56; // e_phentsize
+        v[56] = 1; // e_phnum
+        v[64..68].copy_from_slice(&kind.to_le_bytes());
+        v
+    }
+
+    #[test]
+    fn static_images_scripts_and_set_user_id_files_are_told_apart() {
+        assert_eq!(elf_is_dynamic(&elf(libc::PT_INTERP)), Some(true));
+        assert_eq!(elf_is_dynamic(&elf(libc::PT_LOAD)), Some(false));
+        assert_eq!(elf_is_dynamic(b"#!/bin/sh"), None);
+        assert_eq!(elf_is_dynamic(&elf(libc::PT_LOAD)[..66]), None, "program headers cut off");
+        assert!(path_loads_hook("/bin/sh", 0));
+        let dir = std::env::temp_dir().join(format!("tssx-images-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str, bytes: &[u8], mode: u32| {
+            use std::os::unix::fs::PermissionsExt;
+            let path = dir.join(name);
+            std::fs::write(&path, bytes).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            path.to_str().unwrap().to_owned()
+        };
+        let stat = write("static", &elf(libc::PT_LOAD), 0o755);
+        assert!(!path_loads_hook(&stat, 0));
+        assert!(path_loads_hook(&write("dynamic", &elf(libc::PT_INTERP), 0o755), 0));
+        assert!(!path_loads_hook(&write("setuid", &elf(libc::PT_INTERP), 0o4755), 0));
+        assert!(path_loads_hook(&write("script", b"#!/bin/sh\necho\n", 0o755), 0));
+        assert!(!path_loads_hook(&write("script-of-static", format!("#!{stat} -x\n").as_bytes(), 0o755), 0));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,10 +1,10 @@
 //! Handing a connection back to the kernel: the migration in reverse, for the whole connection.
 //!
 //! An end that must give the connection back (a call the rings cannot serve, such as `sendmsg`
-//! with ancillary data) does, under its producer lock: ring one last doorbell (so a peer asleep
-//! on the rings wakes and sees what follows), store how many doorbells it ever sent
-//! (`bells_at`), then its ring head (`back_at`). From then on it writes to the socket and never
-//! sends a doorbell again. Its peer, on its next call (or woken by that doorbell), does the same
+//! with ancillary data) does, under its producer lock: store how many doorbells it ever sent,
+//! counting one last one (`bells_at`), then its ring head (`back_at`), then ring that last
+//! doorbell (so a peer asleep on the rings wakes and sees the hand-back). From then on it
+//! writes to the socket and never sends a doorbell again. Its peer, on its next call (or woken by that doorbell), does the same
 //! for its own direction.
 //!
 //! A reader then reads, in stream order: the socket up to the peer's `switch_at` (if it had not
@@ -58,19 +58,28 @@ impl Conn {
             if line.back_at.load(Relaxed) != NOT_YET {
                 return false;
             }
-            let head = if self.out_switched() {
-                // The last doorbell, counted first (SeqCst, as every doorbell).
-                line.bells_sent.fetch_add(1, SeqCst);
-                if sys::send_raw(fd, &[0u8], libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL).is_err() {
-                    line.bells_sent.fetch_sub(1, SeqCst);
-                }
-                tx.position()
-            } else {
-                0 // never switched: everything this end wrote is on the socket already
-            };
+            if !self.out_switched() {
+                // Never switched: everything this end wrote is on the socket already.
+                // Relaxed: published by the SeqCst store of `back_at`.
+                line.bells_at.store(line.bells_sent.load(Relaxed), Relaxed);
+                line.back_at.store(0, SeqCst);
+                return true;
+            }
+            // The last doorbell, counted (SeqCst, as every doorbell) and published with
+            // `back_at` before it is sent: a peer it wakes sees the hand-back (sent first, the
+            // peer could wake, find nothing new and sleep again before `back_at` is stored,
+            // with nothing left to wake it when no data follows).
+            let bells = line.bells_sent.fetch_add(1, SeqCst) + 1;
             // Relaxed: published by the SeqCst store of `back_at` below.
-            line.bells_at.store(line.bells_sent.load(Relaxed), Relaxed);
-            line.back_at.store(head, SeqCst);
+            line.bells_at.store(bells, Relaxed);
+            line.back_at.store(tx.position(), SeqCst);
+            if sys::send_raw(fd, &[0u8], libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL).is_err() {
+                // Not sent (the socket is full, or the peer is gone): the counts published
+                // above are one too many. A reader re-loads `bells_at` each time it drains, and
+                // this end sends no data before this returns.
+                line.bells_sent.fetch_sub(1, SeqCst);
+                line.bells_at.fetch_sub(1, SeqCst);
+            }
             true
         });
         if stored {

@@ -20,24 +20,32 @@
 //! same signal handling, the same pipe and close-on-exec rules), so a child with the hook keeps
 //! the rings and a child without it gets the connection handed back first ([`crate::exec`]).
 
-use std::sync::Mutex;
+use std::{ffi::CString, sync::Mutex};
 
 use libc::c_int;
 
-/// One file action that changes which file an fd number refers to (chdir/fchdir change none).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+use crate::sys;
+
+/// One file action, as recorded (with what it needs to be added again to another object).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
     /// `addclose(fd)`.
     Close(c_int),
     /// `adddup2(fd, newfd)`.
     Dup2(c_int, c_int),
-    /// `addopen(fd, ...)`: `fd` becomes a file that is not a tracked socket.
-    Open(c_int),
+    /// `addopen(fd, path, oflag, mode)`: `fd` becomes a file that is not a tracked socket.
+    Open(c_int, CString, c_int, libc::mode_t),
     /// `addclosefrom_np(from)`.
     CloseFrom(c_int),
+    /// `addchdir_np(path)` (no fd changes).
+    Chdir(CString),
+    /// `addfchdir_np(fd)` (no fd changes).
+    Fchdir(c_int),
+    /// `addtcsetpgrp_np(fd)` (no fd changes).
+    Tcsetpgrp(c_int),
 }
 
-/// The side records: (address of the actions object, its actions, complete).
+/// The side records: (address of the actions object, its actions).
 static RECORDS: Mutex<Vec<(usize, Vec<Op>)>> = Mutex::new(Vec::new());
 
 fn records() -> std::sync::MutexGuard<'static, Vec<(usize, Vec<Op>)>> {
@@ -56,30 +64,62 @@ pub fn actions_destroy(addr: usize) {
     records().retain(|(a, _)| *a != addr);
 }
 
-/// A successful `add*` on the object at `addr`.
+/// A successful `add*` on the object at `addr` (an object the hook saw no `init` of stays
+/// unknown: its record would be incomplete).
 pub fn actions_push(addr: usize, op: Op) {
-    let mut recs = records();
-    match recs.iter_mut().find(|(a, _)| *a == addr) {
-        Some((_, ops)) => ops.push(op),
-        None => recs.push((addr, vec![op])),
+    if let Some((_, ops)) = records().iter_mut().find(|(a, _)| *a == addr) {
+        ops.push(op);
     }
 }
 
-/// The actions recorded for the object at `addr` (none for a null pointer or an unknown object).
-pub fn actions_of(addr: usize) -> Vec<Op> {
+/// The actions recorded for the object at `addr`: empty for a null pointer, `None` for an
+/// object the hook has no record of.
+pub fn actions_of(addr: usize) -> Option<Vec<Op>> {
     if addr == 0 {
-        return Vec::new();
+        return Some(Vec::new());
     }
-    records().iter().find(|(a, _)| *a == addr).map(|(_, ops)| ops.clone()).unwrap_or_default()
+    records().iter().find(|(a, _)| *a == addr).map(|(_, ops)| ops.clone())
 }
 
-/// What an fd of the model refers to: connection `k`'s socket or its segment memfd.
+/// A new actions object (libc's) with `ops`, then `addopen(fd, path, O_RDWR)` for each of
+/// `opens`; `None` if libc refused one. The caller destroys it.
+pub fn rebuild(ops: &[Op], opens: &[(c_int, CString)]) -> Option<Box<libc::posix_spawn_file_actions_t>> {
+    // SAFETY: plain data, initialised by libc's init below.
+    let mut fa: Box<libc::posix_spawn_file_actions_t> = Box::new(unsafe { std::mem::zeroed() });
+    let p: *mut libc::posix_spawn_file_actions_t = &mut *fa;
+    // SAFETY: libc's functions on a valid object, with valid C strings.
+    unsafe {
+        if sys::posix_spawn_file_actions_init(p) != 0 {
+            return None;
+        }
+        for op in ops.iter().chain(opens.iter().map(|(fd, path)| Op::Open(*fd, path.clone(), libc::O_RDWR, 0)).collect::<Vec<_>>().iter()) {
+            let rc = match op {
+                Op::Close(fd) => sys::posix_spawn_file_actions_addclose(p, *fd),
+                Op::Dup2(fd, to) => sys::posix_spawn_file_actions_adddup2(p, *fd, *to),
+                Op::Open(fd, path, oflag, mode) => sys::posix_spawn_file_actions_addopen(p, *fd, path.as_ptr(), *oflag, *mode),
+                Op::CloseFrom(from) => sys::spawn_addclosefrom_np(p, *from),
+                Op::Chdir(path) => sys::spawn_addchdir_np(p, path.as_ptr()),
+                Op::Fchdir(fd) => sys::spawn_addfchdir_np(p, *fd),
+                Op::Tcsetpgrp(fd) => sys::spawn_addtcsetpgrp_np(p, *fd),
+            };
+            if rc != 0 {
+                sys::posix_spawn_file_actions_destroy(p);
+                return None;
+            }
+        }
+    }
+    Some(fa)
+}
+
+/// What an fd of the model refers to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Obj {
     /// A swapped socket of connection `k`.
     Sock(usize),
     /// The segment memfd of connection `k`.
     Mem(usize),
+    /// Something else the file actions put there (an opened file, a dup of another fd).
+    Other,
 }
 
 /// The fds of the new image: starts from `initial` (fd, what it is, its FD_CLOEXEC), runs
@@ -88,23 +128,23 @@ pub fn child_fds(initial: &[(c_int, Obj, bool)], ops: &[Op]) -> Vec<(c_int, Obj)
     let mut map: std::collections::BTreeMap<c_int, (Obj, bool)> = initial.iter().map(|&(fd, obj, cloexec)| (fd, (obj, cloexec))).collect();
     for op in ops {
         match *op {
-            Op::Close(fd) | Op::Open(fd) => {
+            Op::Close(fd) => {
                 map.remove(&fd);
+            }
+            Op::Open(fd, ..) => {
+                map.insert(fd, (Obj::Other, false));
             }
             Op::Dup2(from, to) if from == to => {
                 if let Some(entry) = map.get_mut(&from) {
                     entry.1 = false;
                 }
             }
-            Op::Dup2(from, to) => match map.get(&from).copied() {
-                Some((obj, _)) => {
-                    map.insert(to, (obj, false));
-                }
-                None => {
-                    map.remove(&to);
-                }
-            },
+            Op::Dup2(from, to) => {
+                let obj = map.get(&from).map_or(Obj::Other, |&(obj, _)| obj);
+                map.insert(to, (obj, false));
+            }
             Op::CloseFrom(from) => map.retain(|&fd, _| fd < from),
+            Op::Chdir(_) | Op::Fchdir(_) | Op::Tcsetpgrp(_) => {}
         }
     }
     map.into_iter().filter(|(_, (_, cloexec))| !cloexec).map(|(fd, (obj, _))| (fd, obj)).collect()
@@ -378,6 +418,10 @@ pub unsafe fn pclose(stream: *mut libc::FILE) -> c_int {
 mod tests {
     use super::*;
 
+    fn open(fd: c_int) -> Op {
+        Op::Open(fd, c"/dev/null".into(), libc::O_RDONLY, 0)
+    }
+
     #[test]
     fn inetd_dup2_onto_stdin_and_stdout_of_a_cloexec_socket() {
         // Socket 5 (close-on-exec), its memfd 9.
@@ -397,13 +441,16 @@ mod tests {
         // addclose of the socket.
         assert_eq!(child_fds(&initial, &[Op::Close(3)]), [(7, Obj::Mem(0)), (8, Obj::Mem(1))]);
         // addopen reuses a socket's number: not a socket any more.
-        assert_eq!(child_fds(&initial, &[Op::Dup2(4, 1), Op::Open(1)]), [(3, Obj::Sock(0)), (7, Obj::Mem(0)), (8, Obj::Mem(1))]);
+        assert_eq!(
+            child_fds(&initial, &[Op::Dup2(4, 1), open(1)]),
+            [(1, Obj::Other), (3, Obj::Sock(0)), (7, Obj::Mem(0)), (8, Obj::Mem(1))]
+        );
         // adddup2(fd, fd) clears close-on-exec.
         assert_eq!(child_fds(&initial, &[Op::Dup2(4, 4)]), [(3, Obj::Sock(0)), (4, Obj::Sock(1)), (7, Obj::Mem(0)), (8, Obj::Mem(1))]);
         // A dup2 from an fd the model does not know replaces what was there.
-        assert_eq!(child_fds(&initial, &[Op::Dup2(20, 3)]), [(7, Obj::Mem(0)), (8, Obj::Mem(1))]);
-        // closefrom after moving the socket low: the memfds are gone too.
-        assert_eq!(child_fds(&initial, &[Op::Dup2(3, 0), Op::CloseFrom(3)]), [(0, Obj::Sock(0))]);
+        assert_eq!(child_fds(&initial, &[Op::Dup2(20, 3)]), [(3, Obj::Other), (7, Obj::Mem(0)), (8, Obj::Mem(1))]);
+        // closefrom after moving the socket low: the memfds are gone too; chdir changes no fd.
+        assert_eq!(child_fds(&initial, &[Op::Dup2(3, 0), Op::CloseFrom(3), Op::Chdir(c"/".into()), Op::Fchdir(0)]), [(0, Obj::Sock(0))]);
     }
 
     #[test]
@@ -412,12 +459,58 @@ mod tests {
         actions_init(addr);
         actions_push(addr, Op::Dup2(5, 0));
         actions_push(addr, Op::CloseFrom(3));
-        assert_eq!(actions_of(addr), [Op::Dup2(5, 0), Op::CloseFrom(3)]);
+        assert_eq!(actions_of(addr), Some(vec![Op::Dup2(5, 0), Op::CloseFrom(3)]));
         // A second init of the same object starts afresh.
         actions_init(addr);
-        assert_eq!(actions_of(addr), []);
+        assert_eq!(actions_of(addr), Some(vec![]));
         actions_destroy(addr);
-        assert_eq!(actions_of(addr), []);
-        assert_eq!(actions_of(0), []);
+        // Unknown afterwards (an add to it is not recorded); a null pointer has no actions.
+        actions_push(addr, Op::Close(1));
+        assert_eq!(actions_of(addr), None);
+        assert_eq!(actions_of(0), Some(vec![]));
+    }
+
+    #[test]
+    fn rebuilt_actions_run_like_the_original_plus_the_opens() {
+        // Spawn `/bin/sh -c` with rebuilt actions: /dev/null opened onto 805, a file opened by
+        // the extra open onto 806, closefrom(807), a chdir; the shell reports what it has.
+        let dir = std::env::temp_dir().join(format!("tssx-rebuild-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("f");
+        std::fs::write(&file, b"x").unwrap();
+        // An fd above 807 that the closefrom must close in the child (F_DUPFD: never one of
+        // the other tests' fds).
+        let keep = std::fs::File::open(&file).unwrap();
+        // SAFETY: duplicates an fd we own to the lowest free number >= 808.
+        let high = unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&keep), libc::F_DUPFD, 808) };
+        assert!(high >= 808);
+        let ops = [open(805), Op::CloseFrom(807), Op::Chdir(CString::new(dir.to_str().unwrap()).unwrap())];
+        let fa = rebuild(&ops, &[(806, CString::new(file.to_str().unwrap()).unwrap())]).expect("rebuild");
+        let out = dir.join("out");
+        let script = format!(
+            "ls -l /proc/self/fd/805 /proc/self/fd/806 > {0} 2>&1; pwd >> {0}; test -e /proc/self/fd/{high} && echo leaked >> {0}",
+            out.display()
+        );
+        let script = CString::new(script).unwrap();
+        let argv = [c"sh".as_ptr().cast_mut(), c"-c".as_ptr().cast_mut(), script.as_ptr().cast_mut(), std::ptr::null_mut()];
+        let env = [std::ptr::null_mut()];
+        let mut pid = 0;
+        // SAFETY: valid arguments; libc's posix_spawn (this test binary has no hook).
+        let rc = unsafe { libc::posix_spawn(&mut pid, c"/bin/sh".as_ptr(), &*fa, std::ptr::null(), argv.as_ptr(), env.as_ptr()) };
+        assert_eq!(rc, 0);
+        let mut st = 0;
+        // SAFETY: reaps the child.
+        unsafe { libc::waitpid(pid, &mut st, 0) };
+        // SAFETY: the rebuilt object, destroyed once; our own dup closed once.
+        unsafe {
+            sys::posix_spawn_file_actions_destroy(Box::into_raw(fa));
+            libc::close(high);
+        }
+        let text = std::fs::read_to_string(&out).unwrap();
+        assert!(text.contains("/dev/null"), "{text}");
+        assert!(text.contains(file.to_str().unwrap()), "{text}");
+        assert!(text.contains(&format!("\n{}\n", dir.display())), "{text}");
+        assert!(!text.contains("leaked"), "{text}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -172,6 +172,7 @@ optional_fns! {
     spawn_addclosefrom_np = "posix_spawn_file_actions_addclosefrom_np": fn(fa: *mut libc::posix_spawn_file_actions_t, from: c_int);
     spawn_addchdir_np = "posix_spawn_file_actions_addchdir_np": fn(fa: *mut libc::posix_spawn_file_actions_t, path: *const libc::c_char);
     spawn_addfchdir_np = "posix_spawn_file_actions_addfchdir_np": fn(fa: *mut libc::posix_spawn_file_actions_t, fd: c_int);
+    spawn_addtcsetpgrp_np = "posix_spawn_file_actions_addtcsetpgrp_np": fn(fa: *mut libc::posix_spawn_file_actions_t, fd: c_int);
 }
 
 unsafe extern "C" {
