@@ -174,7 +174,11 @@ fn image_loads_hook(image: Image) -> bool {
             let search = std::env::var("PATH").unwrap_or_else(|_| "/bin:/usr/bin".into());
             for dir in search.split(':') {
                 let full = format!("{}/{name}", if dir.is_empty() { "." } else { dir });
-                if std::fs::metadata(&full).is_ok_and(|m| m.is_file()) {
+                let is_file = CString::new(full.as_str())
+                    .ok()
+                    .and_then(|c| sys::stat(&c).ok())
+                    .is_some_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG);
+                if is_file {
                     return path_loads_hook(&full, 0);
                 }
             }
@@ -185,27 +189,22 @@ fn image_loads_hook(image: Image) -> bool {
 }
 
 fn path_loads_hook(path: &str, depth: u32) -> bool {
-    use std::{io::Read, os::unix::fs::PermissionsExt};
-    let Ok(mut file) = std::fs::File::open(path) else { return true };
-    if file.metadata().is_ok_and(|m| m.permissions().mode() & (libc::S_ISUID | libc::S_ISGID) != 0) {
+    // Raw system calls (the standard library's file code would call the hook's own exports).
+    let Ok(cpath) = CString::new(path) else { return true };
+    let Ok(st) = sys::stat(&cpath) else { return true };
+    if st.st_mode & (libc::S_ISUID | libc::S_ISGID) != 0 {
         return false;
     }
-    let mut head = vec![0u8; 4096];
-    let mut got = 0;
-    while got < head.len() {
-        match file.read(&mut head[got..]) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => got += n,
-        }
-    }
-    head.truncate(got);
+    let mut head = [0u8; 4096];
+    let Ok(got) = sys::read_file(&cpath, &mut head) else { return true };
+    let head = &head[..got];
     if let Some(line) = head.strip_prefix(b"#!") {
         let line = line.split(|&b| b == b'\n').next().unwrap_or_default();
         let interp = String::from_utf8_lossy(line);
         let Some(interp) = interp.split_whitespace().next() else { return true };
         return depth >= 4 || path_loads_hook(interp, depth + 1);
     }
-    elf_is_dynamic(&head).unwrap_or(true)
+    elf_is_dynamic(head).unwrap_or(true)
 }
 
 /// Whether the ELF file starting with `head` has a `PT_INTERP` program header (`None`: not
