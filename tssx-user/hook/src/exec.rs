@@ -1,19 +1,38 @@
-//! Swapped sockets across `execve`: the new image's hook maps the same segment again.
+//! Swapped sockets across `execve` and into spawned children: a new image with the hook maps
+//! the same segment again; a new image without it gets the connection handed back first.
 //!
 //! The new image has none of this process's memory, but its file descriptors survive. Before
-//! the exec, every swapped fd that survives it (no FD_CLOEXEC) has its segment's memfd made
-//! inheritable, and the list `fd:memfd:end:inode,...` travels in the environment variable
-//! [`INHERIT_VAR`] of the new image. The hook's constructor there (before `main`) maps each
-//! segment, takes the ring positions from shared memory (where they always are), and removes
-//! the variable and closes nothing the application can see except those memfds' close-on-exec
-//! flag, which it sets again. Unread bytes stay in the rings: nothing is lost, nothing is
-//! replayed.
+//! the exec (or spawn), the hook computes which fds of the new image are swapped sockets: the
+//! swapped fds without FD_CLOEXEC, after a spawn's file actions (`dup2` onto 0 and 1, `close`,
+//! `open` over a number, `closefrom`: see [`crate::spawn::child_fds`]). Each of their segments'
+//! memfds is made inheritable, and the list `fd:memfd:end:inode,...` (child fd numbers) travels
+//! in the environment variable [`INHERIT_VAR`] of the new image. The hook's constructor there
+//! (before `main`) maps each segment once, links every listed fd that is still that socket (by
+//! inode) to it, takes the ring positions from shared memory (where they always are), removes
+//! the variable, and sets the memfds' close-on-exec flag again (a memfd none of whose sockets
+//! arrived is closed). Unread bytes stay in the rings: nothing is lost, nothing is replayed. A
+//! spawn whose file actions close a memfd (`closefrom`) runs with a copy of its actions that
+//! opens it again at the same number from `/proc/<pid>/fd/<memfd>` (glibc's spawn holds the
+//! parent until the child execs, so the parent's memfd is there to open).
+//!
+//! **An image without the hook** (the environment has no `LD_PRELOAD` naming it and
+//! `/etc/ld.so.preload` does not name it either, or the file is a static ELF, a set-user-ID
+//! file, or a script run by one) must read and write the real socket, so each connection it
+//! would hold is handed back to the kernel before the exec ([`hand_over`]): this end's writes
+//! go back to the socket at once; the hook waits (at most [`HAND_OVER_WAIT_NS`]) for the peer
+//! to follow (a peer asleep on the rings is woken by the hand-back's doorbell; a peer inside
+//! any call follows on its next step), drains the doorbells the peer sent, and the connection
+//! is plain for good, in this process too. Known limit: bytes the peer had already put on its
+//! ring and this process had not read yet cannot be put into the socket by this end (only the
+//! writer can send them again, issue 13's "somebody must move them"); a hooked process that
+//! spawns a child without the hook still reads them itself, an exec without the hook loses
+//! them. Readers that read what the peer sent before starting such a child (the usual
+//! inetd-style request/response) are not affected.
 //!
 //! Covered: execve, execv, execvp, execvpe, fexecve, execl, execlp, execle (C varargs: a C
 //! shim, `execl.c`, collects the arguments and calls the hooked `execv`/`execvp`/`execve`),
-//! and posix_spawn/posix_spawnp, whose child holds the connection too (its end's refcount is
-//! raised, as after fork); the child finds a socket that the spawn's file actions moved onto
-//! fd 0, 1 or 2 by its inode.
+//! posix_spawn/posix_spawnp (whose child holds the connection too: its end's refcount is
+//! raised, as after fork), and through them `system` and `popen` ([`crate::spawn`]).
 
 use std::ffi::{CStr, CString};
 

@@ -21,6 +21,7 @@
 //! | [`wait`], [`spin`] | waiting for the peer: spin budget, announced sleep, doorbells |
 //! | [`plain`] | turning plain: replay of the ring into the real socket |
 //! | [`lifecycle`], [`exec`], [`pass`] | fork/spawn refcounts; exec hand-over; `SCM_RIGHTS` hand-over |
+//! | [`spawn`] | spawn file actions (side records, the child's fds), vfork, system, popen |
 //! | [`poll`], [`epoll`] | readiness calls over a mix of swapped and plain fds |
 //! | [`paths`], [`claim`] | which sockets are watched; claiming a segment from the agent |
 //! | [`iov`], [`sys`] | caller buffers, checked as the kernel checks them (EFAULT/EINVAL, never a crash); every system call the hook makes |
@@ -33,9 +34,13 @@
 //! hook does not track), blocking and non-blocking (accept4 SOCK_NONBLOCK, fcntl/fcntl64
 //! F_SETFL, ioctl FIONBIO), shutdown, ioctl FIONREAD/SIOCOUTQ,
 //! close, dup/dup2/dup3/F_DUPFD*, poll, ppoll, select, pselect, epoll_ctl, epoll_wait,
-//! epoll_pwait, epoll_pwait2, fork (both processes keep the connection) and the exec family
-//! (execve, execv, execvp, execvpe, fexecve, execl, execlp, execle, posix_spawn, posix_spawnp:
-//! the new image re-attaches the segment). Ancillary data (sendmsg, or a sendmmsg message, with
+//! epoll_pwait, epoll_pwait2, fork (both processes keep the connection), vfork (run as fork;
+//! the parent waits for the child's exec or exit), the exec family (execve, execv, execvp,
+//! execvpe, fexecve, execl, execlp, execle) and posix_spawn/posix_spawnp with every file action
+//! (the posix_spawn_file_actions_* functions are interposed and recorded): a new image with the
+//! hook re-attaches the segment on every fd that is the socket, one without the hook gets the
+//! connection handed back first; system, popen and pclose are the hook's own, over its
+//! posix_spawn (libc's would spawn the child without any interposed call). Ancillary data (sendmsg, or a sendmmsg message, with
 //! a control message on a swapped fd) hands the connection back to the kernel first.
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
