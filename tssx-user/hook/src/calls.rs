@@ -1235,6 +1235,19 @@ pub unsafe fn vfork() -> libc::pid_t {
     spawn::vfork()
 }
 
+/// Where the exported `vfork` (a tail jump, so that no frame of the hook's is on the shared
+/// stack) goes: libc's `vfork` while this process tracks no connection (a `vfork` child's
+/// calls would change this process's table), else `as_fork` (the address of the export that
+/// calls [`vfork`]).
+pub fn vfork_target(as_fork: usize) -> usize {
+    let real = sys::vfork_address();
+    if table::any_live() || real == 0 {
+        as_fork
+    } else {
+        real
+    }
+}
+
 /// libc's `system` (see [`spawn::system`]).
 pub unsafe fn system(command: *const libc::c_char) -> c_int {
     // SAFETY: per system's contract.

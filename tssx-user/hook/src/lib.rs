@@ -34,8 +34,9 @@
 //! hook does not track), blocking and non-blocking (accept4 SOCK_NONBLOCK, fcntl/fcntl64
 //! F_SETFL, ioctl FIONBIO), shutdown, ioctl FIONREAD/SIOCOUTQ,
 //! close, dup/dup2/dup3/F_DUPFD*, poll, ppoll, select, pselect, epoll_ctl, epoll_wait,
-//! epoll_pwait, epoll_pwait2, fork (both processes keep the connection), vfork (run as fork;
-//! the parent waits for the child's exec or exit), the exec family (execve, execv, execvp,
+//! epoll_pwait, epoll_pwait2, fork (both processes keep the connection), vfork (libc's own in a
+//! process that tracks no connection, else run as fork, the parent waiting for the child's exec
+//! or exit), the exec family (execve, execv, execvp,
 //! execvpe, fexecve, execl, execlp, execle) and posix_spawn/posix_spawnp with every file action
 //! (the posix_spawn_file_actions_* functions are interposed and recorded): a new image with the
 //! hook re-attaches the segment on every fd that is the socket, one without the hook gets the

@@ -160,7 +160,9 @@ unsafe extern "C" {
     static environ: *const *const libc::c_char;
 }
 
-/// `vfork`, run as `fork` (libc's, so that the child's libc is whole: an exec through the hook
+/// `vfork` in a process that tracks connections (the exported `vfork` jumps to libc's own
+/// otherwise, see [`crate::calls::vfork_target`]), run as `fork` (libc's, so that the child's
+/// libc is whole: an exec through the hook
 /// may allocate), and the parent then waits until the child has exec'd or exited, as after a
 /// real `vfork`. A real `vfork` child runs in the parent's memory: a `close` of its copy of a
 /// swapped socket would change the parent's table and the connection's refcount, and the

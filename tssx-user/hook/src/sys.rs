@@ -147,6 +147,12 @@ fn resolve_optional(slot: &AtomicUsize, name: &str) -> usize {
     f
 }
 
+/// The address of libc's `vfork` (0 if there is none), for the exported `vfork`'s tail jump.
+pub fn vfork_address() -> usize {
+    static SLOT: AtomicUsize = AtomicUsize::new(0);
+    resolve_optional(&SLOT, "vfork\0")
+}
+
 macro_rules! optional_fns {
     ($($fn_name:ident = $sym:literal: fn($($arg:ident: $ty:ty),*);)*) => {
         $(
