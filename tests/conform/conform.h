@@ -94,6 +94,7 @@ HELPER const char *errname(int e) {
     case EISCONN: return "EISCONN";
     case ENOBUFS: return "ENOBUFS";
     case EMSGSIZE: return "EMSGSIZE";
+    case ESPIPE: return "ESPIPE";
     default: {
         static char other[32];
         snprintf(other, sizeof other, "E%d", e);

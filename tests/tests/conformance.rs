@@ -53,6 +53,9 @@ struct Scenario {
     /// Bytes (both directions, all connections) that must have crossed the connection: on the
     /// socket before each direction switched, on the rings after.
     shm_bytes: u64,
+    /// For a scenario whose connections must stay plain: words the agent's `not swapped`
+    /// reason must contain.
+    plain_because: Option<&'static str>,
 }
 
 /// How a conformance program is built. Every program is built both ways and every scenario runs
@@ -344,6 +347,11 @@ fn conform(sc: &Scenario, build: Build) {
             None => refused.push((reason, 1)),
         }
     }
+    if let Some(why) = sc.plain_because {
+        if !refused.iter().any(|(reason, _)| reason.contains(why)) {
+            problems.push(format!("no `not swapped` trace with a reason about {why}"));
+        }
+    }
     eprintln!(
         "{} ({build:?}): plain {:?}, agent lock+start {:?}, swapped {:?}, {} swapped, {} bytes through shared memory",
         sc.name,
@@ -366,7 +374,7 @@ fn conform(sc: &Scenario, build: Build) {
 /// One module per scenario, with one test per [`Build`]: `<scenario>::o0` and
 /// `<scenario>::fortified`.
 macro_rules! scenarios {
-    ($($name:ident: $program:literal, server $server:expr, client $client:expr, connections $conns:expr, shm $shm:expr;)*) => {
+    ($($name:ident: $program:literal, server $server:expr, client $client:expr, connections $conns:expr, shm $shm:expr $(, plain because $why:literal)?;)*) => {
         $(
             mod $name {
                 use super::*;
@@ -379,6 +387,7 @@ macro_rules! scenarios {
                         client: &$client,
                         connections: $conns,
                         shm_bytes: $shm,
+                        plain_because: None $(.or(Some($why)))?,
                     }
                 }
 
@@ -425,6 +434,9 @@ scenarios! {
     random_interleaving_stress: "stress", server ["8388608", "42"], client ["8388608", "42"], connections 1, shm 2 * 8_388_608;
     fortify_chk_variants_fcntl64_and_overflow: "fortify", server [], client [], connections 2, shm 41;
     recvmmsg_sendmmsg_waitforone_timeout_partial_scm_rights: "mmsg", server [], client [], connections 3, shm 72;
+    preadv2_pwritev2_rwf_flags_and_offsets: "rwf", server [], client [], connections 1, shm 255;
+    stdio_fdopen_dup2_stdout_and_inetd_image: "stdio", server [], client [], connections 1, shm 290;
+    io_uring_server_stays_plain: "iouring", server [], client [], connections 0, shm 0, plain because "io_uring";
     children_spawn_dup2_stdin_and_stdout: "children", server ["spawn-dup2-both"], client ["spawn-dup2-both"], connections 1, shm 21_000;
     children_spawn_dup2_stdin_only: "children", server ["spawn-dup2-in"], client ["spawn-dup2-in"], connections 1, shm 21_000;
     children_spawn_dup2_stdout_only: "children", server ["spawn-dup2-out"], client ["spawn-dup2-out"], connections 1, shm 21_000;

@@ -112,6 +112,9 @@ pub enum PlainReason {
     TooManyConnections = 6,
     /// Another process holds the same end of the connection (a fork's parent or child).
     NotSoleHolder = 7,
+    /// The claiming process set up an io_uring: its io_uring reads and writes would bypass the
+    /// rings.
+    IoUring = 8,
 }
 
 impl PlainReason {
@@ -124,6 +127,7 @@ impl PlainReason {
             4 => Self::BadRequest,
             6 => Self::TooManyConnections,
             7 => Self::NotSoleHolder,
+            8 => Self::IoUring,
             _ => Self::None,
         }
     }
@@ -138,6 +142,7 @@ impl PlainReason {
             Self::BadRequest => "malformed request",
             Self::TooManyConnections => "connection limit reached (--max-connections live segments)",
             Self::NotSoleHolder => "another process holds the same end (fork): not swapped while it does",
+            Self::IoUring => "the process uses io_uring (its io_uring reads and writes would bypass the rings)",
         }
     }
 }

@@ -32,6 +32,9 @@ pub enum EventKind {
     Fork = 5,
     /// The last thread of a process that held (or inherited) watched listeners exited.
     Exit = 6,
+    /// A process set up an io_uring (`io_uring_setup` succeeded; `fd` is the ring's fd). Its
+    /// io_uring reads and writes bypass any preload, so its connections stay plain.
+    IoUring = 7,
 }
 
 impl EventKind {
@@ -44,6 +47,7 @@ impl EventKind {
             4 => Self::Accept,
             5 => Self::Fork,
             6 => Self::Exit,
+            7 => Self::IoUring,
             _ => return None,
         })
     }
@@ -57,6 +61,7 @@ impl EventKind {
             Self::Accept => "accept",
             Self::Fork => "fork",
             Self::Exit => "exit",
+            Self::IoUring => "io_uring",
         }
     }
 }

@@ -39,6 +39,9 @@ pub mod maps {
     pub const OWNERS: &str = "OWNERS";
     /// `HashMap<u32, u32>`: child pid to parent tgid, for children of listener owners.
     pub const PARENTS: &str = "PARENTS";
+    /// `LruHashMap<u32, u32>`: pids of processes that set up an io_uring, or descend from one
+    /// (a forked child inherits the ring), to 1. The agent keeps their connections plain.
+    pub const IO_URING_USERS: &str = "IO_URING_USERS";
     /// `PerCpuArray<u64>` with one entry: events dropped because `EVENTS` was full.
     pub const DROPPED: &str = "DROPPED";
 }

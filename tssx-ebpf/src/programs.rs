@@ -11,7 +11,7 @@ use aya_ebpf::{
         bpf_probe_read_user_buf, bpf_probe_read_user_str_bytes,
     },
     macros::{map, tracepoint},
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
 };
 use aya_log_ebpf::warn;
@@ -67,6 +67,11 @@ static CLONING: HashMap<u64, u64> = HashMap::with_max_entries(4096, 0);
 
 #[map]
 static DROPPED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Processes (tgid) that set up an io_uring, and their forked children (pid), to 1. LRU: an
+/// insert never fails; entries go when the process (or thread) exits.
+#[map]
+static IO_URING_USERS: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16384, 0);
 
 // ---------------------------------------------------------------------------------------------
 // bind / listen / connect: enter looks the address up, exit reports success.
@@ -230,11 +235,35 @@ pub fn tssx_enter_clone3(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// A process set up an io_uring: its connections stay plain from now on (the agent asks
+/// `IO_URING_USERS` at every claim), and the agent traces it.
+#[tracepoint(category = "syscalls", name = "sys_exit_io_uring_setup")]
+pub fn tssx_exit_io_uring_setup(ctx: TracePointContext) -> u32 {
+    // SAFETY: offset RET is `long ret` of every sys_exit tracepoint.
+    let Ok(ret) = (unsafe { ctx.read_at::<i64>(RET) }) else { return 0 };
+    if ret < 0 {
+        return 0;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let _ = IO_URING_USERS.insert(&((pid_tgid >> 32) as u32), &1, 0);
+    emit(&ctx, pid_tgid, EventKind::IoUring, 0, ret as i32, -1, 0);
+    0
+}
+
 #[tracepoint(category = "sched", name = "sched_process_fork")]
 pub fn tssx_process_fork(ctx: TracePointContext) -> u32 {
     let Some(cfg) = config() else { return 0 };
     let pid_tgid = bpf_get_current_pid_tgid();
     let parent = (pid_tgid >> 32) as u32;
+    // SAFETY: plain lookup; nothing is kept.
+    if unsafe { IO_URING_USERS.get(&parent) }.is_some() {
+        // The child (a process, or a thread: then its tid, removed when it exits) may use the
+        // ring it inherits.
+        // SAFETY: the offset was read from this kernel's sched_process_fork format file.
+        if let Ok(child) = unsafe { ctx.read_at::<i32>(cfg.fork_child_pid_off as usize) } {
+            let _ = IO_URING_USERS.insert(&(child as u32), &1, 0);
+        }
+    }
     if !holds_listeners(parent) {
         return 0;
     }
@@ -271,6 +300,10 @@ pub fn tssx_process_exit(ctx: TracePointContext) -> u32 {
     if pid != tgid {
         // A thread's own entry (created when its clone passed through sched_process_fork).
         let _ = PARENTS.remove(&pid);
+        let _ = IO_URING_USERS.remove(&pid);
+    }
+    if group_dead {
+        let _ = IO_URING_USERS.remove(&tgid);
     }
     if group_dead && interesting {
         let _ = PARENTS.remove(&tgid);

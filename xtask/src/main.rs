@@ -18,6 +18,7 @@ use clap::{Parser, Subcommand};
 
 mod report;
 mod soak;
+mod startcost;
 
 /// bpf-linker release that works with the nightly's LLVM 22 on our machines.
 const BPF_LINKER_VERSION: &str = "0.10.2";
@@ -84,6 +85,10 @@ enum Cmd {
         #[arg(long)]
         debug: bool,
     },
+    /// Set up, build the release hook, and measure what it adds to every process start:
+    /// `/bin/true` with the hook preloaded against an empty preloaded library (about a
+    /// minute; goal within 5%). Also part of `report`.
+    StartCost,
     /// Set up, build, and run a randomized soak against a real agent: connections opened, used
     /// and closed in a loop with random sizes and kills; checks bytes, hangs and agent leaks.
     /// Not part of `test`.
@@ -131,6 +136,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Cmd::StartCost => start_cost(),
         Cmd::Bench => {
             build()?;
             bench()
@@ -410,6 +416,24 @@ fn bench() -> anyhow::Result<()> {
     result?;
     step("benchmark: the sleeping half of a wait, doorbell (socket byte) vs futex, one run");
     sh(&mut Command::new(bin.join("tssx-bench-wake")))
+}
+
+/// Builds the release hook and prints its start cost (see [`startcost`]).
+fn start_cost() -> anyhow::Result<()> {
+    sh(Command::new(env!("CARGO")).current_dir(workspace_root()).args(["build", "--release", "-p", "tssx-preload"]))?;
+    step("process start: the release hook vs an empty preloaded library (alternating batches)");
+    let dir = std::env::temp_dir().join("tssx-start-cost");
+    let cost = startcost::measure(&profile_dir("release").join("libtssx_preload.so"), &dir)?;
+    println!(
+        "/bin/true, CPU time per run: empty library {:.0} us, hook {:.0} us: {:.3}x (goal {:.2}x); wall time {:.0} us vs {:.0} us",
+        cost.empty_cpu_us,
+        cost.hook_cpu_us,
+        cost.ratio(),
+        startcost::GOAL,
+        cost.empty_wall_us,
+        cost.hook_wall_us
+    );
+    Ok(())
 }
 
 fn sh_wait(child: &mut std::process::Child) -> anyhow::Result<()> {

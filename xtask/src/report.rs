@@ -179,6 +179,17 @@ pub fn report(profile: &str) -> anyhow::Result<()> {
     overhead.row(overhead_row("redis-benchmark -c 1 PING_MBULK, time per request (median of 9)", measured, "us"));
     writeln!(md, "## Hook pass-through cost\n\nThe hook loaded on both ends of a socket the agent does not watch, against no hook at all; runs alternate, medians compared. Budget: {:.0}%.\n", OVERHEAD_BUDGET * 100.0)?;
     writeln!(md, "{}", overhead.render())?;
+    step("report: process start, the hook vs an empty preloaded library");
+    let start = crate::startcost::measure(&hook, &out_dir.join("start"))?;
+    let mut start_table = Table::new(&["process start", "empty library", "hook", "hook/empty", "within 1.05x"]);
+    for row in start.rows() {
+        start_table.row(row);
+    }
+    writeln!(
+        md,
+        "## Process start\n\nWhat the hook adds to every process (with `tssx-agent install`, every process on the host): `/bin/true` with the hook preloaded against an empty preloaded library, no agent involved. The constructor resolves the real libc functions and re-attaches connections an `exec` handed over (nothing to do without them); the unwinder is linked in, so no extra library is loaded.\n\n{}",
+        start_table.render()
+    )?;
 
     // Connection set-up and short connections.
     step("report: connection set-up and short connections");

@@ -41,7 +41,13 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     raise_fd_limit(config.max_connections);
     let (mut watcher, channels) = Watcher::load(&config.paths)?;
     let feed = std::sync::Arc::new(EventFeed::new(channels.events));
-    let control = control::Control::new(config.paths.clone(), config.ring_size, config.max_connections, Some(std::sync::Arc::clone(&feed)));
+    let control = control::Control::new(
+        config.paths.clone(),
+        config.ring_size,
+        config.max_connections,
+        Some(std::sync::Arc::clone(&feed)),
+        Some(channels.io_uring_users),
+    );
     control::serve(std::sync::Arc::clone(&control), state.dir())?;
     state.publish_paths(&config.paths, config.claim_after)?;
 

@@ -88,6 +88,10 @@ fn attach_order(tp: &Tracepoint) -> (bool, &str, bool, &str) {
     (tp.category != "syscalls", stem, exit, tp.program.as_str())
 }
 
+/// Tracepoints a kernel may lack (io_uring compiled out): the agent runs without them, and
+/// says what it then does not see.
+const OPTIONAL_TRACEPOINTS: &[&str] = &["sys_exit_io_uring_setup"];
+
 /// The loaded and attached programs. Dropping it detaches everything.
 pub struct Watcher {
     ebpf: Ebpf,
@@ -100,6 +104,8 @@ pub struct Watcher {
 pub struct Channels {
     /// The events ring buffer.
     pub events: RingBuf<MapData>,
+    /// Processes that set up an io_uring (the claim rules keep their connections plain).
+    pub io_uring_users: HashMap<MapData, u32, u32>,
 }
 
 impl Watcher {
@@ -126,7 +132,10 @@ impl Watcher {
         watcher.attach_all(&tracepoints)?;
         let events = watcher.ebpf.take_map(maps::EVENTS).ok_or_else(|| anyhow!("eBPF object has no {} map", maps::EVENTS))?;
         let events = RingBuf::try_from(events).context("EVENTS is not a ring buffer")?;
-        Ok((watcher, Channels { events }))
+        let io_uring_users =
+            watcher.ebpf.take_map(maps::IO_URING_USERS).ok_or_else(|| anyhow!("eBPF object has no {} map", maps::IO_URING_USERS))?;
+        let io_uring_users = HashMap::try_from(io_uring_users).context("IO_URING_USERS is not a hash map")?;
+        Ok((watcher, Channels { events, io_uring_users }))
     }
 
     fn set_config(&mut self, config: TraceConfig) -> anyhow::Result<()> {
@@ -158,10 +167,18 @@ impl Watcher {
                 .load()
                 .map_err(|e| one_line(anyhow::Error::new(e)))
                 .with_context(|| format!("the kernel refused eBPF program {name} (for {category}/{tracepoint})"))?;
-            program
+            let attached = program
                 .attach(category, tracepoint)
                 .map_err(|e| one_line(anyhow::Error::new(e)))
-                .with_context(|| format!("cannot attach {name} to tracepoint {category}/{tracepoint}"))?;
+                .with_context(|| format!("cannot attach {name} to tracepoint {category}/{tracepoint}"));
+            match attached {
+                Err(e) if OPTIONAL_TRACEPOINTS.contains(&tracepoint.as_str()) => {
+                    tracing::warn!("{e:#}: processes that use io_uring are not recognized (their connections may swap)");
+                }
+                other => {
+                    other?;
+                }
+            }
         }
         Ok(())
     }
@@ -204,6 +221,7 @@ impl Watcher {
             (maps::LISTENERS, count::<u64, u32>(ebpf, maps::LISTENERS)),
             (maps::OWNERS, count::<u32, u32>(ebpf, maps::OWNERS)),
             (maps::PARENTS, count::<u32, u32>(ebpf, maps::PARENTS)),
+            (maps::IO_URING_USERS, count::<u32, u32>(ebpf, maps::IO_URING_USERS)),
             ("PENDING", count::<u64, tssx_common::event::PendingCall>(ebpf, "PENDING")),
             ("CLONING", count::<u64, u64>(ebpf, "CLONING")),
         ]
@@ -301,13 +319,16 @@ mod tests {
         ] {
             assert!(position(category, name).is_some(), "no program for {category}/{name}: {table:?}");
         }
+        assert!(position("syscalls", "sys_exit_io_uring_setup").is_some(), "no program for io_uring_setup: {table:?}");
         let mut programs: Vec<&str> = table.iter().map(|t| t.program.as_str()).collect();
         programs.sort_unstable();
         programs.dedup();
         assert_eq!(programs.len(), table.len(), "a program listed twice: {table:?}");
         for (i, t) in table.iter().enumerate() {
             assert!(t.program.starts_with("tssx_"), "{t:?}");
-            if let Some(stem) = t.name.strip_prefix("sys_exit_") {
+            // (An exit program pairs with its enter program through PENDING; io_uring_setup's
+            // needs only the result.)
+            if let Some(stem) = t.name.strip_prefix("sys_exit_").filter(|&stem| stem != "io_uring_setup") {
                 let enter = position(&t.category, &format!("sys_enter_{stem}")).unwrap_or_else(|| panic!("{t:?} has no enter program"));
                 assert!(enter < i, "{t:?} is attached before its enter program");
             }

@@ -31,6 +31,9 @@ use crate::{
 pub fn init() {
     sys::resolve_all();
     exec::reattach();
+    for fd in 0..=2 {
+        crate::stdio::adopt_standard_stream(fd);
+    }
 }
 
 /// After a successful connect/accept of `fd`: track it if it is a stream socket on a watched
@@ -431,6 +434,125 @@ send_like!(
         pre = if table::lookup_swapped(fd).is_none() { pass::send(fd, msg, flags) } else { None }
 );
 
+/// What `preadv2`/`pwritev2` with these `RWF_*` flags do on a tracked socket.
+#[derive(Debug, PartialEq, Eq)]
+enum Rwf {
+    /// Offset -1 and flags the kernel accepts on a socket: the call is `readv`/`writev` with
+    /// these `MSG_*` flags (served where `readv`/`recvmsg` are).
+    Stream(c_int),
+    /// The kernel refuses the call before it touches the data (an offset: ESPIPE or EINVAL; a
+    /// flag sockets do not support, RWF_ATOMIC or RWF_DONTCACHE: EOPNOTSUPP): the real call.
+    Kernel,
+    /// A flag unknown to this hook: refused with EOPNOTSUPP, as kernels without it do (a newer
+    /// kernel might accept it and read the socket past the rings).
+    Unknown,
+}
+
+/// Classifies a `preadv2`/`pwritev2` on a socket. The accepted flags, as Linux 6.18 treats
+/// them on a Unix stream socket (checked plain, see the `rwf` conformance scenario):
+/// RWF_HIPRI, RWF_DSYNC, RWF_SYNC, RWF_APPEND and RWF_NOAPPEND change nothing, RWF_NOWAIT is
+/// MSG_DONTWAIT, RWF_NOSIGNAL (0x100) is MSG_NOSIGNAL; RWF_ATOMIC (0x40) and RWF_DONTCACHE
+/// (0x80) are refused with EOPNOTSUPP.
+fn rwf(offset: i64, flags: c_int) -> Rwf {
+    const NOSIGNAL: c_int = 0x100;
+    const REFUSED: c_int = 0x40 | 0x80;
+    const IGNORED: c_int = libc::RWF_HIPRI | libc::RWF_DSYNC | libc::RWF_SYNC | libc::RWF_APPEND | 0x20;
+    if offset != -1 || flags & REFUSED != 0 {
+        return Rwf::Kernel;
+    }
+    if flags & !(IGNORED | libc::RWF_NOWAIT | NOSIGNAL | REFUSED) != 0 {
+        return Rwf::Unknown;
+    }
+    let mut msg = 0;
+    if flags & libc::RWF_NOWAIT != 0 {
+        msg |= libc::MSG_DONTWAIT;
+    }
+    if flags & NOSIGNAL != 0 {
+        msg |= libc::MSG_NOSIGNAL;
+    }
+    Rwf::Stream(msg)
+}
+
+/// `readv`/`writev` with `MSG_*` flags: `recvmsg`/`sendmsg` over the same vector, after
+/// `readv`'s own check of the count (EINVAL, where `recvmsg` says EMSGSIZE).
+///
+/// # Safety
+/// As `readv`/`writev`.
+unsafe fn vector_with_flags(fd: c_int, iov: *const iovec, cnt: c_int, flags: c_int, writing: bool) -> ssize_t {
+    if !(0..=libc::UIO_MAXIOV).contains(&cnt) {
+        sys::set_errno(libc::EINVAL);
+        return -1;
+    }
+    // SAFETY: an all-zero msghdr (no name, no control) is valid.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov.cast_mut();
+    msg.msg_iovlen = cnt as usize;
+    // SAFETY: the caller's vector, as for readv/writev.
+    unsafe {
+        if writing {
+            sendmsg(fd, &msg, flags)
+        } else {
+            recvmsg(fd, &mut msg, flags)
+        }
+    }
+}
+
+/// `preadv2`/`pwritev2` (and their `64v2` twins): on a tracked socket with offset -1 they are
+/// `readv`/`writev` with flags (see [`rwf`]); everything else is the real call.
+///
+/// # Safety
+/// As the libc function; `real` is its real twin.
+unsafe fn vector_v2(
+    fd: c_int,
+    iov: *const iovec,
+    cnt: c_int,
+    offset: i64,
+    flags: c_int,
+    writing: bool,
+    real: impl FnOnce() -> ssize_t,
+) -> ssize_t {
+    if table::lookup(fd).is_some() {
+        match rwf(offset, flags) {
+            // SAFETY: the caller's arguments, as readv/writev.
+            Rwf::Stream(0) if !writing => return unsafe { readv(fd, iov, cnt) },
+            // SAFETY: as above.
+            Rwf::Stream(0) => return unsafe { writev(fd, iov, cnt) },
+            // SAFETY: as above.
+            Rwf::Stream(msg_flags) => return unsafe { vector_with_flags(fd, iov, cnt, msg_flags, writing) },
+            Rwf::Unknown => {
+                sys::set_errno(libc::EOPNOTSUPP);
+                return -1;
+            }
+            Rwf::Kernel => {}
+        }
+    }
+    real()
+}
+
+/// libc's `preadv2`.
+pub unsafe fn preadv2(fd: c_int, iov: *const iovec, cnt: c_int, offset: libc::off_t, flags: c_int) -> ssize_t {
+    // SAFETY: forwarded as received.
+    unsafe { vector_v2(fd, iov, cnt, offset, flags, false, || sys::preadv2(fd, iov, cnt, offset, flags)) }
+}
+
+/// libc's `preadv64v2`.
+pub unsafe fn preadv64v2(fd: c_int, iov: *const iovec, cnt: c_int, offset: libc::off64_t, flags: c_int) -> ssize_t {
+    // SAFETY: forwarded as received.
+    unsafe { vector_v2(fd, iov, cnt, offset, flags, false, || sys::preadv64v2(fd, iov, cnt, offset, flags)) }
+}
+
+/// libc's `pwritev2`.
+pub unsafe fn pwritev2(fd: c_int, iov: *const iovec, cnt: c_int, offset: libc::off_t, flags: c_int) -> ssize_t {
+    // SAFETY: forwarded as received.
+    unsafe { vector_v2(fd, iov, cnt, offset, flags, true, || sys::pwritev2(fd, iov, cnt, offset, flags)) }
+}
+
+/// libc's `pwritev64v2`.
+pub unsafe fn pwritev64v2(fd: c_int, iov: *const iovec, cnt: c_int, offset: libc::off64_t, flags: c_int) -> ssize_t {
+    // SAFETY: forwarded as received.
+    unsafe { vector_v2(fd, iov, cnt, offset, flags, true, || sys::pwritev64v2(fd, iov, cnt, offset, flags)) }
+}
+
 /// What the kernel answers a send with a destination address on a connected stream socket,
 /// before it looks at the data: EINVAL for a length beyond `sockaddr_storage` (or negative),
 /// EFAULT for an address it cannot read, EISCONN otherwise; `None` without an address (a null
@@ -730,6 +852,7 @@ pub unsafe fn dup2(old: c_int, new: c_int) -> c_int {
     }
     if rc >= 0 && old != new && (table::lookup(old).is_some() || table::lookup(new).is_some()) {
         table::duplicated(old, new);
+        crate::stdio::adopt_standard_stream(new);
     }
     rc
 }
@@ -743,6 +866,7 @@ pub unsafe fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
     }
     if rc >= 0 && (table::lookup(old).is_some() || table::lookup(new).is_some()) {
         table::duplicated(old, new);
+        crate::stdio::adopt_standard_stream(new);
     }
     rc
 }

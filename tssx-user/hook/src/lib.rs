@@ -19,33 +19,23 @@
 //! | [`conn`] | one swapped connection: segment, ring handles, shutdown state, readiness |
 //! | [`stream`] | recv/send/shutdown semantics over the rings |
 //! | [`wait`], [`spin`] | waiting for the peer: spin budget, announced sleep, doorbells |
-//! | [`plain`] | turning plain: replay of the ring into the real socket |
+//! | [`phase`], [`migrate`], [`handback`] | a connection's phases: claimed lazily, moved onto the rings in flight, handed back to the kernel |
 //! | [`lifecycle`], [`exec`], [`pass`] | fork/spawn refcounts; exec hand-over; `SCM_RIGHTS` hand-over |
 //! | [`spawn`] | spawn file actions (side records, the child's fds), vfork, system, popen |
 //! | [`poll`], [`epoll`] | readiness calls over a mix of swapped and plain fds |
 //! | [`paths`], [`claim`] | which sockets are watched; claiming a segment from the agent |
+//! | [`stdio`] | `FILE` streams over tracked sockets (glibc's stdio bypasses any preload) |
 //! | [`iov`], [`sys`] | caller buffers, checked as the kernel checks them (EFAULT/EINVAL, never a crash); every system call the hook makes |
 //!
-//! Covered on swapped fds: read, write, readv, writev, recv, send, recvfrom, sendto, recvmsg,
-//! sendmsg (MSG_PEEK, MSG_DONTWAIT, MSG_WAITALL, MSG_NOSIGNAL), recvmmsg and sendmmsg (each
-//! message as recvmsg/sendmsg, with the kernel's MSG_WAITFORONE, timeout and msg_len rules),
-//! the `_FORTIFY_SOURCE` variants `__read_chk`, `__recv_chk`, `__recvfrom_chk`, `__poll_chk`,
-//! `__ppoll_chk` (glibc's length check, then the plain call; glibc's own function for fds the
-//! hook does not track), blocking and non-blocking (accept4 SOCK_NONBLOCK, fcntl/fcntl64
-//! F_SETFL, ioctl FIONBIO), shutdown, ioctl FIONREAD/SIOCOUTQ,
-//! close, dup/dup2/dup3/F_DUPFD*, poll, ppoll, select, pselect, epoll_ctl, epoll_wait,
-//! epoll_pwait, epoll_pwait2, fork (both processes keep the connection), vfork (libc's own in a
-//! process that tracks no connection, else run as fork, the parent waiting for the child's exec
-//! or exit), the exec family (execve, execv, execvp,
-//! execvpe, fexecve, execl, execlp, execle) and posix_spawn/posix_spawnp with every file action
-//! (the posix_spawn_file_actions_* functions are interposed and recorded): a new image with the
-//! hook re-attaches the segment on every fd that is the socket, one without the hook gets the
-//! connection handed back first; system, popen and pclose are the hook's own, over its
-//! posix_spawn (libc's would spawn the child without any interposed call). Ancillary data (sendmsg, or a sendmmsg message, with
-//! a control message on a swapped fd) hands the connection back to the kernel first.
+//! What the hook does with each libc function that can touch a socket, and the known gaps:
+//! [`coverage`].
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
+
+/// What the hook does with every libc path into a socket (the table of `COVERAGE.md`).
+#[doc = include_str!("../COVERAGE.md")]
+pub mod coverage {}
 
 pub mod calls;
 pub mod claim;
@@ -62,6 +52,7 @@ pub mod phase;
 pub mod poll;
 pub mod spawn;
 pub mod spin;
+pub mod stdio;
 pub mod stream;
 pub mod sys;
 pub mod table;

@@ -372,7 +372,7 @@ pub unsafe fn popen(command: *const libc::c_char, mode: *const libc::c_char) -> 
         let _ = tssx_shm::sys::fcntl(parent_end, libc::F_SETFD, 0);
     }
     // SAFETY: a valid fd and mode string.
-    let stream = unsafe { libc::fdopen(parent_end, if read { c"r".as_ptr() } else { c"w".as_ptr() }) };
+    let stream = unsafe { crate::sys::fdopen(parent_end, if read { c"r".as_ptr() } else { c"w".as_ptr() }) };
     if stream.is_null() {
         let saved = crate::sys::errno();
         close_fd(parent_end);

@@ -36,6 +36,29 @@ fn guarded<R: From<i8>>(f: impl FnOnce() -> R) -> R {
     }
 }
 
+/// Debug builds only (the ones the tests load): panics inside [`guarded`], so returns -1 with
+/// `errno` EIO. `tests/panic_guard.rs` calls it to prove that the unwinder linked into the
+/// `.so` (see `build.rs`) catches a panic before it reaches C.
+#[cfg(debug_assertions)]
+#[unsafe(no_mangle)]
+pub extern "C" fn tssx_debug_selftest_panic_guard() -> c_int {
+    guarded(|| -> c_int { panic!("tssx self-test: a panic the export guard catches") })
+}
+
+/// libc's `fdopen` (a pointer result: [`guarded`]'s -1 does not fit, so a caught panic gives
+/// null with `errno` EIO).
+///
+/// # Safety
+/// As the libc function.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fdopen(fd: c_int, mode: *const c_char) -> *mut libc::FILE {
+    // SAFETY: the caller's arguments, forwarded unchanged; same contract.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unsafe { tssx_hook::stdio::fdopen(fd, mode) })).unwrap_or_else(|_| {
+        tssx_hook::sys::set_errno(libc::EIO);
+        std::ptr::null_mut()
+    })
+}
+
 /// Exports each function under its libc name, forwarding to [`tssx_hook::calls`] inside
 /// [`guarded`].
 macro_rules! interpose {
@@ -67,6 +90,10 @@ interpose! {
     fn writev(fd: c_int, iov: *const iovec, cnt: c_int) -> ssize_t;
     fn sendto(fd: c_int, buf: *const c_void, n: size_t, flags: c_int, addr: *const sockaddr, len: socklen_t) -> ssize_t;
     fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t;
+    fn preadv2(fd: c_int, iov: *const iovec, cnt: c_int, offset: libc::off_t, flags: c_int) -> ssize_t;
+    fn preadv64v2(fd: c_int, iov: *const iovec, cnt: c_int, offset: libc::off64_t, flags: c_int) -> ssize_t;
+    fn pwritev2(fd: c_int, iov: *const iovec, cnt: c_int, offset: libc::off_t, flags: c_int) -> ssize_t;
+    fn pwritev64v2(fd: c_int, iov: *const iovec, cnt: c_int, offset: libc::off64_t, flags: c_int) -> ssize_t;
     fn close(fd: c_int) -> c_int;
     fn dup(fd: c_int) -> c_int;
     fn dup2(old: c_int, new: c_int) -> c_int;

@@ -177,6 +177,11 @@ impl Control {
                 return Decision::Answer { streams: vec![stream], reply: Reply::retry(PlainReason::NotSoleHolder) };
             }
         }
+        if self.facts.uses_io_uring(who.pid) {
+            let reason = PlainReason::IoUring.describe();
+            tracing::info!(pid = who.pid, fd = who.fd, role = ?who.role, reason, "not swapped");
+            return Decision::Answer { streams: vec![stream], reply: Reply::plain(PlainReason::IoUring) };
+        }
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
         // Watched before it can be held: once in the registry, it may be closed at any time.
         self.watch_held(&stream, token);
@@ -584,6 +589,14 @@ mod tests {
         // With its connection open, the same claim is refused.
         assert!(refused(&control, CLIENT, Role::Client, 5));
         assert_eq!(control.stats().refused, 1);
+    }
+
+    #[test]
+    fn a_process_that_uses_io_uring_is_answered_plain() {
+        let (kernel, control) = setup(8, true);
+        kernel.io_uring(CLIENT);
+        assert_eq!(answered(&control, claim(&control, CLIENT, Role::Client, 5)), Reply::plain(PlainReason::IoUring));
+        assert_eq!(control.stats().held_claims, 0, "nothing held for its peer to pair with");
     }
 
     #[test]

@@ -38,4 +38,8 @@ pub trait KernelFacts: Send + Sync {
 
     /// The command name of process `pid`; empty if it cannot be read.
     fn comm(&self, pid: u32) -> String;
+
+    /// Whether process `pid` set up an io_uring (or descends from one that did): its io_uring
+    /// reads and writes would bypass the rings.
+    fn uses_io_uring(&self, pid: u32) -> bool;
 }

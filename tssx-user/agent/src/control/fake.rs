@@ -33,6 +33,8 @@ struct Tables {
     /// Child -> parent.
     parents: HashMap<u32, u32>,
     dead: HashSet<u32>,
+    /// Processes that set up an io_uring.
+    io_uring: HashSet<u32>,
     /// Questions asked, by name.
     asked: HashMap<&'static str, usize>,
 }
@@ -135,6 +137,11 @@ impl FakeKernel {
         t.fds.retain(|(p, _), _| *p != pid);
     }
 
+    /// Process `pid` set up an io_uring.
+    pub(super) fn io_uring(&self, pid: u32) {
+        self.tables().io_uring.insert(pid);
+    }
+
     /// How often `question` was asked.
     pub(super) fn asked(&self, question: &str) -> usize {
         self.tables().asked.get(question).copied().unwrap_or(0)
@@ -183,6 +190,10 @@ impl KernelFacts for Shared {
     fn comm(&self, pid: u32) -> String {
         drop(self.0.ask("comm"));
         format!("comm{pid}")
+    }
+
+    fn uses_io_uring(&self, pid: u32) -> bool {
+        self.0.ask("uses_io_uring").io_uring.contains(&pid)
     }
 }
 

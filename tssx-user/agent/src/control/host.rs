@@ -12,8 +12,11 @@ use super::facts::{KernelFacts, UnixSocket};
 use crate::sockdiag;
 
 /// The running kernel, as the agent sees it (needs root for other users' processes).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Host;
+#[derive(Default)]
+pub struct Host {
+    /// The eBPF programs' `IO_URING_USERS` map; `None` without the eBPF programs (tests).
+    pub io_uring_users: Option<aya::maps::HashMap<aya::maps::MapData, u32, u32>>,
+}
 
 impl KernelFacts for Host {
     fn socket_inode(&self, pid: u32, fd: i32) -> io::Result<Option<u32>> {
@@ -44,6 +47,10 @@ impl KernelFacts for Host {
 
     fn comm(&self, pid: u32) -> String {
         std::fs::read_to_string(format!("/proc/{pid}/comm")).map(|c| c.trim_end_matches('\n').to_owned()).unwrap_or_default()
+    }
+
+    fn uses_io_uring(&self, pid: u32) -> bool {
+        self.io_uring_users.as_ref().is_some_and(|users| users.get(&pid, 0).is_ok())
     }
 }
 
@@ -120,7 +127,8 @@ mod tests {
     /// child that holds one of its sockets.
     #[test]
     fn answers_for_this_process() {
-        let host = Host;
+        let host = Host::default();
+        assert!(!host.uses_io_uring(std::process::id()), "no map: nobody");
         let pid = std::process::id();
         let (a, b) = UnixStream::pair().unwrap();
         let ia = host.socket_inode(pid, a.as_raw_fd()).unwrap().unwrap();

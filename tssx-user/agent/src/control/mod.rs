@@ -169,8 +169,14 @@ impl Control {
     /// The control plane for `paths` (ids are positions) making segments with `ring_size`-byte
     /// rings, at most `max_connections` of them live at once; claims read kernel events from
     /// `feed` when they do not find them recorded, and ask the running kernel ([`Host`]).
-    pub fn new(paths: Vec<WatchedPath>, ring_size: usize, max_connections: usize, feed: Option<Arc<EventFeed>>) -> Arc<Self> {
-        Self::with_facts(paths, ring_size, max_connections, feed, Box::new(Host), Timing::default())
+    pub fn new(
+        paths: Vec<WatchedPath>,
+        ring_size: usize,
+        max_connections: usize,
+        feed: Option<Arc<EventFeed>>,
+        io_uring_users: Option<aya::maps::HashMap<aya::maps::MapData, u32, u32>>,
+    ) -> Arc<Self> {
+        Self::with_facts(paths, ring_size, max_connections, feed, Box::new(Host { io_uring_users }), Timing::default())
     }
 
     /// As [`Control::new`], with the kernel's answers from `facts` and the lifetimes of
