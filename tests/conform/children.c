@@ -32,8 +32,10 @@
  *                     and 1 (a child without the hook, reading and writing the real socket)
  *   nohook-system     system("env -u LD_PRELOAD /bin/echo ...") with the socket as stdout
  *   nohook-spawn      posix_spawn of /bin/sh with an environment without LD_PRELOAD
- * For the nohook ways the server reads all 1000 bytes first: bytes already on the peer's ring
- * when a child without the hook starts are the hook's known limit (see tssx-user/hook exec.rs).
+ *   nohook-exec-unread   fork, then exec of this program (`child 0 1`) without LD_PRELOAD, with
+ *                        500 bytes the parent has not read (on the rings when swapped)
+ *   nohook-spawn-unread  the same through posix_spawn
+ * The other nohook ways read all 1000 bytes first.
  */
 #include "conform.h"
 
@@ -131,7 +133,7 @@ static void server(const char *path, const char *how) {
     CHECK(fcntl(lfd, F_SETFD, FD_CLOEXEC) == 0);
     static char buf[1000];
     int nohook = !strncmp(how, "nohook", 6);
-    size_t first = nohook ? 1000 : 500;
+    size_t first = nohook && !strstr(how, "unread") ? 1000 : 500;
     size_t got = read_full(c, buf, first);
     say("read %zu bytes, ok: %s", got, pat_check(buf, 0, got) ? "yes" : "no");
 
@@ -205,6 +207,28 @@ static void server(const char *path, const char *how) {
             die("execve: %s", errname(errno));
         }
         CHECK(pid > 0);
+        say("child %s", statusstr(wait_child(pid)));
+    } else if (!strcmp(how, "nohook-exec-unread")) {
+        pid_t pid = fork();
+        if (pid == 0) {
+            CHECK(dup2(c, 0) == 0 && dup2(c, 1) == 1);
+            close(c);
+            char *args[] = {"children", "child", "0", "1", NULL};
+            execve(self, args, env_without_preload());
+            die("execve: %s", errname(errno));
+        }
+        CHECK(pid > 0);
+        say("child %s", statusstr(wait_child(pid)));
+    } else if (!strcmp(how, "nohook-spawn-unread")) {
+        posix_spawn_file_actions_t fa;
+        CHECK(posix_spawn_file_actions_init(&fa) == 0);
+        CHECK(posix_spawn_file_actions_adddup2(&fa, c, 0) == 0);
+        CHECK(posix_spawn_file_actions_adddup2(&fa, c, 1) == 0);
+        char *args[] = {"children", "child", "0", "1", NULL};
+        pid_t pid;
+        int rc = posix_spawn(&pid, self, &fa, NULL, args, env_without_preload());
+        if (rc != 0) die("posix_spawn: %s", errname(rc));
+        CHECK(posix_spawn_file_actions_destroy(&fa) == 0);
         say("child %s", statusstr(wait_child(pid)));
     } else if (!strcmp(how, "nohook-spawn")) {
         posix_spawn_file_actions_t fa;

@@ -296,8 +296,16 @@ pub struct EndLine {
     /// nanoseconds; zero before. Stored `SeqCst`, then the peer's is loaded `SeqCst`: the end
     /// that sees both non-zero moves the state to [`SegmentState::Active`]. For traces only.
     pub active_ns: AtomicU64,
+    /// A replay this end asks of its peer (0: none): `1 +` the position of the peer's ring at
+    /// which this end stopped reading it, because an image without the hook takes over this
+    /// end's reads from the socket. The peer, when it hands its direction back, stores that
+    /// position as its `back_at` (rather than its head) and sends its ring's bytes from there
+    /// on the socket, before anything else it writes. Stored `SeqCst` under this end's consumer
+    /// lock, before this end's own `back_at`; loaded `SeqCst` by the peer under its producer
+    /// lock. Zero in segments made before it existed.
+    pub replay_from: AtomicU64,
     /// Reserved, zero.
-    pub reserved: [u64; 6],
+    pub reserved: [u64; 5],
 }
 
 impl EndLine {
@@ -314,7 +322,8 @@ impl EndLine {
             sock_read: AtomicU64::new(0),
             bells_drained: AtomicU64::new(0),
             active_ns: AtomicU64::new(0),
-            reserved: [0; 6],
+            replay_from: AtomicU64::new(0),
+            reserved: [0; 5],
         }
     }
 }

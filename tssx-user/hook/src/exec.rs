@@ -18,17 +18,22 @@
 //! **An image without the hook** (the environment has no `LD_PRELOAD` naming it and
 //! `/etc/ld.so.preload` does not name it either, or the file is a static ELF, a set-user-ID
 //! file, or a script run by one) must read and write the real socket, so each connection it
-//! would hold is handed back to the kernel before the exec ([`hand_over`]): this end's writes
-//! go back to the socket at once; the hook waits (at most [`HAND_OVER_WAIT_NS`]) for the peer
-//! to follow (a peer asleep on the rings is woken by the hand-back's doorbell; a peer inside
-//! any call follows on its next step), drains the doorbells the peer sent, and the connection
-//! is plain for good, in this process too. Known limit: bytes the peer had already put on its
-//! ring and this process had not read yet cannot be put into the socket by this end (only the
-//! writer can send them again, issue 13's "somebody must move them"); a hooked process that
-//! spawns a child without the hook still reads them itself, an exec without the hook loses
-//! them. Readers that read what the peer sent before starting such a child (the usual
-//! inetd-style request/response) are not affected.
+//! would hold is handed back to the kernel before the exec ([`hand_over`]): this end stops
+//! reading the peer's ring where it is and asks the peer for a replay
+//! ([`tssx_common::segment::EndLine::replay_from`]), then hands its own writes back to the
+//! socket; the peer, woken by the hand-back's doorbell if it sleeps on the rings (or on its next
+//! call on the connection), hands back too and sends the bytes still on its ring onto the socket
+//! before anything else; the hook waits (at most [`HAND_OVER_WAIT_NS`]) for that, drains the
+//! doorbells the peer sent, and the connection is plain for good, in this process too. The new
+//! image reads, from the socket, exactly what a plain socket would have held.
 //!
+//! Limits: a peer that makes no call on the connection within [`HAND_OVER_WAIT_NS`] (it is not
+//! waiting for this end) answers later; until it does, its ring's bytes do not reach the new
+//! image, and its last doorbell byte then reaches it as data. A peer that handed back on its
+//! own at the same moment does not replay (its ring's bytes stay readable through the hook
+//! only). A replay larger than the socket's buffer keeps the peer's call that answered waiting
+//! until the new image reads (a plain writer would have waited in its own write earlier).
+
 //! Covered: execve, execv, execvp, execvpe, fexecve, execl, execlp, execle (C varargs: a C
 //! shim, `execl.c`, collects the arguments and calls the hooked `execv`/`execvp`/`execve`),
 //! posix_spawn/posix_spawnp (whose child holds the connection too: its end's refcount is
@@ -263,6 +268,7 @@ fn elf_is_dynamic(head: &[u8]) -> Option<bool> {
 /// not through the socket (see the module documentation).
 fn hand_over(conn: &Conn, fd: c_int) -> bool {
     conn.note_fd(fd);
+    conn.ask_replay();
     conn.hand_back(fd);
     let deadline = crate::spin::now_ns() + HAND_OVER_WAIT_NS;
     let mut nap_us = 20;
@@ -270,10 +276,8 @@ fn hand_over(conn: &Conn, fd: c_int) -> bool {
         if conn.phase() == Phase::Plain || conn.finish_hand_back() {
             return true;
         }
-        if conn.peer_handed_back() && !matches!(conn.read_source(), crate::handback::Source::Socket) {
-            return false;
-        }
-        if crate::spin::now_ns() > deadline {
+        if conn.peer_handed_back() && !matches!(conn.read_source(), crate::handback::Source::Socket) || crate::spin::now_ns() > deadline {
+            conn.drop_replay();
             return false;
         }
         std::thread::sleep(std::time::Duration::from_micros(nap_us));

@@ -65,6 +65,23 @@ impl Conn {
                 line.back_at.store(0, SeqCst);
                 return true;
             }
+            // SeqCst: pairs with the reader's SeqCst store, made before its own `back_at`
+            // (which this hand-back may be answering).
+            let asked = self.peer_line().replay_from.load(SeqCst);
+            if asked != 0 {
+                let from = asked - 1;
+                let head = tx.position();
+                if from <= head && head - from <= tx.capacity() as u64 {
+                    // The reader stopped reading the ring at `from` and reads the socket from
+                    // now on (an image without the hook): no last doorbell (nobody sleeps on
+                    // the ring there), and the ring's bytes from `from` go on the socket first.
+                    // Relaxed: published by the SeqCst store of `back_at`.
+                    line.bells_at.store(line.bells_sent.load(Relaxed), Relaxed);
+                    line.back_at.store(from, SeqCst);
+                    replay(tx, fd, from, head);
+                    return true;
+                }
+            }
             // The last doorbell, counted (SeqCst, as every doorbell) and published with
             // `back_at` before it is sent: a peer it wakes sees the hand-back (sent first, the
             // peer could wake, find nothing new and sleep again before `back_at` is stored,
@@ -90,6 +107,33 @@ impl Conn {
             self.set_phase(Phase::HandingBack);
         }
         self.finish_hand_back();
+    }
+
+    /// Before an image without the hook takes over this end's reads (it reads the socket
+    /// only): stops reading the peer's ring at the current position and asks the peer to send
+    /// what is on it from there on the socket when it hands back (see
+    /// [`tssx_common::segment::EndLine::replay_from`]). Readers of this process stop at that
+    /// position too ([`Conn::read_ring_until_back`]). Call before [`Conn::hand_back`]; does
+    /// nothing if the peer handed back already (its `back_at` stands).
+    pub(crate) fn ask_replay(&self) {
+        if self.swap().is_none() || !self.in_switched() || self.peer_handed_back() {
+            return;
+        }
+        self.with_rx(|rx| {
+            // SeqCst: before this end's `back_at` (SeqCst, in `hand_back`), which the peer
+            // loads before it loads this.
+            self.my_line().replay_from.store(rx.position() + 1, SeqCst);
+        });
+    }
+
+    /// Takes back a replay [`Conn::ask_replay`] asked for that the peer did not make (it had
+    /// handed back on its own, or it has not answered yet): this process reads the ring up to
+    /// the peer's `back_at` again.
+    pub(crate) fn drop_replay(&self) {
+        let asked = self.my_line().replay_from.load(SeqCst);
+        if asked != 0 && self.peer_line().back_at.load(SeqCst) != asked - 1 {
+            self.my_line().replay_from.store(0, SeqCst);
+        }
     }
 
     /// Carries this end's `shutdown`s, recorded in the header while on the rings, over to the
@@ -199,6 +243,11 @@ impl Conn {
         let back_at = self.peer_line().back_at.load(Acquire);
         self.with_rx(|rx| {
             let tail = rx.position();
+            // A replay asked of the peer ends this process's ring reads where it stopped.
+            let back_at = match self.my_line().replay_from.load(SeqCst) {
+                0 => back_at,
+                asked => back_at.min(asked - 1),
+            };
             let limit = if back_at == NOT_YET { usize::MAX } else { back_at.saturating_sub(tail).min(usize::MAX as u64) as usize };
             if limit == 0 {
                 return 0;
@@ -221,5 +270,32 @@ impl Conn {
             }
             total
         })
+    }
+}
+
+/// Sends the ring's bytes `from..head` on the socket (under the producer lock, before anything
+/// else this end writes), waiting for room as a blocking write would; stops if the reader is
+/// gone.
+fn replay(tx: &tssx_shm::ring::Producer, fd: c_int, from: u64, head: u64) {
+    let mut buf = [0u8; 4096];
+    let mut at = from;
+    while at < head {
+        let n = tx.copy_unread(at, &mut buf[..(head - at).min(4096) as usize]);
+        if n == 0 {
+            return;
+        }
+        let mut sent = 0;
+        while sent < n {
+            match sys::send_raw(fd, &buf[sent..n], libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) {
+                Ok(k) => sent += k,
+                Err(libc::EAGAIN) | Err(libc::EINTR) => {
+                    let mut p = libc::pollfd { fd, events: libc::POLLOUT, revents: 0 };
+                    // SAFETY: one live pollfd.
+                    unsafe { sys::poll(&mut p, 1, 100) };
+                }
+                Err(_) => return,
+            }
+        }
+        at += n as u64;
     }
 }

@@ -19,6 +19,9 @@ use tssx_hook::{
 mod support;
 use support::{install_swapped, socketpair, Pair};
 
+/// The tests look at every connection of the process (what an exec hands over): one at a time.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// One swapped pair, the server end inheritable (no FD_CLOEXEC) unless `cloexec`.
 fn swapped_pair(cloexec: bool) -> Pair {
     let fds = socketpair(0);
@@ -76,6 +79,7 @@ fn spawn_sees(ops: &[Op]) -> (String, bool, bool, c_int) {
 
 #[test]
 fn a_spawn_hands_every_fd_its_file_actions_make_and_nothing_else() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     // The inetd pattern: a close-on-exec socket dup2'ed onto 0 and 1.
     let pair = swapped_pair(true);
     let conn = table::lookup(pair.server).unwrap();
@@ -108,6 +112,7 @@ fn a_spawn_hands_every_fd_its_file_actions_make_and_nothing_else() {
 
 #[test]
 fn an_exec_without_the_hook_hands_the_connection_back_and_a_sleeping_peer_follows() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let pair = swapped_pair(false);
     assert_eq!(write(pair.client, b"before"), 6);
     let mut buf = [0u8; 16];
@@ -139,4 +144,37 @@ fn an_exec_without_the_hook_hands_the_connection_back_and_a_sleeping_peer_follow
     // SAFETY: the real read, as above.
     assert_eq!(unsafe { libc::read(pair.server, byte.as_mut_ptr().cast(), 4) }, 1);
     assert_eq!(byte[0], b'x');
+}
+
+#[test]
+fn bytes_left_on_the_ring_reach_an_image_without_the_hook_through_the_socket() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let pair = swapped_pair(false);
+    let sent: Vec<u8> = (0..100u8).collect();
+    assert_eq!(write(pair.client, &sent), 100);
+    let mut buf = [0u8; 40];
+    assert_eq!(read(pair.server, &mut buf), 40);
+    // 60 bytes stay on the client's ring; the client sleeps in a read on the rings.
+    let client = pair.client;
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 16];
+        let n = read(client, &mut buf);
+        buf[..n.max(0) as usize].to_vec()
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    let envp = [std::ptr::null()];
+    let started = Instant::now();
+    // SAFETY: a valid environment and path.
+    let rc = unsafe { exec::with_inherit(envp.as_ptr(), Image::Path(c"/bin/true".as_ptr()), Kind::Exec, |_, _| -1) };
+    assert_eq!(rc, -1);
+    assert!(started.elapsed() < Duration::from_secs(1), "the peer followed at once ({:?})", started.elapsed());
+    assert_eq!(table::lookup(pair.server).unwrap().phase(), Phase::Plain);
+    // The image without the hook reads the socket: the 60 unread bytes, nothing before them.
+    let mut rest = [0u8; 200];
+    // SAFETY: the real read, as an image without the hook makes it.
+    let n = unsafe { libc::recv(pair.server, rest.as_mut_ptr().cast(), rest.len(), libc::MSG_DONTWAIT) };
+    assert_eq!(&rest[..n.max(0) as usize], &sent[40..]);
+    // SAFETY: the real write.
+    assert_eq!(unsafe { libc::write(pair.server, b"after".as_ptr().cast(), 5) }, 5);
+    assert_eq!(reader.join().unwrap(), b"after");
 }
