@@ -16,8 +16,9 @@
 //! parent until the child execs, so the parent's memfd is there to open).
 //!
 //! **An image without the hook** (the environment has no `LD_PRELOAD` naming it and
-//! `/etc/ld.so.preload` does not name it either, or the file is a static ELF, a set-user-ID
-//! file, or a script run by one) must read and write the real socket, so each connection it
+//! `/etc/ld.so.preload` does not name it either, or the file is a static ELF, or a file run
+//! set-user-ID or set-group-ID to another user or group and no `/etc/ld.so.preload` entry, or a
+//! script run by one of those) must read and write the real socket, so each connection it
 //! would hold is handed back to the kernel before the exec ([`hand_over`]): this end stops
 //! reading the peer's ring where it is and asks the peer for a replay
 //! ([`tssx_common::segment::EndLine::replay_from`]), then hands its own writes back to the
@@ -180,20 +181,30 @@ pub enum Image {
     Fd(c_int),
 }
 
-/// Whether the program `image` names is one the dynamic loader preloads into: a dynamically
-/// linked ELF file (it has a `PT_INTERP`), or a script whose interpreter is one, without the
-/// set-user-ID/set-group-ID bits (a secure-execution image ignores `LD_PRELOAD` paths). A file
-/// that cannot be read or is neither is taken as loading the hook (the kernel will refuse it,
-/// or `execvp` runs it with `/bin/sh`).
-fn image_loads_hook(image: Image) -> bool {
+/// What the dynamic loader preloads into a program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Preloads {
+    /// Nothing: a static ELF file (no `PT_INTERP`).
+    No,
+    /// Only `/etc/ld.so.preload`: secure execution (set-user-ID or set-group-ID to another
+    /// user or group), where `LD_PRELOAD` paths are ignored.
+    SystemWide,
+    /// `LD_PRELOAD` and `/etc/ld.so.preload`.
+    Any,
+}
+
+/// What the dynamic loader will preload into the program `image` names (a script: into its
+/// interpreter). A file that cannot be read or is neither ELF nor a script is taken as
+/// [`Preloads::Any`] (the kernel will refuse it, or `execvp` runs it with `/bin/sh`).
+fn image_preloads(image: Image) -> Preloads {
     match image {
         // SAFETY: exec's and spawn's contract: a valid C string.
-        Image::Path(p) => path_loads_hook(&unsafe { CStr::from_ptr(p) }.to_string_lossy(), 0),
+        Image::Path(p) => path_preloads(&unsafe { CStr::from_ptr(p) }.to_string_lossy(), 0),
         Image::Search(p) => {
             // SAFETY: as above.
             let name = unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned();
             if name.contains('/') {
-                return path_loads_hook(&name, 0);
+                return path_preloads(&name, 0);
             }
             let search = std::env::var("PATH").unwrap_or_else(|_| "/bin:/usr/bin".into());
             for dir in search.split(':') {
@@ -203,32 +214,38 @@ fn image_loads_hook(image: Image) -> bool {
                     .and_then(|c| sys::stat(&c).ok())
                     .is_some_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG);
                 if is_file {
-                    return path_loads_hook(&full, 0);
+                    return path_preloads(&full, 0);
                 }
             }
-            true
+            Preloads::Any
         }
-        Image::Fd(fd) => path_loads_hook(&format!("/proc/self/fd/{fd}"), 0),
+        Image::Fd(fd) => path_preloads(&format!("/proc/self/fd/{fd}"), 0),
     }
 }
 
-fn path_loads_hook(path: &str, depth: u32) -> bool {
+fn path_preloads(path: &str, depth: u32) -> Preloads {
     // Raw system calls (the standard library's file code would call the hook's own exports).
-    let Ok(cpath) = CString::new(path) else { return true };
-    let Ok(st) = sys::stat(&cpath) else { return true };
-    if st.st_mode & (libc::S_ISUID | libc::S_ISGID) != 0 {
-        return false;
-    }
+    let Ok(cpath) = CString::new(path) else { return Preloads::Any };
+    let Ok(st) = sys::stat(&cpath) else { return Preloads::Any };
+    // Secure execution (the loader ignores LD_PRELOAD paths) when the image changes the
+    // effective user or group away from the real ones.
+    // SAFETY: getuid/getgid have no preconditions.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let secure = (st.st_mode & libc::S_ISUID != 0 && st.st_uid != uid) || (st.st_mode & libc::S_ISGID != 0 && st.st_gid != gid);
     let mut head = [0u8; 4096];
-    let Ok(got) = sys::read_file(&cpath, &mut head) else { return true };
+    let Ok(got) = sys::read_file(&cpath, &mut head) else { return Preloads::Any };
     let head = &head[..got];
     if let Some(line) = head.strip_prefix(b"#!") {
         let line = line.split(|&b| b == b'\n').next().unwrap_or_default();
         let interp = String::from_utf8_lossy(line);
-        let Some(interp) = interp.split_whitespace().next() else { return true };
-        return depth >= 4 || path_loads_hook(interp, depth + 1);
+        let Some(interp) = interp.split_whitespace().next() else { return Preloads::Any };
+        return if depth >= 4 { Preloads::Any } else { path_preloads(interp, depth + 1) };
     }
-    elf_is_dynamic(head).unwrap_or(true)
+    match elf_is_dynamic(head) {
+        Some(false) => Preloads::No,
+        _ if secure => Preloads::SystemWide,
+        _ => Preloads::Any,
+    }
 }
 
 /// Whether the ELF file starting with `head` has a `PT_INTERP` program header (`None`: not
@@ -345,7 +362,12 @@ pub unsafe fn with_inherit(
     }
     let child = crate::spawn::child_fds(&initial, ops.unwrap_or(&[]));
     // SAFETY: per the contract.
-    let hook = unsafe { hook_in(envp) } && image_loads_hook(image);
+    let hook = match image_preloads(image) {
+        Preloads::No => false,
+        Preloads::SystemWide => system_wide_preload(),
+        // SAFETY: per the contract.
+        Preloads::Any => unsafe { hook_in(envp) },
+    };
     // A memfd the file actions close can be opened again at its number if that is free.
     let can_reopen = ops.is_some() && dumpable();
     let mut list = Vec::new();
@@ -496,7 +518,7 @@ mod tests {
         assert_eq!(elf_is_dynamic(&elf(libc::PT_LOAD)), Some(false));
         assert_eq!(elf_is_dynamic(b"#!/bin/sh"), None);
         assert_eq!(elf_is_dynamic(&elf(libc::PT_LOAD)[..66]), None, "program headers cut off");
-        assert!(path_loads_hook("/bin/sh", 0));
+        assert_eq!(path_preloads("/bin/sh", 0), Preloads::Any);
         let dir = std::env::temp_dir().join(format!("tssx-images-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let write = |name: &str, bytes: &[u8], mode: u32| {
@@ -507,11 +529,20 @@ mod tests {
             path.to_str().unwrap().to_owned()
         };
         let stat = write("static", &elf(libc::PT_LOAD), 0o755);
-        assert!(!path_loads_hook(&stat, 0));
-        assert!(path_loads_hook(&write("dynamic", &elf(libc::PT_INTERP), 0o755), 0));
-        assert!(!path_loads_hook(&write("setuid", &elf(libc::PT_INTERP), 0o4755), 0));
-        assert!(path_loads_hook(&write("script", b"#!/bin/sh\necho\n", 0o755), 0));
-        assert!(!path_loads_hook(&write("script-of-static", format!("#!{stat} -x\n").as_bytes(), 0o755), 0));
+        assert_eq!(path_preloads(&stat, 0), Preloads::No);
+        assert_eq!(path_preloads(&write("dynamic", &elf(libc::PT_INTERP), 0o755), 0), Preloads::Any);
+        // Set-user-ID to another user: secure execution; to this very user: not.
+        let setuid = write("setuid", &elf(libc::PT_INTERP), 0o4755);
+        // SAFETY: getuid has no preconditions.
+        let me = unsafe { libc::getuid() };
+        assert_eq!(path_preloads(&setuid, 0), Preloads::Any);
+        std::os::unix::fs::chown(&setuid, Some(if me == 0 { 65534 } else { 0 }), None).ok();
+        std::fs::set_permissions(&setuid, std::os::unix::fs::PermissionsExt::from_mode(0o4755)).unwrap();
+        if std::fs::metadata(&setuid).is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) != me) {
+            assert_eq!(path_preloads(&setuid, 0), Preloads::SystemWide);
+        }
+        assert_eq!(path_preloads(&write("script", b"#!/bin/sh\necho\n", 0o755), 0), Preloads::Any);
+        assert_eq!(path_preloads(&write("script-of-static", format!("#!{stat} -x\n").as_bytes(), 0o755), 0), Preloads::No);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
