@@ -19,7 +19,7 @@
 //! `/etc/ld.so.preload` does not name it either, or the file is a static ELF, or a file run
 //! set-user-ID or set-group-ID to another user or group and no `/etc/ld.so.preload` entry, or a
 //! script run by one of those) must read and write the real socket, so each connection it
-//! would hold is handed back to the kernel before the exec ([`hand_over`]): this end stops
+//! would hold is handed back to the kernel before the exec (`hand_over`): this end stops
 //! reading the peer's ring where it is and asks the peer for a replay
 //! ([`tssx_common::segment::EndLine::replay_from`]), then hands its own writes back to the
 //! socket; the peer, woken by the hand-back's doorbell if it sleeps on the rings (or on its next
@@ -302,7 +302,7 @@ fn hand_over(conn: &Conn, fd: c_int) -> bool {
     }
 }
 
-/// How long [`hand_over`] waits for the peer to follow.
+/// How long `hand_over` waits for the peer to follow.
 pub const HAND_OVER_WAIT_NS: u64 = 2_000_000_000;
 
 /// What [`with_inherit`] runs.
@@ -321,7 +321,7 @@ pub enum Kind<'a> {
 /// spawn gets a copy of the actions that opens it again at the end (`/proc/<pid>/fd/<memfd>`,
 /// which the child can open while glibc's spawn holds the parent in `vfork` fashion): `exec`
 /// then gets that object to use instead of the caller's. If the new image will not load the
-/// hook, its connections are handed back to the kernel first ([`hand_over`]). A spawned
+/// hook, its connections are handed back to the kernel first (`hand_over`). A spawned
 /// process is one more holder of each connection it inherits. Undoes the preparation if the
 /// exec returns.
 ///
