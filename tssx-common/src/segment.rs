@@ -65,12 +65,16 @@
 //!    consumes exactly `switch_at - sock_read` more bytes from the socket, then reads the ring;
 //!    every socket byte after `switch_at` is a doorbell.
 //! 4. **hand-back**, the reverse (ring -> socket), for the whole connection: an end that must
-//!    give the connection back to the kernel rings one last doorbell, stores the number of
-//!    doorbells it sent (`bells_at`) and its ring head (`back_at`), and writes to the socket from
-//!    then on, sending no more doorbells. Its peer, woken, does the same for its direction. A
-//!    reader reads its ring up to `back_at`, drains `bells_at - bells_drained` doorbell bytes,
-//!    then reads the socket. Doorbells are counted (`bells_sent`) before they are sent, and only
-//!    under the end's producer lock, which the hand-back holds: the count is exact.
+//!    give the connection back to the kernel stores the number of doorbells it sent, counting
+//!    one last one (`bells_at`), and its ring head (`back_at`), rings that last doorbell, and
+//!    writes to the socket from then on, sending no more doorbells. Its peer, woken, does the
+//!    same for its direction. A reader reads its ring up to `back_at`, drains
+//!    `bells_at - bells_drained` doorbell bytes, then reads the socket. A reader that cannot
+//!    read the ring any more (an image without the hook takes over its reads) first records
+//!    where it stopped (`replay_from`); its peer then stores that position as its `back_at`,
+//!    rings no last doorbell, and sends its ring's bytes from there on the socket first.
+//!    Doorbells are counted (`bells_sent`) before they are sent, and only under the end's
+//!    producer lock, which the hand-back holds: the count is exact.
 //!
 //! A lying peer (see `tssx-user/hook`, "untrusted peer") can make these positions wrong, which
 //! makes its own data arrive wrong or not at all, as garbage on a plain socket would; every use
