@@ -441,6 +441,21 @@ scenarios! {
     close_range_cloexec_then_exec: "closing", server ["cloexec"], client ["cloexec"], connections 2, shm 40;
     close_loop_over_numbers_never_opened_then_exec: "closing", server ["closeloop"], client ["closeloop"], connections 1, shm 23;
     syscall_mixed_with_libc_calls: "rawsys", server [], client [], connections 1, shm 24;
+    children_spawn_dup2_stdin_and_stdout: "children", server ["spawn-dup2-both"], client ["spawn-dup2-both"], connections 1, shm 21_000;
+    children_spawn_dup2_stdin_only: "children", server ["spawn-dup2-in"], client ["spawn-dup2-in"], connections 1, shm 21_000;
+    children_spawn_dup2_stdout_only: "children", server ["spawn-dup2-out"], client ["spawn-dup2-out"], connections 1, shm 21_000;
+    children_spawnp_dup2_stdin_and_stdout: "children", server ["spawnp-dup2-both"], client ["spawnp-dup2-both"], connections 1, shm 21_000;
+    children_spawn_addclose_of_the_socket: "children", server ["spawn-addclose"], client ["spawn-addclose"], connections 1, shm 21_000;
+    children_spawn_addopen_reuses_stdout_and_closefrom: "children", server ["spawn-dup2-reuse"], client ["spawn-dup2-reuse"], connections 1, shm 21_000;
+    children_vfork_child_closes_and_execs: "children", server ["vfork-close"], client ["vfork-close"], connections 1, shm 21_000;
+    children_vfork_child_closes_and_exits: "children", server ["vfork-exit"], client ["vfork-exit"], connections 1, shm 21_000;
+    children_system_with_the_socket_as_stdout: "children", server ["system-stdout"], client ["system-stdout"], connections 1, shm 21_000;
+    children_popen_read_and_write_with_the_socket_inherited: "children", server ["popen"], client ["popen"], connections 1, shm 21_000;
+    children_without_the_hook_exec: "children", server ["nohook-exec"], client ["nohook-exec"], connections 1, shm 1000;
+    children_without_the_hook_system: "children", server ["nohook-system"], client ["nohook-system"], connections 1, shm 1000;
+    children_without_the_hook_posix_spawn: "children", server ["nohook-spawn"], client ["nohook-spawn"], connections 1, shm 1000;
+    children_without_the_hook_exec_with_unread_bytes: "children", server ["nohook-exec-unread"], client ["nohook-exec-unread"], connections 1, shm 1000;
+    children_without_the_hook_posix_spawn_with_unread_bytes: "children", server ["nohook-spawn-unread"], client ["nohook-spawn-unread"], connections 1, shm 1000;
 }
 
 /// Bytes echoed by the `echo` client with 20 connections and 10 rounds (fixed by its seeds).

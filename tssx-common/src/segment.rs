@@ -65,12 +65,16 @@
 //!    consumes exactly `switch_at - sock_read` more bytes from the socket, then reads the ring;
 //!    every socket byte after `switch_at` is a doorbell.
 //! 4. **hand-back**, the reverse (ring -> socket), for the whole connection: an end that must
-//!    give the connection back to the kernel rings one last doorbell, stores the number of
-//!    doorbells it sent (`bells_at`) and its ring head (`back_at`), and writes to the socket from
-//!    then on, sending no more doorbells. Its peer, woken, does the same for its direction. A
-//!    reader reads its ring up to `back_at`, drains `bells_at - bells_drained` doorbell bytes,
-//!    then reads the socket. Doorbells are counted (`bells_sent`) before they are sent, and only
-//!    under the end's producer lock, which the hand-back holds: the count is exact.
+//!    give the connection back to the kernel stores the number of doorbells it sent, counting
+//!    one last one (`bells_at`), and its ring head (`back_at`), rings that last doorbell, and
+//!    writes to the socket from then on, sending no more doorbells. Its peer, woken, does the
+//!    same for its direction. A reader reads its ring up to `back_at`, drains
+//!    `bells_at - bells_drained` doorbell bytes, then reads the socket. A reader that cannot
+//!    read the ring any more (an image without the hook takes over its reads) first records
+//!    where it stopped (`replay_from`); its peer then stores that position as its `back_at`,
+//!    rings no last doorbell, and sends its ring's bytes from there on the socket first.
+//!    Doorbells are counted (`bells_sent`) before they are sent, and only under the end's
+//!    producer lock, which the hand-back holds: the count is exact.
 //!
 //! A lying peer (see `tssx-user/hook`, "untrusted peer") can make these positions wrong, which
 //! makes its own data arrive wrong or not at all, as garbage on a plain socket would; every use
@@ -296,8 +300,16 @@ pub struct EndLine {
     /// nanoseconds; zero before. Stored `SeqCst`, then the peer's is loaded `SeqCst`: the end
     /// that sees both non-zero moves the state to [`SegmentState::Active`]. For traces only.
     pub active_ns: AtomicU64,
+    /// A replay this end asks of its peer (0: none): `1 +` the position of the peer's ring at
+    /// which this end stopped reading it, because an image without the hook takes over this
+    /// end's reads from the socket. The peer, when it hands its direction back, stores that
+    /// position as its `back_at` (rather than its head) and sends its ring's bytes from there
+    /// on the socket, before anything else it writes. Stored `SeqCst` under this end's consumer
+    /// lock, before this end's own `back_at`; loaded `SeqCst` by the peer under its producer
+    /// lock. Zero in segments made before it existed.
+    pub replay_from: AtomicU64,
     /// Reserved, zero.
-    pub reserved: [u64; 6],
+    pub reserved: [u64; 5],
 }
 
 impl EndLine {
@@ -314,7 +326,8 @@ impl EndLine {
             sock_read: AtomicU64::new(0),
             bells_drained: AtomicU64::new(0),
             active_ns: AtomicU64::new(0),
-            reserved: [0; 6],
+            replay_from: AtomicU64::new(0),
+            reserved: [0; 5],
         }
     }
 }

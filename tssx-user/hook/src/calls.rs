@@ -15,9 +15,12 @@ use tssx_common::segment::End;
 use crate::{
     closing,
     conn::{Conn, Phase},
-    epoll, exec, iov, lifecycle, pass, paths,
+    epoll,
+    exec::{self, Image, Kind},
+    iov, lifecycle, pass, paths,
     phase::RawCall,
     poll,
+    spawn::{self, Op},
     spin::now_ns,
     stream::partial_or_errno,
     sys::{self, with_errno_kept},
@@ -1222,31 +1225,31 @@ unsafe extern "C" {
 /// libc's `execve`.
 pub unsafe fn execve(path: *const libc::c_char, argv: *const *const libc::c_char, envp: *const *const libc::c_char) -> c_int {
     // SAFETY: forwarded; `envp` is valid per execve's contract.
-    unsafe { exec::with_inherit(envp, false, |env| sys::execve(path, argv, env)) }
+    unsafe { exec::with_inherit(envp, Image::Path(path), Kind::Exec, |env, _| sys::execve(path, argv, env)) }
 }
 
 /// libc's `execv`.
 pub unsafe fn execv(path: *const libc::c_char, argv: *const *const libc::c_char) -> c_int {
     // SAFETY: `environ` is the process environment; forwarded.
-    unsafe { exec::with_inherit(environ, false, |env| sys::execve(path, argv, env)) }
+    unsafe { exec::with_inherit(environ, Image::Path(path), Kind::Exec, |env, _| sys::execve(path, argv, env)) }
 }
 
 /// libc's `execvp`.
 pub unsafe fn execvp(file: *const libc::c_char, argv: *const *const libc::c_char) -> c_int {
     // SAFETY: as in `execv`.
-    unsafe { exec::with_inherit(environ, false, |env| sys::execvpe(file, argv, env)) }
+    unsafe { exec::with_inherit(environ, Image::Search(file), Kind::Exec, |env, _| sys::execvpe(file, argv, env)) }
 }
 
 /// libc's `execvpe`.
 pub unsafe fn execvpe(file: *const libc::c_char, argv: *const *const libc::c_char, envp: *const *const libc::c_char) -> c_int {
     // SAFETY: forwarded.
-    unsafe { exec::with_inherit(envp, false, |env| sys::execvpe(file, argv, env)) }
+    unsafe { exec::with_inherit(envp, Image::Search(file), Kind::Exec, |env, _| sys::execvpe(file, argv, env)) }
 }
 
 /// libc's `fexecve`.
 pub unsafe fn fexecve(fd: c_int, argv: *const *const libc::c_char, envp: *const *const libc::c_char) -> c_int {
     // SAFETY: forwarded.
-    unsafe { exec::with_inherit(envp, false, |env| sys::fexecve(fd, argv, env)) }
+    unsafe { exec::with_inherit(envp, Image::Fd(fd), Kind::Exec, |env, _| sys::fexecve(fd, argv, env)) }
 }
 
 /// libc's `posix_spawn`.
@@ -1258,8 +1261,13 @@ pub unsafe fn posix_spawn(
     argv: *const *mut libc::c_char,
     envp: *const *mut libc::c_char,
 ) -> c_int {
+    let ops = spawn::actions_of(actions as usize);
     // SAFETY: forwarded; `envp` is valid per posix_spawn's contract.
-    unsafe { exec::with_inherit(envp.cast(), true, |env| sys::posix_spawn(pid, path, actions, attr, argv, env.cast())) }
+    unsafe {
+        exec::with_inherit(envp.cast(), Image::Path(path), Kind::Spawn(ops.as_deref()), |env, fa| {
+            sys::posix_spawn(pid, path, fa.unwrap_or(actions), attr, argv, env.cast())
+        })
+    }
 }
 
 /// libc's `posix_spawnp`.
@@ -1271,8 +1279,129 @@ pub unsafe fn posix_spawnp(
     argv: *const *mut libc::c_char,
     envp: *const *mut libc::c_char,
 ) -> c_int {
+    let ops = spawn::actions_of(actions as usize);
     // SAFETY: as in `posix_spawn`.
-    unsafe { exec::with_inherit(envp.cast(), true, |env| sys::posix_spawnp(pid, file, actions, attr, argv, env.cast())) }
+    unsafe {
+        exec::with_inherit(envp.cast(), Image::Search(file), Kind::Spawn(ops.as_deref()), |env, fa| {
+            sys::posix_spawnp(pid, file, fa.unwrap_or(actions), attr, argv, env.cast())
+        })
+    }
+}
+
+// --- Children: posix_spawn file actions, vfork, system, popen (see `spawn`) ---
+
+/// libc's `posix_spawn_file_actions_init` (starts the hook's record of the object).
+pub unsafe fn posix_spawn_file_actions_init(fa: *mut libc::posix_spawn_file_actions_t) -> c_int {
+    // SAFETY: forwarded.
+    let rc = unsafe { sys::posix_spawn_file_actions_init(fa) };
+    if rc == 0 {
+        spawn::actions_init(fa as usize);
+    }
+    rc
+}
+
+/// libc's `posix_spawn_file_actions_destroy` (drops the hook's record).
+pub unsafe fn posix_spawn_file_actions_destroy(fa: *mut libc::posix_spawn_file_actions_t) -> c_int {
+    spawn::actions_destroy(fa as usize);
+    // SAFETY: forwarded.
+    unsafe { sys::posix_spawn_file_actions_destroy(fa) }
+}
+
+/// Records `op` for `fa` if the real call (`rc`) succeeded.
+fn recorded(fa: *mut libc::posix_spawn_file_actions_t, rc: c_int, op: Option<Op>) -> c_int {
+    if let (0, Some(op)) = (rc, op) {
+        spawn::actions_push(fa as usize, op);
+    }
+    rc
+}
+
+/// libc's `posix_spawn_file_actions_addclose`.
+pub unsafe fn posix_spawn_file_actions_addclose(fa: *mut libc::posix_spawn_file_actions_t, fd: c_int) -> c_int {
+    // SAFETY: forwarded.
+    recorded(fa, unsafe { sys::posix_spawn_file_actions_addclose(fa, fd) }, Some(Op::Close(fd)))
+}
+
+/// libc's `posix_spawn_file_actions_adddup2`.
+pub unsafe fn posix_spawn_file_actions_adddup2(fa: *mut libc::posix_spawn_file_actions_t, fd: c_int, newfd: c_int) -> c_int {
+    // SAFETY: forwarded.
+    recorded(fa, unsafe { sys::posix_spawn_file_actions_adddup2(fa, fd, newfd) }, Some(Op::Dup2(fd, newfd)))
+}
+
+/// libc's `posix_spawn_file_actions_addopen`.
+pub unsafe fn posix_spawn_file_actions_addopen(
+    fa: *mut libc::posix_spawn_file_actions_t,
+    fd: c_int,
+    path: *const libc::c_char,
+    oflag: c_int,
+    mode: libc::mode_t,
+) -> c_int {
+    // SAFETY: forwarded.
+    let rc = unsafe { sys::posix_spawn_file_actions_addopen(fa, fd, path, oflag, mode) };
+    // SAFETY: libc accepted `path` as a valid C string.
+    recorded(fa, rc, (rc == 0).then(|| Op::Open(fd, unsafe { std::ffi::CStr::from_ptr(path) }.into(), oflag, mode)))
+}
+
+/// libc's `posix_spawn_file_actions_addclosefrom_np` (glibc 2.34+; ENOSYS without it).
+pub unsafe fn posix_spawn_file_actions_addclosefrom_np(fa: *mut libc::posix_spawn_file_actions_t, from: c_int) -> c_int {
+    // SAFETY: forwarded.
+    recorded(fa, unsafe { sys::spawn_addclosefrom_np(fa, from) }, Some(Op::CloseFrom(from)))
+}
+
+/// libc's `posix_spawn_file_actions_addchdir_np` (changes no fd; recorded so that the hook can
+/// rebuild the object).
+pub unsafe fn posix_spawn_file_actions_addchdir_np(fa: *mut libc::posix_spawn_file_actions_t, path: *const libc::c_char) -> c_int {
+    // SAFETY: forwarded.
+    let rc = unsafe { sys::spawn_addchdir_np(fa, path) };
+    // SAFETY: libc accepted `path` as a valid C string.
+    recorded(fa, rc, (rc == 0).then(|| Op::Chdir(unsafe { std::ffi::CStr::from_ptr(path) }.into())))
+}
+
+/// libc's `posix_spawn_file_actions_addfchdir_np` (changes no fd; recorded).
+pub unsafe fn posix_spawn_file_actions_addfchdir_np(fa: *mut libc::posix_spawn_file_actions_t, fd: c_int) -> c_int {
+    // SAFETY: forwarded.
+    recorded(fa, unsafe { sys::spawn_addfchdir_np(fa, fd) }, Some(Op::Fchdir(fd)))
+}
+
+/// libc's `posix_spawn_file_actions_addtcsetpgrp_np` (glibc 2.35+; changes no fd; recorded).
+pub unsafe fn posix_spawn_file_actions_addtcsetpgrp_np(fa: *mut libc::posix_spawn_file_actions_t, fd: c_int) -> c_int {
+    // SAFETY: forwarded.
+    recorded(fa, unsafe { sys::spawn_addtcsetpgrp_np(fa, fd) }, Some(Op::Tcsetpgrp(fd)))
+}
+
+/// libc's `vfork`, run as `fork` (see [`spawn::vfork`]).
+pub unsafe fn vfork() -> libc::pid_t {
+    spawn::vfork()
+}
+
+/// Where the exported `vfork` (a tail jump, so that no frame of the hook's is on the shared
+/// stack) goes: libc's `vfork` while this process tracks no connection (a `vfork` child's
+/// calls would change this process's table), else `as_fork` (the address of the export that
+/// calls [`vfork`]).
+pub fn vfork_target(as_fork: usize) -> usize {
+    let real = sys::vfork_address();
+    if table::any_live() || real == 0 {
+        as_fork
+    } else {
+        real
+    }
+}
+
+/// libc's `system` (see [`spawn::system`]).
+pub unsafe fn system(command: *const libc::c_char) -> c_int {
+    // SAFETY: per system's contract.
+    unsafe { spawn::system(command) }
+}
+
+/// libc's `popen` (see [`spawn::popen`]).
+pub unsafe fn popen(command: *const libc::c_char, mode: *const libc::c_char) -> *mut libc::FILE {
+    // SAFETY: per popen's contract.
+    unsafe { spawn::popen(command, mode) }
+}
+
+/// libc's `pclose` (see [`spawn::pclose`]).
+pub unsafe fn pclose(stream: *mut libc::FILE) -> c_int {
+    // SAFETY: per pclose's contract.
+    unsafe { spawn::pclose(stream) }
 }
 
 /// libc's `close_range` (glibc 2.34+; the system call itself, so that the hook also loads with

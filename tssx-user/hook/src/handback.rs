@@ -1,10 +1,10 @@
 //! Handing a connection back to the kernel: the migration in reverse, for the whole connection.
 //!
 //! An end that must give the connection back (a call the rings cannot serve, such as `sendmsg`
-//! with ancillary data) does, under its producer lock: ring one last doorbell (so a peer asleep
-//! on the rings wakes and sees what follows), store how many doorbells it ever sent
-//! (`bells_at`), then its ring head (`back_at`). From then on it writes to the socket and never
-//! sends a doorbell again. Its peer, on its next call (or woken by that doorbell), does the same
+//! with ancillary data) does, under its producer lock: store how many doorbells it ever sent,
+//! counting one last one (`bells_at`), then its ring head (`back_at`), then ring that last
+//! doorbell (so a peer asleep on the rings wakes and sees the hand-back). From then on it
+//! writes to the socket and never sends a doorbell again. Its peer, on its next call (or woken by that doorbell), does the same
 //! for its own direction.
 //!
 //! A reader then reads, in stream order: the socket up to the peer's `switch_at` (if it had not
@@ -58,19 +58,45 @@ impl Conn {
             if line.back_at.load(Relaxed) != NOT_YET {
                 return false;
             }
-            let head = if self.out_switched() {
-                // The last doorbell, counted first (SeqCst, as every doorbell).
-                line.bells_sent.fetch_add(1, SeqCst);
-                if sys::send_raw(fd, &[0u8], libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL).is_err() {
-                    line.bells_sent.fetch_sub(1, SeqCst);
+            if !self.out_switched() {
+                // Never switched: everything this end wrote is on the socket already.
+                // Relaxed: published by the SeqCst store of `back_at`.
+                line.bells_at.store(line.bells_sent.load(Relaxed), Relaxed);
+                line.back_at.store(0, SeqCst);
+                return true;
+            }
+            // SeqCst: pairs with the reader's SeqCst store, made before its own `back_at`
+            // (which this hand-back may be answering).
+            let asked = self.peer_line().replay_from.load(SeqCst);
+            if asked != 0 {
+                let from = asked - 1;
+                let head = tx.position();
+                if from <= head && head - from <= tx.capacity() as u64 {
+                    // The reader stopped reading the ring at `from` and reads the socket from
+                    // now on (an image without the hook): no last doorbell (nobody sleeps on
+                    // the ring there), and the ring's bytes from `from` go on the socket first.
+                    // Relaxed: published by the SeqCst store of `back_at`.
+                    line.bells_at.store(line.bells_sent.load(Relaxed), Relaxed);
+                    line.back_at.store(from, SeqCst);
+                    replay(tx, fd, from, head);
+                    return true;
                 }
-                tx.position()
-            } else {
-                0 // never switched: everything this end wrote is on the socket already
-            };
+            }
+            // The last doorbell, counted (SeqCst, as every doorbell) and published with
+            // `back_at` before it is sent: a peer it wakes sees the hand-back (sent first, the
+            // peer could wake, find nothing new and sleep again before `back_at` is stored,
+            // with nothing left to wake it when no data follows).
+            let bells = line.bells_sent.fetch_add(1, SeqCst) + 1;
             // Relaxed: published by the SeqCst store of `back_at` below.
-            line.bells_at.store(line.bells_sent.load(Relaxed), Relaxed);
-            line.back_at.store(head, SeqCst);
+            line.bells_at.store(bells, Relaxed);
+            line.back_at.store(tx.position(), SeqCst);
+            if sys::send_raw(fd, &[0u8], libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL).is_err() {
+                // Not sent (the socket is full, or the peer is gone): the counts published
+                // above are one too many. A reader re-loads `bells_at` each time it drains, and
+                // this end sends no data before this returns.
+                line.bells_sent.fetch_sub(1, SeqCst);
+                line.bells_at.fetch_sub(1, SeqCst);
+            }
             true
         });
         if stored {
@@ -81,6 +107,33 @@ impl Conn {
             self.set_phase(Phase::HandingBack);
         }
         self.finish_hand_back();
+    }
+
+    /// Before an image without the hook takes over this end's reads (it reads the socket
+    /// only): stops reading the peer's ring at the current position and asks the peer to send
+    /// what is on it from there on the socket when it hands back (see
+    /// [`tssx_common::segment::EndLine::replay_from`]). Readers of this process stop at that
+    /// position too ([`Conn::read_ring_until_back`]). Call before [`Conn::hand_back`]; does
+    /// nothing if the peer handed back already (its `back_at` stands).
+    pub(crate) fn ask_replay(&self) {
+        if self.swap().is_none() || !self.in_switched() || self.peer_handed_back() {
+            return;
+        }
+        self.with_rx(|rx| {
+            // SeqCst: before this end's `back_at` (SeqCst, in `hand_back`), which the peer
+            // loads before it loads this.
+            self.my_line().replay_from.store(rx.position() + 1, SeqCst);
+        });
+    }
+
+    /// Takes back a replay [`Conn::ask_replay`] asked for that the peer did not make (it had
+    /// handed back on its own, or it has not answered yet): this process reads the ring up to
+    /// the peer's `back_at` again.
+    pub(crate) fn drop_replay(&self) {
+        let asked = self.my_line().replay_from.load(SeqCst);
+        if asked != 0 && self.peer_line().back_at.load(SeqCst) != asked - 1 {
+            self.my_line().replay_from.store(0, SeqCst);
+        }
     }
 
     /// Carries this end's `shutdown`s, recorded in the header while on the rings, over to the
@@ -190,6 +243,11 @@ impl Conn {
         let back_at = self.peer_line().back_at.load(Acquire);
         self.with_rx(|rx| {
             let tail = rx.position();
+            // A replay asked of the peer ends this process's ring reads where it stopped.
+            let back_at = match self.my_line().replay_from.load(SeqCst) {
+                0 => back_at,
+                asked => back_at.min(asked - 1),
+            };
             let limit = if back_at == NOT_YET { usize::MAX } else { back_at.saturating_sub(tail).min(usize::MAX as u64) as usize };
             if limit == 0 {
                 return 0;
@@ -212,5 +270,32 @@ impl Conn {
             }
             total
         })
+    }
+}
+
+/// Sends the ring's bytes `from..head` on the socket (under the producer lock, before anything
+/// else this end writes), waiting for room as a blocking write would; stops if the reader is
+/// gone.
+fn replay(tx: &tssx_shm::ring::Producer, fd: c_int, from: u64, head: u64) {
+    let mut buf = [0u8; 4096];
+    let mut at = from;
+    while at < head {
+        let n = tx.copy_unread(at, &mut buf[..(head - at).min(4096) as usize]);
+        if n == 0 {
+            return;
+        }
+        let mut sent = 0;
+        while sent < n {
+            match sys::send_raw(fd, &buf[sent..n], libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) {
+                Ok(k) => sent += k,
+                Err(libc::EAGAIN) | Err(libc::EINTR) => {
+                    let mut p = libc::pollfd { fd, events: libc::POLLOUT, revents: 0 };
+                    // SAFETY: one live pollfd.
+                    unsafe { sys::poll(&mut p, 1, 100) };
+                }
+                Err(_) => return,
+            }
+        }
+        at += n as u64;
     }
 }

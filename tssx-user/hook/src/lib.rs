@@ -21,6 +21,7 @@
 //! | [`wait`], [`spin`] | waiting for the peer: spin budget, announced sleep, doorbells |
 //! | [`phase`], [`migrate`], [`handback`] | a connection's phases: claimed lazily, moved onto the rings in flight, handed back to the kernel |
 //! | [`lifecycle`], [`exec`], [`pass`] | fork/spawn refcounts; exec hand-over; `SCM_RIGHTS` hand-over |
+//! | [`spawn`] | spawn file actions (side records, the child's fds), vfork, system, popen |
 //! | [`poll`], [`epoll`] | readiness calls over a mix of swapped and plain fds |
 //! | [`paths`], [`claim`] | which sockets are watched; claiming a segment from the agent |
 //! | [`stdio`] | `FILE` streams over tracked sockets (glibc's stdio bypasses any preload) |
@@ -53,6 +54,7 @@ pub mod pass;
 pub mod paths;
 pub mod phase;
 pub mod poll;
+pub mod spawn;
 pub mod spin;
 pub mod stdio;
 pub mod stream;

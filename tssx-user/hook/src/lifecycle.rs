@@ -15,11 +15,7 @@ use std::sync::atomic::Ordering::{AcqRel, Relaxed};
 use libc::c_int;
 use tssx_common::segment::End;
 
-use crate::{
-    conn::Phase,
-    sys,
-    table::{any_live, for_each_conn, lookup, lookup_swapped, MAX_FDS},
-};
+use crate::{conn::Phase, sys, table::for_each_conn};
 
 /// Before `fork`: the child will hold every connection too, so each end's refcount goes up
 /// (before the child exists, so a parent closing early never makes the peer see zero).
@@ -70,57 +66,6 @@ pub struct Inherit {
     pub end: End,
     /// The socket's inode, to find it again if a spawn's file actions renumbered it.
     pub inode: u64,
-}
-
-/// Before `execve`: every swapped fd that survives the exec (no FD_CLOEXEC) and its memfd,
-/// whose close-on-exec flag is cleared so the new image's hook can map it again.
-pub fn prepare_exec(mut out: impl FnMut(Inherit)) {
-    if !any_live() {
-        return;
-    }
-    for fd in 0..MAX_FDS as c_int {
-        let Some(conn) = lookup(fd) else { continue };
-        if !lookup_swapped_conn(&conn) {
-            // Plain in the new image (its hook starts afresh): a segment not in use yet is
-            // given up, a claim in flight dropped.
-            match conn.phase() {
-                Phase::Claiming => conn.drop_claim(),
-                Phase::Mapped | Phase::Quiescing => conn.give_up(),
-                _ => {}
-            }
-            continue;
-        }
-        // SAFETY: F_GETFD takes no argument.
-        let flags = unsafe { sys::fcntl(fd, libc::F_GETFD, 0) };
-        if flags >= 0 && flags & libc::FD_CLOEXEC == 0 {
-            let Some(memfd) = conn.memfd_raw() else { continue };
-            // SAFETY: clears FD_CLOEXEC on our own memfd.
-            unsafe { sys::fcntl(memfd, libc::F_SETFD, 0) };
-            // SAFETY: `stat` is plain data; fstat fills it.
-            let mut st: libc::stat = unsafe { std::mem::zeroed() };
-            // SAFETY: a valid out-pointer.
-            let inode = if unsafe { libc::fstat(fd, &mut st) } == 0 { st.st_ino } else { 0 };
-            out(Inherit { fd, memfd, end: conn.end, inode });
-        }
-    }
-}
-
-/// A spawned process will hold the connections of `list` too (`+1`), or the spawn failed
-/// (`-1`): adjusts each connection's end refcount once.
-pub fn spawn_holds(list: &[Inherit], delta: i32) {
-    for (i, item) in list.iter().enumerate() {
-        if list[..i].iter().any(|other| other.memfd == item.memfd) {
-            continue;
-        }
-        if let Some(conn) = lookup_swapped(item.fd) {
-            let count = &conn.header().refcount[conn.end.index()];
-            if delta > 0 {
-                count.fetch_add(1, Relaxed);
-            } else {
-                count.fetch_sub(1, AcqRel);
-            }
-        }
-    }
 }
 
 /// `execve` failed: the memfds are close-on-exec again.

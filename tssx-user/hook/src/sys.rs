@@ -150,6 +150,60 @@ real_fns! {
     pwritev2: fn(fd: c_int, iov: *const iovec, cnt: c_int, offset: libc::off_t, flags: c_int) -> ssize_t;
     pwritev64v2: fn(fd: c_int, iov: *const iovec, cnt: c_int, offset: libc::off64_t, flags: c_int) -> ssize_t;
     fdopen: fn(fd: c_int, mode: *const libc::c_char) -> *mut libc::FILE;
+    posix_spawn_file_actions_init: fn(fa: *mut libc::posix_spawn_file_actions_t) -> c_int;
+    posix_spawn_file_actions_destroy: fn(fa: *mut libc::posix_spawn_file_actions_t) -> c_int;
+    posix_spawn_file_actions_addclose: fn(fa: *mut libc::posix_spawn_file_actions_t, fd: c_int) -> c_int;
+    posix_spawn_file_actions_adddup2: fn(fa: *mut libc::posix_spawn_file_actions_t, fd: c_int, newfd: c_int) -> c_int;
+    posix_spawn_file_actions_addopen: fn(fa: *mut libc::posix_spawn_file_actions_t, fd: c_int, path: *const libc::c_char, oflag: c_int, mode: libc::mode_t) -> c_int;
+    pclose: fn(stream: *mut libc::FILE) -> c_int;
+}
+
+/// Resolves `name` (NUL-terminated) in the libraries after the hook, or 0 when libc has no such
+/// function (an older glibc): for the functions the hook exports only because newer glibc
+/// releases have them.
+fn resolve_or_zero(slot: &AtomicUsize, name: &str) -> usize {
+    let f = slot.load(Relaxed);
+    if f != 0 {
+        return f;
+    }
+    // SAFETY: `name` is NUL-terminated; RTLD_NEXT finds libc's definition after ours.
+    let f = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr().cast()) } as usize;
+    slot.store(f, Relaxed);
+    f
+}
+
+/// The address of libc's `vfork` (0 if there is none), for the exported `vfork`'s tail jump.
+pub fn vfork_address() -> usize {
+    static SLOT: AtomicUsize = AtomicUsize::new(0);
+    resolve_or_zero(&SLOT, "vfork\0")
+}
+
+macro_rules! optional_fns {
+    ($($fn_name:ident = $sym:literal: fn($($arg:ident: $ty:ty),*);)*) => {
+        $(
+            #[doc = concat!("libc's `", $sym, "`, or ENOSYS when this libc has none.")]
+            #[allow(clippy::missing_safety_doc)]
+            pub unsafe fn $fn_name($($arg: $ty),*) -> c_int {
+                static SLOT: AtomicUsize = AtomicUsize::new(0);
+                let f = resolve_or_zero(&SLOT, concat!($sym, "\0"));
+                if f == 0 {
+                    return libc::ENOSYS;
+                }
+                // SAFETY: the address dlsym returned for this libc symbol, whose C signature
+                // is the one declared here.
+                let f: unsafe extern "C" fn($($ty),*) -> c_int = unsafe { std::mem::transmute(f) };
+                // SAFETY: the caller passes what the libc function expects.
+                unsafe { f($($arg),*) }
+            }
+        )*
+    };
+}
+
+optional_fns! {
+    spawn_addclosefrom_np = "posix_spawn_file_actions_addclosefrom_np": fn(fa: *mut libc::posix_spawn_file_actions_t, from: c_int);
+    spawn_addchdir_np = "posix_spawn_file_actions_addchdir_np": fn(fa: *mut libc::posix_spawn_file_actions_t, path: *const libc::c_char);
+    spawn_addfchdir_np = "posix_spawn_file_actions_addfchdir_np": fn(fa: *mut libc::posix_spawn_file_actions_t, fd: c_int);
+    spawn_addtcsetpgrp_np = "posix_spawn_file_actions_addtcsetpgrp_np": fn(fa: *mut libc::posix_spawn_file_actions_t, fd: c_int);
 }
 
 unsafe extern "C" {

@@ -127,6 +127,59 @@ interpose! {
     fn posix_spawn(pid: *mut libc::pid_t, path: *const c_char, actions: *const libc::posix_spawn_file_actions_t, attr: *const libc::posix_spawnattr_t, argv: *const *mut c_char, envp: *const *mut c_char) -> c_int;
     fn posix_spawnp(pid: *mut libc::pid_t, file: *const c_char, actions: *const libc::posix_spawn_file_actions_t, attr: *const libc::posix_spawnattr_t, argv: *const *mut c_char, envp: *const *mut c_char) -> c_int;
     fn close_range(first: libc::c_uint, last: libc::c_uint, flags: c_int) -> c_int;
+    fn posix_spawn_file_actions_init(fa: *mut libc::posix_spawn_file_actions_t) -> c_int;
+    fn posix_spawn_file_actions_destroy(fa: *mut libc::posix_spawn_file_actions_t) -> c_int;
+    fn posix_spawn_file_actions_addclose(fa: *mut libc::posix_spawn_file_actions_t, fd: c_int) -> c_int;
+    fn posix_spawn_file_actions_adddup2(fa: *mut libc::posix_spawn_file_actions_t, fd: c_int, newfd: c_int) -> c_int;
+    fn posix_spawn_file_actions_addopen(fa: *mut libc::posix_spawn_file_actions_t, fd: c_int, path: *const c_char, oflag: c_int, mode: libc::mode_t) -> c_int;
+    fn posix_spawn_file_actions_addclosefrom_np(fa: *mut libc::posix_spawn_file_actions_t, from: c_int) -> c_int;
+    fn posix_spawn_file_actions_addchdir_np(fa: *mut libc::posix_spawn_file_actions_t, path: *const c_char) -> c_int;
+    fn posix_spawn_file_actions_addfchdir_np(fa: *mut libc::posix_spawn_file_actions_t, fd: c_int) -> c_int;
+    fn posix_spawn_file_actions_addtcsetpgrp_np(fa: *mut libc::posix_spawn_file_actions_t, fd: c_int) -> c_int;
+    fn system(command: *const c_char) -> c_int;
+    fn pclose(stream: *mut libc::FILE) -> c_int;
+}
+
+/// libc's `vfork`: a tail jump to where [`vfork_target`] says, so that no frame of the hook's
+/// is on the stack when the child returns (a `vfork` child shares the caller's stack): libc's
+/// own `vfork` while this process holds no tracked connection (exactly the real semantics and
+/// cost), the hook's `fork`-based one otherwise (see `tssx_hook::spawn::vfork`).
+///
+/// # Safety
+/// libc's `vfork`.
+#[unsafe(naked)]
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vfork() {
+    // At entry the stack holds the return address (rsp = 8 mod 16): 8 more align the call.
+    core::arch::naked_asm!("sub rsp, 8", "call {target}", "add rsp, 8", "jmp rax", target = sym vfork_target)
+}
+
+/// Where [`vfork`] jumps (never panics out: libc's `vfork` if anything goes wrong).
+extern "C" fn vfork_target() -> usize {
+    std::panic::catch_unwind(|| tssx_hook::calls::vfork_target(vfork_as_fork as *const () as usize))
+        .unwrap_or_else(|_| tssx_hook::sys::vfork_address())
+}
+
+/// The hook's `vfork` for a process with tracked connections.
+extern "C" fn vfork_as_fork() -> libc::pid_t {
+    // SAFETY: no arguments; libc's `vfork` contract.
+    guarded(|| unsafe { tssx_hook::calls::vfork() })
+}
+
+/// libc's `popen` (a pointer result: a caught panic gives NULL and EIO).
+///
+/// # Safety
+/// As libc's `popen`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn popen(command: *const c_char, mode: *const c_char) -> *mut libc::FILE {
+    // SAFETY: the caller's arguments, forwarded unchanged; same contract.
+    match std::panic::catch_unwind(move || unsafe { tssx_hook::calls::popen(command, mode) }) {
+        Ok(stream) => stream,
+        Err(_) => {
+            tssx_hook::sys::set_errno(libc::EIO);
+            std::ptr::null_mut()
+        }
+    }
 }
 
 /// `sendfile64`: the same function as `sendfile` on 64-bit Linux (glibc exports both names).

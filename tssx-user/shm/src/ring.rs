@@ -408,6 +408,26 @@ impl Producer {
         self.publish(head, n)
     }
 
+    /// Copies the written bytes from position `from` on (up to `dst.len()`) into `dst`,
+    /// changing nothing: for a producer that sends again elsewhere bytes its consumer stopped
+    /// reading at `from` (a hand-back to the kernel whose reader will read the socket only).
+    /// Returns how many were copied: 0 if `from` is not between the consumer's position and
+    /// this producer's.
+    pub fn copy_unread(&self, from: u64, dst: &mut [u8]) -> usize {
+        let head = self.position();
+        // Acquire: as every load of the consumer's position.
+        let tail = self.tail().load(Acquire);
+        if from < tail || from > head {
+            return 0;
+        }
+        let n = usize::try_from(head - from).unwrap_or(usize::MAX).min(dst.len()).min(self.raw.capacity);
+        // SAFETY: contract of `new`; the `n` bytes from `from` were published by this producer
+        // (from >= tail, from + n <= head, within the capacity) and only this producer, which
+        // is not writing now, could overwrite them.
+        unsafe { copy_from_ring(&self.raw, from, &mut dst[..n]) };
+        n
+    }
+
     /// Announces that this end is about to sleep waiting for free space, then re-checks.
     ///
     /// Returns `true` if the ring is still full: the announcement stands, the caller may block
