@@ -204,8 +204,9 @@ unsafe impl Send for Conn {}
 pub mod bits {
     /// Data or EOF to read.
     pub const IN: u32 = (libc::POLLIN | libc::POLLRDNORM) as u32;
-    /// Room to write (or a write would fail at once).
-    pub const OUT: u32 = (libc::POLLOUT | libc::POLLWRNORM) as u32;
+    /// Room to write (or a write would fail at once); `POLLWRBAND` too, as `af_unix` reports it
+    /// (found by the differential test).
+    pub const OUT: u32 = (libc::POLLOUT | libc::POLLWRNORM | libc::POLLWRBAND) as u32;
     /// Receive side shut down.
     pub const RDHUP: u32 = libc::POLLRDHUP as u32;
     /// Both sides shut down.

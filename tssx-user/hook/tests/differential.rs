@@ -1,0 +1,1446 @@
+//! The differential random test (issue 13): seeded random sequences of socket operations run on
+//! a plain connected pair of Unix stream sockets (libc's calls: the kernel is the reference) and
+//! on a swapped pair (the same sockets installed in the hook's table as one connection on the
+//! rings, the hook's entry points in [`tssx_hook::calls`] called directly), step by step in
+//! lockstep; each step's results must match.
+//!
+//! One thread drives both ends of both pairs. Every call that could block forever is avoided by
+//! the generator, which knows what each pair holds: a read of a blocking fd only when bytes are
+//! queued on both pairs (or the stream is at its end), a write of a blocking fd only when it
+//! fits on both pairs (or fails at once), otherwise `MSG_DONTWAIT` or another operation.
+//!
+//! # What is compared, and the normalisations
+//!
+//! Both pairs start empty and the same, and the generator gives both the same operations, so
+//! results are compared exactly (return value, errno, bytes, message lengths, flags, readiness
+//! bits, `FIONREAD`) as long as every write so far fitted in both (at most [`EXACT_BYTES`]
+//! queued in a direction: far below both the kernel's send buffer and the ring). What
+//! legitimately differs is only where a queue's capacity shows, and only there is a result
+//! normalised:
+//! * a write that may not fit in either (a "capacity" write): the byte count of a partial write,
+//!   and partial versus `EAGAIN`, depend on the buffer sizes (the kernel's `sk_sndbuf`, counted in
+//!   skb truesize; the ring's capacity). It is compared as a class: "progress" (a count, or
+//!   `EAGAIN` with bytes already queued), `EAGAIN` with nothing queued (wrong on either side),
+//!   any other errno exactly. From there on the two pairs may hold different amounts in that
+//!   direction (each side's own count is kept).
+//! * while the amounts queued in a direction differ, a read there is compared as "returned
+//!   min(asked, queued) bytes" (each side against its own queue) plus errno; when one pair has
+//!   bytes queued and the other none, the read's result is not compared at all (only that its
+//!   bytes are right). `FIONREAD` likewise as "equals what is queued".
+//! * every byte read, on both sides, is checked against the stream that was written (a pattern
+//!   of the direction and the byte's position), so loss, duplication or reordering shows even
+//!   where counts are not compared.
+//! * `POLLOUT` (and `EPOLLOUT`, select's write set) of an end is compared only while both pairs
+//!   hold at most [`EXACT_BYTES`] in at most [`EXACT_CHUNKS`] writes in its direction: the
+//!   kernel clears it once a quarter of `sk_sndbuf` is used (skb truesize), the ring when full.
+//!   `POLLIN` of an end is not compared while one pair has bytes for it and the other none.
+//! * `SIOCOUTQ` as zero or not: the kernel counts skb truesize, the hook bytes.
+//! * fd numbers (dup, F_DUPFD) as "an fd" (the two pairs live in one process).
+//! * the last close of an end is generated only while both pairs hold the same bytes for it
+//!   (unread bytes at close make the peer's next call fail with ECONNRESET).
+//!
+//! `TSSX_DIFF_SEED=N` replays one sequence, printing every step; `TSSX_DIFF_SEQUENCES` (how
+//! many, default [`DEFAULT_SEQUENCES`]) and `TSSX_DIFF_START` (the first seed, default 1) set
+//! the run (`cargo xtask soak` runs many more, from a random start).
+//!
+//! Not generated (other work in progress owns them): MSG_OOB, SO_PEEK_OFF, splice, sendfile,
+//! close_range/closefrom/syscall(), fork, spawn.
+
+use std::{
+    fmt::Write as _,
+    sync::{
+        atomic::{AtomicU64, Ordering::Relaxed},
+        Mutex,
+    },
+    time::Instant,
+};
+
+use libc::{c_int, c_void, iovec, msghdr, sockaddr, socklen_t, ssize_t};
+use tssx_hook::calls;
+
+mod support;
+
+/// Bytes each ring of the swapped pair holds.
+const RING: usize = 16384;
+/// The most bytes queued in a direction for results to be compared exactly (far below the
+/// ring and the kernel's default send buffer, also counted in truesize).
+const EXACT_BYTES: u64 = 4096;
+/// The most writes queued in a direction for `POLLOUT` to be compared (each is an skb in the
+/// kernel, whose truesize counts against `sk_sndbuf / 4`).
+const EXACT_CHUNKS: usize = 16;
+/// Sequences in a normal test run.
+const DEFAULT_SEQUENCES: u64 = 2500;
+
+mod sysapi {
+    use libc::{c_int, c_void, pollfd, sigset_t, sockaddr, socklen_t, ssize_t, timespec};
+    pub use libc::{
+        close, dup, dup2, epoll_ctl, epoll_wait, poll, ppoll, read, readv, recv, recvfrom, recvmmsg, recvmsg, select, send, sendmmsg,
+        sendmsg, sendto, shutdown, write, writev,
+    };
+    unsafe extern "C" {
+        pub fn __read_chk(fd: c_int, buf: *mut c_void, n: usize, buflen: usize) -> ssize_t;
+        pub fn __recv_chk(fd: c_int, buf: *mut c_void, n: usize, buflen: usize, flags: c_int) -> ssize_t;
+        pub fn __recvfrom_chk(
+            fd: c_int,
+            buf: *mut c_void,
+            n: usize,
+            buflen: usize,
+            flags: c_int,
+            addr: *mut sockaddr,
+            len: *mut socklen_t,
+        ) -> ssize_t;
+        pub fn __poll_chk(fds: *mut pollfd, n: libc::nfds_t, timeout: c_int, fdslen: usize) -> c_int;
+        pub fn __ppoll_chk(fds: *mut pollfd, n: libc::nfds_t, ts: *const timespec, mask: *const sigset_t, fdslen: usize) -> c_int;
+    }
+}
+
+macro_rules! api {
+    ($($f:ident($($a:ident: $t:ty),*) -> $r:ty;)*) => {
+        /// The calls a sequence makes: libc's (plain) or the hook's (swapped).
+        trait Api: Sync {
+            $(unsafe fn $f(&self, $($a: $t),*) -> $r;)*
+            unsafe fn ioctl(&self, fd: c_int, req: libc::c_ulong, arg: *mut c_int) -> c_int;
+            unsafe fn fcntl(&self, fd: c_int, cmd: c_int, arg: c_int) -> c_int;
+        }
+        struct Plain;
+        struct Hooked;
+        impl Api for Plain {
+            $(unsafe fn $f(&self, $($a: $t),*) -> $r {
+                // SAFETY: forwarded; the caller's contract is the libc function's.
+                unsafe { sysapi::$f($($a),*) }
+            })*
+            unsafe fn ioctl(&self, fd: c_int, req: libc::c_ulong, arg: *mut c_int) -> c_int {
+                // SAFETY: as above.
+                unsafe { libc::ioctl(fd, req, arg) }
+            }
+            unsafe fn fcntl(&self, fd: c_int, cmd: c_int, arg: c_int) -> c_int {
+                // SAFETY: as above.
+                unsafe { libc::fcntl(fd, cmd, arg) }
+            }
+        }
+        impl Api for Hooked {
+            $(unsafe fn $f(&self, $($a: $t),*) -> $r {
+                // SAFETY: forwarded; the caller's contract is the libc function's.
+                unsafe { calls::$f($($a),*) }
+            })*
+            unsafe fn ioctl(&self, fd: c_int, req: libc::c_ulong, arg: *mut c_int) -> c_int {
+                // SAFETY: as above.
+                unsafe { calls::ioctl(fd, req, arg.cast()) }
+            }
+            unsafe fn fcntl(&self, fd: c_int, cmd: c_int, arg: c_int) -> c_int {
+                // SAFETY: as above.
+                unsafe { calls::fcntl(fd, cmd, arg as libc::c_ulong) }
+            }
+        }
+    };
+}
+
+api! {
+    read(fd: c_int, buf: *mut c_void, n: usize) -> ssize_t;
+    write(fd: c_int, buf: *const c_void, n: usize) -> ssize_t;
+    readv(fd: c_int, iov: *const iovec, cnt: c_int) -> ssize_t;
+    writev(fd: c_int, iov: *const iovec, cnt: c_int) -> ssize_t;
+    recv(fd: c_int, buf: *mut c_void, n: usize, flags: c_int) -> ssize_t;
+    send(fd: c_int, buf: *const c_void, n: usize, flags: c_int) -> ssize_t;
+    recvfrom(fd: c_int, buf: *mut c_void, n: usize, flags: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> ssize_t;
+    sendto(fd: c_int, buf: *const c_void, n: usize, flags: c_int, addr: *const sockaddr, len: socklen_t) -> ssize_t;
+    recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> ssize_t;
+    sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t;
+    recvmmsg(fd: c_int, msgs: *mut libc::mmsghdr, vlen: libc::c_uint, flags: c_int, timeout: *mut libc::timespec) -> c_int;
+    sendmmsg(fd: c_int, msgs: *mut libc::mmsghdr, vlen: libc::c_uint, flags: c_int) -> c_int;
+    __read_chk(fd: c_int, buf: *mut c_void, n: usize, buflen: usize) -> ssize_t;
+    __recv_chk(fd: c_int, buf: *mut c_void, n: usize, buflen: usize, flags: c_int) -> ssize_t;
+    __recvfrom_chk(fd: c_int, buf: *mut c_void, n: usize, buflen: usize, flags: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> ssize_t;
+    poll(fds: *mut libc::pollfd, n: libc::nfds_t, timeout: c_int) -> c_int;
+    ppoll(fds: *mut libc::pollfd, n: libc::nfds_t, ts: *const libc::timespec, mask: *const libc::sigset_t) -> c_int;
+    __poll_chk(fds: *mut libc::pollfd, n: libc::nfds_t, timeout: c_int, fdslen: usize) -> c_int;
+    __ppoll_chk(fds: *mut libc::pollfd, n: libc::nfds_t, ts: *const libc::timespec, mask: *const libc::sigset_t, fdslen: usize) -> c_int;
+    select(n: c_int, r: *mut libc::fd_set, w: *mut libc::fd_set, e: *mut libc::fd_set, tv: *mut libc::timeval) -> c_int;
+    epoll_ctl(epfd: c_int, op: c_int, fd: c_int, ev: *mut libc::epoll_event) -> c_int;
+    epoll_wait(epfd: c_int, evs: *mut libc::epoll_event, max: c_int, timeout: c_int) -> c_int;
+    shutdown(fd: c_int, how: c_int) -> c_int;
+    dup(fd: c_int) -> c_int;
+    dup2(old: c_int, new: c_int) -> c_int;
+    close(fd: c_int) -> c_int;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Randomness and the byte stream.
+
+fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(1);
+        splitmix(self.0)
+    }
+    /// Uniform in `0..n` (`n > 0`).
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.below(hi - lo + 1)
+    }
+    /// True with probability `pct` percent.
+    fn pct(&mut self, pct: u64) -> bool {
+        self.below(100) < pct
+    }
+    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len() as u64) as usize]
+    }
+    /// A transfer size: often small, sometimes zero, sometimes beyond the ring (and the
+    /// kernel's send buffer).
+    fn size(&mut self) -> usize {
+        (match self.below(100) {
+            0..5 => 0,
+            5..35 => self.range(1, 16),
+            35..60 => self.range(17, 512),
+            60..80 => self.range(513, EXACT_BYTES),
+            80..90 => self.range(EXACT_BYTES + 1, RING as u64),
+            90..97 => self.range(RING as u64 + 1, 4 * RING as u64),
+            _ => self.range(64 << 10, 300 << 10),
+        }) as usize
+    }
+}
+
+/// The byte at position `off` of direction `dir`'s stream in sequence `seed`.
+fn pattern(seed: u64, dir: usize, off: u64) -> u8 {
+    (splitmix(seed ^ ((dir as u64) << 62) ^ (off >> 3).wrapping_mul(0x2545_F491_4F6C_DD1D)) >> ((off & 7) * 8)) as u8
+}
+
+fn fill(seed: u64, dir: usize, from: u64, len: usize) -> Vec<u8> {
+    (0..len as u64).map(|i| pattern(seed, dir, from + i)).collect()
+}
+
+/// A digest of `bytes` (the pairs' bytes are compared through it).
+fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+}
+
+/// Where `got` departs from the stream `dir` from `from`, if it does.
+fn check_stream(seed: u64, dir: usize, from: u64, got: &[u8]) -> Option<usize> {
+    got.iter().enumerate().position(|(i, &b)| b != pattern(seed, dir, from + i as u64))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Operations.
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum RdApi {
+    Read,
+    Recv,
+    RecvFrom,
+    RecvMsg,
+    Readv,
+    RecvMmsg,
+    ReadChk,
+    RecvChk,
+    RecvFromChk,
+}
+
+impl RdApi {
+    fn has_flags(self) -> bool {
+        !matches!(self, RdApi::Read | RdApi::Readv | RdApi::ReadChk)
+    }
+    fn has_iov(self) -> bool {
+        matches!(self, RdApi::Readv | RdApi::RecvMsg | RdApi::RecvMmsg)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum WrApi {
+    Write,
+    Send,
+    SendTo,
+    SendMsg,
+    Writev,
+    SendMmsg,
+}
+
+impl WrApi {
+    fn has_flags(self) -> bool {
+        !matches!(self, WrApi::Write | WrApi::Writev)
+    }
+    fn has_iov(self) -> bool {
+        matches!(self, WrApi::Writev | WrApi::SendMsg | WrApi::SendMmsg)
+    }
+}
+
+/// Bad input the kernel refuses (or faults on).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Bad {
+    None,
+    /// A null buffer (or a null iovec base) with a length.
+    NullBuf,
+    /// An iovec count the kernel refuses (-1, 1025).
+    IovCnt(c_int),
+    /// A null iovec array with a count.
+    NullIov,
+    /// A destination address on a connected socket (sendto/sendmsg).
+    Addr,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum PollApi {
+    Poll,
+    Ppoll,
+    PollChk,
+    PpollChk,
+    Select,
+    Epoll,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum DupHow {
+    Dup,
+    Dup2,
+    DupFd,
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    /// A write of `len` bytes from `end` (in `parts` iovecs, or messages for sendmmsg).
+    Write {
+        end: usize,
+        copy: usize,
+        api: WrApi,
+        len: usize,
+        parts: usize,
+        flags: c_int,
+        bad: Bad,
+    },
+    /// A read of up to `len` bytes into `end` (`parts` as for writes).
+    Read {
+        end: usize,
+        copy: usize,
+        api: RdApi,
+        len: usize,
+        parts: usize,
+        flags: c_int,
+        bad: Bad,
+    },
+    /// Non-blocking reads until there is nothing more.
+    Drain {
+        end: usize,
+        copy: usize,
+    },
+    /// Readiness of every open fd of both ends, zero timeout.
+    Poll {
+        api: PollApi,
+        events: i16,
+    },
+    /// `ioctl(FIONREAD)`.
+    Fionread {
+        end: usize,
+        copy: usize,
+    },
+    /// `ioctl(SIOCOUTQ)`.
+    Outq {
+        end: usize,
+        copy: usize,
+    },
+    Shutdown {
+        end: usize,
+        copy: usize,
+        how: c_int,
+    },
+    /// O_NONBLOCK on or off (`ioctl`: FIONBIO, else fcntl F_SETFL).
+    Nonblock {
+        end: usize,
+        copy: usize,
+        on: bool,
+        ioctl: bool,
+    },
+    /// A new copy of one of `end`'s fds.
+    Dup {
+        end: usize,
+        copy: usize,
+        how: DupHow,
+    },
+    /// `dup2` of one of `end`'s fds onto one of `onto`'s (possibly the same fd).
+    Dup2Over {
+        end: usize,
+        copy: usize,
+        onto: usize,
+        onto_copy: usize,
+    },
+    /// Closes one copy (the last one: the end is closed).
+    Close {
+        end: usize,
+        copy: usize,
+    },
+}
+
+// ---------------------------------------------------------------------------------------------
+// One pair and what it holds.
+
+/// Bytes written and read in each direction (direction `d`: written by end `d`, read by the
+/// other end), as each pair's own results say.
+#[derive(Clone, Copy, Default, Debug)]
+struct Flow {
+    wr: [u64; 2],
+    rd: [u64; 2],
+    /// Writes since the direction was last empty.
+    chunks: [usize; 2],
+}
+
+impl Flow {
+    fn queued(&self, d: usize) -> u64 {
+        self.wr[d] - self.rd[d]
+    }
+    fn consumed(&mut self, d: usize, n: u64) {
+        self.rd[d] += n;
+        if self.queued(d) == 0 {
+            self.chunks[d] = 0;
+        }
+    }
+}
+
+struct Side {
+    api: &'static dyn Api,
+    name: &'static str,
+    /// Each end's open fds (copies of one file).
+    fds: [Vec<c_int>; 2],
+    flow: Flow,
+    /// Where `dup2` targets are taken from.
+    spare: c_int,
+}
+
+/// What both pairs share (results that were compared equal).
+#[derive(Clone, Copy, Default, Debug)]
+struct Shared {
+    nonblock: [bool; 2],
+    shut_rd: [bool; 2],
+    shut_wr: [bool; 2],
+    closed: [bool; 2],
+    /// The peer closed with bytes unread: this end's next read that finds its queue empty
+    /// fails with ECONNRESET.
+    reset: [bool; 2],
+}
+
+impl Shared {
+    /// Reads of `end` return at once at the end of the stream.
+    fn eof(&self, end: usize) -> bool {
+        self.shut_rd[end] || self.shut_wr[1 - end] || self.closed[1 - end]
+    }
+    /// Writes of `end` fail at once.
+    fn send_shut(&self, end: usize) -> bool {
+        self.shut_wr[end] || self.shut_rd[1 - end] || self.closed[1 - end]
+    }
+}
+
+/// One call's results on one pair.
+#[derive(Clone, Default, Debug)]
+struct Out {
+    rc: i64,
+    errno: c_int,
+    /// Bytes received.
+    data: Vec<u8>,
+    /// Bytes the call moved (written, or consumed).
+    moved: u64,
+    /// Writes the call queued (skbs in the kernel).
+    writes: usize,
+    /// Raw facts beyond the return value (message lengths, flags, addresses).
+    note: String,
+    /// Readiness: (end, copy, bits).
+    ready: Vec<(usize, usize, u32)>,
+    /// An ioctl's value.
+    value: i64,
+    /// Where the received bytes depart from the stream, if they do.
+    bad_byte: Option<usize>,
+}
+
+fn errno() -> c_int {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+fn set_errno(e: c_int) {
+    // SAFETY: this thread's errno.
+    unsafe { *libc::__errno_location() = e };
+}
+
+fn errno_name(e: c_int) -> String {
+    let name = match e {
+        libc::EAGAIN => "EAGAIN",
+        libc::EBADF => "EBADF",
+        libc::EFAULT => "EFAULT",
+        libc::EINVAL => "EINVAL",
+        libc::EPIPE => "EPIPE",
+        libc::ECONNRESET => "ECONNRESET",
+        libc::EISCONN => "EISCONN",
+        libc::EMSGSIZE => "EMSGSIZE",
+        libc::ENOTCONN => "ENOTCONN",
+        libc::EOPNOTSUPP => "EOPNOTSUPP",
+        libc::ENOENT => "ENOENT",
+        libc::EEXIST => "EEXIST",
+        _ => return format!("errno {e}"),
+    };
+    name.to_owned()
+}
+
+impl Out {
+    fn from_rc(rc: i64) -> Out {
+        Out { rc, errno: if rc < 0 { errno() } else { 0 }, ..Out::default() }
+    }
+    fn raw(&self) -> String {
+        let mut s = if self.rc < 0 { format!("-1 {}", errno_name(self.errno)) } else { format!("{}", self.rc) };
+        if !self.data.is_empty() {
+            let _ = write!(s, " data[{}]", self.data.len());
+        }
+        if let Some(i) = self.bad_byte {
+            let _ = write!(s, " WRONG BYTE at {i}");
+        }
+        if !self.note.is_empty() {
+            let _ = write!(s, " {}", self.note);
+        }
+        if !self.ready.is_empty() {
+            let _ = write!(s, " ready {:?}", self.ready);
+        }
+        if self.value != 0 {
+            let _ = write!(s, " value {}", self.value);
+        }
+        s
+    }
+}
+
+/// iovecs over `buf` in `parts` pieces (some empty), as the generator's `rng` splits it.
+fn split(len: usize, parts: usize, salt: u64) -> Vec<(usize, usize)> {
+    let mut cuts: Vec<usize> = (1..parts).map(|i| (splitmix(salt ^ i as u64) % (len as u64 + 1)) as usize).collect();
+    cuts.sort_unstable();
+    let mut out = Vec::with_capacity(parts);
+    let mut at = 0;
+    for c in cuts.into_iter().chain(std::iter::once(len)) {
+        out.push((at, c - at));
+        at = c;
+    }
+    out
+}
+
+fn iovs(base: *mut u8, pieces: &[(usize, usize)], null: bool) -> Vec<iovec> {
+    pieces
+        .iter()
+        .map(|&(at, len)| iovec {
+            // SAFETY: within the buffer (or null on purpose: bad input).
+            iov_base: if null && len > 0 { std::ptr::null_mut() } else { unsafe { base.add(at) }.cast() },
+            iov_len: len,
+        })
+        .collect()
+}
+
+fn msghdr_for(iov: &mut [iovec], cnt: usize) -> msghdr {
+    // SAFETY: plain data.
+    let mut m: msghdr = unsafe { std::mem::zeroed() };
+    m.msg_iov = iov.as_mut_ptr();
+    m.msg_iovlen = cnt;
+    m
+}
+
+impl Side {
+    fn fd(&self, end: usize, copy: usize) -> c_int {
+        self.fds[end][copy]
+    }
+
+    /// A free fd number for dup2 (below 1024: select's sets).
+    fn spare_fd(&mut self) -> c_int {
+        loop {
+            self.spare = if self.spare >= 1000 { self.spare - 99 } else { self.spare + 1 };
+            // SAFETY: F_GETFD on a number, no pointers.
+            if unsafe { libc::fcntl(self.spare, libc::F_GETFD) } < 0 && !self.fds.iter().flatten().any(|&f| f == self.spare) {
+                return self.spare;
+            }
+        }
+    }
+
+    fn exec(&mut self, op: &Op, seed: u64, salt: u64) -> Out {
+        let api = self.api;
+        match *op {
+            Op::Write { end, copy, api: wapi, len, parts, flags, bad } => {
+                let fd = self.fd(end, copy);
+                let mut data = fill(seed, end, self.flow.wr[end], len);
+                let base = data.as_mut_ptr();
+                let null = bad == Bad::NullBuf;
+                let ptr: *const c_void = if null { std::ptr::null() } else { base.cast() };
+                let addr = sockaddr_un_named();
+                let (aptr, alen) = if bad == Bad::Addr {
+                    ((&raw const addr).cast::<sockaddr>(), size_of::<libc::sockaddr_un>() as socklen_t)
+                } else {
+                    (std::ptr::null(), 0)
+                };
+                let pieces = split(len, parts.max(1), salt);
+                let mut iov = iovs(base, &pieces, null);
+                let cnt = match bad {
+                    Bad::IovCnt(c) => {
+                        iov.resize(1025, iovec { iov_base: std::ptr::null_mut(), iov_len: 0 });
+                        c
+                    }
+                    _ => pieces.len() as c_int,
+                };
+                let iov_ptr = if bad == Bad::NullIov { std::ptr::null_mut() } else { iov.as_mut_ptr() };
+                let mut out;
+                // SAFETY (all arms): live buffers of the stated lengths, or bad input on purpose
+                // that the kernel (and the hook) must refuse without touching it.
+                unsafe {
+                    out = match wapi {
+                        WrApi::Write => Out::from_rc(api.write(fd, ptr, len) as i64),
+                        WrApi::Send => Out::from_rc(api.send(fd, ptr, len, flags) as i64),
+                        WrApi::SendTo => Out::from_rc(api.sendto(fd, ptr, len, flags, aptr, alen) as i64),
+                        WrApi::Writev => Out::from_rc(api.writev(fd, iov_ptr, cnt) as i64),
+                        WrApi::SendMsg => {
+                            let mut m = msghdr_for(&mut iov, cnt as usize);
+                            m.msg_iov = iov_ptr;
+                            m.msg_name = aptr as *mut c_void;
+                            m.msg_namelen = alen;
+                            Out::from_rc(api.sendmsg(fd, &m, flags) as i64)
+                        }
+                        WrApi::SendMmsg => {
+                            // One message per piece, each with one iovec.
+                            let mut msgs: Vec<libc::mmsghdr> = (0..iov.len().min(pieces.len()))
+                                .map(|i| libc::mmsghdr { msg_hdr: msghdr_for(&mut iov[i..], 1), msg_len: 0xdead })
+                                .collect();
+                            if bad == Bad::Addr {
+                                msgs[0].msg_hdr.msg_name = aptr as *mut c_void;
+                                msgs[0].msg_hdr.msg_namelen = alen;
+                            }
+                            let rc = api.sendmmsg(fd, msgs.as_mut_ptr(), msgs.len() as libc::c_uint, flags);
+                            let mut o = Out::from_rc(rc as i64);
+                            let sent = &msgs[..rc.max(0) as usize];
+                            o.note = format!("lens {:?}", sent.iter().map(|m| m.msg_len).collect::<Vec<_>>());
+                            o.moved = sent.iter().map(|m| m.msg_len as u64).sum();
+                            o.writes = sent.iter().filter(|m| m.msg_len > 0).count();
+                            o
+                        }
+                    };
+                }
+                if wapi != WrApi::SendMmsg && out.rc > 0 {
+                    out.moved = out.rc as u64;
+                    out.writes = 1;
+                }
+                self.flow.wr[end] += out.moved;
+                self.flow.chunks[end] += out.writes;
+                out
+            }
+            Op::Read { end, copy, api: rapi, len, parts, flags, bad } => {
+                let fd = self.fd(end, copy);
+                let d = 1 - end;
+                let mut buf = vec![0u8; len];
+                let base = buf.as_mut_ptr();
+                let null = bad == Bad::NullBuf;
+                let ptr: *mut c_void = if null { std::ptr::null_mut() } else { base.cast() };
+                let pieces = split(len, parts.max(1), salt);
+                let mut iov = iovs(base, &pieces, null);
+                let cnt = match bad {
+                    Bad::IovCnt(c) => {
+                        iov.resize(1025, iovec { iov_base: std::ptr::null_mut(), iov_len: 0 });
+                        c
+                    }
+                    _ => pieces.len() as c_int,
+                };
+                let iov_ptr = if bad == Bad::NullIov { std::ptr::null_mut() } else { iov.as_mut_ptr() };
+                // SAFETY: plain data.
+                let mut from: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+                let mut from_len = (salt % 3) as socklen_t * 50;
+                let from_ptr = if salt % 5 == 0 { std::ptr::null_mut() } else { (&raw mut from).cast::<sockaddr>() };
+                let mut out;
+                let mut received = 0u64;
+                // SAFETY (all arms): live buffers of the stated lengths, or bad input on purpose.
+                unsafe {
+                    out = match rapi {
+                        RdApi::Read => Out::from_rc(api.read(fd, ptr, len) as i64),
+                        RdApi::ReadChk => Out::from_rc(api.__read_chk(fd, ptr, len, len + (salt % 2) as usize) as i64),
+                        RdApi::Recv => Out::from_rc(api.recv(fd, ptr, len, flags) as i64),
+                        RdApi::RecvChk => Out::from_rc(api.__recv_chk(fd, ptr, len, len, flags) as i64),
+                        RdApi::Readv => Out::from_rc(api.readv(fd, iov_ptr, cnt) as i64),
+                        RdApi::RecvFrom | RdApi::RecvFromChk => {
+                            let lenp = if from_ptr.is_null() { std::ptr::null_mut() } else { &raw mut from_len };
+                            let rc = if rapi == RdApi::RecvFrom {
+                                api.recvfrom(fd, ptr, len, flags, from_ptr, lenp)
+                            } else {
+                                api.__recvfrom_chk(fd, ptr, len, len, flags, from_ptr, lenp)
+                            };
+                            let mut o = Out::from_rc(rc as i64);
+                            if !from_ptr.is_null() {
+                                o.note = format!("addrlen {from_len} family {}", from.sun_family);
+                            }
+                            o
+                        }
+                        RdApi::RecvMsg => {
+                            let mut m = msghdr_for(&mut iov, cnt as usize);
+                            m.msg_iov = iov_ptr;
+                            let mut cbuf = [0u64; 8];
+                            if salt % 2 == 0 {
+                                m.msg_control = cbuf.as_mut_ptr().cast();
+                                m.msg_controllen = size_of_val(&cbuf);
+                            }
+                            m.msg_name = from_ptr.cast();
+                            m.msg_namelen = from_len;
+                            m.msg_flags = 0x5a5a;
+                            let rc = api.recvmsg(fd, &mut m, flags);
+                            let mut o = Out::from_rc(rc as i64);
+                            o.note = format!("flags {:#x} controllen {} namelen {}", m.msg_flags, m.msg_controllen, m.msg_namelen);
+                            o
+                        }
+                        RdApi::RecvMmsg => {
+                            let mut msgs: Vec<libc::mmsghdr> = (0..pieces.len())
+                                .map(|i| libc::mmsghdr { msg_hdr: msghdr_for(&mut iov[i..], 1), msg_len: 0xdead })
+                                .collect();
+                            if bad == Bad::NullIov {
+                                msgs[0].msg_hdr.msg_iov = std::ptr::null_mut();
+                            }
+                            let rc = api.recvmmsg(fd, msgs.as_mut_ptr(), msgs.len() as libc::c_uint, flags, std::ptr::null_mut());
+                            let mut o = Out::from_rc(rc as i64);
+                            let got = &msgs[..rc.max(0) as usize];
+                            o.note = format!("lens {:?}", got.iter().map(|m| m.msg_len).collect::<Vec<_>>());
+                            // The bytes, message by message (each fills its own piece).
+                            for (m, &(at, _)) in got.iter().zip(&pieces) {
+                                o.data.extend_from_slice(&buf[at..at + m.msg_len as usize]);
+                            }
+                            received = o.data.len() as u64;
+                            o
+                        }
+                    };
+                }
+                if rapi != RdApi::RecvMmsg && out.rc > 0 {
+                    received = out.rc as u64;
+                    // Bytes land in the pieces in order.
+                    out.data = buf[..out.rc as usize].to_vec();
+                }
+                if flags & libc::MSG_TRUNC != 0 {
+                    // (Not looked at: what MSG_TRUNC does with the buffer is compared between
+                    // the pairs only.)
+                } else if rapi == RdApi::RecvMmsg && flags & libc::MSG_PEEK != 0 {
+                    // Each message peeks at the same bytes.
+                    let mut at = 0;
+                    for len in
+                        out.note.trim_start_matches("lens [").trim_end_matches(']').split(", ").filter_map(|l| l.parse::<usize>().ok())
+                    {
+                        out.bad_byte = out.bad_byte.or(check_stream(seed, d, self.flow.rd[d], &out.data[at..at + len]).map(|i| at + i));
+                        at += len;
+                    }
+                } else {
+                    out.bad_byte = check_stream(seed, d, self.flow.rd[d], &out.data);
+                }
+                if flags & libc::MSG_PEEK == 0 {
+                    out.moved = received;
+                    self.flow.consumed(d, received);
+                }
+                out
+            }
+            Op::Drain { end, copy } => {
+                let fd = self.fd(end, copy);
+                let d = 1 - end;
+                let mut buf = vec![0u8; 65536];
+                let mut out = Out::default();
+                let mut total = 0u64;
+                for _ in 0..64 {
+                    // SAFETY: a live buffer.
+                    let rc = unsafe { api.recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+                    out = Out::from_rc(rc as i64);
+                    if rc <= 0 {
+                        break;
+                    }
+                    if out.bad_byte.is_none() {
+                        out.bad_byte = check_stream(seed, d, self.flow.rd[d], &buf[..rc as usize]).map(|i| i + total as usize);
+                    }
+                    self.flow.consumed(d, rc as u64);
+                    total += rc as u64;
+                }
+                out.moved = total;
+                out
+            }
+            Op::Poll { api: papi, events } => {
+                let open: Vec<(usize, usize, c_int)> =
+                    (0..2).flat_map(|e| self.fds[e].iter().enumerate().map(move |(c, &fd)| (e, c, fd))).collect();
+                let mut out;
+                match papi {
+                    PollApi::Poll | PollApi::Ppoll | PollApi::PollChk | PollApi::PpollChk => {
+                        let mut p: Vec<libc::pollfd> = open.iter().map(|&(_, _, fd)| libc::pollfd { fd, events, revents: 0 }).collect();
+                        let n = p.len() as libc::nfds_t;
+                        let ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+                        let size = size_of_val(p.as_slice());
+                        // SAFETY: a live array of `n` pollfds; a zero timeout.
+                        let rc = unsafe {
+                            match papi {
+                                PollApi::Poll => api.poll(p.as_mut_ptr(), n, 0),
+                                PollApi::Ppoll => api.ppoll(p.as_mut_ptr(), n, &ts, std::ptr::null()),
+                                PollApi::PollChk => api.__poll_chk(p.as_mut_ptr(), n, 0, size),
+                                _ => api.__ppoll_chk(p.as_mut_ptr(), n, &ts, std::ptr::null(), size),
+                            }
+                        };
+                        out = Out::from_rc(rc as i64);
+                        out.ready = open.iter().zip(&p).map(|(&(e, c, _), p)| (e, c, p.revents as u16 as u32)).collect();
+                    }
+                    PollApi::Select => {
+                        // SAFETY: plain data, then FD_* on live sets with fds below 1024.
+                        unsafe {
+                            let mut sets: [libc::fd_set; 3] = std::mem::zeroed();
+                            let mut max = 0;
+                            for &(_, _, fd) in &open {
+                                for (i, s) in sets.iter_mut().enumerate() {
+                                    let wanted = [libc::POLLIN, libc::POLLOUT, libc::POLLPRI][i];
+                                    if events & wanted != 0 {
+                                        libc::FD_SET(fd, s);
+                                    }
+                                }
+                                max = max.max(fd);
+                            }
+                            let mut tv = libc::timeval { tv_sec: 0, tv_usec: 0 };
+                            let [r, w, x] = &mut sets;
+                            let rc = api.select(max + 1, r, w, x, &mut tv);
+                            out = Out::from_rc(rc as i64);
+                            out.ready = open
+                                .iter()
+                                .map(|&(e, c, fd)| {
+                                    let bits = [libc::POLLIN, libc::POLLOUT, libc::POLLPRI]
+                                        .iter()
+                                        .zip(&sets)
+                                        .filter(|(_, s)| libc::FD_ISSET(fd, *s))
+                                        .fold(0, |a, (b, _)| a | *b as u32);
+                                    (e, c, bits)
+                                })
+                                .collect();
+                        }
+                    }
+                    PollApi::Epoll => {
+                        // SAFETY: a new epoll instance, registered and waited on with live
+                        // events, closed at the end.
+                        unsafe {
+                            let ep = libc::epoll_create1(libc::EPOLL_CLOEXEC);
+                            assert!(ep >= 0);
+                            let mut ctl = Vec::new();
+                            for (i, &(_, _, fd)) in open.iter().enumerate() {
+                                let mut ev = libc::epoll_event { events: events as u16 as u32, u64: i as u64 };
+                                ctl.push(api.epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev));
+                            }
+                            let mut evs = vec![libc::epoll_event { events: 0, u64: 0 }; open.len() + 1];
+                            let rc = api.epoll_wait(ep, evs.as_mut_ptr(), evs.len() as c_int, 0);
+                            out = Out::from_rc(rc as i64);
+                            out.note = format!("ctl {ctl:?}");
+                            let mut ready: Vec<(usize, usize, u32)> = evs[..rc.max(0) as usize]
+                                .iter()
+                                .map(|ev| {
+                                    let (e, c, _) = open[ev.u64 as usize];
+                                    (e, c, ev.events)
+                                })
+                                .collect();
+                            ready.sort_unstable();
+                            out.ready = ready;
+                            api.close(ep);
+                        }
+                    }
+                }
+                out
+            }
+            Op::Fionread { end, copy } | Op::Outq { end, copy } => {
+                let req = if matches!(op, Op::Fionread { .. }) { libc::FIONREAD } else { libc::TIOCOUTQ };
+                let mut v: c_int = -7;
+                // SAFETY: the request takes a pointer to an int.
+                let mut out = Out::from_rc(unsafe { api.ioctl(self.fd(end, copy), req, &mut v) } as i64);
+                out.value = v as i64;
+                out
+            }
+            Op::Shutdown { end, copy, how } => {
+                // SAFETY: no pointers.
+                Out::from_rc(unsafe { api.shutdown(self.fd(end, copy), how) } as i64)
+            }
+            Op::Nonblock { end, copy, on, ioctl } => {
+                let fd = self.fd(end, copy);
+                // SAFETY: no pointers, or FIONBIO's int.
+                unsafe {
+                    if ioctl {
+                        let mut v = on as c_int;
+                        Out::from_rc(api.ioctl(fd, libc::FIONBIO, &mut v) as i64)
+                    } else {
+                        let fl = api.fcntl(fd, libc::F_GETFL, 0);
+                        let fl2 = if on { fl | libc::O_NONBLOCK } else { fl & !libc::O_NONBLOCK };
+                        let mut out = Out::from_rc(api.fcntl(fd, libc::F_SETFL, fl2) as i64);
+                        out.note = format!("getfl {fl:#x}");
+                        out
+                    }
+                }
+            }
+            Op::Dup { end, copy, how } => {
+                let fd = self.fd(end, copy);
+                let target = self.spare_fd();
+                // SAFETY: no pointers.
+                let rc = unsafe {
+                    match how {
+                        DupHow::Dup => api.dup(fd),
+                        DupHow::Dup2 => api.dup2(fd, target),
+                        DupHow::DupFd => api.fcntl(fd, libc::F_DUPFD_CLOEXEC, 500),
+                    }
+                };
+                let mut out = Out::from_rc(rc as i64);
+                if rc >= 0 {
+                    assert!(rc < 1024, "{}: dup gave {rc}", self.name);
+                    self.fds[end].push(rc);
+                    out.rc = 0; // the number itself differs between the pairs
+                    out.note = "an fd".into();
+                }
+                out
+            }
+            Op::Dup2Over { end, copy, onto, onto_copy } => {
+                let (fd, target) = (self.fd(end, copy), self.fd(onto, onto_copy));
+                // SAFETY: no pointers.
+                let rc = unsafe { api.dup2(fd, target) };
+                let mut out = Out::from_rc(rc as i64);
+                if rc >= 0 {
+                    out.rc = if rc == target { 0 } else { -99 };
+                    if fd != target {
+                        self.fds[onto].remove(onto_copy);
+                        self.fds[end].push(target);
+                        if self.fds[onto].is_empty() {
+                            self.end_closed(onto);
+                        }
+                    }
+                }
+                out
+            }
+            Op::Close { end, copy } => {
+                let fd = self.fds[end].remove(copy);
+                // SAFETY: our copy, forgotten above.
+                let out = Out::from_rc(unsafe { api.close(fd) } as i64);
+                if self.fds[end].is_empty() {
+                    self.end_closed(end);
+                }
+                out
+            }
+        }
+    }
+
+    /// `end` has no fd left: what was queued for it is gone with it.
+    fn end_closed(&mut self, end: usize) {
+        let d = 1 - end;
+        self.flow.rd[d] = self.flow.wr[d];
+        self.flow.chunks[d] = 0;
+    }
+
+    fn close_all(&mut self) {
+        for end in 0..2 {
+            for fd in std::mem::take(&mut self.fds[end]) {
+                // SAFETY: our fd.
+                unsafe { self.api.close(fd) };
+            }
+        }
+    }
+}
+
+/// A named Unix address (for sendto's EISCONN).
+fn sockaddr_un_named() -> libc::sockaddr_un {
+    // SAFETY: plain data.
+    let mut a: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    a.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, s) in a.sun_path.iter_mut().zip(b"/nonexistent/tssx-diff") {
+        *d = *s as libc::c_char;
+    }
+    a
+}
+
+// ---------------------------------------------------------------------------------------------
+// Comparison.
+
+const IN_BITS: u32 = (libc::POLLIN | libc::POLLRDNORM) as u32;
+const OUT_BITS: u32 = (libc::POLLOUT | libc::POLLWRNORM | libc::POLLWRBAND) as u32;
+
+/// What is compared of a step's result on each pair (see the module's docs for each
+/// normalisation). `flows`: each pair's counts before the step; `salt`: the step's.
+fn keys(op: &Op, outs: [&Out; 2], flows: [Flow; 2], salt: u64) -> [String; 2] {
+    let q = |side: usize, d: usize| flows[side].queued(d);
+    let same = |d: usize| flows[0].wr[d] == flows[1].wr[d] && flows[0].rd[d] == flows[1].rd[d];
+    let small = |d: usize| (0..2).all(|s| q(s, d) <= EXACT_BYTES && flows[s].chunks[d] <= EXACT_CHUNKS);
+    let data_ok = |o: &Out| match o.bad_byte {
+        Some(i) => format!(" WRONG BYTE at {i}"),
+        None => String::new(),
+    };
+    let err = |o: &Out| if o.rc < 0 { errno_name(o.errno) } else { String::new() };
+    let each = |f: &dyn Fn(usize, &Out) -> String| [f(0, outs[0]), f(1, outs[1])];
+    match *op {
+        Op::Write { end, len, parts, api, .. } => {
+            let writes = if api == WrApi::SendMmsg { parts } else { 1 };
+            let fits = same(end) && (0..2).all(|s| q(s, end) + len as u64 <= EXACT_BYTES && flows[s].chunks[end] + writes <= EXACT_CHUNKS);
+            if fits {
+                each(&|_, o| o.raw())
+            } else {
+                each(&|s, o| {
+                    if o.rc < 0 && o.errno == libc::EAGAIN {
+                        if q(s, end) == 0 {
+                            "EAGAIN with nothing queued".into()
+                        } else {
+                            "progress".into()
+                        }
+                    } else if o.rc < 0 {
+                        err(o)
+                    } else if o.rc == 0 && len > 0 {
+                        o.raw()
+                    } else if len == 0 {
+                        "0".into()
+                    } else {
+                        "progress".into()
+                    }
+                })
+            }
+        }
+        Op::Read { end, len, flags, parts, api, .. } => {
+            let d = 1 - end;
+            if same(d) {
+                return each(&|_, o| format!("{}{} bytes #{:016x}", o.raw(), data_ok(o), fnv(&o.data)));
+            }
+            if (q(0, d) == 0) != (q(1, d) == 0) {
+                return each(&|_, o| format!("(not compared: one pair has bytes, the other none){}", data_ok(o)));
+            }
+            each(&|s, o| {
+                let expect = if api == RdApi::RecvMmsg && flags & libc::MSG_PEEK != 0 {
+                    // Every message peeks at the same bytes.
+                    split(len, parts.max(1), salt).iter().map(|&(_, l)| (l as u64).min(q(s, d))).sum()
+                } else {
+                    (len as u64).min(q(s, d))
+                };
+                let got = if api == RdApi::RecvMmsg { o.data.len() as u64 } else { o.rc.max(0) as u64 };
+                if o.rc < 0 {
+                    format!("{}{}", err(o), data_ok(o))
+                } else if got == expect {
+                    format!("min(asked, queued){}", data_ok(o))
+                } else {
+                    format!("{} (queued {}){}", o.raw(), q(s, d), data_ok(o))
+                }
+            })
+        }
+        Op::Drain { end, .. } => {
+            let d = 1 - end;
+            if same(d) {
+                each(&|_, o| format!("{} total {}{}", o.raw(), o.moved, data_ok(o)))
+            } else {
+                each(&|s, o| {
+                    let all = if o.moved == q(s, d) { "all queued".to_owned() } else { format!("{} of {}", o.moved, q(s, d)) };
+                    format!("{} {all}{}", if o.rc < 0 { errno_name(o.errno) } else { o.rc.to_string() }, data_ok(o))
+                })
+            }
+        }
+        Op::Poll { .. } => each(&|_, o| {
+            let ready: Vec<(usize, usize, String)> = o
+                .ready
+                .iter()
+                .map(|&(e, c, bits)| {
+                    let mut b = bits;
+                    let mut masked = String::new();
+                    if !small(e) {
+                        b &= !OUT_BITS;
+                        masked.push_str(" (out not compared)");
+                    }
+                    if (q(0, 1 - e) == 0) != (q(1, 1 - e) == 0) {
+                        b &= !IN_BITS;
+                        masked.push_str(" (in not compared)");
+                    }
+                    (e, c, b, format!("{b:#x}{masked}"))
+                })
+                // (Nothing left to compare: as if not reported, which epoll does.)
+                .filter(|&(_, _, b, _)| b != 0)
+                .map(|(e, c, _, s)| (e, c, s))
+                .collect();
+            format!("{} {ready:?} {}", if o.rc < 0 { errno_name(o.errno) } else { "ok".into() }, o.note)
+        }),
+        Op::Fionread { end, .. } => {
+            let d = 1 - end;
+            if same(d) {
+                each(&|_, o| o.raw())
+            } else {
+                each(&|s, o| if o.rc == 0 && o.value as u64 == q(s, d) { "= queued".into() } else { o.raw() })
+            }
+        }
+        Op::Outq { end, .. } => {
+            if (q(0, end) == 0) != (q(1, end) == 0) {
+                return each(&|_, _| "(not compared: one pair has bytes queued, the other none)".into());
+            }
+            each(&|_, o| if o.rc < 0 { err(o) } else { format!("zero: {}", o.value == 0) })
+        }
+        _ => each(&|_, o| o.raw()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The generator.
+
+/// Flags a read may carry (besides the blocking ones the generator decides).
+fn read_flags(rng: &mut Rng, exact: bool) -> c_int {
+    let mut f = 0;
+    if rng.pct(15) {
+        f |= libc::MSG_PEEK;
+    }
+    if rng.pct(40) {
+        f |= libc::MSG_DONTWAIT;
+    }
+    if rng.pct(15) {
+        f |= libc::MSG_WAITALL;
+    }
+    if rng.pct(5) {
+        f |= libc::MSG_NOSIGNAL;
+    }
+    if rng.pct(5) {
+        f |= libc::MSG_CMSG_CLOEXEC;
+    }
+    if exact && rng.pct(4) {
+        f |= libc::MSG_TRUNC;
+    }
+    if exact && rng.pct(3) {
+        f |= rng.pick(&[libc::MSG_ERRQUEUE, libc::MSG_EOR, libc::MSG_CONFIRM, 0x4000_0000, 0x10 /* MSG_PROXY */]);
+    }
+    f
+}
+
+fn write_flags(rng: &mut Rng, exact: bool) -> c_int {
+    let mut f = 0;
+    if rng.pct(40) {
+        f |= libc::MSG_DONTWAIT;
+    }
+    if rng.pct(40) {
+        f |= libc::MSG_NOSIGNAL;
+    }
+    if rng.pct(5) {
+        f |= libc::MSG_MORE;
+    }
+    if exact && rng.pct(3) {
+        f |= rng.pick(&[libc::MSG_EOR, libc::MSG_CONFIRM, libc::MSG_ERRQUEUE, 0x10 /* MSG_PROXY */, libc::MSG_TRUNC, 0x4000_0000]);
+    }
+    f
+}
+
+struct Gen<'a> {
+    rng: &'a mut Rng,
+    shared: Shared,
+    flows: [Flow; 2],
+    copies: [usize; 2],
+}
+
+impl Gen<'_> {
+    fn same(&self, d: usize) -> bool {
+        self.flows[0].wr[d] == self.flows[1].wr[d] && self.flows[0].rd[d] == self.flows[1].rd[d]
+    }
+    fn q_min(&self, d: usize) -> u64 {
+        self.flows[0].queued(d).min(self.flows[1].queued(d))
+    }
+    fn q_max(&self, d: usize) -> u64 {
+        self.flows[0].queued(d).max(self.flows[1].queued(d))
+    }
+    /// A write of `len` bytes in `writes` writes from `end` fits on both pairs.
+    fn fits(&self, end: usize, len: usize, writes: usize) -> bool {
+        self.q_max(end) + len as u64 <= EXACT_BYTES && self.flows.iter().all(|f| f.chunks[end] + writes <= EXACT_CHUNKS)
+    }
+    fn open_end(&mut self) -> Option<usize> {
+        let open: Vec<usize> = (0..2).filter(|&e| self.copies[e] > 0).collect();
+        (!open.is_empty()).then(|| self.rng.pick(&open))
+    }
+    fn copy(&mut self, end: usize) -> usize {
+        self.rng.below(self.copies[end] as u64) as usize
+    }
+
+    /// One operation that cannot block forever on either pair (`None`: this try did not give
+    /// one).
+    fn try_op(&mut self) -> Option<Op> {
+        let end = self.open_end()?;
+        let copy = self.copy(end);
+        let blocking = !self.shared.nonblock[end];
+        Some(match self.rng.below(100) {
+            0..30 => {
+                let api = self.rng.pick(&[WrApi::Write, WrApi::Send, WrApi::SendTo, WrApi::SendMsg, WrApi::Writev, WrApi::SendMmsg]);
+                let len = self.rng.size();
+                let parts = if api.has_iov() { self.rng.range(1, 4) as usize } else { 1 };
+                let writes = if api == WrApi::SendMmsg { parts } else { 1 };
+                let fits = self.same(end) && self.fits(end, len, writes);
+                let flags = if api.has_flags() { write_flags(self.rng, fits) } else { 0 };
+                let mut bad = Bad::None;
+                if fits && len > 0 && self.rng.pct(5) {
+                    bad = self.rng.pick(&[Bad::NullBuf, Bad::IovCnt(-1), Bad::IovCnt(1025), Bad::NullIov, Bad::Addr]);
+                    let ok = match bad {
+                        Bad::IovCnt(_) => matches!(api, WrApi::Writev | WrApi::SendMsg),
+                        Bad::NullIov => matches!(api, WrApi::Writev | WrApi::SendMsg),
+                        Bad::Addr => matches!(api, WrApi::SendTo | WrApi::SendMsg | WrApi::SendMmsg),
+                        _ => true,
+                    };
+                    if !ok {
+                        return None;
+                    }
+                }
+                let may_block = blocking && flags & libc::MSG_DONTWAIT == 0;
+                if may_block && !self.shared.send_shut(end) && !self.fits(end, len, writes) {
+                    return None;
+                }
+                Op::Write { end, copy, api, len, parts, flags, bad }
+            }
+            30..58 => {
+                let d = 1 - end;
+                let api = self.rng.pick(&[
+                    RdApi::Read,
+                    RdApi::Recv,
+                    RdApi::RecvFrom,
+                    RdApi::RecvMsg,
+                    RdApi::Readv,
+                    RdApi::RecvMmsg,
+                    RdApi::ReadChk,
+                    RdApi::RecvChk,
+                    RdApi::RecvFromChk,
+                ]);
+                let len = if self.rng.pct(30) { self.rng.range(1, self.q_max(d).max(1) + 10) as usize } else { self.rng.size() };
+                let parts = if api.has_iov() { self.rng.range(1, 4) as usize } else { 1 };
+                let exact = self.same(d);
+                let mut flags = if api.has_flags() { read_flags(self.rng, exact) } else { 0 };
+                if api == RdApi::RecvMmsg && self.rng.pct(40) {
+                    flags |= libc::MSG_WAITFORONE;
+                }
+                let mut bad = Bad::None;
+                if exact && self.rng.pct(5) {
+                    bad = self.rng.pick(&[Bad::NullBuf, Bad::IovCnt(-1), Bad::IovCnt(1025), Bad::NullIov]);
+                    let ok = match bad {
+                        Bad::IovCnt(_) => matches!(api, RdApi::Readv | RdApi::RecvMsg),
+                        Bad::NullIov => api.has_iov(),
+                        // Not for recvmmsg: a fault in a message after the first ends the call
+                        // with the messages so far, and the kernel keeps the EFAULT in the
+                        // socket's SO_ERROR for the next call (POLLERR until then); the hook
+                        // does not (documented at `calls::recvmmsg`).
+                        Bad::NullBuf => len > 0 && api != RdApi::RecvMmsg,
+                        _ => true,
+                    };
+                    if !ok {
+                        return None;
+                    }
+                }
+                if self.shared.reset[end] && !self.same(d) {
+                    // Which read reports the reset depends on when the queue runs empty: only
+                    // a drain, on both pairs, until the amounts agree again.
+                    return None;
+                }
+                let dontwait = !blocking || flags & libc::MSG_DONTWAIT != 0;
+                let eof = self.shared.eof(end);
+                let safe = dontwait
+                    || eof
+                    || match api {
+                        // (Every message after the first is non-blocking with WAITFORONE.)
+                        RdApi::RecvMmsg if flags & libc::MSG_WAITALL != 0 => {
+                            flags & libc::MSG_WAITFORONE != 0 && self.q_min(d) >= len.max(1) as u64
+                        }
+                        RdApi::RecvMmsg => flags & libc::MSG_WAITFORONE != 0 && self.q_min(d) > 0,
+                        _ if flags & libc::MSG_WAITALL != 0 => self.q_min(d) >= len as u64 && len > 0,
+                        _ => self.q_min(d) > 0,
+                    };
+                if !safe {
+                    return None;
+                }
+                Op::Read { end, copy, api, len, parts, flags, bad }
+            }
+            58..66 => Op::Drain { end, copy },
+            66..76 => {
+                let mut events = 0;
+                for bit in
+                    [libc::POLLIN, libc::POLLOUT, libc::POLLRDHUP, libc::POLLPRI, libc::POLLRDNORM, libc::POLLWRNORM, libc::POLLWRBAND]
+                {
+                    if self.rng.pct(if bit == libc::POLLIN || bit == libc::POLLOUT { 85 } else { 30 }) {
+                        events |= bit;
+                    }
+                }
+                let api =
+                    self.rng.pick(&[PollApi::Poll, PollApi::Ppoll, PollApi::PollChk, PollApi::PpollChk, PollApi::Select, PollApi::Epoll]);
+                Op::Poll { api, events }
+            }
+            76..80 => Op::Fionread { end, copy },
+            80..82 => Op::Outq { end, copy },
+            82..85 => Op::Shutdown { end, copy, how: self.rng.pick(&[libc::SHUT_RD, libc::SHUT_WR, libc::SHUT_RDWR, 7]) },
+            85..91 => Op::Nonblock { end, copy, on: self.rng.pct(60), ioctl: self.rng.pct(30) },
+            91..94 => {
+                if self.copies[end] >= 4 {
+                    return None;
+                }
+                Op::Dup { end, copy, how: self.rng.pick(&[DupHow::Dup, DupHow::Dup2, DupHow::DupFd]) }
+            }
+            94..96 => {
+                let onto = self.open_end()?;
+                let onto_copy = self.copy(onto);
+                if self.copies[onto] == 1 && onto != end && !self.same(1 - onto) {
+                    return None; // the last close of `onto` (see below)
+                }
+                Op::Dup2Over { end, copy, onto, onto_copy }
+            }
+            _ => {
+                // A last close with unread bytes resets the peer: only while both pairs hold
+                // the same bytes for this end.
+                if self.copies[end] == 1 && (!self.same(1 - end) || self.rng.pct(70)) {
+                    return None;
+                }
+                Op::Close { end, copy }
+            }
+        })
+    }
+
+    fn op(&mut self) -> Option<Op> {
+        (0..1000).find_map(|_| self.try_op())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running a sequence.
+
+/// One step of a sequence, for the report.
+struct Step {
+    op: Op,
+    raw: [String; 2],
+}
+
+/// Sequences run one at a time (they take fd numbers for dup2 from a shared range).
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn replay_hint(seed: u64) -> String {
+    format!("TSSX_DIFF_SEED={seed} cargo test -p tssx-hook --test differential -- --nocapture")
+}
+
+/// The sequence running now, and since when (ms since the epoch), for the watchdog.
+static RUNNING: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A sequence must never block: if one runs for a minute, the process stops with its seed
+/// (rather than a CI job hanging until its own timeout).
+fn start_watchdog() {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    STARTED.call_once(|| {
+        std::thread::spawn(|| loop {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            // Relaxed: a hint read once a second.
+            let (seed, since) = (RUNNING[0].load(Relaxed), RUNNING[1].load(Relaxed));
+            if since != 0 && now_ms().saturating_sub(since) > 60_000 {
+                eprintln!("differential: seed {seed} BLOCKED for a minute\n  replay: {}", replay_hint(seed));
+                std::process::abort();
+            }
+        });
+    });
+}
+
+/// Runs sequence `seed`; `Err` describes the first divergence. Returns the number of steps.
+fn run_seed(seed: u64, verbose: bool) -> Result<usize, String> {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    start_watchdog();
+    // Relaxed: read by the watchdog only.
+    RUNNING[0].store(seed, Relaxed);
+    RUNNING[1].store(now_ms(), Relaxed);
+    let mut rng = Rng(splitmix(seed));
+    let plain_fds = support::socketpair(0);
+    let swapped_fds = support::socketpair(0);
+    support::install_swapped(swapped_fds, RING);
+    let mut sides = [
+        Side { api: &Plain, name: "plain", fds: [vec![plain_fds[0]], vec![plain_fds[1]]], flow: Flow::default(), spare: 600 },
+        Side { api: &Hooked, name: "swapped", fds: [vec![swapped_fds[0]], vec![swapped_fds[1]]], flow: Flow::default(), spare: 800 },
+    ];
+    let mut shared = Shared::default();
+    let mut steps: Vec<Step> = Vec::new();
+    let n_ops = rng.range(10, 150) as usize;
+    let mut result = Ok(0);
+    for i in 0..n_ops + 2 {
+        let op = if i < n_ops {
+            let mut g = Gen {
+                rng: &mut rng,
+                shared,
+                flows: [sides[0].flow, sides[1].flow],
+                copies: [sides[0].fds[0].len(), sides[0].fds[1].len()],
+            };
+            match g.op() {
+                Some(op) => op,
+                None => break,
+            }
+        } else {
+            // At the end, whatever is left must come out the same.
+            let end = i - n_ops;
+            if sides[0].fds[end].is_empty() {
+                continue;
+            }
+            Op::Drain { end, copy: 0 }
+        };
+        if verbose {
+            eprintln!("step {i}: {op:?}");
+        }
+        let flows = [sides[0].flow, sides[1].flow];
+        let salt = rng.next();
+        set_errno(0);
+        let outs = [sides[0].exec(&op, seed, salt), sides[1].exec(&op, seed, salt)];
+        let k = keys(&op, [&outs[0], &outs[1]], flows, salt);
+        let raw = [outs[0].raw(), outs[1].raw()];
+        if verbose {
+            eprintln!("  plain:   {}\n  swapped: {}", raw[0], raw[1]);
+        }
+        steps.push(Step { op: op.clone(), raw });
+        let wrong_bytes = outs.iter().any(|o| o.bad_byte.is_some());
+        if k[0] != k[1] || wrong_bytes {
+            let mut report = format!("differential seed {seed} diverges at step {i}\n  replay: {}\n", replay_hint(seed));
+            for (j, s) in steps.iter().enumerate() {
+                let _ = writeln!(report, "  step {j}: {:?}\n      plain:   {}\n      swapped: {}", s.op, s.raw[0], s.raw[1]);
+            }
+            let _ = writeln!(report, "  compared at step {i}:\n      plain:   {}\n      swapped: {}", k[0], k[1]);
+            result = Err(report);
+            break;
+        }
+        // What both pairs now share (the results were equal).
+        let plain = &outs[0];
+        match op {
+            Op::Shutdown { end, how, .. } if plain.rc == 0 => {
+                if how == libc::SHUT_RD || how == libc::SHUT_RDWR {
+                    shared.shut_rd[end] = true;
+                }
+                if how == libc::SHUT_WR || how == libc::SHUT_RDWR {
+                    shared.shut_wr[end] = true;
+                }
+            }
+            Op::Nonblock { end, on, .. } if plain.rc == 0 => shared.nonblock[end] = on,
+            _ => {}
+        }
+        for end in 0..2 {
+            if !shared.closed[end] && sides[0].fds[end].is_empty() && flows[0].queued(1 - end) > 0 {
+                shared.reset[1 - end] = true;
+            }
+            shared.closed[end] = sides[0].fds[end].is_empty();
+            assert_eq!(sides[0].fds[end].len(), sides[1].fds[end].len(), "seed {seed}: copies differ after equal results");
+        }
+        result = Ok(i + 1);
+    }
+    for s in &mut sides {
+        s.close_all();
+    }
+    RUNNING[1].store(0, Relaxed);
+    result
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    let v = std::env::var(name).ok()?;
+    Some(v.trim().parse().unwrap_or_else(|_| panic!("{name}={v:?} is not a number")))
+}
+
+#[test]
+fn plain_and_swapped_pairs_agree_on_random_sequences() {
+    // SAFETY: setting a signal disposition; a write to a closed peer reports EPIPE.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    if let Some(seed) = env_u64("TSSX_DIFF_SEED") {
+        match run_seed(seed, true) {
+            Ok(n) => eprintln!("differential: seed {seed}: {n} steps agree"),
+            Err(report) => panic!("{report}"),
+        }
+        return;
+    }
+    let count = env_u64("TSSX_DIFF_SEQUENCES").unwrap_or(DEFAULT_SEQUENCES);
+    let start = env_u64("TSSX_DIFF_START").unwrap_or(1);
+    let t = Instant::now();
+    let mut steps = 0;
+    let progress = std::env::var_os("TSSX_DIFF_PROGRESS").is_some();
+    for seed in start..start + count {
+        if progress {
+            eprintln!("differential: seed {seed}");
+        }
+        match run_seed(seed, false) {
+            Ok(n) => steps += n,
+            Err(report) => panic!("{report}"),
+        }
+    }
+    eprintln!("differential: {count} sequences from seed {start}, {steps} steps, in {:.1} s", t.elapsed().as_secs_f64());
+}
