@@ -94,6 +94,10 @@ enum Cmd {
         /// Seed of the random choices (printed by every run, to reproduce one).
         #[arg(long)]
         seed: Option<u64>,
+        /// Sequences of the hook's differential test (plain pair vs swapped pair, no agent)
+        /// run first, from a seed derived from `--seed`; 0 skips it.
+        #[arg(long, default_value_t = 100_000)]
+        differential: u64,
     },
     /// Set up, check formatting and clippy, build, and run every test (unit and end-to-end;
     /// needs root). With extra arguments (a test filter), only those tests run.
@@ -140,8 +144,10 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             build_profile(profile)?;
             report::report(profile)
         }
-        Cmd::Soak { seconds, seed } => {
+        Cmd::Soak { seconds, seed, differential } => {
             build()?;
+            let seed = soak::seed(seed);
+            soak::differential(seed, differential)?;
             soak::run(&target_dir(), seconds, seed)
         }
         Cmd::Test { args } => {
