@@ -68,6 +68,13 @@ const EXACT_BYTES: u64 = 4096;
 /// The most writes queued in a direction for `POLLOUT` to be compared (each is an skb in the
 /// kernel, whose truesize counts against `sk_sndbuf / 4`).
 const EXACT_CHUNKS: usize = 16;
+/// Whether edge-triggered registrations are generated. Not now: with EPOLLET the kernel
+/// reports an edge again after every `shutdown()` of the peer (its `sk_state_change` wakes the
+/// epoll entry even when no readiness bit changes), the hook only when a ring moved or a bit
+/// newly set (`epoll::reportable`). Found with this set (seed 428, step 94: after the peer's
+/// second `shutdown(SHUT_WR)`, plain reports the EPOLLET entry again, swapped does not). Left
+/// to the owners of `epoll.rs`.
+const EPOLL_EDGES: bool = false;
 /// Sequences in a normal test run.
 const DEFAULT_SEQUENCES: u64 = 4000;
 
@@ -384,6 +391,17 @@ enum Op {
         peer_copy: usize,
         len: usize,
     },
+    /// `epoll_ctl` on the sequence's epoll instance (`tag`: the event's data; its low bit is
+    /// the end).
+    EpollCtl {
+        end: usize,
+        copy: usize,
+        op: c_int,
+        events: u32,
+        tag: u64,
+    },
+    /// `epoll_wait` on the sequence's epoll instance, zero timeout.
+    EpollWait,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -419,6 +437,8 @@ struct Side {
     flow: Flow,
     /// Where `dup2` targets are taken from.
     spare: c_int,
+    /// The sequence's epoll instance (fds stay registered across steps).
+    ep: c_int,
 }
 
 /// What both pairs share (results that were compared equal).
@@ -939,6 +959,22 @@ impl Side {
                 self.flow.consumed(d, got.len() as u64);
                 out
             }
+            Op::EpollCtl { end, copy, op, events, tag } => {
+                let mut ev = libc::epoll_event { events, u64: tag };
+                // SAFETY: a live event.
+                Out::from_rc(unsafe { api.epoll_ctl(self.ep, op, self.fd(end, copy), &mut ev) } as i64)
+            }
+            Op::EpollWait => {
+                let mut evs = vec![libc::epoll_event { events: 0, u64: 0 }; 32];
+                // SAFETY: a live array of 32 events.
+                let rc = unsafe { api.epoll_wait(self.ep, evs.as_mut_ptr(), evs.len() as c_int, 0) };
+                let mut out = Out::from_rc(rc as i64);
+                let mut ready: Vec<(usize, usize, u32)> =
+                    evs[..rc.max(0) as usize].iter().map(|ev| ((ev.u64 & 1) as usize, ev.u64 as usize, ev.events)).collect();
+                ready.sort_unstable();
+                out.ready = ready;
+                out
+            }
             Op::Close { end, copy } => {
                 let fd = self.fds[end].remove(copy);
                 // SAFETY: our copy, forgotten above.
@@ -959,6 +995,8 @@ impl Side {
     }
 
     fn close_all(&mut self) {
+        // SAFETY: our epoll instance.
+        unsafe { self.api.close(self.ep) };
         for end in 0..2 {
             for fd in std::mem::take(&mut self.fds[end]) {
                 // SAFETY: our fd.
@@ -966,6 +1004,14 @@ impl Side {
             }
         }
     }
+}
+
+/// A new epoll instance (epoll_create1 is not interposed).
+fn epoll_instance() -> c_int {
+    // SAFETY: no pointers.
+    let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    assert!(ep >= 0);
+    ep
 }
 
 /// A named Unix address (for sendto's EISCONN).
@@ -1059,7 +1105,7 @@ fn keys(op: &Op, outs: [&Out; 2], flows: [Flow; 2], salt: u64) -> [String; 2] {
                 })
             }
         }
-        Op::Poll { .. } => each(&|_, o| {
+        Op::Poll { .. } | Op::EpollWait => each(&|_, o| {
             let ready: Vec<(usize, usize, String)> = o
                 .ready
                 .iter()
@@ -1152,6 +1198,11 @@ struct Gen<'a> {
     shared: Shared,
     flows: [Flow; 2],
     copies: [usize; 2],
+    /// The plain pair's fds of each end.
+    plain_fds: &'a [Vec<c_int>; 2],
+    /// The plain pair's fds registered in the sequence's epoll instance (or registered and
+    /// deleted since), with their end.
+    registered: &'a [(usize, c_int)],
 }
 
 impl Gen<'_> {
@@ -1284,7 +1335,28 @@ impl Gen<'_> {
                 let peer_copy = self.copy(peer);
                 Op::Bulk { end, copy, peer_copy, len: self.rng.range(RING as u64 + 1, 300 << 10) as usize }
             }
-            66..76 => {
+            66..69 => {
+                let op = self.rng.pick(&[libc::EPOLL_CTL_ADD, libc::EPOLL_CTL_ADD, libc::EPOLL_CTL_MOD, libc::EPOLL_CTL_DEL]);
+                let mut events = 0;
+                for bit in [libc::EPOLLIN, libc::EPOLLOUT, libc::EPOLLRDHUP, libc::EPOLLPRI] {
+                    if self.rng.pct(60) {
+                        events |= bit as u32;
+                    }
+                }
+                if EPOLL_EDGES && self.rng.pct(15) {
+                    events |= libc::EPOLLET as u32;
+                }
+                if self.rng.pct(10) {
+                    // Whether a one-shot entry fired (and is disarmed) must not depend on bits
+                    // that are not compared (IN and OUT depend on the queues' capacities once
+                    // they differ): RDHUP and PRI only.
+                    events &= (libc::EPOLLRDHUP | libc::EPOLLPRI) as u32;
+                    events |= libc::EPOLLONESHOT as u32;
+                }
+                Op::EpollCtl { end, copy, op, events, tag: (self.rng.below(1 << 20) << 1) | end as u64 }
+            }
+            69..72 => Op::EpollWait,
+            72..76 => {
                 let mut events = 0;
                 for bit in
                     [libc::POLLIN, libc::POLLOUT, libc::POLLRDHUP, libc::POLLPRI, libc::POLLRDNORM, libc::POLLWRNORM, libc::POLLWRBAND]
@@ -1313,12 +1385,18 @@ impl Gen<'_> {
                 if self.copies[onto] == 1 && onto != end && !self.same(1 - onto) {
                     return None; // the last close of `onto` (see below)
                 }
+                if self.plain_fds[end][copy] != self.plain_fds[onto][onto_copy] && self.leaves_a_registered_file(onto, onto_copy) {
+                    return None;
+                }
                 Op::Dup2Over { end, copy, onto, onto_copy }
             }
             _ => {
                 // A last close with unread bytes resets the peer: only while both pairs hold
                 // the same bytes for this end.
                 if self.copies[end] == 1 && (!self.same(1 - end) || self.rng.pct(70)) {
+                    return None;
+                }
+                if self.leaves_a_registered_file(end, copy) {
                     return None;
                 }
                 Op::Close { end, copy }
@@ -1328,6 +1406,23 @@ impl Gen<'_> {
 
     fn op(&mut self) -> Option<Op> {
         (0..1000).find_map(|_| self.try_op())
+    }
+
+    /// Closing `end`'s `copy` would leave a registration in the epoll instance whose fd is
+    /// closed while another copy keeps the file open (or one that was deleted: see below). Not
+    /// generated, two divergences in `epoll.rs` (left to its owners):
+    /// * the kernel keeps reporting a registration whose fd closed while a dup keeps the file
+    ///   open, the hook loses it (issue 13's "events of a registered fd whose dup lives on";
+    ///   seed 10 with this check off, step 70);
+    /// * `EPOLL_CTL_DEL` of a swapped fd only parks it in the hook, whose kernel registration of
+    ///   the real socket stays; when that fd is closed while a dup keeps the file open, the hook
+    ///   forgets the parked entry at its next scan but the kernel registration lives on under
+    ///   the fd number: once the number names the same file again (a later dup), the kernel
+    ///   answers for it: `EPOLL_CTL_DEL` of it succeeds (plain: ENOENT), an `EPOLL_CTL_ADD`
+    ///   would fail with EEXIST (seed 4943 with this check off, step 125).
+    fn leaves_a_registered_file(&self, end: usize, copy: usize) -> bool {
+        let fd = self.plain_fds[end][copy];
+        self.copies[end] > 1 && self.registered.contains(&(end, fd))
     }
 }
 
@@ -1389,10 +1484,25 @@ fn run(seed: u64, script: Option<&[Op]>, verbose: bool, replay: &str) -> Result<
     let swapped_fds = support::socketpair(0);
     support::install_swapped(swapped_fds, RING);
     let mut sides = [
-        Side { api: &Plain, name: "plain", fds: [vec![plain_fds[0]], vec![plain_fds[1]]], flow: Flow::default(), spare: 600 },
-        Side { api: &Hooked, name: "swapped", fds: [vec![swapped_fds[0]], vec![swapped_fds[1]]], flow: Flow::default(), spare: 800 },
+        Side {
+            api: &Plain,
+            name: "plain",
+            fds: [vec![plain_fds[0]], vec![plain_fds[1]]],
+            flow: Flow::default(),
+            spare: 600,
+            ep: epoll_instance(),
+        },
+        Side {
+            api: &Hooked,
+            name: "swapped",
+            fds: [vec![swapped_fds[0]], vec![swapped_fds[1]]],
+            flow: Flow::default(),
+            spare: 800,
+            ep: epoll_instance(),
+        },
     ];
     let mut shared = Shared::default();
+    let mut registered: Vec<(usize, c_int)> = Vec::new();
     let mut steps: Vec<Step> = Vec::new();
     let n_ops = script.map_or_else(|| rng.range(10, 150) as usize, <[Op]>::len);
     let mut result = Ok(0);
@@ -1405,6 +1515,8 @@ fn run(seed: u64, script: Option<&[Op]>, verbose: bool, replay: &str) -> Result<
                 shared,
                 flows: [sides[0].flow, sides[1].flow],
                 copies: [sides[0].fds[0].len(), sides[0].fds[1].len()],
+                plain_fds: &sides[0].fds,
+                registered: &registered,
             };
             match g.op() {
                 Some(op) => op,
@@ -1428,7 +1540,7 @@ fn run(seed: u64, script: Option<&[Op]>, verbose: bool, replay: &str) -> Result<
         let k = keys(&op, [&outs[0], &outs[1]], flows, salt);
         let raw = [outs[0].raw(), outs[1].raw()];
         if verbose {
-            eprintln!("  plain:   {}\n  swapped: {}", raw[0], raw[1]);
+            eprintln!("  plain:   {}\n  swapped: {}\n  fds: {:?} {:?}", raw[0], raw[1], sides[0].fds, sides[1].fds);
         }
         steps.push(Step { op: op.clone(), raw });
         let wrong_bytes = outs.iter().any(|o| o.bad_byte.is_some());
@@ -1453,8 +1565,18 @@ fn run(seed: u64, script: Option<&[Op]>, verbose: bool, replay: &str) -> Result<
                 }
             }
             Op::Nonblock { end, on, .. } if plain.rc == 0 => shared.nonblock[end] = on,
+            Op::EpollCtl { end, copy, op, .. } if plain.rc == 0 => {
+                let fd = sides[0].fds[end][copy];
+                // (Deleted ones stay: see `Gen::leaves_a_registered_file`.)
+                if op == libc::EPOLL_CTL_ADD {
+                    registered.push((end, fd));
+                }
+            }
             _ => {}
         }
+        // A registration goes with its file (the generator never closes a registered fd of a
+        // file that stays open).
+        registered.retain(|&(end, fd)| sides[0].fds[end].contains(&fd));
         for end in 0..2 {
             if !shared.closed[end] && sides[0].fds[end].is_empty() && flows[0].queued(1 - end) > 0 {
                 shared.reset[1 - end] = true;
