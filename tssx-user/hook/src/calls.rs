@@ -740,8 +740,8 @@ pub unsafe fn dup(fd: c_int) -> c_int {
 /// is open), as a `close` would (see [`table::before_replaced`]).
 fn before_replaced(old: c_int, new: c_int) {
     if table::any_live() && table::lookup_swapped(new).is_some() {
-        // SAFETY: F_GETFD takes no pointer.
         with_errno_kept(|| {
+            // SAFETY: F_GETFD takes no pointer.
             if unsafe { sys::fcntl(old, libc::F_GETFD, 0) } >= 0 {
                 table::before_replaced(new);
             }
