@@ -84,7 +84,7 @@ const DEFAULT_SEQUENCES: u64 = 4000;
 mod sysapi {
     use libc::{c_int, c_void, pollfd, sigset_t, sockaddr, socklen_t, ssize_t, timespec};
     pub use libc::{
-        close, dup, dup2, epoll_ctl, epoll_wait, poll, ppoll, read, readv, recv, recvfrom, recvmmsg, recvmsg, select, send, sendmmsg,
+        close, dup, dup2, dup3, epoll_ctl, epoll_wait, poll, ppoll, read, readv, recv, recvfrom, recvmmsg, recvmsg, select, send, sendmmsg,
         sendmsg, sendto, shutdown, write, writev,
     };
     unsafe extern "C" {
@@ -171,6 +171,7 @@ api! {
     shutdown(fd: c_int, how: c_int) -> c_int;
     dup(fd: c_int) -> c_int;
     dup2(old: c_int, new: c_int) -> c_int;
+    dup3(old: c_int, new: c_int, flags: c_int) -> c_int;
     close(fd: c_int) -> c_int;
 }
 
@@ -295,6 +296,17 @@ enum Bad {
     NullIov,
     /// A destination address on a connected socket (sendto/sendmsg).
     Addr,
+    /// A null msghdr (sendmsg/recvmsg) or mmsghdr vector (sendmmsg/recvmmsg).
+    NullMsg,
+}
+
+/// `ptr`, or null for [`Bad::NullMsg`].
+fn or_null<T>(bad: Bad, ptr: *mut T) -> *mut T {
+    if bad == Bad::NullMsg {
+        std::ptr::null_mut()
+    } else {
+        ptr
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -311,6 +323,7 @@ enum PollApi {
 enum DupHow {
     Dup,
     Dup2,
+    Dup3,
     DupFd,
 }
 
@@ -405,6 +418,12 @@ enum Op {
     },
     /// `epoll_wait` on the sequence's epoll instance, zero timeout.
     EpollWait,
+    /// `ioctl(req)` with a null pointer (EFAULT).
+    IoctlNull {
+        end: usize,
+        copy: usize,
+        req: libc::c_ulong,
+    },
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -628,7 +647,7 @@ impl Side {
                             m.msg_iov = iov_ptr;
                             m.msg_name = aptr as *mut c_void;
                             m.msg_namelen = alen;
-                            Out::from_rc(api.sendmsg(fd, &m, flags) as i64)
+                            Out::from_rc(api.sendmsg(fd, or_null(bad, &mut m), flags) as i64)
                         }
                         WrApi::SendMmsg => {
                             // One message per piece, each with one iovec.
@@ -639,7 +658,7 @@ impl Side {
                                 msgs[0].msg_hdr.msg_name = aptr as *mut c_void;
                                 msgs[0].msg_hdr.msg_namelen = alen;
                             }
-                            let rc = api.sendmmsg(fd, msgs.as_mut_ptr(), msgs.len() as libc::c_uint, flags);
+                            let rc = api.sendmmsg(fd, or_null(bad, msgs.as_mut_ptr()), msgs.len() as libc::c_uint, flags);
                             let mut o = Out::from_rc(rc as i64);
                             let sent = &msgs[..rc.max(0) as usize];
                             o.note = format!("lens {:?}", sent.iter().map(|m| m.msg_len).collect::<Vec<_>>());
@@ -712,7 +731,7 @@ impl Side {
                             m.msg_name = from_ptr.cast();
                             m.msg_namelen = from_len;
                             m.msg_flags = 0x5a5a;
-                            let rc = api.recvmsg(fd, &mut m, flags);
+                            let rc = api.recvmsg(fd, or_null(bad, &mut m), flags);
                             let mut o = Out::from_rc(rc as i64);
                             o.note = format!("flags {:#x} controllen {} namelen {}", m.msg_flags, m.msg_controllen, m.msg_namelen);
                             o
@@ -724,7 +743,8 @@ impl Side {
                             if bad == Bad::NullIov {
                                 msgs[0].msg_hdr.msg_iov = std::ptr::null_mut();
                             }
-                            let rc = api.recvmmsg(fd, msgs.as_mut_ptr(), msgs.len() as libc::c_uint, flags, std::ptr::null_mut());
+                            let rc =
+                                api.recvmmsg(fd, or_null(bad, msgs.as_mut_ptr()), msgs.len() as libc::c_uint, flags, std::ptr::null_mut());
                             let mut o = Out::from_rc(rc as i64);
                             let got = &msgs[..rc.max(0) as usize];
                             o.note = format!("lens {:?}", got.iter().map(|m| m.msg_len).collect::<Vec<_>>());
@@ -904,6 +924,7 @@ impl Side {
                     match how {
                         DupHow::Dup => api.dup(fd),
                         DupHow::Dup2 => api.dup2(fd, target),
+                        DupHow::Dup3 => api.dup3(fd, target, libc::O_CLOEXEC),
                         DupHow::DupFd => api.fcntl(fd, libc::F_DUPFD_CLOEXEC, 500),
                     }
                 };
@@ -966,6 +987,10 @@ impl Side {
                 let mut ev = libc::epoll_event { events, u64: tag };
                 // SAFETY: a live event.
                 Out::from_rc(unsafe { api.epoll_ctl(self.ep, op, self.fd(end, copy), &mut ev) } as i64)
+            }
+            Op::IoctlNull { end, copy, req } => {
+                // SAFETY: bad input on purpose: the kernel (and the hook) must refuse it.
+                Out::from_rc(unsafe { api.ioctl(self.fd(end, copy), req, std::ptr::null_mut()) } as i64)
             }
             Op::EpollWait => {
                 let mut evs = vec![libc::epoll_event { events: 0, u64: 0 }; 32];
@@ -1246,10 +1271,11 @@ impl Gen<'_> {
                 let flags = if api.has_flags() { write_flags(self.rng, fits) } else { 0 };
                 let mut bad = Bad::None;
                 if fits && len > 0 && self.rng.pct(5) {
-                    bad = self.rng.pick(&[Bad::NullBuf, Bad::IovCnt(-1), Bad::IovCnt(1025), Bad::NullIov, Bad::Addr]);
+                    bad = self.rng.pick(&[Bad::NullBuf, Bad::IovCnt(-1), Bad::IovCnt(1025), Bad::NullIov, Bad::Addr, Bad::NullMsg]);
                     let ok = match bad {
                         Bad::IovCnt(_) => matches!(api, WrApi::Writev | WrApi::SendMsg),
                         Bad::NullIov => matches!(api, WrApi::Writev | WrApi::SendMsg),
+                        Bad::NullMsg => matches!(api, WrApi::SendMsg | WrApi::SendMmsg),
                         Bad::Addr => matches!(api, WrApi::SendTo | WrApi::SendMsg | WrApi::SendMmsg),
                         _ => true,
                     };
@@ -1285,10 +1311,11 @@ impl Gen<'_> {
                 }
                 let mut bad = Bad::None;
                 if exact && self.rng.pct(5) {
-                    bad = self.rng.pick(&[Bad::NullBuf, Bad::IovCnt(-1), Bad::IovCnt(1025), Bad::NullIov]);
+                    bad = self.rng.pick(&[Bad::NullBuf, Bad::IovCnt(-1), Bad::IovCnt(1025), Bad::NullIov, Bad::NullMsg]);
                     let ok = match bad {
                         Bad::IovCnt(_) => matches!(api, RdApi::Readv | RdApi::RecvMsg),
                         Bad::NullIov => api.has_iov(),
+                        Bad::NullMsg => matches!(api, RdApi::RecvMsg | RdApi::RecvMmsg),
                         // Not for recvmmsg: a fault in a message after the first ends the call
                         // with the messages so far, and the kernel keeps the EFAULT in the
                         // socket's SO_ERROR for the next call (POLLERR until then); the hook
@@ -1373,14 +1400,15 @@ impl Gen<'_> {
                 Op::Poll { api, events }
             }
             76..80 => Op::Fionread { end, copy },
-            80..82 => Op::Outq { end, copy },
+            80..81 => Op::Outq { end, copy },
+            81..82 => Op::IoctlNull { end, copy, req: self.rng.pick(&[libc::FIONREAD, libc::TIOCOUTQ, libc::FIONBIO]) },
             82..85 => Op::Shutdown { end, copy, how: self.rng.pick(&[libc::SHUT_RD, libc::SHUT_WR, libc::SHUT_RDWR, 7]) },
             85..91 => Op::Nonblock { end, copy, on: self.rng.pct(60), ioctl: self.rng.pct(30) },
             91..94 => {
                 if self.copies[end] >= 4 {
                     return None;
                 }
-                Op::Dup { end, copy, how: self.rng.pick(&[DupHow::Dup, DupHow::Dup2, DupHow::DupFd]) }
+                Op::Dup { end, copy, how: self.rng.pick(&[DupHow::Dup, DupHow::Dup2, DupHow::Dup3, DupHow::DupFd]) }
             }
             94..96 => {
                 let onto = self.open_end()?;
