@@ -505,6 +505,8 @@ struct Out {
     value: i64,
     /// Where the received bytes depart from the stream, if they do.
     bad_byte: Option<usize>,
+    /// The call raised SIGPIPE.
+    sigpipe: bool,
 }
 
 fn errno() -> c_int {
@@ -514,6 +516,32 @@ fn errno() -> c_int {
 fn set_errno(e: c_int) {
     // SAFETY: this thread's errno.
     unsafe { *libc::__errno_location() = e };
+}
+
+/// Takes a pending SIGPIPE of this thread (blocked by [`run`]): whether the last call raised
+/// one.
+fn take_sigpipe() -> bool {
+    // SAFETY: a local signal set; a zero timeout; no siginfo wanted.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGPIPE);
+        let zero = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        libc::sigtimedwait(&set, std::ptr::null_mut(), &zero) == libc::SIGPIPE
+    }
+}
+
+/// Blocks SIGPIPE in this thread, so that one a call raises stays pending (see
+/// [`take_sigpipe`]), and takes any already pending.
+fn block_sigpipe() {
+    // SAFETY: a local signal set; this thread's mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGPIPE);
+        assert_eq!(libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()), 0);
+    }
+    take_sigpipe();
 }
 
 fn errno_name(e: c_int) -> String {
@@ -555,6 +583,9 @@ impl Out {
         }
         if self.value != 0 {
             let _ = write!(s, " value {}", self.value);
+        }
+        if self.sigpipe {
+            s.push_str(" +SIGPIPE");
         }
         s
     }
@@ -1062,6 +1093,12 @@ const OUT_BITS: u32 = (libc::POLLOUT | libc::POLLWRNORM | libc::POLLWRBAND) as u
 /// What is compared of a step's result on each pair (see the module's docs for each
 /// normalisation). `flows`: each pair's counts before the step; `salt`: the step's.
 fn keys(op: &Op, outs: [&Out; 2], flows: [Flow; 2], salt: u64) -> [String; 2] {
+    let k = keys_of_results(op, outs, flows, salt);
+    // Whether the call raised SIGPIPE, always.
+    [0, 1].map(|s| format!("{}{}", k[s], if outs[s].sigpipe { " +SIGPIPE" } else { "" }))
+}
+
+fn keys_of_results(op: &Op, outs: [&Out; 2], flows: [Flow; 2], salt: u64) -> [String; 2] {
     let q = |side: usize, d: usize| flows[side].queued(d);
     let same = |d: usize| flows[0].wr[d] == flows[1].wr[d] && flows[0].rd[d] == flows[1].rd[d];
     let small = |d: usize| (0..2).all(|s| q(s, d) <= EXACT_BYTES && flows[s].chunks[d] <= EXACT_CHUNKS);
@@ -1510,6 +1547,7 @@ fn run(seed: u64, script: Option<&[Op]>, verbose: bool, replay: &str) -> Result<
     // Relaxed: read by the watchdog only.
     RUNNING[0].store(seed, Relaxed);
     RUNNING[1].store(now_ms(), Relaxed);
+    block_sigpipe();
     let mut rng = Rng(splitmix(seed));
     let plain_fds = support::socketpair(0);
     let swapped_fds = support::socketpair(0);
@@ -1567,7 +1605,12 @@ fn run(seed: u64, script: Option<&[Op]>, verbose: bool, replay: &str) -> Result<
         let flows = [sides[0].flow, sides[1].flow];
         let salt = rng.next();
         set_errno(0);
-        let outs = [sides[0].exec(&op, seed, salt), sides[1].exec(&op, seed, salt)];
+        // (SIGPIPE is blocked in this thread: one the call raised is pending until taken.)
+        let mut plain_out = sides[0].exec(&op, seed, salt);
+        plain_out.sigpipe = take_sigpipe();
+        let mut swapped_out = sides[1].exec(&op, seed, salt);
+        swapped_out.sigpipe = take_sigpipe();
+        let outs = [plain_out, swapped_out];
         let k = keys(&op, [&outs[0], &outs[1]], flows, salt);
         let raw = [outs[0].raw(), outs[1].raw()];
         if verbose {
