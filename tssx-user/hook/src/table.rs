@@ -216,7 +216,15 @@ pub(crate) const REPLACED: c_int = -2;
 /// Before a `dup2`/`dup3` onto `fd` (which closes it): as before a `close`, a last fd drains
 /// its doorbells, so that the kernel does not turn the peer's EOF into ECONNRESET.
 pub fn before_replaced(fd: c_int) {
-    drain_if_last(fd);
+    if let Some(conn) = lookup_swapped(fd) {
+        if conn.fds.load(Acquire) == 1 {
+            conn.drain_doorbells(fd);
+            // The real call closes the socket before the table forgets the fd (then `leave`
+            // marks it again): marked now, the reset is there before the peer can see the
+            // socket's EOF.
+            conn.mark_reset_if_unread();
+        }
+    }
 }
 
 /// Drains the doorbells of `fd` if it is its connection's last fd.
@@ -284,6 +292,20 @@ pub fn close(fd: c_int) {
 }
 
 impl Conn {
+    /// The end's last holder closes with bytes unread: the peer gets ECONNRESET, as from the
+    /// kernel (only on the rings).
+    fn mark_reset_if_unread(&self) {
+        let phase = self.phase();
+        if self.swap().is_none() || phase < Phase::Ready || phase == Phase::Plain {
+            return;
+        }
+        let header = self.header();
+        if header.refcount[self.end.index()].load(Relaxed) <= 1 && self.reads_ring() && self.unread() > 0 {
+            // SeqCst: as in `shutdown`.
+            header.shut.0[self.end.index()].fetch_or(SHUT_RESET, SeqCst);
+        }
+    }
+
     /// The last fd of this process closes: this process no longer holds the end. If it was the
     /// end's last holder, the peer is woken through `fd` (still open; -1: not available).
     pub(crate) fn leave(&self, fd: c_int) {
@@ -297,11 +319,8 @@ impl Conn {
             return;
         }
         let header = self.header();
-        let holders = header.refcount[self.end.index()].load(Relaxed);
-        if holders <= 1 && (fd >= 0 || fd == REPLACED) && self.reads_ring() && self.unread() > 0 {
-            // Closing with bytes unread: the peer gets ECONNRESET, as from the kernel.
-            // SeqCst: as in `shutdown`.
-            header.shut.0[self.end.index()].fetch_or(SHUT_RESET, SeqCst);
+        if fd >= 0 || fd == REPLACED {
+            self.mark_reset_if_unread();
         }
         // AcqRel: the peer's Acquire load of a zero count sees everything this end wrote.
         let before = header.refcount[self.end.index()].fetch_sub(1, AcqRel);
