@@ -454,9 +454,11 @@ impl Conn {
         }
     }
 
-    /// The peer closed with bytes unread and no read has reported ECONNRESET yet.
+    /// The peer closed with bytes unread and no read has reported ECONNRESET yet. Only once the
+    /// peer is gone: a `dup2` over its last fd marks the reset just before the real call closes
+    /// the socket, and the kernel shows the error and the hang-up together.
     pub(crate) fn reset_pending(&self) -> bool {
-        self.shut_bits(self.end.peer()) & SHUT_RESET != 0 && !self.reset_reported.load(Relaxed)
+        self.shut_bits(self.end.peer()) & SHUT_RESET != 0 && !self.reset_reported.load(Relaxed) && self.peer_gone()
     }
 
     /// Readiness of an [`Phase::Active`] connection from the rings and the shutdown state
