@@ -15,9 +15,10 @@
 //! recvmmsg, sendmmsg, `__read_chk`, `__recv_chk`, `__recvfrom_chk` (flags: MSG_PEEK,
 //! MSG_DONTWAIT, MSG_WAITALL where it cannot block forever, MSG_NOSIGNAL, MSG_TRUNC,
 //! MSG_CMSG_CLOEXEC, MSG_WAITFORONE, MSG_MORE and flags a stream socket ignores or refuses);
-//! poll, ppoll, `__poll_chk`, `__ppoll_chk`, select and a fresh epoll instance with a zero
-//! timeout over every open fd (random event masks), plus one epoll instance that lives through
-//! the sequence (EPOLL_CTL_ADD/MOD/DEL, EPOLLONESHOT, waits); ioctl FIONREAD, SIOCOUTQ, FIONBIO;
+//! poll, ppoll, `__poll_chk`, `__ppoll_chk`, select, pselect and a fresh epoll instance with a
+//! zero timeout over every open fd (random event masks), plus one epoll instance that lives
+//! through the sequence (EPOLL_CTL_ADD/MOD/DEL, EPOLLONESHOT, epoll_wait and epoll_pwait);
+//! ioctl FIONREAD, SIOCOUTQ, FIONBIO;
 //! fcntl F_SETFL O_NONBLOCK; shutdown (each `how`, and a bad one); dup, dup2, dup3, F_DUPFD and
 //! dup2 over another fd of either end; close of copies and of an end's last fd; sizes from 0 to
 //! 300 KiB (the ring holds [`RING`]); bad input (null buffers, iovec counts -1 and 1025, null
@@ -109,8 +110,8 @@ const DEFAULT_SEQUENCES: u64 = 4000;
 mod sysapi {
     use libc::{c_int, c_void, pollfd, sigset_t, sockaddr, socklen_t, ssize_t, timespec};
     pub use libc::{
-        close, dup, dup2, dup3, epoll_ctl, epoll_wait, poll, ppoll, read, readv, recv, recvfrom, recvmmsg, recvmsg, select, send, sendmmsg,
-        sendmsg, sendto, shutdown, write, writev,
+        close, dup, dup2, dup3, epoll_ctl, epoll_pwait, epoll_wait, poll, ppoll, pselect, read, readv, recv, recvfrom, recvmmsg, recvmsg,
+        select, send, sendmmsg, sendmsg, sendto, shutdown, write, writev,
     };
     unsafe extern "C" {
         pub fn __read_chk(fd: c_int, buf: *mut c_void, n: usize, buflen: usize) -> ssize_t;
@@ -193,6 +194,8 @@ api! {
     select(n: c_int, r: *mut libc::fd_set, w: *mut libc::fd_set, e: *mut libc::fd_set, tv: *mut libc::timeval) -> c_int;
     epoll_ctl(epfd: c_int, op: c_int, fd: c_int, ev: *mut libc::epoll_event) -> c_int;
     epoll_wait(epfd: c_int, evs: *mut libc::epoll_event, max: c_int, timeout: c_int) -> c_int;
+    epoll_pwait(epfd: c_int, evs: *mut libc::epoll_event, max: c_int, timeout: c_int, mask: *const libc::sigset_t) -> c_int;
+    pselect(n: c_int, r: *mut libc::fd_set, w: *mut libc::fd_set, e: *mut libc::fd_set, ts: *const libc::timespec, mask: *const libc::sigset_t) -> c_int;
     shutdown(fd: c_int, how: c_int) -> c_int;
     dup(fd: c_int) -> c_int;
     dup2(old: c_int, new: c_int) -> c_int;
@@ -341,6 +344,7 @@ enum PollApi {
     PollChk,
     PpollChk,
     Select,
+    Pselect,
     Epoll,
 }
 
@@ -441,8 +445,10 @@ enum Op {
         events: u32,
         tag: u64,
     },
-    /// `epoll_wait` on the sequence's epoll instance, zero timeout.
-    EpollWait,
+    /// `epoll_wait` (or `epoll_pwait`) on the sequence's epoll instance, zero timeout.
+    EpollWait {
+        pwait: bool,
+    },
     /// `ioctl(req)` with a null pointer (EFAULT).
     IoctlNull {
         end: usize,
@@ -883,7 +889,7 @@ impl Side {
                         out = Out::from_rc(rc as i64);
                         out.ready = open.iter().zip(&p).map(|(&(e, c, _), p)| (e, c, p.revents as u16 as u32)).collect();
                     }
-                    PollApi::Select => {
+                    PollApi::Select | PollApi::Pselect => {
                         // SAFETY: plain data, then FD_* on live sets with fds below 1024.
                         unsafe {
                             let mut sets: [libc::fd_set; 3] = std::mem::zeroed();
@@ -899,7 +905,12 @@ impl Side {
                             }
                             let mut tv = libc::timeval { tv_sec: 0, tv_usec: 0 };
                             let [r, w, x] = &mut sets;
-                            let rc = api.select(max + 1, r, w, x, &mut tv);
+                            let ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+                            let rc = if papi == PollApi::Select {
+                                api.select(max + 1, r, w, x, &mut tv)
+                            } else {
+                                api.pselect(max + 1, r, w, x, &ts, std::ptr::null())
+                            };
                             out = Out::from_rc(rc as i64);
                             out.ready = open
                                 .iter()
@@ -1048,10 +1059,16 @@ impl Side {
                 // SAFETY: bad input on purpose: the kernel (and the hook) must refuse it.
                 Out::from_rc(unsafe { api.ioctl(self.fd(end, copy), req, std::ptr::null_mut()) } as i64)
             }
-            Op::EpollWait => {
+            Op::EpollWait { pwait } => {
                 let mut evs = vec![libc::epoll_event { events: 0, u64: 0 }; 32];
-                // SAFETY: a live array of 32 events.
-                let rc = unsafe { api.epoll_wait(self.ep, evs.as_mut_ptr(), evs.len() as c_int, 0) };
+                // SAFETY: a live array of 32 events; no signal mask.
+                let rc = unsafe {
+                    if pwait {
+                        api.epoll_pwait(self.ep, evs.as_mut_ptr(), evs.len() as c_int, 0, std::ptr::null())
+                    } else {
+                        api.epoll_wait(self.ep, evs.as_mut_ptr(), evs.len() as c_int, 0)
+                    }
+                };
                 let mut out = Out::from_rc(rc as i64);
                 let mut ready: Vec<(usize, usize, u32)> =
                     evs[..rc.max(0) as usize].iter().map(|ev| ((ev.u64 & 1) as usize, ev.u64 as usize, ev.events)).collect();
@@ -1195,7 +1212,7 @@ fn keys_of_results(op: &Op, outs: [&Out; 2], flows: [Flow; 2], salt: u64) -> [St
                 })
             }
         }
-        Op::Poll { .. } | Op::EpollWait => each(&|_, o| {
+        Op::Poll { .. } | Op::EpollWait { .. } => each(&|_, o| {
             let ready: Vec<(usize, usize, String)> = o
                 .ready
                 .iter()
@@ -1447,7 +1464,7 @@ impl Gen<'_> {
                 }
                 Op::EpollCtl { end, copy, op, events, tag: (self.rng.below(1 << 20) << 1) | end as u64 }
             }
-            69..72 => Op::EpollWait,
+            69..72 => Op::EpollWait { pwait: self.rng.pct(30) },
             72..76 => {
                 let mut events = 0;
                 for bit in
@@ -1457,8 +1474,15 @@ impl Gen<'_> {
                         events |= bit;
                     }
                 }
-                let api =
-                    self.rng.pick(&[PollApi::Poll, PollApi::Ppoll, PollApi::PollChk, PollApi::PpollChk, PollApi::Select, PollApi::Epoll]);
+                let api = self.rng.pick(&[
+                    PollApi::Poll,
+                    PollApi::Ppoll,
+                    PollApi::PollChk,
+                    PollApi::PpollChk,
+                    PollApi::Select,
+                    PollApi::Pselect,
+                    PollApi::Epoll,
+                ]);
                 Op::Poll { api, events }
             }
             76..80 => Op::Fionread { end, copy },
