@@ -84,9 +84,9 @@ enum Cmd {
         #[arg(long)]
         debug: bool,
     },
-    /// Set up, build, and run a randomized soak against a real agent: connections opened, used
-    /// and closed in a loop with random sizes and kills; checks bytes, hangs and agent leaks.
-    /// Not part of `test`.
+    /// Set up, build, and run a randomized soak: first many sequences of the hook's differential
+    /// test (no agent), then, against a real agent, connections opened, used and closed in a
+    /// loop with random sizes and kills; checks bytes, hangs and agent leaks. Not part of `test`.
     Soak {
         /// How long to keep opening connections.
         #[arg(long, default_value_t = 180)]
