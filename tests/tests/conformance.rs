@@ -456,6 +456,7 @@ scenarios! {
     children_without_the_hook_posix_spawn: "children", server ["nohook-spawn"], client ["nohook-spawn"], connections 1, shm 1000;
     children_without_the_hook_exec_with_unread_bytes: "children", server ["nohook-exec-unread"], client ["nohook-exec-unread"], connections 1, shm 1000;
     children_without_the_hook_posix_spawn_with_unread_bytes: "children", server ["nohook-spawn-unread"], client ["nohook-spawn-unread"], connections 1, shm 1000;
+    differential_findings_wrband_zero_bytes_dup2_reset: "edges", server [], client [], connections 1, shm 9;
 }
 
 /// Bytes echoed by the `echo` client with 20 connections and 10 rounds (fixed by its seeds).

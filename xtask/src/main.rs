@@ -89,9 +89,9 @@ enum Cmd {
     /// `/bin/true` with the hook preloaded against an empty preloaded library (about a
     /// minute; goal within 5%). Also part of `report`.
     StartCost,
-    /// Set up, build, and run a randomized soak against a real agent: connections opened, used
-    /// and closed in a loop with random sizes and kills; checks bytes, hangs and agent leaks.
-    /// Not part of `test`.
+    /// Set up, build, and run a randomized soak: first many sequences of the hook's differential
+    /// test (no agent), then, against a real agent, connections opened, used and closed in a
+    /// loop with random sizes and kills; checks bytes, hangs and agent leaks. Not part of `test`.
     Soak {
         /// How long to keep opening connections.
         #[arg(long, default_value_t = 180)]
@@ -99,6 +99,10 @@ enum Cmd {
         /// Seed of the random choices (printed by every run, to reproduce one).
         #[arg(long)]
         seed: Option<u64>,
+        /// Sequences of the hook's differential test (plain pair vs swapped pair, no agent)
+        /// run first, from a seed derived from `--seed`; 0 skips it.
+        #[arg(long, default_value_t = 100_000)]
+        differential: u64,
     },
     /// Set up, check formatting and clippy, build, and run every test (unit and end-to-end;
     /// needs root). With extra arguments (a test filter), only those tests run.
@@ -146,8 +150,10 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             build_profile(profile)?;
             report::report(profile)
         }
-        Cmd::Soak { seconds, seed } => {
+        Cmd::Soak { seconds, seed, differential } => {
             build()?;
+            let seed = soak::seed(seed);
+            soak::differential(seed, differential)?;
             soak::run(&target_dir(), seconds, seed)
         }
         Cmd::Test { args } => {

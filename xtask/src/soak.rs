@@ -1,4 +1,5 @@
-//! `cargo xtask soak [--seconds N] [--seed S]`: a long randomized run against a real agent.
+//! `cargo xtask soak [--seconds N] [--seed S] [--differential N]`: a long randomized run against a
+//! real agent, after many sequences of the hook's differential test (no agent).
 //!
 //! Opens, uses and closes connections in a loop: several stream pairs at once (one per watched
 //! path), random sizes, most with both ends hooked, some with one end plain (the replay path),
@@ -100,12 +101,49 @@ fn one_pair(bin: &Path, hook: &Path, path: &str, rng: &mut Rng, tally: &mut Tall
     Ok(())
 }
 
+/// The soak's seed: `seed`, or one from the clock.
+pub fn seed(seed: Option<u64>) -> u64 {
+    seed.unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64) | 1)
+}
+
+/// The hook's differential test (`tssx-user/hook/tests/differential.rs`) for `sequences`
+/// sequences, starting from a seed derived from `seed` (a failing sequence prints its own
+/// replay command). No agent, no root.
+pub fn differential(seed: u64, sequences: u64) -> anyhow::Result<()> {
+    if sequences == 0 {
+        return Ok(());
+    }
+    // Below 2^40: far from the seeds of the normal run, printable, and never overflowing.
+    let start = (seed % (1 << 40)) + 1_000_000;
+    eprintln!("xtask: soak: {sequences} differential sequences from seed {start} (rerun: --seed {seed})");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask is in the workspace"))
+        .args([
+            "test",
+            "-p",
+            "tssx-hook",
+            "--test",
+            "differential",
+            "--",
+            "--exact",
+            "plain_and_swapped_pairs_agree_on_random_sequences",
+            "--nocapture",
+        ])
+        .env("TSSX_DIFF_START", start.to_string())
+        .env("TSSX_DIFF_SEQUENCES", sequences.to_string())
+        .status()
+        .context("running cargo test")?;
+    if !status.success() {
+        bail!("the differential test failed (seed {seed}): {status}");
+    }
+    Ok(())
+}
+
 /// Runs the soak for `seconds` (pairs already running are finished).
-pub fn run(bin: &Path, seconds: u64, seed: Option<u64>) -> anyhow::Result<()> {
+pub fn run(bin: &Path, seconds: u64, seed: u64) -> anyhow::Result<()> {
     let _lock = MachineLock::acquire_reporting(|| eprintln!("xtask: soak: waiting for the machine-wide tssx test lock"))
         .context("locking the machine-wide tssx test lock")?;
-    let seed =
-        seed.unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64) | 1);
     eprintln!("xtask: soak for {seconds} s with {LANES} pairs at a time, seed {seed} (rerun: --seed {seed})");
     let dir = TempDir::create("soak")?;
     let paths: Vec<String> = (0..LANES).map(|i| dir.socket(&format!("soak-{i}.sock"))).collect();

@@ -224,7 +224,7 @@ fn after_raw(c: &Conn, fd: c_int, raw: Option<RawCall<'_>>, rc: isize, sending: 
 /// `$bufs` checks and builds the caller's buffers (an errno the kernel would give at once, or
 /// [`iov::Checked`]); `after` adjusts a result the hook produced (`|n| -> n`).
 macro_rules! recv_like {
-    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) => |$fd:ident| ($bufs:expr, $flags:expr) $(, after = |$n:ident| $after:expr)? $(, plain_after = |$rc:ident| $plain_after:expr)?) => {
+    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) => |$fd:ident| ($bufs:expr, $flags:expr) $(, after = |$n:ident| $after:expr)? $(, plain_after = |$rc:ident| $plain_after:expr)? $(, empty_noop = $noop:literal)?) => {
         $(#[$doc])*
         #[doc = concat!("libc's `", stringify!($name), "`.")]
         pub unsafe fn $name($($arg: $ty),*) -> ssize_t {
@@ -249,6 +249,9 @@ macro_rules! recv_like {
                                 sys::set_errno(e);
                                 return -1;
                             }
+                            // read/readv of no bytes: 0 at once, before any state is
+                            // looked at (the kernel's `sock_read_iter`, `do_iter_read`).
+                            Ok(b) if false $(|| $noop)? && !b.faults && b.slices.iter().all(|s| s.is_empty()) => Some(0),
                             Ok(b) if b.faults => c.recv_faulting($fd, flags),
                             Ok(mut b) => c.recv($fd, &mut b.slices, flags),
                         };
@@ -282,7 +285,7 @@ macro_rules! recv_like {
 /// Defines a sending call, as [`recv_like`]; `check` gives the kernel's answer to what the
 /// socket refuses before it looks at the data (an address on a connected socket: EISCONN).
 macro_rules! send_like {
-    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) => |$fd:ident| ($bufs:expr, $flags:expr) $(, check = $check:expr)? $(, guard = $guard:expr)? $(, pre = $pre:expr)?) => {
+    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) => |$fd:ident| ($bufs:expr, $flags:expr) $(, check = $check:expr)? $(, guard = $guard:expr)? $(, pre = $pre:expr)? $(, empty_noop = $noop:literal)?) => {
         $(#[$doc])*
         #[doc = concat!("libc's `", stringify!($name), "`.")]
         pub unsafe fn $name($($arg: $ty),*) -> ssize_t {
@@ -317,6 +320,12 @@ macro_rules! send_like {
                             }
                             Ok(b) => b,
                         };
+                        if false $(|| $noop)? && !bufs.faults && bufs.slices.iter().all(|s| s.is_empty()) {
+                            // writev of no bytes: 0 at once, even on a socket shut down (the
+                            // kernel's `do_iter_write`; a `write` of 0 goes on to the socket).
+                            // Found by the differential test.
+                            return 0;
+                        }
                         $(
                             #[allow(unused_unsafe)]
                             // SAFETY: the caller's address arguments, checked inside.
@@ -343,9 +352,9 @@ macro_rules! send_like {
     };
 }
 
-recv_like!(fn read(fd: c_int, buf: *mut c_void, n: size_t) => |fd| (iov::one_mut(buf, n), 0));
+recv_like!(fn read(fd: c_int, buf: *mut c_void, n: size_t) => |fd| (iov::one_mut(buf, n), 0), empty_noop = true);
 recv_like!(fn recv(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int) => |fd| (iov::one_mut(buf, n), flags));
-recv_like!(fn readv(fd: c_int, iov: *const iovec, cnt: c_int) => |fd| (iov::slices_mut(iov, cnt as isize, libc::EINVAL), 0));
+recv_like!(fn readv(fd: c_int, iov: *const iovec, cnt: c_int) => |fd| (iov::slices_mut(iov, cnt as isize, libc::EINVAL), 0), empty_noop = true);
 recv_like!(
     fn recvfrom(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int, addr: *mut sockaddr, len: *mut socklen_t)
         => |fd| (iov::one_mut(buf, n), flags),
@@ -365,11 +374,12 @@ recv_like!(
         => |fd| (iov::msg_iov(msg).and_then(|(v, cnt)| iov::slices_mut(v, cnt, libc::EMSGSIZE)), flags),
         after = |n| {
             // (As the kernel: nothing is written back after an error, nor a name length
-            // without a name buffer.)
+            // without a name buffer; `msg_flags` keeps the call's MSG_CMSG_CLOEXEC, found by the
+            // differential test.)
             // SAFETY: the caller's msghdr, readable (checked by `msg_iov`); fields written
             // unaligned, as the kernel may.
             unsafe {
-                std::ptr::addr_of_mut!((*msg).msg_flags).write_unaligned(0);
+                std::ptr::addr_of_mut!((*msg).msg_flags).write_unaligned(flags & libc::MSG_CMSG_CLOEXEC);
                 std::ptr::addr_of_mut!((*msg).msg_controllen).write_unaligned(0);
                 let name = std::ptr::addr_of!((*msg).msg_name).read_unaligned();
                 if !name.is_null() {
@@ -415,7 +425,7 @@ unsafe fn source_address(fd: c_int, got: isize, addr: *mut sockaddr, len: *mut s
 
 send_like!(fn write(fd: c_int, buf: *const c_void, n: size_t) => |fd| (iov::one(buf, n), 0));
 send_like!(fn send(fd: c_int, buf: *const c_void, n: size_t, flags: c_int) => |fd| (iov::one(buf, n), flags));
-send_like!(fn writev(fd: c_int, iov: *const iovec, cnt: c_int) => |fd| (iov::slices(iov, cnt as isize, libc::EINVAL), 0));
+send_like!(fn writev(fd: c_int, iov: *const iovec, cnt: c_int) => |fd| (iov::slices(iov, cnt as isize, libc::EINVAL), 0), empty_noop = true);
 send_like!(
     fn sendto(fd: c_int, buf: *const c_void, n: size_t, flags: c_int, addr: *const sockaddr, len: socklen_t)
         => |fd| (iov::one(buf, n), flags),
@@ -687,8 +697,9 @@ pub unsafe fn sendmmsg(fd: c_int, msgs: *mut libc::mmsghdr, vlen: libc::c_uint, 
 /// as in the kernel) and the time left is written back when messages were received; an error
 /// after the first message ends the call with what was received. A socket still plain makes
 /// one real call (counted, after waiting as a blocking [`read`] does); any other fd goes
-/// straight to libc. Not reproduced: the kernel also keeps an error that ended a call after
-/// some messages (other than `EAGAIN`) in the socket's `SO_ERROR` for the next call.
+/// straight to libc. An ECONNRESET that ends a call after some messages stays pending for the
+/// next call, as in the kernel; not reproduced: the kernel keeps any other error that ended a
+/// call after some messages (other than `EAGAIN`, e.g. EFAULT) in the socket's `SO_ERROR`.
 pub unsafe fn recvmmsg(fd: c_int, msgs: *mut libc::mmsghdr, vlen: libc::c_uint, flags: c_int, timeout: *mut libc::timespec) -> c_int {
     // The lease keeps the connection alive for the whole call.
     let conn = table::lookup(fd).filter(|c| !matches!(c.phase(), Phase::Plain | Phase::Unconnected));
@@ -724,8 +735,9 @@ pub unsafe fn recvmmsg(fd: c_int, msgs: *mut libc::mmsghdr, vlen: libc::c_uint, 
         unsafe { mmsg_received(msgs, rc) };
         return rc;
     }
-    if c.reset_pending() {
-        // The kernel reports (and clears) the socket's pending error before any message.
+    if flags & libc::MSG_ERRQUEUE == 0 && c.reset_pending() {
+        // The kernel reports (and clears) the socket's pending error before any message
+        // (unless MSG_ERRQUEUE is set: found by the differential test).
         c.reset_reported.store(true, std::sync::atomic::Ordering::Relaxed);
         sys::set_errno(libc::ECONNRESET);
         return -1;
@@ -747,6 +759,12 @@ pub unsafe fn recvmmsg(fd: c_int, msgs: *mut libc::mmsghdr, vlen: libc::c_uint, 
         // SAFETY: the caller's message, as for recvmsg.
         let rc = unsafe { recvmsg(fd, &mut m.msg_hdr, each) };
         if rc < 0 {
+            if got > 0 && sys::errno() == libc::ECONNRESET {
+                // The kernel keeps an error that ends the call after some messages in the
+                // socket for the next call: the peer's reset stays pending (found by the
+                // differential test).
+                c.reset_reported.store(false, std::sync::atomic::Ordering::Relaxed);
+            }
             break;
         }
         m.msg_len = rc as libc::c_uint;
@@ -857,8 +875,24 @@ pub unsafe fn dup(fd: c_int) -> c_int {
     new
 }
 
+/// Before a `dup2`/`dup3` of `old` onto a swapped `new`: the call will close `new` (if `old`
+/// is open), as a `close` would (see [`table::before_replaced`]).
+fn before_replaced(old: c_int, new: c_int) {
+    if table::any_live() && table::lookup_swapped(new).is_some() {
+        with_errno_kept(|| {
+            // SAFETY: F_GETFD takes no pointer.
+            if unsafe { sys::fcntl(old, libc::F_GETFD, 0) } >= 0 {
+                table::before_replaced(new);
+            }
+        });
+    }
+}
+
 /// libc's `dup2`.
 pub unsafe fn dup2(old: c_int, new: c_int) -> c_int {
+    if old != new {
+        before_replaced(old, new);
+    }
     // SAFETY: forwarded as received.
     let rc = unsafe { sys::dup2(old, new) };
     if rc >= 0 && old != new {
@@ -873,6 +907,9 @@ pub unsafe fn dup2(old: c_int, new: c_int) -> c_int {
 
 /// libc's `dup3`.
 pub unsafe fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
+    if old != new {
+        before_replaced(old, new);
+    }
     // SAFETY: forwarded as received.
     let rc = unsafe { sys::dup3(old, new, flags) };
     if rc >= 0 {

@@ -203,8 +203,9 @@ unsafe impl Send for Conn {}
 pub mod bits {
     /// Data or EOF to read.
     pub const IN: u32 = (libc::POLLIN | libc::POLLRDNORM) as u32;
-    /// Room to write (or a write would fail at once).
-    pub const OUT: u32 = (libc::POLLOUT | libc::POLLWRNORM) as u32;
+    /// Room to write (or a write would fail at once); `POLLWRBAND` too, as `af_unix` reports it
+    /// (found by the differential test).
+    pub const OUT: u32 = (libc::POLLOUT | libc::POLLWRNORM | libc::POLLWRBAND) as u32;
     /// Receive side shut down.
     pub const RDHUP: u32 = libc::POLLRDHUP as u32;
     /// Both sides shut down.
@@ -452,9 +453,11 @@ impl Conn {
         }
     }
 
-    /// The peer closed with bytes unread and no read has reported ECONNRESET yet.
+    /// The peer closed with bytes unread and no read has reported ECONNRESET yet. Only once the
+    /// peer is gone: a `dup2` over its last fd marks the reset just before the real call closes
+    /// the socket, and the kernel shows the error and the hang-up together.
     pub(crate) fn reset_pending(&self) -> bool {
-        self.shut_bits(self.end.peer()) & SHUT_RESET != 0 && !self.reset_reported.load(Relaxed)
+        self.shut_bits(self.end.peer()) & SHUT_RESET != 0 && !self.reset_reported.load(Relaxed) && self.peer_gone()
     }
 
     /// Readiness of an [`Phase::Active`] connection from the rings and the shutdown state

@@ -53,7 +53,13 @@ impl Conn {
         let wait_all = flags & libc::MSG_WAITALL != 0 && !peek;
         let want: usize = bufs.iter().map(|b| b.len()).sum();
         if want == 0 {
-            return 0;
+            // As the kernel (whose target is one byte even for an empty buffer): a receive of
+            // no bytes waits for data, EOF or an error as a one-byte one would, then returns 0
+            // and consumes nothing (EAGAIN when non-blocking with nothing there). Found by the
+            // differential test (`read`/`readv` of 0 return 0 at once: see `calls`).
+            let mut probe = [0u8; 1];
+            let n = self.recv_inner(fd, &mut [IoSliceMut::new(&mut probe)], (flags & !libc::MSG_WAITALL) | libc::MSG_PEEK);
+            return if n > 0 { 0 } else { n };
         }
         let mut total = 0usize;
         let mut backoff = Backoff::default();
@@ -140,9 +146,13 @@ impl Conn {
                 if self.unread() > 0 {
                     continue;
                 }
-                if total == 0 && !peek && self.reset_pending() {
+                // As the kernel, whose read takes the socket's pending error when it finds the
+                // queue empty short of its target (one byte, or all that MSG_WAITALL asks; a
+                // peek too): ECONNRESET if nothing was read, else the bytes, and the error is
+                // gone. Found by the differential test.
+                if (total == 0 || (wait_all && total < want)) && self.reset_pending() {
                     self.reset_reported.store(true, Relaxed);
-                    return partial_or_errno(0, libc::ECONNRESET);
+                    return partial_or_errno(total, libc::ECONNRESET);
                 }
                 return total as isize; // EOF (0) or what MSG_WAITALL collected
             }

@@ -243,8 +243,38 @@ pub fn duplicated(old_fd: c_int, new_fd: c_int) {
     let linked = conn.as_ref().filter(|c| c.fds.fetch_update(Relaxed, Relaxed, |n| (n != 0).then_some(n + 1)).is_ok());
     let new = linked.map_or(null_mut(), |c| c.cell());
     // Release: pairs with the Acquire loads of `lookup`. Acquire: the old occupant, whose
-    // `fds` count we take over from the slot.
-    release(slot.swap(new, AcqRel), -1);
+    // `fds` count we take over from the slot. The real dup2/dup3 closed the old occupant's
+    // file: it leaves as after a close (see [`REPLACED`]).
+    release(slot.swap(new, AcqRel), REPLACED);
+}
+
+/// The `fd` given to [`release`] for a slot whose fd a `dup2`/`dup3` just pointed elsewhere:
+/// the kernel closed the file (so a last holder closing with unread bytes resets the peer, as
+/// a `close` does), but the fd no longer names the socket (nothing can be sent through it).
+pub(crate) const REPLACED: c_int = -2;
+
+/// Before a `dup2`/`dup3` onto `fd` (which closes it): as before a `close`, a last fd drains
+/// its doorbells, so that the kernel does not turn the peer's EOF into ECONNRESET.
+pub fn before_replaced(fd: c_int) {
+    if let Some(conn) = lookup_swapped(fd) {
+        if conn.fds.load(Acquire) == 1 {
+            conn.drain_doorbells(fd);
+            // The real call closes the socket before the table forgets the fd (then `leave`
+            // marks it again): marked now, the reset is there before the peer can see the
+            // socket's EOF.
+            conn.mark_reset_if_unread();
+        }
+    }
+}
+
+/// Drains the doorbells of `fd` if it is its connection's last fd.
+fn drain_if_last(fd: c_int) {
+    if let Some(conn) = lookup_swapped(fd) {
+        if conn.fds.load(Acquire) == 1 {
+            // Last fd: unread doorbells would turn the peer's EOF into ECONNRESET.
+            conn.drain_doorbells(fd);
+        }
+    }
 }
 
 /// Forgets `fd` without closing anything (it is not a socket of ours any more).
@@ -294,12 +324,7 @@ pub(crate) fn for_each_conn(mut f: impl FnMut(c_int, &Conn)) {
 /// `close` of a tracked fd: tell the peer this end is gone, then let the caller close the real
 /// socket (whose EOF wakes a sleeping peer).
 pub fn close(fd: c_int) {
-    if let Some(conn) = lookup_swapped(fd) {
-        if conn.fds.load(Acquire) == 1 {
-            // Last fd: unread doorbells would turn the peer's EOF into ECONNRESET.
-            conn.drain_doorbells(fd);
-        }
-    }
+    drain_if_last(fd);
     if let Some(slot) = usize::try_from(fd).ok().and_then(|i| TABLE.get(i)) {
         // Acquire: the unlinked connection is seen whole.
         release(slot.swap(null_mut(), Acquire), fd);
@@ -307,6 +332,20 @@ pub fn close(fd: c_int) {
 }
 
 impl Conn {
+    /// The end's last holder closes with bytes unread: the peer gets ECONNRESET, as from the
+    /// kernel (only on the rings).
+    fn mark_reset_if_unread(&self) {
+        let phase = self.phase();
+        if self.swap().is_none() || phase < Phase::Ready || phase == Phase::Plain {
+            return;
+        }
+        let header = self.header();
+        if header.refcount[self.end.index()].load(Relaxed) <= 1 && self.reads_ring() && self.unread() > 0 {
+            // SeqCst: as in `shutdown`.
+            header.shut.0[self.end.index()].fetch_or(SHUT_RESET, SeqCst);
+        }
+    }
+
     /// The last fd of this process closes: this process no longer holds the end. If it was the
     /// end's last holder, the peer is woken through `fd` (still open; -1: not available).
     pub(crate) fn leave(&self, fd: c_int) {
@@ -320,11 +359,8 @@ impl Conn {
             return;
         }
         let header = self.header();
-        let holders = header.refcount[self.end.index()].load(Relaxed);
-        if holders <= 1 && fd >= 0 && self.reads_ring() && self.unread() > 0 {
-            // Closing with bytes unread: the peer gets ECONNRESET, as from the kernel.
-            // SeqCst: as in `shutdown`.
-            header.shut.0[self.end.index()].fetch_or(SHUT_RESET, SeqCst);
+        if fd >= 0 || fd == REPLACED {
+            self.mark_reset_if_unread();
         }
         // AcqRel: the peer's Acquire load of a zero count sees everything this end wrote.
         let before = header.refcount[self.end.index()].fetch_sub(1, AcqRel);
