@@ -965,7 +965,7 @@ pub unsafe fn __ppoll_chk(
 /// libc's `select`.
 pub unsafe fn select(n: c_int, r: *mut libc::fd_set, w: *mut libc::fd_set, e: *mut libc::fd_set, tv: *mut libc::timeval) -> c_int {
     // SAFETY: the sets are valid for `n` fds, per select's contract.
-    if unsafe { poll::select_has_tracked(n, [r, w, e]) } {
+    if let Some(limit) = unsafe { poll::select_scope(n, [r, w, e]) } {
         // SAFETY: `tv` is null or valid.
         // (Saturating: a huge timeout is "forever", not an overflow.)
         let timeout = unsafe { tv.as_ref() }.map(|t| {
@@ -973,7 +973,7 @@ pub unsafe fn select(n: c_int, r: *mut libc::fd_set, w: *mut libc::fd_set, e: *m
         });
         let start = now_ns();
         // SAFETY: as above.
-        let rc = unsafe { poll::select(n, r, w, e, timeout, std::ptr::null()) };
+        let rc = unsafe { poll::select(limit, r, w, e, timeout, std::ptr::null()) };
         // SAFETY: `tv` is null or valid.
         if let (Some(t), Some(tv)) = (timeout, unsafe { tv.as_mut() }) {
             // Linux reports the time left.
@@ -997,9 +997,9 @@ pub unsafe fn pselect(
     mask: *const libc::sigset_t,
 ) -> c_int {
     // SAFETY: the sets are valid for `n` fds, per pselect's contract.
-    if unsafe { poll::select_has_tracked(n, [r, w, e]) } {
+    if let Some(limit) = unsafe { poll::select_scope(n, [r, w, e]) } {
         // SAFETY: `ts` and `mask` are null or valid.
-        return unsafe { poll::select(n, r, w, e, ts_to_ns(ts), mask) };
+        return unsafe { poll::select(limit, r, w, e, ts_to_ns(ts), mask) };
     }
     // SAFETY: forwarded as received.
     unsafe { sys::pselect(n, r, w, e, ts, mask) }
