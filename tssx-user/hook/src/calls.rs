@@ -699,7 +699,10 @@ pub unsafe fn close(fd: c_int) -> c_int {
     table::mark_unconnected(fd, false);
     table::forget_listener(fd);
     if table::lookup(fd).is_some() {
-        with_errno_kept(|| table::close(fd));
+        with_errno_kept(|| {
+            epoll::fd_closing(fd);
+            table::close(fd)
+        });
     }
     if epoll::has_set(fd) {
         epoll::closed(fd);
@@ -720,6 +723,10 @@ pub unsafe fn dup(fd: c_int) -> c_int {
 
 /// libc's `dup2`.
 pub unsafe fn dup2(old: c_int, new: c_int) -> c_int {
+    if old != new && table::lookup(new).is_some() && tssx_shm::sys::fcntl(old, libc::F_GETFD, 0).is_ok() {
+        // `new` is closed by the call (`old` is valid): as `close`.
+        with_errno_kept(|| epoll::fd_closing(new));
+    }
     // SAFETY: forwarded as received.
     let rc = unsafe { sys::dup2(old, new) };
     if rc >= 0 && old != new {
@@ -733,6 +740,10 @@ pub unsafe fn dup2(old: c_int, new: c_int) -> c_int {
 
 /// libc's `dup3`.
 pub unsafe fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
+    if old != new && table::lookup(new).is_some() && tssx_shm::sys::fcntl(old, libc::F_GETFD, 0).is_ok() {
+        // `new` is closed by the call (`old` is valid): as `close`.
+        with_errno_kept(|| epoll::fd_closing(new));
+    }
     // SAFETY: forwarded as received.
     let rc = unsafe { sys::dup3(old, new, flags) };
     if rc >= 0 {
@@ -1005,6 +1016,23 @@ pub unsafe fn pselect(
     unsafe { sys::pselect(n, r, w, e, ts, mask) }
 }
 
+/// libc's `epoll_create`: the instance is noted (one bit), so that a `fork` gives it one
+/// interest list for both processes (see [`epoll`]).
+pub unsafe fn epoll_create(size: c_int) -> c_int {
+    // SAFETY: forwarded as received.
+    let fd = unsafe { sys::epoll_create(size) };
+    epoll::created(fd);
+    fd
+}
+
+/// libc's `epoll_create1`, as [`epoll_create`].
+pub unsafe fn epoll_create1(flags: c_int) -> c_int {
+    // SAFETY: forwarded as received.
+    let fd = unsafe { sys::epoll_create1(flags) };
+    epoll::created(fd);
+    fd
+}
+
 /// libc's `epoll_ctl`.
 pub unsafe fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, event: *mut libc::epoll_event) -> c_int {
     if table::any_live() || epoll::has_set(epfd) || table::is_unconnected(fd) {
@@ -1067,12 +1095,14 @@ pub unsafe fn epoll_pwait2(
 /// libc's `fork`.
 pub unsafe fn fork() -> libc::pid_t {
     lifecycle::before_fork();
+    with_errno_kept(epoll::before_fork);
     // SAFETY: forwarded.
     let pid = unsafe { sys::fork() };
     if pid < 0 {
         with_errno_kept(lifecycle::fork_failed);
     } else if pid == 0 {
         lifecycle::in_child();
+        with_errno_kept(epoll::in_child);
     }
     pid
 }

@@ -135,6 +135,23 @@ unsafe fn env_entries<'a>(envp: *const *const c_char) -> Vec<&'a CStr> {
 /// # Safety
 /// `envp` is null or a valid NULL-terminated array.
 pub unsafe fn with_inherit(envp: *const *const c_char, spawn: bool, exec: impl FnOnce(*const *const c_char) -> c_int) -> c_int {
+    if spawn {
+        // SAFETY: per the contract.
+        return unsafe { inherit_and_exec(envp, spawn, exec) };
+    }
+    // The new image does not see this one's epoll lists.
+    sys::with_errno_kept(crate::epoll::leaving_image);
+    // SAFETY: per the contract.
+    let rc = unsafe { inherit_and_exec(envp, spawn, exec) };
+    sys::with_errno_kept(crate::epoll::image_stays);
+    rc
+}
+
+/// [`with_inherit`] without the epoll lists' bookkeeping.
+///
+/// # Safety
+/// As [`with_inherit`].
+unsafe fn inherit_and_exec(envp: *const *const c_char, spawn: bool, exec: impl FnOnce(*const *const c_char) -> c_int) -> c_int {
     // SAFETY: per the contract.
     if !table::any_live() || !unsafe { hook_in(envp) } {
         return exec(envp);
