@@ -11,7 +11,7 @@
  * interest list as in the kernel: EPOLL_CTL_MOD/DEL/ADD made in a child are the parent's,
  * EPOLLONESHOT disarmed and edge-triggered edges taken in one process are so in the other, and
  * a second connection accepted and registered by a child after the fork is reported to the
- * parent (which does not hold it).
+ * parent (which does not hold it); a child asleep in the shared instance is woken by data.
  *
  * MODE epoll-dup: the registered fd is replaced (dup2 over it) or closed while a dup keeps the
  * connection open: the registration stays (it belongs to the open file) and reports with its
@@ -210,6 +210,21 @@ static void epoll_fork(int lfd, int c) {
     ewait("parent: epoll_wait(-1) the child's ADD", ep, -1);
     ewait("parent: epoll_wait(0) level-triggered", ep, 0);
     SHOW_DATA("parent: read", buf, read(c, buf, sizeof buf));
+
+    say("-- a child asleep in the shared instance, woken by data the parent asked for");
+    {
+        pid_t pid = fork();
+        CHECK(pid >= 0);
+        if (pid == 0) {
+            ewait("child: epoll_wait(-1)", ep, -1);
+            SHOW_DATA("child: read", buf, read(c, buf, sizeof buf));
+            _exit(0);
+        }
+        send_byte(c, 'g');
+        int st;
+        CHECK(waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0);
+        ewait("parent: epoll_wait(0) the child read it", ep, 0);
+    }
 
     say("-- a connection accepted by a child after the fork, registered in the shared instance");
     int up[2], down[2];

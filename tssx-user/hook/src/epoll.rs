@@ -345,6 +345,9 @@ impl Set {
 static SETS: [AtomicPtr<Set>; MAX_FDS] = [const { AtomicPtr::new(null_mut()) }; MAX_FDS];
 /// How many entries of [`SETS`] are set (Relaxed: a hint that lets fork and close skip the scan).
 static LIVE_SETS: AtomicUsize = AtomicUsize::new(0);
+/// One bit per fd whose entry of [`SETS`] is set, so that a scan reads 1024 words, not 65536
+/// pointers. Relaxed: a hint; [`SETS`] carries the ordering.
+static SET_BITS: [AtomicU64; MAX_FDS / 64] = [const { AtomicU64::new(0) }; MAX_FDS / 64];
 /// One bit per fd: an epoll instance made by `epoll_create`/`epoll_create1` in this process and
 /// not closed (a `fork` gives each one a shared list). Relaxed: a hint about this process's fds.
 static EPOLL_FDS: [AtomicU64; MAX_FDS / 64] = [const { AtomicU64::new(0) }; MAX_FDS / 64];
@@ -448,6 +451,7 @@ fn set_or_new(epfd: c_int) -> Option<&'static Set> {
         unsafe { drop_set(new) };
     } else {
         LIVE_SETS.fetch_add(1, Relaxed);
+        SET_BITS[epfd as usize / 64].fetch_or(1 << (epfd % 64), Relaxed);
     }
     set_of(epfd)
 }
@@ -468,9 +472,14 @@ fn for_each_set(mut f: impl FnMut(c_int, &'static Set)) {
     if LIVE_SETS.load(Relaxed) == 0 {
         return;
     }
-    for (fd, _) in SETS.iter().enumerate() {
-        if let Some(set) = set_of(fd as c_int) {
-            f(fd as c_int, set);
+    for (w, word) in SET_BITS.iter().enumerate() {
+        let mut bits = word.load(Relaxed);
+        while bits != 0 {
+            let fd = (w * 64 + bits.trailing_zeros() as usize) as c_int;
+            bits &= bits - 1;
+            if let Some(set) = set_of(fd) {
+                f(fd, set);
+            }
         }
     }
 }
@@ -487,6 +496,7 @@ pub fn closed(fd: c_int) {
         let old = slot.swap(null_mut(), Acquire);
         if !old.is_null() {
             LIVE_SETS.fetch_sub(1, Relaxed);
+            SET_BITS[fd as usize / 64].fetch_and(!(1 << (fd % 64)), Relaxed);
             // SAFETY: the set was leaked by `set_or_new`; a concurrent epoll_wait on a closing
             // epoll fd is an application bug (EBADF), as with the kernel.
             unsafe {
@@ -1037,9 +1047,11 @@ pub unsafe fn wait(epfd: c_int, events: *mut epoll_event, maxevents: c_int, time
         // SAFETY: forwarded.
         return unsafe { real_wait(epfd, events, maxevents, timeout_ns, sigmask) };
     };
-    if maxevents <= 0 || events.is_null() {
-        sys::set_errno(libc::EINVAL);
-        return -1;
+    let array = (maxevents as usize).saturating_mul(std::mem::size_of::<epoll_event>());
+    if maxevents <= 0 || crate::iov::range(events.cast(), array) != crate::iov::Range::Valid {
+        // The kernel's answer (EINVAL, EFAULT), at once.
+        // SAFETY: forwarded; the kernel checks the arguments before it waits.
+        return unsafe { real_wait(epfd, events, maxevents, Some(0), sigmask) };
     }
     // SAFETY: valid for `maxevents` entries per the contract.
     let out = unsafe { std::slice::from_raw_parts_mut(events, maxevents as usize) };

@@ -32,8 +32,10 @@
 //! `__ppoll_chk` (glibc's length check, then the plain call; glibc's own function for fds the
 //! hook does not track), blocking and non-blocking (accept4 SOCK_NONBLOCK, fcntl/fcntl64
 //! F_SETFL, ioctl FIONBIO), shutdown, ioctl FIONREAD/SIOCOUTQ,
-//! close, dup/dup2/dup3/F_DUPFD*, poll, ppoll, select, pselect, epoll_ctl, epoll_wait,
-//! epoll_pwait, epoll_pwait2, fork (both processes keep the connection) and the exec family
+//! close, dup/dup2/dup3/F_DUPFD*, poll, ppoll, select, pselect (any `nfds` the caller's bitmap
+//! covers, above `FD_SETSIZE` too), epoll_create/epoll_create1 (noted, so that a fork shares
+//! one interest list), epoll_ctl, epoll_wait, epoll_pwait, epoll_pwait2 (one interest list per
+//! instance across fork; a registration lives as long as its open file, dups included), fork (both processes keep the connection) and the exec family
 //! (execve, execv, execvp, execvpe, fexecve, execl, execlp, execle, posix_spawn, posix_spawnp:
 //! the new image re-attaches the segment). Ancillary data (sendmsg, or a sendmmsg message, with
 //! a control message on a swapped fd) hands the connection back to the kernel first.

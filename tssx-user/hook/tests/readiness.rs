@@ -340,3 +340,43 @@ fn a_connection_registered_after_fork_reports_in_the_other_process() {
         }
     }
 }
+
+/// The registered connection's last fd in this process closes while another process still
+/// holds it: the kernel keeps the registration (the file is open) and keeps reporting it here,
+/// with its data; the hook cannot read that process's rings for this one, so the connection is
+/// handed back and the registration becomes the kernel's.
+#[test]
+fn a_registration_reports_after_its_last_fd_here_closes_while_another_process_holds_it() {
+    let mut p = swapped_pair(4096);
+    let mut down = [0; 2];
+    // SAFETY: a live out-array.
+    assert_eq!(unsafe { libc::pipe(down.as_mut_ptr()) }, 0);
+    // SAFETY: as in `in_child`.
+    let pid = unsafe { calls::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        // Holds the connection until the parent is done.
+        let mut b = 0u8;
+        // SAFETY: a live byte.
+        unsafe { libc::read(down[0], (&mut b as *mut u8).cast(), 1) };
+        // SAFETY: ends the child.
+        unsafe { libc::_exit(0) };
+    }
+    let ep = epoll();
+    assert_eq!(ctl(ep, libc::EPOLL_CTL_ADD, p.server, IN, 3), (0, 0));
+    // SAFETY: our fd; the child keeps the connection.
+    assert_eq!(unsafe { calls::close(p.server) }, 0);
+    p.server = -1;
+    assert_eq!(ewait(ep, 0), vec![]);
+    assert_eq!(write(p.client, b"x"), 1);
+    assert_eq!(ewait(ep, 5000), vec![(IN, 3)], "reported through the kernel");
+    // SAFETY: a live byte.
+    unsafe { libc::write(down[1], b"g".as_ptr().cast(), 1) };
+    assert_eq!(reap(pid), 0);
+    // SAFETY: ours.
+    unsafe {
+        calls::close(ep);
+        libc::close(down[0]);
+        libc::close(down[1]);
+    }
+}
