@@ -96,7 +96,7 @@ impl Interest {
 /// A registration beyond it is served by the kernel (the connection is handed back).
 const CAP: usize = 1 << 14;
 /// How many processes one instance's list names (more sharers: shared for good).
-const PIDS: usize = 16;
+const PIDS: usize = 64;
 
 /// The part of an epoll instance's state that every process holding the instance must see,
 /// as the kernel keeps one interest list per instance: the swapped interests, their
@@ -289,24 +289,31 @@ impl Set {
         r
     }
 
-    /// Whether another live process holds the instance.
-    fn shared_with_others(&self) -> bool {
+    /// Calls `f` with each live process other than this one that holds the instance; false
+    /// (and stops) as soon as `f` does, or if more processes share it than the list names.
+    /// Forgets the dead ones.
+    fn all_others(&self, mut f: impl FnMut(u32) -> bool) -> bool {
         let shared = self.shared();
         if shared.crowded.load(Relaxed) {
-            return true;
+            return false;
         }
         let me = my_pid();
-        shared.pids.iter().any(|slot| {
+        shared.pids.iter().all(|slot| {
             let pid = slot.load(Relaxed);
             if pid == 0 || pid == me {
-                return false;
-            }
-            if alive(pid) {
                 return true;
             }
-            let _ = slot.compare_exchange(pid, 0, Relaxed, Relaxed);
-            false
+            if !alive(pid) {
+                let _ = slot.compare_exchange(pid, 0, Relaxed, Relaxed);
+                return true;
+            }
+            f(pid)
         })
+    }
+
+    /// Whether another live process holds the instance.
+    fn shared_with_others(&self) -> bool {
+        !self.all_others(|_| false)
     }
 
     /// Names this process as a holder of the instance.
@@ -316,10 +323,13 @@ impl Set {
         if shared.pids.iter().any(|p| p.load(Relaxed) == me) {
             return;
         }
-        for slot in &shared.pids {
-            let pid = slot.load(Relaxed);
-            if (pid == 0 || !alive(pid)) && slot.compare_exchange(pid, me, Relaxed, Relaxed).is_ok() {
-                return;
+        // A free slot, else one of a process that died.
+        for dead_ok in [false, true] {
+            for slot in &shared.pids {
+                let pid = slot.load(Relaxed);
+                if (pid == 0 || (dead_ok && !alive(pid))) && slot.compare_exchange(pid, me, Relaxed, Relaxed).is_ok() {
+                    return;
+                }
             }
         }
         shared.crowded.store(true, Relaxed);
@@ -333,11 +343,27 @@ impl Set {
         }
     }
 
-    /// Whether connection `c` may be served in this instance's list: always, unless another
-    /// process shares the instance and does not hold `c` (made after the sharing fork); such a
-    /// connection is handed back to the kernel, whose list then serves every process.
-    fn admits(&self, c: &Conn) -> bool {
-        c.id() < self.fork_id.load(Relaxed) || !self.shared_with_others()
+    /// Whether connection `c` (registered through `fd`) may be served in this instance's
+    /// list: always, unless another process shares the instance and cannot serve `c` too, which
+    /// it can only if it holds `c` under the same number and knows it by the same id (it was
+    /// forked from this process after `c` was made, see [`Set::fork_id`]; its
+    /// `/proc/PID/fd/FD` names the same socket). Otherwise the kernel would report `c` to a
+    /// process whose hook cannot read its rings: `c` is handed back to the kernel, whose list
+    /// then serves every process.
+    fn admits(&self, c: &Conn, fd: c_int) -> bool {
+        if !self.shared_with_others() {
+            return true;
+        }
+        if c.id() >= self.fork_id.load(Relaxed) {
+            return false;
+        }
+        let Ok(st) = tssx_shm::sys::fstat(fd) else { return false };
+        let want = format!("socket:[{}]", st.st_ino);
+        self.all_others(|pid| {
+            let Ok(path) = std::ffi::CString::new(format!("/proc/{pid}/fd/{fd}")) else { return false };
+            let mut buf = [0u8; 64];
+            tssx_shm::sys::readlink(&path, &mut buf).is_ok_and(|n| &buf[..n.min(buf.len())] == want.as_bytes())
+        })
     }
 }
 
@@ -608,7 +634,8 @@ pub fn fd_closing(fd: c_int) {
         }
         set.with(|list, local| {
             if !last_here {
-                if list.iter().any(|i| i.fd == fd && i.conn == id) {
+                let known = local.aliases.iter().any(|a| a.fd == fd && a.conn.id() == id);
+                if !known && list.iter().any(|i| i.fd == fd && i.conn == id) {
                     if let Some(lease) = lookup(fd) {
                         local.aliases.push(Alias { fd, conn: lease, via: -1 });
                     }
@@ -631,8 +658,8 @@ pub fn fd_closing(fd: c_int) {
 
 /// Whether a tracked socket registered in `epfd` while plain may move into its list when it
 /// becomes ready (see [`Set::admits`]); otherwise it stays plain.
-pub fn may_adopt(epfd: c_int, c: &Conn) -> bool {
-    set_of(epfd).is_none_or(|set| set.admits(c))
+pub fn may_adopt(epfd: c_int, c: &Conn, fd: c_int) -> bool {
+    set_of(epfd).is_none_or(|set| set.admits(c, fd))
 }
 
 /// The kernel registration of a swapped fd's real socket: doorbells, EOF, and room on the
@@ -822,7 +849,7 @@ pub unsafe fn ctl(epfd: c_int, op: c_int, fd: c_int, event: *mut epoll_event) ->
             None => {}
         }
     }
-    if op == libc::EPOLL_CTL_ADD && !set_or_new(epfd).is_some_and(|set| set.admits(&c)) {
+    if op == libc::EPOLL_CTL_ADD && !set_or_new(epfd).is_some_and(|set| set.admits(&c, fd)) {
         // Another process shares the instance and does not hold this connection (or the list
         // could not be made): the kernel's list must serve it, for every process. The
         // connection goes back to the kernel, and the registration is the application's own.

@@ -307,7 +307,7 @@ impl Conn {
             return;
         }
         let here = |fd: c_int| crate::table::lookup(fd).is_some_and(|c| c.id() == self.id());
-        if regs.iter().any(|&(reg_fd, epfd, _, _)| !here(reg_fd) || !epoll::may_adopt(epfd, self)) {
+        if regs.iter().any(|&(reg_fd, epfd, _, _)| !here(reg_fd) || !epoll::may_adopt(epfd, self, reg_fd)) {
             // Registered through an fd closed since (the kernel's registration, which belongs
             // to the open file, can no longer be changed), or in an instance another process
             // shares without holding this connection: only the kernel's list can serve it, so

@@ -298,6 +298,11 @@ fn a_connection_registered_after_fork_reports_in_the_other_process() {
     let pid = unsafe { calls::fork() };
     assert!(pid >= 0);
     if pid == 0 {
+        // SAFETY: the ends the child does not use (so a failed parent never leaves it waiting).
+        unsafe {
+            libc::close(up[0]);
+            libc::close(down[1]);
+        }
         let code = std::panic::catch_unwind(|| {
             let q = swapped_pair(4096);
             if ctl(ep, libc::EPOLL_CTL_ADD, q.server, IN, 9).0 != 0 {
@@ -355,6 +360,8 @@ fn a_registration_reports_after_its_last_fd_here_closes_while_another_process_ho
     let pid = unsafe { calls::fork() };
     assert!(pid >= 0);
     if pid == 0 {
+        // SAFETY: the end the child does not use (so a failed parent never leaves it waiting).
+        unsafe { libc::close(down[1]) };
         // Holds the connection until the parent is done.
         let mut b = 0u8;
         // SAFETY: a live byte.
@@ -378,5 +385,67 @@ fn a_registration_reports_after_its_last_fd_here_closes_while_another_process_ho
         calls::close(ep);
         libc::close(down[0]);
         libc::close(down[1]);
+    }
+}
+
+/// A connection that only the child holds (the parent closed its copy after the fork), added
+/// by the child to the instance it shares with the parent: the kernel would report it to the
+/// parent too, so the kernel's list serves it (handed back), and the parent's wait reports it.
+#[test]
+fn a_connection_only_one_sharer_holds_is_served_by_the_kernel() {
+    let mut p = swapped_pair(4096);
+    let ep = epoll();
+    let (mut up, mut down) = ([0; 2], [0; 2]);
+    // SAFETY: live out-arrays.
+    assert_eq!(unsafe { libc::pipe(up.as_mut_ptr()) + libc::pipe(down.as_mut_ptr()) }, 0);
+    let server = p.server;
+    let byte = |fd: c_int| {
+        let mut b = 0u8;
+        // SAFETY: a live byte.
+        unsafe { libc::read(fd, (&mut b as *mut u8).cast(), 1) };
+        b
+    };
+    let put = |fd: c_int, b: u8| {
+        // SAFETY: a live byte.
+        unsafe { libc::write(fd, (&b as *const u8).cast(), 1) };
+    };
+    // SAFETY: as in `in_child`.
+    let pid = unsafe { calls::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        // SAFETY: the ends the child does not use (so a failed parent never leaves it waiting).
+        unsafe {
+            libc::close(up[0]);
+            libc::close(down[1]);
+        }
+        let code = std::panic::catch_unwind(|| {
+            byte(down[0]);
+            if ctl(ep, libc::EPOLL_CTL_ADD, server, IN, 6).0 != 0 {
+                return 1;
+            }
+            put(up[1], b'r');
+            byte(down[0]);
+            let mut buf = [0u8; 4];
+            c_int::from(read(server, &mut buf) != 1 || buf[0] != b'x') * 2
+        })
+        .unwrap_or(99);
+        // SAFETY: ends the child.
+        unsafe { libc::_exit(code) };
+    }
+    // SAFETY: our copy; the child keeps its own.
+    assert_eq!(unsafe { calls::close(p.server) }, 0);
+    p.server = -1;
+    put(down[1], b'a');
+    assert_eq!(byte(up[0]), b'r');
+    assert_eq!(write(p.client, b"x"), 1);
+    assert_eq!(ewait(ep, 5000), vec![(IN, 6)], "the child's registration, through the kernel");
+    put(down[1], b'g');
+    assert_eq!(reap(pid), 0);
+    // SAFETY: ours.
+    unsafe {
+        calls::close(ep);
+        for fd in up.into_iter().chain(down) {
+            libc::close(fd);
+        }
     }
 }
