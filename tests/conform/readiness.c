@@ -19,8 +19,8 @@
  * beside it.
  *
  * The client sends the next word of its list each time the server sends it a 'g' (on the
- * first connection); on a 'c' it makes a second connection, and on an 'h' it sends the next
- * word on that one. It prints what it read when the server closes. The server only asks with timeout 0 after a blocking
+ * first connection); on a 'c' it makes a second connection (and says 'k' on the first when
+ * it is up), and on an 'h' it sends the next word on that one. It prints what it read when the server closes. The server only asks with timeout 0 after a blocking
  * wait showed that the word arrived, so every answer is fixed.
  */
 #include "conform.h"
@@ -234,15 +234,20 @@ static void epoll_fork(int lfd, int c) {
     CHECK(pid >= 0);
     if (pid == 0) {
         int c2 = accept_one(lfd);
+        char b;
+        /* Registered once the client is done with its part of the warm-up (it says so on the
+         * first connection), so that its next call on the second one is the word. */
+        CHECK(read(down[0], &b, 1) == 1);
         SHOW("child: ADD second connection EPOLLIN data 9", ctl(ep, EPOLL_CTL_ADD, c2, EPOLLIN, 9));
         write_full(up[1], "r", 1);
-        char b;
         CHECK(read(down[0], &b, 1) == 1);
         SHOW_DATA("child: read second connection", buf, read(c2, buf, sizeof buf));
         CHECK(close(c2) == 0);
         _exit(0);
     }
     char b;
+    expect_byte(c, 'k');
+    write_full(down[1], "a", 1);
     CHECK(read(up[0], &b, 1) == 1);
     ewait("parent: epoll_wait(0) before the word", ep, 0);
     send_byte(c, 'h');
@@ -330,6 +335,7 @@ static void client(const char *path) {
         if (cmd == 'c') {
             second = connect_to(path);
             say("second connection");
+            send_byte(fd, 'k');
             continue;
         }
         CHECK(cmd == 'g' || (cmd == 'h' && second >= 0));

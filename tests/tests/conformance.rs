@@ -426,7 +426,7 @@ scenarios! {
     fortify_chk_variants_fcntl64_and_overflow: "fortify", server [], client [], connections 2, shm 41;
     recvmmsg_sendmmsg_waitforone_timeout_partial_scm_rights: "mmsg", server [], client [], connections 3, shm 72;
     select_pselect_bitmap_above_fd_setsize: "readiness", server ["select-big"], client [], connections 1, shm 19;
-    epoll_one_interest_list_across_fork: "readiness", server ["epoll-fork"], client [], connections 2, shm 25;
+    epoll_one_interest_list_across_fork: "readiness", server ["epoll-fork"], client [], connections 2, shm 26;
     epoll_registration_outlives_its_fd_while_a_dup_lives: "readiness", server ["epoll-dup"], client [], connections 1, shm 19;
 }
 

@@ -38,7 +38,12 @@
 //! `exec`, received with `SCM_RIGHTS`) or reached through a dup of the epoll fd have no shared
 //! list before a registration in this process. A process that shared an instance and died
 //! unreaped (a zombie) still counts as sharing it until it is reaped: registrations of new
-//! connections made meanwhile are served by the kernel.
+//! connections made meanwhile are served by the kernel. A connection handed back so that the
+//! kernel's list serves it may show one `EPOLLIN` without data there if its peer follows the
+//! hand-back during a call that writes nothing (the peer's last doorbell is skipped by the next
+//! read, which then finds no data). The hook's own fds take the lowest free numbers, so an fd
+//! the application closed may name a hook fd before its next call (`EPOLL_CTL_DEL` on it then
+//! fails with ENOENT, not EBADF).
 
 use std::{
     cell::UnsafeCell,
@@ -105,8 +110,10 @@ const PIDS: usize = 64;
 /// registration of a tracked socket, or at the first `fork` while the instance is open), so a
 /// forked child shares it with its parent from the fork on, as it shares the instance.
 ///
-/// The list is guarded by a spin lock in the mapping (`lock`: the holder's pid; Acquire on
-/// lock, Release on unlock; a holder that died is seen with `kill(pid, 0)` and displaced).
+/// The list is guarded by a spin lock in the mapping (`lock`: the holder's thread id, unique
+/// across processes; Acquire on lock, Release on unlock; a holder whose process died is seen
+/// with `kill(tid, 0)` and displaced). A fork while another thread holds it is harmless: that
+/// thread, in the parent, still unlocks the one lock both processes see.
 #[repr(C)]
 struct Shared {
     lock: AtomicU32,
@@ -261,12 +268,28 @@ impl Set {
     }
 
     fn with<R>(&self, f: impl FnOnce(&mut List<'_>, &mut Local) -> R) -> R {
+        match self.try_with(f) {
+            Ok(r) => r,
+            // This thread holds the lock: a signal handler interrupted an epoll call of its
+            // own thread and made one (epoll calls are not async-signal-safe). The list is
+            // mid-update and `f` must not see it; the interrupted call cannot finish first:
+            // the deadlock any such handler risks (only `close` is served, see `try_with`).
+            Err(_) => loop {
+                sys::sched_yield();
+            },
+        }
+    }
+
+    /// As [`Set::with`], but `Err(f)` instead of waiting for a lock this thread holds (a
+    /// `close` in a signal handler that interrupted this thread's epoll call).
+    fn try_with<R, F: FnOnce(&mut List<'_>, &mut Local) -> R>(&self, f: F) -> Result<R, F> {
         let shared = self.shared();
-        let me = my_pid();
+        let me = sys::thread_id();
         let mut spins = 0u32;
         loop {
             match shared.lock.compare_exchange_weak(0, me, Acquire, Relaxed) {
                 Ok(_) => break,
+                Err(holder) if holder == me => return Err(f),
                 Err(holder) => {
                     spins = spins.wrapping_add(1);
                     if spins.is_multiple_of(1024) {
@@ -286,7 +309,7 @@ impl Set {
         // SAFETY: the lock is held.
         let r = f(&mut list, unsafe { &mut *self.local.get() });
         shared.lock.store(0, Release);
-        r
+        Ok(r)
     }
 
     /// Calls `f` with each live process other than this one that holds the instance; false
@@ -624,7 +647,9 @@ pub fn fd_closing(fd: c_int) {
     let others = last_here && c.header().refcount[c.end().index()].load(Acquire) > 1;
     let mut handed_back = false;
     for_each_set(|epfd, set| {
-        let registered = set.with(|list, _| list.iter().any(|i| i.conn == id));
+        // A close in a signal handler that interrupted this thread's epoll call leaves the
+        // list as it is (as if the registration had been made through the dup).
+        let registered = set.try_with(|list, _| list.iter().any(|i| i.conn == id)).unwrap_or(false);
         if !registered {
             return;
         }
@@ -632,7 +657,7 @@ pub fn fd_closing(fd: c_int) {
             handed_back = true;
             sys::with_errno_kept(|| hand_back_for_kernel(&c, fd));
         }
-        set.with(|list, local| {
+        let _ = set.try_with(|list, local| {
             if !last_here {
                 let known = local.aliases.iter().any(|a| a.fd == fd && a.conn.id() == id);
                 if !known && list.iter().any(|i| i.fd == fd && i.conn == id) {
@@ -885,9 +910,24 @@ pub unsafe fn ctl(epfd: c_int, op: c_int, fd: c_int, event: *mut epoll_event) ->
 /// call and is skipped by the next read).
 fn hand_back_for_kernel(c: &Conn, fd: c_int) {
     c.hand_back(fd);
-    c.drain_doorbells(fd);
+    // A doorbell the peer counted is on its way (counted before it is sent, uncounted if the
+    // send fails): wait for it, briefly, so that it never shows as readiness.
+    let until = now_ns() + DOORBELL_WAIT_NS;
+    loop {
+        c.drain_doorbells(fd);
+        // SeqCst: as the doorbell counters' other users.
+        let owed = c.peer_line().bells_sent.load(SeqCst).saturating_sub(c.my_line().bells_drained.load(SeqCst));
+        if owed == 0 || !c.reads_ring() || now_ns() >= until {
+            break;
+        }
+        sys::sched_yield();
+    }
     c.finish_hand_back();
 }
+
+/// How long [`hand_back_for_kernel`] waits for a doorbell in flight (the peer sends it right
+/// after counting it, without blocking).
+const DOORBELL_WAIT_NS: u64 = 20_000_000;
 
 /// Moves ready swapped interests into `out`; returns how many.
 fn collect(epfd: c_int, set: &Set, out: &mut [epoll_event]) -> usize {
