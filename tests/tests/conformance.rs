@@ -457,6 +457,9 @@ scenarios! {
     children_without_the_hook_exec_with_unread_bytes: "children", server ["nohook-exec-unread"], client ["nohook-exec-unread"], connections 1, shm 1000;
     children_without_the_hook_posix_spawn_with_unread_bytes: "children", server ["nohook-spawn-unread"], client ["nohook-spawn-unread"], connections 1, shm 1000;
     differential_findings_wrband_zero_bytes_dup2_reset: "edges", server [], client [], connections 1, shm 9;
+    select_pselect_bitmap_above_fd_setsize: "readiness", server ["select-big"], client [], connections 1, shm 19;
+    epoll_one_interest_list_across_fork: "readiness", server ["epoll-fork"], client [], connections 2, shm 26;
+    epoll_registration_outlives_its_fd_while_a_dup_lives: "readiness", server ["epoll-dup"], client [], connections 1, shm 19;
 }
 
 /// Bytes echoed by the `echo` client with 20 connections and 10 rounds (fixed by its seeds).

@@ -846,7 +846,10 @@ pub(crate) fn forget_fd(fd: c_int) {
     table::mark_unconnected(fd, false);
     table::forget_listener(fd);
     if table::lookup(fd).is_some() {
-        with_errno_kept(|| table::close(fd));
+        with_errno_kept(|| {
+            epoll::fd_closing(fd);
+            table::close(fd)
+        });
     }
     if epoll::has_set(fd) {
         epoll::closed(fd);
@@ -891,6 +894,10 @@ fn before_replaced(old: c_int, new: c_int) {
 /// libc's `dup2`.
 pub unsafe fn dup2(old: c_int, new: c_int) -> c_int {
     if old != new {
+        if table::lookup(new).is_some() && tssx_shm::sys::fcntl(old, libc::F_GETFD, 0).is_ok() {
+            // `new` is closed by the call (`old` is valid): as `close`.
+            with_errno_kept(|| epoll::fd_closing(new));
+        }
         before_replaced(old, new);
     }
     // SAFETY: forwarded as received.
@@ -908,6 +915,10 @@ pub unsafe fn dup2(old: c_int, new: c_int) -> c_int {
 /// libc's `dup3`.
 pub unsafe fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
     if old != new {
+        if table::lookup(new).is_some() && tssx_shm::sys::fcntl(old, libc::F_GETFD, 0).is_ok() {
+            // `new` is closed by the call (`old` is valid): as `close`.
+            with_errno_kept(|| epoll::fd_closing(new));
+        }
         before_replaced(old, new);
     }
     // SAFETY: forwarded as received.
@@ -1143,7 +1154,7 @@ pub unsafe fn __ppoll_chk(
 /// libc's `select`.
 pub unsafe fn select(n: c_int, r: *mut libc::fd_set, w: *mut libc::fd_set, e: *mut libc::fd_set, tv: *mut libc::timeval) -> c_int {
     // SAFETY: the sets are valid for `n` fds, per select's contract.
-    if unsafe { poll::select_has_tracked(n, [r, w, e]) } {
+    if let Some(limit) = unsafe { poll::select_scope(n, [r, w, e]) } {
         // SAFETY: `tv` is null or valid.
         // (Saturating: a huge timeout is "forever", not an overflow.)
         let timeout = unsafe { tv.as_ref() }.map(|t| {
@@ -1151,7 +1162,7 @@ pub unsafe fn select(n: c_int, r: *mut libc::fd_set, w: *mut libc::fd_set, e: *m
         });
         let start = now_ns();
         // SAFETY: as above.
-        let rc = unsafe { poll::select(n, r, w, e, timeout, std::ptr::null()) };
+        let rc = unsafe { poll::select(limit, r, w, e, timeout, std::ptr::null()) };
         // SAFETY: `tv` is null or valid.
         if let (Some(t), Some(tv)) = (timeout, unsafe { tv.as_mut() }) {
             // Linux reports the time left.
@@ -1175,12 +1186,29 @@ pub unsafe fn pselect(
     mask: *const libc::sigset_t,
 ) -> c_int {
     // SAFETY: the sets are valid for `n` fds, per pselect's contract.
-    if unsafe { poll::select_has_tracked(n, [r, w, e]) } {
+    if let Some(limit) = unsafe { poll::select_scope(n, [r, w, e]) } {
         // SAFETY: `ts` and `mask` are null or valid.
-        return unsafe { poll::select(n, r, w, e, ts_to_ns(ts), mask) };
+        return unsafe { poll::select(limit, r, w, e, ts_to_ns(ts), mask) };
     }
     // SAFETY: forwarded as received.
     unsafe { sys::pselect(n, r, w, e, ts, mask) }
+}
+
+/// libc's `epoll_create`: the instance is noted (one bit), so that a `fork` gives it one
+/// interest list for both processes (see [`epoll`]).
+pub unsafe fn epoll_create(size: c_int) -> c_int {
+    // SAFETY: forwarded as received.
+    let fd = unsafe { sys::epoll_create(size) };
+    epoll::created(fd);
+    fd
+}
+
+/// libc's `epoll_create1`, as [`epoll_create`].
+pub unsafe fn epoll_create1(flags: c_int) -> c_int {
+    // SAFETY: forwarded as received.
+    let fd = unsafe { sys::epoll_create1(flags) };
+    epoll::created(fd);
+    fd
 }
 
 /// libc's `epoll_ctl`.
@@ -1245,12 +1273,14 @@ pub unsafe fn epoll_pwait2(
 /// libc's `fork`.
 pub unsafe fn fork() -> libc::pid_t {
     lifecycle::before_fork();
+    with_errno_kept(epoll::before_fork);
     // SAFETY: forwarded.
     let pid = unsafe { sys::fork() };
     if pid < 0 {
         with_errno_kept(lifecycle::fork_failed);
     } else if pid == 0 {
         lifecycle::in_child();
+        with_errno_kept(epoll::in_child);
     }
     pid
 }

@@ -19,14 +19,37 @@
 //! announced it, and would sleep through the rings). An instance without swapped fds costs two
 //! uncontended atomic operations per wait.
 //!
-//! Limit: a user `data` value equal to [`TAG`] | fd for an fd of the same instance would be
-//! mistaken for a doorbell.
+//! One interest list per instance, as in the kernel: the swapped interests live in a shared
+//! mapping ([`Shared`]) that a forked child shares with its parent, as it shares the instance
+//! (the list is made at the latest when a process with the instance forks), so registrations,
+//! `EPOLL_CTL_MOD`/`DEL`, `EPOLLONESHOT` disarming and edge-triggered edges made or consumed in
+//! one process are those of the other. A process can only read the rings of connections it
+//! holds, so a connection that another process sharing the instance does not hold (made after
+//! the fork) is handed back to the kernel before it is registered, and the kernel's list
+//! serves it; the same for a connection whose last fd here closes while another process keeps
+//! it ([`fd_closing`]).
+//!
+//! A registration belongs to the open file, as in the kernel: closing the registered fd while
+//! a dup keeps the connection open keeps it (reported with its data, through the dup, until
+//! the connection's last fd closes).
+//!
+//! Limits: a user `data` value equal to [`TAG`] | fd for an fd of the same instance would be
+//! mistaken for a doorbell. Instances the hook did not see being made (inherited through
+//! `exec`, received with `SCM_RIGHTS`) or reached through a dup of the epoll fd have no shared
+//! list before a registration in this process. A process that shared an instance and died
+//! unreaped (a zombie) still counts as sharing it until it is reaped: registrations of new
+//! connections made meanwhile are served by the kernel. A connection handed back so that the
+//! kernel's list serves it may show one `EPOLLIN` without data there if its peer follows the
+//! hand-back during a call that writes nothing (the peer's last doorbell is skipped by the next
+//! read, which then finds no data). The hook's own fds take the lowest free numbers, so an fd
+//! the application closed may name a hook fd before its next call (`EPOLL_CTL_DEL` on it then
+//! fails with ENOENT, not EBADF).
 
 use std::{
     cell::UnsafeCell,
     ptr::null_mut,
     sync::atomic::{
-        AtomicBool, AtomicPtr, AtomicU32, AtomicU64,
+        AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize,
         Ordering::{Acquire, Relaxed, Release, SeqCst},
     },
 };
@@ -44,11 +67,16 @@ use crate::{
 pub const TAG: u64 = 0x7453_5358_0000_0000;
 const TAG_MASK: u64 = 0xffff_ffff_0000_0000;
 
-/// What the application asked for one swapped fd in one epoll instance.
+/// What the application asked for one swapped fd in one epoll instance: an entry of the
+/// instance's shared list ([`Shared`]), the same in every process that shares the instance.
 #[derive(Clone, Copy)]
 struct Interest {
+    /// The fd the registration was made with (the kernel's key is this fd and its file: the
+    /// registration stays while a dup keeps the file open, see [`Alias`]).
     fd: c_int,
     /// [`Conn::id`] of the connection registered, to tell it from a later one on the same fd.
+    /// A fork copies the ids, so processes that share an instance agree on them (a connection
+    /// made after the instance became shared is never entered, see [`Set::admits`]).
     conn: u64,
     events: u32,
     data: u64,
@@ -69,14 +97,65 @@ impl Interest {
     }
 }
 
-/// The swapped interests of one epoll instance, behind a spin lock (epoll calls are not
-/// async-signal-safe, so a lock is allowed; it is held for list updates and scans only).
-struct Set {
-    /// Acquire on lock, Release on unlock.
-    locked: AtomicBool,
-    entries: UnsafeCell<Vec<Interest>>,
+/// How many entries one instance's list holds (address space reserved, pages touched as used).
+/// A registration beyond it is served by the kernel (the connection is handed back).
+const CAP: usize = 1 << 14;
+/// How many processes one instance's list names (more sharers: shared for good).
+const PIDS: usize = 64;
+
+/// The part of an epoll instance's state that every process holding the instance must see,
+/// as the kernel keeps one interest list per instance: the swapped interests, their
+/// `EPOLLONESHOT` and edge-triggered state, and the processes that share it. It lives in a
+/// `MAP_SHARED` anonymous mapping made by the process that first needed it (at the first
+/// registration of a tracked socket, or at the first `fork` while the instance is open), so a
+/// forked child shares it with its parent from the fork on, as it shares the instance.
+///
+/// The list is guarded by a spin lock in the mapping (`lock`: the holder's thread id, unique
+/// across processes; Acquire on lock, Release on unlock; a holder whose process died is seen
+/// with `kill(tid, 0)` and displaced). A fork while another thread holds it is harmless: that
+/// thread, in the parent, still unlocks the one lock both processes see.
+#[repr(C)]
+struct Shared {
+    lock: AtomicU32,
+    /// Entries in use (only touched with the lock held; Relaxed).
+    len: AtomicU32,
+    /// Processes holding the instance (0: free slot). Relaxed: re-checked against the kernel
+    /// (`kill`), and a stale entry only makes the hook more careful.
+    pids: [AtomicU32; PIDS],
+    /// More processes than `pids` holds share the instance: shared for good. Relaxed.
+    crowded: AtomicBool,
+}
+
+/// Byte offset of the entries in the mapping.
+const ENTRIES_AT: usize = std::mem::size_of::<Shared>().next_multiple_of(std::mem::align_of::<Interest>());
+/// Size of one instance's mapping.
+const MAP_LEN: usize = (ENTRIES_AT + CAP * std::mem::size_of::<Interest>()).next_multiple_of(4096);
+
+/// A swapped registration whose fd was closed while a dup keeps the connection open: the
+/// kernel keeps the registration (it belongs to the open file), and so does the hook, which
+/// reaches the connection through the lease kept here and any of its remaining fds.
+struct Alias {
+    fd: c_int,
+    conn: ConnRef,
+    /// An fd of the connection in this process now (-1: look it up).
+    via: c_int,
+}
+
+/// The process-local part of an instance's state, guarded by the shared lock too.
+struct Local {
     /// Round-robin start of the next scan, so a small `maxevents` starves nobody.
-    next: UnsafeCell<usize>,
+    next: usize,
+    aliases: Vec<Alias>,
+}
+
+/// One epoll instance as this process sees it: the shared list, and what stays per process.
+struct Set {
+    shared: *mut Shared,
+    local: UnsafeCell<Local>,
+    /// Connections with an id at or above this were made after the fork that made the instance
+    /// shared (u64::MAX: never shared): the other processes do not hold them. Relaxed: set by
+    /// the thread that forks.
+    fork_id: AtomicU64,
     /// When the kernel was last asked for plain fds' events while swapped fds were ready, and
     /// how many calls skipped asking since (see [`PLAIN_CHECK_EVERY`]). Relaxed: heuristics.
     plain_checked_ns: AtomicU64,
@@ -104,23 +183,230 @@ const PLAIN_CHECK_NS: u64 = 200_000;
 /// waiting for the spin.
 const KERNEL_CHECK_ROUNDS: u32 = 4;
 
-// SAFETY: `entries` and `next` are only touched with `locked` held (see `Set::with`).
+// SAFETY: the mapping's list and `local` are only touched with the shared lock held (see
+// `Set::with`); the rest is atomic or a mutex.
 unsafe impl Sync for Set {}
+// SAFETY: as above.
+unsafe impl Send for Set {}
 
-impl Set {
-    fn with<R>(&self, f: impl FnOnce(&mut Vec<Interest>, &mut usize) -> R) -> R {
-        while self.locked.compare_exchange_weak(false, true, Acquire, Relaxed).is_err() {
-            std::hint::spin_loop();
+/// This process's pid, cached (0: not known yet; reset in a forked child). Relaxed: a value of
+/// this process.
+static MY_PID: AtomicU32 = AtomicU32::new(0);
+
+fn my_pid() -> u32 {
+    match MY_PID.load(Relaxed) {
+        0 => {
+            let pid = tssx_shm::sys::getpid();
+            MY_PID.store(pid, Relaxed);
+            pid
         }
-        // SAFETY: the lock is held.
-        let r = f(unsafe { &mut *self.entries.get() }, unsafe { &mut *self.next.get() });
-        self.locked.store(false, Release);
-        r
+        pid => pid,
     }
 }
 
-/// epoll fd -> its swapped interests (null: none ever). Acquire/Release publish a new set.
+/// Whether process `pid` exists (a zombie still counts until it is reaped).
+fn alive(pid: u32) -> bool {
+    // SAFETY: kill with signal 0 only checks; errno is kept by the raw call.
+    let rc = unsafe { tssx_shm::sys::syscall(libc::SYS_kill, [pid as usize, 0, 0, 0, 0, 0]) };
+    !matches!(rc, Err(tssx_shm::sys::Errno(libc::ESRCH)))
+}
+
+/// The entries of a locked list.
+struct List<'a> {
+    shared: &'a Shared,
+    base: *mut Interest,
+}
+
+impl List<'_> {
+    fn len(&self) -> usize {
+        (self.shared.len.load(Relaxed) as usize).min(CAP)
+    }
+
+    fn items(&mut self) -> &mut [Interest] {
+        // SAFETY: the lock is held; the first `len` entries were written by `push`.
+        unsafe { std::slice::from_raw_parts_mut(self.base, self.len()) }
+    }
+
+    fn iter(&mut self) -> std::slice::Iter<'_, Interest> {
+        self.items().iter()
+    }
+
+    fn iter_mut(&mut self) -> std::slice::IterMut<'_, Interest> {
+        self.items().iter_mut()
+    }
+
+    /// Appends `i`; false if the list is full.
+    fn push(&mut self, i: Interest) -> bool {
+        let len = self.len();
+        if len == CAP {
+            return false;
+        }
+        // SAFETY: within the mapping; the lock is held.
+        unsafe { self.base.add(len).write(i) };
+        self.shared.len.store(len as u32 + 1, Relaxed);
+        true
+    }
+
+    /// Keeps the entries for which `keep` is true, in order.
+    fn retain(&mut self, mut keep: impl FnMut(&mut Interest) -> bool) {
+        let items = self.items();
+        let mut kept = 0;
+        for k in 0..items.len() {
+            if keep(&mut items[k]) {
+                items[kept] = items[k];
+                kept += 1;
+            }
+        }
+        self.shared.len.store(kept as u32, Relaxed);
+    }
+}
+
+impl Set {
+    fn shared(&self) -> &Shared {
+        // SAFETY: the mapping lives as long as the set.
+        unsafe { &*self.shared }
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut List<'_>, &mut Local) -> R) -> R {
+        match self.try_with(f) {
+            Ok(r) => r,
+            // This thread holds the lock: a signal handler interrupted an epoll call of its
+            // own thread and made one (epoll calls are not async-signal-safe). The list is
+            // mid-update and `f` must not see it; the interrupted call cannot finish first:
+            // the deadlock any such handler risks (only `close` is served, see `try_with`).
+            Err(_) => loop {
+                sys::sched_yield();
+            },
+        }
+    }
+
+    /// As [`Set::with`], but `Err(f)` instead of waiting for a lock this thread holds (a
+    /// `close` in a signal handler that interrupted this thread's epoll call).
+    fn try_with<R, F: FnOnce(&mut List<'_>, &mut Local) -> R>(&self, f: F) -> Result<R, F> {
+        let shared = self.shared();
+        let me = sys::thread_id();
+        let mut spins = 0u32;
+        loop {
+            match shared.lock.compare_exchange_weak(0, me, Acquire, Relaxed) {
+                Ok(_) => break,
+                Err(holder) if holder == me => return Err(f),
+                Err(holder) => {
+                    spins = spins.wrapping_add(1);
+                    if spins.is_multiple_of(1024) {
+                        if holder != 0 && holder != me && !alive(holder) {
+                            // The holder died inside a list update: take the lock over.
+                            let _ = shared.lock.compare_exchange(holder, 0, Relaxed, Relaxed);
+                        }
+                        sys::sched_yield();
+                    }
+                    std::hint::spin_loop();
+                }
+            }
+        }
+        // SAFETY: past the header, within the mapping.
+        let base = unsafe { self.shared.cast::<u8>().add(ENTRIES_AT).cast::<Interest>() };
+        let mut list = List { shared, base };
+        // SAFETY: the lock is held.
+        let r = f(&mut list, unsafe { &mut *self.local.get() });
+        shared.lock.store(0, Release);
+        Ok(r)
+    }
+
+    /// Calls `f` with each live process other than this one that holds the instance; false
+    /// (and stops) as soon as `f` does, or if more processes share it than the list names.
+    /// Forgets the dead ones.
+    fn all_others(&self, mut f: impl FnMut(u32) -> bool) -> bool {
+        let shared = self.shared();
+        if shared.crowded.load(Relaxed) {
+            return false;
+        }
+        let me = my_pid();
+        shared.pids.iter().all(|slot| {
+            let pid = slot.load(Relaxed);
+            if pid == 0 || pid == me {
+                return true;
+            }
+            if !alive(pid) {
+                let _ = slot.compare_exchange(pid, 0, Relaxed, Relaxed);
+                return true;
+            }
+            f(pid)
+        })
+    }
+
+    /// Whether another live process holds the instance.
+    fn shared_with_others(&self) -> bool {
+        !self.all_others(|_| false)
+    }
+
+    /// Names this process as a holder of the instance.
+    fn join(&self) {
+        let shared = self.shared();
+        let me = my_pid();
+        if shared.pids.iter().any(|p| p.load(Relaxed) == me) {
+            return;
+        }
+        // A free slot, else one of a process that died.
+        for dead_ok in [false, true] {
+            for slot in &shared.pids {
+                let pid = slot.load(Relaxed);
+                if (pid == 0 || (dead_ok && !alive(pid))) && slot.compare_exchange(pid, me, Relaxed, Relaxed).is_ok() {
+                    return;
+                }
+            }
+        }
+        shared.crowded.store(true, Relaxed);
+    }
+
+    /// This process no longer holds the instance.
+    fn leave(&self) {
+        let me = my_pid();
+        for slot in &self.shared().pids {
+            let _ = slot.compare_exchange(me, 0, Relaxed, Relaxed);
+        }
+    }
+
+    /// Whether connection `c` (registered through `fd`) may be served in this instance's
+    /// list: always, unless another process shares the instance and cannot serve `c` too, which
+    /// it can only if it holds `c` under the same number and knows it by the same id (it was
+    /// forked from this process after `c` was made, see [`Set::fork_id`]; its
+    /// `/proc/PID/fd/FD` names the same socket). Otherwise the kernel would report `c` to a
+    /// process whose hook cannot read its rings: `c` is handed back to the kernel, whose list
+    /// then serves every process.
+    fn admits(&self, c: &Conn, fd: c_int) -> bool {
+        if !self.shared_with_others() {
+            return true;
+        }
+        if c.id() >= self.fork_id.load(Relaxed) {
+            return false;
+        }
+        let Ok(st) = tssx_shm::sys::fstat(fd) else { return false };
+        let want = format!("socket:[{}]", st.st_ino);
+        self.all_others(|pid| {
+            let Ok(path) = std::ffi::CString::new(format!("/proc/{pid}/fd/{fd}")) else { return false };
+            let mut buf = [0u8; 64];
+            tssx_shm::sys::readlink(&path, &mut buf).is_ok_and(|n| &buf[..n.min(buf.len())] == want.as_bytes())
+        })
+    }
+}
+
+/// epoll fd -> its set (null: none yet). Acquire/Release publish a new set.
 static SETS: [AtomicPtr<Set>; MAX_FDS] = [const { AtomicPtr::new(null_mut()) }; MAX_FDS];
+/// How many entries of [`SETS`] are set (Relaxed: a hint that lets fork and close skip the scan).
+static LIVE_SETS: AtomicUsize = AtomicUsize::new(0);
+/// One bit per fd whose entry of [`SETS`] is set, so that a scan reads 1024 words, not 65536
+/// pointers. Relaxed: a hint; [`SETS`] carries the ordering.
+static SET_BITS: [AtomicU64; MAX_FDS / 64] = [const { AtomicU64::new(0) }; MAX_FDS / 64];
+/// One bit per fd: an epoll instance made by `epoll_create`/`epoll_create1` in this process and
+/// not closed (a `fork` gives each one a shared list). Relaxed: a hint about this process's fds.
+static EPOLL_FDS: [AtomicU64; MAX_FDS / 64] = [const { AtomicU64::new(0) }; MAX_FDS / 64];
+
+/// `epoll_create`/`epoll_create1` returned `fd`.
+pub fn created(fd: c_int) {
+    if let Some(word) = usize::try_from(fd).ok().and_then(|i| EPOLL_FDS.get(i / 64)) {
+        word.fetch_or(1 << (fd % 64), Relaxed);
+    }
+}
 
 /// Per epoll fd: threads inside a kernel wait on it (low bits) and [`GATE_CLOSED`]. A waiter
 /// adds one (`SeqCst`) and backs off while the gate is closed; [`gate_close`] closes it only
@@ -184,32 +470,127 @@ fn set_or_new(epfd: c_int) -> Option<&'static Set> {
     }
     let slot = SETS.get(usize::try_from(epfd).ok()?)?;
     crate::table::note_state(epfd as usize);
+    // SAFETY: a fresh anonymous shared mapping (no file, no fixed address); untouched pages
+    // cost nothing (MAP_NORESERVE), the first use zero-fills them.
+    let map = unsafe {
+        libc::mmap(
+            null_mut(),
+            MAP_LEN,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if map == libc::MAP_FAILED {
+        return None;
+    }
     let new = Box::into_raw(Box::new(Set {
-        locked: AtomicBool::new(false),
-        entries: UnsafeCell::new(Vec::new()),
-        next: UnsafeCell::new(0),
+        shared: map.cast(),
+        local: UnsafeCell::new(Local { next: 0, aliases: Vec::new() }),
+        fork_id: AtomicU64::new(u64::MAX),
         plain_checked_ns: AtomicU64::new(0),
         plain_skips: AtomicU32::new(0),
         plain_oneshots: std::sync::Mutex::new(Vec::new()),
         has_plain_oneshots: AtomicBool::new(false),
     }));
+    // SAFETY: ours until published.
+    unsafe { &*new }.join();
     if slot.compare_exchange(null_mut(), new, Release, Acquire).is_err() {
-        // SAFETY: ours, never shared.
-        drop(unsafe { Box::from_raw(new) });
+        // SAFETY: ours, never shared; the mapping is ours too.
+        unsafe { drop_set(new) };
+    } else {
+        LIVE_SETS.fetch_add(1, Relaxed);
+        SET_BITS[epfd as usize / 64].fetch_or(1 << (epfd % 64), Relaxed);
     }
     set_of(epfd)
 }
 
-/// `close(epfd)`: forget its interests.
+/// Frees a set and unmaps this process's view of its list.
+///
+/// # Safety
+/// `set` came from `set_or_new` and nothing uses it any more.
+unsafe fn drop_set(set: *mut Set) {
+    // SAFETY: per the contract.
+    let set = unsafe { Box::from_raw(set) };
+    // SAFETY: the mapping made for this set, unused from now on.
+    let _ = unsafe { tssx_shm::sys::munmap(set.shared.cast(), MAP_LEN) };
+}
+
+/// Calls `f` for every epoll instance of this process that has a set.
+fn for_each_set(mut f: impl FnMut(c_int, &'static Set)) {
+    if LIVE_SETS.load(Relaxed) == 0 {
+        return;
+    }
+    for (w, word) in SET_BITS.iter().enumerate() {
+        let mut bits = word.load(Relaxed);
+        while bits != 0 {
+            let fd = (w * 64 + bits.trailing_zeros() as usize) as c_int;
+            bits &= bits - 1;
+            if let Some(set) = set_of(fd) {
+                f(fd, set);
+            }
+        }
+    }
+}
+
+/// `close(epfd)`: forget its interests (in this process: another one that shares the
+/// instance keeps the list).
 pub fn closed(fd: c_int) {
+    if let Some(word) = usize::try_from(fd).ok().and_then(|i| EPOLL_FDS.get(i / 64)) {
+        if word.load(Relaxed) & (1 << (fd % 64)) != 0 {
+            word.fetch_and(!(1 << (fd % 64)), Relaxed);
+        }
+    }
     if let Some(slot) = usize::try_from(fd).ok().and_then(|i| SETS.get(i)) {
         let old = slot.swap(null_mut(), Acquire);
         if !old.is_null() {
+            LIVE_SETS.fetch_sub(1, Relaxed);
+            SET_BITS[fd as usize / 64].fetch_and(!(1 << (fd % 64)), Relaxed);
             // SAFETY: the set was leaked by `set_or_new`; a concurrent epoll_wait on a closing
             // epoll fd is an application bug (EBADF), as with the kernel.
-            drop(unsafe { Box::from_raw(old) });
+            unsafe {
+                (*old).leave();
+                drop_set(old);
+            }
         }
     }
+}
+
+/// Before `fork`: every epoll instance of this process gets its shared list (the child shares
+/// the instance), and an instance that was private until now notes which connections the child
+/// will hold (every one made so far).
+pub fn before_fork() {
+    for (w, word) in EPOLL_FDS.iter().enumerate() {
+        let mut bits = word.load(Relaxed);
+        while bits != 0 {
+            let fd = (w * 64 + bits.trailing_zeros() as usize) as c_int;
+            bits &= bits - 1;
+            let _ = set_or_new(fd);
+        }
+    }
+    let mark = crate::table::id_mark();
+    for_each_set(|_, set| {
+        if !set.shared_with_others() {
+            set.fork_id.store(mark, Relaxed);
+        }
+    });
+}
+
+/// In the child after `fork`: it holds every instance of its parent too.
+pub fn in_child() {
+    MY_PID.store(0, Relaxed);
+    for_each_set(|_, set| set.join());
+}
+
+/// Before an `exec`: the new image does not see the lists (a close-on-exec instance is gone).
+pub fn leaving_image() {
+    for_each_set(|_, set| set.leave());
+}
+
+/// The `exec` failed: this image holds its instances again.
+pub fn image_stays() {
+    for_each_set(|_, set| set.join());
 }
 
 /// Whether `fd` is an epoll instance with swapped interests.
@@ -218,9 +599,93 @@ pub fn has_set(epfd: c_int) -> bool {
     set_of(epfd).is_some()
 }
 
-/// The live connection an interest was registered for, if it is still that one and swapped.
-fn live(i: &Interest) -> Option<ConnRef> {
-    lookup_swapped(i.fd).filter(|c| c.id() == i.conn)
+/// This process's connection for interest `i` (in any phase) and an fd of it here: the
+/// registered fd, or (after that was closed while a dup keeps the connection) another one.
+fn resolve(aliases: &mut [Alias], i: &Interest) -> Option<(ConnRef, c_int)> {
+    if let Some(c) = lookup(i.fd).filter(|c| c.id() == i.conn) {
+        return Some((c, i.fd));
+    }
+    let a = aliases.iter_mut().find(|a| a.fd == i.fd && a.conn.id() == i.conn)?;
+    // Acquire: as every reader of the count (see `table`).
+    if a.conn.fds.load(Acquire) == 0 {
+        return None;
+    }
+    let cell = a.conn.cell();
+    if lookup(a.via).is_none_or(|c| c.cell() != cell) {
+        let hint = a.conn.last_fd.load(Relaxed);
+        a.via = if lookup(hint).is_some_and(|c| c.cell() == cell) {
+            hint
+        } else {
+            // Rare: a registered fd closed, and the hint is stale. Acquire: as `lookup`.
+            crate::table::TABLE.iter().position(|slot| slot.load(Acquire) == cell).map_or(-1, |fd| fd as c_int)
+        };
+    }
+    lookup(a.via).filter(|c| c.cell() == cell).map(|c| (c, a.via))
+}
+
+/// The live swapped connection of an interest, if this process has it.
+fn live(aliases: &mut [Alias], i: &Interest) -> Option<(ConnRef, c_int)> {
+    resolve(aliases, i).filter(|(c, _)| {
+        let phase = c.phase();
+        phase >= Phase::Ready && phase != Phase::Plain
+    })
+}
+
+/// Before `fd` is closed (close, or dup2/dup3 over it): its swapped registrations follow the
+/// kernel's, which belong to the open file. If a dup keeps the connection open here, they stay
+/// (reached through the dup); if this was the connection's last fd anywhere, they go; if
+/// another process still holds the connection, that process cannot be served from this list
+/// (the kernel keeps reporting the file to this one): the connection is handed back and its
+/// registrations become the application's own kernel registrations.
+pub fn fd_closing(fd: c_int) {
+    if LIVE_SETS.load(Relaxed) == 0 {
+        return;
+    }
+    let Some(c) = lookup_swapped(fd) else { return };
+    let id = c.id();
+    // Acquire: as every reader of the count.
+    let last_here = c.fds.load(Acquire) <= 1;
+    let others = last_here && c.header().refcount[c.end().index()].load(Acquire) > 1;
+    let mut handed_back = false;
+    for_each_set(|epfd, set| {
+        // A close in a signal handler that interrupted this thread's epoll call leaves the
+        // list as it is (as if the registration had been made through the dup).
+        let registered = set.try_with(|list, _| list.iter().any(|i| i.conn == id)).unwrap_or(false);
+        if !registered {
+            return;
+        }
+        if others && !handed_back {
+            handed_back = true;
+            sys::with_errno_kept(|| hand_back_for_kernel(&c, fd));
+        }
+        let _ = set.try_with(|list, local| {
+            if !last_here {
+                let known = local.aliases.iter().any(|a| a.fd == fd && a.conn.id() == id);
+                if !known && list.iter().any(|i| i.fd == fd && i.conn == id) {
+                    if let Some(lease) = lookup(fd) {
+                        local.aliases.push(Alias { fd, conn: lease, via: -1 });
+                    }
+                }
+                return;
+            }
+            list.retain(|i| {
+                if i.conn != id {
+                    return true;
+                }
+                if others && i.fd == fd {
+                    sys::with_errno_kept(|| restore(epfd, i));
+                }
+                false
+            });
+            local.aliases.retain(|a| a.conn.id() != id);
+        });
+    });
+}
+
+/// Whether a tracked socket registered in `epfd` while plain may move into its list when it
+/// becomes ready (see [`Set::admits`]); otherwise it stays plain.
+pub fn may_adopt(epfd: c_int, c: &Conn, fd: c_int) -> bool {
+    set_of(epfd).is_none_or(|set| set.admits(c, fd))
 }
 
 /// The kernel registration of a swapped fd's real socket: doorbells, EOF, and room on the
@@ -297,10 +762,18 @@ pub fn adopt(epfd: c_int, fd: c_int, c: &Conn, events: u32, data: u64) {
     }
     let mut interest = Interest::new(fd, c.id(), events & !DISARMED, data);
     interest.armed = events & DISARMED == 0;
-    set.with(|v, _| {
-        v.retain(|i| i.fd != fd);
-        v.push(interest);
+    let pushed = set.with(|v, _| {
+        v.retain(|i| !(i.fd == fd && i.conn == c.id()));
+        v.push(interest)
     });
+    if !pushed {
+        // The list is full: the application's registration goes back to the kernel, and the
+        // connection with it.
+        sys::with_errno_kept(|| {
+            restore(epfd, &interest);
+            hand_back_for_kernel(c, fd);
+        });
+    }
     let mut oneshots = set.plain_oneshots.lock().unwrap_or_else(|p| p.into_inner());
     oneshots.retain(|&(f, _)| f != fd);
     set.has_plain_oneshots.store(!oneshots.is_empty(), Relaxed);
@@ -357,9 +830,9 @@ pub unsafe fn ctl(epfd: c_int, op: c_int, fd: c_int, event: *mut epoll_event) ->
         let same_socket = lookup(fd).map(|c| c.id());
         let set = set_of(epfd).filter(|_| op == libc::EPOLL_CTL_ADD || same_socket.is_some());
         if let Some(set) = set {
-            set.with(|v, _| {
+            set.with(|v, local| {
                 v.retain(|i| {
-                    if i.fd != fd || live(i).is_some() {
+                    if i.fd != fd || live(&mut local.aliases, i).is_some() {
                         return true;
                     }
                     if i.parked && same_socket == Some(i.conn) {
@@ -402,6 +875,13 @@ pub unsafe fn ctl(epfd: c_int, op: c_int, fd: c_int, event: *mut epoll_event) ->
             None => {}
         }
     }
+    if op == libc::EPOLL_CTL_ADD && !set_or_new(epfd).is_some_and(|set| set.admits(&c, fd)) {
+        // Another process shares the instance and does not hold this connection (or the list
+        // could not be made): the kernel's list must serve it, for every process. The
+        // connection goes back to the kernel, and the registration is the application's own.
+        sys::with_errno_kept(|| hand_back_for_kernel(&c, fd));
+        return None;
+    }
     let mut kernel = tagged(fd);
     // SAFETY: a live event; the kernel checks epfd, fd, op and reports errors itself.
     let rc = unsafe { sys::epoll_ctl(epfd, op, fd, &mut kernel) };
@@ -409,43 +889,82 @@ pub unsafe fn ctl(epfd: c_int, op: c_int, fd: c_int, event: *mut epoll_event) ->
         return Some(rc);
     }
     let Some(set) = set_or_new(epfd) else { return Some(rc) };
-    set.with(|v, _| {
-        v.retain(|i| i.fd != fd);
-        if op != libc::EPOLL_CTL_DEL {
-            if let Some((events, data)) = user {
-                v.push(Interest::new(fd, c.id(), events, data));
-            }
+    let pushed = set.with(|v, _| {
+        v.retain(|i| !(i.fd == fd && i.conn == c.id()));
+        match (op, user) {
+            (libc::EPOLL_CTL_DEL, _) | (_, None) => true,
+            (_, Some((events, data))) => v.push(Interest::new(fd, c.id(), events, data)),
         }
     });
+    if !pushed {
+        // The list is full: as above, the kernel serves this one.
+        sys::with_errno_kept(|| hand_back_for_kernel(&c, fd));
+        // SAFETY: forwarded as received (replacing the hook's registration just made).
+        return Some(unsafe { sys::epoll_ctl(epfd, libc::EPOLL_CTL_MOD, fd, event) });
+    }
     Some(0)
 }
 
+/// Hands `c` back to the kernel before its readiness is left to the kernel's list: the
+/// doorbells the peer rang so far are drained, since its socket is readable only for data from
+/// now on (the peer's last doorbell, rung when it follows the hand-back, comes with its next
+/// call and is skipped by the next read).
+fn hand_back_for_kernel(c: &Conn, fd: c_int) {
+    c.hand_back(fd);
+    // A doorbell the peer counted is on its way (counted before it is sent, uncounted if the
+    // send fails): wait for it, briefly, so that it never shows as readiness.
+    let until = now_ns() + DOORBELL_WAIT_NS;
+    loop {
+        c.drain_doorbells(fd);
+        // SeqCst: as the doorbell counters' other users.
+        let owed = c.peer_line().bells_sent.load(SeqCst).saturating_sub(c.my_line().bells_drained.load(SeqCst));
+        if owed == 0 || !c.reads_ring() || now_ns() >= until {
+            break;
+        }
+        sys::sched_yield();
+    }
+    c.finish_hand_back();
+}
+
+/// How long [`hand_back_for_kernel`] waits for a doorbell in flight (the peer sends it right
+/// after counting it, without blocking).
+const DOORBELL_WAIT_NS: u64 = 20_000_000;
+
 /// Moves ready swapped interests into `out`; returns how many.
 fn collect(epfd: c_int, set: &Set, out: &mut [epoll_event]) -> usize {
-    set.with(|v, next| {
+    let mut private = None;
+    set.with(|v, local| {
         let mut n = 0;
         let len = v.len();
-        let mut dead = false;
+        let items = v.items();
+        let mut gone = false;
         for k in 0..len {
             if n == out.len() {
                 break;
             }
-            let idx = (*next + k) % len;
-            let i = &mut v[idx];
-            let Some(c) = lookup(i.fd).filter(|c| c.id() == i.conn) else {
-                dead = true;
+            let idx = (local.next + k) % len;
+            let i = &mut items[idx];
+            let Some((c, fd)) = resolve(&mut local.aliases, i) else {
+                // Not here: gone, unless another process that shares the instance holds it.
+                if *private.get_or_insert_with(|| !set.shared_with_others()) {
+                    i.conn = 0;
+                    gone = true;
+                }
                 continue;
             };
             if c.phase() == Phase::Plain {
-                restore(epfd, i);
-                dead = true;
+                if fd == i.fd {
+                    restore(epfd, i);
+                }
+                i.conn = 0;
+                gone = true;
                 continue;
             }
-            if !i.armed || i.parked {
+            if c.phase() < Phase::Ready || !i.armed || i.parked {
                 continue;
             }
-            c.tick(i.fd);
-            let (mask, seen) = reportable(i, &c);
+            c.tick(fd);
+            let (mask, seen) = reportable(i, &c, fd);
             if mask == 0 {
                 continue;
             }
@@ -458,10 +977,13 @@ fn collect(epfd: c_int, set: &Set, out: &mut [epoll_event]) -> usize {
             out[n] = epoll_event { events: mask, u64: i.data };
             n += 1;
         }
-        if dead {
-            v.retain(|i| live(i).is_some());
+        if gone {
+            // (No connection has id 0: ids start at 1.)
+            v.retain(|i| i.conn != 0);
+            local.aliases.retain(|a| a.conn.fds.load(Acquire) != 0);
         }
-        *next = if len == 0 { 0 } else { (*next + 1) % len };
+        let len = v.len();
+        local.next = if len == 0 { 0 } else { (local.next + 1) % len };
         n
     })
 }
@@ -469,17 +991,37 @@ fn collect(epfd: c_int, set: &Set, out: &mut [epoll_event]) -> usize {
 /// Drops the kernel's events for tagged real sockets from `out[..m]` (draining doorbells or
 /// noting a plain peer), keeping plain fds' events in order; returns how many remain.
 fn filter(epfd: c_int, out: &mut [epoll_event], m: usize) -> usize {
+    let set = set_of(epfd);
     let mut kept = 0;
     for k in 0..m {
         let ev = out[k];
         if ev.u64 & TAG_MASK == TAG {
-            let fd = (ev.u64 & 0xffff_ffff) as c_int;
-            if let Some(c) = lookup_swapped(fd) {
+            let tagged_fd = (ev.u64 & 0xffff_ffff) as c_int;
+            // The registration of `tagged_fd`'s file: the connection on that fd now, or one
+            // whose registered fd was closed while a dup keeps it open.
+            // (At most a few: one per file that had a connection registered under this number.)
+            let mut conns: [Option<(ConnRef, c_int)>; 4] = [const { None }; 4];
+            let mut found = 0;
+            if let Some(set) = set {
+                set.with(|v, local| {
+                    for i in v.iter().filter(|i| i.fd == tagged_fd) {
+                        let Some(pair) = live(&mut local.aliases, i) else { continue };
+                        if found < conns.len() && !conns[..found].iter().flatten().any(|(c, _)| c.cell() == pair.0.cell()) {
+                            conns[found] = Some(pair);
+                            found += 1;
+                        }
+                    }
+                });
+            }
+            if found == 0 {
+                conns[0] = lookup_swapped(tagged_fd).map(|c| (c, tagged_fd));
+            }
+            for (c, fd) in conns.into_iter().flatten() {
                 // Half-way, the socket carries data too: its edges are the connection's.
                 c.socket_edge(ev.events);
                 // Called after this thread withdrew its announcements.
                 c.drain_doorbells_if_alone(fd, 0);
-                if ev.events & libc::EPOLLOUT as u32 != 0 && c.phase() == Phase::Active {
+                if ev.events & libc::EPOLLOUT as u32 != 0 && c.phase() == Phase::Active && fd == tagged_fd {
                     // Once per registration: stop the socket's room edges (see `tagged_active`).
                     let mut quiet = tagged_active(fd);
                     // SAFETY: a live epoll_event; errno is kept (a failure changes nothing the
@@ -503,8 +1045,8 @@ fn filter(epfd: c_int, out: &mut [epoll_event], m: usize) -> usize {
 /// but only if something moved since the last report (new data or EOF in, room out, see
 /// [`Conn::edges`], or a hang-up or error not reported yet): as the kernel, which on each
 /// wake-up of an edge-triggered item reports all its ready bits, not just the new one.
-fn reportable(i: &Interest, c: &Conn) -> (u32, (u64, u64, u32)) {
-    let ready = c.readiness(i.fd);
+fn reportable(i: &Interest, c: &Conn, fd: c_int) -> (u32, (u64, u64, u32)) {
+    let ready = c.readiness(fd);
     let mask = ready & (i.events | bits::HUP | bits::ERR);
     if i.events & libc::EPOLLET as u32 == 0 || mask == 0 {
         return (mask, i.seen);
@@ -532,16 +1074,18 @@ fn kernel_ready(epfd: c_int) -> bool {
 }
 
 fn any_ready(set: &Set) -> bool {
-    set.with(|v, _| v.iter().any(|i| i.armed && !i.parked && live(i).is_some_and(|c| reportable(i, &c).0 != 0)))
+    set.with(|v, local| {
+        v.iter().any(|i| i.armed && !i.parked && live(&mut local.aliases, i).is_some_and(|(c, fd)| reportable(i, &c, fd).0 != 0))
+    })
 }
 
 /// Announces (or withdraws) a sleep on every connection of `set`; returns (any shared, any
 /// pending) for the announcing call.
 fn announce_all(set: &Set, on: bool) -> (bool, bool) {
-    set.with(|v, _| {
+    set.with(|v, local| {
         let (mut shared, mut halfway) = (false, false);
         for i in v.iter().filter(|i| !i.parked) {
-            if let Some(c) = live(i) {
+            if let Some((c, _)) = live(&mut local.aliases, i) {
                 if on {
                     c.announce();
                     shared |= c.is_shared();
@@ -558,7 +1102,7 @@ fn announce_all(set: &Set, on: bool) -> (bool, bool) {
 /// Whether the instance has an interest of a swapped connection (otherwise a wait is the
 /// kernel's alone, counted and filtered).
 fn has_swapped(set: &Set) -> bool {
-    set.with(|v, _| v.iter().any(|i| live(i).is_some()))
+    set.with(|v, local| v.iter().any(|i| live(&mut local.aliases, i).is_some()))
 }
 
 /// `epoll_wait`/`epoll_pwait`/`epoll_pwait2` on an instance with swapped interests.
@@ -571,9 +1115,11 @@ pub unsafe fn wait(epfd: c_int, events: *mut epoll_event, maxevents: c_int, time
         // SAFETY: forwarded.
         return unsafe { real_wait(epfd, events, maxevents, timeout_ns, sigmask) };
     };
-    if maxevents <= 0 || events.is_null() {
-        sys::set_errno(libc::EINVAL);
-        return -1;
+    let array = (maxevents as usize).saturating_mul(std::mem::size_of::<epoll_event>());
+    if maxevents <= 0 || crate::iov::range(events.cast(), array) != crate::iov::Range::Valid {
+        // The kernel's answer (EINVAL, EFAULT), at once.
+        // SAFETY: forwarded; the kernel checks the arguments before it waits.
+        return unsafe { real_wait(epfd, events, maxevents, Some(0), sigmask) };
     }
     // SAFETY: valid for `maxevents` entries per the contract.
     let out = unsafe { std::slice::from_raw_parts_mut(events, maxevents as usize) };

@@ -333,6 +333,28 @@ pub unsafe fn with_inherit(
     kind: Kind<'_>,
     exec: impl FnOnce(*const *const c_char, Option<*const libc::posix_spawn_file_actions_t>) -> c_int,
 ) -> c_int {
+    if matches!(kind, Kind::Spawn(_)) {
+        // SAFETY: per the contract.
+        return unsafe { inherit_and_exec(envp, image, kind, exec) };
+    }
+    // The new image does not see this one's epoll lists.
+    sys::with_errno_kept(crate::epoll::leaving_image);
+    // SAFETY: per the contract.
+    let rc = unsafe { inherit_and_exec(envp, image, kind, exec) };
+    sys::with_errno_kept(crate::epoll::image_stays);
+    rc
+}
+
+/// [`with_inherit`] without the epoll lists' bookkeeping.
+///
+/// # Safety
+/// As [`with_inherit`].
+unsafe fn inherit_and_exec(
+    envp: *const *const c_char,
+    image: Image,
+    kind: Kind<'_>,
+    exec: impl FnOnce(*const *const c_char, Option<*const libc::posix_spawn_file_actions_t>) -> c_int,
+) -> c_int {
     if !table::any_live() {
         return exec(envp, None);
     }

@@ -307,6 +307,16 @@ impl Conn {
         if self.phase() != Phase::Quiescing {
             return;
         }
+        let here = |fd: c_int| crate::table::lookup(fd).is_some_and(|c| c.id() == self.id());
+        if regs.iter().any(|&(reg_fd, epfd, _, _)| !here(reg_fd) || !epoll::may_adopt(epfd, self, reg_fd)) {
+            // Registered through an fd closed since (the kernel's registration, which belongs
+            // to the open file, can no longer be changed), or in an instance another process
+            // shares without holding this connection: only the kernel's list can serve it, so
+            // it stays plain.
+            drop(regs);
+            self.give_up();
+            return;
+        }
         // Close the epoll instances this socket is registered in to new waits, if nobody waits
         // in them now; otherwise try again on a later call.
         let mut closed: Vec<c_int> = Vec::new();

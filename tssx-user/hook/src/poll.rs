@@ -267,63 +267,189 @@ pub unsafe fn poll(fds: &mut [pollfd], timeout_ns: Option<u64>, sigmask: *const 
     }
 }
 
-/// `select`/`pselect` with at least one swapped fd, through [`poll`]. Returns the number of set
-/// bits, like select. `timeout_ns`: `None` waits forever.
+/// A caller's fd set, as the kernel reads it: bit `fd % 64` of the `fd / 64`-th 64-bit word,
+/// for any `nfds` (a program may allocate a bitmap larger than `FD_SETSIZE` and pass `nfds`
+/// above 1024). Read and written byte by byte, and only the bytes that hold bits below the
+/// call's limit ([`select_limit`]), so a bitmap exactly as large as `nfds` needs is never
+/// overrun (libc's `FD_ISSET`/`FD_SET` stop at `FD_SETSIZE`).
+#[derive(Clone, Copy)]
+struct FdBits(*mut u8);
+
+impl FdBits {
+    /// The byte holding `fd`'s bit, and the bit in it.
+    #[inline]
+    fn at(fd: usize) -> (usize, u8) {
+        #[cfg(target_endian = "little")]
+        let byte = fd / 8;
+        #[cfg(target_endian = "big")]
+        let byte = (fd / 64) * 8 + 7 - (fd % 64) / 8;
+        (byte, 1u8 << (fd % 8))
+    }
+
+    /// Whether `fd`'s bit is set (false for a null set).
+    ///
+    /// # Safety
+    /// The set is null or valid for bits below the call's limit, and `fd` is below it.
+    #[inline]
+    unsafe fn get(self, fd: usize) -> bool {
+        if self.0.is_null() {
+            return false;
+        }
+        let (byte, bit) = Self::at(fd);
+        // SAFETY: within the set per the contract.
+        unsafe { self.0.add(byte).read() & bit != 0 }
+    }
+
+    /// Sets or clears `fd`'s bit.
+    ///
+    /// # Safety
+    /// As [`FdBits::get`], and the set is not null.
+    #[inline]
+    unsafe fn put(self, fd: usize, on: bool) {
+        let (byte, bit) = Self::at(fd);
+        // SAFETY: within the set per the contract.
+        unsafe {
+            let p = self.0.add(byte);
+            p.write(if on { p.read() | bit } else { p.read() & !bit });
+        }
+    }
+
+    /// Whether any of the 8 fds from `fd` (a multiple of 8) has its bit set: one read skips
+    /// eight empty fds.
+    ///
+    /// # Safety
+    /// As [`FdBits::get`], for `fd`.
+    #[inline]
+    unsafe fn any8(self, fd: usize) -> bool {
+        // SAFETY: as `get`; the byte holding `fd` holds `fd..fd + 8`.
+        !self.0.is_null() && unsafe { self.0.add(Self::at(fd).0).read() } != 0
+    }
+}
+
+/// The caller's three sets (each may be null).
+type Sets = [*mut libc::fd_set; 3];
+
+/// How many fds of a `select` with `nfds` the kernel looks at: `nfds`, capped at the size of
+/// this process's fd table (the kernel ignores bits beyond it and never reads them; it is
+/// `FDSize` in `/proc/self/status`, read only for `nfds` above `FD_SETSIZE`, which the table
+/// always covers). `None` for a negative `nfds` (the kernel's EINVAL).
+pub fn select_limit(nfds: c_int) -> Option<usize> {
+    let n = usize::try_from(nfds).ok()?;
+    if n <= libc::FD_SETSIZE {
+        return Some(n);
+    }
+    let mut buf = [0u8; 2048];
+    let len = tssx_shm::sys::read_file(c"/proc/self/status", &mut buf).unwrap_or(0);
+    let table = buf[..len]
+        .split(|&b| b == b'\n')
+        .find_map(|line| line.strip_prefix(b"FDSize:"))
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    Some(table.map_or(n, |t| n.min(t)))
+}
+
+/// Whether every non-null set is addressable for `limit` bits (the kernel reads whole 64-bit
+/// words); otherwise the real call answers (EFAULT).
+fn sets_addressable(sets: Sets, limit: usize) -> bool {
+    let bytes = limit.div_ceil(64) * 8;
+    sets.iter().all(|&s| s.is_null() || crate::iov::range(s.cast(), bytes) == crate::iov::Range::Valid)
+}
+
+/// Calls `f` with every fd below `limit` whose bit is set in one of `sets`, and the poll events
+/// it asks for.
 ///
 /// # Safety
-/// The sets are null or valid for `nfds` fds; `sigmask` is null or valid.
+/// The sets are null or valid for `limit` bits.
+unsafe fn each_asked(sets: Sets, limit: usize, mut f: impl FnMut(usize, i16)) {
+    let bits = sets.map(|s| FdBits(s.cast()));
+    let mut fd = 0;
+    while fd < limit {
+        // SAFETY: `fd` is below the limit (and a multiple of 8 here).
+        if fd % 8 == 0 && !bits.iter().any(|b| unsafe { b.any8(fd) }) {
+            fd += 8;
+            continue;
+        }
+        let mut events = 0;
+        // SAFETY: `fd` is below the limit.
+        let [r, w, e] = bits.map(|b| unsafe { b.get(fd) });
+        if r {
+            events |= libc::POLLIN;
+        }
+        if w {
+            events |= libc::POLLOUT;
+        }
+        if e {
+            events |= libc::POLLPRI;
+        }
+        if events != 0 {
+            f(fd, events);
+        }
+        fd += 1;
+    }
+}
+
+/// `select`/`pselect` with at least one swapped fd, through [`poll`]. Returns the number of set
+/// bits, like select. `limit` comes from [`select_scope`]. `timeout_ns`: `None` waits forever.
+///
+/// # Safety
+/// The sets are null or valid for `limit` bits; `sigmask` is null or valid.
 pub unsafe fn select(
-    nfds: c_int,
+    limit: usize,
     rd: *mut libc::fd_set,
     wr: *mut libc::fd_set,
     ex: *mut libc::fd_set,
     timeout_ns: Option<u64>,
     sigmask: *const sigset_t,
 ) -> c_int {
-    let mut fds = [pollfd { fd: -1, events: 0, revents: 0 }; libc::FD_SETSIZE];
-    let mut n = 0;
-    let is_set = |set: *mut libc::fd_set, fd: c_int| -> bool {
-        // SAFETY: a valid set per the contract; fd < nfds <= FD_SETSIZE.
-        !set.is_null() && unsafe { libc::FD_ISSET(fd, set) }
+    let sets = [rd, wr, ex];
+    // Up to FD_SETSIZE entries on the stack (select is async-signal-safe); more only for a
+    // larger set with more bits set.
+    let mut count = 0;
+    // SAFETY: per the contract.
+    unsafe { each_asked(sets, limit, |_, _| count += 1) };
+    let mut stack = [pollfd { fd: -1, events: 0, revents: 0 }; libc::FD_SETSIZE];
+    let mut heap = Vec::new();
+    let fds: &mut [pollfd] = if count <= stack.len() {
+        &mut stack[..count]
+    } else {
+        heap.resize(count, pollfd { fd: -1, events: 0, revents: 0 });
+        &mut heap
     };
-    for fd in 0..nfds {
-        let mut events = 0;
-        if is_set(rd, fd) {
-            events |= libc::POLLIN;
-        }
-        if is_set(wr, fd) {
-            events |= libc::POLLOUT;
-        }
-        if is_set(ex, fd) {
-            events |= libc::POLLPRI;
-        }
-        if events != 0 {
-            fds[n] = pollfd { fd, events, revents: 0 };
-            n += 1;
-        }
-    }
+    let mut n = 0;
+    // SAFETY: per the contract.
+    unsafe {
+        each_asked(sets, limit, |fd, events| {
+            if n < fds.len() {
+                fds[n] = pollfd { fd: fd as c_int, events, revents: 0 };
+                n += 1;
+            }
+        })
+    };
+    let fds = &mut fds[..n];
     // SAFETY: forwarded.
-    let rc = unsafe { poll(&mut fds[..n], timeout_ns, sigmask) };
+    let rc = unsafe { poll(fds, timeout_ns, sigmask) };
     if rc < 0 {
         return rc;
     }
-    if fds[..n].iter().any(|p| p.revents & libc::POLLNVAL != 0) {
+    if fds.iter().any(|p| p.revents & libc::POLLNVAL != 0) {
         sys::set_errno(libc::EBADF);
         return -1;
     }
-    for set in [rd, wr, ex] {
-        if !set.is_null() {
-            // SAFETY: a valid set.
-            unsafe { libc::FD_ZERO(set) };
+    // The kernel writes every set back: bits below the limit cleared, then the ready ones set.
+    for set in sets.iter().filter(|s| !s.is_null()) {
+        let bits = FdBits(set.cast());
+        for fd in 0..limit {
+            // SAFETY: below the limit of a non-null set.
+            unsafe { bits.put(fd, false) };
         }
     }
     let mut count = 0;
-    for p in &fds[..n] {
+    for p in fds.iter() {
         let r = p.revents;
         let mut mark = |set: *mut libc::fd_set, on: bool| {
             if on && !set.is_null() {
-                // SAFETY: a valid set; fd < FD_SETSIZE.
-                unsafe { libc::FD_SET(p.fd, set) };
+                // SAFETY: a non-null set; the fd is below the limit.
+                unsafe { FdBits(set.cast()).put(p.fd as usize, true) };
                 count += 1;
             }
         };
@@ -334,18 +460,28 @@ pub unsafe fn select(
     count
 }
 
-/// Whether any fd below `nfds` in the sets is tracked and not plain for good (select then goes
-/// through [`poll`], which counts the still-plain ones as raw calls).
+/// Whether a `select` over `nfds` goes through [`select`]: some fd the sets ask for is tracked
+/// and not plain for good ([`poll`] counts the still-plain ones as raw calls). Returns the
+/// limit to pass on ([`select_limit`]), or `None` for the real call (nothing tracked, a
+/// negative `nfds`, or a set the kernel cannot read: the real call gives its error).
 ///
 /// # Safety
-/// The sets are null or valid for `nfds` fds.
-pub unsafe fn select_has_tracked(nfds: c_int, sets: [*mut libc::fd_set; 3]) -> bool {
-    if !table::any_live() || !(0..=libc::FD_SETSIZE as c_int).contains(&nfds) {
-        return false;
+/// The sets are null or valid for `nfds` fds (as the kernel reads them).
+pub unsafe fn select_scope(nfds: c_int, sets: Sets) -> Option<usize> {
+    if !table::any_live() || nfds <= 0 {
+        return None;
     }
-    (0..nfds).any(|fd| {
-        lookup(fd).is_some_and(|c| c.phase() != Phase::Plain && c.phase() != Phase::Unconnected)
-            // SAFETY: valid sets per the contract.
-            && sets.iter().any(|&s| !s.is_null() && unsafe { libc::FD_ISSET(fd, s) })
-    })
+    let limit = select_limit(nfds)?;
+    if !sets_addressable(sets, limit) {
+        return None;
+    }
+    let mut tracked = false;
+    // SAFETY: the sets are addressable for `limit` bits, valid per the contract. Fds at or
+    // above the table's size are never tracked.
+    unsafe {
+        each_asked(sets, limit.min(table::MAX_FDS), |fd, _| {
+            tracked = tracked || lookup(fd as c_int).is_some_and(|c| c.phase() != Phase::Plain && c.phase() != Phase::Unconnected);
+        })
+    };
+    tracked.then_some(limit)
 }

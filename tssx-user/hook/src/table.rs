@@ -146,6 +146,13 @@ pub fn is_unconnected(fd: c_int) -> bool {
     usize::try_from(fd).ok().and_then(|fd| UNCONNECTED.get(fd / 64).map(|w| w.load(Relaxed) & (1 << (fd % 64)) != 0)).unwrap_or(false)
 }
 
+/// Every connection made from now on gets an id at or above this one (see
+/// [`crate::epoll::before_fork`]).
+pub(crate) fn id_mark() -> u64 {
+    // Relaxed: read by the thread that forks; ids made by other threads meanwhile are above.
+    NEXT_ID.load(Relaxed)
+}
+
 /// Whether any connection is tracked in this process.
 #[inline]
 pub fn any_live() -> bool {
