@@ -17,7 +17,7 @@ use crate::{
     iov::{after, after_mut},
     migrate::{SockRead, SockWrite},
     sys::set_errno,
-    wait::Backoff,
+    wait::{Backoff, Waiting},
 };
 
 /// The result of a call that moved `total` bytes before it had to stop with `errno`: the
@@ -56,7 +56,7 @@ impl Conn {
             return 0;
         }
         let mut total = 0usize;
-        let mut backoff = Backoff::default();
+        let mut backoff = Backoff::new(Waiting::Read);
         loop {
             if self.phase() == Phase::Plain {
                 return if total == 0 { WENT_PLAIN } else { total as isize };
@@ -84,6 +84,9 @@ impl Conn {
                             return total as isize;
                         }
                         if self.would_block_is_error(flags) {
+                            return partial_or_errno(total, libc::EAGAIN);
+                        }
+                        if backoff.deadline(fd).expired() {
                             return partial_or_errno(total, libc::EAGAIN);
                         }
                         if let Err(e) = self.sleep_for_socket_data(fd) {
@@ -189,7 +192,7 @@ impl Conn {
     fn send_inner(&self, fd: c_int, bufs: &[IoSlice<'_>], flags: c_int) -> isize {
         let want: usize = bufs.iter().map(|b| b.len()).sum();
         let mut total = 0usize;
-        let mut backoff = Backoff::default();
+        let mut backoff = Backoff::new(Waiting::Write);
         loop {
             if self.phase() >= Phase::HandingBack {
                 // This end's writes are on the socket again (handing back, or plain).
@@ -212,7 +215,11 @@ impl Conn {
                         if self.would_block_is_error(flags) {
                             return partial_or_errno(total, libc::EAGAIN);
                         }
-                        if let Err(e) = self.sleep_for_socket_room(fd) {
+                        let deadline = backoff.deadline(fd);
+                        if deadline.expired() {
+                            return partial_or_errno(total, libc::EAGAIN);
+                        }
+                        if let Err(e) = self.sleep_for_socket_room(fd, deadline) {
                             return partial_or_errno(total, e);
                         }
                     }

@@ -1,0 +1,259 @@
+//! Calls that touch the socket in ways beyond plain reads and writes (issue 13, "coverage"):
+//! socket timeouts (SO_SNDTIMEO for writes, SO_RCVTIMEO for reads), MSG_OOB and SIOCATMARK,
+//! SO_PEEK_OFF, splice, sendfile, tee and vmsplice. Each sequence runs on a plain socket pair
+//! (libc, the reference) and on a swapped one (the hook's entry points on a pair installed in
+//! the table), and the two transcripts must be equal.
+
+use std::{
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    time::{Duration, Instant},
+};
+
+use libc::{c_int, c_void};
+use tssx_hook::calls;
+
+mod support;
+use support::Pair;
+
+/// Which functions a sequence calls: libc's (the plain reference) or the hook's.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Via {
+    Libc,
+    Hook,
+}
+
+fn errno() -> c_int {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+fn set_errno(e: c_int) {
+    // SAFETY: this thread's errno.
+    unsafe { *libc::__errno_location() = e };
+}
+
+/// "rc" or "-1 E<errno>".
+fn rc(n: isize) -> String {
+    if n < 0 {
+        format!("-1 E{}", errno())
+    } else {
+        n.to_string()
+    }
+}
+
+/// "rc \"data\"" or "-1 E<errno>".
+fn data(n: isize, buf: &[u8]) -> String {
+    if n < 0 {
+        rc(n)
+    } else {
+        format!("{n} {:?}", String::from_utf8_lossy(&buf[..n as usize]))
+    }
+}
+
+fn write(via: Via, fd: c_int, bytes: &[u8]) -> isize {
+    set_errno(0);
+    // SAFETY: a live buffer of the stated length.
+    unsafe {
+        match via {
+            Via::Libc => libc::write(fd, bytes.as_ptr().cast(), bytes.len()),
+            Via::Hook => calls::write(fd, bytes.as_ptr().cast(), bytes.len()),
+        }
+    }
+}
+
+fn send(via: Via, fd: c_int, bytes: &[u8], flags: c_int) -> isize {
+    set_errno(0);
+    // SAFETY: a live buffer of the stated length.
+    unsafe {
+        match via {
+            Via::Libc => libc::send(fd, bytes.as_ptr().cast(), bytes.len(), flags),
+            Via::Hook => calls::send(fd, bytes.as_ptr().cast(), bytes.len(), flags),
+        }
+    }
+}
+
+fn recv(via: Via, fd: c_int, buf: &mut [u8], flags: c_int) -> isize {
+    set_errno(0);
+    // SAFETY: a live buffer of the stated length.
+    unsafe {
+        match via {
+            Via::Libc => libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), flags),
+            Via::Hook => calls::recv(fd, buf.as_mut_ptr().cast(), buf.len(), flags),
+        }
+    }
+}
+
+fn read(via: Via, fd: c_int, buf: &mut [u8]) -> isize {
+    set_errno(0);
+    // SAFETY: a live buffer of the stated length.
+    unsafe {
+        match via {
+            Via::Libc => libc::read(fd, buf.as_mut_ptr().cast(), buf.len()),
+            Via::Hook => calls::read(fd, buf.as_mut_ptr().cast(), buf.len()),
+        }
+    }
+}
+
+fn ioctl_int(via: Via, fd: c_int, request: libc::c_ulong) -> String {
+    let mut v: c_int = -7;
+    set_errno(0);
+    // SAFETY: the requests used take a pointer to an int.
+    let n = unsafe {
+        match via {
+            Via::Libc => libc::ioctl(fd, request, &mut v as *mut c_int),
+            Via::Hook => calls::ioctl(fd, request, (&mut v as *mut c_int).cast::<c_void>()),
+        }
+    };
+    if n < 0 {
+        rc(n as isize)
+    } else {
+        v.to_string()
+    }
+}
+
+fn set_nonblock(via: Via, fd: c_int, on: bool) {
+    // SAFETY: plain fcntl calls.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        let flags = if on { flags | libc::O_NONBLOCK } else { flags & !libc::O_NONBLOCK };
+        let n = match via {
+            Via::Libc => libc::fcntl(fd, libc::F_SETFL, flags),
+            Via::Hook => calls::fcntl(fd, libc::F_SETFL, flags as libc::c_ulong),
+        };
+        assert_eq!(n, 0);
+    }
+}
+
+fn set_timeout(fd: c_int, name: c_int, ms: i64) {
+    let tv = libc::timeval { tv_sec: (ms / 1000) as libc::time_t, tv_usec: ((ms % 1000) * 1000) as libc::suseconds_t };
+    // SAFETY: a live timeval of the stated size.
+    let n = unsafe { libc::setsockopt(fd, libc::SOL_SOCKET, name, (&tv as *const libc::timeval).cast(), size_of::<libc::timeval>() as u32) };
+    assert_eq!(n, 0);
+}
+
+/// Writes (non-blocking) until EAGAIN: the socket (or ring) is full. Returns the bytes written.
+fn fill(via: Via, fd: c_int) -> usize {
+    set_nonblock(via, fd, true);
+    let chunk = [b'x'; 4096];
+    let mut total = 0;
+    loop {
+        let n = write(via, fd, &chunk);
+        if n < 0 {
+            assert_eq!(errno(), libc::EAGAIN);
+            break;
+        }
+        total += n as usize;
+    }
+    set_nonblock(via, fd, false);
+    total
+}
+
+/// A plain socket pair, not in the table.
+fn plain_pair() -> (OwnedFd, OwnedFd) {
+    let fds = support::socketpair(0);
+    // SAFETY: new fds.
+    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+}
+
+fn swapped_pair(ring: usize) -> Pair {
+    let fds = support::socketpair(0);
+    support::install_swapped(fds, ring);
+    Pair { client: fds[0], server: fds[1] }
+}
+
+/// Runs `sequence(via, client, server)` on a plain pair and on a swapped pair (rings of
+/// `ring` bytes); the transcripts must be equal. Returns the plain one.
+fn compare(ring: usize, sequence: impl Fn(Via, c_int, c_int) -> Vec<String>) -> Vec<String> {
+    let (c, s) = plain_pair();
+    let plain = sequence(Via::Libc, c.as_raw_fd(), s.as_raw_fd());
+    drop((c, s));
+    let p = swapped_pair(ring);
+    let swapped = sequence(Via::Hook, p.client, p.server);
+    assert_eq!(plain, swapped, "plain (left) and swapped (right) differ");
+    plain
+}
+
+// ---- SO_SNDTIMEO / SO_RCVTIMEO -------------------------------------------------------------
+
+/// A write blocked on a full buffer: SO_RCVTIMEO does not end it, SO_SNDTIMEO does (EAGAIN, or
+/// the partial count when some bytes went); a read on an empty one ends after SO_RCVTIMEO.
+fn timeouts(via: Via, client: c_int, server: c_int) -> Vec<String> {
+    let mut t = Vec::new();
+    let filled = fill(via, client);
+    assert!(filled > 0);
+    // Only SO_RCVTIMEO: the blocked write must wait until the reader makes room.
+    set_timeout(client, libc::SO_RCVTIMEO, 20);
+    let reader = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(150));
+        let mut buf = vec![0u8; 1 << 20];
+        let mut got = 0;
+        while got < 100 {
+            let n = read(via, server, &mut buf);
+            assert!(n > 0);
+            got += n as usize;
+        }
+        got
+    });
+    let start = Instant::now();
+    let n = write(via, client, &[b'y'; 100]);
+    t.push(format!("blocked write with only SO_RCVTIMEO -> {} (waited for the reader: {})", rc(n), start.elapsed() >= Duration::from_millis(100)));
+    let drained = reader.join().unwrap();
+    // Drain the rest so that the next fill starts from empty.
+    set_nonblock(via, server, true);
+    let mut buf = vec![0u8; 1 << 16];
+    let mut total = drained;
+    loop {
+        let n = read(via, server, &mut buf);
+        if n <= 0 {
+            break;
+        }
+        total += n as usize;
+    }
+    set_nonblock(via, server, false);
+    t.push(format!("all bytes arrived: {}", total == filled + 100));
+    set_timeout(client, libc::SO_RCVTIMEO, 0);
+
+    // SO_SNDTIMEO on a full buffer: EAGAIN after the timeout, nothing sent.
+    fill(via, client);
+    set_timeout(client, libc::SO_SNDTIMEO, 50);
+    let start = Instant::now();
+    let n = write(via, client, b"z");
+    t.push(format!("write on a full buffer with SO_SNDTIMEO -> {} (after the timeout: {})", rc(n), start.elapsed() >= Duration::from_millis(45)));
+    // Room for part of a large write: the partial count.
+    let mut total = 0;
+    set_nonblock(via, server, true);
+    loop {
+        let n = read(via, server, &mut buf);
+        if n <= 0 {
+            break;
+        }
+        total += n as usize;
+    }
+    set_nonblock(via, server, false);
+    let big = vec![b'q'; 8 << 20];
+    let n = write(via, client, &big);
+    t.push(format!("write larger than the buffer with SO_SNDTIMEO -> partial: {}", n > 0 && (n as usize) < big.len()));
+    set_timeout(client, libc::SO_SNDTIMEO, 0);
+
+    // SO_RCVTIMEO on an empty buffer (the other direction): EAGAIN after it; SO_SNDTIMEO alone
+    // does not end a read (the writer below answers after 100 ms).
+    set_timeout(client, libc::SO_RCVTIMEO, 30);
+    let start = Instant::now();
+    let n = read(via, client, &mut buf[..10]);
+    t.push(format!("read on an empty buffer with SO_RCVTIMEO -> {} (after the timeout: {})", rc(n), start.elapsed() >= Duration::from_millis(25)));
+    set_timeout(client, libc::SO_RCVTIMEO, 0);
+    set_timeout(client, libc::SO_SNDTIMEO, 20);
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        write(via, server, b"late")
+    });
+    let n = read(via, client, &mut buf[..10]);
+    t.push(format!("read with only SO_SNDTIMEO -> {}", data(n, &buf)));
+    assert_eq!(writer.join().unwrap(), 4);
+    t
+}
+
+#[test]
+fn writes_honour_sndtimeo_and_reads_rcvtimeo() {
+    let t = compare(64 * 1024, timeouts);
+    assert!(t[0].starts_with("blocked write with only SO_RCVTIMEO -> 100 (waited for the reader: true)"), "{t:?}");
+}
