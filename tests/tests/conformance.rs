@@ -425,6 +425,9 @@ scenarios! {
     random_interleaving_stress: "stress", server ["8388608", "42"], client ["8388608", "42"], connections 1, shm 2 * 8_388_608;
     fortify_chk_variants_fcntl64_and_overflow: "fortify", server [], client [], connections 2, shm 41;
     recvmmsg_sendmmsg_waitforone_timeout_partial_scm_rights: "mmsg", server [], client [], connections 3, shm 72;
+    // Issue 13, calls the rings serve or hand back: timeouts, MSG_OOB, SO_PEEK_OFF, splice, sendfile.
+    sndtimeo_on_a_full_buffer_rcvtimeo_on_an_empty_one: "timeouts", server [], client [], connections 2, shm 4096;
+    msg_oob_and_siocatmark_both_ways: "oob", server [], client [], connections 1, shm 3;
 }
 
 /// Bytes echoed by the `echo` client with 20 connections and 10 rounds (fixed by its seeds).
