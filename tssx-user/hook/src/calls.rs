@@ -212,6 +212,18 @@ fn after_raw(c: &Conn, fd: c_int, raw: Option<RawCall<'_>>, rc: isize, sending: 
     }
 }
 
+/// Whether a call's flags ask for out-of-band data (`MSG_OOB`), which only the kernel carries
+/// (af_unix stream sockets support it since Linux 5.15, `CONFIG_AF_UNIX_OOB`). A send with it
+/// makes the connection leave the rings first ([`Conn::leave_rings`]: the out-of-band byte and
+/// the bytes after it follow everything sent before, on the socket); a receive with it goes
+/// straight to the kernel, which gives the byte, or its error (EINVAL when there is none),
+/// without ever touching the in-band stream (so the rings' order is kept, and nothing is
+/// counted). See also [`ioctl`] `SIOCATMARK`.
+#[inline(always)]
+fn oob(flags: c_int) -> bool {
+    flags & libc::MSG_OOB != 0
+}
+
 /// Defines a receiving call: on the rings (or half-way) -> the hook, otherwise the real call.
 /// `$bufs` checks and builds the caller's buffers (an errno the kernel would give at once, or
 /// [`iov::Checked`]); `after` adjusts a result the hook produced (`|n| -> n`).
@@ -224,6 +236,11 @@ macro_rules! recv_like {
             // thread cannot free it under us); declared first, dropped last.
             let conn = table::lookup($fd);
             let mut raw = None;
+            #[allow(unused_unsafe)]
+            if conn.is_some() && oob($flags) {
+                // SAFETY: forwarded as received (see `oob`).
+                return unsafe { sys::$name($($arg),*) };
+            }
             if let Some(c) = conn.as_deref() {
                 #[allow(unused_unsafe)]
                 let flags = $flags;
@@ -289,6 +306,12 @@ macro_rules! send_like {
             // last.
             let conn = table::lookup($fd);
             let mut raw = None;
+            #[allow(unused_unsafe)]
+            if let Some(c) = conn.as_deref().filter(|_| oob($flags)) {
+                with_errno_kept(|| c.leave_rings($fd));
+                // SAFETY: forwarded as received (see `oob`).
+                return unsafe { sys::$name($($arg),*) };
+            }
             if let Some(c) = conn.as_deref() {
                 match route(c, $fd, true) {
                     Route::Kernel(r) => raw = r.map(|r| (c, r)),
@@ -508,6 +531,11 @@ unsafe fn mmsg_received(msgs: *mut libc::mmsghdr, n: c_int) {
 /// plain makes one real call (counted); any other fd goes straight to libc.
 pub unsafe fn sendmmsg(fd: c_int, msgs: *mut libc::mmsghdr, vlen: libc::c_uint, flags: c_int) -> c_int {
     let conn = table::lookup(fd).filter(|c| !matches!(c.phase(), Phase::Plain | Phase::Unconnected));
+    if let Some(c) = conn.as_deref().filter(|_| oob(flags)) {
+        with_errno_kept(|| c.leave_rings(fd));
+        // SAFETY: forwarded as received (see `oob`).
+        return unsafe { sys::sendmmsg(fd, msgs, vlen, flags) };
+    }
     // SAFETY: `msgs` points at `vlen` messages, per sendmmsg's contract.
     let control = table::any_live() && unsafe { any_control(msgs, vlen.min(SENDMMSG_MAX)) };
     if !control {
@@ -564,7 +592,7 @@ pub unsafe fn sendmmsg(fd: c_int, msgs: *mut libc::mmsghdr, vlen: libc::c_uint, 
 /// some messages (other than `EAGAIN`) in the socket's `SO_ERROR` for the next call.
 pub unsafe fn recvmmsg(fd: c_int, msgs: *mut libc::mmsghdr, vlen: libc::c_uint, flags: c_int, timeout: *mut libc::timespec) -> c_int {
     // The lease keeps the connection alive for the whole call.
-    let conn = table::lookup(fd).filter(|c| !matches!(c.phase(), Phase::Plain | Phase::Unconnected));
+    let conn = table::lookup(fd).filter(|c| !matches!(c.phase(), Phase::Plain | Phase::Unconnected) && !oob(flags));
     let Some(c) = conn.as_deref() else {
         // SAFETY: forwarded as received.
         let rc = unsafe { sys::recvmmsg(fd, msgs, vlen, flags, timeout) };
@@ -780,9 +808,23 @@ pub unsafe fn shutdown(fd: c_int, how: c_int) -> c_int {
     unsafe { sys::shutdown(fd, how) }
 }
 
+/// `ioctl(SIOCATMARK)`: whether the socket's read position is at the out-of-band mark.
+const SIOCATMARK: libc::c_ulong = 0x8905;
+
 /// `ioctl` is variadic in C; its one optional argument travels in the third argument register
 /// on x86-64, so a three-argument definition receives it unchanged.
 pub unsafe fn ioctl(fd: c_int, request: libc::c_ulong, arg: *mut c_void) -> c_int {
+    if request == SIOCATMARK {
+        if let Some(mark) = table::lookup(fd).and_then(|c| with_errno_kept(|| c.at_mark(fd))) {
+            if !iov::value_ok(arg.cast::<c_int>()) {
+                sys::set_errno(libc::EFAULT);
+                return -1;
+            }
+            // SAFETY: SIOCATMARK takes a pointer to an int (checked above), written unaligned.
+            unsafe { arg.cast::<c_int>().write_unaligned(c_int::from(mark)) };
+            return 0;
+        }
+    }
     if let Some(c) = table::lookup_swapped(fd) {
         let value = match request {
             libc::FIONREAD => Some(c.unread_total(fd)),

@@ -38,6 +38,45 @@ pub(crate) enum Source {
 }
 
 impl Conn {
+    /// Before a call that only the real socket can serve (`send(MSG_OOB)`): a connection that
+    /// is not ready yet stays plain for good (a raw call the hook cannot count, such as an
+    /// out-of-band byte, would make its byte positions wrong); a ready one hands this end's
+    /// direction back ([`Conn::hand_back`]). Never waits.
+    pub fn leave_rings(&self, fd: c_int) {
+        match self.phase() {
+            Phase::Plain | Phase::Unconnected => {}
+            phase if phase < Phase::Ready => self.give_up(),
+            _ => {
+                self.note_fd(fd);
+                self.hand_back(fd);
+            }
+        }
+    }
+
+    /// `ioctl(SIOCATMARK)`: whether the next byte to read is the peer's out-of-band mark.
+    /// `None`: the kernel answers (the connection is plain, or its reads go to the socket
+    /// as they are). An out-of-band byte only ever travels through the kernel, sent by a peer
+    /// that handed its direction back first: until then there is no mark (false); after, this
+    /// end follows, and once the ring and the last doorbells are drained the connection is
+    /// plain and the kernel answers; bytes still on the ring come before the mark (false).
+    pub fn at_mark(&self, fd: c_int) -> Option<bool> {
+        let phase = self.phase();
+        if phase.is_raw() {
+            return None;
+        }
+        if !self.peer_handed_back() {
+            return Some(false);
+        }
+        self.note_fd(fd);
+        if phase < Phase::HandingBack {
+            self.hand_back(fd);
+        }
+        if self.finish_hand_back() {
+            return None;
+        }
+        Some(false)
+    }
+
     /// Hands this end's direction back to the socket (see the module documentation). Never
     /// waits. A connection whose migration was not committed yet is simply given up.
     pub fn hand_back(&self, fd: c_int) {

@@ -257,3 +257,44 @@ fn writes_honour_sndtimeo_and_reads_rcvtimeo() {
     let t = compare(64 * 1024, timeouts);
     assert!(t[0].starts_with("blocked write with only SO_RCVTIMEO -> 100 (waited for the reader: true)"), "{t:?}");
 }
+
+// ---- MSG_OOB and SIOCATMARK ------------------------------------------------------------------
+
+const SIOCATMARK: libc::c_ulong = 0x8905;
+
+/// Out-of-band bytes both ways, with SIOCATMARK before, at and after the mark, and the
+/// in-band bytes around them (the kernel's reads stop at the mark).
+fn out_of_band(via: Via, client: c_int, server: c_int) -> Vec<String> {
+    let mut t = Vec::new();
+    let mut buf = [0u8; 100];
+    t.push(format!("recv MSG_OOB, none sent -> {}", data(recv(via, server, &mut buf, libc::MSG_OOB), &buf)));
+    t.push(format!("SIOCATMARK, nothing queued -> {}", ioctl_int(via, server, SIOCATMARK)));
+    t.push(format!("send ab -> {}", rc(send(via, client, b"ab", 0))));
+    t.push(format!("SIOCATMARK, in-band bytes only -> {}", ioctl_int(via, server, SIOCATMARK)));
+    t.push(format!("send c MSG_OOB -> {}", rc(send(via, client, b"c", libc::MSG_OOB))));
+    t.push(format!("send de -> {}", rc(send(via, client, b"de", 0))));
+    t.push(format!("SIOCATMARK before the mark -> {}", ioctl_int(via, server, SIOCATMARK)));
+    t.push(format!("read 100 (stops at the mark) -> {}", data(read(via, server, &mut buf), &buf)));
+    t.push(format!("SIOCATMARK at the mark -> {}", ioctl_int(via, server, SIOCATMARK)));
+    t.push(format!("recv MSG_OOB|MSG_PEEK -> {}", data(recv(via, server, &mut buf, libc::MSG_OOB | libc::MSG_PEEK), &buf)));
+    t.push(format!("recv MSG_OOB -> {}", data(recv(via, server, &mut buf, libc::MSG_OOB), &buf)));
+    t.push(format!("SIOCATMARK after the out-of-band byte -> {}", ioctl_int(via, server, SIOCATMARK)));
+    t.push(format!("recv MSG_OOB again -> {}", data(recv(via, server, &mut buf, libc::MSG_OOB), &buf)));
+    t.push(format!("read 100 -> {}", data(read(via, server, &mut buf), &buf)));
+    t.push(format!("FIONREAD -> {}", ioctl_int(via, server, libc::FIONREAD)));
+    // The other way.
+    t.push(format!("server send xy -> {}", rc(send(via, server, b"xy", 0))));
+    t.push(format!("server send Q MSG_OOB -> {}", rc(send(via, server, b"Q", libc::MSG_OOB))));
+    t.push(format!("client SIOCATMARK -> {}", ioctl_int(via, client, SIOCATMARK)));
+    t.push(format!("client read 100 -> {}", data(read(via, client, &mut buf), &buf)));
+    t.push(format!("client SIOCATMARK -> {}", ioctl_int(via, client, SIOCATMARK)));
+    t.push(format!("client recv MSG_OOB -> {}", data(recv(via, client, &mut buf, libc::MSG_OOB), &buf)));
+    t.push(format!("client recv MSG_DONTWAIT -> {}", data(recv(via, client, &mut buf, libc::MSG_DONTWAIT), &buf)));
+    t
+}
+
+#[test]
+fn msg_oob_and_siocatmark_as_the_kernel() {
+    let t = compare(4096, out_of_band);
+    assert!(t.contains(&"recv MSG_OOB -> 1 \"c\"".to_owned()), "{t:#?}");
+}
