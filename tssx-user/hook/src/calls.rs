@@ -701,8 +701,11 @@ pub unsafe fn sendfile(out_fd: c_int, in_fd: c_int, offset: *mut libc::off_t, co
     unsafe { sys::sendfile(out_fd, in_fd, offset, count) }
 }
 
-/// libc's `splice`: a tracked socket on either side is handed back to the kernel first (its
-/// bytes must not bypass the rings' order), then the real call.
+/// libc's `splice`. With a swapped socket on one side and a pipe on the other (no offsets,
+/// the kernel's flags, `len` > 0): served on the rings through a bounce buffer with the
+/// kernel's semantics ([`crate::splice`]); a tracked socket not ready yet: the real call,
+/// counted. Anything else (an offset, the wrong pipe end, unknown flags, no pipe on the other
+/// side, `len` 0) fails in the kernel before it moves a byte, or moves none: the real call.
 pub unsafe fn splice(
     fd_in: c_int,
     off_in: *mut libc::loff_t,
@@ -711,12 +714,42 @@ pub unsafe fn splice(
     len: size_t,
     flags: libc::c_uint,
 ) -> ssize_t {
-    for fd in [fd_in, fd_out] {
-        if let Some(c) = table::lookup(fd) {
-            if c.phase() != Phase::Plain && c.phase() != Phase::Unconnected {
-                with_errno_kept(|| c.hand_back(fd));
+    use crate::splice::Way;
+    for (fd, way) in [(fd_out, Way::IntoSocket), (fd_in, Way::OutOfSocket)] {
+        // The lease keeps the connection alive for the whole call.
+        let Some(conn) = table::lookup(fd) else { continue };
+        let c = &*conn;
+        if matches!(c.phase(), Phase::Plain | Phase::Unconnected) {
+            continue;
+        }
+        let (pipe, off_pipe, off_socket) = match way {
+            Way::IntoSocket => (fd_in, off_in, off_out),
+            Way::OutOfSocket => (fd_out, off_out, off_in),
+        };
+        let served = with_errno_kept(|| crate::splice::served(way, pipe, !off_pipe.is_null(), !off_socket.is_null(), len, flags));
+        if !served {
+            break;
+        }
+        let sending = way == Way::IntoSocket;
+        match route(c, fd, sending) {
+            Route::Kernel(raw) => {
+                // SAFETY: forwarded as received.
+                let rc = unsafe { sys::splice(fd_in, off_in, fd_out, off_out, len, flags) };
+                after_raw(c, fd, raw, rc, sending);
+                return rc;
+            }
+            Route::Hook => {
+                let rc = match way {
+                    Way::IntoSocket => c.splice_in(fd, pipe, len, flags),
+                    Way::OutOfSocket => c.splice_out(fd, pipe, len, flags),
+                };
+                if let Some(rc) = rc {
+                    after_hook(c);
+                    return rc;
+                }
             }
         }
+        break;
     }
     // SAFETY: forwarded as received.
     unsafe { sys::splice(fd_in, off_in, fd_out, off_out, len, flags) }

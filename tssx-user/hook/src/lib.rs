@@ -55,6 +55,7 @@ pub mod paths;
 pub mod phase;
 pub mod poll;
 pub mod spin;
+pub mod splice;
 pub mod stream;
 pub mod sys;
 pub mod table;

@@ -30,6 +30,11 @@ pub(crate) fn partial_or_errno(total: usize, errno: c_int) -> isize {
     -1
 }
 
+/// A flag of the hook's own [`Conn::recv`] calls (a bit no receive call of an application
+/// means anything by: the kernel's internal `MSG_CMSG_COMPAT`, masked off the application's
+/// flags): the socket's emulated `SO_PEEK_OFF` does not apply to them.
+pub(crate) const MSG_INTERNAL: c_int = 1 << 31;
+
 /// Internal marker of [`Conn::recv`]/[`Conn::send`]: went plain before moving anything.
 const WENT_PLAIN: isize = isize::MIN;
 

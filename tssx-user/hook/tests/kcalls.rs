@@ -298,3 +298,130 @@ fn msg_oob_and_siocatmark_as_the_kernel() {
     let t = compare(4096, out_of_band);
     assert!(t.contains(&"recv MSG_OOB -> 1 \"c\"".to_owned()), "{t:#?}");
 }
+
+// ---- splice, tee, vmsplice -------------------------------------------------------------------
+
+fn pipe() -> [c_int; 2] {
+    let mut fds = [0; 2];
+    // SAFETY: a valid out-array.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    fds
+}
+
+fn close_raw(fd: c_int) {
+    // SAFETY: a pipe end of the test.
+    unsafe { libc::close(fd) };
+}
+
+fn splice(via: Via, fd_in: c_int, off_in: Option<&mut i64>, fd_out: c_int, off_out: Option<&mut i64>, len: usize, flags: u32) -> isize {
+    let off_in = off_in.map_or(std::ptr::null_mut(), |o| o as *mut i64);
+    let off_out = off_out.map_or(std::ptr::null_mut(), |o| o as *mut i64);
+    set_errno(0);
+    // SAFETY: live offsets or null.
+    unsafe {
+        match via {
+            Via::Libc => libc::splice(fd_in, off_in, fd_out, off_out, len, flags),
+            Via::Hook => calls::splice(fd_in, off_in, fd_out, off_out, len, flags),
+        }
+    }
+}
+
+/// What the pipe holds (non-destructively through FIONREAD, then read out).
+fn drain_pipe(fd: c_int) -> String {
+    let mut n: c_int = 0;
+    // SAFETY: FIONREAD into an int.
+    unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) };
+    let mut buf = vec![0u8; n as usize];
+    // SAFETY: a live buffer.
+    let got = if n > 0 { unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) } } else { 0 };
+    format!("{:?}", String::from_utf8_lossy(&buf[..got.max(0) as usize]))
+}
+
+fn raw_write(fd: c_int, bytes: &[u8]) {
+    // SAFETY: a live buffer.
+    assert_eq!(unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) }, bytes.len() as isize);
+}
+
+/// splice both ways between a pipe and the socket, with bytes already in flight on the socket
+/// (on the rings, when swapped) in both directions, and the kernel's errors.
+fn splices(via: Via, client: c_int, server: c_int) -> Vec<String> {
+    let mut t = Vec::new();
+    let mut buf = [0u8; 100];
+    let [pr, pw] = pipe();
+    // In flight both ways before any splice.
+    t.push(format!("client send early1 -> {}", rc(send(via, client, b"early1", 0))));
+    t.push(format!("server send early2 -> {}", rc(send(via, server, b"early2", 0))));
+    raw_write(pw, b"piped1");
+    t.push(format!("splice pipe -> client 100 -> {}", rc(splice(via, pr, None, client, None, 100, 0))));
+    t.push(format!("splice server -> pipe 100 -> {}", rc(splice(via, server, None, pw, None, 100, 0))));
+    t.push(format!("  pipe holds {}", drain_pipe(pr)));
+    t.push(format!("splice client -> pipe 3 -> {}", rc(splice(via, client, None, pw, None, 3, 0))));
+    t.push(format!("  pipe holds {}", drain_pipe(pr)));
+    t.push(format!("client recv rest -> {}", data(recv(via, client, &mut buf, 0), &buf)));
+    raw_write(pw, b"abcdef");
+    t.push(format!("splice pipe -> server 4 -> {}", rc(splice(via, pr, None, server, None, 4, libc::SPLICE_F_MORE))));
+    t.push(format!("  pipe holds {}", drain_pipe(pr)));
+    t.push(format!("client read -> {}", data(read(via, client, &mut buf), &buf)));
+    // Empty sides.
+    t.push(format!("splice empty pipe -> client NONBLOCK -> {}", rc(splice(via, pr, None, client, None, 10, libc::SPLICE_F_NONBLOCK))));
+    t.push(format!("splice empty server -> pipe NONBLOCK -> {}", rc(splice(via, server, None, pw, None, 10, libc::SPLICE_F_NONBLOCK))));
+    set_nonblock(via, server, true);
+    t.push(format!("splice empty non-blocking server -> pipe -> {}", rc(splice(via, server, None, pw, None, 10, 0))));
+    set_nonblock(via, server, false);
+    // The kernel's errors, nothing moved.
+    send(via, client, b"kept", 0);
+    let mut off = 0i64;
+    t.push(format!("splice server -> pipe, offset on the socket -> {}", rc(splice(via, server, Some(&mut off), pw, None, 10, 0))));
+    t.push(format!("splice server -> pipe, offset on the pipe -> {}", rc(splice(via, server, None, pw, Some(&mut off), 10, 0))));
+    t.push(format!("splice server -> pipe read end -> {}", rc(splice(via, server, None, pr, None, 10, 0))));
+    t.push(format!("splice server -> pipe, bad flags -> {}", rc(splice(via, server, None, pw, None, 10, 0x100))));
+    t.push(format!("splice server -> pipe, len 0 -> {}", rc(splice(via, server, None, pw, None, 0, 0))));
+    t.push(format!("splice server -> client (no pipe) -> {}", rc(splice(via, server, None, client, None, 10, 0))));
+    raw_write(pw, b"zz");
+    t.push(format!("splice pipe -> server, offset on the socket -> {}", rc(splice(via, pr, None, server, Some(&mut off), 10, 0))));
+    t.push(format!("splice pipe write end -> server -> {}", rc(splice(via, pw, None, server, None, 10, 0))));
+    t.push(format!("  pipe holds {}", drain_pipe(pr)));
+    t.push(format!("server read (the kept bytes) -> {}", data(read(via, server, &mut buf), &buf)));
+    // tee and vmsplice take pipes only: the kernel refuses a socket (the hook never sees them).
+    // SAFETY: plain system calls on live fds.
+    unsafe {
+        set_errno(0);
+        t.push(format!("tee server -> pipe -> {}", rc(libc::tee(server, pw, 10, 0))));
+        set_errno(0);
+        t.push(format!("tee pipe -> server -> {}", rc(libc::tee(pr, server, 10, 0))));
+        let iov = libc::iovec { iov_base: b"v".as_ptr() as *mut c_void, iov_len: 1 };
+        set_errno(0);
+        t.push(format!("vmsplice server -> {}", rc(libc::vmsplice(server, &iov, 1, 0))));
+    }
+    // A full socket, non-blocking: EAGAIN, the pipe keeps its bytes.
+    fill(via, client);
+    set_nonblock(via, client, true);
+    raw_write(pw, b"stay");
+    t.push(format!("splice pipe -> full non-blocking client -> {}", rc(splice(via, pr, None, client, None, 10, 0))));
+    t.push(format!("  pipe holds {}", drain_pipe(pr)));
+    set_nonblock(via, client, false);
+    // EOF both ways.
+    close_raw(pw);
+    t.push(format!("splice empty pipe without writer -> client -> {}", rc(splice(via, pr, None, client, None, 10, 0))));
+    // SAFETY: the hook's shutdown (or libc's) on our socket.
+    unsafe {
+        match via {
+            Via::Libc => libc::shutdown(server, libc::SHUT_WR),
+            Via::Hook => calls::shutdown(server, libc::SHUT_WR),
+        }
+    };
+    let [pr2, pw2] = pipe();
+    t.push(format!("splice client at EOF -> pipe -> {}", rc(splice(via, client, None, pw2, None, 10, 0))));
+    close_raw(pr2);
+    t.push(format!("splice server -> pipe without reader -> {}", rc(splice(via, server, None, pw2, None, 10, 0))));
+    for fd in [pr, pw2] {
+        close_raw(fd);
+    }
+    t
+}
+
+#[test]
+fn splice_between_a_pipe_and_the_rings_as_the_kernel() {
+    let t = compare(64 * 1024, splices);
+    assert!(t.contains(&"  pipe holds \"early1piped1\"".to_owned()), "{t:#?}");
+}
