@@ -89,32 +89,35 @@ fn read_raw(fd: c_int, buf: &mut [u8]) -> Result<usize, c_int> {
     unsafe { tssx_shm::sys::syscall(libc::SYS_read, [fd as usize, buf.as_mut_ptr() as usize, buf.len(), 0, 0, 0]) }.map_err(|e| e.0)
 }
 
-/// A write to a pipe that never waits (`pwritev2(RWF_NOWAIT)` at the current position, which a
-/// pipe honours like O_NONBLOCK without changing the file's flags). A pipe with no reader
-/// gives EPIPE and the kernel raises SIGPIPE, as for the real splice.
-fn write_nowait(fd: c_int, buf: &[u8]) -> Result<usize, c_int> {
-    let iov = libc::iovec { iov_base: buf.as_ptr() as *mut libc::c_void, iov_len: buf.len() };
-    // SAFETY: one live iovec over `buf`; offset -1: the current position (required for pipes).
-    unsafe {
-        tssx_shm::sys::syscall(
-            libc::SYS_pwritev2,
-            [fd as usize, &iov as *const libc::iovec as usize, 1, usize::MAX, usize::MAX, libc::RWF_NOWAIT as usize],
-        )
-    }
-    .map_err(|e| e.0)
+/// `write(fd, buf)` as a raw system call.
+fn write_raw(fd: c_int, buf: &[u8]) -> Result<usize, c_int> {
+    // SAFETY: the kernel reads at most `buf.len()` bytes from a live slice.
+    unsafe { tssx_shm::sys::syscall(libc::SYS_write, [fd as usize, buf.as_ptr() as usize, buf.len(), 0, 0, 0]) }.map_err(|e| e.0)
 }
 
-/// A private pipe (close-on-exec), closed on drop.
+/// `splice(from, NULL, to, NULL, len, flags)` as a raw system call.
+fn splice_raw(from: c_int, to: c_int, len: usize, flags: libc::c_uint) -> Result<usize, c_int> {
+    // SAFETY: no memory is passed (null offsets).
+    unsafe { tssx_shm::sys::syscall(libc::SYS_splice, [from as usize, 0, to as usize, 0, len, flags as usize]) }.map_err(|e| e.0)
+}
+
+/// A private pipe (close-on-exec, non-blocking: only the hook uses it), closed on drop.
 struct Scratch([tssx_shm::sys::Fd; 2]);
 
 impl Scratch {
     fn new() -> Result<Scratch, c_int> {
         let mut fds = [0 as c_int; 2];
+        let flags = libc::O_CLOEXEC | libc::O_NONBLOCK;
         // SAFETY: the kernel writes two fds into a live array.
-        unsafe { tssx_shm::sys::syscall(libc::SYS_pipe2, [fds.as_mut_ptr() as usize, libc::O_CLOEXEC as usize, 0, 0, 0, 0]) }
+        unsafe { tssx_shm::sys::syscall(libc::SYS_pipe2, [fds.as_mut_ptr() as usize, flags as usize, 0, 0, 0, 0]) }
             .map_err(|e| e.0)?;
         // SAFETY: two new fds, owned by nobody else.
         Ok(Scratch(unsafe { [tssx_shm::sys::Fd::from_raw(fds[0]), tssx_shm::sys::Fd::from_raw(fds[1])] }))
+    }
+
+    /// Reads out whatever the pipe still holds.
+    fn empty(&self, buf: &mut [u8]) {
+        while matches!(read_raw(self.0[0].raw(), buf), Ok(n) if n > 0) {}
     }
 }
 
@@ -198,6 +201,10 @@ impl Conn {
     /// call.
     pub fn splice_out(&self, fd: c_int, pipe: c_int, len: usize, flags: libc::c_uint) -> Option<isize> {
         let nonblock = pipe_nonblocking(pipe, flags);
+        let scratch = match Scratch::new() {
+            Ok(s) => s,
+            Err(e) => return Some(partial_or_errno(0, e)),
+        };
         let mut bounce = vec![0u8; len.min(BOUNCE)];
         loop {
             // Room in the pipe first (the kernel's `wait_for_space`).
@@ -206,11 +213,9 @@ impl Conn {
                 Err(e) => return Some(partial_or_errno(0, e)),
             };
             if revents & libc::POLLERR != 0 {
-                // No reader: EPIPE and SIGPIPE, from the kernel's own pipe write.
-                return Some(match write_nowait(pipe, &bounce[..1]) {
-                    Err(e) => partial_or_errno(0, e),
-                    Ok(_) => partial_or_errno(0, libc::EPIPE),
-                });
+                // No reader: EPIPE and SIGPIPE (to this thread, as the kernel sends it).
+                sys::raise_in_thread(libc::SIGPIPE);
+                return Some(partial_or_errno(0, libc::EPIPE));
             }
             if revents & libc::POLLOUT == 0 {
                 if nonblock {
@@ -226,16 +231,25 @@ impl Conn {
             if n <= 0 {
                 return Some(n); // EOF, or the read's error (EAGAIN, EINTR, ECONNRESET...)
             }
-            let put = match write_nowait(pipe, &bounce[..n as usize]) {
-                Ok(put) => put,
-                Err(libc::EAGAIN) => continue, // filled meanwhile: wait for room again
+            // Into the private pipe (empty, as large as the bounce buffer), then moved into the
+            // caller's pipe without waiting: as much as it has room for. (A write with
+            // RWF_NOWAIT would not do: a pipe once used with splice refuses it.)
+            let staged = match write_raw(scratch.0[1].raw(), &bounce[..n as usize]) {
+                Ok(k) => k,
                 Err(e) => return Some(partial_or_errno(0, e)),
             };
+            let moved = splice_raw(scratch.0[0].raw(), pipe, staged, libc::SPLICE_F_NONBLOCK);
+            scratch.empty(&mut bounce);
+            let put = match moved {
+                Ok(put) => put,
+                Err(libc::EAGAIN) => continue, // filled meanwhile: wait for room again
+                Err(e) => return Some(partial_or_errno(0, e)), // EPIPE (the kernel raised SIGPIPE)
+            };
             // Consume exactly what the pipe took (peeked above: it is there).
-            let mut scratch = vec![0u8; put];
             let mut left = put;
             while left > 0 {
-                match self.recv(fd, &mut [IoSliceMut::new(&mut scratch[..left])], libc::MSG_DONTWAIT | crate::stream::MSG_INTERNAL) {
+                let k = left.min(bounce.len());
+                match self.recv(fd, &mut [IoSliceMut::new(&mut bounce[..k])], libc::MSG_DONTWAIT | crate::stream::MSG_INTERNAL) {
                     Some(k) if k > 0 => left -= k as usize,
                     _ => break,
                 }

@@ -425,3 +425,49 @@ fn splice_between_a_pipe_and_the_rings_as_the_kernel() {
     let t = compare(64 * 1024, splices);
     assert!(t.contains(&"  pipe holds \"early1piped1\"".to_owned()), "{t:#?}");
 }
+
+/// A bulk transfer through pipes and splice both ways (a writer thread), in order.
+#[test]
+fn bulk_splice_through_the_rings() {
+    let p = swapped_pair(16 * 1024);
+    let (client, server) = (p.client, p.server);
+    const BULK: usize = 1 << 20;
+    let writer = std::thread::spawn(move || {
+        let [pr, pw] = pipe();
+        let mut sent = 0usize;
+        while sent < BULK {
+            let chunk: Vec<u8> = (sent..sent + 4096).map(|i| (i % 251) as u8).collect();
+            raw_write(pw, &chunk);
+            let mut left = 4096;
+            while left > 0 {
+                let n = splice(Via::Hook, pr, None, client, None, left, libc::SPLICE_F_MORE);
+                assert!(n > 0, "splice in: {}", rc(n));
+                left -= n as usize;
+            }
+            sent += 4096;
+        }
+        close_raw(pr);
+        close_raw(pw);
+    });
+    let [pr, pw] = pipe();
+    // A pipe once used with splice (even a failed one) refuses non-blocking writes
+    // (RWF_NOWAIT: EOPNOTSUPP); the hook must not depend on them.
+    let mut off = 0i64;
+    assert_eq!(splice(Via::Libc, server, Some(&mut off), pw, None, 10, 0), -1);
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 65536];
+    while got < BULK {
+        let n = splice(Via::Hook, server, None, pw, None, BULK - got, 0);
+        assert!(n > 0, "splice out: {}", rc(n));
+        // SAFETY: a live buffer.
+        let r = unsafe { libc::read(pr, buf.as_mut_ptr().cast(), n as usize) };
+        assert_eq!(r, n);
+        for (i, b) in buf[..r as usize].iter().enumerate() {
+            assert_eq!(*b, ((got + i) % 251) as u8, "byte {}", got + i);
+        }
+        got += r as usize;
+    }
+    writer.join().unwrap();
+    close_raw(pr);
+    close_raw(pw);
+}
