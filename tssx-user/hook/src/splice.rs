@@ -102,10 +102,10 @@ fn splice_raw(from: c_int, to: c_int, len: usize, flags: libc::c_uint) -> Result
 }
 
 /// A private pipe (close-on-exec, non-blocking: only the hook uses it), closed on drop.
-struct Scratch([tssx_shm::sys::Fd; 2]);
+pub(crate) struct Scratch([tssx_shm::sys::Fd; 2]);
 
 impl Scratch {
-    fn new() -> Result<Scratch, c_int> {
+    pub(crate) fn new() -> Result<Scratch, c_int> {
         let mut fds = [0 as c_int; 2];
         let flags = libc::O_CLOEXEC | libc::O_NONBLOCK;
         // SAFETY: the kernel writes two fds into a live array.
@@ -113,6 +113,23 @@ impl Scratch {
             .map_err(|e| e.0)?;
         // SAFETY: two new fds, owned by nobody else.
         Ok(Scratch(unsafe { [tssx_shm::sys::Fd::from_raw(fds[0]), tssx_shm::sys::Fd::from_raw(fds[1])] }))
+    }
+
+    /// The write end.
+    pub(crate) fn writer(&self) -> c_int {
+        self.0[1].raw()
+    }
+
+    /// Reads what the pipe holds into `buf` (as much as fits); the bytes read.
+    pub(crate) fn read_into(&self, buf: &mut [u8]) -> usize {
+        let mut got = 0;
+        while got < buf.len() {
+            match read_raw(self.0[0].raw(), &mut buf[got..]) {
+                Ok(n) if n > 0 => got += n,
+                _ => break,
+            }
+        }
+        got
     }
 
     /// Reads out whatever the pipe still holds.

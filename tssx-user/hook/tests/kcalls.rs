@@ -10,7 +10,7 @@ use std::{
 };
 
 use libc::{c_int, c_void};
-use tssx_hook::calls;
+use tssx_hook::{calls, table};
 
 mod support;
 use support::Pair;
@@ -470,4 +470,114 @@ fn bulk_splice_through_the_rings() {
     writer.join().unwrap();
     close_raw(pr);
     close_raw(pw);
+}
+
+// ---- sendfile --------------------------------------------------------------------------------
+
+fn sendfile(via: Via, out: c_int, in_fd: c_int, off: Option<&mut i64>, count: usize) -> isize {
+    let off = off.map_or(std::ptr::null_mut(), |o| o as *mut i64);
+    set_errno(0);
+    // SAFETY: a live offset or null.
+    unsafe {
+        match via {
+            Via::Libc => libc::sendfile(out, in_fd, off, count),
+            Via::Hook => calls::sendfile(out, in_fd, off, count),
+        }
+    }
+}
+
+fn position(fd: c_int) -> i64 {
+    // SAFETY: no memory.
+    unsafe { libc::lseek(fd, 0, libc::SEEK_CUR) }
+}
+
+fn open_file(path: &std::path::Path, flags: c_int) -> OwnedFd {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a NUL-terminated path.
+    let fd = unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC, 0o600) };
+    assert!(fd >= 0, "open {}", path.display());
+    // SAFETY: a new fd.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// sendfile into the socket: with and without an offset, count 0, at and past EOF, from a
+/// file opened write-only, a directory, a pipe, a socket, a bad fd, a negative offset.
+fn sendfiles(via: Via, client: c_int, server: c_int) -> Vec<String> {
+    let mut t = Vec::new();
+    let mut buf = [0u8; 100];
+    let dir = std::env::temp_dir().join(format!("tssx-kcalls-sendfile-{}-{via:?}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("data");
+    std::fs::write(&path, b"0123456789").unwrap();
+    let file = open_file(&path, libc::O_RDONLY);
+    let f = file.as_raw_fd();
+    let mut off = 2i64;
+    t.push(format!("sendfile offset 2 count 3 -> {} offset {off} position {}", rc(sendfile(via, client, f, Some(&mut off), 3)), position(f)));
+    t.push(format!("  server read -> {}", data(read(via, server, &mut buf), &buf)));
+    t.push(format!("sendfile no offset count 4 -> {} position {}", rc(sendfile(via, client, f, None, 4)), position(f)));
+    t.push(format!("  server read -> {}", data(read(via, server, &mut buf), &buf)));
+    t.push(format!("sendfile no offset count 0 -> {} position {}", rc(sendfile(via, client, f, None, 0)), position(f)));
+    let mut off = 5i64;
+    t.push(format!("sendfile offset 5 count 0 -> {} offset {off}", rc(sendfile(via, client, f, Some(&mut off), 0))));
+    t.push(format!("sendfile no offset count 100 (to EOF) -> {} position {}", rc(sendfile(via, client, f, None, 100)), position(f)));
+    t.push(format!("  server read -> {}", data(read(via, server, &mut buf), &buf)));
+    t.push(format!("sendfile no offset at EOF -> {} position {}", rc(sendfile(via, client, f, None, 100)), position(f)));
+    let mut off = 10i64;
+    t.push(format!("sendfile offset at EOF -> {} offset {off}", rc(sendfile(via, client, f, Some(&mut off), 100))));
+    let mut off = 50i64;
+    t.push(format!("sendfile offset past EOF -> {} offset {off}", rc(sendfile(via, client, f, Some(&mut off), 100))));
+    let mut off = -1i64;
+    t.push(format!("sendfile offset -1 -> {} offset {off}", rc(sendfile(via, client, f, Some(&mut off), 5))));
+    let mut off = -1i64;
+    t.push(format!("sendfile offset -1 count 0 -> {} offset {off}", rc(sendfile(via, client, f, Some(&mut off), 0))));
+    let wronly = open_file(&path, libc::O_WRONLY);
+    t.push(format!("sendfile from a write-only file -> {}", rc(sendfile(via, client, wronly.as_raw_fd(), None, 5))));
+    let d = open_file(&dir, libc::O_RDONLY | libc::O_DIRECTORY);
+    t.push(format!("sendfile from a directory -> {}", rc(sendfile(via, client, d.as_raw_fd(), None, 5))));
+    t.push(format!("sendfile from a bad fd -> {}", rc(sendfile(via, client, 987_654, None, 5))));
+    t.push(format!("sendfile count 0 from a directory -> {}", rc(sendfile(via, client, d.as_raw_fd(), None, 0))));
+    t.push(format!("sendfile count 0 from a bad fd -> {}", rc(sendfile(via, client, 987_654, None, 0))));
+    let [pr, pw] = pipe();
+    raw_write(pw, b"piped");
+    let mut off = 0i64;
+    t.push(format!("sendfile from a pipe with an offset -> {}", rc(sendfile(via, client, pr, Some(&mut off), 5))));
+    t.push(format!("sendfile from a pipe with an offset, count 0 -> {}", rc(sendfile(via, client, pr, Some(&mut off), 0))));
+    t.push(format!("sendfile from a pipe -> {}", rc(sendfile(via, client, pr, None, 5))));
+    t.push(format!("sendfile from a pipe, count 0 -> {}", rc(sendfile(via, client, pr, None, 0))));
+    t.push(format!("sendfile from a pipe's write end -> {}", rc(sendfile(via, client, pw, None, 5))));
+    close_raw(pr);
+    close_raw(pw);
+    t.push(format!("sendfile from the peer socket -> {}", rc(sendfile(via, client, server, None, 5))));
+    t.push(format!("sendfile from the peer socket with an offset -> {}", rc(sendfile(via, client, server, Some(&mut off), 5))));
+    t.push(format!("  server read MSG_DONTWAIT -> {}", data(recv(via, server, &mut buf, libc::MSG_DONTWAIT), &buf)));
+    // Still on the rings (when swapped) after all of these: the bytes keep their order.
+    t.push(format!("client send tail -> {}", rc(send(via, client, b"tail", 0))));
+    t.push(format!("  server read -> {}", data(read(via, server, &mut buf), &buf)));
+    let zero = open_file(std::path::Path::new("/dev/zero"), libc::O_RDONLY);
+    t.push(format!("sendfile from /dev/zero count 5 -> {}", rc(sendfile(via, client, zero.as_raw_fd(), None, 5))));
+    t.push(format!("  server read -> {}", data(read(via, server, &mut buf), &buf)));
+    let null = open_file(std::path::Path::new("/dev/null"), libc::O_RDONLY);
+    t.push(format!("sendfile from /dev/null count 5 -> {}", rc(sendfile(via, client, null.as_raw_fd(), None, 5))));
+    // A full non-blocking socket: EAGAIN, the offset and the position unchanged.
+    fill(via, client);
+    set_nonblock(via, client, true);
+    let mut off = 3i64;
+    t.push(format!("sendfile into a full non-blocking socket -> {} offset {off}", rc(sendfile(via, client, f, Some(&mut off), 5))));
+    // SAFETY: no memory.
+    unsafe { libc::lseek(f, 1, libc::SEEK_SET) };
+    t.push(format!("  without an offset -> {} position {}", rc(sendfile(via, client, f, None, 5)), position(f)));
+    set_nonblock(via, client, false);
+    drop((file, wronly, d, zero, null));
+    let _ = std::fs::remove_dir_all(&dir);
+    t
+}
+
+#[test]
+fn sendfile_edge_cases_as_the_kernel() {
+    let t = compare(4096, sendfiles);
+    assert!(t[0].starts_with("sendfile offset 2 count 3 -> 3 offset 5 position 0"), "{t:#?}");
+    // Still on the rings: none of the failed calls needed the real socket.
+    let p = swapped_pair(4096);
+    sendfiles(Via::Hook, p.client, p.server);
+    assert_eq!(table::lookup(p.client).unwrap().phase(), tssx_hook::conn::Phase::Active);
 }
