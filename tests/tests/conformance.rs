@@ -429,6 +429,7 @@ scenarios! {
     sndtimeo_on_a_full_buffer_rcvtimeo_on_an_empty_one: "timeouts", server [], client [], connections 2, shm 4096;
     msg_oob_and_siocatmark_both_ways: "oob", server [], client [], connections 1, shm 3;
     splice_both_ways_with_bytes_in_flight_bulk_and_errors: "splice", server [], client [], connections 1, shm 2 * 1_048_576;
+    sendfile_offsets_eof_bad_inputs_and_bulk: "sendfile", server [], client [], connections 1, shm 1_048_576;
 }
 
 /// Bytes echoed by the `echo` client with 20 connections and 10 rounds (fixed by its seeds).
