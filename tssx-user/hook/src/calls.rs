@@ -243,7 +243,8 @@ macro_rules! recv_like {
             }
             if let Some(c) = conn.as_deref() {
                 #[allow(unused_unsafe)]
-                let flags = $flags;
+                // (The hook's own flag bit is never the application's.)
+                let flags = $flags & !crate::stream::MSG_INTERNAL;
                 #[allow(unused_unsafe)]
                 // SAFETY: the caller's buffers, checked (only their lengths are read).
                 let wants_bytes = || unsafe { $bufs }.is_ok_and(|b| b.faults || b.slices.iter().any(|b| !b.is_empty()));
@@ -753,6 +754,39 @@ pub unsafe fn splice(
     }
     // SAFETY: forwarded as received.
     unsafe { sys::splice(fd_in, off_in, fd_out, off_out, len, flags) }
+}
+
+/// libc's `setsockopt`: always the real call; after a successful `SO_PEEK_OFF` on a tracked
+/// connection the hook serves, the value is kept by the hook and the kernel's turned off (see
+/// [`crate::peekoff`]). The timeouts (SO_RCVTIMEO, SO_SNDTIMEO) stay in the kernel, where a
+/// blocked call reads them ([`crate::wait::Deadline`]).
+pub unsafe fn setsockopt(fd: c_int, level: c_int, name: c_int, value: *const c_void, len: socklen_t) -> c_int {
+    // SAFETY: forwarded as received.
+    let rc = unsafe { sys::setsockopt(fd, level, name, value, len) };
+    if rc == 0 && level == libc::SOL_SOCKET && name == libc::SO_PEEK_OFF {
+        if let Some(c) = table::lookup(fd) {
+            with_errno_kept(|| c.took_peek_off(fd));
+        }
+    }
+    rc
+}
+
+/// libc's `getsockopt`: the real call; `SO_PEEK_OFF` of a connection the hook serves reports
+/// the hook's value (see [`crate::peekoff`]).
+pub unsafe fn getsockopt(fd: c_int, level: c_int, name: c_int, value: *mut c_void, len: *mut socklen_t) -> c_int {
+    // SAFETY: forwarded as received.
+    let rc = unsafe { sys::getsockopt(fd, level, name, value, len) };
+    if rc == 0 && level == libc::SOL_SOCKET && name == libc::SO_PEEK_OFF {
+        if let Some(off) = table::lookup(fd).and_then(|c| c.peek_off()) {
+            // SAFETY: the kernel just wrote `*len` (at most the caller's room) bytes of an int
+            // there; the same bytes of ours, unaligned as the kernel may.
+            unsafe {
+                let n = (len.read_unaligned() as usize).min(size_of::<c_int>());
+                std::ptr::copy_nonoverlapping((&raw const off).cast::<u8>(), value.cast::<u8>(), n);
+            }
+        }
+    }
+    rc
 }
 
 /// libc's `close`.

@@ -51,6 +51,7 @@ pub mod iov;
 pub mod lifecycle;
 pub mod migrate;
 pub mod pass;
+pub mod peekoff;
 pub mod paths;
 pub mod phase;
 pub mod poll;

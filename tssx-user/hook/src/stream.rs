@@ -55,7 +55,7 @@ fn stream_input_refused(in_fd: c_int, has_offset: bool) -> Option<c_int> {
 }
 
 /// Internal marker of [`Conn::recv`]/[`Conn::send`]: went plain before moving anything.
-const WENT_PLAIN: isize = isize::MIN;
+pub(crate) const WENT_PLAIN: isize = isize::MIN;
 
 /// Raises SIGPIPE in this thread, as the kernel does for a failed stream write.
 fn raise_sigpipe(flags: c_int) {
@@ -69,7 +69,17 @@ impl Conn {
     /// `recv` semantics for a connection with a segment (phase `Ready` or `Active`). `None`:
     /// the connection went plain before anything was read: the caller makes the real call.
     pub fn recv(&self, fd: c_int, bufs: &mut [IoSliceMut<'_>], flags: c_int) -> Option<isize> {
-        Some(self.recv_inner(fd, bufs, flags)).filter(|&n| n != WENT_PLAIN)
+        // The emulated SO_PEEK_OFF: applies to the application's reads; the hook's own peeks
+        // neither use nor move it, its own consuming reads (splice) move it back.
+        if self.peek_off.load(Relaxed) >= 0 && (flags & MSG_INTERNAL == 0 || flags & libc::MSG_PEEK == 0) {
+            return self.recv_peek_off(fd, bufs, flags);
+        }
+        Some(self.recv_inner(fd, bufs, flags & !MSG_INTERNAL)).filter(|&n| n != WENT_PLAIN)
+    }
+
+    /// [`Conn::recv`] without the emulated `SO_PEEK_OFF` (see [`crate::peekoff`]).
+    pub(crate) fn recv_plainly(&self, fd: c_int, bufs: &mut [IoSliceMut<'_>], flags: c_int) -> isize {
+        self.recv_inner(fd, bufs, flags)
     }
 
     fn recv_inner(&self, fd: c_int, bufs: &mut [IoSliceMut<'_>], flags: c_int) -> isize {

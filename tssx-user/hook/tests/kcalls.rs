@@ -581,3 +581,101 @@ fn sendfile_edge_cases_as_the_kernel() {
     sendfiles(Via::Hook, p.client, p.server);
     assert_eq!(table::lookup(p.client).unwrap().phase(), tssx_hook::conn::Phase::Active);
 }
+
+// ---- SO_PEEK_OFF -----------------------------------------------------------------------------
+
+fn set_peek_off(via: Via, fd: c_int, value: c_int, len: u32) -> String {
+    set_errno(0);
+    let p = (&value as *const c_int).cast::<c_void>();
+    // SAFETY: a live int (`len` may be shorter, as a test of the kernel's check).
+    let n = unsafe {
+        match via {
+            Via::Libc => libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, p, len),
+            Via::Hook => calls::setsockopt(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, p, len),
+        }
+    };
+    rc(n as isize)
+}
+
+fn get_peek_off(via: Via, fd: c_int) -> String {
+    let mut v: c_int = -7;
+    let mut len = size_of::<c_int>() as u32;
+    let p = (&mut v as *mut c_int).cast::<c_void>();
+    set_errno(0);
+    // SAFETY: a live int and its length.
+    let n = unsafe {
+        match via {
+            Via::Libc => libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, p, &mut len),
+            Via::Hook => calls::getsockopt(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, p, &mut len),
+        }
+    };
+    if n < 0 {
+        rc(n as isize)
+    } else {
+        format!("{v} (len {len})")
+    }
+}
+
+/// SO_PEEK_OFF: peeks at the offset move it forward, reads move it back, -1 turns it off; a
+/// blocking peek past the data waits for more; EOF before the offset.
+fn peek_offsets(via: Via, client: c_int, server: c_int) -> Vec<String> {
+    let mut t = Vec::new();
+    let mut buf = [0u8; 100];
+    let int = size_of::<c_int>() as u32;
+    t.push(format!("get (default) -> {}", get_peek_off(via, server)));
+    t.push(format!("client send abcdefghij -> {}", rc(send(via, client, b"abcdefghij", 0))));
+    t.push(format!("set 0 -> {}", set_peek_off(via, server, 0, int)));
+    t.push(format!("get -> {}", get_peek_off(via, server)));
+    t.push(format!("peek 3 -> {}", data(recv(via, server, &mut buf[..3], libc::MSG_PEEK), &buf)));
+    t.push(format!("peek 3 -> {}", data(recv(via, server, &mut buf[..3], libc::MSG_PEEK), &buf)));
+    t.push(format!("get -> {}", get_peek_off(via, server)));
+    t.push(format!("read 2 -> {}", data(read(via, server, &mut buf[..2]), &buf)));
+    t.push(format!("get -> {}", get_peek_off(via, server)));
+    t.push(format!("peek 100 -> {}", data(recv(via, server, &mut buf, libc::MSG_PEEK), &buf)));
+    t.push(format!("get -> {}", get_peek_off(via, server)));
+    t.push(format!("peek MSG_DONTWAIT past the data -> {}", data(recv(via, server, &mut buf, libc::MSG_PEEK | libc::MSG_DONTWAIT), &buf)));
+    t.push(format!("set 2 -> {}", set_peek_off(via, server, 2, int)));
+    t.push(format!("peek 3 -> {}", data(recv(via, server, &mut buf[..3], libc::MSG_PEEK), &buf)));
+    t.push(format!("FIONREAD -> {}", ioctl_int(via, server, libc::FIONREAD)));
+    t.push(format!("set -1 -> {}", set_peek_off(via, server, -1, int)));
+    t.push(format!("peek 3 (off) -> {}", data(recv(via, server, &mut buf[..3], libc::MSG_PEEK), &buf)));
+    t.push(format!("get -> {}", get_peek_off(via, server)));
+    t.push(format!("set 100 -> {}", set_peek_off(via, server, 100, int)));
+    t.push(format!("read 100 -> {}", data(read(via, server, &mut buf), &buf)));
+    t.push(format!("get -> {}", get_peek_off(via, server)));
+    t.push(format!("set -5 -> {}", set_peek_off(via, server, -5, int)));
+    t.push(format!("get -> {}", get_peek_off(via, server)));
+    t.push(format!("set with a 2-byte length -> {}", set_peek_off(via, server, 3, 2)));
+    t.push(format!("get -> {}", get_peek_off(via, server)));
+    // A blocking peek past the data waits for more.
+    t.push(format!("client send xy -> {}", rc(send(via, client, b"xy", 0))));
+    t.push(format!("set 2 -> {}", set_peek_off(via, server, 2, int)));
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        send(via, client, b"z", 0)
+    });
+    t.push(format!("peek 10, blocking, past the data -> {}", data(recv(via, server, &mut buf[..10], libc::MSG_PEEK), &buf)));
+    assert_eq!(writer.join().unwrap(), 1);
+    t.push(format!("get -> {}", get_peek_off(via, server)));
+    // EOF before the offset.
+    // SAFETY: shutdown of our socket.
+    unsafe {
+        match via {
+            Via::Libc => libc::shutdown(client, libc::SHUT_WR),
+            Via::Hook => calls::shutdown(client, libc::SHUT_WR),
+        }
+    };
+    t.push(format!("set 5 -> {}", set_peek_off(via, server, 5, int)));
+    t.push(format!("peek at EOF before the offset -> {}", data(recv(via, server, &mut buf[..10], libc::MSG_PEEK), &buf)));
+    t.push(format!("set 1 -> {}", set_peek_off(via, server, 1, int)));
+    t.push(format!("peek -> {}", data(recv(via, server, &mut buf[..10], libc::MSG_PEEK), &buf)));
+    t.push(format!("read 10 -> {}", data(read(via, server, &mut buf[..10]), &buf)));
+    t.push(format!("get -> {}", get_peek_off(via, server)));
+    t
+}
+
+#[test]
+fn so_peek_off_emulated_on_the_rings_as_the_kernel() {
+    let t = compare(4096, peek_offsets);
+    assert!(t.contains(&"peek 3 -> 3 \"def\"".to_owned()), "{t:#?}");
+}
