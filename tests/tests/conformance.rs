@@ -430,6 +430,7 @@ scenarios! {
     msg_oob_and_siocatmark_both_ways: "oob", server [], client [], connections 1, shm 3;
     splice_both_ways_with_bytes_in_flight_bulk_and_errors: "splice", server [], client [], connections 1, shm 2 * 1_048_576;
     sendfile_offsets_eof_bad_inputs_and_bulk: "sendfile", server [], client [], connections 1, shm 1_048_576;
+    so_peek_off_forward_back_off_blocking_and_eof: "peekoff", server [], client [], connections 1, shm 20;
 }
 
 /// Bytes echoed by the `echo` client with 20 connections and 10 rounds (fixed by its seeds).

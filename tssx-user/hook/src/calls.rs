@@ -677,8 +677,9 @@ pub unsafe fn recvmmsg(fd: c_int, msgs: *mut libc::mmsghdr, vlen: libc::c_uint, 
 }
 
 /// libc's `sendfile` (and `sendfile64`, the same function on 64-bit Linux): into a socket on
-/// the rings, served from the file with `pread` and the hook's `send` (the file offset moves as
-/// the kernel's would: by what was sent); into a plain tracked socket, the real call, counted.
+/// the rings, the kernel reads the input into a private pipe (its own checks, offsets and EOF)
+/// and the hook sends it (the offset moves by what was sent, as the kernel's; see
+/// [`Conn::sendfile`]); into a plain tracked socket, the real call, counted. Never hands back.
 pub unsafe fn sendfile(out_fd: c_int, in_fd: c_int, offset: *mut libc::off_t, count: size_t) -> ssize_t {
     let conn = table::lookup(out_fd);
     if let Some(c) = conn.as_deref() {
@@ -759,7 +760,7 @@ pub unsafe fn splice(
 /// libc's `setsockopt`: always the real call; after a successful `SO_PEEK_OFF` on a tracked
 /// connection the hook serves, the value is kept by the hook and the kernel's turned off (see
 /// [`crate::peekoff`]). The timeouts (SO_RCVTIMEO, SO_SNDTIMEO) stay in the kernel, where a
-/// blocked call reads them ([`crate::wait::Deadline`]).
+/// blocked call reads them (`wait::Deadline`).
 pub unsafe fn setsockopt(fd: c_int, level: c_int, name: c_int, value: *const c_void, len: socklen_t) -> c_int {
     // SAFETY: forwarded as received.
     let rc = unsafe { sys::setsockopt(fd, level, name, value, len) };

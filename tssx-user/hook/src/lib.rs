@@ -23,6 +23,7 @@
 //! | [`lifecycle`], [`exec`], [`pass`] | fork/spawn refcounts; exec hand-over; `SCM_RIGHTS` hand-over |
 //! | [`poll`], [`epoll`] | readiness calls over a mix of swapped and plain fds |
 //! | [`paths`], [`claim`] | which sockets are watched; claiming a segment from the agent |
+//! | [`splice`], [`peekoff`] | `splice` between a pipe and the rings; the emulated `SO_PEEK_OFF` |
 //! | [`iov`], [`sys`] | caller buffers, checked as the kernel checks them (EFAULT/EINVAL, never a crash); every system call the hook makes |
 //!
 //! Covered on swapped fds: read, write, readv, writev, recv, send, recvfrom, sendto, recvmsg,
@@ -37,6 +38,20 @@
 //! (execve, execv, execvp, execvpe, fexecve, execl, execlp, execle, posix_spawn, posix_spawnp:
 //! the new image re-attaches the segment). Ancillary data (sendmsg, or a sendmmsg message, with
 //! a control message on a swapped fd) hands the connection back to the kernel first.
+//!
+//! Calls beyond reads and writes (issue 13), each proved by a conformance scenario
+//! (`tests/conform/{splice,sendfile,oob,peekoff,timeouts}.c`) and `tests/kcalls.rs`:
+//!
+//! | libc function | what the hook does with a swapped socket |
+//! |---|---|
+//! | `splice` (pipe → socket, socket → pipe) | served on the rings through a bounce buffer ([`splice`]): the kernel's waits, EOF, EAGAIN (`SPLICE_F_NONBLOCK`, the pipe's and the socket's O_NONBLOCK), EPIPE/SIGPIPE, partial counts; bytes are copied before they are consumed, so a partial send loses nothing. Offsets, the wrong pipe end, unknown flags, no pipe: the real call (it fails before moving a byte) |
+//! | `sendfile`, `sendfile64` | the kernel reads the input into a private pipe (its checks, offsets, EOF), the rings carry it, the offset moves back by what the socket did not take; never hands back |
+//! | `tee`, `vmsplice` | not interposed: they take pipes only, the kernel refuses a socket (`tee`: EINVAL, `vmsplice`: EBADF) before any byte moves |
+//! | `send`/`sendto`/`sendmsg`/`sendmmsg` with `MSG_OOB` | the connection leaves the rings first (hand-back; plain for good before it is ready), then the real call |
+//! | `recv`/`recvfrom`/`recvmsg`/`recvmmsg` with `MSG_OOB` | the real call at once (it never touches the in-band stream; EINVAL when there is no out-of-band byte) |
+//! | `ioctl(SIOCATMARK)` | false while bytes before the mark are on the ring; the kernel's answer once the peer's hand-back is drained |
+//! | `setsockopt`, `getsockopt` | the real call; `SO_PEEK_OFF` is emulated on the rings ([`peekoff`]), the kernel takes it over once plain |
+//! | blocked read / write | SO_RCVTIMEO bounds a read, SO_SNDTIMEO a write, each for the whole call, read from the socket at the first sleep (`wait::Deadline`) |
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
@@ -51,8 +66,8 @@ pub mod iov;
 pub mod lifecycle;
 pub mod migrate;
 pub mod pass;
-pub mod peekoff;
 pub mod paths;
+pub mod peekoff;
 pub mod phase;
 pub mod poll;
 pub mod spin;

@@ -22,13 +22,10 @@
 //!
 //! Not reproduced: the offset is per process image here (a forked child or another process
 //! sharing the socket has its own copy; the kernel has one per socket). The hook's own peeks
-//! (a splice out of the socket looks before it consumes) pass [`MSG_INTERNAL`] and neither use
+//! (a splice out of the socket looks before it consumes) pass `MSG_INTERNAL` and neither use
 //! nor move it; what a splice consumes moves it back, as in the kernel.
 
-use std::{
-    io::IoSliceMut,
-    sync::atomic::Ordering::Relaxed,
-};
+use std::{io::IoSliceMut, sync::atomic::Ordering::Relaxed};
 
 use libc::c_int;
 
@@ -50,7 +47,9 @@ impl Conn {
             }
             if n > 0 {
                 // Relaxed: see `peek_off`.
-                let _ = self.peek_off.fetch_update(Relaxed, Relaxed, |off| (off >= 0).then(|| off.saturating_sub(n.min(c_int::MAX as isize) as c_int).max(0)));
+                let _ = self.peek_off.fetch_update(Relaxed, Relaxed, |off| {
+                    (off >= 0).then(|| off.saturating_sub(n.min(c_int::MAX as isize) as c_int).max(0))
+                });
             }
             return Some(n);
         }
@@ -79,7 +78,9 @@ impl Conn {
                         break;
                     }
                 }
-                let _ = self.peek_off.fetch_update(Relaxed, Relaxed, |o| (o >= 0).then(|| o.saturating_add(copied.min(c_int::MAX as usize) as c_int)));
+                let _ = self
+                    .peek_off
+                    .fetch_update(Relaxed, Relaxed, |o| (o >= 0).then(|| o.saturating_add(copied.min(c_int::MAX as usize) as c_int)));
                 return Some(copied as isize);
             }
             if n < 0 && sys::errno() != libc::EAGAIN {

@@ -18,7 +18,7 @@
 //! Every other combination fails in the kernel before anything moves (neither side a pipe,
 //! an offset on the pipe side: ESPIPE; an offset on the socket side: EINVAL, a socket has no
 //! position; the wrong end of the pipe: EBADF; unknown flags: EINVAL) or moves nothing (`len`
-//! 0): [`serve`] leaves those to the real call. Not reproduced: another reader of the same
+//! 0): [`served`] leaves those to the real call. Not reproduced: another reader of the same
 //! input pipe (or another reader of the same socket) between the copy and the consume would
 //! make the consumed bytes differ from the sent ones; a signal while waiting ends the call with
 //! EINTR even under SA_RESTART (the kernel restarts a splice that moved nothing).
@@ -109,8 +109,7 @@ impl Scratch {
         let mut fds = [0 as c_int; 2];
         let flags = libc::O_CLOEXEC | libc::O_NONBLOCK;
         // SAFETY: the kernel writes two fds into a live array.
-        unsafe { tssx_shm::sys::syscall(libc::SYS_pipe2, [fds.as_mut_ptr() as usize, flags as usize, 0, 0, 0, 0]) }
-            .map_err(|e| e.0)?;
+        unsafe { tssx_shm::sys::syscall(libc::SYS_pipe2, [fds.as_mut_ptr() as usize, flags as usize, 0, 0, 0, 0]) }.map_err(|e| e.0)?;
         // SAFETY: two new fds, owned by nobody else.
         Ok(Scratch(unsafe { [tssx_shm::sys::Fd::from_raw(fds[0]), tssx_shm::sys::Fd::from_raw(fds[1])] }))
     }
@@ -259,7 +258,7 @@ impl Conn {
             scratch.empty(&mut bounce);
             let put = match moved {
                 Ok(put) => put,
-                Err(libc::EAGAIN) => continue, // filled meanwhile: wait for room again
+                Err(libc::EAGAIN) => continue,                 // filled meanwhile: wait for room again
                 Err(e) => return Some(partial_or_errno(0, e)), // EPIPE (the kernel raised SIGPIPE)
             };
             // Consume exactly what the pipe took (peeked above: it is there).

@@ -358,7 +358,13 @@ impl Conn {
                     rewind(n);
                     // SAFETY: the caller's arguments.
                     let rest = unsafe { crate::sys::sendfile(fd, in_fd, offset, count - sent) };
-                    return Some(if rest >= 0 { (sent + rest as usize) as isize } else if sent > 0 { sent as isize } else { -1 });
+                    return Some(if rest >= 0 {
+                        (sent + rest as usize) as isize
+                    } else if sent > 0 {
+                        sent as isize
+                    } else {
+                        -1
+                    });
                 }
             };
             if put < 0 {

@@ -126,7 +126,8 @@ fn set_nonblock(via: Via, fd: c_int, on: bool) {
 fn set_timeout(fd: c_int, name: c_int, ms: i64) {
     let tv = libc::timeval { tv_sec: (ms / 1000) as libc::time_t, tv_usec: ((ms % 1000) * 1000) as libc::suseconds_t };
     // SAFETY: a live timeval of the stated size.
-    let n = unsafe { libc::setsockopt(fd, libc::SOL_SOCKET, name, (&tv as *const libc::timeval).cast(), size_of::<libc::timeval>() as u32) };
+    let n =
+        unsafe { libc::setsockopt(fd, libc::SOL_SOCKET, name, (&tv as *const libc::timeval).cast(), size_of::<libc::timeval>() as u32) };
     assert_eq!(n, 0);
 }
 
@@ -195,7 +196,11 @@ fn timeouts(via: Via, client: c_int, server: c_int) -> Vec<String> {
     });
     let start = Instant::now();
     let n = write(via, client, &[b'y'; 100]);
-    t.push(format!("blocked write with only SO_RCVTIMEO -> {} (waited for the reader: {})", rc(n), start.elapsed() >= Duration::from_millis(100)));
+    t.push(format!(
+        "blocked write with only SO_RCVTIMEO -> {} (waited for the reader: {})",
+        rc(n),
+        start.elapsed() >= Duration::from_millis(100)
+    ));
     let drained = reader.join().unwrap();
     // Drain the rest so that the next fill starts from empty.
     set_nonblock(via, server, true);
@@ -217,7 +222,11 @@ fn timeouts(via: Via, client: c_int, server: c_int) -> Vec<String> {
     set_timeout(client, libc::SO_SNDTIMEO, 50);
     let start = Instant::now();
     let n = write(via, client, b"z");
-    t.push(format!("write on a full buffer with SO_SNDTIMEO -> {} (after the timeout: {})", rc(n), start.elapsed() >= Duration::from_millis(45)));
+    t.push(format!(
+        "write on a full buffer with SO_SNDTIMEO -> {} (after the timeout: {})",
+        rc(n),
+        start.elapsed() >= Duration::from_millis(45)
+    ));
     // Room for part of a large write: the partial count.
     let mut total = 0;
     set_nonblock(via, server, true);
@@ -239,7 +248,11 @@ fn timeouts(via: Via, client: c_int, server: c_int) -> Vec<String> {
     set_timeout(client, libc::SO_RCVTIMEO, 30);
     let start = Instant::now();
     let n = read(via, client, &mut buf[..10]);
-    t.push(format!("read on an empty buffer with SO_RCVTIMEO -> {} (after the timeout: {})", rc(n), start.elapsed() >= Duration::from_millis(25)));
+    t.push(format!(
+        "read on an empty buffer with SO_RCVTIMEO -> {} (after the timeout: {})",
+        rc(n),
+        start.elapsed() >= Duration::from_millis(25)
+    ));
     set_timeout(client, libc::SO_RCVTIMEO, 0);
     set_timeout(client, libc::SO_SNDTIMEO, 20);
     let writer = std::thread::spawn(move || {
@@ -512,7 +525,11 @@ fn sendfiles(via: Via, client: c_int, server: c_int) -> Vec<String> {
     let file = open_file(&path, libc::O_RDONLY);
     let f = file.as_raw_fd();
     let mut off = 2i64;
-    t.push(format!("sendfile offset 2 count 3 -> {} offset {off} position {}", rc(sendfile(via, client, f, Some(&mut off), 3)), position(f)));
+    t.push(format!(
+        "sendfile offset 2 count 3 -> {} offset {off} position {}",
+        rc(sendfile(via, client, f, Some(&mut off), 3)),
+        position(f)
+    ));
     t.push(format!("  server read -> {}", data(read(via, server, &mut buf), &buf)));
     t.push(format!("sendfile no offset count 4 -> {} position {}", rc(sendfile(via, client, f, None, 4)), position(f)));
     t.push(format!("  server read -> {}", data(read(via, server, &mut buf), &buf)));
