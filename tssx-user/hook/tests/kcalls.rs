@@ -268,6 +268,19 @@ fn writes_honour_sndtimeo_and_reads_rcvtimeo() {
 
 const SIOCATMARK: libc::c_ulong = 0x8905;
 
+/// `poll` on one fd with no wait: its revents, in hex.
+fn poll_revents(via: Via, fd: c_int, events: i16) -> String {
+    let mut p = libc::pollfd { fd, events, revents: 0 };
+    // SAFETY: one live pollfd.
+    let n = unsafe {
+        match via {
+            Via::Libc => libc::poll(&mut p, 1, 0),
+            Via::Hook => calls::poll(&mut p, 1, 0),
+        }
+    };
+    format!("{n} {:#x}", p.revents)
+}
+
 /// Out-of-band bytes both ways, with SIOCATMARK before, at and after the mark, and the
 /// in-band bytes around them (the kernel's reads stop at the mark).
 fn out_of_band(via: Via, client: c_int, server: c_int) -> Vec<String> {
@@ -279,6 +292,7 @@ fn out_of_band(via: Via, client: c_int, server: c_int) -> Vec<String> {
     t.push(format!("SIOCATMARK, in-band bytes only -> {}", ioctl_int(via, server, SIOCATMARK)));
     t.push(format!("send c MSG_OOB -> {}", rc(send(via, client, b"c", libc::MSG_OOB))));
     t.push(format!("send de -> {}", rc(send(via, client, b"de", 0))));
+    t.push(format!("poll POLLIN|POLLPRI -> {}", poll_revents(via, server, libc::POLLIN | libc::POLLPRI)));
     t.push(format!("SIOCATMARK before the mark -> {}", ioctl_int(via, server, SIOCATMARK)));
     t.push(format!("read 100 (stops at the mark) -> {}", data(read(via, server, &mut buf), &buf)));
     t.push(format!("SIOCATMARK at the mark -> {}", ioctl_int(via, server, SIOCATMARK)));
@@ -286,6 +300,7 @@ fn out_of_band(via: Via, client: c_int, server: c_int) -> Vec<String> {
     t.push(format!("recv MSG_OOB -> {}", data(recv(via, server, &mut buf, libc::MSG_OOB), &buf)));
     t.push(format!("SIOCATMARK after the out-of-band byte -> {}", ioctl_int(via, server, SIOCATMARK)));
     t.push(format!("recv MSG_OOB again -> {}", data(recv(via, server, &mut buf, libc::MSG_OOB), &buf)));
+    t.push(format!("poll POLLIN|POLLPRI -> {}", poll_revents(via, server, libc::POLLIN | libc::POLLPRI)));
     t.push(format!("read 100 -> {}", data(read(via, server, &mut buf), &buf)));
     t.push(format!("FIONREAD -> {}", ioctl_int(via, server, libc::FIONREAD)));
     // The other way.
