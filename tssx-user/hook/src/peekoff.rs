@@ -25,9 +25,13 @@
 //! (a splice out of the socket looks before it consumes) pass `MSG_INTERNAL` and neither use
 //! nor move it; what a splice consumes moves it back, as in the kernel.
 
-use std::{io::IoSliceMut, sync::atomic::Ordering::Relaxed};
+use std::{
+    io::IoSliceMut,
+    sync::atomic::Ordering::{Acquire, Relaxed, SeqCst},
+};
 
 use libc::c_int;
+use tssx_common::segment::NOT_YET;
 
 use crate::{
     conn::{Conn, Phase},
@@ -66,6 +70,7 @@ impl Conn {
             if n == WENT_PLAIN {
                 return None;
             }
+            let n = if n >= 0 { self.peek_more(fd, &mut tmp, n as usize) as isize } else { n };
             if n > off as isize {
                 let mut copied = 0usize;
                 let mut from = &tmp[off..n as usize];
@@ -105,6 +110,46 @@ impl Conn {
                 self.try_switch();
             }
         }
+    }
+
+    /// A peek of a connection half-way shows one source at a time (the socket up to the peer's
+    /// switch, or the ring up to the peer's hand-back); a peek at an offset may need the next
+    /// one too. After `n` bytes peeked into `tmp`, from the source that follows when the first
+    /// one is complete: the ring after the peer's socket bytes (while migrating), the socket
+    /// after the peer's ring bytes and its last doorbells (handing back). Returns the bytes
+    /// now in `tmp`.
+    fn peek_more(&self, fd: c_int, tmp: &mut [u8], n: usize) -> usize {
+        if n >= tmp.len() {
+            return n;
+        }
+        let peer = self.peer_line();
+        match self.phase() {
+            Phase::Ready if !self.reads_ring() => {
+                // Acquire: pairs with the peer's SeqCst store; our own count, stored with Release.
+                let at = peer.switch_at.load(Acquire);
+                if at != NOT_YET && self.my_line().sock_read.load(Acquire) + n as u64 == at {
+                    return n + self.with_rx(|rx| rx.peek(&mut tmp[n..]));
+                }
+            }
+            Phase::HandingBack if self.reads_ring() => {
+                // Acquire: pairs with the peer's SeqCst store (its ring writes and `bells_at`
+                // before).
+                let back_at = peer.back_at.load(Acquire);
+                if back_at != NOT_YET && self.with_rx(|rx| rx.position()) + n as u64 == back_at {
+                    // SeqCst: as the drainers' updates.
+                    let owed = peer.bells_at.load(Acquire).saturating_sub(self.my_line().bells_drained.load(SeqCst)) as usize;
+                    let mut more = vec![0u8; owed + tmp.len() - n];
+                    if let Ok(k) = sys::recv_raw(fd, &mut more, libc::MSG_PEEK | libc::MSG_DONTWAIT) {
+                        if k > owed {
+                            tmp[n..n + k - owed].copy_from_slice(&more[owed..k]);
+                            return n + k - owed;
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+        n
     }
 
     /// `setsockopt(SOL_SOCKET, SO_PEEK_OFF)` just succeeded on the real socket of this

@@ -704,3 +704,32 @@ fn so_peek_off_emulated_on_the_rings_as_the_kernel() {
     let t = compare(4096, peek_offsets);
     assert!(t.contains(&"peek 3 -> 3 \"def\"".to_owned()), "{t:#?}");
 }
+
+/// A peek at an offset past the bytes the peer left on the ring before it handed back: the
+/// socket's bytes after them (and after its last doorbell) come next, as in one kernel queue.
+fn peek_across_a_hand_back(via: Via, client: c_int, server: c_int) -> Vec<String> {
+    let mut t = Vec::new();
+    let mut buf = [0u8; 100];
+    let int = size_of::<c_int>() as u32;
+    t.push(format!("client send ring1234 -> {}", rc(send(via, client, b"ring1234", 0))));
+    if via == Via::Hook {
+        // The client's direction goes back to the socket (the server has not followed yet).
+        table::lookup(client).unwrap().hand_back(client);
+    }
+    t.push(format!("client send sock5678 -> {}", rc(send(via, client, b"sock5678", 0))));
+    t.push(format!("set 6 -> {}", set_peek_off(via, server, 6, int)));
+    t.push(format!("peek 6 -> {}", data(recv(via, server, &mut buf[..6], libc::MSG_PEEK), &buf)));
+    t.push(format!("get -> {}", get_peek_off(via, server)));
+    t.push(format!("read 8 -> {}", data(read(via, server, &mut buf[..8]), &buf)));
+    t.push(format!("get -> {}", get_peek_off(via, server)));
+    t.push(format!("peek 10 -> {}", data(recv(via, server, &mut buf[..10], libc::MSG_PEEK), &buf)));
+    t.push(format!("read 100 -> {}", data(read(via, server, &mut buf), &buf)));
+    t.push(format!("get -> {}", get_peek_off(via, server)));
+    t
+}
+
+#[test]
+fn so_peek_off_across_a_hand_back() {
+    let t = compare(4096, peek_across_a_hand_back);
+    assert!(t.contains(&"peek 6 -> 6 \"34sock\"".to_owned()), "{t:#?}");
+}
