@@ -503,7 +503,10 @@ fn filter(epfd: c_int, out: &mut [epoll_event], m: usize) -> usize {
 /// [`Conn::edges`], or a hang-up or error not reported yet): as the kernel, which on each
 /// wake-up of an edge-triggered item reports all its ready bits, not just the new one.
 fn reportable(i: &Interest, c: &Conn) -> (u32, (u64, u64, u32)) {
-    let ready = c.readiness(i.fd);
+    let mut ready = c.readiness(i.fd);
+    if i.events & libc::EPOLLPRI as u32 != 0 {
+        ready |= c.urgent(i.fd);
+    }
     let mask = ready & (i.events | bits::HUP | bits::ERR);
     if i.events & libc::EPOLLET as u32 == 0 || mask == 0 {
         return (mask, i.seen);
@@ -517,7 +520,7 @@ fn reportable(i: &Interest, c: &Conn) -> (u32, (u64, u64, u32)) {
     if tail != seen_tail {
         edge |= bits::OUT;
     }
-    edge |= (ready & !seen_bits) & (bits::HUP | bits::RDHUP | bits::ERR);
+    edge |= (ready & !seen_bits) & (bits::HUP | bits::RDHUP | bits::ERR | libc::EPOLLPRI as u32);
     (if mask & edge != 0 { mask } else { 0 }, (head, tail, ready))
 }
 

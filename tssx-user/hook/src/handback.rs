@@ -77,6 +77,22 @@ impl Conn {
         Some(false)
     }
 
+    /// `POLLPRI` (= `EPOLLPRI`) if an out-of-band byte waits, else 0. One only ever travels
+    /// through the kernel, after the peer's hand-back (see [`Conn::leave_rings`]): until then
+    /// there is none and no system call is made; after, the kernel says.
+    pub fn urgent(&self, fd: c_int) -> u32 {
+        if !self.peer_handed_back() {
+            return 0;
+        }
+        let mut p = libc::pollfd { fd, events: libc::POLLPRI, revents: 0 };
+        // SAFETY: one live pollfd, no wait; the application's errno is kept.
+        if sys::with_errno_kept(|| unsafe { sys::poll(&mut p, 1, 0) }) > 0 {
+            (p.revents & libc::POLLPRI) as u32
+        } else {
+            0
+        }
+    }
+
     /// Hands this end's direction back to the socket (see the module documentation). Never
     /// waits. A connection whose migration was not committed yet is simply given up.
     pub fn hand_back(&self, fd: c_int) {

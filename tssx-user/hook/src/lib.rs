@@ -49,7 +49,7 @@
 //! | `tee`, `vmsplice` | not interposed: they take pipes only, the kernel refuses a socket (`tee`: EINVAL, `vmsplice`: EBADF) before any byte moves |
 //! | `send`/`sendto`/`sendmsg`/`sendmmsg` with `MSG_OOB` | the connection leaves the rings first (hand-back; plain for good before it is ready), then the real call |
 //! | `recv`/`recvfrom`/`recvmsg`/`recvmmsg` with `MSG_OOB` | the real call at once (it never touches the in-band stream; EINVAL when there is no out-of-band byte) |
-//! | `poll`/`ppoll`/`select` with `POLLPRI` | the kernel's POLLPRI once the peer handed back (`epoll`'s EPOLLPRI: not yet) |
+//! | `poll`/`ppoll`/`select` `POLLPRI`, `epoll` `EPOLLPRI` | the kernel's answer once the peer handed back (no system call before: there can be no out-of-band byte) |
 //! | `ioctl(SIOCATMARK)` | false while bytes before the mark are on the ring; the kernel's answer once the peer's hand-back is drained |
 //! | `setsockopt`, `getsockopt` | the real call; `SO_PEEK_OFF` is emulated on the rings ([`peekoff`]), the kernel takes it over once plain |
 //! | blocked read / write | SO_RCVTIMEO bounds a read, SO_SNDTIMEO a write, each for the whole call, read from the socket at the first sleep (`wait::Deadline`) |

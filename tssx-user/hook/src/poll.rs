@@ -101,17 +101,11 @@ fn swapped(p: &pollfd) -> Option<ConnRef> {
 /// `revents` of a swapped entry from the rings (and the socket, half-way).
 fn ring_revents(c: &Conn, fd: c_int, events: i16) -> i16 {
     let wanted = events as u32 | bits::HUP | bits::ERR;
-    let mut ready = (c.readiness(fd) & wanted) as i16;
-    if events & libc::POLLPRI != 0 && c.peer_handed_back() {
-        // An out-of-band byte only ever travels through the kernel, after the peer's hand-back
-        // (see `calls::oob`): the kernel says whether one is there.
-        let mut p = libc::pollfd { fd, events: libc::POLLPRI, revents: 0 };
-        // SAFETY: one live pollfd, no wait.
-        if unsafe { sys::poll(&mut p, 1, 0) } > 0 {
-            ready |= p.revents & libc::POLLPRI;
-        }
+    let mut ready = c.readiness(fd) & wanted;
+    if events & libc::POLLPRI != 0 {
+        ready |= c.urgent(fd);
     }
-    ready
+    ready as i16
 }
 
 /// Whether any swapped entry is ready by its rings (`revents` untouched).

@@ -268,6 +268,36 @@ fn writes_honour_sndtimeo_and_reads_rcvtimeo() {
 
 const SIOCATMARK: libc::c_ulong = 0x8905;
 
+/// A new epoll instance with `fd` registered (level-triggered) for `events`.
+fn epoll_with(via: Via, fd: c_int, events: u32) -> OwnedFd {
+    // SAFETY: plain system calls; a live event.
+    unsafe {
+        let ep = libc::epoll_create1(libc::EPOLL_CLOEXEC);
+        assert!(ep >= 0);
+        let mut ev = libc::epoll_event { events, u64: fd as u64 };
+        let n = match via {
+            Via::Libc => libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev),
+            Via::Hook => calls::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev),
+        };
+        assert_eq!(n, 0);
+        OwnedFd::from_raw_fd(ep)
+    }
+}
+
+/// `epoll_wait` with no wait: the events reported, in hex.
+fn epoll_events(via: Via, ep: c_int) -> String {
+    let mut evs = [libc::epoll_event { events: 0, u64: 0 }; 4];
+    // SAFETY: a live array of 4 events.
+    let n = unsafe {
+        match via {
+            Via::Libc => libc::epoll_wait(ep, evs.as_mut_ptr(), 4, 0),
+            Via::Hook => calls::epoll_wait(ep, evs.as_mut_ptr(), 4, 0),
+        }
+    };
+    let shown: Vec<String> = evs[..n.max(0) as usize].iter().map(|e| format!("{:#x}", { e.events })).collect();
+    format!("{n} {shown:?}")
+}
+
 /// `poll` on one fd with no wait: its revents, in hex.
 fn poll_revents(via: Via, fd: c_int, events: i16) -> String {
     let mut p = libc::pollfd { fd, events, revents: 0 };
@@ -286,6 +316,7 @@ fn poll_revents(via: Via, fd: c_int, events: i16) -> String {
 fn out_of_band(via: Via, client: c_int, server: c_int) -> Vec<String> {
     let mut t = Vec::new();
     let mut buf = [0u8; 100];
+    let ep = epoll_with(via, server, (libc::EPOLLIN | libc::EPOLLPRI) as u32);
     t.push(format!("recv MSG_OOB, none sent -> {}", data(recv(via, server, &mut buf, libc::MSG_OOB), &buf)));
     t.push(format!("SIOCATMARK, nothing queued -> {}", ioctl_int(via, server, SIOCATMARK)));
     t.push(format!("send ab -> {}", rc(send(via, client, b"ab", 0))));
@@ -293,6 +324,7 @@ fn out_of_band(via: Via, client: c_int, server: c_int) -> Vec<String> {
     t.push(format!("send c MSG_OOB -> {}", rc(send(via, client, b"c", libc::MSG_OOB))));
     t.push(format!("send de -> {}", rc(send(via, client, b"de", 0))));
     t.push(format!("poll POLLIN|POLLPRI -> {}", poll_revents(via, server, libc::POLLIN | libc::POLLPRI)));
+    t.push(format!("epoll_wait EPOLLIN|EPOLLPRI -> {}", epoll_events(via, ep.as_raw_fd())));
     t.push(format!("SIOCATMARK before the mark -> {}", ioctl_int(via, server, SIOCATMARK)));
     t.push(format!("read 100 (stops at the mark) -> {}", data(read(via, server, &mut buf), &buf)));
     t.push(format!("SIOCATMARK at the mark -> {}", ioctl_int(via, server, SIOCATMARK)));
