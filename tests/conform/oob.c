@@ -6,8 +6,9 @@
  *
  *   oob server PATH / oob client PATH
  *
- * The reader waits for the mark by asking SIOCATMARK until it says 1 (the out-of-band byte has
- * arrived), printing only the final answer, so the transcript does not depend on timing.
+ * The reader waits for the out-of-band byte with poll(POLLPRI), then for the mark by asking
+ * SIOCATMARK until it says 1, printing only the final answer, so the transcript does not depend
+ * on timing.
  */
 #include "conform.h"
 
@@ -25,6 +26,7 @@ static void receive_side(int fd, const char *who) {
     char buf[16];
     size_t got = read_full(fd, buf, 2);
     say("%s: read 2 before the mark -> %s", who, quoted(buf, (long)got));
+    poll_one("  poll POLLPRI (waits for the out-of-band byte)", fd, POLLPRI, -1);
     int rounds = 0;
     while (atmark(fd) != 1) {
         CHECK(++rounds < 10000);
