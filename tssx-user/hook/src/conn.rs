@@ -494,6 +494,7 @@ impl Conn {
     pub fn readiness(&self, fd: c_int) -> u32 {
         match self.phase() {
             Phase::Active => self.ring_readiness(),
+            Phase::HandingBack => self.handing_back_readiness(fd),
             _ => self.migrating_readiness(fd),
         }
     }

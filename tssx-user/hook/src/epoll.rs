@@ -419,6 +419,23 @@ pub unsafe fn ctl(epfd: c_int, op: c_int, fd: c_int, event: *mut epoll_event) ->
     Some(0)
 }
 
+/// Gives every interest of `set` whose connection turned plain the application's own kernel
+/// registration back, and forgets it (as [`collect`] does for the ones it meets).
+fn restore_plain(epfd: c_int, set: &Set) {
+    set.with(|v, _| {
+        let mut dead = false;
+        for i in v.iter() {
+            if lookup(i.fd).is_some_and(|c| c.id() == i.conn && c.phase() == Phase::Plain) {
+                restore(epfd, i);
+                dead = true;
+            }
+        }
+        if dead {
+            v.retain(|i| live(i).is_some());
+        }
+    })
+}
+
 /// Moves ready swapped interests into `out`; returns how many.
 fn collect(epfd: c_int, set: &Set, out: &mut [epoll_event]) -> usize {
     set.with(|v, next| {
@@ -583,6 +600,10 @@ pub unsafe fn wait(epfd: c_int, events: *mut epoll_event, maxevents: c_int, time
     let mut spun = false;
     loop {
         if !has_swapped(set) {
+            // Interests whose connection turned plain (handed back) get the application's own
+            // registration back before the kernel waits: the hook's edge-triggered one would
+            // not report bytes that arrived before this wait.
+            restore_plain(epfd, set);
             // Only the kernel's events (the recorded interests are still plain): one counted
             // real wait, whose events of tagged sockets (an interest adopted meanwhile) are
             // the hook's, not the application's.

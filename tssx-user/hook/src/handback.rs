@@ -240,6 +240,25 @@ impl Conn {
         true
     }
 
+    /// Readiness of a connection handing back ([`Conn::readiness`]): once the peer's ring
+    /// bytes are all read, the connection finishes going plain here (skipping the peer's last
+    /// doorbells, as a read would) and the kernel answers; before, incoming data is what the
+    /// ring holds (the peer's bytes after it come later in the stream), and room to write is
+    /// the socket's (this end writes there again).
+    pub(crate) fn handing_back_readiness(&self, fd: c_int) -> u32 {
+        self.note_fd(fd);
+        let mut p = libc::pollfd { fd, events: libc::POLLIN | libc::POLLOUT | libc::POLLRDHUP, revents: 0 };
+        if sys::with_errno_kept(|| self.finish_hand_back()) {
+            // SAFETY: one live pollfd, no wait; the application's errno is kept.
+            sys::with_errno_kept(|| unsafe { sys::poll(&mut p, 1, 0) });
+            return p.revents as u32;
+        }
+        let ready = self.ring_readiness();
+        // SAFETY: as above.
+        sys::with_errno_kept(|| unsafe { sys::poll(&mut p, 1, 0) });
+        (ready & !crate::conn::bits::OUT) | (p.revents as u32 & crate::conn::bits::OUT)
+    }
+
     /// The ring part of a read while handing back: reads at most up to the peer's `back_at`.
     pub(crate) fn read_ring_until_back(&self, bufs: &mut [IoSliceMut<'_>], peek: bool) -> usize {
         let back_at = self.peer_line().back_at.load(Acquire);

@@ -765,3 +765,30 @@ fn so_peek_off_across_a_hand_back() {
     let t = compare(4096, peek_across_a_hand_back);
     assert!(t.contains(&"peek 6 -> 6 \"34sock\"".to_owned()), "{t:#?}");
 }
+
+/// poll and epoll on a connection whose peer handed back: the bytes it sends on the socket
+/// after its ring bytes are readable once the ring is read (the connection turns plain, and
+/// epoll gets the application's own registration back before it waits in the kernel).
+#[test]
+fn readiness_after_a_hand_back_reports_the_socket_bytes() {
+    let run = |via: Via, client: c_int, server: c_int| -> Vec<String> {
+        let mut t = Vec::new();
+        let mut buf = [0u8; 100];
+        let ep = epoll_with(via, server, libc::EPOLLIN as u32);
+        t.push(format!("send ab -> {}", rc(send(via, client, b"ab", 0))));
+        t.push(format!("epoll -> {}", epoll_events(via, ep.as_raw_fd())));
+        if via == Via::Hook {
+            table::lookup(client).unwrap().hand_back(client);
+        }
+        t.push(format!("send cd -> {}", rc(send(via, client, b"cd", 0))));
+        t.push(format!("epoll -> {}", epoll_events(via, ep.as_raw_fd())));
+        t.push(format!("read 2 -> {}", data(read(via, server, &mut buf[..2]), &buf)));
+        t.push(format!("poll -> {}", poll_revents(via, server, libc::POLLIN)));
+        t.push(format!("epoll -> {}", epoll_events(via, ep.as_raw_fd())));
+        t.push(format!("epoll -> {}", epoll_events(via, ep.as_raw_fd())));
+        t.push(format!("read 2 -> {}", data(read(via, server, &mut buf[..2]), &buf)));
+        t.push(format!("epoll -> {}", epoll_events(via, ep.as_raw_fd())));
+        t
+    };
+    compare(4096, run);
+}
