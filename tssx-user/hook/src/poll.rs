@@ -126,6 +126,10 @@ fn scan(fds: &mut [pollfd]) -> (usize, bool) {
         match swapped(p) {
             Some(c) => {
                 p.revents = ring_revents(&c, p.fd, p.events);
+                if c.phase() == Phase::Plain {
+                    // Turned plain on the way (the end of a hand-back): the kernel answers.
+                    plain = true;
+                }
                 ready += usize::from(p.revents != 0);
             }
             None => plain = true,
