@@ -460,6 +460,12 @@ scenarios! {
     select_pselect_bitmap_above_fd_setsize: "readiness", server ["select-big"], client [], connections 1, shm 19;
     epoll_one_interest_list_across_fork: "readiness", server ["epoll-fork"], client [], connections 2, shm 26;
     epoll_registration_outlives_its_fd_while_a_dup_lives: "readiness", server ["epoll-dup"], client [], connections 1, shm 19;
+    // Issue 13, calls the rings serve or hand back: timeouts, MSG_OOB, SO_PEEK_OFF, splice, sendfile.
+    sndtimeo_on_a_full_buffer_rcvtimeo_on_an_empty_one: "timeouts", server [], client [], connections 2, shm 4096;
+    msg_oob_and_siocatmark_both_ways: "oob", server [], client [], connections 1, shm 3;
+    splice_both_ways_with_bytes_in_flight_bulk_and_errors: "splice", server [], client [], connections 1, shm 2 * 1_048_576;
+    sendfile_offsets_eof_bad_inputs_and_bulk: "sendfile", server [], client [], connections 1, shm 1_048_576;
+    so_peek_off_forward_back_off_blocking_and_eof: "peekoff", server [], client [], connections 1, shm 20;
 }
 
 /// Bytes echoed by the `echo` client with 20 connections and 10 rounds (fixed by its seeds).

@@ -220,6 +220,18 @@ fn after_raw(c: &Conn, fd: c_int, raw: Option<RawCall<'_>>, rc: isize, sending: 
     }
 }
 
+/// Whether a call's flags ask for out-of-band data (`MSG_OOB`), which only the kernel carries
+/// (af_unix stream sockets support it since Linux 5.15, `CONFIG_AF_UNIX_OOB`). A send with it
+/// makes the connection leave the rings first ([`Conn::leave_rings`]: the out-of-band byte and
+/// the bytes after it follow everything sent before, on the socket); a receive with it goes
+/// straight to the kernel, which gives the byte, or its error (EINVAL when there is none),
+/// without ever touching the in-band stream (so the rings' order is kept, and nothing is
+/// counted). See also [`ioctl`] `SIOCATMARK`.
+#[inline(always)]
+fn oob(flags: c_int) -> bool {
+    flags & libc::MSG_OOB != 0
+}
+
 /// Defines a receiving call: on the rings (or half-way) -> the hook, otherwise the real call.
 /// `$bufs` checks and builds the caller's buffers (an errno the kernel would give at once, or
 /// [`iov::Checked`]); `after` adjusts a result the hook produced (`|n| -> n`).
@@ -232,9 +244,15 @@ macro_rules! recv_like {
             // thread cannot free it under us); declared first, dropped last.
             let conn = table::lookup($fd);
             let mut raw = None;
+            #[allow(unused_unsafe)]
+            if conn.is_some() && oob($flags) {
+                // SAFETY: forwarded as received (see `oob`).
+                return unsafe { sys::$name($($arg),*) };
+            }
             if let Some(c) = conn.as_deref() {
                 #[allow(unused_unsafe)]
-                let flags = $flags;
+                // (The hook's own flag bit is never the application's.)
+                let flags = $flags & !crate::stream::MSG_INTERNAL;
                 #[allow(unused_unsafe)]
                 // SAFETY: the caller's buffers, checked (only their lengths are read).
                 let wants_bytes = || unsafe { $bufs }.is_ok_and(|b| b.faults || b.slices.iter().any(|b| !b.is_empty()));
@@ -300,6 +318,12 @@ macro_rules! send_like {
             // last.
             let conn = table::lookup($fd);
             let mut raw = None;
+            #[allow(unused_unsafe)]
+            if let Some(c) = conn.as_deref().filter(|_| oob($flags)) {
+                with_errno_kept(|| c.leave_rings($fd));
+                // SAFETY: forwarded as received (see `oob`).
+                return unsafe { sys::$name($($arg),*) };
+            }
             if let Some(c) = conn.as_deref() {
                 match route(c, $fd, true) {
                     Route::Kernel(r) => raw = r.map(|r| (c, r)),
@@ -645,6 +669,11 @@ unsafe fn mmsg_received(msgs: *mut libc::mmsghdr, n: c_int) {
 /// plain makes one real call (counted); any other fd goes straight to libc.
 pub unsafe fn sendmmsg(fd: c_int, msgs: *mut libc::mmsghdr, vlen: libc::c_uint, flags: c_int) -> c_int {
     let conn = table::lookup(fd).filter(|c| !matches!(c.phase(), Phase::Plain | Phase::Unconnected));
+    if let Some(c) = conn.as_deref().filter(|_| oob(flags)) {
+        with_errno_kept(|| c.leave_rings(fd));
+        // SAFETY: forwarded as received (see `oob`).
+        return unsafe { sys::sendmmsg(fd, msgs, vlen, flags) };
+    }
     // SAFETY: `msgs` points at `vlen` messages, per sendmmsg's contract.
     let control = table::any_live() && unsafe { any_control(msgs, vlen.min(SENDMMSG_MAX)) };
     if !control {
@@ -702,7 +731,7 @@ pub unsafe fn sendmmsg(fd: c_int, msgs: *mut libc::mmsghdr, vlen: libc::c_uint, 
 /// call after some messages (other than `EAGAIN`, e.g. EFAULT) in the socket's `SO_ERROR`.
 pub unsafe fn recvmmsg(fd: c_int, msgs: *mut libc::mmsghdr, vlen: libc::c_uint, flags: c_int, timeout: *mut libc::timespec) -> c_int {
     // The lease keeps the connection alive for the whole call.
-    let conn = table::lookup(fd).filter(|c| !matches!(c.phase(), Phase::Plain | Phase::Unconnected));
+    let conn = table::lookup(fd).filter(|c| !matches!(c.phase(), Phase::Plain | Phase::Unconnected) && !oob(flags));
     let Some(c) = conn.as_deref() else {
         // SAFETY: forwarded as received.
         let rc = unsafe { sys::recvmmsg(fd, msgs, vlen, flags, timeout) };
@@ -793,8 +822,9 @@ pub unsafe fn recvmmsg(fd: c_int, msgs: *mut libc::mmsghdr, vlen: libc::c_uint, 
 }
 
 /// libc's `sendfile` (and `sendfile64`, the same function on 64-bit Linux): into a socket on
-/// the rings, served from the file with `pread` and the hook's `send` (the file offset moves as
-/// the kernel's would: by what was sent); into a plain tracked socket, the real call, counted.
+/// the rings, the kernel reads the input into a private pipe (its own checks, offsets and EOF)
+/// and the hook sends it (the offset moves by what was sent, as the kernel's; see
+/// [`Conn::sendfile`]); into a plain tracked socket, the real call, counted. Never hands back.
 pub unsafe fn sendfile(out_fd: c_int, in_fd: c_int, offset: *mut libc::off_t, count: size_t) -> ssize_t {
     let conn = table::lookup(out_fd);
     if let Some(c) = conn.as_deref() {
@@ -818,8 +848,11 @@ pub unsafe fn sendfile(out_fd: c_int, in_fd: c_int, offset: *mut libc::off_t, co
     unsafe { sys::sendfile(out_fd, in_fd, offset, count) }
 }
 
-/// libc's `splice`: a tracked socket on either side is handed back to the kernel first (its
-/// bytes must not bypass the rings' order), then the real call.
+/// libc's `splice`. With a swapped socket on one side and a pipe on the other (no offsets,
+/// the kernel's flags, `len` > 0): served on the rings through a bounce buffer with the
+/// kernel's semantics ([`crate::splice`]); a tracked socket not ready yet: the real call,
+/// counted. Anything else (an offset, the wrong pipe end, unknown flags, no pipe on the other
+/// side, `len` 0) fails in the kernel before it moves a byte, or moves none: the real call.
 pub unsafe fn splice(
     fd_in: c_int,
     off_in: *mut libc::loff_t,
@@ -828,15 +861,78 @@ pub unsafe fn splice(
     len: size_t,
     flags: libc::c_uint,
 ) -> ssize_t {
-    for fd in [fd_in, fd_out] {
-        if let Some(c) = table::lookup(fd) {
-            if c.phase() != Phase::Plain && c.phase() != Phase::Unconnected {
-                with_errno_kept(|| c.hand_back(fd));
+    use crate::splice::Way;
+    for (fd, way) in [(fd_out, Way::IntoSocket), (fd_in, Way::OutOfSocket)] {
+        // The lease keeps the connection alive for the whole call.
+        let Some(conn) = table::lookup(fd) else { continue };
+        let c = &*conn;
+        if matches!(c.phase(), Phase::Plain | Phase::Unconnected) {
+            continue;
+        }
+        let (pipe, off_pipe, off_socket) = match way {
+            Way::IntoSocket => (fd_in, off_in, off_out),
+            Way::OutOfSocket => (fd_out, off_out, off_in),
+        };
+        let served = with_errno_kept(|| crate::splice::served(way, pipe, !off_pipe.is_null(), !off_socket.is_null(), len, flags));
+        if !served {
+            break;
+        }
+        let sending = way == Way::IntoSocket;
+        match route(c, fd, sending) {
+            Route::Kernel(raw) => {
+                // SAFETY: forwarded as received.
+                let rc = unsafe { sys::splice(fd_in, off_in, fd_out, off_out, len, flags) };
+                after_raw(c, fd, raw, rc, sending);
+                return rc;
+            }
+            Route::Hook => {
+                let rc = match way {
+                    Way::IntoSocket => c.splice_in(fd, pipe, len, flags),
+                    Way::OutOfSocket => c.splice_out(fd, pipe, len, flags),
+                };
+                if let Some(rc) = rc {
+                    after_hook(c);
+                    return rc;
+                }
             }
         }
+        break;
     }
     // SAFETY: forwarded as received.
     unsafe { sys::splice(fd_in, off_in, fd_out, off_out, len, flags) }
+}
+
+/// libc's `setsockopt`: always the real call; after a successful `SO_PEEK_OFF` on a tracked
+/// connection the hook serves, the value is kept by the hook and the kernel's turned off (see
+/// [`crate::peekoff`]). The timeouts (SO_RCVTIMEO, SO_SNDTIMEO) stay in the kernel, where a
+/// blocked call reads them (`wait::Deadline`).
+pub unsafe fn setsockopt(fd: c_int, level: c_int, name: c_int, value: *const c_void, len: socklen_t) -> c_int {
+    // SAFETY: forwarded as received.
+    let rc = unsafe { sys::setsockopt(fd, level, name, value, len) };
+    if rc == 0 && level == libc::SOL_SOCKET && name == libc::SO_PEEK_OFF {
+        if let Some(c) = table::lookup(fd) {
+            with_errno_kept(|| c.took_peek_off(fd));
+        }
+    }
+    rc
+}
+
+/// libc's `getsockopt`: the real call; `SO_PEEK_OFF` of a connection the hook serves reports
+/// the hook's value (see [`crate::peekoff`]).
+pub unsafe fn getsockopt(fd: c_int, level: c_int, name: c_int, value: *mut c_void, len: *mut socklen_t) -> c_int {
+    // SAFETY: forwarded as received.
+    let rc = unsafe { sys::getsockopt(fd, level, name, value, len) };
+    if rc == 0 && level == libc::SOL_SOCKET && name == libc::SO_PEEK_OFF {
+        if let Some(off) = table::lookup(fd).and_then(|c| c.peek_off()) {
+            // SAFETY: the kernel just wrote `*len` (at most the caller's room) bytes of an int
+            // there; the same bytes of ours, unaligned as the kernel may.
+            unsafe {
+                let n = (len.read_unaligned() as usize).min(size_of::<c_int>());
+                std::ptr::copy_nonoverlapping((&raw const off).cast::<u8>(), value.cast::<u8>(), n);
+            }
+        }
+    }
+    rc
 }
 
 /// What the hook does when `fd` closes, before the real call: everything it kept for the fd
@@ -969,9 +1065,23 @@ pub unsafe fn shutdown(fd: c_int, how: c_int) -> c_int {
     unsafe { sys::shutdown(fd, how) }
 }
 
+/// `ioctl(SIOCATMARK)`: whether the socket's read position is at the out-of-band mark.
+const SIOCATMARK: libc::c_ulong = 0x8905;
+
 /// `ioctl` is variadic in C; its one optional argument travels in the third argument register
 /// on x86-64, so a three-argument definition receives it unchanged.
 pub unsafe fn ioctl(fd: c_int, request: libc::c_ulong, arg: *mut c_void) -> c_int {
+    if request == SIOCATMARK {
+        if let Some(mark) = table::lookup(fd).and_then(|c| with_errno_kept(|| c.at_mark(fd))) {
+            if !iov::value_ok(arg.cast::<c_int>()) {
+                sys::set_errno(libc::EFAULT);
+                return -1;
+            }
+            // SAFETY: SIOCATMARK takes a pointer to an int (checked above), written unaligned.
+            unsafe { arg.cast::<c_int>().write_unaligned(c_int::from(mark)) };
+            return 0;
+        }
+    }
     if let Some(c) = table::lookup_swapped(fd) {
         let value = match request {
             libc::FIONREAD => Some(c.unread_total(fd)),

@@ -191,6 +191,9 @@ pub struct Conn {
     pub(crate) fork_mark: AtomicU64,
     /// fd of the connection for helpers that need one (-1: unknown). Relaxed: a hint.
     pub(crate) last_fd: AtomicI32,
+    /// The socket's `SO_PEEK_OFF` while the hook serves its reads (-1: off, the default): see
+    /// [`crate::peekoff`]. Relaxed: an option of this socket, updated by its readers.
+    pub(crate) peek_off: AtomicI32,
 }
 
 // SAFETY: every field is atomic, a lock, or the `Swap` (whose ring handles are only used under
@@ -239,6 +242,7 @@ impl Conn {
             death_checked_ns: AtomicU64::new(0),
             socket_edges: [AtomicU32::new(0), AtomicU32::new(0)],
             last_fd: AtomicI32::new(-1),
+            peek_off: AtomicI32::new(-1),
         }
     }
 
@@ -254,6 +258,9 @@ impl Conn {
     pub(crate) fn set_phase(&self, to: Phase) {
         // SeqCst: ordered with the quiescence protocol on `raw`.
         self.phase.store(to as u8, SeqCst);
+        if to == Phase::Plain {
+            self.peek_off_to_kernel();
+        }
     }
 
     /// Moves from `from` to `to` if the phase is still `from`.
@@ -489,6 +496,7 @@ impl Conn {
     pub fn readiness(&self, fd: c_int) -> u32 {
         match self.phase() {
             Phase::Active => self.ring_readiness(),
+            Phase::HandingBack => self.handing_back_readiness(fd),
             _ => self.migrating_readiness(fd),
         }
     }

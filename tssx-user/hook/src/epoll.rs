@@ -930,6 +930,28 @@ fn hand_back_for_kernel(c: &Conn, fd: c_int) {
 /// after counting it, without blocking).
 const DOORBELL_WAIT_NS: u64 = 20_000_000;
 
+/// Gives every interest of `set` whose connection turned plain the application's own kernel
+/// registration back, and forgets it (as [`collect`] does for the ones it meets).
+fn restore_plain(epfd: c_int, set: &Set) {
+    set.with(|v, local| {
+        let mut gone = false;
+        for i in v.iter_mut() {
+            let Some((c, fd)) = resolve(&mut local.aliases, i) else { continue };
+            if c.phase() == Phase::Plain {
+                if fd == i.fd {
+                    restore(epfd, i);
+                }
+                i.conn = 0;
+                gone = true;
+            }
+        }
+        if gone {
+            // (No connection has id 0: ids start at 1.)
+            v.retain(|i| i.conn != 0);
+        }
+    })
+}
+
 /// Moves ready swapped interests into `out`; returns how many.
 fn collect(epfd: c_int, set: &Set, out: &mut [epoll_event]) -> usize {
     let mut private = None;
@@ -1046,7 +1068,10 @@ fn filter(epfd: c_int, out: &mut [epoll_event], m: usize) -> usize {
 /// [`Conn::edges`], or a hang-up or error not reported yet): as the kernel, which on each
 /// wake-up of an edge-triggered item reports all its ready bits, not just the new one.
 fn reportable(i: &Interest, c: &Conn, fd: c_int) -> (u32, (u64, u64, u32)) {
-    let ready = c.readiness(fd);
+    let mut ready = c.readiness(fd);
+    if i.events & libc::EPOLLPRI as u32 != 0 {
+        ready |= c.urgent(fd);
+    }
     let mask = ready & (i.events | bits::HUP | bits::ERR);
     if i.events & libc::EPOLLET as u32 == 0 || mask == 0 {
         return (mask, i.seen);
@@ -1060,7 +1085,7 @@ fn reportable(i: &Interest, c: &Conn, fd: c_int) -> (u32, (u64, u64, u32)) {
     if tail != seen_tail {
         edge |= bits::OUT;
     }
-    edge |= (ready & !seen_bits) & (bits::HUP | bits::RDHUP | bits::ERR);
+    edge |= (ready & !seen_bits) & (bits::HUP | bits::RDHUP | bits::ERR | libc::EPOLLPRI as u32);
     (if mask & edge != 0 { mask } else { 0 }, (head, tail, ready))
 }
 
@@ -1127,6 +1152,10 @@ pub unsafe fn wait(epfd: c_int, events: *mut epoll_event, maxevents: c_int, time
     let mut spun = false;
     loop {
         if !has_swapped(set) {
+            // Interests whose connection turned plain (handed back) get the application's own
+            // registration back before the kernel waits: the hook's edge-triggered one would
+            // not report bytes that arrived before this wait.
+            restore_plain(epfd, set);
             // Only the kernel's events (the recorded interests are still plain): one counted
             // real wait, whose events of tagged sockets (an interest adopted meanwhile) are
             // the hook's, not the application's.

@@ -38,6 +38,61 @@ pub(crate) enum Source {
 }
 
 impl Conn {
+    /// Before a call that only the real socket can serve (`send(MSG_OOB)`): a connection that
+    /// is not ready yet stays plain for good (a raw call the hook cannot count, such as an
+    /// out-of-band byte, would make its byte positions wrong); a ready one hands this end's
+    /// direction back ([`Conn::hand_back`]). Never waits.
+    pub fn leave_rings(&self, fd: c_int) {
+        match self.phase() {
+            Phase::Plain | Phase::Unconnected => {}
+            phase if phase < Phase::Ready => self.give_up(),
+            _ => {
+                self.note_fd(fd);
+                self.hand_back(fd);
+            }
+        }
+    }
+
+    /// `ioctl(SIOCATMARK)`: whether the next byte to read is the peer's out-of-band mark.
+    /// `None`: the kernel answers (the connection is plain, or its reads go to the socket
+    /// as they are). An out-of-band byte only ever travels through the kernel, sent by a peer
+    /// that handed its direction back first: until then there is no mark (false); after, this
+    /// end follows, and once the ring and the last doorbells are drained the connection is
+    /// plain and the kernel answers; bytes still on the ring come before the mark (false).
+    pub fn at_mark(&self, fd: c_int) -> Option<bool> {
+        let phase = self.phase();
+        if phase.is_raw() {
+            return None;
+        }
+        if !self.peer_handed_back() {
+            return Some(false);
+        }
+        self.note_fd(fd);
+        if phase < Phase::HandingBack {
+            self.hand_back(fd);
+        }
+        if self.finish_hand_back() {
+            return None;
+        }
+        Some(false)
+    }
+
+    /// `POLLPRI` (= `EPOLLPRI`) if an out-of-band byte waits, else 0. One only ever travels
+    /// through the kernel, after the peer's hand-back (see [`Conn::leave_rings`]): until then
+    /// there is none and no system call is made; after, the kernel says.
+    pub fn urgent(&self, fd: c_int) -> u32 {
+        if !self.peer_handed_back() {
+            return 0;
+        }
+        let mut p = libc::pollfd { fd, events: libc::POLLPRI, revents: 0 };
+        // SAFETY: one live pollfd, no wait; the application's errno is kept.
+        if sys::with_errno_kept(|| unsafe { sys::poll(&mut p, 1, 0) }) > 0 {
+            (p.revents & libc::POLLPRI) as u32
+        } else {
+            0
+        }
+    }
+
     /// Hands this end's direction back to the socket (see the module documentation). Never
     /// waits. A connection whose migration was not committed yet is simply given up.
     pub fn hand_back(&self, fd: c_int) {
@@ -236,6 +291,25 @@ impl Conn {
         }
         self.set_phase(Phase::Plain);
         true
+    }
+
+    /// Readiness of a connection handing back ([`Conn::readiness`]): once the peer's ring
+    /// bytes are all read, the connection finishes going plain here (skipping the peer's last
+    /// doorbells, as a read would) and the kernel answers; before, incoming data is what the
+    /// ring holds (the peer's bytes after it come later in the stream), and room to write is
+    /// the socket's (this end writes there again).
+    pub(crate) fn handing_back_readiness(&self, fd: c_int) -> u32 {
+        self.note_fd(fd);
+        let mut p = libc::pollfd { fd, events: libc::POLLIN | libc::POLLOUT | libc::POLLRDHUP, revents: 0 };
+        if sys::with_errno_kept(|| self.finish_hand_back()) {
+            // SAFETY: one live pollfd, no wait; the application's errno is kept.
+            sys::with_errno_kept(|| unsafe { sys::poll(&mut p, 1, 0) });
+            return p.revents as u32;
+        }
+        let ready = self.ring_readiness();
+        // SAFETY: as above.
+        sys::with_errno_kept(|| unsafe { sys::poll(&mut p, 1, 0) });
+        (ready & !crate::conn::bits::OUT) | (p.revents as u32 & crate::conn::bits::OUT)
     }
 
     /// The ring part of a read while handing back: reads at most up to the peer's `back_at`.

@@ -25,6 +25,7 @@
 //! | [`poll`], [`epoll`] | readiness calls over a mix of swapped and plain fds |
 //! | [`paths`], [`claim`] | which sockets are watched; claiming a segment from the agent |
 //! | [`stdio`] | `FILE` streams over tracked sockets (glibc's stdio bypasses any preload) |
+//! | [`splice`], [`peekoff`] | `splice` between a pipe and the rings; the emulated `SO_PEEK_OFF` |
 //! | [`iov`], [`sys`] | caller buffers, checked as the kernel checks them (EFAULT/EINVAL, never a crash); every system call the hook makes |
 //! | [`own`] | the hook's own fds (segment memfds, claim sockets): never closed by the application's `close`, left out of `close_range`/`closefrom` |
 //! | [`closing`], `syscall` | `close_range`/`closefrom` (each tracked fd of the range closed as `close` does; the hook's own fds kept); `syscall()` for the socket-related numbers (x86-64) |
@@ -52,10 +53,12 @@ pub mod migrate;
 pub mod own;
 pub mod pass;
 pub mod paths;
+pub mod peekoff;
 pub mod phase;
 pub mod poll;
 pub mod spawn;
 pub mod spin;
+pub mod splice;
 pub mod stdio;
 pub mod stream;
 pub mod sys;

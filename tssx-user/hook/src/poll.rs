@@ -101,7 +101,11 @@ fn swapped(p: &pollfd) -> Option<ConnRef> {
 /// `revents` of a swapped entry from the rings (and the socket, half-way).
 fn ring_revents(c: &Conn, fd: c_int, events: i16) -> i16 {
     let wanted = events as u32 | bits::HUP | bits::ERR;
-    (c.readiness(fd) & wanted) as i16
+    let mut ready = c.readiness(fd) & wanted;
+    if events & libc::POLLPRI != 0 {
+        ready |= c.urgent(fd);
+    }
+    ready as i16
 }
 
 /// Whether any swapped entry is ready by its rings (`revents` untouched).
@@ -122,6 +126,10 @@ fn scan(fds: &mut [pollfd]) -> (usize, bool) {
         match swapped(p) {
             Some(c) => {
                 p.revents = ring_revents(&c, p.fd, p.events);
+                if c.phase() == Phase::Plain {
+                    // Turned plain on the way (the end of a hand-back): the kernel answers.
+                    plain = true;
+                }
                 ready += usize::from(p.revents != 0);
             }
             None => plain = true,

@@ -17,7 +17,7 @@ use crate::{
     iov::{after, after_mut},
     migrate::{SockRead, SockWrite},
     sys::set_errno,
-    wait::Backoff,
+    wait::{Backoff, Waiting},
 };
 
 /// The result of a call that moved `total` bytes before it had to stop with `errno`: the
@@ -30,8 +30,32 @@ pub(crate) fn partial_or_errno(total: usize, errno: c_int) -> isize {
     -1
 }
 
+/// A flag of the hook's own [`Conn::recv`] calls (a bit no receive call of an application
+/// means anything by: the kernel's internal `MSG_CMSG_COMPAT`, masked off the application's
+/// flags): the socket's emulated `SO_PEEK_OFF` does not apply to them.
+pub(crate) const MSG_INTERNAL: c_int = 1 << 31;
+
+/// A pipe or a socket as `sendfile`'s input: what the kernel answers a sendfile into a socket
+/// from it (EBADF when it is not open for reading, ESPIPE with an offset, EINVAL otherwise,
+/// even for a count of 0). `None` for any other file. (Into the private pipe the kernel would
+/// accept them, and read them: never tried.)
+fn stream_input_refused(in_fd: c_int, has_offset: bool) -> Option<c_int> {
+    let kind = crate::sys::fstat(in_fd).ok()?.st_mode & libc::S_IFMT;
+    if kind != libc::S_IFIFO && kind != libc::S_IFSOCK {
+        return None;
+    }
+    let fl = tssx_shm::sys::fcntl(in_fd, libc::F_GETFL, 0).ok()? as c_int;
+    Some(if fl & libc::O_ACCMODE == libc::O_WRONLY {
+        libc::EBADF
+    } else if has_offset {
+        libc::ESPIPE
+    } else {
+        libc::EINVAL
+    })
+}
+
 /// Internal marker of [`Conn::recv`]/[`Conn::send`]: went plain before moving anything.
-const WENT_PLAIN: isize = isize::MIN;
+pub(crate) const WENT_PLAIN: isize = isize::MIN;
 
 /// Raises SIGPIPE in this thread, as the kernel does for a failed stream write.
 fn raise_sigpipe(flags: c_int) {
@@ -45,7 +69,17 @@ impl Conn {
     /// `recv` semantics for a connection with a segment (phase `Ready` or `Active`). `None`:
     /// the connection went plain before anything was read: the caller makes the real call.
     pub fn recv(&self, fd: c_int, bufs: &mut [IoSliceMut<'_>], flags: c_int) -> Option<isize> {
-        Some(self.recv_inner(fd, bufs, flags)).filter(|&n| n != WENT_PLAIN)
+        // The emulated SO_PEEK_OFF: applies to the application's reads; the hook's own peeks
+        // neither use nor move it, its own consuming reads (splice) move it back.
+        if self.peek_off.load(Relaxed) >= 0 && (flags & MSG_INTERNAL == 0 || flags & libc::MSG_PEEK == 0) {
+            return self.recv_peek_off(fd, bufs, flags);
+        }
+        Some(self.recv_inner(fd, bufs, flags & !MSG_INTERNAL)).filter(|&n| n != WENT_PLAIN)
+    }
+
+    /// [`Conn::recv`] without the emulated `SO_PEEK_OFF` (see [`crate::peekoff`]).
+    pub(crate) fn recv_plainly(&self, fd: c_int, bufs: &mut [IoSliceMut<'_>], flags: c_int) -> isize {
+        self.recv_inner(fd, bufs, flags)
     }
 
     fn recv_inner(&self, fd: c_int, bufs: &mut [IoSliceMut<'_>], flags: c_int) -> isize {
@@ -62,7 +96,7 @@ impl Conn {
             return if n > 0 { 0 } else { n };
         }
         let mut total = 0usize;
-        let mut backoff = Backoff::default();
+        let mut backoff = Backoff::new(Waiting::Read);
         loop {
             if self.phase() == Phase::Plain {
                 return if total == 0 { WENT_PLAIN } else { total as isize };
@@ -90,6 +124,9 @@ impl Conn {
                             return total as isize;
                         }
                         if self.would_block_is_error(flags) {
+                            return partial_or_errno(total, libc::EAGAIN);
+                        }
+                        if backoff.deadline(fd).expired() {
                             return partial_or_errno(total, libc::EAGAIN);
                         }
                         if let Err(e) = self.sleep_for_socket_data(fd) {
@@ -199,7 +236,7 @@ impl Conn {
     fn send_inner(&self, fd: c_int, bufs: &[IoSlice<'_>], flags: c_int) -> isize {
         let want: usize = bufs.iter().map(|b| b.len()).sum();
         let mut total = 0usize;
-        let mut backoff = Backoff::default();
+        let mut backoff = Backoff::new(Waiting::Write);
         loop {
             if self.phase() >= Phase::HandingBack {
                 // This end's writes are on the socket again (handing back, or plain).
@@ -222,7 +259,11 @@ impl Conn {
                         if self.would_block_is_error(flags) {
                             return partial_or_errno(total, libc::EAGAIN);
                         }
-                        if let Err(e) = self.sleep_for_socket_room(fd) {
+                        let deadline = backoff.deadline(fd);
+                        if deadline.expired() {
+                            return partial_or_errno(total, libc::EAGAIN);
+                        }
+                        if let Err(e) = self.sleep_for_socket_room(fd, deadline) {
                             return partial_or_errno(total, e);
                         }
                     }
@@ -278,73 +319,78 @@ impl Conn {
         }
     }
 
-    /// `sendfile` into this connection: reads the file at its offset (`*offset`, or the file's
-    /// own), sends through [`Conn::send`], and moves the offset by what was sent. `None`: the
-    /// input cannot be read at an offset (a pipe): the connection is handed back to the kernel
-    /// and the caller makes the real call.
+    /// `sendfile` into this connection. The kernel reads the input, with all of its checks and
+    /// offset rules (the caller's `*offset`, or the file's position, moved by what it read):
+    /// `sendfile` into a private pipe, at most 64 KiB a round; the hook sends what it read
+    /// through [`Conn::send`], and moves the offset back by what the socket did not take (a
+    /// non-blocking socket with a full ring, a timeout), as the kernel's own sendfile does.
+    /// `None`: the connection went plain before anything was read (the caller makes the real
+    /// call).
     ///
     /// # Safety
-    /// `offset` is null or valid for reads and writes.
+    /// `offset` is null or valid for reads and writes (the kernel checks it first).
     pub unsafe fn sendfile(&self, fd: c_int, in_fd: c_int, offset: *mut libc::off_t, count: usize) -> Option<isize> {
-        // SAFETY: per the contract.
-        let start = match unsafe { offset.as_ref() } {
-            Some(&at) => at,
-            None => match tssx_shm::sys::lseek(in_fd, 0, libc::SEEK_CUR) {
-                Ok(at) => at as libc::off_t,
-                Err(_) => {
-                    self.hand_back(fd);
-                    return None;
-                }
-            },
-        };
-        if start < 0 {
-            set_errno(libc::EINVAL);
-            return Some(-1);
+        if let Some(e) = stream_input_refused(in_fd, !offset.is_null()) {
+            return Some(partial_or_errno(0, e));
         }
+        let scratch = match crate::splice::Scratch::new() {
+            Ok(s) => s,
+            Err(e) => return Some(partial_or_errno(0, e)),
+        };
+        // Moves the input's offset back by `k` bytes it read and nobody sent.
+        let rewind = |k: usize| {
+            // SAFETY: per the contract (the kernel just read and wrote it).
+            match unsafe { offset.as_mut() } {
+                Some(at) => *at -= k as libc::off_t,
+                None => {
+                    let _ = tssx_shm::sys::lseek(in_fd, -(k as i64), libc::SEEK_CUR);
+                }
+            }
+        };
         let mut buf = vec![0u8; count.clamp(1, 64 * 1024)];
         let mut sent = 0usize;
-        let mut result = 0isize;
-        while sent < count {
+        loop {
             let want = (count - sent).min(buf.len());
-            let n = match tssx_shm::sys::pread(in_fd, &mut buf[..want], start + sent as libc::off_t) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) => {
-                    result = partial_or_errno(sent, e.0);
-                    break;
-                }
+            // SAFETY: the caller's offset (null or valid, the kernel checks it); no other memory.
+            let read = unsafe {
+                tssx_shm::sys::syscall(libc::SYS_sendfile, [scratch.writer() as usize, in_fd as usize, offset as usize, want, 0, 0])
             };
+            let n = match read {
+                Ok(0) => break, // EOF, or a count of 0
+                Ok(n) => n,
+                Err(e) => return Some(partial_or_errno(sent, e.0)),
+            };
+            let n = scratch.read_into(&mut buf[..n]);
             let put = match self.send(fd, &[IoSlice::new(&buf[..n])], 0) {
                 Some(put) => put,
                 None => {
-                    // Went plain meanwhile: the rest through the kernel.
-                    let mut at: libc::off_t = start + sent as libc::off_t;
-                    // SAFETY: a live local offset; the caller's fds.
-                    let rest = unsafe { crate::sys::sendfile(fd, in_fd, &mut at, count - sent) };
-                    if rest > 0 {
-                        sent += rest as usize;
-                    }
-                    break;
+                    // Went plain meanwhile: the rest through the kernel, from where it was.
+                    rewind(n);
+                    // SAFETY: the caller's arguments.
+                    let rest = unsafe { crate::sys::sendfile(fd, in_fd, offset, count - sent) };
+                    return Some(if rest >= 0 {
+                        (sent + rest as usize) as isize
+                    } else if sent > 0 {
+                        sent as isize
+                    } else {
+                        -1
+                    });
                 }
             };
             if put < 0 {
-                result = if sent > 0 { sent as isize } else { put };
-                break;
+                rewind(n);
+                return Some(if sent > 0 { sent as isize } else { put });
             }
             sent += put as usize;
             if (put as usize) < n {
+                rewind(n - put as usize);
+                break;
+            }
+            if sent == count {
                 break;
             }
         }
-        let end = start + sent as libc::off_t;
-        // SAFETY: per the contract.
-        match unsafe { offset.as_mut() } {
-            Some(at) => *at = end,
-            None => {
-                let _ = tssx_shm::sys::lseek(in_fd, end, libc::SEEK_SET);
-            }
-        }
-        Some(if result < 0 || (result > 0 && sent == 0) { result } else { sent as isize })
+        Some(sent as isize)
     }
 
     /// Whether this end writes to its ring now.

@@ -21,8 +21,78 @@ pub const DEATH_CHECK_NS: u64 = 200_000;
 pub enum WaitError {
     /// A signal handler ran and the call must fail with EINTR.
     Interrupted,
-    /// The socket's receive timeout (SO_RCVTIMEO) expired, or it turned non-blocking.
+    /// The socket's timeout for the call expired (SO_RCVTIMEO for a read, SO_SNDTIMEO for a
+    /// write), or it turned non-blocking.
     TimedOut,
+}
+
+/// What a blocked call waits for: data (a read, bounded by SO_RCVTIMEO) or room (a write,
+/// bounded by SO_SNDTIMEO).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Waiting {
+    /// A read waits for data.
+    Read,
+    /// A write waits for room.
+    Write,
+}
+
+/// The socket's timeout for `waiting` (SO_RCVTIMEO or SO_SNDTIMEO, read from the real socket)
+/// in nanoseconds; `None` when it has none (0, the default) or the option cannot be read.
+pub(crate) fn socket_timeout_ns(fd: c_int, waiting: Waiting) -> Option<u64> {
+    let name = match waiting {
+        Waiting::Read => libc::SO_RCVTIMEO,
+        Waiting::Write => libc::SO_SNDTIMEO,
+    };
+    let mut tv = libc::timeval { tv_sec: 0, tv_usec: 0 };
+    tssx_shm::sys::getsockopt(fd, libc::SOL_SOCKET, name, &mut tv).ok()?;
+    let ns = (tv.tv_sec.max(0) as u64).saturating_mul(1_000_000_000).saturating_add((tv.tv_usec.max(0) as u64).saturating_mul(1_000));
+    (ns > 0).then_some(ns)
+}
+
+/// The timeouts of one blocking call, read from the socket at its first sleep (a call that never
+/// sleeps makes no system call for them). As in the kernel, the timeout bounds the whole call:
+/// a read's (`SO_RCVTIMEO`) or a write's (`SO_SNDTIMEO`), never the other one.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Deadline {
+    /// CLOCK_MONOTONIC ns at which the call times out (`None`: never).
+    pub(crate) at: Option<u64>,
+    /// Whether a sleep may be the kernel's own blocking `recv(MSG_PEEK)` on the socket: the
+    /// kernel then applies the caller's signal dispositions (SA_RESTART) exactly as for a
+    /// plain call. True for reads (the kernel applies SO_RCVTIMEO, the read's own timeout),
+    /// and for writes on a socket with neither timeout; a write on a socket with one sleeps in
+    /// `poll` up to its own deadline instead.
+    pub(crate) peek_sleep: bool,
+}
+
+impl Deadline {
+    /// Reads the socket's timeouts for a call `waiting` that is about to sleep.
+    pub(crate) fn of(fd: c_int, waiting: Waiting) -> Deadline {
+        let at = socket_timeout_ns(fd, waiting).map(|t| now_ns().saturating_add(t));
+        let peek_sleep = match waiting {
+            Waiting::Read => true,
+            Waiting::Write => at.is_none() && socket_timeout_ns(fd, Waiting::Read).is_none(),
+        };
+        Deadline { at, peek_sleep }
+    }
+
+    /// Whether the call's time is up.
+    pub(crate) fn expired(&self) -> bool {
+        self.at.is_some_and(|at| now_ns() >= at)
+    }
+
+    /// Milliseconds left for `poll` (rounded up; -1: no timeout), at most `cap` when given.
+    pub(crate) fn poll_ms(&self, cap: Option<c_int>) -> c_int {
+        let left = self.at.map(|at| {
+            let ns = at.saturating_sub(now_ns());
+            ns.div_ceil(1_000_000).min(c_int::MAX as u64) as c_int
+        });
+        match (left, cap) {
+            (Some(l), Some(c)) => l.min(c),
+            (Some(l), None) => l,
+            (None, Some(c)) => c,
+            (None, None) => -1,
+        }
+    }
 }
 
 impl WaitError {
@@ -36,14 +106,26 @@ impl WaitError {
 
 /// What a waiting end does while its ring is empty (reader) or full (writer): check again for
 /// the thread's spin budget, then announce its sleep and sleep on the real socket.
-#[derive(Default)]
 pub(crate) struct Backoff {
     spins: u32,
     spin_from: u64,
     spin_until: u64,
+    waiting: Waiting,
+    /// Read at the first sleep.
+    deadline: Option<Deadline>,
 }
 
 impl Backoff {
+    /// The back-off of one blocking call `waiting` for data or room.
+    pub(crate) fn new(waiting: Waiting) -> Backoff {
+        Backoff { spins: 0, spin_from: 0, spin_until: 0, waiting, deadline: None }
+    }
+
+    /// The call's deadline (read from the socket the first time).
+    pub(crate) fn deadline(&mut self, fd: c_int) -> Deadline {
+        *self.deadline.get_or_insert_with(|| Deadline::of(fd, self.waiting))
+    }
+
     /// Progress was made: the next wait starts with a fresh spin budget.
     pub(crate) fn progress(&mut self) {
         if self.spins != 0 {
@@ -77,18 +159,29 @@ impl Backoff {
         }
         spin_missed(self.spin_from);
         self.spins = 0;
-        let result = Self::sleep(conn, fd, announce, withdraw);
+        let deadline = self.deadline(fd);
+        if deadline.expired() {
+            return Err(WaitError::TimedOut);
+        }
+        let result = Self::sleep(conn, fd, deadline, announce, withdraw);
         woke();
         result
     }
 
     /// Announces the sleep, re-checks, and sleeps on the real socket unless that found work.
-    pub(crate) fn sleep(conn: &Conn, fd: c_int, announce: impl FnOnce() -> bool, withdraw: impl FnOnce()) -> Result<(), WaitError> {
+    pub(crate) fn sleep(
+        conn: &Conn,
+        fd: c_int,
+        deadline: Deadline,
+        announce: impl FnOnce() -> bool,
+        withdraw: impl FnOnce(),
+    ) -> Result<(), WaitError> {
         if !announce() {
             return Ok(());
         }
         // The announcement's fence orders these flag reads after it (see `Conn::announce`).
-        let result = if conn.rcv_shut() || conn.send_shut() || conn.phase() == Phase::Plain { Ok(()) } else { conn.sleep_on_socket(fd) };
+        let result =
+            if conn.rcv_shut() || conn.send_shut() || conn.phase() == Phase::Plain { Ok(()) } else { conn.sleep_on_socket(fd, deadline) };
         withdraw();
         result
     }
@@ -142,10 +235,29 @@ impl Conn {
     /// sleep.
     ///
     /// An active connection used by one thread sleeps in a blocking `recv(MSG_PEEK)` of one
-    /// byte: the kernel then applies the caller's signal dispositions (SA_RESTART restarts it,
-    /// otherwise EINTR) and the socket's SO_RCVTIMEO, exactly as for a plain read.
-    pub(crate) fn sleep_on_socket(&self, fd: c_int) -> Result<(), WaitError> {
+    /// byte when [`Deadline::peek_sleep`] allows: the kernel then applies the caller's signal
+    /// dispositions (SA_RESTART restarts it, otherwise EINTR) and the socket's SO_RCVTIMEO,
+    /// exactly as for a plain read. A write on a socket with a timeout sleeps in `poll` up to
+    /// its SO_SNDTIMEO deadline instead (a signal then ends it with EINTR, as the kernel does
+    /// for a send with a timeout; see the README for the one case that differs: a write
+    /// without SO_SNDTIMEO on a socket with SO_RCVTIMEO, under SA_RESTART).
+    pub(crate) fn sleep_on_socket(&self, fd: c_int, deadline: Deadline) -> Result<(), WaitError> {
         let doorbells_only = self.reads_ring();
+        if doorbells_only && !self.is_shared() && !deadline.peek_sleep {
+            let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+            // SAFETY: one live pollfd.
+            let n = unsafe { sys::poll(&mut pfd, 1, deadline.poll_ms(None)) };
+            return match n {
+                n if n > 0 => {
+                    self.drain_doorbells(fd);
+                    Ok(())
+                }
+                0 if deadline.expired() => Err(WaitError::TimedOut),
+                0 => Ok(()),
+                _ if errno() == libc::EINTR => Err(WaitError::Interrupted),
+                _ => Ok(()),
+            };
+        }
         if doorbells_only && !self.is_shared() {
             let mut byte = 0u8;
             // SAFETY: peeks one byte into a live local.
@@ -178,9 +290,12 @@ impl Conn {
         // peer's death, briefly. Shared: a sibling may drain our doorbell, so never sleep long.
         let mut pfd = libc::pollfd { fd, events: if doorbells_only { libc::POLLIN } else { 0 }, revents: 0 };
         // SAFETY: one live pollfd.
-        let ready = unsafe { sys::poll(&mut pfd, 1, 1) };
+        let ready = unsafe { sys::poll(&mut pfd, 1, deadline.poll_ms(Some(1))) };
         if ready > 0 && doorbells_only {
             self.drain_doorbells_if_alone(fd, 1);
+        }
+        if deadline.expired() {
+            return Err(WaitError::TimedOut);
         }
         Ok(())
     }
