@@ -271,9 +271,16 @@ impl Conn {
                 }
                 _ => {
                     drained.fetch_sub(take as u64, SeqCst);
-                    // EOF, or a doorbell count the socket does not hold (a lying peer): the
-                    // direction is over either way.
-                    return sys::recv_raw(fd, &mut buf[..1], libc::MSG_PEEK | libc::MSG_DONTWAIT) != Err(libc::EAGAIN);
+                    match sys::recv_raw(fd, &mut buf[..1], libc::MSG_PEEK | libc::MSG_DONTWAIT) {
+                        // The peer counts a doorbell before it sends it: the byte arrived
+                        // between the two calls. Drain it (taken for EOF, it would reach the
+                        // application as a data byte once the connection is plain).
+                        Ok(n) if n > 0 => continue,
+                        // Counted, not sent yet: not done.
+                        Err(libc::EAGAIN) => return false,
+                        // EOF, or an error: the direction is over either way.
+                        _ => return true,
+                    }
                 }
             }
         }
