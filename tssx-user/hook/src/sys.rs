@@ -27,7 +27,7 @@ pub use tssx_shm::sys::{fstat, gettid, raise_in_thread, read_file, readlink, sch
 pub use real::NAMES as REAL_NAMES;
 
 macro_rules! real_fns {
-    ($($name:ident: fn($($arg:ident: $ty:ty),*) -> $ret:ty;)*) => {
+    ($($(#[$lazy:ident])? $name:ident: fn($($arg:ident: $ty:ty),*) -> $ret:ty;)*) => {
         /// The names of the functions of the table.
         pub mod real {
             /// Every function of the table, by its libc name.
@@ -43,9 +43,15 @@ macro_rules! real_fns {
             )*
         }
 
-        /// Resolves every function (called from the library constructor).
+        /// Resolves every function not marked `#[lazy]` (called from the library
+        /// constructor). Every function a signal handler may call (POSIX's async-signal-safe
+        /// ones among them: `read`, `write`, `close`, `send`, `poll`, `fcntl`, `dup2`,
+        /// `execve`, ...) is resolved before `main`, since `dlsym` takes the loader's lock and
+        /// is not async-signal-safe. The `#[lazy]` ones (spawn, stdio, epoll, the vector and
+        /// zero-copy calls) are resolved at their first use instead, which keeps a third of
+        /// the `dlsym` calls out of every process's start (see `cargo xtask start-cost`).
         pub fn resolve_all() {
-            $( let _ = resolve(&slots::$name, concat!(stringify!($name), "\0")); )*
+            $( real_fns!(@eager $($lazy)? $name); )*
         }
 
         $(
@@ -60,6 +66,10 @@ macro_rules! real_fns {
                 unsafe { f($($arg),*) }
             }
         )*
+    };
+    (@eager lazy $name:ident) => {};
+    (@eager $name:ident) => {
+        let _ = resolve(&slots::$name, concat!(stringify!($name), "\0"));
     };
 }
 
@@ -127,39 +137,39 @@ real_fns! {
     ppoll: fn(fds: *mut pollfd, n: nfds_t, ts: *const libc::timespec, mask: *const libc::sigset_t) -> c_int;
     select: fn(n: c_int, r: *mut libc::fd_set, w: *mut libc::fd_set, e: *mut libc::fd_set, tv: *mut libc::timeval) -> c_int;
     pselect: fn(n: c_int, r: *mut libc::fd_set, w: *mut libc::fd_set, e: *mut libc::fd_set, ts: *const libc::timespec, mask: *const libc::sigset_t) -> c_int;
-    epoll_ctl: fn(epfd: c_int, op: c_int, fd: c_int, ev: *mut libc::epoll_event) -> c_int;
-    epoll_create: fn(size: c_int) -> c_int;
-    epoll_create1: fn(flags: c_int) -> c_int;
-    epoll_wait: fn(epfd: c_int, ev: *mut libc::epoll_event, max: c_int, timeout: c_int) -> c_int;
-    epoll_pwait: fn(epfd: c_int, ev: *mut libc::epoll_event, max: c_int, timeout: c_int, mask: *const libc::sigset_t) -> c_int;
-    sendfile: fn(out_fd: c_int, in_fd: c_int, offset: *mut libc::off_t, count: size_t) -> ssize_t;
+    #[lazy] epoll_ctl: fn(epfd: c_int, op: c_int, fd: c_int, ev: *mut libc::epoll_event) -> c_int;
+    #[lazy] epoll_create: fn(size: c_int) -> c_int;
+    #[lazy] epoll_create1: fn(flags: c_int) -> c_int;
+    #[lazy] epoll_wait: fn(epfd: c_int, ev: *mut libc::epoll_event, max: c_int, timeout: c_int) -> c_int;
+    #[lazy] epoll_pwait: fn(epfd: c_int, ev: *mut libc::epoll_event, max: c_int, timeout: c_int, mask: *const libc::sigset_t) -> c_int;
+    #[lazy] sendfile: fn(out_fd: c_int, in_fd: c_int, offset: *mut libc::off_t, count: size_t) -> ssize_t;
     setsockopt: fn(fd: c_int, level: c_int, name: c_int, value: *const c_void, len: socklen_t) -> c_int;
     getsockopt: fn(fd: c_int, level: c_int, name: c_int, value: *mut c_void, len: *mut socklen_t) -> c_int;
-    splice: fn(fd_in: c_int, off_in: *mut libc::loff_t, fd_out: c_int, off_out: *mut libc::loff_t, len: size_t, flags: libc::c_uint) -> ssize_t;
+    #[lazy] splice: fn(fd_in: c_int, off_in: *mut libc::loff_t, fd_out: c_int, off_out: *mut libc::loff_t, len: size_t, flags: libc::c_uint) -> ssize_t;
     fork: fn() -> libc::pid_t;
     execve: fn(path: *const libc::c_char, argv: *const *const libc::c_char, envp: *const *const libc::c_char) -> c_int;
-    execvpe: fn(file: *const libc::c_char, argv: *const *const libc::c_char, envp: *const *const libc::c_char) -> c_int;
+    #[lazy] execvpe: fn(file: *const libc::c_char, argv: *const *const libc::c_char, envp: *const *const libc::c_char) -> c_int;
     fexecve: fn(fd: c_int, argv: *const *const libc::c_char, envp: *const *const libc::c_char) -> c_int;
-    posix_spawn: fn(pid: *mut libc::pid_t, path: *const libc::c_char, fa: *const libc::posix_spawn_file_actions_t, attr: *const libc::posix_spawnattr_t, argv: *const *mut libc::c_char, envp: *const *mut libc::c_char) -> c_int;
-    posix_spawnp: fn(pid: *mut libc::pid_t, file: *const libc::c_char, fa: *const libc::posix_spawn_file_actions_t, attr: *const libc::posix_spawnattr_t, argv: *const *mut libc::c_char, envp: *const *mut libc::c_char) -> c_int;
-    recvmmsg: fn(fd: c_int, msgs: *mut libc::mmsghdr, vlen: libc::c_uint, flags: c_int, timeout: *mut libc::timespec) -> c_int;
-    sendmmsg: fn(fd: c_int, msgs: *mut libc::mmsghdr, vlen: libc::c_uint, flags: c_int) -> c_int;
+    #[lazy] posix_spawn: fn(pid: *mut libc::pid_t, path: *const libc::c_char, fa: *const libc::posix_spawn_file_actions_t, attr: *const libc::posix_spawnattr_t, argv: *const *mut libc::c_char, envp: *const *mut libc::c_char) -> c_int;
+    #[lazy] posix_spawnp: fn(pid: *mut libc::pid_t, file: *const libc::c_char, fa: *const libc::posix_spawn_file_actions_t, attr: *const libc::posix_spawnattr_t, argv: *const *mut libc::c_char, envp: *const *mut libc::c_char) -> c_int;
+    #[lazy] recvmmsg: fn(fd: c_int, msgs: *mut libc::mmsghdr, vlen: libc::c_uint, flags: c_int, timeout: *mut libc::timespec) -> c_int;
+    #[lazy] sendmmsg: fn(fd: c_int, msgs: *mut libc::mmsghdr, vlen: libc::c_uint, flags: c_int) -> c_int;
     __read_chk: fn(fd: c_int, buf: *mut c_void, n: size_t, buflen: size_t) -> ssize_t;
     __recv_chk: fn(fd: c_int, buf: *mut c_void, n: size_t, buflen: size_t, flags: c_int) -> ssize_t;
     __recvfrom_chk: fn(fd: c_int, buf: *mut c_void, n: size_t, buflen: size_t, flags: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> ssize_t;
     __poll_chk: fn(fds: *mut pollfd, n: nfds_t, timeout: c_int, fdslen: size_t) -> c_int;
     __ppoll_chk: fn(fds: *mut pollfd, n: nfds_t, ts: *const libc::timespec, mask: *const libc::sigset_t, fdslen: size_t) -> c_int;
-    preadv2: fn(fd: c_int, iov: *const iovec, cnt: c_int, offset: libc::off_t, flags: c_int) -> ssize_t;
-    preadv64v2: fn(fd: c_int, iov: *const iovec, cnt: c_int, offset: libc::off64_t, flags: c_int) -> ssize_t;
-    pwritev2: fn(fd: c_int, iov: *const iovec, cnt: c_int, offset: libc::off_t, flags: c_int) -> ssize_t;
-    pwritev64v2: fn(fd: c_int, iov: *const iovec, cnt: c_int, offset: libc::off64_t, flags: c_int) -> ssize_t;
-    fdopen: fn(fd: c_int, mode: *const libc::c_char) -> *mut libc::FILE;
-    posix_spawn_file_actions_init: fn(fa: *mut libc::posix_spawn_file_actions_t) -> c_int;
-    posix_spawn_file_actions_destroy: fn(fa: *mut libc::posix_spawn_file_actions_t) -> c_int;
-    posix_spawn_file_actions_addclose: fn(fa: *mut libc::posix_spawn_file_actions_t, fd: c_int) -> c_int;
-    posix_spawn_file_actions_adddup2: fn(fa: *mut libc::posix_spawn_file_actions_t, fd: c_int, newfd: c_int) -> c_int;
-    posix_spawn_file_actions_addopen: fn(fa: *mut libc::posix_spawn_file_actions_t, fd: c_int, path: *const libc::c_char, oflag: c_int, mode: libc::mode_t) -> c_int;
-    pclose: fn(stream: *mut libc::FILE) -> c_int;
+    #[lazy] preadv2: fn(fd: c_int, iov: *const iovec, cnt: c_int, offset: libc::off_t, flags: c_int) -> ssize_t;
+    #[lazy] preadv64v2: fn(fd: c_int, iov: *const iovec, cnt: c_int, offset: libc::off64_t, flags: c_int) -> ssize_t;
+    #[lazy] pwritev2: fn(fd: c_int, iov: *const iovec, cnt: c_int, offset: libc::off_t, flags: c_int) -> ssize_t;
+    #[lazy] pwritev64v2: fn(fd: c_int, iov: *const iovec, cnt: c_int, offset: libc::off64_t, flags: c_int) -> ssize_t;
+    #[lazy] fdopen: fn(fd: c_int, mode: *const libc::c_char) -> *mut libc::FILE;
+    #[lazy] posix_spawn_file_actions_init: fn(fa: *mut libc::posix_spawn_file_actions_t) -> c_int;
+    #[lazy] posix_spawn_file_actions_destroy: fn(fa: *mut libc::posix_spawn_file_actions_t) -> c_int;
+    #[lazy] posix_spawn_file_actions_addclose: fn(fa: *mut libc::posix_spawn_file_actions_t, fd: c_int) -> c_int;
+    #[lazy] posix_spawn_file_actions_adddup2: fn(fa: *mut libc::posix_spawn_file_actions_t, fd: c_int, newfd: c_int) -> c_int;
+    #[lazy] posix_spawn_file_actions_addopen: fn(fa: *mut libc::posix_spawn_file_actions_t, fd: c_int, path: *const libc::c_char, oflag: c_int, mode: libc::mode_t) -> c_int;
+    #[lazy] pclose: fn(stream: *mut libc::FILE) -> c_int;
 }
 
 /// Resolves `name` (NUL-terminated) in the libraries after the hook, or 0 when libc has no such
