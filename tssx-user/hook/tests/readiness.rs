@@ -8,6 +8,14 @@ use tssx_hook::calls;
 mod support;
 use support::Pair;
 
+/// The tests run one at a time: each closes fd numbers and checks what the kernel says about
+/// them afterwards (EBADF), forks, and counts the process's connections, which a test running
+/// on another thread would change (a closed number reused by it gives ENOENT instead).
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ONE.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn swapped_pair(ring: usize) -> Pair {
     let fds = support::socketpair(0);
     support::install_swapped(fds, ring);
@@ -49,6 +57,7 @@ fn bit(set: &[u64], fd: usize) -> bool {
 /// nothing past the bitmap is touched.
 #[test]
 fn select_sees_a_swapped_fd_above_fd_setsize() {
+    let _one = one_at_a_time();
     const HIGH: c_int = 1500;
     allow_fd(HIGH + 10);
     let mut p = swapped_pair(4096);
@@ -113,6 +122,7 @@ fn select_sees_a_swapped_fd_above_fd_setsize() {
 /// A bit set for a closed fd inside the fd table: EBADF, as from the kernel.
 #[test]
 fn select_above_fd_setsize_reports_ebadf_for_a_closed_fd() {
+    let _one = one_at_a_time();
     const HIGH: c_int = 1300;
     allow_fd(HIGH + 10);
     let mut p = swapped_pair(4096);
@@ -164,6 +174,7 @@ const IN: u32 = libc::EPOLLIN as u32;
 /// `EPOLL_CTL_DEL` of the closed number is EBADF; the dup can be registered beside it.
 #[test]
 fn a_registration_outlives_its_fd_while_a_dup_keeps_the_connection() {
+    let _one = one_at_a_time();
     let mut p = swapped_pair(4096);
     let ep = epoll();
     assert_eq!(ctl(ep, libc::EPOLL_CTL_ADD, p.server, IN, 7), (0, 0));
@@ -232,6 +243,7 @@ fn in_child(f: impl FnOnce() -> c_int) -> c_int {
 /// is disarmed in the child.
 #[test]
 fn fork_shares_one_interest_list() {
+    let _one = one_at_a_time();
     let p = swapped_pair(4096);
     let ep = epoll();
     assert_eq!(ctl(ep, libc::EPOLL_CTL_ADD, p.server, IN, 1), (0, 0));
@@ -286,6 +298,7 @@ fn fork_shares_one_interest_list() {
 /// reports in the other process too (the kernel's list serves it: it is handed back first).
 #[test]
 fn a_connection_registered_after_fork_reports_in_the_other_process() {
+    let _one = one_at_a_time();
     let p = swapped_pair(4096);
     let ep = epoll();
     assert_eq!(ctl(ep, libc::EPOLL_CTL_ADD, p.server, IN, 1), (0, 0));
@@ -352,6 +365,7 @@ fn a_connection_registered_after_fork_reports_in_the_other_process() {
 /// handed back and the registration becomes the kernel's.
 #[test]
 fn a_registration_reports_after_its_last_fd_here_closes_while_another_process_holds_it() {
+    let _one = one_at_a_time();
     let mut p = swapped_pair(4096);
     let mut down = [0; 2];
     // SAFETY: a live out-array.
@@ -393,6 +407,7 @@ fn a_registration_reports_after_its_last_fd_here_closes_while_another_process_ho
 /// parent too, so the kernel's list serves it (handed back), and the parent's wait reports it.
 #[test]
 fn a_connection_only_one_sharer_holds_is_served_by_the_kernel() {
+    let _one = one_at_a_time();
     let mut p = swapped_pair(4096);
     let ep = epoll();
     let (mut up, mut down) = ([0; 2], [0; 2]);
