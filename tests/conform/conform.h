@@ -240,8 +240,9 @@ HELPER int listen_on(const char *path) {
  * runs on a connection that is still migrating (tssx swaps a connection in flight, a few
  * milliseconds after it is opened, later on a loaded machine).
  *
- * "Moved" is seen from outside tssx: a new `memfd:tssx-segment` mapping in /proc/self/maps
- * since the connection was opened (connections warm up one at a time). The client sends 'm'
+ * "Moved" is seen from outside tssx: a `memfd:tssx-segment` mapping in /proc/self/maps whose
+ * inode was not mapped when the connection was opened (connections warm up one at a time;
+ * other connections' segments may come and go meanwhile). The client sends 'm'
  * once it has one ('w' before); the server answers 'g' once it has one too and has seen 'm'
  * for N rounds in a row (the rounds after the segment arrived carry each direction over), 'w'
  * otherwise. After 5000 rounds the server says 'g' regardless: the driver then reports the
@@ -252,30 +253,54 @@ HELPER void wait_for(int fd, short events) {
     while (poll(&p, 1, -1) < 0) CHECK(errno == EINTR);
 }
 
-/* Mappings of a tssx segment in this process. */
-HELPER int segments_mapped(void) {
+/* The tssx segments mapped in this process, by the inode of their memfd (unique per segment,
+ * unlike an address, which a later mapping may reuse). */
+struct segments {
+    unsigned long inode[512];
+    int n;
+};
+
+HELPER void segments_now(struct segments *seen) {
+    const size_t size = 1 << 20;
+    char *buf = malloc(size);
+    CHECK(buf != NULL);
     int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
     CHECK(fd >= 0);
-    static const char needle[] = "memfd:tssx-segment";
-    const size_t len = sizeof needle - 1;
-    char buf[8192 + sizeof needle];
-    size_t kept = 0;
-    int found = 0;
+    size_t have = 0;
     for (;;) {
-        ssize_t n = read(fd, buf + kept, sizeof buf - kept - 1);
+        ssize_t n = read(fd, buf + have, size - 1 - have);
         if (n < 0 && errno == EINTR) continue;
         CHECK(n >= 0);
-        if (n == 0) break;
-        size_t have = kept + (size_t)n;
-        buf[have] = 0;
-        for (char *at = buf; (at = memmem(at, have - (size_t)(at - buf), needle, len)); at += len)
-            found++;
-        /* Keep a tail shorter than the needle: a match cut in two is found next time. */
-        kept = have < len - 1 ? have : len - 1;
-        memmove(buf, buf + have - kept, kept);
+        if (n == 0 || have + (size_t)n == size - 1) {
+            have += (size_t)n;
+            break;
+        }
+        have += (size_t)n;
     }
     close(fd);
-    return found;
+    buf[have] = 0;
+    seen->n = 0;
+    char *save = NULL;
+    for (char *line = strtok_r(buf, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        unsigned long inode;
+        if (!strstr(line, "memfd:tssx-segment") || sscanf(line, "%*s %*s %*s %*s %lu", &inode) != 1) continue;
+        int known = 0;
+        for (int i = 0; i < seen->n; i++) known |= seen->inode[i] == inode;
+        if (!known && seen->n < (int)(sizeof seen->inode / sizeof seen->inode[0])) seen->inode[seen->n++] = inode;
+    }
+    free(buf);
+}
+
+/* Whether a segment is mapped now that was not in `before`. */
+HELPER int new_segment(const struct segments *before) {
+    struct segments now;
+    segments_now(&now);
+    for (int i = 0; i < now.n; i++) {
+        int old = 0;
+        for (int j = 0; j < before->n; j++) old |= now.inode[i] == before->inode[j];
+        if (!old) return 1;
+    }
+    return 0;
 }
 
 /* One byte through a socket that may be non-blocking. */
@@ -293,19 +318,20 @@ HELPER void warm_up(int fd, int server) {
     const char *env = getenv("CONFORM_WARMUP");
     int settle = env ? atoi(env) : 0;
     if (settle <= 0) return;
-    int before = segments_mapped();
+    struct segments before;
+    segments_now(&before);
     int moved_in_a_row = 0;
     for (int round = 0;; round++) {
         char b;
         if (server) {
             warm_byte(fd, &b, 1);
             CHECK(b == 'w' || b == 'm');
-            moved_in_a_row = b == 'm' && segments_mapped() > before ? moved_in_a_row + 1 : 0;
+            moved_in_a_row = b == 'm' && new_segment(&before) ? moved_in_a_row + 1 : 0;
             b = moved_in_a_row >= settle || round >= 5000 ? 'g' : 'w';
             warm_byte(fd, &b, 0);
             if (b == 'g') return;
         } else {
-            b = segments_mapped() > before ? 'm' : 'w';
+            b = new_segment(&before) ? 'm' : 'w';
             warm_byte(fd, &b, 0);
             warm_byte(fd, &b, 1);
             CHECK(b == 'g' || b == 'w');
