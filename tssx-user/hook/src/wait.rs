@@ -381,6 +381,11 @@ impl Conn {
                         return;
                     }
                     if n < take {
+                        // Fewer bytes than counted: the rest are on their way, or the peer
+                        // died between counting a doorbell and sending it (SIGKILL). Then the
+                        // socket is at EOF behind these bytes, and an edge-triggered wait
+                        // would never hear of it again: look now.
+                        self.note_peer_end(sys::recv_raw(fd, &mut buf[..1], libc::MSG_PEEK | libc::MSG_DONTWAIT));
                         return;
                     }
                 }
