@@ -549,6 +549,17 @@ fn set_errno(e: c_int) {
     unsafe { *libc::__errno_location() = e };
 }
 
+/// SIGPIPE ignored for the process, once, before any test of this binary runs a sequence: a
+/// later `signal(SIGPIPE, SIG_IGN)` (another test starting on another thread) would discard
+/// the SIGPIPE a call just left pending in this thread, before [`take_sigpipe`] could see it.
+fn ignore_sigpipe() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    // SAFETY: setting a signal disposition; a write to a closed peer reports EPIPE.
+    ONCE.call_once(|| unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    });
+}
+
 /// Takes a pending SIGPIPE of this thread (blocked by [`run`]): whether the last call raised
 /// one.
 fn take_sigpipe() -> bool {
@@ -1723,8 +1734,7 @@ fn env_u64(name: &str) -> Option<u64> {
 
 #[test]
 fn plain_and_swapped_pairs_agree_on_random_sequences() {
-    // SAFETY: setting a signal disposition; a write to a closed peer reports EPIPE.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    ignore_sigpipe();
     if let Some(seed) = env_u64("TSSX_DIFF_SEED") {
         match run_seed(seed, true) {
             Ok(n) => eprintln!("differential: seed {seed}: {n} steps agree"),
@@ -1756,8 +1766,7 @@ const REGRESSION_SEEDS: [u64; 7] = [1, 3, 20, 95, 3017, 7609, 26526];
 
 #[test]
 fn seeds_that_found_divergences_agree() {
-    // SAFETY: as above.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    ignore_sigpipe();
     for seed in REGRESSION_SEEDS {
         if let Err(report) = run_seed(seed, false) {
             panic!("{report}");
@@ -1766,8 +1775,7 @@ fn seeds_that_found_divergences_agree() {
 }
 
 fn script(name: &str, ops: &[Op]) {
-    // SAFETY: as above.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    ignore_sigpipe();
     let test = std::thread::current().name().unwrap_or("script").to_owned();
     if let Err(report) = run(7, Some(ops), false, &format!("cargo test -p tssx-hook --test differential -- --exact {test}")) {
         panic!("script {name}: {report}");
