@@ -2,12 +2,12 @@
 //! binary of its own, its tests one at a time: they close whole ranges of fd numbers (each
 //! test its own, high above what the harness uses).
 
-use std::sync::{atomic::Ordering, Mutex};
+use std::sync::Mutex;
 
 use libc::c_int;
-use tssx_common::segment::{End, SegmentState, JOIN_MAPPED};
+use tssx_common::segment::End;
 use tssx_hook::{calls, table};
-use tssx_shm::{segment::Segment, sys::Fd};
+use tssx_shm::sys::Fd;
 
 mod support;
 
@@ -58,15 +58,7 @@ fn swapped_pair_at(client: c_int, server: c_int, memfds: Option<c_int>) -> [c_in
         return fds;
     };
     // As `support::install_swapped`, with the memfds placed high.
-    let segment = Segment::create(4096).expect("segment");
-    segment.transition(SegmentState::Pending, SegmentState::Active).unwrap();
-    for end in [End::Client, End::Server] {
-        let line = &segment.header().ends[end.index()];
-        line.joined.store(JOIN_MAPPED, Ordering::SeqCst);
-        line.ready.store(1, Ordering::SeqCst);
-        line.switch_at.store(0, Ordering::SeqCst);
-        segment.header().refcount[end.index()].store(1, Ordering::SeqCst);
-    }
+    let segment = support::swapped_segment(4096);
     for (fd, end) in [(fds[0], End::Client), (fds[1], End::Server)] {
         let memfd = support::dup_memfd(&segment);
         // SAFETY: a dup of our own memfd, owned by the result.

@@ -49,15 +49,7 @@ pub fn dup_memfd(segment: &Segment) -> Fd {
 /// with rings of `ring` bytes: both ends joined, ready and switched at byte 0 (as after a
 /// migration before any byte).
 pub fn install_swapped(fds: [c_int; 2], ring: usize) {
-    let segment = Segment::create(ring).expect("segment");
-    segment.transition(SegmentState::Pending, SegmentState::Active).unwrap();
-    for end in [End::Client, End::Server] {
-        let line = &segment.header().ends[end.index()];
-        line.joined.store(JOIN_MAPPED, Ordering::SeqCst);
-        line.ready.store(1, Ordering::SeqCst);
-        line.switch_at.store(0, Ordering::SeqCst);
-        segment.header().refcount[end.index()].store(1, Ordering::SeqCst);
-    }
+    let segment = swapped_segment(ring);
     for (fd, end) in [(fds[0], End::Client), (fds[1], End::Server)] {
         assert!(table::adopt_swapped(fd, end, dup_memfd(&segment)), "adopt {end:?}");
     }
@@ -83,4 +75,20 @@ pub fn send_with_fd(sock: c_int, bytes: &[u8], fd: c_int) -> isize {
         std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<c_int>(), fd);
         calls::sendmsg(sock, &msg, 0)
     }
+}
+
+/// A segment with rings of `ring` bytes whose two ends are joined, ready and switched at byte 0
+/// (as after a migration before any byte), for [`install_swapped`] and tests that adopt its
+/// memfds themselves.
+pub fn swapped_segment(ring: usize) -> Segment {
+    let segment = Segment::create(ring).expect("segment");
+    segment.transition(SegmentState::Pending, SegmentState::Active).unwrap();
+    for end in [End::Client, End::Server] {
+        let line = &segment.header().ends[end.index()];
+        line.joined.store(JOIN_MAPPED, Ordering::SeqCst);
+        line.ready.store(1, Ordering::SeqCst);
+        line.switch_at.store(0, Ordering::SeqCst);
+        segment.header().refcount[end.index()].store(1, Ordering::SeqCst);
+    }
+    segment
 }
