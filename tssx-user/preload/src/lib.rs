@@ -53,7 +53,13 @@ pub extern "C" fn tssx_debug_selftest_panic_guard() -> c_int {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn fdopen(fd: c_int, mode: *const c_char) -> *mut libc::FILE {
     // SAFETY: the caller's arguments, forwarded unchanged; same contract.
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unsafe { tssx_hook::stdio::fdopen(fd, mode) })).unwrap_or_else(|_| {
+    guarded_stream(|| unsafe { tssx_hook::stdio::fdopen(fd, mode) })
+}
+
+/// [`guarded`] for the functions that return a `FILE *`: a caught panic gives null with
+/// `errno` EIO.
+fn guarded_stream(f: impl FnOnce() -> *mut libc::FILE) -> *mut libc::FILE {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|_| {
         tssx_hook::sys::set_errno(libc::EIO);
         std::ptr::null_mut()
     })
@@ -177,13 +183,7 @@ extern "C" fn vfork_as_fork() -> libc::pid_t {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn popen(command: *const c_char, mode: *const c_char) -> *mut libc::FILE {
     // SAFETY: the caller's arguments, forwarded unchanged; same contract.
-    match std::panic::catch_unwind(move || unsafe { tssx_hook::calls::popen(command, mode) }) {
-        Ok(stream) => stream,
-        Err(_) => {
-            tssx_hook::sys::set_errno(libc::EIO);
-            std::ptr::null_mut()
-        }
-    }
+    guarded_stream(move || unsafe { tssx_hook::calls::popen(command, mode) })
 }
 
 /// `sendfile64`: the same function as `sendfile` on 64-bit Linux (glibc exports both names).
