@@ -12,6 +12,7 @@
 
 pub mod control;
 pub mod event;
+pub mod pattern;
 // The segment ABI uses 32-bit atomics, which the BPF target lacks; only user space needs it.
 #[cfg(not(target_arch = "bpf"))]
 pub mod segment;
@@ -29,6 +30,10 @@ pub const AF_UNIX: u16 = 1;
 pub mod maps {
     /// `HashMap<PathKey, u32>`: watched `sun_path` values to their path id (filled by the agent).
     pub const WATCHED_PATHS: &str = "WATCHED_PATHS";
+    /// `LpmTrie<PrefixKey, u32>`: literal prefixes of the watched patterns (directories,
+    /// globs, abstract prefixes) to a pattern id, or to `PATH_ID_CANDIDATE` when the agent must
+    /// finish the match (filled by the agent).
+    pub const WATCHED_PREFIXES: &str = "WATCHED_PREFIXES";
     /// `Array<TraceConfig>` with one entry: tracepoint field offsets read from tracefs.
     pub const CONFIG: &str = "CONFIG";
     /// `RingBuf` of [`crate::event::Event`].

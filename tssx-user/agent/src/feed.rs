@@ -23,21 +23,58 @@
 //! events, or a ring filling up); a claim never waits for the loop, since its worker drains the
 //! ring itself.
 
-use std::sync::{Mutex, MutexGuard};
+//!
+//! Matching: the kernel program decides exact names and directory prefixes itself; for a glob
+//! it reports every address under the glob's literal prefix (`PATH_ID_CANDIDATE`), and every
+//! relative filesystem address (`PATH_ID_RELATIVE`), with the address in the event. The feed
+//! finishes those before anyone sees them ([`classify`]): a candidate is matched against the
+//! patterns; a relative address is resolved against the caller's working directory and, for a
+//! bind, accepted only if that names the very socket file the kernel bound (`sock_diag`'s
+//! device and inode), so a process that changed directory meanwhile is never matched wrongly.
+//! Events that match no pattern are dropped here: sockets outside the patterns stay untraced.
+
+use std::{
+    collections::HashMap,
+    sync::{Mutex, MutexGuard},
+};
 
 use aya::maps::{MapData, RingBuf};
-use tssx_common::event::Event;
+use tssx_common::{
+    event::{Event, EventKind, PATH_ID_CANDIDATE, PATH_ID_RELATIVE},
+    SUN_PATH_LEN,
+};
+
+use crate::paths::{best_match, WatchedPath};
+
+/// Most relative listeners' resolved names kept (beyond, the table starts over).
+const MAX_RESOLVED: usize = 4096;
 
 /// The shared events ring buffer and the queue of events drained by claim workers.
 pub struct EventFeed {
     ring: Mutex<Ring>,
+    paths: Vec<WatchedPath>,
+    /// Absolute names of listeners bound with a relative address, by socket file `(device,
+    /// inode)`: claims on their connections are matched with these.
+    resolved: Mutex<HashMap<(u64, u64), Vec<u8>>>,
 }
 
 /// What the feed's lock guards.
 struct Ring {
     ring: RingBuf<MapData>,
     /// Drained by claim workers (recorded already), for the event loop.
-    forwarded: Vec<Event>,
+    forwarded: Vec<Classified>,
+}
+
+/// A kernel event after matching (see the module doc).
+#[derive(Clone, Debug)]
+pub struct Classified {
+    /// The event: its `path_id` names a pattern, its address is absolute.
+    pub event: Event,
+    /// A bind the kernel did not record as a watched listener (a glob or relative address the
+    /// agent matched): the event loop adds it to the eBPF listener map.
+    pub adopt: bool,
+    /// The relative address as the process wrote it, if it was one.
+    pub written: Option<String>,
 }
 
 /// Events the event loop takes, all recorded already: those a claim worker drained, then those
@@ -45,15 +82,20 @@ struct Ring {
 #[derive(Debug, Default)]
 pub struct Taken {
     /// Drained and recorded by claim workers.
-    pub recorded: Vec<Event>,
+    pub recorded: Vec<Classified>,
     /// Read from the ring now (and recorded by [`EventFeed::take`]).
-    pub fresh: Vec<Event>,
+    pub fresh: Vec<Classified>,
 }
 
 impl EventFeed {
-    /// Wraps the events ring buffer.
-    pub fn new(ring: RingBuf<MapData>) -> Self {
-        Self { ring: Mutex::new(Ring { ring, forwarded: Vec::new() }) }
+    /// Wraps the events ring buffer; `paths` are the watched patterns (ids are positions).
+    pub fn new(ring: RingBuf<MapData>, paths: Vec<WatchedPath>) -> Self {
+        Self { ring: Mutex::new(Ring { ring, forwarded: Vec::new() }), paths, resolved: Mutex::new(HashMap::new()) }
+    }
+
+    /// The absolute name of a listener bound with a relative address, by its socket file.
+    pub fn resolved_name(&self, file: (u64, u64)) -> Option<Vec<u8>> {
+        self.resolved.lock().unwrap_or_else(|p| p.into_inner()).get(&file).cloned()
     }
 
     /// The ring buffer's fd, to poll for readiness (it stays open as long as `self`).
@@ -69,9 +111,9 @@ impl EventFeed {
     /// the connect/accept ones for claims) and forwards all of them to the event loop.
     pub fn drain(&self, mut record: impl FnMut(&Event)) {
         let mut ring = self.lock();
-        let batch = read_all(&mut ring.ring);
-        for event in &batch {
-            record(event);
+        let batch = self.read_all(&mut ring.ring);
+        for seen in &batch {
+            record(&seen.event);
         }
         // Queued under the ring lock (see the module doc).
         ring.forwarded.extend(batch);
@@ -82,22 +124,76 @@ impl EventFeed {
     pub fn take(&self, mut record: impl FnMut(&Event)) -> Taken {
         let mut ring = self.lock();
         let recorded = std::mem::take(&mut ring.forwarded);
-        let fresh = read_all(&mut ring.ring);
-        for event in &fresh {
-            record(event);
+        let fresh = self.read_all(&mut ring.ring);
+        for seen in &fresh {
+            record(&seen.event);
         }
         Taken { recorded, fresh }
     }
-}
 
-/// Every complete event now in `ring` (short records are traced and skipped).
-fn read_all(ring: &mut RingBuf<MapData>) -> Vec<Event> {
-    let mut batch = Vec::new();
-    while let Some(item) = ring.next() {
-        match Event::from_bytes(&item) {
-            Some(event) => batch.push(event),
-            None => tracing::warn!(len = item.len(), "short event record ignored"),
+    /// Every complete event now in `ring`, matched (short records are traced and skipped,
+    /// events outside the patterns dropped).
+    fn read_all(&self, ring: &mut RingBuf<MapData>) -> Vec<Classified> {
+        let mut batch = Vec::new();
+        while let Some(item) = ring.next() {
+            match Event::from_bytes(&item) {
+                Some(event) => batch.extend(self.classify(event)),
+                None => tracing::warn!(len = item.len(), "short event record ignored"),
+            }
+        }
+        batch
+    }
+
+    /// Finishes the kernel's match of one event (see the module doc).
+    fn classify(&self, mut event: Event) -> Option<Classified> {
+        let kind = event.event_kind();
+        let bind = kind == Some(EventKind::Bind);
+        if !matches!(kind, Some(EventKind::Bind | EventKind::Connect)) {
+            return Some(Classified { event, adopt: false, written: None });
+        }
+        match event.path_id {
+            PATH_ID_CANDIDATE => {
+                event.path_id = best_match(&self.paths, event.addr_bytes())?;
+                Some(Classified { event, adopt: bind, written: None })
+            }
+            PATH_ID_RELATIVE => {
+                let written = event.addr_bytes().to_vec();
+                let (absolute, file) = resolve_event(&event, bind)?;
+                event.path_id = best_match(&self.paths, &absolute)?;
+                if let (true, Some(file)) = (bind, file) {
+                    let mut resolved = self.resolved.lock().unwrap_or_else(|p| p.into_inner());
+                    if resolved.len() >= MAX_RESOLVED {
+                        resolved.clear();
+                    }
+                    resolved.insert(file, absolute.clone());
+                }
+                event.addr = [0; SUN_PATH_LEN];
+                event.addr[..absolute.len()].copy_from_slice(&absolute);
+                event.addr_len = absolute.len() as u32;
+                Some(Classified { event, adopt: bind, written: Some(String::from_utf8_lossy(&written).into_owned()) })
+            }
+            _ => Some(Classified { event, adopt: false, written: None }),
         }
     }
-    batch
+}
+
+/// The absolute name of a relative bind/connect address, resolved against the caller's working
+/// directory now, and the socket file it was checked against. A bind is checked against the
+/// socket's own file and refused if that is not it; a connect against its peer's (the
+/// listener's file), when the peer is known already (else, unchecked: its claim is checked
+/// against the peer's name anyway).
+fn resolve_event(event: &Event, bind: bool) -> Option<(Vec<u8>, Option<(u64, u64)>)> {
+    use crate::control::host;
+    let absolute = host::resolve_in_cwd(event.tgid, event.addr_bytes())?;
+    let socket = host::socket_inode(event.tgid, event.fd).ok().flatten().and_then(|ino| crate::sockdiag::unix_socket(ino).ok().flatten());
+    let file = if bind {
+        socket?.file
+    } else {
+        socket.and_then(|s| s.peer).and_then(|peer| crate::sockdiag::unix_socket(peer).ok().flatten()).and_then(|p| p.file)
+    };
+    match file {
+        Some(file) if host::file_id(event.tgid, &absolute) != Some(file) => None,
+        None if bind => None,
+        _ => Some((absolute, file)),
+    }
 }

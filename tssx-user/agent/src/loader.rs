@@ -4,7 +4,10 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Context as _};
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{
+        lpm_trie::{Key, LpmTrie},
+        Array, HashMap, MapData, PerCpuArray, RingBuf,
+    },
     programs::TracePoint,
     Ebpf, EbpfLoader,
 };
@@ -125,7 +128,8 @@ impl Watcher {
                 None
             }
         };
-        let config = kernel::trace_config(Path::new(kernel::TRACEFS)).context("reading tracepoint formats")?;
+        let mut config = kernel::trace_config(Path::new(kernel::TRACEFS)).context("reading tracepoint formats")?;
+        config.relative = u32::from(crate::paths::any_filesystem(paths));
         let mut watcher = Self { ebpf, logger };
         watcher.set_config(config)?;
         watcher.set_paths(paths)?;
@@ -144,11 +148,35 @@ impl Watcher {
         Ok(())
     }
 
+    /// Exact names go into the hash map, literal prefixes into the LPM trie (see
+    /// [`crate::paths::prefix_entries`]).
     fn set_paths(&mut self, paths: &[WatchedPath]) -> anyhow::Result<()> {
         let mut map: HashMap<_, PathKey, u32> = HashMap::try_from(self.map_mut(maps::WATCHED_PATHS)?)?;
         for (id, path) in paths.iter().enumerate() {
-            map.insert(path.map_key(), id as u32, 0).with_context(|| format!("adding {path} to the watched paths"))?;
+            if let Some(key) = path.map_key() {
+                map.insert(key, id as u32, 0).with_context(|| format!("adding {path} to the watched paths"))?;
+            }
         }
+        let mut trie: LpmTrie<_, PathKey, u32> = LpmTrie::try_from(self.map_mut(maps::WATCHED_PREFIXES)?)?;
+        for entry in crate::paths::prefix_entries(paths) {
+            let mut data = [0u8; tssx_common::SUN_PATH_LEN];
+            data[..entry.prefix.len()].copy_from_slice(&entry.prefix);
+            let key = Key::new(entry.prefix.len() as u32 * 8, data);
+            trie.insert(&key, entry.value, 0)
+                .with_context(|| format!("adding the prefix {} to the watched prefixes", crate::paths::display_name(&entry.prefix)))?;
+        }
+        Ok(())
+    }
+
+    /// Records a watched listener that the kernel program left to the agent (a bind whose
+    /// address needed the agent's match: a glob, a relative path), so that its accepts are
+    /// reported like any other's.
+    pub fn adopt_listener(&mut self, tgid: u32, fd: i32, path_id: u32) -> anyhow::Result<()> {
+        let mut listeners: HashMap<_, u64, u32> = HashMap::try_from(self.map_mut(maps::LISTENERS)?)?;
+        listeners.insert(listener_key(tgid, fd as u32), path_id, 0)?;
+        let mut owners: HashMap<_, u32, u32> = HashMap::try_from(self.map_mut(maps::OWNERS)?)?;
+        let held = owners.get(&tgid, 0).unwrap_or(0);
+        owners.insert(tgid, held + 1, 0)?;
         Ok(())
     }
 

@@ -40,7 +40,7 @@ pub fn init() {
 
 /// After a successful connect/accept of `fd`: track it if it is a stream socket on a watched
 /// path (plain for now: nothing is asked of the agent here), else forget it.
-fn track_connected(fd: c_int, end: End, name: Option<String>) {
+fn track_connected(fd: c_int, end: End, name: Option<paths::UnixName>) {
     // A socket made by our `socket` as SOCK_STREAM needs no question.
     let known_stream = table::is_unconnected(fd);
     table::mark_unconnected(fd, false);
