@@ -16,7 +16,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use tssx_common::{
-    event::{is_pattern_id, listener_key, Event, EventKind, PathKey, PendingCall, TraceConfig, PATH_ID_RELATIVE},
+    event::{listener_key, Event, EventKind, PathKey, PendingCall, TraceConfig, PATH_ID_RELATIVE},
     AF_UNIX, COMM_LEN, SUN_PATH_LEN,
 };
 
@@ -100,13 +100,13 @@ pub fn tssx_exit_bind(ctx: TracePointContext) -> u32 {
         let tgid = (pid_tgid >> 32) as u32;
         // SAFETY: `call` points into the per-CPU scratch entry, which this run alone uses.
         let (path_id, fd) = unsafe { ((*call).path_id, (*call).fd) };
-        // A candidate (glob, relative address) becomes a listener once the agent matched it.
-        if is_pattern_id(path_id) {
-            let _ = LISTENERS.insert(&listener_key(tgid, fd as u32), &path_id, 0);
-            // SAFETY: a plain lookup of a u32 value that we copy out at once.
-            let held = unsafe { OWNERS.get(&tgid) }.copied().unwrap_or(0);
-            let _ = OWNERS.insert(&tgid, &(held + 1), 0);
-        }
+        // A candidate (glob, relative address) is recorded undecided (its path id says so):
+        // its accepts are reported from now on, and the agent, which matches the bind event's
+        // address, sets the pattern's id or removes the entry.
+        let _ = LISTENERS.insert(&listener_key(tgid, fd as u32), &path_id, 0);
+        // SAFETY: a plain lookup of a u32 value that we copy out at once.
+        let held = unsafe { OWNERS.get(&tgid) }.copied().unwrap_or(0);
+        let _ = OWNERS.insert(&tgid, &(held + 1), 0);
         emit_call(&ctx, pid_tgid, EventKind::Bind, call);
     }
     0
@@ -519,7 +519,12 @@ fn emit_with(
     // agent (on a busy machine, a context switch as long as the whole connection). The agent
     // reads them when a claim arrives (a claim worker drains the ring before it checks), on its
     // 100 ms tick, or when the ring fills up; bind and listen (rare) wake it at once.
-    let wake = matches!(kind, EventKind::Bind | EventKind::Listen) || EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKE_AT_UNREAD_BYTES;
+    //
+    // A relative address (rare) wakes it too: the agent resolves it against the caller's
+    // working directory, which it reads while the caller most likely still runs.
+    let wake = matches!(kind, EventKind::Bind | EventKind::Listen)
+        || path_id == PATH_ID_RELATIVE
+        || EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKE_AT_UNREAD_BYTES;
     let flags = if wake { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP };
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         if let Some(dropped) = DROPPED.get_ptr_mut(0) {

@@ -159,10 +159,13 @@ fn handle_events(watcher: &mut Watcher, paths: &[WatchedPath], taken: &crate::fe
 
 fn handle_event(watcher: &mut Watcher, seen: &Classified, paths: &[WatchedPath]) {
     let event = &seen.event;
-    if seen.adopt {
-        if let Err(e) = watcher.adopt_listener(event.tgid, event.fd, event.path_id) {
-            tracing::warn!(pid = event.tgid, fd = event.fd, "could not record a watched listener: {e:#}");
+    if let Some(decision) = seen.listener {
+        if let Err(e) = watcher.decide_listener(event.tgid, event.fd, decision) {
+            tracing::warn!(pid = event.tgid, fd = event.fd, "could not record the agent's match of a listener: {e:#}");
         }
+    }
+    if seen.hidden {
+        return;
     }
     match event.event_kind() {
         Some(EventKind::Fork) => {

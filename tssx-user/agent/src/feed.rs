@@ -32,6 +32,13 @@
 //! bind, accepted only if that names the very socket file the kernel bound (`sock_diag`'s
 //! device and inode), so a process that changed directory meanwhile is never matched wrongly.
 //! Events that match no pattern are dropped here: sockets outside the patterns stay untraced.
+//!
+//! Such a bind's listener is in the kernel's listener map from its bind on, undecided (its
+//! path id is the candidate's or the relative one), so that no accept is missed while the agent
+//! decides; its listen and accept events carry that undecided id, and the feed gives them the
+//! decision taken on the bind event (always read first: one ring, in order). The event loop
+//! then writes the decision into the map ([`Classified::listener`]): the pattern's id, or the
+//! entry removed.
 
 use std::{
     collections::HashMap,
@@ -48,6 +55,9 @@ use crate::paths::{best_match, WatchedPath};
 
 /// Most relative listeners' resolved names kept (beyond, the table starts over).
 const MAX_RESOLVED: usize = 4096;
+/// Most decisions on undecided listeners kept (beyond, the table starts over: later events of
+/// those listeners are dropped, untraced; their connections' claims are checked by name).
+const MAX_DECIDED: usize = 65536;
 
 /// The shared events ring buffer and the queue of events drained by claim workers.
 pub struct EventFeed {
@@ -56,6 +66,9 @@ pub struct EventFeed {
     /// Absolute names of listeners bound with a relative address, by socket file `(device,
     /// inode)`: claims on their connections are matched with these.
     resolved: Mutex<HashMap<(u64, u64), Vec<u8>>>,
+    /// The agent's decision on each undecided listener `(tgid, fd)`: the pattern id, or `None`
+    /// (no pattern covers it). Used under the ring lock only.
+    decided: Mutex<HashMap<(u32, i32), Option<u32>>>,
 }
 
 /// What the feed's lock guards.
@@ -70,9 +83,12 @@ struct Ring {
 pub struct Classified {
     /// The event: its `path_id` names a pattern, its address is absolute.
     pub event: Event,
-    /// A bind the kernel did not record as a watched listener (a glob or relative address the
-    /// agent matched): the event loop adds it to the eBPF listener map.
-    pub adopt: bool,
+    /// For a bind the kernel recorded undecided: the decision for its entry in the eBPF
+    /// listener map (`Some(id)`: the pattern's id; `None`: remove it), which the event loop
+    /// writes.
+    pub listener: Option<Option<u32>>,
+    /// Outside every pattern: acted on (`listener`), neither recorded nor traced.
+    pub hidden: bool,
     /// The relative address as the process wrote it, if it was one.
     pub written: Option<String>,
 }
@@ -90,7 +106,12 @@ pub struct Taken {
 impl EventFeed {
     /// Wraps the events ring buffer; `paths` are the watched patterns (ids are positions).
     pub fn new(ring: RingBuf<MapData>, paths: Vec<WatchedPath>) -> Self {
-        Self { ring: Mutex::new(Ring { ring, forwarded: Vec::new() }), paths, resolved: Mutex::new(HashMap::new()) }
+        Self {
+            ring: Mutex::new(Ring { ring, forwarded: Vec::new() }),
+            paths,
+            resolved: Mutex::new(HashMap::new()),
+            decided: Mutex::new(HashMap::new()),
+        }
     }
 
     /// The absolute name of a listener bound with a relative address, by its socket file.
@@ -112,7 +133,7 @@ impl EventFeed {
     pub fn drain(&self, mut record: impl FnMut(&Event)) {
         let mut ring = self.lock();
         let batch = self.read_all(&mut ring.ring);
-        for seen in &batch {
+        for seen in batch.iter().filter(|s| !s.hidden) {
             record(&seen.event);
         }
         // Queued under the ring lock (see the module doc).
@@ -125,7 +146,7 @@ impl EventFeed {
         let mut ring = self.lock();
         let recorded = std::mem::take(&mut ring.forwarded);
         let fresh = self.read_all(&mut ring.ring);
-        for seen in &fresh {
+        for seen in fresh.iter().filter(|s| !s.hidden) {
             record(&seen.event);
         }
         Taken { recorded, fresh }
@@ -144,36 +165,59 @@ impl EventFeed {
         batch
     }
 
-    /// Finishes the kernel's match of one event (see the module doc).
+    /// Finishes the kernel's match of one event (see the module doc); `None`: dropped.
     fn classify(&self, mut event: Event) -> Option<Classified> {
+        let plain = |event| Some(Classified { event, listener: None, hidden: false, written: None });
+        let undecided = event.path_id == PATH_ID_CANDIDATE || event.path_id == PATH_ID_RELATIVE;
         let kind = event.event_kind();
-        let bind = kind == Some(EventKind::Bind);
-        if !matches!(kind, Some(EventKind::Bind | EventKind::Connect)) {
-            return Some(Classified { event, adopt: false, written: None });
-        }
-        match event.path_id {
-            PATH_ID_CANDIDATE => {
-                event.path_id = best_match(&self.paths, event.addr_bytes())?;
-                Some(Classified { event, adopt: bind, written: None })
+        match kind {
+            _ if !undecided => plain(event),
+            Some(EventKind::Listen | EventKind::Accept) => {
+                let decided = self.decided.lock().unwrap_or_else(|p| p.into_inner()).get(&(event.tgid, event.fd)).copied();
+                event.path_id = decided.flatten()?;
+                plain(event)
             }
-            PATH_ID_RELATIVE => {
-                let written = event.addr_bytes().to_vec();
-                let (absolute, file) = resolve_event(&event, bind)?;
-                event.path_id = best_match(&self.paths, &absolute)?;
-                if let (true, Some(file)) = (bind, file) {
-                    let mut resolved = self.resolved.lock().unwrap_or_else(|p| p.into_inner());
-                    if resolved.len() >= MAX_RESOLVED {
-                        resolved.clear();
-                    }
-                    resolved.insert(file, absolute.clone());
+            Some(EventKind::Bind | EventKind::Connect) => {
+                let bind = kind == Some(EventKind::Bind);
+                let (id, written) = self.decide(&mut event, bind);
+                if !bind {
+                    event.path_id = id?;
+                    return Some(Classified { event, listener: None, hidden: false, written });
                 }
-                event.addr = [0; SUN_PATH_LEN];
-                event.addr[..absolute.len()].copy_from_slice(&absolute);
-                event.addr_len = absolute.len() as u32;
-                Some(Classified { event, adopt: bind, written: Some(String::from_utf8_lossy(&written).into_owned()) })
+                let mut decided = self.decided.lock().unwrap_or_else(|p| p.into_inner());
+                if decided.len() >= MAX_DECIDED {
+                    decided.clear();
+                }
+                decided.insert((event.tgid, event.fd), id);
+                drop(decided);
+                event.path_id = id.unwrap_or(event.path_id);
+                Some(Classified { event, listener: Some(id), hidden: id.is_none(), written })
             }
-            _ => Some(Classified { event, adopt: false, written: None }),
+            _ => None,
         }
+    }
+
+    /// The pattern covering an undecided bind/connect address (a glob candidate, or a relative
+    /// path: then resolved, the event's address made absolute, and the address as written
+    /// returned too).
+    fn decide(&self, event: &mut Event, bind: bool) -> (Option<u32>, Option<String>) {
+        if event.path_id == PATH_ID_CANDIDATE {
+            return (best_match(&self.paths, event.addr_bytes()), None);
+        }
+        let written = String::from_utf8_lossy(event.addr_bytes()).into_owned();
+        let Some((absolute, file)) = resolve_event(event, bind) else { return (None, Some(written)) };
+        let id = best_match(&self.paths, &absolute);
+        if let (true, Some(file), Some(_)) = (bind, file, id) {
+            let mut resolved = self.resolved.lock().unwrap_or_else(|p| p.into_inner());
+            if resolved.len() >= MAX_RESOLVED {
+                resolved.clear();
+            }
+            resolved.insert(file, absolute.clone());
+        }
+        event.addr = [0; SUN_PATH_LEN];
+        event.addr[..absolute.len()].copy_from_slice(&absolute);
+        event.addr_len = absolute.len() as u32;
+        (id, Some(written))
     }
 }
 

@@ -168,15 +168,30 @@ impl Watcher {
         Ok(())
     }
 
-    /// Records a watched listener that the kernel program left to the agent (a bind whose
-    /// address needed the agent's match: a glob, a relative path), so that its accepts are
-    /// reported like any other's.
-    pub fn adopt_listener(&mut self, tgid: u32, fd: i32, path_id: u32) -> anyhow::Result<()> {
+    /// Writes the agent's match of a listener the kernel program recorded undecided (a bind
+    /// whose address needed the agent: a glob, a relative path): `Some(id)` sets the pattern's
+    /// id, `None` removes the entry (and counts it off its owner).
+    pub fn decide_listener(&mut self, tgid: u32, fd: i32, decision: Option<u32>) -> anyhow::Result<()> {
+        let key = listener_key(tgid, fd as u32);
         let mut listeners: HashMap<_, u64, u32> = HashMap::try_from(self.map_mut(maps::LISTENERS)?)?;
-        listeners.insert(listener_key(tgid, fd as u32), path_id, 0)?;
-        let mut owners: HashMap<_, u32, u32> = HashMap::try_from(self.map_mut(maps::OWNERS)?)?;
-        let held = owners.get(&tgid, 0).unwrap_or(0);
-        owners.insert(tgid, held + 1, 0)?;
+        let Ok(current) = listeners.get(&key, 0) else { return Ok(()) }; // closed meanwhile
+        if tssx_common::event::is_pattern_id(current) {
+            return Ok(()); // another bind on the same fd since, decided by the kernel
+        }
+        match decision {
+            Some(id) => listeners.insert(key, id, 0)?,
+            None => {
+                let _ = listeners.remove(&key);
+                let mut owners: HashMap<_, u32, u32> = HashMap::try_from(self.map_mut(maps::OWNERS)?)?;
+                match owners.get(&tgid, 0) {
+                    Ok(held) if held > 1 => owners.insert(tgid, held - 1, 0)?,
+                    Ok(_) => {
+                        let _ = owners.remove(&tgid);
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
         Ok(())
     }
 

@@ -23,14 +23,28 @@ pub struct WatchedPath {
 }
 
 /// Why a `--paths` entry was refused: the entry and the reason.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("watched pattern `{}` {}", .pattern.escape_debug(), .reason.describe())]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PathError {
     /// The entry as given.
     pub pattern: String,
     /// What is wrong with it.
     pub reason: PatternError,
 }
+
+impl fmt::Display for PathError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let pattern = self.pattern.escape_debug();
+        match self.reason {
+            PatternError::TooLong => {
+                let len = self.pattern.len() - usize::from(self.pattern.starts_with('@'));
+                write!(f, "watched pattern `{pattern}` is {len} bytes long; a Unix socket address holds at most {MAX_NAME_LEN} bytes")
+            }
+            reason => write!(f, "watched pattern `{pattern}` {}", reason.describe()),
+        }
+    }
+}
+
+impl std::error::Error for PathError {}
 
 impl FromStr for WatchedPath {
     type Err = PathError;
@@ -206,7 +220,7 @@ mod tests {
         assert!(err("/run/x\\").contains("escapes nothing"));
         assert_eq!(err("/a\0b"), "watched pattern `/a\\0b` contains a NUL byte");
         let long = format!("/{}", "a".repeat(107));
-        assert_eq!(err(&long), format!("watched pattern `{long}` is longer than a Unix socket address can be (107 bytes)"));
+        assert_eq!(err(&long), format!("watched pattern `{long}` is 108 bytes long; a Unix socket address holds at most 107 bytes"));
         assert!(format!("/{}", "a".repeat(106)).parse::<WatchedPath>().is_ok());
         assert!(format!("@{}", "b".repeat(107)).parse::<WatchedPath>().is_ok());
         assert!(format!("@{}", "b".repeat(108)).parse::<WatchedPath>().is_err());
