@@ -80,9 +80,7 @@ impl PatternError {
             Self::UnclosedBracket => "has a [ without its closing ] (write \\[ for a literal [)",
             Self::SlashInBracket => "has a / inside [...] (a set matches one byte within a path component)",
             Self::TrailingBackslash => "ends in a \\ that escapes nothing",
-            Self::DoubleStar => {
-                "uses **, which is not supported: a directory prefix ending in / (e.g. /run/app/) covers every depth"
-            }
+            Self::DoubleStar => "uses **, which is not supported: a directory prefix ending in / (e.g. /run/app/) covers every depth",
             Self::NotNormal => {
                 "has a . or .. component or a doubled /: names are compared as written, so write the path in its \
                  normal form"
@@ -127,7 +125,7 @@ impl<'a> Pattern<'a> {
             return Err(PatternError::Empty);
         }
         let (is_abstract, body) = match text.strip_prefix('@') {
-            Some(name) if name.is_empty() => return Err(PatternError::EmptyAbstract),
+            Some("") => return Err(PatternError::EmptyAbstract),
             Some(name) => (true, name.as_bytes()),
             None => (false, text.as_bytes()),
         };

@@ -11,7 +11,8 @@ use tssx_common::event::EventKind;
 
 use crate::{
     control,
-    feed::{Classified, EventFeed},     kernel,
+    feed::{Classified, EventFeed},
+    kernel,
     loader::Watcher,
     paths::WatchedPath,
     state::StateDir,

@@ -221,12 +221,16 @@ impl EventFeed {
     }
 }
 
+/// A relative address resolved: its absolute name, and the socket file `(device, inode)` it was
+/// checked against, if any.
+type Resolution = (Vec<u8>, Option<(u64, u64)>);
+
 /// The absolute name of a relative bind/connect address, resolved against the caller's working
 /// directory now, and the socket file it was checked against. A bind is checked against the
 /// socket's own file and refused if that is not it; a connect against its peer's (the
 /// listener's file), when the peer is known already (else, unchecked: its claim is checked
 /// against the peer's name anyway).
-fn resolve_event(event: &Event, bind: bool) -> Option<(Vec<u8>, Option<(u64, u64)>)> {
+fn resolve_event(event: &Event, bind: bool) -> Option<Resolution> {
     use crate::control::host;
     let absolute = host::resolve_in_cwd(event.tgid, event.addr_bytes())?;
     let socket = host::socket_inode(event.tgid, event.fd).ok().flatten().and_then(|ino| crate::sockdiag::unix_socket(ino).ok().flatten());

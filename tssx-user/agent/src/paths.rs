@@ -214,7 +214,8 @@ mod tests {
         assert_eq!(err(""), "watched pattern `` is empty");
         assert!(err("@").contains("has no name after the @"));
         assert!(err("/run/[ab.sock").contains("has a [ without its closing ]"), "{}", err("/run/[ab.sock"));
-        assert!(err("/run/**/x").contains("uses **, which is not supported: a directory prefix ending in / (e.g. /run/app/) covers every depth"));
+        assert!(err("/run/**/x")
+            .contains("uses **, which is not supported: a directory prefix ending in / (e.g. /run/app/) covers every depth"));
         assert!(err("/run/../x").contains("normal form"));
         assert!(err("/run/[a/b]").contains("inside [...]"));
         assert!(err("/run/x\\").contains("escapes nothing"));

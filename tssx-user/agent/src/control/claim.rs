@@ -315,8 +315,8 @@ impl Control {
         let pattern = self.path_name(new.path_id);
         let path = new.name.as_deref().or(held.name.as_deref()).map_or_else(|| pattern.clone(), crate::paths::display_name);
         let pair = NewConnection {
-            path: path.clone(),
-            pattern: pattern.clone(),
+            path: path.as_str().into(),
+            pattern: pattern.as_str().into(),
             client: client.end.clone(),
             server: server.end.clone(),
             inodes: [client.inode, server.inode],
@@ -567,7 +567,10 @@ mod tests {
         kernel.socket(2000, UnixSocket { kind: libc::SOCK_STREAM as u8, state: 10, peer: None, name: Some(PATH.into()), file: None });
         assert!(refused(&control, SERVER, Role::Server, 3), "a listener has no peer");
         kernel.fd(SERVER, 4, Some(2004));
-        kernel.socket(2004, UnixSocket { kind: libc::SOCK_DGRAM as u8, state: ESTABLISHED, peer: Some(1005), name: Some(PATH.into()), file: None });
+        kernel.socket(
+            2004,
+            UnixSocket { kind: libc::SOCK_DGRAM as u8, state: ESTABLISHED, peer: Some(1005), name: Some(PATH.into()), file: None },
+        );
         assert!(refused(&control, SERVER, Role::Server, 4), "datagram sockets stay plain");
         kernel.fd(CLIENT, 6, None);
         assert!(refused(&control, CLIENT, Role::Client, 6), "no socket");
@@ -611,13 +614,19 @@ mod tests {
         // The client closed: the server's socket is still connected, with a peer the kernel can
         // no longer name.
         kernel.close(CLIENT, 5);
-        kernel.socket(2007, UnixSocket { kind: libc::SOCK_STREAM as u8, state: ESTABLISHED, peer: None, name: Some(PATH.into()), file: None });
+        kernel.socket(
+            2007,
+            UnixSocket { kind: libc::SOCK_STREAM as u8, state: ESTABLISHED, peer: None, name: Some(PATH.into()), file: None },
+        );
         assert_eq!(answered(&control, claim(&control, SERVER, Role::Server, 7)), Reply::plain(PlainReason::PeerHasNoHook));
         let stats = control.stats();
         assert_eq!((stats.refused, stats.peer_never_claimed, stats.held_claims), (0, 1, 0));
         // Another process's peerless socket on no watched path is refused as before.
         kernel.fd(OTHER, 4, Some(3004));
-        kernel.socket(3004, UnixSocket { kind: libc::SOCK_STREAM as u8, state: ESTABLISHED, peer: None, name: Some(b"/other".to_vec()), file: None });
+        kernel.socket(
+            3004,
+            UnixSocket { kind: libc::SOCK_STREAM as u8, state: ESTABLISHED, peer: None, name: Some(b"/other".to_vec()), file: None },
+        );
         assert!(refused(&control, OTHER, Role::Server, 4));
     }
 

@@ -89,8 +89,10 @@ impl FakeKernel {
         let (stream, connected) = (libc::SOCK_STREAM as u8, crate::sockdiag::ESTABLISHED);
         let peer = accepted.then_some(server.2);
         t.sockets.insert(client.2, UnixSocket { kind: stream, state: connected, peer, name: None, file: None });
-        t.sockets
-            .insert(server.2, UnixSocket { kind: stream, state: connected, peer: Some(client.2), name: Some(path.as_bytes().to_vec()), file: None });
+        t.sockets.insert(
+            server.2,
+            UnixSocket { kind: stream, state: connected, peer: Some(client.2), name: Some(path.as_bytes().to_vec()), file: None },
+        );
     }
 
     /// Process `pid` accepts the connection whose server socket is `server` as `fd`.
@@ -214,7 +216,20 @@ fn event(kind: EventKind, pid: u32, fd: i32, new_fd: i32) -> Event {
     let mut comm = [0u8; tssx_common::COMM_LEN];
     let name = format!("ev{pid}");
     comm[..name.len()].copy_from_slice(name.as_bytes());
-    Event { ts_ns: EVENT_NS, kind: kind as u32, path_id: 0, pid, tgid: pid, uid: 0, fd, new_fd, other_pid: 0, comm, addr_len: 0, addr: [0; tssx_common::SUN_PATH_LEN] }
+    Event {
+        ts_ns: EVENT_NS,
+        kind: kind as u32,
+        path_id: 0,
+        pid,
+        tgid: pid,
+        uid: 0,
+        fd,
+        new_fd,
+        other_pid: 0,
+        comm,
+        addr_len: 0,
+        addr: [0; tssx_common::SUN_PATH_LEN],
+    }
 }
 
 /// A control connection: the agent's end (handed to a claim) and the hook's end (where the

@@ -257,11 +257,8 @@ impl Control {
             return Some((crate::paths::best_match(&self.paths, name)?, name.to_vec()));
         }
         let file = socket.file?;
-        let absolute = self
-            .feed
-            .as_ref()
-            .and_then(|feed| feed.resolved_name(file))
-            .or_else(|| self.facts.resolve_relative(pid, name, file))?;
+        let absolute =
+            self.feed.as_ref().and_then(|feed| feed.resolved_name(file)).or_else(|| self.facts.resolve_relative(pid, name, file))?;
         Some((crate::paths::best_match(&self.paths, &absolute)?, absolute))
     }
 }

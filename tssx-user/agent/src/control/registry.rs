@@ -177,9 +177,9 @@ pub(super) enum Step {
 /// A pair of claims with their segment, to be admitted as a live connection.
 pub(super) struct NewConnection {
     /// The socket's address (else the pattern).
-    pub(super) path: String,
+    pub(super) path: Box<str>,
     /// The watched pattern that covers it.
-    pub(super) pattern: String,
+    pub(super) pattern: Box<str>,
     /// The connecting end.
     pub(super) client: EndInfo,
     /// The accepting end.
@@ -197,9 +197,9 @@ pub(super) struct Connection {
     /// The agent's id for it.
     pub(super) id: u64,
     /// The socket's address, for trace lines and status.
-    pub(super) path: String,
+    pub(super) path: Box<str>,
     /// The watched pattern that covers it.
-    pub(super) pattern: String,
+    pub(super) pattern: Box<str>,
     /// The connecting end (the claimant).
     pub(super) client: EndInfo,
     /// The accepting end (the claimant).
@@ -298,8 +298,8 @@ impl Connection {
         let latest = active[0].max(active[1]);
         Some(SwappedLine {
             id: self.id,
-            path: self.path.clone(),
-            pattern: self.pattern.clone(),
+            path: self.path.to_string(),
+            pattern: self.pattern.to_string(),
             client: self.client.label(),
             server: self.server.label(),
             switched_client_to_server: self.switched_at(End::Client).unwrap_or(0),
@@ -738,7 +738,20 @@ mod tests {
     fn event(kind: EventKind, pid: u32, fd: i32, new_fd: i32) -> Event {
         let mut comm = [0u8; tssx_common::COMM_LEN];
         comm[..4].copy_from_slice(b"proc");
-        Event { ts_ns: 5, kind: kind as u32, path_id: 0, pid, tgid: pid, uid: 0, fd, new_fd, other_pid: 0, comm, addr_len: 0, addr: [0; tssx_common::SUN_PATH_LEN] }
+        Event {
+            ts_ns: 5,
+            kind: kind as u32,
+            path_id: 0,
+            pid,
+            tgid: pid,
+            uid: 0,
+            fd,
+            new_fd,
+            other_pid: 0,
+            comm,
+            addr_len: 0,
+            addr: [0; tssx_common::SUN_PATH_LEN],
+        }
     }
 
     fn verified(role: Role, pid: u32, inode: u32, peer: u32) -> Verified {

@@ -148,8 +148,8 @@ impl Control {
                 let (bytes_client_to_server, bytes_server_to_client) = c.bytes_each_way();
                 ConnectionStatus {
                     id: c.id,
-                    path: c.path.clone(),
-                    pattern: c.pattern.clone(),
+                    path: c.path.to_string(),
+                    pattern: c.pattern.to_string(),
                     client: c.client.clone(),
                     server: c.server.clone(),
                     socket_inodes: c.inodes,
