@@ -147,6 +147,36 @@ fn prefixes_globs_and_abstract_prefixes_are_traced_and_nothing_else() {
     assert!(agent.stop().success());
 }
 
+/// A prefork server on a glob: the children fork right after the bind, before the agent has
+/// matched it (the kernel records the listener undecided, the children inherit it); every
+/// child's accept is traced under the glob, with no wait for the agent before the clients come.
+#[test]
+fn a_prefork_server_on_a_glob_has_every_accept_traced() {
+    require_root();
+    let dir = TempDir::new("watch-prefork");
+    let glob = dir.socket("pool-*.sock");
+    let path = dir.socket("pool-1.sock");
+    let agent = Agent::start(&[&glob], &dir.join("state"));
+    const CHILDREN: usize = 3;
+    const CONNECTIONS: usize = 6;
+    let server = tssx_tests::Server::start(SERVER, &path, CONNECTIONS, CHILDREN);
+    let parent = server.pid as i64;
+    let mut cmd = Command::new(CLIENT);
+    cmd.args([path.as_str(), &CONNECTIONS.to_string()]);
+    let out = String::from_utf8(run_ok(cmd).stdout).unwrap();
+    let accepts = server.finish();
+    assert_eq!(accepts.len(), CONNECTIONS);
+    let traced = || -> Vec<Value> { agent.events("accept").into_iter().filter(|e| e["pattern"] == glob.as_str()).collect() };
+    tssx_tests::poll_until(WAIT, || traced().len() >= CONNECTIONS);
+    let accepted = traced();
+    assert_eq!(accepted.len(), CONNECTIONS, "{:?}", agent.events("accept"));
+    let acceptors: std::collections::HashSet<i64> = accepted.iter().map(|e| e["pid"].as_i64().unwrap()).collect();
+    assert!(!acceptors.contains(&parent) && acceptors.len() == CHILDREN, "{accepted:?}");
+    let connects = agent.wait_for("connect", &path, CONNECTIONS, WAIT);
+    assert_eq!(connects.len(), lines_of(&out, "connect").len(), "{connects:?}");
+    assert!(agent.stop().success());
+}
+
 /// A relative address in bind and in connect is matched on the absolute path it names in the
 /// caller's working directory; the same relative name elsewhere is not watched.
 #[test]

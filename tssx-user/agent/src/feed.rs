@@ -55,9 +55,10 @@ use crate::paths::{best_match, WatchedPath};
 
 /// Most relative listeners' resolved names kept (beyond, the table starts over).
 const MAX_RESOLVED: usize = 4096;
-/// Most decisions on undecided listeners kept (beyond, the table starts over: later events of
-/// those listeners are dropped, untraced; their connections' claims are checked by name).
-const MAX_DECIDED: usize = 65536;
+/// Most processes whose decisions on undecided listeners are kept (beyond, the table starts
+/// over: later events of those listeners are dropped, untraced; their connections' claims are
+/// still checked by the socket's name).
+const MAX_DECIDED: usize = 16384;
 
 /// The shared events ring buffer and the queue of events drained by claim workers.
 pub struct EventFeed {
@@ -66,9 +67,10 @@ pub struct EventFeed {
     /// Absolute names of listeners bound with a relative address, by socket file `(device,
     /// inode)`: claims on their connections are matched with these.
     resolved: Mutex<HashMap<(u64, u64), Vec<u8>>>,
-    /// The agent's decision on each undecided listener `(tgid, fd)`: the pattern id, or `None`
-    /// (no pattern covers it). Used under the ring lock only.
-    decided: Mutex<HashMap<(u32, i32), Option<u32>>>,
+    /// The agent's decision on each undecided listener, by process and fd: the pattern id, or
+    /// `None` (no pattern covers it). A forked child gets its parent's (its accepts name the
+    /// inherited listener); an exited process's go. Used under the ring lock only.
+    decided: Mutex<HashMap<u32, HashMap<i32, Option<u32>>>>,
 }
 
 /// What the feed's lock guards.
@@ -171,10 +173,23 @@ impl EventFeed {
         let undecided = event.path_id == PATH_ID_CANDIDATE || event.path_id == PATH_ID_RELATIVE;
         let kind = event.event_kind();
         match kind {
+            Some(EventKind::Fork) => {
+                let mut decided = self.decided.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(inherited) = decided.get(&event.tgid).cloned() {
+                    decided.insert(event.other_pid, inherited);
+                }
+                drop(decided);
+                plain(event)
+            }
+            Some(EventKind::Exit) => {
+                self.decided.lock().unwrap_or_else(|p| p.into_inner()).remove(&event.tgid);
+                plain(event)
+            }
             _ if !undecided => plain(event),
             Some(EventKind::Listen | EventKind::Accept) => {
-                let decided = self.decided.lock().unwrap_or_else(|p| p.into_inner()).get(&(event.tgid, event.fd)).copied();
-                event.path_id = decided.flatten()?;
+                let decided = self.decided.lock().unwrap_or_else(|p| p.into_inner());
+                event.path_id = decided.get(&event.tgid).and_then(|fds| fds.get(&event.fd)).copied().flatten()?;
+                drop(decided);
                 plain(event)
             }
             Some(EventKind::Bind | EventKind::Connect) => {
@@ -188,7 +203,7 @@ impl EventFeed {
                 if decided.len() >= MAX_DECIDED {
                     decided.clear();
                 }
-                decided.insert((event.tgid, event.fd), id);
+                decided.entry(event.tgid).or_default().insert(event.fd, id);
                 drop(decided);
                 event.path_id = id.unwrap_or(event.path_id);
                 Some(Classified { event, listener: Some(id), hidden: id.is_none(), written })
