@@ -309,5 +309,16 @@ fn every_fresh_temporary_directory_under_the_prefix_is_watched() {
     }
     assert!(refused(&agent).is_empty(), "claims refused: {:?}", refused(&agent));
     eprintln!("{TESTS} tests in {:?}; swapped: {}", started.elapsed(), agent.events("swapped").len());
+    // A sibling of the prefix (same leading bytes, another directory) stays plain: no claim.
+    let claims = agent.stats()["claims"].as_u64().unwrap();
+    assert_eq!(claims, 2 * TESTS as u64, "{}", agent.stats());
+    let outside = dir.join("tmp-not-watched");
+    std::fs::create_dir_all(&outside).unwrap();
+    let socket = outside.join("s.sock");
+    let path = socket.to_str().unwrap().to_owned();
+    stream_pair(&outside, &path, &outside, &path, &socket, BYTES);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(agent.stats()["claims"].as_u64(), Some(claims), "a socket outside the prefix was claimed");
+    assert!(agent.events_on("connect", &path).is_empty() && agent.events_on("paired", &path).is_empty());
     assert!(agent.stop().success());
 }

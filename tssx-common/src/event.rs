@@ -86,7 +86,9 @@ pub struct Event {
     pub ts_ns: u64,
     /// An [`EventKind`] as `u32`.
     pub kind: u32,
-    /// Id of the watched path (the value in `WATCHED_PATHS`); 0 for fork/exit.
+    /// Id of the watched pattern (the value in `WATCHED_PATHS` or `WATCHED_PREFIXES`, or the
+    /// listener's in `LISTENERS`), or [`PATH_ID_CANDIDATE`] / [`PATH_ID_RELATIVE`] for the
+    /// agent to decide; 0 for fork/exit.
     pub path_id: u32,
     /// Thread id of the calling task (what user space calls the tid).
     pub pid: u32,
