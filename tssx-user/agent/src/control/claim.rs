@@ -784,4 +784,49 @@ mod tests {
         let stats = control.stats();
         assert_eq!((stats.paired, stats.live_segments, stats.held_claims), (N as u64, N as usize, 0));
     }
+
+    /// Paired on a pattern: the connection is traced with the socket's own path and the most
+    /// specific pattern that covers it.
+    fn paired_on(control: &Control, client: (u32, i32), server: (u32, i32)) -> Option<(String, String)> {
+        let (first, _hook) = claim(control, client.0, Role::Client, client.1);
+        if !matches!(first, Decision::Held) {
+            return None;
+        }
+        let (second, _hook2) = claim(control, server.0, Role::Server, server.1);
+        match second {
+            Decision::Paired(super::Paired { ref path, ref pattern, .. }) => Some((path.clone(), pattern.clone())),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn claims_are_checked_against_directory_and_glob_patterns() {
+        let kernel = Arc::new(FakeKernel::default());
+        let control = kernel.control_watching(&["/run/", "/run/php/*.sock"], 8);
+        kernel.connection_on("/run/php/www.sock", (CLIENT, 5, 1005), (SERVER, Some(7), 2007));
+        assert_eq!(paired_on(&control, (CLIENT, 5), (SERVER, 7)), Some(("/run/php/www.sock".into(), "/run/php/*.sock".into())));
+        kernel.connection_on("/run/deep/er/a.sock", (CLIENT, 6, 1006), (SERVER, Some(8), 2008));
+        assert_eq!(paired_on(&control, (CLIENT, 6), (SERVER, 8)), Some(("/run/deep/er/a.sock".into(), "/run/".into())));
+        // Outside both: refused (a client's peer names the path).
+        kernel.connection_on("/srv/a.sock", (CLIENT, 9, 1009), (SERVER, Some(10), 2010));
+        assert!(refused(&control, CLIENT, Role::Client, 9));
+    }
+
+    /// A listener bound with a relative name: the claim is honoured only when the name resolves
+    /// (in the claimant's working directory, checked against the socket file) under a pattern.
+    #[test]
+    fn relative_names_are_resolved_against_the_socket_file() {
+        let kernel = Arc::new(FakeKernel::default());
+        let control = kernel.control_watching(&["/run/app/"], 8);
+        kernel.connection_on("app.sock", (CLIENT, 5, 1005), (SERVER, Some(7), 2007));
+        kernel.relative(2007, (8, 42), CLIENT, "app.sock", "/run/app/app.sock");
+        kernel.relative(2007, (8, 42), SERVER, "app.sock", "/run/app/app.sock");
+        assert_eq!(paired_on(&control, (CLIENT, 5), (SERVER, 7)), Some(("/run/app/app.sock".into(), "/run/app/".into())));
+        // The same name where the claimant's directory holds another file (or none): refused.
+        kernel.connection_on("app.sock", (OTHER, 5, 3005), (SERVER, Some(9), 2009));
+        kernel.relative(2009, (8, 43), OTHER, "app.sock", "/srv/app.sock");
+        assert!(refused(&control, OTHER, Role::Client, 5));
+        kernel.connection_on("b.sock", (OTHER, 6, 3006), (SERVER, Some(11), 2011));
+        assert!(refused(&control, OTHER, Role::Client, 6), "no socket file to check against");
+    }
 }

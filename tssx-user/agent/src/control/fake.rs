@@ -35,6 +35,8 @@ struct Tables {
     dead: HashSet<u32>,
     /// Processes that set up an io_uring.
     io_uring: HashSet<u32>,
+    /// Relative names the fake resolves: `(pid, name, file)` -> the absolute name.
+    relative: HashMap<(u32, Vec<u8>, (u64, u64)), Vec<u8>>,
     /// Questions asked, by name.
     asked: HashMap<&'static str, usize>,
 }
@@ -55,7 +57,12 @@ impl FakeKernel {
     /// A control plane for path [`PATH`] (id 0) asking this kernel, with `max` connections and
     /// 4 KiB rings.
     pub(super) fn control(self: &Arc<Self>, max: usize) -> Arc<Control> {
-        let paths: Vec<WatchedPath> = vec![PATH.parse().unwrap()];
+        self.control_watching(&[PATH], max)
+    }
+
+    /// As [`FakeKernel::control`], watching `patterns` (ids are positions).
+    pub(super) fn control_watching(self: &Arc<Self>, patterns: &[&str], max: usize) -> Arc<Control> {
+        let paths: Vec<WatchedPath> = patterns.iter().map(|p| p.parse().unwrap()).collect();
         let control = Control::with_facts(paths, 4096, max, None, Box::new(Shared(Arc::clone(self))), TEST_TIMING);
         assert!(self.control.set(Arc::downgrade(&control)).is_ok(), "one control per fake");
         control
@@ -93,6 +100,16 @@ impl FakeKernel {
             server.2,
             UnixSocket { kind: stream, state: connected, peer: Some(client.2), name: Some(path.as_bytes().to_vec()), file: None },
         );
+    }
+
+    /// The server socket `server` stands for socket file `file` (its listener's), and process
+    /// `pid` resolves the relative `name` to `absolute` while that file is there.
+    pub(super) fn relative(&self, server: u32, file: (u64, u64), pid: u32, name: &str, absolute: &str) {
+        let mut t = self.tables();
+        if let Some(socket) = t.sockets.get_mut(&server) {
+            socket.file = Some(file);
+        }
+        t.relative.insert((pid, name.as_bytes().to_vec(), file), absolute.as_bytes().to_vec());
     }
 
     /// Process `pid` accepts the connection whose server socket is `server` as `fd`.
@@ -196,6 +213,10 @@ impl KernelFacts for Shared {
 
     fn uses_io_uring(&self, pid: u32) -> bool {
         self.0.ask("uses_io_uring").io_uring.contains(&pid)
+    }
+
+    fn resolve_relative(&self, pid: u32, name: &[u8], file: (u64, u64)) -> Option<Vec<u8>> {
+        self.0.ask("resolve_relative").relative.get(&(pid, name.to_vec(), file)).cloned()
     }
 }
 
