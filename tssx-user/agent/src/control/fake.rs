@@ -24,6 +24,9 @@ pub(super) const PATH: &str = "/run/app.sock";
 /// The lifetimes of the rules, as the agent has them.
 pub(super) const TEST_TIMING: Timing = Timing { join_timeout: Duration::from_secs(10) };
 
+/// A process, a relative name, a socket file.
+type RelativeKey = (u32, Vec<u8>, (u64, u64));
+
 #[derive(Default)]
 struct Tables {
     /// `(pid, fd)` -> socket inode; `None`: open, not a socket.
@@ -36,7 +39,7 @@ struct Tables {
     /// Processes that set up an io_uring.
     io_uring: HashSet<u32>,
     /// Relative names the fake resolves: `(pid, name, file)` -> the absolute name.
-    relative: HashMap<(u32, Vec<u8>, (u64, u64)), Vec<u8>>,
+    relative: HashMap<RelativeKey, Vec<u8>>,
     /// Questions asked, by name.
     asked: HashMap<&'static str, usize>,
 }
