@@ -159,6 +159,51 @@ fn absolute(name: &UnixName) -> Option<UnixName> {
     Some(out)
 }
 
+/// Relative binds of this process: the listener fd, the name as bound, the absolute name it
+/// resolved to then. Few (a process binds few sockets, fewer with a relative address): the
+/// oldest goes beyond [`MAX_RELATIVE_BINDS`]. Copied into a forked child with the memory.
+static RELATIVE_BINDS: std::sync::Mutex<Vec<(c_int, UnixName, UnixName)>> = std::sync::Mutex::new(Vec::new());
+/// Whether [`RELATIVE_BINDS`] ever held an entry (Relaxed: a hint; the lock orders the rest).
+static ANY_RELATIVE_BIND: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// Most relative binds remembered.
+const MAX_RELATIVE_BINDS: usize = 64;
+
+/// After a successful `bind` of `fd` to `name`: a relative path is resolved against the
+/// working directory now (as the kernel just did) and remembered for the listener's accepts.
+pub fn remember_bind(fd: c_int, name: &UnixName) {
+    if !name.is_relative() {
+        return;
+    }
+    let Some(absolute) = absolute(name) else { return };
+    // Never waited for (a process that forked while another thread held it must not hang).
+    let Ok(mut binds) = RELATIVE_BINDS.try_lock() else { return };
+    binds.retain(|(f, _, _)| *f != fd);
+    if binds.len() >= MAX_RELATIVE_BINDS {
+        binds.remove(0);
+    }
+    binds.push((fd, *name, absolute));
+    ANY_RELATIVE_BIND.store(true, Relaxed);
+}
+
+/// The name of the listener `listener` whose accepted socket is `accepted`, absolute: the
+/// accepted socket carries the listener's name as bound; a relative one is the absolute name
+/// remembered at its `bind` (if the fd was bound to that very name), else resolved against
+/// the working directory now.
+pub fn listener_name(listener: c_int, accepted: c_int) -> Option<UnixName> {
+    let name = local_name(accepted)?;
+    if !name.is_relative() {
+        return Some(name);
+    }
+    if ANY_RELATIVE_BIND.load(Relaxed) {
+        if let Ok(binds) = RELATIVE_BINDS.try_lock() {
+            if let Some((_, _, absolute)) = binds.iter().find(|(f, bound, _)| *f == listener && bound.bytes() == name.bytes()) {
+                return Some(*absolute);
+            }
+        }
+    }
+    absolute(&name)
+}
+
 /// What identifies one version of the published paths file: the agent replaces it by rename
 /// (a new inode) and never rewrites it in place, so an unchanged `(dev, inode, mtime, size)`
 /// means unchanged contents.
@@ -353,5 +398,53 @@ mod tests {
         assert_eq!(local_name(std::os::fd::AsRawFd::as_raw_fd(&server)).map(|n| n.display()).as_deref(), path.to_str());
         assert!(local_name(std::os::fd::AsRawFd::as_raw_fd(&client)).is_none(), "an unbound client has no name");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A listener bound with a relative address: its accepted sockets are named as bound
+    /// (relative), and the hook matches them on the absolute name resolved at the `bind`.
+    #[test]
+    fn a_relative_bind_is_resolved_when_bound() {
+        use std::os::fd::AsRawFd as _;
+        let rel = format!("../../target/tssx-hook-relbind-{}", std::process::id());
+        let _ = std::fs::remove_dir_all(&rel);
+        std::fs::create_dir_all(&rel).unwrap();
+        let name_rel = format!("{rel}/l.sock");
+        let absolute_dir = std::fs::canonicalize(&rel).unwrap();
+        let absolute = absolute_dir.join("l.sock");
+        // SAFETY: plain socket(2).
+        let listener = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) };
+        assert!(listener >= 0);
+        // SAFETY: plain data.
+        let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        for (d, &b) in addr.sun_path.iter_mut().zip(name_rel.as_bytes()) {
+            *d = b as libc::c_char;
+        }
+        let len = (std::mem::size_of::<libc::sa_family_t>() + name_rel.len() + 1) as libc::socklen_t;
+        // SAFETY: a live sockaddr_un of `len` bytes.
+        assert_eq!(unsafe { crate::calls::bind(listener, (&addr as *const libc::sockaddr_un).cast(), len) }, 0);
+        // SAFETY: plain listen(2).
+        assert_eq!(unsafe { libc::listen(listener, 4) }, 0);
+        let _client = std::os::unix::net::UnixStream::connect(&absolute).unwrap();
+        // SAFETY: plain accept(2).
+        let accepted = unsafe { libc::accept(listener, std::ptr::null_mut(), std::ptr::null_mut()) };
+        assert!(accepted >= 0);
+        assert_eq!(local_name(accepted).unwrap().display(), name_rel, "the kernel keeps the name as bound");
+        assert_eq!(listener_name(listener, accepted).unwrap().display(), absolute.to_str().unwrap());
+        // The name remembered at the bind wins over the working directory now.
+        {
+            let mut binds = RELATIVE_BINDS.lock().unwrap();
+            let entry = binds.iter_mut().find(|(f, _, _)| *f == listener).expect("remembered");
+            entry.2 = name("/elsewhere/l.sock");
+        }
+        assert_eq!(listener_name(listener, accepted).unwrap().display(), "/elsewhere/l.sock");
+        // Another fd with the same name: resolved in the working directory.
+        assert_eq!(listener_name(_client.as_raw_fd(), accepted).unwrap().display(), absolute.to_str().unwrap());
+        // SAFETY: our fds.
+        unsafe {
+            libc::close(accepted);
+            libc::close(listener);
+        }
+        let _ = std::fs::remove_dir_all(&rel);
     }
 }
