@@ -259,8 +259,13 @@ impl Watcher {
             Some(map.keys().filter(Result::is_ok).count())
         }
         let ebpf = &self.ebpf;
+        let prefixes = ebpf
+            .map(maps::WATCHED_PREFIXES)
+            .and_then(|map| LpmTrie::<_, PathKey, u32>::try_from(map).ok())
+            .map(|trie| trie.keys().filter(Result::is_ok).count());
         [
             (maps::WATCHED_PATHS, count::<PathKey, u32>(ebpf, maps::WATCHED_PATHS)),
+            (maps::WATCHED_PREFIXES, prefixes),
             (maps::LISTENERS, count::<u64, u32>(ebpf, maps::LISTENERS)),
             (maps::OWNERS, count::<u32, u32>(ebpf, maps::OWNERS)),
             (maps::PARENTS, count::<u32, u32>(ebpf, maps::PARENTS)),
