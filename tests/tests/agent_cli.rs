@@ -46,6 +46,36 @@ fn path_over_107_bytes_is_refused() {
     assert_one_line_error(&out, &["108 bytes", "at most 107"]);
 }
 
+/// A malformed pattern names itself and what is wrong, in one line; good patterns of every
+/// shape are accepted (the agent then fails only for want of root, or starts).
+#[test]
+fn malformed_patterns_are_refused_with_the_reason() {
+    for (pattern, needles) in [
+        ("/run/[ab.sock", &["/run/[ab.sock", "without its closing ]"][..]),
+        ("/run/**/x.sock", &["/run/**/x.sock", "uses **, which is not supported", "directory prefix ending in /"][..]),
+        ("/run/../x.sock", &["/run/../x.sock", "normal form"][..]),
+        ("/run/[a/b].sock", &["inside [...]"][..]),
+        ("/run/x\\", &["escapes nothing"][..]),
+        ("*.sock", &["*.sock", "relative", "working directory"][..]),
+        ("@", &["no name after the @"][..]),
+    ] {
+        let out = agent(&["--paths", &format!("/ok/,{pattern}")]);
+        assert_eq!(out.status.code(), Some(2), "{pattern}: {out:?}");
+        assert_one_line_error(&out, needles);
+    }
+}
+
+#[test]
+fn help_explains_the_patterns() {
+    let out = agent(&["--help"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in ["/run/php/", "/run/php/*.sock", ".s.PGSQL.*", "@name*", "any depth", "relative address", "working directory"] {
+        assert!(text.contains(needle), "--help lacks {needle}: {text}");
+    }
+    let short = String::from_utf8_lossy(&agent(&["-h"]).stdout).into_owned();
+    assert!(short.contains("directories (ending in /), globs"), "{short}");
+}
+
 /// Runs a valid agent command line under `wrapper` (e.g. `setpriv ... --`), with its own
 /// state directory.
 fn wrapped_agent(test: &str, wrapper: &[&str]) -> Output {

@@ -7,9 +7,17 @@ use tokio::{
     io::unix::AsyncFd,
     signal::unix::{signal, SignalKind},
 };
-use tssx_common::event::{Event, EventKind};
+use tssx_common::event::EventKind;
 
-use crate::{control, feed::EventFeed, kernel, loader::Watcher, paths::WatchedPath, state::StateDir, trace::trace_event};
+use crate::{
+    control,
+    feed::{Classified, EventFeed},
+    kernel,
+    loader::Watcher,
+    paths::WatchedPath,
+    state::StateDir,
+    trace::trace_event,
+};
 
 /// How often the event loop looks at the live segments' headers (`swapped` lines, finished
 /// connections).
@@ -40,7 +48,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let state = StateDir::take(&config.state_dir)?;
     raise_fd_limit(config.max_connections);
     let (mut watcher, channels) = Watcher::load(&config.paths)?;
-    let feed = std::sync::Arc::new(EventFeed::new(channels.events));
+    let feed = std::sync::Arc::new(EventFeed::new(channels.events, config.paths.clone()));
     let control = control::Control::new(
         config.paths.clone(),
         config.ring_size,
@@ -75,7 +83,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         state_dir = %state.dir().display(),
         pid = std::process::id(),
         claim_after_us = config.claim_after.as_micros() as u64,
-        "ready: watching {} path(s)",
+        "ready: watching {} pattern(s)",
         paths.len()
     );
 
@@ -145,27 +153,36 @@ fn raise_fd_limit(max_connections: usize) {
 
 /// Traces and acts on events in the kernel's order (all of them recorded for claims already).
 fn handle_events(watcher: &mut Watcher, paths: &[WatchedPath], taken: &crate::feed::Taken) {
-    for event in taken.recorded.iter().chain(&taken.fresh) {
-        handle_event(watcher, event, paths);
+    for seen in taken.recorded.iter().chain(&taken.fresh) {
+        handle_event(watcher, seen, paths);
     }
 }
 
-fn handle_event(watcher: &mut Watcher, event: &Event, paths: &[WatchedPath]) {
+fn handle_event(watcher: &mut Watcher, seen: &Classified, paths: &[WatchedPath]) {
+    let event = &seen.event;
+    if let Some(decision) = seen.listener {
+        if let Err(e) = watcher.decide_listener(event.tgid, event.fd, decision) {
+            tracing::warn!(pid = event.tgid, fd = event.fd, "could not record the agent's match of a listener: {e:#}");
+        }
+    }
+    if seen.hidden {
+        return;
+    }
     match event.event_kind() {
         Some(EventKind::Fork) => {
             let child = event.other_pid;
-            trace_event(event, paths);
+            trace_event(seen, paths);
             if let Err(e) = watcher.inherit_listeners(event.tgid, child) {
                 tracing::warn!(child, "could not record inherited listeners: {e:#}");
             }
         }
         Some(EventKind::Exit) => {
-            trace_event(event, paths);
+            trace_event(seen, paths);
             if let Err(e) = watcher.forget_process(event.tgid) {
                 tracing::warn!(pid = event.tgid, "could not forget listeners: {e:#}");
             }
         }
-        _ => trace_event(event, paths),
+        _ => trace_event(seen, paths),
     }
 }
 

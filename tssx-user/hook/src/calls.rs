@@ -40,7 +40,7 @@ pub fn init() {
 
 /// After a successful connect/accept of `fd`: track it if it is a stream socket on a watched
 /// path (plain for now: nothing is asked of the agent here), else forget it.
-fn track_connected(fd: c_int, end: End, name: Option<String>) {
+fn track_connected(fd: c_int, end: End, name: Option<paths::UnixName>) {
     // A socket made by our `socket` as SOCK_STREAM needs no question.
     let known_stream = table::is_unconnected(fd);
     table::mark_unconnected(fd, false);
@@ -71,7 +71,7 @@ fn track_accepted(listener: c_int, new: c_int, nonblock: bool) {
         let watched = match table::listener_kind(listener) {
             Some(watched) => watched,
             None => {
-                let watched = paths::local_name(new).is_some_and(|name| paths::watched(&name)) && paths::is_stream(new);
+                let watched = paths::listener_name(listener, new).is_some_and(|name| paths::watched(&name)) && paths::is_stream(new);
                 table::remember_listener(listener, watched);
                 watched
             }
@@ -103,6 +103,25 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
     }
     rc
 }
+
+// ---- watched patterns: relative binds (a contiguous block) ----
+
+/// libc's `bind`: a Unix address bound relative to the working directory is resolved now (the
+/// kernel resolves it now too), so that its connections are matched on the right absolute path
+/// even if the process changes directory before it accepts (see [`paths::listener_name`]).
+pub unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+    // SAFETY: forwarded as received.
+    let rc = unsafe { sys::bind(fd, addr, len) };
+    if rc == 0 {
+        // SAFETY: the kernel just accepted `addr`/`len` as readable.
+        if let Some(name) = unsafe { paths::unix_name(addr, len) } {
+            with_errno_kept(|| paths::remember_bind(fd, &name));
+        }
+    }
+    rc
+}
+
+// ---- end of the block ----
 
 /// libc's `accept`.
 pub unsafe fn accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
