@@ -91,7 +91,8 @@ enum Sub {
     /// /etc/ld.so.preload (opt-in; idempotent).
     #[command(long_about = INSTALL_HELP)]
     Install {
-        /// The hook to install (default: libtssx_preload.so next to this tssx-agent).
+        /// The hook to install (default: libtssx_preload.so next to this tssx-agent, else in
+        /// ../lib/tssx/ from it, where the Debian package puts it).
         #[arg(long, value_name = "FILE")]
         from: Option<PathBuf>,
         #[command(flatten)]
@@ -231,6 +232,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 None => install::default_source()?,
             };
             let done = install::install(&source, &target.lib_dir, &target.preload_file)?;
+            match &done.strip {
+                install::Strip::AlreadyStripped => {}
+                install::Strip::Stripped { from, to } => {
+                    println!("stripped the symbol table and debug info of {} on the way: {from} -> {to} bytes", source.display())
+                }
+                install::Strip::Unstripped(why) => eprintln!(
+                    "warning: {} carries its symbol table and debug info, copied as it is ({why}); the release build is stripped: `cargo xtask build --release`",
+                    source.display()
+                ),
+            }
             let what = if done.preload_changed { "added to" } else { "already in" };
             println!("installed {} ({what} {})", done.library.display(), target.preload_file.display());
             return Ok(());
