@@ -149,7 +149,7 @@ fn machine_state() -> Vec<(String, Option<Vec<u8>>)> {
 }
 
 #[test]
-fn dpkg_install_in_a_private_namespace_gives_a_working_agent() {
+fn package_installs_with_dpkg_in_a_private_namespace_as_a_working_agent() {
     require_root();
     let deb = deb();
     let _lock = MachineLock::acquire();

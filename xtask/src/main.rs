@@ -50,6 +50,7 @@ const DEBIAN_TOOLS: &[(&str, &str)] = &[
     ("readelf", "binutils"),
     // `cargo xtask package` and its test.
     ("dpkg-deb", "dpkg"),
+    ("dpkg-shlibdeps", "dpkg-dev"),
     ("systemd-analyze", "systemd"),
 ];
 /// Debian's hook for `invoke-rc.d`: while it exits 101, package scripts start no services.
@@ -190,7 +191,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             build()?;
             // tests/tests/package.rs installs this .deb (TSSX_DEB); about 1.5 min for a cold
             // release build on 2 cores, seconds when it is up to date.
-            let deb = if args.is_empty() || args.iter().any(|a| a.contains("package")) { Some(package()?) } else { None };
+            let deb = if args.is_empty() || args.iter().any(|a| selects_package_tests(a)) { Some(package()?) } else { None };
             let cargo_bin = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
             let mut test = Command::new(cargo_bin);
             test.current_dir(workspace_root()).args(["test", "--workspace", "--exclude", "tssx-ebpf", "--no-fail-fast"]).args(&args);
@@ -212,6 +213,19 @@ fn workspace_root() -> PathBuf {
 
 fn target_dir() -> PathBuf {
     profile_dir("debug")
+}
+
+/// The tests in tests/tests/package.rs (keep in step): they install the package that
+/// `cargo xtask test` builds first, for a full run or a filter that may select them.
+const PACKAGE_TESTS: &[&str] = &[
+    "package_holds_the_agent_the_hook_the_unit_the_defaults_and_the_readme",
+    "package_installs_with_dpkg_in_a_private_namespace_as_a_working_agent",
+];
+
+/// Whether the `cargo test` argument `arg` may select a package test: `--test package`, or a
+/// name filter that is part of one's name (cargo's filters match substrings).
+fn selects_package_tests(arg: &str) -> bool {
+    arg == "package" || (!arg.starts_with('-') && PACKAGE_TESTS.iter().any(|t| t.contains(arg)))
 }
 
 /// `release` or `debug`.
@@ -525,4 +539,27 @@ fn sh_wait(child: &mut std::process::Child) -> anyhow::Result<()> {
         bail!("demo program failed: {status}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn package_tests_are_the_ones_in_package_rs() {
+        let source = std::fs::read_to_string(workspace_root().join("tests/tests/package.rs")).unwrap();
+        let names: Vec<&str> = source
+            .lines()
+            .filter_map(|l| l.strip_prefix("fn "))
+            .filter_map(|l| l.strip_suffix("() {"))
+            .filter(|n| n.starts_with("package_"))
+            .collect();
+        assert_eq!(names, PACKAGE_TESTS);
+        for filter in ["package", "package_installs", "dpkg", "holds_the"] {
+            assert!(selects_package_tests(filter), "{filter}");
+        }
+        for filter in ["conformance", "--test", "-q", "swap"] {
+            assert!(!selects_package_tests(filter), "{filter}");
+        }
+    }
 }
