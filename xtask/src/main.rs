@@ -17,6 +17,7 @@ use anyhow::{bail, ensure, Context as _};
 use clap::{Parser, Subcommand};
 
 mod report;
+mod scale;
 mod soak;
 mod startcost;
 
@@ -125,6 +126,26 @@ enum Cmd {
         #[arg(long, default_value_t = 100_000)]
         differential: u64,
     },
+    /// Set up, build the release profile, and hold many swapped connections at once, then a
+    /// connection storm on top of them: the agent's CPU and memory at that scale, and checks
+    /// that no hook stalls and the agent keeps answering (a minute or two; not part of `test`).
+    Scale {
+        /// Connections held open (and swapped) at once.
+        #[arg(long, default_value_t = 10_000)]
+        connections: u64,
+        /// The agent's --ring-size (small: 10,000 connections of two 1 MiB rings pin 20 GiB).
+        #[arg(long, default_value_t = 16384)]
+        ring_size: u64,
+        /// Length of the storm in seconds (0: no storm).
+        #[arg(long, default_value_t = 10)]
+        storm_seconds: u64,
+        /// Storm client threads (each opens, uses and closes connections back to back).
+        #[arg(long, default_value_t = 8)]
+        storm_threads: u64,
+        /// Use the debug build instead of the release build.
+        #[arg(long)]
+        debug: bool,
+    },
     /// Set up, build the release profile and from it the Debian package (cargo-deb):
     /// target/debian/tssx_<version>-1_<arch>.deb with the agent (/usr/bin), the hook
     /// (/usr/lib/tssx), the systemd unit, /etc/default/tssx-agent and the README.
@@ -184,6 +205,11 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             soak::run(&target_dir(), seconds, seed)
         }
         Cmd::Package => package().map(drop),
+        Cmd::Scale { connections, ring_size, storm_seconds, storm_threads, debug } => {
+            let profile = profile(!debug);
+            build_profile(profile)?;
+            scale::run(&profile_dir(profile), &scale::Scale { connections, ring_size, storm_seconds, storm_threads })
+        }
         Cmd::Test { args } => {
             if args.is_empty() {
                 lint()?;
