@@ -13,7 +13,7 @@
 //!    closed before the claim delay: plain), while `status --stats` is asked every 250 ms.
 //! 4. The held connections are closed; the agent must free every segment.
 //!
-//! Verdicts (the command fails on any): every held connection swapped; no connection of the
+//! Verdicts (the command fails on any, after printing its table): every held connection swapped; no connection of the
 //! storm and no echo on a held one slower than [`STALL`] (a hook waiting on a busy agent);
 //! the agent answering `status --stats` within [`STALL`] all along (not starved); no kernel
 //! events lost; every segment freed at the end.
@@ -140,16 +140,26 @@ pub fn run(bin: &Path, scale: &Scale) -> anyhow::Result<()> {
     };
     step(&format!("scale: {opened}; waiting until the agent has swapped them all"));
     let mut last = serde_json::Value::Null;
+    // Until all are swapped, or the count stood still for 10 s (a claim refused leaves its
+    // connection plain for good).
+    let (mut best, mut since) = (0, Instant::now());
     let all_swapped = poll_until(Duration::from_secs(60) + Duration::from_millis(20) * scale.connections as u32, || {
         if let Ok(s) = agent.try_stats() {
             last = s;
         }
         holder.assert_running();
-        stat_u64(&last, "swapped") >= scale.connections
-    });
+        let swapped = stat_u64(&last, "swapped");
+        if swapped > best {
+            (best, since) = (swapped, Instant::now());
+        }
+        swapped >= scale.connections || since.elapsed() > Duration::from_secs(10)
+    }) && stat_u64(&last, "swapped") >= scale.connections;
     let ramp = ramp_start.elapsed();
     let ramp_cpu = cpu_time(pid) - cpu_start;
-    ensure!(all_swapped, "not every held connection was swapped: {last}");
+    let held_swapped = stat_u64(&last, "swapped");
+    if !all_swapped {
+        step(&format!("scale: only {held_swapped} of {n} held connections swapped: {last}"));
+    }
     let (rss_held, _) = rss_kib(pid);
     let fds_held = fd_count(pid);
     let shmem_held = shmem_kib().saturating_sub(shmem_before);
@@ -225,15 +235,21 @@ pub fn run(bin: &Path, scale: &Scale) -> anyhow::Result<()> {
     );
     let _ = writeln!(
         out,
-        "| {n} held, all swapped | agent RSS, fds | {rss_held} KiB ({:.2} KiB per connection), {fds_held} |",
+        "| {n} held | swapped, claims refused (control connections beyond the cap), pairs given up | {held_swapped}, {}, {} |",
+        stat_u64(&last, "control_connections_refused"),
+        stat_u64(&last, "given_up")
+    );
+    let _ = writeln!(
+        out,
+        "| {n} held | agent RSS, fds | {rss_held} KiB ({:.2} KiB per connection), {fds_held} |",
         (rss_held.saturating_sub(rss_idle)) as f64 / scale.connections as f64
     );
     let _ = writeln!(
         out,
-        "| {n} held, all swapped | shared memory (Shmem growth) | {shmem_held} KiB ({:.1} KiB per connection) |",
+        "| {n} held | shared memory (Shmem growth) | {shmem_held} KiB ({:.1} KiB per connection) |",
         shmem_held as f64 / scale.connections as f64
     );
-    let _ = writeln!(out, "| {n} held, all swapped | `status --stats` answered in | {} |", ms(stats_latency_held));
+    let _ = writeln!(out, "| {n} held | `status --stats` answered in | {} |", ms(stats_latency_held));
     let _ = writeln!(
         out,
         "| storm ({} threads, {} s) | connections, per second, swapped | {storm_count}, {per_s}/s, {storm_swapped} |",
@@ -264,6 +280,12 @@ pub fn run(bin: &Path, scale: &Scale) -> anyhow::Result<()> {
     println!("{out}");
 
     let mut failures = Vec::new();
+    if !all_swapped {
+        failures.push(format!(
+            "{held_swapped} of {n} held connections swapped ({} claims refused: control connections beyond the agent's cap)",
+            stat_u64(&last, "control_connections_refused")
+        ));
+    }
     if storm_slowest > STALL {
         failures.push(format!("a storm connection took {} (stall limit {STALL:?})", ms(storm_slowest)));
     }
