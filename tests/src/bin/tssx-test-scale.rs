@@ -1,8 +1,11 @@
 //! Many connections at once, and connection storms, for `cargo xtask scale` (plain std and
 //! libc, no tssx code).
 //!
-//! `tssx-test-scale server PATH`: binds PATH, prints `ready`, then serves every connection from
-//! one epoll loop: echoes what it reads, closes on EOF. Runs until killed.
+//! `tssx-test-scale server PATH [blocking]`: binds PATH, prints `ready`, then serves every
+//! connection from one level-triggered epoll loop: echoes what it reads, closes on EOF. Runs
+//! until killed. Its connections are non-blocking (a readiness without data is skipped, and
+//! counted on stderr at every power of two), or with `blocking` blocking (a plain socket never shows such a
+//! readiness; one under the hook would block the loop: how the hang this found shows).
 //!
 //! `tssx-test-scale hold PATH N STOPFILE`: opens N connections one after the other (each:
 //! connect, 64 bytes echoed) and keeps them all open; prints `opened n=N elapsed_us=T
@@ -83,7 +86,7 @@ fn echo(s: &mut UnixStream, i: u64, round: u64) -> std::io::Result<()> {
     Ok(())
 }
 
-fn server(path: &str) {
+fn server(path: &str, blocking_fds: bool) {
     let _ = std::fs::remove_file(path);
     raise_nofile(1 << 20);
     let listener = UnixListener::bind(path).unwrap_or_else(|e| die(&format!("bind {path}: {e}")));
@@ -105,7 +108,13 @@ fn server(path: &str) {
     let mut conns: std::collections::HashMap<RawFd, UnixStream> = std::collections::HashMap::new();
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
     let mut buf = vec![0u8; 65536];
+    let mut spurious = 0u64;
+    let mut reported = 0u64;
     loop {
+        if spurious > reported && spurious.is_power_of_two() {
+            eprintln!("tssx-test-scale: server: {spurious} readiness reports without data so far");
+            reported = spurious;
+        }
         // SAFETY: events is a live buffer of events.len() entries.
         let n = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, -1) };
         if n < 0 {
@@ -120,6 +129,11 @@ fn server(path: &str) {
                 loop {
                     match listener.accept() {
                         Ok((s, _)) => {
+                            if blocking_fds {
+                                s.set_nonblocking(false).unwrap_or_else(|e| die(&format!("blocking: {e}")));
+                            } else {
+                                s.set_nonblocking(true).unwrap_or_else(|e| die(&format!("nonblocking: {e}")));
+                            }
                             add(s.as_raw_fd());
                             conns.insert(s.as_raw_fd(), s);
                         }
@@ -132,8 +146,20 @@ fn server(path: &str) {
             }
             let Some(s) = conns.get_mut(&fd) else { continue };
             let close = match s.read(&mut buf) {
+                // A readiness without data (allowed by epoll(7); a plain socket here never
+                // shows one): nothing to do.
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    spurious += 1;
+                    false
+                }
                 Ok(0) | Err(_) => true,
-                Ok(k) => s.write_all(&buf[..k]).is_err(),
+                Ok(k) => {
+                    // 64-byte echoes: a full send buffer is not expected; wait for it if so.
+                    let _ = s.set_nonblocking(false);
+                    let failed = s.write_all(&buf[..k]).is_err();
+                    let _ = s.set_nonblocking(!blocking_fds);
+                    failed
+                }
             };
             if close {
                 // SAFETY: fd is registered and open; removing it before the close.
@@ -218,9 +244,10 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let num = |i: usize| -> u64 { args.get(i).and_then(|a| a.parse().ok()).unwrap_or_else(|| die("usage: see the module docs")) };
     match args.get(1).map(String::as_str) {
-        Some("server") if args.len() == 3 => server(&args[2]),
+        Some("server") if args.len() == 3 => server(&args[2], false),
+        Some("server") if args.len() == 4 && args[3] == "blocking" => server(&args[2], true),
         Some("hold") if args.len() == 5 => hold(&args[2], num(3), &args[4]),
         Some("storm") if args.len() == 5 => storm(&args[2], num(3), num(4)),
-        _ => die("usage: tssx-test-scale server PATH | hold PATH N STOPFILE | storm PATH SECONDS THREADS"),
+        _ => die("usage: tssx-test-scale server PATH [blocking] | hold PATH N STOPFILE | storm PATH SECONDS THREADS"),
     }
 }
