@@ -16,7 +16,8 @@
 //! started by hand from the installed `/usr/bin/tssx-agent` (its private `/run/tssx` a tmpfs of
 //! the namespace, where the installed hook looks); what this proves is that the installed files
 //! make a working tssx: the agent starts and loads its eBPF programs (its `ready` line), the
-//! installed systemd unit parses and finds the installed binary (`systemd-analyze verify`), and
+//! installed systemd unit parses and finds the installed binary (`systemd-analyze verify`),
+//! `tssx-agent install` finds the packaged hook by itself, and
 //! a client and a server started with `LD_PRELOAD=/usr/lib/tssx/libtssx_preload.so` on a watched
 //! path are traced and swapped, every byte crossing once. Then `dpkg --purge` removes it cleanly.
 
@@ -189,6 +190,17 @@ fn package_installs_with_dpkg_in_a_private_namespace_as_a_working_agent() {
         for path in [AGENT, HOOK, UNIT, DEFAULTS] {
             assert!(owned.lines().any(|l| l == path), "dpkg -L tssx lacks {path}: {owned}");
         }
+        // `tssx-agent install` without --from takes the packaged hook (../lib/tssx from
+        // /usr/bin), already stripped: copied byte for byte (into the test's directory here,
+        // with a preload file of its own).
+        let installed = sh(&format!(
+            r#"{AGENT} install --lib-dir "$T/syswide" --preload-file "$T/ld.so.preload"; cmp {HOOK} "$T/syswide/libtssx_preload.so" && echo same; cat "$T/ld.so.preload""#
+        ));
+        let copy = dir.join("syswide/libtssx_preload.so");
+        assert_eq!(
+            installed,
+            format!("installed {} (added to {})\nsame\n{}\n", copy.display(), dir.join("ld.so.preload").display(), copy.display())
+        );
         // The installed unit parses and its ExecStart finds the installed agent.
         let verify = sh(&format!("systemd-analyze verify {UNIT} 2>&1 || echo \"verify failed: $?\""));
         assert!(!verify.contains("verify failed") && !verify.contains("tssx-agent"), "systemd-analyze verify: {verify}");
