@@ -106,6 +106,9 @@ enum Cmd {
         /// Measure the debug build (unoptimized hook and agent) instead of the release build.
         #[arg(long)]
         debug: bool,
+        /// Run one section only and print it instead of writing the report (`nginx`).
+        #[arg(long, value_parser = ["nginx"])]
+        only: Option<String>,
     },
     /// Set up, build the release hook, and measure what it adds to every process start:
     /// `/bin/true` with the hook preloaded against an empty preloaded library (about a
@@ -193,10 +196,13 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             build()?;
             bench()
         }
-        Cmd::Report { debug } => {
+        Cmd::Report { debug, only } => {
             let profile = if debug { "debug" } else { "release" };
             build_profile(profile)?;
-            report::report(profile)
+            match only.as_deref() {
+                Some("nginx") => report::nginx_only(profile),
+                _ => report::report(profile),
+            }
         }
         Cmd::Soak { seconds, seed, differential } => {
             build()?;

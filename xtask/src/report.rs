@@ -72,6 +72,26 @@ const SETUP_GOAL: f64 = 1.1;
 /// The goal for the time from connect to swapped, in microseconds.
 const MIGRATION_GOAL_US: u64 = 2000;
 
+/// Runs only the nginx section (`cargo xtask report --only nginx`) and prints it: the row the
+/// spin policy is tuned on, without the rest of the report's seven minutes.
+pub fn nginx_only(profile: &str) -> anyhow::Result<()> {
+    let bin = profile_dir(profile);
+    let hook = bin.join("libtssx_preload.so");
+    let _lock = MachineLock::acquire_reporting(|| step("report: waiting for the machine-wide tssx test lock"))
+        .context("locking the machine-wide tssx test lock")?;
+    let dir = TempDir::create("report-nginx")?;
+    let (fresh, keep) = (NginxProxy::socket(&dir, NGINX_TSSX, Upstream::Fresh), NginxProxy::socket(&dir, NGINX_TSSX, Upstream::Keep));
+    let load_before = load_average();
+    let agent = Agent::spawn(&bin.join("tssx-agent"), &[&fresh, &keep], None, &[])
+        .context("starting tssx-agent (is another agent running in /run/tssx?)")?;
+    step("report: nginx reverse proxy, plain vs tssx (upstream per request, upstream keepalive)");
+    let section = nginx_section(&agent, &hook, &dir);
+    println!("{}\n\nBuild profile: {profile}. Load average at the start: {load_before}; at the end: {}.", section, load_average());
+    let status = agent.stop();
+    ensure!(status.success(), "tssx-agent exited with {status}");
+    Ok(())
+}
+
 /// Runs everything and writes the report.
 pub fn report(profile: &str) -> anyhow::Result<()> {
     let bin = profile_dir(profile);

@@ -996,8 +996,14 @@ pub unsafe fn dup2(old: c_int, new: c_int) -> c_int {
         }
         before_replaced(old, new);
     }
+    // One of the hook's own fds on `new` moves out of the way first.
+    let relocated =
+        old != new && crate::own::is_own(new) && tssx_shm::sys::fcntl(old, libc::F_GETFD, 0).is_ok() && crate::own::relocate(new);
     // SAFETY: forwarded as received.
     let rc = unsafe { sys::dup2(old, new) };
+    if rc < 0 && relocated {
+        with_errno_kept(|| crate::own::relocation_failed(new));
+    }
     if rc >= 0 && old != new {
         table::forget_listener(new);
     }
@@ -1017,8 +1023,14 @@ pub unsafe fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
         }
         before_replaced(old, new);
     }
+    // One of the hook's own fds on `new` moves out of the way first.
+    let relocated =
+        old != new && crate::own::is_own(new) && tssx_shm::sys::fcntl(old, libc::F_GETFD, 0).is_ok() && crate::own::relocate(new);
     // SAFETY: forwarded as received.
     let rc = unsafe { sys::dup3(old, new, flags) };
+    if rc < 0 && relocated {
+        with_errno_kept(|| crate::own::relocation_failed(new));
+    }
     if rc >= 0 {
         table::forget_listener(new);
     }

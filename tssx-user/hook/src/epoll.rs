@@ -986,6 +986,7 @@ fn collect(epfd: c_int, set: &Set, out: &mut [epoll_event]) -> usize {
                 continue;
             }
             c.tick(fd);
+            c.examine_socket_once(fd);
             let (mask, seen) = reportable(i, &c, fd);
             if mask == 0 {
                 continue;
