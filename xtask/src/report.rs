@@ -22,8 +22,10 @@
 //! connections stayed plain measures the hook's pass-through, not the rings (nscd's always do:
 //! glibc's client talks to the socket from inside libc and never claims).
 //!
-//! Everything is measured with the debug profile that `cargo xtask build` builds (hook, agent
-//! and test programs unoptimized); the report says so in its first lines.
+//! Everything is measured with the release profile (`cargo xtask build --release`: hook, agent
+//! and test programs optimized, the hook and the agent stripped, as the Debian package ships
+//! them), or with `--debug` the debug profile the tests use; the report names the profile in its
+//! first lines.
 //!
 //! It takes the tests' machine-wide lock ([`MachineLock`]) and runs its own agent in `/run/tssx`
 //! (where the hook looks), through the tests' support layer (`tssx_tests`), which also parses the
@@ -117,7 +119,15 @@ pub fn report(profile: &str) -> anyhow::Result<()> {
     } else {
         "hook, agent and test programs unoptimized, as the tests use them"
     };
-    writeln!(md, "Build profile: **{profile}** ({what}).\n")?;
+    let size =
+        |f: &Path| std::fs::metadata(f).map(|m| format!("{:.1} MiB", m.len() as f64 / (1 << 20) as f64)).unwrap_or_else(|_| "?".into());
+    writeln!(
+        md,
+        "Build profile: **{profile}** ({what}; {}: hook {}, agent {}).\n",
+        bin.display(),
+        size(&hook),
+        size(&bin.join("tssx-agent"))
+    )?;
 
     // Real applications.
     step("report: redis-benchmark, plain vs tssx (1 and 50 clients)");

@@ -49,8 +49,11 @@ struct Cli {
 
     /// Most connections swapped at once (live shared-memory segments); beyond it a connection
     /// stays plain, traced as `not swapped`. Shared memory is at most N * (2 * ring size + 4 KiB).
-    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    max_connections: u32,
+    /// Default: as many as fill a quarter of the machine's memory (MemTotal) and fit the fd
+    /// limit (5 per connection; raised up to fs.nr_open), at least 16 (the ready trace line
+    /// and `status --stats` show it): on 24 GiB, about 3,000 with 1 MiB rings, 175,000 with 16 KiB.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    max_connections: Option<u32>,
 
     /// How long a connection lives (or how many bytes, 64 KiB, it moves) before its hooks claim
     /// shared memory for it: `0`, or a number with a unit (ns, us, ms, s), e.g. 500us, 1ms, 2s.
@@ -94,7 +97,8 @@ enum Sub {
     /// /etc/ld.so.preload (opt-in; idempotent).
     #[command(long_about = INSTALL_HELP)]
     Install {
-        /// The hook to install (default: libtssx_preload.so next to this tssx-agent).
+        /// The hook to install (default: libtssx_preload.so next to this tssx-agent, else in
+        /// ../lib/tssx/ from it, where the Debian package puts it).
         #[arg(long, value_name = "FILE")]
         from: Option<PathBuf>,
         #[command(flatten)]
@@ -256,6 +260,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 None => install::default_source()?,
             };
             let done = install::install(&source, &target.lib_dir, &target.preload_file)?;
+            match &done.strip {
+                install::Strip::AlreadyStripped => {}
+                install::Strip::Stripped { from, to } => {
+                    println!("stripped the symbol table and debug info of {} on the way: {from} -> {to} bytes", source.display())
+                }
+                install::Strip::Unstripped(why) => eprintln!(
+                    "warning: {} carries its symbol table and debug info, copied as it is ({why}); the release build is stripped: `cargo xtask build --release`",
+                    source.display()
+                ),
+            }
             let what = if done.preload_changed { "added to" } else { "already in" };
             println!("installed {} ({what} {})", done.library.display(), target.preload_file.display());
             return Ok(());
@@ -281,7 +295,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         paths,
         state_dir: cli.state_dir,
         ring_size: cli.ring_size,
-        max_connections: cli.max_connections as usize,
+        max_connections: cli.max_connections.map(|n| n as usize),
         claim_after: cli.claim_after,
     }))
 }
