@@ -129,6 +129,8 @@ pub struct ClaimState {
     pub(crate) sent_at: u64,
     /// Earliest time of the next claim after an answer "retry later" (0: none).
     pub(crate) retry_at: u64,
+    /// Claims of this connection the agent closed unanswered (see [`crate::claim::Answer::Dropped`]).
+    pub(crate) dropped: u32,
 }
 
 /// One tracked socket.
