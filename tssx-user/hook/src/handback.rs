@@ -174,6 +174,9 @@ impl Conn {
         if self.swap().is_none() || !self.in_switched() || self.peer_handed_back() {
             return;
         }
+        // The new image reads the socket: no marker may be left in it (their fds are closed,
+        // as by a read without a control buffer).
+        self.discard_markers(self.last_fd.load(Relaxed));
         self.with_rx(|rx| {
             // SeqCst: before this end's `back_at` (SeqCst, in `hand_back`), which the peer
             // loads before it loads this.
@@ -258,6 +261,11 @@ impl Conn {
             if owed == 0 {
                 return true;
             }
+            // A pending ancillary record's marker comes first: its reader takes it (see `anc`).
+            let owed = owed.min(self.anc_bell_bound().saturating_sub(drained.load(SeqCst)));
+            if owed == 0 {
+                return false;
+            }
             let take = owed.min(buf.len() as u64) as usize;
             let before = drained.load(SeqCst);
             if drained.compare_exchange(before, before + take as u64, SeqCst, SeqCst).is_err() {
@@ -332,6 +340,11 @@ impl Conn {
             let limit = if back_at == NOT_YET { usize::MAX } else { back_at.saturating_sub(tail).min(usize::MAX as u64) as usize };
             if limit == 0 {
                 return 0;
+            }
+            let fd = self.last_fd.load(Relaxed);
+            if fd >= 0 && self.anc_pending() {
+                // Ancillary records before `back_at`: their markers are taken on the way.
+                return self.read_ring_anc(fd, rx, bufs, peek, 0, limit).0.bytes;
             }
             let mut left = limit;
             let mut total = 0;
