@@ -252,7 +252,11 @@ impl Conn {
     fn still_published(&self, r: &Record) -> bool {
         let q = self.in_queue();
         // SeqCst: as in `anc_pending`.
-        q.taken.0.load(SeqCst) == r.n && q.sent.0.load(SeqCst) > r.n
+        if q.taken.0.load(SeqCst) != r.n || q.sent.0.load(SeqCst) <= r.n {
+            return false;
+        }
+        // A record withdrawn and its slot filled again meanwhile: another message.
+        self.next_record().is_some_and(|now| now.pos == r.pos && now.len == r.len && now.bells == r.bells)
     }
 
     /// Takes (or, with `peek`, peeks) the marker of record `r`: drains the doorbells sent

@@ -1137,7 +1137,13 @@ pub unsafe fn ioctl(fd: c_int, request: libc::c_ulong, arg: *mut c_void) -> c_in
         }
     }
     if let Some(c) = table::lookup_swapped(fd) {
+        if request == libc::FIONREAD && c.phase() == Phase::HandingBack {
+            // Once the peer's ring bytes are read, the rest is the kernel's to count.
+            c.note_fd(fd);
+            with_errno_kept(|| c.finish_hand_back());
+        }
         let value = match request {
+            libc::FIONREAD if c.phase() == Phase::Plain => None,
             libc::FIONREAD => Some(c.unread_total(fd)),
             libc::TIOCOUTQ => Some(c.unsent_total(fd)),
             _ => None,
