@@ -709,7 +709,7 @@ unsafe fn mmsg_received(msgs: *mut libc::mmsghdr, n: c_int) {
 /// send ends the call; an error after the first message is not reported) and returns how many
 /// it sent; on a connection that is served by the hook (or when a message passes fds while
 /// this process tracks connections), so does the hook, with [`sendmsg`] for each message: the
-/// rings, or a hand-back to the kernel first for a message with ancillary data. A socket still
+/// rings (ancillary data as [`sendmsg`]: through the kernel, positioned on the rings). A socket still
 /// plain makes one real call (counted); any other fd goes straight to libc.
 pub unsafe fn sendmmsg(fd: c_int, msgs: *mut libc::mmsghdr, vlen: libc::c_uint, flags: c_int) -> c_int {
     let conn = table::lookup(fd).filter(|c| !matches!(c.phase(), Phase::Plain | Phase::Unconnected));

@@ -1,9 +1,9 @@
 //! Handing a connection back to the kernel: the migration in reverse, for the whole connection.
 //!
-//! An end that must give the connection back (a call the rings cannot serve, such as `sendmsg`
-//! with ancillary data) does, under its producer lock: store how many doorbells it ever sent,
-//! counting one last one (`bells_at`), then its ring head (`back_at`), then ring that last
-//! doorbell (so a peer asleep on the rings wakes and sees the hand-back). From then on it
+//! An end that must give the connection back (a call the rings cannot serve, such as `send`
+//! with `MSG_OOB`, or `SO_PASSCRED`) does, under its producer lock: store how many doorbells it
+//! ever sent, counting one last one (`bells_at`), then its ring head (`back_at`), then ring that
+//! last doorbell (so a peer asleep on the rings wakes and sees the hand-back). From then on it
 //! writes to the socket and never sends a doorbell again. Its peer, on its next call (or woken by that doorbell), does the same
 //! for its own direction.
 //!
