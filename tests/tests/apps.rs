@@ -782,7 +782,14 @@ fn dbus_daemon_gives_the_same_results_with_tssx() {
     // (EXTERNAL, the daemon asks the kernel for the peer's credentials) before or after.
     let agent = HookedAgent::start_with(&[&tssx_sock], &["--claim-after", "0"]);
     let (plain, _) = dbus_run(&dir, &plain_sock, false);
-    for expected in ["sum of 300 calls: 117600", "echo big: True", "echo big after the fds: True", "ReadFd: 70000 bytes", "MakeFd: second", "signals: ['a', 'b', 'c']"] {
+    for expected in [
+        "sum of 300 calls: 117600",
+        "echo big: True",
+        "echo big after the fds: True",
+        "ReadFd: 70000 bytes",
+        "MakeFd: second",
+        "signals: ['a', 'b', 'c']",
+    ] {
         assert!(plain.contains(expected), "{expected:?} missing: {plain}");
     }
     let (tssx, clients) = dbus_run(&dir, &tssx_sock, true);
