@@ -2,27 +2,32 @@
  * A connection handed back to the kernel (the client turns SO_PASSCRED on) while its server
  * waits in epoll_wait: every message after it arrives, with the fds it carries.
  *
- *   passcred_epoll server PATH / passcred_epoll client PATH
+ *   passcred_epoll server PATH [et] / passcred_epoll client PATH
+ *
+ * With `et` the server's registration is edge-triggered and it reads until EAGAIN.
  */
 #include "conform.h"
 
 #include <sys/epoll.h>
 #include <sys/uio.h>
 
+static int edge;
+
 static void server(const char *path) {
     int lfd = listen_on(path);
     int c = accept_one(lfd);
     int ep = epoll_create1(EPOLL_CLOEXEC);
-    struct epoll_event ev = {.events = EPOLLIN, .data.fd = c};
+    struct epoll_event ev = {.events = EPOLLIN | (edge ? EPOLLET : 0), .data.fd = c};
     CHECK(epoll_ctl(ep, EPOLL_CTL_ADD, c, &ev) == 0);
-    for (int round = 0;; round++) {
+    for (;;) {
         struct epoll_event out;
         int n = epoll_wait(ep, &out, 1, 10000);
         if (n == 0) {
-            say("round %d: epoll_wait timed out", round);
+            say("epoll_wait timed out");
             break;
         }
         CHECK(n == 1);
+    again:;
         char buf[64];
         union {
             struct cmsghdr h;
@@ -33,7 +38,7 @@ static void server(const char *path) {
         ssize_t got = recvmsg(c, &m, MSG_DONTWAIT);
         if (got < 0 && errno == EAGAIN) continue;
         if (got <= 0) {
-            say("round %d: recvmsg -> %s", round, rcstr(got, errno));
+            say("recvmsg -> %s", rcstr(got, errno));
             break;
         }
         int fds = 0;
@@ -45,8 +50,9 @@ static void server(const char *path) {
                 for (int i = 0; i < k; i++) close(f[i]);
                 fds += k;
             }
-        say("round %d: %s with %d fds", round, quoted(buf, got), fds);
+        say("%s with %d fds", quoted(buf, got), fds);
         CHECK(write(c, buf, (size_t)got) == got);
+        if (edge) goto again;
     }
     close(c);
 }
@@ -86,5 +92,6 @@ static void client(const char *path) {
 }
 
 int main(int argc, char **argv) {
+    edge = argc > 3 && strcmp(argv[3], "et") == 0;
     return run_role(argc, argv, server, client);
 }

@@ -470,6 +470,7 @@ scenarios! {
     scm_rights_in_the_stream: "ancdata", server [], client [], connections 2, shm 60;
     scm_credentials_checked_by_the_kernel_then_so_passcred: "creds", server [], client [], connections 1, shm 10;
     so_passcred_hands_back_under_epoll: "passcred_epoll", server [], client [], connections 1, shm 5;
+    so_passcred_hands_back_under_edge_triggered_epoll: "passcred_epoll", server ["et"], client [], connections 1, shm 5;
 }
 
 /// Bytes echoed by the `echo` client with 20 connections and 10 rounds (fixed by its seeds).
