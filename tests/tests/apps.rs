@@ -402,6 +402,40 @@ fn postgres_gives_the_same_results_with_tssx() {
     assert!(agent.stop().success());
 }
 
+/// PostgreSQL as deployed: the agent watches its socket *directory* by prefix (`--paths
+/// /var/run/postgresql/`-style), not one socket path; every session that lasted is swapped, and
+/// traced with the socket's own path and the pattern that matched it.
+#[test]
+fn postgres_with_its_socket_directory_watched_by_prefix() {
+    require_root();
+    let dir = TempDir::new("app-pg-prefix");
+    chown_postgres(&dir);
+    let data = dir.join("data");
+    let mut initdb = as_postgres(&format!("{PG_BIN}/initdb"), false);
+    initdb.arg("-D").arg(&data).args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8", "--locale=C"]);
+    run(initdb, None);
+    let sock_dir: PathBuf = dir.join("run-postgresql");
+    let prefix = format!("{}/", path_str(&sock_dir));
+    let sock = path_str(&sock_dir.join(format!(".s.PGSQL.{PG_PORT}")));
+    let agent = HookedAgent::start(&[&prefix]);
+    let (out, sessions) = postgres_run(&data, &sock_dir, true);
+    assert!(out.contains("10000|75007500.0|name1|name9999"), "unexpected output: {}", &out[..out.len().min(500)]);
+    assert!(out.lines().count() > 20_000, "the 20 000-row result is missing");
+    let long: Vec<(u32, Duration)> = sessions.iter().copied().filter(|(_, t)| *t >= LONG_SESSION).collect();
+    assert!(!long.is_empty(), "no session of {LONG_SESSION:?} or more in postgres's log: {sessions:?}");
+    let swapped_backends = || swapped_pairs(&agent, &sock).into_iter().map(|(_, server)| server).collect::<Vec<_>>();
+    poll_until(TRACE_TIMEOUT, || long.iter().all(|(pid, _)| swapped_backends().contains(pid)));
+    let missing: Vec<_> = long.iter().filter(|(pid, _)| !swapped_backends().contains(pid)).collect();
+    assert!(
+        missing.is_empty(),
+        "sessions (backend pid, duration) that lasted but were not swapped: {missing:?}; all: {sessions:?}; not swapped: {:?}",
+        not_swapped_reasons(&agent, &sock)
+    );
+    let swapped = agent.events_on("swapped", &sock);
+    assert!(swapped.iter().all(|s| s["pattern"] == prefix.as_str()), "{swapped:?}");
+    assert!(agent.stop().success());
+}
+
 // ------------------------------------------------------------------------------------ memcached
 
 /// Starts memcached on `sock` (no TCP), runs the client twice (two connections), stops it;

@@ -22,8 +22,10 @@
 //! connections stayed plain measures the hook's pass-through, not the rings (nscd's always do:
 //! glibc's client talks to the socket from inside libc and never claims).
 //!
-//! Everything is measured with the debug profile that `cargo xtask build` builds (hook, agent
-//! and test programs unoptimized); the report says so in its first lines.
+//! Everything is measured with the release profile (`cargo xtask build --release`: hook, agent
+//! and test programs optimized, the hook and the agent stripped, as the Debian package ships
+//! them), or with `--debug` the debug profile the tests use; the report names the profile in its
+//! first lines.
 //!
 //! It takes the tests' machine-wide lock ([`MachineLock`]) and runs its own agent in `/run/tssx`
 //! (where the hook looks), through the tests' support layer (`tssx_tests`), which also parses the
@@ -70,6 +72,26 @@ const SETUP_GOAL: f64 = 1.1;
 /// The goal for the time from connect to swapped, in microseconds.
 const MIGRATION_GOAL_US: u64 = 2000;
 
+/// Runs only the nginx section (`cargo xtask report --only nginx`) and prints it: the row the
+/// spin policy is tuned on, without the rest of the report's seven minutes.
+pub fn nginx_only(profile: &str) -> anyhow::Result<()> {
+    let bin = profile_dir(profile);
+    let hook = bin.join("libtssx_preload.so");
+    let _lock = MachineLock::acquire_reporting(|| step("report: waiting for the machine-wide tssx test lock"))
+        .context("locking the machine-wide tssx test lock")?;
+    let dir = TempDir::create("report-nginx")?;
+    let (fresh, keep) = (NginxProxy::socket(&dir, NGINX_TSSX, Upstream::Fresh), NginxProxy::socket(&dir, NGINX_TSSX, Upstream::Keep));
+    let load_before = load_average();
+    let agent = Agent::spawn(&bin.join("tssx-agent"), &[&fresh, &keep], None, &[])
+        .context("starting tssx-agent (is another agent running in /run/tssx?)")?;
+    step("report: nginx reverse proxy, plain vs tssx (upstream per request, upstream keepalive)");
+    let section = nginx_section(&agent, &hook, &dir);
+    println!("{}\n\nBuild profile: {profile}. Load average at the start: {load_before}; at the end: {}.", section, load_average());
+    let status = agent.stop();
+    ensure!(status.success(), "tssx-agent exited with {status}");
+    Ok(())
+}
+
 /// Runs everything and writes the report.
 pub fn report(profile: &str) -> anyhow::Result<()> {
     let bin = profile_dir(profile);
@@ -99,7 +121,15 @@ pub fn report(profile: &str) -> anyhow::Result<()> {
     } else {
         "hook, agent and test programs unoptimized, as the tests use them"
     };
-    writeln!(md, "Build profile: **{profile}** ({what}).\n")?;
+    let size =
+        |f: &Path| std::fs::metadata(f).map(|m| format!("{:.1} MiB", m.len() as f64 / (1 << 20) as f64)).unwrap_or_else(|_| "?".into());
+    writeln!(
+        md,
+        "Build profile: **{profile}** ({what}; {}: hook {}, agent {}).\n",
+        bin.display(),
+        size(&hook),
+        size(&bin.join("tssx-agent"))
+    )?;
 
     // Real applications.
     step("report: redis-benchmark, plain vs tssx (1 and 50 clients)");

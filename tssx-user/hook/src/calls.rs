@@ -40,7 +40,7 @@ pub fn init() {
 
 /// After a successful connect/accept of `fd`: track it if it is a stream socket on a watched
 /// path (plain for now: nothing is asked of the agent here), else forget it.
-fn track_connected(fd: c_int, end: End, name: Option<String>) {
+fn track_connected(fd: c_int, end: End, name: Option<paths::UnixName>) {
     // A socket made by our `socket` as SOCK_STREAM needs no question.
     let known_stream = table::is_unconnected(fd);
     table::mark_unconnected(fd, false);
@@ -72,8 +72,9 @@ fn track_accepted(listener: c_int, new: c_int, nonblock: bool) {
             Some(watched) => watched,
             None => {
                 // (An accepted socket inherits the listener's SO_PASSCRED.)
-                let watched =
-                    paths::local_name(new).is_some_and(|name| paths::watched(&name)) && paths::is_stream(new) && !anc::passes_creds(new);
+                let watched = paths::listener_name(listener, new).is_some_and(|name| paths::watched(&name))
+                    && paths::is_stream(new)
+                    && !anc::passes_creds(new);
                 table::remember_listener(listener, watched);
                 watched
             }
@@ -105,6 +106,25 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
     }
     rc
 }
+
+// ---- watched patterns: relative binds (a contiguous block) ----
+
+/// libc's `bind`: a Unix address bound relative to the working directory is resolved now (the
+/// kernel resolves it now too), so that its connections are matched on the right absolute path
+/// even if the process changes directory before it accepts (see [`paths::listener_name`]).
+pub unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+    // SAFETY: forwarded as received.
+    let rc = unsafe { sys::bind(fd, addr, len) };
+    if rc == 0 {
+        // SAFETY: the kernel just accepted `addr`/`len` as readable.
+        if let Some(name) = unsafe { paths::unix_name(addr, len) } {
+            with_errno_kept(|| paths::remember_bind(fd, &name));
+        }
+    }
+    rc
+}
+
+// ---- end of the block ----
 
 /// libc's `accept`.
 pub unsafe fn accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
@@ -1050,8 +1070,14 @@ pub unsafe fn dup2(old: c_int, new: c_int) -> c_int {
         }
         before_replaced(old, new);
     }
+    // One of the hook's own fds on `new` moves out of the way first.
+    let relocated =
+        old != new && crate::own::is_own(new) && tssx_shm::sys::fcntl(old, libc::F_GETFD, 0).is_ok() && crate::own::relocate(new);
     // SAFETY: forwarded as received.
     let rc = unsafe { sys::dup2(old, new) };
+    if rc < 0 && relocated {
+        with_errno_kept(|| crate::own::relocation_failed(new));
+    }
     if rc >= 0 && old != new {
         table::forget_listener(new);
     }
@@ -1071,8 +1097,14 @@ pub unsafe fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
         }
         before_replaced(old, new);
     }
+    // One of the hook's own fds on `new` moves out of the way first.
+    let relocated =
+        old != new && crate::own::is_own(new) && tssx_shm::sys::fcntl(old, libc::F_GETFD, 0).is_ok() && crate::own::relocate(new);
     // SAFETY: forwarded as received.
     let rc = unsafe { sys::dup3(old, new, flags) };
+    if rc < 0 && relocated {
+        with_errno_kept(|| crate::own::relocation_failed(new));
+    }
     if rc >= 0 {
         table::forget_listener(new);
     }

@@ -67,10 +67,10 @@ pub enum Answer {
     Plain,
 }
 
-/// Looks for the agent's answer on `control` without waiting.
-pub fn poll(control: &Fd) -> Answer {
+/// Looks for the agent's answer on `control` (a claim's socket) without waiting.
+pub fn poll(control: libc::c_int) -> Answer {
     let mut buf = [0u8; REPLY_SIZE];
-    match fdpass::recv_with_fd_flags(control.raw(), &mut buf, libc::MSG_DONTWAIT) {
+    match fdpass::recv_with_fd_flags(control, &mut buf, libc::MSG_DONTWAIT) {
         Err(e) if e.raw_os_error() == Some(libc::EAGAIN) || e.raw_os_error() == Some(libc::EINTR) => Answer::NotYet,
         Err(_) => Answer::Plain,
         Ok((n, fd)) => match Reply::decode(&buf[..n]).ok().and_then(|r| r.reply_kind()) {

@@ -184,6 +184,12 @@ pub struct Conn {
     /// still on it: part of [`Conn::edges`], so that edge-triggered epoll reports socket data
     /// and socket room as the kernel would. Relaxed: counters compared for change only.
     pub(crate) socket_edges: [AtomicU32; 2],
+    /// An incoming edge of the real socket (data, EOF, hang-up) was consumed by epoll while the
+    /// incoming direction was still on the socket, so nobody drained it as doorbells. Once that
+    /// direction reads the ring, the socket must be looked at once more: a peer that died
+    /// half-way left its EOF behind edges epoll will not report again (see
+    /// [`Conn::examine_socket_once`]). Relaxed: a flag whose reader re-checks the socket itself.
+    pub(crate) socket_unexamined: AtomicBool,
     /// When [`Conn::peer_died`] last looked at the socket (CLOCK_MONOTONIC ns). Relaxed: a
     /// rate limit.
     pub(crate) death_checked_ns: AtomicU64,
@@ -241,6 +247,7 @@ impl Conn {
             fork_mark: AtomicU64::new(0),
             death_checked_ns: AtomicU64::new(0),
             socket_edges: [AtomicU32::new(0), AtomicU32::new(0)],
+            socket_unexamined: AtomicBool::new(false),
             last_fd: AtomicI32::new(-1),
             peek_off: AtomicI32::new(-1),
         }
@@ -454,6 +461,7 @@ impl Conn {
     pub(crate) fn socket_edge(&self, events: u32) {
         if events & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP) as u32 != 0 && (!self.reads_ring() || self.peer_handed_back()) {
             self.socket_edges[0].fetch_add(1, Relaxed);
+            self.socket_unexamined.store(true, Relaxed);
         }
         if events & libc::EPOLLOUT as u32 != 0 && !self.writes_ring() {
             self.socket_edges[1].fetch_add(1, Relaxed);

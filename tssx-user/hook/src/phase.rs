@@ -182,7 +182,7 @@ impl Conn {
         }
         // No control connection while claiming: another thread took the answer and is joining.
         let Some(control) = claim.control.as_ref() else { return };
-        match claim::poll(control) {
+        match claim::poll(control.raw()) {
             Answer::NotYet => {
                 if now.saturating_sub(claim.sent_at) > CLAIM_GIVE_UP_NS {
                     claim.control = None;
