@@ -11,7 +11,7 @@
 //! # Layout
 //!
 //! ```text
-//! offset 0                    SegmentHeader (768 bytes, 64-byte aligned)
+//! offset 0                    SegmentHeader (2048 bytes, 64-byte aligned)
 //!   0    immutable:           magic, version, header_size, total_size, ring_capacity,
 //!                             ring_offsets[2]
 //!   48   mutable, rarely:     tssx[2], state, refcount[2], reserved, socket_inode[2]
@@ -22,7 +22,9 @@
 //!                             consumer line: tail, consumer lock
 //!   384  rings[1] (B->A)      same
 //!   512  ends[0] (A)          migration lines of end A (see [`EndLine`])
-//!   640  ends[1] (B)          migration lines of end B (the header is 768 bytes)
+//!   640  ends[1] (B)          migration lines of end B
+//!   768  anc[0] (A->B)        ancillary records of ring A->B (see [`AncQueue`])
+//!   1408 anc[1] (B->A)        same (the header is 2048 bytes)
 //! RING_DATA_OFFSET (4096)     ring data A->B, `ring_capacity` bytes
 //! align_up(.., 4096)          ring data B->A, `ring_capacity` bytes
 //! align_up(.., 4096)          end = total_size
@@ -76,6 +78,32 @@
 //!    Doorbells are counted (`bells_sent`) before they are sent, and only under the end's
 //!    producer lock, which the hand-back holds: the count is exact.
 //!
+//! # Ancillary data: fds and credentials travel through the kernel
+//!
+//! A `sendmsg` with control messages (`SCM_RIGHTS`, `SCM_CREDENTIALS`) on a connection whose
+//! writes are on the ring keeps its bytes on the ring, and sends its control messages through
+//! the kernel, on the real socket, attached to one *marker* byte ([`ANC_MARKER`]): the kernel
+//! checks them there exactly as for a plain `sendmsg` (an fd that is not open, a bad length,
+//! more than `SCM_MAX_FD` fds, credentials the sender may not claim: the kernel's errno, and
+//! nothing is sent). The ring only carries *where* they belong: an [`AncRecord`] in the
+//! direction's [`AncQueue`] says at which ring position the message's bytes start, how many
+//! there are, and how many doorbells were sent before the marker. A reader that reaches that
+//! position takes the marker with `recvmsg` into the application's control buffer (so the
+//! kernel applies `MSG_CTRUNC`, `MSG_CMSG_CLOEXEC`, `SO_PASSCRED` itself) and stops after the
+//! message's bytes, as `af_unix` stops a stream read after an skb that carries fds.
+//!
+//! **Security rule.** Shared memory never carries an fd, a pid, a uid or a gid: those only
+//! come out of the kernel's `recvmsg` of a marker. A peer that writes the queue wrongly can
+//! only misplace its own control messages in its own byte stream, or make the reader take a
+//! doorbell byte as a marker (which carries nothing): it can neither forge credentials nor
+//! make the receiver take an fd the kernel did not pass.
+//!
+//! Doorbells and markers share the socket, in the order they were sent (both are sent under
+//! the writer's producer lock). A doorbell drainer never takes more than
+//! `bells - bells_drained` bytes of the oldest pending record, so it never reads a marker;
+//! a reader takes a marker only after the doorbells before it are drained and a peek shows
+//! the marker byte (doorbell bytes are `0`).
+//!
 //! A lying peer (see `tssx-user/hook`, "untrusted peer") can make these positions wrong, which
 //! makes its own data arrive wrong or not at all, as garbage on a plain socket would; every use
 //! clamps them (`saturating_sub`, `min` with what the socket holds).
@@ -86,7 +114,7 @@ use core::sync::atomic::{AtomicU32, AtomicU64};
 pub const SEGMENT_MAGIC: u64 = u64::from_le_bytes(*b"TSSXSEG\0");
 
 /// Value of [`SegmentHeader::version`]. Bumped on any change to this file's layout or rules.
-pub const SEGMENT_VERSION: u32 = 3;
+pub const SEGMENT_VERSION: u32 = 4;
 
 /// Value of [`EndLine::switch_at`] and [`EndLine::back_at`] before the event they record.
 pub const NOT_YET: u64 = u64::MAX;
@@ -206,6 +234,49 @@ impl SegmentState {
     pub const fn as_u32(self) -> u32 {
         self as u32
     }
+}
+
+/// The byte that carries a `sendmsg`'s control messages on the real socket (see "Ancillary
+/// data" in the module documentation). Doorbell bytes are `0`.
+pub const ANC_MARKER: u8 = 0xa5;
+
+/// Ancillary records one direction can have in flight (sent, not yet taken by the reader); a
+/// writer that finds its queue full hands the connection back to the kernel.
+pub const ANC_SLOTS: usize = 16;
+
+/// Where one `sendmsg`'s control messages belong in the byte stream. Written by the writer end
+/// only, before it sends the marker; read by the reader end; untrusted (see the module
+/// documentation: a wrong record misplaces, it never forges).
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct AncRecord {
+    /// Ring position of the message's first byte.
+    pub pos: AtomicU64,
+    /// Number of the message's bytes on the ring (at least 1).
+    pub len: AtomicU64,
+    /// Doorbells the writer had sent before the marker (its `bells_sent` then).
+    pub bells: AtomicU64,
+    /// Reserved, zero.
+    pub reserved: u64,
+}
+
+/// The ancillary records of one ring (`anc[e]` belongs to `rings[e]`, written by end `e`).
+///
+/// Record number `n` (counting from 0 over the connection's life) lives in
+/// `slots[n % ANC_SLOTS]`. The writer fills a slot, then stores `sent = n + 1` (`SeqCst`),
+/// then sends the marker and writes the bytes to the ring, all under its producer lock; a
+/// marker the kernel refused is withdrawn (`sent` back to `n`) before the lock is released.
+/// The reader stores `taken = n + 1` (`SeqCst`, under its consumer lock) once it took the
+/// marker. `sent - taken` is at most [`ANC_SLOTS`]; the reader clamps every value it loads.
+#[repr(C, align(64))]
+#[derive(Debug, Default)]
+pub struct AncQueue {
+    /// Records published (written by the writer end).
+    pub sent: CacheLine<AtomicU64>,
+    /// Records taken (written by the reader end).
+    pub taken: CacheLine<AtomicU64>,
+    /// The records.
+    pub slots: [AncRecord; ANC_SLOTS],
 }
 
 /// Wrapper that gives its content a cache line of its own (alignment and size a multiple of
@@ -389,6 +460,8 @@ pub struct SegmentHeader {
     pub rings: [RingControl; 2],
     /// Each end's migration progress: `ends[0]` is A's, `ends[1]` is B's.
     pub ends: [EndLine; 2],
+    /// Ancillary records of each ring (see [`AncQueue`]): `anc[0]` is A->B, `anc[1]` is B->A.
+    pub anc: [AncQueue; 2],
 }
 
 /// Where everything lies in a segment with a given ring capacity.
@@ -520,7 +593,10 @@ const _: () = {
     assert!(offset_of!(SegmentHeader, ends) == 8 * CACHE_LINE);
     assert!(offset_of!(EndLine, switch_at) == 8);
     assert!(offset_of!(EndLine, sock_written) == 40);
-    assert!(size_of::<SegmentHeader>() == 12 * CACHE_LINE);
+    assert!(size_of::<AncRecord>() == 32);
+    assert!(size_of::<AncQueue>() == 10 * CACHE_LINE);
+    assert!(offset_of!(SegmentHeader, anc) == 12 * CACHE_LINE);
+    assert!(size_of::<SegmentHeader>() == 32 * CACHE_LINE);
     assert!(align_of::<SegmentHeader>() == CACHE_LINE);
     assert!(size_of::<SegmentHeader>() <= RING_DATA_OFFSET);
     assert!(RING_DATA_OFFSET.is_multiple_of(SEGMENT_ALIGN));

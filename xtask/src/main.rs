@@ -53,6 +53,12 @@ const DEBIAN_TOOLS: &[(&str, &str)] = &[
     ("dpkg-deb", "dpkg"),
     ("dpkg-shlibdeps", "dpkg-dev"),
     ("systemd-analyze", "systemd"),
+    // The D-Bus test (tests/tests/apps.rs): a private bus, dbus-python clients (libdbus passes
+    // fds with SCM_RIGHTS) on a GLib main loop, and GDBus's `gdbus`.
+    ("dbus-daemon", "dbus-daemon"),
+    ("gdbus", "libglib2.0-bin"),
+    ("/usr/lib/python3/dist-packages/dbus/__init__.py", "python3-dbus"),
+    ("/usr/lib/python3/dist-packages/gi/__init__.py", "python3-gi"),
 ];
 /// Debian's hook for `invoke-rc.d`: while it exits 101, package scripts start no services.
 const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";

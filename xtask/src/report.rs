@@ -109,8 +109,10 @@ pub fn report(profile: &str) -> anyhow::Result<()> {
     let (nginx_fresh, nginx_keep) =
         (NginxProxy::socket(&dir, NGINX_TSSX, Upstream::Fresh), NginxProxy::socket(&dir, NGINX_TSSX, Upstream::Keep));
     let load_before = load_average();
-    let agent = Agent::spawn(&bin.join("tssx-agent"), &[&bench_sock, &redis_tssx, &pg_sock, &nginx_fresh, &nginx_keep], None, &[])
-        .context("starting tssx-agent (is another agent running in /run/tssx?)")?;
+    let (dbus_tssx, dbus_plain) = (s("dbus.sock"), s("dbus-plain.sock"));
+    let agent =
+        Agent::spawn(&bin.join("tssx-agent"), &[&bench_sock, &redis_tssx, &pg_sock, &nginx_fresh, &nginx_keep, &dbus_tssx], None, &[])
+            .context("starting tssx-agent (is another agent running in /run/tssx?)")?;
     let mut md = String::new();
     writeln!(md, "# tssx performance report\n")?;
     writeln!(md, "{}\n", machine_line(&load_before))?;
@@ -171,6 +173,17 @@ pub fn report(profile: &str) -> anyhow::Result<()> {
         ratio(tssx_tps, plain_tps),
         swapped,
     ]);
+    step("report: D-Bus method calls through dbus-daemon, plain vs tssx");
+    let plain = dbus_bench(&dir, &dbus_plain, None)?;
+    let before = counts(&agent, &dbus_tssx);
+    let tssx = dbus_bench(&dir, &dbus_tssx, Some(&hook))?;
+    let swapped = delta(&agent, &dbus_tssx, before);
+    for (name, p, t) in [
+        ("D-Bus method call via dbus-daemon (Echo, 64 B, dbus-python)", plain.0, tssx.0),
+        ("D-Bus method call passing an fd via dbus-daemon (SCM_RIGHTS both hops)", plain.1, tssx.1),
+    ] {
+        apps.row([name.into(), "round trip".into(), format!("{p:.1} us"), format!("{t:.1} us"), ratio(t, p), swapped.clone()]);
+    }
     writeln!(md, "## Real applications\n\nServer and client both under the hook, on a socket the agent watches, against the same programs without the hook. Higher is better for requests/s and tps, lower for latency.\n")?;
     writeln!(md, "{}", apps.render())?;
 
@@ -633,6 +646,44 @@ fn worker_pair(program: &Path, preload: Option<&Path>, args: &[String]) -> anyho
     );
     let text = String::from_utf8_lossy(&out.stdout);
     text.trim().parse().with_context(|| format!("{} printed {text:?}", program.display()))
+}
+
+/// dbus-daemon on a private bus at `sock` with the test's service and `bench.py` (all under the
+/// hook if `preload`): microseconds per Echo call and per call passing an fd.
+fn dbus_bench(dir: &Path, sock: &str, preload: Option<&Path>) -> anyhow::Result<(f64, f64)> {
+    let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/dbus");
+    let address = format!("unix:path={sock}");
+    let conf = dir.join(format!("{}.conf", Path::new(sock).file_name().and_then(|n| n.to_str()).unwrap_or("bus")));
+    std::fs::write(
+        &conf,
+        format!(
+            "<busconfig><type>session</type><listen>unix:path={sock}</listen><auth>EXTERNAL</auth><policy context=\"default\">\
+             <allow send_destination=\"*\" eavesdrop=\"true\"/><allow eavesdrop=\"true\"/><allow own=\"*\"/><allow user=\"*\"/>\
+             </policy></busconfig>"
+        ),
+    )?;
+    let mut cmd = preloaded("dbus-daemon", preload);
+    cmd.arg(format!("--config-file={}", conf.display())).args(["--nofork", "--nopidfile"]);
+    let mut daemon = Server::start(cmd).context("starting dbus-daemon (cargo xtask setup installs it)")?;
+    daemon.wait_ready("dbus-daemon", || Path::new(sock).exists())?;
+    let mut cmd = preloaded("/usr/bin/python3", preload);
+    cmd.arg(scripts.join("service.py")).arg(&address);
+    let service = Server::start(cmd).context("starting the D-Bus service")?;
+    service.0.expect_line("ready", Duration::from_secs(30));
+    let out = preloaded("/usr/bin/python3", preload)
+        .arg(scripts.join("bench.py"))
+        .args([&address, "5000"])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running bench.py")?;
+    ensure!(out.status.success(), "bench.py failed: {}", out.status);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut numbers = text.split_whitespace().map(str::parse::<f64>);
+    let (Some(Ok(echo)), Some(Ok(fd))) = (numbers.next(), numbers.next()) else { anyhow::bail!("bench.py printed {text:?}") };
+    let mut service = service;
+    ensure!(service.0.wait(Duration::from_secs(30)).is_some_and(|s| s.success()), "the D-Bus service did not quit cleanly");
+    daemon.stop(libc::SIGTERM)?;
+    Ok((echo, fd))
 }
 
 /// One redis-benchmark result line.

@@ -21,6 +21,7 @@
 //! | [`wait`], [`spin`] | waiting for the peer: spin budget, announced sleep, doorbells |
 //! | [`phase`], [`migrate`], [`handback`] | a connection's phases: claimed lazily, moved onto the rings in flight, handed back to the kernel |
 //! | [`lifecycle`], [`exec`], [`pass`] | fork/spawn refcounts; exec hand-over; `SCM_RIGHTS` hand-over |
+//! | [`anc`] | ancillary data (`SCM_RIGHTS`, `SCM_CREDENTIALS`) on swapped sockets: through the kernel, positioned in the stream |
 //! | [`spawn`] | spawn file actions (side records, the child's fds), vfork, system, popen |
 //! | [`poll`], [`epoll`] | readiness calls over a mix of swapped and plain fds |
 //! | [`paths`], [`claim`] | which sockets are watched; claiming a segment from the agent |
@@ -40,6 +41,7 @@
 #[doc = include_str!("../COVERAGE.md")]
 pub mod coverage {}
 
+pub mod anc;
 pub mod calls;
 pub mod claim;
 pub mod closing;

@@ -377,7 +377,10 @@ impl Conn {
             // Reserve up to 64 of the doorbells sent and not yet drained (SeqCst, pairing with
             // the sender's count before its byte).
             let before = drained.load(SeqCst);
-            let take = sent.load(SeqCst).saturating_sub(before).min(buf.len() as u64) as usize;
+            let sent_now = sent.load(SeqCst);
+            // Never past the marker of a pending ancillary record (loaded after `sent`: a
+            // doorbell counted after a marker comes after its record).
+            let take = sent_now.min(self.anc_bell_bound()).saturating_sub(before).min(buf.len() as u64) as usize;
             if take == 0 {
                 // Nothing counted: only EOF (or a reset) is worth noting.
                 self.note_peer_end(sys::recv_raw(fd, &mut buf[..1], libc::MSG_PEEK | libc::MSG_DONTWAIT));
