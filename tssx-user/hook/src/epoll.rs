@@ -1069,6 +1069,11 @@ fn filter(epfd: c_int, out: &mut [epoll_event], m: usize) -> usize {
 /// [`Conn::edges`], or a hang-up or error not reported yet): as the kernel, which on each
 /// wake-up of an edge-triggered item reports all its ready bits, not just the new one.
 fn reportable(i: &Interest, c: &Conn, fd: c_int) -> (u32, (u64, u64, u32)) {
+    // The edge positions first, then the readiness: data that arrives in between is then
+    // reported now and counted as new once more next time (one extra edge), never counted as
+    // seen without being reported (an edge-triggered connection whose reply came between the
+    // two loads was never reported again: nginx's proxy stalled on it).
+    let (head, tail) = c.edges();
     let mut ready = c.readiness(fd);
     if i.events & libc::EPOLLPRI as u32 != 0 {
         ready |= c.urgent(fd);
@@ -1077,7 +1082,6 @@ fn reportable(i: &Interest, c: &Conn, fd: c_int) -> (u32, (u64, u64, u32)) {
     if i.events & libc::EPOLLET as u32 == 0 || mask == 0 {
         return (mask, i.seen);
     }
-    let (head, tail) = c.edges();
     let (seen_head, seen_tail, seen_bits) = i.seen;
     let mut edge = 0;
     if head != seen_head || (ready & bits::RDHUP != 0 && seen_bits & bits::RDHUP == 0) {
