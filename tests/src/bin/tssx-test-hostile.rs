@@ -273,6 +273,8 @@ fn send_fd(fd: i32) -> isize {
 fn victim(path: &str, seed: u64, hostile_conns: u64) {
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path).expect("bind");
+    // Anyone may connect (an unprivileged attacker against a root server).
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o777)).expect("chmod");
     // SAFETY: signal has no memory arguments.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     say(&format!("ready fds={}", open_fds()));
