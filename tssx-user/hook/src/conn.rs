@@ -466,6 +466,16 @@ impl Conn {
         clamp_used(head, tail, self.seg().segment.ring_capacity())
     }
 
+    /// Room in the outgoing ring; none when the positions are further apart than the ring (a
+    /// lie of the peer's: the ring looks full, as to the producer itself, see
+    /// `tssx_shm::ring`).
+    pub fn room(&self) -> usize {
+        let ring = &self.header().rings[self.end.index()];
+        // Acquire on both, as in `unread`.
+        let used = ring.producer.0.head.load(Acquire).wrapping_sub(ring.consumer.0.tail.load(Acquire));
+        (self.seg().segment.ring_capacity() as u64).saturating_sub(used) as usize
+    }
+
     /// Positions that change when new data arrives (incoming head, plus the kernel's edges on
     /// the socket while data still comes that way) and when room is made (outgoing tail, plus
     /// the socket's edges likewise): edge-triggered epoll reports an edge when one moved.
@@ -515,7 +525,7 @@ impl Conn {
                 ready |= bits::HUP;
             }
         }
-        if self.unsent() < self.seg().segment.ring_capacity() || self.peer_gone() {
+        if self.room() > 0 || self.peer_gone() {
             ready |= bits::OUT;
         }
         ready

@@ -239,8 +239,12 @@ impl Conn {
         if back_at == NOT_YET {
             return Source::Ring;
         }
-        let tail = self.header().rings[self.end.peer().index()].consumer.0.tail.load(Acquire);
-        if tail < back_at && back_at - tail <= self.seg().segment.ring_capacity() as u64 {
+        let ring = &self.header().rings[self.end.peer().index()];
+        let tail = ring.consumer.0.tail.load(Acquire);
+        // Acquire: the peer's head, published before its `back_at`, which it never exceeds
+        // (a `back_at` beyond it is a lie: nothing more can come from the ring).
+        let head = ring.producer.0.head.load(Acquire);
+        if tail < back_at && back_at - tail <= self.seg().segment.ring_capacity() as u64 && back_at <= head {
             return Source::Ring;
         }
         Source::Socket

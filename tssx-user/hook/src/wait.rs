@@ -163,25 +163,33 @@ impl Backoff {
         if deadline.expired() {
             return Err(WaitError::TimedOut);
         }
-        let result = Self::sleep(conn, fd, deadline, announce, withdraw);
+        let result = Self::sleep(conn, fd, deadline, self.waiting, announce, withdraw);
         woke();
         result
     }
 
     /// Announces the sleep, re-checks, and sleeps on the real socket unless that found work.
+    /// Only the direction the call waits on ends the wait without sleeping: a reader whose
+    /// sending side is shut down (the peer's `SHUT_READ`, which the peer may also just have
+    /// written into the header) still sleeps until data, EOF or the peer's death comes (it
+    /// spun at full speed, and never looked at the socket for the peer's EOF; issue 16).
     pub(crate) fn sleep(
         conn: &Conn,
         fd: c_int,
         deadline: Deadline,
+        waiting: Waiting,
         announce: impl FnOnce() -> bool,
         withdraw: impl FnOnce(),
     ) -> Result<(), WaitError> {
         if !announce() {
             return Ok(());
         }
+        let shut = match waiting {
+            Waiting::Read => conn.rcv_shut(),
+            Waiting::Write => conn.send_shut(),
+        };
         // The announcement's fence orders these flag reads after it (see `Conn::announce`).
-        let result =
-            if conn.rcv_shut() || conn.send_shut() || conn.phase() == Phase::Plain { Ok(()) } else { conn.sleep_on_socket(fd, deadline) };
+        let result = if shut || conn.phase() == Phase::Plain { Ok(()) } else { conn.sleep_on_socket(fd, deadline) };
         withdraw();
         result
     }

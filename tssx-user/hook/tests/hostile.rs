@@ -1,0 +1,392 @@
+//! A peer that lies in the segment header (issue 16): every field, as the threat model of
+//! `tssx_common::segment` ("Threat model: a hostile peer") says.
+//!
+//! One connection swapped inside this process (no agent): the client end plays the peer, whose
+//! lies are plain stores into the shared header (what a hostile process that maps the segment
+//! does), and the server end is the victim, served by the hook's entry points. For every field
+//! and a set of adversarial values the victim's calls must return (within a bound), never
+//! deliver more than they asked nor write past the caller's buffer, and, once the peer is gone
+//! (its socket shut down in the kernel, as when its process dies), see EOF (or ECONNRESET) on
+//! reads and EPIPE on writes, as a plain socket gives. Then the fields with a stated outcome.
+
+use std::{
+    mem::{offset_of, size_of},
+    sync::{
+        atomic::{AtomicU32, AtomicU64, Ordering::SeqCst},
+        mpsc, Arc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use libc::c_int;
+use tssx_common::segment::{EndLine, RingControl, SegmentHeader, NOT_YET, SHUT_READ, SHUT_RESET, SHUT_WRITE};
+use tssx_hook::{calls, table};
+
+mod support;
+use support::Pair;
+
+/// Ring capacity of the test connections.
+const RING: u64 = 4096;
+const GUARD: usize = 64;
+const CANARY: u8 = 0xA5;
+
+fn pair() -> Pair {
+    let fds = support::socketpair(0);
+    support::install_swapped(fds, RING as usize);
+    Pair { client: fds[0], server: fds[1] }
+}
+
+fn errno() -> c_int {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+/// One header field: where, how wide, and its name.
+#[derive(Clone, Copy, Debug)]
+struct Field {
+    name: &'static str,
+    end: usize,
+    offset: usize,
+    wide: bool,
+}
+
+/// Every field of the header, both ends' copies.
+fn fields() -> Vec<Field> {
+    let mut f = Vec::new();
+    let mut add = |name: &'static str, end: usize, offset: usize, wide: bool| f.push(Field { name, end, offset, wide });
+    add("magic", 0, offset_of!(SegmentHeader, magic), true);
+    add("version", 0, offset_of!(SegmentHeader, version), false);
+    add("header_size", 0, offset_of!(SegmentHeader, header_size), false);
+    add("total_size", 0, offset_of!(SegmentHeader, total_size), true);
+    add("ring_capacity", 0, offset_of!(SegmentHeader, ring_capacity), true);
+    add("state", 0, offset_of!(SegmentHeader, state), false);
+    add("reserved", 0, offset_of!(SegmentHeader, reserved), false);
+    for e in 0..2 {
+        add("ring_offsets", e, offset_of!(SegmentHeader, ring_offsets) + 8 * e, true);
+        add("tssx", e, offset_of!(SegmentHeader, tssx) + 4 * e, false);
+        add("refcount", e, offset_of!(SegmentHeader, refcount) + 4 * e, false);
+        add("socket_inode", e, offset_of!(SegmentHeader, socket_inode) + 8 * e, true);
+        add("asleep", e, offset_of!(SegmentHeader, asleep) + 4 * e, false);
+        add("shut", e, offset_of!(SegmentHeader, shut) + 4 * e, false);
+        let ring = offset_of!(SegmentHeader, rings) + e * size_of::<RingControl>();
+        add("head", e, ring + offset_of!(RingControl, producer), true);
+        add("producer lock", e, ring + offset_of!(RingControl, producer) + 8, false);
+        add("tail", e, ring + offset_of!(RingControl, consumer), true);
+        add("consumer lock", e, ring + offset_of!(RingControl, consumer) + 8, false);
+        let line = offset_of!(SegmentHeader, ends) + e * size_of::<EndLine>();
+        add("joined", e, line + offset_of!(EndLine, joined), false);
+        add("ready", e, line + offset_of!(EndLine, ready), false);
+        add("switch_at", e, line + offset_of!(EndLine, switch_at), true);
+        add("back_at", e, line + offset_of!(EndLine, back_at), true);
+        add("bells_at", e, line + offset_of!(EndLine, bells_at), true);
+        add("bells_sent", e, line + offset_of!(EndLine, bells_sent), true);
+        add("sock_written", e, line + offset_of!(EndLine, sock_written), true);
+        add("sock_read", e, line + offset_of!(EndLine, sock_read), true);
+        add("bells_drained", e, line + offset_of!(EndLine, bells_drained), true);
+        add("active_ns", e, line + offset_of!(EndLine, active_ns), true);
+        add("replay_from", e, line + offset_of!(EndLine, replay_from), true);
+    }
+    f
+}
+
+/// The header of `fd`'s connection, as raw bytes the "peer" stores into.
+fn header_base(fd: c_int) -> usize {
+    let c = table::lookup(fd).expect("swapped");
+    c.header() as *const SegmentHeader as usize
+}
+
+fn load(base: usize, f: Field) -> u64 {
+    // SAFETY: the offset lies inside the mapped header and is aligned for its width (from the
+    // ABI types); the header's fields are atomics.
+    unsafe {
+        if f.wide {
+            (*(base as *const AtomicU64).byte_add(f.offset)).load(SeqCst)
+        } else {
+            u64::from((*(base as *const AtomicU32).byte_add(f.offset)).load(SeqCst))
+        }
+    }
+}
+
+/// The peer's lie: `v` stored into field `f` of the header at `base`.
+fn store(base: usize, f: Field, v: u64) {
+    // SAFETY: as in `load`.
+    unsafe {
+        if f.wide {
+            (*(base as *const AtomicU64).byte_add(f.offset)).store(v, SeqCst);
+        } else {
+            (*(base as *const AtomicU32).byte_add(f.offset)).store(v as u32, SeqCst);
+        }
+    }
+}
+
+/// Adversarial values for a field that holds `cur`.
+fn lies(cur: u64) -> Vec<u64> {
+    vec![
+        0,
+        1,
+        2,
+        3,
+        7,
+        u64::MAX,
+        u64::from(u32::MAX),
+        NOT_YET - 1,
+        cur.wrapping_add(1),
+        cur.wrapping_sub(1),
+        cur.wrapping_add(RING),
+        cur.wrapping_add(RING + 1),
+        cur.wrapping_sub(RING),
+        1 << 63,
+        0x5A5A_5A5A_5A5A_5A5A,
+    ]
+}
+
+/// Runs `f` on a thread; panics if it has not returned within `limit` (a hang).
+fn within<T: Send + 'static>(limit: Duration, what: String, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit).unwrap_or_else(|_| panic!("{what}: still waiting after {limit:?}"))
+}
+
+/// A read of `asked` bytes through the hook into a guarded buffer: the result, checked.
+fn guarded_recv(fd: c_int, asked: usize, flags: c_int, what: &str) -> (isize, c_int) {
+    let mut buf = vec![CANARY; asked + GUARD];
+    // SAFETY: a live buffer of at least `asked` bytes.
+    let rc = unsafe { calls::recv(fd, buf.as_mut_ptr().cast(), asked, flags) };
+    let e = errno();
+    assert!(rc <= asked as isize, "{what}: a read of {asked} returned {rc}");
+    assert!(buf[asked..].iter().all(|&b| b == CANARY), "{what}: a read of {asked} wrote past it");
+    (rc, e)
+}
+
+fn send(fd: c_int, bytes: &[u8], flags: c_int) -> (isize, c_int) {
+    // SAFETY: a live buffer.
+    let rc = unsafe { calls::send(fd, bytes.as_ptr().cast(), bytes.len(), flags | libc::MSG_NOSIGNAL) };
+    (rc, errno())
+}
+
+fn poll(fd: c_int, events: i16) -> i16 {
+    let mut p = libc::pollfd { fd, events, revents: 0 };
+    // SAFETY: one live pollfd.
+    let n = unsafe { calls::poll(&mut p, 1, 0) };
+    assert!(n >= 0);
+    p.revents
+}
+
+/// The peer's process is gone: its socket shut down in the kernel, none of its hook's
+/// bookkeeping done (as after SIGKILL).
+fn peer_dies(client: c_int) {
+    // SAFETY: the real shutdown of our own socket, not the hook's.
+    unsafe { libc::shutdown(client, libc::SHUT_RDWR) };
+}
+
+/// The victim's side of one lie: bounded calls while the lie stands, then EOF/EPIPE once the
+/// peer is gone.
+fn victim_survives(server: c_int, client: c_int, what: &str) {
+    let w = what.to_owned();
+    within(Duration::from_secs(5), format!("{what}: calls while the peer lies"), move || {
+        for asked in [1, 5, 64, 3000, 5000] {
+            guarded_recv(server, asked, libc::MSG_DONTWAIT, &w);
+            guarded_recv(server, asked, libc::MSG_DONTWAIT | libc::MSG_PEEK, &w);
+        }
+        let (rc, _) = send(server, &[7u8; 100], libc::MSG_DONTWAIT);
+        assert!(rc <= 100, "{w}: a send of 100 returned {rc}");
+        poll(server, libc::POLLIN | libc::POLLOUT | libc::POLLRDHUP);
+    });
+    peer_dies(client);
+    let w = what.to_owned();
+    within(Duration::from_secs(5), format!("{what}: the victim's reads after the peer died"), move || {
+        let mut total = 0usize;
+        loop {
+            let (rc, e) = guarded_recv(server, 1000, 0, &w);
+            if rc == 0 || (rc < 0 && e == libc::ECONNRESET) {
+                break;
+            }
+            assert!(rc > 0 || e == libc::EINTR, "{w}: a read after the peer died failed with errno {e}");
+            total += rc.max(0) as usize;
+            // Never longer than the ring plus what the socket held.
+            assert!(total <= 4 * RING as usize, "{w}: {total} bytes read from a dead peer");
+        }
+    });
+    let w = what.to_owned();
+    within(Duration::from_secs(5), format!("{what}: the victim's writes after the peer died"), move || {
+        let mut total = 0usize;
+        loop {
+            let (rc, e) = send(server, &[1u8; 1000], 0);
+            if rc < 0 {
+                assert!(matches!(e, libc::EPIPE | libc::ECONNRESET), "{w}: a write to a dead peer failed with errno {e}");
+                break;
+            }
+            total += rc as usize;
+            assert!(total <= 4 * RING as usize, "{w}: {total} bytes written to a dead peer");
+        }
+    });
+}
+
+/// Every field, every lie: the victim's calls return, stay within their buffers, and end as
+/// a plain socket's would once the peer is gone.
+#[test]
+fn every_header_field_lied_about_leaves_the_victim_bounded() {
+    let mut cases = 0;
+    // `TSSX_HOSTILE_FIELD=NAME` runs only that field's cases (to replay one).
+    let only = std::env::var("TSSX_HOSTILE_FIELD").ok();
+    for f in fields().into_iter().filter(|f| only.as_deref().is_none_or(|o| o == f.name)) {
+        let cur = {
+            let p = pair();
+            load(header_base(p.server), f)
+        };
+        for v in lies(cur) {
+            let p = pair();
+            // Some data in each direction first.
+            assert_eq!(send(p.client, b"peer data", 0).0, 9);
+            assert_eq!(send(p.server, b"victim data", 0).0, 11);
+            store(header_base(p.server), f, v);
+            victim_survives(p.server, p.client, &format!("{} of end {} = {v:#x}", f.name, f.end));
+            cases += 1;
+        }
+    }
+    assert!(only.is_some() || cases > 500, "{cases}");
+}
+
+/// A lock word of the victim's that the peer set and left: taken over within a bound (the
+/// issue's wedge: the victim yielded forever), the stream intact (nobody else held it), and
+/// the connection noted as one whose peer wrote a lock. A value naming a thread that does not
+/// exist is a dead holder, taken over without blaming the peer.
+#[test]
+fn ring_lock_words_the_peer_holds_are_taken_over() {
+    // A live thread of this process that holds no lock.
+    let (tid_tx, tid_rx) = mpsc::channel();
+    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    let bystander = thread::spawn(move || {
+        // SAFETY: no arguments.
+        tid_tx.send(unsafe { libc::gettid() } as u64).unwrap();
+        let _ = stop_rx.recv();
+    });
+    let bystander_tid = tid_rx.recv().unwrap();
+    // A thread id that no thread has (above any pid_max).
+    let dead = (i32::MAX - 7) as u64;
+    let server_end = 1usize;
+    let client_end = 0usize;
+    // The victim's producer lock is rings[server].producer.lock, its consumer lock
+    // rings[client].consumer.lock.
+    let ring = |e: usize| offset_of!(SegmentHeader, rings) + e * size_of::<RingControl>();
+    let tx_lock =
+        Field { name: "producer lock", end: server_end, offset: ring(server_end) + offset_of!(RingControl, producer) + 8, wide: false };
+    let rx_lock =
+        Field { name: "consumer lock", end: client_end, offset: ring(client_end) + offset_of!(RingControl, consumer) + 8, wide: false };
+    for lock in [tx_lock, rx_lock] {
+        for (holder, forged) in [(bystander_tid, true), (u64::from(u32::MAX), true), (1, true), (dead, false)] {
+            let p = pair();
+            assert_eq!(send(p.client, b"ping", 0).0, 4);
+            store(header_base(p.server), lock, holder);
+            let server = p.server;
+            let started = Instant::now();
+            let (got, sent) = within(Duration::from_secs(3), format!("{} = {holder}", lock.name), move || {
+                let mut buf = [0u8; 16];
+                // SAFETY: a live buffer.
+                let got = unsafe { calls::recv(server, buf.as_mut_ptr().cast(), 16, 0) };
+                let sent = send(server, b"pong", 0).0;
+                (buf[..got.max(0) as usize].to_vec(), sent)
+            });
+            let took = started.elapsed();
+            assert_eq!((got.as_slice(), sent), (&b"ping"[..], 4), "{} = {holder}", lock.name);
+            let mut buf = [0u8; 16];
+            // SAFETY: a live buffer.
+            assert_eq!(unsafe { calls::recv(p.client, buf.as_mut_ptr().cast(), 16, 0) }, 4);
+            assert_eq!(&buf[..4], b"pong");
+            assert!(took < Duration::from_millis(1500), "{} = {holder}: {took:?}", lock.name);
+            let noted = table::lookup(p.server).unwrap().peer_wrote_lock.load(SeqCst);
+            assert_eq!(noted, forged, "{} = {holder}: noted as the peer's doing", lock.name);
+        }
+    }
+    drop(stop_tx);
+    bystander.join().unwrap();
+}
+
+/// Positions further apart than the ring: the incoming ring looks empty, the outgoing one full
+/// (never a read longer than the ring).
+#[test]
+fn positions_beyond_the_ring_look_empty_or_full() {
+    let p = pair();
+    assert_eq!(send(p.client, b"abc", 0).0, 3);
+    let c = table::lookup(p.server).unwrap();
+    let h = c.header();
+    // Incoming (rings[client]): head far beyond the tail.
+    h.rings[0].producer.0.head.store(h.rings[0].consumer.0.tail.load(SeqCst) + RING + 1, SeqCst);
+    assert_eq!(guarded_recv(p.server, 10_000, libc::MSG_DONTWAIT, "head beyond"), (-1, libc::EAGAIN));
+    assert_eq!(poll(p.server, libc::POLLIN) & libc::POLLIN, 0);
+    // Outgoing (rings[server]): the reader's tail ahead of the head.
+    h.rings[1].consumer.0.tail.store(h.rings[1].producer.0.head.load(SeqCst) + 1, SeqCst);
+    assert_eq!(poll(p.server, libc::POLLOUT) & libc::POLLOUT, 0);
+    // (The producer's own copy of the tail may be older than the lie: at most what was asked.)
+    assert!(send(p.server, b"xy", libc::MSG_DONTWAIT).0 <= 2);
+    // A plausible lie: garbage, at most what was asked.
+    h.rings[0].producer.0.head.store(h.rings[0].consumer.0.tail.load(SeqCst) + 100, SeqCst);
+    assert_eq!(guarded_recv(p.server, 10, libc::MSG_DONTWAIT, "head +100").0, 10);
+}
+
+/// Shutdown bits: the peer can only do what its own shutdown or close does on a plain socket
+/// (EOF for the victim's reads, EPIPE for its writes); a reset bit counts only once the peer
+/// is really gone.
+#[test]
+fn shutdown_bits_the_peer_sets_are_an_eof_or_an_epipe() {
+    let p = pair();
+    let h = table::lookup(p.server).unwrap().header() as *const SegmentHeader;
+    // SAFETY: the mapping lives as long as the pair.
+    let h = unsafe { &*h };
+    h.shut.0[0].store(SHUT_RESET, SeqCst);
+    assert_eq!(guarded_recv(p.server, 10, libc::MSG_DONTWAIT, "reset bit"), (-1, libc::EAGAIN), "no reset while the peer lives");
+    h.shut.0[1].store(SHUT_READ, SeqCst);
+    assert_eq!(guarded_recv(p.server, 10, libc::MSG_DONTWAIT, "victim's SHUT_READ").0, 0);
+    h.shut.0[1].store(SHUT_WRITE, SeqCst);
+    assert_eq!(send(p.server, b"x", 0), (-1, libc::EPIPE));
+}
+
+/// The peer's holder count at zero: the victim sees the peer closed (EOF, EPIPE), as when it
+/// really closes; the victim's own count at zero or huge changes nothing the victim relies
+/// on (its mapping and memory are its own: closing both ends frees them once).
+#[test]
+fn holder_counts_the_peer_writes() {
+    let p = pair();
+    assert_eq!(send(p.client, b"last", 0).0, 4);
+    let c = table::lookup(p.server).unwrap();
+    c.header().refcount[0].store(0, SeqCst);
+    let mut buf = [0u8; 8];
+    // SAFETY: a live buffer.
+    assert_eq!(unsafe { calls::recv(p.server, buf.as_mut_ptr().cast(), 8, 0) }, 4, "what was sent comes first");
+    assert_eq!(guarded_recv(p.server, 8, 0, "refcount 0").0, 0);
+    assert_eq!(send(p.server, b"x", 0), (-1, libc::EPIPE));
+    drop(c);
+    for own in [0u64, u64::from(u32::MAX)] {
+        let p = pair();
+        let c = table::lookup(p.server).unwrap();
+        c.header().refcount[1].store(own as u32, SeqCst);
+        drop(c);
+        victim_survives(p.server, p.client, &format!("own refcount {own}"));
+    }
+}
+
+/// A victim thread blocked in a read when the peer starts lying and then dies: it wakes (EOF or
+/// ECONNRESET) within a bound, as a plain socket's reader does.
+#[test]
+fn a_blocked_reader_wakes_when_the_lying_peer_dies() {
+    for f in fields().into_iter().filter(|f| matches!(f.name, "asleep" | "bells_sent" | "bells_drained" | "back_at" | "head" | "tail")) {
+        let p = pair();
+        let server = p.server;
+        let base = header_base(server);
+        let reader = Arc::new(());
+        let _keep = reader.clone();
+        let (done_tx, done_rx) = mpsc::channel();
+        thread::spawn(move || {
+            let r = guarded_recv(server, 100, 0, "blocked");
+            let _ = done_tx.send(r);
+        });
+        thread::sleep(Duration::from_millis(50));
+        store(base, f, 0x7FFF_FFFF);
+        thread::sleep(Duration::from_millis(20));
+        peer_dies(p.client);
+        let got = done_rx.recv_timeout(Duration::from_secs(3));
+        assert!(got.is_ok(), "{} of end {}: the blocked reader still waits after the peer died", f.name, f.end);
+    }
+}
