@@ -141,7 +141,8 @@ impl Conn {
             // `back_at` before it is sent: a peer it wakes sees the hand-back (sent first, the
             // peer could wake, find nothing new and sleep again before `back_at` is stored,
             // with nothing left to wake it when no data follows).
-            let bells = line.bells_sent.fetch_add(1, SeqCst) + 1;
+            // Wrapping: the count is the peer's to overwrite (a panic here would be its doing).
+            let bells = line.bells_sent.fetch_add(1, SeqCst).wrapping_add(1);
             // Relaxed: published by the SeqCst store of `back_at` below.
             line.bells_at.store(bells, Relaxed);
             line.back_at.store(tx.position(), SeqCst);
@@ -177,7 +178,7 @@ impl Conn {
         self.with_rx(|rx| {
             // SeqCst: before this end's `back_at` (SeqCst, in `hand_back`), which the peer
             // loads before it loads this.
-            self.my_line().replay_from.store(rx.position() + 1, SeqCst);
+            self.my_line().replay_from.store(rx.position().wrapping_add(1), SeqCst);
         });
     }
 
@@ -264,7 +265,7 @@ impl Conn {
             }
             let take = owed.min(buf.len() as u64) as usize;
             let before = drained.load(SeqCst);
-            if drained.compare_exchange(before, before + take as u64, SeqCst, SeqCst).is_err() {
+            if drained.compare_exchange(before, before.wrapping_add(take as u64), SeqCst, SeqCst).is_err() {
                 continue;
             }
             match sys::recv_raw(fd, &mut buf[..take], libc::MSG_DONTWAIT) {

@@ -127,7 +127,7 @@ impl Conn {
             Phase::Ready if !self.reads_ring() => {
                 // Acquire: pairs with the peer's SeqCst store; our own count, stored with Release.
                 let at = peer.switch_at.load(Acquire);
-                if at != NOT_YET && self.my_line().sock_read.load(Acquire) + n as u64 == at {
+                if at != NOT_YET && self.my_line().sock_read.load(Acquire).wrapping_add(n as u64) == at {
                     return n + self.with_rx(|rx| rx.peek(&mut tmp[n..]));
                 }
             }

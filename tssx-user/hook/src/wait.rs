@@ -376,7 +376,7 @@ impl Conn {
                 self.note_peer_end(sys::recv_raw(fd, &mut buf[..1], libc::MSG_PEEK | libc::MSG_DONTWAIT));
                 return;
             }
-            if drained.compare_exchange(before, before + take as u64, SeqCst, SeqCst).is_err() {
+            if drained.compare_exchange(before, before.wrapping_add(take as u64), SeqCst, SeqCst).is_err() {
                 continue;
             }
             match sys::recv_raw(fd, &mut buf[..take], libc::MSG_DONTWAIT) {
