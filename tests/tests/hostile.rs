@@ -126,3 +126,51 @@ fn hostile_peer_through_the_segment() {
 fn hostile_unprivileged_peer_against_a_root_server() {
     fuzz("hostile-nobody", true, 6);
 }
+
+/// The other direction: hostile servers (root) against a hooked victim client each, which runs
+/// the same workload on its connecting end and must end within the bound after its server is
+/// gone, with its descriptors back where they were.
+#[test]
+fn hostile_server_against_a_victim_client() {
+    require_root();
+    let seed = env_u64("TSSX_HOSTILE_SEED").unwrap_or_else(|| monotonic_ns() | 1);
+    let rounds = env_u64("TSSX_HOSTILE_ROUNDS").unwrap_or(4);
+    eprintln!("hostile-server: seed {seed}, {rounds} rounds (replay: TSSX_HOSTILE_SEED={seed} TSSX_HOSTILE_ROUNDS={rounds})");
+    let dir = TempDir::new("hostile-server");
+    let path = dir.socket("attacker.sock");
+    let agent = HookedAgent::start(&[&path]);
+    let mut mapped = 0;
+    for round in 0..rounds {
+        let round_seed = seed.wrapping_add(round.wrapping_mul(0x9E37_79B9)).to_string();
+        let mut cmd = Command::new(HOSTILE);
+        cmd.args(["attack-server", &path, &round_seed, &ATTACK_MS.to_string()]).env("LD_PRELOAD", hook());
+        let mut attacker = Process::spawn(cmd);
+        attacker.expect_line("ready", Duration::from_secs(10));
+        let mut cmd = Command::new(HOSTILE);
+        cmd.args(["victim-client", &path, &round_seed]).env("LD_PRELOAD", hook());
+        let mut victim = Process::spawn(cmd);
+        let status = attacker.wait(Duration::from_millis(ATTACK_MS + 3000 + 5000));
+        let lines = attacker.stdout_lines();
+        eprintln!("round {round} (seed {round_seed}): attacker {status:?}: {lines:?}");
+        let status = status.unwrap_or_else(|| panic!("round {round}: the attacker outlived its watchdog"));
+        assert!(status.success() || status.signal() == Some(libc::SIGKILL), "round {round}: the attacker failed: {status}");
+        if lines.iter().any(|l| l.starts_with("mapped")) {
+            mapped += 1;
+        }
+        let end = victim.expect_line("end", END_WITHIN);
+        eprintln!("round {round}: victim: {end}");
+        let fds = tssx_tests::field(&end, "fds").expect("fds");
+        let before = tssx_tests::field(&end, "before").expect("before");
+        assert!(fds <= before, "round {round}: the victim client holds {fds} descriptors after its connection, {before} before");
+        let status = victim.wait(Duration::from_secs(5)).expect("the victim exits after its connection");
+        assert!(
+            status.success(),
+            "round {round}: the victim failed: {status}; {:?}; stderr {}",
+            victim.stdout_lines(),
+            victim.stderr_text()
+        );
+    }
+    eprintln!("hostile-server: {mapped} of {rounds} attackers mapped their segment");
+    assert!(mapped * 2 >= rounds, "only {mapped} of {rounds} connections were swapped");
+    assert!(agent.stop().success());
+}

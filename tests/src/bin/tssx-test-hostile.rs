@@ -23,6 +23,11 @@
 //! `shutdown`, `kill`), printing `attack end at_ns=T` first. A watchdog ends the process
 //! (`_exit`) 2 s after the attack even if its own hook got stuck on what it wrote.
 //!
+//! `tssx-test-hostile attack-server PATH SEED MILLIS [MODE]`: the same attack from the accepting
+//! end (binds PATH, prints `ready`, accepts one connection); `tssx-test-hostile victim-client
+//! PATH SEED`: the victim's workload from the connecting end, one connection, then `end` (with
+//! `fds=` after and `before=` before it).
+//!
 //! `tssx-test-hostile polite PATH`: connects, sends 100 KiB, reads it back, checks it, closes;
 //! prints `polite ok`.
 use std::{
@@ -270,6 +275,20 @@ fn send_fd(fd: i32) -> isize {
     unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) }
 }
 
+/// The victim as the client: one connection, the same workload, then `end`.
+fn victim_client(path: &str, seed: u64) {
+    // SAFETY: signal has no memory arguments.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    let before = open_fds();
+    let stream = UnixStream::connect(path).expect("connect");
+    let mut rng = Rng::new(seed);
+    let fd = stream.into_raw_fd();
+    let result = workload(fd, &mut rng, false);
+    // SAFETY: closes our socket.
+    unsafe { libc::close(fd) };
+    say(&format!("end conn=0 result={} at_ns={} fds={} before={before}", outcome(result), now_ns(), open_fds()));
+}
+
 fn victim(path: &str, seed: u64, hostile_conns: u64) {
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path).expect("bind");
@@ -436,11 +455,19 @@ fn peek(base: *mut u8, f: Field) -> u64 {
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
-fn attack(path: &str, seed: u64, millis: u64, mode: Option<&str>) {
+fn attack(path: &str, seed: u64, millis: u64, mode: Option<&str>, serve: bool) {
     // SAFETY: signal has no memory arguments.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     let mut rng = Rng::new(seed);
-    let stream = UnixStream::connect(path).expect("connect");
+    let stream = if serve {
+        let _ = std::fs::remove_file(path);
+        let listener = UnixListener::bind(path).expect("bind");
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o777)).expect("chmod");
+        say("ready");
+        listener.accept().expect("accept").0
+    } else {
+        UnixStream::connect(path).expect("connect")
+    };
     let fd = stream.as_raw_fd();
     // The victim's pid: a thread id a lock word might plausibly hold.
     let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
@@ -604,14 +631,15 @@ fn main() {
         (Some("victim"), Some(path)) => {
             victim(path, arg(3).and_then(|s| s.parse().ok()).unwrap_or(1), arg(4).and_then(|s| s.parse().ok()).unwrap_or(u64::MAX))
         }
-        (Some("attack"), Some(path)) => {
+        (Some(role @ ("attack" | "attack-server")), Some(path)) => {
             let seed = arg(3).and_then(|s| s.parse().ok()).unwrap_or(1);
             let millis = arg(4).and_then(|s| s.parse().ok()).unwrap_or(3000);
-            attack(path, seed, millis, arg(5));
+            attack(path, seed, millis, arg(5), role == "attack-server");
         }
+        (Some("victim-client"), Some(path)) => victim_client(path, arg(3).and_then(|s| s.parse().ok()).unwrap_or(1)),
         (Some("polite"), Some(path)) => polite(path),
         _ => {
-            eprintln!("usage: tssx-test-hostile victim PATH SEED | attack PATH SEED MILLIS [MODE] | polite PATH");
+            eprintln!("usage: tssx-test-hostile victim PATH SEED [HOSTILE] | victim-client PATH SEED | attack[-server] PATH SEED MILLIS [MODE] | polite PATH");
             std::process::exit(2);
         }
     }

@@ -202,6 +202,10 @@ pub struct Conn {
     /// The peer wrote one of this end's ring lock words (a value no holder of this end has):
     /// it is hostile or broken, see [`crate::ringlock`]. Relaxed: a note for tests and traces.
     pub peer_wrote_lock: AtomicBool,
+    /// The inode of this end's socket (0: not known yet), noted once when the end becomes ready
+    /// or is adopted: how [`crate::ringlock`] recognises another process holding this end.
+    /// Relaxed: written once before the rings are used, by the thread that moves the phase on.
+    pub(crate) sock_inode: AtomicU64,
     /// The peer's ECONNRESET was reported by a read (it is reported once, like `sk_err`).
     /// Relaxed: a flag of this process's view.
     pub(crate) reset_reported: AtomicBool,
@@ -264,6 +268,7 @@ impl Conn {
             peer_closed: AtomicBool::new(false),
             reset_reported: AtomicBool::new(false),
             peer_wrote_lock: AtomicBool::new(false),
+            sock_inode: AtomicU64::new(0),
             fork_mark: AtomicU64::new(0),
             death_checked_ns: AtomicU64::new(0),
             socket_edges: [AtomicU32::new(0), AtomicU32::new(0)],

@@ -336,6 +336,7 @@ impl Conn {
             return;
         }
         // Quiesced: the counts are final; publish them.
+        self.note_socket_inode(fd);
         let line = self.my_line();
         // Relaxed loads: ordered after the raw calls' SeqCst exits by the CAS above. Release
         // stores: published together with `ready` below.

@@ -24,6 +24,13 @@
 //!   pid namespace): trusted for [`LOCK_UNPLACED_NS`] of holding the word unchanged, then
 //!   taken as the peer's.
 //!
+//! Misjudged, a real holder would have its lock taken over (two users of one ring side at once:
+//! this end's stream turns to garbage). That takes a holder of this end that keeps the lock far
+//! longer than a critical section ever lasts *and* that cannot be placed (another user's
+//! process, or another pid namespace's, holding this end after an `SCM_RIGHTS` pass), or a
+//! process that holds this end's socket through two table entries (its own socket passed back
+//! to itself): then each entry keeps its own record.
+//!
 //! The uncontended path is the `compare_exchange` it always was, plus two `Relaxed` stores of
 //! the process-private record.
 
@@ -38,7 +45,7 @@ use crate::{conn::Conn, spin::now_ns, sys};
 pub const LOCK_SPIN_NS: u64 = 200_000;
 /// How long a holder that cannot be placed may hold a ring lock before it counts as a value the
 /// peer wrote (ns).
-pub const LOCK_UNPLACED_NS: u64 = 1_000_000_000;
+pub const LOCK_UNPLACED_NS: u64 = 100_000_000;
 /// Longest nap between two looks at a real holder (ns).
 const LOCK_NAP_MAX_NS: u64 = 1_000_000;
 
@@ -97,8 +104,8 @@ impl Conn {
     pub(crate) fn contended<'l>(&self, lock: &'l RingLock, me: u32, side: Side) -> RingLockGuard<'l> {
         let started = now_ns();
         let mut nap_ns = 10_000u64;
-        // A holder of ours not marked as such: seen once (it may be between its
-        // compare-and-swap and its mark), forged the second time.
+        // A thread of ours not marked as the holder: seen once (it may be between its
+        // compare-and-swap and its mark), forged when the next look finds the same.
         let mut unmarked = 0u32;
         // The value that could not be placed, and since when it stands.
         let mut unplaced: (u32, u64) = (0, 0);
@@ -115,13 +122,10 @@ impl Conn {
                 continue;
             }
             let verdict = match self.place_holder(holder, me, side) {
+                Holder::Unmarked if unmarked == holder => Holder::Forged,
                 Holder::Unmarked => {
-                    unmarked += 1;
-                    if unmarked >= 2 {
-                        Holder::Forged
-                    } else {
-                        Holder::Unmarked
-                    }
+                    unmarked = holder;
+                    Holder::Unmarked
                 }
                 Holder::Unplaced => {
                     let now = now_ns();
@@ -136,6 +140,9 @@ impl Conn {
                 }
                 v => v,
             };
+            if verdict != Holder::Unmarked {
+                unmarked = 0;
+            }
             match verdict {
                 Holder::Dead => {
                     if let Some(guard) = lock.take_over(holder, me) {
@@ -184,9 +191,24 @@ impl Conn {
         }
     }
 
-    /// The inode of this end's socket, from the fd the connection was last used through
-    /// (`None` if that fd is no socket any more).
+    /// Notes the inode of this end's socket `fd` (one `fstat`, when the end becomes ready).
+    pub(crate) fn note_socket_inode(&self, fd: c_int) {
+        if let Ok(st) = tssx_shm::sys::fstat(fd) {
+            if st.st_mode & libc::S_IFMT == libc::S_IFSOCK {
+                // Relaxed: see the field.
+                self.sock_inode.store(st.st_ino, Relaxed);
+            }
+        }
+    }
+
+    /// The inode of this end's socket: as noted, else from the fd the connection was last used
+    /// through (`None` if that fd is no socket any more).
     fn socket_inode(&self) -> Option<u64> {
+        // Relaxed: see the field.
+        let noted = self.sock_inode.load(Relaxed);
+        if noted != 0 {
+            return Some(noted);
+        }
         let fd = self.last_fd.load(Relaxed);
         if fd < 0 {
             return None;
@@ -292,4 +314,91 @@ fn holds_socket(tid: u32, inode: Option<u64>) -> Option<bool> {
     // SAFETY: the directory fd opened above, ours alone.
     let _ = unsafe { tssx_shm::sys::close(dir) };
     found
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        os::fd::AsRawFd as _,
+        sync::atomic::Ordering::SeqCst,
+        time::{Duration, Instant},
+    };
+
+    use tssx_common::segment::{End, SegmentState, JOIN_MAPPED};
+    use tssx_shm::{segment::Segment, sys::Fd};
+
+    use crate::table;
+
+    /// A real holder, a thread of this process inside a long critical section, is waited for:
+    /// neither taken over nor blamed on the peer.
+    #[test]
+    fn a_real_holder_is_waited_for() {
+        let mut fds = [0; 2];
+        // SAFETY: a valid out-array.
+        assert_eq!(unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) }, 0);
+        let segment = Segment::create(4096).unwrap();
+        segment.transition(SegmentState::Pending, SegmentState::Active).unwrap();
+        for end in [End::Client, End::Server] {
+            let line = &segment.header().ends[end.index()];
+            line.joined.store(JOIN_MAPPED, SeqCst);
+            line.ready.store(1, SeqCst);
+            line.switch_at.store(0, SeqCst);
+            segment.header().refcount[end.index()].store(1, SeqCst);
+        }
+        for (fd, end) in [(fds[0], End::Client), (fds[1], End::Server)] {
+            // SAFETY: a dup of the segment's fd, owned by the result.
+            let memfd = unsafe { Fd::from_raw(libc::fcntl(segment.fd().unwrap().as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0)) };
+            assert!(table::adopt_swapped(fd, end, memfd));
+        }
+        let server = fds[1];
+        let hold = Duration::from_millis(300);
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let holder = std::thread::spawn(move || {
+            let c = table::lookup(server).unwrap();
+            c.with_tx(|_| {
+                held_tx.send(()).unwrap();
+                std::thread::sleep(hold);
+            });
+        });
+        held_rx.recv().unwrap();
+        let started = Instant::now();
+        let c = table::lookup(server).unwrap();
+        c.with_tx(|_| ());
+        let waited = started.elapsed();
+        holder.join().unwrap();
+        assert!(waited >= hold - Duration::from_millis(50), "took a real holder's lock after {waited:?}");
+        assert!(!c.peer_wrote_lock.load(SeqCst), "a real holder blamed on the peer");
+        // Another process holding this end (a forked child with the socket) likewise.
+        let lock = segment.producer_lock(End::Server);
+        // SAFETY: the child only takes the lock word, sleeps and exits (no allocation, no lock
+        // of this multi-threaded parent's).
+        let child = unsafe { libc::fork() };
+        if child == 0 {
+            // SAFETY: getpid/usleep/_exit have no preconditions.
+            unsafe {
+                let guard = lock.try_lock(libc::getpid() as u32);
+                libc::usleep(300_000);
+                drop(guard);
+                libc::_exit(0);
+            }
+        }
+        let started = Instant::now();
+        while lock.holder() != child as u32 {
+            assert!(started.elapsed() < Duration::from_secs(5), "the child never took the lock");
+            std::thread::yield_now();
+        }
+        let started = Instant::now();
+        c.with_tx(|_| ());
+        let waited = started.elapsed();
+        let mut status = 0;
+        // SAFETY: reaps our child.
+        unsafe { libc::waitpid(child, &mut status, 0) };
+        assert!(waited >= Duration::from_millis(200), "took a sibling process's lock after {waited:?}");
+        assert!(!c.peer_wrote_lock.load(SeqCst), "a sibling process blamed on the peer");
+        drop(c);
+        for fd in fds {
+            // SAFETY: our sockets; the hook forgets them.
+            unsafe { crate::calls::close(fd) };
+        }
+    }
 }

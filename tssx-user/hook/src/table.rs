@@ -233,6 +233,7 @@ pub fn adopt_swapped(fd: c_int, end: End, memfd: Fd) -> bool {
     if conn.swap.set(swap).is_err() {
         return false;
     }
+    conn.note_socket_inode(fd);
     if conn.out_switched() && conn.in_switched() {
         conn.set_phase(Phase::Active);
     }
