@@ -40,6 +40,10 @@ use crate::{
     wait::{Deadline, Waiting},
 };
 
+/// More doorbells than this owed at once cannot be (each is a one-byte message, and a socket's
+/// send buffer holds a few hundred of those): a count above it is a lie of the peer's.
+const MAX_OWED_DOORBELLS: u64 = 1 << 16;
+
 impl Conn {
     /// [`Conn::recv`] with the offset on (see the module documentation).
     pub(crate) fn recv_peek_off(&self, fd: c_int, bufs: &mut [IoSliceMut<'_>], flags: c_int) -> Option<isize> {
@@ -135,9 +139,15 @@ impl Conn {
                 // Acquire: pairs with the peer's SeqCst store (its ring writes and `bells_at`
                 // before).
                 let back_at = peer.back_at.load(Acquire);
-                if back_at != NOT_YET && self.with_rx(|rx| rx.position()) + n as u64 == back_at {
+                if back_at != NOT_YET && self.with_rx(|rx| rx.position()).wrapping_add(n as u64) == back_at {
                     // SeqCst: as the drainers' updates.
-                    let owed = peer.bells_at.load(Acquire).saturating_sub(self.my_line().bells_drained.load(SeqCst)) as usize;
+                    let owed = peer.bells_at.load(Acquire).saturating_sub(self.my_line().bells_drained.load(SeqCst));
+                    // More doorbells than a socket's buffer can hold one-byte messages of is the
+                    // peer's lie: no allocation sized by it (issue 16: a huge one aborts).
+                    if owed > MAX_OWED_DOORBELLS {
+                        return n;
+                    }
+                    let owed = owed as usize;
                     let mut more = vec![0u8; owed + tmp.len() - n];
                     if let Ok(k) = sys::recv_raw(fd, &mut more, libc::MSG_PEEK | libc::MSG_DONTWAIT) {
                         if k > owed {

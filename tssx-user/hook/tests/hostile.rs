@@ -510,3 +510,25 @@ fn random_lies_while_the_victim_works() {
         victim_survives(server, client, &what);
     }
 }
+
+/// A doorbell count the peer inflated, read by a peek with `SO_PEEK_OFF` while handing back:
+/// no allocation or copy sized by it (a count of 2^40 aborted the victim on a failed
+/// allocation), just the ring's bytes.
+#[test]
+fn an_inflated_doorbell_count_sizes_nothing() {
+    let p = pair();
+    assert_eq!(send(p.client, b"abcdef", 0).0, 6);
+    let c = table::lookup(p.server).unwrap();
+    let peer = &c.header().ends[0];
+    peer.bells_at.store(1 << 40, SeqCst);
+    peer.back_at.store(6, SeqCst);
+    let zero: c_int = 0;
+    // SAFETY: a live int of the stated size.
+    let rc = unsafe { calls::setsockopt(p.server, libc::SOL_SOCKET, libc::SO_PEEK_OFF, (&zero as *const c_int).cast(), 4) };
+    assert_eq!(rc, 0);
+    let (n, _) = within(Duration::from_secs(5), "peek with an inflated doorbell count".into(), move || {
+        guarded_recv(p.server, 100, libc::MSG_PEEK | libc::MSG_DONTWAIT, "peek")
+    });
+    assert!(n <= 6, "{n}");
+    drop(c);
+}
