@@ -112,6 +112,17 @@ fn workload(fd: i32, rng: &mut Rng, echo_only: bool) -> i32 {
         if !pending.is_empty() && matches!(op, 0..=2 | 6) && (echo_only || rng.below(2) == 0) {
             op = 8;
         }
+        let started = Instant::now();
+        // A call that never blocks on a plain socket (non-blocking, or a peek) must not wait
+        // here either, whatever the peer wrote (a forged lock word costs at most a few hundred
+        // microseconds; the bound leaves room for a loaded machine).
+        let never_blocks = matches!(op, 3 | 7 | 9);
+        let check_quick = |what: &str| {
+            if never_blocks && started.elapsed() > Duration::from_secs(1) {
+                say(&format!("violation a non-blocking {what} took {:?}", started.elapsed()));
+                std::process::exit(3);
+            }
+        };
         let rc: isize = match op {
             // Blocking read.
             0..=2 => {
@@ -124,6 +135,7 @@ fn workload(fd: i32, rng: &mut Rng, echo_only: bool) -> i32 {
             3 => {
                 // SAFETY: as above.
                 let rc = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), asked, libc::MSG_DONTWAIT) };
+                check_quick("recv");
                 check_read("recv(MSG_DONTWAIT)", rc, asked, &buf);
                 if rc < 0 && errno() == libc::EAGAIN {
                     continue;
@@ -179,6 +191,7 @@ fn workload(fd: i32, rng: &mut Rng, echo_only: bool) -> i32 {
             7 => {
                 // SAFETY: as for read.
                 let rc = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), asked, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+                check_quick("peek");
                 check_read("recv(MSG_PEEK)", rc, asked, &buf);
                 if rc < 0 && errno() == libc::EAGAIN || rc > 0 {
                     continue;
@@ -193,6 +206,7 @@ fn workload(fd: i32, rng: &mut Rng, echo_only: bool) -> i32 {
                 let flags = libc::MSG_NOSIGNAL | if op == 9 { libc::MSG_DONTWAIT } else { 0 };
                 // SAFETY: sends from our vector.
                 let rc = unsafe { libc::send(fd, pending.as_ptr().cast(), pending.len(), flags) };
+                check_quick("send");
                 if rc > pending.len() as isize {
                     say(&format!("violation send returned {rc} > {}", pending.len()));
                     std::process::exit(3);
