@@ -5,7 +5,7 @@
 //! connection, maps the connection's segment and writes random and adversarial values into
 //! every header field and ring byte at random moments for a while, then exits (four ways),
 //! while a hooked victim server runs an ordinary workload on its end (blocking and
-//! non-blocking reads and writes, poll and epoll waits, shutdown, fork, a descriptor passed,
+//! non-blocking reads and writes, poll and epoll waits, shutdown, fork, exec, a descriptor passed,
 //! which hands the connection back). The victim must never crash, never deliver more than a
 //! read asked for nor write past its buffer, never leak a descriptor, and see the end of each
 //! hostile connection within a bounded time after the attacker is gone, as a plain socket

@@ -23,6 +23,10 @@
 //! `shutdown`, `kill`), printing `attack end at_ns=T` first. A watchdog ends the process
 //! (`_exit`) 2 s after the attack even if its own hook got stuck on what it wrote.
 //!
+//! In a connection served without a fork (half of them), the victim may also `execve` itself in
+//! the middle of it (rarely): the new image (`resume`) goes on with that connection, the hook
+//! having handed it across, and then serves the next ones; its `end` line says `exec`.
+//!
 //! `tssx-test-hostile attack-server PATH SEED MILLIS [MODE]`: the same attack from the accepting
 //! end (binds PATH, prints `ready`, accepts one connection); `tssx-test-hostile victim-client
 //! PATH SEED`: the victim's workload from the connecting end, one connection, then `end` (with
@@ -93,7 +97,52 @@ fn check_read(what: &str, rc: isize, asked: usize, buf: &[u8]) {
 }
 
 /// One end's workload on `fd` until EOF or an error; returns the errno (0 for EOF).
+/// What an `execve` of the victim in the middle of a connection hands its new image (see
+/// [`resume`]): the listening socket, the seed, the connection's number, how many are hostile.
+#[derive(Clone, Copy)]
+struct ExecCtx {
+    listener: i32,
+    seed: u64,
+    conn: u64,
+    hostile: u64,
+}
+
+/// Replaces this image with a new one of the same program that goes on with connection
+/// `ctx.conn` on `fd` and then serves the next ones (the hook hands the swapped connection
+/// across the exec). Returns only if the exec failed.
+fn exec_self(fd: i32, ctx: ExecCtx, rng_seed: u64) {
+    for f in [fd, ctx.listener] {
+        // SAFETY: clears FD_CLOEXEC on our own descriptor.
+        unsafe { libc::fcntl(f, libc::F_SETFD, 0) };
+    }
+    let args: Vec<std::ffi::CString> = [
+        "tssx-test-hostile".to_owned(),
+        "resume".into(),
+        ctx.listener.to_string(),
+        fd.to_string(),
+        ctx.seed.to_string(),
+        ctx.conn.to_string(),
+        ctx.hostile.to_string(),
+        rng_seed.to_string(),
+    ]
+    .into_iter()
+    .map(|a| std::ffi::CString::new(a).unwrap())
+    .collect();
+    let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+    argv.push(core::ptr::null());
+    // SAFETY: a NUL-terminated argv of live strings; the environment (LD_PRELOAD) is inherited.
+    unsafe { libc::execv(c"/proc/self/exe".as_ptr(), argv.as_ptr()) };
+    for f in [fd, ctx.listener] {
+        // SAFETY: sets FD_CLOEXEC back on our own descriptor.
+        unsafe { libc::fcntl(f, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+}
+
 fn workload(fd: i32, rng: &mut Rng, echo_only: bool) -> i32 {
+    workload_exec(fd, rng, echo_only, None)
+}
+
+fn workload_exec(fd: i32, rng: &mut Rng, echo_only: bool, exec: Option<ExecCtx>) -> i32 {
     let mut buf = vec![0u8; (1 << 16) + GUARD];
     // SAFETY: epoll_create1 has no memory arguments.
     let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
@@ -107,7 +156,13 @@ fn workload(fd: i32, rng: &mut Rng, echo_only: bool) -> i32 {
         let bits = rng.below(17);
         let asked = 1 + rng.below(1 << bits) as usize;
         buf[..asked + GUARD].fill(CANARY);
-        let mut op = rng.below(if echo_only { 10 } else { 12 });
+        let mut op = rng.below(if echo_only {
+            10
+        } else if exec.is_some() {
+            13
+        } else {
+            12
+        });
         // Never block reading while holding bytes to echo (a polite peer waits for them).
         if !pending.is_empty() && matches!(op, 0..=2 | 6) && (echo_only || rng.below(2) == 0) {
             op = 8;
@@ -232,6 +287,16 @@ fn workload(fd: i32, rng: &mut Rng, echo_only: bool) -> i32 {
                 }
                 continue;
             }
+            // Exec in the middle of the connection (rarely; the new image goes on with it).
+            12 => {
+                if let Some(ctx) = exec {
+                    if rng.below(30) == 0 {
+                        let next = rng.next();
+                        exec_self(fd, ctx, next);
+                    }
+                }
+                continue;
+            }
             // Pass a descriptor (hands the connection back to the kernel), once, rarely.
             _ => {
                 if passed || shut || rng.below(20) != 0 {
@@ -311,7 +376,31 @@ fn victim(path: &str, seed: u64, hostile_conns: u64) {
     // SAFETY: signal has no memory arguments.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     say(&format!("ready fds={}", open_fds()));
-    for conn in 0u64.. {
+    serve(listener, seed, hostile_conns, 0);
+}
+
+/// The new image after [`exec_self`]: finishes connection `conn` on `fd`, then serves on.
+fn resume(args: &[String]) {
+    let num = |i: usize| args.get(i).and_then(|a| a.parse::<u64>().ok()).expect("resume arguments");
+    let (listener, fd, seed, conn, hostile, rng_seed) = (num(2) as i32, num(3) as i32, num(4), num(5), num(6), num(7));
+    for f in [fd, listener] {
+        // SAFETY: sets FD_CLOEXEC back on the descriptors the old image handed us.
+        unsafe { libc::fcntl(f, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+    // SAFETY: signal has no memory arguments.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    let e = workload(fd, &mut Rng::new(rng_seed), conn >= hostile);
+    // SAFETY: closes our socket.
+    unsafe { libc::close(fd) };
+    say(&format!("end conn={conn} result={} at_ns={} fds={} exec", outcome(e), now_ns(), open_fds()));
+    // SAFETY: the listening socket the old image handed us, ours alone.
+    let listener = unsafe { <UnixListener as std::os::fd::FromRawFd>::from_raw_fd(listener) };
+    serve(listener, seed, hostile, conn + 1);
+}
+
+/// Serves connections from number `first` on.
+fn serve(listener: UnixListener, seed: u64, hostile_conns: u64, first: u64) {
+    for conn in first.. {
         let stream = match listener.accept() {
             Ok((s, _)) => s,
             Err(_) => continue,
@@ -347,7 +436,8 @@ fn victim(path: &str, seed: u64, hostile_conns: u64) {
                 e
             }
             _ => {
-                let e = workload(fd, &mut rng, echo_only);
+                let ctx = ExecCtx { listener: listener.as_raw_fd(), seed, conn, hostile: hostile_conns };
+                let e = workload_exec(fd, &mut rng, echo_only, Some(ctx));
                 // SAFETY: closes our socket.
                 unsafe { libc::close(fd) };
                 e
@@ -650,6 +740,7 @@ fn main() {
             let millis = arg(4).and_then(|s| s.parse().ok()).unwrap_or(3000);
             attack(path, seed, millis, arg(5), role == "attack-server");
         }
+        (Some("resume"), Some(_)) => resume(&args),
         (Some("victim-client"), Some(path)) => victim_client(path, arg(3).and_then(|s| s.parse().ok()).unwrap_or(1)),
         (Some("polite"), Some(path)) => polite(path),
         _ => {
