@@ -643,7 +643,16 @@ fn attack(path: &str, seed: u64, millis: u64, mode: Option<&str>, serve: bool) {
     let deadline = Instant::now() + Duration::from_millis(millis);
     let mut pokes = 0u64;
     while Instant::now() < deadline {
-        match rng.below(10) {
+        match rng.below(11) {
+            // Any aligned word of the header page, named field or not (fields added to the ABI
+            // later are covered too).
+            10 => {
+                let at = 8 * rng.below((tssx_common::segment::RING_DATA_OFFSET / 8) as u64) as usize;
+                let f = Field { name: "header word", offset: at, wide: true };
+                let v = value(&mut rng, peek(base, f), capacity, &tids);
+                poke(base, f, v);
+                pokes += 1;
+            }
             // One field, once.
             0..=5 => {
                 let f = fields[rng.below(fields.len() as u64) as usize];
