@@ -67,7 +67,10 @@
 //!
 //! The other end is another process. Every index is masked and every length clamped to the
 //! capacity, so a peer that writes garbage positions can make the ring look empty or full or
-//! yield garbage bytes, but can never make a handle access memory outside the ring.
+//! yield garbage bytes, but can never make a handle access memory outside the ring. A
+//! [`RingLock`] word is in the peer's reach too: its value is only a claim, which the hook checks
+//! before it waits long ([`RingLock::take_over`], [`RingLock::seize`]; see the hook's
+//! `ringlock` module).
 
 use core::cell::Cell;
 use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};

@@ -7,6 +7,10 @@
 //!
 //! Every system call goes through [`crate::sys`] (raw system calls) and nothing here allocates,
 //! so the preload hook can map a segment it receives.
+//!
+//! The peer maps the same memory read-write and is not trusted (see "Threat model" in
+//! [`tssx_common::segment`]): the layout is checked once against the sealed memfd's size and
+//! kept in private memory, and every mapping sits between two `PROT_NONE` [`GUARD`]s.
 
 use core::fmt;
 use core::mem::size_of;
