@@ -260,7 +260,9 @@ impl Conn {
         loop {
             // Acquire: published by the peer's `back_at`, loaded before (see `read_source`).
             let owed = peer.bells_at.load(Acquire).saturating_sub(drained.load(SeqCst));
-            if owed == 0 {
+            // More than a socket can hold is a lie of the peer's: skip no more (what follows is
+            // read as data: garbage, and no loop as long as the peer keeps the socket full).
+            if owed == 0 || owed > crate::wait::MAX_OWED_DOORBELLS {
                 return true;
             }
             let take = owed.min(buf.len() as u64) as usize;

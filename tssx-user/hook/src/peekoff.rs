@@ -40,10 +40,6 @@ use crate::{
     wait::{Deadline, Waiting},
 };
 
-/// More doorbells than this owed at once cannot be (each is a one-byte message, and a socket's
-/// send buffer holds a few hundred of those): a count above it is a lie of the peer's.
-const MAX_OWED_DOORBELLS: u64 = 1 << 16;
-
 impl Conn {
     /// [`Conn::recv`] with the offset on (see the module documentation).
     pub(crate) fn recv_peek_off(&self, fd: c_int, bufs: &mut [IoSliceMut<'_>], flags: c_int) -> Option<isize> {
@@ -144,7 +140,7 @@ impl Conn {
                     let owed = peer.bells_at.load(Acquire).saturating_sub(self.my_line().bells_drained.load(SeqCst));
                     // More doorbells than a socket's buffer can hold one-byte messages of is the
                     // peer's lie: no allocation sized by it (issue 16: a huge one aborts).
-                    if owed > MAX_OWED_DOORBELLS {
+                    if owed > crate::wait::MAX_OWED_DOORBELLS {
                         return n;
                     }
                     let owed = owed as usize;

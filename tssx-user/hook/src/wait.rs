@@ -26,6 +26,11 @@ pub enum WaitError {
     TimedOut,
 }
 
+/// More doorbells than this owed at once cannot be (each is a one-byte message, and a socket's
+/// send buffer holds a few hundred of those): a count above it is a lie of the peer's, and
+/// nothing is sized or looped by it (issue 16).
+pub(crate) const MAX_OWED_DOORBELLS: u64 = 1 << 16;
+
 /// What a blocked call waits for: data (a read, bounded by SO_RCVTIMEO) or room (a write,
 /// bounded by SO_SNDTIMEO).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -366,7 +371,9 @@ impl Conn {
         let sent = &self.peer_line().bells_sent;
         let drained = &self.my_line().bells_drained;
         let mut buf = [0u8; 64];
-        loop {
+        // At most this many rounds per call: a peer that inflates its count and floods the
+        // socket keeps no call here for long (its bytes are then taken for data: garbage).
+        for _ in 0..MAX_OWED_DOORBELLS / 64 {
             // Reserve up to 64 of the doorbells sent and not yet drained (SeqCst, pairing with
             // the sender's count before its byte).
             let before = drained.load(SeqCst);
