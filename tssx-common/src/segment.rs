@@ -113,7 +113,7 @@
 //! | `state` | either end (compare-and-swap) | the victim gives the migration up (stays or goes plain) or its switch fails: its stream from the peer turns to garbage or ends | garbage, EOF |
 //! | `refcount[peer]` | the peer's processes, the agent (a dead end's to 0) | 0: the victim sees the peer closed (EOF, EPIPE); non-zero after the peer died: the socket's EOF tells instead | what a close does |
 //! | `refcount[own]` | the victim's processes | waits poll with a short timeout (CPU), the reset mark or last-close doorbell to the peer is wrong, a close may hand the connection back | never frees or unmaps anything: the process's own counts do |
-//! | `socket_inode` | a process of the end, before passing its socket with `SCM_RIGHTS` | a receiving process of the victim's may attach the segment to the wrong received socket or none (see "Left open") | - |
+//! | `socket_inode` | nobody (unused since version 4) | nothing: a segment passed with `SCM_RIGHTS` is paired with its socket in the message (the kernel vouches the socket), never through the header | - |
 //! | `asleep[peer]` | the peer's waiters | the victim sends a needless doorbell per transfer (a non-blocking one-byte send) | a slow peer costs as much |
 //! | `asleep[own]` | the victim's waiters | the victim's waiters poll with short timeouts instead of draining doorbells; 0 while it sleeps: the peer (the liar) rings no doorbell, so the victim waits for data, EOF or the peer's death | a peer that sends nothing |
 //! | `shut[peer]` | the peer | `SHUT_WRITE`: EOF; `SHUT_READ`: EPIPE; `SHUT_RESET`: ECONNRESET, only once the peer is really gone | the peer's own shutdown or close |
@@ -127,19 +127,22 @@
 //! | `ends[own].*` (`switch_at`, `back_at`, `sock_read`, `bells_drained`, `replay_from`) | the victim | the victim writes on the socket instead of its ring (hands back), takes socket data for doorbells or the reverse, stops reading the ring early (then waits); `bells_drained` rewritten without pause makes the victim's reservations retry while the peer writes | garbage, loss, waits that end with the peer |
 //! | `ends[*].active_ns`, `reserved` | the end | the agent's traces (timestamps) are wrong | - |
 //!
-//! Left open: `socket_inode` is the only link between a segment passed with `SCM_RIGHTS` and the
-//! socket passed with it; a peer that knows the inode of another socket the victim passes in the
-//! *same* message can make the receiving process attach the segment to that socket (its data
-//! would then go through the rings to the peer). The fix is to pair each memfd with its socket
-//! in the message itself (the sender's hook knows the pairing) instead of in the header.
+//! Until version 4 the pairing of a passed segment with its socket went through `socket_inode`:
+//! a peer that knew the inode of another socket the victim passed in the same message could have
+//! the receiving process attach the segment to that socket, whose bytes would then have gone
+//! through the rings to the peer. Now the sender puts the pair (and the end, by its order) in the
+//! message itself.
 
 use core::sync::atomic::{AtomicU32, AtomicU64};
 
 /// Value of [`SegmentHeader::magic`]: `"TSSXSEG\0"` read as a little-endian `u64`.
 pub const SEGMENT_MAGIC: u64 = u64::from_le_bytes(*b"TSSXSEG\0");
 
-/// Value of [`SegmentHeader::version`]. Bumped on any change to this file's layout or rules.
-pub const SEGMENT_VERSION: u32 = 3;
+/// Value of [`SegmentHeader::version`]. Bumped on any change to this file's layout or rules
+/// (4: a socket passed with `SCM_RIGHTS` travels paired with its memfd in the message, and
+/// [`SegmentHeader::socket_inode`] is no longer read: hooks of version 3 would misread such a
+/// message).
+pub const SEGMENT_VERSION: u32 = 4;
 
 /// Value of [`EndLine::switch_at`] and [`EndLine::back_at`] before the event they record.
 pub const NOT_YET: u64 = u64::MAX;
@@ -420,10 +423,9 @@ pub struct SegmentHeader {
     pub refcount: [AtomicU32; 2],
     /// Reserved, zero.
     pub reserved: u32,
-    /// Per end: the inode of that end's socket, written (`Release`) by a process of that end
-    /// before it passes the socket to another process with `SCM_RIGHTS`, read (`Acquire`) by
-    /// the receiving process's hook to tell which received socket the segment belongs to.
-    /// Zero until then.
+    /// Unused since version 4 (zero): it named the socket a segment passed with `SCM_RIGHTS`
+    /// belongs to, which a lying peer could change; the pairing now travels in the message
+    /// itself (see `tssx-user/hook/src/pass.rs`).
     pub socket_inode: [AtomicU64; 2],
     /// Per end: number of that end's threads that announced they are about to block on the
     /// real socket waiting for a doorbell byte (non-zero = asleep). A waiter increments it

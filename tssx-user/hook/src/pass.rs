@@ -1,18 +1,22 @@
 //! Swapped sockets passed to another process with `SCM_RIGHTS` (over any plain socket).
 //!
 //! The receiving process would get the real socket without the rings. So the sender's hook
-//! appends each passed swapped socket's segment memfd to the message's `SCM_RIGHTS` fds, notes
-//! the socket's inode in the segment header, and counts the receiver as one more holder of that
-//! end (as after fork). The receiver's hook takes those trailing memfds out of the message
-//! before the application sees it, and attaches each segment to the received socket whose inode
-//! the header names. A receiver without the hook gets the extra fds and a socket it cannot
-//! use: passing swapped sockets needs the hook on both sides.
+//! appends, for each passed swapped socket, a pair of fds to the message's `SCM_RIGHTS`: the
+//! segment's memfd and the socket once more, in that order for end A (the client), the other
+//! way round for end B, and counts the receiver as one more holder of that end (as after
+//! fork). The receiver's hook takes those trailing pairs out of the message before the
+//! application sees it, and attaches each segment to the received socket that is the same
+//! file as the pair's socket (same inode, vouched for by the kernel), as the pair's end. The
+//! pairing never goes through the segment, which the peer can write (issue 16: a header field
+//! naming the socket let a lying peer have the segment attached to *another* socket passed in
+//! the same message, whose bytes would then have gone to it). A receiver without the hook gets
+//! the extra fds and a socket it cannot use: passing swapped sockets needs the hook on both
+//! sides.
 
-use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
+use std::sync::atomic::Ordering::{AcqRel, Relaxed};
 
 use libc::{c_int, cmsghdr, msghdr};
-use tssx_common::segment::{End, SegmentHeader};
-use tssx_shm::segment::Segment;
+use tssx_common::segment::End;
 
 use crate::{
     conn::Conn,
@@ -88,12 +92,14 @@ pub unsafe fn send(fd: c_int, msg: *const msghdr, flags: c_int) -> Option<isize>
             sys::with_errno_kept(|| c.give_up());
             continue;
         }
-        if n_extra + fds.len() >= MAX_FDS {
+        if n_extra + 2 + fds.len() > MAX_FDS {
             return None;
         }
         let Some(memfd) = c.hand_over(passed) else { continue };
-        extra[n_extra] = memfd;
-        n_extra += 1;
+        // The pair's order says the end (see the module documentation).
+        let pair = if c.end() == End::Client { [memfd, passed] } else { [passed, memfd] };
+        extra[n_extra..n_extra + 2].copy_from_slice(&pair);
+        n_extra += 2;
     }
     if n_extra == 0 {
         return None;
@@ -152,19 +158,30 @@ pub unsafe fn received(msg: *mut msghdr) {
     let Some(rights) = (unsafe { last_rights(m) }) else { return };
     // SAFETY: the SCM_RIGHTS header the kernel just wrote.
     let fds = unsafe { fds_of(rights) };
-    let mut segments = 0;
-    while segments < fds.len() && is_segment(fds[fds.len() - 1 - segments]) {
-        segments += 1;
+    // The trailing (memfd, socket) / (socket, memfd) pairs, from the last one back.
+    let mut app_len = fds.len();
+    while app_len >= 2 {
+        let (a, b) = (fds[app_len - 2], fds[app_len - 1]);
+        if !(is_segment(a) && socket_inode(b).is_some() || socket_inode(a).is_some() && is_segment(b)) {
+            break;
+        }
+        app_len -= 2;
     }
-    if segments == 0 {
+    if app_len == fds.len() {
         return;
     }
-    let (app, memfds) = fds.split_at(fds.len() - segments);
-    for &memfd in memfds {
-        // SAFETY: the kernel just installed this fd for us; nobody else knows it.
-        let memfd = unsafe { Fd::from_raw(memfd) };
-        let Some((sock, end)) = segment_target(&memfd, app) else { continue };
-        table::adopt_swapped(sock, end, memfd);
+    let (app, pairs) = fds.split_at(app_len);
+    for pair in pairs.chunks_exact(2) {
+        let (memfd, sock, end) = if is_segment(pair[0]) { (pair[0], pair[1], End::Client) } else { (pair[1], pair[0], End::Server) };
+        // SAFETY: the kernel just installed these fds for us; nobody else knows them.
+        let (memfd, sock) = unsafe { (Fd::from_raw(memfd), Fd::from_raw(sock)) };
+        // The received socket that is the same file as the pair's copy.
+        let inode = socket_inode(sock.raw());
+        let target = app.iter().copied().find(|&fd| inode.is_some() && socket_inode(fd) == inode);
+        if let Some(target) = target {
+            table::adopt_swapped(target, end, memfd);
+        }
+        // The pair's copy of the socket closes with `sock`.
     }
     // SAFETY: shrinks the last header (and the control length) so the application sees only
     // its own fds; both stay within what the kernel wrote.
@@ -173,6 +190,12 @@ pub unsafe fn received(msg: *mut msghdr) {
         let end = rights as usize - m.msg_control as usize + libc::CMSG_SPACE(size_of_val(app) as u32) as usize;
         m.msg_controllen = end.min(m.msg_controllen);
     }
+}
+
+/// The inode of `fd` if it is a socket.
+fn socket_inode(fd: c_int) -> Option<u64> {
+    let st = sys::fstat(fd).ok()?;
+    (st.st_mode & libc::S_IFMT == libc::S_IFSOCK).then_some(st.st_ino)
 }
 
 /// Whether `fd` is a tssx segment memfd (by its name in /proc).
@@ -189,14 +212,11 @@ fn is_segment(fd: c_int) -> bool {
 }
 
 impl Conn {
-    /// Before this end's socket `fd` is passed to another process: record its inode in the
-    /// header and count the receiver as a holder. Returns the memfd to pass along.
+    /// Before this end's socket `fd` is passed to another process: count the receiver as a
+    /// holder. Returns the memfd to pass along.
     pub fn hand_over(&self, fd: c_int) -> Option<c_int> {
+        let _ = fd;
         let memfd = self.memfd_raw()?;
-        if let Ok(st) = sys::fstat(fd) {
-            // Release: pairs with the receiver's Acquire load.
-            self.header().socket_inode[self.end().index()].store(st.st_ino, Release);
-        }
         self.header().refcount[self.end().index()].fetch_add(1, Relaxed);
         Some(memfd)
     }
@@ -205,27 +225,4 @@ impl Conn {
     pub fn undo_hand_over(&self) {
         self.header().refcount[self.end().index()].fetch_sub(1, AcqRel);
     }
-}
-
-/// The received socket of `fds` that the segment in `memfd` belongs to.
-fn segment_target(memfd: &Fd, fds: &[c_int]) -> Option<(c_int, End)> {
-    let segment = Segment::open(memfd.borrow()).ok()?;
-    target_of(segment.header(), fds)
-}
-
-/// Which received socket (of `fds`) a passed segment belongs to, and as which end.
-fn target_of(header: &SegmentHeader, fds: &[c_int]) -> Option<(c_int, End)> {
-    for &fd in fds {
-        let Ok(st) = sys::fstat(fd) else { continue };
-        if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
-            continue;
-        }
-        for end in [End::Client, End::Server] {
-            // Acquire: pairs with the sender's Release store.
-            if header.socket_inode[end.index()].load(Acquire) == st.st_ino {
-                return Some((fd, end));
-            }
-        }
-    }
-    None
 }
