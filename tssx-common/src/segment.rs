@@ -113,7 +113,7 @@
 //! | `state` | either end (compare-and-swap) | the victim gives the migration up (stays or goes plain) or its switch fails: its stream from the peer turns to garbage or ends | garbage, EOF |
 //! | `refcount[peer]` | the peer's processes, the agent (a dead end's to 0) | 0: the victim sees the peer closed (EOF, EPIPE); non-zero after the peer died: the socket's EOF tells instead | what a close does |
 //! | `refcount[own]` | the victim's processes | waits poll with a short timeout (CPU), the reset mark or last-close doorbell to the peer is wrong, a close may hand the connection back | never frees or unmaps anything: the process's own counts do |
-//! | `socket_inode` | nobody (unused since version 4) | nothing: a segment passed with `SCM_RIGHTS` is paired with its socket in the message (the kernel vouches the socket), never through the header | - |
+//! | `socket_inode` | nobody (unused since version 4) | nothing: a segment passed with `SCM_RIGHTS` names its socket by the file offset of the open description passed (private to sender and receiver), never through the header | - |
 //! | `asleep[peer]` | the peer's waiters | the victim sends a needless doorbell per transfer (a non-blocking one-byte send) | a slow peer costs as much |
 //! | `asleep[own]` | the victim's waiters | the victim's waiters poll with short timeouts instead of draining doorbells; 0 while it sleeps: the peer (the liar) rings no doorbell, so the victim waits for data, EOF or the peer's death | a peer that sends nothing |
 //! | `shut[peer]` | the peer | `SHUT_WRITE`: EOF; `SHUT_READ`: EPIPE; `SHUT_RESET`: ECONNRESET, only once the peer is really gone | the peer's own shutdown or close |
@@ -130,8 +130,8 @@
 //! Until version 4 the pairing of a passed segment with its socket went through `socket_inode`:
 //! a peer that knew the inode of another socket the victim passed in the same message could have
 //! the receiving process attach the segment to that socket, whose bytes would then have gone
-//! through the rings to the peer. Now the sender puts the pair (and the end, by its order) in the
-//! message itself.
+//! through the rings to the peer. Now the sender passes an open description of the memfd whose
+//! file offset names the socket and the end (`tssx-user/hook/src/pass.rs`).
 
 use core::sync::atomic::{AtomicU32, AtomicU64};
 
@@ -139,9 +139,9 @@ use core::sync::atomic::{AtomicU32, AtomicU64};
 pub const SEGMENT_MAGIC: u64 = u64::from_le_bytes(*b"TSSXSEG\0");
 
 /// Value of [`SegmentHeader::version`]. Bumped on any change to this file's layout or rules
-/// (4: a socket passed with `SCM_RIGHTS` travels paired with its memfd in the message, and
-/// [`SegmentHeader::socket_inode`] is no longer read: hooks of version 3 would misread such a
-/// message).
+/// (4: a segment passed with `SCM_RIGHTS` names its socket and end by its open description's
+/// file offset, and [`SegmentHeader::socket_inode`] is no longer written nor read: hooks of
+/// version 3 would not find the socket).
 pub const SEGMENT_VERSION: u32 = 4;
 
 /// Value of [`EndLine::switch_at`] and [`EndLine::back_at`] before the event they record.

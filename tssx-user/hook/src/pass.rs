@@ -1,17 +1,22 @@
 //! Swapped sockets passed to another process with `SCM_RIGHTS` (over any plain socket).
 //!
 //! The receiving process would get the real socket without the rings. So the sender's hook
-//! appends, for each passed swapped socket, a pair of fds to the message's `SCM_RIGHTS`: the
-//! segment's memfd and the socket once more, in that order for end A (the client), the other
-//! way round for end B, and counts the receiver as one more holder of that end (as after
-//! fork). The receiver's hook takes those trailing pairs out of the message before the
-//! application sees it, and attaches each segment to the received socket that is the same
-//! file as the pair's socket (same inode, vouched for by the kernel), as the pair's end. The
-//! pairing never goes through the segment, which the peer can write (issue 16: a header field
-//! naming the socket let a lying peer have the segment attached to *another* socket passed in
-//! the same message, whose bytes would then have gone to it). A receiver without the hook gets
-//! the extra fds and a socket it cannot use: passing swapped sockets needs the hook on both
+//! appends, for each passed swapped socket, its segment's memfd to the message's `SCM_RIGHTS`
+//! fds, and counts the receiver as one more holder of that end (as after fork). The receiver's
+//! hook takes those trailing memfds out of the message before the application sees it, and
+//! attaches each segment to the received socket it belongs to. A receiver without the hook
+//! gets the extra fds and a socket it cannot use: passing swapped sockets needs the hook on both
 //! sides.
+//!
+//! Which socket, and as which end, travels with the memfd itself: the sender passes a new open
+//! description of the memfd (re-opened through `/proc/self/fd`) whose file offset is
+//! `2 * index + end`, `index` being the socket's place among the message's fds. An open
+//! description is shared by the sender and the receiver only, so nobody else can change that
+//! offset; the segment, which the peer maps read-write, is not involved (issue 16: the header
+//! field that named the socket let a lying peer have the segment attached to *another* socket
+//! passed in the same message, whose bytes would then have gone through the peer's rings). One
+//! extra fd per socket, as before: the padding of an application's control buffer sized for
+//! its own fds often has room for exactly that.
 
 use std::sync::atomic::Ordering::{AcqRel, Relaxed};
 
@@ -83,8 +88,12 @@ pub unsafe fn send(fd: c_int, msg: *const msghdr, flags: c_int) -> Option<isize>
     // SAFETY: a SCM_RIGHTS header of the caller's message.
     let fds = unsafe { fds_of(rights) };
     let mut extra = [0 as c_int; MAX_FDS];
+    // The re-opened descriptions, ours, closed when this returns (the message holds its own).
+    let mut opened: Vec<Fd> = Vec::new();
+    // The passed fds whose receiver was counted (undone if the send fails).
+    let mut handed: Vec<c_int> = Vec::new();
     let mut n_extra = 0;
-    for &passed in fds.iter() {
+    for (index, &passed) in fds.iter().enumerate() {
         let Some(c) = table::lookup(passed) else { continue };
         if table::lookup_swapped(passed).is_none() {
             // Still plain: the receiver cannot share this process's byte counts, so this
@@ -92,14 +101,18 @@ pub unsafe fn send(fd: c_int, msg: *const msghdr, flags: c_int) -> Option<isize>
             sys::with_errno_kept(|| c.give_up());
             continue;
         }
-        if n_extra + 2 + fds.len() > MAX_FDS {
+        if n_extra + fds.len() >= MAX_FDS {
             return None;
         }
-        let Some(memfd) = c.hand_over(passed) else { continue };
-        // The pair's order says the end (see the module documentation).
-        let pair = if c.end() == End::Client { [memfd, passed] } else { [passed, memfd] };
-        extra[n_extra..n_extra + 2].copy_from_slice(&pair);
-        n_extra += 2;
+        let Some(memfd) = c.memfd_raw() else { continue };
+        let Some(tagged) = tagged_description(memfd, index, c.end()) else { continue };
+        if c.hand_over(passed).is_none() {
+            continue;
+        }
+        handed.push(passed);
+        extra[n_extra] = tagged.raw();
+        opened.push(tagged);
+        n_extra += 1;
     }
     if n_extra == 0 {
         return None;
@@ -129,7 +142,7 @@ pub unsafe fn send(fd: c_int, msg: *const msghdr, flags: c_int) -> Option<isize>
     let rc = unsafe { sys::sendmsg(fd, &copy, flags) };
     if rc < 0 {
         let e = sys::errno();
-        for &passed in fds.iter() {
+        for &passed in &handed {
             if let Some(c) = table::lookup_swapped(passed) {
                 c.undo_hand_over();
             }
@@ -158,30 +171,19 @@ pub unsafe fn received(msg: *mut msghdr) {
     let Some(rights) = (unsafe { last_rights(m) }) else { return };
     // SAFETY: the SCM_RIGHTS header the kernel just wrote.
     let fds = unsafe { fds_of(rights) };
-    // The trailing (memfd, socket) / (socket, memfd) pairs, from the last one back.
-    let mut app_len = fds.len();
-    while app_len >= 2 {
-        let (a, b) = (fds[app_len - 2], fds[app_len - 1]);
-        if !(is_segment(a) && socket_inode(b).is_some() || socket_inode(a).is_some() && is_segment(b)) {
-            break;
-        }
-        app_len -= 2;
+    let mut segments = 0;
+    while segments < fds.len() && is_segment(fds[fds.len() - 1 - segments]) {
+        segments += 1;
     }
-    if app_len == fds.len() {
+    if segments == 0 {
         return;
     }
-    let (app, pairs) = fds.split_at(app_len);
-    for pair in pairs.chunks_exact(2) {
-        let (memfd, sock, end) = if is_segment(pair[0]) { (pair[0], pair[1], End::Client) } else { (pair[1], pair[0], End::Server) };
-        // SAFETY: the kernel just installed these fds for us; nobody else knows them.
-        let (memfd, sock) = unsafe { (Fd::from_raw(memfd), Fd::from_raw(sock)) };
-        // The received socket that is the same file as the pair's copy.
-        let inode = socket_inode(sock.raw());
-        let target = app.iter().copied().find(|&fd| inode.is_some() && socket_inode(fd) == inode);
-        if let Some(target) = target {
-            table::adopt_swapped(target, end, memfd);
-        }
-        // The pair's copy of the socket closes with `sock`.
+    let (app, memfds) = fds.split_at(fds.len() - segments);
+    for &memfd in memfds {
+        // SAFETY: the kernel just installed this fd for us; nobody else knows it.
+        let memfd = unsafe { Fd::from_raw(memfd) };
+        let Some((sock, end)) = target_of(&memfd, app) else { continue };
+        table::adopt_swapped(sock, end, memfd);
     }
     // SAFETY: shrinks the last header (and the control length) so the application sees only
     // its own fds; both stay within what the kernel wrote.
@@ -190,12 +192,6 @@ pub unsafe fn received(msg: *mut msghdr) {
         let end = rights as usize - m.msg_control as usize + libc::CMSG_SPACE(size_of_val(app) as u32) as usize;
         m.msg_controllen = end.min(m.msg_controllen);
     }
-}
-
-/// The inode of `fd` if it is a socket.
-fn socket_inode(fd: c_int) -> Option<u64> {
-    let st = sys::fstat(fd).ok()?;
-    (st.st_mode & libc::S_IFMT == libc::S_IFSOCK).then_some(st.st_ino)
 }
 
 /// Whether `fd` is a tssx segment memfd (by its name in /proc).
@@ -213,7 +209,7 @@ fn is_segment(fd: c_int) -> bool {
 
 impl Conn {
     /// Before this end's socket `fd` is passed to another process: count the receiver as a
-    /// holder. Returns the memfd to pass along.
+    /// holder. Returns the memfd whose segment goes along.
     pub fn hand_over(&self, fd: c_int) -> Option<c_int> {
         let _ = fd;
         let memfd = self.memfd_raw()?;
@@ -225,4 +221,37 @@ impl Conn {
     pub fn undo_hand_over(&self) {
         self.header().refcount[self.end().index()].fetch_sub(1, AcqRel);
     }
+}
+
+/// A new open description of the segment memfd `memfd` whose file offset says where its socket
+/// is in the message and which end it is (see the module documentation).
+fn tagged_description(memfd: c_int, index: usize, end: End) -> Option<Fd> {
+    let mut path = *b"/proc/self/fd/\0\0\0\0\0\0\0\0\0\0\0\0";
+    let digits = memfd.to_string();
+    if memfd < 0 || digits.len() > 11 {
+        return None;
+    }
+    path[14..14 + digits.len()].copy_from_slice(digits.as_bytes());
+    // SAFETY: a NUL-terminated path in a live buffer; the new fd is owned below.
+    let fd = unsafe {
+        tssx_shm::sys::syscall(
+            libc::SYS_openat,
+            [libc::AT_FDCWD as usize, path.as_ptr() as usize, (libc::O_RDWR | libc::O_CLOEXEC) as usize, 0, 0, 0],
+        )
+    }
+    .ok()? as c_int;
+    // SAFETY: the fd just opened, ours alone.
+    let fd = unsafe { Fd::from_raw(fd) };
+    let tag = 2 * index as i64 + end.index() as i64;
+    (tssx_shm::sys::lseek(fd.raw(), tag, libc::SEEK_SET).ok()? == tag as usize).then_some(fd)
+}
+
+/// Which received socket (of `fds`) the passed segment in `memfd` belongs to, and as which end:
+/// from the file offset of the description the sender passed (see the module documentation).
+fn target_of(memfd: &Fd, fds: &[c_int]) -> Option<(c_int, End)> {
+    let tag = tssx_shm::sys::lseek(memfd.raw(), 0, libc::SEEK_CUR).ok()?;
+    let end = End::from_index(tag % 2)?;
+    let &fd = fds.get(tag / 2)?;
+    let st = sys::fstat(fd).ok()?;
+    (st.st_mode & libc::S_IFMT == libc::S_IFSOCK).then_some((fd, end))
 }
