@@ -46,6 +46,36 @@ fn path_over_107_bytes_is_refused() {
     assert_one_line_error(&out, &["108 bytes", "at most 107"]);
 }
 
+/// A malformed pattern names itself and what is wrong, in one line; good patterns of every
+/// shape are accepted (the agent then fails only for want of root, or starts).
+#[test]
+fn malformed_patterns_are_refused_with_the_reason() {
+    for (pattern, needles) in [
+        ("/run/[ab.sock", &["/run/[ab.sock", "without its closing ]"][..]),
+        ("/run/**/x.sock", &["/run/**/x.sock", "uses **, which is not supported", "directory prefix ending in /"][..]),
+        ("/run/../x.sock", &["/run/../x.sock", "normal form"][..]),
+        ("/run/[a/b].sock", &["inside [...]"][..]),
+        ("/run/x\\", &["escapes nothing"][..]),
+        ("*.sock", &["*.sock", "relative", "working directory"][..]),
+        ("@", &["no name after the @"][..]),
+    ] {
+        let out = agent(&["--paths", &format!("/ok/,{pattern}")]);
+        assert_eq!(out.status.code(), Some(2), "{pattern}: {out:?}");
+        assert_one_line_error(&out, needles);
+    }
+}
+
+#[test]
+fn help_explains_the_patterns() {
+    let out = agent(&["--help"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in ["/run/php/", "/run/php/*.sock", ".s.PGSQL.*", "@name*", "any depth", "relative address", "working directory"] {
+        assert!(text.contains(needle), "--help lacks {needle}: {text}");
+    }
+    let short = String::from_utf8_lossy(&agent(&["-h"]).stdout).into_owned();
+    assert!(short.contains("directories (ending in /), globs"), "{short}");
+}
+
 /// Runs a valid agent command line under `wrapper` (e.g. `setpriv ... --`), with its own
 /// state directory.
 fn wrapped_agent(test: &str, wrapper: &[&str]) -> Output {
@@ -122,4 +152,38 @@ fn second_agent_on_the_same_state_dir_is_refused() {
     assert_eq!(out.status.code(), Some(1));
     assert_one_line_error(&out, &["already running"]);
     assert!(first.stop().success());
+}
+
+/// Without `--max-connections` the limit follows the machine: a quarter of `MemTotal` in
+/// segments of two rings and a header page each, capped by what the agent's fd limit serves
+/// (five descriptors a connection: its segment and four held claims, plus 516 of its own).
+#[test]
+fn default_connection_limit_is_derived_from_memory_and_the_fd_limit() {
+    require_root();
+    let dir = TempDir::new("derived-limit");
+    let state = dir.join("state");
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let mem_kib: u64 =
+        meminfo.lines().find_map(|l| l.strip_prefix("MemTotal:")).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+    for ring in [1u64 << 20, 16384] {
+        let agent = Agent::start_with(&["/tmp/tssx-derived-limit.sock"], &state, &["--ring-size", &ring.to_string()]);
+        let by_memory = (mem_kib * 1024 / 4 / (2 * ring + 4096)).clamp(16, 1_000_000);
+        let derived = agent.events("connection");
+        assert_eq!(derived.len(), 1, "{:?}", agent.trace());
+        assert_eq!(derived[0]["by_memory"], by_memory, "{derived:?}");
+        let fd_limit = derived[0]["fd_limit"].as_u64().unwrap();
+        let expected = by_memory.min(fd_limit.saturating_sub(516) / 5).max(1);
+        assert_eq!(derived[0]["max_connections"], expected, "{derived:?}");
+        assert_eq!(agent.stats()["max_connections"], expected);
+        // The agent's own limit really is that high (raised for it).
+        let limits = std::fs::read_to_string(format!("/proc/{}/limits", agent.pid())).unwrap();
+        let open_files = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+        assert_eq!(open_files.split_whitespace().nth(3).unwrap().parse::<u64>().unwrap(), fd_limit, "{open_files}");
+        assert!(agent.stop().success());
+    }
+    // Given explicitly, it is taken as it is and nothing is derived.
+    let agent = Agent::start_with(&["/tmp/tssx-derived-limit.sock"], &state, &["--max-connections", "7"]);
+    assert!(agent.events("connection").is_empty());
+    assert_eq!(agent.stats()["max_connections"], 7);
+    assert!(agent.stop().success());
 }

@@ -402,6 +402,40 @@ fn postgres_gives_the_same_results_with_tssx() {
     assert!(agent.stop().success());
 }
 
+/// PostgreSQL as deployed: the agent watches its socket *directory* by prefix (`--paths
+/// /var/run/postgresql/`-style), not one socket path; every session that lasted is swapped, and
+/// traced with the socket's own path and the pattern that matched it.
+#[test]
+fn postgres_with_its_socket_directory_watched_by_prefix() {
+    require_root();
+    let dir = TempDir::new("app-pg-prefix");
+    chown_postgres(&dir);
+    let data = dir.join("data");
+    let mut initdb = as_postgres(&format!("{PG_BIN}/initdb"), false);
+    initdb.arg("-D").arg(&data).args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8", "--locale=C"]);
+    run(initdb, None);
+    let sock_dir: PathBuf = dir.join("run-postgresql");
+    let prefix = format!("{}/", path_str(&sock_dir));
+    let sock = path_str(&sock_dir.join(format!(".s.PGSQL.{PG_PORT}")));
+    let agent = HookedAgent::start(&[&prefix]);
+    let (out, sessions) = postgres_run(&data, &sock_dir, true);
+    assert!(out.contains("10000|75007500.0|name1|name9999"), "unexpected output: {}", &out[..out.len().min(500)]);
+    assert!(out.lines().count() > 20_000, "the 20 000-row result is missing");
+    let long: Vec<(u32, Duration)> = sessions.iter().copied().filter(|(_, t)| *t >= LONG_SESSION).collect();
+    assert!(!long.is_empty(), "no session of {LONG_SESSION:?} or more in postgres's log: {sessions:?}");
+    let swapped_backends = || swapped_pairs(&agent, &sock).into_iter().map(|(_, server)| server).collect::<Vec<_>>();
+    poll_until(TRACE_TIMEOUT, || long.iter().all(|(pid, _)| swapped_backends().contains(pid)));
+    let missing: Vec<_> = long.iter().filter(|(pid, _)| !swapped_backends().contains(pid)).collect();
+    assert!(
+        missing.is_empty(),
+        "sessions (backend pid, duration) that lasted but were not swapped: {missing:?}; all: {sessions:?}; not swapped: {:?}",
+        not_swapped_reasons(&agent, &sock)
+    );
+    let swapped = agent.events_on("swapped", &sock);
+    assert!(swapped.iter().all(|s| s["pattern"] == prefix.as_str()), "{swapped:?}");
+    assert!(agent.stop().success());
+}
+
 // ------------------------------------------------------------------------------------ memcached
 
 /// Starts memcached on `sock` (no TCP), runs the client twice (two connections), stops it;
@@ -709,4 +743,106 @@ fn nginx_reverse_proxy_gives_the_same_responses_with_tssx() {
 #[test]
 fn nginx_backend_with_sendfile_gives_the_same_responses_with_tssx() {
     nginx_plain_vs_tssx("app-nginx-sendfile", &[NginxConfig { master_process: true, sendfile: true }]);
+}
+
+// ------------------------------------------------------------------------------------- D-Bus
+
+/// The test's D-Bus programs (dbus-python over libdbus, which passes fds with SCM_RIGHTS).
+const DBUS_SCRIPTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/dbus");
+
+/// A private bus's configuration: one Unix socket at `sock`, EXTERNAL authentication (the
+/// daemon checks the peer's credentials from the kernel), everything allowed.
+fn dbus_config(dir: &Path, sock: &str, hooked: bool) -> PathBuf {
+    let conf = dir.join(if hooked { "bus-tssx.conf" } else { "bus-plain.conf" });
+    std::fs::write(
+        &conf,
+        format!(
+            "<!DOCTYPE busconfig PUBLIC \"-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN\" \
+             \"http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd\">\n<busconfig>\n  <type>session</type>\n  \
+             <listen>unix:path={sock}</listen>\n  <auth>EXTERNAL</auth>\n  <policy context=\"default\">\n    \
+             <allow send_destination=\"*\" eavesdrop=\"true\"/>\n    <allow eavesdrop=\"true\"/>\n    <allow own=\"*\"/>\n    \
+             <allow user=\"*\"/>\n  </policy>\n</busconfig>\n"
+        ),
+    )
+    .expect("write the bus configuration");
+    conf
+}
+
+/// One D-Bus session on a private bus at `sock`: dbus-daemon, a service and a client (method
+/// calls, a 200 KB string, fds both ways, several fds in flight, signals), then `gdbus` calls
+/// (GDBus's own implementation). Returns the outputs and the pids of the bus's clients.
+fn dbus_run(dir: &Path, sock: &str, hooked: bool) -> (String, Vec<(u32, &'static str)>) {
+    let address = format!("unix:path={sock}");
+    let mut daemon = command("dbus-daemon", hooked);
+    daemon.arg(format!("--config-file={}", dbus_config(dir, sock, hooked).display())).args(["--nofork", "--nopidfile"]);
+    let mut daemon = Daemon::spawn("dbus-daemon", daemon);
+    daemon.wait_ready(|| Path::new(sock).exists());
+    let mut service = command("/usr/bin/python3", hooked);
+    service.arg(format!("{DBUS_SCRIPTS}/service.py")).arg(&address);
+    let service = Daemon::spawn("the D-Bus service (python3-dbus)", service);
+    service.process.expect_line("ready", DAEMON_TIMEOUT);
+    let mut pids = vec![(service.process.pid(), "service.py")];
+    let mut client = command("/usr/bin/python3", hooked);
+    client.arg(format!("{DBUS_SCRIPTS}/client.py")).args([&address, "300"]);
+    let (mut out, pid) = run_pid(client, None);
+    pids.push((pid, "client.py"));
+    let gdbus = |method: &str, args: &[&str]| {
+        let mut cmd = command("gdbus", hooked);
+        cmd.args(["call", "--address", &address, "--dest", "org.tssx.Test", "--object-path", "/org/tssx/Test", "--method"])
+            .arg(format!("org.tssx.Test.{method}"))
+            .args(args);
+        run_pid(cmd, None)
+    };
+    let (echo, pid) = gdbus("Echo", &["from gdbus"]);
+    out += &echo;
+    pids.push((pid, "gdbus call"));
+    let (quit, pid) = gdbus("Quit", &[]);
+    out += &quit;
+    pids.push((pid, "gdbus call"));
+    let mut service = service;
+    let status = service.process.wait(DAEMON_TIMEOUT).expect("the service exits after Quit");
+    assert!(status.success(), "the service exited with {status}: {}", service.process.stderr_text());
+    out += &service.process.stdout_lines().join("\n");
+    daemon.stop(libc::SIGTERM);
+    (out, pids)
+}
+
+#[test]
+fn dbus_daemon_gives_the_same_results_with_tssx() {
+    require_root();
+    let dir = TempDir::new("app-dbus");
+    let (plain_sock, tssx_sock) = (path_str(&dir.join("plain.sock")), path_str(&dir.join("bus.sock")));
+    // Every connection claims on its first call: each one migrates early, authentication
+    // (EXTERNAL, the daemon asks the kernel for the peer's credentials) before or after.
+    let agent = HookedAgent::start_with(&[&tssx_sock], &["--claim-after", "0"]);
+    let (plain, _) = dbus_run(&dir, &plain_sock, false);
+    for expected in [
+        "sum of 300 calls: 117600",
+        "echo big: True",
+        "echo big after the fds: True",
+        "ReadFd: 70000 bytes",
+        "MakeFd: second",
+        "signals: ['a', 'b', 'c']",
+    ] {
+        assert!(plain.contains(expected), "{expected:?} missing: {plain}");
+    }
+    let (tssx, clients) = dbus_run(&dir, &tssx_sock, true);
+    assert_same("D-Bus session", &plain, &tssx);
+    for &(pid, what) in &clients {
+        assert_client_swapped(&agent, &tssx_sock, pid, 1, what);
+    }
+    // The client's connection stayed on the rings through the fd passing: both 200 KB echoes
+    // (one after the fds), each way, crossed shared memory.
+    let client = clients[1].0;
+    let connection = agent
+        .events_on("swapped", &tssx_sock)
+        .into_iter()
+        .find(|e| e["message"].as_str().is_some_and(|m| m.starts_with(&format!("swapped {client}/"))))
+        .map(|e| e["connection"].clone())
+        .expect("the client's swap");
+    poll_until(TRACE_TIMEOUT, || agent.events_on("closed", &tssx_sock).iter().any(|c| c["connection"] == connection));
+    let closed = agent.events_on("closed", &tssx_sock).into_iter().find(|c| c["connection"] == connection).expect("closed");
+    let bytes = closed["bytes_client_to_server"].as_u64().unwrap_or(0) + closed["bytes_server_to_client"].as_u64().unwrap_or(0);
+    assert!(bytes >= 800_000, "only {bytes} bytes of the client's connection crossed shared memory: {closed}");
+    assert!(agent.stop().success());
 }

@@ -466,6 +466,11 @@ scenarios! {
     splice_both_ways_with_bytes_in_flight_bulk_and_errors: "splice", server [], client [], connections 1, shm 2 * 1_048_576;
     sendfile_offsets_eof_bad_inputs_and_bulk: "sendfile", server [], client [], connections 1, shm 1_048_576;
     so_peek_off_forward_back_off_blocking_and_eof: "peekoff", server [], client [], connections 1, shm 20;
+    // Issue 14, ancillary data on swapped sockets: fds through the kernel, positioned in the stream.
+    scm_rights_in_the_stream: "ancdata", server [], client [], connections 2, shm 60;
+    scm_credentials_checked_by_the_kernel_then_so_passcred: "creds", server [], client [], connections 1, shm 10;
+    so_passcred_hands_back_under_epoll: "passcred_epoll", server [], client [], connections 1, shm 5;
+    so_passcred_hands_back_under_edge_triggered_epoll: "passcred_epoll", server ["et"], client [], connections 1, shm 5;
 }
 
 /// Bytes echoed by the `echo` client with 20 connections and 10 rounds (fixed by its seeds).

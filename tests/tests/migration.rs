@@ -120,6 +120,7 @@ fn killing_an_end_mid_migration_never_hangs_the_other() {
         victim.kill9();
         let started = Instant::now();
         let status = survivor.wait(Duration::from_secs(10));
+        survivor.wait_closed(Duration::from_secs(2));
         let stderr = survivor.stderr_text();
         assert!(status.is_some(), "round {round} ({mode}): the survivor hung after its peer was killed: {stderr}");
         assert!(!stderr.contains("corrupt"), "round {round} ({mode}): {stderr}");
@@ -129,7 +130,7 @@ fn killing_an_end_mid_migration_never_hangs_the_other() {
                     || stderr.contains("reset")
                     || stderr.contains("Broken pipe")
                     || stderr.contains("broken pipe"),
-                "round {round} ({mode}): the survivor failed for another reason: {stderr}"
+                "round {round} ({mode}): the survivor failed for another reason: {status:?} {stderr}"
             );
         }
         assert!(started.elapsed() < Duration::from_secs(5), "round {round} ({mode}): survivor took {:?}", started.elapsed());

@@ -76,6 +76,8 @@ fn install_twice_then_uninstall_edits_exactly_one_line() {
         echo "--- installed"; cat /etc/ld.so.preload
         echo "--- mode"; stat -c %a /etc/ld.so.preload "$T/lib/libtssx_preload.so"
         echo "--- mapped"; grep -c libtssx_preload /proc/self/maps || true
+        echo "--- source elf"; readelf -SW "$HOOK" | grep -c -e ' \.symtab ' -e ' \.debug_' || true
+        echo "--- copy elf"; readelf -SW "$T/lib/libtssx_preload.so" | grep -c -e ' \.symtab ' -e ' \.debug_' || true
         "$AGENT" uninstall --lib-dir "$T/lib"
         "$AGENT" uninstall --lib-dir "$T/lib"
         echo "--- uninstalled"; cat /etc/ld.so.preload
@@ -91,6 +93,11 @@ fn install_twice_then_uninstall_edits_exactly_one_line() {
     assert_eq!(section(&stdout, "mode"), "644\n644\n");
     // A new process (grep) really has the hook mapped, from the preload file alone.
     assert_ne!(section(&stdout, "mapped").trim(), "0", "{stdout}");
+    // The installed copy has no symbol table and no debug info, whichever build it came from;
+    // install says when it stripped them (the debug build's hook has both).
+    assert_eq!(section(&stdout, "copy elf").lines().next(), Some("0"), "{stdout}");
+    let source_unstripped = section(&stdout, "source elf") != "0\n";
+    assert_eq!(stdout.matches("stripped the symbol table and debug info of").count(), if source_unstripped { 2 } else { 0 }, "{stdout}");
     assert_eq!(section(&stdout, "uninstalled"), format!("{}\n", other_library()));
     assert_eq!(section(&stdout, "mapped after").trim(), "0");
     assert!(!section(&stdout, "copy").contains("libtssx_preload.so"), "{stdout}");

@@ -14,6 +14,18 @@ use crate::{COMM_LEN, SUN_PATH_LEN};
 /// `addrlen - 2` bytes, so the whole `sun_path` is compared.
 pub type PathKey = [u8; SUN_PATH_LEN];
 
+/// [`Event::path_id`] (and a parked call's) of an address that a pattern's literal prefix
+/// covers but whose full match the agent decides (a glob: the event carries the address).
+pub const PATH_ID_CANDIDATE: u32 = u32::MAX - 1;
+/// [`Event::path_id`] (and a parked call's) of a relative filesystem address (not starting
+/// with `/`): the agent resolves it against the caller's working directory.
+pub const PATH_ID_RELATIVE: u32 = u32::MAX - 2;
+/// Whether a path id names a pattern (an index into the agent's list), as opposed to
+/// [`PATH_ID_CANDIDATE`] or [`PATH_ID_RELATIVE`].
+pub const fn is_pattern_id(id: u32) -> bool {
+    id < PATH_ID_RELATIVE
+}
+
 /// What happened. Stored as a `u32` in [`Event::kind`].
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -74,7 +86,9 @@ pub struct Event {
     pub ts_ns: u64,
     /// An [`EventKind`] as `u32`.
     pub kind: u32,
-    /// Id of the watched path (the value in `WATCHED_PATHS`); 0 for fork/exit.
+    /// Id of the watched pattern (the value in `WATCHED_PATHS` or `WATCHED_PREFIXES`, or the
+    /// listener's in `LISTENERS`), or [`PATH_ID_CANDIDATE`] / [`PATH_ID_RELATIVE`] for the
+    /// agent to decide; 0 for fork/exit.
     pub path_id: u32,
     /// Thread id of the calling task (what user space calls the tid).
     pub pid: u32,
@@ -90,16 +104,26 @@ pub struct Event {
     pub other_pid: u32,
     /// The calling task's `comm`, NUL-padded.
     pub comm: [u8; COMM_LEN],
+    /// For bind and connect: how many bytes of [`Event::addr`] the caller's address has.
+    pub addr_len: u32,
+    /// For bind and connect: the caller's `sun_path` (a path up to its NUL, an abstract name
+    /// with its leading NUL), zero-padded; zeros otherwise.
+    pub addr: PathKey,
 }
 
 /// Size in bytes of one [`Event`] record.
 pub const EVENT_SIZE: usize = core::mem::size_of::<Event>();
-const _: () = assert!(EVENT_SIZE == 56, "Event layout changed: update both sides");
+const _: () = assert!(EVENT_SIZE == 168, "Event layout changed: update both sides");
 
 impl Event {
     /// The decoded kind, or `None` if the kernel side sent a kind this build does not know.
     pub const fn event_kind(&self) -> Option<EventKind> {
         EventKind::from_u32(self.kind)
+    }
+
+    /// The caller's address bytes (bind, connect; empty otherwise).
+    pub fn addr_bytes(&self) -> &[u8] {
+        &self.addr[..(self.addr_len as usize).min(SUN_PATH_LEN)]
     }
 
     /// The `comm` bytes up to the first NUL.
@@ -145,6 +169,11 @@ pub struct TraceConfig {
     pub exit_group_dead_off: u32,
     /// Non-zero once the agent filled this entry; programs do nothing before that.
     pub ready: u32,
+    /// Non-zero if relative filesystem addresses are reported (as [`PATH_ID_RELATIVE`]): the
+    /// agent watches filesystem patterns.
+    pub relative: u32,
+    /// Unused; keeps the size a multiple of 8.
+    pub _reserved: u32,
 }
 
 impl TraceConfig {
@@ -162,6 +191,10 @@ pub struct PendingCall {
     pub path_id: u32,
     /// The fd the call was made on.
     pub fd: i32,
+    /// Bytes of `addr` that count (bind, connect).
+    pub addr_len: u32,
+    /// The address (see [`Event::addr`]).
+    pub addr: PathKey,
     /// Unused; keeps the size a multiple of 8.
     pub _reserved: u32,
 }
@@ -192,6 +225,8 @@ mod tests {
             new_fd: 7,
             other_pid: 0,
             comm,
+            addr_len: 0,
+            addr: [0; SUN_PATH_LEN],
         }
     }
 

@@ -1,6 +1,7 @@
 //! Types shared by every boundary of tssx.
 //!
 //! * [`control`]: the control protocol between the preload hook and the agent.
+//! * [`pattern`]: the watched-address patterns of `--paths` and their matcher (agent and hook).
 //! * [`event`]: what the eBPF programs send to the agent through the `EVENTS` ring buffer, and
 //!   the keys and values of the eBPF maps the agent fills or reads.
 //!
@@ -12,6 +13,7 @@
 
 pub mod control;
 pub mod event;
+pub mod pattern;
 // The segment ABI uses 32-bit atomics, which the BPF target lacks; only user space needs it.
 #[cfg(not(target_arch = "bpf"))]
 pub mod segment;
@@ -27,13 +29,19 @@ pub const AF_UNIX: u16 = 1;
 
 /// Names of the eBPF maps, shared so that the loader and the programs cannot disagree.
 pub mod maps {
-    /// `HashMap<PathKey, u32>`: watched `sun_path` values to their path id (filled by the agent).
+    /// `HashMap<PathKey, u32>`: exact watched `sun_path` values to their pattern id (filled by
+    /// the agent).
     pub const WATCHED_PATHS: &str = "WATCHED_PATHS";
+    /// `LpmTrie<PrefixKey, u32>`: literal prefixes of the watched patterns (directories,
+    /// globs, abstract prefixes) to a pattern id, or to `PATH_ID_CANDIDATE` when the agent must
+    /// finish the match (filled by the agent).
+    pub const WATCHED_PREFIXES: &str = "WATCHED_PREFIXES";
     /// `Array<TraceConfig>` with one entry: tracepoint field offsets read from tracefs.
     pub const CONFIG: &str = "CONFIG";
     /// `RingBuf` of [`crate::event::Event`].
     pub const EVENTS: &str = "EVENTS";
-    /// `HashMap<u64, u32>`: `(tgid << 32) | fd` of watched listening sockets to their path id.
+    /// `HashMap<u64, u32>`: `(tgid << 32) | fd` of watched listening sockets to their pattern id
+    /// (`PATH_ID_CANDIDATE`/`PATH_ID_RELATIVE` until the agent decided).
     pub const LISTENERS: &str = "LISTENERS";
     /// `HashMap<u32, u32>`: tgid of a process that holds watched listeners, to the number of them.
     pub const OWNERS: &str = "OWNERS";

@@ -11,7 +11,7 @@
 //! # Layout
 //!
 //! ```text
-//! offset 0                    SegmentHeader (768 bytes, 64-byte aligned)
+//! offset 0                    SegmentHeader (2048 bytes, 64-byte aligned)
 //!   0    immutable:           magic, version, header_size, total_size, ring_capacity,
 //!                             ring_offsets[2]
 //!   48   mutable, rarely:     tssx[2], state, refcount[2], reserved, socket_inode[2]
@@ -22,7 +22,9 @@
 //!                             consumer line: tail, consumer lock
 //!   384  rings[1] (B->A)      same
 //!   512  ends[0] (A)          migration lines of end A (see [`EndLine`])
-//!   640  ends[1] (B)          migration lines of end B (the header is 768 bytes)
+//!   640  ends[1] (B)          migration lines of end B
+//!   768  anc[0] (A->B)        ancillary records of ring A->B (see [`AncQueue`])
+//!   1408 anc[1] (B->A)        same (the header is 2048 bytes)
 //! RING_DATA_OFFSET (4096)     ring data A->B, `ring_capacity` bytes
 //! align_up(.., 4096)          ring data B->A, `ring_capacity` bytes
 //! align_up(.., 4096)          end = total_size
@@ -80,6 +82,32 @@
 //! all, as garbage on a plain socket would; every use clamps them (`saturating_sub`, `min` with
 //! what the socket holds). See the threat model below.
 //!
+//! # Ancillary data: fds and credentials travel through the kernel
+//!
+//! A `sendmsg` with control messages (`SCM_RIGHTS`, `SCM_CREDENTIALS`) on a connection whose
+//! writes are on the ring keeps its bytes on the ring, and sends its control messages through
+//! the kernel, on the real socket, attached to one *marker* byte ([`ANC_MARKER`]): the kernel
+//! checks them there exactly as for a plain `sendmsg` (an fd that is not open, a bad length,
+//! more than `SCM_MAX_FD` fds, credentials the sender may not claim: the kernel's errno, and
+//! nothing is sent). The ring only carries *where* they belong: an [`AncRecord`] in the
+//! direction's [`AncQueue`] says at which ring position the message's bytes start, how many
+//! there are, and how many doorbells were sent before the marker. A reader that reaches that
+//! position takes the marker with `recvmsg` into the application's control buffer (so the
+//! kernel applies `MSG_CTRUNC`, `MSG_CMSG_CLOEXEC`, `SO_PASSCRED` itself) and stops after the
+//! message's bytes, as `af_unix` stops a stream read after an skb that carries fds.
+//!
+//! **Security rule.** Shared memory never carries an fd, a pid, a uid or a gid: those only
+//! come out of the kernel's `recvmsg` of a marker. A peer that writes the queue wrongly can
+//! only misplace its own control messages in its own byte stream, or make the reader take a
+//! doorbell byte as a marker (which carries nothing): it can neither forge credentials nor
+//! make the receiver take an fd the kernel did not pass.
+//!
+//! Doorbells and markers share the socket, in the order they were sent (both are sent under
+//! the writer's producer lock). A doorbell drainer never takes more than
+//! `bells - bells_drained` bytes of the oldest pending record, so it never reads a marker;
+//! a reader takes a marker only after the doorbells before it are drained and a peek shows
+//! the marker byte (doorbell bytes are `0`).
+//!
 //! # Threat model: a hostile peer
 //!
 //! Both ends map the whole segment read-write, and the ends may be processes of different users
@@ -113,7 +141,7 @@
 //! | `state` | either end (compare-and-swap) | the victim gives the migration up (stays or goes plain) or its switch fails: its stream from the peer turns to garbage or ends | garbage, EOF |
 //! | `refcount[peer]` | the peer's processes, the agent (a dead end's to 0) | 0: the victim sees the peer closed (EOF, EPIPE); non-zero after the peer died: the socket's EOF tells instead | what a close does |
 //! | `refcount[own]` | the victim's processes | waits poll with a short timeout (CPU), the reset mark or last-close doorbell to the peer is wrong, a close may hand the connection back | never frees or unmaps anything: the process's own counts do |
-//! | `socket_inode` | nobody (unused since version 4) | nothing: a segment passed with `SCM_RIGHTS` names its socket by the file offset of the open description passed (private to sender and receiver), never through the header | - |
+//! | `socket_inode` | nobody (unused since version 5) | nothing: a segment passed with `SCM_RIGHTS` names its socket by the file offset of the open description passed (private to sender and receiver), never through the header | - |
 //! | `asleep[peer]` | the peer's waiters | the victim sends a needless doorbell per transfer (a non-blocking one-byte send) | a slow peer costs as much |
 //! | `asleep[own]` | the victim's waiters | the victim's waiters poll with short timeouts instead of draining doorbells; 0 while it sleeps: the peer (the liar) rings no doorbell, so the victim waits for data, EOF or the peer's death | a peer that sends nothing |
 //! | `shut[peer]` | the peer | `SHUT_WRITE`: EOF; `SHUT_READ`: EPIPE; `SHUT_RESET`: ECONNRESET, only once the peer is really gone | the peer's own shutdown or close |
@@ -126,8 +154,10 @@
 //! | `ends[peer].replay_from` | the peer | at the victim's hand-back, its ring's unread bytes from there are sent on the socket, only within `head - capacity ..= head`; that send waits for room as a blocking write does | a peer that never reads |
 //! | `ends[own].*` (`switch_at`, `back_at`, `sock_read`, `bells_drained`, `replay_from`) | the victim | the victim writes on the socket instead of its ring (hands back), takes socket data for doorbells or the reverse, stops reading the ring early (then waits); `bells_drained` rewritten without pause makes the victim's reservations retry while the peer writes | garbage, loss, waits that end with the peer |
 //! | `ends[*].active_ns`, `reserved` | the end | the agent's traces (timestamps) are wrong | - |
+//! | `anc[peer].sent`, `slots` | the peer (the writer of that ring) | the victim takes a marker at a wrong position, or a doorbell byte for a marker (which carries nothing): the peer's control messages land elsewhere in its own stream; every value is clamped | fds and credentials only ever come from the kernel's `recvmsg` of a marker: never forged |
+//! | `anc[own].taken` | the victim (the reader of the peer's ring) | the victim, as the writer of its own ring, reads the peer's `taken` for its queue: a queue that looks full (it hands the connection back) or has room it has not (records overwritten: its messages misplaced) | garbage, a hand-back |
 //!
-//! Until version 4 the pairing of a passed segment with its socket went through `socket_inode`:
+//! Until version 5 the pairing of a passed segment with its socket went through `socket_inode`:
 //! a peer that knew the inode of another socket the victim passed in the same message could have
 //! the receiving process attach the segment to that socket, whose bytes would then have gone
 //! through the rings to the peer. Now the sender passes an open description of the memfd whose
@@ -139,10 +169,10 @@ use core::sync::atomic::{AtomicU32, AtomicU64};
 pub const SEGMENT_MAGIC: u64 = u64::from_le_bytes(*b"TSSXSEG\0");
 
 /// Value of [`SegmentHeader::version`]. Bumped on any change to this file's layout or rules
-/// (4: a segment passed with `SCM_RIGHTS` names its socket and end by its open description's
+/// (5: a segment passed with `SCM_RIGHTS` names its socket and end by its open description's
 /// file offset, and [`SegmentHeader::socket_inode`] is no longer written nor read: hooks of
-/// version 3 would not find the socket).
-pub const SEGMENT_VERSION: u32 = 4;
+/// version 4 would not find the socket).
+pub const SEGMENT_VERSION: u32 = 5;
 
 /// Value of [`EndLine::switch_at`] and [`EndLine::back_at`] before the event they record.
 pub const NOT_YET: u64 = u64::MAX;
@@ -262,6 +292,49 @@ impl SegmentState {
     pub const fn as_u32(self) -> u32 {
         self as u32
     }
+}
+
+/// The byte that carries a `sendmsg`'s control messages on the real socket (see "Ancillary
+/// data" in the module documentation). Doorbell bytes are `0`.
+pub const ANC_MARKER: u8 = 0xa5;
+
+/// Ancillary records one direction can have in flight (sent, not yet taken by the reader); a
+/// writer that finds its queue full hands the connection back to the kernel.
+pub const ANC_SLOTS: usize = 16;
+
+/// Where one `sendmsg`'s control messages belong in the byte stream. Written by the writer end
+/// only, before it sends the marker; read by the reader end; untrusted (see the module
+/// documentation: a wrong record misplaces, it never forges).
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct AncRecord {
+    /// Ring position of the message's first byte.
+    pub pos: AtomicU64,
+    /// Number of the message's bytes on the ring (at least 1).
+    pub len: AtomicU64,
+    /// Doorbells the writer had sent before the marker (its `bells_sent` then).
+    pub bells: AtomicU64,
+    /// Reserved, zero.
+    pub reserved: u64,
+}
+
+/// The ancillary records of one ring (`anc[e]` belongs to `rings[e]`, written by end `e`).
+///
+/// Record number `n` (counting from 0 over the connection's life) lives in
+/// `slots[n % ANC_SLOTS]`. The writer fills a slot, then stores `sent = n + 1` (`SeqCst`),
+/// then sends the marker and writes the bytes to the ring, all under its producer lock; a
+/// marker the kernel refused is withdrawn (`sent` back to `n`) before the lock is released.
+/// The reader stores `taken = n + 1` (`SeqCst`, under its consumer lock) once it took the
+/// marker. `sent - taken` is at most [`ANC_SLOTS`]; the reader clamps every value it loads.
+#[repr(C, align(64))]
+#[derive(Debug, Default)]
+pub struct AncQueue {
+    /// Records published (written by the writer end).
+    pub sent: CacheLine<AtomicU64>,
+    /// Records taken (written by the reader end).
+    pub taken: CacheLine<AtomicU64>,
+    /// The records.
+    pub slots: [AncRecord; ANC_SLOTS],
 }
 
 /// Wrapper that gives its content a cache line of its own (alignment and size a multiple of
@@ -423,7 +496,7 @@ pub struct SegmentHeader {
     pub refcount: [AtomicU32; 2],
     /// Reserved, zero.
     pub reserved: u32,
-    /// Unused since version 4 (zero): it named the socket a segment passed with `SCM_RIGHTS`
+    /// Unused since version 5 (zero): it named the socket a segment passed with `SCM_RIGHTS`
     /// belongs to, which a lying peer could change; the pairing now travels in the message
     /// itself (see `tssx-user/hook/src/pass.rs`).
     pub socket_inode: [AtomicU64; 2],
@@ -445,6 +518,8 @@ pub struct SegmentHeader {
     pub rings: [RingControl; 2],
     /// Each end's migration progress: `ends[0]` is A's, `ends[1]` is B's.
     pub ends: [EndLine; 2],
+    /// Ancillary records of each ring (see [`AncQueue`]): `anc[0]` is A->B, `anc[1]` is B->A.
+    pub anc: [AncQueue; 2],
 }
 
 /// Where everything lies in a segment with a given ring capacity.
@@ -576,7 +651,10 @@ const _: () = {
     assert!(offset_of!(SegmentHeader, ends) == 8 * CACHE_LINE);
     assert!(offset_of!(EndLine, switch_at) == 8);
     assert!(offset_of!(EndLine, sock_written) == 40);
-    assert!(size_of::<SegmentHeader>() == 12 * CACHE_LINE);
+    assert!(size_of::<AncRecord>() == 32);
+    assert!(size_of::<AncQueue>() == 10 * CACHE_LINE);
+    assert!(offset_of!(SegmentHeader, anc) == 12 * CACHE_LINE);
+    assert!(size_of::<SegmentHeader>() == 32 * CACHE_LINE);
     assert!(align_of::<SegmentHeader>() == CACHE_LINE);
     assert!(size_of::<SegmentHeader>() <= RING_DATA_OFFSET);
     assert!(RING_DATA_OFFSET.is_multiple_of(SEGMENT_ALIGN));

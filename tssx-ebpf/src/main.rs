@@ -5,11 +5,20 @@
 //! our kernels (lockdown) and kprobes are not built in.
 //!
 //! How a connection is recognised:
-//! * `bind` on a watched path: `sys_enter_bind` looks the `sun_path` up in `WATCHED_PATHS` and
-//!   parks the call in `PENDING`; `sys_exit_bind` with ret 0 records `(tgid, fd)` in `LISTENERS`.
+//! * which addresses are watched: `sys_enter_bind`/`sys_enter_connect` read the `sun_path` and
+//!   look it up in `WATCHED_PATHS` (exact names), then in the LPM trie `WATCHED_PREFIXES` (the
+//!   literal prefixes of directory, glob and abstract-prefix patterns: the longest wins). A
+//!   prefix of a directory or of `@name*` decides alone (the value is the pattern id); a glob's
+//!   makes the address a candidate (`PATH_ID_CANDIDATE`) and a relative path is reported as
+//!   `PATH_ID_RELATIVE` (when the agent watches filesystem patterns): the agent finishes those
+//!   from the address the event carries.
+//! * `bind` on a watched path: the call is parked in `PENDING` with its address;
+//!   `sys_exit_bind` with ret 0 records `(tgid, fd)` in `LISTENERS` (a candidate undecided: the
+//!   agent writes its decision) and emits `Bind` with the address.
 //! * `accept`/`accept4` on a fd that is a watched listener of the process, or of an ancestor it
 //!   inherited the fd from (`PARENTS`, filled at fork), emits `Accept` when it returns a fd.
-//! * `connect` to a watched path emits `Connect` when it returns 0.
+//! * `connect` to a watched path (or a candidate) emits `Connect`, with the address, when it
+//!   returns 0.
 //! * `fork` (clone without `CLONE_THREAD`, told apart at `sys_enter_clone`/`clone3`) of a
 //!   listener owner records the child in `PARENTS` and emits `Fork`.
 //! * `close` of a listener fd forgets it; the last thread's exit emits `Exit` so the agent can

@@ -11,12 +11,12 @@ use aya_ebpf::{
         bpf_probe_read_user_buf, bpf_probe_read_user_str_bytes,
     },
     macros::{map, tracepoint},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{lpm_trie::Key as LpmKey, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
 };
 use aya_log_ebpf::warn;
 use tssx_common::{
-    event::{listener_key, Event, EventKind, PathKey, PendingCall, TraceConfig},
+    event::{listener_key, Event, EventKind, PathKey, PendingCall, TraceConfig, PATH_ID_RELATIVE},
     AF_UNIX, COMM_LEN, SUN_PATH_LEN,
 };
 
@@ -41,6 +41,17 @@ const WAKE_AT_UNREAD_BYTES: u64 = 256 << 10;
 
 #[map]
 static WATCHED_PATHS: HashMap<PathKey, u32> = HashMap::with_max_entries(256, 0);
+
+/// Literal prefixes of directory, glob and abstract-prefix patterns (see
+/// `tssx_common::pattern::KernelKey`): the value is the pattern id when the prefix decides
+/// alone, `PATH_ID_CANDIDATE` when the agent finishes the match on the event's address.
+#[map]
+static WATCHED_PREFIXES: LpmTrie<PathKey, u32> = LpmTrie::with_max_entries(256, 0);
+
+/// Scratch space for a `bind`/`connect` address (too big for the 512-byte stack next to the
+/// other values): per CPU, used within one program run.
+#[map]
+static SCRATCH: PerCpuArray<PendingCall> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 static CONFIG: Array<TraceConfig> = Array::with_max_entries(1, 0);
@@ -87,11 +98,16 @@ pub fn tssx_enter_bind(ctx: TracePointContext) -> u32 {
 pub fn tssx_exit_bind(ctx: TracePointContext) -> u32 {
     if let Some((call, pid_tgid)) = take_pending(&ctx, EventKind::Bind) {
         let tgid = (pid_tgid >> 32) as u32;
-        let _ = LISTENERS.insert(&listener_key(tgid, call.fd as u32), &call.path_id, 0);
+        // SAFETY: `call` points into the per-CPU scratch entry, which this run alone uses.
+        let (path_id, fd) = unsafe { ((*call).path_id, (*call).fd) };
+        // A candidate (glob, relative address) is recorded undecided (its path id says so):
+        // its accepts are reported from now on, and the agent, which matches the bind event's
+        // address, sets the pattern's id or removes the entry.
+        let _ = LISTENERS.insert(&listener_key(tgid, fd as u32), &path_id, 0);
         // SAFETY: a plain lookup of a u32 value that we copy out at once.
         let held = unsafe { OWNERS.get(&tgid) }.copied().unwrap_or(0);
         let _ = OWNERS.insert(&tgid, &(held + 1), 0);
-        emit(&ctx, pid_tgid, EventKind::Bind, call.path_id, call.fd, -1, 0);
+        emit_call(&ctx, pid_tgid, EventKind::Bind, call);
     }
     0
 }
@@ -110,7 +126,9 @@ pub fn tssx_enter_listen(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "syscalls", name = "sys_exit_listen")]
 pub fn tssx_exit_listen(ctx: TracePointContext) -> u32 {
     if let Some((call, pid_tgid)) = take_pending(&ctx, EventKind::Listen) {
-        emit(&ctx, pid_tgid, EventKind::Listen, call.path_id, call.fd, -1, 0);
+        // SAFETY: `call` points into the per-CPU scratch entry, which this run alone uses.
+        let (path_id, fd) = unsafe { ((*call).path_id, (*call).fd) };
+        emit(&ctx, pid_tgid, EventKind::Listen, path_id, fd, -1, 0);
     }
     0
 }
@@ -124,7 +142,7 @@ pub fn tssx_enter_connect(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "syscalls", name = "sys_exit_connect")]
 pub fn tssx_exit_connect(ctx: TracePointContext) -> u32 {
     if let Some((call, pid_tgid)) = take_pending(&ctx, EventKind::Connect) {
-        emit(&ctx, pid_tgid, EventKind::Connect, call.path_id, call.fd, -1, 0);
+        emit_call(&ctx, pid_tgid, EventKind::Connect, call);
     }
     0
 }
@@ -172,11 +190,11 @@ fn exit_accept(ctx: &TracePointContext) {
     // SAFETY: offset RET is `long ret` of every sys_exit_* tracepoint.
     let Ok(ret) = (unsafe { ctx.read_at::<i64>(RET) }) else { return };
     let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: plain lookup; the value is copied out at once.
-    let Some(call) = (unsafe { PENDING.get(&pid_tgid) }).copied() else { return };
+    // SAFETY: plain lookup; the fields used are copied out at once.
+    let Some((kind, path_id, fd)) = (unsafe { PENDING.get(&pid_tgid) }).map(|c| (c.kind, c.path_id, c.fd)) else { return };
     let _ = PENDING.remove(&pid_tgid);
-    if call.kind == EventKind::Accept as u32 && ret >= 0 {
-        emit(ctx, pid_tgid, EventKind::Accept, call.path_id, call.fd, ret as i32, 0);
+    if kind == EventKind::Accept as u32 && ret >= 0 {
+        emit(ctx, pid_tgid, EventKind::Accept, path_id, fd, ret as i32, 0);
     }
 }
 
@@ -346,7 +364,8 @@ fn watched_listener(tgid: u32, fd: u32) -> Option<u32> {
     None
 }
 
-/// `bind`/`connect` entry: if the address is a watched Unix path, park the call for its exit.
+/// `bind`/`connect` entry: if the address is a watched Unix path, or one the agent must look
+/// at (a glob candidate, a relative path), park the call (with its address) for its exit.
 #[inline(always)]
 fn enter_with_address(ctx: &TracePointContext, kind: EventKind) {
     // SAFETY: ARG0..ARG2 are `fd`, the sockaddr pointer and `addrlen` of sys_enter_bind and
@@ -355,93 +374,190 @@ fn enter_with_address(ctx: &TracePointContext, kind: EventKind) {
     else {
         return;
     };
-    let Some(path_id) = watched_path_id(addr as *const u8, addrlen as usize) else { return };
-    park(bpf_get_current_pid_tgid(), kind, path_id, fd as i32);
+    let Some(call) = SCRATCH.get_ptr_mut(0) else { return };
+    // SAFETY: the per-CPU scratch entry: this program run alone uses it (no preemption within
+    // a tracepoint program on one CPU), and it is a valid, aligned map value.
+    let call = unsafe { &mut *call };
+    if !read_address(addr as *const u8, addrlen as usize, call) {
+        return;
+    }
+    let Some(path_id) = watched_path_id(&call.addr) else { return };
+    call.kind = kind as u32;
+    call.path_id = path_id;
+    call.fd = fd as i32;
+    let _ = PENDING.insert(&bpf_get_current_pid_tgid(), call, 0);
 }
 
-/// Reads a user `sockaddr` and returns the id of the watched path it names, if any.
+/// Reads a user `sockaddr` into `call.addr`/`call.addr_len` (zero-padded): false if it is no
+/// named Unix address.
 #[inline(always)]
-fn watched_path_id(addr: *const u8, addrlen: usize) -> Option<u32> {
+fn read_address(addr: *const u8, addrlen: usize, call: &mut PendingCall) -> bool {
     const FAMILY_LEN: usize = 2;
     if addr.is_null() || addrlen <= FAMILY_LEN + 1 {
-        return None; // unnamed or autobind addresses are never watched
+        return false; // unnamed or autobind addresses are never watched
     }
     // SAFETY: reads 2 bytes from the user pointer the syscall received; faults return Err.
-    let family = unsafe { bpf_probe_read_user(addr.cast::<u16>()) }.ok()?;
+    let Ok(family) = (unsafe { bpf_probe_read_user(addr.cast::<u16>()) }) else { return false };
     if family != AF_UNIX {
-        return None;
+        return false;
     }
     let path_len = core::cmp::min(addrlen - FAMILY_LEN, SUN_PATH_LEN);
     // SAFETY: offset within the user's sockaddr; the helpers fault-check every access.
     let path_ptr = unsafe { addr.add(FAMILY_LEN) };
-    let mut key: PathKey = [0; SUN_PATH_LEN];
+    call.addr = [0; SUN_PATH_LEN];
     // SAFETY: one byte from the user pointer; faults return Err.
-    let first = unsafe { bpf_probe_read_user(path_ptr) }.ok()?;
-    if first == 0 {
+    let Ok(first) = (unsafe { bpf_probe_read_user(path_ptr) }) else { return false };
+    let len = if first == 0 {
         // Abstract name: not NUL-terminated, exactly `path_len` bytes are significant.
-        // SAFETY: reads into our stack buffer from the user pointer; faults return Err.
-        unsafe { bpf_probe_read_user_buf(path_ptr, &mut key) }.ok()?;
+        // SAFETY: reads into the scratch buffer from the user pointer; faults return Err.
+        if unsafe { bpf_probe_read_user_buf(path_ptr, &mut call.addr) }.is_err() {
+            return false;
+        }
+        path_len
     } else {
         // Filesystem path: up to the first NUL (callers may leave garbage after it).
-        // SAFETY: reads into our stack buffer from the user pointer; faults return Err.
-        unsafe { bpf_probe_read_user_str_bytes(path_ptr, &mut key) }.ok()?;
-    }
+        // SAFETY: reads into the scratch buffer from the user pointer; faults return Err.
+        match unsafe { bpf_probe_read_user_str_bytes(path_ptr, &mut call.addr) } {
+            Ok(bytes) => core::cmp::min(bytes.len(), path_len),
+            Err(_) => return false,
+        }
+    };
     // The kernel only looks at the first `path_len` bytes: clear the rest so keys compare equal.
-    for (i, byte) in key.iter_mut().enumerate() {
+    for (i, byte) in call.addr.iter_mut().enumerate() {
         if i >= path_len {
             *byte = 0;
         }
     }
-    // SAFETY: plain lookup; the value is copied out at once.
-    unsafe { WATCHED_PATHS.get(&key) }.copied()
+    call.addr_len = len as u32;
+    true
 }
+
+/// The id of the watched pattern that `key` (a `sun_path`, zero-padded) falls under: an exact
+/// name (hash), else the longest literal prefix (LPM trie: a pattern id, or
+/// `PATH_ID_CANDIDATE`); a relative path is `PATH_ID_RELATIVE` if the agent asked for them.
+#[inline(always)]
+fn watched_path_id(key: &PathKey) -> Option<u32> {
+    if key[0] != 0 && key[0] != b'/' {
+        return (config()?.relative != 0).then_some(PATH_ID_RELATIVE);
+    }
+    // SAFETY: plain lookup; the value is copied out at once.
+    if let Some(id) = unsafe { WATCHED_PATHS.get(key) } {
+        return Some(*id);
+    }
+    let lookup = LOOKUP.get_ptr_mut(0)?;
+    // SAFETY: the per-CPU lookup entry: this program run alone uses it.
+    let lookup = unsafe { &mut *lookup };
+    lookup.prefix_len = (SUN_PATH_LEN * 8) as u32;
+    lookup.data = *key;
+    WATCHED_PREFIXES.get(&*lookup).copied()
+}
+
+/// A per-CPU LPM-trie lookup key (112 bytes: off the stack).
+#[map]
+static LOOKUP: PerCpuArray<LpmKey<PathKey>> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
 fn park(pid_tgid: u64, kind: EventKind, path_id: u32, fd: i32) {
-    let call = PendingCall { kind: kind as u32, path_id, fd, _reserved: 0 };
-    let _ = PENDING.insert(&pid_tgid, &call, 0);
+    let Some(call) = SCRATCH.get_ptr_mut(0) else { return };
+    // SAFETY: the per-CPU scratch entry: this program run alone uses it.
+    let call = unsafe { &mut *call };
+    call.kind = kind as u32;
+    call.path_id = path_id;
+    call.fd = fd;
+    call.addr_len = 0;
+    call.addr = [0; SUN_PATH_LEN];
+    let _ = PENDING.insert(&pid_tgid, call, 0);
 }
 
-/// At a syscall's exit: the parked call of this thread if it is `kind` and returned 0.
+/// At a syscall's exit: the parked call of this thread if it is `kind` and returned 0, copied
+/// into the per-CPU scratch entry (valid for this program run).
 #[inline(always)]
-fn take_pending(ctx: &TracePointContext, kind: EventKind) -> Option<(PendingCall, u64)> {
+fn take_pending(ctx: &TracePointContext, kind: EventKind) -> Option<(*const PendingCall, u64)> {
     let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: plain lookup; the value is copied out at once.
-    let call = unsafe { PENDING.get(&pid_tgid) }.copied()?;
+    // SAFETY: plain lookup; the value is copied out at once (into the scratch entry).
+    let parked = unsafe { PENDING.get(&pid_tgid) }?;
+    let scratch = SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: the per-CPU scratch entry: this program run alone uses it.
+    unsafe { *scratch = *parked };
     let _ = PENDING.remove(&pid_tgid);
     // SAFETY: offset RET is `long ret` of every sys_exit_* tracepoint.
     let ret = unsafe { ctx.read_at::<i64>(RET) }.ok()?;
-    (call.kind == kind as u32 && ret == 0).then_some((call, pid_tgid))
+    // SAFETY: as above.
+    let parked_kind = unsafe { (*scratch).kind };
+    (parked_kind == kind as u32 && ret == 0).then_some((scratch as *const PendingCall, pid_tgid))
 }
 
-/// Sends one event to the agent; counts it in `DROPPED` and logs if the ring buffer is full.
+/// Sends the event of a parked bind/connect, with its address.
+#[inline(always)]
+fn emit_call(ctx: &TracePointContext, pid_tgid: u64, kind: EventKind, call: *const PendingCall) {
+    // SAFETY: `call` is the scratch entry filled by `take_pending` in this run.
+    let call = unsafe { &*call };
+    emit_with(ctx, pid_tgid, kind, call.path_id, call.fd, -1, 0, Some(call));
+}
+
+/// Sends one event without an address.
 #[inline(always)]
 fn emit(ctx: &TracePointContext, pid_tgid: u64, kind: EventKind, path_id: u32, fd: i32, new_fd: i32, other_pid: u32) {
-    let comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
-    let event = Event {
-        // SAFETY: bpf_ktime_get_ns has no preconditions.
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-        kind: kind as u32,
-        path_id,
-        pid: pid_tgid as u32,
-        tgid: (pid_tgid >> 32) as u32,
-        uid: bpf_get_current_uid_gid() as u32,
-        fd,
-        new_fd,
-        other_pid,
-        comm,
-    };
+    emit_with(ctx, pid_tgid, kind, path_id, fd, new_fd, other_pid, None);
+}
+
+/// Sends one event to the agent (written in place in the ring: it is too big for the stack);
+/// counts it in `DROPPED` and logs if the ring buffer is full.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn emit_with(
+    ctx: &TracePointContext,
+    pid_tgid: u64,
+    kind: EventKind,
+    path_id: u32,
+    fd: i32,
+    new_fd: i32,
+    other_pid: u32,
+    call: Option<&PendingCall>,
+) {
     // Per-connection events wake nobody: a short connection must not cost a wake-up of the
     // agent (on a busy machine, a context switch as long as the whole connection). The agent
     // reads them when a claim arrives (a claim worker drains the ring before it checks), on its
     // 100 ms tick, or when the ring fills up; bind and listen (rare) wake it at once.
-    let wake = matches!(kind, EventKind::Bind | EventKind::Listen) || EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKE_AT_UNREAD_BYTES;
+    //
+    // A relative address (rare) wakes it too: the agent resolves it against the caller's
+    // working directory, which it reads while the caller most likely still runs.
+    let wake = matches!(kind, EventKind::Bind | EventKind::Listen)
+        || path_id == PATH_ID_RELATIVE
+        || EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKE_AT_UNREAD_BYTES;
     let flags = if wake { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP };
-    if EVENTS.output::<Event>(&event, flags).is_err() {
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         if let Some(dropped) = DROPPED.get_ptr_mut(0) {
             // SAFETY: per-CPU slot; programs do not migrate CPUs while running.
             unsafe { *dropped += 1 };
         }
         warn!(ctx, "tssx: event ring buffer full, event dropped");
+        return;
+    };
+    let event = entry.as_mut_ptr();
+    // SAFETY: `event` points at a reserved, writable record of `size_of::<Event>()` bytes;
+    // every field is written before it is submitted.
+    unsafe {
+        (*event).ts_ns = bpf_ktime_get_ns();
+        (*event).kind = kind as u32;
+        (*event).path_id = path_id;
+        (*event).pid = pid_tgid as u32;
+        (*event).tgid = (pid_tgid >> 32) as u32;
+        (*event).uid = bpf_get_current_uid_gid() as u32;
+        (*event).fd = fd;
+        (*event).new_fd = new_fd;
+        (*event).other_pid = other_pid;
+        (*event).comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+        match call {
+            Some(call) => {
+                (*event).addr_len = call.addr_len;
+                (*event).addr = call.addr;
+            }
+            None => {
+                (*event).addr_len = 0;
+                (*event).addr = [0; SUN_PATH_LEN];
+            }
+        }
     }
+    entry.submit(flags);
 }

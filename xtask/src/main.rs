@@ -1,8 +1,8 @@
 //! `cargo xtask`: set-up, build, demo and test helpers for tssx.
 //!
 //! Every command runs `setup` first, which is idempotent: it installs what a fresh machine
-//! lacks (Debian packages, the nightly `rust-src` component, `bpf-linker`) and mounts bpffs and
-//! tracefs. Run as root: the agent loads eBPF programs.
+//! lacks (Debian packages, the nightly `rust-src` component, `bpf-linker`, `cargo-deb`) and
+//! mounts bpffs and tracefs. Run as root: the agent loads eBPF programs.
 
 use std::{
     io::{BufRead, BufReader},
@@ -13,15 +13,18 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{bail, Context as _};
+use anyhow::{bail, ensure, Context as _};
 use clap::{Parser, Subcommand};
 
 mod report;
+mod scale;
 mod soak;
 mod startcost;
 
 /// bpf-linker release that works with the nightly's LLVM 22 on our machines.
 const BPF_LINKER_VERSION: &str = "0.10.2";
+/// cargo-deb release that `cargo xtask package` uses (builds with our stable rustc in ~50 s).
+const CARGO_DEB_VERSION: &str = "3.8.0";
 /// Commands the tests use, and the Debian package that has each. The real-application tests
 /// (tests/tests/apps.rs) and `cargo xtask report` need the servers and their clients; the
 /// PostgreSQL server binaries live in bookworm's versioned directory, off PATH. nscd and nginx
@@ -43,6 +46,19 @@ const DEBIAN_TOOLS: &[(&str, &str)] = &[
     ("curl", "curl"),
     ("wrk", "wrk"),
     ("cc", "gcc"),
+    // `tssx-agent install` strips an unstripped hook; the tests read ELF sections.
+    ("strip", "binutils"),
+    ("readelf", "binutils"),
+    // `cargo xtask package` and its test.
+    ("dpkg-deb", "dpkg"),
+    ("dpkg-shlibdeps", "dpkg-dev"),
+    ("systemd-analyze", "systemd"),
+    // The D-Bus test (tests/tests/apps.rs): a private bus, dbus-python clients (libdbus passes
+    // fds with SCM_RIGHTS) on a GLib main loop, and GDBus's `gdbus`.
+    ("dbus-daemon", "dbus-daemon"),
+    ("gdbus", "libglib2.0-bin"),
+    ("/usr/lib/python3/dist-packages/dbus/__init__.py", "python3-dbus"),
+    ("/usr/lib/python3/dist-packages/gi/__init__.py", "python3-gi"),
 ];
 /// Debian's hook for `invoke-rc.d`: while it exits 101, package scripts start no services.
 const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
@@ -58,17 +74,29 @@ struct Cli {
 enum Cmd {
     /// Install what building and testing need (idempotent) and mount bpffs/tracefs.
     Setup,
-    /// Set up, then build the agent, the eBPF programs and the test programs.
-    Build,
-    /// Set up, build, start the agent on a demo socket, run a demo server and client on it,
-    /// and show the agent's trace.
+    /// Set up, then build the agent, the eBPF programs and the test programs into
+    /// target/debug/ (what the tests use), or with `--release` into target/release/ (optimized,
+    /// the agent and the hook stripped: what to deploy and install).
+    Build {
+        /// Build the release profile.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Set up, build the release profile, start the agent on a demo socket, run a demo server
+    /// and client on it, and show the agent's trace.
     Demo {
         /// Keep the agent running after the demo (until Ctrl-C).
         #[arg(long)]
         keep: bool,
+        /// Use the debug build (target/debug/, the tests' build) instead of the release build.
+        #[arg(long)]
+        debug: bool,
     },
     /// Set up, build, and run the agent with the given arguments (e.g. `-- --paths /run/a.sock`).
     Run {
+        /// Build and run the release profile (target/release/) instead of the debug one.
+        #[arg(long)]
+        release: bool,
         /// Arguments for tssx-agent.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -84,6 +112,9 @@ enum Cmd {
         /// Measure the debug build (unoptimized hook and agent) instead of the release build.
         #[arg(long)]
         debug: bool,
+        /// Run one section only and print it instead of writing the report (`nginx`).
+        #[arg(long, value_parser = ["nginx"])]
+        only: Option<String>,
     },
     /// Set up, build the release hook, and measure what it adds to every process start:
     /// `/bin/true` with the hook preloaded against an empty preloaded library (about a
@@ -110,8 +141,33 @@ enum Cmd {
         #[arg(long, default_value_t = 200)]
         hostile: u64,
     },
-    /// Set up, check formatting and clippy, build, and run every test (unit and end-to-end;
-    /// needs root). With extra arguments (a test filter), only those tests run.
+    /// Set up, build the release profile, and hold many swapped connections at once, then a
+    /// connection storm on top of them: the agent's CPU and memory at that scale, and checks
+    /// that no hook stalls and the agent keeps answering (a minute or two; not part of `test`).
+    Scale {
+        /// Connections held open (and swapped) at once.
+        #[arg(long, default_value_t = 10_000)]
+        connections: u64,
+        /// The agent's --ring-size (small: 10,000 connections of two 1 MiB rings pin 20 GiB).
+        #[arg(long, default_value_t = 16384)]
+        ring_size: u64,
+        /// Length of the storm in seconds (0: no storm).
+        #[arg(long, default_value_t = 10)]
+        storm_seconds: u64,
+        /// Storm client threads (each opens, uses and closes connections back to back).
+        #[arg(long, default_value_t = 8)]
+        storm_threads: u64,
+        /// Use the debug build instead of the release build.
+        #[arg(long)]
+        debug: bool,
+    },
+    /// Set up, build the release profile and from it the Debian package (cargo-deb):
+    /// target/debian/tssx_<version>-1_<arch>.deb with the agent (/usr/bin), the hook
+    /// (/usr/lib/tssx), the systemd unit, /etc/default/tssx-agent and the README.
+    Package,
+    /// Set up, check formatting and clippy, build, build the Debian package, and run every test
+    /// (unit and end-to-end; needs root). With extra arguments (a test filter), only those
+    /// tests run (the package is built for them only if an argument names `package`).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -133,14 +189,15 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
     setup()?;
     match cmd {
         Cmd::Setup => Ok(()),
-        Cmd::Build => build(),
-        Cmd::Demo { keep } => {
-            build()?;
-            demo(keep)
+        Cmd::Build { release } => build_profile(profile(release)),
+        Cmd::Demo { keep, debug } => {
+            let profile = profile(!debug);
+            build_profile(profile)?;
+            demo(&profile_dir(profile), keep)
         }
-        Cmd::Run { args } => {
-            build()?;
-            let status = Command::new(target_dir().join("tssx-agent")).args(args).status()?;
+        Cmd::Run { release, args } => {
+            build_profile(profile(release))?;
+            let status = Command::new(profile_dir(profile(release)).join("tssx-agent")).args(args).status()?;
             if !status.success() {
                 bail!("tssx-agent exited with {status}");
             }
@@ -151,10 +208,13 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             build()?;
             bench()
         }
-        Cmd::Report { debug } => {
+        Cmd::Report { debug, only } => {
             let profile = if debug { "debug" } else { "release" };
             build_profile(profile)?;
-            report::report(profile)
+            match only.as_deref() {
+                Some("nginx") => report::nginx_only(profile),
+                _ => report::report(profile),
+            }
         }
         Cmd::Soak { seconds, seed, differential, hostile } => {
             build()?;
@@ -163,12 +223,27 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             soak::hostile(seed, hostile)?;
             soak::run(&target_dir(), seconds, seed)
         }
+        Cmd::Package => package().map(drop),
+        Cmd::Scale { connections, ring_size, storm_seconds, storm_threads, debug } => {
+            let profile = profile(!debug);
+            build_profile(profile)?;
+            scale::run(&profile_dir(profile), &scale::Scale { connections, ring_size, storm_seconds, storm_threads })
+        }
         Cmd::Test { args } => {
             if args.is_empty() {
                 lint()?;
             }
             build()?;
-            cargo(&["test", "--workspace", "--exclude", "tssx-ebpf", "--no-fail-fast"], &args)?;
+            // tests/tests/package.rs installs this .deb (TSSX_DEB); about 1.5 min for a cold
+            // release build on 2 cores, seconds when it is up to date.
+            let deb = if args.is_empty() || args.iter().any(|a| selects_package_tests(a)) { Some(package()?) } else { None };
+            let cargo_bin = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let mut test = Command::new(cargo_bin);
+            test.current_dir(workspace_root()).args(["test", "--workspace", "--exclude", "tssx-ebpf", "--no-fail-fast"]).args(&args);
+            if let Some(deb) = deb {
+                test.env("TSSX_DEB", deb);
+            }
+            sh(&mut test)?;
             if args.is_empty() {
                 loom()?;
             }
@@ -183,6 +258,28 @@ fn workspace_root() -> PathBuf {
 
 fn target_dir() -> PathBuf {
     profile_dir("debug")
+}
+
+/// The tests in tests/tests/package.rs (keep in step): they install the package that
+/// `cargo xtask test` builds first, for a full run or a filter that may select them.
+const PACKAGE_TESTS: &[&str] = &[
+    "package_holds_the_agent_the_hook_the_unit_the_defaults_and_the_readme",
+    "package_installs_with_dpkg_in_a_private_namespace_as_a_working_agent",
+];
+
+/// Whether the `cargo test` argument `arg` may select a package test: `--test package`, or a
+/// name filter that is part of one's name (cargo's filters match substrings).
+fn selects_package_tests(arg: &str) -> bool {
+    arg == "package" || (!arg.starts_with('-') && PACKAGE_TESTS.iter().any(|t| t.contains(arg)))
+}
+
+/// `release` or `debug`.
+fn profile(release: bool) -> &'static str {
+    if release {
+        "release"
+    } else {
+        "debug"
+    }
 }
 
 /// `target/<profile>/` (or under `CARGO_TARGET_DIR`).
@@ -268,6 +365,12 @@ fn setup() -> anyhow::Result<()> {
         step(&format!("installing bpf-linker {BPF_LINKER_VERSION} (about 80 s)"));
         sh(Command::new("cargo").args(["+nightly", "install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked", "--force"]))?;
     }
+    // cargo-deb, for `cargo xtask package` (and the package test that `cargo xtask test` runs).
+    let version = output(Command::new("cargo").args(["deb", "--version"])).unwrap_or_default();
+    if !version.contains(&format!(" {CARGO_DEB_VERSION}")) {
+        step(&format!("installing cargo-deb {CARGO_DEB_VERSION} (about 50 s)"));
+        sh(Command::new("cargo").args(["install", "cargo-deb", "--version", CARGO_DEB_VERSION, "--locked", "--force"]))?;
+    }
     // bpffs and tracefs (the agent mounts them too; the unit tests read tracefs).
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
@@ -327,13 +430,39 @@ fn build_profile(profile: &str) -> anyhow::Result<()> {
     cargo(&args, &[])
 }
 
-/// Starts the agent on a demo socket, runs the demo server and client, shows the trace.
-fn demo(keep: bool) -> anyhow::Result<()> {
+/// Builds the release profile, then the Debian package from it (`cargo deb --no-build`: the
+/// metadata is `[package.metadata.deb]` in tssx-user/agent/Cargo.toml); returns the .deb's path.
+fn package() -> anyhow::Result<PathBuf> {
+    build_profile("release")?;
+    step("packaging (cargo deb -p tssx-agent --no-build)");
+    let out_dir = profile_dir("debian");
+    let cargo_bin = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = Command::new(cargo_bin)
+        .current_dir(workspace_root())
+        .args(["deb", "-p", "tssx-agent", "--no-build", "--output"])
+        .arg(&out_dir)
+        .stderr(Stdio::inherit())
+        .output()
+        .context("cannot run cargo deb (`cargo xtask setup` installs it)")?;
+    if !out.status.success() {
+        bail!("cargo deb failed: {}", out.status);
+    }
+    // cargo-deb prints the path of the package it wrote.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let deb = stdout.lines().rev().map(str::trim).find(|l| l.ends_with(".deb")).context("cargo deb printed no .deb path")?;
+    let deb = PathBuf::from(deb);
+    ensure!(deb.is_file(), "cargo deb said it wrote {}, which is not there", deb.display());
+    println!("{}", deb.display());
+    Ok(deb)
+}
+
+/// Starts the agent on a demo socket, runs the demo server and client, shows the trace; the
+/// programs are those in `bin` (`target/release/` or `target/debug/`).
+fn demo(bin: &Path, keep: bool) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join("tssx-demo");
     std::fs::create_dir_all(&dir)?;
     let path = dir.join("demo.sock");
     let path = path.to_str().context("non-UTF-8 temp dir")?.to_owned();
-    let bin = target_dir();
     step(&format!("starting tssx-agent --paths {path},@tssx-demo (state dir /run/tssx, where the hook looks)"));
     // The per-connection `connect`/`accept` lines are at debug level: the agent's own debug
     // lines (not aya's loader details, which `-v` shows too).
@@ -455,4 +584,27 @@ fn sh_wait(child: &mut std::process::Child) -> anyhow::Result<()> {
         bail!("demo program failed: {status}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn package_tests_are_the_ones_in_package_rs() {
+        let source = std::fs::read_to_string(workspace_root().join("tests/tests/package.rs")).unwrap();
+        let names: Vec<&str> = source
+            .lines()
+            .filter_map(|l| l.strip_prefix("fn "))
+            .filter_map(|l| l.strip_suffix("() {"))
+            .filter(|n| n.starts_with("package_"))
+            .collect();
+        assert_eq!(names, PACKAGE_TESTS);
+        for filter in ["package", "package_installs", "dpkg", "holds_the"] {
+            assert!(selects_package_tests(filter), "{filter}");
+        }
+        for filter in ["conformance", "--test", "-q", "swap"] {
+            assert!(!selects_package_tests(filter), "{filter}");
+        }
+    }
 }

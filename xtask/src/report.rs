@@ -22,8 +22,10 @@
 //! connections stayed plain measures the hook's pass-through, not the rings (nscd's always do:
 //! glibc's client talks to the socket from inside libc and never claims).
 //!
-//! Everything is measured with the debug profile that `cargo xtask build` builds (hook, agent
-//! and test programs unoptimized); the report says so in its first lines.
+//! Everything is measured with the release profile (`cargo xtask build --release`: hook, agent
+//! and test programs optimized, the hook and the agent stripped, as the Debian package ships
+//! them), or with `--debug` the debug profile the tests use; the report names the profile in its
+//! first lines.
 //!
 //! It takes the tests' machine-wide lock ([`MachineLock`]) and runs its own agent in `/run/tssx`
 //! (where the hook looks), through the tests' support layer (`tssx_tests`), which also parses the
@@ -70,6 +72,26 @@ const SETUP_GOAL: f64 = 1.1;
 /// The goal for the time from connect to swapped, in microseconds.
 const MIGRATION_GOAL_US: u64 = 2000;
 
+/// Runs only the nginx section (`cargo xtask report --only nginx`) and prints it: the row the
+/// spin policy is tuned on, without the rest of the report's seven minutes.
+pub fn nginx_only(profile: &str) -> anyhow::Result<()> {
+    let bin = profile_dir(profile);
+    let hook = bin.join("libtssx_preload.so");
+    let _lock = MachineLock::acquire_reporting(|| step("report: waiting for the machine-wide tssx test lock"))
+        .context("locking the machine-wide tssx test lock")?;
+    let dir = TempDir::create("report-nginx")?;
+    let (fresh, keep) = (NginxProxy::socket(&dir, NGINX_TSSX, Upstream::Fresh), NginxProxy::socket(&dir, NGINX_TSSX, Upstream::Keep));
+    let load_before = load_average();
+    let agent = Agent::spawn(&bin.join("tssx-agent"), &[&fresh, &keep], None, &[])
+        .context("starting tssx-agent (is another agent running in /run/tssx?)")?;
+    step("report: nginx reverse proxy, plain vs tssx (upstream per request, upstream keepalive)");
+    let section = nginx_section(&agent, &hook, &dir);
+    println!("{}\n\nBuild profile: {profile}. Load average at the start: {load_before}; at the end: {}.", section, load_average());
+    let status = agent.stop();
+    ensure!(status.success(), "tssx-agent exited with {status}");
+    Ok(())
+}
+
 /// Runs everything and writes the report.
 pub fn report(profile: &str) -> anyhow::Result<()> {
     let bin = profile_dir(profile);
@@ -87,8 +109,10 @@ pub fn report(profile: &str) -> anyhow::Result<()> {
     let (nginx_fresh, nginx_keep) =
         (NginxProxy::socket(&dir, NGINX_TSSX, Upstream::Fresh), NginxProxy::socket(&dir, NGINX_TSSX, Upstream::Keep));
     let load_before = load_average();
-    let agent = Agent::spawn(&bin.join("tssx-agent"), &[&bench_sock, &redis_tssx, &pg_sock, &nginx_fresh, &nginx_keep], None, &[])
-        .context("starting tssx-agent (is another agent running in /run/tssx?)")?;
+    let (dbus_tssx, dbus_plain) = (s("dbus.sock"), s("dbus-plain.sock"));
+    let agent =
+        Agent::spawn(&bin.join("tssx-agent"), &[&bench_sock, &redis_tssx, &pg_sock, &nginx_fresh, &nginx_keep, &dbus_tssx], None, &[])
+            .context("starting tssx-agent (is another agent running in /run/tssx?)")?;
     let mut md = String::new();
     writeln!(md, "# tssx performance report\n")?;
     writeln!(md, "{}\n", machine_line(&load_before))?;
@@ -97,7 +121,15 @@ pub fn report(profile: &str) -> anyhow::Result<()> {
     } else {
         "hook, agent and test programs unoptimized, as the tests use them"
     };
-    writeln!(md, "Build profile: **{profile}** ({what}).\n")?;
+    let size =
+        |f: &Path| std::fs::metadata(f).map(|m| format!("{:.1} MiB", m.len() as f64 / (1 << 20) as f64)).unwrap_or_else(|_| "?".into());
+    writeln!(
+        md,
+        "Build profile: **{profile}** ({what}; {}: hook {}, agent {}).\n",
+        bin.display(),
+        size(&hook),
+        size(&bin.join("tssx-agent"))
+    )?;
 
     // Real applications.
     step("report: redis-benchmark, plain vs tssx (1 and 50 clients)");
@@ -141,6 +173,17 @@ pub fn report(profile: &str) -> anyhow::Result<()> {
         ratio(tssx_tps, plain_tps),
         swapped,
     ]);
+    step("report: D-Bus method calls through dbus-daemon, plain vs tssx");
+    let plain = dbus_bench(&dir, &dbus_plain, None)?;
+    let before = counts(&agent, &dbus_tssx);
+    let tssx = dbus_bench(&dir, &dbus_tssx, Some(&hook))?;
+    let swapped = delta(&agent, &dbus_tssx, before);
+    for (name, p, t) in [
+        ("D-Bus method call via dbus-daemon (Echo, 64 B, dbus-python)", plain.0, tssx.0),
+        ("D-Bus method call passing an fd via dbus-daemon (SCM_RIGHTS both hops)", plain.1, tssx.1),
+    ] {
+        apps.row([name.into(), "round trip".into(), format!("{p:.1} us"), format!("{t:.1} us"), ratio(t, p), swapped.clone()]);
+    }
     writeln!(md, "## Real applications\n\nServer and client both under the hook, on a socket the agent watches, against the same programs without the hook. Higher is better for requests/s and tps, lower for latency.\n")?;
     writeln!(md, "{}", apps.render())?;
 
@@ -603,6 +646,44 @@ fn worker_pair(program: &Path, preload: Option<&Path>, args: &[String]) -> anyho
     );
     let text = String::from_utf8_lossy(&out.stdout);
     text.trim().parse().with_context(|| format!("{} printed {text:?}", program.display()))
+}
+
+/// dbus-daemon on a private bus at `sock` with the test's service and `bench.py` (all under the
+/// hook if `preload`): microseconds per Echo call and per call passing an fd.
+fn dbus_bench(dir: &Path, sock: &str, preload: Option<&Path>) -> anyhow::Result<(f64, f64)> {
+    let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/dbus");
+    let address = format!("unix:path={sock}");
+    let conf = dir.join(format!("{}.conf", Path::new(sock).file_name().and_then(|n| n.to_str()).unwrap_or("bus")));
+    std::fs::write(
+        &conf,
+        format!(
+            "<busconfig><type>session</type><listen>unix:path={sock}</listen><auth>EXTERNAL</auth><policy context=\"default\">\
+             <allow send_destination=\"*\" eavesdrop=\"true\"/><allow eavesdrop=\"true\"/><allow own=\"*\"/><allow user=\"*\"/>\
+             </policy></busconfig>"
+        ),
+    )?;
+    let mut cmd = preloaded("dbus-daemon", preload);
+    cmd.arg(format!("--config-file={}", conf.display())).args(["--nofork", "--nopidfile"]);
+    let mut daemon = Server::start(cmd).context("starting dbus-daemon (cargo xtask setup installs it)")?;
+    daemon.wait_ready("dbus-daemon", || Path::new(sock).exists())?;
+    let mut cmd = preloaded("/usr/bin/python3", preload);
+    cmd.arg(scripts.join("service.py")).arg(&address);
+    let service = Server::start(cmd).context("starting the D-Bus service")?;
+    service.0.expect_line("ready", Duration::from_secs(30));
+    let out = preloaded("/usr/bin/python3", preload)
+        .arg(scripts.join("bench.py"))
+        .args([&address, "5000"])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running bench.py")?;
+    ensure!(out.status.success(), "bench.py failed: {}", out.status);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut numbers = text.split_whitespace().map(str::parse::<f64>);
+    let (Some(Ok(echo)), Some(Ok(fd))) = (numbers.next(), numbers.next()) else { anyhow::bail!("bench.py printed {text:?}") };
+    let mut service = service;
+    ensure!(service.0.wait(Duration::from_secs(30)).is_some_and(|s| s.success()), "the D-Bus service did not quit cleanly");
+    daemon.stop(libc::SIGTERM)?;
+    Ok((echo, fd))
 }
 
 /// One redis-benchmark result line.

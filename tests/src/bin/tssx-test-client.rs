@@ -1,8 +1,9 @@
 //! A plain Unix-socket client used by the end-to-end tests and the demo (no tssx code).
 //!
-//! `tssx-test-client PATH CONNECTIONS`: opens CONNECTIONS connections to PATH (`@name` =
-//! abstract) at once, one thread each, printing `connect pid=P fd=F` for each; when all are
-//! open, each sends a line and checks the echo. Exits non-zero on any failure.
+//! `tssx-test-client PATH CONNECTIONS [HOLD_MS]`: opens CONNECTIONS connections to PATH (`@name`
+//! = abstract) at once, one thread each, printing `connect pid=P fd=F` for each; when all are
+//! open, each sends a line and checks the echo, then keeps its connection HOLD_MS milliseconds
+//! (default 0) before it closes. Exits non-zero on any failure.
 use std::{
     io::{BufRead, BufReader, Write},
     os::{fd::AsRawFd, unix::net::UnixStream},
@@ -16,6 +17,7 @@ fn main() {
         eprintln!("usage: tssx-test-client PATH CONNECTIONS");
         std::process::exit(2);
     };
+    let hold = std::time::Duration::from_millis(args.get(3).and_then(|a| a.parse().ok()).unwrap_or(0));
     let barrier = Arc::new(Barrier::new(n));
     let workers: Vec<_> = (0..n)
         .map(|i| {
@@ -33,6 +35,7 @@ fn main() {
                 let mut reply = String::new();
                 BufReader::new(&stream).read_line(&mut reply).expect("read");
                 assert_eq!(reply.trim_end(), msg, "echo mismatch");
+                thread::sleep(hold);
             })
         })
         .collect();

@@ -7,9 +7,17 @@ use tokio::{
     io::unix::AsyncFd,
     signal::unix::{signal, SignalKind},
 };
-use tssx_common::event::{Event, EventKind};
+use tssx_common::event::EventKind;
 
-use crate::{control, feed::EventFeed, kernel, loader::Watcher, paths::WatchedPath, state::StateDir, trace::trace_event};
+use crate::{
+    control,
+    feed::{Classified, EventFeed},
+    kernel,
+    loader::Watcher,
+    paths::WatchedPath,
+    state::StateDir,
+    trace::trace_event,
+};
 
 /// How often the event loop looks at the live segments' headers (`swapped` lines, finished
 /// connections).
@@ -25,8 +33,9 @@ pub struct AgentConfig {
     /// Capacity in bytes of each of a segment's two rings.
     pub ring_size: usize,
     /// Most segments live at once (beyond: plain, traced); with `ring_size` this bounds the
-    /// shared memory the agent hands out.
-    pub max_connections: usize,
+    /// shared memory the agent hands out. `None`: derived from the machine's memory and the
+    /// fd limit ([`default_max_connections`], [`fd_capacity`]).
+    pub max_connections: Option<usize>,
     /// How long a connection lives before its hooks claim a segment (published for hooks).
     pub claim_after: Duration,
 }
@@ -38,13 +47,40 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         tracing::info!(target, "mounted");
     }
     let state = StateDir::take(&config.state_dir)?;
-    raise_fd_limit(config.max_connections);
+    let max_connections = match config.max_connections {
+        Some(n) => {
+            let limit = raise_fd_limit(n);
+            if fd_capacity(limit) < n {
+                tracing::warn!(
+                    limit,
+                    max_connections = n,
+                    "the fd limit is lower than --max-connections needs: claims beyond it stay plain"
+                );
+            }
+            n
+        }
+        None => {
+            let memory = mem_total().unwrap_or(0);
+            let by_memory = default_max_connections(memory, config.ring_size);
+            let limit = raise_fd_limit(by_memory);
+            let n = by_memory.min(fd_capacity(limit)).max(1);
+            tracing::info!(
+                max_connections = n,
+                by_memory,
+                mem_total = memory,
+                fd_limit = limit,
+                ring_size = config.ring_size,
+                "connection limit derived from memory (a quarter of it for shared memory, 2 rings and a header each) and the fd limit"
+            );
+            n
+        }
+    };
     let (mut watcher, channels) = Watcher::load(&config.paths)?;
-    let feed = std::sync::Arc::new(EventFeed::new(channels.events));
+    let feed = std::sync::Arc::new(EventFeed::new(channels.events, config.paths.clone()));
     let control = control::Control::new(
         config.paths.clone(),
         config.ring_size,
-        config.max_connections,
+        max_connections,
         Some(std::sync::Arc::clone(&feed)),
         Some(channels.io_uring_users),
     );
@@ -75,7 +111,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         state_dir = %state.dir().display(),
         pid = std::process::id(),
         claim_after_us = config.claim_after.as_micros() as u64,
-        "ready: watching {} path(s)",
+        "ready: watching {} pattern(s)",
         paths.len()
     );
 
@@ -119,53 +155,107 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Each live or spare segment holds an fd in the agent, and each control connection (served, or
-/// a held claim's) one more: raise the soft `RLIMIT_NOFILE` towards the hard limit so that
-/// `max_connections` segments and their held claims fit.
-fn raise_fd_limit(max_connections: usize) {
-    let held = max_connections * control::HELD_PER_CONNECTION;
-    let want = (max_connections + held + control::SPARE_SEGMENTS + control::MAX_CONTROL_CONNECTIONS + 256) as libc::rlim_t;
+/// The share of the machine's memory (`MemTotal`) that the derived default of
+/// `--max-connections` lets live segments fill at most: one in this many bytes.
+pub const MEMORY_SHARE_DIVISOR: u64 = 4;
+/// Bounds of the derived default of `--max-connections` (the option's own range).
+pub const DERIVED_MAX_CONNECTIONS: (usize, usize) = (16, 1_000_000);
+/// Descriptors the agent needs besides those that scale with the connections (its eBPF maps
+/// and programs, the spare segments, the control connections served at once, a margin).
+const FIXED_FDS: usize = control::SPARE_SEGMENTS + control::MAX_CONTROL_CONNECTIONS + 256;
+
+/// The default `--max-connections` for a machine with `mem_total` bytes of memory and rings of
+/// `ring_size` bytes: as many segments (two rings and a header, each fully touched: the most a
+/// connection can pin) as fill [`MEMORY_SHARE_DIVISOR`]'s share of the memory, within
+/// [`DERIVED_MAX_CONNECTIONS`]. 24 GiB: 3,066 with 1 MiB rings, 174,762 with 16 KiB rings.
+pub fn default_max_connections(mem_total: u64, ring_size: usize) -> usize {
+    let per_connection = tssx_common::segment::SegmentLayout::new(ring_size).map_or(2 * ring_size + 4096, |l| l.total_size).max(1) as u64;
+    let n = (mem_total / MEMORY_SHARE_DIVISOR / per_connection).min(DERIVED_MAX_CONNECTIONS.1 as u64) as usize;
+    n.max(DERIVED_MAX_CONNECTIONS.0)
+}
+
+/// `MemTotal` from `/proc/meminfo`, in bytes.
+pub fn mem_total() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+/// Descriptors `max_connections` live segments need in the agent at most: one per segment, and
+/// one per held claim (a control connection kept open until its peer claims).
+pub fn fds_needed(max_connections: usize) -> usize {
+    max_connections.saturating_mul(1 + control::HELD_PER_CONNECTION).saturating_add(FIXED_FDS)
+}
+
+/// The most connections an fd limit of `limit` serves (the inverse of [`fds_needed`]).
+pub fn fd_capacity(limit: u64) -> usize {
+    (usize::try_from(limit).unwrap_or(usize::MAX).saturating_sub(FIXED_FDS)) / (1 + control::HELD_PER_CONNECTION)
+}
+
+/// Raises `RLIMIT_NOFILE` so that `max_connections` segments and their held claims fit: the
+/// soft limit up to the hard one, and the hard one too when the agent may (root, with
+/// `CAP_SYS_RESOURCE`: up to `fs.nr_open`). Returns the soft limit in force afterwards.
+fn raise_fd_limit(max_connections: usize) -> u64 {
+    let want = fds_needed(max_connections) as libc::rlim_t;
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit/setrlimit read and write a live rlimit.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 || limit.rlim_cur >= want {
-            return;
+    // SAFETY: getrlimit reads into a live rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return 0;
+    }
+    if limit.rlim_cur >= want {
+        return limit.rlim_cur;
+    }
+    if limit.rlim_max < want {
+        let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open").ok().and_then(|s| s.trim().parse::<libc::rlim_t>().ok());
+        let raised = libc::rlimit { rlim_cur: want.min(nr_open.unwrap_or(want)), rlim_max: want.min(nr_open.unwrap_or(want)) };
+        // SAFETY: setrlimit reads a live rlimit; without the capability it fails with EPERM
+        // and the limit stays as it was.
+        if raised.rlim_max > limit.rlim_max && unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return raised.rlim_cur;
         }
-        limit.rlim_cur = want.min(limit.rlim_max);
-        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
     }
-    if limit.rlim_cur < want {
-        tracing::warn!(
-            limit = limit.rlim_cur,
-            max_connections,
-            "the fd limit is lower than --max-connections needs: claims beyond it stay plain"
-        );
+    limit.rlim_cur = want.min(limit.rlim_max);
+    // SAFETY: as above; lowering nothing, raising the soft limit within the hard one.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+        // SAFETY: getrlimit reads into a live rlimit.
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
     }
+    limit.rlim_cur
 }
 
 /// Traces and acts on events in the kernel's order (all of them recorded for claims already).
 fn handle_events(watcher: &mut Watcher, paths: &[WatchedPath], taken: &crate::feed::Taken) {
-    for event in taken.recorded.iter().chain(&taken.fresh) {
-        handle_event(watcher, event, paths);
+    for seen in taken.recorded.iter().chain(&taken.fresh) {
+        handle_event(watcher, seen, paths);
     }
 }
 
-fn handle_event(watcher: &mut Watcher, event: &Event, paths: &[WatchedPath]) {
+fn handle_event(watcher: &mut Watcher, seen: &Classified, paths: &[WatchedPath]) {
+    let event = &seen.event;
+    if let Some(decision) = seen.listener {
+        if let Err(e) = watcher.decide_listener(event.tgid, event.fd, decision) {
+            tracing::warn!(pid = event.tgid, fd = event.fd, "could not record the agent's match of a listener: {e:#}");
+        }
+    }
+    if seen.hidden {
+        return;
+    }
     match event.event_kind() {
         Some(EventKind::Fork) => {
             let child = event.other_pid;
-            trace_event(event, paths);
+            trace_event(seen, paths);
             if let Err(e) = watcher.inherit_listeners(event.tgid, child) {
                 tracing::warn!(child, "could not record inherited listeners: {e:#}");
             }
         }
         Some(EventKind::Exit) => {
-            trace_event(event, paths);
+            trace_event(seen, paths);
             if let Err(e) = watcher.forget_process(event.tgid) {
                 tracing::warn!(pid = event.tgid, "could not forget listeners: {e:#}");
             }
         }
-        _ => trace_event(event, paths),
+        _ => trace_event(seen, paths),
     }
 }
 
@@ -176,5 +266,38 @@ struct RawFdHolder(std::os::fd::RawFd);
 impl std::os::fd::AsRawFd for RawFdHolder {
     fn as_raw_fd(&self) -> std::os::fd::RawFd {
         self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_connection_limit_follows_memory_and_ring_size() {
+        const GIB: u64 = 1 << 30;
+        // A quarter of 24 GiB in segments of two 1 MiB rings and a header page.
+        let per = tssx_common::segment::SegmentLayout::new(1 << 20).unwrap().total_size as u64;
+        assert_eq!(default_max_connections(24 * GIB, 1 << 20) as u64, 6 * GIB / per);
+        assert_eq!(default_max_connections(24 * GIB, 1 << 20), 3066);
+        assert_eq!(default_max_connections(24 * GIB, 16 << 10), 174_762);
+        // Small rings: 10,000 connections fit a 1 GiB machine with 16 KiB rings.
+        assert!(default_max_connections(GIB, 16 << 10) >= 7_000, "{}", default_max_connections(GIB, 16 << 10));
+        assert!(default_max_connections(2 * GIB, 16 << 10) >= 10_000);
+        // Bounded both ways.
+        assert_eq!(default_max_connections(0, 1 << 20), DERIVED_MAX_CONNECTIONS.0);
+        assert_eq!(default_max_connections(u64::MAX, 4096), DERIVED_MAX_CONNECTIONS.1);
+        assert!(mem_total().is_some_and(|m| m > 64 << 20));
+    }
+
+    #[test]
+    fn fd_capacity_inverts_fds_needed() {
+        for n in [0, 1, 2, 1024, 10_000, 1_000_000] {
+            assert_eq!(fd_capacity(fds_needed(n) as u64), n);
+            assert_eq!(fd_capacity(fds_needed(n) as u64 - 1), n.saturating_sub(1));
+        }
+        assert_eq!(fd_capacity(0), 0);
+        // 10,000 connections need 50,516 descriptors: more than a default hard limit.
+        assert_eq!(fds_needed(10_000), 50_516);
     }
 }

@@ -15,6 +15,12 @@
 //!
 //! Other lines of `ld.so.preload` are kept byte for byte. A file left empty by `uninstall` is
 //! removed (Debian ships none).
+//!
+//! The installed copy carries no symbol table and no debug info: the release build
+//! (`cargo xtask build --release`) is stripped already; a hook that is not (a debug build, ten
+//! times the size, mapped into every process) is installed as `strip --strip-unneeded` (binutils)
+//! leaves it, its exported functions (the dynamic symbols) untouched. Without `strip` it is
+//! installed as it is, with a warning.
 
 use std::{
     fs,
@@ -40,6 +46,24 @@ pub struct Outcome {
     pub library: PathBuf,
     /// Whether the preload file changed (false: the line was already there / already gone).
     pub preload_changed: bool,
+    /// What `install` did about the source's symbols and debug info (`uninstall`: [`Strip::AlreadyStripped`]).
+    pub strip: Strip,
+}
+
+/// Whether the installed copy was stripped on the way.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Strip {
+    /// The source had no symbol table and no debug info (the release build): copied as it is.
+    AlreadyStripped,
+    /// The source had them: the copy is the stripped source (sizes in bytes, before and after).
+    Stripped {
+        /// Size of the source.
+        from: u64,
+        /// Size of the installed copy.
+        to: u64,
+    },
+    /// The source had them but `strip` could not run (why): copied as it is.
+    Unstripped(String),
 }
 
 /// Copies `source` to `lib_dir/libtssx_preload.so` and makes sure `preload_file` lists it once.
@@ -50,7 +74,19 @@ pub fn install(source: &Path, lib_dir: &Path, preload_file: &Path) -> anyhow::Re
     }
     fs::create_dir_all(lib_dir).with_context(|| format!("creating {}", lib_dir.display()))?;
     let library = lib_dir.join(HOOK_FILE_NAME);
-    let bytes = fs::read(source).with_context(|| format!("reading the hook {}", source.display()))?;
+    let mut bytes = fs::read(source).with_context(|| format!("reading the hook {}", source.display()))?;
+    let strip = if unstripped_sections(&bytes).is_empty() {
+        Strip::AlreadyStripped
+    } else {
+        match stripped(source, lib_dir) {
+            Ok(small) => {
+                let from = bytes.len() as u64;
+                bytes = small;
+                Strip::Stripped { from, to: bytes.len() as u64 }
+            }
+            Err(e) => Strip::Unstripped(format!("{e:#}")),
+        }
+    };
     atomic_write(&library, &bytes).with_context(|| format!("installing the hook as {}", library.display()))?;
     check_loads(&library)?;
     let text = library.to_str().context("the library path is not UTF-8")?;
@@ -65,7 +101,7 @@ pub fn install(source: &Path, lib_dir: &Path, preload_file: &Path) -> anyhow::Re
         }
         None => false,
     };
-    Ok(Outcome { library, preload_changed })
+    Ok(Outcome { library, preload_changed, strip })
 }
 
 /// Removes the line naming `lib_dir/libtssx_preload.so` from `preload_file`, then the library.
@@ -91,13 +127,77 @@ pub fn uninstall(lib_dir: &Path, preload_file: &Path) -> anyhow::Result<Outcome>
         Err(e) => return Err(e).with_context(|| format!("removing {}", library.display())),
     }
     let _ = fs::remove_dir(lib_dir); // only if empty; keeps anything else there
-    Ok(Outcome { library, preload_changed })
+    Ok(Outcome { library, preload_changed, strip: Strip::AlreadyStripped })
 }
 
-/// The default hook to install: `libtssx_preload.so` next to the running executable.
+/// The default hook to install: `libtssx_preload.so` next to the running executable (a build
+/// directory, `target/release/`), else `../lib/tssx/libtssx_preload.so` from it (the Debian
+/// package: `/usr/bin/tssx-agent` and `/usr/lib/tssx/`; or a copy in `/usr/local/bin` with its
+/// hook in `/usr/local/lib/tssx`). Neither present: the first, whose absence the caller reports.
 pub fn default_source() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("locating the tssx-agent executable")?;
-    Ok(exe.parent().context("the executable has no directory")?.join(HOOK_FILE_NAME))
+    let dir = exe.parent().context("the executable has no directory")?;
+    let beside = dir.join(HOOK_FILE_NAME);
+    let packaged = dir.join("../lib/tssx").join(HOOK_FILE_NAME);
+    Ok(if !beside.exists() && packaged.exists() { packaged } else { beside })
+}
+
+/// Names of the sections of the 64-bit little-endian ELF file `elf` that stripping removes:
+/// `.symtab` (with its `.strtab`, the full symbol table) and `.debug_*` (debug info). Empty for
+/// a stripped file, and for anything this cannot parse (the loader check judges that).
+pub fn unstripped_sections(elf: &[u8]) -> Vec<String> {
+    let u16_at = |at: usize| elf.get(at..at.checked_add(2)?).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize);
+    let u32_at = |at: usize| elf.get(at..at.checked_add(4)?).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize);
+    let u64_at =
+        |at: usize| elf.get(at..at.checked_add(8)?).and_then(|b| usize::try_from(u64::from_le_bytes(b.try_into().expect("8 bytes"))).ok());
+    let names = || -> Option<Vec<String>> {
+        if elf.get(..6)? != b"\x7fELF\x02\x01" {
+            return None;
+        }
+        // e_shoff, e_shentsize, e_shnum, e_shstrndx; in each header sh_name, sh_offset, sh_size.
+        let (shoff, shentsize, shnum, shstrndx) = (u64_at(0x28)?, u16_at(0x3a)?, u16_at(0x3c)?, u16_at(0x3e)?);
+        let header = |i: usize| shoff.checked_add(i.checked_mul(shentsize)?);
+        let strtab = header(shstrndx)?;
+        let (str_off, str_size) = (u64_at(strtab.checked_add(0x18)?)?, u64_at(strtab.checked_add(0x20)?)?);
+        let strings = elf.get(str_off..str_off.checked_add(str_size)?)?;
+        let mut out = Vec::new();
+        for i in 0..shnum {
+            let name = strings.get(u32_at(header(i)?)?..)?;
+            let name = &name[..name.iter().position(|&b| b == 0)?];
+            let name = String::from_utf8_lossy(name);
+            if name == ".symtab" || name.starts_with(".debug_") {
+                out.push(name.into_owned());
+            }
+        }
+        Some(out)
+    };
+    names().unwrap_or_default()
+}
+
+/// `source` as `strip --strip-unneeded` leaves it (symbol table and debug info removed, the
+/// dynamic symbols the loader binds kept), by way of a temporary file in `dir` (root's, unlike
+/// a shared temporary directory).
+fn stripped(source: &Path, dir: &Path) -> anyhow::Result<Vec<u8>> {
+    let tmp = dir.join(format!(".{HOOK_FILE_NAME}.tssx-{}.strip", std::process::id()));
+    let result = (|| {
+        let out = Command::new("strip")
+            .arg("--strip-unneeded")
+            .arg("-o")
+            .arg(&tmp)
+            .arg(source)
+            .output()
+            .context("cannot run strip (binutils)")?;
+        if !out.status.success() {
+            bail!("strip failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+        }
+        let bytes = fs::read(&tmp).with_context(|| format!("reading {}", tmp.display()))?;
+        if !unstripped_sections(&bytes).is_empty() {
+            bail!("strip left {:?} in place", unstripped_sections(&bytes));
+        }
+        Ok(bytes)
+    })();
+    let _ = fs::remove_file(&tmp);
+    result
 }
 
 /// `old` plus a line `entry`, or `None` if some line already is exactly `entry`.
@@ -225,6 +325,19 @@ mod tests {
     }
 
     #[test]
+    fn unstripped_sections_ignores_what_it_cannot_parse() {
+        assert_eq!(unstripped_sections(b""), Vec::<String>::new());
+        assert_eq!(unstripped_sections(b"\x7fELF\x02\x01"), Vec::<String>::new());
+        // A header whose section table points far outside the file.
+        let mut elf = vec![0u8; 64];
+        elf[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        elf[0x28..0x30].copy_from_slice(&u64::MAX.to_le_bytes());
+        elf[0x3a..0x3c].copy_from_slice(&64u16.to_le_bytes());
+        elf[0x3c..0x3e].copy_from_slice(&3u16.to_le_bytes());
+        assert_eq!(unstripped_sections(&elf), Vec::<String>::new());
+    }
+
+    #[test]
     fn install_and_uninstall_on_regular_files() {
         let dir = std::env::temp_dir().join(format!("tssx-install-unit-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
@@ -258,6 +371,36 @@ mod tests {
         fs::write(&preload, format!("{}\n", lib.display())).unwrap();
         uninstall(&lib_dir, &preload).unwrap();
         assert!(!preload.exists());
+        // A hook with a symbol table and debug info (as the debug build has) is installed
+        // stripped, and still loads (install checked it); one without is copied byte for byte.
+        assert_eq!(first.strip, Strip::AlreadyStripped, "libdl.so.2 as Debian ships it is stripped");
+        let unstripped = dir.join("unstripped.so");
+        let cc = Command::new("cc")
+            .args(["-g", "-shared", "-fPIC", "-x", "c", "-", "-o"])
+            .arg(&unstripped)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                c.stdin.take().expect("piped").write_all(b"int tssx_unit_exported(void) { return 42; }\n")?;
+                c.wait()
+            })
+            .expect("cc (gcc; cargo xtask setup installs it)");
+        assert!(cc.success());
+        let sections = unstripped_sections(&fs::read(&unstripped).unwrap());
+        assert!(sections.contains(&".symtab".to_owned()) && sections.contains(&".debug_info".to_owned()), "{sections:?}");
+        let done = install(&unstripped, &lib_dir, &preload).unwrap();
+        let copy = fs::read(&lib).unwrap();
+        assert!(
+            matches!(done.strip, Strip::Stripped { from, to } if from == fs::metadata(&unstripped).unwrap().len() && to == copy.len() as u64 && to < from),
+            "{:?}",
+            done.strip
+        );
+        assert_eq!(unstripped_sections(&copy), Vec::<String>::new());
+        // The exported function survives (it is in the dynamic symbol table).
+        let dynsym = Command::new("nm").arg("-D").arg(&lib).output().expect("nm (binutils)");
+        assert!(String::from_utf8_lossy(&dynsym.stdout).contains("T tssx_unit_exported"), "{dynsym:?}");
+        fs::remove_file(&unstripped).unwrap();
+        uninstall(&lib_dir, &preload).unwrap();
         // Not a shared object: refused before anything changes.
         let err = install(&preload.with_file_name("nope.so"), &lib_dir, &preload).unwrap_err();
         assert!(format!("{err:#}").contains("nope.so"), "{err:#}");

@@ -113,6 +113,8 @@ pub fn trace_config(tracefs: &Path) -> Result<TraceConfig, KernelError> {
         exit_pid_off: need("sched/sched_process_exit", &exit, "pid")?,
         exit_group_dead_off: field_offset(&exit, "group_dead").unwrap_or(TraceConfig::ABSENT),
         ready: 1,
+        relative: 0,
+        _reserved: 0,
     })
 }
 

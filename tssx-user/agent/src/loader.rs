@@ -4,7 +4,10 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Context as _};
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{
+        lpm_trie::{Key, LpmTrie},
+        Array, HashMap, MapData, PerCpuArray, RingBuf,
+    },
     programs::TracePoint,
     Ebpf, EbpfLoader,
 };
@@ -125,7 +128,8 @@ impl Watcher {
                 None
             }
         };
-        let config = kernel::trace_config(Path::new(kernel::TRACEFS)).context("reading tracepoint formats")?;
+        let mut config = kernel::trace_config(Path::new(kernel::TRACEFS)).context("reading tracepoint formats")?;
+        config.relative = u32::from(crate::paths::any_filesystem(paths));
         let mut watcher = Self { ebpf, logger };
         watcher.set_config(config)?;
         watcher.set_paths(paths)?;
@@ -144,10 +148,49 @@ impl Watcher {
         Ok(())
     }
 
+    /// Exact names go into the hash map, literal prefixes into the LPM trie (see
+    /// [`crate::paths::prefix_entries`]).
     fn set_paths(&mut self, paths: &[WatchedPath]) -> anyhow::Result<()> {
         let mut map: HashMap<_, PathKey, u32> = HashMap::try_from(self.map_mut(maps::WATCHED_PATHS)?)?;
         for (id, path) in paths.iter().enumerate() {
-            map.insert(path.map_key(), id as u32, 0).with_context(|| format!("adding {path} to the watched paths"))?;
+            if let Some(key) = path.map_key() {
+                map.insert(key, id as u32, 0).with_context(|| format!("adding {path} to the watched paths"))?;
+            }
+        }
+        let mut trie: LpmTrie<_, PathKey, u32> = LpmTrie::try_from(self.map_mut(maps::WATCHED_PREFIXES)?)?;
+        for entry in crate::paths::prefix_entries(paths) {
+            let mut data = [0u8; tssx_common::SUN_PATH_LEN];
+            data[..entry.prefix.len()].copy_from_slice(&entry.prefix);
+            let key = Key::new(entry.prefix.len() as u32 * 8, data);
+            trie.insert(&key, entry.value, 0)
+                .with_context(|| format!("adding the prefix {} to the watched prefixes", crate::paths::display_name(&entry.prefix)))?;
+        }
+        Ok(())
+    }
+
+    /// Writes the agent's match of a listener the kernel program recorded undecided (a bind
+    /// whose address needed the agent: a glob, a relative path): `Some(id)` sets the pattern's
+    /// id, `None` removes the entry (and counts it off its owner).
+    pub fn decide_listener(&mut self, tgid: u32, fd: i32, decision: Option<u32>) -> anyhow::Result<()> {
+        let key = listener_key(tgid, fd as u32);
+        let mut listeners: HashMap<_, u64, u32> = HashMap::try_from(self.map_mut(maps::LISTENERS)?)?;
+        let Ok(current) = listeners.get(&key, 0) else { return Ok(()) }; // closed meanwhile
+        if tssx_common::event::is_pattern_id(current) {
+            return Ok(()); // another bind on the same fd since, decided by the kernel
+        }
+        match decision {
+            Some(id) => listeners.insert(key, id, 0)?,
+            None => {
+                let _ = listeners.remove(&key);
+                let mut owners: HashMap<_, u32, u32> = HashMap::try_from(self.map_mut(maps::OWNERS)?)?;
+                match owners.get(&tgid, 0) {
+                    Ok(held) if held > 1 => owners.insert(tgid, held - 1, 0)?,
+                    Ok(_) => {
+                        let _ = owners.remove(&tgid);
+                    }
+                    Err(_) => {}
+                }
+            }
         }
         Ok(())
     }
@@ -216,8 +259,13 @@ impl Watcher {
             Some(map.keys().filter(Result::is_ok).count())
         }
         let ebpf = &self.ebpf;
+        let prefixes = ebpf
+            .map(maps::WATCHED_PREFIXES)
+            .and_then(|map| LpmTrie::<_, PathKey, u32>::try_from(map).ok())
+            .map(|trie| trie.keys().filter(Result::is_ok).count());
         [
             (maps::WATCHED_PATHS, count::<PathKey, u32>(ebpf, maps::WATCHED_PATHS)),
+            (maps::WATCHED_PREFIXES, prefixes),
             (maps::LISTENERS, count::<u64, u32>(ebpf, maps::LISTENERS)),
             (maps::OWNERS, count::<u32, u32>(ebpf, maps::OWNERS)),
             (maps::PARENTS, count::<u32, u32>(ebpf, maps::PARENTS)),

@@ -1,110 +1,176 @@
-//! Watched socket paths: parsing and checking what the user typed, and the eBPF map key.
+//! Watched socket addresses: the patterns the user typed (`--paths`), checked, and how they
+//! reach the kernel program (exact names in a hash map, literal prefixes in an LPM trie).
+//!
+//! The patterns themselves (exact paths, directory prefixes, globs, abstract names and
+//! prefixes) and their matcher are [`tssx_common::pattern`], shared with the hook so that both
+//! sides agree on what is watched.
 
 use std::{fmt, str::FromStr};
 
-use tssx_common::{event::PathKey, SUN_PATH_LEN};
+use tssx_common::{
+    event::{PathKey, PATH_ID_CANDIDATE},
+    pattern::{KernelKey, Pattern, PatternError},
+    SUN_PATH_LEN,
+};
 
-/// Longest name that fits `sun_path` together with its terminating NUL (paths) or its leading
-/// NUL (abstract names).
-pub const MAX_NAME_LEN: usize = SUN_PATH_LEN - 1;
+pub use tssx_common::pattern::MAX_NAME_LEN;
 
-/// One Unix socket address the agent watches.
+/// One watched pattern, checked (see [`tssx_common::pattern`]): `/run/redis.sock`,
+/// `/run/php/` (a directory, any depth), `/run/php/*.sock` (a glob), `@name`, `@name*`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum WatchedPath {
-    /// A filesystem path such as `/run/redis.sock` (absolute, at most 107 bytes).
-    Filesystem(String),
-    /// An abstract name, written `@name` (the `@` stands for the leading NUL byte).
-    Abstract(String),
+pub struct WatchedPath {
+    text: String,
 }
 
-/// Why a `--paths` entry was refused.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum PathError {
-    /// Nothing between two commas, or an empty argument.
-    #[error("empty socket path")]
-    Empty,
-    /// `@` alone.
-    #[error("abstract socket name `@` has no name after the @")]
-    EmptyAbstract,
-    /// A filesystem path that does not start with `/`.
-    #[error("socket path `{0}` is relative: give an absolute path (starting with /) or @name for an abstract socket")]
-    Relative(String),
-    /// Longer than `sun_path` can hold.
-    #[error("socket path `{path}` is {len} bytes long; a Unix socket path holds at most {MAX_NAME_LEN} bytes")]
-    TooLong {
-        /// The offending path.
-        path: String,
-        /// Its length in bytes (without the `@` of an abstract name).
-        len: usize,
-    },
-    /// Contains a NUL byte, which `sun_path` cannot carry in a filesystem path.
-    #[error("socket path `{}` contains a NUL byte", .0.escape_debug())]
-    Nul(String),
+/// Why a `--paths` entry was refused: the entry and the reason.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PathError {
+    /// The entry as given.
+    pub pattern: String,
+    /// What is wrong with it.
+    pub reason: PatternError,
 }
+
+impl fmt::Display for PathError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let pattern = self.pattern.escape_debug();
+        match self.reason {
+            PatternError::TooLong => {
+                let len = self.pattern.len() - usize::from(self.pattern.starts_with('@'));
+                write!(f, "watched pattern `{pattern}` is {len} bytes long; a Unix socket address holds at most {MAX_NAME_LEN} bytes")
+            }
+            reason => write!(f, "watched pattern `{pattern}` {}", reason.describe()),
+        }
+    }
+}
+
+impl std::error::Error for PathError {}
 
 impl FromStr for WatchedPath {
     type Err = PathError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let s = s.trim();
-        if s.is_empty() {
-            return Err(PathError::Empty);
+        match Pattern::parse(s) {
+            Ok(p) => Ok(Self { text: p.text.to_owned() }),
+            Err(reason) => Err(PathError { pattern: s.trim().to_owned(), reason }),
         }
-        if let Some(name) = s.strip_prefix('@') {
-            if name.is_empty() {
-                return Err(PathError::EmptyAbstract);
-            }
-            if name.len() > MAX_NAME_LEN {
-                return Err(PathError::TooLong { path: s.to_owned(), len: name.len() });
-            }
-            return Ok(Self::Abstract(name.to_owned()));
-        }
-        if !s.starts_with('/') {
-            return Err(PathError::Relative(s.to_owned()));
-        }
-        if s.contains('\0') {
-            return Err(PathError::Nul(s.to_owned()));
-        }
-        if s.len() > MAX_NAME_LEN {
-            return Err(PathError::TooLong { path: s.to_owned(), len: s.len() });
-        }
-        Ok(Self::Filesystem(s.to_owned()))
     }
 }
 
 impl fmt::Display for WatchedPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Filesystem(p) => f.write_str(p),
-            Self::Abstract(n) => write!(f, "@{n}"),
-        }
+        f.write_str(&self.text)
     }
 }
 
+/// An LPM-trie entry for the kernel: the prefix bytes (`sun_path` bytes, an abstract one with
+/// its leading NUL), and the value (a pattern id, or [`PATH_ID_CANDIDATE`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrefixEntry {
+    /// The leading `sun_path` bytes the entry covers.
+    pub prefix: Vec<u8>,
+    /// What a lookup that lands here answers.
+    pub value: u32,
+}
+
 impl WatchedPath {
-    /// The `sun_path` bytes a process passes to `bind`/`connect` for this address (without any
-    /// terminating NUL).
-    pub fn sun_path(&self) -> Vec<u8> {
-        match self {
-            Self::Filesystem(p) => p.as_bytes().to_vec(),
-            Self::Abstract(n) => {
-                let mut v = Vec::with_capacity(n.len() + 1);
-                v.push(0);
-                v.extend_from_slice(n.as_bytes());
-                v
-            }
-        }
+    /// The checked pattern.
+    pub fn pattern(&self) -> Pattern<'_> {
+        Pattern::parse(&self.text).expect("checked when parsed")
     }
 
-    /// The key of the `WATCHED_PATHS` eBPF map: [`Self::sun_path`] zero-padded to 108 bytes.
+    /// Whether the pattern covers `name` (`sun_path` bytes: a path, or an abstract name with
+    /// its leading NUL).
+    pub fn matches(&self, name: &[u8]) -> bool {
+        self.pattern().matches(name)
+    }
+
+    /// Whether it is an abstract-name pattern.
+    pub fn is_abstract(&self) -> bool {
+        self.pattern().is_abstract
+    }
+
+    /// The key of the `WATCHED_PATHS` eBPF hash map if the pattern is one exact name: its
+    /// `sun_path` bytes zero-padded to 108 bytes.
     ///
     /// An abstract name that itself ends in NUL bytes gets the same key as the name without
     /// them; such names are not supported.
-    pub fn map_key(&self) -> PathKey {
+    pub fn map_key(&self) -> Option<PathKey> {
+        match self.pattern().kernel_key() {
+            KernelKey::Exact(bytes) => Some(self.key_of(bytes)),
+            _ => None,
+        }
+    }
+
+    /// The `sun_path` form of `bytes` (a leading NUL for an abstract pattern), zero-padded.
+    fn key_of(&self, bytes: &[u8]) -> PathKey {
         let mut key = [0u8; SUN_PATH_LEN];
-        let bytes = self.sun_path();
-        key[..bytes.len()].copy_from_slice(&bytes);
+        let at = usize::from(self.is_abstract());
+        key[at..at + bytes.len()].copy_from_slice(bytes);
         key
+    }
+
+    /// The literal prefix of a non-exact pattern, in `sun_path` form (leading NUL for an
+    /// abstract one), and whether that prefix alone decides (a directory, `@name*`).
+    fn kernel_prefix(&self) -> Option<(Vec<u8>, bool)> {
+        let (bytes, decides) = match self.pattern().kernel_key() {
+            KernelKey::Exact(_) => return None,
+            KernelKey::Prefix(bytes) => (bytes, true),
+            KernelKey::Candidate(bytes) => (bytes, false),
+        };
+        let mut prefix = Vec::with_capacity(bytes.len() + 1);
+        if self.is_abstract() {
+            prefix.push(0);
+        }
+        prefix.extend_from_slice(bytes);
+        Some((prefix, decides))
+    }
+}
+
+/// The `WATCHED_PREFIXES` LPM-trie entries for `paths` (ids are positions): one per distinct
+/// literal prefix. A prefix decides alone (its value is the pattern's id) only if every pattern
+/// with that prefix decides alone; otherwise the program reports a candidate and the agent
+/// matches the address against all patterns.
+pub fn prefix_entries(paths: &[WatchedPath]) -> Vec<PrefixEntry> {
+    let mut entries: Vec<PrefixEntry> = Vec::new();
+    for (id, path) in paths.iter().enumerate() {
+        let Some((prefix, decides)) = path.kernel_prefix() else { continue };
+        let value = if decides { id as u32 } else { PATH_ID_CANDIDATE };
+        match entries.iter_mut().find(|e| e.prefix == prefix) {
+            // Two patterns on one prefix: the agent chooses (an exact tie goes to the first).
+            Some(entry) if entry.value != value || !decides => entry.value = PATH_ID_CANDIDATE,
+            Some(_) => {}
+            None => entries.push(PrefixEntry { prefix, value }),
+        }
+    }
+    entries
+}
+
+/// The id of the pattern that covers `name` (`sun_path` bytes): an exact one first, then the
+/// one with the longest literal prefix, the first given on a tie (what the kernel program's
+/// hash-then-longest-prefix lookup answers).
+pub fn best_match(paths: &[WatchedPath], name: &[u8]) -> Option<u32> {
+    let mut best: Option<(usize, u32)> = None;
+    for (id, path) in paths.iter().enumerate() {
+        let pattern = path.pattern();
+        if pattern.matches(name) && best.is_none_or(|(s, _)| pattern.specificity() > s) {
+            best = Some((pattern.specificity(), id as u32));
+        }
+    }
+    best.map(|(_, id)| id)
+}
+
+/// Whether any pattern is a filesystem one (then relative addresses are worth resolving).
+pub fn any_filesystem(paths: &[WatchedPath]) -> bool {
+    paths.iter().any(|p| !p.is_abstract())
+}
+
+/// A `sun_path` (path bytes, or an abstract name with its leading NUL) as the trace and
+/// `status` write it: `@name` for an abstract one.
+pub fn display_name(name: &[u8]) -> String {
+    match name.split_first() {
+        Some((0, rest)) => format!("@{}", String::from_utf8_lossy(rest)),
+        _ => String::from_utf8_lossy(name).into_owned(),
     }
 }
 
@@ -118,59 +184,97 @@ pub fn dedup(paths: Vec<WatchedPath>) -> Vec<WatchedPath> {
 mod tests {
     use super::*;
 
+    fn w(text: &str) -> WatchedPath {
+        text.parse().unwrap()
+    }
+
     #[test]
     fn absolute_paths_parse() {
-        let p: WatchedPath = "/run/a.sock".parse().unwrap();
-        assert_eq!(p, WatchedPath::Filesystem("/run/a.sock".into()));
+        let p = w("/run/a.sock");
         assert_eq!(p.to_string(), "/run/a.sock");
-        let key = p.map_key();
+        let key = p.map_key().unwrap();
         assert_eq!(&key[..11], b"/run/a.sock");
         assert!(key[11..].iter().all(|&b| b == 0));
     }
 
     #[test]
     fn abstract_names_start_with_nul() {
-        let p: WatchedPath = "@tssx-demo".parse().unwrap();
-        assert_eq!(p, WatchedPath::Abstract("tssx-demo".into()));
+        let p = w("@tssx-demo");
         assert_eq!(p.to_string(), "@tssx-demo");
-        let key = p.map_key();
+        let key = p.map_key().unwrap();
         assert_eq!(key[0], 0);
         assert_eq!(&key[1..10], b"tssx-demo");
         assert!(key[10..].iter().all(|&b| b == 0));
     }
 
     #[test]
-    fn relative_and_empty_are_refused() {
-        assert_eq!("run/a.sock".parse::<WatchedPath>(), Err(PathError::Relative("run/a.sock".into())));
-        assert_eq!("".parse::<WatchedPath>(), Err(PathError::Empty));
-        assert_eq!("@".parse::<WatchedPath>(), Err(PathError::EmptyAbstract));
-        assert!(PathError::Relative("x".into()).to_string().contains("absolute"));
-        assert_eq!(
-            PathError::TooLong { path: "/x".into(), len: 108 }.to_string(),
-            format!("socket path `/x` is 108 bytes long; a Unix socket path holds at most {MAX_NAME_LEN} bytes")
-        );
-        assert_eq!(PathError::Nul("/a\0b".into()).to_string(), "socket path `/a\\0b` contains a NUL byte");
+    fn malformed_patterns_give_clear_errors() {
+        let err = |text: &str| text.parse::<WatchedPath>().unwrap_err().to_string();
+        assert!(err("run/a.sock").starts_with("watched pattern `run/a.sock` is relative: give an absolute path"), "{}", err("run/a.sock"));
+        assert_eq!(err(""), "watched pattern `` is empty");
+        assert!(err("@").contains("has no name after the @"));
+        assert!(err("/run/[ab.sock").contains("has a [ without its closing ]"), "{}", err("/run/[ab.sock"));
+        assert!(err("/run/**/x")
+            .contains("uses **, which is not supported: a directory prefix ending in / (e.g. /run/app/) covers every depth"));
+        assert!(err("/run/../x").contains("normal form"));
+        assert!(err("/run/[a/b]").contains("inside [...]"));
+        assert!(err("/run/x\\").contains("escapes nothing"));
+        assert_eq!(err("/a\0b"), "watched pattern `/a\\0b` contains a NUL byte");
+        let long = format!("/{}", "a".repeat(107));
+        assert_eq!(err(&long), format!("watched pattern `{long}` is 108 bytes long; a Unix socket address holds at most 107 bytes"));
+        assert!(format!("/{}", "a".repeat(106)).parse::<WatchedPath>().is_ok());
+        assert!(format!("@{}", "b".repeat(107)).parse::<WatchedPath>().is_ok());
+        assert!(format!("@{}", "b".repeat(108)).parse::<WatchedPath>().is_err());
     }
 
     #[test]
-    fn length_limit_is_107_bytes() {
+    fn length_limit_keys() {
         let ok = format!("/{}", "a".repeat(106));
-        assert_eq!(ok.len(), 107);
-        assert!(ok.parse::<WatchedPath>().is_ok());
-        let long = format!("/{}", "a".repeat(107));
-        assert_eq!(long.parse::<WatchedPath>(), Err(PathError::TooLong { path: long.clone(), len: 108 }));
-        assert!(format!("@{}", "b".repeat(107)).parse::<WatchedPath>().is_ok());
-        assert!(format!("@{}", "b".repeat(108)).parse::<WatchedPath>().is_err());
-        // The longest path still fills the key with its bytes and leaves the last one 0.
-        let key = ok.parse::<WatchedPath>().unwrap().map_key();
+        let key = ok.parse::<WatchedPath>().unwrap().map_key().unwrap();
         assert_eq!(key[106], b'a');
         assert_eq!(key[107], 0);
     }
 
     #[test]
+    fn kernel_entries_for_each_shape() {
+        let paths = vec![w("/run/a.sock"), w("/run/php/"), w("/var/run/postgresql/.s.PGSQL.*"), w("@app*"), w("@x?y")];
+        assert!(paths[0].map_key().is_some());
+        assert!(paths[1..].iter().all(|p| p.map_key().is_none()));
+        let entries = prefix_entries(&paths);
+        assert_eq!(
+            entries,
+            vec![
+                PrefixEntry { prefix: b"/run/php/".to_vec(), value: 1 },
+                PrefixEntry { prefix: b"/var/run/postgresql/.s.PGSQL.".to_vec(), value: PATH_ID_CANDIDATE },
+                PrefixEntry { prefix: b"\0app".to_vec(), value: 3 },
+                PrefixEntry { prefix: b"\0x".to_vec(), value: PATH_ID_CANDIDATE },
+            ]
+        );
+        // A directory and a glob on one prefix: the agent decides.
+        let shared = prefix_entries(&[w("/run/php/"), w("/run/php/*.sock")]);
+        assert_eq!(shared, vec![PrefixEntry { prefix: b"/run/php/".to_vec(), value: PATH_ID_CANDIDATE }]);
+    }
+
+    #[test]
+    fn the_most_specific_pattern_names_a_match() {
+        let paths = vec![w("/run/"), w("/run/php/*.sock"), w("/run/php/www.sock"), w("@app*"), w("/run/php/")];
+        assert_eq!(best_match(&paths, b"/run/php/www.sock"), Some(2), "exact first");
+        assert_eq!(best_match(&paths, b"/run/php/a.sock"), Some(1), "longer literal prefix, first on a tie");
+        assert_eq!(best_match(&paths, b"/run/php/a.txt"), Some(4));
+        assert_eq!(best_match(&paths, b"/run/x.sock"), Some(0));
+        assert_eq!(best_match(&paths, b"\0app-1"), Some(3));
+        assert_eq!(best_match(&paths, b"/srv/x.sock"), None);
+        assert_eq!(best_match(&paths, b"\0ap"), None);
+        assert!(any_filesystem(&paths));
+        assert!(!any_filesystem(&[w("@a")]));
+        assert_eq!(display_name(b"\0app"), "@app");
+        assert_eq!(display_name(b"/run/a"), "/run/a");
+    }
+
+    #[test]
     fn dedup_keeps_first() {
-        let a: WatchedPath = "/a".parse().unwrap();
-        let b: WatchedPath = "@b".parse().unwrap();
+        let a = w("/a");
+        let b = w("@b");
         assert_eq!(dedup(vec![a.clone(), b.clone(), a.clone()]), vec![a, b]);
     }
 }

@@ -21,8 +21,12 @@ use std::{io, mem::size_of};
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 /// `UDIAG_SHOW_NAME` (linux/unix_diag.h).
 const UDIAG_SHOW_NAME: u32 = 0x1;
+/// `UDIAG_SHOW_VFS`.
+const UDIAG_SHOW_VFS: u32 = 0x2;
 /// `UDIAG_SHOW_PEER`.
 const UDIAG_SHOW_PEER: u32 = 0x4;
+/// `UNIX_DIAG_VFS` attribute type (`struct unix_diag_vfs`: the socket file's inode and device).
+const UNIX_DIAG_VFS: u16 = 1;
 /// `UNIX_DIAG_NAME` attribute type (the socket's `sun_path` bytes).
 const UNIX_DIAG_NAME: u16 = 0;
 /// `UNIX_DIAG_PEER` attribute type (the peer's inode, `u32`).
@@ -46,6 +50,10 @@ pub struct UnixSocket {
     /// Its own address as `sun_path` bytes: a filesystem path without its terminating NUL, or an
     /// abstract name with its leading NUL; `None` if it has no address (an unbound client).
     pub name: Option<Vec<u8>>,
+    /// The socket file a filesystem name stands for, `(device, inode)` as `stat` gives them:
+    /// for a bound socket its own file, for an accepted one its listener's (the kernel copies
+    /// the path on `connect`). This is what a relative name is checked against.
+    pub file: Option<(u64, u64)>,
 }
 
 impl UnixSocket {
@@ -127,7 +135,7 @@ pub fn unix_socket(ino: u32) -> io::Result<Option<UnixSocket>> {
             pad: 0,
             states: u32::MAX,
             ino,
-            show: UDIAG_SHOW_PEER | UDIAG_SHOW_NAME,
+            show: UDIAG_SHOW_PEER | UDIAG_SHOW_NAME | UDIAG_SHOW_VFS,
             cookie: [u32::MAX; 2], // INET_DIAG_NOCOOKIE: look up by inode alone
         },
         0,
@@ -182,6 +190,12 @@ fn parse_reply(msg: &[u8], ino: u32) -> io::Result<Option<UnixSocket>> {
         match atype {
             UNIX_DIAG_PEER => socket.peer = Some(read_u32(msg, at + 4).ok_or_else(bad)?).filter(|&p| p != 0),
             UNIX_DIAG_NAME => socket.name = Some(sun_path_name(&msg[at + 4..at + alen])),
+            UNIX_DIAG_VFS => {
+                let ino = read_u32(msg, at + 4).ok_or_else(bad)?;
+                let dev = read_u32(msg, at + 8).ok_or_else(bad)?;
+                // The kernel's dev_t (major << 20 | minor), in the encoding `stat` uses.
+                socket.file = Some((libc::makedev(dev >> 20, dev & 0xf_ffff), u64::from(ino)));
+            }
             _ => {}
         }
         at += (alen + 3) & !3;
@@ -239,6 +253,10 @@ mod tests {
         let accepted = unix_socket(is).unwrap().unwrap();
         assert!(accepted.is_connected());
         assert_eq!(accepted.name.as_deref(), Some(path.as_os_str().as_encoded_bytes()));
+        // The accepted socket stands for its listener's file, as `stat` names it.
+        let st = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&path).unwrap());
+        let dev = std::os::unix::fs::MetadataExt::dev(&std::fs::metadata(&path).unwrap());
+        assert_eq!(accepted.file, Some((dev, st)));
         assert_eq!(accepted.peer, Some(ic));
         assert_eq!(unix_socket(ic).unwrap().unwrap().name, None);
         let il = socket_inode(pid, listener.as_raw_fd()).unwrap().unwrap();

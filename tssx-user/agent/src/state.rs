@@ -17,7 +17,8 @@ use crate::paths::WatchedPath;
 
 /// Default state directory; the hook looks here too.
 pub const DEFAULT_STATE_DIR: &str = "/run/tssx";
-/// File in the state directory listing the watched paths, one per line (`@name` for abstract),
+/// File in the state directory listing the watched patterns as given (see
+/// [`tssx_common::pattern`]), one per line (`@name` for abstract),
 /// after the settings for hooks (lines starting with `#`, e.g. `#claim-after-ns=1000000`).
 pub const PATHS_FILE: &str = "paths";
 /// Default `--claim-after`: a connection claims its segment once it lived this long.
@@ -98,7 +99,7 @@ impl StateDir {
         &self.dir
     }
 
-    /// Publishes the watched paths (mode 0644, replaced atomically), after the hooks' settings:
+    /// Publishes the watched patterns (mode 0644, replaced atomically), after the hooks' settings:
     /// `#claim-after-ns=N`, how long a connection lives before it claims a segment.
     pub fn publish_paths(&self, paths: &[WatchedPath], claim_after: Duration) -> Result<(), StateError> {
         let mut text = format!("#claim-after-ns={}\n", claim_after.as_nanos());

@@ -7,22 +7,33 @@
 //! on the host) are at DEBUG level (`-v`):
 //! a busy server must not flood the log; `status --stats` counts them. The others are at INFO.
 
-use tssx_common::event::{Event, EventKind};
+use tssx_common::event::EventKind;
 
-use crate::paths::WatchedPath;
+use crate::{
+    feed::Classified,
+    paths::{display_name, WatchedPath},
+};
 
-/// Emits the trace line for one event. `paths` maps path ids to the watched paths.
-pub fn trace_event(event: &Event, paths: &[WatchedPath]) {
+/// Emits the trace line for one event. `paths` maps path ids to the watched patterns.
+///
+/// `pattern` names the watched pattern that matched; `path` is the socket's address for bind
+/// and connect (absolute: a relative one, resolved, also appears `as_written`), and the
+/// pattern for listen and accept, whose events carry no address.
+pub fn trace_event(seen: &Classified, paths: &[WatchedPath]) {
+    let event = &seen.event;
     let comm = String::from_utf8_lossy(event.comm_bytes());
     let comm = comm.as_ref();
-    let path = paths.get(event.path_id as usize).map(ToString::to_string).unwrap_or_default();
+    let pattern = paths.get(event.path_id as usize).map(ToString::to_string).unwrap_or_default();
+    let path = if event.addr_len > 0 { display_name(event.addr_bytes()) } else { pattern.clone() };
+    let pattern = pattern.as_str();
+    let as_written = seen.written.as_deref();
     let (pid, tid, uid, fd) = (event.tgid, event.pid, event.uid, event.fd);
     match event.event_kind() {
-        Some(EventKind::Bind) => tracing::info!(pid, tid, comm, uid, fd, path, "bind"),
-        Some(EventKind::Listen) => tracing::info!(pid, tid, comm, uid, fd, path, "listen"),
-        Some(EventKind::Connect) => tracing::debug!(pid, tid, comm, uid, fd, path, "connect"),
+        Some(EventKind::Bind) => tracing::info!(pid, tid, comm, uid, fd, path, pattern, as_written, "bind"),
+        Some(EventKind::Listen) => tracing::info!(pid, tid, comm, uid, fd, path, pattern, "listen"),
+        Some(EventKind::Connect) => tracing::debug!(pid, tid, comm, uid, fd, path, pattern, as_written, "connect"),
         Some(EventKind::Accept) => {
-            tracing::debug!(pid, tid, comm, uid, listen_fd = fd, fd = event.new_fd, path, "accept")
+            tracing::debug!(pid, tid, comm, uid, listen_fd = fd, fd = event.new_fd, path, pattern, "accept")
         }
         Some(EventKind::Fork) => {
             tracing::info!(pid, comm, child = event.other_pid, "fork: child inherits watched listeners")

@@ -13,7 +13,7 @@ use libc::{c_int, c_void, iovec, msghdr, size_t, sockaddr, socklen_t, ssize_t};
 use tssx_common::segment::End;
 
 use crate::{
-    closing,
+    anc, closing,
     conn::{Conn, Phase},
     epoll,
     exec::{self, Image, Kind},
@@ -40,12 +40,12 @@ pub fn init() {
 
 /// After a successful connect/accept of `fd`: track it if it is a stream socket on a watched
 /// path (plain for now: nothing is asked of the agent here), else forget it.
-fn track_connected(fd: c_int, end: End, name: Option<String>) {
+fn track_connected(fd: c_int, end: End, name: Option<paths::UnixName>) {
     // A socket made by our `socket` as SOCK_STREAM needs no question.
     let known_stream = table::is_unconnected(fd);
     table::mark_unconnected(fd, false);
     with_errno_kept(|| {
-        let watched = name.is_some_and(|name| paths::watched(&name)) && (known_stream || paths::is_stream(fd));
+        let watched = name.is_some_and(|name| paths::watched(&name)) && (known_stream || paths::is_stream(fd)) && !anc::passes_creds(fd);
         track_if(fd, end, watched, None);
     })
 }
@@ -71,7 +71,10 @@ fn track_accepted(listener: c_int, new: c_int, nonblock: bool) {
         let watched = match table::listener_kind(listener) {
             Some(watched) => watched,
             None => {
-                let watched = paths::local_name(new).is_some_and(|name| paths::watched(&name)) && paths::is_stream(new);
+                // (An accepted socket inherits the listener's SO_PASSCRED.)
+                let watched = paths::listener_name(listener, new).is_some_and(|name| paths::watched(&name))
+                    && paths::is_stream(new)
+                    && !anc::passes_creds(new);
                 table::remember_listener(listener, watched);
                 watched
             }
@@ -103,6 +106,25 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
     }
     rc
 }
+
+// ---- watched patterns: relative binds (a contiguous block) ----
+
+/// libc's `bind`: a Unix address bound relative to the working directory is resolved now (the
+/// kernel resolves it now too), so that its connections are matched on the right absolute path
+/// even if the process changes directory before it accepts (see [`paths::listener_name`]).
+pub unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+    // SAFETY: forwarded as received.
+    let rc = unsafe { sys::bind(fd, addr, len) };
+    if rc == 0 {
+        // SAFETY: the kernel just accepted `addr`/`len` as readable.
+        if let Some(name) = unsafe { paths::unix_name(addr, len) } {
+            with_errno_kept(|| paths::remember_bind(fd, &name));
+        }
+    }
+    rc
+}
+
+// ---- end of the block ----
 
 /// libc's `accept`.
 pub unsafe fn accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
@@ -236,7 +258,7 @@ fn oob(flags: c_int) -> bool {
 /// `$bufs` checks and builds the caller's buffers (an errno the kernel would give at once, or
 /// [`iov::Checked`]); `after` adjusts a result the hook produced (`|n| -> n`).
 macro_rules! recv_like {
-    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) => |$fd:ident| ($bufs:expr, $flags:expr) $(, after = |$n:ident| $after:expr)? $(, plain_after = |$rc:ident| $plain_after:expr)? $(, empty_noop = $noop:literal)?) => {
+    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) => |$fd:ident| ($bufs:expr, $flags:expr) $(, after = |$n:ident| $after:expr)? $(, plain_after = |$rc:ident| $plain_after:expr)? $(, empty_noop = $noop:literal)? $(, ctrl = $ctrl:expr)?) => {
         $(#[$doc])*
         #[doc = concat!("libc's `", stringify!($name), "`.")]
         pub unsafe fn $name($($arg: $ty),*) -> ssize_t {
@@ -262,6 +284,11 @@ macro_rules! recv_like {
                         #[allow(unused_unsafe)]
                         // SAFETY: the caller's buffers, checked as the kernel would.
                         let checked = unsafe { $bufs };
+                        $(
+                            #[allow(unused_unsafe)]
+                            // SAFETY: the caller's message (its readability is checked inside).
+                            let _ctrl = unsafe { $ctrl };
+                        )?
                         let got = match checked {
                             Err(e) => {
                                 sys::set_errno(e);
@@ -303,7 +330,7 @@ macro_rules! recv_like {
 /// Defines a sending call, as [`recv_like`]; `check` gives the kernel's answer to what the
 /// socket refuses before it looks at the data (an address on a connected socket: EISCONN).
 macro_rules! send_like {
-    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) => |$fd:ident| ($bufs:expr, $flags:expr) $(, check = $check:expr)? $(, guard = $guard:expr)? $(, pre = $pre:expr)? $(, empty_noop = $noop:literal)?) => {
+    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) => |$fd:ident| ($bufs:expr, $flags:expr) $(, check = $check:expr)? $(, guard = $guard:expr)? $(, anc = |$c:ident| $anc:expr)? $(, pre = $pre:expr)? $(, empty_noop = $noop:literal)?) => {
         $(#[$doc])*
         #[doc = concat!("libc's `", stringify!($name), "`.")]
         pub unsafe fn $name($($arg: $ty),*) -> ssize_t {
@@ -329,8 +356,18 @@ macro_rules! send_like {
                     Route::Kernel(r) => raw = r.map(|r| (c, r)),
                     // SAFETY: the caller's message, checked before (see `guard`).
                     Route::Hook if false $(|| unsafe { $guard })? => {
-                        // Ancillary data must travel through the kernel, with the bytes it goes
-                        // with: the connection goes back to the socket first.
+                        $(
+                            let $c = c;
+                            #[allow(unused_unsafe)]
+                            // SAFETY: the caller's message, readable (checked by `guard`).
+                            if let Some(n) = unsafe { $anc } {
+                                after_hook(c);
+                                return n;
+                            }
+                        )?
+                        // Not served on the rings: the ancillary data travels through the
+                        // kernel, with the bytes it goes with, the connection back on the
+                        // socket first.
                         with_errno_kept(|| c.hand_back($fd));
                     }
                     Route::Hook => {
@@ -403,8 +440,14 @@ recv_like!(
             // SAFETY: the caller's msghdr, readable (checked by `msg_iov`); fields written
             // unaligned, as the kernel may.
             unsafe {
-                std::ptr::addr_of_mut!((*msg).msg_flags).write_unaligned(flags & libc::MSG_CMSG_CLOEXEC);
-                std::ptr::addr_of_mut!((*msg).msg_controllen).write_unaligned(0);
+                // Control messages: only those of a marker taken on the way (`anc`).
+                let (control_len, control_flags) = anc::ctrl_result();
+                std::ptr::addr_of_mut!((*msg).msg_flags).write_unaligned((flags & libc::MSG_CMSG_CLOEXEC) | control_flags);
+                std::ptr::addr_of_mut!((*msg).msg_controllen).write_unaligned(control_len as _);
+                if control_len > 0 {
+                    // Swapped sockets may have arrived with their segments.
+                    with_errno_kept(|| pass::received(msg));
+                }
                 let name = std::ptr::addr_of!((*msg).msg_name).read_unaligned();
                 if !name.is_null() {
                     source_address(fd, n, name.cast(), std::ptr::addr_of_mut!((*msg).msg_namelen));
@@ -417,7 +460,8 @@ recv_like!(
             // Swapped sockets may have arrived with their segments.
             // SAFETY: the msghdr the kernel just filled.
             with_errno_kept(|| unsafe { pass::received(msg) });
-        }
+        },
+        ctrl = anc::ctrl_begin(msg, flags)
 );
 
 /// The source address `recvfrom`/`recvmsg` report after receiving `got` bytes on a connected
@@ -467,8 +511,28 @@ send_like!(
         ),
         // (A header that cannot be read is left to the checks of the hook's path.)
         guard = iov::value_ok(msg) && std::ptr::addr_of!((*msg).msg_controllen).read_unaligned() > 0,
+        anc = |c| anc_send(c, fd, msg, flags),
         pre = if table::lookup_swapped(fd).is_none() { pass::send(fd, msg, flags) } else { None }
 );
+
+/// `sendmsg` with control messages on a connection on the rings ([`Conn::send_anc`]): the
+/// data buffers checked as the kernel does first. `None`: not served (hand back).
+///
+/// # Safety
+/// `msg` is readable.
+unsafe fn anc_send(c: &Conn, fd: c_int, msg: *const msghdr, flags: c_int) -> Option<isize> {
+    // SAFETY: per the contract.
+    let checked = unsafe { iov::msg_iov(msg).and_then(|(v, cnt)| iov::slices(v, cnt, libc::EMSGSIZE)) };
+    match checked {
+        Err(e) => {
+            sys::set_errno(e);
+            Some(-1)
+        }
+        Ok(b) if b.faults => None,
+        // SAFETY: per the contract; the buffers just checked.
+        Ok(b) => unsafe { c.send_anc(fd, msg, &b.slices, flags) },
+    }
+}
 
 /// What `preadv2`/`pwritev2` with these `RWF_*` flags do on a tracked socket.
 #[derive(Debug, PartialEq, Eq)]
@@ -665,7 +729,7 @@ unsafe fn mmsg_received(msgs: *mut libc::mmsghdr, n: c_int) {
 /// send ends the call; an error after the first message is not reported) and returns how many
 /// it sent; on a connection that is served by the hook (or when a message passes fds while
 /// this process tracks connections), so does the hook, with [`sendmsg`] for each message: the
-/// rings, or a hand-back to the kernel first for a message with ancillary data. A socket still
+/// rings (ancillary data as [`sendmsg`]: through the kernel, positioned on the rings). A socket still
 /// plain makes one real call (counted); any other fd goes straight to libc.
 pub unsafe fn sendmmsg(fd: c_int, msgs: *mut libc::mmsghdr, vlen: libc::c_uint, flags: c_int) -> c_int {
     let conn = table::lookup(fd).filter(|c| !matches!(c.phase(), Phase::Plain | Phase::Unconnected));
@@ -914,6 +978,16 @@ pub unsafe fn setsockopt(fd: c_int, level: c_int, name: c_int, value: *const c_v
             with_errno_kept(|| c.took_peek_off(fd));
         }
     }
+    if rc == 0 && level == libc::SOL_SOCKET && name == libc::SO_PASSCRED {
+        if let Some(c) = table::lookup(fd) {
+            // Credentials with every read: only the kernel has them (see `anc`).
+            with_errno_kept(|| {
+                if anc::passes_creds(fd) {
+                    c.leave_rings(fd);
+                }
+            });
+        }
+    }
     rc
 }
 
@@ -996,8 +1070,14 @@ pub unsafe fn dup2(old: c_int, new: c_int) -> c_int {
         }
         before_replaced(old, new);
     }
+    // One of the hook's own fds on `new` moves out of the way first.
+    let relocated =
+        old != new && crate::own::is_own(new) && tssx_shm::sys::fcntl(old, libc::F_GETFD, 0).is_ok() && crate::own::relocate(new);
     // SAFETY: forwarded as received.
     let rc = unsafe { sys::dup2(old, new) };
+    if rc < 0 && relocated {
+        with_errno_kept(|| crate::own::relocation_failed(new));
+    }
     if rc >= 0 && old != new {
         table::forget_listener(new);
     }
@@ -1017,8 +1097,14 @@ pub unsafe fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
         }
         before_replaced(old, new);
     }
+    // One of the hook's own fds on `new` moves out of the way first.
+    let relocated =
+        old != new && crate::own::is_own(new) && tssx_shm::sys::fcntl(old, libc::F_GETFD, 0).is_ok() && crate::own::relocate(new);
     // SAFETY: forwarded as received.
     let rc = unsafe { sys::dup3(old, new, flags) };
+    if rc < 0 && relocated {
+        with_errno_kept(|| crate::own::relocation_failed(new));
+    }
     if rc >= 0 {
         table::forget_listener(new);
     }
@@ -1083,7 +1169,13 @@ pub unsafe fn ioctl(fd: c_int, request: libc::c_ulong, arg: *mut c_void) -> c_in
         }
     }
     if let Some(c) = table::lookup_swapped(fd) {
+        if request == libc::FIONREAD && c.phase() == Phase::HandingBack {
+            // Once the peer's ring bytes are read, the rest is the kernel's to count.
+            c.note_fd(fd);
+            with_errno_kept(|| c.finish_hand_back());
+        }
         let value = match request {
+            libc::FIONREAD if c.phase() == Phase::Plain => None,
             libc::FIONREAD => Some(c.unread_total(fd)),
             libc::TIOCOUTQ => Some(c.unsent_total(fd)),
             _ => None,

@@ -65,14 +65,19 @@ pub enum Answer {
     Retry,
     /// Stay plain: refused, the claim is over, or the agent is gone.
     Plain,
+    /// The connection ended without an answer: the agent was serving as many claims as it
+    /// serves at once and closed this one unserved, or it died. Worth another claim later
+    /// (a dead agent is then seen at once: nobody listens).
+    Dropped,
 }
 
-/// Looks for the agent's answer on `control` without waiting.
-pub fn poll(control: &Fd) -> Answer {
+/// Looks for the agent's answer on `control` (a claim's socket) without waiting.
+pub fn poll(control: libc::c_int) -> Answer {
     let mut buf = [0u8; REPLY_SIZE];
-    match fdpass::recv_with_fd_flags(control.raw(), &mut buf, libc::MSG_DONTWAIT) {
+    match fdpass::recv_with_fd_flags(control, &mut buf, libc::MSG_DONTWAIT) {
         Err(e) if e.raw_os_error() == Some(libc::EAGAIN) || e.raw_os_error() == Some(libc::EINTR) => Answer::NotYet,
         Err(_) => Answer::Plain,
+        Ok((0, None)) => Answer::Dropped,
         Ok((n, fd)) => match Reply::decode(&buf[..n]).ok().and_then(|r| r.reply_kind()) {
             Some(ReplyKind::Swap) => fd.map_or(Answer::Plain, Answer::Swap),
             Some(ReplyKind::Retry) => Answer::Retry,

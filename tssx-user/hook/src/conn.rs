@@ -151,6 +151,8 @@ pub struct ClaimState {
     pub(crate) sent_at: u64,
     /// Earliest time of the next claim after an answer "retry later" (0: none).
     pub(crate) retry_at: u64,
+    /// Claims of this connection the agent closed unanswered (see [`crate::claim::Answer::Dropped`]).
+    pub(crate) dropped: u32,
 }
 
 /// One tracked socket.
@@ -213,6 +215,12 @@ pub struct Conn {
     /// still on it: part of [`Conn::edges`], so that edge-triggered epoll reports socket data
     /// and socket room as the kernel would. Relaxed: counters compared for change only.
     pub(crate) socket_edges: [AtomicU32; 2],
+    /// An incoming edge of the real socket (data, EOF, hang-up) was consumed by epoll while the
+    /// incoming direction was still on the socket, so nobody drained it as doorbells. Once that
+    /// direction reads the ring, the socket must be looked at once more: a peer that died
+    /// half-way left its EOF behind edges epoll will not report again (see
+    /// [`Conn::examine_socket_once`]). Relaxed: a flag whose reader re-checks the socket itself.
+    pub(crate) socket_unexamined: AtomicBool,
     /// When [`Conn::peer_died`] last looked at the socket (CLOCK_MONOTONIC ns). Relaxed: a
     /// rate limit.
     pub(crate) death_checked_ns: AtomicU64,
@@ -272,6 +280,7 @@ impl Conn {
             fork_mark: AtomicU64::new(0),
             death_checked_ns: AtomicU64::new(0),
             socket_edges: [AtomicU32::new(0), AtomicU32::new(0)],
+            socket_unexamined: AtomicBool::new(false),
             last_fd: AtomicI32::new(-1),
             peek_off: AtomicI32::new(-1),
         }
@@ -497,8 +506,9 @@ impl Conn {
     /// The kernel reported `events` on the real socket: count them as edges of the directions
     /// that are not on the rings yet.
     pub(crate) fn socket_edge(&self, events: u32) {
-        if events & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP) as u32 != 0 && !self.reads_ring() {
+        if events & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP) as u32 != 0 && (!self.reads_ring() || self.peer_handed_back()) {
             self.socket_edges[0].fetch_add(1, Relaxed);
+            self.socket_unexamined.store(true, Relaxed);
         }
         if events & libc::EPOLLOUT as u32 != 0 && !self.writes_ring() {
             self.socket_edges[1].fetch_add(1, Relaxed);
@@ -536,10 +546,35 @@ impl Conn {
         ready
     }
 
+    /// `IN` if the socket holds bytes beyond the doorbells (and ancillary markers) the peer
+    /// sent before it handed back: its data, which this end reads once it followed.
+    fn socket_data_after_back(&self, fd: c_int) -> u32 {
+        let mut queued: c_int = 0;
+        // SAFETY: FIONREAD writes one int into a live local; the real ioctl.
+        if fd < 0 || sys::with_errno_kept(|| unsafe { sys::ioctl(fd, libc::FIONREAD, (&mut queued as *mut c_int).cast()) }) != 0 {
+            return 0;
+        }
+        // Acquire: published with the peer's `back_at`. SeqCst: as the doorbell counters' users.
+        let owed = self.peer_line().bells_at.load(Acquire).saturating_sub(self.my_line().bells_drained.load(SeqCst));
+        let markers = {
+            let q = &self.header().anc[self.end.peer().index()];
+            q.sent.0.load(SeqCst).saturating_sub(q.taken.0.load(SeqCst)).min(tssx_common::segment::ANC_SLOTS as u64)
+        };
+        if queued.max(0) as u64 > owed + markers {
+            bits::IN
+        } else {
+            0
+        }
+    }
+
     /// Readiness of a connection that has a segment, in any phase from [`Phase::Ready`] on
     /// (half-way phases ask the socket too, see [`crate::migrate`]).
     pub fn readiness(&self, fd: c_int) -> u32 {
         match self.phase() {
+            // The peer handed back: this end follows on its next call, which reads the
+            // socket after the ring; meanwhile the socket's data past the last doorbells is
+            // readable too (else a waiter in poll or epoll never makes that call).
+            Phase::Active if self.peer_handed_back() => self.ring_readiness() | self.socket_data_after_back(fd),
             Phase::Active => self.ring_readiness(),
             Phase::HandingBack => self.handing_back_readiness(fd),
             _ => self.migrating_readiness(fd),

@@ -986,6 +986,7 @@ fn collect(epfd: c_int, set: &Set, out: &mut [epoll_event]) -> usize {
                 continue;
             }
             c.tick(fd);
+            c.examine_socket_once(fd);
             let (mask, seen) = reportable(i, &c, fd);
             if mask == 0 {
                 continue;
@@ -1191,7 +1192,11 @@ pub unsafe fn wait(epfd: c_int, events: *mut epoll_event, maxevents: c_int, time
             let m = unsafe { real_wait(epfd, out[n..].as_mut_ptr(), (out.len() - n) as c_int, Some(0), sigmask) };
             let m = if m > 0 { filter(epfd, &mut out[n..], m as usize) } else { 0 };
             note_oneshots_fired(set, &out[n..n + m]);
-            let more = if n + m < out.len() && m > 0 { collect(epfd, set, &mut out[n + m..]) } else { 0 };
+            // The rings once more (a doorbell the kernel's events brought was drained) only if
+            // they reported nothing above: a ready level-triggered interest would come twice
+            // in one answer, which the kernel never gives (a server with blocking sockets then
+            // blocks in its second read).
+            let more = if n == 0 && m > 0 && m < out.len() { collect(epfd, set, &mut out[m..]) } else { 0 };
             return (n + m + more) as c_int;
         }
         if !spun {

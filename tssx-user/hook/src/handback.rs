@@ -1,9 +1,9 @@
 //! Handing a connection back to the kernel: the migration in reverse, for the whole connection.
 //!
-//! An end that must give the connection back (a call the rings cannot serve, such as `sendmsg`
-//! with ancillary data) does, under its producer lock: store how many doorbells it ever sent,
-//! counting one last one (`bells_at`), then its ring head (`back_at`), then ring that last
-//! doorbell (so a peer asleep on the rings wakes and sees the hand-back). From then on it
+//! An end that must give the connection back (a call the rings cannot serve, such as `send`
+//! with `MSG_OOB`, or `SO_PASSCRED`) does, under its producer lock: store how many doorbells it
+//! ever sent, counting one last one (`bells_at`), then its ring head (`back_at`), then ring that
+//! last doorbell (so a peer asleep on the rings wakes and sees the hand-back). From then on it
 //! writes to the socket and never sends a doorbell again. Its peer, on its next call (or woken by that doorbell), does the same
 //! for its own direction.
 //!
@@ -175,6 +175,9 @@ impl Conn {
         if self.swap().is_none() || !self.in_switched() || self.peer_handed_back() {
             return;
         }
+        // The new image reads the socket: no marker may be left in it (their fds are closed,
+        // as by a read without a control buffer).
+        self.discard_markers(self.last_fd.load(Relaxed));
         self.with_rx(|rx| {
             // SeqCst: before this end's `back_at` (SeqCst, in `hand_back`), which the peer
             // loads before it loads this.
@@ -265,6 +268,11 @@ impl Conn {
             if owed == 0 || owed > crate::wait::MAX_OWED_DOORBELLS {
                 return true;
             }
+            // A pending ancillary record's marker comes first: its reader takes it (see `anc`).
+            let owed = owed.min(self.anc_bell_bound().saturating_sub(drained.load(SeqCst)));
+            if owed == 0 {
+                return false;
+            }
             let take = owed.min(buf.len() as u64) as usize;
             let before = drained.load(SeqCst);
             if drained.compare_exchange(before, before.wrapping_add(take as u64), SeqCst, SeqCst).is_err() {
@@ -339,6 +347,11 @@ impl Conn {
             let limit = if back_at == NOT_YET { usize::MAX } else { back_at.saturating_sub(tail).min(usize::MAX as u64) as usize };
             if limit == 0 {
                 return 0;
+            }
+            let fd = self.last_fd.load(Relaxed);
+            if fd >= 0 && self.anc_pending() {
+                // Ancillary records before `back_at`: their markers are taken on the way.
+                return self.read_ring_anc(fd, rx, bufs, peek, 0, limit).0.bytes;
             }
             let mut left = limit;
             let mut total = 0;

@@ -17,7 +17,7 @@ use std::io::{IoSlice, IoSliceMut};
 use libc::{c_int, c_void, iovec, size_t};
 
 /// How many iovecs past a partial transfer a call handles at once (more are done in rounds).
-const IOV_BATCH: usize = 64;
+pub(crate) const IOV_BATCH: usize = 64;
 
 /// Calls `f` with the part of `bufs` after the first `skip` bytes (at most [`IOV_BATCH`]
 /// slices, on the stack: no allocation on the data path).

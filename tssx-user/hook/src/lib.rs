@@ -22,6 +22,7 @@
 //! | [`ringlock`] | waiting for a held ring lock word, bounded (the peer can write it) |
 //! | [`phase`], [`migrate`], [`handback`] | a connection's phases: claimed lazily, moved onto the rings in flight, handed back to the kernel |
 //! | [`lifecycle`], [`exec`], [`pass`] | fork/spawn refcounts; exec hand-over; `SCM_RIGHTS` hand-over |
+//! | [`anc`] | ancillary data (`SCM_RIGHTS`, `SCM_CREDENTIALS`) on swapped sockets: through the kernel, positioned in the stream |
 //! | [`spawn`] | spawn file actions (side records, the child's fds), vfork, system, popen |
 //! | [`poll`], [`epoll`] | readiness calls over a mix of swapped and plain fds |
 //! | [`paths`], [`claim`] | which sockets are watched; claiming a segment from the agent |
@@ -41,6 +42,7 @@
 #[doc = include_str!("../COVERAGE.md")]
 pub mod coverage {}
 
+pub mod anc;
 pub mod calls;
 pub mod claim;
 pub mod closing;

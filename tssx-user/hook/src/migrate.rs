@@ -95,13 +95,19 @@ impl Conn {
             // Consume exactly the bytes peeked into the caller's buffers (the same ones: we hold
             // the consumer lock, and nothing else of this end reads the socket). Into a scratch
             // buffer when it is big enough, to leave the peeked copy as it is.
+            // Control messages sent with these bytes (before the peer's switch, through the
+            // kernel) go to the application's `recvmsg` (see `anc`): the kernel ends the read
+            // after the bytes that carried fds, and so does this one.
             let got = if allowed <= scratch.len() {
-                sys::recv_raw(fd, &mut scratch[..allowed], libc::MSG_DONTWAIT)
+                let one = [IoSliceMut::new(&mut scratch[..allowed])];
+                let mut msg = msg_over(&one);
+                // SAFETY: `msg` describes our scratch buffer.
+                unsafe { crate::anc::recvmsg_with_ctrl(fd, &mut msg, libc::MSG_DONTWAIT) }
             } else {
                 let mut msg = msg_over(bufs);
                 crate::iov::limit(&mut msg, allowed, |msg| {
                     // SAFETY: `msg` describes the caller's live buffers, limited to `allowed`.
-                    unsafe { sys::recvmsg_raw(fd, msg, libc::MSG_DONTWAIT) }
+                    unsafe { crate::anc::recvmsg_with_ctrl(fd, msg, libc::MSG_DONTWAIT) }
                 })
             };
             match got {

@@ -9,49 +9,98 @@
 //! with EBADF, as for a number nothing is open on (which is what the application sees), and
 //! `close_range`/`closefrom` leave the marked numbers out of the real call.
 //!
-//! Limit: `dup2`/`dup3` onto a marked number (the application would have to pick a number it
-//! never opened) still replaces the hook's fd in the kernel.
+//! `dup2`/`dup3` onto a marked number (a child after `fork` that puts its files on fixed
+//! numbers, `exec 3>file` in a shell) must succeed as it would without the hook, so the hook's
+//! file moves out of the way first ([`relocate`]): it gets a new number, and the application's
+//! call replaces only the old one.
 
-use std::{
-    ops::Deref,
-    sync::atomic::{AtomicU64, Ordering::Relaxed},
-};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering::Relaxed};
 
 use libc::{c_int, c_uint};
 use tssx_shm::sys::Fd;
 
 use crate::table::MAX_FDS;
 
+/// The lowest number a relocated fd of the hook's gets: above the small numbers programs put
+/// their own files on.
+const RELOCATE_FROM: c_int = 64;
+
 /// One bit per fd number held by an [`OwnFd`]. Relaxed: a number is marked by the thread that
 /// just received it from the kernel and unmarked before it is closed; a thread of the
 /// application that closes the same number concurrently races the hook's own use of it anyway.
 static OWN: [AtomicU64; MAX_FDS / 64] = [const { AtomicU64::new(0) }; MAX_FDS / 64];
 
-/// An fd of the hook's own (closed on drop, as [`Fd`]), marked as such while it lives.
+/// An fd of the hook's own (closed on drop, as [`Fd`]), marked as such while it lives. Its
+/// number can change ([`relocate`]). Relaxed: the number is changed by a thread of the
+/// application that replaces it with `dup2`, which races the hook's own use of it anyway.
 #[derive(Debug)]
-pub struct OwnFd(Fd);
+pub struct OwnFd(AtomicI32);
 
 impl OwnFd {
     /// Takes `fd` as one of the hook's own.
     pub fn new(fd: Fd) -> OwnFd {
-        mark(fd.raw(), true);
-        OwnFd(fd)
+        let raw = fd.into_raw();
+        mark(raw, true);
+        OwnFd(AtomicI32::new(raw))
     }
-}
 
-impl Deref for OwnFd {
-    type Target = Fd;
-
-    fn deref(&self) -> &Fd {
-        &self.0
+    /// The descriptor's number now.
+    #[inline]
+    pub fn raw(&self) -> c_int {
+        self.0.load(Relaxed)
     }
 }
 
 impl Drop for OwnFd {
     fn drop(&mut self) {
-        // Unmarked before the `Fd` closes it: the number is never free while marked.
-        mark(self.0.raw(), false);
+        let fd = self.raw();
+        // Unmarked before it is closed: the number is never free while marked.
+        mark(fd, false);
+        // SAFETY: owned by `self`, never used again.
+        drop(unsafe { Fd::from_raw(fd) });
     }
+}
+
+/// Before `dup2`/`dup3` (valid `old`) onto `fd`: if `fd` is one of the hook's own, moves the
+/// hook's file to a new number, so that the call replaces only a leftover duplicate. Returns
+/// whether `fd` was moved (then [`relocation_failed`] closes the leftover if the call fails).
+pub fn relocate(fd: c_int) -> bool {
+    if !is_own(fd) {
+        return false;
+    }
+    let Ok(to) = tssx_shm::sys::fcntl(fd, libc::F_DUPFD_CLOEXEC, RELOCATE_FROM as usize) else { return false };
+    let to = to as c_int;
+    mark(to, true);
+    let mut moved = false;
+    let mut move_it = |own: &OwnFd| moved |= own.0.compare_exchange(fd, to, Relaxed, Relaxed).is_ok();
+    crate::table::for_each_fd_conn(|c| {
+        if let Some(s) = c.swap() {
+            move_it(&s.memfd);
+        }
+        // A claim in flight: its holder only reads the number (a busy lock means this thread
+        // interrupted it, and its socket stays where it is).
+        if let Ok(claim) = c.claim.try_lock() {
+            if let Some(control) = claim.control.as_ref() {
+                move_it(control);
+            }
+        }
+    });
+    if !moved {
+        // Not found (a number being given back): leave it as it was.
+        mark(to, false);
+        // SAFETY: the duplicate made above, owned here.
+        drop(unsafe { Fd::from_raw(to) });
+        return false;
+    }
+    mark(fd, false);
+    true
+}
+
+/// The `dup2`/`dup3` after a [`relocate`] of `fd` failed: `fd` still holds the leftover
+/// duplicate of the hook's file, which nobody owns; it is closed.
+pub fn relocation_failed(fd: c_int) {
+    // SAFETY: the leftover duplicate, owned by nobody else.
+    drop(unsafe { Fd::from_raw(fd) });
 }
 
 fn mark(fd: c_int, on: bool) {

@@ -52,6 +52,13 @@ unsafe fn last_rights(msg: &msghdr) -> Option<*mut cmsghdr> {
     let last = last?;
     // SAFETY: `last` points at a complete header inside the buffer.
     let h = unsafe { &*last };
+    // A length the kernel refuses (shorter than a header, or past the buffer): EINVAL from the
+    // real call; nothing of ours to rewrite.
+    let room = msg.msg_controllen - (last as usize - msg.msg_control as usize);
+    // SAFETY: a pure size computation.
+    if h.cmsg_len < unsafe { libc::CMSG_LEN(0) } as usize || h.cmsg_len > room {
+        return None;
+    }
     (h.cmsg_level == libc::SOL_SOCKET && h.cmsg_type == libc::SCM_RIGHTS).then_some(last)
 }
 
@@ -73,6 +80,24 @@ unsafe fn fds_of<'a>(c: *mut cmsghdr) -> &'a mut [c_int] {
 /// # Safety
 /// `msg` is valid, as for sendmsg.
 pub unsafe fn send(fd: c_int, msg: *const msghdr, flags: c_int) -> Option<isize> {
+    // SAFETY: per the contract.
+    let sent = unsafe { send_via(msg, |m| sys::sendmsg_raw(fd, m, flags)) }?;
+    Some(match sent {
+        Ok(n) => n as isize,
+        Err(e) => {
+            sys::set_errno(e);
+            -1
+        }
+    })
+}
+
+/// As [`send`], with the sending done by `real` (given the rewritten message; it answers
+/// bytes sent or the errno): for a marker of [`crate::anc`], which carries the application's
+/// control messages. `None`: nothing swapped is passed, nothing was sent.
+///
+/// # Safety
+/// `msg` is valid, as for sendmsg.
+pub unsafe fn send_via(msg: *const msghdr, real: impl FnOnce(&msghdr) -> Result<usize, c_int>) -> Option<Result<usize, c_int>> {
     // A header the kernel will refuse (EFAULT), or one that is not aligned (rare, and
     // nothing to rewrite then), goes to the real call as it is.
     if !table::any_live() || !crate::iov::value_ok(msg) || !msg.is_aligned() {
@@ -138,16 +163,13 @@ pub unsafe fn send(fd: c_int, msg: *const msghdr, flags: c_int) -> Option<isize>
     let mut copy = *m;
     copy.msg_control = buf.as_mut_ptr().cast();
     copy.msg_controllen = new_len as _;
-    // SAFETY: a valid msghdr whose buffers are the caller's and ours.
-    let rc = unsafe { sys::sendmsg(fd, &copy, flags) };
-    if rc < 0 {
-        let e = sys::errno();
+    let rc = real(&copy);
+    if rc.is_err() {
         for &passed in &handed {
             if let Some(c) = table::lookup_swapped(passed) {
                 c.undo_hand_over();
             }
         }
-        sys::set_errno(e);
     }
     Some(rc)
 }

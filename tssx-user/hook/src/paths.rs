@@ -1,9 +1,20 @@
-//! Which sockets the hook may swap: Unix stream sockets on a path the running agent watches.
+//! Which sockets the hook may swap: Unix stream sockets on an address the running agent
+//! watches.
 //!
-//! The agent publishes its watched paths in `/run/tssx/paths`, one per line (`/path` or
-//! `@abstract`). No file (no agent): nothing is watched, and the hook passes everything through.
-//! Lines that start with `#` carry the agent's settings for hooks: `#claim-after-ns=N` (how long
-//! a connection lives before it claims a segment, see [`crate::phase`]).
+//! The agent publishes its watched patterns in `/run/tssx/paths`, one per line: exact paths,
+//! directories (`/run/php/`), globs (`/run/php/*.sock`), `@abstract` names and prefixes
+//! (`@name*`); see [`tssx_common::pattern`], whose matcher the agent uses too. No file (no
+//! agent): nothing is watched, and the hook passes everything through. Lines that start with
+//! `#` carry the agent's settings for hooks: `#claim-after-ns=N` (how long a connection lives
+//! before it claims a segment, see [`crate::phase`]). A line that is no valid pattern (a newer
+//! agent's syntax) is skipped.
+//!
+//! Cost: the patterns are checked and compiled once per version of the file; a connect to an
+//! unwatched address compares it with each pattern's literal prefix (a `memcmp`), and only an
+//! address under that prefix runs the glob matcher. No allocation, no system call (the file
+//! is looked at again at most every [`RECHECK_NS`]). A relative address (`connect("app.sock")`
+//! after a `chdir`) costs one `getcwd` more, and only while the agent watches filesystem
+//! patterns.
 
 use std::{
     ffi::CStr,
@@ -11,6 +22,10 @@ use std::{
 };
 
 use libc::c_int;
+use tssx_common::{
+    pattern::{matches_parts, Pattern, Shape},
+    SUN_PATH_LEN,
+};
 
 use crate::sys;
 
@@ -20,11 +35,39 @@ const PATHS_FILE: &CStr = c"/run/tssx/paths";
 /// Longest paths file read (256 paths of 108 bytes fit).
 const PATHS_FILE_MAX: usize = 64 * 1024;
 
-/// The watched-path name of a Unix socket address: `/path` or `@abstract`; `None` otherwise.
+/// A Unix socket address as the kernel holds it: `sun_path` bytes (a path without its NUL, an
+/// abstract name with its leading NUL), at most 108 of them, without allocating.
+#[derive(Clone, Copy)]
+pub struct UnixName {
+    bytes: [u8; SUN_PATH_LEN],
+    len: usize,
+}
+
+impl UnixName {
+    /// The `sun_path` bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+
+    /// A relative filesystem path (not `/...`, not abstract).
+    fn is_relative(&self) -> bool {
+        !matches!(self.bytes().first(), Some(0 | b'/'))
+    }
+
+    /// The name as the trace writes it: `@name` for an abstract one.
+    pub fn display(&self) -> String {
+        match self.bytes().split_first() {
+            Some((0, rest)) => format!("@{}", String::from_utf8_lossy(rest)),
+            _ => String::from_utf8_lossy(self.bytes()).into_owned(),
+        }
+    }
+}
+
+/// The name of a Unix socket address; `None` for another family or an unnamed address.
 ///
 /// # Safety
 /// `addr` must point at `len` readable bytes.
-pub unsafe fn unix_name(addr: *const libc::sockaddr, len: libc::socklen_t) -> Option<String> {
+pub unsafe fn unix_name(addr: *const libc::sockaddr, len: libc::socklen_t) -> Option<UnixName> {
     let len = len as usize;
     let family_len = std::mem::size_of::<libc::sa_family_t>();
     if addr.is_null() || len <= family_len || len > std::mem::size_of::<libc::sockaddr_un>() {
@@ -35,12 +78,130 @@ pub unsafe fn unix_name(addr: *const libc::sockaddr, len: libc::socklen_t) -> Op
     if un.sun_family != libc::AF_UNIX as libc::sa_family_t {
         return None;
     }
-    let path: Vec<u8> = un.sun_path[..len - family_len].iter().map(|&c| c as u8).collect();
-    if path.first() == Some(&0) {
-        return Some(format!("@{}", String::from_utf8_lossy(&path[1..])));
+    let raw = &un.sun_path[..len - family_len];
+    let mut name = UnixName { bytes: [0; SUN_PATH_LEN], len: raw.len() };
+    for (d, &c) in name.bytes.iter_mut().zip(raw) {
+        *d = c as u8;
     }
-    let end = path.iter().position(|&b| b == 0).unwrap_or(path.len());
-    Some(String::from_utf8_lossy(&path[..end]).into_owned())
+    if name.bytes[0] != 0 {
+        // A path ends at its NUL (callers such as Python leave garbage after it).
+        name.len = name.bytes[..name.len].iter().position(|&b| b == 0).unwrap_or(name.len);
+    }
+    Some(name)
+}
+
+/// One published pattern, checked and compiled once: its parts for
+/// [`tssx_common::pattern::matches_parts`] and its literal prefix, for a quick refusal.
+struct Compiled {
+    body: Box<[u8]>,
+    is_abstract: bool,
+    shape: Shape,
+    /// Bytes of `body` that every covered name starts with.
+    literal: usize,
+}
+
+impl Compiled {
+    fn new(line: &str) -> Option<Self> {
+        let p = Pattern::parse(line).ok()?;
+        Some(Self { body: p.body.into(), is_abstract: p.is_abstract, shape: p.shape, literal: p.literal_prefix().len() })
+    }
+
+    #[inline]
+    fn matches(&self, name: &[u8]) -> bool {
+        // The cheap refusal first: the literal prefix, after the leading NUL or at the `/`.
+        let rest = match (self.is_abstract, name.split_first()) {
+            (true, Some((0, rest))) => rest,
+            (false, Some((b'/', _))) => name,
+            _ => return false,
+        };
+        rest.starts_with(&self.body[..self.literal]) && matches_parts(&self.body, self.is_abstract, self.shape, name)
+    }
+}
+
+/// The compiled patterns of one version of the file.
+#[derive(Default)]
+struct Patterns {
+    list: Vec<Compiled>,
+    /// Some pattern is a filesystem one: relative addresses are worth resolving.
+    filesystem: bool,
+}
+
+impl Patterns {
+    fn parse(text: &str) -> Self {
+        let list: Vec<Compiled> = text.lines().filter(|l| !l.starts_with('#')).filter_map(Compiled::new).collect();
+        let filesystem = list.iter().any(|c| !c.is_abstract);
+        Self { list, filesystem }
+    }
+
+    /// Whether `name` is watched; a relative name is resolved against the working directory.
+    fn covers(&self, name: &UnixName) -> bool {
+        if self.list.is_empty() {
+            return false;
+        }
+        if name.is_relative() {
+            return self.filesystem && absolute(name).is_some_and(|abs| self.list.iter().any(|c| c.matches(abs.bytes())));
+        }
+        self.list.iter().any(|c| c.matches(name.bytes()))
+    }
+}
+
+/// A relative `name` resolved against this process's working directory (`getcwd`, lexically:
+/// see [`tssx_common::pattern::resolve_relative`]); `None` if that fails or is too long.
+fn absolute(name: &UnixName) -> Option<UnixName> {
+    let mut cwd = [0u8; libc::PATH_MAX as usize];
+    // SAFETY: getcwd writes at most `cwd.len()` bytes, NUL-terminated, into our buffer.
+    if unsafe { libc::getcwd(cwd.as_mut_ptr().cast(), cwd.len()) }.is_null() {
+        return None;
+    }
+    let cwd_len = cwd.iter().position(|&b| b == 0)?;
+    let mut out = UnixName { bytes: [0; SUN_PATH_LEN], len: 0 };
+    out.len = tssx_common::pattern::resolve_relative(&cwd[..cwd_len], name.bytes(), &mut out.bytes)?;
+    Some(out)
+}
+
+/// Relative binds of this process: the listener fd, the name as bound, the absolute name it
+/// resolved to then. Few (a process binds few sockets, fewer with a relative address): the
+/// oldest goes beyond [`MAX_RELATIVE_BINDS`]. Copied into a forked child with the memory.
+static RELATIVE_BINDS: std::sync::Mutex<Vec<(c_int, UnixName, UnixName)>> = std::sync::Mutex::new(Vec::new());
+/// Whether [`RELATIVE_BINDS`] ever held an entry (Relaxed: a hint; the lock orders the rest).
+static ANY_RELATIVE_BIND: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// Most relative binds remembered.
+const MAX_RELATIVE_BINDS: usize = 64;
+
+/// After a successful `bind` of `fd` to `name`: a relative path is resolved against the
+/// working directory now (as the kernel just did) and remembered for the listener's accepts.
+pub fn remember_bind(fd: c_int, name: &UnixName) {
+    if !name.is_relative() {
+        return;
+    }
+    let Some(absolute) = absolute(name) else { return };
+    // Never waited for (a process that forked while another thread held it must not hang).
+    let Ok(mut binds) = RELATIVE_BINDS.try_lock() else { return };
+    binds.retain(|(f, _, _)| *f != fd);
+    if binds.len() >= MAX_RELATIVE_BINDS {
+        binds.remove(0);
+    }
+    binds.push((fd, *name, absolute));
+    ANY_RELATIVE_BIND.store(true, Relaxed);
+}
+
+/// The name of the listener `listener` whose accepted socket is `accepted`, absolute: the
+/// accepted socket carries the listener's name as bound; a relative one is the absolute name
+/// remembered at its `bind` (if the fd was bound to that very name), else resolved against
+/// the working directory now.
+pub fn listener_name(listener: c_int, accepted: c_int) -> Option<UnixName> {
+    let name = local_name(accepted)?;
+    if !name.is_relative() {
+        return Some(name);
+    }
+    if ANY_RELATIVE_BIND.load(Relaxed) {
+        if let Ok(binds) = RELATIVE_BINDS.try_lock() {
+            if let Some((_, _, absolute)) = binds.iter().find(|(f, bound, _)| *f == listener && bound.bytes() == name.bytes()) {
+                return Some(*absolute);
+            }
+        }
+    }
+    absolute(&name)
 }
 
 /// What identifies one version of the published paths file: the agent replaces it by rename
@@ -52,7 +213,7 @@ type FileVersion = (u64, u64, i64, i64, i64);
 struct Cached {
     /// `None`: there was no paths file (no agent).
     version: Option<FileVersion>,
-    list: Vec<String>,
+    patterns: Patterns,
     checked_ns: u64,
 }
 
@@ -81,8 +242,9 @@ pub fn claim_after_ns() -> u64 {
     CLAIM_AFTER.load(Relaxed)
 }
 
-/// Reads the paths file (raw system calls: never the hook's own `read`); applies its settings.
-fn read_paths() -> Option<Vec<String>> {
+/// Reads the paths file (raw system calls: never the hook's own `read`); applies its settings
+/// and compiles its patterns.
+fn read_paths() -> Option<Patterns> {
     let mut buf = vec![0u8; PATHS_FILE_MAX];
     let n = sys::read_file(PATHS_FILE, &mut buf).ok()?;
     let text = String::from_utf8_lossy(&buf[..n]);
@@ -93,21 +255,22 @@ fn read_paths() -> Option<Vec<String>> {
         }
     }
     CLAIM_AFTER.store(claim_after, Relaxed);
-    Some(text.lines().filter(|l| !l.starts_with('#')).map(str::to_owned).collect())
+    Some(Patterns::parse(&text))
 }
 
-/// True if the agent currently watches `name`.
+/// True if the agent currently watches `name` (a relative path: resolved against the working
+/// directory now).
 ///
 /// Usually no system call: the list read last is used, and the file is looked at again (one
 /// `stat`, and a read when it changed) at most every [`RECHECK_NS`]. The cache's lock is only
 /// tried, never waited for (a process that forked while another thread held it must not
 /// hang); when busy, the file is read directly.
-pub fn watched(name: &str) -> bool {
+pub fn watched(name: &UnixName) -> bool {
     let Ok(mut cache) = PATHS.try_lock() else {
-        return read_paths().is_some_and(|list| list.iter().any(|line| line == name));
+        return read_paths().is_some_and(|patterns| patterns.covers(name));
     };
     refresh(&mut cache);
-    cache.as_ref().is_some_and(|c| c.list.iter().any(|line| line == name))
+    cache.as_ref().is_some_and(|c| c.patterns.covers(name))
 }
 
 /// Looks at the paths file again if [`RECHECK_NS`] passed (see [`watched`]), so that
@@ -129,15 +292,16 @@ fn refresh(cache: &mut Option<Cached>) {
     match cache.as_mut() {
         Some(c) if c.version == version => c.checked_ns = now,
         _ => {
-            let list = if version.is_some() { read_paths().unwrap_or_default() } else { Vec::new() };
-            *cache = Some(Cached { version, list, checked_ns: now });
+            let patterns = if version.is_some() { read_paths().unwrap_or_default() } else { Patterns::default() };
+            *cache = Some(Cached { version, patterns, checked_ns: now });
             GENERATION.fetch_add(1, Relaxed);
         }
     }
 }
 
-/// The local name of socket `fd` (for an accepted socket: the listener's path).
-pub fn local_name(fd: c_int) -> Option<String> {
+/// The local name of socket `fd` (for an accepted socket: the listener's path, as the listener
+/// bound it: relative if it was).
+pub fn local_name(fd: c_int) -> Option<UnixName> {
     let (addr, len) = tssx_shm::sys::getsockname_un(fd).ok()?;
     // SAFETY: the kernel filled `len` bytes of `addr`.
     unsafe { unix_name((&addr as *const libc::sockaddr_un).cast(), len) }
@@ -155,7 +319,41 @@ mod tests {
 
     fn name_of(addr: &libc::sockaddr_un, len: usize) -> Option<String> {
         // SAFETY: `len` bytes of a live sockaddr_un.
-        unsafe { unix_name((addr as *const libc::sockaddr_un).cast(), len as libc::socklen_t) }
+        unsafe { unix_name((addr as *const libc::sockaddr_un).cast(), len as libc::socklen_t) }.map(|n| n.display())
+    }
+
+    fn name(text: &str) -> UnixName {
+        let mut n = UnixName { bytes: [0; SUN_PATH_LEN], len: 0 };
+        let bytes = text.strip_prefix('@').map_or_else(|| text.as_bytes().to_vec(), |rest| [&[0u8][..], rest.as_bytes()].concat());
+        n.bytes[..bytes.len()].copy_from_slice(&bytes);
+        n.len = bytes.len();
+        n
+    }
+
+    #[test]
+    fn published_patterns_are_compiled_and_matched() {
+        let p = Patterns::parse("#claim-after-ns=5\n/run/a.sock\n/run/php/\n/srv/*.sock\n@app*\n/bad/[x\nrelative\n");
+        assert_eq!(p.list.len(), 4, "malformed lines are skipped");
+        assert!(p.filesystem);
+        for yes in ["/run/a.sock", "/run/php/x.sock", "/run/php/pool/y.sock", "/srv/q.sock", "@app", "@app-7"] {
+            assert!(p.covers(&name(yes)), "{yes}");
+        }
+        for no in ["/run/b.sock", "/run/php", "/srv/d/q.sock", "/srv/q.sockx", "@ap", "/bad/[x", "@/run/a.sock"] {
+            assert!(!p.covers(&name(no)), "{no}");
+        }
+        assert!(!Patterns::default().covers(&name("/run/a.sock")));
+    }
+
+    #[test]
+    fn relative_names_resolve_against_the_working_directory() {
+        let cwd = std::env::current_dir().unwrap();
+        let cwd = cwd.to_str().unwrap();
+        let p = Patterns::parse(&format!("{}/\n", if cwd == "/" { "" } else { cwd }));
+        assert!(p.covers(&name("sub/x.sock")));
+        assert!(p.covers(&name("./x.sock")));
+        assert!(!p.covers(&name("../elsewhere.sock")));
+        let only_abstract = Patterns::parse("@x\n");
+        assert!(!only_abstract.covers(&name("x")), "a relative name is a path, never the abstract @x");
     }
 
     fn addr(path: &[u8]) -> libc::sockaddr_un {
@@ -197,8 +395,56 @@ mod tests {
         let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
         let client = std::os::unix::net::UnixStream::connect(&path).unwrap();
         let (server, _) = listener.accept().unwrap();
-        assert_eq!(local_name(std::os::fd::AsRawFd::as_raw_fd(&server)).as_deref(), path.to_str());
-        assert_eq!(local_name(std::os::fd::AsRawFd::as_raw_fd(&client)), None, "an unbound client has no name");
+        assert_eq!(local_name(std::os::fd::AsRawFd::as_raw_fd(&server)).map(|n| n.display()).as_deref(), path.to_str());
+        assert!(local_name(std::os::fd::AsRawFd::as_raw_fd(&client)).is_none(), "an unbound client has no name");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A listener bound with a relative address: its accepted sockets are named as bound
+    /// (relative), and the hook matches them on the absolute name resolved at the `bind`.
+    #[test]
+    fn a_relative_bind_is_resolved_when_bound() {
+        use std::os::fd::AsRawFd as _;
+        let rel = format!("../../target/tssx-hook-relbind-{}", std::process::id());
+        let _ = std::fs::remove_dir_all(&rel);
+        std::fs::create_dir_all(&rel).unwrap();
+        let name_rel = format!("{rel}/l.sock");
+        let absolute_dir = std::fs::canonicalize(&rel).unwrap();
+        let absolute = absolute_dir.join("l.sock");
+        // SAFETY: plain socket(2).
+        let listener = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) };
+        assert!(listener >= 0);
+        // SAFETY: plain data.
+        let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        for (d, &b) in addr.sun_path.iter_mut().zip(name_rel.as_bytes()) {
+            *d = b as libc::c_char;
+        }
+        let len = (std::mem::size_of::<libc::sa_family_t>() + name_rel.len() + 1) as libc::socklen_t;
+        // SAFETY: a live sockaddr_un of `len` bytes.
+        assert_eq!(unsafe { crate::calls::bind(listener, (&addr as *const libc::sockaddr_un).cast(), len) }, 0);
+        // SAFETY: plain listen(2).
+        assert_eq!(unsafe { libc::listen(listener, 4) }, 0);
+        let _client = std::os::unix::net::UnixStream::connect(&absolute).unwrap();
+        // SAFETY: plain accept(2).
+        let accepted = unsafe { libc::accept(listener, std::ptr::null_mut(), std::ptr::null_mut()) };
+        assert!(accepted >= 0);
+        assert_eq!(local_name(accepted).unwrap().display(), name_rel, "the kernel keeps the name as bound");
+        assert_eq!(listener_name(listener, accepted).unwrap().display(), absolute.to_str().unwrap());
+        // The name remembered at the bind wins over the working directory now.
+        {
+            let mut binds = RELATIVE_BINDS.lock().unwrap();
+            let entry = binds.iter_mut().find(|(f, _, _)| *f == listener).expect("remembered");
+            entry.2 = name("/elsewhere/l.sock");
+        }
+        assert_eq!(listener_name(listener, accepted).unwrap().display(), "/elsewhere/l.sock");
+        // Another fd with the same name: resolved in the working directory.
+        assert_eq!(listener_name(_client.as_raw_fd(), accepted).unwrap().display(), absolute.to_str().unwrap());
+        // SAFETY: our fds.
+        unsafe {
+            libc::close(accepted);
+            libc::close(listener);
+        }
+        let _ = std::fs::remove_dir_all(&rel);
     }
 }

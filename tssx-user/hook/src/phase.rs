@@ -60,6 +60,9 @@ const ANSWER_CHECK_MAX_NS: u64 = 50_000_000;
 const CLAIM_GIVE_UP_NS: u64 = 2_000_000_000;
 /// After a "retry later" answer, the next claim goes out no sooner than this.
 const RETRY_AFTER_NS: u64 = 5_000_000;
+/// A claim the agent closed unanswered (it was busy) is sent again, after `RETRY_AFTER_NS`
+/// doubled each time, at most this many times (5 ms to 320 ms; then plain for good).
+const DROPPED_RETRIES: u32 = 7;
 /// A segment whose peer has not joined this long after this end mapped it is given up.
 const JOIN_GIVE_UP_NS: u64 = 2_000_000_000;
 
@@ -182,7 +185,7 @@ impl Conn {
         }
         // No control connection while claiming: another thread took the answer and is joining.
         let Some(control) = claim.control.as_ref() else { return };
-        match claim::poll(control) {
+        match claim::poll(control.raw()) {
             Answer::NotYet => {
                 if now.saturating_sub(claim.sent_at) > CLAIM_GIVE_UP_NS {
                     claim.control = None;
@@ -201,6 +204,19 @@ impl Conn {
                 self.advance(Phase::Claiming, Phase::Candidate);
             }
             Answer::Plain => {
+                claim.control = None;
+                drop(claim);
+                self.give_up();
+            }
+            Answer::Dropped if claim.dropped < DROPPED_RETRIES => {
+                // A burst of claims beyond what the agent serves at once: later, as the
+                // connection stays plain meanwhile.
+                claim.control = None;
+                claim.retry_at = now + (RETRY_AFTER_NS << claim.dropped);
+                claim.dropped += 1;
+                self.advance(Phase::Claiming, Phase::Candidate);
+            }
+            Answer::Dropped => {
                 claim.control = None;
                 drop(claim);
                 self.give_up();

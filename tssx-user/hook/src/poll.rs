@@ -64,7 +64,14 @@ impl RawCalls {
         for p in fds {
             let Some(c) = table::lookup(p.fd) else { continue };
             let phase = c.phase();
-            if phase == Phase::Plain || phase == Phase::Unconnected || calls.iter().any(|(_, _, other)| other.cell() == c.cell()) {
+            // Only the phases whose calls go to the kernel as they are (a connection already on
+            // the rings, or handing back, never enters a raw call: counting it as one would
+            // make every wait of the set a zero-timeout spin).
+            if !phase.is_raw()
+                || phase == Phase::Plain
+                || phase == Phase::Unconnected
+                || calls.iter().any(|(_, _, other)| other.cell() == c.cell())
+            {
                 continue;
             }
             c.tick(p.fd);

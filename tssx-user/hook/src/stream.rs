@@ -58,7 +58,7 @@ fn stream_input_refused(in_fd: c_int, has_offset: bool) -> Option<c_int> {
 pub(crate) const WENT_PLAIN: isize = isize::MIN;
 
 /// Raises SIGPIPE in this thread, as the kernel does for a failed stream write.
-fn raise_sigpipe(flags: c_int) {
+pub(crate) fn raise_sigpipe(flags: c_int) {
     if flags & libc::MSG_NOSIGNAL == 0 {
         // SAFETY: raising SIGPIPE in this thread, as the kernel would.
         unsafe { libc::raise(libc::SIGPIPE) };
@@ -97,6 +97,9 @@ impl Conn {
         }
         let mut total = 0usize;
         let mut backoff = Backoff::new(Waiting::Read);
+        // The socket part of this read reached the peer's switch: the ring's bytes follow
+        // without a wait, as the kernel's read takes every queued byte the buffer holds.
+        let mut glue = false;
         loop {
             if self.phase() == Phase::Plain {
                 return if total == 0 { WENT_PLAIN } else { total as isize };
@@ -107,8 +110,14 @@ impl Conn {
                 match after_mut(bufs, total, |rest| self.read_socket(fd, rest, peek)) {
                     SockRead::Got(n) => {
                         total += n;
-                        if !wait_all || total == want || peek {
+                        if total == want || peek || crate::anc::ctrl_ended_read() {
                             return total as isize;
+                        }
+                        if !wait_all {
+                            if !self.reads_ring() {
+                                return total as isize;
+                            }
+                            glue = true;
                         }
                     }
                     SockRead::Eof => {
@@ -137,6 +146,8 @@ impl Conn {
                 }
                 continue;
             }
+            // A read that took a marker's control messages ends after that message's bytes.
+            let mut stop = false;
             let got = if self.phase() == Phase::HandingBack {
                 match self.read_source() {
                     Source::Socket => {
@@ -149,6 +160,12 @@ impl Conn {
                 }
             } else {
                 self.with_rx(|rx| {
+                    if self.anc_pending() {
+                        let (got, ends) =
+                            after_mut(bufs, if peek { 0 } else { total }, |rest| self.read_ring_anc(fd, rx, rest, peek, flags, usize::MAX));
+                        stop = ends;
+                        return got;
+                    }
                     if peek {
                         return Transfer { bytes: rx.peekv(bufs), wake_peer: false };
                     }
@@ -159,6 +176,9 @@ impl Conn {
                 self.ring_doorbell(fd);
             }
             total += got.bytes;
+            if stop || (glue && got.bytes == 0) {
+                return total as isize;
+            }
             if got.bytes > 0 {
                 backoff.progress();
                 if !wait_all || total == want {

@@ -170,6 +170,8 @@ real_fns! {
     #[lazy] posix_spawn_file_actions_adddup2: fn(fa: *mut libc::posix_spawn_file_actions_t, fd: c_int, newfd: c_int) -> c_int;
     #[lazy] posix_spawn_file_actions_addopen: fn(fa: *mut libc::posix_spawn_file_actions_t, fd: c_int, path: *const libc::c_char, oflag: c_int, mode: libc::mode_t) -> c_int;
     #[lazy] pclose: fn(stream: *mut libc::FILE) -> c_int;
+    // Watched patterns: a relative bind's address is resolved when it is bound.
+    #[lazy] bind: fn(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int;
 }
 
 /// Resolves `name` (NUL-terminated) in the libraries after the hook, or 0 when libc has no such

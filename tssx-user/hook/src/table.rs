@@ -315,6 +315,19 @@ pub(crate) fn release(cell: *mut Cell<Conn>, fd: c_int) {
     drop(conn);
 }
 
+/// Calls `f` for the connection of every tracked fd (a connection with several fds is visited
+/// once per fd), without touching any connection's state.
+pub(crate) fn for_each_fd_conn(mut f: impl FnMut(&Conn)) {
+    if !any_live() {
+        return;
+    }
+    for slot in TABLE.iter() {
+        if let Some(conn) = POOL.acquire(slot) {
+            f(&conn);
+        }
+    }
+}
+
 /// Calls `f` once for every connection of this process (however many fds refer to it).
 pub(crate) fn for_each_conn(mut f: impl FnMut(c_int, &Conn)) {
     if !any_live() {

@@ -321,7 +321,8 @@ impl Conn {
     pub(crate) fn peer_died(&self, fd: c_int) -> bool {
         let now = crate::spin::now_ns();
         // Relaxed: a rate limit.
-        if now.saturating_sub(self.death_checked_ns.load(Relaxed)) < DEATH_CHECK_NS {
+        // (An edge epoll consumed before this end read the ring is looked at at once.)
+        if now.saturating_sub(self.death_checked_ns.load(Relaxed)) < DEATH_CHECK_NS && !self.socket_unexamined.load(Relaxed) {
             return false;
         }
         self.death_checked_ns.store(now, Relaxed);
@@ -332,6 +333,18 @@ impl Conn {
             self.note_peer_end(sys::recv_raw(fd, std::slice::from_mut(&mut probe), libc::MSG_PEEK | libc::MSG_DONTWAIT));
         }
         self.peer_closed.load(Relaxed)
+    }
+
+    /// Looks at the socket once the incoming direction reads the ring, if epoll consumed an
+    /// edge of it before (see [`Conn::socket_unexamined`]): a peer that died half-way left its
+    /// EOF behind bytes that were data then, and an edge-triggered registration will not
+    /// report it again.
+    #[inline]
+    pub fn examine_socket_once(&self, fd: c_int) {
+        // Relaxed: a flag; the socket itself is the truth.
+        if self.socket_unexamined.load(Relaxed) {
+            self.drain_doorbells_if_alone(fd, 0);
+        }
     }
 
     /// Drains doorbells unless other threads of this end (beyond the caller's own `mine`
@@ -368,6 +381,8 @@ impl Conn {
         if !self.reads_ring() {
             return;
         }
+        // Relaxed: see `socket_unexamined`; the socket is looked at below.
+        self.socket_unexamined.store(false, Relaxed);
         let sent = &self.peer_line().bells_sent;
         let drained = &self.my_line().bells_drained;
         let mut buf = [0u8; 64];
@@ -377,7 +392,10 @@ impl Conn {
             // Reserve up to 64 of the doorbells sent and not yet drained (SeqCst, pairing with
             // the sender's count before its byte).
             let before = drained.load(SeqCst);
-            let take = sent.load(SeqCst).saturating_sub(before).min(buf.len() as u64) as usize;
+            let sent_now = sent.load(SeqCst);
+            // Never past the marker of a pending ancillary record (loaded after `sent`: a
+            // doorbell counted after a marker comes after its record).
+            let take = sent_now.min(self.anc_bell_bound()).saturating_sub(before).min(buf.len() as u64) as usize;
             if take == 0 {
                 // Nothing counted: only EOF (or a reset) is worth noting.
                 self.note_peer_end(sys::recv_raw(fd, &mut buf[..1], libc::MSG_PEEK | libc::MSG_DONTWAIT));
@@ -412,6 +430,90 @@ impl Conn {
                     return;
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd;
+
+    use tssx_common::segment::End;
+    use tssx_shm::{segment::Segment, sys::Fd};
+
+    use super::*;
+    use crate::{calls, table};
+
+    fn write(fd: c_int, bytes: &[u8]) -> isize {
+        // SAFETY: a live buffer of the stated length.
+        unsafe { calls::write(fd, bytes.as_ptr().cast(), bytes.len()) }
+    }
+
+    fn read(fd: c_int, buf: &mut [u8]) -> isize {
+        // SAFETY: a live buffer of the stated length.
+        unsafe { calls::read(fd, buf.as_mut_ptr().cast(), buf.len()) }
+    }
+
+    /// A peer killed half-way through a migration, after its switch and before this end had
+    /// read the bytes it wrote to the socket before it: epoll (edge-triggered) reports the
+    /// bytes and the EOF in one edge while they are still data. Once this end has read them
+    /// and reads the ring, the next read must give EOF as the kernel would, even right after
+    /// another look at the socket (the rate limit of `peer_died`), or an edge-triggered
+    /// application sleeps for good (seen in the migration kill test, epoll-et mode).
+    #[test]
+    fn an_eof_whose_edge_epoll_consumed_half_way_is_seen_once_on_the_ring() {
+        crate::phase::set_claiming(false);
+        let mut pair = [0; 2];
+        let kind = libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
+        // SAFETY: a valid out-array.
+        let rc = unsafe { libc::socketpair(libc::AF_UNIX, kind, 0, pair.as_mut_ptr()) };
+        assert_eq!(rc, 0);
+        let [a, b] = pair;
+        assert!(table::track(a, End::Client, Phase::Candidate, None));
+        assert!(table::track(b, End::Server, Phase::Candidate, None));
+        // SAFETY: no arguments to check.
+        let epfd = unsafe { calls::epoll_create1(libc::EPOLL_CLOEXEC) };
+        assert!(epfd >= 0);
+        let mut ev = libc::epoll_event { events: (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLET) as u32, u64: 7 };
+        // SAFETY: a live event.
+        assert_eq!(unsafe { calls::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, b, &mut ev) }, 0);
+        // The client's bytes before its switch: on the socket.
+        assert_eq!(write(a, b"hello"), 5);
+        let segment = Segment::create(4096).expect("segment");
+        let memfd = || {
+            // SAFETY: a dup of the segment's own fd, owned by the result.
+            unsafe { Fd::from_raw(libc::fcntl(segment.fd().unwrap().as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0)) }
+        };
+        assert!(table::lookup(a).unwrap().join_with(memfd()));
+        assert!(table::lookup(b).unwrap().join_with(memfd()));
+        // Server → client traffic moves both ends to ready and switches both writers; the
+        // server reads nothing, so its incoming direction stays on the socket.
+        for _ in 0..20 {
+            assert_eq!(write(b, b"x"), 1);
+            let mut one = [0u8; 1];
+            assert_eq!(read(a, &mut one), 1);
+        }
+        let server = table::lookup(b).unwrap();
+        assert!(table::lookup(a).unwrap().out_switched() && server.out_switched(), "both writers switched");
+        assert!(!server.reads_ring(), "the server still reads the socket");
+        // The client dies: the kernel closes its end; its hook never says so.
+        // SAFETY: the client's own socket; the hook's entry is closed below.
+        assert_eq!(unsafe { libc::shutdown(a, libc::SHUT_RDWR) }, 0);
+        let mut out = [libc::epoll_event { events: 0, u64: 0 }; 4];
+        // SAFETY: a live array of 4.
+        let n = unsafe { calls::epoll_wait(epfd, out.as_mut_ptr(), 4, 1000) };
+        assert_eq!(n, 1, "the bytes and the EOF, in one edge");
+        assert_eq!({ out[0].u64 }, 7);
+        let mut buf = [0u8; 5];
+        assert_eq!(read(b, &mut buf), 5);
+        assert_eq!(&buf, b"hello");
+        assert_eq!(server.phase(), Phase::Active);
+        // Another look at the socket just happened (say, an EAGAIN a moment ago).
+        server.death_checked_ns.store(now_ns(), Relaxed);
+        assert_eq!(read(b, &mut buf), 0, "EOF, as the kernel gives it");
+        for fd in [a, b, epfd] {
+            // SAFETY: our own fds; the hook forgets the tracked ones and closes them.
+            unsafe { calls::close(fd) };
         }
     }
 }

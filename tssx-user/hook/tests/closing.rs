@@ -214,6 +214,66 @@ fn close_of_the_hooks_own_fd_is_ebadf_and_closes_nothing() {
     assert!(!tssx_hook::own::is_own(memfd));
 }
 
+/// `dup2`/`dup3` onto a number that holds the hook's memfd (a child putting its files on fixed
+/// numbers) succeed as without the hook: the number becomes the application's file, and the
+/// hook's memfd moves to a new number, still the connection's, closed with it.
+#[test]
+fn dup2_onto_the_hooks_own_fd_moves_it_out_of_the_way() {
+    let _one = one_at_a_time();
+    let [client, server] = swapped_pair_at(4600, 4601, Some(4650));
+    for (k, fd) in [client, server].into_iter().enumerate() {
+        let memfd = memfd_of(fd);
+        let mut pipe = [0; 2];
+        // SAFETY: a valid out-array.
+        assert_eq!(unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: our fds; `memfd` is a number this "application" never opened.
+        let rc = unsafe {
+            if k == 0 {
+                calls::dup2(pipe[0], memfd)
+            } else {
+                calls::dup3(pipe[0], memfd, libc::O_CLOEXEC)
+            }
+        };
+        assert_eq!(rc, memfd, "{}", std::io::Error::last_os_error());
+        let moved = memfd_of(fd);
+        assert_ne!(moved, memfd);
+        assert!(tssx_hook::own::is_own(moved) && !tssx_hook::own::is_own(memfd));
+        // The number is the pipe's read end now: a byte written into the pipe comes out of it.
+        // SAFETY: our pipe.
+        assert_eq!(unsafe { libc::write(pipe[1], b"p".as_ptr().cast(), 1) }, 1);
+        let mut one = [0u8; 1];
+        // SAFETY: the application's fd now.
+        assert_eq!(unsafe { libc::read(memfd, one.as_mut_ptr().cast(), 1) }, 1);
+        assert_eq!(&one, b"p");
+        // SAFETY: our fds.
+        unsafe { calls::close(memfd) };
+        for p in pipe {
+            // SAFETY: our pipe.
+            unsafe { calls::close(p) };
+        }
+    }
+    // The connection still works on the rings.
+    assert_eq!(write(client, b"hello"), 5);
+    let mut buf = [0u8; 5];
+    assert_eq!(read(server, &mut buf), 5);
+    assert_eq!(&buf, b"hello");
+    let moved = [memfd_of(client), memfd_of(server)];
+    close_all(&[client, server]);
+    for m in moved {
+        assert!(!is_open(m), "the moved memfd is closed with its connection");
+        assert!(!tssx_hook::own::is_own(m));
+    }
+    // A call that fails (a bad `old`) leaves the hook's fd where it was.
+    let [client, server] = swapped_pair_at(4600, 4601, Some(4650));
+    let memfd = memfd_of(client);
+    // SAFETY: a closed `old`.
+    assert_eq!(unsafe { calls::dup2(4699, memfd) }, -1);
+    assert_eq!(errno(), libc::EBADF);
+    assert_eq!(memfd_of(client), memfd);
+    assert!(is_open(memfd) && tssx_hook::own::is_own(memfd));
+    close_all(&[client, server]);
+}
+
 #[cfg(target_arch = "x86_64")]
 mod raw_syscalls {
     use libc::{c_long, SYS_close, SYS_getpid, SYS_ppoll, SYS_read, SYS_readv, SYS_recvfrom, SYS_sendto, SYS_write};

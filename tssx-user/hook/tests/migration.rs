@@ -66,7 +66,8 @@ fn run(seed: u64, ring: usize) {
     let segment = Segment::create(ring).expect("segment");
     let join_at = rng.below(40);
     let skew = rng.below(10);
-    // One seed in three hands the connection back (sendmsg with an fd) at a random step.
+    // One seed in three sends an fd (sendmsg with SCM_RIGHTS) at a random step: served on the
+    // rings once the sender's writes are there, handed back if the connection is half-way.
     let hand_back_at = if rng.below(3) == 0 { join_at + rng.below(300) } else { u64::MAX };
     let mut pipe = [0; 2];
     let mut handed_back = false;
@@ -89,8 +90,8 @@ fn run(seed: u64, ring: usize) {
             let n = 1 + rng.below(max);
             let data: Vec<u8> = (0..n).map(|k| byte(dir, dirs[dir].written + k)).collect();
             let w = if step >= hand_back_at && step < hand_back_at + 3 {
-                // Handed back if the connection had a segment in use then; plain calls pass fds
-                // through the kernel anyway.
+                // Maybe handed back if the connection had a segment in use then; plain calls
+                // pass fds through the kernel anyway.
                 handed_back |= table::lookup(from).unwrap().phase() >= Phase::Ready;
                 send_with_fd(from, &data, pipe[0])
             } else {
@@ -149,7 +150,7 @@ fn run(seed: u64, ring: usize) {
             dirs[dir].read += 1;
         }
     }
-    let expected = if handed_back { Phase::Plain } else { Phase::Active };
+    let expected = if handed_back { [Phase::Active, Phase::Plain] } else { [Phase::Active; 2] };
     for fd in ends {
         let c = table::lookup(fd).unwrap();
         let h = c.swap().map(|s| {
@@ -165,7 +166,7 @@ fn run(seed: u64, ring: usize) {
                 [h.ends[0].sock_written.load(SeqCst), h.ends[1].sock_written.load(SeqCst)],
             )
         });
-        assert_eq!(c.phase(), expected, "seed {seed}: fd {fd}: {h:?}");
+        assert!(expected.contains(&c.phase()), "seed {seed}: fd {fd}: {:?} {h:?}", c.phase());
     }
     // Nothing is left on the kernel's queues but doorbells, and the rings carried bytes.
     let conn = table::lookup(a).unwrap();
@@ -278,20 +279,25 @@ fn recv_all(fd: c_int, want: usize) -> (Vec<u8>, Vec<(usize, c_int)>) {
             let mut c = libc::CMSG_FIRSTHDR(&msg);
             while !c.is_null() {
                 if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                    fds.push((data.len(), std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<c_int>())));
+                    // Where the read that brought it ended (filled in below).
+                    fds.push((usize::MAX, std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<c_int>())));
                 }
                 c = libc::CMSG_NXTHDR(&msg, c);
             }
         }
         data.extend_from_slice(&buf[..n as usize]);
+        if let Some(last) = fds.last_mut().filter(|f| f.0 == usize::MAX) {
+            last.0 = data.len();
+        }
     }
     (data, fds)
 }
 
-/// `sendmsg` with `SCM_RIGHTS` on a swapped connection hands it back to the kernel: the fd
-/// arrives with its bytes, after everything that was on the ring, and both ends end plain.
+/// `sendmsg` with `SCM_RIGHTS` on a swapped connection stays on the rings: the fd travels
+/// through the kernel and arrives with the read that reaches its message's first byte, which
+/// ends after the message's bytes, as the kernel's does; both ends stay active.
 #[test]
-fn ancillary_data_hands_the_connection_back_in_order() {
+fn ancillary_data_stays_on_the_rings_in_its_place() {
     let (a, b, _segment) = active_pair();
     assert_eq!(write(a, b"on the ring;"), 12);
     let mut pipe = [0; 2];
@@ -304,15 +310,15 @@ fn ancillary_data_hands_the_connection_back_in_order() {
     let (data, fds) = recv_all(b, 29);
     assert_eq!(&data, b"on the ring;with an fd;after.");
     assert_eq!(fds.len(), 1, "one fd arrived");
-    assert_eq!(fds[0].0, 12, "the fd came with the first byte of its message");
+    assert_eq!(fds[0].0, 23, "the read that brought the fd ended with its message");
     let (back, none) = recv_all(a, 5);
     assert_eq!(&back, b"reply");
     assert!(none.is_empty());
-    assert_eq!(write(b, b"plain now"), 9);
-    let (more, _) = recv_all(a, 9);
-    assert_eq!(&more, b"plain now");
+    assert_eq!(write(b, b"still swapped"), 13);
+    let (more, _) = recv_all(a, 13);
+    assert_eq!(&more, b"still swapped");
     for fd in [a, b] {
-        assert_eq!(table::lookup(fd).unwrap().phase(), Phase::Plain, "fd {fd}");
+        assert_eq!(table::lookup(fd).unwrap().phase(), Phase::Active, "fd {fd}");
     }
     for fd in [a, b, pipe[0], pipe[1], fds[0].1] {
         // SAFETY: our own fds.

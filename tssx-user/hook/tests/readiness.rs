@@ -169,6 +169,38 @@ fn ewait(ep: c_int, timeout: c_int) -> Vec<(u32, u64)> {
 
 const IN: u32 = libc::EPOLLIN as u32;
 
+/// One `epoll_wait` reports each registration at most once, as the kernel does (one entry per
+/// registration): a level-triggered swapped fd with data beside a ready plain fd came twice
+/// (the ring was looked at again after the plain fds' events), and a server with blocking
+/// sockets then blocked in its second read (found by `cargo xtask scale`).
+#[test]
+fn one_wait_reports_a_ready_swapped_fd_once_beside_a_ready_plain_fd() {
+    let _one = one_at_a_time();
+    let pair = swapped_pair(4096);
+    let mut pipe = [0; 2];
+    // SAFETY: a valid out-array.
+    assert_eq!(unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    let ep = epoll();
+    assert_eq!(ctl(ep, libc::EPOLL_CTL_ADD, pair.server, IN, 1), (0, 0));
+    assert_eq!(ctl(ep, libc::EPOLL_CTL_ADD, pipe[0], IN, 2), (0, 0));
+    assert_eq!(write(pair.client, b"ring"), 4);
+    // SAFETY: our pipe.
+    assert_eq!(unsafe { libc::write(pipe[1], b"p".as_ptr().cast(), 1) }, 1);
+    let mut plain_reports = 0;
+    for round in 0..24 {
+        // Level-triggered: nothing is read, so every wait reports the swapped fd, once; the
+        // plain fd too, once (a busy loop of ring events asks the kernel every 8th call only).
+        let got = ewait(ep, 1000);
+        assert!(got == [(IN, 1), (IN, 2)] || got == [(IN, 1)], "round {round}: {got:?}");
+        plain_reports += got.len() - 1;
+    }
+    assert!(plain_reports >= 3, "the plain fd reported {plain_reports} times in 24 waits");
+    for fd in [ep, pipe[0], pipe[1]] {
+        // SAFETY: our fds.
+        unsafe { calls::close(fd) };
+    }
+}
+
 /// A registered fd closed while a dup keeps the connection open: the registration stays (the
 /// kernel's belongs to the open file) and reports with its data until the last fd closes;
 /// `EPOLL_CTL_DEL` of the closed number is EBADF; the dup can be registered beside it.

@@ -187,6 +187,7 @@ impl Segment {
             shut: CacheLine([AtomicU32::new(0), AtomicU32::new(0)]),
             rings: [RingControl::default(), RingControl::default()],
             ends: [EndLine::new(), EndLine::new()],
+            anc: Default::default(),
         };
         // SAFETY: the mapping is fresh, ours alone (the fd has not left this process), large
         // enough and aligned; writing the whole header initialises it.

@@ -28,9 +28,10 @@ use tssx_agent::{
     after_help = "Example:\n  sudo tssx-agent --paths /var/run/nscd/socket,/run/redis.sock\n  sudo tssx-agent --paths @my-abstract-socket --log-format json"
 )]
 struct Cli {
-    /// Unix socket paths to watch: absolute paths (at most 107 bytes), or @name for an
-    /// abstract socket. Comma-separated, and the option may be repeated.
-    #[arg(short, long = "paths", value_name = "PATH[,PATH...]", value_delimiter = ',', required = true, num_args = 1..)]
+    /// Unix socket addresses to watch: paths, directories (ending in /), globs, @abstract
+    /// names (comma-separated; the option may be repeated).
+    #[arg(short, long = "paths", value_name = "PATTERN[,PATTERN...]", value_delimiter = ',', required = true, num_args = 1..)]
+    #[arg(long_help = PATHS_HELP)]
     paths: Vec<WatchedPath>,
 
     /// Format of the trace lines on standard output.
@@ -48,8 +49,11 @@ struct Cli {
 
     /// Most connections swapped at once (live shared-memory segments); beyond it a connection
     /// stays plain, traced as `not swapped`. Shared memory is at most N * (2 * ring size + 4 KiB).
-    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    max_connections: u32,
+    /// Default: as many as fill a quarter of the machine's memory (MemTotal) and fit the fd
+    /// limit (5 per connection; raised up to fs.nr_open), at least 16 (the ready trace line
+    /// and `status --stats` show it): on 24 GiB, about 3,000 with 1 MiB rings, 175,000 with 16 KiB.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    max_connections: Option<u32>,
 
     /// How long a connection lives (or how many bytes, 64 KiB, it moves) before its hooks claim
     /// shared memory for it: `0`, or a number with a unit (ns, us, ms, s), e.g. 500us, 1ms, 2s.
@@ -71,7 +75,8 @@ struct Cli {
 
 #[derive(clap::Subcommand, Debug)]
 enum Sub {
-    /// List the live connections of the running agent: both ends, the state (migrating,
+    /// Show the watched patterns and list the live connections of the running agent: both
+    /// ends, the socket's path, the state (migrating,
     /// swapped, plain, closed), the byte positions at which each direction moved onto the
     /// rings, and the bytes moved each way through shared memory.
     Status {
@@ -81,7 +86,8 @@ enum Sub {
         /// Print one JSON object per connection instead of a table.
         #[arg(long)]
         json: bool,
-        /// Print the agent's counters and resource counts instead (one JSON object: claims,
+        /// Print the agent's counters and resource counts instead (one JSON object: the watched
+        /// patterns, claims,
         /// held claims, pairs, swaps, connections given up or short-lived, live segments,
         /// limits, control connections, eBPF map entries).
         #[arg(long)]
@@ -91,7 +97,8 @@ enum Sub {
     /// /etc/ld.so.preload (opt-in; idempotent).
     #[command(long_about = INSTALL_HELP)]
     Install {
-        /// The hook to install (default: libtssx_preload.so next to this tssx-agent).
+        /// The hook to install (default: libtssx_preload.so next to this tssx-agent, else in
+        /// ../lib/tssx/ from it, where the Debian package puts it).
         #[arg(long, value_name = "FILE")]
         from: Option<PathBuf>,
         #[command(flatten)]
@@ -115,6 +122,24 @@ struct InstallTarget {
     #[arg(long, value_name = "FILE", default_value = install::DEFAULT_PRELOAD_FILE)]
     preload_file: PathBuf,
 }
+
+const PATHS_HELP: &str = "\
+Unix socket addresses to watch, comma-separated (the option may be repeated). Each is one of:
+  /run/redis.sock      an absolute path (at most 107 bytes)
+  /run/php/            a directory (ending in /): every socket under it, at any depth
+  /run/php/*.sock      a glob: * (any run of bytes) and ? (one byte) never match /,
+  /var/run/postgresql/.s.PGSQL.*
+                       [abc] [a-z] [!abc] match one byte of (not of) a set, \\ escapes the next byte;
+                       unlike the shell, * also matches a leading dot
+  /run/user/*/         a glob ending in /: every socket under each directory it matches
+  @name                an abstract socket
+  @name*               every abstract name starting with name (* and ? match any byte there)
+Patterns are absolute and written in normal form (no . or .. components, no //); ** is refused
+(a directory covers every depth). A program that binds or connects with a relative address
+(e.g. ./app.sock after chdir) is matched on the absolute path it names, resolved against its
+working directory. When several patterns match a socket, the trace names the most specific: an
+exact path, else the one with the longest literal prefix. The patterns are published for the
+hooks in <state-dir>/paths; `tssx-agent status` shows them.";
 
 const INSTALL_HELP: &str = "\
 Install the hook system-wide: copy libtssx_preload.so to <lib-dir>/libtssx_preload.so (mode 0644,
@@ -160,6 +185,10 @@ fn status(state_dir: &std::path::Path, json: bool, stats: bool) -> anyhow::Resul
     stream.write_all(&tssx_common::control::Request::status().encode())?;
     let mut count = 0;
     if !json {
+        // The patterns the agent published for the hooks (its settings lines start with #).
+        let published = std::fs::read_to_string(state_dir.join(state::PATHS_FILE)).unwrap_or_default();
+        let patterns: Vec<&str> = published.lines().filter(|l| !l.starts_with('#') && !l.is_empty()).collect();
+        println!("watching: {}", patterns.join(", "));
         println!(
             "{:>4}  {:<9} {:<28} {:<28} {:>12} {:>12} {:>14} {:>14}  path",
             "id", "state", "client", "server", "switch c->s", "switch s->c", "shm c->s", "shm s->c"
@@ -231,6 +260,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 None => install::default_source()?,
             };
             let done = install::install(&source, &target.lib_dir, &target.preload_file)?;
+            match &done.strip {
+                install::Strip::AlreadyStripped => {}
+                install::Strip::Stripped { from, to } => {
+                    println!("stripped the symbol table and debug info of {} on the way: {from} -> {to} bytes", source.display())
+                }
+                install::Strip::Unstripped(why) => eprintln!(
+                    "warning: {} carries its symbol table and debug info, copied as it is ({why}); the release build is stripped: `cargo xtask build --release`",
+                    source.display()
+                ),
+            }
             let what = if done.preload_changed { "added to" } else { "already in" };
             println!("installed {} ({what} {})", done.library.display(), target.preload_file.display());
             return Ok(());
@@ -256,7 +295,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         paths,
         state_dir: cli.state_dir,
         ring_size: cli.ring_size,
-        max_connections: cli.max_connections as usize,
+        max_connections: cli.max_connections.map(|n| n as usize),
         claim_after: cli.claim_after,
     }))
 }

@@ -117,7 +117,9 @@ pub(super) enum Decision {
 pub(super) struct Paired {
     /// The connection's id.
     pub(super) id: u64,
-    /// The watched path.
+    /// The watched pattern that covers it.
+    pub(super) pattern: String,
+    /// The socket's address.
     pub(super) path: String,
     /// `pid/comm` of the client.
     pub(super) client: String,
@@ -226,33 +228,34 @@ impl Control {
         // (Two statements: the registry lock is released before `event_of_duplicate` takes it.)
         let recorded = self.lock().event(side, pid, fd);
         let event = recorded.or_else(|| self.event_of_duplicate(side, pid, inode));
-        let (path_id, peer) = match (role, socket.peer) {
+        let (path_id, peer, name) = match (role, socket.peer) {
             (Role::Client, Some(peer)) => {
                 // The peer (the server's socket) carries the listener's name.
-                let named = self.facts.unix_socket(peer).ok().flatten().and_then(|p| p.name);
-                let Some(path_id) = named.as_deref().and_then(|name| self.path_id_of(name)) else {
+                let named = self.facts.unix_socket(peer).ok().flatten();
+                let Some((path_id, name)) = named.and_then(|p| self.match_socket(pid, &p)) else {
                     return refused("its peer is not named like a watched path");
                 };
-                (path_id, peer)
+                (path_id, peer, Some(name))
             }
             // Connected, not accepted yet: the server's socket has no inode to ask about. The
             // connect event alone names the path; the server's claim, whose peer this socket
             // is, completes the pair.
             (Role::Client, None) => match &event {
-                Some((seen, _)) => (seen.path_id, 0),
+                Some((seen, _)) => (seen.path_id, 0, None),
                 None => return refused("no connect event, and its peer has not been accepted yet"),
             },
             (Role::Server, Some(peer)) => {
+                let own = self.match_socket(pid, &socket);
                 let from_event = event.as_ref().map(|(seen, _)| seen.path_id);
                 let from_client = || self.lock().held_client_path(peer);
-                let from_name = || socket.name.as_deref().and_then(|name| self.path_id_of(name));
+                let from_name = || own.as_ref().map(|(id, _)| *id);
                 let Some(path_id) = from_event.or_else(from_client).or_else(from_name) else {
                     return refused("no accept event, no claimed client, and not named like a watched path");
                 };
-                (path_id, peer)
+                (path_id, peer, own.map(|(_, name)| name))
             }
             // Connected, and its peer has no inode: the client closed its end already.
-            (Role::Server, None) if event.is_some() || socket.name.as_deref().is_some_and(|name| self.path_id_of(name).is_some()) => {
+            (Role::Server, None) if event.is_some() || self.match_socket(pid, &socket).is_some() => {
                 return Err(Unverified::PeerGone);
             }
             (Role::Server, None) => return refused("the socket has no peer"),
@@ -270,6 +273,7 @@ impl Control {
             inode,
             peer,
             path_id,
+            name,
             event_ns: event.as_ref().map(|(seen, _)| seen.ts_ns),
             event: event.map(|(_, at)| at),
         })
@@ -308,9 +312,11 @@ impl Control {
         // else the first claim.
         let first_claim_ns = super::monotonic_ns().saturating_sub(since.elapsed().as_nanos() as u64);
         let connected_ns = client.event_ns.or(server.event_ns).unwrap_or(first_claim_ns);
-        let path = self.path_name(new.path_id);
+        let pattern = self.path_name(new.path_id);
+        let path = new.name.as_deref().or(held.name.as_deref()).map_or_else(|| pattern.clone(), crate::paths::display_name);
         let pair = NewConnection {
-            path: path.clone(),
+            path: path.as_str().into(),
+            pattern: pattern.as_str().into(),
             client: client.end.clone(),
             server: server.end.clone(),
             inodes: [client.inode, server.inode],
@@ -322,7 +328,7 @@ impl Control {
             Some(id) => {
                 self.counters.paired.fetch_add(1, Ordering::Relaxed);
                 self.want_spares();
-                Decision::Paired(Paired { id, path, client: labels.0, server: labels.1, segment, held: held_stream, new: stream })
+                Decision::Paired(Paired { id, pattern, path, client: labels.0, server: labels.1, segment, held: held_stream, new: stream })
             }
             None => {
                 tracing::info!(
@@ -558,10 +564,13 @@ mod tests {
         // The wrong role for a real end, a listener, a datagram socket, no socket at all.
         assert!(refused(&control, CLIENT, Role::Server, 5));
         kernel.fd(SERVER, 3, Some(2000));
-        kernel.socket(2000, UnixSocket { kind: libc::SOCK_STREAM as u8, state: 10, peer: None, name: Some(PATH.into()) });
+        kernel.socket(2000, UnixSocket { kind: libc::SOCK_STREAM as u8, state: 10, peer: None, name: Some(PATH.into()), file: None });
         assert!(refused(&control, SERVER, Role::Server, 3), "a listener has no peer");
         kernel.fd(SERVER, 4, Some(2004));
-        kernel.socket(2004, UnixSocket { kind: libc::SOCK_DGRAM as u8, state: ESTABLISHED, peer: Some(1005), name: Some(PATH.into()) });
+        kernel.socket(
+            2004,
+            UnixSocket { kind: libc::SOCK_DGRAM as u8, state: ESTABLISHED, peer: Some(1005), name: Some(PATH.into()), file: None },
+        );
         assert!(refused(&control, SERVER, Role::Server, 4), "datagram sockets stay plain");
         kernel.fd(CLIENT, 6, None);
         assert!(refused(&control, CLIENT, Role::Client, 6), "no socket");
@@ -605,13 +614,19 @@ mod tests {
         // The client closed: the server's socket is still connected, with a peer the kernel can
         // no longer name.
         kernel.close(CLIENT, 5);
-        kernel.socket(2007, UnixSocket { kind: libc::SOCK_STREAM as u8, state: ESTABLISHED, peer: None, name: Some(PATH.into()) });
+        kernel.socket(
+            2007,
+            UnixSocket { kind: libc::SOCK_STREAM as u8, state: ESTABLISHED, peer: None, name: Some(PATH.into()), file: None },
+        );
         assert_eq!(answered(&control, claim(&control, SERVER, Role::Server, 7)), Reply::plain(PlainReason::PeerHasNoHook));
         let stats = control.stats();
         assert_eq!((stats.refused, stats.peer_never_claimed, stats.held_claims), (0, 1, 0));
         // Another process's peerless socket on no watched path is refused as before.
         kernel.fd(OTHER, 4, Some(3004));
-        kernel.socket(3004, UnixSocket { kind: libc::SOCK_STREAM as u8, state: ESTABLISHED, peer: None, name: Some(b"/other".to_vec()) });
+        kernel.socket(
+            3004,
+            UnixSocket { kind: libc::SOCK_STREAM as u8, state: ESTABLISHED, peer: None, name: Some(b"/other".to_vec()), file: None },
+        );
         assert!(refused(&control, OTHER, Role::Server, 4));
     }
 
@@ -768,5 +783,50 @@ mod tests {
         assert!(replies.iter().all(|r| *r == Some(Some(ReplyKind::Swap))), "{replies:?}");
         let stats = control.stats();
         assert_eq!((stats.paired, stats.live_segments, stats.held_claims), (N as u64, N as usize, 0));
+    }
+
+    /// Paired on a pattern: the connection is traced with the socket's own path and the most
+    /// specific pattern that covers it.
+    fn paired_on(control: &Control, client: (u32, i32), server: (u32, i32)) -> Option<(String, String)> {
+        let (first, _hook) = claim(control, client.0, Role::Client, client.1);
+        if !matches!(first, Decision::Held) {
+            return None;
+        }
+        let (second, _hook2) = claim(control, server.0, Role::Server, server.1);
+        match second {
+            Decision::Paired(super::Paired { ref path, ref pattern, .. }) => Some((path.clone(), pattern.clone())),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn claims_are_checked_against_directory_and_glob_patterns() {
+        let kernel = Arc::new(FakeKernel::default());
+        let control = kernel.control_watching(&["/run/", "/run/php/*.sock"], 8);
+        kernel.connection_on("/run/php/www.sock", (CLIENT, 5, 1005), (SERVER, Some(7), 2007));
+        assert_eq!(paired_on(&control, (CLIENT, 5), (SERVER, 7)), Some(("/run/php/www.sock".into(), "/run/php/*.sock".into())));
+        kernel.connection_on("/run/deep/er/a.sock", (CLIENT, 6, 1006), (SERVER, Some(8), 2008));
+        assert_eq!(paired_on(&control, (CLIENT, 6), (SERVER, 8)), Some(("/run/deep/er/a.sock".into(), "/run/".into())));
+        // Outside both: refused (a client's peer names the path).
+        kernel.connection_on("/srv/a.sock", (CLIENT, 9, 1009), (SERVER, Some(10), 2010));
+        assert!(refused(&control, CLIENT, Role::Client, 9));
+    }
+
+    /// A listener bound with a relative name: the claim is honoured only when the name resolves
+    /// (in the claimant's working directory, checked against the socket file) under a pattern.
+    #[test]
+    fn relative_names_are_resolved_against_the_socket_file() {
+        let kernel = Arc::new(FakeKernel::default());
+        let control = kernel.control_watching(&["/run/app/"], 8);
+        kernel.connection_on("app.sock", (CLIENT, 5, 1005), (SERVER, Some(7), 2007));
+        kernel.relative(2007, (8, 42), CLIENT, "app.sock", "/run/app/app.sock");
+        kernel.relative(2007, (8, 42), SERVER, "app.sock", "/run/app/app.sock");
+        assert_eq!(paired_on(&control, (CLIENT, 5), (SERVER, 7)), Some(("/run/app/app.sock".into(), "/run/app/".into())));
+        // The same name where the claimant's directory holds another file (or none): refused.
+        kernel.connection_on("app.sock", (OTHER, 5, 3005), (SERVER, Some(9), 2009));
+        kernel.relative(2009, (8, 43), OTHER, "app.sock", "/srv/app.sock");
+        assert!(refused(&control, OTHER, Role::Client, 5));
+        kernel.connection_on("b.sock", (OTHER, 6, 3006), (SERVER, Some(11), 2011));
+        assert!(refused(&control, OTHER, Role::Client, 6), "no socket file to check against");
     }
 }

@@ -39,6 +39,15 @@ pub trait KernelFacts: Send + Sync {
     /// The command name of process `pid`; empty if it cannot be read.
     fn comm(&self, pid: u32) -> String;
 
+    /// The absolute name of the relative socket name `name` that process `pid` used: resolved
+    /// against its working directory, and returned only if that file is `file` (the socket's
+    /// `(device, inode)` from the kernel), so that a process that changed directory since is
+    /// never matched wrongly. `None` if it cannot be resolved or checked.
+    fn resolve_relative(&self, pid: u32, name: &[u8], file: (u64, u64)) -> Option<Vec<u8>> {
+        let _ = (pid, name, file);
+        None
+    }
+
     /// Whether process `pid` set up an io_uring (or descends from one that did): its io_uring
     /// reads and writes would bypass the rings.
     fn uses_io_uring(&self, pid: u32) -> bool;

@@ -24,6 +24,9 @@ pub(super) const PATH: &str = "/run/app.sock";
 /// The lifetimes of the rules, as the agent has them.
 pub(super) const TEST_TIMING: Timing = Timing { join_timeout: Duration::from_secs(10) };
 
+/// A process, a relative name, a socket file.
+type RelativeKey = (u32, Vec<u8>, (u64, u64));
+
 #[derive(Default)]
 struct Tables {
     /// `(pid, fd)` -> socket inode; `None`: open, not a socket.
@@ -35,6 +38,8 @@ struct Tables {
     dead: HashSet<u32>,
     /// Processes that set up an io_uring.
     io_uring: HashSet<u32>,
+    /// Relative names the fake resolves: `(pid, name, file)` -> the absolute name.
+    relative: HashMap<RelativeKey, Vec<u8>>,
     /// Questions asked, by name.
     asked: HashMap<&'static str, usize>,
 }
@@ -55,7 +60,12 @@ impl FakeKernel {
     /// A control plane for path [`PATH`] (id 0) asking this kernel, with `max` connections and
     /// 4 KiB rings.
     pub(super) fn control(self: &Arc<Self>, max: usize) -> Arc<Control> {
-        let paths: Vec<WatchedPath> = vec![PATH.parse().unwrap()];
+        self.control_watching(&[PATH], max)
+    }
+
+    /// As [`FakeKernel::control`], watching `patterns` (ids are positions).
+    pub(super) fn control_watching(self: &Arc<Self>, patterns: &[&str], max: usize) -> Arc<Control> {
+        let paths: Vec<WatchedPath> = patterns.iter().map(|p| p.parse().unwrap()).collect();
         let control = Control::with_facts(paths, 4096, max, None, Box::new(Shared(Arc::clone(self))), TEST_TIMING);
         assert!(self.control.set(Arc::downgrade(&control)).is_ok(), "one control per fake");
         control
@@ -88,9 +98,21 @@ impl FakeKernel {
         }
         let (stream, connected) = (libc::SOCK_STREAM as u8, crate::sockdiag::ESTABLISHED);
         let peer = accepted.then_some(server.2);
-        t.sockets.insert(client.2, UnixSocket { kind: stream, state: connected, peer, name: None });
-        t.sockets
-            .insert(server.2, UnixSocket { kind: stream, state: connected, peer: Some(client.2), name: Some(path.as_bytes().to_vec()) });
+        t.sockets.insert(client.2, UnixSocket { kind: stream, state: connected, peer, name: None, file: None });
+        t.sockets.insert(
+            server.2,
+            UnixSocket { kind: stream, state: connected, peer: Some(client.2), name: Some(path.as_bytes().to_vec()), file: None },
+        );
+    }
+
+    /// The server socket `server` stands for socket file `file` (its listener's), and process
+    /// `pid` resolves the relative `name` to `absolute` while that file is there.
+    pub(super) fn relative(&self, server: u32, file: (u64, u64), pid: u32, name: &str, absolute: &str) {
+        let mut t = self.tables();
+        if let Some(socket) = t.sockets.get_mut(&server) {
+            socket.file = Some(file);
+        }
+        t.relative.insert((pid, name.as_bytes().to_vec(), file), absolute.as_bytes().to_vec());
     }
 
     /// Process `pid` accepts the connection whose server socket is `server` as `fd`.
@@ -195,6 +217,10 @@ impl KernelFacts for Shared {
     fn uses_io_uring(&self, pid: u32) -> bool {
         self.0.ask("uses_io_uring").io_uring.contains(&pid)
     }
+
+    fn resolve_relative(&self, pid: u32, name: &[u8], file: (u64, u64)) -> Option<Vec<u8>> {
+        self.0.ask("resolve_relative").relative.get(&(pid, name.to_vec(), file)).cloned()
+    }
 }
 
 /// The kernel's connect event: `pid` connected `fd` on path 0 (at [`EVENT_NS`]).
@@ -214,7 +240,20 @@ fn event(kind: EventKind, pid: u32, fd: i32, new_fd: i32) -> Event {
     let mut comm = [0u8; tssx_common::COMM_LEN];
     let name = format!("ev{pid}");
     comm[..name.len()].copy_from_slice(name.as_bytes());
-    Event { ts_ns: EVENT_NS, kind: kind as u32, path_id: 0, pid, tgid: pid, uid: 0, fd, new_fd, other_pid: 0, comm }
+    Event {
+        ts_ns: EVENT_NS,
+        kind: kind as u32,
+        path_id: 0,
+        pid,
+        tgid: pid,
+        uid: 0,
+        fd,
+        new_fd,
+        other_pid: 0,
+        comm,
+        addr_len: 0,
+        addr: [0; tssx_common::SUN_PATH_LEN],
+    }
 }
 
 /// A control connection: the agent's end (handed to a claim) and the hook's end (where the

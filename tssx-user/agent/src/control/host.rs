@@ -52,6 +52,32 @@ impl KernelFacts for Host {
     fn uses_io_uring(&self, pid: u32) -> bool {
         self.io_uring_users.as_ref().is_some_and(|users| users.get(&pid, 0).is_ok())
     }
+
+    fn resolve_relative(&self, pid: u32, name: &[u8], file: (u64, u64)) -> Option<Vec<u8>> {
+        let path = resolve_in_cwd(pid, name)?;
+        (file_id(pid, &path) == Some(file)).then_some(path)
+    }
+}
+
+/// `name` (relative) resolved against the working directory of process `pid` now
+/// (`/proc/PID/cwd`), lexically ([`tssx_common::pattern::resolve_relative`]).
+pub fn resolve_in_cwd(pid: u32, name: &[u8]) -> Option<Vec<u8>> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok()?;
+    let mut out = [0u8; tssx_common::SUN_PATH_LEN];
+    let len = tssx_common::pattern::resolve_relative(cwd.as_os_str().as_bytes(), name, &mut out)?;
+    Some(out[..len].to_vec())
+}
+
+/// `(device, inode)` of the file at absolute `path` as process `pid` sees it (through
+/// `/proc/PID/root`, so a process in a chroot or another mount namespace is looked at in its
+/// own tree).
+pub fn file_id(pid: u32, path: &[u8]) -> Option<(u64, u64)> {
+    use std::os::unix::{ffi::OsStrExt as _, fs::MetadataExt as _};
+    let mut full = format!("/proc/{pid}/root").into_bytes();
+    full.extend_from_slice(path);
+    let meta = std::fs::symlink_metadata(std::ffi::OsStr::from_bytes(&full)).ok()?;
+    Some((meta.dev(), meta.ino()))
 }
 
 /// The socket inode behind `fd` of process `pid` (`/proc/PID/fd/FD`), or `None` if that fd is
@@ -114,6 +140,33 @@ mod tests {
         assert_eq!(parse_socket_link("pipe:[1]"), None);
         assert_eq!(parse_socket_link("/dev/null"), None);
         assert_eq!(parse_socket_link("socket:[]"), None);
+    }
+
+    /// A relative name resolves against the process's working directory only while that
+    /// names the very socket file.
+    #[test]
+    fn relative_names_resolve_only_to_the_socket_file() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = std::env::temp_dir().join(format!("tssx-host-rel-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("r.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        let file = (meta.dev(), meta.ino());
+        let pid = std::process::id();
+        let cwd = std::env::current_dir().unwrap();
+        let rel = path.strip_prefix(&cwd).ok().map(|p| p.as_os_str().as_encoded_bytes().to_vec());
+        let host = Host::default();
+        if let Some(rel) = rel {
+            assert_eq!(host.resolve_relative(pid, &rel, file).as_deref(), Some(path.as_os_str().as_encoded_bytes()));
+        }
+        let up = format!("../{}", cwd.file_name().unwrap().to_str().unwrap());
+        let abs_of_up = resolve_in_cwd(pid, up.as_bytes()).unwrap();
+        assert_eq!(abs_of_up, cwd.as_os_str().as_encoded_bytes());
+        assert_eq!(host.resolve_relative(pid, b"no-such.sock", file), None);
+        assert_eq!(host.resolve_relative(pid, &abs_of_up, file), None, "another file");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

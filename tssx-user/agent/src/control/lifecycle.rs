@@ -182,10 +182,11 @@ impl Control {
 fn trace_swapped(control: &Control, line: &SwappedLine) {
     // Relaxed: a counter.
     control.counters.swapped.fetch_add(1, Ordering::Relaxed);
-    let SwappedLine { id, path, client, server, switched_client_to_server, switched_server_to_client, migrated_after_us } = line;
+    let SwappedLine { id, path, pattern, client, server, switched_client_to_server, switched_server_to_client, migrated_after_us } = line;
     tracing::info!(
         connection = id,
         path,
+        pattern,
         client,
         server,
         switched_client_to_server,

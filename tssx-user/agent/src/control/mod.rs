@@ -149,9 +149,8 @@ pub struct Control {
     /// The kernel events ring buffer, which a claim drains itself when its event has not been
     /// recorded yet (`None`: events come only through [`Control::record`]).
     feed: Option<Arc<EventFeed>>,
+    /// The watched patterns (ids are positions).
     paths: Vec<WatchedPath>,
-    /// The watched paths' `sun_path` bytes, by path id (to match `sock_diag` names).
-    sun_paths: Vec<Vec<u8>>,
     ring_size: usize,
     max_connections: usize,
     timing: Timing,
@@ -196,7 +195,6 @@ impl Control {
             spares_wanted: Condvar::new(),
             facts,
             feed,
-            sun_paths: paths.iter().map(WatchedPath::sun_path).collect(),
             paths,
             ring_size,
             max_connections,
@@ -244,9 +242,24 @@ impl Control {
         self.paths.get(path_id as usize).map(ToString::to_string).unwrap_or_default()
     }
 
-    /// The id of the watched path whose `sun_path` is `name` (as `sock_diag` reports it).
-    fn path_id_of(&self, name: &[u8]) -> Option<u32> {
-        self.sun_paths.iter().position(|p| p == name).map(|i| i as u32)
+    /// The patterns, as given.
+    pub fn patterns(&self) -> Vec<String> {
+        self.paths.iter().map(ToString::to_string).collect()
+    }
+
+    /// The watched pattern that covers the name of `socket` (as `sock_diag` reports it), and
+    /// that name, absolute. A relative name (bound with a relative address) is resolved to the
+    /// name its socket file has: the agent's record of the listener's bind, else the working
+    /// directory of process `pid` (a claimant, on the same host), checked against the file.
+    fn match_socket(&self, pid: u32, socket: &UnixSocket) -> Option<(u32, Vec<u8>)> {
+        let name = socket.name.as_deref()?;
+        if matches!(name.first(), Some(0 | b'/')) {
+            return Some((crate::paths::best_match(&self.paths, name)?, name.to_vec()));
+        }
+        let file = socket.file?;
+        let absolute =
+            self.feed.as_ref().and_then(|feed| feed.resolved_name(file)).or_else(|| self.facts.resolve_relative(pid, name, file))?;
+        Some((crate::paths::best_match(&self.paths, &absolute)?, absolute))
     }
 }
 

@@ -129,6 +129,8 @@ pub(super) struct Verified {
     pub(super) peer: u32,
     /// The watched path.
     pub(super) path_id: u32,
+    /// The socket's address as `sock_diag` named it (absolute), if the agent asked.
+    pub(super) name: Option<Vec<u8>>,
     /// The kernel time of its connect/accept event, if the agent has it.
     pub(super) event_ns: Option<u64>,
     /// That event, used up when the claim is held or paired.
@@ -174,8 +176,10 @@ pub(super) enum Step {
 
 /// A pair of claims with their segment, to be admitted as a live connection.
 pub(super) struct NewConnection {
-    /// The watched path.
-    pub(super) path: String,
+    /// The socket's address (else the pattern).
+    pub(super) path: Box<str>,
+    /// The watched pattern that covers it.
+    pub(super) pattern: Box<str>,
     /// The connecting end.
     pub(super) client: EndInfo,
     /// The accepting end.
@@ -192,8 +196,10 @@ pub(super) struct NewConnection {
 pub(super) struct Connection {
     /// The agent's id for it.
     pub(super) id: u64,
-    /// The watched path, for trace lines and status.
-    pub(super) path: String,
+    /// The socket's address, for trace lines and status.
+    pub(super) path: Box<str>,
+    /// The watched pattern that covers it.
+    pub(super) pattern: Box<str>,
     /// The connecting end (the claimant).
     pub(super) client: EndInfo,
     /// The accepting end (the claimant).
@@ -217,8 +223,10 @@ pub(super) struct Connection {
 pub(super) struct SwappedLine {
     /// The connection's id.
     pub(super) id: u64,
-    /// The watched path.
+    /// The socket's address.
     pub(super) path: String,
+    /// The watched pattern that covers it.
+    pub(super) pattern: String,
     /// `pid/comm` of the client.
     pub(super) client: String,
     /// `pid/comm` of the server.
@@ -290,7 +298,8 @@ impl Connection {
         let latest = active[0].max(active[1]);
         Some(SwappedLine {
             id: self.id,
-            path: self.path.clone(),
+            path: self.path.to_string(),
+            pattern: self.pattern.to_string(),
             client: self.client.label(),
             server: self.server.label(),
             switched_client_to_server: self.switched_at(End::Client).unwrap_or(0),
@@ -605,8 +614,11 @@ impl Registry {
         }
         let id = self.next_id;
         self.next_id += 1;
-        let NewConnection { path, client, server, inodes, connected_ns, segment } = pair;
-        self.live.insert(id, Connection { id, path, client, server, inodes, segment, paired_at: now, connected_ns, swapped_traced: false });
+        let NewConnection { path, pattern, client, server, inodes, connected_ns, segment } = pair;
+        self.live.insert(
+            id,
+            Connection { id, path, pattern, client, server, inodes, segment, paired_at: now, connected_ns, swapped_traced: false },
+        );
         Ok(id)
     }
 
@@ -726,11 +738,24 @@ mod tests {
     fn event(kind: EventKind, pid: u32, fd: i32, new_fd: i32) -> Event {
         let mut comm = [0u8; tssx_common::COMM_LEN];
         comm[..4].copy_from_slice(b"proc");
-        Event { ts_ns: 5, kind: kind as u32, path_id: 0, pid, tgid: pid, uid: 0, fd, new_fd, other_pid: 0, comm }
+        Event {
+            ts_ns: 5,
+            kind: kind as u32,
+            path_id: 0,
+            pid,
+            tgid: pid,
+            uid: 0,
+            fd,
+            new_fd,
+            other_pid: 0,
+            comm,
+            addr_len: 0,
+            addr: [0; tssx_common::SUN_PATH_LEN],
+        }
     }
 
     fn verified(role: Role, pid: u32, inode: u32, peer: u32) -> Verified {
-        Verified { role, end: end(pid, 3), fd: 3, inode, peer, path_id: 0, event_ns: None, event: None }
+        Verified { role, end: end(pid, 3), fd: 3, inode, peer, path_id: 0, name: None, event_ns: None, event: None }
     }
 
     fn stream() -> UnixStream {
@@ -740,6 +765,7 @@ mod tests {
     fn pair(client_pid: u32, server_pid: u32, n: u32) -> NewConnection {
         NewConnection {
             path: "/p".into(),
+            pattern: "/p".into(),
             client: end(client_pid, 3),
             server: end(server_pid, 4),
             inodes: [n, n + 1000],
@@ -984,6 +1010,7 @@ mod tests {
             [SwappedLine {
                 id,
                 path: "/p".into(),
+                pattern: "/p".into(),
                 client: "10/p10".into(),
                 server: "20/p20".into(),
                 switched_client_to_server: 3,

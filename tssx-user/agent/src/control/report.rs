@@ -14,8 +14,10 @@ use super::{registry::EndInfo, Control};
 pub struct ConnectionStatus {
     /// The agent's id for the connection.
     pub id: u64,
-    /// The watched path.
+    /// The socket's address.
     pub path: String,
+    /// The watched pattern that covers it.
+    pub pattern: String,
     /// The connecting end.
     pub client: EndInfo,
     /// The accepting end.
@@ -46,6 +48,8 @@ pub struct ConnectionStatus {
 pub struct Stats {
     /// The agent's pid.
     pub pid: u32,
+    /// The watched patterns, as given to `--paths`.
+    pub patterns: Vec<String>,
     /// Segments the agent holds (migrating, swapped, or plain/closed not yet freed).
     pub live_segments: usize,
     /// `--max-connections`.
@@ -110,6 +114,7 @@ impl Control {
         let counters = &self.counters;
         Stats {
             pid: std::process::id(),
+            patterns: self.patterns(),
             live_segments,
             max_connections: self.max_connections,
             ring_size: self.ring_size,
@@ -143,7 +148,8 @@ impl Control {
                 let (bytes_client_to_server, bytes_server_to_client) = c.bytes_each_way();
                 ConnectionStatus {
                     id: c.id,
-                    path: c.path.clone(),
+                    path: c.path.to_string(),
+                    pattern: c.pattern.to_string(),
                     client: c.client.clone(),
                     server: c.server.clone(),
                     socket_inodes: c.inodes,

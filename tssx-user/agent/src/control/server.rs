@@ -238,7 +238,7 @@ impl Control {
                     let _ = fdpass::send_with_fd(stream.as_raw_fd(), &reply.encode(), None);
                 }
             }
-            Decision::Paired(Paired { id, path, client, server, segment, held, new }) => {
+            Decision::Paired(Paired { id, pattern, path, client, server, segment, held, new }) => {
                 let swap = Reply::swap(id).encode();
                 let sent = fdpass::send_with_fd(held.as_raw_fd(), &swap, segment.fd()).and_then(|()| {
                     drop(held);
@@ -251,7 +251,7 @@ impl Control {
                     return;
                 }
                 drop(new);
-                tracing::info!(connection = id, path, client, server, "paired {client} <-> {server}");
+                tracing::info!(connection = id, path, pattern, client, server, "paired {client} <-> {server}");
             }
         }
     }

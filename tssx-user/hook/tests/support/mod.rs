@@ -56,7 +56,7 @@ pub fn install_swapped(fds: [c_int; 2], ring: usize) {
 }
 
 /// `sendmsg` of `bytes` with one fd (`SCM_RIGHTS`) through the hook: on a swapped connection,
-/// a hand-back to the kernel first.
+/// the bytes on the ring and the fd through the kernel (see `tssx_hook::anc`).
 pub fn send_with_fd(sock: c_int, bytes: &[u8], fd: c_int) -> isize {
     let mut iov = libc::iovec { iov_base: bytes.as_ptr() as *mut _, iov_len: bytes.len() };
     let mut cbuf = [0u64; 4];

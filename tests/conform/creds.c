@@ -1,0 +1,157 @@
+/*
+ * SCM_CREDENTIALS on a connected stream socket, with and without SO_PASSCRED.
+ *
+ *   creds server PATH / creds client PATH
+ *
+ * Without SO_PASSCRED on the reader, credentials sent explicitly are checked by the kernel at
+ * the send (a process that is not root may not claim another uid: EPERM; root may) and never
+ * delivered. With SO_PASSCRED every read comes with the writer's credentials (the explicit
+ * ones where they were sent). Pids and ids are printed relative to the sender's own.
+ */
+#include "conform.h"
+
+#include <sys/ioctl.h>
+#include <sys/uio.h>
+
+static pid_t client_pid;
+
+static long send_creds(int fd, const char *what, const char *data, int explicit, pid_t pid, uid_t uid, gid_t gid) {
+    struct iovec iov = {(void *)data, strlen(data)};
+    union {
+        struct cmsghdr h;
+        char buf[CMSG_SPACE(sizeof(struct ucred))];
+    } u;
+    memset(&u, 0, sizeof u);
+    struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1};
+    if (explicit) {
+        m.msg_control = u.buf;
+        m.msg_controllen = sizeof u.buf;
+        struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_CREDENTIALS;
+        c->cmsg_len = CMSG_LEN(sizeof(struct ucred));
+        struct ucred cr = {.pid = pid, .uid = uid, .gid = gid};
+        memcpy(CMSG_DATA(c), &cr, sizeof cr);
+    }
+    return SHOW(what, sendmsg(fd, &m, 0));
+}
+
+static const char *idstr(long v, long own) {
+    static char buf[4][32];
+    static int at;
+    char *b = buf[at++ % 4];
+    if (v == own)
+        snprintf(b, 32, "own");
+    else
+        snprintf(b, 32, "%ld", v);
+    return b;
+}
+
+static void recv_creds(int fd, const char *what, size_t room) {
+    char data[128];
+    struct iovec iov = {data, room};
+    union {
+        struct cmsghdr h;
+        char buf[CMSG_SPACE(sizeof(struct ucred)) * 2];
+    } u;
+    memset(&u, 0, sizeof u);
+    struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = sizeof u.buf};
+    errno = 0;
+    long n = recvmsg(fd, &m, 0);
+    int e = errno;
+    say("%s -> %s %s ctrunc=%d controllen=%zu", what, rcstr(n, e), n > 0 ? quoted(data, n) : "", !!(m.msg_flags & MSG_CTRUNC),
+        (size_t)m.msg_controllen);
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&m); n >= 0 && c; c = CMSG_NXTHDR(&m, c)) {
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_CREDENTIALS) {
+            struct ucred cr;
+            memcpy(&cr, CMSG_DATA(c), sizeof cr);
+            say("  credentials: pid %s uid %s gid %s", cr.pid == client_pid ? "client" : cr.pid == getpid() ? "self" : "other",
+                idstr(cr.uid, getuid()), idstr(cr.gid, getgid()));
+        } else {
+            say("  cmsg level %d type %d", c->cmsg_level, c->cmsg_type);
+        }
+    }
+}
+
+static void wait_inq(int fd, int n) {
+    for (int i = 0; i < 20000; i++) {
+        int q = 0;
+        CHECK(ioctl(fd, FIONREAD, &q) == 0);
+        if (q >= n) return;
+        usleep(500);
+    }
+    die("only part of %d bytes arrived", n);
+}
+
+static void server(const char *path) {
+    int lfd = listen_on(path);
+    int c = accept_one(lfd);
+    CHECK(read(c, &client_pid, sizeof client_pid) == sizeof client_pid);
+    char b;
+
+    say("-- without SO_PASSCRED");
+    wait_inq(c, 6);
+    recv_creds(c, "recvmsg", 100);
+    CHECK(write(c, "a", 1) == 1);
+    recv_creds(c, "recvmsg from the unprivileged child", 100);
+
+    say("-- SO_PASSCRED on");
+    int one = 1;
+    SHOW("setsockopt SO_PASSCRED", setsockopt(c, SOL_SOCKET, SO_PASSCRED, &one, sizeof one));
+    CHECK(write(c, "b", 1) == 1);
+    wait_inq(c, 4);
+    recv_creds(c, "recvmsg", 100);
+    CHECK(write(c, "c", 1) == 1);
+    wait_inq(c, 6);
+    recv_creds(c, "recvmsg", 100);
+    recv_creds(c, "recvmsg", 100);
+    CHECK(write(c, "d", 1) == 1);
+    recv_creds(c, "recvmsg from the unprivileged child", 100);
+    CHECK(read(c, &b, 0) == 0);
+    recv_creds(c, "recvmsg", 100);
+    close(c);
+}
+
+/* Forks a child that drops to nobody and sends `data` with credentials claiming uid 0, then
+ * its own. */
+static void unprivileged(int fd, const char *data) {
+    pid_t child = fork();
+    CHECK(child >= 0);
+    if (child == 0) {
+        CHECK(setresgid(65534, 65534, 65534) == 0);
+        CHECK(setresuid(65534, 65534, 65534) == 0);
+        send_creds(fd, "child: sendmsg claiming uid 0", data, 1, getpid(), 0, 65534);
+        send_creds(fd, "child: sendmsg claiming gid 0", data, 1, getpid(), 65534, 0);
+        send_creds(fd, "child: sendmsg claiming pid 1", data, 1, 1, 65534, 65534);
+        send_creds(fd, "child: sendmsg with its own", data, 1, getpid(), 65534, 65534);
+        _exit(0);
+    }
+    say("child %s", statusstr(wait_child(child)));
+}
+
+static void client(const char *path) {
+    int fd = connect_to(path);
+    pid_t me = getpid();
+    CHECK(write(fd, &me, sizeof me) == sizeof me);
+    char b;
+
+    send_creds(fd, "sendmsg own credentials", "ab", 1, me, getuid(), getgid());
+    send_creds(fd, "sendmsg claiming uid 12345 (root may)", "cd", 1, me, 12345, 12345);
+    send_creds(fd, "sendmsg claiming a pid that is not its own", "ef", 1, getppid(), getuid(), getgid());
+    CHECK(read(fd, &b, 1) == 1);
+    unprivileged(fd, "xy");
+
+    CHECK(read(fd, &b, 1) == 1);
+    SHOW("write gh", write(fd, "gh", 2));
+    send_creds(fd, "sendmsg own credentials", "ij", 1, me, getuid(), getgid());
+    CHECK(read(fd, &b, 1) == 1);
+    send_creds(fd, "sendmsg claiming uid 12345 (root may)", "kl", 1, me, 12345, 12345);
+    SHOW("write mnop", write(fd, "mnop", 4));
+    CHECK(read(fd, &b, 1) == 1);
+    unprivileged(fd, "zz");
+    close(fd);
+}
+
+int main(int argc, char **argv) {
+    return run_role(argc, argv, server, client);
+}

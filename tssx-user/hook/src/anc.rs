@@ -1,0 +1,571 @@
+//! Ancillary data on swapped sockets: `sendmsg` with `SCM_RIGHTS` / `SCM_CREDENTIALS` while the
+//! bytes are on the rings.
+//!
+//! The message's bytes go on the ring as any write; its control messages go through the
+//! kernel, attached to one marker byte ([`ANC_MARKER`]) on the real socket, so the kernel checks
+//! them (its errno when it refuses them, and then nothing is sent). A record in the segment
+//! ([`tssx_common::segment::AncQueue`]) says where in the byte stream they belong. The reader
+//! stops its ring reads at that position; a read that reaches it (with room left) takes the
+//! marker with `recvmsg` into the application's control buffer, then the message's bytes, and
+//! stops there, as `af_unix` ends a stream read after an skb that carries fds
+//! (`unix_stream_read_generic`). A read that stops before the position does not take them.
+//!
+//! Shared memory only carries positions and counts: an fd, pid, uid or gid can only come out
+//! of the kernel (see the segment ABI's "Ancillary data"). Doorbells never consume a marker:
+//! drainers stop at the doorbell count of the oldest pending record
+//! ([`Conn::anc_bell_bound`]).
+
+use std::{
+    cell::Cell,
+    io::{IoSlice, IoSliceMut},
+    sync::atomic::Ordering::{Relaxed, SeqCst},
+};
+
+use libc::{c_int, c_void, msghdr};
+use tssx_common::segment::{AncQueue, ANC_MARKER, ANC_SLOTS, NOT_YET};
+use tssx_shm::ring::{Consumer, Transfer};
+
+use crate::{
+    conn::{Conn, Phase},
+    iov::IOV_BATCH,
+    sys,
+    wait::{Backoff, Waiting},
+};
+
+/// The control buffer of the application's `recvmsg` in progress on this thread (set by
+/// [`ctrl_begin`]), and what the kernel wrote there when a marker was taken.
+#[derive(Clone, Copy)]
+struct Ctrl {
+    buf: *mut c_void,
+    len: usize,
+    /// `msg_controllen` the kernel returned for the marker (0: no marker taken).
+    out_len: usize,
+    /// `msg_flags` the kernel returned for the marker.
+    out_flags: c_int,
+    /// The call's `MSG_CMSG_CLOEXEC`.
+    cloexec: c_int,
+}
+
+const NO_CTRL: Ctrl = Ctrl { buf: std::ptr::null_mut(), len: 0, out_len: 0, out_flags: 0, cloexec: 0 };
+
+thread_local! {
+    static CTRL: Cell<Ctrl> = const { Cell::new(NO_CTRL) };
+}
+
+/// Clears the thread's control request when the call ends.
+pub struct CtrlGuard(());
+
+impl Drop for CtrlGuard {
+    fn drop(&mut self) {
+        let _ = CTRL.try_with(|c| c.set(NO_CTRL));
+    }
+}
+
+/// Before a `recvmsg` served by the hook: notes the caller's control buffer (read unaligned),
+/// into which a marker met on the way is received.
+///
+/// # Safety
+/// `msg` is null or a pointer the caller passed as a msghdr (its readability is checked here).
+pub unsafe fn ctrl_begin(msg: *const msghdr, flags: c_int) -> CtrlGuard {
+    if !crate::iov::value_ok(msg) {
+        return CtrlGuard(());
+    }
+    // SAFETY: per the contract; unaligned reads of two fields.
+    let (buf, len) =
+        unsafe { (std::ptr::addr_of!((*msg).msg_control).read_unaligned(), std::ptr::addr_of!((*msg).msg_controllen).read_unaligned()) };
+    let _ = CTRL.try_with(|c| c.set(Ctrl { buf, len, out_len: 0, out_flags: 0, cloexec: flags & libc::MSG_CMSG_CLOEXEC }));
+    CtrlGuard(())
+}
+
+/// After the hook served a `recvmsg`: `msg_controllen` and the `msg_flags` bits
+/// (`MSG_CTRUNC`) the kernel gave for a marker taken during the call (0, 0 if none).
+pub fn ctrl_result() -> (usize, c_int) {
+    CTRL.try_with(|c| c.get()).map_or((0, 0), |c| (c.out_len, c.out_flags & libc::MSG_CTRUNC))
+}
+
+/// `recvmsg` of data bytes on the real socket (before the peer's switch) with the control
+/// buffer of the thread's `recvmsg`, if any (used once per call). Notes what the kernel gave
+/// ([`ctrl_result`], [`ctrl_ended_read`]).
+///
+/// # Safety
+/// `msg` describes live buffers and no control buffer.
+pub(crate) unsafe fn recvmsg_with_ctrl(fd: c_int, msg: &mut msghdr, flags: c_int) -> Result<usize, c_int> {
+    let mut ctrl = CTRL.try_with(|c| c.get()).unwrap_or(NO_CTRL);
+    msg.msg_control = ctrl.buf;
+    msg.msg_controllen = ctrl.len as _;
+    // SAFETY: per the contract; the control buffer is the application's own.
+    let got = unsafe { sys::recvmsg_raw(fd, msg, flags | ctrl.cloexec) };
+    if got.is_ok() && (msg.msg_controllen > 0 || msg.msg_flags & libc::MSG_CTRUNC != 0) {
+        ctrl.out_len = msg.msg_controllen;
+        ctrl.out_flags = msg.msg_flags | ENDED;
+        ctrl.buf = std::ptr::null_mut();
+        ctrl.len = 0;
+        let _ = CTRL.try_with(|c| c.set(ctrl));
+    }
+    got
+}
+
+/// Internal bit of [`Ctrl::out_flags`]: the last socket read took control messages, the read
+/// ends there.
+const ENDED: c_int = 1 << 30;
+
+/// Whether the socket part of this thread's read took control messages (fds, or fds closed
+/// for lack of room), after which the kernel's read ends; clears the mark.
+pub(crate) fn ctrl_ended_read() -> bool {
+    CTRL.try_with(|c| {
+        let mut v = c.get();
+        let ended = v.out_flags & ENDED != 0;
+        v.out_flags &= !ENDED;
+        c.set(v);
+        ended
+    })
+    .unwrap_or(false)
+}
+
+/// Whether `SO_PASSCRED` is on for socket `fd`: its reads then come with the writer's
+/// credentials, which only the kernel gives; such a connection is not served on the rings
+/// (never swapped if it is on from the start; handed back when it is turned on).
+pub fn passes_creds(fd: c_int) -> bool {
+    let mut on: c_int = 0;
+    let mut len = size_of::<c_int>() as libc::socklen_t;
+    // SAFETY: one int and its length, both live locals; the real getsockopt.
+    let rc = unsafe { sys::getsockopt(fd, libc::SOL_SOCKET, libc::SO_PASSCRED, (&raw mut on).cast(), &mut len) };
+    rc == 0 && on != 0
+}
+
+/// Whether the control messages the kernel just wrote for `m` hold `SCM_RIGHTS`.
+fn has_rights(m: &msghdr) -> bool {
+    if m.msg_control.is_null() || m.msg_controllen < size_of::<libc::cmsghdr>() || !m.msg_control.cast::<libc::cmsghdr>().is_aligned() {
+        return false;
+    }
+    // SAFETY: the buffer the kernel just filled, `msg_controllen` bytes; the CMSG macros stay
+    // inside it.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(m);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                return true;
+            }
+            c = libc::CMSG_NXTHDR(m, c);
+        }
+    }
+    false
+}
+
+/// One record, as loaded (untrusted: clamped by the user).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Record {
+    /// Its number (the queue's `taken` when it was loaded).
+    n: u64,
+    pos: u64,
+    len: u64,
+    bells: u64,
+}
+
+/// Calls `f` with `bufs` narrowed to their first `n` bytes (at most [`IOV_BATCH`] slices).
+fn limit_mut<R>(bufs: &mut [IoSliceMut<'_>], mut n: usize, f: impl FnOnce(&mut [IoSliceMut<'_>]) -> R) -> R {
+    let mut short: [IoSliceMut<'_>; IOV_BATCH] = std::array::from_fn(|_| IoSliceMut::new(&mut []));
+    let mut count = 0;
+    for b in bufs.iter_mut() {
+        if n == 0 || count == IOV_BATCH {
+            break;
+        }
+        let k = b.len().min(n);
+        // SAFETY: a prefix of a caller buffer, used only within this call while `bufs` is
+        // mutably borrowed.
+        short[count] = IoSliceMut::new(unsafe { std::slice::from_raw_parts_mut(b.as_mut_ptr(), k) });
+        count += 1;
+        n -= k;
+    }
+    f(&mut short[..count])
+}
+
+/// As [`limit_mut`], for sending.
+fn limit<R>(bufs: &[IoSlice<'_>], mut n: usize, f: impl FnOnce(&[IoSlice<'_>]) -> R) -> R {
+    let mut short: [IoSlice<'_>; IOV_BATCH] = [IoSlice::new(&[]); IOV_BATCH];
+    let mut count = 0;
+    for b in bufs {
+        if n == 0 || count == IOV_BATCH {
+            break;
+        }
+        let k = b.len().min(n);
+        short[count] = IoSlice::new(&b[..k]);
+        count += 1;
+        n -= k;
+    }
+    f(&short[..count])
+}
+
+/// What one attempt of [`Conn::send_anc`] under the producer lock came to.
+enum Step {
+    Sent(Transfer),
+    Full,
+    QueueFull,
+    Back,
+    Err(c_int),
+}
+
+impl Conn {
+    /// The queue of records for the ring this end reads.
+    fn in_queue(&self) -> &AncQueue {
+        &self.header().anc[self.end().peer().index()]
+    }
+
+    /// The queue of records for the ring this end writes.
+    fn out_queue(&self) -> &AncQueue {
+        &self.header().anc[self.end().index()]
+    }
+
+    /// Whether a record for the incoming ring is pending (one load each of two counters).
+    #[inline]
+    pub(crate) fn anc_pending(&self) -> bool {
+        let q = self.in_queue();
+        // SeqCst: pairs with the writer's SeqCst store after filling the slot.
+        q.sent.0.load(SeqCst) != q.taken.0.load(SeqCst)
+    }
+
+    /// The oldest pending record for the incoming ring.
+    pub(crate) fn next_record(&self) -> Option<Record> {
+        let q = self.in_queue();
+        // SeqCst: as in `anc_pending`.
+        let taken = q.taken.0.load(SeqCst);
+        if q.sent.0.load(SeqCst) == taken {
+            return None;
+        }
+        let slot = &q.slots[(taken % ANC_SLOTS as u64) as usize];
+        // Relaxed: written before `sent` (SeqCst), loaded after it.
+        let cap = self.seg().segment.ring_capacity() as u64;
+        Some(Record { n: taken, pos: slot.pos.load(Relaxed), len: slot.len.load(Relaxed).clamp(1, cap), bells: slot.bells.load(Relaxed) })
+    }
+
+    /// Doorbells of the peer's that may be drained now: those before the oldest pending
+    /// record's marker (`u64::MAX`: no record pending).
+    pub(crate) fn anc_bell_bound(&self) -> u64 {
+        if !self.anc_pending() {
+            return u64::MAX;
+        }
+        self.next_record().map_or(u64::MAX, |r| r.bells)
+    }
+
+    /// Whether record `r` is still the oldest published one (a marker the kernel refused is
+    /// withdrawn by its writer).
+    fn still_published(&self, r: &Record) -> bool {
+        let q = self.in_queue();
+        // SeqCst: as in `anc_pending`.
+        if q.taken.0.load(SeqCst) != r.n || q.sent.0.load(SeqCst) <= r.n {
+            return false;
+        }
+        // A record withdrawn and its slot filled again meanwhile: another message.
+        self.next_record().is_some_and(|now| now.pos == r.pos && now.len == r.len && now.bells == r.bells)
+    }
+
+    /// Takes (or, with `peek`, peeks) the marker of record `r`: drains the doorbells sent
+    /// before it, then receives the marker byte into the control buffer of the thread's
+    /// `recvmsg` (none: the kernel discards the fds, as for a `read`). Consumes the record
+    /// unless peeking. Under the consumer lock. Whether the marker carried fds (delivered, or
+    /// closed for lack of room); `None`: the record was withdrawn (nothing taken).
+    pub(crate) fn take_marker(&self, fd: c_int, r: &Record, peek: bool, flags: c_int) -> Option<bool> {
+        let drained = &self.my_line().bells_drained;
+        let mut scratch = [0u8; 64];
+        let mut tries = 0u32;
+        loop {
+            if !self.still_published(r) {
+                return None;
+            }
+            // SeqCst: as every user of the doorbell counters.
+            let before = drained.load(SeqCst);
+            if before < r.bells {
+                let take = (r.bells - before).min(scratch.len() as u64) as usize;
+                if drained.compare_exchange(before, before + take as u64, SeqCst, SeqCst).is_err() {
+                    continue;
+                }
+                match sys::recv_raw(fd, &mut scratch[..take], libc::MSG_DONTWAIT) {
+                    Ok(n) if n > 0 => {
+                        if n < take {
+                            drained.fetch_sub((take - n) as u64, SeqCst);
+                        }
+                        continue;
+                    }
+                    _ => {
+                        drained.fetch_sub(take as u64, SeqCst);
+                    }
+                }
+            }
+            // The next byte must be the marker (doorbells are 0: another thread may still be
+            // reading the ones it reserved).
+            let mut probe = 0u8;
+            match sys::recv_raw(fd, std::slice::from_mut(&mut probe), libc::MSG_PEEK | libc::MSG_DONTWAIT) {
+                Ok(1) if probe == ANC_MARKER => break,
+                Ok(1) | Err(libc::EAGAIN) | Err(libc::EINTR) if tries < 10_000 => {
+                    tries += 1;
+                    sys::sched_yield();
+                }
+                // EOF, an error, or no marker after all (a lying peer): nothing to take.
+                _ => {
+                    if !peek {
+                        self.in_queue().taken.0.store(r.n + 1, SeqCst);
+                    }
+                    return Some(false);
+                }
+            }
+        }
+        let mut ctrl = CTRL.try_with(|c| c.get()).unwrap_or(NO_CTRL);
+        let mut byte = 0u8;
+        let mut iov = libc::iovec { iov_base: (&raw mut byte).cast(), iov_len: 1 };
+        // SAFETY: an all-zero msghdr is valid.
+        let mut m: msghdr = unsafe { std::mem::zeroed() };
+        m.msg_iov = &mut iov;
+        m.msg_iovlen = 1;
+        m.msg_control = ctrl.buf;
+        m.msg_controllen = ctrl.len as _;
+        let how = libc::MSG_DONTWAIT | (flags & libc::MSG_CMSG_CLOEXEC) | if peek { libc::MSG_PEEK } else { 0 };
+        // SAFETY: our iovec and msghdr; the control buffer is the application's own, which the
+        // kernel checks and writes as for its own recvmsg.
+        let got = unsafe { sys::recvmsg_raw(fd, &mut m, how) };
+        let mut fds = false;
+        if let Ok(1) = got {
+            fds = m.msg_flags & libc::MSG_CTRUNC != 0 || has_rights(&m);
+            if m.msg_controllen > 0 || m.msg_flags & libc::MSG_CTRUNC != 0 {
+                ctrl.out_len = m.msg_controllen;
+                ctrl.out_flags = m.msg_flags;
+                // Control messages are delivered once per call (the kernel's read stops
+                // after fds; credentials come with SO_PASSCRED only, never served here).
+                ctrl.buf = std::ptr::null_mut();
+                ctrl.len = 0;
+                let _ = CTRL.try_with(|c| c.set(ctrl));
+            }
+        }
+        if !peek {
+            self.in_queue().taken.0.store(r.n + 1, SeqCst);
+        }
+        Some(fds)
+    }
+
+    /// Reads (or peeks) the incoming ring into `bufs`, at most `cap` bytes, honouring the
+    /// pending records: a read that stops before a record's position does not take its
+    /// marker; one that crosses it takes the marker (its control messages into the thread's
+    /// `recvmsg`) and, if the marker carried fds, ends after that message's bytes, as the
+    /// kernel ends a read after an skb with fds (a message with credentials only is glued to
+    /// what follows). A peek crosses at most one record (the socket cannot be peeked past a
+    /// marker). Under the consumer lock (`rx`). Returns the transfer and whether the read must
+    /// end there.
+    pub(crate) fn read_ring_anc(
+        &self,
+        fd: c_int,
+        rx: &mut Consumer,
+        bufs: &mut [IoSliceMut<'_>],
+        peek: bool,
+        flags: c_int,
+        cap: usize,
+    ) -> (Transfer, bool) {
+        let room = bufs.iter().map(|b| b.len()).sum::<usize>().min(cap);
+        let mut done = Transfer::default();
+        let add = |got: Transfer, done: &mut Transfer| {
+            done.bytes += got.bytes;
+            done.wake_peer |= got.wake_peer;
+        };
+        // Reads `n` bytes more (peeks: the `done` first ones again, then `n`).
+        let read = |rx: &mut Consumer, bufs: &mut [IoSliceMut<'_>], done: usize, n: usize| {
+            if peek {
+                let got = limit_mut(bufs, done + n, |b| rx.peekv(b));
+                return Transfer { bytes: got.saturating_sub(done), wake_peer: false };
+            }
+            crate::iov::after_mut(bufs, done, |rest| limit_mut(rest, n, |b| rx.readv(b)))
+        };
+        loop {
+            let left = room - done.bytes;
+            if left == 0 {
+                return (done, false);
+            }
+            let Some(r) = self.next_record() else {
+                let got = read(rx, bufs, done.bytes, left);
+                add(got, &mut done);
+                return (done, false);
+            };
+            let tail = rx.position() + if peek { done.bytes as u64 } else { 0 };
+            let before = r.pos.saturating_sub(tail).min(usize::MAX as u64) as usize;
+            if before >= left || rx.available() <= before + if peek { done.bytes } else { 0 } {
+                let got = read(rx, bufs, done.bytes, left.min(before));
+                add(got, &mut done);
+                return (done, false);
+            }
+            if peek && done.bytes > 0 {
+                // Already past one marker, or bytes before this one: a peek stops here.
+                let got = read(rx, bufs, done.bytes, before);
+                add(got, &mut done);
+                return (done, false);
+            }
+            if before > 0 {
+                let got = read(rx, bufs, done.bytes, before);
+                add(got, &mut done);
+                if got.bytes < before {
+                    return (done, false);
+                }
+            }
+            let Some(fds) = self.take_marker(fd, &r, peek, flags) else {
+                // Withdrawn meanwhile: the ring bytes are ordinary data.
+                continue;
+            };
+            let len = (r.len.min(usize::MAX as u64) as usize).min(room - done.bytes);
+            let got = read(rx, bufs, done.bytes, len);
+            add(got, &mut done);
+            if fds || peek {
+                return (done, true);
+            }
+        }
+    }
+
+    /// Takes every pending marker of the incoming ring without a control buffer (the kernel
+    /// closes their fds): before an image without the hook reads the socket, which must hold
+    /// nothing but data.
+    pub(crate) fn discard_markers(&self, fd: c_int) {
+        if fd < 0 || self.swap().is_none() {
+            return;
+        }
+        let _ = CTRL.try_with(|c| c.set(NO_CTRL));
+        self.with_rx(|_| {
+            for _ in 0..ANC_SLOTS + 1 {
+                let Some(r) = self.next_record() else { return };
+                self.take_marker(fd, &r, false, 0);
+            }
+        });
+    }
+
+    /// `sendmsg` with control messages on a connection whose writes are on the ring: the
+    /// bytes on the ring, the control messages through the kernel at their position (see the
+    /// module documentation). `None`: not served here (nothing sent): the caller hands the
+    /// connection back and makes the real call.
+    ///
+    /// # Safety
+    /// `msg` is readable; `bufs` are its checked data buffers.
+    pub unsafe fn send_anc(&self, fd: c_int, msg: *const msghdr, bufs: &[IoSlice<'_>], flags: c_int) -> Option<isize> {
+        if self.phase() >= Phase::HandingBack || self.phase() < Phase::Ready {
+            return None;
+        }
+        if !self.writes_ring() {
+            // Ready, writes still on the socket: switch them to the ring now if the peer is
+            // ready (as a write would), else not served here.
+            // SeqCst: pairs with the peer's SeqCst store of `ready`.
+            if !self.with_tx(|_| self.out_switched() || (self.peer_line().ready.load(SeqCst) == 1 && self.switch_out())) {
+                return None;
+            }
+        }
+        // SAFETY: per the contract; unaligned reads.
+        let (name_len, control, control_len) = unsafe {
+            (
+                std::ptr::addr_of!((*msg).msg_namelen).read_unaligned(),
+                std::ptr::addr_of!((*msg).msg_control).read_unaligned(),
+                std::ptr::addr_of!((*msg).msg_controllen).read_unaligned(),
+            )
+        };
+        let want: usize = bufs.iter().map(|b| b.len()).sum();
+        if want == 0 || name_len != 0 {
+            // The kernel checks the control messages, then sends nothing: no bytes (a stream
+            // send of none), or an address (EISCONN). Its answer, as it is.
+            // SAFETY: the caller's message, as received.
+            return Some(unsafe { sys::sendmsg(fd, msg, flags) });
+        }
+        let mut backoff = Backoff::new(Waiting::Write);
+        loop {
+            if self.phase() >= Phase::HandingBack {
+                return None;
+            }
+            if self.send_shut() {
+                crate::stream::raise_sigpipe(flags);
+                return Some(crate::stream::partial_or_errno(0, libc::EPIPE));
+            }
+            let step = self.with_tx(|tx| {
+                // Relaxed: as in `send_inner` (stored under this lock).
+                if self.my_line().back_at.load(Relaxed) != NOT_YET {
+                    return Step::Back;
+                }
+                let free = tx.free();
+                if free == 0 {
+                    return Step::Full;
+                }
+                let q = self.out_queue();
+                // Relaxed: written only under this lock. SeqCst: the reader's count.
+                let sent = q.sent.0.load(Relaxed);
+                if sent.wrapping_sub(q.taken.0.load(SeqCst)) >= ANC_SLOTS as u64 {
+                    return Step::QueueFull;
+                }
+                let len = want.min(free);
+                let slot = &q.slots[(sent % ANC_SLOTS as u64) as usize];
+                // Relaxed: published by the SeqCst store of `sent` below.
+                slot.pos.store(tx.position(), Relaxed);
+                slot.len.store(len as u64, Relaxed);
+                // SeqCst: the doorbells counted so far were all sent before (under this lock).
+                slot.bells.store(self.my_line().bells_sent.load(SeqCst), Relaxed);
+                // SeqCst: before the marker exists, so a drainer never reads past it.
+                q.sent.0.store(sent + 1, SeqCst);
+                let marker = [ANC_MARKER];
+                let mut iov = libc::iovec { iov_base: marker.as_ptr() as *mut c_void, iov_len: 1 };
+                // SAFETY: an all-zero msghdr is valid.
+                let mut m: msghdr = unsafe { std::mem::zeroed() };
+                m.msg_iov = &mut iov;
+                m.msg_iovlen = 1;
+                m.msg_control = control;
+                m.msg_controllen = control_len;
+                let how = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+                // SAFETY: our msghdr with the caller's control buffer, which the kernel checks
+                // (EFAULT, EINVAL, EBADF, ...) before it sends anything.
+                let rc = unsafe { crate::pass::send_via(&m, |m| sys::sendmsg_raw(fd, m, how)) }
+                    // SAFETY: as above.
+                    .unwrap_or_else(|| unsafe { sys::sendmsg_raw(fd, &m, how) });
+                match rc {
+                    Ok(1) => Step::Sent(limit(bufs, len, |b| tx.writev(b))),
+                    other => {
+                        q.sent.0.store(sent, SeqCst);
+                        match other {
+                            Err(libc::EAGAIN) | Err(libc::EINTR) | Ok(_) => Step::Full,
+                            Err(e) => Step::Err(e),
+                        }
+                    }
+                }
+            });
+            match step {
+                Step::Sent(t) => {
+                    if t.wake_peer {
+                        self.ring_doorbell(fd);
+                    }
+                    let mut total = t.bytes;
+                    if total < want {
+                        // The rest as an ordinary send (a blocking one sends it all).
+                        if let Some(n) = crate::iov::after(bufs, total, |rest| self.send(fd, rest, flags | libc::MSG_NOSIGNAL)) {
+                            total += n.max(0) as usize;
+                        }
+                    }
+                    return Some(total as isize);
+                }
+                Step::Err(e) => {
+                    if e == libc::EPIPE {
+                        crate::stream::raise_sigpipe(flags);
+                    }
+                    return Some(crate::stream::partial_or_errno(0, e));
+                }
+                Step::QueueFull => return None,
+                Step::Back => {
+                    self.hand_back(fd);
+                    continue;
+                }
+                Step::Full => {
+                    if self.phase() == Phase::Active && self.peer_handed_back() {
+                        self.hand_back(fd);
+                        continue;
+                    }
+                    if self.would_block_is_error(flags) {
+                        if self.peer_died(fd) {
+                            continue;
+                        }
+                        return Some(crate::stream::partial_or_errno(0, libc::EAGAIN));
+                    }
+                    let waited =
+                        backoff.idle(self, fd, || self.with_tx(|tx| tx.announce_sleep()), || self.with_tx(|tx| tx.withdraw_sleep()));
+                    if let Err(e) = waited {
+                        return Some(crate::stream::partial_or_errno(0, e.errno()));
+                    }
+                }
+            }
+        }
+    }
+}
