@@ -32,10 +32,11 @@ fn env_u64(name: &str) -> Option<u64> {
 }
 
 /// The fuzzer attacked enough: some connections stay plain by design (a victim end that a
-/// fork left in two processes is never swapped) or by timing (one in five or so); at least one
-/// in a short run, half in a long one.
+/// fork left in two processes is never swapped, an exec before the migration gives it up) or by
+/// timing; about half to three quarters are swapped. At least one in a short run, a third in a
+/// long one.
 fn assert_attacked(mapped: u64, rounds: u64) {
-    let needed = if rounds >= 10 { rounds / 2 } else { 1 };
+    let needed = if rounds >= 10 { rounds / 3 } else { 1 };
     assert!(mapped >= needed, "only {mapped} of {rounds} connections were swapped: the fuzzer attacked too little");
 }
 
