@@ -152,7 +152,9 @@ fn workload_exec(fd: i32, rng: &mut Rng, echo_only: bool, exec: Option<ExecCtx>)
     let mut shut = false;
     let mut passed = false;
     let mut pending: Vec<u8> = Vec::new();
+    let mut ops = 0u64;
     let result = loop {
+        ops += 1;
         let bits = rng.below(17);
         let asked = 1 + rng.below(1 << bits) as usize;
         buf[..asked + GUARD].fill(CANARY);
@@ -290,7 +292,9 @@ fn workload_exec(fd: i32, rng: &mut Rng, echo_only: bool, exec: Option<ExecCtx>)
             // Exec in the middle of the connection (rarely; the new image goes on with it).
             12 => {
                 if let Some(ctx) = exec {
-                    if rng.below(30) == 0 {
+                    // Not before the connection had time to migrate (an exec before gives the
+                    // migration up: nothing to attack).
+                    if ops > 2000 && rng.below(30) == 0 {
                         let next = rng.next();
                         exec_self(fd, ctx, next);
                     }
@@ -408,7 +412,13 @@ fn serve(listener: UnixListener, seed: u64, hostile_conns: u64, first: u64) {
         let mut rng = Rng::new(seed ^ (conn + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let fd = stream.into_raw_fd();
         let echo_only = conn >= hostile_conns;
-        let mut fork = rng.below(4);
+        // No fork (half), the child alone (three in eight), both (one in eight: such an end is
+        // never swapped, so rarely).
+        let mut fork = match rng.below(8) {
+            0..=3 => 0,
+            4..=6 => 1,
+            _ => 2,
+        };
         if echo_only && fork == 2 {
             // Two processes echoing one stream interleave their echoes: a polite client's
             // check needs one echoing process (the child here).
