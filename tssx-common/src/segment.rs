@@ -78,6 +78,10 @@
 //!    Doorbells are counted (`bells_sent`) before they are sent, and only under the end's
 //!    producer lock, which the hand-back holds: the count is exact.
 //!
+//! A lying peer can make these positions wrong, which makes its own data arrive wrong or not at
+//! all, as garbage on a plain socket would; every use clamps them (`saturating_sub`, `min` with
+//! what the socket holds). See the threat model below.
+//!
 //! # Ancillary data: fds and credentials travel through the kernel
 //!
 //! A `sendmsg` with control messages (`SCM_RIGHTS`, `SCM_CREDENTIALS`) on a connection whose
@@ -104,17 +108,71 @@
 //! a reader takes a marker only after the doorbells before it are drained and a peek shows
 //! the marker byte (doorbell bytes are `0`).
 //!
-//! A lying peer (see `tssx-user/hook`, "untrusted peer") can make these positions wrong, which
-//! makes its own data arrive wrong or not at all, as garbage on a plain socket would; every use
-//! clamps them (`saturating_sub`, `min` with what the socket holds).
+//! # Threat model: a hostile peer
+//!
+//! Both ends map the whole segment read-write, and the ends may be processes of different users
+//! (an unprivileged client and a root daemon). So every field, the other end's *and one's own*,
+//! can hold any value at any moment, changing between two loads. The rule: **a peer can do no
+//! more harm through the segment than through a plain socket**, whose worst is garbage data,
+//! EOF, ECONNRESET/EPIPE, or never reading or writing (a blocked call then waits, as on a plain
+//! socket, and wakes with EOF/EPIPE once the peer is gone). Nothing read from the segment is
+//! trusted for memory safety, a length, a loop bound, or the number of bytes to deliver:
+//!
+//! * Memory: the layout (sizes, offsets, capacity) is checked once when an end maps the segment,
+//!   against the memfd's sealed size, and kept in private memory (`tssx_shm::segment::Segment`);
+//!   every ring index is `position & (capacity - 1)`, every length clamped to the capacity and
+//!   to the caller's buffer (`tssx_shm::ring`). Each mapping also sits between two `PROT_NONE`
+//!   guard pages. What the ends free or unmap is decided by their own process's counts (the
+//!   hook's table and leases), never by a header field.
+//! * Waiting: no call loops on a header value without a bound. A read or write whose ring is
+//!   empty or full sleeps on the real socket, which the kernel wakes with the peer's EOF when the
+//!   peer closes or dies, whatever the header says; a lock word (the only thing an end spins on)
+//!   is placed after 200 µs and taken over when the peer wrote it (`tssx_hook::ringlock`).
+//! * The agent reads states, counts and positions for its status and traces only (a lie makes
+//!   them wrong; arithmetic on them saturates), and frees its own mapping once both processes
+//!   are gone whatever the header says.
+//!
+//! Field by field: who writes it, what a lie can cause in the victim, why that is no worse.
+//!
+//! | field | written by | a lie's worst in the other end | why no worse than a plain socket |
+//! |---|---|---|---|
+//! | `magic`, `version`, `header_size`, `total_size`, `ring_capacity`, `ring_offsets` | the agent, at creation | before the victim maps it: the map fails and the connection stays plain; after: nothing (never re-read) | the socket is unchanged |
+//! | `tssx` | the agent | nothing (no hook reads it) | - |
+//! | `state` | either end (compare-and-swap) | the victim gives the migration up (stays or goes plain) or its switch fails: its stream from the peer turns to garbage or ends | garbage, EOF |
+//! | `refcount[peer]` | the peer's processes, the agent (a dead end's to 0) | 0: the victim sees the peer closed (EOF, EPIPE); non-zero after the peer died: the socket's EOF tells instead | what a close does |
+//! | `refcount[own]` | the victim's processes | waits poll with a short timeout (CPU), the reset mark or last-close doorbell to the peer is wrong, a close may hand the connection back | never frees or unmaps anything: the process's own counts do |
+//! | `socket_inode` | nobody (unused since version 5) | nothing: a segment passed with `SCM_RIGHTS` names its socket by the file offset of the open description passed (private to sender and receiver), never through the header | - |
+//! | `asleep[peer]` | the peer's waiters | the victim sends a needless doorbell per transfer (a non-blocking one-byte send) | a slow peer costs as much |
+//! | `asleep[own]` | the victim's waiters | the victim's waiters poll with short timeouts instead of draining doorbells; 0 while it sleeps: the peer (the liar) rings no doorbell, so the victim waits for data, EOF or the peer's death | a peer that sends nothing |
+//! | `shut[peer]` | the peer | `SHUT_WRITE`: EOF; `SHUT_READ`: EPIPE; `SHUT_RESET`: ECONNRESET, only once the peer is really gone | the peer's own shutdown or close |
+//! | `shut[own]` | the victim | the victim's reads see EOF (`SHUT_READ`) or writes EPIPE (`SHUT_WRITE`) | the peer's shutdown or close gives the same |
+//! | `rings[*].head`, `tail` | producer, consumer | the ring looks empty, full or holds garbage; a difference above the capacity counts as nothing to read and no room (never a transfer longer than the ring) | garbage, a peer that never reads or writes |
+//! | `rings[*].lock` | the processes of the end that uses that side | a forged holder: after 200 µs the value is placed (a thread of the victim's process by the process's own record, another process by its `/proc/TID/fd`) and taken over; the peer can also clear it while the victim holds it, letting two of the victim's threads in: garbage, still within the ring and the caller's buffers | a bounded delay per forged value; garbage |
+//! | `ends[peer].joined`, `ready` | the peer | the migration is given up, or the victim switches onto a ring the peer never reads | a peer that never reads |
+//! | `ends[peer].switch_at`, `sock_written` | the peer | the victim reads that many socket bytes as data (at most what the socket holds), later ones as doorbells: garbage or loss | garbage |
+//! | `ends[peer].back_at`, `bells_at`, `bells_sent` | the peer | the victim hands back, reads the ring up to `back_at` only if the ring holds it (`back_at <= head`, within one capacity), else waits as for an empty ring; drains at most the doorbells the socket holds (data taken for doorbells: loss) | garbage, loss, EOF |
+//! | `ends[peer].replay_from` | the peer | at the victim's hand-back, its ring's unread bytes from there are sent on the socket, only within `head - capacity ..= head`; that send waits for room as a blocking write does | a peer that never reads |
+//! | `ends[own].*` (`switch_at`, `back_at`, `sock_read`, `bells_drained`, `replay_from`) | the victim | the victim writes on the socket instead of its ring (hands back), takes socket data for doorbells or the reverse, stops reading the ring early (then waits); `bells_drained` rewritten without pause makes the victim's reservations retry while the peer writes | garbage, loss, waits that end with the peer |
+//! | `ends[*].active_ns`, `reserved` | the end | the agent's traces (timestamps) are wrong | - |
+//! | `anc[peer].sent`, `slots` | the peer (the writer of that ring) | the victim takes a marker at a wrong position, or a doorbell byte for a marker (which carries nothing): the peer's control messages land elsewhere in its own stream; every value is clamped | fds and credentials only ever come from the kernel's `recvmsg` of a marker: never forged |
+//! | `anc[own].taken` | the victim (the reader of the peer's ring) | the victim, as the writer of its own ring, reads the peer's `taken` for its queue: a queue that looks full (it hands the connection back) or has room it has not (records overwritten: its messages misplaced) | garbage, a hand-back |
+//!
+//! Until version 5 the pairing of a passed segment with its socket went through `socket_inode`:
+//! a peer that knew the inode of another socket the victim passed in the same message could have
+//! the receiving process attach the segment to that socket, whose bytes would then have gone
+//! through the rings to the peer. Now the sender passes an open description of the memfd whose
+//! file offset names the socket and the end (`tssx-user/hook/src/pass.rs`).
 
 use core::sync::atomic::{AtomicU32, AtomicU64};
 
 /// Value of [`SegmentHeader::magic`]: `"TSSXSEG\0"` read as a little-endian `u64`.
 pub const SEGMENT_MAGIC: u64 = u64::from_le_bytes(*b"TSSXSEG\0");
 
-/// Value of [`SegmentHeader::version`]. Bumped on any change to this file's layout or rules.
-pub const SEGMENT_VERSION: u32 = 4;
+/// Value of [`SegmentHeader::version`]. Bumped on any change to this file's layout or rules
+/// (5: a segment passed with `SCM_RIGHTS` names its socket and end by its open description's
+/// file offset, and [`SegmentHeader::socket_inode`] is no longer written nor read: hooks of
+/// version 4 would not find the socket).
+pub const SEGMENT_VERSION: u32 = 5;
 
 /// Value of [`EndLine::switch_at`] and [`EndLine::back_at`] before the event they record.
 pub const NOT_YET: u64 = u64::MAX;
@@ -299,7 +357,8 @@ pub struct ProducerLine {
     /// Producer lock: `0` when free, otherwise the thread id (`gettid`) of the holder.
     /// Serializes concurrent writers of one socket (threads, or parent and child after `fork`).
     /// Taken with `compare_exchange(0, tid, Acquire, Relaxed)`, released with
-    /// `store(0, Release)`.
+    /// `store(0, Release)`. The peer can write it too: a waiter never trusts the value for
+    /// long (see "Threat model" in the module documentation).
     pub lock: AtomicU32,
     /// Reserved, zero.
     pub reserved: u32,
@@ -437,10 +496,9 @@ pub struct SegmentHeader {
     pub refcount: [AtomicU32; 2],
     /// Reserved, zero.
     pub reserved: u32,
-    /// Per end: the inode of that end's socket, written (`Release`) by a process of that end
-    /// before it passes the socket to another process with `SCM_RIGHTS`, read (`Acquire`) by
-    /// the receiving process's hook to tell which received socket the segment belongs to.
-    /// Zero until then.
+    /// Unused since version 5 (zero): it named the socket a segment passed with `SCM_RIGHTS`
+    /// belongs to, which a lying peer could change; the pairing now travels in the message
+    /// itself (see `tssx-user/hook/src/pass.rs`).
     pub socket_inode: [AtomicU64; 2],
     /// Per end: number of that end's threads that announced they are about to block on the
     /// real socket waiting for a doorbell byte (non-zero = asleep). A waiter increments it

@@ -121,7 +121,7 @@ enum Cmd {
     /// minute; goal within 5%). Also part of `report`.
     StartCost,
     /// Set up, build, and run a randomized soak: first many sequences of the hook's differential
-    /// test (no agent), then, against a real agent, connections opened, used and closed in a
+    /// test (no agent) and many rounds of the hostile-peer fuzzer, then, against a real agent, connections opened, used and closed in a
     /// loop with random sizes and kills; checks bytes, hangs and agent leaks. Not part of `test`.
     Soak {
         /// How long to keep opening connections.
@@ -134,6 +134,12 @@ enum Cmd {
         /// run first, from a seed derived from `--seed`; 0 skips it.
         #[arg(long, default_value_t = 100_000)]
         differential: u64,
+        /// Rounds of the hostile-peer fuzzer (`tests/tests/hostile.rs`: attackers that write
+        /// every header field and ring byte of their segment against a hooked victim, as root
+        /// and as `nobody`), run after the differential test from a seed derived from
+        /// `--seed`; 0 skips it.
+        #[arg(long, default_value_t = 200)]
+        hostile: u64,
     },
     /// Set up, build the release profile, and hold many swapped connections at once, then a
     /// connection storm on top of them: the agent's CPU and memory at that scale, and checks
@@ -210,10 +216,11 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
                 _ => report::report(profile),
             }
         }
-        Cmd::Soak { seconds, seed, differential } => {
+        Cmd::Soak { seconds, seed, differential, hostile } => {
             build()?;
             let seed = soak::seed(seed);
             soak::differential(seed, differential)?;
+            soak::hostile(seed, hostile)?;
             soak::run(&target_dir(), seconds, seed)
         }
         Cmd::Package => package().map(drop),

@@ -1,5 +1,6 @@
-//! `cargo xtask soak [--seconds N] [--seed S] [--differential N]`: a long randomized run against a
-//! real agent, after many sequences of the hook's differential test (no agent).
+//! `cargo xtask soak [--seconds N] [--seed S] [--differential N] [--hostile N]`: a long
+//! randomized run against a real agent, after many sequences of the hook's differential test (no
+//! agent) and many rounds of the hostile-peer fuzzer.
 //!
 //! Opens, uses and closes connections in a loop: several stream pairs at once (one per watched
 //! path), random sizes, most with both ends hooked, some with one end plain (the replay path),
@@ -136,6 +137,29 @@ pub fn differential(seed: u64, sequences: u64) -> anyhow::Result<()> {
         .context("running cargo test")?;
     if !status.success() {
         bail!("the differential test failed (seed {seed}): {status}");
+    }
+    Ok(())
+}
+
+/// The hostile-peer fuzzer (`tests/tests/hostile.rs`) for `rounds` attackers in each of its two
+/// tests (root attackers, and `nobody` attackers against a root victim), from a seed derived
+/// from `seed` (each test prints its replay line). Real agent, root.
+pub fn hostile(seed: u64, rounds: u64) -> anyhow::Result<()> {
+    if rounds == 0 {
+        return Ok(());
+    }
+    let start = (seed % (1 << 40)) + 7_000_000;
+    eprintln!("xtask: soak: {rounds} hostile-peer rounds per test from seed {start} (rerun: --seed {seed})");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask is in the workspace"))
+        .args(["test", "-p", "tssx-tests", "--test", "hostile", "--", "--test-threads=1", "--nocapture"])
+        .env("TSSX_HOSTILE_SEED", start.to_string())
+        .env("TSSX_HOSTILE_ROUNDS", rounds.to_string())
+        .status()
+        .context("running cargo test")?;
+    if !status.success() {
+        bail!("the hostile-peer fuzzer failed (seed {seed}): {status}");
     }
     Ok(())
 }

@@ -221,7 +221,7 @@ impl Conn {
     pub(crate) fn anc_pending(&self) -> bool {
         let q = self.in_queue();
         // SeqCst: pairs with the writer's SeqCst store after filling the slot.
-        q.sent.0.load(SeqCst) != q.taken.0.load(SeqCst)
+        pending(q.sent.0.load(SeqCst), q.taken.0.load(SeqCst))
     }
 
     /// The oldest pending record for the incoming ring.
@@ -229,7 +229,7 @@ impl Conn {
         let q = self.in_queue();
         // SeqCst: as in `anc_pending`.
         let taken = q.taken.0.load(SeqCst);
-        if q.sent.0.load(SeqCst) == taken {
+        if !pending(q.sent.0.load(SeqCst), taken) {
             return None;
         }
         let slot = &q.slots[(taken % ANC_SLOTS as u64) as usize];
@@ -252,7 +252,7 @@ impl Conn {
     fn still_published(&self, r: &Record) -> bool {
         let q = self.in_queue();
         // SeqCst: as in `anc_pending`.
-        if q.taken.0.load(SeqCst) != r.n || q.sent.0.load(SeqCst) <= r.n {
+        if q.taken.0.load(SeqCst) != r.n || !pending(q.sent.0.load(SeqCst), r.n) {
             return false;
         }
         // A record withdrawn and its slot filled again meanwhile: another message.
@@ -303,7 +303,7 @@ impl Conn {
                 // EOF, an error, or no marker after all (a lying peer): nothing to take.
                 _ => {
                     if !peek {
-                        self.in_queue().taken.0.store(r.n + 1, SeqCst);
+                        self.in_queue().taken.0.store(r.n.wrapping_add(1), SeqCst);
                     }
                     return Some(false);
                 }
@@ -336,7 +336,7 @@ impl Conn {
             }
         }
         if !peek {
-            self.in_queue().taken.0.store(r.n + 1, SeqCst);
+            self.in_queue().taken.0.store(r.n.wrapping_add(1), SeqCst);
         }
         Some(fds)
     }
@@ -372,12 +372,18 @@ impl Conn {
             }
             crate::iov::after_mut(bufs, done, |rest| limit_mut(rest, n, |b| rx.readv(b)))
         };
+        // At most one round per record the queue can hold, and one more: a record that keeps
+        // coming back (its marker never found, its count the peer's lie) ends the loop, the
+        // rest read as ordinary data (issue 16: a non-blocking read spun here for good).
+        let mut rounds = 0;
         loop {
             let left = room - done.bytes;
             if left == 0 {
                 return (done, false);
             }
-            let Some(r) = self.next_record() else {
+            rounds += 1;
+            let next = if rounds > ANC_SLOTS + 1 { None } else { self.next_record() };
+            let Some(r) = next else {
                 let got = read(rx, bufs, done.bytes, left);
                 add(got, &mut done);
                 return (done, false);
@@ -497,7 +503,7 @@ impl Conn {
                 // SeqCst: the doorbells counted so far were all sent before (under this lock).
                 slot.bells.store(self.my_line().bells_sent.load(SeqCst), Relaxed);
                 // SeqCst: before the marker exists, so a drainer never reads past it.
-                q.sent.0.store(sent + 1, SeqCst);
+                q.sent.0.store(sent.wrapping_add(1), SeqCst);
                 let marker = [ANC_MARKER];
                 let mut iov = libc::iovec { iov_base: marker.as_ptr() as *mut c_void, iov_len: 1 };
                 // SAFETY: an all-zero msghdr is valid.
@@ -568,4 +574,11 @@ impl Conn {
             }
         }
     }
+}
+
+/// Whether records are pending between the writer's `sent` and the reader's `taken`: between 1
+/// and [`ANC_SLOTS`] of them (any other difference is a lie of the peer's, which makes the
+/// queue look empty, never a record to wait for).
+fn pending(sent: u64, taken: u64) -> bool {
+    (1..=ANC_SLOTS as u64).contains(&sent.wrapping_sub(taken))
 }

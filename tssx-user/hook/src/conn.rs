@@ -44,7 +44,11 @@ use tssx_shm::{
     segment::Segment,
 };
 
-use crate::{own::OwnFd, sys};
+use crate::{
+    own::OwnFd,
+    ringlock::{HeldMark, Side},
+    sys,
+};
 
 /// Where a tracked connection is in its life. Phases only move forward (the order of the
 /// values), except that a claim that must be retried goes back to [`Phase::Candidate`].
@@ -108,6 +112,24 @@ pub struct Swap {
     pub(crate) rx: UnsafeCell<Consumer>,
     /// The segment's memfd (close-on-exec), kept to hand the segment across `execve`.
     pub(crate) memfd: OwnFd,
+    /// Which thread of this process holds this end's producer (`[0]`) and consumer (`[1]`)
+    /// ring lock, 0 for none: this process's own record, out of the peer's reach, against
+    /// which a lock word's value is checked (see [`crate::ringlock`]). On a line of its own:
+    /// only lock holders write it.
+    pub(crate) held: tssx_common::segment::CacheLine<[AtomicU32; 2]>,
+}
+
+impl Swap {
+    /// The mapped segment, its ring handles and its memfd, no lock held.
+    pub(crate) fn new(segment: Segment, tx: Producer, rx: Consumer, memfd: OwnFd) -> Swap {
+        Swap {
+            segment,
+            tx: UnsafeCell::new(tx),
+            rx: UnsafeCell::new(rx),
+            memfd,
+            held: tssx_common::segment::CacheLine([AtomicU32::new(0), AtomicU32::new(0)]),
+        }
+    }
 }
 
 // SAFETY: `tx` and `rx` are only touched under the segment's producer/consumer lock of this
@@ -179,6 +201,13 @@ pub struct Conn {
     /// closed or died). Relaxed: a hint re-checked against the rings, which carry their own
     /// ordering.
     pub(crate) peer_closed: AtomicBool,
+    /// The peer wrote one of this end's ring lock words (a value no holder of this end has):
+    /// it is hostile or broken, see [`crate::ringlock`]. Relaxed: a note for tests and traces.
+    pub peer_wrote_lock: AtomicBool,
+    /// The inode of this end's socket (0: not known yet), noted once when the end becomes ready
+    /// or is adopted: how [`crate::ringlock`] recognises another process holding this end.
+    /// Relaxed: written once before the rings are used, by the thread that moves the phase on.
+    pub(crate) sock_inode: AtomicU64,
     /// The peer's ECONNRESET was reported by a read (it is reported once, like `sk_err`).
     /// Relaxed: a flag of this process's view.
     pub(crate) reset_reported: AtomicBool,
@@ -246,6 +275,8 @@ impl Conn {
             shared: AtomicBool::new(false),
             peer_closed: AtomicBool::new(false),
             reset_reported: AtomicBool::new(false),
+            peer_wrote_lock: AtomicBool::new(false),
+            sock_inode: AtomicU64::new(0),
             fork_mark: AtomicU64::new(0),
             death_checked_ns: AtomicU64::new(0),
             socket_edges: [AtomicU32::new(0), AtomicU32::new(0)],
@@ -354,33 +385,37 @@ impl Conn {
         self.shared.load(Relaxed) || self.header().refcount[self.end.index()].load(Relaxed) > 1
     }
 
-    /// Runs `f` with the producer lock of this end held.
+    /// Runs `f` with the producer lock of this end held (a lock word the peer wrote is never
+    /// waited for without bound: see [`crate::ringlock`]).
+    #[inline]
     pub(crate) fn with_tx<R>(&self, f: impl FnOnce(&mut Producer) -> R) -> R {
         let swap = self.seg();
         let lock = swap.segment.producer_lock(self.end);
         let me = self.user();
-        loop {
-            if let Some(_guard) = lock.try_lock(me) {
-                // SAFETY: the producer lock of this end is held: no other handle of this ring
-                // side is in use anywhere.
-                return f(unsafe { &mut *swap.tx.get() });
-            }
-            sys::sched_yield();
-        }
+        let _guard = match lock.try_lock(me) {
+            Some(guard) => guard,
+            None => self.contended(&lock, me, Side::Tx),
+        };
+        let _mark = HeldMark::new(&swap.held.0[Side::Tx as usize], me);
+        // SAFETY: the producer lock of this end is held: no other handle of this ring side is
+        // in use anywhere (unless the peer cleared the word meanwhile, see `crate::ringlock`:
+        // the handles then still only ever touch the ring and the caller's buffers).
+        f(unsafe { &mut *swap.tx.get() })
     }
 
-    /// Runs `f` with the consumer lock of this end held.
+    /// Runs `f` with the consumer lock of this end held (as [`Conn::with_tx`]).
+    #[inline]
     pub(crate) fn with_rx<R>(&self, f: impl FnOnce(&mut Consumer) -> R) -> R {
         let swap = self.seg();
         let lock = swap.segment.consumer_lock(self.end);
         let me = self.user();
-        loop {
-            if let Some(_guard) = lock.try_lock(me) {
-                // SAFETY: as in `with_tx`, for the consumer side.
-                return f(unsafe { &mut *swap.rx.get() });
-            }
-            sys::sched_yield();
-        }
+        let _guard = match lock.try_lock(me) {
+            Some(guard) => guard,
+            None => self.contended(&lock, me, Side::Rx),
+        };
+        let _mark = HeldMark::new(&swap.held.0[Side::Rx as usize], me);
+        // SAFETY: as in `with_tx`, for the consumer side.
+        f(unsafe { &mut *swap.rx.get() })
     }
 
     /// Shutdown bits of `end` (Acquire: pairs with the SeqCst `fetch_or` in `shutdown`).
@@ -445,6 +480,16 @@ impl Conn {
         clamp_used(head, tail, self.seg().segment.ring_capacity())
     }
 
+    /// Room in the outgoing ring; none when the positions are further apart than the ring (a
+    /// lie of the peer's: the ring looks full, as to the producer itself, see
+    /// `tssx_shm::ring`).
+    pub fn room(&self) -> usize {
+        let ring = &self.header().rings[self.end.index()];
+        // Acquire on both, as in `unread`.
+        let used = ring.producer.0.head.load(Acquire).wrapping_sub(ring.consumer.0.tail.load(Acquire));
+        (self.seg().segment.ring_capacity() as u64).saturating_sub(used) as usize
+    }
+
     /// Positions that change when new data arrives (incoming head, plus the kernel's edges on
     /// the socket while data still comes that way) and when room is made (outgoing tail, plus
     /// the socket's edges likewise): edge-triggered epoll reports an edge when one moved.
@@ -495,7 +540,7 @@ impl Conn {
                 ready |= bits::HUP;
             }
         }
-        if self.unsent() < self.seg().segment.ring_capacity() || self.peer_gone() {
+        if self.room() > 0 || self.peer_gone() {
             ready |= bits::OUT;
         }
         ready

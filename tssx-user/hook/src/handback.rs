@@ -141,7 +141,8 @@ impl Conn {
             // `back_at` before it is sent: a peer it wakes sees the hand-back (sent first, the
             // peer could wake, find nothing new and sleep again before `back_at` is stored,
             // with nothing left to wake it when no data follows).
-            let bells = line.bells_sent.fetch_add(1, SeqCst) + 1;
+            // Wrapping: the count is the peer's to overwrite (a panic here would be its doing).
+            let bells = line.bells_sent.fetch_add(1, SeqCst).wrapping_add(1);
             // Relaxed: published by the SeqCst store of `back_at` below.
             line.bells_at.store(bells, Relaxed);
             line.back_at.store(tx.position(), SeqCst);
@@ -180,7 +181,7 @@ impl Conn {
         self.with_rx(|rx| {
             // SeqCst: before this end's `back_at` (SeqCst, in `hand_back`), which the peer
             // loads before it loads this.
-            self.my_line().replay_from.store(rx.position() + 1, SeqCst);
+            self.my_line().replay_from.store(rx.position().wrapping_add(1), SeqCst);
         });
     }
 
@@ -242,8 +243,12 @@ impl Conn {
         if back_at == NOT_YET {
             return Source::Ring;
         }
-        let tail = self.header().rings[self.end.peer().index()].consumer.0.tail.load(Acquire);
-        if tail < back_at && back_at - tail <= self.seg().segment.ring_capacity() as u64 {
+        let ring = &self.header().rings[self.end.peer().index()];
+        let tail = ring.consumer.0.tail.load(Acquire);
+        // Acquire: the peer's head, published before its `back_at`, which it never exceeds
+        // (a `back_at` beyond it is a lie: nothing more can come from the ring).
+        let head = ring.producer.0.head.load(Acquire);
+        if tail < back_at && back_at - tail <= self.seg().segment.ring_capacity() as u64 && back_at <= head {
             return Source::Ring;
         }
         Source::Socket
@@ -258,7 +263,9 @@ impl Conn {
         loop {
             // Acquire: published by the peer's `back_at`, loaded before (see `read_source`).
             let owed = peer.bells_at.load(Acquire).saturating_sub(drained.load(SeqCst));
-            if owed == 0 {
+            // More than a socket can hold is a lie of the peer's: skip no more (what follows is
+            // read as data: garbage, and no loop as long as the peer keeps the socket full).
+            if owed == 0 || owed > crate::wait::MAX_OWED_DOORBELLS {
                 return true;
             }
             // A pending ancillary record's marker comes first: its reader takes it (see `anc`).
@@ -268,7 +275,7 @@ impl Conn {
             }
             let take = owed.min(buf.len() as u64) as usize;
             let before = drained.load(SeqCst);
-            if drained.compare_exchange(before, before + take as u64, SeqCst, SeqCst).is_err() {
+            if drained.compare_exchange(before, before.wrapping_add(take as u64), SeqCst, SeqCst).is_err() {
                 continue;
             }
             match sys::recv_raw(fd, &mut buf[..take], libc::MSG_DONTWAIT) {

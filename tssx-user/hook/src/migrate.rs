@@ -113,8 +113,9 @@ impl Conn {
             match got {
                 Ok(n) => {
                     // Release: pairs with the Acquire in `in_switched`.
-                    line.sock_read.store(read + n as u64, Release);
-                    if at != NOT_YET && read + n as u64 >= at {
+                    // Wrapping, saturating: our own count, but in the peer's reach too.
+                    line.sock_read.store(read.wrapping_add(n as u64), Release);
+                    if at != NOT_YET && read.saturating_add(n as u64) >= at {
                         // From now on the ring's head makes the edges: start a new one.
                         self.socket_edges[0].fetch_add(1, Relaxed);
                     }

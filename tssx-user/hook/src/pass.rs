@@ -1,18 +1,27 @@
 //! Swapped sockets passed to another process with `SCM_RIGHTS` (over any plain socket).
 //!
 //! The receiving process would get the real socket without the rings. So the sender's hook
-//! appends each passed swapped socket's segment memfd to the message's `SCM_RIGHTS` fds, notes
-//! the socket's inode in the segment header, and counts the receiver as one more holder of that
-//! end (as after fork). The receiver's hook takes those trailing memfds out of the message
-//! before the application sees it, and attaches each segment to the received socket whose inode
-//! the header names. A receiver without the hook gets the extra fds and a socket it cannot
-//! use: passing swapped sockets needs the hook on both sides.
+//! appends, for each passed swapped socket, its segment's memfd to the message's `SCM_RIGHTS`
+//! fds, and counts the receiver as one more holder of that end (as after fork). The receiver's
+//! hook takes those trailing memfds out of the message before the application sees it, and
+//! attaches each segment to the received socket it belongs to. A receiver without the hook
+//! gets the extra fds and a socket it cannot use: passing swapped sockets needs the hook on both
+//! sides.
+//!
+//! Which socket, and as which end, travels with the memfd itself: the sender passes a new open
+//! description of the memfd (re-opened through `/proc/self/fd`) whose file offset is
+//! `2 * index + end`, `index` being the socket's place among the message's fds. An open
+//! description is shared by the sender and the receiver only, so nobody else can change that
+//! offset; the segment, which the peer maps read-write, is not involved (issue 16: the header
+//! field that named the socket let a lying peer have the segment attached to *another* socket
+//! passed in the same message, whose bytes would then have gone through the peer's rings). One
+//! extra fd per socket, as before: the padding of an application's control buffer sized for
+//! its own fds often has room for exactly that.
 
-use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
+use std::sync::atomic::Ordering::{AcqRel, Relaxed};
 
 use libc::{c_int, cmsghdr, msghdr};
-use tssx_common::segment::{End, SegmentHeader};
-use tssx_shm::segment::Segment;
+use tssx_common::segment::End;
 
 use crate::{
     conn::Conn,
@@ -104,8 +113,12 @@ pub unsafe fn send_via(msg: *const msghdr, real: impl FnOnce(&msghdr) -> Result<
     // SAFETY: a SCM_RIGHTS header of the caller's message.
     let fds = unsafe { fds_of(rights) };
     let mut extra = [0 as c_int; MAX_FDS];
+    // The re-opened descriptions, ours, closed when this returns (the message holds its own).
+    let mut opened: Vec<Fd> = Vec::new();
+    // The passed fds whose receiver was counted (undone if the send fails).
+    let mut handed: Vec<c_int> = Vec::new();
     let mut n_extra = 0;
-    for &passed in fds.iter() {
+    for (index, &passed) in fds.iter().enumerate() {
         let Some(c) = table::lookup(passed) else { continue };
         if table::lookup_swapped(passed).is_none() {
             // Still plain: the receiver cannot share this process's byte counts, so this
@@ -116,8 +129,14 @@ pub unsafe fn send_via(msg: *const msghdr, real: impl FnOnce(&msghdr) -> Result<
         if n_extra + fds.len() >= MAX_FDS {
             return None;
         }
-        let Some(memfd) = c.hand_over(passed) else { continue };
-        extra[n_extra] = memfd;
+        let Some(memfd) = c.memfd_raw() else { continue };
+        let Some(tagged) = tagged_description(memfd, index, c.end()) else { continue };
+        if c.hand_over(passed).is_none() {
+            continue;
+        }
+        handed.push(passed);
+        extra[n_extra] = tagged.raw();
+        opened.push(tagged);
         n_extra += 1;
     }
     if n_extra == 0 {
@@ -146,7 +165,7 @@ pub unsafe fn send_via(msg: *const msghdr, real: impl FnOnce(&msghdr) -> Result<
     copy.msg_controllen = new_len as _;
     let rc = real(&copy);
     if rc.is_err() {
-        for &passed in fds.iter() {
+        for &passed in &handed {
             if let Some(c) = table::lookup_swapped(passed) {
                 c.undo_hand_over();
             }
@@ -185,7 +204,7 @@ pub unsafe fn received(msg: *mut msghdr) {
     for &memfd in memfds {
         // SAFETY: the kernel just installed this fd for us; nobody else knows it.
         let memfd = unsafe { Fd::from_raw(memfd) };
-        let Some((sock, end)) = segment_target(&memfd, app) else { continue };
+        let Some((sock, end)) = target_of(&memfd, app) else { continue };
         table::adopt_swapped(sock, end, memfd);
     }
     // SAFETY: shrinks the last header (and the control length) so the application sees only
@@ -211,14 +230,11 @@ fn is_segment(fd: c_int) -> bool {
 }
 
 impl Conn {
-    /// Before this end's socket `fd` is passed to another process: record its inode in the
-    /// header and count the receiver as a holder. Returns the memfd to pass along.
+    /// Before this end's socket `fd` is passed to another process: count the receiver as a
+    /// holder. Returns the memfd whose segment goes along.
     pub fn hand_over(&self, fd: c_int) -> Option<c_int> {
+        let _ = fd;
         let memfd = self.memfd_raw()?;
-        if let Ok(st) = sys::fstat(fd) {
-            // Release: pairs with the receiver's Acquire load.
-            self.header().socket_inode[self.end().index()].store(st.st_ino, Release);
-        }
         self.header().refcount[self.end().index()].fetch_add(1, Relaxed);
         Some(memfd)
     }
@@ -229,25 +245,35 @@ impl Conn {
     }
 }
 
-/// The received socket of `fds` that the segment in `memfd` belongs to.
-fn segment_target(memfd: &Fd, fds: &[c_int]) -> Option<(c_int, End)> {
-    let segment = Segment::open(memfd.borrow()).ok()?;
-    target_of(segment.header(), fds)
+/// A new open description of the segment memfd `memfd` whose file offset says where its socket
+/// is in the message and which end it is (see the module documentation).
+fn tagged_description(memfd: c_int, index: usize, end: End) -> Option<Fd> {
+    let mut path = *b"/proc/self/fd/\0\0\0\0\0\0\0\0\0\0\0\0";
+    let digits = memfd.to_string();
+    if memfd < 0 || digits.len() > 11 {
+        return None;
+    }
+    path[14..14 + digits.len()].copy_from_slice(digits.as_bytes());
+    // SAFETY: a NUL-terminated path in a live buffer; the new fd is owned below.
+    let fd = unsafe {
+        tssx_shm::sys::syscall(
+            libc::SYS_openat,
+            [libc::AT_FDCWD as usize, path.as_ptr() as usize, (libc::O_RDWR | libc::O_CLOEXEC) as usize, 0, 0, 0],
+        )
+    }
+    .ok()? as c_int;
+    // SAFETY: the fd just opened, ours alone.
+    let fd = unsafe { Fd::from_raw(fd) };
+    let tag = 2 * index as i64 + end.index() as i64;
+    (tssx_shm::sys::lseek(fd.raw(), tag, libc::SEEK_SET).ok()? == tag as usize).then_some(fd)
 }
 
-/// Which received socket (of `fds`) a passed segment belongs to, and as which end.
-fn target_of(header: &SegmentHeader, fds: &[c_int]) -> Option<(c_int, End)> {
-    for &fd in fds {
-        let Ok(st) = sys::fstat(fd) else { continue };
-        if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
-            continue;
-        }
-        for end in [End::Client, End::Server] {
-            // Acquire: pairs with the sender's Release store.
-            if header.socket_inode[end.index()].load(Acquire) == st.st_ino {
-                return Some((fd, end));
-            }
-        }
-    }
-    None
+/// Which received socket (of `fds`) the passed segment in `memfd` belongs to, and as which end:
+/// from the file offset of the description the sender passed (see the module documentation).
+fn target_of(memfd: &Fd, fds: &[c_int]) -> Option<(c_int, End)> {
+    let tag = tssx_shm::sys::lseek(memfd.raw(), 0, libc::SEEK_CUR).ok()?;
+    let end = End::from_index(tag % 2)?;
+    let &fd = fds.get(tag / 2)?;
+    let st = sys::fstat(fd).ok()?;
+    (st.st_mode & libc::S_IFMT == libc::S_IFSOCK).then_some((fd, end))
 }

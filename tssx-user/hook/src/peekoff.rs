@@ -127,7 +127,7 @@ impl Conn {
             Phase::Ready if !self.reads_ring() => {
                 // Acquire: pairs with the peer's SeqCst store; our own count, stored with Release.
                 let at = peer.switch_at.load(Acquire);
-                if at != NOT_YET && self.my_line().sock_read.load(Acquire) + n as u64 == at {
+                if at != NOT_YET && self.my_line().sock_read.load(Acquire).wrapping_add(n as u64) == at {
                     return n + self.with_rx(|rx| rx.peek(&mut tmp[n..]));
                 }
             }
@@ -135,9 +135,15 @@ impl Conn {
                 // Acquire: pairs with the peer's SeqCst store (its ring writes and `bells_at`
                 // before).
                 let back_at = peer.back_at.load(Acquire);
-                if back_at != NOT_YET && self.with_rx(|rx| rx.position()) + n as u64 == back_at {
+                if back_at != NOT_YET && self.with_rx(|rx| rx.position()).wrapping_add(n as u64) == back_at {
                     // SeqCst: as the drainers' updates.
-                    let owed = peer.bells_at.load(Acquire).saturating_sub(self.my_line().bells_drained.load(SeqCst)) as usize;
+                    let owed = peer.bells_at.load(Acquire).saturating_sub(self.my_line().bells_drained.load(SeqCst));
+                    // More doorbells than a socket's buffer can hold one-byte messages of is the
+                    // peer's lie: no allocation sized by it (issue 16: a huge one aborts).
+                    if owed > crate::wait::MAX_OWED_DOORBELLS {
+                        return n;
+                    }
+                    let owed = owed as usize;
                     let mut more = vec![0u8; owed + tmp.len() - n];
                     if let Ok(k) = sys::recv_raw(fd, &mut more, libc::MSG_PEEK | libc::MSG_DONTWAIT) {
                         if k > owed {

@@ -247,7 +247,7 @@ impl Conn {
         // SAFETY: this end's handles are only used under the ring locks (`with_tx`/`with_rx`),
         // and they are dropped with the `Swap`, before the segment (field order).
         let (tx, rx) = unsafe { (segment.producer(self.end), segment.consumer(self.end)) };
-        let swap = Swap { segment, tx: std::cell::UnsafeCell::new(tx), rx: std::cell::UnsafeCell::new(rx), memfd: OwnFd::new(memfd) };
+        let swap = Swap::new(segment, tx, rx, OwnFd::new(memfd));
         if self.swap.set(swap).is_err() {
             return false;
         }
@@ -352,6 +352,7 @@ impl Conn {
             return;
         }
         // Quiesced: the counts are final; publish them.
+        self.note_socket_inode(fd);
         let line = self.my_line();
         // Relaxed loads: ordered after the raw calls' SeqCst exits by the CAS above. Release
         // stores: published together with `ready` below.

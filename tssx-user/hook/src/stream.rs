@@ -194,8 +194,17 @@ impl Conn {
             }
             if self.phase() == Phase::HandingBack && self.peer_handed_back() {
                 // The rest comes from the socket (after the last doorbells).
-                if !matches!(self.read_source(), Source::Socket) || self.finish_hand_back() {
-                    continue;
+                match self.read_source() {
+                    Source::Socket => {
+                        if self.finish_hand_back() {
+                            continue;
+                        }
+                    }
+                    // The ring gave nothing, yet the peer's `back_at` says there is more on it:
+                    // a position the peer lied about (or one a replay ends earlier). Wait as for
+                    // an empty ring (no spinning here: issue 16).
+                    Source::Ring => {}
+                    Source::SocketBeforeSwitch => continue,
                 }
             }
             if self.rcv_shut() {

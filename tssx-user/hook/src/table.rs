@@ -229,10 +229,11 @@ pub fn adopt_swapped(fd: c_int, end: End, memfd: Fd) -> bool {
     let conn = Conn::new(end, Phase::Ready, NEXT_ID.fetch_add(1, Relaxed), sys::fd_nonblocking(fd));
     // The end is past quiescence: raw calls are over for good.
     conn.raw.store(QUIESCED, Relaxed);
-    let swap = Swap { segment, tx: std::cell::UnsafeCell::new(tx), rx: std::cell::UnsafeCell::new(rx), memfd: OwnFd::new(memfd) };
+    let swap = Swap::new(segment, tx, rx, OwnFd::new(memfd));
     if conn.swap.set(swap).is_err() {
         return false;
     }
+    conn.note_socket_inode(fd);
     if conn.out_switched() && conn.in_switched() {
         conn.set_phase(Phase::Active);
     }

@@ -26,6 +26,11 @@ pub enum WaitError {
     TimedOut,
 }
 
+/// More doorbells than this owed at once cannot be (each is a one-byte message, and a socket's
+/// send buffer holds a few hundred of those): a count above it is a lie of the peer's, and
+/// nothing is sized or looped by it (issue 16).
+pub(crate) const MAX_OWED_DOORBELLS: u64 = 1 << 16;
+
 /// What a blocked call waits for: data (a read, bounded by SO_RCVTIMEO) or room (a write,
 /// bounded by SO_SNDTIMEO).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -163,25 +168,33 @@ impl Backoff {
         if deadline.expired() {
             return Err(WaitError::TimedOut);
         }
-        let result = Self::sleep(conn, fd, deadline, announce, withdraw);
+        let result = Self::sleep(conn, fd, deadline, self.waiting, announce, withdraw);
         woke();
         result
     }
 
     /// Announces the sleep, re-checks, and sleeps on the real socket unless that found work.
+    /// Only the direction the call waits on ends the wait without sleeping: a reader whose
+    /// sending side is shut down (the peer's `SHUT_READ`, which the peer may also just have
+    /// written into the header) still sleeps until data, EOF or the peer's death comes (it
+    /// spun at full speed, and never looked at the socket for the peer's EOF; issue 16).
     pub(crate) fn sleep(
         conn: &Conn,
         fd: c_int,
         deadline: Deadline,
+        waiting: Waiting,
         announce: impl FnOnce() -> bool,
         withdraw: impl FnOnce(),
     ) -> Result<(), WaitError> {
         if !announce() {
             return Ok(());
         }
+        let shut = match waiting {
+            Waiting::Read => conn.rcv_shut(),
+            Waiting::Write => conn.send_shut(),
+        };
         // The announcement's fence orders these flag reads after it (see `Conn::announce`).
-        let result =
-            if conn.rcv_shut() || conn.send_shut() || conn.phase() == Phase::Plain { Ok(()) } else { conn.sleep_on_socket(fd, deadline) };
+        let result = if shut || conn.phase() == Phase::Plain { Ok(()) } else { conn.sleep_on_socket(fd, deadline) };
         withdraw();
         result
     }
@@ -373,7 +386,9 @@ impl Conn {
         let sent = &self.peer_line().bells_sent;
         let drained = &self.my_line().bells_drained;
         let mut buf = [0u8; 64];
-        loop {
+        // At most this many rounds per call: a peer that inflates its count and floods the
+        // socket keeps no call here for long (its bytes are then taken for data: garbage).
+        for _ in 0..MAX_OWED_DOORBELLS / 64 {
             // Reserve up to 64 of the doorbells sent and not yet drained (SeqCst, pairing with
             // the sender's count before its byte).
             let before = drained.load(SeqCst);
@@ -386,7 +401,7 @@ impl Conn {
                 self.note_peer_end(sys::recv_raw(fd, &mut buf[..1], libc::MSG_PEEK | libc::MSG_DONTWAIT));
                 return;
             }
-            if drained.compare_exchange(before, before + take as u64, SeqCst, SeqCst).is_err() {
+            if drained.compare_exchange(before, before.wrapping_add(take as u64), SeqCst, SeqCst).is_err() {
                 continue;
             }
             match sys::recv_raw(fd, &mut buf[..take], libc::MSG_DONTWAIT) {

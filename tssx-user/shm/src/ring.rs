@@ -67,7 +67,10 @@
 //!
 //! The other end is another process. Every index is masked and every length clamped to the
 //! capacity, so a peer that writes garbage positions can make the ring look empty or full or
-//! yield garbage bytes, but can never make a handle access memory outside the ring.
+//! yield garbage bytes, but can never make a handle access memory outside the ring. A
+//! [`RingLock`] word is in the peer's reach too: its value is only a claim, which the hook checks
+//! before it waits long ([`RingLock::take_over`], [`RingLock::seize`]; see the hook's
+//! `ringlock` module).
 
 use core::cell::Cell;
 use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
@@ -738,6 +741,28 @@ impl RingLock {
         self.word().load(Relaxed)
     }
 
+    /// Takes the lock over from `holder` (known dead, or not a holder at all: a value the peer
+    /// wrote into the word) for `owner`, if the word still holds `holder`.
+    ///
+    /// # Panics
+    /// If `owner` is zero.
+    pub fn take_over(&self, holder: u32, owner: u32) -> Option<RingLockGuard<'_>> {
+        assert!(owner != 0, "lock owner id must be non-zero");
+        // Acquire on success: as `try_lock`.
+        self.word().compare_exchange(holder, owner, Acquire, Relaxed).is_ok().then(|| RingLockGuard { lock: self })
+    }
+
+    /// Takes the lock for `owner` whatever the word holds, and returns what it held. Only for a
+    /// word the peer is known to have written (its value says nothing about a holder any more).
+    ///
+    /// # Panics
+    /// If `owner` is zero.
+    pub fn seize(&self, owner: u32) -> (u32, RingLockGuard<'_>) {
+        assert!(owner != 0, "lock owner id must be non-zero");
+        // Acquire: as `try_lock`.
+        (self.word().swap(owner, Acquire), RingLockGuard { lock: self })
+    }
+
     /// Frees the lock if `owner` still holds it (e.g. the holder is known to be dead). Returns
     /// whether it did.
     pub fn break_lock(&self, owner: u32) -> bool {
@@ -1071,5 +1096,17 @@ mod tests {
         assert!(!lock.break_lock(9));
         assert!(lock.break_lock(8));
         assert!(lock.try_lock(9).is_some());
+        // A value nobody holds (a lying peer's): taken over only if it is still there.
+        word.store(0xdead, Relaxed);
+        assert!(lock.take_over(0xbeef, 9).is_none());
+        let guard = lock.take_over(0xdead, 9).expect("still 0xdead");
+        assert_eq!(lock.holder(), 9);
+        drop(guard);
+        assert_eq!(lock.holder(), 0);
+        word.store(0x1234, Relaxed);
+        let (was, guard) = lock.seize(9);
+        assert_eq!((was, lock.holder()), (0x1234, 9));
+        drop(guard);
+        assert_eq!(lock.holder(), 0);
     }
 }

@@ -7,6 +7,10 @@
 //!
 //! Every system call goes through [`crate::sys`] (raw system calls) and nothing here allocates,
 //! so the preload hook can map a segment it receives.
+//!
+//! The peer maps the same memory read-write and is not trusted (see "Threat model" in
+//! [`tssx_common::segment`]): the layout is checked once against the sealed memfd's size and
+//! kept in private memory, and every mapping sits between two `PROT_NONE` [`GUARD`]s.
 
 use core::fmt;
 use core::mem::size_of;
@@ -92,6 +96,8 @@ impl std::error::Error for SegmentError {}
 /// ring data is only reached through the (unsafe to build) ring handles.
 pub struct Segment {
     base: NonNull<SegmentHeader>,
+    /// Bytes of [`GUARD`] around the mapping (0: mapped without).
+    guard: usize,
     layout: SegmentLayout,
     /// The memfd, for a segment this process created (to be passed to the ends).
     fd: Option<Fd>,
@@ -112,20 +118,46 @@ impl fmt::Debug for Segment {
     }
 }
 
-/// Maps `len` bytes of `fd` shared, read-write.
-fn map(fd: libc::c_int, len: usize) -> Result<NonNull<SegmentHeader>, SegmentError> {
+/// Inaccessible memory (`PROT_NONE`) around every mapping of a segment, before and after: a
+/// ring access that left its ring (none can: every index is masked and every length clamped,
+/// whatever the peer writes) would fault at once instead of touching a neighbour's memory.
+pub const GUARD: usize = tssx_common::segment::SEGMENT_ALIGN;
+
+/// Maps `len` bytes of `fd` shared, read-write, between two [`GUARD`]s when the address space
+/// allows (else without); returns the mapping and the guard size used (0 or [`GUARD`]).
+fn map(fd: libc::c_int, len: usize) -> Result<(NonNull<SegmentHeader>, usize), SegmentError> {
+    if let Some(total) = len.checked_add(2 * GUARD) {
+        if let Ok(reserved) = sys::mmap_reserve(total) {
+            // SAFETY: the middle of our fresh reservation, which nothing references; on a
+            // kernel whose pages are larger than GUARD the fixed mapping fails (unaligned) and
+            // the reservation goes.
+            match unsafe { sys::mmap_shared_at(fd, len, reserved.cast::<u8>().add(GUARD).cast()) } {
+                Ok(ptr) => {
+                    if let Some(base) = NonNull::new(ptr.cast::<SegmentHeader>()) {
+                        return Ok((base, GUARD));
+                    }
+                }
+                Err(_) => {
+                    // SAFETY: our own reservation, unused.
+                    let _ = unsafe { sys::munmap(reserved, total) };
+                }
+            }
+        }
+    }
     let ptr = sys::mmap_shared(fd, len).map_err(SegmentError::os("mmap"))?;
     // mmap returns page-aligned memory, enough for the header's 64-byte alignment.
-    NonNull::new(ptr.cast::<SegmentHeader>()).ok_or(SegmentError::Os { call: "mmap", errno: libc::EINVAL })
+    NonNull::new(ptr.cast::<SegmentHeader>()).map(|p| (p, 0)).ok_or(SegmentError::Os { call: "mmap", errno: libc::EINVAL })
 }
 
-/// Unmaps a mapping made by `map`.
+/// Unmaps a mapping made by `map` (with its guards, `guard` bytes each side).
 ///
 /// # Safety
-/// `base..base + len` is a mapping made by `map` that nothing references any more.
-unsafe fn unmap(base: NonNull<SegmentHeader>, len: usize) {
-    // SAFETY: by the caller's contract. A failure (EINVAL only for bad arguments) leaks.
-    let _ = unsafe { sys::munmap(base.as_ptr().cast(), len) };
+/// `base..base + len` is a mapping made by `map` with that `guard` that nothing references any
+/// more.
+unsafe fn unmap(base: NonNull<SegmentHeader>, len: usize, guard: usize) {
+    // SAFETY: by the caller's contract: `map` reserved `guard` bytes each side. A failure
+    // (EINVAL only for bad arguments) leaks.
+    let _ = unsafe { sys::munmap(base.as_ptr().cast::<u8>().sub(guard).cast(), len + 2 * guard) };
 }
 
 impl Segment {
@@ -138,7 +170,7 @@ impl Segment {
             sys::memfd_create(c"tssx-segment", libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING).map_err(SegmentError::os("memfd_create"))?;
         sys::ftruncate(fd.raw(), layout.total_size as u64).map_err(SegmentError::os("ftruncate"))?;
         sys::fcntl(fd.raw(), libc::F_ADD_SEALS, REQUIRED_SEALS as usize).map_err(SegmentError::os("fcntl(F_ADD_SEALS)"))?;
-        let base = map(fd.raw(), layout.total_size)?;
+        let (base, guard) = map(fd.raw(), layout.total_size)?;
         let header = SegmentHeader {
             magic: SEGMENT_MAGIC,
             version: SEGMENT_VERSION,
@@ -160,7 +192,7 @@ impl Segment {
         // SAFETY: the mapping is fresh, ours alone (the fd has not left this process), large
         // enough and aligned; writing the whole header initialises it.
         unsafe { base.as_ptr().write(header) };
-        Ok(Segment { base, layout, fd: Some(fd) })
+        Ok(Segment { base, guard, layout, fd: Some(fd) })
     }
 
     /// Maps a segment received from elsewhere (the descriptor stays the caller's; the mapping
@@ -183,15 +215,15 @@ impl Segment {
         }
         // `size <= max` fits in usize.
         let len = size as usize;
-        let base = map(fd, len)?;
+        let (base, guard) = map(fd, len)?;
         // SAFETY: the mapping is at least a header long and aligned; the header's fields are
         // integers and atomics, valid for any bit pattern.
         let checked = unsafe { base.as_ref() }.check(size);
         match checked {
-            Ok(layout) => Ok(Segment { base, layout, fd: None }),
+            Ok(layout) => Ok(Segment { base, guard, layout, fd: None }),
             Err(e) => {
                 // SAFETY: our mapping of `len` bytes; the header reference above is gone.
-                unsafe { unmap(base, len) };
+                unsafe { unmap(base, len, guard) };
                 Err(SegmentError::Header(e))
             }
         }
@@ -334,7 +366,7 @@ impl Drop for Segment {
     fn drop(&mut self) {
         // SAFETY: our mapping; ring handles must have been dropped first (their constructors'
         // contract) and `&self` references end here.
-        unsafe { unmap(self.base, self.layout.total_size) };
+        unsafe { unmap(self.base, self.layout.total_size, self.guard) };
     }
 }
 
@@ -342,6 +374,32 @@ impl Drop for Segment {
 mod tests {
     use super::*;
     use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+
+    /// The protection of the mapping in /proc/self/maps that contains `addr` (e.g. "---p").
+    fn protection_at(addr: usize) -> Option<String> {
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        maps.lines().find_map(|line| {
+            let (range, rest) = line.split_once(' ')?;
+            let (lo, hi) = range.split_once('-')?;
+            let (lo, hi) = (usize::from_str_radix(lo, 16).ok()?, usize::from_str_radix(hi, 16).ok()?);
+            (lo <= addr && addr < hi).then(|| rest.split(' ').next().unwrap_or("").to_owned())
+        })
+    }
+
+    #[test]
+    fn guard_pages_surround_every_mapping() {
+        let created = Segment::create(1 << 12).unwrap();
+        let opened = Segment::open(created.fd().unwrap()).unwrap();
+        for seg in [&created, &opened] {
+            assert_eq!(seg.guard, GUARD);
+            let base = seg.header() as *const SegmentHeader as usize;
+            let end = base + seg.layout().total_size;
+            assert_eq!(protection_at(base).as_deref(), Some("rw-s"));
+            assert_eq!(protection_at(end - 1).as_deref(), Some("rw-s"));
+            assert_eq!(protection_at(base - 1).as_deref(), Some("---p"), "no guard before the segment");
+            assert_eq!(protection_at(end).as_deref(), Some("---p"), "no guard after the segment");
+        }
+    }
 
     #[test]
     fn create_then_open() {

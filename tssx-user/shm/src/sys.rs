@@ -143,6 +143,28 @@ pub fn mmap_shared(fd: c_int, len: usize) -> Result<*mut c_void, Errno> {
     Ok(addr as *mut c_void)
 }
 
+/// `mmap(NULL, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE)`: address space
+/// reserved, nothing accessible (guard pages).
+pub fn mmap_reserve(len: usize) -> Result<*mut c_void, Errno> {
+    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
+    // SAFETY: a fresh mapping chosen by the kernel aliases nothing in this process.
+    let addr = unsafe { syscall(libc::SYS_mmap, [0, len, libc::PROT_NONE as usize, flags as usize, usize::MAX, 0]) }?;
+    Ok(addr as *mut c_void)
+}
+
+/// `mmap(addr, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0)`.
+///
+/// # Safety
+/// `addr..addr + len` must be address space of the caller's (e.g. reserved with
+/// [`mmap_reserve`]) that nothing references: it is replaced.
+pub unsafe fn mmap_shared_at(fd: c_int, len: usize, addr: *mut c_void) -> Result<*mut c_void, Errno> {
+    let prot = libc::PROT_READ | libc::PROT_WRITE;
+    let flags = libc::MAP_SHARED | libc::MAP_FIXED;
+    // SAFETY: per the contract.
+    let addr = unsafe { syscall(libc::SYS_mmap, [addr as usize, len, prot as usize, flags as usize, fd as usize, 0]) }?;
+    Ok(addr as *mut c_void)
+}
+
 /// `munmap(addr, len)`.
 ///
 /// # Safety

@@ -1021,6 +1021,45 @@ mod tests {
         assert!(registry.take_swapped().is_empty(), "once");
     }
 
+    /// Issue 16: every value an end can write into the header it shares (its own fields and
+    /// its peer's, lies included) gives the agent's readers a trace, right or wrong, never a
+    /// panic (an overflow in a debug build) or a connection held forever.
+    #[test]
+    fn lying_header_values_only_make_traces_wrong() {
+        let lies = [0u64, 1, 2, 3, u64::from(u32::MAX), u64::MAX, u64::MAX - 1, 1 << 63, 0x5a5a_5a5a_5a5a_5a5a];
+        for (k, &v) in lies.iter().enumerate() {
+            let mut registry = Registry::default();
+            let now = Instant::now();
+            let id = admit(&mut registry, 100 + k as u32, 200 + k as u32, now);
+            let segment = Arc::clone(&registry.live[&id].segment);
+            let header = segment.header();
+            header.state.store(v as u32, Ordering::SeqCst);
+            for r in &header.refcount {
+                r.store(v as u32, Ordering::SeqCst);
+            }
+            for line in &header.ends {
+                line.joined.store(v as u32, Ordering::SeqCst);
+                line.ready.store(v as u32, Ordering::SeqCst);
+                for f in [&line.switch_at, &line.back_at, &line.active_ns, &line.sock_written, &line.bells_sent] {
+                    f.store(v, Ordering::SeqCst);
+                }
+            }
+            for ring in &header.rings {
+                ring.producer.0.head.store(v, Ordering::SeqCst);
+                ring.consumer.0.tail.store(v.wrapping_mul(3), Ordering::SeqCst);
+            }
+            let c = &registry.live[&id];
+            let _ = (c.bytes_each_way(), c.end_phase(End::Client), c.end_phase(End::Server), c.committed(), c.swapped_line());
+            let _ = registry.take_swapped();
+            let mut alive = Alive::default();
+            alive.insert(100 + k as u32, false);
+            alive.insert(200 + k as u32, false);
+            // Whatever the header says, both processes gone frees it.
+            let reaped = registry.reap(&alive, now, Duration::from_secs(10));
+            assert_eq!(reaped.freed.iter().map(|(c, _)| c.id).collect::<Vec<_>>(), [id], "lie {v:#x}");
+        }
+    }
+
     #[test]
     fn the_last_reap_drops_the_spares_and_a_late_spare() {
         let mut registry = Registry::default();
