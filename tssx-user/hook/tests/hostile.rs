@@ -25,6 +25,7 @@ use tssx_hook::{calls, table};
 
 mod support;
 use support::Pair;
+use support::Rng;
 
 /// Ring capacity of the test connections.
 const RING: u64 = 4096;
@@ -406,20 +407,6 @@ fn a_blocked_reader_wakes_when_the_lying_peer_dies() {
         peer_dies(p.client);
         let got = done_rx.recv_timeout(Duration::from_secs(3));
         assert!(got.is_ok(), "{} of end {}: the blocked reader still waits after the peer died", f.name, f.end);
-    }
-}
-
-/// xorshift64*: the seeded choices of [`random_lies_while_the_victim_works`].
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
     }
 }
 

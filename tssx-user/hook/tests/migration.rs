@@ -10,6 +10,7 @@ use tssx_hook::{calls, conn::Phase, table};
 use tssx_shm::segment::Segment;
 
 mod support;
+use support::Rng;
 use support::{dup_memfd, send_with_fd};
 
 fn socketpair(flags: c_int) -> (c_int, c_int) {
@@ -25,22 +26,6 @@ fn write(fd: c_int, bytes: &[u8]) -> isize {
 fn read(fd: c_int, buf: &mut [u8]) -> isize {
     // SAFETY: a live buffer of the stated length.
     unsafe { calls::read(fd, buf.as_mut_ptr().cast(), buf.len()) }
-}
-
-/// xorshift64*: reproducible from the seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 /// The byte at stream position `i` of direction `dir`.
