@@ -236,7 +236,8 @@ pub(super) fn accept_event(pid: u32, fd: i32) -> Event {
 /// Kernel time of the fake's events (CLOCK_MONOTONIC ns).
 pub(super) const EVENT_NS: u64 = 1_000_000_000;
 
-fn event(kind: EventKind, pid: u32, fd: i32, new_fd: i32) -> Event {
+/// A kernel event of `kind` from `pid` (comm `ev<pid>`, time [`EVENT_NS`]) on path 0.
+pub(super) fn event(kind: EventKind, pid: u32, fd: i32, new_fd: i32) -> Event {
     let mut comm = [0u8; tssx_common::COMM_LEN];
     let name = format!("ev{pid}");
     comm[..name.len()].copy_from_slice(name.as_bytes());

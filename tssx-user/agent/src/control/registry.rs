@@ -735,24 +735,7 @@ mod tests {
         EndInfo { pid, comm: format!("p{pid}"), fd }
     }
 
-    fn event(kind: EventKind, pid: u32, fd: i32, new_fd: i32) -> Event {
-        let mut comm = [0u8; tssx_common::COMM_LEN];
-        comm[..4].copy_from_slice(b"proc");
-        Event {
-            ts_ns: 5,
-            kind: kind as u32,
-            path_id: 0,
-            pid,
-            tgid: pid,
-            uid: 0,
-            fd,
-            new_fd,
-            other_pid: 0,
-            comm,
-            addr_len: 0,
-            addr: [0; tssx_common::SUN_PATH_LEN],
-        }
-    }
+    use super::super::fake::{event, EVENT_NS};
 
     fn verified(role: Role, pid: u32, inode: u32, peer: u32) -> Verified {
         Verified { role, end: end(pid, 3), fd: 3, inode, peer, path_id: 0, name: None, event_ns: None, event: None }
@@ -793,7 +776,7 @@ mod tests {
         assert!(registry.record(&event(EventKind::Bind, 20, 4, -1)).is_none());
         assert_eq!(registry.unclaimed_events(), 2, "only connect and accept are kept");
         let (seen, at) = registry.event(Side::Connect, 10, 3).unwrap();
-        assert_eq!((seen.end, seen.ts_ns), (EndInfo { pid: 10, comm: "proc".into(), fd: 3 }, 5));
+        assert_eq!((seen.end, seen.ts_ns), (EndInfo { pid: 10, comm: "ev10".into(), fd: 3 }, EVENT_NS));
         assert!(registry.event(Side::Accept, 20, 4).is_none(), "an accept is keyed by the accepted fd");
         assert!(registry.event(Side::Accept, 20, 5).is_some());
         // A claim held keeps its event, and so does one that ended unpaired; a pair uses both up.
