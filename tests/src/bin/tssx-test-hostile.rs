@@ -47,14 +47,7 @@ use std::{
 
 use core::mem::offset_of;
 use tssx_common::segment::{EndLine, RingControl, SegmentHeader, SegmentLayout, NOT_YET};
-use tssx_tests::Rng;
-
-fn now_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: writes into a live local timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
+use tssx_tests::{monotonic_ns as now_ns, Rng};
 
 fn say(line: &str) {
     let mut out = std::io::stdout().lock();
