@@ -7,6 +7,12 @@
  * the send (a process that is not root may not claim another uid: EPERM; root may) and never
  * delivered. With SO_PASSCRED every read comes with the writer's credentials (the explicit
  * ones where they were sent). Pids and ids are printed relative to the sender's own.
+ *
+ *   creds server PATH listener / creds client PATH listener
+ *
+ * The same with SO_PASSCRED set on the listener before the accept (the accepted socket inherits
+ * it): credentials with every read from the first byte on, which only the kernel gives, so the
+ * connection must stay on the socket (no warm-up: it never gets a segment).
  */
 #include "conform.h"
 
@@ -14,6 +20,8 @@
 #include <sys/uio.h>
 
 static pid_t client_pid;
+/* "listener" mode (see the top). */
+static int passcred_listener;
 
 static long send_creds(int fd, const char *what, const char *data, int explicit, pid_t pid, uid_t uid, gid_t gid) {
     struct iovec iov = {(void *)data, strlen(data)};
@@ -85,7 +93,18 @@ static void wait_inq(int fd, int n) {
 
 static void server(const char *path) {
     int lfd = listen_on(path);
-    int c = accept_one(lfd);
+    int c;
+    if (passcred_listener) {
+        int on = 1;
+        SHOW("setsockopt SO_PASSCRED on the listener", setsockopt(lfd, SOL_SOCKET, SO_PASSCRED, &on, sizeof on));
+        while ((c = accept(lfd, NULL, NULL)) < 0 && errno == EINTR) {}
+        CHECK(c >= 0);
+        /* The client writes after this byte: bytes queued before the accept may or may not
+         * carry credentials (the kernel's own race), a transcript must not depend on it. */
+        CHECK(write(c, "s", 1) == 1);
+    } else {
+        c = accept_one(lfd);
+    }
     CHECK(read(c, &client_pid, sizeof client_pid) == sizeof client_pid);
     char b;
 
@@ -130,7 +149,9 @@ static void unprivileged(int fd, const char *data) {
 }
 
 static void client(const char *path) {
-    int fd = connect_to(path);
+    int fd = passcred_listener ? connect_plain(path) : connect_to(path);
+    char s;
+    if (passcred_listener) CHECK(read(fd, &s, 1) == 1);
     pid_t me = getpid();
     CHECK(write(fd, &me, sizeof me) == sizeof me);
     char b;
@@ -153,5 +174,6 @@ static void client(const char *path) {
 }
 
 int main(int argc, char **argv) {
+    passcred_listener = argc > 3 && strcmp(argv[3], "listener") == 0;
     return run_role(argc, argv, server, client);
 }
