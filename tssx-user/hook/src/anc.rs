@@ -124,7 +124,7 @@ pub(crate) fn ctrl_ended_read() -> bool {
 
 /// Whether `SO_PASSCRED` is on for socket `fd`: its reads then come with the writer's
 /// credentials, which only the kernel gives; such a connection is not served on the rings
-/// (never swapped if it is on from the start; handed back when it is turned on).
+/// (never claimed if it is on from the start; handed back when it is turned on).
 pub fn passes_creds(fd: c_int) -> bool {
     let mut on: c_int = 0;
     let mut len = size_of::<c_int>() as libc::socklen_t;

@@ -45,7 +45,7 @@ fn track_connected(fd: c_int, end: End, name: Option<paths::UnixName>) {
     let known_stream = table::is_unconnected(fd);
     table::mark_unconnected(fd, false);
     with_errno_kept(|| {
-        let watched = name.is_some_and(|name| paths::watched(&name)) && (known_stream || paths::is_stream(fd)) && !anc::passes_creds(fd);
+        let watched = name.is_some_and(|name| paths::watched(&name)) && (known_stream || paths::is_stream(fd));
         track_if(fd, end, watched, None);
     })
 }
@@ -71,10 +71,7 @@ fn track_accepted(listener: c_int, new: c_int, nonblock: bool) {
         let watched = match table::listener_kind(listener) {
             Some(watched) => watched,
             None => {
-                // (An accepted socket inherits the listener's SO_PASSCRED.)
-                let watched = paths::listener_name(listener, new).is_some_and(|name| paths::watched(&name))
-                    && paths::is_stream(new)
-                    && !anc::passes_creds(new);
+                let watched = paths::listener_name(listener, new).is_some_and(|name| paths::watched(&name)) && paths::is_stream(new);
                 table::remember_listener(listener, watched);
                 watched
             }

@@ -157,6 +157,16 @@ impl Conn {
         if self.phase() != Phase::Candidate || now < claim.retry_at {
             return;
         }
+        // SO_PASSCRED on since before the connection (set on the socket, or inherited from the
+        // listener): credentials with every read, which only the kernel gives. Looked at here,
+        // the first moment the connection would leave the socket, not on connect/accept (a
+        // short connection never pays the system call); turned on later, `setsockopt` hands
+        // the connection back.
+        if crate::anc::passes_creds(fd) {
+            drop(claim);
+            self.give_up();
+            return;
+        }
         let role = if self.end == End::Client { Role::Client } else { Role::Server };
         match claim::send(claim::request(role, fd, self.forked.load(Relaxed))) {
             Ok(control) => {
