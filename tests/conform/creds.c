@@ -93,18 +93,7 @@ static void wait_inq(int fd, int n) {
 
 static void server(const char *path) {
     int lfd = listen_on(path);
-    int c;
-    if (passcred_listener) {
-        int on = 1;
-        SHOW("setsockopt SO_PASSCRED on the listener", setsockopt(lfd, SOL_SOCKET, SO_PASSCRED, &on, sizeof on));
-        while ((c = accept(lfd, NULL, NULL)) < 0 && errno == EINTR) {}
-        CHECK(c >= 0);
-        /* The client writes after this byte: bytes queued before the accept may or may not
-         * carry credentials (the kernel's own race), a transcript must not depend on it. */
-        CHECK(write(c, "s", 1) == 1);
-    } else {
-        c = accept_one(lfd);
-    }
+    int c = accept_one(lfd);
     CHECK(read(c, &client_pid, sizeof client_pid) == sizeof client_pid);
     char b;
 
@@ -149,9 +138,7 @@ static void unprivileged(int fd, const char *data) {
 }
 
 static void client(const char *path) {
-    int fd = passcred_listener ? connect_plain(path) : connect_to(path);
-    char s;
-    if (passcred_listener) CHECK(read(fd, &s, 1) == 1);
+    int fd = connect_to(path);
     pid_t me = getpid();
     CHECK(write(fd, &me, sizeof me) == sizeof me);
     char b;
@@ -173,7 +160,54 @@ static void client(const char *path) {
     close(fd);
 }
 
+/* "listener" mode: SO_PASSCRED on the listener before the accept; one message at a time,
+ * each acknowledged (reads stop where the credentials change, so messages in flight would make
+ * the plain transcript depend on timing). The client writes only after the accept: bytes
+ * queued before it may or may not carry credentials, even on a plain socket. */
+static void server_listener(const char *path) {
+    /* As listen_on, with the option set before anyone can connect. */
+    socklen_t len;
+    struct sockaddr_un a = address(path, &len);
+    unlink(path);
+    int lfd = socket(AF_UNIX, SOCK_STREAM, 0);
+    CHECK(lfd >= 0);
+    int on = 1;
+    CHECK(setsockopt(lfd, SOL_SOCKET, SO_PASSCRED, &on, sizeof on) == 0);
+    CHECK(bind(lfd, (struct sockaddr *)&a, len) == 0);
+    CHECK(listen(lfd, 256) == 0);
+    say("listening"); /* (the first line: the runner starts the client on it) */
+    say("SO_PASSCRED set on the listener before its listen");
+    int c;
+    while ((c = accept(lfd, NULL, NULL)) < 0 && errno == EINTR) {}
+    CHECK(c >= 0);
+    CHECK(write(c, "s", 1) == 1);
+    CHECK(read(c, &client_pid, sizeof client_pid) == sizeof client_pid);
+    for (int i = 0; i < 4; i++) {
+        wait_inq(c, 2);
+        recv_creds(c, "recvmsg", 100);
+        CHECK(write(c, "k", 1) == 1);
+    }
+    recv_creds(c, "recvmsg at EOF", 100);
+    close(c);
+}
+
+static void client_listener(const char *path) {
+    int fd = connect_plain(path);
+    char b;
+    CHECK(read(fd, &b, 1) == 1);
+    pid_t me = getpid();
+    CHECK(write(fd, &me, sizeof me) == sizeof me);
+    for (int i = 0; i < 4; i++) {
+        /* Past the agent's claim delay: the connection would claim now. */
+        usleep(3000);
+        SHOW("write ab", write(fd, "ab", 2));
+        CHECK(read(fd, &b, 1) == 1);
+    }
+    close(fd);
+}
+
 int main(int argc, char **argv) {
     passcred_listener = argc > 3 && strcmp(argv[3], "listener") == 0;
+    if (passcred_listener) return run_role(argc, argv, server_listener, client_listener);
     return run_role(argc, argv, server, client);
 }
