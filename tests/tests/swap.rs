@@ -168,3 +168,49 @@ fn epoll_add_after_delete_and_plain_turn() {
     assert!(agent.events("paired").is_empty() && agent.events("swapped").is_empty());
     assert!(agent.stop().success());
 }
+
+const EXCHANGE: &str = env!("CARGO_BIN_EXE_tssx-test-exchange");
+
+/// Runs `tssx-test-exchange` (both ends hooked) on `path`: `connections` connections one after
+/// the other, `exchanges` request/answer exchanges each, the server answering after `delay_ms`.
+fn exchanges(path: &str, delay_ms: u64, connections: u64, exchanges: u64) {
+    let mut server = Command::new(EXCHANGE)
+        .args(["server", path, &delay_ms.to_string()])
+        .env("LD_PRELOAD", hook())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until(Duration::from_secs(10), &format!("the server to bind {path}"), || Path::new(path).exists());
+    let out = Command::new(EXCHANGE)
+        .args(["client", path, &connections.to_string(), &exchanges.to_string()])
+        .env("LD_PRELOAD", hook())
+        .output()
+        .unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "client failed: {}\n{stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains(&format!("done exchanges={}", connections * exchanges)), "{stdout}");
+}
+
+/// The claim rule: a connection opened for one request and its answer (nginx's default
+/// upstream, HTTP/1.0, nscd with `shared no`) is never claimed, even when a slow answer keeps
+/// it open well past `--claim-after`: a segment would cost more than it saves. A connection
+/// that goes on to a second exchange claims and is swapped.
+#[test]
+fn one_exchange_per_connection_never_claims_however_long_it_lives() {
+    require_root();
+    let dir = TempDir::new("swap-exchange");
+    let (short, kept) = (dir.socket("short.sock"), dir.socket("kept.sock"));
+    let agent = HookedAgent::start(&[&short, &kept]);
+    // Each connection lives at least 5 ms, five times the default --claim-after.
+    exchanges(&short, 5, 20, 1);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(agent.stats()["claims"], 0, "no claim for one exchange per connection");
+    assert!(agent.events_on("swapped", &short).is_empty());
+    // The same connection with more exchanges: claimed and swapped in flight.
+    exchanges(&kept, 5, 1, 40);
+    let swapped = agent.wait_for("swapped", &kept, 1, Duration::from_secs(10));
+    assert_eq!(swapped.len(), 1, "{:?}", agent.events("not swapped"));
+    assert!(agent.stop().success());
+}

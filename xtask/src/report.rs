@@ -272,7 +272,7 @@ pub fn report(profile: &str) -> anyhow::Result<()> {
     }
     writeln!(
         md,
-        "## Connection set-up and short connections\n\nClient and server under the hook on the watched path (tssx) against no hook (plain) and the hook on an unwatched path; runs alternate. Connections start plain and are claimed once they have lived the agent's `--claim-after` (1 ms) or moved 64 KiB, so a set-up connection never claims, and a short connection of 100 round trips migrates in its middle when it lives long enough. Goal: within {SETUP_GOAL}x.\n\n{}",
+        "## Connection set-up and short connections\n\nClient and server under the hook on the watched path (tssx) against no hook (plain) and the hook on an unwatched path; runs alternate. Connections start plain and are claimed once they have lived the agent's `--claim-after` (1 ms) and turned into a conversation (a second exchange), or moved 64 KiB, so a set-up connection never claims, and a short connection of 100 round trips migrates in its middle when it lives long enough. Goal: within {SETUP_GOAL}x.\n\n{}",
         setup.render()
     )?;
 

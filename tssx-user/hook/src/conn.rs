@@ -174,6 +174,10 @@ pub struct Conn {
     /// before the call's `SeqCst` exit from [`Conn::raw`], read after the quiescing CAS).
     pub(crate) sent: AtomicU64,
     pub(crate) received: AtomicU64,
+    /// How this end used the socket by raw calls: see [`crate::phase::Activity`]. Relaxed
+    /// loads and stores (no read-modify-write: two threads racing may lose a count, which
+    /// only delays a claim): a hint for the claim rule.
+    pub(crate) activity: AtomicU32,
     /// Another process may hold this end too (it was forked while plain): a claim must let the
     /// agent check that this process is the only holder. Relaxed: a flag of this process.
     pub(crate) forked: AtomicBool,
@@ -188,10 +192,13 @@ pub struct Conn {
     /// How many fds of this process refer to this connection (dup, dup2, dup3, F_DUPFD).
     /// AcqRel on the decrement that may reach zero, so the last closer sees all prior uses.
     pub(crate) fds: AtomicU32,
-    /// The socket's O_NONBLOCK, read at install and kept up to date by the `fcntl(F_SETFL)`
-    /// and `ioctl(FIONBIO)` hooks, so that an empty ring costs no `F_GETFL` system call.
+    /// The socket's O_NONBLOCK ([`NONBLOCK_UNKNOWN`], [`NONBLOCK_OFF`], [`NONBLOCK_ON`]):
+    /// given at install when the caller knows it (accept4's flags), else read with one
+    /// `F_GETFL` at the first moment it matters (the claim, or a wait on the rings: a short
+    /// connection that never claims never pays it), and kept up to date by the
+    /// `fcntl(F_SETFL)` and `ioctl(FIONBIO)` hooks, so that an empty ring costs no system call.
     /// Relaxed: a flag of this fd.
-    pub(crate) nonblock: AtomicBool,
+    pub(crate) nonblock: AtomicU8,
     /// The first thread that used this connection, and whether another one has since: several
     /// threads of one end sleep on the same socket, and one may drain the doorbell meant for
     /// another, so such connections wait with a short timeout. Relaxed: hints for a timeout.
@@ -254,9 +261,22 @@ pub mod bits {
     pub const ERR: u32 = libc::POLLERR as u32;
 }
 
+/// [`Conn::nonblock`]: not read yet / off / on.
+pub(crate) const NONBLOCK_UNKNOWN: u8 = 0;
+pub(crate) const NONBLOCK_OFF: u8 = 1;
+pub(crate) const NONBLOCK_ON: u8 = 2;
+
+fn nonblock_word(on: bool) -> u8 {
+    if on {
+        NONBLOCK_ON
+    } else {
+        NONBLOCK_OFF
+    }
+}
+
 impl Conn {
     /// A connection tracked in `phase` (for an unconnected socket, `end` is the client's).
-    pub(crate) fn new(end: End, phase: Phase, id: u64, nonblock: bool) -> Conn {
+    pub(crate) fn new(end: End, phase: Phase, id: u64, nonblock: Option<bool>) -> Conn {
         Conn {
             end,
             id,
@@ -265,12 +285,13 @@ impl Conn {
             born_ns: AtomicU64::new(crate::spin::now_ns()),
             sent: AtomicU64::new(0),
             received: AtomicU64::new(0),
+            activity: AtomicU32::new(0),
             forked: AtomicBool::new(false),
             claim: Mutex::new(ClaimState::default()),
             regs: Mutex::new(Vec::new()),
             swap: OnceLock::new(),
             fds: AtomicU32::new(1),
-            nonblock: AtomicBool::new(nonblock),
+            nonblock: AtomicU8::new(nonblock.map_or(NONBLOCK_UNKNOWN, nonblock_word)),
             first_user: AtomicU32::new(0),
             shared: AtomicBool::new(false),
             peer_closed: AtomicBool::new(false),
@@ -361,11 +382,26 @@ impl Conn {
 
     /// Records the fd's new O_NONBLOCK after `fcntl(F_SETFL)` or `ioctl(FIONBIO)`.
     pub fn set_nonblocking(&self, on: bool) {
-        self.nonblock.store(on, Relaxed);
+        self.nonblock.store(nonblock_word(on), Relaxed);
+    }
+
+    /// The socket's O_NONBLOCK, read from the kernel (through `fd`, one of this connection's
+    /// descriptors) the first time it is asked for.
+    pub(crate) fn nonblocking_via(&self, fd: c_int) -> bool {
+        match self.nonblock.load(Relaxed) {
+            NONBLOCK_ON => true,
+            NONBLOCK_OFF => false,
+            _ => {
+                let on = crate::sys::with_errno_kept(|| crate::sys::fd_nonblocking(fd));
+                // A concurrent `fcntl(F_SETFL)` hook that stored a value meanwhile wins.
+                let _ = self.nonblock.compare_exchange(NONBLOCK_UNKNOWN, nonblock_word(on), Relaxed, Relaxed);
+                self.nonblock.load(Relaxed) == NONBLOCK_ON
+            }
+        }
     }
 
     pub(crate) fn would_block_is_error(&self, flags: c_int) -> bool {
-        flags & libc::MSG_DONTWAIT != 0 || self.nonblock.load(Relaxed)
+        flags & libc::MSG_DONTWAIT != 0 || self.nonblocking_via(self.last_fd.load(Relaxed))
     }
 
     /// Notes which thread uses the connection (see `shared`); returns its id.

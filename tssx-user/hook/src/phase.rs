@@ -2,11 +2,13 @@
 //!
 //! Every hook call on a tracked socket that is not on the rings yet calls [`Conn::tick`] before
 //! and after its own work. A tick never waits: it sends the claim once the connection has shown
-//! it is worth one ([`CLAIM_AFTER_NS`], [`CLAIM_AFTER_BYTES`]), looks for the agent's answer with
+//! it is worth one ([`CLAIM_AFTER_NS`] with [`CLAIM_AFTER_TURNS`] or [`CLAIM_AFTER_CALLS`],
+//! or [`CLAIM_AFTER_BYTES`]), looks for the agent's answer with
 //! a back-off, maps the segment, and moves the end to ready as soon as nothing of this process
 //! is inside the kernel on the socket. So a connection that never gets a segment (no agent, a
 //! peer without the hook or that talks to the socket from inside libc, a short connection)
-//! costs a few loads and, now and then, one clock read per call.
+//! costs a few loads per call, and one clock read per call only once it has turned into a
+//! conversation.
 //!
 //! # Raw calls and quiescence
 //!
@@ -42,10 +44,63 @@ use crate::{
 };
 
 /// A connection is worth a segment once it has lived this long (ns; the agent may publish
-/// another value, see `tssx-agent --claim-after`)...
+/// another value, see `tssx-agent --claim-after`) and this end has seen it turn from one
+/// direction to the other [`CLAIM_AFTER_TURNS`] times or moved data in
+/// [`CLAIM_AFTER_CALLS`] calls...
 pub const CLAIM_AFTER_NS: u64 = 1_000_000;
-/// ... or moved this many bytes in either direction.
+/// ... or once it moved this many bytes in either direction, whatever its age.
 pub const CLAIM_AFTER_BYTES: u64 = 64 * 1024;
+/// Direction changes (a read with data after a write with data, or the reverse) that show a
+/// connection is a conversation, not one request and its answer: 2 means a second request
+/// (or the answer to it) is under way. A connection opened per request (nginx's default
+/// upstream, an HTTP/1.0 client, nscd with `shared no`) makes one turn at each end and is
+/// never claimed, however long a busy machine keeps it open; a keep-alive connection claims
+/// at its second exchange.
+pub const CLAIM_AFTER_TURNS: u32 = 2;
+/// Calls that moved data, for one-way traffic that never turns (a log or event stream).
+pub const CLAIM_AFTER_CALLS: u32 = 16;
+
+/// The [`Conn::activity`] word: the direction of the last call that moved data (bits 0-1:
+/// 0 none yet, 1 in, 2 out), the direction changes since (bits 2-9) and the calls that moved
+/// data (bits 10-17), both saturating at 255.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Activity(pub u32);
+
+impl Activity {
+    const TURN: u32 = 1 << 2;
+    const CALL: u32 = 1 << 10;
+    const MAX: u32 = 0xff;
+
+    /// Direction changes seen.
+    pub fn turns(self) -> u32 {
+        self.0 >> 2 & Self::MAX
+    }
+
+    /// Calls that moved data.
+    pub fn calls(self) -> u32 {
+        self.0 >> 10 & Self::MAX
+    }
+
+    /// After one more call that moved data (`sending`: a write).
+    pub fn after(self, sending: bool) -> Activity {
+        let dir = if sending { 2 } else { 1 };
+        let last = self.0 & 3;
+        let mut word = self.0 & !3 | dir;
+        if last != 0 && last != dir && self.turns() < Self::MAX {
+            word += Self::TURN;
+        }
+        if self.calls() < Self::MAX {
+            word += Self::CALL;
+        }
+        Activity(word)
+    }
+
+    /// Whether this is a conversation worth a segment once old enough (see
+    /// [`CLAIM_AFTER_TURNS`]).
+    pub fn worth_a_claim(self) -> bool {
+        self.turns() >= CLAIM_AFTER_TURNS || self.calls() >= CLAIM_AFTER_CALLS
+    }
+}
 /// First wait before looking for the agent's answer (one non-blocking `recv` on the control
 /// connection, made by a call on the connection): every this long during the first
 /// [`ANSWER_CHECK_STEADY_NS`] after the claim (a paired answer usually comes within a few
@@ -92,6 +147,12 @@ impl RawCall<'_> {
                 self.conn.sent.fetch_add(rc as u64, Relaxed);
             } else {
                 self.conn.received.fetch_add(rc as u64, Relaxed);
+            }
+            // Relaxed: a hint (see `Conn::activity`); no store once both counts saturated.
+            let word = Activity(self.conn.activity.load(Relaxed));
+            let next = word.after(sending);
+            if next != word {
+                self.conn.activity.store(next.0, Relaxed);
             }
         }
     }
@@ -146,11 +207,15 @@ impl Conn {
 
     /// Sends the claim if the connection has shown it is worth a segment.
     fn maybe_claim(&self, fd: c_int) {
-        let now = now_ns();
         let moved = self.sent.load(Relaxed).max(self.received.load(Relaxed));
-        if now.saturating_sub(self.born_ns.load(Relaxed)) < crate::paths::claim_after_ns() && moved < CLAIM_AFTER_BYTES
-            || !CLAIMING.load(Relaxed)
-        {
+        let claim_after = crate::paths::claim_after_ns();
+        // Relaxed: a hint (see `Conn::activity`). A connection that has not shown it is a
+        // conversation costs no clock read.
+        if moved < CLAIM_AFTER_BYTES && claim_after != 0 && !Activity(self.activity.load(Relaxed)).worth_a_claim() {
+            return;
+        }
+        let now = now_ns();
+        if now.saturating_sub(self.born_ns.load(Relaxed)) < claim_after && moved < CLAIM_AFTER_BYTES || !CLAIMING.load(Relaxed) {
             return;
         }
         let Ok(mut claim) = self.claim.try_lock() else { return };
@@ -167,6 +232,9 @@ impl Conn {
             self.give_up();
             return;
         }
+        // The socket's O_NONBLOCK matters from now on (waits on the rings): read it now if
+        // nobody said (see `Conn::nonblock`).
+        self.nonblocking_via(fd);
         let role = if self.end == End::Client { Role::Client } else { Role::Server };
         match claim::send(claim::request(role, fd, self.forked.load(Relaxed))) {
             Ok(control) => {
@@ -449,5 +517,46 @@ impl Conn {
             // Relaxed: a timestamp nobody synchronizes on.
             self.my_line().active_ns.store(now_ns().max(1), Relaxed);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Activity, CLAIM_AFTER_CALLS};
+
+    fn after(calls: &[bool]) -> Activity {
+        calls.iter().fold(Activity(0), |a, &sending| a.after(sending))
+    }
+
+    #[test]
+    fn one_request_and_its_answer_is_not_a_conversation() {
+        // The client: the request in two writes, the answer in three reads.
+        let client = after(&[true, true, false, false, false]);
+        assert_eq!((client.turns(), client.calls()), (1, 5));
+        assert!(!client.worth_a_claim());
+        // The server: the request in one read, the answer in two writes.
+        assert!(!after(&[false, true, true]).worth_a_claim());
+    }
+
+    #[test]
+    fn a_second_exchange_is_a_conversation_at_both_ends() {
+        assert!(after(&[true, false, true]).worth_a_claim());
+        assert!(after(&[false, true, false]).worth_a_claim());
+    }
+
+    #[test]
+    fn one_way_traffic_claims_by_its_calls() {
+        let writes = vec![true; CLAIM_AFTER_CALLS as usize];
+        assert!(!after(&writes[1..]).worth_a_claim());
+        assert!(after(&writes).worth_a_claim());
+    }
+
+    #[test]
+    fn the_counts_saturate_without_spilling() {
+        let many: Vec<bool> = (0..1000).map(|i| i % 2 == 0).collect();
+        let a = after(&many);
+        assert_eq!((a.turns(), a.calls(), a.0 & 3), (255, 255, 1));
+        assert_eq!(a.after(false), a);
+        assert_eq!(a.after(true).0 & !3, a.0 & !3);
     }
 }

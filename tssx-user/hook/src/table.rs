@@ -174,9 +174,8 @@ fn publish(fd: c_int, conn: Conn) -> bool {
 
 /// Starts tracking `fd` as the `end` of a connection in `phase` (`Candidate` after
 /// connect/accept, `Unconnected` before `connect`); `nonblock`: the socket's O_NONBLOCK if
-/// the caller knows it (else one `F_GETFL`).
+/// the caller knows it (else read when it first matters: see [`Conn::nonblock`]).
 pub fn track(fd: c_int, end: End, phase: Phase, nonblock: Option<bool>) -> bool {
-    let nonblock = nonblock.unwrap_or_else(|| sys::fd_nonblocking(fd));
     publish(fd, Conn::new(end, phase, NEXT_ID.fetch_add(1, Relaxed), nonblock))
 }
 
@@ -226,7 +225,7 @@ pub fn adopt_swapped(fd: c_int, end: End, memfd: Fd) -> bool {
     // SAFETY: this end's handles are only used under the ring locks, and they are dropped with
     // the `Swap`, before the segment (field order).
     let (tx, rx) = unsafe { (segment.producer(end), segment.consumer(end)) };
-    let conn = Conn::new(end, Phase::Ready, NEXT_ID.fetch_add(1, Relaxed), sys::fd_nonblocking(fd));
+    let conn = Conn::new(end, Phase::Ready, NEXT_ID.fetch_add(1, Relaxed), Some(sys::fd_nonblocking(fd)));
     // The end is past quiescence: raw calls are over for good.
     conn.raw.store(QUIESCED, Relaxed);
     let swap = Swap::new(segment, tx, rx, OwnFd::new(memfd));

@@ -57,6 +57,9 @@ struct Cli {
 
     /// How long a connection lives (or how many bytes, 64 KiB, it moves) before its hooks claim
     /// shared memory for it: `0`, or a number with a unit (ns, us, ms, s), e.g. 500us, 1ms, 2s.
+    /// Besides its age, a connection must have turned into a conversation (a second exchange,
+    /// or 16 one-way writes): one request and its answer never claim. `0` claims at once,
+    /// whatever the traffic.
     /// Connections always start on the plain socket and migrate onto the rings in flight; a
     /// shorter time migrates more connections (short-lived ones too), each paying a claim (a
     /// control round trip, a segment, the migration), a longer one leaves short connections
