@@ -186,7 +186,7 @@ pub struct Conn {
     pub(crate) claim: Mutex<ClaimState>,
     /// Epoll registrations made while the connection was plain (fd, epfd, events, data), moved into
     /// the hook's epoll tables when the connection becomes ready.
-    pub(crate) regs: Mutex<Vec<(c_int, c_int, u32, u64)>>,
+    pub(crate) regs: Mutex<Registrations>,
     /// The segment, from the moment it is mapped (`OnceLock`: set once, read lock-free).
     pub(crate) swap: OnceLock<Swap>,
     /// How many fds of this process refer to this connection (dup, dup2, dup3, F_DUPFD).
@@ -261,6 +261,78 @@ pub mod bits {
     pub const ERR: u32 = libc::POLLERR as u32;
 }
 
+/// One epoll registration of a still plain connection: (fd, epfd, events, data).
+pub(crate) type Registration = (c_int, c_int, u32, u64);
+
+/// The epoll registrations of a still plain connection ([`Conn::regs`]), held inline: tracking
+/// a connection that registers with epoll (every upstream socket of nginx does, before its
+/// `connect`) allocates nothing. A socket registered in more than [`Registrations::INLINE`]
+/// instances at once is marked `overflowed`, and stays plain when it would become ready (the
+/// kernel's lists serve it as they did).
+pub(crate) struct Registrations {
+    items: [Registration; Registrations::INLINE],
+    len: usize,
+    overflowed: bool,
+}
+
+impl Registrations {
+    /// Registrations held; one more marks the list overflowed.
+    pub(crate) const INLINE: usize = 4;
+
+    pub(crate) const fn new() -> Registrations {
+        Registrations { items: [(0, 0, 0, 0); Registrations::INLINE], len: 0, overflowed: false }
+    }
+
+    /// Keeps the registrations for which `keep` says true, in order.
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&Registration) -> bool) {
+        let mut kept = 0;
+        for i in 0..self.len {
+            if keep(&self.items[i]) {
+                self.items[kept] = self.items[i];
+                kept += 1;
+            }
+        }
+        self.len = kept;
+    }
+
+    /// Adds one (or marks the list overflowed if it is full).
+    pub(crate) fn push(&mut self, reg: Registration) {
+        match self.items.get_mut(self.len) {
+            Some(slot) => {
+                *slot = reg;
+                self.len += 1;
+            }
+            None => self.overflowed = true,
+        }
+    }
+
+    /// Whether a registration did not fit (the connection must stay plain).
+    pub(crate) fn overflowed(&self) -> bool {
+        self.overflowed
+    }
+
+    pub(crate) fn iter(&self) -> std::slice::Iter<'_, Registration> {
+        self.items[..self.len].iter()
+    }
+
+    pub(crate) fn iter_mut(&mut self) -> std::slice::IterMut<'_, Registration> {
+        self.items[..self.len].iter_mut()
+    }
+
+    /// Forgets every registration (and the overflow).
+    pub(crate) fn clear(&mut self) {
+        self.len = 0;
+        self.overflowed = false;
+    }
+
+    /// Takes every registration out, in order.
+    pub(crate) fn take(&mut self) -> impl Iterator<Item = Registration> {
+        let (items, len) = (self.items, self.len);
+        self.clear();
+        items.into_iter().take(len)
+    }
+}
+
 /// [`Conn::nonblock`]: not read yet / off / on.
 pub(crate) const NONBLOCK_UNKNOWN: u8 = 0;
 pub(crate) const NONBLOCK_OFF: u8 = 1;
@@ -288,7 +360,7 @@ impl Conn {
             activity: AtomicU32::new(0),
             forked: AtomicBool::new(false),
             claim: Mutex::new(ClaimState::default()),
-            regs: Mutex::new(Vec::new()),
+            regs: Mutex::new(Registrations::new()),
             swap: OnceLock::new(),
             fds: AtomicU32::new(1),
             nonblock: AtomicU8::new(nonblock.map_or(NONBLOCK_UNKNOWN, nonblock_word)),
@@ -649,4 +721,27 @@ fn unreachable_swap() -> ! {
     // in the hook; abort rather than unwind through a C caller.
     // SAFETY: abort has no preconditions.
     unsafe { libc::abort() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Registrations;
+
+    #[test]
+    fn registrations_are_held_inline_in_order_until_one_does_not_fit() {
+        let mut regs = Registrations::new();
+        for epfd in 10..10 + Registrations::INLINE as i32 {
+            regs.push((3, epfd, 1, epfd as u64));
+        }
+        assert!(!regs.overflowed());
+        regs.retain(|&(_, epfd, _, _)| epfd != 11);
+        assert_eq!(regs.iter().map(|r| r.1).collect::<Vec<_>>(), [10, 12, 13]);
+        regs.iter_mut().for_each(|r| r.2 = 7);
+        regs.push((3, 20, 1, 20));
+        regs.push((3, 21, 1, 21));
+        assert!(regs.overflowed(), "a fifth registration does not fit");
+        let taken: Vec<_> = regs.take().collect();
+        assert_eq!(taken, [(3, 10, 7, 10), (3, 12, 7, 12), (3, 13, 7, 13), (3, 20, 1, 20)]);
+        assert!(!regs.overflowed() && regs.iter().next().is_none());
+    }
 }

@@ -402,11 +402,11 @@ impl Conn {
             return;
         }
         let here = |fd: c_int| crate::table::lookup(fd).is_some_and(|c| c.id() == self.id());
-        if regs.iter().any(|&(reg_fd, epfd, _, _)| !here(reg_fd) || !epoll::may_adopt(epfd, self, reg_fd)) {
+        if regs.overflowed() || regs.iter().any(|&(reg_fd, epfd, _, _)| !here(reg_fd) || !epoll::may_adopt(epfd, self, reg_fd)) {
             // Registered through an fd closed since (the kernel's registration, which belongs
             // to the open file, can no longer be changed), or in an instance another process
-            // shares without holding this connection: only the kernel's list can serve it, so
-            // it stays plain.
+            // shares without holding this connection, or in more instances than are recorded:
+            // only the kernel's list can serve it, so it stays plain.
             drop(regs);
             self.give_up();
             return;
@@ -436,7 +436,7 @@ impl Conn {
         // stores: published together with `ready` below.
         line.sock_written.store(self.sent.load(Relaxed), Release);
         line.sock_read.store(self.received.load(Relaxed), Release);
-        for (reg_fd, epfd, events, data) in regs.drain(..) {
+        for (reg_fd, epfd, events, data) in regs.take() {
             epoll::adopt(epfd, reg_fd, self, events, data);
         }
         // SeqCst: after the counters (see `EndLine::ready`).
