@@ -235,7 +235,9 @@ fn after_raw(c: &Conn, fd: c_int, raw: Option<RawCall<'_>>, rc: isize, sending: 
     if let Some(raw) = raw {
         raw.moved(rc, sending);
         drop(raw);
-        with_errno_kept(|| c.tick(fd));
+        if c.tick_due() {
+            with_errno_kept(|| c.tick(fd));
+        }
     }
 }
 

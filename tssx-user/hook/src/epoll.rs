@@ -1154,6 +1154,26 @@ pub unsafe fn wait(epfd: c_int, events: *mut epoll_event, maxevents: c_int, time
     // SAFETY: valid for `maxevents` entries per the contract.
     let out = unsafe { std::slice::from_raw_parts_mut(events, maxevents as usize) };
     let deadline = timeout_ns.map(|t| now_ns().saturating_add(t));
+    // Nothing in the hook's table and no plain one-shot registration to follow: every event
+    // the kernel gives is the application's (a tagged registration exists only while its
+    // interest is in the table), so one counted real wait answers, as without the hook. This
+    // is every wait of an event loop whose connections on watched paths are all still plain
+    // (nginx with an upstream connection per request). Relaxed: hints, checked again after
+    // the wait; an interest adopted meanwhile (its tagged events may be among ours) sends the
+    // answer through the general path's filtering.
+    if set.shared().len.load(Relaxed) == 0 && !set.has_plain_oneshots.load(Relaxed) {
+        // SAFETY: the caller's array.
+        let m = unsafe { real_wait(epfd, out.as_mut_ptr(), out.len() as c_int, timeout_ns, sigmask) };
+        if m <= 0 || set.shared().len.load(Relaxed) == 0 && !out[..m as usize].iter().any(|e| e.u64 & TAG_MASK == TAG) {
+            return m;
+        }
+        let kept = filter(epfd, out, m as usize);
+        note_oneshots_fired(set, &out[..kept]);
+        let n = kept + collect(epfd, set, &mut out[kept..]);
+        if n > 0 || deadline.is_some_and(|d| now_ns() >= d) {
+            return n as c_int;
+        }
+    }
     let mut spun = false;
     loop {
         if !has_swapped(set) {

@@ -215,6 +215,9 @@ struct Cached {
     version: Option<FileVersion>,
     patterns: Patterns,
     checked_ns: u64,
+    /// The last absolute name looked up, and the answer: a client connects to the same few
+    /// addresses over and over (one pattern walk then per address, not per connection).
+    last: Option<(UnixName, bool)>,
 }
 
 /// The paths file is looked at again (one `stat`) at most this often: a connection made less
@@ -270,7 +273,19 @@ pub fn watched(name: &UnixName) -> bool {
         return read_paths().is_some_and(|patterns| patterns.covers(name));
     };
     refresh(&mut cache);
-    cache.as_ref().is_some_and(|c| c.patterns.covers(name))
+    let Some(c) = cache.as_mut() else { return false };
+    if name.is_relative() {
+        // Resolved against the working directory, which may have changed: never cached.
+        return c.patterns.covers(name);
+    }
+    match c.last {
+        Some((last, answer)) if last.bytes() == name.bytes() => answer,
+        _ => {
+            let answer = c.patterns.covers(name);
+            c.last = Some((*name, answer));
+            answer
+        }
+    }
 }
 
 /// Looks at the paths file again if [`RECHECK_NS`] passed (see [`watched`]), so that
@@ -293,7 +308,7 @@ fn refresh(cache: &mut Option<Cached>) {
         Some(c) if c.version == version => c.checked_ns = now,
         _ => {
             let patterns = if version.is_some() { read_paths().unwrap_or_default() } else { Patterns::default() };
-            *cache = Some(Cached { version, patterns, checked_ns: now });
+            *cache = Some(Cached { version, patterns, checked_ns: now, last: None });
             GENERATION.fetch_add(1, Relaxed);
         }
     }

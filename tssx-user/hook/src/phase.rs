@@ -196,7 +196,8 @@ impl Conn {
     #[inline]
     pub fn tick(&self, fd: c_int) {
         match self.phase() {
-            Phase::Candidate => self.maybe_claim(fd),
+            Phase::Candidate if self.may_claim_now() => self.maybe_claim(fd),
+            Phase::Candidate => {}
             Phase::Claiming => self.check_answer(),
             Phase::Mapped => self.check_peer_joined(fd),
             Phase::Quiescing => self.try_ready(fd),
@@ -205,17 +206,36 @@ impl Conn {
         }
     }
 
-    /// Sends the claim if the connection has shown it is worth a segment.
+    /// Whether a candidate may be worth a claim already (a conversation, 64 KiB moved, or
+    /// `--claim-after 0`); only then is the clock read. A few loads, inlined into every call
+    /// on a plain tracked socket (see [`Conn::activity`]; Relaxed: hints).
+    #[inline]
+    pub fn may_claim_now(&self) -> bool {
+        Activity(self.activity.load(Relaxed)).worth_a_claim()
+            || crate::paths::claim_after_ns() == 0
+            || self.sent.load(Relaxed).max(self.received.load(Relaxed)) >= CLAIM_AFTER_BYTES
+    }
+
+    /// Whether [`Conn::tick`] has anything to do: a plain candidate that has not shown it is
+    /// worth a segment has not (so a call on it skips the step and its errno bookkeeping).
+    #[inline]
+    pub fn tick_due(&self) -> bool {
+        match self.phase() {
+            Phase::Candidate => self.may_claim_now(),
+            Phase::Unconnected | Phase::Plain | Phase::Active => false,
+            _ => true,
+        }
+    }
+
+    /// Sends the claim if the connection has shown it is worth a segment (see
+    /// [`Conn::may_claim_now`]).
+    #[cold]
     fn maybe_claim(&self, fd: c_int) {
         let moved = self.sent.load(Relaxed).max(self.received.load(Relaxed));
-        let claim_after = crate::paths::claim_after_ns();
-        // Relaxed: a hint (see `Conn::activity`). A connection that has not shown it is a
-        // conversation costs no clock read.
-        if moved < CLAIM_AFTER_BYTES && claim_after != 0 && !Activity(self.activity.load(Relaxed)).worth_a_claim() {
-            return;
-        }
         let now = now_ns();
-        if now.saturating_sub(self.born_ns.load(Relaxed)) < claim_after && moved < CLAIM_AFTER_BYTES || !CLAIMING.load(Relaxed) {
+        if now.saturating_sub(self.born_ns.load(Relaxed)) < crate::paths::claim_after_ns() && moved < CLAIM_AFTER_BYTES
+            || !CLAIMING.load(Relaxed)
+        {
             return;
         }
         let Ok(mut claim) = self.claim.try_lock() else { return };
