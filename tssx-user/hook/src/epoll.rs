@@ -719,6 +719,11 @@ fn record(c: &Conn, epfd: c_int, op: c_int, fd: c_int, user: Option<(u32, u64)>)
     };
     drop(regs);
     let Some(set) = set_or_new(epfd) else { return };
+    // Relaxed: a hint, set under the lock below; no one-shot to add and none to forget (the
+    // common case) takes no lock.
+    if oneshot.is_none() && !set.has_plain_oneshots.load(Relaxed) {
+        return;
+    }
     let mut oneshots = set.plain_oneshots.lock().unwrap_or_else(|p| p.into_inner());
     oneshots.retain(|&(f, _)| f != fd);
     if let Some(data) = oneshot {
