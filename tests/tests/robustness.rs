@@ -412,7 +412,7 @@ fn ten_thousand_connections_leave_nothing_behind() {
 /// connection is claimed and paired once the server has it; every byte arrives, swapped. Four
 /// seconds late: the client blocks on the full socket (bounded memory: nothing is buffered
 /// beside it) and every byte arrives, swapped or plain, depending on whether the client's claim
-/// (held at most 2 s) meets the server's. A server without the hook: the same, plain, never
+/// (held at most 30 s) meets the server's. A server without the hook: the same, plain, never
 /// paired.
 #[test]
 fn late_accept_keeps_every_byte() {

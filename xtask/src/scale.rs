@@ -5,8 +5,9 @@
 //! 1. The agent starts with `--ring-size` (small rings: 10,000 connections with the default
 //!    1 MiB rings would pin 20 GiB) and no `--max-connections`: its limit is derived from the
 //!    machine's memory and fd limit; the run stops early if that is below `--connections`.
-//! 2. A hooked echo server (one level-triggered epoll loop, non-blocking connections) and a hooked client that opens `--connections`
-//!    connections and keeps them all, echoing 64 bytes on each every 200 ms (which is what makes
+//! 2. Hooked echo servers (one level-triggered epoll loop each, non-blocking connections) and
+//!    hooked clients, one pair per [`PER_SHARD`] connections on a watched path of its own, that
+//!    open `--connections` connections in all and keep them, echoing 64 bytes on each every 200 ms (which is what makes
 //!    both ends claim them), until the agent reports every one swapped.
 //! 3. With all of them open, `--storm-threads` threads of a second hooked client open, use and
 //!    close connections for `--storm-seconds` (every other one kept 3 ms: swapped, the rest
@@ -37,6 +38,11 @@ const STALL: Duration = Duration::from_secs(2);
 
 /// Descriptors the agent may hold beyond its idle count once everything closed.
 const FD_SLACK: usize = 64;
+
+/// Held connections per server and per hold client: each end holds two descriptors per swapped
+/// connection (the socket and its segment), and a process here may open 20,000 at most, so
+/// 10,000 connections are spread over three pairs of processes on three watched paths.
+const PER_SHARD: u64 = 4_000;
 
 /// What the command was asked.
 pub struct Scale {
@@ -102,12 +108,15 @@ pub fn run(bin: &Path, scale: &Scale) -> anyhow::Result<()> {
     let _lock = MachineLock::acquire_reporting(|| step("scale: waiting for the machine-wide tssx test lock"))
         .context("locking the machine-wide tssx test lock")?;
     let dir = TempDir::create("scale")?;
-    let sock = dir.socket("scale.sock");
+    let shards = scale.connections.div_ceil(PER_SHARD).max(1);
+    let socks: Vec<String> = (0..shards).map(|k| dir.socket(&format!("scale-{k}.sock"))).collect();
+    let sock = &socks[0];
     let stop = dir.join("stop");
     let shmem_before = shmem_kib();
     let ring = scale.ring_size.to_string();
     step(&format!("scale: tssx-agent --ring-size {ring} (no --max-connections: derived)"));
-    let agent = Agent::spawn(&bin.join("tssx-agent"), &[&sock], None, &["--ring-size", &ring])
+    let paths: Vec<&str> = socks.iter().map(String::as_str).collect();
+    let agent = Agent::spawn(&bin.join("tssx-agent"), &paths, None, &["--ring-size", &ring])
         .context("starting tssx-agent (is another agent running in /run/tssx?)")?;
     let pid = agent.pid();
     let stats = agent.try_stats()?;
@@ -128,21 +137,37 @@ pub fn run(bin: &Path, scale: &Scale) -> anyhow::Result<()> {
         cmd.args(args).env("LD_PRELOAD", &hook);
         Process::try_spawn(cmd).with_context(|| format!("starting {}", program.display()))
     };
-    let server = hooked(&["server", &sock])?;
-    ensure!(server.next_line(Duration::from_secs(10)).as_deref() == Some("ready"), "the server did not start: {}", server.stderr_text());
+    let mut servers = Vec::new();
+    for sock in &socks {
+        let server = hooked(&["server", sock])?;
+        ensure!(
+            server.next_line(Duration::from_secs(10)).as_deref() == Some("ready"),
+            "the server did not start: {}",
+            server.stderr_text()
+        );
+        servers.push(server);
+    }
 
     // Ramp: open them all, then rounds until the agent has swapped every one.
     let n = scale.connections.to_string();
     let stop_path = stop.to_str().context("non-UTF-8 temp dir")?;
     let ramp_start = Instant::now();
     let cpu_start = cpu_time(pid);
-    step(&format!("scale: opening {n} connections (hooked client and server)"));
-    let mut holder = hooked(&["hold", &sock, &n, stop_path])?;
-    let opened = holder.next_line(Duration::from_secs(60) + Duration::from_millis(10) * scale.connections as u32);
-    let Some(opened) = opened.filter(|l| l.starts_with("opened")) else {
-        bail!("the hold client did not open its connections: {:?} {}", holder.stdout_lines(), holder.stderr_text());
-    };
-    step(&format!("scale: {opened}; waiting until the agent has swapped them all"));
+    step(&format!("scale: opening {n} connections (hooked clients and servers, {shards} of each)"));
+    // Shard k holds its share: the connections split as evenly as they go.
+    let share = |k: u64| scale.connections / shards + u64::from(k < scale.connections % shards);
+    let mut holders = Vec::new();
+    for (k, sock) in socks.iter().enumerate() {
+        holders.push(hooked(&["hold", sock, &share(k as u64).to_string(), stop_path])?);
+    }
+    for holder in &holders {
+        let opened = holder.next_line(Duration::from_secs(60) + Duration::from_millis(10) * scale.connections as u32);
+        let Some(opened) = opened.filter(|l| l.starts_with("opened")) else {
+            bail!("a hold client did not open its connections: {:?} {}", holder.stdout_lines(), holder.stderr_text());
+        };
+        step(&format!("scale: {opened}"));
+    }
+    step("scale: waiting until the agent has swapped them all");
     let mut last = serde_json::Value::Null;
     // Until all are swapped, or the count stood still for 10 s (a claim refused leaves its
     // connection plain for good).
@@ -151,7 +176,7 @@ pub fn run(bin: &Path, scale: &Scale) -> anyhow::Result<()> {
         if let Ok(s) = agent.try_stats() {
             last = s;
         }
-        holder.assert_running();
+        holders.iter_mut().for_each(|h| h.assert_running());
         let swapped = stat_u64(&last, "swapped");
         if swapped > best {
             (best, since) = (swapped, Instant::now());
@@ -168,7 +193,7 @@ pub fn run(bin: &Path, scale: &Scale) -> anyhow::Result<()> {
     let fds_held = fd_count(pid);
     let shmem_held = shmem_kib().saturating_sub(shmem_before);
     let (stats_latency_held, _) = timed_stats(&agent);
-    let ramp_rounds = holder.unread_lines();
+    let ramp_rounds: Vec<String> = holders.iter_mut().flat_map(|h| h.unread_lines()).collect();
 
     // The storm, on top of the held connections.
     step(&format!("scale: storm for {} s with {} threads, the held connections still echoing", scale.storm_seconds, scale.storm_threads));
@@ -179,7 +204,7 @@ pub fn run(bin: &Path, scale: &Scale) -> anyhow::Result<()> {
     let mut unanswered = 0;
     let mut storm_line = String::from("storm connections=0 (skipped)");
     if scale.storm_seconds > 0 {
-        let mut storm = hooked(&["storm", &sock, &scale.storm_seconds.to_string(), &scale.storm_threads.to_string()])?;
+        let mut storm = hooked(&["storm", sock, &scale.storm_seconds.to_string(), &scale.storm_threads.to_string()])?;
         let grace = Duration::from_secs(scale.storm_seconds) + STALL * 10;
         while storm.running() {
             let (took, answer) = timed_stats(&agent);
@@ -192,8 +217,8 @@ pub fn run(bin: &Path, scale: &Scale) -> anyhow::Result<()> {
                      the echo server is pid {} (attach gdb to see where its read waits)",
                     storm.pid(),
                     grace - Duration::from_secs(scale.storm_seconds),
-                    holder.stdout_lines().iter().rev().take(3).collect::<Vec<_>>(),
-                    server.pid()
+                    holders[0].stdout_lines().iter().rev().take(3).collect::<Vec<_>>(),
+                    servers[0].pid()
                 );
             }
         }
@@ -206,12 +231,14 @@ pub fn run(bin: &Path, scale: &Scale) -> anyhow::Result<()> {
     // The storm's connections that were swapped: its kept ones, closed by now or soon.
     thread::sleep(Duration::from_millis(1500));
     let after = agent.try_stats()?;
-    let storm_rounds = holder.unread_lines();
+    let storm_rounds: Vec<String> = holders.iter_mut().flat_map(|h| h.unread_lines()).collect();
 
     // Close the held connections; every segment must be freed.
     std::fs::write(&stop, b"").context("writing the stop file")?;
-    let done = holder.finish(Duration::from_secs(60) + Duration::from_millis(5) * scale.connections as u32);
-    ensure!(done.iter().any(|l| l.starts_with(&format!("done ok={n}"))), "the hold client: {done:?}");
+    for (k, holder) in holders.into_iter().enumerate() {
+        let done = holder.finish(Duration::from_secs(60) + Duration::from_millis(5) * scale.connections as u32);
+        ensure!(done.iter().any(|l| l.starts_with(&format!("done ok={}", share(k as u64)))), "hold client {k}: {done:?}");
+    }
     let close_start = Instant::now();
     let freed = poll_until(Duration::from_secs(30), || agent.try_stats().is_ok_and(|s| stat_u64(&s, "live_segments") == 0));
     let free_time = close_start.elapsed();
@@ -220,14 +247,25 @@ pub fn run(bin: &Path, scale: &Scale) -> anyhow::Result<()> {
     let (rss_end, hwm_end) = rss_kib(pid);
     let fds_end = fd_count(pid);
     // The server counts readiness reports without data on stderr (its last line has the total).
-    let spurious = server
-        .stderr_lines()
+    let spurious: u64 = servers
         .iter()
-        .rev()
-        .find_map(|l| l.strip_prefix("tssx-test-scale: server: ")?.split_whitespace().next()?.parse::<u64>().ok())
-        .unwrap_or(0);
-    let lost: Vec<_> = agent.trace().into_iter().filter(|l| l["message"].as_str().is_some_and(|m| m.starts_with("events lost"))).collect();
-    drop(server);
+        .map(|server| {
+            server
+                .stderr_lines()
+                .iter()
+                .rev()
+                .find_map(|l| l.strip_prefix("tssx-test-scale: server: ")?.split_whitespace().next()?.parse::<u64>().ok())
+                .unwrap_or(0)
+        })
+        .sum();
+    let trace = agent.trace();
+    let lost: Vec<_> = trace.iter().filter(|l| l["message"].as_str().is_some_and(|m| m.starts_with("events lost"))).collect();
+    // Why pairs were given up, by reason (the agent's `not swapped` lines at info).
+    let mut given_up_why = std::collections::BTreeMap::<String, usize>::new();
+    for line in trace.iter().filter(|l| l["message"] == "not swapped") {
+        *given_up_why.entry(line["reason"].as_str().unwrap_or("?").to_owned()).or_default() += 1;
+    }
+    drop(servers);
     ensure!(agent.stop().success(), "the agent did not exit cleanly");
 
     let storm_count = field(&storm_line, "connections").unwrap_or(0);
@@ -290,6 +328,7 @@ pub fn run(bin: &Path, scale: &Scale) -> anyhow::Result<()> {
         free_time.as_secs_f64()
     );
     let _ = writeln!(out, "| all | kernel events lost | {} |", lost.len());
+    let _ = writeln!(out, "| all | pairs not swapped, by reason | {given_up_why:?} |");
     let _ = writeln!(
         out,
         "| all | the echo server's epoll readiness reports without data (at least; a plain socket shows none) | {spurious} |"

@@ -14,8 +14,9 @@
 //! slowest_us=S`, until STOPFILE exists; then closes them all and prints `done ok=N rounds=R`.
 //!
 //! `tssx-test-scale storm PATH SECONDS THREADS`: THREADS threads, until SECONDS are up, each
-//! open a connection, echo 64 bytes, and close it; every other connection is kept 3 ms and
-//! echoes again first, so that it outlives the claim delay and is swapped. Prints `storm
+//! open a connection, echo 64 bytes, and close it; every other connection is kept about 10 ms,
+//! echoing every 2 ms, so that it turns into a conversation that outlives the claim delay and
+//! is swapped. Prints `storm
 //! connections=C per_s=P slowest_us=S p99_us=Q`: S is the longest single connection from
 //! connect to close.
 //!
@@ -200,6 +201,9 @@ fn hold(path: &str, n: u64, stop: &str) {
     say(&format!("done ok={n} rounds={round}"));
 }
 
+/// Exchanges after the first on a kept storm connection, 2 ms apart.
+const KEPT_EXCHANGES: u64 = 5;
+
 fn storm(path: &str, seconds: u64, threads: u64) {
     raise_nofile(threads * 16 + 1024);
     let deadline = Instant::now() + Duration::from_secs(seconds);
@@ -216,8 +220,12 @@ fn storm(path: &str, seconds: u64, threads: u64) {
                     let mut s = UnixStream::connect(&path).unwrap_or_else(|e| die(&format!("storm connect: {e}")));
                     echo(&mut s, id, 0).unwrap_or_else(|e| die(&format!("storm: {e}")));
                     if i % 2 == 1 {
-                        std::thread::sleep(Duration::from_millis(3));
-                        echo(&mut s, id, 1).unwrap_or_else(|e| die(&format!("storm: {e}")));
+                        // A conversation that outlives the claim delay: claimed at its second
+                        // exchange, and swapped in flight while its next ones go on.
+                        for k in 1..=KEPT_EXCHANGES {
+                            std::thread::sleep(Duration::from_millis(2));
+                            echo(&mut s, id, k).unwrap_or_else(|e| die(&format!("storm: {e}")));
+                        }
                     }
                     drop(s);
                     times.push(began.elapsed());

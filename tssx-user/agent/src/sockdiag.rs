@@ -158,9 +158,76 @@ fn read_u32(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
 }
 
+/// Every connected Unix socket of the host (one `NLM_F_DUMP` request, the kernel's states
+/// filter set to [`ESTABLISHED`]), by inode: one walk of the kernel's socket table, where
+/// [`unix_socket`] walks it once per question.
+pub fn connected_unix_sockets() -> io::Result<Vec<(u32, UnixSocket)>> {
+    let mut out = Vec::new();
+    for_each_connected_unix_socket(&mut Vec::new(), |ino, socket| out.push((ino, socket)))?;
+    Ok(out)
+}
+
+/// As [`connected_unix_sockets`], handing each socket to `found` as its message is read, with
+/// `buf` as the receive buffer (kept by the caller across dumps: nothing is allocated per dump
+/// but the sockets' names).
+pub fn for_each_connected_unix_socket(buf: &mut Vec<u8>, mut found: impl FnMut(u32, UnixSocket)) -> io::Result<()> {
+    let fd = diag_request(
+        UnixDiagReq {
+            family: libc::AF_UNIX as u8,
+            protocol: 0,
+            pad: 0,
+            states: 1 << ESTABLISHED,
+            ino: 0,
+            show: UDIAG_SHOW_PEER | UDIAG_SHOW_NAME | UDIAG_SHOW_VFS,
+            cookie: [u32::MAX; 2],
+        },
+        libc::NLM_F_DUMP as u16,
+    )?;
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+    let bad = || io::Error::new(io::ErrorKind::InvalidData, "malformed sock_diag dump");
+    buf.resize(64 << 10, 0);
+    loop {
+        // SAFETY: receives into our buffer of the given length.
+        let n = unsafe { libc::recv(raw, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut at = 0;
+        while at + size_of::<libc::nlmsghdr>() <= n as usize {
+            let msg = &buf[at..n as usize];
+            let len = read_u32(msg, 0).ok_or_else(bad)? as usize;
+            if len < size_of::<libc::nlmsghdr>() || len > msg.len() {
+                return Err(bad());
+            }
+            match read_u16(msg, 4).ok_or_else(bad)? {
+                t if t == libc::NLMSG_DONE as u16 => return Ok(()),
+                _ => {
+                    if let Some((ino, socket)) = parse_message(&msg[..len])? {
+                        found(ino, socket);
+                    }
+                }
+            }
+            at += (len + 3) & !3;
+        }
+        if n == 0 {
+            return Ok(());
+        }
+    }
+}
+
 /// Reads the type and the `UNIX_DIAG_PEER` and `UNIX_DIAG_NAME` attributes from a netlink reply
 /// about socket `ino`.
 fn parse_reply(msg: &[u8], ino: u32) -> io::Result<Option<UnixSocket>> {
+    match parse_message(msg)? {
+        Some((found, socket)) if found == ino => Ok(Some(socket)),
+        Some(_) => Err(io::Error::new(io::ErrorKind::InvalidData, "malformed sock_diag reply")),
+        None => Ok(None),
+    }
+}
+
+/// One netlink message about a Unix socket: its inode and what it says (`Ok(None)`: no such
+/// socket).
+fn parse_message(msg: &[u8]) -> io::Result<Option<(u32, UnixSocket)>> {
     let bad = || io::Error::new(io::ErrorKind::InvalidData, "malformed sock_diag reply");
     let len = read_u32(msg, 0).ok_or_else(bad)? as usize;
     let kind = read_u16(msg, 4).ok_or_else(bad)?;
@@ -175,9 +242,7 @@ fn parse_reply(msg: &[u8], ino: u32) -> io::Result<Option<UnixSocket>> {
         return Err(bad());
     }
     let body = size_of::<libc::nlmsghdr>();
-    if read_u32(msg, body + 4) != Some(ino) {
-        return Err(bad());
-    }
+    let ino = read_u32(msg, body + 4).ok_or_else(bad)?;
     let mut socket = UnixSocket { kind: msg[body + 1], state: msg[body + 2], ..UnixSocket::default() };
     // Attributes (struct rtattr: u16 len, u16 type, payload), 4-byte aligned.
     let mut at = body + size_of::<UnixDiagMsg>();
@@ -200,7 +265,7 @@ fn parse_reply(msg: &[u8], ino: u32) -> io::Result<Option<UnixSocket>> {
         }
         at += (alen + 3) & !3;
     }
-    Ok(Some(socket))
+    Ok(Some((ino, socket)))
 }
 
 /// A `UNIX_DIAG_NAME` payload as [`UnixSocket::name`]: a filesystem path loses the terminating
@@ -218,6 +283,21 @@ mod tests {
 
     use super::*;
     use crate::control::host::socket_inode;
+
+    #[test]
+    fn a_dump_names_every_connected_socket_as_the_single_question_does() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let pid = std::process::id();
+        let (ia, ib) = (socket_inode(pid, a.as_raw_fd()).unwrap().unwrap(), socket_inode(pid, b.as_raw_fd()).unwrap().unwrap());
+        let lone = std::os::unix::net::UnixDatagram::unbound().unwrap();
+        let il = socket_inode(pid, lone.as_raw_fd()).unwrap().unwrap();
+        let all = connected_unix_sockets().unwrap();
+        for ino in [ia, ib] {
+            let dumped = all.iter().find(|(i, _)| *i == ino).map(|(_, s)| s.clone());
+            assert_eq!(dumped, unix_socket(ino).unwrap(), "socket {ino}");
+        }
+        assert!(all.iter().all(|(i, s)| *i != il && s.is_connected()), "only connected sockets");
+    }
 
     #[test]
     fn finds_the_peer_of_a_real_connection() {

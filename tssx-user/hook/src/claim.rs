@@ -76,6 +76,9 @@ pub fn poll(control: libc::c_int) -> Answer {
     let mut buf = [0u8; REPLY_SIZE];
     match fdpass::recv_with_fd_flags(control, &mut buf, libc::MSG_DONTWAIT) {
         Err(e) if e.raw_os_error() == Some(libc::EAGAIN) || e.raw_os_error() == Some(libc::EINTR) => Answer::NotYet,
+        // The agent closed it with the request unread (a claim beyond those it serves at
+        // once): af_unix reports that as a reset, not as EOF.
+        Err(e) if e.raw_os_error() == Some(libc::ECONNRESET) => Answer::Dropped,
         Err(_) => Answer::Plain,
         Ok((0, None)) => Answer::Dropped,
         Ok((n, fd)) => match Reply::decode(&buf[..n]).ok().and_then(|r| r.reply_kind()) {
@@ -89,4 +92,31 @@ pub fn poll(control: libc::c_int) -> Answer {
 /// A request to claim `fd` as the `role` end (`forked`: see [`tssx_common::control::CLAIM_FORKED`]).
 pub fn request(role: Role, fd: libc::c_int, forked: bool) -> Request {
     Request::claim_with(role, fd, if forked { tssx_common::control::CLAIM_FORKED } else { 0 })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{io::Write as _, os::fd::AsRawFd as _, os::unix::net::UnixStream};
+
+    use super::{poll, Answer};
+
+    #[test]
+    fn a_claim_closed_unread_is_dropped_not_plain() {
+        // The agent at its cap accepts a claim's connection and closes it without reading the
+        // request: af_unix reports a reset to the claimant, which must try again later.
+        let (mut hook, agent) = UnixStream::pair().unwrap();
+        hook.write_all(&[1; 16]).unwrap();
+        drop(agent);
+        assert!(matches!(poll(hook.as_raw_fd()), Answer::Dropped));
+        // Closed after reading it, with no answer: end of file, dropped as well.
+        let (mut hook, agent) = UnixStream::pair().unwrap();
+        hook.write_all(&[1; 16]).unwrap();
+        let mut buf = [0u8; 16];
+        std::io::Read::read_exact(&mut &agent, &mut buf).unwrap();
+        drop(agent);
+        assert!(matches!(poll(hook.as_raw_fd()), Answer::Dropped));
+        // Not answered yet.
+        let (hook, _agent) = UnixStream::pair().unwrap();
+        assert!(matches!(poll(hook.as_raw_fd()), Answer::NotYet));
+    }
 }

@@ -111,15 +111,26 @@ const ANSWER_CHECK_FIRST_NS: u64 = 50_000;
 const ANSWER_CHECK_STEADY_NS: u64 = 5_000_000;
 const ANSWER_CHECK_MAX_NS: u64 = 50_000_000;
 /// A claim the agent has not answered this long after it was sent is given up (the peer never
-/// claimed): the connection stays plain and the control connection is closed.
-const CLAIM_GIVE_UP_NS: u64 = 2_000_000_000;
+/// claimed): the connection stays plain and the control connection is closed. Longer than a
+/// peer whose claims the agent dropped in a burst keeps retrying (see [`DROPPED_RETRIES`]); a
+/// held claim costs this end a descriptor and a look every 50 ms at most.
+const CLAIM_GIVE_UP_NS: u64 = 30_000_000_000;
 /// After a "retry later" answer, the next claim goes out no sooner than this.
 const RETRY_AFTER_NS: u64 = 5_000_000;
-/// A claim the agent closed unanswered (it was busy) is sent again, after `RETRY_AFTER_NS`
-/// doubled each time, at most this many times (5 ms to 320 ms; then plain for good).
-const DROPPED_RETRIES: u32 = 7;
-/// A segment whose peer has not joined this long after this end mapped it is given up.
-const JOIN_GIVE_UP_NS: u64 = 2_000_000_000;
+/// A claim the agent closed unanswered (it was busy: a burst of claims beyond the control
+/// connections it serves at once) is sent again, after `RETRY_AFTER_NS` doubled each time up
+/// to [`DROPPED_RETRY_MAX_NS`], at most this many times (about 25 s in all; then plain for
+/// good). 10,000 connections that all turn into conversations at once take the agent tens of
+/// seconds to pair on a 2-core machine; each retry costs its connection one failed `connect`
+/// to the agent.
+const DROPPED_RETRIES: u32 = 30;
+/// The longest wait between two claims the agent dropped.
+const DROPPED_RETRY_MAX_NS: u64 = 1_000_000_000;
+/// A segment whose peer has not joined this long after this end mapped it is given up (the
+/// agent's own join timeout is as long). A peer joins at its next calls on the connection,
+/// which on a loaded machine holding thousands of connections can be seconds away; waiting
+/// costs this end nothing but the mapping (the connection stays plain meanwhile).
+const JOIN_GIVE_UP_NS: u64 = 10_000_000_000;
 
 /// Whether connections claim segments at all (on by default; tests that hand segments over
 /// themselves with [`Conn::join_with`] turn it off). Relaxed: a switch read on every claim.
@@ -310,7 +321,7 @@ impl Conn {
                 // A burst of claims beyond what the agent serves at once: later, as the
                 // connection stays plain meanwhile.
                 claim.control = None;
-                claim.retry_at = now + (RETRY_AFTER_NS << claim.dropped);
+                claim.retry_at = now + (RETRY_AFTER_NS << claim.dropped.min(20)).min(DROPPED_RETRY_MAX_NS);
                 claim.dropped += 1;
                 self.advance(Phase::Claiming, Phase::Candidate);
             }

@@ -171,21 +171,40 @@ fn parse_ring_size(s: &str) -> Result<usize, String> {
     Ok(n)
 }
 
+/// How often `status` asks a busy agent that closed its request unread.
+const STATUS_TRIES: u32 = 50;
+
 /// `tssx-agent status`: asks the agent on its control socket and prints the answer.
 fn status(state_dir: &std::path::Path, json: bool, stats: bool) -> anyhow::Result<()> {
     use anyhow::Context as _;
-    use std::io::{BufRead as _, Write as _};
+    use std::io::Write as _;
     let path = state_dir.join(tssx_common::control::CONTROL_SOCKET);
-    let mut stream = std::os::unix::net::UnixStream::connect(&path)
-        .with_context(|| format!("no tssx-agent is answering on {} (is it running?)", path.display()))?;
-    if stats {
-        stream.write_all(&tssx_common::control::Request::stats().encode())?;
+    let request = if stats { tssx_common::control::Request::stats() } else { tssx_common::control::Request::status() };
+    // A busy agent (serving as many control connections as it serves at once, e.g. in a storm
+    // of claims) closes the request unread: asked again, a few times, before giving up.
+    let mut tries = 0;
+    let answer = loop {
+        let mut stream = std::os::unix::net::UnixStream::connect(&path)
+            .with_context(|| format!("no tssx-agent is answering on {} (is it running?)", path.display()))?;
+        stream.write_all(&request.encode())?;
         let mut text = String::new();
-        std::io::Read::read_to_string(&mut stream, &mut text).context("reading the agent's answer")?;
-        print!("{text}");
+        // Unread, the request makes the agent's close a reset; `--stats` always has an answer.
+        let dropped = match std::io::Read::read_to_string(&mut stream, &mut text) {
+            Ok(_) => stats && text.is_empty(),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => true,
+            Err(e) => return Err(e).context("reading the agent's answer"),
+        };
+        if !dropped {
+            break text;
+        }
+        tries += 1;
+        anyhow::ensure!(tries < STATUS_TRIES, "the agent on {} is too busy to answer (asked {STATUS_TRIES} times)", path.display());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    if stats {
+        print!("{answer}");
         return Ok(());
     }
-    stream.write_all(&tssx_common::control::Request::status().encode())?;
     let mut count = 0;
     if !json {
         // The patterns the agent published for the hooks (its settings lines start with #).
@@ -197,14 +216,13 @@ fn status(state_dir: &std::path::Path, json: bool, stats: bool) -> anyhow::Resul
             "id", "state", "client", "server", "switch c->s", "switch s->c", "shm c->s", "shm s->c"
         );
     }
-    for line in std::io::BufReader::new(stream).lines() {
-        let line = line.context("reading the agent's answer")?;
+    for line in answer.lines() {
         count += 1;
         if json {
             println!("{line}");
             continue;
         }
-        let v: serde_json::Value = serde_json::from_str(&line).context("the agent sent malformed status")?;
+        let v: serde_json::Value = serde_json::from_str(line).context("the agent sent malformed status")?;
         let end = |e: &serde_json::Value| {
             if e.is_null() {
                 "-".to_owned()

@@ -32,7 +32,8 @@
 //! * The first honoured claim of a connection is **held**, unanswered; when the other end's
 //!   arrives (its socket is the held one's peer), both get the same segment, within the limit of
 //!   `max_connections` live segments. At most `HELD_PER_CONNECTION * max_connections` claims
-//!   are held at once; beyond, a claim is answered plain.
+//!   (and never more than `MAX_HELD_CLAIMS`) are held at once; beyond, a claim is answered
+//!   plain.
 //! * Anything else is refused and traced `claim refused` with the caller's pid and uid: a
 //!   process asking for a socket that is not its own end of a connection on a watched path. A
 //!   claim that fails because its socket is gone while its control connection is closed too
@@ -79,8 +80,18 @@ fn hung_up(stream: &UnixStream) -> bool {
 const LIMIT_ROUNDS: usize = 3;
 /// Most kept events of one process a claim looks through for its socket under another fd.
 const DUPLICATE_SEARCH: usize = 64;
-/// Claims held at once, per allowed connection (`--max-connections`).
+/// Claims held at once, per allowed connection (`--max-connections`)...
 pub const HELD_PER_CONNECTION: usize = 4;
+/// ... and at most this many in all: a claim is held only until its peer's arrives (usually
+/// within a millisecond, at most the hook's give-up time), so a few thousand at once is a storm,
+/// and each holds a descriptor: without a cap, 10,000 allowed connections would reserve 40,000
+/// descriptors for claims on top of their segments.
+pub const MAX_HELD_CLAIMS: usize = 4096;
+
+/// Claims held at once with `max_connections` allowed (see [`MAX_HELD_CLAIMS`]).
+pub fn held_claims(max_connections: usize) -> usize {
+    max_connections.saturating_mul(HELD_PER_CONNECTION).min(MAX_HELD_CLAIMS)
+}
 
 /// A claim as it arrived: the caller (from `SO_PEERCRED`) and what it asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -214,7 +225,7 @@ impl Control {
             Ok(None) => return refused("the fd is no socket"),
             Err(_) => return refused("no such fd"),
         };
-        let socket = match self.facts.unix_socket(inode) {
+        let socket = match self.facts.connected_unix_socket(inode) {
             Ok(Some(socket)) if socket.is_stream() && socket.is_connected() => socket,
             _ => return refused("no connected Unix stream socket"),
         };
@@ -231,7 +242,7 @@ impl Control {
         let (path_id, peer, name) = match (role, socket.peer) {
             (Role::Client, Some(peer)) => {
                 // The peer (the server's socket) carries the listener's name.
-                let named = self.facts.unix_socket(peer).ok().flatten();
+                let named = self.facts.connected_unix_socket(peer).ok().flatten();
                 let Some((path_id, name)) = named.and_then(|p| self.match_socket(pid, &p)) else {
                     return refused("its peer is not named like a watched path");
                 };
@@ -379,7 +390,7 @@ impl Control {
 
     /// Most claims held at once.
     pub(super) fn max_held(&self) -> usize {
-        self.max_connections.saturating_mul(HELD_PER_CONNECTION)
+        held_claims(self.max_connections)
     }
 }
 

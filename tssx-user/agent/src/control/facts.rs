@@ -25,6 +25,14 @@ pub trait KernelFacts: Send + Sync {
     /// there is no such Unix socket (any more).
     fn unix_socket(&self, inode: u32) -> io::Result<Option<UnixSocket>>;
 
+    /// As [`KernelFacts::unix_socket`] for a socket the caller knows is open (a claimant's,
+    /// or its connected peer): the answer may come from an earlier look at every connected
+    /// socket, since a connected stream socket's type, peer and name never change. Never use it
+    /// to learn whether a socket still exists.
+    fn connected_unix_socket(&self, inode: u32) -> io::Result<Option<UnixSocket>> {
+        self.unix_socket(inode)
+    }
+
     /// The processes that may share `pid`'s descriptors through `fork`: its parent and its
     /// children (not `pid` itself). Empty if that cannot be read.
     fn relatives(&self, pid: u32) -> Vec<u32>;

@@ -6,7 +6,13 @@
 //! the same one-line questions, and add three crates (`procfs`, `procfs-core`, `hex`; more with
 //! its default `chrono` and `flate2` features) to a root daemon for it.
 
-use std::{io, path::Path};
+use std::{
+    collections::HashMap,
+    io,
+    path::Path,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
 
 use super::facts::{KernelFacts, UnixSocket};
 use crate::sockdiag;
@@ -16,6 +22,56 @@ use crate::sockdiag;
 pub struct Host {
     /// The eBPF programs' `IO_URING_USERS` map; `None` without the eBPF programs (tests).
     pub io_uring_users: Option<aya::maps::HashMap<aya::maps::MapData, u32, u32>>,
+    /// Connected sockets from the last look at all of them (see [`ConnectedSockets`]).
+    pub connected: Mutex<ConnectedSockets>,
+}
+
+/// The kernel answers a `sock_diag` question about one Unix socket by walking every Unix socket
+/// of the host (`unix_lookup_by_ino`): with 20,000 sockets open, a claim's two questions cost
+/// the agent about a millisecond of CPU, and a burst of claims (10,000 connections turning into
+/// conversations at once) took it tens of seconds, 88% of it in that walk. In a burst, one dump
+/// of every connected socket (one walk) answers the claims that follow: a connected stream
+/// socket's type, peer and name never change, so an entry stays true as long as the socket
+/// lives, and a claim's own socket is known to live (its claimant holds it). Sockets that were
+/// not connected at the dump, or are new since, are asked about one by one.
+#[derive(Default)]
+pub struct ConnectedSockets {
+    /// Connected stream sockets with a named peer, by inode, as of `dumped`.
+    known: HashMap<u32, UnixSocket>,
+    /// When the last dump was taken.
+    dumped: Option<Instant>,
+    /// The dumps' receive buffer, kept (as `known`'s table is) so that a storm of dumps does
+    /// not allocate and free megabytes over and over across the claim workers' threads.
+    buf: Vec<u8>,
+    /// Questions that missed `known` since `window`.
+    misses: u32,
+    window: Option<Instant>,
+}
+
+/// Misses within [`BURST_WINDOW`] from which a dump is worth it.
+const BURST_MISSES: u32 = 16;
+const BURST_WINDOW: Duration = Duration::from_millis(20);
+/// A dump is not taken again sooner than this...
+const DUMP_EVERY: Duration = Duration::from_millis(20);
+/// ... and is forgotten this long after it was taken.
+const KEEP_DUMP: Duration = Duration::from_secs(2);
+
+impl ConnectedSockets {
+    /// Whether `socket` may be kept: a connected stream socket whose peer has an inode (a client
+    /// whose server has not accepted yet gets one later).
+    fn keeps(socket: &UnixSocket) -> bool {
+        socket.is_stream() && socket.is_connected() && socket.peer.is_some()
+    }
+
+    /// Counts a miss; true if misses come fast enough, and the last dump is old enough, for a
+    /// new dump.
+    fn dump_due(&mut self, now: Instant) -> bool {
+        match self.window {
+            Some(start) if now.duration_since(start) < BURST_WINDOW => self.misses += 1,
+            _ => (self.window, self.misses) = (Some(now), 1),
+        }
+        self.misses >= BURST_MISSES && self.dumped.is_none_or(|d| now.duration_since(d) >= DUMP_EVERY)
+    }
 }
 
 impl KernelFacts for Host {
@@ -24,6 +80,39 @@ impl KernelFacts for Host {
     }
 
     fn unix_socket(&self, inode: u32) -> io::Result<Option<UnixSocket>> {
+        sockdiag::unix_socket(inode)
+    }
+
+    fn connected_unix_socket(&self, inode: u32) -> io::Result<Option<UnixSocket>> {
+        let mut cache = self.connected.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if cache.dumped.is_some_and(|d| now.duration_since(d) > KEEP_DUMP) {
+            // The burst is over: its sockets are not kept (most are closed by now).
+            cache.known = HashMap::new();
+            cache.buf = Vec::new();
+            cache.dumped = None;
+        }
+        if let Some(known) = cache.known.get(&inode) {
+            return Ok(Some(known.clone()));
+        }
+        if cache.dump_due(now) {
+            // Taken under the lock: the other claim workers would each walk the sockets anyway.
+            let ConnectedSockets { known, buf, .. } = &mut *cache;
+            known.clear();
+            let dumped = sockdiag::for_each_connected_unix_socket(buf, |ino, socket| {
+                if ConnectedSockets::keeps(&socket) {
+                    known.insert(ino, socket);
+                }
+            });
+            if dumped.is_ok() {
+                cache.dumped = Some(Instant::now());
+                cache.misses = 0;
+                if let Some(known) = cache.known.get(&inode) {
+                    return Ok(Some(known.clone()));
+                }
+            }
+        }
+        drop(cache);
         sockdiag::unix_socket(inode)
     }
 
@@ -174,6 +263,32 @@ mod tests {
         assert_eq!(parse_ppid("812 (postgres) S 811 812 812 0 -1"), Some(811));
         assert_eq!(parse_ppid("9 (a) b (c) R 1 9 9"), Some(1), "the last ')' ends the name");
         assert_eq!(parse_ppid("9 (x"), None);
+    }
+
+    /// A burst of questions about connected sockets is answered from one dump, with the same
+    /// answers as one question each; a socket that is not connected is asked about alone.
+    #[test]
+    fn a_burst_of_questions_about_connected_sockets_is_answered_from_one_dump() {
+        let host = Host::default();
+        let pid = std::process::id();
+        let pairs: Vec<_> = (0..2 * BURST_MISSES).map(|_| UnixStream::pair().unwrap()).collect();
+        let inodes: Vec<u32> =
+            pairs.iter().flat_map(|(a, b)| [a, b]).map(|s| host.socket_inode(pid, s.as_raw_fd()).unwrap().unwrap()).collect();
+        for &ino in &inodes {
+            assert_eq!(host.connected_unix_socket(ino).unwrap(), host.unix_socket(ino).unwrap(), "socket {ino}");
+        }
+        let cache = host.connected.lock().unwrap();
+        assert!(cache.dumped.is_some(), "a burst of misses took a dump");
+        assert!(inodes.iter().filter(|i| cache.known.contains_key(i)).count() >= inodes.len() - BURST_MISSES as usize);
+        drop(cache);
+        // A listener is not connected: never kept, asked about alone.
+        let path = std::env::temp_dir().join(format!("tssx-host-burst-{pid}"));
+        let _ = std::fs::remove_file(&path);
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let il = host.socket_inode(pid, listener.as_raw_fd()).unwrap().unwrap();
+        assert!(host.connected_unix_socket(il).unwrap().is_some_and(|s| !s.is_connected()));
+        assert!(!host.connected.lock().unwrap().known.contains_key(&il));
+        let _ = std::fs::remove_file(&path);
     }
 
     /// The answers for this very process: its own sockets, files, command name, liveness, and a

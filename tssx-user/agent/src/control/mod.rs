@@ -55,7 +55,7 @@
 //! At most `max_connections` segments are live at once, so the agent's shared memory is bounded
 //! by `(max_connections + SPARE_SEGMENTS) * (2 * ring_size + header)`; a pair beyond that stays
 //! plain with `PlainReason::TooManyConnections`. At most
-//! [`HELD_PER_CONNECTION`]` * max_connections` claims are held at once, and
+//! [`held_claims`] (`HELD_PER_CONNECTION * max_connections`, at most [`MAX_HELD_CLAIMS`]) claims are held at once, and
 //! [`registry::EVENT_CAP`] kernel events kept. Control connections being served are bounded too
 //! (see [`server`]).
 
@@ -81,7 +81,7 @@ use tssx_common::event::Event;
 
 use self::registry::Registry;
 pub use self::{
-    claim::{Claimant, HELD_PER_CONNECTION},
+    claim::{held_claims, Claimant, HELD_PER_CONNECTION, MAX_HELD_CLAIMS},
     facts::{KernelFacts, UnixSocket},
     host::Host,
     lifecycle::SPARE_SEGMENTS,
@@ -175,7 +175,7 @@ impl Control {
         feed: Option<Arc<EventFeed>>,
         io_uring_users: Option<aya::maps::HashMap<aya::maps::MapData, u32, u32>>,
     ) -> Arc<Self> {
-        Self::with_facts(paths, ring_size, max_connections, feed, Box::new(Host { io_uring_users }), Timing::default())
+        Self::with_facts(paths, ring_size, max_connections, feed, Box::new(Host { io_uring_users, ..Host::default() }), Timing::default())
     }
 
     /// As [`Control::new`], with the kernel's answers from `facts` and the lifetimes of
