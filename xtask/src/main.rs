@@ -17,7 +17,6 @@ use anyhow::{bail, ensure, Context as _};
 use clap::{Parser, Subcommand};
 
 mod report;
-mod scale;
 mod soak;
 mod startcost;
 
@@ -227,7 +226,10 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
         Cmd::Scale { connections, ring_size, storm_seconds, storm_threads, debug } => {
             let profile = profile(!debug);
             build_profile(profile)?;
-            scale::run(&profile_dir(profile), &scale::Scale { connections, ring_size, storm_seconds, storm_threads })
+            tssx_tests::scale::run(
+                &profile_dir(profile),
+                &tssx_tests::scale::Scale { connections, ring_size, storm_seconds, storm_threads },
+            )
         }
         Cmd::Test { args } => {
             if args.is_empty() {

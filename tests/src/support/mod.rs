@@ -14,6 +14,7 @@
 //! | [`nscd`] | [`Nscd`]: Debian's nscd in the foreground in a [`MountNamespace`], its configuration (`shared yes`/`no`) and cache statistics |
 //! | [`namespace`] | [`MountNamespace`]: a private mount namespace with fresh tmpfs directories (a service's `/run/...`, the agent's own `/run/tssx`), entered with `nsenter` |
 //! | [`resources`] | [`Resources`]: descriptors, memfds and RSS of a process, from `/proc` |
+//! | [`scale`] | [`scale::run`]: many swapped connections held at once and a storm on top (`cargo xtask scale`, the `scale` test) |
 //! | [`tempdir`] | [`TempDir`]: a fresh directory, removed when dropped |
 //! | [`control`] | [`ask`], [`ask_and_keep`], [`claim`], [`send_claim`], [`await_answer`]: requests on an agent's control socket |
 //! | [`mod@env`] | where the built binaries are ([`agent_bin`], [`hook`]), [`require_root`] |
@@ -62,6 +63,7 @@ pub mod nscd;
 pub mod process;
 pub mod resources;
 pub mod rng;
+pub mod scale;
 pub mod server;
 pub mod tempdir;
 pub mod text;

@@ -1,6 +1,7 @@
-//! `cargo xtask scale`: many swapped connections at once on one host, then a connection storm
-//! on top of them, against the agent's derived default connection limit; prints the agent's
-//! CPU and memory at that scale. A benchmark (a minute or two), not part of `cargo xtask test`.
+//! Many swapped connections at once on one host, then a connection storm on top of them,
+//! against the agent's derived default connection limit; prints the agent's CPU and memory at
+//! that scale. `cargo xtask scale` runs it at 10,000 connections (a benchmark, a minute or
+//! two); the end-to-end test `scale` runs it at a few hundred, with the same verdicts.
 //!
 //! 1. The agent starts with `--ring-size` (small rings: 10,000 connections with the default
 //!    1 MiB rings would pin 20 GiB) and no `--max-connections`: its limit is derived from the
@@ -29,9 +30,13 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context as _};
-use tssx_tests::{field, poll_until, Agent, MachineLock, Process, TempDir};
 
-use super::step;
+use crate::{field, poll_until, Agent, MachineLock, Process, TempDir};
+
+/// Progress, on stderr.
+fn step(what: &str) {
+    eprintln!("xtask: {what}");
+}
 
 /// The longest a single storm connection, an echo on a held one, or a `status --stats` may take.
 const STALL: Duration = Duration::from_secs(2);
