@@ -96,8 +96,13 @@
 //! kernel applies `MSG_CTRUNC`, `MSG_CMSG_CLOEXEC`, `SO_PASSCRED` itself) and stops after the
 //! message's bytes, as `af_unix` stops a stream read after an skb that carries fds.
 //!
+//! With `SO_PASSCRED` turned on, the connection is handed back; the ring bytes still unread were
+//! sent without credentials, and their reads get the kernel's "no credentials" (pid 0, the
+//! overflow ids), which the hook has the kernel make on a private socket pair: no value of the
+//! segment goes into it.
+//!
 //! **Security rule.** Shared memory never carries an fd, a pid, a uid or a gid: those only
-//! come out of the kernel's `recvmsg` of a marker. A peer that writes the queue wrongly can
+//! come out of the kernel's `recvmsg` of a marker (or of the private pair above). A peer that writes the queue wrongly can
 //! only misplace its own control messages in its own byte stream, or make the reader take a
 //! doorbell byte as a marker (which carries nothing): it can neither forge credentials nor
 //! make the receiver take an fd the kernel did not pass.

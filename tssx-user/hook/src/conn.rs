@@ -233,6 +233,11 @@ pub struct Conn {
     /// The socket's `SO_PEEK_OFF` while the hook serves its reads (-1: off, the default): see
     /// [`crate::peekoff`]. Relaxed: an option of this socket, updated by its readers.
     pub(crate) peek_off: AtomicI32,
+    /// `SO_PASSCRED` was turned on through the hook (and not off again): the connection is
+    /// handing back (or plain), and the ring bytes still read before the socket's come with the
+    /// kernel's "no credentials" (see [`crate::anc::no_credentials`]). Relaxed: an option of
+    /// this socket, set by the `setsockopt` that handed it back, read by its later reads.
+    pub(crate) passcred: AtomicBool,
 }
 
 // SAFETY: every field is atomic, a lock, or the `Swap` (whose ring handles are only used under
@@ -285,6 +290,7 @@ impl Conn {
             socket_unexamined: AtomicBool::new(false),
             last_fd: AtomicI32::new(-1),
             peek_off: AtomicI32::new(-1),
+            passcred: AtomicBool::new(false),
         }
     }
 
@@ -564,6 +570,16 @@ impl Conn {
     /// `IN` if the socket holds bytes beyond the doorbells (and ancillary markers) the peer
     /// sent before it handed back: its data, which this end reads once it followed.
     fn socket_data_after_back(&self, fd: c_int) -> u32 {
+        if self.socket_bytes_after_back(fd) > 0 {
+            bits::IN
+        } else {
+            0
+        }
+    }
+
+    /// The bytes the socket holds beyond the doorbells (and ancillary markers) the peer sent
+    /// before it handed back: its data, which this end reads after the ring's (one `FIONREAD`).
+    pub(crate) fn socket_bytes_after_back(&self, fd: c_int) -> usize {
         let mut queued: c_int = 0;
         // SAFETY: FIONREAD writes one int into a live local; the real ioctl.
         if fd < 0 || sys::with_errno_kept(|| unsafe { sys::ioctl(fd, libc::FIONREAD, (&mut queued as *mut c_int).cast()) }) != 0 {
@@ -575,11 +591,7 @@ impl Conn {
             let q = &self.header().anc[self.end.peer().index()];
             q.sent.0.load(SeqCst).saturating_sub(q.taken.0.load(SeqCst)).min(tssx_common::segment::ANC_SLOTS as u64)
         };
-        if queued.max(0) as u64 > owed + markers {
-            bits::IN
-        } else {
-            0
-        }
+        (queued.max(0) as u64).saturating_sub(owed.saturating_add(markers)).min(usize::MAX as u64) as usize
     }
 
     /// Readiness of a connection that has a segment, in any phase from [`Phase::Ready`] on
