@@ -13,6 +13,19 @@
  * The same with SO_PASSCRED set on the listener before the accept (the accepted socket inherits
  * it): credentials with every read from the first byte on, which only the kernel gives, so the
  * connection must stay on the socket (no warm-up: it never gets a segment).
+ *
+ *   creds server PATH unread / creds client PATH unread
+ *
+ * SO_PASSCRED turned on while bytes sent without it are unread (on a swapped connection: on
+ * the ring): the kernel gives them "no credentials" (pid 0, the overflow uid and gid), with
+ * MSG_CTRUNC when there is no room, and never glues them in one read with the bytes sent
+ * after, which carry the writer's; a peek shows the same.
+ *
+ *   creds server PATH listener-late / creds client PATH listener-late
+ *
+ * SO_PASSCRED set on the listener after its first connection was accepted (and swapped): that
+ * one is unchanged (no credentials), the next one inherits the option and reads credentials
+ * from its first byte on (so it stays on the socket).
  */
 #include "conform.h"
 
@@ -55,7 +68,9 @@ static const char *idstr(long v, long own) {
     return b;
 }
 
-static void recv_creds(int fd, const char *what, size_t room) {
+/* recvmsg of at most `room` bytes with `flags`, a control buffer of `ctl` bytes (at most 64;
+ * 0: none); prints what came. */
+static void recv_creds_with(int fd, const char *what, size_t room, int flags, size_t ctl) {
     char data[128];
     struct iovec iov = {data, room};
     union {
@@ -63,9 +78,9 @@ static void recv_creds(int fd, const char *what, size_t room) {
         char buf[CMSG_SPACE(sizeof(struct ucred)) * 2];
     } u;
     memset(&u, 0, sizeof u);
-    struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = sizeof u.buf};
+    struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl ? u.buf : NULL, .msg_controllen = ctl};
     errno = 0;
-    long n = recvmsg(fd, &m, 0);
+    long n = recvmsg(fd, &m, flags);
     int e = errno;
     say("%s -> %s %s ctrunc=%d controllen=%zu", what, rcstr(n, e), n > 0 ? quoted(data, n) : "", !!(m.msg_flags & MSG_CTRUNC),
         (size_t)m.msg_controllen);
@@ -79,6 +94,10 @@ static void recv_creds(int fd, const char *what, size_t room) {
             say("  cmsg level %d type %d", c->cmsg_level, c->cmsg_type);
         }
     }
+}
+
+static void recv_creds(int fd, const char *what, size_t room) {
+    recv_creds_with(fd, what, room, 0, CMSG_SPACE(sizeof(struct ucred)) * 2);
 }
 
 static void wait_inq(int fd, int n) {
@@ -206,7 +225,112 @@ static void client_listener(const char *path) {
     close(fd);
 }
 
+/* "unread" mode (see the top). */
+static void server_unread(const char *path) {
+    int lfd = listen_on(path);
+    int c = accept_one(lfd);
+    /* The client writes only after the accept: bytes queued before it carry credentials. */
+    CHECK(write(c, "s", 1) == 1);
+    CHECK(read(c, &client_pid, sizeof client_pid) == sizeof client_pid);
+    /* "pq" and "PQ", sent without credentials, unread when the option goes on. */
+    wait_inq(c, 4);
+    int one = 1;
+    SHOW("setsockopt SO_PASSCRED with 4 bytes unread", setsockopt(c, SOL_SOCKET, SO_PASSCRED, &one, sizeof one));
+    CHECK(write(c, "a", 1) == 1);
+    /* "rs", sent after: the client's credentials. */
+    wait_inq(c, 6);
+    recv_creds_with(c, "recvmsg MSG_PEEK", 100, MSG_PEEK, 64);
+    recv_creds_with(c, "recvmsg 3 without a control buffer", 3, 0, 0);
+    recv_creds_with(c, "recvmsg with 8 bytes of control buffer", 100, 0, 8);
+    recv_creds_with(c, "recvmsg MSG_PEEK", 100, MSG_PEEK, 64);
+    recv_creds(c, "recvmsg", 100);
+    CHECK(write(c, "b", 1) == 1);
+    /* "tu" and "vw" again in one read (the same credentials). */
+    wait_inq(c, 4);
+    recv_creds(c, "recvmsg", 100);
+    CHECK(write(c, "c", 1) == 1);
+    recv_creds(c, "recvmsg at EOF", 100);
+    close(c);
+}
+
+static void client_unread(const char *path) {
+    int fd = connect_to(path);
+    char b;
+    CHECK(read(fd, &b, 1) == 1);
+    pid_t me = getpid();
+    CHECK(write(fd, &me, sizeof me) == sizeof me);
+    SHOW("write pq", write(fd, "pq", 2));
+    SHOW("write PQ", write(fd, "PQ", 2));
+    CHECK(read(fd, &b, 1) == 1);
+    SHOW("write rs", write(fd, "rs", 2));
+    CHECK(read(fd, &b, 1) == 1);
+    SHOW("write tu", write(fd, "tu", 2));
+    SHOW("write vw", write(fd, "vw", 2));
+    CHECK(read(fd, &b, 1) == 1);
+    close(fd);
+}
+
+/* "listener-late" mode (see the top). */
+static void server_listener_late(const char *path) {
+    int lfd = listen_on(path);
+    int first = accept_one(lfd);
+    /* The client writes only after the accept (see `server_unread`). */
+    CHECK(write(first, "s", 1) == 1);
+    CHECK(read(first, &client_pid, sizeof client_pid) == sizeof client_pid);
+    wait_inq(first, 2);
+    recv_creds(first, "first connection: recvmsg", 100);
+    int on = 1;
+    SHOW("setsockopt SO_PASSCRED on the listener", setsockopt(lfd, SOL_SOCKET, SO_PASSCRED, &on, sizeof on));
+    /* The client connects again only now. */
+    CHECK(write(first, "L", 1) == 1);
+    int c;
+    while ((c = accept(lfd, NULL, NULL)) < 0 && errno == EINTR) {}
+    CHECK(c >= 0);
+    int got = 0;
+    socklen_t len = sizeof got;
+    CHECK(getsockopt(c, SOL_SOCKET, SO_PASSCRED, &got, &len) == 0);
+    say("second connection: SO_PASSCRED %d", got);
+    CHECK(write(c, "s", 1) == 1);
+    for (int i = 0; i < 4; i++) {
+        wait_inq(c, 2);
+        recv_creds(c, "second connection: recvmsg", 100);
+        CHECK(write(c, "k", 1) == 1);
+    }
+    recv_creds(c, "second connection: recvmsg at EOF", 100);
+    /* The first one is unchanged. */
+    wait_inq(first, 2);
+    recv_creds(first, "first connection: recvmsg", 100);
+    CHECK(write(first, "k", 1) == 1);
+    recv_creds(first, "first connection: recvmsg at EOF", 100);
+    close(c);
+    close(first);
+}
+
+static void client_listener_late(const char *path) {
+    int first = connect_to(path);
+    char b;
+    CHECK(read(first, &b, 1) == 1);
+    pid_t me = getpid();
+    CHECK(write(first, &me, sizeof me) == sizeof me);
+    SHOW("first connection: write ab", write(first, "ab", 2));
+    CHECK(read(first, &b, 1) == 1);
+    int fd = connect_plain(path);
+    CHECK(read(fd, &b, 1) == 1);
+    for (int i = 0; i < 4; i++) {
+        /* Past the agent's claim delay: the connection would claim now. */
+        usleep(3000);
+        SHOW("second connection: write ab", write(fd, "ab", 2));
+        CHECK(read(fd, &b, 1) == 1);
+    }
+    close(fd);
+    SHOW("first connection: write cd", write(first, "cd", 2));
+    CHECK(read(first, &b, 1) == 1);
+    close(first);
+}
+
 int main(int argc, char **argv) {
+    if (argc > 3 && strcmp(argv[3], "unread") == 0) return run_role(argc, argv, server_unread, client_unread);
+    if (argc > 3 && strcmp(argv[3], "listener-late") == 0) return run_role(argc, argv, server_listener_late, client_listener_late);
     passcred_listener = argc > 3 && strcmp(argv[3], "listener") == 0;
     if (passcred_listener) return run_role(argc, argv, server_listener, client_listener);
     return run_role(argc, argv, server, client);

@@ -470,6 +470,8 @@ scenarios! {
     scm_rights_in_the_stream: "ancdata", server [], client [], connections 2, shm 60;
     scm_credentials_checked_by_the_kernel_then_so_passcred: "creds", server [], client [], connections 1, shm 10;
     so_passcred_on_the_listener_keeps_the_connection_plain: "creds", server ["listener"], client ["listener"], connections 0, shm 0, plain because "claim";
+    so_passcred_on_with_bytes_unread_on_the_ring: "creds", server ["unread"], client ["unread"], connections 1, shm 8;
+    so_passcred_on_the_listener_after_its_first_accept: "creds", server ["listener-late"], client ["listener-late"], connections 1, shm 6;
     so_passcred_hands_back_under_epoll: "passcred_epoll", server [], client [], connections 1, shm 5;
     so_passcred_hands_back_under_edge_triggered_epoll: "passcred_epoll", server ["et"], client [], connections 1, shm 5;
 }

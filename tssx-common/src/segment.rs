@@ -96,8 +96,13 @@
 //! kernel applies `MSG_CTRUNC`, `MSG_CMSG_CLOEXEC`, `SO_PASSCRED` itself) and stops after the
 //! message's bytes, as `af_unix` stops a stream read after an skb that carries fds.
 //!
+//! With `SO_PASSCRED` turned on, the connection is handed back; the ring bytes still unread were
+//! sent without credentials, and their reads get the kernel's "no credentials" (pid 0, the
+//! overflow ids), which the hook has the kernel make on a private socket pair: no value of the
+//! segment goes into it.
+//!
 //! **Security rule.** Shared memory never carries an fd, a pid, a uid or a gid: those only
-//! come out of the kernel's `recvmsg` of a marker. A peer that writes the queue wrongly can
+//! come out of the kernel's `recvmsg` of a marker (or of the private pair above). A peer that writes the queue wrongly can
 //! only misplace its own control messages in its own byte stream, or make the reader take a
 //! doorbell byte as a marker (which carries nothing): it can neither forge credentials nor
 //! make the receiver take an fd the kernel did not pass.
@@ -128,6 +133,14 @@
 //!   empty or full sleeps on the real socket, which the kernel wakes with the peer's EOF when the
 //!   peer closes or dies, whatever the header says; a lock word (the only thing an end spins on)
 //!   is placed after 200 µs and taken over when the peer wrote it (`tssx_hook::ringlock`).
+//! * The process's own memory: a ring end's handles (cached positions) are process-local, and
+//!   the threads of one process are kept apart by a lock in that process's memory, taken before
+//!   the segment's lock word. A lock word the peer clears can thus let a *sibling process* of
+//!   the same end (a forked child, a receiver of the socket) into a ring side beside the holder,
+//!   never a second thread of the same process: two processes, each with its own handles, copy
+//!   at the same ring positions (garbage in that end's stream, as when the peer writes the ring
+//!   bytes itself), while no memory of either process is shared, so there is no data race in
+//!   it (`tssx_hook::ringlock`).
 //! * The agent reads states, counts and positions for its status and traces only (a lie makes
 //!   them wrong; arithmetic on them saturates), and frees its own mapping once both processes
 //!   are gone whatever the header says.
@@ -147,7 +160,7 @@
 //! | `shut[peer]` | the peer | `SHUT_WRITE`: EOF; `SHUT_READ`: EPIPE; `SHUT_RESET`: ECONNRESET, only once the peer is really gone | the peer's own shutdown or close |
 //! | `shut[own]` | the victim | the victim's reads see EOF (`SHUT_READ`) or writes EPIPE (`SHUT_WRITE`) | the peer's shutdown or close gives the same |
 //! | `rings[*].head`, `tail` | producer, consumer | the ring looks empty, full or holds garbage; a difference above the capacity counts as nothing to read and no room (never a transfer longer than the ring) | garbage, a peer that never reads or writes |
-//! | `rings[*].lock` | the processes of the end that uses that side | a forged holder: after 200 µs the value is placed (a thread of the victim's process by the process's own record, another process by its `/proc/TID/fd`) and taken over; the peer can also clear it while the victim holds it, letting two of the victim's threads in: garbage, still within the ring and the caller's buffers | a bounded delay per forged value; garbage |
+//! | `rings[*].lock` | the processes of the end that uses that side | a forged holder: after 200 µs the value is placed (any thread of the victim's own process is not a holder: its threads take a lock in the process's own memory first; another process by its `/proc/TID/fd`) and taken over; the peer can also clear it while the victim holds it: a second *process* of the victim's end (if there is one) gets in beside the holder, each with its own handles: garbage, still within the ring and the caller's buffers; a second thread of the holder's process still waits for the process-local lock | a bounded delay per forged value; garbage |
 //! | `ends[peer].joined`, `ready` | the peer | the migration is given up, or the victim switches onto a ring the peer never reads | a peer that never reads |
 //! | `ends[peer].switch_at`, `sock_written` | the peer | the victim reads that many socket bytes as data (at most what the socket holds), later ones as doorbells: garbage or loss | garbage |
 //! | `ends[peer].back_at`, `bells_at`, `bells_sent` | the peer | the victim hands back, reads the ring up to `back_at` only if the ring holds it (`back_at <= head`, within one capacity), else waits as for an empty ring; drains at most the doorbells the socket holds (data taken for doorbells: loss) | garbage, loss, EOF |
@@ -355,7 +368,9 @@ pub struct ProducerLine {
     /// [`ProducerLine::lock`], whose `Acquire`/`Release` orders their accesses).
     pub head: AtomicU64,
     /// Producer lock: `0` when free, otherwise the thread id (`gettid`) of the holder.
-    /// Serializes concurrent writers of one socket (threads, or parent and child after `fork`).
+    /// Serializes the processes that write one socket's end (parent and child after `fork`, a
+    /// receiver of the socket); the threads of one process are serialized first by a lock in
+    /// that process's own memory, which the hook takes before this word.
     /// Taken with `compare_exchange(0, tid, Acquire, Relaxed)`, released with
     /// `store(0, Release)`. The peer can write it too: a waiter never trusts the value for
     /// long (see "Threat model" in the module documentation).
@@ -375,7 +390,8 @@ pub struct ConsumerLine {
     /// consumer itself reads it `Relaxed` (serialized by [`ConsumerLine::lock`]).
     pub tail: AtomicU64,
     /// Consumer lock: `0` when free, otherwise the thread id (`gettid`) of the holder.
-    /// Serializes concurrent readers of one socket. Same protocol as [`ProducerLine::lock`].
+    /// Serializes the processes that read one socket's end. Same protocol as
+    /// [`ProducerLine::lock`].
     pub lock: AtomicU32,
     /// Reserved, zero.
     pub reserved: u32,

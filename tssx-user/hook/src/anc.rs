@@ -10,6 +10,13 @@
 //! stops there, as `af_unix` ends a stream read after an skb that carries fds
 //! (`unix_stream_read_generic`). A read that stops before the position does not take them.
 //!
+//! With `SO_PASSCRED` turned on (the connection then hands back), the ring's bytes were all sent
+//! without credentials: their reads get the kernel's "no credentials" ([`no_credentials`]), a
+//! read ends before and after a message with control messages on the ring (the kernel never
+//! glues bytes of other credentials; a message with fds only has none too, which the kernel
+//! would glue to the bytes before it: the hook cannot tell without taking the marker), and
+//! before the socket's bytes that follow the peer's hand-back (which carry its credentials).
+//!
 //! Shared memory only carries positions and counts: an fd, pid, uid or gid can only come out
 //! of the kernel (see the segment ABI's "Ancillary data"). Doorbells never consume a marker:
 //! drainers stop at the doorbell count of the oldest pending record
@@ -44,9 +51,11 @@ struct Ctrl {
     out_flags: c_int,
     /// The call's `MSG_CMSG_CLOEXEC`.
     cloexec: c_int,
+    /// A `recvmsg` is in progress (its msghdr was readable): control messages are reported.
+    begun: bool,
 }
 
-const NO_CTRL: Ctrl = Ctrl { buf: std::ptr::null_mut(), len: 0, out_len: 0, out_flags: 0, cloexec: 0 };
+const NO_CTRL: Ctrl = Ctrl { buf: std::ptr::null_mut(), len: 0, out_len: 0, out_flags: 0, cloexec: 0, begun: false };
 
 thread_local! {
     static CTRL: Cell<Ctrl> = const { Cell::new(NO_CTRL) };
@@ -73,7 +82,7 @@ pub unsafe fn ctrl_begin(msg: *const msghdr, flags: c_int) -> CtrlGuard {
     // SAFETY: per the contract; unaligned reads of two fields.
     let (buf, len) =
         unsafe { (std::ptr::addr_of!((*msg).msg_control).read_unaligned(), std::ptr::addr_of!((*msg).msg_controllen).read_unaligned()) };
-    let _ = CTRL.try_with(|c| c.set(Ctrl { buf, len, out_len: 0, out_flags: 0, cloexec: flags & libc::MSG_CMSG_CLOEXEC }));
+    let _ = CTRL.try_with(|c| c.set(Ctrl { buf, len, out_len: 0, out_flags: 0, cloexec: flags & libc::MSG_CMSG_CLOEXEC, begun: true }));
     CtrlGuard(())
 }
 
@@ -103,6 +112,59 @@ pub(crate) unsafe fn recvmsg_with_ctrl(fd: c_int, msg: &mut msghdr, flags: c_int
         let _ = CTRL.try_with(|c| c.set(ctrl));
     }
     got
+}
+
+/// After a read of the thread's `recvmsg` took ring bytes with `SO_PASSCRED` on (the connection
+/// handing back after `setsockopt(SO_PASSCRED)`): the control messages the kernel gives bytes
+/// that were sent while neither end had `SO_PASSCRED` on, as every byte on the rings was, unless
+/// this call received control messages already. The kernel gives such bytes `SCM_CREDENTIALS`
+/// with pid 0 and the overflow uid and gid (`unix_stream_read_generic`: the skb carries no
+/// pid and invalid ids; `scm_recv` munges them), and `MSG_CTRUNC` when the control buffer is
+/// missing or too short. They are made by the kernel itself, for the caller's control buffer
+/// and flags: one byte sent on a private socket pair, received with `SO_PASSCRED` on (three
+/// system calls and two closes, only on this path). If the pair cannot be made (no fd left),
+/// nothing is reported, as before this existed.
+pub(crate) fn no_credentials() {
+    let Ok(mut ctrl) = CTRL.try_with(|c| c.get()) else { return };
+    if !ctrl.begun || ctrl.out_len > 0 || ctrl.out_flags & (libc::MSG_CTRUNC | ENDED) != 0 {
+        return;
+    }
+    let mut pair = [-1 as c_int; 2];
+    // SAFETY: the kernel writes two fds into our array; both are owned below.
+    let made = unsafe {
+        tssx_shm::sys::syscall(
+            libc::SYS_socketpair,
+            [libc::AF_UNIX as usize, (libc::SOCK_STREAM | libc::SOCK_CLOEXEC) as usize, 0, pair.as_mut_ptr() as usize, 0, 0],
+        )
+    };
+    if made.is_err() {
+        return;
+    }
+    // SAFETY: the two fds just made, ours alone; closed when these drop.
+    let (tx, rx) = unsafe { (tssx_shm::sys::Fd::from_raw(pair[0]), tssx_shm::sys::Fd::from_raw(pair[1])) };
+    let on: c_int = 1;
+    if sys::send_raw(tx.raw(), &[0], libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) != Ok(1)
+        || tssx_shm::sys::setsockopt(rx.raw(), libc::SOL_SOCKET, libc::SO_PASSCRED, &on).is_err()
+    {
+        return;
+    }
+    let mut byte = 0u8;
+    let mut iov = libc::iovec { iov_base: (&raw mut byte).cast(), iov_len: 1 };
+    // SAFETY: an all-zero msghdr is valid.
+    let mut m: msghdr = unsafe { std::mem::zeroed() };
+    m.msg_iov = &mut iov;
+    m.msg_iovlen = 1;
+    m.msg_control = ctrl.buf;
+    m.msg_controllen = ctrl.len as _;
+    // SAFETY: our iovec and msghdr; the control buffer is the application's own, which the
+    // kernel checks and writes as for its own recvmsg.
+    if let Ok(1) = unsafe { sys::recvmsg_raw(rx.raw(), &mut m, libc::MSG_DONTWAIT | ctrl.cloexec) } {
+        ctrl.out_len = m.msg_controllen;
+        ctrl.out_flags = m.msg_flags;
+        ctrl.buf = std::ptr::null_mut();
+        ctrl.len = 0;
+        let _ = CTRL.try_with(|c| c.set(ctrl));
+    }
 }
 
 /// Internal bit of [`Ctrl::out_flags`]: the last socket read took control messages, the read
@@ -376,6 +438,8 @@ impl Conn {
         // coming back (its marker never found, its count the peer's lie) ends the loop, the
         // rest read as ordinary data (issue 16: a non-blocking read spun here for good).
         let mut rounds = 0;
+        // Relaxed: see the field.
+        let passcred = self.passcred.load(Relaxed);
         loop {
             let left = room - done.bytes;
             if left == 0 {
@@ -401,6 +465,14 @@ impl Conn {
                 add(got, &mut done);
                 return (done, false);
             }
+            if passcred && done.bytes + before > 0 {
+                // With SO_PASSCRED on, the kernel never glues bytes of other credentials: the
+                // bytes before a marker (none) end the read before its message (explicit
+                // credentials, or fds; see the module documentation).
+                let got = read(rx, bufs, done.bytes, before);
+                add(got, &mut done);
+                return (done, true);
+            }
             if before > 0 {
                 let got = read(rx, bufs, done.bytes, before);
                 add(got, &mut done);
@@ -415,7 +487,7 @@ impl Conn {
             let len = (r.len.min(usize::MAX as u64) as usize).min(room - done.bytes);
             let got = read(rx, bufs, done.bytes, len);
             add(got, &mut done);
-            if fds || peek {
+            if fds || peek || passcred {
                 return (done, true);
             }
         }

@@ -981,7 +981,10 @@ pub unsafe fn setsockopt(fd: c_int, level: c_int, name: c_int, value: *const c_v
         if let Some(c) = table::lookup(fd) {
             // Credentials with every read: only the kernel has them (see `anc`).
             with_errno_kept(|| {
-                if anc::passes_creds(fd) {
+                let on = anc::passes_creds(fd);
+                // Relaxed: see the field.
+                c.passcred.store(on, std::sync::atomic::Ordering::Relaxed);
+                if on {
                     c.leave_rings(fd);
                 }
             });

@@ -46,7 +46,7 @@ use tssx_shm::{
 
 use crate::{
     own::OwnFd,
-    ringlock::{HeldMark, Side},
+    ringlock::{lock_local, Local, Side},
     sys,
 };
 
@@ -112,11 +112,12 @@ pub struct Swap {
     pub(crate) rx: UnsafeCell<Consumer>,
     /// The segment's memfd (close-on-exec), kept to hand the segment across `execve`.
     pub(crate) memfd: OwnFd,
-    /// Which thread of this process holds this end's producer (`[0]`) and consumer (`[1]`)
-    /// ring lock, 0 for none: this process's own record, out of the peer's reach, against
-    /// which a lock word's value is checked (see [`crate::ringlock`]). On a line of its own:
-    /// only lock holders write it.
-    pub(crate) held: tssx_common::segment::CacheLine<[AtomicU32; 2]>,
+    /// This process's own locks of this end's producer (`[0]`) and consumer (`[1]`) side: 0
+    /// when free, else the id of the thread that holds it. Taken before the segment's lock word
+    /// of that side, and out of the peer's reach: whatever the peer writes into the segment, two
+    /// threads of this process never use `tx` (or `rx`) at once (see [`crate::ringlock`]). On a
+    /// line of its own: only lock takers write it.
+    pub(crate) local: tssx_common::segment::CacheLine<[AtomicU32; 2]>,
 }
 
 impl Swap {
@@ -127,14 +128,15 @@ impl Swap {
             tx: UnsafeCell::new(tx),
             rx: UnsafeCell::new(rx),
             memfd,
-            held: tssx_common::segment::CacheLine([AtomicU32::new(0), AtomicU32::new(0)]),
+            local: tssx_common::segment::CacheLine([AtomicU32::new(0), AtomicU32::new(0)]),
         }
     }
 }
 
-// SAFETY: `tx` and `rx` are only touched under the segment's producer/consumer lock of this
-// end (see `Conn::with_tx`/`with_rx`), which serializes every thread and process using them;
-// the segment mapping may be used from any thread.
+// SAFETY: `tx` and `rx` are only touched under this process's own lock of that side (`local`,
+// see `Conn::with_tx`/`with_rx`), which the peer cannot reach: one thread at a time (a signal
+// handler's call inside its own thread's critical section aside, which runs while that thread
+// is stopped). The segment mapping may be used from any thread.
 unsafe impl Sync for Swap {}
 // SAFETY: as above.
 unsafe impl Send for Swap {}
@@ -238,6 +240,11 @@ pub struct Conn {
     /// The socket's `SO_PEEK_OFF` while the hook serves its reads (-1: off, the default): see
     /// [`crate::peekoff`]. Relaxed: an option of this socket, updated by its readers.
     pub(crate) peek_off: AtomicI32,
+    /// `SO_PASSCRED` was turned on through the hook (and not off again): the connection is
+    /// handing back (or plain), and the ring bytes still read before the socket's come with the
+    /// kernel's "no credentials" (see [`crate::anc::no_credentials`]). Relaxed: an option of
+    /// this socket, set by the `setsockopt` that handed it back, read by its later reads.
+    pub(crate) passcred: AtomicBool,
 }
 
 // SAFETY: every field is atomic, a lock, or the `Swap` (whose ring handles are only used under
@@ -377,6 +384,7 @@ impl Conn {
             socket_unexamined: AtomicBool::new(false),
             last_fd: AtomicI32::new(-1),
             peek_off: AtomicI32::new(-1),
+            passcred: AtomicBool::new(false),
         }
     }
 
@@ -494,35 +502,48 @@ impl Conn {
         self.shared.load(Relaxed) || self.header().refcount[self.end.index()].load(Relaxed) > 1
     }
 
-    /// Runs `f` with the producer lock of this end held (a lock word the peer wrote is never
-    /// waited for without bound: see [`crate::ringlock`]).
+    /// Runs `f` with the producer side of this end held: this process's own lock, then the
+    /// segment's word (a word the peer wrote is never waited for without bound, and one it
+    /// clears lets no second thread of this process in: see [`crate::ringlock`]).
     #[inline]
     pub(crate) fn with_tx<R>(&self, f: impl FnOnce(&mut Producer) -> R) -> R {
         let swap = self.seg();
-        let lock = swap.segment.producer_lock(self.end);
         let me = self.user();
-        let _guard = match lock.try_lock(me) {
-            Some(guard) => guard,
-            None => self.contended(&lock, me, Side::Tx),
+        let _local = match lock_local(&swap.local.0[Side::Tx as usize], me) {
+            Local::Taken(guard) => guard,
+            // SAFETY: a signal handler on this thread, inside this thread's own critical
+            // section: the interrupted use of the handle is stopped until the handler returns,
+            // so no two threads use it at once; the handle only ever touches the ring and the
+            // caller's buffers (see `crate::ringlock`). Waiting instead would never end.
+            Local::Reentered => return f(unsafe { &mut *swap.tx.get() }),
         };
-        let _mark = HeldMark::new(&swap.held.0[Side::Tx as usize], me);
-        // SAFETY: the producer lock of this end is held: no other handle of this ring side is
-        // in use anywhere (unless the peer cleared the word meanwhile, see `crate::ringlock`:
-        // the handles then still only ever touch the ring and the caller's buffers).
+        let lock = swap.segment.producer_lock(self.end);
+        // Dropped before `_local` (declared after it): the word is free before the local lock.
+        let _word = match lock.try_lock(me) {
+            Some(guard) => guard,
+            None => self.contended(&lock, me),
+        };
+        // SAFETY: this process's lock of the producer side is held: no other thread of this
+        // process uses the handle (the segment's word, which the peer may clear, only keeps
+        // other processes of this end off the ring; they have their own handles).
         f(unsafe { &mut *swap.tx.get() })
     }
 
-    /// Runs `f` with the consumer lock of this end held (as [`Conn::with_tx`]).
+    /// Runs `f` with the consumer side of this end held (as [`Conn::with_tx`]).
     #[inline]
     pub(crate) fn with_rx<R>(&self, f: impl FnOnce(&mut Consumer) -> R) -> R {
         let swap = self.seg();
-        let lock = swap.segment.consumer_lock(self.end);
         let me = self.user();
-        let _guard = match lock.try_lock(me) {
-            Some(guard) => guard,
-            None => self.contended(&lock, me, Side::Rx),
+        let _local = match lock_local(&swap.local.0[Side::Rx as usize], me) {
+            Local::Taken(guard) => guard,
+            // SAFETY: as in `with_tx`, for the consumer side.
+            Local::Reentered => return f(unsafe { &mut *swap.rx.get() }),
         };
-        let _mark = HeldMark::new(&swap.held.0[Side::Rx as usize], me);
+        let lock = swap.segment.consumer_lock(self.end);
+        let _word = match lock.try_lock(me) {
+            Some(guard) => guard,
+            None => self.contended(&lock, me),
+        };
         // SAFETY: as in `with_tx`, for the consumer side.
         f(unsafe { &mut *swap.rx.get() })
     }
@@ -658,6 +679,16 @@ impl Conn {
     /// `IN` if the socket holds bytes beyond the doorbells (and ancillary markers) the peer
     /// sent before it handed back: its data, which this end reads once it followed.
     fn socket_data_after_back(&self, fd: c_int) -> u32 {
+        if self.socket_bytes_after_back(fd) > 0 {
+            bits::IN
+        } else {
+            0
+        }
+    }
+
+    /// The bytes the socket holds beyond the doorbells (and ancillary markers) the peer sent
+    /// before it handed back: its data, which this end reads after the ring's (one `FIONREAD`).
+    pub(crate) fn socket_bytes_after_back(&self, fd: c_int) -> usize {
         let mut queued: c_int = 0;
         // SAFETY: FIONREAD writes one int into a live local; the real ioctl.
         if fd < 0 || sys::with_errno_kept(|| unsafe { sys::ioctl(fd, libc::FIONREAD, (&mut queued as *mut c_int).cast()) }) != 0 {
@@ -669,11 +700,7 @@ impl Conn {
             let q = &self.header().anc[self.end.peer().index()];
             q.sent.0.load(SeqCst).saturating_sub(q.taken.0.load(SeqCst)).min(tssx_common::segment::ANC_SLOTS as u64)
         };
-        if queued.max(0) as u64 > owed + markers {
-            bits::IN
-        } else {
-            0
-        }
+        (queued.max(0) as u64).saturating_sub(owed.saturating_add(markers)).min(usize::MAX as u64) as usize
     }
 
     /// Readiness of a connection that has a segment, in any phase from [`Phase::Ready`] on

@@ -19,7 +19,7 @@
 //! | [`conn`] | one swapped connection: segment, ring handles, shutdown state, readiness |
 //! | [`stream`] | recv/send/shutdown semantics over the rings |
 //! | [`wait`], [`spin`] | waiting for the peer: spin budget, announced sleep, doorbells |
-//! | [`ringlock`] | waiting for a held ring lock word, bounded (the peer can write it) |
+//! | [`ringlock`] | a ring end's locks: the process's own (its threads), then the segment's word (its processes), whose wait is bounded (the peer can write it) |
 //! | [`phase`], [`migrate`], [`handback`] | a connection's phases: claimed lazily, moved onto the rings in flight, handed back to the kernel |
 //! | [`lifecycle`], [`exec`], [`pass`] | fork/spawn refcounts; exec hand-over; `SCM_RIGHTS` hand-over |
 //! | [`anc`] | ancillary data (`SCM_RIGHTS`, `SCM_CREDENTIALS`) on swapped sockets: through the kernel, positioned in the stream |

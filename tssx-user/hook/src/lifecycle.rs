@@ -50,9 +50,12 @@ fn lookup_swapped_conn(conn: &crate::conn::Conn) -> bool {
     phase >= Phase::Ready && phase != Phase::Plain
 }
 
-/// In the child after `fork`: the calling thread has a new id.
+/// In the child after `fork`: the calling thread has a new id, and the parent's other threads'
+/// holds of this process's own ring locks are nobody's (see [`crate::ringlock`]).
 pub fn in_child() {
+    let forker = sys::thread_id();
     sys::forget_thread_id();
+    crate::ringlock::clear_local_locks_in_child(forker, sys::thread_id());
 }
 
 /// One swapped fd that survives `execve`, as handed to the new image.

@@ -242,11 +242,15 @@ impl Conn {
         ready
     }
 
-    /// `FIONREAD`: bytes a read would return now, from the socket (data before the peer's
-    /// switch) and the ring.
+    /// `FIONREAD`: bytes queued for this end: on the socket (data before the peer's switch),
+    /// on the ring, and on the socket after the peer's hand-back.
     pub fn unread_total(&self, fd: c_int) -> usize {
         let mut total = self.unread();
-        if !self.in_switched() {
+        if self.peer_handed_back() {
+            // The peer's bytes after its hand-back, on the socket behind the ring's (the
+            // kernel counts every queued byte: FIONREAD is not cut where a read would stop).
+            total += self.socket_bytes_after_back(fd);
+        } else if !self.in_switched() {
             let mut queued: c_int = 0;
             // SAFETY: FIONREAD writes one int into a live local.
             if unsafe { sys::ioctl(fd, libc::FIONREAD, (&mut queued as *mut c_int).cast()) } == 0 {

@@ -156,7 +156,18 @@ impl Conn {
                         }
                         Transfer::default()
                     }
-                    _ => Transfer { bytes: after_mut(bufs, total, |rest| self.read_ring_until_back(rest, peek)), wake_peer: false },
+                    _ => {
+                        let bytes = after_mut(bufs, total, |rest| self.read_ring_until_back(rest, peek));
+                        // Relaxed: see the field.
+                        if bytes > 0 && self.passcred.load(Relaxed) {
+                            // Ring bytes were sent without credentials: the kernel's "none"
+                            // for them, and the read ends here (the socket's bytes that follow
+                            // carry the peer's; the kernel never glues the two).
+                            crate::anc::no_credentials();
+                            stop = true;
+                        }
+                        Transfer { bytes, wake_peer: false }
+                    }
                 }
             } else {
                 self.with_rx(|rx| {

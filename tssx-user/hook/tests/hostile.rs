@@ -294,7 +294,7 @@ fn ring_lock_words_the_peer_holds_are_taken_over() {
         Field { name: "producer lock", end: server_end, offset: ring(server_end) + offset_of!(RingControl, producer) + 8, wide: false };
     let rx_lock =
         Field { name: "consumer lock", end: client_end, offset: ring(client_end) + offset_of!(RingControl, consumer) + 8, wide: false };
-    for lock in [tx_lock, rx_lock] {
+    for lock in [rx_lock, tx_lock] {
         for (holder, forged) in [(bystander_tid, true), (u64::from(u32::MAX), true), (1, true), (dead, false)] {
             let p = pair();
             assert_eq!(send(p.client, b"ping", 0).0, 4);
@@ -621,4 +621,234 @@ fn a_passed_segment_is_paired_by_the_message_not_the_header() {
         // SAFETY: our fds; the hook forgets tracked ones.
         unsafe { calls::close(fd) };
     }
+}
+
+/// Holding a victim thread inside its ring critical section, for as long as the test likes:
+/// the thread's ring copy touches a page that is `PROT_NONE` (the caller's buffer), its
+/// `SIGSEGV` handler waits for [`Hold::release`] and then makes the page readable and writable,
+/// and the copy resumes where it faulted. Any other fault goes to the handler that was there.
+mod hold {
+    use std::{
+        ptr::null_mut,
+        sync::atomic::{AtomicBool, AtomicI32, AtomicIsize, AtomicUsize, Ordering::SeqCst},
+    };
+
+    static PAGE: AtomicUsize = AtomicUsize::new(0);
+    static HELD: AtomicBool = AtomicBool::new(false);
+    static RELEASE: AtomicBool = AtomicBool::new(false);
+    /// A socket the handler writes one byte to (through the hook) before it waits, -1: none.
+    static REENTER_FD: AtomicI32 = AtomicI32::new(-1);
+    /// What that send returned.
+    pub static REENTERED: AtomicIsize = AtomicIsize::new(0);
+    /// The handler that was there before the first [`Hold`] (each restores it when dropped).
+    static PREVIOUS: std::sync::OnceLock<libc::sigaction> = std::sync::OnceLock::new();
+
+    extern "C" fn on_segv(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+        let page = PAGE.load(SeqCst);
+        // SAFETY: the kernel's siginfo for a SIGSEGV.
+        let addr = unsafe { (*info).si_addr() } as usize;
+        if page == 0 || addr < page || addr >= page + 4096 {
+            // Not ours: the previous handler takes the fault when it recurs.
+            // SAFETY: set before this handler was installed; a null action only asks.
+            unsafe { libc::sigaction(sig, PREVIOUS.get().map_or(null_mut(), |p| p as *const _ as *mut _), null_mut()) };
+            return;
+        }
+        let fd = REENTER_FD.swap(-1, SeqCst);
+        if fd >= 0 {
+            // SAFETY: a live one-byte buffer; the hook's send (its ring path allocates nothing).
+            let rc = unsafe { tssx_hook::calls::send(fd, b"C".as_ptr().cast(), 1, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+            REENTERED.store(rc, SeqCst);
+        }
+        HELD.store(true, SeqCst);
+        // At most 5 s, whatever the test does.
+        for _ in 0..5000 {
+            if RELEASE.load(SeqCst) {
+                break;
+            }
+            let ts = libc::timespec { tv_sec: 0, tv_nsec: 1_000_000 };
+            // SAFETY: async-signal-safe; a live timespec.
+            unsafe { libc::nanosleep(&ts, null_mut()) };
+        }
+        // SAFETY: our own page; async-signal-safe.
+        unsafe { libc::mprotect(page as *mut libc::c_void, 4096, libc::PROT_READ | libc::PROT_WRITE) };
+    }
+
+    /// A `PROT_NONE` page holding `fill`'s bytes at its start, and the handler that holds the
+    /// thread that touches it. One at a time (the tests that use it take [`LOCK`]).
+    pub struct Hold {
+        pub page: *mut u8,
+    }
+
+    /// Serializes the users of the process-wide handler.
+    pub static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    impl Hold {
+        pub fn new(fill: &[u8]) -> Hold {
+            // SAFETY: a fresh anonymous page.
+            let page =
+                unsafe { libc::mmap(null_mut(), 4096, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0) };
+            assert_ne!(page, libc::MAP_FAILED);
+            let page = page.cast::<u8>();
+            // SAFETY: within the fresh page; then the page is made inaccessible.
+            unsafe {
+                std::ptr::copy_nonoverlapping(fill.as_ptr(), page, fill.len());
+                assert_eq!(libc::mprotect(page.cast(), 4096, libc::PROT_NONE), 0);
+            }
+            HELD.store(false, SeqCst);
+            RELEASE.store(false, SeqCst);
+            PAGE.store(page as usize, SeqCst);
+            // SAFETY: plain data; installs our handler, keeping the previous one for faults
+            // that are not ours.
+            unsafe {
+                let mut act: libc::sigaction = std::mem::zeroed();
+                act.sa_sigaction = on_segv as *const () as usize;
+                act.sa_flags = libc::SA_SIGINFO;
+                libc::sigemptyset(&mut act.sa_mask);
+                if PREVIOUS.get().is_none() {
+                    let mut old: libc::sigaction = std::mem::zeroed();
+                    assert_eq!(libc::sigaction(libc::SIGSEGV, null_mut(), &mut old), 0);
+                    let _ = PREVIOUS.set(old);
+                }
+                assert_eq!(libc::sigaction(libc::SIGSEGV, &act, null_mut()), 0);
+            }
+            Hold { page }
+        }
+
+        /// The handler, before it holds the thread, sends one byte on `fd` (once).
+        pub fn reenter_on(&self, fd: libc::c_int) {
+            REENTERED.store(0, SeqCst);
+            REENTER_FD.store(fd, SeqCst);
+        }
+
+        /// Whether a thread is held in the handler.
+        pub fn held(&self) -> bool {
+            HELD.load(SeqCst)
+        }
+
+        /// Lets the held thread go on.
+        pub fn release(&self) {
+            RELEASE.store(true, SeqCst);
+        }
+    }
+
+    impl Drop for Hold {
+        fn drop(&mut self) {
+            RELEASE.store(true, SeqCst);
+            // SAFETY: restores the handler that was there before `new`.
+            unsafe {
+                if let Some(old) = PREVIOUS.get() {
+                    libc::sigaction(libc::SIGSEGV, old, null_mut());
+                }
+            }
+            PAGE.store(0, SeqCst);
+            // SAFETY: our page, no longer used by anyone (the held thread was joined).
+            unsafe { libc::munmap(self.page.cast(), 4096) };
+        }
+    }
+}
+
+/// The peer clears a ring lock word of the victim's while a thread of the victim is inside that
+/// ring end (its copy held there, see [`hold`]): a second thread of the victim must still wait
+/// for the first, since both would use the same process-local ring handle at once (a data race
+/// in the victim's own memory) and copy at the same position. The ring lock of one process is
+/// its own memory; the word in the segment only orders processes. Both sides: two reads each
+/// get their own bytes, two writes both arrive, in order.
+#[test]
+fn a_lock_word_the_peer_clears_lets_no_second_thread_in() {
+    let _one = hold::LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let server_end = 1usize;
+    let client_end = 0usize;
+    let ring = |e: usize| offset_of!(SegmentHeader, rings) + e * size_of::<RingControl>();
+    let tx_lock =
+        Field { name: "producer lock", end: server_end, offset: ring(server_end) + offset_of!(RingControl, producer) + 8, wide: false };
+    let rx_lock =
+        Field { name: "consumer lock", end: client_end, offset: ring(client_end) + offset_of!(RingControl, consumer) + 8, wide: false };
+    for lock in [rx_lock, tx_lock] {
+        let p = pair();
+        let (server, client) = (p.server, p.client);
+        let reads = lock.name == "consumer lock";
+        if reads {
+            assert_eq!(send(client, b"0123456789", 0).0, 10);
+        }
+        let held = hold::Hold::new(b"AAAAA");
+        let page = held.page as usize;
+        // The first thread: a read into, or a write from, the inaccessible page.
+        let first = thread::spawn(move || {
+            // SAFETY: a live (if inaccessible until the handler opens it) page of 4096 bytes.
+            unsafe {
+                if reads {
+                    calls::recv(server, page as *mut libc::c_void, 5, 0)
+                } else {
+                    calls::send(server, page as *const libc::c_void, 5, 0)
+                }
+            }
+        });
+        let started = Instant::now();
+        while !held.held() {
+            assert!(started.elapsed() < Duration::from_secs(3), "{}: the first thread never reached the ring copy", lock.name);
+            thread::sleep(Duration::from_millis(1));
+        }
+        // The peer clears the word the first thread holds.
+        assert_ne!(load(header_base(server), lock), 0, "{}: not held by the thread inside", lock.name);
+        store(header_base(server), lock, 0);
+        let second_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let second = {
+            let done = Arc::clone(&second_done);
+            thread::spawn(move || {
+                let mut buf = [0u8; 5];
+                let rc = if reads {
+                    // SAFETY: a live buffer.
+                    unsafe { calls::recv(server, buf.as_mut_ptr().cast(), 5, libc::MSG_DONTWAIT) }
+                } else {
+                    send(server, b"BBBBB", libc::MSG_DONTWAIT).0
+                };
+                done.store(true, SeqCst);
+                (rc, buf)
+            })
+        };
+        thread::sleep(Duration::from_millis(300));
+        let entered_together = second_done.load(SeqCst);
+        held.release();
+        let first_rc = first.join().unwrap();
+        let (second_rc, second_buf) = second.join().unwrap();
+        assert!(!entered_together, "{}: a second thread of the victim went through the ring end while the first was inside", lock.name);
+        assert_eq!((first_rc, second_rc), (5, 5), "{}", lock.name);
+        if reads {
+            // SAFETY: the page is readable again (the handler opened it).
+            let first_got = unsafe { std::slice::from_raw_parts(held.page, 5) }.to_vec();
+            assert_eq!((&first_got[..], &second_buf[..]), (&b"01234"[..], &b"56789"[..]), "{}", lock.name);
+        } else {
+            let mut buf = [0u8; 32];
+            // SAFETY: a live buffer.
+            let n = unsafe { calls::recv(client, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+            assert_eq!(&buf[..n.max(0) as usize], b"AAAAABBBBB", "{}", lock.name);
+        }
+        drop(held);
+    }
+}
+
+/// A signal handler that interrupted its own thread inside a ring copy and writes to the same
+/// socket: it is not made to wait for the lock its own thread holds (that wait would never
+/// end); both writes return. Where the two copies overlap the stream is garbled (the
+/// interrupted copy resumes at the position it had), so only the byte counts are checked.
+#[test]
+fn a_signal_handler_inside_its_threads_ring_copy_is_not_locked_out() {
+    let _one = hold::LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let p = pair();
+    let (server, client) = (p.server, p.client);
+    let held = hold::Hold::new(b"AAAAA");
+    held.reenter_on(server);
+    held.release();
+    let page = held.page as usize;
+    let rc = within(Duration::from_secs(5), "a write whose copy faults into a handler that writes too".into(), move || {
+        // SAFETY: a live (if inaccessible until the handler opens it) page of 4096 bytes.
+        unsafe { calls::send(server, page as *const libc::c_void, 5, 0) }
+    });
+    assert!(held.held(), "the copy never faulted into the handler");
+    assert_eq!((rc, hold::REENTERED.load(SeqCst)), (5, 1), "the interrupted write and the handler's");
+    let mut buf = [0u8; 32];
+    // SAFETY: a live buffer.
+    let n = unsafe { calls::recv(client, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+    assert!((1..=6).contains(&n), "{n} bytes arrived of 6");
+    drop(held);
 }

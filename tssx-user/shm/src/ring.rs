@@ -69,8 +69,9 @@
 //! capacity, so a peer that writes garbage positions can make the ring look empty or full or
 //! yield garbage bytes, but can never make a handle access memory outside the ring. A
 //! [`RingLock`] word is in the peer's reach too: its value is only a claim, which the hook checks
-//! before it waits long ([`RingLock::take_over`], [`RingLock::seize`]; see the hook's
-//! `ringlock` module).
+//! before it waits long ([`RingLock::take_over`], [`RingLock::seize`]), and which the peer can
+//! clear under a holder; so the hook serializes its own threads with a lock in its own memory
+//! first, and the word only orders the processes of one end (see the hook's `ringlock` module).
 
 use core::cell::Cell;
 use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
