@@ -156,7 +156,8 @@ fn second_agent_on_the_same_state_dir_is_refused() {
 
 /// Without `--max-connections` the limit follows the machine: a quarter of `MemTotal` in
 /// segments of two rings and a header page each, capped by what the agent's fd limit serves
-/// (five descriptors a connection: its segment and four held claims, plus 516 of its own).
+/// (a descriptor per segment, and per held claim: four a connection, 4,096 at most; plus 516
+/// of its own).
 #[test]
 fn default_connection_limit_is_derived_from_memory_and_the_fd_limit() {
     require_root();
@@ -172,7 +173,9 @@ fn default_connection_limit_is_derived_from_memory_and_the_fd_limit() {
         assert_eq!(derived.len(), 1, "{:?}", agent.trace());
         assert_eq!(derived[0]["by_memory"], by_memory, "{derived:?}");
         let fd_limit = derived[0]["fd_limit"].as_u64().unwrap();
-        let expected = by_memory.min(fd_limit.saturating_sub(516) / 5).max(1);
+        let available = fd_limit.saturating_sub(516);
+        let by_fds = if available >= 1024 + 4096 { available - 4096 } else { available / 5 };
+        let expected = by_memory.min(by_fds).max(1);
         assert_eq!(derived[0]["max_connections"], expected, "{derived:?}");
         assert_eq!(agent.stats()["max_connections"], expected);
         // The agent's own limit really is that high (raised for it).
