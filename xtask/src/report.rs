@@ -317,6 +317,11 @@ pub fn report(profile: &str) -> anyhow::Result<()> {
     )?;
     let status = agent.stop();
     ensure!(status.success(), "tssx-agent exited with {status}");
+    // At scale, with an agent of its own (the report's is gone): what `cargo xtask scale` runs.
+    step("report: 10,000 connections held and a storm on top (cargo xtask scale)");
+    let scale = tssx_tests::scale::Scale { connections: 10_000, ring_size: 16 << 10, storm_seconds: 5, storm_threads: 8 };
+    let table = tssx_tests::scale::run_locked(&bin, &scale).unwrap_or_else(|e| format!("**The scale run failed**: {e:#}"));
+    writeln!(md, "{table}\nWhat `cargo xtask scale` measures: swapped connections held at once, echoing every 200 ms, then a connection storm on top; the agent's CPU, memory and descriptors.\n")?;
     let path = out_dir.join("REPORT.md");
     std::fs::write(&path, &md).with_context(|| format!("writing {}", path.display()))?;
     println!("{md}");

@@ -106,12 +106,19 @@ fn slowest_round(lines: &[String]) -> Duration {
     Duration::from_micros(lines.iter().filter(|l| l.starts_with("round ")).filter_map(|l| field(l, "slowest_us")).max().unwrap_or(0) as u64)
 }
 
-/// Runs it with the programs in `bin` (`target/release/` or `target/debug/`).
+/// Runs it with the programs in `bin` (`target/release/` or `target/debug/`), under the
+/// machine-wide lock; prints its table.
 pub fn run(bin: &Path, scale: &Scale) -> anyhow::Result<()> {
-    let hook = bin.join("libtssx_preload.so");
-    let program = bin.join("tssx-test-scale");
     let _lock = MachineLock::acquire_reporting(|| step("scale: waiting for the machine-wide tssx test lock"))
         .context("locking the machine-wide tssx test lock")?;
+    run_locked(bin, scale).map(|_| ())
+}
+
+/// As [`run`], for a caller that holds the machine-wide lock already (`cargo xtask report`);
+/// returns the table (Markdown), and on a failed verdict an error that ends with it.
+pub fn run_locked(bin: &Path, scale: &Scale) -> anyhow::Result<String> {
+    let hook = bin.join("libtssx_preload.so");
+    let program = bin.join("tssx-test-scale");
     let dir = TempDir::create("scale")?;
     let shards = scale.connections.div_ceil(PER_SHARD).max(1);
     let socks: Vec<String> = (0..shards).map(|k| dir.socket(&format!("scale-{k}.sock"))).collect();
@@ -368,8 +375,8 @@ pub fn run(bin: &Path, scale: &Scale) -> anyhow::Result<()> {
         failures.push("segments still live 30 s after every connection closed".into());
     }
     if !failures.is_empty() {
-        bail!("scale: {}", failures.join("; "));
+        bail!("scale: {}\n{out}", failures.join("; "));
     }
     step("scale: every held connection swapped, no stall, the agent answering throughout, every segment freed");
-    Ok(())
+    Ok(out)
 }
