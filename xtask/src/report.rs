@@ -61,7 +61,7 @@ const NSCD_GOAL: f64 = 1.1;
 /// Alternating repetitions of each nscd measurement (medians compared).
 const NSCD_REPS: usize = 7;
 /// Alternating repetitions of each nginx wrk run, and each run's length in seconds.
-const NGINX_REPS: usize = 3;
+const NGINX_REPS: usize = 5;
 const NGINX_SECONDS: u32 = 3;
 /// wrk's connections to the front nginx (at most the upstream's `keepalive 16`, so that (b)
 /// keeps every upstream connection).
@@ -418,12 +418,17 @@ fn nginx_section(agent: &Agent, hook: &Path, dir: &Path) -> String {
             let sock = NginxProxy::socket(dir, NGINX_TSSX, upstream);
             let swapped_before = agent.events_on("swapped", &sock).len();
             let conns_before = tssx.upstream_connections(upstream);
-            let run = |proxy: &NginxProxy| -> anyhow::Result<f64> {
+            // Requests/s, and the CPU time of both nginx's workers per request (what the hook
+            // and the kernel watcher cost them, less at the mercy of other load than requests/s).
+            let run = |proxy: &NginxProxy, cpu_per_request: &mut Vec<f64>| -> anyhow::Result<f64> {
+                let cpu_before = proxy.workers_cpu();
                 let load = wrk(&proxy.url(upstream, "4k.bin"), NGINX_CONNECTIONS, NGINX_SECONDS)?;
                 ensure!(load.non_2xx == 0 && load.socket_errors.is_none() && load.requests > 0, "wrk: {load:?}");
+                cpu_per_request.push((proxy.workers_cpu() - cpu_before).as_secs_f64() * 1e6 / load.requests as f64);
                 Ok(load.rps)
             };
-            let result = alternate(NGINX_REPS, || run(&plain), || run(&tssx));
+            let (mut cpu_plain, mut cpu_tssx) = (Vec::new(), Vec::new());
+            let result = alternate(NGINX_REPS, || run(&plain, &mut cpu_plain), || run(&tssx, &mut cpu_tssx));
             thread::sleep(Duration::from_millis(300));
             let swapped = format!(
                 "{}/{}",
@@ -431,13 +436,23 @@ fn nginx_section(agent: &Agent, hook: &Path, dir: &Path) -> String {
                 tssx.upstream_connections(upstream) - conns_before
             );
             match result {
-                Ok((p, t, _)) => table.row([
-                    format!("{name}, requests/s (median of {NGINX_REPS} x {NGINX_SECONDS} s)"),
-                    format!("{p:.0}"),
-                    format!("{t:.0}"),
-                    ratio(t, p),
-                    swapped,
-                ]),
+                Ok((p, t, _)) => {
+                    table.row([
+                        format!("{name}, requests/s (median of {NGINX_REPS} x {NGINX_SECONDS} s)"),
+                        format!("{p:.0}"),
+                        format!("{t:.0}"),
+                        ratio(t, p),
+                        swapped,
+                    ]);
+                    let (cp, ct) = (median(cpu_plain), median(cpu_tssx));
+                    table.row([
+                        format!("{name}, workers' CPU per request (median)"),
+                        format!("{cp:.1} us"),
+                        format!("{ct:.1} us"),
+                        ratio(ct, cp),
+                        String::new(),
+                    ]);
+                }
                 Err(e) => table.row([format!("{name}: **failed**: {e:#}"), String::new(), String::new(), String::new(), swapped]),
             }
         }

@@ -216,6 +216,16 @@ impl NginxProxy {
         served.values().filter(|&&n| n >= min_requests).count()
     }
 
+    /// The CPU time the two nginx's workers (the masters' children) used so far.
+    pub fn workers_cpu(&self) -> Duration {
+        let workers = |master: &Process| -> Vec<u32> {
+            let pid = master.pid();
+            let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+            children.split_whitespace().filter_map(|c| c.parse().ok()).collect()
+        };
+        [&self.backend, &self.front].into_iter().flat_map(workers).map(crate::cpu_time).sum()
+    }
+
     /// The `[alert]`, `[crit]` and `[emerg]` lines of both error logs (a crashed worker shows
     /// there), joined.
     pub fn errors(&self) -> String {

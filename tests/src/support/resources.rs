@@ -39,3 +39,15 @@ impl Resources {
         Ok(Self { fds, memfd_fds, memfd_maps, rss_kib })
     }
 }
+
+/// The CPU time process `pid` used so far (user + system, from `/proc/PID/stat`; zero if it is
+/// gone).
+pub fn cpu_time(pid: u32) -> std::time::Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold blanks): state is field 3; utime 14, stime 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest.split_whitespace().skip(11).take(2).filter_map(|v| v.parse().ok()).collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    std::time::Duration::from_micros(f.iter().sum::<u64>() * 1_000_000 / hz)
+}

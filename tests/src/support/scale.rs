@@ -31,7 +31,7 @@ use std::{
 
 use anyhow::{bail, ensure, Context as _};
 
-use crate::{field, poll_until, Agent, MachineLock, Process, TempDir};
+use crate::{cpu_time, field, poll_until, Agent, MachineLock, Process, TempDir};
 
 /// Progress, on stderr.
 fn step(what: &str) {
@@ -59,17 +59,6 @@ pub struct Scale {
     pub storm_seconds: u64,
     /// Storm client threads.
     pub storm_threads: u64,
-}
-
-/// The agent's CPU time so far (user + system), from `/proc/PID/stat`.
-fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold blanks): state is field 3; utime 14, stime 15.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<u64> = rest.split_whitespace().skip(11).take(2).filter_map(|v| v.parse().ok()).collect();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Duration::from_micros(f.iter().sum::<u64>() * 1_000_000 / hz)
 }
 
 /// `VmRSS` and `VmHWM` of `pid`, in KiB.
