@@ -19,7 +19,9 @@
  * SO_PASSCRED turned on while bytes sent without it are unread (on a swapped connection: on
  * the ring): the kernel gives them "no credentials" (pid 0, the overflow uid and gid), with
  * MSG_CTRUNC when there is no room, and never glues them in one read with the bytes sent
- * after, which carry the writer's; a peek shows the same.
+ * after, which carry the writer's (the writer writes them before it reads anything, having
+ * only polled: on a swapped connection its write must follow the reader's hand-back); a peek
+ * shows the same.
  *
  *   creds server PATH listener-late / creds client PATH listener-late
  *
@@ -261,8 +263,10 @@ static void client_unread(const char *path) {
     CHECK(write(fd, &me, sizeof me) == sizeof me);
     SHOW("write pq", write(fd, "pq", 2));
     SHOW("write PQ", write(fd, "PQ", 2));
-    CHECK(read(fd, &b, 1) == 1);
+    /* The server's byte is there (it set the option before): written before reading it. */
+    wait_for(fd, POLLIN);
     SHOW("write rs", write(fd, "rs", 2));
+    CHECK(read(fd, &b, 1) == 1);
     CHECK(read(fd, &b, 1) == 1);
     SHOW("write tu", write(fd, "tu", 2));
     SHOW("write vw", write(fd, "vw", 2));
