@@ -4,7 +4,10 @@
 //! waiting thread first spins for a budget between [`SPIN_MIN_NS`] and [`SPIN_MAX_NS`]. The
 //! budget adapts to what this thread's waits turn out to be (see [`woke`]).
 
-use std::cell::Cell;
+use std::{
+    cell::Cell,
+    sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed},
+};
 
 /// Bounds of the adaptive spin before a wait sleeps, in nanoseconds.
 pub const SPIN_MIN_NS: u64 = 4_000;
@@ -28,9 +31,73 @@ thread_local! {
     static WAIT_SINCE: Cell<u64> = const { Cell::new(0) };
 }
 
-/// The adaptive spin budget of this thread.
+/// The adaptive spin budget of this thread; none while the machine's cores are contended (see
+/// [`cores_contended`]).
 pub fn spin_budget() -> u64 {
+    if cores_contended() {
+        return 0;
+    }
+    adaptive_budget()
+}
+
+/// The adaptive part of [`spin_budget`].
+fn adaptive_budget() -> u64 {
     SPIN_NS.with(|b| if b.get() == 0 { SPIN_MAX_NS / 2 } else { b.get() })
+}
+
+/// How often [`cores_contended`] looks again (per process).
+const CONTENTION_CHECK_NS: u64 = 10_000_000;
+
+/// Whether more threads are runnable on the machine than it has cores online: the runnable
+/// count of `/proc/loadavg` (its fourth field, `R/T`; this thread counts), looked at again at
+/// most every [`CONTENTION_CHECK_NS`] by a waiting thread (one `open`, `read`, `close`).
+///
+/// Spinning is a bet that the peer answers on another core within microseconds. When threads
+/// queue for the cores, a spinner holds one that the peer (or anyone) needs, and its
+/// `sched_yield` may hand it away for a whole time slice: measured here with two builds running
+/// beside a 64-byte ping-pong, a round trip on the rings took 150 us where the plain socket's
+/// took 6 us (its reader sleeps, and the writer's wake-up runs it at once). So waits sleep at
+/// once then, as the plain socket's reader does, and the doorbell wakes them.
+/// Relaxed: a per-process cache of a hint; a stale answer spins or sleeps once too often.
+pub fn cores_contended() -> bool {
+    static NEXT_CHECK_NS: AtomicU64 = AtomicU64::new(0);
+    static CONTENDED: AtomicBool = AtomicBool::new(false);
+    let now = now_ns();
+    if now < NEXT_CHECK_NS.load(Relaxed) {
+        return CONTENDED.load(Relaxed);
+    }
+    NEXT_CHECK_NS.store(now + CONTENTION_CHECK_NS, Relaxed);
+    let contended = crate::sys::with_errno_kept(|| runnable().is_some_and(|r| r > cores_online()));
+    CONTENDED.store(contended, Relaxed);
+    contended
+}
+
+/// The machine's runnable threads now (`/proc/loadavg`'s `R` of `R/T`), with raw system calls.
+fn runnable() -> Option<u32> {
+    let mut buf = [0u8; 128];
+    let n = tssx_shm::sys::read_file(c"/proc/loadavg", &mut buf).ok()?;
+    parse_runnable(&buf[..n])
+}
+
+/// `R` from a `/proc/loadavg` line (`0.52 0.58 0.59 3/412 12345`).
+fn parse_runnable(line: &[u8]) -> Option<u32> {
+    let field = line.split(|&b| b == b' ').nth(3)?;
+    let running = field.split(|&b| b == b'/').next()?;
+    std::str::from_utf8(running).ok()?.parse().ok()
+}
+
+/// The cores online (asked once; at least 1).
+fn cores_online() -> u32 {
+    static CORES: AtomicU32 = AtomicU32::new(0);
+    match CORES.load(Relaxed) {
+        0 => {
+            // SAFETY: sysconf has no preconditions.
+            let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.clamp(1, u32::MAX as libc::c_long) as u32;
+            CORES.store(n, Relaxed);
+            n
+        }
+        n => n,
+    }
 }
 
 /// A poll-like spin yields the core every this many rounds (of 32 pause instructions and one
@@ -131,24 +198,34 @@ mod tests {
     }
 
     #[test]
+    fn the_runnable_count_is_read_from_loadavg() {
+        assert_eq!(parse_runnable(b"0.52 0.58 0.59 3/412 12345\n"), Some(3));
+        assert_eq!(parse_runnable(b"1.00 2.00 3.00 17/900 1"), Some(17));
+        assert_eq!(parse_runnable(b"garbage"), None);
+        // This machine's: at least this thread runs.
+        assert!(runnable().is_some_and(|r| r >= 1));
+        assert!(cores_online() >= 1);
+    }
+
+    #[test]
     fn the_budget_grows_back_after_a_short_sleep_and_halves_after_a_long_one() {
         // Threads start in the middle.
-        assert_eq!(spin_budget(), SPIN_MAX_NS / 2);
+        assert_eq!(adaptive_budget(), SPIN_MAX_NS / 2);
         // Long sleeps halve it, down to the floor.
         for _ in 0..10 {
             slept(10 * SPIN_MAX_NS);
         }
-        assert_eq!(spin_budget(), SPIN_MIN_NS);
+        assert_eq!(adaptive_budget(), SPIN_MIN_NS);
         // A sleep a longer spin would have caught: 1.5 times that wait (it is never lost for
         // good, the trap of halving on every sleep).
         slept(20_000);
-        let b = spin_budget();
+        let b = adaptive_budget();
         assert!((30_000..=32_000).contains(&b), "{b}");
         // Spinning that found work doubles it, up to the cap.
         for _ in 0..5 {
             spin_paid_off();
         }
-        assert_eq!(spin_budget(), SPIN_MAX_NS);
+        assert_eq!(adaptive_budget(), SPIN_MAX_NS);
     }
 
     #[test]

@@ -148,14 +148,18 @@ impl Backoff {
         announce: impl FnOnce() -> bool,
         withdraw: impl FnOnce(),
     ) -> Result<(), WaitError> {
+        let mut spin = true;
         if self.spins == 0 {
             self.spin_from = now_ns();
-            self.spin_until = self.spin_from + spin_budget();
+            let budget = spin_budget();
+            self.spin_until = self.spin_from + budget;
+            // No budget (the cores are contended): sleep at once, not even the first checks.
+            spin = budget != 0;
         }
         self.spins += 1;
         // The clock is read every 64 checks only; a long spin yields now and then, so that on
         // a busy machine the peer (or anyone) that needs this core gets it.
-        if !self.spins.is_multiple_of(64) || now_ns() < self.spin_until {
+        if spin && (!self.spins.is_multiple_of(64) || now_ns() < self.spin_until) {
             if self.spins.is_multiple_of(1024) {
                 spin_yield();
             }
