@@ -298,6 +298,9 @@ pub fn report(profile: &str) -> anyhow::Result<()> {
     writeln!(md, "{}", latency.render())?;
     writeln!(md, "{}", migration_section(&agent, &bench_sock, before))?;
 
+    step("report: 64 B round trip with every core busy");
+    writeln!(md, "{}", contended_section(&bin, &hook, &bench_sock))?;
+
     // The existing microbenchmarks.
     step("report: tssx-bench microbenchmarks (plain vs tssx vs bare ring)");
     let micro = Command::new(bin.join("tssx-bench"))
@@ -463,6 +466,45 @@ fn nginx_section(agent: &Agent, hook: &Path, dir: &Path) -> String {
     let failed = measure().err().map(|e| format!("\n**The nginx run failed**: {e:#}\n")).unwrap_or_default();
     format!(
         "## nginx reverse proxy\n\nA front nginx on loopback TCP proxying to a backend nginx on Unix sockets (`master_process on`, one worker each, `sendfile off` in the backend), driven by `wrk -t1 -c{NGINX_CONNECTIONS}`; plain: neither nginx under the hook; tssx: both, the agent watching the backend's sockets. Higher is better. The last column counts the swapped upstream connections against the backend's accepted ones during the tssx runs.\n\n{}{failed}",
+        table.render()
+    )
+}
+
+/// The 64-byte round trip while as many busy loops as the machine has cores compete for them:
+/// the case where spinning for the peer's answer holds the core the peer needs (waits sleep at
+/// once then, see the hook's `spin::cores_contended`). Plain and tssx alternate; medians.
+fn contended_section(bin: &Path, hook: &Path, path: &str) -> String {
+    const ROUND_TRIPS: u64 = 5_000;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let cores = thread::available_parallelism().map_or(2, |n| n.get());
+    let hogs: Vec<_> = (0..cores)
+        .map(|_| {
+            let stop = std::sync::Arc::clone(&stop);
+            thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        })
+        .collect();
+    let rtt = |preload: Option<&Path>| worker_seconds(bin, path, preload, "rtt", 64, ROUND_TRIPS).map(|s| s / ROUND_TRIPS as f64 * 1e6);
+    let result = alternate(7, || rtt(None), || rtt(Some(hook)));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    hogs.into_iter().for_each(|h| {
+        let _ = h.join();
+    });
+    let mut table = Table::new(&["64 B round trip, all cores busy", "plain", "tssx", "tssx/plain"]);
+    match result {
+        Ok((p, t, _)) => table.row([
+            format!("median of 7 x {ROUND_TRIPS} round trips, {cores} busy loops"),
+            format!("{p:.2} us"),
+            format!("{t:.2} us"),
+            ratio(t, p),
+        ]),
+        Err(e) => table.row([format!("**failed**: {e:#}"), String::new(), String::new(), String::new()]),
+    }
+    format!(
+        "## Round trip on a busy machine\n\nThe 64 B ping-pong while {cores} busy loops (one per core) compete with both ends for the cores. Spinning for an answer then holds a core the peer needs, so the hook's waits sleep at once and the doorbell wakes them, as a plain socket's reader sleeps and is woken. Lower is better.\n\n{}",
         table.render()
     )
 }
