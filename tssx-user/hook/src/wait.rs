@@ -266,7 +266,8 @@ impl Conn {
             let n = unsafe { sys::poll(&mut pfd, 1, deadline.poll_ms(None)) };
             return match n {
                 n if n > 0 => {
-                    self.drain_doorbells(fd);
+                    // This wait's next sleep polls again: an EOF behind the doorbells shows then.
+                    self.drain(fd, false);
                     Ok(())
                 }
                 0 if deadline.expired() => Err(WaitError::TimedOut),
@@ -382,11 +383,21 @@ impl Conn {
     /// Reads and discards the peer's doorbell bytes (never more than it counted as sent);
     /// notes the peer's EOF. Only where the incoming direction is on the ring.
     pub fn drain_doorbells(&self, fd: c_int) {
+        self.drain(fd, true);
+    }
+
+    /// As [`Conn::drain_doorbells`]; `eof_check_after_bells`: look for EOF behind the doorbells
+    /// even when some were drained. A caller whose next wait is a level-triggered `poll` of its
+    /// own (a blocking read) skips that system call: the poll reports an EOF that is left.
+    fn drain(&self, fd: c_int, eof_check_after_bells: bool) {
         if !self.reads_ring() {
             return;
         }
-        // Relaxed: see `socket_unexamined`; the socket is looked at below.
-        self.socket_unexamined.store(false, Relaxed);
+        let mut drained_some = false;
+        if eof_check_after_bells {
+            // Relaxed: see `socket_unexamined`; the socket is looked at below.
+            self.socket_unexamined.store(false, Relaxed);
+        }
         let sent = &self.peer_line().bells_sent;
         let drained = &self.my_line().bells_drained;
         let mut buf = [0u8; 64];
@@ -402,7 +413,9 @@ impl Conn {
             let take = sent_now.min(self.anc_bell_bound()).saturating_sub(before).min(buf.len() as u64) as usize;
             if take == 0 {
                 // Nothing counted: only EOF (or a reset) is worth noting.
-                self.note_peer_end(sys::recv_raw(fd, &mut buf[..1], libc::MSG_PEEK | libc::MSG_DONTWAIT));
+                if eof_check_after_bells || !drained_some {
+                    self.note_peer_end(sys::recv_raw(fd, &mut buf[..1], libc::MSG_PEEK | libc::MSG_DONTWAIT));
+                }
                 return;
             }
             if drained.compare_exchange(before, before.wrapping_add(take as u64), SeqCst, SeqCst).is_err() {
@@ -417,6 +430,7 @@ impl Conn {
                         self.peer_closed.store(true, Relaxed);
                         return;
                     }
+                    drained_some = true;
                     if n < take {
                         // Fewer bytes than counted: the rest are on their way, or the peer
                         // died between counting a doorbell and sending it (SIGKILL). Then the
