@@ -110,8 +110,8 @@ const DEFAULT_SEQUENCES: u64 = 4000;
 mod sysapi {
     use libc::{c_int, c_void, pollfd, sigset_t, sockaddr, socklen_t, ssize_t, timespec};
     pub use libc::{
-        close, dup, dup2, dup3, epoll_ctl, epoll_pwait, epoll_wait, poll, ppoll, pselect, read, readv, recv, recvfrom, recvmmsg, recvmsg,
-        select, send, sendmmsg, sendmsg, sendto, shutdown, write, writev,
+        close, dup, dup2, dup3, epoll_ctl, epoll_pwait, epoll_wait, fork, poll, ppoll, pselect, read, readv, recv, recvfrom, recvmmsg,
+        recvmsg, select, send, sendmmsg, sendmsg, sendto, shutdown, splice, write, writev,
     };
     unsafe extern "C" {
         pub fn __read_chk(fd: c_int, buf: *mut c_void, n: usize, buflen: usize) -> ssize_t;
@@ -201,6 +201,8 @@ api! {
     dup2(old: c_int, new: c_int) -> c_int;
     dup3(old: c_int, new: c_int, flags: c_int) -> c_int;
     close(fd: c_int) -> c_int;
+    splice(fd_in: c_int, off_in: *mut libc::loff_t, fd_out: c_int, off_out: *mut libc::loff_t, len: usize, flags: libc::c_uint) -> ssize_t;
+    fork() -> libc::pid_t;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -356,7 +358,19 @@ enum DupHow {
     DupFd,
 }
 
-#[derive(Clone, Debug)]
+/// An fd passed with `SCM_RIGHTS`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Pass {
+    /// The read end of a new pipe.
+    Pipe,
+    /// The sending end's own socket (the copy sending it).
+    Own,
+    /// The receiving end's socket (its first copy).
+    Peer,
+}
+
+// (Copy: the operations a forked child runs are sent to it as bytes, see `Child`.)
+#[derive(Clone, Copy, Debug)]
 enum Op {
     /// A write of `len` bytes from `end` (in `parts` iovecs, or messages for sendmmsg).
     Write {
@@ -455,6 +469,53 @@ enum Op {
         copy: usize,
         req: libc::c_ulong,
     },
+    /// `sendmsg` of `len` bytes with `n` fds (`SCM_RIGHTS`, `what[..n]`).
+    SendFds {
+        end: usize,
+        copy: usize,
+        len: usize,
+        n: usize,
+        what: [Pass; 2],
+        flags: c_int,
+    },
+    /// `splice` between one of `end`'s fds and a new pipe: `into` the socket (the pipe holding
+    /// `avail` bytes of the stream first), or out of it; `pipe_nb`: the pipe is O_NONBLOCK.
+    Splice {
+        end: usize,
+        copy: usize,
+        into: bool,
+        len: usize,
+        avail: usize,
+        flags: libc::c_uint,
+        pipe_nb: bool,
+    },
+    /// `send(MSG_OOB)` of `len` bytes (at least one: the last is the out-of-band byte).
+    SendOob {
+        end: usize,
+        copy: usize,
+        len: usize,
+        flags: c_int,
+    },
+    /// `recv(MSG_OOB)` into `len` bytes (with MSG_PEEK if `peek`).
+    RecvOob {
+        end: usize,
+        copy: usize,
+        len: usize,
+        peek: bool,
+    },
+    /// `ioctl(SIOCATMARK)`.
+    AtMark {
+        end: usize,
+        copy: usize,
+    },
+    /// `fork()`: the operations until [`Op::Exit`] run in the child, on its inherited fds (the
+    /// parent waits).
+    Fork,
+    /// The child exits (`close`: after closing its fds, otherwise with them open); the parent
+    /// reaps it and continues.
+    Exit {
+        close: bool,
+    },
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -468,6 +529,12 @@ struct Flow {
     rd: [u64; 2],
     /// Writes since the direction was last empty.
     chunks: [usize; 2],
+    /// Where the last out-of-band byte sent sits in the in-band stream (before the byte at this
+    /// position), and whether it is still unread.
+    mark: [u64; 2],
+    oob: [bool; 2],
+    /// Where the last message that carried fds ends.
+    fds_until: [u64; 2],
 }
 
 impl Flow {
@@ -479,6 +546,15 @@ impl Flow {
         if self.queued(d) == 0 {
             self.chunks[d] = 0;
         }
+        if self.rd[d] > self.mark[d] {
+            // Read past the mark: the out-of-band byte is dropped (af_unix, as TCP).
+            self.oob[d] = false;
+        }
+    }
+    /// Reads in direction `d` stop where the two pairs cannot be compared by counts alone: an
+    /// out-of-band mark or the end of a message with fds is ahead.
+    fn irregular(&self, d: usize) -> bool {
+        self.oob[d] || self.rd[d] < self.fds_until[d]
     }
 }
 
@@ -492,6 +568,8 @@ struct Side {
     spare: c_int,
     /// The sequence's epoll instance (fds stay registered across steps).
     ep: c_int,
+    /// The forked child running the operations, between [`Op::Fork`] and [`Op::Exit`].
+    child: Option<Child>,
 }
 
 /// What both pairs share (results that were compared equal).
@@ -772,6 +850,7 @@ impl Side {
                 let from_ptr = if salt.is_multiple_of(5) { std::ptr::null_mut() } else { (&raw mut from).cast::<sockaddr>() };
                 let mut out;
                 let mut received = 0u64;
+                let mut passed = Vec::new();
                 // SAFETY (all arms): live buffers of the stated lengths, or bad input on purpose.
                 unsafe {
                     out = match rapi {
@@ -797,9 +876,12 @@ impl Side {
                             let mut m = msghdr_for(&mut iov, cnt as usize);
                             m.msg_iov = iov_ptr;
                             let mut cbuf = [0u64; 8];
-                            if salt.is_multiple_of(2) {
+                            // No control buffer, room for no fd, for one (MSG_CTRUNC with two),
+                            // for several.
+                            let room = [0, 0, 16, 20, 64][(salt >> 8) as usize % 5];
+                            if room > 0 {
                                 m.msg_control = cbuf.as_mut_ptr().cast();
-                                m.msg_controllen = size_of_val(&cbuf);
+                                m.msg_controllen = room;
                             }
                             m.msg_name = from_ptr.cast();
                             m.msg_namelen = from_len;
@@ -807,6 +889,9 @@ impl Side {
                             let rc = api.recvmsg(fd, or_null(bad, &mut m), flags);
                             let mut o = Out::from_rc(rc as i64);
                             o.note = format!("flags {:#x} controllen {} namelen {}", m.msg_flags, m.msg_controllen, m.msg_namelen);
+                            if rc >= 0 && room > 0 {
+                                passed = control_fds(&m);
+                            }
                             o
                         }
                         RdApi::RecvMmsg => {
@@ -829,6 +914,10 @@ impl Side {
                             o
                         }
                     };
+                }
+                if !passed.is_empty() {
+                    let kinds = self.take_fds(&passed);
+                    let _ = write!(out.note, " fds {kinds:?}");
                 }
                 if rapi != RdApi::RecvMmsg && out.rc > 0 {
                     received = out.rc as u64;
@@ -1070,6 +1159,130 @@ impl Side {
                 // SAFETY: bad input on purpose: the kernel (and the hook) must refuse it.
                 Out::from_rc(unsafe { api.ioctl(self.fd(end, copy), req, std::ptr::null_mut()) } as i64)
             }
+            Op::SendFds { end, copy, len, n, what, flags } => {
+                let fd = self.fd(end, copy);
+                let data = fill(seed, end, self.flow.wr[end], len);
+                let p = pipe(0);
+                let fds: Vec<c_int> = what[..n]
+                    .iter()
+                    .map(|w| match w {
+                        Pass::Pipe => p[0],
+                        Pass::Own => fd,
+                        Pass::Peer => self.fds[1 - end].first().copied().unwrap_or(fd),
+                    })
+                    .collect();
+                let mut iov = iovec { iov_base: data.as_ptr() as *mut c_void, iov_len: len };
+                let mut cbuf = [0u64; 4];
+                let mut m = msghdr_for(std::slice::from_mut(&mut iov), 1);
+                m.msg_control = cbuf.as_mut_ptr().cast();
+                // SAFETY: size computations, then the header and fds written inside `cbuf`
+                // (room for two fds); the message's buffers are live.
+                let rc = unsafe {
+                    m.msg_controllen = libc::CMSG_SPACE((4 * n) as u32) as usize;
+                    let c = libc::CMSG_FIRSTHDR(&m);
+                    (*c).cmsg_level = libc::SOL_SOCKET;
+                    (*c).cmsg_type = libc::SCM_RIGHTS;
+                    (*c).cmsg_len = libc::CMSG_LEN((4 * n) as u32) as usize;
+                    for (i, &f) in fds.iter().enumerate() {
+                        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<c_int>().add(i), f);
+                    }
+                    api.sendmsg(fd, &m, flags)
+                };
+                let mut out = Out::from_rc(rc as i64);
+                close_pipe(p);
+                if rc > 0 {
+                    out.moved = rc as u64;
+                    self.flow.wr[end] += rc as u64;
+                    self.flow.chunks[end] += 1;
+                    self.flow.fds_until[end] = self.flow.wr[end];
+                }
+                out
+            }
+            Op::Splice { end, copy, into, len, avail, flags, pipe_nb } => {
+                let fd = self.fd(end, copy);
+                let p = pipe(if pipe_nb { libc::O_NONBLOCK } else { 0 });
+                let null = std::ptr::null_mut();
+                let mut out;
+                if into {
+                    let data = fill(seed, end, self.flow.wr[end], avail);
+                    // SAFETY: a live buffer; at most a pipe's capacity into an empty pipe.
+                    assert_eq!(unsafe { libc::write(p[1], data.as_ptr().cast(), avail) }, avail as isize);
+                    // SAFETY: no offsets; fds of this side.
+                    let rc = unsafe { api.splice(p[0], null, fd, null, len, flags) };
+                    out = Out::from_rc(rc as i64);
+                    if rc > 0 {
+                        out.moved = rc as u64;
+                        out.writes = 1;
+                        self.flow.wr[end] += rc as u64;
+                        self.flow.chunks[end] += 1;
+                    }
+                } else {
+                    let d = 1 - end;
+                    // SAFETY: as above.
+                    let rc = unsafe { api.splice(fd, null, p[1], null, len, flags) };
+                    out = Out::from_rc(rc as i64);
+                    if rc > 0 {
+                        out.data = vec![0; rc as usize];
+                        let mut at = 0;
+                        while at < out.data.len() {
+                            // SAFETY: a live buffer; the pipe holds what splice moved.
+                            let n = unsafe { libc::read(p[0], out.data[at..].as_mut_ptr().cast(), out.data.len() - at) };
+                            assert!(n > 0, "{}: the pipe holds fewer bytes than splice said", self.name);
+                            at += n as usize;
+                        }
+                        out.bad_byte = check_stream(seed, d, self.flow.rd[d], &out.data);
+                        out.moved = rc as u64;
+                        self.flow.consumed(d, rc as u64);
+                    }
+                }
+                close_pipe(p);
+                out
+            }
+            Op::SendOob { end, copy, len, flags } => {
+                let fd = self.fd(end, copy);
+                let mut data = fill(seed, end, self.flow.wr[end], len - 1);
+                data.push(0xa0 | (len as u8 & 0x1f));
+                // SAFETY: a live buffer of `len` bytes.
+                let rc = unsafe { api.send(fd, data.as_ptr().cast(), len, flags | libc::MSG_OOB) };
+                let mut out = Out::from_rc(rc as i64);
+                if rc > 0 {
+                    // All of it: the last byte is out of band, the rest in band; a partial
+                    // send sent no out-of-band byte.
+                    let inband = if rc as usize == len { len as u64 - 1 } else { rc as u64 };
+                    out.moved = inband;
+                    out.writes = 2;
+                    self.flow.wr[end] += inband;
+                    self.flow.chunks[end] += 2;
+                    if rc as usize == len {
+                        self.flow.mark[end] = self.flow.wr[end];
+                        self.flow.oob[end] = true;
+                    }
+                }
+                out
+            }
+            Op::RecvOob { end, copy, len, peek } => {
+                let mut buf = [0u8; 4];
+                let flags = libc::MSG_OOB | if peek { libc::MSG_PEEK } else { 0 };
+                // SAFETY: a live buffer of at least `len` bytes.
+                let rc = unsafe { api.recv(self.fd(end, copy), buf.as_mut_ptr().cast(), len, flags) };
+                let mut out = Out::from_rc(rc as i64);
+                if rc >= 0 {
+                    out.data = buf[..rc as usize].to_vec();
+                    out.note = format!("byte {:#x}", buf[0]);
+                    if !peek {
+                        self.flow.oob[1 - end] = false;
+                    }
+                }
+                out
+            }
+            Op::AtMark { end, copy } => {
+                let mut v: c_int = -7;
+                // SAFETY: SIOCATMARK takes a pointer to an int.
+                let mut out = Out::from_rc(unsafe { api.ioctl(self.fd(end, copy), SIOCATMARK, &mut v) } as i64);
+                out.value = v as i64;
+                out
+            }
+            Op::Fork | Op::Exit { .. } => unreachable!("run() forks and reaps"),
             Op::EpollWait { pwait } => {
                 let mut evs = vec![libc::epoll_event { events: 0, u64: 0 }; 32];
                 // SAFETY: a live array of 32 events; no signal mask.
@@ -1099,6 +1312,149 @@ impl Side {
         }
     }
 
+    /// Takes the fds a `recvmsg` received: a copy of one of this pair's sockets becomes one
+    /// more copy of its end (up to six, and not in a forked child); the rest are closed.
+    /// Returns what each was.
+    fn take_fds(&mut self, fds: &[c_int]) -> Vec<String> {
+        let inode = |fd: c_int| {
+            // SAFETY: plain data, then fstat into it.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            // SAFETY: as above.
+            (unsafe { libc::fstat(fd, &mut st) } == 0).then_some((st.st_mode & libc::S_IFMT, st.st_ino))
+        };
+        let mut kinds = Vec::new();
+        for &fd in fds {
+            // SAFETY: no pointers.
+            let cloexec = unsafe { libc::fcntl(fd, libc::F_GETFD) } & libc::FD_CLOEXEC != 0;
+            let (mode, ino) = inode(fd).unwrap_or((0, 0));
+            let end = (0..2).find(|&e| self.fds[e].first().is_some_and(|&f| inode(f) == Some((mode, ino))));
+            let kind = match (mode, end) {
+                (libc::S_IFIFO, _) => "pipe".to_owned(),
+                (libc::S_IFSOCK, Some(e)) => format!("end {e}"),
+                _ => format!("mode {mode:o}"),
+            };
+            kinds.push(format!("{kind}{}", if cloexec { " cloexec" } else { "" }));
+            match end {
+                Some(e) if self.child.is_none() && self.fds[e].len() < 6 => self.fds[e].push(fd),
+                // SAFETY: our fd, just received.
+                _ => unsafe {
+                    self.api.close(fd);
+                },
+            }
+        }
+        kinds
+    }
+
+    /// Forks: the child serves the operations [`Side::call_child`] sends until [`Op::Exit`].
+    fn fork(&mut self, seed: u64) -> Out {
+        let (cmd, resp) = (pipe(0), pipe(0));
+        // SAFETY: fork; the child only runs this side's operations (libc and the hook's calls,
+        // which glibc's fork keeps usable: malloc's locks are reset in the child) and `_exit`s.
+        let pid = unsafe { self.api.fork() };
+        if pid == 0 {
+            // SAFETY: the parent's ends, not ours.
+            unsafe {
+                libc::close(cmd[1]);
+                libc::close(resp[0]);
+            }
+            let code =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.serve(cmd[0], resp[1], seed))).unwrap_or(101);
+            // SAFETY: ends the child without running the parent's exit handlers.
+            unsafe { libc::_exit(code) };
+        }
+        let out = Out::from_rc(pid.min(0) as i64);
+        // SAFETY: the child's ends.
+        unsafe {
+            libc::close(cmd[0]);
+            libc::close(resp[1]);
+        }
+        if pid > 0 {
+            self.child = Some(Child { pid, cmd: cmd[1], resp: resp[0] });
+        }
+        out
+    }
+
+    /// In the forked child: runs each operation the parent sends, answers with its result and
+    /// this side's counts.
+    fn serve(&mut self, cmd: c_int, resp: c_int, seed: u64) -> c_int {
+        self.child = Some(Child { pid: 0, cmd, resp });
+        loop {
+            let mut op = std::mem::MaybeUninit::<Op>::uninit();
+            let mut salt = 0u64;
+            // SAFETY: the parent wrote an `Op` of this very binary, then a u64.
+            unsafe {
+                if !read_exact(cmd, op.as_mut_ptr().cast(), size_of::<Op>()) || !read_exact(cmd, (&raw mut salt).cast(), 8) {
+                    return 2;
+                }
+            }
+            // SAFETY: as above.
+            let op = unsafe { op.assume_init() };
+            if let Op::Exit { close } = op {
+                if close {
+                    for fd in self.fds.iter().flatten() {
+                        // SAFETY: the child's copies.
+                        unsafe { self.api.close(*fd) };
+                    }
+                }
+                return 0;
+            }
+            set_errno(0);
+            let mut out = self.exec(&op, seed, salt);
+            out.sigpipe = take_sigpipe();
+            let bytes = encode(&out, &self.flow);
+            let len = bytes.len();
+            // SAFETY: live buffers.
+            unsafe {
+                write_all(resp, (&raw const len).cast(), 8);
+                write_all(resp, bytes.as_ptr(), bytes.len());
+            }
+        }
+    }
+
+    /// Runs `op` in the forked child (or, for [`Op::Exit`], ends and reaps it).
+    fn call_child(&mut self, op: &Op, salt: u64) -> Out {
+        let child = self.child.as_ref().expect("a child");
+        // SAFETY: live values written to the child's command pipe.
+        unsafe {
+            write_all(child.cmd, (op as *const Op).cast(), size_of::<Op>());
+            write_all(child.cmd, (&raw const salt).cast(), 8);
+        }
+        if let Op::Exit { .. } = op {
+            let status = self.reap();
+            let mut out = Out::from_rc(0);
+            out.note = status;
+            return out;
+        }
+        let mut len = 0usize;
+        // SAFETY: the child writes a length, then that many bytes.
+        let bytes = unsafe {
+            assert!(read_exact(child.resp, (&raw mut len).cast(), 8), "{}: the child died", self.name);
+            let mut bytes = vec![0u8; len];
+            assert!(read_exact(child.resp, bytes.as_mut_ptr(), len), "{}: the child died", self.name);
+            bytes
+        };
+        let (out, flow) = decode(&bytes);
+        self.flow = flow;
+        out
+    }
+
+    /// Waits for the child to end (killing it first if `kill`); its exit status.
+    fn reap(&mut self) -> String {
+        let Some(child) = self.child.take() else { return String::new() };
+        let mut status = 0;
+        // SAFETY: our child and our pipe ends.
+        unsafe {
+            libc::waitpid(child.pid, &mut status, 0);
+            libc::close(child.cmd);
+            libc::close(child.resp);
+        }
+        if libc::WIFEXITED(status) {
+            format!("exit {}", libc::WEXITSTATUS(status))
+        } else {
+            format!("signal {}", libc::WTERMSIG(status))
+        }
+    }
+
     /// `end` has no fd left: what was queued for it is gone with it.
     fn end_closed(&mut self, end: usize) {
         let d = 1 - end;
@@ -1107,6 +1463,11 @@ impl Side {
     }
 
     fn close_all(&mut self) {
+        if let Some(child) = &self.child {
+            // SAFETY: our child.
+            unsafe { libc::kill(child.pid, libc::SIGKILL) };
+            self.reap();
+        }
         // SAFETY: our epoll instance.
         unsafe { self.api.close(self.ep) };
         for end in 0..2 {
@@ -1116,6 +1477,153 @@ impl Side {
             }
         }
     }
+}
+
+/// `ioctl(SIOCATMARK)`.
+const SIOCATMARK: libc::c_ulong = 0x8905;
+
+/// A forked child running a side's operations (see [`Side::fork`]).
+struct Child {
+    pid: libc::pid_t,
+    /// Where operations go (the parent's end; in the child, where they come from).
+    cmd: c_int,
+    /// Where results come back.
+    resp: c_int,
+}
+
+/// A new pipe (close-on-exec, plus `flags`).
+fn pipe(flags: c_int) -> [c_int; 2] {
+    let mut p = [-1; 2];
+    // SAFETY: a valid out-array.
+    assert_eq!(unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC | flags) }, 0);
+    p
+}
+
+fn close_pipe(p: [c_int; 2]) {
+    for fd in p {
+        // SAFETY: our pipe.
+        unsafe { libc::close(fd) };
+    }
+}
+
+/// # Safety
+/// `buf` is valid for `len` bytes.
+unsafe fn write_all(fd: c_int, buf: *const u8, len: usize) {
+    let mut at = 0;
+    while at < len {
+        // SAFETY: within the caller's buffer.
+        let n = unsafe { libc::write(fd, buf.add(at).cast(), len - at) };
+        if n < 0 && errno() == libc::EINTR {
+            continue;
+        }
+        assert!(n > 0, "writing to a child's pipe: {}", errno());
+        at += n as usize;
+    }
+}
+
+/// Whether all `len` bytes came (false: end of file first).
+///
+/// # Safety
+/// `buf` is valid for `len` bytes.
+unsafe fn read_exact(fd: c_int, buf: *mut u8, len: usize) -> bool {
+    let mut at = 0;
+    while at < len {
+        // SAFETY: within the caller's buffer.
+        let n = unsafe { libc::read(fd, buf.add(at).cast(), len - at) };
+        if n < 0 && errno() == libc::EINTR {
+            continue;
+        }
+        if n <= 0 {
+            return false;
+        }
+        at += n as usize;
+    }
+    true
+}
+
+/// A child's result, for its parent.
+fn encode(out: &Out, flow: &Flow) -> Vec<u8> {
+    let mut b = Vec::new();
+    let num = |b: &mut Vec<u8>, v: u64| b.extend_from_slice(&v.to_ne_bytes());
+    num(&mut b, out.rc as u64);
+    num(&mut b, out.errno as u64);
+    num(&mut b, out.moved);
+    num(&mut b, out.writes as u64);
+    num(&mut b, out.value as u64);
+    num(&mut b, out.bad_byte.map_or(u64::MAX, |i| i as u64));
+    num(&mut b, out.sigpipe as u64);
+    num(&mut b, out.data.len() as u64);
+    b.extend_from_slice(&out.data);
+    num(&mut b, out.note.len() as u64);
+    b.extend_from_slice(out.note.as_bytes());
+    num(&mut b, out.ready.len() as u64);
+    for &(e, c, bits) in &out.ready {
+        num(&mut b, e as u64);
+        num(&mut b, c as u64);
+        num(&mut b, bits as u64);
+    }
+    for d in 0..2 {
+        for v in [flow.wr[d], flow.rd[d], flow.chunks[d] as u64, flow.mark[d], flow.oob[d] as u64, flow.fds_until[d]] {
+            num(&mut b, v);
+        }
+    }
+    b
+}
+
+fn decode(b: &[u8]) -> (Out, Flow) {
+    let mut at = 0;
+    let mut num = || {
+        let v = u64::from_ne_bytes(b[at..at + 8].try_into().unwrap());
+        at += 8;
+        v
+    };
+    let mut out = Out { rc: num() as i64, errno: num() as c_int, moved: num(), writes: num() as usize, value: num() as i64, ..Out::default() };
+    out.bad_byte = Some(num()).filter(|&v| v != u64::MAX).map(|v| v as usize);
+    out.sigpipe = num() != 0;
+    let n = num() as usize;
+    let data = (at, n);
+    at += n;
+    out.data = b[data.0..data.0 + data.1].to_vec();
+    let n = u64::from_ne_bytes(b[at..at + 8].try_into().unwrap()) as usize;
+    at += 8;
+    out.note = String::from_utf8_lossy(&b[at..at + n]).into_owned();
+    at += n;
+    let mut num = || {
+        let v = u64::from_ne_bytes(b[at..at + 8].try_into().unwrap());
+        at += 8;
+        v
+    };
+    let n = num() as usize;
+    out.ready = (0..n).map(|_| (num() as usize, num() as usize, num() as u32)).collect();
+    let mut flow = Flow::default();
+    for d in 0..2 {
+        flow.wr[d] = num();
+        flow.rd[d] = num();
+        flow.chunks[d] = num() as usize;
+        flow.mark[d] = num();
+        flow.oob[d] = num() != 0;
+        flow.fds_until[d] = num();
+    }
+    (out, flow)
+}
+
+/// The fds in a received message's `SCM_RIGHTS` control messages.
+fn control_fds(m: &msghdr) -> Vec<c_int> {
+    let mut fds = Vec::new();
+    // SAFETY: the control buffer `recvmsg` just filled, read with the CMSG macros.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(m);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let k = ((*c).cmsg_len - libc::CMSG_LEN(0) as usize) / size_of::<c_int>();
+                for i in 0..k {
+                    fds.push(std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<c_int>().add(i)));
+                }
+            }
+            c = libc::CMSG_NXTHDR(m, c);
+        }
+    }
+    fds
 }
 
 /// A new epoll instance (epoll_create1 is not interposed).
@@ -1155,6 +1663,7 @@ fn keys_of_results(op: &Op, outs: [&Out; 2], flows: [Flow; 2], salt: u64) -> [St
     let q = |side: usize, d: usize| flows[side].queued(d);
     let same = |d: usize| flows[0].wr[d] == flows[1].wr[d] && flows[0].rd[d] == flows[1].rd[d];
     let small = |d: usize| (0..2).all(|s| q(s, d) <= EXACT_BYTES && flows[s].chunks[d] <= EXACT_CHUNKS);
+    let irregular = |d: usize| flows[0].irregular(d) || flows[1].irregular(d);
     let data_ok = |o: &Out| match o.bad_byte {
         Some(i) => format!(" WRONG BYTE at {i}"),
         None => String::new(),
@@ -1192,7 +1701,7 @@ fn keys_of_results(op: &Op, outs: [&Out; 2], flows: [Flow; 2], salt: u64) -> [St
             if same(d) {
                 return each(&|_, o| format!("{}{} bytes #{:016x}", o.raw(), data_ok(o), fnv(&o.data)));
             }
-            if (q(0, d) == 0) != (q(1, d) == 0) {
+            if (q(0, d) == 0) != (q(1, d) == 0) || irregular(d) {
                 return each(&|_, o| format!("(not compared: one pair has bytes, the other none){}", data_ok(o)));
             }
             each(&|s, o| {
@@ -1250,6 +1759,9 @@ fn keys_of_results(op: &Op, outs: [&Out; 2], flows: [Flow; 2], salt: u64) -> [St
             let d = 1 - end;
             if same(d) {
                 each(&|_, o| o.raw())
+            } else if irregular(d) {
+                // (The kernel counts a waiting out-of-band byte too.)
+                each(&|_, _| "(not compared: an out-of-band byte or a message with fds ahead)".into())
             } else {
                 each(&|s, o| if o.rc == 0 && o.value as u64 == q(s, d) { "= queued".into() } else { o.raw() })
             }
@@ -1259,6 +1771,42 @@ fn keys_of_results(op: &Op, outs: [&Out; 2], flows: [Flow; 2], salt: u64) -> [St
                 return each(&|_, _| "(not compared: one pair has bytes queued, the other none)".into());
             }
             each(&|_, o| if o.rc < 0 { err(o) } else { format!("zero: {}", o.value == 0) })
+        }
+        Op::Splice { end, into: true, len, avail, flags, .. } => {
+            let w = Op::Write { end, copy: 0, api: WrApi::Write, len: len.min(avail), parts: 1, flags: flags as c_int, bad: Bad::None };
+            keys_of_results(&w, outs, flows, salt)
+        }
+        Op::SendOob { end, len, flags, .. } => {
+            // (Two writes: the in-band part and the out-of-band byte.)
+            let w = Op::Write { end, copy: 0, api: WrApi::SendMmsg, len, parts: 2, flags, bad: Bad::None };
+            keys_of_results(&w, outs, flows, salt)
+        }
+        Op::Splice { end, into: false, len, .. } => {
+            let d = 1 - end;
+            // A splice out of a socket fills at most a pipe's 16 buffers, one or two per skb
+            // of the kernel's queue, one per page from the rings: counts are compared while
+            // the queue is a few writes.
+            if same(d) && !irregular(d) && (0..2).all(|s| flows[s].chunks[d] <= 8) {
+                return each(&|_, o| format!("{}{} bytes #{:016x}", o.raw(), data_ok(o), fnv(&o.data)));
+            }
+            if (q(0, d) == 0) != (q(1, d) == 0) {
+                return each(&|_, o| format!("(not compared: one pair has bytes, the other none){}", data_ok(o)));
+            }
+            each(&|s, o| {
+                if o.rc > 0 && o.rc as u64 <= (len as u64).min(q(s, d)) {
+                    format!("some{}", data_ok(o))
+                } else {
+                    format!("{} (queued {}){}", o.raw(), q(s, d), data_ok(o))
+                }
+            })
+        }
+        Op::RecvOob { end, .. } | Op::AtMark { end, .. } => {
+            let d = 1 - end;
+            if same(d) {
+                each(&|_, o| format!("{} #{:016x}", o.raw(), fnv(&o.data)))
+            } else {
+                each(&|_, _| "(not compared: the pairs hold different bytes)".into())
+            }
         }
         _ => each(&|_, o| o.raw()),
     }
@@ -1321,6 +1869,8 @@ struct Gen<'a> {
     /// The plain pair's fds registered in the sequence's epoll instance (or registered and
     /// deleted since), with their end.
     registered: &'a [(usize, c_int)],
+    /// The operations run in a forked child (see [`Op::Fork`]).
+    in_child: bool,
 }
 
 impl Gen<'_> {
@@ -1347,11 +1897,23 @@ impl Gen<'_> {
 
     /// One operation that cannot block forever on either pair (`None`: this try did not give
     /// one).
+    /// A message with fds is unread in either direction on either pair: no end's last close
+    /// (a socket in flight keeps its file open: the peer would see no EOF).
+    fn fds_in_flight(&self) -> bool {
+        (0..2).any(|d| self.flows.iter().any(|f| f.rd[d] < f.fds_until[d]))
+    }
+
     fn try_op(&mut self) -> Option<Op> {
         let end = self.open_end()?;
         let copy = self.copy(end);
         let blocking = !self.shared.nonblock[end];
-        Some(match self.rng.below(100) {
+        let pick = self.rng.below(112);
+        if self.in_child && matches!(pick, 64..72 | 91..103 | 109..112) {
+            // Not in a child (threads, the parent's epoll instance, its fd bookkeeping): the
+            // child exits instead, now and then.
+            return self.rng.pct(20).then(|| Op::Exit { close: self.rng.pct(50) });
+        }
+        Some(match pick {
             0..30 => {
                 let api = self.rng.pick(&[WrApi::Write, WrApi::Send, WrApi::SendTo, WrApi::SendMsg, WrApi::Writev, WrApi::SendMmsg]);
                 let len = self.rng.size();
@@ -1510,7 +2072,7 @@ impl Gen<'_> {
             94..96 => {
                 let onto = self.open_end()?;
                 let onto_copy = self.copy(onto);
-                if self.copies[onto] == 1 && onto != end && !self.same(1 - onto) {
+                if self.copies[onto] == 1 && onto != end && (!self.same(1 - onto) || self.fds_in_flight()) {
                     return None; // the last close of `onto` (see below)
                 }
                 if self.plain_fds[end][copy] != self.plain_fds[onto][onto_copy] && self.leaves_a_registered_file(onto, onto_copy) {
@@ -1518,10 +2080,77 @@ impl Gen<'_> {
                 }
                 Op::Dup2Over { end, copy, onto, onto_copy }
             }
+            100..103 => {
+                // Exactly (the kernel attaches fds to the first skb of a message: a message
+                // that does not fit at once is not generated).
+                let len = if self.rng.pct(10) { 0 } else { self.rng.range(1, 600) as usize };
+                if !self.same(end) || !self.fits(end, len, 1) {
+                    return None;
+                }
+                let what = [Pass::Pipe, Pass::Own, Pass::Peer];
+                let what = [self.rng.pick(&what), self.rng.pick(&what)];
+                Op::SendFds { end, copy, len, n: self.rng.range(1, 2) as usize, what, flags: write_flags(self.rng, true) }
+            }
+            103..106 => {
+                let into = self.rng.pct(50);
+                let mut flags = 0;
+                if self.rng.pct(40) {
+                    flags |= libc::SPLICE_F_NONBLOCK;
+                }
+                if self.rng.pct(10) {
+                    flags |= libc::SPLICE_F_MORE;
+                }
+                let pipe_nb = self.rng.pct(15);
+                let waits = blocking && !pipe_nb && flags & libc::SPLICE_F_NONBLOCK == 0;
+                let avail = match self.rng.below(3) {
+                    0 => self.rng.range(1, 64),
+                    1 => self.rng.range(65, EXACT_BYTES),
+                    _ => self.rng.range(EXACT_BYTES + 1, 65536),
+                } as usize;
+                let len = if self.rng.pct(70) { avail } else { self.rng.range(1, 70000) as usize };
+                if into {
+                    if waits && !self.shared.send_shut(end) && !(self.same(end) && self.fits(end, len.min(avail), 1)) {
+                        return None;
+                    }
+                } else {
+                    let d = 1 - end;
+                    if self.shared.reset[end] && !self.same(d) {
+                        return None;
+                    }
+                    if waits && !self.shared.eof(end) && self.q_min(d) == 0 {
+                        return None;
+                    }
+                }
+                Op::Splice { end, copy, into, len, avail, flags, pipe_nb }
+            }
+            106..109 => match self.rng.below(3) {
+                0 => {
+                    // One out-of-band byte waits at a time: a second makes the first in-band
+                    // data (af_unix since 6.9, as TCP).
+                    if self.flows.iter().any(|f| f.oob[end]) {
+                        return None;
+                    }
+                    let len = self.rng.range(1, 40) as usize;
+                    let fits = self.same(end) && self.fits(end, len, 2);
+                    let flags = write_flags(self.rng, fits) & !libc::MSG_MORE;
+                    if blocking && flags & libc::MSG_DONTWAIT == 0 && !self.shared.send_shut(end) && !fits {
+                        return None;
+                    }
+                    Op::SendOob { end, copy, len, flags }
+                }
+                1 => Op::RecvOob { end, copy, len: self.rng.range(1, 2) as usize, peek: self.rng.pct(30) },
+                _ => Op::AtMark { end, copy },
+            },
+            109..112 => {
+                if !self.rng.pct(40) {
+                    return None;
+                }
+                Op::Fork
+            }
             _ => {
                 // A last close with unread bytes resets the peer: only while both pairs hold
                 // the same bytes for this end.
-                if self.copies[end] == 1 && (!self.same(1 - end) || self.rng.pct(70)) {
+                if self.copies[end] == 1 && (!self.same(1 - end) || self.rng.pct(70) || self.fds_in_flight()) {
                     return None;
                 }
                 if self.leaves_a_registered_file(end, copy) {
@@ -1561,6 +2190,8 @@ impl Gen<'_> {
 struct Step {
     op: Op,
     raw: [String; 2],
+    /// The operation ran in a forked child.
+    in_child: bool,
 }
 
 /// Sequences run one at a time (they take fd numbers for dup2 from a shared range).
@@ -1620,6 +2251,7 @@ fn run(seed: u64, script: Option<&[Op]>, verbose: bool, replay: &str) -> Result<
             flow: Flow::default(),
             spare: 600,
             ep: epoll_instance(),
+            child: None,
         },
         Side {
             api: &Hooked,
@@ -1628,6 +2260,7 @@ fn run(seed: u64, script: Option<&[Op]>, verbose: bool, replay: &str) -> Result<
             flow: Flow::default(),
             spare: 800,
             ep: epoll_instance(),
+            child: None,
         },
     ];
     let mut shared = Shared::default();
@@ -1635,9 +2268,16 @@ fn run(seed: u64, script: Option<&[Op]>, verbose: bool, replay: &str) -> Result<
     let mut steps: Vec<Step> = Vec::new();
     let n_ops = script.map_or_else(|| rng.range(10, 150) as usize, <[Op]>::len);
     let mut result = Ok(0);
-    for i in 0..n_ops + 2 {
+    for i in 0..n_ops + 3 {
+        let in_child = sides[0].child.is_some();
         let op = if let Some(op) = script.and_then(|s| s.get(i)) {
-            op.clone()
+            *op
+        } else if i == n_ops {
+            // A child still running exits first.
+            if !in_child {
+                continue;
+            }
+            Op::Exit { close: true }
         } else if i < n_ops {
             let mut g = Gen {
                 rng: &mut rng,
@@ -1646,6 +2286,7 @@ fn run(seed: u64, script: Option<&[Op]>, verbose: bool, replay: &str) -> Result<
                 copies: [sides[0].fds[0].len(), sides[0].fds[1].len()],
                 plain_fds: &sides[0].fds,
                 registered: &registered,
+                in_child,
             };
             match g.op() {
                 Some(op) => op,
@@ -1653,35 +2294,42 @@ fn run(seed: u64, script: Option<&[Op]>, verbose: bool, replay: &str) -> Result<
             }
         } else {
             // At the end, whatever is left must come out the same.
-            let end = i - n_ops;
+            let end = i - n_ops - 1;
             if sides[0].fds[end].is_empty() {
                 continue;
             }
             Op::Drain { end, copy: 0 }
         };
         if verbose {
-            eprintln!("step {i}: {op:?}");
+            eprintln!("step {i}: {op:?}{}", if in_child { " (in the child)" } else { "" });
         }
         let flows = [sides[0].flow, sides[1].flow];
         let salt = rng.next();
-        set_errno(0);
-        // (SIGPIPE is blocked in this thread: one the call raised is pending until taken.)
-        let mut plain_out = sides[0].exec(&op, seed, salt);
-        plain_out.sigpipe = take_sigpipe();
-        let mut swapped_out = sides[1].exec(&op, seed, salt);
-        swapped_out.sigpipe = take_sigpipe();
-        let outs = [plain_out, swapped_out];
+        let outs = [0, 1].map(|s| {
+            let side = &mut sides[s];
+            set_errno(0);
+            // (SIGPIPE is blocked in this thread: one the call raised is pending until taken;
+            // a child takes its own.)
+            let mut out = match op {
+                Op::Fork => side.fork(seed),
+                _ if side.child.is_some() => side.call_child(&op, salt),
+                _ => side.exec(&op, seed, salt),
+            };
+            out.sigpipe |= take_sigpipe();
+            out
+        });
         let k = keys(&op, [&outs[0], &outs[1]], flows, salt);
         let raw = [outs[0].raw(), outs[1].raw()];
         if verbose {
             eprintln!("  plain:   {}\n  swapped: {}\n  fds: {:?} {:?}", raw[0], raw[1], sides[0].fds, sides[1].fds);
         }
-        steps.push(Step { op: op.clone(), raw });
+        steps.push(Step { op, raw, in_child });
         let wrong_bytes = outs.iter().any(|o| o.bad_byte.is_some());
         if k[0] != k[1] || wrong_bytes {
             let mut report = format!("differential seed {seed} diverges at step {i}\n  replay: {replay}\n");
             for (j, s) in steps.iter().enumerate() {
-                let _ = writeln!(report, "  step {j}: {:?}\n      plain:   {}\n      swapped: {}", s.op, s.raw[0], s.raw[1]);
+                let child = if s.in_child { " (in the child)" } else { "" };
+                let _ = writeln!(report, "  step {j}: {:?}{child}\n      plain:   {}\n      swapped: {}", s.op, s.raw[0], s.raw[1]);
             }
             let _ = writeln!(report, "  compared at step {i}:\n      plain:   {}\n      swapped: {}", k[0], k[1]);
             result = Err(report);
@@ -1880,4 +2528,25 @@ fn script_recvmmsg_and_a_pending_reset() {
         ops.extend(polls());
         script(&format!("recvmmsg (flags {flags:#x}) up to a pending reset"), &ops);
     }
+}
+
+#[test]
+fn script_sendmsg_of_no_bytes_with_fds_after_the_peer_shut_down() {
+    // The kernel checks the control messages, then the shutdown (EPIPE, SIGPIPE) before it
+    // finds nothing to send; the real socket under the rings is not shut down. Seed 3 of the
+    // generator with fd passing.
+    for how in [libc::SHUT_RD, libc::SHUT_RDWR] {
+        let send = |flags| Op::SendFds { end: 0, copy: 0, len: 0, n: 1, what: [Pass::Pipe, Pass::Pipe], flags };
+        script(
+            "sendmsg of no bytes with SCM_RIGHTS after the peer's shutdown",
+            &[Op::Shutdown { end: 1, copy: 0, how }, send(0), send(libc::MSG_NOSIGNAL), write(0, 0)],
+        );
+    }
+    script(
+        "sendmsg of no bytes with SCM_RIGHTS after this end's shutdown",
+        &[
+            Op::Shutdown { end: 0, copy: 0, how: libc::SHUT_WR },
+            Op::SendFds { end: 0, copy: 0, len: 0, n: 2, what: [Pass::Own, Pass::Peer], flags: 0 },
+        ],
+    );
 }
