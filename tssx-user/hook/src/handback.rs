@@ -206,7 +206,14 @@ impl Conn {
     pub(crate) fn shutdown_socket(&self, fd: c_int) {
         // SeqCst: ordered against a concurrent `shutdown`'s SeqCst `fetch_or` and its SeqCst
         // load of `back_at` (after our SeqCst store of it): one of the two applies the bits.
-        let bits = self.header().shut.0[self.end.index()].load(SeqCst);
+        let mut bits = self.header().shut.0[self.end.index()].load(SeqCst);
+        // The peer's `SHUT_RD` shuts this end's sends in the kernel (`unix_shutdown` sets both
+        // sockets' bits): this end's `SHUT_WR` sets the same two bits. Without it, a send that
+        // goes to the socket right after the hand-back (`MSG_OOB`) would succeed before the
+        // peer's own hand-back carries its bits over (found by the differential test).
+        if self.shut_bits(self.end.peer()) & SHUT_READ != 0 {
+            bits |= SHUT_WRITE;
+        }
         let how = match (bits & SHUT_READ != 0, bits & SHUT_WRITE != 0) {
             (false, false) => return,
             (true, false) => libc::SHUT_RD,
@@ -322,7 +329,10 @@ impl Conn {
     /// the socket's (this end writes there again).
     pub(crate) fn handing_back_readiness(&self, fd: c_int) -> u32 {
         self.note_fd(fd);
-        let mut p = libc::pollfd { fd, events: libc::POLLIN | libc::POLLOUT | libc::POLLRDHUP, revents: 0 };
+        // (Every bit the kernel reports for a socket's room: POLLWRNORM and POLLWRBAND come
+        // only when asked. Found by the differential test.)
+        let events = libc::POLLIN | libc::POLLRDNORM | libc::POLLOUT | libc::POLLWRNORM | libc::POLLWRBAND | libc::POLLRDHUP;
+        let mut p = libc::pollfd { fd, events, revents: 0 };
         if sys::with_errno_kept(|| self.finish_hand_back()) {
             // SAFETY: one live pollfd, no wait; the application's errno is kept.
             sys::with_errno_kept(|| unsafe { sys::poll(&mut p, 1, 0) });

@@ -2550,3 +2550,22 @@ fn script_sendmsg_of_no_bytes_with_fds_after_the_peer_shut_down() {
         ],
     );
 }
+
+#[test]
+fn script_send_oob_after_the_peer_shut_its_reads() {
+    // `send(MSG_OOB)` hands the connection back and goes to the real socket at once; the
+    // peer's SHUT_RD, recorded in the segment while on the rings, must shut it there too.
+    let mut ops =
+        vec![write(1, 10), Op::Shutdown { end: 1, copy: 0, how: libc::SHUT_RD }, Op::SendOob { end: 0, copy: 0, len: 2, flags: 0 }];
+    ops.extend(polls_of(ALL_EVENTS));
+    ops.extend([
+        Op::SendOob { end: 0, copy: 0, len: 3, flags: libc::MSG_NOSIGNAL },
+        write(0, 4),
+        recv(0, RdApi::Recv, 100, 1, libc::MSG_DONTWAIT),
+        write(1, 5),
+        Op::AtMark { end: 0, copy: 0 },
+        recv(0, RdApi::Recv, 100, 1, libc::MSG_DONTWAIT),
+    ]);
+    ops.extend(polls_of(ALL_EVENTS));
+    script("send(MSG_OOB) after the peer's shutdown(SHUT_RD)", &ops);
+}
