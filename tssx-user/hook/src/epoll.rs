@@ -374,6 +374,14 @@ impl Set {
     /// process whose hook cannot read its rings: `c` is handed back to the kernel, whose list
     /// then serves every process.
     fn admits(&self, c: &Conn, fd: c_int) -> bool {
+        self.others_hold(c, fd, &[fd])
+    }
+
+    /// Whether every other process sharing the instance holds `c` (whose fd here is `fd`) as
+    /// the fds `numbers` (as [`Set::admits`]: made before the fork that shared the instance, and
+    /// the same socket under each number in `/proc/PID/fd`). True if no other process shares
+    /// it.
+    fn others_hold(&self, c: &Conn, fd: c_int, numbers: &[c_int]) -> bool {
         if !self.shared_with_others() {
             return true;
         }
@@ -383,9 +391,11 @@ impl Set {
         let Ok(st) = tssx_shm::sys::fstat(fd) else { return false };
         let want = format!("socket:[{}]", st.st_ino);
         self.all_others(|pid| {
-            let Ok(path) = std::ffi::CString::new(format!("/proc/{pid}/fd/{fd}")) else { return false };
-            let mut buf = [0u8; 64];
-            tssx_shm::sys::readlink(&path, &mut buf).is_ok_and(|n| &buf[..n.min(buf.len())] == want.as_bytes())
+            numbers.iter().all(|fd| {
+                let Ok(path) = std::ffi::CString::new(format!("/proc/{pid}/fd/{fd}")) else { return false };
+                let mut buf = [0u8; 64];
+                tssx_shm::sys::readlink(&path, &mut buf).is_ok_and(|n| &buf[..n.min(buf.len())] == want.as_bytes())
+            })
         })
     }
 }
@@ -653,6 +663,17 @@ pub fn fd_closing(fd: c_int) {
         let registered = set.try_with(|list, _| list.iter().any(|i| i.conn == id)).unwrap_or(false);
         if !registered {
             return;
+        }
+        if others {
+            // Every other process sharing the instance (forked with it) holds the connection
+            // under the registered numbers: the list serves them, and the registration lives
+            // on with the file, as the kernel's (a child closing its copies before it exits
+            // took it away from its parent; found by the differential test's fork).
+            let numbers = set.try_with(|list, _| list.iter().filter(|i| i.conn == id).map(|i| i.fd).collect::<Vec<_>>()).unwrap_or_default();
+            if !numbers.is_empty() && set.shared_with_others() && set.others_hold(&c, fd, &numbers) {
+                let _ = set.try_with(|_, local| local.aliases.retain(|a| a.conn.id() != id));
+                return;
+            }
         }
         if others && !handed_back {
             handed_back = true;

@@ -110,7 +110,7 @@ const DEFAULT_SEQUENCES: u64 = 4000;
 mod sysapi {
     use libc::{c_int, c_void, pollfd, sigset_t, sockaddr, socklen_t, ssize_t, timespec};
     pub use libc::{
-        close, dup, dup2, dup3, epoll_ctl, epoll_pwait, epoll_wait, fork, poll, ppoll, pselect, read, readv, recv, recvfrom, recvmmsg,
+        close, dup, dup2, dup3, epoll_create1, epoll_ctl, epoll_pwait, epoll_wait, fork, poll, ppoll, pselect, read, readv, recv, recvfrom, recvmmsg,
         recvmsg, select, send, sendmmsg, sendmsg, sendto, shutdown, splice, write, writev,
     };
     unsafe extern "C" {
@@ -203,6 +203,7 @@ api! {
     close(fd: c_int) -> c_int;
     splice(fd_in: c_int, off_in: *mut libc::loff_t, fd_out: c_int, off_out: *mut libc::loff_t, len: usize, flags: libc::c_uint) -> ssize_t;
     fork() -> libc::pid_t;
+    epoll_create1(flags: c_int) -> c_int;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1029,7 +1030,7 @@ impl Side {
                         // SAFETY: a new epoll instance, registered and waited on with live
                         // events, closed at the end.
                         unsafe {
-                            let ep = libc::epoll_create1(libc::EPOLL_CLOEXEC);
+                            let ep = api.epoll_create1(libc::EPOLL_CLOEXEC);
                             assert!(ep >= 0);
                             let mut ctl = Vec::new();
                             for (i, &(_, _, fd)) in open.iter().enumerate() {
@@ -1626,10 +1627,11 @@ fn control_fds(m: &msghdr) -> Vec<c_int> {
     fds
 }
 
-/// A new epoll instance (epoll_create1 is not interposed).
-fn epoll_instance() -> c_int {
+/// A new epoll instance (the hook's `epoll_create1` for the swapped pair: it notes the
+/// instance, whose interest list a fork then shares).
+fn epoll_instance(api: &dyn Api) -> c_int {
     // SAFETY: no pointers.
-    let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    let ep = unsafe { api.epoll_create1(libc::EPOLL_CLOEXEC) };
     assert!(ep >= 0);
     ep
 }
@@ -2250,7 +2252,7 @@ fn run(seed: u64, script: Option<&[Op]>, verbose: bool, replay: &str) -> Result<
             fds: [vec![plain_fds[0]], vec![plain_fds[1]]],
             flow: Flow::default(),
             spare: 600,
-            ep: epoll_instance(),
+            ep: epoll_instance(&Plain),
             child: None,
         },
         Side {
@@ -2259,7 +2261,7 @@ fn run(seed: u64, script: Option<&[Op]>, verbose: bool, replay: &str) -> Result<
             fds: [vec![swapped_fds[0]], vec![swapped_fds[1]]],
             flow: Flow::default(),
             spare: 800,
-            ep: epoll_instance(),
+            ep: epoll_instance(&Hooked),
             child: None,
         },
     ];
@@ -2568,4 +2570,28 @@ fn script_send_oob_after_the_peer_shut_its_reads() {
     ]);
     ops.extend(polls_of(ALL_EVENTS));
     script("send(MSG_OOB) after the peer's shutdown(SHUT_RD)", &ops);
+}
+
+#[test]
+fn script_a_child_closing_its_copies_keeps_the_parents_epoll_registration() {
+    // A registration belongs to the open file: a forked child that closes its copies (the
+    // registered fd first, or last) before it exits leaves it to its parent, which shares the
+    // instance. Seed 22 of the generator with fork.
+    let events = (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP) as u32;
+    for registered in [0, 1] {
+        let mut ops = vec![
+            Op::Dup { end: 1, copy: 0, how: DupHow::Dup },
+            Op::EpollCtl { end: 1, copy: registered, op: libc::EPOLL_CTL_ADD, events, tag: 2 | 1 },
+            Op::Fork,
+            Op::Shutdown { end: 1, copy: 0, how: libc::SHUT_RD },
+            Op::Exit { close: true },
+            Op::EpollWait { pwait: false },
+            write(0, 5),
+            Op::EpollWait { pwait: false },
+            Op::EpollCtl { end: 1, copy: registered, op: libc::EPOLL_CTL_DEL, events, tag: 2 | 1 },
+            Op::EpollWait { pwait: false },
+        ];
+        ops.extend(polls());
+        script(&format!("a child closes its copies (copy {registered} registered)"), &ops);
+    }
 }
