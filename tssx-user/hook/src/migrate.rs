@@ -57,7 +57,7 @@ pub(crate) enum SockWrite {
 }
 
 /// A `msghdr` over `bufs` (`IoSliceMut` has the layout of `iovec`).
-fn msg_over(bufs: &[IoSliceMut<'_>]) -> libc::msghdr {
+pub(crate) fn msg_over(bufs: &[IoSliceMut<'_>]) -> libc::msghdr {
     // SAFETY: msghdr is plain data; all-zero is a valid empty header.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;

@@ -4,7 +4,7 @@
 
 use std::{
     io::{IoSlice, IoSliceMut},
-    sync::atomic::Ordering::{Relaxed, SeqCst},
+    sync::atomic::Ordering::{Acquire, Relaxed, SeqCst},
 };
 
 use libc::c_int;
@@ -102,7 +102,12 @@ impl Conn {
         let mut glue = false;
         loop {
             if self.phase() == Phase::Plain {
-                return if total == 0 { WENT_PLAIN } else { total as isize };
+                if total == 0 {
+                    return WENT_PLAIN;
+                }
+                // Plain from here on (the last of a hand-back): what MSG_WAITALL still wants
+                // comes from the socket, as the kernel's read would wait for it.
+                return if wait_all { self.rest_from_socket(fd, bufs, total, flags) } else { total as isize };
             }
             if !self.reads_ring() {
                 // Loaded before the peek: a shutdown seen here saw every byte written before it.
@@ -152,7 +157,8 @@ impl Conn {
                 match self.read_source() {
                     Source::Socket => {
                         if self.finish_hand_back() {
-                            return if total == 0 { WENT_PLAIN } else { total as isize };
+                            // (Plain now: see the top of the loop.)
+                            continue;
                         }
                         Transfer::default()
                     }
@@ -181,6 +187,17 @@ impl Conn {
             }
             if got.bytes > 0 {
                 backoff.progress();
+                if peek && total < want && self.phase() == Phase::HandingBack && self.peer_handed_back() {
+                    return (total + self.peek_past_back(fd, bufs, total)) as isize;
+                }
+                if !wait_all && total < want && !peek && self.phase() == Phase::HandingBack && self.peer_handed_back() {
+                    // The ring's part of a hand-back is read: the kernel's read would go on with
+                    // the bytes queued on the socket after it (the peer's since its hand-back),
+                    // without waiting. Found by the differential test (MSG_OOB).
+                    if matches!(self.read_source(), Source::Socket) && self.finish_hand_back() {
+                        return self.rest_from_socket(fd, bufs, total, flags | libc::MSG_DONTWAIT);
+                    }
+                }
                 if !wait_all || total == want {
                     return total as isize;
                 }
@@ -236,6 +253,61 @@ impl Conn {
                 self.try_switch();
             }
         }
+    }
+
+    /// A peek that took the ring's bytes up to the peer's hand-back (`total` of them, from the
+    /// ring's read position): the bytes after them, on the socket behind the peer's last
+    /// doorbells, peeked into the rest of `bufs` without taking anything, as the kernel's peek
+    /// goes on through its queue. Returns how many (0: none queued, or the ring's part did not
+    /// reach the hand-back, or ancillary records are pending).
+    fn peek_past_back(&self, fd: c_int, bufs: &mut [IoSliceMut<'_>], total: usize) -> usize {
+        if self.anc_pending() {
+            return 0;
+        }
+        let (peer, line) = (self.peer_line(), self.my_line());
+        // Acquire: pairs with the peer's SeqCst store of `back_at` (its ring writes and its
+        // `bells_at` before).
+        let back_at = peer.back_at.load(Acquire);
+        if back_at == NOT_YET || self.with_rx(|rx| rx.position()).wrapping_add(total as u64) != back_at {
+            return 0;
+        }
+        // SeqCst: as the doorbell counters' other users.
+        let owed = peer.bells_at.load(Acquire).saturating_sub(line.bells_drained.load(SeqCst));
+        let room: usize = bufs.iter().map(|b| b.len()).sum::<usize>() - total;
+        if owed > crate::wait::MAX_OWED_DOORBELLS {
+            return 0;
+        }
+        let mut tmp = vec![0u8; owed as usize + room.min(1 << 20)];
+        let Ok(k) = crate::sys::recv_raw(fd, &mut tmp, libc::MSG_PEEK | libc::MSG_DONTWAIT) else { return 0 };
+        let data = tmp.get(owed as usize..k).unwrap_or(&[]);
+        after_mut(bufs, total, |rest| {
+            let mut at = 0;
+            for b in rest.iter_mut() {
+                let n = b.len().min(data.len() - at);
+                b[..n].copy_from_slice(&data[at..at + n]);
+                at += n;
+            }
+            at
+        })
+    }
+
+    /// The end of a read that found the connection plain (its hand-back done) after `total`
+    /// bytes: the rest of `bufs` from the socket with `flags` (the kernel's answer as it is,
+    /// control messages to the application's `recvmsg`), if the socket has bytes queued or
+    /// the call may wait; an error there (the socket's pending one, or EAGAIN) stays for the
+    /// next call, as the kernel's read returns the bytes it has.
+    fn rest_from_socket(&self, fd: c_int, bufs: &mut [IoSliceMut<'_>], total: usize, flags: c_int) -> isize {
+        let mut one = [0u8; 1];
+        let queued = matches!(crate::sys::recv_raw(fd, &mut one, libc::MSG_PEEK | libc::MSG_DONTWAIT), Ok(1));
+        if !queued && flags & libc::MSG_DONTWAIT != 0 {
+            return total as isize;
+        }
+        let got = after_mut(bufs, total, |rest| {
+            let mut msg = crate::migrate::msg_over(rest);
+            // SAFETY: `msg` describes the caller's live buffers, no control buffer.
+            crate::sys::with_errno_kept(|| unsafe { crate::anc::recvmsg_with_ctrl(fd, &mut msg, flags) })
+        });
+        total as isize + got.map_or(0, |n| n as isize)
     }
 
     /// `recv` into buffers that would fault ([`crate::iov::Range::Faults`]: `NULL`,

@@ -2427,7 +2427,8 @@ fn seeds_that_found_divergences_agree() {
 fn script(name: &str, ops: &[Op]) {
     ignore_sigpipe();
     let test = std::thread::current().name().unwrap_or("script").to_owned();
-    if let Err(report) = run(7, Some(ops), false, &format!("cargo test -p tssx-hook --test differential -- --exact {test}")) {
+    let verbose = std::env::var_os("TSSX_DIFF_VERBOSE").is_some();
+    if let Err(report) = run(7, Some(ops), verbose, &format!("cargo test -p tssx-hook --test differential -- --exact {test}")) {
         panic!("script {name}: {report}");
     }
 }
@@ -2593,5 +2594,24 @@ fn script_a_child_closing_its_copies_keeps_the_parents_epoll_registration() {
         ];
         ops.extend(polls());
         script(&format!("a child closes its copies (copy {registered} registered)"), &ops);
+    }
+}
+
+#[test]
+fn script_a_read_across_the_hand_back_takes_the_bytes_after_it() {
+    // `send(MSG_OOB)` hands end 0's direction back: the bytes before it are on the ring, the
+    // rest on the socket. One read takes both parts up to the out-of-band mark, as the
+    // kernel's (seed 23 of the generator with MSG_OOB); MSG_WAITALL goes on past the ring.
+    for (flags, len) in [(0, 5150), (libc::MSG_DONTWAIT, 20), (libc::MSG_WAITALL, 20), (libc::MSG_PEEK, 100)] {
+        let mut ops = vec![write(0, 4), Op::SendOob { end: 0, copy: 0, len: 31, flags: 0 }, write(0, 837)];
+        ops.push(recv(1, RdApi::Recv, len, 1, flags));
+        ops.push(Op::AtMark { end: 1, copy: 0 });
+        ops.push(Op::RecvOob { end: 1, copy: 0, len: 1, peek: true });
+        ops.push(recv(1, RdApi::Recv, 5150, 1, libc::MSG_DONTWAIT));
+        ops.push(Op::AtMark { end: 1, copy: 0 });
+        ops.push(Op::RecvOob { end: 1, copy: 0, len: 1, peek: false });
+        ops.push(recv(1, RdApi::Recv, 5150, 1, libc::MSG_DONTWAIT));
+        ops.extend(polls_of(ALL_EVENTS));
+        script(&format!("a read across the hand-back (flags {flags:#x})"), &ops);
     }
 }
