@@ -168,7 +168,7 @@ fn publish(fd: c_int, conn: Conn) -> bool {
     LIVE.fetch_add(1, Relaxed);
     // Release: pairs with the Acquire loads of `lookup` (the connection is built).
     let old = slot.swap(POOL.alloc(conn), AcqRel);
-    release(old, -1);
+    release_at(old, fd, -1);
     true
 }
 
@@ -253,7 +253,7 @@ pub fn duplicated(old_fd: c_int, new_fd: c_int) {
     // Release: pairs with the Acquire loads of `lookup`. Acquire: the old occupant, whose
     // `fds` count we take over from the slot. The real dup2/dup3 closed the old occupant's
     // file: it leaves as after a close (see [`REPLACED`]).
-    release(slot.swap(new, AcqRel), REPLACED);
+    release_at(slot.swap(new, AcqRel), new_fd, REPLACED);
 }
 
 /// The `fd` given to [`release`] for a slot whose fd a `dup2`/`dup3` just pointed elsewhere:
@@ -289,7 +289,7 @@ fn drain_if_last(fd: c_int) {
 pub fn untrack(fd: c_int) {
     if let Some(slot) = usize::try_from(fd).ok().and_then(|i| TABLE.get(i)) {
         // Acquire: the unlinked connection is seen whole.
-        release(slot.swap(null_mut(), Acquire), -1);
+        release_at(slot.swap(null_mut(), Acquire), fd, -1);
     }
 }
 
@@ -298,8 +298,31 @@ pub fn untrack(fd: c_int) {
 /// and gives up the table's reference: the connection is dropped (and its segment unmapped)
 /// now, or when the last call in flight on it returns.
 pub(crate) fn release(cell: *mut Cell<Conn>, fd: c_int) {
+    release_at(cell, -1, fd);
+}
+
+/// [`release`] of the connection that was linked at fd `number` (just unlinked).
+fn release_at(cell: *mut Cell<Conn>, number: c_int, fd: c_int) {
     if cell.is_null() {
         return;
+    }
+    if number >= 0 {
+        // SAFETY: as in `release` (the slot's count is still ours).
+        let conn = unsafe { POOL.lease(cell) };
+        if conn.last_fd.load(Relaxed) == number {
+            // The fd the hook's own calls use when they have none at hand (skipping the last
+            // doorbells of a hand-back, ...) is going: another fd of the connection here, or
+            // none. A stale number could name another socket once reused (found by the
+            // differential test: a hand-back's last doorbell skipped on another connection's
+            // socket, and read as data on this one). The table is scanned only when a dup
+            // of the connection stays (Acquire: as every reader of the count, and `lookup`).
+            let other = if conn.fds.load(Acquire) <= 1 {
+                -1
+            } else {
+                TABLE.iter().position(|slot| slot.load(Acquire) == cell).map_or(-1, |i| i as c_int)
+            };
+            conn.last_fd.store(other, Relaxed);
+        }
     }
     // SAFETY: the slot's link was counted in `fds`, which keeps the table's reference (see the
     // module documentation); we hold that count until the decrement below.
@@ -348,7 +371,7 @@ pub fn close(fd: c_int) {
     drain_if_last(fd);
     if let Some(slot) = usize::try_from(fd).ok().and_then(|i| TABLE.get(i)) {
         // Acquire: the unlinked connection is seen whole.
-        release(slot.swap(null_mut(), Acquire), fd);
+        release_at(slot.swap(null_mut(), Acquire), fd, fd);
     }
 }
 

@@ -543,7 +543,8 @@ impl Flow {
         self.wr[d] - self.rd[d]
     }
     fn consumed(&mut self, d: usize, n: u64) {
-        self.rd[d] += n;
+        // (More than was written is a wrong byte, which the caller reports.)
+        self.rd[d] = (self.rd[d] + n).min(self.wr[d]);
         if self.queued(d) == 0 {
             self.chunks[d] = 0;
         }
@@ -952,6 +953,7 @@ impl Side {
                 let mut buf = vec![0u8; 65536];
                 let mut out = Out::default();
                 let mut total = 0u64;
+                let mut bad_byte = None;
                 for _ in 0..64 {
                     // SAFETY: a live buffer.
                     let rc = unsafe { api.recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
@@ -959,12 +961,13 @@ impl Side {
                     if rc <= 0 {
                         break;
                     }
-                    if out.bad_byte.is_none() {
-                        out.bad_byte = check_stream(seed, d, self.flow.rd[d], &buf[..rc as usize]).map(|i| i + total as usize);
+                    if bad_byte.is_none() {
+                        bad_byte = check_stream(seed, d, self.flow.rd[d], &buf[..rc as usize]).map(|i| i + total as usize);
                     }
                     self.flow.consumed(d, rc as u64);
                     total += rc as u64;
                 }
+                out.bad_byte = bad_byte;
                 out.moved = total;
                 out
             }
@@ -1033,6 +1036,11 @@ impl Side {
                             let ep = api.epoll_create1(libc::EPOLL_CLOEXEC);
                             assert!(ep >= 0);
                             let mut ctl = Vec::new();
+                            if std::env::var_os("TSSX_DIFF_DEBUG").is_some() {
+                                for &(_, _, fd) in &open {
+                                    eprintln!("{}: fd {fd} phase {:?}", self.name, tssx_hook::table::lookup(fd).map(|c| c.phase()));
+                                }
+                            }
                             for (i, &(_, _, fd)) in open.iter().enumerate() {
                                 let mut ev = libc::epoll_event { events: events as u16 as u32, u64: i as u64 };
                                 ctl.push(api.epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev));
@@ -1748,6 +1756,12 @@ fn keys_of_results(op: &Op, outs: [&Out; 2], flows: [Flow; 2], salt: u64) -> [St
                     if (q(0, 1 - e) == 0) != (q(1, 1 - e) == 0) {
                         b &= !IN_BITS;
                         masked.push_str(" (in not compared)");
+                    }
+                    if !same(1 - e) && irregular(1 - e) {
+                        // Whether a read passed the out-of-band mark (dropping the byte) depends
+                        // on what each pair held.
+                        b &= !(libc::POLLPRI as u32);
+                        masked.push_str(" (pri not compared)");
                     }
                     (e, c, b, format!("{b:#x}{masked}"))
                 })
@@ -2614,4 +2628,27 @@ fn script_a_read_across_the_hand_back_takes_the_bytes_after_it() {
         ops.extend(polls_of(ALL_EVENTS));
         script(&format!("a read across the hand-back (flags {flags:#x})"), &ops);
     }
+}
+
+#[test]
+fn script_the_last_doorbell_of_a_hand_back_is_no_data() {
+    // End 1 shut its reads on the rings; end 0's send(MSG_OOB) hands back (its last doorbell
+    // goes on the socket) and fails with EPIPE; end 1's reads find EOF, never that doorbell
+    // (seed 27 of the generator with MSG_OOB).
+    let mut ops = vec![
+        Op::Dup { end: 1, copy: 0, how: DupHow::Dup2 },
+        write(0, 391),
+        Op::Drain { end: 1, copy: 1 },
+        Op::Close { end: 1, copy: 0 },
+        Op::Shutdown { end: 1, copy: 0, how: libc::SHUT_RD },
+        Op::Nonblock { end: 1, copy: 0, on: true, ioctl: true },
+        Op::Dup { end: 0, copy: 0, how: DupHow::Dup },
+        write(1, 15),
+        Op::SendOob { end: 0, copy: 1, len: 14, flags: libc::MSG_DONTWAIT },
+        write(1, 197),
+        Op::Drain { end: 1, copy: 0 },
+    ];
+    ops.extend(polls_of(ALL_EVENTS));
+    ops.push(Op::Drain { end: 0, copy: 0 });
+    script("the last doorbell of a hand-back", &ops);
 }
