@@ -267,6 +267,7 @@ pub fn before_replaced(fd: c_int) {
     if let Some(conn) = lookup_swapped(fd) {
         if conn.fds.load(Acquire) == 1 {
             conn.drain_doorbells(fd);
+            conn.mark_reset_if_socket_unread(fd);
             // The real call closes the socket before the table forgets the fd (then `leave`
             // marks it again): marked now, the reset is there before the peer can see the
             // socket's EOF.
@@ -281,6 +282,7 @@ fn drain_if_last(fd: c_int) {
         if conn.fds.load(Acquire) == 1 {
             // Last fd: unread doorbells would turn the peer's EOF into ECONNRESET.
             conn.drain_doorbells(fd);
+            conn.mark_reset_if_socket_unread(fd);
         }
     }
 }
@@ -385,6 +387,27 @@ impl Conn {
         }
         let header = self.header();
         if header.refcount[self.end.index()].load(Relaxed) <= 1 && self.reads_ring() && self.unread() > 0 {
+            // SeqCst: as in `shutdown`.
+            header.shut.0[self.end.index()].fetch_or(SHUT_RESET, SeqCst);
+        }
+    }
+
+    /// The end's last holder closes with bytes of the peer's unread on the socket (the peer
+    /// handed back: its bytes since went there), its doorbells drained: the kernel resets the
+    /// peer's socket, which the peer, reading its ring first, would not see: marked as for
+    /// bytes unread on the ring (found by the differential test: MSG_OOB, then a close).
+    fn mark_reset_if_socket_unread(&self, fd: c_int) {
+        let phase = self.phase();
+        if self.swap().is_none() || phase < Phase::Ready || phase == Phase::Plain || !self.peer_handed_back() {
+            return;
+        }
+        let header = self.header();
+        if header.refcount[self.end.index()].load(Relaxed) > 1 {
+            return;
+        }
+        let mut queued: c_int = 0;
+        // SAFETY: FIONREAD into a live int.
+        if unsafe { crate::sys::ioctl(fd, libc::FIONREAD, (&raw mut queued).cast()) } == 0 && queued > 0 {
             // SeqCst: as in `shutdown`.
             header.shut.0[self.end.index()].fetch_or(SHUT_RESET, SeqCst);
         }

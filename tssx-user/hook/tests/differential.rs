@@ -2652,3 +2652,20 @@ fn script_the_last_doorbell_of_a_hand_back_is_no_data() {
     ops.push(Op::Drain { end: 0, copy: 0 });
     script("the last doorbell of a hand-back", &ops);
 }
+
+#[test]
+fn script_a_reset_after_a_hand_back() {
+    // End 0 handed back (MSG_OOB): its bytes since are on the socket. End 1 closes (here by a
+    // dup2 over its last fd) without reading them: the kernel resets the socket, and end 0's
+    // read that finds its ring empty reports it (seed 34 of the generator with MSG_OOB).
+    for close in [Op::Dup2Over { end: 0, copy: 0, onto: 1, onto_copy: 0 }, Op::Close { end: 1, copy: 0 }] {
+        let mut ops = vec![write(1, 415), Op::SendOob { end: 0, copy: 0, len: 38, flags: 0 }, recv(0, RdApi::Read, 17, 1, 0), close];
+        ops.extend(polls_of(ALL_EVENTS));
+        ops.push(recv(0, RdApi::Recv, 587, 1, libc::MSG_DONTWAIT));
+        ops.extend(polls_of(ALL_EVENTS));
+        ops.push(recv(0, RdApi::RecvMsg, 288, 3, 0));
+        ops.extend(polls_of(ALL_EVENTS));
+        ops.push(recv(0, RdApi::RecvMsg, 288, 3, 0));
+        script(&format!("a reset after a hand-back ({close:?})"), &ops);
+    }
+}
