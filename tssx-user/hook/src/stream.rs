@@ -126,7 +126,7 @@ impl Conn {
                         }
                     }
                     SockRead::Eof => {
-                        self.peer_closed.store(true, Relaxed);
+                        self.note_eof(fd);
                         return total as isize;
                     }
                     SockRead::Err(e) => return partial_or_errno(total, e),
@@ -518,6 +518,14 @@ impl Conn {
             // This end's direction is back on the socket (handing back): the shutdown must
             // be the socket's too; the caller makes the real call.
             return None;
+        }
+        if rc == 0 && how != libc::SHUT_WR && self.peer_handed_back() {
+            // The peer writes to the socket since its hand-back: its sends must fail there too
+            // (SHUT_RD here shuts them in the kernel). Only that half: a SHUT_WR on the socket
+            // would show the peer an EOF it takes for this end's death. Found by the
+            // differential test (MSG_OOB, then the other end's shutdown).
+            // SAFETY: the real `shutdown` on this connection's socket; no pointers.
+            crate::sys::with_errno_kept(|| unsafe { crate::sys::shutdown(fd, libc::SHUT_RD) });
         }
         Some(rc)
     }

@@ -299,6 +299,7 @@ pub fn untrack(fd: c_int) {
 /// tells the peer this end is gone (ringing through `fd` if it is still this socket, else -1)
 /// and gives up the table's reference: the connection is dropped (and its segment unmapped)
 /// now, or when the last call in flight on it returns.
+#[allow(dead_code)]
 pub(crate) fn release(cell: *mut Cell<Conn>, fd: c_int) {
     release_at(cell, -1, fd);
 }

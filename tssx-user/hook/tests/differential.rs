@@ -2669,3 +2669,25 @@ fn script_a_reset_after_a_hand_back() {
         script(&format!("a reset after a hand-back ({close:?})"), &ops);
     }
 }
+
+#[test]
+fn script_a_shutdown_after_the_peer_handed_back() {
+    // End 1 handed back (MSG_OOB) and writes to the socket; end 0, still on the rings, shuts
+    // down: end 1's sends fail with EPIPE as the kernel's (seed 47 of the generator).
+    for how in [libc::SHUT_RD, libc::SHUT_RDWR, libc::SHUT_WR] {
+        let mut ops = vec![
+            write(0, 494),
+            Op::SendOob { end: 1, copy: 0, len: 18, flags: 0 },
+            Op::Poll { api: PollApi::Epoll, events: 8197 },
+            write(1, 1898),
+            Op::Shutdown { end: 0, copy: 0, how },
+            Op::Write { end: 1, copy: 0, api: WrApi::SendMmsg, len: 15, parts: 1, flags: libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL, bad: Bad::None },
+            write(0, 3),
+        ];
+        ops.extend(polls_of(ALL_EVENTS));
+        ops.push(Op::Drain { end: 0, copy: 0 });
+        ops.push(Op::Drain { end: 1, copy: 0 });
+        ops.extend(polls_of(ALL_EVENTS));
+        script(&format!("shutdown({how}) after the peer handed back"), &ops);
+    }
+}
