@@ -265,7 +265,10 @@ impl Conn {
     /// differential test).
     pub fn unsent_total(&self, fd: c_int) -> usize {
         let mut total = if self.peer_gone() { 0 } else { self.unsent() };
-        if !self.out_switched() {
+        // Relaxed: this end's own hand-back mark (a hint: after it, the writes are on the
+        // socket, which the kernel counts; found by the differential test).
+        let handed_back = self.my_line().back_at.load(std::sync::atomic::Ordering::Relaxed) != tssx_common::segment::NOT_YET;
+        if !self.out_switched() || handed_back {
             let mut queued: c_int = 0;
             // SAFETY: SIOCOUTQ writes one int into a live local.
             if unsafe { sys::ioctl(fd, libc::TIOCOUTQ, (&mut queued as *mut c_int).cast()) } == 0 {
