@@ -255,6 +255,19 @@ impl Conn {
                 let data = if at == NOT_YET { queued } else { queued.min(at.saturating_sub(self.my_line().sock_read.load(Acquire))) };
                 total += data as usize;
             }
+        } else if self.peer_handed_back() {
+            // The peer's bytes since its hand-back are on the socket, behind its last doorbells
+            // (and markers): counted too, as the kernel counts its queue (found by the
+            // differential test: MSG_OOB).
+            let mut queued: c_int = 0;
+            // SAFETY: FIONREAD writes one int into a live local.
+            if unsafe { sys::ioctl(fd, libc::FIONREAD, (&mut queued as *mut c_int).cast()) } == 0 {
+                // Acquire: published with the peer's `back_at`. SeqCst: as the counters' users.
+                let owed = self.peer_line().bells_at.load(Acquire).saturating_sub(self.my_line().bells_drained.load(std::sync::atomic::Ordering::SeqCst));
+                let q = &self.header().anc[self.end.peer().index()];
+                let markers = q.sent.0.load(std::sync::atomic::Ordering::SeqCst).saturating_sub(q.taken.0.load(std::sync::atomic::Ordering::SeqCst)).min(tssx_common::segment::ANC_SLOTS as u64);
+                total += (queued.max(0) as u64).saturating_sub(owed + markers) as usize;
+            }
         }
         total
     }

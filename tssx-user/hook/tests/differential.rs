@@ -2761,3 +2761,22 @@ fn script_siocoutq_after_a_hand_back_counts_the_socket() {
         ],
     );
 }
+
+#[test]
+fn script_fionread_after_the_peer_handed_back_counts_the_socket() {
+    // End 0 handed back (MSG_OOB) and writes to the socket; end 1 has not followed: FIONREAD
+    // counts the ring and the socket (seed 56 of the generator).
+    script(
+        "FIONREAD after the peer handed back",
+        &[
+            write(0, 300),
+            Op::SendOob { end: 0, copy: 0, len: 36, flags: libc::MSG_DONTWAIT },
+            write(0, 3118),
+            Op::Fionread { end: 1, copy: 0 },
+            recv(1, RdApi::Recv, 100, 1, libc::MSG_DONTWAIT),
+            Op::Fionread { end: 1, copy: 0 },
+            Op::Drain { end: 1, copy: 0 },
+            Op::Fionread { end: 1, copy: 0 },
+        ],
+    );
+}
