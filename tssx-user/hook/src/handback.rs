@@ -345,7 +345,8 @@ impl Conn {
     }
 
     /// The ring part of a read while handing back: reads at most up to the peer's `back_at`.
-    pub(crate) fn read_ring_until_back(&self, bufs: &mut [IoSliceMut<'_>], peek: bool) -> usize {
+    /// The bytes read, and whether the read took a marker's control messages (it ends there).
+    pub(crate) fn read_ring_until_back(&self, bufs: &mut [IoSliceMut<'_>], peek: bool) -> (usize, bool) {
         let back_at = self.peer_line().back_at.load(Acquire);
         self.with_rx(|rx| {
             let tail = rx.position();
@@ -356,12 +357,13 @@ impl Conn {
             };
             let limit = if back_at == NOT_YET { usize::MAX } else { back_at.saturating_sub(tail).min(usize::MAX as u64) as usize };
             if limit == 0 {
-                return 0;
+                return (0, false);
             }
             let fd = self.last_fd.load(Relaxed);
             if fd >= 0 && self.anc_pending() {
                 // Ancillary records before `back_at`: their markers are taken on the way.
-                return self.read_ring_anc(fd, rx, bufs, peek, 0, limit).0.bytes;
+                let (got, ends) = self.read_ring_anc(fd, rx, bufs, peek, 0, limit);
+                return (got.bytes, ends);
             }
             let mut left = limit;
             let mut total = 0;
@@ -379,7 +381,7 @@ impl Conn {
                     break;
                 }
             }
-            total
+            (total, false)
         })
     }
 }

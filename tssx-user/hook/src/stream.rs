@@ -162,7 +162,11 @@ impl Conn {
                         }
                         Transfer::default()
                     }
-                    _ => Transfer { bytes: after_mut(bufs, total, |rest| self.read_ring_until_back(rest, peek)), wake_peer: false },
+                    _ => {
+                        let (bytes, ends) = after_mut(bufs, total, |rest| self.read_ring_until_back(rest, peek));
+                        stop = ends;
+                        Transfer { bytes, wake_peer: false }
+                    }
                 }
             } else {
                 self.with_rx(|rx| {

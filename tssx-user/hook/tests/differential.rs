@@ -2780,3 +2780,22 @@ fn script_fionread_after_the_peer_handed_back_counts_the_socket() {
         ],
     );
 }
+
+#[test]
+fn script_a_read_ends_after_a_message_with_fds_before_a_hand_back() {
+    // A message with fds on the ring, then end 0's hand-back (MSG_OOB): a read ends after the
+    // message's bytes, as the kernel's (seed 91 of the generator).
+    for how in [RdApi::RecvMsg, RdApi::Read] {
+        script(
+            "a read over a message with fds, then the hand-back",
+            &[
+                Op::SendFds { end: 0, copy: 0, len: 184, n: 1, what: [Pass::Pipe, Pass::Pipe], flags: 0 },
+                Op::SendOob { end: 0, copy: 0, len: 16, flags: 0 },
+                write(0, 13),
+                recv(1, how, 3665, 3, 0),
+                recv(1, how, 3665, 3, 0),
+                Op::Drain { end: 1, copy: 0 },
+            ],
+        );
+    }
+}
