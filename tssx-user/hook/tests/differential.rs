@@ -591,6 +591,12 @@ struct Shared {
     /// The peer closed with bytes unread: this end's next read that finds its queue empty
     /// fails with ECONNRESET.
     reset: [bool; 2],
+    /// A forked child exited with its copies open: on the swapped pair it still counts as a
+    /// holder of both ends in the segment, so an end's last close in the parent shows only
+    /// through the real socket, which the hook looks at when it waits or reads (rate-limited),
+    /// not in a zero-timeout poll. No last close is generated from then on (see COVERAGE.md,
+    /// known gaps).
+    orphaned: bool,
 }
 
 impl Shared {
@@ -1348,9 +1354,8 @@ impl Side {
         }
     }
 
-    /// Takes the fds a `recvmsg` received: a copy of one of this pair's sockets becomes one
-    /// more copy of its end (up to six, and not in a forked child); the rest are closed.
-    /// Returns what each was.
+    /// Takes the fds a `recvmsg` received: notes what each is (a pipe, a copy of one of this
+    /// pair's ends, with FD_CLOEXEC or not) and closes it. Returns what each was.
     fn take_fds(&mut self, fds: &[c_int]) -> Vec<String> {
         let inode = |fd: c_int| {
             // SAFETY: plain data, then fstat into it.
@@ -1370,13 +1375,12 @@ impl Side {
                 _ => format!("mode {mode:o}"),
             };
             kinds.push(format!("{kind}{}", if cloexec { " cloexec" } else { "" }));
-            match end {
-                Some(e) if self.child.is_none() && self.fds[e].len() < 6 => self.fds[e].push(fd),
-                // SAFETY: our fd, just received.
-                _ => unsafe {
-                    self.api.close(fd);
-                },
-            }
+            // Closed at once (through the hook: a received swapped socket is attached to its
+            // segment, and its close counts): which read receives a message's fds is only
+            // compared while both pairs hold the same bytes, so the pairs' fd lists could
+            // differ if the copies were kept.
+            // SAFETY: our fd, just received.
+            unsafe { self.api.close(fd) };
         }
         kinds
     }
@@ -2019,12 +2023,20 @@ impl Gen<'_> {
                     RdApi::RecvFromChk,
                 ]);
                 let api = if self.socket_in_flight(d) { RdApi::RecvMsg } else { api };
+                let fds_ahead = self.flows.iter().any(|f| f.rd[d] < f.fds_until[d]);
                 let len = if self.rng.pct(30) { self.rng.range(1, self.q_max(d).max(1) + 10) as usize } else { self.rng.size() };
                 let parts = if api.has_iov() { self.rng.range(1, 4) as usize } else { 1 };
                 let exact = self.same(d);
                 let mut flags = if api.has_flags() { read_flags(self.rng, exact) } else { 0 };
                 if api == RdApi::RecvMmsg && self.rng.pct(40) {
                     flags |= libc::MSG_WAITFORONE;
+                }
+                if fds_ahead && flags & libc::MSG_PEEK != 0 {
+                    // Linux 6.18 gives a peek the fds of the first message with fds in the
+                    // queue even when the peek ends before it (checked with a plain pair); the
+                    // hook gives those of a message the peek reaches. Not generated (see
+                    // COVERAGE.md, known gaps).
+                    return None;
                 }
                 let mut bad = Bad::None;
                 if exact && self.rng.pct(5) {
@@ -2137,7 +2149,7 @@ impl Gen<'_> {
             94..96 => {
                 let onto = self.open_end()?;
                 let onto_copy = self.copy(onto);
-                if self.copies[onto] == 1 && onto != end && (!self.same(1 - onto) || self.fds_in_flight()) {
+                if self.copies[onto] == 1 && onto != end && (!self.same(1 - onto) || self.fds_in_flight() || self.shared.orphaned) {
                     return None; // the last close of `onto` (see below)
                 }
                 if self.plain_fds[end][copy] != self.plain_fds[onto][onto_copy] && self.leaves_a_registered_file(onto, onto_copy) {
@@ -2218,7 +2230,7 @@ impl Gen<'_> {
             _ => {
                 // A last close with unread bytes resets the peer: only while both pairs hold
                 // the same bytes for this end.
-                if self.copies[end] == 1 && (!self.same(1 - end) || self.rng.pct(70) || self.fds_in_flight()) {
+                if self.copies[end] == 1 && (!self.same(1 - end) || self.rng.pct(70) || self.fds_in_flight() || self.shared.orphaned) {
                     return None;
                 }
                 if self.leaves_a_registered_file(end, copy) {
@@ -2415,6 +2427,7 @@ fn run(seed: u64, script: Option<&[Op]>, verbose: bool, replay: &str) -> Result<
                 }
             }
             Op::Nonblock { end, on, .. } if plain.rc == 0 => shared.nonblock[end] = on,
+            Op::Exit { close: false } => shared.orphaned = true,
             Op::EpollCtl { end, copy, op, .. } if plain.rc == 0 => {
                 let fd = sides[0].fds[end][copy];
                 // (Deleted ones stay: see `Gen::leaves_a_registered_file`.)
@@ -2799,3 +2812,4 @@ fn script_a_read_ends_after_a_message_with_fds_before_a_hand_back() {
         );
     }
 }
+
