@@ -828,7 +828,7 @@ pub unsafe fn recvmmsg(fd: c_int, msgs: *mut libc::mmsghdr, vlen: libc::c_uint, 
     if flags & libc::MSG_ERRQUEUE == 0 && c.reset_pending() {
         // The kernel reports (and clears) the socket's pending error before any message
         // (unless MSG_ERRQUEUE is set: found by the differential test).
-        c.reset_reported.store(true, std::sync::atomic::Ordering::Relaxed);
+        c.note_reset_reported(true);
         sys::set_errno(libc::ECONNRESET);
         return -1;
     }
@@ -853,7 +853,7 @@ pub unsafe fn recvmmsg(fd: c_int, msgs: *mut libc::mmsghdr, vlen: libc::c_uint, 
                 // The kernel keeps an error that ends the call after some messages in the
                 // socket for the next call: the peer's reset stays pending (found by the
                 // differential test).
-                c.reset_reported.store(false, std::sync::atomic::Ordering::Relaxed);
+                c.note_reset_reported(false);
             }
             break;
         }

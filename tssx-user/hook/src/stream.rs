@@ -238,7 +238,7 @@ impl Conn {
                 // peek too): ECONNRESET if nothing was read, else the bytes, and the error is
                 // gone. Found by the differential test.
                 if (total == 0 || (wait_all && total < want)) && self.reset_pending() {
-                    self.reset_reported.store(true, Relaxed);
+                    self.note_reset_reported(true);
                     return partial_or_errno(total, libc::ECONNRESET);
                 }
                 return total as isize; // EOF (0) or what MSG_WAITALL collected
