@@ -365,6 +365,21 @@ impl Conn {
                 let (got, ends) = self.read_ring_anc(fd, rx, bufs, peek, 0, limit);
                 return (got.bytes, ends);
             }
+            if peek && bufs.len() > 1 {
+                // A peek always starts at the read position: into one buffer, then spread over
+                // the caller's (a peek filled only the first of several: found by the
+                // differential test).
+                let room: usize = bufs.iter().map(|b| b.len()).sum();
+                let mut tmp = vec![0u8; room.min(limit)];
+                let n = rx.peek(&mut tmp);
+                let mut at = 0;
+                for buf in bufs.iter_mut() {
+                    let k = buf.len().min(n - at);
+                    buf[..k].copy_from_slice(&tmp[at..at + k]);
+                    at += k;
+                }
+                return (n, false);
+            }
             let mut left = limit;
             let mut total = 0;
             for buf in bufs.iter_mut() {

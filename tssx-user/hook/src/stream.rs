@@ -191,15 +191,21 @@ impl Conn {
             }
             if got.bytes > 0 {
                 backoff.progress();
-                if peek && total < want && self.phase() == Phase::HandingBack && self.peer_handed_back() {
-                    return (total + self.peek_past_back(fd, bufs, total)) as isize;
-                }
-                if !wait_all && total < want && !peek && self.phase() == Phase::HandingBack && self.peer_handed_back() {
-                    // The ring's part of a hand-back is read: the kernel's read would go on with
-                    // the bytes queued on the socket after it (the peer's since its hand-back),
-                    // without waiting. Found by the differential test (MSG_OOB).
-                    if matches!(self.read_source(), Source::Socket) && self.finish_hand_back() {
-                        return self.rest_from_socket(fd, bufs, total, flags | libc::MSG_DONTWAIT);
+                let phase = self.phase();
+                if total < want && matches!(phase, Phase::Active | Phase::HandingBack) && self.peer_handed_back() {
+                    if peek {
+                        return (total + self.peek_past_back(fd, bufs, total)) as isize;
+                    }
+                    if !wait_all {
+                        // The ring's part of a hand-back is read: the kernel's read would go on
+                        // with the bytes queued on the socket after it (the peer's since its
+                        // hand-back), without waiting. Found by the differential test (MSG_OOB).
+                        if phase == Phase::Active {
+                            self.hand_back(fd);
+                        }
+                        if matches!(self.read_source(), Source::Socket) && self.finish_hand_back() {
+                            return self.rest_from_socket(fd, bufs, total, flags | libc::MSG_DONTWAIT);
+                        }
                     }
                 }
                 if !wait_all || total == want {

@@ -2707,9 +2707,22 @@ fn script_a_read_across_the_hand_back_takes_the_bytes_after_it() {
     // `send(MSG_OOB)` hands end 0's direction back: the bytes before it are on the ring, the
     // rest on the socket. One read takes both parts up to the out-of-band mark, as the
     // kernel's (seed 23 of the generator with MSG_OOB); MSG_WAITALL goes on past the ring.
-    for (flags, len) in [(0, 5150), (libc::MSG_DONTWAIT, 20), (libc::MSG_WAITALL, 20), (libc::MSG_PEEK, 100)] {
+    for (flags, len, follow) in [
+        (0, 5150, false),
+        (libc::MSG_DONTWAIT, 20, false),
+        (libc::MSG_WAITALL, 20, false),
+        (libc::MSG_PEEK, 100, false),
+        (libc::MSG_PEEK, 100, true),
+        (0, 5150, true),
+    ] {
+        let parts = if follow { 3 } else { 1 };
         let mut ops = vec![write(0, 4), Op::SendOob { end: 0, copy: 0, len: 31, flags: 0 }, write(0, 837)];
-        ops.push(recv(1, RdApi::Recv, len, 1, flags));
+        if follow {
+            // End 1 follows the hand-back (its write) with the ring's bytes still unread, then
+            // peeks or reads into several buffers (seed 161).
+            ops = vec![write(0, 600), Op::SendOob { end: 0, copy: 0, len: 31, flags: 0 }, write(1, 10), write(0, 837)];
+        }
+        ops.push(recv(1, if parts > 1 { RdApi::RecvMsg } else { RdApi::Recv }, len, parts, flags));
         ops.push(Op::AtMark { end: 1, copy: 0 });
         ops.push(Op::RecvOob { end: 1, copy: 0, len: 1, peek: true });
         ops.push(recv(1, RdApi::Recv, 5150, 1, libc::MSG_DONTWAIT));
