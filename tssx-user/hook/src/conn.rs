@@ -361,7 +361,23 @@ impl Conn {
     }
 
     pub(crate) fn would_block_is_error(&self, flags: c_int) -> bool {
-        flags & libc::MSG_DONTWAIT != 0 || self.nonblock.load(Relaxed)
+        if flags & libc::MSG_DONTWAIT != 0 {
+            return true;
+        }
+        if self.shared.load(Relaxed) {
+            // O_NONBLOCK belongs to the open file: another process holding it (a fork) may
+            // have changed it. Read again before waiting (found by the differential test: a
+            // child's fcntl(O_NONBLOCK), then the parent's read blocked forever).
+            let fd = self.last_fd.load(Relaxed);
+            if fd >= 0 {
+                if let Ok(fl) = tssx_shm::sys::fcntl(fd, libc::F_GETFL, 0) {
+                    let nonblock = fl as c_int & libc::O_NONBLOCK != 0;
+                    self.set_nonblocking(nonblock);
+                    return nonblock;
+                }
+            }
+        }
+        self.nonblock.load(Relaxed)
     }
 
     /// Notes which thread uses the connection (see `shared`); returns its id.

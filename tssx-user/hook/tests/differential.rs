@@ -2891,3 +2891,25 @@ fn script_a_reset_taken_by_a_child_is_not_reported_again() {
         script(&format!("a reset taken by a child (close {close})"), &ops);
     }
 }
+
+#[test]
+fn script_o_nonblock_set_by_a_child_holds_in_the_parent() {
+    // O_NONBLOCK belongs to the open file: a forked child's fcntl changes it for its parent
+    // too (seed 182: the parent's read then blocked forever on the rings).
+    for ioctl in [false, true] {
+        script(
+            "O_NONBLOCK from a child",
+            &[
+                Op::Fork,
+                Op::Nonblock { end: 0, copy: 0, on: true, ioctl },
+                Op::Exit { close: true },
+                recv(0, RdApi::RecvMsg, 755, 2, 0),
+                Op::Fork,
+                Op::Nonblock { end: 0, copy: 0, on: false, ioctl },
+                Op::Exit { close: false },
+                write(1, 5),
+                recv(0, RdApi::Recv, 755, 1, 0),
+            ],
+        );
+    }
+}
