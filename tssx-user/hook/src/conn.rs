@@ -585,7 +585,14 @@ impl Conn {
             let q = &self.header().anc[self.end.peer().index()];
             q.sent.0.load(SeqCst).saturating_sub(q.taken.0.load(SeqCst)).min(tssx_common::segment::ANC_SLOTS as u64)
         };
-        if queued.max(0) as u64 > owed + markers {
+        if queued.max(0) as u64 <= owed + markers {
+            return 0;
+        }
+        // Linux 6.18 keeps counting an out-of-band byte a read skipped in FIONREAD (the queue
+        // is empty, no POLLIN): the kernel's poll confirms (found by the differential test).
+        let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        // SAFETY: one live pollfd, no wait; errno kept.
+        if sys::with_errno_kept(|| unsafe { sys::poll(&mut p, 1, 0) }) > 0 && p.revents & libc::POLLIN != 0 {
             bits::IN
         } else {
             0

@@ -2101,6 +2101,7 @@ impl Gen<'_> {
                     || self.shared.send_shut(end)
                     || self.shared.eof(peer)
                     || self.shared.reset[peer]
+                    || self.socket_in_flight(end)
                 {
                     return None;
                 }
@@ -2917,4 +2918,23 @@ fn script_o_nonblock_set_by_a_child_holds_in_the_parent() {
             ],
         );
     }
+}
+
+#[test]
+fn script_an_out_of_band_byte_read_past_is_not_data() {
+    // The peer handed back and sent an out-of-band byte; a read went past it (it is dropped),
+    // in a child; the parent, still on the rings, reports no data (Linux keeps counting the
+    // byte in FIONREAD; seed 358).
+    let mut ops = vec![
+        Op::Fork,
+        write(1, 8),
+        Op::SendOob { end: 1, copy: 0, len: 17, flags: libc::MSG_DONTWAIT },
+        write(1, 30),
+        recv(0, RdApi::Recv, 1000, 1, libc::MSG_DONTWAIT),
+        recv(0, RdApi::Recv, 1000, 1, libc::MSG_DONTWAIT),
+        Op::Exit { close: false },
+    ];
+    ops.extend(polls_of(ALL_EVENTS));
+    ops.push(Op::Fionread { end: 0, copy: 0 });
+    script("an out-of-band byte read past", &ops);
 }
