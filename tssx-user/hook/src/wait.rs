@@ -377,12 +377,16 @@ impl Conn {
         }
     }
 
-    /// EOF on the real socket: the peer is gone, unless its `SHUT_WR` explains it (carried over
-    /// to the socket once its direction is back there) and it did not close since (the socket
+    /// EOF on the real socket: the peer is gone, unless its `SHUT_WR` or this end's `SHUT_RD`
+    /// explains it (carried over to the socket once a direction is back there) and it did not
+    /// close since (the socket
     /// is not shut both ways, as the peer's last close makes it). Found by the differential
     /// test: a peer's `shutdown(SHUT_WR)` after a hand-back made this end's sends fail.
     pub(crate) fn note_eof(&self, fd: c_int) {
-        if self.shut_bits(self.end.peer()) & tssx_common::segment::SHUT_WRITE != 0 {
+        // (This end's own SHUT_RD, carried over to the socket, explains it just as well.)
+        if self.shut_bits(self.end.peer()) & tssx_common::segment::SHUT_WRITE != 0
+            || self.shut_bits(self.end) & tssx_common::segment::SHUT_READ != 0
+        {
             let mut p = libc::pollfd { fd, events: 0, revents: 0 };
             // SAFETY: one live pollfd, no wait; errno kept.
             let polled = sys::with_errno_kept(|| unsafe { sys::poll(&mut p, 1, 0) });
