@@ -27,11 +27,12 @@ use crate::{
     table,
 };
 
-/// Resolves the real functions and re-attaches connections handed over by the previous image:
-/// the library constructor (before `main`).
+/// The library constructor (before `main`): notes the objects loaded after the hook (where the
+/// real functions are looked up at their first use, see [`crate::symbols`]) and re-attaches
+/// connections handed over by the previous image. Nothing else: every process pays for it
+/// (see the README, "What the hook costs a process that does not use it").
 pub fn init() {
-    sys::resolve_all();
-    sys::real_syscall_address();
+    crate::symbols::snapshot();
     exec::reattach();
     for fd in 0..=2 {
         crate::stdio::adopt_standard_stream(fd);
