@@ -669,7 +669,8 @@ pub fn fd_closing(fd: c_int) {
             // under the registered numbers: the list serves them, and the registration lives
             // on with the file, as the kernel's (a child closing its copies before it exits
             // took it away from its parent; found by the differential test's fork).
-            let numbers = set.try_with(|list, _| list.iter().filter(|i| i.conn == id).map(|i| i.fd).collect::<Vec<_>>()).unwrap_or_default();
+            let numbers =
+                set.try_with(|list, _| list.iter().filter(|i| i.conn == id).map(|i| i.fd).collect::<Vec<_>>()).unwrap_or_default();
             if !numbers.is_empty() && set.shared_with_others() && set.others_hold(&c, fd, &numbers) {
                 let _ = set.try_with(|_, local| local.aliases.retain(|a| a.conn.id() != id));
                 return;

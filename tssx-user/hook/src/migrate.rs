@@ -263,9 +263,18 @@ impl Conn {
             // SAFETY: FIONREAD writes one int into a live local.
             if unsafe { sys::ioctl(fd, libc::FIONREAD, (&mut queued as *mut c_int).cast()) } == 0 {
                 // Acquire: published with the peer's `back_at`. SeqCst: as the counters' users.
-                let owed = self.peer_line().bells_at.load(Acquire).saturating_sub(self.my_line().bells_drained.load(std::sync::atomic::Ordering::SeqCst));
+                let owed = self
+                    .peer_line()
+                    .bells_at
+                    .load(Acquire)
+                    .saturating_sub(self.my_line().bells_drained.load(std::sync::atomic::Ordering::SeqCst));
                 let q = &self.header().anc[self.end.peer().index()];
-                let markers = q.sent.0.load(std::sync::atomic::Ordering::SeqCst).saturating_sub(q.taken.0.load(std::sync::atomic::Ordering::SeqCst)).min(tssx_common::segment::ANC_SLOTS as u64);
+                let markers = q
+                    .sent
+                    .0
+                    .load(std::sync::atomic::Ordering::SeqCst)
+                    .saturating_sub(q.taken.0.load(std::sync::atomic::Ordering::SeqCst))
+                    .min(tssx_common::segment::ANC_SLOTS as u64);
                 total += (queued.max(0) as u64).saturating_sub(owed + markers) as usize;
             }
         }

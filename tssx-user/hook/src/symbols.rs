@@ -68,7 +68,12 @@ static OBJECTS: [AtomicUsize; MAX_OBJECTS] = [const { AtomicUsize::new(0) }; MAX
 /// Notes the objects loaded after this library (the library constructor: `dladdr1` takes the
 /// loader's lock, which is free then).
 pub fn snapshot() {
-    let mut info: libc::Dl_info = libc::Dl_info { dli_fname: std::ptr::null(), dli_fbase: std::ptr::null_mut(), dli_sname: std::ptr::null(), dli_saddr: std::ptr::null_mut() };
+    let mut info: libc::Dl_info = libc::Dl_info {
+        dli_fname: std::ptr::null(),
+        dli_fbase: std::ptr::null_mut(),
+        dli_sname: std::ptr::null(),
+        dli_saddr: std::ptr::null_mut(),
+    };
     let mut map: *mut c_void = std::ptr::null_mut();
     // SAFETY: the address of a function of this library; `map` receives its link_map.
     let ok = unsafe { libc::dladdr1(snapshot as *const c_void, &mut info, (&raw mut map).cast(), RTLD_DL_LINKMAP) };
@@ -110,7 +115,7 @@ unsafe fn find_in(map: &LinkMap, name: &[u8], hash: u32) -> Option<usize> {
     if d.is_null() {
         return None;
     }
-    // SAFETY (the whole function): the object's dynamic section and the tables it names, as
+    // SAFETY: (the whole function) the object's dynamic section and the tables it names, as
     // mapped by the loader; every index is bounded by the hash table's own counts.
     unsafe {
         while (*d).tag != DT_NULL {
