@@ -346,7 +346,8 @@ impl Conn {
 
     /// The ring part of a read while handing back: reads at most up to the peer's `back_at`.
     /// The bytes read, and whether the read took a marker's control messages (it ends there).
-    pub(crate) fn read_ring_until_back(&self, bufs: &mut [IoSliceMut<'_>], peek: bool) -> (usize, bool) {
+    /// `flags`: the caller's (MSG_CMSG_CLOEXEC for the fds of a marker taken on the way).
+    pub(crate) fn read_ring_until_back(&self, bufs: &mut [IoSliceMut<'_>], peek: bool, flags: libc::c_int) -> (usize, bool) {
         let back_at = self.peer_line().back_at.load(Acquire);
         self.with_rx(|rx| {
             let tail = rx.position();
@@ -362,7 +363,9 @@ impl Conn {
             let fd = self.last_fd.load(Relaxed);
             if fd >= 0 && self.anc_pending() {
                 // Ancillary records before `back_at`: their markers are taken on the way.
-                let (got, ends) = self.read_ring_anc(fd, rx, bufs, peek, 0, limit);
+                // (The caller's flags: MSG_CMSG_CLOEXEC was dropped here, found by the
+                // differential test.)
+                let (got, ends) = self.read_ring_anc(fd, rx, bufs, peek, flags, limit);
                 return (got.bytes, ends);
             }
             if peek && bufs.len() > 1 {

@@ -163,7 +163,7 @@ impl Conn {
                         Transfer::default()
                     }
                     _ => {
-                        let (bytes, ends) = after_mut(bufs, total, |rest| self.read_ring_until_back(rest, peek));
+                        let (bytes, ends) = after_mut(bufs, total, |rest| self.read_ring_until_back(rest, peek, flags));
                         stop = ends;
                         Transfer { bytes, wake_peer: false }
                     }

@@ -3010,3 +3010,18 @@ fn script_an_out_of_band_byte_read_past_is_not_data() {
     ops.push(Op::Fionread { end: 0, copy: 0 });
     script("an out-of-band byte read past", &ops);
 }
+
+#[test]
+fn script_msg_cmsg_cloexec_on_the_ring_part_of_a_hand_back() {
+    // A message with fds on the ring, then this end's hand-back (MSG_OOB): the fds taken with
+    // MSG_CMSG_CLOEXEC are close-on-exec (seed 1142 with TSSX_DIFF_OOB=1).
+    script(
+        "MSG_CMSG_CLOEXEC after a hand-back",
+        &[
+            Op::SendFds { end: 1, copy: 0, len: 276, n: 1, what: [Pass::Own, Pass::Pipe], flags: libc::MSG_DONTWAIT },
+            write(0, 3395),
+            Op::SendOob { end: 0, copy: 0, len: 32, flags: libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL },
+            recv(0, RdApi::RecvMsg, 2411, 1, libc::MSG_CMSG_CLOEXEC),
+        ],
+    );
+}
