@@ -116,8 +116,8 @@ const EXACT_CHUNKS: usize = 16;
 const EPOLL_EDGES: bool = false;
 /// Whether MSG_OOB (and so the hand-back of a swapped connection to the kernel) is generated:
 /// with `TSSX_DIFF_OOB=1`, or in a thread that asked for it ([`with_oob`]). Off by default:
-/// sequences with it still diverge about once in a few hundred (see COVERAGE.md, known gaps:
-/// seeds 131, 474 and 528 with it on); the divergences found and fixed are pinned by the
+/// sequences with it still diverge about once in one to five hundred (see COVERAGE.md, known gaps:
+/// seeds 131, 474, 528 and 5052 with it on); the divergences found and fixed are pinned by the
 /// `script_*` tests below and [`REGRESSION_SEEDS_2`].
 fn oob_enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
