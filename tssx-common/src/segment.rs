@@ -207,6 +207,11 @@ pub const SHUT_READ: u32 = 1;
 /// with ECONNRESET (and poll reports POLLERR until then), as `af_unix` does.
 pub const SHUT_RESET: u32 = 4;
 
+/// Bit of [`SegmentHeader::shut`]: a read of this end took the peer's [`SHUT_RESET`]
+/// (ECONNRESET is reported once per socket, as the kernel clears `sk_err`, whichever process
+/// holding the end reads it).
+pub const RESET_TAKEN: u32 = 8;
+
 /// Bit of [`SegmentHeader::shut`]: the end shut down writing (`SHUT_WR`): its own writes fail
 /// with EPIPE, its peer reads what is left, then EOF.
 pub const SHUT_WRITE: u32 = 2;

@@ -539,9 +539,16 @@ impl Conn {
         let want: usize = bufs.iter().map(|b| b.len()).sum();
         if want == 0 || name_len != 0 {
             // The kernel checks the control messages, then sends nothing: no bytes (a stream
-            // send of none), or an address (EISCONN). Its answer, as it is.
+            // send of none), or an address (EISCONN). Its answer, as it is, except that the
+            // real socket under the rings is never shut down: the kernel's next check, a send
+            // shut down (EPIPE, SIGPIPE), is the hook's (found by the differential test).
             // SAFETY: the caller's message, as received.
-            return Some(unsafe { sys::sendmsg(fd, msg, flags) });
+            let rc = unsafe { sys::sendmsg(fd, msg, flags) };
+            if rc == 0 && name_len == 0 && self.send_shut() {
+                crate::stream::raise_sigpipe(flags);
+                return Some(crate::stream::partial_or_errno(0, libc::EPIPE));
+            }
+            return Some(rc);
         }
         let mut backoff = Backoff::new(Waiting::Write);
         loop {

@@ -27,11 +27,12 @@ use crate::{
     table,
 };
 
-/// Resolves the real functions and re-attaches connections handed over by the previous image:
-/// the library constructor (before `main`).
+/// The library constructor (before `main`): notes the objects loaded after the hook (where the
+/// real functions are looked up at their first use, see [`crate::symbols`]) and re-attaches
+/// connections handed over by the previous image. Nothing else: every process pays for it
+/// (see the README, "What the hook costs a process that does not use it").
 pub fn init() {
-    sys::resolve_all();
-    sys::real_syscall_address();
+    crate::symbols::snapshot();
     exec::reattach();
     for fd in 0..=2 {
         crate::stdio::adopt_standard_stream(fd);
@@ -830,7 +831,7 @@ pub unsafe fn recvmmsg(fd: c_int, msgs: *mut libc::mmsghdr, vlen: libc::c_uint, 
     if flags & libc::MSG_ERRQUEUE == 0 && c.reset_pending() {
         // The kernel reports (and clears) the socket's pending error before any message
         // (unless MSG_ERRQUEUE is set: found by the differential test).
-        c.reset_reported.store(true, std::sync::atomic::Ordering::Relaxed);
+        c.note_reset_reported(true);
         sys::set_errno(libc::ECONNRESET);
         return -1;
     }
@@ -855,7 +856,7 @@ pub unsafe fn recvmmsg(fd: c_int, msgs: *mut libc::mmsghdr, vlen: libc::c_uint, 
                 // The kernel keeps an error that ends the call after some messages in the
                 // socket for the next call: the peer's reset stays pending (found by the
                 // differential test).
-                c.reset_reported.store(false, std::sync::atomic::Ordering::Relaxed);
+                c.note_reset_reported(false);
             }
             break;
         }

@@ -38,7 +38,7 @@ use std::{
 
 use libc::c_int;
 pub use tssx_common::segment::End;
-use tssx_common::segment::{EndLine, SegmentHeader, JOIN_MAPPED, NOT_YET, SHUT_READ, SHUT_RESET, SHUT_WRITE};
+use tssx_common::segment::{EndLine, SegmentHeader, JOIN_MAPPED, NOT_YET, RESET_TAKEN, SHUT_READ, SHUT_RESET, SHUT_WRITE};
 use tssx_shm::{
     ring::{Consumer, Producer},
     segment::Segment,
@@ -217,9 +217,6 @@ pub struct Conn {
     /// or is adopted: how [`crate::ringlock`] recognises another process holding this end.
     /// Relaxed: written once before the rings are used, by the thread that moves the phase on.
     pub(crate) sock_inode: AtomicU64,
-    /// The peer's ECONNRESET was reported by a read (it is reported once, like `sk_err`).
-    /// Relaxed: a flag of this process's view.
-    pub(crate) reset_reported: AtomicBool,
     /// Edges the kernel reported on the real socket (incoming, outgoing) while a direction was
     /// still on it: part of [`Conn::edges`], so that edge-triggered epoll reports socket data
     /// and socket room as the kernel would. Relaxed: counters compared for change only.
@@ -375,7 +372,6 @@ impl Conn {
             first_user: AtomicU32::new(0),
             shared: AtomicBool::new(false),
             peer_closed: AtomicBool::new(false),
-            reset_reported: AtomicBool::new(false),
             peer_wrote_lock: AtomicBool::new(false),
             sock_inode: AtomicU64::new(0),
             fork_mark: AtomicU64::new(0),
@@ -482,7 +478,23 @@ impl Conn {
     }
 
     pub(crate) fn would_block_is_error(&self, flags: c_int) -> bool {
-        flags & libc::MSG_DONTWAIT != 0 || self.nonblocking_via(self.last_fd.load(Relaxed))
+        if flags & libc::MSG_DONTWAIT != 0 {
+            return true;
+        }
+        if self.shared.load(Relaxed) {
+            // O_NONBLOCK belongs to the open file: another process holding it (a fork) may
+            // have changed it. Read again before waiting (found by the differential test: a
+            // child's fcntl(O_NONBLOCK), then the parent's read blocked forever).
+            let fd = self.last_fd.load(Relaxed);
+            if fd >= 0 {
+                if let Ok(fl) = tssx_shm::sys::fcntl(fd, libc::F_GETFL, 0) {
+                    let nonblock = fl as c_int & libc::O_NONBLOCK != 0;
+                    self.set_nonblocking(nonblock);
+                    return nonblock;
+                }
+            }
+        }
+        self.nonblocking_via(self.last_fd.load(Relaxed))
     }
 
     /// Notes which thread uses the connection (see `shared`); returns its id.
@@ -649,7 +661,20 @@ impl Conn {
     /// peer is gone: a `dup2` over its last fd marks the reset just before the real call closes
     /// the socket, and the kernel shows the error and the hang-up together.
     pub(crate) fn reset_pending(&self) -> bool {
-        self.shut_bits(self.end.peer()) & SHUT_RESET != 0 && !self.reset_reported.load(Relaxed) && self.peer_gone()
+        self.shut_bits(self.end.peer()) & SHUT_RESET != 0 && self.shut_bits(self.end) & RESET_TAKEN == 0 && self.peer_gone()
+    }
+
+    /// Notes that a read reported the peer's reset (`true`), or that it stays pending
+    /// (`false`: an error that ended a `recvmmsg` after some messages), in the header: once per
+    /// socket, whichever process holding this end reads it (found by the differential test: a
+    /// forked child took it, the parent reported it again). SeqCst: as the other shut bits.
+    pub(crate) fn note_reset_reported(&self, taken: bool) {
+        let word = &self.header().shut.0[self.end.index()];
+        if taken {
+            word.fetch_or(RESET_TAKEN, SeqCst);
+        } else {
+            word.fetch_and(!RESET_TAKEN, SeqCst);
+        }
     }
 
     /// Readiness of an [`Phase::Active`] connection from the rings and the shutdown state
@@ -679,7 +704,14 @@ impl Conn {
     /// `IN` if the socket holds bytes beyond the doorbells (and ancillary markers) the peer
     /// sent before it handed back: its data, which this end reads once it followed.
     fn socket_data_after_back(&self, fd: c_int) -> u32 {
-        if self.socket_bytes_after_back(fd) > 0 {
+        if self.socket_bytes_after_back(fd) == 0 {
+            return 0;
+        }
+        // Linux 6.18 keeps counting an out-of-band byte a read skipped in FIONREAD (the queue
+        // is empty, no POLLIN): the kernel's poll confirms (found by the differential test).
+        let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        // SAFETY: one live pollfd, no wait; errno kept.
+        if sys::with_errno_kept(|| unsafe { sys::poll(&mut p, 1, 0) }) > 0 && p.revents & libc::POLLIN != 0 {
             bits::IN
         } else {
             0

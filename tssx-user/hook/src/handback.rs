@@ -206,7 +206,14 @@ impl Conn {
     pub(crate) fn shutdown_socket(&self, fd: c_int) {
         // SeqCst: ordered against a concurrent `shutdown`'s SeqCst `fetch_or` and its SeqCst
         // load of `back_at` (after our SeqCst store of it): one of the two applies the bits.
-        let bits = self.header().shut.0[self.end.index()].load(SeqCst);
+        let mut bits = self.header().shut.0[self.end.index()].load(SeqCst);
+        // The peer's `SHUT_RD` shuts this end's sends in the kernel (`unix_shutdown` sets both
+        // sockets' bits): this end's `SHUT_WR` sets the same two bits. Without it, a send that
+        // goes to the socket right after the hand-back (`MSG_OOB`) would succeed before the
+        // peer's own hand-back carries its bits over (found by the differential test).
+        if self.shut_bits(self.end.peer()) & SHUT_READ != 0 {
+            bits |= SHUT_WRITE;
+        }
         let how = match (bits & SHUT_READ != 0, bits & SHUT_WRITE != 0) {
             (false, false) => return,
             (true, false) => libc::SHUT_RD,
@@ -322,7 +329,10 @@ impl Conn {
     /// the socket's (this end writes there again).
     pub(crate) fn handing_back_readiness(&self, fd: c_int) -> u32 {
         self.note_fd(fd);
-        let mut p = libc::pollfd { fd, events: libc::POLLIN | libc::POLLOUT | libc::POLLRDHUP, revents: 0 };
+        // (Every bit the kernel reports for a socket's room: POLLWRNORM and POLLWRBAND come
+        // only when asked. Found by the differential test.)
+        let events = libc::POLLIN | libc::POLLRDNORM | libc::POLLOUT | libc::POLLWRNORM | libc::POLLWRBAND | libc::POLLRDHUP;
+        let mut p = libc::pollfd { fd, events, revents: 0 };
         if sys::with_errno_kept(|| self.finish_hand_back()) {
             // SAFETY: one live pollfd, no wait; the application's errno is kept.
             sys::with_errno_kept(|| unsafe { sys::poll(&mut p, 1, 0) });
@@ -335,7 +345,9 @@ impl Conn {
     }
 
     /// The ring part of a read while handing back: reads at most up to the peer's `back_at`.
-    pub(crate) fn read_ring_until_back(&self, bufs: &mut [IoSliceMut<'_>], peek: bool) -> usize {
+    /// The bytes read, and whether the read took a marker's control messages (it ends there).
+    /// `flags`: the caller's (MSG_CMSG_CLOEXEC for the fds of a marker taken on the way).
+    pub(crate) fn read_ring_until_back(&self, bufs: &mut [IoSliceMut<'_>], peek: bool, flags: libc::c_int) -> (usize, bool) {
         let back_at = self.peer_line().back_at.load(Acquire);
         self.with_rx(|rx| {
             let tail = rx.position();
@@ -346,12 +358,30 @@ impl Conn {
             };
             let limit = if back_at == NOT_YET { usize::MAX } else { back_at.saturating_sub(tail).min(usize::MAX as u64) as usize };
             if limit == 0 {
-                return 0;
+                return (0, false);
             }
             let fd = self.last_fd.load(Relaxed);
             if fd >= 0 && self.anc_pending() {
                 // Ancillary records before `back_at`: their markers are taken on the way.
-                return self.read_ring_anc(fd, rx, bufs, peek, 0, limit).0.bytes;
+                // (The caller's flags: MSG_CMSG_CLOEXEC was dropped here, found by the
+                // differential test.)
+                let (got, ends) = self.read_ring_anc(fd, rx, bufs, peek, flags, limit);
+                return (got.bytes, ends);
+            }
+            if peek && bufs.len() > 1 {
+                // A peek always starts at the read position: into one buffer, then spread over
+                // the caller's (a peek filled only the first of several: found by the
+                // differential test).
+                let room: usize = bufs.iter().map(|b| b.len()).sum();
+                let mut tmp = vec![0u8; room.min(limit)];
+                let n = rx.peek(&mut tmp);
+                let mut at = 0;
+                for buf in bufs.iter_mut() {
+                    let k = buf.len().min(n - at);
+                    buf[..k].copy_from_slice(&tmp[at..at + k]);
+                    at += k;
+                }
+                return (n, false);
             }
             let mut left = limit;
             let mut total = 0;
@@ -369,7 +399,7 @@ impl Conn {
                     break;
                 }
             }
-            total
+            (total, false)
         })
     }
 }

@@ -65,6 +65,7 @@ pub mod spin;
 pub mod splice;
 pub mod stdio;
 pub mod stream;
+pub mod symbols;
 pub mod sys;
 #[cfg(target_arch = "x86_64")]
 pub mod syscall;

@@ -57,7 +57,7 @@ pub(crate) enum SockWrite {
 }
 
 /// A `msghdr` over `bufs` (`IoSliceMut` has the layout of `iovec`).
-fn msg_over(bufs: &[IoSliceMut<'_>]) -> libc::msghdr {
+pub(crate) fn msg_over(bufs: &[IoSliceMut<'_>]) -> libc::msghdr {
     // SAFETY: msghdr is plain data; all-zero is a valid empty header.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
@@ -259,6 +259,28 @@ impl Conn {
                 let data = if at == NOT_YET { queued } else { queued.min(at.saturating_sub(self.my_line().sock_read.load(Acquire))) };
                 total += data as usize;
             }
+        } else if self.peer_handed_back() {
+            // The peer's bytes since its hand-back are on the socket, behind its last doorbells
+            // (and markers): counted too, as the kernel counts its queue (found by the
+            // differential test: MSG_OOB).
+            let mut queued: c_int = 0;
+            // SAFETY: FIONREAD writes one int into a live local.
+            if unsafe { sys::ioctl(fd, libc::FIONREAD, (&mut queued as *mut c_int).cast()) } == 0 {
+                // Acquire: published with the peer's `back_at`. SeqCst: as the counters' users.
+                let owed = self
+                    .peer_line()
+                    .bells_at
+                    .load(Acquire)
+                    .saturating_sub(self.my_line().bells_drained.load(std::sync::atomic::Ordering::SeqCst));
+                let q = &self.header().anc[self.end.peer().index()];
+                let markers = q
+                    .sent
+                    .0
+                    .load(std::sync::atomic::Ordering::SeqCst)
+                    .saturating_sub(q.taken.0.load(std::sync::atomic::Ordering::SeqCst))
+                    .min(tssx_common::segment::ANC_SLOTS as u64);
+                total += (queued.max(0) as u64).saturating_sub(owed + markers) as usize;
+            }
         }
         total
     }
@@ -269,7 +291,10 @@ impl Conn {
     /// differential test).
     pub fn unsent_total(&self, fd: c_int) -> usize {
         let mut total = if self.peer_gone() { 0 } else { self.unsent() };
-        if !self.out_switched() {
+        // Relaxed: this end's own hand-back mark (a hint: after it, the writes are on the
+        // socket, which the kernel counts; found by the differential test).
+        let handed_back = self.my_line().back_at.load(std::sync::atomic::Ordering::Relaxed) != tssx_common::segment::NOT_YET;
+        if !self.out_switched() || handed_back {
             let mut queued: c_int = 0;
             // SAFETY: SIOCOUTQ writes one int into a live local.
             if unsafe { sys::ioctl(fd, libc::TIOCOUTQ, (&mut queued as *mut c_int).cast()) } == 0 {

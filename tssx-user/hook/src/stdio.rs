@@ -178,7 +178,9 @@ pub unsafe fn fdopen(fd: c_int, mode: *const c_char) -> *mut FILE {
 /// Replaces the standard stream of `fd` (0, 1 or 2) with a cookie stream if `fd` is tracked.
 /// Pending output of the old stream moves into the new one; a `stdin` with read-ahead stays.
 pub fn adopt_standard_stream(fd: c_int) {
-    if !(0..=2).contains(&fd) || table::lookup(fd).is_none() {
+    // (No connection at all: not even a look at the fd table, whose first page a process
+    // would otherwise fault in at start.)
+    if !(0..=2).contains(&fd) || !table::any_live() || table::lookup(fd).is_none() {
         return;
     }
     sys::with_errno_kept(|| {

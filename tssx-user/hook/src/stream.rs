@@ -4,7 +4,7 @@
 
 use std::{
     io::{IoSlice, IoSliceMut},
-    sync::atomic::Ordering::{Relaxed, SeqCst},
+    sync::atomic::Ordering::{Acquire, Relaxed, SeqCst},
 };
 
 use libc::c_int;
@@ -102,7 +102,12 @@ impl Conn {
         let mut glue = false;
         loop {
             if self.phase() == Phase::Plain {
-                return if total == 0 { WENT_PLAIN } else { total as isize };
+                if total == 0 {
+                    return WENT_PLAIN;
+                }
+                // Plain from here on (the last of a hand-back): what MSG_WAITALL still wants
+                // comes from the socket, as the kernel's read would wait for it.
+                return if wait_all { self.rest_from_socket(fd, bufs, total, flags) } else { total as isize };
             }
             if !self.reads_ring() {
                 // Loaded before the peek: a shutdown seen here saw every byte written before it.
@@ -121,7 +126,7 @@ impl Conn {
                         }
                     }
                     SockRead::Eof => {
-                        self.peer_closed.store(true, Relaxed);
+                        self.note_eof(fd);
                         return total as isize;
                     }
                     SockRead::Err(e) => return partial_or_errno(total, e),
@@ -152,12 +157,14 @@ impl Conn {
                 match self.read_source() {
                     Source::Socket => {
                         if self.finish_hand_back() {
-                            return if total == 0 { WENT_PLAIN } else { total as isize };
+                            // (Plain now: see the top of the loop.)
+                            continue;
                         }
                         Transfer::default()
                     }
                     _ => {
-                        let bytes = after_mut(bufs, total, |rest| self.read_ring_until_back(rest, peek));
+                        let (bytes, ends) = after_mut(bufs, total, |rest| self.read_ring_until_back(rest, peek, flags));
+                        stop = ends;
                         // Relaxed: see the field.
                         if bytes > 0 && self.passcred.load(Relaxed) {
                             // Ring bytes were sent without credentials: the kernel's "none"
@@ -192,6 +199,23 @@ impl Conn {
             }
             if got.bytes > 0 {
                 backoff.progress();
+                let phase = self.phase();
+                if total < want && matches!(phase, Phase::Active | Phase::HandingBack) && self.peer_handed_back() {
+                    if peek {
+                        return (total + self.peek_past_back(fd, bufs, total)) as isize;
+                    }
+                    if !wait_all {
+                        // The ring's part of a hand-back is read: the kernel's read would go on
+                        // with the bytes queued on the socket after it (the peer's since its
+                        // hand-back), without waiting. Found by the differential test (MSG_OOB).
+                        if phase == Phase::Active {
+                            self.hand_back(fd);
+                        }
+                        if matches!(self.read_source(), Source::Socket) && self.finish_hand_back() {
+                            return self.rest_from_socket(fd, bufs, total, flags | libc::MSG_DONTWAIT);
+                        }
+                    }
+                }
                 if !wait_all || total == want {
                     return total as isize;
                 }
@@ -228,7 +252,7 @@ impl Conn {
                 // peek too): ECONNRESET if nothing was read, else the bytes, and the error is
                 // gone. Found by the differential test.
                 if (total == 0 || (wait_all && total < want)) && self.reset_pending() {
-                    self.reset_reported.store(true, Relaxed);
+                    self.note_reset_reported(true);
                     return partial_or_errno(total, libc::ECONNRESET);
                 }
                 return total as isize; // EOF (0) or what MSG_WAITALL collected
@@ -247,6 +271,68 @@ impl Conn {
                 self.try_switch();
             }
         }
+    }
+
+    /// A peek that took the ring's bytes up to the peer's hand-back (`total` of them, from the
+    /// ring's read position): the bytes after them, on the socket behind the peer's last
+    /// doorbells, peeked into the rest of `bufs` without taking anything, as the kernel's peek
+    /// goes on through its queue. Returns how many (0: none queued, or the ring's part did not
+    /// reach the hand-back, or ancillary records are pending).
+    fn peek_past_back(&self, fd: c_int, bufs: &mut [IoSliceMut<'_>], total: usize) -> usize {
+        if self.anc_pending() {
+            return 0;
+        }
+        let (peer, line) = (self.peer_line(), self.my_line());
+        // Acquire: pairs with the peer's SeqCst store of `back_at` (its ring writes and its
+        // `bells_at` before).
+        let back_at = peer.back_at.load(Acquire);
+        if back_at == NOT_YET || self.with_rx(|rx| rx.position()).wrapping_add(total as u64) != back_at {
+            return 0;
+        }
+        // SeqCst: as the doorbell counters' other users.
+        let owed = peer.bells_at.load(Acquire).saturating_sub(line.bells_drained.load(SeqCst));
+        let room: usize = bufs.iter().map(|b| b.len()).sum::<usize>() - total;
+        if owed > crate::wait::MAX_OWED_DOORBELLS {
+            return 0;
+        }
+        let mut tmp = vec![0u8; owed as usize + room.min(1 << 20)];
+        let Ok(k) = crate::sys::recv_raw(fd, &mut tmp, libc::MSG_PEEK | libc::MSG_DONTWAIT) else { return 0 };
+        let data = tmp.get(owed as usize..k).unwrap_or(&[]);
+        after_mut(bufs, total, |rest| {
+            let mut at = 0;
+            for b in rest.iter_mut() {
+                let n = b.len().min(data.len() - at);
+                b[..n].copy_from_slice(&data[at..at + n]);
+                at += n;
+            }
+            at
+        })
+    }
+
+    /// The end of a read that found the connection plain (its hand-back done) after `total`
+    /// bytes: the rest of `bufs` from the socket with `flags` (the kernel's answer as it is,
+    /// control messages to the application's `recvmsg`), if the socket has bytes queued or
+    /// the call may wait; an error there (the socket's pending one, or EAGAIN) stays for the
+    /// next call, as the kernel's read returns the bytes it has.
+    fn rest_from_socket(&self, fd: c_int, bufs: &mut [IoSliceMut<'_>], total: usize, flags: c_int) -> isize {
+        // The kernel's read stops at an out-of-band mark once it copied something (found by
+        // the differential test).
+        let mut at_mark: c_int = 0;
+        // SAFETY: SIOCATMARK writes one int into a live local.
+        if crate::sys::with_errno_kept(|| unsafe { crate::sys::ioctl(fd, 0x8905, (&raw mut at_mark).cast()) }) == 0 && at_mark != 0 {
+            return total as isize;
+        }
+        let mut one = [0u8; 1];
+        let queued = matches!(crate::sys::recv_raw(fd, &mut one, libc::MSG_PEEK | libc::MSG_DONTWAIT), Ok(1));
+        if !queued && flags & libc::MSG_DONTWAIT != 0 {
+            return total as isize;
+        }
+        let got = after_mut(bufs, total, |rest| {
+            let mut msg = crate::migrate::msg_over(rest);
+            // SAFETY: `msg` describes the caller's live buffers, no control buffer.
+            crate::sys::with_errno_kept(|| unsafe { crate::anc::recvmsg_with_ctrl(fd, &mut msg, flags) })
+        });
+        total as isize + got.map_or(0, |n| n as isize)
     }
 
     /// `recv` into buffers that would fault ([`crate::iov::Range::Faults`]: `NULL`,
@@ -457,6 +543,14 @@ impl Conn {
             // This end's direction is back on the socket (handing back): the shutdown must
             // be the socket's too; the caller makes the real call.
             return None;
+        }
+        if rc == 0 && how != libc::SHUT_WR && self.peer_handed_back() {
+            // The peer writes to the socket since its hand-back: its sends must fail there too
+            // (SHUT_RD here shuts them in the kernel). Only that half: a SHUT_WR on the socket
+            // would show the peer an EOF it takes for this end's death. Found by the
+            // differential test (MSG_OOB, then the other end's shutdown).
+            // SAFETY: the real `shutdown` on this connection's socket; no pointers.
+            crate::sys::with_errno_kept(|| unsafe { crate::sys::shutdown(fd, libc::SHUT_RD) });
         }
         Some(rc)
     }

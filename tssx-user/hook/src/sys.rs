@@ -43,13 +43,12 @@ macro_rules! real_fns {
             )*
         }
 
-        /// Resolves every function not marked `#[lazy]` (called from the library
-        /// constructor). Every function a signal handler may call (POSIX's async-signal-safe
-        /// ones among them: `read`, `write`, `close`, `send`, `poll`, `fcntl`, `dup2`,
-        /// `execve`, ...) is resolved before `main`, since `dlsym` takes the loader's lock and
-        /// is not async-signal-safe. The `#[lazy]` ones (spawn, stdio, epoll, the vector and
-        /// zero-copy calls) are resolved at their first use instead, which keeps a third of
-        /// the `dlsym` calls out of every process's start (see `cargo xtask start-cost`).
+        /// Resolves every function not marked `#[lazy]` now. No longer called by the library
+        /// constructor: every function is resolved at its first use, by a lookup that takes
+        /// no lock ([`crate::symbols`]: safe in a signal handler, unlike `dlsym`, which is
+        /// only its fallback), so that a process that never calls one pays nothing (see
+        /// `cargo xtask start-cost`). The `#[lazy]` marks remain as documentation of the
+        /// functions the hook rarely needs.
         pub fn resolve_all() {
             $( real_fns!(@eager $($lazy)? $name); )*
         }
@@ -78,8 +77,9 @@ fn resolve(slot: &AtomicUsize, name: &str) -> usize {
     if f != 0 {
         return f;
     }
+    // Without a lock first (see `symbols`); dlsym if that finds nothing.
     // SAFETY: `name` is NUL-terminated; RTLD_NEXT finds libc's definition after ours.
-    let f = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr().cast()) } as usize;
+    let f = crate::symbols::find(name.as_bytes()).unwrap_or_else(|| unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr().cast()) } as usize);
     if f == 0 {
         // No next definition: nothing sane to do inside someone else's process.
         // SAFETY: abort has no preconditions.
@@ -97,7 +97,7 @@ pub fn resolve_optional(slot: &AtomicUsize, name: &std::ffi::CStr) -> Option<usi
         return Some(f);
     }
     // SAFETY: `name` is NUL-terminated; RTLD_NEXT finds libc's definition after ours.
-    let f = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) } as usize;
+    let f = crate::symbols::find(name.to_bytes()).unwrap_or_else(|| unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) } as usize);
     slot.store(f, Relaxed);
     (f != 0).then_some(f)
 }

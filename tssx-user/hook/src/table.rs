@@ -169,7 +169,7 @@ fn publish(fd: c_int, conn: Conn) -> bool {
     LIVE.fetch_add(1, Relaxed);
     // Release: pairs with the Acquire loads of `lookup` (the connection is built).
     let old = slot.swap(POOL.alloc(conn), AcqRel);
-    release(old, -1);
+    release_at(old, fd, -1);
     true
 }
 
@@ -254,7 +254,7 @@ pub fn duplicated(old_fd: c_int, new_fd: c_int) {
     // Release: pairs with the Acquire loads of `lookup`. Acquire: the old occupant, whose
     // `fds` count we take over from the slot. The real dup2/dup3 closed the old occupant's
     // file: it leaves as after a close (see [`REPLACED`]).
-    release(slot.swap(new, AcqRel), REPLACED);
+    release_at(slot.swap(new, AcqRel), new_fd, REPLACED);
 }
 
 /// The `fd` given to [`release`] for a slot whose fd a `dup2`/`dup3` just pointed elsewhere:
@@ -268,6 +268,7 @@ pub fn before_replaced(fd: c_int) {
     if let Some(conn) = lookup_swapped(fd) {
         if conn.fds.load(Acquire) == 1 {
             conn.drain_doorbells(fd);
+            conn.mark_reset_if_socket_unread(fd);
             // The real call closes the socket before the table forgets the fd (then `leave`
             // marks it again): marked now, the reset is there before the peer can see the
             // socket's EOF.
@@ -282,6 +283,7 @@ fn drain_if_last(fd: c_int) {
         if conn.fds.load(Acquire) == 1 {
             // Last fd: unread doorbells would turn the peer's EOF into ECONNRESET.
             conn.drain_doorbells(fd);
+            conn.mark_reset_if_socket_unread(fd);
         }
     }
 }
@@ -290,7 +292,7 @@ fn drain_if_last(fd: c_int) {
 pub fn untrack(fd: c_int) {
     if let Some(slot) = usize::try_from(fd).ok().and_then(|i| TABLE.get(i)) {
         // Acquire: the unlinked connection is seen whole.
-        release(slot.swap(null_mut(), Acquire), -1);
+        release_at(slot.swap(null_mut(), Acquire), fd, -1);
     }
 }
 
@@ -298,9 +300,33 @@ pub fn untrack(fd: c_int) {
 /// tells the peer this end is gone (ringing through `fd` if it is still this socket, else -1)
 /// and gives up the table's reference: the connection is dropped (and its segment unmapped)
 /// now, or when the last call in flight on it returns.
+#[allow(dead_code)]
 pub(crate) fn release(cell: *mut Cell<Conn>, fd: c_int) {
+    release_at(cell, -1, fd);
+}
+
+/// [`release`] of the connection that was linked at fd `number` (just unlinked).
+fn release_at(cell: *mut Cell<Conn>, number: c_int, fd: c_int) {
     if cell.is_null() {
         return;
+    }
+    if number >= 0 {
+        // SAFETY: as in `release` (the slot's count is still ours).
+        let conn = unsafe { POOL.lease(cell) };
+        if conn.last_fd.load(Relaxed) == number {
+            // The fd the hook's own calls use when they have none at hand (skipping the last
+            // doorbells of a hand-back, ...) is going: another fd of the connection here, or
+            // none. A stale number could name another socket once reused (found by the
+            // differential test: a hand-back's last doorbell skipped on another connection's
+            // socket, and read as data on this one). The table is scanned only when a dup
+            // of the connection stays (Acquire: as every reader of the count, and `lookup`).
+            let other = if conn.fds.load(Acquire) <= 1 {
+                -1
+            } else {
+                TABLE.iter().position(|slot| slot.load(Acquire) == cell).map_or(-1, |i| i as c_int)
+            };
+            conn.last_fd.store(other, Relaxed);
+        }
     }
     // SAFETY: the slot's link was counted in `fds`, which keeps the table's reference (see the
     // module documentation); we hold that count until the decrement below.
@@ -349,7 +375,7 @@ pub fn close(fd: c_int) {
     drain_if_last(fd);
     if let Some(slot) = usize::try_from(fd).ok().and_then(|i| TABLE.get(i)) {
         // Acquire: the unlinked connection is seen whole.
-        release(slot.swap(null_mut(), Acquire), fd);
+        release_at(slot.swap(null_mut(), Acquire), fd, fd);
     }
 }
 
@@ -363,6 +389,27 @@ impl Conn {
         }
         let header = self.header();
         if header.refcount[self.end.index()].load(Relaxed) <= 1 && self.reads_ring() && self.unread() > 0 {
+            // SeqCst: as in `shutdown`.
+            header.shut.0[self.end.index()].fetch_or(SHUT_RESET, SeqCst);
+        }
+    }
+
+    /// The end's last holder closes with bytes of the peer's unread on the socket (the peer
+    /// handed back: its bytes since went there), its doorbells drained: the kernel resets the
+    /// peer's socket, which the peer, reading its ring first, would not see: marked as for
+    /// bytes unread on the ring (found by the differential test: MSG_OOB, then a close).
+    fn mark_reset_if_socket_unread(&self, fd: c_int) {
+        let phase = self.phase();
+        if self.swap().is_none() || phase < Phase::Ready || phase == Phase::Plain || !self.peer_handed_back() {
+            return;
+        }
+        let header = self.header();
+        if header.refcount[self.end.index()].load(Relaxed) > 1 {
+            return;
+        }
+        let mut queued: c_int = 0;
+        // SAFETY: FIONREAD into a live int.
+        if unsafe { crate::sys::ioctl(fd, libc::FIONREAD, (&raw mut queued).cast()) } == 0 && queued > 0 {
             // SeqCst: as in `shutdown`.
             header.shut.0[self.end.index()].fetch_or(SHUT_RESET, SeqCst);
         }

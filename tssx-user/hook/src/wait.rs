@@ -286,7 +286,7 @@ impl Conn {
                     Ok(())
                 }
                 0 => {
-                    self.peer_closed.store(true, Relaxed);
+                    self.note_eof(fd);
                     Ok(())
                 }
                 _ => match errno() {
@@ -335,7 +335,7 @@ impl Conn {
             self.drain_doorbells(fd);
         } else {
             let mut probe = 0u8;
-            self.note_peer_end(sys::recv_raw(fd, std::slice::from_mut(&mut probe), libc::MSG_PEEK | libc::MSG_DONTWAIT));
+            self.note_peer_end(fd, sys::recv_raw(fd, std::slice::from_mut(&mut probe), libc::MSG_PEEK | libc::MSG_DONTWAIT));
         }
         self.peer_closed.load(Relaxed)
     }
@@ -366,7 +366,7 @@ impl Conn {
         } else {
             let mut probe = 0u8;
             // Peeks one byte without blocking: EOF still counts.
-            self.note_peer_end(sys::recv_raw(fd, std::slice::from_mut(&mut probe), libc::MSG_PEEK | libc::MSG_DONTWAIT));
+            self.note_peer_end(fd, sys::recv_raw(fd, std::slice::from_mut(&mut probe), libc::MSG_PEEK | libc::MSG_DONTWAIT));
             // Let the sibling run before this thread polls again.
             spin_yield();
         }
@@ -374,10 +374,32 @@ impl Conn {
 
     /// Notes the peer's end from a look at the socket without waiting: EOF, or an error such as
     /// ECONNRESET (the peer died with bytes it never read: our doorbells), means it is gone.
-    fn note_peer_end(&self, probe: Result<usize, c_int>) {
-        if matches!(probe, Ok(0)) || matches!(probe, Err(e) if e != libc::EAGAIN && e != libc::EINTR) {
+    fn note_peer_end(&self, fd: c_int, probe: Result<usize, c_int>) {
+        if matches!(probe, Ok(0)) {
+            self.note_eof(fd);
+        } else if matches!(probe, Err(e) if e != libc::EAGAIN && e != libc::EINTR) {
             self.peer_closed.store(true, Relaxed);
         }
+    }
+
+    /// EOF on the real socket: the peer is gone, unless its `SHUT_WR` or this end's `SHUT_RD`
+    /// explains it (carried over to the socket once a direction is back there) and it did not
+    /// close since (the socket
+    /// is not shut both ways, as the peer's last close makes it). Found by the differential
+    /// test: a peer's `shutdown(SHUT_WR)` after a hand-back made this end's sends fail.
+    pub(crate) fn note_eof(&self, fd: c_int) {
+        // (This end's own SHUT_RD, carried over to the socket, explains it just as well.)
+        if self.shut_bits(self.end.peer()) & tssx_common::segment::SHUT_WRITE != 0
+            || self.shut_bits(self.end) & tssx_common::segment::SHUT_READ != 0
+        {
+            let mut p = libc::pollfd { fd, events: 0, revents: 0 };
+            // SAFETY: one live pollfd, no wait; errno kept.
+            let polled = sys::with_errno_kept(|| unsafe { sys::poll(&mut p, 1, 0) });
+            if polled >= 0 && p.revents & libc::POLLHUP == 0 {
+                return;
+            }
+        }
+        self.peer_closed.store(true, Relaxed);
     }
 
     /// Reads and discards the peer's doorbell bytes (never more than it counted as sent);
@@ -414,7 +436,7 @@ impl Conn {
             if take == 0 {
                 // Nothing counted: only EOF (or a reset) is worth noting.
                 if eof_check_after_bells || !drained_some {
-                    self.note_peer_end(sys::recv_raw(fd, &mut buf[..1], libc::MSG_PEEK | libc::MSG_DONTWAIT));
+                    self.note_peer_end(fd, sys::recv_raw(fd, &mut buf[..1], libc::MSG_PEEK | libc::MSG_DONTWAIT));
                 }
                 return;
             }
@@ -427,7 +449,7 @@ impl Conn {
                         drained.fetch_sub((take - n) as u64, SeqCst);
                     }
                     if n == 0 {
-                        self.peer_closed.store(true, Relaxed);
+                        self.note_eof(fd);
                         return;
                     }
                     drained_some = true;
@@ -436,7 +458,7 @@ impl Conn {
                         // died between counting a doorbell and sending it (SIGKILL). Then the
                         // socket is at EOF behind these bytes, and an edge-triggered wait
                         // would never hear of it again: look now.
-                        self.note_peer_end(sys::recv_raw(fd, &mut buf[..1], libc::MSG_PEEK | libc::MSG_DONTWAIT));
+                        self.note_peer_end(fd, sys::recv_raw(fd, &mut buf[..1], libc::MSG_PEEK | libc::MSG_DONTWAIT));
                         return;
                     }
                 }

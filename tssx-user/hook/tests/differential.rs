@@ -68,9 +68,19 @@
 //! many, default [`DEFAULT_SEQUENCES`]) and `TSSX_DIFF_START` (the first seed, default 1) set
 //! the run (`cargo xtask soak` runs many more, from a random start).
 //!
-//! Not generated (other work in progress owns them): MSG_OOB, SO_PEEK_OFF, SO_SNDTIMEO/RCVTIMEO,
-//! splice, sendfile, close_range/closefrom/syscall(), fork, spawn. Nor SCM_RIGHTS (a hand-back
-//! to the kernel, whose reads stop at the fds' skb: not yet normalised).
+//! Also generated: `fork` ([`Op::Fork`]: the operations until [`Op::Exit`] run in a forked child
+//! of each pair's side, in lockstep, its results sent back through a pipe; the child exits with
+//! or without closing its copies); `SCM_RIGHTS` ([`Op::SendFds`]: a pipe, the sending end's own
+//! socket or the receiving end's, with data; `recvmsg` with room for no, one or several fds,
+//! MSG_CTRUNC; received fds noted and closed); `splice` both ways ([`Op::Splice`]); and, with
+//! `TSSX_DIFF_OOB=1`, `send`/`recv` with MSG_OOB and `SIOCATMARK` ([`Op::SendOob`],
+//! [`Op::RecvOob`], [`Op::AtMark`]), which hand a swapped connection back to the kernel (off by
+//! default: see COVERAGE.md, known gaps). Reads that stop at an out-of-band mark or after a
+//! message with fds are compared by count only while both pairs hold the same bytes
+//! ([`Flow::irregular`]).
+//!
+//! Not generated (other work owns them): SO_PEEK_OFF, SO_SNDTIMEO/RCVTIMEO, sendfile,
+//! close_range/closefrom/syscall(), spawn.
 
 // `__recvfrom_chk` has glibc's eight arguments.
 #![allow(clippy::too_many_arguments)]
@@ -104,14 +114,36 @@ const EXACT_CHUNKS: usize = 16;
 /// second `shutdown(SHUT_WR)`, plain reports the EPOLLET entry again, swapped does not). Left
 /// to the owners of `epoll.rs`.
 const EPOLL_EDGES: bool = false;
+/// Whether MSG_OOB (and so the hand-back of a swapped connection to the kernel) is generated:
+/// with `TSSX_DIFF_OOB=1`, or in a thread that asked for it ([`with_oob`]). Off by default:
+/// sequences with it still diverge about once in one to five hundred (see COVERAGE.md, known gaps:
+/// seeds 131, 474, 528 and 5052 with it on); the divergences found and fixed are pinned by the
+/// `script_*` tests below and [`REGRESSION_SEEDS_2`].
+fn oob_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    OOB_HERE.with(|h| h.get()) || *ON.get_or_init(|| std::env::var("TSSX_DIFF_OOB").is_ok_and(|v| v == "1"))
+}
+
+thread_local! {
+    static OOB_HERE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with MSG_OOB generated in this thread.
+fn with_oob<R>(f: impl FnOnce() -> R) -> R {
+    OOB_HERE.with(|h| h.set(true));
+    let r = f();
+    OOB_HERE.with(|h| h.set(false));
+    r
+}
+
 /// Sequences in a normal test run.
 const DEFAULT_SEQUENCES: u64 = 4000;
 
 mod sysapi {
     use libc::{c_int, c_void, pollfd, sigset_t, sockaddr, socklen_t, ssize_t, timespec};
     pub use libc::{
-        close, dup, dup2, dup3, epoll_ctl, epoll_pwait, epoll_wait, poll, ppoll, pselect, read, readv, recv, recvfrom, recvmmsg, recvmsg,
-        select, send, sendmmsg, sendmsg, sendto, shutdown, write, writev,
+        close, dup, dup2, dup3, epoll_create1, epoll_ctl, epoll_pwait, epoll_wait, fork, poll, ppoll, pselect, read, readv, recv, recvfrom,
+        recvmmsg, recvmsg, select, send, sendmmsg, sendmsg, sendto, shutdown, splice, write, writev,
     };
     unsafe extern "C" {
         pub fn __read_chk(fd: c_int, buf: *mut c_void, n: usize, buflen: usize) -> ssize_t;
@@ -201,6 +233,9 @@ api! {
     dup2(old: c_int, new: c_int) -> c_int;
     dup3(old: c_int, new: c_int, flags: c_int) -> c_int;
     close(fd: c_int) -> c_int;
+    splice(fd_in: c_int, off_in: *mut libc::loff_t, fd_out: c_int, off_out: *mut libc::loff_t, len: usize, flags: libc::c_uint) -> ssize_t;
+    fork() -> libc::pid_t;
+    epoll_create1(flags: c_int) -> c_int;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -356,7 +391,19 @@ enum DupHow {
     DupFd,
 }
 
-#[derive(Clone, Debug)]
+/// An fd passed with `SCM_RIGHTS`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Pass {
+    /// The read end of a new pipe.
+    Pipe,
+    /// The sending end's own socket (the copy sending it).
+    Own,
+    /// The receiving end's socket (its first copy).
+    Peer,
+}
+
+// (Copy: the operations a forked child runs are sent to it as bytes, see `Child`.)
+#[derive(Clone, Copy, Debug)]
 enum Op {
     /// A write of `len` bytes from `end` (in `parts` iovecs, or messages for sendmmsg).
     Write {
@@ -455,6 +502,53 @@ enum Op {
         copy: usize,
         req: libc::c_ulong,
     },
+    /// `sendmsg` of `len` bytes with `n` fds (`SCM_RIGHTS`, `what[..n]`).
+    SendFds {
+        end: usize,
+        copy: usize,
+        len: usize,
+        n: usize,
+        what: [Pass; 2],
+        flags: c_int,
+    },
+    /// `splice` between one of `end`'s fds and a new pipe: `into` the socket (the pipe holding
+    /// `avail` bytes of the stream first), or out of it; `pipe_nb`: the pipe is O_NONBLOCK.
+    Splice {
+        end: usize,
+        copy: usize,
+        into: bool,
+        len: usize,
+        avail: usize,
+        flags: libc::c_uint,
+        pipe_nb: bool,
+    },
+    /// `send(MSG_OOB)` of `len` bytes (at least one: the last is the out-of-band byte).
+    SendOob {
+        end: usize,
+        copy: usize,
+        len: usize,
+        flags: c_int,
+    },
+    /// `recv(MSG_OOB)` into `len` bytes (with MSG_PEEK if `peek`).
+    RecvOob {
+        end: usize,
+        copy: usize,
+        len: usize,
+        peek: bool,
+    },
+    /// `ioctl(SIOCATMARK)`.
+    AtMark {
+        end: usize,
+        copy: usize,
+    },
+    /// `fork()`: the operations until [`Op::Exit`] run in the child, on its inherited fds (the
+    /// parent waits).
+    Fork,
+    /// The child exits (`close`: after closing its fds, otherwise with them open); the parent
+    /// reaps it and continues.
+    Exit {
+        close: bool,
+    },
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -468,6 +562,16 @@ struct Flow {
     rd: [u64; 2],
     /// Writes since the direction was last empty.
     chunks: [usize; 2],
+    /// Where the last out-of-band byte sent sits in the in-band stream (before the byte at this
+    /// position), and whether it is still unread.
+    mark: [u64; 2],
+    oob: [bool; 2],
+    /// Where the last message that carried fds ends.
+    fds_until: [u64; 2],
+    /// Where the last message that carried one of the pair's sockets ends.
+    sock_until: [u64; 2],
+    /// A `send(MSG_OOB)` was made (on the swapped pair: the connection handed back).
+    handed_back: bool,
 }
 
 impl Flow {
@@ -475,10 +579,25 @@ impl Flow {
         self.wr[d] - self.rd[d]
     }
     fn consumed(&mut self, d: usize, n: u64) {
-        self.rd[d] += n;
+        // (More than was written is a wrong byte, which the caller reports.)
+        self.rd[d] = (self.rd[d] + n).min(self.wr[d]);
         if self.queued(d) == 0 {
             self.chunks[d] = 0;
         }
+        if self.rd[d] > self.mark[d] {
+            // Read past the mark: the out-of-band byte is dropped (af_unix, as TCP).
+            self.oob[d] = false;
+        }
+    }
+    /// Reads in direction `d` stop where the two pairs cannot be compared by counts alone: an
+    /// out-of-band mark or the end of a message with fds is ahead.
+    fn irregular(&self, d: usize) -> bool {
+        self.oob[d] || self.rd[d] < self.fds_until[d]
+    }
+    /// A message that carries one of the pair's sockets is unread in direction `d`: it is
+    /// read with a control buffer that takes its fds (see `Gen::socket_in_flight`).
+    fn socket_in_flight(&self, d: usize) -> bool {
+        self.rd[d] < self.sock_until[d]
     }
 }
 
@@ -492,6 +611,8 @@ struct Side {
     spare: c_int,
     /// The sequence's epoll instance (fds stay registered across steps).
     ep: c_int,
+    /// The forked child running the operations, between [`Op::Fork`] and [`Op::Exit`].
+    child: Option<Child>,
 }
 
 /// What both pairs share (results that were compared equal).
@@ -504,6 +625,12 @@ struct Shared {
     /// The peer closed with bytes unread: this end's next read that finds its queue empty
     /// fails with ECONNRESET.
     reset: [bool; 2],
+    /// A forked child exited with its copies open: on the swapped pair it still counts as a
+    /// holder of both ends in the segment, so an end's last close in the parent shows only
+    /// through the real socket, which the hook looks at when it waits or reads (rate-limited),
+    /// not in a zero-timeout poll. No last close is generated from then on (see COVERAGE.md,
+    /// known gaps).
+    orphaned: bool,
 }
 
 impl Shared {
@@ -772,6 +899,7 @@ impl Side {
                 let from_ptr = if salt.is_multiple_of(5) { std::ptr::null_mut() } else { (&raw mut from).cast::<sockaddr>() };
                 let mut out;
                 let mut received = 0u64;
+                let mut passed = Vec::new();
                 // SAFETY (all arms): live buffers of the stated lengths, or bad input on purpose.
                 unsafe {
                     out = match rapi {
@@ -797,9 +925,12 @@ impl Side {
                             let mut m = msghdr_for(&mut iov, cnt as usize);
                             m.msg_iov = iov_ptr;
                             let mut cbuf = [0u64; 8];
-                            if salt.is_multiple_of(2) {
+                            // No control buffer, room for no fd, for one (MSG_CTRUNC with two),
+                            // for several.
+                            let room = if self.flow.socket_in_flight(d) { 64 } else { [0, 0, 16, 20, 64][(salt >> 8) as usize % 5] };
+                            if room > 0 {
                                 m.msg_control = cbuf.as_mut_ptr().cast();
-                                m.msg_controllen = size_of_val(&cbuf);
+                                m.msg_controllen = room;
                             }
                             m.msg_name = from_ptr.cast();
                             m.msg_namelen = from_len;
@@ -807,6 +938,9 @@ impl Side {
                             let rc = api.recvmsg(fd, or_null(bad, &mut m), flags);
                             let mut o = Out::from_rc(rc as i64);
                             o.note = format!("flags {:#x} controllen {} namelen {}", m.msg_flags, m.msg_controllen, m.msg_namelen);
+                            if rc >= 0 && room > 0 {
+                                passed = control_fds(&m);
+                            }
                             o
                         }
                         RdApi::RecvMmsg => {
@@ -829,6 +963,10 @@ impl Side {
                             o
                         }
                     };
+                }
+                if !passed.is_empty() {
+                    let kinds = self.take_fds(&passed);
+                    let _ = write!(out.note, " fds {kinds:?}");
                 }
                 if rapi != RdApi::RecvMmsg && out.rc > 0 {
                     received = out.rc as u64;
@@ -862,20 +1000,38 @@ impl Side {
                 let mut buf = vec![0u8; 65536];
                 let mut out = Out::default();
                 let mut total = 0u64;
+                let mut bad_byte = None;
+                let mut kinds = Vec::new();
                 for _ in 0..64 {
-                    // SAFETY: a live buffer.
-                    let rc = unsafe { api.recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+                    // (recvmsg with room for fds: a passed socket is taken, never discarded.)
+                    let mut iov = iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+                    let mut m = msghdr_for(std::slice::from_mut(&mut iov), 1);
+                    let mut cbuf = [0u64; 8];
+                    m.msg_control = cbuf.as_mut_ptr().cast();
+                    m.msg_controllen = size_of_val(&cbuf);
+                    // SAFETY: a live buffer and control buffer.
+                    let rc = unsafe { api.recvmsg(fd, &mut m, libc::MSG_DONTWAIT) };
                     out = Out::from_rc(rc as i64);
+                    if rc >= 0 {
+                        let fds = control_fds(&m);
+                        if !fds.is_empty() {
+                            kinds.extend(self.take_fds(&fds));
+                        }
+                    }
                     if rc <= 0 {
                         break;
                     }
-                    if out.bad_byte.is_none() {
-                        out.bad_byte = check_stream(seed, d, self.flow.rd[d], &buf[..rc as usize]).map(|i| i + total as usize);
+                    if bad_byte.is_none() {
+                        bad_byte = check_stream(seed, d, self.flow.rd[d], &buf[..rc as usize]).map(|i| i + total as usize);
                     }
                     self.flow.consumed(d, rc as u64);
                     total += rc as u64;
                 }
+                out.bad_byte = bad_byte;
                 out.moved = total;
+                if !kinds.is_empty() {
+                    out.note = format!("fds {kinds:?}");
+                }
                 out
             }
             Op::Poll { api: papi, events } => {
@@ -940,9 +1096,14 @@ impl Side {
                         // SAFETY: a new epoll instance, registered and waited on with live
                         // events, closed at the end.
                         unsafe {
-                            let ep = libc::epoll_create1(libc::EPOLL_CLOEXEC);
+                            let ep = api.epoll_create1(libc::EPOLL_CLOEXEC);
                             assert!(ep >= 0);
                             let mut ctl = Vec::new();
+                            if std::env::var_os("TSSX_DIFF_DEBUG").is_some() {
+                                for &(_, _, fd) in &open {
+                                    eprintln!("{}: fd {fd} phase {:?}", self.name, tssx_hook::table::lookup(fd).map(|c| c.phase()));
+                                }
+                            }
                             for (i, &(_, _, fd)) in open.iter().enumerate() {
                                 let mut ev = libc::epoll_event { events: events as u16 as u32, u64: i as u64 };
                                 ctl.push(api.epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev));
@@ -1070,6 +1231,134 @@ impl Side {
                 // SAFETY: bad input on purpose: the kernel (and the hook) must refuse it.
                 Out::from_rc(unsafe { api.ioctl(self.fd(end, copy), req, std::ptr::null_mut()) } as i64)
             }
+            Op::SendFds { end, copy, len, n, what, flags } => {
+                let fd = self.fd(end, copy);
+                let data = fill(seed, end, self.flow.wr[end], len);
+                let p = pipe(0);
+                let fds: Vec<c_int> = what[..n]
+                    .iter()
+                    .map(|w| match w {
+                        Pass::Pipe => p[0],
+                        Pass::Own => fd,
+                        Pass::Peer => self.fds[1 - end].first().copied().unwrap_or(fd),
+                    })
+                    .collect();
+                let mut iov = iovec { iov_base: data.as_ptr() as *mut c_void, iov_len: len };
+                let mut cbuf = [0u64; 4];
+                let mut m = msghdr_for(std::slice::from_mut(&mut iov), 1);
+                m.msg_control = cbuf.as_mut_ptr().cast();
+                // SAFETY: size computations, then the header and fds written inside `cbuf`
+                // (room for two fds); the message's buffers are live.
+                let rc = unsafe {
+                    m.msg_controllen = libc::CMSG_SPACE((4 * n) as u32) as usize;
+                    let c = libc::CMSG_FIRSTHDR(&m);
+                    (*c).cmsg_level = libc::SOL_SOCKET;
+                    (*c).cmsg_type = libc::SCM_RIGHTS;
+                    (*c).cmsg_len = libc::CMSG_LEN((4 * n) as u32) as usize;
+                    for (i, &f) in fds.iter().enumerate() {
+                        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<c_int>().add(i), f);
+                    }
+                    api.sendmsg(fd, &m, flags)
+                };
+                let mut out = Out::from_rc(rc as i64);
+                close_pipe(p);
+                if rc > 0 {
+                    out.moved = rc as u64;
+                    self.flow.wr[end] += rc as u64;
+                    self.flow.chunks[end] += 1;
+                    self.flow.fds_until[end] = self.flow.wr[end];
+                    if what[..n].iter().any(|&w| w != Pass::Pipe) {
+                        self.flow.sock_until[end] = self.flow.wr[end];
+                    }
+                }
+                out
+            }
+            Op::Splice { end, copy, into, len, avail, flags, pipe_nb } => {
+                let fd = self.fd(end, copy);
+                let p = pipe(if pipe_nb { libc::O_NONBLOCK } else { 0 });
+                let null = std::ptr::null_mut();
+                let mut out;
+                if into {
+                    let data = fill(seed, end, self.flow.wr[end], avail);
+                    // SAFETY: a live buffer; at most a pipe's capacity into an empty pipe.
+                    assert_eq!(unsafe { libc::write(p[1], data.as_ptr().cast(), avail) }, avail as isize);
+                    // SAFETY: no offsets; fds of this side.
+                    let rc = unsafe { api.splice(p[0], null, fd, null, len, flags) };
+                    out = Out::from_rc(rc as i64);
+                    if rc > 0 {
+                        out.moved = rc as u64;
+                        out.writes = 1;
+                        self.flow.wr[end] += rc as u64;
+                        self.flow.chunks[end] += 1;
+                    }
+                } else {
+                    let d = 1 - end;
+                    // SAFETY: as above.
+                    let rc = unsafe { api.splice(fd, null, p[1], null, len, flags) };
+                    out = Out::from_rc(rc as i64);
+                    if rc > 0 {
+                        out.data = vec![0; rc as usize];
+                        let mut at = 0;
+                        while at < out.data.len() {
+                            // SAFETY: a live buffer; the pipe holds what splice moved.
+                            let n = unsafe { libc::read(p[0], out.data[at..].as_mut_ptr().cast(), out.data.len() - at) };
+                            assert!(n > 0, "{}: the pipe holds fewer bytes than splice said", self.name);
+                            at += n as usize;
+                        }
+                        out.bad_byte = check_stream(seed, d, self.flow.rd[d], &out.data);
+                        out.moved = rc as u64;
+                        self.flow.consumed(d, rc as u64);
+                    }
+                }
+                close_pipe(p);
+                out
+            }
+            Op::SendOob { end, copy, len, flags } => {
+                self.flow.handed_back = true;
+                let fd = self.fd(end, copy);
+                let mut data = fill(seed, end, self.flow.wr[end], len - 1);
+                data.push(0xa0 | (len as u8 & 0x1f));
+                // SAFETY: a live buffer of `len` bytes.
+                let rc = unsafe { api.send(fd, data.as_ptr().cast(), len, flags | libc::MSG_OOB) };
+                let mut out = Out::from_rc(rc as i64);
+                if rc > 0 {
+                    // All of it: the last byte is out of band, the rest in band; a partial
+                    // send sent no out-of-band byte.
+                    let inband = if rc as usize == len { len as u64 - 1 } else { rc as u64 };
+                    out.moved = inband;
+                    out.writes = 2;
+                    self.flow.wr[end] += inband;
+                    self.flow.chunks[end] += 2;
+                    if rc as usize == len {
+                        self.flow.mark[end] = self.flow.wr[end];
+                        self.flow.oob[end] = true;
+                    }
+                }
+                out
+            }
+            Op::RecvOob { end, copy, len, peek } => {
+                let mut buf = [0u8; 4];
+                let flags = libc::MSG_OOB | if peek { libc::MSG_PEEK } else { 0 };
+                // SAFETY: a live buffer of at least `len` bytes.
+                let rc = unsafe { api.recv(self.fd(end, copy), buf.as_mut_ptr().cast(), len, flags) };
+                let mut out = Out::from_rc(rc as i64);
+                if rc >= 0 {
+                    out.data = buf[..rc as usize].to_vec();
+                    out.note = format!("byte {:#x}", buf[0]);
+                    if !peek {
+                        self.flow.oob[1 - end] = false;
+                    }
+                }
+                out
+            }
+            Op::AtMark { end, copy } => {
+                let mut v: c_int = -7;
+                // SAFETY: SIOCATMARK takes a pointer to an int.
+                let mut out = Out::from_rc(unsafe { api.ioctl(self.fd(end, copy), SIOCATMARK, &mut v) } as i64);
+                out.value = v as i64;
+                out
+            }
+            Op::Fork | Op::Exit { .. } => unreachable!("run() forks and reaps"),
             Op::EpollWait { pwait } => {
                 let mut evs = vec![libc::epoll_event { events: 0, u64: 0 }; 32];
                 // SAFETY: a live array of 32 events; no signal mask.
@@ -1099,6 +1388,153 @@ impl Side {
         }
     }
 
+    /// Takes the fds a `recvmsg` received: notes what each is (a pipe, a copy of one of this
+    /// pair's ends, with FD_CLOEXEC or not) and closes it. Returns what each was.
+    fn take_fds(&mut self, fds: &[c_int]) -> Vec<String> {
+        let inode = |fd: c_int| {
+            // SAFETY: plain data, then fstat into it.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            // SAFETY: as above.
+            (unsafe { libc::fstat(fd, &mut st) } == 0).then_some((st.st_mode & libc::S_IFMT, st.st_ino))
+        };
+        let mut kinds = Vec::new();
+        for &fd in fds {
+            // SAFETY: no pointers.
+            let cloexec = unsafe { libc::fcntl(fd, libc::F_GETFD) } & libc::FD_CLOEXEC != 0;
+            let (mode, ino) = inode(fd).unwrap_or((0, 0));
+            let end = (0..2).find(|&e| self.fds[e].first().is_some_and(|&f| inode(f) == Some((mode, ino))));
+            let kind = match (mode, end) {
+                (libc::S_IFIFO, _) => "pipe".to_owned(),
+                (libc::S_IFSOCK, Some(e)) => format!("end {e}"),
+                _ => format!("mode {mode:o}"),
+            };
+            kinds.push(format!("{kind}{}", if cloexec { " cloexec" } else { "" }));
+            // Closed at once (through the hook: a received swapped socket is attached to its
+            // segment, and its close counts): which read receives a message's fds is only
+            // compared while both pairs hold the same bytes, so the pairs' fd lists could
+            // differ if the copies were kept.
+            // SAFETY: our fd, just received.
+            unsafe { self.api.close(fd) };
+        }
+        kinds
+    }
+
+    /// Forks: the child serves the operations [`Side::call_child`] sends until [`Op::Exit`].
+    fn fork(&mut self, seed: u64) -> Out {
+        let (cmd, resp) = (pipe(0), pipe(0));
+        // SAFETY: fork; the child only runs this side's operations (libc and the hook's calls,
+        // which glibc's fork keeps usable: malloc's locks are reset in the child) and `_exit`s.
+        let pid = unsafe { self.api.fork() };
+        if pid == 0 {
+            // SAFETY: the parent's ends, not ours; the other side's child's pipe ends (so that
+            // it sees EOF when the parent goes); killed with the parent's test thread.
+            unsafe {
+                libc::close(cmd[1]);
+                libc::close(resp[0]);
+                for fd in CHILD_PIPES.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                    libc::close(*fd);
+                }
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            }
+            let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.serve(cmd[0], resp[1], seed))).unwrap_or(101);
+            // SAFETY: ends the child without running the parent's exit handlers.
+            unsafe { libc::_exit(code) };
+        }
+        let out = Out::from_rc(pid.min(0) as i64);
+        // SAFETY: the child's ends.
+        unsafe {
+            libc::close(cmd[0]);
+            libc::close(resp[1]);
+        }
+        if pid > 0 {
+            self.child = Some(Child { pid, cmd: cmd[1], resp: resp[0] });
+            CHILD_PIPES.lock().unwrap_or_else(|e| e.into_inner()).extend([cmd[1], resp[0]]);
+        }
+        out
+    }
+
+    /// In the forked child: runs each operation the parent sends, answers with its result and
+    /// this side's counts.
+    fn serve(&mut self, cmd: c_int, resp: c_int, seed: u64) -> c_int {
+        self.child = Some(Child { pid: 0, cmd, resp });
+        loop {
+            let mut op = std::mem::MaybeUninit::<Op>::uninit();
+            let mut salt = 0u64;
+            // SAFETY: the parent wrote an `Op` of this very binary, then a u64.
+            unsafe {
+                if !read_exact(cmd, op.as_mut_ptr().cast(), size_of::<Op>()) || !read_exact(cmd, (&raw mut salt).cast(), 8) {
+                    return 2;
+                }
+            }
+            // SAFETY: as above.
+            let op = unsafe { op.assume_init() };
+            if let Op::Exit { close } = op {
+                if close {
+                    for fd in self.fds.iter().flatten() {
+                        // SAFETY: the child's copies.
+                        unsafe { self.api.close(*fd) };
+                    }
+                }
+                return 0;
+            }
+            set_errno(0);
+            let mut out = self.exec(&op, seed, salt);
+            out.sigpipe = take_sigpipe();
+            let bytes = encode(&out, &self.flow);
+            let len = bytes.len();
+            // SAFETY: live buffers.
+            unsafe {
+                write_all(resp, (&raw const len).cast(), 8);
+                write_all(resp, bytes.as_ptr(), bytes.len());
+            }
+        }
+    }
+
+    /// Runs `op` in the forked child (or, for [`Op::Exit`], ends and reaps it).
+    fn call_child(&mut self, op: &Op, salt: u64) -> Out {
+        let child = self.child.as_ref().expect("a child");
+        // SAFETY: live values written to the child's command pipe.
+        unsafe {
+            write_all(child.cmd, (op as *const Op).cast(), size_of::<Op>());
+            write_all(child.cmd, (&raw const salt).cast(), 8);
+        }
+        if let Op::Exit { .. } = op {
+            let status = self.reap();
+            let mut out = Out::from_rc(0);
+            out.note = status;
+            return out;
+        }
+        let mut len = 0usize;
+        // SAFETY: the child writes a length, then that many bytes.
+        let bytes = unsafe {
+            assert!(read_exact(child.resp, (&raw mut len).cast(), 8), "{}: the child died", self.name);
+            let mut bytes = vec![0u8; len];
+            assert!(read_exact(child.resp, bytes.as_mut_ptr(), len), "{}: the child died", self.name);
+            bytes
+        };
+        let (out, flow) = decode(&bytes);
+        self.flow = flow;
+        out
+    }
+
+    /// Waits for the child to end (killing it first if `kill`); its exit status.
+    fn reap(&mut self) -> String {
+        let Some(child) = self.child.take() else { return String::new() };
+        let mut status = 0;
+        CHILD_PIPES.lock().unwrap_or_else(|e| e.into_inner()).retain(|&fd| fd != child.cmd && fd != child.resp);
+        // SAFETY: our child and our pipe ends.
+        unsafe {
+            libc::waitpid(child.pid, &mut status, 0);
+            libc::close(child.cmd);
+            libc::close(child.resp);
+        }
+        if libc::WIFEXITED(status) {
+            format!("exit {}", libc::WEXITSTATUS(status))
+        } else {
+            format!("signal {}", libc::WTERMSIG(status))
+        }
+    }
+
     /// `end` has no fd left: what was queued for it is gone with it.
     fn end_closed(&mut self, end: usize) {
         let d = 1 - end;
@@ -1107,6 +1543,11 @@ impl Side {
     }
 
     fn close_all(&mut self) {
+        if let Some(child) = &self.child {
+            // SAFETY: our child.
+            unsafe { libc::kill(child.pid, libc::SIGKILL) };
+            self.reap();
+        }
         // SAFETY: our epoll instance.
         unsafe { self.api.close(self.ep) };
         for end in 0..2 {
@@ -1118,10 +1559,165 @@ impl Side {
     }
 }
 
-/// A new epoll instance (epoll_create1 is not interposed).
-fn epoll_instance() -> c_int {
+/// `ioctl(SIOCATMARK)`.
+const SIOCATMARK: libc::c_ulong = 0x8905;
+
+/// The parent's ends of the pipes to the children running now (a child closes the other's).
+static CHILD_PIPES: Mutex<Vec<c_int>> = Mutex::new(Vec::new());
+
+/// A forked child running a side's operations (see [`Side::fork`]).
+struct Child {
+    pid: libc::pid_t,
+    /// Where operations go (the parent's end; in the child, where they come from).
+    cmd: c_int,
+    /// Where results come back.
+    resp: c_int,
+}
+
+/// A new pipe (close-on-exec, plus `flags`).
+fn pipe(flags: c_int) -> [c_int; 2] {
+    let mut p = [-1; 2];
+    // SAFETY: a valid out-array.
+    assert_eq!(unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC | flags) }, 0);
+    p
+}
+
+fn close_pipe(p: [c_int; 2]) {
+    for fd in p {
+        // SAFETY: our pipe.
+        unsafe { libc::close(fd) };
+    }
+}
+
+/// # Safety
+/// `buf` is valid for `len` bytes.
+unsafe fn write_all(fd: c_int, buf: *const u8, len: usize) {
+    let mut at = 0;
+    while at < len {
+        // SAFETY: within the caller's buffer.
+        let n = unsafe { libc::write(fd, buf.add(at).cast(), len - at) };
+        if n < 0 && errno() == libc::EINTR {
+            continue;
+        }
+        assert!(n > 0, "writing to a child's pipe: {}", errno());
+        at += n as usize;
+    }
+}
+
+/// Whether all `len` bytes came (false: end of file first).
+///
+/// # Safety
+/// `buf` is valid for `len` bytes.
+unsafe fn read_exact(fd: c_int, buf: *mut u8, len: usize) -> bool {
+    let mut at = 0;
+    while at < len {
+        // SAFETY: within the caller's buffer.
+        let n = unsafe { libc::read(fd, buf.add(at).cast(), len - at) };
+        if n < 0 && errno() == libc::EINTR {
+            continue;
+        }
+        if n <= 0 {
+            return false;
+        }
+        at += n as usize;
+    }
+    true
+}
+
+/// A child's result, for its parent.
+fn encode(out: &Out, flow: &Flow) -> Vec<u8> {
+    let mut b = Vec::new();
+    let num = |b: &mut Vec<u8>, v: u64| b.extend_from_slice(&v.to_ne_bytes());
+    num(&mut b, out.rc as u64);
+    num(&mut b, out.errno as u64);
+    num(&mut b, out.moved);
+    num(&mut b, out.writes as u64);
+    num(&mut b, out.value as u64);
+    num(&mut b, out.bad_byte.map_or(u64::MAX, |i| i as u64));
+    num(&mut b, out.sigpipe as u64);
+    num(&mut b, out.data.len() as u64);
+    b.extend_from_slice(&out.data);
+    num(&mut b, out.note.len() as u64);
+    b.extend_from_slice(out.note.as_bytes());
+    num(&mut b, out.ready.len() as u64);
+    for &(e, c, bits) in &out.ready {
+        num(&mut b, e as u64);
+        num(&mut b, c as u64);
+        num(&mut b, bits as u64);
+    }
+    for d in 0..2 {
+        for v in [flow.wr[d], flow.rd[d], flow.chunks[d] as u64, flow.mark[d], flow.oob[d] as u64, flow.fds_until[d], flow.sock_until[d]] {
+            num(&mut b, v);
+        }
+    }
+    num(&mut b, flow.handed_back as u64);
+    b
+}
+
+fn decode(b: &[u8]) -> (Out, Flow) {
+    let mut at = 0;
+    let mut num = || {
+        let v = u64::from_ne_bytes(b[at..at + 8].try_into().unwrap());
+        at += 8;
+        v
+    };
+    let mut out =
+        Out { rc: num() as i64, errno: num() as c_int, moved: num(), writes: num() as usize, value: num() as i64, ..Out::default() };
+    out.bad_byte = Some(num()).filter(|&v| v != u64::MAX).map(|v| v as usize);
+    out.sigpipe = num() != 0;
+    let n = num() as usize;
+    let data = (at, n);
+    at += n;
+    out.data = b[data.0..data.0 + data.1].to_vec();
+    let n = u64::from_ne_bytes(b[at..at + 8].try_into().unwrap()) as usize;
+    at += 8;
+    out.note = String::from_utf8_lossy(&b[at..at + n]).into_owned();
+    at += n;
+    let mut num = || {
+        let v = u64::from_ne_bytes(b[at..at + 8].try_into().unwrap());
+        at += 8;
+        v
+    };
+    let n = num() as usize;
+    out.ready = (0..n).map(|_| (num() as usize, num() as usize, num() as u32)).collect();
+    let mut flow = Flow::default();
+    for d in 0..2 {
+        flow.wr[d] = num();
+        flow.rd[d] = num();
+        flow.chunks[d] = num() as usize;
+        flow.mark[d] = num();
+        flow.oob[d] = num() != 0;
+        flow.fds_until[d] = num();
+        flow.sock_until[d] = num();
+    }
+    flow.handed_back = num() != 0;
+    (out, flow)
+}
+
+/// The fds in a received message's `SCM_RIGHTS` control messages.
+fn control_fds(m: &msghdr) -> Vec<c_int> {
+    let mut fds = Vec::new();
+    // SAFETY: the control buffer `recvmsg` just filled, read with the CMSG macros.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(m);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let k = ((*c).cmsg_len - libc::CMSG_LEN(0) as usize) / size_of::<c_int>();
+                for i in 0..k {
+                    fds.push(std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<c_int>().add(i)));
+                }
+            }
+            c = libc::CMSG_NXTHDR(m, c);
+        }
+    }
+    fds
+}
+
+/// A new epoll instance (the hook's `epoll_create1` for the swapped pair: it notes the
+/// instance, whose interest list a fork then shares).
+fn epoll_instance(api: &dyn Api) -> c_int {
     // SAFETY: no pointers.
-    let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    let ep = unsafe { api.epoll_create1(libc::EPOLL_CLOEXEC) };
     assert!(ep >= 0);
     ep
 }
@@ -1155,6 +1751,7 @@ fn keys_of_results(op: &Op, outs: [&Out; 2], flows: [Flow; 2], salt: u64) -> [St
     let q = |side: usize, d: usize| flows[side].queued(d);
     let same = |d: usize| flows[0].wr[d] == flows[1].wr[d] && flows[0].rd[d] == flows[1].rd[d];
     let small = |d: usize| (0..2).all(|s| q(s, d) <= EXACT_BYTES && flows[s].chunks[d] <= EXACT_CHUNKS);
+    let irregular = |d: usize| flows[0].irregular(d) || flows[1].irregular(d);
     let data_ok = |o: &Out| match o.bad_byte {
         Some(i) => format!(" WRONG BYTE at {i}"),
         None => String::new(),
@@ -1192,7 +1789,7 @@ fn keys_of_results(op: &Op, outs: [&Out; 2], flows: [Flow; 2], salt: u64) -> [St
             if same(d) {
                 return each(&|_, o| format!("{}{} bytes #{:016x}", o.raw(), data_ok(o), fnv(&o.data)));
             }
-            if (q(0, d) == 0) != (q(1, d) == 0) {
+            if (q(0, d) == 0) != (q(1, d) == 0) || irregular(d) {
                 return each(&|_, o| format!("(not compared: one pair has bytes, the other none){}", data_ok(o)));
             }
             each(&|s, o| {
@@ -1238,6 +1835,12 @@ fn keys_of_results(op: &Op, outs: [&Out; 2], flows: [Flow; 2], salt: u64) -> [St
                         b &= !IN_BITS;
                         masked.push_str(" (in not compared)");
                     }
+                    if !same(1 - e) && irregular(1 - e) {
+                        // Whether a read passed the out-of-band mark (dropping the byte) depends
+                        // on what each pair held.
+                        b &= !(libc::POLLPRI as u32);
+                        masked.push_str(" (pri not compared)");
+                    }
                     (e, c, b, format!("{b:#x}{masked}"))
                 })
                 // (Nothing left to compare: as if not reported, which epoll does.)
@@ -1250,15 +1853,59 @@ fn keys_of_results(op: &Op, outs: [&Out; 2], flows: [Flow; 2], salt: u64) -> [St
             let d = 1 - end;
             if same(d) {
                 each(&|_, o| o.raw())
+            } else if irregular(d) {
+                // (The kernel counts a waiting out-of-band byte too.)
+                each(&|_, _| "(not compared: an out-of-band byte or a message with fds ahead)".into())
             } else {
                 each(&|s, o| if o.rc == 0 && o.value as u64 == q(s, d) { "= queued".into() } else { o.raw() })
             }
         }
         Op::Outq { end, .. } => {
+            if flows[0].handed_back {
+                // After a hand-back the socket's SIOCOUTQ (skb truesize) counts the last
+                // doorbells the peer has not skipped yet: not comparable (see COVERAGE.md).
+                return each(&|_, _| "(not compared: handed back)".into());
+            }
             if (q(0, end) == 0) != (q(1, end) == 0) {
                 return each(&|_, _| "(not compared: one pair has bytes queued, the other none)".into());
             }
             each(&|_, o| if o.rc < 0 { err(o) } else { format!("zero: {}", o.value == 0) })
+        }
+        Op::Splice { end, into: true, len, avail, flags, .. } => {
+            let w = Op::Write { end, copy: 0, api: WrApi::Write, len: len.min(avail), parts: 1, flags: flags as c_int, bad: Bad::None };
+            keys_of_results(&w, outs, flows, salt)
+        }
+        Op::SendOob { end, len, flags, .. } => {
+            // (Two writes: the in-band part and the out-of-band byte.)
+            let w = Op::Write { end, copy: 0, api: WrApi::SendMmsg, len, parts: 2, flags, bad: Bad::None };
+            keys_of_results(&w, outs, flows, salt)
+        }
+        Op::Splice { end, into: false, len, .. } => {
+            let d = 1 - end;
+            // A splice out of a socket fills at most a pipe's 16 buffers, one or two per skb
+            // of the kernel's queue, one per page from the rings: counts are compared while
+            // the queue is a few writes.
+            if same(d) && !irregular(d) && (0..2).all(|s| flows[s].chunks[d] <= 8) {
+                return each(&|_, o| format!("{}{} bytes #{:016x}", o.raw(), data_ok(o), fnv(&o.data)));
+            }
+            if (q(0, d) == 0) != (q(1, d) == 0) {
+                return each(&|_, o| format!("(not compared: one pair has bytes, the other none){}", data_ok(o)));
+            }
+            each(&|s, o| {
+                if o.rc > 0 && o.rc as u64 <= (len as u64).min(q(s, d)) {
+                    format!("some{}", data_ok(o))
+                } else {
+                    format!("{} (queued {}){}", o.raw(), q(s, d), data_ok(o))
+                }
+            })
+        }
+        Op::RecvOob { end, .. } | Op::AtMark { end, .. } => {
+            let d = 1 - end;
+            if same(d) {
+                each(&|_, o| format!("{} #{:016x}", o.raw(), fnv(&o.data)))
+            } else {
+                each(&|_, _| "(not compared: the pairs hold different bytes)".into())
+            }
         }
         _ => each(&|_, o| o.raw()),
     }
@@ -1321,6 +1968,8 @@ struct Gen<'a> {
     /// The plain pair's fds registered in the sequence's epoll instance (or registered and
     /// deleted since), with their end.
     registered: &'a [(usize, c_int)],
+    /// The operations run in a forked child (see [`Op::Fork`]).
+    in_child: bool,
 }
 
 impl Gen<'_> {
@@ -1347,11 +1996,41 @@ impl Gen<'_> {
 
     /// One operation that cannot block forever on either pair (`None`: this try did not give
     /// one).
+    /// A message that carries one of the pair's sockets is unread in direction `d` on either
+    /// pair: it is read only by `recvmsg` with room for its fds (a drain too). Not generated:
+    /// a read that discards a passed swapped socket (`read`, `recv`, a control buffer too
+    /// small, `recvmmsg`, `splice`) leaves the end it names counted as held in the segment,
+    /// so that its peer never sees it closed on the rings (found by this test, seed 50 with
+    /// socket passing; see COVERAGE.md, known gaps).
+    fn socket_in_flight(&self, d: usize) -> bool {
+        self.flows.iter().any(|f| f.socket_in_flight(d))
+    }
+
+    /// A last close of `end` would leave bytes unread on a connection that was handed back
+    /// (`send(MSG_OOB)`): not generated. The reset is then in the segment only (the bytes were
+    /// on the ring), and a peer that already went plain asks the kernel, which reports EOF
+    /// (found by this test, seed 131; see COVERAGE.md, known gaps).
+    fn resets_after_hand_back(&self, end: usize) -> bool {
+        self.flows[0].handed_back && self.flows.iter().any(|f| f.queued(1 - end) > 0)
+    }
+
+    /// A message with fds is unread in either direction on either pair: no end's last close
+    /// (a socket in flight keeps its file open: the peer would see no EOF).
+    fn fds_in_flight(&self) -> bool {
+        (0..2).any(|d| self.flows.iter().any(|f| f.rd[d] < f.fds_until[d]))
+    }
+
     fn try_op(&mut self) -> Option<Op> {
         let end = self.open_end()?;
         let copy = self.copy(end);
         let blocking = !self.shared.nonblock[end];
-        Some(match self.rng.below(100) {
+        let pick = self.rng.below(112);
+        if self.in_child && matches!(pick, 64..72 | 91..103 | 109..112) {
+            // Not in a child (threads, the parent's epoll instance, its fd bookkeeping): the
+            // child exits instead, now and then.
+            return self.rng.pct(20).then(|| Op::Exit { close: self.rng.pct(50) });
+        }
+        Some(match pick {
             0..30 => {
                 let api = self.rng.pick(&[WrApi::Write, WrApi::Send, WrApi::SendTo, WrApi::SendMsg, WrApi::Writev, WrApi::SendMmsg]);
                 let len = self.rng.size();
@@ -1392,12 +2071,27 @@ impl Gen<'_> {
                     RdApi::RecvChk,
                     RdApi::RecvFromChk,
                 ]);
+                let api = if self.socket_in_flight(d) { RdApi::RecvMsg } else { api };
+                let fds_ahead = self.flows.iter().any(|f| f.rd[d] < f.fds_until[d]);
                 let len = if self.rng.pct(30) { self.rng.range(1, self.q_max(d).max(1) + 10) as usize } else { self.rng.size() };
                 let parts = if api.has_iov() { self.rng.range(1, 4) as usize } else { 1 };
                 let exact = self.same(d);
                 let mut flags = if api.has_flags() { read_flags(self.rng, exact) } else { 0 };
                 if api == RdApi::RecvMmsg && self.rng.pct(40) {
                     flags |= libc::MSG_WAITFORONE;
+                }
+                if fds_ahead && len == 0 {
+                    // A `recvmsg` of no bytes at a message with fds takes its fds in the kernel
+                    // (and leaves the bytes); the hook's peeks, so the next read gets them again.
+                    // Not generated (seed 371; see COVERAGE.md, known gaps).
+                    return None;
+                }
+                if fds_ahead && flags & libc::MSG_PEEK != 0 {
+                    // Linux 6.18 gives a peek the fds of the first message with fds in the
+                    // queue even when the peek ends before it (checked with a plain pair); the
+                    // hook gives those of a message the peek reaches. Not generated (see
+                    // COVERAGE.md, known gaps).
+                    return None;
                 }
                 let mut bad = Bad::None;
                 if exact && self.rng.pct(5) {
@@ -1449,6 +2143,7 @@ impl Gen<'_> {
                     || self.shared.send_shut(end)
                     || self.shared.eof(peer)
                     || self.shared.reset[peer]
+                    || self.socket_in_flight(end)
                 {
                     return None;
                 }
@@ -1456,6 +2151,9 @@ impl Gen<'_> {
                 Op::Bulk { end, copy, peer_copy, len: self.rng.range(RING as u64 + 1, 300 << 10) as usize }
             }
             66..69 => {
+                if self.flows[0].handed_back {
+                    return None;
+                }
                 let op = self.rng.pick(&[libc::EPOLL_CTL_ADD, libc::EPOLL_CTL_ADD, libc::EPOLL_CTL_MOD, libc::EPOLL_CTL_DEL]);
                 let mut events = 0;
                 for bit in [libc::EPOLLIN, libc::EPOLLOUT, libc::EPOLLRDHUP, libc::EPOLLPRI] {
@@ -1510,7 +2208,10 @@ impl Gen<'_> {
             94..96 => {
                 let onto = self.open_end()?;
                 let onto_copy = self.copy(onto);
-                if self.copies[onto] == 1 && onto != end && !self.same(1 - onto) {
+                if self.copies[onto] == 1
+                    && onto != end
+                    && (!self.same(1 - onto) || self.fds_in_flight() || self.shared.orphaned || self.resets_after_hand_back(onto))
+                {
                     return None; // the last close of `onto` (see below)
                 }
                 if self.plain_fds[end][copy] != self.plain_fds[onto][onto_copy] && self.leaves_a_registered_file(onto, onto_copy) {
@@ -1518,10 +2219,96 @@ impl Gen<'_> {
                 }
                 Op::Dup2Over { end, copy, onto, onto_copy }
             }
+            100..103 => {
+                // Exactly (the kernel attaches fds to the first skb of a message: a message
+                // that does not fit at once is not generated).
+                let len = if self.rng.pct(10) { 0 } else { self.rng.range(1, 600) as usize };
+                if !self.same(end) || !self.fits(end, len, 1) {
+                    return None;
+                }
+                let what = [Pass::Pipe, Pass::Own, Pass::Peer];
+                let what = [self.rng.pick(&what), self.rng.pick(&what)];
+                Op::SendFds { end, copy, len, n: self.rng.range(1, 2) as usize, what, flags: write_flags(self.rng, true) }
+            }
+            103..106 => {
+                let into = self.rng.pct(50);
+                let mut flags = 0;
+                if self.rng.pct(40) {
+                    flags |= libc::SPLICE_F_NONBLOCK;
+                }
+                if self.rng.pct(10) {
+                    flags |= libc::SPLICE_F_MORE;
+                }
+                let pipe_nb = self.rng.pct(15);
+                // SPLICE_F_NONBLOCK (and the pipe's O_NONBLOCK) are for the pipe's waits; into
+                // a socket, only the socket's O_NONBLOCK keeps the send from waiting for room
+                // (`splice_to_socket`); out of one, either (`unix_stream_splice_read`).
+                let waits = blocking && (into || (!pipe_nb && flags & libc::SPLICE_F_NONBLOCK == 0));
+                let avail = match self.rng.below(3) {
+                    0 => self.rng.range(1, 64),
+                    1 => self.rng.range(65, EXACT_BYTES),
+                    _ => self.rng.range(EXACT_BYTES + 1, 65536),
+                } as usize;
+                let len = if self.rng.pct(70) { avail } else { self.rng.range(1, 70000) as usize };
+                if into {
+                    if waits && !self.shared.send_shut(end) && !(self.same(end) && self.fits(end, len.min(avail), 1)) {
+                        return None;
+                    }
+                } else {
+                    let d = 1 - end;
+                    if (self.shared.reset[end] && !self.same(d)) || self.socket_in_flight(d) {
+                        return None;
+                    }
+                    if waits && !self.shared.eof(end) && self.q_min(d) == 0 {
+                        return None;
+                    }
+                }
+                Op::Splice { end, copy, into, len, avail, flags, pipe_nb }
+            }
+            106..109 if !oob_enabled() => return None,
+            106..109 => match self.rng.below(3) {
+                // Not while the sequence's epoll instance has registrations, nor (below) a
+                // registration after a hand-back: divergences left to the owners of `epoll.rs`
+                // (seed 474: a level-triggered registration of a connection handed back reports
+                // its EPOLLHUP once, the kernel on every wait; seed 131 with a fork).
+                0 if !self.registered.is_empty() => return None,
+                0 => {
+                    // One out-of-band byte waits at a time: a second makes the first in-band
+                    // data (af_unix since 6.9, as TCP).
+                    if self.flows.iter().any(|f| f.oob[end]) {
+                        return None;
+                    }
+                    let len = self.rng.range(1, 40) as usize;
+                    let fits = self.same(end) && self.fits(end, len, 2);
+                    let flags = write_flags(self.rng, fits) & !libc::MSG_MORE;
+                    if blocking && flags & libc::MSG_DONTWAIT == 0 && !self.shared.send_shut(end) && !fits {
+                        return None;
+                    }
+                    Op::SendOob { end, copy, len, flags }
+                }
+                1 => Op::RecvOob { end, copy, len: self.rng.range(1, 2) as usize, peek: self.rng.pct(30) },
+                _ => Op::AtMark { end, copy },
+            },
+            109..112 => {
+                // Not after a hand-back while the sequence's epoll instance has registrations:
+                // a divergence left open (seed 131, step 119: the registration of a connection
+                // handed back, then two children, one exiting with its copies open, is not
+                // reported by the parent's epoll_wait; see COVERAGE.md, known gaps).
+                if !self.rng.pct(15) || (self.flows[0].handed_back && !self.registered.is_empty()) {
+                    return None;
+                }
+                Op::Fork
+            }
             _ => {
                 // A last close with unread bytes resets the peer: only while both pairs hold
                 // the same bytes for this end.
-                if self.copies[end] == 1 && (!self.same(1 - end) || self.rng.pct(70)) {
+                if self.copies[end] == 1
+                    && (!self.same(1 - end)
+                        || self.rng.pct(70)
+                        || self.fds_in_flight()
+                        || self.shared.orphaned
+                        || self.resets_after_hand_back(end))
+                {
                     return None;
                 }
                 if self.leaves_a_registered_file(end, copy) {
@@ -1561,13 +2348,16 @@ impl Gen<'_> {
 struct Step {
     op: Op,
     raw: [String; 2],
+    /// The operation ran in a forked child.
+    in_child: bool,
 }
 
 /// Sequences run one at a time (they take fd numbers for dup2 from a shared range).
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn replay_hint(seed: u64) -> String {
-    format!("TSSX_DIFF_SEED={seed} cargo test -p tssx-hook --test differential -- --nocapture")
+    let oob = if oob_enabled() { "TSSX_DIFF_OOB=1 " } else { "" };
+    format!("{oob}TSSX_DIFF_SEED={seed} cargo test -p tssx-hook --test differential -- --nocapture")
 }
 
 /// The sequence running now, and since when (ms since the epoch), for the watchdog.
@@ -1619,7 +2409,8 @@ fn run(seed: u64, script: Option<&[Op]>, verbose: bool, replay: &str) -> Result<
             fds: [vec![plain_fds[0]], vec![plain_fds[1]]],
             flow: Flow::default(),
             spare: 600,
-            ep: epoll_instance(),
+            ep: epoll_instance(&Plain),
+            child: None,
         },
         Side {
             api: &Hooked,
@@ -1627,7 +2418,8 @@ fn run(seed: u64, script: Option<&[Op]>, verbose: bool, replay: &str) -> Result<
             fds: [vec![swapped_fds[0]], vec![swapped_fds[1]]],
             flow: Flow::default(),
             spare: 800,
-            ep: epoll_instance(),
+            ep: epoll_instance(&Hooked),
+            child: None,
         },
     ];
     let mut shared = Shared::default();
@@ -1635,9 +2427,16 @@ fn run(seed: u64, script: Option<&[Op]>, verbose: bool, replay: &str) -> Result<
     let mut steps: Vec<Step> = Vec::new();
     let n_ops = script.map_or_else(|| rng.range(10, 150) as usize, <[Op]>::len);
     let mut result = Ok(0);
-    for i in 0..n_ops + 2 {
+    for i in 0..n_ops + 3 {
+        let in_child = sides[0].child.is_some();
         let op = if let Some(op) = script.and_then(|s| s.get(i)) {
-            op.clone()
+            *op
+        } else if i == n_ops {
+            // A child still running exits first.
+            if !in_child {
+                continue;
+            }
+            Op::Exit { close: true }
         } else if i < n_ops {
             let mut g = Gen {
                 rng: &mut rng,
@@ -1646,6 +2445,7 @@ fn run(seed: u64, script: Option<&[Op]>, verbose: bool, replay: &str) -> Result<
                 copies: [sides[0].fds[0].len(), sides[0].fds[1].len()],
                 plain_fds: &sides[0].fds,
                 registered: &registered,
+                in_child,
             };
             match g.op() {
                 Some(op) => op,
@@ -1653,35 +2453,42 @@ fn run(seed: u64, script: Option<&[Op]>, verbose: bool, replay: &str) -> Result<
             }
         } else {
             // At the end, whatever is left must come out the same.
-            let end = i - n_ops;
+            let end = i - n_ops - 1;
             if sides[0].fds[end].is_empty() {
                 continue;
             }
             Op::Drain { end, copy: 0 }
         };
         if verbose {
-            eprintln!("step {i}: {op:?}");
+            eprintln!("step {i}: {op:?}{}", if in_child { " (in the child)" } else { "" });
         }
         let flows = [sides[0].flow, sides[1].flow];
         let salt = rng.next();
-        set_errno(0);
-        // (SIGPIPE is blocked in this thread: one the call raised is pending until taken.)
-        let mut plain_out = sides[0].exec(&op, seed, salt);
-        plain_out.sigpipe = take_sigpipe();
-        let mut swapped_out = sides[1].exec(&op, seed, salt);
-        swapped_out.sigpipe = take_sigpipe();
-        let outs = [plain_out, swapped_out];
+        let outs = [0, 1].map(|s| {
+            let side = &mut sides[s];
+            set_errno(0);
+            // (SIGPIPE is blocked in this thread: one the call raised is pending until taken;
+            // a child takes its own.)
+            let mut out = match op {
+                Op::Fork => side.fork(seed),
+                _ if side.child.is_some() => side.call_child(&op, salt),
+                _ => side.exec(&op, seed, salt),
+            };
+            out.sigpipe |= take_sigpipe();
+            out
+        });
         let k = keys(&op, [&outs[0], &outs[1]], flows, salt);
         let raw = [outs[0].raw(), outs[1].raw()];
         if verbose {
             eprintln!("  plain:   {}\n  swapped: {}\n  fds: {:?} {:?}", raw[0], raw[1], sides[0].fds, sides[1].fds);
         }
-        steps.push(Step { op: op.clone(), raw });
+        steps.push(Step { op, raw, in_child });
         let wrong_bytes = outs.iter().any(|o| o.bad_byte.is_some());
         if k[0] != k[1] || wrong_bytes {
             let mut report = format!("differential seed {seed} diverges at step {i}\n  replay: {replay}\n");
             for (j, s) in steps.iter().enumerate() {
-                let _ = writeln!(report, "  step {j}: {:?}\n      plain:   {}\n      swapped: {}", s.op, s.raw[0], s.raw[1]);
+                let child = if s.in_child { " (in the child)" } else { "" };
+                let _ = writeln!(report, "  step {j}: {:?}{child}\n      plain:   {}\n      swapped: {}", s.op, s.raw[0], s.raw[1]);
             }
             let _ = writeln!(report, "  compared at step {i}:\n      plain:   {}\n      swapped: {}", k[0], k[1]);
             result = Err(report);
@@ -1699,6 +2506,7 @@ fn run(seed: u64, script: Option<&[Op]>, verbose: bool, replay: &str) -> Result<
                 }
             }
             Op::Nonblock { end, on, .. } if plain.rc == 0 => shared.nonblock[end] = on,
+            Op::Exit { close: false } => shared.orphaned = true,
             Op::EpollCtl { end, copy, op, .. } if plain.rc == 0 => {
                 let fd = sides[0].fds[end][copy];
                 // (Deleted ones stay: see `Gen::leaves_a_registered_file`.)
@@ -1764,6 +2572,21 @@ fn plain_and_swapped_pairs_agree_on_random_sequences() {
 /// below pin each fix down independently of the generator).
 const REGRESSION_SEEDS: [u64; 7] = [1, 3, 20, 95, 3017, 7609, 26526];
 
+/// Seeds of the generator with fork, SCM_RIGHTS, splice and MSG_OOB that found divergences
+/// fixed in the hook and not pinned by a script (seed 506: this end's SHUT_RD carried over to
+/// the socket after a hand-back was taken for the peer's death, POLLHUP).
+const REGRESSION_SEEDS_2: [u64; 1] = [506];
+
+#[test]
+fn seeds_of_the_second_generator_that_found_divergences_agree() {
+    ignore_sigpipe();
+    for seed in REGRESSION_SEEDS_2 {
+        if let Err(report) = with_oob(|| run_seed(seed, false)) {
+            panic!("{report}");
+        }
+    }
+}
+
 #[test]
 fn seeds_that_found_divergences_agree() {
     ignore_sigpipe();
@@ -1777,7 +2600,8 @@ fn seeds_that_found_divergences_agree() {
 fn script(name: &str, ops: &[Op]) {
     ignore_sigpipe();
     let test = std::thread::current().name().unwrap_or("script").to_owned();
-    if let Err(report) = run(7, Some(ops), false, &format!("cargo test -p tssx-hook --test differential -- --exact {test}")) {
+    let verbose = std::env::var_os("TSSX_DIFF_VERBOSE").is_some();
+    if let Err(report) = run(7, Some(ops), verbose, &format!("cargo test -p tssx-hook --test differential -- --exact {test}")) {
         panic!("script {name}: {report}");
     }
 }
@@ -1880,4 +2704,324 @@ fn script_recvmmsg_and_a_pending_reset() {
         ops.extend(polls());
         script(&format!("recvmmsg (flags {flags:#x}) up to a pending reset"), &ops);
     }
+}
+
+#[test]
+fn script_sendmsg_of_no_bytes_with_fds_after_the_peer_shut_down() {
+    // The kernel checks the control messages, then the shutdown (EPIPE, SIGPIPE) before it
+    // finds nothing to send; the real socket under the rings is not shut down. Seed 3 of the
+    // generator with fd passing.
+    for how in [libc::SHUT_RD, libc::SHUT_RDWR] {
+        let send = |flags| Op::SendFds { end: 0, copy: 0, len: 0, n: 1, what: [Pass::Pipe, Pass::Pipe], flags };
+        script(
+            "sendmsg of no bytes with SCM_RIGHTS after the peer's shutdown",
+            &[Op::Shutdown { end: 1, copy: 0, how }, send(0), send(libc::MSG_NOSIGNAL), write(0, 0)],
+        );
+    }
+    script(
+        "sendmsg of no bytes with SCM_RIGHTS after this end's shutdown",
+        &[
+            Op::Shutdown { end: 0, copy: 0, how: libc::SHUT_WR },
+            Op::SendFds { end: 0, copy: 0, len: 0, n: 2, what: [Pass::Own, Pass::Peer], flags: 0 },
+        ],
+    );
+}
+
+#[test]
+fn script_send_oob_after_the_peer_shut_its_reads() {
+    // `send(MSG_OOB)` hands the connection back and goes to the real socket at once; the
+    // peer's SHUT_RD, recorded in the segment while on the rings, must shut it there too.
+    let mut ops =
+        vec![write(1, 10), Op::Shutdown { end: 1, copy: 0, how: libc::SHUT_RD }, Op::SendOob { end: 0, copy: 0, len: 2, flags: 0 }];
+    ops.extend(polls_of(ALL_EVENTS));
+    ops.extend([
+        Op::SendOob { end: 0, copy: 0, len: 3, flags: libc::MSG_NOSIGNAL },
+        write(0, 4),
+        recv(0, RdApi::Recv, 100, 1, libc::MSG_DONTWAIT),
+        write(1, 5),
+        Op::AtMark { end: 0, copy: 0 },
+        recv(0, RdApi::Recv, 100, 1, libc::MSG_DONTWAIT),
+    ]);
+    ops.extend(polls_of(ALL_EVENTS));
+    script("send(MSG_OOB) after the peer's shutdown(SHUT_RD)", &ops);
+}
+
+#[test]
+fn script_a_child_closing_its_copies_keeps_the_parents_epoll_registration() {
+    // A registration belongs to the open file: a forked child that closes its copies (the
+    // registered fd first, or last) before it exits leaves it to its parent, which shares the
+    // instance. Seed 22 of the generator with fork.
+    let events = (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP) as u32;
+    for registered in [0, 1] {
+        let mut ops = vec![
+            Op::Dup { end: 1, copy: 0, how: DupHow::Dup },
+            Op::EpollCtl { end: 1, copy: registered, op: libc::EPOLL_CTL_ADD, events, tag: 2 | 1 },
+            Op::Fork,
+            Op::Shutdown { end: 1, copy: 0, how: libc::SHUT_RD },
+            Op::Exit { close: true },
+            Op::EpollWait { pwait: false },
+            write(0, 5),
+            Op::EpollWait { pwait: false },
+            Op::EpollCtl { end: 1, copy: registered, op: libc::EPOLL_CTL_DEL, events, tag: 2 | 1 },
+            Op::EpollWait { pwait: false },
+        ];
+        ops.extend(polls());
+        script(&format!("a child closes its copies (copy {registered} registered)"), &ops);
+    }
+}
+
+#[test]
+fn script_a_read_across_the_hand_back_takes_the_bytes_after_it() {
+    // `send(MSG_OOB)` hands end 0's direction back: the bytes before it are on the ring, the
+    // rest on the socket. One read takes both parts up to the out-of-band mark, as the
+    // kernel's (seed 23 of the generator with MSG_OOB); MSG_WAITALL goes on past the ring.
+    for (flags, len, follow) in [
+        (0, 5150, false),
+        (libc::MSG_DONTWAIT, 20, false),
+        (libc::MSG_WAITALL, 20, false),
+        (libc::MSG_PEEK, 100, false),
+        (libc::MSG_PEEK, 100, true),
+        (0, 5150, true),
+    ] {
+        let parts = if follow { 3 } else { 1 };
+        let mut ops = vec![write(0, 4), Op::SendOob { end: 0, copy: 0, len: 31, flags: 0 }, write(0, 837)];
+        if follow {
+            // End 1 follows the hand-back (its write) with the ring's bytes still unread, then
+            // peeks or reads into several buffers (seed 161).
+            ops = vec![write(0, 600), Op::SendOob { end: 0, copy: 0, len: 31, flags: 0 }, write(1, 10), write(0, 837)];
+        }
+        if len == 5150 && follow {
+            // The out-of-band byte right at the hand-back: the read stops at its mark (seed
+            // 192).
+            ops = vec![write(0, 12), Op::SendOob { end: 0, copy: 0, len: 1, flags: 0 }, write(0, 5), write(0, 15)];
+        }
+        ops.push(recv(1, if parts > 1 { RdApi::RecvMsg } else { RdApi::Recv }, len, parts, flags));
+        ops.push(Op::AtMark { end: 1, copy: 0 });
+        ops.push(Op::RecvOob { end: 1, copy: 0, len: 1, peek: true });
+        ops.push(recv(1, RdApi::Recv, 5150, 1, libc::MSG_DONTWAIT));
+        ops.push(Op::AtMark { end: 1, copy: 0 });
+        ops.push(Op::RecvOob { end: 1, copy: 0, len: 1, peek: false });
+        ops.push(recv(1, RdApi::Recv, 5150, 1, libc::MSG_DONTWAIT));
+        ops.extend(polls_of(ALL_EVENTS));
+        script(&format!("a read across the hand-back (flags {flags:#x})"), &ops);
+    }
+}
+
+#[test]
+fn script_the_last_doorbell_of_a_hand_back_is_no_data() {
+    // End 1 shut its reads on the rings; end 0's send(MSG_OOB) hands back (its last doorbell
+    // goes on the socket) and fails with EPIPE; end 1's reads find EOF, never that doorbell
+    // (seed 27 of the generator with MSG_OOB).
+    let mut ops = vec![
+        Op::Dup { end: 1, copy: 0, how: DupHow::Dup2 },
+        write(0, 391),
+        Op::Drain { end: 1, copy: 1 },
+        Op::Close { end: 1, copy: 0 },
+        Op::Shutdown { end: 1, copy: 0, how: libc::SHUT_RD },
+        Op::Nonblock { end: 1, copy: 0, on: true, ioctl: true },
+        Op::Dup { end: 0, copy: 0, how: DupHow::Dup },
+        write(1, 15),
+        Op::SendOob { end: 0, copy: 1, len: 14, flags: libc::MSG_DONTWAIT },
+        write(1, 197),
+        Op::Drain { end: 1, copy: 0 },
+    ];
+    ops.extend(polls_of(ALL_EVENTS));
+    ops.push(Op::Drain { end: 0, copy: 0 });
+    script("the last doorbell of a hand-back", &ops);
+}
+
+#[test]
+fn script_a_reset_after_a_hand_back() {
+    // End 0 handed back (MSG_OOB): its bytes since are on the socket. End 1 closes (here by a
+    // dup2 over its last fd) without reading them: the kernel resets the socket, and end 0's
+    // read that finds its ring empty reports it (seed 34 of the generator with MSG_OOB).
+    for close in [Op::Dup2Over { end: 0, copy: 0, onto: 1, onto_copy: 0 }, Op::Close { end: 1, copy: 0 }] {
+        let mut ops = vec![write(1, 415), Op::SendOob { end: 0, copy: 0, len: 38, flags: 0 }, recv(0, RdApi::Read, 17, 1, 0), close];
+        ops.extend(polls_of(ALL_EVENTS));
+        ops.push(recv(0, RdApi::Recv, 587, 1, libc::MSG_DONTWAIT));
+        ops.extend(polls_of(ALL_EVENTS));
+        ops.push(recv(0, RdApi::RecvMsg, 288, 3, 0));
+        ops.extend(polls_of(ALL_EVENTS));
+        ops.push(recv(0, RdApi::RecvMsg, 288, 3, 0));
+        script(&format!("a reset after a hand-back ({close:?})"), &ops);
+    }
+}
+
+#[test]
+fn script_a_shutdown_after_the_peer_handed_back() {
+    // End 1 handed back (MSG_OOB) and writes to the socket; end 0, still on the rings, shuts
+    // down: end 1's sends fail with EPIPE as the kernel's (seed 47 of the generator).
+    for how in [libc::SHUT_RD, libc::SHUT_RDWR, libc::SHUT_WR] {
+        let mut ops = vec![
+            write(0, 494),
+            Op::SendOob { end: 1, copy: 0, len: 18, flags: 0 },
+            Op::Poll { api: PollApi::Epoll, events: 8197 },
+            write(1, 1898),
+            Op::Shutdown { end: 0, copy: 0, how },
+            Op::Write {
+                end: 1,
+                copy: 0,
+                api: WrApi::SendMmsg,
+                len: 15,
+                parts: 1,
+                flags: libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                bad: Bad::None,
+            },
+            write(0, 3),
+        ];
+        ops.extend(polls_of(ALL_EVENTS));
+        ops.push(Op::Drain { end: 0, copy: 0 });
+        ops.push(Op::Drain { end: 1, copy: 0 });
+        ops.extend(polls_of(ALL_EVENTS));
+        script(&format!("shutdown({how}) after the peer handed back"), &ops);
+    }
+}
+
+#[test]
+fn script_siocoutq_after_a_hand_back_counts_the_socket() {
+    // After this end's hand-back (MSG_OOB) its writes are on the socket: SIOCOUTQ counts them
+    // (seed 52 of the generator).
+    script(
+        "SIOCOUTQ after a hand-back",
+        &[
+            Op::SendOob { end: 0, copy: 0, len: 12, flags: libc::MSG_DONTWAIT },
+            Op::Outq { end: 0, copy: 0 },
+            write(0, 3446),
+            Op::Outq { end: 0, copy: 0 },
+            Op::Drain { end: 1, copy: 0 },
+            Op::Outq { end: 0, copy: 0 },
+        ],
+    );
+}
+
+#[test]
+fn script_fionread_after_the_peer_handed_back_counts_the_socket() {
+    // End 0 handed back (MSG_OOB) and writes to the socket; end 1 has not followed: FIONREAD
+    // counts the ring and the socket (seed 56 of the generator).
+    script(
+        "FIONREAD after the peer handed back",
+        &[
+            write(0, 300),
+            Op::SendOob { end: 0, copy: 0, len: 36, flags: libc::MSG_DONTWAIT },
+            write(0, 3118),
+            Op::Fionread { end: 1, copy: 0 },
+            recv(1, RdApi::Recv, 100, 1, libc::MSG_DONTWAIT),
+            Op::Fionread { end: 1, copy: 0 },
+            Op::Drain { end: 1, copy: 0 },
+            Op::Fionread { end: 1, copy: 0 },
+        ],
+    );
+}
+
+#[test]
+fn script_a_read_ends_after_a_message_with_fds_before_a_hand_back() {
+    // A message with fds on the ring, then end 0's hand-back (MSG_OOB): a read ends after the
+    // message's bytes, as the kernel's (seed 91 of the generator).
+    for how in [RdApi::RecvMsg, RdApi::Read] {
+        script(
+            "a read over a message with fds, then the hand-back",
+            &[
+                Op::SendFds { end: 0, copy: 0, len: 184, n: 1, what: [Pass::Pipe, Pass::Pipe], flags: 0 },
+                Op::SendOob { end: 0, copy: 0, len: 16, flags: 0 },
+                write(0, 13),
+                recv(1, how, 3665, 3, 0),
+                recv(1, how, 3665, 3, 0),
+                Op::Drain { end: 1, copy: 0 },
+            ],
+        );
+    }
+}
+
+#[test]
+fn script_an_epoll_registration_after_a_hand_back_and_a_child() {
+    // Seed 131: a registration of a connection that was handed back (MSG_OOB), then a forked
+    // child that closes its copies and exits.
+    for (dup, close) in [(false, true), (true, true), (false, false), (true, false)] {
+        let mut ops = vec![
+            Op::EpollCtl { end: 0, copy: 0, op: libc::EPOLL_CTL_ADD, events: 7, tag: 2 },
+            Op::Shutdown { end: 0, copy: 0, how: libc::SHUT_WR },
+            Op::SendOob { end: 0, copy: 0, len: 34, flags: libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL },
+            Op::EpollWait { pwait: false },
+            Op::Shutdown { end: 1, copy: 0, how: libc::SHUT_WR },
+            Op::EpollWait { pwait: false },
+        ];
+        if dup {
+            ops.push(Op::Dup { end: 1, copy: 0, how: DupHow::DupFd });
+        }
+        ops.extend([Op::Fork, Op::Exit { close: false }, Op::EpollWait { pwait: false }]);
+        ops.extend([Op::Fork, Op::Shutdown { end: 0, copy: 0, how: libc::SHUT_RD }, Op::Exit { close }, Op::EpollWait { pwait: false }]);
+        ops.push(Op::Dup { end: 0, copy: 0, how: DupHow::Dup2 });
+        ops.push(Op::EpollWait { pwait: false });
+        script(&format!("epoll after a hand-back and a child (dup {dup}, close {close})"), &ops);
+    }
+}
+
+#[test]
+fn script_a_reset_taken_by_a_child_is_not_reported_again() {
+    // End 1 closes with end 0's bytes unread; a forked child's read takes the reset: the
+    // parent's next read finds EOF, as the kernel clears the socket's error once (seed 150).
+    for close in [true, false] {
+        let mut ops = vec![write(0, 50), write(1, 20), Op::Close { end: 1, copy: 0 }, Op::Fork];
+        ops.push(Op::Drain { end: 0, copy: 0 });
+        ops.push(Op::Exit { close });
+        ops.extend(polls_of(ALL_EVENTS));
+        ops.push(Op::Drain { end: 0, copy: 0 });
+        script(&format!("a reset taken by a child (close {close})"), &ops);
+    }
+}
+
+#[test]
+fn script_o_nonblock_set_by_a_child_holds_in_the_parent() {
+    // O_NONBLOCK belongs to the open file: a forked child's fcntl changes it for its parent
+    // too (seed 182: the parent's read then blocked forever on the rings).
+    for ioctl in [false, true] {
+        script(
+            "O_NONBLOCK from a child",
+            &[
+                Op::Fork,
+                Op::Nonblock { end: 0, copy: 0, on: true, ioctl },
+                Op::Exit { close: true },
+                recv(0, RdApi::RecvMsg, 755, 2, 0),
+                Op::Fork,
+                Op::Nonblock { end: 0, copy: 0, on: false, ioctl },
+                Op::Exit { close: false },
+                write(1, 5),
+                recv(0, RdApi::Recv, 755, 1, 0),
+            ],
+        );
+    }
+}
+
+#[test]
+fn script_an_out_of_band_byte_read_past_is_not_data() {
+    // The peer handed back and sent an out-of-band byte; a read went past it (it is dropped),
+    // in a child; the parent, still on the rings, reports no data (Linux keeps counting the
+    // byte in FIONREAD; seed 358).
+    let mut ops = vec![
+        Op::Fork,
+        write(1, 8),
+        Op::SendOob { end: 1, copy: 0, len: 17, flags: libc::MSG_DONTWAIT },
+        write(1, 30),
+        recv(0, RdApi::Recv, 1000, 1, libc::MSG_DONTWAIT),
+        recv(0, RdApi::Recv, 1000, 1, libc::MSG_DONTWAIT),
+        Op::Exit { close: false },
+    ];
+    ops.extend(polls_of(ALL_EVENTS));
+    ops.push(Op::Fionread { end: 0, copy: 0 });
+    script("an out-of-band byte read past", &ops);
+}
+
+#[test]
+fn script_msg_cmsg_cloexec_on_the_ring_part_of_a_hand_back() {
+    // A message with fds on the ring, then this end's hand-back (MSG_OOB): the fds taken with
+    // MSG_CMSG_CLOEXEC are close-on-exec (seed 1142 with TSSX_DIFF_OOB=1).
+    script(
+        "MSG_CMSG_CLOEXEC after a hand-back",
+        &[
+            Op::SendFds { end: 1, copy: 0, len: 276, n: 1, what: [Pass::Own, Pass::Pipe], flags: libc::MSG_DONTWAIT },
+            write(0, 3395),
+            Op::SendOob { end: 0, copy: 0, len: 32, flags: libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL },
+            recv(0, RdApi::RecvMsg, 2411, 1, libc::MSG_CMSG_CLOEXEC),
+        ],
+    );
 }
