@@ -352,7 +352,7 @@ fn nonblock_word(on: bool) -> u8 {
 
 impl Conn {
     /// A connection tracked in `phase` (for an unconnected socket, `end` is the client's).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn new(end: End, phase: Phase, id: u64, nonblock: Option<bool>) -> Conn {
         Conn {
             end,

@@ -161,7 +161,7 @@ pub fn any_live() -> bool {
 
 /// Publishes `conn` as the connection of `fd` (replacing whatever was there). The cell's
 /// first reference becomes the table's (see the module documentation).
-#[inline]
+#[inline(always)]
 fn publish(fd: c_int, conn: Conn) -> bool {
     let Some(slot) = usize::try_from(fd).ok().and_then(|i| TABLE.get(i)) else { return false };
     note_state(fd as usize);
@@ -176,7 +176,7 @@ fn publish(fd: c_int, conn: Conn) -> bool {
 /// Starts tracking `fd` as the `end` of a connection in `phase` (`Candidate` after
 /// connect/accept, `Unconnected` before `connect`); `nonblock`: the socket's O_NONBLOCK if
 /// the caller knows it (else read when it first matters: see [`Conn::nonblock`]).
-#[inline]
+#[inline(always)]
 pub fn track(fd: c_int, end: End, phase: Phase, nonblock: Option<bool>) -> bool {
     publish(fd, Conn::new(end, phase, NEXT_ID.fetch_add(1, Relaxed), nonblock))
 }

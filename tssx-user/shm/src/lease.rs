@@ -158,7 +158,7 @@ impl<T> Pool<T> {
     /// A cell holding `value`, with one reference (the caller's, given up with
     /// [`Pool::release`]). The cell's memory is never freed (see the module documentation).
     /// Inlined, so that a value built in the call is written straight into the cell.
-    #[inline]
+    #[inline(always)]
     pub fn alloc(&self, value: T) -> *mut Cell<T> {
         let cell = self.pop().unwrap_or_else(|| {
             Box::into_raw(Box::new(Cell { refs: AtomicU32::new(0), next: AtomicPtr::new(null_mut()), value: ValueCell::new() }))
