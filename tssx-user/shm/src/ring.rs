@@ -77,6 +77,7 @@ use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::io::{IoSlice, IoSliceMut};
 
 use self::sync::{AtomicU32, AtomicU64, DataCell};
+use tssx_common::segment::RingGeometry;
 
 /// The atomics, fence and data cell the ring is written against: `core`'s normally, `loom`'s
 /// under `--cfg tssx_loom` (see the module documentation).
@@ -153,9 +154,12 @@ pub struct RingRaw {
     pub producer_asleep: *const AtomicU32,
     /// The asleep counter of the end that reads this ring.
     pub consumer_asleep: *const AtomicU32,
+    /// The ring's geometry word ([`tssx_common::segment::ProducerLine::geometry`]): the
+    /// capacity in use now, at most `capacity`.
+    pub geometry: *const AtomicU64,
     /// The first of `capacity` data cells.
     pub data: *const DataCell,
-    /// Number of data cells; a power of two.
+    /// Number of data cells, the most the ring may grow to; a power of two.
     pub capacity: usize,
 }
 
@@ -204,17 +208,26 @@ fn total_len<I: Iterator<Item = usize>>(lens: I) -> usize {
     lens.fold(0usize, |acc, len| acc.saturating_add(len))
 }
 
+/// The geometry in a stored word, sanitized against the mapped capacity (see
+/// [`RingGeometry::decode`]): its capacity is a power of two at most `raw.capacity`.
+#[inline]
+fn geometry_of(raw: &RingRaw, word: u64) -> RingGeometry {
+    RingGeometry::decode(word, raw.capacity)
+}
+
 /// Copies `src` into the ring at position `pos`: one `memcpy`, two if the run wraps.
 ///
 /// # Safety
-/// `raw` satisfies the constructor contract, `src.len() <= capacity`, and the positions
+/// `raw` satisfies the constructor contract, `geo` came from [`geometry_of`] (its capacity is
+/// at most `raw.capacity`), `src.len() <= geo.capacity`, and the positions
 /// `pos..pos + src.len()` are free space owned by the caller (the producer).
 #[inline]
-unsafe fn copy_to_ring(raw: &RingRaw, pos: u64, src: &[u8]) {
-    let start = (pos & (raw.capacity as u64 - 1)) as usize;
-    let first = src.len().min(raw.capacity - start);
-    // SAFETY: `start + first <= capacity` and the remaining `src.len() - first <= start`
-    // cells from index 0 are in bounds; the caller owns these positions.
+unsafe fn copy_to_ring(raw: &RingRaw, geo: RingGeometry, pos: u64, src: &[u8]) {
+    let start = geo.index(pos);
+    let first = src.len().min(geo.capacity - start);
+    // SAFETY: `start + first <= geo.capacity <= raw.capacity` and the remaining
+    // `src.len() - first <= start` cells from index 0 are in bounds; the caller owns these
+    // positions.
     unsafe {
         sync::copy_in(raw.data.add(start), &src[..first]);
         if first < src.len() {
@@ -226,12 +239,12 @@ unsafe fn copy_to_ring(raw: &RingRaw, pos: u64, src: &[u8]) {
 /// Copies from the ring at position `pos` into `dst`: one `memcpy`, two if the run wraps.
 ///
 /// # Safety
-/// `raw` satisfies the constructor contract, `dst.len() <= capacity`, and the positions
-/// `pos..pos + dst.len()` hold published bytes the producer will not overwrite meanwhile.
+/// As [`copy_to_ring`], with `dst.len() <= geo.capacity` and the positions
+/// `pos..pos + dst.len()` holding published bytes the producer will not overwrite meanwhile.
 #[inline]
-unsafe fn copy_from_ring(raw: &RingRaw, pos: u64, dst: &mut [u8]) {
-    let start = (pos & (raw.capacity as u64 - 1)) as usize;
-    let first = dst.len().min(raw.capacity - start);
+unsafe fn copy_from_ring(raw: &RingRaw, geo: RingGeometry, pos: u64, dst: &mut [u8]) {
+    let start = geo.index(pos);
+    let first = dst.len().min(geo.capacity - start);
     let (a, b) = dst.split_at_mut(first);
     // SAFETY: as in `copy_to_ring`, both runs are in bounds; the bytes are published and not
     // overwritten before we publish a tail past them.
@@ -312,9 +325,29 @@ impl Producer {
         unsafe { &*self.raw.consumer_asleep }
     }
 
-    /// Capacity of the ring in bytes.
+    #[inline]
+    fn geometry_word(&self) -> &AtomicU64 {
+        // SAFETY: valid for the handle's life by the constructor's contract.
+        unsafe { &*self.raw.geometry }
+    }
+
+    /// The ring's current geometry (sanitized).
+    #[inline]
+    pub fn geometry(&self) -> RingGeometry {
+        // Relaxed: our own field, written only by producers serialized with us (their lock's
+        // Acquire/Release orders it).
+        geometry_of(&self.raw, self.geometry_word().load(Relaxed))
+    }
+
+    /// Capacity of the ring in bytes as it is now (it grows up to [`Producer::max_capacity`]).
     #[inline]
     pub fn capacity(&self) -> usize {
+        self.geometry().capacity
+    }
+
+    /// The most the ring may grow to: the bytes mapped for its data.
+    #[inline]
+    pub fn max_capacity(&self) -> usize {
         self.raw.capacity
     }
 
@@ -325,38 +358,69 @@ impl Producer {
         self.head().load(Relaxed)
     }
 
-    /// Free space in bytes, reading the consumer's position afresh.
+    /// Free space in bytes, reading the consumer's position afresh. A write makes progress
+    /// exactly when this is non-zero (a ring that may grow grows when it is full at a block
+    /// end, see [`Producer::write`]).
     #[inline]
     pub fn free(&self) -> usize {
-        self.refresh(self.position())
+        self.refresh(self.position(), self.capacity())
     }
 
     /// Whether nothing is waiting for the consumer (everything written has been read).
     #[inline]
     pub fn is_drained(&self) -> bool {
-        self.free() == self.raw.capacity
+        let capacity = self.capacity();
+        self.refresh(self.position(), capacity) == capacity
     }
 
-    /// Reloads the consumer position and returns the free space for producer position `head`.
+    /// Reloads the consumer position and returns the free space for producer position `head`
+    /// in a ring of `capacity` bytes.
     #[inline]
-    fn refresh(&self, head: u64) -> usize {
+    fn refresh(&self, head: u64, capacity: usize) -> usize {
         // Acquire: pairs with the consumer's Release store of `tail` after copying out, so
         // its reads of the space we are about to reuse happened before our writes.
         let tail = self.tail().load(Acquire);
         self.cached_tail.set(tail);
-        free(head, tail, self.raw.capacity)
+        free(head, tail, capacity)
     }
 
     /// Free space for producer position `head`, at least `want` if the ring has it: the cached
     /// consumer position is only refreshed when it shows less than `want`.
     #[inline]
-    fn free_for(&self, head: u64, want: usize) -> usize {
-        let cached = free(head, self.cached_tail.get(), self.raw.capacity);
+    fn free_for(&self, head: u64, want: usize, capacity: usize) -> usize {
+        let cached = free(head, self.cached_tail.get(), capacity);
         if cached >= want {
             cached
         } else {
-            self.refresh(head)
+            self.refresh(head, capacity)
         }
+    }
+
+    /// The geometry to write with and how many bytes may go at `head` now, for a transfer of
+    /// `want` bytes (non-zero).
+    ///
+    /// A ring that cannot take all of `want` and may still grow writes up to the end of its
+    /// current block only (the position whose index is 0); a write that starts there doubles
+    /// the capacity first: the unread bytes then fill indices `0..capacity` in order and the
+    /// doubled geometry keeps them there ([`RingGeometry::grown`]). The new geometry is stored
+    /// before the caller publishes anything past `head`.
+    #[inline]
+    fn room_for(&self, head: u64, want: usize) -> (RingGeometry, usize) {
+        let geo = self.geometry();
+        let n = self.free_for(head, want, geo.capacity).min(want);
+        if n == want || geo.capacity >= self.raw.capacity {
+            return (geo, n);
+        }
+        let into_block = geo.index(head);
+        if into_block != 0 {
+            // Mid-block: up to the block end only, where the next write grows the ring.
+            return (geo, n.min(geo.capacity - into_block));
+        }
+        let grown = geo.grown(head, (geo.capacity * 2).min(self.raw.capacity));
+        // Release: orders this geometry before the `head` store (Release) that publishes the
+        // first byte written under it; the consumer loads `head` with Acquire, then this word.
+        self.geometry_word().store(grown.encode(), Release);
+        (grown, self.free_for(head, want, grown.capacity).min(want))
     }
 
     /// Publishes `head + bytes` after the bytes were copied in.
@@ -374,13 +438,13 @@ impl Producer {
             return Transfer::NOTHING;
         }
         let head = self.position();
-        let n = self.free_for(head, src.len()).min(src.len());
+        let (geo, n) = self.room_for(head, src.len());
         if n == 0 {
             return Transfer::NOTHING;
         }
-        // SAFETY: contract of `new`; `n` bytes from `head` are free space (within the
-        // capacity), and only we write them until we publish.
-        unsafe { copy_to_ring(&self.raw, head, &src[..n]) };
+        // SAFETY: contract of `new`; `geo` is sanitized; `n` bytes from `head` are free space
+        // (within its capacity), and only we write them until we publish.
+        unsafe { copy_to_ring(&self.raw, geo, head, &src[..n]) };
         self.publish(head, n)
     }
 
@@ -391,7 +455,7 @@ impl Producer {
             return Transfer::NOTHING;
         }
         let head = self.position();
-        let n = self.free_for(head, want).min(want);
+        let (geo, n) = self.room_for(head, want);
         if n == 0 {
             return Transfer::NOTHING;
         }
@@ -401,7 +465,7 @@ impl Producer {
             let k = buf.len().min(left);
             // SAFETY: as in `write`; the runs `pos..pos + k` are consecutive parts of the `n`
             // free bytes from `head`.
-            unsafe { copy_to_ring(&self.raw, pos, &buf[..k]) };
+            unsafe { copy_to_ring(&self.raw, geo, pos, &buf[..k]) };
             pos = pos.wrapping_add(k as u64);
             left -= k;
             if left == 0 {
@@ -423,11 +487,13 @@ impl Producer {
         if from < tail || from > head {
             return 0;
         }
-        let n = usize::try_from(head - from).unwrap_or(usize::MAX).min(dst.len()).min(self.raw.capacity);
-        // SAFETY: contract of `new`; the `n` bytes from `from` were published by this producer
-        // (from >= tail, from + n <= head, within the capacity) and only this producer, which
-        // is not writing now, could overwrite them.
-        unsafe { copy_from_ring(&self.raw, from, &mut dst[..n]) };
+        let geo = self.geometry();
+        let n = usize::try_from(head - from).unwrap_or(usize::MAX).min(dst.len()).min(geo.capacity);
+        // SAFETY: contract of `new`; `geo` is sanitized, and places every unread byte where it
+        // was written (a ring grows without moving one); the `n` bytes from `from` were
+        // published by this producer (from >= tail, from + n <= head, within the capacity) and
+        // only this producer, which is not writing now, could overwrite them.
+        unsafe { copy_from_ring(&self.raw, geo, from, &mut dst[..n]) };
         n
     }
 
@@ -459,6 +525,8 @@ pub struct Consumer {
     raw: RingRaw,
     /// Last `head` read from the shared memory; never ahead of the real one.
     cached_head: Cell<u64>,
+    /// The geometry loaded after `cached_head`: it places every byte below that head.
+    cached_geometry: Cell<RingGeometry>,
 }
 
 // SAFETY: as for `Producer`.
@@ -486,9 +554,8 @@ impl Consumer {
     /// If `raw.capacity` is not a power of two.
     pub unsafe fn new(raw: RingRaw) -> Consumer {
         assert!(raw.capacity.is_power_of_two(), "ring capacity must be a power of two");
-        let consumer = Consumer { raw, cached_head: Cell::new(0) };
-        // Acquire: as every load of the producer's position.
-        consumer.cached_head.set(consumer.head().load(Acquire));
+        let consumer = Consumer { raw, cached_head: Cell::new(0), cached_geometry: Cell::new(RingGeometry::new(raw.capacity)) };
+        consumer.refresh(consumer.position());
         consumer
     }
 
@@ -511,15 +578,21 @@ impl Consumer {
     }
 
     #[inline]
+    fn geometry_word(&self) -> &AtomicU64 {
+        // SAFETY: valid for the handle's life by the constructor's contract.
+        unsafe { &*self.raw.geometry }
+    }
+
+    #[inline]
     fn peer_asleep(&self) -> &AtomicU32 {
         // SAFETY: valid for the handle's life by the constructor's contract.
         unsafe { &*self.raw.producer_asleep }
     }
 
-    /// Capacity of the ring in bytes.
+    /// Capacity of the ring in bytes as of the last look at the producer's position.
     #[inline]
     pub fn capacity(&self) -> usize {
-        self.raw.capacity
+        self.cached_geometry.get().capacity
     }
 
     /// Total bytes ever read from the ring (the consumer position).
@@ -543,15 +616,21 @@ impl Consumer {
         // Acquire: pairs with the producer's Release store of `head` after copying in, so the
         // bytes below that head are visible to our copies.
         let head = self.head().load(Acquire);
+        // Relaxed: loaded after the Acquire load of `head`, whose Release store the producer
+        // made after storing the geometry of every byte below it (Release): this load sees
+        // that geometry or a later one, and a later one (a ring grown meanwhile) places every
+        // byte below `head` at the same index.
+        let geo = geometry_of(&self.raw, self.geometry_word().load(Relaxed));
         self.cached_head.set(head);
-        used(head, tail, self.raw.capacity)
+        self.cached_geometry.set(geo);
+        used(head, tail, geo.capacity)
     }
 
     /// Bytes available at `tail`, at least `want` if the ring has them: the cached producer
     /// position is only refreshed when it shows less than `want`.
     #[inline]
     fn available_for(&self, tail: u64, want: usize) -> usize {
-        let cached = used(self.cached_head.get(), tail, self.raw.capacity);
+        let cached = used(self.cached_head.get(), tail, self.cached_geometry.get().capacity);
         if cached >= want {
             cached
         } else {
@@ -587,9 +666,10 @@ impl Consumer {
             return 0;
         }
         let n = self.available_for(tail, dst.len()).min(dst.len());
-        // SAFETY: contract of `new`; `n` published bytes from `tail` (within the capacity),
-        // which the producer does not overwrite before we publish a tail past them.
-        unsafe { copy_from_ring(&self.raw, tail, &mut dst[..n]) };
+        // SAFETY: contract of `new`; `n` published bytes from `tail` (within the capacity of
+        // the sanitized geometry loaded with the head that published them), which the producer
+        // does not overwrite before we publish a tail past them.
+        unsafe { copy_from_ring(&self.raw, self.cached_geometry.get(), tail, &mut dst[..n]) };
         n
     }
 
@@ -623,13 +703,14 @@ impl Consumer {
         if n == 0 {
             return Transfer::NOTHING;
         }
+        let geo = self.cached_geometry.get();
         let mut pos = tail;
         let mut left = n;
         for buf in bufs.iter_mut() {
             let k = buf.len().min(left);
             // SAFETY: as in `peek`; the runs `pos..pos + k` are consecutive parts of the `n`
             // published bytes from `tail`.
-            unsafe { copy_from_ring(&self.raw, pos, &mut buf[..k]) };
+            unsafe { copy_from_ring(&self.raw, geo, pos, &mut buf[..k]) };
             pos = pos.wrapping_add(k as u64);
             left -= k;
             if left == 0 {
@@ -807,12 +888,20 @@ mod tests {
             }
         }
 
+        /// A ring of `capacity` bytes that starts using `initial` of them.
+        fn growing(capacity: usize, initial: usize) -> TestRing {
+            let ring = TestRing::new(capacity);
+            ring.ctl.producer.0.geometry.store(RingGeometry::new(initial).encode(), Relaxed);
+            ring
+        }
+
         fn raw(&self) -> RingRaw {
             RingRaw {
                 head: &self.ctl.producer.0.head,
                 tail: &self.ctl.consumer.0.tail,
                 producer_asleep: &self.asleep[0],
                 consumer_asleep: &self.asleep[1],
+                geometry: &self.ctl.producer.0.geometry,
                 data: self.data.as_ptr(),
                 capacity: self.data.len(),
             }
@@ -1076,6 +1165,129 @@ mod tests {
         // With space, the producer does not sleep.
         assert!(!p.announce_sleep());
         assert_eq!(ring.asleep[0].load(Relaxed), 0);
+    }
+
+    #[test]
+    fn grows_at_a_block_end_without_moving_unread_bytes() {
+        let ring = TestRing::growing(64, 8);
+        let (mut p, mut c) = ring.handles();
+        let mut out = [0u8; 64];
+        // Small transfers that fit never grow the ring.
+        for round in 0..10u8 {
+            assert_eq!(p.write(&[round; 5]).bytes, 5);
+            assert_eq!(c.read(&mut out).bytes, 5);
+            assert_eq!(&out[..5], &[round; 5]);
+        }
+        assert_eq!(p.capacity(), 8);
+        // Head 50, index 2: a write that does not fit goes up to the block end only (6 bytes),
+        // the next one (at the block end, with 3 of them unread) doubles the ring.
+        assert_eq!(c.skip(0).bytes, 0);
+        let data: Vec<u8> = (100..140).collect();
+        assert_eq!(p.write(&data).bytes, 6);
+        assert_eq!(p.capacity(), 8);
+        assert_eq!(c.read(&mut out[..3]).bytes, 3);
+        assert_eq!(&out[..3], &data[..3]);
+        assert_eq!(p.write(&data[6..]).bytes, 13, "doubled to 16, 3 unread");
+        assert_eq!(p.capacity(), 16);
+        // The consumer reads the 3 bytes written before the growth and those after, in order.
+        assert_eq!(c.read(&mut out).bytes, 16);
+        assert_eq!(&out[..16], &data[3..19]);
+        // Keep writing: 16 -> 32 -> 64, then no further.
+        let mut sent = 19;
+        let mut next = 19;
+        let mut caps = vec![16];
+        while sent < data.len() || caps.last() != Some(&64) {
+            let chunk: Vec<u8> = (0..7).map(|i| data[(sent + i) % data.len()]).collect();
+            sent += p.write(&chunk).bytes;
+            let n = c.read(&mut out[..5]).bytes;
+            for &b in &out[..n] {
+                assert_eq!(b, data[next % data.len()], "byte {next}");
+                next += 1;
+            }
+            if *caps.last().unwrap() != p.capacity() {
+                caps.push(p.capacity());
+            }
+            assert!(sent < 10_000, "the ring never reached its maximum");
+        }
+        assert_eq!(caps, [16, 32, 64]);
+        assert_eq!(c.capacity(), 64);
+        // The limit holds.
+        assert_eq!(p.write(&[0; 200]).bytes, 64 - (sent - next));
+        assert_eq!(p.capacity(), 64);
+    }
+
+    #[test]
+    fn a_lying_geometry_stays_inside_the_ring() {
+        let ring = TestRing::growing(64, 8);
+        let (mut p, mut c) = ring.handles();
+        let mut out = [0u8; 256];
+        for word in [0, 3, 128, 1 << 40 | 8, u64::MAX, 64 | (1 << 63), 0xffff_ffff_0000_0020] {
+            ring.ctl.producer.0.geometry.store(word, Relaxed);
+            let geo = p.geometry();
+            assert!(geo.capacity.is_power_of_two() && geo.capacity <= 64 && geo.offset < geo.capacity as u64, "{word:#x}: {geo:?}");
+            let t = p.write(&[7; 200]);
+            assert!(t.bytes <= 64);
+            assert!(c.read(&mut out).bytes <= 64);
+        }
+    }
+
+    #[test]
+    fn growth_under_a_concurrent_reader_keeps_every_byte() {
+        // Two threads, byte-checked: odd write and read sizes so that growths happen at every
+        // step with bytes unread and the consumer on an old geometry.
+        for (max, initial) in [(1 << 16, 64), (1 << 12, 1 << 12), (1 << 14, 1 << 7)] {
+            let ring = std::sync::Arc::new(TestRing::growing(max, initial));
+            let (mut p, mut c) = ring.handles();
+            const TOTAL: u64 = 8 << 20;
+            let byte = |pos: u64| (pos.wrapping_mul(0x9e37_79b9) >> 7) as u8;
+            let writer = std::thread::spawn(move || {
+                let mut pos = 0u64;
+                let mut buf = vec![0u8; 3001];
+                let mut round = 0usize;
+                let mut caps = vec![p.capacity()];
+                while pos < TOTAL {
+                    let len = [1, 17, 3001, 250, 4096 % 3001][round % 5].min((TOTAL - pos) as usize);
+                    round += 1;
+                    for (i, b) in buf[..len].iter_mut().enumerate() {
+                        *b = byte(pos + i as u64);
+                    }
+                    let t = p.write(&buf[..len]);
+                    pos += t.bytes as u64;
+                    if t.bytes == 0 {
+                        std::thread::yield_now();
+                    }
+                    if caps.last() != Some(&p.capacity()) {
+                        caps.push(p.capacity());
+                    }
+                }
+                caps
+            });
+            let mut pos = 0u64;
+            let mut buf = vec![0u8; 2000];
+            let mut round = 0usize;
+            while pos < TOTAL {
+                let len = [2000, 1, 333, 64][round % 4];
+                round += 1;
+                // Read only once the ring is half full: growths then find bytes unread.
+                if (c.available() as u64) < (c.capacity() as u64 / 2).min(TOTAL - pos) {
+                    std::thread::yield_now();
+                    continue;
+                }
+                let t = c.read(&mut buf[..len]);
+                for (i, &b) in buf[..t.bytes].iter().enumerate() {
+                    assert_eq!(b, byte(pos + i as u64), "position {}", pos + i as u64);
+                }
+                pos += t.bytes as u64;
+                if t.bytes == 0 {
+                    std::thread::yield_now();
+                }
+            }
+            let caps = writer.join().unwrap();
+            let expect: Vec<usize> = std::iter::successors(Some(initial), |&c| (c < max).then_some(c * 2)).collect();
+            assert_eq!(caps, expect, "max {max}, initial {initial}");
+            drop(c);
+            drop(ring);
+        }
     }
 
     #[test]

@@ -22,8 +22,8 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use crate::sys::{self, Errno, Fd};
 
 use tssx_common::segment::{
-    CacheLine, End, EndLine, HeaderError, RingControl, SegmentHeader, SegmentLayout, SegmentState, MAX_RING_CAPACITY, SEGMENT_MAGIC,
-    SEGMENT_VERSION,
+    CacheLine, End, EndLine, HeaderError, RingControl, RingGeometry, SegmentHeader, SegmentLayout, SegmentState,
+    DEFAULT_INITIAL_RING_CAPACITY, MAX_RING_CAPACITY, SEGMENT_MAGIC, SEGMENT_VERSION,
 };
 
 /// The seals a segment must carry: its size can never change, and neither can its seals.
@@ -161,11 +161,23 @@ unsafe fn unmap(base: NonNull<SegmentHeader>, len: usize, guard: usize) {
 }
 
 impl Segment {
-    /// Creates a segment with rings of `ring_capacity` bytes: an anonymous memfd sized to the
-    /// layout, sealed against resizing, mapped, with its header initialised (state `Pending`,
-    /// TSSX bits and refcounts zero). [`Segment::fd`] gives the memfd to pass to the two ends.
+    /// Creates a segment whose rings may grow to `ring_capacity` bytes and start with
+    /// [`DEFAULT_INITIAL_RING_CAPACITY`] (or `ring_capacity` if smaller): see
+    /// [`Segment::create_growing`].
     pub fn create(ring_capacity: usize) -> Result<Segment, SegmentError> {
+        Self::create_growing(ring_capacity, DEFAULT_INITIAL_RING_CAPACITY.min(ring_capacity))
+    }
+
+    /// Creates a segment with rings of `ring_capacity` bytes that start using `initial` of
+    /// them (a power of two, at most `ring_capacity`; equal to it: rings that never grow): an
+    /// anonymous memfd sized to the layout, sealed against resizing, mapped, with its header
+    /// initialised (state `Pending`, TSSX bits and refcounts zero). [`Segment::fd`] gives the
+    /// memfd to pass to the two ends.
+    pub fn create_growing(ring_capacity: usize, initial: usize) -> Result<Segment, SegmentError> {
         let layout = SegmentLayout::new(ring_capacity).ok_or(SegmentError::InvalidCapacity(ring_capacity))?;
+        if !initial.is_power_of_two() || initial > ring_capacity {
+            return Err(SegmentError::InvalidCapacity(initial));
+        }
         let fd =
             sys::memfd_create(c"tssx-segment", libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING).map_err(SegmentError::os("memfd_create"))?;
         sys::ftruncate(fd.raw(), layout.total_size as u64).map_err(SegmentError::os("ftruncate"))?;
@@ -189,6 +201,11 @@ impl Segment {
             ends: [EndLine::new(), EndLine::new()],
             anc: Default::default(),
         };
+        for ring in &header.rings {
+            // Relaxed: nobody else sees the header before the memfd is passed (SCM_RIGHTS
+            // orders it before the receiver's loads).
+            ring.producer.0.geometry.store(RingGeometry::new(initial).encode(), Relaxed);
+        }
         // SAFETY: the mapping is fresh, ours alone (the fd has not left this process), large
         // enough and aligned; writing the whole header initialises it.
         unsafe { base.as_ptr().write(header) };
@@ -304,6 +321,7 @@ impl Segment {
             tail: &ring.consumer.0.tail,
             producer_asleep: &header.asleep.0[writer.index()],
             consumer_asleep: &header.asleep.0[writer.peer().index()],
+            geometry: &ring.producer.0.geometry,
             // SAFETY: the validated layout puts `capacity` bytes at `offset` inside the
             // mapping; `UnsafeCell<u8>` has the layout of `u8`.
             data: unsafe { self.base.as_ptr().cast::<u8>().add(offset) }.cast(),

@@ -17,12 +17,17 @@
 //! * `locked_consumers_share_a_ring`: two consumer handles of one ring (two threads of one end,
 //!   or parent and child after `fork`) serialized by the ring's [`RingLock`] read every byte
 //!   exactly once, at its position, although each caches a stale producer position.
+//! * `grows_in_order`: a ring that starts at 1 of its 4 bytes and grows (1, 2, 4) while the
+//!   consumer reads: every byte arrives in order, and no byte is read while written (a growth
+//!   published too late, or a geometry that moved an unread byte, shows as a wrong byte or a
+//!   causality violation).
 #![cfg(tssx_loom)]
 
 use loom::sync::atomic::{AtomicU32, AtomicU64};
 use loom::sync::{Arc, Condvar, Mutex};
 use loom::thread;
 
+use tssx_common::segment::RingGeometry;
 use tssx_shm::ring::sync::DataCell;
 use tssx_shm::ring::{Consumer, Producer, RingLock, RingRaw};
 
@@ -36,15 +41,22 @@ struct Ring {
     tail: AtomicU64,
     /// `[producer end, consumer end]`.
     asleep: [AtomicU32; 2],
+    geometry: AtomicU64,
     data: Vec<DataCell>,
 }
 
 impl Ring {
     fn new() -> Arc<Ring> {
+        Self::growing(CAPACITY)
+    }
+
+    /// A ring of `CAPACITY` bytes that starts using `initial` of them.
+    fn growing(initial: usize) -> Arc<Ring> {
         Arc::new(Ring {
             head: AtomicU64::new(0),
             tail: AtomicU64::new(0),
             asleep: [AtomicU32::new(0), AtomicU32::new(0)],
+            geometry: AtomicU64::new(RingGeometry::new(initial).encode()),
             data: (0..CAPACITY).map(|_| DataCell::new(0)).collect(),
         })
     }
@@ -55,6 +67,7 @@ impl Ring {
             tail: &self.tail,
             producer_asleep: &self.asleep[0],
             consumer_asleep: &self.asleep[1],
+            geometry: &self.geometry,
             data: self.data.as_ptr(),
             capacity: CAPACITY,
         }
@@ -129,6 +142,39 @@ fn order_and_no_loss() {
         writer.join().unwrap();
         assert_eq!(got, MESSAGE);
         assert_eq!(consumer.available(), 0);
+    });
+}
+
+#[test]
+fn grows_in_order() {
+    model(|| {
+        let ring = Ring::growing(1);
+        let (mut producer, mut consumer) = ring.handles();
+        let ring2 = ring.clone();
+        let writer = thread::spawn(move || {
+            let _ring = ring2;
+            let mut sent = 0;
+            while sent < MESSAGE.len() {
+                let t = producer.write(&MESSAGE[sent..]);
+                sent += t.bytes;
+                if t.bytes == 0 {
+                    thread::yield_now();
+                }
+            }
+            producer.capacity()
+        });
+        let mut got = Vec::new();
+        let mut buf = [0u8; 2];
+        while got.len() < MESSAGE.len() {
+            let t = consumer.read(&mut buf);
+            got.extend_from_slice(&buf[..t.bytes]);
+            if t.bytes == 0 {
+                thread::yield_now();
+            }
+        }
+        let grown_to = writer.join().unwrap();
+        assert_eq!(got, MESSAGE);
+        assert!(grown_to > 1, "the ring never grew");
     });
 }
 
