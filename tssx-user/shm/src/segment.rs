@@ -271,6 +271,28 @@ impl Segment {
         self.layout.ring_capacity
     }
 
+    /// Bytes of the segment resident in memory now (pages in the memfd's page cache, whoever
+    /// touched them; `mincore` over this mapping), `None` if the kernel refused to tell.
+    pub fn resident_bytes(&self) -> Option<u64> {
+        const PAGE: usize = 4096;
+        let len = self.layout.total_size;
+        let mut pages = vec![0u8; len.div_ceil(PAGE)];
+        // SAFETY: our mapping of `len` bytes starts at `base`, page-aligned (mmap's result);
+        // `pages` holds one byte per page.
+        unsafe { sys::mincore(self.base.as_ptr().cast(), len, &mut pages) }.ok()?;
+        Some(pages.iter().filter(|&&p| p & 1 != 0).count() as u64 * PAGE as u64)
+    }
+
+    /// The capacity each ring uses now, `[A->B, B->A]`, from the (untrusted, sanitized)
+    /// geometry words: for status and traces.
+    pub fn ring_capacities(&self) -> [usize; 2] {
+        // Relaxed: a snapshot for display.
+        let load = |e: End| {
+            RingGeometry::decode(self.header().rings[e.index()].producer.0.geometry.load(Relaxed), self.layout.ring_capacity).capacity
+        };
+        [load(End::Client), load(End::Server)]
+    }
+
     /// The connection state; `None` if the header holds an undefined value.
     #[inline]
     pub fn state(&self) -> Option<SegmentState> {
@@ -451,6 +473,35 @@ mod tests {
         let _g = lock.try_lock(1).unwrap();
         assert!(other.producer_lock(End::Client).try_lock(2).is_none());
         assert!(other.producer_lock(End::Server).try_lock(2).is_some());
+    }
+
+    #[test]
+    fn untouched_pages_are_not_resident() {
+        let seg = Segment::create_growing(1 << 20, 1 << 15).unwrap();
+        let header_only = seg.resident_bytes().unwrap();
+        assert!(header_only <= 4096, "{header_only}");
+        assert_eq!(seg.ring_capacities(), [1 << 15, 1 << 15]);
+        // SAFETY: one producer, used here only, dropped before the segment.
+        let mut tx = unsafe { seg.producer(End::Client) };
+        // SAFETY: one consumer, likewise.
+        let mut rx = unsafe { seg.consumer(End::Server) };
+        let mut buf = vec![0u8; 1 << 16];
+        for _ in 0..64 {
+            assert_eq!(tx.write(&[1; 1000]).bytes, 1000);
+            assert_eq!(rx.read(&mut buf).bytes, 1000);
+        }
+        let small = seg.resident_bytes().unwrap();
+        assert!(small > header_only && small <= 4096 + (1 << 15), "{small}");
+        // A stream grows the ring to its maximum: then it is resident.
+        let mut out = vec![0u8; 1 << 16];
+        for _ in 0..256 {
+            // Writes of 64 KiB, reads of 50,000 bytes: the ring fills up.
+            let _ = tx.write(&buf);
+            let _ = rx.read(&mut out[..50_000]);
+        }
+        assert_eq!(seg.ring_capacities(), [1 << 20, 1 << 15]);
+        assert!(seg.resident_bytes().unwrap() >= 1 << 20);
+        drop((tx, rx));
     }
 
     #[test]

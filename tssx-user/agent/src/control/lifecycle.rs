@@ -151,7 +151,7 @@ impl Control {
                 }
                 registry.spares_generation()
             };
-            let segment = match Segment::create(self.ring_size) {
+            let segment = match Segment::create_growing(self.ring_size, self.ring_initial()) {
                 Ok(segment) => segment,
                 Err(e) => {
                     tracing::warn!("creating a spare segment: {e}");
