@@ -263,6 +263,10 @@ pub struct Producer {
     raw: RingRaw,
     /// Last `tail` read from the shared memory; never ahead of the real one.
     cached_tail: Cell<u64>,
+    /// A write found the ring too small (and it may still grow): writes go up to the end of
+    /// the current block only, where the next one grows the ring. A hint private to this
+    /// handle; it decides nothing about memory safety.
+    grow_wanted: Cell<bool>,
 }
 
 // SAFETY: the handle only holds pointers into memory that the constructor's contract keeps
@@ -295,7 +299,7 @@ impl Producer {
     /// If `raw.capacity` is not a power of two.
     pub unsafe fn new(raw: RingRaw) -> Producer {
         assert!(raw.capacity.is_power_of_two(), "ring capacity must be a power of two");
-        let producer = Producer { raw, cached_tail: Cell::new(0) };
+        let producer = Producer { raw, cached_tail: Cell::new(0), grow_wanted: Cell::new(false) };
         // Acquire: as every load of the consumer's position.
         producer.cached_tail.set(producer.tail().load(Acquire));
         producer
@@ -399,23 +403,27 @@ impl Producer {
     /// The geometry to write with and how many bytes may go at `head` now, for a transfer of
     /// `want` bytes (non-zero).
     ///
-    /// A ring that cannot take all of `want` and may still grow writes up to the end of its
-    /// current block only (the position whose index is 0); a write that starts there doubles
-    /// the capacity first: the unread bytes then fill indices `0..capacity` in order and the
-    /// doubled geometry keeps them there ([`RingGeometry::grown`]). The new geometry is stored
-    /// before the caller publishes anything past `head`.
+    /// A ring that could not take all of a write and may still grow (`grow_wanted`) takes
+    /// writes up to the end of its current block only (the position whose index is 0), even
+    /// when they would fit (else a writer and a reader that move whole rings in lockstep would
+    /// never stop there); a write that starts there doubles the capacity first: the unread
+    /// bytes then fill indices `0..capacity` in order and the doubled geometry keeps them
+    /// there ([`RingGeometry::grown`]). The new geometry is stored before the caller publishes
+    /// anything past `head`.
     #[inline]
     fn room_for(&self, head: u64, want: usize) -> (RingGeometry, usize) {
         let geo = self.geometry();
         let n = self.free_for(head, want, geo.capacity).min(want);
-        if n == want || geo.capacity >= self.raw.capacity {
+        if geo.capacity >= self.raw.capacity || (n == want && !self.grow_wanted.get()) {
             return (geo, n);
         }
         let into_block = geo.index(head);
         if into_block != 0 {
-            // Mid-block: up to the block end only, where the next write grows the ring.
+            // Mid-block: up to the block end only, where a later write grows the ring.
+            self.grow_wanted.set(true);
             return (geo, n.min(geo.capacity - into_block));
         }
+        self.grow_wanted.set(false);
         let grown = geo.grown(head, (geo.capacity * 2).min(self.raw.capacity));
         // Release: orders this geometry before the `head` store (Release) that publishes the
         // first byte written under it; the consumer loads `head` with Acquire, then this word.
@@ -1210,10 +1218,35 @@ mod tests {
             assert!(sent < 10_000, "the ring never reached its maximum");
         }
         assert_eq!(caps, [16, 32, 64]);
+        let _ = c.available();
         assert_eq!(c.capacity(), 64);
         // The limit holds.
         assert_eq!(p.write(&[0; 200]).bytes, 64 - (sent - next));
         assert_eq!(p.capacity(), 64);
+    }
+
+    #[test]
+    fn whole_ring_transfers_in_lockstep_still_grow() {
+        // A writer and a reader that move exactly a ring's worth at a time find the ring
+        // either empty or full, never at a block end with some room: the writer must still
+        // stop at the block end once it found the ring too small, and grow there.
+        let ring = TestRing::growing(1 << 20, 32 << 10);
+        let (mut p, mut c) = ring.handles();
+        let buf = vec![9u8; 64 << 10];
+        let mut out = vec![0u8; 64 << 10];
+        let mut moved = 0usize;
+        while p.capacity() < 1 << 20 {
+            let mut done = 0;
+            while done < buf.len() {
+                let t = p.write(&buf[done..]);
+                done += t.bytes;
+                if t.bytes == 0 {
+                    // The reader takes everything there is, only when the writer is stuck.
+                    moved += c.read(&mut out).bytes;
+                }
+            }
+            assert!(moved < 8 << 20, "still {} after {moved} bytes", p.capacity());
+        }
     }
 
     #[test]
