@@ -3,9 +3,24 @@
 //! A ring is a power-of-two array of bytes plus two free-running `u64` positions: `head`, the
 //! total bytes the producer has written, and `tail`, the total bytes the consumer has read
 //! (both live in the segment header, see [`tssx_common::segment`]). Position `p` lives at index
-//! `p & (capacity - 1)`; the ring holds `head - tail` bytes, is empty when they are equal and
-//! full when the difference is the capacity. A transfer copies one contiguous run of positions,
-//! which is at most two `memcpy` calls (the second when the run wraps around the end).
+//! `(p + offset) & (capacity - 1)` of the ring's current geometry; the ring holds `head - tail`
+//! bytes, is empty when they are equal and full when the difference is the capacity. A
+//! transfer copies one contiguous run of positions, which is at most two `memcpy` calls (the
+//! second when the run wraps around the end).
+//!
+//! # Growing
+//!
+//! A ring's data region is mapped at its largest size, but the ring starts by using a small
+//! power of two of it ([`RingRaw::geometry`]). A producer that cannot write all it was given
+//! writes up to the end of its current block only, and the next write there doubles the
+//! capacity with a geometry that leaves every unread byte at its index
+//! ([`tssx_common::segment::RingGeometry::grown`]): no byte moves and the writer never waits
+//! for the reader. It stores the geometry (`Release`) before the `head` store (`Release`) that
+//! publishes the first byte after it; the consumer loads the geometry after its `Acquire` load
+//! of `head` and keeps it with that head: it sees the geometry of every byte it reads, or a
+//! later one, which places those bytes at the same indices. Pages past the capacity in use
+//! are never touched, so they are never allocated. See "Rings that grow" in
+//! [`tssx_common::segment`].
 //!
 //! A [`Producer`] and a [`Consumer`] each keep a private copy of the *peer's* position and only
 //! re-read the shared one when the copy says there is not enough room or data. The copy is
