@@ -1284,7 +1284,7 @@ mod tests {
         // Two threads, byte-checked: odd write and read sizes so that growths happen at every
         // step with bytes unread and the consumer on an old geometry.
         for (max, initial) in [(1 << 16, 64), (1 << 12, 1 << 12), (1 << 14, 1 << 7)] {
-            let ring = std::sync::Arc::new(TestRing::growing(max, initial));
+            let ring = TestRing::growing(max, initial);
             let (mut p, mut c) = ring.handles();
             const TOTAL: u64 = 8 << 20;
             let byte = |pos: u64| (pos.wrapping_mul(0x9e37_79b9) >> 7) as u8;
@@ -1333,8 +1333,6 @@ mod tests {
             let caps = writer.join().unwrap();
             let expect: Vec<usize> = std::iter::successors(Some(initial), |&c| (c < max).then_some(c * 2)).collect();
             assert_eq!(caps, expect, "max {max}, initial {initial}");
-            drop(c);
-            drop(ring);
         }
     }
 
