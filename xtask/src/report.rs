@@ -861,7 +861,7 @@ mod tests {
 /// Clients, requests and value size of the memory measurement (issue 15: 200 redis-benchmark
 /// clients doing 100-byte SETs).
 const MEMORY_CLIENTS: u32 = 200;
-const MEMORY_REQUESTS: u32 = 400_000;
+const MEMORY_REQUESTS: u32 = 2_000_000;
 const MEMORY_VALUE: u32 = 100;
 
 /// `Shmem` of /proc/meminfo, in bytes.
