@@ -490,17 +490,18 @@ impl Conn {
         clamp_used(head, tail, self.ring_geometry(self.end).capacity)
     }
 
-    /// Room in the outgoing ring at its current capacity (a write makes progress exactly when
-    /// there is some: a ring that may grow grows when it is full at a block end); none when
-    /// the positions are further apart than the ring (a lie of the peer's: the ring looks
-    /// full, as to the producer itself, see `tssx_shm::ring`).
+    /// Room in the outgoing ring as the next write finds it (`tssx_shm::ring::room_to_write`:
+    /// a full ring that may still grow has room); none when the positions are further apart
+    /// than the ring (a lie of the peer's: the ring looks full, as to the producer itself, see
+    /// `tssx_shm::ring`).
     pub fn room(&self) -> usize {
         let ring = &self.header().rings[self.end.index()];
         // Acquire on both, as in `unread`.
-        let used = ring.producer.0.head.load(Acquire).wrapping_sub(ring.consumer.0.tail.load(Acquire));
-        // Our own ring's geometry: a snapshot for readiness as the positions are (a write
-        // re-reads it under the producer lock).
-        (self.ring_geometry(self.end).capacity as u64).saturating_sub(used) as usize
+        let (head, tail) = (ring.producer.0.head.load(Acquire), ring.consumer.0.tail.load(Acquire));
+        // Relaxed: our own ring's geometry and growth mark, a snapshot for readiness as the
+        // positions are (a write re-reads them under the producer lock).
+        let (geometry, grown_at) = (ring.producer.0.geometry.load(Relaxed), ring.producer.0.grown_at.load(Relaxed));
+        tssx_shm::ring::room_to_write(head, tail, geometry, grown_at, self.seg().segment.ring_capacity())
     }
 
     /// Positions that change when new data arrives (incoming head, plus the kernel's edges on

@@ -12,15 +12,16 @@
 //!
 //! A ring's data region is mapped at its largest size, but the ring starts by using a small
 //! power of two of it ([`RingRaw::geometry`]). A producer that cannot write all it was given
-//! writes up to the end of its current block only, and the next write there doubles the
-//! capacity with a geometry that leaves every unread byte at its index
-//! ([`tssx_common::segment::RingGeometry::grown`]): no byte moves and the writer never waits
-//! for the reader. It stores the geometry (`Release`) before the `head` store (`Release`) that
-//! publishes the first byte after it; the consumer loads the geometry after its `Acquire` load
-//! of `head` and keeps it with that head: it sees the geometry of every byte it reads, or a
-//! later one, which places those bytes at the same indices. Pages past the capacity in use
-//! are never touched, so they are never allocated. See "Rings that grow" in
-//! [`tssx_common::segment`].
+//! doubles the capacity first, with a geometry that unrolls the unread bytes from the
+//! consumer's position ([`tssx_common::segment::RingGeometry::unrolled`]): those that had
+//! wrapped to the start are copied beyond the old end, the others stay; the writer never
+//! waits for the reader. Until the consumer passes the position of a growth that copied, a
+//! reader may still use the old geometry, so the producer does not wrap onto the start of the
+//! ring then ([`ProducerLine::grown_at`](tssx_common::segment::ProducerLine::grown_at)). The
+//! producer copies, stores the geometry (`Release`), then publishes bytes after it (`head`,
+//! `Release`); the consumer loads the geometry (`Acquire`) after its `Acquire` load of `head`
+//! and keeps it with that head. Pages past the capacity in use are never touched, so they are
+//! never allocated. See "Rings that grow" in [`tssx_common::segment`].
 //!
 //! A [`Producer`] and a [`Consumer`] each keep a private copy of the *peer's* position and only
 //! re-read the shared one when the copy says there is not enough room or data. The copy is
@@ -132,6 +133,31 @@ pub mod sync {
         unsafe { core::ptr::copy_nonoverlapping(DataCell::raw_get(src), dst.as_mut_ptr(), dst.len()) }
     }
 
+    /// Copies `len` cells from `src` to `dst` (the ranges do not overlap).
+    ///
+    /// # Safety
+    /// Both ranges are valid cells; nobody writes `src` or accesses `dst` meanwhile.
+    #[cfg(not(tssx_loom))]
+    #[inline]
+    pub(crate) unsafe fn copy_cells(src: *const DataCell, dst: *const DataCell, len: usize) {
+        // SAFETY: per the contract; `UnsafeCell<u8>` has the layout of `u8`.
+        unsafe { core::ptr::copy_nonoverlapping(DataCell::raw_get(src), DataCell::raw_get(dst), len) }
+    }
+
+    /// Copies `len` cells from `src` to `dst`, one tracked access per byte.
+    ///
+    /// # Safety
+    /// As the non-loom version.
+    #[cfg(tssx_loom)]
+    pub(crate) unsafe fn copy_cells(src: *const DataCell, dst: *const DataCell, len: usize) {
+        for i in 0..len {
+            // SAFETY: in bounds by the caller's contract; loom checks the accesses.
+            let byte = unsafe { (*src.add(i)).with(|p| *p) };
+            // SAFETY: as above.
+            unsafe { (*dst.add(i)).with_mut(|p| *p = byte) }
+        }
+    }
+
     /// Copies `src` into the cells starting at `dst`, one tracked access per byte.
     ///
     /// # Safety
@@ -172,6 +198,9 @@ pub struct RingRaw {
     /// The ring's geometry word ([`tssx_common::segment::ProducerLine::geometry`]): the
     /// capacity in use now, at most `capacity`.
     pub geometry: *const AtomicU64,
+    /// Where the last growth that copied bytes happened
+    /// ([`tssx_common::segment::ProducerLine::grown_at`]; the producer's only).
+    pub grown_at: *const AtomicU64,
     /// The first of `capacity` data cells.
     pub data: *const DataCell,
     /// Number of data cells, the most the ring may grow to; a power of two.
@@ -230,6 +259,52 @@ fn geometry_of(raw: &RingRaw, word: u64) -> RingGeometry {
     RingGeometry::decode(word, raw.capacity)
 }
 
+/// What a producer at `head` may write now, with the consumer at `tail`, in geometry `geo`
+/// with the last copying growth at `grown_at`, in a ring mapped for `max` bytes: the room, and
+/// whether a write that wants more may grow the ring first.
+///
+/// Until `tail` passes `grown_at`, a reader may still read the bytes below it at their old
+/// indices (among them the wrapped ones at `0..r`, which the growth copied): the producer does
+/// not wrap around the end of the current geometry then (its room stops there) and grows only
+/// from exactly that end (nothing wraps there, nothing to copy; the new geometry puts the next
+/// bytes beyond the old end too).
+#[inline]
+fn plan(head: u64, tail: u64, geo: RingGeometry, grown_at: u64, max: usize) -> (usize, bool) {
+    let room = free(head, tail, geo.capacity);
+    // A stale or corrupt pair of positions (further apart than the ring) never grows it.
+    let can_grow = geo.capacity < max && head.wrapping_sub(tail) <= geo.capacity as u64;
+    if grown_at != 0 && tail < grown_at {
+        let into = geo.index(head);
+        let to_end = if into == 0 { 0 } else { geo.capacity - into };
+        return (room.min(to_end), can_grow && into == 0);
+    }
+    (room, can_grow)
+}
+
+/// The growth a producer at `head` makes (see [`plan`]): the doubled geometry that unrolls the
+/// bytes from `tail`, how many wrapped bytes it copies from index 0 to the old capacity, the
+/// `grown_at` to store, and the room after it.
+#[inline]
+fn growth(head: u64, tail: u64, geo: RingGeometry, grown_at: u64, max: usize) -> (RingGeometry, usize, u64, usize) {
+    let used = head.wrapping_sub(tail) as usize;
+    let grown = geo.unrolled(tail, (geo.capacity * 2).min(max));
+    let wrapped = geo.wrapped(tail, used);
+    let grown_at = if wrapped > 0 { head } else { grown_at };
+    let (room, _) = plan(head, tail, grown, grown_at, max);
+    (grown, wrapped, grown_at, room)
+}
+
+/// Room for a write on the ring whose positions, geometry word and `grown_at` are given
+/// (mapped for `max` bytes), as [`Producer::free`] counts it: what the next write takes
+/// (growing the ring first if it may). For readiness (`POLLOUT`) from the shared header.
+pub fn room_to_write(head: u64, tail: u64, geometry: u64, grown_at: u64, max: usize) -> usize {
+    let geo = RingGeometry::decode(geometry, max);
+    match plan(head, tail, geo, grown_at, max) {
+        (room, true) => growth(head, tail, geo, grown_at, max).3.max(room),
+        (room, false) => room,
+    }
+}
+
 /// Copies `src` into the ring at position `pos`: one `memcpy`, two if the run wraps.
 ///
 /// # Safety
@@ -278,10 +353,6 @@ pub struct Producer {
     raw: RingRaw,
     /// Last `tail` read from the shared memory; never ahead of the real one.
     cached_tail: Cell<u64>,
-    /// A write found the ring too small (and it may still grow): writes go up to the end of
-    /// the current block only, where the next one grows the ring. A hint private to this
-    /// handle; it decides nothing about memory safety.
-    grow_wanted: Cell<bool>,
 }
 
 // SAFETY: the handle only holds pointers into memory that the constructor's contract keeps
@@ -314,7 +385,7 @@ impl Producer {
     /// If `raw.capacity` is not a power of two.
     pub unsafe fn new(raw: RingRaw) -> Producer {
         assert!(raw.capacity.is_power_of_two(), "ring capacity must be a power of two");
-        let producer = Producer { raw, cached_tail: Cell::new(0), grow_wanted: Cell::new(false) };
+        let producer = Producer { raw, cached_tail: Cell::new(0) };
         // Acquire: as every load of the consumer's position.
         producer.cached_tail.set(producer.tail().load(Acquire));
         producer
@@ -350,6 +421,12 @@ impl Producer {
         unsafe { &*self.raw.geometry }
     }
 
+    #[inline]
+    fn grown_at(&self) -> &AtomicU64 {
+        // SAFETY: valid for the handle's life by the constructor's contract.
+        unsafe { &*self.raw.grown_at }
+    }
+
     /// The ring's current geometry (sanitized).
     #[inline]
     pub fn geometry(&self) -> RingGeometry {
@@ -377,12 +454,15 @@ impl Producer {
         self.head().load(Relaxed)
     }
 
-    /// Free space in bytes, reading the consumer's position afresh. A write makes progress
-    /// exactly when this is non-zero (a ring that may grow grows when it is full at a block
-    /// end, see [`Producer::write`]).
+    /// Room for the next write in bytes, reading the consumer's position afresh: a write of
+    /// up to this many bytes takes them all (growing the ring first if it must and may).
     #[inline]
     pub fn free(&self) -> usize {
-        self.refresh(self.position(), self.capacity())
+        let head = self.position();
+        self.refresh(head, self.capacity());
+        // Relaxed: our own field, as `geometry`.
+        let (word, grown_at) = (self.geometry_word().load(Relaxed), self.grown_at().load(Relaxed));
+        room_to_write(head, self.cached_tail.get(), word, grown_at, self.raw.capacity)
     }
 
     /// Whether nothing is waiting for the consumer (everything written has been read).
@@ -403,47 +483,45 @@ impl Producer {
         free(head, tail, capacity)
     }
 
-    /// Free space for producer position `head`, at least `want` if the ring has it: the cached
-    /// consumer position is only refreshed when it shows less than `want`.
-    #[inline]
-    fn free_for(&self, head: u64, want: usize, capacity: usize) -> usize {
-        let cached = free(head, self.cached_tail.get(), capacity);
-        if cached >= want {
-            cached
-        } else {
-            self.refresh(head, capacity)
-        }
-    }
-
     /// The geometry to write with and how many bytes may go at `head` now, for a transfer of
     /// `want` bytes (non-zero).
     ///
-    /// A ring that could not take all of a write and may still grow (`grow_wanted`) takes
-    /// writes up to the end of its current block only (the position whose index is 0), even
-    /// when they would fit (else a writer and a reader that move whole rings in lockstep would
-    /// never stop there); a write that starts there doubles the capacity first: the unread
-    /// bytes then fill indices `0..capacity` in order and the doubled geometry keeps them
-    /// there ([`RingGeometry::grown`]). The new geometry is stored before the caller publishes
-    /// anything past `head`.
+    /// A ring that cannot take all of `want` and may grow ([`plan`]) doubles first: the
+    /// geometry that unrolls the unread bytes, after copying the wrapped ones beyond the old
+    /// end (see "Rings that grow" in [`tssx_common::segment`]). The copies and the geometry are
+    /// stored before the caller publishes anything past `head`.
     #[inline]
     fn room_for(&self, head: u64, want: usize) -> (RingGeometry, usize) {
         let geo = self.geometry();
-        let n = self.free_for(head, want, geo.capacity).min(want);
-        if geo.capacity >= self.raw.capacity || (n == want && !self.grow_wanted.get()) {
-            return (geo, n);
+        // Relaxed: our own field, written only under the producer lock.
+        let grown_at = self.grown_at().load(Relaxed);
+        let cached = plan(head, self.cached_tail.get(), geo, grown_at, self.raw.capacity);
+        if cached.0 >= want {
+            return (geo, want);
         }
-        let into_block = geo.index(head);
-        if into_block != 0 {
-            // Mid-block: up to the block end only, where a later write grows the ring.
-            self.grow_wanted.set(true);
-            return (geo, n.min(geo.capacity - into_block));
+        // Acquire: as every load of the consumer's position (see `refresh`).
+        self.refresh(head, geo.capacity);
+        let tail = self.cached_tail.get();
+        let (room, may_grow) = plan(head, tail, geo, grown_at, self.raw.capacity);
+        if room >= want || !may_grow {
+            return (geo, room.min(want));
         }
-        self.grow_wanted.set(false);
-        let grown = geo.grown(head, (geo.capacity * 2).min(self.raw.capacity));
-        // Release: orders this geometry before the `head` store (Release) that publishes the
-        // first byte written under it; the consumer loads `head` with Acquire, then this word.
+        let (grown, wrapped, grown_at, room) = growth(head, tail, geo, grown_at, self.raw.capacity);
+        if wrapped > 0 {
+            // SAFETY: `wrapped < geo.capacity` and `grown.capacity >= 2 * geo.capacity` is at
+            // most the mapped capacity, so both runs are in bounds and do not overlap; the
+            // source holds published bytes nobody writes (only we do), the destination lies
+            // beyond every index the old geometry used: no reader reads it before the geometry
+            // below is published.
+            unsafe { sync::copy_cells(self.raw.data, self.raw.data.add(geo.capacity), wrapped) };
+            // Relaxed: read only by producers, which the lock serializes.
+            self.grown_at().store(grown_at, Relaxed);
+        }
+        // Release: orders the copies and this geometry before the `head` store (Release) that
+        // publishes the first byte written under it; the consumer loads `head` with Acquire,
+        // then this word with Acquire.
         self.geometry_word().store(grown.encode(), Release);
-        (grown, self.free_for(head, want, grown.capacity).min(want))
+        (grown, room.min(want))
     }
 
     /// Publishes `head + bytes` after the bytes were copied in.
@@ -639,11 +717,11 @@ impl Consumer {
         // Acquire: pairs with the producer's Release store of `head` after copying in, so the
         // bytes below that head are visible to our copies.
         let head = self.head().load(Acquire);
-        // Relaxed: loaded after the Acquire load of `head`, whose Release store the producer
-        // made after storing the geometry of every byte below it (Release): this load sees
-        // that geometry or a later one, and a later one (a ring grown meanwhile) places every
-        // byte below `head` at the same index.
-        let geo = geometry_of(&self.raw, self.geometry_word().load(Relaxed));
+        // Acquire, after the Acquire load of `head`: the producer stored the geometry of every
+        // byte below that head (Release) before the head, so this load sees it or a later
+        // one; a later one (a ring grown meanwhile) has every unread byte at its new index,
+        // copied there before the geometry's Release store, which this Acquire pairs with.
+        let geo = geometry_of(&self.raw, self.geometry_word().load(Acquire));
         self.cached_head.set(head);
         self.cached_geometry.set(geo);
         used(head, tail, geo.capacity)
@@ -925,6 +1003,7 @@ mod tests {
                 producer_asleep: &self.asleep[0],
                 consumer_asleep: &self.asleep[1],
                 geometry: &self.ctl.producer.0.geometry,
+                grown_at: &self.ctl.producer.0.grown_at,
                 data: self.data.as_ptr(),
                 capacity: self.data.len(),
             }
@@ -1191,7 +1270,7 @@ mod tests {
     }
 
     #[test]
-    fn grows_at_a_block_end_without_moving_unread_bytes() {
+    fn grows_when_full_copying_only_the_wrapped_bytes() {
         let ring = TestRing::growing(64, 8);
         let (mut p, mut c) = ring.handles();
         let mut out = [0u8; 64];
@@ -1202,49 +1281,72 @@ mod tests {
             assert_eq!(&out[..5], &[round; 5]);
         }
         assert_eq!(p.capacity(), 8);
-        // Head 50, index 2: a write that does not fit goes up to the block end only (6 bytes),
-        // the next one (at the block end, with 3 of them unread) doubles the ring.
-        assert_eq!(c.skip(0).bytes, 0);
         let data: Vec<u8> = (100..140).collect();
-        assert_eq!(p.write(&data).bytes, 6);
-        assert_eq!(p.capacity(), 8);
+        // Head 50 (index 2), nothing unread: 40 bytes do not fit in 8: doubled, nothing to
+        // copy, and the 16 that fit are written.
+        assert_eq!(p.write(&data).bytes, 16);
+        assert_eq!(p.capacity(), 16);
+        // The reader takes 3 (its cached head 66 and geometry stay those of capacity 16).
         assert_eq!(c.read(&mut out[..3]).bytes, 3);
         assert_eq!(&out[..3], &data[..3]);
-        assert_eq!(p.write(&data[6..]).bytes, 13, "doubled to 16, 3 unread");
-        assert_eq!(p.capacity(), 16);
-        // The consumer reads the 3 bytes written before the growth and those after, in order.
-        assert_eq!(c.read(&mut out).bytes, 16);
-        assert_eq!(&out[..16], &data[3..19]);
-        // Keep writing: 16 -> 32 -> 64, then no further.
-        let mut sent = 19;
-        let mut next = 19;
-        let mut caps = vec![16];
-        while sent < data.len() || caps.last() != Some(&64) {
-            let chunk: Vec<u8> = (0..7).map(|i| data[(sent + i) % data.len()]).collect();
-            sent += p.write(&chunk).bytes;
-            let n = c.read(&mut out[..5]).bytes;
-            for &b in &out[..n] {
-                assert_eq!(b, data[next % data.len()], "byte {next}");
-                next += 1;
-            }
-            if *caps.last().unwrap() != p.capacity() {
-                caps.push(p.capacity());
-            }
-            assert!(sent < 10_000, "the ring never reached its maximum");
-        }
-        assert_eq!(caps, [16, 32, 64]);
-        let _ = c.available();
-        assert_eq!(c.capacity(), 64);
-        // The limit holds.
-        assert_eq!(p.write(&[0; 200]).bytes, 64 - (sent - next));
+        // 13 unread from index 5: 2 of them wrapped to indices 0..2. Doubled again: they are
+        // copied to 16..18, and until the reader passes position 66 the writer stops at the
+        // end of the new geometry (14 bytes), never wrapping onto indices 0..2.
+        assert_eq!(p.write(&data[16..]).bytes, 14);
+        assert_eq!(p.capacity(), 32);
+        assert_eq!(ring.ctl.producer.0.grown_at.load(Relaxed), 66);
+        // At that end it grows again, with nothing to copy: 64, the maximum.
+        assert_eq!(p.write(&data[30..]).bytes, 10);
         assert_eq!(p.capacity(), 64);
+        // The reader still uses the geometry of capacity 16 for the 13 bytes below its cached
+        // head, the wrapped ones from indices 0..2, untouched; then the rest in the new one.
+        assert_eq!(c.read(&mut out[..13]).bytes, 13);
+        assert_eq!(c.capacity(), 16, "read with the old geometry");
+        assert_eq!(&out[..13], &data[3..16]);
+        assert_eq!(c.read(&mut out).bytes, 24);
+        assert_eq!(c.capacity(), 64);
+        assert_eq!(&out[..24], &data[16..40]);
+        // The reader passed 66: the writer wraps again (the whole ring is free).
+        let more: Vec<u8> = (0..64).map(|i| 200u8.wrapping_add(i)).collect();
+        assert_eq!(p.write(&more).bytes, 64);
+        assert_eq!(c.read(&mut out).bytes, 64);
+        assert_eq!(&out[..], &more[..]);
+        // The limit holds.
+        assert_eq!(p.write(&[0; 200]).bytes, 64);
+        assert_eq!(p.capacity(), 64);
+    }
+
+    #[test]
+    fn an_idle_reader_does_not_stop_the_growth() {
+        // A writer that fills the ring while its reader reads nothing (a non-blocking writer
+        // until EAGAIN) gets the whole maximum, wherever the reader stopped.
+        let ring = TestRing::growing(1 << 16, 1 << 10);
+        let (mut p, mut c) = ring.handles();
+        let mut out = [0u8; 700];
+        assert_eq!(p.write(&[1; 700]).bytes, 700);
+        assert_eq!(c.read(&mut out).bytes, 700);
+        let mut filled = 0;
+        loop {
+            // `free` is what the next write takes (the ancillary path relies on it).
+            let room = p.free();
+            let t = p.write(&[2; 4096]);
+            assert_eq!(t.bytes, room.min(4096));
+            if t.bytes == 0 {
+                break;
+            }
+            filled += t.bytes;
+        }
+        assert_eq!(p.capacity(), 1 << 16);
+        assert!(filled >= (1 << 16) - (1 << 10), "{filled}");
+        let mut all = vec![0u8; 1 << 16];
+        let n = c.read(&mut all).bytes;
+        assert!(n >= filled && all[..n].iter().all(|&b| b == 2), "{n}");
     }
 
     #[test]
     fn whole_ring_transfers_in_lockstep_still_grow() {
         // A writer and a reader that move exactly a ring's worth at a time find the ring
-        // either empty or full, never at a block end with some room: the writer must still
-        // stop at the block end once it found the ring too small, and grow there.
+        // either empty or full: the writer grows it when it finds it full.
         let ring = TestRing::growing(1 << 20, 32 << 10);
         let (mut p, mut c) = ring.handles();
         let buf = vec![9u8; 64 << 10];
