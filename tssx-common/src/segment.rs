@@ -18,7 +18,7 @@
 //!                             (padded to 128)
 //!   128  asleep[2]            (written only around a sleep; read after every transfer)
 //!   192  shut[2]              (shutdown(2) bits of each end)
-//!   256  rings[0] (A->B)      producer line: head, producer lock, geometry, grown_at
+//!   256  rings[0] (A->B)      producer line: head, producer lock, geometry
 //!                             consumer line: tail, consumer lock
 //!   384  rings[1] (B->A)      same
 //!   512  ends[0] (A)          migration lines of end A (see [`EndLine`])
@@ -55,63 +55,21 @@
 //! requests and responses holds a few pages, not two full rings. A writer that wants to write
 //! more than its ring has free grows it, doubling the capacity up to `ring_capacity`:
 //!
-//! * The new geometry *unrolls* the unread bytes ([`RingGeometry::unrolled`]): from the
-//!   consumer's `tail` on, position `tail + k` gets index `index(tail) + k` in the doubled
-//!   ring. The unread bytes before the old end keep their index; those that had wrapped to
-//!   indices `0..r` belong at `capacity + 0..r`, which the writer copies there (at most one
-//!   old capacity, once per growth) before it publishes the geometry. The writer never waits
-//!   for the reader: a reader that has not consumed anything still sees every byte, and a
-//!   full ring grows at once, whatever the reader does.
-//! * A reader may still hold the old geometry (loaded with a head below the growth's position)
-//!   and read the wrapped bytes at `0..r`. So until the consumer's `tail` passes the position
-//!   the ring grew at ([`ProducerLine::grown_at`]), the writer never wraps around the end of
-//!   the current geometry onto index 0 (it writes only into the part the old geometry never
-//!   used); at that end it may grow again (nothing wraps there, nothing to copy). New bytes go
-//!   to indices that no unread byte uses (the free space rule `head - tail <= capacity`).
-//! * Ordering: the producer copies, then stores the new geometry (`Release`), before the
-//!   `head` store (`Release`) that publishes the first byte after it; the consumer loads
-//!   `head` (`Acquire`) and then the geometry (`Acquire`, which also makes the copies
-//!   visible), so it reads every byte below that head at its place in the geometry it loaded
-//!   (the one the byte was written under, or a later one, which keeps unread bytes readable at
-//!   their new indices). The consumer keeps the geometry it loaded with the head it loaded.
-//!
-//! The naming follows the connection: [`End::Client`] is end *A* (the side that connected),
-//! [`End::Server`] is end *B* (the side that accepted). `rings[e]` is written by end `e` and read
-//! by its peer, so `rings[0]` is A->B and `rings[1]` is B->A.
-//!
-//! # Migration: a connection moves from the socket to the rings in flight
-//!
-//! A connection starts on the real socket at both ends. The agent hands the segment to both ends
-//! once both claimed it; from then on each end moves through the steps recorded in its
-//! [`EndLine`] (`ends[e]`, written only by end `e`'s processes):
-//!
-//! 1. **joined**: the end mapped the segment ([`JOIN_MAPPED`]), or gave it up for good
-//!    ([`JOIN_REFUSED`]: the peer then forgets the segment and stays on the socket). Until both
-//!    ends are ready nothing is on the rings, so giving up costs nothing.
-//! 2. **ready**: the end saw its peer joined, and no call of its own is inside the kernel on the
-//!    socket without the hook knowing (a blocking `read`, a `poll`): from now on every socket
-//!    byte it writes or consumes is counted in its line (`sock_written`, `sock_read`), readers
-//!    peek before they consume, and its waiters announce their sleeps (so a doorbell can wake
-//!    them and never reaches the application as data).
-//! 3. **switch**, per direction: an end that is ready and sees its peer ready stores in
-//!    `switch_at` the bytes it wrote to the socket, then writes to its ring only. The reader
-//!    consumes exactly `switch_at - sock_read` more bytes from the socket, then reads the ring;
-//!    every socket byte after `switch_at` is a doorbell.
-//! 4. **hand-back**, the reverse (ring -> socket), for the whole connection: an end that must
-//!    give the connection back to the kernel stores the number of doorbells it sent, counting
-//!    one last one (`bells_at`), and its ring head (`back_at`), rings that last doorbell, and
-//!    writes to the socket from then on, sending no more doorbells. Its peer, woken, does the
-//!    same for its direction. A reader reads its ring up to `back_at`, drains
-//!    `bells_at - bells_drained` doorbell bytes, then reads the socket. A reader that cannot
-//!    read the ring any more (an image without the hook takes over its reads) first records
-//!    where it stopped (`replay_from`); its peer then stores that position as its `back_at`,
-//!    rings no last doorbell, and sends its ring's bytes from there on the socket first.
-//!    Doorbells are counted (`bells_sent`) before they are sent, and only under the end's
-//!    producer lock, which the hand-back holds: the count is exact.
-//!
-//! A lying peer can make these positions wrong, which makes its own data arrive wrong or not at
-//! all, as garbage on a plain socket would; every use clamps them (`saturating_sub`, `min` with
-//! what the socket holds). See the threat model below.
+//! * It grows at a *block end* only: a head whose index is 0. A writer whose ring would be
+//!   more than half full after its write takes writes up to the block end, no further, and
+//!   the next write doubles the ring there. The unread bytes then lie just below the block
+//!   end, and the doubled geometry ([`RingGeometry::unrolled`]) keeps each of them at its
+//!   index: no byte moves, and a reader that still uses the old geometry reads the same bytes
+//!   as one that uses the new one. New bytes go to indices that the unread ones do not use
+//!   (the free space rule `head - tail <= capacity` of the new capacity). The writer never
+//!   waits for the reader to empty the ring, and an idle reader does not stop the growth (the
+//!   writer stops at the block end before the ring is full).
+//! * Request/response traffic keeps a ring less than half full and never grows it.
+//! * Ordering: the producer stores the new geometry (`Release`) before the `head` store
+//!   (`Release`) that publishes the first byte after it; the consumer loads `head` (`Acquire`)
+//!   and then the geometry (`Acquire`), so it sees the geometry of every byte below that head,
+//!   or a later one, which keeps those bytes at the same indices. The consumer keeps the
+//!   geometry it loaded with the head it loaded.
 //!
 //! # Ancillary data: fds and credentials travel through the kernel
 //!
@@ -178,7 +136,6 @@
 //! | `shut[peer]` | the peer | `SHUT_WRITE`: EOF; `SHUT_READ`: EPIPE; `SHUT_RESET`: ECONNRESET, only once the peer is really gone | the peer's own shutdown or close |
 //! | `shut[own]` | the victim | the victim's reads see EOF (`SHUT_READ`) or writes EPIPE (`SHUT_WRITE`) | the peer's shutdown or close gives the same |
 //! | `rings[*].head`, `tail` | producer, consumer | the ring looks empty, full or holds garbage; a difference above the capacity counts as nothing to read and no room (never a transfer longer than the ring) | garbage, a peer that never reads or writes |
-//! | `rings[*].grown_at` | the producer | read only by the producer: a lie makes the victim's writer stop short of wrapping (it then waits for room, as for a peer that never reads) or wrap early onto bytes the peer may still read (the liar's own stream turns to garbage) | a peer that never reads; garbage |
 //! | `rings[*].geometry` | the producer (the creator sets the first) | a capacity that is not a power of two within the mapped `ring_capacity` counts as `ring_capacity` (offset 0); any offset is masked below the capacity: every index stays inside the ring's mapped data, every length within the capacity. A lying geometry makes the victim read its peer's bytes from the wrong indices (garbage), and as the writer of its own ring (a peer that rewrites the victim's geometry) write at indices its reader does not expect: the peer's own stream turns to garbage. No loop depends on it: one copy per transfer, at most two `memcpy` | garbage |
 //! | `rings[*].lock` | the processes of the end that uses that side | a forged holder: after 200 µs the value is placed (a thread of the victim's process by the process's own record, another process by its `/proc/TID/fd`) and taken over; the peer can also clear it while the victim holds it, letting two of the victim's threads in: garbage, still within the ring and the caller's buffers | a bounded delay per forged value; garbage |
 //! | `ends[peer].joined`, `ready` | the peer | the migration is given up, or the victim switches onto a ring the peer never reads | a peer that never reads |
@@ -406,12 +363,6 @@ pub struct ProducerLine {
     /// which places every byte it may read at the same index). Untrusted: every load is
     /// sanitized ([`RingGeometry::decode`]).
     pub geometry: AtomicU64,
-    /// Where the last growth that copied bytes happened (the head then), `0` when none is in
-    /// progress: until the consumer's `tail` passes it, a consumer may still read the bytes
-    /// below it at their old indices, so the producer does not wrap around the end of the
-    /// current geometry (see "Rings that grow"). Written and read only by the producer, under
-    /// its lock (`Relaxed`: the lock orders it); untrusted like every field.
-    pub grown_at: AtomicU64,
 }
 
 /// A ring's geometry, as stored in [`ProducerLine::geometry`]: the capacity that applies now
@@ -458,9 +409,9 @@ impl RingGeometry {
 
     /// The geometry of `capacity` bytes (a larger power of two) that *unrolls* the positions
     /// from `tail` on: position `tail + k` gets index `self.index(tail) + k`. The unread bytes
-    /// (at most `self.capacity` from `tail`) keep their index, except those that had wrapped
-    /// around the end of this geometry (the first [`RingGeometry::wrapped`] of them from index
-    /// 0), which now belong at `self.capacity + i` and must be copied there.
+    /// (at most `self.capacity` from `tail`) keep their index unless they had wrapped around
+    /// the end of this geometry ([`RingGeometry::wrapped`]); a producer grows only when none
+    /// had (at a block end).
     pub const fn unrolled(self, tail: u64, capacity: usize) -> RingGeometry {
         let start = self.index(tail) as u64;
         RingGeometry { capacity, offset: start.wrapping_sub(tail) & (capacity as u64 - 1) }
@@ -742,9 +693,8 @@ const _: () = {
     use core::mem::{align_of, offset_of, size_of};
     assert!(size_of::<AtomicU32>() == 4 && align_of::<AtomicU32>() == 4);
     assert!(size_of::<AtomicU64>() == 8 && align_of::<AtomicU64>() == 8);
-    assert!(size_of::<ProducerLine>() == 32);
+    assert!(size_of::<ProducerLine>() == 24);
     assert!(offset_of!(ProducerLine, geometry) == 16);
-    assert!(offset_of!(ProducerLine, grown_at) == 24);
     assert!(size_of::<ConsumerLine>() == 16);
     assert!(size_of::<CacheLine<ProducerLine>>() == CACHE_LINE);
     assert!(align_of::<CacheLine<ProducerLine>>() == CACHE_LINE);

@@ -487,7 +487,6 @@ fn fields() -> Vec<Field> {
         add("producer lock", ring + offset_of!(RingControl, producer) + 8, false);
         add("producer reserved", ring + offset_of!(RingControl, producer) + 12, false);
         add("geometry", ring + offset_of!(RingControl, producer) + offset_of!(ProducerLine, geometry), true);
-        add("grown_at", ring + offset_of!(RingControl, producer) + offset_of!(ProducerLine, grown_at), true);
         add("tail", ring + offset_of!(RingControl, consumer), true);
         add("consumer lock", ring + offset_of!(RingControl, consumer) + 8, false);
         add("consumer reserved", ring + offset_of!(RingControl, consumer) + 12, false);

@@ -498,10 +498,10 @@ impl Conn {
         let ring = &self.header().rings[self.end.index()];
         // Acquire on both, as in `unread`.
         let (head, tail) = (ring.producer.0.head.load(Acquire), ring.consumer.0.tail.load(Acquire));
-        // Relaxed: our own ring's geometry and growth mark, a snapshot for readiness as the
-        // positions are (a write re-reads them under the producer lock).
-        let (geometry, grown_at) = (ring.producer.0.geometry.load(Relaxed), ring.producer.0.grown_at.load(Relaxed));
-        tssx_shm::ring::room_to_write(head, tail, geometry, grown_at, self.seg().segment.ring_capacity())
+        // Relaxed: our own ring's geometry, a snapshot for readiness as the positions are (a
+        // write re-reads it under the producer lock).
+        let geometry = ring.producer.0.geometry.load(Relaxed);
+        tssx_shm::ring::room_to_write(head, tail, geometry, self.seg().segment.ring_capacity())
     }
 
     /// Positions that change when new data arrives (incoming head, plus the kernel's edges on

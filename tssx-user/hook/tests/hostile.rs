@@ -75,7 +75,6 @@ fn fields() -> Vec<Field> {
         add("head", e, ring + offset_of!(RingControl, producer), true);
         add("producer lock", e, ring + offset_of!(RingControl, producer) + 8, false);
         add("geometry", e, ring + offset_of!(RingControl, producer) + offset_of!(ProducerLine, geometry), true);
-        add("grown_at", e, ring + offset_of!(RingControl, producer) + offset_of!(ProducerLine, grown_at), true);
         add("tail", e, ring + offset_of!(RingControl, consumer), true);
         add("consumer lock", e, ring + offset_of!(RingControl, consumer) + 8, false);
         let line = offset_of!(SegmentHeader, ends) + e * size_of::<EndLine>();

@@ -11,25 +11,16 @@
 //! # Growing
 //!
 //! A ring's data region is mapped at its largest size, but the ring starts by using a small
-//! power of two of it ([`RingRaw::geometry`]). A producer that cannot write all it was given
-//! doubles the capacity first, with a geometry that unrolls the unread bytes from the
-//! consumer's position ([`tssx_common::segment::RingGeometry::unrolled`]): those that had
-//! wrapped to the start are copied beyond the old end, the others stay; the writer never
-//! waits for the reader. Until the consumer passes the position of a growth that copied, a
-//! reader may still use the old geometry, so the producer does not wrap onto the start of the
-//! ring then ([`ProducerLine::grown_at`](tssx_common::segment::ProducerLine::grown_at)). The
-//! producer copies, stores the geometry (`Release`), then publishes bytes after it (`head`,
-//! `Release`); the consumer loads the geometry (`Acquire`) after its `Acquire` load of `head`
-//! and keeps it with that head. Pages past the capacity in use are never touched, so they are
-//! never allocated. See "Rings that grow" in [`tssx_common::segment`].
-//!
-//! A [`Producer`] and a [`Consumer`] each keep a private copy of the *peer's* position and only
-//! re-read the shared one when the copy says there is not enough room or data. The copy is
-//! always behind the truth (positions only grow), so it can only under-report, never let a
-//! handle overrun the peer. The handle's *own* position is re-read (`Relaxed`, from its own
-//! cache line) on every call instead of being cached, so that several handles of one ring (two
-//! threads, or parent and child after `fork`) stay correct as long as their calls are
-//! serialized, e.g. by the ring's [`RingLock`].
+//! power of two of it ([`RingRaw::geometry`]). A producer whose ring would be more than half
+//! full after a write takes writes up to the end of its current block only, and doubles the
+//! capacity there ([`plan`]): the unread bytes then lie just below the block end, and the
+//! doubled geometry keeps them at their indices
+//! ([`tssx_common::segment::RingGeometry::unrolled`]). No byte moves, and a reader that still
+//! uses the old geometry reads the same bytes. The producer stores the geometry (`Release`)
+//! before the `head` store (`Release`) that publishes the first byte after it; the consumer
+//! loads the geometry (`Acquire`) after its `Acquire` load of `head` and keeps it with that
+//! head. Pages past the capacity in use are never touched, so they are never allocated. See
+//! "Rings that grow" in [`tssx_common::segment`].
 //!
 //! # Memory orderings
 //!
@@ -133,31 +124,6 @@ pub mod sync {
         unsafe { core::ptr::copy_nonoverlapping(DataCell::raw_get(src), dst.as_mut_ptr(), dst.len()) }
     }
 
-    /// Copies `len` cells from `src` to `dst` (the ranges do not overlap).
-    ///
-    /// # Safety
-    /// Both ranges are valid cells; nobody writes `src` or accesses `dst` meanwhile.
-    #[cfg(not(tssx_loom))]
-    #[inline]
-    pub(crate) unsafe fn copy_cells(src: *const DataCell, dst: *const DataCell, len: usize) {
-        // SAFETY: per the contract; `UnsafeCell<u8>` has the layout of `u8`.
-        unsafe { core::ptr::copy_nonoverlapping(DataCell::raw_get(src), DataCell::raw_get(dst), len) }
-    }
-
-    /// Copies `len` cells from `src` to `dst`, one tracked access per byte.
-    ///
-    /// # Safety
-    /// As the non-loom version.
-    #[cfg(tssx_loom)]
-    pub(crate) unsafe fn copy_cells(src: *const DataCell, dst: *const DataCell, len: usize) {
-        for i in 0..len {
-            // SAFETY: in bounds by the caller's contract; loom checks the accesses.
-            let byte = unsafe { (*src.add(i)).with(|p| *p) };
-            // SAFETY: as above.
-            unsafe { (*dst.add(i)).with_mut(|p| *p = byte) }
-        }
-    }
-
     /// Copies `src` into the cells starting at `dst`, one tracked access per byte.
     ///
     /// # Safety
@@ -198,9 +164,6 @@ pub struct RingRaw {
     /// The ring's geometry word ([`tssx_common::segment::ProducerLine::geometry`]): the
     /// capacity in use now, at most `capacity`.
     pub geometry: *const AtomicU64,
-    /// Where the last growth that copied bytes happened
-    /// ([`tssx_common::segment::ProducerLine::grown_at`]; the producer's only).
-    pub grown_at: *const AtomicU64,
     /// The first of `capacity` data cells.
     pub data: *const DataCell,
     /// Number of data cells, the most the ring may grow to; a power of two.
@@ -259,50 +222,47 @@ fn geometry_of(raw: &RingRaw, word: u64) -> RingGeometry {
     RingGeometry::decode(word, raw.capacity)
 }
 
-/// What a producer at `head` may write now, with the consumer at `tail`, in geometry `geo`
-/// with the last copying growth at `grown_at`, in a ring mapped for `max` bytes: the room, and
-/// whether a write that wants more may grow the ring first.
+/// What a producer at `head` may write now for a transfer of `want` bytes, with the consumer
+/// at `tail`, in geometry `geo`, in a ring mapped for `max` bytes: the room, and whether the
+/// ring grows first (then the room is the grown ring's).
 ///
-/// Until `tail` passes `grown_at`, a reader may still read the bytes below it at their old
-/// indices (among them the wrapped ones at `0..r`, which the growth copied): the producer does
-/// not wrap around the end of the current geometry then (its room stops there) and grows only
-/// from exactly that end (nothing wraps there, nothing to copy; the new geometry puts the next
-/// bytes beyond the old end too).
+/// A ring that may still grow and would be more than half full after the write (it is filling
+/// up: a stream, or a reader that does not keep up) takes writes up to the end of its current
+/// block only (the position whose index is 0), never wrapping around it; a write that starts
+/// there doubles the ring. At a block end the unread bytes lie just below the end, at the
+/// indices they keep in the doubled ring ([`RingGeometry::unrolled`]): no byte moves, and a
+/// reader that still uses the old geometry reads the same bytes as one that uses the new one.
+/// Request/response traffic keeps the ring less than half full and never grows it.
 #[inline]
-fn plan(head: u64, tail: u64, geo: RingGeometry, grown_at: u64, max: usize) -> (usize, bool) {
-    let room = free(head, tail, geo.capacity);
-    // A stale or corrupt pair of positions (further apart than the ring) never grows it.
-    let can_grow = geo.capacity < max && head.wrapping_sub(tail) <= geo.capacity as u64;
-    if grown_at != 0 && tail < grown_at {
-        let into = geo.index(head);
-        let to_end = if into == 0 { 0 } else { geo.capacity - into };
-        return (room.min(to_end), can_grow && into == 0);
+fn plan(head: u64, tail: u64, geo: RingGeometry, max: usize, want: usize) -> (usize, bool) {
+    let used = head.wrapping_sub(tail);
+    if used > geo.capacity as u64 {
+        // A stale or corrupt pair of positions: no room, and never a growth.
+        return (0, false);
     }
-    (room, can_grow)
+    let used = used as usize;
+    let room = geo.capacity - used;
+    if geo.capacity >= max || used.saturating_add(want) <= geo.capacity / 2 {
+        return (room, false);
+    }
+    match geo.index(head) {
+        0 => {
+            // The head lands at index `index(tail) + used` of the doubled ring (see
+            // `unrolled`: `capacity`, or 0 when the ring is empty): up to the doubled ring's
+            // block end, unless it is the largest.
+            let grown = (geo.capacity * 2).min(max);
+            let to_end = if grown >= max { grown } else { grown - (geo.index(tail) + used) };
+            ((grown - used).min(to_end), true)
+        }
+        into => (room.min(geo.capacity - into), false),
+    }
 }
 
-/// The growth a producer at `head` makes (see [`plan`]): the doubled geometry that unrolls the
-/// bytes from `tail`, how many wrapped bytes it copies from index 0 to the old capacity, the
-/// `grown_at` to store, and the room after it.
-#[inline]
-fn growth(head: u64, tail: u64, geo: RingGeometry, grown_at: u64, max: usize) -> (RingGeometry, usize, u64, usize) {
-    let used = head.wrapping_sub(tail) as usize;
-    let grown = geo.unrolled(tail, (geo.capacity * 2).min(max));
-    let wrapped = geo.wrapped(tail, used);
-    let grown_at = if wrapped > 0 { head } else { grown_at };
-    let (room, _) = plan(head, tail, grown, grown_at, max);
-    (grown, wrapped, grown_at, room)
-}
-
-/// Room for a write on the ring whose positions, geometry word and `grown_at` are given
-/// (mapped for `max` bytes), as [`Producer::free`] counts it: what the next write takes
-/// (growing the ring first if it may). For readiness (`POLLOUT`) from the shared header.
-pub fn room_to_write(head: u64, tail: u64, geometry: u64, grown_at: u64, max: usize) -> usize {
-    let geo = RingGeometry::decode(geometry, max);
-    match plan(head, tail, geo, grown_at, max) {
-        (room, true) => growth(head, tail, geo, grown_at, max).3.max(room),
-        (room, false) => room,
-    }
+/// Room for a write on the ring whose positions and geometry word are given (mapped for `max`
+/// bytes), as [`Producer::free`] counts it: what the next write takes, whatever its size
+/// (growing the ring first if it does). For readiness (`POLLOUT`) from the shared header.
+pub fn room_to_write(head: u64, tail: u64, geometry: u64, max: usize) -> usize {
+    plan(head, tail, RingGeometry::decode(geometry, max), max, usize::MAX).0
 }
 
 /// Copies `src` into the ring at position `pos`: one `memcpy`, two if the run wraps.
@@ -421,12 +381,6 @@ impl Producer {
         unsafe { &*self.raw.geometry }
     }
 
-    #[inline]
-    fn grown_at(&self) -> &AtomicU64 {
-        // SAFETY: valid for the handle's life by the constructor's contract.
-        unsafe { &*self.raw.grown_at }
-    }
-
     /// The ring's current geometry (sanitized).
     #[inline]
     pub fn geometry(&self) -> RingGeometry {
@@ -459,10 +413,9 @@ impl Producer {
     #[inline]
     pub fn free(&self) -> usize {
         let head = self.position();
-        self.refresh(head, self.capacity());
-        // Relaxed: our own field, as `geometry`.
-        let (word, grown_at) = (self.geometry_word().load(Relaxed), self.grown_at().load(Relaxed));
-        room_to_write(head, self.cached_tail.get(), word, grown_at, self.raw.capacity)
+        let geo = self.geometry();
+        self.refresh(head, geo.capacity);
+        plan(head, self.cached_tail.get(), geo, self.raw.capacity, usize::MAX).0
     }
 
     /// Whether nothing is waiting for the consumer (everything written has been read).
@@ -484,42 +437,25 @@ impl Producer {
     }
 
     /// The geometry to write with and how many bytes may go at `head` now, for a transfer of
-    /// `want` bytes (non-zero).
-    ///
-    /// A ring that cannot take all of `want` and may grow ([`plan`]) doubles first: the
-    /// geometry that unrolls the unread bytes, after copying the wrapped ones beyond the old
-    /// end (see "Rings that grow" in [`tssx_common::segment`]). The copies and the geometry are
-    /// stored before the caller publishes anything past `head`.
+    /// `want` bytes (non-zero): see [`plan`]. A growth stores the doubled geometry before the
+    /// caller publishes anything past `head`.
     #[inline]
     fn room_for(&self, head: u64, want: usize) -> (RingGeometry, usize) {
         let geo = self.geometry();
-        // Relaxed: our own field, written only under the producer lock.
-        let grown_at = self.grown_at().load(Relaxed);
-        let cached = plan(head, self.cached_tail.get(), geo, grown_at, self.raw.capacity);
-        if cached.0 >= want {
+        let (room, grow) = plan(head, self.cached_tail.get(), geo, self.raw.capacity, want);
+        if room >= want && !grow {
             return (geo, want);
         }
-        // Acquire: as every load of the consumer's position (see `refresh`).
+        // The cached consumer position may be stale (low): look again before deciding.
         self.refresh(head, geo.capacity);
         let tail = self.cached_tail.get();
-        let (room, may_grow) = plan(head, tail, geo, grown_at, self.raw.capacity);
-        if room >= want || !may_grow {
+        let (room, grow) = plan(head, tail, geo, self.raw.capacity, want);
+        if !grow {
             return (geo, room.min(want));
         }
-        let (grown, wrapped, grown_at, room) = growth(head, tail, geo, grown_at, self.raw.capacity);
-        if wrapped > 0 {
-            // SAFETY: `wrapped < geo.capacity` and `grown.capacity >= 2 * geo.capacity` is at
-            // most the mapped capacity, so both runs are in bounds and do not overlap; the
-            // source holds published bytes nobody writes (only we do), the destination lies
-            // beyond every index the old geometry used: no reader reads it before the geometry
-            // below is published.
-            unsafe { sync::copy_cells(self.raw.data, self.raw.data.add(geo.capacity), wrapped) };
-            // Relaxed: read only by producers, which the lock serializes.
-            self.grown_at().store(grown_at, Relaxed);
-        }
-        // Release: orders the copies and this geometry before the `head` store (Release) that
-        // publishes the first byte written under it; the consumer loads `head` with Acquire,
-        // then this word with Acquire.
+        let grown = geo.unrolled(tail, (geo.capacity * 2).min(self.raw.capacity));
+        // Release: orders this geometry before the `head` store (Release) that publishes the
+        // first byte written under it; the consumer loads `head` with Acquire, then this word.
         self.geometry_word().store(grown.encode(), Release);
         (grown, room.min(want))
     }
@@ -719,8 +655,7 @@ impl Consumer {
         let head = self.head().load(Acquire);
         // Acquire, after the Acquire load of `head`: the producer stored the geometry of every
         // byte below that head (Release) before the head, so this load sees it or a later
-        // one; a later one (a ring grown meanwhile) has every unread byte at its new index,
-        // copied there before the geometry's Release store, which this Acquire pairs with.
+        // one, and a later one (a ring grown meanwhile) keeps every unread byte at its index.
         let geo = geometry_of(&self.raw, self.geometry_word().load(Acquire));
         self.cached_head.set(head);
         self.cached_geometry.set(geo);
@@ -1003,7 +938,6 @@ mod tests {
                 producer_asleep: &self.asleep[0],
                 consumer_asleep: &self.asleep[1],
                 geometry: &self.ctl.producer.0.geometry,
-                grown_at: &self.ctl.producer.0.grown_at,
                 data: self.data.as_ptr(),
                 capacity: self.data.len(),
             }
@@ -1270,48 +1204,48 @@ mod tests {
     }
 
     #[test]
-    fn grows_when_full_copying_only_the_wrapped_bytes() {
+    fn grows_at_a_block_end_without_moving_unread_bytes() {
         let ring = TestRing::growing(64, 8);
         let (mut p, mut c) = ring.handles();
         let mut out = [0u8; 64];
-        // Small transfers that fit never grow the ring.
+        // Transfers that leave the ring at most half full never grow it.
         for round in 0..10u8 {
-            assert_eq!(p.write(&[round; 5]).bytes, 5);
-            assert_eq!(c.read(&mut out).bytes, 5);
-            assert_eq!(&out[..5], &[round; 5]);
+            assert_eq!(p.write(&[round; 3]).bytes, 3);
+            assert_eq!(c.read(&mut out).bytes, 3);
+            assert_eq!(&out[..3], &[round; 3]);
         }
         assert_eq!(p.capacity(), 8);
         let data: Vec<u8> = (100..140).collect();
-        // Head 50 (index 2), nothing unread: 40 bytes do not fit in 8: doubled, nothing to
-        // copy, and the 16 that fit are written.
-        assert_eq!(p.write(&data).bytes, 16);
+        // Head 30 (index 6): a write that would fill the ring goes up to the block end only.
+        assert_eq!(p.write(&data).bytes, 2);
+        assert_eq!(p.capacity(), 8);
+        // The reader takes one (its cached head 32 and geometry stay those of capacity 8).
+        assert_eq!(c.read(&mut out[..1]).bytes, 1);
+        // At the block end, with one byte unread at index 7: doubled, that byte keeps its
+        // index, and the new bytes go around it.
+        // index, and the new bytes go up to the new block end (index 16).
+        assert_eq!(p.write(&data[2..]).bytes, 8);
         assert_eq!(p.capacity(), 16);
-        // The reader takes 3 (its cached head 66 and geometry stay those of capacity 16).
-        assert_eq!(c.read(&mut out[..3]).bytes, 3);
-        assert_eq!(&out[..3], &data[..3]);
-        // 13 unread from index 5: 2 of them wrapped to indices 0..2. Doubled again: they are
-        // copied to 16..18, and until the reader passes position 66 the writer stops at the
-        // end of the new geometry (14 bytes), never wrapping onto indices 0..2.
-        assert_eq!(p.write(&data[16..]).bytes, 14);
+        assert_eq!(c.read(&mut out[..1]).bytes, 1, "below the cached head: the old geometry");
+        assert_eq!(c.capacity(), 8);
+        assert_eq!(out[0], data[1]);
+        assert_eq!(c.read(&mut out[..5]).bytes, 5);
+        assert_eq!(c.capacity(), 16);
+        assert_eq!(&out[..5], &data[2..7]);
+        // At the block end again, the reader idle with 3 bytes unread: doubled to 32.
+        assert_eq!(p.write(&data[10..]).bytes, 16);
         assert_eq!(p.capacity(), 32);
-        assert_eq!(ring.ctl.producer.0.grown_at.load(Relaxed), 66);
-        // At that end it grows again, with nothing to copy: 64, the maximum.
-        assert_eq!(p.write(&data[30..]).bytes, 10);
-        assert_eq!(p.capacity(), 64);
-        // The reader still uses the geometry of capacity 16 for the 13 bytes below its cached
-        // head, the wrapped ones from indices 0..2, untouched; then the rest in the new one.
-        assert_eq!(c.read(&mut out[..13]).bytes, 13);
-        assert_eq!(c.capacity(), 16, "read with the old geometry");
-        assert_eq!(&out[..13], &data[3..16]);
-        assert_eq!(c.read(&mut out).bytes, 24);
-        assert_eq!(c.capacity(), 64);
-        assert_eq!(&out[..24], &data[16..40]);
-        // The reader passed 66: the writer wraps again (the whole ring is free).
-        let more: Vec<u8> = (0..64).map(|i| 200u8.wrapping_add(i)).collect();
-        assert_eq!(p.write(&more).bytes, 64);
-        assert_eq!(c.read(&mut out).bytes, 64);
-        assert_eq!(&out[..], &more[..]);
-        // The limit holds.
+        assert_eq!(c.read(&mut out).bytes, 19);
+        assert_eq!(&out[..19], &data[7..26]);
+        // Up to the maximum, and no further; an empty ring then takes all of it.
+        let mut sent = 0;
+        while p.capacity() < 64 {
+            let t = p.write(&[5; 40]);
+            sent += t.bytes;
+            sent -= c.read(&mut out[..t.bytes.min(8)]).bytes;
+            assert!(sent < 64 && t.bytes > 0);
+        }
+        while c.read(&mut out).bytes > 0 {}
         assert_eq!(p.write(&[0; 200]).bytes, 64);
         assert_eq!(p.capacity(), 64);
     }

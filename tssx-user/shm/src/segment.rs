@@ -344,7 +344,6 @@ impl Segment {
             producer_asleep: &header.asleep.0[writer.index()],
             consumer_asleep: &header.asleep.0[writer.peer().index()],
             geometry: &ring.producer.0.geometry,
-            grown_at: &ring.producer.0.grown_at,
             // SAFETY: the validated layout puts `capacity` bytes at `offset` inside the
             // mapping; `UnsafeCell<u8>` has the layout of `u8`.
             data: unsafe { self.base.as_ptr().cast::<u8>().add(offset) }.cast(),
