@@ -52,8 +52,8 @@
 //! Each ring's data region is `ring_capacity` bytes (the agent's `--ring-size`), but a ring
 //! starts by using only its first [`DEFAULT_INITIAL_RING_CAPACITY`] bytes (the agent's
 //! `--ring-initial`): pages nobody writes never become resident, so a connection that carries
-//! requests and responses holds a few pages, not two full rings. A writer that wants to write
-//! more than its ring has free grows it, doubling the capacity up to `ring_capacity`:
+//! requests and responses holds a few pages, not two full rings. A writer whose ring fills
+//! up grows it, doubling the capacity up to `ring_capacity`:
 //!
 //! * It grows at a *block end* only: a head whose index is 0. A writer whose ring would be
 //!   more than half full after its write takes writes up to the block end, no further, and
@@ -359,7 +359,7 @@ pub struct ProducerLine {
     /// by the creator to the initial capacity (offset 0); then written only by the producer,
     /// under its lock, when the ring grows: stored `Release` *before* the `head` store
     /// (`Release`) that publishes the first byte written under it; loaded by the consumer after
-    /// its `Acquire` load of `head` (a `Relaxed` load then sees this geometry or a later one,
+    /// its `Acquire` load of `head`, with `Acquire` (it sees this geometry or a later one,
     /// which places every byte it may read at the same index). Untrusted: every load is
     /// sanitized ([`RingGeometry::decode`]).
     pub geometry: AtomicU64,
