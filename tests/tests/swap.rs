@@ -68,6 +68,13 @@ fn one_gib_each_way_goes_through_shared_memory() {
     assert!(switched.0 < GIB / 2 && switched.1 < GIB / 2, "most of the stream went through shared memory: {switched:?}");
     let shm = shm_bytes(&agent, &path);
     assert_eq!((shm.0 + switched.0, shm.1 + switched.1), (GIB, GIB));
+    // Both rings started at --ring-initial and grew, step by step, to --ring-size while the
+    // byte-checked streams crossed them (every growth step in both directions).
+    let closed = &agent.events("closed")[0];
+    for dir in ["ring_client_to_server", "ring_server_to_client"] {
+        assert_eq!(closed[dir].as_u64(), Some(1 << 20), "{dir}: {closed}");
+    }
+    assert!(closed["resident_bytes"].as_u64().unwrap() >= 2 << 20, "{closed}");
     assert!(agent.stop().success());
 }
 

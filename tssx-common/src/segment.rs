@@ -18,7 +18,7 @@
 //!                             (padded to 128)
 //!   128  asleep[2]            (written only around a sleep; read after every transfer)
 //!   192  shut[2]              (shutdown(2) bits of each end)
-//!   256  rings[0] (A->B)      producer line: head, producer lock
+//!   256  rings[0] (A->B)      producer line: head, producer lock, geometry
 //!                             consumer line: tail, consumer lock
 //!   384  rings[1] (B->A)      same
 //!   512  ends[0] (A)          migration lines of end A (see [`EndLine`])
@@ -40,47 +40,36 @@
 //! * A reader copies the immutable values it needs (capacity, sizes) into private memory once,
 //!   after validation, and never re-reads them: the peer is another process and may be buggy.
 //! * Ring positions are free-running `u64` byte counters (they never wrap in practice; code
-//!   still uses wrapping arithmetic). The index of position `p` is `p & (ring_capacity - 1)`.
-//!   A ring is empty when `head == tail` and full when `head - tail == ring_capacity`.
+//!   still uses wrapping arithmetic). The index of position `p` is
+//!   `(p + offset) & (capacity - 1)`, where `capacity` and `offset` are the ring's current
+//!   geometry ([`ProducerLine::geometry`], see "Rings that grow" below); `capacity` is at most
+//!   `ring_capacity`, the bytes mapped for the ring. A ring is empty when `head == tail` and
+//!   full when `head - tail == capacity`.
 //! * Each atomic documents who writes it and with which ordering.
 //!
-//! The naming follows the connection: [`End::Client`] is end *A* (the side that connected),
-//! [`End::Server`] is end *B* (the side that accepted). `rings[e]` is written by end `e` and read
-//! by its peer, so `rings[0]` is A->B and `rings[1]` is B->A.
+//! # Rings that grow
 //!
-//! # Migration: a connection moves from the socket to the rings in flight
+//! Each ring's data region is `ring_capacity` bytes (the agent's `--ring-size`), but a ring
+//! starts by using only its first [`DEFAULT_INITIAL_RING_CAPACITY`] bytes (the agent's
+//! `--ring-initial`): pages nobody writes never become resident, so a connection that carries
+//! requests and responses holds a few pages, not two full rings. A writer whose ring fills
+//! up grows it, doubling the capacity up to `ring_capacity`:
 //!
-//! A connection starts on the real socket at both ends. The agent hands the segment to both ends
-//! once both claimed it; from then on each end moves through the steps recorded in its
-//! [`EndLine`] (`ends[e]`, written only by end `e`'s processes):
-//!
-//! 1. **joined**: the end mapped the segment ([`JOIN_MAPPED`]), or gave it up for good
-//!    ([`JOIN_REFUSED`]: the peer then forgets the segment and stays on the socket). Until both
-//!    ends are ready nothing is on the rings, so giving up costs nothing.
-//! 2. **ready**: the end saw its peer joined, and no call of its own is inside the kernel on the
-//!    socket without the hook knowing (a blocking `read`, a `poll`): from now on every socket
-//!    byte it writes or consumes is counted in its line (`sock_written`, `sock_read`), readers
-//!    peek before they consume, and its waiters announce their sleeps (so a doorbell can wake
-//!    them and never reaches the application as data).
-//! 3. **switch**, per direction: an end that is ready and sees its peer ready stores in
-//!    `switch_at` the bytes it wrote to the socket, then writes to its ring only. The reader
-//!    consumes exactly `switch_at - sock_read` more bytes from the socket, then reads the ring;
-//!    every socket byte after `switch_at` is a doorbell.
-//! 4. **hand-back**, the reverse (ring -> socket), for the whole connection: an end that must
-//!    give the connection back to the kernel stores the number of doorbells it sent, counting
-//!    one last one (`bells_at`), and its ring head (`back_at`), rings that last doorbell, and
-//!    writes to the socket from then on, sending no more doorbells. Its peer, woken, does the
-//!    same for its direction. A reader reads its ring up to `back_at`, drains
-//!    `bells_at - bells_drained` doorbell bytes, then reads the socket. A reader that cannot
-//!    read the ring any more (an image without the hook takes over its reads) first records
-//!    where it stopped (`replay_from`); its peer then stores that position as its `back_at`,
-//!    rings no last doorbell, and sends its ring's bytes from there on the socket first.
-//!    Doorbells are counted (`bells_sent`) before they are sent, and only under the end's
-//!    producer lock, which the hand-back holds: the count is exact.
-//!
-//! A lying peer can make these positions wrong, which makes its own data arrive wrong or not at
-//! all, as garbage on a plain socket would; every use clamps them (`saturating_sub`, `min` with
-//! what the socket holds). See the threat model below.
+//! * It grows at a *block end* only: a head whose index is 0. A writer whose ring would be
+//!   more than half full after its write takes writes up to the block end, no further, and
+//!   the next write doubles the ring there. The unread bytes then lie just below the block
+//!   end, and the doubled geometry ([`RingGeometry::unrolled`]) keeps each of them at its
+//!   index: no byte moves, and a reader that still uses the old geometry reads the same bytes
+//!   as one that uses the new one. New bytes go to indices that the unread ones do not use
+//!   (the free space rule `head - tail <= capacity` of the new capacity). The writer never
+//!   waits for the reader to empty the ring, and an idle reader does not stop the growth (the
+//!   writer stops at the block end before the ring is full).
+//! * Request/response traffic keeps a ring less than half full and never grows it.
+//! * Ordering: the producer stores the new geometry (`Release`) before the `head` store
+//!   (`Release`) that publishes the first byte after it; the consumer loads `head` (`Acquire`)
+//!   and then the geometry (`Acquire`), so it sees the geometry of every byte below that head,
+//!   or a later one, which keeps those bytes at the same indices. The consumer keeps the
+//!   geometry it loaded with the head it loaded.
 //!
 //! # Ancillary data: fds and credentials travel through the kernel
 //!
@@ -160,6 +149,7 @@
 //! | `shut[peer]` | the peer | `SHUT_WRITE`: EOF; `SHUT_READ`: EPIPE; `SHUT_RESET`: ECONNRESET, only once the peer is really gone | the peer's own shutdown or close |
 //! | `shut[own]` | the victim | the victim's reads see EOF (`SHUT_READ`) or writes EPIPE (`SHUT_WRITE`) | the peer's shutdown or close gives the same |
 //! | `rings[*].head`, `tail` | producer, consumer | the ring looks empty, full or holds garbage; a difference above the capacity counts as nothing to read and no room (never a transfer longer than the ring) | garbage, a peer that never reads or writes |
+//! | `rings[*].geometry` | the producer (the creator sets the first) | a capacity that is not a power of two within the mapped `ring_capacity` counts as `ring_capacity` (offset 0); any offset is masked below the capacity: every index stays inside the ring's mapped data, every length within the capacity. A lying geometry makes the victim read its peer's bytes from the wrong indices (garbage), and as the writer of its own ring (a peer that rewrites the victim's geometry) write at indices its reader does not expect: the peer's own stream turns to garbage. No loop depends on it: one copy per transfer, at most two `memcpy` | garbage |
 //! | `rings[*].lock` | the processes of the end that uses that side | a forged holder: after 200 µs the value is placed (any thread of the victim's own process is not a holder: its threads take a lock in the process's own memory first; another process by its `/proc/TID/fd`) and taken over; the peer can also clear it while the victim holds it: a second *process* of the victim's end (if there is one) gets in beside the holder, each with its own handles: garbage, still within the ring and the caller's buffers; a second thread of the holder's process still waits for the process-local lock | a bounded delay per forged value; garbage |
 //! | `ends[peer].joined`, `ready` | the peer | the migration is given up, or the victim switches onto a ring the peer never reads | a peer that never reads |
 //! | `ends[peer].switch_at`, `sock_written` | the peer | the victim reads that many socket bytes as data (at most what the socket holds), later ones as doorbells: garbage or loss | garbage |
@@ -184,8 +174,10 @@ pub const SEGMENT_MAGIC: u64 = u64::from_le_bytes(*b"TSSXSEG\0");
 /// Value of [`SegmentHeader::version`]. Bumped on any change to this file's layout or rules
 /// (5: a segment passed with `SCM_RIGHTS` names its socket and end by its open description's
 /// file offset, and [`SegmentHeader::socket_inode`] is no longer written nor read: hooks of
-/// version 4 would not find the socket).
-pub const SEGMENT_VERSION: u32 = 5;
+/// version 4 would not find the socket; 6: rings start small and grow, each ring's
+/// [`ProducerLine::geometry`] says which part of its data is in use: hooks of version 5 would
+/// read a grown ring at the wrong indices).
+pub const SEGMENT_VERSION: u32 = 6;
 
 /// Value of [`EndLine::switch_at`] and [`EndLine::back_at`] before the event they record.
 pub const NOT_YET: u64 = u64::MAX;
@@ -382,7 +374,80 @@ pub struct ProducerLine {
     pub lock: AtomicU32,
     /// Reserved, zero.
     pub reserved: u32,
+    /// The ring's geometry: which capacity and offset apply to the positions written so far
+    /// (see "Rings that grow" in the module documentation; [`RingGeometry`] encodes it). Set
+    /// by the creator to the initial capacity (offset 0); then written only by the producer,
+    /// under its lock, when the ring grows: stored `Release` *before* the `head` store
+    /// (`Release`) that publishes the first byte written under it; loaded by the consumer after
+    /// its `Acquire` load of `head`, with `Acquire` (it sees this geometry or a later one,
+    /// which places every byte it may read at the same index). Untrusted: every load is
+    /// sanitized ([`RingGeometry::decode`]).
+    pub geometry: AtomicU64,
 }
+
+/// A ring's geometry, as stored in [`ProducerLine::geometry`]: the capacity that applies now
+/// (a power of two, at most the ring's mapped size [`SegmentHeader::ring_capacity`]) and an
+/// offset: position `p` lives at index `(p + offset) & (capacity - 1)`. Encoded in one `u64`
+/// (capacity in the low 32 bits, offset in the high 32) so that a reader never sees the
+/// capacity of one geometry with the offset of another.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RingGeometry {
+    /// Bytes of the ring in use; a power of two.
+    pub capacity: usize,
+    /// Added to a position before masking; below `capacity`.
+    pub offset: u64,
+}
+
+impl RingGeometry {
+    /// The geometry of a fresh ring of `capacity` bytes.
+    pub const fn new(capacity: usize) -> RingGeometry {
+        RingGeometry { capacity, offset: 0 }
+    }
+
+    /// The stored form.
+    pub const fn encode(self) -> u64 {
+        (self.capacity as u64 & 0xffff_ffff) | ((self.offset & 0xffff_ffff) << 32)
+    }
+
+    /// Decodes a stored value, which anyone mapping the segment may have written: a capacity
+    /// that is not a power of two within `1..=max` (the mapped size) becomes `max` with offset
+    /// 0, and the offset is masked below the capacity. Whatever the value, every index derived
+    /// from the result is below `max`.
+    pub const fn decode(word: u64, max: usize) -> RingGeometry {
+        let capacity = (word & 0xffff_ffff) as usize;
+        if !capacity.is_power_of_two() || capacity > max {
+            return RingGeometry { capacity: max, offset: 0 };
+        }
+        RingGeometry { capacity, offset: (word >> 32) & (capacity as u64 - 1) }
+    }
+
+    /// Index of position `pos` in the ring's data.
+    #[inline]
+    pub const fn index(self, pos: u64) -> usize {
+        (pos.wrapping_add(self.offset) & (self.capacity as u64 - 1)) as usize
+    }
+
+    /// The geometry of `capacity` bytes (a larger power of two) that *unrolls* the positions
+    /// from `tail` on: position `tail + k` gets index `self.index(tail) + k`. The unread bytes
+    /// (at most `self.capacity` from `tail`) keep their index unless they had wrapped around
+    /// the end of this geometry ([`RingGeometry::wrapped`]); a producer grows only when none
+    /// had (at a block end).
+    pub const fn unrolled(self, tail: u64, capacity: usize) -> RingGeometry {
+        let start = self.index(tail) as u64;
+        RingGeometry { capacity, offset: start.wrapping_sub(tail) & (capacity as u64 - 1) }
+    }
+
+    /// How many of the `used` bytes from `tail` wrapped around the end of this geometry (they
+    /// sit at indices `0..wrapped`).
+    pub const fn wrapped(self, tail: u64, used: usize) -> usize {
+        (self.index(tail) + used).saturating_sub(self.capacity)
+    }
+}
+
+/// Initial capacity of each ring (32 KiB): what request/response traffic touches. A writer
+/// that finds its ring too small doubles it, up to [`SegmentHeader::ring_capacity`] (the
+/// agent's `--ring-size`). The agent's `--ring-initial` overrides it.
+pub const DEFAULT_INITIAL_RING_CAPACITY: usize = 32 << 10;
 
 /// The consumer's cache line of a ring: written only by the end that reads the ring.
 #[repr(C)]
@@ -649,7 +714,8 @@ const _: () = {
     use core::mem::{align_of, offset_of, size_of};
     assert!(size_of::<AtomicU32>() == 4 && align_of::<AtomicU32>() == 4);
     assert!(size_of::<AtomicU64>() == 8 && align_of::<AtomicU64>() == 8);
-    assert!(size_of::<ProducerLine>() == 16);
+    assert!(size_of::<ProducerLine>() == 24);
+    assert!(offset_of!(ProducerLine, geometry) == 16);
     assert!(size_of::<ConsumerLine>() == 16);
     assert!(size_of::<CacheLine<ProducerLine>>() == CACHE_LINE);
     assert!(align_of::<CacheLine<ProducerLine>>() == CACHE_LINE);

@@ -111,8 +111,9 @@ enum Cmd {
         /// Measure the debug build (unoptimized hook and agent) instead of the release build.
         #[arg(long)]
         debug: bool,
-        /// Run one section only and print it instead of writing the report (`nginx`).
-        #[arg(long, value_parser = ["nginx"])]
+        /// Run one section only and print it instead of writing the report (`nginx`; `memory`: rings
+        /// that never grow against growing rings, one run).
+        #[arg(long, value_parser = ["nginx", "memory"])]
         only: Option<String>,
     },
     /// Set up, build the release hook, and measure what it adds to every process start:
@@ -212,6 +213,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             build_profile(profile)?;
             match only.as_deref() {
                 Some("nginx") => report::nginx_only(profile),
+                Some("memory") => report::memory_only(profile),
                 _ => report::report(profile),
             }
         }

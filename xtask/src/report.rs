@@ -187,6 +187,9 @@ pub fn report(profile: &str) -> anyhow::Result<()> {
     writeln!(md, "## Real applications\n\nServer and client both under the hook, on a socket the agent watches, against the same programs without the hook. Higher is better for requests/s and tps, lower for latency.\n")?;
     writeln!(md, "{}", apps.render())?;
 
+    step("report: memory under request/response traffic (redis-benchmark -c 200 SET 100 B)");
+    writeln!(md, "{}", memory_section(&agent, &hook, &dir, &redis_tssx, &redis_plain)?)?;
+
     step("report: nscd lookups, plain vs tssx (shared no, shared yes)");
     writeln!(md, "{}", nscd_section(&bin, &hook, &dir)?)?;
     step("report: nginx reverse proxy, plain vs tssx (upstream per request, upstream keepalive)");
@@ -915,4 +918,161 @@ mod tests {
         t.row(["1".to_owned(), "2".to_owned()]);
         assert_eq!(t.render(), "| a | b |\n|---|---|\n| 1 | 2 |\n");
     }
+}
+
+/// Clients, requests and value size of the memory measurement (issue 15: 200 redis-benchmark
+/// clients doing 100-byte SETs).
+const MEMORY_CLIENTS: u32 = 200;
+const MEMORY_REQUESTS: u32 = 2_000_000;
+const MEMORY_VALUE: u32 = 100;
+
+/// `Shmem` of /proc/meminfo, in bytes.
+fn shmem_bytes() -> anyhow::Result<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo")?;
+    let line = text.lines().find(|l| l.starts_with("Shmem:")).context("no Shmem line in /proc/meminfo")?;
+    let kib: u64 = line.split_whitespace().nth(1).context("Shmem: no value")?.parse()?;
+    Ok(kib * 1024)
+}
+
+/// What one memory run saw at its peak (the sample with the most live segments).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MemorySample {
+    /// Growth of /proc/meminfo's Shmem over its value before the server started.
+    pub shmem_growth: u64,
+    /// Live segments (swapped connections) the agent held then (0 for a plain run).
+    pub live_segments: u64,
+    /// The agent's `resident_bytes` then (mincore of the segments).
+    pub resident_bytes: u64,
+    /// Requests per second redis-benchmark reported for SET.
+    pub rps: f64,
+}
+
+impl MemorySample {
+    /// Shmem growth per swapped connection (per client connection for a plain run).
+    pub fn shmem_per_connection(&self) -> f64 {
+        let connections = if self.live_segments == 0 { u64::from(MEMORY_CLIENTS) } else { self.live_segments };
+        self.shmem_growth as f64 / connections as f64
+    }
+}
+
+/// redis-server and `redis-benchmark -c 200 -t set -d 100` (both under the hook if `preload`)
+/// on `sock`, sampling Shmem and the agent's stats every 50 ms while it runs.
+fn memory_run(agent: Option<&Agent>, dir: &Path, sock: &str, preload: Option<&Path>) -> anyhow::Result<MemorySample> {
+    let _ = std::fs::remove_file(sock);
+    let before = shmem_bytes()?;
+    let mut cmd = preloaded("redis-server", preload);
+    cmd.args(["--port", "0", "--unixsocket", sock, "--unixsocketperm", "700", "--save", "", "--appendonly", "no", "--daemonize", "no"]);
+    cmd.args(["--maxclients", "1000"]);
+    cmd.arg("--dir").arg(dir).arg("--logfile").arg(dir.join("redis.log"));
+    let mut server = Server::start(cmd).context("starting redis-server (cargo xtask setup installs it)")?;
+    server.wait_ready("redis-server", || Path::new(sock).exists())?;
+    let mut bench = preloaded("redis-benchmark", preload)
+        .args(["-s", sock, "-c", &MEMORY_CLIENTS.to_string(), "-n", &MEMORY_REQUESTS.to_string(), "-d", &MEMORY_VALUE.to_string()])
+        .args(["-t", "set", "--csv"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("running redis-benchmark")?;
+    let mut peak = MemorySample::default();
+    loop {
+        if bench.try_wait()?.is_some() {
+            break;
+        }
+        let shmem_growth = shmem_bytes()?.saturating_sub(before);
+        let (live, resident) = match agent.map(Agent::try_stats) {
+            Some(Ok(s)) => (s["live_segments"].as_u64().unwrap_or(0), s["resident_bytes"].as_u64().unwrap_or(0)),
+            _ => (0, 0),
+        };
+        if live > peak.live_segments || (live == peak.live_segments && shmem_growth > peak.shmem_growth) {
+            peak = MemorySample { shmem_growth, live_segments: live, resident_bytes: resident, rps: 0.0 };
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let out = bench.wait_with_output()?;
+    ensure!(out.status.success(), "redis-benchmark failed: {}", out.status);
+    server.stop(libc::SIGTERM)?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    peak.rps = text.lines().skip(1).find_map(|l| l.split(',').nth(1).map(|c| c.trim_matches('"').parse().unwrap_or(0.0))).unwrap_or(0.0);
+    Ok(peak)
+}
+
+/// The memory section: resident shared memory per swapped connection under request/response
+/// traffic (the agent's `resident_bytes` per live segment, and /proc/meminfo's Shmem growth
+/// per connection), against the plain socket's Shmem growth.
+fn memory_section(agent: &Agent, hook: &Path, dir: &Path, tssx_sock: &str, plain_sock: &str) -> anyhow::Result<String> {
+    let plain = memory_run(None, dir, plain_sock, None)?;
+    let tssx = memory_run(Some(agent), dir, tssx_sock, Some(hook))?;
+    let mut t = Table::new(&[
+        "run",
+        "swapped connections at the peak",
+        "Shmem growth",
+        "Shmem growth per connection",
+        "resident per segment (agent, mincore)",
+        "SET requests/s",
+    ]);
+    for (name, s) in [("plain", plain), ("tssx", tssx)] {
+        t.row([
+            name.into(),
+            s.live_segments.to_string(),
+            format!("{:.1} MiB", s.shmem_growth as f64 / (1 << 20) as f64),
+            format!("{:.0} KiB", s.shmem_per_connection() / 1024.0),
+            if s.live_segments > 0 { format!("{:.0} KiB", s.resident_bytes as f64 / s.live_segments as f64 / 1024.0) } else { "-".into() },
+            format!("{:.0}", s.rps),
+        ]);
+    }
+    Ok(format!(
+        "## Memory\n\n`redis-benchmark -c {MEMORY_CLIENTS} -n {MEMORY_REQUESTS} -t set -d {MEMORY_VALUE}` (server and clients under the hook), sampled every 50 ms at the moment most connections were swapped: shared memory per swapped connection (rings start at `--ring-initial` and grow only when a writer finds its ring too small; goal at most 128 KiB).\n\n{}",
+        t.render()
+    ))
+}
+
+/// Runs only the memory comparison (`cargo xtask report --only memory`) and prints it: the same
+/// workload with rings that never grow (`--ring-initial` = `--ring-size`, what every connection
+/// held before rings grew) and with the default growing rings, one after the other.
+pub fn memory_only(profile: &str) -> anyhow::Result<()> {
+    let bin = profile_dir(profile);
+    let hook = bin.join("libtssx_preload.so");
+    let _lock = MachineLock::acquire_reporting(|| step("report: waiting for the machine-wide tssx test lock"))
+        .context("locking the machine-wide tssx test lock")?;
+    let dir = TempDir::create("report-memory")?;
+    let sock = dir.socket("redis.sock");
+    let plain_sock = dir.socket("redis-plain.sock");
+    let mut t = Table::new(&[
+        "rings",
+        "swapped connections at the peak",
+        "Shmem growth",
+        "Shmem growth per connection",
+        "resident per segment (agent, mincore)",
+        "SET requests/s",
+    ]);
+    let plain = memory_run(None, &dir, &plain_sock, None)?;
+    let mut per = Vec::new();
+    for (name, args) in
+        [("fixed 1 MiB (--ring-initial 1048576)", vec!["--ring-initial", "1048576"]), ("growing from 32 KiB (default)", vec![])]
+    {
+        step(&format!("report: memory with rings {name}"));
+        let agent = Agent::spawn(&bin.join("tssx-agent"), &[&sock], None, &args).context("starting tssx-agent")?;
+        let s = memory_run(Some(&agent), &dir, &sock, Some(&hook))?;
+        let status = agent.stop();
+        ensure!(status.success(), "tssx-agent exited with {status}");
+        per.push(s.shmem_per_connection());
+        t.row([
+            name.into(),
+            s.live_segments.to_string(),
+            format!("{:.1} MiB", s.shmem_growth as f64 / (1 << 20) as f64),
+            format!("{:.0} KiB", s.shmem_per_connection() / 1024.0),
+            format!("{:.0} KiB", s.resident_bytes as f64 / s.live_segments.max(1) as f64 / 1024.0),
+            format!("{:.0}", s.rps),
+        ]);
+    }
+    t.row([
+        "plain socket".into(),
+        "-".into(),
+        format!("{:.1} MiB", plain.shmem_growth as f64 / (1 << 20) as f64),
+        format!("{:.0} KiB", plain.shmem_per_connection() / 1024.0),
+        "-".into(),
+        format!("{:.0}", plain.rps),
+    ]);
+    println!("{}\nShmem per connection, growing / fixed: {:.3}x\n\nBuild profile: {profile}.", t.render(), per[1] / per[0]);
+    Ok(())
 }

@@ -46,7 +46,7 @@ use std::{
 };
 
 use core::mem::offset_of;
-use tssx_common::segment::{EndLine, RingControl, SegmentHeader, SegmentLayout, NOT_YET};
+use tssx_common::segment::{EndLine, ProducerLine, RingControl, SegmentHeader, SegmentLayout, NOT_YET};
 use tssx_tests::{monotonic_ns as now_ns, Rng};
 
 fn say(line: &str) {
@@ -486,6 +486,7 @@ fn fields() -> Vec<Field> {
         add("head", ring + offset_of!(RingControl, producer), true);
         add("producer lock", ring + offset_of!(RingControl, producer) + 8, false);
         add("producer reserved", ring + offset_of!(RingControl, producer) + 12, false);
+        add("geometry", ring + offset_of!(RingControl, producer) + offset_of!(ProducerLine, geometry), true);
         add("tail", ring + offset_of!(RingControl, consumer), true);
         add("consumer lock", ring + offset_of!(RingControl, consumer) + 8, false);
         add("consumer reserved", ring + offset_of!(RingControl, consumer) + 12, false);
@@ -523,7 +524,7 @@ fn find_segment() -> Option<i32> {
 
 /// An adversarial value for a field whose current value is `cur`.
 fn value(rng: &mut Rng, cur: u64, capacity: u64, tids: &[u64]) -> u64 {
-    match rng.below(14) {
+    match rng.below(16) {
         0 => 0,
         1 => 1,
         2 => u64::MAX,
@@ -537,6 +538,9 @@ fn value(rng: &mut Rng, cur: u64, capacity: u64, tids: &[u64]) -> u64 {
         10 => tids[rng.below(tids.len() as u64) as usize],
         11 => rng.below(8),
         12 => u64::from(u32::MAX),
+        // A geometry: a capacity (a power of two up to twice the ring's, or any) and an offset.
+        13 => (1u64 << rng.below(1 + capacity.max(1).ilog2() as u64 + 1)) | (rng.next() << 32),
+        14 => (rng.next() & 0xffff_ffff) | (rng.below(capacity.max(1)) << 32),
         _ => rng.next(),
     }
 }

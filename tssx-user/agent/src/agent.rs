@@ -30,8 +30,10 @@ pub struct AgentConfig {
     pub paths: Vec<WatchedPath>,
     /// The state directory (lock, published paths, control socket).
     pub state_dir: PathBuf,
-    /// Capacity in bytes of each of a segment's two rings.
+    /// Capacity in bytes of each of a segment's two rings: the most a ring grows to.
     pub ring_size: usize,
+    /// Capacity a ring starts with (at most `ring_size`; equal to it: rings that never grow).
+    pub ring_initial: usize,
     /// Most segments live at once (beyond: plain, traced); with `ring_size` this bounds the
     /// shared memory the agent hands out. `None`: derived from the machine's memory and the
     /// fd limit ([`default_max_connections`], [`fd_capacity`]).
@@ -84,6 +86,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         Some(std::sync::Arc::clone(&feed)),
         Some(channels.io_uring_users),
     );
+    control.set_ring_initial(config.ring_initial);
     control::serve(std::sync::Arc::clone(&control), state.dir())?;
     state.publish_paths(&config.paths, config.claim_after)?;
 

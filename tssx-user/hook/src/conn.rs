@@ -610,7 +610,17 @@ impl Conn {
         // Acquire on both: positions published by their writers with Release.
         let head = ring.producer.0.head.load(Acquire);
         let tail = ring.consumer.0.tail.load(Acquire);
-        clamp_used(head, tail, self.seg().segment.ring_capacity())
+        clamp_used(head, tail, self.ring_geometry(self.end.peer()).capacity)
+    }
+
+    /// The geometry of the ring `writer` writes, sanitized (see
+    /// `tssx_common::segment::RingGeometry::decode`): the capacity the ring handles clamp with,
+    /// so that what readiness counts is what a transfer finds.
+    pub(crate) fn ring_geometry(&self, writer: End) -> tssx_common::segment::RingGeometry {
+        // Relaxed: loaded after the positions (Acquire), as the consumer does (see
+        // `tssx_shm::ring`): the geometry of every byte below the head loaded, or a later one.
+        let word = self.header().rings[writer.index()].producer.0.geometry.load(Relaxed);
+        tssx_common::segment::RingGeometry::decode(word, self.seg().segment.ring_capacity())
     }
 
     /// Bytes this end wrote that the peer has not read yet.
@@ -619,17 +629,21 @@ impl Conn {
         // Acquire on both, as in `unread`.
         let head = ring.producer.0.head.load(Acquire);
         let tail = ring.consumer.0.tail.load(Acquire);
-        clamp_used(head, tail, self.seg().segment.ring_capacity())
+        clamp_used(head, tail, self.ring_geometry(self.end).capacity)
     }
 
-    /// Room in the outgoing ring; none when the positions are further apart than the ring (a
-    /// lie of the peer's: the ring looks full, as to the producer itself, see
+    /// Room in the outgoing ring as the next write finds it (`tssx_shm::ring::room_to_write`:
+    /// a full ring that may still grow has room); none when the positions are further apart
+    /// than the ring (a lie of the peer's: the ring looks full, as to the producer itself, see
     /// `tssx_shm::ring`).
     pub fn room(&self) -> usize {
         let ring = &self.header().rings[self.end.index()];
         // Acquire on both, as in `unread`.
-        let used = ring.producer.0.head.load(Acquire).wrapping_sub(ring.consumer.0.tail.load(Acquire));
-        (self.seg().segment.ring_capacity() as u64).saturating_sub(used) as usize
+        let (head, tail) = (ring.producer.0.head.load(Acquire), ring.consumer.0.tail.load(Acquire));
+        // Relaxed: our own ring's geometry, a snapshot for readiness as the positions are (a
+        // write re-reads it under the producer lock).
+        let geometry = ring.producer.0.geometry.load(Relaxed);
+        tssx_shm::ring::room_to_write(head, tail, geometry, self.seg().segment.ring_capacity())
     }
 
     /// Positions that change when new data arrives (incoming head, plus the kernel's edges on

@@ -22,6 +22,11 @@ pub(crate) const IOV_BATCH: usize = 64;
 /// Calls `f` with the part of `bufs` after the first `skip` bytes (at most [`IOV_BATCH`]
 /// slices, on the stack: no allocation on the data path).
 pub fn after_mut<R>(bufs: &mut [IoSliceMut<'_>], mut skip: usize, f: impl FnOnce(&mut [IoSliceMut<'_>]) -> R) -> R {
+    if skip == 0 && bufs.len() == 1 && !bufs[0].is_empty() {
+        // One whole buffer (every read and recv): what the loop below would pass, without
+        // building a 64-entry array per call (a tenth of a 4 KiB stream's reading time).
+        return f(bufs);
+    }
     let mut rest: [IoSliceMut<'_>; IOV_BATCH] = std::array::from_fn(|_| IoSliceMut::new(&mut []));
     let mut n = 0;
     for b in bufs.iter_mut() {
@@ -44,6 +49,10 @@ pub fn after_mut<R>(bufs: &mut [IoSliceMut<'_>], mut skip: usize, f: impl FnOnce
 
 /// As [`after_mut`], for sending.
 pub fn after<R>(bufs: &[IoSlice<'_>], mut skip: usize, f: impl FnOnce(&[IoSlice<'_>]) -> R) -> R {
+    if skip == 0 && bufs.len() == 1 && !bufs[0].is_empty() {
+        // As in `after_mut`: every write and send.
+        return f(bufs);
+    }
     let mut rest: [IoSlice<'_>; IOV_BATCH] = [IoSlice::new(&[]); IOV_BATCH];
     let mut n = 0;
     for b in bufs {

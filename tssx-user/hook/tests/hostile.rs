@@ -20,21 +20,23 @@ use std::{
 };
 
 use libc::c_int;
-use tssx_common::segment::{EndLine, RingControl, SegmentHeader, NOT_YET, SHUT_READ, SHUT_RESET, SHUT_WRITE};
+use tssx_common::segment::{EndLine, ProducerLine, RingControl, RingGeometry, SegmentHeader, NOT_YET, SHUT_READ, SHUT_RESET, SHUT_WRITE};
 use tssx_hook::{calls, table};
 
 mod support;
 use support::Pair;
 use support::Rng;
 
-/// Ring capacity of the test connections.
+/// Ring capacity of the test connections (the most they grow to).
 const RING: u64 = 4096;
+/// Capacity the test connections' rings start with: the victim's rings grow while it writes.
+const RING_INITIAL: u64 = 512;
 const GUARD: usize = 64;
 const CANARY: u8 = 0xA5;
 
 fn pair() -> Pair {
     let fds = support::socketpair(0);
-    support::install_swapped(fds, RING as usize);
+    support::install_swapped_growing(fds, RING as usize, RING_INITIAL as usize);
     Pair { client: fds[0], server: fds[1] }
 }
 
@@ -72,6 +74,7 @@ fn fields() -> Vec<Field> {
         let ring = offset_of!(SegmentHeader, rings) + e * size_of::<RingControl>();
         add("head", e, ring + offset_of!(RingControl, producer), true);
         add("producer lock", e, ring + offset_of!(RingControl, producer) + 8, false);
+        add("geometry", e, ring + offset_of!(RingControl, producer) + offset_of!(ProducerLine, geometry), true);
         add("tail", e, ring + offset_of!(RingControl, consumer), true);
         add("consumer lock", e, ring + offset_of!(RingControl, consumer) + 8, false);
         let line = offset_of!(SegmentHeader, ends) + e * size_of::<EndLine>();
@@ -138,6 +141,13 @@ fn lies(cur: u64) -> Vec<u64> {
         cur.wrapping_sub(RING),
         1 << 63,
         0x5A5A_5A5A_5A5A_5A5A,
+        // Geometries (capacity low, offset high): smaller, larger than the ring, offsets
+        // beyond the capacity.
+        RingGeometry { capacity: 64, offset: 63 }.encode(),
+        RingGeometry { capacity: RING as usize * 2, offset: 5 }.encode(),
+        (u64::from(u32::MAX) << 32) | RING_INITIAL,
+        (u64::from(u32::MAX) << 32) | (RING / 2),
+        1 << 31,
     ]
 }
 
@@ -193,6 +203,9 @@ fn victim_survives(server: c_int, client: c_int, what: &str) {
         }
         let (rc, _) = send(server, &[7u8; 100], libc::MSG_DONTWAIT);
         assert!(rc <= 100, "{w}: a send of 100 returned {rc}");
+        // More than the ring starts with: the victim's ring grows (or finds it cannot).
+        let (rc, _) = send(server, &[8u8; 3000], libc::MSG_DONTWAIT);
+        assert!(rc <= 3000, "{w}: a send of 3000 returned {rc}");
         poll(server, libc::POLLIN | libc::POLLOUT | libc::POLLRDHUP);
     });
     peer_dies(client);

@@ -3,17 +3,24 @@
 //! A ring is a power-of-two array of bytes plus two free-running `u64` positions: `head`, the
 //! total bytes the producer has written, and `tail`, the total bytes the consumer has read
 //! (both live in the segment header, see [`tssx_common::segment`]). Position `p` lives at index
-//! `p & (capacity - 1)`; the ring holds `head - tail` bytes, is empty when they are equal and
-//! full when the difference is the capacity. A transfer copies one contiguous run of positions,
-//! which is at most two `memcpy` calls (the second when the run wraps around the end).
+//! `(p + offset) & (capacity - 1)` of the ring's current geometry; the ring holds `head - tail`
+//! bytes, is empty when they are equal and full when the difference is the capacity. A
+//! transfer copies one contiguous run of positions, which is at most two `memcpy` calls (the
+//! second when the run wraps around the end).
 //!
-//! A [`Producer`] and a [`Consumer`] each keep a private copy of the *peer's* position and only
-//! re-read the shared one when the copy says there is not enough room or data. The copy is
-//! always behind the truth (positions only grow), so it can only under-report, never let a
-//! handle overrun the peer. The handle's *own* position is re-read (`Relaxed`, from its own
-//! cache line) on every call instead of being cached, so that several handles of one ring (two
-//! threads, or parent and child after `fork`) stay correct as long as their calls are
-//! serialized, e.g. by the ring's [`RingLock`].
+//! # Growing
+//!
+//! A ring's data region is mapped at its largest size, but the ring starts by using a small
+//! power of two of it ([`RingRaw::geometry`]). A producer whose ring would be more than half
+//! full after a write takes writes up to the end of its current block only, and doubles the
+//! capacity there ([`plan`]): the unread bytes then lie just below the block end, and the
+//! doubled geometry keeps them at their indices
+//! ([`tssx_common::segment::RingGeometry::unrolled`]). No byte moves, and a reader that still
+//! uses the old geometry reads the same bytes. The producer stores the geometry (`Release`)
+//! before the `head` store (`Release`) that publishes the first byte after it; the consumer
+//! loads the geometry (`Acquire`) after its `Acquire` load of `head` and keeps it with that
+//! head. Pages past the capacity in use are never touched, so they are never allocated. See
+//! "Rings that grow" in [`tssx_common::segment`].
 //!
 //! # Memory orderings
 //!
@@ -78,6 +85,7 @@ use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::io::{IoSlice, IoSliceMut};
 
 use self::sync::{AtomicU32, AtomicU64, DataCell};
+use tssx_common::segment::RingGeometry;
 
 /// The atomics, fence and data cell the ring is written against: `core`'s normally, `loom`'s
 /// under `--cfg tssx_loom` (see the module documentation).
@@ -154,9 +162,12 @@ pub struct RingRaw {
     pub producer_asleep: *const AtomicU32,
     /// The asleep counter of the end that reads this ring.
     pub consumer_asleep: *const AtomicU32,
+    /// The ring's geometry word ([`tssx_common::segment::ProducerLine::geometry`]): the
+    /// capacity in use now, at most `capacity`.
+    pub geometry: *const AtomicU64,
     /// The first of `capacity` data cells.
     pub data: *const DataCell,
-    /// Number of data cells; a power of two.
+    /// Number of data cells, the most the ring may grow to; a power of two.
     pub capacity: usize,
 }
 
@@ -205,17 +216,69 @@ fn total_len<I: Iterator<Item = usize>>(lens: I) -> usize {
     lens.fold(0usize, |acc, len| acc.saturating_add(len))
 }
 
+/// The geometry in a stored word, sanitized against the mapped capacity (see
+/// [`RingGeometry::decode`]): its capacity is a power of two at most `raw.capacity`.
+#[inline]
+fn geometry_of(raw: &RingRaw, word: u64) -> RingGeometry {
+    RingGeometry::decode(word, raw.capacity)
+}
+
+/// What a producer at `head` may write now for a transfer of `want` bytes, with the consumer
+/// at `tail`, in geometry `geo`, in a ring mapped for `max` bytes: the room, and whether the
+/// ring grows first (then the room is the grown ring's).
+///
+/// A ring that may still grow and would be more than half full after the write (it is filling
+/// up: a stream, or a reader that does not keep up) takes writes up to the end of its current
+/// block only (the position whose index is 0), never wrapping around it; a write that starts
+/// there doubles the ring. At a block end the unread bytes lie just below the end, at the
+/// indices they keep in the doubled ring ([`RingGeometry::unrolled`]): no byte moves, and a
+/// reader that still uses the old geometry reads the same bytes as one that uses the new one.
+/// Request/response traffic keeps the ring less than half full and never grows it.
+#[inline]
+fn plan(head: u64, tail: u64, geo: RingGeometry, max: usize, want: usize) -> (usize, bool) {
+    let used = head.wrapping_sub(tail);
+    if used > geo.capacity as u64 {
+        // A stale or corrupt pair of positions: no room, and never a growth.
+        return (0, false);
+    }
+    let used = used as usize;
+    let room = geo.capacity - used;
+    if geo.capacity >= max || used.saturating_add(want) <= geo.capacity / 2 {
+        return (room, false);
+    }
+    match geo.index(head) {
+        0 => {
+            // The head lands at index `index(tail) + used` of the doubled ring (see
+            // `unrolled`: `capacity`, or 0 when the ring is empty): up to the doubled ring's
+            // block end, unless it is the largest.
+            let grown = (geo.capacity * 2).min(max);
+            let to_end = if grown >= max { grown } else { grown - (geo.index(tail) + used) };
+            ((grown - used).min(to_end), true)
+        }
+        into => (room.min(geo.capacity - into), false),
+    }
+}
+
+/// Room for a write on the ring whose positions and geometry word are given (mapped for `max`
+/// bytes), as [`Producer::free`] counts it: what the next write takes, whatever its size
+/// (growing the ring first if it does). For readiness (`POLLOUT`) from the shared header.
+pub fn room_to_write(head: u64, tail: u64, geometry: u64, max: usize) -> usize {
+    plan(head, tail, RingGeometry::decode(geometry, max), max, usize::MAX).0
+}
+
 /// Copies `src` into the ring at position `pos`: one `memcpy`, two if the run wraps.
 ///
 /// # Safety
-/// `raw` satisfies the constructor contract, `src.len() <= capacity`, and the positions
+/// `raw` satisfies the constructor contract, `geo` came from [`geometry_of`] (its capacity is
+/// at most `raw.capacity`), `src.len() <= geo.capacity`, and the positions
 /// `pos..pos + src.len()` are free space owned by the caller (the producer).
 #[inline]
-unsafe fn copy_to_ring(raw: &RingRaw, pos: u64, src: &[u8]) {
-    let start = (pos & (raw.capacity as u64 - 1)) as usize;
-    let first = src.len().min(raw.capacity - start);
-    // SAFETY: `start + first <= capacity` and the remaining `src.len() - first <= start`
-    // cells from index 0 are in bounds; the caller owns these positions.
+unsafe fn copy_to_ring(raw: &RingRaw, geo: RingGeometry, pos: u64, src: &[u8]) {
+    let start = geo.index(pos);
+    let first = src.len().min(geo.capacity - start);
+    // SAFETY: `start + first <= geo.capacity <= raw.capacity` and the remaining
+    // `src.len() - first <= start` cells from index 0 are in bounds; the caller owns these
+    // positions.
     unsafe {
         sync::copy_in(raw.data.add(start), &src[..first]);
         if first < src.len() {
@@ -227,12 +290,12 @@ unsafe fn copy_to_ring(raw: &RingRaw, pos: u64, src: &[u8]) {
 /// Copies from the ring at position `pos` into `dst`: one `memcpy`, two if the run wraps.
 ///
 /// # Safety
-/// `raw` satisfies the constructor contract, `dst.len() <= capacity`, and the positions
-/// `pos..pos + dst.len()` hold published bytes the producer will not overwrite meanwhile.
+/// As [`copy_to_ring`], with `dst.len() <= geo.capacity` and the positions
+/// `pos..pos + dst.len()` holding published bytes the producer will not overwrite meanwhile.
 #[inline]
-unsafe fn copy_from_ring(raw: &RingRaw, pos: u64, dst: &mut [u8]) {
-    let start = (pos & (raw.capacity as u64 - 1)) as usize;
-    let first = dst.len().min(raw.capacity - start);
+unsafe fn copy_from_ring(raw: &RingRaw, geo: RingGeometry, pos: u64, dst: &mut [u8]) {
+    let start = geo.index(pos);
+    let first = dst.len().min(geo.capacity - start);
     let (a, b) = dst.split_at_mut(first);
     // SAFETY: as in `copy_to_ring`, both runs are in bounds; the bytes are published and not
     // overwritten before we publish a tail past them.
@@ -313,9 +376,29 @@ impl Producer {
         unsafe { &*self.raw.consumer_asleep }
     }
 
-    /// Capacity of the ring in bytes.
+    #[inline]
+    fn geometry_word(&self) -> &AtomicU64 {
+        // SAFETY: valid for the handle's life by the constructor's contract.
+        unsafe { &*self.raw.geometry }
+    }
+
+    /// The ring's current geometry (sanitized).
+    #[inline]
+    pub fn geometry(&self) -> RingGeometry {
+        // Relaxed: our own field, written only by producers serialized with us (their lock's
+        // Acquire/Release orders it).
+        geometry_of(&self.raw, self.geometry_word().load(Relaxed))
+    }
+
+    /// Capacity of the ring in bytes as it is now (it grows up to [`Producer::max_capacity`]).
     #[inline]
     pub fn capacity(&self) -> usize {
+        self.geometry().capacity
+    }
+
+    /// The most the ring may grow to: the bytes mapped for its data.
+    #[inline]
+    pub fn max_capacity(&self) -> usize {
         self.raw.capacity
     }
 
@@ -326,38 +409,56 @@ impl Producer {
         self.head().load(Relaxed)
     }
 
-    /// Free space in bytes, reading the consumer's position afresh.
+    /// Room for the next write in bytes, reading the consumer's position afresh: a write of
+    /// up to this many bytes takes them all (growing the ring first if it must and may).
     #[inline]
     pub fn free(&self) -> usize {
-        self.refresh(self.position())
+        let head = self.position();
+        let geo = self.geometry();
+        self.refresh(head, geo.capacity);
+        plan(head, self.cached_tail.get(), geo, self.raw.capacity, usize::MAX).0
     }
 
     /// Whether nothing is waiting for the consumer (everything written has been read).
     #[inline]
     pub fn is_drained(&self) -> bool {
-        self.free() == self.raw.capacity
+        let capacity = self.capacity();
+        self.refresh(self.position(), capacity) == capacity
     }
 
-    /// Reloads the consumer position and returns the free space for producer position `head`.
+    /// Reloads the consumer position and returns the free space for producer position `head`
+    /// in a ring of `capacity` bytes.
     #[inline]
-    fn refresh(&self, head: u64) -> usize {
+    fn refresh(&self, head: u64, capacity: usize) -> usize {
         // Acquire: pairs with the consumer's Release store of `tail` after copying out, so
         // its reads of the space we are about to reuse happened before our writes.
         let tail = self.tail().load(Acquire);
         self.cached_tail.set(tail);
-        free(head, tail, self.raw.capacity)
+        free(head, tail, capacity)
     }
 
-    /// Free space for producer position `head`, at least `want` if the ring has it: the cached
-    /// consumer position is only refreshed when it shows less than `want`.
+    /// The geometry to write with and how many bytes may go at `head` now, for a transfer of
+    /// `want` bytes (non-zero): see [`plan`]. A growth stores the doubled geometry before the
+    /// caller publishes anything past `head`.
     #[inline]
-    fn free_for(&self, head: u64, want: usize) -> usize {
-        let cached = free(head, self.cached_tail.get(), self.raw.capacity);
-        if cached >= want {
-            cached
-        } else {
-            self.refresh(head)
+    fn room_for(&self, head: u64, want: usize) -> (RingGeometry, usize) {
+        let geo = self.geometry();
+        let (room, grow) = plan(head, self.cached_tail.get(), geo, self.raw.capacity, want);
+        if room >= want && !grow {
+            return (geo, want);
         }
+        // The cached consumer position may be stale (low): look again before deciding.
+        self.refresh(head, geo.capacity);
+        let tail = self.cached_tail.get();
+        let (room, grow) = plan(head, tail, geo, self.raw.capacity, want);
+        if !grow {
+            return (geo, room.min(want));
+        }
+        let grown = geo.unrolled(tail, (geo.capacity * 2).min(self.raw.capacity));
+        // Release: orders this geometry before the `head` store (Release) that publishes the
+        // first byte written under it; the consumer loads `head` with Acquire, then this word.
+        self.geometry_word().store(grown.encode(), Release);
+        (grown, room.min(want))
     }
 
     /// Publishes `head + bytes` after the bytes were copied in.
@@ -375,13 +476,13 @@ impl Producer {
             return Transfer::NOTHING;
         }
         let head = self.position();
-        let n = self.free_for(head, src.len()).min(src.len());
+        let (geo, n) = self.room_for(head, src.len());
         if n == 0 {
             return Transfer::NOTHING;
         }
-        // SAFETY: contract of `new`; `n` bytes from `head` are free space (within the
-        // capacity), and only we write them until we publish.
-        unsafe { copy_to_ring(&self.raw, head, &src[..n]) };
+        // SAFETY: contract of `new`; `geo` is sanitized; `n` bytes from `head` are free space
+        // (within its capacity), and only we write them until we publish.
+        unsafe { copy_to_ring(&self.raw, geo, head, &src[..n]) };
         self.publish(head, n)
     }
 
@@ -392,7 +493,7 @@ impl Producer {
             return Transfer::NOTHING;
         }
         let head = self.position();
-        let n = self.free_for(head, want).min(want);
+        let (geo, n) = self.room_for(head, want);
         if n == 0 {
             return Transfer::NOTHING;
         }
@@ -402,7 +503,7 @@ impl Producer {
             let k = buf.len().min(left);
             // SAFETY: as in `write`; the runs `pos..pos + k` are consecutive parts of the `n`
             // free bytes from `head`.
-            unsafe { copy_to_ring(&self.raw, pos, &buf[..k]) };
+            unsafe { copy_to_ring(&self.raw, geo, pos, &buf[..k]) };
             pos = pos.wrapping_add(k as u64);
             left -= k;
             if left == 0 {
@@ -424,11 +525,13 @@ impl Producer {
         if from < tail || from > head {
             return 0;
         }
-        let n = usize::try_from(head - from).unwrap_or(usize::MAX).min(dst.len()).min(self.raw.capacity);
-        // SAFETY: contract of `new`; the `n` bytes from `from` were published by this producer
-        // (from >= tail, from + n <= head, within the capacity) and only this producer, which
-        // is not writing now, could overwrite them.
-        unsafe { copy_from_ring(&self.raw, from, &mut dst[..n]) };
+        let geo = self.geometry();
+        let n = usize::try_from(head - from).unwrap_or(usize::MAX).min(dst.len()).min(geo.capacity);
+        // SAFETY: contract of `new`; `geo` is sanitized, and places every unread byte where it
+        // was written (a ring grows without moving one); the `n` bytes from `from` were
+        // published by this producer (from >= tail, from + n <= head, within the capacity) and
+        // only this producer, which is not writing now, could overwrite them.
+        unsafe { copy_from_ring(&self.raw, geo, from, &mut dst[..n]) };
         n
     }
 
@@ -460,6 +563,8 @@ pub struct Consumer {
     raw: RingRaw,
     /// Last `head` read from the shared memory; never ahead of the real one.
     cached_head: Cell<u64>,
+    /// The geometry loaded after `cached_head`: it places every byte below that head.
+    cached_geometry: Cell<RingGeometry>,
 }
 
 // SAFETY: as for `Producer`.
@@ -487,9 +592,8 @@ impl Consumer {
     /// If `raw.capacity` is not a power of two.
     pub unsafe fn new(raw: RingRaw) -> Consumer {
         assert!(raw.capacity.is_power_of_two(), "ring capacity must be a power of two");
-        let consumer = Consumer { raw, cached_head: Cell::new(0) };
-        // Acquire: as every load of the producer's position.
-        consumer.cached_head.set(consumer.head().load(Acquire));
+        let consumer = Consumer { raw, cached_head: Cell::new(0), cached_geometry: Cell::new(RingGeometry::new(raw.capacity)) };
+        consumer.refresh(consumer.position());
         consumer
     }
 
@@ -512,15 +616,21 @@ impl Consumer {
     }
 
     #[inline]
+    fn geometry_word(&self) -> &AtomicU64 {
+        // SAFETY: valid for the handle's life by the constructor's contract.
+        unsafe { &*self.raw.geometry }
+    }
+
+    #[inline]
     fn peer_asleep(&self) -> &AtomicU32 {
         // SAFETY: valid for the handle's life by the constructor's contract.
         unsafe { &*self.raw.producer_asleep }
     }
 
-    /// Capacity of the ring in bytes.
+    /// Capacity of the ring in bytes as of the last look at the producer's position.
     #[inline]
     pub fn capacity(&self) -> usize {
-        self.raw.capacity
+        self.cached_geometry.get().capacity
     }
 
     /// Total bytes ever read from the ring (the consumer position).
@@ -544,15 +654,20 @@ impl Consumer {
         // Acquire: pairs with the producer's Release store of `head` after copying in, so the
         // bytes below that head are visible to our copies.
         let head = self.head().load(Acquire);
+        // Acquire, after the Acquire load of `head`: the producer stored the geometry of every
+        // byte below that head (Release) before the head, so this load sees it or a later
+        // one, and a later one (a ring grown meanwhile) keeps every unread byte at its index.
+        let geo = geometry_of(&self.raw, self.geometry_word().load(Acquire));
         self.cached_head.set(head);
-        used(head, tail, self.raw.capacity)
+        self.cached_geometry.set(geo);
+        used(head, tail, geo.capacity)
     }
 
     /// Bytes available at `tail`, at least `want` if the ring has them: the cached producer
     /// position is only refreshed when it shows less than `want`.
     #[inline]
     fn available_for(&self, tail: u64, want: usize) -> usize {
-        let cached = used(self.cached_head.get(), tail, self.raw.capacity);
+        let cached = used(self.cached_head.get(), tail, self.cached_geometry.get().capacity);
         if cached >= want {
             cached
         } else {
@@ -588,9 +703,10 @@ impl Consumer {
             return 0;
         }
         let n = self.available_for(tail, dst.len()).min(dst.len());
-        // SAFETY: contract of `new`; `n` published bytes from `tail` (within the capacity),
-        // which the producer does not overwrite before we publish a tail past them.
-        unsafe { copy_from_ring(&self.raw, tail, &mut dst[..n]) };
+        // SAFETY: contract of `new`; `n` published bytes from `tail` (within the capacity of
+        // the sanitized geometry loaded with the head that published them), which the producer
+        // does not overwrite before we publish a tail past them.
+        unsafe { copy_from_ring(&self.raw, self.cached_geometry.get(), tail, &mut dst[..n]) };
         n
     }
 
@@ -624,13 +740,14 @@ impl Consumer {
         if n == 0 {
             return Transfer::NOTHING;
         }
+        let geo = self.cached_geometry.get();
         let mut pos = tail;
         let mut left = n;
         for buf in bufs.iter_mut() {
             let k = buf.len().min(left);
             // SAFETY: as in `peek`; the runs `pos..pos + k` are consecutive parts of the `n`
             // published bytes from `tail`.
-            unsafe { copy_from_ring(&self.raw, pos, &mut buf[..k]) };
+            unsafe { copy_from_ring(&self.raw, geo, pos, &mut buf[..k]) };
             pos = pos.wrapping_add(k as u64);
             left -= k;
             if left == 0 {
@@ -808,12 +925,20 @@ mod tests {
             }
         }
 
+        /// A ring of `capacity` bytes that starts using `initial` of them.
+        fn growing(capacity: usize, initial: usize) -> TestRing {
+            let ring = TestRing::new(capacity);
+            ring.ctl.producer.0.geometry.store(RingGeometry::new(initial).encode(), Relaxed);
+            ring
+        }
+
         fn raw(&self) -> RingRaw {
             RingRaw {
                 head: &self.ctl.producer.0.head,
                 tail: &self.ctl.consumer.0.tail,
                 producer_asleep: &self.asleep[0],
                 consumer_asleep: &self.asleep[1],
+                geometry: &self.ctl.producer.0.geometry,
                 data: self.data.as_ptr(),
                 capacity: self.data.len(),
             }
@@ -1077,6 +1202,175 @@ mod tests {
         // With space, the producer does not sleep.
         assert!(!p.announce_sleep());
         assert_eq!(ring.asleep[0].load(Relaxed), 0);
+    }
+
+    #[test]
+    fn grows_at_a_block_end_without_moving_unread_bytes() {
+        let ring = TestRing::growing(64, 8);
+        let (mut p, mut c) = ring.handles();
+        let mut out = [0u8; 64];
+        // Transfers that leave the ring at most half full never grow it.
+        for round in 0..10u8 {
+            assert_eq!(p.write(&[round; 3]).bytes, 3);
+            assert_eq!(c.read(&mut out).bytes, 3);
+            assert_eq!(&out[..3], &[round; 3]);
+        }
+        assert_eq!(p.capacity(), 8);
+        let data: Vec<u8> = (100..140).collect();
+        // Head 30 (index 6): a write that would fill the ring goes up to the block end only.
+        assert_eq!(p.write(&data).bytes, 2);
+        assert_eq!(p.capacity(), 8);
+        // The reader takes one (its cached head 32 and geometry stay those of capacity 8).
+        assert_eq!(c.read(&mut out[..1]).bytes, 1);
+        // At the block end, with one byte unread at index 7: doubled, that byte keeps its
+        // index, and the new bytes go around it.
+        // index, and the new bytes go up to the new block end (index 16).
+        assert_eq!(p.write(&data[2..]).bytes, 8);
+        assert_eq!(p.capacity(), 16);
+        assert_eq!(c.read(&mut out[..1]).bytes, 1, "below the cached head: the old geometry");
+        assert_eq!(c.capacity(), 8);
+        assert_eq!(out[0], data[1]);
+        assert_eq!(c.read(&mut out[..5]).bytes, 5);
+        assert_eq!(c.capacity(), 16);
+        assert_eq!(&out[..5], &data[2..7]);
+        // At the block end again, the reader idle with 3 bytes unread: doubled to 32.
+        assert_eq!(p.write(&data[10..]).bytes, 16);
+        assert_eq!(p.capacity(), 32);
+        assert_eq!(c.read(&mut out).bytes, 19);
+        assert_eq!(&out[..19], &data[7..26]);
+        // Up to the maximum, and no further; an empty ring then takes all of it.
+        let mut sent = 0;
+        while p.capacity() < 64 {
+            let t = p.write(&[5; 40]);
+            sent += t.bytes;
+            sent -= c.read(&mut out[..t.bytes.min(8)]).bytes;
+            assert!(sent < 64 && t.bytes > 0);
+        }
+        while c.read(&mut out).bytes > 0 {}
+        assert_eq!(p.write(&[0; 200]).bytes, 64);
+        assert_eq!(p.capacity(), 64);
+    }
+
+    #[test]
+    fn an_idle_reader_does_not_stop_the_growth() {
+        // A writer that fills the ring while its reader reads nothing (a non-blocking writer
+        // until EAGAIN) gets the whole maximum, wherever the reader stopped.
+        let ring = TestRing::growing(1 << 16, 1 << 10);
+        let (mut p, mut c) = ring.handles();
+        let mut out = [0u8; 700];
+        assert_eq!(p.write(&[1; 700]).bytes, 700);
+        assert_eq!(c.read(&mut out).bytes, 700);
+        let mut filled = 0;
+        loop {
+            // `free` is what the next write takes (the ancillary path relies on it).
+            let room = p.free();
+            let t = p.write(&[2; 4096]);
+            assert_eq!(t.bytes, room.min(4096));
+            if t.bytes == 0 {
+                break;
+            }
+            filled += t.bytes;
+        }
+        assert_eq!(p.capacity(), 1 << 16);
+        assert!(filled >= (1 << 16) - (1 << 10), "{filled}");
+        let mut all = vec![0u8; 1 << 16];
+        let n = c.read(&mut all).bytes;
+        assert!(n >= filled && all[..n].iter().all(|&b| b == 2), "{n}");
+    }
+
+    #[test]
+    fn whole_ring_transfers_in_lockstep_still_grow() {
+        // A writer and a reader that move exactly a ring's worth at a time find the ring
+        // either empty or full: the writer grows it when it finds it full.
+        let ring = TestRing::growing(1 << 20, 32 << 10);
+        let (mut p, mut c) = ring.handles();
+        let buf = vec![9u8; 64 << 10];
+        let mut out = vec![0u8; 64 << 10];
+        let mut moved = 0usize;
+        while p.capacity() < 1 << 20 {
+            let mut done = 0;
+            while done < buf.len() {
+                let t = p.write(&buf[done..]);
+                done += t.bytes;
+                if t.bytes == 0 {
+                    // The reader takes everything there is, only when the writer is stuck.
+                    moved += c.read(&mut out).bytes;
+                }
+            }
+            assert!(moved < 8 << 20, "still {} after {moved} bytes", p.capacity());
+        }
+    }
+
+    #[test]
+    fn a_lying_geometry_stays_inside_the_ring() {
+        let ring = TestRing::growing(64, 8);
+        let (mut p, mut c) = ring.handles();
+        let mut out = [0u8; 256];
+        for word in [0, 3, 128, 1 << 40 | 8, u64::MAX, 64 | (1 << 63), 0xffff_ffff_0000_0020] {
+            ring.ctl.producer.0.geometry.store(word, Relaxed);
+            let geo = p.geometry();
+            assert!(geo.capacity.is_power_of_two() && geo.capacity <= 64 && geo.offset < geo.capacity as u64, "{word:#x}: {geo:?}");
+            let t = p.write(&[7; 200]);
+            assert!(t.bytes <= 64);
+            assert!(c.read(&mut out).bytes <= 64);
+        }
+    }
+
+    #[test]
+    fn growth_under_a_concurrent_reader_keeps_every_byte() {
+        // Two threads, byte-checked: odd write and read sizes so that growths happen at every
+        // step with bytes unread and the consumer on an old geometry.
+        for (max, initial) in [(1 << 16, 64), (1 << 12, 1 << 12), (1 << 14, 1 << 7)] {
+            let ring = TestRing::growing(max, initial);
+            let (mut p, mut c) = ring.handles();
+            const TOTAL: u64 = 8 << 20;
+            let byte = |pos: u64| (pos.wrapping_mul(0x9e37_79b9) >> 7) as u8;
+            let writer = std::thread::spawn(move || {
+                let mut pos = 0u64;
+                let mut buf = vec![0u8; 3001];
+                let mut round = 0usize;
+                let mut caps = vec![p.capacity()];
+                while pos < TOTAL {
+                    let len = [1, 17, 3001, 250, 4096 % 3001][round % 5].min((TOTAL - pos) as usize);
+                    round += 1;
+                    for (i, b) in buf[..len].iter_mut().enumerate() {
+                        *b = byte(pos + i as u64);
+                    }
+                    let t = p.write(&buf[..len]);
+                    pos += t.bytes as u64;
+                    if t.bytes == 0 {
+                        std::thread::yield_now();
+                    }
+                    if caps.last() != Some(&p.capacity()) {
+                        caps.push(p.capacity());
+                    }
+                }
+                caps
+            });
+            let mut pos = 0u64;
+            let mut buf = vec![0u8; 2000];
+            let mut round = 0usize;
+            while pos < TOTAL {
+                let len = [2000, 1, 333, 64][round % 4];
+                round += 1;
+                // Read only once the ring is half full: growths then find bytes unread.
+                if (c.available() as u64) < (c.capacity() as u64 / 2).min(TOTAL - pos) {
+                    std::thread::yield_now();
+                    continue;
+                }
+                let t = c.read(&mut buf[..len]);
+                for (i, &b) in buf[..t.bytes].iter().enumerate() {
+                    assert_eq!(b, byte(pos + i as u64), "position {}", pos + i as u64);
+                }
+                pos += t.bytes as u64;
+                if t.bytes == 0 {
+                    std::thread::yield_now();
+                }
+            }
+            let caps = writer.join().unwrap();
+            let expect: Vec<usize> = std::iter::successors(Some(initial), |&c| (c < max).then_some(c * 2)).collect();
+            assert_eq!(caps, expect, "max {max}, initial {initial}");
+        }
     }
 
     #[test]

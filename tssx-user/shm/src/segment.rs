@@ -22,8 +22,8 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use crate::sys::{self, Errno, Fd};
 
 use tssx_common::segment::{
-    CacheLine, End, EndLine, HeaderError, RingControl, SegmentHeader, SegmentLayout, SegmentState, MAX_RING_CAPACITY, SEGMENT_MAGIC,
-    SEGMENT_VERSION,
+    CacheLine, End, EndLine, HeaderError, RingControl, RingGeometry, SegmentHeader, SegmentLayout, SegmentState,
+    DEFAULT_INITIAL_RING_CAPACITY, MAX_RING_CAPACITY, SEGMENT_MAGIC, SEGMENT_VERSION,
 };
 
 /// The seals a segment must carry: its size can never change, and neither can its seals.
@@ -161,11 +161,23 @@ unsafe fn unmap(base: NonNull<SegmentHeader>, len: usize, guard: usize) {
 }
 
 impl Segment {
-    /// Creates a segment with rings of `ring_capacity` bytes: an anonymous memfd sized to the
-    /// layout, sealed against resizing, mapped, with its header initialised (state `Pending`,
-    /// TSSX bits and refcounts zero). [`Segment::fd`] gives the memfd to pass to the two ends.
+    /// Creates a segment whose rings may grow to `ring_capacity` bytes and start with
+    /// [`DEFAULT_INITIAL_RING_CAPACITY`] (or `ring_capacity` if smaller): see
+    /// [`Segment::create_growing`].
     pub fn create(ring_capacity: usize) -> Result<Segment, SegmentError> {
+        Self::create_growing(ring_capacity, DEFAULT_INITIAL_RING_CAPACITY.min(ring_capacity))
+    }
+
+    /// Creates a segment with rings of `ring_capacity` bytes that start using `initial` of
+    /// them (a power of two, at most `ring_capacity`; equal to it: rings that never grow): an
+    /// anonymous memfd sized to the layout, sealed against resizing, mapped, with its header
+    /// initialised (state `Pending`, TSSX bits and refcounts zero). [`Segment::fd`] gives the
+    /// memfd to pass to the two ends.
+    pub fn create_growing(ring_capacity: usize, initial: usize) -> Result<Segment, SegmentError> {
         let layout = SegmentLayout::new(ring_capacity).ok_or(SegmentError::InvalidCapacity(ring_capacity))?;
+        if !initial.is_power_of_two() || initial > ring_capacity {
+            return Err(SegmentError::InvalidCapacity(initial));
+        }
         let fd =
             sys::memfd_create(c"tssx-segment", libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING).map_err(SegmentError::os("memfd_create"))?;
         sys::ftruncate(fd.raw(), layout.total_size as u64).map_err(SegmentError::os("ftruncate"))?;
@@ -189,6 +201,11 @@ impl Segment {
             ends: [EndLine::new(), EndLine::new()],
             anc: Default::default(),
         };
+        for ring in &header.rings {
+            // Relaxed: nobody else sees the header before the memfd is passed (SCM_RIGHTS
+            // orders it before the receiver's loads).
+            ring.producer.0.geometry.store(RingGeometry::new(initial).encode(), Relaxed);
+        }
         // SAFETY: the mapping is fresh, ours alone (the fd has not left this process), large
         // enough and aligned; writing the whole header initialises it.
         unsafe { base.as_ptr().write(header) };
@@ -254,6 +271,28 @@ impl Segment {
         self.layout.ring_capacity
     }
 
+    /// Bytes of the segment resident in memory now (pages in the memfd's page cache, whoever
+    /// touched them; `mincore` over this mapping), `None` if the kernel refused to tell.
+    pub fn resident_bytes(&self) -> Option<u64> {
+        const PAGE: usize = 4096;
+        let len = self.layout.total_size;
+        let mut pages = vec![0u8; len.div_ceil(PAGE)];
+        // SAFETY: our mapping of `len` bytes starts at `base`, page-aligned (mmap's result);
+        // `pages` holds one byte per page.
+        unsafe { sys::mincore(self.base.as_ptr().cast(), len, &mut pages) }.ok()?;
+        Some(pages.iter().filter(|&&p| p & 1 != 0).count() as u64 * PAGE as u64)
+    }
+
+    /// The capacity each ring uses now, `[A->B, B->A]`, from the (untrusted, sanitized)
+    /// geometry words: for status and traces.
+    pub fn ring_capacities(&self) -> [usize; 2] {
+        // Relaxed: a snapshot for display.
+        let load = |e: End| {
+            RingGeometry::decode(self.header().rings[e.index()].producer.0.geometry.load(Relaxed), self.layout.ring_capacity).capacity
+        };
+        [load(End::Client), load(End::Server)]
+    }
+
     /// The connection state; `None` if the header holds an undefined value.
     #[inline]
     pub fn state(&self) -> Option<SegmentState> {
@@ -304,6 +343,7 @@ impl Segment {
             tail: &ring.consumer.0.tail,
             producer_asleep: &header.asleep.0[writer.index()],
             consumer_asleep: &header.asleep.0[writer.peer().index()],
+            geometry: &ring.producer.0.geometry,
             // SAFETY: the validated layout puts `capacity` bytes at `offset` inside the
             // mapping; `UnsafeCell<u8>` has the layout of `u8`.
             data: unsafe { self.base.as_ptr().cast::<u8>().add(offset) }.cast(),
@@ -433,6 +473,34 @@ mod tests {
         let _g = lock.try_lock(1).unwrap();
         assert!(other.producer_lock(End::Client).try_lock(2).is_none());
         assert!(other.producer_lock(End::Server).try_lock(2).is_some());
+    }
+
+    #[test]
+    fn untouched_pages_are_not_resident() {
+        let seg = Segment::create_growing(1 << 20, 1 << 15).unwrap();
+        let header_only = seg.resident_bytes().unwrap();
+        assert!(header_only <= 4096, "{header_only}");
+        assert_eq!(seg.ring_capacities(), [1 << 15, 1 << 15]);
+        // SAFETY: one producer, used here only, dropped before the segment.
+        let mut tx = unsafe { seg.producer(End::Client) };
+        // SAFETY: one consumer, likewise.
+        let mut rx = unsafe { seg.consumer(End::Server) };
+        let mut buf = vec![0u8; 1 << 16];
+        for _ in 0..64 {
+            assert_eq!(tx.write(&[1; 1000]).bytes, 1000);
+            assert_eq!(rx.read(&mut buf).bytes, 1000);
+        }
+        let small = seg.resident_bytes().unwrap();
+        assert!(small > header_only && small <= 4096 + (1 << 15), "{small}");
+        // A stream grows the ring to its maximum: then it is resident.
+        let mut out = vec![0u8; 1 << 16];
+        for _ in 0..256 {
+            // Writes of 64 KiB, reads of 50,000 bytes: the ring fills up.
+            let _ = tx.write(&buf);
+            let _ = rx.read(&mut out[..50_000]);
+        }
+        assert_eq!(seg.ring_capacities(), [1 << 20, 1 << 15]);
+        assert!(seg.resident_bytes().unwrap() >= 1 << 20);
     }
 
     #[test]

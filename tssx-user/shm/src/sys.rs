@@ -94,6 +94,17 @@ pub unsafe fn close(fd: c_int) -> SysResult {
     unsafe { syscall(libc::SYS_close, [fd as usize, 0, 0, 0, 0, 0]) }
 }
 
+/// `mincore(addr, len, vec)`: one byte per page of `addr..addr + len` into `vec`, bit 0 set
+/// when the page is resident (for a shared file mapping: in the file's page cache, whoever
+/// touched it).
+///
+/// # Safety
+/// `addr` is page-aligned and `addr..addr + len` mapped; `vec` holds at least one byte per page.
+pub unsafe fn mincore(addr: *const c_void, len: usize, vec: &mut [u8]) -> SysResult {
+    // SAFETY: per the contract; the kernel writes at most one byte per page into `vec`.
+    unsafe { syscall(libc::SYS_mincore, [addr as usize, len, vec.as_mut_ptr() as usize, 0, 0, 0]) }
+}
+
 /// `fcntl(fd, cmd, arg)` for commands that take an integer (or nothing).
 pub fn fcntl(fd: c_int, cmd: c_int, arg: usize) -> SysResult {
     // SAFETY: integer-argument commands read and write no memory of ours; an invalid fd fails.

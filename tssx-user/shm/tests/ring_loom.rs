@@ -17,12 +17,17 @@
 //! * `locked_consumers_share_a_ring`: two consumer handles of one ring (two threads of one end,
 //!   or parent and child after `fork`) serialized by the ring's [`RingLock`] read every byte
 //!   exactly once, at its position, although each caches a stale producer position.
+//! * `grows_in_order`: a ring that starts at 2 of its 4 bytes and grows while the consumer
+//!   reads, in some interleavings with bytes unread and a reader on the old geometry: every
+//!   byte arrives in order, and no byte is read while written (a growth published too late or
+//!   a geometry that moved an unread byte shows as a wrong byte or a causality violation).
 #![cfg(tssx_loom)]
 
 use loom::sync::atomic::{AtomicU32, AtomicU64};
 use loom::sync::{Arc, Condvar, Mutex};
 use loom::thread;
 
+use tssx_common::segment::RingGeometry;
 use tssx_shm::ring::sync::DataCell;
 use tssx_shm::ring::{Consumer, Producer, RingLock, RingRaw};
 
@@ -36,15 +41,22 @@ struct Ring {
     tail: AtomicU64,
     /// `[producer end, consumer end]`.
     asleep: [AtomicU32; 2],
+    geometry: AtomicU64,
     data: Vec<DataCell>,
 }
 
 impl Ring {
     fn new() -> Arc<Ring> {
+        Self::growing(CAPACITY)
+    }
+
+    /// A ring of `CAPACITY` bytes that starts using `initial` of them.
+    fn growing(initial: usize) -> Arc<Ring> {
         Arc::new(Ring {
             head: AtomicU64::new(0),
             tail: AtomicU64::new(0),
             asleep: [AtomicU32::new(0), AtomicU32::new(0)],
+            geometry: AtomicU64::new(RingGeometry::new(initial).encode()),
             data: (0..CAPACITY).map(|_| DataCell::new(0)).collect(),
         })
     }
@@ -55,6 +67,7 @@ impl Ring {
             tail: &self.tail,
             producer_asleep: &self.asleep[0],
             consumer_asleep: &self.asleep[1],
+            geometry: &self.geometry,
             data: self.data.as_ptr(),
             capacity: CAPACITY,
         }
@@ -130,6 +143,52 @@ fn order_and_no_loss() {
         assert_eq!(got, MESSAGE);
         assert_eq!(consumer.available(), 0);
     });
+}
+
+#[test]
+fn grows_in_order() {
+    // Chunks of 1, 2 and 3 bytes into a ring that starts at 2 of its 4 bytes. Interleavings
+    // differ in when the ring grows and how many bytes are unread then (and whether the reader
+    // still holds the old geometry). A geometry that moved an unread byte, or a growth
+    // published too late, shows as a wrong byte (or a causality violation).
+    static GREW_WITH_UNREAD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    model(|| {
+        let ring = Ring::growing(2);
+        let (mut producer, mut consumer) = ring.handles();
+        let ring2 = ring.clone();
+        let writer = thread::spawn(move || {
+            let ring = ring2;
+            for chunk in [&MESSAGE[..1], &MESSAGE[1..3], &MESSAGE[3..]] {
+                let mut sent = 0;
+                while sent < chunk.len() {
+                    let before = producer.capacity();
+                    let t = producer.write(&chunk[sent..]);
+                    // (std atomic: outside the model, a record across executions)
+                    if producer.capacity() > before
+                        && ring.tail.load(std::sync::atomic::Ordering::Relaxed) < producer.position() - t.bytes as u64
+                    {
+                        GREW_WITH_UNREAD.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    sent += t.bytes;
+                    if t.bytes == 0 {
+                        thread::yield_now();
+                    }
+                }
+            }
+        });
+        let mut got = Vec::new();
+        let mut buf = [0u8; 2];
+        while got.len() < MESSAGE.len() {
+            let t = consumer.read(&mut buf);
+            got.extend_from_slice(&buf[..t.bytes]);
+            if t.bytes == 0 {
+                thread::yield_now();
+            }
+        }
+        writer.join().unwrap();
+        assert_eq!(got, MESSAGE);
+    });
+    assert!(GREW_WITH_UNREAD.load(std::sync::atomic::Ordering::Relaxed), "no interleaving grew the ring with bytes unread");
 }
 
 #[test]

@@ -47,6 +47,13 @@ struct Cli {
     #[arg(long, value_name = "BYTES", default_value_t = 1 << 20, value_parser = parse_ring_size)]
     ring_size: usize,
 
+    /// Capacity each ring starts with, in bytes (a power of two; clamped to --ring-size). A
+    /// writer that finds its ring too small doubles it, up to --ring-size; pages a ring never
+    /// used stay unallocated, so request/response connections hold a few pages. Equal to
+    /// --ring-size: rings that never grow.
+    #[arg(long, value_name = "BYTES", default_value_t = tssx_common::segment::DEFAULT_INITIAL_RING_CAPACITY, value_parser = parse_ring_size)]
+    ring_initial: usize,
+
     /// Most connections swapped at once (live shared-memory segments); beyond it a connection
     /// stays plain, traced as `not swapped`. Shared memory is at most N * (2 * ring size + 4 KiB).
     /// Default: as many as fill a quarter of the machine's memory (MemTotal) and fit the fd
@@ -212,8 +219,8 @@ fn status(state_dir: &std::path::Path, json: bool, stats: bool) -> anyhow::Resul
         let patterns: Vec<&str> = published.lines().filter(|l| !l.starts_with('#') && !l.is_empty()).collect();
         println!("watching: {}", patterns.join(", "));
         println!(
-            "{:>4}  {:<9} {:<28} {:<28} {:>12} {:>12} {:>14} {:>14}  path",
-            "id", "state", "client", "server", "switch c->s", "switch s->c", "shm c->s", "shm s->c"
+            "{:>4}  {:<9} {:<28} {:<28} {:>12} {:>12} {:>14} {:>14} {:>15} {:>9}  path",
+            "id", "state", "client", "server", "switch c->s", "switch s->c", "shm c->s", "shm s->c", "rings KiB", "resident"
         );
     }
     for line in answer.lines() {
@@ -232,8 +239,9 @@ fn status(state_dir: &std::path::Path, json: bool, stats: bool) -> anyhow::Resul
         };
         // Values as strings: a `serde_json::Value`'s Display ignores the column width.
         let switch = |v: &serde_json::Value| if v.is_null() { "-".to_owned() } else { v.to_string() };
+        let kib = |v: &serde_json::Value| v.as_u64().map_or("-".to_owned(), |b| format!("{}", b >> 10));
         println!(
-            "{:>4}  {:<9} {:<28} {:<28} {:>12} {:>12} {:>14} {:>14}  {}",
+            "{:>4}  {:<9} {:<28} {:<28} {:>12} {:>12} {:>14} {:>14} {:>15} {:>9}  {}",
             v["id"].to_string(),
             v["state"].as_str().unwrap_or("?"),
             end(&v["client"]),
@@ -242,6 +250,8 @@ fn status(state_dir: &std::path::Path, json: bool, stats: bool) -> anyhow::Resul
             switch(&v["switched_server_to_client"]),
             v["bytes_client_to_server"].to_string(),
             v["bytes_server_to_client"].to_string(),
+            format!("{}/{}", kib(&v["ring_capacity"][0]), kib(&v["ring_capacity"][1])),
+            kib(&v["resident_bytes"]).to_string() + " KiB",
             v["path"].as_str().unwrap_or("")
         );
     }
@@ -316,6 +326,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         paths,
         state_dir: cli.state_dir,
         ring_size: cli.ring_size,
+        ring_initial: cli.ring_initial.min(cli.ring_size),
         max_connections: cli.max_connections.map(|n| n as usize),
         claim_after: cli.claim_after,
     }))

@@ -308,7 +308,7 @@ impl Control {
     /// the limit.
     fn pair(&self, new: Verified, stream: UnixStream, partner: Held, spare: Option<Segment>) -> Decision {
         let Held { claim: held, stream: held_stream, since, .. } = partner;
-        let segment = match spare.map_or_else(|| Segment::create(self.ring_size), Ok) {
+        let segment = match spare.map_or_else(|| Segment::create_growing(self.ring_size, self.ring_initial()), Ok) {
             Ok(segment) => segment,
             Err(e) => {
                 tracing::warn!("creating a segment: {e}");

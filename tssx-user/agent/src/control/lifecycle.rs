@@ -151,7 +151,7 @@ impl Control {
                 }
                 registry.spares_generation()
             };
-            let segment = match Segment::create(self.ring_size) {
+            let segment = match Segment::create_growing(self.ring_size, self.ring_initial()) {
                 Ok(segment) => segment,
                 Err(e) => {
                     tracing::warn!("creating a spare segment: {e}");
@@ -246,7 +246,19 @@ pub(super) fn finish_reaped(control: &Control, reaped: Reaped) {
             control.counters.given_up.fetch_add(1, Ordering::Relaxed);
         }
         let (c2s, s2c) = conn.bytes_each_way();
-        tracing::info!(connection = id, path, bytes_client_to_server = c2s, bytes_server_to_client = s2c, "closed: segment freed");
+        // The capacity each ring reached, and the pages resident at the end.
+        let [ring_client_to_server, ring_server_to_client] = conn.segment.ring_capacities();
+        let resident_bytes = conn.segment.resident_bytes().unwrap_or(0);
+        tracing::info!(
+            connection = id,
+            path,
+            bytes_client_to_server = c2s,
+            bytes_server_to_client = s2c,
+            ring_client_to_server,
+            ring_server_to_client,
+            resident_bytes,
+            "closed: segment freed"
+        );
     }
 }
 

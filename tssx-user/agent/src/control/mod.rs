@@ -152,6 +152,9 @@ pub struct Control {
     /// The watched patterns (ids are positions).
     paths: Vec<WatchedPath>,
     ring_size: usize,
+    /// Capacity the rings of new segments start with (`--ring-initial`, at most `ring_size`).
+    /// Relaxed: a setting read when a segment is made.
+    ring_initial: std::sync::atomic::AtomicUsize,
     max_connections: usize,
     timing: Timing,
     /// Watches held claims' control connections (`None` if no epoll instance could be made:
@@ -197,6 +200,7 @@ impl Control {
             feed,
             paths,
             ring_size,
+            ring_initial: std::sync::atomic::AtomicUsize::new(tssx_common::segment::DEFAULT_INITIAL_RING_CAPACITY.min(ring_size)),
             max_connections,
             timing,
             held_watch,
@@ -205,6 +209,20 @@ impl Control {
             load: server::Load::default(),
             map_entries: Mutex::new(BTreeMap::new()),
         })
+    }
+
+    /// Sets the capacity the rings of new segments start with (`--ring-initial`): a power of
+    /// two, clamped to the ring size (equal to it: rings that never grow).
+    pub fn set_ring_initial(&self, initial: usize) {
+        let initial = if initial.is_power_of_two() { initial.min(self.ring_size) } else { self.ring_size };
+        // Relaxed: see the field.
+        self.ring_initial.store(initial, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Capacity the rings of new segments start with.
+    pub(crate) fn ring_initial(&self) -> usize {
+        // Relaxed: see the field.
+        self.ring_initial.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Records the current entry counts of the eBPF maps (for [`Control::stats`]).

@@ -40,6 +40,12 @@ pub struct ConnectionStatus {
     pub bytes_client_to_server: u64,
     /// Bytes the server wrote through shared memory.
     pub bytes_server_to_client: u64,
+    /// The capacity each ring uses now, `[client->server, server->client]` (they start at
+    /// `--ring-initial` and grow up to `--ring-size`).
+    pub ring_capacity: [usize; 2],
+    /// Bytes of the connection's segment resident in memory (`mincore` of the agent's mapping:
+    /// the pages either end touched).
+    pub resident_bytes: Option<u64>,
 }
 
 /// The agent's counters and resource counts (`tssx-agent status --stats`): the resource counts
@@ -54,10 +60,19 @@ pub struct Stats {
     pub live_segments: usize,
     /// `--max-connections`.
     pub max_connections: usize,
-    /// `--ring-size`.
+    /// `--ring-size`: the most a ring grows to.
     pub ring_size: usize,
+    /// `--ring-initial`: the capacity a ring starts with.
+    pub ring_initial: usize,
     /// Bytes of shared memory the live segments span.
     pub segment_bytes: u64,
+    /// Bytes of the live segments resident in memory (`mincore` of the agent's mappings: the
+    /// pages the ends touched).
+    pub resident_bytes: u64,
+    /// `resident_bytes / live_segments` (0 with none).
+    pub resident_bytes_per_connection: u64,
+    /// Live segments whose rings grew (either direction) past `--ring-initial`.
+    pub grown_segments: usize,
     /// Fresh segments created ahead of pairs (not counted in `live_segments`).
     pub spare_segments: usize,
     /// Connections the kernel reported on watched paths since the start: `connect`s and
@@ -107,8 +122,14 @@ impl Control {
         let registry = self.lock();
         let (live_segments, segment_bytes) =
             (registry.live_count(), registry.connections().map(|c| c.segment.layout().total_size as u64).sum());
+        let segments: Vec<_> = registry.connections().map(|c| std::sync::Arc::clone(&c.segment)).collect();
         let (spare_segments, held_claims, unclaimed_events) = (registry.spare_count(), registry.held_count(), registry.unclaimed_events());
         drop(registry);
+        // Outside the lock: a system call per segment.
+        let resident_bytes: u64 = segments.iter().filter_map(|s| s.resident_bytes()).sum();
+        let initial = self.ring_initial();
+        let grown_segments = segments.iter().filter(|s| s.ring_capacities().iter().any(|&c| c > initial)).count();
+        drop(segments);
         // Relaxed: counters, no data hangs on them.
         let count = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
         let counters = &self.counters;
@@ -118,7 +139,11 @@ impl Control {
             live_segments,
             max_connections: self.max_connections,
             ring_size: self.ring_size,
+            ring_initial: initial,
             segment_bytes,
+            resident_bytes,
+            resident_bytes_per_connection: resident_bytes.checked_div(live_segments as u64).unwrap_or(0),
+            grown_segments,
             spare_segments,
             connects: count(&counters.connects),
             accepts: count(&counters.accepts),
@@ -166,6 +191,8 @@ impl Control {
                     switched_server_to_client: c.switched_at(End::Server),
                     bytes_client_to_server,
                     bytes_server_to_client,
+                    ring_capacity: c.segment.ring_capacities(),
+                    resident_bytes: c.segment.resident_bytes(),
                 }
             })
             .collect()

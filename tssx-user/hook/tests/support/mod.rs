@@ -49,7 +49,13 @@ pub fn dup_memfd(segment: &Segment) -> Fd {
 /// with rings of `ring` bytes: both ends joined, ready and switched at byte 0 (as after a
 /// migration before any byte).
 pub fn install_swapped(fds: [c_int; 2], ring: usize) {
-    let segment = swapped_segment(ring);
+    install_swapped_growing(fds, ring, ring.min(tssx_common::segment::DEFAULT_INITIAL_RING_CAPACITY));
+}
+
+/// [`install_swapped`] with rings that start at `initial` bytes and grow to `ring`.
+#[allow(dead_code)]
+pub fn install_swapped_growing(fds: [c_int; 2], ring: usize, initial: usize) {
+    let segment = swapped_segment_growing(ring, initial);
     for (fd, end) in [(fds[0], End::Client), (fds[1], End::Server)] {
         assert!(table::adopt_swapped(fd, end, dup_memfd(&segment)), "adopt {end:?}");
     }
@@ -81,7 +87,12 @@ pub fn send_with_fd(sock: c_int, bytes: &[u8], fd: c_int) -> isize {
 /// (as after a migration before any byte), for [`install_swapped`] and tests that adopt its
 /// memfds themselves.
 pub fn swapped_segment(ring: usize) -> Segment {
-    let segment = Segment::create(ring).expect("segment");
+    swapped_segment_growing(ring, ring.min(tssx_common::segment::DEFAULT_INITIAL_RING_CAPACITY))
+}
+
+/// [`swapped_segment`] with rings that start at `initial` bytes and grow to `ring`.
+pub fn swapped_segment_growing(ring: usize, initial: usize) -> Segment {
+    let segment = Segment::create_growing(ring, initial).expect("segment");
     segment.transition(SegmentState::Pending, SegmentState::Active).unwrap();
     for end in [End::Client, End::Server] {
         let line = &segment.header().ends[end.index()];
