@@ -1194,11 +1194,8 @@ pub unsafe fn wait(epfd: c_int, events: *mut epoll_event, maxevents: c_int, time
         if m <= 0 || set.shared().len.load(Relaxed) == 0 && !out[..m as usize].iter().any(|e| e.u64 & TAG_MASK == TAG) {
             return m;
         }
-        let kept = filter(epfd, out, m as usize);
-        note_oneshots_fired(set, &out[..kept]);
-        let n = kept + collect(epfd, set, &mut out[kept..]);
-        if n > 0 || deadline.is_some_and(|d| now_ns() >= d) {
-            return n as c_int;
+        if let Some(n) = kernel_answer(epfd, set, out, m as usize, deadline) {
+            return n;
         }
     }
     let mut spun = false;
@@ -1217,11 +1214,8 @@ pub unsafe fn wait(epfd: c_int, events: *mut epoll_event, maxevents: c_int, time
             if m <= 0 {
                 return m;
             }
-            let kept = filter(epfd, out, m as usize);
-            note_oneshots_fired(set, &out[..kept]);
-            let n = kept + collect(epfd, set, &mut out[kept..]);
-            if n > 0 || deadline.is_some_and(|d| now_ns() >= d) {
-                return n as c_int;
+            if let Some(n) = kernel_answer(epfd, set, out, m as usize, deadline) {
+                return n;
             }
             continue;
         }
@@ -1318,6 +1312,16 @@ pub unsafe fn wait(epfd: c_int, events: *mut epoll_event, maxevents: c_int, time
             return n as c_int;
         }
     }
+}
+
+/// The answer to a wait whose real call gave the `m` events now in `out`: the application's
+/// (the hook's tagged ones filtered out), then the rings' ready interests; `None` if that is
+/// nothing and time is left (wait again).
+fn kernel_answer(epfd: c_int, set: &Set, out: &mut [epoll_event], m: usize, deadline: Option<u64>) -> Option<c_int> {
+    let kept = filter(epfd, out, m);
+    note_oneshots_fired(set, &out[..kept]);
+    let n = kept + collect(epfd, set, &mut out[kept..]);
+    (n > 0 || deadline.is_some_and(|d| now_ns() >= d)).then_some(n as c_int)
 }
 
 /// The real wait with a nanosecond timeout: `epoll_pwait` when it fits in milliseconds
