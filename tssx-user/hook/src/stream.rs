@@ -115,6 +115,15 @@ impl Conn {
                 match after_mut(bufs, total, |rest| self.read_socket(fd, rest, peek)) {
                     SockRead::Got(n) => {
                         total += n;
+                        // Relaxed: see the field. `SO_PASSCRED` turned on half-way: the socket's
+                        // bytes before the peer's switch were sent without credentials (no end
+                        // had the option, or the connection would not have been claimed): the
+                        // kernel's "none" for them, and the read ends with them, as the kernel
+                        // never glues them to bytes that carry credentials.
+                        if n > 0 && self.passcred.load(Relaxed) {
+                            crate::anc::no_credentials();
+                            return total as isize;
+                        }
                         if total == want || peek || crate::anc::ctrl_ended_read() {
                             return total as isize;
                         }
