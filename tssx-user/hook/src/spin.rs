@@ -48,7 +48,8 @@ fn adaptive_budget() -> u64 {
 /// How often [`cores_contended`] looks again (per process).
 const CONTENTION_CHECK_NS: u64 = 10_000_000;
 
-/// Whether more threads are runnable on the machine than it has cores online: the runnable
+/// Whether more threads are runnable on the machine than it has cores online (and one more):
+/// the runnable
 /// count of `/proc/loadavg` (its fourth field, `R/T`; this thread counts), looked at again at
 /// most every [`CONTENTION_CHECK_NS`] by a waiting thread (one `open`, `read`, `close`).
 ///
@@ -67,7 +68,9 @@ pub fn cores_contended() -> bool {
         return CONTENDED.load(Relaxed);
     }
     NEXT_CHECK_NS.store(now + CONTENTION_CHECK_NS, Relaxed);
-    let contended = crate::sys::with_errno_kept(|| runnable().is_some_and(|r| r > cores_online()));
+    // One runnable thread beyond the cores is tolerated: a sample that catches a passing task
+    // (a kernel worker, a shell) beside two spinning ends must not stop the spin for 10 ms.
+    let contended = crate::sys::with_errno_kept(|| runnable().is_some_and(|r| r > cores_online() + 1));
     CONTENDED.store(contended, Relaxed);
     contended
 }
