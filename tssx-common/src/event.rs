@@ -111,6 +111,73 @@ pub struct Event {
     pub addr: PathKey,
 }
 
+/// An event without an address (listen, accept, fork, exit, io_uring, and a connect to a name
+/// watched exactly): the first fields of an [`Event`], laid out the same, in one 64-byte record
+/// (an [`Event`] takes 168 bytes of the ring, three cache lines the kernel side writes on
+/// every connection). [`Event::from_bytes`] tells the two apart by the record's length.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventHead {
+    /// See [`Event::ts_ns`].
+    pub ts_ns: u64,
+    /// See [`Event::kind`].
+    pub kind: u32,
+    /// See [`Event::path_id`].
+    pub path_id: u32,
+    /// See [`Event::pid`].
+    pub pid: u32,
+    /// See [`Event::tgid`].
+    pub tgid: u32,
+    /// See [`Event::uid`].
+    pub uid: u32,
+    /// See [`Event::fd`].
+    pub fd: i32,
+    /// See [`Event::new_fd`].
+    pub new_fd: i32,
+    /// See [`Event::other_pid`].
+    pub other_pid: u32,
+    /// See [`Event::comm`].
+    pub comm: [u8; COMM_LEN],
+    /// Always 0 (no address follows).
+    pub addr_len: u32,
+    /// Zero; keeps the size a multiple of 8.
+    pub reserved: u32,
+}
+
+/// Size in bytes of one [`EventHead`] record.
+pub const EVENT_HEAD_SIZE: usize = core::mem::size_of::<EventHead>();
+const _: () = assert!(EVENT_HEAD_SIZE == 64, "EventHead layout changed: update both sides");
+// The kernel side fills an `Event`'s head through an `EventHead` pointer: same offsets.
+const _: () = {
+    use core::mem::offset_of;
+    assert!(offset_of!(EventHead, ts_ns) == offset_of!(Event, ts_ns));
+    assert!(offset_of!(EventHead, kind) == offset_of!(Event, kind));
+    assert!(offset_of!(EventHead, path_id) == offset_of!(Event, path_id));
+    assert!(offset_of!(EventHead, pid) == offset_of!(Event, pid));
+    assert!(offset_of!(EventHead, tgid) == offset_of!(Event, tgid));
+    assert!(offset_of!(EventHead, uid) == offset_of!(Event, uid));
+    assert!(offset_of!(EventHead, fd) == offset_of!(Event, fd));
+    assert!(offset_of!(EventHead, new_fd) == offset_of!(Event, new_fd));
+    assert!(offset_of!(EventHead, other_pid) == offset_of!(Event, other_pid));
+    assert!(offset_of!(EventHead, comm) == offset_of!(Event, comm));
+    assert!(offset_of!(EventHead, addr_len) == offset_of!(Event, addr_len));
+    assert!(offset_of!(EventHead, reserved) == offset_of!(Event, addr));
+};
+
+/// A call parked between its enter and its exit (the `PARKED` map, keyed by `pid_tgid`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Parked {
+    /// An [`EventKind`] as `u32`.
+    pub kind: u32,
+    /// The watched path's id.
+    pub path_id: u32,
+    /// The fd the call was made on.
+    pub fd: i32,
+    /// 1 if the call's [`PendingCall`] (with its address) is parked in `PENDING` too.
+    pub full: u32,
+}
+
 /// Size in bytes of one [`Event`] record.
 pub const EVENT_SIZE: usize = core::mem::size_of::<Event>();
 const _: () = assert!(EVENT_SIZE == 168, "Event layout changed: update both sides");
@@ -132,17 +199,37 @@ impl Event {
         &self.comm[..end]
     }
 
-    /// Decodes a record read from the ring buffer.
+    /// Decodes a record read from the ring buffer: a whole [`Event`], or an [`EventHead`] (an
+    /// event without an address; `addr` all zeros).
     ///
-    /// Returns `None` if `bytes` is shorter than an [`Event`]; extra trailing bytes (a newer
+    /// Returns `None` if `bytes` is shorter than an [`EventHead`]; extra trailing bytes (a newer
     /// kernel side with a longer record) are ignored.
     pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
-        if bytes.len() < EVENT_SIZE {
+        if bytes.len() >= EVENT_SIZE {
+            // SAFETY: `bytes` holds at least EVENT_SIZE readable bytes; `Event` is `repr(C)`
+            // plain old data for which every bit pattern is valid; `read_unaligned` has no
+            // alignment need.
+            return Some(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) });
+        }
+        if bytes.len() < EVENT_HEAD_SIZE {
             return None;
         }
-        // SAFETY: `bytes` holds at least EVENT_SIZE readable bytes; `Event` is `repr(C)` plain
-        // old data for which every bit pattern is valid; `read_unaligned` has no alignment need.
-        Some(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) })
+        // SAFETY: as above, with EVENT_HEAD_SIZE bytes and `EventHead`.
+        let head = unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<EventHead>()) };
+        Some(Event {
+            ts_ns: head.ts_ns,
+            kind: head.kind,
+            path_id: head.path_id,
+            pid: head.pid,
+            tgid: head.tgid,
+            uid: head.uid,
+            fd: head.fd,
+            new_fd: head.new_fd,
+            other_pid: head.other_pid,
+            comm: head.comm,
+            addr_len: 0,
+            addr: [0; SUN_PATH_LEN],
+        })
     }
 }
 
@@ -205,6 +292,8 @@ mod pod {
     unsafe impl aya::Pod for super::TraceConfig {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::PendingCall {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Parked {}
 }
 
 #[cfg(test)]
@@ -255,9 +344,24 @@ mod tests {
     }
 
     #[test]
+    fn a_head_record_decodes_without_an_address() {
+        let mut event = sample();
+        event.kind = EventKind::Connect as u32;
+        let bytes = bytes_of(&event);
+        // The kernel side's `EventHead` record: the first 64 bytes, `addr_len` 0.
+        assert_eq!(Event::from_bytes(&bytes[..EVENT_HEAD_SIZE]), Some(event));
+        // Whatever lies after the head in a record shorter than an `Event` is not an address.
+        event.addr_len = 3;
+        event.addr[..3].copy_from_slice(b"/x/");
+        let decoded = Event::from_bytes(&bytes_of(&event)[..EVENT_SIZE - 1]).unwrap();
+        assert_eq!((decoded.addr_len, decoded.addr_bytes()), (0, &b""[..]));
+        assert_eq!(decoded.tgid, 40);
+    }
+
+    #[test]
     fn short_records_are_refused_and_longer_ones_accepted() {
         let bytes = bytes_of(&sample());
-        assert_eq!(Event::from_bytes(&bytes[..EVENT_SIZE - 1]), None);
+        assert_eq!(Event::from_bytes(&bytes[..EVENT_HEAD_SIZE - 1]), None);
         assert_eq!(Event::from_bytes(&[]), None);
         let mut longer = [0u8; EVENT_SIZE + 8];
         longer[..EVENT_SIZE].copy_from_slice(&bytes);

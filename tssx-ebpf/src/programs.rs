@@ -16,7 +16,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use tssx_common::{
-    event::{listener_key, Event, EventKind, PathKey, PendingCall, TraceConfig, PATH_ID_RELATIVE},
+    event::{listener_key, Event, EventHead, EventKind, Parked, PathKey, PendingCall, TraceConfig, PATH_ID_RELATIVE},
     AF_UNIX, COMM_LEN, SUN_PATH_LEN,
 };
 
@@ -71,6 +71,15 @@ static PARENTS: HashMap<u32, u32> = HashMap::with_max_entries(32768, 0);
 #[map]
 static PENDING: HashMap<u64, PendingCall> = HashMap::with_max_entries(16384, 0);
 
+/// A call on a watched path or listener between its enter and its exit, keyed by `pid_tgid`:
+/// what the exit needs to report it, in 16 bytes. Every connect, accept and listen on a watched
+/// path parks here; only a call whose event must carry its address (bind, and a connect the
+/// agent has to decide: a glob candidate or a relative address) also parks its full
+/// [`PendingCall`] (128 bytes, address included) in [`PENDING`] (`Parked::full`). Per accepted
+/// connection that is one small insert and no 108-byte address to clear or copy.
+#[map]
+static PARKED: HashMap<u64, Parked> = HashMap::with_max_entries(16384, 0);
+
 /// Clone flags of an in-flight `clone`/`clone3` by a listener owner, keyed by `pid_tgid`, so
 /// that `sched_process_fork` can tell a new thread (`CLONE_THREAD`) from a new process.
 #[map]
@@ -96,10 +105,9 @@ pub fn tssx_enter_bind(ctx: TracePointContext) -> u32 {
 
 #[tracepoint(category = "syscalls", name = "sys_exit_bind")]
 pub fn tssx_exit_bind(ctx: TracePointContext) -> u32 {
-    if let Some((call, pid_tgid)) = take_pending(&ctx, EventKind::Bind) {
+    if let Some((parked, pid_tgid)) = take_parked(&ctx, EventKind::Bind) {
         let tgid = (pid_tgid >> 32) as u32;
-        // SAFETY: `call` points into the per-CPU scratch entry, which this run alone uses.
-        let (path_id, fd) = unsafe { ((*call).path_id, (*call).fd) };
+        let (path_id, fd) = (parked.path_id, parked.fd);
         // A candidate (glob, relative address) is recorded undecided (its path id says so):
         // its accepts are reported from now on, and the agent, which matches the bind event's
         // address, sets the pattern's id or removes the entry.
@@ -107,7 +115,7 @@ pub fn tssx_exit_bind(ctx: TracePointContext) -> u32 {
         // SAFETY: a plain lookup of a u32 value that we copy out at once.
         let held = unsafe { OWNERS.get(&tgid) }.copied().unwrap_or(0);
         let _ = OWNERS.insert(&tgid, &(held + 1), 0);
-        emit_call(&ctx, pid_tgid, EventKind::Bind, call);
+        emit_parked(&ctx, pid_tgid, EventKind::Bind, parked);
     }
     0
 }
@@ -125,10 +133,8 @@ pub fn tssx_enter_listen(ctx: TracePointContext) -> u32 {
 
 #[tracepoint(category = "syscalls", name = "sys_exit_listen")]
 pub fn tssx_exit_listen(ctx: TracePointContext) -> u32 {
-    if let Some((call, pid_tgid)) = take_pending(&ctx, EventKind::Listen) {
-        // SAFETY: `call` points into the per-CPU scratch entry, which this run alone uses.
-        let (path_id, fd) = unsafe { ((*call).path_id, (*call).fd) };
-        emit(&ctx, pid_tgid, EventKind::Listen, path_id, fd, -1, 0);
+    if let Some((parked, pid_tgid)) = take_parked(&ctx, EventKind::Listen) {
+        emit(&ctx, pid_tgid, EventKind::Listen, parked.path_id, parked.fd, -1, 0);
     }
     0
 }
@@ -141,8 +147,8 @@ pub fn tssx_enter_connect(ctx: TracePointContext) -> u32 {
 
 #[tracepoint(category = "syscalls", name = "sys_exit_connect")]
 pub fn tssx_exit_connect(ctx: TracePointContext) -> u32 {
-    if let Some((call, pid_tgid)) = take_pending(&ctx, EventKind::Connect) {
-        emit_call(&ctx, pid_tgid, EventKind::Connect, call);
+    if let Some((parked, pid_tgid)) = take_parked(&ctx, EventKind::Connect) {
+        emit_parked(&ctx, pid_tgid, EventKind::Connect, parked);
     }
     0
 }
@@ -190,11 +196,11 @@ fn exit_accept(ctx: &TracePointContext) {
     // SAFETY: offset RET is `long ret` of every sys_exit_* tracepoint.
     let Ok(ret) = (unsafe { ctx.read_at::<i64>(RET) }) else { return };
     let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: plain lookup; the fields used are copied out at once.
-    let Some((kind, path_id, fd)) = (unsafe { PENDING.get(&pid_tgid) }).map(|c| (c.kind, c.path_id, c.fd)) else { return };
-    let _ = PENDING.remove(&pid_tgid);
-    if kind == EventKind::Accept as u32 && ret >= 0 {
-        emit(ctx, pid_tgid, EventKind::Accept, path_id, fd, ret as i32, 0);
+    // SAFETY: plain lookup; the value is copied out at once.
+    let Some(parked) = (unsafe { PARKED.get(&pid_tgid) }).copied() else { return };
+    let _ = PARKED.remove(&pid_tgid);
+    if parked.kind == EventKind::Accept as u32 && ret >= 0 {
+        emit(ctx, pid_tgid, EventKind::Accept, parked.path_id, parked.fd, ret as i32, 0);
     }
 }
 
@@ -381,11 +387,19 @@ fn enter_with_address(ctx: &TracePointContext, kind: EventKind) {
     if !read_address(addr as *const u8, addrlen as usize, call) {
         return;
     }
-    let Some(path_id) = watched_path_id(&call.addr) else { return };
-    call.kind = kind as u32;
-    call.path_id = path_id;
-    call.fd = fd as i32;
-    let _ = PENDING.insert(&bpf_get_current_pid_tgid(), call, 0);
+    let Some((path_id, exact)) = watched_path_id(&call.addr) else { return };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // A connect to a name watched exactly needs no address in its event (the pattern is the
+    // name); a bind's event always carries it (the agent records the listener's name).
+    let full = kind == EventKind::Bind || !exact;
+    if full {
+        call.kind = kind as u32;
+        call.path_id = path_id;
+        call.fd = fd as i32;
+        let _ = PENDING.insert(&pid_tgid, call, 0);
+    }
+    let parked = Parked { kind: kind as u32, path_id, fd: fd as i32, full: full as u32 };
+    let _ = PARKED.insert(&pid_tgid, &parked, 0);
 }
 
 /// Reads a user `sockaddr` into `call.addr`/`call.addr_len` (zero-padded): false if it is no
@@ -407,157 +421,189 @@ fn read_address(addr: *const u8, addrlen: usize, call: &mut PendingCall) -> bool
     call.addr = [0; SUN_PATH_LEN];
     // SAFETY: one byte from the user pointer; faults return Err.
     let Ok(first) = (unsafe { bpf_probe_read_user(path_ptr) }) else { return false };
-    let len = if first == 0 {
+    // `read`: the bytes read before the NUL (filesystem path) or the whole buffer (abstract).
+    let read = if first == 0 {
         // Abstract name: not NUL-terminated, exactly `path_len` bytes are significant.
         // SAFETY: reads into the scratch buffer from the user pointer; faults return Err.
         if unsafe { bpf_probe_read_user_buf(path_ptr, &mut call.addr) }.is_err() {
             return false;
         }
-        path_len
+        SUN_PATH_LEN
     } else {
         // Filesystem path: up to the first NUL (callers may leave garbage after it).
         // SAFETY: reads into the scratch buffer from the user pointer; faults return Err.
         match unsafe { bpf_probe_read_user_str_bytes(path_ptr, &mut call.addr) } {
-            Ok(bytes) => core::cmp::min(bytes.len(), path_len),
+            Ok(bytes) => bytes.len(),
             Err(_) => return false,
         }
     };
+    let len = core::cmp::min(read, path_len);
     // The kernel only looks at the first `path_len` bytes: clear the rest so keys compare equal.
-    for (i, byte) in call.addr.iter_mut().enumerate() {
-        if i >= path_len {
-            *byte = 0;
+    // A filesystem path whose NUL comes within `path_len` (every well-formed address) has
+    // nothing after it: the buffer was cleared and the string read stopped at its NUL.
+    if read > path_len {
+        for (i, byte) in call.addr.iter_mut().enumerate() {
+            if i >= path_len {
+                *byte = 0;
+            }
         }
     }
     call.addr_len = len as u32;
     true
 }
 
-/// The id of the watched pattern that `key` (a `sun_path`, zero-padded) falls under: an exact
-/// name (hash), else the longest literal prefix (LPM trie: a pattern id, or
-/// `PATH_ID_CANDIDATE`); a relative path is `PATH_ID_RELATIVE` if the agent asked for them.
+/// The id of the watched pattern that `key` (a `sun_path`, zero-padded) falls under, and
+/// whether the pattern is exactly that name: an exact name (hash), else the longest literal
+/// prefix (LPM trie: a pattern id, or `PATH_ID_CANDIDATE`); a relative path is
+/// `PATH_ID_RELATIVE` if the agent asked for them.
 #[inline(always)]
-fn watched_path_id(key: &PathKey) -> Option<u32> {
+fn watched_path_id(key: &PathKey) -> Option<(u32, bool)> {
     if key[0] != 0 && key[0] != b'/' {
-        return (config()?.relative != 0).then_some(PATH_ID_RELATIVE);
+        return (config()?.relative != 0).then_some((PATH_ID_RELATIVE, false));
     }
     // SAFETY: plain lookup; the value is copied out at once.
     if let Some(id) = unsafe { WATCHED_PATHS.get(key) } {
-        return Some(*id);
+        return Some((*id, true));
     }
     let lookup = LOOKUP.get_ptr_mut(0)?;
     // SAFETY: the per-CPU lookup entry: this program run alone uses it.
     let lookup = unsafe { &mut *lookup };
     lookup.prefix_len = (SUN_PATH_LEN * 8) as u32;
     lookup.data = *key;
-    WATCHED_PREFIXES.get(&*lookup).copied()
+    WATCHED_PREFIXES.get(&*lookup).map(|id| (*id, false))
 }
 
 /// A per-CPU LPM-trie lookup key (112 bytes: off the stack).
 #[map]
 static LOOKUP: PerCpuArray<LpmKey<PathKey>> = PerCpuArray::with_max_entries(1, 0);
 
+/// Parks an address-less call (listen, accept) for its exit.
 #[inline(always)]
 fn park(pid_tgid: u64, kind: EventKind, path_id: u32, fd: i32) {
-    let Some(call) = SCRATCH.get_ptr_mut(0) else { return };
-    // SAFETY: the per-CPU scratch entry: this program run alone uses it.
-    let call = unsafe { &mut *call };
-    call.kind = kind as u32;
-    call.path_id = path_id;
-    call.fd = fd;
-    call.addr_len = 0;
-    call.addr = [0; SUN_PATH_LEN];
-    let _ = PENDING.insert(&pid_tgid, call, 0);
+    let _ = PARKED.insert(&pid_tgid, &Parked { kind: kind as u32, path_id, fd, full: 0 }, 0);
 }
 
-/// At a syscall's exit: the parked call of this thread if it is `kind` and returned 0, copied
-/// into the per-CPU scratch entry (valid for this program run).
+/// At a syscall's exit: the parked call of this thread if it is `kind` and returned 0.
 #[inline(always)]
-fn take_pending(ctx: &TracePointContext, kind: EventKind) -> Option<(*const PendingCall, u64)> {
+fn take_parked(ctx: &TracePointContext, kind: EventKind) -> Option<(Parked, u64)> {
     let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: plain lookup; the value is copied out at once (into the scratch entry).
-    let parked = unsafe { PENDING.get(&pid_tgid) }?;
-    let scratch = SCRATCH.get_ptr_mut(0)?;
-    // SAFETY: the per-CPU scratch entry: this program run alone uses it.
-    unsafe { *scratch = *parked };
-    let _ = PENDING.remove(&pid_tgid);
+    // SAFETY: plain lookup; the value is copied out at once.
+    let parked = unsafe { PARKED.get(&pid_tgid) }.copied()?;
+    let _ = PARKED.remove(&pid_tgid);
     // SAFETY: offset RET is `long ret` of every sys_exit_* tracepoint.
-    let ret = unsafe { ctx.read_at::<i64>(RET) }.ok()?;
-    // SAFETY: as above.
-    let parked_kind = unsafe { (*scratch).kind };
-    (parked_kind == kind as u32 && ret == 0).then_some((scratch as *const PendingCall, pid_tgid))
+    let ret = unsafe { ctx.read_at::<i64>(RET) }.ok();
+    if parked.kind != kind as u32 || ret != Some(0) {
+        if parked.full != 0 {
+            let _ = PENDING.remove(&pid_tgid);
+        }
+        return None;
+    }
+    Some((parked, pid_tgid))
 }
 
-/// Sends the event of a parked bind/connect, with its address.
+/// Sends the event of a parked bind/connect: with its address if it parked one.
 #[inline(always)]
-fn emit_call(ctx: &TracePointContext, pid_tgid: u64, kind: EventKind, call: *const PendingCall) {
-    // SAFETY: `call` is the scratch entry filled by `take_pending` in this run.
-    let call = unsafe { &*call };
-    emit_with(ctx, pid_tgid, kind, call.path_id, call.fd, -1, 0, Some(call));
+fn emit_parked(ctx: &TracePointContext, pid_tgid: u64, kind: EventKind, parked: Parked) {
+    if parked.full == 0 {
+        emit(ctx, pid_tgid, kind, parked.path_id, parked.fd, -1, 0);
+        return;
+    }
+    // SAFETY: plain lookup; the value is copied out at once (into the scratch entry).
+    let Some(call) = (unsafe { PENDING.get(&pid_tgid) }) else { return };
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else { return };
+    // SAFETY: the per-CPU scratch entry: this program run alone uses it.
+    unsafe { *scratch = *call };
+    let _ = PENDING.remove(&pid_tgid);
+    // SAFETY: as above; filled just now.
+    let call = unsafe { &*scratch };
+    emit_full(ctx, pid_tgid, kind, call);
 }
 
-/// Sends one event without an address.
+/// Sends one event without an address: an [`EventHead`], 64 bytes (one cache line of the ring
+/// instead of three).
 #[inline(always)]
 fn emit(ctx: &TracePointContext, pid_tgid: u64, kind: EventKind, path_id: u32, fd: i32, new_fd: i32, other_pid: u32) {
-    emit_with(ctx, pid_tgid, kind, path_id, fd, new_fd, other_pid, None);
+    let flags = wake_flags(kind, path_id);
+    let Some(mut entry) = EVENTS.reserve::<EventHead>(0) else {
+        ring_full(ctx);
+        return;
+    };
+    // SAFETY: a reserved, writable record of `size_of::<EventHead>()` bytes.
+    unsafe { fill_head(entry.as_mut_ptr(), pid_tgid, kind, path_id, fd, new_fd, other_pid) };
+    entry.submit(flags);
 }
 
-/// Sends one event to the agent (written in place in the ring: it is too big for the stack);
-/// counts it in `DROPPED` and logs if the ring buffer is full.
-#[allow(clippy::too_many_arguments)]
+/// Sends the event of a parked bind/connect with its address: a whole [`Event`] (written in
+/// place in the ring: it is too big for the stack).
 #[inline(always)]
-fn emit_with(
-    ctx: &TracePointContext,
-    pid_tgid: u64,
-    kind: EventKind,
-    path_id: u32,
-    fd: i32,
-    new_fd: i32,
-    other_pid: u32,
-    call: Option<&PendingCall>,
-) {
-    // Per-connection events wake nobody: a short connection must not cost a wake-up of the
-    // agent (on a busy machine, a context switch as long as the whole connection). The agent
-    // reads them when a claim arrives (a claim worker drains the ring before it checks), on its
-    // 100 ms tick, or when the ring fills up; bind and listen (rare) wake it at once.
-    //
-    // A relative address (rare) wakes it too: the agent resolves it against the caller's
-    // working directory, which it reads while the caller most likely still runs.
-    let wake = matches!(kind, EventKind::Bind | EventKind::Listen)
-        || path_id == PATH_ID_RELATIVE
-        || EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKE_AT_UNREAD_BYTES;
-    let flags = if wake { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP };
+fn emit_full(ctx: &TracePointContext, pid_tgid: u64, kind: EventKind, call: &PendingCall) {
+    let flags = wake_flags(kind, call.path_id);
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
-        if let Some(dropped) = DROPPED.get_ptr_mut(0) {
-            // SAFETY: per-CPU slot; programs do not migrate CPUs while running.
-            unsafe { *dropped += 1 };
-        }
-        warn!(ctx, "tssx: event ring buffer full, event dropped");
+        ring_full(ctx);
         return;
     };
     let event = entry.as_mut_ptr();
-    // SAFETY: `event` points at a reserved, writable record of `size_of::<Event>()` bytes;
-    // every field is written before it is submitted.
+    // SAFETY: `event` points at a reserved, writable record of `size_of::<Event>()` bytes,
+    // whose first bytes are laid out as an `EventHead` (checked in tssx-common); every field is
+    // written before it is submitted.
     unsafe {
-        (*event).ts_ns = bpf_ktime_get_ns();
-        (*event).kind = kind as u32;
-        (*event).path_id = path_id;
-        (*event).pid = pid_tgid as u32;
-        (*event).tgid = (pid_tgid >> 32) as u32;
-        (*event).uid = bpf_get_current_uid_gid() as u32;
-        (*event).fd = fd;
-        (*event).new_fd = new_fd;
-        (*event).other_pid = other_pid;
-        (*event).comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
-        match call {
-            Some(call) => {
-                (*event).addr_len = call.addr_len;
-                (*event).addr = call.addr;
-            }
-            None => {
-                (*event).addr_len = 0;
-                (*event).addr = [0; SUN_PATH_LEN];
-            }
-        }
+        fill_head(event.cast::<EventHead>(), pid_tgid, kind, call.path_id, call.fd, -1, 0);
+        (*event).addr_len = call.addr_len;
+        (*event).addr = call.addr;
     }
     entry.submit(flags);
+}
+
+/// Whether an event wakes the agent.
+///
+/// Per-connection events wake nobody: a short connection must not cost a wake-up of the agent
+/// (on a busy machine, a context switch as long as the whole connection). The agent reads them
+/// when a claim arrives (a claim worker drains the ring before it checks), on its 100 ms tick,
+/// or when the ring fills up; bind and listen (rare) wake it at once.
+///
+/// A relative address (rare) wakes it too: the agent resolves it against the caller's working
+/// directory, which it reads while the caller most likely still runs.
+#[inline(always)]
+fn wake_flags(kind: EventKind, path_id: u32) -> u64 {
+    let wake = matches!(kind, EventKind::Bind | EventKind::Listen)
+        || path_id == PATH_ID_RELATIVE
+        || EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKE_AT_UNREAD_BYTES;
+    if wake {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    }
+}
+
+/// Counts a dropped event in `DROPPED` and logs it: the ring buffer is full.
+#[inline(always)]
+fn ring_full(ctx: &TracePointContext) {
+    if let Some(dropped) = DROPPED.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot; programs do not migrate CPUs while running.
+        unsafe { *dropped += 1 };
+    }
+    warn!(ctx, "tssx: event ring buffer full, event dropped");
+}
+
+/// Writes every field of an event's head (`addr_len` 0).
+///
+/// # Safety
+/// `head` points at a writable record of at least `size_of::<EventHead>()` bytes.
+#[inline(always)]
+unsafe fn fill_head(head: *mut EventHead, pid_tgid: u64, kind: EventKind, path_id: u32, fd: i32, new_fd: i32, other_pid: u32) {
+    // SAFETY: per the contract, every field written lies within the record.
+    unsafe {
+        (*head).ts_ns = bpf_ktime_get_ns();
+        (*head).kind = kind as u32;
+        (*head).path_id = path_id;
+        (*head).pid = pid_tgid as u32;
+        (*head).tgid = (pid_tgid >> 32) as u32;
+        (*head).uid = bpf_get_current_uid_gid() as u32;
+        (*head).fd = fd;
+        (*head).new_fd = new_fd;
+        (*head).other_pid = other_pid;
+        (*head).comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+        (*head).addr_len = 0;
+        (*head).reserved = 0;
+    }
 }

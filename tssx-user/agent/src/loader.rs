@@ -271,6 +271,7 @@ impl Watcher {
             (maps::PARENTS, count::<u32, u32>(ebpf, maps::PARENTS)),
             (maps::IO_URING_USERS, count::<u32, u32>(ebpf, maps::IO_URING_USERS)),
             ("PENDING", count::<u64, tssx_common::event::PendingCall>(ebpf, "PENDING")),
+            ("PARKED", count::<u64, tssx_common::event::Parked>(ebpf, "PARKED")),
             ("CLONING", count::<u64, u64>(ebpf, "CLONING")),
         ]
         .into_iter()
