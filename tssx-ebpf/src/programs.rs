@@ -211,14 +211,11 @@ fn exit_accept(ctx: &TracePointContext) {
 #[tracepoint(category = "syscalls", name = "sys_enter_close")]
 pub fn tssx_enter_close(ctx: TracePointContext) -> u32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    // Cheap filter first: most processes hold no watched listener.
-    // SAFETY: plain lookup, only tested for presence.
-    if unsafe { OWNERS.get(&tgid) }.is_none() {
-        return 0;
-    }
     // SAFETY: offset ARG0 is the `fd` argument of sys_enter_close.
     let Ok(fd) = (unsafe { ctx.read_at::<u64>(ARG0) }) else { return 0 };
     let key = listener_key(tgid, fd as u32);
+    // One lookup per close: a process that holds no watched listener misses here as it would
+    // in OWNERS, and one that does (a server closing its accepted connections) needs no second.
     // SAFETY: plain lookup, only tested for presence.
     if unsafe { LISTENERS.get(&key) }.is_some() {
         let _ = LISTENERS.remove(&key);
