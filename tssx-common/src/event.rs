@@ -112,9 +112,10 @@ pub struct Event {
 }
 
 /// An event without an address (listen, accept, fork, exit, io_uring, and a connect to a name
-/// watched exactly): the first fields of an [`Event`], laid out the same, in one 64-byte record
-/// (an [`Event`] takes 168 bytes of the ring, three cache lines the kernel side writes on
-/// every connection). [`Event::from_bytes`] tells the two apart by the record's length.
+/// watched exactly): the first fields of an [`Event`] (up to `addr_len`), laid out the same, in
+/// one 64-byte record with the ring's header (an [`Event`] takes 176 bytes of the ring, three
+/// cache lines the kernel side writes on every connection). [`Event::from_bytes`] tells the two
+/// apart by the record's length.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EventHead {
@@ -138,15 +139,13 @@ pub struct EventHead {
     pub other_pid: u32,
     /// See [`Event::comm`].
     pub comm: [u8; COMM_LEN],
-    /// Always 0 (no address follows).
-    pub addr_len: u32,
-    /// Zero; keeps the size a multiple of 8.
-    pub reserved: u32,
 }
 
 /// Size in bytes of one [`EventHead`] record.
 pub const EVENT_HEAD_SIZE: usize = core::mem::size_of::<EventHead>();
-const _: () = assert!(EVENT_HEAD_SIZE == 64, "EventHead layout changed: update both sides");
+// 56 bytes and the ring buffer's 8-byte record header: one 64-byte record, each in a cache line
+// of its own (the ring's data area is page-aligned).
+const _: () = assert!(EVENT_HEAD_SIZE == 56, "EventHead layout changed: update both sides");
 // The kernel side fills an `Event`'s head through an `EventHead` pointer: same offsets.
 const _: () = {
     use core::mem::offset_of;
@@ -160,8 +159,6 @@ const _: () = {
     assert!(offset_of!(EventHead, new_fd) == offset_of!(Event, new_fd));
     assert!(offset_of!(EventHead, other_pid) == offset_of!(Event, other_pid));
     assert!(offset_of!(EventHead, comm) == offset_of!(Event, comm));
-    assert!(offset_of!(EventHead, addr_len) == offset_of!(Event, addr_len));
-    assert!(offset_of!(EventHead, reserved) == offset_of!(Event, addr));
 };
 
 /// A call parked between its enter and its exit (the `PARKED` map, keyed by `pid_tgid`).
@@ -348,7 +345,7 @@ mod tests {
         let mut event = sample();
         event.kind = EventKind::Connect as u32;
         let bytes = bytes_of(&event);
-        // The kernel side's `EventHead` record: the first 64 bytes, `addr_len` 0.
+        // The kernel side's `EventHead` record: the first 56 bytes.
         assert_eq!(Event::from_bytes(&bytes[..EVENT_HEAD_SIZE]), Some(event));
         // Whatever lies after the head in a record shorter than an `Event` is not an address.
         event.addr_len = 3;

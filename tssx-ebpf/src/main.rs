@@ -15,7 +15,7 @@
 //! * a call on a watched path or listener is parked at its enter for its exit, keyed by
 //!   `pid_tgid`, in `PARKED` (16 bytes: kind, path id, fd); a call whose event must carry its
 //!   address (bind, a glob candidate, a relative address) parks its whole call, address
-//!   included, in `PENDING` too. Events without an address are 64-byte `EventHead` records,
+//!   included, in `PENDING` too. Events without an address are 56-byte `EventHead` records,
 //!   those with one whole `Event`s (168 bytes): per watched connection, the kernel side writes
 //!   one cache line of the ring for each end.
 //! * `bind` on a watched path: `sys_exit_bind` with ret 0 records `(tgid, fd)` in `LISTENERS`
@@ -26,7 +26,7 @@
 //!   address unless the path is watched by that exact name.
 //! * `fork` (clone without `CLONE_THREAD`, told apart at `sys_enter_clone`/`clone3`) of a
 //!   listener owner records the child in `PARENTS` and emits `Fork`.
-//! * `close` of a listener fd forgets it (one `LISTENERS` lookup per close); the last thread's exit emits `Exit` so the agent can
+//! * `close` of a listener fd forgets it; the last thread's exit emits `Exit` so the agent can
 //!   drop the process's `LISTENERS` entries (maps cannot be iterated here).
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]

@@ -211,11 +211,15 @@ fn exit_accept(ctx: &TracePointContext) {
 #[tracepoint(category = "syscalls", name = "sys_enter_close")]
 pub fn tssx_enter_close(ctx: TracePointContext) -> u32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // Cheap filter first: most processes hold no watched listener. (Looking LISTENERS up
+    // directly, one lookup instead of two for a listener's owner, measured slower per close.)
+    // SAFETY: plain lookup, only tested for presence.
+    if unsafe { OWNERS.get(&tgid) }.is_none() {
+        return 0;
+    }
     // SAFETY: offset ARG0 is the `fd` argument of sys_enter_close.
     let Ok(fd) = (unsafe { ctx.read_at::<u64>(ARG0) }) else { return 0 };
     let key = listener_key(tgid, fd as u32);
-    // One lookup per close: a process that holds no watched listener misses here as it would
-    // in OWNERS, and one that does (a server closing its accepted connections) needs no second.
     // SAFETY: plain lookup, only tested for presence.
     if unsafe { LISTENERS.get(&key) }.is_some() {
         let _ = LISTENERS.remove(&key);
@@ -516,8 +520,8 @@ fn emit_parked(ctx: &TracePointContext, pid_tgid: u64, kind: EventKind, parked: 
     emit_full(ctx, pid_tgid, kind, call);
 }
 
-/// Sends one event without an address: an [`EventHead`], 64 bytes (one cache line of the ring
-/// instead of three).
+/// Sends one event without an address: an [`EventHead`], 56 bytes (with the ring's record
+/// header, one cache line of the ring instead of three).
 #[inline(always)]
 fn emit(ctx: &TracePointContext, pid_tgid: u64, kind: EventKind, path_id: u32, fd: i32, new_fd: i32, other_pid: u32) {
     let flags = wake_flags(kind, path_id);
@@ -582,7 +586,8 @@ fn ring_full(ctx: &TracePointContext) {
     warn!(ctx, "tssx: event ring buffer full, event dropped");
 }
 
-/// Writes every field of an event's head (`addr_len` 0).
+/// Writes every field of an event's head (all of an [`EventHead`]; an [`Event`]'s `addr_len`
+/// and `addr` are the caller's).
 ///
 /// # Safety
 /// `head` points at a writable record of at least `size_of::<EventHead>()` bytes.
@@ -600,7 +605,5 @@ unsafe fn fill_head(head: *mut EventHead, pid_tgid: u64, kind: EventKind, path_i
         (*head).new_fd = new_fd;
         (*head).other_pid = other_pid;
         (*head).comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
-        (*head).addr_len = 0;
-        (*head).reserved = 0;
     }
 }
