@@ -297,6 +297,18 @@ impl Control {
     /// the limit.
     fn pair(&self, new: Verified, stream: UnixStream, partner: Held, spare: Option<Segment>) -> Decision {
         let Held { claim: held, stream: held_stream, since, .. } = partner;
+        // Each end's process is signalled to hand back if it sets up an io_uring from now on;
+        // one that did since its claim was checked is answered plain (the kernel watcher marks
+        // the io_uring before it looks for the signal entry, this after it stored the entry:
+        // one of the two sees the other).
+        for pid in [new.end.pid, held.end.pid] {
+            self.facts.hand_back_on_io_uring(pid);
+        }
+        if let Some(pid) = [new.end.pid, held.end.pid].into_iter().find(|&pid| self.facts.uses_io_uring(pid)) {
+            let reason = PlainReason::IoUring.describe();
+            tracing::info!(pid, reason, "not swapped");
+            return Decision::Answer { streams: vec![held_stream, stream], reply: Reply::plain(PlainReason::IoUring) };
+        }
         let segment = match spare.map_or_else(|| Segment::create(self.ring_size), Ok) {
             Ok(segment) => segment,
             Err(e) => {

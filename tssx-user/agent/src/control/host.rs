@@ -6,7 +6,7 @@
 //! the same one-line questions, and add three crates (`procfs`, `procfs-core`, `hex`; more with
 //! its default `chrono` and `flate2` features) to a root daemon for it.
 
-use std::{io, path::Path};
+use std::{io, path::Path, sync::Mutex};
 
 use super::facts::{KernelFacts, UnixSocket};
 use crate::sockdiag;
@@ -15,7 +15,19 @@ use crate::sockdiag;
 #[derive(Default)]
 pub struct Host {
     /// The eBPF programs' `IO_URING_USERS` map; `None` without the eBPF programs (tests).
-    pub io_uring_users: Option<aya::maps::HashMap<aya::maps::MapData, u32, u32>>,
+    io_uring_users: Option<aya::maps::HashMap<aya::maps::MapData, u32, u32>>,
+    /// The eBPF programs' `HANDBACK_ON_IO_URING` map; `None` without them.
+    handback: Option<Mutex<aya::maps::HashMap<aya::maps::MapData, u32, u32>>>,
+}
+
+impl Host {
+    /// The running kernel, with the eBPF programs' maps (`None` without the programs: tests).
+    pub fn new(
+        io_uring_users: Option<aya::maps::HashMap<aya::maps::MapData, u32, u32>>,
+        handback: Option<aya::maps::HashMap<aya::maps::MapData, u32, u32>>,
+    ) -> Self {
+        Self { io_uring_users, handback: handback.map(Mutex::new) }
+    }
 }
 
 impl KernelFacts for Host {
@@ -51,6 +63,15 @@ impl KernelFacts for Host {
 
     fn uses_io_uring(&self, pid: u32) -> bool {
         self.io_uring_users.as_ref().is_some_and(|users| users.get(&pid, 0).is_ok())
+    }
+
+    fn hand_back_on_io_uring(&self, pid: u32) {
+        if let Some(map) = &self.handback {
+            let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(e) = map.insert(pid, tssx_common::HANDBACK_SIGNAL, 0) {
+                tracing::warn!(pid, "HANDBACK_ON_IO_URING: {e}: an io_uring this process sets up will not hand its connections back");
+            }
+        }
     }
 
     fn resolve_relative(&self, pid: u32, name: &[u8], file: (u64, u64)) -> Option<Vec<u8>> {

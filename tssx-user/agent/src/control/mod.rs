@@ -168,14 +168,8 @@ impl Control {
     /// The control plane for `paths` (ids are positions) making segments with `ring_size`-byte
     /// rings, at most `max_connections` of them live at once; claims read kernel events from
     /// `feed` when they do not find them recorded, and ask the running kernel ([`Host`]).
-    pub fn new(
-        paths: Vec<WatchedPath>,
-        ring_size: usize,
-        max_connections: usize,
-        feed: Option<Arc<EventFeed>>,
-        io_uring_users: Option<aya::maps::HashMap<aya::maps::MapData, u32, u32>>,
-    ) -> Arc<Self> {
-        Self::with_facts(paths, ring_size, max_connections, feed, Box::new(Host { io_uring_users }), Timing::default())
+    pub fn new(paths: Vec<WatchedPath>, ring_size: usize, max_connections: usize, feed: Option<Arc<EventFeed>>, host: Host) -> Arc<Self> {
+        Self::with_facts(paths, ring_size, max_connections, feed, Box::new(host), Timing::default())
     }
 
     /// As [`Control::new`], with the kernel's answers from `facts` and the lifetimes of
@@ -221,6 +215,13 @@ impl Control {
             Some(tssx_common::event::EventKind::Accept) => self.counters.accepts.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             _ => 0,
         };
+        if event.event_kind() == Some(tssx_common::event::EventKind::IoUring) && event.other_pid != 0 {
+            let ids = self.lock().io_uring_set_up(event.tgid);
+            for connection in ids {
+                tracing::info!(connection, pid = event.tgid, reason = "io_uring", "handing back: the process set up an io_uring");
+            }
+            return;
+        }
         let replaced = self.lock().record(event);
         if let Some(seen) = replaced {
             self.short_lived(&seen.end, seen.path_id);
