@@ -167,6 +167,17 @@ impl Conn {
             self.give_up();
             return;
         }
+        // The io_uring hand-back handler first (see `uring`): a process whose application has
+        // the signal for itself, or that set up an io_uring, claims nothing.
+        match crate::uring::may_claim() {
+            Some(true) => {}
+            Some(false) => {
+                drop(claim);
+                self.give_up();
+                return;
+            }
+            None => return,
+        }
         let role = if self.end == End::Client { Role::Client } else { Role::Server };
         match claim::send(claim::request(role, fd, self.forked.load(Relaxed))) {
             Ok(control) => {
@@ -235,7 +246,9 @@ impl Conn {
                 claim.control = None;
                 claim.sent_at = now; // from now on: when the segment was mapped
                 drop(claim);
-                if !self.join(memfd) {
+                // An io_uring set up since the claim: no swap (the segment is refused, so that
+                // the peer sees it at once).
+                if !self.join(memfd) || crate::uring::io_uring_seen() {
                     self.give_up();
                 }
             }

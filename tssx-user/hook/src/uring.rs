@@ -1,0 +1,223 @@
+//! io_uring set up while connections are swapped: every one is handed back to the kernel before
+//! the application can submit anything on the new ring.
+//!
+//! io_uring reads and writes reach the socket without passing through libc (liburing makes raw
+//! system calls, and the kernel does the I/O), so no preload sees them: on a swapped connection
+//! they would bypass the rings (bytes written lost in the peer's doorbell drain, bytes read
+//! being doorbells). The hook cannot see `io_uring_setup` either; the kernel watcher can. How
+//! they meet:
+//!
+//! 1. Before this process's first claim, the hook installs its handler for the real-time
+//!    signal [`HANDBACK_SIGNAL`] ([`may_claim`]). A process that has a disposition of its own
+//!    for that signal (a handler, or `SIG_IGN`) never claims: its connections stay plain.
+//! 2. When the agent pairs a claim, it adds the claimant's tgid to the eBPF map
+//!    `HANDBACK_ON_IO_URING` (a forked child inherits the entry; exec and exit remove it).
+//! 3. At the exit of a successful `io_uring_setup` by such a process, the eBPF program sends
+//!    the signal to the calling thread (`bpf_send_signal_thread`). It is pending when the
+//!    system call returns, so the handler ([`on_signal`]) runs before the thread's next
+//!    instruction: before the ring's fd reaches the application's code, so before any
+//!    submission on it. The thread, not the process: a process-directed signal may be taken by
+//!    another thread, and the one that set the ring up would submit meanwhile.
+//! 4. The handler marks the process (no claim from now on, [`io_uring_seen`]), then for every
+//!    tracked connection: one not on the rings yet is given up (plain for good); one on the
+//!    rings stops reading the peer's ring where it is and asks the peer to replay the rest on
+//!    the socket ([`Conn::ask_replay`], as before an exec into an image without the hook),
+//!    then hands its own direction back ([`Conn::hand_back`]). It then waits (at most
+//!    [`WAIT_NS`] in all) for the peers to follow: a peer sleeping on the rings is woken by
+//!    the hand-back's doorbell, serves the hand-back from its wait loop and sends what is on
+//!    its ring onto the socket first; the handler drains the doorbells the peer sent before,
+//!    and the connection is plain. What the io_uring then reads from the socket is what a plain
+//!    socket would have held.
+//! 5. The agent traces the io_uring (`io_uring ... handback_signal=63`) and each connection's
+//!    end (`handed back to the socket ... reason=io_uring`).
+//!
+//! Async-signal safety: the handler runs at the return of `io_uring_setup`, where the thread
+//! is in the application (never inside the hook: the hook makes no `io_uring_setup`), so no
+//! lock of this thread's is held. What it does is atomics, leases of the connection table,
+//! ring copies and raw system calls (`send`, `recv`, `shutdown`, `close`, `nanosleep`,
+//! `clock_gettime`); it allocates nothing (a connection whose last reference another thread
+//! drops during the handler is freed by that thread). `errno` is kept.
+//!
+//! Limits (see `COVERAGE.md`): a thread that has the signal blocked when it sets up the ring
+//! runs the handler only when it unblocks it (its submissions before that bypass the rings; a
+//! handler that then runs inside the hook takes over any ring lock that thread held); an
+//! application that installs its own disposition for the signal after the hook's first claim
+//! takes it over (`SIG_DFL`: the io_uring setup terminates the process, as that signal's
+//! default does); a peer that makes no call within [`WAIT_NS`] replays later (as after an
+//! exec into an image without the hook); an image started by exec that adopted swapped
+//! connections (the hook in the new image) is not in the map until it claims again.
+
+use std::sync::atomic::{
+    AtomicBool, AtomicU8,
+    Ordering::{AcqRel, Acquire, Release},
+};
+
+use libc::c_int;
+use tssx_common::HANDBACK_SIGNAL;
+
+use crate::{
+    conn::{Conn, Phase},
+    handback::Source,
+    spin::now_ns,
+    sys, table,
+};
+
+/// How long the handler waits, in all, for the peers to follow the hand-back (ns).
+pub const WAIT_NS: u64 = 2_000_000_000;
+
+/// `si_code` of a signal the kernel sent itself (`bpf_send_signal*` sends `SEND_SIG_PRIV`,
+/// delivered as `SI_KERNEL`); `kill`, `tgkill` and `sigqueue` from a process cannot forge it.
+const SI_KERNEL: c_int = 0x80;
+
+/// The handler's state in this process: not looked at yet, being installed by some thread,
+/// installed, or not available (the application has a disposition of its own for the signal).
+const UNKNOWN: u8 = 0;
+const INSTALLING: u8 = 1;
+const INSTALLED: u8 = 2;
+const UNAVAILABLE: u8 = 3;
+
+/// See [`UNKNOWN`]. Acquire/Release: a thread that sees `INSTALLED` sees the handler installed
+/// (the installing thread's `sigaction` happened before its Release store).
+static HANDLER: AtomicU8 = AtomicU8::new(UNKNOWN);
+
+/// This process set up an io_uring while holding connections (the signal arrived): it claims
+/// nothing from now on. Inherited across fork (the child holds the ring too). Release in the
+/// handler, Acquire in [`io_uring_seen`]: a claimant that sees it sees the hand-backs begun.
+static SEEN: AtomicBool = AtomicBool::new(false);
+
+/// Whether this process set up an io_uring while it held connections (the hook then claims
+/// nothing more).
+#[inline]
+pub fn io_uring_seen() -> bool {
+    SEEN.load(Acquire)
+}
+
+/// Before a claim: `Some(true)` if the hand-back handler is installed (installing it the first
+/// time), `Some(false)` if this process must not claim (its application has a disposition of
+/// its own for [`HANDBACK_SIGNAL`]), `None` if another thread is installing it right now (claim
+/// later). Never waits. A process that set up an io_uring still claims: the agent answers
+/// plain and traces why (and should it not know, the answer is refused: see
+/// [`io_uring_seen`]).
+pub fn may_claim() -> Option<bool> {
+    match HANDLER.load(Acquire) {
+        INSTALLED => return Some(true),
+        UNAVAILABLE => return Some(false),
+        INSTALLING => return None,
+        _ => {}
+    }
+    // AcqRel: the winner installs; a loser's Acquire sees the winner's result or INSTALLING.
+    match HANDLER.compare_exchange(UNKNOWN, INSTALLING, AcqRel, Acquire) {
+        Ok(_) => {}
+        Err(INSTALLED) => return Some(true),
+        Err(UNAVAILABLE) => return Some(false),
+        Err(_) => return None,
+    }
+    let installed = sys::with_errno_kept(install);
+    // Release: pairs with the Acquire loads above (the handler is in place).
+    HANDLER.store(if installed { INSTALLED } else { UNAVAILABLE }, Release);
+    Some(installed)
+}
+
+/// Installs [`on_signal`] for [`HANDBACK_SIGNAL`] if the application left that signal at its
+/// default; false if it has a disposition of its own (it is the application's, then).
+fn install() -> bool {
+    let sig = HANDBACK_SIGNAL as c_int;
+    // SAFETY: sigaction is plain data; all zero is a valid empty action.
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: reads the current action into a live struct; no new action.
+    if unsafe { libc::sigaction(sig, std::ptr::null(), &mut old) } != 0 || old.sa_sigaction != libc::SIG_DFL {
+        return false;
+    }
+    // SAFETY: as above.
+    let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+    action.sa_sigaction = on_signal as extern "C" fn(c_int, *mut libc::siginfo_t, *mut libc::c_void) as usize;
+    // SA_RESTART: a system call this signal interrupts (only possible once the application
+    // unblocked it late) restarts as if nothing happened.
+    action.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+    // SAFETY: `action.sa_mask` is a live sigset_t.
+    unsafe { libc::sigemptyset(&mut action.sa_mask) };
+    // SAFETY: a valid action whose handler is a function of this library (never unloaded:
+    // a preloaded library stays to the end).
+    unsafe { libc::sigaction(sig, &action, std::ptr::null_mut()) == 0 }
+}
+
+/// The hand-back signal's handler: acts only on the kernel's own signal (see [`SI_KERNEL`]).
+extern "C" fn on_signal(_sig: c_int, info: *mut libc::siginfo_t, _context: *mut libc::c_void) {
+    // SAFETY: with SA_SIGINFO the kernel passes a valid siginfo_t (checked for null anyway).
+    if info.is_null() || unsafe { (*info).si_code } != SI_KERNEL {
+        return;
+    }
+    // A panic must not unwind out of a signal handler (that aborts); nothing here panics, and
+    // should it, the connections stay as they are.
+    let _ = std::panic::catch_unwind(|| sys::with_errno_kept(hand_back_all));
+}
+
+/// Hands every connection of this process back to the kernel and gives up every one not on the
+/// rings yet (see the module documentation); waits at most [`WAIT_NS`] for the peers. Returns
+/// how many connections were left unfinished (their peers did not follow in time).
+pub fn hand_back_all() -> usize {
+    // Release: pairs with the Acquire of `io_uring_seen` (claims stop).
+    SEEN.store(true, Release);
+    table::for_each_tracked(|fd, conn| match conn.phase() {
+        Phase::Plain | Phase::Unconnected => {}
+        phase if phase < Phase::Ready => conn.give_up(),
+        _ => {
+            conn.note_fd(fd);
+            conn.ask_replay();
+            conn.hand_back(fd);
+        }
+    });
+    let deadline = now_ns() + WAIT_NS;
+    let mut nap_us = 20;
+    loop {
+        let mut left = 0;
+        table::for_each_tracked(|_, conn| match progress(conn) {
+            Progress::Done => {}
+            // The peer handed back on its own at the same moment and replays nothing: its
+            // ring's bytes stay readable through the hook (not through the io_uring).
+            Progress::NoReplay => conn.drop_replay(),
+            Progress::Waiting => left += 1,
+        });
+        if left == 0 {
+            return 0;
+        }
+        if now_ns() > deadline {
+            // The peers that did not follow replay on their next call; until then this
+            // process reads their ring through the hook (the io_uring sees those bytes later).
+            table::for_each_tracked(|_, conn| {
+                if matches!(progress(conn), Progress::Waiting) {
+                    conn.drop_replay();
+                }
+            });
+            return left;
+        }
+        // nanosleep: async-signal-safe.
+        std::thread::sleep(std::time::Duration::from_micros(nap_us));
+        nap_us = (nap_us * 2).min(2000);
+    }
+}
+
+/// Where a connection's hand-back stands, for [`hand_back_all`].
+enum Progress {
+    /// Plain (or never on the rings).
+    Done,
+    /// The peer handed back without the replay this end asked for.
+    NoReplay,
+    /// The peer has not followed yet.
+    Waiting,
+}
+
+fn progress(conn: &Conn) -> Progress {
+    match conn.phase() {
+        Phase::Plain | Phase::Unconnected => return Progress::Done,
+        phase if phase < Phase::Ready => return Progress::Done,
+        _ => {}
+    }
+    if conn.finish_hand_back() {
+        return Progress::Done;
+    }
+    if conn.peer_handed_back() && !matches!(conn.read_source(), Source::Socket) {
+        return Progress::NoReplay;
+    }
+    Progress::Waiting
+}
