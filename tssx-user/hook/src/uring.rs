@@ -93,12 +93,31 @@ pub fn io_uring_seen() -> bool {
 }
 
 /// Before a claim: `Some(true)` if the hand-back handler is installed (installing it the first
-/// time), `Some(false)` if this process must not claim (its application has a disposition of
-/// its own for [`HANDBACK_SIGNAL`]), `None` if another thread is installing it right now (claim
-/// later). Never waits. A process that set up an io_uring still claims: the agent answers
-/// plain and traces why (and should it not know, the answer is refused: see
-/// [`io_uring_seen`]).
+/// time), `Some(false)` if this connection must not be claimed (the application has a
+/// disposition of its own for [`HANDBACK_SIGNAL`], or the calling thread blocks it: an
+/// application that blocks every signal in its threads would get the signal only when it
+/// unblocks it, too late), `None` if another thread is installing it right now (claim later).
+/// Never waits. A process that set up an io_uring still claims: the agent answers plain and
+/// traces why (and should it not know, the answer is refused: see [`io_uring_seen`]).
 pub fn may_claim() -> Option<bool> {
+    let installed = installed()?;
+    Some(installed && !blocked_here())
+}
+
+/// Whether the calling thread blocks [`HANDBACK_SIGNAL`] (one `rt_sigprocmask` that changes
+/// nothing, once per claim).
+fn blocked_here() -> bool {
+    // SAFETY: sigset_t is plain data; sigemptyset initializes it.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: a query (no new set) into a live sigset_t; errno kept.
+    let rc = sys::with_errno_kept(|| unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut set) });
+    // SAFETY: a live, initialized set.
+    rc != 0 || unsafe { libc::sigismember(&set, HANDBACK_SIGNAL as c_int) } == 1
+}
+
+/// Whether the handler is installed (installing it the first time): `None` while another
+/// thread installs it.
+fn installed() -> Option<bool> {
     match HANDLER.load(Acquire) {
         INSTALLED => return Some(true),
         UNAVAILABLE => return Some(false),
@@ -158,12 +177,18 @@ extern "C" fn on_signal(_sig: c_int, info: *mut libc::siginfo_t, _context: *mut 
 pub fn hand_back_all() -> usize {
     // Release: pairs with the Acquire of `io_uring_seen` (claims stop).
     SEEN.store(true, Release);
+    // Every replay asked for before any hand-back: with both ends of a connection in this
+    // process, each end's hand-back then replays what the other had not read.
     table::for_each_tracked(|fd, conn| match conn.phase() {
         Phase::Plain | Phase::Unconnected => {}
         phase if phase < Phase::Ready => conn.give_up(),
         _ => {
             conn.note_fd(fd);
             conn.ask_replay();
+        }
+    });
+    table::for_each_tracked(|fd, conn| {
+        if conn.phase() >= Phase::Ready && conn.phase() != Phase::Plain {
             conn.hand_back(fd);
         }
     });

@@ -621,6 +621,34 @@ mod tests {
     }
 
     #[test]
+    fn a_pair_registers_both_processes_for_the_io_uring_hand_back() {
+        let (kernel, control) = setup(8, true);
+        let (held, _client) = claim(&control, CLIENT, Role::Client, 5);
+        assert!(matches!(held, Decision::Held));
+        assert!(!kernel.hands_back_on_io_uring(CLIENT), "not before the pair");
+        let (paired, _server) = claim(&control, SERVER, Role::Server, 7);
+        assert!(matches!(paired, Decision::Paired(_)));
+        assert!(kernel.hands_back_on_io_uring(CLIENT) && kernel.hands_back_on_io_uring(SERVER));
+    }
+
+    #[test]
+    fn an_io_uring_set_up_while_the_claim_was_held_means_plain_for_both() {
+        let (kernel, control) = setup(8, true);
+        let (held, client) = claim(&control, CLIENT, Role::Client, 5);
+        assert!(matches!(held, Decision::Held));
+        // After its claim was checked, before the pair: the signal would come too late.
+        kernel.io_uring(CLIENT);
+        let (decision, server) = claim(&control, SERVER, Role::Server, 7);
+        let Decision::Answer { ref streams, reply } = decision else { panic!("answered, not paired") };
+        assert_eq!((streams.len(), reply), (2, Reply::plain(PlainReason::IoUring)), "both claims answered plain");
+        control.deliver(decision);
+        for hook in [&client, &server] {
+            assert_eq!(read_reply(hook).expect("a reply").0, Reply::plain(PlainReason::IoUring));
+        }
+        assert_eq!(control.stats().live_segments, 0);
+    }
+
+    #[test]
     fn a_server_whose_client_closed_first_is_answered_plain_not_refused() {
         let (kernel, control) = setup(8, true);
         // The client closed: the server's socket is still connected, with a peer the kernel can

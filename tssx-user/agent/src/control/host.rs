@@ -80,6 +80,15 @@ impl KernelFacts for Host {
     }
 }
 
+/// Whether thread `tid` of process `pid` blocks signal `sig` now (`SigBlk` of its `/proc`
+/// status); `None` if that cannot be read (the thread is gone).
+pub fn blocks_signal(pid: u32, tid: u32, sig: u32) -> Option<bool> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).ok()?;
+    let mask = status.lines().find_map(|l| l.strip_prefix("SigBlk:"))?;
+    let mask = u64::from_str_radix(mask.trim(), 16).ok()?;
+    Some(sig >= 1 && sig <= 64 && mask & (1u64 << (sig - 1)) != 0)
+}
+
 /// `name` (relative) resolved against the working directory of process `pid` now
 /// (`/proc/PID/cwd`), lexically ([`tssx_common::pattern::resolve_relative`]).
 pub fn resolve_in_cwd(pid: u32, name: &[u8]) -> Option<Vec<u8>> {

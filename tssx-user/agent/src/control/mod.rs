@@ -220,6 +220,16 @@ impl Control {
             for connection in ids {
                 tracing::info!(connection, pid = event.tgid, reason = "io_uring", "handing back: the process set up an io_uring");
             }
+            // The hook claims nothing in a thread that blocks the signal, but a thread may block
+            // it later: then the hand-back waits until it unblocks it (see `tssx_hook::uring`).
+            if host::blocks_signal(event.tgid, event.pid, event.other_pid) == Some(true) {
+                tracing::warn!(
+                    pid = event.tgid,
+                    tid = event.pid,
+                    signal = event.other_pid,
+                    "io_uring: the thread blocks the hand-back signal: its connections are handed back only when it unblocks it (io_uring reads and writes on them before that bypass the rings)"
+                );
+            }
             return;
         }
         let replaced = self.lock().record(event);
