@@ -86,7 +86,7 @@ pub fn blocks_signal(pid: u32, tid: u32, sig: u32) -> Option<bool> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).ok()?;
     let mask = status.lines().find_map(|l| l.strip_prefix("SigBlk:"))?;
     let mask = u64::from_str_radix(mask.trim(), 16).ok()?;
-    Some(sig >= 1 && sig <= 64 && mask & (1u64 << (sig - 1)) != 0)
+    Some((1..=64).contains(&sig) && mask & (1u64 << (sig - 1)) != 0)
 }
 
 /// `name` (relative) resolved against the working directory of process `pid` now
