@@ -14,14 +14,14 @@
 //!    `HANDBACK_ON_IO_URING` (a forked child inherits the entry; exec and exit remove it).
 //! 3. At the exit of a successful `io_uring_setup` by such a process, the eBPF program sends
 //!    the signal to the calling thread (`bpf_send_signal_thread`). It is pending when the
-//!    system call returns, so the handler ([`on_signal`]) runs before the thread's next
+//!    system call returns, so the handler (`on_signal`) runs before the thread's next
 //!    instruction: before the ring's fd reaches the application's code, so before any
 //!    submission on it. The thread, not the process: a process-directed signal may be taken by
 //!    another thread, and the one that set the ring up would submit meanwhile.
 //! 4. The handler marks the process (no claim from now on, [`io_uring_seen`]), then for every
 //!    tracked connection: one not on the rings yet is given up (plain for good); one on the
 //!    rings stops reading the peer's ring where it is and asks the peer to replay the rest on
-//!    the socket ([`Conn::ask_replay`], as before an exec into an image without the hook),
+//!    the socket (`Conn::ask_replay`, as before an exec into an image without the hook),
 //!    then hands its own direction back ([`Conn::hand_back`]). It then waits (at most
 //!    [`WAIT_NS`] in all) for the peers to follow: a peer sleeping on the rings is woken by
 //!    the hand-back's doorbell, serves the hand-back from its wait loop and sends what is on
@@ -30,6 +30,21 @@
 //!    socket would have held.
 //! 5. The agent traces the io_uring (`io_uring ... handback_signal=63`) and each connection's
 //!    end (`handed back to the socket ... reason=io_uring`).
+//!
+//! Why a signal to the thread, and not the agent flagging the segments for the peers to do the
+//! work: the agent learns of the io_uring from the event ring, later (up to its 100 ms tick, or
+//! a wake-up's latency); the application's first io_uring submission can come microseconds
+//! after `io_uring_setup` returns. Meanwhile an io_uring SEND writes data to the real socket,
+//! where the peer's hook, which has not seen any flag yet, takes socket bytes for doorbells and
+//! drains them (lost), and an io_uring RECV reads the peer's doorbell bytes as data, or waits
+//! for bytes that sit on the ring. No flag set later can undo a doorbell drain. The signal
+//! closes that window: the kernel runs the handler on the very thread, on its way back from
+//! `io_uring_setup`, before it can submit. `bpf_send_signal_thread` is allowed in tracepoint
+//! programs (kernel 5.5 on); kprobes, fentry and LSM programs (which could fail the call or
+//! delay it) do not load on our kernels. The signal is a real-time one, high in the range (few
+//! applications use `SIGRTMAX - 1`; `SIGRTMIN + n` is the usual choice); the handler stays
+//! installed for the life of the image (uninstalled, a late signal's default action would
+//! terminate the process).
 //!
 //! Async-signal safety: the handler runs at the return of `io_uring_setup`, where the thread
 //! is in the application (never inside the hook: the hook makes no `io_uring_setup`), so no
