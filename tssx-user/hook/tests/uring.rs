@@ -8,6 +8,8 @@
 //!
 //! One test: the hand-back takes every connection of the process.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use libc::c_int;
 use tssx_common::HANDBACK_SIGNAL;
 use tssx_hook::{calls, conn::Phase, table, uring};
@@ -52,6 +54,22 @@ fn handler_installed() -> bool {
     old.sa_sigaction != libc::SIG_DFL && old.sa_sigaction != libc::SIG_IGN && old.sa_flags & libc::SA_SIGINFO != 0
 }
 
+static APP_SIGNALS: AtomicUsize = AtomicUsize::new(0);
+
+extern "C" fn applications_handler(_sig: c_int) {
+    APP_SIGNALS.fetch_add(1, Ordering::SeqCst);
+}
+
+fn wait_for(done: impl Fn() -> bool) -> bool {
+    for _ in 0..1000 {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    false
+}
+
 #[test]
 fn io_uring_hand_back() {
     tssx_hook::phase::set_claiming(false);
@@ -83,13 +101,40 @@ fn io_uring_hand_back() {
     assert_eq!(write(pair.server, b"server: on the ring too"), 23);
     assert_eq!(phase(pair.client), Phase::Active);
 
-    // The signal from a process (kill: SI_USER) is not the kernel's: nothing happens.
-    // SAFETY: a signal to this process, whose handler is the hook's.
+    // The application's own disposition for the signal is recorded, not installed: the
+    // kernel's stays the hook's, and a signal from a process (kill: SI_USER), which is not the
+    // kernel watcher's, goes to the application's handler.
+    let app = applications_handler as extern "C" fn(c_int) as libc::sighandler_t;
+    // SAFETY: a valid handler.
+    assert_eq!(unsafe { calls::signal(HANDBACK_SIGNAL as c_int, app) }, libc::SIG_DFL, "the recorded default");
+    assert!(handler_installed(), "the application's signal() replaced the hook's handler");
+    // SAFETY: plain data, filled by the call.
+    let mut seen: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: a query into a live struct, through the hook.
+    assert_eq!(unsafe { calls::sigaction(HANDBACK_SIGNAL as c_int, std::ptr::null(), &mut seen) }, 0);
+    assert_eq!(seen.sa_sigaction, app, "sigaction reports the application's handler");
+    // SAFETY: a signal to this process.
     assert_eq!(unsafe { libc::kill(libc::getpid(), HANDBACK_SIGNAL as c_int) }, 0);
-    std::thread::sleep(std::time::Duration::from_millis(20));
+    assert!(wait_for(|| APP_SIGNALS.load(Ordering::SeqCst) == 1), "the application's handler did not run");
     assert!(!uring::io_uring_seen(), "a forged signal was taken for the kernel's");
     assert_eq!(phase(pair.client), Phase::Active);
     assert_eq!(phase(pair.server), Phase::Active);
+    // SIG_DFL recorded (a loop that resets every signal): the hook's handler stays, so the
+    // kernel watcher's signal would not terminate the process. (A SIG_DFL signal from a
+    // process would: not sent here.) SIG_IGN: a signal from a process is ignored.
+    // SAFETY: plain data.
+    let mut dfl: libc::sigaction = unsafe { std::mem::zeroed() };
+    dfl.sa_sigaction = libc::SIG_DFL;
+    // SAFETY: a valid action, through the hook.
+    assert_eq!(unsafe { calls::sigaction(HANDBACK_SIGNAL as c_int, &dfl, std::ptr::null_mut()) }, 0);
+    assert!(handler_installed());
+    // SAFETY: as above.
+    assert_eq!(unsafe { calls::signal(HANDBACK_SIGNAL as c_int, libc::SIG_IGN) }, libc::SIG_DFL);
+    // SAFETY: a signal to this process.
+    assert_eq!(unsafe { libc::kill(libc::getpid(), HANDBACK_SIGNAL as c_int) }, 0);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    assert_eq!(APP_SIGNALS.load(Ordering::SeqCst), 1, "ignored");
+    assert!(!uring::io_uring_seen());
 
     // What the handler does for the kernel's signal: both ends here, both handed back (the
     // second end replays what the first had not read, and the other way round).
