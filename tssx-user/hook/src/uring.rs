@@ -46,12 +46,17 @@
 //! installed for the life of the image (uninstalled, a late signal's default action would
 //! terminate the process).
 //!
-//! Async-signal safety: the handler runs at the return of `io_uring_setup`, where the thread
-//! is in the application (never inside the hook: the hook makes no `io_uring_setup`), so no
-//! lock of this thread's is held. What it does is atomics, leases of the connection table,
-//! ring copies and raw system calls (`send`, `recv`, `shutdown`, `close`, `nanosleep`,
-//! `clock_gettime`); it allocates nothing (a connection whose last reference another thread
-//! drops during the handler is freed by that thread). `errno` is kept.
+//! Async-signal safety: the kernel's signal is handled at the return of `io_uring_setup`,
+//! where the thread is in the application (never inside the hook: the hook makes no
+//! `io_uring_setup`), and never inside `malloc` (or, if the thread blocked the signal, at the
+//! return of the call that unblocks it: `sigprocmask`, `ppoll`, ...). So no lock of this
+//! thread's is held, and what the application's thread could not do at that point, the
+//! handler does not need to avoid either. What it does is atomics, leases of the connection
+//! table, ring copies and system calls (`send`, `recv`, `shutdown`, `close`, `nanosleep`,
+//! `clock_gettime`; `/proc` reads only when a ring lock stays held by another thread);
+//! `errno` is kept. A signal from a process (`kill`), which can arrive anywhere, takes the
+//! other path: it only reads the application's record (atomics) and calls its handler, or
+//! `sigaction` + `raise` for the default action.
 //!
 //! Limits (see `COVERAGE.md`): a thread that has the signal blocked when it sets up the ring
 //! runs the handler only when it unblocks it (its submissions before that bypass the rings; a
