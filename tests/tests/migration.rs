@@ -46,6 +46,9 @@ fn exchange(path: &str, seed: u64, mode: &str, bytes: u64, hooked: bool) {
     let both = format!("client: {} / server: {}", client.stderr_text(), server.stderr_text());
     for ((who, end), status) in [("client", &client), ("server", &server)].into_iter().zip(statuses) {
         assert!(status.is_some_and(|s| s.success()), "{mode} seed {seed}: {who} failed or hung ({status:?}); {both}");
+        // The exit can be seen before the reader thread took the last line (`ok ...`, printed
+        // just before it): wait for the pipe's end first.
+        end.wait_closed(Duration::from_secs(5));
         let lines = end.stdout_lines();
         let want = format!("ok sent={bytes} received={bytes}");
         assert!(lines.contains(&want), "{mode} seed {seed}: {who} printed {lines:?}");
