@@ -168,7 +168,7 @@ impl Conn {
             return;
         }
         // The io_uring hand-back handler first (see `uring`): a process whose application has
-        // the signal for itself, or that set up an io_uring, claims nothing.
+        // the signal for itself claims nothing; a thread that blocks it claims later.
         match crate::uring::may_claim() {
             Some(true) => {}
             Some(false) => {
@@ -176,7 +176,10 @@ impl Conn {
                 self.give_up();
                 return;
             }
-            None => return,
+            None => {
+                claim.retry_at = now + RETRY_AFTER_NS;
+                return;
+            }
         }
         let role = if self.end == End::Client { Role::Client } else { Role::Server };
         match claim::send(claim::request(role, fd, self.forked.load(Relaxed))) {

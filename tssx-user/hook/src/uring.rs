@@ -114,15 +114,19 @@ pub fn io_uring_seen() -> bool {
 }
 
 /// Before a claim: `Some(true)` if the hand-back handler is installed (installing it the first
-/// time), `Some(false)` if this connection must not be claimed (the application has a
-/// disposition of its own for [`HANDBACK_SIGNAL`], or the calling thread blocks it: an
-/// application that blocks every signal in its threads would get the signal only when it
-/// unblocks it, too late), `None` if another thread is installing it right now (claim later).
-/// Never waits. A process that set up an io_uring still claims: the agent answers plain and
-/// traces why (and should it not know, the answer is refused: see [`io_uring_seen`]).
+/// time), `Some(false)` if this process must not claim (the application has a disposition of
+/// its own for [`HANDBACK_SIGNAL`]), `None` to claim later: another thread is installing the
+/// handler right now, or the calling thread blocks the signal (an io_uring it set up would get
+/// the hand-back only when it unblocks it, too late; PostgreSQL's backends block every signal
+/// while they start, then unblock them: their connections claim on a later call, and those of
+/// a thread that blocks it for good never do). Never waits. A process that set up an io_uring
+/// still claims: the agent answers plain and traces why (and should it not know, the answer is
+/// refused: see [`io_uring_seen`]).
 pub fn may_claim() -> Option<bool> {
-    let installed = installed()?;
-    Some(installed && !blocked_here())
+    match installed()? {
+        true if blocked_here() => None,
+        installed => Some(installed),
+    }
 }
 
 /// Whether the calling thread blocks [`HANDBACK_SIGNAL`] (one `rt_sigprocmask` that changes
