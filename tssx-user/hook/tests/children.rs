@@ -170,10 +170,20 @@ fn bytes_left_on_the_ring_reach_an_image_without_the_hook_through_the_socket() {
     assert!(started.elapsed() < Duration::from_secs(1), "the peer followed at once ({:?})", started.elapsed());
     assert_eq!(table::lookup(pair.server).unwrap().phase(), Phase::Plain);
     // The image without the hook reads the socket: the 60 unread bytes, nothing before them.
-    let mut rest = [0u8; 200];
-    // SAFETY: the real read, as an image without the hook makes it.
-    let n = unsafe { libc::recv(pair.server, rest.as_mut_ptr().cast(), rest.len(), libc::MSG_DONTWAIT) };
-    assert_eq!(&rest[..n.max(0) as usize], &sent[40..]);
+    // (The peer publishes its hand-back before it sends the replay: the bytes may still be on
+    // their way, as for a blocking read of the new image, which would wait for them.)
+    let mut rest = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while rest.len() < 60 && Instant::now() < deadline {
+        let mut p = libc::pollfd { fd: pair.server, events: libc::POLLIN, revents: 0 };
+        // SAFETY: one live pollfd; the real poll.
+        unsafe { libc::poll(&mut p, 1, 100) };
+        let mut buf = [0u8; 200];
+        // SAFETY: the real read, as an image without the hook makes it.
+        let n = unsafe { libc::recv(pair.server, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+        rest.extend_from_slice(&buf[..n.max(0) as usize]);
+    }
+    assert_eq!(rest, &sent[40..]);
     // SAFETY: the real write.
     assert_eq!(unsafe { libc::write(pair.server, b"after".as_ptr().cast(), 5) }, 5);
     assert_eq!(reader.join().unwrap(), b"after");
