@@ -105,6 +105,37 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
     rc
 }
 
+// ---- the io_uring hand-back signal (a contiguous block) ----
+
+/// libc's `sigaction`: for the hook's io_uring hand-back signal, while the hook owns it, the
+/// application's disposition is recorded rather than installed (see [`crate::uring`]); every
+/// other call is libc's.
+///
+/// # Safety
+/// As libc's `sigaction`.
+pub unsafe fn sigaction(sig: c_int, act: *const libc::sigaction, old: *mut libc::sigaction) -> c_int {
+    // SAFETY: forwarded as received.
+    match unsafe { crate::uring::app_sigaction(sig, act, old) } {
+        Some(rc) => rc,
+        // SAFETY: forwarded as received.
+        None => unsafe { sys::sigaction(sig, act, old) },
+    }
+}
+
+/// libc's `signal`: as [`sigaction`].
+///
+/// # Safety
+/// As libc's `signal`.
+pub unsafe fn signal(sig: c_int, handler: libc::sighandler_t) -> libc::sighandler_t {
+    match crate::uring::app_signal(sig, handler) {
+        Some(was) => was,
+        // SAFETY: forwarded as received.
+        None => unsafe { sys::signal(sig, handler) },
+    }
+}
+
+// ---- end of the block ----
+
 // ---- watched patterns: relative binds (a contiguous block) ----
 
 /// libc's `bind`: a Unix address bound relative to the working directory is resolved now (the

@@ -56,6 +56,20 @@ pub unsafe extern "C" fn fdopen(fd: c_int, mode: *const c_char) -> *mut libc::FI
     guarded_stream(|| unsafe { tssx_hook::stdio::fdopen(fd, mode) })
 }
 
+/// libc's `signal` (a handler result: [`guarded`]'s -1 does not fit, so a caught panic gives
+/// `SIG_ERR` with `errno` EIO).
+///
+/// # Safety
+/// As the libc function.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn signal(sig: c_int, handler: libc::sighandler_t) -> libc::sighandler_t {
+    // SAFETY: the caller's arguments, forwarded unchanged; same contract.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unsafe { tssx_hook::calls::signal(sig, handler) })).unwrap_or_else(|_| {
+        tssx_hook::sys::set_errno(libc::EIO);
+        libc::SIG_ERR
+    })
+}
+
 /// [`guarded`] for the functions that return a `FILE *`: a caught panic gives null with
 /// `errno` EIO.
 fn guarded_stream(f: impl FnOnce() -> *mut libc::FILE) -> *mut libc::FILE {
@@ -82,6 +96,9 @@ macro_rules! interpose {
 }
 
 interpose! {
+    // The io_uring hand-back signal: the application's disposition is recorded while the hook
+    // owns it (`tssx_hook::uring`).
+    fn sigaction(sig: c_int, act: *const libc::sigaction, old: *mut libc::sigaction) -> c_int;
     fn socket(domain: c_int, kind: c_int, protocol: c_int) -> c_int;
     fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int;
     fn accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int;
@@ -251,6 +268,7 @@ wrap_to_real! {
     fn readv(fd: c_int, iov: *const iovec, cnt: c_int) -> ssize_t;
     fn writev(fd: c_int, iov: *const iovec, cnt: c_int) -> ssize_t;
     fn close(fd: c_int) -> c_int;
+    fn sigaction(sig: c_int, act: *const libc::sigaction, old: *mut libc::sigaction) -> c_int;
 }
 
 /// The `execv`/`execvp`/`execve` of the C shim (`execl.c`): the hooked calls, under names of
