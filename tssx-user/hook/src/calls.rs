@@ -105,33 +105,59 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
     rc
 }
 
-// ---- the io_uring hand-back signal (a contiguous block) ----
+// ---- signal dispositions (a contiguous block; see `crate::signals`) ----
 
-/// libc's `sigaction`: for the hook's io_uring hand-back signal, while the hook owns it, the
-/// application's disposition is recorded rather than installed (see [`crate::uring`]); every
-/// other call is libc's.
+/// libc's `sigaction` (and `__sigaction`): an application handler is installed behind the
+/// hook's trampoline (so that a wait it interrupts while the hook spins ends as the kernel's
+/// would), a signal the hook owns has the application's disposition recorded, and the old
+/// action is always the application's own (see [`crate::signals`]).
 ///
 /// # Safety
 /// As libc's `sigaction`.
 pub unsafe fn sigaction(sig: c_int, act: *const libc::sigaction, old: *mut libc::sigaction) -> c_int {
     // SAFETY: forwarded as received.
-    match unsafe { crate::uring::app_sigaction(sig, act, old) } {
-        Some(rc) => rc,
-        // SAFETY: forwarded as received.
-        None => unsafe { sys::sigaction(sig, act, old) },
-    }
+    unsafe { crate::signals::sigaction(sig, act, old) }
 }
 
-/// libc's `signal`: as [`sigaction`].
+/// libc's `signal` (also `bsd_signal`, `ssignal`): as [`sigaction`], with glibc's BSD
+/// semantics.
 ///
 /// # Safety
 /// As libc's `signal`.
 pub unsafe fn signal(sig: c_int, handler: libc::sighandler_t) -> libc::sighandler_t {
-    match crate::uring::app_signal(sig, handler) {
-        Some(was) => was,
-        // SAFETY: forwarded as received.
-        None => unsafe { sys::signal(sig, handler) },
-    }
+    crate::signals::bsd_signal(sig, handler)
+}
+
+/// libc's `sysv_signal` (also `__sysv_signal`): as [`sigaction`], with System V semantics.
+///
+/// # Safety
+/// As libc's `sysv_signal`.
+pub unsafe fn sysv_signal(sig: c_int, handler: libc::sighandler_t) -> libc::sighandler_t {
+    crate::signals::sysv_signal(sig, handler)
+}
+
+/// libc's `sigset`: as [`sigaction`].
+///
+/// # Safety
+/// As libc's `sigset`.
+pub unsafe fn sigset(sig: c_int, disposition: libc::sighandler_t) -> libc::sighandler_t {
+    crate::signals::sigset(sig, disposition)
+}
+
+/// libc's `sigignore`: as [`sigaction`].
+///
+/// # Safety
+/// As libc's `sigignore`.
+pub unsafe fn sigignore(sig: c_int) -> c_int {
+    crate::signals::sigignore(sig)
+}
+
+/// libc's `siginterrupt`: as [`sigaction`].
+///
+/// # Safety
+/// As libc's `siginterrupt`.
+pub unsafe fn siginterrupt(sig: c_int, interrupt: c_int) -> c_int {
+    crate::signals::siginterrupt(sig, interrupt)
 }
 
 // ---- end of the block ----

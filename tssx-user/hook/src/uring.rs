@@ -54,23 +54,24 @@
 //! handler does not need to avoid either. What it does is atomics, leases of the connection
 //! table, ring copies and system calls (`send`, `recv`, `shutdown`, `close`, `nanosleep`,
 //! `clock_gettime`; `/proc` reads only when a ring lock stays held by another thread);
-//! `errno` is kept. A signal from a process (`kill`), which can arrive anywhere, takes the
-//! other path: it only reads the application's record (atomics) and calls its handler, or
-//! `sigaction` + `raise` for the default action.
+//! `errno` is kept. A signal from a process (`kill`), which can arrive anywhere, is declined
+//! and takes the other path ([`crate::signals`]' trampoline): it only reads the application's
+//! record (atomics) and calls its handler, or `sigaction` + `raise` for the default action.
 //!
 //! Limits (see `COVERAGE.md`): a thread that has the signal blocked when it sets up the ring
 //! runs the handler only when it unblocks it (its submissions before that bypass the rings; a
 //! handler that then runs inside the hook takes over any ring lock that thread held); an
 //! application that sets its own disposition for the signal after the hook's first claim
-//! through `sigaction` or `signal` gets it recorded, not installed (see `app_sigaction`), but
-//! one that goes around libc (`syscall(SYS_rt_sigaction)`, `sysv_signal`, `sigset`) takes it
-//! over (`SIG_DFL`: the io_uring setup then terminates the process); a peer that makes no call within [`WAIT_NS`] replays later (as after an
-//! exec into an image without the hook); an image started by exec that adopted swapped
+//! through libc (`sigaction`, `signal`, `sigset`, ...) gets it recorded, not installed (the
+//! signal is owned: [`crate::signals::own`]), but one that goes around libc
+//! (`syscall(SYS_rt_sigaction)`) takes it over (`SIG_DFL`: the io_uring setup then terminates
+//! the process); a peer that makes no call within [`WAIT_NS`] replays later (as after an exec
+//! into an image without the hook); an image started by exec that adopted swapped
 //! connections (the hook in the new image) is not in the map until it claims again.
 
 use std::sync::atomic::{
-    fence, AtomicBool, AtomicI32, AtomicU32, AtomicU8, AtomicUsize,
-    Ordering::{AcqRel, Acquire, Relaxed, Release},
+    AtomicBool, AtomicU8,
+    Ordering::{AcqRel, Acquire, Release},
 };
 
 use libc::c_int;
@@ -79,6 +80,7 @@ use tssx_common::HANDBACK_SIGNAL;
 use crate::{
     conn::{Conn, Phase},
     handback::Source,
+    signals::{self, Take},
     spin::now_ns,
     sys, table,
 };
@@ -162,189 +164,27 @@ fn installed() -> Option<bool> {
     Some(installed)
 }
 
-/// Installs [`on_signal`] for [`HANDBACK_SIGNAL`] if the application left that signal at its
-/// default; false if it has a disposition of its own (it is the application's, then). The
-/// application's `sigaction` and `signal` calls for that signal wait while this runs (see
-/// [`app_sigaction`]), so none is lost between the look and the install.
+/// Takes [`HANDBACK_SIGNAL`] for [`on_signal`] ([`signals::own`]) if the application left that
+/// signal at its default; false if it has a disposition of its own (it is the application's,
+/// then). From then on the application's `sigaction` calls for that signal are recorded, not
+/// installed (a `SIG_DFL` set later does not turn the io_uring setup into a termination), and
+/// a signal that is not the kernel watcher's goes where that record says.
 fn install() -> bool {
-    let sig = HANDBACK_SIGNAL as c_int;
-    // SAFETY: sigaction is plain data; all zero is a valid empty action.
-    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
-    // SAFETY: reads the current action into a live struct; no new action (libc's sigaction).
-    if unsafe { sys::sigaction(sig, std::ptr::null(), &mut old) } != 0 || old.sa_sigaction != libc::SIG_DFL {
-        return false;
-    }
-    // SAFETY: as above.
-    let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
-    action.sa_sigaction = on_signal as extern "C" fn(c_int, *mut libc::siginfo_t, *mut libc::c_void) as usize;
-    // SA_RESTART: a system call this signal interrupts (only possible once the application
-    // unblocked it late) restarts as if nothing happened.
-    action.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
-    // SAFETY: `action.sa_mask` is a live sigset_t.
-    unsafe { libc::sigemptyset(&mut action.sa_mask) };
-    // SAFETY: a valid action whose handler is a function of this library (never unloaded:
-    // a preloaded library stays to the end).
-    unsafe { sys::sigaction(sig, &action, std::ptr::null_mut()) == 0 }
+    signals::own(HANDBACK_SIGNAL as c_int, on_signal, Take::IfDefault)
 }
 
-// ---------------------------------------------------------------------------------------------
-// The application's own disposition for the signal, while the hook owns it.
-// ---------------------------------------------------------------------------------------------
-//
-// An application that sets a disposition for the signal after the hook installed its handler
-// (a handler, `SIG_IGN`, or `SIG_DFL` as in a loop that resets every signal) would take the
-// hand-back away, or (`SIG_DFL`) make the io_uring setup terminate the process. As glibc does for
-// its own internal signals, the hook keeps the kernel's disposition and records the
-// application's instead: its `sigaction`/`signal` calls read and write that record, and a
-// signal that is not the kernel watcher's (`kill`, `sigqueue`, `tgkill`) is passed to the
-// recorded handler (`SIG_DFL`: the default action, termination; `SIG_IGN`: nothing).
-
-/// The recorded handler (`sa_sigaction`), flags and a sequence count, odd while written
-/// (a seqlock: the signal handler reads without waiting). Writers (the application's calls)
-/// take the count from even to odd with a compare-and-swap (Acquire), store, then make it even
-/// again (Release); a reader loads it (Acquire), the fields, fences (Acquire) and loads it again.
-static APP_SEQ: AtomicU32 = AtomicU32::new(0);
-static APP_HANDLER: AtomicUsize = AtomicUsize::new(libc::SIG_DFL);
-static APP_FLAGS: AtomicI32 = AtomicI32::new(0);
-
-/// The recorded disposition: (handler, flags).
-fn app_disposition() -> (usize, c_int) {
-    for _ in 0..10_000 {
-        let seq = APP_SEQ.load(Acquire);
-        if seq & 1 == 0 {
-            let handler = APP_HANDLER.load(Relaxed);
-            let flags = APP_FLAGS.load(Relaxed);
-            fence(Acquire);
-            if APP_SEQ.load(Relaxed) == seq {
-                return (handler, flags);
-            }
-        }
-        std::hint::spin_loop();
-    }
-    // A writer interrupted on this very thread: take the default.
-    (libc::SIG_DFL, 0)
-}
-
-/// Records the application's disposition.
-fn set_app_disposition(handler: usize, flags: c_int) {
-    let mut seq = APP_SEQ.load(Relaxed);
-    for _ in 0..1_000_000 {
-        // Acquire: after the previous writer's Release (its stores are done).
-        if seq & 1 == 0 && APP_SEQ.compare_exchange(seq, seq.wrapping_add(1), Acquire, Relaxed).is_ok() {
-            break;
-        }
-        std::hint::spin_loop();
-        seq = APP_SEQ.load(Relaxed);
-    }
-    // Release fence: a reader that sees a field stored below sees the odd count first.
-    fence(Release);
-    APP_HANDLER.store(handler, Relaxed);
-    APP_FLAGS.store(flags, Relaxed);
-    // Release: pairs with the readers' Acquire load of the count.
-    APP_SEQ.store((seq | 1).wrapping_add(1), Release);
-}
-
-/// Whether the hook owns the signal now, waiting (briefly) while another thread installs it.
-fn owned() -> bool {
-    loop {
-        match HANDLER.load(Acquire) {
-            INSTALLED => return true,
-            INSTALLING => crate::spin::spin_yield(),
-            _ => return false,
-        }
-    }
-}
-
-/// The application's `sigaction(sig, act, old)`: `None` when it is not the hook's business
-/// (another signal, or the hook does not own this one: libc's `sigaction` answers); else the
-/// result, after reading and writing the record (see above): 0, or -1 with `errno` EFAULT
-/// (a bad pointer) or EINVAL (`SA_SIGINFO` is kept, `SA_RESETHAND` honoured, other flags and
-/// the mask recorded as given but not applied).
-///
-/// # Safety
-/// `act` and `old` are null or point to `sigaction` structs (checked for range only, as every
-/// pointer the hook receives).
-pub unsafe fn app_sigaction(sig: c_int, act: *const libc::sigaction, old: *mut libc::sigaction) -> Option<c_int> {
-    if sig != HANDBACK_SIGNAL as c_int || !owned() {
-        return None;
-    }
-    if (!act.is_null() && !crate::iov::value_ok(act)) || (!old.is_null() && !crate::iov::value_ok(old)) {
-        sys::set_errno(libc::EFAULT);
-        return Some(-1);
-    }
-    // Read first: `act` and `old` may be the same struct.
-    // SAFETY: checked above; read unaligned as the kernel would.
-    let new = (!act.is_null()).then(|| unsafe { std::ptr::read_unaligned(act) });
-    if !old.is_null() {
-        let (handler, flags) = app_disposition();
-        // SAFETY: plain data; all zero is an empty mask.
-        let mut was: libc::sigaction = unsafe { std::mem::zeroed() };
-        was.sa_sigaction = handler;
-        was.sa_flags = flags;
-        // SAFETY: checked above.
-        unsafe { std::ptr::write_unaligned(old, was) };
-    }
-    if let Some(new) = new {
-        set_app_disposition(new.sa_sigaction, new.sa_flags);
-    }
-    Some(0)
-}
-
-/// The application's `signal(sig, handler)` (BSD semantics, as glibc's: `SA_RESTART`): `None`
-/// when it is not the hook's business; else the previous recorded handler.
-pub fn app_signal(sig: c_int, handler: libc::sighandler_t) -> Option<libc::sighandler_t> {
-    if sig != HANDBACK_SIGNAL as c_int || !owned() {
-        return None;
-    }
-    let (was, _) = app_disposition();
-    set_app_disposition(handler, libc::SA_RESTART);
-    Some(was)
-}
-
-/// A signal that is not the kernel watcher's goes where the application's record says.
-fn to_application(sig: c_int, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
-    let (handler, flags) = app_disposition();
-    match handler {
-        libc::SIG_IGN => {}
-        libc::SIG_DFL => {
-            // The default action of a real-time signal: terminate, as the kernel would have.
-            // SAFETY: restores the default disposition (libc's sigaction) and re-raises the
-            // signal to this thread, where it is blocked until this handler returns.
-            unsafe {
-                let mut dfl: libc::sigaction = std::mem::zeroed();
-                dfl.sa_sigaction = libc::SIG_DFL;
-                sys::sigaction(sig, &dfl, std::ptr::null_mut());
-                libc::raise(sig);
-            }
-        }
-        _ => {
-            if flags & libc::SA_RESETHAND != 0 {
-                set_app_disposition(libc::SIG_DFL, 0);
-            }
-            if flags & libc::SA_SIGINFO != 0 {
-                // SAFETY: the application installed this address as a three-argument handler.
-                let f: extern "C" fn(c_int, *mut libc::siginfo_t, *mut libc::c_void) = unsafe { std::mem::transmute(handler) };
-                f(sig, info, context);
-            } else {
-                // SAFETY: the application installed this address as a one-argument handler.
-                let f: extern "C" fn(c_int) = unsafe { std::mem::transmute(handler) };
-                f(sig);
-            }
-        }
-    }
-}
-
-/// The hand-back signal's handler: acts only on the kernel's own signal (see [`SI_KERNEL`]);
-/// any other goes where the application's record says ([`app_sigaction`]).
-extern "C" fn on_signal(sig: c_int, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
+/// The hand-back signal's handler (see [`signals::HookHandler`]): takes only the kernel's own
+/// signal (see [`SI_KERNEL`]); any other (`kill`, `sigqueue`, `tgkill`) is declined and goes
+/// where the application's record says.
+fn on_signal(_sig: c_int, info: *mut libc::siginfo_t, _context: *mut libc::c_void) -> bool {
     // SAFETY: with SA_SIGINFO the kernel passes a valid siginfo_t (checked for null anyway).
     if info.is_null() || unsafe { (*info).si_code } != SI_KERNEL {
-        sys::with_errno_kept(|| to_application(sig, info, context));
-        return;
+        return false;
     }
     // A panic must not unwind out of a signal handler (that aborts); nothing here panics, and
     // should it, the connections stay as they are.
-    let _ = std::panic::catch_unwind(|| sys::with_errno_kept(hand_back_all));
+    let _ = std::panic::catch_unwind(hand_back_all);
+    true
 }
 
 /// Hands every connection of this process back to the kernel and gives up every one not on the
