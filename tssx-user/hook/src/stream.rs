@@ -152,6 +152,9 @@ impl Conn {
                         if backoff.deadline(fd).expired() {
                             return partial_or_errno(total, libc::EAGAIN);
                         }
+                        if backoff.interrupted(fd) {
+                            return partial_or_errno(total, libc::EINTR);
+                        }
                         if let Err(e) = self.sleep_for_socket_data(fd) {
                             return partial_or_errno(total, e);
                         }
@@ -397,6 +400,9 @@ impl Conn {
                         let deadline = backoff.deadline(fd);
                         if deadline.expired() {
                             return partial_or_errno(total, libc::EAGAIN);
+                        }
+                        if backoff.interrupted(fd) {
+                            return partial_or_errno(total, libc::EINTR);
                         }
                         if let Err(e) = self.sleep_for_socket_room(fd, deadline) {
                             return partial_or_errno(total, e);

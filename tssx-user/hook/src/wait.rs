@@ -8,6 +8,7 @@ use libc::c_int;
 
 use crate::{
     conn::{Conn, Phase},
+    signals::Mark,
     spin::{now_ns, spin_budget, spin_missed, spin_paid_off, spin_yield, woke},
     sys::{self, errno, fd_nonblocking},
 };
@@ -118,17 +119,31 @@ pub(crate) struct Backoff {
     waiting: Waiting,
     /// Read at the first sleep.
     deadline: Option<Deadline>,
+    /// Taken when the call starts to wait (see [`crate::signals`]): a handler that runs on this
+    /// thread from then on ends the call with EINTR where the kernel's would
+    /// ([`Mark::interrupts_transfer`]).
+    mark: Option<Mark>,
 }
 
 impl Backoff {
     /// The back-off of one blocking call `waiting` for data or room.
     pub(crate) fn new(waiting: Waiting) -> Backoff {
-        Backoff { spins: 0, spin_from: 0, spin_until: 0, waiting, deadline: None }
+        Backoff { spins: 0, spin_from: 0, spin_until: 0, waiting, deadline: None, mark: None }
     }
 
     /// The call's deadline (read from the socket the first time).
     pub(crate) fn deadline(&mut self, fd: c_int) -> Deadline {
         *self.deadline.get_or_insert_with(|| Deadline::of(fd, self.waiting))
+    }
+
+    /// Whether an application handler that ran on this thread since the call began to wait ends
+    /// it with EINTR (no `SA_RESTART`, or the socket has a timeout for this call); the first
+    /// call takes the mark. One thread-local load.
+    pub(crate) fn interrupted(&mut self, fd: c_int) -> bool {
+        let mut mark = *self.mark.get_or_insert_with(Mark::now);
+        let interrupted = mark.interrupts_transfer(|| self.deadline(fd).at.is_some());
+        self.mark = Some(mark);
+        interrupted
     }
 
     /// Progress was made: the next wait starts with a fresh spin budget.
@@ -148,6 +163,9 @@ impl Backoff {
         announce: impl FnOnce() -> bool,
         withdraw: impl FnOnce(),
     ) -> Result<(), WaitError> {
+        if self.interrupted(fd) {
+            return Err(WaitError::Interrupted);
+        }
         let mut spin = true;
         if self.spins == 0 {
             self.spin_from = now_ns();
@@ -172,7 +190,9 @@ impl Backoff {
         if deadline.expired() {
             return Err(WaitError::TimedOut);
         }
-        let result = Self::sleep(conn, fd, deadline, self.waiting, announce, withdraw);
+        let mut mark = self.mark.unwrap_or_else(Mark::now);
+        let result = Self::sleep(conn, fd, deadline, &mut mark, self.waiting, announce, withdraw);
+        self.mark = Some(mark);
         woke();
         result
     }
@@ -186,6 +206,7 @@ impl Backoff {
         conn: &Conn,
         fd: c_int,
         deadline: Deadline,
+        mark: &mut Mark,
         waiting: Waiting,
         announce: impl FnOnce() -> bool,
         withdraw: impl FnOnce(),
@@ -198,7 +219,7 @@ impl Backoff {
             Waiting::Write => conn.send_shut(),
         };
         // The announcement's fence orders these flag reads after it (see `Conn::announce`).
-        let result = if shut || conn.phase() == Phase::Plain { Ok(()) } else { conn.sleep_on_socket(fd, deadline) };
+        let result = if shut || conn.phase() == Phase::Plain { Ok(()) } else { conn.sleep_on_socket(fd, deadline, mark) };
         withdraw();
         result
     }
@@ -258,8 +279,14 @@ impl Conn {
     /// its SO_SNDTIMEO deadline instead (a signal then ends it with EINTR, as the kernel does
     /// for a send with a timeout; see the README for the one case that differs: a write
     /// without SO_SNDTIMEO on a socket with SO_RCVTIMEO, under SA_RESTART).
-    pub(crate) fn sleep_on_socket(&self, fd: c_int, deadline: Deadline) -> Result<(), WaitError> {
+    ///
+    /// `mark` is looked at last before the system call (see [`crate::signals`]): a handler that
+    /// ran since the wait began and ends it with EINTR leaves no sleep to go into.
+    pub(crate) fn sleep_on_socket(&self, fd: c_int, deadline: Deadline, mark: &mut Mark) -> Result<(), WaitError> {
         let doorbells_only = self.reads_ring();
+        if mark.interrupts_transfer(|| deadline.at.is_some()) {
+            return Err(WaitError::Interrupted);
+        }
         if doorbells_only && !self.is_shared() && !deadline.peek_sleep {
             let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
             // SAFETY: one live pollfd.
