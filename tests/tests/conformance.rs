@@ -444,6 +444,9 @@ scenarios! {
     fd_passed_to_a_worker_with_scm_rights: "fdpass", server [], client [], connections 1, shm 1000;
     threads_duplex_two_readers_two_writers: "threads", server [], client [], connections 3, shm 3 * (8 << 20) + 2 * 20_000 * 64;
     signals_eintr_and_sa_restart: "signals", server [], client [], connections 1, shm 10;
+    // Issue 13: one signal while the wait spins in the hook (50 round trips before each of the
+    // 9 x 8 waits; 8 restarted reads get "data").
+    signal_during_a_spinning_wait_eintr_and_sa_restart: "sigspin", server [], client [], connections 1, shm 9 * 8 * 50 * 2 + 8 * 5;
     bad_input_efault_einval_eisconn: "badinput", server [], client [], connections 1, shm 10;
     random_interleaving_stress: "stress", server ["8388608", "42"], client ["8388608", "42"], connections 1, shm 2 * 8_388_608;
     fortify_chk_variants_fcntl64_and_overflow: "fortify", server [], client [], connections 2, shm 41;
