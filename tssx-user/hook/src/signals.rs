@@ -212,6 +212,38 @@ impl Drop for Held<'_> {
 
 static SLOTS: [Slot; NSIG] = [const { Slot::new() }; NSIG];
 
+/// The process whose records these are (0: none yet): taken by the first writer, and by the
+/// hook's `fork` in the child ([`in_child`]). Relaxed: one process's own memory; what matters
+/// is telling another process that shares it apart (see [`records_mine`]).
+static OWNER: AtomicU32 = AtomicU32::new(0);
+
+/// Whether this process may write the records. Not in a child that runs in its parent's memory
+/// (`vfork`: glibc's `posix_spawn` child calls libc's own `__sigaction`, but a program's own
+/// `vfork` child may call `signal` before it execs, as dash's does): its writes would change
+/// its parent's records, whose kernel dispositions are still the trampoline (a `SIG_DFL` the
+/// child set for itself would make the parent's next signal its default action). Such a child
+/// (the owner is its parent) installs its handlers as given, unwrapped. A child forked other
+/// than through the hook's `fork` (`daemon`, a raw `clone`) is taken for one too: its new
+/// dispositions are unwrapped as well, which only loses the EINTR of a spin they interrupt.
+/// One or two `getpid`-like system calls per call.
+fn records_mine() -> bool {
+    let me = tssx_shm::sys::getpid();
+    match OWNER.compare_exchange(0, me, Relaxed, Relaxed) {
+        Ok(_) => true,
+        Err(owner) if owner == me => true,
+        // SAFETY: getppid has no preconditions.
+        Err(owner) if owner == unsafe { libc::getppid() } as u32 => false,
+        // The owner was a child of ours that ran in our memory (this process had written no
+        // record, or it would own them), or an ancestor beyond the parent (a copy).
+        Err(owner) => OWNER.compare_exchange(owner, me, Relaxed, Relaxed).is_ok(),
+    }
+}
+
+/// In the child of the hook's `fork` (its own copy of the records).
+pub fn in_child() {
+    OWNER.store(tssx_shm::sys::getpid(), Relaxed);
+}
+
 thread_local! {
     /// This thread's identity for the writers' locks (the address of this variable).
     static TOKEN: Cell<u8> = const { Cell::new(0) };
@@ -430,6 +462,9 @@ pub fn own(sig: c_int, hook: HookHandler, take: Take) -> bool {
         return current == hook as usize;
     }
     sys::with_errno_kept(|| {
+        if !records_mine() {
+            return false;
+        }
         // SAFETY: plain data, filled by sigaction.
         let mut now: libc::sigaction = unsafe { std::mem::zeroed() };
         // SAFETY: a query into a live struct.
@@ -541,6 +576,18 @@ pub unsafe fn sigaction(sig: c_int, act: *const libc::sigaction, old: *mut libc:
     // Read first: `act` and `old` may be the same struct.
     // SAFETY: checked above; read unaligned as the kernel would.
     let new = (!act.is_null()).then(|| unsafe { std::ptr::read_unaligned(act) });
+    if !records_mine() {
+        // A child in its parent's memory: as given; what it inherited reads as the record.
+        let before = slot.record();
+        let kernel_ptr = new.as_ref().map_or(std::ptr::null(), |k| k as *const libc::sigaction);
+        // SAFETY: `kernel_ptr` is null or a live local; `old` checked above.
+        let rc = unsafe { sys::sigaction(sig, kernel_ptr, old) };
+        if rc == 0 && !old.is_null() {
+            // SAFETY: checked above; libc just filled it.
+            unsafe { patch_old(old, before) };
+        }
+        return rc;
+    }
     let _held = slot.lock();
     let before = slot.record();
     if slot.owned() {
@@ -584,18 +631,28 @@ pub unsafe fn sigaction(sig: c_int, act: *const libc::sigaction, old: *mut libc:
         return rc;
     }
     if !old.is_null() {
-        // SAFETY: checked above; libc just filled it.
-        let (handler, flags) =
-            unsafe { (std::ptr::read_unaligned(&raw const (*old).sa_sigaction), std::ptr::read_unaligned(&raw const (*old).sa_flags)) };
-        // (`before`: the record this call's `new` replaced.)
-        let was = application_view(before, handler, flags);
-        // SAFETY: as above.
-        unsafe {
-            std::ptr::write_unaligned(&raw mut (*old).sa_sigaction, was.0);
-            std::ptr::write_unaligned(&raw mut (*old).sa_flags, was.1);
-        }
+        // SAFETY: checked above; libc just filled it (`before`: the record this call's `new`
+        // replaced).
+        unsafe { patch_old(old, before) };
     }
     0
+}
+
+/// The old action libc wrote into `old`, made the application's (see [`application_view`]),
+/// given the record `before` the call.
+///
+/// # Safety
+/// `old` points to a `sigaction` struct (unaligned is fine).
+unsafe fn patch_old(old: *mut libc::sigaction, before: (usize, c_int, u64)) {
+    // SAFETY: per the contract.
+    let (handler, flags) =
+        unsafe { (std::ptr::read_unaligned(&raw const (*old).sa_sigaction), std::ptr::read_unaligned(&raw const (*old).sa_flags)) };
+    let was = application_view(before, handler, flags);
+    // SAFETY: per the contract.
+    unsafe {
+        std::ptr::write_unaligned(&raw mut (*old).sa_sigaction, was.0);
+        std::ptr::write_unaligned(&raw mut (*old).sa_flags, was.1);
+    }
 }
 
 /// Signals `sigset` and `siginterrupt` may name (glibc refuses its internal ones, 32 and 33).
@@ -722,11 +779,17 @@ pub fn siginterrupt(sig: c_int, interrupt: c_int) -> c_int {
         return -1;
     }
     let bit = 1u64 << (sig - 1);
+    // (Not remembered by a child in its parent's memory: that would be the parent's.)
+    let mine = records_mine();
     if interrupt != 0 {
-        SIGINTR.fetch_or(bit, Relaxed);
+        if mine {
+            SIGINTR.fetch_or(bit, Relaxed);
+        }
         act.sa_flags &= !libc::SA_RESTART;
     } else {
-        SIGINTR.fetch_and(!bit, Relaxed);
+        if mine {
+            SIGINTR.fetch_and(!bit, Relaxed);
+        }
         act.sa_flags |= libc::SA_RESTART;
     }
     // SAFETY: a live struct.
@@ -922,6 +985,58 @@ mod tests {
         assert_eq!(query(sig).sa_sigaction, libc::SIG_DFL);
         assert_eq!(kernel_handler(sig).0, trampoline_address());
         HOOK_TAKES.store(true, Relaxed);
+    }
+
+    /// The signal a vfork-like child resets (see the test below).
+    static CHILD_SIG: AtomicUsize = AtomicUsize::new(0);
+
+    extern "C" fn child_resets_to_default(_: *mut c_void) -> c_int {
+        let sig = CHILD_SIG.load(Relaxed) as c_int;
+        // SAFETY: plain data.
+        let mut dfl: libc::sigaction = unsafe { std::mem::zeroed() };
+        dfl.sa_sigaction = libc::SIG_DFL;
+        // SAFETY: plain data, filled below.
+        let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+        // SAFETY: two live structs (on this child's own stack).
+        let rc = unsafe { sigaction(sig, &dfl, &mut old) };
+        // The parent's handler, as the child inherited it, comes back to the child.
+        if rc == 0 && old.sa_sigaction == one_arg as extern "C" fn(c_int) as usize {
+            0
+        } else {
+            1
+        }
+    }
+
+    /// A child that runs in its parent's memory (`vfork`, as dash's) and sets the default for a
+    /// signal before it execs must not change its parent's record: the parent's kernel
+    /// disposition is still the trampoline, and its next signal would take the default action
+    /// (terminate).
+    #[test]
+    fn a_child_in_its_parents_memory_leaves_the_parents_records_alone() {
+        let sig = libc::SIGRTMIN() + 9;
+        let h = one_arg as extern "C" fn(c_int) as usize;
+        install(sig, h, 0);
+        CHILD_SIG.store(sig as usize, Relaxed);
+        let mut stack = vec![0u8; 64 * 1024];
+        // SAFETY: the top of a live stack for the child, which shares this memory and runs
+        // while this thread waits (CLONE_VFORK); the child function allocates nothing.
+        let pid = unsafe {
+            libc::clone(
+                child_resets_to_default,
+                stack.as_mut_ptr().add(stack.len()).cast(),
+                libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+                std::ptr::null_mut(),
+            )
+        };
+        assert!(pid > 0);
+        let mut status = 0;
+        // SAFETY: our own child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "the child: {status:#x}");
+        assert_eq!(query(sig).sa_sigaction, h, "the parent's record");
+        sys::raise_in_thread(sig);
+        assert_eq!(calls(&ONE_ARG, sig), 1, "the parent's handler, not the default action");
+        install(sig, libc::SIG_IGN, 0);
     }
 
     #[test]
