@@ -30,6 +30,9 @@
 #include <time.h>
 
 #define ROUNDS 8
+/* The bulk write: more than a socket buffer and a ring hold. */
+#define BULK (8 << 20)
+#define BULK_ROUNDS 3
 
 static int sock;
 static pthread_t waiter;
@@ -141,6 +144,15 @@ static void server(const char *path) {
             send_byte(c, 'p');
             continue;
         }
+        if (cmd == 'b') {
+            /* Not reading for a while: the client's bulk write blocks (and is signalled). */
+            usleep(300000);
+            static char bulk[BULK];
+            CHECK(read_full(c, bulk, BULK) == BULK);
+            for (size_t i = 0; i < BULK; i++) CHECK(bulk[i] == 'x');
+            send_byte(c, 'k');
+            continue;
+        }
         CHECK(cmd == 'g');
         write_str(c, "data");
         served++;
@@ -196,6 +208,40 @@ static void old_actions(void) {
         old.sa_flags & SA_SIGINFO ? "yes" : "no");
 }
 
+/* A blocking write that moved bytes and then waits for room: any handler ends it with the
+ * count, SA_RESTART or not. */
+static void bulk_writes(void) {
+    on_signal(SIGUSR1, on_usr1, SA_RESTART);
+    static char big[BULK];
+    memset(big, 'x', sizeof big);
+    int partial = 0, first = 0;
+    for (int round = 0; round < BULK_ROUNDS; round++) {
+        ping(50);
+        send_byte(sock, 'b');
+        atomic_store(&handled, 0);
+        atomic_store(&in_call, 0);
+        atomic_store(&call_done, 0);
+        atomic_store(&ask, 0);
+        pthread_t t;
+        CHECK(pthread_create(&t, NULL, pester, NULL) == 0);
+        atomic_store(&in_call, 1);
+        ssize_t w = write(sock, big, sizeof big);
+        int handled_now = atomic_load(&handled);
+        atomic_store(&call_done, 1);
+        pthread_join(t, NULL);
+        partial += w > 0 && (size_t)w < sizeof big;
+        first += handled_now == 1;
+        /* The rest, so that the server gets all of it. */
+        size_t sent = w > 0 ? (size_t)w : 0;
+        write_full(sock, big + sent, sizeof big - sent);
+        char k;
+        CHECK(read_full(sock, &k, 1) == 1 && k == 'k');
+    }
+    say("write of 8 MiB with SA_RESTART, the server not reading -> a partial count in %d of %d rounds, after the first signal "
+        "in %d",
+        partial, BULK_ROUNDS, first);
+}
+
 static int select_sock(struct timeval *timeout) {
     fd_set rd;
     FD_ZERO(&rd);
@@ -244,6 +290,9 @@ static void client(const char *path) {
     struct timeval tv = {10, 0};
     CHECK(setsockopt(sock, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) == 0);
     UNDER_A_SIGNAL("read with SA_RESTART and SO_RCVTIMEO", 1, 0, read(sock, buf, sizeof buf), -1, EINTR);
+    tv.tv_sec = 0;
+    CHECK(setsockopt(sock, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) == 0);
+    bulk_writes();
     SHOW("close", close(sock));
 }
 

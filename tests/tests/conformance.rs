@@ -445,8 +445,8 @@ scenarios! {
     threads_duplex_two_readers_two_writers: "threads", server [], client [], connections 3, shm 3 * (8 << 20) + 2 * 20_000 * 64;
     signals_eintr_and_sa_restart: "signals", server [], client [], connections 1, shm 10;
     // Issue 13: one signal while the wait spins in the hook (50 round trips before each of the
-    // 9 x 8 waits; 8 restarted reads get "data").
-    signal_during_a_spinning_wait_eintr_and_sa_restart: "sigspin", server [], client [], connections 1, shm 9 * 8 * 50 * 2 + 8 * 5;
+    // 9 x 8 waits; 8 restarted reads get "data"; 3 bulk writes of 8 MiB).
+    signal_during_a_spinning_wait_eintr_and_sa_restart: "sigspin", server [], client [], connections 1, shm 9 * 8 * 50 * 2 + 8 * 5 + 3 * (50 * 2 + (8 << 20));
     bad_input_efault_einval_eisconn: "badinput", server [], client [], connections 1, shm 10;
     random_interleaving_stress: "stress", server ["8388608", "42"], client ["8388608", "42"], connections 1, shm 2 * 8_388_608;
     fortify_chk_variants_fcntl64_and_overflow: "fortify", server [], client [], connections 2, shm 41;

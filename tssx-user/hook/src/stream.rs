@@ -152,7 +152,7 @@ impl Conn {
                         if backoff.deadline(fd).expired() {
                             return partial_or_errno(total, libc::EAGAIN);
                         }
-                        if backoff.interrupted(fd) {
+                        if backoff.interrupted(fd, total > 0) {
                             return partial_or_errno(total, libc::EINTR);
                         }
                         if let Err(e) = self.sleep_for_socket_data(fd) {
@@ -275,7 +275,8 @@ impl Conn {
                 }
                 return partial_or_errno(total, libc::EAGAIN);
             }
-            let waited = backoff.idle(self, fd, || self.with_rx(|rx| rx.announce_sleep()), || self.with_rx(|rx| rx.withdraw_sleep()));
+            let waited =
+                backoff.idle(self, fd, total > 0, || self.with_rx(|rx| rx.announce_sleep()), || self.with_rx(|rx| rx.withdraw_sleep()));
             if let Err(e) = waited {
                 return partial_or_errno(total, e.errno());
             }
@@ -401,7 +402,7 @@ impl Conn {
                         if deadline.expired() {
                             return partial_or_errno(total, libc::EAGAIN);
                         }
-                        if backoff.interrupted(fd) {
+                        if backoff.interrupted(fd, total > 0) {
                             return partial_or_errno(total, libc::EINTR);
                         }
                         if let Err(e) = self.sleep_for_socket_room(fd, deadline) {
@@ -453,7 +454,8 @@ impl Conn {
                 }
                 return partial_or_errno(total, libc::EAGAIN);
             }
-            let waited = backoff.idle(self, fd, || self.with_tx(|tx| tx.announce_sleep()), || self.with_tx(|tx| tx.withdraw_sleep()));
+            let waited =
+                backoff.idle(self, fd, total > 0, || self.with_tx(|tx| tx.announce_sleep()), || self.with_tx(|tx| tx.withdraw_sleep()));
             if let Err(e) = waited {
                 return partial_or_errno(total, e.errno());
             }

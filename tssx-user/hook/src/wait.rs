@@ -101,6 +101,18 @@ impl Deadline {
     }
 }
 
+/// Whether the application handlers that ran on this thread since `mark` end a blocking read or
+/// write, as the kernel's: any handler if the call `moved` bytes already (it returns them);
+/// otherwise one without `SA_RESTART`, or any if `has_timeout()` (the socket's `SO_RCVTIMEO`
+/// for a read, `SO_SNDTIMEO` for a write: `sock_intr_errno`). A restartable interruption moves
+/// the mark on (see [`Mark::interrupts_transfer`]).
+pub(crate) fn transfer_interrupted(mark: &mut Mark, moved: bool, has_timeout: impl FnOnce() -> bool) -> bool {
+    if moved {
+        return mark.interrupted().is_some();
+    }
+    mark.interrupts_transfer(has_timeout)
+}
+
 impl WaitError {
     pub(crate) fn errno(self) -> c_int {
         match self {
@@ -137,11 +149,10 @@ impl Backoff {
     }
 
     /// Whether an application handler that ran on this thread since the call began to wait ends
-    /// it with EINTR (no `SA_RESTART`, or the socket has a timeout for this call); the first
-    /// call takes the mark. One thread-local load.
-    pub(crate) fn interrupted(&mut self, fd: c_int) -> bool {
+    /// it (see [`transfer_interrupted`]); the first call takes the mark. One thread-local load.
+    pub(crate) fn interrupted(&mut self, fd: c_int, moved: bool) -> bool {
         let mut mark = *self.mark.get_or_insert_with(Mark::now);
-        let interrupted = mark.interrupts_transfer(|| self.deadline(fd).at.is_some());
+        let interrupted = transfer_interrupted(&mut mark, moved, || self.deadline(fd).at.is_some());
         self.mark = Some(mark);
         interrupted
     }
@@ -156,14 +167,17 @@ impl Backoff {
 
     /// One idle step. `announce` announces the sleep and re-checks the ring (true: still
     /// nothing to do, so sleep); `withdraw` takes the announcement back after waking.
+    /// `moved`: whether the call has transferred bytes already (a handler then ends it with
+    /// what it moved, whatever `SA_RESTART` says, as the kernel's read and write do).
     pub(crate) fn idle(
         &mut self,
         conn: &Conn,
         fd: c_int,
+        moved: bool,
         announce: impl FnOnce() -> bool,
         withdraw: impl FnOnce(),
     ) -> Result<(), WaitError> {
-        if self.interrupted(fd) {
+        if self.interrupted(fd, moved) {
             return Err(WaitError::Interrupted);
         }
         let mut spin = true;
@@ -191,7 +205,7 @@ impl Backoff {
             return Err(WaitError::TimedOut);
         }
         let mut mark = self.mark.unwrap_or_else(Mark::now);
-        let result = Self::sleep(conn, fd, deadline, &mut mark, self.waiting, announce, withdraw);
+        let result = Self::sleep(conn, fd, deadline, &mut mark, moved, self.waiting, announce, withdraw);
         self.mark = Some(mark);
         woke();
         result
@@ -207,6 +221,7 @@ impl Backoff {
         fd: c_int,
         deadline: Deadline,
         mark: &mut Mark,
+        moved: bool,
         waiting: Waiting,
         announce: impl FnOnce() -> bool,
         withdraw: impl FnOnce(),
@@ -219,7 +234,7 @@ impl Backoff {
             Waiting::Write => conn.send_shut(),
         };
         // The announcement's fence orders these flag reads after it (see `Conn::announce`).
-        let result = if shut || conn.phase() == Phase::Plain { Ok(()) } else { conn.sleep_on_socket(fd, deadline, mark) };
+        let result = if shut || conn.phase() == Phase::Plain { Ok(()) } else { conn.sleep_on_socket(fd, deadline, mark, moved) };
         withdraw();
         result
     }
@@ -281,12 +296,15 @@ impl Conn {
     /// without SO_SNDTIMEO on a socket with SO_RCVTIMEO, under SA_RESTART).
     ///
     /// `mark` is looked at last before the system call (see [`crate::signals`]): a handler that
-    /// ran since the wait began and ends it with EINTR leaves no sleep to go into.
-    pub(crate) fn sleep_on_socket(&self, fd: c_int, deadline: Deadline, mark: &mut Mark) -> Result<(), WaitError> {
+    /// ran since the wait began and ends it with EINTR leaves no sleep to go into. A call that
+    /// `moved` bytes already sleeps in `poll` rather than the peek (which `SA_RESTART` would
+    /// restart, where the kernel's read returns the bytes).
+    pub(crate) fn sleep_on_socket(&self, fd: c_int, deadline: Deadline, mark: &mut Mark, moved: bool) -> Result<(), WaitError> {
         let doorbells_only = self.reads_ring();
-        if mark.interrupts_transfer(|| deadline.at.is_some()) {
+        if transfer_interrupted(mark, moved, || deadline.at.is_some()) {
             return Err(WaitError::Interrupted);
         }
+        let deadline = Deadline { peek_sleep: deadline.peek_sleep && !moved, ..deadline };
         if doorbells_only && !self.is_shared() && !deadline.peek_sleep {
             let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
             // SAFETY: one live pollfd.
@@ -299,7 +317,13 @@ impl Conn {
                 }
                 0 if deadline.expired() => Err(WaitError::TimedOut),
                 0 => Ok(()),
-                _ if errno() == libc::EINTR => Err(WaitError::Interrupted),
+                // A handler of the application's (see `signals`) under SA_RESTART, the socket
+                // without SO_SNDTIMEO: the kernel's send goes on (restarted); one the hook did
+                // not see installed (a raw system call): EINTR, as before it knew.
+                _ if errno() == libc::EINTR => match mark.interrupted() {
+                    Some(_) if !transfer_interrupted(mark, moved, || deadline.at.is_some()) => Ok(()),
+                    _ => Err(WaitError::Interrupted),
+                },
                 _ => Ok(()),
             };
         }
