@@ -204,9 +204,7 @@ impl Backoff {
         if deadline.expired() {
             return Err(WaitError::TimedOut);
         }
-        let mut mark = self.mark.unwrap_or_else(Mark::now);
-        let result = Self::sleep(conn, fd, deadline, &mut mark, moved, self.waiting, announce, withdraw);
-        self.mark = Some(mark);
+        let result = self.sleep(conn, fd, deadline, moved, announce, withdraw);
         woke();
         result
     }
@@ -216,23 +214,24 @@ impl Backoff {
     /// sending side is shut down (the peer's `SHUT_READ`, which the peer may also just have
     /// written into the header) still sleeps until data, EOF or the peer's death comes (it
     /// spun at full speed, and never looked at the socket for the peer's EOF; issue 16).
-    pub(crate) fn sleep(
+    /// `moved`: as for [`Backoff::idle`].
+    fn sleep(
+        &mut self,
         conn: &Conn,
         fd: c_int,
         deadline: Deadline,
-        mark: &mut Mark,
         moved: bool,
-        waiting: Waiting,
         announce: impl FnOnce() -> bool,
         withdraw: impl FnOnce(),
     ) -> Result<(), WaitError> {
         if !announce() {
             return Ok(());
         }
-        let shut = match waiting {
+        let shut = match self.waiting {
             Waiting::Read => conn.rcv_shut(),
             Waiting::Write => conn.send_shut(),
         };
+        let mark = self.mark.get_or_insert_with(Mark::now);
         // The announcement's fence orders these flag reads after it (see `Conn::announce`).
         let result = if shut || conn.phase() == Phase::Plain { Ok(()) } else { conn.sleep_on_socket(fd, deadline, mark, moved) };
         withdraw();
