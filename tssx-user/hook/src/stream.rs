@@ -97,6 +97,7 @@ impl Conn {
         }
         let mut total = 0usize;
         let mut backoff = Backoff::new(Waiting::Read);
+        backoff.mark_if_long(want);
         // The socket part of this read reached the peer's switch: the ring's bytes follow
         // without a wait, as the kernel's read takes every queued byte the buffer holds.
         let mut glue = false;
@@ -376,6 +377,7 @@ impl Conn {
         let want: usize = bufs.iter().map(|b| b.len()).sum();
         let mut total = 0usize;
         let mut backoff = Backoff::new(Waiting::Write);
+        backoff.mark_if_long(want);
         loop {
             if self.phase() >= Phase::HandingBack {
                 // This end's writes are on the socket again (handing back, or plain).

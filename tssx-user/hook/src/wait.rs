@@ -32,6 +32,9 @@ pub enum WaitError {
 /// nothing is sized or looped by it (issue 16).
 pub(crate) const MAX_OWED_DOORBELLS: u64 = 1 << 16;
 
+/// See [`Backoff::mark_if_long`].
+const LONG_TRANSFER: usize = 64 * 1024;
+
 /// What a blocked call waits for: data (a read, bounded by SO_RCVTIMEO) or room (a write,
 /// bounded by SO_SNDTIMEO).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -141,6 +144,17 @@ impl Backoff {
     /// The back-off of one blocking call `waiting` for data or room.
     pub(crate) fn new(waiting: Waiting) -> Backoff {
         Backoff { spins: 0, spin_from: 0, spin_until: 0, waiting, deadline: None, mark: None }
+    }
+
+    /// A transfer of `want` bytes that may copy for a while before it waits (64 KiB and more:
+    /// microseconds of copying) takes its mark now, so that a handler that runs during the copy
+    /// ends the wait that follows (with the bytes moved), as a signal that is pending when the
+    /// kernel's send or `MSG_WAITALL` read has to wait. A shorter one takes it when it first
+    /// waits (nothing on the calls that never wait).
+    pub(crate) fn mark_if_long(&mut self, want: usize) {
+        if want >= LONG_TRANSFER {
+            self.mark = Some(Mark::now());
+        }
     }
 
     /// The call's deadline (read from the socket the first time).
