@@ -160,6 +160,15 @@ impl Control {
     pub(super) fn claim(&self, who: Claimant, stream: UnixStream) -> Decision {
         // Relaxed: counters.
         self.counters.claims.fetch_add(1, Ordering::Relaxed);
+        // A process that set up an io_uring stays plain whatever the claim (its pid is the
+        // kernel's, from the control connection): answered first, so that the reason is traced
+        // even for a connection that closes before its claim is looked at (a short one, or a
+        // loaded agent).
+        if self.facts.uses_io_uring(who.pid) {
+            let reason = PlainReason::IoUring.describe();
+            tracing::info!(pid = who.pid, fd = who.fd, role = ?who.role, reason, "not swapped");
+            return Decision::Answer { streams: vec![stream], reply: Reply::plain(PlainReason::IoUring) };
+        }
         // A claim whose hook closed it already (its socket closed) is over: the fd it names may
         // even be another socket by now.
         let verified = if hung_up(&stream) { Err(Unverified::Refused("its connection closed first")) } else { self.verify(who) };
@@ -189,11 +198,6 @@ impl Control {
                 tracing::debug!(pid = who.pid, fd = who.fd, role = ?who.role, other, reason, "claim answered retry");
                 return Decision::Answer { streams: vec![stream], reply: Reply::retry(PlainReason::NotSoleHolder) };
             }
-        }
-        if self.facts.uses_io_uring(who.pid) {
-            let reason = PlainReason::IoUring.describe();
-            tracing::info!(pid = who.pid, fd = who.fd, role = ?who.role, reason, "not swapped");
-            return Decision::Answer { streams: vec![stream], reply: Reply::plain(PlainReason::IoUring) };
         }
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
         // Watched before it can be held: once in the registry, it may be closed at any time.
