@@ -30,8 +30,10 @@
 //!   interrupted the spin, as the kernel interrupts exactly the thread it runs the handler
 //!   on.
 //! * A wait takes a [`Mark`] when it starts spinning (not before: a call that does not wait
-//!   pays nothing) and looks at it on every round (one thread-local load); once it moved, the
-//!   wait ends with `EINTR` where the kernel's would have, by the rules above.
+//!   pays nothing; a read or write of 64 KiB or more takes it when it starts copying) and looks
+//!   at it on every round (one thread-local load); once it moved, the wait ends with `EINTR`
+//!   where the kernel's would have, by the rules above (a read or write that moved bytes
+//!   returns them, whatever `SA_RESTART` says).
 //! * A signal the hook needs itself is owned ([`own`]): the kernel's disposition stays the
 //!   trampoline, whose first step is the hook's handler; the application's `sigaction` calls
 //!   for that signal are recorded, not installed (as glibc does for its own internal signals),

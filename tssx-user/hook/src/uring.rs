@@ -7,9 +7,10 @@
 //! being doorbells). The hook cannot see `io_uring_setup` either; the kernel watcher can. How
 //! they meet:
 //!
-//! 1. Before this process's first claim, the hook installs its handler for the real-time
-//!    signal [`HANDBACK_SIGNAL`] ([`may_claim`]). A process that has a disposition of its own
-//!    for that signal (a handler, or `SIG_IGN`) never claims: its connections stay plain.
+//! 1. Before this process's first claim, the hook takes the real-time signal
+//!    [`HANDBACK_SIGNAL`] for its handler ([`may_claim`], through [`crate::signals::own`]). A
+//!    process that has a disposition of its own for that signal (a handler, or `SIG_IGN`)
+//!    never claims: its connections stay plain.
 //! 2. When the agent pairs a claim, it adds the claimant's tgid to the eBPF map
 //!    `HANDBACK_ON_IO_URING` (a forked child inherits the entry; exec and exit remove it).
 //! 3. At the exit of a successful `io_uring_setup` by such a process, the eBPF program sends
