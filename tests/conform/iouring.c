@@ -10,6 +10,15 @@
  *
  * The client sends a fixed-size message per round, 2 ms apart (time enough for a connection
  * to move onto the rings), and waits for each reply.
+ *
+ *   iouring server PATH late / iouring client PATH late
+ *
+ * The io_uring comes late: the server accepts (warmed up: the connection is on the rings in
+ * the swapped run), exchanges rounds with read/write, then, with bytes in flight both ways
+ * (the client's next "ping" unread by the server, an extra message of the server's unread by
+ * the client), sets up an io_uring and goes on with IORING_OP_RECV / IORING_OP_SEND on the same
+ * connection: tssx hands the connection back to the kernel before the io_uring can be used, and
+ * every byte arrives in order both ways. A second connection, made after that, stays plain.
  */
 #include "conform.h"
 
@@ -114,4 +123,89 @@ static void client(const char *path) {
     SHOW("close", close(fd));
 }
 
-int main(int argc, char **argv) { return run_role(argc, argv, server, client); }
+#define EARLY 5 /* rounds on read/write before the io_uring */
+
+/* One round on the ring: receive a ping (after poll, as in `server`), answer pong. */
+static void ring_round(struct ring *r, int c) {
+    char buf[64];
+    size_t got = 0;
+    int res = 0;
+    wait_ready(c, POLLIN);
+    while (got < MSG && (res = ring_do(r, IORING_OP_RECV, c, buf + got, MSG - got)) > 0) got += (size_t)res;
+    if (got < MSG) {
+        say("io_uring recv -> %s after %zu", res == 0 ? "0 EOF" : errname(-res), got);
+        exit(1);
+    }
+    say("io_uring recv -> %s", quoted(buf, (long)got));
+    buf[0] = 'p', buf[1] = 'o', buf[2] = 'n', buf[3] = 'g';
+    say("io_uring send -> %d", ring_do(r, IORING_OP_SEND, c, buf, MSG));
+}
+
+static void late_server(const char *path) {
+    int lfd = listen_on(path);
+    int c = accept_one(lfd);
+    char buf[64];
+    for (int i = 0; i < EARLY; i++) {
+        size_t got = read_full(c, buf, MSG);
+        say("read -> %s", quoted(buf, (long)got));
+        buf[0] = 'p', buf[1] = 'o', buf[2] = 'n', buf[3] = 'g';
+        write_full(c, buf, MSG);
+    }
+    /* Unread by the client until after the io_uring is set up. */
+    write_full(c, "early!!", MSG);
+    /* The client's next ping arrives meanwhile, unread. */
+    usleep(30000);
+    struct ring r;
+    ring_init(&r);
+    say("io_uring set up");
+    for (int i = EARLY; i < ROUNDS; i++) ring_round(&r, c);
+    /* A second connection, after the io_uring: plain (the io_uring uses it too). */
+    int c2;
+    while ((c2 = accept(lfd, NULL, NULL)) < 0 && errno == EINTR) {
+    }
+    CHECK(c2 >= 0);
+    for (int i = 0; i < 3; i++) ring_round(&r, c2);
+    size_t got = read_full(c, buf, 1);
+    say("first connection after the second -> %zu", got);
+    close(c2);
+    close(c);
+}
+
+static void late_client(const char *path) {
+    int fd = connect_to(path);
+    char msg[MSG + 1], buf[MSG];
+    for (int i = 0; i < ROUNDS; i++) {
+        snprintf(msg, sizeof msg, "ping %02d", i);
+        write_full(fd, msg, MSG);
+        if (i == EARLY) {
+            /* The server sets up its io_uring now (it waits 30 ms): call nothing on the
+             * connection meanwhile, then read the message it sent before. */
+            usleep(60000);
+            size_t got = read_full(fd, buf, MSG);
+            say("early -> %s", quoted(buf, (long)got));
+        }
+        size_t got = read_full(fd, buf, MSG);
+        say("reply -> %s", quoted(buf, (long)got));
+    }
+    int fd2 = connect_plain(path);
+    for (int i = 0; i < 3; i++) {
+        snprintf(msg, sizeof msg, "ping %02d", 50 + i);
+        write_full(fd2, msg, MSG);
+        size_t got = read_full(fd2, buf, MSG);
+        say("second reply -> %s", quoted(buf, (long)got));
+    }
+    SHOW("close second", close(fd2));
+    usleep(2000);
+    write_full(fd, "z", 1);
+    SHOW("close", close(fd));
+}
+
+int main(int argc, char **argv) {
+    const char *path;
+    int is_server = parse_role(argc, argv, &path);
+    int late = argc == 4 && !strcmp(argv[3], "late");
+    if (argc == 4 && !late) die("unknown part %s", argv[3]);
+    if (is_server) late ? late_server(path) : server(path);
+    else late ? late_client(path) : client(path);
+    return 0;
+}

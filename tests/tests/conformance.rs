@@ -56,6 +56,9 @@ struct Scenario {
     /// For a scenario whose connections must stay plain: words the agent's `not swapped`
     /// reason must contain.
     plain_because: Option<&'static str>,
+    /// For a scenario whose swapped connections are handed back to the kernel: words the
+    /// agent's `handed back` reason must contain, for every connection traced `swapped`.
+    handed_back_because: Option<&'static str>,
 }
 
 /// How a conformance program is built. Every program is built both ways and every scenario runs
@@ -352,6 +355,16 @@ fn conform(sc: &Scenario, build: Build) {
             problems.push(format!("no `not swapped` trace with a reason about {why}"));
         }
     }
+    if let Some(why) = sc.handed_back_because {
+        // (The `closed` lines waited for above come after the `handed back` ones.)
+        let handed = agent.events_on("handed", &path);
+        for id in &ids {
+            let because = |h: &serde_json::Value| h["connection"] == **id && h["reason"].as_str().is_some_and(|r| r.contains(why));
+            if !handed.iter().any(because) {
+                problems.push(format!("connection {id} was not traced `handed back` with a reason about {why}: {handed:?}"));
+            }
+        }
+    }
     eprintln!(
         "{} ({build:?}): plain {:?}, agent lock+start {:?}, swapped {:?}, {} swapped, {} bytes through shared memory",
         sc.name,
@@ -374,7 +387,7 @@ fn conform(sc: &Scenario, build: Build) {
 /// One module per scenario, with one test per [`Build`]: `<scenario>::o0` and
 /// `<scenario>::fortified`.
 macro_rules! scenarios {
-    ($($name:ident: $program:literal, server $server:expr, client $client:expr, connections $conns:expr, shm $shm:expr $(, plain because $why:literal)?;)*) => {
+    ($($name:ident: $program:literal, server $server:expr, client $client:expr, connections $conns:expr, shm $shm:expr $(, plain because $why:literal)? $(, handed back because $back:literal)?;)*) => {
         $(
             mod $name {
                 use super::*;
@@ -388,6 +401,7 @@ macro_rules! scenarios {
                         connections: $conns,
                         shm_bytes: $shm,
                         plain_because: None $(.or(Some($why)))?,
+                        handed_back_because: None $(.or(Some($back)))?,
                     }
                 }
 
@@ -430,6 +444,9 @@ scenarios! {
     fd_passed_to_a_worker_with_scm_rights: "fdpass", server [], client [], connections 1, shm 1000;
     threads_duplex_two_readers_two_writers: "threads", server [], client [], connections 3, shm 3 * (8 << 20) + 2 * 20_000 * 64;
     signals_eintr_and_sa_restart: "signals", server [], client [], connections 1, shm 10;
+    // Issue 13: one signal while the wait spins in the hook (50 round trips before each of the
+    // 9 x 8 waits; 8 restarted reads get "data"; 3 bulk writes of 8 MiB).
+    signal_during_a_spinning_wait_eintr_and_sa_restart: "sigspin", server [], client [], connections 1, shm 9 * 8 * 50 * 2 + 8 * 5 + 3 * (50 * 2 + (8 << 20));
     bad_input_efault_einval_eisconn: "badinput", server [], client [], connections 1, shm 10;
     random_interleaving_stress: "stress", server ["8388608", "42"], client ["8388608", "42"], connections 1, shm 2 * 8_388_608;
     fortify_chk_variants_fcntl64_and_overflow: "fortify", server [], client [], connections 2, shm 41;
@@ -437,6 +454,8 @@ scenarios! {
     preadv2_pwritev2_rwf_flags_and_offsets: "rwf", server [], client [], connections 1, shm 255;
     stdio_fdopen_dup2_stdout_and_inetd_image: "stdio", server [], client [], connections 1, shm 290;
     io_uring_server_stays_plain: "iouring", server [], client [], connections 0, shm 0, plain because "io_uring";
+    // Issue 13 item 3: swapped, then an io_uring: handed back before the io_uring is used.
+    io_uring_set_up_while_swapped_hands_back: "iouring", server ["late"], client ["late"], connections 1, shm 2 * 7 * 5, plain because "io_uring", handed back because "io_uring";
     close_range_and_closefrom_with_fd_reuse: "closing", server ["range"], client ["range"], connections 6, shm 25;
     close_range_cloexec_then_exec: "closing", server ["cloexec"], client ["cloexec"], connections 2, shm 40;
     close_loop_over_numbers_never_opened_then_exec: "closing", server ["closeloop"], client ["closeloop"], connections 1, shm 23;

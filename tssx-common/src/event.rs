@@ -46,6 +46,8 @@ pub enum EventKind {
     Exit = 6,
     /// A process set up an io_uring (`io_uring_setup` succeeded; `fd` is the ring's fd). Its
     /// io_uring reads and writes bypass any preload, so its connections stay plain.
+    /// `other_pid` is the hand-back signal sent to the calling thread (its hook held swapped
+    /// connections and hands them back), 0 if none.
     IoUring = 7,
 }
 

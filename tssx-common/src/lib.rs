@@ -27,6 +27,12 @@ pub const COMM_LEN: usize = 16;
 /// Unix-domain socket address family (`AF_UNIX`), as the kernel stores it in `sa_family`.
 pub const AF_UNIX: u16 = 1;
 
+/// The real-time signal (kernel number; glibc's `SIGRTMAX - 1`) that the kernel watcher sends to
+/// a thread that set up an io_uring while its process holds swapped connections (see
+/// [`maps::HANDBACK_ON_IO_URING`]). The hook installs its handler before its first claim and
+/// does not claim at all in a process that has a handler of its own for it.
+pub const HANDBACK_SIGNAL: u32 = 63;
+
 /// Names of the eBPF maps, shared so that the loader and the programs cannot disagree.
 pub mod maps {
     /// `HashMap<PathKey, u32>`: exact watched `sun_path` values to their pattern id (filled by
@@ -50,6 +56,13 @@ pub mod maps {
     /// `LruHashMap<u32, u32>`: pids of processes that set up an io_uring, or descend from one
     /// (a forked child inherits the ring), to 1. The agent keeps their connections plain.
     pub const IO_URING_USERS: &str = "IO_URING_USERS";
+    /// `LruHashMap<u32, u32>`: tgid of a process whose hook took a segment (and installed its
+    /// hand-back handler for [`crate::HANDBACK_SIGNAL`] first), to the signal number. When such
+    /// a process sets up an io_uring, the eBPF program sends that signal to the calling thread
+    /// (`bpf_send_signal_thread`): the hook hands every swapped connection back before the
+    /// thread returns to the application. Filled by the agent when it pairs a claim; a forked
+    /// child inherits its parent's entry; exec and exit remove it.
+    pub const HANDBACK_ON_IO_URING: &str = "HANDBACK_ON_IO_URING";
     /// `PerCpuArray<u64>` with one entry: events dropped because `EVENTS` was full.
     pub const DROPPED: &str = "DROPPED";
 }

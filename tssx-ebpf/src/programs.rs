@@ -8,7 +8,7 @@
 use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns, bpf_probe_read_user,
-        bpf_probe_read_user_buf, bpf_probe_read_user_str_bytes,
+        bpf_probe_read_user_buf, bpf_probe_read_user_str_bytes, generated,
     },
     macros::{map, tracepoint},
     maps::{lpm_trie::Key as LpmKey, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
@@ -92,6 +92,14 @@ static DROPPED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 /// insert never fails; entries go when the process (or thread) exits.
 #[map]
 static IO_URING_USERS: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16384, 0);
+
+/// Processes (tgid) whose hook holds (or held) swapped connections, to the signal its hand-back
+/// handler is installed for (`tssx_common::HANDBACK_SIGNAL`); filled by the agent when it pairs
+/// a claim. A forked child inherits the entry (and the handler); exec and exit remove it (the
+/// new image has no handler: the signal's default action would kill it). LRU: an insert never
+/// fails; an entry pushed out only costs that process the hand-back.
+#[map]
+static HANDBACK_ON_IO_URING: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16384, 0);
 
 // ---------------------------------------------------------------------------------------------
 // bind / listen / connect: enter looks the address up, exit reports success.
@@ -261,7 +269,13 @@ pub fn tssx_enter_clone3(ctx: TracePointContext) -> u32 {
 }
 
 /// A process set up an io_uring: its connections stay plain from now on (the agent asks
-/// `IO_URING_USERS` at every claim), and the agent traces it.
+/// `IO_URING_USERS` at every claim), and the agent traces it. If its hook holds swapped
+/// connections (`HANDBACK_ON_IO_URING`), the calling thread gets the hook's hand-back signal:
+/// sent here, at the system call's exit, it is pending when the thread returns to user space,
+/// so the hook's handler runs (and hands every swapped connection back to the kernel) before
+/// the application's next instruction, before it can submit anything on the new ring. The
+/// thread, not the process (`bpf_send_signal_thread`): another thread taking it would let this
+/// one submit meanwhile.
 #[tracepoint(category = "syscalls", name = "sys_exit_io_uring_setup")]
 pub fn tssx_exit_io_uring_setup(ctx: TracePointContext) -> u32 {
     // SAFETY: offset RET is `long ret` of every sys_exit tracepoint.
@@ -270,8 +284,30 @@ pub fn tssx_exit_io_uring_setup(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let pid_tgid = bpf_get_current_pid_tgid();
-    let _ = IO_URING_USERS.insert(&((pid_tgid >> 32) as u32), &1, 0);
-    emit(&ctx, pid_tgid, EventKind::IoUring, 0, ret as i32, -1, 0);
+    let tgid = (pid_tgid >> 32) as u32;
+    let _ = IO_URING_USERS.insert(&tgid, &1, 0);
+    // SAFETY: plain lookup; the value is copied out at once.
+    let signal = unsafe { HANDBACK_ON_IO_URING.get(&tgid) }.copied().unwrap_or(0);
+    // `other_pid` carries the signal sent (0: none) for the agent's trace.
+    let mut sent = 0;
+    if signal != 0 {
+        // SAFETY: a helper call with a plain integer; it signals the current thread only.
+        if unsafe { generated::bpf_send_signal_thread(signal) } == 0 {
+            sent = signal;
+        }
+    }
+    emit(&ctx, pid_tgid, EventKind::IoUring, 0, ret as i32, -1, sent);
+    0
+}
+
+/// A new image: no hand-back handler any more (and its hook, if any, has not claimed yet).
+#[tracepoint(category = "sched", name = "sched_process_exec")]
+pub fn tssx_process_exec(_ctx: TracePointContext) -> u32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: plain lookup, only tested for presence (most processes have no entry).
+    if unsafe { HANDBACK_ON_IO_URING.get(&tgid) }.is_some() {
+        let _ = HANDBACK_ON_IO_URING.remove(&tgid);
+    }
     0
 }
 
@@ -287,6 +323,15 @@ pub fn tssx_process_fork(ctx: TracePointContext) -> u32 {
         // SAFETY: the offset was read from this kernel's sched_process_fork format file.
         if let Ok(child) = unsafe { ctx.read_at::<i32>(cfg.fork_child_pid_off as usize) } {
             let _ = IO_URING_USERS.insert(&(child as u32), &1, 0);
+        }
+    }
+    // SAFETY: plain lookup; the value is copied out at once.
+    if let Some(signal) = unsafe { HANDBACK_ON_IO_URING.get(&parent) }.copied() {
+        // A forked child holds the same swapped connections and the same handler (a thread:
+        // its tid, removed when it exits; the process's entry covers it anyway).
+        // SAFETY: the offset was read from this kernel's sched_process_fork format file.
+        if let Ok(child) = unsafe { ctx.read_at::<i32>(cfg.fork_child_pid_off as usize) } {
+            let _ = HANDBACK_ON_IO_URING.insert(&(child as u32), &signal, 0);
         }
     }
     if !holds_listeners(parent) {
@@ -326,9 +371,11 @@ pub fn tssx_process_exit(ctx: TracePointContext) -> u32 {
         // A thread's own entry (created when its clone passed through sched_process_fork).
         let _ = PARENTS.remove(&pid);
         let _ = IO_URING_USERS.remove(&pid);
+        let _ = HANDBACK_ON_IO_URING.remove(&pid);
     }
     if group_dead {
         let _ = IO_URING_USERS.remove(&tgid);
+        let _ = HANDBACK_ON_IO_URING.remove(&tgid);
     }
     if group_dead && interesting {
         let _ = PARENTS.remove(&tgid);
@@ -524,7 +571,7 @@ fn emit_parked(ctx: &TracePointContext, pid_tgid: u64, kind: EventKind, parked: 
 /// header, one cache line of the ring instead of three).
 #[inline(always)]
 fn emit(ctx: &TracePointContext, pid_tgid: u64, kind: EventKind, path_id: u32, fd: i32, new_fd: i32, other_pid: u32) {
-    let flags = wake_flags(kind, path_id);
+    let flags = wake_flags(kind, path_id, other_pid);
     let Some(mut entry) = EVENTS.reserve::<EventHead>(0) else {
         ring_full(ctx);
         return;
@@ -538,7 +585,7 @@ fn emit(ctx: &TracePointContext, pid_tgid: u64, kind: EventKind, path_id: u32, f
 /// place in the ring: it is too big for the stack).
 #[inline(always)]
 fn emit_full(ctx: &TracePointContext, pid_tgid: u64, kind: EventKind, call: &PendingCall) {
-    let flags = wake_flags(kind, call.path_id);
+    let flags = wake_flags(kind, call.path_id, 0);
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         ring_full(ctx);
         return;
@@ -563,11 +610,14 @@ fn emit_full(ctx: &TracePointContext, pid_tgid: u64, kind: EventKind, call: &Pen
 /// or when the ring fills up; bind and listen (rare) wake it at once.
 ///
 /// A relative address (rare) wakes it too: the agent resolves it against the caller's working
-/// directory, which it reads while the caller most likely still runs.
+/// directory, which it reads while the caller most likely still runs. So does an io_uring set
+/// up by a process whose hook was signalled to hand back (`other_pid` not 0): the agent traces
+/// why its connections go back to the socket.
 #[inline(always)]
-fn wake_flags(kind: EventKind, path_id: u32) -> u64 {
+fn wake_flags(kind: EventKind, path_id: u32, other_pid: u32) -> u64 {
     let wake = matches!(kind, EventKind::Bind | EventKind::Listen)
         || path_id == PATH_ID_RELATIVE
+        || matches!(kind, EventKind::IoUring) && other_pid != 0
         || EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKE_AT_UNREAD_BYTES;
     if wake {
         BPF_RB_FORCE_WAKEUP

@@ -5,7 +5,7 @@
 /// The interposed names that something inside the `.so` (the standard library's panic and
 /// backtrace code) refers to: each internal reference calls `__wrap_<name>`, which jumps to
 /// libc's function. `tests/no_self_binding.rs` fails if a name is missing here.
-const WRAPPED: &[&str] = &["read", "write", "readv", "writev", "close", "syscall"];
+const WRAPPED: &[&str] = &["read", "write", "readv", "writev", "close", "syscall", "sigaction"];
 
 fn main() {
     link_unwinder_statically();

@@ -84,7 +84,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         config.ring_size,
         max_connections,
         Some(std::sync::Arc::clone(&feed)),
-        Some(channels.io_uring_users),
+        control::Host::new(Some(channels.io_uring_users), Some(channels.handback)),
     );
     control.set_ring_initial(config.ring_initial);
     control::serve(std::sync::Arc::clone(&control), state.dir())?;

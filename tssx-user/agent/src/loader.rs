@@ -109,6 +109,9 @@ pub struct Channels {
     pub events: RingBuf<MapData>,
     /// Processes that set up an io_uring (the claim rules keep their connections plain).
     pub io_uring_users: HashMap<MapData, u32, u32>,
+    /// Processes whose hook is signalled to hand its connections back if they set up an
+    /// io_uring (the agent adds each process it pairs a claim of).
+    pub handback: HashMap<MapData, u32, u32>,
 }
 
 impl Watcher {
@@ -139,7 +142,12 @@ impl Watcher {
         let io_uring_users =
             watcher.ebpf.take_map(maps::IO_URING_USERS).ok_or_else(|| anyhow!("eBPF object has no {} map", maps::IO_URING_USERS))?;
         let io_uring_users = HashMap::try_from(io_uring_users).context("IO_URING_USERS is not a hash map")?;
-        Ok((watcher, Channels { events, io_uring_users }))
+        let handback = watcher
+            .ebpf
+            .take_map(maps::HANDBACK_ON_IO_URING)
+            .ok_or_else(|| anyhow!("eBPF object has no {} map", maps::HANDBACK_ON_IO_URING))?;
+        let handback = HashMap::try_from(handback).context("HANDBACK_ON_IO_URING is not a hash map")?;
+        Ok((watcher, Channels { events, io_uring_users, handback }))
     }
 
     fn set_config(&mut self, config: TraceConfig) -> anyhow::Result<()> {

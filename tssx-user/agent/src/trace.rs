@@ -39,6 +39,17 @@ pub fn trace_event(seen: &Classified, paths: &[WatchedPath]) {
             tracing::info!(pid, comm, child = event.other_pid, "fork: child inherits watched listeners")
         }
         Some(EventKind::Exit) => tracing::info!(pid, comm, "exit: process with watched listeners ended"),
+        Some(EventKind::IoUring) if event.other_pid != 0 => {
+            tracing::info!(
+                pid,
+                tid,
+                comm,
+                uid,
+                fd,
+                handback_signal = event.other_pid,
+                "io_uring: the process set up an io_uring while its hook held segments: signalled to hand its connections back; none swaps from now on"
+            )
+        }
         Some(EventKind::IoUring) => {
             tracing::debug!(
                 pid,

@@ -645,7 +645,7 @@ impl Conn {
                         return Some(crate::stream::partial_or_errno(0, libc::EAGAIN));
                     }
                     let waited =
-                        backoff.idle(self, fd, || self.with_tx(|tx| tx.announce_sleep()), || self.with_tx(|tx| tx.withdraw_sleep()));
+                        backoff.idle(self, fd, false, || self.with_tx(|tx| tx.announce_sleep()), || self.with_tx(|tx| tx.withdraw_sleep()));
                     if let Err(e) = waited {
                         return Some(crate::stream::partial_or_errno(0, e.errno()));
                     }

@@ -105,6 +105,63 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
     rc
 }
 
+// ---- signal dispositions (a contiguous block; see `crate::signals`) ----
+
+/// libc's `sigaction` (and `__sigaction`): an application handler is installed behind the
+/// hook's trampoline (so that a wait it interrupts while the hook spins ends as the kernel's
+/// would), a signal the hook owns has the application's disposition recorded, and the old
+/// action is always the application's own (see [`crate::signals`]).
+///
+/// # Safety
+/// As libc's `sigaction`.
+pub unsafe fn sigaction(sig: c_int, act: *const libc::sigaction, old: *mut libc::sigaction) -> c_int {
+    // SAFETY: forwarded as received.
+    unsafe { crate::signals::sigaction(sig, act, old) }
+}
+
+/// libc's `signal` (also `bsd_signal`, `ssignal`): as [`sigaction`], with glibc's BSD
+/// semantics.
+///
+/// # Safety
+/// As libc's `signal`.
+pub unsafe fn signal(sig: c_int, handler: libc::sighandler_t) -> libc::sighandler_t {
+    crate::signals::bsd_signal(sig, handler)
+}
+
+/// libc's `sysv_signal` (also `__sysv_signal`): as [`sigaction`], with System V semantics.
+///
+/// # Safety
+/// As libc's `sysv_signal`.
+pub unsafe fn sysv_signal(sig: c_int, handler: libc::sighandler_t) -> libc::sighandler_t {
+    crate::signals::sysv_signal(sig, handler)
+}
+
+/// libc's `sigset`: as [`sigaction`].
+///
+/// # Safety
+/// As libc's `sigset`.
+pub unsafe fn sigset(sig: c_int, disposition: libc::sighandler_t) -> libc::sighandler_t {
+    crate::signals::sigset(sig, disposition)
+}
+
+/// libc's `sigignore`: as [`sigaction`].
+///
+/// # Safety
+/// As libc's `sigignore`.
+pub unsafe fn sigignore(sig: c_int) -> c_int {
+    crate::signals::sigignore(sig)
+}
+
+/// libc's `siginterrupt`: as [`sigaction`].
+///
+/// # Safety
+/// As libc's `siginterrupt`.
+pub unsafe fn siginterrupt(sig: c_int, interrupt: c_int) -> c_int {
+    crate::signals::siginterrupt(sig, interrupt)
+}
+
+// ---- end of the block ----
+
 // ---- watched patterns: relative binds (a contiguous block) ----
 
 /// libc's `bind`: a Unix address bound relative to the working directory is resolved now (the
@@ -197,28 +254,49 @@ fn route(c: &Conn, fd: c_int, sending: bool) -> Route<'_> {
 /// A blocking read of a socket whose segment is here ([`Phase::Mapped`], [`Phase::Quiescing`])
 /// must not sit in the kernel for long, or this end never becomes ready: it waits for data in
 /// slices of a millisecond (counted as a raw call each), taking a migration step between them,
-/// and reads once data is there (or goes through the hook if the end became ready). A signal
-/// during such a slice is not reported as EINTR (the wait goes on, as under `SA_RESTART`); the
-/// window lasts until the next step, a millisecond or two.
-fn wait_before_raw_read<'a>(c: &'a Conn, fd: c_int, flags: c_int, wants_bytes: impl Fn() -> bool, first: Route<'a>) -> Route<'a> {
+/// and reads once data is there (or goes through the hook if the end became ready). A handler
+/// that runs on this thread meanwhile ends the read with EINTR where the kernel's read would
+/// have ended (`Err`: no `SA_RESTART`, or the socket has `SO_RCVTIMEO`; see
+/// [`crate::signals`]); under `SA_RESTART` the wait goes on, as the kernel's would.
+fn wait_before_raw_read<'a>(
+    c: &'a Conn,
+    fd: c_int,
+    flags: c_int,
+    wants_bytes: impl Fn() -> bool,
+    first: Route<'a>,
+) -> Result<Route<'a>, Interrupted> {
     let mut route_now = first;
+    let mut mark: Option<crate::signals::Mark> = None;
     loop {
-        let Route::Kernel(Some(raw)) = route_now else { return route_now };
+        let Route::Kernel(Some(raw)) = route_now else { return Ok(route_now) };
         let phase = c.phase();
         if !(phase == Phase::Mapped || phase == Phase::Quiescing) || c.would_block_is_error(flags) || !wants_bytes() {
             // (A read of no bytes returns at once.)
-            return Route::Kernel(Some(raw));
+            return Ok(Route::Kernel(Some(raw)));
+        }
+        let since = mark.get_or_insert_with(crate::signals::Mark::now);
+        if since.interrupts_transfer(|| crate::wait::socket_timeout_ns(fd, crate::wait::Waiting::Read).is_some()) {
+            return Err(Interrupted);
         }
         let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
         // SAFETY: one live pollfd.
         let n = unsafe { sys::poll(&mut p, 1, 1) };
         if n != 0 && !(n < 0 && sys::errno() == libc::EINTR) {
-            return Route::Kernel(Some(raw)); // readable, EOF, or an error the read reports
+            return Ok(Route::Kernel(Some(raw))); // readable, EOF, or an error the read reports
         }
         drop(raw);
         with_errno_kept(|| c.tick(fd));
         route_now = route(c, fd, false);
     }
+}
+
+/// A read that [`wait_before_raw_read`] ended with EINTR.
+struct Interrupted;
+
+/// -1 with `errno` EINTR.
+fn interrupted<R: From<i8>>() -> R {
+    sys::set_errno(libc::EINTR);
+    R::from(-1)
 }
 
 /// After a call served by the hook: a connection half-way takes its next step (its last
@@ -279,8 +357,9 @@ macro_rules! recv_like {
                 // SAFETY: the caller's buffers, checked (only their lengths are read).
                 let wants_bytes = || unsafe { $bufs }.is_ok_and(|b| b.faults || b.slices.iter().any(|b| !b.is_empty()));
                 match wait_before_raw_read(c, $fd, flags, wants_bytes, route(c, $fd, false)) {
-                    Route::Kernel(r) => raw = r.map(|r| (c, r)),
-                    Route::Hook => {
+                    Err(Interrupted) => return interrupted(),
+                    Ok(Route::Kernel(r)) => raw = r.map(|r| (c, r)),
+                    Ok(Route::Hook) => {
                         #[allow(unused_unsafe)]
                         // SAFETY: the caller's buffers, checked as the kernel would.
                         let checked = unsafe { $bufs };
@@ -818,7 +897,8 @@ pub unsafe fn recvmmsg(fd: c_int, msgs: *mut libc::mmsghdr, vlen: libc::c_uint, 
     // SAFETY: `msgs` points at `vlen` messages (only the first one's lengths are read).
     let wants_bytes = || vlen > 0 && !msgs.is_null() && unsafe { msg_bytes(&(*msgs).msg_hdr) } > 0;
     let first = flags & !libc::MSG_WAITFORONE;
-    if let Route::Kernel(raw) = wait_before_raw_read(c, fd, first, wants_bytes, route(c, fd, false)) {
+    let Ok(routed) = wait_before_raw_read(c, fd, first, wants_bytes, route(c, fd, false)) else { return interrupted() };
+    if let Route::Kernel(raw) = routed {
         // SAFETY: forwarded as received.
         let rc = unsafe { sys::recvmmsg(fd, msgs, vlen, flags, timeout) };
         let consumed = flags & libc::MSG_PEEK == 0;

@@ -58,7 +58,8 @@ use libc::{c_int, epoll_event, sigset_t};
 
 use crate::{
     conn::{bits, Conn, Phase},
-    spin::{self, now_ns},
+    signals::Mark,
+    spin::{self, now_ns, Spun},
     sys,
     table::{lookup, lookup_swapped, ConnRef, MAX_FDS},
 };
@@ -1199,7 +1200,14 @@ pub unsafe fn wait(epfd: c_int, events: *mut epoll_event, maxevents: c_int, time
         }
     }
     let mut spun = false;
+    // Taken when the call starts to wait (see `signals`): a handler that runs on this thread
+    // from then on ends the wait with EINTR, as the kernel's epoll_wait does (never restarted).
+    let mut mark: Option<Mark> = None;
     loop {
+        if mark.is_some_and(|m| m.interrupted().is_some()) {
+            sys::set_errno(libc::EINTR);
+            return -1;
+        }
         if !has_swapped(set) {
             // Interests whose connection turned plain (handed back) get the application's own
             // registration back before the kernel waits: the hook's edge-triggered one would
@@ -1276,6 +1284,7 @@ pub unsafe fn wait(epfd: c_int, events: *mut epoll_event, maxevents: c_int, time
             let more = if n == 0 && m > 0 && m < out.len() { collect(epfd, set, &mut out[m..]) } else { 0 };
             return (n + m + more) as c_int;
         }
+        let waiting_since = *mark.get_or_insert_with(Mark::now);
         if !spun {
             spun = true;
             let mut rounds = 0u32;
@@ -1283,15 +1292,21 @@ pub unsafe fn wait(epfd: c_int, events: *mut epoll_event, maxevents: c_int, time
                 rounds = rounds.wrapping_add(1);
                 any_ready(set) || (rounds.is_multiple_of(KERNEL_CHECK_ROUNDS) && kernel_ready(epfd))
             };
-            if spin::spin_until(timeout_ns, ready) {
+            match spin::spin_until(timeout_ns, waiting_since, ready) {
                 // Ready on a ring, or in the kernel: the next pass collects it (the real wait
                 // then returns at once).
-                continue;
+                Spun::Ready => continue,
+                Spun::Idle => {}
+                Spun::Interrupted => {
+                    sys::set_errno(libc::EINTR);
+                    return -1;
+                }
             }
         }
         let (shared, halfway) = announce_all(set, true);
         tssx_shm::wait::settle();
-        let m = if any_ready(set) {
+        // (A handler that ran since the mark: no sleep; the loop's top answers EINTR.)
+        let m = if any_ready(set) || waiting_since.interrupted().is_some() {
             0
         } else {
             let wait = spin::sleep_budget(deadline, shared, halfway);

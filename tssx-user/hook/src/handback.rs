@@ -319,7 +319,24 @@ impl Conn {
             return false;
         }
         self.set_phase(Phase::Plain);
+        self.rings_over();
         true
+    }
+
+    /// This end is plain: if the peer has read this end's ring up to this end's `back_at` too,
+    /// both rings are drained and the segment's state goes `Active -> Plain` (the agent traces
+    /// the hand-back and frees its copy; each end keeps its own mapping). Of the two ends, the
+    /// one that finishes last sees the other's drain done; a peer still draining does it when
+    /// it finishes. The hooks never look at the state once both ends handed back.
+    fn rings_over(&self) {
+        // Acquire: pairs with this end's SeqCst store of `back_at` (another thread of it).
+        let back_at = self.my_line().back_at.load(Acquire);
+        // Acquire: the peer's consumer position of this end's ring (it may lie: then the
+        // agent frees its copy early, which changes nothing for the ends).
+        let tail = self.header().rings[self.end.index()].consumer.0.tail.load(Acquire);
+        if back_at != NOT_YET && tail >= back_at {
+            let _ = self.seg().segment.transition(SegmentState::Active, SegmentState::Plain);
+        }
     }
 
     /// Readiness of a connection handing back ([`Conn::readiness`]): once the peer's ring

@@ -29,6 +29,8 @@
 //! | [`stdio`] | `FILE` streams over tracked sockets (glibc's stdio bypasses any preload) |
 //! | [`splice`], [`peekoff`] | `splice` between a pipe and the rings; the emulated `SO_PEEK_OFF` |
 //! | [`iov`], [`sys`] | caller buffers, checked as the kernel checks them (EFAULT/EINVAL, never a crash); every system call the hook makes |
+//! | [`signals`] | signal dispositions: the application's handlers behind a trampoline (a handler that runs while the hook spins ends the wait with `EINTR` as the kernel would); signals the hook owns (`signals::own`) |
+//! | [`uring`] | an io_uring set up while connections are swapped: the kernel watcher's signal, every connection handed back |
 //! | [`own`] | the hook's own fds (segment memfds, claim sockets): never closed by the application's `close`, left out of `close_range`/`closefrom` |
 //! | [`closing`], `syscall` | `close_range`/`closefrom` (each tracked fd of the range closed as `close` does; the hook's own fds kept); `syscall()` for the socket-related numbers (x86-64) |
 //!
@@ -60,6 +62,7 @@ pub mod peekoff;
 pub mod phase;
 pub mod poll;
 pub mod ringlock;
+pub mod signals;
 pub mod spawn;
 pub mod spin;
 pub mod splice;
@@ -70,4 +73,5 @@ pub mod sys;
 #[cfg(target_arch = "x86_64")]
 pub mod syscall;
 pub mod table;
+pub mod uring;
 pub mod wait;

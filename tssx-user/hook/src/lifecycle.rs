@@ -50,9 +50,12 @@ fn lookup_swapped_conn(conn: &crate::conn::Conn) -> bool {
     phase >= Phase::Ready && phase != Phase::Plain
 }
 
-/// In the child after `fork`: the calling thread has a new id, and the parent's other threads'
-/// holds of this process's own ring locks are nobody's (see [`crate::ringlock`]).
+/// In the child after `fork`: the calling thread has a new id, the parent's other threads'
+/// holds of this process's own ring locks are nobody's (see [`crate::ringlock`]), and the
+/// signal records are the child's own.
 pub fn in_child() {
+    // Its own copy of the signal records (see `signals::records_mine`).
+    sys::with_errno_kept(crate::signals::in_child);
     let forker = sys::thread_id();
     sys::forget_thread_id();
     crate::ringlock::clear_local_locks_in_child(forker, sys::thread_id());

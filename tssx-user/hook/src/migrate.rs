@@ -186,16 +186,14 @@ impl Conn {
     }
 
     /// Waits for room on the socket (a blocking writer before its switch), or for the peer to
-    /// become ready (then the writer switches). `Err(errno)` if interrupted; the caller looks
-    /// at the call's `deadline` (SO_SNDTIMEO) between sleeps.
+    /// become ready (then the writer switches). The caller looks at the call's `deadline`
+    /// (SO_SNDTIMEO) and at the signal handlers that ran (`Backoff::interrupted`: EINTR as
+    /// the kernel's send gives it) between sleeps; a signal only cuts a sleep short.
     pub(crate) fn sleep_for_socket_room(&self, fd: c_int, deadline: crate::wait::Deadline) -> Result<(), c_int> {
         let mut pfd = libc::pollfd { fd, events: libc::POLLOUT, revents: 0 };
         // The peer becomes ready on one of its calls; look again every millisecond.
-        // SAFETY: one live pollfd.
-        let n = unsafe { sys::poll(&mut pfd, 1, deadline.poll_ms(Some(1))) };
-        if n < 0 && sys::errno() == libc::EINTR {
-            return Err(libc::EINTR);
-        }
+        // SAFETY: one live pollfd; errno kept (an EINTR here is judged by the caller).
+        sys::with_errno_kept(|| unsafe { sys::poll(&mut pfd, 1, deadline.poll_ms(Some(1))) });
         Ok(())
     }
 

@@ -63,6 +63,8 @@ impl Conn {
         }
         let nonblock = self.would_block_is_error(flags);
         let mut deadline: Option<Deadline> = None;
+        // Taken at the first pause (see `crate::signals`).
+        let mut mark: Option<crate::signals::Mark> = None;
         loop {
             let off = self.peek_off.load(Relaxed).max(0) as usize;
             let mut tmp = vec![0u8; off.saturating_add(want)];
@@ -101,11 +103,15 @@ impl Conn {
             if d.expired() {
                 return Some(partial_or_errno(0, libc::EAGAIN));
             }
-            let mut p = libc::pollfd { fd, events: 0, revents: 0 };
-            // SAFETY: one live pollfd; a 1 ms pause (a signal ends it early).
-            if unsafe { sys::poll(&mut p, 1, d.poll_ms(Some(1))) } < 0 && sys::errno() == libc::EINTR {
+            // A handler that ran on this thread since the first pause: EINTR where the kernel's
+            // read would give it.
+            if mark.get_or_insert_with(crate::signals::Mark::now).interrupts_transfer(|| d.at.is_some()) {
                 return Some(partial_or_errno(0, libc::EINTR));
             }
+            let mut p = libc::pollfd { fd, events: 0, revents: 0 };
+            // SAFETY: one live pollfd; a 1 ms pause (a signal ends it early: judged above on
+            // the next round).
+            sys::with_errno_kept(|| unsafe { sys::poll(&mut p, 1, d.poll_ms(Some(1))) });
             if self.phase() == Phase::Ready {
                 self.try_switch();
             }

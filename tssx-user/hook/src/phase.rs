@@ -263,6 +263,20 @@ impl Conn {
             self.give_up();
             return;
         }
+        // The io_uring hand-back handler first (see `uring`): a process whose application has
+        // the signal for itself claims nothing; a thread that blocks it claims later.
+        match crate::uring::may_claim() {
+            Some(true) => {}
+            Some(false) => {
+                drop(claim);
+                self.give_up();
+                return;
+            }
+            None => {
+                claim.retry_at = now + RETRY_AFTER_NS;
+                return;
+            }
+        }
         // The socket's O_NONBLOCK matters from now on (waits on the rings): read it now if
         // nobody said (see `Conn::nonblock`).
         self.nonblocking_via(fd);
@@ -334,7 +348,9 @@ impl Conn {
                 claim.control = None;
                 claim.sent_at = now; // from now on: when the segment was mapped
                 drop(claim);
-                if !self.join(memfd) {
+                // An io_uring set up since the claim: no swap (the segment is refused, so that
+                // the peer sees it at once).
+                if !self.join(memfd) || crate::uring::io_uring_seen() {
                     self.give_up();
                 }
             }

@@ -16,7 +16,8 @@ use libc::{c_int, nfds_t, pollfd, sigset_t, timespec};
 use crate::{
     conn::{bits, Conn, Phase},
     phase::RawCall,
-    spin::{self, now_ns},
+    signals::Mark,
+    spin::{self, now_ns, Spun},
     sys,
     table::{self, lookup, lookup_swapped, ConnRef},
 };
@@ -217,7 +218,14 @@ unsafe fn real_pass(fds: &mut [pollfd], timeout_ns: Option<u64>, sigmask: *const
 pub unsafe fn poll(fds: &mut [pollfd], timeout_ns: Option<u64>, sigmask: *const sigset_t) -> c_int {
     let deadline = timeout_ns.map(|t| now_ns().saturating_add(t));
     let mut spun = false;
+    // Taken when the call starts to wait (see `signals`): a handler that runs on this thread
+    // from then on ends the wait with EINTR, as the kernel's poll does (never restarted).
+    let mut mark: Option<Mark> = None;
     loop {
+        if mark.is_some_and(|m| m.interrupted().is_some()) {
+            sys::set_errno(libc::EINTR);
+            return -1;
+        }
         if !fds.iter().any(|p| p.fd >= 0 && lookup_swapped(p.fd).is_some()) {
             // Only plain (or still plain) fds: one real call, unless one of them becomes ready
             // meanwhile (then `real_pass` does not wait, and the next round serves it).
@@ -242,10 +250,16 @@ pub unsafe fn poll(fds: &mut [pollfd], timeout_ns: Option<u64>, sigmask: *const 
             // SAFETY: forwarded.
             return unsafe { real_pass(fds, Some(0), sigmask) };
         }
+        let waiting_since = *mark.get_or_insert_with(Mark::now);
         if !spun {
             spun = true;
-            if spin::spin_until(timeout_ns, || any_ready(fds)) {
-                continue;
+            match spin::spin_until(timeout_ns, waiting_since, || any_ready(fds)) {
+                Spun::Ready => continue,
+                Spun::Idle => {}
+                Spun::Interrupted => {
+                    sys::set_errno(libc::EINTR);
+                    return -1;
+                }
             }
         }
         // Announce on every swapped connection, then re-check: a peer that transfers after our
@@ -260,7 +274,8 @@ pub unsafe fn poll(fds: &mut [pollfd], timeout_ns: Option<u64>, sigmask: *const 
             }
         }
         tssx_shm::wait::settle();
-        let still_idle = !any_ready(fds);
+        // (A handler that ran since the mark: no sleep; the loop's top answers EINTR.)
+        let still_idle = !any_ready(fds) && waiting_since.interrupted().is_none();
         let rc = if still_idle {
             let wait = spin::sleep_budget(deadline, shared, halfway);
             // SAFETY: forwarded.

@@ -114,10 +114,22 @@ pub fn spin_yield() {
     unsafe { libc::sched_yield() };
 }
 
+/// How the spin phase of a poll-like wait ended ([`spin_until`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Spun {
+    /// Something became ready.
+    Ready,
+    /// Nothing did within the budget: the wait sleeps.
+    Idle,
+    /// An application handler ran on this thread (see [`crate::signals`]): the wait fails with
+    /// `EINTR`, as the kernel's poll-like calls do whatever `SA_RESTART` says.
+    Interrupted,
+}
+
 /// The spin phase of a poll-like wait: checks `ready` for the thread's spin budget (at most
-/// `timeout_ns`), yielding the core now and then; adapts the budget to the outcome and returns
-/// whether something became ready.
-pub fn spin_until(timeout_ns: Option<u64>, mut ready: impl FnMut() -> bool) -> bool {
+/// `timeout_ns`), yielding the core now and then, and `mark` on every round (one
+/// thread-local load); adapts the budget to the outcome.
+pub fn spin_until(timeout_ns: Option<u64>, mark: crate::signals::Mark, mut ready: impl FnMut() -> bool) -> Spun {
     let until = now_ns() + spin_budget().min(timeout_ns.unwrap_or(u64::MAX));
     let mut found = false;
     let mut rounds = 0u32;
@@ -137,13 +149,18 @@ pub fn spin_until(timeout_ns: Option<u64>, mut ready: impl FnMut() -> bool) -> b
             found = true;
             break;
         }
+        if mark.interrupted().is_some() {
+            // Neither a success nor a miss of the spin: the budget stays.
+            return Spun::Interrupted;
+        }
     }
     if found {
         spin_paid_off();
+        Spun::Ready
     } else {
         spin_missed(started);
+        Spun::Idle
     }
-    found
 }
 
 /// How long a poll-like call may sleep in the real call: until `deadline` (`None`: forever),

@@ -97,6 +97,7 @@ impl Conn {
         }
         let mut total = 0usize;
         let mut backoff = Backoff::new(Waiting::Read);
+        backoff.mark_if_long(want);
         // The socket part of this read reached the peer's switch: the ring's bytes follow
         // without a wait, as the kernel's read takes every queued byte the buffer holds.
         let mut glue = false;
@@ -151,6 +152,9 @@ impl Conn {
                         }
                         if backoff.deadline(fd).expired() {
                             return partial_or_errno(total, libc::EAGAIN);
+                        }
+                        if backoff.interrupted(fd, total > 0) {
+                            return partial_or_errno(total, libc::EINTR);
                         }
                         if let Err(e) = self.sleep_for_socket_data(fd) {
                             return partial_or_errno(total, e);
@@ -272,7 +276,8 @@ impl Conn {
                 }
                 return partial_or_errno(total, libc::EAGAIN);
             }
-            let waited = backoff.idle(self, fd, || self.with_rx(|rx| rx.announce_sleep()), || self.with_rx(|rx| rx.withdraw_sleep()));
+            let waited =
+                backoff.idle(self, fd, total > 0, || self.with_rx(|rx| rx.announce_sleep()), || self.with_rx(|rx| rx.withdraw_sleep()));
             if let Err(e) = waited {
                 return partial_or_errno(total, e.errno());
             }
@@ -372,6 +377,7 @@ impl Conn {
         let want: usize = bufs.iter().map(|b| b.len()).sum();
         let mut total = 0usize;
         let mut backoff = Backoff::new(Waiting::Write);
+        backoff.mark_if_long(want);
         loop {
             if self.phase() >= Phase::HandingBack {
                 // This end's writes are on the socket again (handing back, or plain).
@@ -397,6 +403,9 @@ impl Conn {
                         let deadline = backoff.deadline(fd);
                         if deadline.expired() {
                             return partial_or_errno(total, libc::EAGAIN);
+                        }
+                        if backoff.interrupted(fd, total > 0) {
+                            return partial_or_errno(total, libc::EINTR);
                         }
                         if let Err(e) = self.sleep_for_socket_room(fd, deadline) {
                             return partial_or_errno(total, e);
@@ -447,7 +456,8 @@ impl Conn {
                 }
                 return partial_or_errno(total, libc::EAGAIN);
             }
-            let waited = backoff.idle(self, fd, || self.with_tx(|tx| tx.announce_sleep()), || self.with_tx(|tx| tx.withdraw_sleep()));
+            let waited =
+                backoff.idle(self, fd, total > 0, || self.with_tx(|tx| tx.announce_sleep()), || self.with_tx(|tx| tx.withdraw_sleep()));
             if let Err(e) = waited {
                 return partial_or_errno(total, e.errno());
             }

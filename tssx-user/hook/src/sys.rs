@@ -172,6 +172,9 @@ real_fns! {
     #[lazy] pclose: fn(stream: *mut libc::FILE) -> c_int;
     // Watched patterns: a relative bind's address is resolved when it is bound.
     #[lazy] bind: fn(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int;
+    // Signal dispositions (`signals`); also called from the trampoline (a default action):
+    // resolved without a lock.
+    #[lazy] sigaction: fn(sig: c_int, act: *const libc::sigaction, old: *mut libc::sigaction) -> c_int;
 }
 
 /// Resolves `name` (NUL-terminated) in the libraries after the hook, or 0 when libc has no such

@@ -355,6 +355,20 @@ pub(crate) fn for_each_fd_conn(mut f: impl FnMut(&Conn)) {
     }
 }
 
+/// Calls `f` with every tracked fd and its connection (a connection with several fds is visited
+/// once per fd), without touching any connection's state: no allocation, no lock (leases only),
+/// so a signal handler may call it ([`crate::uring`]).
+pub(crate) fn for_each_tracked(mut f: impl FnMut(c_int, &Conn)) {
+    if !any_live() {
+        return;
+    }
+    for (fd, slot) in TABLE.iter().enumerate().take(state_limit()) {
+        if let Some(conn) = POOL.acquire(slot) {
+            f(fd as c_int, &conn);
+        }
+    }
+}
+
 /// Calls `f` once for every connection of this process (however many fds refer to it).
 pub(crate) fn for_each_conn(mut f: impl FnMut(c_int, &Conn)) {
     if !any_live() {

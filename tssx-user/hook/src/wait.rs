@@ -8,6 +8,7 @@ use libc::c_int;
 
 use crate::{
     conn::{Conn, Phase},
+    signals::Mark,
     spin::{now_ns, spin_budget, spin_missed, spin_paid_off, spin_yield, woke},
     sys::{self, errno, fd_nonblocking},
 };
@@ -30,6 +31,9 @@ pub enum WaitError {
 /// send buffer holds a few hundred of those): a count above it is a lie of the peer's, and
 /// nothing is sized or looped by it (issue 16).
 pub(crate) const MAX_OWED_DOORBELLS: u64 = 1 << 16;
+
+/// See [`Backoff::mark_if_long`].
+const LONG_TRANSFER: usize = 64 * 1024;
 
 /// What a blocked call waits for: data (a read, bounded by SO_RCVTIMEO) or room (a write,
 /// bounded by SO_SNDTIMEO).
@@ -100,6 +104,18 @@ impl Deadline {
     }
 }
 
+/// Whether the application handlers that ran on this thread since `mark` end a blocking read or
+/// write, as the kernel's: any handler if the call `moved` bytes already (it returns them);
+/// otherwise one without `SA_RESTART`, or any if `has_timeout()` (the socket's `SO_RCVTIMEO`
+/// for a read, `SO_SNDTIMEO` for a write: `sock_intr_errno`). A restartable interruption moves
+/// the mark on (see [`Mark::interrupts_transfer`]).
+pub(crate) fn transfer_interrupted(mark: &mut Mark, moved: bool, has_timeout: impl FnOnce() -> bool) -> bool {
+    if moved {
+        return mark.interrupted().is_some();
+    }
+    mark.interrupts_transfer(has_timeout)
+}
+
 impl WaitError {
     pub(crate) fn errno(self) -> c_int {
         match self {
@@ -118,17 +134,41 @@ pub(crate) struct Backoff {
     waiting: Waiting,
     /// Read at the first sleep.
     deadline: Option<Deadline>,
+    /// Taken when the call starts to wait (see [`crate::signals`]): a handler that runs on this
+    /// thread from then on ends the call with EINTR where the kernel's would
+    /// ([`Mark::interrupts_transfer`]).
+    mark: Option<Mark>,
 }
 
 impl Backoff {
     /// The back-off of one blocking call `waiting` for data or room.
     pub(crate) fn new(waiting: Waiting) -> Backoff {
-        Backoff { spins: 0, spin_from: 0, spin_until: 0, waiting, deadline: None }
+        Backoff { spins: 0, spin_from: 0, spin_until: 0, waiting, deadline: None, mark: None }
+    }
+
+    /// A transfer of `want` bytes that may copy for a while before it waits (64 KiB and more:
+    /// microseconds of copying) takes its mark now, so that a handler that runs during the copy
+    /// ends the wait that follows (with the bytes moved), as a signal that is pending when the
+    /// kernel's send or `MSG_WAITALL` read has to wait. A shorter one takes it when it first
+    /// waits (nothing on the calls that never wait).
+    pub(crate) fn mark_if_long(&mut self, want: usize) {
+        if want >= LONG_TRANSFER {
+            self.mark = Some(Mark::now());
+        }
     }
 
     /// The call's deadline (read from the socket the first time).
     pub(crate) fn deadline(&mut self, fd: c_int) -> Deadline {
         *self.deadline.get_or_insert_with(|| Deadline::of(fd, self.waiting))
+    }
+
+    /// Whether an application handler that ran on this thread since the call began to wait ends
+    /// it (see [`transfer_interrupted`]); the first call takes the mark. One thread-local load.
+    pub(crate) fn interrupted(&mut self, fd: c_int, moved: bool) -> bool {
+        let mut mark = *self.mark.get_or_insert_with(Mark::now);
+        let interrupted = transfer_interrupted(&mut mark, moved, || self.deadline(fd).at.is_some());
+        self.mark = Some(mark);
+        interrupted
     }
 
     /// Progress was made: the next wait starts with a fresh spin budget.
@@ -141,13 +181,19 @@ impl Backoff {
 
     /// One idle step. `announce` announces the sleep and re-checks the ring (true: still
     /// nothing to do, so sleep); `withdraw` takes the announcement back after waking.
+    /// `moved`: whether the call has transferred bytes already (a handler then ends it with
+    /// what it moved, whatever `SA_RESTART` says, as the kernel's read and write do).
     pub(crate) fn idle(
         &mut self,
         conn: &Conn,
         fd: c_int,
+        moved: bool,
         announce: impl FnOnce() -> bool,
         withdraw: impl FnOnce(),
     ) -> Result<(), WaitError> {
+        if self.interrupted(fd, moved) {
+            return Err(WaitError::Interrupted);
+        }
         let mut spin = true;
         if self.spins == 0 {
             self.spin_from = now_ns();
@@ -172,7 +218,7 @@ impl Backoff {
         if deadline.expired() {
             return Err(WaitError::TimedOut);
         }
-        let result = Self::sleep(conn, fd, deadline, self.waiting, announce, withdraw);
+        let result = self.sleep(conn, fd, deadline, moved, announce, withdraw);
         woke();
         result
     }
@@ -182,23 +228,26 @@ impl Backoff {
     /// sending side is shut down (the peer's `SHUT_READ`, which the peer may also just have
     /// written into the header) still sleeps until data, EOF or the peer's death comes (it
     /// spun at full speed, and never looked at the socket for the peer's EOF; issue 16).
-    pub(crate) fn sleep(
+    /// `moved`: as for [`Backoff::idle`].
+    fn sleep(
+        &mut self,
         conn: &Conn,
         fd: c_int,
         deadline: Deadline,
-        waiting: Waiting,
+        moved: bool,
         announce: impl FnOnce() -> bool,
         withdraw: impl FnOnce(),
     ) -> Result<(), WaitError> {
         if !announce() {
             return Ok(());
         }
-        let shut = match waiting {
+        let shut = match self.waiting {
             Waiting::Read => conn.rcv_shut(),
             Waiting::Write => conn.send_shut(),
         };
+        let mark = self.mark.get_or_insert_with(Mark::now);
         // The announcement's fence orders these flag reads after it (see `Conn::announce`).
-        let result = if shut || conn.phase() == Phase::Plain { Ok(()) } else { conn.sleep_on_socket(fd, deadline) };
+        let result = if shut || conn.phase() == Phase::Plain { Ok(()) } else { conn.sleep_on_socket(fd, deadline, mark, moved) };
         withdraw();
         result
     }
@@ -258,8 +307,17 @@ impl Conn {
     /// its SO_SNDTIMEO deadline instead (a signal then ends it with EINTR, as the kernel does
     /// for a send with a timeout; see the README for the one case that differs: a write
     /// without SO_SNDTIMEO on a socket with SO_RCVTIMEO, under SA_RESTART).
-    pub(crate) fn sleep_on_socket(&self, fd: c_int, deadline: Deadline) -> Result<(), WaitError> {
+    ///
+    /// `mark` is looked at last before the system call (see [`crate::signals`]): a handler that
+    /// ran since the wait began and ends it with EINTR leaves no sleep to go into. A call that
+    /// `moved` bytes already sleeps in `poll` rather than the peek (which `SA_RESTART` would
+    /// restart, where the kernel's read returns the bytes).
+    pub(crate) fn sleep_on_socket(&self, fd: c_int, deadline: Deadline, mark: &mut Mark, moved: bool) -> Result<(), WaitError> {
         let doorbells_only = self.reads_ring();
+        if transfer_interrupted(mark, moved, || deadline.at.is_some()) {
+            return Err(WaitError::Interrupted);
+        }
+        let deadline = Deadline { peek_sleep: deadline.peek_sleep && !moved, ..deadline };
         if doorbells_only && !self.is_shared() && !deadline.peek_sleep {
             let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
             // SAFETY: one live pollfd.
@@ -272,7 +330,13 @@ impl Conn {
                 }
                 0 if deadline.expired() => Err(WaitError::TimedOut),
                 0 => Ok(()),
-                _ if errno() == libc::EINTR => Err(WaitError::Interrupted),
+                // A handler of the application's (see `signals`) under SA_RESTART, the socket
+                // without SO_SNDTIMEO: the kernel's send goes on (restarted); one the hook did
+                // not see installed (a raw system call): EINTR, as before it knew.
+                _ if errno() == libc::EINTR => match mark.interrupted() {
+                    Some(_) if !transfer_interrupted(mark, moved, || deadline.at.is_some()) => Ok(()),
+                    _ => Err(WaitError::Interrupted),
+                },
                 _ => Ok(()),
             };
         }

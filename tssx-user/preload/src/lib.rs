@@ -56,6 +56,50 @@ pub unsafe extern "C" fn fdopen(fd: c_int, mode: *const c_char) -> *mut libc::FI
     guarded_stream(|| unsafe { tssx_hook::stdio::fdopen(fd, mode) })
 }
 
+/// Runs a call that returns a signal handler (`signal` and its kind): a caught panic gives
+/// `SIG_ERR` with `errno` EIO ([`guarded`]'s -1 does not fit).
+fn guarded_handler(f: impl FnOnce() -> libc::sighandler_t) -> libc::sighandler_t {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|_| {
+        tssx_hook::sys::set_errno(libc::EIO);
+        libc::SIG_ERR
+    })
+}
+
+/// Exports the libc functions that install a signal disposition and return the previous
+/// handler, each forwarding to its twin in [`tssx_hook::calls`] (see `tssx_hook::signals`).
+macro_rules! handler_installers {
+    ($($name:ident => $target:ident;)*) => {
+        $(
+            /// # Safety
+            /// As the libc function of the same name.
+            #[unsafe(no_mangle)]
+            pub unsafe extern "C" fn $name(sig: c_int, handler: libc::sighandler_t) -> libc::sighandler_t {
+                // SAFETY: the caller's arguments, forwarded unchanged; same contract.
+                guarded_handler(|| unsafe { tssx_hook::calls::$target(sig, handler) })
+            }
+        )*
+    };
+}
+
+handler_installers! {
+    signal => signal;
+    bsd_signal => signal;
+    ssignal => signal;
+    sysv_signal => sysv_signal;
+    __sysv_signal => sysv_signal;
+    sigset => sigset;
+}
+
+/// glibc's other name for `sigaction`.
+///
+/// # Safety
+/// As libc's `sigaction`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn __sigaction(sig: c_int, act: *const libc::sigaction, old: *mut libc::sigaction) -> c_int {
+    // SAFETY: the caller's arguments, forwarded unchanged; same contract.
+    guarded(move || unsafe { tssx_hook::calls::sigaction(sig, act, old) })
+}
+
 /// [`guarded`] for the functions that return a `FILE *`: a caught panic gives null with
 /// `errno` EIO.
 fn guarded_stream(f: impl FnOnce() -> *mut libc::FILE) -> *mut libc::FILE {
@@ -82,6 +126,11 @@ macro_rules! interpose {
 }
 
 interpose! {
+    // Signal dispositions: the application's handlers behind the hook's trampoline
+    // (`tssx_hook::signals`).
+    fn sigaction(sig: c_int, act: *const libc::sigaction, old: *mut libc::sigaction) -> c_int;
+    fn sigignore(sig: c_int) -> c_int;
+    fn siginterrupt(sig: c_int, interrupt: c_int) -> c_int;
     fn socket(domain: c_int, kind: c_int, protocol: c_int) -> c_int;
     fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int;
     fn accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int;
@@ -251,6 +300,7 @@ wrap_to_real! {
     fn readv(fd: c_int, iov: *const iovec, cnt: c_int) -> ssize_t;
     fn writev(fd: c_int, iov: *const iovec, cnt: c_int) -> ssize_t;
     fn close(fd: c_int) -> c_int;
+    fn sigaction(sig: c_int, act: *const libc::sigaction, old: *mut libc::sigaction) -> c_int;
 }
 
 /// The `execv`/`execvp`/`execve` of the C shim (`execl.c`): the hooked calls, under names of

@@ -160,6 +160,15 @@ impl Control {
     pub(super) fn claim(&self, who: Claimant, stream: UnixStream) -> Decision {
         // Relaxed: counters.
         self.counters.claims.fetch_add(1, Ordering::Relaxed);
+        // A process that set up an io_uring stays plain whatever the claim (its pid is the
+        // kernel's, from the control connection): answered first, so that the reason is traced
+        // even for a connection that closes before its claim is looked at (a short one, or a
+        // loaded agent).
+        if self.facts.uses_io_uring(who.pid) {
+            let reason = PlainReason::IoUring.describe();
+            tracing::info!(pid = who.pid, fd = who.fd, role = ?who.role, reason, "not swapped");
+            return Decision::Answer { streams: vec![stream], reply: Reply::plain(PlainReason::IoUring) };
+        }
         // A claim whose hook closed it already (its socket closed) is over: the fd it names may
         // even be another socket by now.
         let verified = if hung_up(&stream) { Err(Unverified::Refused("its connection closed first")) } else { self.verify(who) };
@@ -189,11 +198,6 @@ impl Control {
                 tracing::debug!(pid = who.pid, fd = who.fd, role = ?who.role, other, reason, "claim answered retry");
                 return Decision::Answer { streams: vec![stream], reply: Reply::retry(PlainReason::NotSoleHolder) };
             }
-        }
-        if self.facts.uses_io_uring(who.pid) {
-            let reason = PlainReason::IoUring.describe();
-            tracing::info!(pid = who.pid, fd = who.fd, role = ?who.role, reason, "not swapped");
-            return Decision::Answer { streams: vec![stream], reply: Reply::plain(PlainReason::IoUring) };
         }
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
         // Watched before it can be held: once in the registry, it may be closed at any time.
@@ -308,6 +312,18 @@ impl Control {
     /// the limit.
     fn pair(&self, new: Verified, stream: UnixStream, partner: Held, spare: Option<Segment>) -> Decision {
         let Held { claim: held, stream: held_stream, since, .. } = partner;
+        // Each end's process is signalled to hand back if it sets up an io_uring from now on;
+        // one that did since its claim was checked is answered plain (the kernel watcher marks
+        // the io_uring before it looks for the signal entry, this after it stored the entry:
+        // one of the two sees the other).
+        for pid in [new.end.pid, held.end.pid] {
+            self.facts.hand_back_on_io_uring(pid);
+        }
+        if let Some(pid) = [new.end.pid, held.end.pid].into_iter().find(|&pid| self.facts.uses_io_uring(pid)) {
+            let reason = PlainReason::IoUring.describe();
+            tracing::info!(pid, reason, "not swapped");
+            return Decision::Answer { streams: vec![held_stream, stream], reply: Reply::plain(PlainReason::IoUring) };
+        }
         let segment = match spare.map_or_else(|| Segment::create_growing(self.ring_size, self.ring_initial()), Ok) {
             Ok(segment) => segment,
             Err(e) => {
@@ -617,6 +633,34 @@ mod tests {
         kernel.io_uring(CLIENT);
         assert_eq!(answered(&control, claim(&control, CLIENT, Role::Client, 5)), Reply::plain(PlainReason::IoUring));
         assert_eq!(control.stats().held_claims, 0, "nothing held for its peer to pair with");
+    }
+
+    #[test]
+    fn a_pair_registers_both_processes_for_the_io_uring_hand_back() {
+        let (kernel, control) = setup(8, true);
+        let (held, _client) = claim(&control, CLIENT, Role::Client, 5);
+        assert!(matches!(held, Decision::Held));
+        assert!(!kernel.hands_back_on_io_uring(CLIENT), "not before the pair");
+        let (paired, _server) = claim(&control, SERVER, Role::Server, 7);
+        assert!(matches!(paired, Decision::Paired(_)));
+        assert!(kernel.hands_back_on_io_uring(CLIENT) && kernel.hands_back_on_io_uring(SERVER));
+    }
+
+    #[test]
+    fn an_io_uring_set_up_while_the_claim_was_held_means_plain_for_both() {
+        let (kernel, control) = setup(8, true);
+        let (held, client) = claim(&control, CLIENT, Role::Client, 5);
+        assert!(matches!(held, Decision::Held));
+        // After its claim was checked, before the pair: the signal would come too late.
+        kernel.io_uring(CLIENT);
+        let (decision, server) = claim(&control, SERVER, Role::Server, 7);
+        let Decision::Answer { ref streams, reply } = decision else { panic!("answered, not paired") };
+        assert_eq!((streams.len(), reply), (2, Reply::plain(PlainReason::IoUring)), "both claims answered plain");
+        control.deliver(decision);
+        for hook in [&client, &server] {
+            assert_eq!(read_reply(hook).expect("a reply").0, Reply::plain(PlainReason::IoUring));
+        }
+        assert_eq!(control.stats().live_segments, 0);
     }
 
     #[test]

@@ -59,4 +59,10 @@ pub trait KernelFacts: Send + Sync {
     /// Whether process `pid` set up an io_uring (or descends from one that did): its io_uring
     /// reads and writes would bypass the rings.
     fn uses_io_uring(&self, pid: u32) -> bool;
+
+    /// Asks the kernel watcher to signal process `pid`'s hook if it sets up an io_uring from
+    /// now on (`tssx_common::maps::HANDBACK_ON_IO_URING`): its hook is about to take a segment.
+    fn hand_back_on_io_uring(&self, pid: u32) {
+        let _ = pid;
+    }
 }

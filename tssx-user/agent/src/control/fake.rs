@@ -38,6 +38,8 @@ struct Tables {
     dead: HashSet<u32>,
     /// Processes that set up an io_uring.
     io_uring: HashSet<u32>,
+    /// Processes registered for the io_uring hand-back signal.
+    hand_back: HashSet<u32>,
     /// Relative names the fake resolves: `(pid, name, file)` -> the absolute name.
     relative: HashMap<RelativeKey, Vec<u8>>,
     /// Questions asked, by name.
@@ -164,6 +166,11 @@ impl FakeKernel {
         self.tables().io_uring.insert(pid);
     }
 
+    /// Whether process `pid` was registered for the io_uring hand-back signal.
+    pub(super) fn hands_back_on_io_uring(&self, pid: u32) -> bool {
+        self.tables().hand_back.contains(&pid)
+    }
+
     /// How often `question` was asked.
     pub(super) fn asked(&self, question: &str) -> usize {
         self.tables().asked.get(question).copied().unwrap_or(0)
@@ -216,6 +223,10 @@ impl KernelFacts for Shared {
 
     fn uses_io_uring(&self, pid: u32) -> bool {
         self.0.ask("uses_io_uring").io_uring.contains(&pid)
+    }
+
+    fn hand_back_on_io_uring(&self, pid: u32) {
+        self.0.ask("hand_back_on_io_uring").hand_back.insert(pid);
     }
 
     fn resolve_relative(&self, pid: u32, name: &[u8], file: (u64, u64)) -> Option<Vec<u8>> {

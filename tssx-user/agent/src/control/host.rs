@@ -21,9 +21,21 @@ use crate::sockdiag;
 #[derive(Default)]
 pub struct Host {
     /// The eBPF programs' `IO_URING_USERS` map; `None` without the eBPF programs (tests).
-    pub io_uring_users: Option<aya::maps::HashMap<aya::maps::MapData, u32, u32>>,
+    io_uring_users: Option<aya::maps::HashMap<aya::maps::MapData, u32, u32>>,
+    /// The eBPF programs' `HANDBACK_ON_IO_URING` map; `None` without them.
+    handback: Option<Mutex<aya::maps::HashMap<aya::maps::MapData, u32, u32>>>,
     /// Connected sockets from the last look at all of them (see [`ConnectedSockets`]).
-    pub connected: Mutex<ConnectedSockets>,
+    connected: Mutex<ConnectedSockets>,
+}
+
+impl Host {
+    /// The running kernel, with the eBPF programs' maps (`None` without the programs: tests).
+    pub fn new(
+        io_uring_users: Option<aya::maps::HashMap<aya::maps::MapData, u32, u32>>,
+        handback: Option<aya::maps::HashMap<aya::maps::MapData, u32, u32>>,
+    ) -> Self {
+        Self { io_uring_users, handback: handback.map(Mutex::new), connected: Mutex::default() }
+    }
 }
 
 /// The kernel answers a `sock_diag` question about one Unix socket by walking every Unix socket
@@ -142,10 +154,28 @@ impl KernelFacts for Host {
         self.io_uring_users.as_ref().is_some_and(|users| users.get(&pid, 0).is_ok())
     }
 
+    fn hand_back_on_io_uring(&self, pid: u32) {
+        if let Some(map) = &self.handback {
+            let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(e) = map.insert(pid, tssx_common::HANDBACK_SIGNAL, 0) {
+                tracing::warn!(pid, "HANDBACK_ON_IO_URING: {e}: an io_uring this process sets up will not hand its connections back");
+            }
+        }
+    }
+
     fn resolve_relative(&self, pid: u32, name: &[u8], file: (u64, u64)) -> Option<Vec<u8>> {
         let path = resolve_in_cwd(pid, name)?;
         (file_id(pid, &path) == Some(file)).then_some(path)
     }
+}
+
+/// Whether thread `tid` of process `pid` blocks signal `sig` now (`SigBlk` of its `/proc`
+/// status); `None` if that cannot be read (the thread is gone).
+pub fn blocks_signal(pid: u32, tid: u32, sig: u32) -> Option<bool> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).ok()?;
+    let mask = status.lines().find_map(|l| l.strip_prefix("SigBlk:"))?;
+    let mask = u64::from_str_radix(mask.trim(), 16).ok()?;
+    Some((1..=64).contains(&sig) && mask & (1u64 << (sig - 1)) != 0)
 }
 
 /// `name` (relative) resolved against the working directory of process `pid` now

@@ -230,7 +230,14 @@ pub(super) fn finish_reaped(control: &Control, reaped: Reaped) {
                 let reason = given_up_reason(conn.joined());
                 tracing::info!(connection = id, path, client, server, reason, "not swapped");
             }
-            Finished::HandedBack => tracing::info!(connection = id, path, client, server, "handed back to the socket"),
+            Finished::HandedBack => {
+                // The one hand-back the agent sees the cause of: a process of the connection
+                // set up an io_uring (its hook was signalled; see `tssx_hook::uring`). Others
+                // are the hooks' own (a call only the kernel serves, an image without the hook).
+                let io_uring = conn.io_uring || [conn.client.pid, conn.server.pid].into_iter().any(|pid| control.facts.uses_io_uring(pid));
+                let reason = if io_uring { "io_uring" } else { "by an end (a call only the kernel serves, or an image without the hook)" };
+                tracing::info!(connection = id, path, client, server, reason, "handed back to the socket")
+            }
             Finished::NeverJoined | Finished::ProcessesGone | Finished::Closed if !committed && !swapped => {
                 let reason = match why {
                     Finished::NeverJoined => "both ends closed before picking the segment up",

@@ -171,14 +171,8 @@ impl Control {
     /// The control plane for `paths` (ids are positions) making segments with `ring_size`-byte
     /// rings, at most `max_connections` of them live at once; claims read kernel events from
     /// `feed` when they do not find them recorded, and ask the running kernel ([`Host`]).
-    pub fn new(
-        paths: Vec<WatchedPath>,
-        ring_size: usize,
-        max_connections: usize,
-        feed: Option<Arc<EventFeed>>,
-        io_uring_users: Option<aya::maps::HashMap<aya::maps::MapData, u32, u32>>,
-    ) -> Arc<Self> {
-        Self::with_facts(paths, ring_size, max_connections, feed, Box::new(Host { io_uring_users, ..Host::default() }), Timing::default())
+    pub fn new(paths: Vec<WatchedPath>, ring_size: usize, max_connections: usize, feed: Option<Arc<EventFeed>>, host: Host) -> Arc<Self> {
+        Self::with_facts(paths, ring_size, max_connections, feed, Box::new(host), Timing::default())
     }
 
     /// As [`Control::new`], with the kernel's answers from `facts` and the lifetimes of
@@ -239,6 +233,23 @@ impl Control {
             Some(tssx_common::event::EventKind::Accept) => self.counters.accepts.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             _ => 0,
         };
+        if event.event_kind() == Some(tssx_common::event::EventKind::IoUring) && event.other_pid != 0 {
+            let ids = self.lock().io_uring_set_up(event.tgid);
+            for connection in ids {
+                tracing::info!(connection, pid = event.tgid, reason = "io_uring", "handing back: the process set up an io_uring");
+            }
+            // The hook claims nothing in a thread that blocks the signal, but a thread may block
+            // it later: then the hand-back waits until it unblocks it (see `tssx_hook::uring`).
+            if host::blocks_signal(event.tgid, event.pid, event.other_pid) == Some(true) {
+                tracing::warn!(
+                    pid = event.tgid,
+                    tid = event.pid,
+                    signal = event.other_pid,
+                    "io_uring: the thread blocks the hand-back signal: its connections are handed back only when it unblocks it (io_uring reads and writes on them before that bypass the rings)"
+                );
+            }
+            return;
+        }
         let replaced = self.lock().record(event);
         if let Some(seen) = replaced {
             self.short_lived(&seen.end, seen.path_id);

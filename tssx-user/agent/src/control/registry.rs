@@ -216,6 +216,9 @@ pub(super) struct Connection {
     pub(super) connected_ns: u64,
     /// Its `swapped` line was traced.
     pub(super) swapped_traced: bool,
+    /// A process of one of its ends set up an io_uring while holding it: its hook was
+    /// signalled to hand the connection back (traced as the hand-back's reason).
+    pub(super) io_uring: bool,
 }
 
 /// A `swapped` trace line: both ends completed the migration.
@@ -425,6 +428,17 @@ impl Registry {
         }
     }
 
+    /// Process `pid` set up an io_uring and its hook was signalled to hand its connections back:
+    /// marks its live connections (see [`Connection::io_uring`]); returns their ids.
+    pub(super) fn io_uring_set_up(&mut self, pid: u32) -> Vec<u64> {
+        let mut ids = Vec::new();
+        for conn in self.live.values_mut().filter(|c| c.client.pid == pid || c.server.pid == pid) {
+            conn.io_uring = true;
+            ids.push(conn.id);
+        }
+        ids
+    }
+
     /// Records a kernel connect or accept so that claims can be checked against it (other kinds
     /// are ignored). Returns the unclaimed connect event it replaced, if any: the same fd of
     /// the same process, so that connection's socket is gone (a short-lived connection).
@@ -617,7 +631,19 @@ impl Registry {
         let NewConnection { path, pattern, client, server, inodes, connected_ns, segment } = pair;
         self.live.insert(
             id,
-            Connection { id, path, pattern, client, server, inodes, segment, paired_at: now, connected_ns, swapped_traced: false },
+            Connection {
+                id,
+                path,
+                pattern,
+                client,
+                server,
+                inodes,
+                segment,
+                paired_at: now,
+                connected_ns,
+                swapped_traced: false,
+                io_uring: false,
+            },
         );
         Ok(id)
     }
