@@ -445,6 +445,8 @@ scenarios! {
     threads_duplex_two_readers_two_writers: "threads", server [], client [], connections 3, shm 3 * (8 << 20) + 2 * 20_000 * 64;
     signals_eintr_and_sa_restart: "signals", server [], client [], connections 1, shm 10;
     bad_input_efault_einval_eisconn: "badinput", server [], client [], connections 1, shm 10;
+    // Issue 13 item 4: bad pages anywhere in user space, and the application's own faults.
+    bad_pages_efault_and_own_fault_handlers: "badpages", server [], client [], connections 1, shm 1116;
     random_interleaving_stress: "stress", server ["8388608", "42"], client ["8388608", "42"], connections 1, shm 2 * 8_388_608;
     fortify_chk_variants_fcntl64_and_overflow: "fortify", server [], client [], connections 2, shm 41;
     recvmmsg_sendmmsg_waitforone_timeout_partial_scm_rights: "mmsg", server [], client [], connections 3, shm 72;

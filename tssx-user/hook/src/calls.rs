@@ -478,13 +478,15 @@ recv_like!(
         => |fd| (iov::one_mut(buf, n), flags),
         after = |n| if addr.is_null() {
             n
-        } else if !iov::value_ok(len) {
-            // The kernel writes the length after the data is consumed: EFAULT then.
-            partial_or_errno(0, libc::EFAULT)
-        } else {
-            // SAFETY: `len` checked above; the caller's address buffer of `*len` bytes.
-            unsafe { source_address(fd, n, addr, len) };
+        } else if
+            // SAFETY: the caller's address buffer of `*len` bytes and its length, both read and
+            // written through the user copy.
+            unsafe { source_address(fd, n, addr, len) } {
             n
+        } else {
+            // The kernel writes the address and its length after the data is consumed: EFAULT
+            // then.
+            partial_or_errno(0, libc::EFAULT)
         }
 );
 recv_like!(
@@ -494,23 +496,25 @@ recv_like!(
             // (As the kernel: nothing is written back after an error, nor a name length
             // without a name buffer; `msg_flags` keeps the call's MSG_CMSG_CLOEXEC, found by the
             // differential test.)
-            // SAFETY: the caller's msghdr, readable (checked by `msg_iov`); fields written
-            // unaligned, as the kernel may.
+            // SAFETY: the caller's msghdr, readable (checked by `msg_iov`, through the user
+            // copy); fields written unaligned through the user copy (a read-only header:
+            // EFAULT after the data was taken, as the kernel's `put_user`).
             unsafe {
                 // Control messages: only those of a marker taken on the way (`anc`).
                 let (control_len, control_flags) = anc::ctrl_result();
-                std::ptr::addr_of_mut!((*msg).msg_flags).write_unaligned((flags & libc::MSG_CMSG_CLOEXEC) | control_flags);
-                std::ptr::addr_of_mut!((*msg).msg_controllen).write_unaligned(control_len as _);
+                let written = iov::write_value(std::ptr::addr_of_mut!((*msg).msg_flags), (flags & libc::MSG_CMSG_CLOEXEC) | control_flags)
+                    && iov::write_value(std::ptr::addr_of_mut!((*msg).msg_controllen), control_len as _);
                 if control_len > 0 {
                     // Swapped sockets may have arrived with their segments.
                     with_errno_kept(|| pass::received(msg));
                 }
-                let name = std::ptr::addr_of!((*msg).msg_name).read_unaligned();
-                if !name.is_null() {
-                    source_address(fd, n, name.cast(), std::ptr::addr_of_mut!((*msg).msg_namelen));
+                let name = iov::read_value(std::ptr::addr_of!((*msg).msg_name)).unwrap_or(std::ptr::null_mut());
+                if !written || (!name.is_null() && !source_address(fd, n, name.cast(), std::ptr::addr_of_mut!((*msg).msg_namelen))) {
+                    partial_or_errno(0, libc::EFAULT)
+                } else {
+                    n
                 }
             }
-            n
         },
         // SAFETY: the caller's msghdr, just filled by the kernel (so valid), read unaligned.
         plain_after = |rc| if rc >= 0 && !msg.is_null() && unsafe { std::ptr::addr_of!((*msg).msg_controllen).read_unaligned() } > 0 {
@@ -527,9 +531,13 @@ recv_like!(
 /// 0) for an unbound peer or when no byte was received. At most `*len` bytes are written, and
 /// `*len` is set to the address's full length.
 ///
+/// `false` if `len` or the `addr` bytes to write lie outside user space or in a bad page (the
+/// kernel's EFAULT, after the data was taken).
+///
 /// # Safety
-/// `addr` is valid for `*len` bytes; `len` is valid.
-unsafe fn source_address(fd: c_int, got: isize, addr: *mut sockaddr, len: *mut socklen_t) {
+/// `addr` and `len` are the application's pointers (possibly bad: read and written through the
+/// user copy).
+unsafe fn source_address(fd: c_int, got: isize, addr: *mut sockaddr, len: *mut socklen_t) -> bool {
     // SAFETY: an all-zero sockaddr_un is valid.
     let mut name: libc::sockaddr_un = unsafe { std::mem::zeroed() };
     let mut name_len = size_of::<libc::sockaddr_un>() as socklen_t;
@@ -539,12 +547,16 @@ unsafe fn source_address(fd: c_int, got: isize, addr: *mut sockaddr, len: *mut s
         && name_len as usize > size_of::<libc::sa_family_t>();
     let full = if known { name_len } else { 0 };
     // SAFETY: per the contract; read and written unaligned, as the kernel may.
-    let room = unsafe { len.read_unaligned() };
+    let Some(room) = (unsafe { iov::read_value(len) }) else { return false };
     let copy = full.min(room) as usize;
-    // SAFETY: `copy` bytes fit in both buffers.
+    if copy > 0 && iov::range(addr.cast(), copy) != iov::Range::Valid {
+        return false;
+    }
+    // SAFETY: `copy` bytes of ours; the caller's buffer checked for range, written through the
+    // user copy.
     unsafe {
-        std::ptr::copy_nonoverlapping((&raw const name).cast::<u8>(), addr.cast::<u8>(), copy);
-        len.write_unaligned(full);
+        let bytes = std::slice::from_raw_parts((&raw const name).cast::<u8>(), copy);
+        tssx_shm::ucopy::to_user(addr.cast::<u8>(), bytes).is_ok() && iov::write_value(len, full)
     }
 }
 
@@ -560,14 +572,15 @@ send_like!(
 send_like!(
     fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int)
         => |fd| (iov::msg_iov(msg).and_then(|(v, cnt)| iov::slices(v, cnt, libc::EMSGSIZE)), flags),
-        // SAFETY: read unaligned, once the header is known readable.
+        // SAFETY: read unaligned through the user copy (a header that cannot be read is left
+        // to the checks of the hook's path).
         // (sendmsg clamps a name length beyond `sockaddr_storage`; a negative `int` is EINVAL.)
-        check = address_refused(
-            std::ptr::addr_of!((*msg).msg_name).read_unaligned().cast(),
-            (std::ptr::addr_of!((*msg).msg_namelen).read_unaligned() as i32 as isize).min(std::mem::size_of::<libc::sockaddr_storage>() as isize)
-        ),
+        check = iov::read_value(msg).and_then(|m| address_refused(
+            m.msg_name.cast(),
+            (m.msg_namelen as i32 as isize).min(std::mem::size_of::<libc::sockaddr_storage>() as isize)
+        )),
         // (A header that cannot be read is left to the checks of the hook's path.)
-        guard = iov::value_ok(msg) && std::ptr::addr_of!((*msg).msg_controllen).read_unaligned() > 0,
+        guard = iov::read_value(msg).is_some_and(|m| m.msg_controllen > 0),
         anc = |c| anc_send(c, fd, msg, flags),
         pre = if table::lookup_swapped(fd).is_none() { pass::send(fd, msg, flags) } else { None }
 );
@@ -1219,12 +1232,12 @@ const SIOCATMARK: libc::c_ulong = 0x8905;
 pub unsafe fn ioctl(fd: c_int, request: libc::c_ulong, arg: *mut c_void) -> c_int {
     if request == SIOCATMARK {
         if let Some(mark) = table::lookup(fd).and_then(|c| with_errno_kept(|| c.at_mark(fd))) {
-            if !iov::value_ok(arg.cast::<c_int>()) {
+            // SAFETY: SIOCATMARK takes a pointer to an int, written unaligned through the user
+            // copy (EFAULT for a bad one).
+            if !unsafe { iov::write_value(arg.cast::<c_int>(), c_int::from(mark)) } {
                 sys::set_errno(libc::EFAULT);
                 return -1;
             }
-            // SAFETY: SIOCATMARK takes a pointer to an int (checked above), written unaligned.
-            unsafe { arg.cast::<c_int>().write_unaligned(c_int::from(mark)) };
             return 0;
         }
     }
@@ -1241,13 +1254,13 @@ pub unsafe fn ioctl(fd: c_int, request: libc::c_ulong, arg: *mut c_void) -> c_in
             _ => None,
         };
         if let Some(value) = value {
-            if !iov::value_ok(arg.cast::<c_int>()) {
+            // SAFETY: FIONREAD/SIOCOUTQ take a pointer to an int; written unaligned (as the
+            // kernel's `put_user` accepts any alignment) through the user copy (EFAULT for a
+            // bad one).
+            if !unsafe { iov::write_value(arg.cast::<c_int>(), value.min(c_int::MAX as usize) as c_int) } {
                 sys::set_errno(libc::EFAULT);
                 return -1;
             }
-            // SAFETY: FIONREAD/SIOCOUTQ take a pointer to an int (checked above); written
-            // unaligned, as the kernel's `put_user` accepts any alignment.
-            unsafe { arg.cast::<c_int>().write_unaligned(value.min(c_int::MAX as usize) as c_int) };
             return 0;
         }
     }

@@ -123,6 +123,9 @@ pub struct Swap {
 impl Swap {
     /// The mapped segment, its ring handles and its memfd, no lock held.
     pub(crate) fn new(segment: Segment, tx: Producer, rx: Consumer, memfd: OwnFd) -> Swap {
+        // From now on the application's buffers are copied to and from rings: faults there
+        // become EFAULT (see `crate::fault`).
+        crate::fault::arm();
         Swap {
             segment,
             tx: UnsafeCell::new(tx),
