@@ -28,7 +28,7 @@
 
 /* Where the scenario maps its pages: far below where the kernel places mappings on its own
  * (top-down from under the stack), so that a page unmapped here stays unmapped. */
-static char *next_place = (char *)0x5e0000000000ull;
+static char *volatile next_place = (char *)0x5e0000000000ull; /* volatile: kept across siglongjmp */
 
 static char *map_here(size_t len, int prot, int flags, int fd) {
     char *p = mmap(next_place, len, prot, flags | MAP_FIXED_NOREPLACE, fd, 0);
