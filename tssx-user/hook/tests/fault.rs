@@ -62,6 +62,27 @@ fn a_copy_stops_at_the_bad_page_and_says_how_far_it_got() {
         assert_eq!(unsafe { ucopy::read(p.wrapping_add(PAGE - 8).cast::<u64>()) }, Some(u64::from_ne_bytes(src[42..50].try_into().unwrap())));
         assert!(!unsafe { ucopy::write(p.wrapping_add(PAGE - 4).cast::<u64>(), 7) });
     }
+    // Exact at every distance from the bad page, for short copies (the wide moves, then the
+    // byte loop) and long ones (`rep movsb`), both ways.
+    let big: Vec<u8> = (0..3000u32).map(|i| (i * 13) as u8).collect();
+    let p = two_pages(false);
+    for good in [0usize, 1, 7, 8, 9, 15, 16, 17, 63, 64, 65, 100, 1000, 2047, 2048, 2049, 3000, PAGE] {
+        for len in [1usize, 8, 16, 64, 100, 2047, 2048, 3000] {
+            let good = good.min(PAGE);
+            let at = p.wrapping_add(PAGE - good);
+            let want_left = len.saturating_sub(good);
+            // SAFETY: `good` bytes of our mapping, then the bad page (the copy survives it).
+            let left = unsafe { ucopy::copy(at, big.as_ptr(), len) };
+            assert_eq!(left, want_left, "into: {good} good bytes, {len} to copy");
+            // SAFETY: the bytes just copied, in our mapping.
+            assert_eq!(unsafe { std::slice::from_raw_parts(at, len - left) }, &big[..len - left]);
+            let mut back = vec![0u8; len];
+            // SAFETY: as above, the other way.
+            let left = unsafe { ucopy::copy(back.as_mut_ptr(), at, len) };
+            assert_eq!(left, want_left, "out of: {good} good bytes, {len} to copy");
+            assert_eq!(&back[..len - left], &big[..len - left]);
+        }
+    }
     let bus = past_end_of_file();
     // SAFETY: the SIGBUS page (the copy survives it).
     assert_eq!(unsafe { ucopy::copy(bus, src.as_ptr(), 64) }, 64, "a file mapping past its end: SIGBUS, caught");
