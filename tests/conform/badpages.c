@@ -75,6 +75,48 @@ static void wait_queued(int fd, int n) {
     }
 }
 
+/* sendmsg of `n` bytes at `data` with one fd (SCM_RIGHTS). */
+static long send_with_fd(int fd, const void *data, size_t n, int passed) {
+    struct iovec v = {(void *)data, n};
+    union {
+        char buf[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr align;
+    } u;
+    memset(&u, 0, sizeof u);
+    struct msghdr m = {.msg_iov = &v, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = sizeof u.buf};
+    struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(c), &passed, sizeof passed);
+    return sendmsg(fd, &m, 0);
+}
+
+/* recvmsg of up to `n` bytes into `data` with room for 4 fds: the count, and the fds received
+ * (closed) in *fds. */
+static long recv_with_fds(int fd, void *data, size_t n, int *fds) {
+    struct iovec v = {data, n};
+    union {
+        char buf[CMSG_SPACE(4 * sizeof(int))];
+        struct cmsghdr align;
+    } u;
+    struct msghdr m = {.msg_iov = &v, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = sizeof u.buf};
+    long r = recvmsg(fd, &m, 0);
+    *fds = 0;
+    if (r >= 0)
+        for (struct cmsghdr *c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c))
+            if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+                int k = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+                for (int i = 0; i < k; i++) {
+                    int got;
+                    memcpy(&got, CMSG_DATA(c) + i * sizeof(int), sizeof got);
+                    close(got);
+                }
+                *fds += k;
+            }
+    return r;
+}
+
 /* --- the application's own faults ------------------------------------------------------- */
 
 static sigjmp_buf jump;
@@ -184,6 +226,21 @@ static void server(const char *path) {
     size_t n = read_full(c, buf, QUEUED - GOOD);
     say("read the rest: %zu bytes, %s", n, quoted(buf + n - 8, 8));
 
+    say("-- control messages (SCM_RIGHTS)");
+    send_byte(c, 'c');
+    wait_queued(c, 10);
+    int fds = -1;
+    SHOW("recvmsg with fds into an unmapped page", recv_with_fds(c, hole, 10, &fds));
+    SHOW("recvmsg with fds, PROT_NONE after 4 bytes", recv_with_fds(c, tail + GOOD - 4, 10, &fds));
+    long got = SHOW_DATA("recvmsg with fds", buf, recv_with_fds(c, buf, 10, &fds));
+    say("  %d fd(s)", got > 0 ? fds : -1);
+    int p[2];
+    CHECK(pipe(p) == 0);
+    SHOW("sendmsg with an fd, PROT_NONE after 100 bytes", send_with_fd(c, tail, QUEUED, p[0]));
+    SHOW("sendmsg with an fd from an unmapped page", send_with_fd(c, hole, 10, p[0]));
+    close(p[0]);
+    close(p[1]);
+
     say("-- writes from bad pages");
     SHOW("write, PROT_NONE after 100 bytes", write(c, tail, QUEUED));
     SHOW("write, unmapped after 100 bytes", write(c, gap, QUEUED));
@@ -216,6 +273,12 @@ static void client(const char *path) {
     expect_byte(fd, 'r');
     for (int i = 0; i < QUEUED; i++) buf[i] = (char)('A' + i % 26);
     write_full(fd, buf, QUEUED);
+    expect_byte(fd, 'c');
+    int p[2];
+    CHECK(pipe(p) == 0);
+    CHECK(send_with_fd(fd, "fdfdfdfdfd", 10, p[0]) == 10);
+    close(p[0]);
+    close(p[1]);
     /* What the bad writes delivered: the good 100 bytes, 3 zero bytes and "END", nothing more. */
     size_t n = read_full(fd, buf, GOOD + 6);
     say("received %zu bytes: %s", n, quoted(buf, (long)n));

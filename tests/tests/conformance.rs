@@ -446,7 +446,7 @@ scenarios! {
     signals_eintr_and_sa_restart: "signals", server [], client [], connections 1, shm 10;
     bad_input_efault_einval_eisconn: "badinput", server [], client [], connections 1, shm 10;
     // Issue 13 item 4: bad pages anywhere in user space, and the application's own faults.
-    bad_pages_efault_and_own_fault_handlers: "badpages", server [], client [], connections 1, shm 1116;
+    bad_pages_efault_and_own_fault_handlers: "badpages", server [], client [], connections 1, shm 1127;
     random_interleaving_stress: "stress", server ["8388608", "42"], client ["8388608", "42"], connections 1, shm 2 * 8_388_608;
     fortify_chk_variants_fcntl64_and_overflow: "fortify", server [], client [], connections 2, shm 41;
     recvmmsg_sendmmsg_waitforone_timeout_partial_scm_rights: "mmsg", server [], client [], connections 3, shm 72;

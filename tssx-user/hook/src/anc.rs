@@ -484,11 +484,18 @@ impl Conn {
                     return (done, false);
                 }
             }
+            let len = (r.len.min(usize::MAX as u64) as usize).min(room - done.bytes);
+            // As the kernel, which copies a message's bytes before it takes its control
+            // messages (and takes none if the copy faults): a buffer that would fault ends the
+            // read here, the marker left.
+            if !crate::iov::after_mut(bufs, done.bytes, |rest| crate::iov::writable(rest, len)) {
+                done.fault = done.bytes == 0;
+                return (done, true);
+            }
             let Some(fds) = self.take_marker(fd, &r, peek, flags) else {
                 // Withdrawn meanwhile: the ring bytes are ordinary data.
                 continue;
             };
-            let len = (r.len.min(usize::MAX as u64) as usize).min(room - done.bytes);
             let got = read(rx, bufs, done.bytes, len);
             if add(got, &mut done) || fds || peek || passcred {
                 return (done, true);
@@ -578,7 +585,7 @@ impl Conn {
                     return Step::QueueFull;
                 }
                 let len = want.min(free);
-                if !readable(bufs, len) {
+                if !crate::iov::readable(bufs, len) {
                     // As the kernel, whose copy of the message faults after it took the
                     // control messages: EFAULT, nothing sent (the fds never travel).
                     return Step::Err(libc::EFAULT);
@@ -661,40 +668,6 @@ impl Conn {
             }
         }
     }
-}
-
-/// Whether the first `len` bytes of the application's `bufs` can be read (one byte of each page
-/// they touch read through the user copy, [`tssx_shm::ucopy`]): checked before a marker goes
-/// out, so that a message whose bytes fault is refused before its control messages are sent.
-/// The cold path of `sendmsg` with control messages only.
-fn readable(bufs: &[IoSlice<'_>], len: usize) -> bool {
-    const PAGE: usize = 4096;
-    let mut left = len;
-    for b in bufs {
-        let k = b.len().min(left);
-        if k > 0 {
-            let start = b.as_ptr() as usize;
-            let last = start + k - 1;
-            let mut at = start;
-            loop {
-                let mut byte = [0u8; 1];
-                // SAFETY: a byte of the application's buffer (possibly bad: the user copy
-                // survives that) into ours.
-                if unsafe { tssx_shm::ucopy::from_user(&mut byte, at as *const u8) }.is_err() {
-                    return false;
-                }
-                if at == last {
-                    break;
-                }
-                at = ((at / PAGE + 1) * PAGE).min(last);
-            }
-        }
-        left -= k;
-        if left == 0 {
-            break;
-        }
-    }
-    true
 }
 
 /// Whether records are pending between the writer's `sent` and the reader's `taken`: between 1

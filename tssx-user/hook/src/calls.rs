@@ -476,16 +476,12 @@ recv_like!(fn readv(fd: c_int, iov: *const iovec, cnt: c_int) => |fd| (iov::slic
 recv_like!(
     fn recvfrom(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int, addr: *mut sockaddr, len: *mut socklen_t)
         => |fd| (iov::one_mut(buf, n), flags),
-        after = |n| if addr.is_null() {
-            n
-        } else if
-            // SAFETY: the caller's address buffer of `*len` bytes and its length, both read and
-            // written through the user copy.
-            unsafe { source_address(fd, n, addr, len) } {
+        // SAFETY: the caller's address buffer of `*len` bytes and its length, both read and
+        // written through the user copy. (The kernel writes them after the data is consumed:
+        // EFAULT then.)
+        after = |n| if addr.is_null() || unsafe { source_address(fd, n, addr, len) } {
             n
         } else {
-            // The kernel writes the address and its length after the data is consumed: EFAULT
-            // then.
             partial_or_errno(0, libc::EFAULT)
         }
 );

@@ -20,8 +20,8 @@ use std::{
 };
 
 use libc::c_int;
-use tssx_shm::ring::Transfer;
 use tssx_common::segment::{SegmentState, NOT_YET, SHUT_READ, SHUT_WRITE};
+use tssx_shm::ring::Transfer;
 
 use crate::{
     conn::{Conn, Phase},

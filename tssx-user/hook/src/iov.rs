@@ -168,6 +168,74 @@ pub fn spread(bufs: &mut [IoSliceMut<'_>], data: &[u8]) -> Transfer {
     Transfer::peeked(at)
 }
 
+/// Calls `f` with the address of one byte in each page of `len` bytes at `start` (the first,
+/// then each page start, then the last), until it returns `false`; `true` if it never did.
+fn each_page(start: usize, len: usize, mut f: impl FnMut(usize) -> bool) -> bool {
+    const PAGE: usize = 4096;
+    if len == 0 {
+        return true;
+    }
+    let last = start + (len - 1);
+    let mut at = start;
+    loop {
+        if !f(at) {
+            return false;
+        }
+        if at == last {
+            return true;
+        }
+        at = ((at / PAGE + 1) * PAGE).min(last);
+    }
+}
+
+/// Whether `len` bytes of the application's memory at `start` can be read (see [`readable`]).
+pub fn readable_range(start: *const c_void, len: usize) -> bool {
+    // SAFETY: a byte of the application's memory (possibly bad: the user copy survives that)
+    // into ours.
+    each_page(start as usize, len, |at| unsafe { tssx_shm::ucopy::read(at as *const u8) }.is_some())
+}
+
+/// Whether the first `len` bytes of the application's `bufs` can be read: one byte of each
+/// page they touch read through the user copy ([`tssx_shm::ucopy`]). For the cold paths that
+/// must know before they act (a `sendmsg` whose control messages go out first).
+pub fn readable(bufs: &[IoSlice<'_>], len: usize) -> bool {
+    let mut left = len;
+    for b in bufs {
+        let k = b.len().min(left);
+        if !readable_range(b.as_ptr().cast(), k) {
+            return false;
+        }
+        left -= k;
+        if left == 0 {
+            break;
+        }
+    }
+    true
+}
+
+/// Whether the first `len` bytes of the application's `bufs` can be written: one byte of each
+/// page they touch read and written back through the user copy (the call is about to write
+/// these bytes anyway). For a read that must know before it takes control messages.
+pub fn writable(bufs: &mut [IoSliceMut<'_>], len: usize) -> bool {
+    let mut left = len;
+    for b in bufs.iter_mut() {
+        let k = b.len().min(left);
+        let ok = each_page(b.as_mut_ptr() as usize, k, |at| {
+            // SAFETY: a byte of the application's buffer (possibly bad: the user copy survives
+            // that), read, then written back unchanged.
+            unsafe { tssx_shm::ucopy::read(at as *const u8).is_some_and(|v| tssx_shm::ucopy::write(at as *mut u8, v)) }
+        });
+        if !ok {
+            return false;
+        }
+        left -= k;
+        if left == 0 {
+            break;
+        }
+    }
+    true
+}
+
 /// A pointer to one value of type `T` the caller passes (an `int` for `FIONREAD`, a
 /// `socklen_t`, a `msghdr`): whether it may be dereferenced. Alignment is not required (the
 /// kernel does not require it either): read and write such values unaligned.

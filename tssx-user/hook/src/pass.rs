@@ -110,20 +110,9 @@ pub unsafe fn send_via(msg: *const msghdr, real: impl FnOnce(&msghdr) -> Result<
     if crate::iov::range(m.msg_control, m.msg_controllen) != crate::iov::Range::Valid || !m.msg_control.cast::<cmsghdr>().is_aligned() {
         return None;
     }
-    if m.msg_controllen > 0 {
-        // A control buffer in a bad page goes to the real call as well (EFAULT): one byte of
-        // each page it touches read through the user copy.
-        let (start, last) = (m.msg_control as usize, m.msg_control as usize + m.msg_controllen - 1);
-        let mut at = start;
-        loop {
-            // SAFETY: a byte of the caller's control buffer (possibly bad: the user copy
-            // survives that).
-            unsafe { tssx_shm::ucopy::read(at as *const u8) }?;
-            if at == last {
-                break;
-            }
-            at = ((at / 4096 + 1) * 4096).min(last);
-        }
+    if !crate::iov::readable_range(m.msg_control, m.msg_controllen) {
+        // A control buffer in a bad page goes to the real call as well (EFAULT).
+        return None;
     }
     // SAFETY: as above.
     let rights = unsafe { last_rights(m) }?;

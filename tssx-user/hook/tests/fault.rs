@@ -14,11 +14,19 @@ const PAGE: usize = 4096;
 /// Two pages, the second PROT_NONE (or unmapped): the address of the first.
 fn two_pages(unmap_second: bool) -> *mut u8 {
     // SAFETY: a fresh anonymous mapping; no existing memory is touched.
-    let p = unsafe { libc::mmap(std::ptr::null_mut(), 2 * PAGE, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0) };
+    let p = unsafe {
+        libc::mmap(std::ptr::null_mut(), 2 * PAGE, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+    };
     assert_ne!(p, libc::MAP_FAILED);
     let second = p.cast::<u8>().wrapping_add(PAGE).cast::<c_void>();
     // SAFETY: the second page of our own mapping.
-    let rc = unsafe { if unmap_second { libc::munmap(second, PAGE) } else { libc::mprotect(second, PAGE, libc::PROT_NONE) } };
+    let rc = unsafe {
+        if unmap_second {
+            libc::munmap(second, PAGE)
+        } else {
+            libc::mprotect(second, PAGE, libc::PROT_NONE)
+        }
+    };
     assert_eq!(rc, 0);
     p.cast()
 }
@@ -59,7 +67,10 @@ fn a_copy_stops_at_the_bad_page_and_says_how_far_it_got() {
         assert_eq!(unsafe { ucopy::copy(p.wrapping_add(PAGE), src.as_ptr(), 10) }, 10);
         assert_eq!(unsafe { ucopy::to_user(p.wrapping_add(PAGE + 8), &src[..4]) }, Err(0));
         assert_eq!(unsafe { ucopy::read(p.wrapping_add(PAGE).cast::<u64>()) }, None);
-        assert_eq!(unsafe { ucopy::read(p.wrapping_add(PAGE - 8).cast::<u64>()) }, Some(u64::from_ne_bytes(src[42..50].try_into().unwrap())));
+        assert_eq!(
+            unsafe { ucopy::read(p.wrapping_add(PAGE - 8).cast::<u64>()) },
+            Some(u64::from_ne_bytes(src[42..50].try_into().unwrap()))
+        );
         assert!(!unsafe { ucopy::write(p.wrapping_add(PAGE - 4).cast::<u64>(), 7) });
     }
     // Exact at every distance from the bad page, for short copies (the wide moves, then the
