@@ -7,7 +7,8 @@
  * working. Then the application's own faults: its SIGSEGV handler (installed before the
  * connection, on an alternate stack) runs for them and leaves with siglongjmp; a handler
  * installed afterwards too; a child with SIG_DFL (and with SIG_IGN) for SIGSEGV, or SIG_DFL
- * for SIGBUS, dies of the signal as without tssx.
+ * for SIGBUS, dies of the signal as without tssx; a child's stack overflow reaches its handler
+ * on its alternate stack (as Rust's runtime catches one).
  *
  *   badpages server PATH / badpages client PATH
  *
@@ -170,6 +171,40 @@ static void child_faults(int c, int sig, void (*disposition)(int), char *p, cons
     else say("%s: child exited %d", what, WEXITSTATUS(status));
 }
 
+/* A stack overflow, caught on an alternate stack (as Rust's runtime does): the child exits 42. */
+static volatile int keep_going = 1;
+static void overflow_handler(int sig) {
+    (void)sig;
+    _exit(42);
+}
+static int recurse(int n) {
+    volatile char pad[1024];
+    pad[0] = (char)n;
+    if (keep_going) return recurse(n + 1) + pad[0];
+    return pad[0];
+}
+static void child_overflows(int c) {
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        close(c);
+        stack_t st = {.ss_sp = malloc(1 << 16), .ss_size = 1 << 16, .ss_flags = 0};
+        CHECK(st.ss_sp != NULL && sigaltstack(&st, NULL) == 0);
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = overflow_handler;
+        sa.sa_flags = SA_ONSTACK;
+        sigemptyset(&sa.sa_mask);
+        CHECK(sigaction(SIGSEGV, &sa, NULL) == 0);
+        recurse(0);
+        _exit(0);
+    }
+    int status;
+    CHECK(waitpid(pid, &status, 0) == pid);
+    if (WIFSIGNALED(status)) say("stack overflow: child killed by signal %d", WTERMSIG(status));
+    else say("stack overflow: child exited %d", WEXITSTATUS(status));
+}
+
 static void own_faults(int c) {
     say("-- the application's own faults");
     fault_at = unmapped_page();
@@ -189,6 +224,7 @@ static void own_faults(int c) {
     child_faults(c, SIGSEGV, SIG_DFL, unmapped_page(), "SIGSEGV SIG_DFL");
     child_faults(c, SIGSEGV, SIG_IGN, unmapped_page(), "SIGSEGV SIG_IGN");
     child_faults(c, SIGBUS, SIG_DFL, past_end_of_file(), "SIGBUS SIG_DFL");
+    child_overflows(c);
 }
 
 /* --- the scenario ------------------------------------------------------------------------ */
