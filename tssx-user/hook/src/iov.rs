@@ -17,6 +17,11 @@
 //!   SIGSEGV/SIGBUS handler turns into a short copy ([`crate::fault`]). No system call, and
 //!   nothing on the fast path but the copy itself.
 //!
+//! The slices the hook builds over an application's buffers ([`slices`], [`one`], ...) are
+//! only ever handed to that copy (through the rings' `read`/`write`/`peek` and [`spread`]):
+//! no Rust code of the hook reads or writes through them, so a bad page in them is never
+//! touched by anything but the copy routine.
+//!
 //! What the call then answers follows the kernel's af_unix stream socket, which copies one
 //! message (skb, one per write of up to about 36 KiB) at a time and keeps or drops a message
 //! whose copy faulted whole: a read returns the messages copied before the faulting one, or
