@@ -2,7 +2,7 @@
 //!
 //! Every copy between a ring and an application's buffer is [`tssx_shm::ucopy::copy`], one
 //! instruction whose address is known. The hook owns SIGSEGV and SIGBUS ([`crate::signals::own`],
-//! taken whatever the application's disposition): its handler ([`on_fault`]) looks at the
+//! taken whatever the application's disposition): its handler (`on_fault`) looks at the
 //! faulting instruction, and when it is the copy's, moves the thread to the copy's resume point,
 //! where the copy returns the bytes it did not move; the ring then publishes nothing of that
 //! transfer ([`tssx_shm::ring::Transfer::fault`]) and the call answers as the kernel does
@@ -12,7 +12,7 @@
 //! same death, core dump and exit status as without the hook), `SIG_IGN` acting as the kernel
 //! forces it (the default).
 //!
-//! The handlers are installed at the first swap ([`arm`], from [`crate::conn::Swap::new`]):
+//! The handlers are installed at the first swap ([`arm`], from `conn::Swap::new`):
 //! a process that never swaps a connection pays nothing at start, and no copy of an
 //! application buffer happens before a connection has its segment. After `fork` the child keeps
 //! them (and the flag); after `exec` the new image installs them again at its first segment.
@@ -27,7 +27,7 @@ use crate::signals::{self, Take};
 /// `signals::own` with the same handler is idempotent).
 static ARMED: AtomicBool = AtomicBool::new(false);
 
-/// Takes SIGSEGV and SIGBUS for [`on_fault`], once per process image. Cheap after the first
+/// Takes SIGSEGV and SIGBUS for `on_fault`, once per process image. Cheap after the first
 /// call (one load). Never from a signal handler of the hook's own.
 #[inline]
 pub fn arm() {
