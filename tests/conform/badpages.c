@@ -255,6 +255,13 @@ static void server(const char *path) {
     SHOW("read into a file mapping past its end", read(c, bus, 10));
     SHOW("readv, the iovec array in an unmapped page", readv(c, (struct iovec *)hole, 1));
     SHOW("recvmsg, the msghdr in an unmapped page", recvmsg(c, (struct msghdr *)hole, 0));
+    SHOW("recvmmsg, the vector in an unmapped page", recvmmsg(c, (struct mmsghdr *)hole, 1, 0, NULL));
+    struct iovec mv = {buf, 10};
+    struct mmsghdr mm = {.msg_hdr = {.msg_iov = &mv, .msg_iovlen = 1}};
+    SHOW("recvmmsg, the timeout in an unmapped page", recvmmsg(c, &mm, 1, 0, (struct timespec *)hole));
+    struct iovec mbad = {tail, QUEUED};
+    struct mmsghdr mm2 = {.msg_hdr = {.msg_iov = &mbad, .msg_iovlen = 1}};
+    SHOW("recvmmsg, PROT_NONE after 100 bytes", recvmmsg(c, &mm2, 1, 0, NULL));
     int q = 0;
     CHECK(ioctl(c, FIONREAD, &q) == 0);
     say("FIONREAD %d (nothing was taken)", q);
@@ -293,6 +300,10 @@ static void server(const char *path) {
     SHOW("write from a file mapping past its end", write(c, bus, 10));
     SHOW("writev, the iovec array in an unmapped page", writev(c, (struct iovec *)hole, 1));
     SHOW("sendmsg, the msghdr in an unmapped page", sendmsg(c, (struct msghdr *)hole, 0));
+    SHOW("sendmmsg, the vector in an unmapped page", sendmmsg(c, (struct mmsghdr *)hole, 1, 0));
+    struct iovec sbad = {tail, QUEUED};
+    struct mmsghdr sm2 = {.msg_hdr = {.msg_iov = &sbad, .msg_iovlen = 1}};
+    SHOW("sendmmsg, PROT_NONE after 100 bytes", sendmmsg(c, &sm2, 1, 0));
     SHOW("write the good 100 bytes", write(c, tail, GOOD));
     SHOW("write from a read-only page", write(c, ro, 3));
     write_str(c, "END");

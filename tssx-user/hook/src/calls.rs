@@ -748,20 +748,27 @@ const SENDMMSG_MAX: libc::c_uint = 1024;
 /// # Safety
 /// `msgs` is null or points at `vlen` valid `mmsghdr`s.
 unsafe fn any_control(msgs: *const libc::mmsghdr, vlen: libc::c_uint) -> bool {
-    // SAFETY: per the contract.
-    !msgs.is_null() && (0..vlen as usize).any(|i| unsafe { (*msgs.add(i)).msg_hdr.msg_controllen } > 0)
+    // SAFETY: per the contract; read through the user copy (a vector in a bad page counts as
+    // none: the call then goes to the kernel, EFAULT).
+    !msgs.is_null()
+        && (0..vlen as usize).any(|i| unsafe { iov::read_value(&raw const (*msgs.add(i)).msg_hdr.msg_controllen) }.unwrap_or(0) > 0)
 }
 
-/// The bytes a message's iovecs hold.
+/// The bytes a message's iovecs hold (0 for a header or an array that cannot be read: read
+/// through the user copy).
 ///
 /// # Safety
-/// `msg` is a valid msghdr whose `msg_iov` holds `msg_iovlen` iovecs (or is null).
-unsafe fn msg_bytes(msg: &msghdr) -> usize {
-    if msg.msg_iov.is_null() {
+/// `msg` is the application's msghdr pointer (possibly bad).
+unsafe fn msg_bytes(msg: *const msghdr) -> usize {
+    // SAFETY: per the contract.
+    let Some(m) = (unsafe { iov::read_value(msg) }) else { return 0 };
+    if m.msg_iov.is_null() {
         return 0;
     }
-    // SAFETY: per the contract.
-    (0..msg.msg_iovlen).fold(0usize, |n, i| n.saturating_add(unsafe { (*msg.msg_iov.add(i)).iov_len }))
+    (0..m.msg_iovlen.min(iov::MAX_IOV))
+        // SAFETY: the application's iovec array (possibly bad), read through the user copy.
+        .map(|i| unsafe { iov::read_value(&raw const (*m.msg_iov.add(i)).iov_len) }.unwrap_or(0))
+        .fold(0usize, usize::saturating_add)
 }
 
 /// The bytes the first `n` messages of a vector moved (their `msg_len`, as the kernel filled
@@ -827,17 +834,23 @@ pub unsafe fn sendmmsg(fd: c_int, msgs: *mut libc::mmsghdr, vlen: libc::c_uint, 
     let vlen = vlen.min(SENDMMSG_MAX);
     let mut sent: libc::c_uint = 0;
     while sent < vlen {
-        // SAFETY: `sent < vlen`: one of the caller's messages.
-        let m = unsafe { &mut *msgs.add(sent as usize) };
+        // SAFETY: `sent < vlen`: one of the caller's messages (possibly in a bad page: it is
+        // only read and written through the user copy).
+        let m = unsafe { msgs.add(sent as usize) };
         // SAFETY: the caller's message, as for sendmsg.
-        let rc = unsafe { sendmsg(fd, &m.msg_hdr, flags) };
+        let rc = unsafe { sendmsg(fd, &raw const (*m).msg_hdr, flags) };
         if rc < 0 {
             break;
         }
-        m.msg_len = rc as libc::c_uint;
+        // SAFETY: as above. As the kernel: a length it cannot store ends the vector, the
+        // message sent but not counted (EFAULT if it was the first).
+        if !unsafe { iov::write_value(&raw mut (*m).msg_len, rc as libc::c_uint) } {
+            sys::set_errno(libc::EFAULT);
+            break;
+        }
         sent += 1;
         // SAFETY: the caller's message, just sent.
-        if (rc as usize) < unsafe { msg_bytes(&m.msg_hdr) } {
+        if (rc as usize) < unsafe { msg_bytes(&raw const (*m).msg_hdr) } {
             break; // a partial send ends the vector, as in the kernel
         }
     }
@@ -871,8 +884,14 @@ pub unsafe fn recvmmsg(fd: c_int, msgs: *mut libc::mmsghdr, vlen: libc::c_uint, 
     };
     // The timeout is checked first, as the kernel does. The deadline as the kernel computes it
     // (a zero timeout: the clock's zero, so the call ends after one message).
-    // SAFETY: `timeout` is null or valid, per recvmmsg's contract.
-    let deadline = match unsafe { timeout.as_ref() } {
+    // SAFETY: `timeout` is the application's pointer, read through the user copy (EFAULT for a
+    // bad one, as the kernel's `get_timespec64`).
+    let read_timeout = (!timeout.is_null()).then(|| unsafe { iov::read_value(timeout) });
+    if matches!(read_timeout, Some(None)) {
+        sys::set_errno(libc::EFAULT);
+        return -1;
+    }
+    let deadline = match read_timeout.flatten().as_ref() {
         None => None,
         Some(t) if t.tv_sec < 0 || !(0..1_000_000_000).contains(&t.tv_nsec) => {
             sys::set_errno(libc::EINVAL);
@@ -881,8 +900,8 @@ pub unsafe fn recvmmsg(fd: c_int, msgs: *mut libc::mmsghdr, vlen: libc::c_uint, 
         Some(t) if t.tv_sec == 0 && t.tv_nsec == 0 => Some(0i128),
         Some(t) => Some(now_ns() as i128 + t.tv_sec as i128 * 1_000_000_000 + t.tv_nsec as i128),
     };
-    // SAFETY: `msgs` points at `vlen` messages (only the first one's lengths are read).
-    let wants_bytes = || vlen > 0 && !msgs.is_null() && unsafe { msg_bytes(&(*msgs).msg_hdr) } > 0;
+    // SAFETY: the caller's first message (only its lengths are read, through the user copy).
+    let wants_bytes = || vlen > 0 && !msgs.is_null() && unsafe { msg_bytes(&raw const (*msgs).msg_hdr) } > 0;
     let first = flags & !libc::MSG_WAITFORONE;
     if let Route::Kernel(raw) = wait_before_raw_read(c, fd, first, wants_bytes, route(c, fd, false)) {
         // SAFETY: forwarded as received.
@@ -913,10 +932,11 @@ pub unsafe fn recvmmsg(fd: c_int, msgs: *mut libc::mmsghdr, vlen: libc::c_uint, 
     let mut left = None;
     let mut got: libc::c_uint = 0;
     while got < vlen {
-        // SAFETY: `got < vlen`: one of the caller's messages.
-        let m = unsafe { &mut *msgs.add(got as usize) };
+        // SAFETY: `got < vlen`: one of the caller's messages (possibly in a bad page: it is
+        // only read and written through the user copy).
+        let m = unsafe { msgs.add(got as usize) };
         // SAFETY: the caller's message, as for recvmsg.
-        let rc = unsafe { recvmsg(fd, &mut m.msg_hdr, each) };
+        let rc = unsafe { recvmsg(fd, &raw mut (*m).msg_hdr, each) };
         if rc < 0 {
             if got > 0 && sys::errno() == libc::ECONNRESET {
                 // The kernel keeps an error that ends the call after some messages in the
@@ -926,7 +946,12 @@ pub unsafe fn recvmmsg(fd: c_int, msgs: *mut libc::mmsghdr, vlen: libc::c_uint, 
             }
             break;
         }
-        m.msg_len = rc as libc::c_uint;
+        // SAFETY: as above. As the kernel: a length it cannot store ends the vector, the
+        // message taken but not counted (EFAULT if it was the first).
+        if !unsafe { iov::write_value(&raw mut (*m).msg_len, rc as libc::c_uint) } {
+            sys::set_errno(libc::EFAULT);
+            break;
+        }
         got += 1;
         if flags & libc::MSG_WAITFORONE != 0 {
             each |= libc::MSG_DONTWAIT;
@@ -942,10 +967,14 @@ pub unsafe fn recvmmsg(fd: c_int, msgs: *mut libc::mmsghdr, vlen: libc::c_uint, 
     if got == 0 {
         return -1; // the first message's errno
     }
-    // SAFETY: `timeout` is null or valid.
-    if let (Some(rest), Some(t)) = (left, unsafe { timeout.as_mut() }) {
-        t.tv_sec = (rest / 1_000_000_000) as libc::time_t;
-        t.tv_nsec = (rest % 1_000_000_000) as libc::c_long;
+    if let (Some(rest), false) = (left, timeout.is_null()) {
+        let t = libc::timespec { tv_sec: (rest / 1_000_000_000) as libc::time_t, tv_nsec: (rest % 1_000_000_000) as libc::c_long };
+        // SAFETY: the application's timespec, read above; written through the user copy. As
+        // the kernel: a time left it cannot store makes the call fail with EFAULT.
+        if !unsafe { iov::write_value(timeout, t) } {
+            sys::set_errno(libc::EFAULT);
+            return -1;
+        }
     }
     sys::set_errno(saved);
     got as c_int
