@@ -262,6 +262,17 @@ static void server(const char *path) {
     struct iovec mbad = {tail, QUEUED};
     struct mmsghdr mm2 = {.msg_hdr = {.msg_iov = &mbad, .msg_iovlen = 1}};
     SHOW("recvmmsg, PROT_NONE after 100 bytes", recvmmsg(c, &mm2, 1, 0, NULL));
+    SHOW("poll, the array in an unmapped page", poll((struct pollfd *)hole, 1, 0));
+    struct pollfd *rop = (struct pollfd *)map_here(PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1);
+    rop->fd = c;
+    rop->events = POLLIN;
+    CHECK(mprotect(rop, PAGE, PROT_READ) == 0);
+    SHOW("poll, the array read-only", poll(rop, 1, 0));
+    /* (Not ppoll with a timeout in a bad page: glibc's ppoll reads it itself, a SIGSEGV in
+     * libc with or without tssx.) */
+    struct pollfd pf2 = {.fd = c, .events = POLLIN};
+    long pr = SHOW("poll, good", poll(&pf2, 1, 0));
+    if (pr > 0) say("  revents %s", pollstr(pf2.revents));
     int q = 0;
     CHECK(ioctl(c, FIONREAD, &q) == 0);
     say("FIONREAD %d (nothing was taken)", q);

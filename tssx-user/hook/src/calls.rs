@@ -54,6 +54,12 @@ fn track_connected(fd: c_int, end: End, name: Option<paths::UnixName>) {
 /// Tracks `fd` as a candidate if `watched` (`nonblock`: its O_NONBLOCK if known), else forgets
 /// it.
 fn track_if(fd: c_int, end: End, watched: bool, nonblock: Option<bool>) {
+    if watched {
+        // From now on the hook reads and writes this process's buffers for a tracked
+        // connection (its iovec arrays and headers at once, its data once swapped): faults
+        // there become EFAULT (see `crate::fault`).
+        crate::fault::arm();
+    }
     match table::lookup(fd) {
         Some(c) if watched && c.phase() == Phase::Unconnected => c.connected(end),
         _ if watched => {
@@ -1312,50 +1318,117 @@ unsafe fn ts_to_ns(ts: *const libc::timespec) -> Option<u64> {
     Some((ts.tv_sec.max(0) as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec.max(0) as u64))
 }
 
-/// libc's `poll`.
+/// How many pollfds [`with_pollfds`] copies on the stack (more: on the heap).
+const POLLFDS_ON_STACK: usize = 32;
+
+/// What a `poll` over a copy of the application's array did ([`with_pollfds`]).
+enum Polled {
+    /// Answered on the copy: its `revents` go back to the application's array.
+    Copy(c_int),
+    /// Answered by the real call on the application's own array.
+    Direct(c_int),
+}
+
+/// Calls `f` with a copy of the application's `n` pollfds at `fds`, read through the user copy,
+/// and copies the `revents` of an answer given on the copy back. `None`: the array cannot be
+/// read (the real call then answers: EFAULT, as the kernel's copy of it), or `f` left the call
+/// to the caller. An array that can be read but not written gets EFAULT, as from the kernel's
+/// `__put_user` of `revents`.
+///
+/// # Safety
+/// `fds` is the application's pointer (possibly bad).
+unsafe fn with_pollfds(fds: *mut libc::pollfd, n: usize, f: impl FnOnce(&mut [libc::pollfd]) -> Option<Polled>) -> Option<c_int> {
+    if n > 1 << 20 {
+        // Beyond any fd limit: the kernel's EINVAL (and no allocation sized by it).
+        return None;
+    }
+    let empty = libc::pollfd { fd: -1, events: 0, revents: 0 };
+    let mut stack = [empty; POLLFDS_ON_STACK];
+    let mut heap = Vec::new();
+    let local: &mut [libc::pollfd] = if n <= POLLFDS_ON_STACK {
+        &mut stack[..n]
+    } else {
+        heap.resize(n, empty);
+        &mut heap
+    };
+    let bytes = std::mem::size_of_val(local);
+    if iov::range(fds.cast(), bytes) != iov::Range::Valid
+        // SAFETY: the application's array (possibly bad: the user copy survives that) into
+        // ours, of the same size; any bit pattern is a pollfd.
+        || unsafe { tssx_shm::ucopy::copy(local.as_mut_ptr().cast(), fds.cast(), bytes) } != 0
+    {
+        return None;
+    }
+    match f(local)? {
+        Polled::Direct(rc) => Some(rc),
+        Polled::Copy(rc) if rc < 0 => Some(rc),
+        Polled::Copy(rc) => {
+            for (i, p) in local.iter().enumerate() {
+                // SAFETY: the application's array, read above; written through the user copy.
+                if !unsafe { iov::write_value(&raw mut (*fds.add(i)).revents, p.revents) } {
+                    sys::set_errno(libc::EFAULT);
+                    return Some(-1);
+                }
+            }
+            Some(rc)
+        }
+    }
+}
+
+/// libc's `poll`. While this process holds connections, the array is read (and `revents`
+/// written) through the user copy ([`with_pollfds`]): a bad one gets EFAULT, never a signal.
 pub unsafe fn poll(fds: *mut libc::pollfd, n: libc::nfds_t, timeout: c_int) -> c_int {
     if table::any_live() && !fds.is_null() {
-        // SAFETY: the caller passes `n` pollfds.
-        let slice = unsafe { std::slice::from_raw_parts_mut(fds, n as usize) };
-        match poll::kind(slice) {
-            poll::Kind::Plain => {}
-            poll::Kind::Raw => {
-                if let Some(raw) = poll::RawCalls::enter(slice) {
-                    // SAFETY: forwarded as received.
-                    let rc = unsafe { sys::poll(fds, n, timeout) };
-                    drop(raw);
-                    return rc;
-                }
+        // SAFETY: the caller's array, copied in and out through the user copy.
+        let served = unsafe {
+            with_pollfds(fds, n as usize, |slice| match poll::kind(slice) {
+                poll::Kind::Plain => None,
+                poll::Kind::Raw => Some(match poll::RawCalls::enter(slice) {
+                    Some(raw) => {
+                        // SAFETY: forwarded as received.
+                        let rc = sys::poll(fds, n, timeout);
+                        drop(raw);
+                        Polled::Direct(rc)
+                    }
+                    // SAFETY: no signal mask.
+                    None => Polled::Copy(poll::poll(slice, ms_to_ns(timeout), std::ptr::null())),
+                }),
                 // SAFETY: no signal mask.
-                return unsafe { poll::poll(slice, ms_to_ns(timeout), std::ptr::null()) };
-            }
-            // SAFETY: no signal mask.
-            poll::Kind::Swapped => return unsafe { poll::poll(slice, ms_to_ns(timeout), std::ptr::null()) },
+                poll::Kind::Swapped => Some(Polled::Copy(poll::poll(slice, ms_to_ns(timeout), std::ptr::null()))),
+            })
+        };
+        if let Some(rc) = served {
+            return rc;
         }
     }
     // SAFETY: forwarded as received.
     unsafe { sys::poll(fds, n, timeout) }
 }
 
-/// libc's `ppoll`.
+/// libc's `ppoll` (the array as for [`poll`]).
 pub unsafe fn ppoll(fds: *mut libc::pollfd, n: libc::nfds_t, ts: *const libc::timespec, mask: *const libc::sigset_t) -> c_int {
-    if table::any_live() && !fds.is_null() {
-        // SAFETY: the caller passes `n` pollfds.
-        let slice = unsafe { std::slice::from_raw_parts_mut(fds, n as usize) };
-        match poll::kind(slice) {
-            poll::Kind::Plain => {}
-            poll::Kind::Raw => {
-                if let Some(raw) = poll::RawCalls::enter(slice) {
-                    // SAFETY: forwarded as received.
-                    let rc = unsafe { sys::ppoll(fds, n, ts, mask) };
-                    drop(raw);
-                    return rc;
-                }
-                // SAFETY: `ts` and `mask` are null or valid, per ppoll's contract.
-                return unsafe { poll::poll(slice, ts_to_ns(ts), mask) };
-            }
-            // SAFETY: `ts` and `mask` are null or valid, per ppoll's contract.
-            poll::Kind::Swapped => return unsafe { poll::poll(slice, ts_to_ns(ts), mask) },
+    // A timeout that cannot be read: the real call's EFAULT.
+    // SAFETY: the caller's pointer, read through the user copy.
+    if table::any_live() && !fds.is_null() && (ts.is_null() || unsafe { iov::read_value(ts) }.is_some()) {
+        // SAFETY: the caller's array, copied in and out through the user copy; `ts` readable
+        // (just checked) or null, `mask` null or valid, per ppoll's contract.
+        let served = unsafe {
+            with_pollfds(fds, n as usize, |slice| match poll::kind(slice) {
+                poll::Kind::Plain => None,
+                poll::Kind::Raw => Some(match poll::RawCalls::enter(slice) {
+                    Some(raw) => {
+                        // SAFETY: forwarded as received.
+                        let rc = sys::ppoll(fds, n, ts, mask);
+                        drop(raw);
+                        Polled::Direct(rc)
+                    }
+                    None => Polled::Copy(poll::poll(slice, ts_to_ns(ts), mask)),
+                }),
+                poll::Kind::Swapped => Some(Polled::Copy(poll::poll(slice, ts_to_ns(ts), mask))),
+            })
+        };
+        if let Some(rc) = served {
+            return rc;
         }
     }
     // SAFETY: forwarded as received.

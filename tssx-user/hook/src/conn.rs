@@ -123,8 +123,9 @@ pub struct Swap {
 impl Swap {
     /// The mapped segment, its ring handles and its memfd, no lock held.
     pub(crate) fn new(segment: Segment, tx: Producer, rx: Consumer, memfd: OwnFd) -> Swap {
-        // From now on the application's buffers are copied to and from rings: faults there
-        // become EFAULT (see `crate::fault`).
+        // A segment adopted without a tracked connect or accept in this image (across exec,
+        // with SCM_RIGHTS): faults in the copies become EFAULT from now on too (see
+        // `crate::fault`).
         crate::fault::arm();
         Swap {
             segment,

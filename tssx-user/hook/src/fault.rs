@@ -1,7 +1,8 @@
 //! Bad buffers anywhere in user space: EFAULT, never a signal.
 //!
-//! Every copy between a ring and an application's buffer is [`tssx_shm::ucopy::copy`], one
-//! instruction whose address is known. The hook owns SIGSEGV and SIGBUS ([`crate::signals::own`],
+//! Every copy between a ring and an application's buffer (and of the application's iovec
+//! arrays, headers, addresses, ints and pollfds) is [`tssx_shm::ucopy::copy`], a routine whose
+//! few loads and stores are at known addresses. The hook owns SIGSEGV and SIGBUS ([`crate::signals::own`],
 //! taken whatever the application's disposition): its handler (`on_fault`) looks at the
 //! faulting instruction, and when it is the copy's, moves the thread to the copy's resume point,
 //! where the copy returns the bytes it did not move; the ring then publishes nothing of that
@@ -12,10 +13,12 @@
 //! same death, core dump and exit status as without the hook), `SIG_IGN` acting as the kernel
 //! forces it (the default).
 //!
-//! The handlers are installed at the first swap ([`arm`], from `conn::Swap::new`):
-//! a process that never swaps a connection pays nothing at start, and no copy of an
-//! application buffer happens before a connection has its segment. After `fork` the child keeps
-//! them (and the flag); after `exec` the new image installs them again at its first segment.
+//! The handlers are installed at the process's first tracked connection ([`arm`]: a connect or
+//! accept on a watched path, or a segment adopted across exec or with `SCM_RIGHTS`): a process
+//! that never talks on a watched path pays nothing, at start or later, and the hook reads
+//! nothing of an application's memory for a socket it does not track. After `fork` the child
+//! keeps them (and the flag); after `exec` the new image installs them again at its first
+//! tracked connection.
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
@@ -49,8 +52,8 @@ pub fn armed() -> bool {
     signals::owned(libc::SIGSEGV) && signals::owned(libc::SIGBUS)
 }
 
-/// The hook's SIGSEGV/SIGBUS handler: a fault of the user-copy instruction resumes at the
-/// copy's end (`true`: handled); any other goes on to the application's disposition (`false`).
+/// The hook's SIGSEGV/SIGBUS handler: a fault of the user copy resumes where
+/// [`tssx_shm::ucopy::fixup`] says (`true`: handled); any other goes on to the application's disposition (`false`).
 /// Async-signal-safe: reads and writes the interrupted context only.
 fn on_fault(_sig: c_int, _info: *mut siginfo_t, context: *mut c_void) -> bool {
     if context.is_null() {

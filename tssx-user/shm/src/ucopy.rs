@@ -7,7 +7,7 @@
 //! end). So every copy between a ring and an application's buffer goes through [`copy`], a
 //! routine of a few loads and stores (SSE2 moves of 64, 16, 8 and 1 bytes for a copy below
 //! 2 KiB, one `rep movsb` from there on) whose addresses are known. When one of them faults,
-//! the process's SIGSEGV/SIGBUS handler (the hook's, installed at its first swap; see the
+//! the process's SIGSEGV/SIGBUS handler (the hook's, installed at its first tracked connection; see the
 //! hook's `fault` module) asks [`fixup`] where to resume: a fault in the wide moves resumes at
 //! the byte loop, which copies what is left up to the faulting byte; a fault in the byte loop
 //! or the `rep movsb` resumes at the routine's end (the CPU leaves a faulting `rep movsb`
