@@ -448,6 +448,8 @@ scenarios! {
     // 9 x 8 waits; 8 restarted reads get "data"; 3 bulk writes of 8 MiB).
     signal_during_a_spinning_wait_eintr_and_sa_restart: "sigspin", server [], client [], connections 1, shm 9 * 8 * 50 * 2 + 8 * 5 + 3 * (50 * 2 + (8 << 20));
     bad_input_efault_einval_eisconn: "badinput", server [], client [], connections 1, shm 10;
+    // Issue 13 item 4: bad pages anywhere in user space, and the application's own faults.
+    bad_pages_efault_and_own_fault_handlers: "badpages", server [], client [], connections 1, shm 1127;
     random_interleaving_stress: "stress", server ["8388608", "42"], client ["8388608", "42"], connections 1, shm 2 * 8_388_608;
     fortify_chk_variants_fcntl64_and_overflow: "fortify", server [], client [], connections 2, shm 41;
     recvmmsg_sendmmsg_waitforone_timeout_partial_scm_rights: "mmsg", server [], client [], connections 3, shm 72;

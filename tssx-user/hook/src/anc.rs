@@ -76,12 +76,10 @@ impl Drop for CtrlGuard {
 /// # Safety
 /// `msg` is null or a pointer the caller passed as a msghdr (its readability is checked here).
 pub unsafe fn ctrl_begin(msg: *const msghdr, flags: c_int) -> CtrlGuard {
-    if !crate::iov::value_ok(msg) {
-        return CtrlGuard(());
-    }
-    // SAFETY: per the contract; unaligned reads of two fields.
-    let (buf, len) =
-        unsafe { (std::ptr::addr_of!((*msg).msg_control).read_unaligned(), std::ptr::addr_of!((*msg).msg_controllen).read_unaligned()) };
+    // SAFETY: per the contract (read through the user copy: a header in a bad page is left to
+    // the call's own check, EFAULT).
+    let Some(m) = (unsafe { crate::iov::read_value(msg) }) else { return CtrlGuard(()) };
+    let (buf, len) = (m.msg_control, m.msg_controllen);
     let _ = CTRL.try_with(|c| c.set(Ctrl { buf, len, out_len: 0, out_flags: 0, cloexec: flags & libc::MSG_CMSG_CLOEXEC, begun: true }));
     CtrlGuard(())
 }
@@ -409,7 +407,7 @@ impl Conn {
     /// `recvmsg`) and, if the marker carried fds, ends after that message's bytes, as the
     /// kernel ends a read after an skb with fds (a message with credentials only is glued to
     /// what follows). A peek crosses at most one record (the socket cannot be peeked past a
-    /// marker). Under the consumer lock (`rx`). Returns the transfer and whether the read must
+    /// marker). Under the consumer lock (`rx`). Returns the transfer (its `fault`: the caller's buffer faulted before a byte was read) and whether the read must
     /// end there.
     pub(crate) fn read_ring_anc(
         &self,
@@ -422,15 +420,19 @@ impl Conn {
     ) -> (Transfer, bool) {
         let room = bufs.iter().map(|b| b.len()).sum::<usize>().min(cap);
         let mut done = Transfer::default();
+        // Adds a transfer to `done`; `true` if its copy faulted (the read ends there: EFAULT if
+        // nothing was read before, see `Transfer::fault`).
         let add = |got: Transfer, done: &mut Transfer| {
             done.bytes += got.bytes;
             done.wake_peer |= got.wake_peer;
+            done.fault = got.fault && done.bytes == 0;
+            got.fault
         };
         // Reads `n` bytes more (peeks: the `done` first ones again, then `n`).
         let read = |rx: &mut Consumer, bufs: &mut [IoSliceMut<'_>], done: usize, n: usize| {
             if peek {
                 let got = limit_mut(bufs, done + n, |b| rx.peekv(b));
-                return Transfer { bytes: got.saturating_sub(done), wake_peer: false };
+                return if got.fault { got } else { Transfer::peeked(got.bytes.saturating_sub(done)) };
             }
             crate::iov::after_mut(bufs, done, |rest| limit_mut(rest, n, |b| rx.readv(b)))
         };
@@ -449,21 +451,21 @@ impl Conn {
             let next = if rounds > ANC_SLOTS + 1 { None } else { self.next_record() };
             let Some(r) = next else {
                 let got = read(rx, bufs, done.bytes, left);
-                add(got, &mut done);
-                return (done, false);
+                let fault = add(got, &mut done);
+                return (done, fault);
             };
             let tail = rx.position() + if peek { done.bytes as u64 } else { 0 };
             let before = r.pos.saturating_sub(tail).min(usize::MAX as u64) as usize;
             if before >= left || rx.available() <= before + if peek { done.bytes } else { 0 } {
                 let got = read(rx, bufs, done.bytes, left.min(before));
-                add(got, &mut done);
-                return (done, false);
+                let fault = add(got, &mut done);
+                return (done, fault);
             }
             if peek && done.bytes > 0 {
                 // Already past one marker, or bytes before this one: a peek stops here.
                 let got = read(rx, bufs, done.bytes, before);
-                add(got, &mut done);
-                return (done, false);
+                let fault = add(got, &mut done);
+                return (done, fault);
             }
             if passcred && done.bytes + before > 0 {
                 // With SO_PASSCRED on, the kernel never glues bytes of other credentials: the
@@ -475,19 +477,27 @@ impl Conn {
             }
             if before > 0 {
                 let got = read(rx, bufs, done.bytes, before);
-                add(got, &mut done);
+                if add(got, &mut done) {
+                    return (done, true);
+                }
                 if got.bytes < before {
                     return (done, false);
                 }
+            }
+            let len = (r.len.min(usize::MAX as u64) as usize).min(room - done.bytes);
+            // As the kernel, which copies a message's bytes before it takes its control
+            // messages (and takes none if the copy faults): a buffer that would fault ends the
+            // read here, the marker left.
+            if !crate::iov::after_mut(bufs, done.bytes, |rest| crate::iov::writable(rest, len)) {
+                done.fault = done.bytes == 0;
+                return (done, true);
             }
             let Some(fds) = self.take_marker(fd, &r, peek, flags) else {
                 // Withdrawn meanwhile: the ring bytes are ordinary data.
                 continue;
             };
-            let len = (r.len.min(usize::MAX as u64) as usize).min(room - done.bytes);
             let got = read(rx, bufs, done.bytes, len);
-            add(got, &mut done);
-            if fds || peek || passcred {
+            if add(got, &mut done) || fds || peek || passcred {
                 return (done, true);
             }
         }
@@ -575,6 +585,11 @@ impl Conn {
                     return Step::QueueFull;
                 }
                 let len = want.min(free);
+                if !crate::iov::readable(bufs, len) {
+                    // As the kernel, whose copy of the message faults after it took the
+                    // control messages: EFAULT, nothing sent (the fds never travel).
+                    return Step::Err(libc::EFAULT);
+                }
                 let slot = &q.slots[(sent % ANC_SLOTS as u64) as usize];
                 // Relaxed: published by the SeqCst store of `sent` below.
                 slot.pos.store(tx.position(), Relaxed);

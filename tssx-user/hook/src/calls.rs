@@ -54,6 +54,12 @@ fn track_connected(fd: c_int, end: End, name: Option<paths::UnixName>) {
 /// Tracks `fd` as a candidate if `watched` (`nonblock`: its O_NONBLOCK if known), else forgets
 /// it.
 fn track_if(fd: c_int, end: End, watched: bool, nonblock: Option<bool>) {
+    if watched {
+        // From now on the hook reads and writes this process's buffers for a tracked
+        // connection (its iovec arrays and headers at once, its data once swapped): faults
+        // there become EFAULT (see `crate::fault`).
+        crate::fault::arm();
+    }
     match table::lookup(fd) {
         Some(c) if watched && c.phase() == Phase::Unconnected => c.connected(end),
         _ if watched => {
@@ -498,15 +504,13 @@ recv_like!(fn readv(fd: c_int, iov: *const iovec, cnt: c_int) => |fd| (iov::slic
 recv_like!(
     fn recvfrom(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int, addr: *mut sockaddr, len: *mut socklen_t)
         => |fd| (iov::one_mut(buf, n), flags),
-        after = |n| if addr.is_null() {
+        // SAFETY: the caller's address buffer of `*len` bytes and its length, both read and
+        // written through the user copy. (The kernel writes them after the data is consumed:
+        // EFAULT then.)
+        after = |n| if addr.is_null() || unsafe { source_address(fd, n, addr, len) } {
             n
-        } else if !iov::value_ok(len) {
-            // The kernel writes the length after the data is consumed: EFAULT then.
-            partial_or_errno(0, libc::EFAULT)
         } else {
-            // SAFETY: `len` checked above; the caller's address buffer of `*len` bytes.
-            unsafe { source_address(fd, n, addr, len) };
-            n
+            partial_or_errno(0, libc::EFAULT)
         }
 );
 recv_like!(
@@ -516,23 +520,25 @@ recv_like!(
             // (As the kernel: nothing is written back after an error, nor a name length
             // without a name buffer; `msg_flags` keeps the call's MSG_CMSG_CLOEXEC, found by the
             // differential test.)
-            // SAFETY: the caller's msghdr, readable (checked by `msg_iov`); fields written
-            // unaligned, as the kernel may.
+            // SAFETY: the caller's msghdr, readable (checked by `msg_iov`, through the user
+            // copy); fields written unaligned through the user copy (a read-only header:
+            // EFAULT after the data was taken, as the kernel's `put_user`).
             unsafe {
                 // Control messages: only those of a marker taken on the way (`anc`).
                 let (control_len, control_flags) = anc::ctrl_result();
-                std::ptr::addr_of_mut!((*msg).msg_flags).write_unaligned((flags & libc::MSG_CMSG_CLOEXEC) | control_flags);
-                std::ptr::addr_of_mut!((*msg).msg_controllen).write_unaligned(control_len as _);
+                let written = iov::write_value(std::ptr::addr_of_mut!((*msg).msg_flags), (flags & libc::MSG_CMSG_CLOEXEC) | control_flags)
+                    && iov::write_value(std::ptr::addr_of_mut!((*msg).msg_controllen), control_len as _);
                 if control_len > 0 {
                     // Swapped sockets may have arrived with their segments.
                     with_errno_kept(|| pass::received(msg));
                 }
-                let name = std::ptr::addr_of!((*msg).msg_name).read_unaligned();
-                if !name.is_null() {
-                    source_address(fd, n, name.cast(), std::ptr::addr_of_mut!((*msg).msg_namelen));
+                let name = iov::read_value(std::ptr::addr_of!((*msg).msg_name)).unwrap_or(std::ptr::null_mut());
+                if !written || (!name.is_null() && !source_address(fd, n, name.cast(), std::ptr::addr_of_mut!((*msg).msg_namelen))) {
+                    partial_or_errno(0, libc::EFAULT)
+                } else {
+                    n
                 }
             }
-            n
         },
         // SAFETY: the caller's msghdr, just filled by the kernel (so valid), read unaligned.
         plain_after = |rc| if rc >= 0 && !msg.is_null() && unsafe { std::ptr::addr_of!((*msg).msg_controllen).read_unaligned() } > 0 {
@@ -549,9 +555,13 @@ recv_like!(
 /// 0) for an unbound peer or when no byte was received. At most `*len` bytes are written, and
 /// `*len` is set to the address's full length.
 ///
+/// `false` if `len` or the `addr` bytes to write lie outside user space or in a bad page (the
+/// kernel's EFAULT, after the data was taken).
+///
 /// # Safety
-/// `addr` is valid for `*len` bytes; `len` is valid.
-unsafe fn source_address(fd: c_int, got: isize, addr: *mut sockaddr, len: *mut socklen_t) {
+/// `addr` and `len` are the application's pointers (possibly bad: read and written through the
+/// user copy).
+unsafe fn source_address(fd: c_int, got: isize, addr: *mut sockaddr, len: *mut socklen_t) -> bool {
     // SAFETY: an all-zero sockaddr_un is valid.
     let mut name: libc::sockaddr_un = unsafe { std::mem::zeroed() };
     let mut name_len = size_of::<libc::sockaddr_un>() as socklen_t;
@@ -561,12 +571,16 @@ unsafe fn source_address(fd: c_int, got: isize, addr: *mut sockaddr, len: *mut s
         && name_len as usize > size_of::<libc::sa_family_t>();
     let full = if known { name_len } else { 0 };
     // SAFETY: per the contract; read and written unaligned, as the kernel may.
-    let room = unsafe { len.read_unaligned() };
+    let Some(room) = (unsafe { iov::read_value(len) }) else { return false };
     let copy = full.min(room) as usize;
-    // SAFETY: `copy` bytes fit in both buffers.
+    if copy > 0 && iov::range(addr.cast(), copy) != iov::Range::Valid {
+        return false;
+    }
+    // SAFETY: `copy` bytes of ours; the caller's buffer checked for range, written through the
+    // user copy.
     unsafe {
-        std::ptr::copy_nonoverlapping((&raw const name).cast::<u8>(), addr.cast::<u8>(), copy);
-        len.write_unaligned(full);
+        let bytes = std::slice::from_raw_parts((&raw const name).cast::<u8>(), copy);
+        tssx_shm::ucopy::to_user(addr.cast::<u8>(), bytes).is_ok() && iov::write_value(len, full)
     }
 }
 
@@ -582,14 +596,15 @@ send_like!(
 send_like!(
     fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int)
         => |fd| (iov::msg_iov(msg).and_then(|(v, cnt)| iov::slices(v, cnt, libc::EMSGSIZE)), flags),
-        // SAFETY: read unaligned, once the header is known readable.
+        // SAFETY: read unaligned through the user copy (a header that cannot be read is left
+        // to the checks of the hook's path).
         // (sendmsg clamps a name length beyond `sockaddr_storage`; a negative `int` is EINVAL.)
-        check = address_refused(
-            std::ptr::addr_of!((*msg).msg_name).read_unaligned().cast(),
-            (std::ptr::addr_of!((*msg).msg_namelen).read_unaligned() as i32 as isize).min(std::mem::size_of::<libc::sockaddr_storage>() as isize)
-        ),
+        check = iov::read_value(msg).and_then(|m| address_refused(
+            m.msg_name.cast(),
+            (m.msg_namelen as i32 as isize).min(std::mem::size_of::<libc::sockaddr_storage>() as isize)
+        )),
         // (A header that cannot be read is left to the checks of the hook's path.)
-        guard = iov::value_ok(msg) && std::ptr::addr_of!((*msg).msg_controllen).read_unaligned() > 0,
+        guard = iov::read_value(msg).is_some_and(|m| m.msg_controllen > 0),
         anc = |c| anc_send(c, fd, msg, flags),
         pre = if table::lookup_swapped(fd).is_none() { pass::send(fd, msg, flags) } else { None }
 );
@@ -761,20 +776,27 @@ const SENDMMSG_MAX: libc::c_uint = 1024;
 /// # Safety
 /// `msgs` is null or points at `vlen` valid `mmsghdr`s.
 unsafe fn any_control(msgs: *const libc::mmsghdr, vlen: libc::c_uint) -> bool {
-    // SAFETY: per the contract.
-    !msgs.is_null() && (0..vlen as usize).any(|i| unsafe { (*msgs.add(i)).msg_hdr.msg_controllen } > 0)
+    // SAFETY: per the contract; read through the user copy (a vector in a bad page counts as
+    // none: the call then goes to the kernel, EFAULT).
+    !msgs.is_null()
+        && (0..vlen as usize).any(|i| unsafe { iov::read_value(&raw const (*msgs.add(i)).msg_hdr.msg_controllen) }.unwrap_or(0) > 0)
 }
 
-/// The bytes a message's iovecs hold.
+/// The bytes a message's iovecs hold (0 for a header or an array that cannot be read: read
+/// through the user copy).
 ///
 /// # Safety
-/// `msg` is a valid msghdr whose `msg_iov` holds `msg_iovlen` iovecs (or is null).
-unsafe fn msg_bytes(msg: &msghdr) -> usize {
-    if msg.msg_iov.is_null() {
+/// `msg` is the application's msghdr pointer (possibly bad).
+unsafe fn msg_bytes(msg: *const msghdr) -> usize {
+    // SAFETY: per the contract.
+    let Some(m) = (unsafe { iov::read_value(msg) }) else { return 0 };
+    if m.msg_iov.is_null() {
         return 0;
     }
-    // SAFETY: per the contract.
-    (0..msg.msg_iovlen).fold(0usize, |n, i| n.saturating_add(unsafe { (*msg.msg_iov.add(i)).iov_len }))
+    (0..m.msg_iovlen.min(iov::MAX_IOV))
+        // SAFETY: the application's iovec array (possibly bad), read through the user copy.
+        .map(|i| unsafe { iov::read_value(&raw const (*m.msg_iov.add(i)).iov_len) }.unwrap_or(0))
+        .fold(0usize, usize::saturating_add)
 }
 
 /// The bytes the first `n` messages of a vector moved (their `msg_len`, as the kernel filled
@@ -840,17 +862,23 @@ pub unsafe fn sendmmsg(fd: c_int, msgs: *mut libc::mmsghdr, vlen: libc::c_uint, 
     let vlen = vlen.min(SENDMMSG_MAX);
     let mut sent: libc::c_uint = 0;
     while sent < vlen {
-        // SAFETY: `sent < vlen`: one of the caller's messages.
-        let m = unsafe { &mut *msgs.add(sent as usize) };
+        // SAFETY: `sent < vlen`: one of the caller's messages (possibly in a bad page: it is
+        // only read and written through the user copy).
+        let m = unsafe { msgs.add(sent as usize) };
         // SAFETY: the caller's message, as for sendmsg.
-        let rc = unsafe { sendmsg(fd, &m.msg_hdr, flags) };
+        let rc = unsafe { sendmsg(fd, &raw const (*m).msg_hdr, flags) };
         if rc < 0 {
             break;
         }
-        m.msg_len = rc as libc::c_uint;
+        // SAFETY: as above. As the kernel: a length it cannot store ends the vector, the
+        // message sent but not counted (EFAULT if it was the first).
+        if !unsafe { iov::write_value(&raw mut (*m).msg_len, rc as libc::c_uint) } {
+            sys::set_errno(libc::EFAULT);
+            break;
+        }
         sent += 1;
         // SAFETY: the caller's message, just sent.
-        if (rc as usize) < unsafe { msg_bytes(&m.msg_hdr) } {
+        if (rc as usize) < unsafe { msg_bytes(&raw const (*m).msg_hdr) } {
             break; // a partial send ends the vector, as in the kernel
         }
     }
@@ -884,8 +912,14 @@ pub unsafe fn recvmmsg(fd: c_int, msgs: *mut libc::mmsghdr, vlen: libc::c_uint, 
     };
     // The timeout is checked first, as the kernel does. The deadline as the kernel computes it
     // (a zero timeout: the clock's zero, so the call ends after one message).
-    // SAFETY: `timeout` is null or valid, per recvmmsg's contract.
-    let deadline = match unsafe { timeout.as_ref() } {
+    // SAFETY: `timeout` is the application's pointer, read through the user copy (EFAULT for a
+    // bad one, as the kernel's `get_timespec64`).
+    let read_timeout = (!timeout.is_null()).then(|| unsafe { iov::read_value(timeout) });
+    if matches!(read_timeout, Some(None)) {
+        sys::set_errno(libc::EFAULT);
+        return -1;
+    }
+    let deadline = match read_timeout.flatten().as_ref() {
         None => None,
         Some(t) if t.tv_sec < 0 || !(0..1_000_000_000).contains(&t.tv_nsec) => {
             sys::set_errno(libc::EINVAL);
@@ -894,8 +928,8 @@ pub unsafe fn recvmmsg(fd: c_int, msgs: *mut libc::mmsghdr, vlen: libc::c_uint, 
         Some(t) if t.tv_sec == 0 && t.tv_nsec == 0 => Some(0i128),
         Some(t) => Some(now_ns() as i128 + t.tv_sec as i128 * 1_000_000_000 + t.tv_nsec as i128),
     };
-    // SAFETY: `msgs` points at `vlen` messages (only the first one's lengths are read).
-    let wants_bytes = || vlen > 0 && !msgs.is_null() && unsafe { msg_bytes(&(*msgs).msg_hdr) } > 0;
+    // SAFETY: the caller's first message (only its lengths are read, through the user copy).
+    let wants_bytes = || vlen > 0 && !msgs.is_null() && unsafe { msg_bytes(&raw const (*msgs).msg_hdr) } > 0;
     let first = flags & !libc::MSG_WAITFORONE;
     let Ok(routed) = wait_before_raw_read(c, fd, first, wants_bytes, route(c, fd, false)) else { return interrupted() };
     if let Route::Kernel(raw) = routed {
@@ -927,10 +961,11 @@ pub unsafe fn recvmmsg(fd: c_int, msgs: *mut libc::mmsghdr, vlen: libc::c_uint, 
     let mut left = None;
     let mut got: libc::c_uint = 0;
     while got < vlen {
-        // SAFETY: `got < vlen`: one of the caller's messages.
-        let m = unsafe { &mut *msgs.add(got as usize) };
+        // SAFETY: `got < vlen`: one of the caller's messages (possibly in a bad page: it is
+        // only read and written through the user copy).
+        let m = unsafe { msgs.add(got as usize) };
         // SAFETY: the caller's message, as for recvmsg.
-        let rc = unsafe { recvmsg(fd, &mut m.msg_hdr, each) };
+        let rc = unsafe { recvmsg(fd, &raw mut (*m).msg_hdr, each) };
         if rc < 0 {
             if got > 0 && sys::errno() == libc::ECONNRESET {
                 // The kernel keeps an error that ends the call after some messages in the
@@ -940,7 +975,12 @@ pub unsafe fn recvmmsg(fd: c_int, msgs: *mut libc::mmsghdr, vlen: libc::c_uint, 
             }
             break;
         }
-        m.msg_len = rc as libc::c_uint;
+        // SAFETY: as above. As the kernel: a length it cannot store ends the vector, the
+        // message taken but not counted (EFAULT if it was the first).
+        if !unsafe { iov::write_value(&raw mut (*m).msg_len, rc as libc::c_uint) } {
+            sys::set_errno(libc::EFAULT);
+            break;
+        }
         got += 1;
         if flags & libc::MSG_WAITFORONE != 0 {
             each |= libc::MSG_DONTWAIT;
@@ -956,10 +996,14 @@ pub unsafe fn recvmmsg(fd: c_int, msgs: *mut libc::mmsghdr, vlen: libc::c_uint, 
     if got == 0 {
         return -1; // the first message's errno
     }
-    // SAFETY: `timeout` is null or valid.
-    if let (Some(rest), Some(t)) = (left, unsafe { timeout.as_mut() }) {
-        t.tv_sec = (rest / 1_000_000_000) as libc::time_t;
-        t.tv_nsec = (rest % 1_000_000_000) as libc::c_long;
+    if let (Some(rest), false) = (left, timeout.is_null()) {
+        let t = libc::timespec { tv_sec: (rest / 1_000_000_000) as libc::time_t, tv_nsec: (rest % 1_000_000_000) as libc::c_long };
+        // SAFETY: the application's timespec, read above; written through the user copy. As
+        // the kernel: a time left it cannot store makes the call fail with EFAULT.
+        if !unsafe { iov::write_value(timeout, t) } {
+            sys::set_errno(libc::EFAULT);
+            return -1;
+        }
     }
     sys::set_errno(saved);
     got as c_int
@@ -1242,12 +1286,12 @@ const SIOCATMARK: libc::c_ulong = 0x8905;
 pub unsafe fn ioctl(fd: c_int, request: libc::c_ulong, arg: *mut c_void) -> c_int {
     if request == SIOCATMARK {
         if let Some(mark) = table::lookup(fd).and_then(|c| with_errno_kept(|| c.at_mark(fd))) {
-            if !iov::value_ok(arg.cast::<c_int>()) {
+            // SAFETY: SIOCATMARK takes a pointer to an int, written unaligned through the user
+            // copy (EFAULT for a bad one).
+            if !unsafe { iov::write_value(arg.cast::<c_int>(), c_int::from(mark)) } {
                 sys::set_errno(libc::EFAULT);
                 return -1;
             }
-            // SAFETY: SIOCATMARK takes a pointer to an int (checked above), written unaligned.
-            unsafe { arg.cast::<c_int>().write_unaligned(c_int::from(mark)) };
             return 0;
         }
     }
@@ -1264,13 +1308,13 @@ pub unsafe fn ioctl(fd: c_int, request: libc::c_ulong, arg: *mut c_void) -> c_in
             _ => None,
         };
         if let Some(value) = value {
-            if !iov::value_ok(arg.cast::<c_int>()) {
+            // SAFETY: FIONREAD/SIOCOUTQ take a pointer to an int; written unaligned (as the
+            // kernel's `put_user` accepts any alignment) through the user copy (EFAULT for a
+            // bad one).
+            if !unsafe { iov::write_value(arg.cast::<c_int>(), value.min(c_int::MAX as usize) as c_int) } {
                 sys::set_errno(libc::EFAULT);
                 return -1;
             }
-            // SAFETY: FIONREAD/SIOCOUTQ take a pointer to an int (checked above); written
-            // unaligned, as the kernel's `put_user` accepts any alignment.
-            unsafe { arg.cast::<c_int>().write_unaligned(value.min(c_int::MAX as usize) as c_int) };
             return 0;
         }
     }
@@ -1297,50 +1341,117 @@ unsafe fn ts_to_ns(ts: *const libc::timespec) -> Option<u64> {
     Some((ts.tv_sec.max(0) as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec.max(0) as u64))
 }
 
-/// libc's `poll`.
+/// How many pollfds [`with_pollfds`] copies on the stack (more: on the heap).
+const POLLFDS_ON_STACK: usize = 32;
+
+/// What a `poll` over a copy of the application's array did ([`with_pollfds`]).
+enum Polled {
+    /// Answered on the copy: its `revents` go back to the application's array.
+    Copy(c_int),
+    /// Answered by the real call on the application's own array.
+    Direct(c_int),
+}
+
+/// Calls `f` with a copy of the application's `n` pollfds at `fds`, read through the user copy,
+/// and copies the `revents` of an answer given on the copy back. `None`: the array cannot be
+/// read (the real call then answers: EFAULT, as the kernel's copy of it), or `f` left the call
+/// to the caller. An array that can be read but not written gets EFAULT, as from the kernel's
+/// `__put_user` of `revents`.
+///
+/// # Safety
+/// `fds` is the application's pointer (possibly bad).
+unsafe fn with_pollfds(fds: *mut libc::pollfd, n: usize, f: impl FnOnce(&mut [libc::pollfd]) -> Option<Polled>) -> Option<c_int> {
+    if n > 1 << 20 {
+        // Beyond any fd limit: the kernel's EINVAL (and no allocation sized by it).
+        return None;
+    }
+    let empty = libc::pollfd { fd: -1, events: 0, revents: 0 };
+    let mut stack = [empty; POLLFDS_ON_STACK];
+    let mut heap = Vec::new();
+    let local: &mut [libc::pollfd] = if n <= POLLFDS_ON_STACK {
+        &mut stack[..n]
+    } else {
+        heap.resize(n, empty);
+        &mut heap
+    };
+    let bytes = std::mem::size_of_val(local);
+    if iov::range(fds.cast(), bytes) != iov::Range::Valid
+        // SAFETY: the application's array (possibly bad: the user copy survives that) into
+        // ours, of the same size; any bit pattern is a pollfd.
+        || unsafe { tssx_shm::ucopy::copy(local.as_mut_ptr().cast(), fds.cast(), bytes) } != 0
+    {
+        return None;
+    }
+    match f(local)? {
+        Polled::Direct(rc) => Some(rc),
+        Polled::Copy(rc) if rc < 0 => Some(rc),
+        Polled::Copy(rc) => {
+            for (i, p) in local.iter().enumerate() {
+                // SAFETY: the application's array, read above; written through the user copy.
+                if !unsafe { iov::write_value(&raw mut (*fds.add(i)).revents, p.revents) } {
+                    sys::set_errno(libc::EFAULT);
+                    return Some(-1);
+                }
+            }
+            Some(rc)
+        }
+    }
+}
+
+/// libc's `poll`. While this process holds connections, the array is read (and `revents`
+/// written) through the user copy ([`with_pollfds`]): a bad one gets EFAULT, never a signal.
 pub unsafe fn poll(fds: *mut libc::pollfd, n: libc::nfds_t, timeout: c_int) -> c_int {
     if table::any_live() && !fds.is_null() {
-        // SAFETY: the caller passes `n` pollfds.
-        let slice = unsafe { std::slice::from_raw_parts_mut(fds, n as usize) };
-        match poll::kind(slice) {
-            poll::Kind::Plain => {}
-            poll::Kind::Raw => {
-                if let Some(raw) = poll::RawCalls::enter(slice) {
-                    // SAFETY: forwarded as received.
-                    let rc = unsafe { sys::poll(fds, n, timeout) };
-                    drop(raw);
-                    return rc;
-                }
+        // SAFETY: the caller's array, copied in and out through the user copy.
+        let served = unsafe {
+            with_pollfds(fds, n as usize, |slice| match poll::kind(slice) {
+                poll::Kind::Plain => None,
+                poll::Kind::Raw => Some(match poll::RawCalls::enter(slice) {
+                    Some(raw) => {
+                        // SAFETY: forwarded as received.
+                        let rc = sys::poll(fds, n, timeout);
+                        drop(raw);
+                        Polled::Direct(rc)
+                    }
+                    // SAFETY: no signal mask.
+                    None => Polled::Copy(poll::poll(slice, ms_to_ns(timeout), std::ptr::null())),
+                }),
                 // SAFETY: no signal mask.
-                return unsafe { poll::poll(slice, ms_to_ns(timeout), std::ptr::null()) };
-            }
-            // SAFETY: no signal mask.
-            poll::Kind::Swapped => return unsafe { poll::poll(slice, ms_to_ns(timeout), std::ptr::null()) },
+                poll::Kind::Swapped => Some(Polled::Copy(poll::poll(slice, ms_to_ns(timeout), std::ptr::null()))),
+            })
+        };
+        if let Some(rc) = served {
+            return rc;
         }
     }
     // SAFETY: forwarded as received.
     unsafe { sys::poll(fds, n, timeout) }
 }
 
-/// libc's `ppoll`.
+/// libc's `ppoll` (the array as for [`poll`]).
 pub unsafe fn ppoll(fds: *mut libc::pollfd, n: libc::nfds_t, ts: *const libc::timespec, mask: *const libc::sigset_t) -> c_int {
-    if table::any_live() && !fds.is_null() {
-        // SAFETY: the caller passes `n` pollfds.
-        let slice = unsafe { std::slice::from_raw_parts_mut(fds, n as usize) };
-        match poll::kind(slice) {
-            poll::Kind::Plain => {}
-            poll::Kind::Raw => {
-                if let Some(raw) = poll::RawCalls::enter(slice) {
-                    // SAFETY: forwarded as received.
-                    let rc = unsafe { sys::ppoll(fds, n, ts, mask) };
-                    drop(raw);
-                    return rc;
-                }
-                // SAFETY: `ts` and `mask` are null or valid, per ppoll's contract.
-                return unsafe { poll::poll(slice, ts_to_ns(ts), mask) };
-            }
-            // SAFETY: `ts` and `mask` are null or valid, per ppoll's contract.
-            poll::Kind::Swapped => return unsafe { poll::poll(slice, ts_to_ns(ts), mask) },
+    // A timeout that cannot be read: the real call's EFAULT.
+    // SAFETY: the caller's pointer, read through the user copy.
+    if table::any_live() && !fds.is_null() && (ts.is_null() || unsafe { iov::read_value(ts) }.is_some()) {
+        // SAFETY: the caller's array, copied in and out through the user copy; `ts` readable
+        // (just checked) or null, `mask` null or valid, per ppoll's contract.
+        let served = unsafe {
+            with_pollfds(fds, n as usize, |slice| match poll::kind(slice) {
+                poll::Kind::Plain => None,
+                poll::Kind::Raw => Some(match poll::RawCalls::enter(slice) {
+                    Some(raw) => {
+                        // SAFETY: forwarded as received.
+                        let rc = sys::ppoll(fds, n, ts, mask);
+                        drop(raw);
+                        Polled::Direct(rc)
+                    }
+                    None => Polled::Copy(poll::poll(slice, ts_to_ns(ts), mask)),
+                }),
+                poll::Kind::Swapped => Some(Polled::Copy(poll::poll(slice, ts_to_ns(ts), mask))),
+            })
+        };
+        if let Some(rc) = served {
+            return rc;
         }
     }
     // SAFETY: forwarded as received.

@@ -123,6 +123,10 @@ pub struct Swap {
 impl Swap {
     /// The mapped segment, its ring handles and its memfd, no lock held.
     pub(crate) fn new(segment: Segment, tx: Producer, rx: Consumer, memfd: OwnFd) -> Swap {
+        // A segment adopted without a tracked connect or accept in this image (across exec,
+        // with SCM_RIGHTS): faults in the copies become EFAULT from now on too (see
+        // `crate::fault`).
+        crate::fault::arm();
         Swap {
             segment,
             tx: UnsafeCell::new(tx),

@@ -21,6 +21,7 @@ use std::{
 
 use libc::c_int;
 use tssx_common::segment::{SegmentState, NOT_YET, SHUT_READ, SHUT_WRITE};
+use tssx_shm::ring::Transfer;
 
 use crate::{
     conn::{Conn, Phase},
@@ -362,9 +363,10 @@ impl Conn {
     }
 
     /// The ring part of a read while handing back: reads at most up to the peer's `back_at`.
-    /// The bytes read, and whether the read took a marker's control messages (it ends there).
+    /// The bytes read (no doorbell owed; `fault`: the caller's buffer faulted before a byte was
+    /// read), and whether the read took a marker's control messages (it ends there).
     /// `flags`: the caller's (MSG_CMSG_CLOEXEC for the fds of a marker taken on the way).
-    pub(crate) fn read_ring_until_back(&self, bufs: &mut [IoSliceMut<'_>], peek: bool, flags: libc::c_int) -> (usize, bool) {
+    pub(crate) fn read_ring_until_back(&self, bufs: &mut [IoSliceMut<'_>], peek: bool, flags: libc::c_int) -> (Transfer, bool) {
         let back_at = self.peer_line().back_at.load(Acquire);
         self.with_rx(|rx| {
             let tail = rx.position();
@@ -375,7 +377,7 @@ impl Conn {
             };
             let limit = if back_at == NOT_YET { usize::MAX } else { back_at.saturating_sub(tail).min(usize::MAX as u64) as usize };
             if limit == 0 {
-                return (0, false);
+                return (Transfer::default(), false);
             }
             let fd = self.last_fd.load(Relaxed);
             if fd >= 0 && self.anc_pending() {
@@ -383,7 +385,7 @@ impl Conn {
                 // (The caller's flags: MSG_CMSG_CLOEXEC was dropped here, found by the
                 // differential test.)
                 let (got, ends) = self.read_ring_anc(fd, rx, bufs, peek, flags, limit);
-                return (got.bytes, ends);
+                return (Transfer { wake_peer: false, ..got }, ends);
             }
             if peek && bufs.len() > 1 {
                 // A peek always starts at the read position: into one buffer, then spread over
@@ -391,14 +393,9 @@ impl Conn {
                 // differential test).
                 let room: usize = bufs.iter().map(|b| b.len()).sum();
                 let mut tmp = vec![0u8; room.min(limit)];
-                let n = rx.peek(&mut tmp);
-                let mut at = 0;
-                for buf in bufs.iter_mut() {
-                    let k = buf.len().min(n - at);
-                    buf[..k].copy_from_slice(&tmp[at..at + k]);
-                    at += k;
-                }
-                return (n, false);
+                // (`tmp` is ours: the peek cannot fault; the spread can.)
+                let n = rx.peek(&mut tmp).bytes;
+                return (crate::iov::spread(bufs, &tmp[..n]), false);
             }
             let mut left = limit;
             let mut total = 0;
@@ -409,14 +406,18 @@ impl Conn {
                 let k = buf.len().min(left);
                 // No doorbell for the room made: this end sends none any more (the peer, woken
                 // by the last one, hands back instead of waiting for room).
-                let n = if peek { rx.peek(&mut buf[..k]) } else { rx.read(&mut buf[..k]).bytes };
+                let got = if peek { rx.peek(&mut buf[..k]) } else { rx.read(&mut buf[..k]) };
+                if got.fault {
+                    return (if total == 0 { Transfer::FAULT } else { Transfer::peeked(total) }, false);
+                }
+                let n = got.bytes;
                 total += n;
                 left -= n;
                 if n < k || peek {
                     break;
                 }
             }
-            (total, false)
+            (Transfer::peeked(total), false)
         })
     }
 }

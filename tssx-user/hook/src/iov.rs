@@ -3,18 +3,43 @@
 //!
 //! # Bad pointers
 //!
-//! On a plain socket the kernel answers a bad buffer with EFAULT; the hook copies with
-//! `memcpy`, where a bad pointer is a SIGSEGV. So before a swapped call touches a buffer, the
-//! hook classifies it with two compares ([`range`]): a pointer into page zero (`NULL`,
-//! `(void*)1`) is known to fault, a range that wraps or ends beyond user space fails at once,
-//! anything else is taken as valid. What this does not catch, because it would cost a system
-//! call per call: a buffer elsewhere in user space that is not mapped, or runs into an unmapped
-//! page, or is read-only for a read. Such a call still crashes on a swapped socket (as a
-//! `memcpy` into it would); the README says so.
+//! On a plain socket the kernel answers a bad buffer with EFAULT. The hook answers the same,
+//! in two steps:
+//!
+//! * Before a swapped call touches a buffer, it classifies it with two compares ([`range`]): a
+//!   pointer into page zero (`NULL`, `(void*)1`) is known to fault (EFAULT once data would
+//!   move, never touched), a range that wraps or ends beyond user space fails at once (the
+//!   kernel's `access_ok`); anything else is taken as valid.
+//! * A buffer elsewhere in user space that is not mapped, runs into an unmapped page, is
+//!   read-only for a read, or is a file mapping past the file's end, is caught when it is
+//!   copied: every copy between a ring and an application's buffer (and of an iovec array, a
+//!   `msghdr`, a peek spread over buffers) is [`tssx_shm::ucopy::copy`], whose fault the hook's
+//!   SIGSEGV/SIGBUS handler turns into a short copy ([`crate::fault`]). No system call, and
+//!   nothing on the fast path but the copy itself.
+//!
+//! The slices the hook builds over an application's buffers ([`slices`], [`one`], ...) are
+//! only ever handed to that copy (through the rings' `read`/`write`/`peek` and [`spread`]):
+//! no Rust code of the hook reads or writes through them, so a bad page in them is never
+//! touched by anything but the copy routine.
+//!
+//! What the call then answers follows the kernel's af_unix stream socket, which copies one
+//! message (skb, one per write of up to about 36 KiB) at a time and keeps or drops a message
+//! whose copy faulted whole: a read returns the messages copied before the faulting one, or
+//! EFAULT, and the faulting one stays queued; a write returns the messages it queued before
+//! the faulting one, or EFAULT, and the faulting one is dropped. The hook does the same per
+//! ring transfer ([`tssx_shm::ring::Transfer::fault`]): the transfer whose copy faulted moves
+//! nothing (a read leaves its bytes on the ring, a write publishes none), and the call returns
+//! the bytes of its earlier transfers, or EFAULT. The two agree whenever the kernel's
+//! faulting message is the call's first (a read of bytes from one write, any write up to
+//! 36 KiB); otherwise the kernel's count is a multiple of the writer's messages, the hook's of
+//! its ring transfers (a read of several small writes into a buffer that faults part-way:
+//! the kernel returns the writes before the fault, the hook EFAULT; nothing is lost either
+//! way, the bytes not returned stay queued).
 
 use std::io::{IoSlice, IoSliceMut};
 
 use libc::{c_int, c_void, iovec, size_t};
+use tssx_shm::ring::Transfer;
 
 /// How many iovecs past a partial transfer a call handles at once (more are done in rounds).
 pub(crate) const IOV_BATCH: usize = 64;
@@ -128,12 +153,126 @@ fn beyond_is_mapped(start: usize, end: usize) -> bool {
     rc == Ok(2)
 }
 
+/// Copies `data` into the application's buffers `bufs`, in order, as far as they reach, through
+/// the user copy ([`tssx_shm::ucopy`]): the bytes copied (a peek's [`Transfer`]), or
+/// [`Transfer::FAULT`] if a buffer ran into a bad page.
+pub fn spread(bufs: &mut [IoSliceMut<'_>], data: &[u8]) -> Transfer {
+    let mut at = 0;
+    for b in bufs.iter_mut() {
+        let k = b.len().min(data.len() - at);
+        // SAFETY: `b` is the application's buffer of at least `k` bytes (possibly bad: the user
+        // copy survives that); `data[at..at + k]` is ours.
+        if unsafe { tssx_shm::ucopy::to_user(b.as_mut_ptr(), &data[at..at + k]) }.is_err() {
+            return Transfer::FAULT;
+        }
+        at += k;
+        if at == data.len() {
+            break;
+        }
+    }
+    Transfer::peeked(at)
+}
+
+/// Calls `f` with the address of one byte in each page of `len` bytes at `start` (the first,
+/// then each page start, then the last), until it returns `false`; `true` if it never did.
+fn each_page(start: usize, len: usize, mut f: impl FnMut(usize) -> bool) -> bool {
+    const PAGE: usize = 4096;
+    if len == 0 {
+        return true;
+    }
+    let last = start + (len - 1);
+    let mut at = start;
+    loop {
+        if !f(at) {
+            return false;
+        }
+        if at == last {
+            return true;
+        }
+        at = ((at / PAGE + 1) * PAGE).min(last);
+    }
+}
+
+/// Whether `len` bytes of the application's memory at `start` can be read (see [`readable`]).
+pub fn readable_range(start: *const c_void, len: usize) -> bool {
+    // SAFETY: a byte of the application's memory (possibly bad: the user copy survives that)
+    // into ours.
+    each_page(start as usize, len, |at| unsafe { tssx_shm::ucopy::read(at as *const u8) }.is_some())
+}
+
+/// Whether the first `len` bytes of the application's `bufs` can be read: one byte of each
+/// page they touch read through the user copy ([`tssx_shm::ucopy`]). For the cold paths that
+/// must know before they act (a `sendmsg` whose control messages go out first).
+pub fn readable(bufs: &[IoSlice<'_>], len: usize) -> bool {
+    let mut left = len;
+    for b in bufs {
+        let k = b.len().min(left);
+        if !readable_range(b.as_ptr().cast(), k) {
+            return false;
+        }
+        left -= k;
+        if left == 0 {
+            break;
+        }
+    }
+    true
+}
+
+/// Whether the first `len` bytes of the application's `bufs` can be written: one byte of each
+/// page they touch read and written back through the user copy (the call is about to write
+/// these bytes anyway). For a read that must know before it takes control messages.
+pub fn writable(bufs: &mut [IoSliceMut<'_>], len: usize) -> bool {
+    let mut left = len;
+    for b in bufs.iter_mut() {
+        let k = b.len().min(left);
+        let ok = each_page(b.as_mut_ptr() as usize, k, |at| {
+            // SAFETY: a byte of the application's buffer (possibly bad: the user copy survives
+            // that), read, then written back unchanged.
+            unsafe { tssx_shm::ucopy::read(at as *const u8).is_some_and(|v| tssx_shm::ucopy::write(at as *mut u8, v)) }
+        });
+        if !ok {
+            return false;
+        }
+        left -= k;
+        if left == 0 {
+            break;
+        }
+    }
+    true
+}
+
 /// A pointer to one value of type `T` the caller passes (an `int` for `FIONREAD`, a
 /// `socklen_t`, a `msghdr`): whether it may be dereferenced. Alignment is not required (the
 /// kernel does not require it either): read and write such values unaligned.
 #[inline]
 pub fn value_ok<T>(ptr: *const T) -> bool {
     range(ptr.cast(), std::mem::size_of::<T>()) == Range::Valid
+}
+
+/// Reads one value the application passes by pointer (a `msghdr`, an `int`, a `socklen_t`),
+/// unaligned: `None` if it fails [`value_ok`] or lies in a bad page (read through the user copy,
+/// [`tssx_shm::ucopy`]: EFAULT for the caller, never a signal).
+///
+/// # Safety
+/// `p` is the application's pointer (possibly bad); any bit pattern is a valid `T`.
+#[inline]
+pub unsafe fn read_value<T: Copy>(p: *const T) -> Option<T> {
+    if !value_ok(p) {
+        return None;
+    }
+    // SAFETY: per the contract; the user copy survives a bad page.
+    unsafe { tssx_shm::ucopy::read(p) }
+}
+
+/// Writes one value into the application's memory at `p`, unaligned: `false` if `p` fails
+/// [`value_ok`] or lies in a bad page (read-only, unmapped: see [`read_value`]).
+///
+/// # Safety
+/// `p` is the application's pointer (possibly bad) to a `T`.
+#[inline]
+pub unsafe fn write_value<T: Copy>(p: *mut T, value: T) -> bool {
+    // SAFETY: per the contract; the user copy survives a bad page.
+    value_ok(p) && unsafe { tssx_shm::ucopy::write(p, value) }
 }
 
 /// The most iovecs a call takes (`UIO_MAXIOV`).
@@ -162,9 +301,9 @@ impl<S> Checked<S> {
 /// unaligned (the kernel accepts any alignment).
 ///
 /// # Safety
-/// An `iov` that passes [`range`] must point at `cnt` readable iovecs, and their buffers that
-/// pass it must be valid for the call (the hook cannot check what it cannot see without a
-/// system call; see the README).
+/// An `iov` that passes [`range`] points at `cnt` iovecs of the application (possibly in a bad
+/// page), and the slices built over their buffers are only ever copied to or from through the
+/// user copy ([`tssx_shm::ucopy`]).
 unsafe fn checked<S>(
     iov: *const iovec,
     cnt: usize,
@@ -181,10 +320,15 @@ unsafe fn checked<S>(
     if range(iov.cast(), cnt * std::mem::size_of::<iovec>()) != Range::Valid {
         return Err(libc::EFAULT);
     }
-    let entry = |i: usize| {
-        // SAFETY: per the contract (the array passed `range`; `i < cnt`); unaligned reads.
-        unsafe { iov.add(i).read_unaligned() }
-    };
+    // The array, copied once through the user copy (an array in a bad page: EFAULT, as the
+    // kernel's copy of it).
+    let mut array = vec![iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; cnt];
+    // SAFETY: the application's array of `cnt` iovecs (possibly bad: the user copy survives
+    // that) into ours, of the same size; any bit pattern is an iovec.
+    if unsafe { tssx_shm::ucopy::copy(array.as_mut_ptr().cast(), iov.cast(), cnt * std::mem::size_of::<iovec>()) } != 0 {
+        return Err(libc::EFAULT);
+    }
+    let entry = |i: usize| array[i];
     // As the kernel: every length is checked (EINVAL) before any buffer (EFAULT).
     if (0..cnt).any(|i| (entry(i).iov_len as isize) < 0) {
         return Err(libc::EINVAL);
@@ -267,17 +411,17 @@ pub unsafe fn one<'a>(buf: *const c_void, n: size_t) -> Result<Checked<IoSlice<'
 }
 
 /// The iovec array and count of a caller's `msghdr` (read unaligned), or EFAULT if the header
-/// itself cannot be read.
+/// itself cannot be read (outside user space, or in a bad page: read through the user copy).
 ///
 /// # Safety
-/// A `msg` that passes [`value_ok`] must point at a readable `msghdr`.
+/// `msg` is the application's pointer (possibly bad).
 pub unsafe fn msg_iov(msg: *const libc::msghdr) -> Result<(*const iovec, isize), c_int> {
     if !value_ok(msg) {
         return Err(libc::EFAULT);
     }
-    // SAFETY: per the contract; unaligned reads of two fields.
-    let (iov, len) =
-        unsafe { (std::ptr::addr_of!((*msg).msg_iov).read_unaligned(), std::ptr::addr_of!((*msg).msg_iovlen).read_unaligned()) };
+    // SAFETY: per the contract; the user copy survives a bad page; any bit pattern is a msghdr.
+    let Some(m) = (unsafe { tssx_shm::ucopy::read(msg) }) else { return Err(libc::EFAULT) };
+    let (iov, len) = (m.msg_iov.cast_const(), m.msg_iovlen);
     // A count beyond isize (a huge size_t) is "too many" as well.
     Ok((iov, isize::try_from(len).unwrap_or(isize::MAX)))
 }

@@ -29,6 +29,7 @@
 //! | [`stdio`] | `FILE` streams over tracked sockets (glibc's stdio bypasses any preload) |
 //! | [`splice`], [`peekoff`] | `splice` between a pipe and the rings; the emulated `SO_PEEK_OFF` |
 //! | [`iov`], [`sys`] | caller buffers, checked as the kernel checks them (EFAULT/EINVAL, never a crash); every system call the hook makes |
+//! | [`fault`] | a buffer that runs into a bad page: the copy's fault caught (SIGSEGV/SIGBUS owned from the first tracked connection), EFAULT as the kernel answers |
 //! | [`signals`] | signal dispositions: the application's handlers behind a trampoline (a handler that runs while the hook spins ends the wait with `EINTR` as the kernel would); signals the hook owns (`signals::own`) |
 //! | [`uring`] | an io_uring set up while connections are swapped: the kernel watcher's signal, every connection handed back |
 //! | [`own`] | the hook's own fds (segment memfds, claim sockets): never closed by the application's `close`, left out of `close_range`/`closefrom` |
@@ -51,6 +52,7 @@ pub mod closing;
 pub mod conn;
 pub mod epoll;
 pub mod exec;
+pub mod fault;
 pub mod handback;
 pub mod iov;
 pub mod lifecycle;

@@ -103,9 +103,15 @@ pub unsafe fn send_via(msg: *const msghdr, real: impl FnOnce(&msghdr) -> Result<
     if !table::any_live() || !crate::iov::value_ok(msg) || !msg.is_aligned() {
         return None;
     }
-    // SAFETY: per the contract (readable and aligned: checked above).
-    let m = unsafe { &*msg };
+    // SAFETY: per the contract (read through the user copy: a header in a bad page goes to
+    // the real call, EFAULT).
+    let m = unsafe { crate::iov::read_value(msg) }?;
+    let m = &m;
     if crate::iov::range(m.msg_control, m.msg_controllen) != crate::iov::Range::Valid || !m.msg_control.cast::<cmsghdr>().is_aligned() {
+        return None;
+    }
+    if !crate::iov::readable_range(m.msg_control, m.msg_controllen) {
+        // A control buffer in a bad page goes to the real call as well (EFAULT).
         return None;
     }
     // SAFETY: as above.

@@ -74,17 +74,12 @@ impl Conn {
             }
             let n = if n >= 0 { self.peek_more(fd, &mut tmp, n as usize) as isize } else { n };
             if n > off as isize {
-                let mut copied = 0usize;
-                let mut from = &tmp[off..n as usize];
-                for b in bufs.iter_mut() {
-                    let k = b.len().min(from.len());
-                    b[..k].copy_from_slice(&from[..k]);
-                    copied += k;
-                    from = &from[k..];
-                    if from.is_empty() {
-                        break;
-                    }
+                let put = crate::iov::spread(bufs, &tmp[off..n as usize]);
+                if put.fault {
+                    // As the kernel: EFAULT, the offset unmoved.
+                    return Some(partial_or_errno(0, libc::EFAULT));
                 }
+                let copied = put.bytes;
                 let _ = self
                     .peek_off
                     .fetch_update(Relaxed, Relaxed, |o| (o >= 0).then(|| o.saturating_add(copied.min(c_int::MAX as usize) as c_int)));
@@ -134,7 +129,8 @@ impl Conn {
                 // Acquire: pairs with the peer's SeqCst store; our own count, stored with Release.
                 let at = peer.switch_at.load(Acquire);
                 if at != NOT_YET && self.my_line().sock_read.load(Acquire).wrapping_add(n as u64) == at {
-                    return n + self.with_rx(|rx| rx.peek(&mut tmp[n..]));
+                    // (`tmp` is ours: the peek cannot fault.)
+                    return n + self.with_rx(|rx| rx.peek(&mut tmp[n..])).bytes;
                 }
             }
             Phase::HandingBack if self.reads_ring() => {

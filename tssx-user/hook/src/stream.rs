@@ -176,17 +176,17 @@ impl Conn {
                         Transfer::default()
                     }
                     _ => {
-                        let (bytes, ends) = after_mut(bufs, total, |rest| self.read_ring_until_back(rest, peek, flags));
+                        let (got, ends) = after_mut(bufs, total, |rest| self.read_ring_until_back(rest, peek, flags));
                         stop = ends;
                         // Relaxed: see the field.
-                        if bytes > 0 && self.passcred.load(Relaxed) {
+                        if got.bytes > 0 && self.passcred.load(Relaxed) {
                             // Ring bytes were sent without credentials: the kernel's "none"
                             // for them, and the read ends here (the socket's bytes that follow
                             // carry the peer's; the kernel never glues the two).
                             crate::anc::no_credentials();
                             stop = true;
                         }
-                        Transfer { bytes, wake_peer: false }
+                        got
                     }
                 }
             } else {
@@ -198,13 +198,19 @@ impl Conn {
                         return got;
                     }
                     if peek {
-                        return Transfer { bytes: rx.peekv(bufs), wake_peer: false };
+                        return rx.peekv(bufs);
                     }
                     after_mut(bufs, total, |rest| rx.readv(rest))
                 })
             };
             if got.wake_peer {
                 self.ring_doorbell(fd);
+            }
+            if got.fault {
+                // The caller's buffer ran into a bad page: nothing of this transfer was taken
+                // (it stays for the next read), as the kernel leaves a message whose copy
+                // faulted queued; EFAULT unless bytes were read before (see `crate::iov`).
+                return partial_or_errno(total, libc::EFAULT);
             }
             total += got.bytes;
             if stop || (glue && got.bytes == 0) {
@@ -312,15 +318,9 @@ impl Conn {
         let mut tmp = vec![0u8; owed as usize + room.min(1 << 20)];
         let Ok(k) = crate::sys::recv_raw(fd, &mut tmp, libc::MSG_PEEK | libc::MSG_DONTWAIT) else { return 0 };
         let data = tmp.get(owed as usize..k).unwrap_or(&[]);
-        after_mut(bufs, total, |rest| {
-            let mut at = 0;
-            for b in rest.iter_mut() {
-                let n = b.len().min(data.len() - at);
-                b[..n].copy_from_slice(&data[at..at + n]);
-                at += n;
-            }
-            at
-        })
+        // A buffer that faults: the peek ends with the ring's bytes (the kernel's peek returns
+        // what it copied before the message whose copy faulted).
+        after_mut(bufs, total, |rest| crate::iov::spread(rest, data).bytes)
     }
 
     /// The end of a read that found the connection plain (its hand-back done) after `total`
@@ -432,6 +432,12 @@ impl Conn {
             });
             if put.wake_peer {
                 self.ring_doorbell(fd);
+            }
+            if put.fault {
+                // The caller's buffer ran into a bad page: nothing of this transfer was
+                // published, as the kernel drops a message whose copy faulted; EFAULT unless
+                // bytes were sent before (see `crate::iov`).
+                return partial_or_errno(total, libc::EFAULT);
             }
             total += put.bytes;
             if put.bytes > 0 {

@@ -222,3 +222,90 @@ fn bad_input_gets_the_kernels_answers() {
     }
     assert_eq!(plain, swapped);
 }
+
+/// Two pages whose second is PROT_NONE (`unmap`: unmapped), the first filled: the address of
+/// the last `good` bytes before the bad page. Mapped far below where the kernel places mappings
+/// on its own (top-down from under the stack), so that no other mapping (a segment of the test
+/// running beside) ever lands in an unmapped page of the scenario.
+fn before_bad_page(good: usize, unmap: bool) -> *mut u8 {
+    const PAGE: usize = 4096;
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0x5f00_0000_0000);
+    let want = NEXT.fetch_add(16 * PAGE, std::sync::atomic::Ordering::Relaxed);
+    // SAFETY: a fresh anonymous mapping where nothing is mapped (MAP_FIXED_NOREPLACE); only
+    // its own pages are changed.
+    unsafe {
+        let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE;
+        let p = libc::mmap(want as *mut c_void, 2 * PAGE, libc::PROT_READ | libc::PROT_WRITE, flags, -1, 0);
+        assert_eq!(p as usize, want);
+        let p = p.cast::<u8>();
+        std::ptr::write_bytes(p, b'p', PAGE);
+        let second = p.add(PAGE).cast::<c_void>();
+        assert_eq!(if unmap { libc::munmap(second, PAGE) } else { libc::mprotect(second, PAGE, libc::PROT_NONE) }, 0);
+        p.add(PAGE - good)
+    }
+}
+
+/// Bad pages in the middle of the address space: buffers that run into a PROT_NONE or unmapped
+/// page with more bytes to move than the good part holds, buffers wholly in such a page or a
+/// read-only one, an iovec array and a msghdr in an unmapped page. Then what the peer received.
+fn bad_pages(api: &dyn Api, a: c_int, b: c_int) -> Vec<String> {
+    let mut out = Vec::new();
+    let tail = before_bad_page(100, false).cast::<c_void>();
+    let gap = before_bad_page(100, true).cast::<c_void>();
+    let hole = before_bad_page(0, true).cast::<c_void>(); // wholly unmapped
+    let mut buf = [0u8; 2048];
+    let dw = libc::MSG_DONTWAIT;
+    let payload: Vec<u8> = (0..1000u32).map(|i| b'A' + (i % 26) as u8).collect();
+    // SAFETY (whole scenario): bad pointers handed to the calls on purpose; every good pointer
+    // is a live local or the good part of a mapping.
+    unsafe {
+        out.push(line("write 1000", api.write(b, payload.as_ptr().cast(), 1000)));
+        out.push(line("read, PROT_NONE after 100", api.read(a, tail, 1000)));
+        out.push(line("read, unmapped after 100", api.read(a, gap, 1000)));
+        out.push(line("recv MSG_PEEK, PROT_NONE after 100", api.recv(a, tail, 1000, libc::MSG_PEEK)));
+        out.push(line("recv MSG_WAITALL, unmapped after 100", api.recv(a, gap, 1000, libc::MSG_WAITALL)));
+        let iov = [iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: 10 }, iovec { iov_base: tail, iov_len: 990 }];
+        out.push(line("readv 10 good + PROT_NONE after 100", api.readv(a, iov.as_ptr(), 2)));
+        let mut m: msghdr = std::mem::zeroed();
+        m.msg_iov = iov.as_ptr().cast_mut();
+        m.msg_iovlen = 2;
+        out.push(line("recvmsg, the same", api.recvmsg(a, &mut m, 0)));
+        out.push(line("recvmsg MSG_PEEK, the same", api.recvmsg(a, &mut m, libc::MSG_PEEK)));
+        out.push(line("read into an unmapped page", api.read(a, hole, 10)));
+        out.push(line("readv, the array in an unmapped page", api.readv(a, hole.cast(), 1)));
+        out.push(line("recvmsg, the msghdr in an unmapped page", api.recvmsg(a, hole.cast(), 0)));
+        out.push(line("read the good 100", api.read(a, tail, 100)));
+        out.push(line("read the rest", api.read(a, buf.as_mut_ptr().cast(), 2048)));
+        out.push(format!("data ok {}", buf[..900] == payload[100..]));
+        // Writes: nothing of a faulting write is sent.
+        out.push(line("write, PROT_NONE after 100", api.write(a, tail, 1000)));
+        out.push(line("send, unmapped after 100", api.send(a, gap, 1000, 0)));
+        let wiov = [iovec { iov_base: b"ab".as_ptr() as *mut c_void, iov_len: 2 }, iovec { iov_base: tail, iov_len: 1000 }];
+        out.push(line("writev \"ab\" + PROT_NONE after 100", api.writev(a, wiov.as_ptr(), 2)));
+        let mut wm: msghdr = std::mem::zeroed();
+        wm.msg_iov = wiov.as_ptr().cast_mut();
+        wm.msg_iovlen = 2;
+        out.push(line("sendmsg, the same", api.sendmsg(a, &wm, 0)));
+        out.push(line("write from an unmapped page", api.write(a, hole, 10)));
+        out.push(line("writev, the array in an unmapped page", api.writev(a, hole.cast(), 1)));
+        out.push(line("sendmsg, the msghdr in an unmapped page", api.sendmsg(a, hole.cast(), 0)));
+        out.push(line("peer read", api.recv(b, buf.as_mut_ptr().cast(), 2048, dw)));
+        // The connection keeps working.
+        out.push(line("write the good 100", api.write(a, tail, 100)));
+        out.push(line("peer read", api.recv(b, buf.as_mut_ptr().cast(), 2048, dw)));
+        out.push(format!("data ok {}", buf[..100] == payload[..100]));
+    }
+    out
+}
+
+#[test]
+fn bad_pages_anywhere_get_the_kernels_answers() {
+    let (a, b) = plain_pair();
+    let plain = bad_pages(&Plain, a, b);
+    let (c, d) = swapped_pair();
+    let swapped = bad_pages(&Hooked, c, d);
+    for (p, s) in plain.iter().zip(&swapped) {
+        println!("{p:45} | {s}");
+    }
+    assert_eq!(plain, swapped);
+}

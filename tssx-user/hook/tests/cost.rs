@@ -37,6 +37,25 @@ fn fast_path_cost() {
         best = best.min(ns);
     }
     println!("COST ns per call (best of 7): {best:.2}");
+    // Larger transfers: the copies dominate (a 4 KiB and a 64 KiB write + read).
+    for size in [4096usize, 65536] {
+        let msg = vec![7u8; size];
+        let mut buf = vec![0u8; size];
+        let n = (200_000_000 / size) as u64;
+        let mut best = f64::MAX;
+        for _round in 0..7 {
+            let start = Instant::now();
+            for _ in 0..n {
+                // SAFETY: live buffers.
+                unsafe {
+                    assert_eq!(calls::write(a, msg.as_ptr().cast(), size), size as isize);
+                    assert_eq!(calls::read(b, buf.as_mut_ptr().cast(), size), size as isize);
+                }
+            }
+            best = best.min(start.elapsed().as_secs_f64() * 1e9 / n as f64);
+        }
+        println!("COST {size} B write + read ns (best of 7): {best:.1} ({:.2} GB/s)", size as f64 / best);
+    }
     let mut best = f64::MAX;
     for _round in 0..7 {
         let start = Instant::now();

@@ -9,6 +9,8 @@
 //! * [`lease`]: type-stable reference-counted cells, so that a lock-free table (the hook's fd
 //!   table) can hand out values that a concurrent removal never frees under a reader;
 //! * [`fdpass`]: one fd with a small message over a Unix socket (`SCM_RIGHTS`);
+//! * [`ucopy`]: copies to and from an application's buffers that end at a bad page (EFAULT)
+//!   instead of crashing;
 //! * [`sys`]: the raw system calls everything here makes (never libc's wrappers: inside the
 //!   hook those names are the hook's own exports).
 //!
@@ -23,4 +25,5 @@ pub mod lease;
 pub mod ring;
 pub mod segment;
 pub mod sys;
+pub mod ucopy;
 pub mod wait;

@@ -102,27 +102,31 @@ pub mod sync {
     #[cfg(tssx_loom)]
     pub type DataCell = loom::cell::UnsafeCell<u8>;
 
-    /// Copies `src` into the cells starting at `dst`.
+    /// Copies `src` (an application's buffer, which may run into a bad page) into the cells
+    /// starting at `dst`; `false` if `src` faulted (see [`crate::ucopy`]).
     ///
     /// # Safety
     /// `dst..dst + src.len()` must be valid cells that nobody else accesses meanwhile.
     #[cfg(not(tssx_loom))]
     #[inline]
-    pub(crate) unsafe fn copy_in(dst: *const DataCell, src: &[u8]) {
+    pub(crate) unsafe fn copy_in(dst: *const DataCell, src: &[u8]) -> bool {
         // SAFETY: the caller guarantees the destination range is valid and exclusively ours;
-        // `UnsafeCell<u8>` has the layout of `u8` and permits writes through a shared pointer.
-        unsafe { core::ptr::copy_nonoverlapping(src.as_ptr(), DataCell::raw_get(dst), src.len()) }
+        // `UnsafeCell<u8>` has the layout of `u8` and permits writes through a shared pointer;
+        // the source is read by the copy routine only, which survives a bad page.
+        unsafe { crate::ucopy::copy(DataCell::raw_get(dst), src.as_ptr(), src.len()) == 0 }
     }
 
-    /// Copies the cells starting at `src` into `dst`.
+    /// Copies the cells starting at `src` into `dst` (an application's buffer, which may run
+    /// into a bad page); `false` if `dst` faulted (see [`crate::ucopy`]).
     ///
     /// # Safety
     /// `src..src + dst.len()` must be valid cells that nobody writes meanwhile.
     #[cfg(not(tssx_loom))]
     #[inline]
-    pub(crate) unsafe fn copy_out(src: *const DataCell, dst: &mut [u8]) {
-        // SAFETY: the caller guarantees the source range is valid and not written meanwhile.
-        unsafe { core::ptr::copy_nonoverlapping(DataCell::raw_get(src), dst.as_mut_ptr(), dst.len()) }
+    pub(crate) unsafe fn copy_out(src: *const DataCell, dst: &mut [u8]) -> bool {
+        // SAFETY: the caller guarantees the source range is valid and not written meanwhile;
+        // the destination is written by the copy routine only, which survives a bad page.
+        unsafe { crate::ucopy::copy(dst.as_mut_ptr(), DataCell::raw_get(src), dst.len()) == 0 }
     }
 
     /// Copies `src` into the cells starting at `dst`, one tracked access per byte.
@@ -130,11 +134,12 @@ pub mod sync {
     /// # Safety
     /// As the non-loom version.
     #[cfg(tssx_loom)]
-    pub(crate) unsafe fn copy_in(dst: *const DataCell, src: &[u8]) {
+    pub(crate) unsafe fn copy_in(dst: *const DataCell, src: &[u8]) -> bool {
         for (i, &byte) in src.iter().enumerate() {
             // SAFETY: in bounds by the caller's contract; loom checks exclusivity.
             unsafe { (*dst.add(i)).with_mut(|p| *p = byte) }
         }
+        true
     }
 
     /// Copies the cells starting at `src` into `dst`, one tracked access per byte.
@@ -142,11 +147,12 @@ pub mod sync {
     /// # Safety
     /// As the non-loom version.
     #[cfg(tssx_loom)]
-    pub(crate) unsafe fn copy_out(src: *const DataCell, dst: &mut [u8]) {
+    pub(crate) unsafe fn copy_out(src: *const DataCell, dst: &mut [u8]) -> bool {
         for (i, out) in dst.iter_mut().enumerate() {
             // SAFETY: in bounds by the caller's contract; loom checks there is no racing write.
             *out = unsafe { (*src.add(i)).with(|p| *p) };
         }
+        true
     }
 }
 
@@ -180,10 +186,22 @@ pub struct Transfer {
     /// The peer announced it sleeps waiting for this end: write a doorbell byte to the real
     /// socket. Only ever set when `bytes > 0`.
     pub wake_peer: bool,
+    /// The application's buffer ran into a bad page (see [`crate::ucopy`]): the transfer moved
+    /// nothing (`bytes` is 0, no position was published), as the kernel keeps a message whose
+    /// copy faulted queued (reading) or drops it (writing) and answers EFAULT if nothing was
+    /// moved before. Only ever set when `bytes` is 0.
+    pub fault: bool,
 }
 
 impl Transfer {
-    const NOTHING: Transfer = Transfer { bytes: 0, wake_peer: false };
+    const NOTHING: Transfer = Transfer { bytes: 0, wake_peer: false, fault: false };
+    /// A transfer whose copy faulted (see [`Transfer::fault`]).
+    pub const FAULT: Transfer = Transfer { bytes: 0, wake_peer: false, fault: true };
+
+    /// A peek's result: `bytes` copied, nothing published.
+    pub const fn peeked(bytes: usize) -> Transfer {
+        Transfer { bytes, wake_peer: false, fault: false }
+    }
 }
 
 /// Bytes in the ring given a producer and a consumer position, clamped to `0..=capacity`.
@@ -266,45 +284,37 @@ pub fn room_to_write(head: u64, tail: u64, geometry: u64, max: usize) -> usize {
     plan(head, tail, RingGeometry::decode(geometry, max), max, usize::MAX).0
 }
 
-/// Copies `src` into the ring at position `pos`: one `memcpy`, two if the run wraps.
+/// Copies `src` into the ring at position `pos`: one copy, two if the run wraps. `false`: `src`
+/// ran into a bad page (see [`crate::ucopy`]; the positions hold garbage, never published).
 ///
 /// # Safety
 /// `raw` satisfies the constructor contract, `geo` came from [`geometry_of`] (its capacity is
 /// at most `raw.capacity`), `src.len() <= geo.capacity`, and the positions
 /// `pos..pos + src.len()` are free space owned by the caller (the producer).
 #[inline]
-unsafe fn copy_to_ring(raw: &RingRaw, geo: RingGeometry, pos: u64, src: &[u8]) {
+unsafe fn copy_to_ring(raw: &RingRaw, geo: RingGeometry, pos: u64, src: &[u8]) -> bool {
     let start = geo.index(pos);
     let first = src.len().min(geo.capacity - start);
     // SAFETY: `start + first <= geo.capacity <= raw.capacity` and the remaining
     // `src.len() - first <= start` cells from index 0 are in bounds; the caller owns these
     // positions.
-    unsafe {
-        sync::copy_in(raw.data.add(start), &src[..first]);
-        if first < src.len() {
-            sync::copy_in(raw.data, &src[first..]);
-        }
-    }
+    unsafe { sync::copy_in(raw.data.add(start), &src[..first]) && (first == src.len() || sync::copy_in(raw.data, &src[first..])) }
 }
 
-/// Copies from the ring at position `pos` into `dst`: one `memcpy`, two if the run wraps.
+/// Copies from the ring at position `pos` into `dst`: one copy, two if the run wraps. `false`:
+/// `dst` ran into a bad page (see [`crate::ucopy`]).
 ///
 /// # Safety
 /// As [`copy_to_ring`], with `dst.len() <= geo.capacity` and the positions
 /// `pos..pos + dst.len()` holding published bytes the producer will not overwrite meanwhile.
 #[inline]
-unsafe fn copy_from_ring(raw: &RingRaw, geo: RingGeometry, pos: u64, dst: &mut [u8]) {
+unsafe fn copy_from_ring(raw: &RingRaw, geo: RingGeometry, pos: u64, dst: &mut [u8]) -> bool {
     let start = geo.index(pos);
     let first = dst.len().min(geo.capacity - start);
     let (a, b) = dst.split_at_mut(first);
     // SAFETY: as in `copy_to_ring`, both runs are in bounds; the bytes are published and not
     // overwritten before we publish a tail past them.
-    unsafe {
-        sync::copy_out(raw.data.add(start), a);
-        if !b.is_empty() {
-            sync::copy_out(raw.data, b);
-        }
-    }
+    unsafe { sync::copy_out(raw.data.add(start), a) && (b.is_empty() || sync::copy_out(raw.data, b)) }
 }
 
 /// The writing handle of a ring.
@@ -467,10 +477,11 @@ impl Producer {
         // Release: orders our copies into the ring before the new head, which the consumer
         // loads with Acquire.
         self.head().store(head.wrapping_add(bytes as u64), Release);
-        Transfer { bytes, wake_peer: crate::wait::sleeper_announced(self.peer_asleep()) }
+        Transfer { bytes, wake_peer: crate::wait::sleeper_announced(self.peer_asleep()), fault: false }
     }
 
-    /// Copies as much of `src` as fits into the ring and publishes it.
+    /// Copies as much of `src` as fits into the ring and publishes it ([`Transfer::FAULT`],
+    /// nothing published, if `src` ran into a bad page).
     pub fn write(&mut self, src: &[u8]) -> Transfer {
         if src.is_empty() {
             return Transfer::NOTHING;
@@ -482,11 +493,14 @@ impl Producer {
         }
         // SAFETY: contract of `new`; `geo` is sanitized; `n` bytes from `head` are free space
         // (within its capacity), and only we write them until we publish.
-        unsafe { copy_to_ring(&self.raw, geo, head, &src[..n]) };
+        if !unsafe { copy_to_ring(&self.raw, geo, head, &src[..n]) } {
+            return Transfer::FAULT;
+        }
         self.publish(head, n)
     }
 
-    /// Copies as much of `bufs`, in order, as fits into the ring and publishes it once.
+    /// Copies as much of `bufs`, in order, as fits into the ring and publishes it once
+    /// ([`Transfer::FAULT`], nothing published, if a buffer ran into a bad page).
     pub fn writev(&mut self, bufs: &[IoSlice<'_>]) -> Transfer {
         let want = total_len(bufs.iter().map(|b| b.len()));
         if want == 0 {
@@ -503,7 +517,9 @@ impl Producer {
             let k = buf.len().min(left);
             // SAFETY: as in `write`; the runs `pos..pos + k` are consecutive parts of the `n`
             // free bytes from `head`.
-            unsafe { copy_to_ring(&self.raw, geo, pos, &buf[..k]) };
+            if !unsafe { copy_to_ring(&self.raw, geo, pos, &buf[..k]) } {
+                return Transfer::FAULT;
+            }
             pos = pos.wrapping_add(k as u64);
             left -= k;
             if left == 0 {
@@ -531,7 +547,8 @@ impl Producer {
         // was written (a ring grows without moving one); the `n` bytes from `from` were
         // published by this producer (from >= tail, from + n <= head, within the capacity) and
         // only this producer, which is not writing now, could overwrite them.
-        unsafe { copy_from_ring(&self.raw, geo, from, &mut dst[..n]) };
+        // (`dst` is the caller's own memory: it cannot fault.)
+        let _ = unsafe { copy_from_ring(&self.raw, geo, from, &mut dst[..n]) };
         n
     }
 
@@ -675,39 +692,46 @@ impl Consumer {
         }
     }
 
-    /// Copies up to `dst.len()` bytes out of the ring without consuming them (`MSG_PEEK`).
-    pub fn peek(&self, dst: &mut [u8]) -> usize {
+    /// Copies up to `dst.len()` bytes out of the ring without consuming them (`MSG_PEEK`);
+    /// [`Transfer::FAULT`] if `dst` ran into a bad page.
+    pub fn peek(&self, dst: &mut [u8]) -> Transfer {
         self.peek_at(self.position(), dst)
     }
 
     /// Copies up to the buffers' total length out of the ring into `bufs`, in order, without
-    /// consuming anything (`recvmsg` with `MSG_PEEK` and several buffers).
-    pub fn peekv(&self, bufs: &mut [IoSliceMut<'_>]) -> usize {
+    /// consuming anything (`recvmsg` with `MSG_PEEK` and several buffers); [`Transfer::FAULT`]
+    /// if a buffer ran into a bad page.
+    pub fn peekv(&self, bufs: &mut [IoSliceMut<'_>]) -> Transfer {
         let mut pos = self.position();
         let mut total = 0;
         for buf in bufs.iter_mut() {
-            let n = self.peek_at(pos, buf);
-            total += n;
-            pos = pos.wrapping_add(n as u64);
-            if n < buf.len() {
+            let got = self.peek_at(pos, buf);
+            if got.fault {
+                return got;
+            }
+            total += got.bytes;
+            pos = pos.wrapping_add(got.bytes as u64);
+            if got.bytes < buf.len() {
                 break;
             }
         }
-        total
+        Transfer::peeked(total)
     }
 
     /// `peek` at consumer position `tail`.
     #[inline]
-    fn peek_at(&self, tail: u64, dst: &mut [u8]) -> usize {
+    fn peek_at(&self, tail: u64, dst: &mut [u8]) -> Transfer {
         if dst.is_empty() {
-            return 0;
+            return Transfer::NOTHING;
         }
         let n = self.available_for(tail, dst.len()).min(dst.len());
         // SAFETY: contract of `new`; `n` published bytes from `tail` (within the capacity of
         // the sanitized geometry loaded with the head that published them), which the producer
         // does not overwrite before we publish a tail past them.
-        unsafe { copy_from_ring(&self.raw, self.cached_geometry.get(), tail, &mut dst[..n]) };
-        n
+        if !unsafe { copy_from_ring(&self.raw, self.cached_geometry.get(), tail, &mut dst[..n]) } {
+            return Transfer::FAULT;
+        }
+        Transfer::peeked(n)
     }
 
     /// Publishes `tail + bytes` after the bytes were copied out (or skipped).
@@ -716,20 +740,22 @@ impl Consumer {
         // Release: orders our copies out of the ring before the new tail, which the producer
         // loads with Acquire before reusing the space.
         self.tail().store(tail.wrapping_add(bytes as u64), Release);
-        Transfer { bytes, wake_peer: crate::wait::sleeper_announced(self.peer_asleep()) }
+        Transfer { bytes, wake_peer: crate::wait::sleeper_announced(self.peer_asleep()), fault: false }
     }
 
-    /// Copies up to `dst.len()` bytes out of the ring and consumes them.
+    /// Copies up to `dst.len()` bytes out of the ring and consumes them ([`Transfer::FAULT`],
+    /// nothing consumed, if `dst` ran into a bad page).
     pub fn read(&mut self, dst: &mut [u8]) -> Transfer {
         let tail = self.position();
-        let n = self.peek_at(tail, dst);
-        if n == 0 {
-            return Transfer::NOTHING;
+        let got = self.peek_at(tail, dst);
+        if got.bytes == 0 {
+            return got;
         }
-        self.publish(tail, n)
+        self.publish(tail, got.bytes)
     }
 
-    /// Fills `bufs` in order with as many bytes as the ring has, consuming them.
+    /// Fills `bufs` in order with as many bytes as the ring has, consuming them
+    /// ([`Transfer::FAULT`], nothing consumed, if a buffer ran into a bad page).
     pub fn readv(&mut self, bufs: &mut [IoSliceMut<'_>]) -> Transfer {
         let want = total_len(bufs.iter().map(|b| b.len()));
         if want == 0 {
@@ -747,7 +773,9 @@ impl Consumer {
             let k = buf.len().min(left);
             // SAFETY: as in `peek`; the runs `pos..pos + k` are consecutive parts of the `n`
             // published bytes from `tail`.
-            unsafe { copy_from_ring(&self.raw, geo, pos, &mut buf[..k]) };
+            if !unsafe { copy_from_ring(&self.raw, geo, pos, &mut buf[..k]) } {
+                return Transfer::FAULT;
+            }
             pos = pos.wrapping_add(k as u64);
             left -= k;
             if left == 0 {
@@ -960,7 +988,7 @@ mod tests {
         assert_eq!(p.free(), 16);
         assert!(p.is_drained());
         assert_eq!(c.read(&mut buf), Transfer::NOTHING);
-        assert_eq!(c.peek(&mut buf), 0);
+        assert_eq!(c.peek(&mut buf).bytes, 0);
         assert_eq!(c.skip(3), Transfer::NOTHING);
         assert_eq!(c.readv(&mut [IoSliceMut::new(&mut buf)]), Transfer::NOTHING);
         assert_eq!(c.position(), 0);
@@ -1024,9 +1052,9 @@ mod tests {
         assert_eq!(c.read(&mut out).bytes, 4); // tail now 4: the next run wraps
         assert_eq!(p.write(b"ghijk").bytes, 5);
         let mut peeked = [0u8; 16];
-        assert_eq!(c.peek(&mut peeked), 7);
+        assert_eq!(c.peek(&mut peeked).bytes, 7);
         assert_eq!(&peeked[..7], b"efghijk");
-        assert_eq!(c.peek(&mut peeked[..3]), 3);
+        assert_eq!(c.peek(&mut peeked[..3]).bytes, 3);
         assert_eq!(&peeked[..3], b"efg");
         assert_eq!(c.available(), 7);
         assert_eq!(c.skip(2).bytes, 2);
@@ -1045,7 +1073,7 @@ mod tests {
         assert_eq!(p.write(b"ghij").bytes, 4);
         let (mut a, mut b, mut d) = ([0u8; 2], [0u8; 2], [0u8; 4]);
         let mut bufs = [IoSliceMut::new(&mut a), IoSliceMut::new(&mut b), IoSliceMut::new(&mut d)];
-        assert_eq!(c.peekv(&mut bufs), 5);
+        assert_eq!(c.peekv(&mut bufs).bytes, 5);
         assert_eq!((&a, &b, &d[..1]), (b"fg", b"hi", &b"j"[..]));
         assert_eq!(c.available(), 5, "peekv consumes nothing");
     }
@@ -1110,7 +1138,7 @@ mod tests {
                     }
                     2 => {
                         let len = rng.below(2 * capacity) + 1;
-                        let n = c.peek(&mut dst[..len]);
+                        let n = c.peek(&mut dst[..len]).bytes;
                         assert_eq!(n, len.min(reference.len()));
                         assert!(dst[..n].iter().eq(reference.iter().take(n)));
                     }
@@ -1177,28 +1205,28 @@ mod tests {
         let (mut p, mut c) = ring.handles();
         let mut out = [0u8; 8];
         // Nobody asleep: no doorbell.
-        assert_eq!(p.write(b"ab"), Transfer { bytes: 2, wake_peer: false });
+        assert_eq!(p.write(b"ab"), Transfer { bytes: 2, wake_peer: false, fault: false });
         // Data is there: the consumer must not sleep, and its announcement is withdrawn.
         assert!(!c.announce_sleep());
         assert_eq!(ring.asleep[1].load(Relaxed), 0);
         assert!(c.prepare_sleep().is_none());
-        assert_eq!(c.read(&mut out), Transfer { bytes: 2, wake_peer: false });
+        assert_eq!(c.read(&mut out), Transfer { bytes: 2, wake_peer: false, fault: false });
         // Empty: the announcement stands and the next write asks for a doorbell.
         let guard = c.prepare_sleep().expect("ring is empty");
         assert_eq!(ring.asleep[1].load(Relaxed), 1);
-        assert_eq!(p.write(b"c"), Transfer { bytes: 1, wake_peer: true });
-        assert_eq!(p.write(b"d"), Transfer { bytes: 1, wake_peer: true }); // may repeat
+        assert_eq!(p.write(b"c"), Transfer { bytes: 1, wake_peer: true, fault: false });
+        assert_eq!(p.write(b"d"), Transfer { bytes: 1, wake_peer: true, fault: false }); // may repeat
         assert_eq!(p.write(b""), Transfer::NOTHING); // nothing published, no doorbell
         drop(guard);
         assert_eq!(ring.asleep[1].load(Relaxed), 0);
-        assert_eq!(p.write(b"e"), Transfer { bytes: 1, wake_peer: false });
+        assert_eq!(p.write(b"e"), Transfer { bytes: 1, wake_peer: false, fault: false });
         // Producer side: fill, announce, the consumer's read asks for a doorbell.
         assert_eq!(p.write(&[0; 8]).bytes, 5);
         assert!(p.announce_sleep());
         assert_eq!(ring.asleep[0].load(Relaxed), 1);
-        assert_eq!(c.read(&mut out[..1]), Transfer { bytes: 1, wake_peer: true });
+        assert_eq!(c.read(&mut out[..1]), Transfer { bytes: 1, wake_peer: true, fault: false });
         p.withdraw_sleep();
-        assert_eq!(c.read(&mut out[..1]), Transfer { bytes: 1, wake_peer: false });
+        assert_eq!(c.read(&mut out[..1]), Transfer { bytes: 1, wake_peer: false, fault: false });
         // With space, the producer does not sleep.
         assert!(!p.announce_sleep());
         assert_eq!(ring.asleep[0].load(Relaxed), 0);
