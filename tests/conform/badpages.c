@@ -19,7 +19,9 @@
 #include "conform.h"
 
 #include <setjmp.h>
+#include <sys/epoll.h>
 #include <sys/ioctl.h>
+#include <sys/select.h>
 #include <sys/mman.h>
 #include <sys/uio.h>
 
@@ -270,6 +272,36 @@ static void server(const char *path) {
     SHOW("poll, the array read-only", poll(rop, 1, 0));
     /* (Not ppoll with a timeout in a bad page: glibc's ppoll reads it itself, a SIGSEGV in
      * libc with or without tssx.) */
+    /* select: a set in an unmapped page (the kernel's get_fd_set: EFAULT before it waits), a
+     * read-only set (EFAULT when the result is written back); the data is queued, so a good
+     * set is ready at once. (Not a timeout in a bad page: glibc's select converts it itself, a
+     * SIGSEGV in libc with or without tssx.) */
+    SHOW("select, the read set in an unmapped page", select(c + 1, (fd_set *)hole, NULL, NULL, NULL));
+    fd_set *ros = (fd_set *)map_here(PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1);
+    FD_SET(c, ros);
+    CHECK(mprotect(ros, PAGE, PROT_READ) == 0);
+    SHOW("select, the read set read-only", select(c + 1, ros, NULL, NULL, NULL));
+    fd_set good;
+    FD_ZERO(&good);
+    FD_SET(c, &good);
+    struct timespec zero = {0, 0};
+    SHOW("pselect, the read set in an unmapped page", pselect(c + 1, (fd_set *)hole, NULL, NULL, &zero, NULL));
+    long sr = SHOW("select, good", select(c + 1, &good, NULL, NULL, NULL));
+    if (sr > 0) say("  ready %d", FD_ISSET(c, &good));
+    /* epoll_wait: the events array in an unmapped or a read-only page (EFAULT once an event is
+     * there to give: the data is queued), then a good one. */
+    int ep = epoll_create1(0);
+    CHECK(ep >= 0);
+    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = 7};
+    CHECK(epoll_ctl(ep, EPOLL_CTL_ADD, c, &ev) == 0);
+    SHOW("epoll_wait, the array in an unmapped page", epoll_wait(ep, (struct epoll_event *)hole, 4, 0));
+    struct epoll_event *roe = (struct epoll_event *)map_here(PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1);
+    CHECK(mprotect(roe, PAGE, PROT_READ) == 0);
+    SHOW("epoll_wait, the array read-only", epoll_wait(ep, roe, 4, 0));
+    struct epoll_event evs[4];
+    long er = SHOW("epoll_wait, good", epoll_wait(ep, evs, 4, 0));
+    if (er > 0) say("  event %llu", (unsigned long long)evs[0].data.u64);
+    close(ep);
     struct pollfd pf2 = {.fd = c, .events = POLLIN};
     long pr = SHOW("poll, good", poll(&pf2, 1, 0));
     if (pr > 0) say("  revents %s", pollstr(pf2.revents));

@@ -1547,32 +1547,123 @@ pub unsafe fn __ppoll_chk(
     unsafe { ppoll(fds, n, ts, mask) }
 }
 
-/// libc's `select`.
+/// The caller's three fd sets copied in through the user copy, for a `select` the hook serves
+/// ([`with_local_sets`]): a set in a bad page never faults in the hook.
+struct LocalSets {
+    /// 1024 fds per set (FD_SETSIZE) on the stack; a larger `nfds` on the heap.
+    stack: [[u64; libc::FD_SETSIZE / 64]; 3],
+    heap: Vec<u64>,
+    words: usize,
+}
+
+impl LocalSets {
+    fn set(&mut self, k: usize) -> *mut libc::fd_set {
+        let words = self.words;
+        if words <= libc::FD_SETSIZE / 64 {
+            self.stack[k].as_mut_ptr().cast()
+        } else {
+            // SAFETY: `heap` holds 3 * `words` words (see `with_local_sets`).
+            unsafe { self.heap.as_mut_ptr().add(k * words).cast() }
+        }
+    }
+}
+
+/// Serves a `select`/`pselect` over `nfds` on copies of the caller's sets (read and written
+/// back through the user copy, as the kernel's `get_fd_set`/`set_fd_set`): `f` gets the limit
+/// ([`poll::select_scope`]) and the copies. `None`: the real call answers (nothing tracked, a
+/// negative `nfds`, a set the kernel cannot read: its EFAULT). A set that can be read but not
+/// written gets EFAULT after the wait, as from the kernel.
+///
+/// # Safety
+/// The sets are the application's pointers (null, or possibly bad).
+unsafe fn with_local_sets(
+    nfds: c_int,
+    sets: [*mut libc::fd_set; 3],
+    f: impl FnOnce(usize, [*mut libc::fd_set; 3]) -> c_int,
+) -> Option<c_int> {
+    if !table::any_live() || nfds <= 0 {
+        return None;
+    }
+    if !crate::fault::is_armed() {
+        // No tracked connect or accept in this image, so nothing to serve in practice; the
+        // sets cannot be read safely without the fault handler: as before it existed.
+        // SAFETY: per select's contract.
+        let limit = unsafe { poll::select_scope(nfds, sets) }?;
+        return Some(f(limit, sets));
+    }
+    let limit = poll::select_limit(nfds)?;
+    let words = limit.div_ceil(64);
+    let bytes = words * 8;
+    if sets.iter().any(|&s| !s.is_null() && iov::range(s.cast(), bytes) != iov::Range::Valid) {
+        return None;
+    }
+    let mut local = LocalSets { stack: [[0; libc::FD_SETSIZE / 64]; 3], heap: Vec::new(), words };
+    if words > libc::FD_SETSIZE / 64 {
+        local.heap = vec![0; 3 * words];
+    }
+    let mut mine = [std::ptr::null_mut(); 3];
+    for (k, &set) in sets.iter().enumerate() {
+        if set.is_null() {
+            continue;
+        }
+        mine[k] = local.set(k);
+        // SAFETY: the application's set (possibly bad: the user copy survives it) into ours,
+        // `bytes` long each.
+        if unsafe { tssx_shm::ucopy::copy(mine[k].cast(), set.cast(), bytes) } != 0 {
+            return None;
+        }
+    }
+    // SAFETY: our copies, valid for `limit` fds.
+    let limit = unsafe { poll::select_scope(nfds, mine) }?;
+    let rc = f(limit, mine);
+    if rc < 0 {
+        return Some(rc);
+    }
+    for (k, &set) in sets.iter().enumerate() {
+        // SAFETY: ours into the application's set (checked range, possibly a bad page).
+        if !set.is_null() && unsafe { tssx_shm::ucopy::copy(set.cast(), mine[k].cast(), bytes) } != 0 {
+            sys::set_errno(libc::EFAULT);
+            return Some(-1);
+        }
+    }
+    Some(rc)
+}
+
+/// libc's `select`. While this process holds connections, the sets are read and written back
+/// through the user copy ([`with_local_sets`]) and the timeout read and written back through
+/// it too: a bad one gets EFAULT, never a signal.
 pub unsafe fn select(n: c_int, r: *mut libc::fd_set, w: *mut libc::fd_set, e: *mut libc::fd_set, tv: *mut libc::timeval) -> c_int {
-    // SAFETY: the sets are valid for `n` fds, per select's contract.
-    if let Some(limit) = unsafe { poll::select_scope(n, [r, w, e]) } {
-        // SAFETY: `tv` is null or valid.
+    // A timeout that cannot be read: the real call's EFAULT, before it waits.
+    // SAFETY: `tv` is the caller's pointer (null or possibly bad), read through the user copy.
+    let read_tv = if tv.is_null() { Some(None) } else { unsafe { iov::read_value(tv) }.map(Some) };
+    if let Some(read_tv) = read_tv {
         // (Saturating: a huge timeout is "forever", not an overflow.)
-        let timeout = unsafe { tv.as_ref() }.map(|t| {
+        let timeout = read_tv.map(|t| {
             (t.tv_sec.max(0) as u64).saturating_mul(1_000_000_000).saturating_add((t.tv_usec.max(0) as u64).saturating_mul(1_000))
         });
         let start = now_ns();
-        // SAFETY: as above.
-        let rc = unsafe { poll::select(limit, r, w, e, timeout, std::ptr::null()) };
-        // SAFETY: `tv` is null or valid.
-        if let (Some(t), Some(tv)) = (timeout, unsafe { tv.as_mut() }) {
-            // Linux reports the time left.
-            let left = t.saturating_sub(now_ns() - start);
-            tv.tv_sec = (left / 1_000_000_000) as libc::time_t;
-            tv.tv_usec = ((left % 1_000_000_000) / 1_000) as libc::suseconds_t;
+        // SAFETY: the caller's sets, copied in and out through the user copy.
+        let served = unsafe { with_local_sets(n, [r, w, e], |limit, [r, w, e]| poll::select(limit, r, w, e, timeout, std::ptr::null())) };
+        if let Some(rc) = served {
+            if let Some(t) = timeout {
+                // Linux reports the time left (a timeout it cannot write back is ignored, as
+                // the kernel's `poll_select_finish` does).
+                let left = t.saturating_sub(now_ns() - start);
+                let left = libc::timeval {
+                    tv_sec: (left / 1_000_000_000) as libc::time_t,
+                    tv_usec: ((left % 1_000_000_000) / 1_000) as libc::suseconds_t,
+                };
+                // SAFETY: the caller's pointer, written through the user copy.
+                let _ = unsafe { iov::write_value(tv, left) };
+            }
+            return rc;
         }
-        return rc;
     }
     // SAFETY: forwarded as received.
     unsafe { sys::select(n, r, w, e, tv) }
 }
 
-/// libc's `pselect`.
+/// libc's `pselect` (the sets and the timeout as for [`select`]).
 pub unsafe fn pselect(
     n: c_int,
     r: *mut libc::fd_set,
@@ -1581,10 +1672,16 @@ pub unsafe fn pselect(
     ts: *const libc::timespec,
     mask: *const libc::sigset_t,
 ) -> c_int {
-    // SAFETY: the sets are valid for `n` fds, per pselect's contract.
-    if let Some(limit) = unsafe { poll::select_scope(n, [r, w, e]) } {
-        // SAFETY: `ts` and `mask` are null or valid.
-        return unsafe { poll::select(limit, r, w, e, ts_to_ns(ts), mask) };
+    // SAFETY: the caller's pointer (null or possibly bad), read through the user copy.
+    let read_ts = if ts.is_null() { Some(None) } else { unsafe { iov::read_value(ts) }.map(Some) };
+    if let Some(read_ts) = read_ts {
+        let timeout = read_ts.map(|t| (t.tv_sec.max(0) as u64).saturating_mul(1_000_000_000).saturating_add(t.tv_nsec.max(0) as u64));
+        // SAFETY: the caller's sets, copied in and out through the user copy; `mask` null or
+        // valid, per pselect's contract.
+        let served = unsafe { with_local_sets(n, [r, w, e], |limit, [r, w, e]| poll::select(limit, r, w, e, timeout, mask)) };
+        if let Some(rc) = served {
+            return rc;
+        }
     }
     // SAFETY: forwarded as received.
     unsafe { sys::pselect(n, r, w, e, ts, mask) }

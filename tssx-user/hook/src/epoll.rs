@@ -1179,7 +1179,20 @@ pub unsafe fn wait(epfd: c_int, events: *mut epoll_event, maxevents: c_int, time
         // SAFETY: forwarded; the kernel checks the arguments before it waits.
         return unsafe { real_wait(epfd, events, maxevents, Some(0), sigmask) };
     }
-    // SAFETY: valid for `maxevents` entries per the contract.
+    // SAFETY: the caller's array, range-checked above; probed through the user copy.
+    if !unsafe { crate::iov::array_writable(events.cast(), array) } {
+        // An array in a read-only or unmapped page: the kernel waits as usual and fails with
+        // EFAULT when it has events to give. So does this wait, on an array of its own.
+        let mut own = [epoll_event { events: 0, u64: 0 }; 1];
+        // SAFETY: our own array of one entry; `sigmask` as received.
+        let rc = unsafe { wait(epfd, own.as_mut_ptr(), 1, timeout_ns, sigmask) };
+        if rc > 0 {
+            sys::set_errno(libc::EFAULT);
+            return -1;
+        }
+        return rc;
+    }
+    // SAFETY: valid and writable for `maxevents` entries (checked just above).
     let out = unsafe { std::slice::from_raw_parts_mut(events, maxevents as usize) };
     let deadline = timeout_ns.map(|t| now_ns().saturating_add(t));
     // Nothing in the hook's table and no plain one-shot registration to follow: every event

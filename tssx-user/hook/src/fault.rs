@@ -47,6 +47,12 @@ fn arm_slow() {
     }
 }
 
+/// Whether [`arm`] ran in this image: faults of the user copy become EFAULT (one relaxed load).
+#[inline]
+pub fn is_armed() -> bool {
+    ARMED.load(Relaxed)
+}
+
 /// Whether this process's SIGSEGV and SIGBUS are the hook's (for tests).
 pub fn armed() -> bool {
     signals::owned(libc::SIGSEGV) && signals::owned(libc::SIGBUS)

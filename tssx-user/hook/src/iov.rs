@@ -241,6 +241,33 @@ pub fn writable(bufs: &mut [IoSliceMut<'_>], len: usize) -> bool {
     true
 }
 
+/// Whether the application's `len` bytes at `ptr` can be written: one byte of every page they
+/// touch is read and written back through the user copy (the array is the call's own while it
+/// runs). True without a probe when the fault handler is not armed (a probe could not survive a
+/// fault then; nothing of the hook writes there before it is armed) or for nothing to write.
+///
+/// # Safety
+/// `ptr` is the application's pointer (possibly bad), [`range`]-checked for `len` bytes, and no
+/// other thread of the hook writes those bytes meanwhile.
+pub unsafe fn array_writable(ptr: *mut u8, len: usize) -> bool {
+    if len == 0 || !crate::fault::is_armed() {
+        return true;
+    }
+    const PAGE: usize = 4096;
+    let (start, end) = (ptr as usize, ptr as usize + len);
+    let mut at = start;
+    while at < end {
+        let p = at as *mut u8;
+        // SAFETY: within the checked range; the user copy survives a bad page.
+        let ok = unsafe { tssx_shm::ucopy::read(p) }.is_some_and(|b| unsafe { tssx_shm::ucopy::write(p, b) });
+        if !ok {
+            return false;
+        }
+        at = (at / PAGE + 1) * PAGE;
+    }
+    true
+}
+
 /// A pointer to one value of type `T` the caller passes (an `int` for `FIONREAD`, a
 /// `socklen_t`, a `msghdr`): whether it may be dereferenced. Alignment is not required (the
 /// kernel does not require it either): read and write such values unaligned.
