@@ -100,7 +100,7 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up, build, and run the benchmark (plain Unix socket vs tssx vs bare ring; a few
+    /// Set up, build (release), and run the benchmark (plain Unix socket vs tssx vs bare ring; a few
     /// minutes): prints a Markdown table with ratios measured in this one run.
     Bench,
     /// Set up, build, and write a performance report (real applications with and without tssx,
@@ -205,8 +205,10 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
         }
         Cmd::StartCost => start_cost(),
         Cmd::Bench => {
-            build()?;
-            bench()
+            // What a user deploys: the release build (the tests' debug build would measure an
+            // unoptimized hook and ring).
+            build_profile("release")?;
+            bench(&profile_dir("release"))
         }
         Cmd::Report { debug, only } => {
             let profile = if debug { "debug" } else { "release" };
@@ -540,12 +542,11 @@ fn demo(bin: &Path, keep: bool) -> anyhow::Result<()> {
 }
 
 /// Runs tssx-bench with an agent watching the bench socket (default state dir, for the hook).
-fn bench() -> anyhow::Result<()> {
+fn bench(bin: &Path) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join("tssx-bench");
     std::fs::create_dir_all(&dir)?;
     let path = dir.join("bench.sock");
     let path = path.to_str().context("non-UTF-8 temp dir")?.to_owned();
-    let bin = target_dir();
     let mut agent =
         Command::new(bin.join("tssx-agent")).args(["--paths", &path]).stdout(Stdio::piped()).spawn().context("starting tssx-agent")?;
     let mut lines = BufReader::new(agent.stdout.take().expect("piped")).lines();
