@@ -1675,7 +1675,8 @@ pub unsafe fn pselect(
     // SAFETY: the caller's pointer (null or possibly bad), read through the user copy.
     let read_ts = if ts.is_null() { Some(None) } else { unsafe { iov::read_value(ts) }.map(Some) };
     if let Some(read_ts) = read_ts {
-        let timeout = read_ts.map(|t| (t.tv_sec.max(0) as u64).saturating_mul(1_000_000_000).saturating_add(t.tv_nsec.max(0) as u64));
+        // SAFETY: our copy of the caller's timeout.
+        let timeout = read_ts.and_then(|t| unsafe { ts_to_ns(&raw const t) });
         // SAFETY: the caller's sets, copied in and out through the user copy; `mask` null or
         // valid, per pselect's contract.
         let served = unsafe { with_local_sets(n, [r, w, e], |limit, [r, w, e]| poll::select(limit, r, w, e, timeout, mask)) };

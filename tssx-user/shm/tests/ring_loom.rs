@@ -130,15 +130,7 @@ fn order_and_no_loss() {
                 }
             }
         });
-        let mut got = Vec::new();
-        let mut buf = [0u8; 3];
-        while got.len() < MESSAGE.len() {
-            let t = consumer.read(&mut buf);
-            got.extend_from_slice(&buf[..t.bytes]);
-            if t.bytes == 0 {
-                thread::yield_now();
-            }
-        }
+        let got = read_polling::<3>(&mut consumer);
         writer.join().unwrap();
         assert_eq!(got, MESSAGE);
         assert_eq!(consumer.available(), 0);
@@ -176,15 +168,7 @@ fn grows_in_order() {
                 }
             }
         });
-        let mut got = Vec::new();
-        let mut buf = [0u8; 2];
-        while got.len() < MESSAGE.len() {
-            let t = consumer.read(&mut buf);
-            got.extend_from_slice(&buf[..t.bytes]);
-            if t.bytes == 0 {
-                thread::yield_now();
-            }
-        }
+        let got = read_polling::<2>(&mut consumer);
         writer.join().unwrap();
         assert_eq!(got, MESSAGE);
     });
@@ -334,6 +318,20 @@ fn locked_consumers_share_a_ring() {
         let expect: Vec<(u64, u8)> = (0..N).map(|p| (p as u64, MESSAGE[p])).collect();
         assert_eq!(all, expect, "every byte read exactly once, at its position");
     });
+}
+
+/// Reads `MESSAGE.len()` bytes in reads of at most `N` bytes, yielding while the ring is empty.
+fn read_polling<const N: usize>(consumer: &mut Consumer) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; N];
+    while got.len() < MESSAGE.len() {
+        let t = consumer.read(&mut buf);
+        got.extend_from_slice(&buf[..t.bytes]);
+        if t.bytes == 0 {
+            thread::yield_now();
+        }
+    }
+    got
 }
 
 /// Up to two attempts to take the lock; under it, reads one byte and notes its position.
