@@ -562,8 +562,16 @@ impl Registry {
         // A held client whose server had not accepted yet knew no peer inode (0): the new
         // claim's socket, whose peer it is, is that peer.
         let is_partner = |h: &Held| h.claim.role != claim.role && (h.claim.peer == claim.inode || h.claim.peer == 0);
-        if self.held.get(&claim.peer).is_some_and(is_partner) {
-            let partner = self.held.remove(&claim.peer).expect("checked above");
+        let partner_key = if claim.peer != 0 {
+            self.held.get(&claim.peer).is_some_and(is_partner).then_some(claim.peer)
+        } else {
+            // A client checked before its server accepted knew no peer; the server may have
+            // accepted, claimed and been held since (its claim names this socket as its peer).
+            // Rare (a race of the two claims), so a scan rather than a second index.
+            self.held.iter().find(|(_, h)| h.claim.role != claim.role && h.claim.peer == claim.inode).map(|(&inode, _)| inode)
+        };
+        if let Some(key) = partner_key {
+            let partner = self.held.remove(&key).expect("checked above");
             self.held_tokens.remove(&partner.token);
             for at in [claim.event, partner.claim.event].into_iter().flatten() {
                 self.take_event(at);
@@ -919,6 +927,26 @@ mod tests {
         }
         assert!(registry.take_held(1, now).is_none());
         assert_eq!(registry.held_count(), 3);
+    }
+
+    #[test]
+    fn a_client_checked_before_the_accept_pairs_in_either_order() {
+        let mut registry = Registry::default();
+        let now = Instant::now();
+        // Client first (its server had not accepted: no peer inode), then the server.
+        assert!(matches!(registry.hold_or_pair(verified(Role::Client, 10, 100, 0), stream(), 1, 8, now), Step::Held { .. }));
+        assert!(matches!(registry.hold_or_pair(verified(Role::Server, 20, 200, 100), stream(), 2, 8, now), Step::Pair { .. }));
+        // The server's claim decided first although the client's was checked before the accept
+        // (two workers, the client's slower): the client still finds it.
+        assert!(matches!(registry.hold_or_pair(verified(Role::Server, 21, 201, 101), stream(), 3, 8, now), Step::Held { .. }));
+        match registry.hold_or_pair(verified(Role::Client, 11, 101, 0), stream(), 4, 8, now) {
+            Step::Pair { partner, .. } => assert_eq!(partner.token, 3),
+            _ => panic!("the client must pair with the held server"),
+        }
+        // A server held for another client is no partner.
+        assert!(matches!(registry.hold_or_pair(verified(Role::Server, 22, 202, 102), stream(), 5, 8, now), Step::Held { .. }));
+        assert!(matches!(registry.hold_or_pair(verified(Role::Client, 12, 103, 0), stream(), 6, 8, now), Step::Held { .. }));
+        assert_eq!(registry.held_count(), 2);
     }
 
     #[test]
