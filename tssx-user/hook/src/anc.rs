@@ -92,11 +92,14 @@ pub fn ctrl_result() -> (usize, c_int) {
 
 /// `recvmsg` of data bytes on the real socket (before the peer's switch) with the control
 /// buffer of the thread's `recvmsg`, if any (used once per call). Notes what the kernel gave
-/// ([`ctrl_result`], [`ctrl_ended_read`]).
+/// ([`ctrl_result`], [`ctrl_ended_read`]). `passcred`: `SO_PASSCRED` is on, so the kernel gives
+/// credentials with every read: they end the read only with fds (the bytes that follow on the
+/// ring were sent without credentials as these were, and the kernel glues bytes of the same
+/// credentials; fds truncated away for lack of a control buffer are not seen then).
 ///
 /// # Safety
 /// `msg` describes live buffers and no control buffer.
-pub(crate) unsafe fn recvmsg_with_ctrl(fd: c_int, msg: &mut msghdr, flags: c_int) -> Result<usize, c_int> {
+pub(crate) unsafe fn recvmsg_with_ctrl(fd: c_int, msg: &mut msghdr, flags: c_int, passcred: bool) -> Result<usize, c_int> {
     let mut ctrl = CTRL.try_with(|c| c.get()).unwrap_or(NO_CTRL);
     msg.msg_control = ctrl.buf;
     msg.msg_controllen = ctrl.len as _;
@@ -104,7 +107,7 @@ pub(crate) unsafe fn recvmsg_with_ctrl(fd: c_int, msg: &mut msghdr, flags: c_int
     let got = unsafe { sys::recvmsg_raw(fd, msg, flags | ctrl.cloexec) };
     if got.is_ok() && (msg.msg_controllen > 0 || msg.msg_flags & libc::MSG_CTRUNC != 0) {
         ctrl.out_len = msg.msg_controllen;
-        ctrl.out_flags = msg.msg_flags | ENDED;
+        ctrl.out_flags = msg.msg_flags | if passcred && !has_rights(msg) { 0 } else { ENDED };
         ctrl.buf = std::ptr::null_mut();
         ctrl.len = 0;
         let _ = CTRL.try_with(|c| c.set(ctrl));

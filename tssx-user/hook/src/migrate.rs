@@ -91,6 +91,8 @@ impl Conn {
             if peek {
                 return SockRead::Got(allowed);
             }
+            // Relaxed: see the field.
+            let passcred = self.passcred.load(Relaxed);
             let mut scratch = [0u8; 512];
             // Consume exactly the bytes peeked into the caller's buffers (the same ones: we hold
             // the consumer lock, and nothing else of this end reads the socket). Into a scratch
@@ -102,12 +104,12 @@ impl Conn {
                 let one = [IoSliceMut::new(&mut scratch[..allowed])];
                 let mut msg = msg_over(&one);
                 // SAFETY: `msg` describes our scratch buffer.
-                unsafe { crate::anc::recvmsg_with_ctrl(fd, &mut msg, libc::MSG_DONTWAIT) }
+                unsafe { crate::anc::recvmsg_with_ctrl(fd, &mut msg, libc::MSG_DONTWAIT, passcred) }
             } else {
                 let mut msg = msg_over(bufs);
                 crate::iov::limit(&mut msg, allowed, |msg| {
                     // SAFETY: `msg` describes the caller's live buffers, limited to `allowed`.
-                    unsafe { crate::anc::recvmsg_with_ctrl(fd, msg, libc::MSG_DONTWAIT) }
+                    unsafe { crate::anc::recvmsg_with_ctrl(fd, msg, libc::MSG_DONTWAIT, passcred) }
                 })
             };
             match got {
@@ -124,6 +126,15 @@ impl Conn {
                 Err(e) => SockRead::Err(e),
             }
         })
+    }
+
+    /// Whether `peeked` bytes of the socket are all this end has left to read there before the
+    /// peer's switch (the ring's bytes follow them).
+    pub(crate) fn socket_part_peeked(&self, peeked: usize) -> bool {
+        // Acquire: pairs with the peer's store of its switch (its socket writes before).
+        let at = self.peer_line().switch_at.load(Acquire);
+        // Relaxed: our own count.
+        at != NOT_YET && self.my_line().sock_read.load(Relaxed).saturating_add(peeked as u64) >= at
     }
 
     /// The socket part of a write (see the module documentation).

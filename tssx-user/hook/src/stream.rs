@@ -119,13 +119,23 @@ impl Conn {
                         // Relaxed: see the field. `SO_PASSCRED` turned on half-way: the socket's
                         // bytes before the peer's switch were sent without credentials (no end
                         // had the option, or the connection would not have been claimed): the
-                        // kernel's "none" for them, and the read ends with them, as the kernel
-                        // never glues them to bytes that carry credentials.
-                        if n > 0 && self.passcred.load(Relaxed) {
+                        // kernel's "none" for them. The ring's bytes before the peer's hand-back
+                        // were too (the option hands the connection back): the read goes on with
+                        // them (the ring part ends it), as the kernel glues bytes of the same
+                        // credentials and never those of others.
+                        let creds = n > 0 && self.passcred.load(Relaxed);
+                        if creds {
                             crate::anc::no_credentials();
+                        }
+                        if total == want || crate::anc::ctrl_ended_read() {
                             return total as isize;
                         }
-                        if total == want || peek || crate::anc::ctrl_ended_read() {
+                        if peek {
+                            // A peek that saw every socket byte before the peer's switch goes on
+                            // with the ring's, as the kernel's peek takes every queued byte.
+                            return (total + self.peek_ring_after_switch(bufs, total, flags)) as isize;
+                        }
+                        if creds && !self.reads_ring() {
                             return total as isize;
                         }
                         if !wait_all {
@@ -298,6 +308,27 @@ impl Conn {
     /// doorbells, peeked into the rest of `bufs` without taking anything, as the kernel's peek
     /// goes on through its queue. Returns how many (0: none queued, or the ring's part did not
     /// reach the hand-back, or ancillary records are pending).
+    /// After a peek of `total` socket bytes: if they were all this end has left to read before
+    /// the peer's switch, the ring's bytes that follow, peeked into `bufs` after them (up to the
+    /// peer's hand-back, if it is handing back; none while markers of ancillary data are
+    /// pending, whose messages a peek does not glue). Returns how many.
+    fn peek_ring_after_switch(&self, bufs: &mut [IoSliceMut<'_>], total: usize, flags: c_int) -> usize {
+        if !self.socket_part_peeked(total) || self.anc_pending() || self.phase() == Phase::Plain {
+            return 0;
+        }
+        let got = if self.phase() == Phase::HandingBack {
+            after_mut(bufs, total, |rest| self.read_ring_until_back(rest, true, flags)).0
+        } else {
+            self.with_rx(|rx| after_mut(bufs, total, |rest| rx.peekv(rest)))
+        };
+        // A buffer that faults: the peek ends with the socket's bytes.
+        if got.fault {
+            0
+        } else {
+            got.bytes
+        }
+    }
+
     fn peek_past_back(&self, fd: c_int, bufs: &mut [IoSliceMut<'_>], total: usize) -> usize {
         if self.anc_pending() {
             return 0;
@@ -344,7 +375,7 @@ impl Conn {
         let got = after_mut(bufs, total, |rest| {
             let mut msg = crate::migrate::msg_over(rest);
             // SAFETY: `msg` describes the caller's live buffers, no control buffer.
-            crate::sys::with_errno_kept(|| unsafe { crate::anc::recvmsg_with_ctrl(fd, &mut msg, flags) })
+            crate::sys::with_errno_kept(|| unsafe { crate::anc::recvmsg_with_ctrl(fd, &mut msg, flags, false) })
         });
         total as isize + got.map_or(0, |n| n as isize)
     }
