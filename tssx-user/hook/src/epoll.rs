@@ -1179,6 +1179,36 @@ pub unsafe fn wait(epfd: c_int, events: *mut epoll_event, maxevents: c_int, time
         // SAFETY: forwarded; the kernel checks the arguments before it waits.
         return unsafe { real_wait(epfd, events, maxevents, Some(0), sigmask) };
     }
+    let deadline = timeout_ns.map(|t| now_ns().saturating_add(t));
+    // Nothing in the hook's table and no plain one-shot registration to follow: every event
+    // the kernel gives is the application's (a tagged registration exists only while its
+    // interest is in the table), so one counted real wait answers, as without the hook. This
+    // is every wait of an event loop whose connections on watched paths are all still plain
+    // (nginx with an upstream connection per request). Relaxed: hints, checked again after
+    // the wait; an interest adopted meanwhile (its tagged events may be among ours) sends the
+    // answer through the general path's filtering.
+    if set.shared().len.load(Relaxed) == 0 && !set.has_plain_oneshots.load(Relaxed) {
+        // The kernel writes the events (and fails with EFAULT for an array it cannot write).
+        // SAFETY: the caller's array, range-checked above; written by the kernel only.
+        let m = unsafe { real_wait(epfd, events, maxevents, timeout_ns, sigmask) };
+        if m <= 0 {
+            return m;
+        }
+        // SAFETY: the kernel just wrote `m` entries there: readable and writable.
+        let given = unsafe { std::slice::from_raw_parts_mut(events, m as usize) };
+        if set.shared().len.load(Relaxed) == 0 && !given.iter().any(|e| e.u64 & TAG_MASK == TAG) {
+            return m;
+        }
+        // The hook adds events of its own after the kernel's: into the whole array if it is
+        // writable, else into the entries the kernel wrote.
+        // SAFETY: the caller's array, range-checked above; probed through the user copy.
+        let room = if unsafe { crate::iov::array_writable(events.cast(), array) } { maxevents } else { m };
+        // SAFETY: writable for `room` entries (probed, or written by the kernel).
+        if let Some(n) = kernel_answer(epfd, set, unsafe { std::slice::from_raw_parts_mut(events, room as usize) }, m as usize, deadline) {
+            return n;
+        }
+    }
+    // From here the hook writes events into the array itself: it must be writable.
     // SAFETY: the caller's array, range-checked above; probed through the user copy.
     if !unsafe { crate::iov::array_writable(events.cast(), array) } {
         // An array in a read-only or unmapped page: the kernel waits as usual and fails with
@@ -1194,24 +1224,6 @@ pub unsafe fn wait(epfd: c_int, events: *mut epoll_event, maxevents: c_int, time
     }
     // SAFETY: valid and writable for `maxevents` entries (checked just above).
     let out = unsafe { std::slice::from_raw_parts_mut(events, maxevents as usize) };
-    let deadline = timeout_ns.map(|t| now_ns().saturating_add(t));
-    // Nothing in the hook's table and no plain one-shot registration to follow: every event
-    // the kernel gives is the application's (a tagged registration exists only while its
-    // interest is in the table), so one counted real wait answers, as without the hook. This
-    // is every wait of an event loop whose connections on watched paths are all still plain
-    // (nginx with an upstream connection per request). Relaxed: hints, checked again after
-    // the wait; an interest adopted meanwhile (its tagged events may be among ours) sends the
-    // answer through the general path's filtering.
-    if set.shared().len.load(Relaxed) == 0 && !set.has_plain_oneshots.load(Relaxed) {
-        // SAFETY: the caller's array.
-        let m = unsafe { real_wait(epfd, out.as_mut_ptr(), out.len() as c_int, timeout_ns, sigmask) };
-        if m <= 0 || set.shared().len.load(Relaxed) == 0 && !out[..m as usize].iter().any(|e| e.u64 & TAG_MASK == TAG) {
-            return m;
-        }
-        if let Some(n) = kernel_answer(epfd, set, out, m as usize, deadline) {
-            return n;
-        }
-    }
     let mut spun = false;
     // Taken when the call starts to wait (see `signals`): a handler that runs on this thread
     // from then on ends the wait with EINTR, as the kernel's epoll_wait does (never restarted).
