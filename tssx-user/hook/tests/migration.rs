@@ -236,6 +236,22 @@ fn active_pair() -> (c_int, c_int, Segment) {
     (a, b, segment)
 }
 
+/// One `recvmsg` on `fd` into `buf`, with `ctrl` as its control buffer: the count, and the
+/// header as the call left it (its iovec pointer cleared: it pointed at a local).
+fn recvmsg_into(fd: c_int, buf: &mut [u8], ctrl: &mut [u64], flags: c_int) -> (isize, libc::msghdr) {
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    // SAFETY: msghdr is plain data.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = ctrl.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(ctrl);
+    // SAFETY: `msg` describes live buffers.
+    let n = unsafe { calls::recvmsg(fd, &mut msg, flags) };
+    msg.msg_iov = std::ptr::null_mut();
+    (n, msg)
+}
+
 /// Reads everything available from `fd` with `recvmsg`, collecting bytes and received fds,
 /// until `want` bytes arrived.
 fn recv_all(fd: c_int, want: usize) -> (Vec<u8>, Vec<(usize, c_int)>) {
@@ -245,15 +261,7 @@ fn recv_all(fd: c_int, want: usize) -> (Vec<u8>, Vec<(usize, c_int)>) {
     while data.len() < want {
         let mut buf = [0u8; 256];
         let mut cbuf = [0u64; 16];
-        let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
-        // SAFETY: plain data.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = cbuf.as_mut_ptr().cast();
-        msg.msg_controllen = std::mem::size_of_val(&cbuf);
-        // SAFETY: a valid msghdr over live buffers.
-        let n = unsafe { calls::recvmsg(fd, &mut msg, 0) };
+        let (n, msg) = recvmsg_into(fd, &mut buf, &mut cbuf, 0);
         if n <= 0 {
             tries += 1;
             assert!(tries < 1_000_000, "stuck at {} of {want}: {:?}", data.len(), String::from_utf8_lossy(&data));
@@ -351,15 +359,7 @@ fn across_the_switch(swap: bool, passcred: bool) -> Vec<String> {
     for flags in [libc::MSG_PEEK, 0, 0] {
         let mut buf = [0u8; 4];
         let mut ctrl = [0u64; 8];
-        let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
-        // SAFETY: msghdr is plain data.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = ctrl.as_mut_ptr().cast();
-        msg.msg_controllen = std::mem::size_of_val(&ctrl);
-        // SAFETY: `msg` describes live buffers.
-        let n = unsafe { calls::recvmsg(b, &mut msg, flags) };
+        let (n, msg) = recvmsg_into(b, &mut buf, &mut ctrl, flags);
         let got = String::from_utf8_lossy(&buf[..n.max(0) as usize]).into_owned();
         seen.push(format!("flags {flags}: {n} {got:?} controllen {}", msg.msg_controllen));
     }
