@@ -169,13 +169,19 @@ impl KernelFacts for Host {
     }
 }
 
-/// Whether thread `tid` of process `pid` blocks signal `sig` now (`SigBlk` of its `/proc`
-/// status); `None` if that cannot be read (the thread is gone).
-pub fn blocks_signal(pid: u32, tid: u32, sig: u32) -> Option<bool> {
+/// Whether thread `tid` of process `pid` holds signal `sig` blocked and pending now (`SigBlk`,
+/// `SigPnd` and `ShdPnd` of its `/proc` status): it will not run the handler until it unblocks
+/// the signal. Blocked alone is no sign of that: the signal is blocked while its handler runs.
+/// `None` if that cannot be read (the thread is gone).
+pub fn holds_signal_blocked(pid: u32, tid: u32, sig: u32) -> Option<bool> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).ok()?;
-    let mask = status.lines().find_map(|l| l.strip_prefix("SigBlk:"))?;
-    let mask = u64::from_str_radix(mask.trim(), 16).ok()?;
-    Some((1..=64).contains(&sig) && mask & (1u64 << (sig - 1)) != 0)
+    let mask = |field: &str| {
+        let value = status.lines().find_map(|l| l.strip_prefix(field))?;
+        u64::from_str_radix(value.trim(), 16).ok()
+    };
+    let bit = if (1..=64).contains(&sig) { 1u64 << (sig - 1) } else { return Some(false) };
+    let pending = (mask("SigPnd:")? | mask("ShdPnd:")?) & bit != 0;
+    Some(mask("SigBlk:")? & bit != 0 && pending)
 }
 
 /// `name` (relative) resolved against the working directory of process `pid` now
@@ -259,6 +265,36 @@ mod tests {
         assert_eq!(parse_socket_link("pipe:[1]"), None);
         assert_eq!(parse_socket_link("/dev/null"), None);
         assert_eq!(parse_socket_link("socket:[]"), None);
+    }
+
+    /// A signal blocked alone (as while its handler runs) is not held; blocked and pending is.
+    #[test]
+    fn a_signal_is_held_only_when_blocked_and_pending() {
+        // Its own thread: the test harness's threads keep their masks.
+        std::thread::spawn(|| {
+            let sig = libc::SIGRTMIN() + 5;
+            // SAFETY: plain data, filled by the calls below.
+            let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+            // SAFETY: a live sigset_t; this thread's own mask.
+            unsafe {
+                libc::sigemptyset(&mut set);
+                libc::sigaddset(&mut set, sig);
+                assert_eq!(libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()), 0);
+            }
+            // SAFETY: no arguments.
+            let tid = unsafe { libc::gettid() } as u32;
+            let pid = std::process::id();
+            assert_eq!(holds_signal_blocked(pid, tid, sig as u32), Some(false), "blocked, not pending");
+            // SAFETY: a signal to this very thread, which blocks it.
+            assert_eq!(unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, sig) }, 0);
+            assert_eq!(holds_signal_blocked(pid, tid, sig as u32), Some(true), "blocked and pending");
+            let timeout = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+            // SAFETY: takes the pending signal; live arguments.
+            assert_eq!(unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &timeout) }, sig);
+            assert_eq!(holds_signal_blocked(pid, tid, sig as u32), Some(false));
+        })
+        .join()
+        .unwrap();
     }
 
     /// A relative name resolves against the process's working directory only while that

@@ -240,7 +240,8 @@ impl Control {
             }
             // The hook claims nothing in a thread that blocks the signal, but a thread may block
             // it later: then the hand-back waits until it unblocks it (see `tssx_hook::uring`).
-            if host::blocks_signal(event.tgid, event.pid, event.other_pid) == Some(true) {
+            // (Blocked while its handler runs, it is not pending: no warning then.)
+            if host::holds_signal_blocked(event.tgid, event.pid, event.other_pid) == Some(true) {
                 tracing::warn!(
                     pid = event.tgid,
                     tid = event.pid,
