@@ -54,7 +54,8 @@ fn fuzz(name: &str, as_nobody: bool, default_rounds: u64) {
     let agent = HookedAgent::start(&[&path]);
     let mut victim = Command::new(HOSTILE);
     victim.args(["victim", &path, &seed.to_string(), &rounds.to_string()]).env("LD_PRELOAD", hook());
-    let mut victim = Process::spawn(victim);
+    // In a group of its own: a victim child that hangs is killed with it when the test fails.
+    let mut victim = Process::spawn_group(victim);
     let ready = victim.expect_line("ready", Duration::from_secs(10));
     wait_until(Duration::from_secs(10), "the socket", || std::path::Path::new(&path).exists());
     let mut mapped = 0;
@@ -157,7 +158,7 @@ fn hostile_server_against_a_victim_client() {
         attacker.expect_line("ready", Duration::from_secs(10));
         let mut cmd = Command::new(HOSTILE);
         cmd.args(["victim-client", &path, &round_seed]).env("LD_PRELOAD", hook());
-        let mut victim = Process::spawn(cmd);
+        let mut victim = Process::spawn_group(cmd);
         let status = attacker.wait(Duration::from_millis(ATTACK_MS + 3000 + 5000));
         let lines = attacker.stdout_lines();
         eprintln!("round {round} (seed {round_seed}): attacker {status:?}: {lines:?}");
