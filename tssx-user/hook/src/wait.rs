@@ -616,6 +616,19 @@ mod tests {
         unsafe { calls::read(fd, buf.as_mut_ptr().cast(), buf.len()) }
     }
 
+    /// Hands the tracked candidates `a` and `b` one new segment, as the agent would; the
+    /// segment must outlive the test's use of them.
+    fn join_both(a: c_int, b: c_int) -> Segment {
+        let segment = Segment::create(4096).expect("segment");
+        let memfd = || {
+            // SAFETY: a dup of the segment's own fd, owned by the result.
+            unsafe { Fd::from_raw(libc::fcntl(segment.fd().unwrap().as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0)) }
+        };
+        assert!(table::lookup(a).unwrap().join_with(memfd()));
+        assert!(table::lookup(b).unwrap().join_with(memfd()));
+        segment
+    }
+
     /// A peer killed half-way through a migration, after its switch and before this end had
     /// read the bytes it wrote to the socket before it: epoll (edge-triggered) reports the
     /// bytes and the EOF in one edge while they are still data. Once this end has read them
@@ -641,13 +654,7 @@ mod tests {
         assert_eq!(unsafe { calls::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, b, &mut ev) }, 0);
         // The client's bytes before its switch: on the socket.
         assert_eq!(write(a, b"hello"), 5);
-        let segment = Segment::create(4096).expect("segment");
-        let memfd = || {
-            // SAFETY: a dup of the segment's own fd, owned by the result.
-            unsafe { Fd::from_raw(libc::fcntl(segment.fd().unwrap().as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0)) }
-        };
-        assert!(table::lookup(a).unwrap().join_with(memfd()));
-        assert!(table::lookup(b).unwrap().join_with(memfd()));
+        let _segment = join_both(a, b);
         // Server → client traffic moves both ends to ready and switches both writers; the
         // server reads nothing, so its incoming direction stays on the socket.
         for _ in 0..20 {
@@ -694,13 +701,7 @@ mod tests {
         let [a, b] = pair;
         assert!(table::track(a, End::Client, Phase::Candidate, Some(false)));
         assert!(table::track(b, End::Server, Phase::Candidate, Some(false)));
-        let segment = Segment::create(4096).expect("segment");
-        let memfd = || {
-            // SAFETY: a dup of the segment's own fd, owned by the result.
-            unsafe { Fd::from_raw(libc::fcntl(segment.fd().unwrap().as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0)) }
-        };
-        assert!(table::lookup(a).unwrap().join_with(memfd()));
-        assert!(table::lookup(b).unwrap().join_with(memfd()));
+        let _segment = join_both(a, b);
         for _ in 0..20 {
             for (from, to) in [(a, b), (b, a)] {
                 assert_eq!(write(from, b"x"), 1);
