@@ -21,7 +21,8 @@
 //!   call its hook was in, which may be a duplicate of the connected one (`dup`, a clone used by
 //!   another thread): the event is then found among the process's own events by socket inode. Before the server accepted,
 //!   its socket has no inode for `sock_diag` to describe: the connect event alone backs the
-//!   claim then, and the server's claim, whose socket's peer is this one, pairs with it.
+//!   claim then, and the server's claim, whose socket's peer is this one, pairs with it,
+//!   whichever of the two is decided first.
 //! * A **server** claim of fd F is honoured if F is a stream socket with a peer and: the
 //!   kernel's `accept` event for (pid, F), or a held client claim on that peer (only a process
 //!   that accepted or inherited the connection holds its other end), or the socket's own name,
