@@ -1225,11 +1225,15 @@ pub unsafe fn wait(epfd: c_int, events: *mut epoll_event, maxevents: c_int, time
     // SAFETY: valid and writable for `maxevents` entries (checked just above).
     let out = unsafe { std::slice::from_raw_parts_mut(events, maxevents as usize) };
     let mut spun = false;
-    // Taken when the call starts to wait (see `signals`): a handler that runs on this thread
-    // from then on ends the wait with EINTR, as the kernel's epoll_wait does (never restarted).
-    let mut mark: Option<Mark> = None;
+    // Taken when the call starts (see `signals`): a handler that runs on this thread from then
+    // on ends the wait with EINTR, as a signal that arrives during the kernel's epoll_wait does
+    // (never restarted). Taken at the start, not when the wait begins to spin: a handler that
+    // ran between two real calls of a connection still plain (one half-way polls in slices)
+    // was lost, and the wait slept until the next signal (found by the conformance test's
+    // run that migrates while in use, rarely).
+    let mark = Mark::now();
     loop {
-        if mark.is_some_and(|m| m.interrupted().is_some()) {
+        if mark.interrupted().is_some() {
             sys::set_errno(libc::EINTR);
             return -1;
         }
@@ -1309,7 +1313,7 @@ pub unsafe fn wait(epfd: c_int, events: *mut epoll_event, maxevents: c_int, time
             let more = if n == 0 && m > 0 && m < out.len() { collect(epfd, set, &mut out[m..]) } else { 0 };
             return (n + m + more) as c_int;
         }
-        let waiting_since = *mark.get_or_insert_with(Mark::now);
+        let waiting_since = mark;
         if !spun {
             spun = true;
             let mut rounds = 0u32;
