@@ -307,7 +307,7 @@ pub enum Interruption {
     NotRestartable,
 }
 
-/// A point in this thread's run of application handlers, taken when a wait starts to spin.
+/// A point in this thread's run of application handlers, taken when a wait starts (poll and its kind: when the call starts).
 #[derive(Clone, Copy, Debug)]
 pub struct Mark(u64);
 
