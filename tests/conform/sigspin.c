@@ -136,10 +136,7 @@ static void server(const char *path) {
     int served = 0;
     for (;;) {
         char cmd;
-        ssize_t r = read(c, &cmd, 1);
-        if (r < 0 && errno == EINTR) continue;
-        CHECK(r >= 0);
-        if (r == 0) break;
+        if (read_full(c, &cmd, 1) == 0) break;
         if (cmd == 'p') {
             send_byte(c, 'p');
             continue;
