@@ -1313,7 +1313,6 @@ pub unsafe fn wait(epfd: c_int, events: *mut epoll_event, maxevents: c_int, time
             let more = if n == 0 && m > 0 && m < out.len() { collect(epfd, set, &mut out[m..]) } else { 0 };
             return (n + m + more) as c_int;
         }
-        let waiting_since = mark;
         if !spun {
             spun = true;
             let mut rounds = 0u32;
@@ -1321,7 +1320,7 @@ pub unsafe fn wait(epfd: c_int, events: *mut epoll_event, maxevents: c_int, time
                 rounds = rounds.wrapping_add(1);
                 any_ready(set) || (rounds.is_multiple_of(KERNEL_CHECK_ROUNDS) && kernel_ready(epfd))
             };
-            match spin::spin_until(timeout_ns, waiting_since, ready) {
+            match spin::spin_until(timeout_ns, mark, ready) {
                 // Ready on a ring, or in the kernel: the next pass collects it (the real wait
                 // then returns at once).
                 Spun::Ready => continue,
@@ -1335,7 +1334,7 @@ pub unsafe fn wait(epfd: c_int, events: *mut epoll_event, maxevents: c_int, time
         let (shared, halfway) = announce_all(set, true);
         tssx_shm::wait::settle();
         // (A handler that ran since the mark: no sleep; the loop's top answers EINTR.)
-        let m = if any_ready(set) || waiting_since.interrupted().is_some() {
+        let m = if any_ready(set) || mark.interrupted().is_some() {
             0
         } else {
             let wait = spin::sleep_budget(deadline, shared, halfway);

@@ -254,10 +254,9 @@ pub unsafe fn poll(fds: &mut [pollfd], timeout_ns: Option<u64>, sigmask: *const 
             // SAFETY: forwarded.
             return unsafe { real_pass(fds, Some(0), sigmask) };
         }
-        let waiting_since = mark;
         if !spun {
             spun = true;
-            match spin::spin_until(timeout_ns, waiting_since, || any_ready(fds)) {
+            match spin::spin_until(timeout_ns, mark, || any_ready(fds)) {
                 Spun::Ready => continue,
                 Spun::Idle => {}
                 Spun::Interrupted => {
@@ -279,7 +278,7 @@ pub unsafe fn poll(fds: &mut [pollfd], timeout_ns: Option<u64>, sigmask: *const 
         }
         tssx_shm::wait::settle();
         // (A handler that ran since the mark: no sleep; the loop's top answers EINTR.)
-        let still_idle = !any_ready(fds) && waiting_since.interrupted().is_none();
+        let still_idle = !any_ready(fds) && mark.interrupted().is_none();
         let rc = if still_idle {
             let wait = spin::sleep_budget(deadline, shared, halfway);
             // SAFETY: forwarded.
