@@ -183,6 +183,44 @@ fn both_ends_get_one_segment_and_bytes_cross_it() {
     assert!(agent.stop().success());
 }
 
+/// The kernel side parks each watched call between its enter and its exit in its thread's slot
+/// of a per-thread array, or (thread ids beyond the array: `pid_max` raised after the agent
+/// started) in a hash map. Either way (with one slot, every thread here takes the hash map),
+/// each connect and accept reaches the agent as an event (kept until a claim uses it), the
+/// claims pair using both, and nothing is left parked.
+#[test]
+fn calls_of_threads_beyond_the_per_thread_array_are_seen_too() {
+    require_root();
+    for args in [&[][..], &["--parked-slots", "1"]] {
+        events_reach_the_agent_and_pair(args);
+    }
+}
+
+fn events_reach_the_agent_and_pair(agent_args: &[&str]) {
+    let dir = TempDir::new("negotiate-parked");
+    let path = dir.socket("app.sock");
+    let state = dir.join("state");
+    let agent = Agent::start_with(&[&path], &state, agent_args);
+    let listener = UnixListener::bind(&path).unwrap();
+
+    let connections: Vec<_> = (0..3).map(|_| connection(&listener, &path)).collect();
+    // (The agent reads per-connection events on its tick.)
+    wait_until(Duration::from_secs(5), "a connect and an accept event per connection", || agent.stats()["unclaimed_events"] == 6);
+    for (round, (client, server)) in connections.iter().enumerate() {
+        let held = held_claim(&state, Role::Client, client.as_raw_fd());
+        let (_, a, _) = pair(&state, held, Role::Server, server.as_raw_fd());
+        assert!(a.tssx_bit(End::Client) && a.tssx_bit(End::Server), "{agent_args:?} round {round}");
+    }
+    let stats = agent.stats();
+    assert_eq!(
+        (stats["paired"].as_u64(), stats["unclaimed_events"].as_u64()),
+        (Some(3), Some(0)),
+        "{agent_args:?}: the pairs used the events: {stats}"
+    );
+    wait_until(Duration::from_secs(5), "no call left parked", || agent.stats()["bpf_map_entries"]["PARKED"] == 0);
+    assert!(agent.stop().success());
+}
+
 /// Either end may claim first, and a client may claim before its server accepted (its
 /// connection waits in the accept queue): the first claim is held until the other end's.
 #[test]

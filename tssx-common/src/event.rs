@@ -163,7 +163,8 @@ const _: () = {
     assert!(offset_of!(EventHead, comm) == offset_of!(Event, comm));
 };
 
-/// A call parked between its enter and its exit (the `PARKED` map, keyed by `pid_tgid`).
+/// A call parked between its enter and its exit (in its thread's [`ParkedSlot`], or in the
+/// `PARKED` map keyed by `pid_tgid`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Parked {
@@ -176,6 +177,22 @@ pub struct Parked {
     /// 1 if the call's [`PendingCall`] (with its address) is parked in `PENDING` too.
     pub full: u32,
 }
+
+/// A thread's slot in the `PARKED_BY_TID` array (index: the thread id): its parked call, valid
+/// while `pid_tgid` is the thread's own (0: nothing parked).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ParkedSlot {
+    /// `bpf_get_current_pid_tgid()` of the thread that parked `parked`; 0 once taken.
+    pub pid_tgid: u64,
+    /// The call.
+    pub parked: Parked,
+}
+
+/// Slots the eBPF object declares in `PARKED_BY_TID` (the agent resizes it at load).
+pub const PARKED_SLOTS_DEFAULT: u32 = 32768;
+/// The most slots the agent gives `PARKED_BY_TID` (24 bytes each: 3 MiB), whatever `pid_max`.
+pub const PARKED_SLOTS_MAX: u32 = 1 << 17;
 
 /// Size in bytes of one [`Event`] record.
 pub const EVENT_SIZE: usize = core::mem::size_of::<Event>();

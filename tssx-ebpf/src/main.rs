@@ -12,8 +12,9 @@
 //!   makes the address a candidate (`PATH_ID_CANDIDATE`) and a relative path is reported as
 //!   `PATH_ID_RELATIVE` (when the agent watches filesystem patterns): the agent finishes those
 //!   from the address the event carries.
-//! * a call on a watched path or listener is parked at its enter for its exit, keyed by
-//!   `pid_tgid`, in `PARKED` (16 bytes: kind, path id, fd); a call whose event must carry its
+//! * a call on a watched path or listener is parked at its enter for its exit, in its thread's
+//!   slot of the array `PARKED_BY_TID` (a thread id beyond the array: keyed by `pid_tgid`, in
+//!   the hash map `PARKED`): 16 bytes, kind, path id, fd; a call whose event must carry its
 //!   address (bind, a glob candidate, a relative address) parks its whole call, address
 //!   included, in `PENDING` too. Events without an address are 56-byte `EventHead` records,
 //!   those with one whole `Event`s (168 bytes): per watched connection, the kernel side writes

@@ -16,7 +16,10 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use tssx_common::{
-    event::{listener_key, Event, EventHead, EventKind, Parked, PathKey, PendingCall, TraceConfig, PATH_ID_RELATIVE},
+    event::{
+        listener_key, Event, EventHead, EventKind, Parked, ParkedSlot, PathKey, PendingCall, TraceConfig, PARKED_SLOTS_DEFAULT,
+        PATH_ID_RELATIVE,
+    },
     AF_UNIX, COMM_LEN, SUN_PATH_LEN,
 };
 
@@ -79,6 +82,16 @@ static PENDING: HashMap<u64, PendingCall> = HashMap::with_max_entries(16384, 0);
 /// connection that is one small insert and no 108-byte address to clear or copy.
 #[map]
 static PARKED: HashMap<u64, Parked> = HashMap::with_max_entries(16384, 0);
+
+/// The same, for threads whose id is below this array's size (the agent sizes it to the
+/// machine's `pid_max`, at most [`tssx_common::event::PARKED_SLOTS_MAX`]): slot `tid` belongs
+/// to the live thread of that id, so parking is a plain store and no lock, allocation or hash
+/// (about 6 hash-map operations less per watched connection: an insert, a lookup and a delete
+/// at each end). Threads with higher ids (`pid_max` raised after the agent started) use
+/// [`PARKED`]. A slot holds its thread's `pid_tgid`, and its exit clears it: a slot left by a
+/// thread that died in between (an exit the program did not see) never matches another.
+#[map]
+static PARKED_BY_TID: Array<ParkedSlot> = Array::with_max_entries(PARKED_SLOTS_DEFAULT, 0);
 
 /// Clone flags of an in-flight `clone`/`clone3` by a listener owner, keyed by `pid_tgid`, so
 /// that `sched_process_fork` can tell a new thread (`CLONE_THREAD`) from a new process.
@@ -204,9 +217,7 @@ fn exit_accept(ctx: &TracePointContext) {
     // SAFETY: offset RET is `long ret` of every sys_exit_* tracepoint.
     let Ok(ret) = (unsafe { ctx.read_at::<i64>(RET) }) else { return };
     let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: plain lookup; the value is copied out at once.
-    let Some(parked) = (unsafe { PARKED.get(&pid_tgid) }).copied() else { return };
-    let _ = PARKED.remove(&pid_tgid);
+    let Some(parked) = unpark(pid_tgid) else { return };
     if parked.kind == EventKind::Accept as u32 && ret >= 0 {
         emit(ctx, pid_tgid, EventKind::Accept, parked.path_id, parked.fd, ret as i32, 0);
     }
@@ -367,6 +378,7 @@ pub fn tssx_process_exit(ctx: TracePointContext) -> u32 {
         unsafe { ctx.read_at::<u8>(cfg.exit_group_dead_off as usize) }.unwrap_or(0) != 0
     };
     let interesting = holds_listeners(tgid);
+    clear_parked_slot(pid);
     if pid != tgid {
         // A thread's own entry (created when its clone passed through sched_process_fork).
         let _ = PARENTS.remove(&pid);
@@ -446,8 +458,7 @@ fn enter_with_address(ctx: &TracePointContext, kind: EventKind) {
         call.fd = fd as i32;
         let _ = PENDING.insert(&pid_tgid, call, 0);
     }
-    let parked = Parked { kind: kind as u32, path_id, fd: fd as i32, full: full as u32 };
-    let _ = PARKED.insert(&pid_tgid, &parked, 0);
+    park_call(pid_tgid, &Parked { kind: kind as u32, path_id, fd: fd as i32, full: full as u32 });
 }
 
 /// Reads a user `sockaddr` into `call.addr`/`call.addr_len` (zero-padded): false if it is no
@@ -528,16 +539,53 @@ static LOOKUP: PerCpuArray<LpmKey<PathKey>> = PerCpuArray::with_max_entries(1, 0
 /// Parks an address-less call (listen, accept) for its exit.
 #[inline(always)]
 fn park(pid_tgid: u64, kind: EventKind, path_id: u32, fd: i32) {
-    let _ = PARKED.insert(&pid_tgid, &Parked { kind: kind as u32, path_id, fd, full: 0 }, 0);
+    park_call(pid_tgid, &Parked { kind: kind as u32, path_id, fd, full: 0 });
+}
+
+/// Parks `parked` for this thread's exit: in its `PARKED_BY_TID` slot, else in `PARKED`.
+#[inline(always)]
+fn park_call(pid_tgid: u64, parked: &Parked) {
+    if let Some(slot) = PARKED_BY_TID.get_ptr_mut(pid_tgid as u32) {
+        // SAFETY: a valid, aligned array value; slot `tid` is written only by programs running
+        // in the thread of that id (this one), and one thread runs one program at a time.
+        unsafe { *slot = ParkedSlot { pid_tgid, parked: *parked } };
+    } else {
+        let _ = PARKED.insert(&pid_tgid, parked, 0);
+    }
+}
+
+/// Takes this thread's parked call, if any (its slot is cleared, its `PARKED` entry removed).
+#[inline(always)]
+fn unpark(pid_tgid: u64) -> Option<Parked> {
+    if let Some(slot) = PARKED_BY_TID.get_ptr_mut(pid_tgid as u32) {
+        // SAFETY: as in `park_call`: this thread's own slot.
+        let slot = unsafe { &mut *slot };
+        if slot.pid_tgid != pid_tgid {
+            return None; // nothing parked (0), or a dead thread's leftover
+        }
+        slot.pid_tgid = 0;
+        return Some(slot.parked);
+    }
+    // SAFETY: plain lookup; the value is copied out at once.
+    let parked = unsafe { PARKED.get(&pid_tgid) }.copied()?;
+    let _ = PARKED.remove(&pid_tgid);
+    Some(parked)
+}
+
+/// Forgets whatever thread `tid` left parked (it exits).
+#[inline(always)]
+fn clear_parked_slot(tid: u32) {
+    if let Some(slot) = PARKED_BY_TID.get_ptr_mut(tid) {
+        // SAFETY: a valid, aligned array value; its thread is exiting and runs no more calls.
+        unsafe { (*slot).pid_tgid = 0 };
+    }
 }
 
 /// At a syscall's exit: the parked call of this thread if it is `kind` and returned 0.
 #[inline(always)]
 fn take_parked(ctx: &TracePointContext, kind: EventKind) -> Option<(Parked, u64)> {
     let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: plain lookup; the value is copied out at once.
-    let parked = unsafe { PARKED.get(&pid_tgid) }.copied()?;
-    let _ = PARKED.remove(&pid_tgid);
+    let parked = unpark(pid_tgid)?;
     // SAFETY: offset RET is `long ret` of every sys_exit_* tracepoint.
     let ret = unsafe { ctx.read_at::<i64>(RET) }.ok();
     if parked.kind != kind as u32 || ret != Some(0) {

@@ -40,6 +40,10 @@ pub struct AgentConfig {
     pub max_connections: Option<usize>,
     /// How long a connection lives before its hooks claim a segment (published for hooks).
     pub claim_after: Duration,
+    /// Threads whose calls park in the eBPF per-thread array (`None`: one per possible thread
+    /// id, see [`crate::loader::Watcher::load`]); tests set a small number to exercise the hash
+    /// map the others use.
+    pub parked_slots: Option<u32>,
 }
 
 /// Runs the agent until SIGINT or SIGTERM. Everything is detached when it returns.
@@ -77,7 +81,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             n
         }
     };
-    let (mut watcher, channels) = Watcher::load(&config.paths)?;
+    let (mut watcher, channels) = Watcher::load(&config.paths, config.parked_slots)?;
     let feed = std::sync::Arc::new(EventFeed::new(channels.events, config.paths.clone()));
     let control = control::Control::new(
         config.paths.clone(),

@@ -116,14 +116,19 @@ pub struct Channels {
 
 impl Watcher {
     /// Loads the programs, publishes `paths` (ids are their positions) and attaches everything.
-    pub fn load(paths: &[WatchedPath]) -> anyhow::Result<(Self, Channels)> {
+    /// `parked_slots`: the size of the per-thread array of parked calls (`None`: the machine's
+    /// `pid_max`, at most `PARKED_SLOTS_MAX`).
+    pub fn load(paths: &[WatchedPath], parked_slots: Option<u32>) -> anyhow::Result<(Self, Channels)> {
         if EBPF_OBJECT.is_empty() {
             bail!("this tssx-agent was built without its eBPF programs (TSSX_SKIP_EBPF=1); rebuild without it");
         }
         let tracepoints = tracepoints(EBPF_OBJECT).context("reading the tracepoint programs of the embedded eBPF object")?;
-        let mut ebpf = EbpfLoader::new().load(EBPF_OBJECT).context(
-            "the kernel refused the tssx eBPF maps (is this a BPF-enabled kernel, and are we root in the initial user namespace?)",
-        )?;
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(PARKED_BY_TID, parked_slots.unwrap_or_else(default_parked_slots).max(1))
+            .load(EBPF_OBJECT)
+            .context(
+                "the kernel refused the tssx eBPF maps (is this a BPF-enabled kernel, and are we root in the initial user namespace?)",
+            )?;
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(logger) => Some(logger),
             Err(e) => {
@@ -327,6 +332,16 @@ fn one_line(err: anyhow::Error) -> anyhow::Error {
         tracing::debug!("full error: {text}");
     }
     anyhow!(first)
+}
+
+/// The per-thread array of calls parked between their enter and exit (see the eBPF crate).
+const PARKED_BY_TID: &str = "PARKED_BY_TID";
+
+/// How many `PARKED_BY_TID` slots to make: one per possible thread id (`pid_max`), at most
+/// `PARKED_SLOTS_MAX`; threads with higher ids park in the hash map instead.
+fn default_parked_slots() -> u32 {
+    let pid_max = std::fs::read_to_string("/proc/sys/kernel/pid_max").ok().and_then(|text| text.trim().parse::<u32>().ok());
+    pid_max.unwrap_or(tssx_common::event::PARKED_SLOTS_DEFAULT).clamp(1, tssx_common::event::PARKED_SLOTS_MAX)
 }
 
 #[cfg(test)]

@@ -74,6 +74,11 @@ struct Cli {
     #[arg(long, value_name = "DURATION", default_value = "1ms", value_parser = parse_claim_after)]
     claim_after: std::time::Duration,
 
+    /// (Testing) threads with an id below N park their watched calls in the eBPF per-thread
+    /// array, the others in its hash map (default: one slot per possible thread id).
+    #[arg(long, value_name = "N", hide = true, value_parser = clap::value_parser!(u32).range(1..))]
+    parked_slots: Option<u32>,
+
     /// Also print debug details (e.g. full verifier logs, and one line per connection that
     /// stayed plain because it was short-lived or its peer never claimed).
     #[arg(short, long)]
@@ -329,6 +334,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         ring_initial: cli.ring_initial.min(cli.ring_size),
         max_connections: cli.max_connections.map(|n| n as usize),
         claim_after: cli.claim_after,
+        parked_slots: cli.parked_slots,
     }))
 }
 
