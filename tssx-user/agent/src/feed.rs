@@ -78,6 +78,10 @@ struct Ring {
     ring: RingBuf<MapData>,
     /// Drained by claim workers (recorded already), for the event loop.
     forwarded: Vec<Classified>,
+    /// How many events the last read found: the next batch starts with room for as many (a
+    /// busy machine's batches hold thousands; growing each from empty copied them again and
+    /// again, a quarter of the agent's time).
+    last_batch: usize,
 }
 
 /// A kernel event after matching (see the module doc).
@@ -109,7 +113,7 @@ impl EventFeed {
     /// Wraps the events ring buffer; `paths` are the watched patterns (ids are positions).
     pub fn new(ring: RingBuf<MapData>, paths: Vec<WatchedPath>) -> Self {
         Self {
-            ring: Mutex::new(Ring { ring, forwarded: Vec::new() }),
+            ring: Mutex::new(Ring { ring, forwarded: Vec::new(), last_batch: 0 }),
             paths,
             resolved: Mutex::new(HashMap::new()),
             decided: Mutex::new(HashMap::new()),
@@ -134,7 +138,7 @@ impl EventFeed {
     /// the connect/accept ones for claims) and forwards all of them to the event loop.
     pub fn drain(&self, mut record: impl FnMut(&Event)) {
         let mut ring = self.lock();
-        let batch = self.read_all(&mut ring.ring);
+        let batch = self.read_all(&mut ring);
         for seen in batch.iter().filter(|s| !s.hidden) {
             record(&seen.event);
         }
@@ -147,7 +151,7 @@ impl EventFeed {
     pub fn take(&self, mut record: impl FnMut(&Event)) -> Taken {
         let mut ring = self.lock();
         let recorded = std::mem::take(&mut ring.forwarded);
-        let fresh = self.read_all(&mut ring.ring);
+        let fresh = self.read_all(&mut ring);
         for seen in fresh.iter().filter(|s| !s.hidden) {
             record(&seen.event);
         }
@@ -156,14 +160,15 @@ impl EventFeed {
 
     /// Every complete event now in `ring`, matched (short records are traced and skipped,
     /// events outside the patterns dropped).
-    fn read_all(&self, ring: &mut RingBuf<MapData>) -> Vec<Classified> {
-        let mut batch = Vec::new();
-        while let Some(item) = ring.next() {
+    fn read_all(&self, ring: &mut Ring) -> Vec<Classified> {
+        let mut batch = Vec::with_capacity(ring.last_batch);
+        while let Some(item) = ring.ring.next() {
             match Event::from_bytes(&item) {
                 Some(event) => batch.extend(self.classify(event)),
                 None => tracing::warn!(len = item.len(), "short event record ignored"),
             }
         }
+        ring.last_batch = batch.len();
         batch
     }
 
