@@ -423,7 +423,7 @@ fn nginx_section(agent: &Agent, hook: &Path, dir: &Path) -> String {
         for (upstream, name) in [(Upstream::Fresh, "(a) upstream connection per request"), (Upstream::Keep, "(b) upstream keepalive 16")] {
             let sock = NginxProxy::socket(dir, NGINX_TSSX, upstream);
             let swapped_before = agent.events_on("swapped", &sock).len();
-            let conns_before = tssx.upstream_connections(upstream);
+            let log_mark = tssx.access_log_mark(upstream);
             // Requests/s, and the CPU time of both nginx's workers per request (what the hook
             // and the kernel watcher cost them, less at the mercy of other load than requests/s).
             let run = |proxy: &NginxProxy, cpu_per_request: &mut Vec<f64>| -> anyhow::Result<f64> {
@@ -439,7 +439,7 @@ fn nginx_section(agent: &Agent, hook: &Path, dir: &Path) -> String {
             let swapped = format!(
                 "{}/{}",
                 agent.events_on("swapped", &sock).len() - swapped_before,
-                tssx.upstream_connections(upstream) - conns_before
+                tssx.upstream_connections_since(upstream, log_mark, 1)
             );
             match result {
                 Ok((p, t, _)) => {
@@ -468,7 +468,7 @@ fn nginx_section(agent: &Agent, hook: &Path, dir: &Path) -> String {
     };
     let failed = measure().err().map(|e| format!("\n**The nginx run failed**: {e:#}\n")).unwrap_or_default();
     format!(
-        "## nginx reverse proxy\n\nA front nginx on loopback TCP proxying to a backend nginx on Unix sockets (`master_process on`, one worker each, `sendfile off` in the backend), driven by `wrk -t1 -c{NGINX_CONNECTIONS}`; plain: neither nginx under the hook; tssx: both, the agent watching the backend's sockets. Higher is better. The last column counts the swapped upstream connections against the backend's accepted ones during the tssx runs.\n\n{}{failed}",
+        "## nginx reverse proxy\n\nA front nginx on loopback TCP proxying to a backend nginx on Unix sockets (`master_process on`, one worker each, `sendfile off` in the backend), driven by `wrk -t1 -c{NGINX_CONNECTIONS}`; plain: neither nginx under the hook; tssx: both, the agent watching the backend's sockets. Higher is better. The last column counts the upstream connections swapped during the tssx runs against those that served requests in them (a keep-alive connection opened before the runs counts too).\n\n{}{failed}",
         table.render()
     )
 }

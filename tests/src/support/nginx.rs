@@ -205,15 +205,32 @@ impl NginxProxy {
     /// The upstream connections on `upstream`'s socket that served at least `min_requests`
     /// requests (the highest `$connection_requests` of each connection in the access log).
     pub fn busy_upstream_connections(&self, upstream: Upstream, min_requests: u64) -> usize {
-        let log = std::fs::read_to_string(self.dir.join(format!("{}-{}-access.log", self.name, upstream.name()))).unwrap_or_default();
+        self.upstream_connections_since(upstream, 0, min_requests)
+    }
+
+    /// How long `upstream`'s access log is now: a mark for [`Self::upstream_connections_since`].
+    pub fn access_log_mark(&self, upstream: Upstream) -> usize {
+        std::fs::metadata(self.access_log(upstream)).map_or(0, |m| m.len() as usize)
+    }
+
+    /// The upstream connections on `upstream`'s socket that served at least `min_requests`
+    /// requests in all (the highest `$connection_requests` of each connection), one of them at
+    /// least after the access log's `mark` (a connection opened before the mark and used after
+    /// it counts too).
+    pub fn upstream_connections_since(&self, upstream: Upstream, mark: usize, min_requests: u64) -> usize {
+        let log = std::fs::read_to_string(self.access_log(upstream)).unwrap_or_default();
         let mut served = BTreeMap::<&str, u64>::new();
-        for line in log.lines() {
+        for line in log.get(mark..).unwrap_or_default().lines() {
             let mut fields = line.split_whitespace();
             let (Some(conn), Some(requests)) = (fields.next(), fields.next().and_then(|r| r.parse::<u64>().ok())) else { continue };
             let most = served.entry(conn).or_default();
             *most = (*most).max(requests);
         }
         served.values().filter(|&&n| n >= min_requests).count()
+    }
+
+    fn access_log(&self, upstream: Upstream) -> std::path::PathBuf {
+        self.dir.join(format!("{}-{}-access.log", self.name, upstream.name()))
     }
 
     /// The CPU time the two nginx's workers (the masters' children) used so far.
