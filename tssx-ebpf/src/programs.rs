@@ -68,6 +68,15 @@ static LISTENERS: HashMap<u64, u32> = HashMap::with_max_entries(16384, 0);
 #[map]
 static OWNERS: HashMap<u32, u32> = HashMap::with_max_entries(16384, 0);
 
+/// Per process, for process ids below the array's size (the agent sizes it as
+/// [`PARKED_BY_TID`]): not 0 once it may hold a watched listener. Set wherever its [`OWNERS`]
+/// entry is made (a bind here, an inheritance by the agent), cleared when it exits; never
+/// cleared earlier (a process that closed its listeners only costs its own closes a lookup).
+/// Invariant: an `OWNERS` entry of a process within the array implies its flag. `close`, run by
+/// every process of the machine, tests the flag (an array load) instead of looking `OWNERS` up.
+#[map]
+static MAY_OWN_LISTENERS: Array<u32> = Array::with_max_entries(PARKED_SLOTS_DEFAULT, 0);
+
 #[map]
 static PARENTS: HashMap<u32, u32> = HashMap::with_max_entries(32768, 0);
 
@@ -136,6 +145,7 @@ pub fn tssx_exit_bind(ctx: TracePointContext) -> u32 {
         // SAFETY: a plain lookup of a u32 value that we copy out at once.
         let held = unsafe { OWNERS.get(&tgid) }.copied().unwrap_or(0);
         let _ = OWNERS.insert(&tgid, &(held + 1), 0);
+        set_may_own_listeners(tgid, 1);
         emit_parked(&ctx, pid_tgid, EventKind::Bind, parked);
     }
     0
@@ -232,9 +242,12 @@ pub fn tssx_enter_close(ctx: TracePointContext) -> u32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // Cheap filter first: most processes hold no watched listener. (Looking LISTENERS up
     // directly, one lookup instead of two for a listener's owner, measured slower per close.)
-    // SAFETY: plain lookup, only tested for presence.
-    if unsafe { OWNERS.get(&tgid) }.is_none() {
-        return 0;
+    match MAY_OWN_LISTENERS.get(tgid) {
+        Some(0) => return 0,
+        Some(_) => {}
+        // SAFETY: plain lookup, only tested for presence.
+        None if unsafe { OWNERS.get(&tgid) }.is_none() => return 0,
+        None => {}
     }
     // SAFETY: offset ARG0 is the `fd` argument of sys_enter_close.
     let Ok(fd) = (unsafe { ctx.read_at::<u64>(ARG0) }) else { return 0 };
@@ -388,6 +401,7 @@ pub fn tssx_process_exit(ctx: TracePointContext) -> u32 {
     if group_dead {
         let _ = IO_URING_USERS.remove(&tgid);
         let _ = HANDBACK_ON_IO_URING.remove(&tgid);
+        set_may_own_listeners(tgid, 0);
     }
     if group_dead && interesting {
         let _ = PARENTS.remove(&tgid);
@@ -570,6 +584,17 @@ fn unpark(pid_tgid: u64) -> Option<Parked> {
     let parked = unsafe { PARKED.get(&pid_tgid) }.copied()?;
     let _ = PARKED.remove(&pid_tgid);
     Some(parked)
+}
+
+/// Sets process `tgid`'s [`MAY_OWN_LISTENERS`] flag (nothing beyond the array).
+#[inline(always)]
+fn set_may_own_listeners(tgid: u32, flag: u32) {
+    if let Some(slot) = MAY_OWN_LISTENERS.get_ptr_mut(tgid) {
+        // SAFETY: a valid, aligned array value; a u32 store (a racing store of the other value
+        // by the agent or another CPU leaves one of them, as the maps' users expect: only a
+        // bind sets it while the process lives, only its exit clears it).
+        unsafe { *slot = flag };
+    }
 }
 
 /// Forgets whatever thread `tid` left parked (it exits).

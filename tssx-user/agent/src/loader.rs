@@ -123,10 +123,9 @@ impl Watcher {
             bail!("this tssx-agent was built without its eBPF programs (TSSX_SKIP_EBPF=1); rebuild without it");
         }
         let tracepoints = tracepoints(EBPF_OBJECT).context("reading the tracepoint programs of the embedded eBPF object")?;
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(PARKED_BY_TID, parked_slots.unwrap_or_else(default_parked_slots).max(1))
-            .load(EBPF_OBJECT)
-            .context(
+        let slots = parked_slots.unwrap_or_else(default_parked_slots).max(1);
+        let mut ebpf =
+            EbpfLoader::new().map_max_entries(PARKED_BY_TID, slots).map_max_entries(MAY_OWN_LISTENERS, slots).load(EBPF_OBJECT).context(
                 "the kernel refused the tssx eBPF maps (is this a BPF-enabled kernel, and are we root in the initial user namespace?)",
             )?;
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
@@ -304,6 +303,12 @@ impl Watcher {
         if !inherited.is_empty() {
             let mut owners: HashMap<_, u32, u32> = HashMap::try_from(self.map_mut(maps::OWNERS)?)?;
             owners.insert(child, inherited.len() as u32, 0)?;
+            // With its OWNERS entry (see the eBPF map's invariant); a process id beyond the
+            // array has no flag and is looked up in OWNERS.
+            let mut may_own: Array<_, u32> = Array::try_from(self.map_mut(MAY_OWN_LISTENERS)?)?;
+            if child < may_own.len() {
+                may_own.set(child, 1, 0)?;
+            }
         }
         Ok(inherited.len())
     }
@@ -336,6 +341,9 @@ fn one_line(err: anyhow::Error) -> anyhow::Error {
 
 /// The per-thread array of calls parked between their enter and exit (see the eBPF crate).
 const PARKED_BY_TID: &str = "PARKED_BY_TID";
+/// The per-process flags "may hold a watched listener" (see the eBPF crate), sized as
+/// [`PARKED_BY_TID`].
+const MAY_OWN_LISTENERS: &str = "MAY_OWN_LISTENERS";
 
 /// How many `PARKED_BY_TID` slots to make: one per possible thread id (`pid_max`), at most
 /// `PARKED_SLOTS_MAX`; threads with higher ids park in the hash map instead.
