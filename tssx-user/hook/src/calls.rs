@@ -1401,6 +1401,8 @@ unsafe fn with_pollfds(fds: *mut libc::pollfd, n: usize, f: impl FnOnce(&mut [li
 /// libc's `poll`. While this process holds connections, the array is read (and `revents`
 /// written) through the user copy ([`with_pollfds`]): a bad one gets EFAULT, never a signal.
 pub unsafe fn poll(fds: *mut libc::pollfd, n: libc::nfds_t, timeout: c_int) -> c_int {
+    // At the entry: a handler that runs from here on ends a wait the hook serves (see `poll::poll`).
+    let mark = crate::signals::Mark::now();
     if table::any_live() && !fds.is_null() {
         // SAFETY: the caller's array, copied in and out through the user copy.
         let served = unsafe {
@@ -1414,10 +1416,10 @@ pub unsafe fn poll(fds: *mut libc::pollfd, n: libc::nfds_t, timeout: c_int) -> c
                         Polled::Direct(rc)
                     }
                     // SAFETY: no signal mask.
-                    None => Polled::Copy(poll::poll(slice, ms_to_ns(timeout), std::ptr::null())),
+                    None => Polled::Copy(poll::poll(slice, ms_to_ns(timeout), std::ptr::null(), mark)),
                 }),
                 // SAFETY: no signal mask.
-                poll::Kind::Swapped => Some(Polled::Copy(poll::poll(slice, ms_to_ns(timeout), std::ptr::null()))),
+                poll::Kind::Swapped => Some(Polled::Copy(poll::poll(slice, ms_to_ns(timeout), std::ptr::null(), mark))),
             })
         };
         if let Some(rc) = served {
@@ -1430,6 +1432,8 @@ pub unsafe fn poll(fds: *mut libc::pollfd, n: libc::nfds_t, timeout: c_int) -> c
 
 /// libc's `ppoll` (the array as for [`poll`]).
 pub unsafe fn ppoll(fds: *mut libc::pollfd, n: libc::nfds_t, ts: *const libc::timespec, mask: *const libc::sigset_t) -> c_int {
+    // At the entry (see `poll`).
+    let mark = crate::signals::Mark::now();
     // A timeout that cannot be read: the real call's EFAULT.
     // SAFETY: the caller's pointer, read through the user copy.
     if table::any_live() && !fds.is_null() && (ts.is_null() || unsafe { iov::read_value(ts) }.is_some()) {
@@ -1445,9 +1449,9 @@ pub unsafe fn ppoll(fds: *mut libc::pollfd, n: libc::nfds_t, ts: *const libc::ti
                         drop(raw);
                         Polled::Direct(rc)
                     }
-                    None => Polled::Copy(poll::poll(slice, ts_to_ns(ts), mask)),
+                    None => Polled::Copy(poll::poll(slice, ts_to_ns(ts), mask, mark)),
                 }),
-                poll::Kind::Swapped => Some(Polled::Copy(poll::poll(slice, ts_to_ns(ts), mask))),
+                poll::Kind::Swapped => Some(Polled::Copy(poll::poll(slice, ts_to_ns(ts), mask, mark))),
             })
         };
         if let Some(rc) = served {
@@ -1633,6 +1637,8 @@ unsafe fn with_local_sets(
 /// through the user copy ([`with_local_sets`]) and the timeout read and written back through
 /// it too: a bad one gets EFAULT, never a signal.
 pub unsafe fn select(n: c_int, r: *mut libc::fd_set, w: *mut libc::fd_set, e: *mut libc::fd_set, tv: *mut libc::timeval) -> c_int {
+    // At the entry (see `poll`): copying the sets and building the poll array comes after.
+    let mark = crate::signals::Mark::now();
     // A timeout that cannot be read: the real call's EFAULT, before it waits.
     // SAFETY: `tv` is the caller's pointer (null or possibly bad), read through the user copy.
     let read_tv = if tv.is_null() { Some(None) } else { unsafe { iov::read_value(tv) }.map(Some) };
@@ -1643,7 +1649,8 @@ pub unsafe fn select(n: c_int, r: *mut libc::fd_set, w: *mut libc::fd_set, e: *m
         });
         let start = now_ns();
         // SAFETY: the caller's sets, copied in and out through the user copy.
-        let served = unsafe { with_local_sets(n, [r, w, e], |limit, [r, w, e]| poll::select(limit, r, w, e, timeout, std::ptr::null())) };
+        let served =
+            unsafe { with_local_sets(n, [r, w, e], |limit, [r, w, e]| poll::select(limit, r, w, e, timeout, std::ptr::null(), mark)) };
         if let Some(rc) = served {
             if let Some(t) = timeout {
                 // Linux reports the time left (a timeout it cannot write back is ignored, as
@@ -1672,6 +1679,8 @@ pub unsafe fn pselect(
     ts: *const libc::timespec,
     mask: *const libc::sigset_t,
 ) -> c_int {
+    // At the entry (see `select`).
+    let mark = crate::signals::Mark::now();
     // SAFETY: the caller's pointer (null or possibly bad), read through the user copy.
     let read_ts = if ts.is_null() { Some(None) } else { unsafe { iov::read_value(ts) }.map(Some) };
     if let Some(read_ts) = read_ts {
@@ -1679,7 +1688,7 @@ pub unsafe fn pselect(
         let timeout = read_ts.and_then(|t| unsafe { ts_to_ns(&raw const t) });
         // SAFETY: the caller's sets, copied in and out through the user copy; `mask` null or
         // valid, per pselect's contract.
-        let served = unsafe { with_local_sets(n, [r, w, e], |limit, [r, w, e]| poll::select(limit, r, w, e, timeout, mask)) };
+        let served = unsafe { with_local_sets(n, [r, w, e], |limit, [r, w, e]| poll::select(limit, r, w, e, timeout, mask, mark)) };
         if let Some(rc) = served {
             return rc;
         }
@@ -1720,8 +1729,10 @@ pub unsafe fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, event: *mut libc::epo
 /// libc's `epoll_wait`.
 pub unsafe fn epoll_wait(epfd: c_int, events: *mut libc::epoll_event, max: c_int, timeout: c_int) -> c_int {
     if epoll::has_set(epfd) {
+        // (The mark at the entry: see `poll`.)
+        let mark = crate::signals::Mark::now();
         // SAFETY: forwarded.
-        return unsafe { epoll::wait(epfd, events, max, ms_to_ns(timeout), std::ptr::null()) };
+        return unsafe { epoll::wait(epfd, events, max, ms_to_ns(timeout), std::ptr::null(), mark) };
     }
     // SAFETY: forwarded as received.
     unsafe { epoll::plain_wait(epfd, events, max, timeout, std::ptr::null()) }
@@ -1730,8 +1741,10 @@ pub unsafe fn epoll_wait(epfd: c_int, events: *mut libc::epoll_event, max: c_int
 /// libc's `epoll_pwait`.
 pub unsafe fn epoll_pwait(epfd: c_int, events: *mut libc::epoll_event, max: c_int, timeout: c_int, mask: *const libc::sigset_t) -> c_int {
     if epoll::has_set(epfd) {
+        // (The mark at the entry: see `poll`.)
+        let mark = crate::signals::Mark::now();
         // SAFETY: forwarded.
-        return unsafe { epoll::wait(epfd, events, max, ms_to_ns(timeout), mask) };
+        return unsafe { epoll::wait(epfd, events, max, ms_to_ns(timeout), mask, mark) };
     }
     // SAFETY: forwarded as received.
     unsafe { epoll::plain_wait(epfd, events, max, timeout, mask) }
@@ -1747,8 +1760,10 @@ pub unsafe fn epoll_pwait2(
     mask: *const libc::sigset_t,
 ) -> c_int {
     if epoll::has_set(epfd) {
+        // (The mark at the entry: see `poll`.)
+        let mark = crate::signals::Mark::now();
         // SAFETY: forwarded; `ts` is null or valid.
-        return unsafe { epoll::wait(epfd, events, max, ts_to_ns(ts), mask) };
+        return unsafe { epoll::wait(epfd, events, max, ts_to_ns(ts), mask, mark) };
     }
     // SAFETY: the epoll_pwait2 system call with the caller's arguments; the kernel's sigset is
     // 8 bytes on x86-64.

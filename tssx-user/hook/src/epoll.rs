@@ -1168,7 +1168,14 @@ fn has_swapped(set: &Set) -> bool {
 ///
 /// # Safety
 /// `events` is valid for `maxevents` entries; `sigmask` is null or valid.
-pub unsafe fn wait(epfd: c_int, events: *mut epoll_event, maxevents: c_int, timeout_ns: Option<u64>, sigmask: *const sigset_t) -> c_int {
+pub unsafe fn wait(
+    epfd: c_int,
+    events: *mut epoll_event,
+    maxevents: c_int,
+    timeout_ns: Option<u64>,
+    sigmask: *const sigset_t,
+    mark: Mark,
+) -> c_int {
     let Some(set) = set_of(epfd) else {
         // SAFETY: forwarded.
         return unsafe { real_wait(epfd, events, maxevents, timeout_ns, sigmask) };
@@ -1215,7 +1222,7 @@ pub unsafe fn wait(epfd: c_int, events: *mut epoll_event, maxevents: c_int, time
         // EFAULT when it has events to give. So does this wait, on an array of its own.
         let mut own = [epoll_event { events: 0, u64: 0 }; 1];
         // SAFETY: our own array of one entry; `sigmask` as received.
-        let rc = unsafe { wait(epfd, own.as_mut_ptr(), 1, timeout_ns, sigmask) };
+        let rc = unsafe { wait(epfd, own.as_mut_ptr(), 1, timeout_ns, sigmask, mark) };
         if rc > 0 {
             sys::set_errno(libc::EFAULT);
             return -1;
@@ -1225,13 +1232,9 @@ pub unsafe fn wait(epfd: c_int, events: *mut epoll_event, maxevents: c_int, time
     // SAFETY: valid and writable for `maxevents` entries (checked just above).
     let out = unsafe { std::slice::from_raw_parts_mut(events, maxevents as usize) };
     let mut spun = false;
-    // Taken when the call starts (see `signals`): a handler that runs on this thread from then
-    // on ends the wait with EINTR, as a signal that arrives during the kernel's epoll_wait does
-    // (never restarted). Taken at the start, not when the wait begins to spin: a handler that
-    // ran between two real calls of a connection still plain (one half-way polls in slices)
-    // was lost, and the wait slept until the next signal (found by the conformance test's
-    // run that migrates while in use, rarely).
-    let mark = Mark::now();
+    // `mark` was taken when the call entered the hook (see `signals`): a handler that runs on
+    // this thread from then on ends the wait with EINTR, as a signal that arrives during the
+    // kernel's epoll_wait does (never restarted); see `poll::poll` for why at the entry.
     loop {
         if mark.interrupted().is_some() {
             sys::set_errno(libc::EINTR);
@@ -1413,9 +1416,11 @@ pub unsafe fn plain_wait(epfd: c_int, events: *mut epoll_event, maxevents: c_int
             note_oneshots_fired(set, &out[..kept]);
         }
         if kept == 0 {
-            // Only the hook's events: wait again, through the table.
+            // Only the hook's events: wait again, through the table. (A handler that ran
+            // during the kernel's wait made it fail with EINTR; from here on one ends this.)
+            let mark = Mark::now();
             // SAFETY: forwarded.
-            return unsafe { wait(epfd, events, maxevents, (timeout_ms >= 0).then(|| timeout_ms as u64 * 1_000_000), sigmask) };
+            return unsafe { wait(epfd, events, maxevents, (timeout_ms >= 0).then(|| timeout_ms as u64 * 1_000_000), sigmask, mark) };
         }
         return kept as c_int;
     }

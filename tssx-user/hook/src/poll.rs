@@ -215,20 +215,22 @@ unsafe fn real_pass(fds: &mut [pollfd], timeout_ns: Option<u64>, sigmask: *const
     count
 }
 
-/// `poll`/`ppoll` with at least one swapped fd. `timeout_ns`: `None` waits forever.
+/// `poll`/`ppoll` with at least one swapped fd. `timeout_ns`: `None` waits forever. `mark`:
+/// taken when the application's call entered the hook (see [`Mark`]'s use below).
 ///
 /// # Safety
 /// `sigmask` is null or valid.
-pub unsafe fn poll(fds: &mut [pollfd], timeout_ns: Option<u64>, sigmask: *const sigset_t) -> c_int {
+pub unsafe fn poll(fds: &mut [pollfd], timeout_ns: Option<u64>, sigmask: *const sigset_t, mark: Mark) -> c_int {
     let deadline = timeout_ns.map(|t| now_ns().saturating_add(t));
     let mut spun = false;
-    // Taken when the call starts (see `signals`): a handler that runs on this thread from then
-    // on ends the wait with EINTR, as a signal that arrives during the kernel's poll does
-    // (never restarted). Taken at the start, not when the wait begins to spin: a handler that
-    // ran between two real calls of a connection still plain (one half-way polls in slices)
-    // was lost, and the wait slept until the next signal (found by the conformance test's
-    // run that migrates while in use, rarely).
-    let mark = Mark::now();
+    // `mark` was taken when the call entered the hook (see `signals`): a handler that runs on
+    // this thread from then on ends the wait with EINTR, as a signal that arrives during the
+    // kernel's poll does (never restarted). Taken at the entry, not when the wait begins to
+    // spin, nor here: a handler that ran between two real calls of a connection still plain
+    // (one half-way polls in slices) was lost, and the wait slept until the next signal (found
+    // by the conformance test's run that migrates while in use, rarely); so was one that ran
+    // while the hook built a select's poll array (a debug build, a loaded machine: the
+    // conformance test's swapped select, rarely).
     loop {
         if mark.interrupted().is_some() {
             sys::set_errno(libc::EINTR);
@@ -427,6 +429,7 @@ unsafe fn each_asked(sets: Sets, limit: usize, mut f: impl FnMut(usize, i16)) {
 
 /// `select`/`pselect` with at least one swapped fd, through [`poll`]. Returns the number of set
 /// bits, like select. `limit` comes from [`select_scope`]. `timeout_ns`: `None` waits forever.
+/// `mark`: taken when the application's call entered the hook.
 ///
 /// # Safety
 /// The sets are null or valid for `limit` bits; `sigmask` is null or valid.
@@ -437,6 +440,7 @@ pub unsafe fn select(
     ex: *mut libc::fd_set,
     timeout_ns: Option<u64>,
     sigmask: *const sigset_t,
+    mark: Mark,
 ) -> c_int {
     let sets = [rd, wr, ex];
     // Up to FD_SETSIZE entries on the stack (select is async-signal-safe); more only for a
@@ -464,7 +468,7 @@ pub unsafe fn select(
     };
     let fds = &mut fds[..n];
     // SAFETY: forwarded.
-    let rc = unsafe { poll(fds, timeout_ns, sigmask) };
+    let rc = unsafe { poll(fds, timeout_ns, sigmask, mark) };
     if rc < 0 {
         return rc;
     }
