@@ -221,34 +221,6 @@ fn events_reach_the_agent_and_pair(agent_args: &[&str]) {
     assert!(agent.stop().success());
 }
 
-/// The kernel side remembers each watched listener (`LISTENERS`) and its process (`OWNERS`), and
-/// forgets them when the listener is closed, while the process lives on: the `close` program
-/// first tests a per-process flag (an array, for process ids within it) or, beyond the array,
-/// looks the process up. Both ways (one slot: this process is beyond it).
-#[test]
-fn a_closed_listener_leaves_the_maps_while_its_process_lives() {
-    require_root();
-    for args in [&[][..], &["--parked-slots", "1"]] {
-        let dir = TempDir::new("negotiate-listener");
-        let path = dir.socket("app.sock");
-        let state = dir.join("state");
-        let agent = Agent::start_with(&[&path], &state, args);
-        let entries = |map: &str| agent.stats()["bpf_map_entries"][map].as_u64();
-        wait_until(Duration::from_secs(5), "the map sizes published", || entries("LISTENERS") == Some(0));
-        for round in 0..2 {
-            let listener = UnixListener::bind(&path).unwrap();
-            wait_until(Duration::from_secs(5), "the listener recorded", || entries("LISTENERS") == Some(1) && entries("OWNERS") == Some(1));
-            drop(listener);
-            std::fs::remove_file(&path).unwrap();
-            wait_until(Duration::from_secs(5), "the listener forgotten", || {
-                entries("LISTENERS") == Some(0) && entries("OWNERS") == Some(0)
-            });
-            eprintln!("{args:?} round {round}: forgotten");
-        }
-        assert!(agent.stop().success());
-    }
-}
-
 /// Either end may claim first, and a client may claim before its server accepted (its
 /// connection waits in the accept queue): the first claim is held until the other end's.
 #[test]
