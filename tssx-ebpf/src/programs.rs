@@ -590,9 +590,10 @@ fn unpark(pid_tgid: u64) -> Option<Parked> {
 #[inline(always)]
 fn set_may_own_listeners(tgid: u32, flag: u32) {
     if let Some(slot) = MAY_OWN_LISTENERS.get_ptr_mut(tgid) {
-        // SAFETY: a valid, aligned array value; a u32 store (a racing store of the other value
-        // by the agent or another CPU leaves one of them, as the maps' users expect: only a
-        // bind sets it while the process lives, only its exit clears it).
+        // SAFETY: a valid, aligned array value; one aligned u32 store. Stores race only with
+        // stores of the same value (binds, the agent's inheritance) or after the process
+        // exited (a late inheritance leaves a stale 1 for a reused id: its closes then look
+        // the listener map up, as before the flag existed).
         unsafe { *slot = flag };
     }
 }
