@@ -1401,9 +1401,10 @@ unsafe fn with_pollfds(fds: *mut libc::pollfd, n: usize, f: impl FnOnce(&mut [li
 /// libc's `poll`. While this process holds connections, the array is read (and `revents`
 /// written) through the user copy ([`with_pollfds`]): a bad one gets EFAULT, never a signal.
 pub unsafe fn poll(fds: *mut libc::pollfd, n: libc::nfds_t, timeout: c_int) -> c_int {
-    // At the entry: a handler that runs from here on ends a wait the hook serves (see `poll::poll`).
-    let mark = crate::signals::Mark::now();
     if table::any_live() && !fds.is_null() {
+        // Before anything else the hook does: a handler that runs from here on ends a wait the
+        // hook serves (see `poll::poll`).
+        let mark = crate::signals::Mark::now();
         // SAFETY: the caller's array, copied in and out through the user copy.
         let served = unsafe {
             with_pollfds(fds, n as usize, |slice| match poll::kind(slice) {
@@ -1432,11 +1433,11 @@ pub unsafe fn poll(fds: *mut libc::pollfd, n: libc::nfds_t, timeout: c_int) -> c
 
 /// libc's `ppoll` (the array as for [`poll`]).
 pub unsafe fn ppoll(fds: *mut libc::pollfd, n: libc::nfds_t, ts: *const libc::timespec, mask: *const libc::sigset_t) -> c_int {
-    // At the entry (see `poll`).
-    let mark = crate::signals::Mark::now();
     // A timeout that cannot be read: the real call's EFAULT.
     // SAFETY: the caller's pointer, read through the user copy.
     if table::any_live() && !fds.is_null() && (ts.is_null() || unsafe { iov::read_value(ts) }.is_some()) {
+        // Before the array is copied (see `poll`).
+        let mark = crate::signals::Mark::now();
         // SAFETY: the caller's array, copied in and out through the user copy; `ts` readable
         // (just checked) or null, `mask` null or valid, per ppoll's contract.
         let served = unsafe {
@@ -1637,7 +1638,13 @@ unsafe fn with_local_sets(
 /// through the user copy ([`with_local_sets`]) and the timeout read and written back through
 /// it too: a bad one gets EFAULT, never a signal.
 pub unsafe fn select(n: c_int, r: *mut libc::fd_set, w: *mut libc::fd_set, e: *mut libc::fd_set, tv: *mut libc::timeval) -> c_int {
-    // At the entry (see `poll`): copying the sets and building the poll array comes after.
+    // (Nothing tracked: the real call, at no cost; `with_local_sets` serves nothing then.)
+    if !table::any_live() {
+        // SAFETY: forwarded as received.
+        return unsafe { sys::select(n, r, w, e, tv) };
+    }
+    // Before anything else the hook does (see `poll`): copying the sets and building the poll
+    // array come after.
     let mark = crate::signals::Mark::now();
     // A timeout that cannot be read: the real call's EFAULT, before it waits.
     // SAFETY: `tv` is the caller's pointer (null or possibly bad), read through the user copy.
@@ -1679,7 +1686,11 @@ pub unsafe fn pselect(
     ts: *const libc::timespec,
     mask: *const libc::sigset_t,
 ) -> c_int {
-    // At the entry (see `select`).
+    // (As in `select`.)
+    if !table::any_live() {
+        // SAFETY: forwarded as received.
+        return unsafe { sys::pselect(n, r, w, e, ts, mask) };
+    }
     let mark = crate::signals::Mark::now();
     // SAFETY: the caller's pointer (null or possibly bad), read through the user copy.
     let read_ts = if ts.is_null() { Some(None) } else { unsafe { iov::read_value(ts) }.map(Some) };

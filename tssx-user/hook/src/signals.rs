@@ -307,7 +307,9 @@ pub enum Interruption {
     NotRestartable,
 }
 
-/// A point in this thread's run of application handlers, taken when a wait starts (poll and its kind: when the call starts).
+/// A point in this thread's run of application handlers: a wait started after it ends with
+/// EINTR once a handler has run since (poll, select and epoll waits take theirs when the
+/// application's call enters the hook; reads and writes when they start to wait).
 #[derive(Clone, Copy, Debug)]
 pub struct Mark(u64);
 
