@@ -19,7 +19,7 @@ use crate::{
     exec::{self, Image, Kind},
     iov, lifecycle, pass, paths,
     phase::RawCall,
-    poll,
+    poll, preconnect,
     spawn::{self, Op},
     spin::now_ns,
     stream::partial_or_errno,
@@ -47,6 +47,15 @@ fn track_connected(fd: c_int, end: End, name: Option<paths::UnixName>) {
     table::mark_unconnected(fd, false);
     with_errno_kept(|| {
         let watched = name.is_some_and(|name| paths::watched(&name)) && (known_stream || paths::is_stream(fd));
+        if known_stream && preconnect::kept(fd) {
+            // Registered with epoll before it connected: the registration moves with a
+            // watched connection, and is forgotten for any other (see `preconnect`).
+            if watched {
+                preconnect::adopt(fd);
+            } else {
+                preconnect::forget(fd);
+            }
+        }
         track_if(fd, end, watched, None);
     })
 }
@@ -1140,7 +1149,11 @@ pub unsafe fn getsockopt(fd: c_int, level: c_int, name: c_int, value: *mut c_voi
 /// is forgotten, and a connection whose last fd this is tells its peer (while `fd` is still
 /// open). Shared by `close`, `close_range` and `closefrom`.
 pub(crate) fn forget_fd(fd: c_int) {
-    table::mark_unconnected(fd, false);
+    if table::is_unconnected(fd) {
+        preconnect::forget(fd);
+        table::mark_unconnected(fd, false);
+    }
+    preconnect::instance_closing(fd);
     table::forget_listener(fd);
     if table::lookup(fd).is_some() {
         with_errno_kept(|| {
@@ -1167,6 +1180,7 @@ pub unsafe fn close(fd: c_int) -> c_int {
 
 /// libc's `dup`.
 pub unsafe fn dup(fd: c_int) -> c_int {
+    adopt_kept_before_dup(fd);
     // SAFETY: forwarded as received.
     let new = unsafe { sys::dup(fd) };
     if new >= 0 && table::lookup(fd).is_some() {
@@ -1188,9 +1202,25 @@ fn before_replaced(old: c_int, new: c_int) {
     }
 }
 
+/// A socket whose epoll registration was kept aside before its connect (see `preconnect`) gets
+/// its record before it is duplicated: the record follows every fd of the socket.
+fn adopt_kept_before_dup(fd: c_int) {
+    if table::is_unconnected(fd) && preconnect::kept(fd) {
+        with_errno_kept(|| preconnect::adopt(fd));
+    }
+}
+
+/// Before a `dup2`/`dup3` of `old` onto `new`: registrations kept aside for an epoll instance
+/// `new` go the general way (as before a close), and `old` is duplicated with its record.
+fn before_dup_onto(old: c_int, new: c_int) {
+    adopt_kept_before_dup(old);
+    with_errno_kept(|| preconnect::instance_closing(new));
+}
+
 /// libc's `dup2`.
 pub unsafe fn dup2(old: c_int, new: c_int) -> c_int {
     if old != new {
+        before_dup_onto(old, new);
         if table::lookup(new).is_some() && tssx_shm::sys::fcntl(old, libc::F_GETFD, 0).is_ok() {
             // `new` is closed by the call (`old` is valid): as `close`.
             with_errno_kept(|| epoll::fd_closing(new));
@@ -1207,6 +1237,8 @@ pub unsafe fn dup2(old: c_int, new: c_int) -> c_int {
     }
     if rc >= 0 && old != new {
         table::forget_listener(new);
+        // A socket on `new` registered before its connect was closed by the call.
+        preconnect::forget(new);
     }
     if rc >= 0 && old != new && (table::lookup(old).is_some() || table::lookup(new).is_some()) {
         table::duplicated(old, new);
@@ -1218,6 +1250,7 @@ pub unsafe fn dup2(old: c_int, new: c_int) -> c_int {
 /// libc's `dup3`.
 pub unsafe fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
     if old != new {
+        before_dup_onto(old, new);
         if table::lookup(new).is_some() && tssx_shm::sys::fcntl(old, libc::F_GETFD, 0).is_ok() {
             // `new` is closed by the call (`old` is valid): as `close`.
             with_errno_kept(|| epoll::fd_closing(new));
@@ -1234,6 +1267,8 @@ pub unsafe fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
     }
     if rc >= 0 {
         table::forget_listener(new);
+        // A socket on `new` registered before its connect was closed by the call.
+        preconnect::forget(new);
     }
     if rc >= 0 && (table::lookup(old).is_some() || table::lookup(new).is_some()) {
         table::duplicated(old, new);
@@ -1247,6 +1282,9 @@ pub unsafe fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
 /// `fcntl64`: glibc's same function under the name a program built with
 /// `-D_FILE_OFFSET_BITS=64` calls (nginx and python3 on Debian 12 import only that one).
 pub unsafe fn fcntl(fd: c_int, cmd: c_int, arg: libc::c_ulong) -> c_int {
+    if matches!(cmd, libc::F_DUPFD | libc::F_DUPFD_CLOEXEC) {
+        adopt_kept_before_dup(fd);
+    }
     // SAFETY: forwarded as received.
     let rc = unsafe { sys::fcntl(fd, cmd, arg) };
     if rc >= 0 {

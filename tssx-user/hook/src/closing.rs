@@ -109,7 +109,7 @@ fn forget_range(first: c_uint, last: c_uint) {
     let end = (last as usize).min(table::state_limit().saturating_sub(1));
     for fd in first as usize..=end {
         let fd = fd as c_int;
-        if table::has_fd_state(fd) || epoll::has_set(fd) {
+        if table::has_fd_state(fd) || epoll::has_set(fd) || crate::preconnect::names_instance(fd) {
             forget_fd(fd);
         }
     }

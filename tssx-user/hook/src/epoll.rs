@@ -724,6 +724,12 @@ fn tagged_active(fd: c_int) -> epoll_event {
     epoll_event { events: (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLET) as u32, u64: TAG | fd as u64 }
 }
 
+/// Records the application's registration of the still plain `c` under `fd` in `epfd` (made
+/// while the socket was unconnected: see `preconnect`).
+pub(crate) fn record_plain(c: &Conn, epfd: c_int, fd: c_int, events: u32, data: u64) {
+    record(c, epfd, libc::EPOLL_CTL_ADD, fd, Some((events, data)));
+}
+
 /// Records the registration of a tracked, still plain socket (after the kernel took it), so
 /// that [`adopt`] can move it when the connection becomes ready; the instance gets a table so
 /// that its waits are counted and filtered.
@@ -833,9 +839,14 @@ fn fail(errno: c_int) -> Option<c_int> {
 /// # Safety
 /// `event` is null or valid, as for epoll_ctl.
 pub unsafe fn ctl(epfd: c_int, op: c_int, fd: c_int, event: *mut epoll_event) -> Option<c_int> {
-    if lookup(fd).is_none() && crate::table::is_unconnected(fd) && op == libc::EPOLL_CTL_ADD {
-        // Registered before it connects: keep the registration with the socket from now on.
-        crate::table::track(fd, tssx_common::segment::End::Client, Phase::Unconnected, None);
+    if lookup(fd).is_none() && crate::table::is_unconnected(fd) {
+        // Registered before it connects: kept aside until the connect says whether the socket
+        // is watched (see `preconnect`), or, where the slot cannot describe it, with the
+        // socket's record from now on.
+        // SAFETY: as received.
+        if let Some(rc) = unsafe { crate::preconnect::ctl(epfd, op, fd, event) } {
+            return Some(rc);
+        }
     }
     if let Some(c) = lookup(fd) {
         if c.phase() < Phase::Ready {

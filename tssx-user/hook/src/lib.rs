@@ -63,6 +63,7 @@ pub mod paths;
 pub mod peekoff;
 pub mod phase;
 pub mod poll;
+pub mod preconnect;
 pub mod ringlock;
 pub mod signals;
 pub mod spawn;

@@ -55,9 +55,14 @@ pub fn wants(nr: c_long, a: [c_long; 5]) -> bool {
         | libc::SYS_recvmmsg
         | libc::SYS_sendmmsg
         | libc::SYS_shutdown
-        | libc::SYS_dup
         | libc::SYS_sendfile => table::is_tracked(fd(0)),
-        libc::SYS_fcntl => table::is_tracked(fd(0)) && matches!(a[1] as c_int, libc::F_DUPFD | libc::F_DUPFD_CLOEXEC | libc::F_SETFL),
+        // A socket with an epoll registration kept aside before its connect gets its record
+        // before it is duplicated (see `preconnect`).
+        libc::SYS_dup => table::is_tracked(fd(0)) || table::is_unconnected(fd(0)),
+        libc::SYS_fcntl => {
+            (table::is_tracked(fd(0)) && matches!(a[1] as c_int, libc::F_DUPFD | libc::F_DUPFD_CLOEXEC | libc::F_SETFL))
+                || (table::is_unconnected(fd(0)) && matches!(a[1] as c_int, libc::F_DUPFD | libc::F_DUPFD_CLOEXEC))
+        }
         libc::SYS_ioctl => table::is_tracked(fd(0)) && matches!(a[1] as c_uint as c_ulong, libc::FIONREAD | libc::TIOCOUTQ | libc::FIONBIO),
         libc::SYS_splice => table::is_tracked(fd(0)) || table::is_tracked(fd(2)),
         libc::SYS_close => closes_state(fd(0)),
@@ -77,7 +82,7 @@ pub fn wants(nr: c_long, a: [c_long; 5]) -> bool {
 /// Whether the hook keeps anything for `fd` that its `close` forgets (or refuses to close).
 #[inline]
 fn closes_state(fd: c_int) -> bool {
-    table::has_fd_state(fd) || epoll::has_set(fd) || crate::own::is_own(fd)
+    table::has_fd_state(fd) || epoll::has_set(fd) || crate::own::is_own(fd) || crate::preconnect::names_instance(fd)
 }
 
 /// libc's `syscall` without the hook: the system call, then -1 and `errno` for a result in
