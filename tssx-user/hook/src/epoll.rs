@@ -1347,15 +1347,18 @@ pub unsafe fn wait(
         }
         let (shared, halfway) = announce_all(set, true);
         tssx_shm::wait::settle();
-        // (A handler that ran since the mark: no sleep; the loop's top answers EINTR.)
+        // (A handler that ran since the mark: no sleep; the loop's top answers EINTR. One that
+        // runs from this look on is held back until the sleep starts: see `Quiet`.)
+        let quiet = crate::signals::Quiet::block();
         let m = if any_ready(set) || mark.interrupted().is_some() {
             0
         } else {
             let wait = spin::sleep_budget(deadline, shared, halfway);
-            // SAFETY: the caller's array.
-            unsafe { real_wait(epfd, out.as_mut_ptr(), out.len() as c_int, wait, sigmask) }
+            // SAFETY: the caller's array; the mask is the application's or the thread's own.
+            unsafe { real_wait(epfd, out.as_mut_ptr(), out.len() as c_int, wait, quiet.sleep_mask(sigmask)) }
         };
         let saved_errno = sys::errno();
+        drop(quiet);
         spin::woke();
         announce_all(set, false);
         if m < 0 {

@@ -16,7 +16,7 @@ use libc::{c_int, nfds_t, pollfd, sigset_t, timespec};
 use crate::{
     conn::{bits, Conn, Phase},
     phase::RawCall,
-    signals::Mark,
+    signals::{Mark, Quiet},
     spin::{self, now_ns, Spun},
     sys,
     table::{self, lookup, lookup_swapped, ConnRef},
@@ -152,7 +152,7 @@ fn scan(fds: &mut [pollfd]) -> (usize, bool) {
 ///
 /// # Safety
 /// `sigmask` is null or valid.
-unsafe fn real_pass(fds: &mut [pollfd], timeout_ns: Option<u64>, sigmask: *const sigset_t) -> c_int {
+unsafe fn real_pass(fds: &mut [pollfd], timeout_ns: Option<u64>, sigmask: *const sigset_t, quiet: Option<Quiet>) -> c_int {
     // The user's events of the entries swapped now, restored after the call (on the stack for
     // the usual handful of fds). An entry that becomes swapped during the call (a connection
     // that got ready in a step of `RawCalls::enter`) was not changed and is not restored.
@@ -176,8 +176,14 @@ unsafe fn real_pass(fds: &mut [pollfd], timeout_ns: Option<u64>, sigmask: *const
     let raw = RawCalls::enter(fds);
     let zero = timespec { tv_sec: 0, tv_nsec: 0 };
     let ts_ptr = if raw.is_some() { ts_ptr } else { &zero };
-    // SAFETY: a live array of `fds.len()` entries; `ts_ptr` and `sigmask` are null or valid.
-    let rc = unsafe { sys::ppoll(fds.as_mut_ptr(), fds.len() as nfds_t, ts_ptr, sigmask) };
+    // The sleep after a wait's last look at its mark (see `Quiet`): the thread's signals come
+    // back with the sleep's mask, and right after it (a claim below must see them unblocked).
+    let mask = quiet.as_ref().map_or(sigmask, |q| q.sleep_mask(sigmask));
+    // SAFETY: a live array of `fds.len()` entries; `ts_ptr` and `mask` are null or valid.
+    let rc = unsafe { sys::ppoll(fds.as_mut_ptr(), fds.len() as nfds_t, ts_ptr, mask) };
+    let saved_errno = sys::errno();
+    drop(quiet);
+    sys::set_errno(saved_errno);
     drop(raw);
     let saved_errno = sys::errno();
     let mut count = 0;
@@ -241,7 +247,7 @@ pub unsafe fn poll(fds: &mut [pollfd], timeout_ns: Option<u64>, sigmask: *const 
             // meanwhile (then `real_pass` does not wait, and the next round serves it).
             let left = deadline.map(|d| d.saturating_sub(now_ns()));
             // SAFETY: forwarded.
-            let rc = unsafe { real_pass(fds, left, sigmask) };
+            let rc = unsafe { real_pass(fds, left, sigmask, None) };
             if rc != 0 || deadline.is_some_and(|d| now_ns() >= d) {
                 return rc;
             }
@@ -258,7 +264,7 @@ pub unsafe fn poll(fds: &mut [pollfd], timeout_ns: Option<u64>, sigmask: *const 
                 return ready as c_int;
             }
             // SAFETY: forwarded.
-            return unsafe { real_pass(fds, Some(0), sigmask) };
+            return unsafe { real_pass(fds, Some(0), sigmask, None) };
         }
         if !spun {
             spun = true;
@@ -283,13 +289,16 @@ pub unsafe fn poll(fds: &mut [pollfd], timeout_ns: Option<u64>, sigmask: *const 
             }
         }
         tssx_shm::wait::settle();
-        // (A handler that ran since the mark: no sleep; the loop's top answers EINTR.)
+        // (A handler that ran since the mark: no sleep; the loop's top answers EINTR. One that
+        // runs from this look on is held back until the sleep starts: see `Quiet`.)
+        let quiet = Quiet::block();
         let still_idle = !any_ready(fds) && mark.interrupted().is_none();
         let rc = if still_idle {
             let wait = spin::sleep_budget(deadline, shared, halfway);
             // SAFETY: forwarded.
-            unsafe { real_pass(fds, wait, sigmask) }
+            unsafe { real_pass(fds, wait, sigmask, Some(quiet)) }
         } else {
+            drop(quiet);
             0
         };
         let saved_errno = sys::errno();

@@ -360,6 +360,83 @@ fn note_handler(flags: c_int) {
     HANDLED.with(|h| h.fetch_add(add, Relaxed));
 }
 
+/// Signals a wait's last look at its [`Mark`] holds back: every one but those a fault raises
+/// (their handlers must run at once) and glibc's two internal ones (`SIGCANCEL`, `SIGSETXID`).
+const HELD_SIGNALS: u64 = !(bit(libc::SIGILL)
+    | bit(libc::SIGTRAP)
+    | bit(libc::SIGBUS)
+    | bit(libc::SIGFPE)
+    | bit(libc::SIGSEGV)
+    | bit(libc::SIGSYS)
+    | bit(32)
+    | bit(33));
+
+const fn bit(sig: c_int) -> u64 {
+    1 << (sig - 1)
+}
+
+/// The kernel's `rt_sigprocmask` on this thread's first 64 signals (the hook's own system call:
+/// libc's `sigprocmask` may be the application's). Returns the mask before.
+fn set_mask(how: c_int, mask: u64) -> Option<u64> {
+    let mut old = 0u64;
+    // SAFETY: an 8-byte set in and out, the kernel's sigset size on x86-64.
+    unsafe {
+        tssx_shm::sys::syscall(libc::SYS_rt_sigprocmask, [how as usize, (&raw const mask) as usize, (&raw mut old) as usize, 8, 0, 0])
+    }
+    .ok()
+    .map(|_| old)
+}
+
+/// The window between a wait's last look at its [`Mark`] and its sleep in the kernel, closed.
+///
+/// A handler that runs after that look and before the kernel's wait starts would be lost: the
+/// kernel's call sleeps on (until its timeout, or the next signal), where the kernel's own wait,
+/// had the application called it, would have ended with EINTR. So the look is made with the
+/// thread's asynchronous signals held back ([`Quiet::block`]), and the sleep is a call that takes
+/// a signal mask (`ppoll`, `epoll_pwait`) and is given the thread's mask from before
+/// ([`Quiet::sleep_mask`]): the kernel applies it atomically with the start of the wait, so a
+/// signal that came in between is delivered inside the wait, which then fails with EINTR. Two
+/// system calls per sleep, taken only after the wait has spun in vain. Dropping it restores the
+/// mask.
+pub struct Quiet {
+    /// The thread's mask before, as the kernel's `sigset_t` wants it (`None`: not blocked).
+    old: Option<libc::sigset_t>,
+}
+
+impl Quiet {
+    /// Holds back this thread's asynchronous signals (see [`Quiet`]).
+    pub fn block() -> Quiet {
+        let old = set_mask(libc::SIG_BLOCK, HELD_SIGNALS).map(|old| {
+            // SAFETY: all-zero is a valid sigset_t; its first 8 bytes are the kernel's set.
+            let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+            // SAFETY: a sigset_t is at least 8 bytes; written unaligned.
+            unsafe { std::ptr::write_unaligned((&raw mut set).cast::<u64>(), old) };
+            set
+        });
+        Quiet { old }
+    }
+
+    /// The mask the sleep applies: the application's own if its call passed one (`ppoll`,
+    /// `pselect`, `epoll_pwait`), else the thread's from before [`Quiet::block`].
+    pub fn sleep_mask(&self, application: *const libc::sigset_t) -> *const libc::sigset_t {
+        match &self.old {
+            _ if !application.is_null() => application,
+            Some(old) => old,
+            None => std::ptr::null(),
+        }
+    }
+}
+
+impl Drop for Quiet {
+    fn drop(&mut self) {
+        if let Some(old) = &self.old {
+            // SAFETY: the first 8 bytes of a live sigset_t.
+            let old = unsafe { std::ptr::read_unaligned((old as *const libc::sigset_t).cast::<u64>()) };
+            set_mask(libc::SIG_SETMASK, old);
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The trampoline.
 // ---------------------------------------------------------------------------------------------
