@@ -404,6 +404,100 @@ impl Conn {
         Some(fds)
     }
 
+    /// A peek that took all `socket_bytes` the peer wrote to the socket before its switch, and
+    /// goes on with the ring while records are pending: the ring's bytes up to and including the
+    /// first record's message, with its control messages (peeked into the thread's `recvmsg`),
+    /// as the kernel's peek glues data with the message with fds that follows and stops after
+    /// it. Into `bufs` (which follow the socket's bytes). Returns how many ring bytes; 0 if it
+    /// cannot be served so (`SO_PASSCRED`, the buffer ends inside the message, the socket does
+    /// not hold exactly the socket's bytes, the doorbells and the marker yet): the peek then
+    /// ends with the socket's bytes, the message left for the next call. Under the consumer
+    /// lock (`rx`).
+    pub(crate) fn peek_ring_glued(
+        &self,
+        fd: c_int,
+        rx: &mut Consumer,
+        bufs: &mut [IoSliceMut<'_>],
+        socket_bytes: usize,
+        flags: c_int,
+    ) -> usize {
+        // Relaxed: see the field.
+        if self.passcred.load(Relaxed) {
+            return 0;
+        }
+        let Some(r) = self.next_record() else { return 0 };
+        let room = bufs.iter().map(|b| b.len()).sum::<usize>();
+        let before = r.pos.saturating_sub(rx.position()).min(usize::MAX as u64) as usize;
+        let len = r.len.min(usize::MAX as u64) as usize;
+        if before >= room {
+            // The peek ends before the message: ring bytes only, as the kernel's.
+            let got = limit_mut(bufs, room, |b| rx.peekv(b));
+            return if got.fault { 0 } else { got.bytes };
+        }
+        if before.saturating_add(len) > room || rx.available() < before.saturating_add(len) {
+            return 0;
+        }
+        if !crate::iov::writable(bufs, before + len) {
+            return 0;
+        }
+        if self.peek_marker_behind(fd, &r, socket_bytes, flags) != Some(true) {
+            return 0;
+        }
+        let got = limit_mut(bufs, before + len, |b| rx.peekv(b));
+        if got.fault {
+            0
+        } else {
+            got.bytes
+        }
+    }
+
+    /// Peeks the socket's `socket_bytes` of data, the doorbells sent before record `r`'s marker
+    /// and the marker, in one call with the thread's control buffer (the kernel glues them and
+    /// peeks the marker's fds); first without it, to check that the socket holds exactly that
+    /// (a doorbell still on its way, a lying peer: nothing is delivered). `Some(true)`: the
+    /// control messages are in the thread's `recvmsg`.
+    fn peek_marker_behind(&self, fd: c_int, r: &Record, socket_bytes: usize, flags: c_int) -> Option<bool> {
+        if !self.still_published(r) {
+            return None;
+        }
+        // SeqCst: as every user of the doorbell counters.
+        let owed = r.bells.saturating_sub(self.my_line().bells_drained.load(SeqCst));
+        if owed > crate::wait::MAX_OWED_DOORBELLS {
+            return None;
+        }
+        let want = socket_bytes.checked_add(owed as usize + 1)?;
+        let mut scratch = vec![0u8; want];
+        match sys::recv_raw(fd, &mut scratch, libc::MSG_PEEK | libc::MSG_DONTWAIT) {
+            Ok(n) if n == want && scratch[want - 1] == ANC_MARKER && scratch[socket_bytes..want - 1].iter().all(|&b| b == 0) => {}
+            _ => return None,
+        }
+        let mut ctrl = CTRL.try_with(|c| c.get()).unwrap_or(NO_CTRL);
+        let mut iov = libc::iovec { iov_base: scratch.as_mut_ptr().cast(), iov_len: want };
+        // SAFETY: an all-zero msghdr is valid.
+        let mut m: msghdr = unsafe { std::mem::zeroed() };
+        m.msg_iov = &mut iov;
+        m.msg_iovlen = 1;
+        m.msg_control = ctrl.buf;
+        m.msg_controllen = ctrl.len as _;
+        let how = libc::MSG_PEEK | libc::MSG_DONTWAIT | (flags & libc::MSG_CMSG_CLOEXEC);
+        // SAFETY: our scratch buffer; the control buffer is the application's own, which the
+        // kernel checks and writes as for its own recvmsg.
+        let got = unsafe { sys::recvmsg_raw(fd, &mut m, how) };
+        // (The same bytes: only this end reads the socket, under the consumer lock; the peer
+        // only appends, and a peek stops after the marker's fds.)
+        if got != Ok(want) {
+            return None;
+        }
+        if m.msg_controllen > 0 || m.msg_flags & libc::MSG_CTRUNC != 0 {
+            ctrl.out_len = m.msg_controllen;
+            ctrl.out_flags = m.msg_flags;
+            ctrl.buf = std::ptr::null_mut();
+            ctrl.len = 0;
+            let _ = CTRL.try_with(|c| c.set(ctrl));
+        }
+        Some(true)
+    }
+
     /// Reads (or peeks) the incoming ring into `bufs`, at most `cap` bytes, honouring the
     /// pending records: a read that stops before a record's position does not take its
     /// marker; one that crosses it takes the marker (its control messages into the thread's

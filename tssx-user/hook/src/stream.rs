@@ -133,7 +133,7 @@ impl Conn {
                         if peek {
                             // A peek that saw every socket byte before the peer's switch goes on
                             // with the ring's, as the kernel's peek takes every queued byte.
-                            return (total + self.peek_ring_after_switch(bufs, total, flags)) as isize;
+                            return (total + self.peek_ring_after_switch(fd, bufs, total, flags)) as isize;
                         }
                         if creds && !self.reads_ring() {
                             return total as isize;
@@ -310,11 +310,18 @@ impl Conn {
     /// reach the hand-back, or ancillary records are pending).
     /// After a peek of `total` socket bytes: if they were all this end has left to read before
     /// the peer's switch, the ring's bytes that follow, peeked into `bufs` after them (up to the
-    /// peer's hand-back, if it is handing back; none while markers of ancillary data are
-    /// pending, whose messages a peek does not glue). Returns how many.
-    fn peek_ring_after_switch(&self, bufs: &mut [IoSliceMut<'_>], total: usize, flags: c_int) -> usize {
-        if !self.socket_part_peeked(total) || self.anc_pending() || self.phase() == Phase::Plain {
+    /// peer's hand-back, if it is handing back; while markers of ancillary data are pending, up
+    /// to and including the first message, with its control messages: see
+    /// `Conn::peek_ring_glued`). Returns how many.
+    fn peek_ring_after_switch(&self, fd: c_int, bufs: &mut [IoSliceMut<'_>], total: usize, flags: c_int) -> usize {
+        if !self.socket_part_peeked(total) || self.phase() == Phase::Plain {
             return 0;
+        }
+        if self.anc_pending() {
+            if self.phase() == Phase::HandingBack {
+                return 0;
+            }
+            return self.with_rx(|rx| after_mut(bufs, total, |rest| self.peek_ring_glued(fd, rx, rest, total, flags)));
         }
         let got = if self.phase() == Phase::HandingBack {
             after_mut(bufs, total, |rest| self.read_ring_until_back(rest, true, flags)).0

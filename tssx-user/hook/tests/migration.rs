@@ -319,10 +319,11 @@ fn ancillary_data_stays_on_the_rings_in_its_place() {
     }
 }
 
-/// What the server sees of "pq" then "PQ" from the client, the server's SO_PASSCRED turned
-/// on (`passcred`) before it reads: a peek of 4, then reads of 4. `swap`: the segment arrives
-/// between the two writes (the first on the socket, the second on the ring), else plain.
-fn across_the_switch(swap: bool, passcred: bool) -> Vec<String> {
+/// What the server sees of "pq" then "PQ" from the client (`with_fd`: "PQ" sent with an fd),
+/// the server's SO_PASSCRED turned on (`passcred`) before it reads: a peek of 4, then reads of
+/// 4. `swap`: the segment arrives between the two writes (the first on the socket, the second
+/// on the ring), else plain.
+fn across_the_switch(swap: bool, passcred: bool, with_fd: bool) -> Vec<String> {
     tssx_hook::phase::set_claiming(false);
     let (a, b) = socketpair(libc::SOCK_NONBLOCK);
     let segment = Segment::create(4096).expect("segment");
@@ -342,12 +343,20 @@ fn across_the_switch(swap: bool, passcred: bool) -> Vec<String> {
         // SAFETY: one live pollfd.
         assert!(unsafe { calls::poll(&mut p, 1, 0) } > 0);
     }
-    assert_eq!(write(a, b"PQ"), 2);
+    let mut pipe = [-1; 2];
+    if with_fd {
+        // SAFETY: a live array of two.
+        assert_eq!(unsafe { libc::pipe(pipe.as_mut_ptr()) }, 0);
+        assert_eq!(send_with_fd(a, b"PQ", pipe[0]), 2);
+    } else {
+        assert_eq!(write(a, b"PQ"), 2);
+    }
     if swap {
         let mut queued: c_int = 0;
         // SAFETY: FIONREAD into a live int, on the real socket.
         assert_eq!(unsafe { libc::ioctl(b, libc::FIONREAD, &mut queued) }, 0);
-        assert_eq!(queued, 2, "the second write went on the ring");
+        // (With an fd: the socket also holds its marker byte.)
+        assert_eq!(queued, 2 + c_int::from(with_fd), "the second write went on the ring");
     }
     let on: c_int = 1;
     if passcred {
@@ -362,6 +371,25 @@ fn across_the_switch(swap: bool, passcred: bool) -> Vec<String> {
         let (n, msg) = recvmsg_into(b, &mut buf, &mut ctrl, flags);
         let got = String::from_utf8_lossy(&buf[..n.max(0) as usize]).into_owned();
         seen.push(format!("flags {flags}: {n} {got:?} controllen {}", msg.msg_controllen));
+        // SAFETY: the control buffer the kernel (or the hook) just filled, walked with the
+        // cmsg macros; the fds it carries are ours to close.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&msg);
+            while !c.is_null() {
+                if (*c).cmsg_type == libc::SCM_RIGHTS {
+                    let count = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / 4;
+                    for i in 0..count {
+                        let fd = std::ptr::read_unaligned((libc::CMSG_DATA(c) as *const c_int).add(i));
+                        libc::close(fd);
+                    }
+                }
+                c = libc::CMSG_NXTHDR(&msg, c);
+            }
+        }
+    }
+    for fd in pipe.into_iter().filter(|&fd| fd >= 0) {
+        // SAFETY: our pipe.
+        unsafe { libc::close(fd) };
     }
     for fd in [a, b] {
         // SAFETY: closes our own fds.
@@ -377,7 +405,18 @@ fn across_the_switch(swap: bool, passcred: bool) -> Vec<String> {
 #[test]
 fn a_peek_and_a_read_span_the_peers_switch() {
     for passcred in [false, true] {
-        let plain = across_the_switch(false, passcred);
-        assert_eq!(across_the_switch(true, passcred), plain, "SO_PASSCRED {passcred}");
+        let plain = across_the_switch(false, passcred, false);
+        assert_eq!(across_the_switch(true, passcred, false), plain, "SO_PASSCRED {passcred}");
     }
+}
+
+/// The same when the first bytes on the ring came with an fd: the kernel's peek glues the
+/// socket's bytes with that message and peeks its fd (found by the conformance test's run that
+/// migrates while in use, rarely: `scm_rights_in_the_stream`, the switch right before the
+/// message with the fd, and the peek returned the socket's byte alone).
+#[test]
+fn a_peek_spans_the_peers_switch_into_a_message_with_fds() {
+    let plain = across_the_switch(false, false, true);
+    assert!(plain[0].contains("4 \"pqPQ\" controllen 24"), "{plain:?}");
+    assert_eq!(across_the_switch(true, false, true), plain);
 }
