@@ -197,6 +197,20 @@ pub fn passes_creds(fd: c_int) -> bool {
 }
 
 /// Whether the control messages the kernel just wrote for `m` hold `SCM_RIGHTS`.
+/// Records what a marker's `recvmsg` (`m`, made with the thread's control buffer `ctrl`)
+/// wrote there, for the application's `recvmsg` to report. Control messages are delivered once
+/// per call (the kernel's read stops after fds; credentials come with SO_PASSCRED only, never
+/// served here): the buffer is not offered again.
+fn delivered(mut ctrl: Ctrl, m: &msghdr) {
+    if m.msg_controllen > 0 || m.msg_flags & libc::MSG_CTRUNC != 0 {
+        ctrl.out_len = m.msg_controllen;
+        ctrl.out_flags = m.msg_flags;
+        ctrl.buf = std::ptr::null_mut();
+        ctrl.len = 0;
+        let _ = CTRL.try_with(|c| c.set(ctrl));
+    }
+}
+
 fn has_rights(m: &msghdr) -> bool {
     if m.msg_control.is_null() || m.msg_controllen < size_of::<libc::cmsghdr>() || !m.msg_control.cast::<libc::cmsghdr>().is_aligned() {
         return false;
@@ -372,7 +386,7 @@ impl Conn {
                 }
             }
         }
-        let mut ctrl = CTRL.try_with(|c| c.get()).unwrap_or(NO_CTRL);
+        let ctrl = CTRL.try_with(|c| c.get()).unwrap_or(NO_CTRL);
         let mut byte = 0u8;
         let mut iov = libc::iovec { iov_base: (&raw mut byte).cast(), iov_len: 1 };
         // SAFETY: an all-zero msghdr is valid.
@@ -388,15 +402,7 @@ impl Conn {
         let mut fds = false;
         if let Ok(1) = got {
             fds = m.msg_flags & libc::MSG_CTRUNC != 0 || has_rights(&m);
-            if m.msg_controllen > 0 || m.msg_flags & libc::MSG_CTRUNC != 0 {
-                ctrl.out_len = m.msg_controllen;
-                ctrl.out_flags = m.msg_flags;
-                // Control messages are delivered once per call (the kernel's read stops
-                // after fds; credentials come with SO_PASSCRED only, never served here).
-                ctrl.buf = std::ptr::null_mut();
-                ctrl.len = 0;
-                let _ = CTRL.try_with(|c| c.set(ctrl));
-            }
+            delivered(ctrl, &m);
         }
         if !peek {
             self.in_queue().taken.0.store(r.n.wrapping_add(1), SeqCst);
@@ -471,7 +477,7 @@ impl Conn {
             Ok(n) if n == want && scratch[want - 1] == ANC_MARKER && scratch[socket_bytes..want - 1].iter().all(|&b| b == 0) => {}
             _ => return None,
         }
-        let mut ctrl = CTRL.try_with(|c| c.get()).unwrap_or(NO_CTRL);
+        let ctrl = CTRL.try_with(|c| c.get()).unwrap_or(NO_CTRL);
         let mut iov = libc::iovec { iov_base: scratch.as_mut_ptr().cast(), iov_len: want };
         // SAFETY: an all-zero msghdr is valid.
         let mut m: msghdr = unsafe { std::mem::zeroed() };
@@ -488,13 +494,7 @@ impl Conn {
         if got != Ok(want) {
             return None;
         }
-        if m.msg_controllen > 0 || m.msg_flags & libc::MSG_CTRUNC != 0 {
-            ctrl.out_len = m.msg_controllen;
-            ctrl.out_flags = m.msg_flags;
-            ctrl.buf = std::ptr::null_mut();
-            ctrl.len = 0;
-            let _ = CTRL.try_with(|c| c.set(ctrl));
-        }
+        delivered(ctrl, &m);
         Some(true)
     }
 
