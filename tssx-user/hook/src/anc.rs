@@ -196,21 +196,36 @@ pub fn passes_creds(fd: c_int) -> bool {
     rc == 0 && on != 0
 }
 
-/// Whether the control messages the kernel just wrote for `m` hold `SCM_RIGHTS`.
-/// Records what a marker's `recvmsg` (`m`, made with the thread's control buffer `ctrl`)
-/// wrote there, for the application's `recvmsg` to report. Control messages are delivered once
-/// per call (the kernel's read stops after fds; credentials come with SO_PASSCRED only, never
-/// served here): the buffer is not offered again.
-fn delivered(mut ctrl: Ctrl, m: &msghdr) {
-    if m.msg_controllen > 0 || m.msg_flags & libc::MSG_CTRUNC != 0 {
+/// One `recvmsg` (`how`) of the socket into `buf`, ending with a marker, with the thread's
+/// control buffer (the application's own, which the kernel checks and writes as for its own
+/// `recvmsg`). If it took all of `buf`, what it wrote there is recorded for the application's
+/// `recvmsg` to report; control messages are delivered once per call (the kernel's read stops
+/// after fds; credentials come with SO_PASSCRED only, never served here), so the buffer is not
+/// offered again. Returns the call's result and its header (`msg_iov` cleared: it pointed at a
+/// local).
+fn recv_marker(fd: c_int, buf: &mut [u8], how: c_int) -> (Result<usize, c_int>, msghdr) {
+    let mut ctrl = CTRL.try_with(|c| c.get()).unwrap_or(NO_CTRL);
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    // SAFETY: an all-zero msghdr is valid.
+    let mut m: msghdr = unsafe { std::mem::zeroed() };
+    m.msg_iov = &mut iov;
+    m.msg_iovlen = 1;
+    m.msg_control = ctrl.buf;
+    m.msg_controllen = ctrl.len as _;
+    // SAFETY: our buffer and msghdr; the control buffer is the application's own (see above).
+    let got = unsafe { sys::recvmsg_raw(fd, &mut m, how) };
+    m.msg_iov = std::ptr::null_mut();
+    if got == Ok(buf.len()) && (m.msg_controllen > 0 || m.msg_flags & libc::MSG_CTRUNC != 0) {
         ctrl.out_len = m.msg_controllen;
         ctrl.out_flags = m.msg_flags;
         ctrl.buf = std::ptr::null_mut();
         ctrl.len = 0;
         let _ = CTRL.try_with(|c| c.set(ctrl));
     }
+    (got, m)
 }
 
+/// Whether the control messages the kernel just wrote for `m` hold `SCM_RIGHTS`.
 fn has_rights(m: &msghdr) -> bool {
     if m.msg_control.is_null() || m.msg_controllen < size_of::<libc::cmsghdr>() || !m.msg_control.cast::<libc::cmsghdr>().is_aligned() {
         return false;
@@ -386,24 +401,9 @@ impl Conn {
                 }
             }
         }
-        let ctrl = CTRL.try_with(|c| c.get()).unwrap_or(NO_CTRL);
-        let mut byte = 0u8;
-        let mut iov = libc::iovec { iov_base: (&raw mut byte).cast(), iov_len: 1 };
-        // SAFETY: an all-zero msghdr is valid.
-        let mut m: msghdr = unsafe { std::mem::zeroed() };
-        m.msg_iov = &mut iov;
-        m.msg_iovlen = 1;
-        m.msg_control = ctrl.buf;
-        m.msg_controllen = ctrl.len as _;
         let how = libc::MSG_DONTWAIT | (flags & libc::MSG_CMSG_CLOEXEC) | if peek { libc::MSG_PEEK } else { 0 };
-        // SAFETY: our iovec and msghdr; the control buffer is the application's own, which the
-        // kernel checks and writes as for its own recvmsg.
-        let got = unsafe { sys::recvmsg_raw(fd, &mut m, how) };
-        let mut fds = false;
-        if let Ok(1) = got {
-            fds = m.msg_flags & libc::MSG_CTRUNC != 0 || has_rights(&m);
-            delivered(ctrl, &m);
-        }
+        let (got, m) = recv_marker(fd, &mut [0u8], how);
+        let fds = got == Ok(1) && (m.msg_flags & libc::MSG_CTRUNC != 0 || has_rights(&m));
         if !peek {
             self.in_queue().taken.0.store(r.n.wrapping_add(1), SeqCst);
         }
@@ -440,16 +440,14 @@ impl Conn {
             let got = limit_mut(bufs, room, |b| rx.peekv(b));
             return if got.fault { 0 } else { got.bytes };
         }
-        if before.saturating_add(len) > room || rx.available() < before.saturating_add(len) {
+        let through = before.saturating_add(len);
+        if through > room || rx.available() < through || !crate::iov::writable(bufs, through) {
             return 0;
         }
-        if !crate::iov::writable(bufs, before + len) {
+        if !self.peek_marker_behind(fd, &r, socket_bytes, flags) {
             return 0;
         }
-        if self.peek_marker_behind(fd, &r, socket_bytes, flags) != Some(true) {
-            return 0;
-        }
-        let got = limit_mut(bufs, before + len, |b| rx.peekv(b));
+        let got = limit_mut(bufs, through, |b| rx.peekv(b));
         if got.fault {
             0
         } else {
@@ -460,42 +458,27 @@ impl Conn {
     /// Peeks the socket's `socket_bytes` of data, the doorbells sent before record `r`'s marker
     /// and the marker, in one call with the thread's control buffer (the kernel glues them and
     /// peeks the marker's fds); first without it, to check that the socket holds exactly that
-    /// (a doorbell still on its way, a lying peer: nothing is delivered). `Some(true)`: the
-    /// control messages are in the thread's `recvmsg`.
-    fn peek_marker_behind(&self, fd: c_int, r: &Record, socket_bytes: usize, flags: c_int) -> Option<bool> {
+    /// (a doorbell still on its way, a lying peer: nothing is delivered). True: the control
+    /// messages are in the thread's `recvmsg`.
+    fn peek_marker_behind(&self, fd: c_int, r: &Record, socket_bytes: usize, flags: c_int) -> bool {
         if !self.still_published(r) {
-            return None;
+            return false;
         }
         // SeqCst: as every user of the doorbell counters.
         let owed = r.bells.saturating_sub(self.my_line().bells_drained.load(SeqCst));
         if owed > crate::wait::MAX_OWED_DOORBELLS {
-            return None;
+            return false;
         }
-        let want = socket_bytes.checked_add(owed as usize + 1)?;
+        let Some(want) = socket_bytes.checked_add(owed as usize + 1) else { return false };
         let mut scratch = vec![0u8; want];
         match sys::recv_raw(fd, &mut scratch, libc::MSG_PEEK | libc::MSG_DONTWAIT) {
             Ok(n) if n == want && scratch[want - 1] == ANC_MARKER && scratch[socket_bytes..want - 1].iter().all(|&b| b == 0) => {}
-            _ => return None,
+            _ => return false,
         }
-        let ctrl = CTRL.try_with(|c| c.get()).unwrap_or(NO_CTRL);
-        let mut iov = libc::iovec { iov_base: scratch.as_mut_ptr().cast(), iov_len: want };
-        // SAFETY: an all-zero msghdr is valid.
-        let mut m: msghdr = unsafe { std::mem::zeroed() };
-        m.msg_iov = &mut iov;
-        m.msg_iovlen = 1;
-        m.msg_control = ctrl.buf;
-        m.msg_controllen = ctrl.len as _;
         let how = libc::MSG_PEEK | libc::MSG_DONTWAIT | (flags & libc::MSG_CMSG_CLOEXEC);
-        // SAFETY: our scratch buffer; the control buffer is the application's own, which the
-        // kernel checks and writes as for its own recvmsg.
-        let got = unsafe { sys::recvmsg_raw(fd, &mut m, how) };
         // (The same bytes: only this end reads the socket, under the consumer lock; the peer
         // only appends, and a peek stops after the marker's fds.)
-        if got != Ok(want) {
-            return None;
-        }
-        delivered(ctrl, &m);
-        Some(true)
+        recv_marker(fd, &mut scratch, how).0 == Ok(want)
     }
 
     /// Reads (or peeks) the incoming ring into `bufs`, at most `cap` bytes, honouring the

@@ -303,11 +303,6 @@ impl Conn {
         }
     }
 
-    /// A peek that took the ring's bytes up to the peer's hand-back (`total` of them, from the
-    /// ring's read position): the bytes after them, on the socket behind the peer's last
-    /// doorbells, peeked into the rest of `bufs` without taking anything, as the kernel's peek
-    /// goes on through its queue. Returns how many (0: none queued, or the ring's part did not
-    /// reach the hand-back, or ancillary records are pending).
     /// After a peek of `total` socket bytes: if they were all this end has left to read before
     /// the peer's switch, the ring's bytes that follow, peeked into `bufs` after them (up to the
     /// peer's hand-back, if it is handing back; while markers of ancillary data are pending, up
@@ -336,6 +331,11 @@ impl Conn {
         }
     }
 
+    /// A peek that took the ring's bytes up to the peer's hand-back (`total` of them, from the
+    /// ring's read position): the bytes after them, on the socket behind the peer's last
+    /// doorbells, peeked into the rest of `bufs` without taking anything, as the kernel's peek
+    /// goes on through its queue. Returns how many (0: none queued, or the ring's part did not
+    /// reach the hand-back, or ancillary records are pending).
     fn peek_past_back(&self, fd: c_int, bufs: &mut [IoSliceMut<'_>], total: usize) -> usize {
         if self.anc_pending() {
             return 0;
