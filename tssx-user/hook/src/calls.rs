@@ -1145,6 +1145,14 @@ pub unsafe fn getsockopt(fd: c_int, level: c_int, name: c_int, value: *mut c_voi
     rc
 }
 
+/// Whether [`forget_fd`] has anything to forget for `fd`: a connection, an unconnected-socket
+/// bit, a listener's kind (see [`table::has_fd_state`]), an epoll set, or an epoll instance a
+/// registration kept before a connect names.
+#[inline]
+pub(crate) fn has_close_state(fd: c_int) -> bool {
+    table::has_fd_state(fd) || epoll::has_set(fd) || preconnect::names_instance(fd)
+}
+
 /// What the hook does when `fd` closes, before the real call: everything it kept for the fd
 /// is forgotten, and a connection whose last fd this is tells its peer (while `fd` is still
 /// open). Shared by `close`, `close_range` and `closefrom`.

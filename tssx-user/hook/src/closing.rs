@@ -35,8 +35,8 @@ use std::sync::atomic::AtomicUsize;
 use libc::{c_int, c_uint};
 
 use crate::{
-    calls::forget_fd,
-    epoll, own,
+    calls::{forget_fd, has_close_state},
+    own,
     sys::{self, Errno},
     table,
 };
@@ -109,7 +109,7 @@ fn forget_range(first: c_uint, last: c_uint) {
     let end = (last as usize).min(table::state_limit().saturating_sub(1));
     for fd in first as usize..=end {
         let fd = fd as c_int;
-        if table::has_fd_state(fd) || epoll::has_set(fd) || crate::preconnect::names_instance(fd) {
+        if has_close_state(fd) {
             forget_fd(fd);
         }
     }

@@ -177,13 +177,12 @@ unsafe fn real_pass(fds: &mut [pollfd], timeout_ns: Option<u64>, sigmask: *const
     let zero = timespec { tv_sec: 0, tv_nsec: 0 };
     let ts_ptr = if raw.is_some() { ts_ptr } else { &zero };
     // The sleep after a wait's last look at its mark (see `Quiet`): the thread's signals come
-    // back with the sleep's mask, and right after it (a claim below must see them unblocked).
+    // back with the sleep's mask, and right after it (a claim below must see them unblocked;
+    // the raw system call that restores them leaves errno alone).
     let mask = quiet.as_ref().map_or(sigmask, |q| q.sleep_mask(sigmask));
     // SAFETY: a live array of `fds.len()` entries; `ts_ptr` and `mask` are null or valid.
     let rc = unsafe { sys::ppoll(fds.as_mut_ptr(), fds.len() as nfds_t, ts_ptr, mask) };
-    let saved_errno = sys::errno();
     drop(quiet);
-    sys::set_errno(saved_errno);
     drop(raw);
     let saved_errno = sys::errno();
     let mut count = 0;

@@ -82,7 +82,7 @@ pub fn wants(nr: c_long, a: [c_long; 5]) -> bool {
 /// Whether the hook keeps anything for `fd` that its `close` forgets (or refuses to close).
 #[inline]
 fn closes_state(fd: c_int) -> bool {
-    table::has_fd_state(fd) || epoll::has_set(fd) || crate::own::is_own(fd) || crate::preconnect::names_instance(fd)
+    calls::has_close_state(fd) || crate::own::is_own(fd)
 }
 
 /// libc's `syscall` without the hook: the system call, then -1 and `errno` for a result in
