@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/types.h>
 #include <stddef.h>
@@ -164,6 +165,18 @@ HELPER const char *quoted(const void *data, long n) {
         errno = e_;                                                                            \
         r_;                                                                                    \
     })
+
+/* epoll events as "EPOLLIN|EPOLLOUT" ("0" when none of the readiness bits is set). */
+HELPER const char *epollstr(unsigned ev) {
+    static char buf[128];
+    buf[0] = 0;
+    if (ev & EPOLLIN) strcat(buf, "|EPOLLIN");
+    if (ev & EPOLLOUT) strcat(buf, "|EPOLLOUT");
+    if (ev & EPOLLRDHUP) strcat(buf, "|EPOLLRDHUP");
+    if (ev & EPOLLHUP) strcat(buf, "|EPOLLHUP");
+    if (ev & EPOLLERR) strcat(buf, "|EPOLLERR");
+    return buf[0] ? buf + 1 : "0";
+}
 
 /* poll(2) revents as "POLLIN|POLLOUT" ("0" when empty). */
 HELPER const char *pollstr(int ev) {

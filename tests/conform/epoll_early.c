@@ -25,16 +25,6 @@
 
 #define K 8
 
-static const char *events_str(unsigned ev) {
-    static char buf[64];
-    buf[0] = 0;
-    if (ev & EPOLLIN) strcat(buf, "|EPOLLIN");
-    if (ev & EPOLLRDHUP) strcat(buf, "|EPOLLRDHUP");
-    if (ev & EPOLLHUP) strcat(buf, "|EPOLLHUP");
-    if (ev & EPOLLERR) strcat(buf, "|EPOLLERR");
-    return buf[0] ? buf + 1 : "0";
-}
-
 static void ctl(int ep, int op, int fd, unsigned events, uint64_t tag) {
     struct epoll_event ev = {.events = events, .data.u64 = tag};
     CHECK(epoll_ctl(ep, op, fd, op == EPOLL_CTL_DEL ? NULL : &ev) == 0);
@@ -51,7 +41,7 @@ static void await(int ep, uint64_t tag, int round) {
         int seen = 0;
         for (int j = 0; j < n; j++) {
             say("round %d, connection %d: epoll_wait -> connection %d %s", round, (int)tag, (int)ev[j].data.u64,
-                events_str(ev[j].events));
+                epollstr(ev[j].events));
             seen |= ev[j].data.u64 == tag;
         }
         if (seen) return;

@@ -12,17 +12,6 @@
 
 #include <sys/epoll.h>
 
-static const char *events_str(unsigned ev) {
-    static char buf[128];
-    buf[0] = 0;
-    if (ev & EPOLLIN) strcat(buf, "|EPOLLIN");
-    if (ev & EPOLLOUT) strcat(buf, "|EPOLLOUT");
-    if (ev & EPOLLRDHUP) strcat(buf, "|EPOLLRDHUP");
-    if (ev & EPOLLHUP) strcat(buf, "|EPOLLHUP");
-    if (ev & EPOLLERR) strcat(buf, "|EPOLLERR");
-    return buf[0] ? buf + 1 : "0";
-}
-
 /* epoll_wait with `timeout`; prints "what -> n EVENTS". */
 static int ewait(const char *what, int ep, int timeout) {
     struct epoll_event ev[4];
@@ -31,7 +20,7 @@ static int ewait(const char *what, int ep, int timeout) {
     while (n < 0 && errno == EINTR);
     if (n < 0) say("%s -> %s", what, rcstr(n, errno));
     else if (n == 0) say("%s -> 0", what);
-    else say("%s -> %d %s", what, n, events_str(ev[0].events));
+    else say("%s -> %d %s", what, n, epollstr(ev[0].events));
     return n;
 }
 

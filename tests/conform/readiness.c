@@ -124,17 +124,6 @@ static void select_big(int c) {
     CHECK(close(c) == 0);
 }
 
-static const char *events_str(unsigned ev) {
-    static char buf[128];
-    buf[0] = 0;
-    if (ev & EPOLLIN) strcat(buf, "|EPOLLIN");
-    if (ev & EPOLLOUT) strcat(buf, "|EPOLLOUT");
-    if (ev & EPOLLRDHUP) strcat(buf, "|EPOLLRDHUP");
-    if (ev & EPOLLHUP) strcat(buf, "|EPOLLHUP");
-    if (ev & EPOLLERR) strcat(buf, "|EPOLLERR");
-    return buf[0] ? buf + 1 : "0";
-}
-
 /* epoll_wait with `timeout`; prints "what -> n EVENTS/data ..." sorted by data. */
 static int ewait(const char *what, int ep, int timeout) {
     struct epoll_event ev[8];
@@ -154,7 +143,7 @@ static int ewait(const char *what, int ep, int timeout) {
     char line[512];
     int at = snprintf(line, sizeof line, "%s -> %d", what, n);
     for (int i = 0; i < n; i++)
-        at += snprintf(line + at, sizeof line - (size_t)at, " %s/%llu", events_str(ev[i].events), (unsigned long long)ev[i].data.u64);
+        at += snprintf(line + at, sizeof line - (size_t)at, " %s/%llu", epollstr(ev[i].events), (unsigned long long)ev[i].data.u64);
     say("%s", line);
     return n;
 }
