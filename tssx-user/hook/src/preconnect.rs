@@ -48,7 +48,7 @@ static SLOTS: [Slot; MAX_FDS] = [const { Slot { head: AtomicU64::new(0), data: A
 
 /// One bit per fd: an epoll instance some slot names (cleared when it is closed), so that its
 /// `close` adopts those registrations first and the other closes of the process cost one load.
-static INSTANCES: [AtomicU64; MAX_FDS / 64] = [const { AtomicU64::new(0) }; MAX_FDS / 64];
+static INSTANCES: table::FdBits = table::FdBits::new();
 
 fn slot(fd: c_int) -> Option<&'static Slot> {
     SLOTS.get(usize::try_from(fd).ok()?)
@@ -62,18 +62,11 @@ fn epfd_of(head: u64) -> c_int {
     ((head >> 32) - 1) as u32 as c_int
 }
 
-fn note_instance(epfd: c_int) {
-    if let Some(word) = usize::try_from(epfd).ok().and_then(|i| INSTANCES.get(i / 64)) {
-        table::note_state(epfd as usize);
-        word.fetch_or(1 << (epfd % 64), Relaxed);
-    }
-}
-
 /// Whether `fd` is an epoll instance that a kept registration names (its close must go
 /// through [`instance_closing`]).
 #[inline]
 pub fn names_instance(fd: c_int) -> bool {
-    usize::try_from(fd).ok().and_then(|i| INSTANCES.get(i / 64)).is_some_and(|w| w.load(Relaxed) & (1 << (fd % 64)) != 0)
+    INSTANCES.get(fd)
 }
 
 /// Whether `fd` has a kept registration.
@@ -115,7 +108,7 @@ pub unsafe fn ctl(epfd: c_int, op: c_int, fd: c_int, event: *mut epoll_event) ->
     }
     // SAFETY: the kernel just read the event from there.
     let (events, data) = unsafe { ((*event).events, (*event).u64) };
-    note_instance(epfd);
+    INSTANCES.set(epfd);
     slot.data.store(data, Relaxed);
     slot.head.store(head(epfd, events), Relaxed);
     if events & libc::EPOLLONESHOT as u32 != 0 {
@@ -158,7 +151,7 @@ pub fn instance_closing(epfd: c_int) {
     if !names_instance(epfd) {
         return;
     }
-    INSTANCES[epfd as usize / 64].fetch_and(!(1 << (epfd % 64)), Relaxed);
+    INSTANCES.clear(epfd);
     // Rare (an epoll instance closed while a socket registered in it waits to connect): every
     // fd with state is below the high-water mark.
     for (fd, slot) in SLOTS.iter().enumerate().take(table::state_limit()) {

@@ -124,26 +124,64 @@ pub fn lookup_swapped(fd: c_int) -> Option<ConnRef> {
 /// gets a [`Conn`] (phase `Unconnected`) only if it is registered with epoll before it
 /// connects (nginx does that), so that the registration can move with it if it is swapped.
 /// Relaxed: a hint about this process's own fds.
-static UNCONNECTED: [AtomicU64; MAX_FDS / 64] = [const { AtomicU64::new(0) }; MAX_FDS / 64];
+static UNCONNECTED: FdBits = FdBits::new();
+
+/// One bit per fd number below [`MAX_FDS`], for facts about this process's own fds. Relaxed:
+/// each bit is a hint its users re-derive or order otherwise. Setting a bit raises
+/// [`HIGH_WATER`] above its fd.
+pub(crate) struct FdBits([AtomicU64; MAX_FDS / 64]);
+
+impl FdBits {
+    /// All clear.
+    pub(crate) const fn new() -> FdBits {
+        FdBits([const { AtomicU64::new(0) }; MAX_FDS / 64])
+    }
+
+    fn word(&self, fd: c_int) -> Option<(&AtomicU64, u64)> {
+        let fd = usize::try_from(fd).ok()?;
+        Some((self.0.get(fd / 64)?, 1 << (fd % 64)))
+    }
+
+    /// Whether `fd`'s bit is set (false for a number out of range).
+    #[inline]
+    pub(crate) fn get(&self, fd: c_int) -> bool {
+        self.word(fd).is_some_and(|(word, bit)| word.load(Relaxed) & bit != 0)
+    }
+
+    /// Sets `fd`'s bit.
+    #[inline]
+    pub(crate) fn set(&self, fd: c_int) {
+        if let Some((word, bit)) = self.word(fd) {
+            note_state(fd as usize);
+            word.fetch_or(bit, Relaxed);
+        }
+    }
+
+    /// Clears `fd`'s bit (a load only, when it is clear).
+    #[inline]
+    pub(crate) fn clear(&self, fd: c_int) {
+        if let Some((word, bit)) = self.word(fd) {
+            if word.load(Relaxed) & bit != 0 {
+                word.fetch_and(!bit, Relaxed);
+            }
+        }
+    }
+}
 
 /// Marks (or unmarks) `fd` as an unconnected Unix stream socket.
 #[inline]
 pub fn mark_unconnected(fd: c_int, on: bool) {
-    let Ok(fd) = usize::try_from(fd) else { return };
-    let Some(word) = UNCONNECTED.get(fd / 64) else { return };
-    let bit = 1u64 << (fd % 64);
     if on {
-        note_state(fd);
-        word.fetch_or(bit, Relaxed);
-    } else if word.load(Relaxed) & bit != 0 {
-        word.fetch_and(!bit, Relaxed);
+        UNCONNECTED.set(fd);
+    } else {
+        UNCONNECTED.clear(fd);
     }
 }
 
 /// Whether `fd` is an unconnected Unix stream socket (see [`mark_unconnected`]).
 #[inline]
 pub fn is_unconnected(fd: c_int) -> bool {
-    usize::try_from(fd).ok().and_then(|fd| UNCONNECTED.get(fd / 64).map(|w| w.load(Relaxed) & (1 << (fd % 64)) != 0)).unwrap_or(false)
+    UNCONNECTED.get(fd)
 }
 
 /// Every connection made from now on gets an id at or above this one (see
