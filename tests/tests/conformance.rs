@@ -463,6 +463,9 @@ scenarios! {
     close_range_cloexec_then_exec: "closing", server ["cloexec"], client ["cloexec"], connections 2, shm 40;
     close_loop_over_numbers_never_opened_then_exec: "closing", server ["closeloop"], client ["closeloop"], connections 1, shm 23;
     syscall_mixed_with_libc_calls: "rawsys", server [], client [], connections 1, shm 24;
+    child_moves_bytes_then_the_parent_migrates_fork: "share", server ["fork"], client ["fork"], connections 1, shm 30_440;
+    child_moves_bytes_then_the_parent_migrates_fork_exec: "share", server ["fork-exec"], client ["fork-exec"], connections 1, shm 30_440;
+    child_moves_bytes_then_the_parent_migrates_spawn: "share", server ["spawn"], client ["spawn"], connections 1, shm 30_440;
     children_spawn_dup2_stdin_and_stdout: "children", server ["spawn-dup2-both"], client ["spawn-dup2-both"], connections 1, shm 21_000;
     children_spawn_dup2_stdin_only: "children", server ["spawn-dup2-in"], client ["spawn-dup2-in"], connections 1, shm 21_000;
     children_spawn_dup2_stdout_only: "children", server ["spawn-dup2-out"], client ["spawn-dup2-out"], connections 1, shm 21_000;

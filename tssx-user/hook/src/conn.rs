@@ -176,10 +176,9 @@ pub struct Conn {
     pub(crate) raw: AtomicU32,
     /// When the connection was connected or accepted (CLOCK_MONOTONIC ns). Relaxed: a hint.
     pub(crate) born_ns: AtomicU64,
-    /// Bytes this process wrote to / consumed from the socket by raw calls (`Relaxed`: added
-    /// before the call's `SeqCst` exit from [`Conn::raw`], read after the quiescing CAS).
-    pub(crate) sent: AtomicU64,
-    pub(crate) received: AtomicU64,
+    /// Bytes this end wrote to / consumed from the socket by raw calls, in this process and in
+    /// the ones forked while it was plain (see [`crate::counts`]).
+    pub(crate) counts: crate::counts::Counts,
     /// How this end used the socket by raw calls: see [`crate::phase::Activity`]. Relaxed
     /// loads and stores (no read-modify-write: two threads racing may lose a count, which
     /// only delays a claim): a hint for the claim rule.
@@ -364,8 +363,7 @@ impl Conn {
             phase: AtomicU8::new(phase as u8),
             raw: AtomicU32::new(0),
             born_ns: AtomicU64::new(crate::spin::now_ns()),
-            sent: AtomicU64::new(0),
-            received: AtomicU64::new(0),
+            counts: crate::counts::Counts::default(),
             activity: AtomicU32::new(0),
             forked: AtomicBool::new(false),
             claim: Mutex::new(ClaimState::default()),

@@ -401,14 +401,18 @@ unsafe fn inherit_and_exec(
             continue; // the new image does not hold this connection
         }
         if !swapped(conn) {
-            // Plain in the new image (its hook starts afresh): a segment not in use yet is
-            // given up, a claim in flight dropped; a spawned holder counts as after fork.
+            // Plain in the new image, whose hook starts afresh and does not count what it
+            // moves on the socket: the counts are spoiled for every holder, and the
+            // connection stays plain for good (see `crate::counts`). A spawning process
+            // gives it up now; an exec'ing one (or the parent a vfork child runs in) leaves
+            // it to the holders that stay (a segment not in use yet is given up, a claim in
+            // flight dropped, in case the exec fails).
+            if conn.phase() != Phase::Unconnected {
+                conn.counts.spoil();
+            }
             match conn.phase() {
-                Phase::Candidate if spawn => conn.forked.store(true, Relaxed),
-                Phase::Claiming => {
-                    conn.forked.store(spawn, Relaxed);
-                    conn.drop_claim();
-                }
+                Phase::Candidate | Phase::Claiming | Phase::Mapped | Phase::Quiescing if spawn => conn.give_up(),
+                Phase::Claiming => conn.drop_claim(),
                 Phase::Mapped | Phase::Quiescing => conn.give_up(),
                 _ => {}
             }

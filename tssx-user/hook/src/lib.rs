@@ -22,6 +22,7 @@
 //! | [`ringlock`] | a ring end's locks: the process's own (its threads), then the segment's word (its processes), whose wait is bounded (the peer can write it) |
 //! | [`phase`], [`migrate`], [`handback`] | a connection's phases: claimed lazily, moved onto the rings in flight, handed back to the kernel |
 //! | [`lifecycle`], [`exec`], [`pass`] | fork/spawn refcounts; exec hand-over; `SCM_RIGHTS` hand-over |
+//! | [`counts`] | a plain connection's byte counts, shared with the processes forked while it is plain; spoiled by an image that cannot count |
 //! | [`anc`] | ancillary data (`SCM_RIGHTS`, `SCM_CREDENTIALS`) on swapped sockets: through the kernel, positioned in the stream |
 //! | [`spawn`] | spawn file actions (side records, the child's fds), vfork, system, popen |
 //! | [`poll`], [`epoll`] | readiness calls over a mix of swapped and plain fds |
@@ -50,6 +51,7 @@ pub mod calls;
 pub mod claim;
 pub mod closing;
 pub mod conn;
+pub mod counts;
 pub mod epoll;
 pub mod exec;
 pub mod fault;

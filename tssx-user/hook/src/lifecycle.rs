@@ -4,22 +4,48 @@
 //! each is one more holder of its connections' ends (`refcount[end]` in the header); the last
 //! holder to close tells the peer this end is gone.
 //!
-//! A connection that is still plain keeps its byte counts in this process's memory, which a
-//! second holder would not share: a fork marks it (its next claim asks the agent to check that
-//! this process is the only holder left), a claim in flight is dropped (claimed again later),
-//! and a segment mapped but not ready yet is given up (nothing is on the rings then). Once
-//! ready, everything an end needs is in the header, shared by every holder.
+//! A connection that is still plain counts its bytes in this process's memory: a fork moves
+//! the counts to memory the child shares ([`crate::counts`]) and marks the connection (its next
+//! claim asks the agent to check that this process is the only holder left), a claim in flight
+//! is dropped (claimed again later), and a segment mapped but not ready yet is given up
+//! (nothing is on the rings then). Once ready, everything an end needs is in the header,
+//! shared by every holder.
 
-use std::sync::atomic::Ordering::{AcqRel, Relaxed};
+use std::sync::atomic::Ordering::{AcqRel, Relaxed, SeqCst};
 
 use libc::c_int;
 use tssx_common::segment::End;
 
-use crate::{conn::Phase, sys, table::for_each_conn};
+use crate::{
+    conn::{Phase, QUIESCED},
+    sys,
+    table::for_each_conn,
+};
+
+/// Whether `phase` is one whose byte counts are this process's (see [`crate::counts`]).
+fn counts_plain(phase: Phase) -> bool {
+    matches!(phase, Phase::Candidate | Phase::Claiming)
+}
 
 /// Before `fork`: the child will hold every connection too, so each end's refcount goes up
-/// (before the child exists, so a parent closing early never makes the peer see zero).
+/// (before the child exists, so a parent closing early never makes the peer see zero), and a
+/// plain connection's byte counts move to memory the child shares ([`crate::counts`]).
 pub fn before_fork() {
+    let mut wanted = 0;
+    for_each_conn(|_, conn| {
+        if counts_plain(conn.phase()) && !conn.counts.is_shared() {
+            wanted += 1;
+        }
+    });
+    if wanted > 0 {
+        let mut slots = crate::counts::ForkSlots::new(wanted);
+        for_each_conn(|_, conn| {
+            if counts_plain(conn.phase()) {
+                // SeqCst: see `crate::counts`.
+                slots.share(&conn.counts, || conn.raw.load(SeqCst) & !QUIESCED != 0);
+            }
+        });
+    }
     for_each_conn(|_, conn| match conn.phase() {
         Phase::Unconnected | Phase::Plain => {}
         Phase::Candidate => conn.forked.store(true, Relaxed),

@@ -128,7 +128,9 @@ pub unsafe fn send_via(msg: *const msghdr, real: impl FnOnce(&msghdr) -> Result<
         let Some(c) = table::lookup(passed) else { continue };
         if table::lookup_swapped(passed).is_none() {
             // Still plain: the receiver cannot share this process's byte counts, so this
-            // connection is never migrated now (it stays a socket for both).
+            // connection is never migrated now (it stays a socket for both), nor by the
+            // processes forked with it (see `crate::counts`).
+            c.counts.spoil();
             sys::with_errno_kept(|| c.give_up());
             continue;
         }

@@ -152,13 +152,7 @@ impl RawCall<'_> {
     #[inline]
     pub fn moved(&self, rc: isize, sending: bool) {
         if rc > 0 {
-            // Relaxed: read by the quiescer after its SeqCst compare-and-swap on `raw`, which
-            // our SeqCst exit orders after this.
-            if sending {
-                self.conn.sent.fetch_add(rc as u64, Relaxed);
-            } else {
-                self.conn.received.fetch_add(rc as u64, Relaxed);
-            }
+            self.conn.counts.add(rc as u64, sending);
             // Relaxed: a hint (see `Conn::activity`); no store once both counts saturated.
             let word = Activity(self.conn.activity.load(Relaxed));
             let next = word.after(sending);
@@ -224,7 +218,7 @@ impl Conn {
     pub fn may_claim_now(&self) -> bool {
         Activity(self.activity.load(Relaxed)).worth_a_claim()
             || crate::paths::claim_after_ns() == 0
-            || self.sent.load(Relaxed).max(self.received.load(Relaxed)) >= CLAIM_AFTER_BYTES
+            || self.counts.sent().max(self.counts.received()) >= CLAIM_AFTER_BYTES
     }
 
     /// Whether [`Conn::tick`] has anything to do: a plain candidate that has not shown it is
@@ -242,7 +236,7 @@ impl Conn {
     /// [`Conn::may_claim_now`]).
     #[cold]
     fn maybe_claim(&self, fd: c_int) {
-        let moved = self.sent.load(Relaxed).max(self.received.load(Relaxed));
+        let moved = self.counts.sent().max(self.counts.received());
         let now = now_ns();
         if now.saturating_sub(self.born_ns.load(Relaxed)) < crate::paths::claim_after_ns() && moved < CLAIM_AFTER_BYTES
             || !CLAIMING.load(Relaxed)
@@ -251,6 +245,12 @@ impl Conn {
         }
         let Ok(mut claim) = self.claim.try_lock() else { return };
         if self.phase() != Phase::Candidate || now < claim.retry_at {
+            return;
+        }
+        // Another image moved bytes on the socket uncounted (see `crate::counts`).
+        if self.counts.spoiled() {
+            drop(claim);
+            self.give_up();
             return;
         }
         // SO_PASSCRED on since before the connection (set on the socket, or inherited from the
@@ -440,7 +440,7 @@ impl Conn {
 
     /// Quiescing: becomes ready if no raw call is in the kernel now (see the module docs).
     fn try_ready(&self, fd: c_int) {
-        if self.abandoned() {
+        if self.abandoned() || self.counts.spoiled() {
             self.give_up();
             return;
         }
@@ -479,10 +479,10 @@ impl Conn {
         // Quiesced: the counts are final; publish them.
         self.note_socket_inode(fd);
         let line = self.my_line();
-        // Relaxed loads: ordered after the raw calls' SeqCst exits by the CAS above. Release
-        // stores: published together with `ready` below.
-        line.sock_written.store(self.sent.load(Relaxed), Release);
-        line.sock_read.store(self.received.load(Relaxed), Release);
+        // Relaxed loads (in `Counts`): ordered after the raw calls' SeqCst exits by the CAS
+        // above. Release stores: published together with `ready` below.
+        line.sock_written.store(self.counts.sent(), Release);
+        line.sock_read.store(self.counts.received(), Release);
         for (reg_fd, epfd, events, data) in regs.take() {
             epoll::adopt(epfd, reg_fd, self, events, data);
         }

@@ -154,6 +154,15 @@ pub fn mmap_shared(fd: c_int, len: usize) -> Result<*mut c_void, Errno> {
     Ok(addr as *mut c_void)
 }
 
+/// `mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS)`: zeroed memory that
+/// a forked child shares with its parent.
+pub fn mmap_shared_anon(len: usize) -> Result<*mut c_void, Errno> {
+    let flags = libc::MAP_SHARED | libc::MAP_ANONYMOUS;
+    // SAFETY: a fresh mapping chosen by the kernel aliases nothing in this process.
+    let addr = unsafe { syscall(libc::SYS_mmap, [0, len, (libc::PROT_READ | libc::PROT_WRITE) as usize, flags as usize, usize::MAX, 0]) }?;
+    Ok(addr as *mut c_void)
+}
+
 /// `mmap(NULL, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE)`: address space
 /// reserved, nothing accessible (guard pages).
 pub fn mmap_reserve(len: usize) -> Result<*mut c_void, Errno> {
