@@ -310,7 +310,8 @@ fn claims_the_kernel_did_not_see_are_refused() {
 }
 
 /// A process that forked while its connection was plain (the claim carries `CLAIM_FORKED`) is
-/// told to retry while another process of its family holds the same socket (here its child),
+/// told to retry while another process of its family holds the same socket (here its child,
+/// then a grandchild),
 /// and paired once it is the only holder: PostgreSQL's postmaster accepts, forks a backend and
 /// closes its own copy; the backend's claim comes a little later.
 #[test]
@@ -355,6 +356,37 @@ fn a_forked_claimant_is_retried_while_a_relative_holds_the_socket() {
 
     child.kill().unwrap();
     child.wait().unwrap();
+
+    // A grandchild holds it (a shell ran the command in a child of its own, and closed its
+    // copy): still not the only holder.
+    assert!(fd < 10, "the shell below redirects one digit");
+    let mut shell = Command::new("sh");
+    shell.args(["-c", &format!("sleep 60 & exec {fd}<&-; wait")]);
+    // SAFETY: as above.
+    unsafe {
+        shell.pre_exec(move || {
+            libc::fcntl(fd, libc::F_SETFD, 0);
+            Ok(())
+        })
+    };
+    let mut shell = shell.spawn().unwrap();
+    let holds = |pid: u32| {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .is_ok_and(|fds| fds.flatten().any(|f| std::fs::read_link(f.path()).is_ok_and(|l| l == inode)))
+    };
+    let grandchild = || {
+        let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", shell.id())).unwrap_or_default();
+        children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()).find(|&c| holds(c))
+    };
+    wait_until(Duration::from_secs(5), "only the grandchild to hold the socket", || grandchild().is_some() && !holds(shell.id()));
+    let retry = send_claim(&state, Role::Server, fd, CLAIM_FORKED);
+    assert_eq!(await_answer(&retry, AT_ONCE).reply().0, Reply::retry(PlainReason::NotSoleHolder));
+    if let Some(pid) = grandchild() {
+        // SAFETY: a plain kill of our grandchild.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+    shell.wait().unwrap();
+
     let held = held_claim(&state, Role::Client, client.as_raw_fd());
     let forked = send_claim(&state, Role::Server, fd, CLAIM_FORKED);
     let (reply, memfd) = await_answer(&forked, AT_ONCE).reply();

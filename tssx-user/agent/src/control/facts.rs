@@ -34,7 +34,8 @@ pub trait KernelFacts: Send + Sync {
     }
 
     /// The processes that may share `pid`'s descriptors through `fork`: its parent and its
-    /// children (not `pid` itself). Empty if that cannot be read.
+    /// descendants (not `pid` itself; a descendant reparented away, its parent gone, is not
+    /// found). Empty if that cannot be read.
     fn relatives(&self, pid: u32) -> Vec<u32>;
 
     /// Whether process `pid` has socket `inode` open under some fd (false if that cannot be

@@ -130,7 +130,17 @@ impl KernelFacts for Host {
 
     fn relatives(&self, pid: u32) -> Vec<u32> {
         let mut relatives: Vec<u32> = parent_of(pid).filter(|&p| p != 0).into_iter().collect();
-        relatives.extend(children_of(pid));
+        // Every descendant (a child that forked again: `sh -c` running a command), breadth
+        // first, at most MAX_DESCENDANTS of them.
+        let mut next = 0;
+        let mut descendants = children_of(pid);
+        while next < descendants.len() && descendants.len() < MAX_DESCENDANTS {
+            let more = children_of(descendants[next]);
+            descendants.extend(more.into_iter().filter(|c| *c != pid));
+            next += 1;
+        }
+        descendants.truncate(MAX_DESCENDANTS);
+        relatives.extend(descendants);
         relatives.sort_unstable();
         relatives.dedup();
         relatives.retain(|&r| r != pid);
@@ -218,6 +228,9 @@ pub fn parse_socket_link(link: &str) -> Option<u32> {
 }
 
 /// The parent of `pid` (`/proc/PID/stat`, field 4).
+/// How many descendants of a forked claimant [`KernelFacts::relatives`] looks at.
+const MAX_DESCENDANTS: usize = 256;
+
 fn parent_of(pid: u32) -> Option<u32> {
     parse_ppid(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }
