@@ -111,7 +111,13 @@ impl Control {
         // Relaxed: a counter.
         self.counters.short_lived_plain.fetch_add(1, Ordering::Relaxed);
         let path = self.path_name(path_id);
-        tracing::debug!(pid = client.pid, fd = client.fd, path, reason = "short-lived: closed before either end claimed", "not swapped");
+        tracing::debug!(
+            pid = client.pid,
+            fd = client.fd,
+            path,
+            reason = "short-lived: closed before either end claimed (or no end could: no hook, or a socket another image shares)",
+            "not swapped"
+        );
     }
 
     /// Traces `swapped` lines.
