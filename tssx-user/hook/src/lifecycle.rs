@@ -31,14 +31,28 @@ fn counts_plain(phase: Phase) -> bool {
 /// (before the child exists, so a parent closing early never makes the peer see zero), and a
 /// plain connection's byte counts move to memory the child shares ([`crate::counts`]).
 pub fn before_fork() {
-    let mut wanted = 0;
+    // Connections plain from here on whose counts nobody shares yet.
+    let mut unshared = 0;
     for_each_conn(|_, conn| {
+        match conn.phase() {
+            Phase::Unconnected | Phase::Plain => {}
+            Phase::Candidate => conn.forked.store(true, Relaxed),
+            Phase::Claiming => {
+                conn.forked.store(true, Relaxed);
+                conn.drop_claim();
+            }
+            Phase::Mapped | Phase::Quiescing => conn.give_up(),
+            Phase::Ready | Phase::Active | Phase::HandingBack => {
+                conn.header().refcount[conn.end.index()].fetch_add(1, Relaxed);
+                conn.shared.store(true, Relaxed);
+            }
+        }
         if counts_plain(conn.phase()) && !conn.counts.is_shared() {
-            wanted += 1;
+            unshared += 1;
         }
     });
-    if wanted > 0 {
-        let mut slots = crate::counts::ForkSlots::new(wanted);
+    if unshared > 0 {
+        let mut slots = crate::counts::ForkSlots::new(unshared);
         for_each_conn(|_, conn| {
             if counts_plain(conn.phase()) {
                 // SeqCst: see `crate::counts`.
@@ -46,19 +60,6 @@ pub fn before_fork() {
             }
         });
     }
-    for_each_conn(|_, conn| match conn.phase() {
-        Phase::Unconnected | Phase::Plain => {}
-        Phase::Candidate => conn.forked.store(true, Relaxed),
-        Phase::Claiming => {
-            conn.forked.store(true, Relaxed);
-            conn.drop_claim();
-        }
-        Phase::Mapped | Phase::Quiescing => conn.give_up(),
-        Phase::Ready | Phase::Active | Phase::HandingBack => {
-            conn.header().refcount[conn.end.index()].fetch_add(1, Relaxed);
-            conn.shared.store(true, Relaxed);
-        }
-    });
 }
 
 /// `fork` failed: undo [`before_fork`].
