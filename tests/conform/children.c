@@ -43,13 +43,9 @@
 
 extern char **environ;
 
-static char self[4096];
+static const char *self;
 
-static void find_self(void) {
-    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
-    CHECK(n > 0);
-    self[n] = 0;
-}
+static void find_self(void) { self = self_path(); }
 
 /* The child of the spawn ways: reads the 500 unread bytes from IN, answers on OUT, reads IN to
  * EOF, answers again. Prints nothing (its stdout may be the socket). */

@@ -520,6 +520,17 @@ HELPER const char *statusstr(int st) {
     return buf;
 }
 
+/* This program's own path (for a child that runs it again), read once. */
+HELPER const char *self_path(void) {
+    static char self[4096];
+    if (!self[0]) {
+        ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+        CHECK(n > 0);
+        self[n] = 0;
+    }
+    return self;
+}
+
 HELPER int wait_child(pid_t pid) {
     int st;
     pid_t r;
