@@ -411,8 +411,15 @@ unsafe fn inherit_and_exec(
                 conn.counts.spoil();
             }
             match conn.phase() {
-                Phase::Candidate | Phase::Claiming | Phase::Mapped | Phase::Quiescing if spawn => conn.give_up(),
-                Phase::Claiming => conn.drop_claim(),
+                Phase::Candidate if spawn => conn.give_up(),
+                Phase::Claiming => {
+                    // (Waits for another thread's non-blocking claim step: the control
+                    // connection is closed for sure.)
+                    conn.drop_claim();
+                    if spawn {
+                        conn.give_up();
+                    }
+                }
                 Phase::Mapped | Phase::Quiescing => conn.give_up(),
                 _ => {}
             }
