@@ -7,6 +7,8 @@
  *
  * HOW is how each end's child is made:
  *   fork       fork(); the child (this image, with the hook) does its part and _exit()s
+ *   fork-early (client only) the socket is made and forked before it connects; the child
+ *              writes once its parent has connected it
  *   fork-exec  fork(), then the child execs this program (a new image)
  *   spawn      posix_spawn of this program (a new image)
  *
@@ -98,11 +100,38 @@ static void server(const char *path, const char *how) {
     SHOW("close", close(c));
 }
 
+/* fork-early: the socket is made and forked before it connects; the child writes once the
+ * parent has connected it (and warmed it up). Returns the connected socket. */
+static int connect_forked_early(const char *path) {
+    int go[2];
+    CHECK(pipe(go) == 0);
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    CHECK(fd >= 0);
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        char x;
+        close(go[1]);
+        if (read(go[0], &x, 1) != 1) _exit(1);
+        _exit(child_write(fd));
+    }
+    close(go[0]);
+    socklen_t len;
+    struct sockaddr_un addr = address(path, &len);
+    CHECK(connect(fd, (struct sockaddr *)&addr, len) == 0);
+    warm_up(fd, 0);
+    CHECK(write(go[1], "x", 1) == 1);
+    close(go[1]);
+    say("child %s", statusstr(wait_child(pid)));
+    return fd;
+}
+
 static void client(const char *path, const char *how) {
     find_self();
-    int fd = connect_to(path);
+    int early = !strcmp(how, "fork-early");
+    int fd = early ? connect_forked_early(path) : connect_to(path);
     static char buf[30000];
-    say("child %s", statusstr(run_child(how, "child-write", fd)));
+    if (!early) say("child %s", statusstr(run_child(how, "child-write", fd)));
     pat_fill(buf, 64, 300);
     write_full(fd, buf, 300);
     char line[64];

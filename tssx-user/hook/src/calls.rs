@@ -44,6 +44,7 @@ pub fn init() {
 fn track_connected(fd: c_int, end: End, name: Option<paths::UnixName>) {
     // A socket made by our `socket` as SOCK_STREAM needs no question.
     let known_stream = table::is_unconnected(fd);
+    let forked = known_stream && table::forked_unconnected(fd);
     table::mark_unconnected(fd, false);
     with_errno_kept(|| {
         let watched = name.is_some_and(|name| paths::watched(&name)) && (known_stream || paths::is_stream(fd));
@@ -57,6 +58,13 @@ fn track_connected(fd: c_int, end: End, name: Option<paths::UnixName>) {
             }
         }
         track_if(fd, end, watched, None);
+        if forked && watched {
+            // Another process holds this socket since before the connect, and counts nothing
+            // on it (see `table::forked_unconnected`).
+            if let Some(c) = table::lookup(fd) {
+                c.counts.spoil();
+            }
+        }
     })
 }
 

@@ -31,6 +31,7 @@ fn counts_plain(phase: Phase) -> bool {
 /// (before the child exists, so a parent closing early never makes the peer see zero), and a
 /// plain connection's byte counts move to memory the child shares ([`crate::counts`]).
 pub fn before_fork() {
+    crate::table::unconnected_forked();
     // Connections plain from here on whose counts nobody shares yet.
     let mut unshared = 0;
     for_each_conn(|_, conn| {

@@ -125,6 +125,10 @@ pub fn lookup_swapped(fd: c_int) -> Option<ConnRef> {
 /// connects (nginx does that), so that the registration can move with it if it is swapped.
 /// Relaxed: a hint about this process's own fds.
 static UNCONNECTED: FdBits = FdBits::new();
+/// One bit per fd: an [`UNCONNECTED`] socket this process forked with. The other process holds
+/// it too and counts nothing on it (it has no record of the connect), so a connection made on
+/// it here is spoiled (see [`crate::counts`]). Relaxed: as [`UNCONNECTED`].
+static FORKED_UNCONNECTED: FdBits = FdBits::new();
 
 /// One bit per fd number below [`MAX_FDS`], for facts about this process's own fds. Relaxed:
 /// each bit is a hint its users re-derive or order otherwise. Setting a bit raises
@@ -175,6 +179,26 @@ pub fn mark_unconnected(fd: c_int, on: bool) {
         UNCONNECTED.set(fd);
     } else {
         UNCONNECTED.clear(fd);
+    }
+    FORKED_UNCONNECTED.clear(fd);
+}
+
+/// Whether `fd` was an unconnected socket when this process forked (or was forked): see
+/// [`FORKED_UNCONNECTED`]. Cleared with [`mark_unconnected`].
+#[inline]
+pub fn forked_unconnected(fd: c_int) -> bool {
+    FORKED_UNCONNECTED.get(fd)
+}
+
+/// Before a fork: every unconnected socket becomes [`forked_unconnected`] (in both
+/// processes, which inherit the bits).
+pub(crate) fn unconnected_forked() {
+    let words = state_limit().div_ceil(64).min(MAX_FDS / 64);
+    for (from, to) in UNCONNECTED.0.iter().zip(&FORKED_UNCONNECTED.0).take(words) {
+        let bits = from.load(Relaxed);
+        if bits != 0 {
+            to.fetch_or(bits, Relaxed);
+        }
     }
 }
 
