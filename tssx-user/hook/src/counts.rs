@@ -22,6 +22,10 @@
 //! inherited socket, which its parent never counted; the parent migrated later, took the
 //! peer's doorbell for the last of "its" bytes, and gave the application a stray zero byte.
 //!
+//! A socket forked before its connect: the process that did not connect it has no record of
+//! the connection at all, so a connection made on it is spoiled at once in the process that
+//! connects (`table::forked_unconnected`).
+//!
 //! A fork that races a raw call of another thread on a plain connection (the call loaded its
 //! count's place before the slot existed) cannot tell where that call's bytes will be counted:
 //! such a connection is spoiled at the fork. [`ForkSlots::share`] stores each slot's address
