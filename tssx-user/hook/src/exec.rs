@@ -411,7 +411,9 @@ unsafe fn inherit_and_exec(
                 conn.counts.spoil();
             }
             match conn.phase() {
-                Phase::Candidate if spawn => conn.give_up(),
+                Phase::Candidate if spawn => {
+                    conn.give_up();
+                }
                 Phase::Claiming => {
                     // (Waits for another thread's non-blocking claim step: the control
                     // connection is closed for sure.)
@@ -420,7 +422,11 @@ unsafe fn inherit_and_exec(
                         conn.give_up();
                     }
                 }
-                Phase::Mapped | Phase::Quiescing => conn.give_up(),
+                // (Given up in the guard; refused if committed meanwhile by another thread:
+                // then back to the socket, as for an image without the hook.)
+                Phase::Mapped | Phase::Quiescing if !conn.give_up() => {
+                    sys::with_errno_kept(|| hand_over(conn, *fd));
+                }
                 _ => {}
             }
             continue;

@@ -46,7 +46,9 @@ impl Conn {
     pub fn leave_rings(&self, fd: c_int) {
         match self.phase() {
             Phase::Plain | Phase::Unconnected => {}
-            phase if phase < Phase::Ready => self.give_up(),
+            phase if phase < Phase::Ready => {
+                self.give_up();
+            }
             _ => {
                 self.note_fd(fd);
                 self.hand_back(fd);

@@ -42,8 +42,9 @@ pub fn before_fork() {
                 conn.forked.store(true, Relaxed);
                 conn.drop_claim();
             }
-            Phase::Mapped | Phase::Quiescing => conn.give_up(),
-            Phase::Ready | Phase::Active | Phase::HandingBack => {
+            // (Committed meanwhile by another thread: held like a swapped one.)
+            Phase::Mapped | Phase::Quiescing if conn.give_up() => {}
+            Phase::Mapped | Phase::Quiescing | Phase::Ready | Phase::Active | Phase::HandingBack => {
                 conn.header().refcount[conn.end.index()].fetch_add(1, Relaxed);
                 conn.shared.store(true, Relaxed);
             }

@@ -387,8 +387,12 @@ impl Conn {
     }
 
     /// Plain for good: nothing more is tracked but the fds. A segment this end holds is given
-    /// up (both ends stay on the socket; nothing went on the rings yet).
-    pub(crate) fn give_up(&self) {
+    /// up (both ends stay on the socket; nothing went on the rings yet). Returns false, and
+    /// changes nothing, if the migration is committed (an end switched: segment state
+    /// `Active`), which another thread of this process can make happen by readying this end
+    /// while a fork, exec or spawn looks at it: only a hand-back takes such a connection back
+    /// to the socket.
+    pub(crate) fn give_up(&self) -> bool {
         if let Some(swap) = self.swap() {
             // Acquire: our own flag, stored SeqCst by whichever thread made this end ready.
             if self.my_line().ready.load(Acquire) == 0 {
@@ -396,6 +400,10 @@ impl Conn {
                 self.my_line().joined.store(JOIN_REFUSED, SeqCst);
                 // Nothing can be on the rings: no end switches before this one is ready.
                 let _ = swap.segment.transition(SegmentState::Pending, SegmentState::Plain);
+            } else if swap.segment.transition(SegmentState::Pending, SegmentState::Plain).is_err()
+                && swap.segment.state() == Some(SegmentState::Active)
+            {
+                return false;
             }
         }
         if let Ok(mut claim) = self.claim.try_lock() {
@@ -405,6 +413,7 @@ impl Conn {
             regs.clear();
         }
         self.set_phase(Phase::Plain);
+        true
     }
 
     /// Drops a claim in flight (the agent sees its control connection close); the connection
@@ -427,8 +436,12 @@ impl Conn {
                     self.try_ready(fd);
                 }
             }
-            JOIN_REFUSED => self.give_up(),
-            _ if self.abandoned() => self.give_up(),
+            JOIN_REFUSED => {
+                self.give_up();
+            }
+            _ if self.abandoned() => {
+                self.give_up();
+            }
             _ => {
                 let since = self.claim.try_lock().map(|c| c.sent_at).unwrap_or(0);
                 if since != 0 && now_ns().saturating_sub(since) > JOIN_GIVE_UP_NS {

@@ -456,7 +456,9 @@ impl Conn {
                         return partial_or_errno(total, libc::EPIPE);
                     }
                     SockWrite::Err(e) => return partial_or_errno(total, e),
-                    SockWrite::GaveUp => self.give_up(),
+                    SockWrite::GaveUp => {
+                        self.give_up();
+                    }
                 }
                 continue;
             }

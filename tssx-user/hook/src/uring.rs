@@ -198,7 +198,9 @@ pub fn hand_back_all() -> usize {
     // process, each end's hand-back then replays what the other had not read.
     table::for_each_tracked(|fd, conn| match conn.phase() {
         Phase::Plain | Phase::Unconnected => {}
-        phase if phase < Phase::Ready => conn.give_up(),
+        phase if phase < Phase::Ready => {
+            conn.give_up();
+        }
         _ => {
             conn.note_fd(fd);
             conn.ask_replay();

@@ -629,6 +629,58 @@ mod tests {
         segment
     }
 
+    /// `give_up` on an end made ready meanwhile by another thread (a fork, exec or spawn that
+    /// looked at it a moment before): before any switch it still gives the migration up, for
+    /// both ends; once an end switched it refuses, and the connection stays on the rings with
+    /// every byte.
+    #[test]
+    fn give_up_refuses_a_committed_migration() {
+        crate::phase::set_claiming(false);
+        let pair = || {
+            let mut pair = [0; 2];
+            // SAFETY: a valid out-array.
+            let rc = unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, pair.as_mut_ptr()) };
+            assert_eq!(rc, 0);
+            assert!(table::track(pair[0], End::Client, Phase::Candidate, None));
+            assert!(table::track(pair[1], End::Server, Phase::Candidate, None));
+            pair
+        };
+        // Ready (the client not yet), nothing switched: given up, and the peer sees it.
+        let [a, b] = pair();
+        let _segment = join_both(a, b);
+        let (client, server) = (table::lookup(a).unwrap(), table::lookup(b).unwrap());
+        for _ in 0..100 {
+            server.tick(b);
+        }
+        assert_eq!((client.phase(), server.phase()), (Phase::Mapped, Phase::Ready), "the server alone is ready");
+        assert!(server.give_up());
+        assert_eq!(server.phase(), Phase::Plain);
+        assert!(client.abandoned(), "the peer sees the migration given up");
+        assert_eq!(write(a, b"plain"), 5);
+        let mut buf = [0u8; 8];
+        assert_eq!(read(b, &mut buf), 5);
+        assert_eq!(&buf[..5], b"plain");
+        // Switched: refused; the bytes still cross.
+        let [c, d] = pair();
+        let _segment = join_both(c, d);
+        for _ in 0..20 {
+            assert_eq!(write(c, b"x"), 1);
+            assert_eq!(read(d, &mut buf[..1]), 1);
+        }
+        let server = table::lookup(d).unwrap();
+        assert!(table::lookup(c).unwrap().out_switched(), "the client's writes are on its ring");
+        let phase = server.phase();
+        assert!(!server.give_up());
+        assert_eq!(server.phase(), phase, "a refused give-up changes nothing");
+        assert_eq!(write(c, b"ring"), 4);
+        assert_eq!(read(d, &mut buf[..4]), 4);
+        assert_eq!(&buf[..4], b"ring");
+        for fd in [a, b, c, d] {
+            // SAFETY: our own fds; the hook forgets them and closes them.
+            unsafe { calls::close(fd) };
+        }
+    }
+
     /// A peer killed half-way through a migration, after its switch and before this end had
     /// read the bytes it wrote to the socket before it: epoll (edge-triggered) reports the
     /// bytes and the EOF in one edge while they are still data. Once this end has read them
