@@ -131,8 +131,11 @@ pub unsafe fn send_via(msg: *const msghdr, real: impl FnOnce(&msghdr) -> Result<
             // connection is never migrated now (it stays a socket for both), nor by the
             // processes forked with it (see `crate::counts`).
             c.counts.spoil();
-            sys::with_errno_kept(|| c.give_up());
-            continue;
+            if sys::with_errno_kept(|| c.give_up()) {
+                continue;
+            }
+            // Committed meanwhile by another thread (see `Conn::give_up`): the segment
+            // travels with it, as for a swapped one.
         }
         if n_extra + fds.len() >= MAX_FDS {
             return None;
