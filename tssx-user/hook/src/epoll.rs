@@ -747,7 +747,16 @@ fn record(c: &Conn, epfd: c_int, op: c_int, fd: c_int, user: Option<(u32, u64)>)
         }
     };
     drop(regs);
-    let Some(set) = set_or_new(epfd) else { return };
+    let set = set_or_new(epfd);
+    if c.counts.is_shared() && set.is_none_or(Set::shared_with_others) {
+        // A connection forked while plain, registered (or changed) in an instance another
+        // live process shares: each process records only its own calls, so whichever of the
+        // two migrated would adopt a list the kernel's no longer matches (found by the
+        // conformance run that migrates while in use, `epoll_fork`: a child's ADD of the
+        // connection lost when the parent migrated). Plain for good (see `crate::counts`).
+        c.counts.spoil();
+    }
+    let Some(set) = set else { return };
     // Relaxed: a hint, set under the lock below; no one-shot to add and none to forget (the
     // common case) takes no lock.
     if oneshot.is_none() && !set.has_plain_oneshots.load(Relaxed) {
