@@ -9,6 +9,9 @@
  *   fork       fork(); the child (this image, with the hook) does its part and _exit()s
  *   fork-early (client only) the socket is made and forked before it connects; the child
  *              writes once its parent has connected it
+ *   fork-epoll (server only) as fork, and the parent registered the connection in an epoll
+ *              instance first (data 1), which the child changes (data 2); the parent waits
+ *              in it before it reads the stream
  *   fork-exec  fork(), then the child execs this program (a new image)
  *   spawn      posix_spawn of this program (a new image)
  *
@@ -51,6 +54,15 @@ static int child_write(int fd) {
     return 0;
 }
 
+/* fork-epoll (server only): the parent registered the connection in this instance (data 1)
+ * before the fork; the child changes the registration (data 2) before it reads. */
+static int shared_ep = -1;
+
+static void child_moves_registration(int fd) {
+    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = 2};
+    if (shared_ep >= 0 && epoll_ctl(shared_ep, EPOLL_CTL_MOD, fd, &ev) != 0) _exit(2);
+}
+
 /* Makes the child of `how` doing `what` ("child-read" or "child-write") on `fd`; returns its
  * wait status. */
 static int run_child(const char *how, const char *what, int fd) {
@@ -61,11 +73,12 @@ static int run_child(const char *how, const char *what, int fd) {
     if (!strcmp(how, "spawn")) {
         int rc = posix_spawn(&pid, self, NULL, NULL, args, environ);
         if (rc != 0) die("posix_spawn: %s", errname(rc));
-    } else if (!strcmp(how, "fork") || !strcmp(how, "fork-exec")) {
+    } else if (!strcmp(how, "fork") || !strcmp(how, "fork-exec") || !strcmp(how, "fork-epoll")) {
         pid = fork();
         CHECK(pid >= 0);
         if (pid == 0) {
-            if (!strcmp(how, "fork")) _exit(!strcmp(what, "child-read") ? child_read(fd) : child_write(fd));
+            child_moves_registration(fd);
+            if (strcmp(how, "fork-exec") != 0) _exit(!strcmp(what, "child-read") ? child_read(fd) : child_write(fd));
             execve(self, args, environ);
             _exit(127);
         }
@@ -81,6 +94,12 @@ static void server(const char *path, const char *how) {
     int c = accept_one(lfd);
     CHECK(fcntl(lfd, F_SETFD, FD_CLOEXEC) == 0);
     static char buf[30000];
+    if (!strcmp(how, "fork-epoll")) {
+        shared_ep = epoll_create1(EPOLL_CLOEXEC);
+        CHECK(shared_ep >= 0);
+        struct epoll_event ev = {.events = EPOLLIN, .data.u64 = 1};
+        CHECK(epoll_ctl(shared_ep, EPOLL_CTL_ADD, c, &ev) == 0);
+    }
     say("child %s", statusstr(run_child(how, "child-read", c)));
     size_t got = read_full(c, buf, 264);
     say("then read %zu ok: %s", got, pat_check(buf, 100, got) ? "yes" : "no");
@@ -92,6 +111,11 @@ static void server(const char *path, const char *how) {
         usleep(2000);
     }
     say("30 round trips ok: %s", rounds_ok ? "yes" : "no");
+    if (shared_ep >= 0) {
+        struct epoll_event ev;
+        int n = epoll_wait(shared_ep, &ev, 1, -1);
+        say("epoll_wait -> %d, data %llu", n, n == 1 ? (unsigned long long)ev.data.u64 : 0ULL);
+    }
     got = read_full(c, buf, sizeof buf);
     char extra = 0;
     ssize_t more = read(c, &extra, 1);
