@@ -507,6 +507,16 @@ impl Conn {
         if fd >= 0 || fd == REPLACED {
             self.mark_reset_if_unread();
         }
+        // Relaxed: a hint; the last holder of an end is the only one that closes the socket
+        // for good (a racing holder leaves a doorbell or two for its own close).
+        if fd >= 0 && header.refcount[self.end.index()].load(Relaxed) == 1 {
+            // Doorbells the peer rang and nobody drained would make the kernel reset the peer
+            // at the socket's close, as for unread data (af_unix: ECONNRESET): the peer,
+            // reading its ring to the end, would get the reset instead of the EOF (found by
+            // conformance `child_changes_epoll_registration_then_parent_migrates`, swapped:
+            // a doorbell rung for a wait in epoll, which the ring's data ended first).
+            self.drain_owed_doorbells(fd);
+        }
         // AcqRel: the peer's Acquire load of a zero count sees everything this end wrote.
         let before = header.refcount[self.end.index()].fetch_sub(1, AcqRel);
         if before == 1 && fd >= 0 {

@@ -485,6 +485,15 @@ impl Conn {
         self.drain(fd, true);
     }
 
+    /// Drains the doorbells the peer counted and this end has not drained yet, if any (no
+    /// system call otherwise). Only where the incoming direction is on the ring.
+    pub(crate) fn drain_owed_doorbells(&self, fd: c_int) {
+        // SeqCst: as in `drain`.
+        if self.reads_ring() && self.peer_line().bells_sent.load(SeqCst) != self.my_line().bells_drained.load(SeqCst) {
+            self.drain(fd, false);
+        }
+    }
+
     /// As [`Conn::drain_doorbells`]; `eof_check_after_bells`: look for EOF behind the doorbells
     /// even when some were drained. A caller whose next wait is a level-triggered `poll` of its
     /// own (a blocking read) skips that system call: the poll reports an EOF that is left.
