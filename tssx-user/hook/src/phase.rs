@@ -484,16 +484,6 @@ impl Conn {
             }
             closed.push(epfd);
         }
-        // An edge-triggered registration moves only while nothing is unread on the socket: the
-        // kernel may have reported that data's (or EOF's) edge already, which the hook's list
-        // would report once more (seen in a stress loop of conformance `epoll_sets`). With the
-        // instances closed to waits, nothing reported from here on is lost: the hook's list
-        // reports what arrives. Later, once the application drained the socket.
-        let edge_triggered = regs.iter().any(|&(_, _, events, _)| events & libc::EPOLLET as u32 != 0);
-        if edge_triggered && !matches!(sys::recv_raw(fd, &mut [0u8; 1], libc::MSG_PEEK | libc::MSG_DONTWAIT), Err(libc::EAGAIN)) {
-            closed.iter().for_each(|&e| epoll::gate_open(e));
-            return;
-        }
         // SeqCst: see the module documentation.
         if self.raw.compare_exchange(0, QUIESCED, SeqCst, SeqCst).is_err() {
             closed.iter().for_each(|&e| epoll::gate_open(e));
