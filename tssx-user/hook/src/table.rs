@@ -513,8 +513,9 @@ impl Conn {
             // Doorbells the peer rang and nobody drained would make the kernel reset the peer
             // at the socket's close, as for unread data (af_unix: ECONNRESET): the peer,
             // reading its ring to the end, would get the reset instead of the EOF (found by
-            // conformance `child_changes_epoll_registration_then_parent_migrates`, swapped:
-            // a doorbell rung for a wait in epoll, which the ring's data ended first).
+            // `tests/conform/share.c` `fork-epoll`, swapped: a doorbell rung for a wait in
+            // epoll, which the ring's data ended first). A doorbell counted after this look
+            // can still land before the close (a known defect, see the README).
             self.drain_owed_doorbells(fd);
         }
         // AcqRel: the peer's Acquire load of a zero count sees everything this end wrote.

@@ -627,6 +627,18 @@ mod tests {
 
     /// Hands the tracked candidates `a` and `b` one new segment, as the agent would; the
     /// segment must outlive the test's use of them.
+    /// A socketpair of `kind`, both ends tracked as candidates (client, server) with
+    /// `nonblock` as known.
+    fn tracked_pair(kind: c_int, nonblock: Option<bool>) -> [c_int; 2] {
+        let mut pair = [0; 2];
+        // SAFETY: a valid out-array.
+        let rc = unsafe { libc::socketpair(libc::AF_UNIX, kind, 0, pair.as_mut_ptr()) };
+        assert_eq!(rc, 0);
+        assert!(table::track(pair[0], End::Client, Phase::Candidate, nonblock));
+        assert!(table::track(pair[1], End::Server, Phase::Candidate, nonblock));
+        pair
+    }
+
     fn join_both(a: c_int, b: c_int) -> Segment {
         let segment = Segment::create(4096).expect("segment");
         let memfd = || {
@@ -645,15 +657,7 @@ mod tests {
     #[test]
     fn give_up_refuses_a_committed_migration() {
         crate::phase::set_claiming(false);
-        let pair = || {
-            let mut pair = [0; 2];
-            // SAFETY: a valid out-array.
-            let rc = unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, pair.as_mut_ptr()) };
-            assert_eq!(rc, 0);
-            assert!(table::track(pair[0], End::Client, Phase::Candidate, None));
-            assert!(table::track(pair[1], End::Server, Phase::Candidate, None));
-            pair
-        };
+        let pair = || tracked_pair(libc::SOCK_STREAM | libc::SOCK_CLOEXEC, None);
         // Ready (the client not yet), nothing switched: given up, and the peer sees it.
         let [a, b] = pair();
         let _segment = join_both(a, b);
@@ -699,14 +703,7 @@ mod tests {
     #[test]
     fn an_eof_whose_edge_epoll_consumed_half_way_is_seen_once_on_the_ring() {
         crate::phase::set_claiming(false);
-        let mut pair = [0; 2];
-        let kind = libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
-        // SAFETY: a valid out-array.
-        let rc = unsafe { libc::socketpair(libc::AF_UNIX, kind, 0, pair.as_mut_ptr()) };
-        assert_eq!(rc, 0);
-        let [a, b] = pair;
-        assert!(table::track(a, End::Client, Phase::Candidate, None));
-        assert!(table::track(b, End::Server, Phase::Candidate, None));
+        let [a, b] = tracked_pair(libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, None);
         // SAFETY: no arguments to check.
         let epfd = unsafe { calls::epoll_create1(libc::EPOLL_CLOEXEC) };
         assert!(epfd >= 0);
@@ -754,14 +751,7 @@ mod tests {
     #[test]
     fn an_eof_behind_a_byte_nobody_counted_ends_a_read_on_the_ring() {
         crate::phase::set_claiming(false);
-        let mut pair = [0; 2];
-        let kind = libc::SOCK_STREAM | libc::SOCK_CLOEXEC;
-        // SAFETY: a valid out-array.
-        let rc = unsafe { libc::socketpair(libc::AF_UNIX, kind, 0, pair.as_mut_ptr()) };
-        assert_eq!(rc, 0);
-        let [a, b] = pair;
-        assert!(table::track(a, End::Client, Phase::Candidate, Some(false)));
-        assert!(table::track(b, End::Server, Phase::Candidate, Some(false)));
+        let [a, b] = tracked_pair(libc::SOCK_STREAM | libc::SOCK_CLOEXEC, Some(false));
         let _segment = join_both(a, b);
         for _ in 0..20 {
             for (from, to) in [(a, b), (b, a)] {
