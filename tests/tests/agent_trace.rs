@@ -37,7 +37,7 @@ fn traces_connect_and_accept_on_the_watched_path_only() {
     let watched = dir.socket("watched.sock");
     let unwatched = dir.socket("unwatched.sock");
     let missing = dir.socket("nobody-listens.sock");
-    let agent = Agent::start(&[&watched, &missing], &dir.join("state"));
+    let agent = Agent::start_with(&[&watched, &missing], &dir.join("state"), &["--syscall-tracepoints"]);
 
     // Watched path: one connection.
     let server = Server::start(SERVER, &watched, 1, 0);
@@ -82,7 +82,7 @@ fn traces_abstract_names() {
     let dir = TempDir::new("trace-abstract");
     let name = format!("@tssx-e2e-abstract-{}", std::process::id());
     let other = format!("{name}-not-watched");
-    let agent = Agent::start(&[&name], &dir.join("state"));
+    let agent = Agent::start_with(&[&name], &dir.join("state"), &["--syscall-tracepoints"]);
     let server = Server::start(SERVER, &name, 1, 0);
     let client_out = client(&name, 1);
     let accepts = server.finish();
@@ -103,7 +103,7 @@ fn traces_a_prefork_server() {
     require_root();
     let dir = TempDir::new("trace-prefork");
     let path = dir.socket("prefork.sock");
-    let agent = Agent::start(&[&path], &dir.join("state"));
+    let agent = Agent::start_with(&[&path], &dir.join("state"), &["--syscall-tracepoints"]);
     const CHILDREN: usize = 3;
     const CONNECTIONS: usize = 6;
     let server = Server::start(SERVER, &path, CONNECTIONS, CHILDREN);
@@ -129,51 +129,131 @@ fn traces_a_prefork_server() {
     assert_eq!(traced(&connects), pid_fds(&lines_of(&client_out, "connect")));
 }
 
+/// Both watchers: the default (the connect hook: connect lines with the socket's cookie, no
+/// accept lines) and the syscall tracepoints (connect and accept lines with their fds).
+const WATCHERS: [&[&str]; 2] = [&[], &["--syscall-tracepoints"]];
+
 #[test]
 fn two_hundred_concurrent_connections_lose_no_event() {
     require_root();
-    let dir = TempDir::new("trace-concurrent");
-    let path = dir.socket("busy.sock");
-    let agent = Agent::start(&[&path], &dir.join("state"));
-    const N: usize = 200;
-    let server = Server::start(SERVER, &path, N, 0);
-    let client_out = client(&path, N);
-    let accepts = server.finish();
-    assert_eq!(accepts.len(), N);
+    for args in WATCHERS {
+        let tracepoints = !args.is_empty();
+        let dir = TempDir::new("trace-concurrent");
+        let path = dir.socket("busy.sock");
+        let agent = Agent::start_with(&[&path], &dir.join("state"), args);
+        const N: usize = 200;
+        let server = Server::start(SERVER, &path, N, 0);
+        let client_out = client(&path, N);
+        let accepts = server.finish();
+        assert_eq!(accepts.len(), N);
 
-    let connects = agent.wait_for("connect", &path, N, WAIT);
-    let accepted = agent.wait_for("accept", &path, N, WAIT);
-    assert_eq!(connects.len(), N);
-    assert_eq!(accepted.len(), N);
-    assert_eq!(traced(&connects), pid_fds(&lines_of(&client_out, "connect")));
-    assert_eq!(traced(&accepted), pid_fds(&accepts));
-    assert!(agent.events("events lost").is_empty());
+        let connects = agent.wait_for("connect", &path, N, WAIT);
+        assert_eq!(connects.len(), N, "{args:?}");
+        if tracepoints {
+            let accepted = agent.wait_for("accept", &path, N, WAIT);
+            assert_eq!(accepted.len(), N);
+            assert_eq!(traced(&connects), pid_fds(&lines_of(&client_out, "connect")));
+            assert_eq!(traced(&accepted), pid_fds(&accepts));
+        } else {
+            let pids: BTreeSet<i64> = pid_fds(&lines_of(&client_out, "connect")).into_iter().map(|(pid, _)| pid).collect();
+            let traced_pids: BTreeSet<i64> = connects.iter().map(|e| e["pid"].as_i64().unwrap()).collect();
+            assert_eq!(traced_pids, pids);
+            let cookies: HashSet<u64> = connects.iter().map(|e| e["cookie"].as_u64().unwrap()).collect();
+            assert_eq!(cookies.len(), N, "one socket each");
+            assert!(agent.events("accept").is_empty());
+        }
+        assert!(agent.events("events lost").is_empty());
+        assert!(agent.stop().success());
+    }
 }
 
 /// Connections that close before either end claims them (here: programs without the hook) are
 /// counted (`short_lived_plain`, one per connection) and traced per connection at debug only: at
-/// info, a busy server's short connections show as connect/accept lines and counters.
+/// info, a busy server's short connections show as connect/accept lines and counters. With
+/// either watcher (the connect hook's events are checked by socket cookie).
 #[test]
 fn short_lived_connections_are_counted_and_traced_at_debug_only() {
     require_root();
-    let dir = TempDir::new("trace-short");
-    let path = dir.socket("short.sock");
-    let agent = Agent::start_with(&[&path], &dir.join("state"), &["-v"]);
-    const N: usize = 5;
-    let server = Server::start(SERVER, &path, N, 0);
-    client(&path, N);
-    server.finish();
-    agent.wait_for("accept", &path, N, WAIT);
-    tssx_tests::wait_until(Duration::from_secs(5), "the sweep to count the closed connections", || {
-        agent.stats()["short_lived_plain"] == N as u64
-    });
-    let stats = agent.stats();
-    assert_eq!((stats["unclaimed_events"].as_u64(), stats["claims"].as_u64()), (Some(0), Some(0)), "{stats}");
-    let not = agent.events_on("not", &path);
-    assert_eq!(not.len(), N, "{not:?}");
-    assert!(not.iter().all(|e| e["level"] == "DEBUG" && e["reason"].as_str().is_some_and(|r| r.starts_with("short-lived"))), "{not:?}");
-    assert!(agent.events("paired").is_empty() && agent.events("swapped").is_empty());
+    for args in WATCHERS {
+        let dir = TempDir::new("trace-short");
+        let path = dir.socket("short.sock");
+        let agent = Agent::start_with(&[&path], &dir.join("state"), &[&["-v"], args].concat());
+        const N: usize = 5;
+        let server = Server::start(SERVER, &path, N, 0);
+        client(&path, N);
+        server.finish();
+        agent.wait_for("connect", &path, N, WAIT);
+        tssx_tests::wait_until(Duration::from_secs(5), "the sweep to count the closed connections", || {
+            agent.stats()["short_lived_plain"] == N as u64
+        });
+        let stats = agent.stats();
+        assert_eq!((stats["unclaimed_events"].as_u64(), stats["claims"].as_u64()), (Some(0), Some(0)), "{args:?}: {stats}");
+        let not = agent.events_on("not", &path);
+        assert_eq!(not.len(), N, "{not:?}");
+        assert!(not.iter().all(|e| e["level"] == "DEBUG" && e["reason"].as_str().is_some_and(|r| r.starts_with("short-lived"))), "{not:?}");
+        assert!(agent.events("paired").is_empty() && agent.events("swapped").is_empty());
+        assert!(agent.stop().success());
+    }
+}
+
+/// The default watcher: the connect hook (a `cgroup/connect_unix` program) and no syscall
+/// tracepoint at all (while one is attached, every system call of the machine takes the
+/// kernel's slower path): the kernel holds none of the agent's syscall programs. Each connect
+/// to a watched path is traced with the client socket's cookie (`SO_COOKIE`); a connect to a
+/// watched name that fails is traced too (the hook runs before the kernel looks the name up).
+/// Nothing is traced for unwatched paths; no bind, listen or accept lines.
+#[test]
+fn the_default_watcher_traces_connects_by_cookie_without_syscall_tracepoints() {
+    require_root();
+    let dir = TempDir::new("trace-hook");
+    let watched = dir.socket("watched.sock");
+    let unwatched = dir.socket("unwatched.sock");
+    let missing = dir.socket("nobody-listens.sock");
+    let agent = Agent::start_with(&[&watched, &missing], &dir.join("state"), &["-v"]);
+    let ready = &agent.events("ready")[0];
+    assert!(ready["watcher"].as_str().unwrap().starts_with("connect hook"), "{ready}");
+    let programs = tssx_tests::bpf::programs_of(agent.pid());
+    let named = |prefix: &str| programs.iter().filter(|p| p.name.starts_with(prefix)).count();
+    assert_eq!(named("tssx_enter_") + named("tssx_exit_"), 0, "syscall programs loaded: {programs:?}");
+    assert!(
+        programs.iter().any(|p| p.kind == tssx_tests::bpf::PROG_TYPE_CGROUP_SOCK_ADDR && p.name == "tssx_conn_unix"),
+        "no connect hook: {programs:?}"
+    );
+    assert!(
+        programs.iter().any(|p| p.kind == tssx_tests::bpf::PROG_TYPE_TRACEPOINT && p.name.starts_with("tssx_io_uring")),
+        "{programs:?}"
+    );
+
+    let listener = std::os::unix::net::UnixListener::bind(&watched).unwrap();
+    let client = UnixStream::connect(&watched).unwrap();
+    let cookie = socket_cookie(&client);
+    let _server = listener.accept().unwrap();
+    let other = std::os::unix::net::UnixListener::bind(&unwatched).unwrap();
+    let _plain = UnixStream::connect(&unwatched).unwrap();
+    let _plain_server = other.accept().unwrap();
+    assert!(UnixStream::connect(&missing).is_err());
+
+    let connects = agent.wait_for("connect", &watched, 1, WAIT);
+    assert_eq!(connects.len(), 1, "{connects:?}");
+    assert_eq!((connects[0]["pid"].as_u64(), connects[0]["cookie"].as_u64()), (Some(std::process::id().into()), Some(cookie)));
+    assert!(connects[0]["fd"].is_null(), "the hook sees no fd: {}", connects[0]);
+    assert_eq!(agent.wait_for("connect", &missing, 1, WAIT).len(), 1, "the failed attempt");
+    assert!(agent.events_on("connect", &unwatched).is_empty());
+    for kind in ["bind", "listen", "accept"] {
+        assert!(agent.events(kind).is_empty(), "{kind}: {:?}", agent.events(kind));
+    }
     assert!(agent.stop().success());
+}
+
+/// The `SO_COOKIE` of a socket.
+fn socket_cookie(socket: &UnixStream) -> u64 {
+    use std::os::fd::AsRawFd as _;
+    let mut cookie = 0u64;
+    let mut len = size_of::<u64>() as libc::socklen_t;
+    // SAFETY: getsockopt into a live u64 of the stated length.
+    let rc = unsafe { libc::getsockopt(socket.as_raw_fd(), libc::SOL_SOCKET, libc::SO_COOKIE, (&raw mut cookie).cast(), &mut len) };
+    assert_eq!(rc, 0, "SO_COOKIE: {}", std::io::Error::last_os_error());
+    cookie
 }
 
 /// Two hooked programs stream through a watched path: the agent traces `paired`, then `swapped`

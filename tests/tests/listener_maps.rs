@@ -18,7 +18,7 @@ const PUBLISHED: Duration = Duration::from_secs(10);
 #[test]
 fn a_closed_listener_leaves_the_maps_while_its_process_lives() {
     require_root();
-    for args in [&[][..], &["--parked-slots", "1"]] {
+    for args in [&["--syscall-tracepoints"][..], &["--syscall-tracepoints", "--parked-slots", "1"]] {
         let dir = TempDir::new("listener-maps");
         let path = dir.socket("app.sock");
         let state = dir.join("state");

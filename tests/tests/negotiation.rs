@@ -191,7 +191,7 @@ fn both_ends_get_one_segment_and_bytes_cross_it() {
 #[test]
 fn calls_of_threads_beyond_the_per_thread_array_are_seen_too() {
     require_root();
-    for args in [&[][..], &["--parked-slots", "1"]] {
+    for args in [&["--syscall-tracepoints"][..], &["--syscall-tracepoints", "--parked-slots", "1"]] {
         events_reach_the_agent_and_pair(args);
     }
 }

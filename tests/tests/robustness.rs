@@ -550,7 +550,8 @@ fn processes_of_different_uids_swap() {
     let dir = TempDir::new("robust-uids");
     std::os::unix::fs::chown(&dir, Some(NOBODY), Some(NOBODY)).unwrap();
     let path = dir.socket("app.sock");
-    let agent = HookedAgent::start(&[&path]);
+    // (With the syscall tracepoints, whose accept lines show the server's uid.)
+    let agent = HookedAgent::start_with(&[&path], &["--syscall-tracepoints"]);
     let state = Path::new(DEFAULT_STATE_DIR);
     for entry in std::fs::read_dir(state).unwrap().flatten() {
         let meta = entry.metadata().unwrap();

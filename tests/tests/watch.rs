@@ -101,7 +101,7 @@ fn prefixes_globs_and_abstract_prefixes_are_traced_and_nothing_else() {
     let prefix = format!("{}/", dir.socket("prefix"));
     let glob = dir.socket("glob/*.sock");
     let abstract_prefix = format!("@tssx-e2e-watch-{}-*", std::process::id());
-    let agent = Agent::start(&[&prefix, &glob, &abstract_prefix], &dir.join("state"));
+    let agent = Agent::start_with(&[&prefix, &glob, &abstract_prefix], &dir.join("state"), &["--syscall-tracepoints"]);
     let at = dir.path();
     let cases = [
         (dir.socket("prefix/a.sock"), prefix.as_str()),
@@ -156,7 +156,7 @@ fn a_prefork_server_on_a_glob_has_every_accept_traced() {
     let dir = TempDir::new("watch-prefork");
     let glob = dir.socket("pool-*.sock");
     let path = dir.socket("pool-1.sock");
-    let agent = Agent::start(&[&glob], &dir.join("state"));
+    let agent = Agent::start_with(&[&glob], &dir.join("state"), &["--syscall-tracepoints"]);
     const CHILDREN: usize = 3;
     const CONNECTIONS: usize = 6;
     let server = tssx_tests::Server::start(SERVER, &path, CONNECTIONS, CHILDREN);
@@ -188,7 +188,7 @@ fn relative_binds_and_connects_match_the_absolute_path() {
     std::fs::create_dir_all(dir.join("elsewhere")).unwrap();
     let prefix = format!("{}/", watched.to_str().unwrap());
     let exact = dir.socket("srv/exact.sock");
-    let agent = Agent::start(&[&prefix, &exact], &dir.join("state"));
+    let agent = Agent::start_with(&[&prefix, &exact], &dir.join("state"), &["--syscall-tracepoints"]);
     // Bound relative in the watched directory, connected relative from a subdirectory.
     let path = dir.socket("srv/app.sock");
     let (client, server) = connection_to(&watched, "app.sock", &watched.join("sub"), "../app.sock", Some((&agent, &path)));

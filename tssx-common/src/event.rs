@@ -34,7 +34,11 @@ pub enum EventKind {
     Bind = 1,
     /// `listen()` succeeded on a socket bound to a watched path. `fd` is the socket.
     Listen = 2,
-    /// `connect()` to a watched path succeeded. `fd` is the client's socket.
+    /// `connect()` to a watched path. From the syscall tracepoints: it succeeded, and `fd` is the
+    /// client's socket. From the cgroup hook (`cgroup/connect_unix`, the default watcher): it
+    /// was attempted (the hook runs before the kernel looks the address up, so it may still
+    /// fail), `fd` is -1 (the hook sees no fd), and `new_fd`/`other_pid` carry the low/high
+    /// halves of the client socket's cookie: see [`Event::socket_cookie`].
     Connect = 3,
     /// `accept()`/`accept4()` on a watched listener returned a connection. `fd` is the listener,
     /// `new_fd` the accepted socket.
@@ -100,9 +104,11 @@ pub struct Event {
     pub uid: u32,
     /// The socket fd the call was made on (see [`EventKind`]); -1 when there is none.
     pub fd: i32,
-    /// For [`EventKind::Accept`]: the accepted fd; -1 otherwise.
+    /// For [`EventKind::Accept`]: the accepted fd; for a connect seen by the cgroup hook: the
+    /// low half of its socket cookie; -1 otherwise.
     pub new_fd: i32,
-    /// For [`EventKind::Fork`]: the child's pid; 0 otherwise.
+    /// For [`EventKind::Fork`]: the child's pid; for a connect seen by the cgroup hook: the
+    /// high half of its socket cookie; 0 otherwise.
     pub other_pid: u32,
     /// The calling task's `comm`, NUL-padded.
     pub comm: [u8; COMM_LEN],
@@ -209,6 +215,16 @@ impl Event {
         &self.addr[..(self.addr_len as usize).min(SUN_PATH_LEN)]
     }
 
+    /// The client socket's cookie (`SO_COOKIE`, the `sock_diag` cookie) of a connect seen by
+    /// the cgroup hook; `None` for every other event.
+    pub const fn socket_cookie(&self) -> Option<u64> {
+        if self.kind == EventKind::Connect as u32 && self.fd < 0 {
+            Some(self.new_fd as u32 as u64 | (self.other_pid as u64) << 32)
+        } else {
+            None
+        }
+    }
+
     /// The `comm` bytes up to the first NUL.
     pub fn comm_bytes(&self) -> &[u8] {
         let end = self.comm.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
@@ -260,7 +276,7 @@ pub const fn listener_owner(key: u64) -> u32 {
 }
 
 /// Offsets of the tracepoint fields whose layout changed across kernel versions, read by the
-/// agent from `/sys/kernel/tracing/events/sched/*/format` and stored in the `CONFIG` map.
+/// agent from `/sys/kernel/tracing/events/{sched,io_uring}/*/format` and stored in the `CONFIG` map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TraceConfig {
@@ -275,8 +291,8 @@ pub struct TraceConfig {
     /// Non-zero if relative filesystem addresses are reported (as [`PATH_ID_RELATIVE`]): the
     /// agent watches filesystem patterns.
     pub relative: u32,
-    /// Unused; keeps the size a multiple of 8.
-    pub _reserved: u32,
+    /// `io_uring:io_uring_create`: offset of `int fd`, or [`TraceConfig::ABSENT`].
+    pub io_uring_create_fd_off: u32,
 }
 
 impl TraceConfig {
@@ -298,8 +314,8 @@ pub struct PendingCall {
     pub addr_len: u32,
     /// The address (see [`Event::addr`]).
     pub addr: PathKey,
-    /// Unused; keeps the size a multiple of 8.
-    pub _reserved: u32,
+    /// `io_uring:io_uring_create`: offset of `int fd`, or [`TraceConfig::ABSENT`].
+    pub io_uring_create_fd_off: u32,
 }
 
 #[cfg(feature = "user")]

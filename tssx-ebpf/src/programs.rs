@@ -7,12 +7,13 @@
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns, bpf_probe_read_user,
-        bpf_probe_read_user_buf, bpf_probe_read_user_str_bytes, generated,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_probe_read_kernel_buf, bpf_probe_read_kernel_str_bytes, bpf_probe_read_user, bpf_probe_read_user_buf,
+        bpf_probe_read_user_str_bytes, generated,
     },
-    macros::{map, tracepoint},
+    macros::{cgroup_sock_addr, map, tracepoint},
     maps::{lpm_trie::Key as LpmKey, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
-    programs::TracePointContext,
+    programs::{SockAddrContext, TracePointContext},
 };
 use aya_log_ebpf::warn;
 use tssx_common::{
@@ -295,18 +296,24 @@ pub fn tssx_enter_clone3(ctx: TracePointContext) -> u32 {
 /// A process set up an io_uring: its connections stay plain from now on (the agent asks
 /// `IO_URING_USERS` at every claim), and the agent traces it. If its hook holds swapped
 /// connections (`HANDBACK_ON_IO_URING`), the calling thread gets the hook's hand-back signal:
-/// sent here, at the system call's exit, it is pending when the thread returns to user space,
-/// so the hook's handler runs (and hands every swapped connection back to the kernel) before
-/// the application's next instruction, before it can submit anything on the new ring. The
-/// thread, not the process (`bpf_send_signal_thread`): another thread taking it would let this
-/// one submit meanwhile.
-#[tracepoint(category = "syscalls", name = "sys_exit_io_uring_setup")]
-pub fn tssx_exit_io_uring_setup(ctx: TracePointContext) -> u32 {
-    // SAFETY: offset RET is `long ret` of every sys_exit tracepoint.
-    let Ok(ret) = (unsafe { ctx.read_at::<i64>(RET) }) else { return 0 };
-    if ret < 0 {
-        return 0;
-    }
+/// sent here, at the end of `io_uring_setup` (the kernel traces the creation after it
+/// installed the ring's fd, in the calling thread), it is pending when the thread returns to
+/// user space, so the hook's handler runs (and hands every swapped connection back to the
+/// kernel) before the application's next instruction, before it can submit anything on the
+/// new ring. The thread, not the process (`bpf_send_signal_thread`): another thread taking it
+/// would let this one submit meanwhile.
+///
+/// The `io_uring` tracepoint, not `syscalls:sys_exit_io_uring_setup`: while any syscall
+/// tracepoint is attached, every system call of the machine takes the kernel's slow path.
+#[tracepoint(category = "io_uring", name = "io_uring_create")]
+pub fn tssx_io_uring_create(ctx: TracePointContext) -> u32 {
+    let Some(cfg) = config() else { return 0 };
+    let fd = if cfg.io_uring_create_fd_off == TraceConfig::ABSENT {
+        -1
+    } else {
+        // SAFETY: the offset was read from this kernel's io_uring_create format file.
+        unsafe { ctx.read_at::<i32>(cfg.io_uring_create_fd_off as usize) }.unwrap_or(-1)
+    };
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     let _ = IO_URING_USERS.insert(&tgid, &1, 0);
@@ -320,7 +327,7 @@ pub fn tssx_exit_io_uring_setup(ctx: TracePointContext) -> u32 {
             sent = signal;
         }
     }
-    emit(&ctx, pid_tgid, EventKind::IoUring, 0, ret as i32, -1, sent);
+    emit(&ctx, pid_tgid, EventKind::IoUring, 0, fd, -1, sent);
     0
 }
 
@@ -473,6 +480,116 @@ fn enter_with_address(ctx: &TracePointContext, kind: EventKind) {
         let _ = PENDING.insert(&pid_tgid, call, 0);
     }
     park_call(pid_tgid, &Parked { kind: kind as u32, path_id, fd: fd as i32, full: full as u32 });
+}
+
+// ---------------------------------------------------------------------------------------------
+// connect, seen by the cgroup hook (the default watcher: no syscall tracepoint).
+// ---------------------------------------------------------------------------------------------
+
+/// Offsets in the kernel's `struct bpf_sock_addr_kern` (the context's real layout, stable since
+/// Linux 6.7 added the Unix hooks): the address pointer and its length.
+const KERN_UADDR: usize = 8;
+const KERN_UADDRLEN: usize = 32;
+
+/// Every Unix `connect` of the machine (`BPF_CGROUP_UNIX_CONNECT`, attached by the agent at the
+/// cgroup v2 root with the `bpf` system call: aya 0.14 has no attach type for it, so the
+/// section is one aya parses and never loads). Runs before the kernel looks the address up: a
+/// connect to a missing path runs it too. Always allows the call. A connect to a watched name
+/// (or one the agent must decide: a glob candidate, a relative name) becomes a
+/// [`EventKind::Connect`] event without an fd, with the client socket's cookie, which the
+/// agent matches with `sock_diag` when the connection is claimed.
+#[cgroup_sock_addr(connect4)]
+pub fn tssx_connect_unix(ctx: SockAddrContext) -> i32 {
+    connect_unix(&ctx);
+    1
+}
+
+#[inline(always)]
+fn connect_unix(ctx: &SockAddrContext) {
+    let kern = ctx.sock_addr as *const u8;
+    // SAFETY: the helper checks the read; the context is the kernel's bpf_sock_addr_kern.
+    let (Ok(uaddr), Ok(len)) = (unsafe {
+        (
+            bpf_probe_read_kernel(kern.wrapping_add(KERN_UADDR).cast::<u64>()),
+            bpf_probe_read_kernel(kern.wrapping_add(KERN_UADDRLEN).cast::<u32>()),
+        )
+    }) else {
+        return;
+    };
+    let Some(call) = SCRATCH.get_ptr_mut(0) else { return };
+    // SAFETY: the per-CPU scratch entry, used by this program run alone.
+    let call = unsafe { &mut *call };
+    const FAMILY_LEN: usize = 2;
+    let len = len as usize;
+    if len <= FAMILY_LEN + 1 {
+        return;
+    }
+    let path_len = core::cmp::min(len - FAMILY_LEN, SUN_PATH_LEN);
+    let path = (uaddr as *const u8).wrapping_add(FAMILY_LEN);
+    call.addr = [0; SUN_PATH_LEN];
+    // SAFETY: the kernel's copy of the address; the helper checks the read.
+    let Ok(first) = (unsafe { bpf_probe_read_kernel(path) }) else { return };
+    let read = if first == 0 {
+        // Abstract: exactly `path_len` bytes count.
+        // SAFETY: as above, into the scratch entry.
+        if unsafe { bpf_probe_read_kernel_buf(path, &mut call.addr) }.is_err() {
+            return;
+        }
+        SUN_PATH_LEN
+    } else {
+        // SAFETY: as above, up to the NUL.
+        match unsafe { bpf_probe_read_kernel_str_bytes(path, &mut call.addr) } {
+            Ok(bytes) => bytes.len(),
+            Err(_) => return,
+        }
+    };
+    if read > path_len {
+        for (i, byte) in call.addr.iter_mut().enumerate() {
+            if i >= path_len {
+                *byte = 0;
+            }
+        }
+    }
+    call.addr_len = core::cmp::min(read, path_len) as u32;
+    let Some((path_id, exact)) = watched_path_id(&call.addr) else { return };
+    // SAFETY: the context is the program's own `bpf_sock_addr`, which this helper takes.
+    let cookie = unsafe { generated::bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let kind = EventKind::Connect;
+    // The cookie's halves, where a tracepoint's connect has its (unused) `new_fd`/`other_pid`.
+    let (low, high) = (cookie as u32 as i32, (cookie >> 32) as u32);
+    // `other_pid` is the cookie here, not a signal: only io_uring events wake for it.
+    let flags = wake_flags(kind, path_id, 0);
+    if exact {
+        // No log line when the ring is full (aya-log's map is not relocated for this
+        // program): the drop is counted.
+        let Some(mut entry) = EVENTS.reserve::<EventHead>(0) else { return count_dropped() };
+        // SAFETY: a reserved, writable record of `size_of::<EventHead>()` bytes.
+        unsafe { fill_head(entry.as_mut_ptr(), pid_tgid, kind, path_id, -1, low, high) };
+        entry.submit(flags);
+        return;
+    }
+    // A candidate (glob) or a relative name: the agent decides on the address.
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else { return count_dropped() };
+    let event = entry.as_mut_ptr();
+    // SAFETY: `event` points at a reserved, writable record of `size_of::<Event>()` bytes,
+    // whose first bytes are laid out as an `EventHead` (checked in tssx-common); every field is
+    // written before it is submitted.
+    unsafe {
+        fill_head(event.cast::<EventHead>(), pid_tgid, kind, path_id, -1, low, high);
+        (*event).addr_len = call.addr_len;
+        (*event).addr = call.addr;
+    }
+    entry.submit(flags);
+}
+
+/// Counts an event dropped because the ring buffer is full (the agent warns about the count).
+#[inline(always)]
+fn count_dropped() {
+    if let Some(dropped) = DROPPED.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot; programs do not migrate CPUs while running.
+        unsafe { *dropped += 1 };
+    }
 }
 
 /// Reads a user `sockaddr` into `call.addr`/`call.addr_len` (zero-padded): false if it is no
@@ -703,10 +820,7 @@ fn wake_flags(kind: EventKind, path_id: u32, other_pid: u32) -> u64 {
 /// Counts a dropped event in `DROPPED` and logs it: the ring buffer is full.
 #[inline(always)]
 fn ring_full(ctx: &TracePointContext) {
-    if let Some(dropped) = DROPPED.get_ptr_mut(0) {
-        // SAFETY: per-CPU slot; programs do not migrate CPUs while running.
-        unsafe { *dropped += 1 };
-    }
+    count_dropped();
     warn!(ctx, "tssx: event ring buffer full, event dropped");
 }
 

@@ -5,6 +5,7 @@
 //! |---|---|
 //! | [`process`] | [`Process`]: a child whose stdout/stderr lines are captured, `expect_line`, `wait`/`finish` with timeouts; [`run_ok`] |
 //! | [`agent`] | [`Agent`] (a real `tssx-agent` and its JSON trace), [`HookedAgent`] (one in the default state directory, under the machine lock) |
+//! | [`bpf`] | [`bpf::programs_of`]: the eBPF programs a process holds (type, name), asked of the kernel |
 //! | [`mod@churn`] | [`fn@churn`]: sequential short connections, timed; [`assert_connections_do_not_wait`] ("plain at once") |
 //! | [`server`] | [`Server`]: the `tssx-test-server` echo server, started and finished |
 //! | [`wait`] | [`wait_until`] / [`poll_until`]: poll a condition with a deadline |
@@ -53,6 +54,7 @@
 //! ```
 
 pub mod agent;
+pub mod bpf;
 pub mod churn;
 pub mod control;
 pub mod env;

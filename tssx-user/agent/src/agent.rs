@@ -13,7 +13,7 @@ use crate::{
     control,
     feed::{Classified, EventFeed},
     kernel,
-    loader::Watcher,
+    loader::{WatchMode, Watcher},
     paths::WatchedPath,
     state::StateDir,
     trace::trace_event,
@@ -44,6 +44,8 @@ pub struct AgentConfig {
     /// id, see [`crate::loader::Watcher::load`]); tests set a small number to exercise the hash
     /// map the others use.
     pub parked_slots: Option<u32>,
+    /// How the kernel watcher sees connections (the default: the connect hook).
+    pub watch_mode: WatchMode,
 }
 
 /// Runs the agent until SIGINT or SIGTERM. Everything is detached when it returns.
@@ -81,7 +83,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             n
         }
     };
-    let (mut watcher, channels) = Watcher::load(&config.paths, config.parked_slots)?;
+    let (mut watcher, channels) = Watcher::load(&config.paths, config.parked_slots, config.watch_mode)?;
     let feed = std::sync::Arc::new(EventFeed::new(channels.events, config.paths.clone()));
     let control = control::Control::new(
         config.paths.clone(),
@@ -118,6 +120,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         state_dir = %state.dir().display(),
         pid = std::process::id(),
         claim_after_us = config.claim_after.as_micros() as u64,
+        watcher = watcher.mode().name(),
         "ready: watching {} pattern(s)",
         paths.len()
     );

@@ -227,7 +227,9 @@ impl EventFeed {
         let written = String::from_utf8_lossy(event.addr_bytes()).into_owned();
         let Some((absolute, file)) = resolve_event(event, bind) else { return (None, Some(written)) };
         let id = best_match(&self.paths, &absolute);
-        if let (true, Some(file), Some(_)) = (bind, file, id) {
+        // A bind's socket file, or the file a connect seen by the connect hook named (no bind
+        // event tells the name of a relative listener then): later claims find the name by it.
+        if let (true, Some(file), Some(_)) = (bind || event.socket_cookie().is_some(), file, id) {
             let mut resolved = self.resolved.lock().unwrap_or_else(|p| p.into_inner());
             if resolved.len() >= MAX_RESOLVED {
                 resolved.clear();
@@ -249,13 +251,18 @@ type Resolution = (Vec<u8>, Option<(u64, u64)>);
 /// directory now, and the socket file it was checked against. A bind is checked against the
 /// socket's own file and refused if that is not it; a connect against its peer's (the
 /// listener's file), when the peer is known already (else, unchecked: its claim is checked
-/// against the peer's name anyway).
+/// against the peer's name anyway). A connect seen by the connect hook (no fd) returns the file
+/// the name stands for, which the agent then keeps as that file's name, as for a bind.
 fn resolve_event(event: &Event, bind: bool) -> Option<Resolution> {
     use crate::control::host;
     let absolute = host::resolve_in_cwd(event.tgid, event.addr_bytes())?;
     let socket = host::socket_inode(event.tgid, event.fd).ok().flatten().and_then(|ino| crate::sockdiag::unix_socket(ino).ok().flatten());
     let file = if bind {
         socket?.file
+    } else if event.socket_cookie().is_some() {
+        // The connect hook's event names no fd: the file the name stands for now (the event is
+        // read moments after the connect).
+        host::file_id(event.tgid, &absolute)
     } else {
         socket.and_then(|s| s.peer).and_then(|peer| crate::sockdiag::unix_socket(peer).ok().flatten()).and_then(|p| p.file)
     };

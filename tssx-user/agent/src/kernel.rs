@@ -101,7 +101,8 @@ fn read_format(tracefs: &Path, tracepoint: &str) -> Result<String, KernelError> 
     fs::read_to_string(&path).map_err(|source| KernelError::Format { tracepoint: tracepoint.to_owned(), source })
 }
 
-/// Reads the offsets of the `sched` tracepoint fields the programs use from `tracefs`.
+/// Reads the offsets of the `sched` and `io_uring` tracepoint fields the programs use from
+/// `tracefs`.
 pub fn trace_config(tracefs: &Path) -> Result<TraceConfig, KernelError> {
     let need = |tracepoint: &str, format: &str, field: &'static str| {
         field_offset(format, field).ok_or_else(|| KernelError::MissingField { tracepoint: tracepoint.to_owned(), field })
@@ -114,7 +115,10 @@ pub fn trace_config(tracefs: &Path) -> Result<TraceConfig, KernelError> {
         exit_group_dead_off: field_offset(&exit, "group_dead").unwrap_or(TraceConfig::ABSENT),
         ready: 1,
         relative: 0,
-        _reserved: 0,
+        io_uring_create_fd_off: read_format(tracefs, "io_uring/io_uring_create")
+            .ok()
+            .and_then(|format| field_offset(&format, "fd"))
+            .unwrap_or(TraceConfig::ABSENT),
     })
 }
 

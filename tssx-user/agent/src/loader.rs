@@ -93,7 +93,32 @@ fn attach_order(tp: &Tracepoint) -> (bool, &str, bool, &str) {
 
 /// Tracepoints a kernel may lack (io_uring compiled out): the agent runs without them, and
 /// says what it then does not see.
-const OPTIONAL_TRACEPOINTS: &[&str] = &["sys_exit_io_uring_setup"];
+const OPTIONAL_TRACEPOINTS: &[&str] = &["io_uring_create"];
+
+/// How the kernel watcher sees the connections on the watched paths.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WatchMode {
+    /// The default: a `cgroup/connect_unix` program sees every Unix connect (Linux 6.7+; the
+    /// event carries the client socket's cookie, not its fd); the server's end of a claim is
+    /// checked with `sock_diag` only. No syscall tracepoint is attached, so no system call of
+    /// the machine pays for the watcher.
+    ConnectHook,
+    /// Syscall tracepoints on bind, listen, connect, accept, close and clone: every watched
+    /// bind, listen, connect and accept is traced with its fd. While any syscall tracepoint is
+    /// attached, every system call of every process takes the kernel's slower traced path (a
+    /// few percent of CPU for a syscall-heavy program such as nginx).
+    SyscallTracepoints,
+}
+
+impl WatchMode {
+    /// How trace lines name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::ConnectHook => "connect hook (cgroup/connect_unix; no syscall tracepoint)",
+            Self::SyscallTracepoints => "syscall tracepoints (bind, listen, connect, accept, close)",
+        }
+    }
+}
 
 /// The loaded and attached programs. Dropping it detaches everything.
 pub struct Watcher {
@@ -101,6 +126,10 @@ pub struct Watcher {
     /// Keeps aya-log's map fd alive (dropping it breaks later loads); `None` if the object has
     /// no log map.
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    /// The Unix connect hook (see [`crate::cgroup`]), in [`WatchMode::ConnectHook`].
+    _unix_connect: Option<crate::cgroup::UnixConnectHook>,
+    /// The mode in effect.
+    mode: WatchMode,
 }
 
 /// Handles the agent's event loop reads from; split off the [`Watcher`] so they can be polled.
@@ -115,10 +144,12 @@ pub struct Channels {
 }
 
 impl Watcher {
-    /// Loads the programs, publishes `paths` (ids are their positions) and attaches everything.
-    /// `parked_slots`: the size of the per-thread array of parked calls (`None`: the machine's
-    /// `pid_max`, at most `PARKED_SLOTS_MAX`).
-    pub fn load(paths: &[WatchedPath], parked_slots: Option<u32>) -> anyhow::Result<(Self, Channels)> {
+    /// Loads the programs, publishes `paths` (ids are their positions) and attaches everything
+    /// `mode` needs. `parked_slots`: the size of the per-thread array of parked calls (`None`:
+    /// the machine's `pid_max`, at most `PARKED_SLOTS_MAX`). A kernel that refuses the connect
+    /// hook (older than 6.7, no cgroup v2) gets the syscall tracepoints instead, with a
+    /// warning: [`Watcher::mode`] says which mode is in effect.
+    pub fn load(paths: &[WatchedPath], parked_slots: Option<u32>, mode: WatchMode) -> anyhow::Result<(Self, Channels)> {
         if EBPF_OBJECT.is_empty() {
             bail!("this tssx-agent was built without its eBPF programs (TSSX_SKIP_EBPF=1); rebuild without it");
         }
@@ -137,10 +168,28 @@ impl Watcher {
         };
         let mut config = kernel::trace_config(Path::new(kernel::TRACEFS)).context("reading tracepoint formats")?;
         config.relative = u32::from(crate::paths::any_filesystem(paths));
-        let mut watcher = Self { ebpf, logger };
+        let mut watcher = Self { ebpf, logger, _unix_connect: None, mode };
         watcher.set_config(config)?;
         watcher.set_paths(paths)?;
-        watcher.attach_all(&tracepoints)?;
+        let (syscalls, others): (Vec<Tracepoint>, Vec<Tracepoint>) = tracepoints.into_iter().partition(|t| t.category == "syscalls");
+        if others.is_empty() && syscalls.is_empty() {
+            bail!("the embedded eBPF object has no tracepoint programs");
+        }
+        watcher.attach_all(&others)?;
+        if mode == WatchMode::ConnectHook {
+            match crate::cgroup::attach(EBPF_OBJECT, CONNECT_HOOK_PROGRAM, &watcher.ebpf) {
+                Ok(hook) => watcher._unix_connect = Some(hook),
+                Err(e) => {
+                    tracing::warn!(
+                        "{e:#}: watching with syscall tracepoints instead (every system call of the machine pays a little for them; Linux 6.7 or later with cgroup v2 mounted avoids it)"
+                    );
+                    watcher.mode = WatchMode::SyscallTracepoints;
+                }
+            }
+        }
+        if watcher.mode == WatchMode::SyscallTracepoints {
+            watcher.attach_all(&syscalls)?;
+        }
         let events = watcher.ebpf.take_map(maps::EVENTS).ok_or_else(|| anyhow!("eBPF object has no {} map", maps::EVENTS))?;
         let events = RingBuf::try_from(events).context("EVENTS is not a ring buffer")?;
         let io_uring_users =
@@ -152,6 +201,11 @@ impl Watcher {
             .ok_or_else(|| anyhow!("eBPF object has no {} map", maps::HANDBACK_ON_IO_URING))?;
         let handback = HashMap::try_from(handback).context("HANDBACK_ON_IO_URING is not a hash map")?;
         Ok((watcher, Channels { events, io_uring_users, handback }))
+    }
+
+    /// The mode in effect (see [`Watcher::load`]).
+    pub fn mode(&self) -> WatchMode {
+        self.mode
     }
 
     fn set_config(&mut self, config: TraceConfig) -> anyhow::Result<()> {
@@ -208,9 +262,6 @@ impl Watcher {
     }
 
     fn attach_all(&mut self, tracepoints: &[Tracepoint]) -> anyhow::Result<()> {
-        if tracepoints.is_empty() {
-            bail!("the embedded eBPF object has no tracepoint programs");
-        }
         for Tracepoint { program: name, category, name: tracepoint } in tracepoints {
             let program: &mut TracePoint = self
                 .ebpf
@@ -339,6 +390,9 @@ fn one_line(err: anyhow::Error) -> anyhow::Error {
     anyhow!(first)
 }
 
+/// The `cgroup/connect_unix` program (see [`crate::cgroup`]).
+const CONNECT_HOOK_PROGRAM: &str = "tssx_connect_unix";
+
 /// The per-thread array of calls parked between their enter and exit (see the eBPF crate).
 const PARKED_BY_TID: &str = "PARKED_BY_TID";
 /// The per-process flags "may hold a watched listener" (see the eBPF crate), sized as
@@ -399,16 +453,15 @@ mod tests {
         ] {
             assert!(position(category, name).is_some(), "no program for {category}/{name}: {table:?}");
         }
-        assert!(position("syscalls", "sys_exit_io_uring_setup").is_some(), "no program for io_uring_setup: {table:?}");
+        assert!(position("io_uring", "io_uring_create").is_some(), "no program for io_uring_create: {table:?}");
         let mut programs: Vec<&str> = table.iter().map(|t| t.program.as_str()).collect();
         programs.sort_unstable();
         programs.dedup();
         assert_eq!(programs.len(), table.len(), "a program listed twice: {table:?}");
         for (i, t) in table.iter().enumerate() {
             assert!(t.program.starts_with("tssx_"), "{t:?}");
-            // (An exit program pairs with its enter program through PENDING; io_uring_setup's
-            // needs only the result.)
-            if let Some(stem) = t.name.strip_prefix("sys_exit_").filter(|&stem| stem != "io_uring_setup") {
+            // (An exit program pairs with its enter program through PENDING.)
+            if let Some(stem) = t.name.strip_prefix("sys_exit_") {
                 let enter = position(&t.category, &format!("sys_enter_{stem}")).unwrap_or_else(|| panic!("{t:?} has no enter program"));
                 assert!(enter < i, "{t:?} is attached before its enter program");
             }

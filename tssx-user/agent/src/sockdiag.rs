@@ -54,6 +54,9 @@ pub struct UnixSocket {
     /// for a bound socket its own file, for an accepted one its listener's (the kernel copies
     /// the path on `connect`). This is what a relative name is checked against.
     pub file: Option<(u64, u64)>,
+    /// Its cookie (`SO_COOKIE`): what the kernel watcher's connect hook names a client socket
+    /// by.
+    pub cookie: u64,
 }
 
 impl UnixSocket {
@@ -170,17 +173,26 @@ pub fn connected_unix_sockets() -> io::Result<Vec<(u32, UnixSocket)>> {
 /// As [`connected_unix_sockets`], handing each socket to `found` as its message is read, with
 /// `buf` as the receive buffer (kept by the caller across dumps: nothing is allocated per dump
 /// but the sockets' names).
-pub fn for_each_connected_unix_socket(buf: &mut Vec<u8>, mut found: impl FnMut(u32, UnixSocket)) -> io::Result<()> {
+pub fn for_each_connected_unix_socket(buf: &mut Vec<u8>, found: impl FnMut(u32, UnixSocket)) -> io::Result<()> {
+    dump_connected(buf, UDIAG_SHOW_PEER | UDIAG_SHOW_NAME | UDIAG_SHOW_VFS, found)
+}
+
+/// Every connected Unix stream socket of the host, as its cookie and its inode (one dump
+/// without attributes: the lightest walk of the kernel's socket table).
+pub fn connected_stream_cookies() -> io::Result<std::collections::HashMap<u64, u32>> {
+    let mut out = std::collections::HashMap::new();
+    dump_connected(&mut Vec::new(), 0, |ino, socket| {
+        if socket.is_stream() {
+            out.insert(socket.cookie, ino);
+        }
+    })?;
+    Ok(out)
+}
+
+/// One `NLM_F_DUMP` of the connected Unix sockets with the attributes `show` asks for.
+fn dump_connected(buf: &mut Vec<u8>, show: u32, mut found: impl FnMut(u32, UnixSocket)) -> io::Result<()> {
     let fd = diag_request(
-        UnixDiagReq {
-            family: libc::AF_UNIX as u8,
-            protocol: 0,
-            pad: 0,
-            states: 1 << ESTABLISHED,
-            ino: 0,
-            show: UDIAG_SHOW_PEER | UDIAG_SHOW_NAME | UDIAG_SHOW_VFS,
-            cookie: [u32::MAX; 2],
-        },
+        UnixDiagReq { family: libc::AF_UNIX as u8, protocol: 0, pad: 0, states: 1 << ESTABLISHED, ino: 0, show, cookie: [u32::MAX; 2] },
         libc::NLM_F_DUMP as u16,
     )?;
     let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
@@ -243,7 +255,8 @@ fn parse_message(msg: &[u8]) -> io::Result<Option<(u32, UnixSocket)>> {
     }
     let body = size_of::<libc::nlmsghdr>();
     let ino = read_u32(msg, body + 4).ok_or_else(bad)?;
-    let mut socket = UnixSocket { kind: msg[body + 1], state: msg[body + 2], ..UnixSocket::default() };
+    let cookie = u64::from(read_u32(msg, body + 8).ok_or_else(bad)?) | u64::from(read_u32(msg, body + 12).ok_or_else(bad)?) << 32;
+    let mut socket = UnixSocket { kind: msg[body + 1], state: msg[body + 2], cookie, ..UnixSocket::default() };
     // Attributes (struct rtattr: u16 len, u16 type, payload), 4-byte aligned.
     let mut at = body + size_of::<UnixDiagMsg>();
     while at + 4 <= len {

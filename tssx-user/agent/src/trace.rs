@@ -3,7 +3,9 @@
 //! Each line is one `tracing` event whose message is the event kind (`bind`, `listen`,
 //! `connect`, `accept`, `fork`, `exit`, `io_uring`) with the facts as fields, so the text format reads
 //! `connect pid=812 tid=812 comm="client" uid=0 fd=3 path=/run/a.sock` and the JSON format
-//! carries the same keys. Per-connection lines (`connect`, `accept`) and `io_uring` (any process
+//! carries the same keys. A connect seen by the cgroup hook (the default watcher) has the
+//! socket's `cookie` instead of its `fd`, and is an attempt (the hook runs before the kernel
+//! looks the address up); bind, listen and accept lines come with `--syscall-tracepoints` only. Per-connection lines (`connect`, `accept`) and `io_uring` (any process
 //! on the host) are at DEBUG level (`-v`):
 //! a busy server must not flood the log; `status --stats` counts them. The others are at INFO.
 
@@ -31,7 +33,11 @@ pub fn trace_event(seen: &Classified, paths: &[WatchedPath]) {
     match event.event_kind() {
         Some(EventKind::Bind) => tracing::info!(pid, tid, comm, uid, fd, path, pattern, as_written, "bind"),
         Some(EventKind::Listen) => tracing::info!(pid, tid, comm, uid, fd, path, pattern, "listen"),
-        Some(EventKind::Connect) => tracing::debug!(pid, tid, comm, uid, fd, path, pattern, as_written, "connect"),
+        Some(EventKind::Connect) => match event.socket_cookie() {
+            // Seen by the cgroup hook: before the kernel decided, with the socket's cookie.
+            Some(cookie) => tracing::debug!(pid, tid, comm, uid, cookie, path, pattern, as_written, "connect"),
+            None => tracing::debug!(pid, tid, comm, uid, fd, path, pattern, as_written, "connect"),
+        },
         Some(EventKind::Accept) => {
             tracing::debug!(pid, tid, comm, uid, listen_fd = fd, fd = event.new_fd, path, pattern, "accept")
         }

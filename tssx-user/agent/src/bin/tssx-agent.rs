@@ -8,15 +8,16 @@ use clap::{Parser, ValueEnum};
 use tssx_agent::{
     agent::{self, AgentConfig},
     install,
+    loader::WatchMode,
     paths::{self, WatchedPath},
     state::{self, DEFAULT_STATE_DIR},
 };
 
 /// Transparent shared-memory socket swapping: the agent.
 ///
-/// Loads eBPF tracepoint programs that watch bind, listen, connect and accept on the given
-/// Unix socket paths (and fork/exit of the processes that listen on them), and prints one
-/// trace line per event. Processes running with the preload hook (libtssx_preload.so) claim
+/// Loads eBPF programs that watch every Unix connect to the given socket paths (a
+/// cgroup/connect_unix hook; with --syscall-tracepoints, tracepoints on bind, listen, connect
+/// and accept instead) and traces the connections on them. Processes running with the preload hook (libtssx_preload.so) claim
 /// their connections on those paths once they lived --claim-after; the agent checks each claim
 /// against the kernel, pairs the two ends and hands both a shared-memory segment, onto which
 /// the hooks move the connection in flight (traced: paired, swapped, closed). Runs until
@@ -73,6 +74,18 @@ struct Cli {
     /// plain at no cost. Published for the hooks in <state-dir>/paths.
     #[arg(long, value_name = "DURATION", default_value = "1ms", value_parser = parse_claim_after)]
     claim_after: std::time::Duration,
+
+    /// Watch bind, listen, connect, accept and close with syscall tracepoints instead of the
+    /// connect hook: every watched bind, listen, connect and accept gets a trace line with its
+    /// fd (connect and accept at debug level, -v), and listeners are tracked by the kernel
+    /// side. The price: while any syscall tracepoint is attached, every system call of every
+    /// process on the machine takes the kernel's slower traced path (measured: about 4% more
+    /// CPU per request for nginx). Without it (the default), a cgroup/connect_unix program
+    /// (Linux 6.7+, cgroup v2) sees each connect, claims' server ends are checked with
+    /// sock_diag, and no system call pays; a kernel without that hook gets the tracepoints,
+    /// with a warning.
+    #[arg(long)]
+    syscall_tracepoints: bool,
 
     /// (Testing) threads with an id below N park their watched calls in the eBPF per-thread
     /// array, the others in its hash map (default: one slot per possible thread id).
@@ -335,6 +348,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         max_connections: cli.max_connections.map(|n| n as usize),
         claim_after: cli.claim_after,
         parked_slots: cli.parked_slots,
+        watch_mode: if cli.syscall_tracepoints { WatchMode::SyscallTracepoints } else { WatchMode::ConnectHook },
     }))
 }
 

@@ -244,6 +244,8 @@ impl Control {
         // (Two statements: the registry lock is released before `event_of_duplicate` takes it.)
         let recorded = self.lock().event(side, pid, fd);
         let event = recorded.or_else(|| self.event_of_duplicate(side, pid, inode));
+        // The connect hook's event names the socket, not the fd (any holder may claim it).
+        let event = event.or_else(|| if role == Role::Client { self.lock().event_by_cookie(socket.cookie) } else { None });
         let (path_id, peer, name) = match (role, socket.peer) {
             (Role::Client, Some(peer)) => {
                 // The peer (the server's socket) carries the listener's name.
@@ -279,8 +281,10 @@ impl Control {
         // An event of another path is another socket's that had the same fd.
         let event = event.filter(|(seen, _)| seen.path_id == path_id);
         let end = match &event {
-            Some((seen, _)) => seen.end.clone(),
-            None => EndInfo { pid, comm: self.facts.comm(pid), fd },
+            Some((seen, _)) if seen.end.fd >= 0 => seen.end.clone(),
+            // The connect hook's event has no fd: the claim's (the socket is the same).
+            Some((seen, _)) if seen.end.pid == pid => EndInfo { pid, comm: seen.end.comm.clone(), fd },
+            _ => EndInfo { pid, comm: self.facts.comm(pid), fd },
         };
         Ok(Verified {
             role,
@@ -551,6 +555,32 @@ mod tests {
         assert_eq!(control.status()[0].socket_inodes, [1005, 2007]);
     }
 
+    /// The connect hook's event (no fd, the socket's cookie) backs a client claim made before
+    /// the accept, whatever fd the claim names; its end is traced with the claim's fd.
+    #[test]
+    fn a_connect_hook_event_backs_a_client_claim_before_the_accept_by_its_cookie() {
+        let kernel = Arc::new(FakeKernel::default());
+        let control = kernel.control(8);
+        kernel.connection((CLIENT, 5, 1005), (SERVER, None, 2007));
+        kernel.fd(CLIENT, 9, Some(1005)); // a duplicate: the cookie names the socket anyway
+                                          // Another socket's event does not do.
+        control.record(&hook_connect_event(CLIENT, cookie_of(1006)));
+        assert!(refused(&control, CLIENT, Role::Client, 9));
+        control.record(&hook_connect_event(CLIENT, cookie_of(1005)));
+        let (decision, client_hook) = claim(&control, CLIENT, Role::Client, 9);
+        assert!(matches!(decision, Decision::Held), "held while the connection waits in the accept queue");
+        kernel.accept(SERVER, 7, 2007);
+        let (decision, server_hook) = claim(&control, SERVER, Role::Server, 7);
+        let Decision::Paired(paired) = &decision else { panic!("not paired") };
+        assert_eq!(paired.client, format!("{CLIENT}/ev{CLIENT}"), "named as the event names it");
+        control.deliver(decision);
+        assert_eq!(read_reply(&client_hook).unwrap().0, Reply::swap(1));
+        assert_eq!(read_reply(&server_hook).unwrap().0, Reply::swap(1));
+        let status = &control.status()[0];
+        assert_eq!((status.socket_inodes, status.client.fd), ([1005, 2007], 9));
+        assert_eq!(control.stats().unclaimed_events, 1, "the pair used its event up; the other socket's is kept");
+    }
+
     #[test]
     fn a_claim_through_a_duplicate_fd_finds_the_event_of_the_original() {
         let (kernel, control) = setup(8, true);
@@ -592,12 +622,22 @@ mod tests {
         // The wrong role for a real end, a listener, a datagram socket, no socket at all.
         assert!(refused(&control, CLIENT, Role::Server, 5));
         kernel.fd(SERVER, 3, Some(2000));
-        kernel.socket(2000, UnixSocket { kind: libc::SOCK_STREAM as u8, state: 10, peer: None, name: Some(PATH.into()), file: None });
+        kernel.socket(
+            2000,
+            UnixSocket { kind: libc::SOCK_STREAM as u8, state: 10, peer: None, name: Some(PATH.into()), file: None, cookie: 0 },
+        );
         assert!(refused(&control, SERVER, Role::Server, 3), "a listener has no peer");
         kernel.fd(SERVER, 4, Some(2004));
         kernel.socket(
             2004,
-            UnixSocket { kind: libc::SOCK_DGRAM as u8, state: ESTABLISHED, peer: Some(1005), name: Some(PATH.into()), file: None },
+            UnixSocket {
+                kind: libc::SOCK_DGRAM as u8,
+                state: ESTABLISHED,
+                peer: Some(1005),
+                name: Some(PATH.into()),
+                file: None,
+                cookie: 0,
+            },
         );
         assert!(refused(&control, SERVER, Role::Server, 4), "datagram sockets stay plain");
         kernel.fd(CLIENT, 6, None);
@@ -672,7 +712,7 @@ mod tests {
         kernel.close(CLIENT, 5);
         kernel.socket(
             2007,
-            UnixSocket { kind: libc::SOCK_STREAM as u8, state: ESTABLISHED, peer: None, name: Some(PATH.into()), file: None },
+            UnixSocket { kind: libc::SOCK_STREAM as u8, state: ESTABLISHED, peer: None, name: Some(PATH.into()), file: None, cookie: 0 },
         );
         assert_eq!(answered(&control, claim(&control, SERVER, Role::Server, 7)), Reply::plain(PlainReason::PeerHasNoHook));
         let stats = control.stats();
@@ -681,7 +721,14 @@ mod tests {
         kernel.fd(OTHER, 4, Some(3004));
         kernel.socket(
             3004,
-            UnixSocket { kind: libc::SOCK_STREAM as u8, state: ESTABLISHED, peer: None, name: Some(b"/other".to_vec()), file: None },
+            UnixSocket {
+                kind: libc::SOCK_STREAM as u8,
+                state: ESTABLISHED,
+                peer: None,
+                name: Some(b"/other".to_vec()),
+                file: None,
+                cookie: 0,
+            },
         );
         assert!(refused(&control, OTHER, Role::Server, 4));
     }

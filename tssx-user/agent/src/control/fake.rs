@@ -100,10 +100,18 @@ impl FakeKernel {
         }
         let (stream, connected) = (libc::SOCK_STREAM as u8, crate::sockdiag::ESTABLISHED);
         let peer = accepted.then_some(server.2);
-        t.sockets.insert(client.2, UnixSocket { kind: stream, state: connected, peer, name: None, file: None });
+        t.sockets
+            .insert(client.2, UnixSocket { kind: stream, state: connected, peer, name: None, file: None, cookie: cookie_of(client.2) });
         t.sockets.insert(
             server.2,
-            UnixSocket { kind: stream, state: connected, peer: Some(client.2), name: Some(path.as_bytes().to_vec()), file: None },
+            UnixSocket {
+                kind: stream,
+                state: connected,
+                peer: Some(client.2),
+                name: Some(path.as_bytes().to_vec()),
+                file: None,
+                cookie: cookie_of(server.2),
+            },
         );
     }
 
@@ -200,6 +208,11 @@ impl KernelFacts for Shared {
         Ok(self.0.ask("unix_socket").sockets.get(&inode).cloned())
     }
 
+    fn connected_cookies(&self) -> io::Result<HashMap<u64, u32>> {
+        let t = self.0.ask("connected_cookies");
+        Ok(t.sockets.iter().filter(|(_, s)| s.is_stream() && s.is_connected() && s.cookie != 0).map(|(&ino, s)| (s.cookie, ino)).collect())
+    }
+
     fn relatives(&self, pid: u32) -> Vec<u32> {
         let t = self.0.ask("relatives");
         let mut relatives: Vec<u32> = t.parents.get(&pid).copied().into_iter().collect();
@@ -237,6 +250,19 @@ impl KernelFacts for Shared {
 /// The kernel's connect event: `pid` connected `fd` on path 0 (at [`EVENT_NS`]).
 pub(super) fn connect_event(pid: u32, fd: i32) -> Event {
     event(EventKind::Connect, pid, fd, -1)
+}
+
+/// The cookie the fake gives socket `inode` (one above 2^32: both halves count).
+pub(super) fn cookie_of(inode: u32) -> u64 {
+    1 << 32 | u64::from(inode)
+}
+
+/// The cgroup hook's connect event: `pid` connected the socket whose cookie is `cookie` on
+/// path 0 (no fd).
+pub(super) fn hook_connect_event(pid: u32, cookie: u64) -> Event {
+    let mut event = event(EventKind::Connect, pid, -1, cookie as u32 as i32);
+    event.other_pid = (cookie >> 32) as u32;
+    event
 }
 
 /// The kernel's accept event: `pid` accepted `fd` on path 0.

@@ -91,6 +91,10 @@ impl KernelFacts for Host {
         socket_inode(pid, fd)
     }
 
+    fn connected_cookies(&self) -> io::Result<HashMap<u64, u32>> {
+        sockdiag::connected_stream_cookies()
+    }
+
     fn unix_socket(&self, inode: u32) -> io::Result<Option<UnixSocket>> {
         sockdiag::unix_socket(inode)
     }

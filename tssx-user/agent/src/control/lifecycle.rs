@@ -38,6 +38,11 @@ use super::{
     Control,
 };
 
+/// How old a connect event of the cgroup hook must be before a socket that is not connected
+/// counts as gone: the hook runs before the kernel connects the socket, and a sweep may look
+/// in between.
+const COOKIE_SETTLE_NS: u64 = 1_000_000_000;
+
 /// Most spare segments kept ready (each is one memfd and one mapped header page until used).
 pub const SPARE_SEGMENTS: usize = 4;
 
@@ -65,10 +70,23 @@ impl Control {
     /// [`Control::sweep`] as if the time were `now` (which must not be earlier than the last
     /// sweep's). The kernel is asked between two critical sections.
     pub(super) fn sweep_at(&self, now: Instant) {
-        let (checks, held, pids) = {
+        let (checks, cookie_checks, held, pids) = {
             let mut registry = self.lock();
             registry.forget_stale(now);
-            (registry.events_to_check(), registry.held_to_check(), registry.pids_unknown_to(&Alive::default()))
+            (registry.events_to_check(), registry.cookies_to_check(), registry.held_to_check(), registry.pids_unknown_to(&Alive::default()))
+        };
+        // The connect hook's events name sockets by cookie: one walk of the connected sockets
+        // answers for all of them (none when there are none to check; nothing is dropped if
+        // the walk fails).
+        let cookie_results: Vec<_> = match cookie_checks.is_empty() {
+            true => Vec::new(),
+            false => match self.facts.connected_cookies() {
+                Ok(live) => cookie_checks.iter().map(|&c| (c, live.get(&c.cookie()).copied())).collect(),
+                Err(e) => {
+                    tracing::debug!("sock_diag walk of the connected sockets: {e}");
+                    Vec::new()
+                }
+            },
         };
         let socket_now = |pid: u32, fd: i32| match self.facts.socket_inode(pid, fd) {
             Ok(Some(inode)) => FdNow::Socket(inode),
@@ -92,7 +110,8 @@ impl Control {
                     tracing::debug!(connection = id, end, "end gone: its last holder died without closing; its peer sees it closed");
                 }
             }
-            let short_lived = registry.apply_event_checks(&results);
+            let mut short_lived = registry.apply_event_checks(&results);
+            short_lived.extend(registry.apply_cookie_checks(&cookie_results, super::monotonic_ns(), COOKIE_SETTLE_NS));
             let dropped: Vec<_> = gone.into_iter().filter_map(|token| registry.take_held(token, now)).collect();
             (short_lived, dropped, registry.take_swapped(), registry.reap(&alive, now, self.timing.join_timeout))
         };
@@ -113,7 +132,8 @@ impl Control {
         let path = self.path_name(path_id);
         tracing::debug!(
             pid = client.pid,
-            fd = client.fd,
+            // (None for a connect the connect hook saw: it names no fd.)
+            fd = (client.fd >= 0).then_some(client.fd),
             path,
             reason = "short-lived: closed before either end claimed (or no end could: no hook, or a socket another image shares)",
             "not swapped"
@@ -439,6 +459,42 @@ mod tests {
         for segment in [&first, &second, &third] {
             assert!(segment.tssx_bit(End::Client) && segment.tssx_bit(End::Server));
         }
+    }
+
+    /// The connect hook's events are checked by cookie, in one walk of the connected sockets:
+    /// a live socket keeps its event, a gone one counts as a short-lived connection, and one
+    /// whose socket never showed up connected (a failed connect) goes once it is old enough.
+    #[test]
+    fn connect_hook_events_of_closed_sockets_count_as_short_lived_connections() {
+        let kernel = Arc::new(FakeKernel::default());
+        let control = kernel.control(8);
+        for n in 1..=2 {
+            kernel.connection((CLIENT + n, 5, 1000 + n), (SERVER, Some(10 + n as i32), 2000 + n));
+            control.record(&hook_connect_event(CLIENT + n, cookie_of(1000 + n)));
+        }
+        // A connect that failed: no such socket ever connected (its event is old: EVENT_NS).
+        control.record(&hook_connect_event(CLIENT + 3, cookie_of(1003)));
+        // A connect still under way: not connected yet, its event just now.
+        let mut young = hook_connect_event(CLIENT + 4, cookie_of(1004));
+        young.ts_ns = crate::control::monotonic_ns();
+        control.record(&young);
+        control.sweep();
+        let stats = control.stats();
+        assert_eq!((stats.short_lived_plain, stats.unclaimed_events), (1, 3), "the failed connect went, the young one waits");
+        assert_eq!(kernel.asked("connected_cookies"), 1, "one walk for all of them");
+        kernel.forget_socket(1001);
+        kernel.forget_socket(2001);
+        control.sweep();
+        let stats = control.stats();
+        assert_eq!((stats.short_lived_plain, stats.unclaimed_events), (2, 2));
+        // A claimed connection is no short-lived one.
+        let (agent, _hook) = control_connection();
+        let decision = control.claim(Claimant { pid: CLIENT + 2, uid: 0, fd: 5, role: Role::Client, flags: 0 }, agent);
+        assert!(matches!(decision, super::super::claim::Decision::Held));
+        kernel.forget_socket(1002);
+        kernel.forget_socket(2002);
+        control.sweep();
+        assert_eq!(control.stats().short_lived_plain, 2);
     }
 
     #[test]

@@ -85,6 +85,9 @@ pub(super) struct EventRef {
     side: Side,
     pid: u32,
     fd: i32,
+    /// A connect seen by the cgroup hook: its socket's cookie (the key; `pid` and `fd` unused).
+    /// 0 for an event keyed by `(pid, fd)` (no socket has cookie 0).
+    cookie: u64,
     seq: u64,
 }
 
@@ -379,10 +382,29 @@ impl Alive {
     }
 }
 
+/// A connect seen by the cgroup hook whose socket the sweep asks `sock_diag` about (outside the
+/// lock): is it still there?
+#[derive(Clone, Copy, Debug)]
+pub(super) struct CookieCheck {
+    /// The event.
+    pub(super) at: EventRef,
+    /// Its kernel time (`bpf_ktime_get_ns`).
+    pub(super) ts_ns: u64,
+}
+
+impl CookieCheck {
+    /// The socket's cookie.
+    pub(super) fn cookie(&self) -> u64 {
+        self.at.cookie
+    }
+}
+
 /// The state. See the module doc.
 pub(super) struct Registry {
-    /// Connect events by `(pid, fd)`.
+    /// Connect events by `(pid, fd)` (syscall tracepoints).
     connects: HashMap<(u32, i32), Seen>,
+    /// Connect events by socket cookie (the cgroup hook: no fd; the end's `fd` is -1).
+    cookies: HashMap<u64, Seen>,
     /// Accept events by `(pid, accepted fd)`.
     accepts: HashMap<(u32, i32), Seen>,
     next_seq: u64,
@@ -405,6 +427,7 @@ impl Default for Registry {
     fn default() -> Self {
         Self {
             connects: HashMap::new(),
+            cookies: HashMap::new(),
             accepts: HashMap::new(),
             next_seq: 0,
             held: HashMap::new(),
@@ -444,6 +467,7 @@ impl Registry {
     /// the same process, so that connection's socket is gone (a short-lived connection).
     pub(super) fn record(&mut self, event: &Event) -> Option<Seen> {
         let (side, fd) = match event.event_kind() {
+            Some(EventKind::Connect) if event.socket_cookie().is_some() => (Side::Connect, -1),
             Some(EventKind::Connect) => (Side::Connect, event.fd),
             Some(EventKind::Accept) => (Side::Accept, event.new_fd),
             _ => return None,
@@ -452,8 +476,12 @@ impl Registry {
         let seq = self.next_seq;
         self.next_seq += 1;
         let seen = Seen { end, path_id: event.path_id, ts_ns: event.ts_ns, seq, inode: None };
-        let replaced = self.events(side).insert((event.tgid, fd), seen);
-        if self.connects.len() + self.accepts.len() > EVENT_CAP {
+        let replaced = match event.socket_cookie() {
+            // A cookie is never reused: nothing to replace.
+            Some(cookie) => self.cookies.insert(cookie, seen).and(None),
+            None => self.events(side).insert((event.tgid, fd), seen),
+        };
+        if self.unclaimed_events() > EVENT_CAP {
             self.forget_oldest_events();
         }
         replaced.filter(|_| side == Side::Connect)
@@ -461,11 +489,12 @@ impl Registry {
 
     /// At the cap: forgets the oldest eighth of the events.
     fn forget_oldest_events(&mut self) {
-        let mut seqs: Vec<u64> = self.connects.values().chain(self.accepts.values()).map(|s| s.seq).collect();
+        let mut seqs: Vec<u64> = self.connects.values().chain(self.accepts.values()).chain(self.cookies.values()).map(|s| s.seq).collect();
         let cut = seqs.len() / 8;
         let (_, &mut threshold, _) = seqs.select_nth_unstable(cut);
         self.connects.retain(|_, s| s.seq > threshold);
         self.accepts.retain(|_, s| s.seq > threshold);
+        self.cookies.retain(|_, s| s.seq > threshold);
     }
 
     /// The `side` event for `fd` of `pid`, if kept (a copy: it is used up only when the claim
@@ -475,7 +504,20 @@ impl Registry {
             Side::Connect => &self.connects,
             Side::Accept => &self.accepts,
         };
-        map.get(&(pid, fd)).map(|seen| (seen.clone(), EventRef { side, pid, fd, seq: seen.seq }))
+        map.get(&(pid, fd)).map(|seen| (seen.clone(), EventRef { side, pid, fd, cookie: 0, seq: seen.seq }))
+    }
+
+    /// The connect event the cgroup hook reported for the socket whose cookie is `cookie`, if
+    /// kept (a copy, as [`Registry::event`]).
+    pub(super) fn event_by_cookie(&self, cookie: u64) -> Option<(Seen, EventRef)> {
+        let seen = self.cookies.get(&cookie)?;
+        Some((seen.clone(), EventRef { side: Side::Connect, pid: seen.end.pid, fd: -1, cookie, seq: seen.seq }))
+    }
+
+    /// The kept event `at` refers to, if it is still that one.
+    fn event_mut(&mut self, at: EventRef) -> Option<&mut Seen> {
+        let seen = if at.cookie != 0 { self.cookies.get_mut(&at.cookie) } else { self.events(at.side).get_mut(&(at.pid, at.fd)) };
+        seen.filter(|s| s.seq == at.seq)
     }
 
     /// The fds of `pid`'s kept `side` events, with their sockets' inodes where known; `None` if
@@ -492,6 +534,10 @@ impl Registry {
 
     /// Takes out the event `at` refers to, if it is still that one.
     fn take_event(&mut self, at: EventRef) -> Option<Seen> {
+        if at.cookie != 0 {
+            self.event_mut(at)?;
+            return self.cookies.remove(&at.cookie);
+        }
         let map = self.events(at.side);
         if map.get(&(at.pid, at.fd)).is_some_and(|s| s.seq == at.seq) {
             map.remove(&(at.pid, at.fd))
@@ -502,13 +548,13 @@ impl Registry {
 
     /// Kernel connect/accept events kept and not claimed.
     pub(super) fn unclaimed_events(&self) -> usize {
-        self.connects.len() + self.accepts.len()
+        self.connects.len() + self.accepts.len() + self.cookies.len()
     }
 
     /// Every kept event, for the sweep to look at its socket (outside the lock).
     pub(super) fn events_to_check(&self) -> Vec<EventCheck> {
         let refs = |side: Side, map: &HashMap<(u32, i32), Seen>| -> Vec<EventCheck> {
-            map.iter().map(|(&(pid, fd), s)| EventCheck { at: EventRef { side, pid, fd, seq: s.seq } }).collect()
+            map.iter().map(|(&(pid, fd), s)| EventCheck { at: EventRef { side, pid, fd, cookie: 0, seq: s.seq } }).collect()
         };
         let mut checks = refs(Side::Connect, &self.connects);
         checks.extend(refs(Side::Accept, &self.accepts));
@@ -523,7 +569,7 @@ impl Registry {
         let held: std::collections::HashSet<EventRef> = self.held.values().filter_map(|h| h.claim.event).collect();
         let mut short_lived = Vec::new();
         for &(at, now) in results {
-            let Some(seen) = self.events(at.side).get_mut(&(at.pid, at.fd)).filter(|s| s.seq == at.seq) else { continue };
+            let Some(seen) = self.event_mut(at) else { continue };
             match (now, seen.inode) {
                 (FdNow::Socket(inode), None) => seen.inode = Some(inode),
                 (FdNow::Socket(inode), Some(known)) if inode == known => {}
@@ -531,6 +577,49 @@ impl Registry {
                     let Some(gone) = self.take_event(at) else { continue };
                     let unpaired = gone.inode.is_some_and(|i| self.unpaired_peers.contains_key(&i));
                     if at.side == Side::Connect && !unpaired && !held.contains(&at) {
+                        short_lived.push(gone);
+                    }
+                }
+            }
+        }
+        short_lived
+    }
+
+    /// Every kept connect event of the cgroup hook, for the sweep to ask `sock_diag` whether
+    /// its socket is still there (outside the lock).
+    pub(super) fn cookies_to_check(&self) -> Vec<CookieCheck> {
+        self.cookies
+            .iter()
+            .map(|(&cookie, s)| CookieCheck {
+                at: EventRef { side: Side::Connect, pid: s.end.pid, fd: -1, cookie, seq: s.seq },
+                ts_ns: s.ts_ns,
+            })
+            .collect()
+    }
+
+    /// Applies what `sock_diag` said about the cgroup hook's connect events (`connected`: the
+    /// inode of each one's socket if it is connected now, `None` if it is not): a socket seen
+    /// for the first time is remembered; one that is gone (or never connected: a failed
+    /// connect, once its event is older than `settle_ns` at `now_ns`) drops its event.
+    /// Returns the dropped events that count as short-lived connections, as
+    /// [`Registry::apply_event_checks`].
+    pub(super) fn apply_cookie_checks(&mut self, results: &[(CookieCheck, Option<u32>)], now_ns: u64, settle_ns: u64) -> Vec<Seen> {
+        let held: std::collections::HashSet<EventRef> = self.held.values().filter_map(|h| h.claim.event).collect();
+        let mut short_lived = Vec::new();
+        for &(check, inode) in results {
+            let Some(seen) = self.event_mut(check.at) else { continue };
+            match (inode, seen.inode) {
+                (Some(inode), None) => seen.inode = Some(inode),
+                (Some(inode), Some(known)) if inode == known => {}
+                // Not connected yet, and young: its connect may still be under way.
+                (None, None) if now_ns.saturating_sub(check.ts_ns) < settle_ns => {}
+                (now, known) => {
+                    let Some(gone) = self.take_event(check.at) else { continue };
+                    let unpaired = known.is_some_and(|i| self.unpaired_peers.contains_key(&i));
+                    // Gone, or never seen connected (a connection shorter than a sweep, or a
+                    // connect that failed: the kernel cannot tell them apart any more): a
+                    // short-lived connection unless a claim named it.
+                    if now.is_none() && !unpaired && !held.contains(&check.at) {
                         short_lived.push(gone);
                     }
                 }
@@ -585,7 +674,7 @@ impl Registry {
         let inode = claim.inode;
         // Its event's socket is the claimed one (checked together): the sweep needs not learn it.
         if let Some(at) = claim.event {
-            if let Some(seen) = self.events(at.side).get_mut(&(at.pid, at.fd)).filter(|s| s.seq == at.seq) {
+            if let Some(seen) = self.event_mut(at) {
                 seen.inode.get_or_insert(inode);
             }
         }
