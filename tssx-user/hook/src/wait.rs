@@ -5,6 +5,7 @@
 use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
 
 use libc::c_int;
+use tssx_common::segment::NOT_YET;
 
 use crate::{
     conn::{Conn, Phase},
@@ -281,6 +282,13 @@ impl Conn {
     /// first (a reader that freed room in the peer's ring must be able to wake it).
     pub(crate) fn ring_doorbell(&self, fd: c_int) {
         self.with_tx(|_| {
+            // Handed back: this end sends no doorbell any more (its last one is counted in
+            // `bells_at`): a byte after it would reach the peer as data (a `shutdown` while the
+            // peer slept gave it a stray zero byte before the EOF). Its socket's data, EOF or
+            // close wakes the peer now. Relaxed: stored under this lock.
+            if self.my_line().back_at.load(Relaxed) != NOT_YET {
+                return;
+            }
             // Acquire: pairs with the peer's SeqCst store of `ready`.
             let switched = self.out_switched() || (self.peer_line().ready.load(Acquire) == 1 && self.switch_out());
             if !switched {
@@ -851,6 +859,38 @@ mod tests {
         assert_eq!(read(a, &mut buf), 0, "then EOF");
         // SAFETY: our own fd; the hook forgets it and closes it.
         unsafe { calls::close(a) };
+    }
+
+    /// After this end's own hand-back, no doorbell: a `shutdown` or a close while the peer
+    /// sleeps gives the peer EOF after the bytes, never a stray byte counted after `bells_at`
+    /// (the peer, following, would read it as data).
+    #[test]
+    fn no_doorbell_after_an_ends_own_hand_back() {
+        for closing in [false, true] {
+            let ([a, b], _segment) = active_pair();
+            assert_eq!(write(a, b"last"), 4);
+            table::lookup(a).unwrap().hand_back(a);
+            let server = table::lookup(b).unwrap();
+            server.announce();
+            if closing {
+                // SAFETY: our own fd; the hook forgets it and closes it.
+                assert_eq!(unsafe { calls::close(a) }, 0);
+            } else {
+                // SAFETY: no pointers.
+                assert_eq!(unsafe { calls::shutdown(a, libc::SHUT_WR) }, 0);
+            }
+            server.withdraw();
+            drop(server);
+            let mut buf = [0u8; 8];
+            assert_eq!(read(b, &mut buf), 4);
+            assert_eq!(&buf[..4], b"last");
+            assert_eq!(read(b, &mut buf), 0, "EOF, no stray byte (closing: {closing})");
+            let fds: &[c_int] = if closing { &[b] } else { &[a, b] };
+            for &fd in fds {
+                // SAFETY: our own fds; the hook forgets them and closes them.
+                unsafe { calls::close(fd) };
+            }
+        }
     }
 
     /// A byte on the socket that no doorbell count accounts for (a peer that lied about its
