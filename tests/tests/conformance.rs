@@ -466,6 +466,7 @@ scenarios! {
     child_moves_bytes_then_the_parent_migrates_fork: "share", server ["fork"], client ["fork"], connections 1, shm 30_440;
     child_moves_bytes_then_the_parent_migrates_fork_exec: "share", server ["fork-exec"], client ["fork-exec"], connections 1, shm 30_440;
     child_moves_bytes_then_the_parent_migrates_spawn: "share", server ["spawn"], client ["spawn"], connections 1, shm 30_440;
+    child_changes_epoll_registration_then_parent_migrates: "share", server ["fork-epoll"], client ["fork"], connections 1, shm 30_440;
     child_forked_before_connect_moves_bytes: "share", server ["fork"], client ["fork-early"], connections 0, shm 0, plain because "peer never claimed";
     children_spawn_dup2_stdin_and_stdout: "children", server ["spawn-dup2-both"], client ["spawn-dup2-both"], connections 1, shm 21_000;
     children_spawn_dup2_stdin_only: "children", server ["spawn-dup2-in"], client ["spawn-dup2-in"], connections 1, shm 21_000;

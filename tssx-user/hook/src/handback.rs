@@ -21,7 +21,7 @@ use std::{
 
 use libc::c_int;
 use tssx_common::segment::{SegmentState, NOT_YET, SHUT_READ, SHUT_WRITE};
-use tssx_shm::ring::Transfer;
+use tssx_shm::{ring::Transfer, wait::sleeper_announced};
 
 use crate::{
     conn::{Conn, Phase},
@@ -139,6 +139,23 @@ impl Conn {
                     replay(tx, fd, from, head);
                     return true;
                 }
+            }
+            // SeqCst: pairs with the peer's SeqCst store of its `back_at`; `sleeper_announced`
+            // fences before it loads the peer's announcements.
+            if self.peer_line().back_at.load(SeqCst) != NOT_YET && !sleeper_announced(&self.header().asleep.0[self.end.peer().index()]) {
+                // The peer handed back first and none of its threads sleeps: no last doorbell.
+                // Its writes are on the socket already (a writer still waiting for room on its
+                // ring announced its sleep, and gets the doorbell below; one of another thread
+                // that announces later polls: see `Conn::is_shared`), and a reader of this ring
+                // that sleeps later wakes on what this end sends on the socket from now on (its
+                // data, or EOF). And the peer may be closing (a close hands back when another
+                // process seems to hold its end: `epoll::fd_closing`), its doorbells drained:
+                // a byte left unread in its socket would make the kernel reset this end, whose
+                // read got ECONNRESET instead of EOF (conformance `share fork-epoll`, swapped).
+                // Relaxed: published by the SeqCst store of `back_at`.
+                line.bells_at.store(line.bells_sent.load(Relaxed), Relaxed);
+                line.back_at.store(tx.position(), SeqCst);
+                return true;
             }
             // The last doorbell, counted (SeqCst, as every doorbell) and published with
             // `back_at` before it is sent: a peer it wakes sees the hand-back (sent first, the

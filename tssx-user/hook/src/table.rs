@@ -515,7 +515,9 @@ impl Conn {
             // reading its ring to the end, would get the reset instead of the EOF (found by
             // `tests/conform/share.c` `fork-epoll`, swapped: a doorbell rung for a wait in
             // epoll, which the ring's data ended first). A doorbell counted after this look
-            // can still land before the close (a known defect, see the README).
+            // can still land before the close: the peer, reading its ring, takes that reset
+            // for this end's EOF (`Conn::drain`, `Conn::sleep_on_socket`); only `SHUT_RESET`
+            // in the header makes its read report ECONNRESET.
             self.drain_owed_doorbells(fd);
         }
         // AcqRel: the peer's Acquire load of a zero count sees everything this end wrote.

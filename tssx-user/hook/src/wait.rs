@@ -5,6 +5,7 @@
 use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
 
 use libc::c_int;
+use tssx_common::segment::NOT_YET;
 
 use crate::{
     conn::{Conn, Phase},
@@ -281,6 +282,13 @@ impl Conn {
     /// first (a reader that freed room in the peer's ring must be able to wake it).
     pub(crate) fn ring_doorbell(&self, fd: c_int) {
         self.with_tx(|_| {
+            // Handed back: this end sends no doorbell any more (its last one is counted in
+            // `bells_at`): a byte after it would reach the peer as data (a `shutdown` while the
+            // peer slept gave it a stray zero byte before the EOF). Its socket's data, EOF or
+            // close wakes the peer now. Relaxed: stored under this lock.
+            if self.my_line().back_at.load(Relaxed) != NOT_YET {
+                return;
+            }
             // Acquire: pairs with the peer's SeqCst store of `ready`.
             let switched = self.out_switched() || (self.peer_line().ready.load(Acquire) == 1 && self.switch_out());
             if !switched {
@@ -741,6 +749,147 @@ mod tests {
         for fd in [a, b, epfd] {
             // SAFETY: our own fds; the hook forgets the tracked ones and closes them.
             unsafe { calls::close(fd) };
+        }
+    }
+
+    /// A swapped pair (client, server), blocking, both ends active on the rings.
+    fn active_pair() -> ([c_int; 2], Segment) {
+        crate::phase::set_claiming(false);
+        let [a, b] = tracked_pair(libc::SOCK_STREAM | libc::SOCK_CLOEXEC, Some(false));
+        let segment = join_both(a, b);
+        for _ in 0..20 {
+            for (from, to) in [(a, b), (b, a)] {
+                assert_eq!(write(from, b"x"), 1);
+                let mut one = [0u8; 1];
+                assert_eq!(read(to, &mut one), 1);
+            }
+        }
+        assert_eq!(table::lookup(a).unwrap().phase(), Phase::Active);
+        assert_eq!(table::lookup(b).unwrap().phase(), Phase::Active);
+        ([a, b], segment)
+    }
+
+    /// The close of a server whose header still counts another holder of its end (a forked
+    /// child that exited): it hands the connection back first (`epoll::fd_closing`). The client
+    /// follows on its next read, which takes the server's last bytes from the ring; the server's
+    /// socket then closes. A byte of the client's landing in that socket before its close (its
+    /// own hand-back's last doorbell: nobody drains it any more) makes the kernel reset the
+    /// client, which read ECONNRESET instead of EOF (conformance `share fork-epoll`, swapped).
+    #[test]
+    fn following_a_closing_peers_hand_back_leaves_its_socket_nothing_unread() {
+        let ([a, b], _segment) = active_pair();
+        assert_eq!(write(b, b"done\n"), 5);
+        let server = table::lookup(b).unwrap();
+        // The exited child still counted as a holder of the server's end.
+        // Relaxed: a test on one thread.
+        server.header().refcount[End::Server.index()].fetch_add(1, Relaxed);
+        server.hand_back(b);
+        drop(server);
+        // The hook's part of the server's close (it drains what the client counted so far) ...
+        table::close(b);
+        let mut buf = [0u8; 64];
+        assert_eq!(read(a, &mut buf), 5, "the server's last bytes");
+        assert_eq!(&buf[..5], b"done\n");
+        // ... then the kernel's.
+        // SAFETY: the server's own socket, which the hook forgot above.
+        assert_eq!(unsafe { libc::close(b) }, 0);
+        assert_eq!(read(a, &mut buf), 0, "EOF, as the kernel gives it (not ECONNRESET)");
+        // The client's data after the hand-back is on the socket: a server that closes without
+        // reading it resets the client, as the kernel does.
+        let ([c, d], _segment) = active_pair();
+        let server = table::lookup(d).unwrap();
+        server.hand_back(d);
+        drop(server);
+        assert_eq!(write(d, b"done\n"), 5);
+        assert_eq!(read(c, &mut buf), 5);
+        assert_eq!(write(c, b"unread"), 6);
+        // SAFETY: our own fd; the hook forgets it and closes it.
+        unsafe { calls::close(d) };
+        assert_eq!(read(c, &mut buf), -1);
+        assert_eq!(errno(), libc::ECONNRESET, "a real reset stays one");
+        assert_eq!(read(c, &mut buf), 0, "then EOF");
+        for fd in [a, c] {
+            // SAFETY: our own fds; the hook forgets them and closes them.
+            unsafe { calls::close(fd) };
+        }
+    }
+
+    /// The server's last close drains the doorbells the client counted once; one the client
+    /// sends just after lands in the socket before its close, and the kernel resets the client.
+    /// A client reading its ring takes that reset for the server's end: EOF after the ring's
+    /// bytes, blocked in the read or not, as from a server that closed with nothing unread. One
+    /// that closes with ring bytes unread resets the client for real: ECONNRESET once, then EOF.
+    #[test]
+    fn a_doorbell_after_the_closers_last_drain_is_no_reset() {
+        for blocked in [false, true] {
+            let ([a, b], _segment) = active_pair();
+            assert_eq!(write(b, b"done\n"), 5);
+            let mut buf = [0u8; 64];
+            assert_eq!(read(a, &mut buf), 5);
+            let reader = blocked.then(|| {
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 8];
+                    (read(a, &mut buf), errno())
+                })
+            });
+            if blocked {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            table::close(b);
+            // A doorbell counted after the drain's look (SeqCst, as the counters' users).
+            table::lookup(a).unwrap().my_line().bells_sent.fetch_add(1, SeqCst);
+            assert_eq!(sys::send_raw(a, &[0u8], libc::MSG_DONTWAIT), Ok(1));
+            // SAFETY: the server's own socket, which the hook forgot above.
+            assert_eq!(unsafe { libc::close(b) }, 0);
+            let got = match reader {
+                Some(r) => r.join().expect("the reader"),
+                None => (read(a, &mut buf), errno()),
+            };
+            assert_eq!(got.0, 0, "EOF, not a reset (errno {})", got.1);
+            // SAFETY: our own fd; the hook forgets it and closes it.
+            unsafe { calls::close(a) };
+        }
+        let ([a, b], _segment) = active_pair();
+        assert_eq!(write(a, b"unread"), 6);
+        // SAFETY: our own fd; the hook forgets it and closes it.
+        unsafe { calls::close(b) };
+        let mut buf = [0u8; 8];
+        assert_eq!(read(a, &mut buf), -1);
+        assert_eq!(errno(), libc::ECONNRESET, "a real reset stays one");
+        assert_eq!(read(a, &mut buf), 0, "then EOF");
+        // SAFETY: our own fd; the hook forgets it and closes it.
+        unsafe { calls::close(a) };
+    }
+
+    /// After this end's own hand-back, no doorbell: a `shutdown` or a close while the peer
+    /// sleeps gives the peer EOF after the bytes, never a stray byte counted after `bells_at`
+    /// (the peer, following, would read it as data).
+    #[test]
+    fn no_doorbell_after_an_ends_own_hand_back() {
+        for closing in [false, true] {
+            let ([a, b], _segment) = active_pair();
+            assert_eq!(write(a, b"last"), 4);
+            table::lookup(a).unwrap().hand_back(a);
+            let server = table::lookup(b).unwrap();
+            server.announce();
+            if closing {
+                // SAFETY: our own fd; the hook forgets it and closes it.
+                assert_eq!(unsafe { calls::close(a) }, 0);
+            } else {
+                // SAFETY: no pointers.
+                assert_eq!(unsafe { calls::shutdown(a, libc::SHUT_WR) }, 0);
+            }
+            server.withdraw();
+            drop(server);
+            let mut buf = [0u8; 8];
+            assert_eq!(read(b, &mut buf), 4);
+            assert_eq!(&buf[..4], b"last");
+            assert_eq!(read(b, &mut buf), 0, "EOF, no stray byte (closing: {closing})");
+            let fds: &[c_int] = if closing { &[b] } else { &[a, b] };
+            for &fd in fds {
+                // SAFETY: our own fds; the hook forgets them and closes them.
+                unsafe { calls::close(fd) };
+            }
         }
     }
 
