@@ -1339,11 +1339,17 @@ pub unsafe fn wait(
         if !spun {
             spun = true;
             let mut rounds = 0u32;
-            let ready = || {
+            let look = || {
                 rounds = rounds.wrapping_add(1);
-                any_ready(set) || (rounds.is_multiple_of(KERNEL_CHECK_ROUNDS) && kernel_ready(epfd))
+                if any_ready(set) {
+                    spin::Found::Ring
+                } else if rounds.is_multiple_of(KERNEL_CHECK_ROUNDS) && kernel_ready(epfd) {
+                    spin::Found::Kernel
+                } else {
+                    spin::Found::Nothing
+                }
             };
-            match spin::spin_until(timeout_ns, mark, ready) {
+            match spin::spin_for_rings(timeout_ns, mark, look) {
                 // Ready on a ring, or in the kernel: the next pass collects it (the real wait
                 // then returns at once).
                 Spun::Ready => continue,
