@@ -23,6 +23,10 @@ use crate::{
 /// pattern for listen and accept, whose events carry no address.
 pub fn trace_event(seen: &Classified, paths: &[WatchedPath]) {
     let event = &seen.event;
+    let per_connection = matches!(event.event_kind(), Some(EventKind::Connect | EventKind::Accept));
+    if per_connection && !tracing::enabled!(tracing::Level::DEBUG) {
+        return; // (without -v: one per connection, built for nothing)
+    }
     let comm = String::from_utf8_lossy(event.comm_bytes());
     let comm = comm.as_ref();
     let pattern = paths.get(event.path_id as usize).map(ToString::to_string).unwrap_or_default();
