@@ -7,6 +7,10 @@
 //! of its own section resolved, and it is loaded with the Unix attach type and linked to the
 //! cgroup v2 root (`BPF_LINK_CREATE`: the link goes with the agent's fd, so a killed agent
 //! leaves nothing attached).
+//!
+//! It is the default watcher's view of the connects ([`crate::loader::WatchMode::ConnectHook`]):
+//! no syscall tracepoint is attached then. When the kernel refuses it (older than 6.7, no
+//! cgroup v2 mounted) the loader falls back to the syscall tracepoints.
 
 use std::{
     ffi::CString,
