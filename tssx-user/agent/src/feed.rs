@@ -256,13 +256,15 @@ type Resolution = (Vec<u8>, Option<(u64, u64)>);
 fn resolve_event(event: &Event, bind: bool) -> Option<Resolution> {
     use crate::control::host;
     let absolute = host::resolve_in_cwd(event.tgid, event.addr_bytes())?;
+    if event.socket_cookie().is_some() {
+        // The connect hook's event names no fd: the file the name stands for now (the event is
+        // read moments after the connect), which is also what the check below would compare.
+        let file = host::file_id(event.tgid, &absolute);
+        return Some((absolute, file));
+    }
     let socket = host::socket_inode(event.tgid, event.fd).ok().flatten().and_then(|ino| crate::sockdiag::unix_socket(ino).ok().flatten());
     let file = if bind {
         socket?.file
-    } else if event.socket_cookie().is_some() {
-        // The connect hook's event names no fd: the file the name stands for now (the event is
-        // read moments after the connect).
-        host::file_id(event.tgid, &absolute)
     } else {
         socket.and_then(|s| s.peer).and_then(|peer| crate::sockdiag::unix_socket(peer).ok().flatten()).and_then(|p| p.file)
     };
