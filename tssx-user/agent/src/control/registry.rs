@@ -604,28 +604,22 @@ impl Registry {
     /// Returns the dropped events that count as short-lived connections, as
     /// [`Registry::apply_event_checks`].
     pub(super) fn apply_cookie_checks(&mut self, results: &[(CookieCheck, Option<u32>)], now_ns: u64, settle_ns: u64) -> Vec<Seen> {
-        let held: std::collections::HashSet<EventRef> = self.held.values().filter_map(|h| h.claim.event).collect();
-        let mut short_lived = Vec::new();
-        for &(check, inode) in results {
-            let Some(seen) = self.event_mut(check.at) else { continue };
-            match (inode, seen.inode) {
-                (Some(inode), None) => seen.inode = Some(inode),
-                (Some(inode), Some(known)) if inode == known => {}
+        // The same rules as for the events kept by fd, once the answers say the same thing: a
+        // socket (connected now), or gone (never seen connected counts as gone once settled).
+        let answers: Vec<(EventRef, FdNow)> = results
+            .iter()
+            .filter_map(|&(check, inode)| match inode {
+                Some(inode) => Some((check.at, FdNow::Socket(inode))),
                 // Not connected yet, and young: its connect may still be under way.
-                (None, None) if now_ns.saturating_sub(check.ts_ns) < settle_ns => {}
-                (now, known) => {
-                    let Some(gone) = self.take_event(check.at) else { continue };
-                    let unpaired = known.is_some_and(|i| self.unpaired_peers.contains_key(&i));
-                    // Gone, or never seen connected (a connection shorter than a sweep, or a
-                    // connect that failed: the kernel cannot tell them apart any more): a
-                    // short-lived connection unless a claim named it.
-                    if now.is_none() && !unpaired && !held.contains(&check.at) {
-                        short_lived.push(gone);
-                    }
+                None if now_ns.saturating_sub(check.ts_ns) < settle_ns
+                    && self.cookies.get(&check.at.cookie).is_some_and(|s| s.inode.is_none()) =>
+                {
+                    None
                 }
-            }
-        }
-        short_lived
+                None => Some((check.at, FdNow::Gone)),
+            })
+            .collect();
+        self.apply_event_checks(&answers)
     }
 
     // ---- held claims ------------------------------------------------------------------------
