@@ -48,6 +48,7 @@ use crate::{
     own::OwnFd,
     ringlock::{lock_local, Local, Side},
     sys,
+    witness::Witness,
 };
 
 /// Where a tracked connection is in its life. Phases only move forward (the order of the
@@ -224,6 +225,9 @@ pub struct Conn {
     /// still on it: part of [`Conn::edges`], so that edge-triggered epoll reports socket data
     /// and socket room as the kernel would. Relaxed: counters compared for change only.
     pub(crate) socket_edges: [AtomicU32; 2],
+    /// Which wake-ups the real socket had (see [`crate::witness`]): from the first adopted
+    /// epoll registration until the connection is active.
+    socket_witness: Mutex<Option<Witness>>,
     /// An incoming edge of the real socket (data, EOF, hang-up) was consumed by epoll while the
     /// incoming direction was still on the socket, so nobody drained it as doorbells. Once that
     /// direction reads the ring, the socket must be looked at once more: a peer that died
@@ -379,6 +383,7 @@ impl Conn {
             fork_mark: AtomicU64::new(0),
             death_checked_ns: AtomicU64::new(0),
             socket_edges: [AtomicU32::new(0), AtomicU32::new(0)],
+            socket_witness: Mutex::new(None),
             socket_unexamined: AtomicBool::new(false),
             last_fd: AtomicI32::new(-1),
             peek_off: AtomicI32::new(-1),
@@ -661,16 +666,75 @@ impl Conn {
         (head.wrapping_add(u64::from(sock_in) << 40), tail.wrapping_add(u64::from(sock_out) << 40))
     }
 
-    /// The kernel reported `events` on the real socket: count them as edges of the directions
-    /// that are not on the rings yet.
+    /// The kernel reported `events` on the real socket: count them as edges of the incoming
+    /// direction if it is not on the ring yet, and of the outgoing one until the peer took the
+    /// bytes this end wrote to the socket before its switch: each of those takes is room, as
+    /// in the kernel, even once this end writes to its ring.
+    ///
+    /// Only a side the socket was woken for since the last event counts (see
+    /// [`crate::witness`]: one wake-up reported by several instances is one edge, and the event
+    /// an `EPOLL_CTL_MOD` queues is none), when the connection has a witness; otherwise every
+    /// event counts.
     pub(crate) fn socket_edge(&self, events: u32) {
-        if events & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP) as u32 != 0 && (!self.reads_ring() || self.peer_handed_back()) {
-            self.socket_edges[0].fetch_add(1, Relaxed);
-            self.socket_unexamined.store(true, Relaxed);
+        let incoming =
+            events & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP) as u32 != 0 && (!self.reads_ring() || self.peer_handed_back());
+        // Room: while the peer may still take this end's socket bytes (after that, room is the
+        // ring's, and a socket event is the drain of a doorbell).
+        let outgoing = events & libc::EPOLLOUT as u32 != 0 && !self.peer_took_socket_bytes();
+        if !incoming && !outgoing {
+            return;
         }
-        if events & libc::EPOLLOUT as u32 != 0 && !self.writes_ring() {
+        let woken = match self.socket_witness.try_lock() {
+            Ok(witness) => witness.as_ref().map(|w| w.woken(crate::epoll::my_pid())),
+            // Another thread (or a handler on this one) looks: count (an extra edge at most).
+            Err(_) => None,
+        };
+        let (woken_in, woken_out) = woken.unwrap_or((true, true));
+        if incoming {
+            self.socket_unexamined.store(true, Relaxed);
+            if woken_in {
+                self.socket_edges[0].fetch_add(1, Relaxed);
+            }
+        }
+        if outgoing && woken_out {
             self.socket_edges[1].fetch_add(1, Relaxed);
         }
+        self.stop_watching_socket();
+    }
+
+    /// Starts the socket's [`Witness`] (`epoll::adopt`, before the application's first
+    /// registration becomes the hook's and before the kernel's ready list is looked at), if
+    /// it has none.
+    pub(crate) fn watch_socket_wakeups(&self, fd: c_int) {
+        if let Ok(mut witness) = self.socket_witness.try_lock() {
+            if witness.is_none() {
+                *witness = Witness::watch(fd, crate::epoll::my_pid());
+            }
+        }
+    }
+
+    /// Ends the socket's [`Witness`] (its two fds) once no wake-up of the socket can be an edge
+    /// any more: the connection is active (incoming data is on the ring) and the peer took
+    /// every byte this end wrote to the socket (no room will come from the socket). The peer
+    /// stores its count after the read that woke this socket, so a last look sees that
+    /// wake-up.
+    pub(crate) fn stop_watching_socket(&self) {
+        if self.phase() != Phase::Active || !self.peer_took_socket_bytes() {
+            return;
+        }
+        let Ok(mut witness) = self.socket_witness.try_lock() else { return };
+        if let Some(last) = witness.take() {
+            if last.woken(crate::epoll::my_pid()).1 {
+                self.socket_edges[1].fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    /// Whether the peer consumed every byte this end wrote to the socket before its switch.
+    fn peer_took_socket_bytes(&self) -> bool {
+        // Acquire on both: our own switch position, and the peer's count (stored Release).
+        let at = self.my_line().switch_at.load(Acquire);
+        at != NOT_YET && self.peer_line().sock_read.load(Acquire) >= at
     }
 
     /// The peer closed with bytes unread and no read has reported ECONNRESET yet. Only once the

@@ -43,7 +43,9 @@
 //! hand-back during a call that writes nothing (the peer's last doorbell is skipped by the next
 //! read, which then finds no data). The hook's own fds take the lowest free numbers, so an fd
 //! the application closed may name a hook fd before its next call (`EPOLL_CTL_DEL` on it then
-//! fails with ENOENT, not EBADF).
+//! fails with ENOENT, not EBADF). An edge-triggered registration moved into the list while its
+//! instance has other events ready (or is shared with another process) reports its socket's
+//! ready bits once, though the kernel may have reported that edge already (see [`adopt`]).
 
 use std::{
     cell::UnsafeCell,
@@ -194,7 +196,7 @@ unsafe impl Send for Set {}
 /// this process.
 static MY_PID: AtomicU32 = AtomicU32::new(0);
 
-fn my_pid() -> u32 {
+pub(crate) fn my_pid() -> u32 {
     match MY_PID.load(Relaxed) {
         0 => {
             let pid = tssx_shm::sys::getpid();
@@ -796,8 +798,23 @@ fn note_oneshots_fired(set: &Set, events: &[epoll_event]) {
 /// Moves a recorded registration of `fd` in `epfd` into the hook's table, and the kernel's
 /// registration of the real socket to the hook's own ([`tagged`]). Called while `epfd`'s gate
 /// is closed (no thread waits in it).
+///
+/// Edge-triggered, the kernel reports an edge once: one it reported before the move stays
+/// reported, one it has not reported yet is reported by the hook. The kernel tells which only
+/// through its ready list: if the instance has no event ready (one `poll` of it), the
+/// application's registration has no edge pending, and the hook's starts from the socket's
+/// state now; otherwise (or if another process shares the instance) the hook reports the
+/// socket's ready bits once, which may be an edge the kernel would not give (an instance
+/// with other ready events at the moment of the move is the documented limit).
+///
+/// The `EPOLL_CTL_MOD` to the hook's registration queues an event of its own when the socket
+/// is ready; it counts as an edge only if the socket was woken since just before the ready
+/// list was looked at ([`crate::witness`], started first): a wake-up that came after that look
+/// (a sender whose bytes were already queued) still counts, so no edge is lost.
 pub fn adopt(epfd: c_int, fd: c_int, c: &Conn, events: u32, data: u64) {
     let Some(set) = set_or_new(epfd) else { return };
+    c.watch_socket_wakeups(fd);
+    let edge_pending = events & libc::EPOLLET as u32 != 0 && (set.shared_with_others() || kernel_ready(epfd));
     let mut kernel = tagged(fd);
     // SAFETY: a live event; a failure (the fd or instance closed meanwhile) leaves nothing.
     if unsafe { sys::epoll_ctl(epfd, libc::EPOLL_CTL_MOD, fd, &mut kernel) } != 0 {
@@ -805,6 +822,9 @@ pub fn adopt(epfd: c_int, fd: c_int, c: &Conn, events: u32, data: u64) {
     }
     let mut interest = Interest::new(fd, c.id(), events & !DISARMED, data);
     interest.armed = events & DISARMED == 0;
+    if events & libc::EPOLLET as u32 != 0 && !edge_pending {
+        interest.seen = positions(&interest, c, fd);
+    }
     let pushed = set.with(|v, _| {
         v.retain(|i| !(i.fd == fd && i.conn == c.id()));
         v.push(interest)
@@ -1117,15 +1137,7 @@ fn filter(epfd: c_int, out: &mut [epoll_event], m: usize) -> usize {
 /// [`Conn::edges`], or a hang-up or error not reported yet): as the kernel, which on each
 /// wake-up of an edge-triggered item reports all its ready bits, not just the new one.
 fn reportable(i: &Interest, c: &Conn, fd: c_int) -> (u32, (u64, u64, u32)) {
-    // The edge positions first, then the readiness: data that arrives in between is then
-    // reported now and counted as new once more next time (one extra edge), never counted as
-    // seen without being reported (an edge-triggered connection whose reply came between the
-    // two loads was never reported again: nginx's proxy stalled on it).
-    let (head, tail) = c.edges();
-    let mut ready = c.readiness(fd);
-    if i.events & libc::EPOLLPRI as u32 != 0 {
-        ready |= c.urgent(fd);
-    }
+    let (head, tail, ready) = positions(i, c, fd);
     let mask = ready & (i.events | bits::HUP | bits::ERR);
     if i.events & libc::EPOLLET as u32 == 0 || mask == 0 {
         return (mask, i.seen);
@@ -1142,7 +1154,20 @@ fn reportable(i: &Interest, c: &Conn, fd: c_int) -> (u32, (u64, u64, u32)) {
     (if mask & edge != 0 { mask } else { 0 }, (head, tail, ready))
 }
 
-/// Whether any interest of `set` would be reported now (for the spin and the re-check).
+/// The edge positions of `c` ([`Conn::edges`]) and the bits interest `i` finds ready now.
+fn positions(i: &Interest, c: &Conn, fd: c_int) -> (u64, u64, u32) {
+    // The edge positions first, then the readiness: data that arrives in between is then
+    // reported now and counted as new once more next time (one extra edge), never counted as
+    // seen without being reported (an edge-triggered connection whose reply came between the
+    // two loads was never reported again: nginx's proxy stalled on it).
+    let (head, tail) = c.edges();
+    let mut ready = c.readiness(fd);
+    if i.events & libc::EPOLLPRI as u32 != 0 {
+        ready |= c.urgent(fd);
+    }
+    (head, tail, ready)
+}
+
 /// Whether the kernel has events for the instance `epfd` (a plain fd's, or a doorbell), without
 /// waiting.
 fn kernel_ready(epfd: c_int) -> bool {
@@ -1151,6 +1176,7 @@ fn kernel_ready(epfd: c_int) -> bool {
     sys::with_errno_kept(|| unsafe { sys::poll(&mut p, 1, 0) }) > 0
 }
 
+/// Whether any interest of `set` would be reported now (for the spin and the re-check).
 fn any_ready(set: &Set) -> bool {
     set.with(|v, local| {
         v.iter().any(|i| i.armed && !i.parked && live(&mut local.aliases, i).is_some_and(|(c, fd)| reportable(i, &c, fd).0 != 0))

@@ -80,3 +80,4 @@ pub mod syscall;
 pub mod table;
 pub mod uring;
 pub mod wait;
+pub mod witness;

@@ -546,9 +546,9 @@ impl Conn {
         // Relaxed load: our own count, written under the lock we hold. SeqCst store: the
         // peer's reader loads it with Acquire after it peeked the socket (see `crate::migrate`).
         line.switch_at.store(line.sock_written.load(Relaxed), SeqCst);
-        // An empty ring is room the application has not been told about (a writer that found
-        // the socket full waits for an edge, which the socket will not give any more).
-        self.socket_edges[1].fetch_add(1, Relaxed);
+        // No edge of room here: the kernel gives none (nothing moved), and a writer that found
+        // the socket full gets one when the peer takes the socket's bytes (see
+        // `Conn::socket_edge`).
         true
     }
 
@@ -573,6 +573,7 @@ impl Conn {
     /// Both directions are on the rings.
     fn became_active(&self) {
         if self.advance(Phase::Ready, Phase::Active) {
+            self.stop_watching_socket();
             // For the agent's trace (the migration is complete when both ends stored theirs).
             // Relaxed: a timestamp nobody synchronizes on.
             self.my_line().active_ns.store(now_ns().max(1), Relaxed);
