@@ -813,8 +813,13 @@ fn note_oneshots_fired(set: &Set, events: &[epoll_event]) {
 /// (a sender whose bytes were already queued) still counts, so no edge is lost.
 pub fn adopt(epfd: c_int, fd: c_int, c: &Conn, events: u32, data: u64) {
     let Some(set) = set_or_new(epfd) else { return };
-    c.watch_socket_wakeups(fd);
-    let edge_pending = events & libc::EPOLLET as u32 != 0 && (set.shared_with_others() || kernel_ready(epfd));
+    let edge_triggered = events & libc::EPOLLET as u32 != 0;
+    if edge_triggered {
+        // (Only edge-triggered interests look at the socket's edges: a connection registered
+        // level-triggered only costs no witness.)
+        c.watch_socket_wakeups(fd);
+    }
+    let edge_pending = edge_triggered && (set.shared_with_others() || kernel_ready(epfd));
     let mut kernel = tagged(fd);
     // SAFETY: a live event; a failure (the fd or instance closed meanwhile) leaves nothing.
     if unsafe { sys::epoll_ctl(epfd, libc::EPOLL_CTL_MOD, fd, &mut kernel) } != 0 {
@@ -822,7 +827,7 @@ pub fn adopt(epfd: c_int, fd: c_int, c: &Conn, events: u32, data: u64) {
     }
     let mut interest = Interest::new(fd, c.id(), events & !DISARMED, data);
     interest.armed = events & DISARMED == 0;
-    if events & libc::EPOLLET as u32 != 0 && !edge_pending {
+    if edge_triggered && !edge_pending {
         interest.seen = positions(&interest, c, fd);
     }
     let pushed = set.with(|v, _| {
