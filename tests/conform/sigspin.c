@@ -41,10 +41,23 @@ static pid_t waiter_tid;
 static atomic_int in_call, call_done, handled, ask;
 static volatile sig_atomic_t flag;
 
+/* For a round that goes wrong, where the first signal found the waiter (stderr only, never the
+ * transcript): the waiter's CPU time when the call started and when the first handler ran, why
+ * the pester sent it (asleep or CPU), and the waiter's /proc syscall line when it did. */
+static atomic_llong cpu_at_call, cpu_at_handler;
+static atomic_int sent_asleep;
+static char sent_in[160];
+
+static long long own_cpu_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
 static void on_usr1(int sig) {
     (void)sig;
     flag = 1;
-    atomic_fetch_add(&handled, 1);
+    if (atomic_fetch_add(&handled, 1) == 0) atomic_store(&cpu_at_handler, own_cpu_ns());
 }
 
 static long long waiter_cpu_ns(void) {
@@ -67,6 +80,18 @@ static int waiter_sleeps(void) {
     return end && end[1] == ' ' && end[2] == 'S';
 }
 
+/* The waiter's /proc syscall line (number and arguments, or "running") into `sent_in`. */
+static void note_waiter_syscall(void) {
+    char path[64];
+    snprintf(path, sizeof path, "/proc/self/task/%d/syscall", (int)waiter_tid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    ssize_t n = fd >= 0 ? read(fd, sent_in, sizeof sent_in - 1) : -1;
+    if (fd >= 0) close(fd);
+    sent_in[n > 0 ? n : 0] = 0;
+    char *nl = strchr(sent_in, '\n');
+    if (nl) *nl = 0;
+}
+
 static void *pester(void *arg) {
     (void)arg;
     while (!atomic_load(&in_call)) {
@@ -75,6 +100,8 @@ static void *pester(void *arg) {
     while (!atomic_load(&call_done) && !waiter_sleeps() && waiter_cpu_ns() - start < 20000) {
     }
     if (atomic_load(&call_done)) return NULL;
+    atomic_store(&sent_asleep, waiter_sleeps());
+    note_waiter_syscall();
     pthread_kill(waiter, SIGUSR1);
     if (atomic_load(&ask)) {
         /* A restarted read: the data once its handler ran. */
@@ -111,8 +138,11 @@ static void ping(int times) {
             atomic_store(&in_call, 0);                                                         \
             atomic_store(&call_done, 0);                                                       \
             atomic_store(&ask, (asking));                                                      \
+            atomic_store(&cpu_at_handler, 0);                                                  \
+            sent_in[0] = 0;                                                                    \
             pthread_t t_;                                                                      \
             CHECK(pthread_create(&t_, NULL, pester, NULL) == 0);                               \
+            atomic_store(&cpu_at_call, own_cpu_ns());                                          \
             atomic_store(&in_call, 1);                                                         \
             errno = 0;                                                                         \
             long r_ = (long)(call);                                                            \
@@ -120,6 +150,11 @@ static void ping(int times) {
             int handled_ = atomic_load(&handled);                                              \
             atomic_store(&call_done, 1);                                                       \
             pthread_join(t_, NULL);                                                            \
+            if (handled_ != 1)                                                                 \
+                fprintf(stderr, "%s, round %d: %d handlers when the call returned; the first ran %lld ns of CPU into " \
+                        "the call, sent with the waiter %s in [%s]\n", (what), round_, handled_,          \
+                        atomic_load(&cpu_at_handler) - atomic_load(&cpu_at_call),              \
+                        atomic_load(&sent_asleep) ? "asleep" : "on CPU", sent_in);             \
             as_wanted_ += r_ == (want_rc) && (r_ >= 0 || e_ == (want_errno));                  \
             first_ += handled_ == 1;                                                           \
             flagged_ += flag == 1;                                                             \
