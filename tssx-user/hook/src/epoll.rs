@@ -1300,9 +1300,22 @@ pub unsafe fn wait(
             // real wait, whose events of tagged sockets (an interest adopted meanwhile) are
             // the hook's, not the application's.
             let left = deadline.map(|d| d.saturating_sub(now_ns()));
-            // SAFETY: the caller's array.
-            let m = unsafe { real_wait(epfd, out.as_mut_ptr(), out.len() as c_int, left, sigmask) };
+            // This may be a second sleep of the call (after a wake-up that was only the
+            // hook's): a handler that runs from the mark's look on is held back until the
+            // sleep starts (see `Quiet`), so that it ends the sleep with EINTR as the kernel's
+            // would, instead of running before it.
+            let quiet = crate::signals::Quiet::block();
+            let m = if mark.interrupted().is_some() {
+                sys::set_errno(libc::EINTR);
+                -1
+            } else {
+                // SAFETY: the caller's array; the mask is the application's or the thread's own.
+                unsafe { real_wait(epfd, out.as_mut_ptr(), out.len() as c_int, left, quiet.sleep_mask(sigmask)) }
+            };
+            let saved_errno = sys::errno();
+            drop(quiet);
             if m <= 0 {
+                sys::set_errno(saved_errno);
                 return m;
             }
             if let Some(n) = kernel_answer(epfd, set, out, m as usize, deadline) {
@@ -1463,6 +1476,9 @@ pub fn counted<R>(epfd: c_int, f: impl FnOnce() -> R) -> R {
 /// # Safety
 /// As [`wait`].
 pub unsafe fn plain_wait(epfd: c_int, events: *mut epoll_event, maxevents: c_int, timeout_ms: c_int, sigmask: *const sigset_t) -> c_int {
+    // At the entry (one thread-local load): a handler that runs after the kernel's wait
+    // returned only the hook's events ends the wait that follows (see `wait`).
+    let mark = Mark::now();
     let rc = {
         let _waiting = Waiting::enter(epfd);
         // SAFETY: forwarded.
@@ -1477,8 +1493,8 @@ pub unsafe fn plain_wait(epfd: c_int, events: *mut epoll_event, maxevents: c_int
         }
         if kept == 0 {
             // Only the hook's events: wait again, through the table. (A handler that ran
-            // during the kernel's wait made it fail with EINTR; from here on one ends this.)
-            let mark = Mark::now();
+            // during the kernel's wait made it fail with EINTR; one that ran after it ends
+            // this one, through the entry's mark.)
             // SAFETY: forwarded.
             return unsafe { wait(epfd, events, maxevents, (timeout_ms >= 0).then(|| timeout_ms as u64 * 1_000_000), sigmask, mark) };
         }
