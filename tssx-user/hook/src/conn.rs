@@ -681,9 +681,15 @@ impl Conn {
         // Room: while the peer may still take this end's socket bytes (after that, room is the
         // ring's, and a socket event is the drain of a doorbell).
         let outgoing = events & libc::EPOLLOUT as u32 != 0 && !self.peer_took_socket_bytes();
-        if !incoming && !outgoing {
-            return;
+        if incoming || outgoing {
+            self.count_socket_edges(incoming, outgoing);
         }
+        // (Any event will do, a doorbell's too: the witness goes as soon as it can.)
+        self.stop_watching_socket();
+    }
+
+    /// [`Conn::socket_edge`]'s count, for the sides an event can count for.
+    fn count_socket_edges(&self, incoming: bool, outgoing: bool) {
         let woken = match self.socket_witness.try_lock() {
             Ok(witness) => witness.as_ref().map(|w| w.woken(crate::epoll::my_pid())),
             // Another thread (or a handler on this one) looks: count (an extra edge at most).
@@ -699,7 +705,6 @@ impl Conn {
         if outgoing && woken_out {
             self.socket_edges[1].fetch_add(1, Relaxed);
         }
-        self.stop_watching_socket();
     }
 
     /// Starts the socket's [`Witness`] (`epoll::adopt`, before the application's first
@@ -731,7 +736,7 @@ impl Conn {
     }
 
     /// Whether the peer consumed every byte this end wrote to the socket before its switch.
-    fn peer_took_socket_bytes(&self) -> bool {
+    pub(crate) fn peer_took_socket_bytes(&self) -> bool {
         // Acquire on both: our own switch position, and the peer's count (stored Release).
         let at = self.my_line().switch_at.load(Acquire);
         at != NOT_YET && self.peer_line().sock_read.load(Acquire) >= at

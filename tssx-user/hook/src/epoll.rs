@@ -719,9 +719,10 @@ fn tagged(fd: c_int) -> epoll_event {
     epoll_event { events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32, u64: TAG | fd as u64 }
 }
 
-/// The kernel registration of an [`Phase::Active`] connection's real socket: doorbells and
-/// EOF only. Room on the socket no longer matters (both directions are on the rings), and its
-/// edges (each time the peer drains a doorbell) would only wake this end for nothing.
+/// The kernel registration of an [`Phase::Active`] connection's real socket once the peer took
+/// the bytes this end wrote to it: doorbells and EOF only. Room on the socket no longer matters
+/// (both directions are on the rings), and its edges (each time the peer drains a doorbell)
+/// would only wake this end for nothing.
 fn tagged_active(fd: c_int) -> epoll_event {
     epoll_event { events: (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLET) as u32, u64: TAG | fd as u64 }
 }
@@ -1117,8 +1118,10 @@ fn filter(epfd: c_int, out: &mut [epoll_event], m: usize) -> usize {
                 c.socket_edge(ev.events);
                 // Called after this thread withdrew its announcements.
                 c.drain_doorbells_if_alone(fd, 0);
-                if ev.events & libc::EPOLLOUT as u32 != 0 && c.phase() == Phase::Active && fd == tagged_fd {
-                    // Once per registration: stop the socket's room edges (see `tagged_active`).
+                if ev.events & libc::EPOLLOUT as u32 != 0 && c.phase() == Phase::Active && fd == tagged_fd && c.peer_took_socket_bytes() {
+                    // Once per registration: stop the socket's room edges (see `tagged_active`),
+                    // once the peer took this end's socket bytes (until then, each take is an
+                    // edge of room: a writer that found the socket full waits for one).
                     let mut quiet = tagged_active(fd);
                     // SAFETY: a live epoll_event; errno is kept (a failure changes nothing the
                     // application sees: the registration keeps waking it, filtered here).
