@@ -222,6 +222,19 @@ HELPER int wait_ready(int fd, short events) {
     }
 }
 
+/* epoll_wait on `ep` with `timeout` (retried on EINTR); prints "what -> n EVENTS" with the
+ * first event's flags, or the error. */
+HELPER int epoll_say(const char *what, int ep, int timeout) {
+    struct epoll_event ev[4];
+    int n;
+    do n = epoll_wait(ep, ev, 4, timeout);
+    while (n < 0 && errno == EINTR);
+    if (n < 0) say("%s -> %s", what, rcstr(n, errno));
+    else if (n == 0) say("%s -> 0", what);
+    else say("%s -> %d %s", what, n, epollstr(ev[0].events));
+    return n;
+}
+
 HELPER struct sockaddr_un address(const char *path, socklen_t *len) {
     struct sockaddr_un a;
     memset(&a, 0, sizeof a);

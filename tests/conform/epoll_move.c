@@ -18,18 +18,6 @@
 
 #include <sys/epoll.h>
 
-/* epoll_wait with `timeout`; prints "what -> n EVENTS". */
-static int ewait(const char *what, int ep, int timeout) {
-    struct epoll_event ev[4];
-    int n;
-    do n = epoll_wait(ep, ev, 4, timeout);
-    while (n < 0 && errno == EINTR);
-    if (n < 0) say("%s -> %s", what, rcstr(n, errno));
-    else if (n == 0) say("%s -> 0", what);
-    else say("%s -> %d %s", what, n, epollstr(ev[0].events));
-    return n;
-}
-
 /* epoll_wait(0) without a line: how many events. */
 static int quiet_look(int ep) {
     struct epoll_event ev[4];
@@ -82,37 +70,37 @@ static void server(const char *path) {
 
     say("-- edges taken, the first word unread");
     send_byte(c, 'g');
-    ewait("et(-1) the first word", et, -1);
-    ewait("out(0)", out, 0);
-    ewait("lt(0)", lt, 0);
-    ewait("et(0) again", et, 0);
-    ewait("out(0) again", out, 0);
+    epoll_say("et(-1) the first word", et, -1);
+    epoll_say("out(0)", out, 0);
+    epoll_say("lt(0)", lt, 0);
+    epoll_say("et(0) again", et, 0);
+    epoll_say("out(0) again", out, 0);
 
     say("-- the connection may move");
     int quiet[] = {et, out};
     say("et(0) and out(0) quiet in every look: %s", let_it_move(c, quiet, 2) ? "yes" : "no");
-    ewait("et(0) after", et, 0);
-    ewait("out(0) after", out, 0);
-    ewait("lt(0) after", lt, 0);
-    ewait("late(0): its first edge, not taken before", late, 0);
-    ewait("late(0) again", late, 0);
+    epoll_say("et(0) after", et, 0);
+    epoll_say("out(0) after", out, 0);
+    epoll_say("lt(0) after", lt, 0);
+    epoll_say("late(0): its first edge, not taken before", late, 0);
+    epoll_say("late(0) again", late, 0);
 
     say("-- a new word: new edges");
     send_byte(c, 'g');
-    ewait("et(-1) the second word", et, -1);
-    ewait("et(0) again", et, 0);
-    ewait("late(0)", late, 0);
-    ewait("late(0) again", late, 0);
-    ewait("out(0): the client took the 'g'", out, 0);
-    ewait("out(0) again", out, 0);
+    epoll_say("et(-1) the second word", et, -1);
+    epoll_say("et(0) again", et, 0);
+    epoll_say("late(0)", late, 0);
+    epoll_say("late(0) again", late, 0);
+    epoll_say("out(0): the client took the 'g'", out, 0);
+    epoll_say("out(0) again", out, 0);
     SHOW_DATA("read both words", buf, read_full(c, buf, 6));
-    ewait("et(0) drained", et, 0);
-    ewait("lt(0) drained", lt, 0);
+    epoll_say("et(0) drained", et, 0);
+    epoll_say("lt(0) drained", lt, 0);
 
     say("-- EOF is an edge");
     send_byte(c, 'q');
-    ewait("et(-1) EOF", et, -1);
-    ewait("et(0) again", et, 0);
+    epoll_say("et(-1) EOF", et, -1);
+    epoll_say("et(0) again", et, 0);
     SHOW_DATA("read", buf, read(c, buf, sizeof buf));
     SHOW("close", close(c));
 }

@@ -12,18 +12,6 @@
 
 #include <sys/epoll.h>
 
-/* epoll_wait with `timeout`; prints "what -> n EVENTS". */
-static int ewait(const char *what, int ep, int timeout) {
-    struct epoll_event ev[4];
-    int n;
-    do n = epoll_wait(ep, ev, 4, timeout);
-    while (n < 0 && errno == EINTR);
-    if (n < 0) say("%s -> %s", what, rcstr(n, errno));
-    else if (n == 0) say("%s -> 0", what);
-    else say("%s -> %d %s", what, n, epollstr(ev[0].events));
-    return n;
-}
-
 static void add(int ep, int fd, unsigned events, int op) {
     struct epoll_event ev = {.events = events, .data.fd = fd};
     CHECK(epoll_ctl(ep, op, fd, &ev) == 0);
@@ -44,18 +32,18 @@ static void server(const char *path) {
     int ep = epoll_create1(0);
     CHECK(ep >= 0);
     add(ep, c, EPOLLIN | EPOLLONESHOT, EPOLL_CTL_ADD);
-    ewait("epoll_wait(0) empty", ep, 0);
+    epoll_say("epoll_wait(0) empty", ep, 0);
     send_byte(c, 'g');
-    ewait("epoll_wait(-1) after word", ep, -1);
+    epoll_say("epoll_wait(-1) after word", ep, -1);
     SHOW_DATA("read", buf, read(c, buf, sizeof buf));
     next_word(c);
-    ewait("epoll_wait(0) disarmed, data waiting", ep, 0);
+    epoll_say("epoll_wait(0) disarmed, data waiting", ep, 0);
     SHOW("epoll_ctl MOD re-arm", ({
              struct epoll_event ev = {.events = EPOLLIN | EPOLLONESHOT, .data.fd = c};
              epoll_ctl(ep, EPOLL_CTL_MOD, c, &ev);
          }));
-    ewait("epoll_wait(0) re-armed", ep, 0);
-    ewait("epoll_wait(0) fired once", ep, 0);
+    epoll_say("epoll_wait(0) re-armed", ep, 0);
+    epoll_say("epoll_wait(0) fired once", ep, 0);
     SHOW_DATA("read", buf, read(c, buf, sizeof buf));
     SHOW("epoll_ctl ADD again", ({
              struct epoll_event ev = {.events = EPOLLIN, .data.fd = c};
@@ -66,7 +54,7 @@ static void server(const char *path) {
 
     say("-- DEL and ADD again, as event loops churn write interest");
     next_word(c);
-    ewait("epoll_wait(0) deleted, data waiting", ep, 0);
+    epoll_say("epoll_wait(0) deleted, data waiting", ep, 0);
     SHOW("epoll_ctl MOD deleted", ({
              struct epoll_event ev = {.events = EPOLLIN, .data.fd = c};
              epoll_ctl(ep, EPOLL_CTL_MOD, c, &ev);
@@ -80,16 +68,16 @@ static void server(const char *path) {
     }
     say("100 rounds of ADD, wait, DEL, wait");
     add(ep, c, EPOLLOUT, EPOLL_CTL_ADD);
-    ewait("epoll_wait(0) EPOLLOUT only", ep, 0);
+    epoll_say("epoll_wait(0) EPOLLOUT only", ep, 0);
     add(ep, c, EPOLLIN | EPOLLET, EPOLL_CTL_MOD);
-    ewait("epoll_wait(0) MOD to EPOLLIN|EPOLLET", ep, 0);
-    ewait("epoll_wait(0) edge seen", ep, 0);
+    epoll_say("epoll_wait(0) MOD to EPOLLIN|EPOLLET", ep, 0);
+    epoll_say("epoll_wait(0) edge seen", ep, 0);
     SHOW_DATA("read", buf, read(c, buf, sizeof buf));
     SHOW("epoll_ctl DEL", epoll_ctl(ep, EPOLL_CTL_DEL, c, NULL));
     next_word(c);
-    ewait("epoll_wait(0) deleted, new data", ep, 0);
+    epoll_say("epoll_wait(0) deleted, new data", ep, 0);
     add(ep, c, EPOLLIN, EPOLL_CTL_ADD);
-    ewait("epoll_wait(-1) added back", ep, -1);
+    epoll_say("epoll_wait(-1) added back", ep, -1);
     SHOW_DATA("read", buf, read(c, buf, sizeof buf));
     SHOW("epoll_ctl DEL", epoll_ctl(ep, EPOLL_CTL_DEL, c, NULL));
 
@@ -98,38 +86,38 @@ static void server(const char *path) {
     CHECK(lt >= 0 && et >= 0);
     add(lt, c, EPOLLIN, EPOLL_CTL_ADD);
     add(et, c, EPOLLIN | EPOLLET, EPOLL_CTL_ADD);
-    ewait("lt(0) empty", lt, 0);
-    ewait("et(0) empty", et, 0);
+    epoll_say("lt(0) empty", lt, 0);
+    epoll_say("et(0) empty", et, 0);
     next_word(c);
-    ewait("lt(0)", lt, 0);
-    ewait("et(0)", et, 0);
-    ewait("lt(0) again", lt, 0);
-    ewait("et(0) again", et, 0);
+    epoll_say("lt(0)", lt, 0);
+    epoll_say("et(0)", et, 0);
+    epoll_say("lt(0) again", lt, 0);
+    epoll_say("et(0) again", et, 0);
     SHOW_DATA("read 2", buf, read(c, buf, 2));
-    ewait("lt(0) after partial read", lt, 0);
-    ewait("et(0) after partial read", et, 0);
+    epoll_say("lt(0) after partial read", lt, 0);
+    epoll_say("et(0) after partial read", et, 0);
     SHOW_DATA("read rest", buf, read(c, buf, sizeof buf));
-    ewait("lt(0) drained", lt, 0);
-    ewait("et(0) drained", et, 0);
+    epoll_say("lt(0) drained", lt, 0);
+    epoll_say("et(0) drained", et, 0);
     next_word(c);
-    ewait("et(-1) new data", et, -1);
-    ewait("lt(-1) new data", lt, -1);
+    epoll_say("et(-1) new data", et, -1);
+    epoll_say("lt(-1) new data", lt, -1);
     SHOW_DATA("read", buf, read(c, buf, sizeof buf));
 
     say("-- EPOLLOUT edge-triggered");
     int out = epoll_create1(0);
     CHECK(out >= 0);
     add(out, c, EPOLLOUT | EPOLLET, EPOLL_CTL_ADD);
-    ewait("et EPOLLOUT(0)", out, 0);
-    ewait("et EPOLLOUT(0) again", out, 0);
+    epoll_say("et EPOLLOUT(0)", out, 0);
+    epoll_say("et EPOLLOUT(0) again", out, 0);
 
     say("-- close removes the socket from every set");
     next_word(c);
     SHOW("close", close(c));
-    ewait("lt(0) after close", lt, 0);
-    ewait("et(0) after close", et, 0);
-    ewait("oneshot set(0) after close", ep, 0);
-    ewait("out(0) after close", out, 0);
+    epoll_say("lt(0) after close", lt, 0);
+    epoll_say("et(0) after close", et, 0);
+    epoll_say("oneshot set(0) after close", ep, 0);
+    epoll_say("out(0) after close", out, 0);
     SHOW("epoll_ctl ADD closed fd", ({
              struct epoll_event ev = {.events = EPOLLIN, .data.fd = c};
              epoll_ctl(lt, EPOLL_CTL_ADD, c, &ev);
