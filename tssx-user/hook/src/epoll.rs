@@ -1302,23 +1302,13 @@ pub unsafe fn wait(
             // Only the kernel's events (the recorded interests are still plain): one counted
             // real wait, whose events of tagged sockets (an interest adopted meanwhile) are
             // the hook's, not the application's.
-            let left = deadline.map(|d| d.saturating_sub(now_ns()));
             // This may be a second sleep of the call (after a wake-up that was only the
-            // hook's): a handler that runs from the mark's look on is held back until the
-            // sleep starts (see `Quiet`), so that it ends the sleep with EINTR as the kernel's
-            // would, instead of running before it.
-            let quiet = crate::signals::Quiet::block();
-            let m = if mark.interrupted().is_some() {
-                sys::set_errno(libc::EINTR);
-                -1
-            } else {
-                // SAFETY: the caller's array; the mask is the application's or the thread's own.
-                unsafe { real_wait(epfd, out.as_mut_ptr(), out.len() as c_int, left, quiet.sleep_mask(sigmask)) }
-            };
-            let saved_errno = sys::errno();
-            drop(quiet);
+            // hook's): a handler that ran since the mark ends it (the loop's top answers
+            // EINTR), as the kernel's would, instead of running just before it.
+            let left = || deadline.map(|d| d.saturating_sub(now_ns()));
+            // SAFETY: the caller's array.
+            let Some(m) = (unsafe { sleep_quietly(epfd, out, sigmask, left, || mark.interrupted().is_some()) }) else { continue };
             if m <= 0 {
-                sys::set_errno(saved_errno);
                 return m;
             }
             if let Some(n) = kernel_answer(epfd, set, out, m as usize, deadline) {
@@ -1409,18 +1399,11 @@ pub unsafe fn wait(
         }
         let (shared, halfway) = announce_all(set, true);
         tssx_shm::wait::settle();
-        // (A handler that ran since the mark: no sleep; the loop's top answers EINTR. One that
-        // runs from this look on is held back until the sleep starts: see `Quiet`.)
-        let quiet = crate::signals::Quiet::block();
-        let m = if any_ready(set) || mark.interrupted().is_some() {
-            0
-        } else {
-            let wait = spin::sleep_budget(deadline, shared, halfway);
-            // SAFETY: the caller's array; the mask is the application's or the thread's own.
-            unsafe { real_wait(epfd, out.as_mut_ptr(), out.len() as c_int, wait, quiet.sleep_mask(sigmask)) }
-        };
+        // (A handler that ran since the mark: no sleep; the loop's top answers EINTR.)
+        let budget = || spin::sleep_budget(deadline, shared, halfway);
+        // SAFETY: the caller's array.
+        let m = unsafe { sleep_quietly(epfd, out, sigmask, budget, || any_ready(set) || mark.interrupted().is_some()) }.unwrap_or(0);
         let saved_errno = sys::errno();
-        drop(quiet);
         spin::woke();
         announce_all(set, false);
         if m < 0 {
@@ -1434,6 +1417,32 @@ pub unsafe fn wait(
             return n as c_int;
         }
     }
+}
+
+/// The real wait of a sleep that follows a last look (`skip`: whether there is something to
+/// answer already, then `None` without a sleep): a handler that runs from the look on is held
+/// back until the sleep starts (see [`crate::signals::Quiet`]), so that it ends the sleep with
+/// EINTR. The wait's errno is kept across the mask's restore.
+///
+/// # Safety
+/// As [`real_wait`], for `out`.
+unsafe fn sleep_quietly(
+    epfd: c_int,
+    out: &mut [epoll_event],
+    sigmask: *const sigset_t,
+    timeout_ns: impl FnOnce() -> Option<u64>,
+    skip: impl FnOnce() -> bool,
+) -> Option<c_int> {
+    let quiet = crate::signals::Quiet::block();
+    if skip() {
+        return None;
+    }
+    // SAFETY: the caller's array; the mask is the application's or the thread's own.
+    let m = unsafe { real_wait(epfd, out.as_mut_ptr(), out.len() as c_int, timeout_ns(), quiet.sleep_mask(sigmask)) };
+    let saved_errno = sys::errno();
+    drop(quiet);
+    sys::set_errno(saved_errno);
+    Some(m)
 }
 
 /// The answer to a wait whose real call gave the `m` events now in `out`: the application's
