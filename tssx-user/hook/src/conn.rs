@@ -678,31 +678,32 @@ impl Conn {
     pub(crate) fn socket_edge(&self, events: u32) {
         let incoming =
             events & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP) as u32 != 0 && (!self.reads_ring() || self.peer_handed_back());
-        // Room: while the peer may still take this end's socket bytes (after that, room is the
-        // ring's, and a socket event is the drain of a doorbell).
-        let outgoing = events & libc::EPOLLOUT as u32 != 0 && !self.peer_took_socket_bytes();
-        if incoming || outgoing {
-            self.count_socket_edges(incoming, outgoing);
+        let room_event = events & libc::EPOLLOUT as u32 != 0;
+        if incoming || room_event {
+            self.count_socket_edges(incoming, room_event);
         }
         // (Any event will do, a doorbell's too: the witness goes as soon as it can.)
         self.stop_watching_socket();
     }
 
-    /// [`Conn::socket_edge`]'s count, for the sides an event can count for.
-    fn count_socket_edges(&self, incoming: bool, outgoing: bool) {
-        let woken = match self.socket_witness.try_lock() {
-            Ok(witness) => witness.as_ref().map(|w| w.woken(crate::epoll::my_pid())),
+    /// [`Conn::socket_edge`]'s count. Room: while the peer may still take this end's socket
+    /// bytes (after that, room is the ring's, and a socket wake-up is the drain of a doorbell):
+    /// per the witness's look, else for an event while the peer's count is not complete.
+    fn count_socket_edges(&self, incoming: bool, room_event: bool) {
+        let took = self.peer_took_socket_bytes();
+        let looked = match self.socket_witness.try_lock() {
+            Ok(witness) => witness.as_ref().map(|w| w.look(crate::epoll::my_pid(), took)),
             // Another thread (or a handler on this one) looks: count (an extra edge at most).
             Err(_) => None,
         };
-        let (woken_in, woken_out) = woken.unwrap_or((true, true));
+        let (woken_in, room) = looked.unwrap_or((true, room_event && !took));
         if incoming {
             self.socket_unexamined.store(true, Relaxed);
             if woken_in {
                 self.socket_edges[0].fetch_add(1, Relaxed);
             }
         }
-        if outgoing && woken_out {
+        if room {
             self.socket_edges[1].fetch_add(1, Relaxed);
         }
     }
@@ -729,7 +730,8 @@ impl Conn {
         }
         let Ok(mut witness) = self.socket_witness.try_lock() else { return };
         if let Some(last) = witness.take() {
-            if last.woken(crate::epoll::my_pid()).1 {
+            // A take whose wake-up came after the last look (the count is complete now).
+            if last.look(crate::epoll::my_pid(), true).1 {
                 self.socket_edges[1].fetch_add(1, Relaxed);
             }
         }

@@ -35,6 +35,9 @@ pub struct Witness {
     /// The process that made them: a forked child shares the instances (a look of one process
     /// would empty them for the other), so it does not use them.
     pid: u32,
+    /// Whether the peer had taken every byte this end wrote to the socket at the last look
+    /// ([`Witness::look`]): a wake-up for room after that is the drain of a doorbell.
+    took_at_last_look: std::cell::Cell<bool>,
 }
 
 /// Events the incoming instance asks for: data, EOF and hang-ups (a wake-up without events,
@@ -49,10 +52,20 @@ impl Witness {
     pub fn watch(fd: c_int, pid: u32) -> Option<Witness> {
         let incoming = instance_on(fd, INCOMING)?;
         let outgoing = instance_on(fd, OUTGOING)?;
-        let witness = Witness { incoming, outgoing, pid };
+        let witness = Witness { incoming, outgoing, pid, took_at_last_look: std::cell::Cell::new(false) };
         // The registrations queue the items if the socket is ready now: not a wake-up.
         witness.woken(pid);
         Some(witness)
+    }
+
+    /// [`Witness::woken`] as edges: incoming, and room only while the peer may still have been
+    /// taking this end's socket bytes (`took_now`: it had taken them all, loaded before this
+    /// look). A take's wake-up comes before the peer stores its count, so a look that finds
+    /// the count complete has seen every take's wake-up; later ones are doorbells drained.
+    pub fn look(&self, pid: u32, took_now: bool) -> (bool, bool) {
+        let (incoming, room) = self.woken(pid);
+        let took_before = self.took_at_last_look.replace(took_now);
+        (incoming, room && !took_before)
     }
 
     /// Whether the socket was woken for incoming data (or a state change), and for room, since
@@ -160,6 +173,22 @@ mod tests {
         pair.take(0, 1);
         // The kernel drops an edge-triggered item that is no longer ready when it delivers.
         assert_eq!(w.woken(PID), (false, false));
+    }
+
+    #[test]
+    fn room_after_a_look_that_found_every_socket_byte_taken_is_no_edge() {
+        let pair = Pair::new();
+        let w = Witness::watch(pair.0[0], PID).expect("two epoll instances");
+        // (Two writes, two skbs: the kernel wakes for room when it frees one.)
+        pair.send(0, b"a");
+        pair.send(0, b"b");
+        pair.take(1, 1);
+        assert_eq!(w.look(PID, false), (false, true), "a take before the count was complete");
+        pair.take(1, 1);
+        assert_eq!(w.look(PID, true), (false, true), "the last take, seen by the look that finds the count complete");
+        pair.send(0, b"c");
+        pair.take(1, 1);
+        assert_eq!(w.look(PID, true), (false, false), "a drain after that");
     }
 
     #[test]
