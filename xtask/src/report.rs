@@ -60,8 +60,9 @@ const OVERHEAD_BUDGET: f64 = 0.02;
 const NSCD_GOAL: f64 = 1.1;
 /// Alternating repetitions of each nscd measurement (medians compared).
 const NSCD_REPS: usize = 7;
-/// Alternating repetitions of each nginx wrk run, and each run's length in seconds.
-const NGINX_REPS: usize = 5;
+/// Paired repetitions of each nginx wrk run (even: each order equally often, see [`Paired`]),
+/// and each run's length in seconds.
+const NGINX_REPS: usize = 8;
 const NGINX_SECONDS: u32 = 3;
 /// wrk's connections to the front nginx (at most the upstream's `keepalive 16`, so that (b)
 /// keeps every upstream connection).
@@ -413,6 +414,7 @@ const NGINX_TSSX: &str = "nginx-tssx";
 fn nginx_section(agent: &Agent, hook: &Path, dir: &Path) -> String {
     let mut table =
         Table::new(&["nginx reverse proxy, wrk -c 8, 4 KiB file", "plain", "tssx", "tssx/plain", "tssx upstream connections swapped"]);
+    let mut pairs = Vec::new();
     let mut measure = || -> anyhow::Result<()> {
         let www = dir.join("www");
         std::fs::create_dir_all(&www)?;
@@ -434,7 +436,7 @@ fn nginx_section(agent: &Agent, hook: &Path, dir: &Path) -> String {
                 Ok(load.rps)
             };
             let (mut cpu_plain, mut cpu_tssx) = (Vec::new(), Vec::new());
-            let result = alternate(NGINX_REPS, || run(&plain, &mut cpu_plain), || run(&tssx, &mut cpu_tssx));
+            let result = Paired::run(NGINX_REPS, || run(&plain, &mut cpu_plain), || run(&tssx, &mut cpu_tssx));
             thread::sleep(Duration::from_millis(300));
             let swapped = format!(
                 "{}/{}",
@@ -442,22 +444,24 @@ fn nginx_section(agent: &Agent, hook: &Path, dir: &Path) -> String {
                 tssx.upstream_connections_since(upstream, log_mark, 1)
             );
             match result {
-                Ok((p, t, _)) => {
+                Ok(rps) => {
+                    let cpu = Paired { a: cpu_plain, b: cpu_tssx };
                     table.row([
                         format!("{name}, requests/s (median of {NGINX_REPS} x {NGINX_SECONDS} s)"),
-                        format!("{p:.0}"),
-                        format!("{t:.0}"),
-                        ratio(t, p),
+                        format!("{:.0}", median(rps.a.clone())),
+                        format!("{:.0}", median(rps.b.clone())),
+                        rps.ratio_summary(),
                         swapped,
                     ]);
-                    let (cp, ct) = (median(cpu_plain), median(cpu_tssx));
                     table.row([
                         format!("{name}, workers' CPU per request (median)"),
-                        format!("{cp:.1} us"),
-                        format!("{ct:.1} us"),
-                        ratio(ct, cp),
+                        format!("{:.1} us", median(cpu.a.clone())),
+                        format!("{:.1} us", median(cpu.b.clone())),
+                        cpu.ratio_summary(),
                         String::new(),
                     ]);
+                    let listed = |r: Vec<f64>| r.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(" ");
+                    pairs.push(format!("{name}: requests/s {}; CPU per request {}", listed(rps.ratios()), listed(cpu.ratios())));
                 }
                 Err(e) => table.row([format!("{name}: **failed**: {e:#}"), String::new(), String::new(), String::new(), swapped]),
             }
@@ -468,8 +472,9 @@ fn nginx_section(agent: &Agent, hook: &Path, dir: &Path) -> String {
     };
     let failed = measure().err().map(|e| format!("\n**The nginx run failed**: {e:#}\n")).unwrap_or_default();
     format!(
-        "## nginx reverse proxy\n\nA front nginx on loopback TCP proxying to a backend nginx on Unix sockets (`master_process on`, one worker each, `sendfile off` in the backend), driven by `wrk -t1 -c{NGINX_CONNECTIONS}`; plain: neither nginx under the hook; tssx: both, the agent watching the backend's sockets. Higher is better. The last column counts the upstream connections swapped during the tssx runs against those that served requests in them (a keep-alive connection opened before the runs counts too).\n\n{}{failed}",
-        table.render()
+        "## nginx reverse proxy\n\nA front nginx on loopback TCP proxying to a backend nginx on Unix sockets (`master_process on`, one worker each, `sendfile off` in the backend), driven by `wrk -t1 -c{NGINX_CONNECTIONS}`; plain: neither nginx under the hook; tssx: both, the agent watching the backend's sockets. Higher is better. Runs come in pairs, plain then tssx and tssx then plain in turn; the ratio column is the median of the pairs' ratios (tssx/plain within a pair), with their lower and upper quartiles. The last column counts the upstream connections swapped during the tssx runs against those that served requests in them (a keep-alive connection opened before the runs counts too).\n\n{}\nEach pair's ratio, sorted:\n{}\n{failed}",
+        table.render(),
+        pairs.iter().map(|p| format!("- {p}\n")).collect::<String>()
     )
 }
 
@@ -553,6 +558,46 @@ fn alternate(
     xs.sort_by(f64::total_cmp);
     let spread = (xs[xs.len() * 3 / 4] - xs[xs.len() / 4]) / xs[xs.len() / 2];
     Ok((median(xs), median(ys), spread))
+}
+
+/// Paired runs of `a` and `b`, `reps` of each, the order swapped every other pair (a b, b a, a
+/// b, ...) so that neither always runs first: a machine that drifts (load, frequency, a
+/// neighbour's work) weighs on both alike, and a ratio taken within each pair cancels what the
+/// two runs shared.
+struct Paired {
+    a: Vec<f64>,
+    b: Vec<f64>,
+}
+
+impl Paired {
+    fn run(reps: usize, mut a: impl FnMut() -> anyhow::Result<f64>, mut b: impl FnMut() -> anyhow::Result<f64>) -> anyhow::Result<Self> {
+        let mut paired = Self { a: Vec::with_capacity(reps), b: Vec::with_capacity(reps) };
+        for rep in 0..reps {
+            if rep % 2 == 0 {
+                paired.a.push(a()?);
+                paired.b.push(b()?);
+            } else {
+                paired.b.push(b()?);
+                paired.a.push(a()?);
+            }
+        }
+        Ok(paired)
+    }
+
+    /// Each pair's b/a, sorted.
+    fn ratios(&self) -> Vec<f64> {
+        let mut r: Vec<f64> = self.a.iter().zip(&self.b).map(|(a, b)| b / a).collect();
+        r.sort_by(f64::total_cmp);
+        r
+    }
+
+    /// The pairs' ratios as "median (lower quartile-upper quartile)", e.g. `0.97x (0.95-0.99)`.
+    fn ratio_summary(&self) -> String {
+        let r = self.ratios();
+        let at = |p: f64| r[(p * (r.len() - 1) as f64).round() as usize];
+        let mid = (r[(r.len() - 1) / 2] + r[r.len() / 2]) / 2.0;
+        format!("{mid:.2}x ({:.2}-{:.2})", at(0.25), at(0.75))
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -909,6 +954,24 @@ mod tests {
         assert_eq!(svg.matches("<circle").count(), 6);
         assert!(svg.contains("64 KiB") && svg.contains("64 B"));
         assert!(!svg.contains("NaN") && !svg.contains("inf"));
+    }
+
+    #[test]
+    fn pairs_alternate_their_order_and_compare_within_each_pair() {
+        let order = std::cell::RefCell::new(String::new());
+        let clock = std::cell::Cell::new(0.0);
+        let step = |run: char| {
+            order.borrow_mut().push(run);
+            clock.set(clock.get() + 1.0);
+            Ok(clock.get())
+        };
+        let paired = Paired::run(4, || step('a'), || step('b')).unwrap();
+        assert_eq!(*order.borrow(), "abbaabba");
+        // Values are the clock (1..=8): pairs (1, 2), (4, 3), (5, 6), (8, 7).
+        assert_eq!(paired.a, [1.0, 4.0, 5.0, 8.0]);
+        assert_eq!(paired.b, [2.0, 3.0, 6.0, 7.0]);
+        assert_eq!(paired.ratios(), [0.75, 0.875, 1.2, 2.0]);
+        assert_eq!(paired.ratio_summary(), "1.04x (0.88-1.20)");
     }
 
     #[test]
