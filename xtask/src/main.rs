@@ -16,6 +16,7 @@ use std::{
 use anyhow::{bail, ensure, Context as _};
 use clap::{Parser, Subcommand};
 
+mod hookcost;
 mod report;
 mod soak;
 mod startcost;
@@ -44,6 +45,8 @@ const DEBIAN_TOOLS: &[(&str, &str)] = &[
     ("/usr/sbin/nginx", "nginx-light"),
     ("curl", "curl"),
     ("wrk", "wrk"),
+    // `cargo xtask report`: the hook's instructions per connection (callgrind).
+    ("valgrind", "valgrind"),
     ("cc", "gcc"),
     // `tssx-agent install` strips an unstripped hook; the tests read ELF sections.
     ("strip", "binutils"),
@@ -112,8 +115,9 @@ enum Cmd {
         #[arg(long)]
         debug: bool,
         /// Run one section only and print it instead of writing the report (`nginx`; `memory`: rings
-        /// that never grow against growing rings, one run).
-        #[arg(long, value_parser = ["nginx", "memory"])]
+        /// that never grow against growing rings, one run; `hookcost`: the hook's instructions per
+        /// short connection, under callgrind).
+        #[arg(long, value_parser = ["nginx", "memory", "hookcost"])]
         only: Option<String>,
     },
     /// Set up, build the release hook, and measure what it adds to every process start:
@@ -216,6 +220,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             match only.as_deref() {
                 Some("nginx") => report::nginx_only(profile),
                 Some("memory") => report::memory_only(profile),
+                Some("hookcost") => report::hook_cost_only(profile),
                 _ => report::report(profile),
             }
         }

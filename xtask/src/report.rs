@@ -15,6 +15,8 @@
 //! - the hook's pass-through cost: the hook loaded on an unwatched path versus no hook at all
 //!   (64-byte round trips, 64 KiB streaming, redis-benchmark PING), against a 2% budget;
 //! - connection set-up: connect + accept + first 64-byte round trip + close (`tssx-bench-setup`);
+//! - what the hook adds to such a connection, in user-space instructions under callgrind
+//!   (repeatable where a few percent of time is not; see [`crate::hookcost`]);
 //! - round-trip latency by message size, 64 B to 256 KiB (`tssx-bench` workers; the plot);
 //! - the existing microbenchmark table (`tssx-bench`: plain vs tssx vs bare ring).
 //!
@@ -88,6 +90,28 @@ pub fn nginx_only(profile: &str) -> anyhow::Result<()> {
     step("report: nginx reverse proxy, plain vs tssx (upstream per request, upstream keepalive)");
     let section = nginx_section(&agent, &hook, &dir);
     println!("{}\n\nBuild profile: {profile}. Load average at the start: {load_before}; at the end: {}.", section, load_average());
+    let status = agent.stop();
+    ensure!(status.success(), "tssx-agent exited with {status}");
+    Ok(())
+}
+
+/// Runs only the hook-cost section (`cargo xtask report --only hookcost`) and prints it (see
+/// [`crate::hookcost`]).
+pub fn hook_cost_only(profile: &str) -> anyhow::Result<()> {
+    let bin = profile_dir(profile);
+    let _lock = MachineLock::acquire_reporting(|| step("report: waiting for the machine-wide tssx test lock"))
+        .context("locking the machine-wide tssx test lock")?;
+    let dir = TempDir::create("report-hookcost")?;
+    let (watched, unwatched) = (dir.socket("bench.sock"), dir.socket("unwatched.sock"));
+    let agent = Agent::spawn(&bin.join("tssx-agent"), &[&watched], None, &[])
+        .context("starting tssx-agent (is another agent running in /run/tssx?)")?;
+    step("report: the hook's instructions per short connection (callgrind)");
+    let cost = crate::hookcost::measure(&bin, &bin.join("libtssx_preload.so"), &watched, &unwatched, &dir.join("callgrind"))?;
+    println!(
+        "{}
+Build profile: {profile}.",
+        cost.section()
+    );
     let status = agent.stop();
     ensure!(status.success(), "tssx-agent exited with {status}");
     Ok(())
@@ -279,6 +303,10 @@ pub fn report(profile: &str) -> anyhow::Result<()> {
         "## Connection set-up and short connections\n\nClient and server under the hook on the watched path (tssx) against no hook (plain) and the hook on an unwatched path; runs alternate. Connections start plain and are claimed once they have lived the agent's `--claim-after` (1 ms) and turned into a conversation (a second exchange), or moved 64 KiB, so a set-up connection never claims, and a short connection of 100 round trips migrates in its middle when it lives long enough. Goal: within {SETUP_GOAL}x.\n\n{}",
         setup.render()
     )?;
+
+    step("report: the hook's instructions per short connection (callgrind)");
+    let cost = crate::hookcost::measure(&bin, &hook, &bench_sock, &unwatched, &dir.join("callgrind"))?;
+    writeln!(md, "{}", cost.section())?;
 
     // Latency by message size.
     step("report: round-trip latency by message size");
