@@ -85,7 +85,8 @@ pub unsafe fn unix_name(addr: *const libc::sockaddr, len: libc::socklen_t) -> Op
     }
     if name.bytes[0] != 0 {
         // A path ends at its NUL (callers such as Python leave garbage after it).
-        name.len = name.bytes[..name.len].iter().position(|&b| b == 0).unwrap_or(name.len);
+        // (core's word-at-a-time search: this runs in every Unix `connect`.)
+        name.len = std::ffi::CStr::from_bytes_until_nul(&name.bytes[..name.len]).map_or(name.len, |path| path.to_bytes().len());
     }
     Some(name)
 }
@@ -385,6 +386,8 @@ mod tests {
     fn names_of_paths_and_abstract_addresses() {
         let family = std::mem::size_of::<libc::sa_family_t>();
         assert_eq!(name_of(&addr(b"/run/a.sock"), family + 12).as_deref(), Some("/run/a.sock"));
+        // Without a NUL, the length decides.
+        assert_eq!(name_of(&addr(b"/run/a.sockX"), family + 11).as_deref(), Some("/run/a.sock"));
         // Garbage after the NUL is ignored (callers such as Python leave some).
         let mut a = addr(b"/run/a.sock\0xyz");
         a.sun_path[20] = b'q' as libc::c_char;

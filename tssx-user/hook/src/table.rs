@@ -224,13 +224,18 @@ pub fn any_live() -> bool {
 /// Publishes `conn` as the connection of `fd` (replacing whatever was there). The cell's
 /// first reference becomes the table's (see the module documentation).
 #[inline(always)]
-fn publish(fd: c_int, conn: Conn) -> bool {
+fn publish(fd: c_int, make: impl FnOnce() -> Conn) -> bool {
     let Some(slot) = usize::try_from(fd).ok().and_then(|i| TABLE.get(i)) else { return false };
     note_state(fd as usize);
-    conn.note_fd(fd);
     LIVE.fetch_add(1, Relaxed);
+    // (Built in its cell: a `Conn` is some 800 bytes.)
+    let cell = POOL.alloc_with(|| {
+        let conn = make();
+        conn.note_fd(fd);
+        conn
+    });
     // Release: pairs with the Acquire loads of `lookup` (the connection is built).
-    let old = slot.swap(POOL.alloc(conn), AcqRel);
+    let old = slot.swap(cell, AcqRel);
     release_at(old, fd, -1);
     true
 }
@@ -240,7 +245,7 @@ fn publish(fd: c_int, conn: Conn) -> bool {
 /// the caller knows it (else read when it first matters: see [`Conn::nonblock`]).
 #[inline(always)]
 pub fn track(fd: c_int, end: End, phase: Phase, nonblock: Option<bool>) -> bool {
-    publish(fd, Conn::new(end, phase, NEXT_ID.fetch_add(1, Relaxed), nonblock))
+    publish(fd, || Conn::new(end, phase, NEXT_ID.fetch_add(1, Relaxed), nonblock))
 }
 
 /// Per listener fd: whether the connections it accepts are watched stream sockets, as found
@@ -300,7 +305,7 @@ pub fn adopt_swapped(fd: c_int, end: End, memfd: Fd) -> bool {
     if conn.out_switched() && conn.in_switched() {
         conn.set_phase(Phase::Active);
     }
-    publish(fd, conn)
+    publish(fd, || conn)
 }
 
 /// `new_fd` (just made by dup/dup2/dup3/F_DUPFD from `old_fd`) is the same connection.

@@ -51,7 +51,6 @@
 //! atomic decrement to give back; nothing for an empty slot (one load).
 
 use core::marker::PhantomData;
-use core::mem::MaybeUninit;
 use core::ptr::null_mut;
 use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 
@@ -157,16 +156,22 @@ impl<T> Pool<T> {
 
     /// A cell holding `value`, with one reference (the caller's, given up with
     /// [`Pool::release`]). The cell's memory is never freed (see the module documentation).
-    /// Inlined, so that a value built in the call is written straight into the cell.
     #[inline(always)]
     pub fn alloc(&self, value: T) -> *mut Cell<T> {
+        self.alloc_with(|| value)
+    }
+
+    /// As [`Pool::alloc`], the value built by `make` straight in the cell (a large value
+    /// passed by value is built on the stack and copied, once or twice, otherwise).
+    #[inline(always)]
+    pub fn alloc_with(&self, make: impl FnOnce() -> T) -> *mut Cell<T> {
         let cell = self.pop().unwrap_or_else(|| {
             Box::into_raw(Box::new(Cell { refs: AtomicU32::new(0), next: AtomicPtr::new(null_mut()), value: ValueCell::new() }))
         });
         // SAFETY: the cell is ours alone: fresh, or popped from the free list with `refs == 0`
         // (invariant 2: nobody touches the value meanwhile; stale readers only fail to
         // increment `refs`).
-        unsafe { (*cell).value.with_mut(|slot| slot.write(MaybeUninit::new(value))) };
+        unsafe { (*cell).value.with_mut(|slot| (*slot).write(make())) };
         // Release: pairs with the Acquire compare-and-swap in `acquire` (the value is filled).
         // SAFETY: cells are never freed.
         unsafe { (*cell).refs.store(1, Release) };
