@@ -24,6 +24,12 @@ use std::{
 use anyhow::{ensure, Context as _};
 use tssx_tests::Process;
 
+/// The socket paths, fixed and of one length: the hook's work at `connect` grows with the
+/// path's length (it copies and matches it), and so would a count on a temporary directory's
+/// name. The agent the caller runs must watch [`WATCHED`] (and not [`UNWATCHED`]).
+pub const WATCHED: &str = "/tmp/tssx-hookcost/watched.sock";
+const UNWATCHED: &str = "/tmp/tssx-hookcost/ignored.sock";
+
 /// Connections of the short and the long run of each way (see the module documentation).
 const FEW: u32 = 200;
 const MANY: u32 = 1200;
@@ -43,21 +49,28 @@ pub struct HookCost {
     pub tracked: PerConnection,
 }
 
-/// Measures the three ways. `watched` must be a path the running agent watches, `unwatched` one
-/// it does not; `work` holds callgrind's files.
-pub fn measure(bin: &Path, hook: &Path, watched: &str, unwatched: &str, work: &Path) -> anyhow::Result<HookCost> {
+/// Measures the three ways (a running agent must watch [`WATCHED`]); `work` holds callgrind's
+/// files.
+pub fn measure(bin: &Path, hook: &Path, work: &Path) -> anyhow::Result<HookCost> {
     std::fs::create_dir_all(work).with_context(|| format!("creating {}", work.display()))?;
+    let sockets = Path::new(WATCHED).parent().context("WATCHED has a directory")?;
+    std::fs::create_dir_all(sockets).with_context(|| format!("creating {}", sockets.display()))?;
+    let (watched, unwatched) = (WATCHED, UNWATCHED);
     let way = |name: &str, path: &str, preload: Option<&Path>| -> anyhow::Result<PerConnection> {
         let few = counted_pair(bin, preload, path, FEW, &work.join(format!("{name}-few")))?;
         let many = counted_pair(bin, preload, path, MANY, &work.join(format!("{name}-many")))?;
         let per = |a: u64, b: u64| (b as f64 - a as f64) / f64::from(MANY - FEW);
         Ok(PerConnection { client: per(few.0, many.0), server: per(few.1, many.1) })
     };
-    Ok(HookCost {
-        plain: way("plain", unwatched, None)?,
-        unwatched: way("unwatched", unwatched, Some(hook))?,
-        tracked: way("tracked", watched, Some(hook))?,
-    })
+    let cost = (|| {
+        Ok(HookCost {
+            plain: way("plain", unwatched, None)?,
+            unwatched: way("unwatched", unwatched, Some(hook))?,
+            tracked: way("tracked", watched, Some(hook))?,
+        })
+    })();
+    let _ = std::fs::remove_dir_all(sockets);
+    cost
 }
 
 /// One `tssx-bench-setup` pair of `count` connections on `path`, both under callgrind: the

@@ -102,11 +102,10 @@ pub fn hook_cost_only(profile: &str) -> anyhow::Result<()> {
     let _lock = MachineLock::acquire_reporting(|| step("report: waiting for the machine-wide tssx test lock"))
         .context("locking the machine-wide tssx test lock")?;
     let dir = TempDir::create("report-hookcost")?;
-    let (watched, unwatched) = (dir.socket("bench.sock"), dir.socket("unwatched.sock"));
-    let agent = Agent::spawn(&bin.join("tssx-agent"), &[&watched], None, &[])
+    let agent = Agent::spawn(&bin.join("tssx-agent"), &[crate::hookcost::WATCHED], None, &[])
         .context("starting tssx-agent (is another agent running in /run/tssx?)")?;
     step("report: the hook's instructions per short connection (callgrind)");
-    let cost = crate::hookcost::measure(&bin, &bin.join("libtssx_preload.so"), &watched, &unwatched, &dir.join("callgrind"))?;
+    let cost = crate::hookcost::measure(&bin, &bin.join("libtssx_preload.so"), &dir.join("callgrind"))?;
     println!(
         "{}
 Build profile: {profile}.",
@@ -135,9 +134,13 @@ pub fn report(profile: &str) -> anyhow::Result<()> {
         (NginxProxy::socket(&dir, NGINX_TSSX, Upstream::Fresh), NginxProxy::socket(&dir, NGINX_TSSX, Upstream::Keep));
     let load_before = load_average();
     let (dbus_tssx, dbus_plain) = (s("dbus.sock"), s("dbus-plain.sock"));
-    let agent =
-        Agent::spawn(&bin.join("tssx-agent"), &[&bench_sock, &redis_tssx, &pg_sock, &nginx_fresh, &nginx_keep, &dbus_tssx], None, &[])
-            .context("starting tssx-agent (is another agent running in /run/tssx?)")?;
+    let agent = Agent::spawn(
+        &bin.join("tssx-agent"),
+        &[&bench_sock, &redis_tssx, &pg_sock, &nginx_fresh, &nginx_keep, &dbus_tssx, crate::hookcost::WATCHED],
+        None,
+        &[],
+    )
+    .context("starting tssx-agent (is another agent running in /run/tssx?)")?;
     let mut md = String::new();
     writeln!(md, "# tssx performance report\n")?;
     writeln!(md, "{}\n", machine_line(&load_before))?;
@@ -305,7 +308,7 @@ pub fn report(profile: &str) -> anyhow::Result<()> {
     )?;
 
     step("report: the hook's instructions per short connection (callgrind)");
-    let cost = crate::hookcost::measure(&bin, &hook, &bench_sock, &unwatched, &dir.join("callgrind"))?;
+    let cost = crate::hookcost::measure(&bin, &hook, &dir.join("callgrind"))?;
     writeln!(md, "{}", cost.section())?;
 
     // Latency by message size.
