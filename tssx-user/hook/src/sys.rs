@@ -72,14 +72,24 @@ macro_rules! real_fns {
     };
 }
 
+#[inline(always)]
 fn resolve(slot: &AtomicUsize, name: &str) -> usize {
     let f = slot.load(Relaxed);
     if f != 0 {
         return f;
     }
+    resolve_first(slot, name)
+}
+
+/// [`resolve`]'s first call for a function: out of line (the exports' pass-through path inlines
+/// [`resolve`]), and unable to unwind (that path runs outside the exports' panic guard).
+#[cold]
+#[inline(never)]
+fn resolve_first(slot: &AtomicUsize, name: &str) -> usize {
     // Without a lock first (see `symbols`); dlsym if that finds nothing.
+    let found = std::panic::catch_unwind(|| crate::symbols::find(name.as_bytes())).ok().flatten();
     // SAFETY: `name` is NUL-terminated; RTLD_NEXT finds libc's definition after ours.
-    let f = crate::symbols::find(name.as_bytes()).unwrap_or_else(|| unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr().cast()) } as usize);
+    let f = found.unwrap_or_else(|| unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr().cast()) } as usize);
     if f == 0 {
         // No next definition: nothing sane to do inside someone else's process.
         // SAFETY: abort has no preconditions.

@@ -110,6 +110,15 @@ pub fn lookup(fd: c_int) -> Option<ConnRef> {
     POOL.acquire(slot)
 }
 
+/// Whether `fd` has no connection in the table, in one load: the exported data calls' test
+/// for passing a call straight to libc (see the preload crate), which is what the hook's own
+/// path does for such an fd. Relaxed: an empty slot publishes nothing; a filled one is looked
+/// up again, with its Acquire load, on the hook's path.
+#[inline(always)]
+pub fn untracked(fd: c_int) -> bool {
+    usize::try_from(fd).ok().and_then(|i| TABLE.get(i)).is_none_or(|slot| slot.load(Relaxed).is_null())
+}
+
 /// The connection of `fd` if it has a segment and is past the plain phases (`Ready` and
 /// later, `Plain` excluded): what poll, epoll and the exec hand-over care about.
 #[inline]
