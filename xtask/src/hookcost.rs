@@ -17,7 +17,7 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Stdio,
     time::Duration,
 };
 
@@ -78,17 +78,14 @@ pub fn measure(bin: &Path, hook: &Path, work: &Path) -> anyhow::Result<HookCost>
 fn counted_pair(bin: &Path, preload: Option<&Path>, path: &str, count: u32, out: &Path) -> anyhow::Result<(u64, u64)> {
     let _ = std::fs::remove_file(path);
     let file = |role: &str, ext: &str| PathBuf::from(format!("{}-{role}.{ext}", out.display()));
+    // (valgrind hands LD_PRELOAD to the program it runs.)
     let callgrind = |role: &str| {
-        let mut cmd = Command::new("valgrind");
+        let mut cmd = crate::report::preloaded("valgrind", preload);
         cmd.arg("--tool=callgrind")
             .arg(format!("--callgrind-out-file={}", file(role, "out").display()))
             .arg(format!("--log-file={}", file(role, "log").display()))
             .arg(bin.join("tssx-bench-setup"))
             .args([role, path, &count.to_string(), "1"]);
-        match preload {
-            Some(so) => cmd.env("LD_PRELOAD", so),
-            None => cmd.env_remove("LD_PRELOAD"),
-        };
         cmd
     };
     let mut server = Process::try_spawn(callgrind("serve")).context("starting valgrind (is it installed? `cargo xtask setup`)")?;

@@ -692,7 +692,7 @@ fn delta(agent: &Agent, path: &str, before: (usize, usize)) -> String {
     format!("{}/{}", now.1 - before.1, now.0 - before.0)
 }
 
-fn preloaded(program: impl AsRef<std::ffi::OsStr>, preload: Option<&Path>) -> Command {
+pub(crate) fn preloaded(program: impl AsRef<std::ffi::OsStr>, preload: Option<&Path>) -> Command {
     let mut cmd = Command::new(program);
     match preload {
         Some(so) => cmd.env("LD_PRELOAD", so),

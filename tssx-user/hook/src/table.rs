@@ -89,8 +89,10 @@ pub fn state_limit() -> usize {
 }
 
 /// Whether `fd` is in the table (any phase), without leasing it: one load, for a caller that
-/// only decides where a call goes (the call itself looks the fd up again).
-#[inline]
+/// only decides where a call goes (the call itself looks the fd up again; the exported data
+/// calls pass an untracked fd straight to libc with it). Relaxed: an empty slot publishes
+/// nothing; a filled one is looked up again, with its Acquire load.
+#[inline(always)]
 pub fn is_tracked(fd: c_int) -> bool {
     usize::try_from(fd).ok().and_then(|i| TABLE.get(i)).is_some_and(|slot| !slot.load(Relaxed).is_null())
 }
@@ -108,15 +110,6 @@ pub fn has_fd_state(fd: c_int) -> bool {
 pub fn lookup(fd: c_int) -> Option<ConnRef> {
     let slot = TABLE.get(usize::try_from(fd).ok()?)?;
     POOL.acquire(slot)
-}
-
-/// Whether `fd` has no connection in the table, in one load: the exported data calls' test
-/// for passing a call straight to libc (see the preload crate), which is what the hook's own
-/// path does for such an fd. Relaxed: an empty slot publishes nothing; a filled one is looked
-/// up again, with its Acquire load, on the hook's path.
-#[inline(always)]
-pub fn untracked(fd: c_int) -> bool {
-    usize::try_from(fd).ok().and_then(|i| TABLE.get(i)).is_none_or(|slot| slot.load(Relaxed).is_null())
 }
 
 /// The connection of `fd` if it has a segment and is past the plain phases (`Ready` and

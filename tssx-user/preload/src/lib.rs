@@ -127,7 +127,7 @@ macro_rules! interpose {
 
 /// Exports data calls whose hooked path does nothing for an fd without a connection in the
 /// hook's table: such a call goes straight to libc after one load
-/// ([`tssx_hook::table::untracked`]), the hook's body kept out of line. The pass-through is
+/// ([`tssx_hook::table::is_tracked`]), the hook's body kept out of line. The pass-through is
 /// then a few instructions in one place, rather than a walk through the hook's code that
 /// evicts the application's own from the instruction cache (callgrind on nginx serving a file
 /// over TCP, the hook loaded with nothing watched: some 30 more L1 instruction-cache misses per
@@ -139,7 +139,7 @@ macro_rules! interpose_data {
             /// As the libc function of the same name.
             #[unsafe(no_mangle)]
             pub unsafe extern "C" fn $name($fd: c_int $(, $arg: $ty)*) -> $ret {
-                if tssx_hook::table::untracked($fd) {
+                if !tssx_hook::table::is_tracked($fd) {
                     // SAFETY: the caller's arguments, forwarded unchanged to libc (what the
                     // hook's path does for an fd it does not track); same contract.
                     return unsafe { tssx_hook::sys::$name($fd $(, $arg)*) };
