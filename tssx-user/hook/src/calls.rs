@@ -1161,6 +1161,14 @@ pub(crate) fn has_close_state(fd: c_int) -> bool {
     table::has_fd_state(fd) || epoll::has_set(fd) || preconnect::names_instance(fd)
 }
 
+/// Whether `close(fd)` may go straight to libc: `fd` is not one of the hook's own, and the
+/// hook keeps nothing for it ([`forget_fd`] would do nothing). The preload's export tests this
+/// before anything else.
+#[inline(always)]
+pub fn close_passes(fd: c_int) -> bool {
+    !crate::own::is_own(fd) && !has_close_state(fd)
+}
+
 /// What the hook does when `fd` closes, before the real call: everything it kept for the fd
 /// is forgotten, and a connection whose last fd this is tells its peer (while `fd` is still
 /// open). Shared by `close`, `close_range` and `closefrom`.
@@ -1781,7 +1789,9 @@ pub unsafe fn epoll_create1(flags: c_int) -> c_int {
 
 /// libc's `epoll_ctl`.
 pub unsafe fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, event: *mut libc::epoll_event) -> c_int {
-    if table::any_live() || epoll::has_set(epfd) || table::is_unconnected(fd) {
+    // The hook's way has nothing to do for an untracked socket registered in an instance
+    // without interests of the hook's own: no record to keep, no stale interest to drop.
+    if table::is_tracked(fd) || table::is_unconnected(fd) || epoll::has_interests(epfd) {
         // SAFETY: `event` is null or valid, per epoll_ctl's contract.
         if let Some(rc) = unsafe { epoll::ctl(epfd, op, fd, event) } {
             return rc;
@@ -1793,7 +1803,7 @@ pub unsafe fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, event: *mut libc::epo
 
 /// libc's `epoll_wait`.
 pub unsafe fn epoll_wait(epfd: c_int, events: *mut libc::epoll_event, max: c_int, timeout: c_int) -> c_int {
-    if epoll::has_set(epfd) {
+    if epoll::has_interests(epfd) {
         // (The mark at the entry: see `poll`.)
         let mark = crate::signals::Mark::now();
         // SAFETY: forwarded.
@@ -1805,7 +1815,7 @@ pub unsafe fn epoll_wait(epfd: c_int, events: *mut libc::epoll_event, max: c_int
 
 /// libc's `epoll_pwait`.
 pub unsafe fn epoll_pwait(epfd: c_int, events: *mut libc::epoll_event, max: c_int, timeout: c_int, mask: *const libc::sigset_t) -> c_int {
-    if epoll::has_set(epfd) {
+    if epoll::has_interests(epfd) {
         // (The mark at the entry: see `poll`.)
         let mark = crate::signals::Mark::now();
         // SAFETY: forwarded.

@@ -606,10 +606,23 @@ pub fn image_stays() {
     for_each_set(|_, set| set.join());
 }
 
-/// Whether `fd` is an epoll instance with swapped interests.
+/// Whether `fd` is an epoll instance the hook keeps a set for (made at the first registration
+/// of a tracked socket, or at a fork while the instance is open; see [`has_interests`]).
 #[inline]
 pub fn has_set(epfd: c_int) -> bool {
     set_of(epfd).is_some()
+}
+
+/// Whether `epfd`'s set lists interests of its own (swapped fds, parked ones, or one left
+/// behind by a closed fd): only then must a wait or an `epoll_ctl` of an untracked fd go
+/// through the hook's table. An instance whose tracked sockets are all still plain (their
+/// registrations are the application's own, in the kernel) has none: nginx with an upstream
+/// connection per request. Relaxed: a hint; [`plain_wait`] looks again once it is counted in
+/// the instance's gate, which a connection's interest moves into the list only while closed
+/// (see [`gate_close`]).
+#[inline]
+pub fn has_interests(epfd: c_int) -> bool {
+    set_of(epfd).is_some_and(|set| set.shared().len.load(Relaxed) != 0)
 }
 
 /// This process's connection for interest `i` (in any phase) and an fd of it here: the
@@ -1243,9 +1256,9 @@ pub unsafe fn wait(
     let deadline = timeout_ns.map(|t| now_ns().saturating_add(t));
     // Nothing in the hook's table and no plain one-shot registration to follow: every event
     // the kernel gives is the application's (a tagged registration exists only while its
-    // interest is in the table), so one counted real wait answers, as without the hook. This
-    // is every wait of an event loop whose connections on watched paths are all still plain
-    // (nginx with an upstream connection per request). Relaxed: hints, checked again after
+    // interest is in the table), so one counted real wait answers, as without the hook. (`epoll_wait`
+    // and `epoll_pwait` send such waits to `plain_wait`; here come `epoll_pwait2`'s, and those
+    // whose list emptied since the caller looked.) Relaxed: hints, checked again after
     // the wait; an interest adopted meanwhile (its tagged events may be among ours) sends the
     // answer through the general path's filtering.
     if set.shared().len.load(Relaxed) == 0 && !set.has_plain_oneshots.load(Relaxed) {
@@ -1482,8 +1495,9 @@ pub fn counted<R>(epfd: c_int, f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// `epoll_wait`/`epoll_pwait` on an instance without a hook table: the real call, counted in
-/// the instance's gate; if a table appeared meanwhile, its tagged events are filtered out.
+/// `epoll_wait`/`epoll_pwait` on an instance without interests in a hook table (no set, or a
+/// set whose tracked sockets are all plain, see [`has_interests`]): the real call, counted in
+/// the instance's gate; if interests appeared meanwhile, its tagged events are filtered out.
 ///
 /// # Safety
 /// As [`wait`].
@@ -1492,17 +1506,32 @@ pub unsafe fn plain_wait(epfd: c_int, events: *mut epoll_event, maxevents: c_int
     // returned only the hook's events ends the wait that follows (see `wait`).
     let mark = Mark::now();
     let rc = {
-        let _waiting = Waiting::enter(epfd);
+        let waiting = Waiting::enter(epfd);
+        if has_interests(epfd) {
+            // An interest moved into the list between the caller's look and this thread's
+            // entry in the gate (the move closes the gate; `Waiting::enter`'s SeqCst
+            // increment reads the value its `gate_open` left, so the list's length is seen):
+            // the table's wait must serve it, or this one would sleep through its ring.
+            drop(waiting);
+            // SAFETY: forwarded.
+            return unsafe { wait(epfd, events, maxevents, (timeout_ms >= 0).then(|| timeout_ms as u64 * 1_000_000), sigmask, mark) };
+        }
         // SAFETY: forwarded.
         unsafe { sys::epoll_pwait(epfd, events, maxevents, timeout_ms, sigmask) }
     };
-    if rc > 0 && has_set(epfd) {
+    if rc <= 0 {
+        return rc;
+    }
+    if let Some(set) = set_of(epfd) {
         // SAFETY: the kernel filled `rc` entries of the caller's array.
         let out = unsafe { std::slice::from_raw_parts_mut(events, rc as usize) };
-        let kept = filter(epfd, out, rc as usize);
-        if let Some(set) = set_of(epfd) {
-            note_oneshots_fired(set, &out[..kept]);
+        if set.shared().len.load(Relaxed) == 0 && !set.has_plain_oneshots.load(Relaxed) && !out.iter().any(|e| e.u64 & TAG_MASK == TAG) {
+            // Every event is the application's, and no plain one-shot registration to note
+            // (tagged registrations exist only while their interest is in the list).
+            return rc;
         }
+        let kept = filter(epfd, out, rc as usize);
+        note_oneshots_fired(set, &out[..kept]);
         if kept == 0 {
             // Only the hook's events: wait again, through the table. (A handler that ran
             // during the kernel's wait made it fail with EINTR; one that ran after it ends

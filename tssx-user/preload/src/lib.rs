@@ -125,47 +125,56 @@ macro_rules! interpose {
     };
 }
 
-/// Exports data calls whose hooked path does nothing for an fd without a connection in the
-/// hook's table: such a call goes straight to libc after one load
-/// ([`tssx_hook::table::is_tracked`]), the hook's body kept out of line. The pass-through is
-/// then a few instructions in one place, rather than a walk through the hook's code that
-/// evicts the application's own from the instruction cache (callgrind on nginx serving a file
-/// over TCP, the hook loaded with nothing watched: some 30 more L1 instruction-cache misses per
-/// request than without the hook).
-macro_rules! interpose_data {
-    ($(fn $name:ident($fd:ident: c_int $(, $arg:ident: $ty:ty)*) -> $ret:ty;)*) => {
+/// Exports calls that go straight to libc when `$passes` holds for their arguments: the
+/// cases in which the hook's own path would only forward the call (each condition is that
+/// path's own test, a load or two of the hook's per-fd state). The pass-through is then a few
+/// instructions in one place, the hook's body kept out of line, rather than a walk through
+/// the hook's code that evicts the application's own from the instruction cache (callgrind on
+/// nginx serving a file over TCP, the hook loaded with nothing watched: some 30 more L1
+/// instruction-cache misses per request than without the hook).
+macro_rules! interpose_passing {
+    ($(fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty, passes if $passes:expr;)*) => {
         $(
             /// # Safety
             /// As the libc function of the same name.
             #[unsafe(no_mangle)]
-            pub unsafe extern "C" fn $name($fd: c_int $(, $arg: $ty)*) -> $ret {
-                if !tssx_hook::table::is_tracked($fd) {
+            pub unsafe extern "C" fn $name($($arg: $ty),*) -> $ret {
+                if $passes {
                     // SAFETY: the caller's arguments, forwarded unchanged to libc (what the
-                    // hook's path does for an fd it does not track); same contract.
-                    return unsafe { tssx_hook::sys::$name($fd $(, $arg)*) };
+                    // hook's path does in this case); same contract.
+                    return unsafe { tssx_hook::sys::$name($($arg),*) };
                 }
                 #[cold]
                 #[inline(never)]
-                unsafe fn hooked($fd: c_int $(, $arg: $ty)*) -> $ret {
+                unsafe fn hooked($($arg: $ty),*) -> $ret {
                     // SAFETY: the caller's arguments, forwarded unchanged; same contract.
-                    guarded(move || unsafe { tssx_hook::calls::$name($fd $(, $arg)*) })
+                    guarded(move || unsafe { tssx_hook::calls::$name($($arg),*) })
                 }
                 // SAFETY: as above.
-                unsafe { hooked($fd $(, $arg)*) }
+                unsafe { hooked($($arg),*) }
             }
         )*
     };
 }
 
-interpose_data! {
-    fn read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t;
-    fn recv(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int) -> ssize_t;
-    fn readv(fd: c_int, iov: *const iovec, cnt: c_int) -> ssize_t;
-    fn recvfrom(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> ssize_t;
-    fn write(fd: c_int, buf: *const c_void, n: size_t) -> ssize_t;
-    fn send(fd: c_int, buf: *const c_void, n: size_t, flags: c_int) -> ssize_t;
-    fn writev(fd: c_int, iov: *const iovec, cnt: c_int) -> ssize_t;
-    fn sendto(fd: c_int, buf: *const c_void, n: size_t, flags: c_int, addr: *const sockaddr, len: socklen_t) -> ssize_t;
+use tssx_hook::{calls::close_passes, table::is_tracked};
+
+interpose_passing! {
+    // Data calls: the hook's path does nothing for an fd without a connection in its table.
+    fn read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t, passes if !is_tracked(fd);
+    fn recv(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int) -> ssize_t, passes if !is_tracked(fd);
+    fn readv(fd: c_int, iov: *const iovec, cnt: c_int) -> ssize_t, passes if !is_tracked(fd);
+    fn recvfrom(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> ssize_t, passes if !is_tracked(fd);
+    fn write(fd: c_int, buf: *const c_void, n: size_t) -> ssize_t, passes if !is_tracked(fd);
+    fn send(fd: c_int, buf: *const c_void, n: size_t, flags: c_int) -> ssize_t, passes if !is_tracked(fd);
+    fn writev(fd: c_int, iov: *const iovec, cnt: c_int) -> ssize_t, passes if !is_tracked(fd);
+    fn sendto(fd: c_int, buf: *const c_void, n: size_t, flags: c_int, addr: *const sockaddr, len: socklen_t) -> ssize_t, passes if !is_tracked(fd);
+    // Socket options and ioctls: the hook answers or notes some for a connection only.
+    fn ioctl(fd: c_int, request: libc::c_ulong, arg: *mut c_void) -> c_int, passes if !is_tracked(fd);
+    fn setsockopt(fd: c_int, level: c_int, name: c_int, value: *const c_void, len: socklen_t) -> c_int, passes if !is_tracked(fd);
+    fn getsockopt(fd: c_int, level: c_int, name: c_int, value: *mut c_void, len: *mut socklen_t) -> c_int, passes if !is_tracked(fd);
+    // `close`: nothing to forget, and not one of the hook's own fds.
+    fn close(fd: c_int) -> c_int, passes if close_passes(fd);
 }
 
 interpose! {
@@ -186,13 +195,11 @@ interpose! {
     fn preadv64v2(fd: c_int, iov: *const iovec, cnt: c_int, offset: libc::off64_t, flags: c_int) -> ssize_t;
     fn pwritev2(fd: c_int, iov: *const iovec, cnt: c_int, offset: libc::off_t, flags: c_int) -> ssize_t;
     fn pwritev64v2(fd: c_int, iov: *const iovec, cnt: c_int, offset: libc::off64_t, flags: c_int) -> ssize_t;
-    fn close(fd: c_int) -> c_int;
     fn dup(fd: c_int) -> c_int;
     fn dup2(old: c_int, new: c_int) -> c_int;
     fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int;
     fn fcntl(fd: c_int, cmd: c_int, arg: libc::c_ulong) -> c_int;
     fn shutdown(fd: c_int, how: c_int) -> c_int;
-    fn ioctl(fd: c_int, request: libc::c_ulong, arg: *mut c_void) -> c_int;
     fn poll(fds: *mut libc::pollfd, n: libc::nfds_t, timeout: c_int) -> c_int;
     fn ppoll(fds: *mut libc::pollfd, n: libc::nfds_t, ts: *const libc::timespec, mask: *const libc::sigset_t) -> c_int;
     fn select(n: c_int, r: *mut libc::fd_set, w: *mut libc::fd_set, e: *mut libc::fd_set, tv: *mut libc::timeval) -> c_int;
@@ -204,8 +211,6 @@ interpose! {
     fn epoll_pwait(epfd: c_int, events: *mut libc::epoll_event, max: c_int, timeout: c_int, mask: *const libc::sigset_t) -> c_int;
     fn epoll_pwait2(epfd: c_int, events: *mut libc::epoll_event, max: c_int, ts: *const libc::timespec, mask: *const libc::sigset_t) -> c_int;
     fn sendfile(out_fd: c_int, in_fd: c_int, offset: *mut libc::off_t, count: size_t) -> ssize_t;
-    fn setsockopt(fd: c_int, level: c_int, name: c_int, value: *const c_void, len: socklen_t) -> c_int;
-    fn getsockopt(fd: c_int, level: c_int, name: c_int, value: *mut c_void, len: *mut socklen_t) -> c_int;
     fn splice(fd_in: c_int, off_in: *mut libc::loff_t, fd_out: c_int, off_out: *mut libc::loff_t, len: size_t, flags: libc::c_uint) -> ssize_t;
     fn recvmmsg(fd: c_int, msgs: *mut libc::mmsghdr, vlen: libc::c_uint, flags: c_int, timeout: *mut libc::timespec) -> c_int;
     fn sendmmsg(fd: c_int, msgs: *mut libc::mmsghdr, vlen: libc::c_uint, flags: c_int) -> c_int;
