@@ -459,14 +459,19 @@ fn nginx_section(agent: &Agent, hook: &Path, dir: &Path) -> String {
             let log_mark = tssx.access_log_mark(upstream);
             // Requests/s, and the CPU time of both nginx's workers per request (what the hook
             // and the kernel watcher cost them, less at the mercy of other load than requests/s).
-            let run = |proxy: &NginxProxy, cpu_per_request: &mut Vec<f64>| -> anyhow::Result<f64> {
+            // (User and system time apart: what the hook costs in the program, and what the
+            // kernel does for it, the watcher's eBPF programs included.)
+            let run = |proxy: &NginxProxy, cpu_per_request: &mut [Vec<f64>; 3]| -> anyhow::Result<f64> {
                 let cpu_before = proxy.workers_cpu();
                 let load = wrk(&proxy.url(upstream, "4k.bin"), NGINX_CONNECTIONS, NGINX_SECONDS)?;
                 ensure!(load.non_2xx == 0 && load.socket_errors.is_none() && load.requests > 0, "wrk: {load:?}");
-                cpu_per_request.push((proxy.workers_cpu() - cpu_before).as_secs_f64() * 1e6 / load.requests as f64);
+                let used = proxy.workers_cpu() - cpu_before;
+                for (list, time) in cpu_per_request.iter_mut().zip([used.total(), used.user, used.system]) {
+                    list.push(time.as_secs_f64() * 1e6 / load.requests as f64);
+                }
                 Ok(load.rps)
             };
-            let (mut cpu_plain, mut cpu_tssx) = (Vec::new(), Vec::new());
+            let (mut cpu_plain, mut cpu_tssx) = (<[Vec<f64>; 3]>::default(), <[Vec<f64>; 3]>::default());
             let result = Paired::run(NGINX_REPS, || run(&plain, &mut cpu_plain), || run(&tssx, &mut cpu_tssx));
             thread::sleep(Duration::from_millis(300));
             let swapped = format!(
@@ -476,7 +481,9 @@ fn nginx_section(agent: &Agent, hook: &Path, dir: &Path) -> String {
             );
             match result {
                 Ok(rps) => {
-                    let cpu = Paired { a: cpu_plain, b: cpu_tssx };
+                    let [total_a, user_a, system_a] = cpu_plain;
+                    let [total_b, user_b, system_b] = cpu_tssx;
+                    let cpu = Paired { a: total_a, b: total_b };
                     table.row([
                         format!("{name}, requests/s (median of {NGINX_REPS} x {NGINX_SECONDS} s)"),
                         format!("{:.0}", median(rps.a.clone())),
@@ -484,13 +491,19 @@ fn nginx_section(agent: &Agent, hook: &Path, dir: &Path) -> String {
                         rps.ratio_summary(),
                         swapped,
                     ]);
-                    table.row([
-                        format!("{name}, workers' CPU per request (median)"),
-                        format!("{:.1} us", median(cpu.a.clone())),
-                        format!("{:.1} us", median(cpu.b.clone())),
-                        cpu.ratio_summary(),
-                        String::new(),
-                    ]);
+                    for (what, times) in [
+                        ("workers' CPU per request (median)", &cpu),
+                        ("of which user", &Paired { a: user_a, b: user_b }),
+                        ("of which system", &Paired { a: system_a, b: system_b }),
+                    ] {
+                        table.row([
+                            format!("{name}, {what}"),
+                            format!("{:.1} us", median(times.a.clone())),
+                            format!("{:.1} us", median(times.b.clone())),
+                            times.ratio_summary(),
+                            String::new(),
+                        ]);
+                    }
                     let listed = |r: Vec<f64>| r.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(" ");
                     pairs.push(format!("{name}: requests/s {}; CPU per request {}", listed(rps.ratios()), listed(cpu.ratios())));
                 }

@@ -80,7 +80,7 @@ pub use namespace::MountNamespace;
 pub use nginx::{wrk, NginxConfig, NginxProxy, Upstream, Wrk};
 pub use nscd::{Nscd, NSCD_SOCKET};
 pub use process::{run_ok, Process};
-pub use resources::{cpu_time, Resources};
+pub use resources::{cpu_time, cpu_times, CpuTimes, Resources};
 pub use rng::Rng;
 pub use server::Server;
 pub use tempdir::TempDir;

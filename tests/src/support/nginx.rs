@@ -233,14 +233,15 @@ impl NginxProxy {
         self.dir.join(format!("{}-{}-access.log", self.name, upstream.name()))
     }
 
-    /// The CPU time the two nginx's workers (the masters' children) used so far.
-    pub fn workers_cpu(&self) -> Duration {
+    /// The CPU time the two nginx's workers (the masters' children) used so far, user and
+    /// system.
+    pub fn workers_cpu(&self) -> crate::CpuTimes {
         let workers = |master: &Process| -> Vec<u32> {
             let pid = master.pid();
             let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
             children.split_whitespace().filter_map(|c| c.parse().ok()).collect()
         };
-        [&self.backend, &self.front].into_iter().flat_map(workers).map(crate::cpu_time).sum()
+        [&self.backend, &self.front].into_iter().flat_map(workers).map(crate::cpu_times).sum()
     }
 
     /// The `[alert]`, `[crit]` and `[emerg]` lines of both error logs (a crashed worker shows
