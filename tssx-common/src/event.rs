@@ -293,11 +293,42 @@ pub struct TraceConfig {
     pub relative: u32,
     /// `io_uring:io_uring_create`: offset of `int fd`, or [`TraceConfig::ABSENT`].
     pub io_uring_create_fd_off: u32,
+    /// The lengths (bytes before the NUL) of the exact filesystem names in `WATCHED_PATHS`, one
+    /// bit each (length `n`: bit `n % 32` of word `n / 32`). A filesystem address whose length
+    /// has no bit is looked up in no hash map: a key equal to an exact name has its length.
+    /// Every Unix `connect` of the machine runs the connect program, and most go to paths
+    /// nobody watches; the hash of a 108-byte key was about a third of what such a connect
+    /// cost the program.
+    pub exact_lengths: [u32; 4],
+    /// Non-zero if `WATCHED_PATHS` holds an exact abstract name.
+    pub exact_abstract: u32,
+    /// Non-zero if `WATCHED_PREFIXES` holds an entry.
+    pub prefixes: u32,
 }
 
 impl TraceConfig {
     /// Marks a field the running kernel does not have.
     pub const ABSENT: u32 = u32::MAX;
+    /// [`TraceConfig::exact_lengths`] that lets every length through (no prefilter).
+    pub const EVERY_LENGTH: [u32; 4] = [u32::MAX; 4];
+
+    /// Whether an address of `len` bytes (filesystem: before the NUL) may be an exact watched
+    /// name (`abstract_name`: it starts with a NUL).
+    #[inline(always)]
+    pub fn may_be_exact(&self, abstract_name: bool, len: u32) -> bool {
+        if abstract_name {
+            return self.exact_abstract != 0;
+        }
+        self.exact_lengths.get((len / 32) as usize).is_some_and(|word| word & (1 << (len % 32)) != 0)
+    }
+
+    /// Sets the bit of an exact filesystem name of `len` bytes (see
+    /// [`TraceConfig::exact_lengths`]).
+    pub fn note_exact_length(&mut self, len: usize) {
+        if let Some(word) = self.exact_lengths.get_mut(len / 32) {
+            *word |= 1 << (len % 32);
+        }
+    }
 }
 
 /// What an `enter` program remembers for its `exit` program, keyed by `pid_tgid`.

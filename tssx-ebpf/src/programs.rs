@@ -468,7 +468,7 @@ fn enter_with_address(ctx: &TracePointContext, kind: EventKind) {
     if !read_address(addr as *const u8, addrlen as usize, call) {
         return;
     }
-    let Some((path_id, exact)) = watched_path_id(&call.addr) else { return };
+    let Some((path_id, exact)) = watched_path_id(&call.addr, call.addr_len) else { return };
     let pid_tgid = bpf_get_current_pid_tgid();
     // A connect to a name watched exactly needs no address in its event (the pattern is the
     // name); a bind's event always carries it (the agent records the listener's name).
@@ -551,7 +551,7 @@ fn connect_unix(ctx: &SockAddrContext) {
         }
     }
     call.addr_len = core::cmp::min(read, path_len) as u32;
-    let Some((path_id, exact)) = watched_path_id(&call.addr) else { return };
+    let Some((path_id, exact)) = watched_path_id(&call.addr, call.addr_len) else { return };
     // SAFETY: the context is the program's own `bpf_sock_addr`, which this helper takes.
     let cookie = unsafe { generated::bpf_get_socket_cookie(ctx.sock_addr.cast()) };
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -645,15 +645,23 @@ fn read_address(addr: *const u8, addrlen: usize, call: &mut PendingCall) -> bool
 /// The id of the watched pattern that `key` (a `sun_path`, zero-padded) falls under, and
 /// whether the pattern is exactly that name: an exact name (hash), else the longest literal
 /// prefix (LPM trie: a pattern id, or `PATH_ID_CANDIDATE`); a relative path is
-/// `PATH_ID_RELATIVE` if the agent asked for them.
+/// `PATH_ID_RELATIVE` if the agent asked for them. `len`: the address's length as read (a
+/// filesystem name's bytes before its NUL); a map the configuration says cannot hold the name
+/// is not looked at (see `TraceConfig::exact_lengths`).
 #[inline(always)]
-fn watched_path_id(key: &PathKey) -> Option<(u32, bool)> {
+fn watched_path_id(key: &PathKey, len: u32) -> Option<(u32, bool)> {
+    let config = config()?;
     if key[0] != 0 && key[0] != b'/' {
-        return (config()?.relative != 0).then_some((PATH_ID_RELATIVE, false));
+        return (config.relative != 0).then_some((PATH_ID_RELATIVE, false));
     }
-    // SAFETY: plain lookup; the value is copied out at once.
-    if let Some(id) = unsafe { WATCHED_PATHS.get(key) } {
-        return Some((*id, true));
+    if config.may_be_exact(key[0] == 0, len) {
+        // SAFETY: plain lookup; the value is copied out at once.
+        if let Some(id) = unsafe { WATCHED_PATHS.get(key) } {
+            return Some((*id, true));
+        }
+    }
+    if config.prefixes == 0 {
+        return None;
     }
     let lookup = LOOKUP.get_ptr_mut(0)?;
     // SAFETY: the per-CPU lookup entry: this program run alone uses it.

@@ -119,6 +119,10 @@ pub fn trace_config(tracefs: &Path) -> Result<TraceConfig, KernelError> {
             .ok()
             .and_then(|format| field_offset(&format, "fd"))
             .unwrap_or(TraceConfig::ABSENT),
+        // No prefilter until the loader fills it from the watched paths.
+        exact_lengths: TraceConfig::EVERY_LENGTH,
+        exact_abstract: 1,
+        prefixes: 1,
     })
 }
 

@@ -168,6 +168,7 @@ impl Watcher {
         };
         let mut config = kernel::trace_config(Path::new(kernel::TRACEFS)).context("reading tracepoint formats")?;
         config.relative = u32::from(crate::paths::any_filesystem(paths));
+        crate::paths::fill_prefilter(&mut config, paths);
         let mut watcher = Self { ebpf, logger, _unix_connect: None, mode };
         watcher.set_config(config)?;
         watcher.set_paths(paths)?;

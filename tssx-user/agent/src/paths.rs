@@ -8,7 +8,7 @@
 use std::{fmt, str::FromStr};
 
 use tssx_common::{
-    event::{PathKey, PATH_ID_CANDIDATE},
+    event::{PathKey, TraceConfig, PATH_ID_CANDIDATE},
     pattern::{KernelKey, Pattern, PatternError},
     SUN_PATH_LEN,
 };
@@ -160,6 +160,24 @@ pub fn best_match(paths: &[WatchedPath], name: &[u8]) -> Option<u32> {
     best.map(|(_, id)| id)
 }
 
+/// Fills the kernel programs' prefilter in `config` from `paths` (see
+/// [`TraceConfig::exact_lengths`]): the lengths of the exact filesystem names, whether an exact
+/// abstract name and whether any literal prefix is watched. It must describe exactly what
+/// [`Watcher`](crate::loader::Watcher) puts into the maps: a length missing here would make
+/// the programs miss that name.
+pub fn fill_prefilter(config: &mut TraceConfig, paths: &[WatchedPath]) {
+    config.exact_lengths = [0; 4];
+    config.exact_abstract = 0;
+    for key in paths.iter().filter_map(WatchedPath::map_key) {
+        if key[0] == 0 {
+            config.exact_abstract = 1;
+        } else {
+            config.note_exact_length(key.iter().position(|&b| b == 0).unwrap_or(key.len()));
+        }
+    }
+    config.prefixes = u32::from(!prefix_entries(paths).is_empty());
+}
+
 /// Whether any pattern is a filesystem one (then relative addresses are worth resolving).
 pub fn any_filesystem(paths: &[WatchedPath]) -> bool {
     paths.iter().any(|p| !p.is_abstract())
@@ -186,6 +204,39 @@ mod tests {
 
     fn w(text: &str) -> WatchedPath {
         text.parse().unwrap()
+    }
+
+    #[test]
+    fn prefilter_lets_through_exactly_the_names_the_maps_can_hold() {
+        let open = || TraceConfig {
+            fork_child_pid_off: 0,
+            exit_pid_off: 0,
+            exit_group_dead_off: 0,
+            ready: 1,
+            relative: 0,
+            io_uring_create_fd_off: 0,
+            exact_lengths: TraceConfig::EVERY_LENGTH,
+            exact_abstract: 1,
+            prefixes: 1,
+        };
+        let mut config = open();
+        fill_prefilter(&mut config, &[w("/run/a.sock"), w("/var/run/nscd/socket")]);
+        for len in 0..=SUN_PATH_LEN as u32 {
+            assert_eq!(config.may_be_exact(false, len), len == 11 || len == 20, "length {len}");
+        }
+        assert!(!config.may_be_exact(true, 4), "no abstract name watched");
+        assert_eq!(config.prefixes, 0, "no directory or glob watched");
+
+        let mut config = open();
+        fill_prefilter(&mut config, &[w("@app"), w("/run/php/"), w("/srv/*.sock")]);
+        assert!(config.may_be_exact(true, 4));
+        assert!((0..=SUN_PATH_LEN as u32).all(|len| !config.may_be_exact(false, len)), "no exact filesystem name");
+        assert_eq!(config.prefixes, 1);
+
+        // The longest name a `sun_path` holds.
+        let mut config = open();
+        fill_prefilter(&mut config, &[w(&format!("/{}", "x".repeat(SUN_PATH_LEN - 2)))]);
+        assert!(config.may_be_exact(false, SUN_PATH_LEN as u32 - 1));
     }
 
     #[test]
