@@ -298,7 +298,8 @@ pub fn refresh_generation() {
 }
 
 fn refresh(cache: &mut Option<Cached>) {
-    let now = crate::spin::now_ns();
+    // (The coarse clock: a recheck interval of 50 ms needs no finer one.)
+    let now = crate::spin::coarse_now_ns();
     if let Some(c) = cache.as_mut() {
         if now.saturating_sub(c.checked_ns) < RECHECK_NS {
             return;

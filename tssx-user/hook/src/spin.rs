@@ -16,9 +16,21 @@ pub const SPIN_MAX_NS: u64 = 100_000;
 
 /// CLOCK_MONOTONIC in nanoseconds (vDSO: no system call).
 pub fn now_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC)
+}
+
+/// CLOCK_MONOTONIC_COARSE in nanoseconds: the monotonic clock at the kernel's tick (a few
+/// milliseconds at most), read without the time counter (vDSO). For intervals of tens of
+/// milliseconds that every `connect` looks at (see `crate::paths`).
+pub fn coarse_now_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC_COARSE)
+}
+
+#[inline(always)]
+fn clock_ns(clock: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: writes into a live local timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    unsafe { libc::clock_gettime(clock, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
