@@ -304,11 +304,23 @@ pub struct TraceConfig {
     pub exact_abstract: u32,
     /// Non-zero if `WATCHED_PREFIXES` holds an entry.
     pub prefixes: u32,
+    /// The connect hook's context, `struct bpf_sock_addr_kern` (read with
+    /// `bpf_probe_read_kernel`, not through a stable field): byte offsets of `uaddr` (the
+    /// kernel's copy of the address) and `uaddrlen`, from the running kernel's BTF (see
+    /// [`TraceConfig::SOCK_ADDR_UADDR_OFF`]).
+    pub sock_addr_uaddr_off: u32,
+    /// See [`TraceConfig::sock_addr_uaddr_off`].
+    pub sock_addr_uaddrlen_off: u32,
 }
 
 impl TraceConfig {
     /// Marks a field the running kernel does not have.
     pub const ABSENT: u32 = u32::MAX;
+    /// `uaddr`'s offset in `struct bpf_sock_addr_kern` since Linux 6.7 (the first kernel with
+    /// the Unix connect hook), used where the kernel publishes no BTF.
+    pub const SOCK_ADDR_UADDR_OFF: u32 = 8;
+    /// `uaddrlen`'s offset there, as [`TraceConfig::SOCK_ADDR_UADDR_OFF`].
+    pub const SOCK_ADDR_UADDRLEN_OFF: u32 = 32;
     /// [`TraceConfig::exact_lengths`] that lets every length through (no prefilter).
     pub const EVERY_LENGTH: [u32; 4] = [u32::MAX; 4];
 

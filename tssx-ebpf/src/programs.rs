@@ -468,7 +468,8 @@ fn enter_with_address(ctx: &TracePointContext, kind: EventKind) {
     if !read_address(addr as *const u8, addrlen as usize, call) {
         return;
     }
-    let Some((path_id, exact)) = watched_path_id(&call.addr, call.addr_len) else { return };
+    let Some(config) = config() else { return };
+    let Some((path_id, exact)) = watched_path_id(&config, &call.addr, call.addr_len) else { return };
     let pid_tgid = bpf_get_current_pid_tgid();
     // A connect to a name watched exactly needs no address in its event (the pattern is the
     // name); a bind's event always carries it (the agent records the listener's name).
@@ -486,11 +487,6 @@ fn enter_with_address(ctx: &TracePointContext, kind: EventKind) {
 // connect, seen by the cgroup hook (the default watcher: no syscall tracepoint).
 // ---------------------------------------------------------------------------------------------
 
-/// Offsets in the kernel's `struct bpf_sock_addr_kern` (the context's real layout, stable since
-/// Linux 6.7 added the Unix hooks): the address pointer and its length.
-const KERN_UADDR: usize = 8;
-const KERN_UADDRLEN: usize = 32;
-
 /// Every Unix `connect` of the machine (`BPF_CGROUP_UNIX_CONNECT`, attached by the agent at the
 /// cgroup v2 root with the `bpf` system call: aya 0.14 has no attach type for it, so the
 /// section is one aya parses and never loads). Runs before the kernel looks the address up: a
@@ -506,13 +502,14 @@ pub fn tssx_connect_unix(ctx: SockAddrContext) -> i32 {
 
 #[inline(always)]
 fn connect_unix(ctx: &SockAddrContext) {
+    let Some(config) = config() else { return };
     let kern = ctx.sock_addr as *const u8;
+    // The address pointer and its length in the kernel's `struct bpf_sock_addr_kern` (the
+    // context's real layout), at the offsets the agent read from the kernel's BTF.
+    let (uaddr_at, len_at) = (config.sock_addr_uaddr_off as usize, config.sock_addr_uaddrlen_off as usize);
     // SAFETY: the helper checks the read; the context is the kernel's bpf_sock_addr_kern.
     let (Ok(uaddr), Ok(len)) = (unsafe {
-        (
-            bpf_probe_read_kernel(kern.wrapping_add(KERN_UADDR).cast::<u64>()),
-            bpf_probe_read_kernel(kern.wrapping_add(KERN_UADDRLEN).cast::<u32>()),
-        )
+        (bpf_probe_read_kernel(kern.wrapping_add(uaddr_at).cast::<u64>()), bpf_probe_read_kernel(kern.wrapping_add(len_at).cast::<u32>()))
     }) else {
         return;
     };
@@ -551,7 +548,7 @@ fn connect_unix(ctx: &SockAddrContext) {
         }
     }
     call.addr_len = core::cmp::min(read, path_len) as u32;
-    let Some((path_id, exact)) = watched_path_id(&call.addr, call.addr_len) else { return };
+    let Some((path_id, exact)) = watched_path_id(&config, &call.addr, call.addr_len) else { return };
     // SAFETY: the context is the program's own `bpf_sock_addr`, which this helper takes.
     let cookie = unsafe { generated::bpf_get_socket_cookie(ctx.sock_addr.cast()) };
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -649,8 +646,7 @@ fn read_address(addr: *const u8, addrlen: usize, call: &mut PendingCall) -> bool
 /// filesystem name's bytes before its NUL); a map the configuration says cannot hold the name
 /// is not looked at (see `TraceConfig::exact_lengths`).
 #[inline(always)]
-fn watched_path_id(key: &PathKey, len: u32) -> Option<(u32, bool)> {
-    let config = config()?;
+fn watched_path_id(config: &TraceConfig, key: &PathKey, len: u32) -> Option<(u32, bool)> {
     if key[0] != 0 && key[0] != b'/' {
         return (config.relative != 0).then_some((PATH_ID_RELATIVE, false));
     }

@@ -123,6 +123,9 @@ pub fn trace_config(tracefs: &Path) -> Result<TraceConfig, KernelError> {
         exact_lengths: TraceConfig::EVERY_LENGTH,
         exact_abstract: 1,
         prefixes: 1,
+        // The loader reads the running kernel's layout when it attaches the connect hook.
+        sock_addr_uaddr_off: TraceConfig::SOCK_ADDR_UADDR_OFF,
+        sock_addr_uaddrlen_off: TraceConfig::SOCK_ADDR_UADDRLEN_OFF,
     })
 }
 

@@ -15,6 +15,7 @@
 #![deny(missing_docs)]
 
 pub mod agent;
+pub mod btf;
 pub mod cgroup;
 pub mod control;
 pub mod feed;

@@ -169,6 +169,22 @@ impl Watcher {
         let mut config = kernel::trace_config(Path::new(kernel::TRACEFS)).context("reading tracepoint formats")?;
         config.relative = u32::from(crate::paths::any_filesystem(paths));
         crate::paths::fill_prefilter(&mut config, paths);
+        let mut mode = mode;
+        if mode == WatchMode::ConnectHook {
+            match sock_addr_layout() {
+                Ok(Some((uaddr, uaddrlen))) => {
+                    config.sock_addr_uaddr_off = uaddr;
+                    config.sock_addr_uaddrlen_off = uaddrlen;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(
+                        "{e}: the connect hook cannot read this kernel's connect context; watching with syscall tracepoints instead (every system call of the machine pays a little for them)"
+                    );
+                    mode = WatchMode::SyscallTracepoints;
+                }
+            }
+        }
         let mut watcher = Self { ebpf, logger, _unix_connect: None, mode };
         watcher.set_config(config)?;
         watcher.set_paths(paths)?;
@@ -405,6 +421,34 @@ const MAY_OWN_LISTENERS: &str = "MAY_OWN_LISTENERS";
 fn default_parked_slots() -> u32 {
     let pid_max = std::fs::read_to_string("/proc/sys/kernel/pid_max").ok().and_then(|text| text.trim().parse::<u32>().ok());
     pid_max.unwrap_or(tssx_common::event::PARKED_SLOTS_DEFAULT).clamp(1, tssx_common::event::PARKED_SLOTS_MAX)
+}
+
+/// The byte offsets of `uaddr` and `uaddrlen` in this kernel's `struct bpf_sock_addr_kern`,
+/// the connect hook's context, read from its BTF. `Ok(None)`: the kernel publishes no BTF we
+/// can read (the program then uses the Linux 6.7 layout, logged); `Err`: the BTF says the
+/// struct or its members are not what the program reads (the connect hook must not be used).
+pub fn sock_addr_layout() -> Result<Option<(u32, u32)>, crate::btf::BtfError> {
+    use crate::btf::{Btf, BtfError, Expect};
+    let data = match std::fs::read(crate::btf::VMLINUX) {
+        Ok(data) => data,
+        Err(e) => {
+            tracing::info!("{}: {e}; the connect hook reads its context at the Linux 6.7 offsets", crate::btf::VMLINUX);
+            return Ok(None);
+        }
+    };
+    let btf = match Btf::parse(&data) {
+        Ok(btf) => btf,
+        Err(e @ (BtfError::Malformed(_) | BtfError::UnknownKind(_))) => {
+            tracing::info!("{}: {e}; the connect hook reads its context at the Linux 6.7 offsets", crate::btf::VMLINUX);
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
+    const CONTEXT: &str = "bpf_sock_addr_kern";
+    let uaddr = btf.member_offset(CONTEXT, "uaddr", Expect::Pointer)?;
+    let uaddrlen = btf.member_offset(CONTEXT, "uaddrlen", Expect::Int(4))?;
+    tracing::debug!("{CONTEXT}: uaddr at {uaddr}, uaddrlen at {uaddrlen} (kernel BTF)");
+    Ok(Some((uaddr, uaddrlen)))
 }
 
 #[cfg(test)]

@@ -218,6 +218,8 @@ mod tests {
             exact_lengths: TraceConfig::EVERY_LENGTH,
             exact_abstract: 1,
             prefixes: 1,
+            sock_addr_uaddr_off: TraceConfig::SOCK_ADDR_UADDR_OFF,
+            sock_addr_uaddrlen_off: TraceConfig::SOCK_ADDR_UADDRLEN_OFF,
         };
         let mut config = open();
         fill_prefilter(&mut config, &[w("/run/a.sock"), w("/var/run/nscd/socket")]);
