@@ -436,6 +436,7 @@ scenarios! {
     shutdown_wr_rd_rdwr: "shutdown", server [], client [], connections 4, shm 100_000;
     sigpipe_epipe_nosignal_reset: "sigpipe", server [], client [], connections 2, shm 7;
     dup_copies_are_one_connection: "dup", server [], client [], connections 3, shm 100;
+    fd_numbers_stay_the_applications: "fdnumbers", server [], client [], connections 1, shm 50;
     prefork_server: "prefork", server ["3", "12"], client ["12"], connections 12, shm 12 * 16;
     fork_after_accept_and_connect: "fork", server [], client [], connections 1, shm 46;
     exec_child_inherits_the_socket_execv: "exec", server ["execv"], client [], connections 1, shm 52_009;

@@ -41,9 +41,10 @@
 //! connections made meanwhile are served by the kernel. A connection handed back so that the
 //! kernel's list serves it may show one `EPOLLIN` without data there if its peer follows the
 //! hand-back during a call that writes nothing (the peer's last doorbell is skipped by the next
-//! read, which then finds no data). The hook's own fds take the lowest free numbers, so an fd
-//! the application closed may name a hook fd before its next call (`EPOLL_CTL_DEL` on it then
-//! fails with ENOENT, not EBADF). An edge-triggered registration moved into the list while its
+//! read, which then finds no data). The hook's own fds sit from number 64 up
+//! ([`crate::own`]): in a process with that many files open, an fd the application closed may
+//! name a hook fd before its next call (`EPOLL_CTL_DEL` on it then fails with ENOENT, not
+//! EBADF). An edge-triggered registration moved into the list while its
 //! instance has other events ready (or is shared with another process) reports its socket's
 //! ready bits once, though the kernel may have reported that edge already (see [`adopt`]).
 

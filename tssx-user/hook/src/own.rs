@@ -21,8 +21,8 @@ use tssx_shm::sys::Fd;
 
 use crate::table::MAX_FDS;
 
-/// The lowest number a relocated fd of the hook's gets: above the small numbers programs put
-/// their own files on.
+/// The lowest number an fd of the hook's gets: above the small numbers programs put their own
+/// files on.
 const RELOCATE_FROM: c_int = 64;
 
 /// One bit per fd number held by an [`OwnFd`]. Relaxed: a number is marked by the thread that
@@ -37,9 +37,10 @@ static OWN: [AtomicU64; MAX_FDS / 64] = [const { AtomicU64::new(0) }; MAX_FDS / 
 pub struct OwnFd(AtomicI32);
 
 impl OwnFd {
-    /// Takes `fd` as one of the hook's own.
+    /// Takes `fd` as one of the hook's own, moved out of the application's way first (see
+    /// [`out_of_the_way`]).
     pub fn new(fd: Fd) -> OwnFd {
-        let raw = fd.into_raw();
+        let raw = out_of_the_way(fd.into_raw());
         mark(raw, true);
         OwnFd(AtomicI32::new(raw))
     }
@@ -58,6 +59,30 @@ impl Drop for OwnFd {
         mark(fd, false);
         // SAFETY: owned by `self`, never used again.
         drop(unsafe { Fd::from_raw(fd) });
+    }
+}
+
+/// A new fd of the hook's (the kernel gave it the lowest free number) moved to the lowest free
+/// number from [`RELOCATE_FROM`] up, with its close-on-exec flag: the application's next
+/// `open`, `socket` or `accept` gets the number it would get without the hook (POSIX's lowest
+/// free number; a daemon that reopens its standard streams relies on it), and a number the
+/// application closes and then names (an `EPOLL_CTL_DEL` after the close: EBADF) is not the
+/// hook's. Where that fails (no number left at or above it, a limit below it), the fd stays
+/// where it is.
+fn out_of_the_way(fd: c_int) -> c_int {
+    if fd >= RELOCATE_FROM {
+        return fd;
+    }
+    // (System calls that leave errno alone: the hook may be inside an application's call.)
+    let Ok(flags) = tssx_shm::sys::fcntl(fd, libc::F_GETFD, 0) else { return fd };
+    let cmd = if flags as c_int & libc::FD_CLOEXEC != 0 { libc::F_DUPFD_CLOEXEC } else { libc::F_DUPFD };
+    match tssx_shm::sys::fcntl(fd, cmd, RELOCATE_FROM as usize) {
+        Ok(to) => {
+            // SAFETY: the original number, owned by the caller and replaced by its copy.
+            drop(unsafe { Fd::from_raw(fd) });
+            to as c_int
+        }
+        Err(_) => fd,
     }
 }
 
