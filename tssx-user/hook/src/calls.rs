@@ -1787,11 +1787,17 @@ pub unsafe fn epoll_create1(flags: c_int) -> c_int {
     fd
 }
 
+/// Whether `epoll_ctl(epfd, _, fd, _)` goes straight to the kernel: the hook's way has nothing to
+/// do for an untracked socket registered in an instance without interests of the hook's own (no
+/// record to keep, no stale interest to drop).
+#[inline]
+pub(crate) fn epoll_ctl_passes(epfd: c_int, fd: c_int) -> bool {
+    !(table::is_tracked(fd) || table::is_unconnected(fd) || epoll::has_interests(epfd))
+}
+
 /// libc's `epoll_ctl`.
 pub unsafe fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, event: *mut libc::epoll_event) -> c_int {
-    // The hook's way has nothing to do for an untracked socket registered in an instance
-    // without interests of the hook's own: no record to keep, no stale interest to drop.
-    if table::is_tracked(fd) || table::is_unconnected(fd) || epoll::has_interests(epfd) {
+    if !epoll_ctl_passes(epfd, fd) {
         // SAFETY: `event` is null or valid, per epoll_ctl's contract.
         if let Some(rc) = unsafe { epoll::ctl(epfd, op, fd, event) } {
             return rc;

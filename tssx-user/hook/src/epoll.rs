@@ -71,6 +71,12 @@ use crate::{
 pub const TAG: u64 = 0x7453_5358_0000_0000;
 const TAG_MASK: u64 = 0xffff_ffff_0000_0000;
 
+/// Whether a kernel event is one of the hook's own registrations ([`TAG`]).
+#[inline]
+fn is_tagged(e: &epoll_event) -> bool {
+    e.u64 & TAG_MASK == TAG
+}
+
 /// What the application asked for one swapped fd in one epoll instance: an entry of the
 /// instance's shared list ([`Shared`]), the same in every process that shares the instance.
 #[derive(Clone, Copy)]
@@ -269,6 +275,13 @@ impl Set {
     fn shared(&self) -> &Shared {
         // SAFETY: the mapping lives as long as the set.
         unsafe { &*self.shared }
+    }
+
+    /// Whether the list holds interests (see [`has_interests`]). Relaxed: a hint, read without
+    /// the lock.
+    #[inline]
+    fn has_interests(&self) -> bool {
+        self.shared().len.load(Relaxed) != 0
     }
 
     fn with<R>(&self, f: impl FnOnce(&mut List<'_>, &mut Local) -> R) -> R {
@@ -623,7 +636,7 @@ pub fn has_set(epfd: c_int) -> bool {
 /// (see [`gate_close`]).
 #[inline]
 pub fn has_interests(epfd: c_int) -> bool {
-    set_of(epfd).is_some_and(|set| set.shared().len.load(Relaxed) != 0)
+    set_of(epfd).is_some_and(Set::has_interests)
 }
 
 /// This process's connection for interest `i` (in any phase) and an fd of it here: the
@@ -1106,7 +1119,7 @@ fn filter(epfd: c_int, out: &mut [epoll_event], m: usize) -> usize {
     let mut kept = 0;
     for k in 0..m {
         let ev = out[k];
-        if ev.u64 & TAG_MASK == TAG {
+        if is_tagged(&ev) {
             let tagged_fd = (ev.u64 & 0xffff_ffff) as c_int;
             // The registration of `tagged_fd`'s file: the connection on that fd now, or one
             // whose registered fd was closed while a dup keeps it open.
@@ -1262,7 +1275,7 @@ pub unsafe fn wait(
     // whose list emptied since the caller looked.) Relaxed: hints, checked again after
     // the wait; an interest adopted meanwhile (its tagged events may be among ours) sends the
     // answer through the general path's filtering.
-    if set.shared().len.load(Relaxed) == 0 && !set.has_plain_oneshots.load(Relaxed) {
+    if !set.has_interests() && !set.has_plain_oneshots.load(Relaxed) {
         // The kernel writes the events (and fails with EFAULT for an array it cannot write).
         // SAFETY: the caller's array, range-checked above; written by the kernel only.
         let m = unsafe { real_wait(epfd, events, maxevents, timeout_ns, sigmask) };
@@ -1271,7 +1284,7 @@ pub unsafe fn wait(
         }
         // SAFETY: the kernel just wrote `m` entries there: readable and writable.
         let given = unsafe { std::slice::from_raw_parts_mut(events, m as usize) };
-        if set.shared().len.load(Relaxed) == 0 && !given.iter().any(|e| e.u64 & TAG_MASK == TAG) {
+        if !set.has_interests() && !given.iter().any(is_tagged) {
             return m;
         }
         // The hook adds events of its own after the kernel's: into the whole array if it is
@@ -1526,7 +1539,7 @@ pub unsafe fn plain_wait(epfd: c_int, events: *mut epoll_event, maxevents: c_int
     if let Some(set) = set_of(epfd) {
         // SAFETY: the kernel filled `rc` entries of the caller's array.
         let out = unsafe { std::slice::from_raw_parts_mut(events, rc as usize) };
-        if set.shared().len.load(Relaxed) == 0 && !set.has_plain_oneshots.load(Relaxed) && !out.iter().any(|e| e.u64 & TAG_MASK == TAG) {
+        if !set.has_interests() && !set.has_plain_oneshots.load(Relaxed) && !out.iter().any(is_tagged) {
             // Every event is the application's, and no plain one-shot registration to note
             // (tagged registrations exist only while their interest is in the list).
             return rc;

@@ -65,24 +65,18 @@ pub fn wants(nr: c_long, a: [c_long; 5]) -> bool {
         }
         libc::SYS_ioctl => table::is_tracked(fd(0)) && matches!(a[1] as c_uint as c_ulong, libc::FIONREAD | libc::TIOCOUTQ | libc::FIONBIO),
         libc::SYS_splice => table::is_tracked(fd(0)) || table::is_tracked(fd(2)),
-        libc::SYS_close => closes_state(fd(0)),
-        libc::SYS_dup2 | libc::SYS_dup3 => closes_state(fd(0)) || closes_state(fd(1)),
+        libc::SYS_close => !calls::close_passes(fd(0)),
+        libc::SYS_dup2 | libc::SYS_dup3 => !calls::close_passes(fd(0)) || !calls::close_passes(fd(1)),
         libc::SYS_close_range => true,
         // A new Unix socket is marked; connect and accept start tracking (they cost a check
         // of the address or the listener, as the libc calls do).
         libc::SYS_socket => a[0] as c_int == libc::AF_UNIX,
         libc::SYS_connect | libc::SYS_accept | libc::SYS_accept4 => true,
         libc::SYS_poll | libc::SYS_ppoll | libc::SYS_select | libc::SYS_pselect6 => table::any_live(),
-        libc::SYS_epoll_ctl => table::any_live() || epoll::has_set(fd(0)) || table::is_unconnected(fd(2)),
+        libc::SYS_epoll_ctl => !calls::epoll_ctl_passes(fd(0), fd(2)),
         libc::SYS_epoll_wait | libc::SYS_epoll_pwait | libc::SYS_epoll_pwait2 => epoll::has_set(fd(0)),
         _ => false,
     }
-}
-
-/// Whether the hook keeps anything for `fd` that its `close` forgets (or refuses to close).
-#[inline]
-fn closes_state(fd: c_int) -> bool {
-    calls::has_close_state(fd) || crate::own::is_own(fd)
 }
 
 /// libc's `syscall` without the hook: the system call, then -1 and `errno` for a result in
