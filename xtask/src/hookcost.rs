@@ -55,7 +55,6 @@ pub fn measure(bin: &Path, hook: &Path, work: &Path) -> anyhow::Result<HookCost>
     std::fs::create_dir_all(work).with_context(|| format!("creating {}", work.display()))?;
     let sockets = Path::new(WATCHED).parent().context("WATCHED has a directory")?;
     std::fs::create_dir_all(sockets).with_context(|| format!("creating {}", sockets.display()))?;
-    let (watched, unwatched) = (WATCHED, UNWATCHED);
     let way = |name: &str, path: &str, preload: Option<&Path>| -> anyhow::Result<PerConnection> {
         let few = counted_pair(bin, preload, path, FEW, &work.join(format!("{name}-few")))?;
         let many = counted_pair(bin, preload, path, MANY, &work.join(format!("{name}-many")))?;
@@ -64,9 +63,9 @@ pub fn measure(bin: &Path, hook: &Path, work: &Path) -> anyhow::Result<HookCost>
     };
     let cost = (|| {
         Ok(HookCost {
-            plain: way("plain", unwatched, None)?,
-            unwatched: way("unwatched", unwatched, Some(hook))?,
-            tracked: way("tracked", watched, Some(hook))?,
+            plain: way("plain", UNWATCHED, None)?,
+            unwatched: way("unwatched", UNWATCHED, Some(hook))?,
+            tracked: way("tracked", WATCHED, Some(hook))?,
         })
     })();
     let _ = std::fs::remove_dir_all(sockets);

@@ -428,20 +428,18 @@ fn default_parked_slots() -> u32 {
 /// can read (the program then uses the Linux 6.7 layout, logged); `Err`: the BTF says the
 /// struct or its members are not what the program reads (the connect hook must not be used).
 pub fn sock_addr_layout() -> Result<Option<(u32, u32)>, crate::btf::BtfError> {
-    use crate::btf::{Btf, BtfError, Expect};
-    let data = match std::fs::read(crate::btf::VMLINUX) {
+    use crate::btf::{Btf, BtfError, Expect, VMLINUX};
+    let unreadable = |why: &dyn std::fmt::Display| {
+        tracing::info!("{VMLINUX}: {why}; the connect hook reads its context at the Linux 6.7 offsets");
+        Ok(None)
+    };
+    let data = match std::fs::read(VMLINUX) {
         Ok(data) => data,
-        Err(e) => {
-            tracing::info!("{}: {e}; the connect hook reads its context at the Linux 6.7 offsets", crate::btf::VMLINUX);
-            return Ok(None);
-        }
+        Err(e) => return unreadable(&e),
     };
     let btf = match Btf::parse(&data) {
         Ok(btf) => btf,
-        Err(e @ (BtfError::Malformed(_) | BtfError::UnknownKind(_))) => {
-            tracing::info!("{}: {e}; the connect hook reads its context at the Linux 6.7 offsets", crate::btf::VMLINUX);
-            return Ok(None);
-        }
+        Err(e @ (BtfError::Malformed(_) | BtfError::UnknownKind(_))) => return unreadable(&e),
         Err(e) => return Err(e),
     };
     const CONTEXT: &str = "bpf_sock_addr_kern";
