@@ -508,13 +508,15 @@ impl Conn {
             done.fault = got.fault && done.bytes == 0;
             got.fault
         };
-        // Reads `n` bytes more (peeks: the `done` first ones again, then `n`).
-        let read = |rx: &mut Consumer, bufs: &mut [IoSliceMut<'_>], done: usize, n: usize| {
+        // Reads `n` bytes more (peeks: the `done` first ones again, then `n`); `seen`: only
+        // bytes the last look at the ring saw (see `Conn::ring_seen`), for a read that no
+        // record bounds.
+        let read = |rx: &mut Consumer, bufs: &mut [IoSliceMut<'_>], done: usize, n: usize, seen: bool| {
             if peek {
-                let got = limit_mut(bufs, done + n, |b| rx.peekv(b));
+                let got = limit_mut(bufs, done + n, |b| if seen { rx.peekv_seen(b) } else { rx.peekv(b) });
                 return if got.fault { got } else { Transfer::peeked(got.bytes.saturating_sub(done)) };
             }
-            crate::iov::after_mut(bufs, done, |rest| limit_mut(rest, n, |b| rx.readv(b)))
+            crate::iov::after_mut(bufs, done, |rest| limit_mut(rest, n, |b| if seen { rx.readv_seen(b) } else { rx.readv(b) }))
         };
         // At most one round per record the queue can hold, and one more: a record that keeps
         // coming back (its marker never found, its count the peer's lie) ends the loop, the
@@ -528,22 +530,23 @@ impl Conn {
                 return (done, false);
             }
             rounds += 1;
+            Self::ring_seen(rx);
             let next = if rounds > ANC_SLOTS + 1 { None } else { self.next_record() };
             let Some(r) = next else {
-                let got = read(rx, bufs, done.bytes, left);
+                let got = read(rx, bufs, done.bytes, left, true);
                 let fault = add(got, &mut done);
                 return (done, fault);
             };
             let tail = rx.position() + if peek { done.bytes as u64 } else { 0 };
             let before = r.pos.saturating_sub(tail).min(usize::MAX as u64) as usize;
             if before >= left || rx.available() <= before + if peek { done.bytes } else { 0 } {
-                let got = read(rx, bufs, done.bytes, left.min(before));
+                let got = read(rx, bufs, done.bytes, left.min(before), false);
                 let fault = add(got, &mut done);
                 return (done, fault);
             }
             if peek && done.bytes > 0 {
                 // Already past one marker, or bytes before this one: a peek stops here.
-                let got = read(rx, bufs, done.bytes, before);
+                let got = read(rx, bufs, done.bytes, before, false);
                 let fault = add(got, &mut done);
                 return (done, fault);
             }
@@ -551,12 +554,12 @@ impl Conn {
                 // With SO_PASSCRED on, the kernel never glues bytes of other credentials: the
                 // bytes before a marker (none) end the read before its message (explicit
                 // credentials, or fds; see the module documentation).
-                let got = read(rx, bufs, done.bytes, before);
+                let got = read(rx, bufs, done.bytes, before, false);
                 add(got, &mut done);
                 return (done, true);
             }
             if before > 0 {
-                let got = read(rx, bufs, done.bytes, before);
+                let got = read(rx, bufs, done.bytes, before, false);
                 if add(got, &mut done) {
                     return (done, true);
                 }
@@ -576,7 +579,7 @@ impl Conn {
                 // Withdrawn meanwhile: the ring bytes are ordinary data.
                 continue;
             };
-            let got = read(rx, bufs, done.bytes, len);
+            let got = read(rx, bufs, done.bytes, len, false);
             if add(got, &mut done) || fds || peek || passcred {
                 return (done, true);
             }

@@ -395,6 +395,8 @@ impl Conn {
                 asked => back_at.min(asked - 1),
             };
             let limit = if back_at == NOT_YET { usize::MAX } else { back_at.saturating_sub(tail).min(usize::MAX as u64) as usize };
+            // Only the bytes seen before the records are looked at (see `Conn::ring_seen`).
+            let limit = limit.min(rx.available());
             if limit == 0 {
                 return (Transfer::default(), false);
             }

@@ -201,6 +201,9 @@ impl Conn {
                 }
             } else {
                 self.with_rx(|rx| {
+                    // The ring's bytes seen before the records are looked at (see
+                    // `Conn::ring_seen`).
+                    Self::ring_seen(rx);
                     if self.anc_pending() {
                         let (got, ends) =
                             after_mut(bufs, if peek { 0 } else { total }, |rest| self.read_ring_anc(fd, rx, rest, peek, flags, usize::MAX));
@@ -208,9 +211,9 @@ impl Conn {
                         return got;
                     }
                     if peek {
-                        return rx.peekv(bufs);
+                        return rx.peekv_seen(bufs);
                     }
-                    after_mut(bufs, total, |rest| rx.readv(rest))
+                    after_mut(bufs, total, |rest| rx.readv_seen(rest))
                 })
             };
             if got.wake_peer {
@@ -303,6 +306,19 @@ impl Conn {
         }
     }
 
+    /// Looks at the producer's position of the incoming ring before a reader checks for
+    /// pending records of ancillary data; the read that follows takes only the bytes seen here
+    /// (`Consumer::readv_seen`, `peekv_seen`). The peer's `send_anc` publishes a record
+    /// (SeqCst store of the queue's `sent`) before the message's bytes (the ring's Release
+    /// store of its head, loaded Acquire here), so the record of every byte seen here is seen
+    /// by the check: a read never takes a message's bytes without its marker. Reading whatever
+    /// the ring held after the check could: a record and its bytes published between the
+    /// check and the copy, the message read as plain bytes and its fds left for a later read.
+    #[inline]
+    pub(crate) fn ring_seen(rx: &tssx_shm::ring::Consumer) {
+        rx.available();
+    }
+
     /// After a peek of `total` socket bytes: if they were all this end has left to read before
     /// the peer's switch, the ring's bytes that follow, peeked into `bufs` after them (up to the
     /// peer's hand-back, if it is handing back; while markers of ancillary data are pending, up
@@ -312,16 +328,21 @@ impl Conn {
         if !self.socket_part_peeked(total) || self.phase() == Phase::Plain {
             return 0;
         }
-        if self.anc_pending() {
-            if self.phase() == Phase::HandingBack {
+        let got = if self.phase() == Phase::HandingBack {
+            if self.anc_pending() {
                 return 0;
             }
-            return self.with_rx(|rx| after_mut(bufs, total, |rest| self.peek_ring_glued(fd, rx, rest, total, flags)));
-        }
-        let got = if self.phase() == Phase::HandingBack {
             after_mut(bufs, total, |rest| self.read_ring_until_back(rest, true, flags)).0
         } else {
-            self.with_rx(|rx| after_mut(bufs, total, |rest| rx.peekv(rest)))
+            self.with_rx(|rx| {
+                // The ring's bytes seen before the records are looked at (see
+                // `Conn::ring_seen`).
+                Self::ring_seen(rx);
+                if self.anc_pending() {
+                    return Transfer::peeked(after_mut(bufs, total, |rest| self.peek_ring_glued(fd, rx, rest, total, flags)));
+                }
+                after_mut(bufs, total, |rest| rx.peekv_seen(rest))
+            })
         };
         // A buffer that faults: the peek ends with the socket's bytes.
         if got.fault {

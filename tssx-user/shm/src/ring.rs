@@ -692,6 +692,17 @@ impl Consumer {
         }
     }
 
+    /// Bytes available at `tail`: as [`Consumer::available_for`], or (no `refresh`) only what
+    /// the cached producer position shows.
+    #[inline]
+    fn seen_or_refreshed(&self, tail: u64, want: usize, refresh: bool) -> usize {
+        if refresh {
+            self.available_for(tail, want)
+        } else {
+            used(self.cached_head.get(), tail, self.cached_geometry.get().capacity)
+        }
+    }
+
     /// Copies up to `dst.len()` bytes out of the ring without consuming them (`MSG_PEEK`);
     /// [`Transfer::FAULT`] if `dst` ran into a bad page.
     pub fn peek(&self, dst: &mut [u8]) -> Transfer {
@@ -702,10 +713,22 @@ impl Consumer {
     /// consuming anything (`recvmsg` with `MSG_PEEK` and several buffers); [`Transfer::FAULT`]
     /// if a buffer ran into a bad page.
     pub fn peekv(&self, bufs: &mut [IoSliceMut<'_>]) -> Transfer {
+        self.peekv_upto(bufs, true)
+    }
+
+    /// As [`Consumer::peekv`], but only bytes the last look at the producer's position saw
+    /// ([`Consumer::available`] and the reads refresh it): a reader that looked at the ring,
+    /// then checked something the producer publishes before its bytes (as the hook's records
+    /// of ancillary data), takes no byte published after that check.
+    pub fn peekv_seen(&self, bufs: &mut [IoSliceMut<'_>]) -> Transfer {
+        self.peekv_upto(bufs, false)
+    }
+
+    fn peekv_upto(&self, bufs: &mut [IoSliceMut<'_>], refresh: bool) -> Transfer {
         let mut pos = self.position();
         let mut total = 0;
         for buf in bufs.iter_mut() {
-            let got = self.peek_at(pos, buf);
+            let got = self.peek_upto(pos, buf, refresh);
             if got.fault {
                 return got;
             }
@@ -721,10 +744,16 @@ impl Consumer {
     /// `peek` at consumer position `tail`.
     #[inline]
     fn peek_at(&self, tail: u64, dst: &mut [u8]) -> Transfer {
+        self.peek_upto(tail, dst, true)
+    }
+
+    /// `peek_at`; without `refresh`, only the bytes the cached producer position shows.
+    #[inline]
+    fn peek_upto(&self, tail: u64, dst: &mut [u8], refresh: bool) -> Transfer {
         if dst.is_empty() {
             return Transfer::NOTHING;
         }
-        let n = self.available_for(tail, dst.len()).min(dst.len());
+        let n = self.seen_or_refreshed(tail, dst.len(), refresh).min(dst.len());
         // SAFETY: contract of `new`; `n` published bytes from `tail` (within the capacity of
         // the sanitized geometry loaded with the head that published them), which the producer
         // does not overwrite before we publish a tail past them.
@@ -757,12 +786,22 @@ impl Consumer {
     /// Fills `bufs` in order with as many bytes as the ring has, consuming them
     /// ([`Transfer::FAULT`], nothing consumed, if a buffer ran into a bad page).
     pub fn readv(&mut self, bufs: &mut [IoSliceMut<'_>]) -> Transfer {
+        self.readv_upto(bufs, true)
+    }
+
+    /// As [`Consumer::readv`], but only bytes the last look at the producer's position saw
+    /// (see [`Consumer::peekv_seen`]).
+    pub fn readv_seen(&mut self, bufs: &mut [IoSliceMut<'_>]) -> Transfer {
+        self.readv_upto(bufs, false)
+    }
+
+    fn readv_upto(&mut self, bufs: &mut [IoSliceMut<'_>], refresh: bool) -> Transfer {
         let want = total_len(bufs.iter().map(|b| b.len()));
         if want == 0 {
             return Transfer::NOTHING;
         }
         let tail = self.position();
-        let n = self.available_for(tail, want).min(want);
+        let n = self.seen_or_refreshed(tail, want, refresh).min(want);
         if n == 0 {
             return Transfer::NOTHING;
         }
@@ -992,6 +1031,28 @@ mod tests {
         assert_eq!(c.skip(3), Transfer::NOTHING);
         assert_eq!(c.readv(&mut [IoSliceMut::new(&mut buf)]), Transfer::NOTHING);
         assert_eq!(c.position(), 0);
+    }
+
+    #[test]
+    fn seen_reads_take_only_what_the_last_look_saw() {
+        let ring = TestRing::new(16);
+        let (mut p, mut c) = ring.handles();
+        let mut out = [0u8; 8];
+        assert_eq!(p.write(b"abc").bytes, 3);
+        assert_eq!(c.available(), 3);
+        // Published after the look: not taken by a seen read, taken by the next look.
+        assert_eq!(p.write(b"def").bytes, 3);
+        assert_eq!(c.peekv_seen(&mut [IoSliceMut::new(&mut out)]).bytes, 3);
+        assert_eq!(c.readv_seen(&mut [IoSliceMut::new(&mut out)]).bytes, 3);
+        assert_eq!(&out[..3], b"abc");
+        assert_eq!(c.readv_seen(&mut [IoSliceMut::new(&mut out)]).bytes, 0);
+        assert_eq!(c.available(), 3);
+        assert_eq!(c.readv_seen(&mut [IoSliceMut::new(&mut out[..2]), IoSliceMut::new(&mut [0u8; 4])]).bytes, 3);
+        assert_eq!(&out[..2], b"de");
+        // The refreshing reads look again.
+        assert_eq!(p.write(b"gh").bytes, 2);
+        assert_eq!(c.readv(&mut [IoSliceMut::new(&mut out)]).bytes, 2);
+        assert_eq!(&out[..2], b"gh");
     }
 
     #[test]
