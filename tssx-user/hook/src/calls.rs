@@ -254,7 +254,12 @@ fn route(c: &Conn, fd: c_int, sending: bool) -> Route<'_> {
         return Route::Kernel(None);
     }
     if phase.is_raw() {
-        c.tick(fd);
+        if phase != Phase::Candidate {
+            // (A candidate's claim waits for the call's end, `after_raw`: the call's own bytes
+            // and activity may be what makes the connection worth one; and a short connection
+            // then pays that test once per call, not twice.)
+            c.tick(fd);
+        }
         if let Some(raw) = c.enter_raw() {
             return Route::Kernel(Some(raw));
         }
