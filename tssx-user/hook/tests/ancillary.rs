@@ -23,35 +23,7 @@ fn swapped_pair() -> Pair {
 
 /// `recvmsg` of at most `room` bytes without waiting: the bytes, and the fds received.
 fn recv(fd: c_int, room: usize) -> (isize, Vec<u8>, Vec<c_int>) {
-    let mut buf = vec![0u8; room];
-    let mut cbuf = [0u64; 8];
-    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: room };
-    // SAFETY: plain data.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.as_mut_ptr().cast();
-    msg.msg_controllen = size_of_val(&cbuf);
-    // SAFETY: a valid msghdr over live buffers.
-    let n = unsafe { calls::recvmsg(fd, &mut msg, libc::MSG_DONTWAIT) };
-    let mut fds = Vec::new();
-    if n >= 0 {
-        // SAFETY: the control buffer just filled, read with the CMSG macros.
-        unsafe {
-            let mut c = libc::CMSG_FIRSTHDR(&msg);
-            while !c.is_null() {
-                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                    let k = ((*c).cmsg_len - libc::CMSG_LEN(0) as usize) / size_of::<c_int>();
-                    for i in 0..k {
-                        fds.push(std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<c_int>().add(i)));
-                    }
-                }
-                c = libc::CMSG_NXTHDR(&msg, c);
-            }
-        }
-    }
-    buf.truncate(n.max(0) as usize);
-    (n, buf, fds)
+    support::recvmsg_fds(fd, room, 0)
 }
 
 fn write(fd: c_int, bytes: &[u8]) -> isize {
