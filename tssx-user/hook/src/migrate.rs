@@ -88,11 +88,16 @@ impl Conn {
             if allowed == 0 {
                 return SockRead::Empty;
             }
-            if peek {
-                return SockRead::Got(allowed);
-            }
             // Relaxed: see the field.
             let passcred = self.passcred.load(Relaxed);
+            if peek {
+                if allowed == k {
+                    // (A first look that went past the switch met no skb with fds before it:
+                    // the kernel's peek stops after one.)
+                    crate::anc::peek_socket_ctrl(fd, k, at != NOT_YET && read.saturating_add(k as u64) >= at, passcred);
+                }
+                return SockRead::Got(allowed);
+            }
             let mut scratch = [0u8; 512];
             // Consume exactly the bytes peeked into the caller's buffers (the same ones: we hold
             // the consumer lock, and nothing else of this end reads the socket). Into a scratch

@@ -420,3 +420,90 @@ fn a_peek_spans_the_peers_switch_into_a_message_with_fds() {
     assert!(plain[0].contains("4 \"pqPQ\" controllen 24"), "{plain:?}");
     assert_eq!(across_the_switch(true, false, true), plain);
 }
+
+/// The conformance scenario `scm_rights_in_the_stream`'s "partial reads and peeks around the
+/// fd byte": the client writes "xy", then "ABCDEF" with an fd; the server reads 1, peeks 10,
+/// reads 1, peeks 10, reads 3 and 10. `join`: when the segment arrives (0: before "xy", 1:
+/// after it, 3: after the message, 2: never); `looks`: which ends look at the connection (a poll) before the
+/// message, and in which order.
+fn around_the_fd_byte(join: u8, looks: &[usize]) -> Vec<String> {
+    tssx_hook::phase::set_claiming(false);
+    let (a, b) = socketpair(libc::SOCK_NONBLOCK);
+    let segment = Segment::create(4096).expect("segment");
+    assert!(table::track(a, End::Client, Phase::Candidate, None));
+    assert!(table::track(b, End::Server, Phase::Candidate, None));
+    let join_now = || {
+        assert!(table::lookup(a).unwrap().join_with(dup_memfd(&segment)));
+        assert!(table::lookup(b).unwrap().join_with(dup_memfd(&segment)));
+    };
+    if join == 0 {
+        join_now();
+    }
+    assert_eq!(write(a, b"xy"), 2);
+    if join == 1 {
+        join_now();
+    }
+    for &end in looks {
+        let fd = [a, b][end];
+        let mut p = libc::pollfd { fd, events: libc::POLLIN | libc::POLLOUT, revents: 0 };
+        // SAFETY: one live pollfd.
+        unsafe { calls::poll(&mut p, 1, 0) };
+    }
+    let mut pipe = [-1; 2];
+    // SAFETY: a live array of two.
+    assert_eq!(unsafe { libc::pipe(pipe.as_mut_ptr()) }, 0);
+    assert_eq!(send_with_fd(a, b"ABCDEF", pipe[0]), 6);
+    if join == 3 {
+        join_now();
+        for &end in looks {
+            let mut p = libc::pollfd { fd: [a, b][end], events: libc::POLLIN | libc::POLLOUT, revents: 0 };
+            // SAFETY: one live pollfd.
+            unsafe { calls::poll(&mut p, 1, 0) };
+        }
+    }
+    let mut seen = Vec::new();
+    let mut queued: c_int = 0;
+    // SAFETY: FIONREAD into a live int, through the hook (the scenario waits for 8).
+    let rc = unsafe { calls::ioctl(b, libc::FIONREAD, (&raw mut queued).cast()) };
+    seen.push(format!("FIONREAD {rc} {queued}"));
+    for (room, flags) in [(1, 0), (10, libc::MSG_PEEK), (1, 0), (10, libc::MSG_PEEK), (3, 0), (10, 0)] {
+        let mut buf = [0u8; 10];
+        let mut ctrl = [0u64; 8];
+        let (n, msg) = recvmsg_into(b, &mut buf[..room], &mut ctrl, flags);
+        let got = String::from_utf8_lossy(&buf[..n.max(0) as usize]).into_owned();
+        seen.push(format!("recvmsg {room} flags {flags}: {n} {got:?} controllen {}", msg.msg_controllen));
+        // SAFETY: as in `across_the_switch`.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&msg);
+            while !c.is_null() {
+                if (*c).cmsg_type == libc::SCM_RIGHTS {
+                    let count = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / 4;
+                    for i in 0..count {
+                        libc::close(std::ptr::read_unaligned((libc::CMSG_DATA(c) as *const c_int).add(i)));
+                    }
+                }
+                c = libc::CMSG_NXTHDR(&msg, c);
+            }
+        }
+    }
+    for fd in pipe {
+        // SAFETY: our pipe.
+        unsafe { libc::close(fd) };
+    }
+    for fd in [a, b] {
+        // SAFETY: closes our own fds.
+        unsafe { calls::close(fd) };
+    }
+    seen
+}
+
+#[test]
+fn partial_reads_and_peeks_around_the_fd_byte_whenever_the_segment_arrives() {
+    let plain = around_the_fd_byte(2, &[]);
+    assert!(plain[2].contains("7 \"yABCDEF\" controllen 24"), "{plain:?}");
+    for join in [0, 1, 3] {
+        for looks in [&[][..], &[0], &[1], &[0, 1], &[1, 0], &[1, 0, 1], &[0, 1, 0]] {
+            assert_eq!(around_the_fd_byte(join, looks), plain, "segment at {join}, looks {looks:?}");
+        }
+    }
+}
