@@ -184,19 +184,22 @@ pub(crate) fn ctrl_requested() -> bool {
 
 /// After a `recvmsg` peek of `k` bytes of the socket part (the bytes the peer wrote before its
 /// switch; a first look without a control buffer stopped there, so they end where the kernel's
-/// peek ends): peeks them again with the thread's control buffer, as the kernel's peek gives the
-/// control messages of the bytes it peeks (the fds of a message sent before the switch, through
-/// the kernel). Found by the conformance test, rarely: the segment came after the message with
-/// the fd was sent, and the peeks gave its bytes without it.
+/// peek ends) into a buffer of `room` bytes: peeks them again with the thread's control buffer,
+/// as the kernel's peek gives the control messages of the bytes it peeks (the fds of a message
+/// sent before the switch, through the kernel). Found by the conformance test, rarely: the
+/// segment came after the message with the fd was sent, and the peeks gave its bytes without
+/// it.
 ///
-/// The kernel's stream peek that fills its buffer goes on to the next skb and peeks its fds
-/// (`unix_stream_read_generic` jumps back to `again` without testing the size): a peek of
-/// exactly `k` bytes that end at the peer's switch (`at_switch`) would take the fds of a marker
-/// right behind them. So this peek asks for `k + 1` bytes: if it gets them, the last lies past
-/// the switch, no skb of the socket part carried fds (the kernel's peek would have stopped
-/// after it), and whatever control messages came belong to what follows: their fds are closed
-/// and nothing is reported.
-pub(crate) fn peek_socket_ctrl(fd: c_int, k: usize, at_switch: bool, passcred: bool) {
+/// The kernel's stream peek whose buffer fills goes on along the queue, copying nothing, to the
+/// first skb with fds and peeks those (`unix_stream_read_generic` jumps back to `again`
+/// without testing the size): a plain socket's peek gets the fds of the first message with fds
+/// after its bytes. On the real socket that is the same message: one sent before the switch,
+/// or else the marker of the first record on the ring. So this peek asks for `k + 1` bytes (a
+/// buffer of its own): it gets at most `k` when the kernel stopped after an skb with fds
+/// within them; `k + 1` when the size ran out, and then it keeps what the walk found only if
+/// the caller's buffer is full (`k == room`), as the kernel's own peek would be. Otherwise (new
+/// bytes arrived since the first look) the fds are closed and nothing is reported.
+pub(crate) fn peek_socket_ctrl(fd: c_int, k: usize, room: usize, passcred: bool) {
     if !ctrl_requested() {
         return;
     }
@@ -216,7 +219,7 @@ pub(crate) fn peek_socket_ctrl(fd: c_int, k: usize, at_switch: bool, passcred: b
     if m.msg_controllen == 0 && m.msg_flags & libc::MSG_CTRUNC == 0 {
         return;
     }
-    if n > k && at_switch {
+    if n > k && k < room {
         close_rights(&m);
         return;
     }

@@ -94,7 +94,7 @@ impl Conn {
                 if allowed == k {
                     // (A first look that went past the switch met no skb with fds before it:
                     // the kernel's peek stops after one.)
-                    crate::anc::peek_socket_ctrl(fd, k, at != NOT_YET && read.saturating_add(k as u64) >= at, passcred);
+                    crate::anc::peek_socket_ctrl(fd, k, bufs.iter().map(|b| b.len()).sum(), passcred);
                 }
                 return SockRead::Got(allowed);
             }
