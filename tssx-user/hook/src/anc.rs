@@ -495,9 +495,11 @@ impl Conn {
     /// goes on with the ring while records are pending: the ring's bytes up to and including the
     /// first record's message, with its control messages (peeked into the thread's `recvmsg`),
     /// as the kernel's peek glues data with the message with fds that follows and stops after
-    /// it. Into `bufs` (which follow the socket's bytes). Returns how many ring bytes; 0 if it
-    /// cannot be served so (`SO_PASSCRED`, the buffer ends inside the message, the socket does
-    /// not hold exactly the socket's bytes, the doorbells and the marker yet): the peek then
+    /// it (a buffer that ends inside the message gets its first bytes and its control messages:
+    /// the kernel's peek gives those of every skb it touches). Into `bufs` (which follow the
+    /// socket's bytes). Returns how many ring bytes; 0 if it cannot be served so
+    /// (`SO_PASSCRED`, the socket does not hold exactly the socket's bytes, the doorbells and
+    /// the marker yet, the message not all on the ring yet): the peek then
     /// ends with the socket's bytes, the message left for the next call. Under the consumer
     /// lock (`rx`).
     pub(crate) fn peek_ring_glued(
@@ -522,13 +524,15 @@ impl Conn {
             return if got.fault { 0 } else { got.bytes };
         }
         let through = before.saturating_add(len);
-        if through > room || rx.available() < through || !crate::iov::writable(bufs, through) {
+        // (The kernel's message is one skb: all of it is queued, or none.)
+        let upto = through.min(room);
+        if rx.available() < through || !crate::iov::writable(bufs, upto) {
             return 0;
         }
         if !self.peek_marker_behind(fd, &r, socket_bytes, flags) {
             return 0;
         }
-        let got = limit_mut(bufs, through, |b| rx.peekv(b));
+        let got = limit_mut(bufs, upto, |b| rx.peekv(b));
         if got.fault {
             0
         } else {

@@ -566,12 +566,11 @@ fn pieces_around_the_switch(swap: bool, size: usize) -> Vec<String> {
 
 /// A plain socket's peek that fills its buffer also gets the fds of the next message with fds,
 /// even one it copies nothing of (the kernel walks on along the queue); so does a peek of the
-/// bytes before the peer's switch when that message is the first on the ring. (Not yet: a peek
-/// that takes part of the ring's message, 3 bytes here: the kernel gives "pqP" and the fd, the
-/// hook "pq" alone.)
+/// bytes before the peer's switch when that message is the first on the ring; and a peek that
+/// takes part of that message (3 bytes) gets its fds with "pqP".
 #[test]
 fn a_full_peek_before_the_switch_gets_the_next_messages_fds() {
-    for size in [1, 2, 4] {
+    for size in [1, 2, 3, 4] {
         let plain = pieces_around_the_switch(false, size);
         assert!(plain[0].ends_with("controllen 24"), "{plain:?}");
         assert_eq!(pieces_around_the_switch(true, size), plain, "pieces of {size}");
