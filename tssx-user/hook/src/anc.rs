@@ -519,9 +519,17 @@ impl Conn {
         let before = r.pos.saturating_sub(rx.position()).min(usize::MAX as u64) as usize;
         let len = r.len.min(usize::MAX as u64) as usize;
         if before >= room {
-            // The peek ends before the message: ring bytes only, as the kernel's.
+            // The peek ends before the message: ring bytes only, as the kernel's, and, when
+            // they fill the buffer, the fds of the message if all of it is queued (the kernel's
+            // peek walks on to them: see `peek_socket_ctrl`).
             let got = limit_mut(bufs, room, |b| rx.peekv(b));
-            return if got.fault { 0 } else { got.bytes };
+            if got.fault {
+                return 0;
+            }
+            if got.bytes == room && rx.available() >= before.saturating_add(len) && ctrl_requested() {
+                let _ = self.peek_marker_behind(fd, &r, socket_bytes, flags);
+            }
+            return got.bytes;
         }
         let through = before.saturating_add(len);
         // (The kernel's message is one skb: all of it is queued, or none.)
@@ -626,7 +634,14 @@ impl Conn {
             let before = r.pos.saturating_sub(tail).min(usize::MAX as u64) as usize;
             if before >= left || rx.available() <= before + if peek { done.bytes } else { 0 } {
                 let got = read(rx, bufs, done.bytes, left.min(before), false);
+                let full = !got.fault && got.bytes == left;
                 let fault = add(got, &mut done);
+                if peek && full && !passcred && rx.available() >= before.saturating_add(r.len as usize) && ctrl_requested() {
+                    // A peek that fills its buffer before the message: the kernel's walks on
+                    // along the queue and peeks the fds of the first message with fds (see
+                    // `peek_socket_ctrl`), this one, if all of it is queued.
+                    let _ = self.take_marker(fd, &r, true, flags);
+                }
                 return (done, fault);
             }
             if peek && done.bytes > 0 {

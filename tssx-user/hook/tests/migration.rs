@@ -564,15 +564,61 @@ fn pieces_around_the_switch(swap: bool, size: usize) -> Vec<String> {
     seen
 }
 
-/// A plain socket's peek that fills its buffer also gets the fds of the next message with fds,
-/// even one it copies nothing of (the kernel walks on along the queue); so does a peek of the
-/// bytes before the peer's switch when that message is the first on the ring; and a peek that
-/// takes part of that message (3 bytes) gets its fds with "pqP".
+/// "abc", then "DE" with an fd, then "f", all on the rings when `swap` (else a plain socket
+/// pair), peeked and read in pieces of `size` bytes.
+fn pieces_on_the_rings(swap: bool, size: usize) -> Vec<String> {
+    let [a, b] = support::socketpair(libc::SOCK_NONBLOCK);
+    if swap {
+        support::install_swapped([a, b], 4096);
+    }
+    assert_eq!(write(a, b"abc"), 3);
+    let mut pipe = [-1; 2];
+    // SAFETY: a live array of two.
+    assert_eq!(unsafe { libc::pipe(pipe.as_mut_ptr()) }, 0);
+    assert_eq!(send_with_fd(a, b"DE", pipe[0]), 2);
+    assert_eq!(write(a, b"f"), 1);
+    let mut seen = Vec::new();
+    for flags in [libc::MSG_PEEK, 0, libc::MSG_PEEK, 0, libc::MSG_PEEK, 0, 0, 0] {
+        let mut buf = [0u8; 8];
+        let mut ctrl = [0u64; 8];
+        let (n, msg) = recvmsg_into(b, &mut buf[..size], &mut ctrl, flags);
+        let got = String::from_utf8_lossy(&buf[..n.max(0) as usize]).into_owned();
+        seen.push(format!("flags {flags}: {n} {got:?} controllen {}", msg.msg_controllen));
+        // SAFETY: as in `across_the_switch`.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&msg);
+            while !c.is_null() {
+                if (*c).cmsg_type == libc::SCM_RIGHTS {
+                    let count = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / 4;
+                    for i in 0..count {
+                        libc::close(std::ptr::read_unaligned((libc::CMSG_DATA(c) as *const c_int).add(i)));
+                    }
+                }
+                c = libc::CMSG_NXTHDR(&msg, c);
+            }
+        }
+    }
+    for fd in pipe {
+        // SAFETY: our pipe.
+        unsafe { libc::close(fd) };
+    }
+    for fd in [a, b] {
+        // SAFETY: closes our own fds.
+        unsafe { calls::close(fd) };
+    }
+    seen
+}
+
+/// A peek with a control buffer gets the fds of the first message with fds from where it
+/// starts, as the kernel's (whose peek, once its buffer is full, walks on along the queue to
+/// them), whatever the sizes, on the rings and across the peer's switch.
 #[test]
-fn a_full_peek_before_the_switch_gets_the_next_messages_fds() {
-    for size in [1, 2, 3, 4] {
-        let plain = pieces_around_the_switch(false, size);
+fn peeks_get_the_fds_the_kernels_get() {
+    for size in 1..=6 {
+        let plain = pieces_on_the_rings(false, size);
         assert!(plain[0].ends_with("controllen 24"), "{plain:?}");
-        assert_eq!(pieces_around_the_switch(true, size), plain, "pieces of {size}");
+        assert_eq!(pieces_on_the_rings(true, size), plain, "on the rings, pieces of {size}");
+        let plain = pieces_around_the_switch(false, size);
+        assert_eq!(pieces_around_the_switch(true, size), plain, "across the switch, pieces of {size}");
     }
 }
