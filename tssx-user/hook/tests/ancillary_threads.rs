@@ -27,7 +27,7 @@ fn close(fd: c_int) {
 /// A writer thread sends plain bytes and one-byte messages with an fd while a reader thread
 /// peeks and reads as they come, both through the hook on the rings: as the kernel's, every
 /// read or peek that reaches a message's byte ends there and carries its fd, and no other one
-/// carries an fd (a read once checked the records before it copied the ring, and a message
+/// carries an fd (but a peek that fills its buffer, which may carry the next message's) (a read once checked the records before it copied the ring, and a message
 /// published in between lost its fd to a later read).
 #[test]
 fn fds_stay_with_their_bytes_while_both_ends_run() {
@@ -39,12 +39,11 @@ fn fds_stay_with_their_bytes_while_both_ends_run() {
     // SAFETY: a valid out-array.
     assert_eq!(unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
     let (client, server) = (pair.client, pair.server);
-    let conn = table::lookup(client).unwrap();
-    let header = conn.header() as *const tssx_common::segment::SegmentHeader as usize;
-    drop(conn);
     let writer = std::thread::spawn(move || {
-        // SAFETY: the segment lives as long as the pair, which outlives this thread (joined).
-        let queue = unsafe { &(*(header as *const tssx_common::segment::SegmentHeader)).anc[End::Client.index()] };
+        // The lease keeps the connection and its segment alive as long as this thread runs,
+        // even if the reader's checks fail and the pair is closed meanwhile.
+        let conn = table::lookup(client).unwrap();
+        let queue = &conn.header().anc[End::Client.index()];
         for i in 0..MESSAGES {
             let plain = [b'a' + (i % 7) as u8; 3];
             let k = 1 + i % 3;
@@ -92,7 +91,9 @@ fn fds_stay_with_their_bytes_while_both_ends_run() {
                     messages += 1;
                 }
             }
-            None => assert!(fds.is_empty(), "an fd with bytes of no message: {data:?}"),
+            // (A peek that fills its buffer may get the fds of the next message with fds: the
+            // kernel's walks on along the queue to them. A read never does.)
+            None => assert!(fds.is_empty() || (peek && data.len() == room), "an fd with bytes of no message: {data:?}"),
         }
         for fd in fds {
             close(fd);
