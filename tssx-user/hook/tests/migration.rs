@@ -252,6 +252,38 @@ fn recvmsg_into(fd: c_int, buf: &mut [u8], ctrl: &mut [u64], flags: c_int) -> (i
     (n, msg)
 }
 
+/// One `recvmsg` on `fd` of at most `room` bytes (up to 16) with `flags`, as a line of a
+/// transcript (count, bytes, `msg_controllen`); the fds it received are closed.
+fn recv_line(fd: c_int, room: usize, flags: c_int) -> String {
+    let mut buf = [0u8; 16];
+    let mut ctrl = [0u64; 8];
+    let (n, msg) = recvmsg_into(fd, &mut buf[..room], &mut ctrl, flags);
+    let got = String::from_utf8_lossy(&buf[..n.max(0) as usize]).into_owned();
+    // SAFETY: the control buffer the kernel (or the hook) just filled, walked with the cmsg
+    // macros; the fds it carries are ours to close.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_type == libc::SCM_RIGHTS {
+                let count = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / 4;
+                for i in 0..count {
+                    libc::close(std::ptr::read_unaligned((libc::CMSG_DATA(c) as *const c_int).add(i)));
+                }
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    format!("recvmsg {room} flags {flags}: {n} {got:?} controllen {}", msg.msg_controllen)
+}
+
+/// Closes the test's own `fds` through the hook (which forgets those it tracks); -1 is skipped.
+fn close_all(fds: &[c_int]) {
+    for &fd in fds.iter().filter(|&&fd| fd >= 0) {
+        // SAFETY: the test's own fds.
+        unsafe { calls::close(fd) };
+    }
+}
+
 /// Reads everything available from `fd` with `recvmsg`, collecting bytes and received fds,
 /// until `want` bytes arrived.
 fn recv_all(fd: c_int, want: usize) -> (Vec<u8>, Vec<(usize, c_int)>) {
@@ -324,6 +356,12 @@ fn ancillary_data_stays_on_the_rings_in_its_place() {
 /// 4. `swap`: the segment arrives between the two writes (the first on the socket, the second
 /// on the ring), else plain.
 fn across_the_switch(swap: bool, passcred: bool, with_fd: bool) -> Vec<String> {
+    pieces_across(swap, passcred, with_fd, 4, &[libc::MSG_PEEK, 0, 0])
+}
+
+/// [`across_the_switch`] with `recvmsg`s of at most `size` bytes, one per entry of `steps`
+/// (its flags).
+fn pieces_across(swap: bool, passcred: bool, with_fd: bool, size: usize, steps: &[c_int]) -> Vec<String> {
     tssx_hook::phase::set_claiming(false);
     let (a, b) = socketpair(libc::SOCK_NONBLOCK);
     let segment = Segment::create(4096).expect("segment");
@@ -364,37 +402,8 @@ fn across_the_switch(swap: bool, passcred: bool, with_fd: bool) -> Vec<String> {
         let rc = unsafe { calls::setsockopt(b, libc::SOL_SOCKET, libc::SO_PASSCRED, (&raw const on).cast(), 4) };
         assert_eq!(rc, 0);
     }
-    let mut seen = Vec::new();
-    for flags in [libc::MSG_PEEK, 0, 0] {
-        let mut buf = [0u8; 4];
-        let mut ctrl = [0u64; 8];
-        let (n, msg) = recvmsg_into(b, &mut buf, &mut ctrl, flags);
-        let got = String::from_utf8_lossy(&buf[..n.max(0) as usize]).into_owned();
-        seen.push(format!("flags {flags}: {n} {got:?} controllen {}", msg.msg_controllen));
-        // SAFETY: the control buffer the kernel (or the hook) just filled, walked with the
-        // cmsg macros; the fds it carries are ours to close.
-        unsafe {
-            let mut c = libc::CMSG_FIRSTHDR(&msg);
-            while !c.is_null() {
-                if (*c).cmsg_type == libc::SCM_RIGHTS {
-                    let count = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / 4;
-                    for i in 0..count {
-                        let fd = std::ptr::read_unaligned((libc::CMSG_DATA(c) as *const c_int).add(i));
-                        libc::close(fd);
-                    }
-                }
-                c = libc::CMSG_NXTHDR(&msg, c);
-            }
-        }
-    }
-    for fd in pipe.into_iter().filter(|&fd| fd >= 0) {
-        // SAFETY: our pipe.
-        unsafe { libc::close(fd) };
-    }
-    for fd in [a, b] {
-        // SAFETY: closes our own fds.
-        unsafe { calls::close(fd) };
-    }
+    let seen = steps.iter().map(|&flags| recv_line(b, size, flags)).collect();
+    close_all(&[pipe[0], pipe[1], a, b]);
     seen
 }
 
@@ -424,8 +433,8 @@ fn a_peek_spans_the_peers_switch_into_a_message_with_fds() {
 /// The conformance scenario `scm_rights_in_the_stream`'s "partial reads and peeks around the
 /// fd byte": the client writes "xy", then "ABCDEF" with an fd; the server reads 1, peeks 10,
 /// reads 1, peeks 10, reads 3 and 10. `join`: when the segment arrives (0: before "xy", 1:
-/// after it, 3: after the message, 2: never); `looks`: which ends look at the connection (a poll) before the
-/// message, and in which order.
+/// after it, 3: after the message, 2: never); `looks`: which ends look at the connection (a
+/// poll) before the message, and in which order.
 fn around_the_fd_byte(join: u8, looks: &[usize]) -> Vec<String> {
     tssx_hook::phase::set_claiming(false);
     let (a, b) = socketpair(libc::SOCK_NONBLOCK);
@@ -467,33 +476,9 @@ fn around_the_fd_byte(join: u8, looks: &[usize]) -> Vec<String> {
     let rc = unsafe { calls::ioctl(b, libc::FIONREAD, (&raw mut queued).cast()) };
     seen.push(format!("FIONREAD {rc} {queued}"));
     for (room, flags) in [(1, 0), (10, libc::MSG_PEEK), (1, 0), (10, libc::MSG_PEEK), (3, 0), (10, 0)] {
-        let mut buf = [0u8; 10];
-        let mut ctrl = [0u64; 8];
-        let (n, msg) = recvmsg_into(b, &mut buf[..room], &mut ctrl, flags);
-        let got = String::from_utf8_lossy(&buf[..n.max(0) as usize]).into_owned();
-        seen.push(format!("recvmsg {room} flags {flags}: {n} {got:?} controllen {}", msg.msg_controllen));
-        // SAFETY: as in `across_the_switch`.
-        unsafe {
-            let mut c = libc::CMSG_FIRSTHDR(&msg);
-            while !c.is_null() {
-                if (*c).cmsg_type == libc::SCM_RIGHTS {
-                    let count = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / 4;
-                    for i in 0..count {
-                        libc::close(std::ptr::read_unaligned((libc::CMSG_DATA(c) as *const c_int).add(i)));
-                    }
-                }
-                c = libc::CMSG_NXTHDR(&msg, c);
-            }
-        }
+        seen.push(recv_line(b, room, flags));
     }
-    for fd in pipe {
-        // SAFETY: our pipe.
-        unsafe { libc::close(fd) };
-    }
-    for fd in [a, b] {
-        // SAFETY: closes our own fds.
-        unsafe { calls::close(fd) };
-    }
+    close_all(&[pipe[0], pipe[1], a, b]);
     seen
 }
 
@@ -506,62 +491,6 @@ fn partial_reads_and_peeks_around_the_fd_byte_whenever_the_segment_arrives() {
             assert_eq!(around_the_fd_byte(join, looks), plain, "segment at {join}, looks {looks:?}");
         }
     }
-}
-
-/// "pq" on the socket, then "PQ" with an fd (on the ring when swapped), peeked and read in
-/// pieces of `size` bytes.
-fn pieces_around_the_switch(swap: bool, size: usize) -> Vec<String> {
-    tssx_hook::phase::set_claiming(false);
-    let (a, b) = socketpair(libc::SOCK_NONBLOCK);
-    let segment = Segment::create(4096).expect("segment");
-    if swap {
-        assert!(table::track(a, End::Client, Phase::Candidate, None));
-        assert!(table::track(b, End::Server, Phase::Candidate, None));
-    }
-    assert_eq!(write(a, b"pq"), 2);
-    if swap {
-        assert!(table::lookup(a).unwrap().join_with(dup_memfd(&segment)));
-        assert!(table::lookup(b).unwrap().join_with(dup_memfd(&segment)));
-    }
-    for fd in [b, a] {
-        let mut p = libc::pollfd { fd, events: libc::POLLIN | libc::POLLOUT, revents: 0 };
-        // SAFETY: one live pollfd.
-        unsafe { calls::poll(&mut p, 1, 0) };
-    }
-    let mut pipe = [-1; 2];
-    // SAFETY: a live array of two.
-    assert_eq!(unsafe { libc::pipe(pipe.as_mut_ptr()) }, 0);
-    assert_eq!(send_with_fd(a, b"PQ", pipe[0]), 2);
-    let mut seen = Vec::new();
-    for flags in [libc::MSG_PEEK, 0, libc::MSG_PEEK, 0, 0] {
-        let mut buf = [0u8; 8];
-        let mut ctrl = [0u64; 8];
-        let (n, msg) = recvmsg_into(b, &mut buf[..size], &mut ctrl, flags);
-        let got = String::from_utf8_lossy(&buf[..n.max(0) as usize]).into_owned();
-        seen.push(format!("flags {flags}: {n} {got:?} controllen {}", msg.msg_controllen));
-        // SAFETY: as in `across_the_switch`.
-        unsafe {
-            let mut c = libc::CMSG_FIRSTHDR(&msg);
-            while !c.is_null() {
-                if (*c).cmsg_type == libc::SCM_RIGHTS {
-                    let count = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / 4;
-                    for i in 0..count {
-                        libc::close(std::ptr::read_unaligned((libc::CMSG_DATA(c) as *const c_int).add(i)));
-                    }
-                }
-                c = libc::CMSG_NXTHDR(&msg, c);
-            }
-        }
-    }
-    for fd in pipe {
-        // SAFETY: our pipe.
-        unsafe { libc::close(fd) };
-    }
-    for fd in [a, b] {
-        // SAFETY: closes our own fds.
-        unsafe { calls::close(fd) };
-    }
-    seen
 }
 
 /// "abc", then "DE" with an fd, then "f", all on the rings when `swap` (else a plain socket
@@ -577,35 +506,8 @@ fn pieces_on_the_rings(swap: bool, size: usize) -> Vec<String> {
     assert_eq!(unsafe { libc::pipe(pipe.as_mut_ptr()) }, 0);
     assert_eq!(send_with_fd(a, b"DE", pipe[0]), 2);
     assert_eq!(write(a, b"f"), 1);
-    let mut seen = Vec::new();
-    for flags in [libc::MSG_PEEK, 0, libc::MSG_PEEK, 0, libc::MSG_PEEK, 0, 0, 0] {
-        let mut buf = [0u8; 8];
-        let mut ctrl = [0u64; 8];
-        let (n, msg) = recvmsg_into(b, &mut buf[..size], &mut ctrl, flags);
-        let got = String::from_utf8_lossy(&buf[..n.max(0) as usize]).into_owned();
-        seen.push(format!("flags {flags}: {n} {got:?} controllen {}", msg.msg_controllen));
-        // SAFETY: as in `across_the_switch`.
-        unsafe {
-            let mut c = libc::CMSG_FIRSTHDR(&msg);
-            while !c.is_null() {
-                if (*c).cmsg_type == libc::SCM_RIGHTS {
-                    let count = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / 4;
-                    for i in 0..count {
-                        libc::close(std::ptr::read_unaligned((libc::CMSG_DATA(c) as *const c_int).add(i)));
-                    }
-                }
-                c = libc::CMSG_NXTHDR(&msg, c);
-            }
-        }
-    }
-    for fd in pipe {
-        // SAFETY: our pipe.
-        unsafe { libc::close(fd) };
-    }
-    for fd in [a, b] {
-        // SAFETY: closes our own fds.
-        unsafe { calls::close(fd) };
-    }
+    let seen = [libc::MSG_PEEK, 0, libc::MSG_PEEK, 0, libc::MSG_PEEK, 0, 0, 0].into_iter().map(|flags| recv_line(b, size, flags)).collect();
+    close_all(&[pipe[0], pipe[1], a, b]);
     seen
 }
 
@@ -618,7 +520,8 @@ fn peeks_get_the_fds_the_kernels_get() {
         let plain = pieces_on_the_rings(false, size);
         assert!(plain[0].ends_with("controllen 24"), "{plain:?}");
         assert_eq!(pieces_on_the_rings(true, size), plain, "on the rings, pieces of {size}");
-        let plain = pieces_around_the_switch(false, size);
-        assert_eq!(pieces_around_the_switch(true, size), plain, "across the switch, pieces of {size}");
+        let steps = [libc::MSG_PEEK, 0, libc::MSG_PEEK, 0, 0];
+        let plain = pieces_across(false, false, true, size, &steps);
+        assert_eq!(pieces_across(true, false, true, size, &steps), plain, "across the switch, pieces of {size}");
     }
 }
