@@ -100,19 +100,52 @@ pub fn ctrl_result() -> (usize, c_int) {
 /// # Safety
 /// `msg` describes live buffers and no control buffer.
 pub(crate) unsafe fn recvmsg_with_ctrl(fd: c_int, msg: &mut msghdr, flags: c_int, passcred: bool) -> Result<usize, c_int> {
-    let mut ctrl = CTRL.try_with(|c| c.get()).unwrap_or(NO_CTRL);
+    // SAFETY: per the contract.
+    let (got, ctrl) = unsafe { recvmsg_into_ctrl(fd, msg, flags) };
+    if got.is_ok() && got_ctrl(msg) {
+        note_ctrl(ctrl, msg, ending(msg, passcred));
+    }
+    got
+}
+
+/// `recvmsg` on the real socket with the thread's control buffer (and the call's
+/// `MSG_CMSG_CLOEXEC`), nothing noted yet: the result, and the thread's control request as it
+/// was.
+///
+/// # Safety
+/// `msg` describes live buffers and no control buffer.
+unsafe fn recvmsg_into_ctrl(fd: c_int, msg: &mut msghdr, flags: c_int) -> (Result<usize, c_int>, Ctrl) {
+    let ctrl = CTRL.try_with(|c| c.get()).unwrap_or(NO_CTRL);
     msg.msg_control = ctrl.buf;
     msg.msg_controllen = ctrl.len as _;
     // SAFETY: per the contract; the control buffer is the application's own.
-    let got = unsafe { sys::recvmsg_raw(fd, msg, flags | ctrl.cloexec) };
-    if got.is_ok() && (msg.msg_controllen > 0 || msg.msg_flags & libc::MSG_CTRUNC != 0) {
-        ctrl.out_len = msg.msg_controllen;
-        ctrl.out_flags = msg.msg_flags | if passcred && !has_rights(msg) { 0 } else { ENDED };
-        ctrl.buf = std::ptr::null_mut();
-        ctrl.len = 0;
-        let _ = CTRL.try_with(|c| c.set(ctrl));
+    (unsafe { sys::recvmsg_raw(fd, msg, flags | ctrl.cloexec) }, ctrl)
+}
+
+/// Whether the kernel wrote control messages for `m` (or cut them: `MSG_CTRUNC`).
+fn got_ctrl(m: &msghdr) -> bool {
+    m.msg_controllen > 0 || m.msg_flags & libc::MSG_CTRUNC != 0
+}
+
+/// [`ENDED`] for control messages that end the read as the kernel's would: fds, or any with
+/// `SO_PASSCRED` off (see [`recvmsg_with_ctrl`]).
+fn ending(m: &msghdr, passcred: bool) -> c_int {
+    if passcred && !has_rights(m) {
+        0
+    } else {
+        ENDED
     }
-    got
+}
+
+/// Records what the kernel wrote into the thread's control buffer (`ctrl`, as it was) for
+/// `m`, with `extra` flags, for the application's `recvmsg` to report, and withdraws the buffer:
+/// control messages are delivered once per call.
+fn note_ctrl(mut ctrl: Ctrl, m: &msghdr, extra: c_int) {
+    ctrl.out_len = m.msg_controllen;
+    ctrl.out_flags = m.msg_flags | extra;
+    ctrl.buf = std::ptr::null_mut();
+    ctrl.len = 0;
+    let _ = CTRL.try_with(|c| c.set(ctrl));
 }
 
 /// After a read of the thread's `recvmsg` took ring bytes with `SO_PASSCRED` on (the connection
@@ -209,48 +242,34 @@ pub(crate) fn peek_socket_ctrl(fd: c_int, k: usize, room: usize, passcred: bool)
     let mut m: msghdr = unsafe { std::mem::zeroed() };
     m.msg_iov = &mut iov;
     m.msg_iovlen = 1;
-    let ctrl = CTRL.try_with(|c| c.get()).unwrap_or(NO_CTRL);
-    m.msg_control = ctrl.buf;
-    m.msg_controllen = ctrl.len as _;
-    // SAFETY: our buffer and msghdr; the control buffer is the application's own.
-    let got = unsafe { sys::recvmsg_raw(fd, &mut m, libc::MSG_PEEK | libc::MSG_DONTWAIT | ctrl.cloexec) };
+    // SAFETY: `m` describes our scratch buffer.
+    let (got, ctrl) = unsafe { recvmsg_into_ctrl(fd, &mut m, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
     m.msg_iov = std::ptr::null_mut();
     let Ok(n) = got else { return };
-    if m.msg_controllen == 0 && m.msg_flags & libc::MSG_CTRUNC == 0 {
+    if !got_ctrl(&m) {
         return;
     }
     if n > k && k < room {
         close_rights(&m);
         return;
     }
-    let mut noted = ctrl;
-    noted.out_len = m.msg_controllen;
-    noted.out_flags = m.msg_flags | if passcred && !has_rights(&m) { 0 } else { ENDED };
-    noted.buf = std::ptr::null_mut();
-    noted.len = 0;
-    let _ = CTRL.try_with(|c| c.set(noted));
+    note_ctrl(ctrl, &m, ending(&m, passcred));
 }
 
 /// Closes the fds of the `SCM_RIGHTS` control messages the kernel just wrote for `m` (received
 /// by the hook on the application's behalf and not to be delivered).
 fn close_rights(m: &msghdr) {
-    if m.msg_control.is_null() || m.msg_controllen < size_of::<libc::cmsghdr>() || !m.msg_control.cast::<libc::cmsghdr>().is_aligned() {
-        return;
-    }
-    // SAFETY: the buffer the kernel just filled, `msg_controllen` bytes; the CMSG macros stay
-    // inside it, and the fds in it are new ones of this process, owned by no one yet.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(m);
-        while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                let count = ((*c).cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize) / size_of::<c_int>();
-                for i in 0..count {
-                    let _ = tssx_shm::sys::close(libc::CMSG_DATA(c).cast::<c_int>().add(i).read_unaligned());
-                }
+    each_rights(m, |c| {
+        // SAFETY: a control message inside the buffer the kernel just filled (see
+        // `each_rights`); the fds in it are new ones of this process, owned by no one yet.
+        unsafe {
+            let count = (*c).cmsg_len.saturating_sub(libc::CMSG_LEN(0) as usize) / size_of::<c_int>();
+            for i in 0..count {
+                let _ = tssx_shm::sys::close(libc::CMSG_DATA(c).cast::<c_int>().add(i).read_unaligned());
             }
-            c = libc::CMSG_NXTHDR(m, c);
         }
-    }
+        true
+    });
 }
 
 /// Whether the socket part of this thread's read took control messages (fds, or fds closed
@@ -285,44 +304,47 @@ pub fn passes_creds(fd: c_int) -> bool {
 /// offered again. Returns the call's result and its header (`msg_iov` cleared: it pointed at a
 /// local).
 fn recv_marker(fd: c_int, buf: &mut [u8], how: c_int) -> (Result<usize, c_int>, msghdr) {
-    let mut ctrl = CTRL.try_with(|c| c.get()).unwrap_or(NO_CTRL);
     let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
     // SAFETY: an all-zero msghdr is valid.
     let mut m: msghdr = unsafe { std::mem::zeroed() };
     m.msg_iov = &mut iov;
     m.msg_iovlen = 1;
-    m.msg_control = ctrl.buf;
-    m.msg_controllen = ctrl.len as _;
-    // SAFETY: our buffer and msghdr; the control buffer is the application's own (see above).
-    let got = unsafe { sys::recvmsg_raw(fd, &mut m, how) };
+    // SAFETY: `m` describes our buffer (see above for the control buffer).
+    let (got, ctrl) = unsafe { recvmsg_into_ctrl(fd, &mut m, how) };
     m.msg_iov = std::ptr::null_mut();
-    if got == Ok(buf.len()) && (m.msg_controllen > 0 || m.msg_flags & libc::MSG_CTRUNC != 0) {
-        ctrl.out_len = m.msg_controllen;
-        ctrl.out_flags = m.msg_flags;
-        ctrl.buf = std::ptr::null_mut();
-        ctrl.len = 0;
-        let _ = CTRL.try_with(|c| c.set(ctrl));
+    if got == Ok(buf.len()) && got_ctrl(&m) {
+        note_ctrl(ctrl, &m, 0);
     }
     (got, m)
 }
 
 /// Whether the control messages the kernel just wrote for `m` hold `SCM_RIGHTS`.
 fn has_rights(m: &msghdr) -> bool {
+    let mut any = false;
+    each_rights(m, |_| {
+        any = true;
+        false
+    });
+    any
+}
+
+/// Calls `f` with each `SCM_RIGHTS` control message the kernel just wrote for `m`, in order,
+/// while it returns true.
+fn each_rights(m: &msghdr, mut f: impl FnMut(*const libc::cmsghdr) -> bool) {
     if m.msg_control.is_null() || m.msg_controllen < size_of::<libc::cmsghdr>() || !m.msg_control.cast::<libc::cmsghdr>().is_aligned() {
-        return false;
+        return;
     }
     // SAFETY: the buffer the kernel just filled, `msg_controllen` bytes; the CMSG macros stay
     // inside it.
     unsafe {
         let mut c = libc::CMSG_FIRSTHDR(m);
         while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                return true;
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS && !f(c) {
+                return;
             }
             c = libc::CMSG_NXTHDR(m, c);
         }
     }
-    false
 }
 
 /// One record, as loaded (untrusted: clamped by the user).
