@@ -259,19 +259,9 @@ fn recv_line(fd: c_int, room: usize, flags: c_int) -> String {
     let mut ctrl = [0u64; 8];
     let (n, msg) = recvmsg_into(fd, &mut buf[..room], &mut ctrl, flags);
     let got = String::from_utf8_lossy(&buf[..n.max(0) as usize]).into_owned();
-    // SAFETY: the control buffer the kernel (or the hook) just filled, walked with the cmsg
-    // macros; the fds it carries are ours to close.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(&msg);
-        while !c.is_null() {
-            if (*c).cmsg_type == libc::SCM_RIGHTS {
-                let count = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / 4;
-                for i in 0..count {
-                    libc::close(std::ptr::read_unaligned((libc::CMSG_DATA(c) as *const c_int).add(i)));
-                }
-            }
-            c = libc::CMSG_NXTHDR(&msg, c);
-        }
+    for fd in support::received_fds(&msg) {
+        // SAFETY: an fd this call received, ours to close.
+        unsafe { libc::close(fd) };
     }
     format!("recvmsg {room} flags {flags}: {n} {got:?} controllen {}", msg.msg_controllen)
 }

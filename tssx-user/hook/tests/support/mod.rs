@@ -137,22 +137,27 @@ pub fn recvmsg_fds(fd: c_int, room: usize, flags: c_int) -> (isize, Vec<u8>, Vec
     msg.msg_controllen = size_of_val(&cbuf);
     // SAFETY: a valid msghdr over live buffers.
     let n = unsafe { calls::recvmsg(fd, &mut msg, libc::MSG_DONTWAIT | flags) };
-    let mut fds = Vec::new();
-    if n >= 0 {
-        // SAFETY: the control buffer just filled, read with the CMSG macros.
-        unsafe {
-            let mut c = libc::CMSG_FIRSTHDR(&msg);
-            while !c.is_null() {
-                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                    let k = ((*c).cmsg_len - libc::CMSG_LEN(0) as usize) / size_of::<c_int>();
-                    for i in 0..k {
-                        fds.push(std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<c_int>().add(i)));
-                    }
-                }
-                c = libc::CMSG_NXTHDR(&msg, c);
-            }
-        }
-    }
+    let fds = if n >= 0 { received_fds(&msg) } else { Vec::new() };
     buf.truncate(n.max(0) as usize);
     (n, buf, fds)
+}
+
+/// The fds of the `SCM_RIGHTS` control messages a `recvmsg` just wrote for `msg`.
+#[allow(dead_code)]
+pub fn received_fds(msg: &libc::msghdr) -> Vec<c_int> {
+    let mut fds = Vec::new();
+    // SAFETY: the control buffer the call just filled, read with the CMSG macros.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let k = ((*c).cmsg_len - libc::CMSG_LEN(0) as usize) / size_of::<c_int>();
+                for i in 0..k {
+                    fds.push(std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<c_int>().add(i)));
+                }
+            }
+            c = libc::CMSG_NXTHDR(msg, c);
+        }
+    }
+    fds
 }
