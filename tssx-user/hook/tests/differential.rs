@@ -939,7 +939,7 @@ impl Side {
                             let mut o = Out::from_rc(rc as i64);
                             o.note = format!("flags {:#x} controllen {} namelen {}", m.msg_flags, m.msg_controllen, m.msg_namelen);
                             if rc >= 0 && room > 0 {
-                                passed = control_fds(&m);
+                                passed = support::received_fds(&m);
                             }
                             o
                         }
@@ -1013,7 +1013,7 @@ impl Side {
                     let rc = unsafe { api.recvmsg(fd, &mut m, libc::MSG_DONTWAIT) };
                     out = Out::from_rc(rc as i64);
                     if rc >= 0 {
-                        let fds = control_fds(&m);
+                        let fds = support::received_fds(&m);
                         if !fds.is_empty() {
                             kinds.extend(self.take_fds(&fds));
                         }
@@ -1692,25 +1692,6 @@ fn decode(b: &[u8]) -> (Out, Flow) {
     }
     flow.handed_back = num() != 0;
     (out, flow)
-}
-
-/// The fds in a received message's `SCM_RIGHTS` control messages.
-fn control_fds(m: &msghdr) -> Vec<c_int> {
-    let mut fds = Vec::new();
-    // SAFETY: the control buffer `recvmsg` just filled, read with the CMSG macros.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(m);
-        while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                let k = ((*c).cmsg_len - libc::CMSG_LEN(0) as usize) / size_of::<c_int>();
-                for i in 0..k {
-                    fds.push(std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<c_int>().add(i)));
-                }
-            }
-            c = libc::CMSG_NXTHDR(m, c);
-        }
-    }
-    fds
 }
 
 /// A new epoll instance (the hook's `epoll_create1` for the swapped pair: it notes the
