@@ -177,10 +177,14 @@ pub fn for_each_connected_unix_socket(buf: &mut Vec<u8>, found: impl FnMut(u32, 
     dump_connected(buf, UDIAG_SHOW_PEER | UDIAG_SHOW_NAME | UDIAG_SHOW_VFS, found)
 }
 
+/// Sockets' inodes by cookie. The sweep builds one per second from all connected sockets of the
+/// host and looks up every kept connect event in it: foldhash, not SipHash.
+pub type CookieInodes = std::collections::HashMap<u64, u32, foldhash::fast::RandomState>;
+
 /// Every connected Unix stream socket of the host, as its cookie and its inode (one dump
 /// without attributes: the lightest walk of the kernel's socket table).
-pub fn connected_stream_cookies() -> io::Result<std::collections::HashMap<u64, u32>> {
-    let mut out = std::collections::HashMap::new();
+pub fn connected_stream_cookies() -> io::Result<CookieInodes> {
+    let mut out = CookieInodes::default();
     dump_connected(&mut Vec::new(), 0, |ino, socket| {
         if socket.is_stream() {
             out.insert(socket.cookie, ino);

@@ -55,6 +55,7 @@ use tssx_common::{
 use tssx_shm::segment::Segment;
 
 use super::{
+    comm::Comm,
     lifecycle,
     registry::{Alive, EndInfo, Held, NewConnection, Side, Step, Verified},
     Control,
@@ -283,8 +284,8 @@ impl Control {
         let end = match &event {
             Some((seen, _)) if seen.end.fd >= 0 => seen.end.clone(),
             // The connect hook's event has no fd: the claim's (the socket is the same).
-            Some((seen, _)) if seen.end.pid == pid => EndInfo { pid, comm: seen.end.comm.clone(), fd },
-            _ => EndInfo { pid, comm: self.facts.comm(pid), fd },
+            Some((seen, _)) if seen.end.pid == pid => EndInfo { pid, comm: seen.end.comm, fd },
+            _ => EndInfo { pid, comm: Comm::from(self.facts.comm(pid).as_str()), fd },
         };
         Ok(Verified {
             role,
@@ -432,7 +433,7 @@ mod tests {
 
     use super::{super::fake::*, Claimant, Decision};
     use crate::{
-        control::Control,
+        control::{Comm, Control},
         sockdiag::{UnixSocket, ESTABLISHED},
     };
 
@@ -521,7 +522,7 @@ mod tests {
         let status = control.status();
         assert_eq!(status.len(), 1);
         assert_eq!((status[0].state.as_str(), status[0].client.fd, status[0].server.fd), ("migrating", 5, 7));
-        assert_eq!((status[0].client.comm.as_str(), status[0].server.comm.as_str()), ("ev100", "ev200"));
+        assert_eq!((status[0].client.comm, status[0].server.comm), (Comm::from("ev100"), Comm::from("ev200")));
         let stats = control.stats();
         assert_eq!((stats.claims, stats.held_claims, stats.paired, stats.refused, stats.unclaimed_events), (2, 0, 1, 0, 0));
         assert_eq!(kernel.asked("comm"), 0, "the events name both ends");
@@ -591,7 +592,7 @@ mod tests {
         control.record(&connect_event(CLIENT, 6));
         let (_, _, _) = held_then_paired(&control, (CLIENT, Role::Client, 9), (SERVER, Role::Server, 7));
         let status = control.status();
-        assert_eq!((status[0].client.fd, status[0].client.comm.as_str()), (5, "ev100"), "the original fd, from the event");
+        assert_eq!((status[0].client.fd, status[0].client.comm), (5, Comm::from("ev100")), "the original fd, from the event");
         // Both events of the pair used up, the other socket's kept.
         assert_eq!(control.stats().unclaimed_events, 1);
     }
@@ -605,7 +606,7 @@ mod tests {
         let (client, server, _) = held_then_paired(&control, (SERVER, Role::Server, 7), (CLIENT, Role::Client, 5));
         assert!(started.elapsed() < Duration::from_millis(100), "nothing waits for an event: {:?}", started.elapsed());
         assert_eq!((client, server), (Reply::swap(1), Reply::swap(1)));
-        assert_eq!(control.status()[0].client.comm, "comm100", "the command name from /proc");
+        assert_eq!(control.status()[0].client.comm, Comm::from("comm100"), "the command name from /proc");
     }
 
     #[test]

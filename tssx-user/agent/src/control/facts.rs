@@ -36,7 +36,7 @@ pub trait KernelFacts: Send + Sync {
     /// Every connected Unix stream socket of the host, as its cookie and inode: whether the
     /// sockets of the connect hook's events are still there (one walk of the kernel's socket
     /// table).
-    fn connected_cookies(&self) -> io::Result<std::collections::HashMap<u64, u32>>;
+    fn connected_cookies(&self) -> io::Result<crate::sockdiag::CookieInodes>;
 
     /// The processes that may share `pid`'s descriptors through `fork`: its parent and its
     /// descendants (not `pid` itself; a descendant reparented away, its parent gone, is not

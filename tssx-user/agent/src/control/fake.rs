@@ -208,7 +208,7 @@ impl KernelFacts for Shared {
         Ok(self.0.ask("unix_socket").sockets.get(&inode).cloned())
     }
 
-    fn connected_cookies(&self) -> io::Result<HashMap<u64, u32>> {
+    fn connected_cookies(&self) -> io::Result<crate::sockdiag::CookieInodes> {
         let t = self.0.ask("connected_cookies");
         Ok(t.sockets.iter().filter(|(_, s)| s.is_stream() && s.is_connected() && s.cookie != 0).map(|(&ino, s)| (s.cookie, ino)).collect())
     }

@@ -91,7 +91,7 @@ impl KernelFacts for Host {
         socket_inode(pid, fd)
     }
 
-    fn connected_cookies(&self) -> io::Result<HashMap<u64, u32>> {
+    fn connected_cookies(&self) -> io::Result<crate::sockdiag::CookieInodes> {
         sockdiag::connected_stream_cookies()
     }
 

@@ -129,6 +129,10 @@ impl Control {
     pub(super) fn short_lived(&self, client: &super::EndInfo, path_id: u32) {
         // Relaxed: a counter.
         self.counters.short_lived_plain.fetch_add(1, Ordering::Relaxed);
+        // At info level (the default), nothing else: the name is looked up only for the line.
+        if !tracing::enabled!(tracing::Level::DEBUG) {
+            return;
+        }
         let path = self.path_name(path_id);
         tracing::debug!(
             pid = client.pid,

@@ -29,6 +29,7 @@
 //!
 //! * [`registry`]: the state (kernel events, held claims, live connections, spares) with its
 //!   rules; pure data, no I/O.
+//! * [`comm`]: [`Comm`], a command name kept inline in each event.
 //! * [`claim`]: the claim rules: which claim is honoured, holding and pairing, the limits;
 //!   written against [`KernelFacts`].
 //! * [`facts`]: [`KernelFacts`], what the rules ask the kernel; [`host`]: its real answers
@@ -60,6 +61,7 @@
 //! (see [`server`]).
 
 pub mod claim;
+pub mod comm;
 pub mod facts;
 pub mod host;
 pub mod lifecycle;
@@ -82,6 +84,7 @@ use tssx_common::event::Event;
 use self::registry::Registry;
 pub use self::{
     claim::{held_claims, Claimant, HELD_PER_CONNECTION, MAX_HELD_CLAIMS},
+    comm::Comm,
     facts::{KernelFacts, UnixSocket},
     host::Host,
     lifecycle::SPARE_SEGMENTS,

@@ -29,6 +29,12 @@ use tssx_common::{
 };
 use tssx_shm::segment::Segment;
 
+use super::comm::Comm;
+
+/// The registry's maps: keyed by small integers that every connection adds and removes, hashed
+/// with foldhash (randomly seeded per map) rather than SipHash.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// Most kernel connect/accept events kept at once (both kinds together); beyond it the oldest
 /// are forgotten (their sockets can still be claimed: the claim rules fall back on `sock_diag`).
 pub const EVENT_CAP: usize = 1 << 16;
@@ -42,7 +48,7 @@ pub struct EndInfo {
     /// Process id.
     pub pid: u32,
     /// Command name.
-    pub comm: String,
+    pub comm: Comm,
     /// The socket's fd in that process.
     pub fd: i32,
 }
@@ -402,21 +408,21 @@ impl CookieCheck {
 /// The state. See the module doc.
 pub(super) struct Registry {
     /// Connect events by `(pid, fd)` (syscall tracepoints).
-    connects: HashMap<(u32, i32), Seen>,
+    connects: FastMap<(u32, i32), Seen>,
     /// Connect events by socket cookie (the cgroup hook: no fd; the end's `fd` is -1).
-    cookies: HashMap<u64, Seen>,
+    cookies: FastMap<u64, Seen>,
     /// Accept events by `(pid, accepted fd)`.
-    accepts: HashMap<(u32, i32), Seen>,
+    accepts: FastMap<(u32, i32), Seen>,
     next_seq: u64,
     /// Claims waiting for the other end's, by the claimed socket's inode.
-    held: HashMap<u32, Held>,
+    held: FastMap<u32, Held>,
     /// The held claims' inodes by token.
-    held_tokens: HashMap<u64, u32>,
+    held_tokens: FastMap<u64, u32>,
     live: BTreeMap<u64, Connection>,
     next_id: u64,
     /// Sockets of claims that ended unpaired (the claimant's and its peer), and when (see
     /// [`UNPAIRED_MEMORY`]).
-    unpaired_peers: HashMap<u32, Instant>,
+    unpaired_peers: FastMap<u32, Instant>,
     /// Fresh segments created ahead of the claims that will use them.
     spares: Vec<Segment>,
     /// Bumped whenever the spares are dropped, so that a segment created meanwhile is not kept.
@@ -426,15 +432,15 @@ pub(super) struct Registry {
 impl Default for Registry {
     fn default() -> Self {
         Self {
-            connects: HashMap::new(),
-            cookies: HashMap::new(),
-            accepts: HashMap::new(),
+            connects: FastMap::default(),
+            cookies: FastMap::default(),
+            accepts: FastMap::default(),
             next_seq: 0,
-            held: HashMap::new(),
-            held_tokens: HashMap::new(),
+            held: FastMap::default(),
+            held_tokens: FastMap::default(),
             live: BTreeMap::new(),
             next_id: 1,
-            unpaired_peers: HashMap::new(),
+            unpaired_peers: FastMap::default(),
             spares: Vec::new(),
             spares_generation: 0,
         }
@@ -444,7 +450,7 @@ impl Default for Registry {
 impl Registry {
     // ---- kernel events ----------------------------------------------------------------------
 
-    fn events(&mut self, side: Side) -> &mut HashMap<(u32, i32), Seen> {
+    fn events(&mut self, side: Side) -> &mut FastMap<(u32, i32), Seen> {
         match side {
             Side::Connect => &mut self.connects,
             Side::Accept => &mut self.accepts,
@@ -472,7 +478,7 @@ impl Registry {
             Some(EventKind::Accept) => (Side::Accept, event.new_fd),
             _ => return None,
         };
-        let end = EndInfo { pid: event.tgid, comm: String::from_utf8_lossy(event.comm_bytes()).into_owned(), fd };
+        let end = EndInfo { pid: event.tgid, comm: Comm::from_bytes(event.comm_bytes()), fd };
         let seq = self.next_seq;
         self.next_seq += 1;
         let seen = Seen { end, path_id: event.path_id, ts_ns: event.ts_ns, seq, inode: None };
@@ -553,7 +559,7 @@ impl Registry {
 
     /// Every kept event, for the sweep to look at its socket (outside the lock).
     pub(super) fn events_to_check(&self) -> Vec<EventCheck> {
-        let refs = |side: Side, map: &HashMap<(u32, i32), Seen>| -> Vec<EventCheck> {
+        let refs = |side: Side, map: &FastMap<(u32, i32), Seen>| -> Vec<EventCheck> {
             map.iter().map(|(&(pid, fd), s)| EventCheck { at: EventRef { side, pid, fd, cookie: 0, seq: s.seq } }).collect()
         };
         let mut checks = refs(Side::Connect, &self.connects);
@@ -849,7 +855,7 @@ mod tests {
     }
 
     fn end(pid: u32, fd: i32) -> EndInfo {
-        EndInfo { pid, comm: format!("p{pid}"), fd }
+        EndInfo { pid, comm: Comm::from(format!("p{pid}").as_str()), fd }
     }
 
     use super::super::fake::{event, EVENT_NS};
