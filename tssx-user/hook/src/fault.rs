@@ -20,37 +20,81 @@
 //! keeps them (and the flag); after `exec` the new image installs them again at its first
 //! tracked connection.
 
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicU32,
+    Ordering::{Acquire, Relaxed, Release},
+};
 
 use libc::{c_int, c_void, siginfo_t};
 
-use crate::signals::{self, Take};
+use crate::{
+    signals::{self, Take},
+    sys,
+};
 
-/// Whether [`arm`] ran in this process (Relaxed: a second `arm` racing the first is harmless,
-/// `signals::own` with the same handler is idempotent).
-static ARMED: AtomicBool = AtomicBool::new(false);
+/// [`ARM`]'s value once both handlers are installed (no thread id is `u32::MAX`).
+const ARMED: u32 = u32::MAX;
+
+/// Whether [`arm`] ran in this process: 0 not yet, [`ARMED`] done, any other value the id of
+/// the thread installing the handlers now. A thread that finds another one installing waits
+/// for it: returning at once, as a plain flag did, let it copy from a bad buffer with the
+/// application's disposition still in place (a crash instead of EFAULT).
+static ARM: AtomicU32 = AtomicU32::new(0);
 
 /// Takes SIGSEGV and SIGBUS for `on_fault`, once per process image. Cheap after the first
-/// call (one load). Never from a signal handler of the hook's own.
+/// call (one load). On return the handlers are in place, unless this thread was already
+/// installing them (a handler of the application's that interrupted it): then nothing is
+/// armed yet, and the hook behaves as unarmed ([`is_armed`] false) until the install ends.
+/// Never from a signal handler of the hook's own.
 #[inline]
 pub fn arm() {
-    if !ARMED.load(Relaxed) {
+    // Acquire: pairs with the Release store of `ARMED` in `arm_slow` (the handlers are in
+    // place before anyone sees the word).
+    if ARM.load(Acquire) != ARMED {
         arm_slow();
     }
 }
 
 #[cold]
 fn arm_slow() {
-    ARMED.store(true, Relaxed);
-    for sig in [libc::SIGSEGV, libc::SIGBUS] {
-        signals::own(sig, on_fault, Take::Always);
+    let me = sys::thread_id();
+    // Acquire on both outcomes: as `arm`.
+    match ARM.compare_exchange(0, me, Acquire, Acquire) {
+        Ok(_) => {
+            for sig in [libc::SIGSEGV, libc::SIGBUS] {
+                signals::own(sig, on_fault, Take::Always);
+            }
+            // Release: pairs with the Acquire loads of `arm`, `arm_slow` and `is_armed`.
+            ARM.store(ARMED, Release);
+        }
+        Err(ARMED) => {}
+        // This thread is the installer, interrupted: it cannot wait for itself.
+        Err(installer) if installer == me => {}
+        // Another thread is installing: a few `sigaction` calls.
+        Err(_) => {
+            // Acquire: as `arm`.
+            while ARM.load(Acquire) != ARMED {
+                sys::sched_yield();
+            }
+        }
     }
 }
 
-/// Whether [`arm`] ran in this image: faults of the user copy become EFAULT (one relaxed load).
+/// Whether [`arm`] finished in this image: faults of the user copy become EFAULT (one load;
+/// Acquire, as `arm`: the handlers are in place when it says so).
 #[inline]
 pub fn is_armed() -> bool {
-    ARMED.load(Relaxed)
+    ARM.load(Acquire) == ARMED
+}
+
+/// In the child after `fork`: an install that another thread of the parent had under way
+/// has no thread to finish it here, so the child's next [`arm`] starts it over (taking a
+/// signal the hook already owns is a no-op, see [`signals::own`]).
+pub fn in_child() {
+    // Relaxed: the child has one thread.
+    if ARM.load(Relaxed) != ARMED {
+        ARM.store(0, Relaxed);
+    }
 }
 
 /// Whether this process's SIGSEGV and SIGBUS are the hook's (for tests).

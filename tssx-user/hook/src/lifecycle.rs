@@ -85,6 +85,7 @@ fn lookup_swapped_conn(conn: &crate::conn::Conn) -> bool {
 pub fn in_child() {
     // Its own copy of the signal records (see `signals::records_mine`).
     sys::with_errno_kept(crate::signals::in_child);
+    crate::fault::in_child();
     let forker = sys::thread_id();
     sys::forget_thread_id();
     crate::ringlock::clear_local_locks_in_child(forker, sys::thread_id());
