@@ -374,13 +374,16 @@ fn conform(sc: &Scenario, build: Build) {
         swaps.len(),
         bytes
     );
+    // For a failure's message: why connections of the warmed-up run stayed plain, line by line.
+    let warm_not_swapped: String = agent.events_on("not", &path).iter().map(|line| format!("{line}\n")).collect();
     assert!(agent.stop().success(), "agent failed to stop");
     assert!(
         problems.is_empty(),
-        "{} ({build:?}): the swapped run does not conform:\n\n{}\n\nnot swapped (reason, count): {:?}",
+        "{} ({build:?}): the swapped run does not conform:\n\n{}\n\nnot swapped, both runs (reason, count): {:?}\n\nnot swapped in the warmed-up run, whole lines:\n{}",
         sc.name,
         problems.join("\n\n"),
-        refused
+        refused,
+        warm_not_swapped
     );
 }
 

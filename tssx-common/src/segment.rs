@@ -156,7 +156,7 @@
 //! | `ends[peer].back_at`, `bells_at`, `bells_sent` | the peer | the victim hands back, reads the ring up to `back_at` only if the ring holds it (`back_at <= head`, within one capacity), else waits as for an empty ring; drains at most the doorbells the socket holds (data taken for doorbells: loss) | garbage, loss, EOF |
 //! | `ends[peer].replay_from` | the peer | at the victim's hand-back, its ring's unread bytes from there are sent on the socket, only within `head - capacity ..= head`; that send waits for room as a blocking write does | a peer that never reads |
 //! | `ends[own].*` (`switch_at`, `back_at`, `sock_read`, `bells_drained`, `replay_from`) | the victim | the victim writes on the socket instead of its ring (hands back), takes socket data for doorbells or the reverse, stops reading the ring early (then waits); `bells_drained` rewritten without pause makes the victim's reservations retry while the peer writes | garbage, loss, waits that end with the peer |
-//! | `ends[*].active_ns`, `reserved` | the end | the agent's traces (timestamps) are wrong | - |
+//! | `ends[*].active_ns`, `gave_up`, `reserved` | the end | the agent's traces (timestamps, why an end gave up) are wrong | - |
 //! | `anc[peer].sent`, `slots` | the peer (the writer of that ring) | the victim takes a marker at a wrong position, or a doorbell byte for a marker (which carries nothing): the peer's control messages land elsewhere in its own stream; every value is clamped | fds and credentials only ever come from the kernel's `recvmsg` of a marker: never forged |
 //! | `anc[own].taken` | the victim (the reader of the peer's ring) | the victim, as the writer of its own ring, reads the peer's `taken` for its queue: a queue that looks full (it hands the connection back) or has room it has not (records overwritten: its messages misplaced) | garbage, a hand-back |
 //!
@@ -189,6 +189,86 @@ pub const JOIN_MAPPED: u32 = 1;
 /// Value of [`EndLine::joined`]: the end gave the segment up before anything went on the rings
 /// (e.g. it forked or exec'ed half-way); both ends stay on the socket.
 pub const JOIN_REFUSED: u32 = 2;
+
+/// Why an end gave its segment up before anything went on the rings: the value of
+/// [`EndLine::gave_up`], for the agent's `not swapped` trace (0: not said).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GiveUp {
+    /// Bytes moved on the socket that this end could not count (a process without the hook,
+    /// or one that forked or spawned with the socket).
+    Uncounted = 1,
+    /// `SO_PASSCRED` is on: credentials come with every read, which only the kernel gives.
+    PassCred = 2,
+    /// The process set up an io_uring.
+    IoUring = 3,
+    /// The segment could not be mapped or used.
+    Unusable = 4,
+    /// The peer gave the segment up first, or the migration was abandoned.
+    PeerGaveUp = 5,
+    /// The peer did not map the segment in time.
+    PeerNeverJoined = 6,
+    /// An epoll registration the hook cannot take over (through an fd closed since, or in an
+    /// instance another process shares).
+    EpollRegistration = 7,
+    /// This end's last fd closed first.
+    Closed = 8,
+    /// `shutdown` first.
+    Shutdown = 9,
+    /// Passed to another process with `SCM_RIGHTS` first.
+    Passed = 10,
+    /// A hand-back first: a call only the kernel serves (`MSG_OOB`), or the peer's.
+    HandedBack = 11,
+    /// `fork`, `exec` or a spawn first.
+    ForkOrExec = 12,
+    /// The switch of this end's writes found the migration given up.
+    SwitchRefused = 13,
+}
+
+impl GiveUp {
+    /// Every reason, in code order.
+    pub const ALL: [GiveUp; 13] = [
+        GiveUp::Uncounted,
+        GiveUp::PassCred,
+        GiveUp::IoUring,
+        GiveUp::Unusable,
+        GiveUp::PeerGaveUp,
+        GiveUp::PeerNeverJoined,
+        GiveUp::EpollRegistration,
+        GiveUp::Closed,
+        GiveUp::Shutdown,
+        GiveUp::Passed,
+        GiveUp::HandedBack,
+        GiveUp::ForkOrExec,
+        GiveUp::SwitchRefused,
+    ];
+
+    /// The reason a code names (an untrusted header value: `None` for anything else).
+    pub fn from_u32(code: u32) -> Option<GiveUp> {
+        GiveUp::ALL.into_iter().find(|&why| why as u32 == code)
+    }
+
+    /// The reason in words, for traces.
+    pub fn text(self) -> &'static str {
+        match self {
+            GiveUp::Uncounted => {
+                "bytes moved on the socket that it could not count (a process without the hook, or a fork or spawn with the socket)"
+            }
+            GiveUp::PassCred => "SO_PASSCRED is on",
+            GiveUp::IoUring => "its process set up an io_uring",
+            GiveUp::Unusable => "the segment could not be mapped",
+            GiveUp::PeerGaveUp => "its peer gave the segment up",
+            GiveUp::PeerNeverJoined => "its peer did not map the segment in time",
+            GiveUp::EpollRegistration => "an epoll registration the hook cannot take over",
+            GiveUp::Closed => "its last fd closed first",
+            GiveUp::Shutdown => "shutdown first",
+            GiveUp::Passed => "passed with SCM_RIGHTS first",
+            GiveUp::HandedBack => "a call only the kernel serves, or its peer's hand-back",
+            GiveUp::ForkOrExec => "fork, exec or spawn first",
+            GiveUp::SwitchRefused => "the migration was given up when it switched",
+        }
+    }
+}
 
 /// Bit of [`SegmentHeader::shut`]: the end shut down reading (`SHUT_RD`): its peer's writes
 /// fail with EPIPE, its own reads return what is left, then EOF.
@@ -524,8 +604,15 @@ pub struct EndLine {
     /// lock, before this end's own `back_at`; loaded `SeqCst` by the peer under its producer
     /// lock. Zero in segments made before it existed.
     pub replay_from: AtomicU64,
+    /// Why this end gave the segment up, if it did before anything went on the rings: a
+    /// [`GiveUp`] code, 0 if not said. Stored `Relaxed` before `joined` takes
+    /// [`JOIN_REFUSED`] (whose `SeqCst` store publishes it); for the agent's traces only. Zero
+    /// in segments made before it existed.
+    pub gave_up: AtomicU32,
     /// Reserved, zero.
-    pub reserved: [u64; 5],
+    pub reserved_word: u32,
+    /// Reserved, zero.
+    pub reserved: [u64; 4],
 }
 
 impl EndLine {
@@ -543,7 +630,9 @@ impl EndLine {
             bells_drained: AtomicU64::new(0),
             active_ns: AtomicU64::new(0),
             replay_from: AtomicU64::new(0),
-            reserved: [0; 5],
+            gave_up: AtomicU32::new(0),
+            reserved_word: 0,
+            reserved: [0; 4],
         }
     }
 }
@@ -738,6 +827,7 @@ const _: () = {
     assert!(offset_of!(SegmentHeader, ends) == 8 * CACHE_LINE);
     assert!(offset_of!(EndLine, switch_at) == 8);
     assert!(offset_of!(EndLine, sock_written) == 40);
+    assert!(offset_of!(EndLine, gave_up) == 80);
     assert!(size_of::<AncRecord>() == 32);
     assert!(size_of::<AncQueue>() == 10 * CACHE_LINE);
     assert!(offset_of!(SegmentHeader, anc) == 12 * CACHE_LINE);
@@ -766,3 +856,20 @@ const _: () = {
     assert!(matches!(SegmentState::from_u32(2), Some(SegmentState::Plain)));
     assert!(SegmentState::from_u32(4).is_none());
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn give_up_codes_round_trip_and_nothing_else_is_one() {
+        for (i, why) in GiveUp::ALL.into_iter().enumerate() {
+            assert_eq!(why as u32, i as u32 + 1, "codes run from 1 in order");
+            assert_eq!(GiveUp::from_u32(why as u32), Some(why));
+            assert!(!why.text().is_empty());
+        }
+        for code in [0, GiveUp::ALL.len() as u32 + 1, u32::MAX] {
+            assert_eq!(GiveUp::from_u32(code), None);
+        }
+    }
+}

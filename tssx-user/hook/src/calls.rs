@@ -10,7 +10,7 @@
 #![allow(clippy::missing_safety_doc)]
 
 use libc::{c_int, c_void, iovec, msghdr, size_t, sockaddr, socklen_t, ssize_t};
-use tssx_common::segment::End;
+use tssx_common::segment::{End, GiveUp};
 
 use crate::{
     anc, closing,
@@ -1338,7 +1338,7 @@ pub unsafe fn shutdown(fd: c_int, how: c_int) -> c_int {
             }
         } else if phase != Phase::Plain && phase != Phase::Unconnected {
             // A socket shut down for real is never migrated (its peer could not be woken).
-            with_errno_kept(|| c.give_up());
+            with_errno_kept(|| c.give_up(GiveUp::Shutdown));
         }
     }
     // SAFETY: forwarded as received.

@@ -43,7 +43,7 @@
 use std::ffi::{CStr, CString};
 
 use libc::{c_char, c_int};
-use tssx_common::segment::End;
+use tssx_common::segment::{End, GiveUp};
 
 use std::sync::atomic::Ordering::{AcqRel, Relaxed};
 
@@ -412,19 +412,19 @@ unsafe fn inherit_and_exec(
             }
             match conn.phase() {
                 Phase::Candidate if spawn => {
-                    conn.give_up();
+                    conn.give_up(GiveUp::ForkOrExec);
                 }
                 Phase::Claiming => {
                     // (Waits for another thread's non-blocking claim step: the control
                     // connection is closed for sure.)
                     conn.drop_claim();
                     if spawn {
-                        conn.give_up();
+                        conn.give_up(GiveUp::ForkOrExec);
                     }
                 }
                 // (Given up in the guard; refused if committed meanwhile by another thread:
                 // then back to the socket, as for an image without the hook.)
-                Phase::Mapped | Phase::Quiescing if !conn.give_up() => {
+                Phase::Mapped | Phase::Quiescing if !conn.give_up(GiveUp::ForkOrExec) => {
                     sys::with_errno_kept(|| hand_over(conn, *fd));
                 }
                 _ => {}

@@ -20,7 +20,7 @@ use std::{
 };
 
 use libc::c_int;
-use tssx_common::segment::{SegmentState, NOT_YET, SHUT_READ, SHUT_WRITE};
+use tssx_common::segment::{GiveUp, SegmentState, NOT_YET, SHUT_READ, SHUT_WRITE};
 use tssx_shm::{ring::Transfer, wait::sleeper_announced};
 
 use crate::{
@@ -47,7 +47,7 @@ impl Conn {
         match self.phase() {
             Phase::Plain | Phase::Unconnected => {}
             phase if phase < Phase::Ready => {
-                self.give_up();
+                self.give_up(GiveUp::HandedBack);
             }
             _ => {
                 self.note_fd(fd);
@@ -105,10 +105,10 @@ impl Conn {
         }
         if phase < Phase::Ready {
             // Plain until now: stays plain (a raw call's bytes would not be counted).
-            self.give_up();
+            self.give_up(GiveUp::HandedBack);
             return;
         }
-        if self.seg().segment.state() == Some(SegmentState::Pending) && self.abandon() {
+        if self.seg().segment.state() == Some(SegmentState::Pending) && self.abandon(GiveUp::HandedBack) {
             return;
         }
         let stored = self.with_tx(|tx| {

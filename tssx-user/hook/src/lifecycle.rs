@@ -14,7 +14,7 @@
 use std::sync::atomic::Ordering::{AcqRel, Relaxed, SeqCst};
 
 use libc::c_int;
-use tssx_common::segment::End;
+use tssx_common::segment::{End, GiveUp};
 
 use crate::{
     conn::{Phase, QUIESCED},
@@ -43,7 +43,7 @@ pub fn before_fork() {
                 conn.drop_claim();
             }
             // (Committed meanwhile by another thread: held like a swapped one.)
-            Phase::Mapped | Phase::Quiescing if conn.give_up() => {}
+            Phase::Mapped | Phase::Quiescing if conn.give_up(GiveUp::ForkOrExec) => {}
             Phase::Mapped | Phase::Quiescing | Phase::Ready | Phase::Active | Phase::HandingBack => {
                 conn.header().refcount[conn.end.index()].fetch_add(1, Relaxed);
                 conn.shared.store(true, Relaxed);

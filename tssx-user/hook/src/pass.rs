@@ -21,7 +21,7 @@
 use std::sync::atomic::Ordering::{AcqRel, Relaxed};
 
 use libc::{c_int, cmsghdr, msghdr};
-use tssx_common::segment::End;
+use tssx_common::segment::{End, GiveUp};
 
 use crate::{
     conn::Conn,
@@ -131,7 +131,7 @@ pub unsafe fn send_via(msg: *const msghdr, real: impl FnOnce(&msghdr) -> Result<
             // connection is never migrated now (it stays a socket for both), nor by the
             // processes forked with it (see `crate::counts`).
             c.counts.spoil();
-            if sys::with_errno_kept(|| c.give_up()) {
+            if sys::with_errno_kept(|| c.give_up(GiveUp::Passed)) {
                 continue;
             }
             // Committed meanwhile by another thread (see `Conn::give_up`): the segment

@@ -30,7 +30,7 @@ use std::sync::atomic::{
 use libc::c_int;
 use tssx_common::{
     control::Role,
-    segment::{End, SegmentState, JOIN_MAPPED, JOIN_REFUSED, NOT_YET},
+    segment::{End, GiveUp, SegmentState, JOIN_MAPPED, JOIN_REFUSED, NOT_YET},
 };
 use tssx_shm::segment::Segment;
 
@@ -250,7 +250,7 @@ impl Conn {
         // Another image moved bytes on the socket uncounted (see `crate::counts`).
         if self.counts.spoiled() {
             drop(claim);
-            self.give_up();
+            self.give_up(GiveUp::Uncounted);
             return;
         }
         // SO_PASSCRED on since before the connection (set on the socket, or inherited from the
@@ -260,7 +260,7 @@ impl Conn {
         // the connection back.
         if crate::anc::passes_creds(fd) {
             drop(claim);
-            self.give_up();
+            self.give_up(GiveUp::PassCred);
             return;
         }
         // The io_uring hand-back handler first (see `uring`): a process whose application has
@@ -269,7 +269,7 @@ impl Conn {
             Some(true) => {}
             Some(false) => {
                 drop(claim);
-                self.give_up();
+                self.give_up(GiveUp::IoUring);
                 return;
             }
             None => {
@@ -294,7 +294,8 @@ impl Conn {
             // No agent: plain for good.
             Err(claim::Unreachable::NoAgent) => {
                 drop(claim);
-                self.give_up();
+                // (No segment yet: the reason goes nowhere.)
+                self.give_up(GiveUp::Unusable);
             }
         }
     }
@@ -313,7 +314,7 @@ impl Conn {
                 if now.saturating_sub(claim.sent_at) > CLAIM_GIVE_UP_NS {
                     claim.control = None;
                     drop(claim);
-                    self.give_up();
+                    self.give_up(GiveUp::Unusable);
                     return;
                 }
                 if now.saturating_sub(claim.sent_at) > ANSWER_CHECK_STEADY_NS {
@@ -329,7 +330,7 @@ impl Conn {
             Answer::Plain => {
                 claim.control = None;
                 drop(claim);
-                self.give_up();
+                self.give_up(GiveUp::Unusable);
             }
             Answer::Dropped if claim.dropped < DROPPED_RETRIES => {
                 // A burst of claims beyond what the agent serves at once: later, as the
@@ -342,7 +343,7 @@ impl Conn {
             Answer::Dropped => {
                 claim.control = None;
                 drop(claim);
-                self.give_up();
+                self.give_up(GiveUp::Unusable);
             }
             Answer::Swap(memfd) => {
                 claim.control = None;
@@ -350,8 +351,10 @@ impl Conn {
                 drop(claim);
                 // An io_uring set up since the claim: no swap (the segment is refused, so that
                 // the peer sees it at once).
-                if !self.join(memfd) || crate::uring::io_uring_seen() {
-                    self.give_up();
+                if !self.join(memfd) {
+                    self.give_up(GiveUp::Unusable);
+                } else if crate::uring::io_uring_seen() {
+                    self.give_up(GiveUp::IoUring);
                 }
             }
         }
@@ -392,10 +395,12 @@ impl Conn {
     /// `Active`), which another thread of this process can make happen by readying this end
     /// while a fork, exec or spawn looks at it: only a hand-back takes such a connection back
     /// to the socket.
-    pub(crate) fn give_up(&self) -> bool {
+    pub(crate) fn give_up(&self, why: GiveUp) -> bool {
         if let Some(swap) = self.swap() {
             // Acquire: our own flag, stored SeqCst by whichever thread made this end ready.
             if self.my_line().ready.load(Acquire) == 0 {
+                // Relaxed: published by the SeqCst store of `joined` below (see `EndLine`).
+                self.my_line().gave_up.store(why as u32, Relaxed);
                 // SeqCst: as `joined`.
                 self.my_line().joined.store(JOIN_REFUSED, SeqCst);
                 // Nothing can be on the rings: no end switches before this one is ready.
@@ -437,15 +442,15 @@ impl Conn {
                 }
             }
             JOIN_REFUSED => {
-                self.give_up();
+                self.give_up(GiveUp::PeerGaveUp);
             }
             _ if self.abandoned() => {
-                self.give_up();
+                self.give_up(GiveUp::PeerGaveUp);
             }
             _ => {
                 let since = self.claim.try_lock().map(|c| c.sent_at).unwrap_or(0);
                 if since != 0 && now_ns().saturating_sub(since) > JOIN_GIVE_UP_NS {
-                    self.give_up();
+                    self.give_up(GiveUp::PeerNeverJoined);
                 }
             }
         }
@@ -453,8 +458,12 @@ impl Conn {
 
     /// Quiescing: becomes ready if no raw call is in the kernel now (see the module docs).
     fn try_ready(&self, fd: c_int) {
-        if self.abandoned() || self.counts.spoiled() {
-            self.give_up();
+        if self.abandoned() {
+            self.give_up(GiveUp::PeerGaveUp);
+            return;
+        }
+        if self.counts.spoiled() {
+            self.give_up(GiveUp::Uncounted);
             return;
         }
         let Ok(mut regs) = self.regs.try_lock() else { return };
@@ -468,7 +477,7 @@ impl Conn {
             // shares without holding this connection, or in more instances than are recorded:
             // only the kernel's list can serve it, so it stays plain.
             drop(regs);
-            self.give_up();
+            self.give_up(GiveUp::EpollRegistration);
             return;
         }
         // Close the epoll instances this socket is registered in to new waits, if nobody waits
@@ -513,7 +522,7 @@ impl Conn {
     pub(crate) fn try_switch(&self) {
         if !self.out_switched() {
             if self.abandoned() {
-                self.give_up();
+                self.give_up(GiveUp::PeerGaveUp);
                 return;
             }
             // Acquire: pairs with the peer's SeqCst store after its counters.
@@ -521,7 +530,7 @@ impl Conn {
                 return;
             }
             if !self.with_tx(|_| self.switch_out()) {
-                self.give_up();
+                self.give_up(GiveUp::SwitchRefused);
                 return;
             }
         }
@@ -555,11 +564,11 @@ impl Conn {
     /// Gives the migration up if nothing is on the rings yet (segment state `Pending ->
     /// Plain`); true if the connection is plain now (for both ends: each sees the state on its
     /// next call and goes plain).
-    pub(crate) fn abandon(&self) -> bool {
+    pub(crate) fn abandon(&self, why: GiveUp) -> bool {
         let segment = &self.seg().segment;
         let plain = segment.transition(SegmentState::Pending, SegmentState::Plain).is_ok() || segment.state() == Some(SegmentState::Plain);
         if plain {
-            self.give_up();
+            self.give_up(why);
         }
         plain
     }

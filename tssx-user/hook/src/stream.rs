@@ -8,7 +8,7 @@ use std::{
 };
 
 use libc::c_int;
-use tssx_common::segment::{NOT_YET, SHUT_READ, SHUT_WRITE};
+use tssx_common::segment::{GiveUp, NOT_YET, SHUT_READ, SHUT_WRITE};
 use tssx_shm::ring::Transfer;
 
 use crate::{
@@ -478,7 +478,7 @@ impl Conn {
                     }
                     SockWrite::Err(e) => return partial_or_errno(total, e),
                     SockWrite::GaveUp => {
-                        self.give_up();
+                        self.give_up(GiveUp::SwitchRefused);
                     }
                 }
                 continue;
@@ -620,7 +620,7 @@ impl Conn {
     /// call on what is a plain socket again (a peer that is not ready yet reads the socket, not
     /// the header).
     pub fn shutdown(&self, fd: c_int, how: c_int) -> Option<c_int> {
-        if self.phase() != Phase::Active && self.abandon() {
+        if self.phase() != Phase::Active && self.abandon(GiveUp::Shutdown) {
             return None;
         }
         let rc = self.shutdown_in_header(fd, how);

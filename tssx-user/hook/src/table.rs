@@ -35,7 +35,7 @@ use std::{
 };
 
 use libc::c_int;
-use tssx_common::segment::{End, JOIN_MAPPED, SHUT_RESET};
+use tssx_common::segment::{End, GiveUp, JOIN_MAPPED, SHUT_RESET};
 use tssx_shm::{
     lease::{Cell, Lease, Pool},
     segment::Segment,
@@ -507,7 +507,7 @@ impl Conn {
         }
         if phase < Phase::Ready {
             // Nothing is on the rings: the peer stays on the socket, whose EOF it will see.
-            self.give_up();
+            self.give_up(GiveUp::Closed);
             return;
         }
         let header = self.header();

@@ -76,7 +76,7 @@ use std::sync::atomic::{
 };
 
 use libc::c_int;
-use tssx_common::HANDBACK_SIGNAL;
+use tssx_common::{segment::GiveUp, HANDBACK_SIGNAL};
 
 use crate::{
     conn::{Conn, Phase},
@@ -199,7 +199,7 @@ pub fn hand_back_all() -> usize {
     table::for_each_tracked(|fd, conn| match conn.phase() {
         Phase::Plain | Phase::Unconnected => {}
         phase if phase < Phase::Ready => {
-            conn.give_up();
+            conn.give_up(GiveUp::IoUring);
         }
         _ => {
             conn.note_fd(fd);

@@ -617,7 +617,7 @@ fn socket_hung_up(fd: c_int) -> bool {
 mod tests {
     use std::os::fd::AsRawFd;
 
-    use tssx_common::segment::End;
+    use tssx_common::segment::{End, GiveUp, JOIN_REFUSED};
     use tssx_shm::{segment::Segment, sys::Fd};
 
     use super::*;
@@ -674,9 +674,16 @@ mod tests {
             server.tick(b);
         }
         assert_eq!((client.phase(), server.phase()), (Phase::Mapped, Phase::Ready), "the server alone is ready");
-        assert!(server.give_up());
+        assert!(server.give_up(GiveUp::Closed));
         assert_eq!(server.phase(), Phase::Plain);
         assert!(client.abandoned(), "the peer sees the migration given up");
+        client.tick(a);
+        let line = client.my_line();
+        assert_eq!(
+            (client.phase(), line.joined.load(SeqCst), line.gave_up.load(SeqCst)),
+            (Phase::Plain, JOIN_REFUSED, GiveUp::PeerGaveUp as u32),
+            "the client, mapped only, refuses the segment and says why"
+        );
         assert_eq!(write(a, b"plain"), 5);
         let mut buf = [0u8; 8];
         assert_eq!(read(b, &mut buf), 5);
@@ -691,7 +698,7 @@ mod tests {
         let server = table::lookup(d).unwrap();
         assert!(table::lookup(c).unwrap().out_switched(), "the client's writes are on its ring");
         let phase = server.phase();
-        assert!(!server.give_up());
+        assert!(!server.give_up(GiveUp::Closed));
         assert_eq!(server.phase(), phase, "a refused give-up changes nothing");
         assert_eq!(write(c, b"ring"), 4);
         assert_eq!(read(d, &mut buf[..4]), 4);

@@ -29,7 +29,7 @@
 
 use std::{sync::atomic::Ordering, sync::Arc, time::Instant};
 
-use tssx_common::segment::{End, JOIN_NONE, JOIN_REFUSED};
+use tssx_common::segment::{End, GiveUp, JOIN_NONE, JOIN_REFUSED};
 
 use tssx_shm::segment::Segment;
 
@@ -226,16 +226,23 @@ fn trace_swapped(control: &Control, line: &SwappedLine) {
     );
 }
 
-/// Why a connection that never committed was given up, from its ends' `joined` values.
-fn given_up_reason(joined: [u32; 2]) -> String {
+/// Why a connection that never committed was given up, from its ends' `joined` values and the
+/// reason code each stored with a refusal (see [`GiveUp`]).
+fn given_up_reason(joined: [(u32, u32); 2]) -> String {
     let name = |end: End| if end == End::Client { "client" } else { "server" };
     for end in [End::Client, End::Server] {
-        if joined[end.index()] == JOIN_REFUSED {
-            return format!("the {} gave the segment up before anything went on the rings", name(end));
+        let (joined, code) = joined[end.index()];
+        if joined == JOIN_REFUSED {
+            let why = match GiveUp::from_u32(code) {
+                Some(why) => why.text().to_owned(),
+                None if code == 0 => "no reason given".to_owned(),
+                None => format!("an unknown reason (code {code})"),
+            };
+            return format!("the {} gave the segment up before anything went on the rings: {why}", name(end));
         }
     }
     for end in [End::Client, End::Server] {
-        if joined[end.index()] == JOIN_NONE {
+        if joined[end.index()].0 == JOIN_NONE {
             return format!("the segment never reached the {} (its claim ended first)", name(end));
         }
     }
@@ -257,7 +264,7 @@ pub(super) fn finish_reaped(control: &Control, reaped: Reaped) {
         let (client, server) = (conn.client.label(), conn.server.label());
         match why {
             Finished::GaveUp => {
-                let reason = given_up_reason(conn.joined());
+                let reason = given_up_reason(conn.joined_and_why());
                 tracing::info!(connection = id, path, client, server, reason, "not swapped");
             }
             Finished::HandedBack => {
@@ -309,11 +316,11 @@ mod tests {
 
     use tssx_common::{
         control::Role,
-        segment::{End, SegmentState, JOIN_MAPPED, JOIN_REFUSED},
+        segment::{End, GiveUp, SegmentState, JOIN_MAPPED, JOIN_REFUSED},
     };
     use tssx_shm::segment::Segment;
 
-    use super::{super::fake::*, SPARE_SEGMENTS};
+    use super::{super::fake::*, given_up_reason, SPARE_SEGMENTS};
     use crate::control::{claim::Claimant, Control};
 
     const CLIENT: u32 = 100;
@@ -405,6 +412,15 @@ mod tests {
         control.progress();
         assert!(ids(&control).is_empty());
         assert_eq!(control.stats().given_up, 1);
+    }
+
+    #[test]
+    fn a_refusal_says_why_the_end_gave_up() {
+        let closed = given_up_reason([(JOIN_MAPPED, 0), (JOIN_REFUSED, GiveUp::Closed as u32)]);
+        assert_eq!(closed, format!("the server gave the segment up before anything went on the rings: {}", GiveUp::Closed.text()));
+        assert!(given_up_reason([(JOIN_REFUSED, 0), (JOIN_MAPPED, 0)])
+            .ends_with("the client gave the segment up before anything went on the rings: no reason given"));
+        assert!(given_up_reason([(JOIN_REFUSED, 999), (JOIN_MAPPED, 0)]).ends_with(": an unknown reason (code 999)"));
     }
 
     #[test]

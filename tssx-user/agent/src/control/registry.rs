@@ -300,6 +300,18 @@ impl Connection {
         [End::Client, End::Server].map(|end| self.line(end).joined.load(Ordering::Acquire))
     }
 
+    /// The ends' `joined` values, each with the reason code the end stored before it refused
+    /// (`gave_up`: a `GiveUp` code, untrusted; 0 if none).
+    pub(super) fn joined_and_why(&self) -> [(u32, u32); 2] {
+        [End::Client, End::Server].map(|end| {
+            let line = self.line(end);
+            // Acquire: pairs with the hook's SeqCst store of `joined`, which it makes after its
+            // Relaxed store of `gave_up`: so that load sees the code of a refusal it saw.
+            let joined = line.joined.load(Ordering::Acquire);
+            (joined, line.gave_up.load(Ordering::Relaxed))
+        })
+    }
+
     /// The `swapped` line, once both ends completed their migration (both `active_ns` set).
     pub(super) fn swapped_line(&self) -> Option<SwappedLine> {
         // Relaxed: timestamps for the trace; the switch positions are loaded with Acquire.
