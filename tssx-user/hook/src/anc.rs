@@ -462,7 +462,8 @@ impl Conn {
     pub(crate) fn take_marker(&self, fd: c_int, r: &Record, peek: bool, flags: c_int) -> Option<bool> {
         let drained = &self.my_line().bells_drained;
         let mut scratch = [0u8; 64];
-        let mut tries = 0u32;
+        // When the wait for the marker ends (see `MARKER_WAIT_NS`); 0 until a look missed it.
+        let mut deadline = 0u64;
         loop {
             if !self.still_published(r) {
                 return None;
@@ -491,9 +492,18 @@ impl Conn {
             let mut probe = 0u8;
             match sys::recv_raw(fd, std::slice::from_mut(&mut probe), libc::MSG_PEEK | libc::MSG_DONTWAIT) {
                 Ok(1) if probe == ANC_MARKER => break,
-                Ok(1) | Err(libc::EAGAIN) | Err(libc::EINTR) if tries < 10_000 => {
-                    tries += 1;
-                    sys::sched_yield();
+                looked @ (Ok(1) | Err(libc::EAGAIN) | Err(libc::EINTR)) if waiting_for_marker(&mut deadline) => {
+                    if looked == Err(libc::EAGAIN) {
+                        // Nothing on the socket yet: the writer published the record and has
+                        // not sent its marker. Sleep until a byte comes, in slices, so that a
+                        // record withdrawn meanwhile is seen.
+                        let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+                        // SAFETY: one live pollfd.
+                        unsafe { sys::poll(&mut p, 1, MARKER_POLL_SLICE_MS) };
+                    } else {
+                        // A doorbell another thread reserved and is reading: moments.
+                        sys::sched_yield();
+                    }
                 }
                 // EOF, an error, or no marker after all (a lying peer): nothing to take.
                 _ => {
@@ -880,4 +890,25 @@ impl Conn {
 /// queue look empty, never a record to wait for).
 fn pending(sent: u64, taken: u64) -> bool {
     (1..=ANC_SLOTS as u64).contains(&sent.wrapping_sub(taken))
+}
+
+/// How long a reader waits for the marker of a record it saw published. The writer publishes
+/// the record, then sends the marker (so that a doorbell drainer never reads past it), so a
+/// writer preempted between the two keeps the reader waiting, asleep on the socket. A marker
+/// that does not come in this time never will: the peer lies (its record names no message), and
+/// the record is consumed without fds, as the hostile tests require. This bounds what one forged
+/// record costs its victim; a count of yields did not, and ran out within milliseconds on an
+/// idle core, so a writer preempted for longer had its message's fds dropped.
+const MARKER_WAIT_NS: u64 = 500_000_000;
+/// The slice of one sleep of that wait, in milliseconds.
+const MARKER_POLL_SLICE_MS: c_int = 10;
+
+/// Whether the wait for a marker goes on: starts the clock at the first miss (`deadline` 0),
+/// then says whether [`MARKER_WAIT_NS`] have not passed since.
+fn waiting_for_marker(deadline: &mut u64) -> bool {
+    let now = crate::spin::now_ns();
+    if *deadline == 0 {
+        *deadline = now.saturating_add(MARKER_WAIT_NS);
+    }
+    now < *deadline
 }

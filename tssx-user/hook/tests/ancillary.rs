@@ -9,7 +9,7 @@ use std::{
 };
 
 use libc::c_int;
-use tssx_common::segment::End;
+use tssx_common::segment::{End, ANC_MARKER, ANC_SLOTS};
 use tssx_hook::{calls, conn::Phase, table};
 
 mod support;
@@ -86,6 +86,70 @@ fn an_fd_the_kernel_refuses_sends_nothing() {
     assert_eq!((n, &data[..], fds.len()), (5, &b"after"[..], 0));
 }
 
+/// A writer preempted between publishing a record and sending its marker (here: 100 ms, as a
+/// loaded machine can make it): the reader waits for the marker, asleep on the socket, and the
+/// fd arrives with its byte. (A reader that gave up after a count of yields took the byte
+/// without the fd within milliseconds.)
+#[test]
+fn a_marker_sent_late_still_brings_its_fd() {
+    let pair = swapped_pair();
+    let c = table::lookup(pair.client).unwrap();
+    // The message's byte on the ring first (at position 0: nothing was written before), then
+    // its record, as the writer publishes them, then, later, the marker on the socket.
+    assert_eq!(write(pair.client, b"F"), 1);
+    let q = &c.header().anc[End::Client.index()];
+    let n = q.sent.0.load(SeqCst);
+    let slot = &q.slots[(n % ANC_SLOTS as u64) as usize];
+    slot.pos.store(0, SeqCst);
+    slot.len.store(1, SeqCst);
+    slot.bells.store(c.header().ends[End::Client.index()].bells_sent.load(SeqCst), SeqCst);
+    q.sent.0.store(n + 1, SeqCst);
+    let p = pipe();
+    let (client, passed) = (pair.client, p[0]);
+    let late = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        raw_marker_with_fd(client, passed)
+    });
+    let (got, data, fds) = recv(pair.server, 100);
+    assert_eq!(late.join().unwrap(), 1, "the marker was sent");
+    assert_eq!((got, &data[..], fds.len()), (1, &b"F"[..], 1), "the byte with its fd");
+    // The fd is the pipe's read end.
+    // SAFETY: a live buffer; the pipe's write end.
+    assert_eq!(unsafe { libc::write(p[1], b"x".as_ptr().cast(), 1) }, 1);
+    let mut one = [0u8; 1];
+    // SAFETY: a live buffer; the received fd.
+    assert_eq!(unsafe { libc::read(fds[0], one.as_mut_ptr().cast(), 1) }, 1);
+    assert_eq!(write(pair.client, b"after"), 5);
+    let (got, data, more) = recv(pair.server, 100);
+    assert_eq!((got, &data[..], more.len()), (5, &b"after"[..], 0));
+    for fd in [p[0], p[1], fds[0]] {
+        close(fd);
+    }
+}
+
+/// The marker byte with `fd` in `SCM_RIGHTS`, sent on `sock` by libc itself (not the hook), as
+/// the hook's writer sends it after publishing the record.
+fn raw_marker_with_fd(sock: c_int, fd: c_int) -> isize {
+    let marker = [ANC_MARKER];
+    let mut iov = libc::iovec { iov_base: marker.as_ptr() as *mut _, iov_len: 1 };
+    let mut cbuf = [0u64; 4];
+    // SAFETY: plain data.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    // SAFETY: size computations and writes inside `cbuf`, which `msg` describes.
+    unsafe {
+        msg.msg_controllen = libc::CMSG_SPACE(4) as usize;
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(4) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<c_int>(), fd);
+        libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL)
+    }
+}
+
 /// A peer that writes a record without sending a marker (or with wrong doorbell counts) only
 /// misplaces its own stream: the reader gets the bytes, no fd, and does not hang.
 #[test]
@@ -94,7 +158,7 @@ fn a_forged_record_gives_no_fd_and_no_hang() {
     let c = table::lookup(pair.client).unwrap();
     let q = &c.header().anc[End::Client.index()];
     let n = q.sent.0.load(SeqCst);
-    let slot = &q.slots[(n % tssx_common::segment::ANC_SLOTS as u64) as usize];
+    let slot = &q.slots[(n % ANC_SLOTS as u64) as usize];
     slot.pos.store(0, SeqCst);
     slot.len.store(u64::MAX, SeqCst);
     slot.bells.store(1 << 40, SeqCst);
