@@ -606,8 +606,9 @@ pub struct EndLine {
     pub replay_from: AtomicU64,
     /// Why this end gave the segment up, if it did before anything went on the rings: a
     /// [`GiveUp`] code, 0 if not said. Stored `Relaxed` before `joined` takes
-    /// [`JOIN_REFUSED`] (whose `SeqCst` store publishes it); for the agent's traces only. Zero
-    /// in segments made before it existed.
+    /// [`JOIN_REFUSED`] (whose `SeqCst` store publishes it); for the agent's traces only. It
+    /// took a reserved word without a version change: a hook that predates it leaves it zero
+    /// ("no reason given"), and an agent that predates it never reads it.
     pub gave_up: AtomicU32,
     /// Reserved, zero.
     pub reserved_word: u32,
