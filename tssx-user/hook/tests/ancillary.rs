@@ -130,24 +130,8 @@ fn a_marker_sent_late_still_brings_its_fd() {
 /// The marker byte with `fd` in `SCM_RIGHTS`, sent on `sock` by libc itself (not the hook), as
 /// the hook's writer sends it after publishing the record.
 fn raw_marker_with_fd(sock: c_int, fd: c_int) -> isize {
-    let marker = [ANC_MARKER];
-    let mut iov = libc::iovec { iov_base: marker.as_ptr() as *mut _, iov_len: 1 };
-    let mut cbuf = [0u64; 4];
-    // SAFETY: plain data.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.as_mut_ptr().cast();
-    // SAFETY: size computations and writes inside `cbuf`, which `msg` describes.
-    unsafe {
-        msg.msg_controllen = libc::CMSG_SPACE(4) as usize;
-        let c = libc::CMSG_FIRSTHDR(&msg);
-        (*c).cmsg_level = libc::SOL_SOCKET;
-        (*c).cmsg_type = libc::SCM_RIGHTS;
-        (*c).cmsg_len = libc::CMSG_LEN(4) as usize;
-        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<c_int>(), fd);
-        libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL)
-    }
+    // SAFETY: a msghdr over live buffers, as `with_fd` builds it.
+    support::with_fd(&[ANC_MARKER], fd, |msg| unsafe { libc::sendmsg(sock, msg, libc::MSG_NOSIGNAL) })
 }
 
 /// A peer that writes a record without sending a marker (or with wrong doorbell counts) only

@@ -64,6 +64,13 @@ pub fn install_swapped_growing(fds: [c_int; 2], ring: usize, initial: usize) {
 /// `sendmsg` of `bytes` with one fd (`SCM_RIGHTS`) through the hook: on a swapped connection,
 /// the bytes on the ring and the fd through the kernel (see `tssx_hook::anc`).
 pub fn send_with_fd(sock: c_int, bytes: &[u8], fd: c_int) -> isize {
+    // SAFETY: a msghdr over live buffers, as `with_fd` builds it.
+    with_fd(bytes, fd, |msg| unsafe { calls::sendmsg(sock, msg, 0) })
+}
+
+/// `send` called with a msghdr of `bytes` and one fd in `SCM_RIGHTS` (its buffers live for
+/// the call): its result.
+pub fn with_fd(bytes: &[u8], fd: c_int, send: impl FnOnce(&libc::msghdr) -> isize) -> isize {
     let mut iov = libc::iovec { iov_base: bytes.as_ptr() as *mut _, iov_len: bytes.len() };
     let mut cbuf = [0u64; 4];
     // SAFETY: plain data.
@@ -79,8 +86,8 @@ pub fn send_with_fd(sock: c_int, bytes: &[u8], fd: c_int) -> isize {
         (*c).cmsg_type = libc::SCM_RIGHTS;
         (*c).cmsg_len = libc::CMSG_LEN(4) as usize;
         std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<c_int>(), fd);
-        calls::sendmsg(sock, &msg, 0)
     }
+    send(&msg)
 }
 
 /// A segment with rings of `ring` bytes whose two ends are joined, ready and switched at byte 0
