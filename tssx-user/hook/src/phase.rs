@@ -115,6 +115,11 @@ const ANSWER_CHECK_MAX_NS: u64 = 50_000_000;
 /// peer whose claims the agent dropped in a burst keeps retrying (see [`DROPPED_RETRIES`]); a
 /// held claim costs this end a descriptor and a look every 50 ms at most.
 const CLAIM_GIVE_UP_NS: u64 = 30_000_000_000;
+
+/// The reason passed to [`Conn::give_up`] before the agent handed this end a segment (no
+/// agent, its answer plain, claims dropped, no answer): there is no end line to store it in, so
+/// it is never read.
+const NO_SEGMENT_YET: GiveUp = GiveUp::Unusable;
 /// After a "retry later" answer, the next claim goes out no sooner than this.
 const RETRY_AFTER_NS: u64 = 5_000_000;
 /// A claim the agent closed unanswered (it was busy: a burst of claims beyond the control
@@ -294,8 +299,7 @@ impl Conn {
             // No agent: plain for good.
             Err(claim::Unreachable::NoAgent) => {
                 drop(claim);
-                // (No segment yet: the reason goes nowhere.)
-                self.give_up(GiveUp::Unusable);
+                self.give_up(NO_SEGMENT_YET);
             }
         }
     }
@@ -314,7 +318,7 @@ impl Conn {
                 if now.saturating_sub(claim.sent_at) > CLAIM_GIVE_UP_NS {
                     claim.control = None;
                     drop(claim);
-                    self.give_up(GiveUp::Unusable);
+                    self.give_up(NO_SEGMENT_YET);
                     return;
                 }
                 if now.saturating_sub(claim.sent_at) > ANSWER_CHECK_STEADY_NS {
@@ -330,7 +334,7 @@ impl Conn {
             Answer::Plain => {
                 claim.control = None;
                 drop(claim);
-                self.give_up(GiveUp::Unusable);
+                self.give_up(NO_SEGMENT_YET);
             }
             Answer::Dropped if claim.dropped < DROPPED_RETRIES => {
                 // A burst of claims beyond what the agent serves at once: later, as the
@@ -343,7 +347,7 @@ impl Conn {
             Answer::Dropped => {
                 claim.control = None;
                 drop(claim);
-                self.give_up(GiveUp::Unusable);
+                self.give_up(NO_SEGMENT_YET);
             }
             Answer::Swap(memfd) => {
                 claim.control = None;

@@ -294,14 +294,9 @@ impl Connection {
         self.switched_at(End::Client).is_some() || self.switched_at(End::Server).is_some()
     }
 
-    /// The ends' `joined` values ([`JOIN_NONE`], `JOIN_MAPPED`, `JOIN_REFUSED`).
-    pub(super) fn joined(&self) -> [u32; 2] {
-        // Acquire: pairs with the hooks' SeqCst stores.
-        [End::Client, End::Server].map(|end| self.line(end).joined.load(Ordering::Acquire))
-    }
-
-    /// The ends' `joined` values, each with the reason code the end stored before it refused
-    /// (`gave_up`: a `GiveUp` code, untrusted; 0 if none).
+    /// The ends' `joined` values ([`JOIN_NONE`], `JOIN_MAPPED`, `JOIN_REFUSED`), each with the
+    /// reason code the end stored before it refused (`gave_up`: a `GiveUp` code, untrusted; 0 if
+    /// none).
     pub(super) fn joined_and_why(&self) -> [(u32, u32); 2] {
         [End::Client, End::Server].map(|end| {
             let line = self.line(end);
@@ -334,7 +329,7 @@ impl Connection {
 
     /// Why it is over at `now`, judged by the segment's header and `alive`; `None` if it is not.
     fn finished(&self, alive: &Alive, now: Instant, join_timeout: Duration) -> Option<Finished> {
-        let joined = self.joined();
+        let joined = self.joined_and_why().map(|(joined, _)| joined);
         match self.segment.state() {
             Some(SegmentState::Plain) => return Some(if self.committed() { Finished::HandedBack } else { Finished::GaveUp }),
             Some(SegmentState::Closed) | None => return Some(Finished::Closed),
