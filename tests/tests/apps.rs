@@ -846,3 +846,84 @@ fn dbus_daemon_gives_the_same_results_with_tssx() {
     assert!(bytes >= 800_000, "only {bytes} bytes of the client's connection crossed shared memory: {closed}");
     assert!(agent.stop().success());
 }
+
+// ------------------------------------------------------------------ Node.js and Python asyncio
+
+/// The test's echo programs for two language runtimes (see their headers).
+const RUNTIMES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/runtimes");
+
+/// The socket's place in [`echo_run`]'s argument lists.
+const SOCK: &str = "{sock}";
+
+/// One echo session on `sock`: `program` (`node` or `python3`) runs `script` as the server with
+/// `server` (its arguments, [`SOCK`] standing for `sock`) until it prints `ready`, then as each
+/// client of `clients` in turn, each run to its end; returns the clients' outputs and pids.
+fn echo_run(program: &str, script: &str, sock: &str, hooked: bool, server: &[&str], clients: &[&[&str]]) -> (String, Vec<u32>) {
+    let script = format!("{RUNTIMES}/{script}");
+    let args = |list: &[&str]| list.iter().map(|a| if *a == SOCK { sock.to_owned() } else { (*a).to_owned() }).collect::<Vec<_>>();
+    let mut cmd = command(program, hooked);
+    cmd.arg(&script).args(args(server));
+    let daemon = Daemon::spawn(if program == "node" { "node (nodejs)" } else { "python3" }, cmd);
+    daemon.process.expect_line("ready", DAEMON_TIMEOUT);
+    let (mut out, mut pids) = (String::new(), Vec::new());
+    for client in clients {
+        let mut cmd = command(program, hooked);
+        cmd.arg(&script).args(args(client));
+        let (lines, pid) = run_pid(cmd, None);
+        out += &lines;
+        pids.push(pid);
+    }
+    daemon.stop(libc::SIGTERM);
+    (out, pids)
+}
+
+/// Node.js (libuv: epoll, non-blocking `read`/`writev`, `accept4`) and Python's asyncio (its
+/// selector loop: epoll, `recv`/`send`): a client sends 300 messages of mixed sizes, 1 B to
+/// 300 KB, each echoed in full before the next, then half-closes. The echoes must be
+/// identical to plain (counts and SHA-256 of both directions), and each client's one
+/// connection swapped.
+#[test]
+fn node_and_python_asyncio_echo_the_same_with_tssx() {
+    require_root();
+    let dir = TempDir::new("app-runtimes");
+    let runs = [("node", "echo_node.js", "node"), ("/usr/bin/python3", "echo_asyncio.py", "asyncio")];
+    let socks: Vec<String> = runs.iter().map(|(_, _, name)| path_str(&dir.join(format!("{name}.sock")))).collect();
+    let agent = HookedAgent::start(&socks.iter().map(String::as_str).collect::<Vec<_>>());
+    for ((program, script, name), sock) in runs.iter().zip(&socks) {
+        let plain_sock = path_str(&dir.join(format!("{name}-plain.sock")));
+        let (server, clients): (&[&str], &[&[&str]]) = (&["server", SOCK], &[&["client", SOCK, "300"]]);
+        let (plain, _) = echo_run(program, script, &plain_sock, false, server, clients);
+        assert!(plain.contains("rounds 300,") && plain.contains("echo identical"), "{name} plain: {plain}");
+        let (tssx, pids) = echo_run(program, script, sock, true, server, clients);
+        assert_same(&format!("{name} echo session"), &plain, &tssx);
+        assert_client_swapped(&agent, sock, pids[0], 1, &format!("{name} client"));
+    }
+    assert!(agent.stop().success());
+}
+
+/// A Node.js cluster of two workers, 20 concurrent clients of 200 lines each (in one client
+/// process), in both of Node's scheduling policies:
+/// - `none`: each worker accepts on the shared listener itself, so a connection is accepted
+///   where it is served, and every one of the 20 must be swapped;
+/// - `rr` (Node's default on Linux): the primary accepts each connection and passes the socket
+///   to a worker with `SCM_RIGHTS` while it is still plain. A socket passed while plain never
+///   migrates (the worker cannot share the primary's byte counts; README, "Passing a swapped
+///   socket"): none may be swapped, and every line must still come back intact, with no stall.
+#[test]
+fn node_cluster_workers_echo_the_same_with_tssx() {
+    require_root();
+    let dir = TempDir::new("app-node-cluster");
+    let socks = [path_str(&dir.join("none.sock")), path_str(&dir.join("rr.sock"))];
+    let agent = HookedAgent::start(&[&socks[0], &socks[1]]);
+    for (policy, sock) in ["none", "rr"].into_iter().zip(&socks) {
+        let plain_sock = path_str(&dir.join(format!("{policy}-plain.sock")));
+        let (server, clients): (&[&str], &[&[&str]]) = (&["cluster", SOCK, policy], &[&["clients", SOCK, "20", "200"]]);
+        let (plain, _) = echo_run("node", "echo_node.js", &plain_sock, false, server, clients);
+        assert_eq!(plain.trim(), "4000 of 4000 lines echoed intact", "{policy} plain");
+        let (tssx, pids) = echo_run("node", "echo_node.js", sock, true, server, clients);
+        assert_same(&format!("node cluster ({policy}) session"), &plain, &tssx);
+        let expected = if policy == "none" { 20 } else { 0 };
+        assert_client_swapped(&agent, sock, pids[0], expected, &format!("node cluster ({policy}) clients"));
+    }
+    assert!(agent.stop().success());
+}

@@ -61,6 +61,10 @@ const DEBIAN_TOOLS: &[(&str, &str)] = &[
     ("gdbus", "libglib2.0-bin"),
     ("/usr/lib/python3/dist-packages/dbus/__init__.py", "python3-dbus"),
     ("/usr/lib/python3/dist-packages/gi/__init__.py", "python3-gi"),
+    // Two language runtimes' event loops on Unix sockets (tests/tests/apps.rs): Node.js (libuv,
+    // and its cluster module) and Python's asyncio (Debian's python3).
+    ("node", "nodejs"),
+    ("/usr/bin/python3", "python3"),
 ];
 /// Debian's hook for `invoke-rc.d`: while it exits 101, package scripts start no services.
 const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
