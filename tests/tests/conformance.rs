@@ -432,6 +432,7 @@ scenarios! {
     pselect_echo: "echo", server ["pselect", "20"], client ["20", "10"], connections 20, shm 2 * ECHO_20_10;
     epoll_oneshot_del_add_and_two_sets: "epoll_sets", server [], client [], connections 1, shm 34;
     epoll_edges_taken_before_the_move_stay_taken: "epoll_move", server [], client [], connections 1, shm 9;
+    epoll_instance_under_several_numbers: "epoll_dup", server [], client [], connections 1, shm 81;
     epoll_registered_before_connect: "epoll_early", server [], client [], connections 8, shm 81;
     readiness_mixed_with_pipe_and_timerfd: "mixed", server [], client [], connections 1, shm 12;
     nonblocking_eagain_fill_partial_pollout: "nonblock", server [], client [], connections 2, shm 1 << 20;

@@ -1163,7 +1163,7 @@ pub unsafe fn getsockopt(fd: c_int, level: c_int, name: c_int, value: *mut c_voi
 /// registration kept before a connect names.
 #[inline]
 pub(crate) fn has_close_state(fd: c_int) -> bool {
-    table::has_fd_state(fd) || epoll::has_set(fd) || preconnect::names_instance(fd)
+    table::has_fd_state(fd) || epoll::has_state(fd) || preconnect::names_instance(fd)
 }
 
 /// Whether `close(fd)` may go straight to libc: `fd` is not one of the hook's own, and the
@@ -1190,7 +1190,7 @@ pub(crate) fn forget_fd(fd: c_int) {
             table::close(fd)
         });
     }
-    if epoll::has_set(fd) {
+    if epoll::has_state(fd) {
         epoll::closed(fd);
     }
 }
@@ -1212,8 +1212,11 @@ pub unsafe fn dup(fd: c_int) -> c_int {
     adopt_kept_before_dup(fd);
     // SAFETY: forwarded as received.
     let new = unsafe { sys::dup(fd) };
-    if new >= 0 && table::lookup(fd).is_some() {
-        table::duplicated(fd, new);
+    if new >= 0 {
+        epoll::duplicated(fd, new);
+        if table::lookup(fd).is_some() {
+            table::duplicated(fd, new);
+        }
     }
     new
 }
@@ -1241,6 +1244,15 @@ fn adopt_kept_before_dup(fd: c_int) {
 
 /// Before a `dup2`/`dup3` of `old` onto `new`: registrations kept aside for an epoll instance
 /// `new` go the general way (as before a close), and `old` is duplicated with its record.
+/// After `dup2`/`dup3` put `old` on `new`: an epoll instance that was on `new` lost that number
+/// (as on `close`), and `new` is `old`'s instance now if that is one.
+fn replaced_epoll(old: c_int, new: c_int) {
+    if epoll::has_state(new) {
+        with_errno_kept(|| epoll::closed(new));
+    }
+    epoll::duplicated(old, new);
+}
+
 fn before_dup_onto(old: c_int, new: c_int) {
     adopt_kept_before_dup(old);
     with_errno_kept(|| preconnect::instance_closing(new));
@@ -1268,6 +1280,7 @@ pub unsafe fn dup2(old: c_int, new: c_int) -> c_int {
         table::forget_listener(new);
         // A socket on `new` registered before its connect was closed by the call.
         preconnect::forget(new);
+        replaced_epoll(old, new);
     }
     if rc >= 0 && old != new && (table::lookup(old).is_some() || table::lookup(new).is_some()) {
         table::duplicated(old, new);
@@ -1298,6 +1311,7 @@ pub unsafe fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
         table::forget_listener(new);
         // A socket on `new` registered before its connect was closed by the call.
         preconnect::forget(new);
+        replaced_epoll(old, new);
     }
     if rc >= 0 && (table::lookup(old).is_some() || table::lookup(new).is_some()) {
         table::duplicated(old, new);
@@ -1317,6 +1331,9 @@ pub unsafe fn fcntl(fd: c_int, cmd: c_int, arg: libc::c_ulong) -> c_int {
     // SAFETY: forwarded as received.
     let rc = unsafe { sys::fcntl(fd, cmd, arg) };
     if rc >= 0 {
+        if matches!(cmd, libc::F_DUPFD | libc::F_DUPFD_CLOEXEC) {
+            epoll::duplicated(fd, rc);
+        }
         if let Some(c) = table::lookup(fd) {
             match cmd {
                 libc::F_DUPFD | libc::F_DUPFD_CLOEXEC => table::duplicated(fd, rc),

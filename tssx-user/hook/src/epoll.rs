@@ -33,10 +33,15 @@
 //! a dup keeps the connection open keeps it (reported with its data, through the dup, until
 //! the connection's last fd closes).
 //!
+//! One instance under several numbers in one process (`dup`, `dup2`, `dup3`, `F_DUPFD`: mio,
+//! tokio's I/O driver, registers through a duplicate and waits on the original) is one set and
+//! one gate, those of the number that serves it ([`CANON`]); closing that number hands them to
+//! a duplicate.
+//!
 //! Limits: a user `data` value equal to [`TAG`] | fd for an fd of the same instance would be
 //! mistaken for a doorbell. Instances the hook did not see being made (inherited through
-//! `exec`, received with `SCM_RIGHTS`) or reached through a dup of the epoll fd have no shared
-//! list before a registration in this process. A process that shared an instance and died
+//! `exec`, received with `SCM_RIGHTS`) have no shared list before a registration in this
+//! process, and their duplicates are separate instances to the hook. A process that shared an instance and died
 //! unreaped (a zombie) still counts as sharing it until it is reaped: registrations of new
 //! connections made meanwhile are served by the kernel. A connection handed back so that the
 //! kernel's list serves it may show one `EPOLLIN` without data there if its peer follows the
@@ -52,7 +57,7 @@ use std::{
     cell::UnsafeCell,
     ptr::null_mut,
     sync::atomic::{
-        AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize,
+        AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize,
         Ordering::{Acquire, Relaxed, Release, SeqCst},
     },
 };
@@ -433,6 +438,103 @@ pub fn created(fd: c_int) {
     if let Some(word) = usize::try_from(fd).ok().and_then(|i| EPOLL_FDS.get(i / 64)) {
         word.fetch_or(1 << (fd % 64), Relaxed);
     }
+    // A new instance: whatever an earlier file on this number was an alias of is gone.
+    if ALIASED.get(fd) {
+        ALIASED.clear(fd);
+        if let Some(c) = usize::try_from(fd).ok().and_then(|i| CANON.get(i)) {
+            c.store(0, Relaxed);
+        }
+    }
+}
+
+/// Per fd: the number whose entries of [`SETS`] and [`GATES`] serve the epoll instance this fd
+/// is a duplicate of, plus one (0: the fd's own entries). Several numbers of one instance are
+/// one instance to the hook, as to the kernel: mio (tokio's I/O driver) registers every socket
+/// through a duplicate of its epoll fd (`Registry::try_clone`) and waits on the original, and
+/// a wait on one number must report (and filter) what was registered through the other.
+/// Relaxed: set by the thread that made the duplicate, before the application can name it.
+static CANON: [AtomicI32; MAX_FDS] = [const { AtomicI32::new(0) }; MAX_FDS];
+/// One bit per fd that is a duplicate of another epoll fd's instance ([`CANON`]) or has
+/// duplicates: its close goes through [`closed`]. Relaxed: as [`CANON`].
+static ALIASED: crate::table::FdBits = crate::table::FdBits::new();
+
+/// The number whose entries serve `epfd`'s instance (see [`CANON`]): `epfd` itself unless it
+/// is a duplicate. One load.
+#[inline]
+fn canon(epfd: c_int) -> c_int {
+    match usize::try_from(epfd).ok().and_then(|i| CANON.get(i)).map(|c| c.load(Relaxed)) {
+        Some(n) if n > 0 => n - 1,
+        _ => epfd,
+    }
+}
+
+/// `dup`, `dup2`, `dup3` or `fcntl(F_DUPFD*)` made `new` a duplicate of `old`: if `old` is an
+/// epoll instance this process made (or one the hook keeps a set for), `new` is that instance
+/// too (see [`CANON`]). Nothing for any other fd (one load).
+pub fn duplicated(old: c_int, new: c_int) {
+    let epoll = usize::try_from(old).ok().and_then(|i| EPOLL_FDS.get(i / 64)).is_some_and(|w| w.load(Relaxed) & (1 << (old % 64)) != 0);
+    if old == new || !(epoll || has_set(old)) {
+        return;
+    }
+    let Some(slot) = usize::try_from(new).ok().and_then(|i| CANON.get(i)) else { return };
+    let home = canon(old);
+    slot.store(home + 1, Relaxed);
+    ALIASED.set(new);
+    ALIASED.set(home);
+    created_number(new);
+}
+
+/// Marks `fd` as an epoll fd of this process ([`EPOLL_FDS`]) without touching its aliasing.
+fn created_number(fd: c_int) {
+    if let Some(word) = usize::try_from(fd).ok().and_then(|i| EPOLL_FDS.get(i / 64)) {
+        crate::table::note_state(fd as usize);
+        word.fetch_or(1 << (fd % 64), Relaxed);
+    }
+}
+
+/// Whether closing `fd` must go through [`closed`] for its epoll state: it has a set, or is
+/// (or has) a duplicate.
+#[inline]
+pub fn has_state(fd: c_int) -> bool {
+    ALIASED.get(fd) || has_set(fd)
+}
+
+/// `fd` is closing and is a duplicate of an instance, or has duplicates: unlinks it. `true`
+/// when the instance lives on under another number (its set, if any, is kept there), `false`
+/// when `fd` was its last number here (the caller frees what `fd` holds).
+fn unalias(fd: c_int) -> bool {
+    ALIASED.clear(fd);
+    let Some(slot) = usize::try_from(fd).ok().and_then(|i| CANON.get(i)) else { return false };
+    if slot.swap(0, Relaxed) != 0 {
+        // A duplicate: its instance's entries are another number's.
+        return true;
+    }
+    // The number whose entries serve the instance: the first duplicate found takes them over,
+    // and the others name it from now on (rare: every fd with state is below the high-water
+    // mark).
+    let mut heir: Option<c_int> = None;
+    for (i, c) in CANON.iter().enumerate().take(crate::table::state_limit()) {
+        if c.load(Relaxed) == fd + 1 {
+            match heir {
+                None => {
+                    c.store(0, Relaxed);
+                    heir = Some(i as c_int);
+                }
+                Some(h) => {
+                    c.store(h + 1, Relaxed);
+                    ALIASED.set(h);
+                }
+            }
+        }
+    }
+    let Some(heir) = heir else { return false };
+    let old = SETS[fd as usize].swap(null_mut(), Acquire);
+    if !old.is_null() {
+        SET_BITS[fd as usize / 64].fetch_and(!(1 << (fd % 64)), Relaxed);
+        SETS[heir as usize].store(old, Release);
+        SET_BITS[heir as usize / 64].fetch_or(1 << (heir % 64), Relaxed);
+    }
+    true
 }
 
 /// Per epoll fd: threads inside a kernel wait on it (low bits) and [`GATE_CLOSED`]. A waiter
@@ -449,12 +551,15 @@ const GATE_CLOSED: u32 = 1 << 31;
 
 /// Closes `epfd`'s gate if no thread waits in it now (see [`crate::phase`]).
 pub fn gate_close(epfd: c_int) -> bool {
-    usize::try_from(epfd).ok().and_then(|i| GATES.get(i)).is_some_and(|g| g.0.compare_exchange(0, GATE_CLOSED, SeqCst, SeqCst).is_ok())
+    usize::try_from(canon(epfd))
+        .ok()
+        .and_then(|i| GATES.get(i))
+        .is_some_and(|g| g.0.compare_exchange(0, GATE_CLOSED, SeqCst, SeqCst).is_ok())
 }
 
 /// Opens a gate [`gate_close`] closed.
 pub fn gate_open(epfd: c_int) {
-    if let Some(g) = usize::try_from(epfd).ok().and_then(|i| GATES.get(i)) {
+    if let Some(g) = usize::try_from(canon(epfd)).ok().and_then(|i| GATES.get(i)) {
         g.0.fetch_and(!GATE_CLOSED, SeqCst);
     }
 }
@@ -464,7 +569,7 @@ struct Waiting(Option<&'static AtomicU32>);
 
 impl Waiting {
     fn enter(epfd: c_int) -> Waiting {
-        let Some(g) = usize::try_from(epfd).ok().and_then(|i| GATES.get(i)) else { return Waiting(None) };
+        let Some(g) = usize::try_from(canon(epfd)).ok().and_then(|i| GATES.get(i)) else { return Waiting(None) };
         loop {
             // SeqCst: pairs with the compare-and-swap of `gate_close`.
             if g.0.fetch_add(1, SeqCst) & GATE_CLOSED == 0 {
@@ -486,7 +591,7 @@ impl Drop for Waiting {
 }
 
 fn set_of(epfd: c_int) -> Option<&'static Set> {
-    let ptr = SETS.get(usize::try_from(epfd).ok()?)?.load(Acquire);
+    let ptr = SETS.get(usize::try_from(canon(epfd)).ok()?)?.load(Acquire);
     // SAFETY: non-null entries are leaked `Set`s, freed only when the epoll fd closes.
     (!ptr.is_null()).then(|| unsafe { &*ptr })
 }
@@ -495,6 +600,8 @@ fn set_or_new(epfd: c_int) -> Option<&'static Set> {
     if let Some(s) = set_of(epfd) {
         return Some(s);
     }
+    // The set of a duplicate's instance lives under the number that serves it.
+    let epfd = canon(epfd);
     let slot = SETS.get(usize::try_from(epfd).ok()?)?;
     crate::table::note_state(epfd as usize);
     // SAFETY: a fresh anonymous shared mapping (no file, no fixed address); untouched pages
@@ -568,6 +675,10 @@ pub fn closed(fd: c_int) {
         if word.load(Relaxed) & (1 << (fd % 64)) != 0 {
             word.fetch_and(!(1 << (fd % 64)), Relaxed);
         }
+    }
+    if ALIASED.get(fd) && unalias(fd) {
+        // Another number keeps the instance (and its set) open.
+        return;
     }
     if let Some(slot) = usize::try_from(fd).ok().and_then(|i| SETS.get(i)) {
         let old = slot.swap(null_mut(), Acquire);
