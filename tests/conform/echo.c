@@ -12,6 +12,11 @@
  *
  * Accepted sockets are made non-blocking in two ways: accept4(SOCK_NONBLOCK) for epoll-et,
  * epoll-pwait, select and pselect, accept() then fcntl(F_SETFL, O_NONBLOCK) for the others.
+ *
+ * With CONFORM_WARMUP (see conform.h) each connection is warmed up when it is opened, one at a
+ * time: the client's connect_to, the server's warm_up right after the accept (the epoll servers
+ * after they registered the socket, so that its registration is the one that moves with it).
+ * The warm-up's bytes are the warm-up's own: never echoed, never counted.
  */
 #include "conform.h"
 
@@ -55,6 +60,12 @@ static int do_accept(int lfd) {
     conns[fd].len = 0;
     accepted++;
     return fd;
+}
+
+/* do_accept, then the warm-up of the accepted socket (see conform.h). */
+static void accept_warm(int lfd) {
+    int fd = do_accept(lfd);
+    if (fd >= 0) warm_up(fd, 1);
 }
 
 /* Writes pending bytes until done or EAGAIN. */
@@ -122,6 +133,7 @@ static void run_epoll(int lfd, int nconn, int edge, int pwait) {
                     struct epoll_event cev = {.data.fd = cfd};
                     cev.events = edge ? EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET : EPOLLIN;
                     CHECK(epoll_ctl(ep, EPOLL_CTL_ADD, cfd, &cev) == 0);
+                    warm_up(cfd, 1);
                     if (!edge) break; /* level-triggered: one per event is enough */
                 }
                 continue;
@@ -154,7 +166,7 @@ static void run_poll(int lfd, int nconn, int ppoll_mode) {
         for (int i = 0; i < n; i++) {
             if (!fds[i].revents) continue;
             CHECK(!(fds[i].revents & POLLNVAL));
-            if (fds[i].fd == lfd) do_accept(lfd);
+            if (fds[i].fd == lfd) accept_warm(lfd);
             else pump(fds[i].fd);
         }
     }
@@ -181,7 +193,7 @@ static void run_select(int lfd, int nconn, int pselect_mode) {
                               : select(maxfd + 1, &rd, &wr, NULL, NULL);
         if (rc < 0 && errno == EINTR) continue;
         CHECK(rc > 0);
-        if (accepted < nconn && FD_ISSET(lfd, &rd)) do_accept(lfd);
+        if (accepted < nconn && FD_ISSET(lfd, &rd)) accept_warm(lfd);
         for (int fd = 0; fd <= maxfd; fd++)
             if (fd != lfd && conns[fd].open && (FD_ISSET(fd, &rd) || FD_ISSET(fd, &wr))) pump(fd);
     }
@@ -209,7 +221,7 @@ static void client(const char *path, int nconn, int rounds) {
     size_t *sizes = calloc((size_t)nconn, sizeof *sizes);
     CHECK(fds && out && in && sizes);
     for (int i = 0; i < nconn; i++) {
-        fds[i] = connect_plain(path);
+        fds[i] = connect_to(path);
         out[i] = xs_new((uint64_t)i + 1);
         in[i] = xs_new((uint64_t)i + 1);
     }
@@ -217,11 +229,7 @@ static void client(const char *path, int nconn, int rounds) {
     unsigned long long total = 0;
     int bad = 0;
     char buf[3000];
-    /* With CONFORM_WARMUP (see conform.h), rounds are 2 ms apart: the connections, all
-     * opened at once, get the time to move onto tssx's rings while they are in use. */
-    int pause = getenv("CONFORM_WARMUP") != NULL;
     for (int r = 0; r < rounds; r++) {
-        if (pause && r) usleep(2000);
         for (int i = 0; i < nconn; i++) {
             sizes[i] = xs_range(&out[i], 1, sizeof buf);
             xs_fill(&out[i], buf, sizes[i]);
