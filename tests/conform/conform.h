@@ -433,6 +433,31 @@ HELPER void expect_byte(int fd, char c) {
 
 HELPER void write_str(int fd, const char *s) { write_full(fd, s, strlen(s)); }
 
+/* A client's next one-byte command from its server (retrying on EINTR): 1 with the byte in
+ * `cmd`, or 0 once the read ended (EOF or an error), said as "read -> ..." (the transcript's). */
+HELPER int next_command(int fd, char *cmd) {
+    for (;;) {
+        ssize_t r = read(fd, cmd, 1);
+        if (r < 0 && errno == EINTR) continue;
+        if (r == 1) return 1;
+        say("read -> %s%s", rcstr(r, errno), r == 0 ? " EOF" : "");
+        return 0;
+    }
+}
+
+/* A client's side of the word protocol: for each 'g' its server sends, the next of the `n`
+ * `words` (said as "sent WORD"), until the read ends (see next_command). */
+HELPER void send_words_on_cue(int fd, const char *const *words, size_t n) {
+    size_t next = 0;
+    char cmd;
+    while (next_command(fd, &cmd)) {
+        CHECK(cmd == 'g');
+        CHECK(next < n);
+        write_str(fd, words[next]);
+        say("sent %s", words[next++]);
+    }
+}
+
 /* Reads exactly strlen(s) bytes and checks they are `s`. */
 HELPER void expect_str(int fd, const char *s) {
     char buf[256];

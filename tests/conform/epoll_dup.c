@@ -73,20 +73,7 @@ static void client(const char *path) {
     static const char *words[] = {"one", "two", "three", "four", "five", "six", "seven",
                                   "eight", "nine", "ten", "eleven", "twelve", "thirteen", "fourteen"};
     int fd = connect_to(path);
-    size_t next = 0;
-    for (;;) {
-        char cmd;
-        ssize_t r = read(fd, &cmd, 1);
-        if (r < 0 && errno == EINTR) continue;
-        if (r <= 0) {
-            say("read -> %s%s", rcstr(r, errno), r == 0 ? " EOF" : "");
-            break;
-        }
-        CHECK(cmd == 'g');
-        CHECK(next < sizeof words / sizeof words[0]);
-        write_str(fd, words[next]);
-        say("sent %s", words[next++]);
-    }
+    send_words_on_cue(fd, words, sizeof words / sizeof words[0]);
 }
 
 int main(int argc, char **argv) {

@@ -127,20 +127,7 @@ static void server(const char *path) {
 static void client(const char *path) {
     static const char *words[] = {"one", "two", "three", "four", "five", "six", "seven"};
     int fd = connect_to(path);
-    size_t next = 0;
-    for (;;) {
-        char cmd;
-        ssize_t r = read(fd, &cmd, 1);
-        if (r < 0 && errno == EINTR) continue;
-        if (r <= 0) {
-            say("read -> %s%s", rcstr(r, errno), r == 0 ? " EOF" : "");
-            break;
-        }
-        CHECK(cmd == 'g');
-        CHECK(next < sizeof words / sizeof words[0]);
-        write_str(fd, words[next]);
-        say("sent %s", words[next++]);
-    }
+    send_words_on_cue(fd, words, sizeof words / sizeof words[0]);
     char last;
     SHOW_DATA("read again", &last, read(fd, &last, 1));
 }

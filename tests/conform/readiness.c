@@ -313,14 +313,8 @@ static void server(const char *path, const char *mode) {
 static void client(const char *path) {
     int fd = connect_to(path), second = -1;
     size_t next = 0;
-    for (;;) {
-        char cmd;
-        ssize_t r = read(fd, &cmd, 1);
-        if (r < 0 && errno == EINTR) continue;
-        if (r <= 0) {
-            say("read -> %s%s", rcstr(r, errno), r == 0 ? " EOF" : "");
-            break;
-        }
+    char cmd;
+    while (next_command(fd, &cmd)) {
         if (cmd == 'c') {
             second = connect_to(path);
             say("second connection");

@@ -120,6 +120,18 @@ fn run_pid(mut cmd: Command, stdin: Option<&[u8]>) -> (String, u32) {
     (stdout, pid)
 }
 
+/// Runs each client to its end, one after the other (as [`run_pid`]); returns their outputs,
+/// concatenated, and their pids.
+fn run_each(clients: impl IntoIterator<Item = Command>) -> (String, Vec<u32>) {
+    let (mut out, mut pids) = (String::new(), Vec::new());
+    for client in clients {
+        let (lines, pid) = run_pid(client, None);
+        out += &lines;
+        pids.push(pid);
+    }
+    (out, pids)
+}
+
 /// The (client pid, server pid) of each `swapped` line on `path` (its message is `swapped
 /// CLIENT_PID/comm <-> SERVER_PID/comm`).
 fn swapped_pairs(agent: &Agent, path: &str) -> Vec<(u32, u32)> {
@@ -445,16 +457,14 @@ fn memcached_run(sock: &str, hooked: bool) -> (String, Vec<u32>) {
     server.args(["-s", sock, "-a", "0700", "-u", "root", "-t", "2", "-m", "64"]);
     let mut server = Daemon::spawn("memcached", server);
     server.wait_ready(|| Path::new(sock).exists());
-    let (mut out, mut pids) = (String::new(), Vec::new());
-    for rounds in ["200", "50"] {
+    let clients = ["200", "50"].map(|rounds| {
         let mut client = command(MEMCACHE, hooked);
         client.args([sock, rounds]);
-        let (lines, pid) = run_pid(client, None);
-        out += &lines;
-        pids.push(pid);
-    }
+        client
+    });
+    let ran = run_each(clients);
     server.stop(libc::SIGTERM);
-    (out, pids)
+    ran
 }
 
 #[test]
@@ -871,16 +881,13 @@ fn echo_run(program: &str, script: &str, sock: &str, hooked: bool, server: &[&st
     };
     let daemon = Daemon::spawn(name, cmd);
     daemon.process.expect_line("ready", DAEMON_TIMEOUT);
-    let (mut out, mut pids) = (String::new(), Vec::new());
-    for client in clients {
+    let ran = run_each(clients.iter().map(|client| {
         let mut cmd = command(program, hooked);
         cmd.args(&script).args(args(client));
-        let (lines, pid) = run_pid(cmd, None);
-        out += &lines;
-        pids.push(pid);
-    }
+        cmd
+    }));
     daemon.stop(libc::SIGTERM);
-    (out, pids)
+    ran
 }
 
 /// Node.js (libuv: epoll, non-blocking `read`/`writev`, `accept4`) and Python's asyncio (its
