@@ -1244,6 +1244,11 @@ fn adopt_kept_before_dup(fd: c_int) {
 
 /// Before a `dup2`/`dup3` of `old` onto `new`: registrations kept aside for an epoll instance
 /// `new` go the general way (as before a close), and `old` is duplicated with its record.
+fn before_dup_onto(old: c_int, new: c_int) {
+    adopt_kept_before_dup(old);
+    with_errno_kept(|| preconnect::instance_closing(new));
+}
+
 /// After `dup2`/`dup3` put `old` on `new`: an epoll instance that was on `new` lost that number
 /// (as on `close`), and `new` is `old`'s instance now if that is one.
 fn replaced_epoll(old: c_int, new: c_int) {
@@ -1251,11 +1256,6 @@ fn replaced_epoll(old: c_int, new: c_int) {
         with_errno_kept(|| epoll::closed(new));
     }
     epoll::duplicated(old, new);
-}
-
-fn before_dup_onto(old: c_int, new: c_int) {
-    adopt_kept_before_dup(old);
-    with_errno_kept(|| preconnect::instance_closing(new));
 }
 
 /// libc's `dup2`.

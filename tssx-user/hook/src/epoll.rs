@@ -41,8 +41,8 @@
 //! Limits: a user `data` value equal to [`TAG`] | fd for an fd of the same instance would be
 //! mistaken for a doorbell. Instances the hook did not see being made (inherited through
 //! `exec`, received with `SCM_RIGHTS`) have no shared list before a registration in this
-//! process, and their duplicates are separate instances to the hook. A process that shared an instance and died
-//! unreaped (a zombie) still counts as sharing it until it is reaped: registrations of new
+//! process, and their duplicates are separate instances to the hook. A process that shared an
+//! instance and died unreaped (a zombie) still counts as sharing it until it is reaped: registrations of new
 //! connections made meanwhile are served by the kernel. A connection handed back so that the
 //! kernel's list serves it may show one `EPOLLIN` without data there if its peer follows the
 //! hand-back during a call that writes nothing (the peer's last doorbell is skipped by the next
