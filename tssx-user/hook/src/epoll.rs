@@ -69,7 +69,7 @@ use crate::{
     signals::Mark,
     spin::{self, now_ns, Spun},
     sys,
-    table::{lookup, lookup_swapped, ConnRef, MAX_FDS},
+    table::{lookup, lookup_swapped, ConnRef, FdBits, MAX_FDS},
 };
 
 /// High half of the kernel registration data of a swapped fd's real socket ("tSSX").
@@ -428,16 +428,14 @@ static SETS: [AtomicPtr<Set>; MAX_FDS] = [const { AtomicPtr::new(null_mut()) }; 
 static LIVE_SETS: AtomicUsize = AtomicUsize::new(0);
 /// One bit per fd whose entry of [`SETS`] is set, so that a scan reads 1024 words, not 65536
 /// pointers. Relaxed: a hint; [`SETS`] carries the ordering.
-static SET_BITS: [AtomicU64; MAX_FDS / 64] = [const { AtomicU64::new(0) }; MAX_FDS / 64];
+static SET_BITS: FdBits = FdBits::new();
 /// One bit per fd: an epoll instance made by `epoll_create`/`epoll_create1` in this process and
 /// not closed (a `fork` gives each one a shared list). Relaxed: a hint about this process's fds.
-static EPOLL_FDS: [AtomicU64; MAX_FDS / 64] = [const { AtomicU64::new(0) }; MAX_FDS / 64];
+static EPOLL_FDS: FdBits = FdBits::new();
 
 /// `epoll_create`/`epoll_create1` returned `fd`.
 pub fn created(fd: c_int) {
-    if let Some(word) = usize::try_from(fd).ok().and_then(|i| EPOLL_FDS.get(i / 64)) {
-        word.fetch_or(1 << (fd % 64), Relaxed);
-    }
+    EPOLL_FDS.set(fd);
     // A new instance: whatever an earlier file on this number was an alias of is gone.
     if ALIASED.get(fd) {
         ALIASED.clear(fd);
@@ -456,7 +454,7 @@ pub fn created(fd: c_int) {
 static CANON: [AtomicI32; MAX_FDS] = [const { AtomicI32::new(0) }; MAX_FDS];
 /// One bit per fd that is a duplicate of another epoll fd's instance ([`CANON`]) or has
 /// duplicates: its close goes through [`closed`]. Relaxed: as [`CANON`].
-static ALIASED: crate::table::FdBits = crate::table::FdBits::new();
+static ALIASED: FdBits = FdBits::new();
 
 /// The number whose entries serve `epfd`'s instance (see [`CANON`]): `epfd` itself unless it
 /// is a duplicate. One load.
@@ -472,8 +470,7 @@ fn canon(epfd: c_int) -> c_int {
 /// epoll instance this process made (or one the hook keeps a set for), `new` is that instance
 /// too (see [`CANON`]). Nothing for any other fd (one load).
 pub fn duplicated(old: c_int, new: c_int) {
-    let epoll = usize::try_from(old).ok().and_then(|i| EPOLL_FDS.get(i / 64)).is_some_and(|w| w.load(Relaxed) & (1 << (old % 64)) != 0);
-    if old == new || !(epoll || has_set(old)) {
+    if old == new || !(EPOLL_FDS.get(old) || has_set(old)) {
         return;
     }
     let Some(slot) = usize::try_from(new).ok().and_then(|i| CANON.get(i)) else { return };
@@ -481,15 +478,7 @@ pub fn duplicated(old: c_int, new: c_int) {
     slot.store(home + 1, Relaxed);
     ALIASED.set(new);
     ALIASED.set(home);
-    created_number(new);
-}
-
-/// Marks `fd` as an epoll fd of this process ([`EPOLL_FDS`]) without touching its aliasing.
-fn created_number(fd: c_int) {
-    if let Some(word) = usize::try_from(fd).ok().and_then(|i| EPOLL_FDS.get(i / 64)) {
-        crate::table::note_state(fd as usize);
-        word.fetch_or(1 << (fd % 64), Relaxed);
-    }
+    EPOLL_FDS.set(new);
 }
 
 /// Whether closing `fd` must go through [`closed`] for its epoll state: it has a set, or is
@@ -530,9 +519,9 @@ fn unalias(fd: c_int) -> bool {
     let Some(heir) = heir else { return false };
     let old = SETS[fd as usize].swap(null_mut(), Acquire);
     if !old.is_null() {
-        SET_BITS[fd as usize / 64].fetch_and(!(1 << (fd % 64)), Relaxed);
+        SET_BITS.clear(fd);
         SETS[heir as usize].store(old, Release);
-        SET_BITS[heir as usize / 64].fetch_or(1 << (heir % 64), Relaxed);
+        SET_BITS.set(heir);
     }
     true
 }
@@ -635,7 +624,7 @@ fn set_or_new(epfd: c_int) -> Option<&'static Set> {
         unsafe { drop_set(new) };
     } else {
         LIVE_SETS.fetch_add(1, Relaxed);
-        SET_BITS[epfd as usize / 64].fetch_or(1 << (epfd % 64), Relaxed);
+        SET_BITS.set(epfd);
     }
     set_of(epfd)
 }
@@ -656,14 +645,9 @@ fn for_each_set(mut f: impl FnMut(c_int, &'static Set)) {
     if LIVE_SETS.load(Relaxed) == 0 {
         return;
     }
-    for (w, word) in SET_BITS.iter().enumerate() {
-        let mut bits = word.load(Relaxed);
-        while bits != 0 {
-            let fd = (w * 64 + bits.trailing_zeros() as usize) as c_int;
-            bits &= bits - 1;
-            if let Some(set) = set_of(fd) {
-                f(fd, set);
-            }
+    for fd in SET_BITS.ones() {
+        if let Some(set) = set_of(fd) {
+            f(fd, set);
         }
     }
 }
@@ -671,11 +655,7 @@ fn for_each_set(mut f: impl FnMut(c_int, &'static Set)) {
 /// `close(epfd)`: forget its interests (in this process: another one that shares the
 /// instance keeps the list).
 pub fn closed(fd: c_int) {
-    if let Some(word) = usize::try_from(fd).ok().and_then(|i| EPOLL_FDS.get(i / 64)) {
-        if word.load(Relaxed) & (1 << (fd % 64)) != 0 {
-            word.fetch_and(!(1 << (fd % 64)), Relaxed);
-        }
-    }
+    EPOLL_FDS.clear(fd);
     if ALIASED.get(fd) && unalias(fd) {
         // Another number keeps the instance (and its set) open.
         return;
@@ -684,7 +664,7 @@ pub fn closed(fd: c_int) {
         let old = slot.swap(null_mut(), Acquire);
         if !old.is_null() {
             LIVE_SETS.fetch_sub(1, Relaxed);
-            SET_BITS[fd as usize / 64].fetch_and(!(1 << (fd % 64)), Relaxed);
+            SET_BITS.clear(fd);
             // SAFETY: the set was leaked by `set_or_new`; a concurrent epoll_wait on a closing
             // epoll fd is an application bug (EBADF), as with the kernel.
             unsafe {
@@ -699,13 +679,8 @@ pub fn closed(fd: c_int) {
 /// the instance), and an instance that was private until now notes which connections the child
 /// will hold (every one made so far).
 pub fn before_fork() {
-    for (w, word) in EPOLL_FDS.iter().enumerate() {
-        let mut bits = word.load(Relaxed);
-        while bits != 0 {
-            let fd = (w * 64 + bits.trailing_zeros() as usize) as c_int;
-            bits &= bits - 1;
-            let _ = set_or_new(fd);
-        }
+    for fd in EPOLL_FDS.ones() {
+        let _ = set_or_new(fd);
     }
     let mark = crate::table::id_mark();
     for_each_set(|_, set| {

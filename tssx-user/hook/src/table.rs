@@ -172,6 +172,21 @@ impl FdBits {
             }
         }
     }
+
+    /// The fds whose bit is set, lowest first (one load per word, each word read once).
+    pub(crate) fn ones(&self) -> impl Iterator<Item = c_int> + '_ {
+        self.0.iter().enumerate().flat_map(|(w, word)| {
+            let mut bits = word.load(Relaxed);
+            std::iter::from_fn(move || {
+                if bits == 0 {
+                    return None;
+                }
+                let fd = (w * 64 + bits.trailing_zeros() as usize) as c_int;
+                bits &= bits - 1;
+                Some(fd)
+            })
+        })
+    }
 }
 
 /// Marks (or unmarks) `fd` as an unconnected Unix stream socket.
