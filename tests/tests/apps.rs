@@ -966,3 +966,39 @@ fn tokio_runtimes_echo_the_same_with_tssx() {
     }
     assert!(agent.stop().success());
 }
+
+/// Python's multiprocessing in its three start methods (`fork`, `forkserver`, `spawn`;
+/// `tests/runtimes/multiprocessing_py.py`): a `Listener` answering 3 worker processes'
+/// `Client`s (150 messages of up to 300 KB each, then a pipe's fd passed with
+/// `reduction.send_handle` on the swapped connection), a `Manager`'s shared dict and queue,
+/// and a `Pool`. Everything runs under a directory the agent watches by prefix (`TMPDIR`
+/// points the Manager's and the forkserver's sockets there too). The outputs must be identical
+/// to plain, and the 3 workers' connections swapped.
+#[test]
+fn python_multiprocessing_gives_the_same_results_with_tssx() {
+    require_root();
+    let dir = TempDir::new("app-multiprocessing");
+    let watched = dir.join("watched");
+    let agent = HookedAgent::start(&[&format!("{}/", path_str(&watched))]);
+    for method in ["fork", "forkserver", "spawn"] {
+        let session = |base: &Path, hooked: bool| {
+            let run_dir = base.join(method);
+            std::fs::create_dir_all(&run_dir).expect("run directory");
+            let mut cmd = command("/usr/bin/python3", hooked);
+            cmd.env("TMPDIR", &run_dir).arg(format!("{RUNTIMES}/multiprocessing_py.py")).arg(method).arg(&run_dir);
+            (run(cmd, None), path_str(&run_dir.join("pymp-test/listener.sock")))
+        };
+        let (plain, _) = session(&dir.join("plain"), false);
+        assert!(plain.matches("through a passed pipe").count() == 3 && plain.contains("manager: 600 keys"), "{method} plain: {plain}");
+        let (tssx, listener) = session(&watched, true);
+        assert_same(&format!("multiprocessing ({method}) session"), &plain, &tssx);
+        let swapped = agent.wait_for("swapped", &listener, 3, TRACE_TIMEOUT);
+        assert_eq!(
+            swapped.len(),
+            3,
+            "multiprocessing ({method}): the 3 workers' connections must be swapped (not swapped: {:?})",
+            not_swapped_reasons(&agent, &listener)
+        );
+    }
+    assert!(agent.stop().success());
+}
