@@ -13,13 +13,17 @@
 //!    clients (with `--claim-after 0`), each keepalive upstream connection of nginx. nscd's
 //!    connections must never be swapped (its client never claims) and never stall.
 //!
+//! Three heavy users of Unix stream sockets beside them: Xvfb and X clients (Xlib, xcb, fds
+//! passed both ways with MIT-SHM), tmux (every client passes its fds to the server) and socat.
+//!
 //! These servers use epoll and non-blocking sockets, PostgreSQL forks a backend per connection,
 //! nginx registers upstream sockets with epoll before it connects: (2) needs the hook to cover
 //! those.
 //!
 //! The Debian packages come from `cargo xtask setup`. The servers run on private sockets in a
 //! temporary directory (Redis with `--port 0`, PostgreSQL with `listen_addresses=''`, memcached
-//! with `-s`, nginx with a private prefix and a free loopback port), nscd and its agent in a
+//! with `-s`, nginx with a private prefix and a free loopback port, Xvfb on display numbers
+//! nothing else uses, `:7371` and `:7373`, with `-nolisten tcp`), nscd and its agent in a
 //! private mount namespace with their own `/run/nscd` and `/run/tssx`, so they never touch the
 //! default ports, sockets or the machine's name lookups.
 
@@ -843,15 +847,7 @@ fn dbus_daemon_gives_the_same_results_with_tssx() {
     }
     // The client's connection stayed on the rings through the fd passing: both 200 KB echoes
     // (one after the fds), each way, crossed shared memory.
-    let client = clients[1].0;
-    let connection = agent
-        .events_on("swapped", &tssx_sock)
-        .into_iter()
-        .find(|e| e["message"].as_str().is_some_and(|m| m.starts_with(&format!("swapped {client}/"))))
-        .map(|e| e["connection"].clone())
-        .expect("the client's swap");
-    poll_until(TRACE_TIMEOUT, || agent.events_on("closed", &tssx_sock).iter().any(|c| c["connection"] == connection));
-    let closed = agent.events_on("closed", &tssx_sock).into_iter().find(|c| c["connection"] == connection).expect("closed");
+    let closed = closed_of(&agent, &tssx_sock, clients[1].0);
     let bytes = closed["bytes_client_to_server"].as_u64().unwrap_or(0) + closed["bytes_server_to_client"].as_u64().unwrap_or(0);
     assert!(bytes >= 800_000, "only {bytes} bytes of the client's connection crossed shared memory: {closed}");
     assert!(agent.stop().success());
@@ -999,6 +995,276 @@ fn python_multiprocessing_gives_the_same_results_with_tssx() {
             "multiprocessing ({method}): the 3 workers' connections must be swapped (not swapped: {:?})",
             not_swapped_reasons(&agent, &listener)
         );
+    }
+    assert!(agent.stop().success());
+}
+
+// ------------------------------------------------------------------------------------------ X11
+
+/// The X11 test's displays, plain and under tssx: private numbers. A display's sockets are
+/// `/tmp/.X11-unix/X<N>` and the abstract `@/tmp/.X11-unix/X<N>`, which Xlib and xcb try first.
+const X_PLAIN: u32 = 7371;
+const X_TSSX: u32 = 7373;
+/// The test's X client that passes fds both ways over its connection (see its header).
+const SHM_FDS_C: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/x11/shm_fds.c");
+
+/// Both sockets of display `display`.
+fn x_sockets(display: u32) -> [String; 2] {
+    [format!("/tmp/.X11-unix/X{display}"), format!("@/tmp/.X11-unix/X{display}")]
+}
+
+/// Builds [`SHM_FDS_C`] into `dir` (with xcb's headers, `cargo xtask setup` installs them).
+fn build_shm_fds(dir: &Path) -> PathBuf {
+    let bin = dir.join("shm_fds");
+    let out = Command::new("cc")
+        .args(["-Wall", "-Werror", "-O2", "-o"])
+        .arg(&bin)
+        .arg(SHM_FDS_C)
+        .arg("-lxcb")
+        .output()
+        .expect("run cc (cargo xtask setup installs gcc)");
+    assert!(
+        out.status.success(),
+        "cc {SHM_FDS_C} failed (cargo xtask setup installs libxcb1-dev):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    bin
+}
+
+/// `program` as a client of display `display`.
+fn x_client(program: &str, display: u32, hooked: bool) -> Command {
+    let mut cmd = command(program, hooked);
+    cmd.env("DISPLAY", format!(":{display}")).env_remove("XAUTHORITY");
+    cmd
+}
+
+/// One X session on `display`: Xvfb (1024x768, depth 24, the classic weave on its root so that
+/// a dump has something to show), then each client to its end: xdpyinfo, `xwininfo -root
+/// -tree`, `xprop -root`, `xwd -root` (a 3 MB dump), the fd-passing client `shm_fds` (200 rounds)
+/// and, under the hook, a short x11perf (one-way `PutImage`s, `GetImage` round trips). Returns
+/// the clients' outputs (xdpyinfo's line naming the display left out, x11perf's test names
+/// only), the dump, and the clients' pids.
+fn x11_run(dir: &Path, display: u32, hooked: bool, shm_fds: &Path) -> (String, Vec<u8>, Vec<(u32, &'static str)>) {
+    let mut server = command("Xvfb", hooked);
+    // -displayfd: one line with the display number once it accepts connections.
+    server.arg(format!(":{display}")).args(["-nolisten", "tcp", "-screen", "0", "1024x768x24", "-retro", "-displayfd", "1"]);
+    let server = Daemon::spawn("Xvfb (xvfb)", server);
+    server.process.expect_line(&display.to_string(), DAEMON_TIMEOUT);
+    let mut pids = Vec::new();
+    let mut run_client = |program: &str, args: &[&str], what: &'static str| {
+        let mut cmd = x_client(program, display, hooked);
+        cmd.args(args);
+        let (out, pid) = run_pid(cmd, None);
+        pids.push((pid, what));
+        out
+    };
+    let info = run_client("xdpyinfo", &[], "xdpyinfo");
+    assert!(info.contains("name of display:"), "xdpyinfo: {info}");
+    let mut out: String = info.lines().filter(|l| !l.starts_with("name of display:")).map(|l| format!("{l}\n")).collect();
+    out += &run_client("xwininfo", &["-root", "-tree"], "xwininfo");
+    out += &run_client("xprop", &["-root"], "xprop");
+    let dump = dir.join(format!("root-{display}.xwd"));
+    run_client("xwd", &["-root", "-silent", "-out", &path_str(&dump)], "xwd");
+    out += &run_client(&path_str(shm_fds), &["200"], "shm_fds");
+    if hooked {
+        let perf = run_client("x11perf", &["-repeat", "1", "-time", "1", "-putimage10", "-getimage10"], "x11perf");
+        let tests: Vec<&str> = perf.lines().filter(|l| l.contains(" reps @ ")).filter_map(|l| l.split("): ").nth(1)).collect();
+        assert_eq!(tests, ["PutImage 10x10 square", "GetImage 10x10 square"], "x11perf did not complete: {perf}");
+    }
+    server.stop(libc::SIGTERM);
+    (out, std::fs::read(&dump).expect("read the xwd dump"), pids)
+}
+
+/// Xvfb and X clients (Xlib and xcb: `writev`, `recvmsg`, `poll`), all under the hook on the
+/// display's watched sockets: xdpyinfo, xwininfo and xprop must print what they print plain,
+/// `xwd -root` must dump the same 3 MB, and a client that passes fds both ways over its swapped
+/// connection (MIT-SHM 1.2: `ShmAttachFd` sends a memfd, `ShmCreateSegment` receives one, as
+/// cairo, GTK and Mesa do) must read back its patterns through both, as plain. The dump's, the
+/// fd client's and x11perf's connections must be swapped, and the fd client's must have
+/// stayed on the rings through most of its rounds.
+#[test]
+fn x11_clients_get_the_same_answers_with_tssx() {
+    require_root();
+    let dir = TempDir::new("app-x11");
+    let shm_fds = build_shm_fds(&dir);
+    let tssx_socks = x_sockets(X_TSSX);
+    let agent = HookedAgent::start(&[&tssx_socks[0], &tssx_socks[1]]);
+    let (plain, plain_dump, _) = x11_run(&dir, X_PLAIN, false, &shm_fds);
+    assert!(
+        plain.contains("X.Org Foundation")
+            && plain
+                .contains("200 rounds: ShmAttachFd+ShmPutImage 200, core GetImage matched 200, ShmCreateSegment+ShmGetImage matched 200"),
+        "unexpected plain session: {plain}"
+    );
+    assert!(plain_dump.len() > 1024 * 768 * 4, "a {}-byte dump", plain_dump.len());
+    let (tssx, tssx_dump, clients) = x11_run(&dir, X_TSSX, true, &shm_fds);
+    assert_same("X11 session", &plain, &tssx);
+    assert!(plain_dump == tssx_dump, "xwd -root dumped {} bytes plain, {} with tssx, not the same", plain_dump.len(), tssx_dump.len());
+    // Xlib and xcb connect to the abstract socket.
+    for &(pid, what) in clients.iter().filter(|(_, what)| ["xwd", "shm_fds", "x11perf"].contains(what)) {
+        assert_client_swapped(&agent, &tssx_socks[1], pid, 1, what);
+    }
+    assert!(agent.events_on("connect", &x_sockets(X_PLAIN)[1]).is_empty(), "the plain run's display is not watched");
+    // The fd client's GetImage replies (16 KiB in each of its 200 rounds, each round passing an
+    // fd both ways) crossed shared memory in most rounds.
+    let client = clients.iter().find(|(_, what)| *what == "shm_fds").expect("shm_fds").0;
+    let closed = closed_of(&agent, &tssx_socks[1], client);
+    let bytes = closed["bytes_server_to_client"].as_u64().unwrap_or(0);
+    assert!(bytes >= 100 * 16 * 1024, "only {bytes} bytes of the fd client's replies crossed shared memory: {closed}");
+    assert!(agent.stop().success());
+}
+
+/// The agent's `closed` line of the connection the client process `client_pid` swapped on
+/// `path` (waiting for it up to 10 s).
+fn closed_of(agent: &Agent, path: &str, client_pid: u32) -> serde_json::Value {
+    let connection = agent
+        .events_on("swapped", path)
+        .into_iter()
+        .find(|e| e["message"].as_str().is_some_and(|m| m.starts_with(&format!("swapped {client_pid}/"))))
+        .map(|e| e["connection"].clone())
+        .expect("the client's swap");
+    poll_until(TRACE_TIMEOUT, || agent.events_on("closed", path).iter().any(|c| c["connection"] == connection));
+    agent.events_on("closed", path).into_iter().find(|c| c["connection"] == connection).expect("its closed line")
+}
+
+// ----------------------------------------------------------------------------------------- tmux
+
+/// `tmux` on the server socket `sock` (no configuration file), under the hook if `hooked`.
+fn tmux(sock: &str, hooked: bool) -> Command {
+    let mut cmd = command("tmux", hooked);
+    cmd.args(["-S", sock, "-f", "/dev/null"]).env("TERM", "xterm");
+    cmd
+}
+
+/// A tmux control-mode client (`tmux -C attach`) fed `script` (one command a line, the last
+/// one printing `cm end`): its output once `cm end` came, without the lines that start with `%`
+/// (`%begin`/`%end` carry times, and a notification such as `%session-changed` may come before
+/// or after a command's output). Its stdin stays open until then (at EOF the client leaves).
+fn tmux_control(sock: &str, hooked: bool, script: &str) -> String {
+    use std::io::{BufRead as _, Write as _};
+    let mut cmd = tmux(sock, hooked);
+    let mut child = cmd
+        .args(["-C", "attach", "-t", "main"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run tmux -C");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(script.as_bytes()).expect("write the control script");
+    let mut out = String::new();
+    for line in std::io::BufReader::new(child.stdout.take().expect("stdout")).lines() {
+        let line = line.expect("read tmux -C");
+        if !line.starts_with('%') {
+            out += &line;
+            out.push('\n');
+        }
+        if line == "cm end" {
+            break;
+        }
+    }
+    drop(stdin);
+    let status = child.wait().expect("wait tmux -C");
+    assert!(status.success(), "tmux -C exited with {status}; output: {out}");
+    out
+}
+
+/// One tmux session on `sock`: a server in the foreground (`tmux -D`), a session of two windows
+/// running `sh`, keys sent to both and their panes captured, listings, 20 `display-message`s,
+/// a 4 MB buffer loaded from `big` and saved to stdout and to a file, a control-mode client of
+/// 401 commands, then `kill-server`. Each command is a client connection that passes its
+/// terminal's fds to the server with SCM_RIGHTS. Returns the outputs and the pids of the
+/// clients that move data over their connection for long enough to be swapped (the buffer's
+/// three: tmux 3.3's clients read and write files for the server).
+fn tmux_run(dir: &Path, sock: &str, hooked: bool, big: &Path) -> (String, Vec<(u32, &'static str)>) {
+    let mut server = tmux(sock, hooked);
+    server.arg("-D");
+    let mut server = Daemon::spawn("tmux", server);
+    server.wait_ready(|| Path::new(sock).exists());
+    let client = |args: &[&str]| {
+        let mut cmd = tmux(sock, hooked);
+        cmd.args(args);
+        run_pid(cmd, None)
+    };
+    // (Named windows: an automatic name follows the command running in the pane.)
+    client(&["new-session", "-d", "-s", "main", "-n", "one", "-x", "120", "-y", "40", "sh"]);
+    client(&["new-window", "-t", "main", "-n", "two", "sh"]);
+    // (What the shells print is not in the command lines: $((6*7)) and $((1+1)).)
+    client(&["send-keys", "-t", "main:0", "for i in $(seq 1 50); do echo line-$i; done; echo done-$((6*7))", "Enter"]);
+    client(&["send-keys", "-t", "main:1", "seq 1 20000 | md5sum; echo done-$((1+1))", "Enter"]);
+    let capture = |window: &str, marker: &str| {
+        let mut screen = String::new();
+        wait_until(DAEMON_TIMEOUT, &format!("tmux window {window} to show {marker}"), || {
+            screen = client(&["capture-pane", "-p", "-S", "-", "-t", window]).0;
+            screen.lines().any(|l| l == marker)
+        });
+        screen
+    };
+    let mut out = capture("main:0", "done-42") + &capture("main:1", "done-2");
+    out += &client(&["list-sessions", "-F", "#{session_name} #{session_windows}"]).0;
+    out += &client(&[
+        "list-windows",
+        "-t",
+        "main",
+        "-F",
+        "#{window_index} #{window_name} #{window_width}x#{window_height} #{pane_current_command}",
+    ])
+    .0;
+    for i in 0..20 {
+        out += &client(&["display-message", "-p", &format!("dm {i} #{{session_name}} #{{window_index}}")]).0;
+    }
+    let mut pids = Vec::new();
+    let (_, pid) = client(&["load-buffer", "-b", "big", &path_str(big)]);
+    pids.push((pid, "tmux load-buffer"));
+    let (saved, pid) = client(&["save-buffer", "-b", "big", "-"]);
+    pids.push((pid, "tmux save-buffer -"));
+    let expected = std::fs::read_to_string(big).expect("read the buffer's file");
+    assert!(saved == expected, "save-buffer - gave {} bytes, not the {} loaded", saved.len(), expected.len());
+    let copy = dir.join(format!("saved-{hooked}.txt"));
+    let (_, pid) = client(&["save-buffer", "-b", "big", &path_str(&copy)]);
+    pids.push((pid, "tmux save-buffer FILE"));
+    assert!(std::fs::read_to_string(&copy).is_ok_and(|c| c == expected), "save-buffer to a file differs");
+    let mut script: String = (0..200).map(|i| format!("display-message -p 'cm {i} #{{session_name}}'\nlist-windows -t main\n")).collect();
+    script += "capture-pane -p -t main:1\ndisplay-message -p 'cm end'\n";
+    let control = tmux_control(sock, hooked, &script);
+    assert_eq!(control.lines().filter(|l| l.starts_with("cm ")).count(), 201, "tmux -C: {control}");
+    // (The server reads a control client's commands from the stdin it passed and writes the
+    // answers to its stdout: its connection carries next to nothing, and stays plain.)
+    out += &control;
+    client(&["kill-server"]);
+    let status = server.process.wait(DAEMON_TIMEOUT).expect("the tmux server exits after kill-server");
+    assert!(status.success(), "the tmux server exited with {status}: {}", server.process.stderr_text());
+    (out, pids)
+}
+
+/// tmux (libevent, imsg): a server and its clients under the hook on a watched socket. Every
+/// client connection passes the client's fds to the server with SCM_RIGHTS first (a
+/// control-mode client's commands and answers then go through those fds, not its connection);
+/// one that moves a 4 MB buffer migrates after that. The panes, listings, buffers and
+/// control-mode output must be the plain ones, and the three buffer clients' connections
+/// swapped.
+#[test]
+fn tmux_gives_the_same_results_with_tssx() {
+    require_root();
+    let dir = TempDir::new("app-tmux");
+    let (plain_sock, tssx_sock) = (path_str(&dir.join("plain.sock")), path_str(&dir.join("tmux.sock")));
+    let big = dir.join("big.txt");
+    // 4 MB of text lines (a buffer is text; tmux keeps every byte).
+    let mut rng = Rng::new(7);
+    let text: String = (0..64 * 1024).map(|i| format!("{i:08} {:016x} {:016x} {:016x}\n", rng.next(), rng.next(), rng.next())).collect();
+    std::fs::write(&big, text).expect("write the buffer's file");
+    let agent = HookedAgent::start(&[&tssx_sock]);
+    let (plain, _) = tmux_run(&dir, &plain_sock, false, &big);
+    assert!(
+        plain.contains("line-50\ndone-42\n")
+            && plain.contains("main 2\n0 one 120x40 sh\n1 two 120x40 sh\n")
+            && plain.contains("dm 19 main 1\n"),
+        "unexpected plain session: {plain}"
+    );
+    let (tssx, clients) = tmux_run(&dir, &tssx_sock, true, &big);
+    assert_same("tmux session", &plain, &tssx);
+    for &(pid, what) in &clients {
+        assert_client_swapped(&agent, &tssx_sock, pid, 1, what);
     }
     assert!(agent.stop().success());
 }

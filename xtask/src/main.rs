@@ -65,6 +65,16 @@ const DEBIAN_TOOLS: &[(&str, &str)] = &[
     // and its cluster module) and Python's asyncio (Debian's python3).
     ("node", "nodejs"),
     ("/usr/bin/python3", "python3"),
+    // X11 (tests/tests/apps.rs): Xvfb and its clients (Xlib and xcb), and the test's own xcb
+    // client that passes fds with MIT-SHM.
+    ("Xvfb", "xvfb"),
+    ("xdpyinfo", "x11-utils"),
+    ("xwd", "x11-apps"),
+    ("x11perf", "x11-apps"),
+    ("/usr/include/xcb/xcbext.h", "libxcb1-dev"),
+    // tmux (its clients pass their terminal's fds to the server with SCM_RIGHTS) and socat.
+    ("tmux", "tmux"),
+    ("socat", "socat"),
 ];
 /// Debian's hook for `invoke-rc.d`: while it exits 101, package scripts start no services.
 const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
