@@ -1276,7 +1276,7 @@ fn tmux_gives_the_same_results_with_tssx() {
 /// success, returns its pid and how long it ran.
 fn run_files(mut client: Command, input: &Path, output: &Path) -> (u32, Duration) {
     let started = Instant::now();
-    let mut child = client
+    let child = client
         .stdin(std::fs::File::open(input).expect("open the input"))
         .stdout(std::fs::File::create(output).expect("create the output"))
         .stderr(Stdio::piped())
@@ -1288,12 +1288,29 @@ fn run_files(mut client: Command, input: &Path, output: &Path) -> (u32, Duration
     (pid, started.elapsed())
 }
 
+/// How long the socat test's upload lasts (its bytes are fed in slices).
+const UPLOAD_FOR: Duration = Duration::from_millis(1500);
+
+/// Runs `client`, feeding `data` to its stdin in 64 slices over about `over`; asserts success.
+fn slow_feed(mut client: Command, data: &[u8], over: Duration) {
+    use std::io::Write as _;
+    let mut child = client.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("run socat");
+    let mut stdin = child.stdin.take().expect("stdin");
+    for slice in data.chunks(data.len().div_ceil(64)) {
+        stdin.write_all(slice).expect("feed the upload");
+        std::thread::sleep(over / 64);
+    }
+    drop(stdin);
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success(), "{client:?} failed: {}; stderr: {}", out.status, String::from_utf8_lossy(&out.stderr));
+}
+
 /// One socat session in `dir`, on sockets named `NAME-echo.sock` and `NAME-up.sock`:
 /// - an echo: `socat UNIX-LISTEN:...,fork EXEC:cat` (a child per connection, `cat` on a
 ///   socketpair) and `socat - UNIX-CONNECT:...` sending `data` both ways at once (select, read,
 ///   write; half-close at the end);
 /// - an upload: `socat -u UNIX-LISTEN:... SYSTEM:'cat > FILE'` (the shell it spawns inherits the
-///   connection) and `socat -u - UNIX-CONNECT:...`.
+///   connection) and `socat -u - UNIX-CONNECT:...`, fed over [`UPLOAD_FOR`].
 ///
 /// Returns what came back and what arrived, the echo client's pid and the echo's duration.
 fn socat_run(dir: &Path, name: &str, hooked: bool, data: &Path) -> (Vec<u8>, Vec<u8>, u32, Duration) {
@@ -1317,7 +1334,7 @@ fn socat_run(dir: &Path, name: &str, hooked: bool, data: &Path) -> (Vec<u8>, Vec
     up.wait_ready(|| Path::new(&up_sock).exists());
     let mut client = command("socat", hooked);
     client.args(["-u", "-", &format!("UNIX-CONNECT:{up_sock}")]);
-    run_files(client, data, &dir.join(format!("{name}-up.out")));
+    slow_feed(client, &std::fs::read(data).expect("read the data"), UPLOAD_FOR);
     let status = up.process.wait(DAEMON_TIMEOUT).expect("the upload's socat exits after its connection");
     assert!(status.success(), "the upload's socat exited with {status}: {}", up.process.stderr_text());
     let read = |p: &Path| std::fs::read(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()));
@@ -1329,7 +1346,9 @@ fn socat_run(dir: &Path, name: &str, hooked: bool, data: &Path) -> (Vec<u8>, Vec
 /// Every byte must come back and arrive; the echo's connection must be swapped. The upload's
 /// connection is held by the shell socat spawns as well as by socat: a plain connection that
 /// two processes hold stays plain (the agent answers its claims "retry" while the other holds
-/// it), and loses nothing. The echo's throughput, plain and swapped, is printed (not asserted).
+/// it), and loses nothing; its claims back off (each "retry" doubles the wait, up to 1 s: they
+/// came every 5 ms, about 300 in this upload's 1.5 s). The echo's throughput, plain and
+/// swapped, is printed (not asserted).
 #[test]
 fn socat_streams_the_same_bytes_with_tssx() {
     require_root();
@@ -1348,5 +1367,10 @@ fn socat_streams_the_same_bytes_with_tssx() {
     eprintln!("socat echo: {:.0} MB/s each way plain, {:.0} MB/s with tssx", mb(plain_took), mb(tssx_took));
     assert_client_swapped(&agent, &echo_sock, client, 1, "socat echo client");
     assert!(agent.events_on("swapped", &up_sock).is_empty(), "the upload's connection, held by two processes, was swapped");
+    // 5, 10, 20, ... 640 ms, then every second: 9 in 1.5 s (and one or two for the echo's
+    // connection, whose listener closes its copy right after its fork).
+    let retried = agent.stats()["retried"].as_u64().expect("the agent's retried count");
+    eprintln!("claims answered retry: {retried}");
+    assert!((1..=20).contains(&retried), "{retried} claims answered \"retry\" in the socat test");
     assert!(agent.stop().success());
 }

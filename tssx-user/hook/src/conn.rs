@@ -160,6 +160,9 @@ pub struct ClaimState {
     pub(crate) retry_at: u64,
     /// Claims of this connection the agent closed unanswered (see [`crate::claim::Answer::Dropped`]).
     pub(crate) dropped: u32,
+    /// Claims of this connection the agent answered "retry later" (see
+    /// [`crate::claim::Answer::Retry`]): each one doubles the wait before the next.
+    pub(crate) retried: u32,
 }
 
 /// One tracked socket.

@@ -122,6 +122,13 @@ const CLAIM_GIVE_UP_NS: u64 = 30_000_000_000;
 const NO_SEGMENT_YET: GiveUp = GiveUp::Unusable;
 /// After a "retry later" answer, the next claim goes out no sooner than this.
 const RETRY_AFTER_NS: u64 = 5_000_000;
+/// The longest wait between two claims answered "retry later" (another process holds the same
+/// end): each such answer doubles the wait from [`RETRY_AFTER_NS`]. A forked parent that
+/// closes its copy at once (PostgreSQL's postmaster) costs one retry, as before; a child that
+/// keeps its copy for the connection's life (a shell that socat's `SYSTEM:` spawns, an inetd
+/// service's helper) cost a claim every 5 ms, each a control connection and a walk of the
+/// claimant's relatives' fd tables by the agent, for as long as the connection lived.
+const RETRY_MAX_NS: u64 = 1_000_000_000;
 /// A claim the agent closed unanswered (it was busy: a burst of claims beyond the control
 /// connections it serves at once) is sent again, after `RETRY_AFTER_NS` doubled each time up
 /// to [`DROPPED_RETRY_MAX_NS`], at most this many times (about 25 s in all; then plain for
@@ -328,7 +335,8 @@ impl Conn {
             }
             Answer::Retry => {
                 claim.control = None;
-                claim.retry_at = now + RETRY_AFTER_NS;
+                claim.retry_at = now + (RETRY_AFTER_NS << claim.retried.min(20)).min(RETRY_MAX_NS);
+                claim.retried = claim.retried.saturating_add(1);
                 self.advance(Phase::Claiming, Phase::Candidate);
             }
             Answer::Plain => {
