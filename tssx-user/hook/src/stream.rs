@@ -638,6 +638,19 @@ impl Conn {
             // SAFETY: the real `shutdown` on this connection's socket; no pointers.
             crate::sys::with_errno_kept(|| unsafe { crate::sys::shutdown(fd, libc::SHUT_RD) });
         }
+        if rc == 0 && self.shut_bits(self.end) & (SHUT_READ | SHUT_WRITE) == SHUT_READ | SHUT_WRITE {
+            // Shut both ways: no byte goes onto either ring any more (the peer's writes fail,
+            // this end's too), so the socket has no doorbell left to carry, and the kernel's
+            // shutdown of it wakes every thread asleep on this end (in `poll`, a read or
+            // `epoll_wait` on the socket) and on the peer's, as a plain shutdown does. The
+            // header alone rings only the peer's sleepers: MariaDB's KILL, which shuts the
+            // victim session's socket while that session's thread sleeps in `poll` on it,
+            // never ended the session (conformance `localshut`). Their next look finds the
+            // socket's EOF explained by the header (`Conn::note_eof`) and the rings' last
+            // bytes still readable.
+            // SAFETY: the real `shutdown` on this connection's socket; no pointers.
+            crate::sys::with_errno_kept(|| unsafe { crate::sys::shutdown(fd, libc::SHUT_RDWR) });
+        }
         Some(rc)
     }
 

@@ -472,7 +472,14 @@ impl Conn {
     /// close since (the socket
     /// is not shut both ways, as the peer's last close makes it). Found by the differential
     /// test: a peer's `shutdown(SHUT_WR)` after a hand-back made this end's sends fail.
+    /// Nor is it gone when either end shut its side both ways: `shutdown(SHUT_RDWR)` shuts the
+    /// socket both ways too (see `Conn::shutdown`), so its EOF and `POLLHUP` say nothing of a
+    /// close; the peer's close is seen in the header then (its holders, `Conn::peer_gone`).
     pub(crate) fn note_eof(&self, fd: c_int) {
+        const BOTH: u32 = tssx_common::segment::SHUT_READ | tssx_common::segment::SHUT_WRITE;
+        if self.shut_bits(self.end) & BOTH == BOTH || self.shut_bits(self.end.peer()) & BOTH == BOTH {
+            return;
+        }
         // (This end's own SHUT_RD, carried over to the socket, explains it just as well.)
         if self.shut_bits(self.end.peer()) & tssx_common::segment::SHUT_WRITE != 0
             || self.shut_bits(self.end) & tssx_common::segment::SHUT_READ != 0
