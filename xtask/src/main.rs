@@ -75,6 +75,13 @@ const DEBIAN_TOOLS: &[(&str, &str)] = &[
     // tmux (its clients pass their terminal's fds to the server with SCM_RIGHTS) and socat.
     ("tmux", "tmux"),
     ("socat", "socat"),
+    // MariaDB on its Unix socket (tests/tests/apps.rs): the server, the CLI, mariadb-dump,
+    // mariadb-slap and mariadb-install-db.
+    ("/usr/sbin/mariadbd", "mariadb-server"),
+    ("mariadb-install-db", "mariadb-server"),
+    ("mariadb", "mariadb-client"),
+    ("mariadb-dump", "mariadb-client"),
+    ("mariadb-slap", "mariadb-client"),
 ];
 /// Debian's hook for `invoke-rc.d`: while it exits 101, package scripts start no services.
 const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
