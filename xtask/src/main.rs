@@ -82,6 +82,8 @@ const DEBIAN_TOOLS: &[(&str, &str)] = &[
     ("mariadb", "mariadb-client"),
     ("mariadb-dump", "mariadb-client"),
     ("mariadb-slap", "mariadb-client"),
+    // PHP-FPM behind nginx over FastCGI Unix sockets (tests/tests/apps.rs).
+    ("/usr/sbin/php-fpm8.2", "php8.2-fpm"),
 ];
 /// Debian's hook for `invoke-rc.d`: while it exits 101, package scripts start no services.
 const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
