@@ -9,6 +9,10 @@
  * forked child with the default action (the child dies of SIGPIPE).
  * Connection 2: the client writes bytes that the server never reads; the server closes; the
  * client's next read gets ECONNRESET once, then EOF.
+ * Connection 3: as 2, but the server's end is accepted by a forked child that dies of SIGTERM
+ * (the kernel closes its socket: no close of the application's, as when PHP-FPM's master
+ * kills a child that overran request_terminate_timeout): ECONNRESET once, then EOF, all the
+ * same.
  */
 #include "conform.h"
 
@@ -29,6 +33,18 @@ static void server(const char *path) {
     int c2 = accept_one(lfd);
     wait_ready(c2, POLLIN);
     SHOW("close 2 with unread bytes", close(c2));
+    pid_t child = fork();
+    CHECK(child >= 0);
+    if (child == 0) {
+        int c3 = accept_one(lfd);
+        expect_byte(c3, 'h');
+        send_byte(c3, 'H');
+        wait_ready(c3, POLLIN);
+        signal(SIGTERM, SIG_DFL);
+        raise(SIGTERM);
+        _exit(1);
+    }
+    say("child that accepted 3 with unread bytes: %s", statusstr(wait_child(child)));
 }
 
 static void client(const char *path) {
@@ -69,6 +85,15 @@ static void client(const char *path) {
     SHOW_DATA("read again", buf, read(fd2, buf, sizeof buf));
     SHOW("write", write(fd2, "x", 1));
     SHOW("close 2", close(fd2));
+
+    int fd3 = connect_to(path);
+    send_byte(fd3, 'h');
+    expect_byte(fd3, 'H');
+    SHOW("write 3", write(fd3, "unread", 6));
+    poll_one("poll(-1) POLLIN", fd3, POLLIN, -1);
+    SHOW("read after the peer died with unread bytes", read(fd3, buf, sizeof buf));
+    SHOW_DATA("read again", buf, read(fd3, buf, sizeof buf));
+    SHOW("close 3", close(fd3));
 }
 
 int main(int argc, char **argv) {

@@ -440,7 +440,7 @@ scenarios! {
     shutdown_wr_rd_rdwr: "shutdown", server [], client [], connections 4, shm 100_000;
     // MariaDB's KILL: a shutdown(SHUT_RDWR) must wake the thread that sleeps on the socket.
     shutdown_wakes_a_thread_asleep_on_the_socket: "localshut", server [], client [], connections 4, shm 6;
-    sigpipe_epipe_nosignal_reset: "sigpipe", server [], client [], connections 2, shm 7;
+    sigpipe_epipe_nosignal_reset: "sigpipe", server [], client [], connections 3, shm 15;
     dup_copies_are_one_connection: "dup", server [], client [], connections 3, shm 100;
     fd_numbers_stay_the_applications: "fdnumbers", server [], client [], connections 1, shm 50;
     prefork_server: "prefork", server ["3", "12"], client ["12"], connections 12, shm 12 * 16;

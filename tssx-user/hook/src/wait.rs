@@ -370,7 +370,7 @@ impl Conn {
                         Err(WaitError::TimedOut)
                     }
                     _ => {
-                        self.peer_closed.store(true, Relaxed);
+                        self.note_peer_closed();
                         Ok(())
                     }
                 },
@@ -463,7 +463,7 @@ impl Conn {
         if matches!(probe, Ok(0)) {
             self.note_eof(fd);
         } else if matches!(probe, Err(e) if e != libc::EAGAIN && e != libc::EINTR) {
-            self.peer_closed.store(true, Relaxed);
+            self.note_peer_closed();
         }
     }
 
@@ -491,7 +491,51 @@ impl Conn {
                 return;
             }
         }
+        self.note_peer_closed();
+    }
+
+    /// The real socket says the peer's end is gone (EOF that no shutdown explains, or an
+    /// error). A peer whose holders all left through the hook decided at its last close whether
+    /// this end is reset (`Conn::leave`); one whose holders never did (killed by a signal, or
+    /// its socket closed by `exec` or a raw system call: the kernel released the socket, no hook
+    /// ran) may have left bytes of this end's unread on the ring. The kernel resets the peer of
+    /// a socket released with data unread (af_unix's `unix_release_sock`): marked as the
+    /// peer's close would have, so that this end's reads report ECONNRESET once, then EOF
+    /// (found with PHP-FPM: a child killed by `request_terminate_timeout` with its request's
+    /// last record unread; nginx read EOF where plain it read ECONNRESET).
+    pub(crate) fn note_peer_closed(&self) {
         self.peer_closed.store(true, Relaxed);
+        let phase = self.phase();
+        if self.swap().is_none() || phase < Phase::Ready || phase == Phase::Plain {
+            return;
+        }
+        let header = self.header();
+        let peer = self.end.peer().index();
+        // Acquire: a holder that left stored its decrement (AcqRel) before its socket's close,
+        // which this end's look at the socket came after.
+        if header.refcount[peer].load(Acquire) > 0 && (self.unsent() > 0 || self.socket_bytes_unread_by_peer()) {
+            // SeqCst: as in `shutdown`.
+            header.shut.0[peer].fetch_or(tssx_common::segment::SHUT_RESET, SeqCst);
+        }
+    }
+
+    /// Data bytes this end wrote to the socket (before its switch to the ring, or all of them
+    /// while it has not switched) that the ready peer did not consume: the kernel's own reset,
+    /// which this end's look at the socket may have taken as the peer's end (an error read
+    /// while probing for doorbells).
+    fn socket_bytes_unread_by_peer(&self) -> bool {
+        // Acquire: the peer's readiness publishes its counts; Relaxed on our own count (stored
+        // by this end under its producer lock; a racing write of ours is after the peer died).
+        if self.peer_line().ready.load(Acquire) != 1 {
+            return false;
+        }
+        let line = self.my_line();
+        let written = match line.switch_at.load(Acquire) {
+            NOT_YET => line.sock_written.load(Relaxed),
+            at => at,
+        };
+        // Acquire: stored by the peer with Release under its consumer lock.
+        self.peer_line().sock_read.load(Acquire) < written
     }
 
     /// Reads and discards the peer's doorbell bytes (never more than it counted as sent);
@@ -575,7 +619,7 @@ impl Conn {
                 Err(e) => {
                     drained.fetch_sub(take as u64, SeqCst);
                     if e != libc::EAGAIN && e != libc::EINTR {
-                        self.peer_closed.store(true, Relaxed);
+                        self.note_peer_closed();
                     }
                     return;
                 }
