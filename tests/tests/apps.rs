@@ -1651,8 +1651,11 @@ const PHP_SCRIPTS: &[(&str, &str)] = &[
     ("post.php", include_str!("../php/post.php")),
     ("stream.php", include_str!("../php/stream.php")),
     ("finish.php", include_str!("../php/finish.php")),
+    ("slow.php", include_str!("../php/slow.php")),
 ];
-/// The children of each pool (`pm = static`), and the most requests the test has in flight. A
+/// PHP-FPM's pools, one FastCGI socket each (see [`PhpSite`]).
+const PHP_POOLS: [&str; 3] = ["fresh", "keep", "term"];
+/// The children of the `fresh` and `keep` pools (`pm = static`), and the most requests the test has in flight. A
 /// child serves one FastCGI connection at a time, with `fastcgi_keep_conn` until nginx closes
 /// it: more upstream connections than children would wait in the listen backlog for a child
 /// that an idle kept connection holds (plain too).
@@ -1667,7 +1670,8 @@ const BUSY_PHP_REQUESTS: usize = 100;
 /// - `/fresh/SCRIPT`: `fastcgi_pass unix:PATH`, a new connection per request, which PHP-FPM
 ///   ends with `shutdown(SHUT_WR)`, a read to EOF and `close`;
 /// - `/keep/SCRIPT`: an `upstream` block with `keepalive`, `fastcgi_keep_conn on`: the
-///   connections are kept and reused, each by the child that accepted it.
+///   connections are kept and reused, each by the child that accepted it;
+/// - `/term/SCRIPT`: as `keep`, to a pool of one child with `request_terminate_timeout = 1s`.
 struct PhpSite {
     fpm: Daemon,
     nginx: Daemon,
@@ -1677,9 +1681,9 @@ struct PhpSite {
 }
 
 impl PhpSite {
-    /// The FastCGI socket of `upstream`'s pool, for a site started in `dir` with `name`.
-    fn socket(dir: &Path, name: &str, upstream: Upstream) -> String {
-        path_str(&dir.join(format!("{name}-{}.sock", upstream.name())))
+    /// The FastCGI socket of `pool`, for a site started in `dir` with `name`.
+    fn socket(dir: &Path, name: &str, pool: &str) -> String {
+        path_str(&dir.join(format!("{name}-{pool}.sock")))
     }
 
     fn file(dir: &Path, name: &str, suffix: &str) -> PathBuf {
@@ -1695,13 +1699,15 @@ impl PhpSite {
         for (script, text) in PHP_SCRIPTS {
             std::fs::write(www.join(script), text).unwrap();
         }
-        let socks = [Upstream::Fresh, Upstream::Keep].map(|u| Self::socket(dir, name, u));
+        let socks = PHP_POOLS.map(|pool| Self::socket(dir, name, pool));
         let mut fpm = format!("[global]\npid = {}\nerror_log = {}\n", file("fpm.pid").display(), file("fpm.log").display());
-        for (upstream, sock) in [Upstream::Fresh, Upstream::Keep].iter().zip(&socks) {
-            let pool = upstream.name();
+        for (pool, sock) in PHP_POOLS.iter().zip(&socks) {
+            // `term`: one child, killed by the master when a request (or the wait for the
+            // next one on a kept connection) lasts over a second.
+            let children = if *pool == "term" { "1\nrequest_terminate_timeout = 1s" } else { "4" };
             fpm += &format!(
                 "[{pool}]\nlisten = {sock}\nlisten.mode = 0666\nuser = nobody\ngroup = nogroup\npm = static\n\
-                 pm.max_children = {PHP_CHILDREN}\naccess.log = {}\naccess.format = \"%p %s %r\"\n",
+                 pm.max_children = {children}\naccess.log = {}\naccess.format = \"%p %s %r\"\n",
                 file(&format!("{pool}-access.log")).display()
             );
         }
@@ -1739,11 +1745,15 @@ impl PhpSite {
             nginx += &format!("  {t}_temp_path {};\n", temp.join(t).display());
         }
         nginx += &format!("  upstream php_keep {{\n    server unix:{};\n    keepalive {PHP_CHILDREN};\n  }}\n", socks[1]);
+        nginx += &format!("  upstream php_term {{\n    server unix:{};\n    keepalive 1;\n  }}\n", socks[2]);
         nginx += &format!("  server {{\n    listen 127.0.0.1:{port};\n    location = /ready {{ return 204; }}\n");
         nginx += &format!("    location ~ ^/fresh/(?<script>[a-z]+\\.php)$ {{\n      fastcgi_pass unix:{};\n{params}    }}\n", socks[0]);
-        nginx += &format!(
-            "    location ~ ^/keep/(?<script>[a-z]+\\.php)$ {{\n      fastcgi_pass php_keep;\n      fastcgi_keep_conn on;\n{params}    }}\n  }}\n}}\n"
-        );
+        for pool in ["keep", "term"] {
+            nginx += &format!(
+                "    location ~ ^/{pool}/(?<script>[a-z]+\\.php)$ {{\n      fastcgi_pass php_{pool};\n      fastcgi_keep_conn on;\n{params}    }}\n"
+            );
+        }
+        nginx += "  }\n}\n";
         let nginx_conf = file("nginx.conf");
         std::fs::write(&nginx_conf, nginx).unwrap();
         std::fs::create_dir_all(&temp).unwrap();
@@ -1777,18 +1787,34 @@ impl PhpSite {
     }
 
     /// Stops nginx and then PHP-FPM gracefully (SIGQUIT), asserting that both exit with 0 and
-    /// logged no error: nginx nothing above `[warn]` (a request body buffered to a file), PHP-FPM
-    /// nothing above `NOTICE`.
-    fn stop(self) {
+    /// logged no error but slow.php's: PHP-FPM nothing above `NOTICE` but the child it killed,
+    /// nginx nothing above `[warn]` (a request body buffered to a file) but what it read from
+    /// that child's connection, which it returns (e.g. `readv() failed (104: Connection reset
+    /// by peer) while reading upstream: GET /term/slow.php?s=5`).
+    fn stop(self) -> Vec<String> {
         self.nginx.stop(libc::SIGQUIT);
         self.fpm.stop(libc::SIGQUIT);
-        for (log, levels) in
-            [("nginx-error.log", &["[error]", "[crit]", "[alert]", "[emerg]"][..]), ("fpm.log", &["WARNING", "ERROR", "ALERT"])]
-        {
-            let text = std::fs::read_to_string(Self::file(&self.dir, &self.name, log)).unwrap_or_default();
-            let errors: Vec<&str> = text.lines().filter(|l| levels.iter().any(|level| l.contains(level))).collect();
-            assert!(errors.is_empty(), "PHP-FPM {}: {log} has errors: {errors:#?}", self.name);
+        let log = |name: &str| std::fs::read_to_string(Self::file(&self.dir, &self.name, name)).unwrap_or_default();
+        let fpm = log("fpm.log");
+        let killed =
+            |l: &&str| l.contains("[pool term]") && (l.contains("execution timed out") || l.contains("exited on signal 15 (SIGTERM)"));
+        let errors: Vec<&str> = fpm.lines().filter(|l| ["WARNING", "ERROR", "ALERT"].iter().any(|w| l.contains(w)) && !killed(l)).collect();
+        assert!(errors.is_empty(), "PHP-FPM {}: PHP-FPM logged errors: {errors:#?}", self.name);
+        let nginx = log("nginx-error.log");
+        let (mut slow, mut errors) = (Vec::new(), Vec::new());
+        for line in nginx.lines().filter(|l| ["[error]", "[crit]", "[alert]", "[emerg]"].iter().any(|w| l.contains(w))) {
+            // `DATE TIME [error] PID#TID: *CONNECTION MESSAGE, client: ..., request: "GET URI HTTP/1.1", ...`
+            let message = line.split_once(": *").and_then(|(_, m)| m.split_once(' ')).and_then(|(_, m)| m.split_once(", client: "));
+            let request = line.split_once("request: \"").and_then(|(_, r)| r.split_once(" HTTP/")).map(|(r, _)| r);
+            match (message, request) {
+                (Some((message, _)), Some(request)) if line.contains("[error]") && request.contains("/slow.php") => {
+                    slow.push(format!("{message}: {request}"))
+                }
+                _ => errors.push(line),
+            }
         }
+        assert!(errors.is_empty(), "PHP-FPM {}: nginx logged errors: {errors:#?}", self.name);
+        slow
     }
 }
 
@@ -1879,7 +1905,22 @@ fn php_session(dir: &Path, name: &str, hooked: bool) -> (String, f64, usize) {
         assert!(load.requests > 0 && load.non_2xx == 0 && load.socket_errors.is_none(), "PHP-FPM {name}: wrk on /{pool}/{path}: {load:?}");
     }
     let busy = site.busy_keep_children(BUSY_PHP_REQUESTS);
-    site.stop();
+    // A child killed mid-request (request_terminate_timeout) on a kept connection, swapped
+    // after 300 KB: its request's last record unread, nginx must read ECONNRESET as from the
+    // kernel, then EOF (it had read the child's first line). (curl fails: the answer ends
+    // short.)
+    for _ in 0..3 {
+        let (status, body, _) = site.curl("/term/big.php?n=100000", &[]);
+        transcript +=
+            &format!("term GET 100000 B -> {status}, {}\n", if body == php_big(100_000) { "as expected" } else { "NOT as expected" });
+    }
+    let out = PhpSite::file(dir, name, "slow.out");
+    let answer = php_curl(site.port, &out, "/term/slow.php?s=5", &[]).map(|(status, ..)| status).map_err(|e| e.to_string());
+    let body = std::fs::read(&out).unwrap_or_default();
+    transcript += &format!("term GET slow.php, killed -> {answer:?}, {:?}\n", String::from_utf8_lossy(&body));
+    for line in site.stop() {
+        transcript += &format!("nginx: {line}\n");
+    }
     (transcript, slowest, busy)
 }
 
@@ -1888,7 +1929,9 @@ fn php_session(dir: &Path, name: &str, hooked: bool) -> (String, f64, usize) {
 /// master made, read requests with `read` and answer with `write`; nginx registers each
 /// connection with epoll before it connects. The responses (request echoes, bodies up to 300
 /// KB, request bodies read by PHP, a streamed response, one ended early) must be the plain
-/// ones, wrk must see no error, neither may log an error, and no request may stall. With a new
+/// ones, wrk must see no error, neither may log an error, and no request may stall; a child
+/// killed mid-request (`request_terminate_timeout`) must reset nginx's connection as the kernel
+/// does (the hook once gave EOF: the child died without the close that marks a reset). With a new
 /// connection per request (a) connections may stay plain (they are short); with
 /// `fastcgi_keep_conn` (b) the kept connections that served many requests (at least one per
 /// child that served [`BUSY_PHP_REQUESTS`]) must be traced `swapped` and carry PHP's answers on
@@ -1897,10 +1940,15 @@ fn php_session(dir: &Path, name: &str, hooked: bool) -> (String, f64, usize) {
 fn php_fpm_behind_nginx_gives_the_same_responses_with_tssx() {
     require_root();
     let dir = TempDir::new("app-php-fpm");
-    let [fresh, keep] = [Upstream::Fresh, Upstream::Keep].map(|u| PhpSite::socket(&dir, "tssx", u));
-    let agent = HookedAgent::start(&[&fresh, &keep]);
+    let [fresh, keep, term] = PHP_POOLS.map(|pool| PhpSite::socket(&dir, "tssx", pool));
+    let agent = HookedAgent::start(&[&fresh, &keep, &term]);
     let (plain, plain_slowest, _) = php_session(&dir, "plain", false);
-    for expected in ["round 1: keep GET 300000 B -> 200, as expected", "round 1: fresh POST 300000 B -> 200, as expected", "x-test hello"] {
+    for expected in [
+        "round 1: keep GET 300000 B -> 200, as expected",
+        "round 1: fresh POST 300000 B -> 200, as expected",
+        "x-test hello",
+        "nginx: readv() failed (104: Connection reset by peer) while reading upstream: GET /term/slow.php?s=5",
+    ] {
         assert!(plain.contains(expected), "{expected:?} missing from the plain session: {plain}");
     }
     assert!(!plain.contains("NOT"), "unexpected plain session: {plain}");
@@ -1927,5 +1975,8 @@ fn php_fpm_behind_nginx_gives_the_same_responses_with_tssx() {
     poll_until(TRACE_TIMEOUT, || agent.events_on("closed", &keep).len() >= swapped.len());
     let bytes: u64 = agent.events_on("closed", &keep).iter().map(|c| c["bytes_server_to_client"].as_u64().unwrap_or(0)).sum();
     assert!(bytes >= 10_000_000, "only {bytes} bytes of PHP-FPM's answers on kept connections crossed shared memory");
+    // The `term` pool's one connection, whose child was killed, was on the rings then.
+    let killed = agent.wait_for("swapped", &term, 1, TRACE_TIMEOUT);
+    assert_eq!(killed.len(), 1, "the term pool's connection: swapped {killed:?}; not swapped: {:?}", not_swapped_reasons(&agent, &term));
     assert!(agent.stop().success());
 }
