@@ -1655,10 +1655,10 @@ const PHP_SCRIPTS: &[(&str, &str)] = &[
 ];
 /// PHP-FPM's pools, one FastCGI socket each (see [`PhpSite`]).
 const PHP_POOLS: [&str; 3] = ["fresh", "keep", "term"];
-/// The children of the `fresh` and `keep` pools (`pm = static`), and the most requests the test has in flight. A
-/// child serves one FastCGI connection at a time, with `fastcgi_keep_conn` until nginx closes
-/// it: more upstream connections than children would wait in the listen backlog for a child
-/// that an idle kept connection holds (plain too).
+/// The children of the `fresh` and `keep` pools (`pm = static`), and the most requests the
+/// test has in flight. A child serves one FastCGI connection at a time, with
+/// `fastcgi_keep_conn` until nginx closes it: more upstream connections than children would
+/// wait in the listen backlog for a child that an idle kept connection holds (plain too).
 const PHP_CHILDREN: u32 = 4;
 /// A child of the `keep` pool that served this many requests served a kept connection for far
 /// longer than the claim rule's millisecond (as [`BUSY_UPSTREAM_REQUESTS`]).
