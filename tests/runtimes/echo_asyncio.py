@@ -1,5 +1,5 @@
 """An echo server and a client over a Unix stream socket with Python's asyncio (selector event
-loop: epoll, non-blocking recv/send, accept), for tests/tests/apps.rs.
+loop: epoll, non-blocking recv/send, accept), for tests/tests/apps/runtimes.rs.
 
     python3 echo_asyncio.py server PATH          echo every byte back, close on EOF
     python3 echo_asyncio.py client PATH ROUNDS   ROUNDS messages of mixed sizes (1 B to 300 KB),

@@ -1,5 +1,5 @@
 // An echo server and a client over a Unix stream socket with Node.js's `net` (libuv: epoll,
-// non-blocking read/write/writev, accept4), for tests/tests/apps.rs.
+// non-blocking read/write/writev, accept4), for tests/tests/apps/runtimes.rs.
 //
 //   node echo_node.js server PATH                 echo every byte back, half-close on EOF
 //   node echo_node.js client PATH ROUNDS          ROUNDS messages of mixed sizes (1 B to 300 KB),

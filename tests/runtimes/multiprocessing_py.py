@@ -1,4 +1,4 @@
-"""Python's multiprocessing over Unix stream sockets, for tests/tests/apps.rs.
+"""Python's multiprocessing over Unix stream sockets, for tests/tests/apps/runtimes.rs.
 
     python3 multiprocessing_py.py METHOD DIR     METHOD: fork, forkserver or spawn
 

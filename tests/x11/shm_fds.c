@@ -7,8 +7,8 @@
  *
  *   shm_fds ROUNDS      (DISPLAY names the server)
  *
- * Prints one summary line; exits 1 on any mismatch or X error. Built by tests/tests/apps.rs with
- * `cc shm_fds.c -lxcb`; no tssx code in it. */
+ * Prints one summary line; exits 1 on any mismatch or X error. Built by
+ * tests/tests/apps/x11.rs with `cc shm_fds.c -lxcb`; no tssx code in it. */
 #define _GNU_SOURCE
 #include <stdint.h>
 #include <stdio.h>

@@ -26,7 +26,7 @@ const BPF_LINKER_VERSION: &str = "0.10.2";
 /// cargo-deb release that `cargo xtask package` uses (builds with our stable rustc in ~50 s).
 const CARGO_DEB_VERSION: &str = "3.8.0";
 /// Commands the tests use, and the Debian package that has each. The real-application tests
-/// (tests/tests/apps.rs) and `cargo xtask report` need the servers and their clients; the
+/// (tests/tests/apps/) and `cargo xtask report` need the servers and their clients; the
 /// PostgreSQL server binaries live in bookworm's versioned directory, off PATH. nscd and nginx
 /// are installed like the others, their services blocked from starting (the tests run private
 /// instances in a private mount namespace or a temporary prefix); curl and wrk drive nginx.
@@ -55,17 +55,17 @@ const DEBIAN_TOOLS: &[(&str, &str)] = &[
     ("dpkg-deb", "dpkg"),
     ("dpkg-shlibdeps", "dpkg-dev"),
     ("systemd-analyze", "systemd"),
-    // The D-Bus test (tests/tests/apps.rs): a private bus, dbus-python clients (libdbus passes
-    // fds with SCM_RIGHTS) on a GLib main loop, and GDBus's `gdbus`.
+    // The D-Bus test (tests/tests/apps/dbus.rs): a private bus, dbus-python clients (libdbus
+    // passes fds with SCM_RIGHTS) on a GLib main loop, and GDBus's `gdbus`.
     ("dbus-daemon", "dbus-daemon"),
     ("gdbus", "libglib2.0-bin"),
     ("/usr/lib/python3/dist-packages/dbus/__init__.py", "python3-dbus"),
     ("/usr/lib/python3/dist-packages/gi/__init__.py", "python3-gi"),
-    // Two language runtimes' event loops on Unix sockets (tests/tests/apps.rs): Node.js (libuv,
-    // and its cluster module) and Python's asyncio (Debian's python3).
+    // Two language runtimes' event loops on Unix sockets (tests/tests/apps/runtimes.rs):
+    // Node.js (libuv, and its cluster module) and Python's asyncio (Debian's python3).
     ("node", "nodejs"),
     ("/usr/bin/python3", "python3"),
-    // X11 (tests/tests/apps.rs): Xvfb and its clients (Xlib and xcb), and the test's own xcb
+    // X11 (tests/tests/apps/x11.rs): Xvfb and its clients (Xlib and xcb), and the test's own xcb
     // client that passes fds with MIT-SHM.
     ("Xvfb", "xvfb"),
     ("xdpyinfo", "x11-utils"),
@@ -75,14 +75,14 @@ const DEBIAN_TOOLS: &[(&str, &str)] = &[
     // tmux (its clients pass their terminal's fds to the server with SCM_RIGHTS) and socat.
     ("tmux", "tmux"),
     ("socat", "socat"),
-    // MariaDB on its Unix socket (tests/tests/apps.rs): the server, the CLI, mariadb-dump,
-    // mariadb-slap and mariadb-install-db.
+    // MariaDB on its Unix socket (tests/tests/apps/mariadb.rs): the server, the CLI,
+    // mariadb-dump, mariadb-slap and mariadb-install-db.
     ("/usr/sbin/mariadbd", "mariadb-server"),
     ("mariadb-install-db", "mariadb-server"),
     ("mariadb", "mariadb-client"),
     ("mariadb-dump", "mariadb-client"),
     ("mariadb-slap", "mariadb-client"),
-    // PHP-FPM behind nginx over FastCGI Unix sockets (tests/tests/apps.rs).
+    // PHP-FPM behind nginx over FastCGI Unix sockets (tests/tests/apps/php_fpm.rs).
     ("/usr/sbin/php-fpm8.2", "php8.2-fpm"),
 ];
 /// Debian's hook for `invoke-rc.d`: while it exits 101, package scripts start no services.
