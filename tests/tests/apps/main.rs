@@ -45,9 +45,6 @@ use tssx_tests::{
     Nscd, Process, Rng, TempDir, Upstream, NSCD_SOCKET,
 };
 
-const MEMCACHE: &str = env!("CARGO_BIN_EXE_tssx-test-memcache");
-/// Debian 12's PostgreSQL server binaries (off PATH).
-const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 /// How long a server may take to get ready, and to exit once signalled.
 const DAEMON_TIMEOUT: Duration = Duration::from_secs(30);
 

@@ -2,6 +2,9 @@
 
 use super::*;
 
+/// The test's own memcached client.
+const MEMCACHE: &str = env!("CARGO_BIN_EXE_tssx-test-memcache");
+
 /// Starts memcached on `sock` (no TCP), runs the client twice (two connections), stops it;
 /// returns the clients' output and pids.
 fn memcached_run(sock: &str, hooked: bool) -> (String, Vec<u32>) {

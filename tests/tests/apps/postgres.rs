@@ -2,6 +2,9 @@
 
 use super::*;
 
+/// Debian 12's PostgreSQL server binaries (off PATH).
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
 const PG_PORT: &str = "54329";
 
 /// Queries whose complete output is compared: DDL/DML tags, aggregates, a 20 000-row result
