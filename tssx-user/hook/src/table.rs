@@ -478,17 +478,28 @@ pub fn close(fd: c_int) {
 }
 
 impl Conn {
+    /// Whether a reset can be marked in the header: the connection has its segment and is past
+    /// the plain phases (`Ready` and later, `Plain` excluded).
+    pub(crate) fn on_segment(&self) -> bool {
+        let phase = self.phase();
+        self.swap().is_some() && phase >= Phase::Ready && phase != Phase::Plain
+    }
+
+    /// Marks `end` reset (`SHUT_RESET`): the other end's reads report ECONNRESET once, as the
+    /// kernel's after a socket released with data unread.
+    pub(crate) fn mark_reset(&self, end: End) {
+        // SeqCst: as in `shutdown`.
+        self.header().shut.0[end.index()].fetch_or(SHUT_RESET, SeqCst);
+    }
+
     /// The end's last holder closes with bytes unread: the peer gets ECONNRESET, as from the
     /// kernel (only on the rings).
     fn mark_reset_if_unread(&self) {
-        let phase = self.phase();
-        if self.swap().is_none() || phase < Phase::Ready || phase == Phase::Plain {
+        if !self.on_segment() {
             return;
         }
-        let header = self.header();
-        if header.refcount[self.end.index()].load(Relaxed) <= 1 && self.reads_ring() && self.unread() > 0 {
-            // SeqCst: as in `shutdown`.
-            header.shut.0[self.end.index()].fetch_or(SHUT_RESET, SeqCst);
+        if self.header().refcount[self.end.index()].load(Relaxed) <= 1 && self.reads_ring() && self.unread() > 0 {
+            self.mark_reset(self.end);
         }
     }
 
@@ -497,19 +508,16 @@ impl Conn {
     /// peer's socket, which the peer, reading its ring first, would not see: marked as for
     /// bytes unread on the ring (found by the differential test: MSG_OOB, then a close).
     fn mark_reset_if_socket_unread(&self, fd: c_int) {
-        let phase = self.phase();
-        if self.swap().is_none() || phase < Phase::Ready || phase == Phase::Plain || !self.peer_handed_back() {
+        if !self.on_segment() || !self.peer_handed_back() {
             return;
         }
-        let header = self.header();
-        if header.refcount[self.end.index()].load(Relaxed) > 1 {
+        if self.header().refcount[self.end.index()].load(Relaxed) > 1 {
             return;
         }
         let mut queued: c_int = 0;
         // SAFETY: FIONREAD into a live int.
         if unsafe { crate::sys::ioctl(fd, libc::FIONREAD, (&raw mut queued).cast()) } == 0 && queued > 0 {
-            // SeqCst: as in `shutdown`.
-            header.shut.0[self.end.index()].fetch_or(SHUT_RESET, SeqCst);
+            self.mark_reset(self.end);
         }
     }
 

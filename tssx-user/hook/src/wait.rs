@@ -525,17 +525,14 @@ impl Conn {
     /// last record unread; nginx read EOF where plain it read ECONNRESET).
     pub(crate) fn note_peer_closed(&self) {
         self.peer_closed.store(true, Relaxed);
-        let phase = self.phase();
-        if self.swap().is_none() || phase < Phase::Ready || phase == Phase::Plain {
+        if !self.on_segment() {
             return;
         }
-        let header = self.header();
-        let peer = self.end.peer().index();
+        let peer = self.end.peer();
         // Acquire: a holder that left stored its decrement (AcqRel) before its socket's close,
         // which this end's look at the socket came after.
-        if header.refcount[peer].load(Acquire) > 0 && (self.unsent() > 0 || self.socket_bytes_unread_by_peer()) {
-            // SeqCst: as in `shutdown`.
-            header.shut.0[peer].fetch_or(tssx_common::segment::SHUT_RESET, SeqCst);
+        if self.header().refcount[peer.index()].load(Acquire) > 0 && (self.unsent() > 0 || self.socket_bytes_unread_by_peer()) {
+            self.mark_reset(peer);
         }
     }
 
