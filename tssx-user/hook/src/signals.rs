@@ -657,6 +657,10 @@ pub unsafe fn sigaction(sig: c_int, act: *const libc::sigaction, old: *mut libc:
     // Read first: `act` and `old` may be the same struct.
     // SAFETY: checked above; read unaligned as the kernel would.
     let new = (!act.is_null()).then(|| unsafe { std::ptr::read_unaligned(act) });
+    if new.is_none() {
+        // SAFETY: `old` checked above.
+        return unsafe { query(sig, slot, old) };
+    }
     if !records_mine() {
         // A child in its parent's memory: as given; what it inherited reads as the record.
         let before = slot.record();
@@ -679,18 +683,8 @@ pub unsafe fn sigaction(sig: c_int, act: *const libc::sigaction, old: *mut libc:
             sys::with_errno_kept(|| install_owned(sig, slot));
         }
         if !old.is_null() {
-            // The kernel's (for the fields the hook does not keep), then the record.
             // SAFETY: checked above.
-            let rc = unsafe { sys::sigaction(sig, std::ptr::null(), old) };
-            if rc != 0 {
-                return rc;
-            }
-            // SAFETY: checked above; written unaligned, field by field.
-            unsafe {
-                std::ptr::write_unaligned(&raw mut (*old).sa_sigaction, before.0);
-                std::ptr::write_unaligned(&raw mut (*old).sa_flags, before.1);
-                set_mask_bits(&raw mut (*old).sa_mask, before.2);
-            }
+            return unsafe { owned_old(sig, old, before) };
         }
         return 0;
     }
@@ -715,6 +709,53 @@ pub unsafe fn sigaction(sig: c_int, act: *const libc::sigaction, old: *mut libc:
         // SAFETY: checked above; libc just filled it (`before`: the record this call's `new`
         // replaced).
         unsafe { patch_old(old, before) };
+    }
+    0
+}
+
+/// `sigaction(sig, NULL, old)`: a query writes no record, so it needs neither the records'
+/// owner ([`records_mine`], a `getpid` each time: PHP asks for 7 dispositions per request)
+/// nor the writers' lock (the record is read whole, see [`Slot::record`]). The same answer as a
+/// query under the lock: an owned signal's record, else the kernel's made the application's.
+///
+/// # Safety
+/// `old` is null or points to a `sigaction` struct (range checked by the caller).
+unsafe fn query(sig: c_int, slot: &Slot, old: *mut libc::sigaction) -> c_int {
+    if OWNER.load(Relaxed) == 0 {
+        // The first call still takes the records for this process, as a write would (a
+        // `vfork` child's later write must find them its parent's).
+        records_mine();
+    }
+    let before = slot.record();
+    if slot.owned() && !old.is_null() {
+        // SAFETY: per the contract.
+        return unsafe { owned_old(sig, old, before) };
+    }
+    // SAFETY: a query; `old` per the contract.
+    let rc = unsafe { sys::sigaction(sig, std::ptr::null(), old) };
+    if rc == 0 && !old.is_null() {
+        // SAFETY: per the contract; libc just filled it.
+        unsafe { patch_old(old, before) };
+    }
+    rc
+}
+
+/// The old action of an owned signal into `old`: the kernel's (for the fields the hook does
+/// not keep), then the record `before`.
+///
+/// # Safety
+/// `old` points to a `sigaction` struct (unaligned is fine).
+unsafe fn owned_old(sig: c_int, old: *mut libc::sigaction, before: (usize, c_int, u64)) -> c_int {
+    // SAFETY: per the contract.
+    let rc = unsafe { sys::sigaction(sig, std::ptr::null(), old) };
+    if rc != 0 {
+        return rc;
+    }
+    // SAFETY: per the contract; written unaligned, field by field.
+    unsafe {
+        std::ptr::write_unaligned(&raw mut (*old).sa_sigaction, before.0);
+        std::ptr::write_unaligned(&raw mut (*old).sa_flags, before.1);
+        set_mask_bits(&raw mut (*old).sa_mask, before.2);
     }
     0
 }
