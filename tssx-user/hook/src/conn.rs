@@ -575,6 +575,12 @@ impl Conn {
         self.header().shut.0[end.index()].load(Acquire)
     }
 
+    /// `end` shut down both ways (`SHUT_RDWR`, or `SHUT_RD` and `SHUT_WR` in two calls): nothing
+    /// goes onto either ring any more, and the real socket is shut down too (`Conn::shutdown`).
+    pub(crate) fn shut_both_ways(&self, end: End) -> bool {
+        self.shut_bits(end) & (SHUT_READ | SHUT_WRITE) == SHUT_READ | SHUT_WRITE
+    }
+
     /// The peer's last descriptor is closed (or the peer died).
     pub(crate) fn peer_gone(&self) -> bool {
         if self.peer_closed.load(Relaxed) {

@@ -638,7 +638,7 @@ impl Conn {
             // SAFETY: the real `shutdown` on this connection's socket; no pointers.
             crate::sys::with_errno_kept(|| unsafe { crate::sys::shutdown(fd, libc::SHUT_RD) });
         }
-        if rc == 0 && self.shut_bits(self.end) & (SHUT_READ | SHUT_WRITE) == SHUT_READ | SHUT_WRITE {
+        if rc == 0 && self.shut_both_ways(self.end) {
             // Shut both ways: no byte goes onto either ring any more (the peer's writes fail,
             // this end's too), so the socket has no doorbell left to carry, and the kernel's
             // shutdown of it wakes every thread asleep on this end (in `poll`, a read or

@@ -476,8 +476,7 @@ impl Conn {
     /// socket both ways too (see `Conn::shutdown`), so its EOF and `POLLHUP` say nothing of a
     /// close; the peer's close is seen in the header then (its holders, `Conn::peer_gone`).
     pub(crate) fn note_eof(&self, fd: c_int) {
-        const BOTH: u32 = tssx_common::segment::SHUT_READ | tssx_common::segment::SHUT_WRITE;
-        if self.shut_bits(self.end) & BOTH == BOTH || self.shut_bits(self.end.peer()) & BOTH == BOTH {
+        if self.shut_both_ways(self.end) || self.shut_both_ways(self.end.peer()) {
             return;
         }
         // (This end's own SHUT_RD, carried over to the socket, explains it just as well.)
