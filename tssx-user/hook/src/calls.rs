@@ -1353,7 +1353,10 @@ pub unsafe fn shutdown(fd: c_int, how: c_int) -> c_int {
             if let Some(rc) = c.shutdown(fd, how) {
                 return rc;
             }
-        } else if phase != Phase::Plain && phase != Phase::Unconnected {
+        } else if phase == Phase::Plain {
+            // Before the real call, for a peer still handing back that sees its EOF.
+            c.note_plain_shutdown(how);
+        } else if phase != Phase::Unconnected {
             // A socket shut down for real is never migrated (its peer could not be woken).
             with_errno_kept(|| c.give_up(GiveUp::Shutdown));
         }

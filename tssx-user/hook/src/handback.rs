@@ -246,6 +246,33 @@ impl Conn {
         }
     }
 
+    /// A `shutdown` of an end already plain after its hand-back (its calls go to the kernel),
+    /// before the real call: recorded in the header too, for a peer still handing back (bytes
+    /// of this end's left on its ring), which reads its readiness from the header and takes
+    /// the socket's EOF for this end's close unless the header explains it
+    /// ([`Conn::note_eof`]). Without it, the peer reported `POLLHUP` after this end's
+    /// `SHUT_WR` (found by the differential test with `MSG_OOB`, seeds 90232 and 90361).
+    /// Nothing for a connection that never handed back (plain before it was ready: no peer
+    /// reads the header), nor for a bad `how` (the real call fails).
+    pub(crate) fn note_plain_shutdown(&self, how: c_int) {
+        if self.phase() != Phase::Plain || self.swap().is_none() {
+            return;
+        }
+        // SeqCst: as every `back_at` load and store (see `hand_back`).
+        if self.my_line().back_at.load(SeqCst) == NOT_YET {
+            return;
+        }
+        let bits = match how {
+            libc::SHUT_RD => SHUT_READ,
+            libc::SHUT_WR => SHUT_WRITE,
+            libc::SHUT_RDWR => SHUT_READ | SHUT_WRITE,
+            _ => return,
+        };
+        // SeqCst: as the bits' other stores (`Conn::shutdown`), and before the real call: a
+        // peer that finds the socket's EOF loads the bits after it, and sees them.
+        self.header().shut.0[self.end.index()].fetch_or(bits, SeqCst);
+    }
+
     /// Whether the peer handed its direction back (this end then follows).
     #[inline]
     pub(crate) fn peer_handed_back(&self) -> bool {

@@ -3047,3 +3047,23 @@ fn script_msg_cmsg_cloexec_on_the_ring_part_of_a_hand_back() {
         ],
     );
 }
+
+#[test]
+fn script_a_shutdown_of_an_end_plain_after_its_hand_back() {
+    // End 1 hands back (`send(MSG_OOB)`); end 0 follows and, its peer's ring read, is plain:
+    // its `shutdown(SHUT_WR)` goes to the kernel only. End 1, still handing back (end 0's
+    // bytes on the ring), must not take the socket's EOF for end 0's close: no POLLHUP, its
+    // sends still go (seeds 90232 and 90361 with `TSSX_DIFF_OOB=1`).
+    let mut ops = vec![
+        write(0, 10),
+        Op::SendOob { end: 1, copy: 0, len: 3, flags: 0 },
+        recv(0, RdApi::Recv, 100, 1, libc::MSG_DONTWAIT),
+        Op::Shutdown { end: 0, copy: 0, how: libc::SHUT_WR },
+    ];
+    ops.extend(polls_of(ALL_EVENTS));
+    ops.extend([write(1, 4), recv(1, RdApi::Recv, 100, 1, libc::MSG_DONTWAIT)]);
+    ops.extend(polls_of(ALL_EVENTS));
+    ops.extend([recv(1, RdApi::Recv, 100, 1, libc::MSG_DONTWAIT), write(1, 5)]);
+    ops.extend(polls_of(ALL_EVENTS));
+    script("shutdown(SHUT_WR) of an end plain after the hand-back", &ops);
+}
