@@ -24,7 +24,7 @@ use tssx_common::segment::{GiveUp, SegmentState, NOT_YET, SHUT_READ, SHUT_WRITE}
 use tssx_shm::{ring::Transfer, wait::sleeper_announced};
 
 use crate::{
-    conn::{Conn, Phase},
+    conn::{bits, Conn, Phase},
     sys,
 };
 
@@ -405,7 +405,19 @@ impl Conn {
         let ready = self.ring_readiness();
         // SAFETY: as above.
         sys::with_errno_kept(|| unsafe { sys::poll(&mut p, 1, 0) });
-        (ready & !crate::conn::bits::OUT) | (p.revents as u32 & crate::conn::bits::OUT)
+        let sock = p.revents as u32;
+        let mut ready = (ready & !bits::OUT) | (sock & bits::OUT);
+        if sock & bits::HUP != 0 {
+            // A peer already plain closes on the socket only (`Conn::leave` leaves the header
+            // alone then): the kernel's hang-up, and its error if the peer left bytes unread
+            // (ECONNRESET: an out-of-band byte it read past), are the answer, as for a plain
+            // pair, with this end's ring bytes still to read (found by the differential test
+            // with `MSG_OOB`, seed 90303). The socket never hangs up before the header does
+            // otherwise: a shutdown recorded there goes to the socket once its end's direction
+            // is back on it, both ways only when both are recorded.
+            ready |= sock & (bits::HUP | bits::ERR) | bits::RDHUP | bits::IN;
+        }
+        ready
     }
 
     /// The ring part of a read while handing back: reads at most up to the peer's `back_at`.

@@ -395,8 +395,8 @@ impl Conn {
         if crate::sys::with_errno_kept(|| unsafe { crate::sys::ioctl(fd, 0x8905, (&raw mut at_mark).cast()) }) == 0 && at_mark != 0 {
             return total as isize;
         }
-        let mut one = [0u8; 1];
-        let queued = matches!(crate::sys::recv_raw(fd, &mut one, libc::MSG_PEEK | libc::MSG_DONTWAIT), Ok(1));
+        // (Not a plain peek: it would take the socket's pending error, see `peek_socket`.)
+        let queued = matches!(self.peek_socket(fd), Ok(1));
         if !queued && flags & libc::MSG_DONTWAIT != 0 {
             return total as isize;
         }

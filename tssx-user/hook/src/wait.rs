@@ -457,6 +457,31 @@ impl Conn {
         }
     }
 
+    /// A look at the socket, taking nothing: `recv(MSG_PEEK)` of one byte (`Ok(1)`: bytes
+    /// queued, `Ok(0)`: EOF). But a read that finds the queue empty takes the socket's pending
+    /// error even when it peeks, and once the peer handed back that error is the
+    /// application's: the peer, plain, closed with bytes unread (an out-of-band byte it read
+    /// past), and this end's read of the socket after the ring must report ECONNRESET as the
+    /// kernel's does. Then `poll` says it first and it stays in the socket: `Ok(1)` if bytes
+    /// are queued before it, else `Err(ECONNRESET)` (found by the differential test with
+    /// `MSG_OOB`, seed 90303: probes from `epoll_wait` and from a read that finished the
+    /// hand-back took it, the application's read found EOF). (A peer that closes between the
+    /// two calls can still lose it to the `recv`.)
+    pub(crate) fn peek_socket(&self, fd: c_int) -> Result<usize, c_int> {
+        if self.peer_handed_back() {
+            let mut p = libc::pollfd { fd, events: 0, revents: 0 };
+            // SAFETY: one live pollfd, no wait; errno kept.
+            if sys::with_errno_kept(|| unsafe { sys::poll(&mut p, 1, 0) }) > 0 && p.revents & libc::POLLERR != 0 {
+                let mut queued: c_int = 0;
+                // SAFETY: FIONREAD writes one int into a live local; errno kept.
+                let rc = sys::with_errno_kept(|| unsafe { sys::ioctl(fd, libc::FIONREAD, (&raw mut queued).cast()) });
+                return if rc == 0 && queued > 0 { Ok(1) } else { Err(libc::ECONNRESET) };
+            }
+        }
+        let mut probe = 0u8;
+        sys::recv_raw(fd, std::slice::from_mut(&mut probe), libc::MSG_PEEK | libc::MSG_DONTWAIT)
+    }
+
     /// Notes the peer's end from a look at the socket without waiting: EOF, or an error such as
     /// ECONNRESET (the peer died with bytes it never read: our doorbells), means it is gone.
     fn note_peer_end(&self, fd: c_int, probe: Result<usize, c_int>) {
@@ -577,7 +602,7 @@ impl Conn {
             if take == 0 {
                 // Nothing counted: only EOF (or a reset) is worth noting.
                 if eof_check_after_bells || !drained_some {
-                    let probe = sys::recv_raw(fd, &mut buf[..1], libc::MSG_PEEK | libc::MSG_DONTWAIT);
+                    let probe = self.peek_socket(fd);
                     if matches!(probe, Ok(n) if n > 0) && socket_hung_up(fd) {
                         // A byte nobody counted (a peer that lied about its doorbells, or a
                         // marker whose record is pending) in front of the EOF of a peer that
@@ -608,7 +633,7 @@ impl Conn {
                         // died between counting a doorbell and sending it (SIGKILL). Then the
                         // socket is at EOF behind these bytes, and an edge-triggered wait
                         // would never hear of it again: look now.
-                        self.note_peer_end(fd, sys::recv_raw(fd, &mut buf[..1], libc::MSG_PEEK | libc::MSG_DONTWAIT));
+                        self.note_peer_end(fd, self.peek_socket(fd));
                         return;
                     }
                 }
