@@ -395,9 +395,10 @@ impl Conn {
         if crate::sys::with_errno_kept(|| unsafe { crate::sys::ioctl(fd, 0x8905, (&raw mut at_mark).cast()) }) == 0 && at_mark != 0 {
             return total as isize;
         }
-        // (Not a plain peek: it would take the socket's pending error, see `peek_socket`.)
-        let queued = matches!(self.peek_socket(fd), Ok(1));
-        if !queued && flags & libc::MSG_DONTWAIT != 0 {
+        // (Not a plain peek: it would take the socket's pending error, which stays for the next
+        // call, as a read that got bytes leaves it: see `peek_socket`.)
+        let probe = self.peek_socket(fd);
+        if probe == Err(libc::ECONNRESET) || probe != Ok(1) && flags & libc::MSG_DONTWAIT != 0 {
             return total as isize;
         }
         let got = after_mut(bufs, total, |rest| {

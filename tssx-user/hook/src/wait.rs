@@ -457,26 +457,45 @@ impl Conn {
         }
     }
 
+    /// Once the peer handed back: whether the socket holds a pending error (the peer, plain,
+    /// closed with bytes unread: ECONNRESET), which only `poll` shows without taking it.
+    pub(crate) fn socket_error_pending(&self, fd: c_int) -> bool {
+        if !self.peer_handed_back() {
+            return false;
+        }
+        let mut p = libc::pollfd { fd, events: 0, revents: 0 };
+        // SAFETY: one live pollfd, no wait; errno kept.
+        sys::with_errno_kept(|| unsafe { sys::poll(&mut p, 1, 0) }) > 0 && p.revents & libc::POLLERR != 0
+    }
+
+    /// Takes the socket's pending error (`SO_ERROR`), if any (0: none; another call took it).
+    pub(crate) fn take_socket_error(&self, fd: c_int) -> c_int {
+        let mut err: c_int = 0;
+        let mut len = std::mem::size_of::<c_int>() as libc::socklen_t;
+        // SAFETY: SO_ERROR writes one int into a live local, its length into another; errno
+        // kept.
+        let rc = sys::with_errno_kept(|| unsafe { sys::getsockopt(fd, libc::SOL_SOCKET, libc::SO_ERROR, (&raw mut err).cast(), &mut len) });
+        if rc == 0 {
+            err
+        } else {
+            0
+        }
+    }
+
     /// A look at the socket, taking nothing: `recv(MSG_PEEK)` of one byte (`Ok(1)`: bytes
     /// queued, `Ok(0)`: EOF). But a read that finds the queue empty takes the socket's pending
     /// error even when it peeks, and once the peer handed back that error is the
     /// application's: the peer, plain, closed with bytes unread (an out-of-band byte it read
     /// past), and this end's read of the socket after the ring must report ECONNRESET as the
-    /// kernel's does. Then `poll` says it first and it stays in the socket: `Ok(1)` if bytes
-    /// are queued before it, else `Err(ECONNRESET)` (found by the differential test with
-    /// `MSG_OOB`, seed 90303: probes from `epoll_wait` and from a read that finished the
-    /// hand-back took it, the application's read found EOF). (A peer that closes between the
-    /// two calls can still lose it to the `recv`.)
+    /// kernel's does. Then `poll` says it first (`Err(ECONNRESET)`) and it stays in the socket,
+    /// with any bytes queued before it (`FIONREAD` cannot tell: Linux 6.18 keeps counting an
+    /// out-of-band byte a read went past), which the next read takes. Found by the
+    /// differential test with `MSG_OOB`, seed 90303: probes from `epoll_wait` and from a read
+    /// that finished the hand-back took it, the application's read found EOF. (A peer that
+    /// closes between the two calls can still lose it to the `recv`.)
     pub(crate) fn peek_socket(&self, fd: c_int) -> Result<usize, c_int> {
-        if self.peer_handed_back() {
-            let mut p = libc::pollfd { fd, events: 0, revents: 0 };
-            // SAFETY: one live pollfd, no wait; errno kept.
-            if sys::with_errno_kept(|| unsafe { sys::poll(&mut p, 1, 0) }) > 0 && p.revents & libc::POLLERR != 0 {
-                let mut queued: c_int = 0;
-                // SAFETY: FIONREAD writes one int into a live local; errno kept.
-                let rc = sys::with_errno_kept(|| unsafe { sys::ioctl(fd, libc::FIONREAD, (&raw mut queued).cast()) });
-                return if rc == 0 && queued > 0 { Ok(1) } else { Err(libc::ECONNRESET) };
-            }
+        if self.socket_error_pending(fd) {
+            return Err(libc::ECONNRESET);
         }
         let mut probe = 0u8;
         sys::recv_raw(fd, std::slice::from_mut(&mut probe), libc::MSG_PEEK | libc::MSG_DONTWAIT)

@@ -3116,3 +3116,22 @@ fn script_a_close_with_an_out_of_band_byte_unread_after_the_hand_back() {
         script(&format!("a close with an out-of-band byte unread (dup: {dup})"), &ops);
     }
 }
+
+#[test]
+fn script_recvmmsg_after_a_reset_by_a_peer_plain_after_the_hand_back() {
+    // End 0 hands back; end 1 reads up to the mark, follows and is plain; its last close leaves
+    // the out-of-band byte unread: the kernel's recvmmsg on end 0 reports the reset before any
+    // message, end 1's bytes on the ring or not (seed 80512 with `TSSX_DIFF_OOB=1`).
+    let recvmmsg = |flags| recv(0, RdApi::RecvMmsg, 217, 2, flags);
+    let mut ops = vec![
+        write(1, 453),
+        Op::SendOob { end: 0, copy: 0, len: 6, flags: libc::MSG_DONTWAIT },
+        recv(1, RdApi::Recv, 100, 1, libc::MSG_DONTWAIT),
+        Op::Close { end: 1, copy: 0 },
+        recvmmsg(libc::MSG_DONTWAIT),
+        recvmmsg(libc::MSG_DONTWAIT),
+    ];
+    ops.extend(polls_of(ALL_EVENTS));
+    ops.extend([Op::Drain { end: 0, copy: 0 }, recvmmsg(libc::MSG_DONTWAIT)]);
+    script("recvmmsg after a reset by a peer plain after the hand-back", &ops);
+}
