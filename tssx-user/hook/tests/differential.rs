@@ -3135,3 +3135,29 @@ fn script_recvmmsg_after_a_reset_by_a_peer_plain_after_the_hand_back() {
     ops.extend([Op::Drain { end: 0, copy: 0 }, recvmmsg(libc::MSG_DONTWAIT)]);
     script("recvmmsg after a reset by a peer plain after the hand-back", &ops);
 }
+
+#[test]
+fn script_a_peek_across_the_hand_back_stops_at_the_mark() {
+    // End 0 writes on the ring, then sends an out-of-band byte alone (it hands back) and more
+    // bytes. A peek of end 1 (or a splice, which peeks first) takes the ring's bytes and stops
+    // at the mark, as the kernel's: the socket, which knows nothing of the ring's bytes, would
+    // skip the out-of-band byte and peek on (seed 84116 with `TSSX_DIFF_OOB=1`).
+    let out_of_end_1 = [
+        Op::Splice { end: 1, copy: 0, into: false, len: 23046, avail: 32919, flags: 0, pipe_nb: false },
+        recv(1, RdApi::Recv, 2000, 1, libc::MSG_PEEK | libc::MSG_DONTWAIT),
+    ];
+    for op in out_of_end_1 {
+        let mut ops = vec![
+            write(0, 852),
+            Op::SendOob { end: 0, copy: 0, len: 1, flags: 0 },
+            write(1, 3120),
+            write(0, 2),
+            Op::Poll { api: PollApi::Ppoll, events: libc::POLLIN | libc::POLLRDNORM },
+            op,
+            recv(1, RdApi::Recv, 2000, 1, libc::MSG_DONTWAIT),
+            recv(1, RdApi::Recv, 2000, 1, libc::MSG_DONTWAIT),
+        ];
+        ops.extend(polls_of(ALL_EVENTS));
+        script(&format!("a peek across the hand-back ({op:?})"), &ops);
+    }
+}
