@@ -977,6 +977,8 @@ pub unsafe fn recvmmsg(fd: c_int, msgs: *mut libc::mmsghdr, vlen: libc::c_uint, 
         // (found by the differential test with MSG_OOB, seed 80512).
         let err = c.take_socket_error(fd);
         if err != 0 {
+            // (The header's mark of the same reset, if any, is taken with it.)
+            c.note_reset_reported(true);
             sys::set_errno(err);
             return -1;
         }

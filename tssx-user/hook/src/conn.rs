@@ -768,6 +768,13 @@ impl Conn {
         let word = &self.header().shut.0[self.end.index()];
         if taken {
             word.fetch_or(RESET_TAKEN, SeqCst);
+            // The peer's close may have reset the socket too (bytes of its socket unread, such
+            // as an out-of-band byte after a hand-back): the same reset, taken with it, or it
+            // shows again (found by the differential test with MSG_OOB, seed 94043).
+            let fd = self.last_fd.load(Relaxed);
+            if fd >= 0 && crate::wait::socket_has_error(fd) {
+                self.take_socket_error(fd);
+            }
         } else {
             word.fetch_and(!RESET_TAKEN, SeqCst);
         }

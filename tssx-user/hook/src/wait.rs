@@ -460,12 +460,7 @@ impl Conn {
     /// Once the peer handed back: whether the socket holds a pending error (the peer, plain,
     /// closed with bytes unread: ECONNRESET), which only `poll` shows without taking it.
     pub(crate) fn socket_error_pending(&self, fd: c_int) -> bool {
-        if !self.peer_handed_back() {
-            return false;
-        }
-        let mut p = libc::pollfd { fd, events: 0, revents: 0 };
-        // SAFETY: one live pollfd, no wait; errno kept.
-        sys::with_errno_kept(|| unsafe { sys::poll(&mut p, 1, 0) }) > 0 && p.revents & libc::POLLERR != 0
+        self.peer_handed_back() && socket_has_error(fd)
     }
 
     /// Takes the socket's pending error (`SO_ERROR`), if any (0: none; another call took it).
@@ -698,6 +693,13 @@ fn deferred_too_long() -> bool {
 
 /// Whether socket `fd` is shut both ways (`POLLHUP`): for a connected Unix stream socket, the
 /// peer closed its end (or both ends shut down). A look, no wait; errno kept.
+/// Whether the socket holds a pending error (`POLLERR`, which leaves it there).
+pub(crate) fn socket_has_error(fd: c_int) -> bool {
+    let mut p = libc::pollfd { fd, events: 0, revents: 0 };
+    // SAFETY: one live pollfd, no wait; errno kept.
+    sys::with_errno_kept(|| unsafe { sys::poll(&mut p, 1, 0) }) > 0 && p.revents & libc::POLLERR != 0
+}
+
 fn socket_hung_up(fd: c_int) -> bool {
     let mut p = libc::pollfd { fd, events: 0, revents: 0 };
     // SAFETY: one live pollfd, no wait.

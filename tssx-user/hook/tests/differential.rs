@@ -3164,3 +3164,18 @@ fn script_a_peek_across_the_hand_back_stops_at_the_mark() {
         script(&format!("a peek across the hand-back ({op:?})"), &ops);
     }
 }
+
+#[test]
+fn script_a_reset_reported_once_after_a_hand_back() {
+    // End 1 hands back; end 0, which has not followed, closes with the out-of-band byte unread:
+    // the hook marks the reset in the header and the kernel resets the socket too. A read
+    // reports it once, and readiness shows no error after (seed 94043 with `TSSX_DIFF_OOB=1`).
+    let closes = [Op::Close { end: 0, copy: 0 }, Op::Dup2Over { end: 1, copy: 0, onto: 0, onto_copy: 0 }];
+    for close in closes {
+        let mut ops = vec![write(0, 6), Op::SendOob { end: 1, copy: 0, len: 1, flags: 0 }, close, Op::Drain { end: 1, copy: 0 }];
+        ops.extend(polls_of(ALL_EVENTS));
+        ops.extend([recv(1, RdApi::RecvMmsg, 10, 2, libc::MSG_DONTWAIT), recv(1, RdApi::Recv, 10, 1, libc::MSG_DONTWAIT)]);
+        ops.extend(polls_of(ALL_EVENTS));
+        script(&format!("a reset reported once after a hand-back ({close:?})"), &ops);
+    }
+}
