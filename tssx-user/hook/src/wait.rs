@@ -482,15 +482,19 @@ impl Conn {
     /// error even when it peeks, and once the peer handed back that error is the
     /// application's: the peer, plain, closed with bytes unread (an out-of-band byte it read
     /// past), and this end's read of the socket after the ring must report ECONNRESET as the
-    /// kernel's does. Then `poll` says it first (`Err(ECONNRESET)`) and it stays in the socket,
-    /// with any bytes queued before it (`FIONREAD` cannot tell: Linux 6.18 keeps counting an
-    /// out-of-band byte a read went past), which the next read takes. Found by the
+    /// kernel's does, after the bytes queued before it. Then `poll` says it first and it stays
+    /// in the socket: `Ok(1)` if `FIONREAD` counts bytes, else `Err(ECONNRESET)`. Found by the
     /// differential test with `MSG_OOB`, seed 90303: probes from `epoll_wait` and from a read
-    /// that finished the hand-back took it, the application's read found EOF. (A peer that
+    /// that finished the hand-back took it, the application's read found EOF; seed 94345: the
+    /// bytes before it. (Linux 6.18 keeps counting in `FIONREAD` an out-of-band byte a read
+    /// went past: with one, a read taken for bytes still takes the error; and a peer that
     /// closes between the two calls can still lose it to the `recv`.)
     pub(crate) fn peek_socket(&self, fd: c_int) -> Result<usize, c_int> {
         if self.socket_error_pending(fd) {
-            return Err(libc::ECONNRESET);
+            let mut queued: c_int = 0;
+            // SAFETY: FIONREAD writes one int into a live local; errno kept.
+            let rc = sys::with_errno_kept(|| unsafe { sys::ioctl(fd, libc::FIONREAD, (&raw mut queued).cast()) });
+            return if rc == 0 && queued > 0 { Ok(1) } else { Err(libc::ECONNRESET) };
         }
         let mut probe = 0u8;
         sys::recv_raw(fd, std::slice::from_mut(&mut probe), libc::MSG_PEEK | libc::MSG_DONTWAIT)

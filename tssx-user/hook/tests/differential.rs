@@ -3179,3 +3179,25 @@ fn script_a_reset_reported_once_after_a_hand_back() {
         script(&format!("a reset reported once after a hand-back ({close:?})"), &ops);
     }
 }
+
+#[test]
+fn script_bytes_after_the_hand_back_come_before_the_reset() {
+    // End 1 hands back; end 0 writes once more (it follows: the bytes go on the socket, after
+    // the ring's), reads up to the mark and closes with the out-of-band byte unread: the
+    // kernel resets end 1. End 1 reads the ring's bytes, then the socket's, then ECONNRESET,
+    // as from a plain socket (seed 94345 with `TSSX_DIFF_OOB=1`).
+    let mut ops = vec![
+        write(0, 296),
+        Op::SendOob { end: 1, copy: 0, len: 39, flags: libc::MSG_NOSIGNAL },
+        write(0, 147),
+        recv(0, RdApi::RecvMsg, 10061, 4, 0),
+        recv(1, RdApi::Recv, 13, 1, libc::MSG_DONTWAIT),
+        Op::Close { end: 0, copy: 0 },
+        recv(1, RdApi::Read, 261, 1, 0),
+        recv(1, RdApi::RecvMsg, 24, 4, libc::MSG_DONTWAIT),
+    ];
+    ops.extend(polls_of(ALL_EVENTS));
+    ops.extend([Op::Drain { end: 1, copy: 0 }]);
+    ops.extend(polls_of(ALL_EVENTS));
+    script("bytes after the hand-back come before the reset", &ops);
+}
