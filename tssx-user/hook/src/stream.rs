@@ -91,6 +91,17 @@ impl Conn {
             // no bytes waits for data, EOF or an error as a one-byte one would, then returns 0
             // and consumes nothing (EAGAIN when non-blocking with nothing there). Found by the
             // differential test (`read`/`readv` of 0 return 0 at once: see `calls`).
+            if peek && self.urgent(fd) != 0 {
+                // But a peek of no bytes walks the kernel's queue to its end, and one that ends
+                // with an out-of-band byte (which the peek may not pass) waits, EAGAIN when
+                // non-blocking (Linux 6.18): the socket's queue ends as the stream does once
+                // the peer handed back (only then can there be one), so it answers (found by
+                // the differential test with MSG_OOB, seeds 87591 and 92886).
+                return match crate::sys::recv_raw(fd, &mut [], flags & !libc::MSG_WAITALL) {
+                    Ok(n) => n as isize,
+                    Err(e) => partial_or_errno(0, e),
+                };
+            }
             let mut probe = [0u8; 1];
             let n = self.recv_inner(fd, &mut [IoSliceMut::new(&mut probe)], (flags & !libc::MSG_WAITALL) | libc::MSG_PEEK);
             return if n > 0 { 0 } else { n };

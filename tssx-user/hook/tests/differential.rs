@@ -3201,3 +3201,35 @@ fn script_bytes_after_the_hand_back_come_before_the_reset() {
     ops.extend(polls_of(ALL_EVENTS));
     script("bytes after the hand-back come before the reset", &ops);
 }
+
+#[test]
+fn script_a_peek_of_no_bytes_before_an_out_of_band_byte() {
+    // Linux's peek of no bytes waits (EAGAIN when non-blocking) when the queue ends with an
+    // out-of-band byte, returns 0 otherwise; after the peer's hand-back the ring's bytes come
+    // first and the socket's queue ends as the stream does (seeds 87591 and 92886 with
+    // `TSSX_DIFF_OOB=1`).
+    let peek0 = |api| recv(1, api, 0, 1, libc::MSG_PEEK | libc::MSG_DONTWAIT);
+    let ops = vec![
+        Op::Write {
+            end: 0,
+            copy: 0,
+            api: WrApi::SendMmsg,
+            len: 12,
+            parts: 1,
+            flags: libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            bad: Bad::None,
+        },
+        Op::SendOob { end: 0, copy: 0, len: 16, flags: libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL },
+        peek0(RdApi::RecvFromChk),
+        peek0(RdApi::Recv),
+        recv(1, RdApi::Recv, 5, 1, libc::MSG_DONTWAIT),
+        peek0(RdApi::Recv),
+        write(0, 3),
+        peek0(RdApi::Recv),
+        recv(1, RdApi::Recv, 100, 1, libc::MSG_DONTWAIT),
+        peek0(RdApi::Recv),
+        recv(1, RdApi::Recv, 100, 1, libc::MSG_DONTWAIT),
+        peek0(RdApi::Recv),
+    ];
+    script("a peek of no bytes before an out-of-band byte", &ops);
+}
