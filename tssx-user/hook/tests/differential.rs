@@ -2142,17 +2142,21 @@ impl Gen<'_> {
                 }
                 let dontwait = !blocking || flags & libc::MSG_DONTWAIT != 0;
                 let eof = self.shared.eof(end);
+                // A peek of no bytes (a message of none, for recvmmsg) waits while the queue
+                // ends with an out-of-band byte (Linux 6.18; seed 87303 blocked).
+                let peek_waits = flags & libc::MSG_PEEK != 0 && (len == 0 || api == RdApi::RecvMmsg) && self.flows.iter().any(|f| f.oob[d]);
                 let safe = dontwait
                     || eof
-                    || match api {
-                        // (Every message after the first is non-blocking with WAITFORONE.)
-                        RdApi::RecvMmsg if flags & libc::MSG_WAITALL != 0 => {
-                            flags & libc::MSG_WAITFORONE != 0 && self.q_min(d) >= len.max(1) as u64
-                        }
-                        RdApi::RecvMmsg => flags & libc::MSG_WAITFORONE != 0 && self.q_min(d) > 0,
-                        _ if flags & libc::MSG_WAITALL != 0 => self.q_min(d) >= len as u64 && len > 0,
-                        _ => self.q_min(d) > 0,
-                    };
+                    || !peek_waits
+                        && match api {
+                            // (Every message after the first is non-blocking with WAITFORONE.)
+                            RdApi::RecvMmsg if flags & libc::MSG_WAITALL != 0 => {
+                                flags & libc::MSG_WAITFORONE != 0 && self.q_min(d) >= len.max(1) as u64
+                            }
+                            RdApi::RecvMmsg => flags & libc::MSG_WAITFORONE != 0 && self.q_min(d) > 0,
+                            _ if flags & libc::MSG_WAITALL != 0 => self.q_min(d) >= len as u64 && len > 0,
+                            _ => self.q_min(d) > 0,
+                        };
                 if !safe {
                     return None;
                 }
