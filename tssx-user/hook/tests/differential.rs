@@ -3255,3 +3255,24 @@ fn script_a_peek_of_no_bytes_before_an_out_of_band_byte() {
     ];
     script("a peek of no bytes before an out-of-band byte", &ops);
 }
+
+#[test]
+fn script_a_shutdown_in_a_child_after_its_hand_back_reaches_the_parent() {
+    // A forked child hands the connection back (end 1's `send(MSG_OOB)`, end 0 follows and is
+    // plain: the segment's state is `Plain`); end 1, still handing back, shuts its writes. The
+    // parent, whose ends still read the rings and the header, sees end 1's EOF (POLLRDHUP)
+    // (seed 88071 with `TSSX_DIFF_OOB=1`).
+    for close in [false, true] {
+        let mut ops = vec![
+            Op::Fork,
+            Op::SendOob { end: 1, copy: 0, len: 3, flags: libc::MSG_DONTWAIT },
+            recv(0, RdApi::Recv, 100, 1, libc::MSG_DONTWAIT),
+            Op::Shutdown { end: 1, copy: 0, how: libc::SHUT_WR },
+            Op::Exit { close },
+        ];
+        ops.extend(polls_of(ALL_EVENTS));
+        ops.extend([Op::Drain { end: 0, copy: 0 }]);
+        ops.extend(polls_of(ALL_EVENTS));
+        script(&format!("a shutdown in a child after its hand-back (close: {close})"), &ops);
+    }
+}
