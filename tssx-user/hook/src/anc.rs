@@ -84,6 +84,12 @@ pub unsafe fn ctrl_begin(msg: *const msghdr, flags: c_int) -> CtrlGuard {
     CtrlGuard(())
 }
 
+/// Drops the thread's control request for the rest of the call: what it reads takes no control
+/// messages (as a `recv`).
+pub(crate) fn forget_ctrl() {
+    let _ = CTRL.try_with(|c| c.set(NO_CTRL));
+}
+
 /// After the hook served a `recvmsg`: `msg_controllen` and the `msg_flags` bits
 /// (`MSG_CTRUNC`) the kernel gave for a marker taken during the call (0, 0 if none).
 pub fn ctrl_result() -> (usize, c_int) {

@@ -431,6 +431,11 @@ impl Conn {
     /// bytes to copy (they stay unread), otherwise what the call gives with nothing to copy (it
     /// waits, or EAGAIN, EOF, EINTR). `None`: went plain; the caller makes the real call.
     pub fn recv_faulting(&self, fd: c_int, flags: c_int) -> Option<isize> {
+        // The probe takes no control messages: the fds of a marker it peeks would be installed
+        // and never handed over (the call fails), keeping the passed sockets open for good
+        // (found by the differential test with MSG_OOB, seed 91002: the peer's socket, passed
+        // to this end, outlived its close).
+        crate::anc::forget_ctrl();
         let mut probe = [0u8; 1];
         let n = self.recv(fd, &mut [IoSliceMut::new(&mut probe)], (flags & !libc::MSG_WAITALL) | libc::MSG_PEEK)?;
         Some(if n > 0 { partial_or_errno(0, libc::EFAULT) } else { n })

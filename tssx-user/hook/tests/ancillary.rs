@@ -70,6 +70,48 @@ fn an_fd_arrives_with_the_first_byte_of_its_message_and_the_connection_stays_on_
     }
 }
 
+/// How many fds of this process are open on the file `fd` is open on.
+fn copies_of(fd: c_int) -> usize {
+    let target = std::fs::read_link(format!("/proc/self/fd/{fd}")).expect("a live fd");
+    std::fs::read_dir("/proc/self/fd")
+        .expect("procfs")
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|t| *t == target)
+        .count()
+}
+
+#[test]
+fn a_recvmsg_into_a_buffer_that_faults_takes_no_fd() {
+    // As the kernel's: EFAULT, and the message and its fds stay for the next read. The hook's
+    // probe of the stream must not install the marker's fds, which the failed call never
+    // hands over: a passed socket then outlived its peer's close (the differential test with
+    // MSG_OOB, seed 91002). A plain pair first, as the reference.
+    let plain = support::socketpair(0);
+    let plain = Pair { client: plain[0], server: plain[1] };
+    for pair in [plain, swapped_pair()] {
+        let p = pipe();
+        assert_eq!(send_with_fd(pair.client, b"DEF", p[0]), 3);
+        let mut cbuf = [0u64; 8];
+        let mut iov = libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 100 };
+        // SAFETY: plain data.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        msg.msg_controllen = size_of_val(&cbuf);
+        // SAFETY: a msghdr whose buffer faults (the point), with a live control buffer.
+        let n = unsafe { calls::recvmsg(pair.server, &mut msg, libc::MSG_DONTWAIT) };
+        assert_eq!((n, std::io::Error::last_os_error().raw_os_error()), (-1, Some(libc::EFAULT)));
+        assert_eq!(copies_of(p[0]), 2, "no fd of the pipe installed by the failed call");
+        let (n, data, fds) = recv(pair.server, 100);
+        assert_eq!((n, &data[..], fds.len()), (3, &b"DEF"[..], 1), "the message and its fd are still there");
+        assert_eq!(copies_of(p[0]), 3);
+        for fd in [p[0], p[1], fds[0]] {
+            close(fd);
+        }
+    }
+}
+
 #[test]
 fn an_fd_the_kernel_refuses_sends_nothing() {
     let pair = swapped_pair();
