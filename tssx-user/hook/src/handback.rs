@@ -289,16 +289,27 @@ impl Conn {
             // The peer never wrote to its ring: the socket has its data and no doorbells.
             return Source::Socket;
         }
-        if self.my_line().sock_read.load(Acquire) < switch_at {
-            return Source::SocketBeforeSwitch;
-        }
         // Acquire: pairs with the peer's SeqCst store of `back_at` (its ring writes before).
         let back_at = peer.back_at.load(Acquire);
+        let ring = &self.header().rings[self.end.peer().index()];
+        let tail = ring.consumer.0.tail.load(Acquire);
+        if self.my_line().sock_read.load(Acquire) < switch_at {
+            if back_at != NOT_YET && back_at <= tail && self.nothing_behind_socket_data() {
+                // The peer handed back with nothing on its ring for this end (it switched,
+                // then wrote nothing there) and no doorbell or marker owed: the socket holds the
+                // rest of the stream as a plain one would, its bytes before the switch first,
+                // and the connection can go plain now. (Else an end that handed back while
+                // ready, for an io_uring, never finished: the io_uring reads those bytes past
+                // the hook, which never counts them. Found by the conformance scenario
+                // `io_uring_set_up_while_swapped_hands_back`, migrating: the server then
+                // waited in `poll` for good.)
+                return Source::Socket;
+            }
+            return Source::SocketBeforeSwitch;
+        }
         if back_at == NOT_YET {
             return Source::Ring;
         }
-        let ring = &self.header().rings[self.end.peer().index()];
-        let tail = ring.consumer.0.tail.load(Acquire);
         // Acquire: the peer's head, published before its `back_at`, which it never exceeds
         // (a `back_at` beyond it is a lie: nothing more can come from the ring).
         let head = ring.producer.0.head.load(Acquire);
@@ -306,6 +317,16 @@ impl Conn {
             return Source::Ring;
         }
         Source::Socket
+    }
+
+    /// Whether nothing of the peer's but data follows in the socket, once it handed back: no
+    /// doorbell it counted that this end has not drained, and no ancillary record pending
+    /// (its marker would be in the socket).
+    fn nothing_behind_socket_data(&self) -> bool {
+        // Acquire: published by the peer's `back_at`, loaded before (see `read_source`).
+        let bells_at = self.peer_line().bells_at.load(Acquire);
+        // SeqCst: as every load of the drained count.
+        bells_at <= self.my_line().bells_drained.load(SeqCst) && !self.anc_pending()
     }
 
     /// Skips the doorbells the peer sent before it handed back (all in the socket already).
@@ -406,7 +427,13 @@ impl Conn {
         // SAFETY: as above.
         sys::with_errno_kept(|| unsafe { sys::poll(&mut p, 1, 0) });
         let sock = p.revents as u32;
-        let mut ready = (ready & !bits::OUT) | (sock & bits::OUT);
+        // Bytes the peer wrote to the socket before its switch (or before it handed back,
+        // never switched), not read yet, come first in the stream, and a read takes them from
+        // the socket: readable as the socket says, the ring empty or not (found by the
+        // conformance scenario `io_uring_set_up_while_swapped_hands_back`, migrating: a poll
+        // waited for good on bytes a read would have returned).
+        let before_switch = if self.reads_ring() { 0 } else { sock & bits::IN };
+        let mut ready = (ready & !bits::OUT) | (sock & bits::OUT) | before_switch;
         if sock & bits::HUP != 0 {
             // A peer already plain closes on the socket only (`Conn::leave` leaves the header
             // alone then): the kernel's hang-up, and its error if the peer left bytes unread

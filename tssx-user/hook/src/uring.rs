@@ -265,3 +265,115 @@ fn progress(conn: &Conn) -> Progress {
     }
     Progress::Waiting
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd;
+
+    use tssx_common::segment::End;
+    use tssx_shm::{segment::Segment, sys::Fd};
+
+    use super::*;
+    use crate::{calls, conn::bits};
+
+    fn write(fd: c_int, bytes: &[u8]) -> isize {
+        // SAFETY: a live buffer of the stated length.
+        unsafe { calls::write(fd, bytes.as_ptr().cast(), bytes.len()) }
+    }
+
+    fn read(fd: c_int, buf: &mut [u8]) -> isize {
+        // SAFETY: a live buffer of the stated length.
+        unsafe { calls::read(fd, buf.as_mut_ptr().cast(), buf.len()) }
+    }
+
+    /// Everything the kernel's socket holds now, read past the hook (as an io_uring would).
+    fn socket_bytes(fd: c_int) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 64];
+        loop {
+            // SAFETY: a live buffer; libc's recv, not the hook's.
+            let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+            if n <= 0 {
+                return out;
+            }
+            out.extend_from_slice(&buf[..n as usize]);
+        }
+    }
+
+    /// The io_uring hand-back of an end that is ready, its writes switched onto its ring, while
+    /// the peer's last bytes before its own switch are still unread on the socket (the
+    /// conformance scenario `io_uring_set_up_while_swapped_hands_back`, migrating, about one
+    /// run in a hundred: the server waited in `poll` for good, and the client's read got
+    /// ECONNRESET when the run's timeout killed it). The hand-back's steps for that one end
+    /// (`hand_back_all` takes every connection of the process: the peer here plays the other
+    /// process). Its `poll` must see those bytes, and once the peer followed (with nothing on
+    /// its ring) the end is plain: the socket holds the rest of the stream, the io_uring reads
+    /// it there.
+    #[test]
+    fn a_ready_end_hands_back_with_the_peers_bytes_before_its_switch_unread() {
+        crate::phase::set_claiming(false);
+        let mut pair = [0; 2];
+        let kind = libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
+        // SAFETY: a valid out-array.
+        assert_eq!(unsafe { libc::socketpair(libc::AF_UNIX, kind, 0, pair.as_mut_ptr()) }, 0);
+        let [a, b] = pair;
+        assert!(table::track(a, End::Client, Phase::Candidate, Some(true)));
+        assert!(table::track(b, End::Server, Phase::Candidate, Some(true)));
+        let segment = Segment::create(4096).expect("segment");
+        for fd in [a, b] {
+            // SAFETY: a dup of the segment's own fd, owned by the result.
+            let memfd = unsafe { Fd::from_raw(libc::fcntl(segment.fd().unwrap().as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0)) };
+            assert!(table::lookup(fd).unwrap().join_with(memfd));
+        }
+        let (client, server) = (table::lookup(a).unwrap(), table::lookup(b).unwrap());
+        // The client is ready first: its write goes to the socket (the server is not ready, so
+        // the client cannot switch).
+        for _ in 0..100 {
+            client.tick(a);
+        }
+        assert_eq!((client.phase(), server.phase()), (Phase::Ready, Phase::Mapped));
+        assert_eq!(write(a, b"ping"), 4);
+        assert!(!client.out_switched());
+        // Then the server: ready, switched (the client is ready), its message on its ring.
+        for _ in 0..100 {
+            server.tick(b);
+        }
+        assert_eq!(server.phase(), Phase::Ready);
+        assert!(server.out_switched());
+        assert_eq!(write(b, b"early"), 5);
+        // The server's io_uring: its part of `hand_back_all`.
+        server.note_fd(b);
+        server.ask_replay();
+        server.hand_back(b);
+        assert_eq!(server.phase(), Phase::HandingBack);
+        let mut p = libc::pollfd { fd: b, events: libc::POLLIN, revents: 0 };
+        // SAFETY: one live pollfd, no wait.
+        assert_eq!(unsafe { calls::poll(&mut p, 1, 0) }, 1, "the client's bytes before its switch are readable");
+        assert_eq!(server.readiness(b) & bits::IN, bits::IN);
+        // The client reads the server's message (switching its writes onto its ring on the way,
+        // with nothing written there), then follows the hand-back.
+        let mut buf = [0u8; 16];
+        assert_eq!(read(a, &mut buf), 5);
+        assert_eq!(&buf[..5], b"early");
+        assert!(client.out_switched());
+        assert_eq!(read(a, &mut buf), -1);
+        assert_eq!(crate::sys::errno(), libc::EAGAIN);
+        assert_eq!(client.phase(), Phase::Plain);
+        // The server's handler sees the hand-back finished: plain, the socket holds the
+        // client's bytes as a plain socket would (what the io_uring reads).
+        assert!(matches!(progress(&server), Progress::Done), "the server's end did not finish its hand-back");
+        assert_eq!(server.phase(), Phase::Plain);
+        assert_eq!(socket_bytes(b), b"ping");
+        // Plain both ways, in order.
+        assert_eq!(write(a, b"more"), 4);
+        assert_eq!(socket_bytes(b), b"more");
+        assert_eq!(write(b, b"pong"), 4);
+        assert_eq!(read(a, &mut buf), 4);
+        assert_eq!(&buf[..4], b"pong");
+        drop((client, server));
+        for fd in [a, b] {
+            // SAFETY: the test's own fds, through the hook.
+            assert_eq!(unsafe { calls::close(fd) }, 0);
+        }
+    }
+}
