@@ -1230,7 +1230,7 @@ fn filter(epfd: c_int, out: &mut [epoll_event], m: usize) -> usize {
                 // Half-way, the socket carries data too: its edges are the connection's.
                 c.socket_edge(ev.events);
                 // Called after this thread withdrew its announcements.
-                c.drain_doorbells_if_alone(fd, 0);
+                c.drain_doorbells_after_edge(fd, ev.events);
                 if ev.events & libc::EPOLLOUT as u32 != 0 && c.phase() == Phase::Active && fd == tagged_fd && c.peer_took_socket_bytes() {
                     // Once per registration: stop the socket's room edges (see `tagged_active`),
                     // once the peer took this end's socket bytes (until then, each take is an

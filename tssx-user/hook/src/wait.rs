@@ -354,7 +354,9 @@ impl Conn {
             let n = unsafe { sys::recv(fd, (&mut byte as *mut u8).cast(), 1, libc::MSG_PEEK) };
             return match n {
                 1 => {
-                    self.drain_doorbells(fd);
+                    // The wait's next sleep peeks again: an EOF behind the doorbells shows then
+                    // (no look for it now, which would be one more system call per doorbell).
+                    self.drain(fd, false);
                     Ok(())
                 }
                 0 => {
@@ -435,13 +437,31 @@ impl Conn {
     /// So the socket's hang-up is looked at too (the EOF behind the bytes), and a thread that
     /// has deferred for [`DEFER_AT_MOST_NS`] drains the doorbells itself.
     pub fn drain_doorbells_if_alone(&self, fd: c_int, mine: u32) {
+        self.drain_if_alone(fd, mine, true);
+    }
+
+    /// [`Conn::drain_doorbells_if_alone`] for an edge of the hook's own registration of the
+    /// socket with an epoll instance (`EPOLLIN | EPOLLRDHUP | EPOLLET`), whose `events` the
+    /// kernel computed when it reported the edge: they say whether the peer's EOF (or an error)
+    /// was behind the doorbells then (`EPOLLRDHUP`, `EPOLLHUP`, `EPOLLERR`), and an EOF that
+    /// comes after the report is an edge of its own. So the look for one after the drain (a
+    /// `recv(MSG_PEEK)` that finds nothing, one more system call per doorbell) is made only when
+    /// the edge says so.
+    pub fn drain_doorbells_after_edge(&self, fd: c_int, events: u32) {
+        let ended = events & (libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0;
+        self.drain_if_alone(fd, 0, ended);
+    }
+
+    /// [`Conn::drain_doorbells_if_alone`]; `eof_check`: look for an EOF behind the doorbells
+    /// even when some were drained (see [`Conn::drain`]).
+    fn drain_if_alone(&self, fd: c_int, mine: u32, eof_check: bool) {
         if !self.reads_ring() {
             return;
         }
         // Relaxed: a hint; the doorbell bytes themselves stay until someone drains them.
         if self.header().asleep.0[self.end.index()].load(Relaxed) <= mine || deferred_too_long() {
             let _ = DEFERRING.try_with(|d| d.set((0, 0)));
-            self.drain_doorbells(fd);
+            self.drain(fd, eof_check);
         } else {
             let mut p = libc::pollfd { fd, events: libc::POLLIN | libc::POLLRDHUP, revents: 0 };
             // SAFETY: one live pollfd, no wait; errno kept.
@@ -593,8 +613,10 @@ impl Conn {
     }
 
     /// As [`Conn::drain_doorbells`]; `eof_check_after_bells`: look for EOF behind the doorbells
-    /// even when some were drained. A caller whose next wait is a level-triggered `poll` of its
-    /// own (a blocking read) skips that system call: the poll reports an EOF that is left.
+    /// even when some were drained. Two kinds of caller skip that system call: a sleep whose
+    /// next one is a level-triggered `poll` or `recv(MSG_PEEK)` of its own (which reports an
+    /// EOF that is left), and an epoll edge that reported none (a later EOF is an edge of its
+    /// own, see [`Conn::drain_doorbells_after_edge`]).
     fn drain(&self, fd: c_int, eof_check_after_bells: bool) {
         if !self.reads_ring() {
             return;
