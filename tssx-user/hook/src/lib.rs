@@ -78,6 +78,8 @@ pub mod sys;
 #[cfg(target_arch = "x86_64")]
 pub mod syscall;
 pub mod table;
+#[cfg(test)]
+mod test_io;
 pub mod uring;
 pub mod wait;
 pub mod witness;

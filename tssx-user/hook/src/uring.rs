@@ -274,17 +274,11 @@ mod tests {
     use tssx_shm::{segment::Segment, sys::Fd};
 
     use super::*;
-    use crate::{calls, conn::bits};
-
-    fn write(fd: c_int, bytes: &[u8]) -> isize {
-        // SAFETY: a live buffer of the stated length.
-        unsafe { calls::write(fd, bytes.as_ptr().cast(), bytes.len()) }
-    }
-
-    fn read(fd: c_int, buf: &mut [u8]) -> isize {
-        // SAFETY: a live buffer of the stated length.
-        unsafe { calls::read(fd, buf.as_mut_ptr().cast(), buf.len()) }
-    }
+    use crate::{
+        calls,
+        conn::bits,
+        test_io::{read, write},
+    };
 
     /// Everything the kernel's socket holds now, read past the hook (as an io_uring would).
     fn socket_bytes(fd: c_int) -> Vec<u8> {

@@ -740,17 +740,10 @@ mod tests {
     use tssx_shm::{segment::Segment, sys::Fd};
 
     use super::*;
-    use crate::{calls, table};
-
-    fn write(fd: c_int, bytes: &[u8]) -> isize {
-        // SAFETY: a live buffer of the stated length.
-        unsafe { calls::write(fd, bytes.as_ptr().cast(), bytes.len()) }
-    }
-
-    fn read(fd: c_int, buf: &mut [u8]) -> isize {
-        // SAFETY: a live buffer of the stated length.
-        unsafe { calls::read(fd, buf.as_mut_ptr().cast(), buf.len()) }
-    }
+    use crate::{
+        calls, table,
+        test_io::{read, write},
+    };
 
     /// Hands the tracked candidates `a` and `b` one new segment, as the agent would; the
     /// segment must outlive the test's use of them.
