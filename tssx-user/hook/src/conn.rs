@@ -570,6 +570,16 @@ impl Conn {
         f(unsafe { &mut *swap.rx.get() })
     }
 
+    /// The header's shutdown bits for `shutdown`'s `how` (`None`: not a `how` the kernel takes).
+    pub(crate) fn shut_bits_of(how: c_int) -> Option<u32> {
+        match how {
+            libc::SHUT_RD => Some(SHUT_READ),
+            libc::SHUT_WR => Some(SHUT_WRITE),
+            libc::SHUT_RDWR => Some(SHUT_READ | SHUT_WRITE),
+            _ => None,
+        }
+    }
+
     /// Shutdown bits of `end` (Acquire: pairs with the SeqCst `fetch_or` in `shutdown`).
     pub(crate) fn shut_bits(&self, end: End) -> u32 {
         self.header().shut.0[end.index()].load(Acquire)

@@ -262,12 +262,7 @@ impl Conn {
         if self.my_line().back_at.load(SeqCst) == NOT_YET {
             return;
         }
-        let bits = match how {
-            libc::SHUT_RD => SHUT_READ,
-            libc::SHUT_WR => SHUT_WRITE,
-            libc::SHUT_RDWR => SHUT_READ | SHUT_WRITE,
-            _ => return,
-        };
+        let Some(bits) = Conn::shut_bits_of(how) else { return };
         // SeqCst: as the bits' other stores (`Conn::shutdown`), and before the real call: a
         // peer that finds the socket's EOF loads the bits after it, and sees them.
         self.header().shut.0[self.end.index()].fetch_or(bits, SeqCst);

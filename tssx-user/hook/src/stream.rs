@@ -8,7 +8,7 @@ use std::{
 };
 
 use libc::c_int;
-use tssx_common::segment::{GiveUp, NOT_YET, SHUT_READ, SHUT_WRITE};
+use tssx_common::segment::{GiveUp, NOT_YET};
 use tssx_shm::ring::Transfer;
 
 use crate::{
@@ -682,14 +682,9 @@ impl Conn {
     }
 
     fn shutdown_in_header(&self, fd: c_int, how: c_int) -> c_int {
-        let bits = match how {
-            libc::SHUT_RD => SHUT_READ,
-            libc::SHUT_WR => SHUT_WRITE,
-            libc::SHUT_RDWR => SHUT_READ | SHUT_WRITE,
-            _ => {
-                set_errno(libc::EINVAL);
-                return -1;
-            }
+        let Some(bits) = Conn::shut_bits_of(how) else {
+            set_errno(libc::EINVAL);
+            return -1;
         };
         // SeqCst: ordered with the fence in `wake_peer` (and the peer's announcement).
         self.header().shut.0[self.end.index()].fetch_or(bits, SeqCst);

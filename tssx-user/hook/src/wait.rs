@@ -717,19 +717,28 @@ fn deferred_too_long() -> bool {
         .unwrap_or(true)
 }
 
-/// Whether socket `fd` is shut both ways (`POLLHUP`): for a connected Unix stream socket, the
-/// peer closed its end (or both ends shut down). A look, no wait; errno kept.
-/// Whether the socket holds a pending error (`POLLERR`, which leaves it there).
+/// Whether the socket holds a pending error (`POLLERR`, which leaves it there). A look, no
+/// wait; errno kept.
 pub(crate) fn socket_has_error(fd: c_int) -> bool {
-    let mut p = libc::pollfd { fd, events: 0, revents: 0 };
-    // SAFETY: one live pollfd, no wait; errno kept.
-    sys::with_errno_kept(|| unsafe { sys::poll(&mut p, 1, 0) }) > 0 && p.revents & libc::POLLERR != 0
+    socket_revents(fd) & libc::POLLERR != 0
 }
 
+/// Whether socket `fd` is shut both ways (`POLLHUP`): for a connected Unix stream socket, the
+/// peer closed its end (or both ends shut down). A look, no wait; errno kept.
 fn socket_hung_up(fd: c_int) -> bool {
+    socket_revents(fd) & libc::POLLHUP != 0
+}
+
+/// The socket's unconditional `poll` bits (`POLLERR`, `POLLHUP`) now, without waiting (0 if
+/// the call fails); errno kept.
+fn socket_revents(fd: c_int) -> libc::c_short {
     let mut p = libc::pollfd { fd, events: 0, revents: 0 };
-    // SAFETY: one live pollfd, no wait.
-    sys::with_errno_kept(|| unsafe { sys::poll(&mut p, 1, 0) }) > 0 && p.revents & libc::POLLHUP != 0
+    // SAFETY: one live pollfd, no wait; errno kept.
+    if sys::with_errno_kept(|| unsafe { sys::poll(&mut p, 1, 0) }) > 0 {
+        p.revents
+    } else {
+        0
+    }
 }
 
 #[cfg(test)]
