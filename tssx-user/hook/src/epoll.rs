@@ -459,7 +459,7 @@ static ALIASED: FdBits = FdBits::new();
 /// The number whose entries serve `epfd`'s instance (see [`CANON`]): `epfd` itself unless it
 /// is a duplicate. One load.
 #[inline]
-fn canon(epfd: c_int) -> c_int {
+pub(crate) fn canon(epfd: c_int) -> c_int {
     match usize::try_from(epfd).ok().and_then(|i| CANON.get(i)).map(|c| c.load(Relaxed)) {
         Some(n) if n > 0 => n - 1,
         _ => epfd,
@@ -517,6 +517,12 @@ fn unalias(fd: c_int) -> bool {
         }
     }
     let Some(heir) = heir else { return false };
+    // The records of still plain connections registered in the instance name it by the number
+    // that served it (see `record`): they name the heir now.
+    crate::table::for_each_fd_conn(|c| {
+        let mut regs = c.regs.lock().unwrap_or_else(|p| p.into_inner());
+        regs.iter_mut().filter(|r| r.1 == fd).for_each(|r| r.1 = heir);
+    });
     let old = SETS[fd as usize].swap(null_mut(), Acquire);
     if !old.is_null() {
         SET_BITS.clear(fd);
@@ -850,6 +856,11 @@ pub(crate) fn record_plain(c: &Conn, epfd: c_int, fd: c_int, events: u32, data: 
 /// that [`adopt`] can move it when the connection becomes ready; the instance gets a table so
 /// that its waits are counted and filtered.
 fn record(c: &Conn, epfd: c_int, op: c_int, fd: c_int, user: Option<(u32, u64)>) {
+    // One instance under several numbers is one registration (the kernel's key is the
+    // instance): a `MOD` through a duplicate replaces the `ADD` made through the original, and
+    // the record names the number that serves the instance ([`CANON`], kept live by
+    // [`unalias`]), not one that may close while the instance lives on.
+    let epfd = canon(epfd);
     let mut regs = match c.regs.lock() {
         Ok(regs) => regs,
         Err(poisoned) => poisoned.into_inner(),

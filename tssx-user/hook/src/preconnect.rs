@@ -84,7 +84,9 @@ pub fn kept(fd: c_int) -> bool {
 pub unsafe fn ctl(epfd: c_int, op: c_int, fd: c_int, event: *mut epoll_event) -> Option<c_int> {
     let slot = slot(fd)?;
     let kept = slot.head.load(Relaxed);
-    let ours = kept != 0 && epfd_of(kept) == epfd;
+    // One instance under several numbers (a `dup` of the epoll fd) is one registration.
+    let home = crate::epoll::canon(epfd);
+    let ours = kept != 0 && epfd_of(kept) == home;
     match op {
         // The kept one again (the kernel's EEXIST) is no second registration.
         libc::EPOLL_CTL_ADD if kept == 0 || ours => {}
@@ -108,9 +110,9 @@ pub unsafe fn ctl(epfd: c_int, op: c_int, fd: c_int, event: *mut epoll_event) ->
     }
     // SAFETY: the kernel just read the event from there.
     let (events, data) = unsafe { ((*event).events, (*event).u64) };
-    INSTANCES.set(epfd);
+    INSTANCES.set(home);
     slot.data.store(data, Relaxed);
-    slot.head.store(head(epfd, events), Relaxed);
+    slot.head.store(head(home, events), Relaxed);
     if events & libc::EPOLLONESHOT as u32 != 0 {
         // The kernel disarms it by itself: the record follows that (see `epoll`).
         sys::with_errno_kept(|| adopt(fd));

@@ -515,3 +515,92 @@ fn peeks_get_the_fds_the_kernels_get() {
         assert_eq!(pieces_across(true, false, true, size, &steps), plain, "across the switch, pieces of {size}");
     }
 }
+
+fn epoll_ctl(ep: c_int, op: c_int, fd: c_int, data: u64) {
+    let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: data };
+    // SAFETY: a live event.
+    assert_eq!(unsafe { calls::epoll_ctl(ep, op, fd, &mut ev) }, 0, "epoll_ctl {op} through {ep}");
+}
+
+/// `epoll_wait(ep, 1000)`: the (events, data) reported.
+fn epoll_wait(ep: c_int) -> Vec<(u32, u64)> {
+    let mut out = [libc::epoll_event { events: 0, u64: 0 }; 4];
+    // SAFETY: a live array of four.
+    let n = unsafe { calls::epoll_wait(ep, out.as_mut_ptr(), 4, 1000) };
+    assert!(n >= 0, "epoll_wait: {}", std::io::Error::last_os_error());
+    out[..n as usize].iter().map(|e| (e.events, e.u64)).collect()
+}
+
+/// Talks both ways on a tracked pair until both ends are on the rings.
+fn talk_until_active(a: c_int, b: c_int) {
+    for _ in 0..10 {
+        for (from, to) in [(a, b), (b, a)] {
+            assert_eq!(write(from, b"x"), 1);
+            let mut one = [0u8; 1];
+            let mut tries = 0;
+            while read(to, &mut one) != 1 {
+                tries += 1;
+                assert!(tries < 1_000_000, "a byte of the exchange");
+            }
+        }
+    }
+    for fd in [a, b] {
+        assert_eq!(table::lookup(fd).unwrap().phase(), Phase::Active);
+    }
+}
+
+/// One epoll instance under several numbers (mio, tokio's I/O driver, registers through a
+/// duplicate and waits on the original): a registration made through one number and changed
+/// through another while the connection is plain moves onto the rings as the kernel holds it,
+/// with its last data, and is served through the number left after the others closed (found
+/// by the conformance scenario `epoll_dup` migrating while in use: the record kept the `ADD`'s
+/// data, and lost the registration when the number it named closed).
+#[test]
+fn a_registration_made_through_several_numbers_of_an_instance_migrates_as_the_kernel_holds_it() {
+    // (made through the home number, changed through a copy dup2 made; numbers closed before
+    // the connection migrates)
+    for (made_through_home, close_home) in [(false, true), (true, true), (true, false)] {
+        tssx_hook::phase::set_claiming(false);
+        let (a, b) = socketpair(libc::SOCK_NONBLOCK);
+        assert!(table::track(a, End::Client, Phase::Candidate, None));
+        assert!(table::track(b, End::Server, Phase::Candidate, None));
+        // SAFETY: plain arguments.
+        let ep = unsafe { calls::epoll_create1(libc::EPOLL_CLOEXEC) };
+        // SAFETY: plain arguments.
+        let dup = unsafe { calls::fcntl(ep, libc::F_DUPFD_CLOEXEC, 0) };
+        // SAFETY: plain arguments.
+        let other = unsafe { calls::epoll_create1(0) };
+        assert!(ep >= 0 && dup >= 0 && other >= 0);
+        epoll_ctl(if made_through_home { ep } else { dup }, libc::EPOLL_CTL_ADD, b, 1);
+        // SAFETY: our fds: `other` becomes a third number of the instance.
+        assert_eq!(unsafe { calls::dup2(ep, other) }, other);
+        epoll_ctl(other, libc::EPOLL_CTL_MOD, b, 2);
+        let mut open = vec![dup];
+        for (fd, close) in [(ep, close_home), (other, true)] {
+            if close {
+                // SAFETY: ours; the instance lives on under `dup`.
+                assert_eq!(unsafe { calls::close(fd) }, 0);
+            } else {
+                open.push(fd);
+            }
+        }
+        let segment = Segment::create(4096).expect("segment");
+        assert!(table::lookup(a).unwrap().join_with(dup_memfd(&segment)));
+        assert!(table::lookup(b).unwrap().join_with(dup_memfd(&segment)));
+        talk_until_active(a, b);
+        assert_eq!(write(a, b"z"), 1);
+        let case = format!("made through the home number: {made_through_home}, home closed: {close_home}");
+        assert_eq!(epoll_wait(dup), [(libc::EPOLLIN as u32, 2)], "{case}");
+        let mut one = [0u8; 1];
+        assert_eq!(read(b, &mut one), 1);
+        // Level-triggered and read: nothing more, neither the hook's registration nor the
+        // application's left in the kernel.
+        let mut none = [libc::epoll_event { events: 0, u64: 0 }; 4];
+        // SAFETY: a live array of four.
+        let n = unsafe { calls::epoll_wait(dup, none.as_mut_ptr(), 4, 0) };
+        let data = none[0].u64;
+        assert_eq!(n, 0, "{case}: reported {data:x}");
+        open.extend([a, b]);
+        close_all(&open);
+    }
+}

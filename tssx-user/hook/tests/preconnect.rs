@@ -102,6 +102,38 @@ fn mod_and_del_before_the_connect_update_the_kept_registration() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// One instance under several numbers (a duplicate of the epoll fd, as mio registers through):
+/// `MOD` and `DEL` through another number than the `ADD`'s change the kept registration, as
+/// they change the kernel's.
+#[test]
+fn mod_and_del_through_a_duplicate_of_the_instance_update_the_kept_registration() {
+    let (_listener, path, dir) = listener();
+    // SAFETY: no pointers; through the hook, which notes the instance and its duplicate.
+    let ep = unsafe { calls::epoll_create1(libc::EPOLL_CLOEXEC) };
+    // SAFETY: as above.
+    let dup = unsafe { calls::fcntl(ep, libc::F_DUPFD_CLOEXEC, 0) };
+    assert!(ep >= 0 && dup >= 0);
+    let fd = socket();
+    assert_eq!(add(dup, fd, libc::EPOLLIN as u32, 1), 0);
+    assert!(preconnect::kept(fd));
+    let mut ev = libc::epoll_event { events: libc::EPOLLOUT as u32, u64: 2 };
+    // SAFETY: a live event.
+    assert_eq!(unsafe { calls::epoll_ctl(ep, libc::EPOLL_CTL_MOD, fd, &mut ev) }, 0);
+    assert!(preconnect::kept(fd) && !table::is_tracked(fd), "still the one kept registration");
+    // SAFETY: DEL takes no event.
+    assert_eq!(unsafe { calls::epoll_ctl(ep, libc::EPOLL_CTL_DEL, fd, std::ptr::null_mut()) }, 0);
+    assert!(!preconnect::kept(fd), "deleted through the other number");
+    assert_eq!(connect(fd, &path), 0);
+    assert!(!table::is_tracked(fd));
+    // SAFETY: our fds.
+    unsafe {
+        calls::close(fd);
+        calls::close(dup);
+        calls::close(ep);
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[test]
 fn what_the_slot_cannot_hold_gets_the_record() {
     let (_listener, path, dir) = listener();
