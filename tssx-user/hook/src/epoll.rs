@@ -34,9 +34,9 @@
 //! the connection's last fd closes).
 //!
 //! One instance under several numbers in one process (`dup`, `dup2`, `dup3`, `F_DUPFD`: mio,
-//! tokio's I/O driver, registers through a duplicate and waits on the original) is one set and
-//! one gate, those of the number that serves it ([`CANON`]); closing that number hands them to
-//! a duplicate.
+//! tokio's I/O driver, registers through a duplicate and waits on the original) is one set,
+//! one gate and, for a socket still plain, one recorded registration, those of the number that
+//! serves it ([`CANON`]); closing that number hands them to a duplicate.
 //!
 //! Limits: a user `data` value equal to [`TAG`] | fd for an fd of the same instance would be
 //! mistaken for a doorbell. Instances the hook did not see being made (inherited through
