@@ -325,9 +325,13 @@ impl Control {
         for pid in [new.end.pid, held.end.pid] {
             self.facts.hand_back_on_io_uring(pid);
         }
+        let (client, server) = if new.role == Role::Client { (&new, &held) } else { (&held, &new) };
+        let pattern = self.path_name(new.path_id);
+        let path = new.name.as_deref().or(held.name.as_deref()).map_or_else(|| pattern.clone(), crate::paths::display_name);
+        let labels = (client.end.label(), server.end.label());
         if let Some(pid) = [new.end.pid, held.end.pid].into_iter().find(|&pid| self.facts.uses_io_uring(pid)) {
             let reason = PlainReason::IoUring.describe();
-            tracing::info!(pid, reason, "not swapped");
+            tracing::info!(path, client = labels.0, server = labels.1, io_uring_pid = pid, reason, "not swapped");
             return Decision::Answer { streams: vec![held_stream, stream], reply: Reply::plain(PlainReason::IoUring) };
         }
         let segment = match spare.map_or_else(|| Segment::create_growing(self.ring_size, self.ring_initial()), Ok) {
@@ -340,13 +344,10 @@ impl Control {
         segment.set_tssx_bit(End::Client, true);
         segment.set_tssx_bit(End::Server, true);
         let segment = Arc::new(segment);
-        let (client, server) = if new.role == Role::Client { (&new, &held) } else { (&held, &new) };
         // The connection's time: the client's connect event, else the server's accept event,
         // else the first claim.
         let first_claim_ns = super::monotonic_ns().saturating_sub(since.elapsed().as_nanos() as u64);
         let connected_ns = client.event_ns.or(server.event_ns).unwrap_or(first_claim_ns);
-        let pattern = self.path_name(new.path_id);
-        let path = new.name.as_deref().or(held.name.as_deref()).map_or_else(|| pattern.clone(), crate::paths::display_name);
         let pair = NewConnection {
             path: path.as_str().into(),
             pattern: pattern.as_str().into(),
@@ -356,7 +357,6 @@ impl Control {
             connected_ns,
             segment: Arc::clone(&segment),
         };
-        let labels = (client.end.label(), server.end.label());
         match self.admit(pair) {
             Some(id) => {
                 self.counters.paired.fetch_add(1, Ordering::Relaxed);
