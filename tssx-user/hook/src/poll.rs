@@ -277,7 +277,15 @@ pub unsafe fn poll(fds: &mut [pollfd], timeout_ns: Option<u64>, sigmask: *const 
             }
         }
         // Announce on every swapped connection, then re-check: a peer that transfers after our
-        // fence sees the announcement and rings.
+        // fence sees the announcement and rings. The connections announced on are kept, and
+        // exactly those withdraw after the sleep: one of the set that turns swapped during the
+        // real call (a connection still plain steps to ready when its raw call ends, see
+        // `RawCalls`) has no announcement to take back, and one that turns plain still has one.
+        // (Withdrawn by a fresh lookup, the first took its end's counter below zero, to
+        // `u32::MAX`, and the next sleep's announcement back to 0: the peer saw no sleeper, and
+        // its transfers rang no doorbell while this end slept in the real call. The migrating
+        // echo scenarios hung, once the peer's reads no longer rang on every read.)
+        let mut announced: Vec<ConnRef> = Vec::with_capacity(fds.len());
         let mut shared = false;
         let mut halfway = false;
         for p in fds.iter().filter(|p| p.fd >= 0) {
@@ -285,6 +293,7 @@ pub unsafe fn poll(fds: &mut [pollfd], timeout_ns: Option<u64>, sigmask: *const 
                 c.announce();
                 shared |= c.is_shared();
                 halfway |= c.phase() != Phase::Active;
+                announced.push(c);
             }
         }
         tssx_shm::wait::settle();
@@ -302,10 +311,8 @@ pub unsafe fn poll(fds: &mut [pollfd], timeout_ns: Option<u64>, sigmask: *const 
         };
         let saved_errno = sys::errno();
         spin::woke();
-        for p in fds.iter().filter(|p| p.fd >= 0) {
-            if let Some(c) = lookup_swapped(p.fd) {
-                c.withdraw();
-            }
+        for c in announced {
+            c.withdraw();
         }
         if rc != 0 {
             sys::set_errno(saved_errno);

@@ -604,3 +604,50 @@ fn a_registration_made_through_several_numbers_of_an_instance_migrates_as_the_ke
         close_all(&open);
     }
 }
+
+/// One `poll` of `fds` (all for `POLLIN`) through the hook, `timeout` ms: its count.
+fn poll_in(fds: &[c_int], timeout: c_int) -> c_int {
+    let mut set: Vec<libc::pollfd> = fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
+    // SAFETY: a live array of `set.len()` entries.
+    unsafe { calls::poll(set.as_mut_ptr(), set.len() as libc::nfds_t, timeout) }
+}
+
+/// A `poll` that sleeps on a swapped connection takes back exactly the sleeps it announced: a
+/// connection of its set that becomes ready during the call (its raw call's end steps it on)
+/// was not announced on, and withdrawing on it too took its end's counter below zero. The
+/// next sleep's announcement then left it at 0: the peer's writes saw no sleeper and rang no
+/// doorbell, and the sleep went on after the data arrived (the migrating echo scenarios hung
+/// in `ppoll` with data on the ring).
+#[test]
+fn a_poll_withdraws_only_the_sleeps_it_announced() {
+    let (x_client, x_server, _x_segment) = active_pair();
+    // A second connection, joined at both ends but not ready yet: its raw call in the poll
+    // below moves it on.
+    let (a, b) = socketpair(libc::SOCK_NONBLOCK);
+    assert!(table::track(a, End::Client, Phase::Candidate, None));
+    assert!(table::track(b, End::Server, Phase::Candidate, None));
+    let segment = Segment::create(4096).expect("segment");
+    assert!(table::lookup(a).unwrap().join_with(dup_memfd(&segment)));
+    assert!(table::lookup(b).unwrap().join_with(dup_memfd(&segment)));
+    assert!(table::lookup(b).unwrap().phase() < Phase::Ready);
+    // Nothing to read on either: the poll sleeps (announced on `x_server` only) and times out.
+    assert_eq!(poll_in(&[x_server, b], 20), 0);
+    assert!(table::lookup(b).unwrap().phase() >= Phase::Ready, "the poll's raw call made it ready");
+    let asleep = |fd: c_int| table::lookup(fd).unwrap().header().asleep.0[End::Server.index()].load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(asleep(x_server), 0, "the announced connection's sleep is taken back");
+    assert_eq!(asleep(b), 0, "no sleep was announced on the connection that became ready");
+    // Both directions onto the rings; then a sleep on it must be woken by the peer's write.
+    talk_until_active(a, b);
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert_eq!(write(a, b"wake"), 4);
+    });
+    let started = std::time::Instant::now();
+    assert_eq!(poll_in(&[b], 5_000), 1);
+    let slept = started.elapsed();
+    writer.join().unwrap();
+    assert!(slept < std::time::Duration::from_secs(2), "the write woke the poll after {slept:?}");
+    let mut buf = [0u8; 8];
+    assert_eq!(read(b, &mut buf), 4);
+    close_all(&[x_client, x_server, a, b]);
+}
