@@ -1315,23 +1315,43 @@ fn any_ready(set: &Set) -> bool {
     })
 }
 
-/// Announces (or withdraws) a sleep on every connection of `set`; returns (any shared, any
-/// pending) for the announcing call.
-fn announce_all(set: &Set, on: bool) -> (bool, bool) {
+/// The sleeps a wait announced ([`announce_all`]): exactly these are withdrawn after it.
+struct Announced {
+    /// The connections announced on, one entry per announcement.
+    conns: Vec<ConnRef>,
+    /// Any of them shared with another thread or process.
+    shared: bool,
+    /// Any of them not active yet.
+    halfway: bool,
+}
+
+impl Announced {
+    /// Takes back every announcement made.
+    fn withdraw(self) {
+        for c in self.conns {
+            c.withdraw();
+        }
+    }
+}
+
+/// Announces a sleep on every connection of `set`, and keeps them: another thread may add an
+/// interest to the set during the sleep (an `EPOLL_CTL_ADD`, a connection that becomes ready
+/// and moves its registration in) or park one, and withdrawing by the set as it is after the
+/// sleep took back an announcement never made (the end's counter went below zero, to
+/// `u32::MAX`, and the next sleep's announcement back to 0: the peer saw no sleeper and rang no
+/// doorbell) or left one standing.
+fn announce_all(set: &Set) -> Announced {
     set.with(|v, local| {
-        let (mut shared, mut halfway) = (false, false);
+        let mut announced = Announced { conns: Vec::with_capacity(v.len()), shared: false, halfway: false };
         for i in v.iter().filter(|i| !i.parked) {
             if let Some((c, _)) = live(&mut local.aliases, i) {
-                if on {
-                    c.announce();
-                    shared |= c.is_shared();
-                    halfway |= c.phase() != Phase::Active;
-                } else {
-                    c.withdraw();
-                }
+                c.announce();
+                announced.shared |= c.is_shared();
+                announced.halfway |= c.phase() != Phase::Active;
+                announced.conns.push(c);
             }
         }
-        (shared, halfway)
+        announced
     })
 }
 
@@ -1521,7 +1541,8 @@ pub unsafe fn wait(
                 }
             }
         }
-        let (shared, halfway) = announce_all(set, true);
+        let announced = announce_all(set);
+        let (shared, halfway) = (announced.shared, announced.halfway);
         tssx_shm::wait::settle();
         // (A handler that ran since the mark: no sleep; the loop's top answers EINTR.)
         let budget = || spin::sleep_budget(deadline, shared, halfway);
@@ -1529,7 +1550,7 @@ pub unsafe fn wait(
         let m = unsafe { sleep_quietly(epfd, out, sigmask, budget, || any_ready(set) || mark.interrupted().is_some()) }.unwrap_or(0);
         let saved_errno = sys::errno();
         spin::woke();
-        announce_all(set, false);
+        announced.withdraw();
         if m < 0 {
             sys::set_errno(saved_errno);
             return -1;

@@ -496,3 +496,51 @@ fn a_connection_only_one_sharer_holds_is_served_by_the_kernel() {
         }
     }
 }
+
+/// The announcement counter of `fd`'s end (a swapped connection's): how many of its threads
+/// say they sleep.
+fn asleep(fd: c_int, end: tssx_common::segment::End) -> u32 {
+    tssx_hook::table::lookup(fd).unwrap().header().asleep.0[end.index()].load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// An `epoll_wait` takes back exactly the sleeps it announced: an interest that another thread
+/// adds while it sleeps was not announced on, and withdrawing on it too took the end's counter
+/// below zero (to `u32::MAX`). The next wait's announcement then left it at 0: the peer's
+/// writes saw no sleeper and rang no doorbell, and the wait slept on with data on the ring.
+#[test]
+fn an_epoll_wait_withdraws_only_the_sleeps_it_announced() {
+    use tssx_common::segment::End;
+    let _one = one_at_a_time();
+    let first = swapped_pair(4096);
+    let added = swapped_pair(4096);
+    let ep = epoll();
+    assert_eq!(ctl(ep, libc::EPOLL_CTL_ADD, first.server, IN, 1), (0, 0));
+    let waiter = std::thread::spawn(move || ewait(ep, 5_000));
+    // The waiter sleeps, announced on `first` only; the second interest comes in meanwhile.
+    let mut tries = 0;
+    while asleep(first.server, End::Server) == 0 {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        tries += 1;
+        assert!(tries < 5_000, "the waiter never slept");
+    }
+    assert_eq!(ctl(ep, libc::EPOLL_CTL_ADD, added.server, IN, 2), (0, 0));
+    assert_eq!(write(first.client, b"w"), 1);
+    assert_eq!(waiter.join().unwrap(), [(IN, 1)]);
+    assert_eq!(asleep(first.server, End::Server), 0, "the announced sleep is taken back");
+    assert_eq!(asleep(added.server, End::Server), 0, "no sleep was announced on the interest added during it");
+    let mut buf = [0u8; 4];
+    assert_eq!(read(first.server, &mut buf), 1);
+    // A wait on both now is woken by a write on the added one.
+    let client = added.client;
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert_eq!(write(client, b"wake"), 4);
+    });
+    let started = std::time::Instant::now();
+    assert_eq!(ewait(ep, 5_000), [(IN, 2)]);
+    let slept = started.elapsed();
+    writer.join().unwrap();
+    assert!(slept < std::time::Duration::from_secs(2), "the write woke the wait after {slept:?}");
+    // SAFETY: our instance.
+    unsafe { calls::close(ep) };
+}
