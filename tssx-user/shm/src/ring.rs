@@ -764,12 +764,37 @@ impl Consumer {
     }
 
     /// Publishes `tail + bytes` after the bytes were copied out (or skipped).
+    ///
+    /// The peer is woken only if this read made room where its producer had none: a
+    /// producer sleeps for room only then (a blocking write, a `POLLOUT` wait: see
+    /// [`Producer::free`]). A wake-up on every read (the peer's end announces one asleep
+    /// counter for all it waits for, mostly its incoming data) cost a doorbell, the peer's
+    /// wake-up and its drain for each read of a message: PHP-FPM's child reads nginx's
+    /// request in five. (The kernel wakes a writer when its skb is freed; this end's
+    /// edge-triggered `EPOLLOUT` still reports the moved tail whenever its wait wakes.)
+    ///
+    /// No wake-up is lost: a producer that found no room announced, issued its `SeqCst` fence
+    /// and loaded the tail; if that load missed this read's tail, this read's `SeqCst` fence
+    /// (in `sleeper_announced`) comes after the producer's in the fences' total order, so the
+    /// head and geometry loaded after it are at least those the producer saw: no room at
+    /// `tail` (loom model `no_lost_wakeup`).
     #[inline]
     fn publish(&mut self, tail: u64, bytes: usize) -> Transfer {
         // Release: orders our copies out of the ring before the new tail, which the producer
         // loads with Acquire before reusing the space.
         self.tail().store(tail.wrapping_add(bytes as u64), Release);
-        Transfer { bytes, wake_peer: crate::wait::sleeper_announced(self.peer_asleep()), fault: false }
+        let wake_peer = crate::wait::sleeper_announced(self.peer_asleep()) && self.had_no_room(tail);
+        Transfer { bytes, wake_peer, fault: false }
+    }
+
+    /// Whether the producer had no room with the consumer at `tail` (see [`Consumer::publish`]).
+    #[inline]
+    fn had_no_room(&self, tail: u64) -> bool {
+        // Acquire: the head and its geometry as the producer published them (ordered after its
+        // fence by the caller's fence, see `publish`).
+        let head = self.head().load(Acquire);
+        let geometry = self.geometry_word().load(Acquire);
+        room_to_write(head, tail, geometry, self.raw.capacity) == 0
     }
 
     /// Copies up to `dst.len()` bytes out of the ring and consumes them ([`Transfer::FAULT`],
