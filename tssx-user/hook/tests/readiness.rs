@@ -544,3 +544,24 @@ fn an_epoll_wait_withdraws_only_the_sleeps_it_announced() {
     // SAFETY: our instance.
     unsafe { calls::close(ep) };
 }
+
+/// A thread asleep in `epoll_wait` while another adds a swapped fd whose ring already holds
+/// data wakes and reports it, as the kernel wakes a waiter when an fd that is ready is added.
+#[test]
+fn adding_a_ready_swapped_fd_wakes_a_thread_asleep_in_the_instance() {
+    let _one = one_at_a_time();
+    let pair = swapped_pair(4096);
+    assert_eq!(write(pair.client, b"ready"), 5);
+    let ep = epoll();
+    let waiter = std::thread::spawn(move || {
+        let started = std::time::Instant::now();
+        (ewait(ep, 5_000), started.elapsed())
+    });
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert_eq!(ctl(ep, libc::EPOLL_CTL_ADD, pair.server, IN, 9), (0, 0));
+    let (got, slept) = waiter.join().unwrap();
+    assert_eq!(got, [(IN, 9)]);
+    assert!(slept < std::time::Duration::from_secs(2), "the wait saw the added fd after {slept:?}");
+    // SAFETY: our instance.
+    unsafe { calls::close(ep) };
+}
