@@ -214,25 +214,28 @@ fn a_reader_blocked_in_the_kernel_delays_readiness_and_loses_nothing() {
     }
 }
 
-/// Joins both ends of a fresh tracked pair and talks until both are on the rings.
-fn active_pair() -> (c_int, c_int, Segment) {
+/// A fresh non-blocking pair, both ends tracked as plain candidates (client, server).
+fn tracked_pair() -> (c_int, c_int) {
     tssx_hook::phase::set_claiming(false);
     let (a, b) = socketpair(libc::SOCK_NONBLOCK);
     assert!(table::track(a, End::Client, Phase::Candidate, None));
     assert!(table::track(b, End::Server, Phase::Candidate, None));
+    (a, b)
+}
+
+/// Hands both ends of a tracked pair one segment, as the agent would after both claimed.
+fn join_both(a: c_int, b: c_int) -> Segment {
     let segment = Segment::create(4096).expect("segment");
     assert!(table::lookup(a).unwrap().join_with(dup_memfd(&segment)));
     assert!(table::lookup(b).unwrap().join_with(dup_memfd(&segment)));
-    for _ in 0..10 {
-        for (from, to) in [(a, b), (b, a)] {
-            assert_eq!(write(from, b"x"), 1);
-            let mut one = [0u8; 1];
-            assert_eq!(read(to, &mut one), 1);
-        }
-    }
-    for fd in [a, b] {
-        assert_eq!(table::lookup(fd).unwrap().phase(), Phase::Active);
-    }
+    segment
+}
+
+/// Joins both ends of a fresh tracked pair and talks until both are on the rings.
+fn active_pair() -> (c_int, c_int, Segment) {
+    let (a, b) = tracked_pair();
+    let segment = join_both(a, b);
+    talk_until_active(a, b);
     (a, b, segment)
 }
 
@@ -560,10 +563,7 @@ fn a_registration_made_through_several_numbers_of_an_instance_migrates_as_the_ke
     // (made through the home number, changed through a copy dup2 made; numbers closed before
     // the connection migrates)
     for (made_through_home, close_home) in [(false, true), (true, true), (true, false)] {
-        tssx_hook::phase::set_claiming(false);
-        let (a, b) = socketpair(libc::SOCK_NONBLOCK);
-        assert!(table::track(a, End::Client, Phase::Candidate, None));
-        assert!(table::track(b, End::Server, Phase::Candidate, None));
+        let (a, b) = tracked_pair();
         // SAFETY: plain arguments.
         let ep = unsafe { calls::epoll_create1(libc::EPOLL_CLOEXEC) };
         // SAFETY: plain arguments.
@@ -584,9 +584,7 @@ fn a_registration_made_through_several_numbers_of_an_instance_migrates_as_the_ke
                 open.push(fd);
             }
         }
-        let segment = Segment::create(4096).expect("segment");
-        assert!(table::lookup(a).unwrap().join_with(dup_memfd(&segment)));
-        assert!(table::lookup(b).unwrap().join_with(dup_memfd(&segment)));
+        let _segment = join_both(a, b);
         talk_until_active(a, b);
         assert_eq!(write(a, b"z"), 1);
         let case = format!("made through the home number: {made_through_home}, home closed: {close_home}");
@@ -623,12 +621,8 @@ fn a_poll_withdraws_only_the_sleeps_it_announced() {
     let (x_client, x_server, _x_segment) = active_pair();
     // A second connection, joined at both ends but not ready yet: its raw call in the poll
     // below moves it on.
-    let (a, b) = socketpair(libc::SOCK_NONBLOCK);
-    assert!(table::track(a, End::Client, Phase::Candidate, None));
-    assert!(table::track(b, End::Server, Phase::Candidate, None));
-    let segment = Segment::create(4096).expect("segment");
-    assert!(table::lookup(a).unwrap().join_with(dup_memfd(&segment)));
-    assert!(table::lookup(b).unwrap().join_with(dup_memfd(&segment)));
+    let (a, b) = tracked_pair();
+    let _segment = join_both(a, b);
     assert!(table::lookup(b).unwrap().phase() < Phase::Ready);
     // Nothing to read on either: the poll sleeps (announced on `x_server` only) and times out.
     assert_eq!(poll_in(&[x_server, b], 20), 0);
