@@ -1378,7 +1378,7 @@ pub unsafe fn shutdown(fd: c_int, how: c_int) -> c_int {
 }
 
 /// `ioctl(SIOCATMARK)`: whether the socket's read position is at the out-of-band mark.
-const SIOCATMARK: libc::c_ulong = 0x8905;
+pub(crate) const SIOCATMARK: libc::c_ulong = 0x8905;
 
 /// `ioctl` is variadic in C; its one optional argument travels in the third argument register
 /// on x86-64, so a three-argument definition receives it unchanged.

@@ -697,5 +697,5 @@ impl Conn {
 fn at_mark(fd: c_int) -> bool {
     let mut at: c_int = 0;
     // SAFETY: SIOCATMARK writes one int into a live local.
-    crate::sys::with_errno_kept(|| unsafe { crate::sys::ioctl(fd, 0x8905, (&raw mut at).cast()) }) == 0 && at != 0
+    crate::sys::with_errno_kept(|| unsafe { crate::sys::ioctl(fd, crate::calls::SIOCATMARK, (&raw mut at).cast()) }) == 0 && at != 0
 }
