@@ -112,7 +112,20 @@ fn help_explains_the_options() {
     let out = agent(&["--help"]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    for needle in ["--paths", "@name", "--log-format", "--state-dir", "SIGTERM", "root", "--claim-after", "500us", "[default: 1ms]"] {
+    for needle in [
+        "--paths",
+        "@name",
+        "--log-format",
+        "--state-dir",
+        "SIGTERM",
+        "root",
+        "--claim-after",
+        "500us",
+        "[default: 1ms]",
+        "--cool-after",
+        "[default: 64]",
+        "probe",
+    ] {
         assert!(text.contains(needle), "--help lacks {needle}: {text}");
     }
 }
@@ -126,18 +139,35 @@ fn malformed_claim_after_is_refused() {
     }
 }
 
-/// `--claim-after` reaches the hooks: the first line of the published paths file.
+/// `--claim-after` and `--cool-after` reach the hooks: the first lines of the published paths
+/// file.
 #[test]
 fn claim_after_is_published_for_hooks() {
     require_root();
     let dir = TempDir::new("claim-after");
     let state = dir.join("state");
-    for (arg, ns) in [(None, 1_000_000u64), (Some("250us"), 250_000), (Some("0"), 0), (Some("2s"), 2_000_000_000)] {
-        let extra: Vec<&str> = arg.map(|a| vec!["--claim-after", a]).unwrap_or_default();
+    for (arg, ns, cool) in [
+        (None, 1_000_000u64, 64u32),
+        (Some("250us"), 250_000, 64),
+        (Some("0"), 0, 64),
+        (Some("2s"), 2_000_000_000, 64),
+        (Some("cool 0"), 1_000_000, 0),
+        (Some("cool 5"), 1_000_000, 5),
+    ] {
+        let extra: Vec<&str> = match arg {
+            Some(a) if a.starts_with("cool ") => vec!["--cool-after", &a[5..]],
+            Some(a) => vec!["--claim-after", a],
+            None => vec![],
+        };
         let agent = Agent::start_with(&["/tmp/tssx-claim-after.sock", "@tssx-claim-after"], &state, &extra);
         let published = std::fs::read_to_string(state.join("paths")).unwrap();
-        assert_eq!(published, format!("#claim-after-ns={ns}\n/tmp/tssx-claim-after.sock\n@tssx-claim-after\n"), "{arg:?}");
+        assert_eq!(
+            published,
+            format!("#claim-after-ns={ns}\n#cool-after={cool}\n/tmp/tssx-claim-after.sock\n@tssx-claim-after\n"),
+            "{arg:?}"
+        );
         assert_eq!(agent.events("ready")[0]["claim_after_us"], ns / 1000);
+        assert_eq!(agent.events("ready")[0]["cool_after"], cool);
         assert!(agent.stop().success());
     }
 }

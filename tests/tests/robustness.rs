@@ -202,7 +202,7 @@ fn agent_sigkilled_mid_stream_then_restarted() {
 
     // A restarted agent takes the directory over and swaps new connections.
     let agent = Agent::start(&[&path], state);
-    assert_eq!(std::fs::read_to_string(state.join("paths")).unwrap(), format!("#claim-after-ns=1000000\n{path}\n"));
+    assert_eq!(std::fs::read_to_string(state.join("paths")).unwrap(), format!("#claim-after-ns=1000000\n#cool-after=64\n{path}\n"));
     run_swapped(&agent, &path, SWAPPED_STREAM_BYTES, || start_stream_pair(&path, SWAPPED_STREAM_BYTES, true, true, 0));
     assert!(agent.stop().success());
 }

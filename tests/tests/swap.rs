@@ -221,3 +221,55 @@ fn one_exchange_per_connection_never_claims_however_long_it_lives() {
     assert_eq!(swapped.len(), 1, "{:?}", agent.events("not swapped"));
     assert!(agent.stop().success());
 }
+
+/// Runs `tssx-bench-setup` on `path`, server and client under the hook: `count` connections
+/// with the round trips of `schedule` (its ROUNDS argument); both must succeed.
+fn bench_setup(path: &str, count: usize, schedule: &str) {
+    const SETUP: &str = env!("CARGO_BIN_EXE_tssx-bench-setup");
+    let mut server = Command::new(SETUP)
+        .args(["serve", path, &count.to_string(), schedule])
+        .env("LD_PRELOAD", hook())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until(Duration::from_secs(10), &format!("the server to bind {path}"), || Path::new(path).exists());
+    let out = Command::new(SETUP).args(["drive", path, &count.to_string(), schedule]).env("LD_PRELOAD", hook()).output().unwrap();
+    let served = server.wait().unwrap();
+    assert!(out.status.success() && served.success(), "client {}, server {served}: {}", out.status, String::from_utf8_lossy(&out.stderr));
+}
+
+/// Cooling (the hook's `heat`): once `--cool-after` connections of a path ended plain in a row,
+/// each end tracks only the connections made in a probe window (about 4 ms in 67), and a probe
+/// that reaches the rings warms the path again. Here 8 one-exchange connections, then 48
+/// conversations of 1,000 round trips (several ms each, over at least two windows in all): the
+/// conversations stay plain until one begins in a window, which both ends track; it is swapped,
+/// and so is every conversation after it. With `--cool-after 0` every conversation is swapped.
+/// (Every conversation is swapped with cooling too when the first begins in a window, 1 time in
+/// 16: the run is repeated then.)
+#[test]
+fn a_path_whose_connections_end_plain_cools_until_a_probe_reaches_the_rings() {
+    require_root();
+    const SHORT: usize = 8;
+    const CONVERSATIONS: usize = 48;
+    let dir = TempDir::new("swap-cool");
+    let (cooling, never) = (dir.socket("cooling.sock"), dir.socket("never.sock"));
+    let schedule = format!("1@{SHORT}/1000");
+    for attempt in 1.. {
+        let agent = HookedAgent::start_with(&[&cooling], &["--cool-after", &SHORT.to_string()]);
+        bench_setup(&cooling, SHORT + CONVERSATIONS, &schedule);
+        std::thread::sleep(Duration::from_millis(300));
+        let swapped = agent.events_on("swapped", &cooling).len();
+        assert!(agent.stop().success());
+        eprintln!("run {attempt}: {swapped} of {CONVERSATIONS} conversations swapped");
+        assert!(swapped >= 1, "no probe reached the rings: both ends must track the connections of a window");
+        if swapped < CONVERSATIONS {
+            break;
+        }
+        assert!(attempt < 4, "all {CONVERSATIONS} conversations swapped in {attempt} runs: the path never cooled");
+    }
+    let agent = HookedAgent::start_with(&[&never], &["--cool-after", "0"]);
+    bench_setup(&never, SHORT + CONVERSATIONS, &schedule);
+    let swapped = agent.wait_for("swapped", &never, CONVERSATIONS, Duration::from_secs(10));
+    assert_eq!(swapped.len(), CONVERSATIONS, "{:?}", agent.events("not swapped"));
+    assert!(agent.stop().success());
+}

@@ -6,7 +6,9 @@
 //! `tssx-bench-setup drive PATH COUNT [ROUNDS]` COUNT times: connects, ROUNDS times writes 64
 //! bytes and reads the echo, closes; prints the mean seconds per connection (connect + accept +
 //! ROUNDS 64-byte round trips + close). ROUNDS defaults to 1 (the connection set-up cost); a few
-//! hundred make connections that live past the claim rule and migrate in the middle.
+//! hundred make connections that live past the claim rule and migrate in the middle. ROUNDS may
+//! also be `ROUNDS@FIRST/LATER`: the first FIRST connections make ROUNDS round trips and the
+//! rest LATER (e.g. `1@70/1000`: 70 short connections, then long ones; the same on both sides).
 use std::{
     io::{Read, Write},
     os::unix::net::{UnixListener, UnixStream},
@@ -21,10 +23,11 @@ fn main() {
         eprintln!("usage: tssx-bench-setup serve|drive PATH COUNT [ROUNDS]");
         std::process::exit(2);
     };
-    let rounds = args.get(4).map_or(Some(1), |r| r.parse::<u32>().ok()).unwrap_or_else(|| {
-        eprintln!("tssx-bench-setup: ROUNDS must be a number");
+    let schedule = args.get(4).map_or(Some((1, u32::MAX, 1)), |r| parse_rounds(r)).unwrap_or_else(|| {
+        eprintln!("tssx-bench-setup: ROUNDS must be a number, or ROUNDS@FIRST/LATER");
         std::process::exit(2);
     });
+    let rounds_of = |i: u32| if i < schedule.1 { schedule.0 } else { schedule.2 };
     let mut buf = [0u8; MESSAGE];
     match mode.as_str() {
         "serve" => {
@@ -32,9 +35,9 @@ fn main() {
             let listener = UnixListener::bind(path).expect("bind");
             println!("ready");
             std::io::stdout().flush().expect("stdout");
-            for _ in 0..count {
+            for i in 0..count {
                 let (mut stream, _) = listener.accept().expect("accept");
-                for _ in 0..rounds {
+                for _ in 0..rounds_of(i) {
                     stream.read_exact(&mut buf).expect("read");
                     stream.write_all(&buf).expect("write");
                 }
@@ -49,7 +52,7 @@ fn main() {
                 let t0 = Instant::now();
                 let mut stream = UnixStream::connect(path).expect("connect");
                 let t1 = Instant::now();
-                for r in 0..rounds {
+                for r in 0..rounds_of(i) {
                     let mark = (i ^ r) as u8;
                     buf.fill(mark);
                     stream.write_all(&buf).expect("write");
@@ -72,6 +75,18 @@ fn main() {
         _ => {
             eprintln!("usage: tssx-bench-setup serve|drive PATH COUNT [ROUNDS]");
             std::process::exit(2);
+        }
+    }
+}
+
+/// `R` (every connection R round trips) or `R@FIRST/LATER` (see the module documentation), as
+/// (rounds of the first ones, how many first ones, rounds of the rest).
+fn parse_rounds(text: &str) -> Option<(u32, u32, u32)> {
+    match text.split_once('@') {
+        None => text.parse().ok().map(|r| (r, u32::MAX, r)),
+        Some((first, rest)) => {
+            let (count, later) = rest.split_once('/')?;
+            Some((first.parse().ok()?, count.parse().ok()?, later.parse().ok()?))
         }
     }
 }

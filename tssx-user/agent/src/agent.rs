@@ -40,6 +40,9 @@ pub struct AgentConfig {
     pub max_connections: Option<usize>,
     /// How long a connection lives before its hooks claim a segment (published for hooks).
     pub claim_after: Duration,
+    /// Connections of a path that end plain in a row before hooks track only probes of it
+    /// (published for hooks; 0: never).
+    pub cool_after: u32,
     /// Threads whose calls park in the eBPF per-thread array (`None`: one per possible thread
     /// id, see [`crate::loader::Watcher::load`]); tests set a small number to exercise the hash
     /// map the others use.
@@ -94,7 +97,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     );
     control.set_ring_initial(config.ring_initial);
     control::serve(std::sync::Arc::clone(&control), state.dir())?;
-    state.publish_paths(&config.paths, config.claim_after)?;
+    state.publish_paths(&config.paths, config.claim_after, config.cool_after)?;
 
     // SAFETY: the fd belongs to the ring buffer inside `feed`, which is kept alive (by the
     // control plane and this function) until after this AsyncFd is dropped (see the end).
@@ -120,6 +123,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         state_dir = %state.dir().display(),
         pid = std::process::id(),
         claim_after_us = config.claim_after.as_micros() as u64,
+        cool_after = config.cool_after,
         watcher = watcher.mode().name(),
         "ready: watching {} pattern(s)",
         paths.len()

@@ -23,6 +23,9 @@ pub const DEFAULT_STATE_DIR: &str = "/run/tssx";
 pub const PATHS_FILE: &str = "paths";
 /// Default `--claim-after`: a connection claims its segment once it lived this long.
 pub const DEFAULT_CLAIM_AFTER: Duration = Duration::from_millis(1);
+/// Default `--cool-after`: connections of one path that end plain in a row, after which a hook
+/// tracks only one new connection of that path in 16 (the hook's `heat` module).
+pub const DEFAULT_COOL_AFTER: u32 = 64;
 /// Lock file held (flock) for as long as an agent uses the state directory.
 pub const LOCK_FILE: &str = "agent.lock";
 
@@ -100,9 +103,11 @@ impl StateDir {
     }
 
     /// Publishes the watched patterns (mode 0644, replaced atomically), after the hooks' settings:
-    /// `#claim-after-ns=N`, how long a connection lives before it claims a segment.
-    pub fn publish_paths(&self, paths: &[WatchedPath], claim_after: Duration) -> Result<(), StateError> {
-        let mut text = format!("#claim-after-ns={}\n", claim_after.as_nanos());
+    /// `#claim-after-ns=N`, how long a connection lives before it claims a segment, and
+    /// `#cool-after=N`, how many connections of a path end plain in a row before a hook tracks
+    /// only probes of it (0: never).
+    pub fn publish_paths(&self, paths: &[WatchedPath], claim_after: Duration, cool_after: u32) -> Result<(), StateError> {
+        let mut text = format!("#claim-after-ns={}\n#cool-after={cool_after}\n", claim_after.as_nanos());
         text.extend(paths.iter().map(|p| format!("{p}\n")));
         let tmp = self.dir.join(format!(".{PATHS_FILE}.tmp"));
         let target = self.dir.join(PATHS_FILE);
@@ -174,8 +179,8 @@ mod tests {
         let paths: Vec<WatchedPath> = vec!["/run/a.sock".parse().unwrap(), "@b".parse().unwrap()];
         {
             let state = StateDir::take(&dir).unwrap();
-            state.publish_paths(&paths, Duration::from_micros(500)).unwrap();
-            assert_eq!(fs::read_to_string(dir.join(PATHS_FILE)).unwrap(), "#claim-after-ns=500000\n/run/a.sock\n@b\n");
+            state.publish_paths(&paths, Duration::from_micros(500), 7).unwrap();
+            assert_eq!(fs::read_to_string(dir.join(PATHS_FILE)).unwrap(), "#claim-after-ns=500000\n#cool-after=7\n/run/a.sock\n@b\n");
         }
         assert!(!dir.join(PATHS_FILE).exists());
         fs::remove_dir_all(&dir).unwrap();

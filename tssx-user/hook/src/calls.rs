@@ -48,6 +48,10 @@ fn track_connected(fd: c_int, end: End, name: Option<paths::UnixName>) {
     table::mark_unconnected(fd, false);
     with_errno_kept(|| {
         let watched = name.is_some_and(|name| paths::watched(&name)) && (known_stream || paths::is_stream(fd));
+        // A path whose connections keep ending plain tracks only its probes (see `heat`): the
+        // others go on as on a path nobody watches.
+        let heat = name.as_ref().filter(|_| watched).map(crate::heat::for_path);
+        let watched = watched && heat.is_none_or(|(h, key)| h.admit(key));
         if known_stream && preconnect::kept(fd) {
             // Registered with epoll before it connected: the registration moves with a
             // watched connection, and is forgotten for any other (see `preconnect`).
@@ -57,7 +61,7 @@ fn track_connected(fd: c_int, end: End, name: Option<paths::UnixName>) {
                 preconnect::forget(fd);
             }
         }
-        track_if(fd, end, watched, None);
+        track_if(fd, end, watched, None, heat);
         if forked && watched {
             // Another process holds this socket since before the connect, and counts nothing
             // on it (see `table::forked_unconnected`).
@@ -68,9 +72,9 @@ fn track_connected(fd: c_int, end: End, name: Option<paths::UnixName>) {
     })
 }
 
-/// Tracks `fd` as a candidate if `watched` (`nonblock`: its O_NONBLOCK if known), else forgets
-/// it.
-fn track_if(fd: c_int, end: End, watched: bool, nonblock: Option<bool>) {
+/// Tracks `fd` as a candidate if `watched` (`nonblock`: its O_NONBLOCK if known; `heat`: its
+/// path's learning, told how the connection ends), else forgets it.
+fn track_if(fd: c_int, end: End, watched: bool, nonblock: Option<bool>, heat: Option<(&'static crate::heat::Heat, u64)>) {
     if watched {
         // From now on the hook reads and writes this process's buffers for a tracked
         // connection (its iovec arrays and headers at once, its data once swapped): faults
@@ -78,9 +82,14 @@ fn track_if(fd: c_int, end: End, watched: bool, nonblock: Option<bool>) {
         crate::fault::arm();
     }
     match table::lookup(fd) {
-        Some(c) if watched && c.phase() == Phase::Unconnected => c.connected(end),
+        Some(c) if watched && c.phase() == Phase::Unconnected => {
+            c.connected(end);
+            if let Some(heat) = heat {
+                c.set_heat(heat);
+            }
+        }
         _ if watched => {
-            table::track(fd, end, Phase::Candidate, nonblock);
+            table::track_candidate(fd, end, nonblock, heat);
         }
         Some(_) => table::untrack(fd),
         None => {}
@@ -100,7 +109,10 @@ fn track_accepted(listener: c_int, new: c_int, nonblock: bool) {
                 watched
             }
         };
-        track_if(new, End::Server, watched, Some(nonblock));
+        // A listener whose connections keep ending plain tracks only its probes (see `heat`).
+        let heat = crate::heat::for_listener(listener).filter(|_| watched).map(|h| (h, crate::heat::LISTENER_KEY));
+        let watched = watched && heat.is_none_or(|(h, key)| h.admit(key));
+        track_if(new, End::Server, watched, Some(nonblock), heat);
     })
 }
 

@@ -29,7 +29,7 @@ use std::{
     cell::UnsafeCell,
     sync::{
         atomic::{
-            AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicU8,
+            AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicU64, AtomicU8,
             Ordering::{Acquire, Relaxed, SeqCst},
         },
         Mutex, OnceLock,
@@ -252,6 +252,12 @@ pub struct Conn {
     /// kernel's "no credentials" (see [`crate::anc::no_credentials`]). Relaxed: an option of
     /// this socket, set by the `setsockopt` that handed it back, read by its later reads.
     pub(crate) passcred: AtomicBool,
+    /// The path's (or listener's) learning, told how this connection ended (see
+    /// [`crate::heat`]); null for a socket tracked before its connect. Relaxed: set once by
+    /// the thread that tracks the connection, read when its last fd here closes.
+    pub(crate) heat: AtomicPtr<crate::heat::Heat>,
+    /// The path's key in [`Conn::heat`]. Relaxed: as `heat`, stored before it.
+    pub(crate) heat_key: AtomicU64,
 }
 
 // SAFETY: every field is atomic, a lock, or the `Swap` (whose ring handles are only used under
@@ -391,6 +397,8 @@ impl Conn {
             last_fd: AtomicI32::new(-1),
             peek_off: AtomicI32::new(-1),
             passcred: AtomicBool::new(false),
+            heat: AtomicPtr::new(std::ptr::null_mut()),
+            heat_key: AtomicU64::new(0),
         }
     }
 
@@ -873,6 +881,36 @@ impl Conn {
     #[inline]
     pub(crate) fn note_fd(&self, fd: c_int) {
         self.last_fd.store(fd, Relaxed);
+    }
+
+    /// The learning of this connection's path, to be told how it ends (see [`crate::heat`]).
+    #[inline]
+    pub(crate) fn set_heat(&self, (heat, key): (&'static crate::heat::Heat, u64)) {
+        self.heat_key.store(key, Relaxed);
+        self.heat.store(std::ptr::from_ref(heat).cast_mut(), Relaxed);
+    }
+
+    /// This end reached the rings: its path is warm, and its ending teaches nothing more.
+    pub(crate) fn heat_warm(&self) {
+        let heat = self.heat.swap(std::ptr::null_mut(), Relaxed);
+        // SAFETY: null or a `&'static Heat` (see `set_heat`).
+        if let Some(heat) = unsafe { heat.as_ref() } {
+            heat.warm(self.heat_key.load(Relaxed));
+        }
+    }
+
+    /// This process lets go of the connection (its last fd here closes): if it never reached
+    /// the rings, and no other process holds it on (forked while plain), its path counts one
+    /// more cold ending.
+    #[inline]
+    pub(crate) fn heat_ended(&self) {
+        let heat = self.heat.load(Relaxed);
+        // SAFETY: null or a `&'static Heat` (see `set_heat`).
+        if let Some(heat) = unsafe { heat.as_ref() } {
+            if !self.counts.is_shared() {
+                heat.cooled(self.heat_key.load(Relaxed));
+            }
+        }
     }
 }
 

@@ -27,6 +27,7 @@
 //! | [`spawn`] | spawn file actions (side records, the child's fds), vfork, system, popen |
 //! | [`poll`], [`epoll`] | readiness calls over a mix of swapped and plain fds |
 //! | [`paths`], [`claim`] | which sockets are watched; claiming a segment from the agent |
+//! | [`heat`] | a watched path whose connections keep ending plain cools: only one new connection in 16 is tracked, as a probe |
 //! | [`stdio`] | `FILE` streams over tracked sockets (glibc's stdio bypasses any preload) |
 //! | [`splice`], [`peekoff`] | `splice` between a pipe and the rings; the emulated `SO_PEEK_OFF` |
 //! | [`iov`], [`sys`] | caller buffers, checked as the kernel checks them (EFAULT/EINVAL, never a crash); every system call the hook makes |
@@ -56,6 +57,7 @@ pub mod epoll;
 pub mod exec;
 pub mod fault;
 pub mod handback;
+pub mod heat;
 pub mod iov;
 pub mod lifecycle;
 pub mod migrate;

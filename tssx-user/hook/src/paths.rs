@@ -253,12 +253,17 @@ fn read_paths() -> Option<Patterns> {
     let n = sys::read_file(PATHS_FILE, &mut buf).ok()?;
     let text = String::from_utf8_lossy(&buf[..n]);
     let mut claim_after = crate::phase::CLAIM_AFTER_NS;
+    let mut cool_after = crate::heat::COOL_AFTER;
     for setting in text.lines().filter_map(|l| l.strip_prefix('#')) {
         if let Some(ns) = setting.strip_prefix("claim-after-ns=").and_then(|v| v.trim().parse().ok()) {
             claim_after = ns;
         }
+        if let Some(n) = setting.strip_prefix("cool-after=").and_then(|v| v.trim().parse().ok()) {
+            cool_after = n;
+        }
     }
     CLAIM_AFTER.store(claim_after, Relaxed);
+    crate::heat::set_cool_after(cool_after);
     Some(Patterns::parse(&text))
 }
 

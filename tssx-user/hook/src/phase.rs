@@ -523,6 +523,7 @@ impl Conn {
         // SeqCst: after the counters (see `EndLine::ready`).
         line.ready.store(1, SeqCst);
         self.set_phase(Phase::Ready);
+        self.heat_warm();
         closed.iter().for_each(|&e| epoll::gate_open(e));
         drop(regs);
         let _ = fd;

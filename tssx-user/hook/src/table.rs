@@ -265,6 +265,19 @@ pub fn track(fd: c_int, end: End, phase: Phase, nonblock: Option<bool>) -> bool 
     publish(fd, || Conn::new(end, phase, NEXT_ID.fetch_add(1, Relaxed), nonblock))
 }
 
+/// Starts tracking `fd` as the `end` of a connection just connected or accepted (see
+/// [`track`]), whose ending its path's `heat` learns from (see [`crate::heat`]).
+#[inline(always)]
+pub fn track_candidate(fd: c_int, end: End, nonblock: Option<bool>, heat: Option<(&'static crate::heat::Heat, u64)>) -> bool {
+    publish(fd, || {
+        let conn = Conn::new(end, Phase::Candidate, NEXT_ID.fetch_add(1, Relaxed), nonblock);
+        if let Some(heat) = heat {
+            conn.set_heat(heat);
+        }
+        conn
+    })
+}
+
 /// Per listener fd: whether the connections it accepts are watched stream sockets, as found
 /// at its first `accept` (bit 0: watched; the rest: the [`crate::paths::generation`] it was
 /// found under, +1; 0: not known). Cleared when the fd is closed. Relaxed: a cache of this
@@ -294,6 +307,7 @@ pub fn forget_listener(fd: c_int) {
     if let Some(slot) = usize::try_from(fd).ok().and_then(|i| LISTENERS.get(i)) {
         if slot.load(Relaxed) != 0 {
             slot.store(0, Relaxed);
+            crate::heat::listener_closed(fd);
         }
     }
 }
@@ -417,6 +431,7 @@ fn release_at(cell: *mut Cell<Conn>, number: c_int, fd: c_int) {
     let conn = unsafe { POOL.lease(cell) };
     // AcqRel: the last decrement sees every fd's use of the connection.
     if conn.fds.fetch_sub(1, AcqRel) == 1 {
+        conn.heat_ended();
         conn.leave(fd);
         LIVE.fetch_sub(1, Relaxed);
         // SAFETY: the table's reference, given up once: `fds` reached zero and is never raised

@@ -75,6 +75,16 @@ struct Cli {
     #[arg(long, value_name = "DURATION", default_value = "1ms", value_parser = parse_claim_after)]
     claim_after: std::time::Duration,
 
+    /// After this many connections of one watched path (one listener, for a server) ended
+    /// plain in a row, a hook stops tracking that path's new connections but one in 16 (a
+    /// probe): untracked, a connection stays plain and costs the hook next to nothing, the
+    /// same as on a path nobody watches. A probe that moves onto the rings makes every
+    /// connection tracked again. For a proxy that opens a connection per request; a long
+    /// conversation opened on such a path stays plain unless it is a probe. `0`: never (every
+    /// connection tracked); `--claim-after 0` never cools either. Published for the hooks.
+    #[arg(long, value_name = "N", default_value_t = tssx_agent::state::DEFAULT_COOL_AFTER)]
+    cool_after: u32,
+
     /// Watch bind, listen, connect, accept and close with syscall tracepoints instead of the
     /// connect hook: every watched bind, listen, connect and accept gets a trace line with its
     /// fd (connect and accept at debug level, -v), and listeners are tracked by the kernel
@@ -347,6 +357,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         ring_initial: cli.ring_initial.min(cli.ring_size),
         max_connections: cli.max_connections.map(|n| n as usize),
         claim_after: cli.claim_after,
+        cool_after: cli.cool_after,
         parked_slots: cli.parked_slots,
         watch_mode: if cli.syscall_tracepoints { WatchMode::SyscallTracepoints } else { WatchMode::ConnectHook },
     }))
