@@ -14,6 +14,12 @@
 //! tracked). Each way runs twice, with [`FEW`] and [`MANY`] connections, and the difference
 //! divided by `MANY - FEW` is the cost of one connection, start-up and exit left out. Only user
 //! space is counted (callgrind does not see the kernel, nor the eBPF program).
+//!
+//! On the watched path, connections that end plain cool the path after the agent's
+//! `--cool-after` (64 by default, see the hook's `heat`): from then on only the connections
+//! made in a probe window are tracked. So the watched path is measured twice: warm, with
+//! [`WARM_FEW`] and [`WARM_MANY`] connections (fewer than 64: every one tracked), and cool,
+//! with [`FEW`] and [`MANY`] (all but the first 64 of each run after the cooling).
 
 use std::{
     path::{Path, PathBuf},
@@ -33,6 +39,9 @@ const UNWATCHED: &str = "/tmp/tssx-hookcost/ignored.sock";
 /// Connections of the short and the long run of each way (see the module documentation).
 const FEW: u32 = 200;
 const MANY: u32 = 1200;
+/// Connections of the two runs on the watched path before it cools (below `--cool-after`).
+const WARM_FEW: u32 = 8;
+const WARM_MANY: u32 = 60;
 
 /// Instructions per connection of the client and of the server, one way.
 #[derive(Clone, Copy, Debug)]
@@ -47,6 +56,8 @@ pub struct HookCost {
     pub plain: PerConnection,
     pub unwatched: PerConnection,
     pub tracked: PerConnection,
+    /// The watched path once cooled (see the module documentation).
+    pub cooled: PerConnection,
 }
 
 /// Measures the three ways (a running agent must watch [`WATCHED`]); `work` holds callgrind's
@@ -55,17 +66,18 @@ pub fn measure(bin: &Path, hook: &Path, work: &Path) -> anyhow::Result<HookCost>
     std::fs::create_dir_all(work).with_context(|| format!("creating {}", work.display()))?;
     let sockets = Path::new(WATCHED).parent().context("WATCHED has a directory")?;
     std::fs::create_dir_all(sockets).with_context(|| format!("creating {}", sockets.display()))?;
-    let way = |name: &str, path: &str, preload: Option<&Path>| -> anyhow::Result<PerConnection> {
-        let few = counted_pair(bin, preload, path, FEW, &work.join(format!("{name}-few")))?;
-        let many = counted_pair(bin, preload, path, MANY, &work.join(format!("{name}-many")))?;
-        let per = |a: u64, b: u64| (b as f64 - a as f64) / f64::from(MANY - FEW);
+    let way = |name: &str, path: &str, preload: Option<&Path>, (few_n, many_n): (u32, u32)| -> anyhow::Result<PerConnection> {
+        let few = counted_pair(bin, preload, path, few_n, &work.join(format!("{name}-few")))?;
+        let many = counted_pair(bin, preload, path, many_n, &work.join(format!("{name}-many")))?;
+        let per = |a: u64, b: u64| (b as f64 - a as f64) / f64::from(many_n - few_n);
         Ok(PerConnection { client: per(few.0, many.0), server: per(few.1, many.1) })
     };
     let cost = (|| {
         Ok(HookCost {
-            plain: way("plain", UNWATCHED, None)?,
-            unwatched: way("unwatched", UNWATCHED, Some(hook))?,
-            tracked: way("tracked", WATCHED, Some(hook))?,
+            plain: way("plain", UNWATCHED, None, (FEW, MANY))?,
+            unwatched: way("unwatched", UNWATCHED, Some(hook), (FEW, MANY))?,
+            tracked: way("tracked", WATCHED, Some(hook), (WARM_FEW, WARM_MANY))?,
+            cooled: way("cooled", WATCHED, Some(hook), (FEW, MANY))?,
         })
     })();
     let _ = std::fs::remove_dir_all(sockets);
@@ -113,20 +125,22 @@ impl HookCost {
     /// The report's section: a Markdown table and what it means.
     pub fn section(&self) -> String {
         let mut rows = String::from(
-            "| instructions per connection | no hook | hook, unwatched path | hook, watched path (tracked) | tracked - no hook |\n|---|---|---|---|---|\n",
+            "| instructions per connection | no hook | hook, unwatched path | hook, watched path (tracked) | tracked - no hook | watched path, cooled | cooled - no hook |\n|---|---|---|---|---|---|---|\n",
         );
         for (name, pick) in [("client (connect, write, read, close)", 0), ("server (accept, read, write, close)", 1)] {
             let get = |p: PerConnection| if pick == 0 { p.client } else { p.server };
             rows += &format!(
-                "| {name} | {:.0} | {:.0} | {:.0} | {:+.0} |\n",
+                "| {name} | {:.0} | {:.0} | {:.0} | {:+.0} | {:.0} | {:+.0} |\n",
                 get(self.plain),
                 get(self.unwatched),
                 get(self.tracked),
-                get(self.tracked) - get(self.plain)
+                get(self.tracked) - get(self.plain),
+                get(self.cooled),
+                get(self.cooled) - get(self.plain)
             );
         }
         format!(
-            "## What the hook adds to a short connection\n\n`tssx-bench-setup` (connect, accept, one 64 B round trip, close) under `valgrind --tool=callgrind`: user-space instructions per connection, the difference between a run of {MANY} and one of {FEW} connections. Instructions are repeatable where timed runs of a few percent are not. The kernel's share (the system calls, the connect hook's eBPF program) is not counted; the system calls are the same in all three.\n\n{rows}"
+            "## What the hook adds to a short connection\n\n`tssx-bench-setup` (connect, accept, one 64 B round trip, close) under `valgrind --tool=callgrind`: user-space instructions per connection, the difference between a run of {MANY} and one of {FEW} connections. Instructions are repeatable where timed runs of a few percent are not. The kernel's share (the system calls, the connect hook's eBPF program) is not counted; the system calls are the same in all three. On the watched path every connection ends plain, so the path cools after 64 of them (the hook's `heat`, `tssx-agent --cool-after`): *tracked* is the path while warm (runs of {WARM_MANY} and {WARM_FEW} connections, every one tracked), *cooled* after (runs of {MANY} and {FEW}: only the connections made in a probe window, about one slot of the clock in 16, are tracked; under callgrind's slowdown that share is the same).\n\n{rows}"
         )
     }
 }
