@@ -139,7 +139,7 @@ impl Control {
             // (None for a connect the connect hook saw: it names no fd.)
             fd = (client.fd >= 0).then_some(client.fd),
             path,
-            reason = "short-lived: closed before either end claimed (or no end could: no hook, or a socket another image shares)",
+            reason = "short-lived: closed before either end claimed (or no end could: no hook, a socket another image shares, or a path its hooks found cool, see --cool-after)",
             "not swapped"
         );
     }
