@@ -152,7 +152,13 @@ fn scan(fds: &mut [pollfd]) -> (usize, bool) {
 ///
 /// # Safety
 /// `sigmask` is null or valid.
-unsafe fn real_pass(fds: &mut [pollfd], timeout_ns: Option<u64>, sigmask: *const sigset_t, quiet: Option<Quiet>) -> c_int {
+unsafe fn real_pass(
+    fds: &mut [pollfd],
+    timeout_ns: Option<u64>,
+    sigmask: *const sigset_t,
+    quiet: Option<Quiet>,
+    announced: &[(usize, ConnRef)],
+) -> c_int {
     // The user's events of the entries swapped now, restored after the call (on the stack for
     // the usual handful of fds). An entry that becomes swapped during the call (a connection
     // that got ready in a step of `RawCalls::enter`) was not changed and is not restored.
@@ -196,8 +202,11 @@ unsafe fn real_pass(fds: &mut [pollfd], timeout_ns: Option<u64>, sigmask: *const
         let real = if rc > 0 { p.revents } else { 0 };
         p.events = events;
         if real & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
-            // This call announced once on the connection (still counted here).
-            c.drain_doorbells_if_alone(p.fd, 1);
+            // Leave the doorbells to other sleepers of this end, unless only this call's own
+            // announcement for this entry (still counted here) is among them. An entry that
+            // turned swapped during the call, or a pass that announced nothing (no wait), has
+            // none: a sleeping sibling thread's doorbell is not taken then.
+            c.drain_doorbells_if_alone(p.fd, announced_on(announced, i, &c));
         }
         c.tick(p.fd);
         if c.phase() == Phase::Plain {
@@ -218,6 +227,12 @@ unsafe fn real_pass(fds: &mut [pollfd], timeout_ns: Option<u64>, sigmask: *const
         return -1;
     }
     count
+}
+
+/// How many sleeps `announced` (entry index, connection; sorted by index) holds for entry `i`
+/// on connection `c`: 1 if this call announced on that very connection for that entry, else 0.
+fn announced_on(announced: &[(usize, ConnRef)], i: usize, c: &ConnRef) -> u32 {
+    announced.binary_search_by_key(&i, |(j, _)| *j).is_ok_and(|k| std::ptr::eq(&*announced[k].1, &**c)).into()
 }
 
 /// `poll`/`ppoll` with at least one swapped fd. `timeout_ns`: `None` waits forever. `mark`:
@@ -246,7 +261,7 @@ pub unsafe fn poll(fds: &mut [pollfd], timeout_ns: Option<u64>, sigmask: *const 
             // meanwhile (then `real_pass` does not wait, and the next round serves it).
             let left = deadline.map(|d| d.saturating_sub(now_ns()));
             // SAFETY: forwarded.
-            let rc = unsafe { real_pass(fds, left, sigmask, None) };
+            let rc = unsafe { real_pass(fds, left, sigmask, None, &[]) };
             if rc != 0 || deadline.is_some_and(|d| now_ns() >= d) {
                 return rc;
             }
@@ -263,7 +278,7 @@ pub unsafe fn poll(fds: &mut [pollfd], timeout_ns: Option<u64>, sigmask: *const 
                 return ready as c_int;
             }
             // SAFETY: forwarded.
-            return unsafe { real_pass(fds, Some(0), sigmask, None) };
+            return unsafe { real_pass(fds, Some(0), sigmask, None, &[]) };
         }
         if !spun {
             spun = true;
@@ -285,15 +300,15 @@ pub unsafe fn poll(fds: &mut [pollfd], timeout_ns: Option<u64>, sigmask: *const 
         // `u32::MAX`, and the next sleep's announcement back to 0: the peer saw no sleeper, and
         // its transfers rang no doorbell while this end slept in the real call. The migrating
         // echo scenarios hung, once the peer's reads no longer rang on every read.)
-        let mut announced: Vec<ConnRef> = Vec::with_capacity(fds.len());
+        let mut announced: Vec<(usize, ConnRef)> = Vec::with_capacity(fds.len());
         let mut shared = false;
         let mut halfway = false;
-        for p in fds.iter().filter(|p| p.fd >= 0) {
+        for (i, p) in fds.iter().enumerate().filter(|(_, p)| p.fd >= 0) {
             if let Some(c) = lookup_swapped(p.fd) {
                 c.announce();
                 shared |= c.is_shared();
                 halfway |= c.phase() != Phase::Active;
-                announced.push(c);
+                announced.push((i, c));
             }
         }
         tssx_shm::wait::settle();
@@ -304,14 +319,14 @@ pub unsafe fn poll(fds: &mut [pollfd], timeout_ns: Option<u64>, sigmask: *const 
         let rc = if still_idle {
             let wait = spin::sleep_budget(deadline, shared, halfway);
             // SAFETY: forwarded.
-            unsafe { real_pass(fds, wait, sigmask, Some(quiet)) }
+            unsafe { real_pass(fds, wait, sigmask, Some(quiet), &announced) }
         } else {
             drop(quiet);
             0
         };
         let saved_errno = sys::errno();
         spin::woke();
-        for c in announced {
+        for (_, c) in announced {
             c.withdraw();
         }
         if rc != 0 {
