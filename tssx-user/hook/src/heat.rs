@@ -11,13 +11,18 @@
 //!
 //! * every tracked connection whose last descriptor in this process closes before it reached
 //!   the rings (its phase never got to `Ready`) counts one more *cold* ending; one that reached
-//!   the rings resets the count ([`Heat::warm`]);
+//!   the rings resets the count ([`Heat::warm`]), and so does a pause: a cold ending more than
+//!   [`STREAK_GAP_MS`] after the one before starts the count again (only a churn of
+//!   connections cools a path: a few health checks at start-up, or a client that connects now
+//!   and then, never do);
 //! * once [`cool_after`] cold endings in a row were counted (64 by default, the agent's
 //!   `--cool-after`), new connections of that path are left untracked, exactly as on a path the
 //!   agent does not watch (they stay plain, whatever they do), except those made in a probe
 //!   window: about 4 ms ([`PROBE_SLOT_SHIFT`]) in every [`PROBE_EVERY`] such slots of
 //!   CLOCK_MONOTONIC_COARSE. A probe is tracked and may claim as any other connection: if it
-//!   reaches the rings, the path is warm again and every connection is tracked.
+//!   reaches the rings, the path is warm again and every connection is tracked;
+//! * a cool path whose last cold ending is more than [`WARM_AFTER_MS`] old is warm again (the
+//!   churn stopped: the next connections may be the long-lived ones of a pool).
 //!
 //! Why windows of the clock and not one connection in so many: both ends must pick the same
 //! connections, and each end counts its own (a client and a server see their connections end
@@ -54,6 +59,10 @@ pub const PROBE_SLOT_SHIFT: u32 = 22;
 pub const PROBE_EVERY: u64 = 16;
 /// Default of the agent's `--cool-after`: cold endings in a row that cool a path.
 pub const COOL_AFTER: u32 = 64;
+/// Cold endings further apart than this (ms) are no churn: the count starts again.
+pub const STREAK_GAP_MS: u32 = 100;
+/// A cool path with no cold ending for this long (ms) is warm again.
+pub const WARM_AFTER_MS: u32 = 1000;
 
 /// The learning of one path or listener.
 #[derive(Debug)]
@@ -61,14 +70,21 @@ pub struct Heat {
     /// Which path the count is about (a path bucket is taken over by the last path that ended
     /// there: two paths sharing one never cool each other); 0 for a listener.
     key: AtomicU64,
-    /// Tracked connections that ended without reaching the rings, since the last that did
-    /// (saturating).
+    /// Tracked connections that ended without reaching the rings, since the last that did or
+    /// the last pause (saturating).
     cold: AtomicU32,
+    /// When the last cold ending was counted (coarse clock, ms, wrapping).
+    last_cold_ms: AtomicU32,
+}
+
+/// The coarse clock in (wrapping) milliseconds.
+fn now_ms() -> u32 {
+    (crate::spin::coarse_now_ns() / 1_000_000) as u32
 }
 
 impl Heat {
     const fn new() -> Self {
-        Self { key: AtomicU64::new(0), cold: AtomicU32::new(0) }
+        Self { key: AtomicU64::new(0), cold: AtomicU32::new(0), last_cold_ms: AtomicU32::new(0) }
     }
 
     /// Whether a new connection of the path `key` is to be tracked (see the module
@@ -78,14 +94,16 @@ impl Heat {
         self.admit_at(key, crate::spin::coarse_now_ns)
     }
 
-    /// [`Heat::admit`] with the clock given (read only for a cool path).
+    /// [`Heat::admit`] with the clock given (ns; read only for a cool path).
     #[inline]
     fn admit_at(&self, key: u64, now_ns: impl FnOnce() -> u64) -> bool {
         let limit = cool_after();
         if limit == 0 || self.cold.load(Relaxed) < limit || self.key.load(Relaxed) != key || crate::paths::claim_after_ns() == 0 {
             return true;
         }
-        (now_ns() >> PROBE_SLOT_SHIFT).is_multiple_of(PROBE_EVERY)
+        let now = now_ns();
+        let idle_ms = ((now / 1_000_000) as u32).wrapping_sub(self.last_cold_ms.load(Relaxed));
+        idle_ms > WARM_AFTER_MS || (now >> PROBE_SLOT_SHIFT).is_multiple_of(PROBE_EVERY)
     }
 
     /// A connection of the path `key` reached the rings: every new one is tracked again.
@@ -99,13 +117,22 @@ impl Heat {
     /// A tracked connection of the path `key` ended without reaching the rings.
     #[inline]
     pub fn cooled(&self, key: u64) {
+        self.cooled_at(key, now_ms());
+    }
+
+    /// [`Heat::cooled`] at `now` (coarse clock, ms).
+    fn cooled_at(&self, key: u64, now: u32) {
+        let gap = now.wrapping_sub(self.last_cold_ms.load(Relaxed));
+        self.last_cold_ms.store(now, Relaxed);
         if self.key.load(Relaxed) != key {
             self.key.store(key, Relaxed);
             self.cold.store(1, Relaxed);
             return;
         }
         let cold = self.cold.load(Relaxed);
-        if cold < u32::MAX {
+        if gap > STREAK_GAP_MS {
+            self.cold.store(1, Relaxed);
+        } else if cold < u32::MAX {
             self.cold.store(cold + 1, Relaxed);
         }
     }
@@ -167,56 +194,102 @@ mod tests {
 
     const SLOT: u64 = 1 << PROBE_SLOT_SHIFT;
     const KEY: u64 = LISTENER_KEY;
+    /// A moment (ms) in a probe window's slot 0 of [`SLOT`]s... far from wrapping.
+    const T0: u32 = 1_000_000;
 
-    /// Whether a connection made at each slot of `slots` (ns: the slot's middle) is tracked.
-    fn admitted(heat: &Heat, slots: std::ops::Range<u64>) -> Vec<u64> {
-        slots.filter(|&s| heat.admit_at(KEY, || s * SLOT + SLOT / 2)).collect()
+    /// Counts `n` cold endings of `key`, one per ms from `T0`.
+    fn churn(heat: &Heat, key: u64, n: u32) {
+        for i in 0..n {
+            heat.cooled_at(key, T0 + i);
+        }
+    }
+
+    /// The slot of the clock where [`admitted`] counts from: the first after the churn.
+    fn first_slot() -> u64 {
+        u64::from(T0 + COOL_AFTER) * 1_000_000 / SLOT + 1
+    }
+
+    /// The slots (numbered from [`first_slot`]) among `slots` in which a connection of `key`
+    /// made in the slot's middle is tracked.
+    fn admitted(heat: &Heat, key: u64, slots: std::ops::Range<u64>) -> Vec<u64> {
+        slots.filter(|&s| heat.admit_at(key, || (first_slot() + s) * SLOT + SLOT / 2)).collect()
+    }
+
+    /// Which slot of its probe window each slot of `admitted` is (0: the window's own).
+    fn windows(list: Vec<u64>) -> Vec<u64> {
+        list.into_iter().map(|s| (first_slot() + s) % PROBE_EVERY).collect()
     }
 
     #[test]
-    fn a_path_cools_after_cold_endings_in_a_row_and_then_tracks_only_its_probe_windows() {
+    fn a_churn_of_cold_endings_cools_a_path_which_then_tracks_only_its_probe_windows() {
         let heat = Heat::new();
-        for _ in 0..COOL_AFTER {
-            assert!(heat.admit_at(KEY, || 5 * SLOT), "warm: every connection is tracked");
-            heat.cooled(KEY);
-        }
-        assert_eq!(
-            admitted(&heat, 1..3 * PROBE_EVERY + 1),
-            vec![PROBE_EVERY, 2 * PROBE_EVERY, 3 * PROBE_EVERY],
-            "cool: one slot in {PROBE_EVERY}"
-        );
+        churn(&heat, KEY, COOL_AFTER - 1);
+        assert_eq!(admitted(&heat, KEY, 1..PROBE_EVERY + 1).len() as u64, PROBE_EVERY, "one cold ending short: warm");
+        churn(&heat, KEY, COOL_AFTER);
+        let tracked = admitted(&heat, KEY, 1..3 * PROBE_EVERY + 1);
+        assert_eq!(tracked.len(), 3, "cool: one slot in {PROBE_EVERY}: {tracked:?}");
+        assert!(windows(tracked).iter().all(|&w| w == 0), "only in probe windows");
         heat.warm(KEY);
-        assert_eq!(admitted(&heat, 1..PROBE_EVERY).len() as u64, PROBE_EVERY - 1, "a probe that reached the rings warms the path");
+        assert_eq!(admitted(&heat, KEY, 1..PROBE_EVERY + 1).len() as u64, PROBE_EVERY, "a probe that reached the rings warms the path");
     }
 
     #[test]
     fn a_warm_ending_in_between_keeps_the_path_warm() {
         let heat = Heat::new();
-        for i in 0..3 * COOL_AFTER {
-            assert!(heat.admit_at(KEY, || 5 * SLOT));
-            if i % COOL_AFTER == COOL_AFTER - 1 {
-                heat.warm(KEY);
-            } else {
-                heat.cooled(KEY);
-            }
+        for round in 0..3 {
+            churn(&heat, KEY, COOL_AFTER - 1);
+            heat.warm(KEY);
+            assert_eq!(admitted(&heat, KEY, 1..PROBE_EVERY + 1).len() as u64, PROBE_EVERY, "round {round}");
         }
+    }
+
+    #[test]
+    fn cold_endings_with_pauses_between_them_never_cool_a_path() {
+        let heat = Heat::new();
+        for i in 0..3 * COOL_AFTER {
+            heat.cooled_at(KEY, T0 + i * (STREAK_GAP_MS + 1));
+        }
+        assert_eq!(heat.cold.load(Relaxed), 1);
+        assert!(heat.admit_at(KEY, || u64::from(T0 + 3 * COOL_AFTER * (STREAK_GAP_MS + 1)) * 1_000_000 + SLOT));
+    }
+
+    #[test]
+    fn a_cool_path_is_warm_again_once_the_churn_stopped() {
+        let heat = Heat::new();
+        churn(&heat, KEY, COOL_AFTER);
+        let last = u64::from(T0 + COOL_AFTER - 1) * 1_000_000;
+        let outside_windows = |at: u64| at / SLOT * SLOT + if (at / SLOT).is_multiple_of(PROBE_EVERY) { SLOT } else { 0 };
+        let soon = outside_windows(last + 500 * 1_000_000);
+        let later = outside_windows(last + (u64::from(WARM_AFTER_MS) + 10) * 1_000_000);
+        assert!(!heat.admit_at(KEY, || soon), "still cool half a second after the last cold ending");
+        assert!(heat.admit_at(KEY, || later), "warm after a second without one");
     }
 
     #[test]
     fn a_closed_listener_forgets() {
         let heat = for_listener(4000).unwrap();
-        for _ in 0..COOL_AFTER {
-            heat.cooled(KEY);
-        }
-        assert_eq!(admitted(heat, 1..PROBE_EVERY + 1), vec![PROBE_EVERY], "cool");
+        churn(heat, LISTENER_KEY, COOL_AFTER);
+        assert_eq!(admitted(heat, LISTENER_KEY, 1..PROBE_EVERY + 1).len(), 1, "cool");
         listener_closed(4000);
-        assert_eq!(admitted(heat, 1..PROBE_EVERY + 1).len() as u64, PROBE_EVERY);
+        assert_eq!(admitted(heat, LISTENER_KEY, 1..PROBE_EVERY + 1).len() as u64, PROBE_EVERY);
+    }
+
+    #[test]
+    fn paths_sharing_a_bucket_never_cool_each_other() {
+        let heat = Heat::new();
+        let (a, b) = (3, 5);
+        churn(&heat, a, COOL_AFTER);
+        assert_eq!(admitted(&heat, a, 1..PROBE_EVERY + 1).len(), 1, "a is cool");
+        assert_eq!(admitted(&heat, b, 1..PROBE_EVERY + 1).len() as u64, PROBE_EVERY, "b is not");
+        heat.cooled_at(b, T0 + COOL_AFTER);
+        assert_eq!(admitted(&heat, a, 1..PROBE_EVERY + 1).len() as u64, PROBE_EVERY, "b took the bucket over: a starts again");
     }
 
     #[test]
     fn one_path_has_one_bucket() {
         let name = |p: &str| {
-            let mut addr: libc::sockaddr_un = unsafe_zeroed();
+            // SAFETY: all-zero bytes are a valid sockaddr_un.
+            let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
             addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
             for (d, s) in addr.sun_path.iter_mut().zip(p.bytes()) {
                 *d = s as libc::c_char;
@@ -230,27 +303,5 @@ mod tests {
         for other in ["/run/app/upstream.soc", "/run/app/upstream.sock2", "/run/redis.sock", "/tmp/x"] {
             assert_ne!(a.1, for_path(&name(other)).1, "{other}");
         }
-    }
-
-    #[test]
-    fn paths_sharing_a_bucket_never_cool_each_other() {
-        let heat = Heat::new();
-        let (a, b) = (3, 5);
-        for _ in 0..COOL_AFTER {
-            heat.cooled(a);
-        }
-        assert_eq!(admitted_key(&heat, a, 1..PROBE_EVERY + 1), vec![PROBE_EVERY], "a is cool");
-        assert_eq!(admitted_key(&heat, b, 1..PROBE_EVERY + 1).len() as u64, PROBE_EVERY, "b is not");
-        heat.cooled(b);
-        assert_eq!(admitted_key(&heat, a, 1..PROBE_EVERY + 1).len() as u64, PROBE_EVERY, "b took the bucket over: a starts again");
-    }
-
-    fn admitted_key(heat: &Heat, key: u64, slots: std::ops::Range<u64>) -> Vec<u64> {
-        slots.filter(|&s| heat.admit_at(key, || s * SLOT + SLOT / 2)).collect()
-    }
-
-    fn unsafe_zeroed() -> libc::sockaddr_un {
-        // SAFETY: all-zero bytes are a valid sockaddr_un.
-        unsafe { std::mem::zeroed() }
     }
 }

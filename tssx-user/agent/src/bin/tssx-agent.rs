@@ -76,10 +76,11 @@ struct Cli {
     claim_after: std::time::Duration,
 
     /// After this many connections of one watched path (one listener, for a server) ended
-    /// plain in a row, a hook stops tracking that path's new connections but one in 16 (a
-    /// probe): untracked, a connection stays plain and costs the hook next to nothing, the
-    /// same as on a path nobody watches. A probe that moves onto the rings makes every
-    /// connection tracked again. For a proxy that opens a connection per request; a long
+    /// plain in a row, each within 100 ms of the one before, a hook tracks only that path's
+    /// connections made in a probe window (about 4 ms in 67): untracked, a connection stays
+    /// plain and costs the hook next to nothing, the same as on a path nobody watches. A probe
+    /// that moves onto the rings, or a second without a tracked connection ending plain, makes
+    /// every connection tracked again. For a proxy that opens a connection per request; a long
     /// conversation opened on such a path stays plain unless it is a probe. `0`: never (every
     /// connection tracked); `--claim-after 0` never cools either. Published for the hooks.
     #[arg(long, value_name = "N", default_value_t = tssx_agent::state::DEFAULT_COOL_AFTER)]
