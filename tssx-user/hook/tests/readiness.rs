@@ -565,3 +565,52 @@ fn adding_a_ready_swapped_fd_wakes_a_thread_asleep_in_the_instance() {
     // SAFETY: our instance.
     unsafe { calls::close(ep) };
 }
+
+/// Bytes queued on `fd`'s real socket (doorbells, on a swapped connection), by libc's own
+/// `ioctl`.
+fn queued_on_socket(fd: c_int) -> c_int {
+    let mut n: c_int = 0;
+    // SAFETY: FIONREAD into a live int.
+    assert_eq!(unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) }, 0);
+    n
+}
+
+/// A `poll` pass that announced no sleep on a connection (here a zero timeout, with a plain fd
+/// in the set so that the kernel is asked) leaves a doorbell rung for a sibling thread asleep
+/// on that connection: taken, the kernel's poll of the sibling, woken by the byte, finds the
+/// socket empty again and sleeps on with data on the ring (until its short timeout). Only the
+/// pass's own announcements count as its own.
+#[test]
+fn a_poll_that_announced_no_sleep_leaves_a_sleeping_siblings_doorbell() {
+    let _one = one_at_a_time();
+    let pair = swapped_pair(4096);
+    let mut pipe = [0; 2];
+    // SAFETY: a live array of two fds.
+    assert_eq!(unsafe { libc::pipe(pipe.as_mut_ptr()) }, 0);
+    let conn = tssx_hook::table::lookup(pair.server).unwrap();
+    // A sibling thread of the server's end says it sleeps on the socket.
+    conn.announce();
+    assert_eq!(write(pair.client, b"w"), 1);
+    assert!(queued_on_socket(pair.server) >= 1, "the write rang the doorbell for the sleeper");
+    let mut fds = [
+        libc::pollfd { fd: pair.server, events: libc::POLLIN, revents: 0 },
+        libc::pollfd { fd: pipe[0], events: libc::POLLIN, revents: 0 },
+    ];
+    // SAFETY: a live array of two pollfds.
+    assert_eq!(unsafe { calls::poll(fds.as_mut_ptr(), 2, 0) }, 1);
+    assert_eq!((fds[0].revents, fds[1].revents), (libc::POLLIN, 0));
+    assert!(queued_on_socket(pair.server) >= 1, "the sleeping sibling's doorbell was taken");
+    // Nobody else sleeps: the next pass drains it.
+    conn.withdraw();
+    // SAFETY: as above.
+    assert_eq!(unsafe { calls::poll(fds.as_mut_ptr(), 2, 0) }, 1);
+    assert_eq!(queued_on_socket(pair.server), 0, "a doorbell nobody sleeps for is drained");
+    let mut buf = [0u8; 4];
+    assert_eq!(read(pair.server, &mut buf), 1);
+    drop(conn);
+    // SAFETY: our pipe.
+    unsafe {
+        libc::close(pipe[0]);
+        libc::close(pipe[1]);
+    }
+}
