@@ -243,9 +243,10 @@ fn bench_setup(path: &str, count: usize, schedule: &str) {
 /// that reaches the rings warms the path again. Here 8 one-exchange connections, then 48
 /// conversations of 1,000 round trips (several ms each, over at least two windows in all): the
 /// conversations stay plain until one begins in a window, which both ends track; it is swapped,
-/// and so is every conversation after it. With `--cool-after 0` every conversation is swapped.
-/// (Every conversation is swapped with cooling too when the first begins in a window, 1 time in
-/// 16: the run is repeated then.)
+/// and so is every conversation after it (had none begun in a window, the path would be warm
+/// again a second after the last short connection ended). With `--cool-after 0` every
+/// conversation is swapped. (Every conversation is swapped with cooling too when the first
+/// begins in a window, 1 time in 16: the run is repeated then.)
 #[test]
 fn a_path_whose_connections_end_plain_cools_until_a_probe_reaches_the_rings() {
     require_root();
