@@ -253,8 +253,9 @@ pub struct Conn {
     /// this socket, set by the `setsockopt` that handed it back, read by its later reads.
     pub(crate) passcred: AtomicBool,
     /// The path's (or listener's) learning, told how this connection ended (see
-    /// [`crate::heat`]); null for a socket tracked before its connect. Relaxed: set once by
-    /// the thread that tracks the connection, read when its last fd here closes.
+    /// [`crate::heat`]); null until the socket is connected (or accepted) on a watched path,
+    /// and again once the connection reached the rings. Relaxed: set once by the thread that
+    /// tracks the connection, read when its last fd here closes.
     pub(crate) heat: AtomicPtr<crate::heat::Heat>,
     /// The path's key in [`Conn::heat`]. Relaxed: as `heat`, stored before it.
     pub(crate) heat_key: AtomicU64,
