@@ -82,7 +82,8 @@ struct Cli {
     /// that moves onto the rings, or a second without a tracked connection ending plain, makes
     /// every connection tracked again. For a proxy that opens a connection per request; a long
     /// conversation opened on such a path stays plain unless it is a probe. `0`: never (every
-    /// connection tracked); `--claim-after 0` never cools either. Published for the hooks.
+    /// connection tracked); `--claim-after 0` never cools either. Published for the hooks in
+    /// <state-dir>/paths.
     #[arg(long, value_name = "N", default_value_t = tssx_agent::state::DEFAULT_COOL_AFTER)]
     cool_after: u32,
 
