@@ -11,10 +11,10 @@
 //!
 //! * every tracked connection whose last descriptor in this process closes before it reached
 //!   the rings (its phase never got to `Ready`) counts one more *cold* ending; one that reached
-//!   the rings resets the count ([`Heat::warm`]), and so does a pause: a cold ending more than
-//!   [`STREAK_GAP_MS`] after the one before starts the count again (only a churn of
-//!   connections cools a path: a few health checks at start-up, or a client that connects now
-//!   and then, never do);
+//!   the rings resets the count ([`Heat::warm`]), and so does a pause while the path is still
+//!   warm: a cold ending more than [`STREAK_GAP_MS`] after the one before starts the count
+//!   again (only a churn of connections cools a path: a few health checks at start-up, or a
+//!   client that connects now and then, never do);
 //! * once [`cool_after`] cold endings in a row were counted (64 by default, the agent's
 //!   `--cool-after`), new connections of that path are left untracked, exactly as on a path the
 //!   agent does not watch (they stay plain, whatever they do), except those made in a probe
@@ -130,7 +130,9 @@ impl Heat {
             return;
         }
         let cold = self.cold.load(Relaxed);
-        if gap > STREAK_GAP_MS {
+        // (Once cool, the probes' endings come a window apart or more: only a pause of
+        // [`WARM_AFTER_MS`] warms the path then, see `admit_at`.)
+        if gap > STREAK_GAP_MS && cold < cool_after() {
             self.cold.store(1, Relaxed);
         } else if cold < u32::MAX {
             self.cold.store(cold + 1, Relaxed);
@@ -251,6 +253,20 @@ mod tests {
         }
         assert_eq!(heat.cold.load(Relaxed), 1);
         assert!(heat.admit_at(KEY, || u64::from(T0 + 3 * COOL_AFTER * (STREAK_GAP_MS + 1)) * 1_000_000 + SLOT));
+    }
+
+    #[test]
+    fn a_cool_path_stays_cool_while_its_probes_end_plain_less_than_a_second_apart() {
+        let heat = Heat::new();
+        churn(&heat, KEY, COOL_AFTER);
+        // Probes ending plain 500 ms apart (few connections in each window).
+        for i in 1..6 {
+            heat.cooled_at(KEY, T0 + COOL_AFTER + i * 500);
+        }
+        let last = u64::from(T0 + COOL_AFTER + 5 * 500) * 1_000_000;
+        let outside_window = (last / SLOT + 1) * SLOT + SLOT / 2;
+        let outside_window = if (outside_window / SLOT).is_multiple_of(PROBE_EVERY) { outside_window + SLOT } else { outside_window };
+        assert!(!heat.admit_at(KEY, || outside_window), "still cool");
     }
 
     #[test]
