@@ -1100,18 +1100,6 @@ pub unsafe fn ctl(epfd: c_int, op: c_int, fd: c_int, event: *mut epoll_event) ->
         // SAFETY: forwarded as received (replacing the hook's registration just made).
         return Some(unsafe { sys::epoll_ctl(epfd, libc::EPOLL_CTL_MOD, fd, event) });
     }
-    if op == libc::EPOLL_CTL_ADD {
-        // The kernel registration above may already have woken a thread asleep in the
-        // instance (the socket is ready at once: room to write), before the interest was in
-        // the list: that thread took the event for the hook's alone, found nothing to report
-        // and slept on, edge consumed, with the ring ready (found by
-        // `readiness::adding_a_ready_swapped_fd_wakes_a_thread_asleep_in_the_instance` under CI
-        // load). The interest is in the list now: the registration made again queues a fresh
-        // edge if the socket is ready, which wakes such a thread to look again.
-        let mut again = tagged(fd);
-        // SAFETY: a live event; a failure leaves the registration as it was.
-        sys::with_errno_kept(|| unsafe { sys::epoll_ctl(epfd, libc::EPOLL_CTL_MOD, fd, &mut again) });
-    }
     Some(0)
 }
 
