@@ -1080,13 +1080,44 @@ pub unsafe fn ctl(epfd: c_int, op: c_int, fd: c_int, event: *mut epoll_event) ->
         sys::with_errno_kept(|| hand_back_for_kernel(&c, fd));
         return None;
     }
+    let Some(set) = set_or_new(epfd) else {
+        // No list (it could not be made): the kernel serves this connection.
+        sys::with_errno_kept(|| hand_back_for_kernel(&c, fd));
+        return None;
+    };
+    if op == libc::EPOLL_CTL_ADD {
+        // The interest goes into the list before the kernel registration: that registration
+        // is ready at once (room to write) and wakes a thread asleep in the instance, which
+        // must then find the interest, or it takes the event for the hook's alone and sleeps
+        // on with the ring's data unreported (its edge consumed). A waiter that looks in
+        // between reports the ring's readiness a moment before the `ADD` returns, as the
+        // kernel may once the registration is in.
+        let Some((events, data)) = user else { return fail(libc::EFAULT) };
+        let pushed = set.with(|v, _| {
+            v.retain(|i| !(i.fd == fd && i.conn == c.id()));
+            v.push(Interest::new(fd, c.id(), events, data))
+        });
+        if !pushed {
+            // The list is full: the kernel serves this one, with the application's own
+            // registration.
+            sys::with_errno_kept(|| hand_back_for_kernel(&c, fd));
+            return None;
+        }
+        let mut kernel = tagged(fd);
+        // SAFETY: a live event; the kernel checks epfd, fd, op and reports errors itself.
+        let rc = unsafe { sys::epoll_ctl(epfd, op, fd, &mut kernel) };
+        if rc != 0 {
+            // Refused (errno is the kernel's): the interest was never registered.
+            set.with(|v, _| v.retain(|i| !(i.fd == fd && i.conn == c.id())));
+        }
+        return Some(rc);
+    }
     let mut kernel = tagged(fd);
     // SAFETY: a live event; the kernel checks epfd, fd, op and reports errors itself.
     let rc = unsafe { sys::epoll_ctl(epfd, op, fd, &mut kernel) };
     if rc != 0 {
         return Some(rc);
     }
-    let Some(set) = set_or_new(epfd) else { return Some(rc) };
     let pushed = set.with(|v, _| {
         v.retain(|i| !(i.fd == fd && i.conn == c.id()));
         match (op, user) {
