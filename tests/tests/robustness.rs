@@ -332,6 +332,49 @@ fn swapped_peer_sigkilled_mid_stream_wakes_the_other_end() {
     assert!(agent.stop().success());
 }
 
+/// A swapped end SIGKILLed with bytes of its peer's unread on the ring resets the peer, as the
+/// kernel resets the peer of a socket released with data unread: `POLLERR` with the hang-up,
+/// then ECONNRESET once, then EOF. Here the survivor looks at its socket only after the agent's
+/// sweep traced the dead end gone (the sweep zeroes the end's holder count, which a peer's hook
+/// reads as "it left through its hook and decided the reset itself"; the sweep decides it now,
+/// by the hooks' rule): CI's load once ordered them so and the peer read EOF alone. The plain
+/// run is the reference.
+#[test]
+fn a_peer_killed_with_bytes_unread_resets_the_survivor_after_the_agents_sweep() {
+    require_root();
+    let dir = TempDir::new("robust-unread-kill");
+    let path = dir.socket("u.sock");
+    let agent = HookedAgent::start(&[&path]);
+    let run = |path: &str, preload: bool| -> String {
+        let go = format!("{path}.go");
+        let mut server = Command::new(PEER);
+        server.args(["server", path, "echo-hold"]);
+        let mut server = Process::spawn(hooked(server, preload));
+        server.expect_line("ready", Duration::from_secs(10));
+        let mut client = Command::new(PEER);
+        client.args(["client", path, "unread", &go]);
+        let client = Process::spawn(hooked(client, preload));
+        client.expect_line("wrote", Duration::from_secs(10));
+        let id = preload.then(|| agent.await_events("swapped", path, 1, Duration::from_secs(10))[0]["connection"].clone());
+        server.kill9();
+        match id {
+            Some(id) => wait_until(Duration::from_secs(10), "the agent's sweep of the dead server end", || {
+                agent.events("end").iter().any(|e| e["connection"] == id && e["end"] == "server")
+            }),
+            None => thread::sleep(Duration::from_millis(300)),
+        }
+        std::fs::write(&go, b"").unwrap();
+        let seen = client.expect_line("seen", Duration::from_secs(5));
+        client.finish(Duration::from_secs(5));
+        seen
+    };
+    let plain = run(&format!("{path}.plain"), false);
+    assert_eq!(plain, "seen poll=POLLIN|POLLERR|POLLHUP read=ECONNRESET again=eof", "the kernel's own answer changed");
+    let hooked = run(&path, true);
+    assert_eq!(hooked, plain, "the survivor of a swapped end killed with bytes unread");
+    assert!(agent.stop().success());
+}
+
 // ---------------------------------------------------------------------------------------------
 // 3: many connections leave nothing behind
 

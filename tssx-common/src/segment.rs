@@ -166,7 +166,7 @@
 //! through the rings to the peer. Now the sender passes an open description of the memfd whose
 //! file offset names the socket and the end (`tssx-user/hook/src/pass.rs`).
 
-use core::sync::atomic::{AtomicU32, AtomicU64};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// Value of [`SegmentHeader::magic`]: `"TSSXSEG\0"` read as a little-endian `u64`.
 pub const SEGMENT_MAGIC: u64 = u64::from_le_bytes(*b"TSSXSEG\0");
@@ -796,6 +796,35 @@ impl SegmentHeader {
             return Err(HeaderError::SizeMismatch { expected: layout.total_size as u64, actual: actual_size });
         }
         Ok(layout)
+    }
+
+    /// Whether `end` leaves bytes its peer sent unread: on the ring it reads, or (once it was
+    /// ready, so that its socket reads are counted) on the socket before the peer's switch. A
+    /// socket released with bytes unread resets its peer (af_unix's `unix_release_sock`): the
+    /// peer's reads report ECONNRESET once, then EOF. The rule the hooks and the agent share
+    /// when an end goes without its hook deciding it at its last close (the peer's look at the
+    /// real socket, the agent's sweep of a dead end). Every value is the peer's word, untrusted:
+    /// a lie only changes whether a reset is reported.
+    pub fn left_unread(&self, end: End) -> bool {
+        let incoming = &self.rings[end.peer().index()];
+        // Acquire on both: the positions' last stores (the peer's `Release` head store, the
+        // end's `Release` tail store).
+        if incoming.producer.0.head.load(Ordering::Acquire) != incoming.consumer.0.tail.load(Ordering::Acquire) {
+            return true;
+        }
+        // Acquire: the end's readiness publishes its counts (stored `SeqCst` after them).
+        if self.ends[end.index()].ready.load(Ordering::Acquire) != 1 {
+            return false;
+        }
+        let writer = &self.ends[end.peer().index()];
+        // Acquire: the peer's switch position (stored `SeqCst`); its running count is a hint
+        // (`Relaxed`: a write racing with the end's going comes after it anyway).
+        let written = match writer.switch_at.load(Ordering::Acquire) {
+            NOT_YET => writer.sock_written.load(Ordering::Relaxed),
+            at => at,
+        };
+        // Acquire: stored `Release` by the end under its consumer lock.
+        self.ends[end.index()].sock_read.load(Ordering::Acquire) < written
     }
 }
 

@@ -8,7 +8,12 @@
 //! - `poll` / `epoll`: blocks in `poll` / `epoll_wait` (no timeout) for readability, then reads
 //!   as `read` does;
 //! - `write`: writes 64 KiB chunks (the peer reads nothing) until an error;
-//! - `hold`: sleeps forever (the test kills it).
+//! - `hold`: sleeps forever (the test kills it);
+//! - `echo-hold` (server): echoes each byte until a `!`, then holds (never reads again);
+//! - `unread GO_FILE` (client): 200 one-byte round trips 1 ms apart (so that the connection is
+//!   swapped), a `!`, then 6 bytes the server never reads; prints `wrote`, waits (without
+//!   touching the socket) until GO_FILE exists, then polls for POLLIN without a timeout, reads
+//!   twice, and prints `seen poll=REVENTS read=R again=R` (R: `eof`, `ECONNRESET`, `bytes-N`).
 //!
 //! `read`, `poll`, `epoll` and `write` then print `woke result=eof|EPIPE|ECONNRESET|errno-N at_ns=T bytes=N`
 //! (`T` = CLOCK_MONOTONIC when the call returned) and exit 0. SIGPIPE is ignored (Rust's default),
@@ -66,7 +71,7 @@ fn outcome(e: &std::io::Error) -> String {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (Some(role), Some(path), Some(action)) = (args.get(1), args.get(2), args.get(3)) else {
-        eprintln!("usage: tssx-test-peer server|client PATH read|poll|epoll|write|hold");
+        eprintln!("usage: tssx-test-peer server|client PATH read|poll|epoll|write|hold|echo-hold|unread GO_FILE");
         std::process::exit(2);
     };
     let mut stream = if role == "server" {
@@ -107,6 +112,45 @@ fn main() {
         "hold" => loop {
             std::thread::sleep(std::time::Duration::from_secs(3600));
         },
+        "echo-hold" => {
+            let mut b = [0u8; 1];
+            while stream.read_exact(&mut b).is_ok() && b[0] != b'!' {
+                stream.write_all(&b).expect("echo");
+            }
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+            }
+        }
+        "unread" => {
+            let go = args.get(4).expect("unread GO_FILE");
+            let mut b = [0u8; 1];
+            for _ in 0..200 {
+                stream.write_all(b"r").expect("round trip");
+                stream.read_exact(&mut b).expect("echo");
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            stream.write_all(b"!unread").expect("write");
+            say("wrote");
+            while !std::path::Path::new(go).exists() {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            let mut pfd = libc::pollfd { fd: stream.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            // SAFETY: one live pollfd.
+            while unsafe { libc::poll(&mut pfd, 1, -1) } < 0 {}
+            let names = [(libc::POLLIN, "POLLIN"), (libc::POLLERR, "POLLERR"), (libc::POLLHUP, "POLLHUP"), (libc::POLLRDHUP, "POLLRDHUP")];
+            let revents: Vec<&str> = names.iter().filter(|(bit, _)| pfd.revents & bit != 0).map(|(_, name)| *name).collect();
+            let mut read = || {
+                let mut buf = [0u8; 64];
+                match stream.read(&mut buf) {
+                    Ok(0) => "eof".to_owned(),
+                    Ok(n) => format!("bytes-{n}"),
+                    Err(e) => outcome(&e),
+                }
+            };
+            let (first, again) = (read(), read());
+            say(&format!("seen poll={} read={first} again={again}", revents.join("|")));
+            return;
+        }
         other => panic!("unknown action {other}"),
     };
     say(&format!("woke result={result} at_ns={} bytes={bytes}", now_ns()));

@@ -573,28 +573,9 @@ impl Conn {
         let peer = self.end.peer();
         // Acquire: a holder that left stored its decrement (AcqRel) before its socket's close,
         // which this end's look at the socket came after.
-        if self.header().refcount[peer.index()].load(Acquire) > 0 && (self.unsent() > 0 || self.socket_bytes_unread_by_peer()) {
+        if self.header().refcount[peer.index()].load(Acquire) > 0 && self.header().left_unread(peer) {
             self.mark_reset(peer);
         }
-    }
-
-    /// Data bytes this end wrote to the socket (before its switch to the ring, or all of them
-    /// while it has not switched) that the ready peer did not consume: the kernel's own reset,
-    /// which this end's look at the socket may have taken as the peer's end (an error read
-    /// while probing for doorbells).
-    fn socket_bytes_unread_by_peer(&self) -> bool {
-        // Acquire: the peer's readiness publishes its counts; Relaxed on our own count (stored
-        // by this end under its producer lock; a racing write of ours is after the peer died).
-        if self.peer_line().ready.load(Acquire) != 1 {
-            return false;
-        }
-        let line = self.my_line();
-        let written = match line.switch_at.load(Acquire) {
-            NOT_YET => line.sock_written.load(Relaxed),
-            at => at,
-        };
-        // Acquire: stored by the peer with Release under its consumer lock.
-        self.peer_line().sock_read.load(Acquire) < written
     }
 
     /// Reads and discards the peer's doorbell bytes (never more than it counted as sent);

@@ -25,7 +25,7 @@ use serde::Serialize;
 use tssx_common::{
     control::Role,
     event::{Event, EventKind},
-    segment::{End, EndLine, SegmentState, JOIN_MAPPED, JOIN_NONE, JOIN_REFUSED, NOT_YET},
+    segment::{End, EndLine, SegmentState, JOIN_MAPPED, JOIN_NONE, JOIN_REFUSED, NOT_YET, SHUT_RESET},
 };
 use tssx_shm::segment::Segment;
 
@@ -803,11 +803,23 @@ impl Registry {
     /// as the hook's last close would have set it: the peer's hook then reads what is left and
     /// EOF, and its writes fail with EPIPE, at once (a non-blocking writer facing a full ring
     /// would otherwise never look at the real socket's hang-up). True if it changed.
+    ///
+    /// The count's zero says "the end decided the peer's reset when it left", as a last close
+    /// through the hook does: so the reset is decided here first, by the hooks' own rule
+    /// ([`tssx_common::segment::SegmentHeader::left_unread`]), as the kernel resets the peer of a socket released with
+    /// bytes unread. (Without it, a peer whose hook looked at its socket only after this sweep
+    /// read EOF where a plain socket gives ECONNRESET.)
     pub(super) fn end_gone(&mut self, id: u64, end: End) -> bool {
         let Some(c) = self.live.get(&id) else { return false };
+        let header = c.segment.header();
+        if header.refcount[end.index()].load(Ordering::Acquire) != 0 && header.left_unread(end) {
+            // SeqCst: as the hooks' shut bits; before the count's zero below, which the peer's
+            // hook loads (Acquire) before it looks at this bit.
+            header.shut.0[end.index()].fetch_or(SHUT_RESET, Ordering::SeqCst);
+        }
         // Release: pairs with the peer's Acquire load of a zero count (nothing of the dead end
         // is published after it anyway).
-        c.segment.header().refcount[end.index()].swap(0, Ordering::AcqRel) != 0
+        header.refcount[end.index()].swap(0, Ordering::AcqRel) != 0
     }
 
     /// Takes out the connections that are over at `now` (see [`Finished`]; a pid `alive` does
@@ -1071,6 +1083,44 @@ mod tests {
         assert_eq!(registry.admit(1, pair(10, 20, 1), now).ok(), Some(1));
         assert!(registry.admit(1, pair(11, 20, 2), now).is_err());
         assert_eq!(registry.live_count(), 1);
+    }
+
+    /// A dead end's sweep decides the peer's reset as the end's last close would have: set
+    /// when the end leaves bytes unread (on its incoming ring, or counted on the socket), not
+    /// otherwise, and before its count goes to zero.
+    #[test]
+    fn an_end_gone_with_bytes_unread_resets_its_peer() {
+        let mut registry = Registry::default();
+        let now = Instant::now();
+        let ids: Vec<u64> = (1..=3).map(|i| admit(&mut registry, 100 + i, 200 + i, now)).collect();
+        let seg: Vec<Arc<Segment>> = ids.iter().map(|id| Arc::clone(&registry.live[id].segment)).collect();
+        for s in &seg {
+            join(s, End::Client);
+            join(s, End::Server);
+        }
+        // 1: the client wrote 6 bytes on its ring that the server never read; 2: the server
+        // read all of them; 3: the client wrote 10 bytes on the socket before its switch, the
+        // ready server read 4.
+        let ring = |s: &Segment, head: u64, tail: u64| {
+            let r = &s.header().rings[End::Client.index()];
+            r.producer.0.head.store(head, Ordering::Release);
+            r.consumer.0.tail.store(tail, Ordering::Release);
+        };
+        ring(&seg[0], 6, 0);
+        ring(&seg[1], 6, 6);
+        let (client, server) = (&seg[2].header().ends[End::Client.index()], &seg[2].header().ends[End::Server.index()]);
+        client.switch_at.store(10, Ordering::SeqCst);
+        server.sock_read.store(4, Ordering::Release);
+        server.ready.store(1, Ordering::SeqCst);
+        let reset = |s: &Segment| s.header().shut.0[End::Server.index()].load(Ordering::SeqCst) & SHUT_RESET != 0;
+        for (id, s, expected) in [(ids[0], &seg[0], true), (ids[1], &seg[1], false), (ids[2], &seg[2], true)] {
+            assert!(registry.end_gone(id, End::Server));
+            assert_eq!(reset(s), expected, "connection {id}");
+            assert_eq!(s.header().refcount[End::Server.index()].load(Ordering::Acquire), 0);
+            assert_eq!(s.header().shut.0[End::Client.index()].load(Ordering::SeqCst), 0, "the live end is not reset");
+            // Once: a second sweep changes nothing.
+            assert!(!registry.end_gone(id, End::Server));
+        }
     }
 
     #[test]
