@@ -142,6 +142,10 @@ enum Cmd {
         /// short connection, under callgrind).
         #[arg(long, value_parser = ["nginx", "memory", "hookcost"])]
         only: Option<String>,
+        /// With `--only nginx`: pairs of runs per row (default 8, even: each order equally
+        /// often). More pairs narrow the median's spread on a noisy machine, at 6 s a pair.
+        #[arg(long, requires = "only", value_parser = clap::value_parser!(u16).range(2..=200))]
+        pairs: Option<u16>,
     },
     /// Set up, build the release hook, and measure what it adds to every process start:
     /// `/bin/true` with the hook preloaded against an empty preloaded library (about a
@@ -237,11 +241,12 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             build_profile("release")?;
             bench(&profile_dir("release"))
         }
-        Cmd::Report { debug, only } => {
+        Cmd::Report { debug, only, pairs } => {
+            ensure!(pairs.is_none() || only.as_deref() == Some("nginx"), "--pairs goes with --only nginx");
             let profile = if debug { "debug" } else { "release" };
             build_profile(profile)?;
             match only.as_deref() {
-                Some("nginx") => report::nginx_only(profile),
+                Some("nginx") => report::nginx_only(profile, pairs.map_or(report::NGINX_REPS, |p| usize::from(p).next_multiple_of(2))),
                 Some("memory") => report::memory_only(profile),
                 Some("hookcost") => report::hook_cost_only(profile),
                 _ => report::report(profile),

@@ -64,7 +64,7 @@ const NSCD_GOAL: f64 = 1.1;
 const NSCD_REPS: usize = 7;
 /// Paired repetitions of each nginx wrk run (even: each order equally often, see [`Paired`]),
 /// and each run's length in seconds.
-const NGINX_REPS: usize = 8;
+pub const NGINX_REPS: usize = 8;
 const NGINX_SECONDS: u32 = 3;
 /// wrk's connections to the front nginx (at most the upstream's `keepalive 16`, so that (b)
 /// keeps every upstream connection).
@@ -75,9 +75,10 @@ const SETUP_GOAL: f64 = 1.1;
 /// The goal for the time from connect to swapped, in microseconds.
 const MIGRATION_GOAL_US: u64 = 2000;
 
-/// Runs only the nginx section (`cargo xtask report --only nginx`) and prints it: the row the
-/// spin policy is tuned on, without the rest of the report's seven minutes.
-pub fn nginx_only(profile: &str) -> anyhow::Result<()> {
+/// Runs only the nginx section (`cargo xtask report --only nginx [--pairs N]`) and prints it:
+/// the row the spin policy is tuned on, without the rest of the report's seven minutes, with
+/// `pairs` pairs of runs per row.
+pub fn nginx_only(profile: &str, pairs: usize) -> anyhow::Result<()> {
     let bin = profile_dir(profile);
     let hook = bin.join("libtssx_preload.so");
     let _lock = MachineLock::acquire_reporting(|| step("report: waiting for the machine-wide tssx test lock"))
@@ -88,7 +89,7 @@ pub fn nginx_only(profile: &str) -> anyhow::Result<()> {
     let agent = Agent::spawn(&bin.join("tssx-agent"), &[&fresh, &keep], None, &[])
         .context("starting tssx-agent (is another agent running in /run/tssx?)")?;
     step("report: nginx reverse proxy, plain vs tssx (upstream per request, upstream keepalive)");
-    let section = nginx_section(&agent, &hook, &dir);
+    let section = nginx_section(&agent, &hook, &dir, pairs);
     println!("{}\n\nBuild profile: {profile}. Load average at the start: {load_before}; at the end: {}.", section, load_average());
     let status = agent.stop();
     ensure!(status.success(), "tssx-agent exited with {status}");
@@ -221,7 +222,7 @@ pub fn report(profile: &str) -> anyhow::Result<()> {
     step("report: nscd lookups, plain vs tssx (shared no, shared yes)");
     writeln!(md, "{}", nscd_section(&bin, &hook, &dir)?)?;
     step("report: nginx reverse proxy, plain vs tssx (upstream per request, upstream keepalive)");
-    writeln!(md, "{}", nginx_section(&agent, &hook, &dir))?;
+    writeln!(md, "{}", nginx_section(&agent, &hook, &dir, NGINX_REPS))?;
 
     // The hook's cost when it has nothing to do.
     step("report: the hook on an unwatched path vs no hook");
@@ -442,7 +443,7 @@ const NGINX_TSSX: &str = "nginx-tssx";
 /// sockets, `master_process on`, `sendfile off`), wrk over loopback TCP alternating between
 /// them; requests/s, medians compared. A failure (a hang shows as wrk's timeouts) is reported
 /// in the table rather than ending the report.
-fn nginx_section(agent: &Agent, hook: &Path, dir: &Path) -> String {
+fn nginx_section(agent: &Agent, hook: &Path, dir: &Path, reps: usize) -> String {
     let mut table =
         Table::new(&["nginx reverse proxy, wrk -c 8, 4 KiB file", "plain", "tssx", "tssx/plain", "tssx upstream connections swapped"]);
     let mut pairs = Vec::new();
@@ -472,7 +473,7 @@ fn nginx_section(agent: &Agent, hook: &Path, dir: &Path) -> String {
                 Ok(load.rps)
             };
             let (mut cpu_plain, mut cpu_tssx) = (<[Vec<f64>; 3]>::default(), <[Vec<f64>; 3]>::default());
-            let result = Paired::run(NGINX_REPS, || run(&plain, &mut cpu_plain), || run(&tssx, &mut cpu_tssx));
+            let result = Paired::run(reps, || run(&plain, &mut cpu_plain), || run(&tssx, &mut cpu_tssx));
             thread::sleep(Duration::from_millis(300));
             let swapped = format!(
                 "{}/{}",
@@ -485,7 +486,7 @@ fn nginx_section(agent: &Agent, hook: &Path, dir: &Path) -> String {
                     let [total_b, user_b, system_b] = cpu_tssx;
                     let cpu = Paired { a: total_a, b: total_b };
                     table.row([
-                        format!("{name}, requests/s (median of {NGINX_REPS} x {NGINX_SECONDS} s)"),
+                        format!("{name}, requests/s (median of {reps} x {NGINX_SECONDS} s)"),
                         format!("{:.0}", median(rps.a.clone())),
                         format!("{:.0}", median(rps.b.clone())),
                         rps.ratio_summary(),
