@@ -987,6 +987,26 @@ fn fail(errno: c_int) -> Option<c_int> {
     Some(-1)
 }
 
+/// The application's event of an `epoll_ctl` (events, data), read as the kernel reads it:
+/// first, for the operations that take one (`ADD`, `MOD`), through the user copy, so that a
+/// bad pointer gets EFAULT, as from the kernel, rather than a SIGSEGV in the hook; never for
+/// `DEL` (nor a null one: the table answers `EFAULT` where the operation needs it).
+fn user_event(op: c_int, event: *const epoll_event) -> Result<Option<(u32, u64)>, c_int> {
+    if event.is_null() || op == libc::EPOLL_CTL_DEL {
+        return Ok(None);
+    }
+    let mut e = epoll_event { events: 0, u64: 0 };
+    let bytes = std::mem::size_of::<epoll_event>();
+    if crate::iov::range(event.cast(), bytes) != crate::iov::Range::Valid
+        // SAFETY: the application's event (possibly bad: the user copy survives that) into
+        // ours, of the same size; any bit pattern is an epoll_event.
+        || unsafe { tssx_shm::ucopy::copy((&raw mut e).cast(), event.cast(), bytes) } != 0
+    {
+        return Err(libc::EFAULT);
+    }
+    Ok(Some((e.events, e.u64)))
+}
+
 /// `epoll_ctl` on a swapped fd. `None`: not swapped, use the real call.
 ///
 /// The kernel registration of the real socket is the same for every interest ([`tagged`]), so
@@ -1042,11 +1062,10 @@ pub unsafe fn ctl(epfd: c_int, op: c_int, fd: c_int, event: *mut epoll_event) ->
         }
         return None;
     };
-    let user = (!event.is_null()).then(|| {
-        // SAFETY: non-null and valid per the contract.
-        let e = unsafe { &*event };
-        (e.events, e.u64)
-    });
+    let user = match user_event(op, event) {
+        Ok(user) => user,
+        Err(errno) => return fail(errno),
+    };
     if let Some(set) = set_of(epfd) {
         // Some(result): answered from the table; None: not registered here, ask the kernel.
         let answered = set.with(|v, _| {

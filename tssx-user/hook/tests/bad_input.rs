@@ -22,6 +22,7 @@ trait Api {
     unsafe fn recvmsg(&self, fd: c_int, msg: *mut msghdr, flags: c_int) -> ssize_t;
     unsafe fn ioctl(&self, fd: c_int, req: libc::c_ulong, arg: *mut c_void) -> c_int;
     unsafe fn shutdown(&self, fd: c_int, how: c_int) -> c_int;
+    unsafe fn epoll_ctl(&self, epfd: c_int, op: c_int, fd: c_int, event: *mut libc::epoll_event) -> c_int;
 }
 
 struct Plain;
@@ -81,6 +82,9 @@ macro_rules! api {
             }
             unsafe fn shutdown(&self, fd: c_int, how: c_int) -> c_int {
                 unsafe { $m::shutdown(fd, how) }
+            }
+            unsafe fn epoll_ctl(&self, epfd: c_int, op: c_int, fd: c_int, event: *mut libc::epoll_event) -> c_int {
+                unsafe { $m::epoll_ctl(epfd, op, fd, event) }
             }
         }
     };
@@ -294,6 +298,21 @@ fn bad_pages(api: &dyn Api, a: c_int, b: c_int) -> Vec<String> {
         out.push(line("write the good 100", api.write(a, tail, 100)));
         out.push(line("peer read", api.recv(b, buf.as_mut_ptr().cast(), 2048, dw)));
         out.push(format!("data ok {}", buf[..100] == payload[..100]));
+        // epoll_ctl reads the event first (ADD, MOD), or never (DEL).
+        let ep = libc::epoll_create1(libc::EPOLL_CLOEXEC);
+        let one = std::ptr::without_provenance_mut::<libc::epoll_event>(1);
+        out.push(line("epoll_ctl ADD, the event in an unmapped page", api.epoll_ctl(ep, libc::EPOLL_CTL_ADD, a, hole.cast()) as isize));
+        out.push(line("epoll_ctl ADD, the event at (void*)1", api.epoll_ctl(ep, libc::EPOLL_CTL_ADD, a, one) as isize));
+        out.push(line("epoll_ctl DEL, the event in an unmapped page", api.epoll_ctl(ep, libc::EPOLL_CTL_DEL, a, hole.cast()) as isize));
+        let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: 7 };
+        out.push(line("epoll_ctl ADD", api.epoll_ctl(ep, libc::EPOLL_CTL_ADD, a, &mut ev) as isize));
+        out.push(line("epoll_ctl MOD, the event in an unmapped page", api.epoll_ctl(ep, libc::EPOLL_CTL_MOD, a, hole.cast()) as isize));
+        out.push(line(
+            "epoll_ctl ADD again, the event in an unmapped page",
+            api.epoll_ctl(ep, libc::EPOLL_CTL_ADD, a, hole.cast()) as isize,
+        ));
+        out.push(line("epoll_ctl DEL, the event in an unmapped page", api.epoll_ctl(ep, libc::EPOLL_CTL_DEL, a, hole.cast()) as isize));
+        libc::close(ep);
     }
     out
 }
