@@ -1444,12 +1444,20 @@ fn ms_to_ns(ms: c_int) -> Option<u64> {
     (ms >= 0).then(|| ms as u64 * 1_000_000)
 }
 
-/// # Safety
-/// `ts` is null or valid.
-unsafe fn ts_to_ns(ts: *const libc::timespec) -> Option<u64> {
-    // SAFETY: per the contract.
-    let ts = unsafe { ts.as_ref() }?;
-    Some((ts.tv_sec.max(0) as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec.max(0) as u64))
+/// The timeout of a `ppoll`, `pselect` or `epoll_pwait2`, read through the user copy:
+/// `Ok(None)` for none (null), `Ok(Some(ns))`, or `Err(())` where the kernel fails the call
+/// before anything else (EFAULT: it cannot be read; EINVAL: not a valid `timespec`, a negative
+/// second or nanoseconds outside 0..1e9): the real call then gives that answer, at once.
+fn user_timeout(ts: *const libc::timespec) -> Result<Option<u64>, ()> {
+    if ts.is_null() {
+        return Ok(None);
+    }
+    // SAFETY: the application's pointer (possibly bad), read through the user copy.
+    let ts = unsafe { iov::read_value(ts) }.ok_or(())?;
+    if ts.tv_sec < 0 || !(0..1_000_000_000).contains(&ts.tv_nsec) {
+        return Err(());
+    }
+    Ok(Some((ts.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec as u64)))
 }
 
 /// How many pollfds [`with_pollfds`] copies on the stack (more: on the heap).
@@ -1544,9 +1552,9 @@ pub unsafe fn poll(fds: *mut libc::pollfd, n: libc::nfds_t, timeout: c_int) -> c
 
 /// libc's `ppoll` (the array as for [`poll`]).
 pub unsafe fn ppoll(fds: *mut libc::pollfd, n: libc::nfds_t, ts: *const libc::timespec, mask: *const libc::sigset_t) -> c_int {
-    // A timeout that cannot be read: the real call's EFAULT.
-    // SAFETY: the caller's pointer, read through the user copy.
-    if table::any_live() && !fds.is_null() && (ts.is_null() || unsafe { iov::read_value(ts) }.is_some()) {
+    // A timeout that cannot be read or is not valid: the real call's EFAULT or EINVAL.
+    let timeout = if table::any_live() && !fds.is_null() { user_timeout(ts) } else { Err(()) };
+    if let Ok(timeout) = timeout {
         // Before the array is copied (see `poll`).
         let mark = crate::signals::Mark::now();
         // SAFETY: the caller's array, copied in and out through the user copy; `ts` readable
@@ -1561,9 +1569,9 @@ pub unsafe fn ppoll(fds: *mut libc::pollfd, n: libc::nfds_t, ts: *const libc::ti
                         drop(raw);
                         Polled::Direct(rc)
                     }
-                    None => Polled::Copy(poll::poll(slice, ts_to_ns(ts), mask, mark)),
+                    None => Polled::Copy(poll::poll(slice, timeout, mask, mark)),
                 }),
-                poll::Kind::Swapped => Some(Polled::Copy(poll::poll(slice, ts_to_ns(ts), mask, mark))),
+                poll::Kind::Swapped => Some(Polled::Copy(poll::poll(slice, timeout, mask, mark))),
             })
         };
         if let Some(rc) = served {
@@ -1803,11 +1811,8 @@ pub unsafe fn pselect(
         return unsafe { sys::pselect(n, r, w, e, ts, mask) };
     }
     let mark = crate::signals::Mark::now();
-    // SAFETY: the caller's pointer (null or possibly bad), read through the user copy.
-    let read_ts = if ts.is_null() { Some(None) } else { unsafe { iov::read_value(ts) }.map(Some) };
-    if let Some(read_ts) = read_ts {
-        // SAFETY: our copy of the caller's timeout.
-        let timeout = read_ts.and_then(|t| unsafe { ts_to_ns(&raw const t) });
+    // A timeout that cannot be read or is not valid: the real call's EFAULT or EINVAL.
+    if let Ok(timeout) = user_timeout(ts) {
         // SAFETY: the caller's sets, copied in and out through the user copy; `mask` null or
         // valid, per pselect's contract.
         let served = unsafe { with_local_sets(n, [r, w, e], |limit, [r, w, e]| poll::select(limit, r, w, e, timeout, mask, mark)) };
@@ -1890,10 +1895,13 @@ pub unsafe fn epoll_pwait2(
     mask: *const libc::sigset_t,
 ) -> c_int {
     if epoll::has_set(epfd) {
-        // (The mark at the entry: see `poll`.)
-        let mark = crate::signals::Mark::now();
-        // SAFETY: forwarded; `ts` is null or valid.
-        return unsafe { epoll::wait(epfd, events, max, ts_to_ns(ts), mask, mark) };
+        // A timeout that cannot be read or is not valid: the real call's EFAULT or EINVAL.
+        if let Ok(timeout) = user_timeout(ts) {
+            // (The mark at the entry: see `poll`.)
+            let mark = crate::signals::Mark::now();
+            // SAFETY: forwarded.
+            return unsafe { epoll::wait(epfd, events, max, timeout, mask, mark) };
+        }
     }
     // SAFETY: the epoll_pwait2 system call with the caller's arguments; the kernel's sigset is
     // 8 bytes on x86-64.

@@ -23,6 +23,8 @@ trait Api {
     unsafe fn ioctl(&self, fd: c_int, req: libc::c_ulong, arg: *mut c_void) -> c_int;
     unsafe fn shutdown(&self, fd: c_int, how: c_int) -> c_int;
     unsafe fn epoll_ctl(&self, epfd: c_int, op: c_int, fd: c_int, event: *mut libc::epoll_event) -> c_int;
+    unsafe fn ppoll(&self, fds: *mut libc::pollfd, n: libc::nfds_t, ts: *const libc::timespec) -> c_int;
+    unsafe fn epoll_pwait2(&self, epfd: c_int, events: *mut libc::epoll_event, max: c_int, ts: *const libc::timespec) -> c_int;
 }
 
 struct Plain;
@@ -86,11 +88,28 @@ macro_rules! api {
             unsafe fn epoll_ctl(&self, epfd: c_int, op: c_int, fd: c_int, event: *mut libc::epoll_event) -> c_int {
                 unsafe { $m::epoll_ctl(epfd, op, fd, event) }
             }
+            unsafe fn ppoll(&self, fds: *mut libc::pollfd, n: libc::nfds_t, ts: *const libc::timespec) -> c_int {
+                unsafe { $m::ppoll(fds, n, ts, std::ptr::null()) }
+            }
+            unsafe fn epoll_pwait2(&self, epfd: c_int, events: *mut libc::epoll_event, max: c_int, ts: *const libc::timespec) -> c_int {
+                unsafe { $m::epoll_pwait2(epfd, events, max, ts, std::ptr::null()) }
+            }
         }
     };
 }
 
-api!(Plain, libc);
+/// libc's functions, and `epoll_pwait2` as the system call (not in every libc crate).
+mod plain_calls {
+    pub use libc::*;
+
+    /// The `epoll_pwait2` system call (the kernel's sigset is 8 bytes on x86-64).
+    pub unsafe fn epoll_pwait2(epfd: c_int, events: *mut epoll_event, max: c_int, ts: *const timespec, mask: *const sigset_t) -> c_int {
+        // SAFETY: the caller's arguments, forwarded.
+        unsafe { syscall(SYS_epoll_pwait2, epfd, events, max, ts, mask, 8usize) as c_int }
+    }
+}
+
+api!(Plain, plain_calls);
 api!(Hooked, calls);
 
 fn plain_pair() -> (c_int, c_int) {
@@ -312,6 +331,31 @@ fn bad_pages(api: &dyn Api, a: c_int, b: c_int) -> Vec<String> {
             api.epoll_ctl(ep, libc::EPOLL_CTL_ADD, a, hole.cast()) as isize,
         ));
         out.push(line("epoll_ctl DEL, the event in an unmapped page", api.epoll_ctl(ep, libc::EPOLL_CTL_DEL, a, hole.cast()) as isize));
+        // A timeout that cannot be read, or is not a valid timespec: the kernel's answer, at
+        // once (on an instance with a swapped interest, and a ppoll of a swapped fd).
+        let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: 7 };
+        out.push(line("epoll_ctl ADD", api.epoll_ctl(ep, libc::EPOLL_CTL_ADD, a, &mut ev) as isize));
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 4];
+        let mut pfd = [libc::pollfd { fd: a, events: libc::POLLIN, revents: 0 }];
+        let bad = [
+            libc::timespec { tv_sec: 0, tv_nsec: 1_000_000_000 },
+            libc::timespec { tv_sec: -1, tv_nsec: 0 },
+            libc::timespec { tv_sec: 0, tv_nsec: -1 },
+        ];
+        for (what, ts) in [("in an unmapped page", hole.cast_const().cast()), ("at (void*)1", std::ptr::without_provenance(1))]
+            .into_iter()
+            .chain(bad.iter().map(|t| ("not valid", t as *const libc::timespec)))
+        {
+            out.push(line(&format!("epoll_pwait2, the timeout {what}"), api.epoll_pwait2(ep, events.as_mut_ptr(), 4, ts) as isize));
+            if what == "not valid" {
+                // (glibc's own `ppoll` copies a timeout it is given, before the system call:
+                // one it cannot read is a SIGSEGV in libc, with or without the hook.)
+                out.push(line(&format!("ppoll, the timeout {what}"), api.ppoll(pfd.as_mut_ptr(), 1, ts) as isize));
+            }
+        }
+        let zero = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        out.push(line("epoll_pwait2, a zero timeout", api.epoll_pwait2(ep, events.as_mut_ptr(), 4, &zero) as isize));
+        out.push(line("ppoll, a zero timeout", api.ppoll(pfd.as_mut_ptr(), 1, &zero) as isize));
         libc::close(ep);
     }
     out
