@@ -1765,14 +1765,14 @@ pub unsafe fn select(n: c_int, r: *mut libc::fd_set, w: *mut libc::fd_set, e: *m
     // Before anything else the hook does (see `poll`): copying the sets and building the poll
     // array come after.
     let mark = crate::signals::Mark::now();
-    // A timeout that cannot be read: the real call's EFAULT, before it waits.
+    // A timeout that cannot be read: the real call's EFAULT, before it waits; a negative one:
+    // its EINVAL (glibc's and the kernel's), at once.
     // SAFETY: `tv` is the caller's pointer (null or possibly bad), read through the user copy.
     let read_tv = if tv.is_null() { Some(None) } else { unsafe { iov::read_value(tv) }.map(Some) };
-    if let Some(read_tv) = read_tv {
+    if let Some(read_tv) = read_tv.filter(|t| t.is_none_or(|t| t.tv_sec >= 0 && t.tv_usec >= 0)) {
         // (Saturating: a huge timeout is "forever", not an overflow.)
-        let timeout = read_tv.map(|t| {
-            (t.tv_sec.max(0) as u64).saturating_mul(1_000_000_000).saturating_add((t.tv_usec.max(0) as u64).saturating_mul(1_000))
-        });
+        let timeout =
+            read_tv.map(|t| (t.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add((t.tv_usec as u64).saturating_mul(1_000)));
         let start = now_ns();
         // SAFETY: the caller's sets, copied in and out through the user copy.
         let served =

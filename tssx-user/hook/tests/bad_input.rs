@@ -24,6 +24,7 @@ trait Api {
     unsafe fn shutdown(&self, fd: c_int, how: c_int) -> c_int;
     unsafe fn epoll_ctl(&self, epfd: c_int, op: c_int, fd: c_int, event: *mut libc::epoll_event) -> c_int;
     unsafe fn ppoll(&self, fds: *mut libc::pollfd, n: libc::nfds_t, ts: *const libc::timespec) -> c_int;
+    unsafe fn select(&self, n: c_int, r: *mut libc::fd_set, tv: *mut libc::timeval) -> c_int;
     unsafe fn epoll_pwait2(&self, epfd: c_int, events: *mut libc::epoll_event, max: c_int, ts: *const libc::timespec) -> c_int;
 }
 
@@ -90,6 +91,9 @@ macro_rules! api {
             }
             unsafe fn ppoll(&self, fds: *mut libc::pollfd, n: libc::nfds_t, ts: *const libc::timespec) -> c_int {
                 unsafe { $m::ppoll(fds, n, ts, std::ptr::null()) }
+            }
+            unsafe fn select(&self, n: c_int, r: *mut libc::fd_set, tv: *mut libc::timeval) -> c_int {
+                unsafe { $m::select(n, r, std::ptr::null_mut(), std::ptr::null_mut(), tv) }
             }
             unsafe fn epoll_pwait2(&self, epfd: c_int, events: *mut libc::epoll_event, max: c_int, ts: *const libc::timespec) -> c_int {
                 unsafe { $m::epoll_pwait2(epfd, events, max, ts, std::ptr::null()) }
@@ -353,6 +357,23 @@ fn bad_pages(api: &dyn Api, a: c_int, b: c_int) -> Vec<String> {
                 out.push(line(&format!("ppoll, the timeout {what}"), api.ppoll(pfd.as_mut_ptr(), 1, ts) as isize));
             }
         }
+        // (A byte to read, so that a valid timeout ends at once.)
+        out.push(line("write 1", api.write(a, b"x".as_ptr().cast(), 1)));
+        for tv in [
+            libc::timeval { tv_sec: -1, tv_usec: 0 },
+            libc::timeval { tv_sec: 0, tv_usec: -1 },
+            libc::timeval { tv_sec: 0, tv_usec: 1_500_000 },
+        ] {
+            // (The last is valid: the microseconds carry into the seconds.)
+            let mut set: libc::fd_set = std::mem::zeroed();
+            libc::FD_SET(b, &mut set);
+            let mut tv = tv;
+            out.push(line(
+                &format!("select, the timeout {{{}, {}}}", tv.tv_sec, tv.tv_usec),
+                api.select(b + 1, &mut set, &mut tv) as isize,
+            ));
+        }
+        out.push(line("peer read", api.recv(b, buf.as_mut_ptr().cast(), 2048, dw)));
         let zero = libc::timespec { tv_sec: 0, tv_nsec: 0 };
         out.push(line("epoll_pwait2, a zero timeout", api.epoll_pwait2(ep, events.as_mut_ptr(), 4, &zero) as isize));
         out.push(line("ppoll, a zero timeout", api.ppoll(pfd.as_mut_ptr(), 1, &zero) as isize));
