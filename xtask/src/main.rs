@@ -146,6 +146,11 @@ enum Cmd {
         /// often). More pairs narrow the median's spread on a noisy machine, at 6 s a pair.
         #[arg(long, requires = "only", value_parser = clap::value_parser!(u16).range(2..=200))]
         pairs: Option<u16>,
+        /// With `--only nginx`: the agent watches a path nginx never uses, so the hooked nginx
+        /// runs with the hook loaded and nothing watched (what the hook costs alone, apart from
+        /// what watching the upstream sockets costs).
+        #[arg(long, requires = "only")]
+        unwatched: bool,
     },
     /// Set up, build the release hook, and measure what it adds to every process start:
     /// `/bin/true` with the hook preloaded against an empty preloaded library (about a
@@ -241,12 +246,14 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             build_profile("release")?;
             bench(&profile_dir("release"))
         }
-        Cmd::Report { debug, only, pairs } => {
-            ensure!(pairs.is_none() || only.as_deref() == Some("nginx"), "--pairs goes with --only nginx");
+        Cmd::Report { debug, only, pairs, unwatched } => {
+            ensure!((pairs.is_none() && !unwatched) || only.as_deref() == Some("nginx"), "--pairs and --unwatched go with --only nginx");
             let profile = if debug { "debug" } else { "release" };
             build_profile(profile)?;
             match only.as_deref() {
-                Some("nginx") => report::nginx_only(profile, pairs.map_or(report::NGINX_REPS, |p| usize::from(p).next_multiple_of(2))),
+                Some("nginx") => {
+                    report::nginx_only(profile, pairs.map_or(report::NGINX_REPS, |p| usize::from(p).next_multiple_of(2)), unwatched)
+                }
                 Some("memory") => report::memory_only(profile),
                 Some("hookcost") => report::hook_cost_only(profile),
                 _ => report::report(profile),

@@ -75,10 +75,11 @@ const SETUP_GOAL: f64 = 1.1;
 /// The goal for the time from connect to swapped, in microseconds.
 const MIGRATION_GOAL_US: u64 = 2000;
 
-/// Runs only the nginx section (`cargo xtask report --only nginx [--pairs N]`) and prints it:
-/// the row the spin policy is tuned on, without the rest of the report's seven minutes, with
-/// `pairs` pairs of runs per row.
-pub fn nginx_only(profile: &str, pairs: usize) -> anyhow::Result<()> {
+/// Runs only the nginx section (`cargo xtask report --only nginx [--pairs N] [--unwatched]`)
+/// and prints it: the row the spin policy is tuned on, without the rest of the report's seven
+/// minutes, with `pairs` pairs of runs per row. `unwatched`: the agent watches a path nginx
+/// never uses (the hook loaded, nothing watched).
+pub fn nginx_only(profile: &str, pairs: usize, unwatched: bool) -> anyhow::Result<()> {
     let bin = profile_dir(profile);
     let hook = bin.join("libtssx_preload.so");
     let _lock = MachineLock::acquire_reporting(|| step("report: waiting for the machine-wide tssx test lock"))
@@ -86,10 +87,15 @@ pub fn nginx_only(profile: &str, pairs: usize) -> anyhow::Result<()> {
     let dir = TempDir::create("report-nginx")?;
     let (fresh, keep) = (NginxProxy::socket(&dir, NGINX_TSSX, Upstream::Fresh), NginxProxy::socket(&dir, NGINX_TSSX, Upstream::Keep));
     let load_before = load_average();
-    let agent = Agent::spawn(&bin.join("tssx-agent"), &[&fresh, &keep], None, &[])
+    let elsewhere = dir.join("watched-but-unused.sock").display().to_string();
+    let watched: Vec<&str> = if unwatched { vec![&elsewhere] } else { vec![&fresh, &keep] };
+    let agent = Agent::spawn(&bin.join("tssx-agent"), &watched, None, &[])
         .context("starting tssx-agent (is another agent running in /run/tssx?)")?;
     step("report: nginx reverse proxy, plain vs tssx (upstream per request, upstream keepalive)");
     let section = nginx_section(&agent, &hook, &dir, pairs);
+    if unwatched {
+        println!("**`--unwatched`**: the agent watched {elsewhere} only; the hooked nginx ran with the hook loaded and none of its sockets watched.\n");
+    }
     println!("{}\n\nBuild profile: {profile}. Load average at the start: {load_before}; at the end: {}.", section, load_average());
     let status = agent.stop();
     ensure!(status.success(), "tssx-agent exited with {status}");
