@@ -110,6 +110,11 @@ impl Interest {
     fn new(fd: c_int, conn: u64, events: u32, data: u64) -> Interest {
         Interest { fd, conn, events, data, armed: true, seen: (u64::MAX, u64::MAX, 0), parked: false }
     }
+
+    /// Whether this is the registration of connection `conn` under fd number `fd`.
+    fn is(&self, fd: c_int, conn: u64) -> bool {
+        self.fd == fd && self.conn == conn
+    }
 }
 
 /// How many entries one instance's list holds (address space reserved, pages touched as used).
@@ -956,7 +961,7 @@ pub fn adopt(epfd: c_int, fd: c_int, c: &Conn, events: u32, data: u64) {
         interest.seen = positions(&interest, c, fd);
     }
     let pushed = set.with(|v, _| {
-        v.retain(|i| !(i.fd == fd && i.conn == c.id()));
+        v.retain(|i| !i.is(fd, c.id()));
         v.push(interest)
     });
     if !pushed {
@@ -995,15 +1000,9 @@ fn user_event(op: c_int, event: *const epoll_event) -> Result<Option<(u32, u64)>
     if event.is_null() || op == libc::EPOLL_CTL_DEL {
         return Ok(None);
     }
-    let mut e = epoll_event { events: 0, u64: 0 };
-    let bytes = std::mem::size_of::<epoll_event>();
-    if crate::iov::range(event.cast(), bytes) != crate::iov::Range::Valid
-        // SAFETY: the application's event (possibly bad: the user copy survives that) into
-        // ours, of the same size; any bit pattern is an epoll_event.
-        || unsafe { tssx_shm::ucopy::copy((&raw mut e).cast(), event.cast(), bytes) } != 0
-    {
-        return Err(libc::EFAULT);
-    }
+    // SAFETY: the application's pointer (possibly bad), read through the user copy; any bit
+    // pattern is an epoll_event.
+    let e = unsafe { crate::iov::read_value(event) }.ok_or(libc::EFAULT)?;
     Ok(Some((e.events, e.u64)))
 }
 
@@ -1069,7 +1068,7 @@ pub unsafe fn ctl(epfd: c_int, op: c_int, fd: c_int, event: *mut epoll_event) ->
     if let Some(set) = set_of(epfd) {
         // Some(result): answered from the table; None: not registered here, ask the kernel.
         let answered = set.with(|v, _| {
-            let i = v.iter_mut().find(|i| i.fd == fd && i.conn == c.id())?;
+            let i = v.iter_mut().find(|i| i.is(fd, c.id()))?;
             Some(match (op, i.parked, user) {
                 (libc::EPOLL_CTL_ADD, false, _) => Err(libc::EEXIST),
                 (libc::EPOLL_CTL_MOD | libc::EPOLL_CTL_DEL, true, _) => Err(libc::ENOENT),
@@ -1113,7 +1112,7 @@ pub unsafe fn ctl(epfd: c_int, op: c_int, fd: c_int, event: *mut epoll_event) ->
         // kernel may once the registration is in.
         let Some((events, data)) = user else { return fail(libc::EFAULT) };
         let pushed = set.with(|v, _| {
-            v.retain(|i| !(i.fd == fd && i.conn == c.id()));
+            v.retain(|i| !i.is(fd, c.id()));
             v.push(Interest::new(fd, c.id(), events, data))
         });
         if !pushed {
@@ -1127,7 +1126,7 @@ pub unsafe fn ctl(epfd: c_int, op: c_int, fd: c_int, event: *mut epoll_event) ->
         let rc = unsafe { sys::epoll_ctl(epfd, op, fd, &mut kernel) };
         if rc != 0 {
             // Refused (errno is the kernel's): the interest was never registered.
-            set.with(|v, _| v.retain(|i| !(i.fd == fd && i.conn == c.id())));
+            set.with(|v, _| v.retain(|i| !i.is(fd, c.id())));
         }
         return Some(rc);
     }
@@ -1138,7 +1137,7 @@ pub unsafe fn ctl(epfd: c_int, op: c_int, fd: c_int, event: *mut epoll_event) ->
         return Some(rc);
     }
     let pushed = set.with(|v, _| {
-        v.retain(|i| !(i.fd == fd && i.conn == c.id()));
+        v.retain(|i| !i.is(fd, c.id()));
         match (op, user) {
             (libc::EPOLL_CTL_DEL, _) | (_, None) => true,
             (_, Some((events, data))) => v.push(Interest::new(fd, c.id(), events, data)),
