@@ -246,10 +246,9 @@ fn bench_setup(path: &str, count: usize, schedule: &str) {
 /// each end tracks only the connections made in a probe window (about 4 ms in 67), and a probe
 /// that reaches the rings warms the path again. Here 16 one-exchange connections (`--cool-after
 /// 8`), then 48 conversations of 1,000 round trips (several ms each, over at least two windows
-/// in all): the
-/// conversations stay plain until one begins in a window, which both ends track; it is swapped,
-/// and so is every conversation after it (had none begun in a window, the path would be warm
-/// again a second after the last short connection ended). With `--cool-after 0` every
+/// in all): the conversations stay plain until one begins in a window, which both ends track;
+/// it is swapped, and so is every conversation after it (had none begun in a window, the path
+/// would be warm again a second after the last short connection ended). With `--cool-after 0` every
 /// conversation is swapped. (Every conversation is swapped with cooling too when the first
 /// begins in a window, 1 time in 16: the run is repeated then.)
 #[test]
