@@ -151,6 +151,16 @@ enum Cmd {
         /// what watching the upstream sockets costs).
         #[arg(long, requires = "only")]
         unwatched: bool,
+        /// With `--only nginx`: neither nginx under the hook, the agent still watching the second
+        /// one's sockets (what watching costs: the kernel's programs, the agent's events); with
+        /// `--unwatched` too, an A/A run: the two instances compared with nothing between them,
+        /// so the ratio column shows what the instrument itself makes of two equal things.
+        #[arg(long, requires = "only")]
+        unhooked: bool,
+        /// With `--only nginx`: leave the nginx workers and wrk wherever the scheduler puts
+        /// them instead of pinning both workers to one core and wrk to another.
+        #[arg(long, requires = "only")]
+        unpinned: bool,
     },
     /// Set up, build the release hook, and measure what it adds to every process start:
     /// `/bin/true` with the hook preloaded against an empty preloaded library (about a
@@ -246,13 +256,17 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             build_profile("release")?;
             bench(&profile_dir("release"))
         }
-        Cmd::Report { debug, only, pairs, unwatched } => {
-            ensure!((pairs.is_none() && !unwatched) || only.as_deref() == Some("nginx"), "--pairs and --unwatched go with --only nginx");
+        Cmd::Report { debug, only, pairs, unwatched, unhooked, unpinned } => {
+            ensure!(
+                (pairs.is_none() && !unwatched && !unhooked && !unpinned) || only.as_deref() == Some("nginx"),
+                "--pairs, --unwatched, --unhooked and --unpinned go with --only nginx"
+            );
             let profile = if debug { "debug" } else { "release" };
             build_profile(profile)?;
             match only.as_deref() {
                 Some("nginx") => {
-                    report::nginx_only(profile, pairs.map_or(report::NGINX_REPS, |p| usize::from(p).next_multiple_of(2)), unwatched)
+                    let pairs = pairs.map_or(report::NGINX_REPS, |p| usize::from(p).next_multiple_of(2));
+                    report::nginx_only(profile, report::NginxRuns { pairs, unwatched, unhooked, pinned: !unpinned })
                 }
                 Some("memory") => report::memory_only(profile),
                 Some("hookcost") => report::hook_cost_only(profile),

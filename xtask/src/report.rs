@@ -43,7 +43,7 @@ use std::{
 };
 
 use anyhow::{ensure, Context as _};
-use tssx_tests::{nscd, poll_until, wrk, Agent, MachineLock, MountNamespace, NginxConfig, NginxProxy, Nscd, Process, TempDir, Upstream};
+use tssx_tests::{nscd, poll_until, wrk_on, Agent, MachineLock, MountNamespace, NginxConfig, NginxProxy, Nscd, Process, TempDir, Upstream};
 
 use super::{profile_dir, sh, step, workspace_root};
 
@@ -75,11 +75,33 @@ const SETUP_GOAL: f64 = 1.1;
 /// The goal for the time from connect to swapped, in microseconds.
 const MIGRATION_GOAL_US: u64 = 2000;
 
-/// Runs only the nginx section (`cargo xtask report --only nginx [--pairs N] [--unwatched]`)
-/// and prints it: the row the spin policy is tuned on, without the rest of the report's seven
-/// minutes, with `pairs` pairs of runs per row. `unwatched`: the agent watches a path nginx
-/// never uses (the hook loaded, nothing watched).
-pub fn nginx_only(profile: &str, pairs: usize, unwatched: bool) -> anyhow::Result<()> {
+/// How the nginx section runs (`cargo xtask report --only nginx` takes each from an option).
+#[derive(Clone, Copy, Debug)]
+pub struct NginxRuns {
+    /// Pairs of runs per row (even).
+    pub pairs: usize,
+    /// The agent watches a path nginx never uses (the hook loaded, nothing watched).
+    pub unwatched: bool,
+    /// Neither instance under the hook: an A/A run, the instrument's own spread.
+    pub unhooked: bool,
+    /// Both nginx workers on [`NGINX_WORKERS_CPU`], wrk on [`WRK_CPU`].
+    pub pinned: bool,
+}
+
+impl NginxRuns {
+    /// What the full report runs.
+    const REPORT: Self = Self { pairs: NGINX_REPS, unwatched: false, unhooked: false, pinned: true };
+}
+
+/// The CPU both nginx workers run on when pinned, and wrk's: a request's whole cost then lands
+/// on one core, which sets requests/s, and wrk (which needs less) does not contend with it.
+const NGINX_WORKERS_CPU: usize = 1;
+const WRK_CPU: usize = 0;
+
+/// Runs only the nginx section (`cargo xtask report --only nginx [--pairs N] [--unwatched |
+/// --unhooked] [--unpinned]`) and prints it: the row the spin policy is tuned on, without the
+/// rest of the report's seven minutes.
+pub fn nginx_only(profile: &str, runs: NginxRuns) -> anyhow::Result<()> {
     let bin = profile_dir(profile);
     let hook = bin.join("libtssx_preload.so");
     let _lock = MachineLock::acquire_reporting(|| step("report: waiting for the machine-wide tssx test lock"))
@@ -88,13 +110,16 @@ pub fn nginx_only(profile: &str, pairs: usize, unwatched: bool) -> anyhow::Resul
     let (fresh, keep) = (NginxProxy::socket(&dir, NGINX_TSSX, Upstream::Fresh), NginxProxy::socket(&dir, NGINX_TSSX, Upstream::Keep));
     let load_before = load_average();
     let elsewhere = dir.join("watched-but-unused.sock").display().to_string();
-    let watched: Vec<&str> = if unwatched { vec![&elsewhere] } else { vec![&fresh, &keep] };
+    let watched: Vec<&str> = if runs.unwatched { vec![&elsewhere] } else { vec![&fresh, &keep] };
     let agent = Agent::spawn(&bin.join("tssx-agent"), &watched, None, &[])
         .context("starting tssx-agent (is another agent running in /run/tssx?)")?;
     step("report: nginx reverse proxy, plain vs tssx (upstream per request, upstream keepalive)");
-    let section = nginx_section(&agent, &hook, &dir, pairs);
-    if unwatched {
+    let section = nginx_section(&agent, &hook, &dir, runs);
+    if runs.unwatched {
         println!("**`--unwatched`**: the agent watched {elsewhere} only; the hooked nginx ran with the hook loaded and none of its sockets watched.\n");
+    }
+    if runs.unhooked {
+        println!("**`--unhooked`**: neither nginx ran under the hook.\n");
     }
     println!("{}\n\nBuild profile: {profile}. Load average at the start: {load_before}; at the end: {}.", section, load_average());
     let status = agent.stop();
@@ -228,7 +253,7 @@ pub fn report(profile: &str) -> anyhow::Result<()> {
     step("report: nscd lookups, plain vs tssx (shared no, shared yes)");
     writeln!(md, "{}", nscd_section(&bin, &hook, &dir)?)?;
     step("report: nginx reverse proxy, plain vs tssx (upstream per request, upstream keepalive)");
-    writeln!(md, "{}", nginx_section(&agent, &hook, &dir, NGINX_REPS))?;
+    writeln!(md, "{}", nginx_section(&agent, &hook, &dir, NginxRuns::REPORT))?;
 
     // The hook's cost when it has nothing to do.
     step("report: the hook on an unwatched path vs no hook");
@@ -446,10 +471,12 @@ fn nscd_section(bin: &Path, hook: &Path, dir: &Path) -> anyhow::Result<String> {
 const NGINX_TSSX: &str = "nginx-tssx";
 
 /// The nginx section: a plain and a hooked reverse proxy (front nginx to backend nginx on Unix
-/// sockets, `master_process on`, `sendfile off`), wrk over loopback TCP alternating between
-/// them; requests/s, medians compared. A failure (a hang shows as wrk's timeouts) is reported
+/// sockets, `master_process on`, `sendfile off`; pinned as `runs` says), wrk over loopback TCP
+/// alternating between them in [`Paired`] runs; requests/s and the workers' CPU per request. A failure (a hang shows as wrk's timeouts) is reported
 /// in the table rather than ending the report.
-fn nginx_section(agent: &Agent, hook: &Path, dir: &Path, reps: usize) -> String {
+fn nginx_section(agent: &Agent, hook: &Path, dir: &Path, runs: NginxRuns) -> String {
+    let reps = runs.pairs;
+    let wrk_cpu = runs.pinned.then_some(WRK_CPU);
     let mut table =
         Table::new(&["nginx reverse proxy, wrk -c 8, 4 KiB file", "plain", "tssx", "tssx/plain", "tssx upstream connections swapped"]);
     let mut pairs = Vec::new();
@@ -457,9 +484,9 @@ fn nginx_section(agent: &Agent, hook: &Path, dir: &Path, reps: usize) -> String 
         let www = dir.join("www");
         std::fs::create_dir_all(&www)?;
         std::fs::write(www.join("4k.bin"), (0..4096u32).map(|i| (i * 7 % 251) as u8).collect::<Vec<u8>>())?;
-        let config = NginxConfig { master_process: true, sendfile: false };
+        let config = NginxConfig { master_process: true, sendfile: false, workers_cpu: runs.pinned.then_some(NGINX_WORKERS_CPU) };
         let plain = NginxProxy::start(dir, "nginx-plain", &www, None, config)?;
-        let tssx = NginxProxy::start(dir, NGINX_TSSX, &www, Some(hook), config)?;
+        let tssx = NginxProxy::start(dir, NGINX_TSSX, &www, (!runs.unhooked).then_some(hook), config)?;
         for (upstream, name) in [(Upstream::Fresh, "(a) upstream connection per request"), (Upstream::Keep, "(b) upstream keepalive 16")] {
             let sock = NginxProxy::socket(dir, NGINX_TSSX, upstream);
             let swapped_before = agent.events_on("swapped", &sock).len();
@@ -470,7 +497,7 @@ fn nginx_section(agent: &Agent, hook: &Path, dir: &Path, reps: usize) -> String 
             // kernel does for it, the watcher's eBPF programs included.)
             let run = |proxy: &NginxProxy, cpu_per_request: &mut [Vec<f64>; 3]| -> anyhow::Result<f64> {
                 let cpu_before = proxy.workers_cpu();
-                let load = wrk(&proxy.url(upstream, "4k.bin"), NGINX_CONNECTIONS, NGINX_SECONDS)?;
+                let load = wrk_on(&proxy.url(upstream, "4k.bin"), NGINX_CONNECTIONS, NGINX_SECONDS, wrk_cpu)?;
                 ensure!(load.non_2xx == 0 && load.socket_errors.is_none() && load.requests > 0, "wrk: {load:?}");
                 let used = proxy.workers_cpu() - cpu_before;
                 for (list, time) in cpu_per_request.iter_mut().zip([used.total(), used.user, used.system]) {
@@ -522,8 +549,13 @@ fn nginx_section(agent: &Agent, hook: &Path, dir: &Path, reps: usize) -> String 
         Ok(())
     };
     let failed = measure().err().map(|e| format!("\n**The nginx run failed**: {e:#}\n")).unwrap_or_default();
+    let pinning = if runs.pinned {
+        format!(" (both workers pinned to CPU {NGINX_WORKERS_CPU}, wrk to CPU {WRK_CPU}: the workers' core is the bottleneck, so requests/s follows what a request costs them)")
+    } else {
+        String::new()
+    };
     format!(
-        "## nginx reverse proxy\n\nA front nginx on loopback TCP proxying to a backend nginx on Unix sockets (`master_process on`, one worker each, `sendfile off` in the backend), driven by `wrk -t1 -c{NGINX_CONNECTIONS}`; plain: neither nginx under the hook; tssx: both, the agent watching the backend's sockets. Higher is better. Runs come in pairs, plain then tssx and tssx then plain in turn; the ratio column is the median of the pairs' ratios (tssx/plain within a pair), with their lower and upper quartiles. The last column counts the upstream connections swapped during the tssx runs against those that served requests in them (a keep-alive connection opened before the runs counts too).\n\n{}\nEach pair's ratio, sorted:\n{}\n{failed}",
+        "## nginx reverse proxy\n\nA front nginx on loopback TCP proxying to a backend nginx on Unix sockets (`master_process on`, one worker each, `sendfile off` in the backend), driven by `wrk -t1 -c{NGINX_CONNECTIONS}`{pinning}; plain: neither nginx under the hook; tssx: both, the agent watching the backend's sockets. Higher is better. Runs come in pairs, plain then tssx and tssx then plain in turn; the ratio column is the median of the pairs' ratios (tssx/plain within a pair), with their lower and upper quartiles. The last column counts the upstream connections swapped during the tssx runs against those that served requests in them (a keep-alive connection opened before the runs counts too).\n\n{}\nEach pair's ratio, sorted:\n{}\n{failed}",
         table.render(),
         pairs.iter().map(|p| format!("- {p}\n")).collect::<String>()
     )

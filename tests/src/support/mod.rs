@@ -77,7 +77,7 @@ pub use control::{ask, ask_and_keep, await_answer, claim, send_claim, Answer};
 pub use env::{agent_bin, hook, require_root, target_dir};
 pub use lock::{DefaultAgentLock, MachineLock};
 pub use namespace::MountNamespace;
-pub use nginx::{wrk, NginxConfig, NginxProxy, Upstream, Wrk};
+pub use nginx::{wrk, wrk_on, NginxConfig, NginxProxy, Upstream, Wrk};
 pub use nscd::{Nscd, NSCD_SOCKET};
 pub use process::{run_ok, Process};
 pub use resources::{cpu_time, cpu_times, CpuTimes, Resources};

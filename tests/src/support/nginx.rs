@@ -58,6 +58,11 @@ pub struct NginxConfig {
     /// The backend sends files with `sendfile(2)` (Debian's configuration) or with
     /// `read`+`write`/`writev`.
     pub sendfile: bool,
+    /// Every worker of both instances pinned to this CPU (`worker_cpu_affinity`), or none: a
+    /// benchmark pins the workers to one core and the load generator to another (see
+    /// [`wrk_on`]), so that a request's cost shows as the one busy core's time instead of
+    /// three processes' contest for two cores.
+    pub workers_cpu: Option<usize>,
 }
 
 /// A front nginx proxying to a backend nginx over Unix sockets (see the module docs). Dropped
@@ -90,9 +95,11 @@ impl NginxProxy {
         }
         let temp = file("temp");
         std::fs::create_dir_all(&temp)?;
+        // `worker_cpu_affinity` takes a mask, CPU 0 rightmost.
+        let affinity = config.workers_cpu.map(|cpu| format!("worker_cpu_affinity 1{};\n", "0".repeat(cpu))).unwrap_or_default();
         let main = |role: &str| {
             format!(
-                "daemon off;\nmaster_process {};\nworker_processes 1;\nuser nobody nogroup;\npid {};\nerror_log {} warn;\n\
+                "daemon off;\nmaster_process {};\nworker_processes 1;\n{affinity}user nobody nogroup;\npid {};\nerror_log {} warn;\n\
                  events {{ worker_connections 1024; }}\n",
                 if config.master_process { "on" } else { "off" },
                 file(&format!("{role}.pid")).display(),
@@ -291,7 +298,20 @@ pub struct Wrk {
 
 /// Runs `wrk -t1 -cCONNECTIONS -dSECONDSs URL` (no hook) and parses its summary.
 pub fn wrk(url: &str, connections: u32, seconds: u32) -> anyhow::Result<Wrk> {
-    let out = Command::new("wrk")
+    wrk_on(url, connections, seconds, None)
+}
+
+/// [`wrk`], on CPU `cpu` only if given (`taskset -c`).
+pub fn wrk_on(url: &str, connections: u32, seconds: u32, cpu: Option<usize>) -> anyhow::Result<Wrk> {
+    let mut cmd = match cpu {
+        Some(cpu) => {
+            let mut taskset = Command::new("taskset");
+            taskset.args(["-c", &cpu.to_string(), "wrk"]);
+            taskset
+        }
+        None => Command::new("wrk"),
+    };
+    let out = cmd
         .args(["-t1", &format!("-c{connections}"), &format!("-d{seconds}s"), url])
         .env_remove("LD_PRELOAD")
         .output()

@@ -114,7 +114,7 @@ fn nginx_plain_vs_tssx(test: &str, configs: &[NginxConfig]) {
 /// `swapped`. The backend writes with `write`/`writev` here (`sendfile off`).
 #[test]
 fn nginx_reverse_proxy_gives_the_same_responses_with_tssx() {
-    let configs = [false, true].map(|master_process| NginxConfig { master_process, sendfile: false });
+    let configs = [false, true].map(|master_process| NginxConfig { master_process, sendfile: false, workers_cpu: None });
     nginx_plain_vs_tssx("app-nginx", &configs);
 }
 
@@ -123,5 +123,5 @@ fn nginx_reverse_proxy_gives_the_same_responses_with_tssx() {
 /// get sendfile's bytes on its ring (or be handed back first).
 #[test]
 fn nginx_backend_with_sendfile_gives_the_same_responses_with_tssx() {
-    nginx_plain_vs_tssx("app-nginx-sendfile", &[NginxConfig { master_process: true, sendfile: true }]);
+    nginx_plain_vs_tssx("app-nginx-sendfile", &[NginxConfig { master_process: true, sendfile: true, workers_cpu: None }]);
 }
