@@ -600,6 +600,18 @@ impl Conn {
         self.shut_bits(end) & (SHUT_READ | SHUT_WRITE) == SHUT_READ | SHUT_WRITE
     }
 
+    /// The two ends' shutdowns alone shut this end's socket both ways, as the kernel keeps
+    /// them: its reads by its own `SHUT_RD` or the peer's `SHUT_WR`, its writes by its own
+    /// `SHUT_WR` or the peer's `SHUT_RD` (af_unix's `unix_shutdown` gives the peer the mirror
+    /// of each). Then the socket's EOF and `POLLHUP` say nothing of a close (found by the
+    /// differential test, seed 4262 with `TSSX_DIFF_OOB=1`: both ends' `SHUT_RD`).
+    pub(crate) fn shut_both_ways_by_shutdowns(&self) -> bool {
+        let (mine, peers) = (self.shut_bits(self.end), self.shut_bits(self.end.peer()));
+        let reads = mine & SHUT_READ != 0 || peers & SHUT_WRITE != 0;
+        let writes = mine & SHUT_WRITE != 0 || peers & SHUT_READ != 0;
+        reads && writes
+    }
+
     /// The peer's last descriptor is closed (or the peer died).
     pub(crate) fn peer_gone(&self) -> bool {
         if self.peer_closed.load(Relaxed) {

@@ -535,11 +535,12 @@ impl Conn {
     /// close since (the socket
     /// is not shut both ways, as the peer's last close makes it). Found by the differential
     /// test: a peer's `shutdown(SHUT_WR)` after a hand-back made this end's sends fail.
-    /// Nor is it gone when either end shut its side both ways: `shutdown(SHUT_RDWR)` shuts the
-    /// socket both ways too (see `Conn::shutdown`), so its EOF and `POLLHUP` say nothing of a
-    /// close; the peer's close is seen in the header then (its holders, `Conn::peer_gone`).
+    /// Nor is it gone when the shutdowns shut this end's socket both ways (either end's
+    /// `SHUT_RDWR`, see `Conn::shutdown`, or one direction by each end: both `SHUT_RD`, say):
+    /// its EOF and `POLLHUP` say nothing of a close then; the peer's close is seen in the
+    /// header (its holders, `Conn::peer_gone`).
     pub(crate) fn note_eof(&self, fd: c_int) {
-        if self.shut_both_ways(self.end) || self.shut_both_ways(self.end.peer()) {
+        if self.shut_both_ways_by_shutdowns() {
             return;
         }
         // (This end's own SHUT_RD, carried over to the socket, explains it just as well.)

@@ -2915,6 +2915,29 @@ fn script_a_reset_after_a_hand_back() {
 }
 
 #[test]
+fn script_shutdowns_of_both_ends_are_no_close() {
+    // Each end shuts one direction (both SHUT_RD, or both SHUT_WR): the kernel shuts each
+    // socket both ways, so a read there finds EOF and `poll` reports POLLHUP, with nobody
+    // gone. A look at the socket that took that for the peer's close marked the peer reset
+    // (it had bytes unread), and end 0's read reported ECONNRESET where the kernel reports EOF
+    // (seed 4262 with `TSSX_DIFF_OOB=1`, after an out-of-band byte; reduced).
+    for how in [libc::SHUT_RD, libc::SHUT_WR] {
+        for oob in [true, false] {
+            let mut ops = vec![write(0, 137)];
+            if oob {
+                ops.push(Op::SendOob { end: 0, copy: 0, len: 28, flags: libc::MSG_DONTWAIT });
+            }
+            ops.push(Op::Shutdown { end: 0, copy: 0, how });
+            ops.push(Op::Shutdown { end: 1, copy: 0, how });
+            ops.push(Op::Poll { api: PollApi::Epoll, events: 5 });
+            ops.extend(polls_of(ALL_EVENTS));
+            ops.push(Op::Drain { end: 0, copy: 0 });
+            script(&format!("both ends shut down ({how}, out-of-band byte: {oob})"), &ops);
+        }
+    }
+}
+
+#[test]
 fn script_a_shutdown_after_the_peer_handed_back() {
     // End 1 handed back (MSG_OOB) and writes to the socket; end 0, still on the rings, shuts
     // down: end 1's sends fail with EPIPE as the kernel's (seed 47 of the generator).
