@@ -82,9 +82,11 @@ pub struct NginxRuns {
     pub pairs: usize,
     /// The agent watches a path nginx never uses (the hook loaded, nothing watched).
     pub unwatched: bool,
-    /// Neither instance under the hook: an A/A run, the instrument's own spread.
+    /// Neither instance under the hook (with `unwatched` too: an A/A run, the instrument's own
+    /// spread).
     pub unhooked: bool,
-    /// Both nginx workers on [`NGINX_WORKERS_CPU`], wrk on [`WRK_CPU`].
+    /// Both nginx workers on [`NGINX_WORKERS_CPU`], wrk on [`WRK_CPU`] (if the machine has
+    /// that many CPUs).
     pub pinned: bool,
 }
 
@@ -93,13 +95,14 @@ impl NginxRuns {
     const REPORT: Self = Self { pairs: NGINX_REPS, unwatched: false, unhooked: false, pinned: true };
 }
 
-/// The CPU both nginx workers run on when pinned, and wrk's: a request's whole cost then lands
-/// on one core, which sets requests/s, and wrk (which needs less) does not contend with it.
+/// The CPU both nginx workers run on when pinned (the higher one: a machine with fewer CPUs runs
+/// unpinned), and wrk's: a request's whole cost then lands on one core, which sets requests/s,
+/// and wrk (which needs less) does not contend with it.
 const NGINX_WORKERS_CPU: usize = 1;
 const WRK_CPU: usize = 0;
 
-/// Runs only the nginx section (`cargo xtask report --only nginx [--pairs N] [--unwatched |
-/// --unhooked] [--unpinned]`) and prints it: the row the spin policy is tuned on, without the
+/// Runs only the nginx section (`cargo xtask report --only nginx [--pairs N] [--unwatched]
+/// [--unhooked] [--unpinned]`) and prints it: the row the spin policy is tuned on, without the
 /// rest of the report's seven minutes.
 pub fn nginx_only(profile: &str, runs: NginxRuns) -> anyhow::Result<()> {
     let bin = profile_dir(profile);
@@ -476,7 +479,8 @@ const NGINX_TSSX: &str = "nginx-tssx";
 /// in the table rather than ending the report.
 fn nginx_section(agent: &Agent, hook: &Path, dir: &Path, runs: NginxRuns) -> String {
     let reps = runs.pairs;
-    let wrk_cpu = runs.pinned.then_some(WRK_CPU);
+    let pinned = runs.pinned && thread::available_parallelism().is_ok_and(|n| n.get() > NGINX_WORKERS_CPU);
+    let wrk_cpu = pinned.then_some(WRK_CPU);
     let mut table =
         Table::new(&["nginx reverse proxy, wrk -c 8, 4 KiB file", "plain", "tssx", "tssx/plain", "tssx upstream connections swapped"]);
     let mut pairs = Vec::new();
@@ -484,7 +488,7 @@ fn nginx_section(agent: &Agent, hook: &Path, dir: &Path, runs: NginxRuns) -> Str
         let www = dir.join("www");
         std::fs::create_dir_all(&www)?;
         std::fs::write(www.join("4k.bin"), (0..4096u32).map(|i| (i * 7 % 251) as u8).collect::<Vec<u8>>())?;
-        let config = NginxConfig { master_process: true, sendfile: false, workers_cpu: runs.pinned.then_some(NGINX_WORKERS_CPU) };
+        let config = NginxConfig { master_process: true, sendfile: false, workers_cpu: pinned.then_some(NGINX_WORKERS_CPU) };
         let plain = NginxProxy::start(dir, "nginx-plain", &www, None, config)?;
         let tssx = NginxProxy::start(dir, NGINX_TSSX, &www, (!runs.unhooked).then_some(hook), config)?;
         for (upstream, name) in [(Upstream::Fresh, "(a) upstream connection per request"), (Upstream::Keep, "(b) upstream keepalive 16")] {
@@ -549,7 +553,7 @@ fn nginx_section(agent: &Agent, hook: &Path, dir: &Path, runs: NginxRuns) -> Str
         Ok(())
     };
     let failed = measure().err().map(|e| format!("\n**The nginx run failed**: {e:#}\n")).unwrap_or_default();
-    let pinning = if runs.pinned {
+    let pinning = if pinned {
         format!(" (both workers pinned to CPU {NGINX_WORKERS_CPU}, wrk to CPU {WRK_CPU}: the workers' core is the bottleneck, so requests/s follows what a request costs them)")
     } else {
         String::new()
