@@ -606,10 +606,17 @@ impl Conn {
     /// of each). Then the socket's EOF and `POLLHUP` say nothing of a close (found by the
     /// differential test, seed 4262 with `TSSX_DIFF_OOB=1`: both ends' `SHUT_RD`).
     pub(crate) fn shut_both_ways_by_shutdowns(&self) -> bool {
-        let (mine, peers) = (self.shut_bits(self.end), self.shut_bits(self.end.peer()));
-        let reads = mine & SHUT_READ != 0 || peers & SHUT_WRITE != 0;
-        let writes = mine & SHUT_WRITE != 0 || peers & SHUT_READ != 0;
-        reads && writes
+        self.reads_shut_by_shutdowns() && self.writes_shut_by_shutdowns()
+    }
+
+    /// This end's reads are shut by a shutdown: its own `SHUT_RD` or the peer's `SHUT_WR`.
+    pub(crate) fn reads_shut_by_shutdowns(&self) -> bool {
+        self.shut_bits(self.end) & SHUT_READ != 0 || self.shut_bits(self.end.peer()) & SHUT_WRITE != 0
+    }
+
+    /// This end's writes are shut by a shutdown: its own `SHUT_WR` or the peer's `SHUT_RD`.
+    fn writes_shut_by_shutdowns(&self) -> bool {
+        self.shut_bits(self.end) & SHUT_WRITE != 0 || self.shut_bits(self.end.peer()) & SHUT_READ != 0
     }
 
     /// The peer's last descriptor is closed (or the peer died).
@@ -643,12 +650,12 @@ impl Conn {
 
     /// Nothing more will arrive on the ring: reads return what is left, then 0.
     pub fn rcv_shut(&self) -> bool {
-        self.shut_bits(self.end) & SHUT_READ != 0 || self.shut_bits(self.end.peer()) & SHUT_WRITE != 0 || self.peer_gone()
+        self.reads_shut_by_shutdowns() || self.peer_gone()
     }
 
     /// Writes fail with EPIPE.
     pub fn send_shut(&self) -> bool {
-        self.shut_bits(self.end) & SHUT_WRITE != 0 || self.shut_bits(self.end.peer()) & SHUT_READ != 0 || self.peer_gone()
+        self.writes_shut_by_shutdowns() || self.peer_gone()
     }
 
     /// Bytes waiting in the incoming ring.

@@ -810,7 +810,7 @@ pub fn fd_closing(fd: c_int) {
         let _ = set.try_with(|list, local| {
             if !last_here {
                 let known = local.aliases.iter().any(|a| a.fd == fd && a.conn.id() == id);
-                if !known && list.iter().any(|i| i.fd == fd && i.conn == id) {
+                if !known && list.iter().any(|i| i.is(fd, id)) {
                     if let Some(lease) = lookup(fd) {
                         local.aliases.push(Alias { fd, conn: lease, via: -1 });
                     }

@@ -544,9 +544,7 @@ impl Conn {
             return;
         }
         // (This end's own SHUT_RD, carried over to the socket, explains it just as well.)
-        if self.shut_bits(self.end.peer()) & tssx_common::segment::SHUT_WRITE != 0
-            || self.shut_bits(self.end) & tssx_common::segment::SHUT_READ != 0
-        {
+        if self.reads_shut_by_shutdowns() {
             let mut p = libc::pollfd { fd, events: 0, revents: 0 };
             // SAFETY: one live pollfd, no wait; errno kept.
             let polled = sys::with_errno_kept(|| unsafe { sys::poll(&mut p, 1, 0) });
