@@ -1517,6 +1517,31 @@ unsafe fn with_pollfds(fds: *mut libc::pollfd, n: usize, f: impl FnOnce(&mut [li
     }
 }
 
+/// The real `ppoll` of a set whose tracked connections are all still plain (raw calls):
+/// `mark` (taken at the call's entry) is looked at last with the thread's signals held back,
+/// and the kernel's wait takes the mask from before (the application's, if it gave one; see
+/// [`crate::signals::Quiet`]), so that a handler that ran since the entry fails the call with
+/// EINTR, and one that runs from the look on runs inside the wait and ends it (the hook's work
+/// before the wait, in a debug build or on a loaded machine, was a window in which it ran and
+/// the wait slept until the next signal). errno is the wait's.
+///
+/// # Safety
+/// As `ppoll(2)`: `fds` valid for `n` entries, `ts` and `mask` null or valid.
+unsafe fn raw_poll_quietly(
+    fds: *mut libc::pollfd,
+    n: libc::nfds_t,
+    ts: *const libc::timespec,
+    mask: *const libc::sigset_t,
+    mark: crate::signals::Mark,
+) -> c_int {
+    let Some(quiet) = crate::signals::Quiet::look(|| mark.interrupted().is_none()) else { return interrupted() };
+    // SAFETY: per the contract; the mask is the application's or the thread's own.
+    let rc = unsafe { sys::ppoll(fds, n, ts, quiet.sleep_mask(mask)) };
+    // (The raw system call that restores the mask leaves errno alone.)
+    drop(quiet);
+    rc
+}
+
 /// libc's `poll`. While this process holds connections, the array is read (and `revents`
 /// written) through the user copy ([`with_pollfds`]): a bad one gets EFAULT, never a signal.
 pub unsafe fn poll(fds: *mut libc::pollfd, n: libc::nfds_t, timeout: c_int) -> c_int {
@@ -1530,8 +1555,12 @@ pub unsafe fn poll(fds: *mut libc::pollfd, n: libc::nfds_t, timeout: c_int) -> c
                 poll::Kind::Plain => None,
                 poll::Kind::Raw => Some(match poll::RawCalls::enter(slice) {
                     Some(raw) => {
-                        // SAFETY: forwarded as received.
-                        let rc = sys::poll(fds, n, timeout);
+                        let ts = (timeout >= 0).then(|| libc::timespec {
+                            tv_sec: (timeout / 1000) as libc::time_t,
+                            tv_nsec: (timeout % 1000) as libc::c_long * 1_000_000,
+                        });
+                        // SAFETY: forwarded as received, the timeout as a timespec.
+                        let rc = raw_poll_quietly(fds, n, ts.as_ref().map_or(std::ptr::null(), |t| t), std::ptr::null(), mark);
                         drop(raw);
                         Polled::Direct(rc)
                     }
@@ -1565,7 +1594,7 @@ pub unsafe fn ppoll(fds: *mut libc::pollfd, n: libc::nfds_t, ts: *const libc::ti
                 poll::Kind::Raw => Some(match poll::RawCalls::enter(slice) {
                     Some(raw) => {
                         // SAFETY: forwarded as received.
-                        let rc = sys::ppoll(fds, n, ts, mask);
+                        let rc = raw_poll_quietly(fds, n, ts, mask, mark);
                         drop(raw);
                         Polled::Direct(rc)
                     }

@@ -1627,10 +1627,7 @@ unsafe fn sleep_quietly(
     timeout_ns: impl FnOnce() -> Option<u64>,
     skip: impl FnOnce() -> bool,
 ) -> Option<c_int> {
-    let quiet = crate::signals::Quiet::block();
-    if skip() {
-        return None;
-    }
+    let quiet = crate::signals::Quiet::look(|| !skip())?;
     // SAFETY: the caller's array; the mask is the application's or the thread's own.
     let m = unsafe { real_wait(epfd, out.as_mut_ptr(), out.len() as c_int, timeout_ns(), quiet.sleep_mask(sigmask)) };
     let saved_errno = sys::errno();

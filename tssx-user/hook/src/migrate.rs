@@ -173,28 +173,22 @@ impl Conn {
     }
 
     /// Waits for the socket to become readable (data, a doorbell, EOF) with this end's sleep
-    /// announced, so that a peer that switches meanwhile rings. `Err(errno)`: interrupted, or
-    /// the socket's receive timeout expired (EAGAIN).
-    pub(crate) fn sleep_for_socket_data(&self, fd: c_int) -> Result<(), c_int> {
+    /// announced, so that a peer that switches meanwhile rings: a sleep of the read's `backoff`
+    /// ([`crate::wait::sleep_in_ppoll`]: the socket's receive timeout and the application's
+    /// handlers end it as they end the kernel's read; `moved`: the read has bytes already).
+    /// `Err(errno)`: interrupted (EINTR), or the socket's receive timeout expired (EAGAIN).
+    pub(crate) fn sleep_for_socket_data(&self, fd: c_int, backoff: &mut crate::wait::Backoff, moved: bool) -> Result<(), c_int> {
         let asleep = &self.header().asleep.0[self.end.index()];
         tssx_shm::wait::announce(asleep);
         tssx_shm::wait::settle();
         let result = if self.in_switched() || self.unread() > 0 {
             Ok(())
         } else {
-            let mut byte = 0u8;
-            // A blocking one-byte peek: the kernel applies SO_RCVTIMEO and the caller's signal
-            // dispositions, as for a plain read.
-            // SAFETY: peeks one byte into a live local.
-            let n = unsafe { sys::recv(fd, (&mut byte as *mut u8).cast(), 1, libc::MSG_PEEK) };
-            if n >= 0 {
-                Ok(())
-            } else {
-                match sys::errno() {
-                    libc::EINTR => Err(libc::EINTR),
-                    libc::EAGAIN => Err(libc::EAGAIN),
-                    _ => Ok(()),
-                }
+            let deadline = backoff.deadline(fd);
+            match crate::wait::sleep_in_ppoll(fd, libc::POLLIN, deadline.poll_ms(None), deadline, backoff.mark(), moved) {
+                Ok(0) if deadline.expired() => Err(libc::EAGAIN),
+                Ok(_) => Ok(()),
+                Err(e) => Err(e.errno()),
             }
         };
         tssx_shm::wait::withdraw(asleep);

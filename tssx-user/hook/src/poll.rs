@@ -258,10 +258,19 @@ pub unsafe fn poll(fds: &mut [pollfd], timeout_ns: Option<u64>, sigmask: *const 
         }
         if !fds.iter().any(|p| p.fd >= 0 && lookup_swapped(p.fd).is_some()) {
             // Only plain (or still plain) fds: one real call, unless one of them becomes ready
-            // meanwhile (then `real_pass` does not wait, and the next round serves it).
+            // meanwhile (then `real_pass` does not wait, and the next round serves it). This
+            // may be a later round of the call, or the first after the hook's own work since
+            // the entry: the last look at the mark is made with the thread's signals held
+            // back, and the sleep takes them back (see `Quiet`), so that a handler that runs
+            // from the look on ends it (it waited for the next signal: the conformance test's
+            // `sigspin`, rarely).
             let left = deadline.map(|d| d.saturating_sub(now_ns()));
+            let Some(quiet) = Quiet::look(|| mark.interrupted().is_none()) else {
+                sys::set_errno(libc::EINTR);
+                return -1;
+            };
             // SAFETY: forwarded.
-            let rc = unsafe { real_pass(fds, left, sigmask, None, &[]) };
+            let rc = unsafe { real_pass(fds, left, sigmask, Some(quiet), &[]) };
             if rc != 0 || deadline.is_some_and(|d| now_ns() >= d) {
                 return rc;
             }
@@ -314,15 +323,13 @@ pub unsafe fn poll(fds: &mut [pollfd], timeout_ns: Option<u64>, sigmask: *const 
         tssx_shm::wait::settle();
         // (A handler that ran since the mark: no sleep; the loop's top answers EINTR. One that
         // runs from this look on is held back until the sleep starts: see `Quiet`.)
-        let quiet = Quiet::block();
-        let still_idle = !any_ready(fds) && mark.interrupted().is_none();
-        let rc = if still_idle {
-            let wait = spin::sleep_budget(deadline, shared, halfway);
-            // SAFETY: forwarded.
-            unsafe { real_pass(fds, wait, sigmask, Some(quiet), &announced) }
-        } else {
-            drop(quiet);
-            0
+        let rc = match Quiet::look(|| !any_ready(fds) && mark.interrupted().is_none()) {
+            Some(quiet) => {
+                let wait = spin::sleep_budget(deadline, shared, halfway);
+                // SAFETY: forwarded.
+                unsafe { real_pass(fds, wait, sigmask, Some(quiet), &announced) }
+            }
+            None => 0,
         };
         let saved_errno = sys::errno();
         spin::woke();

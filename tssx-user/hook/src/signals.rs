@@ -416,6 +416,19 @@ impl Quiet {
         Quiet { old }
     }
 
+    /// A wait's last look before it sleeps: holds back this thread's asynchronous signals, then
+    /// asks `still_waits` (nothing to answer yet, and no handler ran since the wait's mark).
+    /// `Some` to sleep (with [`Quiet::sleep_mask`]); `None`, with the mask restored, if the
+    /// look found the wait ended.
+    pub fn look(still_waits: impl FnOnce() -> bool) -> Option<Quiet> {
+        let quiet = Quiet::block();
+        if !still_waits() {
+            return None;
+        }
+        after_last_look();
+        Some(quiet)
+    }
+
     /// The mask the sleep applies: the application's own if its call passed one (`ppoll`,
     /// `pselect`, `epoll_pwait`), else the thread's from before [`Quiet::block`].
     pub fn sleep_mask(&self, application: *const libc::sigset_t) -> *const libc::sigset_t {
@@ -424,6 +437,27 @@ impl Quiet {
             Some(old) => old,
             None => std::ptr::null(),
         }
+    }
+}
+
+/// Tests' probe into the window [`Quiet`] closes (0: none; else a `fn()`): called by
+/// [`Quiet::look`] after a look that found the wait going on, just before the sleep. One
+/// Relaxed load per sleep. Relaxed: the tests set it on the thread that then waits.
+static AFTER_LAST_LOOK: AtomicUsize = AtomicUsize::new(0);
+
+/// For tests: `probe` runs in every wait between its last look at its mark and its sleep (in
+/// any thread), as a signal that comes in just then would; `None` removes it.
+#[doc(hidden)]
+pub fn probe_after_last_look(probe: Option<fn()>) {
+    AFTER_LAST_LOOK.store(probe.map_or(0, |f| f as usize), Relaxed);
+}
+
+fn after_last_look() {
+    let probe = AFTER_LAST_LOOK.load(Relaxed);
+    if probe != 0 {
+        // SAFETY: stored from a `fn()` by `probe_after_last_look`.
+        let probe = unsafe { std::mem::transmute::<usize, fn()>(probe) };
+        probe();
     }
 }
 

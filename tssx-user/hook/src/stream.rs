@@ -177,7 +177,7 @@ impl Conn {
                         if backoff.interrupted(fd, total > 0) {
                             return partial_or_errno(total, libc::EINTR);
                         }
-                        if let Err(e) = self.sleep_for_socket_data(fd) {
+                        if let Err(e) = self.sleep_for_socket_data(fd, &mut backoff, total > 0) {
                             return partial_or_errno(total, e);
                         }
                         self.try_switch();

@@ -9,9 +9,9 @@ use tssx_common::segment::NOT_YET;
 
 use crate::{
     conn::{Conn, Phase},
-    signals::Mark,
+    signals::{Mark, Quiet},
     spin::{now_ns, spin_budget, spin_missed, spin_paid_off, spin_yield, woke},
-    sys::{self, errno, fd_nonblocking},
+    sys::{self, errno},
 };
 
 /// How often a connection whose non-blocking calls keep finding the rings empty (or full)
@@ -66,23 +66,12 @@ pub(crate) fn socket_timeout_ns(fd: c_int, waiting: Waiting) -> Option<u64> {
 pub(crate) struct Deadline {
     /// CLOCK_MONOTONIC ns at which the call times out (`None`: never).
     pub(crate) at: Option<u64>,
-    /// Whether a sleep may be the kernel's own blocking `recv(MSG_PEEK)` on the socket: the
-    /// kernel then applies the caller's signal dispositions (SA_RESTART) exactly as for a
-    /// plain call. True for reads (the kernel applies SO_RCVTIMEO, the read's own timeout),
-    /// and for writes on a socket with neither timeout; a write on a socket with one sleeps in
-    /// `poll` up to its own deadline instead.
-    pub(crate) peek_sleep: bool,
 }
 
 impl Deadline {
     /// Reads the socket's timeouts for a call `waiting` that is about to sleep.
     pub(crate) fn of(fd: c_int, waiting: Waiting) -> Deadline {
-        let at = socket_timeout_ns(fd, waiting).map(|t| now_ns().saturating_add(t));
-        let peek_sleep = match waiting {
-            Waiting::Read => true,
-            Waiting::Write => at.is_none() && socket_timeout_ns(fd, Waiting::Read).is_none(),
-        };
-        Deadline { at, peek_sleep }
+        Deadline { at: socket_timeout_ns(fd, waiting).map(|t| now_ns().saturating_add(t)) }
     }
 
     /// Whether the call's time is up.
@@ -115,6 +104,45 @@ pub(crate) fn transfer_interrupted(mark: &mut Mark, moved: bool, has_timeout: im
         return mark.interrupted().is_some();
     }
     mark.interrupts_transfer(has_timeout)
+}
+
+/// One sleep of a blocking read or write: a `ppoll` of `fd` for `events` up to `ms`
+/// milliseconds (-1: no limit), after the call's last look at `mark` (see
+/// [`transfer_interrupted`]) made with the thread's signals held back; the sleep takes the
+/// thread's mask from before ([`Quiet`]), so a handler that runs from that look on runs inside
+/// it and ends it, as a signal that arrives while the kernel's read or write waits ends that.
+/// `Ok(revents)` (0: the time is up, or a handler under `SA_RESTART` that does not end the call,
+/// which goes on as the kernel's restarts); `Err(Interrupted)` where the kernel's call fails
+/// with EINTR, and for an EINTR no handler behind the trampoline caused (one installed around
+/// libc). (The sleeps of reads were a blocking `recv(MSG_PEEK)`, which applied the dispositions
+/// itself, but left a window between the look and the system call in which a handler was lost
+/// until the next signal: the conformance test `sigspin`, rarely.)
+pub(crate) fn sleep_in_ppoll(
+    fd: c_int,
+    events: i16,
+    ms: c_int,
+    deadline: Deadline,
+    mark: &mut Mark,
+    moved: bool,
+) -> Result<i16, WaitError> {
+    let mut pfd = libc::pollfd { fd, events, revents: 0 };
+    let ts = libc::timespec { tv_sec: (ms.max(0) / 1000) as libc::time_t, tv_nsec: (ms.max(0) % 1000) as libc::c_long * 1_000_000 };
+    let ts_ptr = if ms < 0 { std::ptr::null() } else { &raw const ts };
+    let Some(quiet) = Quiet::look(|| !transfer_interrupted(mark, moved, || deadline.at.is_some())) else {
+        return Err(WaitError::Interrupted);
+    };
+    // SAFETY: one live pollfd; `ts_ptr` null or a live timespec; the mask the thread's own.
+    let n = unsafe { sys::ppoll(&mut pfd, 1, ts_ptr, quiet.sleep_mask(std::ptr::null())) };
+    let interrupted = n < 0 && errno() == libc::EINTR;
+    drop(quiet);
+    match n {
+        n if n > 0 => Ok(pfd.revents),
+        _ if interrupted => match mark.interrupted() {
+            Some(_) if !transfer_interrupted(mark, moved, || deadline.at.is_some()) => Ok(0),
+            _ => Err(WaitError::Interrupted),
+        },
+        _ => Ok(0),
+    }
 }
 
 impl WaitError {
@@ -170,6 +198,11 @@ impl Backoff {
         let interrupted = transfer_interrupted(&mut mark, moved, || self.deadline(fd).at.is_some());
         self.mark = Some(mark);
         interrupted
+    }
+
+    /// The call's mark (taken now if it has none yet).
+    pub(crate) fn mark(&mut self) -> &mut Mark {
+        self.mark.get_or_insert_with(Mark::now)
     }
 
     /// Progress was made: the next wait starts with a fresh spin budget.
@@ -306,87 +339,22 @@ impl Conn {
 
     /// Sleeps on the real socket until a doorbell, the peer's EOF, or (shared connections, or
     /// while incoming socket bytes may be data) a short timeout. The caller has announced its
-    /// sleep.
-    ///
-    /// An active connection used by one thread sleeps in a blocking `recv(MSG_PEEK)` of one
-    /// byte when [`Deadline::peek_sleep`] allows: the kernel then applies the caller's signal
-    /// dispositions (SA_RESTART restarts it, otherwise EINTR) and the socket's SO_RCVTIMEO,
-    /// exactly as for a plain read. A write on a socket with a timeout sleeps in `poll` up to
-    /// its SO_SNDTIMEO deadline instead (a signal then ends it with EINTR, as the kernel does
-    /// for a send with a timeout; see the README for the one case that differs: a write
-    /// without SO_SNDTIMEO on a socket with SO_RCVTIMEO, under SA_RESTART).
-    ///
-    /// `mark` is looked at last before the system call (see [`crate::signals`]): a handler that
-    /// ran since the wait began and ends it with EINTR leaves no sleep to go into. A call that
-    /// `moved` bytes already sleeps in `poll` rather than the peek (which `SA_RESTART` would
-    /// restart, where the kernel's read returns the bytes).
+    /// sleep. The sleep is [`sleep_in_ppoll`] for `POLLIN` (doorbells and EOF; only `POLLHUP`
+    /// and `POLLERR` while the socket's bytes may be data), bounded by the call's deadline.
     pub(crate) fn sleep_on_socket(&self, fd: c_int, deadline: Deadline, mark: &mut Mark, moved: bool) -> Result<(), WaitError> {
         let doorbells_only = self.reads_ring();
-        if transfer_interrupted(mark, moved, || deadline.at.is_some()) {
-            return Err(WaitError::Interrupted);
-        }
-        let deadline = Deadline { peek_sleep: deadline.peek_sleep && !moved, ..deadline };
-        if doorbells_only && !self.is_shared() && !deadline.peek_sleep {
-            let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
-            // SAFETY: one live pollfd.
-            let n = unsafe { sys::poll(&mut pfd, 1, deadline.poll_ms(None)) };
-            return match n {
-                n if n > 0 => {
-                    // This wait's next sleep polls again: an EOF behind the doorbells shows then.
-                    self.drain(fd, false);
-                    Ok(())
-                }
-                0 if deadline.expired() => Err(WaitError::TimedOut),
-                0 => Ok(()),
-                // A handler of the application's (see `signals`) under SA_RESTART, the socket
-                // without SO_SNDTIMEO: the kernel's send goes on (restarted); one the hook did
-                // not see installed (a raw system call): EINTR, as before it knew.
-                _ if errno() == libc::EINTR => match mark.interrupted() {
-                    Some(_) if !transfer_interrupted(mark, moved, || deadline.at.is_some()) => Ok(()),
-                    _ => Err(WaitError::Interrupted),
-                },
-                _ => Ok(()),
-            };
-        }
-        if doorbells_only && !self.is_shared() {
-            let mut byte = 0u8;
-            // SAFETY: peeks one byte into a live local.
-            let n = unsafe { sys::recv(fd, (&mut byte as *mut u8).cast(), 1, libc::MSG_PEEK) };
-            return match n {
-                1 => {
-                    // The wait's next sleep peeks again: an EOF behind the doorbells shows then
-                    // (no look for it now, which would be one more system call per doorbell).
-                    self.drain(fd, false);
-                    Ok(())
-                }
-                0 => {
-                    self.note_eof(fd);
-                    Ok(())
-                }
-                _ => match errno() {
-                    libc::EINTR => Err(WaitError::Interrupted),
-                    libc::EAGAIN => {
-                        if fd_nonblocking(fd) {
-                            self.set_nonblocking(true);
-                        }
-                        Err(WaitError::TimedOut)
-                    }
-                    _ => {
-                        self.note_peer_closed();
-                        Ok(())
-                    }
-                },
-            };
-        }
         // Incoming socket bytes may be the peer's data (not consumed here): wait only for the
         // peer's death, briefly. Shared: a sibling may drain our doorbell, so never sleep long.
-        let mut pfd = libc::pollfd { fd, events: if doorbells_only { libc::POLLIN } else { 0 }, revents: 0 };
-        // SAFETY: one live pollfd.
-        let ready = unsafe { sys::poll(&mut pfd, 1, deadline.poll_ms(Some(1))) };
-        if ready > 0 && doorbells_only {
+        let long = doorbells_only && !self.is_shared();
+        let events = if doorbells_only { libc::POLLIN } else { 0 };
+        let ready = sleep_in_ppoll(fd, events, deadline.poll_ms(if long { None } else { Some(1) }), deadline, mark, moved)?;
+        if ready != 0 && long {
+            // This wait's next sleep polls again: an EOF behind the doorbells shows then (no look
+            // for it now, which would be one more system call per doorbell).
+            self.drain(fd, false);
+        } else if ready != 0 && doorbells_only {
             self.drain_doorbells_if_alone(fd, 1);
-        }
-        if deadline.expired() {
+        } else if deadline.expired() {
             return Err(WaitError::TimedOut);
         }
         Ok(())
@@ -427,8 +395,8 @@ impl Conn {
     }
 
     /// Drains doorbells unless other threads of this end (beyond the caller's own `mine`
-    /// announcements) sleep too: one of them may block in `recv(MSG_PEEK)`, which only a byte
-    /// on the socket wakes, and it drains them itself. Waiters that leave the bytes there poll
+    /// announcements) sleep too: one of them may sleep in a `ppoll` of the socket, which only a
+    /// byte there wakes (one drained first leaves it asleep), and it drains them itself. Waiters that leave the bytes there poll
     /// again with a short timeout, so nobody sleeps through a doorbell.
     ///
     /// The count of sleepers is in the header, in the peer's reach: a hostile peer that raises
@@ -594,7 +562,7 @@ impl Conn {
 
     /// As [`Conn::drain_doorbells`]; `eof_check_after_bells`: look for EOF behind the doorbells
     /// even when some were drained. Two kinds of caller skip that system call: a sleep whose
-    /// next one is a level-triggered `poll` or `recv(MSG_PEEK)` of its own (which reports an
+    /// next one is a level-triggered `ppoll` of its own (which reports an
     /// EOF that is left), and an epoll edge that reported none (a later EOF is an edge of its
     /// own, see [`Conn::drain_doorbells_after_edge`]).
     fn drain(&self, fd: c_int, eof_check_after_bells: bool) {
