@@ -17,6 +17,7 @@ use anyhow::{bail, ensure, Context as _};
 use clap::{Parser, Subcommand};
 
 mod hookcost;
+mod recap;
 mod report;
 mod soak;
 mod startcost;
@@ -303,7 +304,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             if let Some(deb) = deb {
                 test.env("TSSX_DEB", deb);
             }
-            sh(&mut test)?;
+            recap::run_tests(&mut test)?;
             if args.is_empty() {
                 loom()?;
             }
