@@ -13,7 +13,7 @@
  * The signal is sent once the waiter is inside the call: asleep in the kernel (a plain socket;
  * /proc says 'S'), or 20 us of CPU into it (a wait that spins in user space first, as a
  * swapped socket's does: before each wait, fast round trips with the server make that spin
- * as long as it gets). A call that goes on after its handler ran gets a second signal 500 ms
+ * as long as it gets). A call that goes on after its handler ran gets a second signal 2 s
  * later, so that the transcript shows it ("after the first signal: no") rather than a hang.
  * Each wait runs ROUNDS times.
  *
@@ -45,6 +45,10 @@ static volatile sig_atomic_t flag;
  * transcript): the waiter's CPU time when the call started and when the first handler ran, why
  * the pester sent it (asleep or CPU), and the waiter's /proc syscall line when it did. */
 static atomic_llong cpu_at_call, cpu_at_handler;
+/* CLOCK_MONOTONIC when the first handler ran, when the call returned, and when the pester sent
+ * its second signal (0: none): a call that went on after its handler, or a waiter that did not
+ * run for a while after its call returned? */
+static atomic_llong wall_at_handler, wall_at_second;
 static atomic_int sent_asleep;
 static char sent_in[160];
 
@@ -54,10 +58,19 @@ static long long own_cpu_ns(void) {
     return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
+static long long wall_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
 static void on_usr1(int sig) {
     (void)sig;
     flag = 1;
-    if (atomic_fetch_add(&handled, 1) == 0) atomic_store(&cpu_at_handler, own_cpu_ns());
+    if (atomic_fetch_add(&handled, 1) == 0) {
+        atomic_store(&cpu_at_handler, own_cpu_ns());
+        atomic_store(&wall_at_handler, wall_ns());
+    }
 }
 
 static long long waiter_cpu_ns(void) {
@@ -109,8 +122,9 @@ static void *pester(void *arg) {
         send_byte(sock, 'g');
     }
     for (;;) {
-        for (int i = 0; i < 50 && !atomic_load(&call_done); i++) usleep(10000);
+        for (int i = 0; i < 200 && !atomic_load(&call_done); i++) usleep(10000);
         if (atomic_load(&call_done)) return NULL;
+        if (!atomic_load(&wall_at_second)) atomic_store(&wall_at_second, wall_ns());
         pthread_kill(waiter, SIGUSR1);
     }
 }
@@ -139,6 +153,8 @@ static void ping(int times) {
             atomic_store(&call_done, 0);                                                       \
             atomic_store(&ask, (asking));                                                      \
             atomic_store(&cpu_at_handler, 0);                                                  \
+            atomic_store(&wall_at_handler, 0);                                                 \
+            atomic_store(&wall_at_second, 0);                                                  \
             sent_in[0] = 0;                                                                    \
             pthread_t t_;                                                                      \
             CHECK(pthread_create(&t_, NULL, pester, NULL) == 0);                               \
@@ -147,14 +163,18 @@ static void ping(int times) {
             errno = 0;                                                                         \
             long r_ = (long)(call);                                                            \
             int e_ = errno;                                                                    \
+            long long returned_ = wall_ns();                                                   \
             int handled_ = atomic_load(&handled);                                              \
             atomic_store(&call_done, 1);                                                       \
             pthread_join(t_, NULL);                                                            \
             if (handled_ != 1)                                                                 \
                 fprintf(stderr, "%s, round %d: %d handlers when the call returned; the first ran %lld ns of CPU into " \
-                        "the call, sent with the waiter %s in [%s]\n", (what), round_, handled_,          \
+                        "the call, sent with the waiter %s in [%s]; the call returned %lld us after the first " \
+                        "handler, the second signal was sent %lld us after it\n", (what), round_, handled_, \
                         atomic_load(&cpu_at_handler) - atomic_load(&cpu_at_call),              \
-                        atomic_load(&sent_asleep) ? "asleep" : "on CPU", sent_in);             \
+                        atomic_load(&sent_asleep) ? "asleep" : "on CPU", sent_in,              \
+                        (returned_ - atomic_load(&wall_at_handler)) / 1000,                    \
+                        atomic_load(&wall_at_second) ? (atomic_load(&wall_at_second) - atomic_load(&wall_at_handler)) / 1000 : -1LL); \
             as_wanted_ += r_ == (want_rc) && (r_ >= 0 || e_ == (want_errno));                  \
             first_ += handled_ == 1;                                                           \
             flagged_ += flag == 1;                                                             \
