@@ -106,6 +106,13 @@ fn timeout(fd: libc::c_int, name: libc::c_int, secs: i64) {
     assert_eq!(unsafe { libc::setsockopt(fd, libc::SOL_SOCKET, name, (&raw const tv).cast(), size_of::<libc::timeval>() as u32) }, 0);
 }
 
+/// A socket pair installed as one swapped connection, rings of 64 KiB.
+fn swapped_pair() -> support::Pair {
+    let fds = support::socketpair(0);
+    support::install_swapped(fds, 1 << 16);
+    support::Pair { client: fds[0], server: fds[1] }
+}
+
 /// How long a wait the signal did not end would take at least: each test bounds its wait with
 /// a timeout of 3 s, so that a lost signal fails the test rather than hanging it.
 const LOST: std::time::Duration = std::time::Duration::from_secs(2);
@@ -118,9 +125,7 @@ const LOST: std::time::Duration = std::time::Duration::from_secs(2);
 #[test]
 fn a_handler_right_after_a_blocking_reads_last_look_ends_it_as_the_kernels() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let fds = support::socketpair(0);
-    support::install_swapped(fds, 1 << 16);
-    let pair = support::Pair { client: fds[0], server: fds[1] };
+    let pair = swapped_pair();
     let mut buf = [0u8; 16];
     let read = |buf: &mut [u8]| {
         // SAFETY: a live buffer of the stated length.
@@ -153,9 +158,7 @@ fn a_handler_right_after_a_blocking_reads_last_look_ends_it_as_the_kernels() {
 #[test]
 fn a_handler_right_after_a_blocking_writes_last_look_ends_it_with_what_it_moved() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let fds = support::socketpair(0);
-    support::install_swapped(fds, 1 << 16);
-    let pair = support::Pair { client: fds[0], server: fds[1] };
+    let pair = swapped_pair();
     timeout(pair.client, libc::SO_SNDTIMEO, 3);
     let big = vec![b'x'; 1 << 20];
     for restart in [false, true] {
@@ -186,9 +189,7 @@ fn a_handler_right_after_a_blocking_writes_last_look_ends_it_with_what_it_moved(
 #[test]
 fn a_handler_right_after_a_polls_last_look_ends_it_with_eintr() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let fds = support::socketpair(0);
-    support::install_swapped(fds, 1 << 16);
-    let swapped = support::Pair { client: fds[0], server: fds[1] };
+    let swapped = swapped_pair();
     // A tracked pair whose migration never goes on (no claims: no agent here).
     tssx_hook::phase::set_claiming(false);
     let fds = support::socketpair(0);
