@@ -47,7 +47,9 @@
 //!
 //! * A handler installed around libc (`syscall(SYS_rt_sigaction)`, or an old binary's
 //!   `sigvec`) is not wrapped: a spin it interrupts goes on (until an event or its timeout; the
-//!   real call that follows does not see the signal, which was handled already). A disposition
+//!   real call that follows does not see the signal, which was handled already), and an EINTR
+//!   it causes in the sleep of a blocking read or write ends that call with EINTR, even under
+//!   `SA_RESTART` (the hook cannot tell its flags). A disposition
 //!   glibc changes internally (`siginterrupt` and `system` call `__sigaction` directly) is
 //!   followed where it keeps the trampoline (the record's `SA_RESTART` may then be stale:
 //!   `siginterrupt` is interposed for that reason) and is the kernel's otherwise.
