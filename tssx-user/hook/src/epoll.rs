@@ -1530,6 +1530,9 @@ pub unsafe fn wait(
             // A level-triggered event reported by the first call comes again in the next: kept
             // once (by its events and data).
             let mut m = 0;
+            // Whether the kernel gave any event, the hook's own included: filtering a tagged
+            // one may have counted an edge of a half-way socket or drained a doorbell.
+            let mut drew = false;
             for round in 0..4 {
                 let room = out.len() - n - m;
                 if room == 0 {
@@ -1540,6 +1543,7 @@ pub unsafe fn wait(
                 if raw <= 0 {
                     break;
                 }
+                drew = true;
                 let mut kept = filter(epfd, &mut out[n + m..], raw as usize);
                 if round > 0 {
                     let (before, new) = out[n..].split_at_mut(m);
@@ -1559,11 +1563,14 @@ pub unsafe fn wait(
                 }
             }
             note_oneshots_fired(set, &out[n..n + m]);
-            // The rings once more (a doorbell the kernel's events brought was drained) only if
+            // The rings once more (a doorbell the kernel's events brought was drained, or an
+            // edge of a half-way socket counted, even if all of them were the hook's) only if
             // they reported nothing above: a ready level-triggered interest would come twice
             // in one answer, which the kernel never gives (a server with blocking sockets then
-            // blocks in its second read).
-            let more = if n == 0 && m > 0 && m < out.len() { collect(epfd, set, &mut out[m..]) } else { 0 };
+            // blocks in its second read). (A zero-timeout wait whose only kernel event was the
+            // tagged room edge of a connection that had just switched its writes to the ring
+            // reported that edge one call late: the `nonblock` scenario, migrating.)
+            let more = if n == 0 && drew && m < out.len() { collect(epfd, set, &mut out[m..]) } else { 0 };
             return (n + m + more) as c_int;
         }
         if !spun {
