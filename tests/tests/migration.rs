@@ -72,7 +72,16 @@ fn every_wait_style_migrates_mid_stream_and_keeps_every_byte() {
         }
     }
     let swapped = agent.wait_for("swapped", &path, runs, Duration::from_secs(10));
-    assert_eq!(swapped.len(), runs, "every exchange migrates: {swapped:?}");
+    if swapped.len() != runs {
+        // What the agent traced of the exchanges, but the lines every exchange has.
+        let others: Vec<String> = agent
+            .trace()
+            .iter()
+            .filter(|v| !v["message"].as_str().is_some_and(|m| m.starts_with("swapped") || m.starts_with("closed")))
+            .map(|v| v.to_string())
+            .collect();
+        panic!("{} of {runs} exchanges traced `swapped`; the agent's other lines:\n{}", swapped.len(), others.join("\n"));
+    }
     for line in &swapped {
         let (c2s, s2c) = (line["switched_client_to_server"].as_u64(), line["switched_server_to_client"].as_u64());
         assert!(c2s.is_some_and(|b| b <= bytes) && s2c.is_some_and(|b| b <= bytes), "switch positions within the stream: {line}");
