@@ -618,8 +618,8 @@ impl Conn {
     /// `recvmsg`) and, if the marker carried fds, ends after that message's bytes, as the
     /// kernel ends a read after an skb with fds (a message with credentials only is glued to
     /// what follows). A peek crosses at most one record (the socket cannot be peeked past a
-    /// marker). Under the consumer lock (`rx`). Returns the transfer (its `fault`: the caller's buffer faulted before a byte was read) and whether the read must
-    /// end there.
+    /// marker). Under the consumer lock (`rx`). Returns the transfer (its `fault`: the caller's
+    /// buffer faulted before a byte was read) and whether the read must end there.
     pub(crate) fn read_ring_anc(
         &self,
         fd: c_int,

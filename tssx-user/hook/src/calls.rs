@@ -1043,7 +1043,7 @@ pub unsafe fn recvmmsg(fd: c_int, msgs: *mut libc::mmsghdr, vlen: libc::c_uint, 
         return -1; // the first message's errno
     }
     if let (Some(rest), false) = (left, timeout.is_null()) {
-        let t = libc::timespec { tv_sec: (rest / 1_000_000_000) as libc::time_t, tv_nsec: (rest % 1_000_000_000) as libc::c_long };
+        let t = sys::timespec_of_ns(rest as u64);
         // SAFETY: the application's timespec, read above; written through the user copy. As
         // the kernel: a time left it cannot store makes the call fail with EFAULT.
         if !unsafe { iov::write_value(timeout, t) } {
@@ -1555,10 +1555,7 @@ pub unsafe fn poll(fds: *mut libc::pollfd, n: libc::nfds_t, timeout: c_int) -> c
                 poll::Kind::Plain => None,
                 poll::Kind::Raw => Some(match poll::RawCalls::enter(slice) {
                     Some(raw) => {
-                        let ts = (timeout >= 0).then(|| libc::timespec {
-                            tv_sec: (timeout / 1000) as libc::time_t,
-                            tv_nsec: (timeout % 1000) as libc::c_long * 1_000_000,
-                        });
+                        let ts = (timeout >= 0).then(|| sys::timespec_of_ms(timeout));
                         // SAFETY: forwarded as received, the timeout as a timespec.
                         let rc = raw_poll_quietly(fds, n, ts.as_ref().map_or(std::ptr::null(), |t| t), std::ptr::null(), mark);
                         drop(raw);

@@ -1436,9 +1436,9 @@ pub unsafe fn wait(
     let deadline = timeout_ns.map(|t| now_ns().saturating_add(t));
     // Nothing in the hook's table and no plain one-shot registration to follow: every event
     // the kernel gives is the application's (a tagged registration exists only while its
-    // interest is in the table), so one counted real wait answers, as without the hook. (`epoll_wait`
-    // and `epoll_pwait` send such waits to `plain_wait`; here come `epoll_pwait2`'s, and those
-    // whose list emptied since the caller looked.) Relaxed: hints, checked again after
+    // interest is in the table), so one counted real wait answers, as without the hook.
+    // (`epoll_wait` and `epoll_pwait` send such waits to `plain_wait`; here come
+    // `epoll_pwait2`'s, and those whose list emptied since the caller looked.) Relaxed: hints, checked again after
     // the wait; an interest adopted meanwhile (its tagged events may be among ours) sends the
     // answer through the general path's filtering.
     if !set.has_interests() && !set.has_plain_oneshots.load(Relaxed) {

@@ -175,7 +175,7 @@ unsafe fn real_pass(
             p.events = libc::POLLIN | (p.events & libc::POLLOUT);
         }
     }
-    let ts = timeout_ns.map(|ns| timespec { tv_sec: (ns / 1_000_000_000) as libc::time_t, tv_nsec: (ns % 1_000_000_000) as libc::c_long });
+    let ts = timeout_ns.map(crate::sys::timespec_of_ns);
     let ts_ptr = ts.as_ref().map_or(std::ptr::null(), |t| t as *const timespec);
     // Plain-phase tracked fds in the set are inside the kernel now: count them as raw calls
     // (one that became ready meanwhile is served as swapped by the caller's next round).

@@ -306,7 +306,7 @@ impl Conn {
 
 /// Sleeps `ns` nanoseconds (a raw `nanosleep`: errno untouched; a signal just cuts it short).
 fn nap(ns: u64) {
-    let ts = libc::timespec { tv_sec: (ns / 1_000_000_000) as libc::time_t, tv_nsec: (ns % 1_000_000_000) as libc::c_long };
+    let ts = crate::sys::timespec_of_ns(ns);
     // SAFETY: reads one live timespec; no remainder is asked for.
     let _ = unsafe { tssx_shm::sys::syscall(libc::SYS_nanosleep, [&ts as *const libc::timespec as usize, 0, 0, 0, 0, 0]) };
 }

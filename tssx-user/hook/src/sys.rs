@@ -263,6 +263,18 @@ pub fn set_errno(e: c_int) {
     unsafe { *libc::__errno_location() = e };
 }
 
+/// `ns` nanoseconds as a `timespec`.
+#[inline]
+pub fn timespec_of_ns(ns: u64) -> libc::timespec {
+    libc::timespec { tv_sec: (ns / 1_000_000_000) as libc::time_t, tv_nsec: (ns % 1_000_000_000) as libc::c_long }
+}
+
+/// `ms` milliseconds as a `timespec` (a negative count as 0).
+#[inline]
+pub fn timespec_of_ms(ms: c_int) -> libc::timespec {
+    timespec_of_ns(ms.max(0) as u64 * 1_000_000)
+}
+
 /// Runs `f` and restores `errno` afterwards: for the hook's own work inside a call whose
 /// `errno` belongs to the application.
 pub fn with_errno_kept<R>(f: impl FnOnce() -> R) -> R {

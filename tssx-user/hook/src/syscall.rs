@@ -222,7 +222,7 @@ fn with_timeout(ts: *mut libc::timespec, refused: Option<c_int>, call: impl FnOn
     if total != 0 {
         let saved = sys::errno();
         let left = total.saturating_sub(now_ns() - start);
-        let left = libc::timespec { tv_sec: (left / 1_000_000_000) as libc::time_t, tv_nsec: (left % 1_000_000_000) as c_long };
+        let left = sys::timespec_of_ns(left);
         copy_out(ts, &left);
         sys::set_errno(saved);
     }

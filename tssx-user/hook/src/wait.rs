@@ -126,7 +126,7 @@ pub(crate) fn sleep_in_ppoll(
     moved: bool,
 ) -> Result<i16, WaitError> {
     let mut pfd = libc::pollfd { fd, events, revents: 0 };
-    let ts = libc::timespec { tv_sec: (ms.max(0) / 1000) as libc::time_t, tv_nsec: (ms.max(0) % 1000) as libc::c_long * 1_000_000 };
+    let ts = sys::timespec_of_ms(ms);
     let ts_ptr = if ms < 0 { std::ptr::null() } else { &raw const ts };
     let Some(quiet) = Quiet::look(|| !transfer_interrupted(mark, moved, || deadline.at.is_some())) else {
         return Err(WaitError::Interrupted);
@@ -396,8 +396,9 @@ impl Conn {
 
     /// Drains doorbells unless other threads of this end (beyond the caller's own `mine`
     /// announcements) sleep too: one of them may sleep in a `ppoll` of the socket, which only a
-    /// byte there wakes (one drained first leaves it asleep), and it drains them itself. Waiters that leave the bytes there poll
-    /// again with a short timeout, so nobody sleeps through a doorbell.
+    /// byte there wakes (one drained first leaves it asleep), and it drains them itself.
+    /// Waiters that leave the bytes there poll again with a short timeout, so nobody sleeps
+    /// through a doorbell.
     ///
     /// The count of sleepers is in the header, in the peer's reach: a hostile peer that raises
     /// it must not keep this thread deferring for good (found by the hostile test: a victim
