@@ -170,7 +170,8 @@ pub fn attach(elf: &[u8], program: &str, ebpf: &Ebpf) -> anyhow::Result<UnixConn
     put(&mut attr, 32, &(log.as_mut_ptr() as u64).to_le_bytes());
     put(&mut attr, 48, b"tssx_conn_unix\0");
     put(&mut attr, 68, &BPF_CGROUP_UNIX_CONNECT.to_le_bytes());
-    let program_fd = bpf(BPF_PROG_LOAD, &mut attr).map_err(|e| {
+    let load = || bpf(BPF_PROG_LOAD, &mut attr);
+    let program_fd = crate::loader::retry_interrupted_load(load, crate::loader::load_interrupted).map_err(|e| {
         let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
         let text = String::from_utf8_lossy(&log[..end]);
         let tail: Vec<&str> = text.lines().rev().take(20).collect();

@@ -22,6 +22,30 @@ use crate::{kernel, paths::WatchedPath};
 /// the ELF parser wants.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tssx"));
 
+/// How often a program load is tried when the kernel answers EAGAIN: its verifier gives up
+/// with EAGAIN when a signal is pending (a `SIGCONT` after the agent was stopped, a
+/// `SIGCHLD`), and libbpf tries such a load again too. Found by stopping and continuing the
+/// agent while it started: it exited with "the kernel refused eBPF program ...: Resource
+/// temporarily unavailable".
+const LOAD_ATTEMPTS: u32 = 5;
+
+/// Whether a program load failed only because a signal interrupted the verifier.
+pub(crate) fn load_interrupted(e: &std::io::Error) -> bool {
+    e.raw_os_error() == Some(libc::EAGAIN)
+}
+
+/// Runs `load` until it succeeds, fails for another reason than `interrupted` says, or
+/// [`LOAD_ATTEMPTS`] tries were made.
+pub(crate) fn retry_interrupted_load<T, E>(mut load: impl FnMut() -> Result<T, E>, interrupted: impl Fn(&E) -> bool) -> Result<T, E> {
+    let mut attempt = 1;
+    loop {
+        match load() {
+            Err(e) if interrupted(&e) && attempt < LOAD_ATTEMPTS => attempt += 1,
+            result => return result,
+        }
+    }
+}
+
 /// One tracepoint program of the object and the tracepoint it attaches to.
 ///
 /// The one place that says which program watches which tracepoint is its
@@ -286,10 +310,12 @@ impl Watcher {
                 .ok_or_else(|| anyhow!("eBPF object has no program {name}"))?
                 .try_into()
                 .with_context(|| format!("{name} is not a tracepoint program"))?;
-            program
-                .load()
-                .map_err(|e| one_line(anyhow::Error::new(e)))
-                .with_context(|| format!("the kernel refused eBPF program {name} (for {category}/{tracepoint})"))?;
+            retry_interrupted_load(
+                || program.load(),
+                |e| matches!(e, aya::programs::ProgramError::LoadError { io_error, .. } if load_interrupted(io_error)),
+            )
+            .map_err(|e| one_line(anyhow::Error::new(e)))
+            .with_context(|| format!("the kernel refused eBPF program {name} (for {category}/{tracepoint})"))?;
             let attached = program
                 .attach(category, tracepoint)
                 .map_err(|e| one_line(anyhow::Error::new(e)))
@@ -455,6 +481,44 @@ mod tests {
 
     fn tp(program: &str, category: &str, name: &str) -> Tracepoint {
         Tracepoint { program: program.into(), category: category.into(), name: name.into() }
+    }
+
+    #[test]
+    fn an_interrupted_load_is_tried_again_a_few_times_and_no_other_failure_is() {
+        let eagain = || std::io::Error::from_raw_os_error(libc::EAGAIN);
+        let mut calls = 0;
+        let once_interrupted = retry_interrupted_load(
+            || {
+                calls += 1;
+                if calls == 1 {
+                    Err(eagain())
+                } else {
+                    Ok(calls)
+                }
+            },
+            load_interrupted,
+        );
+        assert_eq!(once_interrupted.unwrap(), 2);
+        let mut calls = 0;
+        let always = retry_interrupted_load::<(), _>(
+            || {
+                calls += 1;
+                Err(eagain())
+            },
+            load_interrupted,
+        );
+        assert!(always.is_err());
+        assert_eq!(calls, LOAD_ATTEMPTS);
+        let mut calls = 0;
+        let refused = retry_interrupted_load::<(), _>(
+            || {
+                calls += 1;
+                Err(std::io::Error::from_raw_os_error(libc::EINVAL))
+            },
+            load_interrupted,
+        );
+        assert!(refused.is_err());
+        assert_eq!(calls, 1, "a verifier's refusal is final");
     }
 
     #[test]
