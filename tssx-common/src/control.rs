@@ -115,6 +115,9 @@ pub enum PlainReason {
     /// The claiming process set up an io_uring: its io_uring reads and writes would bypass the
     /// rings.
     IoUring = 8,
+    /// A client's claim came before the server accepted the connection, and the kernel did
+    /// not report the connect (a quiet path): claim again later.
+    NotAcceptedYet = 9,
 }
 
 impl PlainReason {
@@ -128,6 +131,7 @@ impl PlainReason {
             6 => Self::TooManyConnections,
             7 => Self::NotSoleHolder,
             8 => Self::IoUring,
+            9 => Self::NotAcceptedYet,
             _ => Self::None,
         }
     }
@@ -143,6 +147,7 @@ impl PlainReason {
             Self::TooManyConnections => "connection limit reached (--max-connections live segments)",
             Self::NotSoleHolder => "another process holds the same end (fork): not swapped while it does",
             Self::IoUring => "the process uses io_uring (its io_uring reads and writes would bypass the rings)",
+            Self::NotAcceptedYet => "not accepted yet, and the kernel did not report the connect (a quiet path): claim again later",
         }
     }
 }
@@ -417,7 +422,7 @@ mod tests {
         bad[12] = 5; // the retired `Declined`
         assert_eq!(Reply::decode(&bad), Err(DecodeError::Field));
         let mut bad = Reply::plain(PlainReason::NotSeen).encode();
-        bad[12] = 9; // the first reason after the last known one
+        bad[12] = 10; // the first reason after the last known one
         assert_eq!(Reply::decode(&bad), Err(DecodeError::Field));
     }
 

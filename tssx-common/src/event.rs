@@ -265,6 +265,11 @@ impl Event {
     }
 }
 
+/// Key of the `QUIET` map: a process (tgid) and a watched pattern id.
+pub const fn quiet_key(tgid: u32, path_id: u32) -> u64 {
+    ((tgid as u64) << 32) | path_id as u64
+}
+
 /// Key of the `LISTENERS` map: a process and one of its fds.
 pub const fn listener_key(tgid: u32, fd: u32) -> u64 {
     ((tgid as u64) << 32) | fd as u64

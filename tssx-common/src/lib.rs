@@ -65,4 +65,36 @@ pub mod maps {
     pub const HANDBACK_ON_IO_URING: &str = "HANDBACK_ON_IO_URING";
     /// `PerCpuArray<u64>` with one entry: events dropped because `EVENTS` was full.
     pub const DROPPED: &str = "DROPPED";
+    /// `LruHashMap<u64, u64>`: [`crate::event::quiet_key`] of a process and a watched pattern
+    /// whose connections keep ending plain, to the time (`CLOCK_MONOTONIC_COARSE`, ns) until
+    /// which the connect hook reports only its connects made in a probe window
+    /// ([`crate::heat`]). Filled by the agent (see its `control::quiet`).
+    pub const QUIET: &str = "QUIET";
+    /// `PerCpuArray<u64>` with one entry: connects the connect hook left unreported because
+    /// their process and pattern were in `QUIET`.
+    pub const QUIET_SKIPPED: &str = "QUIET_SKIPPED";
+}
+
+/// The probe windows of a cool path, the same for the hook (which tracks only the connections
+/// made in one) and the connect hook program (which reports only those on a quiet path): one
+/// slot of 2^[`heat::PROBE_SLOT_SHIFT`] ns of `CLOCK_MONOTONIC_COARSE` in
+/// [`heat::PROBE_EVERY`].
+pub mod heat {
+    /// A probe window is one slot of 2^22 ns (4.2 ms) of the coarse clock in [`PROBE_EVERY`].
+    pub const PROBE_SLOT_SHIFT: u32 = 22;
+    /// Slots per probe window: a cool path tracks the connections of one slot in this many.
+    pub const PROBE_EVERY: u64 = 16;
+
+    /// Whether `now_ns` (`CLOCK_MONOTONIC_COARSE`) is in a probe window.
+    ///
+    /// ```
+    /// use tssx_common::heat::{in_probe_window, PROBE_EVERY, PROBE_SLOT_SHIFT};
+    /// assert!(in_probe_window(0));
+    /// assert!(!in_probe_window(1 << PROBE_SLOT_SHIFT));
+    /// assert!(in_probe_window(PROBE_EVERY << PROBE_SLOT_SHIFT));
+    /// ```
+    #[inline(always)]
+    pub const fn in_probe_window(now_ns: u64) -> bool {
+        (now_ns >> PROBE_SLOT_SHIFT).is_multiple_of(PROBE_EVERY)
+    }
 }

@@ -18,9 +18,10 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use tssx_common::{
     event::{
-        listener_key, Event, EventHead, EventKind, Parked, ParkedSlot, PathKey, PendingCall, TraceConfig, PARKED_SLOTS_DEFAULT,
-        PATH_ID_RELATIVE,
+        is_pattern_id, listener_key, quiet_key, Event, EventHead, EventKind, Parked, ParkedSlot, PathKey, PendingCall, TraceConfig,
+        PARKED_SLOTS_DEFAULT, PATH_ID_RELATIVE,
     },
+    heat::in_probe_window,
     AF_UNIX, COMM_LEN, SUN_PATH_LEN,
 };
 
@@ -110,6 +111,18 @@ static CLONING: HashMap<u64, u64> = HashMap::with_max_entries(4096, 0);
 
 #[map]
 static DROPPED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Processes and patterns whose connections keep ending plain (`quiet_key(tgid, pattern)`), to
+/// the coarse-clock time until which the connect hook reports only their connects made in a
+/// probe window: the hook of such a process tracks no other connection of that path, so their
+/// events would only cost the connect its record and the agent its reading. Filled by the
+/// agent. LRU: an insert never fails; an entry pushed out only reports that process again.
+#[map]
+static QUIET: LruHashMap<u64, u64> = LruHashMap::with_max_entries(4096, 0);
+
+/// Connects left unreported because of [`QUIET`] (the agent's `status --stats`).
+#[map]
+static QUIET_SKIPPED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// Processes (tgid) that set up an io_uring, and their forked children (pid), to 1. LRU: an
 /// insert never fails; entries go when the process (or thread) exits.
@@ -549,9 +562,12 @@ fn connect_unix(ctx: &SockAddrContext) {
     }
     call.addr_len = core::cmp::min(read, path_len) as u32;
     let Some((path_id, exact)) = watched_path_id(&config, &call.addr, call.addr_len) else { return };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if quiet((pid_tgid >> 32) as u32, path_id) {
+        return count_quiet();
+    }
     // SAFETY: the context is the program's own `bpf_sock_addr`, which this helper takes.
     let cookie = unsafe { generated::bpf_get_socket_cookie(ctx.sock_addr.cast()) };
-    let pid_tgid = bpf_get_current_pid_tgid();
     let kind = EventKind::Connect;
     // The cookie's halves, where a tracepoint's connect has its (unused) `new_fd`/`other_pid`.
     let (low, high) = (cookie as u32 as i32, (cookie >> 32) as u32);
@@ -578,6 +594,30 @@ fn connect_unix(ctx: &SockAddrContext) {
         (*event).addr = call.addr;
     }
     entry.submit(flags);
+}
+
+/// Whether process `tgid`'s connects on pattern `path_id` go unreported now: the agent found
+/// them quiet ([`QUIET`]) and this is no probe window (`tssx_common::heat`, the windows whose
+/// connections the process's hook still tracks on a cool path).
+#[inline(always)]
+fn quiet(tgid: u32, path_id: u32) -> bool {
+    if !is_pattern_id(path_id) {
+        return false; // the agent decides the pattern on the address
+    }
+    // SAFETY: a value read by copy, at once.
+    let Some(&until) = (unsafe { QUIET.get(&quiet_key(tgid, path_id)) }) else { return false };
+    // SAFETY: a helper without arguments (CLOCK_MONOTONIC_COARSE, as the hook's windows).
+    let now = unsafe { generated::bpf_ktime_get_coarse_ns() };
+    now < until && !in_probe_window(now)
+}
+
+/// Counts a connect left unreported by [`quiet`].
+#[inline(always)]
+fn count_quiet() {
+    if let Some(skipped) = QUIET_SKIPPED.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot; programs do not migrate CPUs while running.
+        unsafe { *skipped += 1 };
+    }
 }
 
 /// Counts an event dropped because the ring buffer is full (the agent warns about the count).

@@ -53,10 +53,9 @@ use libc::c_int;
 
 use crate::{paths::UnixName, table::MAX_FDS};
 
-/// A probe window is one slot of 2^22 ns (4.2 ms) of the coarse clock in [`PROBE_EVERY`].
-pub const PROBE_SLOT_SHIFT: u32 = 22;
-/// Slots per probe window: a cool path tracks the connections of one slot in this many.
-pub const PROBE_EVERY: u64 = 16;
+/// The probe windows, shared with the connect hook program (which reports only the connects
+/// made in one for a process and path the agent found quiet: see `tssx_common::heat`).
+pub use tssx_common::heat::{in_probe_window, PROBE_EVERY, PROBE_SLOT_SHIFT};
 /// Default of the agent's `--cool-after`: cold endings in a row that cool a path.
 pub const COOL_AFTER: u32 = 64;
 /// Cold endings further apart than this (ms) are no churn: the count starts again.
@@ -103,7 +102,7 @@ impl Heat {
         }
         let now = now_ns();
         let idle_ms = ((now / 1_000_000) as u32).wrapping_sub(self.last_cold_ms.load(Relaxed));
-        idle_ms > WARM_AFTER_MS || (now >> PROBE_SLOT_SHIFT).is_multiple_of(PROBE_EVERY)
+        idle_ms > WARM_AFTER_MS || in_probe_window(now)
     }
 
     /// A connection of the path `key` reached the rings: every new one is tracked again.
