@@ -11,7 +11,8 @@ use std::{
 };
 
 use tssx_tests::{
-    assert_connections_do_not_wait, hook, require_root, wait_until, HookedAgent, MachineLock, Process, TempDir, DEFAULT_STATE_DIR,
+    assert_connections_do_not_wait, hook, poll_until, require_root, wait_until, HookedAgent, MachineLock, Process, TempDir,
+    DEFAULT_STATE_DIR,
 };
 
 const STREAM: &str = env!("CARGO_BIN_EXE_tssx-test-stream");
@@ -240,6 +241,42 @@ fn bench_setup(path: &str, count: usize, schedule: &str) {
     let served = server.wait(Duration::from_secs(if out.status.success() { 60 } else { 1 }));
     let served_ok = served.is_some_and(|s| s.success());
     assert!(out.status.success() && served_ok, "client {}, server {served:?}: {}", out.status, String::from_utf8_lossy(&out.stderr));
+}
+
+/// Cooling in the kernel (the agent's `control::quiet`): once a process's connections on a
+/// path keep ending plain, the connect hook program reports only its connects made in a probe
+/// window. A client makes one-exchange connections for some seconds (a few sweeps), then 48
+/// conversations of 1,000 round trips: every connect is either reported (`connects`) or
+/// counted unreported (`quiet_connects`), a good part goes unreported, and the conversations
+/// still migrate (one made in a probe window warms the path, and its claim ends the quiet).
+#[test]
+fn a_process_whose_connections_end_plain_goes_quiet_in_the_kernel() {
+    require_root();
+    const SHORT: usize = 60_000;
+    const CONVERSATIONS: usize = 48;
+    let dir = TempDir::new("swap-quiet");
+    let path = dir.socket("quiet.sock");
+    let agent = HookedAgent::start_with(&[&path], &["--cool-after", "8"]);
+    bench_setup(&path, SHORT + CONVERSATIONS, &format!("1@{SHORT}/1000"));
+    let total = (SHORT + CONVERSATIONS) as u64;
+    let counted = |stats: &serde_json::Value| stats["connects"].as_u64().unwrap_or(0) + stats["quiet_connects"].as_u64().unwrap_or(0);
+    // (The kernel's count is copied every second, the events read every 100 ms.)
+    poll_until(Duration::from_secs(5), || counted(&agent.stats()) == total);
+    let stats = agent.stats();
+    assert_eq!(counted(&stats), total, "every connect reported or counted unreported: {stats}");
+    let unreported = stats["quiet_connects"].as_u64().unwrap_or(0);
+    assert!(unreported > SHORT as u64 / 10, "most connects of a churn go unreported once it is quiet: {stats}");
+    let starts_with = |v: &serde_json::Value, words: &str| v["message"].as_str().is_some_and(|m| m.starts_with(words));
+    let quiet = agent.events_on("quiet", &path);
+    assert!(quiet.iter().any(|v| starts_with(v, "quiet:")), "the agent traces the quiet: {quiet:?}");
+    let swapped = agent.wait_for("swapped", &path, 1, Duration::from_secs(10));
+    assert!(!swapped.is_empty(), "a conversation made in a probe window migrates: {stats}");
+    // (A short connection that happened to live past the claim rule may have ended an earlier
+    // quiet, which the churn then started again.)
+    let last = agent.events_on("quiet", &path).pop();
+    assert!(last.as_ref().is_some_and(|v| starts_with(v, "quiet no more")), "a conversation's claim ends the quiet: {last:?}");
+    assert!(agent.events("claim").iter().all(|v| v["message"] != "claim refused"), "{:?}", agent.events("claim"));
+    assert!(agent.stop().success());
 }
 
 /// Cooling (the hook's `heat`): once `--cool-after` connections of a path ended plain in a row,

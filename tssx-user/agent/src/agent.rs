@@ -93,9 +93,12 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         config.ring_size,
         max_connections,
         Some(std::sync::Arc::clone(&feed)),
-        control::Host::new(Some(channels.io_uring_users), Some(channels.handback)),
+        control::Host::new(Some(channels.io_uring_users), Some(channels.handback), Some(channels.quiet)),
     );
     control.set_ring_initial(config.ring_initial);
+    // The kernel's cooling follows the hooks' (see `control::quiet`): off with
+    // `--claim-after 0`, where the hooks track every connection.
+    control.set_cool_after(if config.claim_after.is_zero() { 0 } else { config.cool_after });
     control::serve(std::sync::Arc::clone(&control), state.dir())?;
     state.publish_paths(&config.paths, config.claim_after, config.cool_after)?;
 
@@ -150,6 +153,9 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                 // (Events were taken on the progress tick, at most 100 ms ago.)
                 control.sweep();
                 control.set_map_entries(watcher.map_entries());
+                if let Ok(n) = watcher.quiet_connects() {
+                    control.set_quiet_connects(n);
+                }
                 let dropped = watcher.dropped_events().unwrap_or(dropped_seen);
                 if dropped > dropped_seen {
                     tracing::warn!(dropped = dropped - dropped_seen, total = dropped, "events lost: the events ring buffer was full");

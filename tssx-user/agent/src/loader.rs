@@ -165,6 +165,9 @@ pub struct Channels {
     /// Processes whose hook is signalled to hand its connections back if they set up an
     /// io_uring (the agent adds each process it pairs a claim of).
     pub handback: HashMap<MapData, u32, u32>,
+    /// Processes and patterns whose connects the connect hook leaves unreported but in probe
+    /// windows (see `control::quiet`).
+    pub quiet: HashMap<MapData, u64, u64>,
 }
 
 impl Watcher {
@@ -241,7 +244,10 @@ impl Watcher {
             .take_map(maps::HANDBACK_ON_IO_URING)
             .ok_or_else(|| anyhow!("eBPF object has no {} map", maps::HANDBACK_ON_IO_URING))?;
         let handback = HashMap::try_from(handback).context("HANDBACK_ON_IO_URING is not a hash map")?;
-        Ok((watcher, Channels { events, io_uring_users, handback }))
+        // (Taken after the connect hook was loaded against it.)
+        let quiet = watcher.ebpf.take_map(maps::QUIET).ok_or_else(|| anyhow!("eBPF object has no {} map", maps::QUIET))?;
+        let quiet = HashMap::try_from(quiet).context("QUIET is not a hash map")?;
+        Ok((watcher, Channels { events, io_uring_users, handback, quiet }))
     }
 
     /// The mode in effect (see [`Watcher::load`]).
@@ -352,6 +358,13 @@ impl Watcher {
     /// Events dropped so far because the events ring buffer was full (all CPUs).
     pub fn dropped_events(&self) -> anyhow::Result<u64> {
         let map = self.ebpf.map(maps::DROPPED).ok_or_else(|| anyhow!("eBPF object has no {} map", maps::DROPPED))?;
+        let array: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
+        Ok(array.get(&0, 0)?.iter().sum())
+    }
+
+    /// Connects the connect hook left unreported on quiet paths so far (all CPUs).
+    pub fn quiet_connects(&self) -> anyhow::Result<u64> {
+        let map = self.ebpf.map(maps::QUIET_SKIPPED).ok_or_else(|| anyhow!("eBPF object has no {} map", maps::QUIET_SKIPPED))?;
         let array: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
         Ok(array.get(&0, 0)?.iter().sum())
     }

@@ -67,6 +67,10 @@ enum Unverified {
     Refused(&'static str),
     /// A server end on a watched path whose client closed already: plain, nothing to pair.
     PeerGone,
+    /// A client end not accepted yet, whose connect the kernel did not report (its process's
+    /// connects on the path are quiet, see [`super::quiet`]): claim again later, once the
+    /// accepted peer names the path.
+    NotAcceptedYet,
 }
 
 /// Whether the other end of a claim's control connection is closed (a look, no wait).
@@ -181,6 +185,12 @@ impl Control {
                 tracing::debug!(pid = who.pid, fd = who.fd, role = ?who.role, reason = "peer never claimed", detail = "its peer closed first", "not swapped");
                 return Decision::Answer { streams: vec![stream], reply: Reply::plain(PlainReason::PeerHasNoHook) };
             }
+            Err(Unverified::NotAcceptedYet) => {
+                self.counters.retried_unaccepted.fetch_add(1, Ordering::Relaxed);
+                let reason = PlainReason::NotAcceptedYet.describe();
+                tracing::debug!(pid = who.pid, fd = who.fd, role = ?who.role, reason, "claim answered retry");
+                return Decision::Answer { streams: vec![stream], reply: Reply::retry(PlainReason::NotAcceptedYet) };
+            }
             Err(Unverified::Refused(why)) if hung_up(&stream) => {
                 // The hook closed its socket (and with it the claim) before the agent looked: a
                 // short connection, not a suspicious claim.
@@ -200,6 +210,9 @@ impl Control {
                 tracing::debug!(pid = who.pid, fd = who.fd, role = ?who.role, other, reason, "claim answered retry");
                 return Decision::Answer { streams: vec![stream], reply: Reply::retry(PlainReason::NotSoleHolder) };
             }
+        }
+        if verified.role == Role::Client {
+            self.note_client_claim(who.pid, verified.path_id);
         }
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
         // Watched before it can be held: once in the registry, it may be closed at any time.
@@ -261,7 +274,7 @@ impl Control {
             // is, completes the pair.
             (Role::Client, None) => match &event {
                 Some((seen, _)) => (seen.path_id, 0, None),
-                None => return refused("no connect event, and its peer has not been accepted yet"),
+                None => return Err(Unverified::NotAcceptedYet),
             },
             (Role::Server, Some(peer)) => {
                 let own = self.match_socket(pid, &socket);
@@ -487,6 +500,11 @@ mod tests {
         answered(control, claim(control, pid, role, fd)) == Reply::plain(PlainReason::NotSeen)
     }
 
+    /// Answered "retry": a client claim before the accept without its connect event.
+    fn not_accepted_yet(control: &Control, pid: u32, role: Role, fd: i32) -> bool {
+        answered(control, claim(control, pid, role, fd)) == Reply::retry(PlainReason::NotAcceptedYet)
+    }
+
     /// Held then paired: the second claim delivers the segment to both hooks.
     fn held_then_paired(control: &Control, first: (u32, Role, i32), second: (u32, Role, i32)) -> (Reply, Reply, Segment) {
         let (decision, first_hook) = claim(control, first.0, first.1, first.2);
@@ -542,8 +560,8 @@ mod tests {
         let kernel = Arc::new(FakeKernel::default());
         let control = kernel.control(8);
         kernel.connection((CLIENT, 5, 1005), (SERVER, None, 2007));
-        // Without its connect event, nothing proves the path yet.
-        assert!(refused(&control, CLIENT, Role::Client, 5));
+        // Without its connect event, nothing proves the path yet: claim again later.
+        assert!(not_accepted_yet(&control, CLIENT, Role::Client, 5));
         control.record(&connect_event(CLIENT, 5));
         let (decision, client_hook) = claim(&control, CLIENT, Role::Client, 5);
         assert!(matches!(decision, Decision::Held), "held while the connection waits in the accept queue");
@@ -556,6 +574,43 @@ mod tests {
         assert_eq!(control.status()[0].socket_inodes, [1005, 2007]);
     }
 
+    /// A process whose connections on a path keep ending unclaimed is quieted in the kernel at
+    /// the sweep (`quiet`); a client claim of it made before the accept, whose connect the
+    /// kernel then did not report, is answered "retry"; the same claim after the accept pairs
+    /// by the peer, and the quiet ends.
+    #[test]
+    fn a_churning_process_is_quieted_and_its_unreported_connection_claims_after_the_accept() {
+        let kernel = Arc::new(FakeKernel::default());
+        let control = kernel.control(8);
+        control.set_cool_after(3);
+        // Three connects that ended before anyone claimed them (no socket left, events old).
+        for n in 0..3 {
+            control.record(&hook_connect_event(CLIENT, cookie_of(1100 + n)));
+        }
+        control.record(&hook_connect_event(CLIENT + 1, cookie_of(1200)));
+        control.sweep();
+        let now = crate::control::quiet::coarse_now_ns();
+        assert!(kernel.quiet_until(CLIENT, 0).is_some_and(|until| until > now), "three in a row: quiet");
+        assert_eq!(kernel.quiet_until(CLIENT + 1, 0), None, "one: not quiet");
+        // A connection the kernel did not report, claimed before the server accepted it.
+        kernel.connection((CLIENT, 5, 1005), (SERVER, None, 2007));
+        let (decision, hook) = claim(&control, CLIENT, Role::Client, 5);
+        control.deliver(decision);
+        assert_eq!(read_reply(&hook).unwrap().0, Reply::retry(PlainReason::NotAcceptedYet));
+        assert_eq!(control.stats().retried_unaccepted, 1);
+        assert!(kernel.quiet_until(CLIENT, 0).is_some(), "a claim answered retry ends no quiet");
+        // Accepted: the claim stands on the peer's name.
+        kernel.accept(SERVER, 7, 2007);
+        let (decision, client_hook) = claim(&control, CLIENT, Role::Client, 5);
+        assert!(matches!(decision, Decision::Held));
+        assert_eq!(kernel.quiet_until(CLIENT, 0), None, "a verified claim of the process ends its quiet");
+        let (decision, server_hook) = claim(&control, SERVER, Role::Server, 7);
+        assert!(matches!(decision, Decision::Paired(_)));
+        control.deliver(decision);
+        assert_eq!(read_reply(&client_hook).unwrap().0, Reply::swap(1));
+        assert_eq!(read_reply(&server_hook).unwrap().0, Reply::swap(1));
+    }
+
     /// The connect hook's event (no fd, the socket's cookie) backs a client claim made before
     /// the accept, whatever fd the claim names; its end is traced with the claim's fd.
     #[test]
@@ -566,7 +621,7 @@ mod tests {
         kernel.fd(CLIENT, 9, Some(1005)); // a duplicate: the cookie names the socket anyway
                                           // Another socket's event does not do.
         control.record(&hook_connect_event(CLIENT, cookie_of(1006)));
-        assert!(refused(&control, CLIENT, Role::Client, 9));
+        assert!(not_accepted_yet(&control, CLIENT, Role::Client, 9));
         control.record(&hook_connect_event(CLIENT, cookie_of(1005)));
         let (decision, client_hook) = claim(&control, CLIENT, Role::Client, 9);
         assert!(matches!(decision, Decision::Held), "held while the connection waits in the accept queue");

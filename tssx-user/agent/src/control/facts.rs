@@ -71,4 +71,11 @@ pub trait KernelFacts: Send + Sync {
     fn hand_back_on_io_uring(&self, pid: u32) {
         let _ = pid;
     }
+
+    /// Tells the connect hook program to leave process `tgid`'s connects on pattern `path_id`
+    /// unreported, but for those made in a probe window, until `until` (coarse clock, ns; 0:
+    /// report them all again). See [`super::quiet`].
+    fn set_quiet(&self, tgid: u32, path_id: u32, until: u64) {
+        let _ = (tgid, path_id, until);
+    }
 }

@@ -40,6 +40,8 @@ struct Tables {
     io_uring: HashSet<u32>,
     /// Processes registered for the io_uring hand-back signal.
     hand_back: HashSet<u32>,
+    /// The `QUIET` map: `(tgid, pattern)` -> until.
+    quiet: HashMap<(u32, u32), u64>,
     /// Relative names the fake resolves: `(pid, name, file)` -> the absolute name.
     relative: HashMap<RelativeKey, Vec<u8>>,
     /// Questions asked, by name.
@@ -71,6 +73,11 @@ impl FakeKernel {
         let control = Control::with_facts(paths, 4096, max, None, Box::new(Shared(Arc::clone(self))), TEST_TIMING);
         assert!(self.control.set(Arc::downgrade(&control)).is_ok(), "one control per fake");
         control
+    }
+
+    /// Until when the `QUIET` map quiets process `tgid`'s connects on pattern `path_id`.
+    pub(super) fn quiet_until(&self, tgid: u32, path_id: u32) -> Option<u64> {
+        self.tables().quiet.get(&(tgid, path_id)).copied()
     }
 
     fn tables(&self) -> std::sync::MutexGuard<'_, Tables> {
@@ -240,6 +247,15 @@ impl KernelFacts for Shared {
 
     fn hand_back_on_io_uring(&self, pid: u32) {
         self.0.ask("hand_back_on_io_uring").hand_back.insert(pid);
+    }
+
+    fn set_quiet(&self, tgid: u32, path_id: u32, until: u64) {
+        let mut t = self.0.ask("set_quiet");
+        if until == 0 {
+            t.quiet.remove(&(tgid, path_id));
+        } else {
+            t.quiet.insert((tgid, path_id), until);
+        }
     }
 
     fn resolve_relative(&self, pid: u32, name: &[u8], file: (u64, u64)) -> Option<Vec<u8>> {

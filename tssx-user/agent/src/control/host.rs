@@ -24,6 +24,8 @@ pub struct Host {
     io_uring_users: Option<aya::maps::HashMap<aya::maps::MapData, u32, u32>>,
     /// The eBPF programs' `HANDBACK_ON_IO_URING` map; `None` without them.
     handback: Option<Mutex<aya::maps::HashMap<aya::maps::MapData, u32, u32>>>,
+    /// The eBPF programs' `QUIET` map; `None` without them.
+    quiet: Option<Mutex<aya::maps::HashMap<aya::maps::MapData, u64, u64>>>,
     /// Connected sockets from the last look at all of them (see [`ConnectedSockets`]).
     connected: Mutex<ConnectedSockets>,
 }
@@ -33,8 +35,9 @@ impl Host {
     pub fn new(
         io_uring_users: Option<aya::maps::HashMap<aya::maps::MapData, u32, u32>>,
         handback: Option<aya::maps::HashMap<aya::maps::MapData, u32, u32>>,
+        quiet: Option<aya::maps::HashMap<aya::maps::MapData, u64, u64>>,
     ) -> Self {
-        Self { io_uring_users, handback: handback.map(Mutex::new), connected: Mutex::default() }
+        Self { io_uring_users, handback: handback.map(Mutex::new), quiet: quiet.map(Mutex::new), connected: Mutex::default() }
     }
 }
 
@@ -173,6 +176,20 @@ impl KernelFacts for Host {
             let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
             if let Err(e) = map.insert(pid, tssx_common::HANDBACK_SIGNAL, 0) {
                 tracing::warn!(pid, "HANDBACK_ON_IO_URING: {e}: an io_uring this process sets up will not hand its connections back");
+            }
+        }
+    }
+
+    fn set_quiet(&self, tgid: u32, path_id: u32, until: u64) {
+        let Some(map) = &self.quiet else { return };
+        let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+        let key = tssx_common::event::quiet_key(tgid, path_id);
+        // A failure costs only the event records the entry would have saved (or, for a
+        // removal, the entry lasts until its time runs out): at debug level.
+        let result = if until == 0 { map.remove(&key) } else { map.insert(key, until, 0) };
+        if let Err(e) = result {
+            if until != 0 || !matches!(&e, aya::maps::MapError::KeyNotFound) {
+                tracing::debug!(pid = tgid, path_id, "QUIET: {e}");
             }
         }
     }

@@ -116,8 +116,9 @@ impl Control {
             (short_lived, dropped, registry.take_swapped(), registry.reap(&alive, now, self.timing.join_timeout))
         };
         for seen in short_lived {
-            self.short_lived(&seen.end, seen.path_id);
+            self.short_lived(&seen.end, seen.path_id, seen.ts_ns);
         }
+        self.sweep_quiet();
         for held in dropped {
             self.unpaired(held, "its socket closed before the peer claimed");
         }
@@ -125,10 +126,15 @@ impl Control {
         finish_reaped(self, reaped);
     }
 
-    /// A connection that ended before either end claimed it: counted, traced at debug.
-    pub(super) fn short_lived(&self, client: &super::EndInfo, path_id: u32) {
+    /// A connection that ended before either end claimed it (connected at `connected_ns`,
+    /// `CLOCK_MONOTONIC`): counted, traced at debug.
+    pub(super) fn short_lived(&self, client: &super::EndInfo, path_id: u32, connected_ns: u64) {
         // Relaxed: a counter.
         self.counters.short_lived_plain.fetch_add(1, Ordering::Relaxed);
+        if client.fd < 0 {
+            // The connect hook's event (it names no fd): a streak of its process (see `quiet`).
+            self.quieting.lock().unwrap_or_else(|p| p.into_inner()).cold(client.pid, path_id, connected_ns);
+        }
         // At info level (the default), nothing else: the name is looked up only for the line.
         if !tracing::enabled!(tracing::Level::DEBUG) {
             return;

@@ -65,6 +65,7 @@ pub mod comm;
 pub mod facts;
 pub mod host;
 pub mod lifecycle;
+pub mod quiet;
 pub mod registry;
 pub mod report;
 pub mod server;
@@ -138,6 +139,12 @@ pub(crate) struct Counters {
     pub(crate) refused: AtomicU64,
     /// Claims whose socket and control connection closed before the agent looked.
     pub(crate) abandoned: AtomicU64,
+    /// Connects the connect hook left unreported on quiet paths (the kernel's count, copied
+    /// by the event loop every second).
+    pub(crate) quiet_connects: AtomicU64,
+    /// Client claims made before the accept with no connect event (a quiet path), answered
+    /// "retry".
+    pub(crate) retried_unaccepted: AtomicU64,
 }
 
 /// The control plane's shared state: the registry behind its lock, the kernel facts the rules
@@ -168,6 +175,11 @@ pub struct Control {
     pub(crate) counters: Counters,
     load: server::Load,
     map_entries: Mutex<BTreeMap<String, usize>>,
+    /// Which processes' connects the kernel leaves unreported (see [`quiet`]).
+    quieting: Mutex<quiet::Quieting>,
+    /// The streak that quiets a process's connects on a pattern (`--cool-after`; 0: never).
+    /// Relaxed: a setting.
+    cool_after: std::sync::atomic::AtomicU32,
 }
 
 impl Control {
@@ -205,6 +217,8 @@ impl Control {
             counters: Counters::default(),
             load: server::Load::default(),
             map_entries: Mutex::new(BTreeMap::new()),
+            quieting: Mutex::default(),
+            cool_after: std::sync::atomic::AtomicU32::new(0),
         })
     }
 
@@ -220,6 +234,65 @@ impl Control {
     pub(crate) fn ring_initial(&self) -> usize {
         // Relaxed: see the field.
         self.ring_initial.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Quiets a process's connects on a pattern in the kernel once `cool_after` of its
+    /// connections there in a row ended plain (see [`quiet`]; 0, the default: never). The
+    /// agent passes `--cool-after`, or 0 with `--claim-after 0` (the hooks then track every
+    /// connection).
+    pub fn set_cool_after(&self, cool_after: u32) {
+        // Relaxed: see the field.
+        self.cool_after.store(cool_after, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Records the kernel's count of connects left unreported on quiet paths (for
+    /// [`Control::stats`]).
+    pub fn set_quiet_connects(&self, n: u64) {
+        // Relaxed: a counter.
+        self.counters.quiet_connects.store(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Tells the kernel `change` (see [`quiet`]), traced at debug level.
+    fn apply_quiet(&self, change: quiet::Change) {
+        match change {
+            quiet::Change::Quiet { tgid, path_id, until, new } => {
+                if new && tracing::enabled!(tracing::Level::DEBUG) {
+                    let path = self.path_name(path_id);
+                    tracing::debug!(
+                        pid = tgid,
+                        path,
+                        "quiet: the process's connections there end plain; its connects outside probe windows go unreported"
+                    );
+                }
+                self.facts.set_quiet(tgid, path_id, until);
+            }
+            quiet::Change::Loud { tgid, path_id } => {
+                if tracing::enabled!(tracing::Level::DEBUG) {
+                    let path = self.path_name(path_id);
+                    tracing::debug!(pid = tgid, path, "quiet no more: the process claimed a connection there");
+                }
+                self.facts.set_quiet(tgid, path_id, 0);
+            }
+        }
+    }
+
+    /// A client claim of process `tgid` on pattern `path_id` verified: its connections there
+    /// are worth reporting (see [`quiet`]).
+    fn note_client_claim(&self, tgid: u32, path_id: u32) {
+        let change = self.quieting.lock().unwrap_or_else(|p| p.into_inner()).claimed(tgid, path_id, quiet::coarse_now_ns());
+        if let Some(change) = change {
+            self.apply_quiet(change);
+        }
+    }
+
+    /// The sweep's part of [`quiet`]: quiets the streaks that reached `--cool-after`.
+    fn sweep_quiet(&self) {
+        // Relaxed: see the field.
+        let cool_after = self.cool_after.load(std::sync::atomic::Ordering::Relaxed);
+        let changes = self.quieting.lock().unwrap_or_else(|p| p.into_inner()).sweep(quiet::coarse_now_ns(), cool_after);
+        for change in changes {
+            self.apply_quiet(change);
+        }
     }
 
     /// Records the current entry counts of the eBPF maps (for [`Control::stats`]).
@@ -256,7 +329,7 @@ impl Control {
         }
         let replaced = self.lock().record(event);
         if let Some(seen) = replaced {
-            self.short_lived(&seen.end, seen.path_id);
+            self.short_lived(&seen.end, seen.path_id, seen.ts_ns);
         }
     }
 

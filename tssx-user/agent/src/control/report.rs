@@ -105,6 +105,12 @@ pub struct Stats {
     /// Claims abandoned by their hooks: the socket and the claim's connection closed before the
     /// agent looked (short connections; not counted as refused).
     pub abandoned: u64,
+    /// Connects the kernel left unreported because their process's connections on the path
+    /// keep ending plain (see `control::quiet`; not in `connects` nor `short_lived_plain`).
+    pub quiet_connects: u64,
+    /// Client claims made before the accept whose connect was not reported (a quiet path),
+    /// answered "retry".
+    pub retried_unaccepted: u64,
     /// Kernel connect/accept events kept and not claimed.
     pub unclaimed_events: usize,
     /// Control connections being served now (other than the one asking for these stats).
@@ -158,6 +164,8 @@ impl Control {
             retried: count(&counters.retried),
             refused: count(&counters.refused),
             abandoned: count(&counters.abandoned),
+            quiet_connects: count(&counters.quiet_connects),
+            retried_unaccepted: count(&counters.retried_unaccepted),
             unclaimed_events,
             control_connections: self.load.serving.load(Ordering::Relaxed),
             control_connections_refused: self.load.refused.load(Ordering::Relaxed),
