@@ -494,6 +494,11 @@ fn nginx_section(agent: &Agent, hook: &Path, dir: &Path, runs: NginxRuns) -> Str
         for (upstream, name) in [(Upstream::Fresh, "(a) upstream connection per request"), (Upstream::Keep, "(b) upstream keepalive 16")] {
             let sock = NginxProxy::socket(dir, NGINX_TSSX, upstream);
             let swapped_before = agent.events_on("swapped", &sock).len();
+            let connects = || {
+                let stats = agent.stats();
+                [&stats["connects"], &stats["quiet_connects"]].map(|n| n.as_u64().unwrap_or(0))
+            };
+            let connects_before = connects();
             let log_mark = tssx.access_log_mark(upstream);
             // Requests/s, and the CPU time of both nginx's workers per request (what the hook
             // and the kernel watcher cost them, less at the mercy of other load than requests/s).
@@ -511,11 +516,15 @@ fn nginx_section(agent: &Agent, hook: &Path, dir: &Path, runs: NginxRuns) -> Str
             };
             let (mut cpu_plain, mut cpu_tssx) = (<[Vec<f64>; 3]>::default(), <[Vec<f64>; 3]>::default());
             let result = Paired::run(reps, || run(&plain, &mut cpu_plain), || run(&tssx, &mut cpu_tssx));
-            thread::sleep(Duration::from_millis(300));
+            // (The kernel's count of unreported connects reaches the agent every second.)
+            thread::sleep(Duration::from_millis(1200));
+            let [reported, unreported] = connects();
             let swapped = format!(
-                "{}/{}",
+                "{}/{}; connects reported {}, left unreported on a quiet path {}",
                 agent.events_on("swapped", &sock).len() - swapped_before,
-                tssx.upstream_connections_since(upstream, log_mark, 1)
+                tssx.upstream_connections_since(upstream, log_mark, 1),
+                reported.saturating_sub(connects_before[0]),
+                unreported.saturating_sub(connects_before[1]),
             );
             match result {
                 Ok(rps) => {
@@ -559,7 +568,7 @@ fn nginx_section(agent: &Agent, hook: &Path, dir: &Path, runs: NginxRuns) -> Str
         String::new()
     };
     format!(
-        "## nginx reverse proxy\n\nA front nginx on loopback TCP proxying to a backend nginx on Unix sockets (`master_process on`, one worker each, `sendfile off` in the backend), driven by `wrk -t1 -c{NGINX_CONNECTIONS}`{pinning}; plain: neither nginx under the hook; tssx: both, the agent watching the backend's sockets. Higher is better. Runs come in pairs, plain then tssx and tssx then plain in turn; the ratio column is the median of the pairs' ratios (tssx/plain within a pair), with their lower and upper quartiles. The last column counts the upstream connections swapped during the tssx runs against those that served requests in them (a keep-alive connection opened before the runs counts too).\n\n{}\nEach pair's ratio, sorted:\n{}\n{failed}",
+        "## nginx reverse proxy\n\nA front nginx on loopback TCP proxying to a backend nginx on Unix sockets (`master_process on`, one worker each, `sendfile off` in the backend), driven by `wrk -t1 -c{NGINX_CONNECTIONS}`{pinning}; plain: neither nginx under the hook; tssx: both, the agent watching the backend's sockets. Higher is better. Runs come in pairs, plain then tssx and tssx then plain in turn; the ratio column is the median of the pairs' ratios (tssx/plain within a pair), with their lower and upper quartiles. The last column counts the upstream connections swapped during the tssx runs against those that served requests in them (a keep-alive connection opened before the runs counts too), and the connects the kernel reported to the agent or left unreported (the front nginx's connections ending plain make it quiet: only its connects in probe windows are reported).\n\n{}\nEach pair's ratio, sorted:\n{}\n{failed}",
         table.render(),
         pairs.iter().map(|p| format!("- {p}\n")).collect::<String>()
     )
