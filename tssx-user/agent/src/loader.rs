@@ -357,14 +357,17 @@ impl Watcher {
 
     /// Events dropped so far because the events ring buffer was full (all CPUs).
     pub fn dropped_events(&self) -> anyhow::Result<u64> {
-        let map = self.ebpf.map(maps::DROPPED).ok_or_else(|| anyhow!("eBPF object has no {} map", maps::DROPPED))?;
-        let array: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
-        Ok(array.get(&0, 0)?.iter().sum())
+        self.per_cpu_count(maps::DROPPED)
     }
 
     /// Connects the connect hook left unreported on quiet paths so far (all CPUs).
     pub fn quiet_connects(&self) -> anyhow::Result<u64> {
-        let map = self.ebpf.map(maps::QUIET_SKIPPED).ok_or_else(|| anyhow!("eBPF object has no {} map", maps::QUIET_SKIPPED))?;
+        self.per_cpu_count(maps::QUIET_SKIPPED)
+    }
+
+    /// The sum over the CPUs of the one entry of the per-CPU counter `name`.
+    fn per_cpu_count(&self, name: &str) -> anyhow::Result<u64> {
+        let map = self.ebpf.map(name).ok_or_else(|| anyhow!("eBPF object has no {name} map"))?;
         let array: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
         Ok(array.get(&0, 0)?.iter().sum())
     }
