@@ -146,6 +146,16 @@ pub fn prefix_entries(paths: &[WatchedPath]) -> Vec<PrefixEntry> {
     entries
 }
 
+/// For each pattern (ids are positions), whether the kernel program names it on its own for
+/// some connect: an exact name (`WATCHED_PATHS`), or a prefix whose `WATCHED_PREFIXES` entry
+/// holds its id (a directory, `@name*`). A glob, and a prefix shared with one, reach the agent
+/// as candidates only: the program never looks such a pattern up in `QUIET` (see
+/// `control::quiet`), so a streak there would only cost map writes.
+pub fn kernel_named(paths: &[WatchedPath]) -> Vec<bool> {
+    let prefixes = prefix_entries(paths);
+    (0..paths.len()).map(|id| paths[id].map_key().is_some() || prefixes.iter().any(|e| e.value == id as u32)).collect()
+}
+
 /// The id of the pattern that covers `name` (`sun_path` bytes): an exact one first, then the
 /// one with the longest literal prefix, the first given on a tie (what the kernel program's
 /// hash-then-longest-prefix lookup answers).
@@ -239,6 +249,14 @@ mod tests {
         let mut config = open();
         fill_prefilter(&mut config, &[w(&format!("/{}", "x".repeat(SUN_PATH_LEN - 2)))]);
         assert!(config.may_be_exact(false, SUN_PATH_LEN as u32 - 1));
+    }
+
+    #[test]
+    fn the_kernel_names_exact_names_and_deciding_prefixes_not_globs() {
+        let paths = ["/run/a.sock", "/run/php/", "/run/php/*.sock", "/srv/", "/srv/x/*.sock", "@bus*", "/run/user/*/"].map(w);
+        // "/run/php/" shares its literal prefix with the glob under it: a candidate. "/srv/"
+        // keeps its own entry (the glob's literal prefix is "/srv/x/").
+        assert_eq!(kernel_named(&paths), [true, false, false, true, false, true, false]);
     }
 
     #[test]

@@ -1438,9 +1438,9 @@ pub unsafe fn wait(
     // the kernel gives is the application's (a tagged registration exists only while its
     // interest is in the table), so one counted real wait answers, as without the hook.
     // (`epoll_wait` and `epoll_pwait` send such waits to `plain_wait`; here come
-    // `epoll_pwait2`'s, and those whose list emptied since the caller looked.) Relaxed: hints, checked again after
-    // the wait; an interest adopted meanwhile (its tagged events may be among ours) sends the
-    // answer through the general path's filtering.
+    // `epoll_pwait2`'s, and those whose list emptied since the caller looked.) Relaxed:
+    // hints, checked again after the wait; an interest adopted meanwhile (its tagged events
+    // may be among ours) sends the answer through the general path's filtering.
     if !set.has_interests() && !set.has_plain_oneshots.load(Relaxed) {
         // The kernel writes the events (and fails with EFAULT for an array it cannot write).
         // SAFETY: the caller's array, range-checked above; written by the kernel only.

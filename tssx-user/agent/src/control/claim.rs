@@ -611,6 +611,21 @@ mod tests {
         assert_eq!(read_reply(&server_hook).unwrap().0, Reply::swap(1));
     }
 
+    /// A glob reaches the agent as a candidate (the program cannot match it): the program
+    /// never looks it up in `QUIET`, so no streak is kept and nothing is written there.
+    #[test]
+    fn a_churning_process_on_a_glob_pattern_is_not_quieted() {
+        let kernel = Arc::new(FakeKernel::default());
+        let control = kernel.control_watching(&["/run/*.sock"], 8);
+        control.set_cool_after(3);
+        for n in 0..6 {
+            control.record(&hook_connect_event(CLIENT, cookie_of(1100 + n)));
+        }
+        control.sweep();
+        assert_eq!(control.stats().short_lived_plain, 6, "the connections ended");
+        assert_eq!(kernel.quiet_until(CLIENT, 0), None, "the kernel would never read it");
+    }
+
     /// The connect hook's event (no fd, the socket's cookie) backs a client claim made before
     /// the accept, whatever fd the claim names; its end is traced with the claim's fd.
     #[test]

@@ -115,9 +115,7 @@ impl Control {
             let dropped: Vec<_> = gone.into_iter().filter_map(|token| registry.take_held(token, now)).collect();
             (short_lived, dropped, registry.take_swapped(), registry.reap(&alive, now, self.timing.join_timeout))
         };
-        for seen in short_lived {
-            self.short_lived(&seen.end, seen.path_id, seen.ts_ns);
-        }
+        self.short_lived(&short_lived);
         self.sweep_quiet();
         for held in dropped {
             self.unpaired(held, "its socket closed before the peer claimed");
@@ -126,28 +124,39 @@ impl Control {
         finish_reaped(self, reaped);
     }
 
-    /// A connection that ended before either end claimed it (connected at `connected_ns`,
-    /// `CLOCK_MONOTONIC`): counted, traced at debug.
-    pub(super) fn short_lived(&self, client: &super::EndInfo, path_id: u32, connected_ns: u64) {
+    /// Connections that ended before either end claimed them (each named by its kernel event:
+    /// the end, the pattern, when it connected): counted, traced at debug. The quieting's lock
+    /// is taken once for all of them (a sweep may bring thousands).
+    pub(super) fn short_lived(&self, ended: &[super::registry::Seen]) {
+        if ended.is_empty() {
+            return;
+        }
         // Relaxed: a counter.
-        self.counters.short_lived_plain.fetch_add(1, Ordering::Relaxed);
-        if client.fd < 0 {
-            // The connect hook's event (it names no fd): a streak of its process (see `quiet`).
-            self.quieting.lock().unwrap_or_else(|p| p.into_inner()).cold(client.pid, path_id, connected_ns);
+        self.counters.short_lived_plain.fetch_add(ended.len() as u64, Ordering::Relaxed);
+        // The connect hook's events (they name no fd) on a pattern the program names alone: a
+        // streak of their process (see `quiet`).
+        let mut streaks = ended.iter().filter(|seen| seen.end.fd < 0 && self.kernel_quiets(seen.path_id)).peekable();
+        if streaks.peek().is_some() {
+            let mut quieting = self.quieting.lock().unwrap_or_else(|p| p.into_inner());
+            for seen in streaks {
+                quieting.cold(seen.end.pid, seen.path_id, seen.ts_ns);
+            }
         }
         // At info level (the default), nothing else: the name is looked up only for the line.
         if !tracing::enabled!(tracing::Level::DEBUG) {
             return;
         }
-        let path = self.path_name(path_id);
-        tracing::debug!(
-            pid = client.pid,
-            // (None for a connect the connect hook saw: it names no fd.)
-            fd = (client.fd >= 0).then_some(client.fd),
-            path,
-            reason = "short-lived: closed before either end claimed (or no end could: no hook, a socket another image shares, or a path its hooks found cool, see --cool-after)",
-            "not swapped"
-        );
+        for seen in ended {
+            let path = self.path_name(seen.path_id);
+            tracing::debug!(
+                pid = seen.end.pid,
+                // (None for a connect the connect hook saw: it names no fd.)
+                fd = (seen.end.fd >= 0).then_some(seen.end.fd),
+                path,
+                reason = "short-lived: closed before either end claimed (or no end could: no hook, a socket another image shares, or a path its hooks found cool, see --cool-after)",
+                "not swapped"
+            );
+        }
     }
 
     /// Traces `swapped` lines.

@@ -161,6 +161,9 @@ pub struct Control {
     feed: Option<Arc<EventFeed>>,
     /// The watched patterns (ids are positions).
     paths: Vec<WatchedPath>,
+    /// Per pattern id: whether the kernel program names it alone, so that quieting it there
+    /// means something (see [`crate::paths::kernel_named`]).
+    kernel_named: Vec<bool>,
     ring_size: usize,
     /// Capacity the rings of new segments start with (`--ring-initial`, at most `ring_size`).
     /// Relaxed: a setting read when a segment is made.
@@ -207,6 +210,7 @@ impl Control {
             spares_wanted: Condvar::new(),
             facts,
             feed,
+            kernel_named: crate::paths::kernel_named(&paths),
             paths,
             ring_size,
             ring_initial: std::sync::atomic::AtomicUsize::new(tssx_common::segment::DEFAULT_INITIAL_RING_CAPACITY.min(ring_size)),
@@ -279,10 +283,19 @@ impl Control {
     /// A client claim of process `tgid` on pattern `path_id` verified: its connections there
     /// are worth reporting (see [`quiet`]).
     fn note_client_claim(&self, tgid: u32, path_id: u32) {
+        if !self.kernel_quiets(path_id) {
+            return;
+        }
         let change = self.quieting.lock().unwrap_or_else(|p| p.into_inner()).claimed(tgid, path_id, quiet::coarse_now_ns());
         if let Some(change) = change {
             self.apply_quiet(change);
         }
+    }
+
+    /// Whether the kernel program can leave connects on pattern `path_id` unreported (see
+    /// [`quiet`]): only for a pattern it names alone.
+    pub(super) fn kernel_quiets(&self, path_id: u32) -> bool {
+        self.kernel_named.get(path_id as usize).copied().unwrap_or(false)
     }
 
     /// The sweep's part of [`quiet`]: quiets the streaks that reached `--cool-after`.
@@ -329,7 +342,7 @@ impl Control {
         }
         let replaced = self.lock().record(event);
         if let Some(seen) = replaced {
-            self.short_lived(&seen.end, seen.path_id, seen.ts_ns);
+            self.short_lived(std::slice::from_ref(&seen));
         }
     }
 
