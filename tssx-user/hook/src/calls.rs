@@ -39,37 +39,70 @@ pub fn init() {
     }
 }
 
-/// After a successful connect/accept of `fd`: track it if it is a stream socket on a watched
-/// path (plain for now: nothing is asked of the agent here), else forget it.
-fn track_connected(fd: c_int, end: End, name: Option<paths::UnixName>) {
+/// After a successful connect of `fd` to `name` (`None`: not a named Unix address): track it
+/// if it is a stream socket on a watched path (plain for now: nothing is asked of the agent
+/// here), else forget it.
+///
+/// A connection the hook does not track (another family, a path nobody watches, a cool path's
+/// connection outside its probe windows) takes the short way: a few loads and no system call
+/// but the paths file's recheck, which keeps `errno` itself. Everything else is out of line, so
+/// that the short way is a few cache lines of the application's instruction cache.
+#[inline]
+fn track_connected(fd: c_int, end: End, name: Option<&[u8]>) {
     // A socket made by our `socket` as SOCK_STREAM needs no question.
     let known_stream = table::is_unconnected(fd);
+    let Some(name) = name.filter(|name| paths::watched_bytes(name)) else {
+        return forget_connected(fd, known_stream);
+    };
+    // A path whose connections keep ending plain tracks only its probes (see `heat`): the
+    // others go on as on a path nobody watches.
+    let heat = crate::heat::for_path(name);
+    if !heat.0.admit(heat.1) {
+        return forget_connected(fd, known_stream);
+    }
+    with_errno_kept(|| track_watched(fd, end, known_stream, heat))
+}
+
+/// [`track_connected`]'s short way: whatever the hook kept for `fd` goes (its unconnected bits,
+/// a registration kept before the connect, a stale record).
+#[inline]
+fn forget_connected(fd: c_int, known_stream: bool) {
+    if known_stream {
+        // (Its forked bit is only ever set with this one.)
+        table::mark_unconnected(fd, false);
+        if preconnect::kept(fd) {
+            // Registered with epoll before it connected: the application's registration, in
+            // the kernel, is all there is (see `preconnect`).
+            preconnect::forget(fd);
+        }
+    }
+    if table::is_tracked(fd) {
+        with_errno_kept(|| table::untrack(fd));
+    }
+}
+
+/// [`track_connected`] for a connection on a watched path that its path's heat admits.
+#[inline(never)]
+fn track_watched(fd: c_int, end: End, known_stream: bool, heat: (&'static crate::heat::Heat, u64)) {
     let forked = known_stream && table::forked_unconnected(fd);
+    if !(known_stream || paths::is_stream(fd)) {
+        // Datagram and seqpacket sockets stay plain.
+        return forget_connected(fd, known_stream);
+    }
     table::mark_unconnected(fd, false);
-    with_errno_kept(|| {
-        let watched = name.is_some_and(|name| paths::watched(&name)) && (known_stream || paths::is_stream(fd));
-        // A path whose connections keep ending plain tracks only its probes (see `heat`): the
-        // others go on as on a path nobody watches.
-        let heat = name.as_ref().filter(|_| watched).map(crate::heat::for_path);
-        let watched = watched && heat.is_none_or(|(h, key)| h.admit(key));
-        if known_stream && preconnect::kept(fd) {
-            // Registered with epoll before it connected: the registration moves with a
-            // watched connection, and is forgotten for any other (see `preconnect`).
-            if watched {
-                preconnect::adopt(fd);
-            } else {
-                preconnect::forget(fd);
-            }
+    if known_stream && preconnect::kept(fd) {
+        // Registered with epoll before it connected: the registration moves with the
+        // connection (see `preconnect`).
+        preconnect::adopt(fd);
+    }
+    track_if(fd, end, true, None, Some(heat));
+    if forked {
+        // Another process holds this socket since before the connect, and counts nothing on
+        // it (see `table::forked_unconnected`).
+        if let Some(c) = table::lookup(fd) {
+            c.counts.spoil();
         }
-        track_if(fd, end, watched, None, heat);
-        if forked && watched {
-            // Another process holds this socket since before the connect, and counts nothing
-            // on it (see `table::forked_unconnected`).
-            if let Some(c) = table::lookup(fd) {
-                c.counts.spoil();
-            }
-        }
-    })
+    }
 }
 
 /// Tracks `fd` as a candidate if `watched` (`nonblock`: its O_NONBLOCK if known; `heat`: its
@@ -98,21 +131,34 @@ fn track_if(fd: c_int, end: End, watched: bool, nonblock: Option<bool>, heat: Op
 
 /// After `accept`/`accept4` on `listener` returned `new`: track it if the listener is a stream
 /// socket on a watched path. What the listener is gets remembered per listener fd, so a busy
-/// server pays no system call per connection (see [`table::listener_kind`]).
+/// server pays no system call per connection (see [`table::listener_kind`]); a connection the
+/// hook does not track takes a short way, as in [`track_connected`].
+#[inline]
 fn track_accepted(listener: c_int, new: c_int, nonblock: bool) {
+    let watched = match table::listener_kind(listener) {
+        Some(watched) => watched,
+        None => learn_listener(listener, new),
+    };
+    // A listener whose connections keep ending plain tracks only its probes (see `heat`).
+    let heat = crate::heat::for_listener(listener).map(|h| (h, crate::heat::LISTENER_KEY));
+    if !watched || heat.is_some_and(|(h, key)| !h.admit(key)) {
+        if table::is_tracked(new) {
+            // A stale record under the new number.
+            with_errno_kept(|| table::untrack(new));
+        }
+        return;
+    }
+    with_errno_kept(|| track_if(new, End::Server, true, Some(nonblock), heat))
+}
+
+/// Whether `listener` (which just accepted `new`) is a stream socket on a watched path,
+/// remembered for its next accepts.
+#[inline(never)]
+fn learn_listener(listener: c_int, new: c_int) -> bool {
     with_errno_kept(|| {
-        let watched = match table::listener_kind(listener) {
-            Some(watched) => watched,
-            None => {
-                let watched = paths::listener_name(listener, new).is_some_and(|name| paths::watched(&name)) && paths::is_stream(new);
-                table::remember_listener(listener, watched);
-                watched
-            }
-        };
-        // A listener whose connections keep ending plain tracks only its probes (see `heat`).
-        let heat = crate::heat::for_listener(listener).filter(|_| watched).map(|h| (h, crate::heat::LISTENER_KEY));
-        let watched = watched && heat.is_none_or(|(h, key)| h.admit(key));
-        track_if(new, End::Server, watched, Some(nonblock), heat);
+        let watched = paths::listener_name(listener, new).is_some_and(|name| paths::watched(&name)) && paths::is_stream(new);
+        table::remember_listener(listener, watched);
+        watched
     })
 }
 
@@ -133,7 +179,7 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int
     let rc = unsafe { sys::connect(fd, addr, len) };
     if rc == 0 {
         // SAFETY: the kernel just accepted `addr`/`len` as readable.
-        track_connected(fd, End::Client, unsafe { paths::unix_name(addr, len) });
+        track_connected(fd, End::Client, unsafe { paths::unix_name_bytes(addr, len) });
     } else if table::any_live() && table::lookup(fd).is_some() && sys::errno() != libc::EINTR && sys::errno() != libc::EAGAIN {
         with_errno_kept(|| table::untrack(fd));
     }

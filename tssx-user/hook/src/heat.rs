@@ -51,7 +51,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 
 use libc::c_int;
 
-use crate::{paths::UnixName, table::MAX_FDS};
+use crate::table::MAX_FDS;
 
 /// The probe windows, shared with the connect hook program (which reports only the connects
 /// made in one for a process and path the agent found quiet: see `tssx_common::heat`).
@@ -162,12 +162,17 @@ pub(crate) fn set_cool_after(n: u32) {
 /// The heat of the client path `name`, and the path's key there: a hash of its bytes, eight at
 /// a time (never 0).
 #[inline]
-pub fn for_path(name: &UnixName) -> (&'static Heat, u64) {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325 ^ name.bytes().len() as u64;
-    for word in name.bytes().chunks(8) {
-        let mut w = [0u8; 8];
-        w[..word.len()].copy_from_slice(word);
-        hash = (hash ^ u64::from_le_bytes(w)).wrapping_mul(0x0000_0100_0000_01b3).rotate_left(29);
+pub fn for_path(name: &[u8]) -> (&'static Heat, u64) {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325 ^ name.len() as u64;
+    let mix = |hash: u64, word: u64| (hash ^ word).wrapping_mul(0x0000_0100_0000_01b3).rotate_left(29);
+    let mut words = name.chunks_exact(8);
+    for word in &mut words {
+        hash = mix(hash, u64::from_le_bytes(word.try_into().expect("8 bytes")));
+    }
+    let rest = words.remainder();
+    if !rest.is_empty() {
+        // (Byte by byte: a copy of a variable length would be a call to libc's memcpy.)
+        hash = mix(hash, rest.iter().rev().fold(0, |w, &b| w << 8 | u64::from(b)));
     }
     (&PATHS[(hash ^ hash >> 32) as usize % PATH_BUCKETS], hash | 1)
 }
@@ -302,20 +307,11 @@ mod tests {
 
     #[test]
     fn one_path_has_one_bucket() {
-        let name = |p: &str| {
-            // SAFETY: all-zero bytes are a valid sockaddr_un.
-            let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-            addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-            for (d, s) in addr.sun_path.iter_mut().zip(p.bytes()) {
-                *d = s as libc::c_char;
-            }
-            // SAFETY: a live sockaddr_un of the given length.
-            unsafe { crate::paths::unix_name((&raw const addr).cast(), std::mem::size_of::<libc::sockaddr_un>() as u32) }.unwrap()
-        };
+        let name = |p: &str| p.as_bytes().to_vec();
         let a = for_path(&name("/run/app/upstream.sock"));
         assert_eq!(a.1, for_path(&name("/run/app/upstream.sock")).1);
         assert!(std::ptr::eq(a.0, for_path(&name("/run/app/upstream.sock")).0));
-        for other in ["/run/app/upstream.soc", "/run/app/upstream.sock2", "/run/redis.sock", "/tmp/x"] {
+        for other in ["/run/app/upstream.soc", "/run/app/upstream.sock2", "/run/app/upstream.socl", "/run/redis.sock", "/tmp/x", "/tmp/y"] {
             assert_ne!(a.1, for_path(&name(other)).1, "{other}");
         }
     }

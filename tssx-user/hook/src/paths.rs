@@ -51,7 +51,14 @@ impl UnixName {
 
     /// A relative filesystem path (not `/...`, not abstract).
     fn is_relative(&self) -> bool {
-        !matches!(self.bytes().first(), Some(0 | b'/'))
+        is_relative(self.bytes())
+    }
+
+    /// The name of `sun_path` bytes (at most [`SUN_PATH_LEN`]; the rest is cut off).
+    fn from_bytes(bytes: &[u8]) -> UnixName {
+        let mut name = UnixName { bytes: [0; SUN_PATH_LEN], len: bytes.len().min(SUN_PATH_LEN) };
+        name.bytes[..name.len].copy_from_slice(&bytes[..name.len]);
+        name
     }
 
     /// The name as the trace writes it: `@name` for an abstract one.
@@ -63,32 +70,44 @@ impl UnixName {
     }
 }
 
+/// Whether `sun_path` bytes name a relative filesystem path (not `/...`, not abstract).
+fn is_relative(bytes: &[u8]) -> bool {
+    !matches!(bytes.first(), Some(0 | b'/'))
+}
+
 /// The name of a Unix socket address; `None` for another family or an unnamed address.
 ///
 /// # Safety
 /// `addr` must point at `len` readable bytes.
 pub unsafe fn unix_name(addr: *const libc::sockaddr, len: libc::socklen_t) -> Option<UnixName> {
+    // SAFETY: as the caller guarantees.
+    unsafe { unix_name_bytes(addr, len) }.map(UnixName::from_bytes)
+}
+
+/// The `sun_path` bytes of a Unix socket address (a path up to its NUL, an abstract name with
+/// its leading NUL), borrowed from the caller's memory: what every Unix `connect` looks up,
+/// without a copy. `None` for another family or an unnamed address.
+///
+/// # Safety
+/// `addr` must point at `len` readable bytes, which stay unchanged for `'a`.
+pub unsafe fn unix_name_bytes<'a>(addr: *const libc::sockaddr, len: libc::socklen_t) -> Option<&'a [u8]> {
     let len = len as usize;
     let family_len = std::mem::size_of::<libc::sa_family_t>();
     if addr.is_null() || len <= family_len || len > std::mem::size_of::<libc::sockaddr_un>() {
         return None;
     }
-    // SAFETY: the caller guarantees `len` readable bytes; sockaddr_un is at least that long.
-    let un = unsafe { &*addr.cast::<libc::sockaddr_un>() };
-    if un.sun_family != libc::AF_UNIX as libc::sa_family_t {
+    // SAFETY: the caller guarantees `len` readable bytes; the family is the first field.
+    if unsafe { addr.cast::<libc::sa_family_t>().read_unaligned() } != libc::AF_UNIX as libc::sa_family_t {
         return None;
     }
-    let raw = &un.sun_path[..len - family_len];
-    let mut name = UnixName { bytes: [0; SUN_PATH_LEN], len: raw.len() };
-    for (d, &c) in name.bytes.iter_mut().zip(raw) {
-        *d = c as u8;
+    // SAFETY: `len - family_len` readable bytes follow the family (the caller's guarantee).
+    let raw = unsafe { std::slice::from_raw_parts(addr.cast::<u8>().add(family_len), len - family_len) };
+    if raw[0] == 0 {
+        return Some(raw);
     }
-    if name.bytes[0] != 0 {
-        // A path ends at its NUL (callers such as Python leave garbage after it).
-        // (core's word-at-a-time search: this runs in every Unix `connect`.)
-        name.len = std::ffi::CStr::from_bytes_until_nul(&name.bytes[..name.len]).map_or(name.len, |path| path.to_bytes().len());
-    }
-    Some(name)
+    // A path ends at its NUL (callers such as Python leave garbage after it).
+    // (core's word-at-a-time search: this runs in every Unix `connect`.)
+    Some(std::ffi::CStr::from_bytes_until_nul(raw).map_or(raw, |path| path.to_bytes()))
 }
 
 /// One published pattern, checked and compiled once: its parts for
@@ -275,23 +294,39 @@ fn read_paths() -> Option<Patterns> {
 /// tried, never waited for (a process that forked while another thread held it must not
 /// hang); when busy, the file is read directly.
 pub fn watched(name: &UnixName) -> bool {
-    let Ok(mut cache) = PATHS.try_lock() else {
-        return read_paths().is_some_and(|patterns| patterns.covers(name));
-    };
+    watched_bytes(name.bytes())
+}
+
+/// [`watched`] for `sun_path` bytes (see [`unix_name_bytes`]).
+pub fn watched_bytes(name: &[u8]) -> bool {
+    let Ok(mut cache) = PATHS.try_lock() else { return watched_uncached(name) };
     refresh(&mut cache);
     let Some(c) = cache.as_mut() else { return false };
-    if name.is_relative() {
-        // Resolved against the working directory, which may have changed: never cached.
-        return c.patterns.covers(name);
+    match &c.last {
+        // (A relative name is resolved against the working directory, which may have changed:
+        // never cached.)
+        Some((last, answer)) if last.bytes() == name && !is_relative(name) => *answer,
+        _ => look_up(c, name),
     }
-    match c.last {
-        Some((last, answer)) if last.bytes() == name.bytes() => answer,
-        _ => {
-            let answer = c.patterns.covers(name);
-            c.last = Some((*name, answer));
-            answer
-        }
+}
+
+/// [`watched`] while another thread holds the cache: the file read directly (`errno` kept).
+#[cold]
+#[inline(never)]
+fn watched_uncached(name: &[u8]) -> bool {
+    sys::with_errno_kept(|| read_paths().is_some_and(|patterns| patterns.covers(&UnixName::from_bytes(name))))
+}
+
+/// [`watched`] for a name other than the last one: the patterns walked, the answer kept for an
+/// absolute name (`errno` kept: a relative name asks for the working directory).
+#[inline(never)]
+fn look_up(c: &mut Cached, name: &[u8]) -> bool {
+    let name = UnixName::from_bytes(name);
+    let answer = sys::with_errno_kept(|| c.patterns.covers(&name));
+    if !name.is_relative() {
+        c.last = Some((name, answer));
     }
+    answer
 }
 
 /// Looks at the paths file again if [`RECHECK_NS`] passed (see [`watched`]), so that
@@ -302,23 +337,32 @@ pub fn refresh_generation() {
     }
 }
 
+/// Looks at the paths file again if [`RECHECK_NS`] passed since the last look (`errno` kept).
+#[inline]
 fn refresh(cache: &mut Option<Cached>) {
     // (The coarse clock: a recheck interval of 50 ms needs no finer one.)
     let now = crate::spin::coarse_now_ns();
-    if let Some(c) = cache.as_mut() {
-        if now.saturating_sub(c.checked_ns) < RECHECK_NS {
-            return;
-        }
+    if cache.as_ref().is_some_and(|c| now.saturating_sub(c.checked_ns) < RECHECK_NS) {
+        return;
     }
-    let version = sys::stat(PATHS_FILE).ok().map(|st| (st.st_dev, st.st_ino, st.st_mtime, st.st_mtime_nsec, st.st_size));
-    match cache.as_mut() {
-        Some(c) if c.version == version => c.checked_ns = now,
-        _ => {
-            let patterns = if version.is_some() { read_paths().unwrap_or_default() } else { Patterns::default() };
-            *cache = Some(Cached { version, patterns, checked_ns: now, last: None });
-            GENERATION.fetch_add(1, Relaxed);
+    recheck(cache, now);
+}
+
+/// [`refresh`]'s look at the file: one `stat`, and a read if it changed.
+#[cold]
+#[inline(never)]
+fn recheck(cache: &mut Option<Cached>, now: u64) {
+    sys::with_errno_kept(|| {
+        let version = sys::stat(PATHS_FILE).ok().map(|st| (st.st_dev, st.st_ino, st.st_mtime, st.st_mtime_nsec, st.st_size));
+        match cache.as_mut() {
+            Some(c) if c.version == version => c.checked_ns = now,
+            _ => {
+                let patterns = if version.is_some() { read_paths().unwrap_or_default() } else { Patterns::default() };
+                *cache = Some(Cached { version, patterns, checked_ns: now, last: None });
+                GENERATION.fetch_add(1, Relaxed);
+            }
         }
-    }
+    })
 }
 
 /// The local name of socket `fd` (for an accepted socket: the listener's path, as the listener
@@ -404,6 +448,14 @@ mod tests {
         let mut inet = addr(b"/x");
         inet.sun_family = libc::AF_INET as libc::sa_family_t;
         assert_eq!(name_of(&inet, family + 3), None);
+        // Borrowed from the caller's memory, at any alignment.
+        let a = addr(b"/run/a.sock\0xyz");
+        let mut raw = vec![0u8; 1 + std::mem::size_of::<libc::sockaddr_un>()];
+        // SAFETY: `a` is plain data of exactly that size; the copy goes into `raw[1..]`.
+        unsafe { std::ptr::copy_nonoverlapping((&raw const a).cast::<u8>(), raw.as_mut_ptr().add(1), raw.len() - 1) };
+        // SAFETY: `raw[1..]` holds the address, readable and unchanged while used.
+        let bytes = unsafe { unix_name_bytes(raw.as_ptr().add(1).cast(), (raw.len() - 1) as u32) };
+        assert_eq!(bytes, Some(&b"/run/a.sock"[..]));
     }
 
     #[test]
