@@ -79,6 +79,8 @@ fn forget_connected(fd: c_int, known_stream: bool) {
     if table::is_tracked(fd) {
         with_errno_kept(|| table::untrack(fd));
     }
+    // A connected socket is no listener nor epoll instance: nothing is left for its close.
+    table::close_state_forgotten(fd);
 }
 
 /// [`track_connected`] for a connection on a watched path that its path's heat admits.
@@ -1228,11 +1230,20 @@ pub unsafe fn getsockopt(fd: c_int, level: c_int, name: c_int, value: *mut c_voi
     rc
 }
 
-/// Whether [`forget_fd`] has anything to forget for `fd`: a connection, an unconnected-socket
-/// bit, a listener's kind (see [`table::has_fd_state`]), an epoll set, or an epoll instance a
-/// registration kept before a connect names.
-#[inline]
+/// Whether [`forget_fd`] may have anything to forget for `fd` (one load: see
+/// [`table::may_have_close_state`]).
+#[inline(always)]
 pub(crate) fn has_close_state(fd: c_int) -> bool {
+    let summary = table::may_have_close_state(fd);
+    // Every state `forget_fd` forgets sets the summary's bit first (`table::note_state`).
+    debug_assert!(summary || !has_any_close_state(fd), "fd {fd} has state the close summary misses");
+    summary
+}
+
+/// Whether [`forget_fd`] has anything to forget for `fd`, asked of each table: a connection, an
+/// unconnected-socket bit, a listener's kind (see [`table::has_fd_state`]), an epoll set, or an
+/// epoll instance a registration kept before a connect names.
+fn has_any_close_state(fd: c_int) -> bool {
     table::has_fd_state(fd) || epoll::has_state(fd) || preconnect::names_instance(fd)
 }
 
@@ -1263,6 +1274,7 @@ pub(crate) fn forget_fd(fd: c_int) {
     if epoll::has_state(fd) {
         epoll::closed(fd);
     }
+    table::close_state_forgotten(fd);
 }
 
 /// libc's `close`. The hook's own fds (see [`crate::own`]) are not the application's to close:
