@@ -82,7 +82,7 @@ static HIGH_WATER: AtomicUsize = AtomicUsize::new(0);
 /// bit left set only sends a `close` the long way, while a `close` of a number without one goes
 /// straight to libc after this one load, instead of a load in each of the tables (nginx closes
 /// an upstream socket and an accepted one per request). Relaxed: as [`HIGH_WATER`].
-static CLOSE_STATE: [AtomicU64; MAX_FDS / 64] = [const { AtomicU64::new(0) }; MAX_FDS / 64];
+static CLOSE_STATE: FdBits = FdBits::new();
 
 /// State for `fd` is about to be stored: raises [`HIGH_WATER`] above it (one load when it is
 /// already above) and sets its [`CLOSE_STATE`] bit (one load when set).
@@ -91,8 +91,8 @@ pub(crate) fn note_state(fd: usize) {
     if HIGH_WATER.load(Relaxed) <= fd {
         HIGH_WATER.fetch_max(fd + 1, Relaxed);
     }
-    if let Some(word) = CLOSE_STATE.get(fd / 64) {
-        let bit = 1 << (fd % 64);
+    // (Not `FdBits::set`, which comes here.)
+    if let Some((word, bit)) = c_int::try_from(fd).ok().and_then(|fd| CLOSE_STATE.word(fd)) {
         if word.load(Relaxed) & bit == 0 {
             word.fetch_or(bit, Relaxed);
         }
@@ -102,18 +102,13 @@ pub(crate) fn note_state(fd: usize) {
 /// Whether the hook may keep anything that closing `fd` must forget (see [`CLOSE_STATE`]).
 #[inline(always)]
 pub fn may_have_close_state(fd: c_int) -> bool {
-    usize::try_from(fd).ok().and_then(|i| CLOSE_STATE.get(i / 64)).is_some_and(|word| word.load(Relaxed) & 1 << (fd % 64) != 0)
+    CLOSE_STATE.get(fd)
 }
 
 /// Everything `fd` had in the hook is forgotten: clears its [`CLOSE_STATE`] bit.
 #[inline]
 pub(crate) fn close_state_forgotten(fd: c_int) {
-    if let Some(word) = usize::try_from(fd).ok().and_then(|i| CLOSE_STATE.get(i / 64)) {
-        let bit = 1 << (fd % 64);
-        if word.load(Relaxed) & bit != 0 {
-            word.fetch_and(!bit, Relaxed);
-        }
-    }
+    CLOSE_STATE.clear(fd);
 }
 
 /// The fd numbers at or above this have no state in the hook (see [`HIGH_WATER`]).
