@@ -76,7 +76,7 @@
 use std::{
     cell::Cell,
     sync::atomic::{
-        fence, AtomicI32, AtomicU32, AtomicU64, AtomicUsize,
+        fence, AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicUsize,
         Ordering::{Acquire, Relaxed, Release},
     },
 };
@@ -319,14 +319,14 @@ impl Mark {
     /// Now.
     #[inline]
     pub fn now() -> Mark {
-        Mark(HANDLED.with(|h| h.load(Relaxed)))
+        Mark(handled())
     }
 
     /// Whether an application handler ran on this thread since the mark (one thread-local
     /// load).
     #[inline]
     pub fn interrupted(self) -> Option<Interruption> {
-        let now = HANDLED.with(|h| h.load(Relaxed));
+        let now = handled();
         if now == self.0 {
             None
         } else if (now ^ self.0) & NO_RESTART != 0 {
@@ -356,9 +356,27 @@ impl Mark {
     }
 }
 
+/// Whether an application handler ever ran through the trampoline in this process (set before
+/// the thread's count moves, never cleared). Relaxed: a thread whose [`HANDLED`] count is not
+/// zero set the flag itself first, and reads its own store back; a thread that reads `false`
+/// has run no handler, so its count is zero too.
+static EVER_HANDLED: AtomicBool = AtomicBool::new(false);
+
+/// This thread's [`HANDLED`] count; zero without the thread-local access (a call into the
+/// dynamic loader from a shared object: a few cache lines of its code on every wait) while no
+/// handler ever ran, the usual case.
+#[inline]
+fn handled() -> u64 {
+    if !EVER_HANDLED.load(Relaxed) {
+        return 0;
+    }
+    HANDLED.with(|h| h.load(Relaxed))
+}
+
 /// Counts an application handler about to run on this thread.
 fn note_handler(flags: c_int) {
     let add = ANY | u64::from(flags & libc::SA_RESTART == 0);
+    EVER_HANDLED.store(true, Relaxed);
     HANDLED.with(|h| h.fetch_add(add, Relaxed));
 }
 
