@@ -56,13 +56,32 @@ macro_rules! real_fns {
         $(
             /// The real libc function of this name.
             #[allow(clippy::missing_safety_doc)]
+            #[inline]
             pub unsafe fn $name($($arg: $ty),*) -> $ret {
-                let f = resolve(&slots::$name, concat!(stringify!($name), "\0"));
-                // SAFETY: `f` is the address dlsym returned for this libc symbol, whose C
-                // signature is the one declared here.
+                let f = slots::$name.load(Relaxed);
+                if f == 0 {
+                    // SAFETY: as this function.
+                    return unsafe { first($($arg),*) };
+                }
+                // SAFETY: `f` is the address found for this libc symbol, whose C signature is
+                // the one declared here.
                 let f: unsafe extern "C" fn($($ty),*) -> $ret = unsafe { std::mem::transmute(f) };
                 // SAFETY: the caller passes what the libc function expects.
-                unsafe { f($($arg),*) }
+                return unsafe { f($($arg),*) };
+
+                /// The first call: resolves, then calls. Out of line and whole (the address
+                /// found and the call), so that both ways out of the caller are tail calls:
+                /// a pass-through export then saves no register (each save is code on the
+                /// application's every call).
+                #[cold]
+                #[inline(never)]
+                unsafe fn first($($arg: $ty),*) -> $ret {
+                    let f = resolve_first(&slots::$name, concat!(stringify!($name), "\0"));
+                    // SAFETY: as above.
+                    let f: unsafe extern "C" fn($($ty),*) -> $ret = unsafe { std::mem::transmute(f) };
+                    // SAFETY: as above.
+                    unsafe { f($($arg),*) }
+                }
             }
         )*
     };
