@@ -28,7 +28,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tssx_tests::{hook, poll_until, require_root, target_dir, HookedAgent, Process, TempDir};
+use tssx_tests::{hook, poll_until, require_root, target_dir, Agent, MountNamespace, Process, TempDir, DEFAULT_STATE_DIR};
 
 /// How long one run (server and client together) may take before both are killed.
 const RUN_TIMEOUT: Duration = Duration::from_secs(15);
@@ -175,8 +175,11 @@ struct Run {
 
 /// One end of a scenario, in its own process group (scenarios fork): a timeout kills the
 /// children too.
-fn spawn_end(bin: &Path, role: &str, path: &str, args: &[&str], preload: Option<&Path>, warm: bool) -> Process {
-    let mut cmd = Command::new(bin);
+fn spawn_end(bin: &Path, role: &str, path: &str, args: &[&str], hooked: Option<&Hooked>, warm: bool) -> Process {
+    let mut cmd = match hooked {
+        Some(h) => h.ns.command(bin),
+        None => Command::new(bin),
+    };
     cmd.arg(role).arg(path).args(args);
     // See `warm_up` in tests/conform/conform.h.
     if warm {
@@ -184,11 +187,19 @@ fn spawn_end(bin: &Path, role: &str, path: &str, args: &[&str], preload: Option<
     } else {
         cmd.env_remove("CONFORM_WARMUP");
     }
-    match preload {
-        Some(so) => cmd.env("LD_PRELOAD", so),
+    match hooked {
+        Some(h) => cmd.env("LD_PRELOAD", &h.preload),
         None => cmd.env_remove("LD_PRELOAD"),
     };
     Process::spawn_group(cmd)
+}
+
+/// How the hooked runs of a scenario are started: in the scenario's own mount namespace, where
+/// its agent keeps `/run/tssx` (so scenarios run side by side, each with its agent), with the
+/// hook preloaded.
+struct Hooked {
+    ns: MountNamespace,
+    preload: PathBuf,
 }
 
 fn describe(status: Option<ExitStatus>) -> String {
@@ -204,13 +215,13 @@ fn describe(status: Option<ExitStatus>) -> String {
 
 /// Runs the scenario's server, waits for its `listening` line, runs its client; both must end
 /// before `RUN_TIMEOUT` or are killed with their process groups.
-fn run(sc: &Scenario, build: Build, path: &str, preload: Option<&Path>, warm: bool) -> Run {
+fn run(sc: &Scenario, build: Build, path: &str, hooked: Option<&Hooked>, warm: bool) -> Run {
     let bin = programs().join(build.dir()).join(sc.program);
     let deadline = Instant::now() + RUN_TIMEOUT;
     let left = || deadline.saturating_duration_since(Instant::now());
-    let mut server = spawn_end(&bin, "server", path, sc.server, preload, warm);
+    let mut server = spawn_end(&bin, "server", path, sc.server, hooked, warm);
     let mut client = match server.next_line(Duration::from_secs(10)) {
-        Some(first) if first == "listening" => Some(spawn_end(&bin, "client", path, sc.client, preload, warm)),
+        Some(first) if first == "listening" => Some(spawn_end(&bin, "client", path, sc.client, hooked, warm)),
         _ => None,
     };
     // Without a client, a server still running has nothing to wait for: killed at once.
@@ -290,13 +301,15 @@ fn conform(sc: &Scenario, build: Build) {
     let path = dir.socket("s.sock");
     let migrating_path = dir.socket("m.sock");
     let started = Instant::now();
-    // Every connection claims at its first call (the scenarios are short).
-    let agent = HookedAgent::start_with(&[&path, &migrating_path], &["--claim-after", "0"]);
+    // The scenario's own agent, in its own mount namespace (no lock: scenarios run side by
+    // side). Every connection claims at its first call (the scenarios are short).
+    let hooked = Hooked { ns: MountNamespace::new(&[DEFAULT_STATE_DIR]), preload: hook() };
+    let agent = Agent::start_in(&hooked.ns, &[&path, &migrating_path], &["--claim-after", "0"]);
     let agent_time = started.elapsed();
     let mut problems = Vec::new();
     // Hooked, as it comes: each connection migrates while the scenario uses it (or ends
     // before it could), whatever the scenario does meanwhile (fork, exec, shutdown, ...).
-    let migrating = run(sc, build, &migrating_path, Some(&hook()), false);
+    let migrating = run(sc, build, &migrating_path, Some(&hooked), false);
     if !migrating.ok || migrating.transcript != plain.transcript {
         problems.push(format!(
             "transcripts differ (- plain, + hooked, migrating while in use):\n{}stderr of that run:\n{}",
@@ -306,7 +319,7 @@ fn conform(sc: &Scenario, build: Build) {
     }
     // Hooked, each connection warmed up first: the scenario runs on the rings.
     let started = Instant::now();
-    let swapped = run(sc, build, &path, Some(&hook()), true);
+    let swapped = run(sc, build, &path, Some(&hooked), true);
     let swapped_time = started.elapsed();
     if !swapped.ok || swapped.transcript != plain.transcript {
         problems.push(format!(
@@ -366,7 +379,7 @@ fn conform(sc: &Scenario, build: Build) {
         }
     }
     eprintln!(
-        "{} ({build:?}): plain {:?}, agent lock+start {:?}, swapped {:?}, {} swapped, {} bytes through shared memory",
+        "{} ({build:?}): plain {:?}, namespace+agent start {:?}, swapped {:?}, {} swapped, {} bytes through shared memory",
         sc.name,
         plain_time,
         agent_time,

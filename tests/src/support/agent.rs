@@ -51,6 +51,16 @@ impl Agent {
         Self::spawn(&agent_bin(), paths, Some(state_dir), &args).unwrap_or_else(|e| panic!("{e:#}"))
     }
 
+    /// As [`Agent::start_with`], inside `ns` (a [`super::MountNamespace`] with its own tmpfs on
+    /// [`DEFAULT_STATE_DIR`]), in the agent's default state directory there: no other agent's
+    /// directory, so no machine lock; the hooked processes of the test are started in `ns` too
+    /// ([`super::MountNamespace::command`]), where their hooks find this agent.
+    pub fn start_in(ns: &super::MountNamespace, paths: &[&str], args: &[&str]) -> Self {
+        let verbose = args.iter().any(|a| *a == "-v" || *a == "--verbose");
+        let args: Vec<&str> = (!verbose).then_some("-v").into_iter().chain(args.iter().copied()).collect();
+        Self::spawn_wrapped(&ns.wrapper(), &agent_bin(), paths, None, &args).unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
     /// Starts the agent binary `bin` on `paths` in `state_dir` (`None`: the agent's default,
     /// [`DEFAULT_STATE_DIR`]) with extra `args`, and waits for its ready line; the error says
     /// why it did not get ready (its stderr, e.g. another agent holds the directory).
