@@ -136,6 +136,7 @@ fn track_if(fd: c_int, end: End, watched: bool, nonblock: Option<bool>, heat: Op
 /// server pays no system call per connection (see [`table::listener_kind`]); a connection the
 /// hook does not track takes a short way, as in [`track_connected`].
 #[inline]
+#[unsafe(link_section = ".text.tssx.hot")]
 fn track_accepted(listener: c_int, new: c_int, nonblock: bool) {
     let watched = match table::listener_kind(listener) {
         Some(watched) => watched,
@@ -176,6 +177,7 @@ pub unsafe fn socket(domain: c_int, kind: c_int, protocol: c_int) -> c_int {
 }
 
 /// libc's `connect`.
+#[unsafe(link_section = ".text.tssx.hot")]
 pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
     // SAFETY: forwarded as received.
     let rc = unsafe { sys::connect(fd, addr, len) };
@@ -1934,6 +1936,7 @@ pub(crate) fn epoll_ctl_passes(epfd: c_int, fd: c_int) -> bool {
 }
 
 /// libc's `epoll_ctl`.
+#[unsafe(link_section = ".text.tssx.hot")]
 pub unsafe fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, event: *mut libc::epoll_event) -> c_int {
     if !epoll_ctl_passes(epfd, fd) {
         // SAFETY: `event` is null or valid, per epoll_ctl's contract.

@@ -298,6 +298,7 @@ pub fn watched(name: &UnixName) -> bool {
 }
 
 /// [`watched`] for `sun_path` bytes (see [`unix_name_bytes`]).
+#[unsafe(link_section = ".text.tssx.hot")]
 pub fn watched_bytes(name: &[u8]) -> bool {
     let Ok(mut cache) = PATHS.try_lock() else { return watched_uncached(name) };
     refresh(&mut cache);

@@ -112,10 +112,11 @@ fn guarded_stream(f: impl FnOnce() -> *mut libc::FILE) -> *mut libc::FILE {
 /// Exports each function under its libc name, forwarding to [`tssx_hook::calls`] inside
 /// [`guarded`].
 macro_rules! interpose {
-    ($(fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty;)*) => {
+    ($($(#[$attr:meta])* fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty;)*) => {
         $(
             /// # Safety
             /// As the libc function of the same name.
+            $(#[$attr])*
             #[unsafe(no_mangle)]
             pub unsafe extern "C" fn $name($($arg: $ty),*) -> $ret {
                 // SAFETY: the caller's arguments, forwarded unchanged; same contract.
@@ -131,13 +132,15 @@ macro_rules! interpose {
 /// instructions in one place, the hook's body kept out of line, rather than a walk through
 /// the hook's code that evicts the application's own from the instruction cache (callgrind on
 /// nginx serving a file over TCP, the hook loaded with nothing watched: some 30 more L1
-/// instruction-cache misses per request than without the hook).
+/// instruction-cache misses per request than without the hook). These exports sit in the hook's
+/// hot section (see `tssx_hook`'s documentation, "Hot code").
 macro_rules! interpose_passing {
     ($(fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty, passes if $passes:expr;)*) => {
         $(
             /// # Safety
             /// As the libc function of the same name.
             #[unsafe(no_mangle)]
+            #[unsafe(link_section = ".text.tssx.hot")]
             pub unsafe extern "C" fn $name($($arg: $ty),*) -> $ret {
                 if $passes {
                     // SAFETY: the caller's arguments, forwarded unchanged to libc (what the
@@ -183,9 +186,13 @@ interpose! {
     fn sigaction(sig: c_int, act: *const libc::sigaction, old: *mut libc::sigaction) -> c_int;
     fn sigignore(sig: c_int) -> c_int;
     fn siginterrupt(sig: c_int, interrupt: c_int) -> c_int;
+    #[unsafe(link_section = ".text.tssx.hot")]
     fn socket(domain: c_int, kind: c_int, protocol: c_int) -> c_int;
+    #[unsafe(link_section = ".text.tssx.hot")]
     fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int;
+    #[unsafe(link_section = ".text.tssx.hot")]
     fn accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int;
+    #[unsafe(link_section = ".text.tssx.hot")]
     fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int;
     // Watched patterns: a relative bind's address is resolved when it is bound.
     fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int;
@@ -204,10 +211,13 @@ interpose! {
     fn ppoll(fds: *mut libc::pollfd, n: libc::nfds_t, ts: *const libc::timespec, mask: *const libc::sigset_t) -> c_int;
     fn select(n: c_int, r: *mut libc::fd_set, w: *mut libc::fd_set, e: *mut libc::fd_set, tv: *mut libc::timeval) -> c_int;
     fn pselect(n: c_int, r: *mut libc::fd_set, w: *mut libc::fd_set, e: *mut libc::fd_set, ts: *const libc::timespec, mask: *const libc::sigset_t) -> c_int;
+    #[unsafe(link_section = ".text.tssx.hot")]
     fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, event: *mut libc::epoll_event) -> c_int;
     fn epoll_create(size: c_int) -> c_int;
     fn epoll_create1(flags: c_int) -> c_int;
+    #[unsafe(link_section = ".text.tssx.hot")]
     fn epoll_wait(epfd: c_int, events: *mut libc::epoll_event, max: c_int, timeout: c_int) -> c_int;
+    #[unsafe(link_section = ".text.tssx.hot")]
     fn epoll_pwait(epfd: c_int, events: *mut libc::epoll_event, max: c_int, timeout: c_int, mask: *const libc::sigset_t) -> c_int;
     fn epoll_pwait2(epfd: c_int, events: *mut libc::epoll_event, max: c_int, ts: *const libc::timespec, mask: *const libc::sigset_t) -> c_int;
     fn sendfile(out_fd: c_int, in_fd: c_int, offset: *mut libc::off_t, count: size_t) -> ssize_t;
