@@ -1688,7 +1688,7 @@ pub fn counted<R>(epfd: c_int, f: impl FnOnce() -> R) -> R {
 /// As [`wait`].
 #[unsafe(link_section = ".text.tssx.hot")]
 pub unsafe fn plain_wait(epfd: c_int, events: *mut epoll_event, maxevents: c_int, timeout_ms: c_int, sigmask: *const sigset_t) -> c_int {
-    // At the entry (one thread-local load): a handler that runs after the kernel's wait
+    // At the entry (one load, see `Mark::now`): a handler that runs after the kernel's wait
     // returned only the hook's events ends the wait that follows (see `wait`).
     let mark = Mark::now();
     let rc = {

@@ -31,7 +31,7 @@
 //!   on.
 //! * A wait takes a [`Mark`] when it starts spinning (not before: a call that does not wait
 //!   pays nothing; a read or write of 64 KiB or more takes it when it starts copying) and looks
-//!   at it on every round (one thread-local load); once it moved, the wait ends with `EINTR`
+//!   at it on every round (one load; see [`Mark::now`]); once it moved, the wait ends with `EINTR`
 //!   where the kernel's would have, by the rules above (a read or write that moved bytes
 //!   returns them, whatever `SA_RESTART` says).
 //! * A signal the hook needs itself is owned ([`own`]): the kernel's disposition stays the
@@ -316,13 +316,14 @@ pub enum Interruption {
 pub struct Mark(u64);
 
 impl Mark {
-    /// Now.
+    /// Now: one load of a flag while no application handler ever ran in the process, then of
+    /// the thread's count (see `handled`).
     #[inline]
     pub fn now() -> Mark {
         Mark(handled())
     }
 
-    /// Whether an application handler ran on this thread since the mark (one thread-local
+    /// Whether an application handler ran on this thread since the mark (as [`Mark::now`], one
     /// load).
     #[inline]
     pub fn interrupted(self) -> Option<Interruption> {

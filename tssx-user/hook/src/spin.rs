@@ -210,8 +210,8 @@ pub enum Spun {
 }
 
 /// The spin phase of a poll-like wait: checks `ready` for the thread's spin budget (at most
-/// `timeout_ns`), yielding the core now and then, and `mark` on every round (one
-/// thread-local load); adapts the budget to the outcome.
+/// `timeout_ns`), yielding the core now and then, and `mark` on every round (one load,
+/// see [`crate::signals::Mark::now`]); adapts the budget to the outcome.
 pub fn spin_until(timeout_ns: Option<u64>, mark: crate::signals::Mark, ready: impl FnMut() -> bool) -> Spun {
     let spun = spin_until_found(timeout_ns, mark, ready);
     if spun == Spun::Ready {

@@ -192,7 +192,7 @@ impl Backoff {
     }
 
     /// Whether an application handler that ran on this thread since the call began to wait ends
-    /// it (see [`transfer_interrupted`]); the first call takes the mark. One thread-local load.
+    /// it (see [`transfer_interrupted`]); the first call takes the mark. One load (see [`Mark::now`]).
     pub(crate) fn interrupted(&mut self, fd: c_int, moved: bool) -> bool {
         let mut mark = *self.mark.get_or_insert_with(Mark::now);
         let interrupted = transfer_interrupted(&mut mark, moved, || self.deadline(fd).at.is_some());
